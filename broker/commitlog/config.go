@@ -1,0 +1,91 @@
+package commitlog
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+const (
+	// DefaultSegmentSize is the size of each preallocated segment file.
+	DefaultSegmentSize = 128 << 20
+	// DefaultMaxPayload is the largest payload a frame may carry.
+	DefaultMaxPayload = 8 << 20
+	// DefaultFlushInterval is the async-mode fsync period.
+	DefaultFlushInterval = 200 * time.Millisecond
+
+	// minSegmentSize keeps tiny test segments legal while refusing sizes
+	// that could not hold a header and a marker.
+	minSegmentSize = 4 << 10
+)
+
+// Config configures a Log. Zero fields other than Dir take their defaults in
+// Open.
+type Config struct {
+	Dir         string // directory holding the segment files; created if missing
+	SegmentSize int64  // bytes per segment file; must not change between runs
+	MaxPayload  int    // largest payload; a header claiming more is corruption
+	// Sync selects group commit: Committed is the fsynced offset and Sync
+	// waits for the flusher. When false, Committed is the written offset,
+	// Sync returns at once, and the flusher fsyncs every FlushInterval.
+	Sync          bool
+	FlushInterval time.Duration
+	Logger        *slog.Logger
+
+	// io performs the file operations that can fail for reasons outside the
+	// program (allocation, writes, fsync). Nil means the real system calls;
+	// tests in this package set it to inject ENOSPC and I/O errors.
+	io segmentIO
+}
+
+// DefaultConfig returns the defaults for a log in dir: 128 MiB segments,
+// 8 MiB max payload, group commit (Sync true), 200ms async flush interval.
+func DefaultConfig(dir string) Config {
+	return Config{
+		Dir:           dir,
+		SegmentSize:   DefaultSegmentSize,
+		MaxPayload:    DefaultMaxPayload,
+		Sync:          true,
+		FlushInterval: DefaultFlushInterval,
+	}
+}
+
+// withDefaults fills the zero fields.
+func (c Config) withDefaults() Config {
+	if c.SegmentSize == 0 {
+		c.SegmentSize = DefaultSegmentSize
+	}
+	if c.MaxPayload == 0 {
+		c.MaxPayload = min(DefaultMaxPayload, int(c.SegmentSize-headerSize))
+	}
+	if c.FlushInterval == 0 {
+		c.FlushInterval = DefaultFlushInterval
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.io == nil {
+		c.io = osIO{}
+	}
+	return c
+}
+
+// Validate reports whether the configuration can be used.
+func (c Config) Validate() error {
+	switch {
+	case c.Dir == "":
+		return errors.New("commitlog: config: Dir is empty")
+	case c.SegmentSize < minSegmentSize:
+		return fmt.Errorf("commitlog: config: SegmentSize %d below %d", c.SegmentSize, minSegmentSize)
+	case c.MaxPayload <= 0:
+		return fmt.Errorf("commitlog: config: MaxPayload %d not positive", c.MaxPayload)
+	case int64(c.MaxPayload) > c.SegmentSize-headerSize:
+		return fmt.Errorf("commitlog: config: MaxPayload %d does not fit a segment of %d", c.MaxPayload, c.SegmentSize)
+	case uint64(c.MaxPayload) > 1<<32-1:
+		return fmt.Errorf("commitlog: config: MaxPayload %d over the u32 length field", c.MaxPayload)
+	case c.FlushInterval < 0:
+		return fmt.Errorf("commitlog: config: FlushInterval %v negative", c.FlushInterval)
+	}
+	return nil
+}

@@ -1,0 +1,71 @@
+// Package commitlog is the append-only log that holds every message of every
+// topic of a postbus broker. It knows bytes and offsets only: a record's
+// payload is opaque bytes that the broker encodes (topic, queue id, queue
+// offset, timestamps, tag, keys...); this package frames, stores, syncs,
+// verifies and reads them back.
+//
+// # What it owns
+//
+// The directory Config.Dir: its segment files and a LOCK file that an open
+// Log holds an exclusive flock on, so two processes never append to the same
+// log.
+//
+// # On disk
+//
+// The log is a sequence of fixed-size segment files (Config.SegmentSize,
+// default 128 MiB) named by their starting byte offset as 20 zero-padded
+// digits. Offsets are global: segment base + position in the segment.
+//
+//	Dir/
+//	  LOCK
+//	  00000000000000000000   bytes [0, S)
+//	  00000000000134217728   bytes [S, 2S)      S = SegmentSize
+//	  ...
+//
+// A segment is preallocated whole (fallocate mode 0) when it is created, so
+// writes inside it never meet ENOSPC: a full disk shows up when a segment is
+// created, before any byte of an append is written. A segment holds frames
+// back to back from position 0, then either an end-of-segment marker or
+// fewer than 12 bytes, then zeros:
+//
+//	segment:  | frame | frame | ... | frame | marker | 0 0 0 ... 0 |
+//
+//	frame (big-endian):
+//	  0       4       8       12            12+length
+//	  +-------+-------+-------+--------------+
+//	  |length | magic | crc   |   payload    |
+//	  +-------+-------+-------+--------------+
+//	  length  u32  payload bytes; at most Config.MaxPayload (default 8 MiB)
+//	  magic   u32  0x50425331 ("PBS1"): data frame, format version 1
+//	  crc     u32  CRC-32C (Castagnoli) of length, magic and payload
+//
+//	end-of-segment marker: a frame header with length 0, magic 0x50424C4B
+//	("PBLK") and the CRC of its first 8 bytes; readers go on at the next
+//	segment's base. When fewer than 12 bytes remain there is no marker: the
+//	zeros preallocation left mean the same.
+//
+// The CRC covers the length, so a torn length cannot send a reader to a bogus
+// next frame. A header of all zeros is the clean end of what was written.
+//
+// # Invariants
+//
+//   - A frame never spans segments, and one Append (a batch) lands in one
+//     segment with one write; a batch larger than a segment is refused with
+//     ErrTooLarge.
+//   - Append either makes its whole batch visible or none of it: on a failed
+//     write the touched range is zeroed again and the tail does not move.
+//   - Every segment but the last is fsynced when it is sealed, before any byte
+//     reaches its successor. Recovery (in Open) therefore scans only the last
+//     segment, stops at the first frame that fails a check, zeroes and fsyncs
+//     everything after it, and logs what it cut. An empty newest segment left
+//     by a crash during a roll is removed and its predecessor recovered.
+//   - Committed never moves backwards, and bytes below it never change until
+//     their segment is dropped. In sync mode it is the fsynced offset (so a
+//     reader only ever sees durable messages); in async mode, the written one.
+//   - Exactly one goroutine fsyncs appends (group commit): waiters whose end
+//     an fsync covers are released together.
+//   - Readers use pread on an immutable snapshot of the segment list and never
+//     take the writer's mutex.
+//   - A failed fsync is not retried (the kernel may have dropped the dirty
+//     pages): the Log refuses further appends and syncs with that error.
+package commitlog

@@ -1,0 +1,586 @@
+package commitlog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Log keys, constant so that log lines can be searched.
+const (
+	logKeySegment = "segment"
+	logKeyOffset  = "offset"
+	logKeyReason  = "reason"
+	logKeyErr     = "err"
+)
+
+// maxKeptWriteBuf caps the append buffer kept between calls, so one huge batch
+// does not pin its buffer for the life of the Log.
+const maxKeptWriteBuf = 4 << 20
+
+// maxGatherYields bounds how long the flusher waits for more writes before an
+// fsync (see gather).
+const maxGatherYields = 8
+
+// Log is the append-only commit log. All methods are safe for concurrent use.
+type Log struct {
+	cfg  Config
+	log  *slog.Logger
+	lock *os.File // holds the flock on Dir/LOCK while open
+
+	mu     sync.Mutex // serialises Append, roll, DropBefore's list update, Segments and Close
+	active *segment   // guarded by mu: the segment appends go to
+	pos    int64      // guarded by mu: write position inside active
+	wbuf   []byte     // guarded by mu: reused frame-encoding buffer
+	closed bool       // guarded by mu
+
+	// segs is an immutable snapshot of the open segments, oldest first. It is
+	// replaced (under mu) on roll and drop; readers load it without locking,
+	// so reads never wait for the writer.
+	segs atomic.Pointer[[]*segment]
+	// written is the end of the last frame written to the page cache. It is
+	// stored under mu after the write and after segs, so a reader that loads
+	// written (or flushed) first always finds the segment in segs.
+	written atomic.Int64
+	flushed atomic.Int64 // everything below it has been fsynced
+	syncs   atomic.Int64 // fdatasync calls, including rolls; lets tests see group commit grouping
+	failure atomic.Pointer[error]
+	closing atomic.Bool // set at the start of Close, read by readers without mu
+
+	changed notifier // broadcast whenever Committed advances
+
+	// Sync waiters share one channel per fsync round instead of all waking
+	// on every broadcast: a waiter joins the next round, and the flusher,
+	// taking the round when it snapshots written, closes it after the fsync.
+	syncMu      sync.Mutex
+	nextRound   chan struct{} // guarded by syncMu: closed when the next fsync round is durable; nil if nobody waits
+	failedRound bool          // guarded by syncMu: the log failed; waiters must not join a round that will never come
+
+	kick    chan struct{} // cap 1: "there is something to fsync" (sync mode)
+	stop    chan struct{} // closed by Close to stop the flusher
+	stopped chan struct{} // closed by the flusher when it exits
+	done    chan struct{} // closed when Close has finished
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open opens (creating if need be) the log in cfg.Dir, recovers its last
+// segment, and starts the background flusher.
+func Open(cfg Config) (*Log, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("commitlog: open: %w", err)
+	}
+	lock, err := lockDir(cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	l := &Log{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		lock:    lock,
+		kick:    make(chan struct{}, 1),
+		stop:    make(chan struct{}),
+		stopped: make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	if err := l.recover(); err != nil {
+		if segs := l.segs.Load(); segs != nil {
+			for _, s := range *segs {
+				_ = s.f.Close()
+			}
+		}
+		_ = lock.Close()
+		return nil, fmt.Errorf("commitlog: open %s: %w", cfg.Dir, err)
+	}
+	go l.flushLoop()
+	return l, nil
+}
+
+// lockDir takes an exclusive flock on dir/LOCK so two processes cannot append
+// to the same log. The lock dies with the process, so a crash leaves nothing
+// to clean up.
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, "LOCK"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("commitlog: lock %s: %w", dir, err)
+	}
+	if err := control(f, func(fd int) error { return syscall.Flock(fd, syscall.LOCK_EX|syscall.LOCK_NB) }); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("commitlog: lock %s (in use by another process?): %w", dir, err)
+	}
+	return f, nil
+}
+
+// Close stops the flusher, fsyncs everything written, and closes the files.
+// It is idempotent: later calls return the first call's result.
+func (l *Log) Close() error {
+	l.closeOnce.Do(func() {
+		l.mu.Lock()
+		l.closed = true
+		l.closing.Store(true)
+		l.mu.Unlock()
+
+		close(l.stop)
+		<-l.stopped
+		err := l.flush()
+
+		for _, s := range *l.segs.Load() {
+			if cerr := s.f.Close(); cerr != nil && err == nil {
+				err = fmt.Errorf("close segment %020d: %w", s.base, cerr)
+			}
+		}
+		if cerr := l.lock.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+		if err != nil {
+			err = fmt.Errorf("commitlog: close: %w", err)
+		}
+		l.closeErr = err
+		close(l.done)
+		l.changed.shutdown()
+	})
+	return l.closeErr
+}
+
+// Append frames each payload and writes them as consecutive frames of one
+// segment with a single write. It returns the offset of each frame and the
+// end offset (one past the last frame). After it returns the frames are in
+// the OS page cache, so a process crash keeps them; they are durable once
+// Sync(ctx, end) returns. On any error nothing of this call is visible: the
+// written range is zeroed again and the tail does not move. ENOSPC when a new
+// segment is created returns an error wrapping ErrDiskFull.
+func (l *Log) Append(payloads [][]byte) (offs []int64, end int64, err error) {
+	var total int64
+	for i, p := range payloads {
+		if len(p) > l.cfg.MaxPayload {
+			return nil, 0, fmt.Errorf("commitlog: append: payload %d is %d bytes, max %d: %w", i, len(p), l.cfg.MaxPayload, ErrTooLarge)
+		}
+		total += headerSize + int64(len(p))
+	}
+	if total > l.cfg.SegmentSize {
+		return nil, 0, fmt.Errorf("commitlog: append: batch of %d bytes exceeds segment size %d: %w", total, l.cfg.SegmentSize, ErrTooLarge)
+	}
+
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil, 0, ErrClosed
+	}
+	if err := l.failed(); err != nil {
+		return nil, 0, err
+	}
+	if len(payloads) == 0 {
+		return nil, l.written.Load(), nil
+	}
+	if l.pos+total > l.cfg.SegmentSize {
+		if err := l.roll(); err != nil {
+			return nil, 0, fmt.Errorf("commitlog: append: %w", err)
+		}
+	}
+
+	buf := l.wbuf
+	if int64(cap(buf)) < total {
+		buf = make([]byte, total)
+	}
+	buf = buf[:total]
+	start := l.active.base + l.pos
+	offs = make([]int64, len(payloads))
+	at := 0
+	for i, p := range payloads {
+		offs[i] = start + int64(at)
+		putFrame(buf[at:], frameMagic, p)
+		at += headerSize + len(p)
+	}
+	if cap(buf) <= maxKeptWriteBuf {
+		l.wbuf = buf
+	}
+
+	if _, err := l.cfg.io.writeAt(l.active.f, buf, l.pos); err != nil {
+		err = fmt.Errorf("commitlog: append: write segment %020d at %d: %w", l.active.base, l.pos, err)
+		if errors.Is(err, syscall.ENOSPC) {
+			err = fmt.Errorf("%w: %w", ErrDiskFull, err)
+		}
+		l.undoWrite(buf, err)
+		return nil, 0, err
+	}
+	l.pos += total
+	end = start + total
+	l.written.Store(end)
+	if l.cfg.Sync {
+		select {
+		case l.kick <- struct{}{}:
+		default:
+		}
+	} else {
+		l.changed.broadcast()
+	}
+	return offs, end, nil
+}
+
+// undoWrite zeroes the range a failed write may have touched (buf's length at
+// pos), so that neither a reader nor a later recovery can find a frame of the
+// failed call. If even that fails, the log cannot promise anything about its
+// tail any more and refuses further appends.
+func (l *Log) undoWrite(buf []byte, cause error) {
+	clear(buf)
+	if _, err := l.cfg.io.writeAt(l.active.f, buf, l.pos); err != nil {
+		l.fail(fmt.Errorf("commitlog: zero failed append in segment %020d at %d: %w (after: %w)", l.active.base, l.pos, err, cause))
+	}
+}
+
+// roll seals the active segment and makes a new one active. The new file is
+// created and preallocated first, so ENOSPC leaves the log untouched. Then the
+// old segment gets its end marker and an fsync before any byte can reach the
+// new one: that is why recovery only ever scans the last segment. Called with
+// mu held.
+func (l *Log) roll() error {
+	old := l.active
+	base := old.base + l.cfg.SegmentSize
+	seg, err := createSegment(l.cfg.Dir, base, l.cfg.SegmentSize, l.cfg.io)
+	if err != nil {
+		return err
+	}
+	abandon := func() {
+		_ = seg.f.Close()
+		_ = os.Remove(seg.path)
+	}
+	if room := l.cfg.SegmentSize - l.pos; room >= headerSize {
+		var marker [headerSize]byte
+		putFrame(marker[:], blankMagic, nil)
+		if _, err := l.cfg.io.writeAt(old.f, marker[:], l.pos); err != nil {
+			abandon()
+			return fmt.Errorf("seal segment %020d: %w", old.base, err)
+		}
+	}
+	l.syncs.Add(1)
+	if err := l.cfg.io.datasync(old.f); err != nil {
+		abandon()
+		err = fmt.Errorf("fsync sealed segment %020d: %w", old.base, err)
+		l.fail(err)
+		return err
+	}
+	if err := syncDir(l.cfg.Dir); err != nil {
+		abandon()
+		return fmt.Errorf("roll to segment %020d: %w", base, err)
+	}
+	segs := append(slices.Clone(*l.segs.Load()), seg)
+	l.segs.Store(&segs)
+	l.active = seg
+	l.pos = 0
+	l.written.Store(base)
+	l.advanceFlushed(base) // the fsync above made all of the old segment durable
+	if !l.cfg.Sync {
+		l.changed.broadcast()
+	}
+	return nil
+}
+
+// Sync blocks until everything below end is durable or ctx is done. In sync
+// mode this is group commit: the flusher fsyncs whatever has been written,
+// and every waiter whose end it covers is released by the same broadcast. In
+// async mode Sync returns at once; the flusher fsyncs every FlushInterval.
+func (l *Log) Sync(ctx context.Context, end int64) error {
+	if !l.cfg.Sync {
+		return nil
+	}
+	for {
+		if l.flushed.Load() >= end {
+			return nil
+		}
+		if err := l.failed(); err != nil {
+			return err
+		}
+		if w := l.written.Load(); end > w {
+			return fmt.Errorf("commitlog: sync to %d past written end %d: %w", end, w, ErrOutOfRange)
+		}
+		l.syncMu.Lock()
+		if l.flushed.Load() >= end { // re-check: a round may have ended meanwhile
+			l.syncMu.Unlock()
+			return nil
+		}
+		if l.failedRound {
+			l.syncMu.Unlock()
+			continue // failed() now reports it
+		}
+		if l.nextRound == nil {
+			l.nextRound = make(chan struct{})
+		}
+		ch := l.nextRound
+		l.syncMu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-l.done:
+			if l.flushed.Load() >= end {
+				return nil
+			}
+			return ErrClosed
+		}
+	}
+}
+
+// flushLoop is the one goroutine that fsyncs appends. In sync mode Append
+// kicks it; whatever was written while it was in fdatasync is covered by its
+// next round, which is what groups commits. In async mode it runs on a ticker.
+func (l *Log) flushLoop() {
+	defer close(l.stopped)
+	var tick <-chan time.Time
+	if !l.cfg.Sync {
+		t := time.NewTicker(l.cfg.FlushInterval)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-l.kick:
+		case <-tick:
+		case <-l.stop:
+			return
+		}
+		if err := l.flush(); err != nil {
+			return // l.fail has recorded it; Append and Sync report it
+		}
+	}
+}
+
+// flush fsyncs the active segment until flushed catches up with written.
+func (l *Log) flush() error {
+	for {
+		if err := l.failed(); err != nil {
+			return err
+		}
+		l.gather()
+		// Take the written end and the waiting round together. No Append
+		// can finish while mu is held, and a waiter joins a round only after
+		// its Append returned, so every waiter in this round has end <= w.
+		// (Lock order: mu, then syncMu.)
+		l.mu.Lock()
+		seg, w := l.active, l.written.Load()
+		l.syncMu.Lock()
+		round := l.nextRound
+		l.nextRound = nil
+		l.syncMu.Unlock()
+		l.mu.Unlock()
+
+		if w <= l.flushed.Load() {
+			if round != nil {
+				close(round)
+			}
+			return nil
+		}
+		l.syncs.Add(1)
+		err := l.cfg.io.datasync(seg.f)
+		if err != nil && seg.dropped.Load() {
+			// Dropped after a roll, whose own fsync already covered it.
+			err = nil
+		}
+		if err != nil {
+			err = fmt.Errorf("commitlog: fsync segment %020d: %w", seg.base, err)
+			l.fail(err)
+		} else {
+			l.advanceFlushed(w)
+		}
+		if round != nil {
+			close(round)
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// gather lets writers that the last round released append before the next
+// fsync starts, so that they share it rather than wait a whole extra round.
+// Yielding puts the flusher behind every runnable goroutine; it goes on as
+// soon as a yield brings no new writes, so a lone writer loses next to
+// nothing.
+func (l *Log) gather() {
+	for range maxGatherYields {
+		w := l.written.Load()
+		runtime.Gosched()
+		if l.written.Load() == w {
+			return
+		}
+	}
+}
+
+// advanceFlushed raises flushed to off (never lowers it) and, in sync mode,
+// wakes waiters since Committed moved.
+func (l *Log) advanceFlushed(off int64) {
+	for {
+		cur := l.flushed.Load()
+		if off <= cur {
+			return
+		}
+		if l.flushed.CompareAndSwap(cur, off) {
+			break
+		}
+	}
+	if l.cfg.Sync {
+		l.changed.broadcast()
+	}
+}
+
+// fail records the first unrecoverable error (a failed fsync: the kernel may
+// have dropped the dirty pages, so retrying would lie) and wakes waiters.
+func (l *Log) fail(err error) {
+	if l.failure.CompareAndSwap(nil, &err) {
+		l.log.Error("commitlog failed; refusing further appends", logKeyErr, err)
+	}
+	l.syncMu.Lock()
+	l.failedRound = true
+	if l.nextRound != nil {
+		close(l.nextRound)
+		l.nextRound = nil
+	}
+	l.syncMu.Unlock()
+	l.changed.broadcast()
+}
+
+func (l *Log) failed() error {
+	if p := l.failure.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Committed is the readable end of the log: the fsynced offset in sync mode,
+// the written offset in async mode.
+func (l *Log) Committed() int64 {
+	if l.cfg.Sync {
+		return l.flushed.Load()
+	}
+	return l.written.Load()
+}
+
+// End is the offset after the last frame appended: what a Sync for
+// everything appended so far waits for.
+func (l *Log) End() int64 { return l.written.Load() }
+
+// Changed returns a channel that is closed when Committed next advances (or
+// the log fails). Take a new channel after each wake-up. Once the log is
+// closed, the channel returned is always closed.
+func (l *Log) Changed() <-chan struct{} { return l.changed.wait() }
+
+// MinOffset is the base offset of the oldest segment still on disk.
+func (l *Log) MinOffset() int64 { return (*l.segs.Load())[0].base }
+
+// Segment describes one segment file.
+type Segment struct {
+	Base int64 // offset of the segment's first byte
+	End  int64 // Base+SegmentSize when sealed; the written end for the active one
+}
+
+// Segments lists the segments, oldest first.
+func (l *Log) Segments() []Segment {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	segs := *l.segs.Load()
+	out := make([]Segment, len(segs))
+	for i, s := range segs {
+		out[i] = Segment{Base: s.base, End: s.base + l.cfg.SegmentSize}
+	}
+	out[len(out)-1].End = l.written.Load()
+	return out
+}
+
+// DropBefore deletes the sealed segments whose End <= off, oldest first; the
+// active segment is never dropped. It returns how many were deleted. Reads of
+// offsets in a dropped segment return ErrOutOfRange, including reads that
+// were in flight when it was dropped.
+func (l *Log) DropBefore(off int64) (int, error) {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return 0, ErrClosed
+	}
+	segs := *l.segs.Load()
+	n := 0
+	for n < len(segs)-1 && segs[n].base+l.cfg.SegmentSize <= off {
+		n++
+	}
+	if n == 0 {
+		l.mu.Unlock()
+		return 0, nil
+	}
+	keep := slices.Clone(segs[n:])
+	l.segs.Store(&keep)
+	l.mu.Unlock()
+
+	// Unlinking a large preallocated file takes a while; do it without mu so
+	// appends go on.
+	var errs []error
+	for _, s := range segs[:n] {
+		s.dropped.Store(true)
+		_ = s.f.Close()
+		if err := os.Remove(s.path); err != nil {
+			errs = append(errs, fmt.Errorf("remove segment %020d: %w", s.base, err))
+		}
+	}
+	if err := syncDir(l.cfg.Dir); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return n, fmt.Errorf("commitlog: drop before %d: %w", off, err)
+	}
+	return n, nil
+}
+
+// notifier wakes any number of waiters by closing a channel and replacing it
+// (lazily: no allocation while nobody waits).
+type notifier struct {
+	mu   sync.Mutex
+	ch   chan struct{} // guarded by mu; nil until someone waits
+	shut bool          // guarded by mu: after shutdown every wait returns a closed channel
+}
+
+func (n *notifier) wait() <-chan struct{} {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.ch == nil {
+		n.ch = make(chan struct{})
+		if n.shut {
+			close(n.ch)
+		}
+	}
+	return n.ch
+}
+
+func (n *notifier) broadcast() {
+	n.mu.Lock()
+	if n.ch != nil && !n.shut {
+		close(n.ch)
+		n.ch = nil
+	}
+	n.mu.Unlock()
+}
+
+// shutdown wakes every waiter for good, so that nobody blocks on a closed log.
+func (n *notifier) shutdown() {
+	n.mu.Lock()
+	if !n.shut {
+		n.shut = true
+		if n.ch != nil {
+			close(n.ch)
+		} else {
+			n.ch = make(chan struct{})
+			close(n.ch)
+		}
+	}
+	n.mu.Unlock()
+}
