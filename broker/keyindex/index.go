@@ -1,0 +1,567 @@
+package keyindex
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+)
+
+// Errors callers branch on.
+var (
+	// ErrCorrupt: a sealed file failed verification at Open (or the files
+	// contradict each other). The error names the file; the broker rebuilds
+	// the index from the commitlog.
+	ErrCorrupt = errors.New("keyindex: corrupt index")
+	// ErrClosed: the index has been closed.
+	ErrClosed = errors.New("keyindex: closed")
+)
+
+// DefaultMemEntries bounds the active table: 262,144 entries are about 6 MiB
+// of entries plus the hash map, and seal into a 4 MiB file.
+const DefaultMemEntries = 262_144
+
+// maxMemEntries keeps table positions within the int32 chain links.
+const maxMemEntries = 1 << 30
+
+// logBufSize is how much of the active log Add buffers before writing.
+const logBufSize = 64 << 10
+
+// Config configures an Index. Zero fields take the defaults.
+type Config struct {
+	Dir        string
+	MemEntries int          // entries in the active table before it is sealed; default 262,144
+	Logger     *slog.Logger // default slog.Default()
+}
+
+// DefaultConfig returns the defaults for an index in dir.
+func DefaultConfig(dir string) Config { return Config{Dir: dir, MemEntries: DefaultMemEntries} }
+
+// Validate reports a configuration the index cannot run with.
+func (c Config) Validate() error {
+	switch {
+	case c.Dir == "":
+		return errors.New("keyindex: config: empty Dir")
+	case c.MemEntries < 1 || c.MemEntries > maxMemEntries:
+		return fmt.Errorf("keyindex: config: MemEntries %d out of range [1, %d]", c.MemEntries, maxMemEntries)
+	}
+	return nil
+}
+
+// Stats describes the index for metrics.
+type Stats struct {
+	Entries       int64 // in memory and sealed
+	ActiveEntries int64 // in memory (active table and any table being sealed)
+	SealedFiles   int
+	Bytes         int64 // sealed files plus the active log, buffered bytes included
+	Dropped       int64 // Adds ignored because their offset went backwards
+}
+
+// entry is one active-table entry; prev links to the previous entry with the
+// same hash, -1 at the end of the chain.
+type entry struct {
+	hash uint64
+	off  int64
+	prev int32
+}
+
+// memtable is append-only between seals: lookups walk chains of a snapshot
+// of ents without a lock, because positions below a published head are
+// never written again.
+type memtable struct {
+	ents  []entry
+	heads map[uint64]int32
+}
+
+func newMemtable(capacity int) *memtable {
+	return &memtable{ents: make([]entry, 0, capacity), heads: make(map[uint64]int32, capacity)}
+}
+
+// add appends an entry; the caller holds Index.mu for writing.
+func (t *memtable) add(hash uint64, off int64) {
+	prev, ok := t.heads[hash]
+	if !ok {
+		prev = -1
+	}
+	t.heads[hash] = int32(len(t.ents))
+	t.ents = append(t.ents, entry{hash: hash, off: off, prev: prev})
+}
+
+// Index is the key index in one directory.
+type Index struct {
+	cfg Config
+	log *slog.Logger
+
+	mu     sync.RWMutex
+	active *memtable     // guarded by mu
+	frozen *memtable     // guarded by mu; the table being sealed, else nil
+	sealed []*sealedFile // guarded by mu; oldest first; replaced, never changed in place
+
+	closed   atomic.Bool
+	logBytes atomic.Int64 // active log size including the buffer
+	dropped  atomic.Int64
+
+	// wmu serialises the writer and guards the fields below. The writer is
+	// the only one to change mu's fields, so it reads them without mu.
+	wmu     sync.Mutex
+	logf    *os.File
+	logSeq  uint64
+	logSize int64 // bytes written to logf
+	logBuf  []byte
+	lastOff int64
+	sealAt  int   // active size that triggers a seal
+	err     error // first write error; Flush reports it
+}
+
+func seqName(seq uint64, ext string) string { return fmt.Sprintf("%020d%s", seq, ext) }
+
+func parseSeq(name, ext string) (uint64, bool) {
+	s, ok := strings.CutSuffix(name, ext)
+	if !ok || len(s) != 20 {
+		return 0, false
+	}
+	v, err := strconv.ParseUint(s, 10, 64)
+	return v, err == nil
+}
+
+// Open opens (creating if needed) the index in cfg.Dir: it verifies the
+// sealed files and loads their footers and fences, and replays the active
+// log, cutting a torn tail.
+func Open(cfg Config) (*Index, error) {
+	if cfg.MemEntries == 0 {
+		cfg.MemEntries = DefaultMemEntries
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("open key index: %w", err)
+	}
+	x := &Index{cfg: cfg, log: cfg.Logger, lastOff: -1, sealAt: cfg.MemEntries}
+	if err := x.load(); err != nil {
+		x.closeFiles()
+		return nil, fmt.Errorf("open key index %s: %w", cfg.Dir, err)
+	}
+	return x, nil
+}
+
+func (x *Index) load() error {
+	names, err := os.ReadDir(x.cfg.Dir)
+	if err != nil {
+		return err
+	}
+	var idxs, logs []uint64
+	for _, e := range names {
+		name := e.Name()
+		if strings.HasSuffix(name, ".tmp") {
+			// An unfinished seal or rewrite; its source is still in place.
+			if err := os.Remove(filepath.Join(x.cfg.Dir, name)); err != nil {
+				return err
+			}
+			continue
+		}
+		if seq, ok := parseSeq(name, ".idx"); ok {
+			idxs = append(idxs, seq)
+		} else if seq, ok := parseSeq(name, ".log"); ok {
+			logs = append(logs, seq)
+		}
+	}
+	slices.Sort(idxs)
+	slices.Sort(logs)
+
+	for _, seq := range idxs {
+		sf, err := openSealed(filepath.Join(x.cfg.Dir, seqName(seq, ".idx")), seq)
+		if err != nil {
+			return err
+		}
+		x.sealed = append(x.sealed, sf)
+		if sf.meta.count > 0 {
+			x.lastOff = max(x.lastOff, sf.meta.maxOff)
+		}
+	}
+	next := uint64(0)
+	if len(idxs) > 0 {
+		next = idxs[len(idxs)-1] + 1
+	}
+
+	// A log next to its sealed file was sealed before a crash removed it.
+	var pending []uint64
+	for _, seq := range logs {
+		if _, found := slices.BinarySearch(idxs, seq); found {
+			if err := os.Remove(filepath.Join(x.cfg.Dir, seqName(seq, ".log"))); err != nil {
+				return err
+			}
+			continue
+		}
+		pending = append(pending, seq)
+	}
+	x.logSeq = next
+	if len(pending) > 0 {
+		x.logSeq = pending[0]
+		if x.logSeq < next {
+			return corruptf("log %s is older than sealed file %s", seqName(x.logSeq, ".log"), seqName(next-1, ".idx"))
+		}
+	}
+	for _, seq := range pending[min(1, len(pending)):] {
+		path := filepath.Join(x.cfg.Dir, seqName(seq, ".log"))
+		info, err := os.Stat(path)
+		if err != nil {
+			return err
+		}
+		if info.Size() != 0 {
+			return corruptf("logs %s and %s both unsealed", seqName(x.logSeq, ".log"), seqName(seq, ".log"))
+		}
+		if err := os.Remove(path); err != nil {
+			return err
+		}
+	}
+	return x.replay(len(pending) == 0)
+}
+
+// replay opens the active log and loads it into a new active table.
+func (x *Index) replay(create bool) error {
+	path := filepath.Join(x.cfg.Dir, seqName(x.logSeq, ".log"))
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	x.logf = f
+	if create {
+		if err := syncDir(x.cfg.Dir); err != nil {
+			return err
+		}
+	}
+	info, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	t := newMemtable(x.cfg.MemEntries)
+	good, err := replayLog(f, func(hash uint64, off int64) {
+		t.add(hash, off)
+	})
+	if err != nil {
+		return fmt.Errorf("replay %s: %w", filepath.Base(path), err)
+	}
+	if good != info.Size() {
+		x.log.Warn("key index: cut torn log tail", "file", filepath.Base(path), "size", info.Size(), "kept", good)
+		if err := f.Truncate(good); err != nil {
+			return err
+		}
+		if err := f.Sync(); err != nil {
+			return err
+		}
+	}
+	x.logSize = good
+	x.logBytes.Store(good)
+	x.active = t
+	if n := len(t.ents); n > 0 {
+		x.lastOff = max(x.lastOff, t.ents[n-1].off)
+	}
+	if len(t.ents) >= x.sealAt {
+		x.seal()
+		return x.err
+	}
+	return nil
+}
+
+// Close flushes the active log and closes every file. It is idempotent.
+func (x *Index) Close() error {
+	x.wmu.Lock()
+	defer x.wmu.Unlock()
+	if x.closed.Load() {
+		return nil
+	}
+	err := x.flushLocked()
+	x.closed.Store(true)
+	if cerr := x.closeFiles(); cerr != nil && err == nil {
+		err = fmt.Errorf("close key index: %w", cerr)
+	}
+	return err
+}
+
+func (x *Index) closeFiles() error {
+	var errs []error
+	if x.logf != nil {
+		errs = append(errs, x.logf.Close())
+		x.logf = nil
+	}
+	x.mu.RLock()
+	sealed := x.sealed
+	x.mu.RUnlock()
+	for _, sf := range sealed {
+		errs = append(errs, sf.close())
+	}
+	return errors.Join(errs...)
+}
+
+// fail records the first write error for Flush to report.
+func (x *Index) fail(err error) {
+	if x.err == nil {
+		x.err = err
+		x.log.Error("key index write failed", "dir", x.cfg.Dir, "err", err)
+	}
+}
+
+// Add records that logOff holds a message indexed under hash. Offsets must
+// not decrease; one that does is dropped (and counted in Stats). Add never
+// blocks on I/O longer than a buffered write, except when it seals the
+// active table; write errors are reported by Flush.
+func (x *Index) Add(hash uint64, logOff int64) {
+	x.wmu.Lock()
+	defer x.wmu.Unlock()
+	if x.closed.Load() {
+		return
+	}
+	if logOff < x.lastOff || logOff < 0 {
+		if x.dropped.Add(1) == 1 {
+			x.log.Warn("key index: dropped an add with a decreasing offset", "offset", logOff, "last", x.lastOff)
+		}
+		return
+	}
+	x.logBuf = appendLogRec(x.logBuf, hash, logOff)
+	x.logBytes.Add(logRecSize)
+	if len(x.logBuf) >= logBufSize {
+		x.writeLog()
+	}
+	x.mu.Lock()
+	x.active.add(hash, logOff)
+	x.mu.Unlock()
+	x.lastOff = logOff
+	if len(x.active.ents) >= x.sealAt {
+		x.seal()
+	}
+}
+
+// writeLog writes the buffered log records.
+func (x *Index) writeLog() {
+	if len(x.logBuf) == 0 {
+		return
+	}
+	n, err := x.logf.WriteAt(x.logBuf, x.logSize)
+	x.logSize += int64(n)
+	x.logBuf = x.logBuf[:copy(x.logBuf, x.logBuf[n:])]
+	if err != nil {
+		x.fail(fmt.Errorf("write %s: %w", seqName(x.logSeq, ".log"), err))
+	}
+}
+
+// seal turns the active table into a sealed file and starts a new log. On
+// failure the table stays active and sealing is retried after another
+// MemEntries adds.
+func (x *Index) seal() {
+	t := x.active
+	x.mu.Lock()
+	x.frozen = t
+	x.active = newMemtable(x.cfg.MemEntries)
+	x.mu.Unlock()
+
+	sf, newLog, err := x.sealTable(t, x.logSeq)
+	if err != nil {
+		x.mu.Lock()
+		x.active, x.frozen = t, nil
+		x.mu.Unlock()
+		x.sealAt = len(t.ents) + x.cfg.MemEntries
+		x.fail(fmt.Errorf("seal %s: %w", seqName(x.logSeq, ".idx"), err))
+		return
+	}
+	x.mu.Lock()
+	x.sealed = append(x.sealed, sf)
+	x.frozen = nil
+	x.mu.Unlock()
+
+	old := filepath.Join(x.cfg.Dir, seqName(x.logSeq, ".log"))
+	_ = x.logf.Close()
+	// Removal need not be durable: Open drops a log whose sealed file exists.
+	if err := os.Remove(old); err != nil {
+		x.log.Warn("key index: remove sealed log", "file", filepath.Base(old), "err", err)
+	}
+	x.logf, x.logSeq, x.logSize = newLog, x.logSeq+1, 0
+	x.logBuf = x.logBuf[:0] // records of the sealed table: they are in sf
+	x.logBytes.Store(0)
+	x.sealAt = x.cfg.MemEntries
+}
+
+// sealTable writes t as sealed file seq and creates log seq+1, making both
+// durable. On error it leaves neither behind.
+func (x *Index) sealTable(t *memtable, seq uint64) (*sealedFile, *os.File, error) {
+	recs := make([]rec, len(t.ents))
+	for i, e := range t.ents {
+		recs[i] = rec{e.hash, e.off}
+	}
+	sortRecs(recs)
+	path := filepath.Join(x.cfg.Dir, seqName(seq, ".idx"))
+	if err := writeSealed(path, recs); err != nil {
+		return nil, nil, err
+	}
+	logPath := filepath.Join(x.cfg.Dir, seqName(seq+1, ".log"))
+	sf, logf, err := func() (*sealedFile, *os.File, error) {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, nil, err
+		}
+		sf := &sealedFile{seq: seq, path: path, size: int64(len(recs))*recSize + footerSize, meta: metaOf(recs), f: f}
+		logf, err := os.OpenFile(logPath, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+		if err != nil {
+			_ = f.Close()
+			return nil, nil, err
+		}
+		if err := syncDir(x.cfg.Dir); err != nil {
+			_ = f.Close()
+			_ = logf.Close()
+			_ = os.Remove(logPath)
+			return nil, nil, err
+		}
+		return sf, logf, nil
+	}()
+	if err != nil {
+		_ = os.Remove(path)
+		return nil, nil, err
+	}
+	return sf, logf, nil
+}
+
+// metaOf builds the in-memory part of a sealed file from its entries.
+func metaOf(recs []rec) sealedMeta {
+	m := sealedMeta{count: int64(len(recs)), fences: make([]uint64, 0, (len(recs)+blockEntries-1)/blockEntries)}
+	for i, r := range recs {
+		if i == 0 || r.off < m.minOff {
+			m.minOff = r.off
+		}
+		if i == 0 || r.off > m.maxOff {
+			m.maxOff = r.off
+		}
+		if i%blockEntries == blockEntries-1 || i == len(recs)-1 {
+			m.fences = append(m.fences, r.hash)
+		}
+	}
+	return m
+}
+
+// Flush writes the buffered log records and fsyncs the active log. After it
+// returns nil every Add before it survives a crash. It reports the first
+// write error since Open, if any.
+func (x *Index) Flush() error {
+	x.wmu.Lock()
+	defer x.wmu.Unlock()
+	if x.closed.Load() {
+		return ErrClosed
+	}
+	return x.flushLocked()
+}
+
+func (x *Index) flushLocked() error {
+	x.writeLog()
+	if x.err != nil {
+		return fmt.Errorf("flush key index: %w", x.err)
+	}
+	if err := x.logf.Sync(); err != nil {
+		x.fail(fmt.Errorf("sync %s: %w", seqName(x.logSeq, ".log"), err))
+		return fmt.Errorf("flush key index: %w", x.err)
+	}
+	return nil
+}
+
+// Lookup calls fn with each offset indexed under hash, newest first, until
+// fn returns false. Equal offsets in a row are reported once. fn runs without
+// any index lock held, so it may read the commitlog.
+func (x *Index) Lookup(hash uint64, fn func(logOff int64) bool) error {
+	if x.closed.Load() {
+		return ErrClosed
+	}
+	x.mu.RLock()
+	activeHead, activeEnts := chain(x.active, hash)
+	frozenHead, frozenEnts := chain(x.frozen, hash)
+	sealed := x.sealed
+	x.mu.RUnlock()
+
+	seen, last := false, int64(0)
+	visit := func(off int64) bool {
+		if seen && off == last {
+			return true
+		}
+		seen, last = true, off
+		return fn(off)
+	}
+	for i := activeHead; i >= 0; i = activeEnts[i].prev {
+		if !visit(activeEnts[i].off) {
+			return nil
+		}
+	}
+	for i := frozenHead; i >= 0; i = frozenEnts[i].prev {
+		if !visit(frozenEnts[i].off) {
+			return nil
+		}
+	}
+	if len(sealed) == 0 {
+		return nil
+	}
+	sc := scratches.Get().(*scratch)
+	defer scratches.Put(sc)
+	for k := len(sealed) - 1; k >= 0; k-- {
+		stop, err := sealed[k].lookup(hash, sc, visit)
+		if err != nil {
+			return fmt.Errorf("lookup %#x: %w", hash, err)
+		}
+		if stop {
+			return nil
+		}
+	}
+	return nil
+}
+
+// chain returns the newest entry for hash in t and a snapshot of its
+// entries; the caller holds Index.mu.
+func chain(t *memtable, hash uint64) (int32, []entry) {
+	if t == nil {
+		return -1, nil
+	}
+	head, ok := t.heads[hash]
+	if !ok {
+		return -1, nil
+	}
+	return head, t.ents
+}
+
+// Stats reports counters for metrics.
+func (x *Index) Stats() Stats {
+	x.mu.RLock()
+	st := Stats{ActiveEntries: int64(len(x.active.ents)), SealedFiles: len(x.sealed)}
+	if x.frozen != nil {
+		st.ActiveEntries += int64(len(x.frozen.ents))
+	}
+	st.Entries = st.ActiveEntries
+	for _, sf := range x.sealed {
+		st.Entries += sf.meta.count
+		st.Bytes += sf.size
+	}
+	x.mu.RUnlock()
+	st.Bytes += x.logBytes.Load()
+	st.Dropped = x.dropped.Load()
+	return st
+}
+
+// syncDir fsyncs a directory so that files created, renamed or removed in it
+// survive a crash.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("sync dir %s: %w", dir, err)
+	}
+	return nil
+}
