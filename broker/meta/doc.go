@@ -1,0 +1,44 @@
+// Package meta is the broker's metadata store: topics, consumer-group offsets
+// and (from a later schema on) subscriptions and other state that must
+// survive a restart, kept in one SQLite database file. It is the only package
+// of postbus that uses database/sql.
+//
+// # What it owns
+//
+// The database file (plus SQLite's -wal and -shm beside it) and its schema,
+// which it brings up to date on Open by applying the numbered files of package
+// migrations in order, each in its own transaction. A database written by a
+// newer binary (a schema version this one does not know) is refused with
+// ErrSchemaTooNew rather than used or downgraded.
+//
+// # Invariants
+//
+//   - Every store method is one transaction: it happens whole or not at all.
+//     CommitOffsets writes a whole batch of offsets in one transaction, so a
+//     reader sees either none of a batch or all of it.
+//   - A write is durable when the method returns: the writer runs with
+//     journal_mode=WAL and synchronous=FULL, so each commit fsyncs the WAL.
+//   - One writer: all writes go through a single connection and begin with
+//     BEGIN IMMEDIATE, so writers queue in Go instead of failing with
+//     SQLITE_BUSY part-way through a transaction.
+//   - Reads never queue behind writes: they use a separate pool of read-only
+//     connections (mode=ro, query_only) that WAL lets run beside the writer,
+//     each seeing the last committed state.
+//   - A topic's queue count only grows (ErrQueuesShrink): a queue id that held
+//     messages keeps meaning the same queue.
+//   - Deleting a topic deletes its consumer offsets in the same transaction.
+//
+// # On disk
+//
+//	<path>          SQLite database, WAL mode
+//	<path>-wal      committed transactions not yet checkpointed
+//	<path>-shm      WAL index (shared memory)
+//
+//	schema_migrations(version INTEGER PK, name TEXT, applied_at TEXT)  one row per applied file
+//	topics(name PK, queues, retention_ms, created_at, updated_at)       times in unix ms
+//	consumer_offsets((group_name, topic, queue_id) PK, next_offset, updated_at)
+//	subscriptions(id PK, group_name, topic, url, filter, ordered, config, secret, state, ...)
+//
+// The tables are described in full in package migrations. Times are stored in
+// unix milliseconds and returned in UTC, so a sub-millisecond part is lost.
+package meta

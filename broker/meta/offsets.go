@@ -1,0 +1,164 @@
+package meta
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Offset is a consumer group's position in one queue of a topic: Next is the
+// lowest queue offset the group has not yet finished, where it resumes after
+// a restart.
+type Offset struct {
+	Group, Topic string
+	Queue        int
+	Next         int64
+	// UpdatedAt is set by the store when left zero.
+	UpdatedAt time.Time
+}
+
+func (o Offset) validate() error {
+	if err := validName("group", o.Group); err != nil {
+		return err
+	}
+	if err := validName("topic", o.Topic); err != nil {
+		return err
+	}
+	if o.Queue < 0 || o.Queue >= MaxQueues {
+		return fmt.Errorf("offset %s/%s: queue %d outside 0..%d: %w", o.Group, o.Topic, o.Queue, MaxQueues-1, ErrInvalid)
+	}
+	if o.Next < 0 {
+		return fmt.Errorf("offset %s/%s/%d: negative offset %d: %w", o.Group, o.Topic, o.Queue, o.Next, ErrInvalid)
+	}
+	return nil
+}
+
+// offsetChunk is how many rows one INSERT statement carries: 5 parameters a
+// row stays far below SQLite's 32766-parameter limit, and one statement per
+// chunk costs far less than one per row.
+const offsetChunk = 256
+
+const offsetInsertHead = `INSERT INTO consumer_offsets (group_name, topic, queue_id, next_offset, updated_at) VALUES `
+
+// An offset may move backwards (a reset to earliest or to a timestamp), so
+// the upsert overwrites rather than keeping the maximum.
+const offsetInsertTail = ` ON CONFLICT (group_name, topic, queue_id) DO UPDATE SET next_offset = excluded.next_offset, updated_at = excluded.updated_at`
+
+func offsetInsert(rows int) string {
+	var b strings.Builder
+	b.Grow(len(offsetInsertHead) + rows*len("(?,?,?,?,?),") + len(offsetInsertTail))
+	b.WriteString(offsetInsertHead)
+	for i := range rows {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString("(?,?,?,?,?)")
+	}
+	b.WriteString(offsetInsertTail)
+	return b.String()
+}
+
+var offsetInsertFull = offsetInsert(offsetChunk)
+
+// CommitOffsets stores many offsets in one transaction: all of them or, on
+// any error, none. A later entry for the same (group, topic, queue) wins over
+// an earlier one. Invalid entries fail the whole call with ErrInvalid before
+// anything is written.
+func (s *Store) CommitOffsets(ctx context.Context, offs []Offset) error {
+	if len(offs) == 0 {
+		return nil
+	}
+	for _, o := range offs {
+		if err := o.validate(); err != nil {
+			return fmt.Errorf("commit offsets: %w", err)
+		}
+	}
+	now := s.stamp(time.Time{}).UnixMilli()
+	args := make([]any, 0, 5*min(len(offs), offsetChunk))
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		var full *sql.Stmt
+		defer func() {
+			if full != nil {
+				full.Close()
+			}
+		}()
+		for rest := offs; len(rest) > 0; {
+			n := min(len(rest), offsetChunk)
+			args = args[:0]
+			for _, o := range rest[:n] {
+				at := now
+				if !o.UpdatedAt.IsZero() {
+					at = o.UpdatedAt.UnixMilli()
+				}
+				args = append(args, o.Group, o.Topic, o.Queue, o.Next, at)
+			}
+			var err error
+			if n == offsetChunk {
+				if full == nil {
+					if full, err = tx.PrepareContext(ctx, offsetInsertFull); err != nil {
+						return err
+					}
+				}
+				_, err = full.ExecContext(ctx, args...)
+			} else {
+				_, err = tx.ExecContext(ctx, offsetInsert(n), args...)
+			}
+			if err != nil {
+				return err
+			}
+			rest = rest[n:]
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("commit %d offsets: %w", len(offs), err)
+	}
+	return nil
+}
+
+const offsetColumns = `group_name, topic, queue_id, next_offset, updated_at`
+
+// Offsets returns the group's offsets ordered by topic and queue; none is not
+// an error.
+func (s *Store) Offsets(ctx context.Context, group string) ([]Offset, error) {
+	offs, err := s.queryOffsets(ctx,
+		`SELECT `+offsetColumns+` FROM consumer_offsets WHERE group_name = ? ORDER BY topic, queue_id`, group)
+	if err != nil {
+		return nil, fmt.Errorf("offsets of group %q: %w", group, err)
+	}
+	return offs, nil
+}
+
+// AllOffsets returns every stored offset ordered by group, topic and queue,
+// for loading them all at start-up.
+func (s *Store) AllOffsets(ctx context.Context) ([]Offset, error) {
+	offs, err := s.queryOffsets(ctx,
+		`SELECT `+offsetColumns+` FROM consumer_offsets ORDER BY group_name, topic, queue_id`)
+	if err != nil {
+		return nil, fmt.Errorf("all offsets: %w", err)
+	}
+	return offs, nil
+}
+
+func (s *Store) queryOffsets(ctx context.Context, query string, args ...any) ([]Offset, error) {
+	rows, err := s.r.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var offs []Offset
+	for rows.Next() {
+		var (
+			o  Offset
+			at int64
+		)
+		if err := rows.Scan(&o.Group, &o.Topic, &o.Queue, &o.Next, &at); err != nil {
+			return nil, err
+		}
+		o.UpdatedAt = fromMillis(at)
+		offs = append(offs, o)
+	}
+	return offs, rows.Err()
+}

@@ -1,0 +1,232 @@
+package meta
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/url"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/postbus/postbus/migrations"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+)
+
+// Errors callers branch on. Returned errors wrap them, so test with errors.Is.
+var (
+	// ErrNotFound: the topic (or other row) does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrExists: CreateTopic found a topic of that name already.
+	ErrExists = errors.New("already exists")
+	// ErrQueuesShrink: PutTopic asked for fewer queues than the topic has.
+	ErrQueuesShrink = errors.New("queue count may only grow")
+	// ErrInvalid: an argument is out of range (empty name, queue count
+	// outside 1..MaxQueues, negative retention or offset, ...).
+	ErrInvalid = errors.New("invalid argument")
+	// ErrSchemaTooNew: the database was written by a newer binary.
+	ErrSchemaTooNew = errors.New("database schema is newer than this binary")
+)
+
+// MaxQueues is the most queues a topic may have (the schema checks it too).
+const MaxQueues = 1024
+
+// busyTimeout is how long a connection waits for a lock held by another
+// process (or a checkpoint) before failing with SQLITE_BUSY.
+const busyTimeout = 5 * time.Second
+
+// Log attribute keys.
+const (
+	logKeyPath    = "path"
+	logKeyVersion = "version"
+	logKeyName    = "name"
+)
+
+// Store is the SQLite metadata store. It is safe for concurrent use.
+type Store struct {
+	path string
+	log  *slog.Logger
+	// now stamps created_at/updated_at when the caller leaves them zero.
+	// Set once before the Store is shared; tests replace it.
+	now func() time.Time
+
+	w *sql.DB // the one writer connection: SetMaxOpenConns(1), BEGIN IMMEDIATE
+	r *sql.DB // read-only pool
+
+	closeOnce sync.Once
+	closeErr  error // set inside closeOnce
+}
+
+// Option configures Open.
+type Option func(*Store)
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option {
+	return func(s *Store) {
+		if l != nil {
+			s.log = l
+		}
+	}
+}
+
+// Open creates or opens the database file at path and brings its schema up
+// to date with package migrations. The directory must exist.
+func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
+	return openWith(ctx, path, migrations.FS, opts...)
+}
+
+// openWith is Open with the migration files taken from fsys: the seam tests
+// use to inject broken or future migrations.
+func openWith(ctx context.Context, path string, fsys fs.FS, opts ...Option) (*Store, error) {
+	if path == "" {
+		return nil, fmt.Errorf("open metadata store: empty path: %w", ErrInvalid)
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("open metadata store %s: %w", path, err)
+	}
+	migs, err := loadMigrations(fsys)
+	if err != nil {
+		return nil, fmt.Errorf("open metadata store %s: %w", abs, err)
+	}
+
+	s := &Store{path: abs, log: slog.Default(), now: time.Now}
+	for _, o := range opts {
+		o(s)
+	}
+
+	// Durability is the point of this store, so synchronous=FULL: with WAL,
+	// NORMAL may lose the last commits on power loss, and a caller that was
+	// told "offset saved" or "topic created" must be able to rely on it.
+	s.w, err = sql.Open("sqlite", dsn(abs, url.Values{
+		"mode":    {"rwc"},
+		"_txlock": {"immediate"},
+		"_pragma": {
+			fmt.Sprintf("busy_timeout(%d)", busyTimeout.Milliseconds()),
+			"journal_mode(WAL)",
+			"synchronous(FULL)",
+			"foreign_keys(1)",
+		},
+	}))
+	if err != nil {
+		return nil, fmt.Errorf("open metadata store %s: %w", abs, err)
+	}
+	// One connection, kept for the life of the Store: SQLite allows one
+	// writer at a time anyway, and queueing in database/sql is cheaper and
+	// fairer than SQLITE_BUSY retries.
+	s.w.SetMaxOpenConns(1)
+	s.w.SetMaxIdleConns(1)
+	s.w.SetConnMaxLifetime(0)
+	s.w.SetConnMaxIdleTime(0)
+
+	// The writer connects first so the file exists and is in WAL mode before
+	// a read-only connection (which can neither create it nor switch its
+	// journal mode) opens it.
+	if err := s.w.PingContext(ctx); err != nil {
+		s.w.Close()
+		return nil, fmt.Errorf("open metadata store %s: %w", abs, err)
+	}
+	if err := s.migrate(ctx, migs); err != nil {
+		s.w.Close()
+		return nil, fmt.Errorf("open metadata store %s: %w", abs, err)
+	}
+
+	s.r, err = sql.Open("sqlite", dsn(abs, url.Values{
+		"mode": {"ro"},
+		"_pragma": {
+			fmt.Sprintf("busy_timeout(%d)", busyTimeout.Milliseconds()),
+			"query_only(1)",
+		},
+	}))
+	if err != nil {
+		s.w.Close()
+		return nil, fmt.Errorf("open metadata store %s: readers: %w", abs, err)
+	}
+	readers := max(4, runtime.GOMAXPROCS(0))
+	s.r.SetMaxOpenConns(readers)
+	s.r.SetMaxIdleConns(readers)
+	if err := s.r.PingContext(ctx); err != nil {
+		s.r.Close()
+		s.w.Close()
+		return nil, fmt.Errorf("open metadata store %s: readers: %w", abs, err)
+	}
+	return s, nil
+}
+
+// dsn builds a file: URI, so SQLite honours mode=ro/rwc, with the path
+// escaped so that '?', '#' or '%' in it cannot be read as URI syntax.
+func dsn(abs string, q url.Values) string {
+	u := url.URL{Scheme: "file", Path: filepath.ToSlash(abs)}
+	// Encode escapes the parentheses of _pragma values; the driver parses
+	// the query with url.ParseQuery and so unescapes them again.
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+// Close closes the store. It is safe to call more than once; later calls
+// return the first call's result.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		// Readers first: the writer closing last lets SQLite checkpoint the
+		// WAL into the database and remove the -wal and -shm files.
+		var errs []error
+		if s.r != nil {
+			if err := s.r.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("readers: %w", err))
+			}
+		}
+		if err := s.w.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("writer: %w", err))
+		}
+		if err := errors.Join(errs...); err != nil {
+			s.closeErr = fmt.Errorf("close metadata store %s: %w", s.path, err)
+		}
+	})
+	return s.closeErr
+}
+
+// write runs fn in one immediate transaction on the writer connection and
+// commits it, or rolls it back if fn or the commit fails.
+func (s *Store) write(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback() // the error from fn is the one worth reporting
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// stamp returns t, or the store's clock when t is zero, cut to the
+// millisecond precision of the schema and in UTC, so a value handed back to a
+// caller equals the value read back later.
+func (s *Store) stamp(t time.Time) time.Time {
+	if t.IsZero() {
+		t = s.now()
+	}
+	return fromMillis(t.UnixMilli())
+}
+
+func fromMillis(ms int64) time.Time { return time.UnixMilli(ms).UTC() }
+
+// validName rejects names the rest of the broker could not address.
+func validName(kind, name string) error {
+	if name == "" {
+		return fmt.Errorf("empty %s name: %w", kind, ErrInvalid)
+	}
+	if strings.ContainsRune(name, 0) {
+		return fmt.Errorf("%s name %q contains NUL: %w", kind, name, ErrInvalid)
+	}
+	return nil
+}

@@ -1,0 +1,197 @@
+package meta
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Topic is a topic's stored configuration.
+type Topic struct {
+	Name   string
+	Queues int // 1..MaxQueues; may only grow
+	// Retention is how long the topic's messages are kept; 0 means the
+	// broker's default. Stored in whole milliseconds.
+	Retention time.Duration
+	// CreatedAt and UpdatedAt are set by the store when left zero.
+	CreatedAt, UpdatedAt time.Time
+}
+
+func (t Topic) validate() error {
+	if err := validName("topic", t.Name); err != nil {
+		return err
+	}
+	if t.Queues < 1 || t.Queues > MaxQueues {
+		return fmt.Errorf("topic %q: queues %d outside 1..%d: %w", t.Name, t.Queues, MaxQueues, ErrInvalid)
+	}
+	if t.Retention < 0 {
+		return fmt.Errorf("topic %q: negative retention %s: %w", t.Name, t.Retention, ErrInvalid)
+	}
+	return nil
+}
+
+const topicColumns = `name, queues, retention_ms, created_at, updated_at`
+
+type rowScanner interface{ Scan(dest ...any) error }
+
+func scanTopic(r rowScanner) (Topic, error) {
+	var (
+		t                 Topic
+		retention, cr, up int64
+	)
+	if err := r.Scan(&t.Name, &t.Queues, &retention, &cr, &up); err != nil {
+		return Topic{}, err
+	}
+	t.Retention = time.Duration(retention) * time.Millisecond
+	t.CreatedAt, t.UpdatedAt = fromMillis(cr), fromMillis(up)
+	return t, nil
+}
+
+// CreateTopic stores a new topic and returns it as stored. It fails with
+// ErrExists if a topic of that name exists, leaving it unchanged.
+func (s *Store) CreateTopic(ctx context.Context, t Topic) (Topic, error) {
+	if err := t.validate(); err != nil {
+		return Topic{}, fmt.Errorf("create topic: %w", err)
+	}
+	t.CreatedAt = s.stamp(t.CreatedAt)
+	if t.UpdatedAt.IsZero() {
+		t.UpdatedAt = t.CreatedAt
+	} else {
+		t.UpdatedAt = s.stamp(t.UpdatedAt)
+	}
+	t.Retention = t.Retention.Truncate(time.Millisecond)
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx,
+			`INSERT INTO topics (`+topicColumns+`) VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING`,
+			t.Name, t.Queues, t.Retention.Milliseconds(), t.CreatedAt.UnixMilli(), t.UpdatedAt.UnixMilli())
+		if err != nil {
+			return err
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return ErrExists
+		}
+		return nil
+	})
+	if err != nil {
+		return Topic{}, fmt.Errorf("create topic %q: %w", t.Name, err)
+	}
+	return t, nil
+}
+
+// PutTopic creates the topic, or updates its queue count and retention if it
+// exists, and returns it as stored and whether it was created. The queue
+// count may only grow: asking for fewer fails with ErrQueuesShrink and
+// changes nothing. An update keeps CreatedAt; UpdatedAt moves only when
+// something changed. t.CreatedAt is used only when the topic is created.
+func (s *Store) PutTopic(ctx context.Context, t Topic) (Topic, bool, error) {
+	if err := t.validate(); err != nil {
+		return Topic{}, false, fmt.Errorf("put topic: %w", err)
+	}
+	t.Retention = t.Retention.Truncate(time.Millisecond)
+	var (
+		out     Topic
+		created bool
+	)
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		cur, err := scanTopic(tx.QueryRowContext(ctx,
+			`SELECT `+topicColumns+` FROM topics WHERE name = ?`, t.Name))
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			out = t
+			out.CreatedAt = s.stamp(t.CreatedAt)
+			out.UpdatedAt = out.CreatedAt
+			if !t.UpdatedAt.IsZero() {
+				out.UpdatedAt = s.stamp(t.UpdatedAt)
+			}
+			created = true
+			_, err := tx.ExecContext(ctx,
+				`INSERT INTO topics (`+topicColumns+`) VALUES (?, ?, ?, ?, ?)`,
+				out.Name, out.Queues, out.Retention.Milliseconds(), out.CreatedAt.UnixMilli(), out.UpdatedAt.UnixMilli())
+			return err
+		case err != nil:
+			return err
+		}
+		if t.Queues < cur.Queues {
+			return fmt.Errorf("queues %d < current %d: %w", t.Queues, cur.Queues, ErrQueuesShrink)
+		}
+		out = cur
+		if t.Queues == cur.Queues && t.Retention == cur.Retention {
+			return nil // nothing to change: leave UpdatedAt alone
+		}
+		out.Queues, out.Retention = t.Queues, t.Retention
+		out.UpdatedAt = s.stamp(t.UpdatedAt)
+		_, err = tx.ExecContext(ctx,
+			`UPDATE topics SET queues = ?, retention_ms = ?, updated_at = ? WHERE name = ?`,
+			out.Queues, out.Retention.Milliseconds(), out.UpdatedAt.UnixMilli(), out.Name)
+		return err
+	})
+	if err != nil {
+		return Topic{}, false, fmt.Errorf("put topic %q: %w", t.Name, err)
+	}
+	return out, created, nil
+}
+
+// Topic returns the named topic, or ErrNotFound.
+func (s *Store) Topic(ctx context.Context, name string) (Topic, error) {
+	t, err := scanTopic(s.r.QueryRowContext(ctx,
+		`SELECT `+topicColumns+` FROM topics WHERE name = ?`, name))
+	if errors.Is(err, sql.ErrNoRows) {
+		err = ErrNotFound
+	}
+	if err != nil {
+		return Topic{}, fmt.Errorf("get topic %q: %w", name, err)
+	}
+	return t, nil
+}
+
+// Topics returns every topic, ordered by name (byte-wise).
+func (s *Store) Topics(ctx context.Context) ([]Topic, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT `+topicColumns+` FROM topics ORDER BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("list topics: %w", err)
+	}
+	defer rows.Close()
+	var ts []Topic
+	for rows.Next() {
+		t, err := scanTopic(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list topics: %w", err)
+		}
+		ts = append(ts, t)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list topics: %w", err)
+	}
+	return ts, nil
+}
+
+// DeleteTopic deletes the named topic and, in the same transaction, every
+// consumer offset kept for it. It fails with ErrNotFound if there is no such
+// topic. Subscriptions to the topic are left for their owner to remove.
+func (s *Store) DeleteTopic(ctx context.Context, name string) error {
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM topics WHERE name = ?`, name)
+		if err != nil {
+			return err
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return ErrNotFound
+		}
+		_, err = tx.ExecContext(ctx, `DELETE FROM consumer_offsets WHERE topic = ?`, name)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("delete topic %q: %w", name, err)
+	}
+	return nil
+}

@@ -1,0 +1,41 @@
+// Package migrations holds the schema of the broker's SQLite metadata store as
+// numbered SQL files, embedded in the binary.
+//
+// It owns the files and nothing else: the migrator that applies them lives in
+// broker/meta, the only package that speaks database/sql.
+//
+// # Files
+//
+// Each file is named NNNN_name.sql: a four-digit version, an underscore and a
+// lower_snake name (0001_init.sql, 0002_receipts.sql, ...). Versions start at
+// 1 and have no gaps. A file is applied once, in version order, inside its own
+// transaction together with the row that records it:
+//
+//	schema_migrations(version INTEGER PRIMARY KEY, name TEXT, applied_at TEXT /* RFC 3339 */)
+//
+// so a file either takes effect whole or not at all. A database whose
+// schema_migrations holds a version newer than the newest file here was
+// written by a newer binary and is refused, never downgraded.
+//
+// # Rules for a new file
+//
+//   - Never edit or renumber a file that has shipped: add a new one.
+//   - Statements must be legal inside a transaction: no VACUUM, no
+//     journal_mode changes, and PRAGMA foreign_keys is a no-op there.
+//   - Tables are STRICT; times are INTEGER unix milliseconds unless the
+//     column says otherwise; JSON columns carry a json_valid CHECK.
+//
+// # Schema at version 1
+//
+//	topics            name PK, queues 1..1024, retention_ms, created_at, updated_at
+//	consumer_offsets  (group_name, topic, queue_id) PK -> next_offset, updated_at
+//	                  next_offset is the lowest queue offset the group has not yet
+//	                  finished; a restarted group resumes there (at-least-once)
+//	subscriptions     id PK, UNIQUE(group_name, topic), url (NULL = pull), filter,
+//	                  ordered, config JSON, secret, state active|paused|disabled
+//
+// consumer_offsets deliberately has no foreign key to topics: groups also
+// keep offsets on system topics (%RETRY%group, the delay schedule topic) that
+// need not be rows in topics. Deleting a topic removes its offsets in the
+// same transaction instead (see broker/meta).
+package migrations
