@@ -1,0 +1,386 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/postbus/postbus/broker/commitlog"
+	"github.com/postbus/postbus/broker/consumequeue"
+	"github.com/postbus/postbus/broker/keyindex"
+	"github.com/postbus/postbus/broker/meta"
+)
+
+// Broker is one broker: it owns a data directory and everything in it.
+type Broker struct {
+	cfg     Config
+	logger  *slog.Logger
+	now     func() time.Time
+	started time.Time
+
+	lockFile *os.File // flock'd: one process per data directory
+	log      *commitlog.Log
+	cq       *consumequeue.Store
+	idx      *keyindex.Index
+	meta     *meta.Store
+	metrics  *metrics
+
+	// appendMu serialises appends so that queue offsets follow log order.
+	// It guards topicState.next and dedup.
+	appendMu sync.Mutex
+	dedup    map[string]dedupEntry
+
+	topicsMu sync.RWMutex
+	topics   map[string]*topicState // guarded by topicsMu
+
+	// dispatchMu is held by the dispatcher while it appends to the derived
+	// indexes and by checkpoint, so a checkpoint never sees half a dispatch.
+	dispatchMu  sync.Mutex
+	queueBytes  map[consumequeue.QueueID]int64 // live bytes per queue; guarded by dispatchMu
+	dispatched  atomic.Int64                   // the log offset up to which indexes are built
+	dispatchSig signal                         // fired after each dispatch round
+	// checkpointed is the offset of the last checkpoint written, and
+	// checkpointDirty says whether queueBytes changed otherwise since;
+	// both guarded by dispatchMu.
+	checkpointed    int64
+	checkpointDirty bool
+
+	diskFull  atomic.Bool
+	diskUsed  atomic.Uint64 // float64 bits of the last disk-use ratio
+	closing   chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+	wg        sync.WaitGroup
+}
+
+type topicState struct {
+	name string
+	info atomic.Pointer[Topic] // replaced whole when the topic changes
+	next []int64               // next queue offset per queue; guarded by Broker.appendMu
+	rr   atomic.Uint32         // round-robin queue selection
+}
+
+func newTopicState(t Topic) *topicState {
+	ts := &topicState{name: t.Name, next: make([]int64, t.Queues)}
+	ts.info.Store(&t)
+	return ts
+}
+
+type dedupEntry struct {
+	res Result
+	at  time.Time
+}
+
+// Open opens (creating if needed) the broker's data directory, recovers the
+// commitlog, rebuilds the derived indexes past their checkpoint and starts
+// the background work: dispatch, checkpoints, retention.
+func Open(ctx context.Context, cfg Config) (*Broker, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("broker config: %w", err)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+	b := &Broker{
+		cfg:        cfg,
+		logger:     cfg.Logger,
+		now:        cfg.Now,
+		started:    cfg.Now(),
+		dedup:      make(map[string]dedupEntry),
+		topics:     make(map[string]*topicState),
+		queueBytes: make(map[consumequeue.QueueID]int64),
+		closing:    make(chan struct{}),
+	}
+	if err := b.open(ctx); err != nil {
+		b.closeFiles()
+		return nil, err
+	}
+	b.metrics = newMetrics(b, cfg.Registerer)
+	b.wg.Add(2)
+	go b.dispatchLoop()
+	go b.retentionLoop()
+	return b, nil
+}
+
+func (b *Broker) open(ctx context.Context) error {
+	start := time.Now()
+	lock, err := lockDir(b.cfg.Dir)
+	if err != nil {
+		return err
+	}
+	b.lockFile = lock
+
+	lcfg := commitlog.DefaultConfig(filepath.Join(b.cfg.Dir, "commitlog"))
+	lcfg.SegmentSize = b.cfg.SegmentSize
+	lcfg.Sync = b.cfg.SyncFlush
+	lcfg.FlushInterval = b.cfg.FlushInterval
+	lcfg.MaxPayload = b.cfg.MaxMessageBytes + 64<<10
+	lcfg.Logger = b.logger.With(slog.String("component", "commitlog"))
+	if b.log, err = commitlog.Open(lcfg); err != nil {
+		return fmt.Errorf("open commitlog: %w", err)
+	}
+	if b.meta, err = meta.Open(ctx, filepath.Join(b.cfg.Dir, "meta.db"), meta.WithLogger(b.logger.With(slog.String("component", "meta")))); err != nil {
+		return fmt.Errorf("open metadata: %w", err)
+	}
+	topics, err := b.meta.Topics(ctx)
+	if err != nil {
+		return fmt.Errorf("load topics: %w", err)
+	}
+	for _, t := range topics {
+		b.topics[t.Name] = newTopicState(topicFromMeta(t))
+	}
+	if b.cq, err = consumequeue.Open(consumequeue.Config{Dir: filepath.Join(b.cfg.Dir, "consumequeue")}); err != nil {
+		return fmt.Errorf("open consume queues: %w", err)
+	}
+	cp, err := readCheckpoint(b.cfg.Dir)
+	if err != nil {
+		return err
+	}
+	if b.idx, err = keyindex.Open(keyindex.Config{Dir: filepath.Join(b.cfg.Dir, "index")}); err != nil {
+		if !errors.Is(err, keyindex.ErrCorrupt) {
+			return fmt.Errorf("open key index: %w", err)
+		}
+		// The index is derived: rebuild it, and the queues with it, from the log.
+		b.logger.Warn("key index is corrupt; rebuilding indexes from the commitlog", slog.Any("err", err))
+		if err := b.resetDerived(); err != nil {
+			return err
+		}
+		cp = checkpoint{}
+	}
+	if err := b.recoverDerived(cp); err != nil {
+		return err
+	}
+	b.logger.Info("broker opened",
+		slog.String("dir", b.cfg.Dir),
+		slog.Int64("log_min", b.log.MinOffset()),
+		slog.Int64("log_end", b.log.Committed()),
+		slog.Int("topics", len(b.topics)),
+		slog.Duration("took", time.Since(start)))
+	return nil
+}
+
+// resetDerived removes the consume queues and key index so recovery
+// rebuilds both from the commitlog.
+func (b *Broker) resetDerived() error {
+	if b.cq != nil {
+		b.cq.Close()
+	}
+	for _, d := range []string{"consumequeue", "index"} {
+		if err := os.RemoveAll(filepath.Join(b.cfg.Dir, d)); err != nil {
+			return fmt.Errorf("remove %s: %w", d, err)
+		}
+	}
+	var err error
+	if b.cq, err = consumequeue.Open(consumequeue.Config{Dir: filepath.Join(b.cfg.Dir, "consumequeue")}); err != nil {
+		return fmt.Errorf("open consume queues: %w", err)
+	}
+	if b.idx, err = keyindex.Open(keyindex.Config{Dir: filepath.Join(b.cfg.Dir, "index")}); err != nil {
+		return fmt.Errorf("open key index: %w", err)
+	}
+	return nil
+}
+
+// recoverDerived drops index entries past the checkpoint, re-dispatches the
+// log from there, and sets each queue's next offset from its consume queue.
+func (b *Broker) recoverDerived(cp checkpoint) error {
+	if lost := b.derivedLost(cp); lost != "" {
+		b.logger.Warn("indexes lost data since their checkpoint; rebuilding them from the commitlog", slog.String("why", lost))
+		if err := b.resetDerived(); err != nil {
+			return err
+		}
+		cp = checkpoint{}
+	}
+	from := min(cp.Dispatched, b.log.Committed())
+	from = max(from, b.log.MinOffset())
+	if err := b.cq.TruncateFrom(from); err != nil {
+		return fmt.Errorf("truncate consume queues: %w", err)
+	}
+	if err := b.idx.TruncateFrom(from); err != nil {
+		return fmt.Errorf("truncate key index: %w", err)
+	}
+	// Queues of topics deleted before a crash may outlive their topic.
+	for _, q := range b.cq.Queues() {
+		if _, ok := b.topics[q.Topic]; !ok {
+			if err := b.cq.DeleteTopic(q.Topic); err != nil {
+				return fmt.Errorf("remove queues of deleted topic %q: %w", q.Topic, err)
+			}
+		}
+	}
+	if cp.Dispatched == from {
+		for name, q := range cp.Queues {
+			if id, ok := parseQueueName(name); ok {
+				b.queueBytes[id] = q.Bytes
+			}
+		}
+	} else {
+		b.recountQueueBytes()
+	}
+	b.dispatched.Store(from)
+	if end := b.log.Committed(); end > from {
+		b.logger.Info("rebuilding indexes from the commitlog", slog.Int64("from", from), slog.Int64("to", end))
+	}
+	if err := b.dispatchOnce(); err != nil {
+		return fmt.Errorf("re-dispatch: %w", err)
+	}
+	for _, ts := range b.topics {
+		for q := range ts.next {
+			_, ts.next[q] = b.cq.Bounds(ts.name, q)
+		}
+	}
+	b.checkpointDirty = true
+	return b.checkpoint()
+}
+
+// derivedLost says why the consume queues or key index hold less than the
+// checkpoint says they did, or "" when they are whole.
+func (b *Broker) derivedLost(cp checkpoint) string {
+	if n := b.idx.Stats().Entries; n < cp.IndexEntries {
+		return fmt.Sprintf("key index has %d entries, the checkpoint %d", n, cp.IndexEntries)
+	}
+	for name, q := range cp.Queues {
+		id, ok := parseQueueName(name)
+		if !ok {
+			continue
+		}
+		if _, ok := b.topics[id.Topic]; !ok {
+			continue
+		}
+		if _, hi := b.cq.Bounds(id.Topic, id.Queue); hi < q.Max {
+			return fmt.Sprintf("queue %s ends at %d, the checkpoint says %d", name, hi, q.Max)
+		}
+	}
+	return ""
+}
+
+// recountQueueBytes rebuilds the per-queue byte counts by reading every
+// live consume-queue entry: only after a lost or stale checkpoint.
+func (b *Broker) recountQueueBytes() {
+	clear(b.queueBytes)
+	var buf []consumequeue.Entry
+	for _, q := range b.cq.Queues() {
+		lo, hi := b.cq.Bounds(q.Topic, q.Queue)
+		for lo < hi {
+			var err error
+			buf, err = b.cq.Read(q.Topic, q.Queue, lo, 4096, buf[:0])
+			if err != nil || len(buf) == 0 {
+				break
+			}
+			for _, e := range buf {
+				b.queueBytes[q] += int64(e.Size)
+			}
+			lo += int64(len(buf))
+		}
+	}
+}
+
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open lock file: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("data directory %s is in use by another postbus process: %w", dir, err)
+	}
+	return f, nil
+}
+
+// Close stops background work, persists the indexes' checkpoint and closes
+// every file. It is idempotent; publishes after Close fail with ErrClosed.
+func (b *Broker) Close() error {
+	b.closeOnce.Do(func() {
+		b.appendMu.Lock()
+		close(b.closing)
+		b.appendMu.Unlock()
+		b.wg.Wait()
+		var errs []error
+		// Everything acknowledged is in the log; dispatch the rest so the
+		// next start has nothing to rebuild.
+		if err := b.dispatchOnce(); err != nil {
+			errs = append(errs, err)
+		}
+		if err := b.checkpoint(); err != nil {
+			errs = append(errs, err)
+		}
+		errs = append(errs, b.closeFiles())
+		b.closeErr = errors.Join(errs...)
+		b.logger.Info("broker closed", slog.Any("err", b.closeErr))
+	})
+	return b.closeErr
+}
+
+func (b *Broker) closeFiles() error {
+	var errs []error
+	if b.log != nil {
+		errs = append(errs, b.log.Close())
+	}
+	if b.cq != nil {
+		errs = append(errs, b.cq.Close())
+	}
+	if b.idx != nil {
+		errs = append(errs, b.idx.Close())
+	}
+	if b.meta != nil {
+		errs = append(errs, b.meta.Close())
+	}
+	if b.lockFile != nil {
+		errs = append(errs, b.lockFile.Close())
+	}
+	return errors.Join(errs...)
+}
+
+func (b *Broker) isClosing() bool {
+	select {
+	case <-b.closing:
+		return true
+	default:
+		return false
+	}
+}
+
+// Ready reports whether the broker takes publishes: open and not over the
+// disk-full watermark.
+func (b *Broker) Ready() error {
+	if b.isClosing() {
+		return ErrClosed
+	}
+	return nil
+}
+
+// signal wakes every waiter at once: waiters take the channel, the firer
+// closes it and puts a fresh one in its place.
+type signal struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+func (s *signal) wait() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ch == nil {
+		s.ch = make(chan struct{})
+	}
+	return s.ch
+}
+
+func (s *signal) fire() {
+	s.mu.Lock()
+	if s.ch != nil {
+		close(s.ch)
+		s.ch = nil
+	}
+	s.mu.Unlock()
+}

@@ -1,0 +1,271 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/postbus/postbus/broker/consumequeue"
+)
+
+// Kinds of key-index entries; the kind is hashed with the key so one index
+// serves ids, keys and dedup ids.
+const (
+	keyID    = 'i'
+	keyKey   = 'k'
+	keyDedup = 'd'
+)
+
+func hashKey(kind byte, key string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte{kind})
+	h.Write([]byte(key))
+	return h.Sum64()
+}
+
+func hashKeyBytes(kind byte, parts ...[]byte) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte{kind})
+	for i, p := range parts {
+		if i > 0 {
+			h.Write([]byte{0})
+		}
+		h.Write(p)
+	}
+	return h.Sum64()
+}
+
+// TagHash is the tag's hash stored in consume-queue entries, so filters
+// can skip messages without reading the log. 0 means no tag.
+func TagHash(tag string) uint64 {
+	if tag == "" {
+		return 0
+	}
+	h := fnv.New64a()
+	h.Write([]byte(tag))
+	if s := h.Sum64(); s != 0 {
+		return s
+	}
+	return 1
+}
+
+// dispatchLoop builds the consume queues and key index from the log as it
+// grows (RocketMQ's reput service), and checkpoints them periodically.
+func (b *Broker) dispatchLoop() {
+	defer b.wg.Done()
+	tick := time.NewTicker(b.cfg.CheckpointInterval)
+	defer tick.Stop()
+	for {
+		changed := b.log.Changed()
+		if err := b.dispatchOnce(); err != nil {
+			b.logger.Error("dispatch failed; retrying", slog.Any("err", err))
+			select {
+			case <-time.After(100 * time.Millisecond):
+			case <-b.closing:
+				return
+			}
+			continue
+		}
+		select {
+		case <-changed:
+		case <-tick.C:
+			if err := b.checkpoint(); err != nil {
+				b.logger.Error("checkpoint failed", slog.Any("err", err))
+			}
+		case <-b.closing:
+			return
+		}
+	}
+}
+
+// dispatchOnce indexes everything committed to the log since the last round.
+func (b *Broker) dispatchOnce() error {
+	b.dispatchMu.Lock()
+	from := b.dispatched.Load()
+	next, err := b.log.Scan(from, b.dispatchRecord)
+	if next > from {
+		b.dispatched.Store(next)
+	}
+	b.dispatchMu.Unlock()
+	if next > from {
+		b.dispatchSig.fire()
+	}
+	return err
+}
+
+// dispatchRecord adds one record to its consume queue and the key index.
+// Called with dispatchMu held.
+func (b *Broker) dispatchRecord(off int64, rec []byte) error {
+	h, err := decodeHeader(rec)
+	if err != nil {
+		// The frame's CRC was good, so this is a bug or a newer format:
+		// skip it loudly rather than stop the whole broker.
+		b.logger.Error("undecodable record skipped", slog.Int64("offset", off), slog.Any("err", err))
+		return nil
+	}
+	topic := string(h.Topic)
+	b.topicsMu.RLock()
+	ts := b.topics[topic]
+	b.topicsMu.RUnlock()
+	if ts == nil || h.StoredAt < ts.info.Load().CreatedAt.UnixMilli() {
+		return nil // the topic was deleted (and maybe created again since)
+	}
+	err = b.cq.Append(topic, h.QueueID, h.QueueOffset, consumequeue.Entry{
+		Offset: off, Size: int32(len(rec)), TagHash: TagHash(string(h.Tag)),
+	})
+	switch {
+	case errors.Is(err, consumequeue.ErrOutOfOrder):
+		// Already there (a re-dispatch) or the topic was re-created; the
+		// queue's own order wins.
+		b.logger.Debug("record not queued: offset out of order", slog.String("topic", topic),
+			slog.Int("queue", h.QueueID), slog.Int64("queue_offset", h.QueueOffset))
+		return nil
+	case err != nil:
+		return fmt.Errorf("append to queue %s/%d: %w", topic, h.QueueID, err)
+	}
+	b.queueBytes[consumequeue.QueueID{Topic: topic, Queue: h.QueueID}] += int64(len(rec))
+	b.idx.Add(hashKeyBytes(keyID, h.ID), off)
+	h.eachKey(func(k []byte) {
+		b.idx.Add(hashKeyBytes(keyKey, h.Topic, k), off)
+	})
+	if len(h.DedupID) > 0 {
+		b.idx.Add(hashKeyBytes(keyDedup, h.Topic, h.DedupID), off)
+	}
+	return nil
+}
+
+// waitDispatched waits until the indexes cover the log up to off.
+func (b *Broker) waitDispatched(ctx context.Context, off int64) error {
+	for b.dispatched.Load() < off {
+		ch := b.dispatchSig.wait()
+		if b.dispatched.Load() >= off {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+			// The dispatcher may be gone (closing); dispatch ourselves.
+			if err := b.dispatchOnce(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// checkpoint is the point recovery re-dispatches from. Everything the
+// indexes hold before Dispatched is flushed before it is written. It also
+// records what the indexes held then, so that recovery notices an index
+// that lost data (a deleted directory) and rebuilds it from the log.
+type checkpoint struct {
+	Dispatched   int64                      `json:"dispatched"`
+	IndexEntries int64                      `json:"index_entries"`
+	Queues       map[string]checkpointQueue `json:"queues"` // by "topic/queue"
+}
+
+type checkpointQueue struct {
+	Max   int64 `json:"max"`   // the queue's max offset
+	Bytes int64 `json:"bytes"` // live bytes in the queue
+}
+
+const checkpointFile = "checkpoint.json"
+
+func queueName(q consumequeue.QueueID) string { return q.Topic + "/" + strconv.Itoa(q.Queue) }
+
+func parseQueueName(s string) (consumequeue.QueueID, bool) {
+	i := strings.LastIndexByte(s, '/')
+	if i < 0 {
+		return consumequeue.QueueID{}, false
+	}
+	n, err := strconv.Atoi(s[i+1:])
+	return consumequeue.QueueID{Topic: s[:i], Queue: n}, err == nil
+}
+
+func (b *Broker) checkpoint() error {
+	b.dispatchMu.Lock()
+	defer b.dispatchMu.Unlock()
+	if b.checkpointed == b.dispatched.Load() && !b.checkpointDirty {
+		return nil
+	}
+	if err := b.cq.Flush(); err != nil {
+		return fmt.Errorf("flush consume queues: %w", err)
+	}
+	if err := b.idx.Flush(); err != nil {
+		return fmt.Errorf("flush key index: %w", err)
+	}
+	cp := checkpoint{
+		Dispatched:   b.dispatched.Load(),
+		IndexEntries: b.idx.Stats().Entries,
+		Queues:       make(map[string]checkpointQueue, len(b.queueBytes)),
+	}
+	for q, n := range b.queueBytes {
+		_, hi := b.cq.Bounds(q.Topic, q.Queue)
+		cp.Queues[queueName(q)] = checkpointQueue{Max: hi, Bytes: n}
+	}
+	data, err := json.Marshal(cp)
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(b.cfg.Dir, checkpointFile), data); err != nil {
+		return fmt.Errorf("write checkpoint: %w", err)
+	}
+	b.checkpointed, b.checkpointDirty = cp.Dispatched, false
+	return nil
+}
+
+// readCheckpoint reads the checkpoint; a missing or unreadable one is the
+// zero checkpoint, from which recovery rebuilds everything.
+func readCheckpoint(dir string) (checkpoint, error) {
+	var cp checkpoint
+	data, err := os.ReadFile(filepath.Join(dir, checkpointFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return checkpoint{}, nil
+	}
+	if err != nil {
+		return cp, fmt.Errorf("read checkpoint: %w", err)
+	}
+	if err := json.Unmarshal(data, &cp); err != nil {
+		return checkpoint{}, nil
+	}
+	return cp, nil
+}
+
+// writeFileAtomic replaces path with data so that a crash leaves either the
+// old or the new content: temp file, fsync, rename, directory fsync.
+func writeFileAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

@@ -1,0 +1,32 @@
+// Package broker is a postbus broker: topics, publish, query and the
+// storage engine behind them.
+//
+// A publish is validated, encoded into a record (record.go) and appended to
+// the commitlog under one mutex, which also hands out queue offsets, so a
+// queue's order is the log's order. With SyncFlush the publish returns only
+// after a group-commit fsync covers it. A dispatcher goroutine then reads
+// the log and builds the derived structures: one consume queue per (topic,
+// queue), whose entry index is the queue offset, and the key index, which
+// maps message ids, keys and dedup ids to log offsets. Derived structures
+// are flushed and checkpointed every CheckpointInterval; after a crash,
+// recovery truncates them to the checkpoint and dispatches the log again
+// from there, so they never disagree with the log for long and can always
+// be rebuilt from it.
+//
+// Topic settings and (later) consumer offsets and subscriptions live in
+// SQLite (package meta), never on the per-message path.
+//
+// Decisions the design leaves open:
+//   - Dedup ids are kept in the record and the key index, not in SQLite: a
+//     dedup id is then exactly as durable as the message it names, with no
+//     window where one is stored without the other. Ids from this process's
+//     lifetime are also held in memory for the dedup window (about 150 bytes
+//     each).
+//   - A topic's retention can only lengthen how long the shared log keeps a
+//     segment (the log keeps the longest retention of any topic); a topic
+//     with a shorter retention hides its older messages from reads.
+//   - A deleted topic's records stay in the log until retention, unreachable:
+//     queries ignore messages of topics that no longer exist or were
+//     re-created after the message was stored.
+//   - Queues can grow but not shrink.
+package broker

@@ -1,0 +1,82 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Code is a stable, lower_snake identifier for a class of failure. Codes
+// appear verbatim in problem+json bodies and in openapi.yaml, so clients can
+// branch on them; never rename one.
+type Code string
+
+// The codes the broker returns. Each maps to one HTTP status in httpapi.
+const (
+	CodeInvalidTopic      Code = "invalid_topic"
+	CodeSystemTopic       Code = "system_topic"
+	CodeTopicNotFound     Code = "topic_not_found"
+	CodeTopicExists       Code = "topic_exists"
+	CodeInvalidMessage    Code = "invalid_message"
+	CodeBodyTooLarge      Code = "body_too_large"
+	CodeEmptyBody         Code = "empty_body"
+	CodeInvalidTag        Code = "invalid_tag"
+	CodeInvalidKeys       Code = "invalid_keys"
+	CodeInvalidProperties Code = "invalid_properties"
+	CodeInvalidDelay      Code = "invalid_delay"
+	CodeInvalidDedupID    Code = "invalid_dedup_id"
+	CodeBatchTooLarge     Code = "batch_too_large"
+	CodeInvalidBatch      Code = "invalid_batch"
+	CodeInvalidQueues     Code = "invalid_queues"
+	CodeInvalidRetention  Code = "invalid_retention"
+	CodeMessageNotFound   Code = "message_not_found"
+	CodeInvalidMessageID  Code = "invalid_message_id"
+	CodeInvalidKey        Code = "invalid_key"
+	CodeDiskFull          Code = "disk_full"
+	CodeUnavailable       Code = "unavailable"
+)
+
+// Error is a failure the caller caused or can act on. Field names the input
+// that was wrong (a header, a JSON field, "batch[3].tag"), when there is one.
+type Error struct {
+	Code   Code
+	Field  string
+	Detail string
+	Err    error // the cause, when there is one
+}
+
+func (e *Error) Error() string {
+	if e.Field != "" {
+		return fmt.Sprintf("%s: %s: %s", e.Code, e.Field, e.Detail)
+	}
+	return fmt.Sprintf("%s: %s", e.Code, e.Detail)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Is makes errors.Is(err, ErrTopicNotFound) match any *Error with the same code.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Detail == "" && t.Code == e.Code
+}
+
+// Sentinels to branch on with errors.Is; the errors returned carry detail.
+var (
+	ErrTopicNotFound   = &Error{Code: CodeTopicNotFound}
+	ErrTopicExists     = &Error{Code: CodeTopicExists}
+	ErrMessageNotFound = &Error{Code: CodeMessageNotFound}
+	ErrDiskFull        = &Error{Code: CodeDiskFull}
+	ErrClosed          = &Error{Code: CodeUnavailable}
+)
+
+func errf(code Code, field, format string, args ...any) *Error {
+	return &Error{Code: code, Field: field, Detail: fmt.Sprintf(format, args...)}
+}
+
+// CodeOf returns the code of the *Error in err's chain, or "" when there is none.
+func CodeOf(err error) Code {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return ""
+}

@@ -1,0 +1,73 @@
+package broker
+
+import (
+	"math"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the broker's Prometheus series. Gauges are computed when
+// scraped, so the publish path pays only for two counter increments.
+type metrics struct {
+	messages prometheus.Counter
+	bytes    prometheus.Counter
+	rejects  *prometheus.CounterVec
+}
+
+func newMetrics(b *Broker, reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		messages: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "postbus_published_messages_total", Help: "Messages stored by publishes (duplicates excluded).",
+		}),
+		bytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "postbus_published_bytes_total", Help: "Body bytes stored by publishes.",
+		}),
+		rejects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postbus_publish_rejected_total", Help: "Publishes refused, by error code.",
+		}, []string{"code"}),
+	}
+	if reg == nil {
+		return m
+	}
+	gauge := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
+	}
+	reg.MustRegister(m.messages, m.bytes, m.rejects,
+		gauge("postbus_commitlog_bytes", "Bytes of the commitlog between its oldest retained offset and its end.",
+			func() float64 { return float64(b.log.Committed() - b.log.MinOffset()) }),
+		gauge("postbus_commitlog_segments", "Commitlog segment files.",
+			func() float64 { return float64(len(b.log.Segments())) }),
+		gauge("postbus_dispatch_lag_bytes", "Committed log bytes not yet indexed into consume queues and the key index.",
+			func() float64 { return float64(b.log.Committed() - b.dispatched.Load()) }),
+		gauge("postbus_disk_used_ratio", "Used fraction of the file system holding the data directory.",
+			func() float64 { return math.Float64frombits(b.diskUsed.Load()) }),
+		gauge("postbus_disk_full", "1 while publishes are refused because the disk is over the full watermark.",
+			func() float64 {
+				if b.diskFull.Load() {
+					return 1
+				}
+				return 0
+			}),
+		gauge("postbus_topics", "Topics.", func() float64 {
+			b.topicsMu.RLock()
+			defer b.topicsMu.RUnlock()
+			return float64(len(b.topics))
+		}),
+	)
+	return m
+}
+
+func (m *metrics) published(n, bytes int) {
+	if m == nil {
+		return
+	}
+	m.messages.Add(float64(n))
+	m.bytes.Add(float64(bytes))
+}
+
+func (m *metrics) rejected(code Code) {
+	if m == nil {
+		return
+	}
+	m.rejects.WithLabelValues(string(code)).Inc()
+}

@@ -1,0 +1,218 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nuid"
+	"github.com/postbus/postbus/broker/commitlog"
+)
+
+// Batch limits of the API: one batch is one append.
+const (
+	MaxBatchMessages = 1000
+	MaxBatchBytes    = 4 << 20
+)
+
+// Result is what a publish answers for one message.
+type Result struct {
+	ID          string
+	Topic       string
+	QueueID     int
+	QueueOffset int64
+	DeliverAt   time.Time // zero unless delayed
+	Duplicate   bool      // a dedup id matched: nothing new was stored
+}
+
+// Publish validates msgs, stores them in one append and returns once they
+// are durable as configured (after fsync with SyncFlush). It is all or
+// nothing: when it returns an error, none of msgs was stored, except that a
+// failure of the fsync itself (or ctx ending while waiting for it) leaves the
+// outcome unknown, as with any lost acknowledgement.
+func (b *Broker) Publish(ctx context.Context, topic string, msgs []*Message) ([]Result, error) {
+	if b.isClosing() {
+		return nil, ErrClosed
+	}
+	if err := ValidateTopicName(topic); err != nil {
+		return nil, err
+	}
+	if len(msgs) == 0 {
+		return nil, errf(CodeInvalidBatch, "", "a batch needs at least one message")
+	}
+	if len(msgs) > MaxBatchMessages {
+		return nil, errf(CodeBatchTooLarge, "", "%d messages; a batch holds at most %d", len(msgs), MaxBatchMessages)
+	}
+	now := b.now()
+	total := 0
+	for i, m := range msgs {
+		prefix := ""
+		if len(msgs) > 1 {
+			prefix = fmt.Sprintf("[%d].", i)
+		}
+		if err := m.validate(prefix, b.cfg.MaxMessageBytes, b.cfg.MaxDelay, now); err != nil {
+			b.metrics.rejected(CodeOf(err))
+			return nil, err
+		}
+		total += len(m.Body)
+	}
+	if total > MaxBatchBytes {
+		return nil, errf(CodeBatchTooLarge, "", "the batch's bodies total %d bytes; the limit is %d", total, MaxBatchBytes)
+	}
+	if b.diskFull.Load() {
+		b.metrics.rejected(CodeDiskFull)
+		return nil, &Error{Code: CodeDiskFull, Detail: fmt.Sprintf("the disk holding the data directory is over %.0f%% full; publishes are refused until retention frees space", b.cfg.DiskFullRatio*100)}
+	}
+	ts, err := b.topicForPublish(ctx, topic)
+	if err != nil {
+		return nil, err
+	}
+
+	// Work that needs no lock happens here: ids, queue choice, encoding.
+	results := make([]Result, len(msgs))
+	recs := make([][]byte, len(msgs))
+	for i, m := range msgs {
+		m.ID = nuid.Next()
+		m.Topic = topic
+		m.BornAt = now
+		m.QueueID = ts.pickQueue(m.ShardingKey)
+		recs[i] = encodeRecord(make([]byte, 0, recordFixedLen+64+len(topic)+len(m.Body)), m)
+		results[i] = Result{ID: m.ID, Topic: topic, QueueID: m.QueueID, DeliverAt: m.DeliverAt}
+	}
+	dups := b.dedupFromIndex(ctx, topic, msgs, results)
+
+	end, err := b.append(ts, msgs, recs, results, dups)
+	if err != nil {
+		return nil, err
+	}
+	if end >= 0 {
+		if err := b.log.Sync(ctx, end); err != nil {
+			return nil, fmt.Errorf("flush commitlog: %w", err)
+		}
+	}
+	b.metrics.published(len(msgs), total)
+	return results, nil
+}
+
+// append assigns queue offsets and appends under appendMu. It returns the
+// log end to wait for, or -1 when every message was a duplicate.
+func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results []Result, dups []bool) (int64, error) {
+	b.appendMu.Lock()
+	defer b.appendMu.Unlock()
+	if b.isClosing() {
+		return 0, ErrClosed
+	}
+	now := b.now()
+	keep := recs[:0:0]
+	var firstOfBatch map[string]int // dedup key -> index of its first message in this batch
+	saved := make(map[int]int64, 4) // queue -> next offset before this append
+	for i, m := range msgs {
+		if m.DedupID != "" {
+			key := dedupKey(ts.name, m.DedupID)
+			if j, ok := firstOfBatch[key]; ok {
+				results[i] = results[j]
+				results[i].Duplicate = true
+				continue
+			}
+			if e, ok := b.dedup[key]; ok && now.Sub(e.at) < b.cfg.DedupWindow {
+				results[i] = e.res
+				results[i].Duplicate = true
+				continue
+			}
+			if dups[i] {
+				continue
+			}
+			if firstOfBatch == nil {
+				firstOfBatch = make(map[string]int)
+			}
+			firstOfBatch[key] = i
+		}
+		q := m.QueueID
+		if _, ok := saved[q]; !ok {
+			saved[q] = ts.next[q]
+		}
+		patchRecord(recs[i], now, ts.next[q])
+		results[i].QueueOffset = ts.next[q]
+		ts.next[q]++
+		keep = append(keep, recs[i])
+	}
+	if len(keep) == 0 {
+		return -1, nil
+	}
+	_, end, err := b.log.Append(keep)
+	if err != nil {
+		for q, next := range saved {
+			ts.next[q] = next
+		}
+		if errors.Is(err, commitlog.ErrDiskFull) {
+			b.metrics.rejected(CodeDiskFull)
+			return 0, &Error{Code: CodeDiskFull, Detail: "the disk is full: the commitlog could not allocate a new segment; nothing was stored", Err: err}
+		}
+		b.logger.Error("commitlog append failed", slog.Any("err", err))
+		return 0, &Error{Code: CodeUnavailable, Detail: "the commitlog could not store the messages; nothing was stored", Err: err}
+	}
+	for key, i := range firstOfBatch {
+		b.dedup[key] = dedupEntry{res: results[i], at: now}
+	}
+	return end, nil
+}
+
+// dedupFromIndex finds, for messages with a dedup id, a message stored
+// before this process started and still within the window. Messages stored
+// since start are in b.dedup, checked under appendMu. It runs outside the
+// lock because it may read the disk.
+func (b *Broker) dedupFromIndex(ctx context.Context, topic string, msgs []*Message, results []Result) []bool {
+	var dups []bool
+	now := b.now()
+	if now.Sub(b.started) >= b.cfg.DedupWindow {
+		return make([]bool, len(msgs))
+	}
+	dups = make([]bool, len(msgs))
+	for i, m := range msgs {
+		if m.DedupID == "" {
+			continue
+		}
+		key := dedupKey(topic, m.DedupID)
+		b.lookup(ctx, hashKey(keyDedup, key), func(stored *Message) bool {
+			if stored.Topic != topic || stored.DedupID != m.DedupID || stored.StoredAt.After(b.started) {
+				return true
+			}
+			if now.Sub(stored.StoredAt) < b.cfg.DedupWindow {
+				dups[i] = true
+				results[i] = Result{ID: stored.ID, Topic: topic, QueueID: stored.QueueID,
+					QueueOffset: stored.QueueOffset, DeliverAt: stored.DeliverAt, Duplicate: true}
+			}
+			return false
+		})
+	}
+	return dups
+}
+
+func dedupKey(topic, id string) string { return topic + "\x00" + id }
+
+// pruneDedup forgets dedup ids older than the window.
+func (b *Broker) pruneDedup() {
+	b.appendMu.Lock()
+	defer b.appendMu.Unlock()
+	now := b.now()
+	for k, e := range b.dedup {
+		if now.Sub(e.at) >= b.cfg.DedupWindow {
+			delete(b.dedup, k)
+		}
+	}
+}
+
+// pickQueue hashes a sharding key to a queue, so one key keeps its order,
+// and spreads everything else round-robin.
+func (ts *topicState) pickQueue(shardingKey string) int {
+	n := ts.info.Load().Queues
+	if shardingKey != "" {
+		h := fnv.New32a()
+		h.Write([]byte(shardingKey))
+		return int(h.Sum32() % uint32(n))
+	}
+	return int((ts.rr.Add(1) - 1) % uint32(n))
+}

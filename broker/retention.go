@@ -1,0 +1,186 @@
+package broker
+
+import (
+	"encoding/binary"
+	"fmt"
+	"log/slog"
+	"math"
+	"syscall"
+	"time"
+
+	"github.com/postbus/postbus/broker/consumequeue"
+)
+
+// diskCheckInterval is how often disk use is measured; statfs is cheap and
+// the full watermark must trip before the disk does.
+const diskCheckInterval = time.Second
+
+// retentionLoop deletes what retention and the disk watermarks say must go.
+func (b *Broker) retentionLoop() {
+	defer b.wg.Done()
+	disk := time.NewTicker(min(diskCheckInterval, b.cfg.RetentionInterval))
+	defer disk.Stop()
+	ret := time.NewTicker(b.cfg.RetentionInterval)
+	defer ret.Stop()
+	b.checkDisk()
+	for {
+		select {
+		case <-b.closing:
+			return
+		case <-disk.C:
+			b.checkDisk()
+		case <-ret.C:
+			b.pruneDedup()
+			if err := b.applyRetention(); err != nil {
+				b.logger.Error("retention failed", slog.Any("err", err))
+			}
+		}
+	}
+}
+
+// DiskUsage returns the used fraction of the file system holding dir.
+func DiskUsage(dir string) (float64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	if st.Blocks == 0 {
+		return 0, nil
+	}
+	return 1 - float64(st.Bavail)/float64(st.Blocks), nil
+}
+
+// checkDisk applies the watermarks: above DiskCleanRatio the oldest
+// segments are deleted even if retention has not passed; above
+// DiskFullRatio (after cleaning) publishes are refused.
+func (b *Broker) checkDisk() {
+	used, err := DiskUsage(b.cfg.Dir)
+	if err != nil {
+		b.logger.Error("disk check failed", slog.Any("err", err))
+		return
+	}
+	if used > b.cfg.DiskCleanRatio {
+		if n, err := b.dropOldest(used); err != nil {
+			b.logger.Error("cleaning the oldest segments failed", slog.Any("err", err))
+		} else if n > 0 {
+			if used, err = DiskUsage(b.cfg.Dir); err != nil {
+				return
+			}
+		}
+	}
+	b.diskUsed.Store(math.Float64bits(used))
+	full := used > b.cfg.DiskFullRatio
+	if was := b.diskFull.Swap(full); was != full {
+		if full {
+			b.logger.Error("disk over the full watermark: refusing publishes",
+				slog.Float64("used", used), slog.Float64("watermark", b.cfg.DiskFullRatio))
+		} else {
+			b.logger.Info("disk below the full watermark: accepting publishes again", slog.Float64("used", used))
+		}
+	}
+}
+
+// dropOldest deletes sealed segments, oldest first, while the disk is over
+// the clean watermark. It never deletes what dispatch has not indexed.
+func (b *Broker) dropOldest(used float64) (int, error) {
+	dropped := 0
+	for used > b.cfg.DiskCleanRatio {
+		segs := b.log.Segments()
+		if len(segs) < 2 || segs[0].End > b.dispatched.Load() {
+			break
+		}
+		b.logger.Warn("disk over the clean watermark: deleting the oldest segment before its retention",
+			slog.Float64("used", used), slog.Int64("segment", segs[0].Base))
+		if err := b.dropBefore(segs[0].End); err != nil {
+			return dropped, err
+		}
+		dropped++
+		var err error
+		if used, err = DiskUsage(b.cfg.Dir); err != nil {
+			return dropped, err
+		}
+	}
+	return dropped, nil
+}
+
+// logRetention is how long the log keeps a segment: the broker's retention,
+// or a topic's if longer (the log is shared; a shorter topic retention only
+// hides messages from reads).
+func (b *Broker) logRetention() time.Duration {
+	keep := b.cfg.Retention
+	b.topicsMu.RLock()
+	for _, ts := range b.topics {
+		keep = max(keep, ts.info.Load().Retention)
+	}
+	b.topicsMu.RUnlock()
+	return keep
+}
+
+// applyRetention deletes sealed segments whose every record is older than
+// the retention. A segment's records are all older than the first record
+// of the segment after it.
+func (b *Broker) applyRetention() error {
+	cutoff := b.now().Add(-b.logRetention()).UnixMilli()
+	segs := b.log.Segments()
+	drop := int64(-1)
+	for i := 0; i+1 < len(segs); i++ {
+		next := segs[i+1]
+		if next.End <= next.Base || segs[i].End > b.dispatched.Load() {
+			break
+		}
+		rec, _, err := b.log.ReadAt(next.Base, nil)
+		if err != nil {
+			return fmt.Errorf("read first record of segment %d: %w", next.Base, err)
+		}
+		if len(rec) < posStoredAt+8 || int64(binary.BigEndian.Uint64(rec[posStoredAt:])) >= cutoff {
+			break
+		}
+		drop = segs[i].End
+	}
+	if drop < 0 {
+		return nil
+	}
+	return b.dropBefore(drop)
+}
+
+// dropBefore deletes log segments ending at or before off and the index
+// entries that pointed into them, keeping per-queue byte counts true.
+func (b *Broker) dropBefore(off int64) error {
+	n, err := b.log.DropBefore(off)
+	if err != nil {
+		return fmt.Errorf("drop segments: %w", err)
+	}
+	if n == 0 {
+		return nil
+	}
+	logMin := b.log.MinOffset()
+	b.dispatchMu.Lock()
+	defer b.dispatchMu.Unlock()
+	var buf []consumequeue.Entry
+	for _, q := range b.cq.Queues() {
+		lo, hi := b.cq.Bounds(q.Topic, q.Queue)
+	scan:
+		for lo < hi {
+			buf, err = b.cq.Read(q.Topic, q.Queue, lo, 1024, buf[:0])
+			if err != nil || len(buf) == 0 {
+				break
+			}
+			for _, e := range buf {
+				if e.Offset >= logMin {
+					break scan
+				}
+				b.queueBytes[q] -= int64(e.Size)
+			}
+			lo += int64(len(buf))
+		}
+	}
+	b.checkpointDirty = true
+	if err := b.cq.DropBefore(logMin); err != nil {
+		return fmt.Errorf("drop consume-queue entries: %w", err)
+	}
+	if err := b.idx.DropBefore(logMin); err != nil {
+		return fmt.Errorf("drop key-index files: %w", err)
+	}
+	b.logger.Info("retention removed segments", slog.Int("segments", n), slog.Int64("log_min", logMin))
+	return nil
+}

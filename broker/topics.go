@@ -1,0 +1,237 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"time"
+
+	"github.com/postbus/postbus/broker/consumequeue"
+	"github.com/postbus/postbus/broker/meta"
+)
+
+// MaxQueues is the most queues a topic may have.
+const MaxQueues = 1024
+
+// Topic is a topic's settings. Retention 0 means the broker's default.
+type Topic struct {
+	Name      string
+	Queues    int
+	Retention time.Duration
+	CreatedAt time.Time
+}
+
+// QueueStats describes one queue: its live offsets [MinOffset, MaxOffset)
+// and what they hold.
+type QueueStats struct {
+	ID        int
+	MinOffset int64
+	MaxOffset int64
+	Messages  int64
+	Bytes     int64
+}
+
+// TopicStats is a topic with its queues.
+type TopicStats struct {
+	Topic
+	Messages int64
+	Bytes    int64
+	Queues   []QueueStats
+}
+
+func topicFromMeta(t meta.Topic) Topic {
+	return Topic{Name: t.Name, Queues: t.Queues, Retention: t.Retention, CreatedAt: t.CreatedAt}
+}
+
+// topicForPublish returns the topic, creating it when auto-creation is on.
+func (b *Broker) topicForPublish(ctx context.Context, name string) (*topicState, error) {
+	b.topicsMu.RLock()
+	ts := b.topics[name]
+	b.topicsMu.RUnlock()
+	if ts != nil {
+		return ts, nil
+	}
+	if !b.cfg.AutoCreateTopics {
+		return nil, &Error{Code: CodeTopicNotFound, Field: "topic",
+			Detail: fmt.Sprintf("topic %q does not exist and auto-creation is off; create it with PUT /v1/topics/%s", name, name)}
+	}
+	if _, _, err := b.PutTopic(ctx, Topic{Name: name}); err != nil && !errors.Is(err, ErrTopicExists) {
+		return nil, err
+	}
+	b.topicsMu.RLock()
+	defer b.topicsMu.RUnlock()
+	if ts := b.topics[name]; ts != nil {
+		return ts, nil
+	}
+	return nil, &Error{Code: CodeTopicNotFound, Field: "topic", Detail: fmt.Sprintf("topic %q was deleted while publishing", name)}
+}
+
+func (b *Broker) validateTopicSettings(t *Topic) error {
+	if err := ValidateTopicName(t.Name); err != nil {
+		return err
+	}
+	if t.Queues == 0 {
+		t.Queues = b.cfg.DefaultQueues
+	}
+	if t.Queues < 1 || t.Queues > MaxQueues {
+		return errf(CodeInvalidQueues, "queues", "%d queues: a topic has 1-%d", t.Queues, MaxQueues)
+	}
+	if t.Retention < 0 || (t.Retention > 0 && t.Retention < time.Minute) || t.Retention > 10*365*24*time.Hour {
+		return errf(CodeInvalidRetention, "retention", "retention %s must be between 1m and 10 years (or omitted for the broker's %s)", t.Retention, b.cfg.Retention)
+	}
+	return nil
+}
+
+// PutTopic creates a topic or updates its settings. Queues can only grow:
+// shrinking would strand the messages in the removed queues.
+func (b *Broker) PutTopic(ctx context.Context, t Topic) (Topic, bool, error) {
+	if err := b.validateTopicSettings(&t); err != nil {
+		return Topic{}, false, err
+	}
+	// appendMu orders this against publishes reading next[], and against
+	// deletes of the same topic.
+	b.appendMu.Lock()
+	defer b.appendMu.Unlock()
+	if b.isClosing() {
+		return Topic{}, false, ErrClosed
+	}
+	mt, created, err := b.meta.PutTopic(ctx, meta.Topic{Name: t.Name, Queues: t.Queues, Retention: t.Retention})
+	if errors.Is(err, meta.ErrQueuesShrink) {
+		return Topic{}, false, errf(CodeInvalidQueues, "queues", "topic %q has more than %d queues; queues can only grow", t.Name, t.Queues)
+	}
+	if err != nil {
+		return Topic{}, false, fmt.Errorf("store topic %q: %w", t.Name, err)
+	}
+	nt := topicFromMeta(mt)
+	b.topicsMu.Lock()
+	defer b.topicsMu.Unlock()
+	if ts, ok := b.topics[nt.Name]; ok {
+		for len(ts.next) < nt.Queues {
+			ts.next = append(ts.next, 0)
+		}
+		ts.info.Store(&nt)
+	} else {
+		b.topics[nt.Name] = newTopicState(nt)
+	}
+	if created {
+		b.logger.Info("topic created", slog.String("topic", nt.Name), slog.Int("queues", nt.Queues))
+	}
+	return nt, created, nil
+}
+
+func (b *Broker) topicState(name string) (*topicState, error) {
+	b.topicsMu.RLock()
+	defer b.topicsMu.RUnlock()
+	ts := b.topics[name]
+	if ts == nil {
+		return nil, &Error{Code: CodeTopicNotFound, Field: "topic", Detail: fmt.Sprintf("topic %q does not exist", name)}
+	}
+	return ts, nil
+}
+
+// Topic returns a topic with its queues' offsets and counts.
+func (b *Broker) Topic(ctx context.Context, name string) (TopicStats, error) {
+	ts, err := b.topicState(name)
+	if err != nil {
+		return TopicStats{}, err
+	}
+	// Count what was acknowledged before this call, as a client expects.
+	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
+		return TopicStats{}, err
+	}
+	t := *ts.info.Load()
+	st := TopicStats{Topic: t, Queues: make([]QueueStats, t.Queues)}
+	b.dispatchMu.Lock()
+	defer b.dispatchMu.Unlock()
+	for q := range st.Queues {
+		lo, hi := b.cq.Bounds(name, q)
+		bytes := b.queueBytes[consumequeue.QueueID{Topic: name, Queue: q}]
+		st.Queues[q] = QueueStats{ID: q, MinOffset: lo, MaxOffset: hi, Messages: hi - lo, Bytes: bytes}
+		st.Messages += hi - lo
+		st.Bytes += bytes
+	}
+	return st, nil
+}
+
+// Topics lists topics by name, after the name `after`, at most limit.
+func (b *Broker) Topics(ctx context.Context, after string, limit int) []Topic {
+	b.topicsMu.RLock()
+	out := make([]Topic, 0, len(b.topics))
+	for name, ts := range b.topics {
+		if name > after {
+			out = append(out, *ts.info.Load())
+		}
+	}
+	b.topicsMu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
+	}
+	return out
+}
+
+// DeleteTopic removes a topic and its queues. Its records stay in the log
+// until retention removes their segments, but nothing reaches them: queries
+// ignore messages of topics that no longer exist (or were created again
+// later), and dispatch skips them.
+func (b *Broker) DeleteTopic(ctx context.Context, name string) error {
+	if _, err := b.topicState(name); err != nil {
+		return err
+	}
+	// Holding appendMu, nothing more is appended to the topic; once
+	// dispatch has passed the log's end, its queues are complete and can go.
+	b.appendMu.Lock()
+	defer b.appendMu.Unlock()
+	end := b.log.End()
+	if err := b.log.Sync(ctx, end); err != nil {
+		return fmt.Errorf("flush commitlog: %w", err)
+	}
+	if err := b.waitDispatched(ctx, end); err != nil {
+		return err
+	}
+	if err := b.meta.DeleteTopic(ctx, name); err != nil && !errors.Is(err, meta.ErrNotFound) {
+		return fmt.Errorf("delete topic %q: %w", name, err)
+	}
+	b.topicsMu.Lock()
+	delete(b.topics, name)
+	b.topicsMu.Unlock()
+	b.dispatchMu.Lock()
+	err := b.cq.DeleteTopic(name)
+	for k := range b.queueBytes {
+		if k.Topic == name {
+			delete(b.queueBytes, k)
+		}
+	}
+	b.checkpointDirty = true
+	b.dispatchMu.Unlock()
+	if err != nil {
+		return fmt.Errorf("delete queues of %q: %w", name, err)
+	}
+	b.logger.Info("topic deleted", slog.String("topic", name))
+	// A checkpoint past the topic's last record keeps recovery from
+	// dispatching it again, into a topic of the same name created later.
+	return b.checkpoint()
+}
+
+// topicAlive reports whether a stored message still belongs to a live
+// topic: the topic exists, was not re-created after the message, and its
+// retention has not passed.
+func (b *Broker) topicAlive(m *Message, now time.Time) bool {
+	b.topicsMu.RLock()
+	ts := b.topics[m.Topic]
+	b.topicsMu.RUnlock()
+	if ts == nil {
+		return false
+	}
+	t := ts.info.Load()
+	if m.StoredAt.Before(t.CreatedAt.Truncate(time.Millisecond)) {
+		return false
+	}
+	keep := b.cfg.Retention
+	if t.Retention > 0 {
+		keep = t.Retention
+	}
+	return now.Sub(m.StoredAt) < keep
+}
