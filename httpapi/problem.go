@@ -1,0 +1,114 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+
+	"github.com/postbus/postbus/broker"
+)
+
+// Codes of problems the HTTP layer itself raises; the broker's are in
+// package broker. All are listed in openapi.yaml.
+const (
+	codeNotFound         broker.Code = "not_found"
+	codeMethodNotAllowed broker.Code = "method_not_allowed"
+	codeInvalidHeader    broker.Code = "invalid_header"
+	codeInvalidJSON      broker.Code = "invalid_json"
+	codeInvalidParameter broker.Code = "invalid_parameter"
+	codeUnsupportedMedia broker.Code = "unsupported_media_type"
+	codeRequestTooLarge  broker.Code = "request_too_large"
+	codeInternal         broker.Code = "internal"
+	codeNotReady         broker.Code = "not_ready"
+)
+
+// statusOf is the one table from error codes to HTTP statuses.
+var statusOf = map[broker.Code]int{
+	broker.CodeInvalidTopic:      http.StatusBadRequest,
+	broker.CodeSystemTopic:       http.StatusBadRequest,
+	broker.CodeTopicNotFound:     http.StatusNotFound,
+	broker.CodeTopicExists:       http.StatusConflict,
+	broker.CodeInvalidMessage:    http.StatusBadRequest,
+	broker.CodeBodyTooLarge:      http.StatusRequestEntityTooLarge,
+	broker.CodeEmptyBody:         http.StatusBadRequest,
+	broker.CodeInvalidTag:        http.StatusBadRequest,
+	broker.CodeInvalidKeys:       http.StatusBadRequest,
+	broker.CodeInvalidProperties: http.StatusBadRequest,
+	broker.CodeInvalidDelay:      http.StatusBadRequest,
+	broker.CodeInvalidDedupID:    http.StatusBadRequest,
+	broker.CodeBatchTooLarge:     http.StatusRequestEntityTooLarge,
+	broker.CodeInvalidBatch:      http.StatusBadRequest,
+	broker.CodeInvalidQueues:     http.StatusBadRequest,
+	broker.CodeInvalidRetention:  http.StatusBadRequest,
+	broker.CodeMessageNotFound:   http.StatusNotFound,
+	broker.CodeInvalidMessageID:  http.StatusBadRequest,
+	broker.CodeInvalidKey:        http.StatusBadRequest,
+	broker.CodeDiskFull:          http.StatusInsufficientStorage,
+	broker.CodeUnavailable:       http.StatusServiceUnavailable,
+	codeNotFound:                 http.StatusNotFound,
+	codeMethodNotAllowed:         http.StatusMethodNotAllowed,
+	codeInvalidHeader:            http.StatusBadRequest,
+	codeInvalidJSON:              http.StatusBadRequest,
+	codeInvalidParameter:         http.StatusBadRequest,
+	codeUnsupportedMedia:         http.StatusUnsupportedMediaType,
+	codeRequestTooLarge:          http.StatusRequestEntityTooLarge,
+	codeInternal:                 http.StatusInternalServerError,
+	codeNotReady:                 http.StatusServiceUnavailable,
+}
+
+// problem is an RFC 9457 problem detail with postbus's stable code.
+type problem struct {
+	Type     string      `json:"type"`
+	Title    string      `json:"title"`
+	Status   int         `json:"status"`
+	Detail   string      `json:"detail"`
+	Code     broker.Code `json:"code"`
+	Field    string      `json:"field,omitempty"`
+	Instance string      `json:"instance,omitempty"`
+}
+
+func writeProblem(w http.ResponseWriter, r *http.Request, code broker.Code, field, detail string) {
+	status, ok := statusOf[code]
+	if !ok {
+		status = http.StatusInternalServerError
+	}
+	p := problem{
+		Type:     "urn:postbus:problem:" + string(code),
+		Title:    http.StatusText(status),
+		Status:   status,
+		Detail:   detail,
+		Code:     code,
+		Field:    field,
+		Instance: r.URL.Path,
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(p)
+}
+
+// writeError answers err: a broker *Error as its problem; anything else as
+// a 500 that is logged but not shown, since it may say too much.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	var be *broker.Error
+	if errors.As(err, &be) {
+		if statusOf[be.Code] >= 500 {
+			s.logger.Error("request failed", slog.String("path", r.URL.Path), slog.Any("err", err))
+		}
+		detail := be.Detail
+		if detail == "" {
+			detail = string(be.Code)
+		}
+		writeProblem(w, r, be.Code, be.Field, detail)
+		return
+	}
+	s.logger.Error("request failed", slog.String("path", r.URL.Path), slog.Any("err", err))
+	writeProblem(w, r, codeInternal, "", "an internal error occurred; the server log has the details")
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}

@@ -1,0 +1,328 @@
+package httpapi
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/postbus/postbus/broker"
+)
+
+// Publish headers (DESIGN §4).
+const (
+	hdrTag         = "Postbus-Tag"
+	hdrKeys        = "Postbus-Keys"
+	hdrShardingKey = "Postbus-Sharding-Key"
+	hdrDelay       = "Postbus-Delay"
+	hdrDelayLevel  = "Postbus-Delay-Level"
+	hdrDeliverAt   = "Postbus-Deliver-At"
+	hdrDedupID     = "Postbus-Dedup-Id"
+	hdrPropPrefix  = "Postbus-Prop-"
+)
+
+// maxBatchRequestBytes bounds a batch request's JSON. Bodies are limited
+// to broker.MaxBatchBytes in all; the JSON may be larger by escaping and
+// base64 (4/3), plus the other fields.
+const maxBatchRequestBytes = broker.MaxBatchBytes*3/2 + 1<<20
+
+// headerError is a malformed Postbus-* header.
+type headerError struct {
+	header, detail string
+}
+
+func (e *headerError) Error() string { return e.header + ": " + e.detail }
+
+// parsePublishHeaders reads the message settings from a single publish's
+// headers. It checks syntax only; the broker checks limits and meaning.
+func parsePublishHeaders(h http.Header) (*broker.Message, error) {
+	m := &broker.Message{}
+	one := func(name string) (string, error) {
+		vs := h[name]
+		switch len(vs) {
+		case 0:
+			return "", nil
+		case 1:
+			return vs[0], nil
+		default:
+			return "", &headerError{name, "given more than once"}
+		}
+	}
+	var err error
+	if m.Tag, err = one(hdrTag); err != nil {
+		return nil, err
+	}
+	keys, err := one(hdrKeys)
+	if err != nil {
+		return nil, err
+	}
+	if keys != "" {
+		for _, k := range strings.Split(keys, ",") {
+			k = strings.TrimSpace(k)
+			if k == "" {
+				return nil, &headerError{hdrKeys, "an empty key in the comma-separated list"}
+			}
+			m.Keys = append(m.Keys, k)
+		}
+	}
+	if m.ShardingKey, err = one(hdrShardingKey); err != nil {
+		return nil, err
+	}
+	if m.DedupID, err = one(hdrDedupID); err != nil {
+		return nil, err
+	}
+	if v, err := one(hdrDelay); err != nil {
+		return nil, err
+	} else if v != "" {
+		if m.Delay, err = time.ParseDuration(v); err != nil {
+			return nil, &headerError{hdrDelay, fmt.Sprintf("%q is not a duration like 10s or 1h30m", v)}
+		}
+		if m.Delay <= 0 {
+			return nil, &headerError{hdrDelay, fmt.Sprintf("%q must be positive", v)}
+		}
+	}
+	if v, err := one(hdrDelayLevel); err != nil {
+		return nil, err
+	} else if v != "" {
+		if m.DelayLevel, err = strconv.Atoi(v); err != nil || m.DelayLevel < 1 || m.DelayLevel > len(broker.DelayLevels) {
+			return nil, &headerError{hdrDelayLevel, fmt.Sprintf("%q is not a delay level 1-%d", v, len(broker.DelayLevels))}
+		}
+	}
+	if v, err := one(hdrDeliverAt); err != nil {
+		return nil, err
+	} else if v != "" {
+		if m.DeliverAt, err = time.Parse(time.RFC3339Nano, v); err != nil {
+			return nil, &headerError{hdrDeliverAt, fmt.Sprintf("%q is not an RFC 3339 time like 2026-01-02T15:04:05Z", v)}
+		}
+	}
+	for name, vs := range h {
+		if !strings.HasPrefix(name, hdrPropPrefix) {
+			continue
+		}
+		prop := name[len(hdrPropPrefix):]
+		if prop == "" {
+			return nil, &headerError{name, "a property header needs a name after Postbus-Prop-"}
+		}
+		if len(vs) != 1 {
+			return nil, &headerError{name, "given more than once"}
+		}
+		if m.Properties == nil {
+			m.Properties = make(map[string]string)
+		}
+		m.Properties[prop] = vs[0]
+	}
+	if ct := h.Get("Content-Type"); ct != "" {
+		if _, _, err := mime.ParseMediaType(ct); err != nil {
+			return nil, &headerError{"Content-Type", fmt.Sprintf("%q is not a media type", ct)}
+		}
+		m.ContentType = ct
+	}
+	return m, nil
+}
+
+// publishResult is the JSON of one publish result.
+type publishResult struct {
+	MsgID       string `json:"msg_id"`
+	Topic       string `json:"topic"`
+	QueueID     int    `json:"queue_id"`
+	QueueOffset int64  `json:"queue_offset"`
+	Status      string `json:"status"`
+	DeliverAt   string `json:"deliver_at,omitempty"`
+	Duplicate   bool   `json:"duplicate,omitempty"`
+}
+
+func toPublishResult(r broker.Result) publishResult {
+	out := publishResult{MsgID: r.ID, Topic: r.Topic, QueueID: r.QueueID, QueueOffset: r.QueueOffset,
+		Status: "SEND_OK", Duplicate: r.Duplicate}
+	if !r.DeliverAt.IsZero() {
+		out.DeliverAt = r.DeliverAt.UTC().Format(time.RFC3339Nano)
+	}
+	return out
+}
+
+// readBody reads at most limit bytes of the request body, reporting a body
+// over the limit without reading all of it.
+func readBody(r *http.Request, limit int) ([]byte, bool, error) {
+	if r.ContentLength > int64(limit) {
+		return nil, true, nil
+	}
+	var buf []byte
+	if r.ContentLength > 0 {
+		buf = make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, buf); err != nil {
+			return nil, false, err
+		}
+		return buf, false, nil
+	}
+	buf, err := io.ReadAll(io.LimitReader(r.Body, int64(limit)+1))
+	if err != nil {
+		return nil, false, err
+	}
+	return buf, len(buf) > limit, nil
+}
+
+func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
+	topic := chi.URLParam(r, "topic")
+	m, err := parsePublishHeaders(r.Header)
+	if err != nil {
+		var he *headerError
+		errors.As(err, &he)
+		writeProblem(w, r, codeInvalidHeader, he.header, he.Error())
+		return
+	}
+	body, tooLarge, err := readBody(r, s.maxBody)
+	if err != nil {
+		writeProblem(w, r, codeInvalidParameter, "body", "reading the request body failed: "+err.Error())
+		return
+	}
+	if tooLarge {
+		writeProblem(w, r, broker.CodeBodyTooLarge, "body", fmt.Sprintf("the body is larger than the limit of %d bytes", s.maxBody))
+		return
+	}
+	m.Body = body
+	res, err := s.broker.Publish(r.Context(), topic, []*broker.Message{m})
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	status := http.StatusCreated
+	if res[0].Duplicate {
+		status = http.StatusOK
+	}
+	w.Header().Set("Location", "/v1/messages/"+res[0].ID)
+	writeJSON(w, status, toPublishResult(res[0]))
+}
+
+// batchItem is one message of a batch publish.
+type batchItem struct {
+	Body        *string           `json:"body"`
+	BodyBase64  *string           `json:"body_base64"`
+	ContentType string            `json:"content_type"`
+	Tag         string            `json:"tag"`
+	Keys        []string          `json:"keys"`
+	ShardingKey string            `json:"sharding_key"`
+	Delay       string            `json:"delay"`
+	DelayLevel  int               `json:"delay_level"`
+	DeliverAt   string            `json:"deliver_at"`
+	DedupID     string            `json:"dedup_id"`
+	Properties  map[string]string `json:"properties"`
+}
+
+// batchError is a malformed batch: which item and field, and why.
+type batchError struct {
+	code          broker.Code
+	field, detail string
+}
+
+func (e *batchError) Error() string { return e.field + ": " + e.detail }
+
+// decodeBatch parses a batch request body into messages. It checks syntax
+// and shape; the broker checks limits and meaning.
+func decodeBatch(data []byte) ([]*broker.Message, error) {
+	var items []batchItem
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&items); err != nil {
+		return nil, &batchError{codeInvalidJSON, "", "the batch must be a JSON array of messages: " + err.Error()}
+	}
+	if dec.More() {
+		return nil, &batchError{codeInvalidJSON, "", "unexpected data after the JSON array"}
+	}
+	if len(items) == 0 {
+		return nil, &batchError{broker.CodeInvalidBatch, "", "the batch is empty"}
+	}
+	if len(items) > broker.MaxBatchMessages {
+		return nil, &batchError{broker.CodeBatchTooLarge, "", fmt.Sprintf("%d messages; a batch holds at most %d", len(items), broker.MaxBatchMessages)}
+	}
+	msgs := make([]*broker.Message, len(items))
+	for i, it := range items {
+		f := func(name string) string { return fmt.Sprintf("[%d].%s", i, name) }
+		m := &broker.Message{ContentType: it.ContentType, Tag: it.Tag, Keys: it.Keys, ShardingKey: it.ShardingKey,
+			DelayLevel: it.DelayLevel, DedupID: it.DedupID, Properties: it.Properties}
+		switch {
+		case it.Body != nil && it.BodyBase64 != nil:
+			return nil, &batchError{broker.CodeInvalidMessage, f("body"), "give body or body_base64, not both"}
+		case it.Body != nil:
+			m.Body = []byte(*it.Body)
+		case it.BodyBase64 != nil:
+			b, err := base64.StdEncoding.DecodeString(*it.BodyBase64)
+			if err != nil {
+				return nil, &batchError{broker.CodeInvalidMessage, f("body_base64"), "not standard base64: " + err.Error()}
+			}
+			m.Body = b
+		default:
+			return nil, &batchError{broker.CodeEmptyBody, f("body"), "each message needs body or body_base64"}
+		}
+		if it.Delay != "" {
+			d, err := time.ParseDuration(it.Delay)
+			if err != nil || d <= 0 {
+				return nil, &batchError{broker.CodeInvalidDelay, f("delay"), fmt.Sprintf("%q is not a positive duration like 10s", it.Delay)}
+			}
+			m.Delay = d
+		}
+		if it.DeliverAt != "" {
+			t, err := time.Parse(time.RFC3339Nano, it.DeliverAt)
+			if err != nil {
+				return nil, &batchError{broker.CodeInvalidDelay, f("deliver_at"), fmt.Sprintf("%q is not an RFC 3339 time", it.DeliverAt)}
+			}
+			m.DeliverAt = t
+		}
+		if it.ContentType != "" {
+			if _, _, err := mime.ParseMediaType(it.ContentType); err != nil {
+				return nil, &batchError{broker.CodeInvalidMessage, f("content_type"), fmt.Sprintf("%q is not a media type", it.ContentType)}
+			}
+		}
+		msgs[i] = m
+	}
+	return msgs, nil
+}
+
+func isJSON(ct string) bool {
+	if ct == "" {
+		return true
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	return err == nil && (mt == "application/json" || strings.HasSuffix(mt, "+json"))
+}
+
+func (s *Server) handlePublishBatch(w http.ResponseWriter, r *http.Request) {
+	topic := chi.URLParam(r, "topic")
+	if !isJSON(r.Header.Get("Content-Type")) {
+		writeProblem(w, r, codeUnsupportedMedia, "Content-Type", "a batch is a JSON array: send Content-Type: application/json")
+		return
+	}
+	data, tooLarge, err := readBody(r, maxBatchRequestBytes)
+	if err != nil {
+		writeProblem(w, r, codeInvalidParameter, "body", "reading the request body failed: "+err.Error())
+		return
+	}
+	if tooLarge {
+		writeProblem(w, r, broker.CodeBatchTooLarge, "body", fmt.Sprintf("the batch request is larger than %d bytes (bodies may total %d)", maxBatchRequestBytes, broker.MaxBatchBytes))
+		return
+	}
+	msgs, err := decodeBatch(data)
+	if err != nil {
+		var be *batchError
+		errors.As(err, &be)
+		writeProblem(w, r, be.code, be.field, be.Error())
+		return
+	}
+	res, err := s.broker.Publish(r.Context(), topic, msgs)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	out := make([]publishResult, len(res))
+	for i, x := range res {
+		out[i] = toPublishResult(x)
+	}
+	writeJSON(w, http.StatusCreated, out)
+}

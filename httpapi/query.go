@@ -1,0 +1,135 @@
+package httpapi
+
+import (
+	"encoding/base64"
+	"net/http"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/postbus/postbus/broker"
+)
+
+// messageJSON is a stored message as the query API shows it.
+type messageJSON struct {
+	MsgID       string            `json:"msg_id"`
+	Topic       string            `json:"topic"`
+	QueueID     int               `json:"queue_id"`
+	QueueOffset int64             `json:"queue_offset"`
+	Tag         string            `json:"tag,omitempty"`
+	Keys        []string          `json:"keys,omitempty"`
+	ShardingKey string            `json:"sharding_key,omitempty"`
+	DedupID     string            `json:"dedup_id,omitempty"`
+	Properties  map[string]string `json:"properties,omitempty"`
+	ContentType string            `json:"content_type"`
+	BornAt      string            `json:"born_at"`
+	StoredAt    string            `json:"stored_at"`
+	DeliverAt   string            `json:"deliver_at,omitempty"`
+	Size        int               `json:"size"`
+	Body        string            `json:"body"`
+	Encoding    string            `json:"encoding"`
+}
+
+func toMessageJSON(m *broker.Message) messageJSON {
+	out := messageJSON{
+		MsgID: m.ID, Topic: m.Topic, QueueID: m.QueueID, QueueOffset: m.QueueOffset,
+		Tag: m.Tag, Keys: m.Keys, ShardingKey: m.ShardingKey, DedupID: m.DedupID,
+		Properties: m.Properties, ContentType: m.ContentType,
+		BornAt:   m.BornAt.UTC().Format(time.RFC3339Nano),
+		StoredAt: m.StoredAt.UTC().Format(time.RFC3339Nano),
+		Size:     len(m.Body),
+	}
+	if !m.DeliverAt.IsZero() {
+		out.DeliverAt = m.DeliverAt.UTC().Format(time.RFC3339Nano)
+	}
+	out.Body, out.Encoding = encodeBody(m.Body)
+	return out
+}
+
+// encodeBody puts a body in JSON as text when it is UTF-8, else as base64.
+func encodeBody(b []byte) (string, string) {
+	if utf8.Valid(b) {
+		return string(b), "utf8"
+	}
+	return base64.StdEncoding.EncodeToString(b), "base64"
+}
+
+func (s *Server) handleGetMessage(w http.ResponseWriter, r *http.Request) {
+	m, err := s.broker.Message(r.Context(), chi.URLParam(r, "msg_id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toMessageJSON(m))
+}
+
+func (s *Server) handleGetMessageBody(w http.ResponseWriter, r *http.Request) {
+	m, err := s.broker.Message(r.Context(), chi.URLParam(r, "msg_id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", m.ContentType)
+	h.Set("Content-Length", strconv.Itoa(len(m.Body)))
+	h.Set("Postbus-Message-Id", m.ID)
+	h.Set("Postbus-Topic", m.Topic)
+	if m.Tag != "" {
+		h.Set("Postbus-Tag", m.Tag)
+	}
+	w.WriteHeader(http.StatusOK)
+	w.Write(m.Body)
+}
+
+// queryInt reads an optional integer query parameter within [lo, hi].
+func queryInt(r *http.Request, name string, def, lo, hi int64) (int64, *broker.Error) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < lo || n > hi {
+		return 0, &broker.Error{Code: codeInvalidParameter, Field: name,
+			Detail: name + " must be an integer from " + strconv.FormatInt(lo, 10) + " to " + strconv.FormatInt(hi, 10)}
+	}
+	return n, nil
+}
+
+func (s *Server) handleMessagesByKey(w http.ResponseWriter, r *http.Request) {
+	key := r.URL.Query().Get("key")
+	if key == "" {
+		writeProblem(w, r, codeInvalidParameter, "key", "give the key to look up: ?key=K")
+		return
+	}
+	limit, perr := queryInt(r, "limit", broker.DefaultQueryLimit, 1, broker.MaxQueryLimit)
+	if perr != nil {
+		s.writeError(w, r, perr)
+		return
+	}
+	var before int64
+	if c := r.URL.Query().Get("cursor"); c != "" {
+		n, err := strconv.ParseInt(c, 10, 64)
+		if err != nil || n <= 0 {
+			writeProblem(w, r, codeInvalidParameter, "cursor", "the cursor is not one this server returned")
+			return
+		}
+		before = n
+	}
+	msgs, next, err := s.broker.MessagesByKey(r.Context(), chi.URLParam(r, "topic"), key, before, int(limit))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	out := struct {
+		Messages   []messageJSON `json:"messages"`
+		NextCursor string        `json:"next_cursor,omitempty"`
+	}{Messages: make([]messageJSON, len(msgs))}
+	for i, m := range msgs {
+		out.Messages[i] = toMessageJSON(m)
+	}
+	if next > 0 {
+		out.NextCursor = strconv.FormatInt(next, 10)
+	}
+	writeJSON(w, http.StatusOK, out)
+}

@@ -1,0 +1,67 @@
+package httpapi
+
+import (
+	"log/slog"
+	"net/http"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/postbus/postbus/broker"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Config is what a Server needs.
+type Config struct {
+	Broker   *broker.Broker
+	Logger   *slog.Logger
+	Registry *prometheus.Registry // serves /metrics, and HTTP metrics are registered in it; nil: a fresh one
+	OpenAPI  []byte               // served at /openapi.yaml
+	// Ready reports whether the process takes traffic (answered by /readyz);
+	// nil: the broker's own readiness.
+	Ready func() error
+	// MaxMessageBytes bounds a single publish's body; 0: the broker default.
+	MaxMessageBytes int
+}
+
+// Server is the HTTP face of a broker. It owns no state of its own.
+type Server struct {
+	broker  *broker.Broker
+	logger  *slog.Logger
+	reg     *prometheus.Registry
+	openapi []byte
+	ready   func() error
+	maxBody int
+	metrics *httpMetrics
+	router  chi.Router
+}
+
+// New returns a Server with every route mounted.
+func New(cfg Config) *Server {
+	s := &Server{
+		broker:  cfg.Broker,
+		logger:  cfg.Logger,
+		reg:     cfg.Registry,
+		openapi: cfg.OpenAPI,
+		ready:   cfg.Ready,
+		maxBody: cfg.MaxMessageBytes,
+	}
+	if s.logger == nil {
+		s.logger = slog.New(slog.DiscardHandler)
+	}
+	if s.reg == nil {
+		s.reg = prometheus.NewRegistry()
+	}
+	if s.ready == nil {
+		s.ready = s.broker.Ready
+	}
+	if s.maxBody <= 0 {
+		s.maxBody = broker.DefaultMaxMessageBytes
+	}
+	s.metrics = newHTTPMetrics(s.reg)
+	s.router = s.routes()
+	return s
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
+
+// Routes exposes the router so tests can walk every route.
+func (s *Server) Routes() chi.Routes { return s.router }

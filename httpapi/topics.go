@@ -1,0 +1,158 @@
+package httpapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/postbus/postbus/broker"
+)
+
+const maxTopicRequestBytes = 64 << 10
+
+type queueJSON struct {
+	QueueID   int   `json:"queue_id"`
+	MinOffset int64 `json:"min_offset"`
+	MaxOffset int64 `json:"max_offset"`
+	Messages  int64 `json:"messages"`
+	Bytes     int64 `json:"bytes"`
+}
+
+// topicJSON is a topic as the API shows it. queue_count is the setting
+// (the "queues" of a PUT); queues lists each queue when the answer is about
+// one topic.
+type topicJSON struct {
+	Name       string      `json:"name"`
+	QueueCount int         `json:"queue_count"`
+	Retention  string      `json:"retention,omitempty"`
+	CreatedAt  string      `json:"created_at"`
+	Messages   *int64      `json:"messages,omitempty"`
+	Bytes      *int64      `json:"bytes,omitempty"`
+	Queues     []queueJSON `json:"queues,omitempty"`
+}
+
+func toTopicJSON(t broker.Topic) topicJSON {
+	out := topicJSON{Name: t.Name, QueueCount: t.Queues, CreatedAt: t.CreatedAt.UTC().Format(time.RFC3339Nano)}
+	if t.Retention > 0 {
+		out.Retention = t.Retention.String()
+	}
+	return out
+}
+
+func toTopicStatsJSON(st broker.TopicStats) topicJSON {
+	out := toTopicJSON(st.Topic)
+	out.Messages, out.Bytes = &st.Messages, &st.Bytes
+	out.Queues = make([]queueJSON, len(st.Queues))
+	for i, q := range st.Queues {
+		out.Queues[i] = queueJSON{QueueID: q.ID, MinOffset: q.MinOffset, MaxOffset: q.MaxOffset, Messages: q.Messages, Bytes: q.Bytes}
+	}
+	return out
+}
+
+// decodeJSONBody decodes a small JSON request body strictly: unknown fields
+// and trailing data are errors, an empty body is the zero value.
+func decodeJSONBody(r *http.Request, limit int, v any) *broker.Error {
+	data, tooLarge, err := readBody(r, limit)
+	if err != nil {
+		return &broker.Error{Code: codeInvalidParameter, Field: "body", Detail: "reading the request body failed: " + err.Error()}
+	}
+	if tooLarge {
+		return &broker.Error{Code: codeRequestTooLarge, Field: "body", Detail: fmt.Sprintf("the request body is larger than %d bytes", limit)}
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil
+	}
+	if !isJSON(r.Header.Get("Content-Type")) {
+		return &broker.Error{Code: codeUnsupportedMedia, Field: "Content-Type", Detail: "send Content-Type: application/json"}
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return &broker.Error{Code: codeInvalidJSON, Field: "body", Detail: "the body is not valid JSON for this request: " + err.Error()}
+	}
+	if dec.More() {
+		return &broker.Error{Code: codeInvalidJSON, Field: "body", Detail: "unexpected data after the JSON object"}
+	}
+	return nil
+}
+
+func (s *Server) handlePutTopic(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Queues    int    `json:"queues"`
+		Retention string `json:"retention"`
+	}
+	if perr := decodeJSONBody(r, maxTopicRequestBytes, &req); perr != nil {
+		s.writeError(w, r, perr)
+		return
+	}
+	t := broker.Topic{Name: chi.URLParam(r, "topic"), Queues: req.Queues}
+	if req.Retention != "" {
+		d, err := time.ParseDuration(req.Retention)
+		if err != nil {
+			writeProblem(w, r, broker.CodeInvalidRetention, "retention", fmt.Sprintf("%q is not a duration like 72h", req.Retention))
+			return
+		}
+		t.Retention = d
+	}
+	if req.Queues < 0 {
+		writeProblem(w, r, broker.CodeInvalidQueues, "queues", "queues must be positive")
+		return
+	}
+	nt, created, err := s.broker.PutTopic(r.Context(), t)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	st, err := s.broker.Topic(r.Context(), nt.Name)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	status := http.StatusOK
+	if created {
+		status = http.StatusCreated
+	}
+	writeJSON(w, status, toTopicStatsJSON(st))
+}
+
+func (s *Server) handleGetTopic(w http.ResponseWriter, r *http.Request) {
+	st, err := s.broker.Topic(r.Context(), chi.URLParam(r, "topic"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toTopicStatsJSON(st))
+}
+
+func (s *Server) handleListTopics(w http.ResponseWriter, r *http.Request) {
+	limit, perr := queryInt(r, "limit", 100, 1, 1000)
+	if perr != nil {
+		s.writeError(w, r, perr)
+		return
+	}
+	cursor := r.URL.Query().Get("cursor")
+	topics := s.broker.Topics(r.Context(), cursor, int(limit)+1)
+	out := struct {
+		Topics     []topicJSON `json:"topics"`
+		NextCursor string      `json:"next_cursor,omitempty"`
+	}{Topics: make([]topicJSON, 0, len(topics))}
+	if len(topics) > int(limit) {
+		topics = topics[:limit]
+		out.NextCursor = topics[len(topics)-1].Name
+	}
+	for _, t := range topics {
+		out.Topics = append(out.Topics, toTopicJSON(t))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleDeleteTopic(w http.ResponseWriter, r *http.Request) {
+	if err := s.broker.DeleteTopic(r.Context(), chi.URLParam(r, "topic")); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
