@@ -1,0 +1,128 @@
+// Command postbus is a message bus that speaks plain HTTP.
+//
+//	postbus dev                 all-in-one on 127.0.0.1:8080, data in ./data
+//	postbus broker [flags]      a broker
+//	postbus bench publish       load-test a broker over HTTP
+//	postbus version             print the version
+//
+// Every flag has an environment equivalent: --flush-interval is
+// POSTBUS_FLUSH_INTERVAL. A flag on the command line wins over the
+// environment.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/postbus/postbus/cmd/postbus/bench"
+)
+
+// version is set at build time with -ldflags "-X main.version=v1.2.3".
+var version = "dev"
+
+const usage = `postbus — a message bus that speaks plain HTTP.
+
+Usage:
+  postbus <command> [flags]
+
+Commands:
+  dev        run an all-in-one bus on 127.0.0.1:8080 with data in ./data:
+             topics are created on first publish, no auth (for laptops and tests)
+  broker     run a broker (topics must be created first unless --auto-create-topics)
+  bench      load tools: "postbus bench publish --help"
+  version    print the version and exit
+
+Run "postbus <command> --help" for a command's flags. Every flag can also be
+set in the environment: --flush-interval=1s is POSTBUS_FLUSH_INTERVAL=1s.
+
+Quick start:
+  postbus dev &
+  curl -i -X POST localhost:8080/v1/topics/orders/messages \
+       -H 'Postbus-Tag: created' -H 'Postbus-Keys: order-1001' -d '{"id":1001}'
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "dev", "broker":
+		err = serve(ctx, args[0], args[1:], stderr)
+	case "bench":
+		err = runBench(ctx, args[1:], stdout, stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintln(stdout, versionString())
+	case "help", "-h", "--help", "-help":
+		fmt.Fprint(stdout, usage)
+	default:
+		fmt.Fprintf(stderr, "postbus: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		return 2
+	default:
+		fmt.Fprintf(stderr, "postbus %s: %v\n", args[0], err)
+		return 1
+	}
+}
+
+// errUsage reports a command line that could not be parsed; the flag
+// package has already printed why.
+var errUsage = errors.New("usage")
+
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	const benchUsage = `Usage: postbus bench <tool> [flags]
+
+Tools:
+  publish    publish to a broker over HTTP with N connections and report
+             msgs/s, MB/s and latency percentiles ("postbus bench publish --help")
+`
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stdout, benchUsage)
+		if len(args) == 0 {
+			return errUsage
+		}
+		return nil
+	}
+	switch args[0] {
+	case "publish":
+		return bench.Publish(ctx, args[1:], stdout)
+	default:
+		fmt.Fprintf(stderr, "postbus bench: unknown tool %q\n\n%s", args[0], benchUsage)
+		return errUsage
+	}
+}
+
+func versionString() string {
+	v := version
+	rev := ""
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				rev = " " + s.Value[:12]
+			}
+		}
+	}
+	return fmt.Sprintf("postbus %s%s %s %s/%s", v, rev, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}

@@ -1,0 +1,412 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// postbusBin is the binary under test, built once by TestMain.
+var postbusBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "postbus-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	postbusBin = filepath.Join(dir, "postbus")
+	build := exec.Command("go", "build", "-o", postbusBin, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build postbus:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// proc is a running postbus process.
+type proc struct {
+	cmd  *exec.Cmd
+	url  string
+	logs *bytes.Buffer
+	mu   *sync.Mutex
+	done chan struct{}
+}
+
+// start runs postbus with args and waits for it to listen and be ready.
+func start(tb testing.TB, args ...string) *proc {
+	tb.Helper()
+	cmd := exec.Command(postbusBin, append(args, "--addr", "127.0.0.1:0", "--log-format", "json")...)
+	cmd.Env = os.Environ()
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	p := &proc{cmd: cmd, logs: new(bytes.Buffer), mu: new(sync.Mutex), done: make(chan struct{})}
+	addr := make(chan string, 1)
+	go func() {
+		defer close(p.done)
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			line := sc.Bytes()
+			p.mu.Lock()
+			p.logs.Write(line)
+			p.logs.WriteByte('\n')
+			p.mu.Unlock()
+			var rec struct {
+				Msg  string `json:"msg"`
+				Addr string `json:"addr"`
+			}
+			if json.Unmarshal(line, &rec) == nil && rec.Msg == "postbus listening" {
+				addr <- rec.Addr
+			}
+		}
+		cmd.Wait()
+	}()
+	tb.Cleanup(func() {
+		cmd.Process.Kill()
+		<-p.done
+		if tb.Failed() {
+			tb.Logf("postbus %s logs:\n%s", strings.Join(args, " "), p.Logs())
+		}
+	})
+	select {
+	case a := <-addr:
+		p.url = "http://" + a
+	case <-p.done:
+		tb.Fatalf("postbus exited before listening:\n%s", p.Logs())
+	case <-time.After(30 * time.Second):
+		tb.Fatalf("postbus did not listen within 30s:\n%s", p.Logs())
+	}
+	waitReady(tb, p.url)
+	return p
+}
+
+func (p *proc) Logs() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.logs.String()
+}
+
+func waitReady(tb testing.TB, url string) {
+	tb.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(url + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	tb.Fatalf("%s/readyz did not answer 200 within 30s", url)
+}
+
+type acked struct {
+	id   string
+	body []byte
+}
+
+// TestSIGKILLDuringPublishStorm: every message that got a 201 under
+// --flush sync is there after a SIGKILL and restart, byte for byte.
+func TestSIGKILLDuringPublishStorm(t *testing.T) {
+	data := t.TempDir()
+	args := []string{"broker", "--data", data, "--auto-create-topics", "--flush", "sync", "--segment-size", "1MiB", "--max-message-bytes", "256KiB"}
+	p := start(t, args...)
+
+	var mu sync.Mutex
+	var got []acked
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	client := &http.Client{Timeout: 10 * time.Second}
+	for w := 0; w < 16; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				body := []byte(fmt.Sprintf("worker %d message %d %s", w, i, strings.Repeat("x", (w*131+i*17)%3000)))
+				if w%4 == 0 { // some workers publish batches
+					batch := fmt.Sprintf(`[{"body":%q},{"body_base64":"AAEC/w=="}]`, body)
+					resp, err := client.Post(p.url+"/v1/topics/storm/messages/batch", "application/json", strings.NewReader(batch))
+					if err != nil {
+						return
+					}
+					var res []struct {
+						MsgID string `json:"msg_id"`
+					}
+					err = json.NewDecoder(resp.Body).Decode(&res)
+					resp.Body.Close()
+					if err != nil || resp.StatusCode != http.StatusCreated || len(res) != 2 {
+						return
+					}
+					mu.Lock()
+					got = append(got, acked{res[0].MsgID, body}, acked{res[1].MsgID, []byte{0, 1, 2, 255}})
+					mu.Unlock()
+					continue
+				}
+				resp, err := client.Post(p.url+"/v1/topics/storm/messages", "text/plain", bytes.NewReader(body))
+				if err != nil {
+					return
+				}
+				var res struct {
+					MsgID string `json:"msg_id"`
+				}
+				err = json.NewDecoder(resp.Body).Decode(&res)
+				resp.Body.Close()
+				if err != nil || resp.StatusCode != http.StatusCreated {
+					return
+				}
+				mu.Lock()
+				got = append(got, acked{res.MsgID, body})
+				mu.Unlock()
+			}
+		}()
+	}
+	// Kill once enough has been acknowledged to span several segments.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		mu.Lock()
+		n := len(got)
+		mu.Unlock()
+		if n >= 3000 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-p.done
+	close(stop)
+	wg.Wait()
+	mu.Lock()
+	acks := append([]acked(nil), got...)
+	mu.Unlock()
+	if len(acks) < 100 {
+		t.Fatalf("only %d publishes were acknowledged before the kill", len(acks))
+	}
+	t.Logf("%d messages acknowledged before SIGKILL", len(acks))
+
+	p2 := start(t, args...)
+	for i, a := range acks {
+		resp, err := http.Get(p2.url + "/v1/messages/" + a.id + "/body")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("acknowledged message %d (%s) after restart: status %d: %s", i, a.id, resp.StatusCode, body)
+		}
+		if !bytes.Equal(body, a.body) {
+			t.Fatalf("acknowledged message %d (%s) differs after restart:\n got %q\nwant %q", i, a.id, body, a.body)
+		}
+	}
+	// The store takes new publishes after recovery.
+	resp, err := http.Post(p2.url+"/v1/topics/storm/messages", "text/plain", strings.NewReader("after"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("publish after recovery: status %d", resp.StatusCode)
+	}
+}
+
+// TestFullDisk runs the broker on a small tmpfs: when the disk fills, a
+// publish is refused with 507 disk_full, nothing half-written is left, and
+// everything acknowledged before is intact.
+func TestFullDisk(t *testing.T) {
+	mnt := t.TempDir()
+	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=6m"); err != nil {
+		t.Skipf("cannot mount a tmpfs to fill (needs root): %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(mnt, syscall.MNT_DETACH) })
+	// Watermarks at 100% so the real ENOSPC path is what refuses.
+	p := start(t, "broker", "--data", mnt, "--auto-create-topics", "--segment-size", "1MiB", "--max-message-bytes", "256KiB",
+		"--disk-clean-ratio", "1", "--disk-full-ratio", "1")
+
+	body := bytes.Repeat([]byte("f"), 64<<10)
+	var ids []string
+	var refused *http.Response
+	var problem struct {
+		Code   string `json:"code"`
+		Status int    `json:"status"`
+	}
+	for i := 0; i < 200 && refused == nil; i++ {
+		resp, err := http.Post(p.url+"/v1/topics/full/messages", "application/octet-stream", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var res struct {
+			MsgID string `json:"msg_id"`
+		}
+		raw, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		switch resp.StatusCode {
+		case http.StatusCreated:
+			if err := json.Unmarshal(raw, &res); err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, res.MsgID)
+		case http.StatusInsufficientStorage:
+			refused = resp
+			if err := json.Unmarshal(raw, &problem); err != nil {
+				t.Fatalf("507 body is not a problem: %s", raw)
+			}
+			if ct := resp.Header.Get("Content-Type"); ct != "application/problem+json" {
+				t.Errorf("507 content type %q", ct)
+			}
+		default:
+			t.Fatalf("publish %d: unexpected status %d: %s", i, resp.StatusCode, raw)
+		}
+	}
+	if refused == nil {
+		t.Fatal("the disk never filled")
+	}
+	if problem.Code != "disk_full" || problem.Status != 507 {
+		t.Fatalf("problem = %+v, want disk_full 507", problem)
+	}
+	if len(ids) == 0 {
+		t.Fatal("nothing was stored before the disk filled")
+	}
+	var topic struct {
+		Messages int64 `json:"messages"`
+	}
+	getJSON(t, p.url+"/v1/topics/full", &topic)
+	if topic.Messages != int64(len(ids)) {
+		t.Fatalf("topic holds %d messages, %d were acknowledged: a refused publish left something behind", topic.Messages, len(ids))
+	}
+	for _, id := range ids {
+		resp, err := http.Get(p.url + "/v1/messages/" + id + "/body")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !bytes.Equal(got, body) {
+			t.Fatalf("message %s after the disk filled: status %d, %d bytes", id, resp.StatusCode, len(got))
+		}
+	}
+}
+
+func getJSON(tb testing.TB, url string, v any) {
+	tb.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		tb.Fatalf("GET %s: %d %s", url, resp.StatusCode, b)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// TestSIGTERMShutsDownCleanly: SIGTERM exits 0 after a checkpoint, so the
+// next start has nothing to rebuild.
+func TestSIGTERMShutsDownCleanly(t *testing.T) {
+	data := t.TempDir()
+	p := start(t, "broker", "--data", data, "--auto-create-topics")
+	resp, err := http.Post(p.url+"/v1/topics/t/messages", "text/plain", strings.NewReader("hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("postbus did not exit within 20s of SIGTERM")
+	}
+	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM:\n%s", code, p.Logs())
+	}
+	if !strings.Contains(p.Logs(), `"msg":"stopped"`) {
+		t.Fatalf("no clean stop in the logs:\n%s", p.Logs())
+	}
+}
+
+func TestCommandLine(t *testing.T) {
+	tests := []struct {
+		name     string
+		args     []string
+		env      []string
+		wantCode int
+		wantOut  []string
+	}{
+		{"no command", nil, nil, 2, []string{"Commands:", "dev", "broker", "bench"}},
+		{"help", []string{"--help"}, nil, 0, []string{"Quick start"}},
+		{"version", []string{"version"}, nil, 0, []string{"postbus "}},
+		{"unknown", []string{"frobnicate"}, nil, 2, []string{`unknown command "frobnicate"`}},
+		{"broker help", []string{"broker", "--help"}, nil, 0, []string{"-flush", "POSTBUS_FLUSH_INTERVAL", "-retention"}},
+		{"dev help", []string{"dev", "--help"}, nil, 0, []string{"127.0.0.1:8080", "./data"}},
+		{"bad flag", []string{"broker", "--flush", "sometimes"}, nil, 2, []string{"want sync or async"}},
+		{"bad env", []string{"broker"}, []string{"POSTBUS_FLUSH=never"}, 2, []string{"POSTBUS_FLUSH"}},
+		{"bench help", []string{"bench"}, nil, 2, []string{"publish"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, postbusBin, tt.args...)
+			cmd.Env = append(os.Environ(), tt.env...)
+			out, _ := cmd.CombinedOutput()
+			if code := cmd.ProcessState.ExitCode(); code != tt.wantCode {
+				t.Errorf("exit code %d, want %d; output:\n%s", code, tt.wantCode, out)
+			}
+			for _, w := range tt.wantOut {
+				if !strings.Contains(string(out), w) {
+					t.Errorf("output lacks %q:\n%s", w, out)
+				}
+			}
+		})
+	}
+}
+
+func TestEnvSetsFlags(t *testing.T) {
+	data := t.TempDir()
+	t.Setenv("POSTBUS_DATA", data)
+	t.Setenv("POSTBUS_AUTO_CREATE_TOPICS", "true")
+	p := start(t, "broker")
+	resp, err := http.Post(p.url+"/v1/topics/envtopic/messages", "text/plain", strings.NewReader("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("publish with auto-create from the environment: %d", resp.StatusCode)
+	}
+	if _, err := os.Stat(filepath.Join(data, "meta.db")); err != nil {
+		t.Fatalf("POSTBUS_DATA was not used: %v", err)
+	}
+}

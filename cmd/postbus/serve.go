@@ -1,0 +1,170 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/postbus/postbus"
+	"github.com/postbus/postbus/broker"
+	"github.com/postbus/postbus/httpapi"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// serveConfig is everything `postbus dev` and `postbus broker` take.
+type serveConfig struct {
+	mode            string
+	addr            string
+	broker          broker.Config
+	flush           flushMode
+	segmentSize     byteSize
+	maxMessageBytes byteSize
+	logLevel        string
+	logFormat       string
+	shutdownTimeout time.Duration
+}
+
+func newServeFlags(mode string, out io.Writer) (*flag.FlagSet, *serveConfig) {
+	c := &serveConfig{mode: mode, broker: broker.DefaultConfig("./data")}
+	c.flush = flushMode(c.broker.SyncFlush)
+	c.segmentSize = byteSize(c.broker.SegmentSize)
+	c.maxMessageBytes = byteSize(c.broker.MaxMessageBytes)
+	addr := ":8080"
+	if mode == "dev" {
+		addr = "127.0.0.1:8080"
+		c.broker.AutoCreateTopics = true
+	}
+	fs := flag.NewFlagSet("postbus "+mode, flag.ContinueOnError)
+	fs.SetOutput(out)
+	b := &c.broker
+	fs.StringVar(&c.addr, "addr", addr, "listen address (host:port; port 0 picks a free one)")
+	fs.StringVar(&b.Dir, "data", b.Dir, "data directory: commitlog, indexes and the SQLite metadata")
+	fs.Var(&c.flush, "flush", "sync: acknowledge a publish only after fsync (group commit); async: after the write, fsync every --flush-interval")
+	fs.DurationVar(&b.FlushInterval, "flush-interval", b.FlushInterval, "fsync period with --flush async")
+	fs.Var(&c.segmentSize, "segment-size", "commitlog segment file size (preallocated)")
+	fs.Var(&c.maxMessageBytes, "max-message-bytes", "largest message body accepted")
+	fs.DurationVar(&b.MaxDelay, "max-delay", b.MaxDelay, "longest delay a producer may ask for")
+	fs.IntVar(&b.DefaultQueues, "default-queues", b.DefaultQueues, "queues of a topic created without a queue count")
+	fs.BoolVar(&b.AutoCreateTopics, "auto-create-topics", b.AutoCreateTopics, "create a topic on its first publish")
+	fs.DurationVar(&b.DedupWindow, "dedup-window", b.DedupWindow, "how long a Postbus-Dedup-Id is remembered")
+	fs.DurationVar(&b.Retention, "retention", b.Retention, "how long messages are kept")
+	fs.DurationVar(&b.RetentionInterval, "retention-check-interval", b.RetentionInterval, "how often retention runs")
+	fs.DurationVar(&b.CheckpointInterval, "checkpoint-interval", b.CheckpointInterval, "how often consume queues and the key index are flushed and checkpointed")
+	fs.Float64Var(&b.DiskCleanRatio, "disk-clean-ratio", b.DiskCleanRatio, "disk use above which the oldest segments are deleted before their retention")
+	fs.Float64Var(&b.DiskFullRatio, "disk-full-ratio", b.DiskFullRatio, "disk use above which publishes are refused with 507")
+	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
+	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long SIGTERM waits for in-flight requests")
+	fs.Usage = func() {
+		fmt.Fprintf(out, "Usage: postbus %s [flags]\n\n", mode)
+		if mode == "dev" {
+			fmt.Fprint(out, "An all-in-one bus for a laptop or a test: listens on 127.0.0.1:8080, keeps data in\n./data, creates topics on first publish and asks for no auth.\n\n")
+		} else {
+			fmt.Fprint(out, "A postbus broker. Topics must be created (PUT /v1/topics/{topic}) unless\n--auto-create-topics is given.\n\n")
+		}
+		fmt.Fprint(out, "Flags (each also as an environment variable, --flush-interval as POSTBUS_FLUSH_INTERVAL):\n")
+		fs.PrintDefaults()
+	}
+	return fs, c
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+// serve runs a broker with its HTTP API until ctx ends (SIGINT/SIGTERM),
+// then shuts down cleanly: the listener closes, in-flight requests finish,
+// the broker checkpoints and closes its files.
+func serve(ctx context.Context, mode string, args []string, stderr io.Writer) error {
+	fs, c := newServeFlags(mode, stderr)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	logger, err := newLogger(stderr, c.logLevel, c.logFormat)
+	if err != nil {
+		return err
+	}
+	c.broker.SyncFlush = bool(c.flush)
+	c.broker.SegmentSize = int64(c.segmentSize)
+	c.broker.MaxMessageBytes = int(c.maxMessageBytes)
+	c.broker.Logger = logger
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	c.broker.Registerer = reg
+
+	ln, err := net.Listen("tcp", c.addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", c.addr, err)
+	}
+	defer ln.Close()
+
+	b, err := broker.Open(ctx, c.broker)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+
+	var ready atomic.Bool
+	api := httpapi.New(httpapi.Config{
+		Broker: b, Logger: logger, Registry: reg, OpenAPI: postbus.OpenAPI,
+		MaxMessageBytes: c.broker.MaxMessageBytes,
+		Ready: func() error {
+			if !ready.Load() {
+				return errors.New("starting or shutting down")
+			}
+			return b.Ready()
+		},
+	})
+	srv := &http.Server{
+		Handler:           api,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       2 * time.Minute,
+		WriteTimeout:      2 * time.Minute,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    1 << 20,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	ready.Store(true)
+	logger.Info("postbus listening", slog.String("mode", mode), slog.String("addr", ln.Addr().String()),
+		slog.String("data", c.broker.Dir), slog.String("flush", c.flush.String()), slog.String("version", version))
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("http server: %w", err)
+	case <-ctx.Done():
+	}
+	ready.Store(false)
+	logger.Info("shutting down", slog.Duration("timeout", c.shutdownTimeout))
+	sctx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		logger.Warn("in-flight requests did not finish in time", slog.Any("err", err))
+	}
+	if err := b.Close(); err != nil {
+		return fmt.Errorf("close broker: %w", err)
+	}
+	logger.Info("stopped")
+	return nil
+}
