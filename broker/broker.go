@@ -60,6 +60,9 @@ type Broker struct {
 	wg        sync.WaitGroup
 }
 
+// MaxMessageBytes is the largest body a publish may carry.
+func (b *Broker) MaxMessageBytes() int { return b.cfg.MaxMessageBytes }
+
 type topicState struct {
 	name string
 	info atomic.Pointer[Topic] // replaced whole when the topic changes
@@ -351,8 +354,9 @@ func (b *Broker) isClosing() bool {
 	}
 }
 
-// Ready reports whether the broker takes publishes: open and not over the
-// disk-full watermark.
+// Ready reports whether the broker takes requests: open. A disk over the
+// full watermark does not make it unready, since reads still work; it
+// answers publishes with disk_full and shows in /metrics.
 func (b *Broker) Ready() error {
 	if b.isClosing() {
 		return ErrClosed

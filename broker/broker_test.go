@@ -90,7 +90,7 @@ func TestPublishAndQuery(t *testing.T) {
 
 func TestQueueSelection(t *testing.T) {
 	b := openBroker(t, testConfig(t, t.TempDir()))
-	if _, _, err := b.PutTopic(context.Background(), Topic{Name: "t", Queues: 4}); err != nil {
+	if _, _, err := b.PutTopic(context.Background(), "t", TopicSettings{Queues: 4}); err != nil {
 		t.Fatal(err)
 	}
 	counts := map[int]int{}
@@ -190,7 +190,7 @@ func TestAutoCreateOff(t *testing.T) {
 	if _, err := b.Publish(context.Background(), "orders", []*Message{msg("x")}); !errors.Is(err, ErrTopicNotFound) {
 		t.Fatalf("publish to unknown topic with auto-create off: err = %v", err)
 	}
-	if _, _, err := b.PutTopic(context.Background(), Topic{Name: "orders"}); err != nil {
+	if _, _, err := b.PutTopic(context.Background(), "orders", TopicSettings{}); err != nil {
 		t.Fatal(err)
 	}
 	publish(t, b, "orders", msg("x"))

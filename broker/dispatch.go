@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -24,23 +23,45 @@ const (
 	keyDedup = 'd'
 )
 
+// FNV-1a, written out: the hash.Hash version allocates, and these run for
+// every message on the dispatch path.
+const (
+	fnvOffset64 = 14695981039346656037
+	fnvPrime64  = 1099511628211
+)
+
+func fnvAdd(h uint64, p []byte) uint64 {
+	for _, c := range p {
+		h ^= uint64(c)
+		h *= fnvPrime64
+	}
+	return h
+}
+
+func fnvAddString(h uint64, s string) uint64 {
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= fnvPrime64
+	}
+	return h
+}
+
+// hashKey is the key-index hash of a kind and a key; hashKeyBytes of a
+// kind and parts joined by NUL (topic and key). They agree:
+// hashKey(k, a+"\x00"+b) == hashKeyBytes(k, a, b).
 func hashKey(kind byte, key string) uint64 {
-	h := fnv.New64a()
-	h.Write([]byte{kind})
-	h.Write([]byte(key))
-	return h.Sum64()
+	return fnvAddString(fnvAdd(fnvOffset64, []byte{kind}), key)
 }
 
 func hashKeyBytes(kind byte, parts ...[]byte) uint64 {
-	h := fnv.New64a()
-	h.Write([]byte{kind})
+	h := fnvAdd(fnvOffset64, []byte{kind})
 	for i, p := range parts {
 		if i > 0 {
-			h.Write([]byte{0})
+			h = fnvAdd(h, []byte{0})
 		}
-		h.Write(p)
+		h = fnvAdd(h, p)
 	}
-	return h.Sum64()
+	return h
 }
 
 // TagHash is the tag's hash stored in consume-queue entries, so filters
@@ -49,10 +70,18 @@ func TagHash(tag string) uint64 {
 	if tag == "" {
 		return 0
 	}
-	h := fnv.New64a()
-	h.Write([]byte(tag))
-	if s := h.Sum64(); s != 0 {
-		return s
+	if h := fnvAddString(fnvOffset64, tag); h != 0 {
+		return h
+	}
+	return 1
+}
+
+func tagHashBytes(tag []byte) uint64 {
+	if len(tag) == 0 {
+		return 0
+	}
+	if h := fnvAdd(fnvOffset64, tag); h != 0 {
+		return h
 	}
 	return 1
 }
@@ -119,7 +148,7 @@ func (b *Broker) dispatchRecord(off int64, rec []byte) error {
 		return nil // the topic was deleted (and maybe created again since)
 	}
 	err = b.cq.Append(topic, h.QueueID, h.QueueOffset, consumequeue.Entry{
-		Offset: off, Size: int32(len(rec)), TagHash: TagHash(string(h.Tag)),
+		Offset: off, Size: int32(len(rec)), TagHash: tagHashBytes(h.Tag),
 	})
 	switch {
 	case errors.Is(err, consumequeue.ErrOutOfOrder):

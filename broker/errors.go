@@ -15,7 +15,6 @@ const (
 	CodeInvalidTopic      Code = "invalid_topic"
 	CodeSystemTopic       Code = "system_topic"
 	CodeTopicNotFound     Code = "topic_not_found"
-	CodeTopicExists       Code = "topic_exists"
 	CodeInvalidMessage    Code = "invalid_message"
 	CodeBodyTooLarge      Code = "body_too_large"
 	CodeEmptyBody         Code = "empty_body"
@@ -62,7 +61,6 @@ func (e *Error) Is(target error) bool {
 // Sentinels to branch on with errors.Is; the errors returned carry detail.
 var (
 	ErrTopicNotFound   = &Error{Code: CodeTopicNotFound}
-	ErrTopicExists     = &Error{Code: CodeTopicExists}
 	ErrMessageNotFound = &Error{Code: CodeMessageNotFound}
 	ErrDiskFull        = &Error{Code: CodeDiskFull}
 	ErrClosed          = &Error{Code: CodeUnavailable}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"time"
 
@@ -210,9 +209,7 @@ func (b *Broker) pruneDedup() {
 func (ts *topicState) pickQueue(shardingKey string) int {
 	n := ts.info.Load().Queues
 	if shardingKey != "" {
-		h := fnv.New32a()
-		h.Write([]byte(shardingKey))
-		return int(h.Sum32() % uint32(n))
+		return int(fnvAddString(fnvOffset64, shardingKey) % uint64(n))
 	}
 	return int((ts.rr.Add(1) - 1) % uint32(n))
 }

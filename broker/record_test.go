@@ -98,3 +98,14 @@ func FuzzDecodeRecord(f *testing.F) {
 		}
 	})
 }
+
+func TestHashesAgree(t *testing.T) {
+	for _, c := range []struct{ topic, key string }{{"t", "k"}, {"orders", ""}, {"", "x"}, {"a\x00b", "c"}} {
+		if a, b := hashKey(keyKey, c.topic+"\x00"+c.key), hashKeyBytes(keyKey, []byte(c.topic), []byte(c.key)); a != b {
+			t.Errorf("hashKey(%q, %q) = %x, hashKeyBytes = %x", c.topic, c.key, a, b)
+		}
+	}
+	if TagHash("") != 0 || TagHash("a") == 0 || TagHash("a") != tagHashBytes([]byte("a")) || TagHash("a") == TagHash("b") {
+		t.Error("tag hashes disagree")
+	}
+}

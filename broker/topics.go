@@ -57,7 +57,7 @@ func (b *Broker) topicForPublish(ctx context.Context, name string) (*topicState,
 		return nil, &Error{Code: CodeTopicNotFound, Field: "topic",
 			Detail: fmt.Sprintf("topic %q does not exist and auto-creation is off; create it with PUT /v1/topics/%s", name, name)}
 	}
-	if _, _, err := b.PutTopic(ctx, Topic{Name: name}); err != nil && !errors.Is(err, ErrTopicExists) {
+	if _, _, err := b.PutTopic(ctx, name, TopicSettings{}); err != nil {
 		return nil, err
 	}
 	b.topicsMu.RLock()
@@ -68,26 +68,28 @@ func (b *Broker) topicForPublish(ctx context.Context, name string) (*topicState,
 	return nil, &Error{Code: CodeTopicNotFound, Field: "topic", Detail: fmt.Sprintf("topic %q was deleted while publishing", name)}
 }
 
-func (b *Broker) validateTopicSettings(t *Topic) error {
-	if err := ValidateTopicName(t.Name); err != nil {
-		return err
-	}
-	if t.Queues == 0 {
-		t.Queues = b.cfg.DefaultQueues
-	}
+// TopicSettings are what a PUT of a topic sets. A zero Queues or a nil
+// Retention keeps the topic's current value, or takes the default for a new
+// topic; a Retention of 0 means the broker's retention.
+type TopicSettings struct {
+	Queues    int
+	Retention *time.Duration
+}
+
+func (b *Broker) validateTopicSettings(t Topic) error {
 	if t.Queues < 1 || t.Queues > MaxQueues {
 		return errf(CodeInvalidQueues, "queues", "%d queues: a topic has 1-%d", t.Queues, MaxQueues)
 	}
 	if t.Retention < 0 || (t.Retention > 0 && t.Retention < time.Minute) || t.Retention > 10*365*24*time.Hour {
-		return errf(CodeInvalidRetention, "retention", "retention %s must be between 1m and 10 years (or omitted for the broker's %s)", t.Retention, b.cfg.Retention)
+		return errf(CodeInvalidRetention, "retention", "retention %s must be between 1m and 10 years (or 0 for the broker's %s)", t.Retention, b.cfg.Retention)
 	}
 	return nil
 }
 
-// PutTopic creates a topic or updates its settings. Queues can only grow:
+// PutTopic creates a topic or changes its settings. Queues can only grow:
 // shrinking would strand the messages in the removed queues.
-func (b *Broker) PutTopic(ctx context.Context, t Topic) (Topic, bool, error) {
-	if err := b.validateTopicSettings(&t); err != nil {
+func (b *Broker) PutTopic(ctx context.Context, name string, s TopicSettings) (Topic, bool, error) {
+	if err := ValidateTopicName(name); err != nil {
 		return Topic{}, false, err
 	}
 	// appendMu orders this against publishes reading next[], and against
@@ -96,6 +98,21 @@ func (b *Broker) PutTopic(ctx context.Context, t Topic) (Topic, bool, error) {
 	defer b.appendMu.Unlock()
 	if b.isClosing() {
 		return Topic{}, false, ErrClosed
+	}
+	t := Topic{Name: name, Queues: b.cfg.DefaultQueues}
+	b.topicsMu.RLock()
+	if ts := b.topics[name]; ts != nil {
+		t = *ts.info.Load()
+	}
+	b.topicsMu.RUnlock()
+	if s.Queues != 0 {
+		t.Queues = s.Queues
+	}
+	if s.Retention != nil {
+		t.Retention = *s.Retention
+	}
+	if err := b.validateTopicSettings(t); err != nil {
+		return Topic{}, false, err
 	}
 	mt, created, err := b.meta.PutTopic(ctx, meta.Topic{Name: t.Name, Queues: t.Queues, Retention: t.Retention})
 	if errors.Is(err, meta.ErrQueuesShrink) {
@@ -122,6 +139,9 @@ func (b *Broker) PutTopic(ctx context.Context, t Topic) (Topic, bool, error) {
 }
 
 func (b *Broker) topicState(name string) (*topicState, error) {
+	if err := ValidateTopicName(name); err != nil {
+		return nil, err
+	}
 	b.topicsMu.RLock()
 	defer b.topicsMu.RUnlock()
 	ts := b.topics[name]

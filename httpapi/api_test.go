@@ -27,7 +27,7 @@ func newTestServer(tb testing.TB, mutate func(*broker.Config)) (*httptest.Server
 	if err != nil {
 		tb.Fatal(err)
 	}
-	srv := httptest.NewServer(New(Config{Broker: b, MaxMessageBytes: cfg.MaxMessageBytes}))
+	srv := httptest.NewServer(New(Config{Broker: b}))
 	tb.Cleanup(func() {
 		srv.Close()
 		b.Close()
@@ -272,5 +272,26 @@ func TestOperations(t *testing.T) {
 	}
 	if resp.Header.Get("X-Request-Id") == "" {
 		t.Error("no X-Request-Id")
+	}
+}
+
+// TestPutTopicKeepsOmittedSettings: a PUT that leaves a setting out keeps
+// its current value rather than resetting it.
+func TestPutTopicKeepsOmittedSettings(t *testing.T) {
+	srv, _ := newTestServer(t, nil)
+	do(t, "PUT", srv.URL+"/v1/topics/keep", nil, strings.NewReader(`{"queues":8,"retention":"24h"}`))
+	resp, data := do(t, "PUT", srv.URL+"/v1/topics/keep", nil, strings.NewReader(`{"retention":"48h"}`))
+	var tj topicJSON
+	if resp.StatusCode != 200 || json.Unmarshal(data, &tj) != nil || tj.QueueCount != 8 || tj.Retention != "48h0m0s" {
+		t.Fatalf("retention-only PUT: %d %s", resp.StatusCode, data)
+	}
+	resp, data = do(t, "PUT", srv.URL+"/v1/topics/keep", nil, strings.NewReader(`{"queues":9}`))
+	if resp.StatusCode != 200 || json.Unmarshal(data, &tj) != nil || tj.QueueCount != 9 || tj.Retention != "48h0m0s" {
+		t.Fatalf("queues-only PUT: %d %s", resp.StatusCode, data)
+	}
+	resp, data = do(t, "PUT", srv.URL+"/v1/topics/keep", nil, strings.NewReader(`{"retention":"0s"}`))
+	var reset topicJSON
+	if resp.StatusCode != 200 || json.Unmarshal(data, &reset) != nil || reset.Retention != "" || reset.QueueCount != 9 {
+		t.Fatalf("retention 0s should mean the broker default: %d %s", resp.StatusCode, data)
 	}
 }

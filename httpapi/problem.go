@@ -28,7 +28,6 @@ var statusOf = map[broker.Code]int{
 	broker.CodeInvalidTopic:      http.StatusBadRequest,
 	broker.CodeSystemTopic:       http.StatusBadRequest,
 	broker.CodeTopicNotFound:     http.StatusNotFound,
-	broker.CodeTopicExists:       http.StatusConflict,
 	broker.CodeInvalidMessage:    http.StatusBadRequest,
 	broker.CodeBodyTooLarge:      http.StatusRequestEntityTooLarge,
 	broker.CodeEmptyBody:         http.StatusBadRequest,

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"encoding/json"
 	"net/http"
 	"reflect"
 	"strings"
@@ -144,4 +145,19 @@ func FuzzDecodeBatch(f *testing.F) {
 			t.Fatalf("%d messages decoded without error", len(msgs))
 		}
 	})
+}
+
+func TestAppendPublishResultMatchesEncodingJSON(t *testing.T) {
+	for _, r := range []publishResult{
+		{MsgID: "abc", Topic: "orders", QueueID: 3, QueueOffset: 1 << 40, Status: "SEND_OK"},
+		{MsgID: "x", Topic: "t.1_-", QueueID: 0, QueueOffset: 0, Status: "SEND_OK", DeliverAt: "2030-01-02T03:04:05.123Z", Duplicate: true},
+	} {
+		want, err := json.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := appendPublishResult(nil, r); string(got) != string(want) {
+			t.Errorf("appendPublishResult = %s\nencoding/json     = %s", got, want)
+		}
+	}
 }

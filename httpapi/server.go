@@ -18,7 +18,8 @@ type Config struct {
 	// Ready reports whether the process takes traffic (answered by /readyz);
 	// nil: the broker's own readiness.
 	Ready func() error
-	// MaxMessageBytes bounds a single publish's body; 0: the broker default.
+	// MaxMessageBytes bounds a single publish's body before the broker
+	// sees it; 0: the broker's own limit.
 	MaxMessageBytes int
 }
 
@@ -53,8 +54,8 @@ func New(cfg Config) *Server {
 	if s.ready == nil {
 		s.ready = s.broker.Ready
 	}
-	if s.maxBody <= 0 {
-		s.maxBody = broker.DefaultMaxMessageBytes
+	if s.maxBody <= 0 && s.broker != nil {
+		s.maxBody = s.broker.MaxMessageBytes()
 	}
 	s.metrics = newHTTPMetrics(s.reg)
 	s.router = s.routes()

@@ -81,27 +81,30 @@ func decodeJSONBody(r *http.Request, limit int, v any) *broker.Error {
 
 func (s *Server) handlePutTopic(w http.ResponseWriter, r *http.Request) {
 	var req struct {
-		Queues    int    `json:"queues"`
-		Retention string `json:"retention"`
+		Queues    *int    `json:"queues"`
+		Retention *string `json:"retention"`
 	}
 	if perr := decodeJSONBody(r, maxTopicRequestBytes, &req); perr != nil {
 		s.writeError(w, r, perr)
 		return
 	}
-	t := broker.Topic{Name: chi.URLParam(r, "topic"), Queues: req.Queues}
-	if req.Retention != "" {
-		d, err := time.ParseDuration(req.Retention)
-		if err != nil {
-			writeProblem(w, r, broker.CodeInvalidRetention, "retention", fmt.Sprintf("%q is not a duration like 72h", req.Retention))
+	var settings broker.TopicSettings
+	if req.Queues != nil {
+		if *req.Queues < 1 {
+			writeProblem(w, r, broker.CodeInvalidQueues, "queues", fmt.Sprintf("%d queues: a topic has at least 1", *req.Queues))
 			return
 		}
-		t.Retention = d
+		settings.Queues = *req.Queues
 	}
-	if req.Queues < 0 {
-		writeProblem(w, r, broker.CodeInvalidQueues, "queues", "queues must be positive")
-		return
+	if req.Retention != nil {
+		d, err := time.ParseDuration(*req.Retention)
+		if err != nil {
+			writeProblem(w, r, broker.CodeInvalidRetention, "retention", fmt.Sprintf("%q is not a duration like 72h", *req.Retention))
+			return
+		}
+		settings.Retention = &d
 	}
-	nt, created, err := s.broker.PutTopic(r.Context(), t)
+	nt, created, err := s.broker.PutTopic(r.Context(), chi.URLParam(r, "topic"), settings)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sync/atomic"
 	"time"
 
@@ -30,6 +31,7 @@ type serveConfig struct {
 	logLevel        string
 	logFormat       string
 	shutdownTimeout time.Duration
+	debugAddr       string
 }
 
 func newServeFlags(mode string, out io.Writer) (*flag.FlagSet, *serveConfig) {
@@ -63,6 +65,7 @@ func newServeFlags(mode string, out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long SIGTERM waits for in-flight requests")
+	fs.StringVar(&c.debugAddr, "debug-addr", "", "if set, serve Go's pprof profiles on this address (keep it on loopback)")
 	fs.Usage = func() {
 		fmt.Fprintf(out, "Usage: postbus %s [flags]\n\n", mode)
 		if mode == "dev" {
@@ -127,7 +130,6 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	var ready atomic.Bool
 	api := httpapi.New(httpapi.Config{
 		Broker: b, Logger: logger, Registry: reg, OpenAPI: postbus.OpenAPI,
-		MaxMessageBytes: c.broker.MaxMessageBytes,
 		Ready: func() error {
 			if !ready.Load() {
 				return errors.New("starting or shutting down")
@@ -143,6 +145,19 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    1 << 20,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	if c.debugAddr != "" {
+		dln, err := net.Listen("tcp", c.debugAddr)
+		if err != nil {
+			return fmt.Errorf("listen on --debug-addr %s: %w", c.debugAddr, err)
+		}
+		defer dln.Close()
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		go http.Serve(dln, mux)
+		logger.Info("pprof listening", slog.String("addr", dln.Addr().String()))
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()

@@ -1,0 +1,750 @@
+package httpapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"reflect"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
+	"github.com/getkin/kin-openapi/routers/gorillamux"
+	"github.com/go-chi/chi/v5"
+	"github.com/postbus/postbus"
+	"github.com/postbus/postbus/broker"
+)
+
+// The tests in this file keep openapi.yaml true: the document is valid, it
+// lists exactly the routes the router serves under the handlers' names, its
+// problem codes are exactly the ones the code can answer, and real traffic
+// through a real broker matches it, request and response.
+
+// loadContract loads the embedded openapi.yaml and validates it as OpenAPI.
+func loadContract(tb testing.TB) *openapi3.T {
+	tb.Helper()
+	loader := openapi3.NewLoader()
+	doc, err := loader.LoadFromData(postbus.OpenAPI)
+	if err != nil {
+		tb.Fatalf("load openapi.yaml: %v", err)
+	}
+	if err := doc.Validate(context.Background()); err != nil {
+		tb.Fatalf("openapi.yaml is not a valid OpenAPI document: %v", err)
+	}
+	return doc
+}
+
+func TestContractDocumentIsValid(t *testing.T) {
+	doc := loadContract(t)
+	if doc.OpenAPI != "3.0.3" {
+		t.Errorf("openapi = %q, want 3.0.3", doc.OpenAPI)
+	}
+	// Every answer carries X-Request-Id (the requestID middleware wraps
+	// every route), so every documented response must say so.
+	for path, item := range doc.Paths.Map() {
+		for method, op := range item.Operations() {
+			for status, ref := range op.Responses.Map() {
+				h := ref.Value.Headers["X-Request-Id"]
+				if h == nil || !h.Value.Required {
+					t.Errorf("%s %s: response %s does not declare the required X-Request-Id header", method, path, status)
+				}
+			}
+		}
+	}
+}
+
+// operationIDOf names a route's handler as openapi.yaml must:
+// (*Server).handlePublishBatch is publishBatch.
+func operationIDOf(h http.Handler) (string, error) {
+	hf, ok := h.(http.HandlerFunc)
+	if !ok {
+		return "", fmt.Errorf("handler is a %T, not a method of Server", h)
+	}
+	name := runtime.FuncForPC(reflect.ValueOf(hf).Pointer()).Name()
+	name = strings.TrimSuffix(name, "-fm")
+	name = name[strings.LastIndex(name, ".")+1:]
+	rest, ok := strings.CutPrefix(name, "handle")
+	if !ok || rest == "" {
+		return "", fmt.Errorf("handler %s is not named handleXxx", name)
+	}
+	r, n := utf8.DecodeRuneInString(rest)
+	return string(unicode.ToLower(r)) + rest[n:], nil
+}
+
+func TestContractRoutesMatchDocument(t *testing.T) {
+	doc := loadContract(t)
+	documented := make(map[string]string) // "GET /path" -> operationId
+	for path, item := range doc.Paths.Map() {
+		for method, op := range item.Operations() {
+			documented[method+" "+path] = op.OperationID
+		}
+	}
+	served := make(map[string]string) // "GET /path" -> operationId from the handler's name
+	s := New(Config{})
+	err := chi.Walk(s.Routes(), func(method, route string, h http.Handler, _ ...func(http.Handler) http.Handler) error {
+		id, err := operationIDOf(h)
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", method, route, err)
+		}
+		served[method+" "+route] = id
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("walk routes: %v", err)
+	}
+	if len(served) == 0 {
+		t.Fatal("the router has no routes")
+	}
+
+	var missing, extra []string
+	for r := range served {
+		if _, ok := documented[r]; !ok {
+			missing = append(missing, r)
+		}
+	}
+	for r := range documented {
+		if _, ok := served[r]; !ok {
+			extra = append(extra, r)
+		}
+	}
+	slices.Sort(missing)
+	slices.Sort(extra)
+	for _, r := range missing {
+		t.Errorf("route %s (handler %s) is not in openapi.yaml", r, served[r])
+	}
+	for _, r := range extra {
+		t.Errorf("openapi.yaml documents %s (operationId %s) but no route serves it", r, documented[r])
+	}
+	for r, id := range served {
+		if got, ok := documented[r]; ok && got != id {
+			t.Errorf("%s: operationId is %q, want %q after its handler", r, got, id)
+		}
+	}
+}
+
+// brokerCodes returns the Code constants declared in package broker's
+// errors.go, read from the source so that a code added there without being
+// documented fails this test.
+func brokerCodes(tb testing.TB) []string {
+	tb.Helper()
+	f, err := parser.ParseFile(token.NewFileSet(), "../broker/errors.go", nil, 0)
+	if err != nil {
+		tb.Fatalf("parse broker/errors.go: %v", err)
+	}
+	var codes []string
+	for _, d := range f.Decls {
+		gd, ok := d.(*ast.GenDecl)
+		if !ok || gd.Tok != token.CONST {
+			continue
+		}
+		for _, spec := range gd.Specs {
+			vs := spec.(*ast.ValueSpec)
+			if id, ok := vs.Type.(*ast.Ident); !ok || id.Name != "Code" {
+				continue
+			}
+			for _, v := range vs.Values {
+				lit, ok := v.(*ast.BasicLit)
+				if !ok || lit.Kind != token.STRING {
+					tb.Fatalf("broker/errors.go: a Code constant is not a string literal")
+				}
+				s, err := strconv.Unquote(lit.Value)
+				if err != nil {
+					tb.Fatalf("broker/errors.go: %v", err)
+				}
+				codes = append(codes, s)
+			}
+		}
+	}
+	if len(codes) == 0 {
+		tb.Fatal("broker/errors.go declares no Code constants")
+	}
+	return codes
+}
+
+// enumInts returns a schema's enum as ints (JSON numbers decode as float64).
+func enumInts(tb testing.TB, s *openapi3.Schema) []int {
+	tb.Helper()
+	var out []int
+	for _, v := range s.Enum {
+		switch n := v.(type) {
+		case float64:
+			out = append(out, int(n))
+		case int:
+			out = append(out, n)
+		default:
+			tb.Fatalf("enum value %v is a %T, not a number", v, v)
+		}
+	}
+	return out
+}
+
+func TestContractProblemCodes(t *testing.T) {
+	doc := loadContract(t)
+	problem := doc.Components.Schemas["Problem"]
+	if problem == nil {
+		t.Fatal("components/schemas/Problem is missing")
+	}
+	documented := make(map[string]bool)
+	for _, v := range problem.Value.Properties["code"].Value.Enum {
+		documented[v.(string)] = true
+	}
+	for code := range statusOf {
+		if !documented[string(code)] {
+			t.Errorf("code %q (status %d in statusOf) is not in Problem.code's enum", code, statusOf[code])
+		}
+	}
+	for _, code := range brokerCodes(t) {
+		if !documented[code] {
+			t.Errorf("broker code %q is not in Problem.code's enum", code)
+		}
+		if _, ok := statusOf[broker.Code(code)]; !ok {
+			t.Errorf("broker code %q has no status in statusOf: it would answer 500", code)
+		}
+	}
+	for code := range documented {
+		if _, ok := statusOf[broker.Code(code)]; !ok {
+			t.Errorf("Problem.code lists %q, which no code in statusOf answers", code)
+		}
+	}
+
+	// Each status's problem schema (BadRequestProblem, ...) narrows status
+	// and code; together they must be statusOf exactly.
+	byStatus := make(map[int]map[string]bool)
+	for name, ref := range doc.Components.Schemas {
+		if name == "Problem" || !strings.HasSuffix(name, "Problem") {
+			continue
+		}
+		s := ref.Value
+		if len(s.AllOf) != 2 || s.AllOf[0].Ref != "#/components/schemas/Problem" {
+			t.Errorf("schema %s is not allOf [Problem, narrowing]", name)
+			continue
+		}
+		narrow := s.AllOf[1].Value
+		st := enumInts(t, narrow.Properties["status"].Value)
+		if len(st) != 1 {
+			t.Errorf("schema %s: status enum %v, want one status", name, st)
+			continue
+		}
+		if byStatus[st[0]] == nil {
+			byStatus[st[0]] = make(map[string]bool)
+		}
+		for _, v := range narrow.Properties["code"].Value.Enum {
+			byStatus[st[0]][v.(string)] = true
+		}
+	}
+	for code, st := range statusOf {
+		if !byStatus[st][string(code)] {
+			t.Errorf("code %q answers %d, but no problem schema for %d lists it", code, st, st)
+		}
+	}
+	for st, codes := range byStatus {
+		for code := range codes {
+			if got := statusOf[broker.Code(code)]; got != st {
+				t.Errorf("the problem schema for %d lists %q, which answers %d", st, code, got)
+			}
+		}
+	}
+}
+
+func TestContractServesEmbeddedDocument(t *testing.T) {
+	s := New(Config{OpenAPI: postbus.OpenAPI})
+	rec := httptest.NewRecorder()
+	s.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/openapi.yaml", nil))
+	if rec.Code != http.StatusOK {
+		t.Fatalf("GET /openapi.yaml: status %d, want 200", rec.Code)
+	}
+	if ct := rec.Header().Get("Content-Type"); ct != "application/yaml" {
+		t.Errorf("Content-Type = %q, want application/yaml", ct)
+	}
+	if !bytes.Equal(rec.Body.Bytes(), postbus.OpenAPI) {
+		t.Errorf("GET /openapi.yaml served %d bytes that differ from the embedded document (%d bytes)", rec.Body.Len(), len(postbus.OpenAPI))
+	}
+}
+
+// Requests that match no route cannot be checked against an operation, but
+// their problems must still match the schemas the document gives them.
+func TestContractUnroutedProblems(t *testing.T) {
+	doc := loadContract(t)
+	s := New(Config{})
+	for _, c := range []struct {
+		method, path, schema string
+		status               int
+	}{
+		{http.MethodGet, "/v2/nothing", "NotFoundProblem", http.StatusNotFound},
+		{http.MethodPatch, "/v1/topics/orders", "MethodNotAllowedProblem", http.StatusMethodNotAllowed},
+	} {
+		t.Run(c.method+" "+c.path, func(t *testing.T) {
+			rec := httptest.NewRecorder()
+			s.ServeHTTP(rec, httptest.NewRequest(c.method, c.path, nil))
+			if rec.Code != c.status {
+				t.Fatalf("status %d, want %d", rec.Code, c.status)
+			}
+			if ct := rec.Header().Get("Content-Type"); ct != "application/problem+json" {
+				t.Errorf("Content-Type = %q, want application/problem+json", ct)
+			}
+			var v any
+			if err := json.Unmarshal(rec.Body.Bytes(), &v); err != nil {
+				t.Fatalf("body is not JSON: %v", err)
+			}
+			if err := doc.Components.Schemas[c.schema].Value.VisitJSON(v); err != nil {
+				t.Errorf("problem does not match %s: %v\n%s", c.schema, err, rec.Body.Bytes())
+			}
+		})
+	}
+}
+
+// exchange is one recorded request and what it must answer.
+type exchange struct {
+	name   string
+	strict bool // send to the server with a 16-byte body limit that is not ready
+	method string
+	path   string // {name} is replaced by a value saved by an earlier exchange
+	header map[string]string
+	body   string
+
+	status int
+	code   broker.Code // the problem's code, for an error
+	// invalid says the request breaks openapi.yaml on purpose: its
+	// validation must fail (the response must still match).
+	invalid bool
+	save    map[string]string // variable -> top-level JSON field of the answer to keep
+	check   func(tb testing.TB, resp *http.Response, body []byte)
+}
+
+// contractEnv is a real broker behind two HTTP servers, and a router over
+// openapi.yaml that matches their URLs.
+type contractEnv struct {
+	doc          *openapi3.T
+	router       routers.Router
+	main, strict *httptest.Server
+}
+
+func newContractEnv(tb testing.TB) *contractEnv {
+	tb.Helper()
+	cfg := broker.DefaultConfig(tb.TempDir())
+	cfg.AutoCreateTopics = true
+	cfg.SegmentSize = 1 << 20
+	cfg.MaxMessageBytes = 512 << 10 // must fit in a segment with room to spare
+	b, err := broker.Open(context.Background(), cfg)
+	if err != nil {
+		tb.Fatalf("open broker: %v", err)
+	}
+	tb.Cleanup(func() {
+		if err := b.Close(); err != nil {
+			tb.Errorf("close broker: %v", err)
+		}
+	})
+	env := &contractEnv{doc: loadContract(tb)}
+	env.main = httptest.NewServer(New(Config{Broker: b, OpenAPI: postbus.OpenAPI}))
+	tb.Cleanup(env.main.Close)
+	env.strict = httptest.NewServer(New(Config{Broker: b, OpenAPI: postbus.OpenAPI, MaxMessageBytes: 16,
+		Ready: func() error { return errors.New("draining") }}))
+	tb.Cleanup(env.strict.Close)
+
+	// The document's server is 127.0.0.1:8080; route the test servers' URLs.
+	env.doc.Servers = openapi3.Servers{{URL: env.main.URL}, {URL: env.strict.URL}}
+	if env.router, err = gorillamux.NewRouter(env.doc); err != nil {
+		tb.Fatalf("router over openapi.yaml: %v", err)
+	}
+	return env
+}
+
+var validateOpts = &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true}
+
+// do sends x, validates the request and the response against the document,
+// and returns the operation and the answer.
+func (env *contractEnv) do(tb testing.TB, x exchange, vars map[string]string) (string, *http.Response, []byte) {
+	tb.Helper()
+	srv := env.main
+	if x.strict {
+		srv = env.strict
+	}
+	path := x.path
+	for k, v := range vars {
+		path = strings.ReplaceAll(path, "{"+k+"}", v)
+	}
+	newReq := func() *http.Request {
+		var body io.Reader
+		if x.body != "" {
+			body = strings.NewReader(x.body)
+		}
+		req, err := http.NewRequest(x.method, srv.URL+path, body)
+		if err != nil {
+			tb.Fatalf("new request: %v", err)
+		}
+		for k, v := range x.header {
+			req.Header.Set(k, v)
+		}
+		return req
+	}
+
+	vreq := newReq()
+	route, params, err := env.router.FindRoute(vreq)
+	if err != nil {
+		tb.Fatalf("%s %s matches no operation in openapi.yaml: %v", x.method, path, err)
+	}
+	in := &openapi3filter.RequestValidationInput{Request: vreq, PathParams: params, Route: route, Options: validateOpts}
+	err = openapi3filter.ValidateRequest(context.Background(), in)
+	switch {
+	case x.invalid && err == nil:
+		tb.Errorf("the request was meant to break openapi.yaml, but it validates: the document is looser than the server")
+	case !x.invalid && err != nil:
+		tb.Errorf("the request does not validate against openapi.yaml: %v", err)
+	}
+
+	resp, err := srv.Client().Do(newReq())
+	if err != nil {
+		tb.Fatalf("%s %s: %v", x.method, path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		tb.Fatalf("read the answer: %v", err)
+	}
+	rin := &openapi3filter.ResponseValidationInput{RequestValidationInput: in, Status: resp.StatusCode,
+		Header: resp.Header, Options: validateOpts}
+	rin.SetBodyBytes(body)
+	if err := openapi3filter.ValidateResponse(context.Background(), rin); err != nil {
+		tb.Errorf("the answer (%d %s) does not match openapi.yaml: %v\n%s", resp.StatusCode, resp.Header.Get("Content-Type"), err, clip(body))
+	}
+	return route.Operation.OperationID, resp, body
+}
+
+func clip(b []byte) []byte {
+	if len(b) > 600 {
+		return append(b[:600:600], "…"...)
+	}
+	return b
+}
+
+// jsonField returns a top-level field of a JSON object, or "".
+func jsonField(tb testing.TB, body []byte, field string) any {
+	tb.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(body, &m); err != nil {
+		tb.Fatalf("answer is not a JSON object: %v\n%s", err, clip(body))
+	}
+	return m[field]
+}
+
+func TestContractRecordedTraffic(t *testing.T) {
+	env := newContractEnv(t)
+	batch := func(items ...string) string { return "[" + strings.Join(items, ",") + "]" }
+	json1001 := batch(slices.Repeat([]string{`{"body":"x"}`}, 1001)...)
+	big := strings.Repeat("a", 500<<10)
+	overTotal := batch(slices.Repeat([]string{`{"body":"` + big + `"}`}, 9)...) // 4.4 MiB of bodies
+	manyKeys := strings.TrimSuffix(strings.Repeat("k,", 33), ",")
+	jsonCT := map[string]string{"Content-Type": "application/json"}
+	noDuplicate := func(tb testing.TB, _ *http.Response, body []byte) {
+		if d := jsonField(tb, body, "duplicate"); d != nil {
+			tb.Errorf("duplicate = %v in a first publish", d)
+		}
+	}
+
+	exchanges := []exchange{
+		// Operations.
+		{name: "healthz", method: "GET", path: "/healthz", status: 200},
+		{name: "readyz", method: "GET", path: "/readyz", status: 200},
+		{name: "readyz/not ready", strict: true, method: "GET", path: "/readyz", status: 503, code: codeNotReady},
+		{name: "metrics", method: "GET", path: "/metrics", status: 200},
+		{name: "openapi.yaml", method: "GET", path: "/openapi.yaml", status: 200,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				if !bytes.Equal(body, postbus.OpenAPI) {
+					tb.Error("/openapi.yaml is not the embedded document")
+				}
+			}},
+
+		// Topics.
+		{name: "put topic/create", method: "PUT", path: "/v1/topics/orders", header: jsonCT,
+			body: `{"queues":2,"retention":"1h"}`, status: 201,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				var got topicJSON
+				json.Unmarshal(body, &got)
+				if got.QueueCount != 2 || len(got.Queues) != 2 || got.Retention != "1h0m0s" {
+					tb.Errorf("created topic = %+v, want 2 queues and retention 1h0m0s", got)
+				}
+			}},
+		{name: "put topic/update", method: "PUT", path: "/v1/topics/orders", header: jsonCT,
+			body: `{"queues":4,"retention":"2h"}`, status: 200},
+		{name: "put topic/shrink", method: "PUT", path: "/v1/topics/orders", header: jsonCT,
+			body: `{"queues":3,"retention":"2h"}`, status: 400, code: broker.CodeInvalidQueues},
+		{name: "put topic/negative queues", method: "PUT", path: "/v1/topics/orders", header: jsonCT,
+			body: `{"queues":-1}`, status: 400, code: broker.CodeInvalidQueues, invalid: true},
+		{name: "put topic/too many queues", method: "PUT", path: "/v1/topics/orders", header: jsonCT,
+			body: `{"queues":5000}`, status: 400, code: broker.CodeInvalidQueues, invalid: true},
+		{name: "put topic/bad retention", method: "PUT", path: "/v1/topics/orders", header: jsonCT,
+			body: `{"queues":4,"retention":"soon"}`, status: 400, code: broker.CodeInvalidRetention, invalid: true},
+		{name: "put topic/bad json", method: "PUT", path: "/v1/topics/orders", header: jsonCT,
+			body: `{"queues":`, status: 400, code: codeInvalidJSON, invalid: true},
+		{name: "put topic/unknown field", method: "PUT", path: "/v1/topics/orders", header: jsonCT,
+			body: `{"partitions":4}`, status: 400, code: codeInvalidJSON, invalid: true},
+		{name: "put topic/not json", method: "PUT", path: "/v1/topics/orders",
+			header: map[string]string{"Content-Type": "text/plain"}, body: "queues=4",
+			status: 415, code: codeUnsupportedMedia, invalid: true},
+		{name: "put topic/too large", method: "PUT", path: "/v1/topics/orders", header: jsonCT,
+			body: `{"retention":"` + strings.Repeat("1", 70<<10) + `h"}`, status: 413, code: codeRequestTooLarge},
+		{name: "put topic/defaults", method: "PUT", path: "/v1/topics/scratch", status: 201},
+		{name: "get topic", method: "GET", path: "/v1/topics/orders", status: 200,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				if got := jsonField(tb, body, "queue_count"); got != float64(4) {
+					tb.Errorf("queue_count = %v, want 4", got)
+				}
+			}},
+		{name: "get topic/not found", method: "GET", path: "/v1/topics/nope", status: 404, code: broker.CodeTopicNotFound},
+		{name: "get topic/invalid name", method: "GET", path: "/v1/topics/bad!name", status: 400,
+			code: broker.CodeInvalidTopic, invalid: true},
+		{name: "delete topic/invalid name", method: "DELETE", path: "/v1/topics/bad!name", status: 400,
+			code: broker.CodeInvalidTopic, invalid: true},
+		{name: "list topics", method: "GET", path: "/v1/topics", status: 200},
+		{name: "list topics/page", method: "GET", path: "/v1/topics?limit=1", status: 200,
+			save: map[string]string{"topics": "next_cursor"}},
+		{name: "list topics/next page", method: "GET", path: "/v1/topics?limit=1&cursor={topics}", status: 200,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				var got struct{ Topics []topicJSON }
+				json.Unmarshal(body, &got)
+				if len(got.Topics) != 1 || got.Topics[0].Name != "scratch" {
+					tb.Errorf("second page = %+v, want the topic scratch", got.Topics)
+				}
+			}},
+		{name: "list topics/bad limit", method: "GET", path: "/v1/topics?limit=0", status: 400,
+			code: codeInvalidParameter, invalid: true},
+
+		// Publish.
+		{name: "publish", method: "POST", path: "/v1/topics/orders/messages",
+			header: map[string]string{"Content-Type": "text/plain; charset=utf-8", "Postbus-Tag": "order.created",
+				"Postbus-Keys": "order-42, customer-7", "Postbus-Sharding-Key": "customer-7",
+				"Postbus-Dedup-Id": "d-1", "Postbus-Prop-Source": "web"},
+			body: "order 42 created", status: 201, save: map[string]string{"id": "msg_id"}, check: noDuplicate},
+		{name: "publish/duplicate", method: "POST", path: "/v1/topics/orders/messages",
+			header: map[string]string{"Postbus-Dedup-Id": "d-1"}, body: "again", status: 200,
+			check: func(tb testing.TB, resp *http.Response, body []byte) {
+				if d := jsonField(tb, body, "duplicate"); d != true {
+					tb.Errorf("duplicate = %v, want true", d)
+				}
+				id, _ := jsonField(tb, body, "msg_id").(string)
+				if loc := resp.Header.Get("Location"); loc != "/v1/messages/"+id {
+					tb.Errorf("Location = %q, want /v1/messages/%s", loc, id)
+				}
+			}},
+		{name: "publish/delayed", method: "POST", path: "/v1/topics/orders/messages",
+			header: map[string]string{"Postbus-Delay": "10s", "Postbus-Keys": "order-42"}, body: "later", status: 201,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				if jsonField(tb, body, "deliver_at") == nil {
+					tb.Error("a delayed publish answered no deliver_at")
+				}
+			}},
+		{name: "publish/delay level", method: "POST", path: "/v1/topics/orders/messages",
+			header: map[string]string{"Postbus-Delay-Level": "3", "Postbus-Keys": "order-42"}, body: "later", status: 201},
+		{name: "publish/deliver at", method: "POST", path: "/v1/topics/orders/messages",
+			header: map[string]string{"Postbus-Deliver-At": "2000-01-01T00:00:00Z"}, body: "now", status: 201},
+		{name: "publish/binary", method: "POST", path: "/v1/topics/orders/messages",
+			header: map[string]string{"Content-Type": "application/octet-stream"}, body: "\xff\x00\xfe",
+			status: 201, save: map[string]string{"bin": "msg_id"}},
+		{name: "publish/auto-create", method: "POST", path: "/v1/topics/fresh/messages", body: "hi",
+			status: 201, save: map[string]string{"fresh": "msg_id"}},
+		{name: "publish/invalid tag", method: "POST", path: "/v1/topics/orders/messages",
+			header: map[string]string{"Postbus-Tag": "a||b"}, body: "x", status: 400, code: broker.CodeInvalidTag, invalid: true},
+		{name: "publish/long tag", method: "POST", path: "/v1/topics/orders/messages",
+			header: map[string]string{"Postbus-Tag": strings.Repeat("t", 128)}, body: "x", status: 400,
+			code: broker.CodeInvalidTag, invalid: true},
+		{name: "publish/too many keys", method: "POST", path: "/v1/topics/orders/messages",
+			header: map[string]string{"Postbus-Keys": manyKeys}, body: "x", status: 400, code: broker.CodeInvalidKeys, invalid: true},
+		{name: "publish/bad property name", method: "POST", path: "/v1/topics/orders/messages",
+			header: map[string]string{"Postbus-Prop-Bad!": "v"}, body: "x", status: 400, code: broker.CodeInvalidProperties},
+		{name: "publish/bad delay", method: "POST", path: "/v1/topics/orders/messages",
+			header: map[string]string{"Postbus-Delay": "soon"}, body: "x", status: 400, code: codeInvalidHeader, invalid: true},
+		{name: "publish/bad delay level", method: "POST", path: "/v1/topics/orders/messages",
+			header: map[string]string{"Postbus-Delay-Level": "19"}, body: "x", status: 400, code: codeInvalidHeader, invalid: true},
+		{name: "publish/two delays", method: "POST", path: "/v1/topics/orders/messages",
+			header: map[string]string{"Postbus-Delay": "10s", "Postbus-Delay-Level": "2"}, body: "x",
+			status: 400, code: broker.CodeInvalidDelay},
+		{name: "publish/delay too long", method: "POST", path: "/v1/topics/orders/messages",
+			header: map[string]string{"Postbus-Delay": "1000h"}, body: "x", status: 400, code: broker.CodeInvalidDelay},
+		{name: "publish/empty body", method: "POST", path: "/v1/topics/orders/messages",
+			status: 400, code: broker.CodeEmptyBody, invalid: true},
+		{name: "publish/invalid topic", method: "POST", path: "/v1/topics/bad!topic/messages", body: "x",
+			status: 400, code: broker.CodeInvalidTopic, invalid: true},
+		{name: "publish/too large for the server", strict: true, method: "POST", path: "/v1/topics/orders/messages",
+			body: strings.Repeat("b", 17), status: 413, code: broker.CodeBodyTooLarge},
+		{name: "publish/too large for the broker", method: "POST", path: "/v1/topics/orders/messages",
+			body: strings.Repeat("b", 600<<10), status: 413, code: broker.CodeBodyTooLarge},
+
+		// Batch.
+		{name: "batch", method: "POST", path: "/v1/topics/orders/messages/batch", header: jsonCT,
+			body: batch(`{"body":"one","tag":"t","keys":["order-42"],"properties":{"source":"api"}}`,
+				`{"body_base64":"AAEC","content_type":"application/octet-stream","delay":"1m"}`,
+				`{"body":"two","dedup_id":"b-1"}`, `{"body":"three","dedup_id":"b-1"}`),
+			status: 201,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				var got []publishResult
+				json.Unmarshal(body, &got)
+				if len(got) != 4 || got[2].Duplicate || !got[3].Duplicate || got[3].MsgID != got[2].MsgID {
+					tb.Errorf("batch results = %+v, want 4 with the last a duplicate of the third", got)
+				}
+			}},
+		{name: "batch/bad json", method: "POST", path: "/v1/topics/orders/messages/batch", header: jsonCT,
+			body: `[{"body":`, status: 400, code: codeInvalidJSON, invalid: true},
+		{name: "batch/not an array", method: "POST", path: "/v1/topics/orders/messages/batch", header: jsonCT,
+			body: `{"body":"x"}`, status: 400, code: codeInvalidJSON, invalid: true},
+		{name: "batch/unknown field", method: "POST", path: "/v1/topics/orders/messages/batch", header: jsonCT,
+			body: batch(`{"body":"x","colour":"red"}`), status: 400, code: codeInvalidJSON, invalid: true},
+		{name: "batch/both bodies", method: "POST", path: "/v1/topics/orders/messages/batch", header: jsonCT,
+			body: batch(`{"body":"x","body_base64":"eA=="}`), status: 400, code: broker.CodeInvalidMessage, invalid: true},
+		{name: "batch/no body", method: "POST", path: "/v1/topics/orders/messages/batch", header: jsonCT,
+			body: batch(`{"tag":"t"}`), status: 400, code: broker.CodeEmptyBody, invalid: true},
+		{name: "batch/empty", method: "POST", path: "/v1/topics/orders/messages/batch", header: jsonCT,
+			body: `[]`, status: 400, code: broker.CodeInvalidBatch, invalid: true},
+		{name: "batch/bad delay", method: "POST", path: "/v1/topics/orders/messages/batch", header: jsonCT,
+			body: batch(`{"body":"x","delay":"soon"}`), status: 400, code: broker.CodeInvalidDelay, invalid: true},
+		{name: "batch/invalid tag", method: "POST", path: "/v1/topics/orders/messages/batch", header: jsonCT,
+			body: batch(`{"body":"x"}`, `{"body":"y","tag":"a||b"}`), status: 400, code: broker.CodeInvalidTag, invalid: true},
+		{name: "batch/too many", method: "POST", path: "/v1/topics/orders/messages/batch", header: jsonCT,
+			body: json1001, status: 413, code: broker.CodeBatchTooLarge, invalid: true},
+		{name: "batch/bodies too large", method: "POST", path: "/v1/topics/orders/messages/batch", header: jsonCT,
+			body: overTotal, status: 413, code: broker.CodeBatchTooLarge},
+		{name: "batch/not json", method: "POST", path: "/v1/topics/orders/messages/batch",
+			header: map[string]string{"Content-Type": "text/plain"}, body: "x", status: 415,
+			code: codeUnsupportedMedia, invalid: true},
+
+		// Query.
+		{name: "get message", method: "GET", path: "/v1/messages/{id}", status: 200,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				var got messageJSON
+				json.Unmarshal(body, &got)
+				want := messageJSON{Tag: "order.created", Keys: []string{"order-42", "customer-7"}, ShardingKey: "customer-7",
+					DedupID: "d-1", Properties: map[string]string{"Source": "web"}, ContentType: "text/plain; charset=utf-8",
+					Body: "order 42 created", Encoding: "utf8", Size: len("order 42 created")}
+				got.MsgID, got.Topic, got.QueueID, got.QueueOffset, got.BornAt, got.StoredAt = "", "", 0, 0, "", ""
+				if !reflect.DeepEqual(got, want) {
+					tb.Errorf("message = %+v\nwant %+v", got, want)
+				}
+			}},
+		{name: "get message/binary", method: "GET", path: "/v1/messages/{bin}", status: 200,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				if e, b := jsonField(tb, body, "encoding"), jsonField(tb, body, "body"); e != "base64" || b != "/wD+" {
+					tb.Errorf("encoding %v body %v, want base64 /wD+", e, b)
+				}
+			}},
+		{name: "get message/not found", method: "GET", path: "/v1/messages/AAAAAAAAAAAAAAAAAAAAAA", status: 404,
+			code: broker.CodeMessageNotFound},
+		{name: "get message/bad id", method: "GET", path: "/v1/messages/not-an-id", status: 400,
+			code: broker.CodeInvalidMessageID, invalid: true},
+		{name: "get body", method: "GET", path: "/v1/messages/{id}/body", status: 200,
+			check: func(tb testing.TB, resp *http.Response, body []byte) {
+				if string(body) != "order 42 created" || resp.Header.Get("Content-Type") != "text/plain; charset=utf-8" {
+					tb.Errorf("body %q with Content-Type %q, want the published ones", body, resp.Header.Get("Content-Type"))
+				}
+			}},
+		{name: "get body/binary", method: "GET", path: "/v1/messages/{bin}/body", status: 200,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				if string(body) != "\xff\x00\xfe" {
+					tb.Errorf("body %q, want the published bytes", body)
+				}
+			}},
+		{name: "get body/not found", method: "GET", path: "/v1/messages/AAAAAAAAAAAAAAAAAAAAAA/body", status: 404,
+			code: broker.CodeMessageNotFound},
+		{name: "get body/bad id", method: "GET", path: "/v1/messages/not-an-id/body", status: 400,
+			code: broker.CodeInvalidMessageID, invalid: true},
+		{name: "by key", method: "GET", path: "/v1/topics/orders/messages?key=customer-7", status: 200,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				if msgs, _ := jsonField(tb, body, "messages").([]any); len(msgs) != 1 {
+					tb.Errorf("%d messages with key customer-7, want 1", len(msgs))
+				}
+			}},
+		{name: "by key/page", method: "GET", path: "/v1/topics/orders/messages?key=order-42&limit=2", status: 200,
+			save: map[string]string{"cursor": "next_cursor"}},
+		{name: "by key/next page", method: "GET", path: "/v1/topics/orders/messages?key=order-42&limit=2&cursor={cursor}",
+			status: 200,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				// order-42 is on the first publish, the delayed two and the batch's first.
+				if msgs, _ := jsonField(tb, body, "messages").([]any); len(msgs) != 2 {
+					tb.Errorf("%d messages on the second page, want 2", len(msgs))
+				}
+				if c := jsonField(tb, body, "next_cursor"); c != nil {
+					tb.Errorf("next_cursor = %v on the last page", c)
+				}
+			}},
+		{name: "by key/no key", method: "GET", path: "/v1/topics/orders/messages", status: 400,
+			code: codeInvalidParameter, invalid: true},
+		{name: "by key/bad limit", method: "GET", path: "/v1/topics/orders/messages?key=k&limit=0", status: 400,
+			code: codeInvalidParameter, invalid: true},
+		{name: "by key/bad cursor", method: "GET", path: "/v1/topics/orders/messages?key=k&cursor=abc", status: 400,
+			code: codeInvalidParameter, invalid: true},
+		{name: "by key/long key", method: "GET", path: "/v1/topics/orders/messages?key=" + strings.Repeat("k", 257),
+			status: 400, code: broker.CodeInvalidKey, invalid: true},
+		{name: "by key/unknown topic", method: "GET", path: "/v1/topics/nope/messages?key=k", status: 404,
+			code: broker.CodeTopicNotFound},
+
+		// Delete.
+		{name: "delete topic", method: "DELETE", path: "/v1/topics/fresh", status: 204},
+		{name: "delete topic/again", method: "DELETE", path: "/v1/topics/fresh", status: 404, code: broker.CodeTopicNotFound},
+		{name: "get message/of a deleted topic", method: "GET", path: "/v1/messages/{fresh}", status: 404,
+			code: broker.CodeMessageNotFound},
+	}
+
+	vars := make(map[string]string)
+	seen := make(map[string]map[int]bool) // operationId -> statuses answered
+	for _, x := range exchanges {
+		t.Run(x.name, func(t *testing.T) {
+			op, resp, body := env.do(t, x, vars)
+			if seen[op] == nil {
+				seen[op] = make(map[int]bool)
+			}
+			seen[op][resp.StatusCode] = true
+			if resp.StatusCode != x.status {
+				t.Fatalf("status %d, want %d\n%s", resp.StatusCode, x.status, clip(body))
+			}
+			if x.code != "" {
+				if got := jsonField(t, body, "code"); got != string(x.code) {
+					t.Errorf("code %v, want %s\n%s", got, x.code, clip(body))
+				}
+			}
+			for name, field := range x.save {
+				v, ok := jsonField(t, body, field).(string)
+				if !ok || v == "" {
+					t.Fatalf("the answer has no %s to keep\n%s", field, clip(body))
+				}
+				vars[name] = v
+			}
+			if x.check != nil {
+				x.check(t, resp, body)
+			}
+		})
+	}
+
+	// Every operation was exercised; statuses documented but never seen
+	// are reported, since they are the ones the contract cannot vouch for.
+	for path, item := range env.doc.Paths.Map() {
+		for method, op := range item.Operations() {
+			if seen[op.OperationID] == nil {
+				t.Errorf("%s %s (%s) was never exercised", method, path, op.OperationID)
+				continue
+			}
+			var unseen []string
+			for status := range op.Responses.Map() {
+				if n, err := strconv.Atoi(status); err == nil && !seen[op.OperationID][n] {
+					unseen = append(unseen, status)
+				}
+			}
+			slices.Sort(unseen)
+			if len(unseen) > 0 {
+				t.Logf("%s: documented but not exercised: %s", op.OperationID, strings.Join(unseen, " "))
+			}
+		}
+	}
+}
