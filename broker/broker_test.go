@@ -407,3 +407,73 @@ func TestDiskFullWatermark(t *testing.T) {
 	cfg.DiskCleanRatio, cfg.DiskFullRatio = 1, 1
 	publish(t, openBroker(t, cfg), "t", msg("x"))
 }
+
+// TestGarbageTailTruncated: garbage after the last record of the log (a
+// torn write) is cut off at start, every earlier message survives, and the
+// broker takes publishes again.
+func TestGarbageTailTruncated(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	b := openBroker(t, cfg)
+	var ids []string
+	for i := 0; i < 50; i++ {
+		ids = append(ids, publish(t, b, "t", msg(fmt.Sprint("message ", i)))[0].ID)
+	}
+	end := b.log.End()
+	segs := b.log.Segments()
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	last := segs[len(segs)-1]
+	f, err := os.OpenFile(filepath.Join(dir, "commitlog", fmt.Sprintf("%020d", last.Base)), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	garbage := bytes.Repeat([]byte{0xde, 0xad, 0xbe, 0xef}, 1000)
+	if _, err := f.WriteAt(garbage, end-last.Base); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	b = openBroker(t, cfg)
+	if got := b.log.End(); got != end {
+		t.Fatalf("log end after recovery = %d, want %d", got, end)
+	}
+	for i, id := range ids {
+		m, err := b.Message(context.Background(), id)
+		if err != nil || string(m.Body) != fmt.Sprint("message ", i) {
+			t.Fatalf("message %d after recovery: %v", i, err)
+		}
+	}
+	r := publish(t, b, "t", msg("after"))[0]
+	if m, err := b.Message(context.Background(), r.ID); err != nil || string(m.Body) != "after" {
+		t.Fatalf("publish after recovery: %v", err)
+	}
+}
+
+// TestDiskCleanWatermark: over the clean watermark the broker's own disk
+// check deletes the oldest segments before their retention, and keeps the
+// newest one.
+func TestDiskCleanWatermark(t *testing.T) {
+	cfg := testConfig(t, t.TempDir())
+	used, err := DiskUsage(cfg.Dir)
+	if err != nil || used <= 0.001 {
+		t.Skipf("disk use %.4f (%v) is too low to set a watermark under it", used, err)
+	}
+	cfg.DiskCleanRatio, cfg.DiskFullRatio = used/2, 1
+	b := openBroker(t, cfg)
+	first := publish(t, b, "t", &Message{Body: make([]byte, 100<<10)})[0].ID
+	for len(b.log.Segments()) < 4 {
+		publish(t, b, "t", &Message{Body: make([]byte, 100<<10)})
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(b.log.Segments()) > 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d segments remain 10s after the disk went over the clean watermark", len(b.log.Segments()))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := b.Message(context.Background(), first); !errors.Is(err, ErrMessageNotFound) {
+		t.Fatalf("message in a cleaned segment: err = %v", err)
+	}
+}

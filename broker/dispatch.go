@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/postbus/postbus/broker/internal/durable"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -245,7 +246,7 @@ func (b *Broker) checkpoint() error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(b.cfg.Dir, checkpointFile), data); err != nil {
+	if err := durable.WriteFile(filepath.Join(b.cfg.Dir, checkpointFile), data, 0o644); err != nil {
 		return fmt.Errorf("write checkpoint: %w", err)
 	}
 	b.checkpointed, b.checkpointDirty = cp.Dispatched, false
@@ -267,34 +268,4 @@ func readCheckpoint(dir string) (checkpoint, error) {
 		return checkpoint{}, nil
 	}
 	return cp, nil
-}
-
-// writeFileAtomic replaces path with data so that a crash leaves either the
-// old or the new content: temp file, fsync, rename, directory fsync.
-func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/postbus/postbus/broker/internal/durable"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -273,7 +274,7 @@ func (l *Log) roll() error {
 		l.fail(err)
 		return err
 	}
-	if err := syncDir(l.cfg.Dir); err != nil {
+	if err := durable.SyncDir(l.cfg.Dir); err != nil {
 		abandon()
 		return fmt.Errorf("roll to segment %020d: %w", base, err)
 	}
@@ -532,7 +533,7 @@ func (l *Log) DropBefore(off int64) (int, error) {
 			errs = append(errs, fmt.Errorf("remove segment %020d: %w", s.base, err))
 		}
 	}
-	if err := syncDir(l.cfg.Dir); err != nil {
+	if err := durable.SyncDir(l.cfg.Dir); err != nil {
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {

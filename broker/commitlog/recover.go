@@ -2,6 +2,7 @@ package commitlog
 
 import (
 	"fmt"
+	"github.com/postbus/postbus/broker/internal/durable"
 	"os"
 	"path/filepath"
 	"slices"
@@ -32,7 +33,7 @@ func (l *Log) recover() error {
 			return err
 		}
 		l.segs.Store(&[]*segment{seg})
-		if err := syncDir(dir); err != nil {
+		if err := durable.SyncDir(dir); err != nil {
 			return err
 		}
 		l.active = seg
@@ -77,7 +78,7 @@ func (l *Log) recover() error {
 		if err := os.Remove(last.path); err != nil {
 			return fmt.Errorf("remove empty segment %020d: %w", last.base, err)
 		}
-		if err := syncDir(dir); err != nil {
+		if err := durable.SyncDir(dir); err != nil {
 			return err
 		}
 		segs = segs[:len(segs)-1]

@@ -143,20 +143,3 @@ func zeroRange(f *os.File, off, n int64) error {
 	}
 	return nil
 }
-
-// syncDir fsyncs a directory so that file creations and removals in it are
-// durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync dir: %w", err)
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("sync dir %s: %w", dir, err)
-	}
-	return nil
-}

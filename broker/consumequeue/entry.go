@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/postbus/postbus/broker/internal/durable"
 	"hash/crc32"
 	"os"
 	"path/filepath"
@@ -145,5 +146,5 @@ func writeLogMin(dir string, v int64) error {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("write %s: %w", logMinFile, err)
 	}
-	return syncDir(dir)
+	return durable.SyncDir(dir)
 }

@@ -184,20 +184,3 @@ func (c *fileCache) open() int {
 	defer c.mu.Unlock()
 	return len(c.m)
 }
-
-// syncDir fsyncs a directory so that entries created, renamed or removed in it
-// survive a crash.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("sync dir %s: %w", dir, err)
-	}
-	return nil
-}

@@ -3,6 +3,7 @@ package consumequeue
 import (
 	"errors"
 	"fmt"
+	"github.com/postbus/postbus/broker/internal/durable"
 	"os"
 	"path/filepath"
 	"slices"
@@ -139,7 +140,7 @@ func (s *Store) truncateQueue(q *queue, logOff int64) error {
 	}
 	delete(s.dirtyFiles, key)
 	if len(dead) > 0 {
-		err = errors.Join(err, syncDir(q.dir))
+		err = errors.Join(err, durable.SyncDir(q.dir))
 	}
 	return err
 }
@@ -244,7 +245,7 @@ func (s *Store) DeleteTopic(topic string) error {
 	if err := os.RemoveAll(topicDir); err != nil {
 		return fmt.Errorf("delete topic %s: %w", topic, err)
 	}
-	if err := syncDir(s.cfg.Dir); err != nil {
+	if err := durable.SyncDir(s.cfg.Dir); err != nil {
 		return fmt.Errorf("delete topic %s: %w", topic, err)
 	}
 	return nil

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"github.com/postbus/postbus/broker/internal/durable"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -560,7 +561,7 @@ func (s *Store) flushLocked() error {
 		delete(s.dirtyFiles, key)
 	}
 	for dir := range s.dirtyDirs {
-		if err := syncDir(dir); err != nil {
+		if err := durable.SyncDir(dir); err != nil {
 			return fmt.Errorf("flush: %w", err)
 		}
 		delete(s.dirtyDirs, dir)

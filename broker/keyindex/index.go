@@ -3,6 +3,7 @@ package keyindex
 import (
 	"errors"
 	"fmt"
+	"github.com/postbus/postbus/broker/internal/durable"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -236,7 +237,7 @@ func (x *Index) replay(create bool) error {
 	}
 	x.logf = f
 	if create {
-		if err := syncDir(x.cfg.Dir); err != nil {
+		if err := durable.SyncDir(x.cfg.Dir); err != nil {
 			return err
 		}
 	}
@@ -414,7 +415,7 @@ func (x *Index) sealTable(t *memtable, seq uint64) (*sealedFile, *os.File, error
 			_ = f.Close()
 			return nil, nil, err
 		}
-		if err := syncDir(x.cfg.Dir); err != nil {
+		if err := durable.SyncDir(x.cfg.Dir); err != nil {
 			_ = f.Close()
 			_ = logf.Close()
 			_ = os.Remove(logPath)
@@ -547,21 +548,4 @@ func (x *Index) Stats() Stats {
 	st.Bytes += x.logBytes.Load()
 	st.Dropped = x.dropped.Load()
 	return st
-}
-
-// syncDir fsyncs a directory so that files created, renamed or removed in it
-// survive a crash.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("sync dir %s: %w", dir, err)
-	}
-	return nil
 }

@@ -3,6 +3,7 @@ package keyindex
 import (
 	"errors"
 	"fmt"
+	"github.com/postbus/postbus/broker/internal/durable"
 	"os"
 	"path/filepath"
 	"sort"
@@ -75,7 +76,7 @@ func (x *Index) TruncateFrom(logOff int64) error {
 		}
 	}
 	if len(gone)+len(replaced) > 0 {
-		errs = append(errs, syncDir(x.cfg.Dir))
+		errs = append(errs, durable.SyncDir(x.cfg.Dir))
 	}
 	if size := int64(cut) * logRecSize; size < x.logSize {
 		err := x.logf.Truncate(size)
@@ -164,7 +165,7 @@ func (x *Index) DropBefore(logMin int64) error {
 			errs = append(errs, fmt.Errorf("remove %s: %w", filepath.Base(sf.path), err))
 		}
 	}
-	errs = append(errs, syncDir(x.cfg.Dir))
+	errs = append(errs, durable.SyncDir(x.cfg.Dir))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("drop key index before %d: %w", logMin, err)
 	}
