@@ -27,6 +27,7 @@ type Config struct {
 	Retention          time.Duration // how long the log keeps messages
 	RetentionInterval  time.Duration // how often retention and disk use are checked
 	CheckpointInterval time.Duration // how often derived indexes are flushed and checkpointed
+	CheckpointBytes    int64         // ... or sooner, once this much log has been dispatched since the last
 	DiskCleanRatio     float64       // above it, the oldest segments go first
 	DiskFullRatio      float64       // above it, publishes are refused with disk_full
 
@@ -48,7 +49,8 @@ func DefaultConfig(dir string) Config {
 		DedupWindow:        5 * time.Minute,
 		Retention:          72 * time.Hour,
 		RetentionInterval:  10 * time.Second,
-		CheckpointInterval: time.Second,
+		CheckpointInterval: 5 * time.Second,
+		CheckpointBytes:    64 << 20,
 		DiskCleanRatio:     0.85,
 		DiskFullRatio:      0.90,
 	}
@@ -73,6 +75,7 @@ func (c *Config) Validate() error {
 	check(c.Retention > 0, "retention %s must be positive", c.Retention)
 	check(c.RetentionInterval > 0, "retention check interval %s must be positive", c.RetentionInterval)
 	check(c.CheckpointInterval > 0, "checkpoint interval %s must be positive", c.CheckpointInterval)
+	check(c.CheckpointBytes > 0, "checkpoint bytes %d must be positive", c.CheckpointBytes)
 	check(c.DiskCleanRatio > 0 && c.DiskCleanRatio <= c.DiskFullRatio && c.DiskFullRatio <= 1,
 		"disk ratios must satisfy 0 < clean (%.2f) <= full (%.2f) <= 1", c.DiskCleanRatio, c.DiskFullRatio)
 	return errors.Join(errs...)
