@@ -1,13 +1,13 @@
 package httpapi
 
 import (
-	"bytes"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"mime"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -202,6 +202,34 @@ func readBody(r *http.Request, limit int) ([]byte, bool, error) {
 	return buf, len(buf) > limit, nil
 }
 
+// allowPublish applies the per-principal publish rate, answering 429 with
+// Retry-After when the bucket is short of n messages.
+func (s *Server) allowPublish(w http.ResponseWriter, r *http.Request, n int) bool {
+	if s.limiter == nil {
+		return true
+	}
+	key := clientAddr(r)
+	if p := principalFrom(r.Context()); p != nil {
+		key = p.id
+	}
+	ok, wait := s.limiter.take(key, n, time.Now())
+	if !ok {
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+		writeProblem(w, r, codeRateLimited, "", fmt.Sprintf("over the publish rate of %g messages a second; retry in %s", float64(s.limiter.limit), wait.Round(time.Millisecond)))
+		return false
+	}
+	return true
+}
+
+// clientAddr is the client's IP without the port.
+func clientAddr(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
 func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
 	topic := chi.URLParam(r, "topic")
 	m, err := parsePublishHeaders(r.Header)
@@ -221,6 +249,9 @@ func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	m.Body = body
+	if !s.allowPublish(w, r, 1) {
+		return
+	}
 	res, err := s.broker.Publish(r.Context(), topic, []*broker.Message{m})
 	if err != nil {
 		s.writeError(w, r, err)
@@ -261,20 +292,14 @@ func (e *batchError) Error() string { return e.field + ": " + e.detail }
 // decodeBatch parses a batch request body into messages. It checks syntax
 // and shape; the broker checks limits and meaning.
 func decodeBatch(data []byte) ([]*broker.Message, error) {
-	var items []batchItem
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&items); err != nil {
+	items, err := parseBatchItemsMax(data, broker.MaxBatchMessages)
+	switch {
+	case errors.Is(err, errTooManyItems):
+		return nil, &batchError{broker.CodeBatchTooLarge, "", fmt.Sprintf("a batch holds at most %d messages", broker.MaxBatchMessages)}
+	case err != nil:
 		return nil, &batchError{codeInvalidJSON, "", "the batch must be a JSON array of messages: " + err.Error()}
-	}
-	if dec.More() {
-		return nil, &batchError{codeInvalidJSON, "", "unexpected data after the JSON array"}
-	}
-	if len(items) == 0 {
+	case len(items) == 0:
 		return nil, &batchError{broker.CodeInvalidBatch, "", "the batch is empty"}
-	}
-	if len(items) > broker.MaxBatchMessages {
-		return nil, &batchError{broker.CodeBatchTooLarge, "", fmt.Sprintf("%d messages; a batch holds at most %d", len(items), broker.MaxBatchMessages)}
 	}
 	msgs := make([]*broker.Message, len(items))
 	for i, it := range items {
@@ -347,6 +372,9 @@ func (s *Server) handlePublishBatch(w http.ResponseWriter, r *http.Request) {
 		var be *batchError
 		errors.As(err, &be)
 		writeProblem(w, r, be.code, be.field, be.Error())
+		return
+	}
+	if !s.allowPublish(w, r, len(msgs)) {
 		return
 	}
 	res, err := s.broker.Publish(r.Context(), topic, msgs)
