@@ -27,12 +27,21 @@ func newTestServer(tb testing.TB, mutate func(*broker.Config)) (*httptest.Server
 	if err != nil {
 		tb.Fatal(err)
 	}
-	srv := httptest.NewServer(New(Config{Broker: b}))
+	srv := httptest.NewServer(mustNew(tb, Config{Broker: b}))
 	tb.Cleanup(func() {
 		srv.Close()
 		b.Close()
 	})
 	return srv, b
+}
+
+func mustNew(tb testing.TB, cfg Config) *Server {
+	tb.Helper()
+	s, err := New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s
 }
 
 func do(tb testing.TB, method, url string, hdr map[string]string, body io.Reader) (*http.Response, []byte) {

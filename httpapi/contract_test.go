@@ -10,6 +10,7 @@ import (
 	"go/parser"
 	"go/token"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -18,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -26,6 +28,7 @@ import (
 	"github.com/getkin/kin-openapi/routers"
 	"github.com/getkin/kin-openapi/routers/gorillamux"
 	"github.com/go-chi/chi/v5"
+	"github.com/golang-jwt/jwt/v5"
 	"github.com/postbus/postbus"
 	"github.com/postbus/postbus/broker"
 )
@@ -95,7 +98,7 @@ func TestContractRoutesMatchDocument(t *testing.T) {
 		}
 	}
 	served := make(map[string]string) // "GET /path" -> operationId from the handler's name
-	s := New(Config{})
+	s := mustNew(t, Config{})
 	err := chi.Walk(s.Routes(), func(method, route string, h http.Handler, _ ...func(http.Handler) http.Handler) error {
 		id, err := operationIDOf(h)
 		if err != nil {
@@ -262,7 +265,7 @@ func TestContractProblemCodes(t *testing.T) {
 }
 
 func TestContractServesEmbeddedDocument(t *testing.T) {
-	s := New(Config{OpenAPI: postbus.OpenAPI})
+	s := mustNew(t, Config{OpenAPI: postbus.OpenAPI})
 	rec := httptest.NewRecorder()
 	s.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/openapi.yaml", nil))
 	if rec.Code != http.StatusOK {
@@ -280,7 +283,7 @@ func TestContractServesEmbeddedDocument(t *testing.T) {
 // their problems must still match the schemas the document gives them.
 func TestContractUnroutedProblems(t *testing.T) {
 	doc := loadContract(t)
-	s := New(Config{})
+	s := mustNew(t, Config{})
 	for _, c := range []struct {
 		method, path, schema string
 		status               int
@@ -312,10 +315,13 @@ func TestContractUnroutedProblems(t *testing.T) {
 type exchange struct {
 	name   string
 	strict bool // send to the server with a 16-byte body limit that is not ready
-	method string
-	path   string // {name} is replaced by a value saved by an earlier exchange
-	header map[string]string
-	body   string
+	// metricsAuth sends to the server that puts /metrics behind an admin
+	// token (auth traffic only).
+	metricsAuth bool
+	method      string
+	path        string // {name} is replaced by a value saved by an earlier exchange
+	header      map[string]string
+	body        string
 
 	status int
 	code   broker.Code // the problem's code, for an error
@@ -326,15 +332,20 @@ type exchange struct {
 	check   func(tb testing.TB, resp *http.Response, body []byte)
 }
 
-// contractEnv is a real broker behind two HTTP servers, and a router over
+// contractEnv is a real broker behind HTTP servers, and a router over
 // openapi.yaml that matches their URLs.
 type contractEnv struct {
-	doc          *openapi3.T
-	router       routers.Router
-	main, strict *httptest.Server
+	doc    *openapi3.T
+	router routers.Router
+	opts   *openapi3filter.Options
+	main   *httptest.Server
+	strict *httptest.Server // open env: 16-byte body limit, not ready
+	// metricsAuth is the auth env's server with Config.MetricsAuth.
+	metricsAuth *httptest.Server
 }
 
-func newContractEnv(tb testing.TB) *contractEnv {
+// openContractBroker opens a broker of its own for a contract test.
+func openContractBroker(tb testing.TB) *broker.Broker {
 	tb.Helper()
 	cfg := broker.DefaultConfig(tb.TempDir())
 	cfg.AutoCreateTopics = true
@@ -349,30 +360,104 @@ func newContractEnv(tb testing.TB) *contractEnv {
 			tb.Errorf("close broker: %v", err)
 		}
 	})
-	env := &contractEnv{doc: loadContract(tb)}
-	env.main = httptest.NewServer(New(Config{Broker: b, OpenAPI: postbus.OpenAPI}))
-	tb.Cleanup(env.main.Close)
-	env.strict = httptest.NewServer(New(Config{Broker: b, OpenAPI: postbus.OpenAPI, MaxMessageBytes: 16,
-		Ready: func() error { return errors.New("draining") }}))
-	tb.Cleanup(env.strict.Close)
+	return b
+}
 
+// serveContract starts cfg's server for the rest of the test.
+func serveContract(tb testing.TB, cfg Config) *httptest.Server {
+	tb.Helper()
+	srv := httptest.NewServer(mustNew(tb, cfg))
+	tb.Cleanup(srv.Close)
+	return srv
+}
+
+// route points the document at the test servers and builds its router.
+func (env *contractEnv) route(tb testing.TB, servers ...*httptest.Server) {
+	tb.Helper()
 	// The document's server is 127.0.0.1:8080; route the test servers' URLs.
-	env.doc.Servers = openapi3.Servers{{URL: env.main.URL}, {URL: env.strict.URL}}
+	env.doc.Servers = nil
+	for _, s := range servers {
+		env.doc.Servers = append(env.doc.Servers, &openapi3.Server{URL: s.URL})
+	}
+	var err error
 	if env.router, err = gorillamux.NewRouter(env.doc); err != nil {
 		tb.Fatalf("router over openapi.yaml: %v", err)
 	}
+}
+
+// newContractEnv serves the API open, as `postbus dev` does: the document's
+// security requirements are not enforced, so requests validate without a
+// token.
+func newContractEnv(tb testing.TB) *contractEnv {
+	tb.Helper()
+	b := openContractBroker(tb)
+	env := &contractEnv{doc: loadContract(tb), opts: &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true,
+		AuthenticationFunc: openapi3filter.NoopAuthenticationFunc}}
+	env.main = serveContract(tb, Config{Broker: b, OpenAPI: postbus.OpenAPI})
+	env.strict = serveContract(tb, Config{Broker: b, OpenAPI: postbus.OpenAPI, MaxMessageBytes: 16,
+		Ready: func() error { return errors.New("draining") }})
+	env.route(tb, env.main, env.strict)
 	return env
 }
 
-var validateOpts = &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true}
+// contractSecret is the auth env's HS256 secret.
+var contractSecret = []byte(strings.Repeat("k", 32))
 
-// do sends x, validates the request and the response against the document,
-// and returns the operation and the answer.
-func (env *contractEnv) do(tb testing.TB, x exchange, vars map[string]string) (string, *http.Response, []byte) {
+// contractPublishRate is the auth env's publish rate, in messages a second.
+const contractPublishRate = 5
+
+// newAuthContractEnv serves the API with HS256 tokens and a publish rate,
+// as `postbus broker --jwt-secret ... --rate-limit 5` does. A request
+// validates only with a bearer token where the document asks for one.
+func newAuthContractEnv(tb testing.TB) *contractEnv {
+	tb.Helper()
+	b := openContractBroker(tb)
+	env := &contractEnv{doc: loadContract(tb), opts: &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true,
+		AuthenticationFunc: contractBearer}}
+	cfg := Config{Broker: b, OpenAPI: postbus.OpenAPI, Auth: AuthConfig{HMACSecret: contractSecret}, PublishRate: contractPublishRate}
+	env.main = serveContract(tb, cfg)
+	cfg.MetricsAuth = true
+	env.metricsAuth = serveContract(tb, cfg)
+	env.route(tb, env.main, env.metricsAuth)
+	return env
+}
+
+// contractBearer is what the document can check of the bearerAuth scheme:
+// that a bearer token was sent. Whether it is valid is the server's to say.
+func contractBearer(_ context.Context, in *openapi3filter.AuthenticationInput) error {
+	if s := in.SecurityScheme; s.Type != "http" || !strings.EqualFold(s.Scheme, "bearer") {
+		return fmt.Errorf("security scheme %s is %s %s, not http bearer", in.SecuritySchemeName, s.Type, s.Scheme)
+	}
+	scheme, tok, ok := strings.Cut(in.RequestValidationInput.Request.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
+		return errors.New("no Authorization: Bearer token")
+	}
+	return nil
+}
+
+// sentExchange is a sent exchange, its response read but not yet validated.
+type sentExchange struct {
+	in   *openapi3filter.RequestValidationInput
+	op   string
+	resp *http.Response
+	body []byte
+	// sent is when the request left (after its validation), answered when
+	// its answer was read.
+	sent, answered time.Time
+}
+
+// send validates x's request against the document and sends it.
+func (env *contractEnv) send(tb testing.TB, x exchange, vars map[string]string) *sentExchange {
 	tb.Helper()
 	srv := env.main
-	if x.strict {
+	switch {
+	case x.strict:
 		srv = env.strict
+	case x.metricsAuth:
+		srv = env.metricsAuth
+	}
+	if srv == nil {
+		tb.Fatalf("%s: this environment has no such server", x.name)
 	}
 	path := x.path
 	for k, v := range vars {
@@ -398,7 +483,7 @@ func (env *contractEnv) do(tb testing.TB, x exchange, vars map[string]string) (s
 	if err != nil {
 		tb.Fatalf("%s %s matches no operation in openapi.yaml: %v", x.method, path, err)
 	}
-	in := &openapi3filter.RequestValidationInput{Request: vreq, PathParams: params, Route: route, Options: validateOpts}
+	in := &openapi3filter.RequestValidationInput{Request: vreq, PathParams: params, Route: route, Options: env.opts}
 	err = openapi3filter.ValidateRequest(context.Background(), in)
 	switch {
 	case x.invalid && err == nil:
@@ -407,7 +492,9 @@ func (env *contractEnv) do(tb testing.TB, x exchange, vars map[string]string) (s
 		tb.Errorf("the request does not validate against openapi.yaml: %v", err)
 	}
 
-	resp, err := srv.Client().Do(newReq())
+	req := newReq()
+	sent := time.Now()
+	resp, err := srv.Client().Do(req)
 	if err != nil {
 		tb.Fatalf("%s %s: %v", x.method, path, err)
 	}
@@ -416,13 +503,72 @@ func (env *contractEnv) do(tb testing.TB, x exchange, vars map[string]string) (s
 	if err != nil {
 		tb.Fatalf("read the answer: %v", err)
 	}
-	rin := &openapi3filter.ResponseValidationInput{RequestValidationInput: in, Status: resp.StatusCode,
-		Header: resp.Header, Options: validateOpts}
-	rin.SetBodyBytes(body)
+	return &sentExchange{in: in, op: route.Operation.OperationID, resp: resp, body: body, sent: sent, answered: time.Now()}
+}
+
+// verify validates a sent exchange's response against the document.
+func (env *contractEnv) verify(tb testing.TB, a *sentExchange) {
+	tb.Helper()
+	rin := &openapi3filter.ResponseValidationInput{RequestValidationInput: a.in, Status: a.resp.StatusCode,
+		Header: a.resp.Header, Options: env.opts}
+	rin.SetBodyBytes(a.body)
 	if err := openapi3filter.ValidateResponse(context.Background(), rin); err != nil {
-		tb.Errorf("the answer (%d %s) does not match openapi.yaml: %v\n%s", resp.StatusCode, resp.Header.Get("Content-Type"), err, clip(body))
+		tb.Errorf("the answer (%d %s) does not match openapi.yaml: %v\n%s", a.resp.StatusCode, a.resp.Header.Get("Content-Type"), err, clip(a.body))
 	}
-	return route.Operation.OperationID, resp, body
+}
+
+// do sends x, validates the request and the response against the document,
+// and returns the operation and the answer.
+func (env *contractEnv) do(tb testing.TB, x exchange, vars map[string]string) (string, *http.Response, []byte) {
+	tb.Helper()
+	a := env.send(tb, x, vars)
+	env.verify(tb, a)
+	return a.op, a.resp, a.body
+}
+
+// contractSeen records, by operationId, the statuses answered.
+type contractSeen map[string]map[int]bool
+
+func (s contractSeen) add(op string, status int) {
+	if s[op] == nil {
+		s[op] = make(map[int]bool)
+	}
+	s[op][status] = true
+}
+
+// expectExchange checks an answer against what x says it must be, and keeps the
+// values x saves.
+func expectExchange(tb testing.TB, x exchange, resp *http.Response, body []byte, vars map[string]string) {
+	tb.Helper()
+	if resp.StatusCode != x.status {
+		tb.Fatalf("status %d, want %d\n%s", resp.StatusCode, x.status, clip(body))
+	}
+	if x.code != "" {
+		if got := jsonField(tb, body, "code"); got != string(x.code) {
+			tb.Errorf("code %v, want %s\n%s", got, x.code, clip(body))
+		}
+	}
+	for name, field := range x.save {
+		v, ok := jsonField(tb, body, field).(string)
+		if !ok || v == "" {
+			tb.Fatalf("the answer has no %s to keep\n%s", field, clip(body))
+		}
+		vars[name] = v
+	}
+	if x.check != nil {
+		x.check(tb, resp, body)
+	}
+}
+
+// run sends the exchanges in order, each as a subtest.
+func (env *contractEnv) run(t *testing.T, exchanges []exchange, vars map[string]string, seen contractSeen) {
+	for _, x := range exchanges {
+		t.Run(x.name, func(t *testing.T) {
+			op, resp, body := env.do(t, x, vars)
+			seen.add(op, resp.StatusCode)
+			expectExchange(t, x, resp, body, vars)
+		})
+	}
 }
 
 func clip(b []byte) []byte {
@@ -697,38 +843,12 @@ func TestContractRecordedTraffic(t *testing.T) {
 			code: broker.CodeMessageNotFound},
 	}
 
-	vars := make(map[string]string)
-	seen := make(map[string]map[int]bool) // operationId -> statuses answered
-	for _, x := range exchanges {
-		t.Run(x.name, func(t *testing.T) {
-			op, resp, body := env.do(t, x, vars)
-			if seen[op] == nil {
-				seen[op] = make(map[int]bool)
-			}
-			seen[op][resp.StatusCode] = true
-			if resp.StatusCode != x.status {
-				t.Fatalf("status %d, want %d\n%s", resp.StatusCode, x.status, clip(body))
-			}
-			if x.code != "" {
-				if got := jsonField(t, body, "code"); got != string(x.code) {
-					t.Errorf("code %v, want %s\n%s", got, x.code, clip(body))
-				}
-			}
-			for name, field := range x.save {
-				v, ok := jsonField(t, body, field).(string)
-				if !ok || v == "" {
-					t.Fatalf("the answer has no %s to keep\n%s", field, clip(body))
-				}
-				vars[name] = v
-			}
-			if x.check != nil {
-				x.check(t, resp, body)
-			}
-		})
-	}
+	seen := make(contractSeen)
+	env.run(t, exchanges, make(map[string]string), seen)
 
 	// Every operation was exercised; statuses documented but never seen
 	// are reported, since they are the ones the contract cannot vouch for.
+	// Refusals (401, 403, 429) are TestContractAuthTraffic's to answer.
 	for path, item := range env.doc.Paths.Map() {
 		for method, op := range item.Operations() {
 			if seen[op.OperationID] == nil {
@@ -737,7 +857,8 @@ func TestContractRecordedTraffic(t *testing.T) {
 			}
 			var unseen []string
 			for status := range op.Responses.Map() {
-				if n, err := strconv.Atoi(status); err == nil && !seen[op.OperationID][n] {
+				n, err := strconv.Atoi(status)
+				if err == nil && !seen[op.OperationID][n] && n != 401 && n != 403 && n != 429 {
 					unseen = append(unseen, status)
 				}
 			}
@@ -746,5 +867,341 @@ func TestContractRecordedTraffic(t *testing.T) {
 				t.Logf("%s: documented but not exercised: %s", op.OperationID, strings.Join(unseen, " "))
 			}
 		}
+	}
+}
+
+// The access kinds the router knows, and whether each can refuse a valid
+// token (403). A "token" route lets any valid token in and narrows its
+// answer instead: a message outside the token's scope is a 404, not a 403.
+func refusesValidTokens(tb testing.TB, access string) bool {
+	tb.Helper()
+	switch {
+	case access == "open", access == "token":
+		return false
+	case access == "admin", strings.HasPrefix(access, "publish:"):
+		return true
+	}
+	tb.Errorf("unknown access %q: say here whether it can answer 403", access)
+	return true
+}
+
+// securityOf renders an operation's security requirements, nil when it
+// declares none: "[]" for explicitly none, "[{} {bearerAuth}]" for optional.
+func securityOf(op *openapi3.Operation) []string {
+	if op.Security == nil {
+		return nil
+	}
+	out := []string{}
+	for _, req := range *op.Security {
+		names := slices.Sorted(maps.Keys(req))
+		out = append(out, "{"+strings.Join(names, " ")+"}")
+	}
+	return out
+}
+
+func TestContractAccess(t *testing.T) {
+	doc := loadContract(t)
+	type documented struct {
+		access string
+		op     *openapi3.Operation
+	}
+	ops := make(map[string]documented) // "GET /path" -> its operation
+	for path, item := range doc.Paths.Map() {
+		for method, op := range item.Operations() {
+			a, ok := op.Extensions["x-postbus-access"].(string)
+			if !ok {
+				t.Errorf("%s %s: x-postbus-access is %v (%T), want a string", method, path, op.Extensions["x-postbus-access"], op.Extensions["x-postbus-access"])
+			}
+			ops[method+" "+path] = documented{a, op}
+		}
+	}
+	plain := mustNew(t, Config{}).Access()
+	guarded := mustNew(t, Config{MetricsAuth: true}).Access()
+	if len(plain) == 0 || len(plain) != len(ops) {
+		t.Fatalf("the router decides access for %d routes, the document lists %d operations", len(plain), len(ops))
+	}
+	if got := guarded["GET /metrics"]; got != "admin" {
+		t.Errorf("with MetricsAuth, GET /metrics needs %q, want admin", got)
+	}
+
+	for route, access := range plain {
+		t.Run(route, func(t *testing.T) {
+			d, ok := ops[route]
+			if !ok {
+				t.Fatalf("not in openapi.yaml")
+			}
+			if d.access != access {
+				t.Errorf("x-postbus-access is %q, the router's decision is %q", d.access, access)
+			}
+			// A route whose access depends on the configuration (/metrics)
+			// is documented as it is by default, with the token optional.
+			optional := guarded[route] != access
+			wantSecurity := []string{"{bearerAuth}"}
+			switch {
+			case optional:
+				wantSecurity = []string{"{}", "{bearerAuth}"}
+			case access == "open":
+				wantSecurity = []string{}
+			}
+			if got := securityOf(d.op); !slices.Equal(got, wantSecurity) {
+				t.Errorf("security is %v, want %v", got, wantSecurity)
+			}
+			for _, want := range []struct {
+				status   int
+				ref      string
+				declared bool
+			}{
+				{401, "#/components/responses/Unauthorized", access != "open" || optional},
+				{403, "#/components/responses/Forbidden", refusesValidTokens(t, access) || refusesValidTokens(t, guarded[route])},
+			} {
+				resp := d.op.Responses.Status(want.status)
+				switch {
+				case want.declared && resp == nil:
+					t.Errorf("no %d response: the route can answer it", want.status)
+				case want.declared && resp.Ref != want.ref:
+					t.Errorf("the %d response is %q, want %s", want.status, resp.Ref, want.ref)
+				case !want.declared && resp != nil:
+					t.Errorf("a %d response is documented, but the route never answers it", want.status)
+				}
+			}
+		})
+	}
+}
+
+// contractToken mints an HS256 token with the auth env's secret.
+func contractToken(tb testing.TB, claims jwt.MapClaims) string {
+	tb.Helper()
+	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(contractSecret)
+	if err != nil {
+		tb.Fatalf("sign token: %v", err)
+	}
+	return tok
+}
+
+// mergeHeaders merges header sets; later ones win.
+func mergeHeaders(hs ...map[string]string) map[string]string {
+	out := make(map[string]string)
+	for _, h := range hs {
+		maps.Copy(out, h)
+	}
+	return out
+}
+
+func bearerHeader(tok string) map[string]string {
+	return map[string]string{"Authorization": "Bearer " + tok}
+}
+
+// refusedWith checks a 401 or 403's WWW-Authenticate and detail.
+func refusedWith(wwwAuth, detail string) func(tb testing.TB, resp *http.Response, body []byte) {
+	return func(tb testing.TB, resp *http.Response, body []byte) {
+		if got := resp.Header.Get("WWW-Authenticate"); got != wwwAuth {
+			tb.Errorf("WWW-Authenticate = %q, want %q", got, wwwAuth)
+		}
+		if d, _ := jsonField(tb, body, "detail").(string); !strings.Contains(d, detail) {
+			tb.Errorf("detail %q does not say %q", d, detail)
+		}
+	}
+}
+
+// wantTopics checks a topic list's names.
+func wantTopics(want ...string) func(tb testing.TB, resp *http.Response, body []byte) {
+	return func(tb testing.TB, _ *http.Response, body []byte) {
+		var got struct{ Topics []topicJSON }
+		if err := json.Unmarshal(body, &got); err != nil {
+			tb.Fatalf("topic list: %v", err)
+		}
+		names := []string{}
+		for _, tp := range got.Topics {
+			names = append(names, tp.Name)
+		}
+		if !slices.Equal(names, want) {
+			tb.Errorf("topics %v, want %v", names, want)
+		}
+	}
+}
+
+// TestContractAuthTraffic records traffic through a broker that checks
+// tokens and limits the publish rate: refusals (401, 403, 429) must match
+// the document as the answers to authorized requests do.
+func TestContractAuthTraffic(t *testing.T) {
+	env := newAuthContractEnv(t)
+	now := time.Now()
+	exp := now.Add(time.Hour).Unix()
+	admin := bearerHeader(contractToken(t, jwt.MapClaims{"sub": "ops", "scope": "admin", "exp": exp}))
+	orders := bearerHeader(contractToken(t, jwt.MapClaims{"sub": "checkout", "scope": "publish:orders*", "exp": exp}))
+	payments := bearerHeader(contractToken(t, jwt.MapClaims{"sub": "billing", "scope": "publish:payments consume:*", "exp": exp}))
+	consumer := bearerHeader(contractToken(t, jwt.MapClaims{"sub": "reader", "scope": "consume:*", "exp": exp}))
+	otherKey, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"scope": "admin", "exp": exp}).
+		SignedString([]byte(strings.Repeat("z", 32)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	unsigned, err := jwt.NewWithClaims(jwt.SigningMethodNone, jwt.MapClaims{"scope": "admin", "exp": exp}).
+		SignedString(jwt.UnsafeAllowNoneSignatureType)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jsonCT := map[string]string{"Content-Type": "application/json"}
+	const (
+		noToken   = `Bearer realm="postbus"`
+		badToken  = `Bearer realm="postbus", error="invalid_token"`
+		badScope  = `Bearer realm="postbus", error="insufficient_scope"`
+		needToken = "needs a bearer token"
+	)
+	unauthorized := func(name, method, path string, hdr map[string]string, body string) exchange {
+		// Without a bearer token the request breaks the document's security.
+		return exchange{name: name, method: method, path: path, header: hdr, body: body, status: 401,
+			code: codeUnauthorized, invalid: true, check: refusedWith(noToken, needToken)}
+	}
+	forbidden := func(name, method, path string, hdr map[string]string, body, needed string) exchange {
+		return exchange{name: name, method: method, path: path, header: hdr, body: body, status: 403,
+			code: codeForbidden, check: refusedWith(badScope, needed+" is needed")}
+	}
+	invalidToken := func(name, tok, why string) exchange {
+		return exchange{name: name, method: "POST", path: "/v1/topics/orders/messages", header: bearerHeader(tok), body: "x",
+			status: 401, code: codeUnauthorized, check: refusedWith(badToken, why)}
+	}
+
+	exchanges := []exchange{
+		// Open routes need no token.
+		{name: "healthz", method: "GET", path: "/healthz", status: 200},
+		{name: "readyz", method: "GET", path: "/readyz", status: 200},
+		{name: "metrics", method: "GET", path: "/metrics", status: 200},
+		{name: "openapi.yaml", method: "GET", path: "/openapi.yaml", status: 200},
+		// --metrics-auth: the token is optional in the document, so a
+		// request without one is valid; the server wants admin.
+		{name: "metrics-auth/no token", metricsAuth: true, method: "GET", path: "/metrics", status: 401,
+			code: codeUnauthorized, check: refusedWith(noToken, needToken)},
+		{name: "metrics-auth/publish token", metricsAuth: true, method: "GET", path: "/metrics", header: orders,
+			status: 403, code: codeForbidden, check: refusedWith(badScope, "admin is needed")},
+		{name: "metrics-auth/admin", metricsAuth: true, method: "GET", path: "/metrics", header: admin, status: 200},
+
+		// Topics: admin creates and deletes; publish on a topic inspects it.
+		unauthorized("put topic/no token", "PUT", "/v1/topics/orders", jsonCT, `{"queues":2}`),
+		forbidden("put topic/publish token", "PUT", "/v1/topics/orders", mergeHeaders(jsonCT, orders), `{"queues":2}`, "admin"),
+		{name: "put topic/admin", method: "PUT", path: "/v1/topics/orders", header: mergeHeaders(jsonCT, admin),
+			body: `{"queues":2}`, status: 201},
+		{name: "put topic/admin again", method: "PUT", path: "/v1/topics/payments", header: admin, status: 201},
+		unauthorized("get topic/no token", "GET", "/v1/topics/orders", nil, ""),
+		forbidden("get topic/other topic", "GET", "/v1/topics/orders", payments, "", "publish:{topic}"),
+		// A refusal comes before the lookup: it says nothing of existence.
+		forbidden("get topic/other missing topic", "GET", "/v1/topics/nope", payments, "", "publish:{topic}"),
+		{name: "get topic/in scope", method: "GET", path: "/v1/topics/orders", header: orders, status: 200},
+		{name: "get topic/glob", method: "GET", path: "/v1/topics/orders.eu", header: orders, status: 404,
+			code: broker.CodeTopicNotFound},
+		unauthorized("list topics/no token", "GET", "/v1/topics", nil, ""),
+		{name: "list topics/admin", method: "GET", path: "/v1/topics", header: admin, status: 200,
+			check: wantTopics("orders", "payments")},
+		{name: "list topics/publish token", method: "GET", path: "/v1/topics", header: payments, status: 200,
+			check: wantTopics("payments")},
+		{name: "list topics/consume token", method: "GET", path: "/v1/topics", header: consumer, status: 200,
+			check: wantTopics()},
+		unauthorized("delete topic/no token", "DELETE", "/v1/topics/payments", nil, ""),
+		forbidden("delete topic/publish token", "DELETE", "/v1/topics/payments", payments, "", "admin"),
+
+		// Publish.
+		unauthorized("publish/no token", "POST", "/v1/topics/orders/messages", nil, "x"),
+		unauthorized("publish/basic auth", "POST", "/v1/topics/orders/messages",
+			map[string]string{"Authorization": "Basic dXNlcjpwYXNz"}, "x"),
+		invalidToken("publish/malformed token", "not-a-jwt", "malformed"),
+		invalidToken("publish/other key", otherKey, "signature does not verify"),
+		invalidToken("publish/alg none", unsigned, "signature does not verify"),
+		invalidToken("publish/expired", contractToken(t, jwt.MapClaims{"scope": "admin", "exp": now.Add(-time.Hour).Unix()}), "expired"),
+		invalidToken("publish/not valid yet", contractToken(t, jwt.MapClaims{"scope": "admin", "exp": exp, "nbf": now.Add(time.Hour).Unix()}), "not valid yet"),
+		invalidToken("publish/no exp", contractToken(t, jwt.MapClaims{"scope": "admin"}), "no exp"),
+		forbidden("publish/other topic", "POST", "/v1/topics/orders/messages", payments, "x", "publish:{topic}"),
+		forbidden("publish/consume token", "POST", "/v1/topics/orders/messages", consumer, "x", "publish:{topic}"),
+		{name: "publish/in scope", method: "POST", path: "/v1/topics/orders/messages",
+			header: mergeHeaders(orders, map[string]string{"Postbus-Keys": "k-1"}), body: "x", status: 201,
+			save: map[string]string{"id": "msg_id"}},
+		{name: "publish/admin", method: "POST", path: "/v1/topics/payments/messages", header: admin, body: "x", status: 201},
+		unauthorized("batch/no token", "POST", "/v1/topics/orders/messages/batch", jsonCT, `[{"body":"x"}]`),
+		forbidden("batch/other topic", "POST", "/v1/topics/orders/messages/batch", mergeHeaders(jsonCT, payments), `[{"body":"x"}]`, "publish:{topic}"),
+		{name: "batch/in scope", method: "POST", path: "/v1/topics/orders/messages/batch", header: mergeHeaders(jsonCT, orders),
+			body: `[{"body":"x","keys":["k-1"]}]`, status: 201},
+
+		// Query: a message outside the token's scope is as good as missing.
+		unauthorized("by key/no token", "GET", "/v1/topics/orders/messages?key=k-1", nil, ""),
+		forbidden("by key/other topic", "GET", "/v1/topics/orders/messages?key=k-1", payments, "", "publish:{topic}"),
+		{name: "by key/in scope", method: "GET", path: "/v1/topics/orders/messages?key=k-1", header: orders, status: 200,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				if msgs, _ := jsonField(tb, body, "messages").([]any); len(msgs) != 2 {
+					tb.Errorf("%d messages with key k-1, want 2 (nothing refused was stored)", len(msgs))
+				}
+			}},
+		unauthorized("get message/no token", "GET", "/v1/messages/{id}", nil, ""),
+		{name: "get message/other topic", method: "GET", path: "/v1/messages/{id}", header: payments, status: 404,
+			code: broker.CodeMessageNotFound},
+		{name: "get message/in scope", method: "GET", path: "/v1/messages/{id}", header: orders, status: 200},
+		{name: "get message/admin", method: "GET", path: "/v1/messages/{id}", header: admin, status: 200},
+		unauthorized("get body/no token", "GET", "/v1/messages/{id}/body", nil, ""),
+		{name: "get body/other topic", method: "GET", path: "/v1/messages/{id}/body", header: payments, status: 404,
+			code: broker.CodeMessageNotFound},
+		{name: "get body/in scope", method: "GET", path: "/v1/messages/{id}/body", header: orders, status: 200},
+
+		{name: "delete topic/admin", method: "DELETE", path: "/v1/topics/payments", header: admin, status: 204},
+	}
+	seen := make(contractSeen)
+	env.run(t, exchanges, make(map[string]string), seen)
+	t.Run("rate limited", func(t *testing.T) { contractRateLimit(t, env, seen) })
+
+	// Every refusal the document promises was answered and matched it.
+	for path, item := range env.doc.Paths.Map() {
+		for method, op := range item.Operations() {
+			for _, st := range []int{401, 403, 429} {
+				if op.Responses.Status(st) != nil && !seen[op.OperationID][st] {
+					t.Errorf("%s %s (%s): %d is documented but was never answered", method, path, op.OperationID, st)
+				}
+			}
+		}
+	}
+}
+
+// contractRateLimit drains a token's publish burst with a full batch, then
+// asks for one message and for another full batch: both answer 429.
+func contractRateLimit(t *testing.T, env *contractEnv, seen contractSeen) {
+	batch := "[" + strings.Join(slices.Repeat([]string{`{"body":"x"}`}, broker.MaxBatchMessages), ",") + "]"
+	retryAfter := func(lo, hi int) func(tb testing.TB, resp *http.Response, _ []byte) {
+		return func(tb testing.TB, resp *http.Response, _ []byte) {
+			n, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+			if err != nil || n < lo || n > hi {
+				tb.Errorf("Retry-After = %q, want %d to %d seconds", resp.Header.Get("Retry-After"), lo, hi)
+			}
+		}
+	}
+	// The bucket refills contractPublishRate messages a second, so the
+	// single publish is refused only if it follows the draining batch
+	// within 1/rate: both are sent before either answer is validated, and
+	// a run too slow for that (a loaded machine) is tried again with a
+	// fresh bucket. A run within the window must see the 429.
+	window := time.Second / contractPublishRate
+	for attempt := 1; ; attempt++ {
+		hdr := bearerHeader(contractToken(t, jwt.MapClaims{"sub": fmt.Sprintf("burst-%d", attempt), "scope": "publish:burst",
+			"exp": time.Now().Add(time.Hour).Unix()}))
+		xs := []exchange{
+			{name: "full burst", method: "POST", path: "/v1/topics/burst/messages/batch",
+				header: mergeHeaders(hdr, map[string]string{"Content-Type": "application/json"}), body: batch, status: 201},
+			{name: "one more", method: "POST", path: "/v1/topics/burst/messages", header: hdr, body: "x",
+				status: 429, code: codeRateLimited, check: retryAfter(1, 1)},
+			{name: "another batch", method: "POST", path: "/v1/topics/burst/messages/batch",
+				header: mergeHeaders(hdr, map[string]string{"Content-Type": "application/json"}), body: batch, status: 429,
+				code: codeRateLimited, check: retryAfter(1, broker.MaxBatchMessages/contractPublishRate)},
+		}
+		drained := env.send(t, xs[0], nil)
+		one := env.send(t, xs[1], nil)
+		took := one.answered.Sub(drained.sent)
+		if one.resp.StatusCode != http.StatusTooManyRequests && took >= window && attempt < 3 {
+			t.Logf("attempt %d: the publish after the burst came %v later, over %v: trying again", attempt, took, window)
+			continue
+		}
+		again := env.send(t, xs[2], nil)
+		for i, a := range []*sentExchange{drained, one, again} {
+			t.Run(xs[i].name, func(t *testing.T) {
+				env.verify(t, a)
+				seen.add(a.op, a.resp.StatusCode)
+				expectExchange(t, xs[i], a.resp, a.body, nil)
+			})
+		}
+		return
 	}
 }

@@ -21,6 +21,9 @@ const (
 	codeRequestTooLarge  broker.Code = "request_too_large"
 	codeInternal         broker.Code = "internal"
 	codeNotReady         broker.Code = "not_ready"
+	codeUnauthorized     broker.Code = "unauthorized"
+	codeForbidden        broker.Code = "forbidden"
+	codeRateLimited      broker.Code = "rate_limited"
 )
 
 // statusOf is the one table from error codes to HTTP statuses.
@@ -54,6 +57,9 @@ var statusOf = map[broker.Code]int{
 	codeRequestTooLarge:          http.StatusRequestEntityTooLarge,
 	codeInternal:                 http.StatusInternalServerError,
 	codeNotReady:                 http.StatusServiceUnavailable,
+	codeUnauthorized:             http.StatusUnauthorized,
+	codeForbidden:                http.StatusForbidden,
+	codeRateLimited:              http.StatusTooManyRequests,
 }
 
 // problem is an RFC 9457 problem detail with postbus's stable code.

@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"encoding/base64"
+	"fmt"
 	"net/http"
 	"strconv"
 	"time"
@@ -55,19 +56,32 @@ func encodeBody(b []byte) (string, string) {
 	return base64.StdEncoding.EncodeToString(b), "base64"
 }
 
-func (s *Server) handleGetMessage(w http.ResponseWriter, r *http.Request) {
-	m, err := s.broker.Message(r.Context(), chi.URLParam(r, "msg_id"))
+// message finds a message the request may read: one of a topic outside the
+// token's scope is answered as not found, so a token learns nothing of it.
+func (s *Server) message(w http.ResponseWriter, r *http.Request) *broker.Message {
+	id := chi.URLParam(r, "msg_id")
+	m, err := s.broker.Message(r.Context(), id)
+	if err == nil && !mayRead(r, m.Topic) {
+		err = &broker.Error{Code: broker.CodeMessageNotFound, Field: "msg_id", Detail: fmt.Sprintf("no message with id %q (it may have expired)", id)}
+	}
 	if err != nil {
 		s.writeError(w, r, err)
+		return nil
+	}
+	return m
+}
+
+func (s *Server) handleGetMessage(w http.ResponseWriter, r *http.Request) {
+	m := s.message(w, r)
+	if m == nil {
 		return
 	}
 	writeJSON(w, http.StatusOK, toMessageJSON(m))
 }
 
 func (s *Server) handleGetMessageBody(w http.ResponseWriter, r *http.Request) {
-	m, err := s.broker.Message(r.Context(), chi.URLParam(r, "msg_id"))
-	if err != nil {
-		s.writeError(w, r, err)
+	m := s.message(w, r)
+	if m == nil {
 		return
 	}
 	h := w.Header()

@@ -6,8 +6,9 @@ import (
 	"github.com/go-chi/chi/v5"
 )
 
-// routes lists every route once. openapi.yaml must list the same ones: a
-// test walks this router and fails on any difference.
+// routes lists every route once, each with its auth decision. openapi.yaml
+// must list the same routes with the same decisions: tests walk this router
+// and fail on any difference, and on any route without a decision.
 func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
 	r.Use(s.recoverer, s.requestID, s.instrument)
@@ -18,22 +19,32 @@ func (s *Server) routes() chi.Router {
 		writeProblem(w, r, codeMethodNotAllowed, "", r.Method+" is not allowed on "+r.URL.Path)
 	})
 
-	r.Get("/healthz", s.handleHealthz)
-	r.Get("/readyz", s.handleReadyz)
-	r.Get("/metrics", s.handleMetrics)
-	r.Get("/openapi.yaml", s.handleOpenAPI)
+	metrics := accessOpen
+	if s.metricsAuth {
+		metrics = accessAdmin
+	}
+	s.handle(r, "GET", "/healthz", accessOpen, s.handleHealthz)
+	s.handle(r, "GET", "/readyz", accessOpen, s.handleReadyz)
+	s.handle(r, "GET", "/metrics", metrics, s.handleMetrics)
+	s.handle(r, "GET", "/openapi.yaml", accessOpen, s.handleOpenAPI)
 
-	r.Route("/v1", func(r chi.Router) {
-		r.Post("/topics/{topic}/messages", s.handlePublish)
-		r.Post("/topics/{topic}/messages/batch", s.handlePublishBatch)
-		r.Get("/topics/{topic}/messages", s.handleMessagesByKey)
-		r.Get("/messages/{msg_id}", s.handleGetMessage)
-		r.Get("/messages/{msg_id}/body", s.handleGetMessageBody)
+	s.handle(r, "POST", "/v1/topics/{topic}/messages", accessPublishTopic, s.handlePublish)
+	s.handle(r, "POST", "/v1/topics/{topic}/messages/batch", accessPublishTopic, s.handlePublishBatch)
+	s.handle(r, "GET", "/v1/topics/{topic}/messages", accessPublishTopic, s.handleMessagesByKey)
+	s.handle(r, "GET", "/v1/messages/{msg_id}", accessAnyToken, s.handleGetMessage)
+	s.handle(r, "GET", "/v1/messages/{msg_id}/body", accessAnyToken, s.handleGetMessageBody)
 
-		r.Get("/topics", s.handleListTopics)
-		r.Put("/topics/{topic}", s.handlePutTopic)
-		r.Get("/topics/{topic}", s.handleGetTopic)
-		r.Delete("/topics/{topic}", s.handleDeleteTopic)
-	})
+	s.handle(r, "GET", "/v1/topics", accessAnyToken, s.handleListTopics)
+	s.handle(r, "PUT", "/v1/topics/{topic}", accessAdmin, s.handlePutTopic)
+	s.handle(r, "GET", "/v1/topics/{topic}", accessPublishTopic, s.handleGetTopic)
+	s.handle(r, "DELETE", "/v1/topics/{topic}", accessAdmin, s.handleDeleteTopic)
 	return r
 }
+
+// handle mounts one route behind its access check and records the decision.
+func (s *Server) handle(r chi.Router, method, pattern string, a access, h http.HandlerFunc) {
+	s.access[method+" "+pattern] = a
+	r.Method(method, pattern, s.authorize(a, h))
+}
+
+func urlParam(r *http.Request, name string) string { return chi.URLParam(r, name) }

@@ -21,6 +21,13 @@ type Config struct {
 	// MaxMessageBytes bounds a single publish's body before the broker
 	// sees it; 0: the broker's own limit.
 	MaxMessageBytes int
+	// Auth verifies API tokens; the zero value leaves the API open.
+	Auth AuthConfig
+	// MetricsAuth puts /metrics behind an admin token.
+	MetricsAuth bool
+	// PublishRate limits each token (or, open, each client address) to this
+	// many published messages a second; 0: no limit.
+	PublishRate float64
 }
 
 // Server is the HTTP face of a broker. It owns no state of its own.
@@ -33,10 +40,20 @@ type Server struct {
 	maxBody int
 	metrics *httpMetrics
 	router  chi.Router
+
+	auth        *authenticator // nil: open
+	metricsAuth bool
+	limiter     *publishLimiter   // nil: no limit
+	access      map[string]access // "METHOD /pattern" -> its auth decision
 }
 
-// New returns a Server with every route mounted.
-func New(cfg Config) *Server {
+// New returns a Server with every route mounted. It fails only on an auth
+// configuration that cannot work.
+func New(cfg Config) (*Server, error) {
+	auth, err := newAuthenticator(cfg.Auth)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
 		broker:  cfg.Broker,
 		logger:  cfg.Logger,
@@ -44,6 +61,11 @@ func New(cfg Config) *Server {
 		openapi: cfg.OpenAPI,
 		ready:   cfg.Ready,
 		maxBody: cfg.MaxMessageBytes,
+
+		auth:        auth,
+		metricsAuth: cfg.MetricsAuth,
+		limiter:     newPublishLimiter(cfg.PublishRate),
+		access:      make(map[string]access),
 	}
 	if s.logger == nil {
 		s.logger = slog.New(slog.DiscardHandler)
@@ -59,7 +81,17 @@ func New(cfg Config) *Server {
 	}
 	s.metrics = newHTTPMetrics(s.reg)
 	s.router = s.routes()
-	return s
+	return s, nil
+}
+
+// Access returns each route's auth decision by "METHOD /pattern", as
+// openapi.yaml documents them: open, admin, token, publish:{topic}.
+func (s *Server) Access() map[string]string {
+	out := make(map[string]string, len(s.access))
+	for k, a := range s.access {
+		out[k] = a.name
+	}
+	return out
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }

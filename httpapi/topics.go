@@ -137,7 +137,16 @@ func (s *Server) handleListTopics(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	cursor := r.URL.Query().Get("cursor")
-	topics := s.broker.Topics(r.Context(), cursor, int(limit)+1)
+	// A token sees the topics it may publish to; admin sees all.
+	var topics []broker.Topic
+	for _, t := range s.broker.Topics(r.Context(), cursor, 0) {
+		if mayRead(r, t.Name) {
+			topics = append(topics, t)
+			if len(topics) > int(limit) {
+				break
+			}
+		}
+	}
 	out := struct {
 		Topics     []topicJSON `json:"topics"`
 		NextCursor string      `json:"next_cursor,omitempty"`

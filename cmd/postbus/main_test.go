@@ -410,3 +410,64 @@ func TestEnvSetsFlags(t *testing.T) {
 		t.Fatalf("POSTBUS_DATA was not used: %v", err)
 	}
 }
+
+// TestBrokerRefusesOpenNonLoopback: a broker on a non-loopback address
+// will not serve without auth unless told to.
+func TestBrokerRefusesOpenNonLoopback(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, postbusBin, "broker", "--data", t.TempDir(), "--addr", "0.0.0.0:0")
+	out, _ := cmd.CombinedOutput()
+	if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(string(out), "without auth") {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	cmd = exec.CommandContext(ctx, postbusBin, "broker", "--data", t.TempDir(), "--addr", "0.0.0.0:0", "--jwt-secret", "short")
+	out, _ = cmd.CombinedOutput()
+	if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(string(out), "at least 32") {
+		t.Fatalf("short secret: exit %d:\n%s", code, out)
+	}
+}
+
+// TestTokenMintAndUse: a token minted by `postbus token` with the broker's
+// secret publishes within its scope and nowhere else.
+func TestTokenMintAndUse(t *testing.T) {
+	secret := strings.Repeat("s", 32)
+	t.Setenv("POSTBUS_JWT_SECRET", secret)
+	p := start(t, "broker", "--data", t.TempDir(), "--auto-create-topics")
+	mint := func(args ...string) string {
+		out, err := exec.Command(postbusBin, append([]string{"token"}, args...)...).Output()
+		if err != nil {
+			t.Fatalf("postbus token %q: %v", args, err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	tok := mint("--scope", "publish:orders*", "--ttl", "5m", "--sub", "checkout")
+	post := func(topic, token string) int {
+		req, _ := http.NewRequest("POST", p.url+"/v1/topics/"+topic+"/messages", strings.NewReader("x"))
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if got := post("orders.eu", tok); got != http.StatusCreated {
+		t.Fatalf("publish in scope: %d", got)
+	}
+	if got := post("payments", tok); got != http.StatusForbidden {
+		t.Fatalf("publish out of scope: %d", got)
+	}
+	if got := post("orders", ""); got != http.StatusUnauthorized {
+		t.Fatalf("publish without a token: %d", got)
+	}
+	if strings.Contains(p.Logs(), tok) || strings.Contains(p.Logs(), secret) {
+		t.Fatal("the broker logged the token or the secret")
+	}
+	cmd := exec.Command(postbusBin, "token", "--ttl", "5m")
+	if out, _ := cmd.CombinedOutput(); cmd.ProcessState.ExitCode() != 2 || !strings.Contains(string(out), "--scope is required") {
+		t.Fatalf("token without a scope: %s", out)
+	}
+}

@@ -32,6 +32,14 @@ type serveConfig struct {
 	logFormat       string
 	shutdownTimeout time.Duration
 	debugAddr       string
+
+	jwtSecret      string
+	jwtPublicKeys  string
+	jwtIssuer      string
+	jwtAudience    string
+	insecureNoAuth bool
+	metricsAuth    bool
+	rateLimit      float64
 }
 
 func newServeFlags(mode string, out io.Writer) (*flag.FlagSet, *serveConfig) {
@@ -67,6 +75,13 @@ func newServeFlags(mode string, out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long SIGTERM waits for in-flight requests")
 	fs.StringVar(&c.debugAddr, "debug-addr", "", "if set, serve Go's pprof profiles on this address (keep it on loopback)")
+	fs.StringVar(&c.jwtSecret, "jwt-secret", "", "HS256 secret (at least 32 bytes) that API tokens are signed with; better set as POSTBUS_JWT_SECRET than on the command line")
+	fs.StringVar(&c.jwtPublicKeys, "jwt-public-keys", "", "PEM or JWKS file of the public keys (RS256, ES256, EdDSA) API tokens are signed with; a kid per key allows rotation")
+	fs.StringVar(&c.jwtIssuer, "jwt-issuer", "", "if set, API tokens must carry this iss")
+	fs.StringVar(&c.jwtAudience, "jwt-audience", "", "if set, API tokens must carry this aud")
+	fs.BoolVar(&c.insecureNoAuth, "insecure-no-auth", false, "let a broker on a non-loopback address run without API auth")
+	fs.BoolVar(&c.metricsAuth, "metrics-auth", false, "put /metrics behind an admin token")
+	fs.Float64Var(&c.rateLimit, "rate-limit", 0, "messages a second each token (or client address, without auth) may publish; 0: no limit")
 	fs.Usage = func() {
 		fmt.Fprintf(out, "Usage: postbus %s [flags]\n\n", mode)
 		if mode == "dev" {
@@ -107,6 +122,19 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
+	auth, err := c.authConfig()
+	if err != nil {
+		return err
+	}
+	if auth.HMACSecret == nil && auth.PublicKeys == nil {
+		switch {
+		case c.mode == "dev":
+		case !c.insecureNoAuth && !isLoopback(c.addr):
+			return fmt.Errorf("refusing to serve the API on %s without auth: give --jwt-secret or --jwt-public-keys, or --insecure-no-auth if something in front of postbus does auth", c.addr)
+		default:
+			logger.Warn("the API is open: no --jwt-secret or --jwt-public-keys", slog.String("addr", c.addr))
+		}
+	}
 	c.broker.SyncFlush = bool(c.flush)
 	c.broker.SegmentSize = int64(c.segmentSize)
 	c.broker.MaxMessageBytes = int(c.maxMessageBytes)
@@ -129,8 +157,9 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	defer b.Close()
 
 	var ready atomic.Bool
-	api := httpapi.New(httpapi.Config{
+	api, err := httpapi.New(httpapi.Config{
 		Broker: b, Logger: logger, Registry: reg, OpenAPI: postbus.OpenAPI,
+		Auth: auth, MetricsAuth: c.metricsAuth, PublishRate: c.rateLimit,
 		Ready: func() error {
 			if !ready.Load() {
 				return errors.New("starting or shutting down")
@@ -138,6 +167,9 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 			return b.Ready()
 		},
 	})
+	if err != nil {
+		return err
+	}
 	srv := &http.Server{
 		Handler:           api,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -164,7 +196,8 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	go func() { served <- srv.Serve(ln) }()
 	ready.Store(true)
 	logger.Info("postbus listening", slog.String("mode", mode), slog.String("addr", ln.Addr().String()),
-		slog.String("data", c.broker.Dir), slog.String("flush", c.flush.String()), slog.String("version", version))
+		slog.String("data", c.broker.Dir), slog.String("flush", c.flush.String()),
+		slog.Bool("auth", auth.HMACSecret != nil || auth.PublicKeys != nil), slog.String("version", version))
 
 	select {
 	case err := <-served:
@@ -183,4 +216,36 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	}
 	logger.Info("stopped")
 	return nil
+}
+
+// authConfig builds the API's token verification from the flags.
+func (c *serveConfig) authConfig() (httpapi.AuthConfig, error) {
+	a := httpapi.AuthConfig{Issuer: c.jwtIssuer, Audience: c.jwtAudience}
+	if c.jwtSecret != "" {
+		if len(c.jwtSecret) < httpapi.MinHMACSecret {
+			return a, fmt.Errorf("--jwt-secret is %d bytes; at least %d are needed (try: openssl rand -base64 32)", len(c.jwtSecret), httpapi.MinHMACSecret)
+		}
+		a.HMACSecret = []byte(c.jwtSecret)
+	}
+	if c.jwtPublicKeys != "" {
+		keys, err := httpapi.LoadPublicKeys(c.jwtPublicKeys)
+		if err != nil {
+			return a, fmt.Errorf("--jwt-public-keys: %w", err)
+		}
+		a.PublicKeys = keys
+	}
+	return a, nil
+}
+
+// isLoopback reports whether a listen address only accepts local clients.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

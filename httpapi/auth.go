@@ -1,0 +1,326 @@
+package httpapi
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rsa"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// AuthConfig says how API tokens are verified. With neither HMACSecret nor
+// PublicKeys the API is open (dev).
+type AuthConfig struct {
+	HMACSecret []byte      // HS256 tokens
+	PublicKeys []VerifyKey // RS256, ES256 (P-256) and EdDSA (Ed25519) tokens
+	Issuer     string      // if set, tokens must carry this iss
+	Audience   string      // if set, tokens must carry this aud
+	Leeway     time.Duration
+	Now        func() time.Time
+}
+
+// VerifyKey is one public key, named by the kid tokens signed with it carry.
+type VerifyKey struct {
+	ID  string
+	Key crypto.PublicKey
+}
+
+// MinHMACSecret is the shortest HS256 secret accepted: RFC 7518 asks for at
+// least the hash's size.
+const MinHMACSecret = 32
+
+// authenticator verifies bearer tokens. One parser with the algorithms fixed
+// by the keys configured: no "none", and an HMAC key never verifies an RS/ES
+// token or the other way round (algorithm confusion).
+type authenticator struct {
+	parser *jwt.Parser
+	hmac   []byte
+	keys   []VerifyKey
+}
+
+func newAuthenticator(cfg AuthConfig) (*authenticator, error) {
+	if len(cfg.HMACSecret) == 0 && len(cfg.PublicKeys) == 0 {
+		return nil, nil
+	}
+	if len(cfg.HMACSecret) > 0 && len(cfg.HMACSecret) < MinHMACSecret {
+		return nil, fmt.Errorf("the JWT secret is %d bytes; at least %d are needed", len(cfg.HMACSecret), MinHMACSecret)
+	}
+	var methods []string
+	if len(cfg.HMACSecret) > 0 {
+		methods = append(methods, jwt.SigningMethodHS256.Alg())
+	}
+	for _, k := range cfg.PublicKeys {
+		alg, err := algFor(k.Key)
+		if err != nil {
+			return nil, fmt.Errorf("key %q: %w", k.ID, err)
+		}
+		methods = append(methods, alg)
+	}
+	if cfg.Leeway == 0 {
+		cfg.Leeway = 30 * time.Second
+	}
+	opts := []jwt.ParserOption{
+		jwt.WithValidMethods(methods),
+		jwt.WithExpirationRequired(),
+		jwt.WithIssuedAt(),
+		jwt.WithLeeway(cfg.Leeway),
+		jwt.WithStrictDecoding(),
+	}
+	if cfg.Issuer != "" {
+		opts = append(opts, jwt.WithIssuer(cfg.Issuer))
+	}
+	if cfg.Audience != "" {
+		opts = append(opts, jwt.WithAudience(cfg.Audience))
+	}
+	if cfg.Now != nil {
+		opts = append(opts, jwt.WithTimeFunc(cfg.Now))
+	}
+	return &authenticator{parser: jwt.NewParser(opts...), hmac: cfg.HMACSecret, keys: cfg.PublicKeys}, nil
+}
+
+// algFor is the one JWS algorithm a public key verifies.
+func algFor(k crypto.PublicKey) (string, error) {
+	switch k := k.(type) {
+	case *rsa.PublicKey:
+		if k.N.BitLen() < 2048 {
+			return "", fmt.Errorf("RSA key of %d bits: at least 2048 are needed", k.N.BitLen())
+		}
+		return jwt.SigningMethodRS256.Alg(), nil
+	case *ecdsa.PublicKey:
+		if k.Curve != elliptic.P256() {
+			return "", errors.New("only P-256 EC keys (ES256) are supported")
+		}
+		return jwt.SigningMethodES256.Alg(), nil
+	case ed25519.PublicKey:
+		return jwt.SigningMethodEdDSA.Alg(), nil
+	}
+	return "", fmt.Errorf("unsupported key type %T", k)
+}
+
+// keyFor picks the key for a token by its algorithm and kid, so that a key
+// only ever verifies the algorithm it is for.
+func (a *authenticator) keyFor(t *jwt.Token) (any, error) {
+	alg := t.Method.Alg()
+	if alg == jwt.SigningMethodHS256.Alg() {
+		if len(a.hmac) == 0 {
+			return nil, errors.New("HS256 is not accepted")
+		}
+		return a.hmac, nil
+	}
+	// A kid picks its key; a token without one, or with a kid no key
+	// claims, is tried against the keys that have no kid.
+	kid, _ := t.Header["kid"].(string)
+	var named, unnamed jwt.VerificationKeySet
+	for _, k := range a.keys {
+		if a, _ := algFor(k.Key); a != alg {
+			continue
+		}
+		switch {
+		case k.ID == "":
+			unnamed.Keys = append(unnamed.Keys, k.Key)
+		case k.ID == kid:
+			named.Keys = append(named.Keys, k.Key)
+		}
+	}
+	ks := named
+	if len(ks.Keys) == 0 {
+		ks = unnamed
+	}
+	if len(ks.Keys) == 0 {
+		return nil, fmt.Errorf("no %s key with kid %q", alg, kid)
+	}
+	return ks, nil
+}
+
+// tokenClaims are the claims postbus reads.
+type tokenClaims struct {
+	Scope string `json:"scope"`
+	jwt.RegisteredClaims
+}
+
+// principal is who a request acts as.
+type principal struct {
+	id     string // sub, or a hash of the token when it has none; for rate limits and logs
+	scopes scopes
+}
+
+func (a *authenticator) authenticate(raw string) (*principal, error) {
+	var c tokenClaims
+	if _, err := a.parser.ParseWithClaims(raw, &c, a.keyFor); err != nil {
+		return nil, err
+	}
+	p := &principal{scopes: parseScopes(c.Scope), id: c.Subject}
+	if p.id == "" {
+		sum := sha256.Sum256([]byte(raw))
+		p.id = "token:" + hex.EncodeToString(sum[:8])
+	}
+	return p, nil
+}
+
+// scopes is what a token may do: publish:<topic-glob>, consume:<group-glob>
+// and admin, space separated in its "scope" claim.
+type scopes struct {
+	admin   bool
+	publish []string
+	consume []string
+}
+
+// parseScopes reads a scope claim. Unknown scopes are ignored, so tokens
+// minted for a newer postbus still work for what this one knows.
+func parseScopes(s string) scopes {
+	var sc scopes
+	for _, f := range strings.Fields(s) {
+		switch kind, glob, _ := strings.Cut(f, ":"); {
+		case f == "admin":
+			sc.admin = true
+		case kind == "publish" && glob != "":
+			sc.publish = append(sc.publish, glob)
+		case kind == "consume" && glob != "":
+			sc.consume = append(sc.consume, glob)
+		}
+	}
+	return sc
+}
+
+func (s scopes) canPublish(topic string) bool { return s.admin || anyGlob(s.publish, topic) }
+func (s scopes) canConsume(group string) bool { return s.admin || anyGlob(s.consume, group) }
+
+func anyGlob(globs []string, name string) bool {
+	for _, g := range globs {
+		if globMatch(g, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// globMatch reports whether name matches pattern, where '*' stands for any
+// run of characters (topic and group names hold no other pattern syntax).
+// It runs in O(len(pattern)*len(name)) at worst: no backtracking blow-up.
+func globMatch(pattern, name string) bool {
+	px, nx := 0, 0
+	starPx, starNx := -1, 0
+	for nx < len(name) {
+		switch {
+		case px < len(pattern) && pattern[px] == '*':
+			starPx, starNx = px, nx
+			px++
+		case px < len(pattern) && pattern[px] == name[nx]:
+			px++
+			nx++
+		case starPx >= 0:
+			starNx++
+			px, nx = starPx+1, starNx
+		default:
+			return false
+		}
+	}
+	for px < len(pattern) && pattern[px] == '*' {
+		px++
+	}
+	return px == len(pattern)
+}
+
+type principalKey struct{}
+
+func principalFrom(ctx context.Context) *principal {
+	p, _ := ctx.Value(principalKey{}).(*principal)
+	return p
+}
+
+// access is a route's auth decision: who may call it. Every route declares
+// one (routes.go); a test fails on a route without.
+type access struct {
+	name  string                                   // as documented in openapi.yaml
+	allow func(p *principal, r *http.Request) bool // nil: no token needed
+}
+
+var (
+	accessOpen  = access{name: "open"}
+	accessAdmin = access{name: "admin", allow: func(p *principal, r *http.Request) bool { return p.scopes.admin }}
+	// accessPublishTopic needs publish on the {topic} of the path.
+	accessPublishTopic = access{name: "publish:{topic}", allow: func(p *principal, r *http.Request) bool {
+		return p.scopes.canPublish(urlParam(r, "topic"))
+	}}
+	// accessAnyToken lets any valid token in; the handler narrows what it
+	// shows to the token's scopes (a list, a message whose topic is only
+	// known once it is read).
+	accessAnyToken = access{name: "token", allow: func(p *principal, r *http.Request) bool { return true }}
+)
+
+// authorize wraps h with the route's access check. Checks come before the
+// handler, so a refusal never says whether the topic or message exists.
+func (s *Server) authorize(a access, h http.HandlerFunc) http.HandlerFunc {
+	if a.allow == nil || s.auth == nil {
+		return h
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		raw, ok := bearerToken(r)
+		if !ok {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="postbus"`)
+			writeProblem(w, r, codeUnauthorized, "Authorization", "this route needs a bearer token: Authorization: Bearer <JWT>")
+			return
+		}
+		p, err := s.auth.authenticate(raw)
+		if err != nil {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="postbus", error="invalid_token"`)
+			writeProblem(w, r, codeUnauthorized, "Authorization", "the token is not valid: "+tokenProblem(err))
+			return
+		}
+		if !a.allow(p, r) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="postbus", error="insufficient_scope"`)
+			writeProblem(w, r, codeForbidden, "", "the token's scope does not allow this ("+a.name+" is needed)")
+			return
+		}
+		h(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
+	}
+}
+
+// tokenProblem says why a token was refused, without echoing any of it.
+func tokenProblem(err error) string {
+	switch {
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return "it has expired"
+	case errors.Is(err, jwt.ErrTokenNotValidYet), errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
+		return "it is not valid yet"
+	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
+		return "it has no exp claim"
+	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
+		return "wrong issuer"
+	case errors.Is(err, jwt.ErrTokenInvalidAudience):
+		return "wrong audience"
+	case errors.Is(err, jwt.ErrTokenMalformed):
+		return "malformed"
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
+		return "its signature does not verify with any configured key"
+	}
+	return "it cannot be verified"
+}
+
+func bearerToken(r *http.Request) (string, bool) {
+	h := r.Header.Get("Authorization")
+	scheme, tok, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	tok = strings.TrimSpace(tok)
+	return tok, tok != ""
+}
+
+// mayRead says whether the request may read a message of topic: open mode,
+// admin, or publish on the topic. Callers answer "not found" otherwise, so
+// a token learns nothing about topics outside its scope.
+func mayRead(r *http.Request, topic string) bool {
+	p := principalFrom(r.Context())
+	return p == nil || p.scopes.canPublish(topic)
+}
