@@ -89,7 +89,8 @@ func printable(s string) bool {
 }
 
 // validate checks a producer's message against the limits and folds its
-// delay fields into DeliverAt. field prefixes names in errors ("batch[3].").
+// delay fields into DeliverAt, so that validating twice is harmless. field
+// prefixes names in errors ("[3].").
 func (m *Message) validate(field string, maxBody int, maxDelay time.Duration, now time.Time) error {
 	if len(m.Body) == 0 {
 		return errf(CodeEmptyBody, field+"body", "the message body is empty; a message needs at least one byte")
@@ -163,12 +164,12 @@ func (m *Message) foldDelay(field string, maxDelay time.Duration, now time.Time)
 		if m.Delay > maxDelay {
 			return errf(CodeInvalidDelay, field+"delay", "the delay %s is longer than the maximum %s", m.Delay, maxDelay)
 		}
-		m.DeliverAt = now.Add(m.Delay)
+		m.DeliverAt, m.Delay = now.Add(m.Delay), 0
 	case m.DelayLevel != 0:
 		if m.DelayLevel < 1 || m.DelayLevel > len(DelayLevels) {
 			return errf(CodeInvalidDelay, field+"delay_level", "delay level %d is out of range 1-%d", m.DelayLevel, len(DelayLevels))
 		}
-		m.DeliverAt = now.Add(DelayLevels[m.DelayLevel-1])
+		m.DeliverAt, m.DelayLevel = now.Add(DelayLevels[m.DelayLevel-1]), 0
 	case !m.DeliverAt.IsZero():
 		if m.DeliverAt.After(now.Add(maxDelay)) {
 			return errf(CodeInvalidDelay, field+"deliver_at", "%s is more than the maximum delay %s away", m.DeliverAt.Format(time.RFC3339), maxDelay)

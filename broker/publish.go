@@ -36,30 +36,13 @@ func (b *Broker) Publish(ctx context.Context, topic string, msgs []*Message) ([]
 	if b.isClosing() {
 		return nil, ErrClosed
 	}
-	if err := ValidateTopicName(topic); err != nil {
-		return nil, err
-	}
-	if len(msgs) == 0 {
-		return nil, errf(CodeInvalidBatch, "", "a batch needs at least one message")
-	}
-	if len(msgs) > MaxBatchMessages {
-		return nil, errf(CodeBatchTooLarge, "", "%d messages; a batch holds at most %d", len(msgs), MaxBatchMessages)
-	}
 	now := b.now()
-	total := 0
-	for i, m := range msgs {
-		prefix := ""
-		if len(msgs) > 1 {
-			prefix = fmt.Sprintf("[%d].", i)
+	total, err := b.check(topic, msgs, now)
+	if err != nil {
+		if code := CodeOf(err); code != "" {
+			b.metrics.rejected(code)
 		}
-		if err := m.validate(prefix, b.cfg.MaxMessageBytes, b.cfg.MaxDelay, now); err != nil {
-			b.metrics.rejected(CodeOf(err))
-			return nil, err
-		}
-		total += len(m.Body)
-	}
-	if total > MaxBatchBytes {
-		return nil, errf(CodeBatchTooLarge, "", "the batch's bodies total %d bytes; the limit is %d", total, MaxBatchBytes)
+		return nil, err
 	}
 	if b.diskFull.Load() {
 		b.metrics.rejected(CodeDiskFull)
@@ -94,6 +77,42 @@ func (b *Broker) Publish(ctx context.Context, topic string, msgs []*Message) ([]
 	}
 	b.metrics.published(len(msgs), total)
 	return results, nil
+}
+
+// Check validates a publish without storing anything: what Publish would
+// refuse for its input, it refuses too. It lets a caller spend a rate
+// limit only on publishes that can succeed.
+func (b *Broker) Check(topic string, msgs []*Message) error {
+	_, err := b.check(topic, msgs, b.now())
+	return err
+}
+
+// check validates topic and msgs and returns the bodies' total size.
+func (b *Broker) check(topic string, msgs []*Message, now time.Time) (int, error) {
+	if err := ValidateTopicName(topic); err != nil {
+		return 0, err
+	}
+	if len(msgs) == 0 {
+		return 0, errf(CodeInvalidBatch, "", "a batch needs at least one message")
+	}
+	if len(msgs) > MaxBatchMessages {
+		return 0, errf(CodeBatchTooLarge, "", "%d messages; a batch holds at most %d", len(msgs), MaxBatchMessages)
+	}
+	total := 0
+	for i, m := range msgs {
+		prefix := ""
+		if len(msgs) > 1 {
+			prefix = fmt.Sprintf("[%d].", i)
+		}
+		if err := m.validate(prefix, b.cfg.MaxMessageBytes, b.cfg.MaxDelay, now); err != nil {
+			return 0, err
+		}
+		total += len(m.Body)
+	}
+	if total > MaxBatchBytes {
+		return 0, errf(CodeBatchTooLarge, "", "the batch's bodies total %d bytes; the limit is %d", total, MaxBatchBytes)
+	}
+	return total, nil
 }
 
 // append assigns queue offsets and appends under appendMu. It returns the

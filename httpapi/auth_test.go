@@ -368,6 +368,11 @@ func TestPublishRateLimit(t *testing.T) {
 	a, b := hsToken(t, jwt.MapClaims{"scope": "publish:*", "sub": "a", "exp": time.Now().Add(time.Hour).Unix()}),
 		hsToken(t, jwt.MapClaims{"scope": "publish:*", "sub": "b", "exp": time.Now().Add(time.Hour).Unix()})
 	batch := "[" + strings.Repeat(`{"body":"x"},`, 999) + `{"body":"x"}]`
+	// A batch the broker refuses gives its messages back.
+	bad := "[" + strings.Repeat(`{"body":"x"},`, 999) + `{"body":"x","tag":"a||b"}]`
+	if resp, data := do(t, "POST", srv.URL+"/v1/topics/t/messages/batch", withToken(a), strings.NewReader(bad)); resp.StatusCode != 400 {
+		t.Fatalf("a refused batch: %d %s", resp.StatusCode, data)
+	}
 	if resp, data := do(t, "POST", srv.URL+"/v1/topics/t/messages/batch", withToken(a), strings.NewReader(batch)); resp.StatusCode != 201 {
 		t.Fatalf("a batch within the burst: %d %s", resp.StatusCode, data)
 	}

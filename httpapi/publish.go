@@ -202,17 +202,23 @@ func readBody(r *http.Request, limit int) ([]byte, bool, error) {
 	return buf, len(buf) > limit, nil
 }
 
-// allowPublish applies the per-principal publish rate, answering 429 with
-// Retry-After when the bucket is short of n messages.
-func (s *Server) allowPublish(w http.ResponseWriter, r *http.Request, n int) bool {
+// allowPublish applies the per-principal publish rate to a publish the
+// broker would take, answering its problem if it would not, and 429 with
+// Retry-After when the bucket is short of its messages. A refused publish
+// costs no rate.
+func (s *Server) allowPublish(w http.ResponseWriter, r *http.Request, topic string, msgs []*broker.Message) bool {
 	if s.limiter == nil {
 		return true
+	}
+	if err := s.broker.Check(topic, msgs); err != nil {
+		s.writeError(w, r, err)
+		return false
 	}
 	key := clientAddr(r)
 	if p := principalFrom(r.Context()); p != nil {
 		key = p.id
 	}
-	ok, wait := s.limiter.take(key, n, time.Now())
+	ok, wait := s.limiter.take(key, len(msgs), time.Now())
 	if !ok {
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
 		writeProblem(w, r, codeRateLimited, "", fmt.Sprintf("over the publish rate of %g messages a second; retry in %s", float64(s.limiter.limit), wait.Round(time.Millisecond)))
@@ -249,10 +255,11 @@ func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	m.Body = body
-	if !s.allowPublish(w, r, 1) {
+	msgs := []*broker.Message{m}
+	if !s.allowPublish(w, r, topic, msgs) {
 		return
 	}
-	res, err := s.broker.Publish(r.Context(), topic, []*broker.Message{m})
+	res, err := s.broker.Publish(r.Context(), topic, msgs)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -374,7 +381,7 @@ func (s *Server) handlePublishBatch(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, be.code, be.field, be.Error())
 		return
 	}
-	if !s.allowPublish(w, r, len(msgs)) {
+	if !s.allowPublish(w, r, topic, msgs) {
 		return
 	}
 	res, err := s.broker.Publish(r.Context(), topic, msgs)
