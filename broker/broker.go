@@ -51,6 +51,14 @@ type Broker struct {
 	// both guarded by dispatchMu.
 	checkpointed    int64
 	checkpointDirty bool
+	newTimers       []meta.Timer  // delayed records met by this dispatch round; guarded by dispatchMu
+	timerWake       chan struct{} // a new timer may be due sooner than the timer loop sleeps
+
+	offs       offsets
+	inFlight   map[offsetKey]int // reported by consumers; guarded by offs.mu
+	subsSig    signal            // fired when a subscription changes
+	attemptsMu sync.Mutex
+	attempts   []meta.Attempt // not yet written; guarded by attemptsMu
 
 	diskFull  atomic.Bool
 	diskUsed  atomic.Uint64 // float64 bits of the last disk-use ratio
@@ -106,15 +114,18 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 		topics:     make(map[string]*topicState),
 		queueBytes: make(map[consumequeue.QueueID]int64),
 		closing:    make(chan struct{}),
+		timerWake:  make(chan struct{}, 1),
 	}
 	if err := b.open(ctx); err != nil {
 		b.closeFiles()
 		return nil, err
 	}
 	b.metrics = newMetrics(b, cfg.Registerer)
-	b.wg.Add(2)
+	b.wg.Add(4)
 	go b.dispatchLoop()
 	go b.retentionLoop()
+	go b.timerLoop()
+	go b.consumeLoop()
 	return b, nil
 }
 
@@ -135,7 +146,7 @@ func (b *Broker) open(ctx context.Context) error {
 	if b.log, err = commitlog.Open(lcfg); err != nil {
 		return fmt.Errorf("open commitlog: %w", err)
 	}
-	if b.meta, err = meta.Open(ctx, filepath.Join(b.cfg.Dir, "meta.db"), meta.WithLogger(b.logger.With(slog.String("component", "meta")))); err != nil {
+	if b.meta, err = meta.Open(ctx, filepath.Join(b.cfg.Dir, "meta.db"), meta.WithLogger(b.logger.With(slog.String("component", "meta"))), meta.WithClock(b.now)); err != nil {
 		return fmt.Errorf("open metadata: %w", err)
 	}
 	topics, err := b.meta.Topics(ctx)
@@ -144,6 +155,9 @@ func (b *Broker) open(ctx context.Context) error {
 	}
 	for _, t := range topics {
 		b.topics[t.Name] = newTopicState(topicFromMeta(t))
+	}
+	if err := b.loadOffsets(ctx); err != nil {
+		return err
 	}
 	if b.cq, err = consumequeue.Open(consumequeue.Config{Dir: filepath.Join(b.cfg.Dir, "consumequeue")}); err != nil {
 		return fmt.Errorf("open consume queues: %w", err)
@@ -318,6 +332,7 @@ func (b *Broker) Close() error {
 		if err := b.checkpoint(); err != nil {
 			errs = append(errs, err)
 		}
+		errs = append(errs, b.flushOffsets(context.Background()), b.flushAttempts(context.Background()))
 		errs = append(errs, b.closeFiles())
 		b.closeErr = errors.Join(errs...)
 		b.logger.Info("broker closed", slog.Any("err", b.closeErr))

@@ -30,6 +30,7 @@ type Config struct {
 	CheckpointBytes    int64         // ... or sooner, once this much log has been dispatched since the last
 	DiskCleanRatio     float64       // above it, the oldest segments go first
 	DiskFullRatio      float64       // above it, publishes are refused with disk_full
+	OffsetInterval     time.Duration // how often consumer offsets and the attempt log are persisted
 
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer // nil: metrics are not registered
@@ -53,6 +54,7 @@ func DefaultConfig(dir string) Config {
 		CheckpointBytes:    64 << 20,
 		DiskCleanRatio:     0.85,
 		DiskFullRatio:      0.90,
+		OffsetInterval:     5 * time.Second,
 	}
 }
 
@@ -75,6 +77,7 @@ func (c *Config) Validate() error {
 	check(c.Retention > 0, "retention %s must be positive", c.Retention)
 	check(c.RetentionInterval > 0, "retention check interval %s must be positive", c.RetentionInterval)
 	check(c.CheckpointInterval > 0, "checkpoint interval %s must be positive", c.CheckpointInterval)
+	check(c.OffsetInterval > 0, "offset interval %s must be positive", c.OffsetInterval)
 	check(c.CheckpointBytes > 0, "checkpoint bytes %d must be positive", c.CheckpointBytes)
 	check(c.DiskCleanRatio > 0 && c.DiskCleanRatio <= c.DiskFullRatio && c.DiskFullRatio <= 1,
 		"disk ratios must satisfy 0 < clean (%.2f) <= full (%.2f) <= 1", c.DiskCleanRatio, c.DiskFullRatio)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/postbus/postbus/broker/internal/durable"
+	"github.com/postbus/postbus/broker/meta"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -136,6 +137,20 @@ func (b *Broker) dispatchOnce() error {
 	b.dispatchMu.Lock()
 	from := b.dispatched.Load()
 	next, err := b.log.Scan(from, b.dispatchRecord)
+	if len(b.newTimers) > 0 {
+		// The timers are stored before dispatch moves past their records,
+		// so a crash replays any it did not store.
+		if terr := b.meta.AddTimers(context.Background(), b.newTimers); terr != nil {
+			b.newTimers = b.newTimers[:0]
+			b.dispatchMu.Unlock()
+			return fmt.Errorf("store timers: %w", terr)
+		}
+		b.newTimers = b.newTimers[:0]
+		select {
+		case b.timerWake <- struct{}{}:
+		default:
+		}
+	}
 	if next > from {
 		b.dispatched.Store(next)
 	}
@@ -163,6 +178,12 @@ func (b *Broker) dispatchRecord(off int64, rec []byte) error {
 	if ts == nil || h.StoredAt < ts.info.Load().CreatedAt.UnixMilli() {
 		return nil // the topic was deleted (and maybe created again since)
 	}
+	if h.Flags&(flagDelayed|flagRePut) == flagDelayed {
+		// Waits in the timer store; findable by id and key meanwhile.
+		b.newTimers = append(b.newTimers, meta.Timer{LogOffset: off, DeliverAt: time.UnixMilli(h.DeliverAt)})
+		b.indexRecord(off, &h)
+		return nil
+	}
 	err = b.cq.Append(topic, h.QueueID, h.QueueOffset, consumequeue.Entry{
 		Offset: off, Size: int32(len(rec)), TagHash: tagHashBytes(h.Tag),
 	})
@@ -177,14 +198,21 @@ func (b *Broker) dispatchRecord(off int64, rec []byte) error {
 		return fmt.Errorf("append to queue %s/%d: %w", topic, h.QueueID, err)
 	}
 	b.queueBytes[consumequeue.QueueID{Topic: topic, Queue: h.QueueID}] += int64(len(rec))
+	b.indexRecord(off, &h)
+	return nil
+}
+
+// indexRecord adds a record's id, keys and dedup id to the key index. A
+// re-put or retry copy is indexed again under the same id: lookups return
+// the newest copy.
+func (b *Broker) indexRecord(off int64, h *recordHeader) {
 	b.idx.Add(hashKeyBytes(keyID, h.ID), off)
 	h.eachKey(func(k []byte) {
 		b.idx.Add(hashKeyBytes(keyKey, h.Topic, k), off)
 	})
-	if len(h.DedupID) > 0 {
+	if len(h.DedupID) > 0 && h.Flags&(flagRePut|flagRetry|flagDead) == 0 {
 		b.idx.Add(hashKeyBytes(keyDedup, h.Topic, h.DedupID), off)
 	}
-	return nil
 }
 
 // waitDispatched waits until the indexes cover the log up to off.

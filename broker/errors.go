@@ -12,26 +12,32 @@ type Code string
 
 // The codes the broker returns. Each maps to one HTTP status in httpapi.
 const (
-	CodeInvalidTopic      Code = "invalid_topic"
-	CodeSystemTopic       Code = "system_topic"
-	CodeTopicNotFound     Code = "topic_not_found"
-	CodeInvalidMessage    Code = "invalid_message"
-	CodeBodyTooLarge      Code = "body_too_large"
-	CodeEmptyBody         Code = "empty_body"
-	CodeInvalidTag        Code = "invalid_tag"
-	CodeInvalidKeys       Code = "invalid_keys"
-	CodeInvalidProperties Code = "invalid_properties"
-	CodeInvalidDelay      Code = "invalid_delay"
-	CodeInvalidDedupID    Code = "invalid_dedup_id"
-	CodeBatchTooLarge     Code = "batch_too_large"
-	CodeInvalidBatch      Code = "invalid_batch"
-	CodeInvalidQueues     Code = "invalid_queues"
-	CodeInvalidRetention  Code = "invalid_retention"
-	CodeMessageNotFound   Code = "message_not_found"
-	CodeInvalidMessageID  Code = "invalid_message_id"
-	CodeInvalidKey        Code = "invalid_key"
-	CodeDiskFull          Code = "disk_full"
-	CodeUnavailable       Code = "unavailable"
+	CodeInvalidTopic         Code = "invalid_topic"
+	CodeSystemTopic          Code = "system_topic"
+	CodeTopicNotFound        Code = "topic_not_found"
+	CodeInvalidMessage       Code = "invalid_message"
+	CodeBodyTooLarge         Code = "body_too_large"
+	CodeEmptyBody            Code = "empty_body"
+	CodeInvalidTag           Code = "invalid_tag"
+	CodeInvalidKeys          Code = "invalid_keys"
+	CodeInvalidProperties    Code = "invalid_properties"
+	CodeInvalidDelay         Code = "invalid_delay"
+	CodeInvalidDedupID       Code = "invalid_dedup_id"
+	CodeBatchTooLarge        Code = "batch_too_large"
+	CodeInvalidBatch         Code = "invalid_batch"
+	CodeInvalidQueues        Code = "invalid_queues"
+	CodeInvalidRetention     Code = "invalid_retention"
+	CodeMessageNotFound      Code = "message_not_found"
+	CodeInvalidMessageID     Code = "invalid_message_id"
+	CodeInvalidKey           Code = "invalid_key"
+	CodeInvalidFilter        Code = "invalid_filter"
+	CodeInvalidGroup         Code = "invalid_group"
+	CodeInvalidSubscription  Code = "invalid_subscription"
+	CodeSubscriptionExists   Code = "subscription_exists"
+	CodeSubscriptionNotFound Code = "subscription_not_found"
+	CodeGroupNotFound        Code = "group_not_found"
+	CodeDiskFull             Code = "disk_full"
+	CodeUnavailable          Code = "unavailable"
 )
 
 // Error is a failure the caller caused or can act on. Field names the input
@@ -60,10 +66,11 @@ func (e *Error) Is(target error) bool {
 
 // Sentinels to branch on with errors.Is; the errors returned carry detail.
 var (
-	ErrTopicNotFound   = &Error{Code: CodeTopicNotFound}
-	ErrMessageNotFound = &Error{Code: CodeMessageNotFound}
-	ErrDiskFull        = &Error{Code: CodeDiskFull}
-	ErrClosed          = &Error{Code: CodeUnavailable}
+	ErrTopicNotFound        = &Error{Code: CodeTopicNotFound}
+	ErrMessageNotFound      = &Error{Code: CodeMessageNotFound}
+	ErrDiskFull             = &Error{Code: CodeDiskFull}
+	ErrSubscriptionNotFound = &Error{Code: CodeSubscriptionNotFound}
+	ErrClosed               = &Error{Code: CodeUnavailable}
 )
 
 func errf(code Code, field, format string, args ...any) *Error {

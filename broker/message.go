@@ -56,7 +56,16 @@ type Message struct {
 	BornAt      time.Time
 	StoredAt    time.Time
 	LogOffset   int64
+
+	// Set on copies the broker makes for retries and dead letters.
+	Attempt int    // the delivery attempt this copy is for (0: a producer's message)
+	Origin  string // the topic a retry or dead-letter copy came from
+	Reason  string // why a dead-lettered message died: the last attempt's error
+	flags   uint16
 }
+
+// delayed reports whether m waits in the timer store.
+func (m *Message) delayed() bool { return m.flags&(flagDelayed|flagRePut) == flagDelayed }
 
 var (
 	topicRE    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,126}$`)

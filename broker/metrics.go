@@ -12,6 +12,8 @@ type metrics struct {
 	messages prometheus.Counter
 	bytes    prometheus.Counter
 	rejects  *prometheus.CounterVec
+
+	attemptsDropped prometheus.Counter
 }
 
 func newMetrics(b *Broker, reg prometheus.Registerer) *metrics {
@@ -25,6 +27,9 @@ func newMetrics(b *Broker, reg prometheus.Registerer) *metrics {
 		rejects: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "postbus_publish_rejected_total", Help: "Publishes refused, by error code.",
 		}, []string{"code"}),
+		attemptsDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "postbus_attempts_dropped_total", Help: "Delivery attempts not written to the trace log because its writer fell behind.",
+		}),
 	}
 	if reg == nil {
 		return m
@@ -32,7 +37,7 @@ func newMetrics(b *Broker, reg prometheus.Registerer) *metrics {
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
-	reg.MustRegister(m.messages, m.bytes, m.rejects,
+	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped,
 		gauge("postbus_commitlog_bytes", "Bytes of the commitlog between its oldest retained offset and its end.",
 			func() float64 { return float64(b.log.Committed() - b.log.MinOffset()) }),
 		gauge("postbus_commitlog_segments", "Commitlog segment files.",

@@ -53,20 +53,46 @@ func (b *Broker) Publish(ctx context.Context, topic string, msgs []*Message) ([]
 		return nil, err
 	}
 
-	// Work that needs no lock happens here: ids, queue choice, encoding.
-	results := make([]Result, len(msgs))
-	recs := make([][]byte, len(msgs))
-	for i, m := range msgs {
+	for _, m := range msgs {
 		m.ID = nuid.Next()
 		m.Topic = topic
 		m.BornAt = now
 		m.QueueID = ts.pickQueue(m.ShardingKey)
-		recs[i] = encodeRecord(make([]byte, 0, recordFixedLen+64+len(topic)+len(m.Body)), m)
-		results[i] = Result{ID: m.ID, Topic: topic, QueueID: m.QueueID, DeliverAt: m.DeliverAt}
+		if !m.DeliverAt.IsZero() {
+			m.flags |= flagDelayed
+		}
 	}
-	dups := b.dedupFromIndex(ctx, topic, msgs, results)
+	results, err := b.store(ctx, ts, msgs, true)
+	if err != nil {
+		return nil, err
+	}
+	b.metrics.published(len(msgs), total)
+	return results, nil
+}
 
-	end, err := b.append(ts, msgs, recs, results, dups)
+// store encodes msgs (whose ids, topic and queues are set), appends them in
+// one append and waits until they are durable. With dedup, messages whose
+// dedup id was seen within the window are answered with the first one's
+// result and not stored. A delayed message takes no queue offset now: it
+// gets one when the timer puts it on its queue.
+func (b *Broker) store(ctx context.Context, ts *topicState, msgs []*Message, dedup bool) ([]Result, error) {
+	// Work that needs no lock happens here: encoding, dedup look-ups.
+	results := make([]Result, len(msgs))
+	recs := make([][]byte, len(msgs))
+	for i, m := range msgs {
+		recs[i] = encodeRecord(make([]byte, 0, recordFixedLen+96+len(m.Topic)+len(m.Body)), m)
+		results[i] = Result{ID: m.ID, Topic: m.Topic, QueueID: m.QueueID, DeliverAt: m.DeliverAt}
+		if m.delayed() {
+			results[i].QueueOffset = -1
+		}
+	}
+	var dups []bool
+	if dedup {
+		dups = b.dedupFromIndex(ctx, ts.name, msgs, results)
+	} else {
+		dups = make([]bool, len(msgs))
+	}
+	end, err := b.append(ts, msgs, recs, results, dups, dedup)
 	if err != nil {
 		return nil, err
 	}
@@ -75,7 +101,6 @@ func (b *Broker) Publish(ctx context.Context, topic string, msgs []*Message) ([]
 			return nil, fmt.Errorf("flush commitlog: %w", err)
 		}
 	}
-	b.metrics.published(len(msgs), total)
 	return results, nil
 }
 
@@ -117,7 +142,7 @@ func (b *Broker) check(topic string, msgs []*Message, now time.Time) (int, error
 
 // append assigns queue offsets and appends under appendMu. It returns the
 // log end to wait for, or -1 when every message was a duplicate.
-func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results []Result, dups []bool) (int64, error) {
+func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results []Result, dups []bool, dedup bool) (int64, error) {
 	b.appendMu.Lock()
 	defer b.appendMu.Unlock()
 	if b.isClosing() {
@@ -128,7 +153,10 @@ func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results 
 	var firstOfBatch map[string]int // dedup key -> index of its first message in this batch
 	saved := make(map[int]int64, 4) // queue -> next offset before this append
 	for i, m := range msgs {
-		if m.DedupID != "" {
+		// Only a producer's publish is deduplicated; the broker's own
+		// copies (re-puts, retries, dead letters) keep the dedup id they
+		// carry but are always stored.
+		if dedup && m.DedupID != "" {
 			key := dedupKey(ts.name, m.DedupID)
 			if j, ok := firstOfBatch[key]; ok {
 				results[i] = results[j]
@@ -147,6 +175,11 @@ func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results 
 				firstOfBatch = make(map[string]int)
 			}
 			firstOfBatch[key] = i
+		}
+		if m.delayed() {
+			patchRecord(recs[i], now, 0)
+			keep = append(keep, recs[i])
+			continue
 		}
 		q := m.QueueID
 		if _, ok := saved[q]; !ok {

@@ -66,7 +66,9 @@ func (b *Broker) Message(ctx context.Context, id string) (*Message, error) {
 	now := b.now()
 	var found *Message
 	err := b.lookup(ctx, hashKey(keyID, id), func(m *Message) bool {
-		if m.ID != id {
+		// Retry and dead-letter copies share the id; the message is the
+		// one on its own topic (the newest: a delayed message's re-put).
+		if m.ID != id || m.flags&(flagRetry|flagDead) != 0 {
 			return true
 		}
 		if b.topicAlive(m, now) {

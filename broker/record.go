@@ -21,8 +21,16 @@ import (
 //	31   8     deliver at, unix ms (0: not delayed)
 //	39   ...   topic u16+bytes, id u8+bytes, tag u16+bytes, sharding key
 //	           u16+bytes, content type u16+bytes, dedup id u16+bytes,
+//	           attempt u16, origin topic u16+bytes, reason u16+bytes,
 //	           keys u8 count (u16+bytes each), properties u8 count
 //	           (u8+name, u16+value each, sorted by name), body u32+bytes
+//
+// Flags: flagDelayed marks a message that waits for its deliver-at time in
+// the timer store rather than on its queue; flagRePut the copy the timer
+// puts on the queue when due; flagRetry a copy in a group's retry topic and
+// flagDead one in its dead-letter topic. Attempt is the delivery attempt
+// the copy is for (0 for a producer's message); origin the topic a retry or
+// dead-letter copy came from; reason why a message was dead-lettered.
 //
 // All integers are big-endian.
 const (
@@ -37,9 +45,18 @@ const (
 
 var errBadRecord = errors.New("malformed record")
 
+// Record flags.
+const (
+	flagDelayed uint16 = 1 << iota // waits in the timer store, with no queue offset yet
+	flagRePut                      // put on its queue by the timer: never delayed again
+	flagRetry
+	flagDead
+)
+
 func encodeRecord(dst []byte, m *Message) []byte {
 	var fixed [recordFixedLen]byte
 	fixed[0] = recordVersion
+	binary.BigEndian.PutUint16(fixed[1:], m.flags)
 	binary.BigEndian.PutUint64(fixed[posBornAt:], uint64(m.BornAt.UnixMilli()))
 	binary.BigEndian.PutUint32(fixed[posQueueID:], uint32(m.QueueID))
 	if !m.DeliverAt.IsZero() {
@@ -53,6 +70,9 @@ func encodeRecord(dst []byte, m *Message) []byte {
 	dst = appendStr16(dst, m.ShardingKey)
 	dst = appendStr16(dst, m.ContentType)
 	dst = appendStr16(dst, m.DedupID)
+	dst = binary.BigEndian.AppendUint16(dst, uint16(m.Attempt))
+	dst = appendStr16(dst, m.Origin)
+	dst = appendStr16(dst, m.Reason)
 	dst = append(dst, byte(len(m.Keys)))
 	for _, k := range m.Keys {
 		dst = appendStr16(dst, k)
@@ -86,6 +106,7 @@ func appendStr16(dst []byte, s string) []byte {
 // recordHeader is what dispatch needs of a record; its byte slices alias
 // the record and are valid only as long as it is.
 type recordHeader struct {
+	Flags       uint16
 	StoredAt    int64
 	QueueID     int
 	QueueOffset int64
@@ -141,6 +162,7 @@ func decodeHeader(p []byte) (recordHeader, error) {
 	if len(p) < recordFixedLen || p[0] != recordVersion {
 		return h, fmt.Errorf("%w: short record or unknown version", errBadRecord)
 	}
+	h.Flags = binary.BigEndian.Uint16(p[1:])
 	h.StoredAt = int64(binary.BigEndian.Uint64(p[posStoredAt:]))
 	h.QueueID = int(binary.BigEndian.Uint32(p[posQueueID:]))
 	h.QueueOffset = int64(binary.BigEndian.Uint64(p[posQueueOffset:]))
@@ -152,6 +174,9 @@ func decodeHeader(p []byte) (recordHeader, error) {
 	r.str16() // sharding key
 	r.str16() // content type
 	h.DedupID = r.str16()
+	r.u16()   // attempt
+	r.str16() // origin
+	r.str16() // reason
 	h.nkeys = r.u8()
 	start := r.p
 	for i := 0; i < h.nkeys; i++ {
@@ -185,6 +210,9 @@ func decodeRecord(p []byte, m *Message) error {
 	m.ShardingKey = string(r.str16())
 	m.ContentType = string(r.str16())
 	m.DedupID = string(r.str16())
+	m.Attempt = r.u16()
+	m.Origin = string(r.str16())
+	m.Reason = string(r.str16())
 	m.Keys = nil
 	if n := r.u8(); n > 0 {
 		m.Keys = make([]string, n)
@@ -211,6 +239,7 @@ func decodeRecord(p []byte, m *Message) error {
 	if len(r.p) != 0 {
 		return fmt.Errorf("%w: %d trailing bytes", errBadRecord, len(r.p))
 	}
+	m.flags = h.Flags
 	m.StoredAt = time.UnixMilli(h.StoredAt)
 	m.BornAt = time.UnixMilli(int64(binary.BigEndian.Uint64(p[posBornAt:])))
 	m.QueueID = h.QueueID

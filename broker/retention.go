@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"log/slog"
@@ -31,6 +32,12 @@ func (b *Broker) retentionLoop() {
 			b.checkDisk()
 		case <-ret.C:
 			b.pruneDedup()
+			b.dispatchMu.Lock()
+			cp := b.checkpointed
+			b.dispatchMu.Unlock()
+			if _, err := b.meta.PurgeFiredTimers(context.Background(), cp); err != nil {
+				b.logger.Error("purging fired timers failed", slog.Any("err", err))
+			}
 			if err := b.applyRetention(); err != nil {
 				b.logger.Error("retention failed", slog.Any("err", err))
 			}
@@ -146,6 +153,9 @@ func (b *Broker) applyRetention() error {
 // dropBefore deletes log segments ending at or before off and the index
 // entries that pointed into them, keeping per-queue byte counts true.
 func (b *Broker) dropBefore(off int64) error {
+	if err := b.moveTimersBefore(context.Background(), off); err != nil {
+		return fmt.Errorf("move delayed messages out of the way: %w", err)
+	}
 	n, err := b.log.DropBefore(off)
 	if err != nil {
 		return fmt.Errorf("drop segments: %w", err)

@@ -217,8 +217,29 @@ func (b *Broker) DeleteTopic(ctx context.Context, name string) error {
 	b.topicsMu.Lock()
 	delete(b.topics, name)
 	b.topicsMu.Unlock()
+	// Its subscriptions go with it; the groups' offsets on it too.
+	subs, err := b.Subscriptions(ctx)
+	if err != nil {
+		return err
+	}
+	for _, s := range subs {
+		if s.Topic == name {
+			if err := b.meta.DeleteSubscription(ctx, s.ID); err != nil && !errors.Is(err, meta.ErrNotFound) {
+				return fmt.Errorf("delete subscription %s of %q: %w", s.ID, name, err)
+			}
+		}
+	}
+	b.offs.mu.Lock()
+	for k := range b.offs.next {
+		if k.topic == name {
+			delete(b.offs.next, k)
+			delete(b.offs.dirty, k)
+		}
+	}
+	b.offs.mu.Unlock()
+	b.subsSig.fire()
 	b.dispatchMu.Lock()
-	err := b.cq.DeleteTopic(name)
+	err = b.cq.DeleteTopic(name)
 	for k := range b.queueBytes {
 		if k.Topic == name {
 			delete(b.queueBytes, k)

@@ -252,6 +252,10 @@ var (
 	accessPublishTopic = access{name: "publish:{topic}", allow: func(p *principal, r *http.Request) bool {
 		return p.scopes.canPublish(urlParam(r, "topic"))
 	}}
+	// accessConsumeGroup needs consume on the {group} of the path.
+	accessConsumeGroup = access{name: "consume:{group}", allow: func(p *principal, r *http.Request) bool {
+		return p.scopes.canConsume(urlParam(r, "group"))
+	}}
 	// accessAnyToken lets any valid token in; the handler narrows what it
 	// shows to the token's scopes (a list, a message whose topic is only
 	// known once it is read).

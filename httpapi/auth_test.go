@@ -101,12 +101,16 @@ func TestAuthEveryRoute(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	sub, err := b.CreateSubscription(context.Background(), broker.Subscription{Group: "billing", Topic: "orders", MaxRetries: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
 	s := mustNew(t, Config{Auth: AuthConfig{HMACSecret: testSecret}})
 	admin := hsToken(t, scoped("admin"))
 	outsider := hsToken(t, scoped("publish:other consume:nobody"))
 	for route, decision := range s.Access() {
 		method, pattern, _ := strings.Cut(route, " ")
-		path := strings.NewReplacer("{topic}", "orders", "{msg_id}", res[0].ID).Replace(pattern)
+		path := strings.NewReplacer("{topic}", "orders", "{msg_id}", res[0].ID, "{group}", "billing", "{id}", sub.ID).Replace(pattern)
 		if strings.HasSuffix(pattern, "/messages") && method == "GET" {
 			path += "?key=k"
 		}
@@ -116,6 +120,14 @@ func TestAuthEveryRoute(t *testing.T) {
 				return strings.NewReader(`[{"body":"x"}]`)
 			case method == "PUT":
 				return strings.NewReader(`{"queues":4}`)
+			case pattern == "/v1/subscriptions":
+				return strings.NewReader(`{"group":"billing2","topic":"orders"}`)
+			case strings.HasSuffix(pattern, "/reset"):
+				return strings.NewReader(`{"topic":"orders","to":"latest"}`)
+			case strings.HasSuffix(pattern, "/redrive"):
+				return strings.NewReader(`{"all":true}`)
+			case method == "PATCH":
+				return strings.NewReader(`{}`)
 			}
 			return strings.NewReader("x")
 		}
@@ -132,12 +144,14 @@ func TestAuthEveryRoute(t *testing.T) {
 			}
 			resp, data = do(t, method, srv.URL+path, withToken(outsider), body())
 			switch decision {
-			case "admin", "publish:{topic}":
+			case "admin", "publish:{topic}", "consume:{group}":
 				if resp.StatusCode != 403 || !strings.Contains(string(data), `"code":"forbidden"`) {
 					t.Fatalf("out-of-scope token: %d %s", resp.StatusCode, data)
 				}
 			case "token":
-				if resp.StatusCode == 401 || resp.StatusCode == 403 {
+				// Any valid token gets in; creating a subscription then
+				// checks the body's group.
+				if resp.StatusCode == 401 || (resp.StatusCode == 403 && pattern != "/v1/subscriptions") {
 					t.Fatalf("any valid token should get in: %d %s", resp.StatusCode, data)
 				}
 			default:
@@ -147,7 +161,7 @@ func TestAuthEveryRoute(t *testing.T) {
 			if resp.StatusCode == 401 || resp.StatusCode == 403 {
 				t.Fatalf("admin token refused: %d %s", resp.StatusCode, data)
 			}
-			if method == "DELETE" { // put it back for the other routes
+			if method == "DELETE" && pattern == "/v1/topics/{topic}" { // put it back for the other routes
 				do(t, "PUT", srv.URL+path, withToken(admin), strings.NewReader(`{}`))
 				b.Publish(context.Background(), "orders", []*broker.Message{{Body: []byte("x")}})
 			}

@@ -410,8 +410,10 @@ func TestParseBatchItemsAllocs(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
-	if allocs > 100+6 {
-		t.Errorf("%v allocations for 100 bodies, want at most 106", allocs)
+	// A few over n: the items, chunks of body pointers, and the pooled
+	// scratch slice, which the race detector's sync.Pool sometimes drops.
+	if allocs > 100+12 {
+		t.Errorf("%v allocations for 100 bodies, want at most 112", allocs)
 	}
 }
 

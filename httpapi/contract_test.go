@@ -3,6 +3,10 @@ package httpapi
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -318,10 +322,13 @@ type exchange struct {
 	// metricsAuth sends to the server that puts /metrics behind an admin
 	// token (auth traffic only).
 	metricsAuth bool
+	jwks        bool // send to the server that serves a JWKS (open traffic only)
 	method      string
-	path        string // {name} is replaced by a value saved by an earlier exchange
-	header      map[string]string
-	body        string
+	// In path and body, {name} is replaced by a value saved by an earlier
+	// exchange.
+	path   string
+	header map[string]string
+	body   string
 
 	status int
 	code   broker.Code // the problem's code, for an error
@@ -330,6 +337,9 @@ type exchange struct {
 	invalid bool
 	save    map[string]string // variable -> top-level JSON field of the answer to keep
 	check   func(tb testing.TB, resp *http.Response, body []byte)
+	// prepare runs before the request is sent, to put the broker in a
+	// state no route can (a dead letter, a delivery attempt).
+	prepare func(tb testing.TB, vars map[string]string)
 }
 
 // contractEnv is a real broker behind HTTP servers, and a router over
@@ -342,6 +352,9 @@ type contractEnv struct {
 	strict *httptest.Server // open env: 16-byte body limit, not ready
 	// metricsAuth is the auth env's server with Config.MetricsAuth.
 	metricsAuth *httptest.Server
+	jwks        *httptest.Server // open env: serves jwksDoc
+	jwksDoc     []byte
+	broker      *broker.Broker // behind every server of the env
 }
 
 // openContractBroker opens a broker of its own for a contract test.
@@ -393,11 +406,33 @@ func newContractEnv(tb testing.TB) *contractEnv {
 	b := openContractBroker(tb)
 	env := &contractEnv{doc: loadContract(tb), opts: &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true,
 		AuthenticationFunc: openapi3filter.NoopAuthenticationFunc}}
+	env.broker = b
 	env.main = serveContract(tb, Config{Broker: b, OpenAPI: postbus.OpenAPI})
 	env.strict = serveContract(tb, Config{Broker: b, OpenAPI: postbus.OpenAPI, MaxMessageBytes: 16,
 		Ready: func() error { return errors.New("draining") }})
-	env.route(tb, env.main, env.strict)
+	env.jwksDoc = contractJWKS(tb)
+	env.jwks = serveContract(tb, Config{Broker: b, OpenAPI: postbus.OpenAPI, JWKS: env.jwksDoc})
+	env.route(tb, env.main, env.strict, env.jwks)
 	return env
+}
+
+// contractJWKS is a JSON Web Key Set of one fresh Ed25519 key, built as the
+// bus builds its own (RFC 8037; kid from the key's SHA-256).
+func contractJWKS(tb testing.TB) []byte {
+	tb.Helper()
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		tb.Fatalf("generate key: %v", err)
+	}
+	sum := sha256.Sum256(pub)
+	doc, err := json.Marshal(map[string]any{"keys": []map[string]string{{
+		"kty": "OKP", "crv": "Ed25519", "x": base64.RawURLEncoding.EncodeToString(pub),
+		"kid": base64.RawURLEncoding.EncodeToString(sum[:8]), "alg": "EdDSA", "use": "sig",
+	}}})
+	if err != nil {
+		tb.Fatalf("encode jwks: %v", err)
+	}
+	return doc
 }
 
 // contractSecret is the auth env's HS256 secret.
@@ -417,6 +452,7 @@ func newAuthContractEnv(tb testing.TB) *contractEnv {
 	env := &contractEnv{doc: loadContract(tb), opts: &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true,
 		AuthenticationFunc: contractBearer}}
 	cfg := Config{Broker: b, OpenAPI: postbus.OpenAPI, Auth: AuthConfig{HMACSecret: contractSecret}, PublishRate: contractPublishRate}
+	env.broker = b
 	env.main = serveContract(tb, cfg)
 	cfg.MetricsAuth = true
 	env.metricsAuth = serveContract(tb, cfg)
@@ -457,18 +493,21 @@ func (env *contractEnv) send(tb testing.TB, x exchange, vars map[string]string) 
 		srv = env.strict
 	case x.metricsAuth:
 		srv = env.metricsAuth
+	case x.jwks:
+		srv = env.jwks
 	}
 	if srv == nil {
 		tb.Fatalf("%s: this environment has no such server", x.name)
 	}
-	path := x.path
+	path, reqBody := x.path, x.body
 	for k, v := range vars {
 		path = strings.ReplaceAll(path, "{"+k+"}", v)
+		reqBody = strings.ReplaceAll(reqBody, "{"+k+"}", v)
 	}
 	newReq := func() *http.Request {
 		var body io.Reader
-		if x.body != "" {
-			body = strings.NewReader(x.body)
+		if reqBody != "" {
+			body = strings.NewReader(reqBody)
 		}
 		req, err := http.NewRequest(x.method, srv.URL+path, body)
 		if err != nil {
@@ -566,6 +605,9 @@ func expectExchange(tb testing.TB, x exchange, resp *http.Response, body []byte,
 func (env *contractEnv) run(t *testing.T, exchanges []exchange, vars map[string]string, seen contractSeen) {
 	for _, x := range exchanges {
 		t.Run(x.name, func(t *testing.T) {
+			if x.prepare != nil {
+				x.prepare(t, vars)
+			}
 			op, resp, body := env.do(t, x, vars)
 			seen.add(op, resp.StatusCode)
 			expectExchange(t, x, resp, body, vars)
@@ -691,6 +733,7 @@ func TestContractRecordedTraffic(t *testing.T) {
 			}},
 		{name: "publish/delayed", method: "POST", path: "/v1/topics/orders/messages",
 			header: map[string]string{"Postbus-Delay": "10s", "Postbus-Keys": "order-42"}, body: "later", status: 201,
+			save: map[string]string{"delayed": "msg_id"},
 			check: func(tb testing.TB, _ *http.Response, body []byte) {
 				if jsonField(tb, body, "deliver_at") == nil {
 					tb.Error("a delayed publish answered no deliver_at")
@@ -837,13 +880,15 @@ func TestContractRecordedTraffic(t *testing.T) {
 			status: 400, code: broker.CodeInvalidKey, invalid: true},
 		{name: "by key/unknown topic", method: "GET", path: "/v1/topics/nope/messages?key=k", status: 404,
 			code: broker.CodeTopicNotFound},
-
+	}
+	exchanges = append(exchanges, consumeExchanges(env)...)
+	exchanges = append(exchanges, []exchange{
 		// Delete.
 		{name: "delete topic", method: "DELETE", path: "/v1/topics/fresh", status: 204},
 		{name: "delete topic/again", method: "DELETE", path: "/v1/topics/fresh", status: 404, code: broker.CodeTopicNotFound},
 		{name: "get message/of a deleted topic", method: "GET", path: "/v1/messages/{fresh}", status: 404,
 			code: broker.CodeMessageNotFound},
-	}
+	}...)
 
 	seen := make(contractSeen)
 	env.run(t, exchanges, make(map[string]string), seen)
@@ -880,11 +925,20 @@ func refusesValidTokens(tb testing.TB, access string) bool {
 	switch {
 	case access == "open", access == "token":
 		return false
-	case access == "admin", strings.HasPrefix(access, "publish:"):
+	case access == "admin", strings.HasPrefix(access, "publish:"), strings.HasPrefix(access, "consume:"):
 		return true
 	}
 	tb.Errorf("unknown access %q: say here whether it can answer 403", access)
 	return true
+}
+
+// refusedByHandler lists the routes whose handler, not their access
+// check, can refuse a valid token, with the 403 response they document.
+// POST /v1/subscriptions lets any token in because the group it needs
+// consume on is in the body: it answers 403 once it has read the body,
+// without the access check's WWW-Authenticate.
+var refusedByHandler = map[string]string{
+	"POST /v1/subscriptions": "#/components/responses/ForbiddenGroup",
 }
 
 // securityOf renders an operation's security requirements, nil when it
@@ -925,6 +979,11 @@ func TestContractAccess(t *testing.T) {
 	if got := guarded["GET /metrics"]; got != "admin" {
 		t.Errorf("with MetricsAuth, GET /metrics needs %q, want admin", got)
 	}
+	for route := range refusedByHandler {
+		if _, ok := plain[route]; !ok {
+			t.Errorf("refusedByHandler lists %s, which no route serves", route)
+		}
+	}
 
 	for route, access := range plain {
 		t.Run(route, func(t *testing.T) {
@@ -948,13 +1007,17 @@ func TestContractAccess(t *testing.T) {
 			if got := securityOf(d.op); !slices.Equal(got, wantSecurity) {
 				t.Errorf("security is %v, want %v", got, wantSecurity)
 			}
+			forbidden, byHandler := refusedByHandler[route]
+			if !byHandler {
+				forbidden = "#/components/responses/Forbidden"
+			}
 			for _, want := range []struct {
 				status   int
 				ref      string
 				declared bool
 			}{
 				{401, "#/components/responses/Unauthorized", access != "open" || optional},
-				{403, "#/components/responses/Forbidden", refusesValidTokens(t, access) || refusesValidTokens(t, guarded[route])},
+				{403, forbidden, byHandler || refusesValidTokens(t, access) || refusesValidTokens(t, guarded[route])},
 			} {
 				resp := d.op.Responses.Status(want.status)
 				switch {
@@ -1005,6 +1068,25 @@ func refusedWith(wwwAuth, detail string) func(tb testing.TB, resp *http.Response
 	}
 }
 
+// wantListed checks the field of each item of a list answer's array.
+func wantListed(array, field string, want ...string) func(tb testing.TB, resp *http.Response, body []byte) {
+	return func(tb testing.TB, _ *http.Response, body []byte) {
+		items, ok := jsonField(tb, body, array).([]any)
+		if !ok {
+			tb.Fatalf("the answer has no array %s\n%s", array, clip(body))
+		}
+		got := []string{}
+		for _, it := range items {
+			v, _ := it.(map[string]any)[field].(string)
+			got = append(got, v)
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, want) {
+			tb.Errorf("%s with %s %v, want %v", array, field, got, want)
+		}
+	}
+}
+
 // wantTopics checks a topic list's names.
 func wantTopics(want ...string) func(tb testing.TB, resp *http.Response, body []byte) {
 	return func(tb testing.TB, _ *http.Response, body []byte) {
@@ -1033,6 +1115,7 @@ func TestContractAuthTraffic(t *testing.T) {
 	orders := bearerHeader(contractToken(t, jwt.MapClaims{"sub": "checkout", "scope": "publish:orders*", "exp": exp}))
 	payments := bearerHeader(contractToken(t, jwt.MapClaims{"sub": "billing", "scope": "publish:payments consume:*", "exp": exp}))
 	consumer := bearerHeader(contractToken(t, jwt.MapClaims{"sub": "reader", "scope": "consume:*", "exp": exp}))
+	billing := bearerHeader(contractToken(t, jwt.MapClaims{"sub": "ledger", "scope": "consume:billing*", "exp": exp}))
 	otherKey, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"scope": "admin", "exp": exp}).
 		SignedString([]byte(strings.Repeat("z", 32)))
 	if err != nil {
@@ -1141,6 +1224,94 @@ func TestContractAuthTraffic(t *testing.T) {
 			code: broker.CodeMessageNotFound},
 		{name: "get body/in scope", method: "GET", path: "/v1/messages/{id}/body", header: orders, status: 200},
 
+		// Subscriptions: any token may ask, and sees only the groups it may
+		// consume as; creating one needs consume on the body's group.
+		unauthorized("create subscription/no token", "POST", "/v1/subscriptions", jsonCT, `{"group":"billing","topic":"orders"}`),
+		{name: "create subscription/publish token", method: "POST", path: "/v1/subscriptions", header: mergeHeaders(jsonCT, orders),
+			body: `{"group":"billing","topic":"orders"}`, status: 403, code: codeForbidden,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				if f, d := jsonField(tb, body, "field"), jsonField(tb, body, "detail"); f != "group" || !strings.Contains(d.(string), "group billing") {
+					tb.Errorf("field %v detail %v, want the group named", f, d)
+				}
+			}},
+		{name: "create subscription/other group", method: "POST", path: "/v1/subscriptions", header: mergeHeaders(jsonCT, billing),
+			body: `{"group":"audit","topic":"nope"}`, status: 403, code: codeForbidden},
+		{name: "create subscription/in scope", method: "POST", path: "/v1/subscriptions", header: mergeHeaders(jsonCT, billing),
+			body: `{"group":"billing","topic":"orders","url":"http://127.0.0.1:9/hook"}`, status: 201, save: map[string]string{"sub": "id"}},
+		{name: "create subscription/admin", method: "POST", path: "/v1/subscriptions", header: mergeHeaders(jsonCT, admin),
+			body: `{"group":"audit","topic":"orders"}`, status: 201},
+		unauthorized("list subscriptions/no token", "GET", "/v1/subscriptions", nil, ""),
+		{name: "list subscriptions/consume token", method: "GET", path: "/v1/subscriptions", header: billing, status: 200,
+			check: wantListed("subscriptions", "group", "billing")},
+		{name: "list subscriptions/admin", method: "GET", path: "/v1/subscriptions", header: admin, status: 200,
+			check: wantListed("subscriptions", "group", "audit", "billing")},
+		{name: "list subscriptions/publish token", method: "GET", path: "/v1/subscriptions", header: orders, status: 200,
+			check: wantListed("subscriptions", "group")},
+		unauthorized("get subscription/no token", "GET", "/v1/subscriptions/{sub}", nil, ""),
+		{name: "get subscription/in scope", method: "GET", path: "/v1/subscriptions/{sub}", header: billing, status: 200},
+		{name: "get subscription/other group", method: "GET", path: "/v1/subscriptions/{sub}", header: orders, status: 404,
+			code: broker.CodeSubscriptionNotFound},
+		unauthorized("patch subscription/no token", "PATCH", "/v1/subscriptions/{sub}", jsonCT, `{"ordered":true}`),
+		{name: "patch subscription/consume all", method: "PATCH", path: "/v1/subscriptions/{sub}", header: mergeHeaders(jsonCT, payments),
+			body: `{"ordered":true}`, status: 200},
+		{name: "patch subscription/not consuming", method: "PATCH", path: "/v1/subscriptions/{sub}", header: mergeHeaders(jsonCT, orders),
+			body: `{"ordered":true}`, status: 404, code: broker.CodeSubscriptionNotFound},
+		unauthorized("pause/no token", "POST", "/v1/subscriptions/{sub}/pause", nil, ""),
+		{name: "pause/not consuming", method: "POST", path: "/v1/subscriptions/{sub}/pause", header: orders, status: 404,
+			code: broker.CodeSubscriptionNotFound},
+		{name: "pause/in scope", method: "POST", path: "/v1/subscriptions/{sub}/pause", header: billing, status: 200},
+		unauthorized("resume/no token", "POST", "/v1/subscriptions/{sub}/resume", nil, ""),
+		{name: "resume/not consuming", method: "POST", path: "/v1/subscriptions/{sub}/resume", header: orders, status: 404,
+			code: broker.CodeSubscriptionNotFound},
+		{name: "resume/in scope", method: "POST", path: "/v1/subscriptions/{sub}/resume", header: billing, status: 200},
+		unauthorized("rotate secret/no token", "POST", "/v1/subscriptions/{sub}/rotate-secret", nil, ""),
+		{name: "rotate secret/not consuming", method: "POST", path: "/v1/subscriptions/{sub}/rotate-secret", header: orders,
+			status: 404, code: broker.CodeSubscriptionNotFound},
+		{name: "rotate secret/in scope", method: "POST", path: "/v1/subscriptions/{sub}/rotate-secret", header: billing, status: 200},
+
+		// Groups: consume on the path's group.
+		unauthorized("list groups/no token", "GET", "/v1/groups", nil, ""),
+		{name: "list groups/consume token", method: "GET", path: "/v1/groups", header: billing, status: 200,
+			check: wantListed("groups", "name", "billing")},
+		{name: "list groups/admin", method: "GET", path: "/v1/groups", header: admin, status: 200,
+			check: wantListed("groups", "name", "audit", "billing")},
+		unauthorized("get group/no token", "GET", "/v1/groups/billing", nil, ""),
+		forbidden("get group/other group", "GET", "/v1/groups/audit", billing, "", "consume:{group}"),
+		forbidden("get group/publish token", "GET", "/v1/groups/billing", orders, "", "consume:{group}"),
+		// A refusal comes before the lookup: it says nothing of existence.
+		forbidden("get group/other missing group", "GET", "/v1/groups/ghost", billing, "", "consume:{group}"),
+		{name: "get group/in scope", method: "GET", path: "/v1/groups/billing", header: billing, status: 200},
+		{name: "get group/glob", method: "GET", path: "/v1/groups/billing.eu", header: billing, status: 404,
+			code: broker.CodeGroupNotFound},
+		unauthorized("reset offsets/no token", "POST", "/v1/groups/billing/offsets/reset", jsonCT, `{"topic":"orders","to":"earliest"}`),
+		forbidden("reset offsets/other group", "POST", "/v1/groups/audit/offsets/reset", mergeHeaders(jsonCT, billing),
+			`{"topic":"orders","to":"earliest"}`, "consume:{group}"),
+		{name: "reset offsets/in scope", method: "POST", path: "/v1/groups/billing/offsets/reset", header: mergeHeaders(jsonCT, billing),
+			body: `{"topic":"orders","to":"earliest"}`, status: 200},
+		unauthorized("dlq/no token", "GET", "/v1/groups/billing/dlq", nil, ""),
+		forbidden("dlq/other group", "GET", "/v1/groups/audit/dlq", billing, "", "consume:{group}"),
+		{name: "dlq/in scope", method: "GET", path: "/v1/groups/billing/dlq", header: billing, status: 200},
+		unauthorized("redrive/no token", "POST", "/v1/groups/billing/dlq/redrive", jsonCT, `{"all":true}`),
+		forbidden("redrive/other group", "POST", "/v1/groups/audit/dlq/redrive", mergeHeaders(jsonCT, billing), `{"all":true}`,
+			"consume:{group}"),
+		{name: "redrive/in scope", method: "POST", path: "/v1/groups/billing/dlq/redrive", header: mergeHeaders(jsonCT, billing),
+			body: `{"all":true}`, status: 200},
+		unauthorized("purge/no token", "DELETE", "/v1/groups/billing/dlq", nil, ""),
+		forbidden("purge/publish token", "DELETE", "/v1/groups/billing/dlq", orders, "", "consume:{group}"),
+		{name: "purge/admin", method: "DELETE", path: "/v1/groups/billing/dlq", header: admin, status: 200},
+
+		// Traces are narrowed as messages are: by publish scope.
+		unauthorized("trace/no token", "GET", "/v1/messages/{id}/trace", nil, ""),
+		{name: "trace/consume token", method: "GET", path: "/v1/messages/{id}/trace", header: billing, status: 404,
+			code: broker.CodeMessageNotFound},
+		{name: "trace/in scope", method: "GET", path: "/v1/messages/{id}/trace", header: orders, status: 200},
+		{name: "jwks/no token", method: "GET", path: "/.well-known/jwks.json", status: 404, code: codeNotFound},
+
+		unauthorized("delete subscription/no token", "DELETE", "/v1/subscriptions/{sub}", nil, ""),
+		{name: "delete subscription/not consuming", method: "DELETE", path: "/v1/subscriptions/{sub}", header: orders,
+			status: 404, code: broker.CodeSubscriptionNotFound},
+		{name: "delete subscription/in scope", method: "DELETE", path: "/v1/subscriptions/{sub}", header: billing, status: 204},
+
 		{name: "delete topic/admin", method: "DELETE", path: "/v1/topics/payments", header: admin, status: 204},
 	}
 	seen := make(contractSeen)
@@ -1205,5 +1376,483 @@ func contractRateLimit(t *testing.T, env *contractEnv, seen contractSeen) {
 			})
 		}
 		return
+	}
+}
+
+// decodeAnswer decodes a JSON answer into v.
+func decodeAnswer(tb testing.TB, body []byte, v any) {
+	tb.Helper()
+	if err := json.Unmarshal(body, v); err != nil {
+		tb.Fatalf("answer: %v\n%s", err, clip(body))
+	}
+}
+
+// wantSubscription checks a subscription answer with f.
+func wantSubscription(f func(tb testing.TB, got subscriptionJSON)) func(tb testing.TB, resp *http.Response, body []byte) {
+	return func(tb testing.TB, _ *http.Response, body []byte) {
+		var got subscriptionJSON
+		decodeAnswer(tb, body, &got)
+		f(tb, got)
+	}
+}
+
+// wantGroup checks a group answer with f.
+func wantGroup(f func(tb testing.TB, got groupJSON)) func(tb testing.TB, resp *http.Response, body []byte) {
+	return func(tb testing.TB, _ *http.Response, body []byte) {
+		var got groupJSON
+		decodeAnswer(tb, body, &got)
+		f(tb, got)
+	}
+}
+
+// wantDeadLetters checks a dead-letter page: its cursors, that each dead
+// letter is at its cursor, what each says of its death, and whether there
+// is a next page.
+func wantDeadLetters(cursors []string, more bool) func(tb testing.TB, resp *http.Response, body []byte) {
+	return func(tb testing.TB, _ *http.Response, body []byte) {
+		var got struct {
+			Messages   []deadLetterJSON
+			NextCursor *string `json:"next_cursor"`
+		}
+		decodeAnswer(tb, body, &got)
+		gotCursors := []string{}
+		for _, d := range got.Messages {
+			gotCursors = append(gotCursors, d.Cursor)
+			if strconv.FormatInt(d.QueueOffset, 10) != d.Cursor {
+				tb.Errorf("dead letter %s: queue_offset %d, cursor %s", d.MsgID, d.QueueOffset, d.Cursor)
+			}
+			if d.Topic != "orders" || d.OriginTopic != "orders" || d.Attempts != 17 || d.LastError != "status 500" {
+				tb.Errorf("dead letter %s: topic %q origin_topic %q attempts %d last_error %q, want orders, orders, 17, status 500",
+					d.MsgID, d.Topic, d.OriginTopic, d.Attempts, d.LastError)
+			}
+		}
+		if !slices.Equal(gotCursors, cursors) {
+			tb.Errorf("dead letters at cursors %v, want %v", gotCursors, cursors)
+		}
+		if (got.NextCursor != nil) != more {
+			tb.Errorf("next_cursor = %v, want one: %v", got.NextCursor, more)
+		}
+	}
+}
+
+// consumeExchanges exercises subscriptions, groups, dead letters, traces
+// and the JWKS. It expects the topic orders with 4 queues and the messages
+// saved as id (text) and bin (binary) and delayed.
+func consumeExchanges(env *contractEnv) []exchange {
+	jsonCT := map[string]string{"Content-Type": "application/json"}
+	const unknownID = "AAAAAAAAAAAAAAAAAAAAAA"
+	ctx := context.Background()
+	var firstSecret string // the push subscription's, from its creation
+
+	// deadLetter moves the saved messages to group's dead-letter queue, as
+	// a dispatcher does once the last retry failed.
+	deadLetter := func(group string, names ...string) func(tb testing.TB, vars map[string]string) {
+		return func(tb testing.TB, vars map[string]string) {
+			for _, n := range names {
+				m, err := env.broker.Message(ctx, vars[n])
+				if err != nil {
+					tb.Fatalf("message %s: %v", n, err)
+				}
+				if err := env.broker.DeadLetter(ctx, group, m, 17, "status 500"); err != nil {
+					tb.Fatalf("dead-letter %s: %v", n, err)
+				}
+			}
+		}
+	}
+	redriven := func(n int, rate float64) func(tb testing.TB, resp *http.Response, body []byte) {
+		return func(tb testing.TB, _ *http.Response, body []byte) {
+			var got struct {
+				Redriven      int       `json:"redriven"`
+				RatePerSecond float64   `json:"rate_per_second"`
+				DoneBy        time.Time `json:"done_by"`
+			}
+			decodeAnswer(tb, body, &got)
+			if got.Redriven != n || got.RatePerSecond != rate {
+				tb.Errorf("redriven %d at %g a second, want %d at %g", got.Redriven, got.RatePerSecond, n, rate)
+			}
+			// done_by is in whole seconds: the last is due n/rate seconds on.
+			now := time.Now()
+			if lo, hi := now.Add(-time.Minute), now.Add(time.Minute+time.Duration(float64(n)/rate*float64(time.Second))); got.DoneBy.Before(lo) || got.DoneBy.After(hi) {
+				tb.Errorf("done_by %v, want about %v", got.DoneBy, now)
+			}
+		}
+	}
+	purged := func(n float64) func(tb testing.TB, resp *http.Response, body []byte) {
+		return func(tb testing.TB, _ *http.Response, body []byte) {
+			if got := jsonField(tb, body, "purged"); got != n {
+				tb.Errorf("purged %v, want %v", got, n)
+			}
+		}
+	}
+	deadLetterCount := func(n int64) func(tb testing.TB, resp *http.Response, body []byte) {
+		return wantGroup(func(tb testing.TB, got groupJSON) {
+			if got.DeadLetters != n {
+				tb.Errorf("dead_letters %d, want %d", got.DeadLetters, n)
+			}
+		})
+	}
+	manyTags := strings.TrimSuffix(strings.Repeat("t || ", broker.MaxFilterTags+1), " || ")
+
+	return []exchange{
+		// Subscriptions.
+		{name: "create push subscription", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body: `{"group":"billing","topic":"orders","url":"http://127.0.0.1:9/hook","filter":"order.paid||order.created",
+				"max_retries":3,"retry_delays":["1s","500ms"],"timeout":"5s","max_in_flight":4,"rate_per_second":10,
+				"start_from":"earliest"}`,
+			status: 201, save: map[string]string{"push": "id"},
+			check: func(tb testing.TB, resp *http.Response, body []byte) {
+				var got subscriptionJSON
+				decodeAnswer(tb, body, &got)
+				if loc := resp.Header.Get("Location"); loc != "/v1/subscriptions/"+got.ID {
+					tb.Errorf("Location = %q, want /v1/subscriptions/%s", loc, got.ID)
+				}
+				if got.Type != "push" || !strings.HasPrefix(got.Secret, "whsec_") || got.State != "active" {
+					tb.Errorf("type %q secret %q state %q, want push, a whsec_ secret, active", got.Type, got.Secret, got.State)
+				}
+				if got.Filter != "order.created || order.paid" || !slices.Equal(got.RetryDelays, []string{"1s", "500ms"}) ||
+					got.Backoff != nil || got.Timeout != "5s" || got.MaxRetries != 3 || got.StartFrom != "earliest" {
+					tb.Errorf("created %+v, not as asked (filter in canonical form)", got)
+				}
+				firstSecret = got.Secret
+			}},
+		{name: "create pull subscription", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body:   `{"group":"audit","topic":"orders","ordered":true,"backoff":{"min":"1s","max":"1m"},"visibility":"1m"}`,
+			status: 201, save: map[string]string{"pull": "id"},
+			check: wantSubscription(func(tb testing.TB, got subscriptionJSON) {
+				want := subscriptionJSON{Group: "audit", Topic: "orders", Type: "pull", Filter: "*", Ordered: true,
+					MaxRetries: broker.DefaultMaxRetries, Backoff: &backoffJSON{Min: "1s", Max: "1m0s"}, Timeout: "15s",
+					MaxInFlight: broker.DefaultMaxInFlight, Visibility: "1m0s", StartFrom: "latest", State: "active"}
+				got.ID, got.CreatedAt, got.UpdatedAt = "", "", ""
+				if !reflect.DeepEqual(got, want) {
+					tb.Errorf("created %+v\nwant %+v (the defaults, no secret)", got, want)
+				}
+			})},
+		{name: "create/duplicate", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body: `{"group":"billing","topic":"orders"}`, status: 409, code: broker.CodeSubscriptionExists},
+		{name: "create/bad scheme", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body: `{"group":"g1","topic":"orders","url":"ftp://127.0.0.1/hook"}`, status: 400,
+			code: broker.CodeInvalidSubscription, invalid: true},
+		{name: "create/credentials in the url", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body: `{"group":"g1","topic":"orders","url":"http://user:pw@127.0.0.1:9/hook"}`, status: 400,
+			code: broker.CodeInvalidSubscription, invalid: true},
+		{name: "create/url without host", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body: `{"group":"g1","topic":"orders","url":"http://:9/hook"}`, status: 400,
+			code: broker.CodeInvalidSubscription},
+		{name: "create/bad filter", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body: `{"group":"g1","topic":"orders","filter":"order.created ||"}`, status: 400,
+			code: broker.CodeInvalidFilter, invalid: true},
+		{name: "create/filter of too many tags", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body: `{"group":"g1","topic":"orders","filter":"` + manyTags + `"}`, status: 400, code: broker.CodeInvalidFilter},
+		{name: "create/bad duration", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body: `{"group":"g1","topic":"orders","timeout":"soon"}`, status: 400,
+			code: broker.CodeInvalidSubscription, invalid: true},
+		{name: "create/timeout too long", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body: `{"group":"g1","topic":"orders","timeout":"10m"}`, status: 400, code: broker.CodeInvalidSubscription},
+		{name: "create/bad retry delay", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body: `{"group":"g1","topic":"orders","retry_delays":["1s","0s"]}`, status: 400, code: broker.CodeInvalidSubscription},
+		{name: "create/bad backoff", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body: `{"group":"g1","topic":"orders","backoff":{"min":"1m","max":"1s"}}`, status: 400,
+			code: broker.CodeInvalidSubscription},
+		{name: "create/both schedules", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body:   `{"group":"g1","topic":"orders","retry_delays":["1s"],"backoff":{"min":"1s","max":"1m"}}`,
+			status: 400, code: broker.CodeInvalidSubscription, invalid: true},
+		{name: "create/bad start", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body: `{"group":"g1","topic":"orders","start_from":"yesterday"}`, status: 400,
+			code: broker.CodeInvalidSubscription, invalid: true},
+		{name: "create/no group", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body: `{"topic":"orders"}`, status: 400, code: broker.CodeInvalidSubscription, invalid: true},
+		{name: "create/empty body", method: "POST", path: "/v1/subscriptions", status: 400,
+			code: broker.CodeInvalidSubscription, invalid: true},
+		{name: "create/bad group", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body: `{"group":"bad!group","topic":"orders"}`, status: 400, code: broker.CodeInvalidGroup, invalid: true},
+		{name: "create/system topic", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body: `{"group":"g1","topic":"%DLQ%billing"}`, status: 400, code: broker.CodeSystemTopic, invalid: true},
+		{name: "create/unknown topic", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body: `{"group":"g1","topic":"nope"}`, status: 404, code: broker.CodeTopicNotFound},
+		{name: "create/unknown field", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body: `{"group":"g1","topic":"orders","colour":"red"}`, status: 400, code: codeInvalidJSON, invalid: true},
+		{name: "create/not json", method: "POST", path: "/v1/subscriptions",
+			header: map[string]string{"Content-Type": "text/plain"}, body: "group=g1", status: 415,
+			code: codeUnsupportedMedia, invalid: true},
+		{name: "create/too large", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body: `{"group":"g1","topic":"orders","filter":"` + strings.Repeat("t", 70<<10) + `"}`, status: 413,
+			code: codeRequestTooLarge},
+
+		{name: "get subscription", method: "GET", path: "/v1/subscriptions/{push}", status: 200,
+			check: wantSubscription(func(tb testing.TB, got subscriptionJSON) {
+				if got.URL != "http://127.0.0.1:9/hook" || got.Secret != "" {
+					tb.Errorf("url %q secret %q, want the url and no secret", got.URL, got.Secret)
+				}
+			})},
+		{name: "get subscription/unknown", method: "GET", path: "/v1/subscriptions/" + unknownID, status: 404,
+			code: broker.CodeSubscriptionNotFound},
+		{name: "list subscriptions", method: "GET", path: "/v1/subscriptions", status: 200,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				var got struct{ Subscriptions []subscriptionJSON }
+				decodeAnswer(tb, body, &got)
+				var groups []string
+				for _, s := range got.Subscriptions {
+					groups = append(groups, s.Group)
+					if s.Secret != "" {
+						tb.Errorf("subscription %s listed with its secret", s.ID)
+					}
+				}
+				if slices.Sort(groups); !slices.Equal(groups, []string{"audit", "billing"}) {
+					tb.Errorf("subscriptions of groups %v, want audit and billing", groups)
+				}
+			}},
+		{name: "list subscriptions/page", method: "GET", path: "/v1/subscriptions?limit=1", status: 200,
+			save: map[string]string{"subs": "next_cursor"}},
+		{name: "list subscriptions/next page", method: "GET", path: "/v1/subscriptions?limit=1&cursor={subs}", status: 200,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				if subs, _ := jsonField(tb, body, "subscriptions").([]any); len(subs) != 1 || jsonField(tb, body, "next_cursor") != nil {
+					tb.Errorf("last page %s, want one subscription and no next_cursor", body)
+				}
+			}},
+		{name: "list subscriptions/bad limit", method: "GET", path: "/v1/subscriptions?limit=0", status: 400,
+			code: codeInvalidParameter, invalid: true},
+
+		{name: "patch subscription", method: "PATCH", path: "/v1/subscriptions/{push}", header: jsonCT,
+			body: `{"filter":"*","max_retries":5,"backoff":{"min":"2s","max":"30s"}}`, status: 200,
+			check: wantSubscription(func(tb testing.TB, got subscriptionJSON) {
+				if got.Filter != "*" || got.MaxRetries != 5 || got.RetryDelays != nil || got.Backoff == nil ||
+					got.URL != "http://127.0.0.1:9/hook" || got.Timeout != "5s" || got.Secret != "" {
+					tb.Errorf("patched %+v: want filter *, 5 retries on a backoff, the rest kept, no secret", got)
+				}
+			})},
+		{name: "patch subscription/empty body", method: "PATCH", path: "/v1/subscriptions/{push}", status: 200,
+			check: wantSubscription(func(tb testing.TB, got subscriptionJSON) {
+				if got.MaxRetries != 5 {
+					tb.Errorf("max_retries %d after an empty patch, want 5 kept", got.MaxRetries)
+				}
+			})},
+		{name: "patch subscription/start_from", method: "PATCH", path: "/v1/subscriptions/{push}", header: jsonCT,
+			body: `{"start_from":"earliest"}`, status: 400, code: broker.CodeInvalidSubscription, invalid: true},
+		{name: "patch subscription/other group", method: "PATCH", path: "/v1/subscriptions/{push}", header: jsonCT,
+			body: `{"group":"audit"}`, status: 400, code: broker.CodeInvalidSubscription, invalid: true},
+		{name: "patch subscription/push to pull", method: "PATCH", path: "/v1/subscriptions/{push}", header: jsonCT,
+			body: `{"url":""}`, status: 400, code: broker.CodeInvalidSubscription, invalid: true},
+		{name: "patch subscription/pull to push", method: "PATCH", path: "/v1/subscriptions/{pull}", header: jsonCT,
+			body: `{"url":"http://127.0.0.1:9/hook"}`, status: 400, code: broker.CodeInvalidSubscription},
+		{name: "patch subscription/short visibility", method: "PATCH", path: "/v1/subscriptions/{pull}", header: jsonCT,
+			body: `{"visibility":"500ms"}`, status: 400, code: broker.CodeInvalidSubscription},
+		{name: "patch subscription/bad filter", method: "PATCH", path: "/v1/subscriptions/{pull}", header: jsonCT,
+			body: `{"filter":"a|b"}`, status: 400, code: broker.CodeInvalidFilter, invalid: true},
+		{name: "patch subscription/unknown", method: "PATCH", path: "/v1/subscriptions/" + unknownID, header: jsonCT,
+			body: `{"ordered":true}`, status: 404, code: broker.CodeSubscriptionNotFound},
+		{name: "patch subscription/not json", method: "PATCH", path: "/v1/subscriptions/{pull}",
+			header: map[string]string{"Content-Type": "text/plain"}, body: "ordered", status: 415,
+			code: codeUnsupportedMedia, invalid: true},
+		{name: "patch subscription/too large", method: "PATCH", path: "/v1/subscriptions/{pull}", header: jsonCT,
+			body: `{"filter":"` + strings.Repeat("t", 70<<10) + `"}`, status: 413, code: codeRequestTooLarge},
+
+		{name: "pause", method: "POST", path: "/v1/subscriptions/{push}/pause", status: 200,
+			check: wantSubscription(func(tb testing.TB, got subscriptionJSON) {
+				if got.State != "paused" {
+					tb.Errorf("state %q, want paused", got.State)
+				}
+			})},
+		{name: "pause/unknown", method: "POST", path: "/v1/subscriptions/" + unknownID + "/pause", status: 404,
+			code: broker.CodeSubscriptionNotFound},
+		{name: "resume", method: "POST", path: "/v1/subscriptions/{push}/resume", status: 200,
+			check: wantSubscription(func(tb testing.TB, got subscriptionJSON) {
+				if got.State != "active" {
+					tb.Errorf("state %q, want active", got.State)
+				}
+			})},
+		{name: "resume/unknown", method: "POST", path: "/v1/subscriptions/" + unknownID + "/resume", status: 404,
+			code: broker.CodeSubscriptionNotFound},
+		{name: "rotate secret", method: "POST", path: "/v1/subscriptions/{push}/rotate-secret", status: 200,
+			check: wantSubscription(func(tb testing.TB, got subscriptionJSON) {
+				if !strings.HasPrefix(got.Secret, "whsec_") || got.Secret == firstSecret {
+					tb.Errorf("secret %q after rotation, want a new one (the first was %q)", got.Secret, firstSecret)
+				}
+			})},
+		{name: "rotate secret/pull", method: "POST", path: "/v1/subscriptions/{pull}/rotate-secret", status: 400,
+			code: broker.CodeInvalidSubscription},
+		{name: "rotate secret/unknown", method: "POST", path: "/v1/subscriptions/" + unknownID + "/rotate-secret",
+			status: 404, code: broker.CodeSubscriptionNotFound},
+
+		// Groups.
+		{name: "list groups", method: "GET", path: "/v1/groups", status: 200,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				var got struct{ Groups []groupJSON }
+				decodeAnswer(tb, body, &got)
+				var names []string
+				for _, g := range got.Groups {
+					names = append(names, g.Name)
+					if len(g.Subscriptions) != 1 || g.Queues != nil {
+						tb.Errorf("group %s: %d subscriptions and queues %v, want 1 and no queues", g.Name, len(g.Subscriptions), g.Queues)
+					}
+				}
+				if !slices.Equal(names, []string{"audit", "billing"}) {
+					tb.Errorf("groups %v, want audit and billing", names)
+				}
+			}},
+		{name: "list groups/page", method: "GET", path: "/v1/groups?limit=1", status: 200,
+			save: map[string]string{"groups": "next_cursor"}},
+		{name: "list groups/next page", method: "GET", path: "/v1/groups?limit=1&cursor={groups}", status: 200,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				var got struct {
+					Groups     []groupJSON
+					NextCursor *string `json:"next_cursor"`
+				}
+				decodeAnswer(tb, body, &got)
+				if len(got.Groups) != 1 || got.Groups[0].Name != "billing" || got.NextCursor != nil {
+					tb.Errorf("last page %s, want the group billing and no next_cursor", body)
+				}
+			}},
+		{name: "list groups/bad limit", method: "GET", path: "/v1/groups?limit=1001", status: 400,
+			code: codeInvalidParameter, invalid: true},
+		{name: "get group", method: "GET", path: "/v1/groups/billing", status: 200,
+			check: wantGroup(func(tb testing.TB, got groupJSON) {
+				// billing started from the earliest message on orders' 4 queues.
+				if len(got.Queues) != 4 || got.Lag == 0 || len(got.Subscriptions) != 1 {
+					tb.Errorf("group %+v: want 4 queues of orders, a lag, one subscription", got)
+				}
+			})},
+		{name: "get group/unknown", method: "GET", path: "/v1/groups/ghost", status: 404, code: broker.CodeGroupNotFound},
+		{name: "get group/bad name", method: "GET", path: "/v1/groups/bad!name", status: 400,
+			code: broker.CodeInvalidGroup, invalid: true},
+		{name: "reset offsets/latest", method: "POST", path: "/v1/groups/billing/offsets/reset", header: jsonCT,
+			body: `{"topic":"orders","to":"latest"}`, status: 200,
+			check: wantGroup(func(tb testing.TB, got groupJSON) {
+				if got.Lag != 0 || len(got.Queues) != 4 {
+					tb.Errorf("lag %d on %d queues after a reset to latest, want 0 on 4", got.Lag, len(got.Queues))
+				}
+			})},
+		{name: "reset offsets/time", method: "POST", path: "/v1/groups/billing/offsets/reset", header: jsonCT,
+			body: `{"topic":"orders","to":"2000-01-01T00:00:00Z"}`, status: 200,
+			check: wantGroup(func(tb testing.TB, got groupJSON) {
+				if got.Lag == 0 {
+					tb.Error("no lag after a reset to 2000")
+				}
+			})},
+		{name: "reset offsets/new group", method: "POST", path: "/v1/groups/replay/offsets/reset", header: jsonCT,
+			body: `{"topic":"orders","to":"earliest"}`, status: 200,
+			check: wantGroup(func(tb testing.TB, got groupJSON) {
+				if len(got.Subscriptions) != 0 || len(got.Queues) != 4 {
+					tb.Errorf("group %+v: want offsets on 4 queues and no subscription", got)
+				}
+			})},
+		{name: "reset offsets/bad target", method: "POST", path: "/v1/groups/billing/offsets/reset", header: jsonCT,
+			body: `{"topic":"orders","to":"yesterday"}`, status: 400, code: broker.CodeInvalidSubscription, invalid: true},
+		{name: "reset offsets/no topic", method: "POST", path: "/v1/groups/billing/offsets/reset", header: jsonCT,
+			body: `{"to":"latest"}`, status: 400, code: codeInvalidParameter, invalid: true},
+		{name: "reset offsets/unknown topic", method: "POST", path: "/v1/groups/billing/offsets/reset", header: jsonCT,
+			body: `{"topic":"nope","to":"latest"}`, status: 404, code: broker.CodeTopicNotFound},
+		{name: "reset offsets/bad group", method: "POST", path: "/v1/groups/bad!name/offsets/reset", header: jsonCT,
+			body: `{"topic":"orders","to":"latest"}`, status: 400, code: broker.CodeInvalidGroup, invalid: true},
+		{name: "reset offsets/not json", method: "POST", path: "/v1/groups/billing/offsets/reset",
+			header: map[string]string{"Content-Type": "text/plain"}, body: "latest", status: 415,
+			code: codeUnsupportedMedia, invalid: true},
+		{name: "reset offsets/too large", method: "POST", path: "/v1/groups/billing/offsets/reset", header: jsonCT,
+			body: `{"topic":"orders","to":"` + strings.Repeat("9", 70<<10) + `"}`, status: 413, code: codeRequestTooLarge,
+			invalid: true},
+
+		// Dead letters.
+		{name: "dlq/empty", method: "GET", path: "/v1/groups/billing/dlq", status: 200,
+			check: wantDeadLetters([]string{}, false)},
+		{name: "dlq", method: "GET", path: "/v1/groups/billing/dlq", status: 200, prepare: deadLetter("billing", "id", "bin"),
+			check: func(tb testing.TB, resp *http.Response, body []byte) {
+				wantDeadLetters([]string{"0", "1"}, false)(tb, resp, body)
+				var got struct{ Messages []deadLetterJSON }
+				decodeAnswer(tb, body, &got)
+				if len(got.Messages) != 2 || got.Messages[0].Body != "order 42 created" || got.Messages[1].Encoding != "base64" {
+					tb.Errorf("dead letters %+v, want the text message then the binary one", got.Messages)
+				}
+			}},
+		{name: "dlq/page", method: "GET", path: "/v1/groups/billing/dlq?limit=1", status: 200,
+			save: map[string]string{"dlq": "next_cursor"}, check: wantDeadLetters([]string{"0"}, true)},
+		{name: "dlq/next page", method: "GET", path: "/v1/groups/billing/dlq?limit=1&cursor={dlq}", status: 200,
+			check: wantDeadLetters([]string{"1"}, false)},
+		{name: "dlq/bad cursor", method: "GET", path: "/v1/groups/billing/dlq?cursor=abc", status: 400,
+			code: codeInvalidParameter, invalid: true},
+		{name: "dlq/bad limit", method: "GET", path: "/v1/groups/billing/dlq?limit=257", status: 400,
+			code: codeInvalidParameter, invalid: true},
+		{name: "dlq/bad group", method: "GET", path: "/v1/groups/bad!name/dlq", status: 400,
+			code: broker.CodeInvalidGroup, invalid: true},
+		{name: "group with dead letters", method: "GET", path: "/v1/groups/billing", status: 200, check: deadLetterCount(2)},
+		{name: "redrive/by id", method: "POST", path: "/v1/groups/billing/dlq/redrive", header: jsonCT,
+			body: `{"msg_ids":["{id}"]}`, status: 200, check: redriven(1, 50)},
+		{name: "redrive/left", method: "GET", path: "/v1/groups/billing", status: 200, check: deadLetterCount(1)},
+		{name: "redrive/all", method: "POST", path: "/v1/groups/billing/dlq/redrive", header: jsonCT,
+			body: `{"all":true,"rate_per_second":100}`, status: 200, check: redriven(1, 100)},
+		{name: "redrive/none left", method: "POST", path: "/v1/groups/billing/dlq/redrive", header: jsonCT,
+			body: `{"all":true}`, status: 200, check: redriven(0, 50)},
+		{name: "redrive/neither", method: "POST", path: "/v1/groups/billing/dlq/redrive", header: jsonCT,
+			body: `{}`, status: 400, code: codeInvalidParameter, invalid: true},
+		{name: "redrive/both", method: "POST", path: "/v1/groups/billing/dlq/redrive", header: jsonCT,
+			body: `{"msg_ids":["{id}"],"all":true}`, status: 400, code: codeInvalidParameter, invalid: true},
+		{name: "redrive/too fast", method: "POST", path: "/v1/groups/billing/dlq/redrive", header: jsonCT,
+			body: `{"all":true,"rate_per_second":20000}`, status: 400, code: codeInvalidParameter, invalid: true},
+		{name: "redrive/bad group", method: "POST", path: "/v1/groups/bad!name/dlq/redrive", header: jsonCT,
+			body: `{"all":true}`, status: 400, code: broker.CodeInvalidGroup, invalid: true},
+		{name: "redrive/not json", method: "POST", path: "/v1/groups/billing/dlq/redrive",
+			header: map[string]string{"Content-Type": "text/plain"}, body: "all", status: 415,
+			code: codeUnsupportedMedia, invalid: true},
+		{name: "redrive/too large", method: "POST", path: "/v1/groups/billing/dlq/redrive", header: jsonCT,
+			body: `{"msg_ids":["` + strings.Repeat("a", 70<<10) + `"]}`, status: 413, code: codeRequestTooLarge, invalid: true},
+		// bin, which has no dedup id: a second dead-lettering of id within
+		// the dedup window is dropped by the broker.
+		{name: "purge", method: "DELETE", path: "/v1/groups/billing/dlq", status: 200,
+			prepare: deadLetter("billing", "bin"), check: purged(1)},
+		{name: "purge/empty", method: "DELETE", path: "/v1/groups/billing/dlq", status: 200, check: purged(0)},
+		{name: "purge/bad group", method: "DELETE", path: "/v1/groups/bad!name/dlq", status: 400,
+			code: broker.CodeInvalidGroup, invalid: true},
+		{name: "purged", method: "GET", path: "/v1/groups/billing/dlq", status: 200, check: wantDeadLetters([]string{}, false)},
+
+		// Traces.
+		{name: "trace", method: "GET", path: "/v1/messages/{id}/trace", status: 200,
+			prepare: func(tb testing.TB, vars map[string]string) {
+				at := time.Now().Add(-time.Minute)
+				env.broker.LogAttempt(broker.Attempt{MsgID: vars["id"], Group: "billing", Subscription: vars["push"], Attempt: 1,
+					At: at, Outcome: "retry", Status: 500, Error: "status 500", Latency: 12 * time.Millisecond})
+				env.broker.LogAttempt(broker.Attempt{MsgID: vars["id"], Group: "billing", Subscription: vars["push"], Attempt: 2,
+					At: at.Add(10 * time.Second), Outcome: "delivered", Status: 204, Latency: 1500 * time.Microsecond})
+			},
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				var got struct {
+					Topic     string
+					DeliverAt *string `json:"deliver_at"`
+					Attempts  []attemptJSON
+				}
+				decodeAnswer(tb, body, &got)
+				if got.Topic != "orders" || got.DeliverAt != nil || len(got.Attempts) != 2 {
+					tb.Fatalf("trace %s: want topic orders, no deliver_at, 2 attempts", body)
+				}
+				if a := got.Attempts[1]; a.Attempt != 2 || a.Outcome != "delivered" || a.Status != 204 || a.LatencyMS != 1.5 {
+					tb.Errorf("second attempt %+v, want attempt 2 delivered with 204 in 1.5 ms", a)
+				}
+			}},
+		{name: "trace/delayed", method: "GET", path: "/v1/messages/{delayed}/trace", status: 200,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				if jsonField(tb, body, "deliver_at") == nil {
+					tb.Errorf("trace of a delayed message without deliver_at: %s", body)
+				}
+			}},
+		{name: "trace/unknown", method: "GET", path: "/v1/messages/" + unknownID + "/trace", status: 404,
+			code: broker.CodeMessageNotFound},
+		{name: "trace/bad id", method: "GET", path: "/v1/messages/not-an-id/trace", status: 400,
+			code: broker.CodeInvalidMessageID, invalid: true},
+
+		// The bus's keys.
+		{name: "jwks/none", method: "GET", path: "/.well-known/jwks.json", status: 404, code: codeNotFound},
+		{name: "jwks", jwks: true, method: "GET", path: "/.well-known/jwks.json", status: 200,
+			check: func(tb testing.TB, resp *http.Response, body []byte) {
+				if !bytes.Equal(body, env.jwksDoc) {
+					tb.Errorf("served %s, want the configured %s", body, env.jwksDoc)
+				}
+			}},
+
+		{name: "delete subscription", method: "DELETE", path: "/v1/subscriptions/{pull}", status: 204},
+		{name: "delete subscription/again", method: "DELETE", path: "/v1/subscriptions/{pull}", status: 404,
+			code: broker.CodeSubscriptionNotFound},
+		{name: "group without its subscription", method: "GET", path: "/v1/groups/audit", status: 200,
+			check: wantGroup(func(tb testing.TB, got groupJSON) {
+				if len(got.Subscriptions) != 0 || len(got.Queues) != 4 {
+					tb.Errorf("group %+v: want its offsets kept and no subscription", got)
+				}
+			})},
 	}
 }

@@ -38,6 +38,27 @@ func (s *Server) routes() chi.Router {
 	s.handle(r, "PUT", "/v1/topics/{topic}", accessAdmin, s.handlePutTopic)
 	s.handle(r, "GET", "/v1/topics/{topic}", accessPublishTopic, s.handleGetTopic)
 	s.handle(r, "DELETE", "/v1/topics/{topic}", accessAdmin, s.handleDeleteTopic)
+
+	// Subscriptions are narrowed to the token's consume groups by the
+	// handlers (the group is in the body, or in the stored subscription).
+	s.handle(r, "POST", "/v1/subscriptions", accessAnyToken, s.handleCreateSubscription)
+	s.handle(r, "GET", "/v1/subscriptions", accessAnyToken, s.handleListSubscriptions)
+	s.handle(r, "GET", "/v1/subscriptions/{id}", accessAnyToken, s.handleGetSubscription)
+	s.handle(r, "PATCH", "/v1/subscriptions/{id}", accessAnyToken, s.handlePatchSubscription)
+	s.handle(r, "DELETE", "/v1/subscriptions/{id}", accessAnyToken, s.handleDeleteSubscription)
+	s.handle(r, "POST", "/v1/subscriptions/{id}/pause", accessAnyToken, s.handlePauseSubscription)
+	s.handle(r, "POST", "/v1/subscriptions/{id}/resume", accessAnyToken, s.handleResumeSubscription)
+	s.handle(r, "POST", "/v1/subscriptions/{id}/rotate-secret", accessAnyToken, s.handleRotateSecret)
+
+	s.handle(r, "GET", "/v1/groups", accessAnyToken, s.handleListGroups)
+	s.handle(r, "GET", "/v1/groups/{group}", accessConsumeGroup, s.handleGetGroup)
+	s.handle(r, "POST", "/v1/groups/{group}/offsets/reset", accessConsumeGroup, s.handleResetOffsets)
+	s.handle(r, "GET", "/v1/groups/{group}/dlq", accessConsumeGroup, s.handleListDeadLetters)
+	s.handle(r, "POST", "/v1/groups/{group}/dlq/redrive", accessConsumeGroup, s.handleRedrive)
+	s.handle(r, "DELETE", "/v1/groups/{group}/dlq", accessConsumeGroup, s.handlePurgeDeadLetters)
+
+	s.handle(r, "GET", "/v1/messages/{msg_id}/trace", accessAnyToken, s.handleTrace)
+	s.handle(r, "GET", "/.well-known/jwks.json", accessOpen, s.handleJWKS)
 	return r
 }
 

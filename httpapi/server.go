@@ -25,6 +25,9 @@ type Config struct {
 	Auth AuthConfig
 	// MetricsAuth puts /metrics behind an admin token.
 	MetricsAuth bool
+	// JWKS is the bus's public signing keys, served at
+	// /.well-known/jwks.json so receivers can verify deliveries.
+	JWKS []byte
 	// PublishRate limits each token (or, open, each client address) to this
 	// many published messages a second; 0: no limit.
 	PublishRate float64
@@ -41,6 +44,7 @@ type Server struct {
 	metrics *httpMetrics
 	router  chi.Router
 
+	jwks        []byte
 	auth        *authenticator // nil: open
 	metricsAuth bool
 	limiter     *publishLimiter   // nil: no limit
@@ -63,6 +67,7 @@ func New(cfg Config) (*Server, error) {
 		maxBody: cfg.MaxMessageBytes,
 
 		auth:        auth,
+		jwks:        cfg.JWKS,
 		metricsAuth: cfg.MetricsAuth,
 		limiter:     newPublishLimiter(cfg.PublishRate),
 		access:      make(map[string]access),

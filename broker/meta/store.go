@@ -75,6 +75,16 @@ func WithLogger(l *slog.Logger) Option {
 	}
 }
 
+// WithClock sets the clock that stamps created_at and updated_at, so they
+// agree with the clock of the broker that stores messages.
+func WithClock(now func() time.Time) Option {
+	return func(s *Store) {
+		if now != nil {
+			s.now = now
+		}
+	}
+}
+
 // Open creates or opens the database file at path and brings its schema up
 // to date with package migrations. The directory must exist.
 func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {

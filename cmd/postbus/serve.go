@@ -10,12 +10,14 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"path/filepath"
 	"sync/atomic"
 	"time"
 
 	"github.com/postbus/postbus"
 	"github.com/postbus/postbus/broker"
 	"github.com/postbus/postbus/httpapi"
+	"github.com/postbus/postbus/push"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -38,6 +40,7 @@ type serveConfig struct {
 	jwtIssuer      string
 	jwtAudience    string
 	insecureNoAuth bool
+	allowPrivate   bool
 	metricsAuth    bool
 	rateLimit      float64
 }
@@ -80,6 +83,7 @@ func newServeFlags(mode string, out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.StringVar(&c.jwtIssuer, "jwt-issuer", "", "if set, API tokens must carry this iss")
 	fs.StringVar(&c.jwtAudience, "jwt-audience", "", "if set, API tokens must carry this aud")
 	fs.BoolVar(&c.insecureNoAuth, "insecure-no-auth", false, "let a broker on a non-loopback address run without API auth")
+	fs.BoolVar(&c.allowPrivate, "allow-private-webhooks", mode == "dev", "let push subscriptions deliver to loopback, private and link-local addresses (refused by default outside dev: SSRF)")
 	fs.BoolVar(&c.metricsAuth, "metrics-auth", false, "put /metrics behind an admin token")
 	fs.Float64Var(&c.rateLimit, "rate-limit", 0, "messages a second each token (or client address, without auth) may publish; 0: no limit")
 	fs.Usage = func() {
@@ -156,10 +160,31 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	}
 	defer b.Close()
 
+	key, err := push.LoadOrCreateBusKey(filepath.Join(c.broker.Dir, "signing.key"))
+	if err != nil {
+		return fmt.Errorf("delivery signing key: %w", err)
+	}
+	client := push.NewClient(push.ClientConfig{AllowPrivate: c.allowPrivate, UserAgent: "postbus/" + version})
+	defer client.Close()
+	dispatcher := push.NewDispatcher(push.DispatcherConfig{Broker: b, Client: client, Key: key,
+		Logger: logger.With(slog.String("component", "push")), Registerer: reg})
+	dctx, stopDispatch := context.WithCancel(context.Background())
+	dispatched := make(chan struct{})
+	go func() {
+		defer close(dispatched)
+		dispatcher.Run(dctx)
+	}()
+	// Deliveries stop before the broker closes, so their offsets are in
+	// the broker's last flush.
+	defer func() {
+		stopDispatch()
+		<-dispatched
+	}()
+
 	var ready atomic.Bool
 	api, err := httpapi.New(httpapi.Config{
 		Broker: b, Logger: logger, Registry: reg, OpenAPI: postbus.OpenAPI,
-		Auth: auth, MetricsAuth: c.metricsAuth, PublishRate: c.rateLimit,
+		Auth: auth, MetricsAuth: c.metricsAuth, PublishRate: c.rateLimit, JWKS: key.JWKS(),
 		Ready: func() error {
 			if !ready.Load() {
 				return errors.New("starting or shutting down")
@@ -211,6 +236,8 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	if err := srv.Shutdown(sctx); err != nil {
 		logger.Warn("in-flight requests did not finish in time", slog.Any("err", err))
 	}
+	stopDispatch()
+	<-dispatched
 	if err := b.Close(); err != nil {
 		return fmt.Errorf("close broker: %w", err)
 	}

@@ -1,0 +1,305 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/postbus/postbus/broker/consumequeue"
+	"github.com/postbus/postbus/broker/meta"
+)
+
+// What consumers (push dispatchers, pullers) use: offsets, reads of a
+// queue, retry and dead-letter copies, and the attempt log.
+
+// RetryTopic is where a group's retries of a topic's messages wait to be
+// consumed again (RocketMQ 5's per group and topic retry topic).
+func RetryTopic(group, topic string) string { return "%RETRY%" + group + "%" + topic }
+
+// DeadLetterTopic is a group's dead-letter queue.
+func DeadLetterTopic(group string) string { return "%DLQ%" + group }
+
+// offsetKey names one (group, topic, queue).
+type offsetKey struct {
+	group, topic string
+	queue        int
+}
+
+// offsets is the in-memory table of consumer offsets: the lowest queue
+// offset each group has not finished. Consumers move them; the broker
+// persists them in batches every OffsetInterval and at Close.
+type offsets struct {
+	mu    sync.Mutex
+	next  map[offsetKey]int64 // guarded by mu
+	dirty map[offsetKey]bool  // guarded by mu: changed since the last flush
+}
+
+// Offset returns a group's next offset on a queue, and whether it has one.
+func (b *Broker) Offset(group, topic string, queue int) (int64, bool) {
+	b.offs.mu.Lock()
+	defer b.offs.mu.Unlock()
+	n, ok := b.offs.next[offsetKey{group, topic, queue}]
+	return n, ok
+}
+
+// SetOffset moves a group's offset on a queue. It is durable within
+// OffsetInterval (at-least-once: after a crash the group resumes from the
+// last persisted offset).
+func (b *Broker) SetOffset(group, topic string, queue int, next int64) {
+	k := offsetKey{group, topic, queue}
+	b.offs.mu.Lock()
+	defer b.offs.mu.Unlock()
+	if b.offs.next[k] != next || !b.offs.has(k) {
+		b.offs.next[k] = next
+		b.offs.dirty[k] = true
+	}
+}
+
+func (o *offsets) has(k offsetKey) bool { _, ok := o.next[k]; return ok }
+
+func (b *Broker) loadOffsets(ctx context.Context) error {
+	all, err := b.meta.AllOffsets(ctx)
+	if err != nil {
+		return fmt.Errorf("load offsets: %w", err)
+	}
+	b.offs.next = make(map[offsetKey]int64, len(all))
+	b.offs.dirty = make(map[offsetKey]bool)
+	for _, o := range all {
+		b.offs.next[offsetKey{o.Group, o.Topic, o.Queue}] = o.Next
+	}
+	return nil
+}
+
+// flushOffsets persists the offsets changed since the last flush, in one
+// transaction.
+func (b *Broker) flushOffsets(ctx context.Context) error {
+	b.offs.mu.Lock()
+	batch := make([]meta.Offset, 0, len(b.offs.dirty))
+	for k := range b.offs.dirty {
+		batch = append(batch, meta.Offset{Group: k.group, Topic: k.topic, Queue: k.queue, Next: b.offs.next[k]})
+	}
+	clear(b.offs.dirty)
+	b.offs.mu.Unlock()
+	if err := b.meta.CommitOffsets(ctx, batch); err != nil {
+		b.offs.mu.Lock()
+		for _, o := range batch {
+			b.offs.dirty[offsetKey{o.Group, o.Topic, o.Queue}] = true
+		}
+		b.offs.mu.Unlock()
+		return fmt.Errorf("persist offsets: %w", err)
+	}
+	return nil
+}
+
+// Dispatched returns a channel closed when new messages become readable.
+func (b *Broker) Dispatched() <-chan struct{} { return b.dispatchSig.wait() }
+
+// Queues returns how many queues a topic has (a system topic too).
+func (b *Broker) Queues(topic string) (int, error) {
+	b.topicsMu.RLock()
+	ts := b.topics[topic]
+	b.topicsMu.RUnlock()
+	if ts == nil {
+		return 0, &Error{Code: CodeTopicNotFound, Field: "topic", Detail: fmt.Sprintf("topic %q does not exist", topic)}
+	}
+	return ts.info.Load().Queues, nil
+}
+
+// QueueBounds returns a queue's live offsets [min, max).
+func (b *Broker) QueueBounds(topic string, queue int) (min, max int64) {
+	return b.cq.Bounds(topic, queue)
+}
+
+// ReadQueue reads up to max messages of a queue from offset from that match
+// filter, skipping the rest by their tag hash without reading the log. It
+// returns the messages (with QueueOffset set) and the offset after the last
+// entry it looked at, where the next read starts. A from below the queue's
+// retained start is moved up to it.
+func (b *Broker) ReadQueue(topic string, queue int, from int64, max int, filter Filter) ([]*Message, int64, error) {
+	lo, hi := b.cq.Bounds(topic, queue)
+	from = min(hi, maxInt64(from, lo))
+	var out []*Message
+	var entries []consumequeue.Entry
+	for from < hi && len(out) < max {
+		var err error
+		entries, err = b.cq.Read(topic, queue, from, 256, entries[:0])
+		if err != nil {
+			return out, from, err
+		}
+		if len(entries) == 0 {
+			break
+		}
+		for i, e := range entries {
+			off := from + int64(i)
+			if !filter.MatchHash(e.TagHash) {
+				continue
+			}
+			m, err := b.readMessage(e.Offset)
+			if err != nil {
+				// Removed by retention under us: skip it, as the queue has.
+				b.logger.Warn("queue entry unreadable; skipping", slog.String("topic", topic), slog.Int("queue", queue),
+					slog.Int64("queue_offset", off), slog.Any("err", err))
+				continue
+			}
+			if !filter.Match(m.Tag) {
+				continue
+			}
+			m.QueueOffset = off
+			out = append(out, m)
+			if len(out) == max {
+				return out, off + 1, nil
+			}
+		}
+		from += int64(len(entries))
+	}
+	return out, from, nil
+}
+
+func maxInt64(a, b int64) int64 {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+// Retry schedules attempt of m for group at time at: a delayed copy in the
+// group's retry topic for m's topic, which the group consumes beside the
+// topic itself. The copy keeps m's id, so receivers can deduplicate.
+func (b *Broker) Retry(ctx context.Context, group string, m *Message, attempt int, at time.Time) error {
+	c := m.copyFor(RetryTopic(group, m.originTopic()))
+	c.Attempt, c.DeliverAt = attempt, at
+	c.flags = flagRetry | flagDelayed
+	return b.storeSystem(ctx, c)
+}
+
+// DeadLetter moves m, which failed attempts times for group, to the
+// group's dead-letter topic, with the last error.
+func (b *Broker) DeadLetter(ctx context.Context, group string, m *Message, attempts int, reason string) error {
+	c := m.copyFor(DeadLetterTopic(group))
+	c.Attempt, c.Reason, c.flags = attempts, reason, flagDead
+	if err := b.storeSystem(ctx, c); err != nil {
+		return err
+	}
+	b.logger.Info("message dead-lettered", slog.String("group", group), slog.String("msg_id", m.ID),
+		slog.Int("attempts", attempts), slog.String("reason", reason))
+	return nil
+}
+
+// copyFor is a copy of m bound for a system topic, remembering where it
+// came from.
+func (m *Message) copyFor(topic string) *Message {
+	c := *m
+	c.Origin = m.originTopic()
+	c.Topic, c.QueueID, c.QueueOffset, c.DeliverAt, c.Reason = topic, 0, 0, time.Time{}, ""
+	return &c
+}
+
+// OriginTopic is the user topic a message belongs to, for retry and
+// dead-letter copies too.
+func (m *Message) OriginTopic() string { return m.originTopic() }
+
+// originTopic is the user topic a message belongs to, for copies too.
+func (m *Message) originTopic() string {
+	if m.Origin != "" {
+		return m.Origin
+	}
+	return m.Topic
+}
+
+// storeSystem stores one message in a system topic.
+func (b *Broker) storeSystem(ctx context.Context, m *Message) error {
+	ts, err := b.topicOrSystem(ctx, m.Topic)
+	if err != nil {
+		return err
+	}
+	_, err = b.store(ctx, ts, []*Message{m}, false)
+	return err
+}
+
+// LogAttempt adds a delivery attempt (or ack, nack) to the trace log. It
+// never blocks the caller: attempts are written in batches, and when the
+// writer falls far behind the oldest unwritten ones are dropped (counted
+// in the postbus_attempts_dropped_total metric).
+func (b *Broker) LogAttempt(a meta.Attempt) {
+	b.attemptsMu.Lock()
+	defer b.attemptsMu.Unlock()
+	if len(b.attempts) >= maxPendingAttempts {
+		b.metrics.attemptsDropped.Inc()
+		return
+	}
+	b.attempts = append(b.attempts, a)
+}
+
+const maxPendingAttempts = 100_000
+
+// flushAttempts writes the buffered attempts in one transaction.
+func (b *Broker) flushAttempts(ctx context.Context) error {
+	b.attemptsMu.Lock()
+	batch := b.attempts
+	b.attempts = nil
+	b.attemptsMu.Unlock()
+	return b.meta.AddAttempts(ctx, batch)
+}
+
+// consumeLoop persists offsets and attempts until the broker closes.
+func (b *Broker) consumeLoop() {
+	defer b.wg.Done()
+	t := time.NewTicker(b.cfg.OffsetInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.closing:
+			return
+		case <-t.C:
+			ctx := context.Background()
+			if err := b.flushOffsets(ctx); err != nil {
+				b.logger.Error("persisting offsets failed", slog.Any("err", err))
+			}
+			if err := b.flushAttempts(ctx); err != nil {
+				b.logger.Error("writing the attempt log failed", slog.Any("err", err))
+			}
+		}
+	}
+}
+
+// Attempt is one entry of the attempt log.
+type Attempt = meta.Attempt
+
+// OrderedRetry is an ordered subscription's queue blocked on a failing
+// message, kept durable so a restart resumes the wait.
+type OrderedRetry = meta.OrderedRetry
+
+// OrderedRetries returns a subscription's blocked queues.
+func (b *Broker) OrderedRetries(ctx context.Context, sub string) (map[int]OrderedRetry, error) {
+	return b.meta.OrderedRetries(ctx, sub)
+}
+
+// SetOrderedRetry records that a queue is blocked until r.NextAt.
+func (b *Broker) SetOrderedRetry(ctx context.Context, r OrderedRetry) error {
+	return b.meta.SetOrderedRetry(ctx, r)
+}
+
+// ClearOrderedRetry unblocks a queue.
+func (b *Broker) ClearOrderedRetry(ctx context.Context, sub string, queue int) error {
+	return b.meta.ClearOrderedRetry(ctx, sub, queue)
+}
+
+// ReadMessageAt reads one queue entry's message (for an ordered
+// subscription resuming a blocked queue).
+func (b *Broker) ReadMessageAt(topic string, queue int, offset int64) (*Message, error) {
+	entries, err := b.cq.Read(topic, queue, offset, 1, nil)
+	if err != nil {
+		return nil, err
+	}
+	if len(entries) == 0 {
+		return nil, &Error{Code: CodeMessageNotFound, Detail: fmt.Sprintf("no entry %d in %s/%d", offset, topic, queue)}
+	}
+	m, err := b.readMessage(entries[0].Offset)
+	if err != nil {
+		return nil, err
+	}
+	m.QueueOffset = offset
+	return m, nil
+}

@@ -1,0 +1,195 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/postbus/postbus/broker/meta"
+)
+
+// Delayed messages (DESIGN §2). A message with a deliver-at time is stored
+// in the log like any other but takes no queue offset; dispatch records it
+// in the timer store (SQLite: log offset, due time). The timer loop puts
+// each due message on its queue as a new record with the same id, flagged
+// so it is never delayed again. Retries of deliveries are delayed messages
+// for a group's retry topic, so they ride the same mechanism.
+//
+// One timer store serves delay levels, arbitrary times and retries: the
+// per-level FIFO queues of RocketMQ (and DESIGN) exist to avoid sorting by
+// due time, which an index on the timer table already does, with no limit
+// on the kinds of delay. Firing is at-least-once: a crash between putting a
+// message on its queue and marking its timer fired puts it there again.
+
+// timerBatch is how many due timers one round fires.
+const timerBatch = 512
+
+// timerLoop fires due timers until the broker closes.
+func (b *Broker) timerLoop() {
+	defer b.wg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-b.closing
+		cancel()
+	}()
+	for {
+		n, err := b.fireDue(ctx)
+		if err != nil && ctx.Err() == nil {
+			b.logger.Error("firing timers failed; retrying", slog.Any("err", err))
+		}
+		if n == timerBatch && err == nil {
+			continue // more are due
+		}
+		wait := time.Second
+		if err == nil {
+			if next, ok, err := b.meta.NextTimer(ctx); err == nil && ok {
+				wait = min(wait, max(next.Sub(b.now()), 0))
+			}
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-b.timerWake:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// fireDue puts due delayed messages on their queues and marks their timers
+// fired. It returns how many timers it handled.
+func (b *Broker) fireDue(ctx context.Context) (int, error) {
+	due, err := b.meta.DueTimers(ctx, b.now(), timerBatch)
+	if err != nil || len(due) == 0 {
+		return 0, err
+	}
+	byTopic := make(map[string][]*Message)
+	var order []string
+	fired := make([]int64, 0, len(due))
+	for _, t := range due {
+		m, err := b.readMessage(t.LogOffset)
+		if err != nil {
+			// Gone with its segment (or unreadable): nothing to put back.
+			b.logger.Error("delayed message unreadable; dropping its timer", slog.Int64("offset", t.LogOffset), slog.Any("err", err))
+			fired = append(fired, t.LogOffset)
+			continue
+		}
+		m.flags |= flagRePut
+		if _, ok := byTopic[m.Topic]; !ok {
+			order = append(order, m.Topic)
+		}
+		byTopic[m.Topic] = append(byTopic[m.Topic], m)
+		fired = append(fired, t.LogOffset)
+	}
+	for _, topic := range order {
+		ts, err := b.topicOrSystem(ctx, topic)
+		if err != nil {
+			b.logger.Warn("delayed messages for a deleted topic dropped", slog.String("topic", topic), slog.Int("messages", len(byTopic[topic])))
+			continue
+		}
+		for _, m := range byTopic[topic] {
+			if q := ts.info.Load().Queues; m.QueueID >= q {
+				m.QueueID %= q
+			}
+		}
+		if _, err := b.store(ctx, ts, byTopic[topic], false); err != nil {
+			return 0, fmt.Errorf("put delayed messages on %s: %w", topic, err)
+		}
+	}
+	if err := b.meta.FireTimers(ctx, fired); err != nil {
+		return 0, err
+	}
+	return len(due), nil
+}
+
+// readMessage reads and decodes the record at off.
+func (b *Broker) readMessage(off int64) (*Message, error) {
+	rec, _, err := b.log.ReadAt(off, nil)
+	if err != nil {
+		return nil, err
+	}
+	m := new(Message)
+	if err := decodeRecord(rec, m); err != nil {
+		return nil, err
+	}
+	m.LogOffset = off
+	return m, nil
+}
+
+// topicOrSystem returns a topic's state, creating a system topic (retry,
+// dead letter) on first use.
+func (b *Broker) topicOrSystem(ctx context.Context, name string) (*topicState, error) {
+	b.topicsMu.RLock()
+	ts := b.topics[name]
+	b.topicsMu.RUnlock()
+	if ts != nil {
+		return ts, nil
+	}
+	if !strings.HasPrefix(name, "%") {
+		return nil, &Error{Code: CodeTopicNotFound, Field: "topic", Detail: fmt.Sprintf("topic %q does not exist", name)}
+	}
+	b.appendMu.Lock()
+	defer b.appendMu.Unlock()
+	mt, _, err := b.meta.PutTopic(ctx, meta.Topic{Name: name, Queues: 1})
+	if err != nil {
+		return nil, fmt.Errorf("create system topic %q: %w", name, err)
+	}
+	b.topicsMu.Lock()
+	defer b.topicsMu.Unlock()
+	if ts := b.topics[name]; ts != nil {
+		return ts, nil
+	}
+	ts = newTopicState(topicFromMeta(mt))
+	b.topics[name] = ts
+	return ts, nil
+}
+
+// moveTimersBefore re-appends the delayed messages whose records lie below
+// off, so that retention can delete the segments holding them: a delayed
+// message outlives the segment it arrived in.
+func (b *Broker) moveTimersBefore(ctx context.Context, off int64) error {
+	for {
+		pending, err := b.meta.PendingTimersBefore(ctx, off, timerBatch)
+		if err != nil || len(pending) == 0 {
+			return err
+		}
+		moved := make([]int64, 0, len(pending))
+		var recs [][]byte
+		for _, t := range pending {
+			rec, _, err := b.log.ReadAt(t.LogOffset, nil)
+			if err == nil {
+				recs = append(recs, rec)
+			}
+			moved = append(moved, t.LogOffset)
+		}
+		if len(recs) > 0 {
+			b.appendMu.Lock()
+			now := b.now()
+			for _, rec := range recs {
+				patchRecord(rec, now, 0)
+			}
+			_, end, err := b.log.Append(recs)
+			b.appendMu.Unlock()
+			if err != nil {
+				return fmt.Errorf("move delayed messages: %w", err)
+			}
+			if err := b.log.Sync(ctx, end); err != nil {
+				return err
+			}
+			// The copies must be in the timer store before the originals'
+			// timers are fired.
+			if err := b.waitDispatched(ctx, end); err != nil {
+				return err
+			}
+		}
+		if err := b.meta.FireTimers(ctx, moved); err != nil {
+			return err
+		}
+		b.logger.Info("moved delayed messages ahead of retention", slog.Int("messages", len(recs)))
+	}
+}

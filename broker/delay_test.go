@@ -1,0 +1,126 @@
+package broker
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(tb testing.TB, d time.Duration, what string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func queued(tb testing.TB, b *Broker, topic string) int64 {
+	tb.Helper()
+	st, err := b.Topic(context.Background(), topic)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return st.Messages
+}
+
+func TestDelayedMessageArrivesWhenDue(t *testing.T) {
+	b := openBroker(t, testConfig(t, t.TempDir()))
+	start := time.Now()
+	res := publish(t, b, "t", &Message{Body: []byte("later"), Delay: 400 * time.Millisecond, Keys: []string{"k"}})[0]
+	if res.QueueOffset != -1 || res.DeliverAt.IsZero() {
+		t.Fatalf("delayed result = %+v, want queue offset -1 and a deliver-at", res)
+	}
+	publish(t, b, "t", msg("now"))
+	if n := queued(t, b, "t"); n != 1 {
+		t.Fatalf("%d messages queued right after publishing one delayed and one plain, want 1", n)
+	}
+	// Findable while it waits.
+	if m, err := b.Message(context.Background(), res.ID); err != nil || string(m.Body) != "later" {
+		t.Fatalf("delayed message by id: %v", err)
+	}
+	waitFor(t, 5*time.Second, "the delayed message on its queue", func() bool { return queued(t, b, "t") == 2 })
+	if took := time.Since(start); took < 400*time.Millisecond {
+		t.Fatalf("delivered after %s, before its delay of 400ms", took)
+	}
+	m, err := b.Message(context.Background(), res.ID)
+	if err != nil || m.QueueOffset < 0 || string(m.Body) != "later" || m.QueueID != res.QueueID {
+		t.Fatalf("re-put message: %+v, %v", m, err)
+	}
+}
+
+// TestDelayedMessageSurvivesRestart: a message due after a restart still
+// arrives, once.
+func TestDelayedMessageSurvivesRestart(t *testing.T) {
+	cfg := testConfig(t, t.TempDir())
+	b := openBroker(t, cfg)
+	due := time.Now().Add(700 * time.Millisecond)
+	publish(t, b, "t", &Message{Body: []byte("x"), DeliverAt: due}, &Message{Body: []byte("y"), DelayLevel: 1})
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b = openBroker(t, cfg)
+	if n := queued(t, b, "t"); n != 0 {
+		t.Fatalf("%d queued before due", n)
+	}
+	waitFor(t, 5*time.Second, "both delayed messages", func() bool { return queued(t, b, "t") == 2 })
+	if time.Now().Before(due) {
+		t.Fatal("delivered before due")
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := queued(t, b, "t"); n != 2 {
+		t.Fatalf("%d queued, want each delayed message once", n)
+	}
+}
+
+// TestDelayedMessageOutlivesItsSegment: retention moves a pending delayed
+// message ahead rather than deleting it with its segment.
+func TestDelayedMessageOutlivesItsSegment(t *testing.T) {
+	cfg := testConfig(t, t.TempDir())
+	now := time.Now()
+	var shift atomic.Int64
+	cfg.Now = func() time.Time { return now.Add(time.Duration(shift.Load())) }
+	cfg.Retention = time.Hour
+	b := openBroker(t, cfg)
+	res := publish(t, b, "t", &Message{Body: []byte("in two hours"), Delay: 2 * time.Hour})[0]
+	for len(b.log.Segments()) < 3 {
+		publish(t, b, "t", &Message{Body: make([]byte, 100<<10)})
+	}
+	shift.Store(int64(90 * time.Minute)) // past retention, before due
+	publish(t, b, "t", &Message{Body: make([]byte, 100<<10)})
+	for len(b.log.Segments()) < 4 {
+		publish(t, b, "t", &Message{Body: make([]byte, 100<<10)})
+	}
+	if err := b.waitDispatched(context.Background(), b.log.Committed()); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.applyRetention(); err != nil {
+		t.Fatal(err)
+	}
+	if b.log.MinOffset() == 0 {
+		t.Fatal("retention deleted nothing; the test proves nothing")
+	}
+	m, err := b.Message(context.Background(), res.ID)
+	if err != nil || string(m.Body) != "in two hours" || m.LogOffset < b.log.MinOffset() {
+		t.Fatalf("delayed message after its segment went: %+v, %v", m, err)
+	}
+	n, err := b.meta.PendingTimers(context.Background())
+	if err != nil || n != 1 {
+		t.Fatalf("%d pending timers (%v), want the moved one", n, err)
+	}
+}
+
+// TestDelayedMessageWithDedupID: the timer's re-put of a message with a
+// dedup id is not mistaken for a duplicate of the message itself.
+func TestDelayedMessageWithDedupID(t *testing.T) {
+	b := openBroker(t, testConfig(t, t.TempDir()))
+	publish(t, b, "t", &Message{Body: []byte("x"), Delay: 200 * time.Millisecond, DedupID: "once"})
+	waitFor(t, 5*time.Second, "the delayed message on its queue", func() bool { return queued(t, b, "t") == 1 })
+	if r := publish(t, b, "t", &Message{Body: []byte("again"), DedupID: "once"})[0]; !r.Duplicate {
+		t.Fatal("a repeat of the dedup id after the re-put was stored again")
+	}
+}

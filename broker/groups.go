@@ -1,0 +1,315 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/postbus/postbus/broker/meta"
+)
+
+// QueueLag is a group's position on one queue.
+type QueueLag struct {
+	Topic     string
+	Queue     int
+	Offset    int64 // the next offset the group will consume
+	MaxOffset int64
+	Lag       int64
+	InFlight  int
+}
+
+// GroupInfo is a consumer group: its subscriptions and positions.
+type GroupInfo struct {
+	Name          string
+	Subscriptions []Subscription
+	Queues        []QueueLag
+	Lag           int64
+	DeadLetters   int64
+}
+
+// SetInFlight records how many of a group's messages from a queue are
+// being delivered or await an ack, for the groups API.
+func (b *Broker) SetInFlight(group, topic string, queue, n int) {
+	b.offs.mu.Lock()
+	defer b.offs.mu.Unlock()
+	if b.inFlight == nil {
+		b.inFlight = make(map[offsetKey]int)
+	}
+	k := offsetKey{group, topic, queue}
+	if n == 0 {
+		delete(b.inFlight, k)
+	} else {
+		b.inFlight[k] = n
+	}
+}
+
+// Groups lists the consumer groups: those with a subscription or offsets.
+func (b *Broker) Groups(ctx context.Context) ([]GroupInfo, error) {
+	subs, err := b.Subscriptions(ctx)
+	if err != nil {
+		return nil, err
+	}
+	names := map[string]bool{}
+	for _, s := range subs {
+		names[s.Group] = true
+	}
+	b.offs.mu.Lock()
+	for k := range b.offs.next {
+		names[k.group] = true
+	}
+	b.offs.mu.Unlock()
+	out := make([]GroupInfo, 0, len(names))
+	for n := range names {
+		g, err := b.groupInfo(n, subs)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, g)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// Group returns one group with its per-queue positions.
+func (b *Broker) Group(ctx context.Context, name string) (GroupInfo, error) {
+	if err := ValidateGroupName(name); err != nil {
+		return GroupInfo{}, err
+	}
+	subs, err := b.Subscriptions(ctx)
+	if err != nil {
+		return GroupInfo{}, err
+	}
+	g, err := b.groupInfo(name, subs)
+	if err != nil {
+		return GroupInfo{}, err
+	}
+	if len(g.Subscriptions) == 0 && len(g.Queues) == 0 {
+		return GroupInfo{}, &Error{Code: CodeGroupNotFound, Field: "group", Detail: fmt.Sprintf("group %q has no subscriptions and no offsets", name)}
+	}
+	return g, nil
+}
+
+func (b *Broker) groupInfo(name string, subs []Subscription) (GroupInfo, error) {
+	if err := b.waitDispatched(context.Background(), b.log.Committed()); err != nil {
+		return GroupInfo{}, err
+	}
+	g := GroupInfo{Name: name}
+	for _, s := range subs {
+		if s.Group == name {
+			g.Subscriptions = append(g.Subscriptions, s)
+		}
+	}
+	dlq := DeadLetterTopic(name)
+	b.offs.mu.Lock()
+	for k, next := range b.offs.next {
+		if k.group != name || k.topic == dlq {
+			continue
+		}
+		_, hi := b.cq.Bounds(k.topic, k.queue)
+		q := QueueLag{Topic: k.topic, Queue: k.queue, Offset: next, MaxOffset: hi, Lag: max(hi-next, 0), InFlight: b.inFlight[k]}
+		g.Queues = append(g.Queues, q)
+		g.Lag += q.Lag
+	}
+	b.offs.mu.Unlock()
+	sort.Slice(g.Queues, func(i, j int) bool {
+		if g.Queues[i].Topic != g.Queues[j].Topic {
+			return g.Queues[i].Topic < g.Queues[j].Topic
+		}
+		return g.Queues[i].Queue < g.Queues[j].Queue
+	})
+	n, err := b.countDeadLetters(name)
+	if err != nil {
+		return GroupInfo{}, err
+	}
+	g.DeadLetters = n
+	return g, nil
+}
+
+// ResetOffsets moves a group's offsets on a topic (and forgets its pending
+// retries of it) to earliest, latest or the first message at or after a
+// time: RocketMQ's backtracking, for replay.
+func (b *Broker) ResetOffsets(ctx context.Context, group, topic, to string) error {
+	if err := ValidateGroupName(group); err != nil {
+		return err
+	}
+	ts, err := b.topicState(topic)
+	if err != nil {
+		return err
+	}
+	var at time.Time
+	if to != "earliest" && to != "latest" {
+		if at, err = time.Parse(time.RFC3339Nano, to); err != nil {
+			return errf(CodeInvalidSubscription, "to", "to %q must be earliest, latest or an RFC 3339 time", to)
+		}
+	}
+	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
+		return err
+	}
+	for q := 0; q < ts.info.Load().Queues; q++ {
+		lo, hi := b.cq.Bounds(topic, q)
+		next := hi
+		switch {
+		case to == "earliest":
+			next = lo
+		case !at.IsZero():
+			if next, err = b.offsetAt(topic, q, at); err != nil {
+				return err
+			}
+		}
+		b.SetOffset(group, topic, q, next)
+	}
+	// Retries queued before the reset belong to the old position.
+	retry := RetryTopic(group, topic)
+	if _, hi := b.cq.Bounds(retry, 0); hi > 0 {
+		b.SetOffset(group, retry, 0, hi)
+	}
+	if err := b.flushOffsets(ctx); err != nil {
+		return err
+	}
+	b.subsSig.fire() // consumers re-read their positions
+	return nil
+}
+
+// DeadLetter is a message in a group's dead-letter queue.
+type DeadLetter struct {
+	*Message
+	DLQOffset int64 // its offset in the dead-letter queue, the cursor
+}
+
+// deadLetterFloor is the DLQ offset below which everything was purged.
+func (b *Broker) deadLetterFloor(group string) int64 {
+	n, _ := b.Offset(group, DeadLetterTopic(group), 0)
+	return n
+}
+
+func (b *Broker) countDeadLetters(group string) (int64, error) {
+	dlq := DeadLetterTopic(group)
+	lo, hi := b.cq.Bounds(dlq, 0)
+	lo = max(lo, b.deadLetterFloor(group))
+	if hi <= lo {
+		return 0, nil
+	}
+	removed, err := b.meta.RemovedDeadLetters(context.Background(), group, lo, hi)
+	if err != nil {
+		return 0, err
+	}
+	return hi - lo - int64(len(removed)), nil
+}
+
+// DeadLetters lists a group's dead letters, oldest first, from DLQ offset
+// after (exclusive; -1 from the start), at most limit.
+func (b *Broker) DeadLetters(ctx context.Context, group string, after int64, limit int) ([]DeadLetter, error) {
+	if err := ValidateGroupName(group); err != nil {
+		return nil, err
+	}
+	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
+		return nil, err
+	}
+	dlq := DeadLetterTopic(group)
+	lo, hi := b.cq.Bounds(dlq, 0)
+	from := max(lo, b.deadLetterFloor(group), after+1)
+	removed, err := b.meta.RemovedDeadLetters(ctx, group, from, hi)
+	if err != nil {
+		return nil, err
+	}
+	var out []DeadLetter
+	for from < hi && len(out) < limit {
+		msgs, next, err := b.ReadQueue(dlq, 0, from, limit-len(out), Filter{all: true})
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range msgs {
+			if !removed[m.QueueOffset] {
+				out = append(out, DeadLetter{Message: m, DLQOffset: m.QueueOffset})
+			}
+		}
+		if next <= from {
+			break
+		}
+		from = next
+	}
+	return out, nil
+}
+
+// Redrive puts dead letters (all, or those with the given ids) back to the
+// group, through its retry topics, attempt 1 again. They are spread over
+// time at rate a second, so a redrive of many cannot flood the endpoint;
+// the spreading is durable (each is a delayed message). It returns how
+// many were redriven.
+func (b *Broker) Redrive(ctx context.Context, group string, ids []string, all bool, rate float64) (int, error) {
+	want := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		want[id] = true
+	}
+	start := b.now()
+	n := 0
+	var done []int64
+	after := int64(-1)
+	for {
+		page, err := b.DeadLetters(ctx, group, after, 256)
+		if err != nil {
+			return n, err
+		}
+		if len(page) == 0 {
+			break
+		}
+		for _, d := range page {
+			after = d.DLQOffset
+			if !all && !want[d.ID] {
+				continue
+			}
+			at := start.Add(time.Duration(float64(n) / rate * float64(time.Second)))
+			c := d.Message.copyFor(RetryTopic(group, d.originTopic()))
+			c.Attempt, c.DeliverAt, c.flags = 1, at, flagRetry|flagDelayed
+			if err := b.storeSystem(ctx, c); err != nil {
+				return n, err
+			}
+			done = append(done, d.DLQOffset)
+			n++
+		}
+	}
+	if err := b.meta.RemoveDeadLetters(ctx, group, done); err != nil {
+		return n, err
+	}
+	return n, nil
+}
+
+// PurgeDeadLetters empties a group's dead-letter queue.
+func (b *Broker) PurgeDeadLetters(ctx context.Context, group string) (int64, error) {
+	if err := ValidateGroupName(group); err != nil {
+		return 0, err
+	}
+	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
+		return 0, err
+	}
+	n, err := b.countDeadLetters(group)
+	if err != nil {
+		return 0, err
+	}
+	_, hi := b.cq.Bounds(DeadLetterTopic(group), 0)
+	b.SetOffset(group, DeadLetterTopic(group), 0, hi)
+	return n, b.flushOffsets(ctx)
+}
+
+// Trace is a message's life: where it is stored and each delivery attempt.
+type Trace struct {
+	Message  *Message
+	Attempts []meta.Attempt
+}
+
+// MessageTrace returns a message and its delivery attempts.
+func (b *Broker) MessageTrace(ctx context.Context, id string) (Trace, error) {
+	m, err := b.Message(ctx, id)
+	if err != nil {
+		return Trace{}, err
+	}
+	if err := b.flushAttempts(ctx); err != nil {
+		return Trace{}, err
+	}
+	as, err := b.meta.Attempts(ctx, id)
+	if err != nil {
+		return Trace{}, err
+	}
+	return Trace{Message: m, Attempts: as}, nil
+}

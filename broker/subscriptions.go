@@ -1,0 +1,437 @@
+package broker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"regexp"
+	"time"
+
+	"github.com/nats-io/nuid"
+	"github.com/postbus/postbus/broker/consumequeue"
+	"github.com/postbus/postbus/broker/meta"
+)
+
+// Subscription states.
+const (
+	StateActive   = "active"
+	StatePaused   = "paused"
+	StateDisabled = "disabled" // by a 410 from the endpoint; resume re-enables
+)
+
+// Subscription is a consumer group's subscription to a topic: push when
+// URL is set (the broker POSTs each message there), pull otherwise.
+type Subscription struct {
+	ID, Group, Topic string
+	URL              string
+	Filter           string
+	Ordered          bool
+	MaxRetries       int
+	RetryDelays      []time.Duration // nil: the default schedule (unless Backoff)
+	BackoffMin       time.Duration   // exponential backoff when > 0
+	BackoffMax       time.Duration
+	Timeout          time.Duration // per push attempt
+	MaxInFlight      int
+	RatePerSecond    float64 // push attempts a second; 0: no limit
+	Visibility       time.Duration
+	StartFrom        string // latest, earliest or an RFC 3339 time
+	Secret           string // push: the signing secret (whsec_…)
+	PreviousSecret   string // push: the secret before the last rotation, still signing until PreviousUntil
+	PreviousUntil    time.Time
+	State            string
+	StateReason      string // why it is disabled
+	CreatedAt        time.Time
+	UpdatedAt        time.Time
+}
+
+// Subscription limits and defaults (DESIGN §4, RocketMQ's retry defaults).
+const (
+	DefaultMaxRetries  = 16
+	MaxMaxRetries      = 100
+	DefaultTimeout     = 15 * time.Second
+	MaxTimeout         = 5 * time.Minute
+	DefaultMaxInFlight = 32
+	MaxMaxInFlight     = 1024
+	DefaultVisibility  = 30 * time.Second
+	MaxVisibility      = 12 * time.Hour
+	MaxRetryDelay      = 24 * time.Hour
+	MaxRetryDelays     = 100
+	MaxURLLen          = 2048
+	// SecretOverlap is how long the previous secret keeps signing after a
+	// rotation, so receivers can switch without dropping deliveries.
+	SecretOverlap = 24 * time.Hour
+)
+
+var groupRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,119}$`)
+
+// ValidateGroupName reports whether name may name a consumer group.
+func ValidateGroupName(name string) error {
+	if !groupRE.MatchString(name) {
+		return errf(CodeInvalidGroup, "group", "%q is not a valid group name: 1-120 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit", name)
+	}
+	return nil
+}
+
+// subscriptionConfig is the JSON kept in the subscriptions table's config
+// column: the settings that have no column of their own.
+type subscriptionConfig struct {
+	MaxRetries     int     `json:"max_retries"`
+	RetryDelaysMS  []int64 `json:"retry_delays_ms,omitempty"`
+	BackoffMinMS   int64   `json:"backoff_min_ms,omitempty"`
+	BackoffMaxMS   int64   `json:"backoff_max_ms,omitempty"`
+	TimeoutMS      int64   `json:"timeout_ms"`
+	MaxInFlight    int     `json:"max_in_flight"`
+	RatePerSecond  float64 `json:"rate_per_second,omitempty"`
+	VisibilityMS   int64   `json:"visibility_ms"`
+	StartFrom      string  `json:"start_from"`
+	PreviousSecret string  `json:"previous_secret,omitempty"`
+	PreviousUntil  int64   `json:"previous_until_ms,omitempty"`
+	StateReason    string  `json:"state_reason,omitempty"`
+}
+
+func (s *Subscription) toMeta() (meta.Subscription, error) {
+	c := subscriptionConfig{
+		MaxRetries: s.MaxRetries, BackoffMinMS: s.BackoffMin.Milliseconds(), BackoffMaxMS: s.BackoffMax.Milliseconds(),
+		TimeoutMS: s.Timeout.Milliseconds(), MaxInFlight: s.MaxInFlight, RatePerSecond: s.RatePerSecond,
+		VisibilityMS: s.Visibility.Milliseconds(), StartFrom: s.StartFrom, PreviousSecret: s.PreviousSecret,
+		StateReason: s.StateReason,
+	}
+	for _, d := range s.RetryDelays {
+		c.RetryDelaysMS = append(c.RetryDelaysMS, d.Milliseconds())
+	}
+	if !s.PreviousUntil.IsZero() {
+		c.PreviousUntil = s.PreviousUntil.UnixMilli()
+	}
+	data, err := json.Marshal(c)
+	if err != nil {
+		return meta.Subscription{}, err
+	}
+	return meta.Subscription{ID: s.ID, Group: s.Group, Topic: s.Topic, URL: s.URL, Filter: s.Filter,
+		Ordered: s.Ordered, Config: string(data), Secret: s.Secret, State: s.State,
+		CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt}, nil
+}
+
+func subscriptionFromMeta(m meta.Subscription) (Subscription, error) {
+	var c subscriptionConfig
+	if err := json.Unmarshal([]byte(m.Config), &c); err != nil {
+		return Subscription{}, fmt.Errorf("subscription %s config: %w", m.ID, err)
+	}
+	s := Subscription{ID: m.ID, Group: m.Group, Topic: m.Topic, URL: m.URL, Filter: m.Filter, Ordered: m.Ordered,
+		MaxRetries: c.MaxRetries, BackoffMin: time.Duration(c.BackoffMinMS) * time.Millisecond,
+		BackoffMax: time.Duration(c.BackoffMaxMS) * time.Millisecond, Timeout: time.Duration(c.TimeoutMS) * time.Millisecond,
+		MaxInFlight: c.MaxInFlight, RatePerSecond: c.RatePerSecond, Visibility: time.Duration(c.VisibilityMS) * time.Millisecond,
+		StartFrom: c.StartFrom, Secret: m.Secret, PreviousSecret: c.PreviousSecret, State: m.State,
+		StateReason: c.StateReason, CreatedAt: m.CreatedAt, UpdatedAt: m.UpdatedAt}
+	for _, ms := range c.RetryDelaysMS {
+		s.RetryDelays = append(s.RetryDelays, time.Duration(ms)*time.Millisecond)
+	}
+	if c.PreviousUntil != 0 {
+		s.PreviousUntil = time.UnixMilli(c.PreviousUntil)
+	}
+	return s, nil
+}
+
+// applyDefaults fills what a create left out.
+func (s *Subscription) applyDefaults() {
+	if s.Filter == "" {
+		s.Filter = "*"
+	}
+	if s.MaxRetries < 0 {
+		s.MaxRetries = DefaultMaxRetries
+	}
+	if s.Timeout == 0 {
+		s.Timeout = DefaultTimeout
+	}
+	if s.MaxInFlight == 0 {
+		s.MaxInFlight = DefaultMaxInFlight
+	}
+	if s.Visibility == 0 {
+		s.Visibility = DefaultVisibility
+	}
+	if s.StartFrom == "" {
+		s.StartFrom = "latest"
+	}
+	if s.State == "" {
+		s.State = StateActive
+	}
+}
+
+// validate checks every setting; field names are the API's.
+func (s *Subscription) validate() error {
+	if err := ValidateGroupName(s.Group); err != nil {
+		return err
+	}
+	if err := ValidateTopicName(s.Topic); err != nil {
+		return err
+	}
+	if s.URL != "" {
+		if err := ValidateWebhookURL(s.URL); err != nil {
+			return err
+		}
+	}
+	f, err := ParseFilter(s.Filter)
+	if err != nil {
+		return err
+	}
+	s.Filter = f.String()
+	bad := func(field, format string, args ...any) error {
+		return errf(CodeInvalidSubscription, field, format, args...)
+	}
+	switch {
+	case s.MaxRetries < 0 || s.MaxRetries > MaxMaxRetries:
+		return bad("max_retries", "max_retries %d must be 0-%d", s.MaxRetries, MaxMaxRetries)
+	case len(s.RetryDelays) > 0 && s.BackoffMin > 0:
+		return bad("retry_delays", "give retry_delays or backoff, not both")
+	case len(s.RetryDelays) > MaxRetryDelays:
+		return bad("retry_delays", "%d retry delays; at most %d", len(s.RetryDelays), MaxRetryDelays)
+	case s.BackoffMin < 0 || s.BackoffMax < 0 || (s.BackoffMin == 0) != (s.BackoffMax == 0) || s.BackoffMin > s.BackoffMax || s.BackoffMax > MaxRetryDelay:
+		return bad("backoff", "backoff needs 0 < min <= max <= %s", MaxRetryDelay)
+	case s.Timeout <= 0 || s.Timeout > MaxTimeout:
+		return bad("timeout", "timeout %s must be between 1ms and %s", s.Timeout, MaxTimeout)
+	case s.MaxInFlight < 1 || s.MaxInFlight > MaxMaxInFlight:
+		return bad("max_in_flight", "max_in_flight %d must be 1-%d", s.MaxInFlight, MaxMaxInFlight)
+	case s.RatePerSecond < 0 || s.RatePerSecond > 1e6:
+		return bad("rate_per_second", "rate_per_second %g must be 0 (no limit) to 1000000", s.RatePerSecond)
+	case s.Visibility < time.Second || s.Visibility > MaxVisibility:
+		return bad("visibility", "visibility %s must be between 1s and %s", s.Visibility, MaxVisibility)
+	}
+	for i, d := range s.RetryDelays {
+		if d <= 0 || d > MaxRetryDelay {
+			return bad("retry_delays", "retry_delays[%d] = %s must be positive and at most %s", i, d, MaxRetryDelay)
+		}
+	}
+	if s.StartFrom != "latest" && s.StartFrom != "earliest" {
+		if _, err := time.Parse(time.RFC3339Nano, s.StartFrom); err != nil {
+			return bad("start_from", "start_from %q must be latest, earliest or an RFC 3339 time", s.StartFrom)
+		}
+	}
+	return nil
+}
+
+// ValidateWebhookURL checks a push URL's form: absolute http(s), a host, no
+// credentials. Which addresses it may reach is checked when connecting.
+func ValidateWebhookURL(raw string) error {
+	bad := func(why string) error {
+		return errf(CodeInvalidSubscription, "url", "%q is not a webhook URL: %s", raw, why)
+	}
+	if len(raw) > MaxURLLen {
+		return bad(fmt.Sprintf("longer than %d characters", MaxURLLen))
+	}
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil:
+		return bad(err.Error())
+	case u.Scheme != "http" && u.Scheme != "https":
+		return bad("the scheme must be http or https")
+	case u.Host == "" || u.Hostname() == "":
+		return bad("no host")
+	case u.User != nil:
+		return bad("credentials in the URL are not allowed; the delivery is signed instead")
+	case u.Fragment != "":
+		return bad("a fragment means nothing to the endpoint")
+	}
+	return nil
+}
+
+// newSecret returns a Standard Webhooks signing secret.
+func newSecret() string {
+	b := make([]byte, 32)
+	rand.Read(b)
+	return "whsec_" + base64.StdEncoding.EncodeToString(b)
+}
+
+// CreateSubscription creates a subscription and positions the group on
+// the topic as start_from says: latest (messages published from now on),
+// earliest (everything retained) or a time.
+func (b *Broker) CreateSubscription(ctx context.Context, s Subscription) (Subscription, error) {
+	s.applyDefaults()
+	if err := s.validate(); err != nil {
+		return Subscription{}, err
+	}
+	ts, err := b.topicState(s.Topic)
+	if err != nil {
+		return Subscription{}, err
+	}
+	s.ID = nuid.Next()
+	if s.URL != "" {
+		s.Secret = newSecret()
+	}
+	ms, err := s.toMeta()
+	if err != nil {
+		return Subscription{}, err
+	}
+	// The group's position is set before the subscription exists, so a
+	// consumer never starts from nowhere.
+	if err := b.positionGroup(ctx, s.Group, ts, s.StartFrom); err != nil {
+		return Subscription{}, err
+	}
+	stored, err := b.meta.CreateSubscription(ctx, ms)
+	if errors.Is(err, meta.ErrExists) {
+		return Subscription{}, errf(CodeSubscriptionExists, "group", "group %q already subscribes to topic %q; change that subscription with PATCH instead", s.Group, s.Topic)
+	}
+	if err != nil {
+		return Subscription{}, fmt.Errorf("store subscription: %w", err)
+	}
+	s.CreatedAt, s.UpdatedAt = stored.CreatedAt, stored.UpdatedAt
+	b.logger.Info("subscription created", slog.String("id", s.ID), slog.String("group", s.Group),
+		slog.String("topic", s.Topic), slog.Bool("push", s.URL != ""))
+	b.subsSig.fire()
+	return s, nil
+}
+
+// positionGroup sets the group's offsets on each queue of the topic (and
+// its retry topic) from start_from, unless the group has offsets there.
+func (b *Broker) positionGroup(ctx context.Context, group string, ts *topicState, from string) error {
+	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
+		return err
+	}
+	queues := ts.info.Load().Queues
+	var at time.Time
+	if from != "latest" && from != "earliest" {
+		at, _ = time.Parse(time.RFC3339Nano, from)
+	}
+	for q := 0; q < queues; q++ {
+		if _, ok := b.Offset(group, ts.name, q); ok {
+			continue
+		}
+		lo, hi := b.cq.Bounds(ts.name, q)
+		next := hi
+		switch {
+		case from == "earliest":
+			next = lo
+		case !at.IsZero():
+			var err error
+			if next, err = b.offsetAt(ts.name, q, at); err != nil {
+				return err
+			}
+		}
+		b.SetOffset(group, ts.name, q, next)
+	}
+	return b.flushOffsets(ctx)
+}
+
+// offsetAt is the first queue offset stored at or after t.
+func (b *Broker) offsetAt(topic string, queue int, t time.Time) (int64, error) {
+	ms := t.UnixMilli()
+	return b.cq.SearchOffset(topic, queue, func(e consumequeue.Entry) (bool, error) {
+		rec, _, err := b.log.ReadAt(e.Offset, nil)
+		if err != nil {
+			return true, nil // gone with retention: older than anything left
+		}
+		h, err := decodeHeader(rec)
+		if err != nil {
+			return false, err
+		}
+		return h.StoredAt >= ms, nil
+	})
+}
+
+// Subscription returns one subscription.
+func (b *Broker) Subscription(ctx context.Context, id string) (Subscription, error) {
+	m, err := b.meta.Subscription(ctx, id)
+	if errors.Is(err, meta.ErrNotFound) {
+		return Subscription{}, &Error{Code: CodeSubscriptionNotFound, Field: "id", Detail: fmt.Sprintf("no subscription %q", id)}
+	}
+	if err != nil {
+		return Subscription{}, err
+	}
+	return subscriptionFromMeta(m)
+}
+
+// Subscriptions returns every subscription, by group and topic.
+func (b *Broker) Subscriptions(ctx context.Context) ([]Subscription, error) {
+	ms, err := b.meta.Subscriptions(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Subscription, 0, len(ms))
+	for _, m := range ms {
+		s, err := subscriptionFromMeta(m)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// UpdateSubscription stores changed settings of an existing subscription
+// (the caller applies the changes to what Subscription returned). Group,
+// topic and start_from cannot change; push cannot turn into pull or back.
+func (b *Broker) UpdateSubscription(ctx context.Context, s Subscription) (Subscription, error) {
+	old, err := b.Subscription(ctx, s.ID)
+	if err != nil {
+		return Subscription{}, err
+	}
+	switch {
+	case s.Group != old.Group || s.Topic != old.Topic:
+		return Subscription{}, errf(CodeInvalidSubscription, "group", "a subscription's group and topic cannot change; create another")
+	case (s.URL == "") != (old.URL == ""):
+		return Subscription{}, errf(CodeInvalidSubscription, "url", "a pull subscription cannot become push or the other way round; create another")
+	}
+	s.StartFrom, s.CreatedAt = old.StartFrom, old.CreatedAt
+	if err := s.validate(); err != nil {
+		return Subscription{}, err
+	}
+	ms, err := s.toMeta()
+	if err != nil {
+		return Subscription{}, err
+	}
+	stored, err := b.meta.UpdateSubscription(ctx, ms)
+	if err != nil {
+		return Subscription{}, fmt.Errorf("update subscription: %w", err)
+	}
+	s.UpdatedAt = stored.UpdatedAt
+	b.subsSig.fire()
+	return s, nil
+}
+
+// RotateSecret gives a push subscription a new signing secret; the old one
+// keeps signing beside it for SecretOverlap.
+func (b *Broker) RotateSecret(ctx context.Context, id string) (Subscription, error) {
+	s, err := b.Subscription(ctx, id)
+	if err != nil {
+		return Subscription{}, err
+	}
+	if s.URL == "" {
+		return Subscription{}, errf(CodeInvalidSubscription, "url", "a pull subscription has no signing secret")
+	}
+	s.PreviousSecret, s.PreviousUntil, s.Secret = s.Secret, b.now().Add(SecretOverlap), newSecret()
+	return b.UpdateSubscription(ctx, s)
+}
+
+// SetSubscriptionState pauses, resumes or disables a subscription.
+func (b *Broker) SetSubscriptionState(ctx context.Context, id, state, reason string) (Subscription, error) {
+	s, err := b.Subscription(ctx, id)
+	if err != nil {
+		return Subscription{}, err
+	}
+	s.State, s.StateReason = state, reason
+	if state == StateDisabled {
+		b.logger.Warn("subscription disabled", slog.String("id", id), slog.String("reason", reason))
+	}
+	return b.UpdateSubscription(ctx, s)
+}
+
+// DeleteSubscription removes a subscription. The group keeps its offsets,
+// so subscribing again resumes where it stopped.
+func (b *Broker) DeleteSubscription(ctx context.Context, id string) error {
+	err := b.meta.DeleteSubscription(ctx, id)
+	if errors.Is(err, meta.ErrNotFound) {
+		return &Error{Code: CodeSubscriptionNotFound, Field: "id", Detail: fmt.Sprintf("no subscription %q", id)}
+	}
+	if err != nil {
+		return err
+	}
+	b.subsSig.fire()
+	return nil
+}
+
+// SubscriptionsChanged returns a channel closed at the next change to any
+// subscription, for the dispatchers to reconcile.
+func (b *Broker) SubscriptionsChanged() <-chan struct{} { return b.subsSig.wait() }

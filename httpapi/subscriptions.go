@@ -1,0 +1,315 @@
+package httpapi
+
+import (
+	"fmt"
+	"net/http"
+	"sort"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/postbus/postbus/broker"
+)
+
+const maxSubscriptionRequestBytes = 64 << 10
+
+// subscriptionRequest is the body of POST /v1/subscriptions and PATCH
+// /v1/subscriptions/{id}; in a PATCH, a field left out is kept.
+type subscriptionRequest struct {
+	Group       *string   `json:"group"`
+	Topic       *string   `json:"topic"`
+	URL         *string   `json:"url"`
+	Filter      *string   `json:"filter"`
+	Ordered     *bool     `json:"ordered"`
+	MaxRetries  *int      `json:"max_retries"`
+	RetryDelays *[]string `json:"retry_delays"`
+	Backoff     *struct {
+		Min string `json:"min"`
+		Max string `json:"max"`
+	} `json:"backoff"`
+	Timeout       *string  `json:"timeout"`
+	MaxInFlight   *int     `json:"max_in_flight"`
+	RatePerSecond *float64 `json:"rate_per_second"`
+	Visibility    *string  `json:"visibility"`
+	StartFrom     *string  `json:"start_from"`
+}
+
+// apply copies the request's fields onto s, parsing durations.
+func (req *subscriptionRequest) apply(s *broker.Subscription) *broker.Error {
+	bad := func(field, format string, args ...any) *broker.Error {
+		return &broker.Error{Code: broker.CodeInvalidSubscription, Field: field, Detail: fmt.Sprintf(format, args...)}
+	}
+	dur := func(field, v string) (time.Duration, *broker.Error) {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return 0, bad(field, "%q is not a duration like 15s or 1m30s", v)
+		}
+		return d, nil
+	}
+	var perr *broker.Error
+	set := func(dst *string, v *string) {
+		if v != nil {
+			*dst = *v
+		}
+	}
+	set(&s.Group, req.Group)
+	set(&s.Topic, req.Topic)
+	set(&s.URL, req.URL)
+	set(&s.Filter, req.Filter)
+	set(&s.StartFrom, req.StartFrom)
+	if req.Ordered != nil {
+		s.Ordered = *req.Ordered
+	}
+	if req.MaxRetries != nil {
+		s.MaxRetries = *req.MaxRetries
+	}
+	if req.RetryDelays != nil {
+		s.RetryDelays, s.BackoffMin, s.BackoffMax = nil, 0, 0
+		for i, v := range *req.RetryDelays {
+			d, perr := dur(fmt.Sprintf("retry_delays[%d]", i), v)
+			if perr != nil {
+				return perr
+			}
+			s.RetryDelays = append(s.RetryDelays, d)
+		}
+	}
+	if req.Backoff != nil {
+		if req.RetryDelays != nil {
+			return bad("backoff", "give retry_delays or backoff, not both")
+		}
+		s.RetryDelays = nil
+		if s.BackoffMin, perr = dur("backoff.min", req.Backoff.Min); perr != nil {
+			return perr
+		}
+		if s.BackoffMax, perr = dur("backoff.max", req.Backoff.Max); perr != nil {
+			return perr
+		}
+	}
+	if req.Timeout != nil {
+		if s.Timeout, perr = dur("timeout", *req.Timeout); perr != nil {
+			return perr
+		}
+	}
+	if req.Visibility != nil {
+		if s.Visibility, perr = dur("visibility", *req.Visibility); perr != nil {
+			return perr
+		}
+	}
+	if req.MaxInFlight != nil {
+		s.MaxInFlight = *req.MaxInFlight
+	}
+	if req.RatePerSecond != nil {
+		s.RatePerSecond = *req.RatePerSecond
+	}
+	return nil
+}
+
+type backoffJSON struct {
+	Min string `json:"min"`
+	Max string `json:"max"`
+}
+
+// subscriptionJSON is a subscription as the API shows it. Secret is set
+// only in the answers to a create and a rotation.
+type subscriptionJSON struct {
+	ID            string       `json:"id"`
+	Group         string       `json:"group"`
+	Topic         string       `json:"topic"`
+	Type          string       `json:"type"` // push or pull
+	URL           string       `json:"url,omitempty"`
+	Filter        string       `json:"filter"`
+	Ordered       bool         `json:"ordered"`
+	MaxRetries    int          `json:"max_retries"`
+	RetryDelays   []string     `json:"retry_delays,omitempty"`
+	Backoff       *backoffJSON `json:"backoff,omitempty"`
+	Timeout       string       `json:"timeout"`
+	MaxInFlight   int          `json:"max_in_flight"`
+	RatePerSecond float64      `json:"rate_per_second"`
+	Visibility    string       `json:"visibility"`
+	StartFrom     string       `json:"start_from"`
+	State         string       `json:"state"`
+	StateReason   string       `json:"state_reason,omitempty"`
+	Secret        string       `json:"secret,omitempty"`
+	CreatedAt     string       `json:"created_at"`
+	UpdatedAt     string       `json:"updated_at"`
+}
+
+func toSubscriptionJSON(s broker.Subscription, withSecret bool) subscriptionJSON {
+	out := subscriptionJSON{ID: s.ID, Group: s.Group, Topic: s.Topic, Type: "pull", URL: s.URL, Filter: s.Filter,
+		Ordered: s.Ordered, MaxRetries: s.MaxRetries, Timeout: s.Timeout.String(), MaxInFlight: s.MaxInFlight,
+		RatePerSecond: s.RatePerSecond, Visibility: s.Visibility.String(), StartFrom: s.StartFrom, State: s.State,
+		StateReason: s.StateReason, CreatedAt: s.CreatedAt.UTC().Format(time.RFC3339Nano), UpdatedAt: s.UpdatedAt.UTC().Format(time.RFC3339Nano)}
+	if s.URL != "" {
+		out.Type = "push"
+	}
+	for _, d := range s.RetryDelays {
+		out.RetryDelays = append(out.RetryDelays, d.String())
+	}
+	if s.BackoffMin > 0 {
+		out.Backoff = &backoffJSON{Min: s.BackoffMin.String(), Max: s.BackoffMax.String()}
+	}
+	if withSecret {
+		out.Secret = s.Secret
+	}
+	return out
+}
+
+func (s *Server) handleCreateSubscription(w http.ResponseWriter, r *http.Request) {
+	var req subscriptionRequest
+	if perr := decodeJSONBody(r, maxSubscriptionRequestBytes, &req); perr != nil {
+		s.writeError(w, r, perr)
+		return
+	}
+	sub := broker.Subscription{MaxRetries: -1} // -1: the default, unless given
+	if perr := req.apply(&sub); perr != nil {
+		s.writeError(w, r, perr)
+		return
+	}
+	if req.Group == nil || req.Topic == nil {
+		writeProblem(w, r, broker.CodeInvalidSubscription, "group", "a subscription needs a group and a topic")
+		return
+	}
+	if p := principalFrom(r.Context()); p != nil && !p.scopes.canConsume(sub.Group) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="postbus", error="insufficient_scope"`)
+		writeProblem(w, r, codeForbidden, "group", "the token's scope does not allow consuming as group "+sub.Group)
+		return
+	}
+	created, err := s.broker.CreateSubscription(r.Context(), sub)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.Header().Set("Location", "/v1/subscriptions/"+created.ID)
+	writeJSON(w, http.StatusCreated, toSubscriptionJSON(created, true))
+}
+
+// subscription loads the path's subscription if the token may see it:
+// one of a group outside its scope is answered as not found.
+func (s *Server) subscription(w http.ResponseWriter, r *http.Request) (broker.Subscription, bool) {
+	id := chi.URLParam(r, "id")
+	sub, err := s.broker.Subscription(r.Context(), id)
+	if err == nil {
+		if p := principalFrom(r.Context()); p != nil && !p.scopes.canConsume(sub.Group) {
+			err = &broker.Error{Code: broker.CodeSubscriptionNotFound, Field: "id", Detail: fmt.Sprintf("no subscription %q", id)}
+		}
+	}
+	if err != nil {
+		s.writeError(w, r, err)
+		return broker.Subscription{}, false
+	}
+	return sub, true
+}
+
+func (s *Server) handleGetSubscription(w http.ResponseWriter, r *http.Request) {
+	if sub, ok := s.subscription(w, r); ok {
+		writeJSON(w, http.StatusOK, toSubscriptionJSON(sub, false))
+	}
+}
+
+func (s *Server) handleListSubscriptions(w http.ResponseWriter, r *http.Request) {
+	limit, perr := queryInt(r, "limit", 100, 1, 1000)
+	if perr != nil {
+		s.writeError(w, r, perr)
+		return
+	}
+	cursor := r.URL.Query().Get("cursor")
+	subs, err := s.broker.Subscriptions(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	p := principalFrom(r.Context())
+	out := struct {
+		Subscriptions []subscriptionJSON `json:"subscriptions"`
+		NextCursor    string             `json:"next_cursor,omitempty"`
+	}{Subscriptions: []subscriptionJSON{}}
+	// Listed by id: the cursor is the last id of the page.
+	sort.Slice(subs, func(i, j int) bool { return subs[i].ID < subs[j].ID })
+	for _, sub := range subs {
+		if cursor != "" && sub.ID <= cursor {
+			continue
+		}
+		if p != nil && !p.scopes.canConsume(sub.Group) {
+			continue
+		}
+		if len(out.Subscriptions) == int(limit) {
+			out.NextCursor = out.Subscriptions[len(out.Subscriptions)-1].ID
+			break
+		}
+		out.Subscriptions = append(out.Subscriptions, toSubscriptionJSON(sub, false))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handlePatchSubscription(w http.ResponseWriter, r *http.Request) {
+	sub, ok := s.subscription(w, r)
+	if !ok {
+		return
+	}
+	var req subscriptionRequest
+	if perr := decodeJSONBody(r, maxSubscriptionRequestBytes, &req); perr != nil {
+		s.writeError(w, r, perr)
+		return
+	}
+	if req.StartFrom != nil {
+		writeProblem(w, r, broker.CodeInvalidSubscription, "start_from", "start_from only applies at creation; move the group with POST /v1/groups/{group}/offsets/reset")
+		return
+	}
+	if perr := req.apply(&sub); perr != nil {
+		s.writeError(w, r, perr)
+		return
+	}
+	updated, err := s.broker.UpdateSubscription(r.Context(), sub)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toSubscriptionJSON(updated, false))
+}
+
+func (s *Server) handleDeleteSubscription(w http.ResponseWriter, r *http.Request) {
+	sub, ok := s.subscription(w, r)
+	if !ok {
+		return
+	}
+	if err := s.broker.DeleteSubscription(r.Context(), sub.ID); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) setState(state string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		sub, ok := s.subscription(w, r)
+		if !ok {
+			return
+		}
+		updated, err := s.broker.SetSubscriptionState(r.Context(), sub.ID, state, "")
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, toSubscriptionJSON(updated, false))
+	}
+}
+
+func (s *Server) handlePauseSubscription(w http.ResponseWriter, r *http.Request) {
+	s.setState(broker.StatePaused)(w, r)
+}
+
+func (s *Server) handleResumeSubscription(w http.ResponseWriter, r *http.Request) {
+	s.setState(broker.StateActive)(w, r)
+}
+
+func (s *Server) handleRotateSecret(w http.ResponseWriter, r *http.Request) {
+	sub, ok := s.subscription(w, r)
+	if !ok {
+		return
+	}
+	updated, err := s.broker.RotateSecret(r.Context(), sub.ID)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toSubscriptionJSON(updated, true))
+}

@@ -1,0 +1,268 @@
+package push
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestValidateURL(t *testing.T) {
+	tests := []struct {
+		url  string
+		want string // substring of the error; "" for valid
+	}{
+		{"https://example.com/hook", ""},
+		{"http://example.com:8080/hook?token=abc", ""},
+		{"HTTPS://Example.COM/x", ""},
+		{"http://[2001:db8::1]:9000/", ""},
+		{"http://127.0.0.1/", ""}, // the address is the dialer's business
+		{"", "empty"},
+		{"/relative/path", "not absolute"},
+		{"example.com/hook", "not absolute"},
+		{"ftp://example.com/", "scheme"},
+		{"javascript:alert(1)", "scheme"},
+		{"file:///etc/passwd", "scheme"},
+		{"http:opaque", "no host"},
+		{"http:///path", "no host"},
+		{"http://:80/", "no host"},
+		{"https://user:pass@example.com/", "userinfo"},
+		{"https://user@example.com/", "userinfo"},
+		{"http://example.com:0/", "port"},
+		{"http://example.com:99999/", "port"},
+		{"http://exa mple.com/", "invalid"},
+		{"http://example.com/\x00", "invalid"},
+		{"https://example.com/" + strings.Repeat("a", MaxURLLength), "bytes"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.url, func(t *testing.T) {
+			err := ValidateURL(tt.url)
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("ValidateURL(%q) = %v, want nil", tt.url, err)
+				}
+				return
+			}
+			if err == nil || !errors.Is(err, ErrInvalidURL) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("ValidateURL(%q) = %v, want ErrInvalidURL containing %q", tt.url, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestForbiddenAddresses(t *testing.T) {
+	tests := []struct {
+		ip        string
+		forbidden bool
+	}{
+		{"127.0.0.1", true},
+		{"127.255.255.254", true},
+		{"::1", true},
+		{"0.0.0.0", true},
+		{"0.1.2.3", true},
+		{"::", true},
+		{"10.0.0.1", true},
+		{"10.255.255.255", true},
+		{"172.16.0.1", true},
+		{"172.31.255.255", true},
+		{"192.168.1.1", true},
+		{"169.254.169.254", true}, // cloud metadata
+		{"169.254.0.1", true},
+		{"100.64.0.1", true},
+		{"100.127.255.255", true},
+		{"224.0.0.1", true},
+		{"239.255.255.250", true},
+		{"255.255.255.255", true},
+		{"240.0.0.1", true},
+		{"198.18.0.1", true},
+		{"fc00::1", true},
+		{"fd12:3456::1", true},
+		{"fd00:ec2::254", true}, // AWS metadata over IPv6
+		{"fe80::1", true},
+		{"fe80::1%eth0", true},
+		{"ff02::1", true},
+		{"::ffff:127.0.0.1", true}, // IPv4-mapped forms
+		{"::ffff:10.0.0.1", true},
+		{"::ffff:169.254.169.254", true},
+		{"::ffff:192.168.0.1", true},
+		{"::127.0.0.1", true},           // IPv4-compatible (deprecated)
+		{"::ffff:0:a00:1", true},        // IPv4-translated 10.0.0.1
+		{"64:ff9b::a9fe:a9fe", true},    // NAT64 of 169.254.169.254
+		{"64:ff9b::7f00:1", true},       // NAT64 of 127.0.0.1
+		{"2002:7f00:1::1", true},        // 6to4 of 127.0.0.1
+		{"2002:a00:1::1", true},         // 6to4 of 10.0.0.1
+		{"2001:db8::1", true},           // documentation
+		{"8.8.8.8", false},              // public
+		{"1.1.1.1", false},              // public
+		{"172.15.255.255", false},       // just below 172.16/12
+		{"172.32.0.0", false},           // just above
+		{"100.63.255.255", false},       // just below CGNAT
+		{"100.128.0.0", false},          // just above
+		{"169.253.255.255", false},      // just below link-local
+		{"11.0.0.1", false},             // just above 10/8
+		{"::ffff:8.8.8.8", false},       // mapped public
+		{"2606:4700:4700::1111", false}, // public IPv6
+		{"64:ff9b::808:808", false},     // NAT64 of 8.8.8.8
+		{"2002:808:808::1", false},      // 6to4 of 8.8.8.8
+	}
+	for _, tt := range tests {
+		t.Run(tt.ip, func(t *testing.T) {
+			addr := netip.MustParseAddr(tt.ip)
+			if got := forbidden(addr); got != tt.forbidden {
+				t.Fatalf("forbidden(%s) = %v, want %v", tt.ip, got, tt.forbidden)
+			}
+			err := guardControl("tcp", netip.AddrPortFrom(addr, 443).String(), nil)
+			if got := errors.Is(err, ErrForbiddenAddress); got != tt.forbidden {
+				t.Fatalf("guardControl(%s) = %v, want refused=%v", tt.ip, err, tt.forbidden)
+			}
+		})
+	}
+	if !forbidden(netip.Addr{}) {
+		t.Error("the zero Addr is allowed")
+	}
+	if err := guardControl("tcp", "not-an-address", nil); !errors.Is(err, ErrForbiddenAddress) {
+		t.Errorf("guardControl(unparsable) = %v, want ErrForbiddenAddress", err)
+	}
+}
+
+// countingServer is a real server on 127.0.0.1 that counts requests and new
+// connections.
+type countingServer struct {
+	*httptest.Server
+	requests atomic.Int64
+	conns    atomic.Int64
+}
+
+func newCountingServer(tb testing.TB, h http.HandlerFunc) *countingServer {
+	tb.Helper()
+	s := &countingServer{}
+	s.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.requests.Add(1)
+		h(w, r)
+	}))
+	s.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			s.conns.Add(1)
+		}
+	}
+	s.Start()
+	tb.Cleanup(s.Close)
+	return s
+}
+
+func TestGuardRefusesAtDial(t *testing.T) {
+	srv := newCountingServer(t, func(w http.ResponseWriter, r *http.Request) {})
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+
+	guarded := newTestClient(t, ClientConfig{})
+	for _, u := range []string{srv.URL, "http://localhost:" + port + "/"} {
+		t.Run(u, func(t *testing.T) {
+			// Straight through the http.Client: the dial error must carry
+			// the sentinel.
+			resp, err := guarded.hc.Post(u, "text/plain", strings.NewReader("x"))
+			if err == nil {
+				resp.Body.Close()
+				t.Fatalf("POST %s: got status %d, want a refused dial", u, resp.StatusCode)
+			}
+			if !errors.Is(err, ErrForbiddenAddress) {
+				t.Fatalf("POST %s: %v, want ErrForbiddenAddress", u, err)
+			}
+			var op *net.OpError
+			if !errors.As(err, &op) || op.Op != "dial" {
+				t.Fatalf("POST %s: %v, want a dial error", u, err)
+			}
+			res := guarded.Deliver(context.Background(), testDelivery(u), nil, time.Now())
+			if res.Outcome != Retry || !strings.HasPrefix(res.Err, "forbidden address ") || res.Status != 0 {
+				t.Fatalf("Deliver: %+v, want Retry with a forbidden address", res)
+			}
+		})
+	}
+	if n := srv.requests.Load() + srv.conns.Load(); n != 0 {
+		t.Fatalf("the server saw %d requests and connections; the guard let one through", n)
+	}
+	res := guarded.Deliver(context.Background(), testDelivery(srv.URL), nil, time.Now())
+	if res.Err != "forbidden address 127.0.0.1" {
+		t.Fatalf("Err = %q, want %q", res.Err, "forbidden address 127.0.0.1")
+	}
+
+	open := newTestClient(t, ClientConfig{AllowPrivate: true})
+	if res := open.Deliver(context.Background(), testDelivery(srv.URL), nil, time.Now()); res.Outcome != Delivered {
+		t.Fatalf("AllowPrivate: %+v, want Delivered", res)
+	}
+	if srv.requests.Load() != 1 {
+		t.Fatalf("server saw %d requests, want 1", srv.requests.Load())
+	}
+}
+
+func TestClientTransport(t *testing.T) {
+	c := NewClient(ClientConfig{})
+	defer c.Close()
+	if c.transport.Proxy != nil {
+		t.Error("the transport takes a proxy (from the environment?); the guard would only see the proxy")
+	}
+	if c.transport.MaxIdleConnsPerHost != 64 {
+		t.Errorf("MaxIdleConnsPerHost = %d, want 64", c.transport.MaxIdleConnsPerHost)
+	}
+	if v := c.transport.TLSClientConfig.MinVersion; v != tls.VersionTLS12 {
+		t.Errorf("TLS MinVersion = %x, want TLS 1.2", v)
+	}
+	if c.cfg.MaxResponseBytes != DefaultMaxResponseBytes || c.cfg.UserAgent != DefaultUserAgent {
+		t.Errorf("defaults not applied: %+v", c.cfg)
+	}
+	if err := c.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+}
+
+func TestKeepAlive(t *testing.T) {
+	srv := newCountingServer(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte(strings.Repeat("ok", 3000))) // longer than what a Result keeps
+	})
+	c := newTestClient(t, ClientConfig{AllowPrivate: true})
+	for i := range 5 {
+		if res := c.Deliver(context.Background(), testDelivery(srv.URL), nil, time.Now()); res.Outcome != Delivered {
+			t.Fatalf("delivery %d: %+v", i, res)
+		}
+	}
+	if n := srv.conns.Load(); n != 1 {
+		t.Fatalf("5 sequential deliveries opened %d connections, want 1 (keep-alive)", n)
+	}
+}
+
+func TestHTTPS(t *testing.T) {
+	tests := []struct {
+		name       string
+		maxVersion uint16
+		want       Outcome
+	}{
+		{"tls1.3", 0, Delivered},
+		{"tls1.1 refused", tls.VersionTLS11, Retry},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+			srv.TLS = &tls.Config{MaxVersion: tt.maxVersion, MinVersion: tls.VersionTLS10}
+			srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshake is expected
+			srv.StartTLS()
+			defer srv.Close()
+			c := newTestClient(t, ClientConfig{AllowPrivate: true})
+			pool := x509.NewCertPool()
+			pool.AddCert(srv.Certificate())
+			c.transport.TLSClientConfig.RootCAs = pool
+			res := c.Deliver(context.Background(), testDelivery(srv.URL), nil, time.Now())
+			if res.Outcome != tt.want {
+				t.Fatalf("%+v, want %v", res, tt.want)
+			}
+		})
+	}
+}

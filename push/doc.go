@@ -1,0 +1,81 @@
+// Package push delivers messages to subscribers' webhooks: the outbound
+// HTTP client with its SSRF guard (client.go), one delivery attempt
+// (attempt.go), the signatures a receiver checks (sign.go) and the retry
+// policy (retry.go). The per-subscription loop that reads a topic's queues
+// and hands dead messages to %DLQ%<group> is built on these pieces; each of
+// them is pure or self-contained and keeps no state between attempts.
+//
+// # The client
+//
+// One Client, one connection pool, serves every subscription. Its
+// invariants:
+//   - The SSRF guard runs in the dialer's Control hook, on the IP address
+//     about to be connected to, after name resolution: a host name that
+//     resolves, or re-resolves (DNS rebinding), to a forbidden address is
+//     refused like the address itself. Forbidden: loopback, unspecified,
+//     private (RFC 1918, fc00::/7), link-local (so cloud metadata
+//     169.254.169.254 and fd00:ec2::254), CGNAT, multicast, broadcast and
+//     reserved ranges, judged through IPv4-mapped, NAT64 and 6to4 forms.
+//     ClientConfig.AllowPrivate turns the guard off (dev).
+//   - No proxy from the environment: the guard must see the real target.
+//   - Redirects are never followed; a 3xx is the attempt's result.
+//   - At most MaxResponseBytes of a response are read; a longer response's
+//     connection is closed rather than drained.
+//
+// # One attempt
+//
+// Client.Deliver POSTs the body byte for byte with the message's content
+// type and these headers:
+//
+//	Content-Type             the message's (application/octet-stream if none)
+//	User-Agent               postbus/<version>
+//	Postbus-Message-Id       message id (also webhook-id: the idempotency key)
+//	Postbus-Topic            topic
+//	Postbus-Tag              tag, when there is one
+//	Postbus-Keys             keys, comma separated, when there are any
+//	Postbus-Queue-Id         queue id
+//	Postbus-Queue-Offset     offset in that queue
+//	Postbus-Attempt          1 on the first delivery
+//	Postbus-Subscription     subscription id
+//	Postbus-Prop-<Name>      one per user property (header names are case-insensitive)
+//	webhook-id               message id
+//	webhook-timestamp        unix seconds of the signing time
+//	webhook-signature        "v1,<b64 HMAC> [v1,<b64 HMAC>...] v1a,<b64 Ed25519>"
+//	Postbus-Signature        EdDSA JWT
+//
+// A 2xx is Delivered; 410 is Gone (the subscription is to be disabled);
+// anything else — a 3xx, another status, a timeout, a refused or reset
+// connection, a body cut short, a refused address — is Retry, since a
+// subscription's URL can be fixed while its message waits.
+//
+// # Signatures
+//
+// Standard Webhooks v1: the signed content is "<msg id>.<timestamp>.<body>".
+// A "v1" entry is its HMAC-SHA256 under one of the subscription's secrets
+// ("whsec_" + base64 of 32 random bytes); while secrets rotate every
+// unexpired one signs, newest first. A "v1a" entry is its Ed25519 signature
+// by the bus key, whose public half is "whpk_" + base64.
+//
+// Postbus-Signature is a JWT (EdDSA, header kid) whose claims bind the
+// delivery: iss "postbus", sub the subscription id, jti the message id,
+// iat = nbf = signing time, exp = iat + 5m, body = base64url(SHA-256(body)).
+// Its key is published at /.well-known/jwks.json (BusKey.JWKS).
+// VerifyStandardWebhook and VerifyJWT are the receiver's side.
+//
+// The bus key lives in one file, written once and never rewritten:
+//
+//	-----BEGIN PRIVATE KEY-----      PEM, PKCS#8, Ed25519; mode 0600
+//	MC4CAQAwBQYDK2VwBCIEI...         created as temp file, fsync,
+//	-----END PRIVATE KEY-----        link (or rename) into place, dir fsync
+//
+// Its kid is base64url of the first 8 bytes of SHA-256(public key).
+//
+// # Retries
+//
+// RetryPolicy.Next is a pure function from the number of the attempt that
+// failed to the wait before the next one, or "dead": attempt n+1 waits the
+// n-th delay of the list (the last repeats) or BackoffMin·2^(n-1) capped at
+// BackoffMax with ±10% jitter; a subscriber's Retry-After wins when longer,
+// up to 24h; after 1 + MaxRetries attempts the message is dead. The default
+// is RocketMQ's sixteen retries over DefaultRetryDelays (10s ... 2h).
+package push

@@ -1,0 +1,97 @@
+package push
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// pushMetrics are the dispatcher's series, per subscription.
+type pushMetrics struct {
+	attempts *prometheus.CounterVec   // by subscription and outcome
+	latency  *prometheus.HistogramVec // one attempt, by subscription
+	e2e      *prometheus.HistogramVec // stored to delivered, by subscription
+	retries  *prometheus.CounterVec
+	dead     *prometheus.CounterVec
+}
+
+func newPushMetrics(reg prometheus.Registerer, d *Dispatcher) *pushMetrics {
+	buckets := []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+	m := &pushMetrics{
+		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "postbus_push_attempts_total",
+			Help: "Push delivery attempts by subscription and outcome (delivered, retry, gone)."}, []string{"subscription", "outcome"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "postbus_push_attempt_seconds",
+			Help: "Push attempt latency: request sent to response read.", Buckets: buckets}, []string{"subscription"}),
+		e2e: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "postbus_push_delivery_seconds",
+			Help: "Publish (or retry) stored to webhook answered 2xx.", Buckets: buckets}, []string{"subscription"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "postbus_push_retries_total",
+			Help: "Failed deliveries scheduled for a retry."}, []string{"subscription"}),
+		dead: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "postbus_push_dead_letters_total",
+			Help: "Messages moved to a dead-letter queue after their last retry."}, []string{"subscription"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.attempts, m.latency, m.e2e, m.retries, m.dead, lagCollector{d})
+	}
+	return m
+}
+
+func (m *pushMetrics) attempted(sub string, r Result, stored, now time.Time) {
+	outcome := map[Outcome]string{Delivered: "delivered", Retry: "retry", Gone: "gone"}[r.Outcome]
+	m.attempts.WithLabelValues(sub, outcome).Inc()
+	m.latency.WithLabelValues(sub).Observe(r.Latency.Seconds())
+	if r.Outcome == Delivered {
+		m.e2e.WithLabelValues(sub).Observe(now.Add(r.Latency).Sub(stored).Seconds())
+	}
+}
+
+func (m *pushMetrics) settled(sub string, dead bool) {
+	if dead {
+		m.dead.WithLabelValues(sub).Inc()
+	} else {
+		m.retries.WithLabelValues(sub).Inc()
+	}
+}
+
+// lagCollector reports each running subscription's lag (messages on its
+// topic and retry queue not yet finished) and its dead-letter count when
+// scraped.
+type lagCollector struct{ d *Dispatcher }
+
+var (
+	lagDesc = prometheus.NewDesc("postbus_push_lag_messages", "Messages a push subscription has not finished.", []string{"subscription"}, nil)
+	dlqDesc = prometheus.NewDesc("postbus_dlq_messages", "Messages in a group's dead-letter queue.", []string{"group"}, nil)
+)
+
+func (c lagCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- lagDesc
+	ch <- dlqDesc
+}
+
+func (c lagCollector) Collect(ch chan<- prometheus.Metric) {
+	c.d.mu.Lock()
+	subs := make(map[string][2]string, len(c.d.loops)) // id -> group, topic
+	for id, l := range c.d.loops {
+		subs[id] = [2]string{l.sub.Group, l.sub.Topic}
+	}
+	c.d.mu.Unlock()
+	groups := map[string]bool{}
+	for id, gt := range subs {
+		lag := int64(0)
+		for _, k := range []string{gt[1]} {
+			n, _ := c.d.b.Queues(k)
+			for q := 0; q < n; q++ {
+				off, _ := c.d.b.Offset(gt[0], k, q)
+				_, hi := c.d.b.QueueBounds(k, q)
+				lag += max(hi-off, 0)
+			}
+		}
+		ch <- prometheus.MustNewConstMetric(lagDesc, prometheus.GaugeValue, float64(lag), id)
+		groups[gt[0]] = true
+	}
+	for g := range groups {
+		if info, err := c.d.b.Group(context.Background(), g); err == nil {
+			ch <- prometheus.MustNewConstMetric(dlqDesc, prometheus.GaugeValue, float64(info.DeadLetters), g)
+		}
+	}
+}
