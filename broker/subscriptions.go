@@ -247,13 +247,16 @@ func newSecret() string {
 
 // CreateSubscription creates a subscription and positions the group on
 // the topic as start_from says: latest (messages published from now on),
-// earliest (everything retained) or a time.
+// earliest (everything retained) or a time. With auto-creation on, a
+// subscription to a topic that does not exist yet creates it.
 func (b *Broker) CreateSubscription(ctx context.Context, s Subscription) (Subscription, error) {
 	s.applyDefaults()
 	if err := s.validate(); err != nil {
 		return Subscription{}, err
 	}
-	ts, err := b.topicState(s.Topic)
+	// Where topics are created on first publish, a subscription may come
+	// first too.
+	ts, err := b.topicForPublish(ctx, s.Topic)
 	if err != nil {
 		return Subscription{}, err
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -470,4 +471,136 @@ func TestTokenMintAndUse(t *testing.T) {
 	if out, _ := cmd.CombinedOutput(); cmd.ProcessState.ExitCode() != 2 || !strings.Contains(string(out), "--scope is required") {
 		t.Fatalf("token without a scope: %s", out)
 	}
+}
+
+// TestSIGKILLDuringPush: with deliveries and retries in flight, SIGKILL
+// and restart; every message is then delivered at least once, and every
+// message that keeps failing ends in the dead-letter queue, none skipping it.
+func TestSIGKILLDuringPush(t *testing.T) {
+	data := t.TempDir()
+	args := []string{"broker", "--data", data, "--auto-create-topics", "--allow-private-webhooks", "--offset-interval", "200ms"}
+	var mu sync.Mutex
+	delivered := map[string]int{} // msg id -> 2xx answers
+	attempts := map[string]int{}
+	sink := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		id := r.Header.Get("Postbus-Message-Id")
+		mu.Lock()
+		defer mu.Unlock()
+		attempts[id]++
+		switch {
+		case strings.HasPrefix(string(body), "poison"):
+			w.WriteHeader(500)
+		case attempts[id] == 1 && len(attempts)%3 == 0: // a third fail once: retries in flight
+			w.WriteHeader(503)
+		default:
+			delivered[id]++
+			w.WriteHeader(200)
+		}
+	}))
+	defer sink.Close()
+
+	p := start(t, args...)
+	resp, err := http.Post(p.url+"/v1/subscriptions", "application/json", strings.NewReader(fmt.Sprintf(
+		`{"group":"g","topic":"jobs","url":%q,"max_retries":2,"retry_delays":["300ms"],"start_from":"earliest"}`, sink.URL)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 201 {
+		t.Fatalf("create subscription: %d", resp.StatusCode)
+	}
+	var ids, poison []string
+	for i := 0; i < 300; i++ {
+		body := fmt.Sprintf("job %d", i)
+		if i%50 == 7 {
+			body = fmt.Sprintf("poison %d", i)
+		}
+		resp, err := http.Post(p.url+"/v1/topics/jobs/messages", "text/plain", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var res struct {
+			MsgID string `json:"msg_id"`
+		}
+		json.NewDecoder(resp.Body).Decode(&res)
+		resp.Body.Close()
+		if resp.StatusCode != 201 {
+			t.Fatalf("publish: %d", resp.StatusCode)
+		}
+		if strings.HasPrefix(body, "poison") {
+			poison = append(poison, res.MsgID)
+		} else {
+			ids = append(ids, res.MsgID)
+		}
+	}
+	// Kill while deliveries and retries are under way.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		mu.Lock()
+		n := len(delivered)
+		mu.Unlock()
+		if n >= 100 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+	p2 := start(t, args...)
+
+	waitFor := func(what string, cond func() bool) {
+		deadline := time.Now().Add(30 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("after the restart, timed out waiting for %s", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitFor("every message delivered", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, id := range ids {
+			if delivered[id] == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	// Every poison message is in the dead-letter queue, after all its
+	// attempts: none skipped it.
+	var dlq struct {
+		Messages []struct {
+			MsgID     string `json:"msg_id"`
+			Attempts  int    `json:"attempts"`
+			LastError string `json:"last_error"`
+		} `json:"messages"`
+	}
+	dead := map[string]bool{}
+	waitFor("every poison message dead-lettered", func() bool {
+		getJSON(t, p2.url+"/v1/groups/g/dlq?limit=256", &dlq)
+		clear(dead)
+		for _, m := range dlq.Messages {
+			dead[m.MsgID] = true
+		}
+		for _, id := range poison {
+			if !dead[id] {
+				return false
+			}
+		}
+		return true
+	})
+	for _, m := range dlq.Messages {
+		if m.Attempts != 3 || !strings.Contains(m.LastError, "500") {
+			t.Errorf("dead letter %s: %d attempts, last error %q; want 3 attempts ending in a 500", m.MsgID, m.Attempts, m.LastError)
+		}
+	}
+	mu.Lock()
+	dups := 0
+	for _, id := range ids {
+		dups += delivered[id] - 1
+	}
+	mu.Unlock()
+	t.Logf("%d messages delivered, %d duplicate deliveries across the crash, %d dead letters", len(ids), dups, len(dlq.Messages))
 }

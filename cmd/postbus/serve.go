@@ -72,6 +72,7 @@ func newServeFlags(mode string, out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.DurationVar(&b.RetentionInterval, "retention-check-interval", b.RetentionInterval, "how often retention runs")
 	fs.DurationVar(&b.CheckpointInterval, "checkpoint-interval", b.CheckpointInterval, "how often consume queues and the key index are flushed and checkpointed")
 	fs.Var((*byteSize)(&b.CheckpointBytes), "checkpoint-bytes", "checkpoint sooner once this much log is indexed since the last one (bounds the re-indexing after a crash)")
+	fs.DurationVar(&b.OffsetInterval, "offset-interval", b.OffsetInterval, "how often consumer offsets and the delivery attempt log are persisted")
 	fs.Float64Var(&b.DiskCleanRatio, "disk-clean-ratio", b.DiskCleanRatio, "disk use above which the oldest segments are deleted before their retention")
 	fs.Float64Var(&b.DiskFullRatio, "disk-full-ratio", b.DiskFullRatio, "disk use above which publishes are refused with 507")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
