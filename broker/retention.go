@@ -38,6 +38,10 @@ func (b *Broker) retentionLoop() {
 			if _, err := b.meta.PurgeFiredTimers(context.Background(), cp); err != nil {
 				b.logger.Error("purging fired timers failed", slog.Any("err", err))
 			}
+			// The attempt log is kept as long as the messages it traces.
+			if err := b.meta.PurgeAttempts(context.Background(), b.now().Add(-b.logRetention())); err != nil {
+				b.logger.Error("trimming the attempt log failed", slog.Any("err", err))
+			}
 			if err := b.applyRetention(); err != nil {
 				b.logger.Error("retention failed", slog.Any("err", err))
 			}

@@ -71,6 +71,11 @@ type received struct {
 }
 
 func newSink(tb testing.TB, respond func(r *http.Request, n int) int) *sink {
+	return newSinkWith(tb, nil, respond)
+}
+
+// newSinkWith is newSink whose answers carry header.
+func newSinkWith(tb testing.TB, header http.Header, respond func(r *http.Request, n int) int) *sink {
 	s := &sink{respond: respond, notify: make(chan struct{}, 1)}
 	if s.respond == nil {
 		s.respond = func(*http.Request, int) int { return 200 }
@@ -81,6 +86,9 @@ func newSink(tb testing.TB, respond func(r *http.Request, n int) int) *sink {
 		s.got = append(s.got, received{header: r.Header.Clone(), body: string(body), at: time.Now()})
 		n := len(s.got)
 		s.mu.Unlock()
+		for k, v := range header {
+			w.Header()[k] = v
+		}
 		w.WriteHeader(s.respond(r, n))
 		select {
 		case s.notify <- struct{}{}:
@@ -376,5 +384,42 @@ func TestDelayedPushArrivesOnTime(t *testing.T) {
 	waitUntil(t, 10*time.Second, "the delayed delivery", func() bool { return len(s.requests()) == 1 })
 	if took := s.requests()[0].at.Sub(start); took < time.Second || took > 3*time.Second {
 		t.Fatalf("delay level 1 (1s) delivered after %s", took)
+	}
+}
+
+// TestRetryAfterHonoured: a 429 with Retry-After waits that long, not the
+// shorter scheduled delay.
+func TestRetryAfterHonoured(t *testing.T) {
+	r := newRig(t)
+	s := newSinkWith(t, http.Header{"Retry-After": {"1"}}, func(_ *http.Request, n int) int {
+		if n == 1 {
+			return 429
+		}
+		return 200
+	})
+	r.subscribe(t, broker.Subscription{Group: "g", Topic: "t", URL: s.URL, RetryDelays: []time.Duration{10 * time.Millisecond}})
+	r.publish(t, "t", &broker.Message{Body: []byte("x")})
+	waitUntil(t, 10*time.Second, "the retry", func() bool { return len(s.requests()) == 2 })
+	got := s.requests()
+	if gap := got[1].at.Sub(got[0].at); gap < time.Second {
+		t.Fatalf("retried %s after a 429 with Retry-After: 1", gap)
+	}
+}
+
+// TestStartFromTime: a subscription starting from a time gets what was
+// stored from then on, and nothing before.
+func TestStartFromTime(t *testing.T) {
+	r := newRig(t)
+	r.publish(t, "t", &broker.Message{Body: []byte("before")})
+	time.Sleep(20 * time.Millisecond)
+	from := time.Now()
+	time.Sleep(5 * time.Millisecond)
+	r.publish(t, "t", &broker.Message{Body: []byte("after")})
+	s := newSink(t, nil)
+	r.subscribe(t, broker.Subscription{Group: "g", Topic: "t", URL: s.URL, StartFrom: from.Format(time.RFC3339Nano)})
+	waitUntil(t, 10*time.Second, "a delivery", func() bool { return len(s.requests()) >= 1 })
+	time.Sleep(100 * time.Millisecond)
+	if got := s.requests(); len(got) != 1 || got[0].body != "after" {
+		t.Fatalf("deliveries %+v; want only the message stored after start_from", got)
 	}
 }
