@@ -15,19 +15,47 @@ type Timer struct {
 	DeliverAt time.Time
 }
 
-// rowChunk bounds the rows one statement carries.
+// rowChunk bounds the rows one statement carries: at 9 parameters a row
+// (attempts) it stays far below SQLite's 32766-parameter limit, and one
+// statement per chunk costs far less than one per row.
 const rowChunk = 256
+
+// maxAttempts caps what Attempts returns: a message delivered more often than
+// that is looping, and its first attempts say why.
+const maxAttempts = 1000
+
+// Queries whose plans TestDeliveryQueryPlans checks.
+const (
+	// Ties on deliver_at go by log offset, the order the records arrived
+	// in. The index timers_due (fired, deliver_at) ends in the rowid, which
+	// is log_offset, so the ORDER BY needs no sort step.
+	dueTimersQuery = `SELECT log_offset, deliver_at FROM timers WHERE fired = 0 AND deliver_at <= ? ORDER BY deliver_at, log_offset LIMIT ?`
+	nextTimerQuery = `SELECT min(deliver_at) FROM timers WHERE fired = 0`
+	// A range of the primary key, which is already in log_offset order;
+	// the fired rows in it are skipped, and PurgeFiredTimers keeps them few.
+	// The unary + keeps the planner off timers_due, which would read every
+	// pending timer and sort them to return the few below logOff.
+	pendingTimersBeforeQuery = `SELECT log_offset, deliver_at FROM timers WHERE +fired = 0 AND log_offset < ? ORDER BY log_offset LIMIT ?`
+	attemptsQuery            = `SELECT group_name, subscription, attempt, at, outcome, status, error, latency_us
+		FROM attempts WHERE msg_id = ? ORDER BY at, rowid LIMIT ?`
+)
 
 func placeholders(rows, cols int) string {
 	row := "(" + strings.TrimSuffix(strings.Repeat("?,", cols), ",") + ")"
 	return strings.TrimSuffix(strings.Repeat(row+",", rows), ",")
 }
 
-// AddTimers records delayed records; one already recorded is left as it is
-// (dispatch may replay the log after a crash).
+// AddTimers records delayed records; one already recorded, fired or not, is
+// left as it is (dispatch may replay the log after a crash). A negative
+// offset fails the whole call with ErrInvalid.
 func (s *Store) AddTimers(ctx context.Context, ts []Timer) error {
 	if len(ts) == 0 {
 		return nil
+	}
+	for _, t := range ts {
+		if t.LogOffset < 0 {
+			return fmt.Errorf("add timers: negative log offset %d: %w", t.LogOffset, ErrInvalid)
+		}
 	}
 	return s.write(ctx, func(tx *sql.Tx) error {
 		for len(ts) > 0 {
@@ -36,7 +64,9 @@ func (s *Store) AddTimers(ctx context.Context, ts []Timer) error {
 			for _, t := range ts[:n] {
 				args = append(args, t.LogOffset, t.DeliverAt.UnixMilli())
 			}
-			if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO timers (log_offset, deliver_at) VALUES `+placeholders(n, 2), args...); err != nil {
+			// Not INSERT OR IGNORE: that would drop a row failing a CHECK
+			// as silently as a replayed one.
+			if _, err := tx.ExecContext(ctx, `INSERT INTO timers (log_offset, deliver_at) VALUES `+placeholders(n, 2)+` ON CONFLICT (log_offset) DO NOTHING`, args...); err != nil {
 				return fmt.Errorf("add timers: %w", err)
 			}
 			ts = ts[n:]
@@ -59,19 +89,35 @@ func (s *Store) timers(ctx context.Context, query string, args ...any) ([]Timer,
 		}
 		out = append(out, Timer{LogOffset: off, DeliverAt: fromMillis(at)})
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("timers: %w", err)
+	}
+	return out, nil
 }
 
-// DueTimers returns up to limit unfired timers due at or before now,
-// earliest first.
+// validLimit rejects a limit below 1, which SQLite would read as "no limit"
+// (LIMIT -1) or as "nothing" (LIMIT 0); neither is what a caller meant.
+func validLimit(limit int) error {
+	if limit < 1 {
+		return fmt.Errorf("limit %d < 1: %w", limit, ErrInvalid)
+	}
+	return nil
+}
+
+// DueTimers returns up to limit (at least 1) unfired timers due at or before
+// now, earliest first and, among those due at the same millisecond, by log
+// offset.
 func (s *Store) DueTimers(ctx context.Context, now time.Time, limit int) ([]Timer, error) {
-	return s.timers(ctx, `SELECT log_offset, deliver_at FROM timers WHERE fired = 0 AND deliver_at <= ? ORDER BY deliver_at LIMIT ?`, now.UnixMilli(), limit)
+	if err := validLimit(limit); err != nil {
+		return nil, fmt.Errorf("due timers: %w", err)
+	}
+	return s.timers(ctx, dueTimersQuery, now.UnixMilli(), limit)
 }
 
 // NextTimer returns when the earliest unfired timer is due.
 func (s *Store) NextTimer(ctx context.Context) (time.Time, bool, error) {
 	var at sql.NullInt64
-	err := s.r.QueryRowContext(ctx, `SELECT min(deliver_at) FROM timers WHERE fired = 0`).Scan(&at)
+	err := s.r.QueryRowContext(ctx, nextTimerQuery).Scan(&at)
 	if err != nil {
 		return time.Time{}, false, fmt.Errorf("next timer: %w", err)
 	}
@@ -81,20 +127,27 @@ func (s *Store) NextTimer(ctx context.Context) (time.Time, bool, error) {
 	return fromMillis(at.Int64), true, nil
 }
 
-// PendingTimersBefore returns up to limit unfired timers whose record lies
-// below logOff: what must move before the log segments holding them go.
+// PendingTimersBefore returns up to limit (at least 1) unfired timers whose
+// record lies below logOff, by log offset: what must move before the log
+// segments holding them go.
 func (s *Store) PendingTimersBefore(ctx context.Context, logOff int64, limit int) ([]Timer, error) {
-	return s.timers(ctx, `SELECT log_offset, deliver_at FROM timers WHERE fired = 0 AND log_offset < ? ORDER BY log_offset LIMIT ?`, logOff, limit)
+	if err := validLimit(limit); err != nil {
+		return nil, fmt.Errorf("pending timers: %w", err)
+	}
+	return s.timers(ctx, pendingTimersBeforeQuery, logOff, limit)
 }
 
 // PendingTimers counts unfired timers.
 func (s *Store) PendingTimers(ctx context.Context) (int64, error) {
 	var n int64
-	err := s.r.QueryRowContext(ctx, `SELECT count(*) FROM timers WHERE fired = 0`).Scan(&n)
-	return n, err
+	if err := s.r.QueryRowContext(ctx, `SELECT count(*) FROM timers WHERE fired = 0`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count pending timers: %w", err)
+	}
+	return n, nil
 }
 
-// FireTimers marks timers done.
+// FireTimers marks timers done. Offsets with no timer are ignored; a fired
+// timer stays fired even if AddTimers records it again.
 func (s *Store) FireTimers(ctx context.Context, offsets []int64) error {
 	if len(offsets) == 0 {
 		return nil
@@ -165,10 +218,10 @@ func (s *Store) AddAttempts(ctx context.Context, as []Attempt) error {
 	})
 }
 
-// Attempts returns a message's attempts, oldest first.
+// Attempts returns a message's attempts, oldest first and, within one
+// millisecond, in the order they were added; at most the first 1000.
 func (s *Store) Attempts(ctx context.Context, msgID string) ([]Attempt, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT group_name, subscription, attempt, at, outcome, status, error, latency_us
-		FROM attempts WHERE msg_id = ? ORDER BY at, rowid LIMIT 1000`, msgID)
+	rows, err := s.r.QueryContext(ctx, attemptsQuery, msgID, maxAttempts)
 	if err != nil {
 		return nil, fmt.Errorf("attempts of %s: %w", msgID, err)
 	}
@@ -178,20 +231,27 @@ func (s *Store) Attempts(ctx context.Context, msgID string) ([]Attempt, error) {
 		a := Attempt{MsgID: msgID}
 		var at, lat int64
 		if err := rows.Scan(&a.Group, &a.Subscription, &a.Attempt, &at, &a.Outcome, &a.Status, &a.Error, &lat); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("attempts of %s: %w", msgID, err)
 		}
 		a.At, a.Latency = fromMillis(at), time.Duration(lat)*time.Microsecond
 		out = append(out, a)
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("attempts of %s: %w", msgID, err)
+	}
+	return out, nil
 }
 
 // PurgeAttempts deletes attempts older than before.
 func (s *Store) PurgeAttempts(ctx context.Context, before time.Time) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `DELETE FROM attempts WHERE at < ?`, before.UnixMilli())
 		return err
 	})
+	if err != nil {
+		return fmt.Errorf("purge attempts: %w", err)
+	}
+	return nil
 }
 
 // RemoveDeadLetters marks dead letters (by queue offset in the group's
@@ -207,7 +267,7 @@ func (s *Store) RemoveDeadLetters(ctx context.Context, group string, offsets []i
 			for _, o := range offsets[:n] {
 				args = append(args, group, o)
 			}
-			if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO dlq_removed (group_name, queue_offset) VALUES `+placeholders(n, 2), args...); err != nil {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO dlq_removed (group_name, queue_offset) VALUES `+placeholders(n, 2)+` ON CONFLICT DO NOTHING`, args...); err != nil {
 				return fmt.Errorf("remove dead letters: %w", err)
 			}
 			offsets = offsets[n:]
@@ -228,17 +288,20 @@ func (s *Store) RemovedDeadLetters(ctx context.Context, group string, from, to i
 	for rows.Next() {
 		var o int64
 		if err := rows.Scan(&o); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("removed dead letters: %w", err)
 		}
 		out[o] = true
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("removed dead letters: %w", err)
+	}
+	return out, nil
 }
 
 // OrderedRetry is an ordered subscription's queue blocked on a failing
 // message.
 type OrderedRetry struct {
-	Subscription string
+	Subscription string // the subscription's ID: DeleteSubscription clears its blocks
 	Queue        int
 	QueueOffset  int64
 	Attempt      int
@@ -247,20 +310,28 @@ type OrderedRetry struct {
 
 // SetOrderedRetry records (or replaces) the block on a queue.
 func (s *Store) SetOrderedRetry(ctx context.Context, r OrderedRetry) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO ordered_retries (subscription, queue_id, queue_offset, attempt, next_at) VALUES (?,?,?,?,?)
 			ON CONFLICT (subscription, queue_id) DO UPDATE SET queue_offset = excluded.queue_offset, attempt = excluded.attempt, next_at = excluded.next_at`,
 			r.Subscription, r.Queue, r.QueueOffset, r.Attempt, r.NextAt.UnixMilli())
 		return err
 	})
+	if err != nil {
+		return fmt.Errorf("set ordered retry %s/%d: %w", r.Subscription, r.Queue, err)
+	}
+	return nil
 }
 
-// ClearOrderedRetry removes the block on a queue.
+// ClearOrderedRetry removes the block on a queue, if there is one.
 func (s *Store) ClearOrderedRetry(ctx context.Context, sub string, queue int) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `DELETE FROM ordered_retries WHERE subscription = ? AND queue_id = ?`, sub, queue)
 		return err
 	})
+	if err != nil {
+		return fmt.Errorf("clear ordered retry %s/%d: %w", sub, queue, err)
+	}
+	return nil
 }
 
 // OrderedRetries returns the blocks of a subscription, by queue.
@@ -275,68 +346,78 @@ func (s *Store) OrderedRetries(ctx context.Context, sub string) (map[int]Ordered
 		r := OrderedRetry{Subscription: sub}
 		var at int64
 		if err := rows.Scan(&r.Queue, &r.QueueOffset, &r.Attempt, &at); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("ordered retries: %w", err)
 		}
 		r.NextAt = fromMillis(at)
 		out[r.Queue] = r
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("ordered retries: %w", err)
+	}
+	return out, nil
 }
 
 // Subscription is a consumer group's subscription to a topic: push when URL
 // is set, pull otherwise. Config holds the delivery settings as JSON, owned
 // by the broker.
 type Subscription struct {
-	ID, Group, Topic     string
-	URL                  string
-	Filter               string
-	Ordered              bool
-	Config               string
-	Secret               string
-	State                string
+	ID, Group, Topic string
+	URL              string // "" (stored as NULL) for pull
+	Filter           string // "" means the schema default, "*"
+	Ordered          bool
+	Config           string // a JSON object; "" means "{}"
+	Secret           string // "" (stored as NULL) for pull
+	State            string // active, paused or disabled; "" means active
+	// CreatedAt and UpdatedAt are set by the store.
 	CreatedAt, UpdatedAt time.Time
+}
+
+// validate rejects names the broker could not address.
+func (sub Subscription) validate() error {
+	if err := validName("subscription", sub.ID); err != nil {
+		return err
+	}
+	if err := validName("group", sub.Group); err != nil {
+		return err
+	}
+	return validName("topic", sub.Topic)
+}
+
+// withDefaults fills the fields left zero with the schema's defaults, which a
+// statement naming every column bypasses (and would then fail the CHECKs on
+// config and state).
+func (sub Subscription) withDefaults() Subscription {
+	if sub.Filter == "" {
+		sub.Filter = "*"
+	}
+	if sub.Config == "" {
+		sub.Config = "{}"
+	}
+	if sub.State == "" {
+		sub.State = "active"
+	}
+	return sub
 }
 
 const subscriptionColumns = `id, group_name, topic, coalesce(url, ''), filter, ordered, config, coalesce(secret, ''), state, created_at, updated_at`
 
-func scanSubscription(row interface{ Scan(...any) error }) (Subscription, error) {
+func scanSubscription(row rowScanner) (Subscription, error) {
 	var sub Subscription
 	var ordered int
 	var created, updated int64
-	err := row.Scan(&sub.ID, &sub.Group, &sub.Topic, &sub.URL, &sub.Filter, &ordered, &sub.Config, &sub.Secret, &sub.State, &created, &updated)
+	if err := row.Scan(&sub.ID, &sub.Group, &sub.Topic, &sub.URL, &sub.Filter, &ordered, &sub.Config, &sub.Secret, &sub.State, &created, &updated); err != nil {
+		return Subscription{}, err
+	}
 	sub.Ordered, sub.CreatedAt, sub.UpdatedAt = ordered == 1, fromMillis(created), fromMillis(updated)
-	return sub, err
+	return sub, nil
 }
 
+// nullable stores "" as NULL, which subscriptionColumns reads back as "".
 func nullable(s string) any {
 	if s == "" {
 		return nil
 	}
 	return s
-}
-
-// CreateSubscription stores a new subscription; ErrExists when the group
-// already subscribes to the topic.
-func (s *Store) CreateSubscription(ctx context.Context, sub Subscription) (Subscription, error) {
-	now := s.stamp(time.Time{})
-	sub.CreatedAt, sub.UpdatedAt = now, now
-	err := s.write(ctx, func(tx *sql.Tx) error {
-		var n int
-		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM subscriptions WHERE group_name = ? AND topic = ?`, sub.Group, sub.Topic).Scan(&n); err != nil {
-			return err
-		}
-		if n > 0 {
-			return fmt.Errorf("group %q already subscribes to %q: %w", sub.Group, sub.Topic, ErrExists)
-		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO subscriptions (id, group_name, topic, url, filter, ordered, config, secret, state, created_at, updated_at)
-			VALUES (?,?,?,?,?,?,?,?,?,?,?)`, sub.ID, sub.Group, sub.Topic, nullable(sub.URL), sub.Filter, boolInt(sub.Ordered),
-			sub.Config, nullable(sub.Secret), sub.State, now.UnixMilli(), now.UnixMilli())
-		return err
-	})
-	if err != nil {
-		return Subscription{}, fmt.Errorf("create subscription: %w", err)
-	}
-	return sub, nil
 }
 
 func boolInt(b bool) int {
@@ -346,33 +427,75 @@ func boolInt(b bool) int {
 	return 0
 }
 
-// UpdateSubscription replaces a subscription's settings and state.
-func (s *Store) UpdateSubscription(ctx context.Context, sub Subscription) (Subscription, error) {
-	sub.UpdatedAt = s.stamp(time.Time{})
+// CreateSubscription stores a new subscription and returns it as stored. It
+// fails with ErrExists when the group already subscribes to the topic or the
+// ID is taken, leaving the existing one unchanged.
+func (s *Store) CreateSubscription(ctx context.Context, sub Subscription) (Subscription, error) {
+	if err := sub.validate(); err != nil {
+		return Subscription{}, fmt.Errorf("create subscription: %w", err)
+	}
+	sub = sub.withDefaults()
+	now := s.stamp(time.Time{})
+	sub.CreatedAt, sub.UpdatedAt = now, now
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE subscriptions SET url = ?, filter = ?, ordered = ?, config = ?, secret = ?, state = ?, updated_at = ? WHERE id = ?`,
-			nullable(sub.URL), sub.Filter, boolInt(sub.Ordered), sub.Config, nullable(sub.Secret), sub.State, sub.UpdatedAt.UnixMilli(), sub.ID)
+		// DO NOTHING covers both uniqueness constraints, the primary key
+		// and (group_name, topic), in the one statement.
+		res, err := tx.ExecContext(ctx, `INSERT INTO subscriptions (id, group_name, topic, url, filter, ordered, config, secret, state, created_at, updated_at)
+			VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING`, sub.ID, sub.Group, sub.Topic, nullable(sub.URL), sub.Filter, boolInt(sub.Ordered),
+			sub.Config, nullable(sub.Secret), sub.State, now.UnixMilli(), now.UnixMilli())
 		if err != nil {
 			return err
 		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return fmt.Errorf("subscription %q: %w", sub.ID, ErrNotFound)
+		n, err := res.RowsAffected()
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return fmt.Errorf("subscription %q or group %q on topic %q: %w", sub.ID, sub.Group, sub.Topic, ErrExists)
 		}
 		return nil
 	})
 	if err != nil {
-		return Subscription{}, fmt.Errorf("update subscription: %w", err)
+		return Subscription{}, fmt.Errorf("create subscription: %w", err)
 	}
 	return sub, nil
 }
 
-// Subscription returns one subscription by id.
+// UpdateSubscription replaces a subscription's settings and state, and
+// returns it as stored: its ID, group, topic and CreatedAt are the stored
+// ones whatever sub says, since they cannot change. ErrNotFound when there
+// is no subscription sub.ID.
+func (s *Store) UpdateSubscription(ctx context.Context, sub Subscription) (Subscription, error) {
+	sub = sub.withDefaults()
+	now := s.stamp(time.Time{})
+	var out Subscription
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		var err error
+		out, err = scanSubscription(tx.QueryRowContext(ctx, `UPDATE subscriptions
+			SET url = ?, filter = ?, ordered = ?, config = ?, secret = ?, state = ?, updated_at = ? WHERE id = ?
+			RETURNING `+subscriptionColumns,
+			nullable(sub.URL), sub.Filter, boolInt(sub.Ordered), sub.Config, nullable(sub.Secret), sub.State, now.UnixMilli(), sub.ID))
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("subscription %q: %w", sub.ID, ErrNotFound)
+		}
+		return err
+	})
+	if err != nil {
+		return Subscription{}, fmt.Errorf("update subscription: %w", err)
+	}
+	return out, nil
+}
+
+// Subscription returns one subscription by id, or ErrNotFound.
 func (s *Store) Subscription(ctx context.Context, id string) (Subscription, error) {
 	sub, err := scanSubscription(s.r.QueryRowContext(ctx, `SELECT `+subscriptionColumns+` FROM subscriptions WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
-		return Subscription{}, fmt.Errorf("subscription %q: %w", id, ErrNotFound)
+		err = ErrNotFound
 	}
-	return sub, err
+	if err != nil {
+		return Subscription{}, fmt.Errorf("subscription %q: %w", id, err)
+	}
+	return sub, nil
 }
 
 // Subscriptions returns every subscription, by group and topic.
@@ -386,24 +509,36 @@ func (s *Store) Subscriptions(ctx context.Context) ([]Subscription, error) {
 	for rows.Next() {
 		sub, err := scanSubscription(rows)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("subscriptions: %w", err)
 		}
 		out = append(out, sub)
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("subscriptions: %w", err)
+	}
+	return out, nil
 }
 
-// DeleteSubscription removes a subscription and its queue blocks.
+// DeleteSubscription removes a subscription and, in the same transaction,
+// its queue blocks. ErrNotFound when there is no such subscription.
 func (s *Store) DeleteSubscription(ctx context.Context, id string) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM subscriptions WHERE id = ?`, id)
 		if err != nil {
 			return err
 		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return fmt.Errorf("subscription %q: %w", id, ErrNotFound)
+		n, err := res.RowsAffected()
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return ErrNotFound
 		}
 		_, err = tx.ExecContext(ctx, `DELETE FROM ordered_retries WHERE subscription = ?`, id)
 		return err
 	})
+	if err != nil {
+		return fmt.Errorf("delete subscription %q: %w", id, err)
+	}
+	return nil
 }
