@@ -85,6 +85,9 @@ func benchAppend(b *testing.B, size, batch int, group bool) {
 	elapsed := time.Since(start)
 	b.StopTimer()
 	b.ReportMetric(float64(b.N*batch)/elapsed.Seconds(), "records/s")
+	// Rolls that found the next segment not zero-filled in time: appends
+	// into those segments take the slow path.
+	b.ReportMetric(float64(l.directRolls.Load()), "unprepared-rolls")
 	if group {
 		syncs := float64(max(1, l.syncs.Load()))
 		b.ReportMetric(float64(b.N)/syncs, "appends/fsync")

@@ -21,12 +21,24 @@
 //	  00000000000000000000   bytes [0, S)
 //	  00000000000134217728   bytes [S, 2S)      S = SegmentSize
 //	  ...
+//	  00000000000268435456.next                 the next segment, being prepared
 //
-// A segment is preallocated whole (fallocate mode 0) when it is created, so
+// A segment is reserved whole (fallocate mode 0) before it is used, so
 // writes inside it never meet ENOSPC: a full disk shows up when a segment is
-// created, before any byte of an append is written. A segment holds frames
-// back to back from position 0, then either an end-of-segment marker or
-// fewer than 12 bytes, then zeros:
+// made, before any byte of an append is written. It is also zero-filled
+// (zeros written over all of it, then fdatasync), because appends into
+// blocks that are only reserved ("unwritten extents") cost several times
+// more, under the append mutex, and make the log's fdatasync commit extent
+// conversions to the journal. To keep that off the append path, as soon as
+// a segment becomes active a goroutine prepares the next one as
+// <20 digits>.next (reserve, zeros in 64 KiB pwrites, one fdatasync); the
+// roll renames it into place. A roll that finds it not ready waits if it is
+// nearly done, else falls back to a fallocated-only segment and the
+// preparation serves the following roll. Recovery never reads a .next file;
+// Open deletes leftovers and Close deletes the pending one.
+//
+// A segment holds frames back to back from position 0, then either an
+// end-of-segment marker or fewer than 12 bytes, then zeros:
 //
 //	segment:  | frame | frame | ... | frame | marker | 0 0 0 ... 0 |
 //
@@ -42,7 +54,7 @@
 //	end-of-segment marker: a frame header with length 0, magic 0x50424C4B
 //	("PBLK") and the CRC of its first 8 bytes; readers go on at the next
 //	segment's base. When fewer than 12 bytes remain there is no marker: the
-//	zeros preallocation left mean the same.
+//	zeros the segment was made with mean the same.
 //
 // The CRC covers the length, so a torn length cannot send a reader to a bogus
 // next frame. A header of all zeros is the clean end of what was written.
@@ -59,6 +71,8 @@
 //     segment, stops at the first frame that fails a check, zeroes and fsyncs
 //     everything after it, and logs what it cut. An empty newest segment left
 //     by a crash during a roll is removed and its predecessor recovered.
+//   - A prepared file takes its segment name only after the segment before
+//     it is sealed and fsynced; until then nothing reads it.
 //   - Committed never moves backwards, and bytes below it never change until
 //     their segment is dropped. In sync mode it is the fsynced offset (so a
 //     reader only ever sees durable messages); in async mode, the written one.

@@ -29,17 +29,34 @@ func fillSegment(tb testing.TB, l *Log, n int) []record {
 	}
 }
 
+// TestDiskFullOnRoll: the disk fills up while segment 0 is active. Segment
+// 1 was prepared before, so its space is reserved and the first roll goes
+// through; preparing segment 2 meets ENOSPC, and every Append that needs
+// segment 2 fails with ErrDiskFull, leaving nothing behind, until space
+// returns.
 func TestDiskFullOnRoll(t *testing.T) {
 	dir := t.TempDir()
 	cfg, _ := testConfig(t, dir)
 	fio := &faultIO{}
 	cfg.io = fio
 	l := openLog(t, cfg)
-	recs := fillSegment(t, l, 1000)
+	if p := waitPrepared(t, l); p.err != nil {
+		t.Fatalf("preparing segment 1: %v", p.err)
+	}
+
+	fio.set(func(fi *faultIO) { fi.allocErr = syscall.ENOSPC })
+	recs := rollOnce(t, l)
+	if got := recs[len(recs)-1].off; got != cfg.SegmentSize {
+		t.Fatalf("roll into the prepared segment at %d, want %d", got, cfg.SegmentSize)
+	}
+	if p := waitPrepared(t, l); !errors.Is(p.err, ErrDiskFull) {
+		t.Fatalf("preparing segment 2 on a full disk: err = %v, want ErrDiskFull", p.err)
+	}
+	checkNoPreparedFiles(t, dir)
+	recs = append(recs, fillSegment(t, l, 1000)...)
 	checkRecordsAfterSync(t, l, recs)
 	committed, segs := l.Committed(), l.Segments()
 
-	fio.set(func(fi *faultIO) { fi.allocErr = syscall.ENOSPC })
 	for range 3 {
 		_, _, err := l.Append([][]byte{make([]byte, 1000)})
 		if !errors.Is(err, ErrDiskFull) {
@@ -52,9 +69,10 @@ func TestDiskFullOnRoll(t *testing.T) {
 	if got := l.Segments(); len(got) != len(segs) || got[len(got)-1] != segs[len(segs)-1] {
 		t.Fatalf("Segments = %v, want %v", got, segs)
 	}
-	if _, err := os.Stat(segmentPath(dir, cfg.SegmentSize)); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(segmentPath(dir, 2*cfg.SegmentSize)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("half-created segment left behind: %v", err)
 	}
+	checkNoPreparedFiles(t, dir)
 	// A small record that still fits needs no new segment and succeeds.
 	small, _, err := l.Append([][]byte{[]byte("fits")})
 	if err != nil {
@@ -68,8 +86,11 @@ func TestDiskFullOnRoll(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Append after the fault cleared: %v", err)
 	}
-	if offs[0] != cfg.SegmentSize {
-		t.Fatalf("first append after the fault at %d, want next segment %d", offs[0], cfg.SegmentSize)
+	if offs[0] != 2*cfg.SegmentSize {
+		t.Fatalf("first append after the fault at %d, want next segment %d", offs[0], 2*cfg.SegmentSize)
+	}
+	if p, d := l.preparedRolls.Load(), l.directRolls.Load(); p != 1 || d != 1 {
+		t.Fatalf("rolls: %d prepared, %d direct; want 1 and 1", p, d)
 	}
 	recs = append(recs, record{off: offs[0], payload: big})
 	recs = append(recs, appendRecords(t, l, 0, 20)...)

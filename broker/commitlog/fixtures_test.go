@@ -169,6 +169,13 @@ type faultIO struct {
 	allocErr   error                                              // returned by allocate instead of preallocating
 	writeFault func(f *os.File, b []byte, off int64) (int, error) // replaces writeAt when set
 	syncFault  func() error                                       // runs before datasync; its error replaces it
+	// zeroFault runs before each zeroAt of a file being prepared; its error
+	// replaces the write. It may block, to hold a preparation.
+	zeroFault func(f *os.File, off int64) error
+	// zeroSyncFault runs before the fsync that ends a preparation; its
+	// error replaces it. It may block.
+	zeroSyncFault func(f *os.File) error
+	zeroWrites    map[string]int64 // guarded by mu: bytes zeroAt wrote, by file base name
 }
 
 var _ segmentIO = (*faultIO)(nil)
@@ -203,6 +210,47 @@ func (fi *faultIO) datasync(f *os.File) error {
 		}
 	}
 	return osIO{}.datasync(f)
+}
+
+func (fi *faultIO) zeroAt(f *os.File, b []byte, off int64) error {
+	fi.mu.Lock()
+	z := fi.zeroFault
+	fi.mu.Unlock()
+	if z != nil {
+		if err := z(f, off); err != nil {
+			return err
+		}
+	}
+	if err := (osIO{}).zeroAt(f, b, off); err != nil {
+		return err
+	}
+	fi.mu.Lock()
+	if fi.zeroWrites == nil {
+		fi.zeroWrites = make(map[string]int64)
+	}
+	fi.zeroWrites[filepath.Base(f.Name())] += int64(len(b))
+	fi.mu.Unlock()
+	return nil
+}
+
+func (fi *faultIO) syncZeroed(f *os.File) error {
+	fi.mu.Lock()
+	s := fi.zeroSyncFault
+	fi.mu.Unlock()
+	if s != nil {
+		if err := s(f); err != nil {
+			return err
+		}
+	}
+	return osIO{}.syncZeroed(f)
+}
+
+// zeroed reports how many bytes of zeros were written to the file named
+// name (a base name) while it was being prepared.
+func (fi *faultIO) zeroed(name string) int64 {
+	fi.mu.Lock()
+	defer fi.mu.Unlock()
+	return fi.zeroWrites[name]
 }
 
 func (fi *faultIO) set(fn func(fi *faultIO)) {

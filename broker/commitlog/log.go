@@ -44,6 +44,11 @@ type Log struct {
 	wbuf   []byte     // guarded by mu: reused frame-encoding buffer
 	closed bool       // guarded by mu
 
+	prep             *prepared     // guarded by mu: the next segment's file being prepared; nil if none
+	rollWait         time.Duration // guarded by mu: longest a roll waits for a nearly prepared file
+	warnedSlowPrep   bool          // guarded by mu: the "not prepared in time" warning is logged once
+	testHookRollWait func()        // guarded by mu: nil except in tests; called when a roll starts waiting
+
 	// segs is an immutable snapshot of the open segments, oldest first. It is
 	// replaced (under mu) on roll and drop; readers load it without locking,
 	// so reads never wait for the writer.
@@ -54,6 +59,11 @@ type Log struct {
 	written atomic.Int64
 	flushed atomic.Int64 // everything below it has been fsynced
 	syncs   atomic.Int64 // fdatasync calls, including rolls; lets tests see group commit grouping
+	// Rolls by path: into a prepared (zero-filled) file, or into one created
+	// and fallocated under mu. Tests read them to see which path was taken.
+	preparedRolls atomic.Int64
+	directRolls   atomic.Int64
+
 	failure atomic.Pointer[error]
 	closing atomic.Bool // set at the start of Close, read by readers without mu
 
@@ -76,7 +86,9 @@ type Log struct {
 }
 
 // Open opens (creating if need be) the log in cfg.Dir, recovers its last
-// segment, and starts the background flusher.
+// segment, starts the background flusher, and starts preparing the next
+// segment's file. The first segment of a new log is zero-filled before Open
+// returns.
 func Open(cfg Config) (*Log, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -90,13 +102,14 @@ func Open(cfg Config) (*Log, error) {
 		return nil, err
 	}
 	l := &Log{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		lock:    lock,
-		kick:    make(chan struct{}, 1),
-		stop:    make(chan struct{}),
-		stopped: make(chan struct{}),
-		done:    make(chan struct{}),
+		cfg:      cfg,
+		log:      cfg.Logger,
+		lock:     lock,
+		rollWait: defaultRollWait,
+		kick:     make(chan struct{}, 1),
+		stop:     make(chan struct{}),
+		stopped:  make(chan struct{}),
+		done:     make(chan struct{}),
 	}
 	if err := l.recover(); err != nil {
 		if segs := l.segs.Load(); segs != nil {
@@ -107,6 +120,7 @@ func Open(cfg Config) (*Log, error) {
 		_ = lock.Close()
 		return nil, fmt.Errorf("commitlog: open %s: %w", cfg.Dir, err)
 	}
+	l.startPrepare(l.active.base + cfg.SegmentSize)
 	go l.flushLoop()
 	return l, nil
 }
@@ -126,17 +140,23 @@ func lockDir(dir string) (*os.File, error) {
 	return f, nil
 }
 
-// Close stops the flusher, fsyncs everything written, and closes the files.
-// It is idempotent: later calls return the first call's result.
+// Close stops the flusher and the segment preparation (deleting its file),
+// fsyncs everything written, and closes the files. It is idempotent: later
+// calls return the first call's result.
 func (l *Log) Close() error {
 	l.closeOnce.Do(func() {
 		l.mu.Lock()
 		l.closed = true
 		l.closing.Store(true)
+		prep := l.prep // no roll can start another once closed is set
+		l.prep = nil
 		l.mu.Unlock()
 
 		close(l.stop)
 		<-l.stopped
+		if prep != nil {
+			stopPrepare(prep)
+		}
 		err := l.flush()
 
 		for _, s := range *l.segs.Load() {
@@ -243,21 +263,35 @@ func (l *Log) undoWrite(buf []byte, cause error) {
 	}
 }
 
-// roll seals the active segment and makes a new one active. The new file is
-// created and preallocated first, so ENOSPC leaves the log untouched. Then the
-// old segment gets its end marker and an fsync before any byte can reach the
-// new one: that is why recovery only ever scans the last segment. Called with
-// mu held.
+// roll seals the active segment and makes a new one active. The new file
+// exists before the old segment is touched, so ENOSPC leaves the log as it
+// was: normally it is the file prepared in the background since the old
+// segment became active, else (not ready in time, or its preparation failed)
+// one created and fallocated here. Then the old segment gets its end marker
+// and an fsync before any byte can reach the new one: that is why recovery
+// only ever scans the last segment. A prepared file takes its segment name
+// only after that fsync. Called with mu held.
 func (l *Log) roll() error {
 	old := l.active
 	base := old.base + l.cfg.SegmentSize
-	seg, err := createSegment(l.cfg.Dir, base, l.cfg.SegmentSize, l.cfg.io)
-	if err != nil {
-		return err
+	segPath := filepath.Join(l.cfg.Dir, segmentName(base))
+	prep := l.takePrepared()
+	var seg *segment
+	if prep == nil {
+		var err error
+		if seg, err = createSegment(l.cfg.Dir, base, l.cfg.SegmentSize, l.cfg.io); err != nil {
+			return err
+		}
 	}
+	// abandon undoes the roll before the new segment is published. A
+	// prepared file not yet renamed stays good for the next attempt.
 	abandon := func() {
-		_ = seg.f.Close()
-		_ = os.Remove(seg.path)
+		if seg != nil {
+			_ = seg.f.Close()
+			_ = os.Remove(seg.path)
+			return
+		}
+		l.prep = prep
 	}
 	if room := l.cfg.SegmentSize - l.pos; room >= headerSize {
 		var marker [headerSize]byte
@@ -274,8 +308,15 @@ func (l *Log) roll() error {
 		l.fail(err)
 		return err
 	}
+	if prep != nil {
+		if err := os.Rename(prep.path, segPath); err != nil {
+			abandon()
+			return fmt.Errorf("roll to segment %020d: %w", base, err)
+		}
+		seg = &segment{base: base, path: segPath, f: prep.f}
+	}
 	if err := durable.SyncDir(l.cfg.Dir); err != nil {
-		abandon()
+		abandon() // seg is set: the renamed file goes like a created one
 		return fmt.Errorf("roll to segment %020d: %w", base, err)
 	}
 	segs := append(slices.Clone(*l.segs.Load()), seg)
@@ -287,6 +328,12 @@ func (l *Log) roll() error {
 	if !l.cfg.Sync {
 		l.changed.broadcast()
 	}
+	if prep != nil {
+		l.preparedRolls.Add(1)
+	} else {
+		l.directRolls.Add(1)
+	}
+	l.startPrepare(base + l.cfg.SegmentSize)
 	return nil
 }
 

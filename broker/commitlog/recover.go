@@ -13,6 +13,8 @@ import (
 // the last is scanned: from its start, verifying each frame, up to the first
 // that fails. Everything after that point is zeroed and fsynced, so that a
 // stale frame beyond it can never be taken for data by a later recovery.
+// Files left by a preparation that a crash interrupted (or completed, but
+// never used) are deleted: the log prepares a fresh one once open.
 func (l *Log) recover() error {
 	dir, size := l.cfg.Dir, l.cfg.SegmentSize
 	entries, err := os.ReadDir(dir)
@@ -24,20 +26,17 @@ func (l *Log) recover() error {
 		if base, ok := parseSegmentName(e.Name()); ok && e.Type().IsRegular() {
 			bases = append(bases, base)
 		}
+		if isNextName(e.Name()) {
+			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+				return fmt.Errorf("remove leftover %s: %w", e.Name(), err)
+			}
+			l.log.Debug("commitlog: removed leftover segment preparation", logKeySegment, e.Name())
+		}
 	}
 	slices.Sort(bases)
 
 	if len(bases) == 0 {
-		seg, err := createSegment(dir, 0, size, l.cfg.io)
-		if err != nil {
-			return err
-		}
-		l.segs.Store(&[]*segment{seg})
-		if err := durable.SyncDir(dir); err != nil {
-			return err
-		}
-		l.active = seg
-		return nil
+		return l.createFirst()
 	}
 	for i := 1; i < len(bases); i++ {
 		if bases[i] != bases[i-1]+size {
@@ -69,9 +68,11 @@ func (l *Log) recover() error {
 		return err
 	}
 	if pos == 0 && len(segs) > 1 {
-		// A roll creates the new file before it seals the old one, so a crash
-		// can leave an empty (or never preallocated) newest segment whose
-		// predecessor was not fsynced. Drop it and recover the predecessor.
+		// A roll that found no prepared file creates the new one before it
+		// seals the old one, so a crash can leave an empty (or never
+		// preallocated) newest segment whose predecessor was not fsynced;
+		// a prepared one is renamed in after the seal, and may be left empty
+		// too. Drop it and recover the predecessor.
 		l.log.Warn("commitlog: removing empty newest segment left by an interrupted roll",
 			logKeySegment, segmentName(last.base), logKeyReason, reason)
 		_ = last.f.Close()
@@ -111,6 +112,31 @@ func (l *Log) recover() error {
 	l.pos = pos
 	l.written.Store(last.base + pos)
 	l.flushed.Store(last.base + pos)
+	return nil
+}
+
+// createFirst makes the first segment of a new log, zero-filled like every
+// segment appends go to. It is a one-off, so it is done here rather than in
+// the background: prepared under its .next name, then renamed.
+func (l *Log) createFirst() error {
+	dir, size := l.cfg.Dir, l.cfg.SegmentSize
+	tmp := filepath.Join(dir, nextName(0))
+	f, err := prepareFile(tmp, size, l.cfg.io, nil, nil)
+	if err != nil {
+		return fmt.Errorf("create segment %020d: %w", 0, err)
+	}
+	path := filepath.Join(dir, segmentName(0))
+	if err := os.Rename(tmp, path); err != nil {
+		_ = f.Close()
+		_ = os.Remove(tmp)
+		return fmt.Errorf("create segment %020d: %w", 0, err)
+	}
+	seg := &segment{base: 0, path: path, f: f}
+	l.segs.Store(&[]*segment{seg}) // so that Open closes it on failure
+	if err := durable.SyncDir(dir); err != nil {
+		return err
+	}
+	l.active = seg
 	return nil
 }
 
