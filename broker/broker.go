@@ -54,11 +54,15 @@ type Broker struct {
 	newTimers       []meta.Timer  // delayed records met by this dispatch round; guarded by dispatchMu
 	timerWake       chan struct{} // a new timer may be due sooner than the timer loop sleeps
 
-	offs       offsets
-	inFlight   map[offsetKey]int // reported by consumers; guarded by offs.mu
-	subsSig    signal            // fired when a subscription changes
-	attemptsMu sync.Mutex
-	attempts   []meta.Attempt // not yet written; guarded by attemptsMu
+	receiptKey    []byte // MACs pull receipts
+	pullsMu       sync.Mutex
+	pulls         map[[2]string]*pullGroup // by group, topic; guarded by pullsMu
+	pullsInFlight atomic.Int64             // handed out, not yet acked or nacked (this process)
+	offs          offsets
+	inFlight      map[offsetKey]int // reported by consumers; guarded by offs.mu
+	subsSig       signal            // fired when a subscription changes
+	attemptsMu    sync.Mutex
+	attempts      []meta.Attempt // not yet written; guarded by attemptsMu
 
 	diskFull  atomic.Bool
 	diskUsed  atomic.Uint64 // float64 bits of the last disk-use ratio
@@ -115,6 +119,7 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 		queueBytes: make(map[consumequeue.QueueID]int64),
 		closing:    make(chan struct{}),
 		timerWake:  make(chan struct{}, 1),
+		pulls:      make(map[[2]string]*pullGroup),
 	}
 	if err := b.open(ctx); err != nil {
 		b.closeFiles()
@@ -157,6 +162,9 @@ func (b *Broker) open(ctx context.Context) error {
 		b.topics[t.Name] = newTopicState(topicFromMeta(t))
 	}
 	if err := b.loadOffsets(ctx); err != nil {
+		return err
+	}
+	if b.receiptKey, err = loadReceiptKey(b.cfg.Dir); err != nil {
 		return err
 	}
 	if b.cq, err = consumequeue.Open(consumequeue.Config{Dir: filepath.Join(b.cfg.Dir, "consumequeue")}); err != nil {

@@ -36,6 +36,9 @@ const (
 	CodeSubscriptionExists   Code = "subscription_exists"
 	CodeSubscriptionNotFound Code = "subscription_not_found"
 	CodeGroupNotFound        Code = "group_not_found"
+	CodeInvalidPull          Code = "invalid_pull"
+	CodeInvalidReceipt       Code = "invalid_receipt"
+	CodeStaleReceipt         Code = "stale_receipt"
 	CodeDiskFull             Code = "disk_full"
 	CodeUnavailable          Code = "unavailable"
 )

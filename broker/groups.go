@@ -167,6 +167,7 @@ func (b *Broker) ResetOffsets(ctx context.Context, group, topic, to string) erro
 	if err := b.flushOffsets(ctx); err != nil {
 		return err
 	}
+	b.forgetPulls()
 	b.subsSig.fire() // consumers re-read their positions
 	return nil
 }

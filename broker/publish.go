@@ -25,6 +25,7 @@ type Result struct {
 	QueueOffset int64
 	DeliverAt   time.Time // zero unless delayed
 	Duplicate   bool      // a dedup id matched: nothing new was stored
+	logOffset   int64     // where the record went in the log
 }
 
 // Publish validates msgs, stores them in one append and returns once they
@@ -150,8 +151,9 @@ func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results 
 	}
 	now := b.now()
 	keep := recs[:0:0]
-	var firstOfBatch map[string]int // dedup key -> index of its first message in this batch
-	saved := make(map[int]int64, 4) // queue -> next offset before this append
+	kept := make([]int, 0, len(msgs)) // index in msgs of each kept record
+	var firstOfBatch map[string]int   // dedup key -> index of its first message in this batch
+	saved := make(map[int]int64, 4)   // queue -> next offset before this append
 	for i, m := range msgs {
 		// Only a producer's publish is deduplicated; the broker's own
 		// copies (re-puts, retries, dead letters) keep the dedup id they
@@ -179,6 +181,7 @@ func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results 
 		if m.delayed() {
 			patchRecord(recs[i], now, 0)
 			keep = append(keep, recs[i])
+			kept = append(kept, i)
 			continue
 		}
 		q := m.QueueID
@@ -189,11 +192,12 @@ func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results 
 		results[i].QueueOffset = ts.next[q]
 		ts.next[q]++
 		keep = append(keep, recs[i])
+		kept = append(kept, i)
 	}
 	if len(keep) == 0 {
 		return -1, nil
 	}
-	_, end, err := b.log.Append(keep)
+	offs, end, err := b.log.Append(keep)
 	if err != nil {
 		for q, next := range saved {
 			ts.next[q] = next
@@ -204,6 +208,9 @@ func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results 
 		}
 		b.logger.Error("commitlog append failed", slog.Any("err", err))
 		return 0, &Error{Code: CodeUnavailable, Detail: "the commitlog could not store the messages; nothing was stored", Err: err}
+	}
+	for j, i := range kept {
+		results[i].logOffset = offs[j]
 	}
 	for key, i := range firstOfBatch {
 		b.dedup[key] = dedupEntry{res: results[i], at: now}

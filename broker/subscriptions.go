@@ -283,6 +283,7 @@ func (b *Broker) CreateSubscription(ctx context.Context, s Subscription) (Subscr
 	s.CreatedAt, s.UpdatedAt = stored.CreatedAt, stored.UpdatedAt
 	b.logger.Info("subscription created", slog.String("id", s.ID), slog.String("group", s.Group),
 		slog.String("topic", s.Topic), slog.Bool("push", s.URL != ""))
+	b.forgetPulls()
 	b.subsSig.fire()
 	return s, nil
 }
@@ -390,6 +391,7 @@ func (b *Broker) UpdateSubscription(ctx context.Context, s Subscription) (Subscr
 		return Subscription{}, fmt.Errorf("update subscription: %w", err)
 	}
 	s.UpdatedAt = stored.UpdatedAt
+	b.forgetPulls()
 	b.subsSig.fire()
 	return s, nil
 }
@@ -431,6 +433,7 @@ func (b *Broker) DeleteSubscription(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
+	b.forgetPulls()
 	b.subsSig.fire()
 	return nil
 }

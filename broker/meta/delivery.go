@@ -542,3 +542,41 @@ func (s *Store) DeleteSubscription(ctx context.Context, id string) error {
 	}
 	return nil
 }
+
+// CancelTimers marks pending timers fired, all or none, in one
+// transaction: a pull's ack cancels the timers that would hand its messages
+// out again. It returns the indexes of the offsets whose timer was not
+// pending (already fired, cancelled, or unknown); when there are any,
+// nothing was changed.
+func (s *Store) CancelTimers(ctx context.Context, offsets []int64) (stale []int, err error) {
+	errStale := errors.New("stale")
+	err = s.write(ctx, func(tx *sql.Tx) error {
+		stmt, err := tx.PrepareContext(ctx, `UPDATE timers SET fired = 1 WHERE log_offset = ? AND fired = 0`)
+		if err != nil {
+			return err
+		}
+		defer stmt.Close()
+		for i, off := range offsets {
+			res, err := stmt.ExecContext(ctx, off)
+			if err != nil {
+				return fmt.Errorf("cancel timer %d: %w", off, err)
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return err
+			} else if n != 1 {
+				stale = append(stale, i)
+			}
+		}
+		if len(stale) > 0 {
+			return errStale // roll back: all or none
+		}
+		return nil
+	})
+	if errors.Is(err, errStale) {
+		return stale, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cancel timers: %w", err)
+	}
+	return nil, nil
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -1225,5 +1226,33 @@ func BenchmarkAddTimers(b *testing.B) {
 			}
 			b.ReportMetric(float64(rows*b.N)/b.Elapsed().Seconds(), "rows/s")
 		})
+	}
+}
+
+func TestCancelTimers(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, filepath.Join(t.TempDir(), "meta.db"))
+	now := time.Now()
+	if err := s.AddTimers(ctx, []Timer{{LogOffset: 1, DeliverAt: now}, {LogOffset: 2, DeliverAt: now}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.FireTimers(ctx, []int64{2}); err != nil {
+		t.Fatal(err)
+	}
+	stale, err := s.CancelTimers(ctx, []int64{1, 2, 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []int{1, 2}; !reflect.DeepEqual(stale, want) {
+		t.Fatalf("stale = %v, want %v (fired, unknown)", stale, want)
+	}
+	if n, _ := s.PendingTimers(ctx); n != 1 {
+		t.Fatalf("%d pending after a refused cancel, want 1: nothing may change", n)
+	}
+	if stale, err := s.CancelTimers(ctx, []int64{1}); err != nil || stale != nil {
+		t.Fatalf("cancel of a pending timer: %v, %v", stale, err)
+	}
+	if stale, _ := s.CancelTimers(ctx, []int64{1}); len(stale) != 1 {
+		t.Fatal("a timer was cancelled twice")
 	}
 }

@@ -1,0 +1,404 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// Pull (DESIGN §4): consumers that cannot take a webhook ask for messages
+// and ack them, SQS-style, with RocketMQ's consumer-group semantics.
+//
+// Handing out a message stores, in the same append, a delayed copy of it
+// in the group's retry topic, due when its visibility runs out, with the
+// next attempt number: the same timer store as push retries. The receipt
+// names that copy. Ack cancels its timer, so the message never comes back;
+// nack moves it to the nack's delay; if neither comes, the timer fires and
+// the copy is handed out again as the next attempt, under a new receipt.
+// An attempt past max_retries goes to the group's dead-letter queue rather
+// than out. The group's offset on the queue moves on as soon as the copy is
+// durable, so a restart (even SIGKILL) loses no unacked message and brings
+// back no acked one.
+
+// Pull limits.
+const (
+	MaxPullMessages = 256
+	MaxPullWait     = 30 * time.Second
+)
+
+// Pulled is one message handed to a puller.
+type Pulled struct {
+	*Message
+	Receipt string
+	Attempt int
+}
+
+// pullGroup is a group's shared position on a topic: its pullers take
+// messages from it in turn, each message to one of them.
+type pullGroup struct {
+	mu      sync.Mutex
+	sub     Subscription
+	filter  Filter
+	cursors []*pullCursor // the topic's queues, then the retry queue; guarded by mu
+	rr      int           // where the next pull starts, for fairness across queues; guarded by mu
+}
+
+// pullCursor is like the push cursor: read position and the offsets read
+// but not yet settled (their visibility copy not yet durable).
+type pullCursor struct {
+	topic   string
+	queue   int
+	next    int64
+	pending []int64
+}
+
+func (c *pullCursor) committed() int64 {
+	if len(c.pending) > 0 {
+		return c.pending[0]
+	}
+	return c.next
+}
+
+func (c *pullCursor) settle(off int64) {
+	for i, p := range c.pending {
+		if p == off {
+			c.pending = append(c.pending[:i], c.pending[i+1:]...)
+			return
+		}
+	}
+}
+
+// pullGroupFor returns the group's pull state on a topic, creating the
+// pull subscription on a first pull where topics auto-create (from the
+// earliest retained message, so publish-then-pull just works).
+func (b *Broker) pullGroupFor(ctx context.Context, group, topic string) (*pullGroup, error) {
+	key := [2]string{group, topic}
+	b.pullsMu.Lock()
+	pg := b.pulls[key]
+	b.pullsMu.Unlock()
+	if pg != nil {
+		return pg, nil
+	}
+	subs, err := b.Subscriptions(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var sub *Subscription
+	for i := range subs {
+		if subs[i].Group == group && subs[i].Topic == topic {
+			sub = &subs[i]
+		}
+	}
+	switch {
+	case sub != nil && sub.URL != "":
+		return nil, errf(CodeInvalidSubscription, "group", "group %q receives topic %q by push (subscription %s); pull with another group", group, topic, sub.ID)
+	case sub != nil && sub.State != StateActive:
+		return nil, errf(CodeInvalidSubscription, "group", "the pull subscription of group %q on %q is %s; resume it first", group, topic, sub.State)
+	case sub == nil:
+		if !b.cfg.AutoCreateTopics {
+			return nil, &Error{Code: CodeSubscriptionNotFound, Field: "group",
+				Detail: fmt.Sprintf("group %q has no subscription on topic %q; create one with POST /v1/subscriptions (without a url)", group, topic)}
+		}
+		created, err := b.CreateSubscription(ctx, Subscription{Group: group, Topic: topic, StartFrom: "earliest", MaxRetries: -1})
+		if err != nil && CodeOf(err) != CodeSubscriptionExists {
+			return nil, err
+		}
+		if err != nil {
+			return b.pullGroupFor(ctx, group, topic) // a concurrent first pull made it
+		}
+		sub = &created
+	}
+	f, err := ParseFilter(sub.Filter)
+	if err != nil {
+		return nil, err
+	}
+	n, err := b.Queues(topic)
+	if err != nil {
+		return nil, err
+	}
+	pg = &pullGroup{sub: *sub, filter: f}
+	keys := make([][2]any, 0, n+1)
+	for q := 0; q < n; q++ {
+		keys = append(keys, [2]any{topic, q})
+	}
+	keys = append(keys, [2]any{RetryTopic(group, topic), 0})
+	for _, k := range keys {
+		t, q := k[0].(string), k[1].(int)
+		off, ok := b.Offset(group, t, q)
+		if !ok {
+			off = 0 // the retry topic: all of it is this group's
+		}
+		pg.cursors = append(pg.cursors, &pullCursor{topic: t, queue: q, next: off})
+	}
+	b.pullsMu.Lock()
+	defer b.pullsMu.Unlock()
+	if other := b.pulls[key]; other != nil {
+		return other, nil
+	}
+	b.pulls[key] = pg
+	return pg, nil
+}
+
+// forgetPulls drops the cached pull state, so it is rebuilt from the
+// subscriptions and offsets (after a change to either).
+func (b *Broker) forgetPulls() {
+	b.pullsMu.Lock()
+	clear(b.pulls)
+	b.pullsMu.Unlock()
+}
+
+// Pull hands out up to max messages of topic to group, waiting up to wait
+// for the first to arrive. Each stays invisible to the group for
+// visibility (0: the subscription's) unless acked.
+func (b *Broker) Pull(ctx context.Context, group, topic string, limit int, wait, visibility time.Duration) ([]Pulled, error) {
+	if err := ValidateGroupName(group); err != nil {
+		return nil, err
+	}
+	if err := ValidateTopicName(topic); err != nil {
+		return nil, err
+	}
+	switch {
+	case limit < 1 || limit > MaxPullMessages:
+		return nil, errf(CodeInvalidPull, "max", "max %d must be 1-%d", limit, MaxPullMessages)
+	case wait < 0 || wait > MaxPullWait:
+		return nil, errf(CodeInvalidPull, "wait", "wait %s must be 0-%s", wait, MaxPullWait)
+	case visibility != 0 && (visibility < time.Second || visibility > MaxVisibility):
+		return nil, errf(CodeInvalidPull, "visibility", "visibility %s must be between 1s and %s", visibility, MaxVisibility)
+	}
+	if _, err := b.topicState(topic); err != nil {
+		if !b.cfg.AutoCreateTopics {
+			return nil, err
+		}
+	}
+	pg, err := b.pullGroupFor(ctx, group, topic)
+	if err != nil {
+		return nil, err
+	}
+	if visibility == 0 {
+		visibility = pg.sub.Visibility
+	}
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	for {
+		arrived := b.Dispatched()
+		got, err := b.take(ctx, pg, limit, visibility)
+		if len(got) > 0 || err != nil || wait == 0 {
+			return got, err
+		}
+		select {
+		case <-arrived:
+		case <-deadline.C:
+			return got, nil
+		case <-ctx.Done():
+			return nil, nil
+		}
+	}
+}
+
+// take hands out what is ready now.
+func (b *Broker) take(ctx context.Context, pg *pullGroup, limit int, visibility time.Duration) ([]Pulled, error) {
+	type taken struct {
+		m *Message
+		c *pullCursor
+	}
+	var got []taken
+	pg.mu.Lock()
+	n := len(pg.cursors)
+	start := pg.rr
+	pg.rr++
+	for round := 0; len(got) < limit && round < 2; round++ {
+		for i := 0; i < n && len(got) < limit; i++ {
+			c := pg.cursors[(start+i)%n]
+			share := limit - len(got)
+			if round == 0 {
+				share = (share + n - i - 1) / (n - i) // spread across queues first
+			}
+			msgs, next, err := b.ReadQueue(c.topic, c.queue, c.next, share, pg.filter)
+			if err != nil {
+				pg.mu.Unlock()
+				return nil, err
+			}
+			c.next = next
+			for _, m := range msgs {
+				c.pending = append(c.pending, m.QueueOffset)
+				got = append(got, taken{m, c})
+			}
+		}
+	}
+	pg.mu.Unlock()
+	if len(got) == 0 {
+		return nil, nil
+	}
+	// The visibility copies (and dead letters) are stored before the
+	// offsets move past the originals: nothing handed out can be lost.
+	group, topic := pg.sub.Group, pg.sub.Topic
+	now := b.now()
+	var copies []*Message
+	var out []Pulled
+	for _, t := range got {
+		attempt := max(t.m.Attempt, 1)
+		if attempt > pg.sub.MaxRetries+1 {
+			reason := fmt.Sprintf("not acked within its visibility on any of %d attempts", attempt-1)
+			if err := b.DeadLetter(ctx, group, t.m, attempt-1, reason); err != nil {
+				return nil, b.unsettle(pg, err)
+			}
+			b.LogAttempt(Attempt{MsgID: t.m.ID, Group: group, Subscription: pg.sub.ID, Attempt: attempt - 1, At: now, Outcome: "dead", Error: reason})
+			continue
+		}
+		c := t.m.copyFor(RetryTopic(group, topic))
+		c.Attempt, c.DeliverAt, c.flags = attempt+1, now.Add(visibility), flagRetry|flagDelayed
+		copies = append(copies, c)
+		out = append(out, Pulled{Message: t.m, Attempt: attempt})
+	}
+	if len(copies) > 0 {
+		ts, err := b.topicOrSystem(ctx, RetryTopic(group, topic))
+		if err != nil {
+			return nil, b.unsettle(pg, err)
+		}
+		res, err := b.store(ctx, ts, copies, false)
+		if err != nil {
+			return nil, b.unsettle(pg, err)
+		}
+		for i := range out {
+			out[i].Receipt = receipt{Attempt: out[i].Attempt, Timer: res[i].logOffset, Group: group, MsgID: out[i].ID}.encode(b.receiptKey)
+		}
+	}
+	pg.mu.Lock()
+	for _, t := range got {
+		t.c.settle(t.m.QueueOffset)
+		b.SetOffset(group, t.c.topic, t.c.queue, t.c.committed())
+	}
+	pg.mu.Unlock()
+	b.pullsInFlight.Add(int64(len(out)))
+	return out, nil
+}
+
+// unsettle undoes a take that could not store its copies: the cached
+// cursors are dropped, so the next pull starts again from the offsets,
+// which never moved past the messages.
+func (b *Broker) unsettle(pg *pullGroup, err error) error {
+	b.pullsMu.Lock()
+	for k, v := range b.pulls {
+		if v == pg {
+			delete(b.pulls, k)
+		}
+	}
+	b.pullsMu.Unlock()
+	return err
+}
+
+// AckResult is why a receipt in an ack or nack was refused.
+type AckResult struct {
+	Index  int
+	Code   Code
+	Detail string
+}
+
+// settleReceipts checks every receipt and cancels their timers, all or
+// none: a request with any bad or stale receipt changes nothing.
+func (b *Broker) settleReceipts(ctx context.Context, group string, receipts []string) ([]receipt, error) {
+	if err := ValidateGroupName(group); err != nil {
+		return nil, err
+	}
+	if len(receipts) == 0 || len(receipts) > MaxPullMessages*4 {
+		return nil, errf(CodeInvalidReceipt, "receipts", "give 1-%d receipts", MaxPullMessages*4)
+	}
+	rs := make([]receipt, len(receipts))
+	offs := make([]int64, len(receipts))
+	var last int64
+	for i, s := range receipts {
+		r, err := decodeReceipt(s, b.receiptKey)
+		if err != nil {
+			return nil, errf(CodeInvalidReceipt, fmt.Sprintf("receipts[%d]", i), "not a receipt this bus issued")
+		}
+		if r.Group != group {
+			return nil, errf(CodeInvalidReceipt, fmt.Sprintf("receipts[%d]", i), "the receipt was issued to another group")
+		}
+		rs[i], offs[i] = r, r.Timer
+		last = max(last, r.Timer)
+	}
+	// A receipt's timer is stored when dispatch reaches its copy.
+	if err := b.waitDispatched(ctx, last+1); err != nil {
+		return nil, err
+	}
+	stale, err := b.meta.CancelTimers(ctx, offs)
+	if err != nil {
+		return nil, err
+	}
+	if len(stale) > 0 {
+		return nil, errf(CodeStaleReceipt, fmt.Sprintf("receipts[%d]", stale[0]),
+			"%d of the receipts are stale: already acked or nacked, or their visibility ran out and the message was handed out again under a new receipt; nothing was changed", len(stale))
+	}
+	b.pullsInFlight.Add(-int64(len(rs)))
+	return rs, nil
+}
+
+// Ack marks pulled messages done for the group, for good.
+func (b *Broker) Ack(ctx context.Context, group string, receipts []string) error {
+	rs, err := b.settleReceipts(ctx, group, receipts)
+	if err != nil {
+		return err
+	}
+	now := b.now()
+	for _, r := range rs {
+		b.LogAttempt(Attempt{MsgID: r.MsgID, Group: group, Attempt: r.Attempt, At: now, Outcome: "acked"})
+	}
+	return nil
+}
+
+// Nack gives pulled messages back to the group, to be handed out again
+// (as the next attempt) after delay; past max_retries, to the dead-letter
+// queue.
+func (b *Broker) Nack(ctx context.Context, group string, receipts []string, delay time.Duration) error {
+	if delay < 0 || delay > MaxRetryDelay {
+		return errf(CodeInvalidPull, "delay", "delay %s must be 0-%s", delay, MaxRetryDelay)
+	}
+	rs, err := b.settleReceipts(ctx, group, receipts)
+	if err != nil {
+		return err
+	}
+	now := b.now()
+	var errs []error
+	for _, r := range rs {
+		m, err := b.readMessage(r.Timer)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		b.LogAttempt(Attempt{MsgID: r.MsgID, Group: group, Attempt: r.Attempt, At: now, Outcome: "nacked"})
+		c := *m // the visibility copy: retry topic, next attempt
+		c.DeliverAt, c.flags = now.Add(delay), flagRetry|flagDelayed
+		errs = append(errs, b.storeSystem(ctx, &c))
+	}
+	return errors.Join(errs...)
+}
+
+// ReadQueueWait is ReadQueue that waits up to wait for a message to
+// arrive, for consumers that keep their own position.
+func (b *Broker) ReadQueueWait(ctx context.Context, topic string, queue int, from int64, limit int, wait time.Duration) ([]*Message, int64, error) {
+	n, err := b.Queues(topic)
+	if err != nil {
+		return nil, 0, err
+	}
+	if queue < 0 || queue >= n {
+		return nil, 0, errf(CodeInvalidPull, "queue", "topic %q has queues 0-%d", topic, n-1)
+	}
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	for {
+		arrived := b.Dispatched()
+		msgs, next, err := b.ReadQueue(topic, queue, from, limit, Filter{all: true})
+		if len(msgs) > 0 || err != nil || wait == 0 {
+			return msgs, next, err
+		}
+		select {
+		case <-arrived:
+		case <-deadline.C:
+			return msgs, next, nil
+		case <-ctx.Done():
+			return nil, from, nil
+		}
+	}
+}

@@ -1,0 +1,259 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+)
+
+func pullN(tb testing.TB, b *Broker, group, topic string, max int, wait, vis time.Duration) []Pulled {
+	tb.Helper()
+	got, err := b.Pull(context.Background(), group, topic, max, wait, vis)
+	if err != nil {
+		tb.Fatalf("pull: %v", err)
+	}
+	return got
+}
+
+func receipts(ps []Pulled) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.Receipt
+	}
+	return out
+}
+
+func TestPullAckNackVisibility(t *testing.T) {
+	ctx := context.Background()
+	b := openBroker(t, testConfig(t, t.TempDir()))
+	for i := 0; i < 10; i++ {
+		publish(t, b, "t", msg(fmt.Sprint("m", i)))
+	}
+	first := pullN(t, b, "g", "t", 4, 0, time.Second)
+	second := pullN(t, b, "g", "t", 4, 0, time.Second)
+	if len(first) != 4 || len(second) != 4 {
+		t.Fatalf("pulled %d and %d, want 4 and 4", len(first), len(second))
+	}
+	seen := map[string]bool{}
+	for _, p := range append(first, second...) {
+		if seen[p.ID] || p.Attempt != 1 || p.Receipt == "" {
+			t.Fatalf("pulled %+v twice or wrongly", p)
+		}
+		seen[p.ID] = true
+	}
+	if err := b.Ack(ctx, "g", receipts(first)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Ack(ctx, "g", receipts(first[:1])); CodeOf(err) != CodeStaleReceipt {
+		t.Fatalf("second ack of a receipt: %v, want stale_receipt", err)
+	}
+	if err := b.Ack(ctx, "other", receipts(second[:1])); CodeOf(err) != CodeInvalidReceipt {
+		t.Fatalf("ack by another group: %v, want invalid_receipt", err)
+	}
+	if err := b.Ack(ctx, "g", []string{"garbage"}); CodeOf(err) != CodeInvalidReceipt {
+		t.Fatalf("ack of garbage: %v", err)
+	}
+	// A request mixing a good and a stale receipt changes nothing.
+	if err := b.Ack(ctx, "g", []string{second[0].Receipt, first[0].Receipt}); CodeOf(err) != CodeStaleReceipt {
+		t.Fatalf("mixed ack: %v", err)
+	}
+	if err := b.Nack(ctx, "g", receipts(second[:2]), 0); err != nil {
+		t.Fatal(err)
+	}
+	// The rest (2 fresh + 2 nacked) come now; the 2 unacked of second come
+	// back after their visibility.
+	var again []Pulled
+	deadline := time.Now().Add(5 * time.Second)
+	for len(again) < 6 && time.Now().Before(deadline) {
+		again = append(again, pullN(t, b, "g", "t", 10, 200*time.Millisecond, 10*time.Second)...)
+	}
+	attempts := map[string]int{}
+	for _, p := range again {
+		attempts[p.ID] = p.Attempt
+	}
+	for _, p := range second {
+		if attempts[p.ID] != 2 {
+			t.Errorf("%s (nacked or not acked in time) came back as attempt %d, want 2", p.ID, attempts[p.ID])
+		}
+	}
+	for _, p := range first {
+		if _, ok := attempts[p.ID]; ok {
+			t.Errorf("acked %s came back", p.ID)
+		}
+	}
+	if len(again) != 6 {
+		t.Fatalf("%d messages after nack and visibility, want 6", len(again))
+	}
+	// The old receipt of a redelivered message is stale; the new one works.
+	if err := b.Ack(ctx, "g", receipts(second[2:3])); CodeOf(err) != CodeStaleReceipt {
+		t.Fatalf("ack of a receipt after redelivery: %v", err)
+	}
+	if err := b.Ack(ctx, "g", receipts(again)); err != nil {
+		t.Fatalf("ack of the new receipts: %v", err)
+	}
+}
+
+func TestPullLongPollWakesOnPublish(t *testing.T) {
+	b := openBroker(t, testConfig(t, t.TempDir()))
+	pullN(t, b, "g", "t", 1, 0, 0) // creates the subscription
+	done := make(chan time.Duration, 1)
+	start := time.Now()
+	go func() {
+		got, _ := b.Pull(context.Background(), "g", "t", 1, 10*time.Second, 0)
+		if len(got) == 1 {
+			done <- time.Since(start)
+		}
+		close(done)
+	}()
+	time.Sleep(100 * time.Millisecond)
+	published := time.Now()
+	publish(t, b, "t", msg("wake"))
+	took, ok := <-done
+	if !ok {
+		t.Fatal("the waiting pull returned nothing")
+	}
+	if took > 5*time.Second {
+		t.Fatalf("the waiting pull returned %s after start (%s after the publish)", took, time.Since(published))
+	}
+	// An empty wait ends at its deadline with nothing.
+	start = time.Now()
+	if got := pullN(t, b, "g", "t", 1, 300*time.Millisecond, 0); len(got) != 0 || time.Since(start) < 300*time.Millisecond {
+		t.Fatalf("empty long poll: %d messages after %s", len(got), time.Since(start))
+	}
+}
+
+func TestPullDeadLettersAfterMaxRetries(t *testing.T) {
+	b := openBroker(t, testConfig(t, t.TempDir()))
+	if _, err := b.CreateSubscription(context.Background(), Subscription{Group: "g", Topic: "t", MaxRetries: 1, StartFrom: "earliest", Visibility: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, b, "t", msg("never acked"))
+	var attempts []int
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, p := range pullN(t, b, "g", "t", 1, 500*time.Millisecond, 0) {
+			attempts = append(attempts, p.Attempt)
+		}
+		if dls, _ := b.DeadLetters(context.Background(), "g", -1, 10); len(dls) == 1 {
+			if len(attempts) != 2 || attempts[0] != 1 || attempts[1] != 2 {
+				t.Fatalf("attempts before the DLQ: %v, want [1 2]", attempts)
+			}
+			return
+		}
+	}
+	t.Fatalf("no dead letter after attempts %v", attempts)
+}
+
+func TestPullGroupsAndPullers(t *testing.T) {
+	b := openBroker(t, testConfig(t, t.TempDir()))
+	const n = 200
+	for i := 0; i < n; i++ {
+		publish(t, b, "t", msg(fmt.Sprint(i)))
+	}
+	// Four concurrent pullers in one group share the messages: each once.
+	var mu sync.Mutex
+	seen := map[string]int{}
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				got, err := b.Pull(context.Background(), "g1", "t", 16, 100*time.Millisecond, 30*time.Second)
+				if err != nil || len(got) == 0 {
+					return
+				}
+				mu.Lock()
+				for _, p := range got {
+					seen[p.ID]++
+				}
+				mu.Unlock()
+				b.Ack(context.Background(), "g1", receipts(got))
+			}
+		}()
+	}
+	wg.Wait()
+	if len(seen) != n {
+		t.Fatalf("group g1 got %d distinct messages, want %d", len(seen), n)
+	}
+	for id, c := range seen {
+		if c != 1 {
+			t.Fatalf("%s handed out %d times within one group", id, c)
+		}
+	}
+	// Another group gets everything too.
+	total := 0
+	for {
+		got := pullN(t, b, "g2", "t", 64, 0, 0)
+		if len(got) == 0 {
+			break
+		}
+		total += len(got)
+	}
+	if total != n {
+		t.Fatalf("group g2 got %d, want %d", total, n)
+	}
+}
+
+// TestPullSurvivesRestart: after a restart, acked messages stay acked and
+// unacked ones come back when their visibility ends.
+func TestPullSurvivesRestart(t *testing.T) {
+	cfg := testConfig(t, t.TempDir())
+	b := openBroker(t, cfg)
+	for i := 0; i < 4; i++ {
+		publish(t, b, "t", msg(fmt.Sprint(i)))
+	}
+	got := pullN(t, b, "g", "t", 4, 0, time.Second)
+	if err := b.Ack(context.Background(), "g", receipts(got[:2])); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	b = openBroker(t, cfg)
+	var back []Pulled
+	deadline := time.Now().Add(5 * time.Second)
+	for len(back) < 2 && time.Now().Before(deadline) {
+		back = append(back, pullN(t, b, "g", "t", 4, 300*time.Millisecond, 0)...)
+	}
+	if len(back) != 2 || back[0].Attempt != 2 {
+		t.Fatalf("after restart: %d messages (%+v), want the 2 unacked as attempt 2", len(back), back)
+	}
+	for _, p := range back {
+		if p.ID == got[0].ID || p.ID == got[1].ID {
+			t.Fatalf("acked %s came back after the restart", p.ID)
+		}
+	}
+	// A receipt from before the restart still acks (keys persist).
+	if err := b.Ack(context.Background(), "g", receipts(back)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestPullBadInput(t *testing.T) {
+	b := openBroker(t, testConfig(t, t.TempDir()))
+	ctx := context.Background()
+	for _, c := range []struct {
+		group, topic string
+		max          int
+		wait, vis    time.Duration
+		code         Code
+	}{
+		{"g", "t", 0, 0, 0, CodeInvalidPull},
+		{"g", "t", 257, 0, 0, CodeInvalidPull},
+		{"g", "t", 1, 31 * time.Second, 0, CodeInvalidPull},
+		{"g", "t", 1, 0, time.Millisecond, CodeInvalidPull},
+		{"bad group!", "t", 1, 0, 0, CodeInvalidGroup},
+		{"g", "%DLQ%g", 1, 0, 0, CodeSystemTopic},
+	} {
+		if _, err := b.Pull(ctx, c.group, c.topic, c.max, c.wait, c.vis); CodeOf(err) != c.code {
+			t.Errorf("pull %+v: %v, want %s", c, err, c.code)
+		}
+	}
+	if err := b.Nack(ctx, "g", []string{"x"}, -time.Second); CodeOf(err) != CodeInvalidPull {
+		t.Errorf("negative nack delay: %v", err)
+	}
+	if err := b.Ack(ctx, "g", nil); CodeOf(err) != CodeInvalidReceipt {
+		t.Errorf("empty ack: %v", err)
+	}
+}

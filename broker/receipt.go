@@ -1,0 +1,112 @@
+package broker
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/postbus/postbus/broker/internal/durable"
+)
+
+// A receipt names one delivery of a pulled message: the group it was
+// handed to, the attempt, and the log offset of the timer copy that brings
+// it back when its visibility runs out. Acking cancels that timer. It is
+// MAC'd with the broker's receipt key, so a receipt cannot be forged or
+// turned into another group's, and it goes stale once its timer fired (the
+// message was handed out again, under a new receipt).
+//
+//	version u8 (1) | attempt u16 | timer offset i64 | group u8+bytes |
+//	msg id u8+bytes | HMAC-SHA256 truncated to 16 bytes
+//
+// encoded base64url without padding.
+type receipt struct {
+	Attempt int
+	Timer   int64 // log offset of the visibility copy
+	Group   string
+	MsgID   string
+}
+
+const (
+	receiptVersion = 1
+	receiptMACLen  = 16
+	// MaxReceiptLen bounds a receipt's text, so a bad one is refused before
+	// any work.
+	MaxReceiptLen = 512
+)
+
+var errBadReceipt = errors.New("malformed receipt")
+
+// loadReceiptKey reads the receipt key from the data directory, creating
+// it on first start.
+func loadReceiptKey(dir string) ([]byte, error) {
+	path := dir + "/receipt.key"
+	key, err := os.ReadFile(path)
+	if err == nil {
+		if len(key) != 32 {
+			return nil, fmt.Errorf("receipt key %s: %d bytes, want 32", path, len(key))
+		}
+		return key, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("read receipt key: %w", err)
+	}
+	key = make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
+	if err := durable.WriteFile(path, key, 0o600); err != nil {
+		return nil, fmt.Errorf("create receipt key: %w", err)
+	}
+	return key, nil
+}
+
+func (r receipt) encode(key []byte) string {
+	buf := make([]byte, 0, 16+len(r.Group)+len(r.MsgID)+receiptMACLen)
+	buf = append(buf, receiptVersion)
+	buf = binary.BigEndian.AppendUint16(buf, uint16(r.Attempt))
+	buf = binary.BigEndian.AppendUint64(buf, uint64(r.Timer))
+	buf = append(buf, byte(len(r.Group)))
+	buf = append(buf, r.Group...)
+	buf = append(buf, byte(len(r.MsgID)))
+	buf = append(buf, r.MsgID...)
+	mac := hmac.New(sha256.New, key)
+	mac.Write(buf)
+	buf = mac.Sum(buf)[:len(buf)+receiptMACLen]
+	return base64.RawURLEncoding.EncodeToString(buf)
+}
+
+// decodeReceipt checks a receipt's MAC and reads it.
+func decodeReceipt(s string, key []byte) (receipt, error) {
+	if len(s) > MaxReceiptLen {
+		return receipt{}, errBadReceipt
+	}
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil || len(b) < 1+2+8+1+1+receiptMACLen || b[0] != receiptVersion {
+		return receipt{}, errBadReceipt
+	}
+	body, sum := b[:len(b)-receiptMACLen], b[len(b)-receiptMACLen:]
+	mac := hmac.New(sha256.New, key)
+	mac.Write(body)
+	if !hmac.Equal(mac.Sum(nil)[:receiptMACLen], sum) {
+		return receipt{}, errBadReceipt
+	}
+	r := recordReader{p: body[1:]}
+	var rc receipt
+	if a := r.take(2); a != nil {
+		rc.Attempt = int(binary.BigEndian.Uint16(a))
+	}
+	if t := r.take(8); t != nil {
+		rc.Timer = int64(binary.BigEndian.Uint64(t))
+	}
+	rc.Group = string(r.str8())
+	rc.MsgID = string(r.str8())
+	if r.err != nil || len(r.p) != 0 || rc.Timer < 0 {
+		return receipt{}, errBadReceipt
+	}
+	return rc, nil
+}
