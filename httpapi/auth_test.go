@@ -110,7 +110,7 @@ func TestAuthEveryRoute(t *testing.T) {
 	outsider := hsToken(t, scoped("publish:other consume:nobody"))
 	for route, decision := range s.Access() {
 		method, pattern, _ := strings.Cut(route, " ")
-		path := strings.NewReplacer("{topic}", "orders", "{msg_id}", res[0].ID, "{group}", "billing", "{id}", sub.ID).Replace(pattern)
+		path := strings.NewReplacer("{topic}", "orders", "{msg_id}", res[0].ID, "{group}", "billing", "{id}", sub.ID, "{queue}", "0").Replace(pattern)
 		if strings.HasSuffix(pattern, "/messages") && method == "GET" {
 			path += "?key=k"
 		}
@@ -124,6 +124,8 @@ func TestAuthEveryRoute(t *testing.T) {
 				return strings.NewReader(`{"group":"billing2","topic":"orders"}`)
 			case strings.HasSuffix(pattern, "/reset"):
 				return strings.NewReader(`{"topic":"orders","to":"latest"}`)
+			case strings.HasSuffix(pattern, "/ack"), strings.HasSuffix(pattern, "/nack"):
+				return strings.NewReader(`{"receipts":["x"]}`)
 			case strings.HasSuffix(pattern, "/redrive"):
 				return strings.NewReader(`{"all":true}`)
 			case method == "PATCH":

@@ -57,6 +57,11 @@ func (s *Server) routes() chi.Router {
 	s.handle(r, "POST", "/v1/groups/{group}/dlq/redrive", accessConsumeGroup, s.handleRedrive)
 	s.handle(r, "DELETE", "/v1/groups/{group}/dlq", accessConsumeGroup, s.handlePurgeDeadLetters)
 
+	s.handle(r, "POST", "/v1/groups/{group}/topics/{topic}/pull", accessConsumeGroup, s.handlePull)
+	s.handle(r, "POST", "/v1/groups/{group}/ack", accessConsumeGroup, s.handleAck)
+	s.handle(r, "POST", "/v1/groups/{group}/nack", accessConsumeGroup, s.handleNack)
+	s.handle(r, "GET", "/v1/topics/{topic}/queues/{queue}/messages", accessPublishTopic, s.handleReadQueue)
+
 	s.handle(r, "GET", "/v1/messages/{msg_id}/trace", accessAnyToken, s.handleTrace)
 	s.handle(r, "GET", "/.well-known/jwks.json", accessOpen, s.handleJWKS)
 	return r

@@ -1,0 +1,155 @@
+package httpapi
+
+import (
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/postbus/postbus/broker"
+)
+
+// maxAckRequestBytes bounds an ack or nack body: up to 1024 receipts of at
+// most broker.MaxReceiptLen characters, JSON-quoted.
+const maxAckRequestBytes = 1024*(broker.MaxReceiptLen+4) + 1024
+
+type pulledJSON struct {
+	messageJSON
+	Receipt string `json:"receipt"`
+	Attempt int    `json:"attempt"`
+}
+
+// queryDuration reads an optional duration query parameter.
+func queryDuration(r *http.Request, name string, def time.Duration) (time.Duration, *broker.Error) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		return def, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		return 0, &broker.Error{Code: codeInvalidParameter, Field: name, Detail: fmt.Sprintf("%s %q is not a duration like 20s", name, v)}
+	}
+	return d, nil
+}
+
+func (s *Server) handlePull(w http.ResponseWriter, r *http.Request) {
+	max, perr := queryInt(r, "max", 32, 1, broker.MaxPullMessages)
+	if perr == nil {
+		var wait, vis time.Duration
+		if wait, perr = queryDuration(r, "wait", 0); perr == nil {
+			if vis, perr = queryDuration(r, "visibility", 0); perr == nil {
+				s.pull(w, r, int(max), wait, vis)
+				return
+			}
+		}
+	}
+	s.writeError(w, r, perr)
+}
+
+func (s *Server) pull(w http.ResponseWriter, r *http.Request, max int, wait, vis time.Duration) {
+	if wait > 0 {
+		// A long poll may outlast the server's write timeout.
+		http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + 30*time.Second))
+	}
+	got, err := s.broker.Pull(r.Context(), chi.URLParam(r, "group"), chi.URLParam(r, "topic"), max, wait, vis)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	out := struct {
+		Messages []pulledJSON `json:"messages"`
+	}{Messages: make([]pulledJSON, len(got))}
+	for i, p := range got {
+		out.Messages[i] = pulledJSON{messageJSON: toMessageJSON(p.Message), Receipt: p.Receipt, Attempt: p.Attempt}
+		out.Messages[i].Topic = p.OriginTopic()
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleAck(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Receipts []string `json:"receipts"`
+	}
+	if perr := decodeJSONBody(r, maxAckRequestBytes, &req); perr != nil {
+		s.writeError(w, r, perr)
+		return
+	}
+	if err := s.broker.Ack(r.Context(), chi.URLParam(r, "group"), req.Receipts); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]int{"acked": len(req.Receipts)})
+}
+
+func (s *Server) handleNack(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Receipts []string `json:"receipts"`
+		Delay    string   `json:"delay"`
+	}
+	if perr := decodeJSONBody(r, maxAckRequestBytes, &req); perr != nil {
+		s.writeError(w, r, perr)
+		return
+	}
+	var delay time.Duration
+	if req.Delay != "" {
+		d, err := time.ParseDuration(req.Delay)
+		if err != nil {
+			writeProblem(w, r, broker.CodeInvalidPull, "delay", fmt.Sprintf("%q is not a duration like 10s", req.Delay))
+			return
+		}
+		delay = d
+	}
+	if err := s.broker.Nack(r.Context(), chi.URLParam(r, "group"), req.Receipts, delay); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]int{"nacked": len(req.Receipts)})
+}
+
+func (s *Server) handleReadQueue(w http.ResponseWriter, r *http.Request) {
+	queue, err := strconv.Atoi(chi.URLParam(r, "queue"))
+	if err != nil || queue < 0 {
+		writeProblem(w, r, codeInvalidParameter, "queue", "the queue is a number from 0")
+		return
+	}
+	offset, perr := queryInt(r, "offset", 0, 0, 1<<62)
+	if perr != nil {
+		s.writeError(w, r, perr)
+		return
+	}
+	max, perr := queryInt(r, "max", 32, 1, broker.MaxPullMessages)
+	if perr != nil {
+		s.writeError(w, r, perr)
+		return
+	}
+	wait, perr := queryDuration(r, "wait", 0)
+	if perr == nil && wait > broker.MaxPullWait {
+		perr = &broker.Error{Code: codeInvalidParameter, Field: "wait", Detail: "wait is at most 30s"}
+	}
+	if perr != nil {
+		s.writeError(w, r, perr)
+		return
+	}
+	topic := chi.URLParam(r, "topic")
+	if err := broker.ValidateTopicName(topic); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if wait > 0 {
+		http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + 30*time.Second))
+	}
+	msgs, next, err := s.broker.ReadQueueWait(r.Context(), topic, queue, offset, int(max), wait)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	out := struct {
+		Messages   []messageJSON `json:"messages"`
+		NextOffset int64         `json:"next_offset"`
+	}{Messages: make([]messageJSON, len(msgs)), NextOffset: next}
+	for i, m := range msgs {
+		out.Messages[i] = toMessageJSON(m)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
