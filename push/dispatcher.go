@@ -261,6 +261,8 @@ func (l *loop) run(ctx, dctx context.Context, cursors []*cursor) {
 	slots := make(chan struct{}, l.sub.MaxInFlight)
 	finished := make(chan struct{}, 1)
 	for {
+		// Taken before reading, so a dispatch during the read is not missed.
+		arrived := l.d.b.Dispatched()
 		progress := false
 		for _, c := range cursors {
 			room := cap(slots) - len(slots)
@@ -308,7 +310,7 @@ func (l *loop) run(ctx, dctx context.Context, cursors []*cursor) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-l.d.b.Dispatched():
+		case <-arrived:
 		case <-finished:
 		case <-time.After(time.Second):
 		}
@@ -440,6 +442,7 @@ func (l *loop) orderedQueue(ctx, dctx context.Context, c *cursor, blk *broker.Or
 			}
 			blk = nil
 		} else {
+			arrived := b.Dispatched()
 			msgs, next, err := b.ReadQueue(c.topic, c.queue, c.next, 1, l.filter)
 			if err != nil || len(msgs) == 0 {
 				if next > c.next {
@@ -449,7 +452,7 @@ func (l *loop) orderedQueue(ctx, dctx context.Context, c *cursor, blk *broker.Or
 				select {
 				case <-ctx.Done():
 					return
-				case <-b.Dispatched():
+				case <-arrived:
 				case <-time.After(time.Second):
 				}
 				continue

@@ -101,6 +101,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 Tools:
   publish    publish to a broker over HTTP with N connections and report
              msgs/s, MB/s and latency percentiles ("postbus bench publish --help")
+  push       publish to a topic with subscriptions pointing at a built-in local sink
+             and report deliveries/s and publish-to-webhook latency ("postbus bench push --help")
 `
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(stdout, benchUsage)
@@ -112,6 +114,8 @@ Tools:
 	switch args[0] {
 	case "publish":
 		return bench.Publish(ctx, args[1:], stdout)
+	case "push":
+		return bench.Push(ctx, args[1:], stdout)
 	default:
 		fmt.Fprintf(stderr, "postbus bench: unknown tool %q\n\n%s", args[0], benchUsage)
 		return errUsage

@@ -1,12 +1,14 @@
-// Package bench is the load tool behind `postbus bench publish`: it drives a
-// broker's publish endpoints over plain HTTP/1.1 and reports throughput and
-// per-request latency, the way RocketMQ ships its producer benchmark in its
-// own distribution.
+// Package bench holds the load tools behind `postbus bench publish` and
+// `postbus bench push`. The first drives a broker's publish endpoints over
+// plain HTTP/1.1 and reports throughput and per-request latency, the way
+// RocketMQ ships its producer benchmark in its own distribution; the second
+// measures push delivery end to end, from publish to webhook.
 //
-// The package owns the load loop, its HTTP client, the latency histogram, the
-// in-process no-op server used as a baseline, and the report. It imports no
-// other postbus package: it speaks only the public HTTP API, so it measures
-// what a producer would see.
+// The package owns the load loops, their HTTP client, the latency histogram,
+// the in-process no-op server and webhook sink used as baselines, the broker
+// memory sampler (--broker-pid, from /proc/<pid>/status) and the reports. It
+// imports no other postbus package: it speaks only the public HTTP API, so it
+// measures what a producer and a subscriber would see.
 //
 // # Invariants
 //
@@ -49,4 +51,45 @@
 // against a handler in this process that reads the body and answers 201; the
 // target/baseline ratio says how much of the client's own ceiling the broker
 // reaches.
+//
+// # Push
+//
+// `bench push` starts a webhook sink on 127.0.0.1:0, creates --subscriptions
+// push subscriptions to it (group bench-<run>-<i>, URL /hook/<i>, so fan-out
+// copies are not mistaken for duplicates), publishes, then waits up to --drain
+// for every delivery, and deletes the subscriptions however the run ends.
+// Every body starts with a stamp the sink reads back:
+//
+//	offset  size  content
+//	     0     4  "pb1 "
+//	     4    19  send time, unix ns, zero-padded decimal
+//	    23     1  ' '
+//	    24    19  deliver-at, unix ns, whole milliseconds; all zeros if none
+//	    43     1  ' '
+//	    44     8  run id ([0-9a-z], zero-padded)
+//	    52     1  ' '
+//	    53     …  filler from the shared body buffer, up to --size
+//
+// Publisher and sink share one clock, wall time at the start plus the
+// monotonic time since, so a clock step mid-run is not read as latency.
+// Deliver-at times are whole milliseconds because the broker keeps them to
+// the millisecond; a finer one could fire a fraction of one early.
+//
+// Invariants of the push tool:
+//   - Expected deliveries are acknowledged publishes × subscriptions; missing
+//     is counted per subscription as acknowledged − first deliveries, so a
+//     duplicate cannot hide a loss.
+//   - Duplicates are deliveries of a Postbus-Message-Id already seen on the
+//     same subscription. The ids are kept as 64-bit hashes, so memory grows
+//     by some 20 bytes per first delivery: bounded by the run's length, not
+//     by --conns as the publish tool's is.
+//   - Latency (publish to webhook) and lateness (receipt − deliver-at, or −
+//     send time for a message sent after it was due) are recorded for first
+//     deliveries only; a delivery before its deliver-at is counted as early,
+//     which fails the run (ErrDelivery), as do missing deliveries.
+//   - Bodies without this run's stamp and deliveries without a message id
+//     are answered 200 and counted apart, never as deliveries.
+//   - --baseline POSTs the same stamped bodies, with the same client, straight
+//     at a fresh sink, closed loop, for --duration: the ceiling the client and
+//     sink put on any broker.
 package bench

@@ -52,6 +52,7 @@ type config struct {
 	create      bool
 	queues      int
 	timeout     time.Duration
+	brokerPID   int // 0 = do not sample the broker's memory
 }
 
 const usageHead = `Usage: postbus bench publish [flags]
@@ -109,6 +110,7 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	fs.BoolVar(&c.create, "create", true, "create the topic with PUT /v1/topics/{topic} before the run")
 	fs.IntVar(&c.queues, "queues", 4, "queues for the topic when it is created")
 	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "per-request timeout; a request that takes longer counts as an error")
+	fs.IntVar(&c.brokerPID, "broker-pid", 0, "sample this `pid`'s VmRSS from /proc/<pid>/status every second of the target run and report the maximum")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), usageHead)
 		fs.PrintDefaults()
@@ -162,6 +164,8 @@ func (c *config) validate() error {
 		return fmt.Errorf("--timeout %s: must be > 0", c.timeout)
 	case c.queues < 1:
 		return fmt.Errorf("--queues %d: must be >= 1", c.queues)
+	case c.brokerPID < 0:
+		return fmt.Errorf("--broker-pid %d: must be >= 0", c.brokerPID)
 	case !topicRE.MatchString(c.topic):
 		return fmt.Errorf("--topic %q: must match %s", c.topic, topicRE)
 	case strings.ContainsAny(c.tag, "\r\n") || strings.Contains(c.tag, "||"):
@@ -184,6 +188,11 @@ func (c *config) validate() error {
 
 // checkTarget refuses a URL whose host is not loopback unless allowRemote.
 func checkTarget(ctx context.Context, rawURL string, allowRemote bool) error {
+	return checkTargetFor(ctx, "bench publish", rawURL, allowRemote)
+}
+
+// checkTargetFor is checkTarget for the named tool, which errors start with.
+func checkTargetFor(ctx context.Context, tool, rawURL string, allowRemote bool) error {
 	if allowRemote {
 		return nil
 	}
@@ -193,7 +202,7 @@ func checkTarget(ctx context.Context, rawURL string, allowRemote bool) error {
 	}
 	host := u.Hostname()
 	refuse := func(why string) error {
-		return fmt.Errorf("bench publish %s: %s: %w (pass --allow-remote to load it anyway)", rawURL, why, ErrRemoteTarget)
+		return fmt.Errorf("%s %s: %s: %w (pass --allow-remote to load it anyway)", tool, rawURL, why, ErrRemoteTarget)
 	}
 	if a, err := netip.ParseAddr(host); err == nil {
 		if a.Unmap().IsLoopback() {
@@ -241,10 +250,22 @@ func Publish(ctx context.Context, args []string, out io.Writer) error {
 	bodies := newBodySource(cfg.size)
 	runID := newRunID()
 
+	var sampler *rssSampler
+	if cfg.brokerPID > 0 {
+		if sampler, err = startRSSSampler(cfg.brokerPID, time.Second); err != nil {
+			return fmt.Errorf("bench publish: %w", err)
+		}
+		defer sampler.Stop()
+	}
+
 	fmt.Fprintf(out, "bench publish → %s\n", describe(cfg))
 	target, err := runAgainst(ctx, cfg, client, bodies, cfg.url, runID+"-t", out)
 	if err != nil {
 		return err
+	}
+	if sampler != nil {
+		st := sampler.Stop()
+		target.rss = &st
 	}
 	var base *result
 	if cfg.baseline && !target.interrupted {

@@ -37,6 +37,7 @@ func writeRun(out io.Writer, cfg *config, label string, r *result) {
 	fmt.Fprintf(out, "  latency   per request: p50 %s  p90 %s  p99 %s  max %s  mean %s\n",
 		fmtDur(r.hist.quantile(0.50)), fmtDur(r.hist.quantile(0.90)), fmtDur(r.hist.quantile(0.99)),
 		fmtDur(r.hist.maxValue()), fmtDur(r.hist.mean()))
+	writeRSS(out, r.rss)
 	if r.first10 > 0 && r.last10 > 0 {
 		fmt.Fprintf(out, "  count run first 10%% %.1f msgs/s  last 10%% %.1f msgs/s  last/first %s\n",
 			r.first10, r.last10, fmtRatio(r.last10, r.first10))
@@ -106,6 +107,8 @@ type jsonRun struct {
 	Last10        *float64    `json:"last_10pct_msgs_per_s,omitempty"`
 	LastOverFirst *float64    `json:"last_over_first,omitempty"`
 	Errors        []jsonError `json:"errors"`
+	// BrokerRSSMax is the largest VmRSS sampled, with --broker-pid.
+	BrokerRSSMax *int64 `json:"broker_rss_max_bytes,omitempty"`
 }
 
 type jsonLatency struct {
@@ -139,6 +142,10 @@ func toJSONRun(r *result) jsonRun {
 	if r.first10 > 0 && r.last10 > 0 {
 		f, l, q := r.first10, r.last10, r.last10/r.first10
 		j.First10, j.Last10, j.LastOverFirst = &f, &l, &q
+	}
+	if r.rss != nil {
+		m := r.rss.max
+		j.BrokerRSSMax = &m
 	}
 	for _, e := range r.errs {
 		j.Errors = append(j.Errors, jsonError{Kind: e.key, Requests: e.requests, Messages: e.messages, First: e.first})

@@ -185,6 +185,8 @@ type result struct {
 	// first10/last10 are msgs/s of the first and last 10% of a --count run;
 	// zero when the run did not get that far.
 	first10, last10 float64
+	// rss is the broker's memory over the run, with --broker-pid.
+	rss *rssStats
 }
 
 func (r *result) msgsPerSec() float64 {

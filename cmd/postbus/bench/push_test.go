@@ -1,0 +1,554 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakePush is a broker stand-in for `bench push`: it creates topics and
+// subscriptions, and pushes every published message to each subscription's
+// URL from a few delivery goroutines, the way the real dispatcher does, with
+// faults on demand.
+type fakePush struct {
+	tb    testing.TB
+	srv   *httptest.Server
+	topic string
+	opts  fakePushOpts
+	queue chan fakeDelivery
+	stop  chan struct{} // closed at cleanup: delivery goroutines and timers end
+	wg    sync.WaitGroup
+
+	mu         sync.Mutex // guards the fields below
+	subs       map[string]fakeSub
+	nextSub    int
+	created    int
+	deleted    int
+	published  int64
+	deliverAts []time.Time
+	delivered  int64     // deliveries answered 200
+	firstDeliv chan bool // gets a value per delivery answered 200, never blocks
+	problems   []string  // broken promises of the tool; must stay empty
+}
+
+type fakePushOpts struct {
+	drop      int64         // never deliver the drop-th message (1-based); 0: none
+	dropAll   bool          // deliver nothing, as a broker refusing private webhooks
+	dup       int64         // deliver the dup-th message twice to each subscription
+	early     time.Duration // deliver delayed messages this much before they are due
+	failSubAt int           // answer the failSubAt-th subscription create (1-based) 400
+}
+
+type fakeSub struct{ group, url string }
+
+type fakeDelivery struct {
+	url, id string
+	body    []byte
+}
+
+func newFakePush(tb testing.TB, o fakePushOpts) *fakePush {
+	tb.Helper()
+	f := &fakePush{
+		tb: tb, topic: "bench-push", opts: o,
+		queue: make(chan fakeDelivery, 1024), stop: make(chan struct{}),
+		subs: make(map[string]fakeSub), firstDeliv: make(chan bool, 1<<16),
+	}
+	groupRE := regexp.MustCompile(`^bench-[0-9a-z]{8}-[0-9]+$`)
+	mux := http.NewServeMux()
+	mux.HandleFunc("PUT /v1/topics/{topic}", func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		f.mu.Lock()
+		if r.PathValue("topic") != f.topic || string(b) != `{"queues":4}` {
+			f.problemf("create topic %q with %q", r.PathValue("topic"), b)
+		}
+		f.mu.Unlock()
+		w.WriteHeader(http.StatusOK)
+	})
+	mux.HandleFunc("POST /v1/subscriptions", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Group       string `json:"group"`
+			Topic       string `json:"topic"`
+			URL         string `json:"url"`
+			MaxInFlight int    `json:"max_in_flight"`
+		}
+		dec := json.NewDecoder(r.Body)
+		dec.DisallowUnknownFields()
+		err := dec.Decode(&req)
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.nextSub++
+		if f.nextSub == f.opts.failSubAt {
+			w.Header().Set("Content-Type", "application/problem+json")
+			w.WriteHeader(http.StatusBadRequest)
+			io.WriteString(w, `{"title":"Bad Request","status":400,"detail":"webhook url refused","code":"invalid_subscription"}`)
+			return
+		}
+		switch {
+		case err != nil:
+			f.problemf("subscription body: %v", err)
+		case !groupRE.MatchString(req.Group) || req.Topic != f.topic || req.MaxInFlight != 32:
+			f.problemf("subscription %+v", req)
+		case !strings.HasPrefix(req.URL, "http://127.0.0.1:"):
+			f.problemf("subscription url %q", req.URL)
+		}
+		for _, s := range f.subs {
+			if s.group == req.Group || s.url == req.URL {
+				f.problemf("subscription %+v shares group or url with %+v", req, s)
+			}
+		}
+		id := fmt.Sprintf("sub%d", f.nextSub)
+		f.subs[id] = fakeSub{group: req.Group, url: req.URL}
+		f.created++
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusCreated)
+		fmt.Fprintf(w, `{"id":%q,"group":%q,"secret":"whsec_AAAA"}`, id, req.Group)
+	})
+	mux.HandleFunc("DELETE /v1/subscriptions/{id}", func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if _, ok := f.subs[r.PathValue("id")]; !ok {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		delete(f.subs, r.PathValue("id"))
+		f.deleted++
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /v1/topics/{topic}/messages", f.publish)
+	f.srv = httptest.NewServer(mux)
+	for range 8 {
+		f.wg.Go(f.deliverLoop)
+	}
+	tb.Cleanup(func() {
+		close(f.stop)
+		f.srv.Close()
+		f.wg.Wait()
+	})
+	return f
+}
+
+func (f *fakePush) publish(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(r.Body)
+	var at time.Time
+	if v := r.Header.Get("Postbus-Deliver-At"); v != "" && err == nil {
+		at, err = time.Parse(time.RFC3339Nano, v)
+	}
+	f.mu.Lock()
+	if err != nil || r.PathValue("topic") != f.topic {
+		f.problemf("publish to %q: %v", r.PathValue("topic"), err)
+	}
+	f.published++
+	n := f.published
+	if !at.IsZero() {
+		f.deliverAts = append(f.deliverAts, at)
+	}
+	var urls []string
+	for _, s := range f.subs {
+		urls = append(urls, s.url)
+	}
+	f.mu.Unlock()
+	id := fmt.Sprintf("M%06d", n)
+	copies := 1
+	switch {
+	case f.opts.dropAll || n == f.opts.drop:
+		copies = 0
+	case n == f.opts.dup:
+		copies = 2
+	}
+	for _, u := range urls {
+		for range copies {
+			d := fakeDelivery{url: u, id: id, body: body}
+			if at.IsZero() {
+				f.enqueue(d)
+			} else {
+				time.AfterFunc(time.Until(at)-f.opts.early, func() { f.enqueue(d) })
+			}
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusCreated)
+	fmt.Fprintf(w, `{"msg_id":%q,"topic":%q,"queue_id":0,"queue_offset":%d}`, id, f.topic, n)
+}
+
+func (f *fakePush) enqueue(d fakeDelivery) {
+	select {
+	case f.queue <- d:
+	case <-f.stop:
+	}
+}
+
+// deliverLoop POSTs queued deliveries with the broker's headers.
+func (f *fakePush) deliverLoop() {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-f.stop
+		cancel()
+	}()
+	for {
+		var d fakeDelivery
+		select {
+		case d = <-f.queue:
+		case <-f.stop:
+			return
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.url, bytes.NewReader(d.body))
+		if err != nil {
+			f.tb.Error(err)
+			return
+		}
+		req.Header.Set("Content-Type", "application/octet-stream")
+		req.Header.Set("Postbus-Message-Id", d.id)
+		req.Header.Set("Postbus-Attempt", "1")
+		req.Header.Set("webhook-id", d.id)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			continue // the sink has closed: the run is over
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		f.mu.Lock()
+		if resp.StatusCode != http.StatusOK {
+			f.problemf("delivery answered %s", resp.Status)
+		} else {
+			f.delivered++
+		}
+		f.mu.Unlock()
+		select {
+		case f.firstDeliv <- true:
+		default:
+		}
+	}
+}
+
+// problemf records a broken promise; f.mu must be held.
+func (f *fakePush) problemf(format string, args ...any) {
+	if len(f.problems) < 20 {
+		f.problems = append(f.problems, fmt.Sprintf(format, args...))
+	}
+}
+
+// check fails tb if the tool broke a promise or left a subscription behind.
+func (f *fakePush) check(tb testing.TB) {
+	tb.Helper()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, p := range f.problems {
+		tb.Error(p)
+	}
+	if len(f.subs) != 0 || f.deleted != f.created {
+		tb.Errorf("created %d subscriptions, deleted %d, %d left", f.created, f.deleted, len(f.subs))
+	}
+}
+
+func (f *fakePush) publishedCount() int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.published
+}
+
+// runPushTool runs Push with args and returns its output.
+func runPushTool(tb testing.TB, ctx context.Context, args ...string) (string, error) {
+	tb.Helper()
+	var out bytes.Buffer
+	err := Push(ctx, args, &out)
+	return out.String(), err
+}
+
+func pushArgs(url string, extra ...string) []string {
+	return append([]string{"--url", url, "--interval", "0", "--conns", "4"}, extra...)
+}
+
+// reportInt reads the integer after label in the report line starting
+// with line; with label "", the first one after line.
+func reportInt(tb testing.TB, out, line, label string) int64 {
+	tb.Helper()
+	pat := `(?m)^  ` + regexp.QuoteMeta(line) + `\s+(\d+)`
+	if label != "" {
+		pat = `(?m)^  ` + regexp.QuoteMeta(line) + `\s.*?\b` + regexp.QuoteMeta(label) + ` (\d+)`
+	}
+	re := regexp.MustCompile(pat)
+	m := re.FindStringSubmatch(out)
+	if m == nil {
+		tb.Fatalf("no %q … %q in report:\n%s", line, label, out)
+	}
+	n, _ := strconv.ParseInt(m[1], 10, 64)
+	return n
+}
+
+// reportDur reads the duration after label in the report line starting
+// with line.
+func reportDur(tb testing.TB, out, line, label string) time.Duration {
+	tb.Helper()
+	re := regexp.MustCompile(`(?m)^  ` + regexp.QuoteMeta(line) + `\s.*?\b` + regexp.QuoteMeta(label) + ` (\S+)`)
+	m := re.FindStringSubmatch(out)
+	if m == nil {
+		tb.Fatalf("no %q … %q in report:\n%s", line, label, out)
+	}
+	d, err := time.ParseDuration(m[1])
+	if err != nil {
+		tb.Fatalf("%s %s: %v", line, label, err)
+	}
+	return d
+}
+
+func TestPushCountsDeliveries(t *testing.T) {
+	tests := []struct {
+		name         string
+		opts         fakePushOpts
+		subs         int
+		wantMissing  int64 // per run, all subscriptions
+		wantDups     int64
+		wantErr      error
+		wantInReport string
+	}{
+		{name: "clean", subs: 1, wantInReport: "every delivery arrived"},
+		{name: "fan-out", subs: 3, wantInReport: "per subscription"},
+		{name: "dropped", opts: fakePushOpts{drop: 5}, subs: 1, wantMissing: 1, wantErr: ErrDelivery, wantInReport: "MISSING     1 of"},
+		{name: "dropped fan-out", opts: fakePushOpts{drop: 5}, subs: 2, wantMissing: 2, wantErr: ErrDelivery},
+		{name: "duplicated", opts: fakePushOpts{dup: 5}, subs: 1, wantDups: 1, wantInReport: "duplicates 1"},
+		{name: "nothing delivered", opts: fakePushOpts{dropAll: true}, subs: 1, wantMissing: -1, wantErr: ErrDelivery,
+			wantInReport: "does the broker allow private webhooks"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFakePush(t, tt.opts)
+			out, err := runPushTool(t, t.Context(), pushArgs(f.srv.URL, "--rate", "200", "--duration", "250ms",
+				"--drain", "400ms", "--subscriptions", strconv.Itoa(tt.subs))...)
+			if tt.wantErr == nil && err != nil || tt.wantErr != nil && !errors.Is(err, tt.wantErr) {
+				t.Fatalf("Push = %v, want %v\n%s", err, tt.wantErr, out)
+			}
+			f.check(t)
+			pub := f.publishedCount()
+			if pub < 40 {
+				t.Fatalf("the fake broker got %d publishes, want ~50", pub)
+			}
+			subs := int64(tt.subs)
+			wantMissing := tt.wantMissing
+			if wantMissing < 0 {
+				wantMissing = pub * subs
+			}
+			if got := reportInt(t, out, "published", ""); got != pub {
+				t.Errorf("report: %d acknowledged, broker got %d", got, pub)
+			}
+			if got := reportInt(t, out, "deliveries", "expected"); got != pub*subs {
+				t.Errorf("expected %d, want %d × %d", got, pub, subs)
+			}
+			if got := reportInt(t, out, "deliveries", "missing"); got != wantMissing {
+				t.Errorf("missing %d, want %d", got, wantMissing)
+			}
+			if got := reportInt(t, out, "deliveries", "duplicates"); got != tt.wantDups {
+				t.Errorf("duplicates %d, want %d", got, tt.wantDups)
+			}
+			if got, want := reportInt(t, out, "deliveries", "received"), pub*subs-wantMissing+tt.wantDups; got != want {
+				t.Errorf("received %d, want %d", got, want)
+			}
+			if !strings.Contains(out, tt.wantInReport) {
+				t.Errorf("report lacks %q:\n%s", tt.wantInReport, out)
+			}
+			if wantMissing == 0 {
+				// Deliveries are immediate here, so the latencies are
+				// those of two loopback requests.
+				if p99 := reportDur(t, out, "latency", "p99"); p99 <= 0 || p99 > time.Second {
+					t.Errorf("latency p99 %s, want (0, 1s]", p99)
+				}
+			}
+		})
+	}
+}
+
+func TestPushBaseline(t *testing.T) {
+	f := newFakePush(t, fakePushOpts{})
+	out, err := runPushTool(t, t.Context(), pushArgs(f.srv.URL, "--duration", "200ms", "--baseline", "--size", "100")...)
+	if err != nil {
+		t.Fatalf("Push: %v\n%s", err, out)
+	}
+	f.check(t)
+	m := regexp.MustCompile(`push ([0-9.]+) deliveries/s overall  baseline ([0-9.]+) deliveries/s  push/baseline ([0-9.]+)`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no push/baseline line:\n%s", out)
+	}
+	push, _ := strconv.ParseFloat(m[1], 64)
+	base, _ := strconv.ParseFloat(m[2], 64)
+	ratio, _ := strconv.ParseFloat(m[3], 64)
+	if push <= 0 || base <= 0 || ratio <= 0 {
+		t.Errorf("push %v base %v ratio %v: want all > 0", push, base, ratio)
+	}
+	if want := push / base; ratio < want*0.99-0.001 || ratio > want*1.01+0.001 {
+		t.Errorf("ratio %v, want push/base = %v", ratio, want)
+	}
+	if got := reportInt(t, out, "published", ""); got != f.publishedCount() {
+		t.Errorf("report %d published, broker got %d: the baseline must not reach the broker", got, f.publishedCount())
+	}
+	if m := regexp.MustCompile(`(?m)^  deliveries  (\d+) in \S+, 0 failed`).FindStringSubmatch(out); m == nil || m[1] == "0" {
+		t.Errorf("baseline section lacks its deliveries, or some failed:\n%s", out)
+	}
+}
+
+func TestPushDelayed(t *testing.T) {
+	t.Run("on time", func(t *testing.T) {
+		f := newFakePush(t, fakePushOpts{})
+		start := time.Now()
+		out, err := runPushTool(t, t.Context(), pushArgs(f.srv.URL, "--delayed", "40", "--window", "2s", "--drain", "1s")...)
+		if err != nil {
+			t.Fatalf("Push: %v\n%s", err, out)
+		}
+		end := time.Now()
+		f.check(t)
+		if got := reportInt(t, out, "early", ""); got != 0 {
+			t.Errorf("early %d, want 0", got)
+		}
+		if got := reportInt(t, out, "deliveries", "missing"); got != 0 {
+			t.Errorf("missing %d, want 0", got)
+		}
+		// The fake fires a timer at each deliver-at and POSTs at once.
+		if late := reportDur(t, out, "lateness", "max"); late > 500*time.Millisecond {
+			t.Errorf("max lateness %s, want <= 500ms", late)
+		}
+		if late := reportDur(t, out, "lateness", "p50"); late > 100*time.Millisecond {
+			t.Errorf("p50 lateness %s, want <= 100ms", late)
+		}
+		if took := end.Sub(start); took < 1*time.Second || took > 3500*time.Millisecond {
+			t.Errorf("run took %s: want it to end soon after the last deliver-at of a 2s window", took)
+		}
+		f.mu.Lock()
+		ats := append([]time.Time(nil), f.deliverAts...)
+		f.mu.Unlock()
+		if len(ats) != 40 {
+			t.Fatalf("%d messages with Postbus-Deliver-At, want 40", len(ats))
+		}
+		var firstHalf int
+		for _, at := range ats {
+			if at.Before(start) || at.After(start.Add(2*time.Second+time.Millisecond)) {
+				t.Errorf("deliver-at %s outside the window [%s, +2s]", at.Format(time.RFC3339Nano), start.Format(time.RFC3339Nano))
+			}
+			if at.Nanosecond()%int(time.Millisecond) != 0 {
+				t.Errorf("deliver-at %s is not whole milliseconds", at.Format(time.RFC3339Nano))
+			}
+			if at.Before(start.Add(time.Second)) {
+				firstHalf++
+			}
+		}
+		// Uniform: 40 draws all in one half has odds 2^-39.
+		if firstHalf == 0 || firstHalf == len(ats) {
+			t.Errorf("%d of %d deliver-at times in the first half of the window", firstHalf, len(ats))
+		}
+	})
+	t.Run("early is flagged", func(t *testing.T) {
+		f := newFakePush(t, fakePushOpts{early: 300 * time.Millisecond})
+		out, err := runPushTool(t, t.Context(), pushArgs(f.srv.URL, "--delayed", "20", "--window", "1s", "--drain", "500ms")...)
+		if !errors.Is(err, ErrDelivery) {
+			t.Fatalf("Push = %v, want ErrDelivery\n%s", err, out)
+		}
+		f.check(t)
+		if got := reportInt(t, out, "early", ""); got < 1 {
+			t.Errorf("early %d, want >= 1", got)
+		}
+		if !strings.Contains(out, "EARLY ") {
+			t.Errorf("early deliveries not flagged:\n%s", out)
+		}
+	})
+}
+
+func TestPushInterrupt(t *testing.T) {
+	f := newFakePush(t, fakePushOpts{})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go func() {
+		for range 5 {
+			<-f.firstDeliv
+		}
+		cancel()
+	}()
+	start := time.Now()
+	out, err := runPushTool(t, ctx, pushArgs(f.srv.URL, "--duration", "30s", "--rate", "500", "--baseline")...)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Push = %v, want context.Canceled\n%s", err, out)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("interrupted run took %s to return", took)
+	}
+	if !strings.Contains(out, "(interrupted)") || strings.Contains(out, "baseline ") {
+		t.Errorf("want a report marked interrupted and no baseline run:\n%s", out)
+	}
+	f.check(t) // the subscriptions are deleted even after the interrupt
+}
+
+func TestPushSubscriptionRefused(t *testing.T) {
+	f := newFakePush(t, fakePushOpts{failSubAt: 2})
+	out, err := runPushTool(t, t.Context(), pushArgs(f.srv.URL, "--duration", "100ms", "--subscriptions", "3")...)
+	if err == nil || !strings.Contains(err.Error(), "webhook url refused") {
+		t.Fatalf("Push = %v, want the refusal\n%s", err, out)
+	}
+	if n := f.publishedCount(); n != 0 {
+		t.Errorf("published %d messages without the subscriptions", n)
+	}
+	f.check(t) // the first subscription is deleted
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.created != 1 {
+		t.Errorf("created %d subscriptions before the refusal, want 1", f.created)
+	}
+}
+
+func TestPushFlags(t *testing.T) {
+	f := newFakePush(t, fakePushOpts{})
+	tests := []struct {
+		name string
+		args []string
+	}{
+		{"no duration", []string{"--duration", "0"}},
+		{"subscriptions 0", []string{"--subscriptions", "0"}},
+		{"subscriptions too many", []string{"--subscriptions", "101"}},
+		{"max in flight", []string{"--max-in-flight", "1025"}},
+		{"size below the stamp", []string{"--size", strconv.Itoa(stampLen - 1)}},
+		{"negative rate", []string{"--rate", "-1"}},
+		{"negative drain", []string{"--drain", "-1s"}},
+		{"delayed with rate", []string{"--delayed", "10", "--rate", "5"}},
+		{"delayed with duration", []string{"--delayed", "10", "--duration", "5s"}},
+		{"delayed with baseline", []string{"--delayed", "10", "--baseline"}},
+		{"window without delayed", []string{"--window", "1m"}},
+		{"window too short", []string{"--delayed", "10", "--window", "10ms"}},
+		{"delayed too many", []string{"--delayed", "10000001"}},
+		{"bad topic", []string{"--topic", "a b"}},
+		{"negative pid", []string{"--broker-pid", "-3"}},
+		{"pid of nothing", []string{"--broker-pid", strconv.Itoa(1 << 23)}},
+		{"stray argument", []string{"extra"}},
+		{"bad scheme", []string{"--url", "ftp://127.0.0.1"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, err := runPushTool(t, t.Context(), pushArgs(f.srv.URL, append([]string{"--duration", "100ms"}, tt.args...)...)...)
+			if err == nil {
+				t.Fatalf("Push %v = nil error\n%s", tt.args, out)
+			}
+		})
+	}
+	f.check(t)
+	if n := f.publishedCount(); n != 0 {
+		t.Errorf("bad flags still published %d messages", n)
+	}
+	out, err := runPushTool(t, t.Context(), "--help")
+	if !errors.Is(err, flag.ErrHelp) || !strings.Contains(out, "postbus bench push --delayed") {
+		t.Errorf("--help = %v, usage:\n%s", err, out)
+	}
+}
+
+func TestPushRefusesRemote(t *testing.T) {
+	_, err := runPushTool(t, t.Context(), "--url", "http://192.0.2.1:8080", "--duration", "1s")
+	if !errors.Is(err, ErrRemoteTarget) || !strings.HasPrefix(err.Error(), "bench push ") {
+		t.Fatalf("Push to 192.0.2.1 = %v, want ErrRemoteTarget from bench push", err)
+	}
+}
