@@ -180,7 +180,11 @@ func (b *Broker) dispatchRecord(off int64, rec []byte) error {
 	}
 	if h.Flags&(flagDelayed|flagRePut) == flagDelayed {
 		// Waits in the timer store; findable by id and key meanwhile.
-		b.newTimers = append(b.newTimers, meta.Timer{LogOffset: off, DeliverAt: time.UnixMilli(h.DeliverAt)})
+		t := meta.Timer{LogOffset: off, DeliverAt: time.UnixMilli(h.DeliverAt)}
+		if h.Flags&flagRetry != 0 {
+			t.Owner = topic
+		}
+		b.newTimers = append(b.newTimers, t)
 		b.indexRecord(off, &h)
 		return nil
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/postbus/postbus/broker/meta"
@@ -112,6 +113,17 @@ func (b *Broker) groupInfo(name string, subs []Subscription) (GroupInfo, error) 
 		g.Lag += q.Lag
 	}
 	b.offs.mu.Unlock()
+	// A retry topic's in-flight count is its pending timers: messages out
+	// on pull (their visibility copies) or waiting for a push retry.
+	for i, q := range g.Queues {
+		if strings.HasPrefix(q.Topic, "%RETRY%") {
+			n, err := b.meta.PendingTimersOf(context.Background(), q.Topic)
+			if err != nil {
+				return GroupInfo{}, err
+			}
+			g.Queues[i].InFlight = int(n)
+		}
+	}
 	sort.Slice(g.Queues, func(i, j int) bool {
 		if g.Queues[i].Topic != g.Queues[j].Topic {
 			return g.Queues[i].Topic < g.Queues[j].Topic

@@ -43,6 +43,10 @@ type pullGroup struct {
 	filter  Filter
 	cursors []*pullCursor // the topic's queues, then the retry queue; guarded by mu
 	rr      int           // where the next pull starts, for fairness across queues; guarded by mu
+	// blocks are an ordered group's queues with a message out, by queue:
+	// the message's offset, attempt and visibility deadline. Stored in
+	// SQLite too, so a restart keeps the order. Guarded by mu.
+	blocks map[int]OrderedRetry
 }
 
 // pullCursor is like the push cursor: read position and the offsets read
@@ -118,7 +122,12 @@ func (b *Broker) pullGroupFor(ctx context.Context, group, topic string) (*pullGr
 	if err != nil {
 		return nil, err
 	}
-	pg = &pullGroup{sub: *sub, filter: f}
+	pg = &pullGroup{sub: *sub, filter: f, blocks: map[int]OrderedRetry{}}
+	if sub.Ordered {
+		if pg.blocks, err = b.meta.OrderedRetries(ctx, sub.ID); err != nil {
+			return nil, err
+		}
+	}
 	keys := make([][2]any, 0, n+1)
 	for q := 0; q < n; q++ {
 		keys = append(keys, [2]any{topic, q})
@@ -183,18 +192,98 @@ func (b *Broker) Pull(ctx context.Context, group, topic string, limit int, wait,
 	defer deadline.Stop()
 	for {
 		arrived := b.Dispatched()
-		got, err := b.take(ctx, pg, limit, visibility)
+		take := b.take
+		var expiry <-chan time.Time
+		if pg.sub.Ordered {
+			// A block's visibility runs out without a dispatch to wake on.
+			take = b.takeOrdered
+			expiry = time.After(250 * time.Millisecond)
+		}
+		got, err := take(ctx, pg, limit, visibility)
 		if len(got) > 0 || err != nil || wait == 0 {
 			return got, err
 		}
 		select {
 		case <-arrived:
+		case <-expiry:
 		case <-deadline.C:
 			return got, nil
 		case <-ctx.Done():
 			return nil, nil
 		}
 	}
+}
+
+// takeOrdered hands out, from each queue with no message out, its next
+// message, and from each queue whose message's visibility ran out, that
+// message again: a queue's messages go out one at a time, in order.
+func (b *Broker) takeOrdered(ctx context.Context, pg *pullGroup, limit int, visibility time.Duration) ([]Pulled, error) {
+	pg.mu.Lock()
+	defer pg.mu.Unlock()
+	group, sub := pg.sub.Group, pg.sub
+	now := b.now()
+	queues := pg.cursors[:len(pg.cursors)-1] // no retry queue: ordered retries stay in place
+	start := pg.rr
+	pg.rr++
+	var out []Pulled
+	for i := 0; i < len(queues) && len(out) < limit; i++ {
+		c := queues[(start+i)%len(queues)]
+		var m *Message
+		attempt := 1
+		if blk, ok := pg.blocks[c.queue]; ok {
+			if now.Before(blk.NextAt) {
+				continue // its message is out
+			}
+			var err error
+			if m, err = b.ReadMessageAt(c.topic, c.queue, blk.QueueOffset); err != nil {
+				b.clearBlock(ctx, pg, c, blk.QueueOffset+1) // gone with retention
+				continue
+			}
+			attempt = blk.Attempt + 1
+			if attempt > sub.MaxRetries+1 {
+				reason := fmt.Sprintf("not acked within its visibility on any of %d attempts", attempt-1)
+				if err := b.DeadLetter(ctx, group, m, attempt-1, reason); err != nil {
+					return out, err
+				}
+				b.LogAttempt(Attempt{MsgID: m.ID, Group: group, Subscription: sub.ID, Attempt: attempt - 1, At: now, Outcome: "dead", Error: reason})
+				b.clearBlock(ctx, pg, c, blk.QueueOffset+1)
+				continue
+			}
+		} else {
+			msgs, next, err := b.ReadQueue(c.topic, c.queue, c.next, 1, pg.filter)
+			if err != nil {
+				return out, err
+			}
+			c.next = next
+			if len(msgs) == 0 {
+				b.SetOffset(group, c.topic, c.queue, c.next)
+				continue
+			}
+			m = msgs[0]
+		}
+		blk := OrderedRetry{Subscription: sub.ID, Queue: c.queue, QueueOffset: m.QueueOffset, Attempt: attempt, NextAt: now.Add(visibility)}
+		if err := b.meta.SetOrderedRetry(ctx, blk); err != nil {
+			return out, err
+		}
+		pg.blocks[c.queue] = blk
+		b.SetOffset(group, c.topic, c.queue, m.QueueOffset) // not past it until it is acked
+		b.SetInFlight(group, c.topic, c.queue, 1)
+		out = append(out, Pulled{Message: m, Attempt: attempt, Receipt: receipt{Ordered: true, Attempt: attempt,
+			Timer: m.QueueOffset, Queue: c.queue, Group: group, Topic: sub.Topic, MsgID: m.ID}.encode(b.receiptKey)})
+	}
+	return out, nil
+}
+
+// clearBlock frees an ordered queue and moves the group past its message.
+// Called with pg.mu held.
+func (b *Broker) clearBlock(ctx context.Context, pg *pullGroup, c *pullCursor, next int64) {
+	delete(pg.blocks, c.queue)
+	if err := b.meta.ClearOrderedRetry(ctx, pg.sub.ID, c.queue); err != nil {
+		b.logger.Error("clearing an ordered queue's block failed", "err", err)
+	}
+	c.next = max(c.next, next)
+	b.SetOffset(pg.sub.Group, c.topic, c.queue, c.next)
+	b.SetInFlight(pg.sub.Group, c.topic, c.queue, 0)
 }
 
 // take hands out what is ready now.
@@ -296,53 +385,104 @@ type AckResult struct {
 	Detail string
 }
 
-// settleReceipts checks every receipt and cancels their timers, all or
-// none: a request with any bad or stale receipt changes nothing.
-func (b *Broker) settleReceipts(ctx context.Context, group string, receipts []string) ([]receipt, error) {
+// settleReceipts checks every receipt and takes its message out of
+// flight, all or none: a request with any bad or stale receipt changes
+// nothing. Timer receipts cancel their visibility timer; an ordered
+// group's receipts are checked against its queues' blocks, which the
+// caller (ack or nack) then settles.
+func (b *Broker) settleReceipts(ctx context.Context, group string, receipts []string) (timers, ordered []receipt, err error) {
 	if err := ValidateGroupName(group); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if len(receipts) == 0 || len(receipts) > MaxPullMessages*4 {
-		return nil, errf(CodeInvalidReceipt, "receipts", "give 1-%d receipts", MaxPullMessages*4)
+		return nil, nil, errf(CodeInvalidReceipt, "receipts", "give 1-%d receipts", MaxPullMessages*4)
 	}
-	rs := make([]receipt, len(receipts))
-	offs := make([]int64, len(receipts))
+	var offs []int64
 	var last int64
 	for i, s := range receipts {
 		r, err := decodeReceipt(s, b.receiptKey)
 		if err != nil {
-			return nil, errf(CodeInvalidReceipt, fmt.Sprintf("receipts[%d]", i), "not a receipt this bus issued")
+			return nil, nil, errf(CodeInvalidReceipt, fmt.Sprintf("receipts[%d]", i), "not a receipt this bus issued")
 		}
 		if r.Group != group {
-			return nil, errf(CodeInvalidReceipt, fmt.Sprintf("receipts[%d]", i), "the receipt was issued to another group")
+			return nil, nil, errf(CodeInvalidReceipt, fmt.Sprintf("receipts[%d]", i), "the receipt was issued to another group")
 		}
-		rs[i], offs[i] = r, r.Timer
+		if r.Ordered {
+			pg, err := b.pullGroupFor(ctx, group, r.Topic)
+			if err != nil {
+				return nil, nil, err
+			}
+			pg.mu.Lock()
+			blk, ok := pg.blocks[r.Queue]
+			pg.mu.Unlock()
+			if !ok || blk.QueueOffset != r.Timer || blk.Attempt != r.Attempt {
+				return nil, nil, errf(CodeStaleReceipt, fmt.Sprintf("receipts[%d]", i),
+					"the receipt is stale: already acked or nacked, or its visibility ran out and the message was handed out again under a new receipt; nothing was changed")
+			}
+			ordered = append(ordered, r)
+			continue
+		}
+		timers = append(timers, r)
+		offs = append(offs, r.Timer)
 		last = max(last, r.Timer)
 	}
-	// A receipt's timer is stored when dispatch reaches its copy.
-	if err := b.waitDispatched(ctx, last+1); err != nil {
-		return nil, err
+	if len(offs) > 0 {
+		// A receipt's timer is stored when dispatch reaches its copy.
+		if err := b.waitDispatched(ctx, last+1); err != nil {
+			return nil, nil, err
+		}
+		stale, err := b.meta.CancelTimers(ctx, offs, b.now())
+		if err != nil {
+			return nil, nil, err
+		}
+		if len(stale) > 0 {
+			return nil, nil, errf(CodeStaleReceipt, "receipts",
+				"%d of the receipts are stale: already acked or nacked, or their visibility ran out and the message was handed out again under a new receipt; nothing was changed", len(stale))
+		}
 	}
-	stale, err := b.meta.CancelTimers(ctx, offs)
-	if err != nil {
-		return nil, err
+	b.pullsInFlight.Add(-int64(len(timers)))
+	return timers, ordered, nil
+}
+
+// settleOrdered acks (next > 0: the queue moves on) or nacks (the message
+// comes back after delay) an ordered group's receipts.
+func (b *Broker) settleOrdered(ctx context.Context, group string, rs []receipt, ack bool, delay time.Duration) error {
+	for _, r := range rs {
+		pg, err := b.pullGroupFor(ctx, group, r.Topic)
+		if err != nil {
+			return err
+		}
+		pg.mu.Lock()
+		blk, ok := pg.blocks[r.Queue]
+		if ok && blk.QueueOffset == r.Timer && blk.Attempt == r.Attempt {
+			c := pg.cursors[r.Queue]
+			if ack {
+				b.clearBlock(ctx, pg, c, r.Timer+1)
+			} else {
+				blk.NextAt = b.now().Add(delay)
+				pg.blocks[r.Queue] = blk
+				err = b.meta.SetOrderedRetry(ctx, blk)
+			}
+		}
+		pg.mu.Unlock()
+		if err != nil {
+			return err
+		}
 	}
-	if len(stale) > 0 {
-		return nil, errf(CodeStaleReceipt, fmt.Sprintf("receipts[%d]", stale[0]),
-			"%d of the receipts are stale: already acked or nacked, or their visibility ran out and the message was handed out again under a new receipt; nothing was changed", len(stale))
-	}
-	b.pullsInFlight.Add(-int64(len(rs)))
-	return rs, nil
+	return nil
 }
 
 // Ack marks pulled messages done for the group, for good.
 func (b *Broker) Ack(ctx context.Context, group string, receipts []string) error {
-	rs, err := b.settleReceipts(ctx, group, receipts)
+	rs, ordered, err := b.settleReceipts(ctx, group, receipts)
 	if err != nil {
 		return err
 	}
+	if err := b.settleOrdered(ctx, group, ordered, true, 0); err != nil {
+		return err
+	}
 	now := b.now()
-	for _, r := range rs {
+	for _, r := range append(rs, ordered...) {
 		b.LogAttempt(Attempt{MsgID: r.MsgID, Group: group, Attempt: r.Attempt, At: now, Outcome: "acked"})
 	}
 	return nil
@@ -355,8 +495,11 @@ func (b *Broker) Nack(ctx context.Context, group string, receipts []string, dela
 	if delay < 0 || delay > MaxRetryDelay {
 		return errf(CodeInvalidPull, "delay", "delay %s must be 0-%s", delay, MaxRetryDelay)
 	}
-	rs, err := b.settleReceipts(ctx, group, receipts)
+	rs, ordered, err := b.settleReceipts(ctx, group, receipts)
 	if err != nil {
+		return err
+	}
+	if err := b.settleOrdered(ctx, group, ordered, false, delay); err != nil {
 		return err
 	}
 	now := b.now()

@@ -257,3 +257,59 @@ func TestPullBadInput(t *testing.T) {
 		t.Errorf("empty ack: %v", err)
 	}
 }
+
+// TestOrderedPull: an ordered group gets a queue's messages one at a time,
+// in order; an unacked one comes back first; after its retries it goes to
+// the DLQ and the queue moves on. The block survives a restart.
+func TestOrderedPull(t *testing.T) {
+	cfg := testConfig(t, t.TempDir())
+	b := openBroker(t, cfg)
+	ctx := context.Background()
+	if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.CreateSubscription(ctx, Subscription{Group: "g", Topic: "t", Ordered: true, MaxRetries: 1, StartFrom: "earliest", Visibility: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		publish(t, b, "t", msg(fmt.Sprint("m", i)))
+	}
+	got := pullN(t, b, "g", "t", 10, 0, 0)
+	if len(got) != 1 || string(got[0].Body) != "m0" {
+		t.Fatalf("first ordered pull: %d messages", len(got))
+	}
+	if more := pullN(t, b, "g", "t", 10, 0, 0); len(more) != 0 {
+		t.Fatalf("a second message of the queue went out while m0 was out: %s", more[0].Body)
+	}
+	if err := b.Ack(ctx, "g", receipts(got)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Ack(ctx, "g", receipts(got)); CodeOf(err) != CodeStaleReceipt {
+		t.Fatalf("second ack: %v", err)
+	}
+	got = pullN(t, b, "g", "t", 10, 0, 0)
+	if len(got) != 1 || string(got[0].Body) != "m1" {
+		t.Fatalf("after the ack: %v", got)
+	}
+	// m1 is never acked: it comes back (attempt 2) after its visibility,
+	// also across a restart, then goes to the DLQ; m2 follows.
+	b.Close()
+	b = openBroker(t, cfg)
+	var bodies []string
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, p := range pullN(t, b, "g", "t", 10, 500*time.Millisecond, 0) {
+			bodies = append(bodies, fmt.Sprintf("%s@%d", p.Body, p.Attempt))
+			if string(p.Body) == "m2" {
+				b.Ack(ctx, "g", []string{p.Receipt})
+				deadline = time.Now()
+			}
+		}
+	}
+	if want := "m1@2 m2@1"; fmt.Sprint(bodies) != "["+want+"]" {
+		t.Fatalf("handed out %v, want [%s]", bodies, want)
+	}
+	if dls, _ := b.DeadLetters(ctx, "g", -1, 10); len(dls) != 1 || string(dls[0].Body) != "m1" {
+		t.Fatalf("dead letters: %d", len(dls))
+	}
+}

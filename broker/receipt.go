@@ -20,14 +20,22 @@ import (
 // turned into another group's, and it goes stale once its timer fired (the
 // message was handed out again, under a new receipt).
 //
-//	version u8 (1) | attempt u16 | timer offset i64 | group u8+bytes |
+// An ordered group's receipt names instead the queue and offset of the one
+// message its queue has out, which ack and nack check against the queue's
+// stored block.
+//
+//	version u8 (1) | ordered u8 | attempt u16 | timer offset, or queue
+//	offset when ordered, i64 | queue u16 | group u8+bytes | topic u8+bytes |
 //	msg id u8+bytes | HMAC-SHA256 truncated to 16 bytes
 //
 // encoded base64url without padding.
 type receipt struct {
+	Ordered bool
 	Attempt int
-	Timer   int64 // log offset of the visibility copy
+	Timer   int64 // log offset of the visibility copy; the queue offset when ordered
+	Queue   int   // ordered: the queue
 	Group   string
+	Topic   string
 	MsgID   string
 }
 
@@ -67,11 +75,17 @@ func loadReceiptKey(dir string) ([]byte, error) {
 
 func (r receipt) encode(key []byte) string {
 	buf := make([]byte, 0, 16+len(r.Group)+len(r.MsgID)+receiptMACLen)
-	buf = append(buf, receiptVersion)
+	buf = append(buf, receiptVersion, 0)
+	if r.Ordered {
+		buf[1] = 1
+	}
 	buf = binary.BigEndian.AppendUint16(buf, uint16(r.Attempt))
 	buf = binary.BigEndian.AppendUint64(buf, uint64(r.Timer))
+	buf = binary.BigEndian.AppendUint16(buf, uint16(r.Queue))
 	buf = append(buf, byte(len(r.Group)))
 	buf = append(buf, r.Group...)
+	buf = append(buf, byte(len(r.Topic)))
+	buf = append(buf, r.Topic...)
 	buf = append(buf, byte(len(r.MsgID)))
 	buf = append(buf, r.MsgID...)
 	mac := hmac.New(sha256.New, key)
@@ -86,7 +100,7 @@ func decodeReceipt(s string, key []byte) (receipt, error) {
 		return receipt{}, errBadReceipt
 	}
 	b, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil || len(b) < 1+2+8+1+1+receiptMACLen || b[0] != receiptVersion {
+	if err != nil || len(b) < 2+2+8+2+1+1+1+receiptMACLen || b[0] != receiptVersion || b[1] > 1 {
 		return receipt{}, errBadReceipt
 	}
 	body, sum := b[:len(b)-receiptMACLen], b[len(b)-receiptMACLen:]
@@ -95,15 +109,17 @@ func decodeReceipt(s string, key []byte) (receipt, error) {
 	if !hmac.Equal(mac.Sum(nil)[:receiptMACLen], sum) {
 		return receipt{}, errBadReceipt
 	}
-	r := recordReader{p: body[1:]}
-	var rc receipt
+	r := recordReader{p: body[2:]}
+	rc := receipt{Ordered: body[1] == 1}
 	if a := r.take(2); a != nil {
 		rc.Attempt = int(binary.BigEndian.Uint16(a))
 	}
 	if t := r.take(8); t != nil {
 		rc.Timer = int64(binary.BigEndian.Uint64(t))
 	}
+	rc.Queue = r.u16()
 	rc.Group = string(r.str8())
+	rc.Topic = string(r.str8())
 	rc.MsgID = string(r.str8())
 	if r.err != nil || len(r.p) != 0 || rc.Timer < 0 {
 		return receipt{}, errBadReceipt

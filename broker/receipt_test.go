@@ -7,7 +7,7 @@ import (
 
 func TestReceiptRoundTrip(t *testing.T) {
 	key := []byte(strings.Repeat("k", 32))
-	r := receipt{Attempt: 3, Timer: 123456789, Group: "workers", MsgID: "abcDEF123"}
+	r := receipt{Attempt: 3, Timer: 123456789, Group: "workers", Topic: "jobs", MsgID: "abcDEF123"}
 	s := r.encode(key)
 	got, err := decodeReceipt(s, key)
 	if err != nil || got != r {
@@ -32,7 +32,8 @@ func TestReceiptRoundTrip(t *testing.T) {
 // receipt re-encodes to the same text.
 func FuzzReceipt(f *testing.F) {
 	key := []byte(strings.Repeat("k", 32))
-	f.Add(receipt{Attempt: 1, Timer: 5, Group: "g", MsgID: "m"}.encode(key))
+	f.Add(receipt{Attempt: 1, Timer: 5, Group: "g", Topic: "t", MsgID: "m"}.encode(key))
+	f.Add(receipt{Ordered: true, Attempt: 2, Timer: 7, Queue: 3, Group: "g", Topic: "t", MsgID: "m"}.encode(key))
 	f.Add("")
 	f.Add("AAAA")
 	f.Fuzz(func(t *testing.T, s string) {

@@ -13,6 +13,7 @@ import (
 type Timer struct {
 	LogOffset int64
 	DeliverAt time.Time
+	Owner     string // the topic the record is for, where it is counted (retry topics)
 }
 
 // rowChunk bounds the rows one statement carries: at 9 parameters a row
@@ -60,13 +61,13 @@ func (s *Store) AddTimers(ctx context.Context, ts []Timer) error {
 	return s.write(ctx, func(tx *sql.Tx) error {
 		for len(ts) > 0 {
 			n := min(len(ts), rowChunk)
-			args := make([]any, 0, 2*n)
+			args := make([]any, 0, 3*n)
 			for _, t := range ts[:n] {
-				args = append(args, t.LogOffset, t.DeliverAt.UnixMilli())
+				args = append(args, t.LogOffset, t.DeliverAt.UnixMilli(), t.Owner)
 			}
 			// Not INSERT OR IGNORE: that would drop a row failing a CHECK
 			// as silently as a replayed one.
-			if _, err := tx.ExecContext(ctx, `INSERT INTO timers (log_offset, deliver_at) VALUES `+placeholders(n, 2)+` ON CONFLICT (log_offset) DO NOTHING`, args...); err != nil {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO timers (log_offset, deliver_at, owner) VALUES `+placeholders(n, 3)+` ON CONFLICT (log_offset) DO NOTHING`, args...); err != nil {
 				return fmt.Errorf("add timers: %w", err)
 			}
 			ts = ts[n:]
@@ -135,6 +136,16 @@ func (s *Store) PendingTimersBefore(ctx context.Context, logOff int64, limit int
 		return nil, fmt.Errorf("pending timers: %w", err)
 	}
 	return s.timers(ctx, pendingTimersBeforeQuery, logOff, limit)
+}
+
+// PendingTimersOf counts the unfired timers of records for topic.
+func (s *Store) PendingTimersOf(ctx context.Context, topic string) (int64, error) {
+	var n int64
+	err := s.r.QueryRowContext(ctx, `SELECT count(*) FROM timers WHERE owner = ? AND fired = 0`, topic).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("pending timers of %s: %w", topic, err)
+	}
+	return n, nil
 }
 
 // PendingTimers counts unfired timers.
@@ -545,19 +556,19 @@ func (s *Store) DeleteSubscription(ctx context.Context, id string) error {
 
 // CancelTimers marks pending timers fired, all or none, in one
 // transaction: a pull's ack cancels the timers that would hand its messages
-// out again. It returns the indexes of the offsets whose timer was not
-// pending (already fired, cancelled, or unknown); when there are any,
-// nothing was changed.
-func (s *Store) CancelTimers(ctx context.Context, offsets []int64) (stale []int, err error) {
+// out again. A timer due by now is past cancelling (its message is being
+// handed out again), as is one fired, cancelled or unknown: CancelTimers
+// returns the indexes of those, and when there are any, nothing changed.
+func (s *Store) CancelTimers(ctx context.Context, offsets []int64, now time.Time) (stale []int, err error) {
 	errStale := errors.New("stale")
 	err = s.write(ctx, func(tx *sql.Tx) error {
-		stmt, err := tx.PrepareContext(ctx, `UPDATE timers SET fired = 1 WHERE log_offset = ? AND fired = 0`)
+		stmt, err := tx.PrepareContext(ctx, `UPDATE timers SET fired = 1 WHERE log_offset = ? AND fired = 0 AND deliver_at > ?`)
 		if err != nil {
 			return err
 		}
 		defer stmt.Close()
 		for i, off := range offsets {
-			res, err := stmt.ExecContext(ctx, off)
+			res, err := stmt.ExecContext(ctx, off, now.UnixMilli())
 			if err != nil {
 				return fmt.Errorf("cancel timer %d: %w", off, err)
 			}

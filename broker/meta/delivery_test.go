@@ -102,31 +102,31 @@ func TestAddTimersIdempotent(t *testing.T) {
 	}{
 		{
 			name:  "same offset twice in one call",
-			calls: [][]Timer{{{7, at(time.Second)}, {7, at(9 * time.Second)}}},
-			want:  []Timer{{7, at(time.Second)}},
+			calls: [][]Timer{{{LogOffset: 7, DeliverAt: at(time.Second)}, {LogOffset: 7, DeliverAt: at(9 * time.Second)}}},
+			want:  []Timer{{LogOffset: 7, DeliverAt: at(time.Second)}},
 		},
 		{
 			name:  "same offset in a later call",
-			calls: [][]Timer{{{7, at(time.Second)}}, {{7, at(9 * time.Second)}}},
-			want:  []Timer{{7, at(time.Second)}},
+			calls: [][]Timer{{{LogOffset: 7, DeliverAt: at(time.Second)}}, {{LogOffset: 7, DeliverAt: at(9 * time.Second)}}},
+			want:  []Timer{{LogOffset: 7, DeliverAt: at(time.Second)}},
 		},
 		{
 			name:  "an earlier deliver_at does not win either",
-			calls: [][]Timer{{{7, at(9 * time.Second)}}, {{7, at(time.Second)}}},
-			want:  []Timer{{7, at(9 * time.Second)}},
+			calls: [][]Timer{{{LogOffset: 7, DeliverAt: at(9 * time.Second)}}, {{LogOffset: 7, DeliverAt: at(time.Second)}}},
+			want:  []Timer{{LogOffset: 7, DeliverAt: at(9 * time.Second)}},
 		},
 		{
 			name: "replayed batch beside new timers",
 			calls: [][]Timer{
-				{{1, at(3 * time.Second)}, {2, at(2 * time.Second)}},
-				{{1, at(time.Hour)}, {2, at(time.Hour)}, {3, at(time.Second)}},
+				{{LogOffset: 1, DeliverAt: at(3 * time.Second)}, {LogOffset: 2, DeliverAt: at(2 * time.Second)}},
+				{{LogOffset: 1, DeliverAt: at(time.Hour)}, {LogOffset: 2, DeliverAt: at(time.Hour)}, {LogOffset: 3, DeliverAt: at(time.Second)}},
 			},
-			want: []Timer{{3, at(time.Second)}, {2, at(2 * time.Second)}, {1, at(3 * time.Second)}},
+			want: []Timer{{LogOffset: 3, DeliverAt: at(time.Second)}, {LogOffset: 2, DeliverAt: at(2 * time.Second)}, {LogOffset: 1, DeliverAt: at(3 * time.Second)}},
 		},
 		{
 			name:  "sub-millisecond part dropped",
-			calls: [][]Timer{{{4, at(1500 * time.Microsecond)}}},
-			want:  []Timer{{4, at(time.Millisecond)}},
+			calls: [][]Timer{{{LogOffset: 4, DeliverAt: at(1500 * time.Microsecond)}}},
+			want:  []Timer{{LogOffset: 4, DeliverAt: at(time.Millisecond)}},
 		},
 		{
 			name:  "empty call",
@@ -154,7 +154,7 @@ func TestAddTimersIdempotent(t *testing.T) {
 // vanish as quietly as a replayed timer does.
 func TestAddTimersRejectsNegativeOffset(t *testing.T) {
 	s := openStore(t, dbPath(t))
-	err := s.AddTimers(context.Background(), []Timer{{1, at(0)}, {-1, at(0)}})
+	err := s.AddTimers(context.Background(), []Timer{{LogOffset: 1, DeliverAt: at(0)}, {LogOffset: -1, DeliverAt: at(0)}})
 	if !errors.Is(err, ErrInvalid) {
 		t.Fatalf("AddTimers with a negative offset: err = %v, want ErrInvalid", err)
 	}
@@ -166,22 +166,22 @@ func TestAddTimersRejectsNegativeOffset(t *testing.T) {
 func TestDueTimers(t *testing.T) {
 	s := openStore(t, dbPath(t))
 	addTimers(t, s,
-		Timer{10, at(3 * time.Second)},
-		Timer{13, at(2 * time.Second)},
-		Timer{11, at(1 * time.Second)},
-		Timer{12, at(2 * time.Second)},
-		Timer{5, at(2 * time.Second)},
-		Timer{20, at(10 * time.Second)},
-		Timer{21, at(-time.Hour)}, // fired below: never due again
+		Timer{LogOffset: 10, DeliverAt: at(3 * time.Second)},
+		Timer{LogOffset: 13, DeliverAt: at(2 * time.Second)},
+		Timer{LogOffset: 11, DeliverAt: at(1 * time.Second)},
+		Timer{LogOffset: 12, DeliverAt: at(2 * time.Second)},
+		Timer{LogOffset: 5, DeliverAt: at(2 * time.Second)},
+		Timer{LogOffset: 20, DeliverAt: at(10 * time.Second)},
+		Timer{LogOffset: 21, DeliverAt: at(-time.Hour)}, // fired below: never due again
 	)
 	fireTimers(t, s, 21)
 	var (
-		t11 = Timer{11, at(1 * time.Second)}
-		t5  = Timer{5, at(2 * time.Second)}
-		t12 = Timer{12, at(2 * time.Second)}
-		t13 = Timer{13, at(2 * time.Second)}
-		t10 = Timer{10, at(3 * time.Second)}
-		t20 = Timer{20, at(10 * time.Second)}
+		t11 = Timer{LogOffset: 11, DeliverAt: at(1 * time.Second)}
+		t5  = Timer{LogOffset: 5, DeliverAt: at(2 * time.Second)}
+		t12 = Timer{LogOffset: 12, DeliverAt: at(2 * time.Second)}
+		t13 = Timer{LogOffset: 13, DeliverAt: at(2 * time.Second)}
+		t10 = Timer{LogOffset: 10, DeliverAt: at(3 * time.Second)}
+		t20 = Timer{LogOffset: 20, DeliverAt: at(10 * time.Second)}
 	)
 	tests := []struct {
 		name  string
@@ -215,7 +215,7 @@ func TestDueTimers(t *testing.T) {
 func TestTimerLimitInvalid(t *testing.T) {
 	ctx := context.Background()
 	s := openStore(t, dbPath(t))
-	addTimers(t, s, Timer{1, at(0)}, Timer{2, at(0)})
+	addTimers(t, s, Timer{LogOffset: 1, DeliverAt: at(0)}, Timer{LogOffset: 2, DeliverAt: at(0)})
 	for _, limit := range []int{0, -1} {
 		t.Run(fmt.Sprintf("limit=%d", limit), func(t *testing.T) {
 			if ts, err := s.DueTimers(ctx, far, limit); !errors.Is(err, ErrInvalid) {
@@ -237,28 +237,28 @@ func TestNextTimer(t *testing.T) {
 		wantOK bool
 	}{
 		{name: "empty store"},
-		{name: "one timer", add: []Timer{{1, at(time.Minute)}}, want: at(time.Minute), wantOK: true},
+		{name: "one timer", add: []Timer{{LogOffset: 1, DeliverAt: at(time.Minute)}}, want: at(time.Minute), wantOK: true},
 		{
 			name:   "earliest of several, not lowest offset",
-			add:    []Timer{{1, at(time.Minute)}, {2, at(time.Second)}, {3, at(time.Hour)}},
+			add:    []Timer{{LogOffset: 1, DeliverAt: at(time.Minute)}, {LogOffset: 2, DeliverAt: at(time.Second)}, {LogOffset: 3, DeliverAt: at(time.Hour)}},
 			want:   at(time.Second),
 			wantOK: true,
 		},
 		{
 			name:   "earliest fired: the next one",
-			add:    []Timer{{1, at(time.Minute)}, {2, at(time.Second)}, {3, at(time.Hour)}},
+			add:    []Timer{{LogOffset: 1, DeliverAt: at(time.Minute)}, {LogOffset: 2, DeliverAt: at(time.Second)}, {LogOffset: 3, DeliverAt: at(time.Hour)}},
 			fire:   []int64{2},
 			want:   at(time.Minute),
 			wantOK: true,
 		},
 		{
 			name: "all fired",
-			add:  []Timer{{1, at(time.Minute)}, {2, at(time.Second)}},
+			add:  []Timer{{LogOffset: 1, DeliverAt: at(time.Minute)}, {LogOffset: 2, DeliverAt: at(time.Second)}},
 			fire: []int64{1, 2},
 		},
 		{
 			name:   "already due still counts",
-			add:    []Timer{{1, at(-time.Hour)}},
+			add:    []Timer{{LogOffset: 1, DeliverAt: at(-time.Hour)}},
 			want:   at(-time.Hour),
 			wantOK: true,
 		},
@@ -281,7 +281,7 @@ func TestNextTimer(t *testing.T) {
 func TestFireTimers(t *testing.T) {
 	ctx := context.Background()
 	s := openStore(t, dbPath(t))
-	all := []Timer{{0, at(5 * time.Second)}, {1, at(1 * time.Second)}, {2, at(2 * time.Second)}, {3, at(3 * time.Second)}, {4, at(4 * time.Second)}}
+	all := []Timer{{LogOffset: 0, DeliverAt: at(5 * time.Second)}, {LogOffset: 1, DeliverAt: at(1 * time.Second)}, {LogOffset: 2, DeliverAt: at(2 * time.Second)}, {LogOffset: 3, DeliverAt: at(3 * time.Second)}, {LogOffset: 4, DeliverAt: at(4 * time.Second)}}
 	addTimers(t, s, all...)
 
 	steps := []struct {
@@ -329,11 +329,11 @@ func TestPendingTimersBefore(t *testing.T) {
 	s := openStore(t, dbPath(t))
 	// Due times run against offsets so that ordering by time would show.
 	addTimers(t, s,
-		Timer{20, at(1 * time.Second)},
-		Timer{15, at(2 * time.Second)},
-		Timer{10, at(3 * time.Second)},
-		Timer{5, at(4 * time.Second)},
-		Timer{0, at(5 * time.Second)},
+		Timer{LogOffset: 20, DeliverAt: at(1 * time.Second)},
+		Timer{LogOffset: 15, DeliverAt: at(2 * time.Second)},
+		Timer{LogOffset: 10, DeliverAt: at(3 * time.Second)},
+		Timer{LogOffset: 5, DeliverAt: at(4 * time.Second)},
+		Timer{LogOffset: 0, DeliverAt: at(5 * time.Second)},
 	)
 	fireTimers(t, s, 10)
 	tests := []struct {
@@ -343,11 +343,11 @@ func TestPendingTimersBefore(t *testing.T) {
 		want   []Timer
 	}{
 		{"below everything", 0, 100, nil},
-		{"bound is exclusive", 5, 100, []Timer{{0, at(5 * time.Second)}}},
-		{"just past a timer", 6, 100, []Timer{{0, at(5 * time.Second)}, {5, at(4 * time.Second)}}},
-		{"fired timer skipped", 16, 100, []Timer{{0, at(5 * time.Second)}, {5, at(4 * time.Second)}, {15, at(2 * time.Second)}}},
-		{"all, by offset", 1 << 62, 100, []Timer{{0, at(5 * time.Second)}, {5, at(4 * time.Second)}, {15, at(2 * time.Second)}, {20, at(time.Second)}}},
-		{"limit keeps the lowest offsets", 1 << 62, 2, []Timer{{0, at(5 * time.Second)}, {5, at(4 * time.Second)}}},
+		{"bound is exclusive", 5, 100, []Timer{{LogOffset: 0, DeliverAt: at(5 * time.Second)}}},
+		{"just past a timer", 6, 100, []Timer{{LogOffset: 0, DeliverAt: at(5 * time.Second)}, {LogOffset: 5, DeliverAt: at(4 * time.Second)}}},
+		{"fired timer skipped", 16, 100, []Timer{{LogOffset: 0, DeliverAt: at(5 * time.Second)}, {LogOffset: 5, DeliverAt: at(4 * time.Second)}, {LogOffset: 15, DeliverAt: at(2 * time.Second)}}},
+		{"all, by offset", 1 << 62, 100, []Timer{{LogOffset: 0, DeliverAt: at(5 * time.Second)}, {LogOffset: 5, DeliverAt: at(4 * time.Second)}, {LogOffset: 15, DeliverAt: at(2 * time.Second)}, {LogOffset: 20, DeliverAt: at(time.Second)}}},
+		{"limit keeps the lowest offsets", 1 << 62, 2, []Timer{{LogOffset: 0, DeliverAt: at(5 * time.Second)}, {LogOffset: 5, DeliverAt: at(4 * time.Second)}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -367,7 +367,7 @@ func TestPendingTimersBefore(t *testing.T) {
 func TestPurgeFiredTimers(t *testing.T) {
 	s := openStore(t, dbPath(t))
 	for off := range int64(10) {
-		addTimers(t, s, Timer{off, at(time.Duration(off) * time.Second)})
+		addTimers(t, s, Timer{LogOffset: off, DeliverAt: at(time.Duration(off) * time.Second)})
 	}
 	fireTimers(t, s, 0, 1, 2, 5, 8)
 	steps := []struct {
@@ -1049,7 +1049,7 @@ func TestDeliveryReopen(t *testing.T) {
 	clk := newClock()
 	s := openStore(t, path, withClock(clk))
 
-	addTimers(t, s, Timer{100, at(time.Second)}, Timer{200, at(2 * time.Second)}, Timer{300, at(3 * time.Second)})
+	addTimers(t, s, Timer{LogOffset: 100, DeliverAt: at(time.Second)}, Timer{LogOffset: 200, DeliverAt: at(2 * time.Second)}, Timer{LogOffset: 300, DeliverAt: at(3 * time.Second)})
 	fireTimers(t, s, 100)
 	if err := s.AddAttempts(ctx, []Attempt{
 		{MsgID: "m1", Group: "billing", Subscription: "sub-1", Attempt: 1, At: at(time.Second), Outcome: "retry", Status: 500, Error: "boom", Latency: 12 * time.Millisecond},
@@ -1152,7 +1152,7 @@ func TestDeliveryMigrationKeepsData(t *testing.T) {
 	if got := subscription(t, s, "sub-1"); !reflect.DeepEqual(got, sub) {
 		t.Errorf("subscription after upgrade = %+v, want %+v", got, sub)
 	}
-	addTimers(t, s, Timer{1, at(0)})
+	addTimers(t, s, Timer{LogOffset: 1, DeliverAt: at(0)})
 	if got := pendingTimers(t, s); got != 1 {
 		t.Errorf("PendingTimers after upgrade = %d, want 1", got)
 	}
@@ -1233,26 +1233,27 @@ func TestCancelTimers(t *testing.T) {
 	ctx := context.Background()
 	s := openStore(t, filepath.Join(t.TempDir(), "meta.db"))
 	now := time.Now()
-	if err := s.AddTimers(ctx, []Timer{{LogOffset: 1, DeliverAt: now}, {LogOffset: 2, DeliverAt: now}}); err != nil {
+	later := now.Add(time.Minute)
+	if err := s.AddTimers(ctx, []Timer{{LogOffset: 1, DeliverAt: later}, {LogOffset: 2, DeliverAt: later}, {LogOffset: 4, DeliverAt: now}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.FireTimers(ctx, []int64{2}); err != nil {
 		t.Fatal(err)
 	}
-	stale, err := s.CancelTimers(ctx, []int64{1, 2, 3})
+	stale, err := s.CancelTimers(ctx, []int64{1, 2, 3, 4}, now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []int{1, 2}; !reflect.DeepEqual(stale, want) {
-		t.Fatalf("stale = %v, want %v (fired, unknown)", stale, want)
+	if want := []int{1, 2, 3}; !reflect.DeepEqual(stale, want) {
+		t.Fatalf("stale = %v, want %v (fired, unknown, due)", stale, want)
 	}
-	if n, _ := s.PendingTimers(ctx); n != 1 {
-		t.Fatalf("%d pending after a refused cancel, want 1: nothing may change", n)
+	if n, _ := s.PendingTimers(ctx); n != 2 {
+		t.Fatalf("%d pending after a refused cancel, want 2: nothing may change", n)
 	}
-	if stale, err := s.CancelTimers(ctx, []int64{1}); err != nil || stale != nil {
+	if stale, err := s.CancelTimers(ctx, []int64{1}, now); err != nil || stale != nil {
 		t.Fatalf("cancel of a pending timer: %v, %v", stale, err)
 	}
-	if stale, _ := s.CancelTimers(ctx, []int64{1}); len(stale) != 1 {
+	if stale, _ := s.CancelTimers(ctx, []int64{1}, now); len(stale) != 1 {
 		t.Fatal("a timer was cancelled twice")
 	}
 }
