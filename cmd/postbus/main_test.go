@@ -604,3 +604,98 @@ func TestSIGKILLDuringPush(t *testing.T) {
 	mu.Unlock()
 	t.Logf("%d messages delivered, %d duplicate deliveries across the crash, %d dead letters", len(ids), dups, len(dlq.Messages))
 }
+
+// TestSIGKILLDuringPull: after SIGKILL and restart, a message whose ack
+// was answered 200 never comes back, and every unacked one does.
+func TestSIGKILLDuringPull(t *testing.T) {
+	data := t.TempDir()
+	args := []string{"broker", "--data", data, "--auto-create-topics", "--offset-interval", "100ms"}
+	p := start(t, args...)
+	want := map[string]bool{}
+	for i := 0; i < 200; i++ {
+		resp, err := http.Post(p.url+"/v1/topics/work/messages", "text/plain", strings.NewReader(fmt.Sprint("job ", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var res struct {
+			MsgID string `json:"msg_id"`
+		}
+		json.NewDecoder(resp.Body).Decode(&res)
+		resp.Body.Close()
+		want[res.MsgID] = true
+	}
+	type pulled struct {
+		Messages []struct {
+			MsgID   string `json:"msg_id"`
+			Receipt string `json:"receipt"`
+			Attempt int    `json:"attempt"`
+		} `json:"messages"`
+	}
+	pull := func(url string) pulled {
+		resp, err := http.Post(url+"/v1/groups/workers/topics/work/pull?max=16&wait=1s&visibility=2s", "application/json", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var got pulled
+		if err := json.NewDecoder(resp.Body).Decode(&got); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("pull: %d %v", resp.StatusCode, err)
+		}
+		return got
+	}
+	ack := func(url string, receipts []string) int {
+		body, _ := json.Marshal(map[string][]string{"receipts": receipts})
+		resp, err := http.Post(url+"/v1/groups/workers/ack", "application/json", bytes.NewReader(body))
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	acked := map[string]bool{}
+	outstanding := map[string]bool{}
+	for len(acked) < 80 {
+		got := pull(p.url)
+		var rs []string
+		for i, m := range got.Messages {
+			if i%2 == 0 { // ack half, leave half out
+				rs = append(rs, m.Receipt)
+			} else {
+				outstanding[m.MsgID] = true
+			}
+		}
+		if ack(p.url, rs) == 200 {
+			for i, m := range got.Messages {
+				if i%2 == 0 {
+					acked[m.MsgID] = true
+				}
+			}
+		}
+	}
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+
+	p2 := start(t, args...)
+	seen := map[string]bool{}
+	deadline := time.Now().Add(30 * time.Second)
+	for len(seen) < len(want)-len(acked) && time.Now().Before(deadline) {
+		got := pull(p2.url)
+		var rs []string
+		for _, m := range got.Messages {
+			if acked[m.MsgID] {
+				t.Fatalf("message %s came back after its ack was answered 200", m.MsgID)
+			}
+			seen[m.MsgID] = true
+			rs = append(rs, m.Receipt)
+		}
+		if len(rs) > 0 && ack(p2.url, rs) != 200 {
+			t.Fatal("ack after the restart failed")
+		}
+	}
+	for id := range want {
+		if !acked[id] && !seen[id] {
+			t.Fatalf("unacked message %s never came back after the restart", id)
+		}
+	}
+	t.Logf("%d acked before SIGKILL, %d left out unacked, %d handed out after the restart", len(acked), len(outstanding), len(seen))
+}
