@@ -188,6 +188,10 @@ func (b *Broker) Pull(ctx context.Context, group, topic string, limit int, wait,
 	if visibility == 0 {
 		visibility = pg.sub.Visibility
 	}
+	// What was acknowledged before this pull is pullable by it.
+	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
+		return nil, err
+	}
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
 	for {
@@ -351,7 +355,7 @@ func (b *Broker) take(ctx context.Context, pg *pullGroup, limit int, visibility 
 			return nil, b.unsettle(pg, err)
 		}
 		for i := range out {
-			out[i].Receipt = receipt{Attempt: out[i].Attempt, Timer: res[i].logOffset, Group: group, MsgID: out[i].ID}.encode(b.receiptKey)
+			out[i].Receipt = receipt{Attempt: out[i].Attempt, Timer: res[i].logOffset, Group: group, Topic: topic, MsgID: out[i].ID}.encode(b.receiptKey)
 		}
 	}
 	pg.mu.Lock()
@@ -483,9 +487,20 @@ func (b *Broker) Ack(ctx context.Context, group string, receipts []string) error
 	}
 	now := b.now()
 	for _, r := range append(rs, ordered...) {
-		b.LogAttempt(Attempt{MsgID: r.MsgID, Group: group, Attempt: r.Attempt, At: now, Outcome: "acked"})
+		b.LogAttempt(Attempt{MsgID: r.MsgID, Group: group, Subscription: b.pullSubscriptionID(group, r.Topic), Attempt: r.Attempt, At: now, Outcome: "acked"})
 	}
 	return nil
+}
+
+// pullSubscriptionID names the pull subscription a receipt came from, for
+// the attempt log.
+func (b *Broker) pullSubscriptionID(group, topic string) string {
+	b.pullsMu.Lock()
+	defer b.pullsMu.Unlock()
+	if pg := b.pulls[[2]string{group, topic}]; pg != nil {
+		return pg.sub.ID
+	}
+	return "pull:" + topic
 }
 
 // Nack gives pulled messages back to the group, to be handed out again
@@ -510,7 +525,7 @@ func (b *Broker) Nack(ctx context.Context, group string, receipts []string, dela
 			errs = append(errs, err)
 			continue
 		}
-		b.LogAttempt(Attempt{MsgID: r.MsgID, Group: group, Attempt: r.Attempt, At: now, Outcome: "nacked"})
+		b.LogAttempt(Attempt{MsgID: r.MsgID, Group: group, Subscription: b.pullSubscriptionID(group, r.Topic), Attempt: r.Attempt, At: now, Outcome: "nacked"})
 		c := *m // the visibility copy: retry topic, next attempt
 		c.DeliverAt, c.flags = now.Add(delay), flagRetry|flagDelayed
 		errs = append(errs, b.storeSystem(ctx, &c))
@@ -527,6 +542,9 @@ func (b *Broker) ReadQueueWait(ctx context.Context, topic string, queue int, fro
 	}
 	if queue < 0 || queue >= n {
 		return nil, 0, errf(CodeInvalidPull, "queue", "topic %q has queues 0-%d", topic, n-1)
+	}
+	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
+		return nil, 0, err
 	}
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
