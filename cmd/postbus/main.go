@@ -103,6 +103,8 @@ Tools:
              msgs/s, MB/s and latency percentiles ("postbus bench publish --help")
   push       publish to a topic with subscriptions pointing at a built-in local sink
              and report deliveries/s and publish-to-webhook latency ("postbus bench push --help")
+  pull       long-poll a topic with N pullers that ack every answer while publishing, and
+             report received+acked msgs/s and publish-to-receive latency ("postbus bench pull --help")
 `
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(stdout, benchUsage)
@@ -116,6 +118,8 @@ Tools:
 		return bench.Publish(ctx, args[1:], stdout)
 	case "push":
 		return bench.Push(ctx, args[1:], stdout)
+	case "pull":
+		return bench.Pull(ctx, args[1:], stdout)
 	default:
 		fmt.Fprintf(stderr, "postbus bench: unknown tool %q\n\n%s", args[0], benchUsage)
 		return errUsage

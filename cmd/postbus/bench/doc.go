@@ -1,8 +1,10 @@
-// Package bench holds the load tools behind `postbus bench publish` and
-// `postbus bench push`. The first drives a broker's publish endpoints over
-// plain HTTP/1.1 and reports throughput and per-request latency, the way
-// RocketMQ ships its producer benchmark in its own distribution; the second
-// measures push delivery end to end, from publish to webhook.
+// Package bench holds the load tools behind `postbus bench publish`,
+// `postbus bench push` and `postbus bench pull`. The first drives a broker's
+// publish endpoints over plain HTTP/1.1 and reports throughput and
+// per-request latency, the way RocketMQ ships its producer benchmark in its
+// own distribution; the second measures push delivery end to end, from
+// publish to webhook; the third, long-poll pull and ack, from publish to a
+// puller.
 //
 // The package owns the load loops, their HTTP client, the latency histogram,
 // the in-process no-op server and webhook sink used as baselines, the broker
@@ -92,4 +94,36 @@
 //   - --baseline POSTs the same stamped bodies, with the same client, straight
 //     at a fresh sink, closed loop, for --duration: the ceiling the client and
 //     sink put on any broker.
+//
+// # Pull
+//
+// `bench pull` creates a pull subscription (no url) for group bench-<run>, or
+// --group, from the latest message, so what earlier runs left in the topic
+// is not handed to this one; then --pullers goroutines long-poll the topic
+// as that group while the producer publishes stamped bodies (the push
+// stamp), singly or in --batch, for --duration; then it waits up to --drain
+// for the rest and deletes the subscription (one that existed is kept).
+//
+// Invariants of the pull tool:
+//   - Each puller acks every non-empty answer with one request before it
+//     pulls again. At the end the pulls still waiting are cut off, but an
+//     answer already read is still acked, so every receipt handed out is
+//     acked unless the run is interrupted; one that is not fails the run.
+//   - Missing is acknowledged publishes − first receipts, so a duplicate (a
+//     message id received again: at-least-once allows it) cannot hide a
+//     loss. Ids are kept as 64-bit hashes, as the push sink keeps them.
+//   - Latency runs from the stamp's send time to when the pull answer had
+//     been read, before it is decoded, and is recorded for first receipts
+//     only. Messages without this run's stamp are acked and counted apart.
+//   - The transport holds --pullers + --conns connections: a puller's acks
+//     follow its pulls on its own connection, so no pull queues for one.
+//
+// --idle N is the memory and timeout check: N pollers each hold one long
+// poll on the group, which has nothing to receive. The transport holds N
+// connections, so all N are open at once; the broker's RSS is sampled from
+// when all are written until the first comes back, and a poll counts as on
+// time if it came back empty within --wait ± 1s. Then --wakeups times one
+// publish each, 100 ms apart and with every poller waiting again, from the
+// publish until some poller's answer holds it: every poller wakes for it,
+// and one gets it.
 package bench
