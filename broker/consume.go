@@ -303,3 +303,40 @@ func (b *Broker) ReadMessageAt(topic string, queue int, offset int64) (*Message,
 	m.QueueOffset = offset
 	return m, nil
 }
+
+// Cursor is a consumer's place in one queue: the next offset to read, and
+// the offsets read but not yet finished (in flight, or waiting for a copy
+// to be stored). The group's offset is the lowest unfinished one, so a
+// restart never skips a message that was read but not settled. Push
+// dispatchers and pull groups keep one per queue; the caller serialises
+// access.
+type Cursor struct {
+	Topic   string
+	Queue   int
+	Next    int64
+	pending []int64 // ascending
+}
+
+// Start records that the message at off was read and is not finished.
+func (c *Cursor) Start(off int64) { c.pending = append(c.pending, off) }
+
+// Finish records that the message at off is done.
+func (c *Cursor) Finish(off int64) {
+	for i, p := range c.pending {
+		if p == off {
+			c.pending = append(c.pending[:i], c.pending[i+1:]...)
+			return
+		}
+	}
+}
+
+// Committed is the offset the group may persist: the lowest unfinished.
+func (c *Cursor) Committed() int64 {
+	if len(c.pending) > 0 {
+		return c.pending[0]
+	}
+	return c.Next
+}
+
+// InFlight counts the unfinished messages.
+func (c *Cursor) InFlight() int { return len(c.pending) }

@@ -41,37 +41,12 @@ type pullGroup struct {
 	mu      sync.Mutex
 	sub     Subscription
 	filter  Filter
-	cursors []*pullCursor // the topic's queues, then the retry queue; guarded by mu
-	rr      int           // where the next pull starts, for fairness across queues; guarded by mu
+	cursors []*Cursor // the topic's queues, then the retry queue; guarded by mu
+	rr      int       // where the next pull starts, for fairness across queues; guarded by mu
 	// blocks are an ordered group's queues with a message out, by queue:
 	// the message's offset, attempt and visibility deadline. Stored in
 	// SQLite too, so a restart keeps the order. Guarded by mu.
 	blocks map[int]OrderedRetry
-}
-
-// pullCursor is like the push cursor: read position and the offsets read
-// but not yet settled (their visibility copy not yet durable).
-type pullCursor struct {
-	topic   string
-	queue   int
-	next    int64
-	pending []int64
-}
-
-func (c *pullCursor) committed() int64 {
-	if len(c.pending) > 0 {
-		return c.pending[0]
-	}
-	return c.next
-}
-
-func (c *pullCursor) settle(off int64) {
-	for i, p := range c.pending {
-		if p == off {
-			c.pending = append(c.pending[:i], c.pending[i+1:]...)
-			return
-		}
-	}
 }
 
 // pullGroupFor returns the group's pull state on a topic, creating the
@@ -139,7 +114,7 @@ func (b *Broker) pullGroupFor(ctx context.Context, group, topic string) (*pullGr
 		if !ok {
 			off = 0 // the retry topic: all of it is this group's
 		}
-		pg.cursors = append(pg.cursors, &pullCursor{topic: t, queue: q, next: off})
+		pg.cursors = append(pg.cursors, &Cursor{Topic: t, Queue: q, Next: off})
 	}
 	b.pullsMu.Lock()
 	defer b.pullsMu.Unlock()
@@ -234,12 +209,12 @@ func (b *Broker) takeOrdered(ctx context.Context, pg *pullGroup, limit int, visi
 		c := queues[(start+i)%len(queues)]
 		var m *Message
 		attempt := 1
-		if blk, ok := pg.blocks[c.queue]; ok {
+		if blk, ok := pg.blocks[c.Queue]; ok {
 			if now.Before(blk.NextAt) {
 				continue // its message is out
 			}
 			var err error
-			if m, err = b.ReadMessageAt(c.topic, c.queue, blk.QueueOffset); err != nil {
+			if m, err = b.ReadMessageAt(c.Topic, c.Queue, blk.QueueOffset); err != nil {
 				b.clearBlock(ctx, pg, c, blk.QueueOffset+1) // gone with retention
 				continue
 			}
@@ -254,47 +229,47 @@ func (b *Broker) takeOrdered(ctx context.Context, pg *pullGroup, limit int, visi
 				continue
 			}
 		} else {
-			msgs, next, err := b.ReadQueue(c.topic, c.queue, c.next, 1, pg.filter)
+			msgs, next, err := b.ReadQueue(c.Topic, c.Queue, c.Next, 1, pg.filter)
 			if err != nil {
 				return out, err
 			}
-			c.next = next
+			c.Next = next
 			if len(msgs) == 0 {
-				b.SetOffset(group, c.topic, c.queue, c.next)
+				b.SetOffset(group, c.Topic, c.Queue, c.Next)
 				continue
 			}
 			m = msgs[0]
 		}
-		blk := OrderedRetry{Subscription: sub.ID, Queue: c.queue, QueueOffset: m.QueueOffset, Attempt: attempt, NextAt: now.Add(visibility)}
+		blk := OrderedRetry{Subscription: sub.ID, Queue: c.Queue, QueueOffset: m.QueueOffset, Attempt: attempt, NextAt: now.Add(visibility)}
 		if err := b.meta.SetOrderedRetry(ctx, blk); err != nil {
 			return out, err
 		}
-		pg.blocks[c.queue] = blk
-		b.SetOffset(group, c.topic, c.queue, m.QueueOffset) // not past it until it is acked
-		b.SetInFlight(group, c.topic, c.queue, 1)
+		pg.blocks[c.Queue] = blk
+		b.SetOffset(group, c.Topic, c.Queue, m.QueueOffset) // not past it until it is acked
+		b.SetInFlight(group, c.Topic, c.Queue, 1)
 		out = append(out, Pulled{Message: m, Attempt: attempt, Receipt: receipt{Ordered: true, Attempt: attempt,
-			Timer: m.QueueOffset, Queue: c.queue, Group: group, Topic: sub.Topic, MsgID: m.ID}.encode(b.receiptKey)})
+			Timer: m.QueueOffset, Queue: c.Queue, Group: group, Topic: sub.Topic, MsgID: m.ID}.encode(b.receiptKey)})
 	}
 	return out, nil
 }
 
 // clearBlock frees an ordered queue and moves the group past its message.
 // Called with pg.mu held.
-func (b *Broker) clearBlock(ctx context.Context, pg *pullGroup, c *pullCursor, next int64) {
-	delete(pg.blocks, c.queue)
-	if err := b.meta.ClearOrderedRetry(ctx, pg.sub.ID, c.queue); err != nil {
+func (b *Broker) clearBlock(ctx context.Context, pg *pullGroup, c *Cursor, next int64) {
+	delete(pg.blocks, c.Queue)
+	if err := b.meta.ClearOrderedRetry(ctx, pg.sub.ID, c.Queue); err != nil {
 		b.logger.Error("clearing an ordered queue's block failed", "err", err)
 	}
-	c.next = max(c.next, next)
-	b.SetOffset(pg.sub.Group, c.topic, c.queue, c.next)
-	b.SetInFlight(pg.sub.Group, c.topic, c.queue, 0)
+	c.Next = max(c.Next, next)
+	b.SetOffset(pg.sub.Group, c.Topic, c.Queue, c.Next)
+	b.SetInFlight(pg.sub.Group, c.Topic, c.Queue, 0)
 }
 
 // take hands out what is ready now.
 func (b *Broker) take(ctx context.Context, pg *pullGroup, limit int, visibility time.Duration) ([]Pulled, error) {
 	type taken struct {
 		m *Message
-		c *pullCursor
+		c *Cursor
 	}
 	var got []taken
 	pg.mu.Lock()
@@ -308,14 +283,14 @@ func (b *Broker) take(ctx context.Context, pg *pullGroup, limit int, visibility 
 			if round == 0 {
 				share = (share + n - i - 1) / (n - i) // spread across queues first
 			}
-			msgs, next, err := b.ReadQueue(c.topic, c.queue, c.next, share, pg.filter)
+			msgs, next, err := b.ReadQueue(c.Topic, c.Queue, c.Next, share, pg.filter)
 			if err != nil {
 				pg.mu.Unlock()
 				return nil, err
 			}
-			c.next = next
+			c.Next = next
 			for _, m := range msgs {
-				c.pending = append(c.pending, m.QueueOffset)
+				c.Start(m.QueueOffset)
 				got = append(got, taken{m, c})
 			}
 		}
@@ -360,8 +335,8 @@ func (b *Broker) take(ctx context.Context, pg *pullGroup, limit int, visibility 
 	}
 	pg.mu.Lock()
 	for _, t := range got {
-		t.c.settle(t.m.QueueOffset)
-		b.SetOffset(group, t.c.topic, t.c.queue, t.c.committed())
+		t.c.Finish(t.m.QueueOffset)
+		b.SetOffset(group, t.c.Topic, t.c.Queue, t.c.Committed())
 	}
 	pg.mu.Unlock()
 	b.pullsInFlight.Add(int64(len(out)))

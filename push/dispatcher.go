@@ -142,32 +142,6 @@ type cursorKey struct {
 	queue int
 }
 
-// cursor is the loop's place in one queue: what it has read, and which of
-// the messages read are not finished (in flight, or waiting for their retry
-// copy to be stored). The group's offset is the lowest unfinished one.
-type cursor struct {
-	topic   string
-	queue   int
-	next    int64   // the next offset to read
-	pending []int64 // unfinished offsets, ascending
-}
-
-func (c *cursor) committed() int64 {
-	if len(c.pending) > 0 {
-		return c.pending[0]
-	}
-	return c.next
-}
-
-func (c *cursor) finish(off int64) {
-	for i, p := range c.pending {
-		if p == off {
-			c.pending = append(c.pending[:i], c.pending[i+1:]...)
-			return
-		}
-	}
-}
-
 func (d *Dispatcher) newLoop(s broker.Subscription) (*loop, error) {
 	f, err := broker.ParseFilter(s.Filter)
 	if err != nil {
@@ -218,7 +192,7 @@ func (l *loop) start(parent context.Context) {
 	dctx, dcancel := context.WithCancel(context.Background())
 	l.cancel, l.deliverC = cancel, dcancel
 	l.positions = make(map[cursorKey]int64)
-	var cursors []*cursor
+	var cursors []*broker.Cursor
 	for _, k := range l.queues() {
 		off, ok := l.d.b.Offset(l.sub.Group, k.topic, k.queue)
 		if !ok {
@@ -229,7 +203,7 @@ func (l *loop) start(parent context.Context) {
 			l.d.b.SetOffset(l.sub.Group, k.topic, k.queue, off)
 		}
 		l.positions[k] = off
-		cursors = append(cursors, &cursor{topic: k.topic, queue: k.queue, next: off})
+		cursors = append(cursors, &broker.Cursor{Topic: k.topic, Queue: k.queue, Next: off})
 	}
 	l.log.Info("push loop started", slog.String("url", redactURL(l.sub.URL)), slog.Bool("ordered", l.sub.Ordered))
 	go func() {
@@ -254,7 +228,7 @@ func (l *loop) stop() {
 
 // run is the unordered loop: up to max_in_flight deliveries at once, read
 // round-robin across the queues.
-func (l *loop) run(ctx, dctx context.Context, cursors []*cursor) {
+func (l *loop) run(ctx, dctx context.Context, cursors []*broker.Cursor) {
 	var mu sync.Mutex // guards the cursors' pending lists
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -270,31 +244,31 @@ func (l *loop) run(ctx, dctx context.Context, cursors []*cursor) {
 				break
 			}
 			share := max(1, room/len(cursors))
-			msgs, next, err := l.d.b.ReadQueue(c.topic, c.queue, c.next, share, l.filter)
+			msgs, next, err := l.d.b.ReadQueue(c.Topic, c.Queue, c.Next, share, l.filter)
 			if err != nil {
-				l.log.Error("reading the queue failed", slog.String("queue_topic", c.topic), slog.Int("queue", c.queue), slog.Any("err", err))
+				l.log.Error("reading the queue failed", slog.String("queue_topic", c.Topic), slog.Int("queue", c.Queue), slog.Any("err", err))
 				continue
 			}
 			mu.Lock()
-			progress = progress || next > c.next
+			progress = progress || next > c.Next
 			for _, m := range msgs {
-				c.pending = append(c.pending, m.QueueOffset)
+				c.Start(m.QueueOffset)
 			}
-			c.next = next
-			l.d.b.SetOffset(l.sub.Group, c.topic, c.queue, c.committed())
-			l.d.b.SetInFlight(l.sub.Group, c.topic, c.queue, len(c.pending))
+			c.Next = next
+			l.d.b.SetOffset(l.sub.Group, c.Topic, c.Queue, c.Committed())
+			l.d.b.SetInFlight(l.sub.Group, c.Topic, c.Queue, c.InFlight())
 			mu.Unlock()
 			for _, m := range msgs {
 				slots <- struct{}{}
 				wg.Add(1)
-				go func(c *cursor, m *broker.Message) {
+				go func(c *broker.Cursor, m *broker.Message) {
 					defer wg.Done()
 					defer func() { <-slots }()
 					if l.deliverOne(ctx, dctx, m) {
 						mu.Lock()
-						c.finish(m.QueueOffset)
-						l.d.b.SetOffset(l.sub.Group, c.topic, c.queue, c.committed())
-						l.d.b.SetInFlight(l.sub.Group, c.topic, c.queue, len(c.pending))
+						c.Finish(m.QueueOffset)
+						l.d.b.SetOffset(l.sub.Group, c.Topic, c.Queue, c.Committed())
+						l.d.b.SetInFlight(l.sub.Group, c.Topic, c.Queue, c.InFlight())
 						mu.Unlock()
 					}
 					select {
@@ -402,7 +376,7 @@ func (l *loop) gone() {
 // A failing message blocks only its own queue while it is retried in place
 // (the block is stored, so a restart resumes the wait), then goes to the
 // dead-letter queue and the queue moves on.
-func (l *loop) runOrdered(ctx, dctx context.Context, cursors []*cursor) {
+func (l *loop) runOrdered(ctx, dctx context.Context, cursors []*broker.Cursor) {
 	blocked, err := l.d.b.OrderedRetries(ctx, l.sub.ID)
 	if err != nil {
 		l.log.Error("loading blocked queues failed", slog.Any("err", err))
@@ -411,7 +385,7 @@ func (l *loop) runOrdered(ctx, dctx context.Context, cursors []*cursor) {
 	var wg sync.WaitGroup
 	for _, c := range cursors {
 		var blk *broker.OrderedRetry
-		if r, ok := blocked[c.queue]; ok && r.QueueOffset >= c.next {
+		if r, ok := blocked[c.Queue]; ok && r.QueueOffset >= c.Next {
 			blk = &r
 		}
 		wg.Add(1)
@@ -423,15 +397,15 @@ func (l *loop) runOrdered(ctx, dctx context.Context, cursors []*cursor) {
 	wg.Wait()
 }
 
-func (l *loop) orderedQueue(ctx, dctx context.Context, c *cursor, blk *broker.OrderedRetry) {
+func (l *loop) orderedQueue(ctx, dctx context.Context, c *broker.Cursor, blk *broker.OrderedRetry) {
 	b := l.d.b
 	for ctx.Err() == nil {
 		var m *broker.Message
 		attempt := 1
 		if blk != nil {
 			var err error
-			if m, err = b.ReadMessageAt(c.topic, c.queue, blk.QueueOffset); err != nil {
-				l.log.Error("blocked message unreadable; moving on", slog.Int("queue", c.queue), slog.Int64("queue_offset", blk.QueueOffset), slog.Any("err", err))
+			if m, err = b.ReadMessageAt(c.Topic, c.Queue, blk.QueueOffset); err != nil {
+				l.log.Error("blocked message unreadable; moving on", slog.Int("queue", c.Queue), slog.Int64("queue_offset", blk.QueueOffset), slog.Any("err", err))
 				l.unblock(c, blk.QueueOffset+1)
 				blk = nil
 				continue
@@ -443,11 +417,11 @@ func (l *loop) orderedQueue(ctx, dctx context.Context, c *cursor, blk *broker.Or
 			blk = nil
 		} else {
 			arrived := b.Dispatched()
-			msgs, next, err := b.ReadQueue(c.topic, c.queue, c.next, 1, l.filter)
+			msgs, next, err := b.ReadQueue(c.Topic, c.Queue, c.Next, 1, l.filter)
 			if err != nil || len(msgs) == 0 {
-				if next > c.next {
-					c.next = next
-					b.SetOffset(l.sub.Group, c.topic, c.queue, c.next)
+				if next > c.Next {
+					c.Next = next
+					b.SetOffset(l.sub.Group, c.Topic, c.Queue, c.Next)
 				}
 				select {
 				case <-ctx.Done():
@@ -458,10 +432,10 @@ func (l *loop) orderedQueue(ctx, dctx context.Context, c *cursor, blk *broker.Or
 				continue
 			}
 			m = msgs[0]
-			c.next = m.QueueOffset
-			b.SetOffset(l.sub.Group, c.topic, c.queue, c.next)
+			c.Next = m.QueueOffset
+			b.SetOffset(l.sub.Group, c.Topic, c.Queue, c.Next)
 		}
-		b.SetInFlight(l.sub.Group, c.topic, c.queue, 1)
+		b.SetInFlight(l.sub.Group, c.Topic, c.Queue, 1)
 		for {
 			res := l.attempt(ctx, dctx, m, attempt)
 			if res.Outcome == Delivered {
@@ -491,7 +465,7 @@ func (l *loop) orderedQueue(ctx, dctx context.Context, c *cursor, blk *broker.Or
 			}
 			attempt++
 			next := l.d.cfg.Now().Add(delay)
-			if err := b.SetOrderedRetry(dctx, broker.OrderedRetry{Subscription: l.sub.ID, Queue: c.queue,
+			if err := b.SetOrderedRetry(dctx, broker.OrderedRetry{Subscription: l.sub.ID, Queue: c.Queue,
 				QueueOffset: m.QueueOffset, Attempt: attempt, NextAt: next}); err != nil {
 				l.log.Error("storing the queue's block failed", slog.Any("err", err))
 			}
@@ -500,15 +474,15 @@ func (l *loop) orderedQueue(ctx, dctx context.Context, c *cursor, blk *broker.Or
 				return
 			}
 		}
-		b.SetInFlight(l.sub.Group, c.topic, c.queue, 0)
+		b.SetInFlight(l.sub.Group, c.Topic, c.Queue, 0)
 	}
 }
 
 // unblock moves an ordered queue past a settled message.
-func (l *loop) unblock(c *cursor, next int64) {
-	c.next = next
-	l.d.b.SetOffset(l.sub.Group, c.topic, c.queue, next)
-	if err := l.d.b.ClearOrderedRetry(context.Background(), l.sub.ID, c.queue); err != nil {
+func (l *loop) unblock(c *broker.Cursor, next int64) {
+	c.Next = next
+	l.d.b.SetOffset(l.sub.Group, c.Topic, c.Queue, next)
+	if err := l.d.b.ClearOrderedRetry(context.Background(), l.sub.ID, c.Queue); err != nil {
 		l.log.Error("clearing the queue's block failed", slog.Any("err", err))
 	}
 }
