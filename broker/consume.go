@@ -51,13 +51,11 @@ func (b *Broker) SetOffset(group, topic string, queue int, next int64) {
 	k := offsetKey{group, topic, queue}
 	b.offs.mu.Lock()
 	defer b.offs.mu.Unlock()
-	if b.offs.next[k] != next || !b.offs.has(k) {
+	if old, ok := b.offs.next[k]; !ok || old != next {
 		b.offs.next[k] = next
 		b.offs.dirty[k] = true
 	}
 }
-
-func (o *offsets) has(k offsetKey) bool { _, ok := o.next[k]; return ok }
 
 func (b *Broker) loadOffsets(ctx context.Context) error {
 	all, err := b.meta.AllOffsets(ctx)

@@ -77,17 +77,16 @@ func (c lagCollector) Collect(ch chan<- prometheus.Metric) {
 	c.d.mu.Unlock()
 	groups := map[string]bool{}
 	for id, gt := range subs {
+		group, topic := gt[0], gt[1]
 		lag := int64(0)
-		for _, k := range []string{gt[1]} {
-			n, _ := c.d.b.Queues(k)
-			for q := 0; q < n; q++ {
-				off, _ := c.d.b.Offset(gt[0], k, q)
-				_, hi := c.d.b.QueueBounds(k, q)
-				lag += max(hi-off, 0)
-			}
+		n, _ := c.d.b.Queues(topic)
+		for q := 0; q < n; q++ {
+			off, _ := c.d.b.Offset(group, topic, q)
+			_, hi := c.d.b.QueueBounds(topic, q)
+			lag += max(hi-off, 0)
 		}
 		ch <- prometheus.MustNewConstMetric(lagDesc, prometheus.GaugeValue, float64(lag), id)
-		groups[gt[0]] = true
+		groups[group] = true
 	}
 	for g := range groups {
 		if info, err := c.d.b.Group(context.Background(), g); err == nil {
