@@ -382,7 +382,7 @@ func TestDelayedPushArrivesOnTime(t *testing.T) {
 	start := time.Now()
 	r.publish(t, "t", &broker.Message{Body: []byte("soon"), DelayLevel: 1}) // 1s
 	waitUntil(t, 10*time.Second, "the delayed delivery", func() bool { return len(s.requests()) == 1 })
-	if took := s.requests()[0].at.Sub(start); took < time.Second || took > 3*time.Second {
+	if took := s.requests()[0].at.Sub(start); took < time.Second || took > 10*time.Second {
 		t.Fatalf("delay level 1 (1s) delivered after %s", took)
 	}
 }

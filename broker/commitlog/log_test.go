@@ -293,7 +293,9 @@ func TestAsyncMode(t *testing.T) {
 		end := last.off + headerSize + int64(len(last.payload))
 		start := time.Now()
 		waitFor(t, 5*time.Second, func() bool { return l.flushed.Load() >= end })
-		if took := time.Since(start); took > 10*cfg.FlushInterval {
+		// Loose: a loaded machine delays the flusher; that it flushes at all
+		// without a Sync is the point.
+		if took := time.Since(start); took > 40*cfg.FlushInterval {
 			t.Fatalf("flushed after %v, FlushInterval is %v", took, cfg.FlushInterval)
 		}
 		if l.syncs.Load() == 0 {

@@ -10,7 +10,11 @@
 // the in-process no-op server and webhook sink used as baselines, the broker
 // memory sampler (--broker-pid, from /proc/<pid>/status) and the reports. It
 // imports no other postbus package: it speaks only the public HTTP API, so it
-// measures what a producer and a subscriber would see.
+// measures what a producer and a subscriber would see. The three tools share
+// the flags they have in common (flags.go: one definition, default and rule
+// each; a tool words their help its own way), the client, the open- and
+// closed-loop pacing, the API calls (api.go), the in-process servers
+// (local.go) and the error table; each adds its own flags, loop and report.
 //
 // # Invariants
 //

@@ -1,11 +1,7 @@
 package bench
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -20,9 +16,7 @@ import (
 // fakeBroker is a broker stand-in that counts what it receives and checks
 // every request against what the flags promise.
 type fakeBroker struct {
-	tb       testing.TB
-	srv      *httptest.Server
-	topic    string
+	fakeAPI
 	size     int
 	tag      string
 	keys     bool
@@ -30,13 +24,11 @@ type fakeBroker struct {
 	fail     func(req int64) bool // answer this request with a 500 problem
 	received chan struct{}        // gets a value per publish request, never blocks
 
-	mu        sync.Mutex // guards the fields below
-	creates   int
+	// f.mu guards the fields below.
 	requests  int64
 	messages  int64
 	batchLens []int
 	seenKeys  map[string]bool
-	problems  []string // what was wrong with requests; must stay empty
 }
 
 type fakeOpts struct {
@@ -49,27 +41,14 @@ type fakeOpts struct {
 func newFakeBroker(tb testing.TB, o fakeOpts) *fakeBroker {
 	tb.Helper()
 	f := &fakeBroker{
-		tb: tb, topic: o.topic, size: o.size, tag: o.tag, keys: o.keys, ctype: o.ctype, fail: o.fail,
+		size: o.size, tag: o.tag, keys: o.keys, ctype: o.ctype, fail: o.fail,
 		seenKeys: make(map[string]bool), received: make(chan struct{}, 1<<16),
 	}
+	f.init(tb, o.topic)
 	if f.ctype == "" {
 		f.ctype = "application/octet-stream"
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("PUT /v1/topics/{topic}", func(w http.ResponseWriter, r *http.Request) {
-		b, _ := io.ReadAll(r.Body)
-		f.mu.Lock()
-		f.creates++
-		if r.PathValue("topic") != f.topic {
-			f.problemf("create topic %q, want %q", r.PathValue("topic"), f.topic)
-		}
-		if string(b) != `{"queues":4}` {
-			f.problemf("create body %q", b)
-		}
-		f.mu.Unlock()
-		w.WriteHeader(http.StatusCreated)
-	})
-	mux.HandleFunc("POST /v1/topics/{topic}/messages", func(w http.ResponseWriter, r *http.Request) {
+	f.mux.HandleFunc("POST /v1/topics/{topic}/messages", func(w http.ResponseWriter, r *http.Request) {
 		b, err := io.ReadAll(r.Body)
 		f.mu.Lock()
 		f.requests++
@@ -92,7 +71,7 @@ func newFakeBroker(tb testing.TB, o fakeOpts) *fakeBroker {
 		f.mu.Unlock()
 		f.answer(w, req, 1, false)
 	})
-	mux.HandleFunc("POST /v1/topics/{topic}/messages/batch", func(w http.ResponseWriter, r *http.Request) {
+	f.mux.HandleFunc("POST /v1/topics/{topic}/messages/batch", func(w http.ResponseWriter, r *http.Request) {
 		var msgs []struct {
 			Body        *string  `json:"body"`
 			ContentType string   `json:"content_type"`
@@ -135,16 +114,8 @@ func newFakeBroker(tb testing.TB, o fakeOpts) *fakeBroker {
 		f.mu.Unlock()
 		f.answer(w, req, len(msgs), true)
 	})
-	f.srv = httptest.NewServer(mux)
-	tb.Cleanup(f.srv.Close)
+	f.serve()
 	return f
-}
-
-// problemf records a broken promise; f.mu must be held.
-func (f *fakeBroker) problemf(format string, args ...any) {
-	if len(f.problems) < 20 {
-		f.problems = append(f.problems, fmt.Sprintf(format, args...))
-	}
 }
 
 // checkBody checks size and alphabet; f.mu must be held.
@@ -175,14 +146,9 @@ func (f *fakeBroker) checkKey(k string) {
 }
 
 func (f *fakeBroker) answer(w http.ResponseWriter, req int64, n int, batch bool) {
-	select {
-	case f.received <- struct{}{}:
-	default:
-	}
+	poke(f.received)
 	if f.fail != nil && f.fail(req) {
-		w.Header().Set("Content-Type", "application/problem+json")
-		w.WriteHeader(http.StatusInternalServerError)
-		io.WriteString(w, `{"type":"about:blank","title":"Internal Server Error","status":500,"detail":"disk on fire","code":"internal"}`)
+		writeProblem(w, http.StatusInternalServerError, "internal", "disk on fire")
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -203,14 +169,6 @@ func (f *fakeBroker) snapshot() (creates int, requests, messages int64, batchLen
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.creates, f.requests, f.messages, append([]int(nil), f.batchLens...), append([]string(nil), f.problems...)
-}
-
-// runPublish runs Publish with args and returns its output.
-func runPublish(tb testing.TB, ctx context.Context, args ...string) (string, error) {
-	tb.Helper()
-	var out bytes.Buffer
-	err := Publish(ctx, args, &out)
-	return out.String(), err
 }
 
 // baseArgs are the flags every test run uses: no warm-up, no progress lines.
@@ -516,13 +474,7 @@ func TestPublishRefusesRemote(t *testing.T) {
 		"http://no-such-host.invalid:8080",
 	} {
 		t.Run(u, func(t *testing.T) {
-			out, err := runPublish(t, t.Context(), "--url", u, "--count", "1", "--warmup", "0")
-			if !errors.Is(err, ErrRemoteTarget) {
-				t.Fatalf("Publish(--url %s) = %v, want ErrRemoteTarget", u, err)
-			}
-			if !strings.Contains(err.Error(), "--allow-remote") {
-				t.Errorf("error %q does not say how to override", err)
-			}
+			out := refusesRemote(t, runPublish, "bench publish", u, "--count", "1", "--warmup", "0")
 			if strings.Contains(out, "requests") {
 				t.Errorf("a report was printed for a refused target:\n%s", out)
 			}
@@ -549,29 +501,18 @@ func TestPublishRefusesRemote(t *testing.T) {
 }
 
 func TestPublishHelp(t *testing.T) {
-	out, err := runPublish(t, t.Context(), "--help")
-	if !errors.Is(err, flag.ErrHelp) {
-		t.Fatalf("Publish(--help) = %v, want flag.ErrHelp", err)
-	}
+	out := checkHelp(t, runPublish, "Usage: postbus bench publish", "Examples:", "postbus bench publish --count")
 	for _, name := range []string{"url", "topic", "conns", "duration", "count", "size", "batch", "rate", "tag",
 		"keys", "content-type", "baseline", "warmup", "interval", "json", "allow-remote", "create", "queues", "timeout"} {
 		if !strings.Contains(out, "  -"+name) {
 			t.Errorf("usage does not explain -%s", name)
 		}
 	}
-	for _, want := range []string{"Usage: postbus bench publish", "Examples:", "postbus bench publish --count"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("usage lacks %q:\n%s", want, out)
-		}
-	}
 }
 
 func TestPublishRejectsBadFlags(t *testing.T) {
 	f := newFakeBroker(t, fakeOpts{topic: "bench", size: 256})
-	tests := []struct {
-		name string
-		args []string
-	}{
+	refusesFlags(t, runPublish, []string{"--url", f.srv.URL, "--warmup", "0"}, []flagCase{
 		{"conns=0", []string{"--conns", "0", "--count", "1"}},
 		{"batch=0", []string{"--batch", "0", "--count", "1"}},
 		{"size<0", []string{"--size", "-1", "--count", "1"}},
@@ -588,16 +529,7 @@ func TestPublishRejectsBadFlags(t *testing.T) {
 		{"positional", []string{"--count", "1", "extra"}},
 		{"ftp url", []string{"--url", "ftp://127.0.0.1/", "--count", "1"}},
 		{"url with query", []string{"--url", "http://127.0.0.1:1/?a=b", "--count", "1"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			args := append([]string{"--url", f.srv.URL, "--warmup", "0"}, tt.args...)
-			_, err := runPublish(t, t.Context(), args...)
-			if err == nil || errors.Is(err, flag.ErrHelp) || errors.Is(err, ErrRemoteTarget) {
-				t.Errorf("Publish(%q) = %v, want a flag error", tt.args, err)
-			}
-		})
-	}
+	})
 	if _, reqs, _, _, _ := f.snapshot(); reqs != 0 {
 		t.Errorf("bad flags still sent %d requests", reqs)
 	}
@@ -634,33 +566,16 @@ func TestPublishBaseline(t *testing.T) {
 
 func TestPublishInterrupt(t *testing.T) {
 	f := newFakeBroker(t, fakeOpts{topic: "bench", size: 256})
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	go func() {
-		for range 5 {
-			<-f.received
-		}
-		cancel()
-	}()
-	start := time.Now()
-	out, err := runPublish(t, ctx, baseArgs(f.srv.URL, "--duration", "30s", "--conns", "2", "--baseline")...)
-	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("Publish = %v, want context.Canceled", err)
-	}
-	if took := time.Since(start); took > 5*time.Second {
-		t.Errorf("interrupted run took %s to return", took)
-	}
-	if !strings.Contains(out, "(interrupted)") || strings.Contains(out, "baseline (") {
-		t.Errorf("want a report marked interrupted and no baseline run:\n%s", out)
+	out := runInterrupted(t, runPublish, f.received, 5, baseArgs(f.srv.URL, "--duration", "30s", "--conns", "2", "--baseline")...)
+	if strings.Contains(out, "baseline (") {
+		t.Errorf("want no baseline run after the interrupt:\n%s", out)
 	}
 }
 
 func TestPublishCreateTopic(t *testing.T) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("PUT /v1/topics/{topic}", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/problem+json")
-		w.WriteHeader(http.StatusForbidden)
-		io.WriteString(w, `{"title":"Forbidden","status":403,"detail":"token lacks admin scope","code":"forbidden"}`)
+		writeProblem(w, http.StatusForbidden, "forbidden", "token lacks admin scope")
 	})
 	mux.HandleFunc("POST /v1/topics/{topic}/messages", func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)

@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"hash/maphash"
 	"io"
@@ -65,27 +64,16 @@ var groupRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,119}$`)
 
 // pullConfig is the parsed command line of `bench pull`.
 type pullConfig struct {
-	url         string // base URL, no trailing slash
-	topic       string
-	group       string // "" = bench-<run>
-	pullers     int
-	max         int
-	wait        time.Duration
-	visibility  time.Duration // 0 = the subscription's
-	conns       int
-	duration    time.Duration
-	rate        float64 // messages per second; 0 = closed loop
-	batch       int
-	size        int
-	drain       time.Duration
-	idle        int // 0 = the throughput run
-	wakeups     int
-	interval    time.Duration
-	allowRemote bool
-	create      bool
-	queues      int
-	timeout     time.Duration
-	brokerPID   int
+	commonFlags
+	group      string // "" = bench-<run>
+	pullers    int
+	max        int
+	wait       time.Duration
+	visibility time.Duration // 0 = the subscription's
+	batch      int
+	drain      time.Duration
+	idle       int // 0 = the throughput run
+	wakeups    int
 }
 
 const pullUsageHead = `Usage: postbus bench pull [flags]
@@ -122,54 +110,40 @@ Examples:
   postbus bench pull --idle 1000 --wait 20s --broker-pid $(pgrep -n postbus)
 `
 
+// pullFlags is how bench pull words the flags every tool has.
+var pullFlags = toolFlags{
+	name:          "bench pull",
+	usageHead:     pullUsageHead,
+	usageTail:     pullUsageTail,
+	topic:         "bench-pull",
+	minSize:       stampLen,
+	topicHelp:     "`topic` to publish to and pull from; created first unless --create=false",
+	timeoutHelp:   "per-request timeout of publishes, acks and API calls; a pull may take --wait longer",
+	brokerPIDHelp: "sample this `pid`'s VmRSS from /proc/<pid>/status every second and report it",
+}
+
 // parsePullFlags parses args into a pullConfig. On --help it prints the
 // usage to out and returns flag.ErrHelp.
 func parsePullFlags(args []string, out io.Writer) (*pullConfig, error) {
 	c := &pullConfig{}
-	fs := flag.NewFlagSet("bench pull", flag.ContinueOnError)
-	fs.SetOutput(out)
-	fs.StringVar(&c.url, "url", "http://127.0.0.1:8080", "broker base `URL` (http or https)")
-	fs.StringVar(&c.topic, "topic", "bench-pull", "`topic` to publish to and pull from; created first unless --create=false")
+	fs := c.flagSet(&pullFlags, out)
 	fs.StringVar(&c.group, "group", "", "consumer `group` to pull as (default bench-<run id>, new each run)")
 	fs.IntVar(&c.pullers, "pullers", 8, "goroutines long-polling the topic, each acking what it receives before its next pull")
 	fs.IntVar(&c.max, "max", 32, "max messages per pull answer (the broker allows 1..256)")
 	fs.DurationVar(&c.wait, "wait", 20*time.Second, "long-poll wait of each pull (0..30s); with --idle, how long each poll is held")
 	fs.DurationVar(&c.visibility, "visibility", 30*time.Second, "visibility of pulled messages until acked (0 = the subscription's)")
-	fs.IntVar(&c.conns, "conns", 64, "publishers (closed loop) or connections (open loop), one request in flight on each")
-	fs.DurationVar(&c.duration, "duration", 10*time.Second, "how long to publish")
-	fs.Float64Var(&c.rate, "rate", 0, "open loop at this many `messages` per second (0 = closed loop)")
 	fs.IntVar(&c.batch, "batch", 1, "messages per publish: 1 = POST .../messages, >1 = POST .../messages/batch")
-	fs.IntVar(&c.size, "size", 256, fmt.Sprintf("message body size in `bytes` (at least %d: the stamp)", stampLen))
 	fs.DurationVar(&c.drain, "drain", 10*time.Second, "after publishing, wait at most this long for the messages still to be received")
 	fs.IntVar(&c.idle, "idle", 0, "hold `N` long polls open on the topic instead, and report timeouts, broker RSS and wake-up latency")
 	fs.IntVar(&c.wakeups, "wakeups", 20, "with --idle: single publishes timed until a waiting poller returns them (0 = none)")
-	fs.DurationVar(&c.interval, "interval", time.Second, "print a progress line this often (0 = off)")
-	fs.BoolVar(&c.allowRemote, "allow-remote", false, "allow a --url whose host is not loopback (think before pointing load at a shared broker)")
-	fs.BoolVar(&c.create, "create", true, "create the topic with PUT /v1/topics/{topic} before the run")
-	fs.IntVar(&c.queues, "queues", 4, "queues for the topic when it is created")
-	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "per-request timeout of publishes, acks and API calls; a pull may take --wait longer")
-	fs.IntVar(&c.brokerPID, "broker-pid", 0, "sample this `pid`'s VmRSS from /proc/<pid>/status every second and report it")
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), pullUsageHead)
-		fs.PrintDefaults()
-		fmt.Fprint(fs.Output(), pullUsageTail)
-	}
-	if err := fs.Parse(args); err != nil {
+	if err := c.parse(fs, args, c.validate); err != nil {
 		return nil, err
-	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("bench pull: unexpected argument %q", fs.Arg(0))
-	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	c.url = strings.TrimRight(c.url, "/")
-	if err := c.validate(set); err != nil {
-		return nil, fmt.Errorf("bench pull: %w", err)
 	}
 	return c, nil
 }
 
-// validate checks c; set names the flags given on the command line.
+// validate checks the flags of bench pull alone; set names the flags given
+// on the command line.
 func (c *pullConfig) validate(set map[string]bool) error {
 	switch {
 	case c.pullers < 1 || c.pullers > maxPullers:
@@ -180,16 +154,10 @@ func (c *pullConfig) validate(set map[string]bool) error {
 		return fmt.Errorf("--wait %s: must be 0..%s", c.wait, maxPullWait)
 	case c.visibility != 0 && (c.visibility < time.Second || c.visibility > maxPullVis):
 		return fmt.Errorf("--visibility %s: must be 0 or 1s..%s", c.visibility, maxPullVis)
-	case c.conns < 1 || c.conns > maxConns:
-		return fmt.Errorf("--conns %d: must be 1..%d", c.conns, maxConns)
 	case c.duration <= 0:
 		return fmt.Errorf("--duration %s: must be > 0: every run must be bounded", c.duration)
-	case c.rate < 0 || c.rate != c.rate:
-		return fmt.Errorf("--rate %v: must be >= 0", c.rate)
 	case c.batch < 1 || c.batch > maxPullBatch:
 		return fmt.Errorf("--batch %d: must be 1..%d", c.batch, maxPullBatch)
-	case c.size < stampLen || c.size > maxSize:
-		return fmt.Errorf("--size %d: must be %d..%d", c.size, stampLen, maxSize)
 	case c.batch > 1 && int64(c.batch)*int64(c.size) > maxPullBatchBody:
 		return fmt.Errorf("--batch %d × --size %d: a batch's bodies would exceed the broker's %d bytes", c.batch, c.size, maxPullBatchBody)
 	case c.drain < 0:
@@ -202,16 +170,6 @@ func (c *pullConfig) validate(set map[string]bool) error {
 		return errors.New("--wakeups needs --idle")
 	case c.idle > 0 && c.wait < 2*idleSlack:
 		return fmt.Errorf("--wait %s: with --idle it must be at least %s, to tell on time from early", c.wait, 2*idleSlack)
-	case c.interval < 0:
-		return fmt.Errorf("--interval %s: must be >= 0", c.interval)
-	case c.timeout <= 0:
-		return fmt.Errorf("--timeout %s: must be > 0", c.timeout)
-	case c.queues < 1:
-		return fmt.Errorf("--queues %d: must be >= 1", c.queues)
-	case c.brokerPID < 0:
-		return fmt.Errorf("--broker-pid %d: must be >= 0", c.brokerPID)
-	case !topicRE.MatchString(c.topic):
-		return fmt.Errorf("--topic %q: must match %s", c.topic, topicRE)
 	case c.group != "" && !groupRE.MatchString(c.group):
 		return fmt.Errorf("--group %q: must match %s", c.group, groupRE)
 	}
@@ -222,7 +180,7 @@ func (c *pullConfig) validate(set map[string]bool) error {
 			}
 		}
 	}
-	return validateURL(c.url)
+	return nil
 }
 
 // Pull parses args (flags of "bench pull"; --help prints them and returns
@@ -237,7 +195,7 @@ func Pull(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := checkTargetFor(ctx, "bench pull", cfg.url, cfg.allowRemote); err != nil {
+	if err := cfg.checkTarget(ctx); err != nil {
 		return err
 	}
 	var interrupted bool
@@ -286,7 +244,7 @@ type pullEnv struct {
 // transport holds conns connections. The returned cleanup deletes the
 // subscription if it was created here, even after ctx is cancelled.
 func setupPull(ctx context.Context, cfg *pullConfig, conns int, out io.Writer) (*pullEnv, func(), error) {
-	client := newClient(&config{conns: conns, timeout: cfg.timeout})
+	client := newClient(conns, cfg.timeout)
 	run := padRun(newRunID())
 	e := &pullEnv{
 		cfg:    cfg,
@@ -333,13 +291,8 @@ func setupPull(ctx context.Context, cfg *pullConfig, conns int, out io.Writer) (
 	}
 	cleanup := func() {
 		defer client.CloseIdleConnections()
-		if e.subID == "" {
-			return
-		}
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
-		defer cancel()
-		if err := deleteSubscription(cctx, client, cfg.url, e.subID); err != nil {
-			fmt.Fprintf(out, "warning: %v (delete it with DELETE /v1/subscriptions/%s)\n", err, e.subID)
+		if e.subID != "" {
+			deleteSubscriptions(ctx, client, cfg.url, []string{e.subID}, out)
 		}
 	}
 	return e, cleanup, nil
@@ -354,39 +307,11 @@ func createPullSubscription(ctx context.Context, client *http.Client, base, grou
 	if vis > 0 {
 		fields["visibility"] = vis.String()
 	}
-	reqBody, err := json.Marshal(fields)
-	if err != nil {
-		return "", false, fmt.Errorf("create pull subscription %s: %w", group, err)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/subscriptions", bytes.NewReader(reqBody))
-	if err != nil {
-		return "", false, fmt.Errorf("create pull subscription %s: %w", group, err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := client.Do(req)
-	if err != nil {
-		return "", false, fmt.Errorf("create pull subscription %s: %w", group, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-	if err != nil {
-		return "", false, fmt.Errorf("create pull subscription %s: read answer: %w", group, err)
-	}
-	switch resp.StatusCode {
-	case http.StatusCreated:
-	case http.StatusConflict:
+	id, existed, err = postSubscription(ctx, client, base, "create pull subscription "+group, fields)
+	if existed {
 		return "", true, nil
-	default:
-		_, text := problemKey(resp, b)
-		return "", false, fmt.Errorf("create pull subscription %s at %s: %s", group, base, text)
 	}
-	var created struct {
-		ID string `json:"id"`
-	}
-	if err := json.Unmarshal(b, &created); err != nil || created.ID == "" {
-		return "", false, fmt.Errorf("create pull subscription %s: answer without an id: %s", group, truncate(string(b), 200))
-	}
-	return created.ID, false, nil
+	return id, false, err
 }
 
 // pulledMsg is the part of a pulled message the tool reads.
@@ -588,10 +513,7 @@ func (t *pullTally) record(msgs []pulledMsg, at int64) {
 		fresh = true
 	}
 	if fresh {
-		select {
-		case t.notify <- struct{}{}:
-		default:
-		}
+		poke(t.notify)
 	}
 }
 
@@ -678,32 +600,11 @@ func (p *pullPublisher) publishAll(ctx context.Context) {
 func (p *pullPublisher) work(ctx context.Context) {
 	cfg := p.env.cfg
 	batch := int64(cfg.batch)
-	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
+	pace := pacer{start: p.start, rate: cfg.rate, duration: cfg.duration}
+	defer pace.stop()
 	for ctx.Err() == nil {
 		first := (p.next.Add(1) - 1) * batch
-		if cfg.rate > 0 {
-			offset := time.Duration(float64(first) * float64(time.Second) / cfg.rate)
-			if offset >= cfg.duration {
-				return
-			}
-			if wait := time.Until(p.start.Add(offset)); wait > 0 {
-				if timer == nil {
-					timer = time.NewTimer(wait)
-				} else {
-					timer.Reset(wait)
-				}
-				select {
-				case <-timer.C:
-				case <-ctx.Done():
-					return
-				}
-			}
-		} else if time.Since(p.start) >= cfg.duration {
+		if _, ok := pace.wait(ctx, first); !ok {
 			return
 		}
 		_, ok, key, text := p.send(ctx, first)
@@ -757,37 +658,11 @@ func (p *pullPublisher) send(ctx context.Context, first int64) (sent int64, ok b
 	} else {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := e.client.Do(req)
-	if err != nil {
-		return sent, false, "transport: " + transportClass(err), err.Error()
-	}
-	defer resp.Body.Close()
-	success := resp.StatusCode == http.StatusCreated || resp.StatusCode == http.StatusOK
-	limit := int64(maxErrorBody)
-	if success {
-		limit = int64(cfg.batch)*1024 + 4096
-	}
-	b, err := io.ReadAll(io.LimitReader(resp.Body, limit))
-	if err == nil {
-		_, err = io.Copy(io.Discard, resp.Body)
-	}
-	if err != nil {
-		if success && cfg.batch == 1 {
-			return sent, true, "", "" // stored, whatever happened to the rest of the answer
-		}
-		return sent, false, "transport: " + transportClass(err), "read answer: " + err.Error()
-	}
-	if !success {
-		key, text := problemKey(resp, b)
-		return sent, false, key, text
-	}
-	if cfg.batch > 1 {
-		if got := bytes.Count(b, []byte(`"msg_id"`)); got != cfg.batch {
-			return sent, false, fmt.Sprintf("%d batch_short", resp.StatusCode),
-				fmt.Sprintf("batch of %d answered with %d results: %s", cfg.batch, got, truncate(string(b), 200))
-		}
-	}
-	return sent, true, "", ""
+	// A single message answered 201 is stored, whatever happens to the
+	// rest of the answer.
+	var buf bytes.Buffer
+	ok, key, text = publishOnce(e.client, req, &buf, int64(cfg.batch), cfg.batch > 1, true)
+	return sent, ok, key, text
 }
 
 // pullResult is what a throughput run leaves for the report.
@@ -858,14 +733,11 @@ func (r *pullResult) verdict() string {
 // Only a failure to set up is returned; cancellation shows as
 // pullResult.interrupted.
 func runPull(ctx context.Context, cfg *pullConfig, out io.Writer) (*pullResult, error) {
-	var sampler *rssSampler
-	if cfg.brokerPID > 0 {
-		var err error
-		if sampler, err = startRSSSampler(cfg.brokerPID, time.Second); err != nil {
-			return nil, fmt.Errorf("bench pull: %w", err)
-		}
-		defer sampler.Stop()
+	sampler, err := cfg.sampleBroker()
+	if err != nil {
+		return nil, err
 	}
+	defer sampler.Stop()
 	fmt.Fprintf(out, "bench pull → %s\n", describePull(cfg))
 	// Every puller holds one connection (its acks follow its pulls), every
 	// publisher one, and set-up calls a spare.
@@ -889,11 +761,7 @@ func runPull(ctx context.Context, cfg *pullConfig, out io.Writer) (*pullResult, 
 	p.start = time.Now()
 	tally.start = e.clock.now()
 	var draining atomic.Bool
-	stop := make(chan struct{})
-	var pwg sync.WaitGroup
-	if cfg.interval > 0 {
-		pwg.Go(func() { pullProgress(out, cfg, p, tally, &c, &draining, stop) })
-	}
+	stopProgress := every(cfg.interval, pullProgress(out, p, tally, &c, &draining))
 	p.publishAll(ctx)
 	pubElapsed := time.Since(p.start)
 	tally.mu.Lock()
@@ -904,27 +772,13 @@ func runPull(ctx context.Context, cfg *pullConfig, out io.Writer) (*pullResult, 
 
 	drainStart := time.Now()
 	want := p.acked.Load()
-	if ctx.Err() == nil {
-		timer := time.NewTimer(cfg.drain)
-	wait:
-		for tally.unique.Load() < want {
-			select {
-			case <-tally.notify:
-			case <-timer.C:
-				break wait
-			case <-ctx.Done():
-				break wait
-			}
-		}
-		timer.Stop()
-	}
+	waitFor(ctx, tally.notify, func() bool { return tally.unique.Load() >= want }, cfg.drain)
 	drainTook := time.Since(drainStart)
 	// Pulls still waiting are cut off; acks of answers already read go on
 	// under ctx, so every receipt handed out is acked.
 	stopPulls()
 	wg.Wait()
-	close(stop)
-	pwg.Wait()
+	stopProgress()
 
 	res := &pullResult{
 		url: cfg.url, group: e.group, interrupted: ctx.Err() != nil,
@@ -941,10 +795,7 @@ func runPull(ctx context.Context, cfg *pullConfig, out io.Writer) (*pullResult, 
 	res.latency.merge(&tally.latency)
 	res.lastAt = tally.lastAt
 	tally.mu.Unlock()
-	if sampler != nil {
-		st := sampler.Stop()
-		res.rss = &st
-	}
+	res.rss = sampler.result()
 	return res, nil
 }
 
@@ -976,34 +827,27 @@ func pullLoop(pullCtx, ackCtx context.Context, e *pullEnv, tally *pullTally, c *
 	}
 }
 
-// pullProgress prints a line every cfg.interval until stop closes: elapsed
-// time, phase, published, received and acked messages per second, the
-// interval's p99 latency, and the messages still owed.
-func pullProgress(out io.Writer, cfg *pullConfig, p *pullPublisher, tally *pullTally, c *pullCounters, draining *atomic.Bool, stop <-chan struct{}) {
-	t := time.NewTicker(cfg.interval)
-	defer t.Stop()
+// pullProgress returns the printer of the progress lines: elapsed time,
+// phase, published, received and acked messages per second, the interval's
+// p99 latency, and the messages still owed.
+func pullProgress(out io.Writer, p *pullPublisher, tally *pullTally, c *pullCounters, draining *atomic.Bool) func(now time.Time) {
 	var h histogram
 	var prevPub, prevRecv, prevAcked int64
 	prevAt := p.start
-	for {
-		select {
-		case <-stop:
-			return
-		case now := <-t.C:
-			tally.takeInterval(&h)
-			acked := p.acked.Load()
-			pub, recv, ackd := acked+p.failed.Load(), c.receipts.Load(), c.acked.Load()
-			phase := "publish"
-			if draining.Load() {
-				phase = "drain"
-			}
-			dt := now.Sub(prevAt).Seconds()
-			fmt.Fprintf(out, "%8s  %-7s %9.0f published/s %9.0f received/s %9.0f acked/s  p99 %-9s  owed %d\n",
-				now.Sub(p.start).Round(10*time.Millisecond), phase,
-				float64(pub-prevPub)/dt, float64(recv-prevRecv)/dt, float64(ackd-prevAcked)/dt,
-				fmtDur(h.quantile(0.99)), max(0, acked-tally.unique.Load()))
-			prevPub, prevRecv, prevAcked, prevAt = pub, recv, ackd, now
+	return func(now time.Time) {
+		tally.takeInterval(&h)
+		acked := p.acked.Load()
+		pub, recv, ackd := acked+p.failed.Load(), c.receipts.Load(), c.acked.Load()
+		phase := "publish"
+		if draining.Load() {
+			phase = "drain"
 		}
+		dt := now.Sub(prevAt).Seconds()
+		fmt.Fprintf(out, "%8s  %-7s %9.0f published/s %9.0f received/s %9.0f acked/s  p99 %-9s  owed %d\n",
+			now.Sub(p.start).Round(10*time.Millisecond), phase,
+			float64(pub-prevPub)/dt, float64(recv-prevRecv)/dt, float64(ackd-prevAcked)/dt,
+			fmtDur(h.quantile(0.99)), max(0, acked-tally.unique.Load()))
+		prevPub, prevRecv, prevAcked, prevAt = pub, recv, ackd, now
 	}
 }
 
@@ -1023,11 +867,7 @@ func describePull(c *pullConfig) string {
 // writePullReport prints the human report of a throughput run.
 func writePullReport(out io.Writer, cfg *pullConfig, r *pullResult) {
 	fmt.Fprintln(out)
-	state := ""
-	if r.interrupted {
-		state = " (interrupted)"
-	}
-	fmt.Fprintf(out, "pull %s group %s%s\n", r.url, r.group, state)
+	fmt.Fprintf(out, "pull %s group %s%s\n", r.url, r.group, interruptedMark(r.interrupted))
 	fmt.Fprintf(out, "  published   %d acknowledged, %d failed, in %d requests, %s (%.1f msgs/s",
 		r.pubAcked, r.pubFailed, r.pubRequests, r.pubElapsed.Round(time.Millisecond), rate(r.pubAcked, r.pubElapsed))
 	if cfg.rate > 0 {
@@ -1052,9 +892,7 @@ func writePullReport(out io.Writer, cfg *pullConfig, r *pullResult) {
 	fmt.Fprintf(out, "  rate        %.1f received/s and %.1f acked/s over the publish window; %.1f received/s overall (last at +%s)\n",
 		rate(r.inWindow, r.pubElapsed), rate(r.ackedInWindow, r.pubElapsed), rate(r.unique, r.overall()),
 		r.overall().Round(time.Millisecond))
-	fmt.Fprintf(out, "  latency     publish to receive: p50 %s  p90 %s  p99 %s  max %s  mean %s\n",
-		fmtDur(r.latency.quantile(0.50)), fmtDur(r.latency.quantile(0.90)), fmtDur(r.latency.quantile(0.99)),
-		fmtDur(r.latency.maxValue()), fmtDur(r.latency.mean()))
+	fmt.Fprintf(out, "  latency     publish to receive: %s\n", r.latency.summary())
 	writeRSS(out, r.rss)
 	writeErrs(out, "publish errors", r.pubErrs)
 	writeErrs(out, "pull and ack errors", r.errs)
@@ -1122,28 +960,12 @@ type idleRun struct {
 // names it) and when its answer was read.
 type wakeHit struct{ sent, at int64 }
 
-func (r *idleRun) poke() {
-	select {
-	case r.notify <- struct{}{}:
-	default:
-	}
-}
+func (r *idleRun) poke() { poke(r.notify) }
 
 // waitUntil waits until cond holds, d passes or ctx ends, and reports
 // whether cond held.
 func (r *idleRun) waitUntil(ctx context.Context, cond func() bool, d time.Duration) bool {
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	for !cond() {
-		select {
-		case <-r.notify:
-		case <-timer.C:
-			return cond()
-		case <-ctx.Done():
-			return false
-		}
-	}
-	return true
+	return waitFor(ctx, r.notify, cond, d)
 }
 
 // poller long-polls until stopCtx ends. Its first poll is the measured one;
@@ -1323,11 +1145,7 @@ func runIdle(ctx context.Context, cfg *pullConfig, out io.Writer) (*idleResult, 
 		wg.Go(func() { r.poller(stopCtx, ctx) })
 	}
 	var phase atomic.Int64 // 0 holding, then the wake-up round + 1
-	stop := make(chan struct{})
-	var pwg sync.WaitGroup
-	if cfg.interval > 0 {
-		pwg.Go(func() { idleProgress(out, cfg, r, start, statusPath, &phase, stop) })
-	}
+	stopProgress := every(cfg.interval, idleProgress(out, cfg, r, start, statusPath, &phase))
 	n := int64(cfg.idle)
 
 	// Hold: sample the broker from when every poll is written until the
@@ -1399,8 +1217,7 @@ func runIdle(ctx context.Context, cfg *pullConfig, out io.Writer) (*idleResult, 
 
 	stopPolls()
 	wg.Wait()
-	close(stop)
-	pwg.Wait()
+	stopProgress()
 	res.interrupted = ctx.Err() != nil
 	r.mu.Lock()
 	res.onTime, res.early, res.late, res.withMsgs, res.failed = r.onTime, r.early, r.late, r.withMsgs, r.failed
@@ -1431,40 +1248,29 @@ func awaitWake(ctx context.Context, wakes <-chan wakeHit, sent int64, d time.Dur
 	}
 }
 
-// idleProgress prints a line every cfg.interval until stop closes: the
-// phase, polls waiting, first polls returned and the broker's RSS.
-func idleProgress(out io.Writer, cfg *pullConfig, r *idleRun, start time.Time, statusPath string, phase *atomic.Int64, stop <-chan struct{}) {
-	t := time.NewTicker(cfg.interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case now := <-t.C:
-			label := "hold"
-			if ph := phase.Load(); ph > 0 {
-				label = fmt.Sprintf("wake-up %d/%d", ph, cfg.wakeups)
-			}
-			rss := ""
-			if cfg.brokerPID > 0 {
-				if v, err := readVmRSS(statusPath); err == nil {
-					rss = "  broker RSS " + fmtBytes(v)
-				}
-			}
-			fmt.Fprintf(out, "%8s  %-14s waiting %d  returned %d/%d%s\n",
-				now.Sub(start).Round(10*time.Millisecond), label, r.waiting.Load(), r.returned.Load(), r.n, rss)
+// idleProgress returns the printer of the progress lines: the phase, polls
+// waiting, first polls returned and the broker's RSS.
+func idleProgress(out io.Writer, cfg *pullConfig, r *idleRun, start time.Time, statusPath string, phase *atomic.Int64) func(now time.Time) {
+	return func(now time.Time) {
+		label := "hold"
+		if ph := phase.Load(); ph > 0 {
+			label = fmt.Sprintf("wake-up %d/%d", ph, cfg.wakeups)
 		}
+		rss := ""
+		if cfg.brokerPID > 0 {
+			if v, err := readVmRSS(statusPath); err == nil {
+				rss = "  broker RSS " + fmtBytes(v)
+			}
+		}
+		fmt.Fprintf(out, "%8s  %-14s waiting %d  returned %d/%d%s\n",
+			now.Sub(start).Round(10*time.Millisecond), label, r.waiting.Load(), r.returned.Load(), r.n, rss)
 	}
 }
 
 // writeIdleReport prints the human report of an --idle run.
 func writeIdleReport(out io.Writer, cfg *pullConfig, r *idleResult) {
 	fmt.Fprintln(out)
-	state := ""
-	if r.interrupted {
-		state = " (interrupted)"
-	}
-	fmt.Fprintf(out, "idle pull %s group %s: %d long polls, wait %s%s\n", r.url, r.group, r.polls, r.wait, state)
+	fmt.Fprintf(out, "idle pull %s group %s: %d long polls, wait %s%s\n", r.url, r.group, r.polls, r.wait, interruptedMark(r.interrupted))
 	fmt.Fprintf(out, "  returned    on time %d  early %d  late %d  with messages %d  failed %d  of %d (empty within %s ± %s)\n",
 		r.onTime, r.early, r.late, r.withMsgs, r.failed, r.polls, r.wait, idleSlack)
 	held := "not all written before the first came back"

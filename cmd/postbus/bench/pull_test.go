@@ -2,11 +2,9 @@ package bench
 
 import (
 	"bytes"
-	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,7 +13,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -25,25 +22,18 @@ import (
 // channel closed and replaced at each publish, and receipts it checks are
 // acked exactly once. Faults on demand.
 type fakePull struct {
-	tb    testing.TB
-	srv   *httptest.Server
-	topic string
-	opts  fakePullOpts
+	fakeAPI
+	opts      fakePullOpts
+	handedOut chan struct{} // gets a value per non-empty answer, never blocks
 
-	mu         sync.Mutex // guards the fields below
+	// f.mu guards the fields below.
 	queue      []fakeMsg
 	arrived    chan struct{} // closed and replaced when a message is queued
 	published  int64
-	subs       map[string]string // id → group
-	nextSub    int
-	created    int
-	deleted    int
 	receipts   map[string]int // receipt → times acked
 	nextRcpt   int64
 	waitingNow int // long polls being held
 	maxWaiting int
-	handedOut  chan struct{} // gets a value per non-empty answer, never blocks
-	problems   []string      // broken promises of the tool; must stay empty
 }
 
 type fakePullOpts struct {
@@ -64,25 +54,15 @@ type fakeMsg struct {
 func newFakePull(tb testing.TB, o fakePullOpts) *fakePull {
 	tb.Helper()
 	f := &fakePull{
-		tb: tb, topic: "bench-pull", opts: o,
-		arrived: make(chan struct{}), subs: make(map[string]string),
+		opts: o, arrived: make(chan struct{}),
 		receipts: make(map[string]int), handedOut: make(chan struct{}, 1<<16),
 	}
+	f.init(tb, "bench-pull")
 	groupOK := regexp.MustCompile(`^bench-[0-9a-z]{8}$`).MatchString
 	if o.group != "" {
 		groupOK = func(g string) bool { return g == o.group }
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("PUT /v1/topics/{topic}", func(w http.ResponseWriter, r *http.Request) {
-		b, _ := io.ReadAll(r.Body)
-		f.mu.Lock()
-		if r.PathValue("topic") != f.topic || string(b) != `{"queues":4}` {
-			f.problemf("create topic %q with %q", r.PathValue("topic"), b)
-		}
-		f.mu.Unlock()
-		w.WriteHeader(http.StatusOK)
-	})
-	mux.HandleFunc("POST /v1/subscriptions", func(w http.ResponseWriter, r *http.Request) {
+	f.mux.HandleFunc("POST /v1/subscriptions", func(w http.ResponseWriter, r *http.Request) {
 		var req map[string]any
 		err := json.NewDecoder(r.Body).Decode(&req)
 		f.mu.Lock()
@@ -93,32 +73,12 @@ func newFakePull(tb testing.TB, o fakePullOpts) *fakePull {
 			f.problemf("subscription %v (%v)", req, err)
 		}
 		if o.existing {
-			w.Header().Set("Content-Type", "application/problem+json")
-			w.WriteHeader(http.StatusConflict)
-			io.WriteString(w, `{"title":"Conflict","status":409,"code":"subscription_exists"}`)
+			writeProblem(w, http.StatusConflict, "subscription_exists", "")
 			return
 		}
-		f.nextSub++
-		id := fmt.Sprintf("sub%d", f.nextSub)
-		f.subs[id] = group
-		f.created++
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusCreated)
-		fmt.Fprintf(w, `{"id":%q,"group":%q,"topic":%q}`, id, group, f.topic)
+		f.addSub(w, group, "")
 	})
-	mux.HandleFunc("DELETE /v1/subscriptions/{id}", func(w http.ResponseWriter, r *http.Request) {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		if _, ok := f.subs[r.PathValue("id")]; !ok {
-			f.problemf("delete of subscription %q, which the tool did not create", r.PathValue("id"))
-			w.WriteHeader(http.StatusNotFound)
-			return
-		}
-		delete(f.subs, r.PathValue("id"))
-		f.deleted++
-		w.WriteHeader(http.StatusNoContent)
-	})
-	mux.HandleFunc("POST /v1/topics/{topic}/messages", func(w http.ResponseWriter, r *http.Request) {
+	f.mux.HandleFunc("POST /v1/topics/{topic}/messages", func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(r.Body)
 		if err != nil || r.PathValue("topic") != f.topic || o.batch {
 			f.mu.Lock()
@@ -130,7 +90,7 @@ func newFakePull(tb testing.TB, o fakePullOpts) *fakePull {
 		w.WriteHeader(http.StatusCreated)
 		fmt.Fprintf(w, `{"msg_id":%q,"topic":%q,"queue_id":0,"queue_offset":0}`, ids[0], f.topic)
 	})
-	mux.HandleFunc("POST /v1/topics/{topic}/messages/batch", func(w http.ResponseWriter, r *http.Request) {
+	f.mux.HandleFunc("POST /v1/topics/{topic}/messages/batch", func(w http.ResponseWriter, r *http.Request) {
 		var items []struct {
 			Body string `json:"body"`
 		}
@@ -153,18 +113,10 @@ func newFakePull(tb testing.TB, o fakePullOpts) *fakePull {
 		}
 		io.WriteString(w, "["+strings.Join(res, ",")+"]")
 	})
-	mux.HandleFunc("POST /v1/groups/{group}/topics/{topic}/pull", f.pull)
-	mux.HandleFunc("POST /v1/groups/{group}/ack", f.ack)
-	f.srv = httptest.NewServer(mux)
-	tb.Cleanup(f.srv.Close)
+	f.mux.HandleFunc("POST /v1/groups/{group}/topics/{topic}/pull", f.pull)
+	f.mux.HandleFunc("POST /v1/groups/{group}/ack", f.ack)
+	f.serve()
 	return f
-}
-
-// problemf records a broken promise; f.mu must be held.
-func (f *fakePull) problemf(format string, args ...any) {
-	if len(f.problems) < 20 {
-		f.problems = append(f.problems, fmt.Sprintf(format, args...))
-	}
 }
 
 // enqueue stores bodies as the next messages and wakes the long polls.
@@ -236,10 +188,7 @@ func (f *fakePull) pull(w http.ResponseWriter, r *http.Request) {
 		f.mu.Unlock()
 		if len(got) > 0 {
 			f.answer(w, got)
-			select {
-			case f.handedOut <- struct{}{}:
-			default:
-			}
+			poke(f.handedOut)
 			return
 		}
 		select {
@@ -258,8 +207,8 @@ func (f *fakePull) hasGroup(group string) bool {
 	if f.opts.existing {
 		return group == f.opts.group
 	}
-	for _, g := range f.subs {
-		if g == group {
+	for _, s := range f.subs {
+		if s.group == group {
 			return true
 		}
 	}
@@ -305,9 +254,7 @@ func (f *fakePull) ack(w http.ResponseWriter, r *http.Request) {
 		n, ok := f.receipts[rc]
 		if !ok || n > 0 {
 			f.problemf("ack of receipt %q: issued %v, acked %d times before", rc, ok, n)
-			w.Header().Set("Content-Type", "application/problem+json")
-			w.WriteHeader(http.StatusConflict)
-			io.WriteString(w, `{"title":"Conflict","status":409,"code":"stale_receipt"}`)
+			writeProblem(w, http.StatusConflict, "stale_receipt", "")
 			return
 		}
 	}
@@ -322,17 +269,12 @@ func (f *fakePull) ack(w http.ResponseWriter, r *http.Request) {
 // behind or, with allAcked, left a receipt unacked.
 func (f *fakePull) check(tb testing.TB, allAcked bool) {
 	tb.Helper()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for _, p := range f.problems {
-		tb.Error(p)
-	}
-	if len(f.subs) != 0 || f.deleted != f.created {
-		tb.Errorf("created %d subscriptions, deleted %d, %d left", f.created, f.deleted, len(f.subs))
-	}
+	f.fakeAPI.check(tb)
 	if !allAcked {
 		return
 	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	unacked := 0
 	for _, n := range f.receipts {
 		if n != 1 {
@@ -348,14 +290,6 @@ func (f *fakePull) counts() (published int64, receipts, created, maxWaiting int)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.published, len(f.receipts), f.created, f.maxWaiting
-}
-
-// runPullTool runs Pull with args and returns its output.
-func runPullTool(tb testing.TB, ctx context.Context, args ...string) (string, error) {
-	tb.Helper()
-	var out bytes.Buffer
-	err := Pull(ctx, args, &out)
-	return out.String(), err
 }
 
 func pullArgs(url string, extra ...string) []string {
@@ -503,24 +437,9 @@ func TestPullIdleEarlyIsFlagged(t *testing.T) {
 
 func TestPullInterrupt(t *testing.T) {
 	f := newFakePull(t, fakePullOpts{})
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	go func() {
-		for range 5 {
-			<-f.handedOut
-		}
-		cancel()
-	}()
-	start := time.Now()
-	out, err := runPullTool(t, ctx, pullArgs(f.srv.URL, "--duration", "30s", "--rate", "500")...)
-	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("Pull = %v, want context.Canceled\n%s", err, out)
-	}
-	if took := time.Since(start); took > 5*time.Second {
-		t.Errorf("interrupted run took %s to return", took)
-	}
-	if !strings.Contains(out, "(interrupted)") || strings.Contains(out, "MISSING") {
-		t.Errorf("want a report marked interrupted, with no verdict:\n%s", out)
+	out := runInterrupted(t, runPullTool, f.handedOut, 5, pullArgs(f.srv.URL, "--duration", "30s", "--rate", "500")...)
+	if strings.Contains(out, "MISSING") {
+		t.Errorf("want no verdict after the interrupt:\n%s", out)
 	}
 	f.check(t, false) // the subscription is deleted even after the interrupt
 	if _, _, created, _ := f.counts(); created != 1 {
@@ -530,10 +449,7 @@ func TestPullInterrupt(t *testing.T) {
 
 func TestPullFlags(t *testing.T) {
 	f := newFakePull(t, fakePullOpts{})
-	tests := []struct {
-		name string
-		args []string
-	}{
+	refusesFlags(t, runPullTool, []string{"--url", f.srv.URL, "--interval", "0", "--wait", "2s"}, []flagCase{
 		{"no duration", []string{"--duration", "0"}},
 		{"pullers 0", []string{"--pullers", "0"}},
 		{"pullers too many", []string{"--pullers", "1001"}},
@@ -559,31 +475,16 @@ func TestPullFlags(t *testing.T) {
 		{"pid of nothing, idle", []string{"--idle", "5", "--broker-pid", strconv.Itoa(1 << 23)}},
 		{"stray argument", []string{"extra"}},
 		{"bad scheme", []string{"--url", "ftp://127.0.0.1"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			args := append([]string{"--url", f.srv.URL, "--interval", "0", "--wait", "2s"}, tt.args...)
-			out, err := runPullTool(t, t.Context(), args...)
-			if err == nil || errors.Is(err, ErrPullCheck) {
-				t.Fatalf("Pull %v = %v, want a flag error\n%s", tt.args, err, out)
-			}
-		})
-	}
+	})
 	f.check(t, true)
 	if pub, _, created, _ := f.counts(); pub != 0 || created != 0 {
 		t.Errorf("bad flags still published %d messages and created %d subscriptions", pub, created)
 	}
-	out, err := runPullTool(t, t.Context(), "--help")
-	if !errors.Is(err, flag.ErrHelp) || !strings.Contains(out, "postbus bench pull --idle 1000") {
-		t.Errorf("--help = %v, usage:\n%s", err, out)
-	}
+	checkHelp(t, runPullTool, "postbus bench pull --idle 1000")
 }
 
 func TestPullRefusesRemote(t *testing.T) {
-	_, err := runPullTool(t, t.Context(), "--url", "http://192.0.2.1:8080", "--duration", "1s")
-	if !errors.Is(err, ErrRemoteTarget) || !strings.HasPrefix(err.Error(), "bench pull ") {
-		t.Fatalf("Pull to 192.0.2.1 = %v, want ErrRemoteTarget from bench pull", err)
-	}
+	refusesRemote(t, runPullTool, "bench pull", "http://192.0.2.1:8080", "--duration", "1s")
 }
 
 func TestPullStillArriving(t *testing.T) {

@@ -3,15 +3,11 @@ package bench
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"net/url"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,24 +31,13 @@ const (
 
 // pushConfig is the parsed command line of `bench push`.
 type pushConfig struct {
-	url         string // base URL, no trailing slash
-	topic       string
+	commonFlags
 	subs        int
 	maxInFlight int
-	conns       int
-	duration    time.Duration
-	rate        float64 // messages per second; 0 = closed loop
-	size        int
 	drain       time.Duration
 	baseline    bool
 	delayed     int64 // 0 = plain publishing
 	window      time.Duration
-	interval    time.Duration
-	allowRemote bool
-	create      bool
-	queues      int
-	timeout     time.Duration
-	brokerPID   int
 }
 
 const pushUsageHead = `Usage: postbus bench push [flags]
@@ -88,63 +73,42 @@ Examples:
   postbus bench push --delayed 100000 --window 10m --broker-pid $(pgrep -n postbus)
 `
 
+// pushFlags is how bench push words the flags every tool has.
+var pushFlags = toolFlags{
+	name:            "bench push",
+	usageHead:       pushUsageHead,
+	usageTail:       pushUsageTail,
+	topic:           "bench-push",
+	minSize:         stampLen,
+	durationHelp:    "how long to publish (not with --delayed)",
+	allowRemoteHelp: "allow a --url whose host is not loopback (the sink still listens on 127.0.0.1)",
+}
+
 // parsePushFlags parses args into a pushConfig. On --help it prints the
 // usage to out and returns flag.ErrHelp.
 func parsePushFlags(args []string, out io.Writer) (*pushConfig, error) {
 	c := &pushConfig{}
-	fs := flag.NewFlagSet("bench push", flag.ContinueOnError)
-	fs.SetOutput(out)
-	fs.StringVar(&c.url, "url", "http://127.0.0.1:8080", "broker base `URL` (http or https)")
-	fs.StringVar(&c.topic, "topic", "bench-push", "`topic` to publish to; created first unless --create=false")
+	fs := c.flagSet(&pushFlags, out)
 	fs.IntVar(&c.subs, "subscriptions", 1, "push subscriptions to the sink, each with its own group (fan-out: every message is delivered this many times)")
 	fs.IntVar(&c.maxInFlight, "max-in-flight", 32, "max_in_flight of each subscription: deliveries the broker may have open at once")
-	fs.IntVar(&c.conns, "conns", 64, "publishers (closed loop) or connections (open loop), one request in flight on each")
-	fs.DurationVar(&c.duration, "duration", 10*time.Second, "how long to publish (not with --delayed)")
-	fs.Float64Var(&c.rate, "rate", 0, "open loop at this many `messages` per second (0 = closed loop)")
-	fs.IntVar(&c.size, "size", 256, fmt.Sprintf("message body size in `bytes` (at least %d: the stamp)", stampLen))
 	fs.DurationVar(&c.drain, "drain", 10*time.Second, "after publishing (or after --window), wait at most this long for the deliveries still due")
 	fs.BoolVar(&c.baseline, "baseline", false, "then POST the same bodies straight at the sink, closed loop, for --duration, and print push/baseline deliveries/s")
 	fs.Int64Var(&c.delayed, "delayed", 0, "publish `N` messages with a Postbus-Deliver-At each, uniformly random within --window, and report lateness")
 	fs.DurationVar(&c.window, "window", 10*time.Minute, "with --delayed: deliver-at times fall within this long after the start")
-	fs.DurationVar(&c.interval, "interval", time.Second, "print a progress line this often (0 = off)")
-	fs.BoolVar(&c.allowRemote, "allow-remote", false, "allow a --url whose host is not loopback (the sink still listens on 127.0.0.1)")
-	fs.BoolVar(&c.create, "create", true, "create the topic with PUT /v1/topics/{topic} before the run")
-	fs.IntVar(&c.queues, "queues", 4, "queues for the topic when it is created")
-	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "per-request timeout of publishes and API calls")
-	fs.IntVar(&c.brokerPID, "broker-pid", 0, "sample this `pid`'s VmRSS from /proc/<pid>/status every second and report the maximum")
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), pushUsageHead)
-		fs.PrintDefaults()
-		fmt.Fprint(fs.Output(), pushUsageTail)
-	}
-	if err := fs.Parse(args); err != nil {
+	if err := c.parse(fs, args, c.validate); err != nil {
 		return nil, err
-	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("bench push: unexpected argument %q", fs.Arg(0))
-	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	c.url = strings.TrimRight(c.url, "/")
-	if err := c.validate(set); err != nil {
-		return nil, fmt.Errorf("bench push: %w", err)
 	}
 	return c, nil
 }
 
-// validate checks c; set names the flags given on the command line.
+// validate checks the flags of bench push alone; set names the flags given
+// on the command line.
 func (c *pushConfig) validate(set map[string]bool) error {
 	switch {
 	case c.subs < 1 || c.subs > maxSubscriptions:
 		return fmt.Errorf("--subscriptions %d: must be 1..%d", c.subs, maxSubscriptions)
 	case c.maxInFlight < 1 || c.maxInFlight > maxInFlightLimit:
 		return fmt.Errorf("--max-in-flight %d: must be 1..%d", c.maxInFlight, maxInFlightLimit)
-	case c.conns < 1 || c.conns > maxConns:
-		return fmt.Errorf("--conns %d: must be 1..%d", c.conns, maxConns)
-	case c.size < stampLen || c.size > maxSize:
-		return fmt.Errorf("--size %d: must be %d..%d", c.size, stampLen, maxSize)
-	case c.rate < 0 || c.rate != c.rate:
-		return fmt.Errorf("--rate %v: must be >= 0", c.rate)
 	case c.drain < 0:
 		return fmt.Errorf("--drain %s: must be >= 0", c.drain)
 	case c.delayed < 0 || c.delayed > maxDelayed:
@@ -159,31 +123,6 @@ func (c *pushConfig) validate(set map[string]bool) error {
 		return errors.New("--baseline measures plain delivery: it does not apply to --delayed")
 	case c.delayed == 0 && set["window"]:
 		return errors.New("--window needs --delayed")
-	case c.interval < 0:
-		return fmt.Errorf("--interval %s: must be >= 0", c.interval)
-	case c.timeout <= 0:
-		return fmt.Errorf("--timeout %s: must be > 0", c.timeout)
-	case c.queues < 1:
-		return fmt.Errorf("--queues %d: must be >= 1", c.queues)
-	case c.brokerPID < 0:
-		return fmt.Errorf("--broker-pid %d: must be >= 0", c.brokerPID)
-	case !topicRE.MatchString(c.topic):
-		return fmt.Errorf("--topic %q: must match %s", c.topic, topicRE)
-	}
-	return validateURL(c.url)
-}
-
-// validateURL checks a --url flag: http(s), a host, nothing but a path.
-func validateURL(raw string) error {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return fmt.Errorf("--url: %w", err)
-	}
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return fmt.Errorf("--url %q: scheme must be http or https", raw)
-	}
-	if u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
-		return fmt.Errorf("--url %q: want scheme://host[:port][/path] only", raw)
 	}
 	return nil
 }
@@ -199,7 +138,7 @@ func Push(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := checkTargetFor(ctx, "bench push", cfg.url, cfg.allowRemote); err != nil {
+	if err := cfg.checkTarget(ctx); err != nil {
 		return err
 	}
 	res, err := runPush(ctx, cfg, out)
@@ -289,17 +228,15 @@ func (r *pushResult) verdict() string {
 // cleans up. Only a failure to set up is returned; cancellation shows as
 // pushResult.interrupted.
 func runPush(ctx context.Context, cfg *pushConfig, out io.Writer) (res *pushResult, err error) {
-	client := newClient(&config{conns: cfg.conns, timeout: cfg.timeout})
+	client := newClient(cfg.conns, cfg.timeout)
 	defer client.CloseIdleConnections()
 	run := padRun(newRunID())
 	clk := newClock()
-	var sampler *rssSampler
-	if cfg.brokerPID > 0 {
-		if sampler, err = startRSSSampler(cfg.brokerPID, time.Second); err != nil {
-			return nil, fmt.Errorf("bench push: %w", err)
-		}
-		defer sampler.Stop()
+	sampler, err := cfg.sampleBroker()
+	if err != nil {
+		return nil, err
 	}
+	defer sampler.Stop()
 	fmt.Fprintf(out, "bench push → %s\n", describePush(cfg))
 	interrupted := func() *pushResult {
 		return &pushResult{url: cfg.url, interrupted: true, subs: cfg.subs, sink: &sinkTotals{}}
@@ -319,17 +256,7 @@ func runPush(ctx context.Context, cfg *pushConfig, out io.Writer) (res *pushResu
 	defer snk.Close()
 
 	var ids, groups []string
-	// Delete what was created however the run ends, even after Ctrl-C:
-	// a subscription left behind would keep pushing to a closed port.
-	defer func() {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
-		defer cancel()
-		for _, id := range ids {
-			if derr := deleteSubscription(cctx, client, cfg.url, id); derr != nil {
-				fmt.Fprintf(out, "warning: %v (delete it with DELETE /v1/subscriptions/%s)\n", derr, id)
-			}
-		}
-	}()
+	defer func() { deleteSubscriptions(ctx, client, cfg.url, ids, out) }()
 	for i := range cfg.subs {
 		group := fmt.Sprintf("bench-%s-%d", run, i)
 		id, err := createSubscription(ctx, client, cfg, group, snk.hookURL(i))
@@ -345,10 +272,7 @@ func runPush(ctx context.Context, cfg *pushConfig, out io.Writer) (res *pushResu
 
 	res = measure(ctx, cfg, client, snk, clk, run, out)
 	res.groups = groups
-	if sampler != nil {
-		st := sampler.Stop()
-		res.rss = &st
-	}
+	res.rss = sampler.result()
 	if cfg.baseline && !res.interrupted {
 		client.CloseIdleConnections()
 		res.base = runBaseline(ctx, cfg, client, clk, out)
@@ -370,11 +294,7 @@ func measure(ctx context.Context, cfg *pushConfig, client *http.Client, snk *sin
 	p.atBase = (p.startNS/1e6 + 1) * 1e6
 
 	var draining atomic.Bool
-	stop := make(chan struct{})
-	var pwg sync.WaitGroup
-	if cfg.interval > 0 {
-		pwg.Go(func() { progress(out, cfg, p, snk, &draining, stop) })
-	}
+	stopProgress := every(cfg.interval, progress(out, cfg, p, snk, &draining))
 	p.publishAll(ctx)
 	pubElapsed := time.Since(p.start)
 	inWindow := snk.unique.Load()
@@ -386,28 +306,14 @@ func measure(ctx context.Context, cfg *pushConfig, client *http.Client, snk *sin
 		deadline = later(deadline, p.windowEnd().Add(cfg.drain))
 	}
 	want := p.acked.Load()
-	if ctx.Err() == nil {
-		timer := time.NewTimer(time.Until(deadline))
-	wait:
-		for !snk.complete(want) {
-			select {
-			case <-snk.notify:
-			case <-timer.C:
-				break wait
-			case <-ctx.Done():
-				break wait
-			}
-		}
-		timer.Stop()
-	}
+	waitFor(ctx, snk.notify, func() bool { return snk.complete(want) }, time.Until(deadline))
 	res := &pushResult{
 		url: cfg.url, interrupted: ctx.Err() != nil, subs: cfg.subs,
 		pubElapsed: pubElapsed, acked: want, failed: p.failed.Load(), dueAlready: p.dueAlready.Load(),
 		errs: p.errs.list(), inWindow: inWindow, drainTook: time.Since(drainStart),
 		startNS: p.startNS, sink: snk.totals(),
 	}
-	close(stop)
-	pwg.Wait()
+	stopProgress()
 	return res
 }
 
@@ -418,41 +324,34 @@ func later(a, b time.Time) time.Time {
 	return a
 }
 
-// progress prints a line every cfg.interval until stop closes: elapsed
-// time, phase, publishes and first deliveries per second, the p99 latency
-// (or lateness) of the interval, and the deliveries still owed.
-func progress(out io.Writer, cfg *pushConfig, p *publisher, snk *sink, draining *atomic.Bool, stop <-chan struct{}) {
-	t := time.NewTicker(cfg.interval)
-	defer t.Stop()
+// progress returns the printer of the progress lines: elapsed time, phase,
+// publishes and first deliveries per second, the p99 latency (or lateness)
+// of the interval, and the deliveries still owed.
+func progress(out io.Writer, cfg *pushConfig, p *publisher, snk *sink, draining *atomic.Bool) func(now time.Time) {
 	label := "p99"
 	if cfg.delayed > 0 {
 		label = "late p99"
 	}
 	var h histogram
 	prevPub, prevDel, prevAt := int64(0), int64(0), p.start
-	for {
-		select {
-		case <-stop:
-			return
-		case now := <-t.C:
-			snk.takeInterval(&h)
-			acked := p.acked.Load()
-			pub, del := acked+p.failed.Load(), snk.unique.Load()
-			phase := "publish"
-			switch {
-			case !draining.Load():
-			case cfg.delayed > 0 && now.Before(p.windowEnd()):
-				phase = "window"
-			default:
-				phase = "drain"
-			}
-			dt := now.Sub(prevAt).Seconds()
-			fmt.Fprintf(out, "%8s  %-7s %9.0f published/s %9.0f deliveries/s  %s %-9s  owed %d\n",
-				now.Sub(p.start).Round(10*time.Millisecond), phase,
-				float64(pub-prevPub)/dt, float64(del-prevDel)/dt, label, fmtDur(h.quantile(0.99)),
-				max(0, acked*int64(cfg.subs)-del))
-			prevPub, prevDel, prevAt = pub, del, now
+	return func(now time.Time) {
+		snk.takeInterval(&h)
+		acked := p.acked.Load()
+		pub, del := acked+p.failed.Load(), snk.unique.Load()
+		phase := "publish"
+		switch {
+		case !draining.Load():
+		case cfg.delayed > 0 && now.Before(p.windowEnd()):
+			phase = "window"
+		default:
+			phase = "drain"
 		}
+		dt := now.Sub(prevAt).Seconds()
+		fmt.Fprintf(out, "%8s  %-7s %9.0f published/s %9.0f deliveries/s  %s %-9s  owed %d\n",
+			now.Sub(p.start).Round(10*time.Millisecond), phase,
+			float64(pub-prevPub)/dt, float64(del-prevDel)/dt, label, fmtDur(h.quantile(0.99)),
+			max(0, acked*int64(cfg.subs)-del))
+		prevPub, prevDel, prevAt = pub, del, now
 	}
 }
 
@@ -494,43 +393,19 @@ func (p *publisher) publishAll(ctx context.Context) {
 // of --duration, or ctx.
 func (p *publisher) work(ctx context.Context) {
 	cfg := p.cfg
-	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
+	pace := pacer{start: p.start, rate: cfg.rate, duration: cfg.duration}
+	defer pace.stop()
 	windowMS := int64(cfg.window / time.Millisecond)
 	for ctx.Err() == nil {
 		seq := p.next.Add(1) - 1
 		var deliverAt int64
-		switch {
-		case cfg.delayed > 0:
+		if cfg.delayed > 0 {
 			if seq >= cfg.delayed {
 				return
 			}
 			deliverAt = p.atBase + rand.Int64N(windowMS)*int64(time.Millisecond)
-		case cfg.rate > 0:
-			offset := time.Duration(float64(seq) * float64(time.Second) / cfg.rate)
-			if offset >= cfg.duration {
-				return
-			}
-			if wait := time.Until(p.start.Add(offset)); wait > 0 {
-				if timer == nil {
-					timer = time.NewTimer(wait)
-				} else {
-					timer.Reset(wait)
-				}
-				select {
-				case <-timer.C:
-				case <-ctx.Done():
-					return
-				}
-			}
-		default:
-			if time.Since(p.start) >= cfg.duration {
-				return
-			}
+		} else if _, ok := pace.wait(ctx, seq); !ok {
+			return
 		}
 		ok, key, text := p.send(ctx, seq, deliverAt)
 		switch {
@@ -560,127 +435,23 @@ func (p *publisher) send(ctx context.Context, seq, deliverAt int64) (ok bool, ke
 	if deliverAt > 0 {
 		req.Header.Set("Postbus-Deliver-At", time.Unix(0, deliverAt).UTC().Format(time.RFC3339Nano))
 	}
-	resp, err := p.client.Do(req)
-	if err != nil {
-		return false, "transport: " + transportClass(err), err.Error()
+	// Stored once answered 201, whatever happens to the rest of the answer:
+	// it will be delivered.
+	var buf bytes.Buffer
+	ok, key, text = publishOnce(p.client, req, &buf, 1, false, true)
+	if ok && deliverAt > 0 && now >= deliverAt {
+		p.dueAlready.Add(1)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode == http.StatusCreated || resp.StatusCode == http.StatusOK {
-		// Stored, whatever happens to the rest of the answer.
-		io.Copy(io.Discard, resp.Body)
-		if deliverAt > 0 && now >= deliverAt {
-			p.dueAlready.Add(1)
-		}
-		return true, "", ""
-	}
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-	if err == nil {
-		_, err = io.Copy(io.Discard, resp.Body)
-	}
-	if err != nil {
-		return false, "transport: " + transportClass(err), "read answer: " + err.Error()
-	}
-	key, text = problemKey(resp, b)
-	return false, key, text
-}
-
-// errTable counts failed publishes by kind; failures are rare, so one
-// mutex for all workers is enough.
-type errTable struct {
-	mu    sync.Mutex // guards kinds and order
-	kinds map[string]*errKind
-	order []string
-}
-
-func (t *errTable) add(key, text string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.kinds == nil {
-		t.kinds = make(map[string]*errKind)
-	}
-	k, ok := t.kinds[key]
-	if !ok && len(t.kinds) >= maxErrorKinds {
-		key = "other"
-		k, ok = t.kinds[key]
-	}
-	if !ok {
-		k = &errKind{key: key, first: truncate(text, maxFirstText)}
-		t.kinds[key] = k
-		t.order = append(t.order, key)
-	}
-	k.requests++
-	k.messages++
-}
-
-// list returns the kinds, most frequent first.
-func (t *errTable) list() []*errKind {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	var out []*errKind
-	for _, key := range t.order {
-		out = append(out, t.kinds[key])
-	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].requests > out[j].requests })
-	return out
+	return ok, key, text
 }
 
 // createSubscription creates a push subscription of group to hook and
 // returns its id.
 func createSubscription(ctx context.Context, client *http.Client, cfg *pushConfig, group, hook string) (string, error) {
-	reqBody, err := json.Marshal(map[string]any{
+	id, _, err := postSubscription(ctx, client, cfg.url, "create subscription "+group, map[string]any{
 		"group": group, "topic": cfg.topic, "url": hook, "max_in_flight": cfg.maxInFlight,
 	})
-	if err != nil {
-		return "", fmt.Errorf("create subscription %s: %w", group, err)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, cfg.url+"/v1/subscriptions", bytes.NewReader(reqBody))
-	if err != nil {
-		return "", fmt.Errorf("create subscription %s: %w", group, err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := client.Do(req)
-	if err != nil {
-		return "", fmt.Errorf("create subscription %s: %w", group, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-	if err != nil {
-		return "", fmt.Errorf("create subscription %s: read answer: %w", group, err)
-	}
-	if resp.StatusCode != http.StatusCreated {
-		_, text := problemKey(resp, b)
-		return "", fmt.Errorf("create subscription %s at %s: %s", group, cfg.url, text)
-	}
-	var created struct {
-		ID string `json:"id"`
-	}
-	if err := json.Unmarshal(b, &created); err != nil || created.ID == "" {
-		return "", fmt.Errorf("create subscription %s: answer without an id: %s", group, truncate(string(b), 200))
-	}
-	return created.ID, nil
-}
-
-// deleteSubscription deletes subscription id; one already gone is fine.
-func deleteSubscription(ctx context.Context, client *http.Client, base, id string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, base+"/v1/subscriptions/"+url.PathEscape(id), nil)
-	if err != nil {
-		return fmt.Errorf("delete subscription %s: %w", id, err)
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return fmt.Errorf("delete subscription %s: %w", id, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-	if err != nil {
-		return fmt.Errorf("delete subscription %s: read answer: %w", id, err)
-	}
-	switch resp.StatusCode {
-	case http.StatusNoContent, http.StatusOK, http.StatusNotFound:
-		return nil
-	}
-	_, text := problemKey(resp, b)
-	return fmt.Errorf("delete subscription %s: %s", id, text)
+	return id, err
 }
 
 // baselineResult is the client's ceiling: the same client and bodies
@@ -779,12 +550,8 @@ func describePush(c *pushConfig) string {
 // writePushReport prints the human report.
 func writePushReport(out io.Writer, cfg *pushConfig, r *pushResult) {
 	fmt.Fprintln(out)
-	state := ""
-	if r.interrupted {
-		state = " (interrupted)"
-	}
 	s := r.sink
-	fmt.Fprintf(out, "push %s%s\n", r.url, state)
+	fmt.Fprintf(out, "push %s%s\n", r.url, interruptedMark(r.interrupted))
 	fmt.Fprintf(out, "  published   %d acknowledged, %d failed, in %s (%.1f msgs/s",
 		r.acked, r.failed, r.pubElapsed.Round(time.Millisecond), rate(r.acked, r.pubElapsed))
 	if cfg.rate > 0 {
@@ -813,9 +580,7 @@ func writePushReport(out io.Writer, cfg *pushConfig, r *pushResult) {
 			fmt.Fprintf(out, "  note        %d messages were already due when published: publishing took longer than their place in the window\n", r.dueAlready)
 		}
 	} else {
-		fmt.Fprintf(out, "  latency     publish to webhook: p50 %s  p90 %s  p99 %s  max %s  mean %s\n",
-			fmtDur(s.latency.quantile(0.50)), fmtDur(s.latency.quantile(0.90)), fmtDur(s.latency.quantile(0.99)),
-			fmtDur(s.latency.maxValue()), fmtDur(s.latency.mean()))
+		fmt.Fprintf(out, "  latency     publish to webhook: %s\n", s.latency.summary())
 	}
 	if r.subs > 1 {
 		fmt.Fprintln(out, "  per subscription (received, duplicates, missing, p99)")
@@ -854,11 +619,7 @@ func writePushReport(out io.Writer, cfg *pushConfig, r *pushResult) {
 	}
 	if b := r.base; b != nil {
 		fmt.Fprintln(out)
-		state := ""
-		if b.interrupted {
-			state = " (interrupted)"
-		}
-		fmt.Fprintf(out, "baseline %s (client straight to the sink)%s\n", b.url, state)
+		fmt.Fprintf(out, "baseline %s (client straight to the sink)%s\n", b.url, interruptedMark(b.interrupted))
 		fmt.Fprintf(out, "  deliveries  %d in %s, %d failed  (%.1f deliveries/s)\n",
 			b.sink.unique, b.elapsed.Round(time.Millisecond), b.failed, b.rate())
 		fmt.Fprintf(out, "  latency     send to sink: p50 %s  p99 %s  max %s\n",

@@ -21,11 +21,7 @@ func writeReport(out io.Writer, cfg *config, target, base *result) {
 }
 
 func writeRun(out io.Writer, cfg *config, label string, r *result) {
-	state := ""
-	if r.interrupted {
-		state = " (interrupted)"
-	}
-	fmt.Fprintf(out, "%s %s%s\n", label, r.url, state)
+	fmt.Fprintf(out, "%s %s%s\n", label, r.url, interruptedMark(r.interrupted))
 	fmt.Fprintf(out, "  elapsed   %s\n", r.elapsed.Round(time.Millisecond))
 	fmt.Fprintf(out, "  requests  %d (%d ok, %d failed)\n", r.requests, r.okRequests, r.errRequests)
 	fmt.Fprintf(out, "  messages  %d sent, %d acknowledged, %d in failed requests\n", r.sentMsgs, r.okMsgs, r.errMsgs)
@@ -34,9 +30,7 @@ func writeRun(out io.Writer, cfg *config, label string, r *result) {
 		fmt.Fprintf(out, "  (target %g msgs/s)", cfg.rate)
 	}
 	fmt.Fprintln(out)
-	fmt.Fprintf(out, "  latency   per request: p50 %s  p90 %s  p99 %s  max %s  mean %s\n",
-		fmtDur(r.hist.quantile(0.50)), fmtDur(r.hist.quantile(0.90)), fmtDur(r.hist.quantile(0.99)),
-		fmtDur(r.hist.maxValue()), fmtDur(r.hist.mean()))
+	fmt.Fprintf(out, "  latency   per request: %s\n", r.hist.summary())
 	writeRSS(out, r.rss)
 	if r.first10 > 0 && r.last10 > 0 {
 		fmt.Fprintf(out, "  count run first 10%% %.1f msgs/s  last 10%% %.1f msgs/s  last/first %s\n",
@@ -55,6 +49,21 @@ func mbPerSec(r *result) float64 {
 		return 0
 	}
 	return float64(r.bodyBytes) / 1e6 / r.elapsed.Seconds()
+}
+
+// interruptedMark is what a report's heading adds for a run cut short.
+func interruptedMark(interrupted bool) string {
+	if interrupted {
+		return " (interrupted)"
+	}
+	return ""
+}
+
+// summary is the latency line every report prints: p50, p90, p99, max and
+// mean.
+func (h *histogram) summary() string {
+	return fmt.Sprintf("p50 %s  p90 %s  p99 %s  max %s  mean %s",
+		fmtDur(h.quantile(0.50)), fmtDur(h.quantile(0.90)), fmtDur(h.quantile(0.99)), fmtDur(h.maxValue()), fmtDur(h.mean()))
 }
 
 func fmtRatio(a, b float64) string {

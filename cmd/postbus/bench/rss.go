@@ -82,13 +82,27 @@ func (s *rssSampler) loop(interval time.Duration) {
 	}
 }
 
-// Stop ends sampling and returns what was seen. It is idempotent.
+// Stop ends sampling and returns what was seen. It is idempotent, and a
+// nil sampler (no --broker-pid) saw nothing.
 func (s *rssSampler) Stop() rssStats {
+	if s == nil {
+		return rssStats{}
+	}
 	s.stopOnce.Do(func() { close(s.stop) })
 	<-s.done
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.stats
+}
+
+// result stops s and returns what it saw for the report; nil for a nil
+// sampler, which the report leaves out.
+func (s *rssSampler) result() *rssStats {
+	if s == nil {
+		return nil
+	}
+	st := s.Stop()
+	return &st
 }
 
 // readVmRSS returns the VmRSS of a /proc/<pid>/status file in bytes.

@@ -33,26 +33,27 @@ const (
 	maxFirstText = 300
 )
 
-// newClient returns the one client every worker shares: HTTP/1.1 keep-alive,
-// exactly conns connections, no compression and no proxy from the
-// environment (a proxy would be measured instead of the broker).
-func newClient(c *config) *http.Client {
+// newClient returns the one client every worker of a tool shares: HTTP/1.1
+// keep-alive, exactly conns connections, no compression and no proxy from
+// the environment (a proxy would be measured instead of the broker), and
+// timeout on every request.
+func newClient(conns int, timeout time.Duration) *http.Client {
 	tr := &http.Transport{
 		Proxy: nil,
 		DialContext: (&net.Dialer{
 			Timeout:   5 * time.Second,
 			KeepAlive: 30 * time.Second,
 		}).DialContext,
-		MaxIdleConns:          c.conns,
-		MaxIdleConnsPerHost:   c.conns,
-		MaxConnsPerHost:       c.conns,
+		MaxIdleConns:          conns,
+		MaxIdleConnsPerHost:   conns,
+		MaxConnsPerHost:       conns,
 		IdleConnTimeout:       90 * time.Second,
 		DisableCompression:    true,
 		ForceAttemptHTTP2:     false,
 		TLSHandshakeTimeout:   5 * time.Second,
 		ExpectContinueTimeout: 0,
 	}
-	return &http.Client{Transport: tr, Timeout: c.timeout}
+	return &http.Client{Transport: tr, Timeout: timeout}
 }
 
 // bodySource hands out message bodies: windows of one buffer of printable
@@ -94,6 +95,71 @@ type errKind struct {
 	first    string // text of the first one seen
 }
 
+// errKinds is an error table: failed requests by kind in first-seen order,
+// at most maxErrorKinds rows, the kinds past them counted under "other".
+// The zero value is empty. It is not safe for concurrent use; errTable is.
+type errKinds struct {
+	kinds map[string]*errKind
+	order []string // keys in first-seen order
+}
+
+// add counts requests failed requests holding messages messages under key;
+// text describes the first of the kind, and is kept if the row is new.
+func (t *errKinds) add(key, text string, requests, messages int64) {
+	if t.kinds == nil {
+		t.kinds = make(map[string]*errKind)
+	}
+	k, ok := t.kinds[key]
+	if !ok && len(t.kinds) >= maxErrorKinds {
+		key = "other"
+		k, ok = t.kinds[key]
+	}
+	if !ok {
+		k = &errKind{key: key, first: truncate(text, maxFirstText)}
+		t.kinds[key] = k
+		t.order = append(t.order, key)
+	}
+	k.requests += requests
+	k.messages += messages
+}
+
+// merge adds the rows of o.
+func (t *errKinds) merge(o *errKinds) {
+	for _, key := range o.order {
+		e := o.kinds[key]
+		t.add(key, e.first, e.requests, e.messages)
+	}
+}
+
+// list returns the rows, most requests first.
+func (t *errKinds) list() []*errKind {
+	var out []*errKind
+	for _, key := range t.order {
+		out = append(out, t.kinds[key])
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].requests > out[j].requests })
+	return out
+}
+
+// errTable is an error table many workers share, one request and message
+// a row; failures are rare, so one mutex for all of them is enough.
+type errTable struct {
+	mu sync.Mutex // guards t
+	t  errKinds
+}
+
+func (t *errTable) add(key, text string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.t.add(key, text, 1, 1)
+}
+
+func (t *errTable) list() []*errKind {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.t.list()
+}
+
 // worker is one connection's loop state.
 type worker struct {
 	mu sync.Mutex // guards interval, which the progress printer drains
@@ -109,32 +175,11 @@ type worker struct {
 	okMsgs      int64
 	errRequests int64
 	errMsgs     int64
-	errs        map[string]*errKind
-	errOrder    []string // keys in first-seen order
+	errs        errKinds
 	// buf holds a batch request body; rbuf a response body. Both are
 	// reused so a worker allocates little per request.
 	buf  []byte
 	rbuf bytes.Buffer
-}
-
-func (w *worker) addErr(key, text string, msgs int64) {
-	if w.errs == nil {
-		w.errs = make(map[string]*errKind)
-	}
-	k, ok := w.errs[key]
-	if !ok {
-		if len(w.errs) >= maxErrorKinds {
-			key = "other"
-			k, ok = w.errs[key]
-		}
-		if !ok {
-			k = &errKind{key: key, first: truncate(text, maxFirstText)}
-			w.errs[key] = k
-			w.errOrder = append(w.errOrder, key)
-		}
-	}
-	k.requests++
-	k.messages += msgs
 }
 
 // phase is one timed stretch of load against one base URL: a warm-up or a
@@ -256,19 +301,16 @@ func (p *phase) run(ctx context.Context, progress io.Writer) *result {
 	for _, w := range workers {
 		wg.Go(func() { p.work(ctx, w) })
 	}
-	stop := make(chan struct{})
-	var pwg sync.WaitGroup
+	stopProgress := func() {}
 	if progress != nil {
-		pwg.Go(func() { p.progress(progress, workers, stop) })
+		stopProgress = every(p.cfg.interval, p.progress(progress, workers))
 	}
 	wg.Wait()
 	elapsed := time.Since(p.start)
-	close(stop)
-	pwg.Wait()
+	stopProgress()
 
 	res := &result{url: p.url, elapsed: elapsed, interrupted: ctx.Err() != nil}
-	kinds := make(map[string]*errKind)
-	var order []string
+	var errs errKinds
 	for _, w := range workers {
 		res.hist.merge(&w.total)
 		res.requests += w.requests
@@ -277,26 +319,9 @@ func (p *phase) run(ctx context.Context, progress io.Writer) *result {
 		res.sentMsgs += w.sentMsgs
 		res.okMsgs += w.okMsgs
 		res.errMsgs += w.errMsgs
-		for _, key := range w.errOrder {
-			e := w.errs[key]
-			k, ok := kinds[key]
-			if !ok && len(kinds) >= maxErrorKinds {
-				key = "other"
-				k, ok = kinds[key]
-			}
-			if !ok {
-				k = &errKind{key: key, first: e.first}
-				kinds[key] = k
-				order = append(order, key)
-			}
-			k.requests += e.requests
-			k.messages += e.messages
-		}
+		errs.merge(&w.errs)
 	}
-	for _, key := range order {
-		res.errs = append(res.errs, kinds[key])
-	}
-	sort.SliceStable(res.errs, func(i, j int) bool { return res.errs[i].requests > res.errs[j].requests })
+	res.errs = errs.list()
 	res.bodyBytes = res.okMsgs * int64(p.cfg.size)
 	if p.firstOK && p.firstAt > 0 {
 		res.first10 = float64(p.firstDone) / p.firstAt.Seconds()
@@ -312,13 +337,8 @@ func (p *phase) run(ctx context.Context, progress io.Writer) *result {
 // used up or ctx is cancelled.
 func (p *phase) work(ctx context.Context, w *worker) {
 	batch := int64(p.cfg.batch)
-	rate := p.cfg.rate
-	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
+	pace := pacer{start: p.start, rate: p.cfg.rate, duration: p.duration}
+	defer pace.stop()
 	for ctx.Err() == nil {
 		first := (p.next.Add(1) - 1) * batch
 		n := batch
@@ -328,30 +348,9 @@ func (p *phase) work(ctx context.Context, w *worker) {
 			}
 			n = min(batch, p.count-first)
 		}
-		var due time.Time
-		if rate > 0 {
-			offset := time.Duration(float64(first) * float64(time.Second) / rate)
-			if p.duration > 0 && offset >= p.duration {
-				return
-			}
-			due = p.start.Add(offset)
-			if wait := time.Until(due); wait > 0 {
-				if timer == nil {
-					timer = time.NewTimer(wait)
-				} else {
-					timer.Reset(wait)
-				}
-				select {
-				case <-timer.C:
-				case <-ctx.Done():
-					return
-				}
-			}
-		} else {
-			due = time.Now()
-			if p.duration > 0 && due.Sub(p.start) >= p.duration {
-				return
-			}
+		due, ok := pace.wait(ctx, first)
+		if !ok {
+			return
 		}
 		ok, key, text := p.send(ctx, w, first, n)
 		now := time.Now()
@@ -366,7 +365,7 @@ func (p *phase) work(ctx context.Context, w *worker) {
 		} else {
 			w.errRequests++
 			w.errMsgs += n
-			w.addErr(key, text, n)
+			w.errs.add(key, text, 1, n)
 			p.failed.Add(1)
 		}
 		lat := now.Sub(due)
@@ -429,26 +428,37 @@ func (p *phase) send(ctx context.Context, w *worker, first, n int64) (ok bool, k
 			req.Header.Set("Postbus-Keys", p.keyPrefix+strconv.FormatInt(first, 10))
 		}
 	}
-	resp, err := p.client.Do(req)
+	// Latency runs to the end of the answer, so one cut short is a failure.
+	return publishOnce(p.client, req, &w.rbuf, n, cfg.batch > 1, false)
+}
+
+// publishOnce sends req, a publish of n messages (a batch if batch), and
+// reads its answer through buf. It reports success, or an error kind key
+// and text. A batch succeeds only if every message got a result. A single
+// message answered 201 or 200 was stored: with trustStatus that is success
+// whatever happens to the rest of the answer; without, the answer must
+// also be read to its end.
+func publishOnce(client *http.Client, req *http.Request, buf *bytes.Buffer, n int64, batch, trustStatus bool) (ok bool, key, text string) {
+	resp, err := client.Do(req)
 	if err != nil {
 		return false, "transport: " + transportClass(err), err.Error()
 	}
 	defer resp.Body.Close()
 	success := resp.StatusCode == http.StatusCreated || resp.StatusCode == http.StatusOK
-	if success && cfg.batch == 1 {
-		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+	if success && !batch {
+		if _, err := io.Copy(io.Discard, resp.Body); err != nil && !trustStatus {
 			return false, "transport: " + transportClass(err), "read answer: " + err.Error()
 		}
 		return true, "", ""
 	}
 	// Batch answers are kept to check that every message got a result;
 	// error answers to read their problem code.
-	w.rbuf.Reset()
+	buf.Reset()
 	limit := int64(maxErrorBody)
 	if success {
-		limit = int64(n)*1024 + 4096
+		limit = n*1024 + 4096
 	}
-	_, err = w.rbuf.ReadFrom(io.LimitReader(resp.Body, limit))
+	_, err = buf.ReadFrom(io.LimitReader(resp.Body, limit))
 	if err == nil {
 		_, err = io.Copy(io.Discard, resp.Body)
 	}
@@ -456,12 +466,12 @@ func (p *phase) send(ctx context.Context, w *worker, first, n int64) (ok bool, k
 		return false, "transport: " + transportClass(err), "read answer: " + err.Error()
 	}
 	if !success {
-		key, text := problemKey(resp, w.rbuf.Bytes())
+		key, text := problemKey(resp, buf.Bytes())
 		return false, key, text
 	}
-	if got := int64(bytes.Count(w.rbuf.Bytes(), []byte(`"msg_id"`))); got != n {
+	if got := int64(bytes.Count(buf.Bytes(), []byte(`"msg_id"`))); got != n {
 		return false, fmt.Sprintf("%d batch_short", resp.StatusCode),
-			fmt.Sprintf("batch of %d answered with %d results: %s", n, got, truncate(w.rbuf.String(), 200))
+			fmt.Sprintf("batch of %d answered with %d results: %s", n, got, truncate(buf.String(), 200))
 	}
 	return true, "", ""
 }
@@ -551,55 +561,121 @@ func truncate(s string, n int) string {
 	return s[:n] + "…"
 }
 
-// progress prints a line every interval until stop closes: elapsed time,
-// messages per second and p99 over the interval just ended.
-func (p *phase) progress(out io.Writer, workers []*worker, stop <-chan struct{}) {
-	t := time.NewTicker(p.cfg.interval)
-	defer t.Stop()
+// progress returns the printer of the phase's progress lines: elapsed
+// time, messages per second and p99 over the interval just ended.
+func (p *phase) progress(out io.Writer, workers []*worker) func(now time.Time) {
 	var scratch histogram
 	prevDone, prevFailed, prevAt := int64(0), int64(0), p.start
-	for {
-		select {
-		case <-stop:
-			return
-		case now := <-t.C:
-			scratch.reset()
-			for _, w := range workers {
-				w.mu.Lock()
-				scratch.merge(w.interval)
-				w.interval.reset()
-				w.mu.Unlock()
-			}
-			done, failed := p.done.Load(), p.failed.Load()
-			dt := now.Sub(prevAt).Seconds()
-			fmt.Fprintf(out, "%8s  %10.0f msgs/s  p99 %-9s  failed %d\n",
-				now.Sub(p.start).Round(10*time.Millisecond),
-				float64(done-prevDone)/dt, fmtDur(scratch.quantile(0.99)), failed-prevFailed)
-			prevDone, prevFailed, prevAt = done, failed, now
+	return func(now time.Time) {
+		scratch.reset()
+		for _, w := range workers {
+			w.mu.Lock()
+			scratch.merge(w.interval)
+			w.interval.reset()
+			w.mu.Unlock()
 		}
+		done, failed := p.done.Load(), p.failed.Load()
+		dt := now.Sub(prevAt).Seconds()
+		fmt.Fprintf(out, "%8s  %10.0f msgs/s  p99 %-9s  failed %d\n",
+			now.Sub(p.start).Round(10*time.Millisecond),
+			float64(done-prevDone)/dt, fmtDur(scratch.quantile(0.99)), failed-prevFailed)
+		prevDone, prevFailed, prevAt = done, failed, now
 	}
 }
 
-// createTopic makes sure the topic exists with PUT /v1/topics/{topic}.
-func createTopic(ctx context.Context, client *http.Client, base, topic string, queues int) error {
-	body := fmt.Sprintf(`{"queues":%d}`, queues)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, base+"/v1/topics/"+topic, strings.NewReader(body))
-	if err != nil {
-		return fmt.Errorf("create topic %s: %w", topic, err)
+// every calls f every interval on a goroutine of its own until the
+// returned stop is called; stop waits for a call in progress and may be
+// called again. With interval 0 it never calls f.
+func every(interval time.Duration, f func(now time.Time)) (stop func()) {
+	if interval <= 0 {
+		return func() {}
 	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := client.Do(req)
-	if err != nil {
-		return fmt.Errorf("create topic %s: %w", topic, err)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case now := <-t.C:
+				f(now)
+			}
+		}
+	})
+	return sync.OnceFunc(func() {
+		close(done)
+		wg.Wait()
+	})
+}
+
+// pacer times one worker's requests. Open loop (rate > 0), the request
+// whose first message is seq is due at start + seq/rate; closed loop, each
+// is due when the last is done. None is due duration or more after start
+// (0 = no time bound). One timer serves all of a worker's waits.
+type pacer struct {
+	start    time.Time
+	rate     float64 // messages per second; 0 = closed loop
+	duration time.Duration
+	timer    *time.Timer
+}
+
+// wait waits until the request starting at message seq is due and returns
+// when that was. It reports false when the run's time is up or ctx ended.
+func (p *pacer) wait(ctx context.Context, seq int64) (due time.Time, ok bool) {
+	if p.rate <= 0 {
+		due = time.Now()
+		return due, p.duration <= 0 || due.Sub(p.start) < p.duration
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-	if err != nil {
-		return fmt.Errorf("create topic %s: read answer: %w", topic, err)
+	offset := time.Duration(float64(seq) * float64(time.Second) / p.rate)
+	if p.duration > 0 && offset >= p.duration {
+		return due, false
 	}
-	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusCreated {
-		_, text := problemKey(resp, b)
-		return fmt.Errorf("create topic %s at %s: %s (--create=false skips this step)", topic, base, text)
+	due = p.start.Add(offset)
+	if wait := time.Until(due); wait > 0 {
+		if p.timer == nil {
+			p.timer = time.NewTimer(wait)
+		} else {
+			p.timer.Reset(wait)
+		}
+		select {
+		case <-p.timer.C:
+		case <-ctx.Done():
+			return due, false
+		}
 	}
-	return nil
+	return due, true
+}
+
+func (p *pacer) stop() {
+	if p.timer != nil {
+		p.timer.Stop()
+	}
+}
+
+// waitFor waits until cond holds, d passes or ctx ends, checking cond again
+// whenever notify gets a value, and reports whether cond held.
+func waitFor(ctx context.Context, notify <-chan struct{}, cond func() bool, d time.Duration) bool {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for !cond() {
+		select {
+		case <-notify:
+		case <-timer.C:
+			return cond()
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return true
+}
+
+// poke gives ch, a channel of capacity 1 someone waits on with waitFor, a
+// value without blocking: one already there is wake-up enough.
+func poke(ch chan<- struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
 }

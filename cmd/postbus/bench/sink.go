@@ -1,12 +1,8 @@
 package bench
 
 import (
-	"context"
-	"errors"
-	"fmt"
 	"hash/maphash"
 	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -114,13 +110,11 @@ func (c *clock) now() int64 { return c.unix + int64(time.Since(c.base)) }
 // subscription i delivers to its own path /hook/i, so fan-out copies of one
 // message are told apart from duplicates.
 type sink struct {
-	url   string // base URL; hookURL adds the path
-	run   string
-	clock *clock
-	seed  maphash.Seed
-	subs  []*sinkSub
-	srv   *http.Server
-	done  chan struct{} // closed when Serve returns
+	*localServer // url is the base URL; hookURL adds the path
+	run          string
+	clock        *clock
+	seed         maphash.Seed
+	subs         []*sinkSub
 	// notify gets a value (never blocking) after each first delivery, so a
 	// drain can wait for the count it needs instead of polling.
 	notify chan struct{}
@@ -129,9 +123,6 @@ type sink struct {
 	received  atomic.Int64 // all deliveries of this run, duplicates included
 	foreign   atomic.Int64 // bodies without this run's stamp
 	malformed atomic.Int64 // no Postbus-Message-Id, or an unknown path
-
-	closeOnce sync.Once
-	closeErr  error // guarded by closeOnce
 }
 
 // sinkSub is one subscription's tally.
@@ -157,16 +148,10 @@ type sinkSub struct {
 // startSink listens on 127.0.0.1:0 with subs hook paths. Bodies whose stamp
 // does not carry run are counted as foreign.
 func startSink(subs int, run string, clk *clock) (*sink, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("listen for webhook sink: %w", err)
-	}
 	s := &sink{
-		url:    "http://" + ln.Addr().String(),
 		run:    run,
 		clock:  clk,
 		seed:   maphash.MakeSeed(),
-		done:   make(chan struct{}),
 		notify: make(chan struct{}, 1),
 	}
 	for range subs {
@@ -174,11 +159,11 @@ func startSink(subs int, run string, clk *clock) (*sink, error) {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /hook/{i}", s.handle)
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		defer close(s.done)
-		s.srv.Serve(ln) // returns http.ErrServerClosed after Close
-	}()
+	srv, err := startLocal("webhook sink", mux)
+	if err != nil {
+		return nil, err
+	}
+	s.localServer = srv
 	return s, nil
 }
 
@@ -208,10 +193,7 @@ func (s *sink) handle(w http.ResponseWriter, r *http.Request) {
 	s.received.Add(1)
 	if s.subs[i].record(maphash.String(s.seed, id), at, st) {
 		s.unique.Add(1)
-		select {
-		case s.notify <- struct{}{}:
-		default:
-		}
+		poke(s.notify)
 	}
 }
 
@@ -316,19 +298,4 @@ func (s *sink) totals() *sinkTotals {
 		u.mu.Unlock()
 	}
 	return t
-}
-
-// Close stops the server, waiting up to 5s for deliveries in progress. It
-// is idempotent.
-func (s *sink) Close() error {
-	s.closeOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := s.srv.Shutdown(ctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.closeErr = fmt.Errorf("close webhook sink: %w", err)
-			s.srv.Close()
-		}
-		<-s.done
-	})
-	return s.closeErr
 }

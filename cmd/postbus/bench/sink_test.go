@@ -195,7 +195,7 @@ func BenchmarkSink(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				client := newClient(&config{conns: conns, timeout: 10 * time.Second})
+				client := newClient(conns, 10*time.Second)
 				bodies := newBodySource(size)
 				hook := s.hookURL(0)
 				b.ReportAllocs()
