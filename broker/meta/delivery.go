@@ -511,43 +511,18 @@ func (s *Store) Subscription(ctx context.Context, id string) (Subscription, erro
 
 // Subscriptions returns every subscription, by group and topic.
 func (s *Store) Subscriptions(ctx context.Context) ([]Subscription, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT `+subscriptionColumns+` FROM subscriptions ORDER BY group_name, topic`)
+	subs, err := collect(ctx, s.r, func(r *sql.Rows) (Subscription, error) { return scanSubscription(r) },
+		`SELECT `+subscriptionColumns+` FROM subscriptions ORDER BY group_name, topic`)
 	if err != nil {
 		return nil, fmt.Errorf("subscriptions: %w", err)
 	}
-	defer rows.Close()
-	var out []Subscription
-	for rows.Next() {
-		sub, err := scanSubscription(rows)
-		if err != nil {
-			return nil, fmt.Errorf("subscriptions: %w", err)
-		}
-		out = append(out, sub)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("subscriptions: %w", err)
-	}
-	return out, nil
+	return subs, nil
 }
 
 // DeleteSubscription removes a subscription and, in the same transaction,
 // its queue blocks. ErrNotFound when there is no such subscription.
 func (s *Store) DeleteSubscription(ctx context.Context, id string) error {
-	err := s.write(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `DELETE FROM subscriptions WHERE id = ?`, id)
-		if err != nil {
-			return err
-		}
-		n, err := res.RowsAffected()
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			return ErrNotFound
-		}
-		_, err = tx.ExecContext(ctx, `DELETE FROM ordered_retries WHERE subscription = ?`, id)
-		return err
-	})
+	err := s.deleteWith(ctx, `DELETE FROM subscriptions WHERE id = ?`, `DELETE FROM ordered_retries WHERE subscription = ?`, id)
 	if err != nil {
 		return fmt.Errorf("delete subscription %q: %w", id, err)
 	}

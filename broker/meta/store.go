@@ -240,3 +240,42 @@ func validName(kind, name string) error {
 	}
 	return nil
 }
+
+// collect runs a read query and scans every row with scan.
+func collect[T any](ctx context.Context, db *sql.DB, scan func(*sql.Rows) (T, error), query string, args ...any) ([]T, error) {
+	rows, err := db.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// deleteWith deletes the row del names by key and, in the same
+// transaction, the rows also names by key (what belongs to it). ErrNotFound
+// when there was no such row.
+func (s *Store) deleteWith(ctx context.Context, del, also, key string) error {
+	return s.write(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, del, key)
+		if err != nil {
+			return err
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return ErrNotFound
+		}
+		_, err = tx.ExecContext(ctx, also, key)
+		return err
+	})
+}

@@ -152,20 +152,9 @@ func (s *Store) Topic(ctx context.Context, name string) (Topic, error) {
 
 // Topics returns every topic, ordered by name (byte-wise).
 func (s *Store) Topics(ctx context.Context) ([]Topic, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT `+topicColumns+` FROM topics ORDER BY name`)
+	ts, err := collect(ctx, s.r, func(r *sql.Rows) (Topic, error) { return scanTopic(r) },
+		`SELECT `+topicColumns+` FROM topics ORDER BY name`)
 	if err != nil {
-		return nil, fmt.Errorf("list topics: %w", err)
-	}
-	defer rows.Close()
-	var ts []Topic
-	for rows.Next() {
-		t, err := scanTopic(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list topics: %w", err)
-		}
-		ts = append(ts, t)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("list topics: %w", err)
 	}
 	return ts, nil
@@ -175,21 +164,7 @@ func (s *Store) Topics(ctx context.Context) ([]Topic, error) {
 // consumer offset kept for it. It fails with ErrNotFound if there is no such
 // topic. Subscriptions to the topic are left for their owner to remove.
 func (s *Store) DeleteTopic(ctx context.Context, name string) error {
-	err := s.write(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `DELETE FROM topics WHERE name = ?`, name)
-		if err != nil {
-			return err
-		}
-		n, err := res.RowsAffected()
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			return ErrNotFound
-		}
-		_, err = tx.ExecContext(ctx, `DELETE FROM consumer_offsets WHERE topic = ?`, name)
-		return err
-	})
+	err := s.deleteWith(ctx, `DELETE FROM topics WHERE name = ?`, `DELETE FROM consumer_offsets WHERE topic = ?`, name)
 	if err != nil {
 		return fmt.Errorf("delete topic %q: %w", name, err)
 	}
