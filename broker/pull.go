@@ -410,6 +410,12 @@ func (b *Broker) settleReceipts(ctx context.Context, group string, receipts []st
 		if err := b.waitDispatched(ctx, last+1); err != nil {
 			return nil, nil, err
 		}
+		// The group's offsets moved past these messages when they were
+		// handed out, in memory: they are made durable before the acks, or
+		// a crash would hand acked messages out again from the old offset.
+		if err := b.flushOffsets(ctx); err != nil {
+			return nil, nil, err
+		}
 		stale, err := b.meta.CancelTimers(ctx, offs, b.now())
 		if err != nil {
 			return nil, nil, err
@@ -459,6 +465,12 @@ func (b *Broker) Ack(ctx context.Context, group string, receipts []string) error
 	}
 	if err := b.settleOrdered(ctx, group, ordered, true, 0); err != nil {
 		return err
+	}
+	if len(ordered) > 0 {
+		// An ordered queue's offset moves past an acked message only now.
+		if err := b.flushOffsets(ctx); err != nil {
+			return err
+		}
 	}
 	now := b.now()
 	for _, r := range append(rs, ordered...) {
