@@ -304,3 +304,26 @@ func TestPutTopicKeepsOmittedSettings(t *testing.T) {
 		t.Fatalf("retention 0s should mean the broker default: %d %s", resp.StatusCode, data)
 	}
 }
+
+// TestCurlDefaultContentType: `curl -d '{...}'` sends
+// application/x-www-form-urlencoded; a JSON body sent so is taken, and a
+// body of another type is refused.
+func TestCurlDefaultContentType(t *testing.T) {
+	srv, _ := newTestServer(t, nil)
+	form := map[string]string{"Content-Type": "application/x-www-form-urlencoded"}
+	if resp, data := do(t, "PUT", srv.URL+"/v1/topics/orders", form, strings.NewReader(`{"queues":2}`)); resp.StatusCode != 201 {
+		t.Fatalf("PUT topic with curl's default type: %d %s", resp.StatusCode, data)
+	}
+	if resp, data := do(t, "POST", srv.URL+"/v1/subscriptions", form, strings.NewReader(`{"group":"billing","topic":"orders","url":"https://billing.example/hooks","filter":"created || paid"}`)); resp.StatusCode != 201 {
+		t.Fatalf("create subscription with curl's default type: %d %s", resp.StatusCode, data)
+	}
+	if resp, data := do(t, "POST", srv.URL+"/v1/topics/orders/messages/batch", form, strings.NewReader(`[{"body":"x"}]`)); resp.StatusCode != 201 {
+		t.Fatalf("batch with curl's default type: %d %s", resp.StatusCode, data)
+	}
+	if resp, _ := do(t, "POST", srv.URL+"/v1/subscriptions", form, strings.NewReader(`group=billing&topic=orders`)); resp.StatusCode != 400 {
+		t.Fatalf("a real form body: %d, want 400 invalid_json", resp.StatusCode)
+	}
+	if resp, _ := do(t, "PUT", srv.URL+"/v1/topics/orders", map[string]string{"Content-Type": "text/plain"}, strings.NewReader(`{"queues":2}`)); resp.StatusCode != 415 {
+		t.Fatalf("text/plain: %d, want 415", resp.StatusCode)
+	}
+}

@@ -351,12 +351,17 @@ func decodeBatch(data []byte) ([]*broker.Message, error) {
 	return msgs, nil
 }
 
+// isJSON reports whether a request body with content type ct may be read
+// as JSON: no type, a JSON type, or application/x-www-form-urlencoded,
+// which is what `curl -d` sends unless told otherwise (a JSON body sent
+// that way is still JSON; a real form fails to parse and gets
+// invalid_json).
 func isJSON(ct string) bool {
 	if ct == "" {
 		return true
 	}
 	mt, _, err := mime.ParseMediaType(ct)
-	return err == nil && (mt == "application/json" || strings.HasSuffix(mt, "+json"))
+	return err == nil && (mt == "application/json" || strings.HasSuffix(mt, "+json") || mt == "application/x-www-form-urlencoded")
 }
 
 func (s *Server) handlePublishBatch(w http.ResponseWriter, r *http.Request) {
