@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/postbus/postbus/broker/consumequeue"
@@ -135,6 +136,7 @@ func (b *Broker) PutTopic(ctx context.Context, name string, s TopicSettings) (To
 	if created {
 		b.logger.Info("topic created", slog.String("topic", nt.Name), slog.Int("queues", nt.Queues))
 	}
+	b.topicsSig.fire()
 	return nt, created, nil
 }
 
@@ -175,12 +177,14 @@ func (b *Broker) Topic(ctx context.Context, name string) (TopicStats, error) {
 	return st, nil
 }
 
-// Topics lists topics by name, after the name `after`, at most limit.
+// Topics lists user topics by name, after the name `after`, at most limit.
+// System topics (retry, dead-letter) are the broker's and are not listed;
+// their contents are reached through the groups API.
 func (b *Broker) Topics(ctx context.Context, after string, limit int) []Topic {
 	b.topicsMu.RLock()
 	out := make([]Topic, 0, len(b.topics))
 	for name, ts := range b.topics {
-		if name > after {
+		if name > after && !strings.HasPrefix(name, "%") {
 			out = append(out, *ts.info.Load())
 		}
 	}
@@ -251,6 +255,7 @@ func (b *Broker) DeleteTopic(ctx context.Context, name string) error {
 		return fmt.Errorf("delete queues of %q: %w", name, err)
 	}
 	b.logger.Info("topic deleted", slog.String("topic", name))
+	b.topicsSig.fire()
 	// A checkpoint past the topic's last record keeps recovery from
 	// dispatching it again, into a topic of the same name created later.
 	return b.checkpoint()
@@ -276,3 +281,7 @@ func (b *Broker) topicAlive(m *Message, now time.Time) bool {
 	}
 	return now.Sub(m.StoredAt) < keep
 }
+
+// TopicsChanged returns a channel closed at the next change to any topic
+// (for the name server client, which re-registers at once).
+func (b *Broker) TopicsChanged() <-chan struct{} { return b.topicsSig.wait() }
