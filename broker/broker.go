@@ -61,6 +61,7 @@ type Broker struct {
 	offs          offsets
 	inFlight      map[offsetKey]int // reported by consumers; guarded by offs.mu
 	subsSig       signal            // fired when a subscription changes
+	topicsSig     signal            // fired when a topic is created, changed or deleted
 	attemptsMu    sync.Mutex
 	attempts      []meta.Attempt // not yet written; guarded by attemptsMu
 
