@@ -22,6 +22,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unicode"
@@ -35,6 +36,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/postbus/postbus"
 	"github.com/postbus/postbus/broker"
+	"github.com/postbus/postbus/namesrv"
 )
 
 // The tests in this file keep openapi.yaml true: the document is valid, it
@@ -93,16 +95,17 @@ func operationIDOf(h http.Handler) (string, error) {
 	return string(unicode.ToLower(r)) + rest[n:], nil
 }
 
-func TestContractRoutesMatchDocument(t *testing.T) {
-	doc := loadContract(t)
-	documented := make(map[string]string) // "GET /path" -> operationId
-	for path, item := range doc.Paths.Map() {
-		for method, op := range item.Operations() {
-			documented[method+" "+path] = op.OperationID
-		}
-	}
-	served := make(map[string]string) // "GET /path" -> operationId from the handler's name
-	s := mustNew(t, Config{})
+// newContractRegistry is a name server registry with the default expiry,
+// as `postbus namesrv` and `postbus dev` run one.
+func newContractRegistry() *namesrv.Registry {
+	return namesrv.NewRegistry(namesrv.DefaultConfig())
+}
+
+// servedRoutes walks a server's router: "GET /path" -> the operationId its
+// handler's name gives.
+func servedRoutes(tb testing.TB, s *Server) map[string]string {
+	tb.Helper()
+	served := make(map[string]string)
 	err := chi.Walk(s.Routes(), func(method, route string, h http.Handler, _ ...func(http.Handler) http.Handler) error {
 		id, err := operationIDOf(h)
 		if err != nil {
@@ -112,11 +115,24 @@ func TestContractRoutesMatchDocument(t *testing.T) {
 		return nil
 	})
 	if err != nil {
-		t.Fatalf("walk routes: %v", err)
+		tb.Fatalf("walk routes: %v", err)
 	}
 	if len(served) == 0 {
-		t.Fatal("the router has no routes")
+		tb.Fatal("the router has no routes")
 	}
+	return served
+}
+
+func TestContractRoutesMatchDocument(t *testing.T) {
+	doc := loadContract(t)
+	documented := make(map[string]string) // "GET /path" -> operationId
+	for path, item := range doc.Paths.Map() {
+		for method, op := range item.Operations() {
+			documented[method+" "+path] = op.OperationID
+		}
+	}
+	// `postbus dev`: the broker's routes and the name server's.
+	served := servedRoutes(t, mustNew(t, Config{NameServer: newContractRegistry()}))
 
 	var missing, extra []string
 	for r := range served {
@@ -144,14 +160,88 @@ func TestContractRoutesMatchDocument(t *testing.T) {
 	}
 }
 
+// nameServerOps are the operations tagged namesrv in the document.
+func nameServerOps(tb testing.TB, doc *openapi3.T) map[string]bool {
+	tb.Helper()
+	ops := make(map[string]bool) // "GET /path"
+	for path, item := range doc.Paths.Map() {
+		for method, op := range item.Operations() {
+			if slices.Contains(op.Tags, "namesrv") {
+				ops[method+" "+path] = true
+			}
+		}
+	}
+	if len(ops) == 0 {
+		tb.Fatal("openapi.yaml tags no operation namesrv")
+	}
+	return ops
+}
+
+// The document says which routes only a name server serves (the namesrv
+// tag): `postbus namesrv` serves exactly those and the operations
+// endpoints but the JWKS, and a broker without a name server none of them.
+func TestContractNameServerRoutes(t *testing.T) {
+	doc := loadContract(t)
+	nsOps := nameServerOps(t, doc)
+	want := maps.Clone(nsOps)
+	for _, r := range []string{"GET /healthz", "GET /readyz", "GET /metrics", "GET /openapi.yaml"} {
+		want[r] = true
+	}
+	onlyNS := servedRoutes(t, mustNew(t, Config{NameServer: newContractRegistry(), NameServerOnly: true}))
+	for _, r := range slices.Sorted(maps.Keys(onlyNS)) {
+		if !want[r] {
+			t.Errorf("postbus namesrv serves %s, which the document neither tags namesrv nor lists as an operations endpoint", r)
+		}
+	}
+	for _, r := range slices.Sorted(maps.Keys(want)) {
+		if _, ok := onlyNS[r]; !ok {
+			t.Errorf("postbus namesrv does not serve %s", r)
+		}
+	}
+	plain := servedRoutes(t, mustNew(t, Config{}))
+	for _, r := range slices.Sorted(maps.Keys(nsOps)) {
+		if _, ok := plain[r]; ok {
+			t.Errorf("a broker without a name server serves %s, tagged namesrv", r)
+		}
+	}
+}
+
 // brokerCodes returns the Code constants declared in package broker's
 // errors.go, read from the source so that a code added there without being
 // documented fails this test.
 func brokerCodes(tb testing.TB) []string {
 	tb.Helper()
-	f, err := parser.ParseFile(token.NewFileSet(), "../broker/errors.go", nil, 0)
+	return codeConstants(tb, "../broker/errors.go")
+}
+
+// httpCodes returns the broker.Code constants this package declares in
+// problem.go, read from the source so that a code added there without a
+// status (it would answer 500) fails this test.
+func httpCodes(tb testing.TB) []string {
+	tb.Helper()
+	return codeConstants(tb, "problem.go")
+}
+
+// isCodeType reports whether a constant's declared type is Code or
+// broker.Code.
+func isCodeType(e ast.Expr) bool {
+	switch t := e.(type) {
+	case *ast.Ident:
+		return t.Name == "Code"
+	case *ast.SelectorExpr:
+		x, ok := t.X.(*ast.Ident)
+		return ok && x.Name == "broker" && t.Sel.Name == "Code"
+	}
+	return false
+}
+
+// codeConstants returns the string values of the constants of type Code
+// (or broker.Code) declared in a Go source file.
+func codeConstants(tb testing.TB, file string) []string {
+	tb.Helper()
+	f, err := parser.ParseFile(token.NewFileSet(), file, nil, 0)
 	if err != nil {
-		tb.Fatalf("parse broker/errors.go: %v", err)
+		tb.Fatalf("parse %s: %v", file, err)
 	}
 	var codes []string
 	for _, d := range f.Decls {
@@ -161,24 +251,24 @@ func brokerCodes(tb testing.TB) []string {
 		}
 		for _, spec := range gd.Specs {
 			vs := spec.(*ast.ValueSpec)
-			if id, ok := vs.Type.(*ast.Ident); !ok || id.Name != "Code" {
+			if vs.Type == nil || !isCodeType(vs.Type) {
 				continue
 			}
 			for _, v := range vs.Values {
 				lit, ok := v.(*ast.BasicLit)
 				if !ok || lit.Kind != token.STRING {
-					tb.Fatalf("broker/errors.go: a Code constant is not a string literal")
+					tb.Fatalf("%s: a Code constant is not a string literal", file)
 				}
 				s, err := strconv.Unquote(lit.Value)
 				if err != nil {
-					tb.Fatalf("broker/errors.go: %v", err)
+					tb.Fatalf("%s: %v", file, err)
 				}
 				codes = append(codes, s)
 			}
 		}
 	}
 	if len(codes) == 0 {
-		tb.Fatal("broker/errors.go declares no Code constants")
+		tb.Fatalf("%s declares no Code constants", file)
 	}
 	return codes
 }
@@ -221,6 +311,14 @@ func TestContractProblemCodes(t *testing.T) {
 		}
 		if _, ok := statusOf[broker.Code(code)]; !ok {
 			t.Errorf("broker code %q has no status in statusOf: it would answer 500", code)
+		}
+	}
+	for _, code := range httpCodes(t) {
+		if !documented[code] {
+			t.Errorf("code %q of problem.go is not in Problem.code's enum", code)
+		}
+		if _, ok := statusOf[broker.Code(code)]; !ok {
+			t.Errorf("code %q of problem.go has no status in statusOf: it would answer 500", code)
 		}
 	}
 	for code := range documented {
@@ -326,6 +424,13 @@ type exchange struct {
 	// manual sends to the server over a broker that creates no topics on
 	// first use (open traffic only).
 	manual bool
+	// nameServer sends to the server that serves only the name server's
+	// routes, as `postbus namesrv` does (open traffic only).
+	nameServer bool
+	// huge validates the request against the document without its body,
+	// which is sent all the same: a body of many MiB costs seconds to
+	// validate under the race detector. The request is then invalid.
+	huge   bool
 	method string
 	// In path and body, {name} is replaced by a value saved by an earlier
 	// exchange.
@@ -363,7 +468,19 @@ type contractEnv struct {
 	// manual is the open env's server over a broker of its own that
 	// creates no topics (nor pull subscriptions) on first use.
 	manual *httptest.Server
+	// nameServer is the open env's `postbus namesrv`: the name server's
+	// routes alone, over the registry main serves as `postbus dev` does.
+	nameServer *httptest.Server
+	// clock is the open env's registry's clock, moved on to expire brokers.
+	clock *contractClock
 }
+
+// contractClock is the time plus an offset that tests move forward.
+type contractClock struct{ offset atomic.Int64 }
+
+func (c *contractClock) now() time.Time { return time.Now().Add(time.Duration(c.offset.Load())) }
+
+func (c *contractClock) advance(d time.Duration) { c.offset.Add(int64(d)) }
 
 // openContractBroker opens a broker of its own for a contract test; it
 // creates topics on first use, as `postbus dev` does, when autoCreate.
@@ -416,13 +533,18 @@ func newContractEnv(tb testing.TB) *contractEnv {
 	env := &contractEnv{doc: loadContract(tb), opts: &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true,
 		AuthenticationFunc: openapi3filter.NoopAuthenticationFunc}}
 	env.broker = b
-	env.main = serveContract(tb, Config{Broker: b, OpenAPI: postbus.OpenAPI})
+	env.clock = new(contractClock)
+	rcfg := namesrv.DefaultConfig()
+	rcfg.Now = env.clock.now
+	registry := namesrv.NewRegistry(rcfg)
+	env.main = serveContract(tb, Config{Broker: b, OpenAPI: postbus.OpenAPI, NameServer: registry})
+	env.nameServer = serveContract(tb, Config{OpenAPI: postbus.OpenAPI, NameServer: registry, NameServerOnly: true})
 	env.strict = serveContract(tb, Config{Broker: b, OpenAPI: postbus.OpenAPI, MaxMessageBytes: 16,
 		Ready: func() error { return errors.New("draining") }})
 	env.jwksDoc = contractJWKS(tb)
 	env.jwks = serveContract(tb, Config{Broker: b, OpenAPI: postbus.OpenAPI, JWKS: env.jwksDoc})
 	env.manual = serveContract(tb, Config{Broker: openContractBroker(tb, false), OpenAPI: postbus.OpenAPI})
-	env.route(tb, env.main, env.strict, env.jwks, env.manual)
+	env.route(tb, env.main, env.strict, env.jwks, env.manual, env.nameServer)
 	return env
 }
 
@@ -461,7 +583,8 @@ func newAuthContractEnv(tb testing.TB) *contractEnv {
 	b := openContractBroker(tb, true)
 	env := &contractEnv{doc: loadContract(tb), opts: &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true,
 		AuthenticationFunc: contractBearer}}
-	cfg := Config{Broker: b, OpenAPI: postbus.OpenAPI, Auth: AuthConfig{HMACSecret: contractSecret}, PublishRate: contractPublishRate}
+	cfg := Config{Broker: b, OpenAPI: postbus.OpenAPI, Auth: AuthConfig{HMACSecret: contractSecret}, PublishRate: contractPublishRate,
+		NameServer: newContractRegistry()}
 	env.broker = b
 	env.main = serveContract(tb, cfg)
 	cfg.MetricsAuth = true
@@ -507,6 +630,8 @@ func (env *contractEnv) send(tb testing.TB, x exchange, vars map[string]string) 
 		srv = env.jwks
 	case x.manual:
 		srv = env.manual
+	case x.nameServer:
+		srv = env.nameServer
 	}
 	if srv == nil {
 		tb.Fatalf("%s: this environment has no such server", x.name)
@@ -532,6 +657,9 @@ func (env *contractEnv) send(tb testing.TB, x exchange, vars map[string]string) 
 	}
 
 	vreq := newReq()
+	if x.huge {
+		vreq.Body, vreq.ContentLength = http.NoBody, 0
+	}
 	route, params, err := env.router.FindRoute(vreq)
 	if err != nil {
 		tb.Fatalf("%s %s matches no operation in openapi.yaml: %v", x.method, path, err)
@@ -920,6 +1048,7 @@ func TestContractRecordedTraffic(t *testing.T) {
 	}
 	exchanges = append(exchanges, consumeExchanges(env)...)
 	exchanges = append(exchanges, pullExchanges(env)...)
+	exchanges = append(exchanges, nameServerExchanges(env)...)
 	exchanges = append(exchanges, []exchange{
 		// Delete.
 		{name: "delete topic", method: "DELETE", path: "/v1/topics/fresh", status: 204},
@@ -1009,8 +1138,9 @@ func TestContractAccess(t *testing.T) {
 			ops[method+" "+path] = documented{a, op}
 		}
 	}
-	plain := mustNew(t, Config{}).Access()
-	guarded := mustNew(t, Config{MetricsAuth: true}).Access()
+	// `postbus dev`'s routes: the broker's and the name server's.
+	plain := mustNew(t, Config{NameServer: newContractRegistry()}).Access()
+	guarded := mustNew(t, Config{NameServer: newContractRegistry(), MetricsAuth: true}).Access()
 	if len(plain) == 0 || len(plain) != len(ops) {
 		t.Fatalf("the router decides access for %d routes, the document lists %d operations", len(plain), len(ops))
 	}
@@ -1165,6 +1295,7 @@ func TestContractAuthTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 	jsonCT := map[string]string{"Content-Type": "application/json"}
+	const heartbeat = `{"name":"broker-a","addr":"http://10.0.0.7:8080","topics":[{"name":"orders","queues":2}]}`
 	const (
 		noToken   = `Bearer realm="postbus"`
 		badToken  = `Bearer realm="postbus", error="invalid_token"`
@@ -1372,6 +1503,23 @@ func TestContractAuthTraffic(t *testing.T) {
 		{name: "delete subscription/not consuming", method: "DELETE", path: "/v1/subscriptions/{sub}", header: orders,
 			status: 404, code: broker.CodeSubscriptionNotFound},
 		{name: "delete subscription/in scope", method: "DELETE", path: "/v1/subscriptions/{sub}", header: billing, status: 204},
+
+		// The name server: admin registers and unregisters brokers (as a
+		// broker does with --namesrv-token); any token looks routes up.
+		unauthorized("heartbeat/no token", "POST", "/v1/brokers/heartbeat", jsonCT, heartbeat),
+		forbidden("heartbeat/publish token", "POST", "/v1/brokers/heartbeat", mergeHeaders(jsonCT, orders), heartbeat, "admin"),
+		{name: "heartbeat/admin", method: "POST", path: "/v1/brokers/heartbeat", header: mergeHeaders(jsonCT, admin),
+			body: heartbeat, status: 200},
+		unauthorized("route/no token", "GET", "/v1/routes/orders", nil, ""),
+		{name: "route/consume token", method: "GET", path: "/v1/routes/orders", header: consumer, status: 200},
+		unauthorized("cluster/no token", "GET", "/v1/cluster", nil, ""),
+		{name: "cluster/publish token", method: "GET", path: "/v1/cluster", header: payments, status: 200,
+			check: wantListed("brokers", "name", "broker-a")},
+		unauthorized("unregister/no token", "DELETE", "/v1/brokers/broker-a", nil, ""),
+		forbidden("unregister/consume token", "DELETE", "/v1/brokers/broker-a", consumer, "", "admin"),
+		// A refusal comes before the lookup: it says nothing of existence.
+		forbidden("unregister/unknown broker", "DELETE", "/v1/brokers/ghost", orders, "", "admin"),
+		{name: "unregister/admin", method: "DELETE", path: "/v1/brokers/broker-a", header: admin, status: 204},
 
 		{name: "delete topic/admin", method: "DELETE", path: "/v1/topics/payments", header: admin, status: 204},
 	}
@@ -2237,5 +2385,138 @@ func pullExchanges(env *contractEnv) []exchange {
 					tb.Errorf("trace %q, want %q", outcomes, want)
 				}
 			}},
+	}
+}
+
+// wantRoute checks a route answer.
+func wantRoute(topic string, brokers ...namesrv.RouteBrokerJSON) func(tb testing.TB, resp *http.Response, body []byte) {
+	return func(tb testing.TB, _ *http.Response, body []byte) {
+		var got namesrv.RouteJSON
+		decodeAnswer(tb, body, &got)
+		if got.Topic != topic || !slices.Equal(got.Brokers, brokers) {
+			tb.Errorf("route = %+v, want topic %s on %+v", got, topic, brokers)
+		}
+	}
+}
+
+// wantCluster checks a cluster answer, each broker's last heartbeat aside
+// but for being set.
+func wantCluster(brokers ...namesrv.ClusterBrokerJSON) func(tb testing.TB, resp *http.Response, body []byte) {
+	return func(tb testing.TB, _ *http.Response, body []byte) {
+		var got namesrv.ClusterJSON
+		decodeAnswer(tb, body, &got)
+		if got.Brokers == nil {
+			tb.Fatalf("brokers is not a list\n%s", clip(body))
+		}
+		for i := range got.Brokers {
+			if got.Brokers[i].LastHeartbeat.IsZero() {
+				tb.Errorf("broker %s has no last_heartbeat", got.Brokers[i].Name)
+			}
+			got.Brokers[i].LastHeartbeat = time.Time{}
+		}
+		if !slices.Equal(got.Brokers, brokers) {
+			tb.Errorf("cluster = %+v, want %+v", got.Brokers, brokers)
+		}
+	}
+}
+
+// nameServerExchanges exercises the name server's routes, on the server
+// that serves them alone and on the one that serves them beside the
+// broker's, over one registry. It moves the registry's clock on.
+func nameServerExchanges(env *contractEnv) []exchange {
+	jsonCT := map[string]string{"Content-Type": "application/json"}
+	const (
+		brokerA = `{"name":"broker-a","cluster":"east","addr":"http://10.0.0.7:8080","version":"0.1.0",` +
+			`"topics":[{"name":"orders","queues":4},{"name":"payments","queues":2},{"name":"%DLQ%billing","queues":1}]}`
+		brokerB = `{"name":"broker-b","addr":"https://b.example:8443/bus","topics":[{"name":"orders","queues":2}]}`
+		// broker-a holds only orders now, with more queues.
+		brokerAResized = `{"name":"broker-a","cluster":"east","addr":"http://10.0.0.7:8080","version":"0.1.0",` +
+			`"topics":[{"name":"orders","queues":8}]}`
+	)
+	a := namesrv.RouteBrokerJSON{Name: "broker-a", Cluster: "east", Addr: "http://10.0.0.7:8080", Queues: 4}
+	b := namesrv.RouteBrokerJSON{Name: "broker-b", Cluster: namesrv.DefaultCluster, Addr: "https://b.example:8443/bus", Queues: 2}
+	a8 := a
+	a8.Queues = 8
+	clusterA := namesrv.ClusterBrokerJSON{Name: "broker-a", Cluster: "east", Addr: "http://10.0.0.7:8080", Version: "0.1.0", Topics: 3}
+	clusterA1 := clusterA
+	clusterA1.Topics = 1
+	clusterB := namesrv.ClusterBrokerJSON{Name: "broker-b", Cluster: namesrv.DefaultCluster, Addr: "https://b.example:8443/bus", Topics: 1}
+	expiresIn := func(tb testing.TB, _ *http.Response, body []byte) {
+		if got := jsonField(tb, body, "expires_in"); got != "120s" {
+			tb.Errorf("expires_in = %v, want 120s", got)
+		}
+	}
+	invalidBroker := func(name, body, says string, invalid bool) exchange {
+		return exchange{name: name, nameServer: true, method: "POST", path: "/v1/brokers/heartbeat", header: jsonCT, body: body,
+			status: 400, code: codeInvalidBroker, invalid: invalid,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				if d, _ := jsonField(tb, body, "detail").(string); !strings.Contains(d, says) {
+					tb.Errorf("detail %q does not say %q", d, says)
+				}
+			}}
+	}
+	return []exchange{
+		{name: "namesrv/healthz", nameServer: true, method: "GET", path: "/healthz", status: 200},
+		{name: "namesrv/readyz", nameServer: true, method: "GET", path: "/readyz", status: 200},
+		{name: "heartbeat", nameServer: true, method: "POST", path: "/v1/brokers/heartbeat", header: jsonCT, body: brokerA,
+			status: 200, check: expiresIn},
+		// `postbus dev` serves the same routes beside the broker's.
+		{name: "heartbeat/dev", method: "POST", path: "/v1/brokers/heartbeat", header: jsonCT, body: brokerB,
+			status: 200, check: expiresIn},
+		{name: "route", nameServer: true, method: "GET", path: "/v1/routes/orders", status: 200, check: wantRoute("orders", a, b)},
+		{name: "route/dev", method: "GET", path: "/v1/routes/payments", status: 200,
+			check: wantRoute("payments", namesrv.RouteBrokerJSON{Name: "broker-a", Cluster: "east", Addr: "http://10.0.0.7:8080", Queues: 2})},
+		{name: "cluster", nameServer: true, method: "GET", path: "/v1/cluster", status: 200, check: wantCluster(clusterA, clusterB)},
+		// A heartbeat replaces the registration whole: payments leaves at once.
+		{name: "heartbeat/resized", nameServer: true, method: "POST", path: "/v1/brokers/heartbeat", header: jsonCT,
+			body: brokerAResized, status: 200, check: expiresIn},
+		{name: "route/resized", nameServer: true, method: "GET", path: "/v1/routes/orders", status: 200, check: wantRoute("orders", a8, b)},
+		{name: "route/dropped topic", nameServer: true, method: "GET", path: "/v1/routes/payments", status: 404,
+			code: broker.CodeTopicNotFound},
+		{name: "route/not found", nameServer: true, method: "GET", path: "/v1/routes/nope", status: 404, code: broker.CodeTopicNotFound},
+		{name: "route/system topic", nameServer: true, method: "GET", path: "/v1/routes/%25DLQ%25billing", status: 400,
+			code: broker.CodeSystemTopic, invalid: true},
+		{name: "route/invalid name", nameServer: true, method: "GET", path: "/v1/routes/bad!name", status: 400,
+			code: broker.CodeInvalidTopic, invalid: true},
+
+		// Refused registrations change nothing.
+		invalidBroker("heartbeat/no body", "", "broker name", true),
+		invalidBroker("heartbeat/bad name", `{"name":"-a","addr":"http://10.0.0.9:8080"}`, "broker name", true),
+		invalidBroker("heartbeat/bad cluster", `{"name":"c","cluster":"a b","addr":"http://10.0.0.9:8080"}`, "cluster", true),
+		invalidBroker("heartbeat/no addr", `{"name":"c"}`, "addr", true),
+		invalidBroker("heartbeat/bad addr", `{"name":"c","addr":"ftp://10.0.0.9"}`, "addr", true),
+		invalidBroker("heartbeat/addr with user", `{"name":"c","addr":"http://u:p@10.0.0.9:8080"}`, "user info", true),
+		invalidBroker("heartbeat/bad version", `{"name":"c","addr":"http://10.0.0.9:8080","version":"1\u00e9"}`, "version", true),
+		invalidBroker("heartbeat/bad topic", `{"name":"c","addr":"http://10.0.0.9:8080","topics":[{"name":"bad!","queues":1}]}`,
+			"topics[0]", true),
+		invalidBroker("heartbeat/no queues", `{"name":"c","addr":"http://10.0.0.9:8080","topics":[{"name":"t"}]}`, "queues", true),
+		invalidBroker("heartbeat/too many queues", `{"name":"c","addr":"http://10.0.0.9:8080","topics":[{"name":"t","queues":1025}]}`,
+			"queues", true),
+		// The document cannot say that names are unique: this one validates.
+		invalidBroker("heartbeat/topic twice",
+			`{"name":"c","addr":"http://10.0.0.9:8080","topics":[{"name":"t","queues":1},{"name":"t","queues":2}]}`, "listed twice", false),
+		{name: "heartbeat/bad json", nameServer: true, method: "POST", path: "/v1/brokers/heartbeat", header: jsonCT,
+			body: `{"name":`, status: 400, code: codeInvalidJSON, invalid: true},
+		{name: "heartbeat/unknown field", nameServer: true, method: "POST", path: "/v1/brokers/heartbeat", header: jsonCT,
+			body: `{"name":"c","addr":"http://10.0.0.9:8080","port":8080}`, status: 400, code: codeInvalidJSON, invalid: true},
+		{name: "heartbeat/not json", nameServer: true, method: "POST", path: "/v1/brokers/heartbeat",
+			header: map[string]string{"Content-Type": "text/plain"}, body: brokerB, status: 415, code: codeUnsupportedMedia, invalid: true},
+		{name: "heartbeat/too large", nameServer: true, method: "POST", path: "/v1/brokers/heartbeat", header: jsonCT,
+			body: `{"name":"broker-z","addr":"http://10.0.0.9:8080","version":"` + strings.Repeat("v", maxHeartbeatBytes) + `"}`,
+			huge: true, status: 413, code: codeRequestTooLarge, invalid: true},
+		{name: "cluster/unchanged", nameServer: true, method: "GET", path: "/v1/cluster", status: 200, check: wantCluster(clusterA1, clusterB)},
+
+		{name: "unregister", nameServer: true, method: "DELETE", path: "/v1/brokers/broker-a", status: 204},
+		{name: "unregister/unknown", nameServer: true, method: "DELETE", path: "/v1/brokers/broker-a", status: 404,
+			code: codeBrokerNotFound},
+		{name: "route/unregistered", method: "GET", path: "/v1/routes/orders", status: 200, check: wantRoute("orders", b)},
+		// broker-b falls silent for longer than the expiry: it leaves every
+		// answer at once, before any scan drops it.
+		{name: "route/expired", nameServer: true, method: "GET", path: "/v1/routes/orders", status: 404, code: broker.CodeTopicNotFound,
+			prepare: func(testing.TB, map[string]string) { env.clock.advance(121 * time.Second) }},
+		{name: "cluster/expired", nameServer: true, method: "GET", path: "/v1/cluster", status: 200, check: wantCluster()},
+		{name: "heartbeat/after expiry", nameServer: true, method: "POST", path: "/v1/brokers/heartbeat", header: jsonCT,
+			body: brokerB, status: 200, check: expiresIn},
+		{name: "cluster/back", method: "GET", path: "/v1/cluster", status: 200, check: wantCluster(clusterB)},
 	}
 }

@@ -35,7 +35,7 @@ func (s *Server) requestID(next http.Handler) http.Handler {
 func limitBody(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Body != nil && r.Body != http.NoBody {
-			r.Body = http.MaxBytesReader(w, r.Body, maxBatchRequestBytes+1)
+			r.Body = http.MaxBytesReader(w, r.Body, max(maxBatchRequestBytes, maxHeartbeatBytes)+1)
 		}
 		next.ServeHTTP(w, r)
 	})

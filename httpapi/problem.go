@@ -24,6 +24,8 @@ const (
 	codeUnauthorized     broker.Code = "unauthorized"
 	codeForbidden        broker.Code = "forbidden"
 	codeRateLimited      broker.Code = "rate_limited"
+	codeInvalidBroker    broker.Code = "invalid_broker"
+	codeBrokerNotFound   broker.Code = "broker_not_found"
 )
 
 // statusOf is the one table from error codes to HTTP statuses.
@@ -69,6 +71,8 @@ var statusOf = map[broker.Code]int{
 	codeUnauthorized:                http.StatusUnauthorized,
 	codeForbidden:                   http.StatusForbidden,
 	codeRateLimited:                 http.StatusTooManyRequests,
+	codeInvalidBroker:               http.StatusBadRequest,
+	codeBrokerNotFound:              http.StatusNotFound,
 }
 
 // problem is an RFC 9457 problem detail with postbus's stable code.

@@ -28,6 +28,16 @@ func (s *Server) routes() chi.Router {
 	s.handle(r, "GET", "/metrics", metrics, s.handleMetrics)
 	s.handle(r, "GET", "/openapi.yaml", accessOpen, s.handleOpenAPI)
 
+	if s.registry != nil {
+		s.handle(r, "POST", "/v1/brokers/heartbeat", accessAdmin, s.handleHeartbeat)
+		s.handle(r, "DELETE", "/v1/brokers/{name}", accessAdmin, s.handleUnregisterBroker)
+		s.handle(r, "GET", "/v1/routes/{topic}", accessAnyToken, s.handleRoute)
+		s.handle(r, "GET", "/v1/cluster", accessAnyToken, s.handleCluster)
+	}
+	if s.brokerless {
+		return r
+	}
+
 	s.handle(r, "POST", "/v1/topics/{topic}/messages", accessPublishTopic, s.handlePublish)
 	s.handle(r, "POST", "/v1/topics/{topic}/messages/batch", accessPublishTopic, s.handlePublishBatch)
 	s.handle(r, "GET", "/v1/topics/{topic}/messages", accessPublishTopic, s.handleMessagesByKey)

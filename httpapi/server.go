@@ -6,6 +6,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/postbus/postbus/broker"
+	"github.com/postbus/postbus/namesrv"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -28,6 +29,12 @@ type Config struct {
 	// JWKS is the bus's public signing keys, served at
 	// /.well-known/jwks.json so receivers can verify deliveries.
 	JWKS []byte
+	// NameServer, when set, mounts the name server's routes (heartbeat,
+	// routes, cluster) over this registry: `postbus namesrv`, and `postbus
+	// dev`'s embedded one.
+	NameServer *namesrv.Registry
+	// NameServerOnly leaves the broker's routes out (`postbus namesrv`).
+	NameServerOnly bool
 	// PublishRate limits each token (or, open, each client address) to this
 	// many published messages a second; 0: no limit.
 	PublishRate float64
@@ -45,7 +52,9 @@ type Server struct {
 	router  chi.Router
 
 	jwks        []byte
-	auth        *authenticator // nil: open
+	registry    *namesrv.Registry // nil: no name server routes
+	brokerless  bool              // only the name server's routes
+	auth        *authenticator    // nil: open
 	metricsAuth bool
 	limiter     *publishLimiter   // nil: no limit
 	access      map[string]access // "METHOD /pattern" -> its auth decision
@@ -68,6 +77,8 @@ func New(cfg Config) (*Server, error) {
 
 		auth:        auth,
 		jwks:        cfg.JWKS,
+		registry:    cfg.NameServer,
+		brokerless:  cfg.NameServerOnly,
 		metricsAuth: cfg.MetricsAuth,
 		limiter:     newPublishLimiter(cfg.PublishRate),
 		access:      make(map[string]access),
@@ -79,7 +90,10 @@ func New(cfg Config) (*Server, error) {
 		s.reg = prometheus.NewRegistry()
 	}
 	if s.ready == nil {
-		s.ready = s.broker.Ready
+		s.ready = func() error { return nil }
+		if s.broker != nil {
+			s.ready = s.broker.Ready
+		}
 	}
 	if s.maxBody <= 0 && s.broker != nil {
 		s.maxBody = s.broker.MaxMessageBytes()

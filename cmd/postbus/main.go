@@ -2,6 +2,7 @@
 //
 //	postbus dev                 all-in-one on 127.0.0.1:8080, data in ./data
 //	postbus broker [flags]      a broker
+//	postbus namesrv [flags]     a name server
 //	postbus token --scope S     mint an API token
 //	postbus bench publish       load-test a broker over HTTP
 //	postbus version             print the version
@@ -37,7 +38,9 @@ Usage:
 Commands:
   dev        run an all-in-one bus on 127.0.0.1:8080 with data in ./data:
              topics are created on first publish, no auth (for laptops and tests)
-  broker     run a broker (topics must be created first unless --auto-create-topics)
+  broker     run a broker (topics must be created first unless --auto-create-topics);
+             --namesrv registers it with name servers
+  namesrv    run a name server: the registry of brokers and topic routes
   token      mint an API token for a scope: "postbus token --help"
   bench      load tools: "postbus bench publish --help"
   version    print the version and exit
@@ -66,6 +69,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "dev", "broker":
 		err = serve(ctx, args[0], args[1:], stderr)
+	case "namesrv":
+		err = serveNamesrv(ctx, args[1:], stderr)
 	case "bench":
 		err = runBench(ctx, args[1:], stdout, stderr)
 	case "token":

@@ -699,3 +699,86 @@ func TestSIGKILLDuringPull(t *testing.T) {
 	}
 	t.Logf("%d acked before SIGKILL, %d left out unacked, %d handed out after the restart", len(acked), len(outstanding), len(seen))
 }
+
+// TestClusterRegistration runs a name server and two brokers as real
+// processes: both brokers register their topics, routes list them, a
+// SIGKILLed broker drops out of routes within the expiry, and a cleanly
+// stopped one unregisters at once.
+func TestClusterRegistration(t *testing.T) {
+	ns := start(t, "namesrv", "--broker-expiry", "1s", "--scan-interval", "50ms")
+	brokerA := start(t, "broker", "--data", t.TempDir(), "--auto-create-topics", "--namesrv", ns.url,
+		"--broker-name", "broker-a", "--heartbeat-interval", "200ms")
+	brokerB := start(t, "broker", "--data", t.TempDir(), "--auto-create-topics", "--namesrv", ns.url,
+		"--broker-name", "broker-b", "--heartbeat-interval", "200ms")
+	for _, b := range []*proc{brokerA, brokerB} {
+		resp, err := http.Post(b.url+"/v1/topics/orders/messages", "text/plain", strings.NewReader("x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	type route struct {
+		Brokers []struct {
+			Name   string `json:"name"`
+			Addr   string `json:"addr"`
+			Queues int    `json:"queues"`
+		} `json:"brokers"`
+	}
+	routeOf := func(topic string) (route, int) {
+		resp, err := http.Get(ns.url + "/v1/routes/" + topic)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var r route
+		json.NewDecoder(resp.Body).Decode(&r)
+		return r, resp.StatusCode
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	// A new topic is registered at once (not only at the next heartbeat).
+	waitFor("both brokers in the route of orders", func() bool {
+		r, code := routeOf("orders")
+		return code == 200 && len(r.Brokers) == 2 && r.Brokers[0].Name == "broker-a" && r.Brokers[1].Name == "broker-b" &&
+			r.Brokers[0].Addr == brokerA.url && r.Brokers[0].Queues == 4
+	})
+	var cluster struct {
+		Brokers []struct {
+			Name string `json:"name"`
+		} `json:"brokers"`
+	}
+	getJSON(t, ns.url+"/v1/cluster", &cluster)
+	if len(cluster.Brokers) != 2 {
+		t.Fatalf("cluster lists %d brokers, want 2", len(cluster.Brokers))
+	}
+	if _, code := routeOf("nothing-here"); code != 404 {
+		t.Fatalf("route of an unknown topic: %d", code)
+	}
+
+	// SIGKILL: dropped within the expiry.
+	brokerB.cmd.Process.Signal(syscall.SIGKILL)
+	<-brokerB.done
+	killed := time.Now()
+	waitFor("the killed broker dropped from routes", func() bool {
+		r, _ := routeOf("orders")
+		return len(r.Brokers) == 1 && r.Brokers[0].Name == "broker-a"
+	})
+	if took := time.Since(killed); took > 10*time.Second {
+		t.Fatalf("dropped %s after the kill; the expiry is 1s", took)
+	}
+
+	// SIGTERM: unregistered at once, before the expiry could act.
+	brokerA.cmd.Process.Signal(syscall.SIGTERM)
+	<-brokerA.done
+	if _, code := routeOf("orders"); code != 404 {
+		t.Fatalf("after broker-a stopped cleanly, route answers %d, want 404", code)
+	}
+}

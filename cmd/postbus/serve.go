@@ -10,13 +10,17 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/postbus/postbus"
 	"github.com/postbus/postbus/broker"
 	"github.com/postbus/postbus/httpapi"
+	"github.com/postbus/postbus/namesrv"
 	"github.com/postbus/postbus/push"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -35,14 +39,16 @@ type serveConfig struct {
 	shutdownTimeout time.Duration
 	debugAddr       string
 
-	jwtSecret      string
-	jwtPublicKeys  string
-	jwtIssuer      string
-	jwtAudience    string
-	insecureNoAuth bool
-	allowPrivate   bool
-	metricsAuth    bool
-	rateLimit      float64
+	auth         authFlags
+	allowPrivate bool
+	rateLimit    float64
+
+	namesrvAddrs      string
+	brokerName        string
+	cluster           string
+	advertise         string
+	heartbeatInterval time.Duration
+	namesrvToken      string
 }
 
 func newServeFlags(mode string, out io.Writer) (*flag.FlagSet, *serveConfig) {
@@ -79,14 +85,15 @@ func newServeFlags(mode string, out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long SIGTERM waits for in-flight requests")
 	fs.StringVar(&c.debugAddr, "debug-addr", "", "if set, serve Go's pprof profiles on this address (keep it on loopback)")
-	fs.StringVar(&c.jwtSecret, "jwt-secret", "", "HS256 secret (at least 32 bytes) that API tokens are signed with; better set as POSTBUS_JWT_SECRET than on the command line")
-	fs.StringVar(&c.jwtPublicKeys, "jwt-public-keys", "", "PEM or JWKS file of the public keys (RS256, ES256, EdDSA) API tokens are signed with; a kid per key allows rotation")
-	fs.StringVar(&c.jwtIssuer, "jwt-issuer", "", "if set, API tokens must carry this iss")
-	fs.StringVar(&c.jwtAudience, "jwt-audience", "", "if set, API tokens must carry this aud")
-	fs.BoolVar(&c.insecureNoAuth, "insecure-no-auth", false, "let a broker on a non-loopback address run without API auth")
+	c.auth.register(fs)
 	fs.BoolVar(&c.allowPrivate, "allow-private-webhooks", mode == "dev", "let push subscriptions deliver to loopback, private and link-local addresses (refused by default outside dev: SSRF)")
-	fs.BoolVar(&c.metricsAuth, "metrics-auth", false, "put /metrics behind an admin token")
 	fs.Float64Var(&c.rateLimit, "rate-limit", 0, "messages a second each token (or client address, without auth) may publish; 0: no limit")
+	fs.StringVar(&c.namesrvAddrs, "namesrv", "", "name servers to register with, ';'-separated (host:port or URLs); dev registers with its own embedded one")
+	fs.StringVar(&c.brokerName, "broker-name", "", "this broker's name in the cluster (default: the host name and port)")
+	fs.StringVar(&c.cluster, "cluster", "DefaultCluster", "the cluster this broker belongs to")
+	fs.StringVar(&c.advertise, "advertise-addr", "", "the URL name servers give clients for this broker (default: http:// and the listen address)")
+	fs.DurationVar(&c.heartbeatInterval, "heartbeat-interval", 30*time.Second, "how often the broker re-registers with the name servers (and at once when its topics change)")
+	fs.StringVar(&c.namesrvToken, "namesrv-token", "", "bearer token (admin scope) for the name servers, when they check tokens; better set as POSTBUS_NAMESRV_TOKEN")
 	fs.Usage = func() {
 		fmt.Fprintf(out, "Usage: postbus %s [flags]\n\n", mode)
 		if mode == "dev" {
@@ -127,18 +134,9 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	auth, err := c.authConfig()
+	auth, err := c.auth.config(c.mode == "dev", c.addr, logger)
 	if err != nil {
 		return err
-	}
-	if auth.HMACSecret == nil && auth.PublicKeys == nil {
-		switch {
-		case c.mode == "dev":
-		case !c.insecureNoAuth && !isLoopback(c.addr):
-			return fmt.Errorf("refusing to serve the API on %s without auth: give --jwt-secret or --jwt-public-keys, or --insecure-no-auth if something in front of postbus does auth", c.addr)
-		default:
-			logger.Warn("the API is open: no --jwt-secret or --jwt-public-keys", slog.String("addr", c.addr))
-		}
 	}
 	c.broker.SyncFlush = bool(c.flush)
 	c.broker.SegmentSize = int64(c.segmentSize)
@@ -182,10 +180,21 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		<-dispatched
 	}()
 
+	// dev embeds a name server, so another broker can join the dev bus
+	// with --namesrv 127.0.0.1:8080.
+	var registry *namesrv.Registry
+	if c.mode == "dev" {
+		rcfg := namesrv.DefaultConfig()
+		rcfg.Logger = logger.With(slog.String("component", "namesrv"))
+		registry = namesrv.NewRegistry(rcfg)
+		go registry.Run(dctx)
+	}
+
 	var ready atomic.Bool
 	api, err := httpapi.New(httpapi.Config{
 		Broker: b, Logger: logger, Registry: reg, OpenAPI: postbus.OpenAPI,
-		Auth: auth, MetricsAuth: c.metricsAuth, PublishRate: c.rateLimit, JWKS: key.JWKS(),
+		Auth: auth, MetricsAuth: c.auth.metricsAuth, PublishRate: c.rateLimit, JWKS: key.JWKS(),
+		NameServer: registry,
 		Ready: func() error {
 			if !ready.Load() {
 				return errors.New("starting or shutting down")
@@ -225,11 +234,20 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		slog.String("data", c.broker.Dir), slog.String("flush", c.flush.String()),
 		slog.Bool("auth", auth.HMACSecret != nil || auth.PublicKeys != nil), slog.String("version", version))
 
+	stopRegistering, err := c.register(b, ln.Addr().String(), logger)
+	if err != nil {
+		return err
+	}
+	defer stopRegistering()
+
 	select {
 	case err := <-served:
 		return fmt.Errorf("http server: %w", err)
 	case <-ctx.Done():
 	}
+	// Unregister first, so routes stop sending clients here while the
+	// in-flight requests finish.
+	stopRegistering()
 	ready.Store(false)
 	logger.Info("shutting down", slog.Duration("timeout", c.shutdownTimeout))
 	sctx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
@@ -246,25 +264,6 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	return nil
 }
 
-// authConfig builds the API's token verification from the flags.
-func (c *serveConfig) authConfig() (httpapi.AuthConfig, error) {
-	a := httpapi.AuthConfig{Issuer: c.jwtIssuer, Audience: c.jwtAudience}
-	if c.jwtSecret != "" {
-		if len(c.jwtSecret) < httpapi.MinHMACSecret {
-			return a, fmt.Errorf("--jwt-secret is %d bytes; at least %d are needed (try: openssl rand -base64 32)", len(c.jwtSecret), httpapi.MinHMACSecret)
-		}
-		a.HMACSecret = []byte(c.jwtSecret)
-	}
-	if c.jwtPublicKeys != "" {
-		keys, err := httpapi.LoadPublicKeys(c.jwtPublicKeys)
-		if err != nil {
-			return a, fmt.Errorf("--jwt-public-keys: %w", err)
-		}
-		a.PublicKeys = keys
-	}
-	return a, nil
-}
-
 // isLoopback reports whether a listen address only accepts local clients.
 func isLoopback(addr string) bool {
 	host, _, err := net.SplitHostPort(addr)
@@ -276,4 +275,94 @@ func isLoopback(addr string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// register starts heartbeats to the name servers (--namesrv, or dev's own),
+// and returns what stops them, unregistering this broker. Without name
+// servers it does nothing.
+func (c *serveConfig) register(b *broker.Broker, listen string, logger *slog.Logger) (func(), error) {
+	addrs := c.namesrvAddrs
+	if addrs == "" && c.mode == "dev" {
+		addrs = "http://" + listen
+	}
+	if addrs == "" {
+		return func() {}, nil
+	}
+	list, err := namesrv.ParseAddrs(addrs)
+	if err != nil {
+		return nil, fmt.Errorf("--namesrv: %w", err)
+	}
+	advertise := c.advertise
+	if advertise == "" {
+		advertise = "http://" + dialable(listen)
+	}
+	name := c.brokerName
+	if name == "" {
+		name = strings.Trim(strings.NewReplacer(":", "-", "[", "", "]", "", "%", "-").Replace(dialable(listen)), "-.")
+	}
+	hc := &http.Client{Timeout: 10 * time.Second}
+	if c.namesrvToken != "" {
+		hc.Transport = bearerTransport{token: c.namesrvToken, next: http.DefaultTransport}
+	}
+	client := namesrv.NewClient(namesrv.ClientConfig{Addrs: list, Interval: c.heartbeatInterval,
+		Logger: logger.With(slog.String("component", "namesrv-client")), HTTPClient: hc})
+	info := func() namesrv.BrokerInfo {
+		in := namesrv.BrokerInfo{Name: name, Cluster: c.cluster, Addr: advertise, Version: version}
+		for _, t := range b.Topics(context.Background(), "", 0) {
+			in.Topics = append(in.Topics, namesrv.Topic{Name: t.Name, Queues: t.Queues})
+		}
+		return in
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		client.Run(ctx, info)
+	}()
+	go func() {
+		for {
+			changed := b.TopicsChanged()
+			select {
+			case <-changed:
+				client.Changed()
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	logger.Info("registering with name servers", slog.String("broker", name), slog.String("addr", advertise), slog.Any("namesrv", list))
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			cancel()
+			<-done
+		})
+	}, nil
+}
+
+// dialable turns a listen address into one others can dial: an
+// unspecified host becomes this machine's name.
+func dialable(listen string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return listen
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		if h, err := os.Hostname(); err == nil {
+			host = h
+		}
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// bearerTransport adds a bearer token to every request.
+type bearerTransport struct {
+	token string
+	next  http.RoundTripper
+}
+
+func (t bearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+t.token)
+	return t.next.RoundTrip(r)
 }

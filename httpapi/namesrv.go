@@ -1,0 +1,58 @@
+package httpapi
+
+import (
+	"errors"
+	"net/http"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/postbus/postbus/broker"
+	"github.com/postbus/postbus/namesrv"
+)
+
+// Name server routes (DESIGN §4 "Name server"): served by `postbus
+// namesrv`, and inside `postbus dev` beside the broker's.
+
+const maxHeartbeatBytes = namesrv.MaxHeartbeatBytes
+
+func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
+	var req namesrv.HeartbeatRequest
+	if perr := decodeJSONBody(r, maxHeartbeatBytes, &req); perr != nil {
+		s.writeError(w, r, perr)
+		return
+	}
+	if err := s.registry.Heartbeat(req.BrokerInfo()); err != nil {
+		if errors.Is(err, namesrv.ErrInvalid) {
+			writeProblem(w, r, codeInvalidBroker, "", err.Error())
+			return
+		}
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, namesrv.NewHeartbeatResponse(s.registry.BrokerExpiry()))
+}
+
+func (s *Server) handleUnregisterBroker(w http.ResponseWriter, r *http.Request) {
+	if !s.registry.Unregister(chi.URLParam(r, "name")) {
+		writeProblem(w, r, codeBrokerNotFound, "name", "no broker of that name is registered")
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) handleRoute(w http.ResponseWriter, r *http.Request) {
+	topic := chi.URLParam(r, "topic")
+	if err := broker.ValidateTopicName(topic); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	route, ok := s.registry.Route(topic)
+	if !ok {
+		writeProblem(w, r, broker.CodeTopicNotFound, "topic", "no live broker holds topic "+topic)
+		return
+	}
+	writeJSON(w, http.StatusOK, namesrv.NewRouteJSON(route))
+}
+
+func (s *Server) handleCluster(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, namesrv.NewClusterJSON(s.registry.Brokers()))
+}

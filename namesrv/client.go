@@ -1,0 +1,448 @@
+package namesrv
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ErrUnavailable is returned (wrapped, with each name server's failure) by
+// Client.Route when no name server answered and no route was cached.
+var ErrUnavailable = errors.New("no name server answered")
+
+// ClientConfig tunes a Client. Zero fields take DefaultClientConfig's.
+type ClientConfig struct {
+	// Addrs are the name servers' base URLs, as ParseAddrs returns them.
+	Addrs []string
+	// Interval is the time between heartbeats, and how long a route is
+	// cached (RocketMQ: 30s for both).
+	Interval time.Duration
+	// Timeout bounds each request to one name server.
+	Timeout    time.Duration
+	Logger     *slog.Logger
+	HTTPClient *http.Client
+	// Now is the clock of the route cache; tests inject their own.
+	Now func() time.Time
+}
+
+// DefaultClientConfig heartbeats every 30s with a 5s timeout.
+func DefaultClientConfig() ClientConfig {
+	return ClientConfig{
+		Interval:   30 * time.Second,
+		Timeout:    5 * time.Second,
+		Logger:     slog.New(slog.DiscardHandler),
+		HTTPClient: &http.Client{},
+		Now:        time.Now,
+	}
+}
+
+// Client is what a broker uses to register with name servers and to look
+// up where other brokers' topics live. Route is safe for concurrent use;
+// Run is called once.
+type Client struct {
+	addrs    []string
+	interval time.Duration
+	timeout  time.Duration
+	log      *slog.Logger
+	hc       *http.Client
+	now      func() time.Time
+
+	changed chan struct{} // capacity 1: a pending nudge, however many were sent
+
+	// preferred is the index of the name server that last answered a route
+	// query; the next query starts there, so a dead name server ahead of it
+	// in the list does not cost every query a timeout.
+	preferred atomic.Int64
+
+	mu     sync.Mutex
+	routes map[string]cachedRoute // guarded by mu
+
+	// beats[i] is name server i's heartbeat state. Run's rounds do not
+	// overlap and round goroutine i alone touches beats[i], so it needs no
+	// lock.
+	beats []beatState
+}
+
+type cachedRoute struct {
+	route   Route
+	fetched time.Time
+}
+
+type beatState struct {
+	down         bool // the last heartbeat failed; its outage is logged
+	warnedExpiry bool // told once that the server's expiry is too short
+}
+
+// NewClient returns a client of the name servers cfg.Addrs.
+func NewClient(cfg ClientConfig) *Client {
+	def := DefaultClientConfig()
+	if cfg.Interval <= 0 {
+		cfg.Interval = def.Interval
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = def.Timeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = def.Logger
+	}
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = def.HTTPClient
+	}
+	if cfg.Now == nil {
+		cfg.Now = def.Now
+	}
+	addrs := make([]string, len(cfg.Addrs))
+	for i, a := range cfg.Addrs {
+		addrs[i] = strings.TrimRight(a, "/")
+	}
+	return &Client{
+		addrs:    addrs,
+		interval: cfg.Interval,
+		timeout:  cfg.Timeout,
+		log:      cfg.Logger,
+		hc:       cfg.HTTPClient,
+		now:      cfg.Now,
+		changed:  make(chan struct{}, 1),
+		routes:   make(map[string]cachedRoute),
+		beats:    make([]beatState, len(addrs)),
+	}
+}
+
+// Changed tells Run that the broker's topics changed, so that it sends a
+// heartbeat now rather than at the next interval. It never blocks.
+func (c *Client) Changed() {
+	select {
+	case c.changed <- struct{}{}:
+	default: // a heartbeat is already pending; it will carry the change
+	}
+}
+
+// Run heartbeats info() to every name server at once, then every Interval
+// and whenever Changed is called, until ctx ends; then it unregisters the
+// broker from every name server, giving up after Timeout. A name server
+// that fails is logged once per outage and tried again next round; the
+// others get their heartbeats regardless.
+func (c *Client) Run(ctx context.Context, info func() BrokerInfo) {
+	if len(c.addrs) == 0 {
+		c.log.Warn("no name servers given; the broker is not registered anywhere")
+		<-ctx.Done()
+		return
+	}
+	var (
+		name       string // last name registered, to unregister at the end
+		lastReject string // last local validation failure, logged once
+	)
+	round := func() {
+		bi := info()
+		if bi.Cluster == "" {
+			bi.Cluster = DefaultCluster
+		}
+		if err := validateInfo(bi); err != nil {
+			if msg := err.Error(); msg != lastReject {
+				c.log.Error("broker registration invalid; not sent", slog.Any(logKeyErr, err))
+				lastReject = msg
+			}
+			return
+		}
+		lastReject = ""
+		// Sorted topics keep the list in the same order every time, which
+		// is the registry's cheap path for an unchanged heartbeat.
+		topics := slices.Clone(bi.Topics)
+		slices.SortFunc(topics, func(a, b Topic) int { return cmp.Compare(a.Name, b.Name) })
+		bi.Topics = topics
+		body, err := json.Marshal(NewHeartbeatRequest(bi))
+		if err != nil { // cannot happen for these types; not worth a panic
+			c.log.Error("encoding heartbeat", slog.Any(logKeyErr, err))
+			return
+		}
+		if name != "" && name != bi.Name {
+			// Renamed: drop the old registration rather than let it expire.
+			c.unregister(ctx, name)
+		}
+		name = bi.Name
+		var wg sync.WaitGroup
+		for i := range c.addrs {
+			wg.Go(func() { c.beat(ctx, i, body) })
+		}
+		wg.Wait()
+	}
+
+	round()
+	t := time.NewTicker(c.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			if name != "" {
+				c.unregister(context.WithoutCancel(ctx), name)
+			}
+			return
+		case <-t.C:
+			round()
+		case <-c.changed:
+			round()
+		}
+	}
+}
+
+// beat sends one heartbeat to name server i and logs what changed.
+func (c *Client) beat(ctx context.Context, i int, body []byte) {
+	addr, st := c.addrs[i], &c.beats[i]
+	ans, err := c.postHeartbeat(ctx, addr, body)
+	if err != nil {
+		if ctx.Err() != nil {
+			return // shutting down; not the name server's fault
+		}
+		if !st.down {
+			st.down = true
+			c.log.Warn("name server heartbeat failed; retrying every interval",
+				slog.String(logKeyNameSrv, addr), slog.Any(logKeyErr, err))
+		}
+		return
+	}
+	if st.down {
+		st.down = false
+		c.log.Info("name server heartbeat succeeds again", slog.String(logKeyNameSrv, addr))
+	}
+	if d, err := time.ParseDuration(ans.ExpiresIn); err == nil && d <= c.interval && !st.warnedExpiry {
+		st.warnedExpiry = true
+		c.log.Warn("name server expires brokers sooner than they heartbeat; routes will flap",
+			slog.String(logKeyNameSrv, addr), slog.Duration(logKeyExpiresIn, d), slog.Duration(logKeyInterval, c.interval))
+	}
+}
+
+func (c *Client) postHeartbeat(ctx context.Context, addr string, body []byte) (HeartbeatResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, addr+"/v1/brokers/heartbeat", bytes.NewReader(body))
+	if err != nil {
+		return HeartbeatResponse{}, fmt.Errorf("heartbeat request: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return HeartbeatResponse{}, err
+	}
+	defer closeBody(resp)
+	if resp.StatusCode != http.StatusOK {
+		return HeartbeatResponse{}, statusError(resp)
+	}
+	var ans HeartbeatResponse
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxAnswerBytes)).Decode(&ans); err != nil {
+		return HeartbeatResponse{}, fmt.Errorf("heartbeat answer: %w", err)
+	}
+	return ans, nil
+}
+
+// unregister deletes the broker from every name server at once, within
+// Timeout. 204 and 404 both mean it is gone.
+func (c *Client) unregister(ctx context.Context, name string) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, addr := range c.addrs {
+		wg.Go(func() {
+			if err := c.delete(ctx, addr, name); err != nil {
+				c.log.Warn("unregistering from name server failed; it will expire the broker",
+					slog.String(logKeyNameSrv, addr), slog.String(logKeyBroker, name), slog.Any(logKeyErr, err))
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func (c *Client) delete(ctx context.Context, addr, name string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, addr+"/v1/brokers/"+url.PathEscape(name), nil)
+	if err != nil {
+		return fmt.Errorf("unregister request: %w", err)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer closeBody(resp)
+	switch resp.StatusCode {
+	case http.StatusNoContent, http.StatusOK, http.StatusNotFound:
+		return nil
+	}
+	return statusError(resp)
+}
+
+// Route returns where topic lives. A route is cached for Interval. Past
+// that the name servers are asked, starting with the one that last
+// answered: the first that knows the topic gives the route. A name server
+// that does not know it is not taken at its word while another may (it may
+// have restarted and not yet heard every broker's heartbeat); if none
+// knows it, ok is false. When no name server answers at all, the cached
+// route is returned however old, as RocketMQ clients do, and without one
+// the error wraps ErrUnavailable. Unknown topics are not cached, so a new
+// topic is found as soon as its broker has registered it.
+func (c *Client) Route(ctx context.Context, topic string) (Route, bool, error) {
+	if !validTopic(topic) {
+		return Route{}, false, fmt.Errorf("route: %q is not a topic name", clip(topic))
+	}
+	c.mu.Lock()
+	cached, have := c.routes[topic]
+	c.mu.Unlock()
+	if have && c.now().Sub(cached.fetched) < c.interval {
+		return cloneRoute(cached.route), true, nil
+	}
+
+	n := len(c.addrs)
+	start := int(c.preferred.Load())
+	var errs []error
+	answered := false
+	for k := range n {
+		i := (start + k) % n
+		rt, found, err := c.getRoute(ctx, c.addrs[i], topic)
+		if err != nil {
+			if ctx.Err() != nil {
+				return Route{}, false, fmt.Errorf("route %q: %w", topic, ctx.Err())
+			}
+			errs = append(errs, fmt.Errorf("%s: %w", c.addrs[i], err))
+			continue
+		}
+		answered = true
+		c.preferred.Store(int64(i))
+		if found {
+			c.mu.Lock()
+			c.routes[topic] = cachedRoute{route: rt, fetched: c.now()}
+			c.mu.Unlock()
+			return cloneRoute(rt), true, nil
+		}
+	}
+	if answered {
+		c.mu.Lock()
+		delete(c.routes, topic)
+		c.mu.Unlock()
+		return Route{}, false, nil
+	}
+	if have {
+		c.log.Debug("no name server answered; using the cached route",
+			slog.String("topic", topic), slog.Any(logKeyErr, errors.Join(errs...)))
+		return cloneRoute(cached.route), true, nil
+	}
+	if n == 0 {
+		errs = append(errs, errors.New("no name servers given"))
+	}
+	return Route{}, false, fmt.Errorf("route %q: %w: %w", topic, ErrUnavailable, errors.Join(errs...))
+}
+
+// getRoute asks one name server; found is false on its 404.
+func (c *Client) getRoute(ctx context.Context, addr, topic string) (rt Route, found bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, addr+"/v1/routes/"+url.PathEscape(topic), nil)
+	if err != nil {
+		return Route{}, false, fmt.Errorf("route request: %w", err)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return Route{}, false, err
+	}
+	defer closeBody(resp)
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusNotFound:
+		return Route{}, false, nil
+	default:
+		return Route{}, false, statusError(resp)
+	}
+	var j RouteJSON
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxAnswerBytes)).Decode(&j); err != nil {
+		return Route{}, false, fmt.Errorf("route answer: %w", err)
+	}
+	if j.Topic != topic {
+		return Route{}, false, fmt.Errorf("route answer is for topic %q, not %q", clip(j.Topic), topic)
+	}
+	if len(j.Brokers) == 0 {
+		return Route{}, false, nil
+	}
+	return j.Route(), true, nil
+}
+
+func cloneRoute(rt Route) Route {
+	rt.Brokers = slices.Clone(rt.Brokers)
+	return rt
+}
+
+// statusError describes an unexpected answer, with the problem's detail
+// when there is one.
+func statusError(resp *http.Response) error {
+	var p struct {
+		Title  string `json:"title"`
+		Detail string `json:"detail"`
+	}
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+	if json.Unmarshal(raw, &p) == nil && cmp.Or(p.Detail, p.Title) != "" {
+		return fmt.Errorf("status %d: %s", resp.StatusCode, clip(cmp.Or(p.Detail, p.Title)))
+	}
+	return fmt.Errorf("status %d", resp.StatusCode)
+}
+
+// closeBody drains a little of what is left, so that the connection can be
+// reused, and closes the body.
+func closeBody(resp *http.Response) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	_ = resp.Body.Close()
+}
+
+// ParseAddrs turns a --namesrv value, name servers separated by ';', into
+// base URLs: "ns1:9876;ns2:9876" gives http://ns1:9876 and http://ns2:9876;
+// an explicit http:// or https:// is kept. Empty parts, duplicates and
+// anything that is not a base URL are refused.
+func ParseAddrs(s string) ([]string, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, errors.New("name servers: none given; want host:port[;host:port...]")
+	}
+	parts := strings.Split(s, ";")
+	out := make([]string, 0, len(parts))
+	for i, p := range parts {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			return nil, fmt.Errorf("name servers %q: part %d is empty", clip(s), i+1)
+		}
+		base, err := parseAddr(p)
+		if err != nil {
+			return nil, fmt.Errorf("name server %q: %w", clip(p), err)
+		}
+		if slices.Contains(out, base) {
+			return nil, fmt.Errorf("name server %q: listed twice", clip(p))
+		}
+		out = append(out, base)
+	}
+	return out, nil
+}
+
+func parseAddr(p string) (string, error) {
+	raw := p
+	if !strings.Contains(p, "://") {
+		raw = "http://" + p
+	}
+	if err := validateAddr(raw); err != nil {
+		return "", err
+	}
+	u, _ := url.Parse(raw) // validateAddr parsed it
+	if strings.HasSuffix(u.Host, ":") {
+		return "", errors.New("empty port")
+	}
+	if port := u.Port(); port != "" {
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return "", fmt.Errorf("port %s out of range", port)
+		}
+	}
+	return u.Scheme + "://" + u.Host + strings.TrimRight(u.EscapedPath(), "/"), nil
+}

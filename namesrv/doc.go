@@ -1,0 +1,62 @@
+// Package namesrv is postbus's name server: the registry in which brokers
+// register their topics (registry.go), the JSON bodies of its HTTP protocol
+// (protocol.go), and the small client with which a broker registers and
+// looks up other brokers' topics (client.go). The HTTP routes themselves
+// live in package httpapi.
+//
+// As in RocketMQ, name servers never talk to each other. Each keeps its
+// registry in memory only and is complete on its own, because every broker
+// heartbeats to every name server; a restarted name server is whole again
+// one heartbeat interval later. Nothing here is written to disk.
+//
+// # The registry
+//
+// A broker's registration is its name, cluster, base URL, version and the
+// topics it holds with their queue counts. Each heartbeat replaces the
+// registration whole: a topic the broker no longer lists leaves its routes
+// at once. Invariants, all under one RWMutex:
+//   - brokers maps a name to its entry; index maps a topic to the entries
+//     holding it, sorted by broker name, with each one's queue count. A
+//     (topic, broker) pair is in index exactly when the broker's current
+//     registration lists the topic, and index has no empty lists, so a
+//     route costs O(brokers holding the topic) and an unregistered or
+//     expired broker leaves nothing behind.
+//   - A broker silent for longer than BrokerExpiry (default 120s) is left
+//     out of Route and Brokers at once, and removed by Run, which looks
+//     every ScanInterval (default 10s). Unregister removes it at once.
+//   - A broker's topics are kept sorted by name and never modified in
+//     place, only replaced. So the work that grows with a heartbeat's size
+//     (comparing with the last list, sorting, a merge that finds what was
+//     added, removed or resized) runs without the write lock, which is held
+//     only to apply the difference; if the broker's entry changed meanwhile
+//     the heartbeat compares again. An unchanged heartbeat listed in sorted
+//     order (Client sorts) is one string comparison per topic.
+//
+// Names: a broker or cluster name is ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$ (an
+// empty cluster means DefaultCluster); a topic is a user topic
+// (^[A-Za-z0-9][A-Za-z0-9._-]{0,126}$) or a system topic %KIND%rest such
+// as %RETRY%group%topic or %DLQ%group, at most 255 bytes. A broker holds at
+// most 100,000 topics of 1-1024 queues; its address is an absolute http or
+// https URL without user info, query or fragment.
+//
+// # The protocol
+//
+//	POST   {ns}/v1/brokers/heartbeat  HeartbeatRequest -> 200 HeartbeatResponse {"expires_in":"120s"}
+//	                                  400 problem+json when invalid (ErrInvalid)
+//	DELETE {ns}/v1/brokers/{name}     -> 204, or 404 when unknown
+//	GET    {ns}/v1/routes/{topic}     -> 200 RouteJSON, or 404 when no live broker holds it
+//	GET    {ns}/v1/cluster            -> 200 ClusterJSON (live brokers, topics counted)
+//
+// {topic} is path-escaped: %DLQ%g travels as %25DLQ%25g.
+//
+// # The client
+//
+// Client.Run heartbeats to every name server at once: first at start, then
+// every Interval (default 30s) and whenever Changed says the topics
+// changed, and unregisters from every one when its context ends. A failing
+// name server is logged once when it starts failing and once when it
+// recovers, never once per round, and does not delay the others beyond
+// Timeout. Client.Route caches each route for Interval; when no name
+// server answers, it serves the cached route however old, since a stale
+// route is far more useful to a broker forwarding a request than none.
+package namesrv

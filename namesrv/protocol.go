@@ -1,0 +1,123 @@
+package namesrv
+
+import (
+	"fmt"
+	"time"
+)
+
+// The bodies of the name server's HTTP protocol (see the package doc). The
+// name server's handlers and the Client both use these types, so the two
+// sides cannot drift apart.
+
+// MaxHeartbeatBytes bounds a heartbeat request body: MaxTopicsPerBroker
+// topics with names of MaxTopicNameLen fit, with room to spare.
+const MaxHeartbeatBytes = 32 << 20
+
+// maxAnswerBytes bounds what the Client reads of any answer.
+const maxAnswerBytes = 4 << 20
+
+// HeartbeatRequest is the body of POST /v1/brokers/heartbeat.
+type HeartbeatRequest struct {
+	Name    string  `json:"name"`
+	Cluster string  `json:"cluster"`
+	Addr    string  `json:"addr"`
+	Version string  `json:"version"`
+	Topics  []Topic `json:"topics"`
+}
+
+// NewHeartbeatRequest is the request that registers info. Topics is shared
+// with info, not copied.
+func NewHeartbeatRequest(info BrokerInfo) HeartbeatRequest {
+	topics := info.Topics
+	if topics == nil {
+		topics = []Topic{}
+	}
+	return HeartbeatRequest{Name: info.Name, Cluster: info.Cluster, Addr: info.Addr, Version: info.Version, Topics: topics}
+}
+
+// BrokerInfo is what the request registers, for Registry.Heartbeat.
+func (h HeartbeatRequest) BrokerInfo() BrokerInfo {
+	return BrokerInfo{Name: h.Name, Cluster: h.Cluster, Addr: h.Addr, Version: h.Version, Topics: h.Topics}
+}
+
+// HeartbeatResponse is the 200 answer to a heartbeat: how long the name
+// server keeps the broker without hearing from it again.
+type HeartbeatResponse struct {
+	ExpiresIn string `json:"expires_in"`
+}
+
+// NewHeartbeatResponse answers with the registry's expiry, for example
+// {"expires_in":"120s"}.
+func NewHeartbeatResponse(expiry time.Duration) HeartbeatResponse {
+	return HeartbeatResponse{ExpiresIn: formatDuration(expiry)}
+}
+
+// formatDuration writes whole seconds as "120s" rather than Go's "2m0s";
+// both parse with time.ParseDuration.
+func formatDuration(d time.Duration) string {
+	if d%time.Second == 0 {
+		return fmt.Sprintf("%ds", d/time.Second)
+	}
+	return d.String()
+}
+
+// RouteJSON is the 200 answer of GET /v1/routes/{topic}.
+type RouteJSON struct {
+	Topic   string            `json:"topic"`
+	Brokers []RouteBrokerJSON `json:"brokers"`
+}
+
+// RouteBrokerJSON is one broker of a RouteJSON.
+type RouteBrokerJSON struct {
+	Name    string `json:"name"`
+	Cluster string `json:"cluster"`
+	Addr    string `json:"addr"`
+	Queues  int    `json:"queues"`
+}
+
+// NewRouteJSON is the answer for rt.
+func NewRouteJSON(rt Route) RouteJSON {
+	j := RouteJSON{Topic: rt.Topic, Brokers: make([]RouteBrokerJSON, len(rt.Brokers))}
+	for i, b := range rt.Brokers {
+		j.Brokers[i] = RouteBrokerJSON(b)
+	}
+	return j
+}
+
+// Route is the route the answer describes.
+func (j RouteJSON) Route() Route {
+	rt := Route{Topic: j.Topic, Brokers: make([]RouteBroker, len(j.Brokers))}
+	for i, b := range j.Brokers {
+		rt.Brokers[i] = RouteBroker(b)
+	}
+	return rt
+}
+
+// ClusterJSON is the 200 answer of GET /v1/cluster.
+type ClusterJSON struct {
+	Brokers []ClusterBrokerJSON `json:"brokers"`
+}
+
+// ClusterBrokerJSON is one broker of a ClusterJSON: its topics are counted,
+// not listed, since a broker may hold a hundred thousand.
+type ClusterBrokerJSON struct {
+	Name          string    `json:"name"`
+	Cluster       string    `json:"cluster"`
+	Addr          string    `json:"addr"`
+	Version       string    `json:"version"`
+	Topics        int       `json:"topics"`
+	LastHeartbeat time.Time `json:"last_heartbeat"` // RFC 3339, UTC
+}
+
+// NewClusterJSON is the answer for brokers (as Registry.Brokers returns
+// them).
+func NewClusterJSON(brokers []BrokerInfo) ClusterJSON {
+	j := ClusterJSON{Brokers: make([]ClusterBrokerJSON, len(brokers))}
+	for i, b := range brokers {
+		j.Brokers[i] = ClusterBrokerJSON{
+			Name: b.Name, Cluster: b.Cluster, Addr: b.Addr, Version: b.Version,
+			Topics: len(b.Topics), LastHeartbeat: b.LastHeartbeat.UTC(),
+		}
+	}
+	return j
+}

@@ -1,0 +1,581 @@
+package namesrv
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+)
+
+// ErrInvalid is returned (wrapped, with what was wrong) by Heartbeat for a
+// registration the registry refuses; the HTTP layer answers it with 400.
+var ErrInvalid = errors.New("invalid broker registration")
+
+// Limits on a registration. They bound what one broker can make a name
+// server hold: MaxTopicsPerBroker topics of at most MaxTopicNameLen bytes.
+const (
+	MaxBrokerNameLen   = 64
+	MaxTopicNameLen    = 255 // "%RETRY%<group>%<topic>": 7 + 120 + 1 + 127
+	MaxTopicsPerBroker = 100_000
+	MaxQueues          = 1024
+	MaxVersionLen      = 128
+	MaxAddrLen         = 2048
+
+	// DefaultCluster is the cluster of a broker that names none.
+	DefaultCluster = "DefaultCluster"
+)
+
+// Topic is a topic as one broker holds it.
+type Topic struct {
+	Name   string `json:"name"`
+	Queues int    `json:"queues"`
+}
+
+// BrokerInfo is what a broker registers, and what the registry knows of it.
+type BrokerInfo struct {
+	Name    string
+	Cluster string
+	Addr    string // the broker's base URL, http://host:port
+	Version string
+	Topics  []Topic
+	// LastHeartbeat is set by the registry; a caller's value is ignored.
+	LastHeartbeat time.Time
+}
+
+// Route is where a topic lives: every live broker holding it, sorted by
+// name.
+type Route struct {
+	Topic   string
+	Brokers []RouteBroker
+}
+
+// RouteBroker is one broker of a Route and how many queues of the topic it
+// holds.
+type RouteBroker struct {
+	Name    string
+	Cluster string
+	Addr    string
+	Queues  int
+}
+
+// Config tunes a Registry. Zero (or negative) fields take the defaults.
+type Config struct {
+	// BrokerExpiry is how long a broker may stay silent before it is
+	// dropped (RocketMQ: 120s).
+	BrokerExpiry time.Duration
+	// ScanInterval is how often Run looks for silent brokers.
+	ScanInterval time.Duration
+	// Now is the clock; tests inject their own.
+	Now    func() time.Time
+	Logger *slog.Logger
+}
+
+// DefaultConfig is RocketMQ's: brokers expire after 120s of silence,
+// checked every 10s.
+func DefaultConfig() Config {
+	return Config{
+		BrokerExpiry: 120 * time.Second,
+		ScanInterval: 10 * time.Second,
+		Now:          time.Now,
+		Logger:       slog.New(slog.DiscardHandler),
+	}
+}
+
+// Log attribute keys.
+const (
+	logKeyBroker    = "broker"
+	logKeyCluster   = "cluster"
+	logKeyAddr      = "addr"
+	logKeyTopics    = "topics"
+	logKeySilentFor = "silent_for"
+	logKeyNameSrv   = "namesrv"
+	logKeyErr       = "err"
+	logKeyStatus    = "status"
+	logKeyExpiresIn = "expires_in"
+	logKeyInterval  = "interval"
+)
+
+// Registry is a name server's in-memory registry of brokers and the routes
+// of their topics. It is safe for concurrent use.
+type Registry struct {
+	expiry time.Duration
+	scan   time.Duration
+	now    func() time.Time
+	log    *slog.Logger
+
+	mu sync.RWMutex
+	// brokers holds every registered broker by name. An entry's pointer is
+	// stable while the broker stays registered, so the index can point at
+	// it. Guarded by mu, as are the entries' fields.
+	brokers map[string]*brokerEntry
+	// index maps a topic to the brokers holding it, sorted by broker name.
+	// Invariant: holder h is in index[t] exactly when t is in h.b.info.Topics
+	// (with the same queue count), and no slice in index is empty. Guarded
+	// by mu.
+	index map[string][]holder
+}
+
+type brokerEntry struct {
+	info BrokerInfo // Topics is sorted by name, never modified in place, only replaced
+}
+
+type holder struct {
+	b      *brokerEntry
+	queues int
+}
+
+// NewRegistry returns an empty registry.
+func NewRegistry(cfg Config) *Registry {
+	def := DefaultConfig()
+	if cfg.BrokerExpiry <= 0 {
+		cfg.BrokerExpiry = def.BrokerExpiry
+	}
+	if cfg.ScanInterval <= 0 {
+		cfg.ScanInterval = def.ScanInterval
+	}
+	if cfg.Now == nil {
+		cfg.Now = def.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = def.Logger
+	}
+	return &Registry{
+		expiry:  cfg.BrokerExpiry,
+		scan:    cfg.ScanInterval,
+		now:     cfg.Now,
+		log:     cfg.Logger,
+		brokers: make(map[string]*brokerEntry),
+		index:   make(map[string][]holder),
+	}
+}
+
+// BrokerExpiry is how long a broker may stay silent before it is dropped;
+// a name server tells brokers so in its heartbeat answer.
+func (r *Registry) BrokerExpiry() time.Duration { return r.expiry }
+
+// Heartbeat registers a broker or refreshes its registration. The
+// registration replaces the previous one whole: a topic the broker no
+// longer lists leaves its routes at once. An invalid registration changes
+// nothing and returns an error wrapping ErrInvalid.
+//
+// The registry keeps each broker's topics sorted by name. The work that
+// grows with the number of topics (comparing, sorting, diffing the new
+// list against the old) is done without the write lock, which is held only
+// to apply the difference. An unchanged heartbeat that lists its topics
+// sorted, as Client does, costs one comparison per topic.
+func (r *Registry) Heartbeat(info BrokerInfo) error {
+	if info.Cluster == "" {
+		info.Cluster = DefaultCluster
+	}
+	if err := validateInfo(info); err != nil {
+		return err
+	}
+	var (
+		topics []Topic // info.Topics sorted, once needed
+		sorted bool
+	)
+	for {
+		r.mu.RLock()
+		e := r.brokers[info.Name]
+		var old []Topic // never modified in place, so readable unlocked
+		if e != nil {
+			old = e.info.Topics
+		}
+		r.mu.RUnlock()
+
+		var c change
+		if e == nil || !slices.Equal(old, info.Topics) {
+			if !sorted {
+				var err error
+				if topics, err = sortedTopics(info.Topics); err != nil {
+					return err
+				}
+				sorted = true
+			}
+			c = diffTopics(old, topics)
+		}
+		if r.apply(info, e, old, c) {
+			if e == nil {
+				r.log.Info("broker registered", slog.String(logKeyBroker, info.Name),
+					slog.String(logKeyCluster, info.Cluster), slog.String(logKeyAddr, info.Addr),
+					slog.Int(logKeyTopics, len(topics)))
+			}
+			return nil
+		}
+		// The broker's entry changed while we compared: compare again.
+	}
+}
+
+// change is how a broker's sorted topic list differs from the one it
+// replaces.
+type change struct {
+	topics  []Topic  // the new list
+	removed []string // topics no longer held
+	put     []Topic  // topics new or with a new queue count
+	replace bool     // the sets differ: topics replaces the old list
+}
+
+// diffTopics merges two lists sorted by name.
+func diffTopics(old, topics []Topic) change {
+	c := change{topics: topics}
+	if len(old) == 0 {
+		c.put = topics
+	} else {
+		i, j := 0, 0
+		for i < len(old) || j < len(topics) {
+			switch {
+			case j == len(topics) || i < len(old) && old[i].Name < topics[j].Name:
+				c.removed = append(c.removed, old[i].Name)
+				i++
+			case i == len(old) || topics[j].Name < old[i].Name:
+				c.put = append(c.put, topics[j])
+				j++
+			default:
+				if old[i].Queues != topics[j].Queues {
+					c.put = append(c.put, topics[j])
+				}
+				i++
+				j++
+			}
+		}
+	}
+	// The same set listed in another order changes nothing.
+	c.replace = len(c.removed) > 0 || len(c.put) > 0
+	return c
+}
+
+// sortedTopics returns a sorted copy of ts (the caller keeps its slice),
+// refusing duplicates.
+func sortedTopics(ts []Topic) ([]Topic, error) {
+	out := slices.Clone(ts)
+	if !slices.IsSortedFunc(out, compareTopics) {
+		slices.SortFunc(out, compareTopics)
+	}
+	for i := 1; i < len(out); i++ {
+		if out[i].Name == out[i-1].Name {
+			return nil, fmt.Errorf("%w: topic %q is listed twice", ErrInvalid, out[i].Name)
+		}
+	}
+	return out, nil
+}
+
+func compareTopics(a, b Topic) int { return strings.Compare(a.Name, b.Name) }
+
+// apply makes c the broker's registration, provided its entry is still e
+// holding old (e nil: not registered), and refreshes the rest of it. It
+// reports false, changing nothing, if the entry changed since it was read.
+func (r *Registry) apply(info BrokerInfo, e *brokerEntry, old []Topic, c change) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.brokers[info.Name] != e || e != nil && !sameSlice(e.info.Topics, old) {
+		return false
+	}
+	if e == nil {
+		e = &brokerEntry{info: BrokerInfo{Name: info.Name}}
+		r.brokers[info.Name] = e
+	}
+	for _, name := range c.removed {
+		r.removeHolderLocked(name, e)
+	}
+	for _, t := range c.put {
+		r.putHolderLocked(t.Name, e, t.Queues, info.Name)
+	}
+	if c.replace {
+		e.info.Topics = c.topics
+	}
+	r.refreshLocked(e, info, r.now())
+	return true
+}
+
+// sameSlice reports whether a and b are the same slice, not merely equal.
+func sameSlice(a, b []Topic) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// refreshLocked updates everything but the topics. r.mu must be held.
+func (r *Registry) refreshLocked(e *brokerEntry, info BrokerInfo, now time.Time) {
+	if e.info.Addr != "" && e.info.Addr != info.Addr {
+		r.log.Info("broker moved", slog.String(logKeyBroker, info.Name),
+			slog.String(logKeyAddr, info.Addr), slog.String("previous_addr", e.info.Addr))
+	}
+	e.info.Name = info.Name
+	e.info.Cluster = info.Cluster
+	e.info.Addr = info.Addr
+	e.info.Version = info.Version
+	e.info.LastHeartbeat = now
+}
+
+// putHolderLocked sets e's queue count for topic, keeping the topic's
+// holders sorted by broker name. r.mu must be held.
+func (r *Registry) putHolderLocked(topic string, e *brokerEntry, queues int, name string) {
+	hs := r.index[topic]
+	i, found := sort.Find(len(hs), func(i int) int { return cmp.Compare(name, hs[i].b.info.Name) })
+	if found {
+		hs[i].queues = queues
+		return
+	}
+	r.index[topic] = slices.Insert(hs, i, holder{b: e, queues: queues})
+}
+
+// removeHolderLocked takes e out of topic's holders. r.mu must be held.
+func (r *Registry) removeHolderLocked(topic string, e *brokerEntry) {
+	hs := r.index[topic]
+	i := slices.IndexFunc(hs, func(h holder) bool { return h.b == e })
+	if i < 0 {
+		return
+	}
+	if len(hs) == 1 {
+		delete(r.index, topic)
+		return
+	}
+	r.index[topic] = slices.Delete(hs, i, i+1)
+}
+
+// removeLocked drops a broker and its routes. r.mu must be held.
+func (r *Registry) removeLocked(e *brokerEntry) {
+	for _, t := range e.info.Topics {
+		r.removeHolderLocked(t.Name, e)
+	}
+	delete(r.brokers, e.info.Name)
+}
+
+// Unregister removes a broker at once, as on its clean shutdown. It reports
+// whether the broker was registered.
+func (r *Registry) Unregister(name string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.brokers[name]
+	if e == nil {
+		return false
+	}
+	r.removeLocked(e)
+	r.log.Info("broker unregistered", slog.String(logKeyBroker, name), slog.String(logKeyAddr, e.info.Addr))
+	return true
+}
+
+// alive reports whether a broker last heard at last still counts at now. A
+// broker past its expiry is left out of answers even before Run evicts it,
+// so answers do not depend on when the scan runs.
+func (r *Registry) alive(last, now time.Time) bool { return now.Sub(last) <= r.expiry }
+
+// Route returns the live brokers holding topic, sorted by name, and false
+// when there are none. It costs O(brokers holding the topic).
+func (r *Registry) Route(topic string) (Route, bool) {
+	now := r.now()
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	hs := r.index[topic]
+	if len(hs) == 0 {
+		return Route{}, false
+	}
+	rt := Route{Topic: topic, Brokers: make([]RouteBroker, 0, len(hs))}
+	for _, h := range hs {
+		if !r.alive(h.b.info.LastHeartbeat, now) {
+			continue
+		}
+		rt.Brokers = append(rt.Brokers, RouteBroker{
+			Name: h.b.info.Name, Cluster: h.b.info.Cluster, Addr: h.b.info.Addr, Queues: h.queues,
+		})
+	}
+	if len(rt.Brokers) == 0 {
+		return Route{}, false
+	}
+	return rt, true
+}
+
+// Brokers returns the live brokers sorted by name. Each BrokerInfo is a
+// copy, Topics included (sorted by name, whatever order they were sent in).
+func (r *Registry) Brokers() []BrokerInfo {
+	now := r.now()
+	r.mu.RLock()
+	out := make([]BrokerInfo, 0, len(r.brokers))
+	for _, e := range r.brokers {
+		if !r.alive(e.info.LastHeartbeat, now) {
+			continue
+		}
+		bi := e.info
+		bi.Topics = slices.Clone(e.info.Topics)
+		out = append(out, bi)
+	}
+	r.mu.RUnlock()
+	slices.SortFunc(out, func(a, b BrokerInfo) int { return cmp.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Run drops brokers silent for longer than BrokerExpiry, looking every
+// ScanInterval, until ctx ends.
+func (r *Registry) Run(ctx context.Context) {
+	t := time.NewTicker(r.scan)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			r.evict(r.now())
+		}
+	}
+}
+
+// evict drops every broker silent at now for longer than the expiry and
+// returns how many it dropped.
+func (r *Registry) evict(now time.Time) int {
+	r.mu.RLock()
+	var expired bool
+	for _, e := range r.brokers {
+		if !r.alive(e.info.LastHeartbeat, now) {
+			expired = true
+			break
+		}
+	}
+	r.mu.RUnlock()
+	if !expired {
+		return 0 // the usual case takes only the read lock
+	}
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, e := range r.brokers {
+		if r.alive(e.info.LastHeartbeat, now) {
+			continue // heard from since the look above
+		}
+		r.removeLocked(e)
+		n++
+		r.log.Warn("broker expired; its routes are removed",
+			slog.String(logKeyBroker, e.info.Name), slog.String(logKeyAddr, e.info.Addr),
+			slog.Duration(logKeySilentFor, now.Sub(e.info.LastHeartbeat)),
+			slog.Int(logKeyTopics, len(e.info.Topics)))
+	}
+	return n
+}
+
+// validateInfo checks everything but duplicate topics. info.Cluster has
+// had its default applied.
+func validateInfo(info BrokerInfo) error {
+	if !validName(info.Name) {
+		return fmt.Errorf("%w: broker name %q: want 1-%d characters of A-Z a-z 0-9 . _ -, starting with a letter or digit",
+			ErrInvalid, clip(info.Name), MaxBrokerNameLen)
+	}
+	if !validName(info.Cluster) {
+		return fmt.Errorf("%w: cluster %q: want 1-%d characters of A-Z a-z 0-9 . _ -, starting with a letter or digit (or none, for %s)",
+			ErrInvalid, clip(info.Cluster), MaxBrokerNameLen, DefaultCluster)
+	}
+	if err := validateAddr(info.Addr); err != nil {
+		return fmt.Errorf("%w: addr %q: %v", ErrInvalid, clip(info.Addr), err)
+	}
+	if len(info.Version) > MaxVersionLen || !printable(info.Version) {
+		return fmt.Errorf("%w: version %q: want at most %d printable ASCII characters", ErrInvalid, clip(info.Version), MaxVersionLen)
+	}
+	if len(info.Topics) > MaxTopicsPerBroker {
+		return fmt.Errorf("%w: %d topics; a broker registers at most %d", ErrInvalid, len(info.Topics), MaxTopicsPerBroker)
+	}
+	for i, t := range info.Topics {
+		if !validTopic(t.Name) {
+			return fmt.Errorf("%w: topics[%d]: %q is not a topic name (1-127 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit, or a system topic %%KIND%%name of at most %d)",
+				ErrInvalid, i, clip(t.Name), MaxTopicNameLen)
+		}
+		if t.Queues < 1 || t.Queues > MaxQueues {
+			return fmt.Errorf("%w: topics[%d] %q: %d queues; want 1-%d", ErrInvalid, i, t.Name, t.Queues, MaxQueues)
+		}
+	}
+	return nil
+}
+
+// validateAddr accepts an absolute http or https URL with a host and
+// nothing a base URL cannot carry.
+func validateAddr(s string) error {
+	if s == "" {
+		return errors.New("empty; want the broker's base URL, http://host:port")
+	}
+	if len(s) > MaxAddrLen {
+		return fmt.Errorf("longer than %d bytes", MaxAddrLen)
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return errors.New("not a URL")
+	}
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		return errors.New("want an absolute http:// or https:// URL")
+	case u.Host == "" || u.Opaque != "":
+		return errors.New("no host")
+	case u.User != nil:
+		return errors.New("user info is not allowed")
+	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
+		return errors.New("a base URL has no query or fragment")
+	}
+	return nil
+}
+
+// validName matches ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$ without a regexp,
+// since a heartbeat checks many names.
+func validName(s string) bool { return plainName(s, MaxBrokerNameLen) }
+
+// validTopic accepts a user topic (DESIGN §3: ^[A-Za-z0-9][A-Za-z0-9._-]{0,126}$)
+// or a system topic: '%', upper-case letters, '%', then at least one of
+// A-Za-z0-9._-%, as in %RETRY%<group>%<topic> and %DLQ%<group>.
+func validTopic(s string) bool {
+	if len(s) == 0 || s[0] != '%' {
+		return plainName(s, 127)
+	}
+	if len(s) > MaxTopicNameLen {
+		return false
+	}
+	i := 1
+	for i < len(s) && s[i] >= 'A' && s[i] <= 'Z' {
+		i++
+	}
+	if i == 1 || i >= len(s) || s[i] != '%' || i+1 == len(s) {
+		return false
+	}
+	for _, c := range []byte(s[i+1:]) {
+		if !nameByte(c) && c != '%' {
+			return false
+		}
+	}
+	return true
+}
+
+func plainName(s string, max int) bool {
+	if len(s) == 0 || len(s) > max || !alnum(s[0]) {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !nameByte(c) {
+			return false
+		}
+	}
+	return true
+}
+
+func alnum(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+}
+
+func nameByte(c byte) bool { return alnum(c) || c == '.' || c == '_' || c == '-' }
+
+func printable(s string) bool {
+	for _, c := range []byte(s) {
+		if c < 0x20 || c > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// clip keeps error messages short whatever the input.
+func clip(s string) string {
+	const max = 80
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + "..."
+}

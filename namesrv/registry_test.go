@@ -1,0 +1,500 @@
+package namesrv
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestHeartbeatValidation(t *testing.T) {
+	long := func(n int) string { return strings.Repeat("a", n) }
+	tests := []struct {
+		name    string
+		edit    func(*BrokerInfo)
+		wantErr string // "" when valid; else a fragment of the message
+	}{
+		{"valid", func(*BrokerInfo) {}, ""},
+		{"name 64 chars", func(b *BrokerInfo) { b.Name = long(64) }, ""},
+		{"name with . _ -", func(b *BrokerInfo) { b.Name = "b-1.zone_a" }, ""},
+		{"empty cluster is default", func(b *BrokerInfo) { b.Cluster = "" }, ""},
+		{"https addr with path", func(b *BrokerInfo) { b.Addr = "https://b1.example/postbus" }, ""},
+		{"ipv6 addr", func(b *BrokerInfo) { b.Addr = "http://[::1]:8080" }, ""},
+		{"no topics", func(b *BrokerInfo) { b.Topics = nil }, ""},
+		{"system topics", func(b *BrokerInfo) {
+			b.Topics = []Topic{{"%RETRY%g%orders", 1}, {"%DLQ%g", 1}}
+		}, ""},
+		{"topic 127 chars", func(b *BrokerInfo) { b.Topics = []Topic{{long(127), 1}} }, ""},
+		{"1024 queues", func(b *BrokerInfo) { b.Topics = []Topic{{"t", 1024}} }, ""},
+		{"100k topics", func(b *BrokerInfo) { b.Topics = topics(MaxTopicsPerBroker, 1) }, ""},
+
+		{"empty name", func(b *BrokerInfo) { b.Name = "" }, "broker name"},
+		{"name 65 chars", func(b *BrokerInfo) { b.Name = long(65) }, "broker name"},
+		{"name starts with dash", func(b *BrokerInfo) { b.Name = "-b" }, "broker name"},
+		{"name with slash", func(b *BrokerInfo) { b.Name = "a/b" }, "broker name"},
+		{"name with space", func(b *BrokerInfo) { b.Name = "a b" }, "broker name"},
+		{"name non-ascii", func(b *BrokerInfo) { b.Name = "brøker" }, "broker name"},
+		{"bad cluster", func(b *BrokerInfo) { b.Cluster = "c c" }, "cluster"},
+		{"empty addr", func(b *BrokerInfo) { b.Addr = "" }, "addr"},
+		{"addr without scheme", func(b *BrokerInfo) { b.Addr = "b1:8080" }, "addr"},
+		{"addr ftp", func(b *BrokerInfo) { b.Addr = "ftp://b1:21" }, "addr"},
+		{"addr relative", func(b *BrokerInfo) { b.Addr = "/v1" }, "addr"},
+		{"addr no host", func(b *BrokerInfo) { b.Addr = "http://" }, "addr"},
+		{"addr with user", func(b *BrokerInfo) { b.Addr = "http://u:p@b1:8080" }, "user info"},
+		{"addr with query", func(b *BrokerInfo) { b.Addr = "http://b1:8080/?x=1" }, "query"},
+		{"addr with fragment", func(b *BrokerInfo) { b.Addr = "http://b1:8080/#x" }, "fragment"},
+		{"addr too long", func(b *BrokerInfo) { b.Addr = "http://b1/" + long(MaxAddrLen) }, "addr"},
+		{"version control char", func(b *BrokerInfo) { b.Version = "v1\n" }, "version"},
+		{"version too long", func(b *BrokerInfo) { b.Version = long(MaxVersionLen + 1) }, "version"},
+		{"too many topics", func(b *BrokerInfo) { b.Topics = topics(MaxTopicsPerBroker+1, 1) }, "100000"},
+		{"empty topic", func(b *BrokerInfo) { b.Topics = []Topic{{"", 1}} }, "topics[0]"},
+		{"topic 128 chars", func(b *BrokerInfo) { b.Topics = []Topic{{long(128), 1}} }, "topics[0]"},
+		{"topic with slash", func(b *BrokerInfo) { b.Topics = []Topic{{"ok", 1}, {"a/b", 1}} }, "topics[1]"},
+		{"system topic lower kind", func(b *BrokerInfo) { b.Topics = []Topic{{"%retry%g", 1}} }, "topics[0]"},
+		{"system topic no rest", func(b *BrokerInfo) { b.Topics = []Topic{{"%DLQ%", 1}} }, "topics[0]"},
+		{"system topic no kind", func(b *BrokerInfo) { b.Topics = []Topic{{"%%g", 1}} }, "topics[0]"},
+		{"lone percent", func(b *BrokerInfo) { b.Topics = []Topic{{"%", 1}} }, "topics[0]"},
+		{"system topic too long", func(b *BrokerInfo) { b.Topics = []Topic{{"%DLQ%" + long(251), 1}} }, "topics[0]"},
+		{"zero queues", func(b *BrokerInfo) { b.Topics = []Topic{{"t", 0}} }, "queues"},
+		{"negative queues", func(b *BrokerInfo) { b.Topics = []Topic{{"t", -1}} }, "queues"},
+		{"1025 queues", func(b *BrokerInfo) { b.Topics = []Topic{{"t", 1025}} }, "queues"},
+		{"duplicate topic", func(b *BrokerInfo) { b.Topics = []Topic{{"t", 1}, {"u", 1}, {"t", 2}} }, "listed twice"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := NewRegistry(Config{})
+			// A registration already in place must survive a refused one.
+			prev := broker("b1", Topic{"kept", 2})
+			mustHeartbeat(t, r, prev)
+
+			info := broker("b1", Topic{"orders", 4})
+			info.Cluster = "c1"
+			tt.edit(&info)
+			err := r.Heartbeat(info)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("Heartbeat: %v, want nil", err)
+				}
+				checkInvariants(t, r)
+				return
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("Heartbeat: %v, want ErrInvalid", err)
+			}
+			if !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("error %q does not mention %q", err, tt.wantErr)
+			}
+			if len(err.Error()) > 400 {
+				t.Errorf("error is %d bytes long; inputs must be clipped", len(err.Error()))
+			}
+			if _, ok := r.Route("kept"); !ok {
+				t.Error("a refused heartbeat removed the previous registration's route")
+			}
+			checkInvariants(t, r)
+		})
+	}
+}
+
+func TestHeartbeatDefaultsAndCopies(t *testing.T) {
+	clock := newFakeClock()
+	r := NewRegistry(Config{Now: clock.Now})
+	info := broker("b1", Topic{"orders", 4})
+	info.LastHeartbeat = time.Unix(1, 0) // ignored
+	mustHeartbeat(t, r, info)
+	info.Topics[0] = Topic{"mutated", 9} // the registry kept its own copy
+
+	got := r.Brokers()
+	want := []BrokerInfo{{
+		Name: "b1", Cluster: DefaultCluster, Addr: "http://b1.example:8080", Version: "test",
+		Topics: []Topic{{"orders", 4}}, LastHeartbeat: clock.Now(),
+	}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("Brokers() = %+v\nwant %+v", got, want)
+	}
+	got[0].Topics[0].Queues = 99 // and hands out copies
+	if rt, _ := r.Route("orders"); rt.Brokers[0].Queues != 4 {
+		t.Errorf("queues = %d after mutating Brokers()'s answer, want 4", rt.Brokers[0].Queues)
+	}
+}
+
+func TestRouteAcrossBrokers(t *testing.T) {
+	r := NewRegistry(Config{})
+	// Registered out of order: routes come sorted by name.
+	b2 := broker("b2", Topic{"orders", 8}, Topic{"only-b2", 1})
+	b2.Cluster = "east"
+	mustHeartbeat(t, r, b2)
+	mustHeartbeat(t, r, broker("b1", Topic{"orders", 4}, Topic{"only-b1", 2}))
+	checkInvariants(t, r)
+
+	got, ok := r.Route("orders")
+	want := Route{Topic: "orders", Brokers: []RouteBroker{
+		{Name: "b1", Cluster: DefaultCluster, Addr: "http://b1.example:8080", Queues: 4},
+		{Name: "b2", Cluster: "east", Addr: "http://b2.example:8080", Queues: 8},
+	}}
+	if !ok || !reflect.DeepEqual(got, want) {
+		t.Fatalf("Route(orders) = %+v, %v\nwant %+v", got, ok, want)
+	}
+	for topic, holder := range map[string]string{"only-b1": "b1", "only-b2": "b2"} {
+		rt, ok := r.Route(topic)
+		if !ok || len(rt.Brokers) != 1 || rt.Brokers[0].Name != holder {
+			t.Errorf("Route(%s) = %+v, %v; want only %s", topic, rt, ok, holder)
+		}
+	}
+	if rt, ok := r.Route("nowhere"); ok {
+		t.Errorf("Route(nowhere) = %+v, true", rt)
+	}
+
+	// A queue count change and an address change show in the route.
+	moved := broker("b1", Topic{"orders", 16}, Topic{"only-b1", 2})
+	moved.Addr = "http://10.0.0.9:8080"
+	mustHeartbeat(t, r, moved)
+	got, _ = r.Route("orders")
+	if got.Brokers[0].Queues != 16 || got.Brokers[0].Addr != "http://10.0.0.9:8080" {
+		t.Errorf("after change, b1 in route = %+v", got.Brokers[0])
+	}
+	checkInvariants(t, r)
+}
+
+func TestHeartbeatWithoutTopicRemovesRoute(t *testing.T) {
+	tests := []struct {
+		name   string
+		second []Topic
+	}{
+		{"topic dropped", []Topic{{"b", 1}}},
+		{"all dropped", nil},
+		{"reordered and dropped", []Topic{{"c", 3}, {"b", 1}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := NewRegistry(Config{})
+			mustHeartbeat(t, r, broker("b1", Topic{"a", 1}, Topic{"b", 1}))
+			mustHeartbeat(t, r, broker("b2", Topic{"a", 2}))
+			mustHeartbeat(t, r, broker("b1", tt.second...))
+			checkInvariants(t, r)
+
+			rt, ok := r.Route("a")
+			if !ok || len(rt.Brokers) != 1 || rt.Brokers[0].Name != "b2" {
+				t.Errorf("Route(a) = %+v, %v; want b2 alone", rt, ok)
+			}
+			for _, top := range tt.second {
+				if _, ok := r.Route(top.Name); !ok {
+					t.Errorf("Route(%s) missing", top.Name)
+				}
+			}
+			mustHeartbeat(t, r, broker("b2"))
+			if rt, ok := r.Route("a"); ok {
+				t.Errorf("Route(a) = %+v after every holder dropped it", rt)
+			}
+			if _, n := registered(r); n != len(tt.second) {
+				t.Errorf("index holds %d topics, want %d", n, len(tt.second))
+			}
+		})
+	}
+}
+
+func TestUnregister(t *testing.T) {
+	r := NewRegistry(Config{})
+	mustHeartbeat(t, r, broker("b1", Topic{"a", 1}, Topic{"b", 1}))
+	mustHeartbeat(t, r, broker("b2", Topic{"a", 1}))
+
+	if !r.Unregister("b1") {
+		t.Fatal("Unregister(b1) = false")
+	}
+	if r.Unregister("b1") {
+		t.Error("second Unregister(b1) = true")
+	}
+	if r.Unregister("never") {
+		t.Error("Unregister(never) = true")
+	}
+	checkInvariants(t, r)
+	if _, ok := r.Route("b"); ok {
+		t.Error("Route(b) still answers after its only broker left")
+	}
+	if rt, ok := r.Route("a"); !ok || len(rt.Brokers) != 1 || rt.Brokers[0].Name != "b2" {
+		t.Errorf("Route(a) = %+v, %v; want b2 alone", rt, ok)
+	}
+	if bs := r.Brokers(); len(bs) != 1 || bs[0].Name != "b2" {
+		t.Errorf("Brokers() = %+v; want b2 alone", bs)
+	}
+	// It can come back.
+	mustHeartbeat(t, r, broker("b1", Topic{"b", 1}))
+	if _, ok := r.Route("b"); !ok {
+		t.Error("Route(b) missing after re-registering")
+	}
+	checkInvariants(t, r)
+}
+
+func TestEviction(t *testing.T) {
+	clock := newFakeClock()
+	logs := newLogCapture()
+	r := NewRegistry(Config{BrokerExpiry: 120 * time.Second, ScanInterval: 10 * time.Millisecond, Now: clock.Now, Logger: logs.logger()})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { defer close(done); r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	mustHeartbeat(t, r, broker("silent", Topic{"shared", 1}, Topic{"mine", 1}))
+	mustHeartbeat(t, r, broker("chatty", Topic{"shared", 2}))
+
+	// Exactly at the expiry both are still alive, and scans keep them.
+	clock.Advance(120 * time.Second)
+	mustHeartbeat(t, r, broker("chatty", Topic{"shared", 2}))
+	if bs := r.Brokers(); len(bs) != 2 {
+		t.Fatalf("at expiry, Brokers() = %d brokers, want 2", len(bs))
+	}
+
+	clock.Advance(time.Second)
+	// Past expiry, the silent broker is out of answers before any scan...
+	if rt, ok := r.Route("mine"); ok {
+		t.Errorf("Route(mine) = %+v for an expired broker", rt)
+	}
+	// ...and the scan removes it for good.
+	waitFor(t, "the silent broker's eviction", func() bool { n, _ := registered(r); return n == 1 })
+	checkInvariants(t, r)
+	if _, n := registered(r); n != 1 {
+		t.Errorf("index holds %d topics after eviction, want 1 (shared)", n)
+	}
+	if rt, ok := r.Route("shared"); !ok || len(rt.Brokers) != 1 || rt.Brokers[0].Name != "chatty" {
+		t.Errorf("Route(shared) = %+v, %v; want chatty alone", rt, ok)
+	}
+	if n := logs.count(slog.LevelWarn, "expired", logKeyBroker, "silent"); n != 1 {
+		t.Errorf("eviction of silent logged %d times, want 1", n)
+	}
+
+	// The survivor goes too once it falls silent.
+	clock.Advance(121 * time.Second)
+	waitFor(t, "the second eviction", func() bool { n, m := registered(r); return n == 0 && m == 0 })
+}
+
+func TestRunStopsWithContext(t *testing.T) {
+	r := NewRegistry(Config{ScanInterval: time.Millisecond})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { defer close(done); r.Run(ctx) }()
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after its context ended")
+	}
+}
+
+func TestRegistryConcurrent(t *testing.T) {
+	clock := newFakeClock()
+	// A short expiry and a moving clock make the scanner evict brokers
+	// while others heartbeat and route.
+	r := NewRegistry(Config{BrokerExpiry: 2 * time.Second, ScanInterval: time.Millisecond, Now: clock.Now})
+	ctx, cancel := context.WithCancel(t.Context())
+	runDone := make(chan struct{})
+	go func() { defer close(runDone); r.Run(ctx) }()
+
+	const brokers, rounds = 6, 200
+	shared := topics(50, 2)
+	var wg sync.WaitGroup
+	for b := range brokers {
+		name := fmt.Sprintf("b%d", b)
+		wg.Go(func() {
+			for i := range rounds {
+				// Each round holds a different slice of the shared topics.
+				ts := shared[i%10 : 20+i%30]
+				if err := r.Heartbeat(broker(name, ts...)); err != nil {
+					t.Errorf("Heartbeat: %v", err)
+					return
+				}
+				if i%37 == 0 {
+					r.Unregister(name)
+				}
+				if i%50 == 0 {
+					clock.Advance(time.Second)
+				}
+			}
+		})
+	}
+	for range 4 {
+		wg.Go(func() {
+			for i := range rounds * 2 {
+				if rt, ok := r.Route(shared[i%len(shared)].Name); ok {
+					for j := 1; j < len(rt.Brokers); j++ {
+						if rt.Brokers[j-1].Name >= rt.Brokers[j].Name {
+							t.Errorf("route not sorted: %+v", rt.Brokers)
+							return
+						}
+					}
+				}
+				_ = r.Brokers()
+			}
+		})
+	}
+	wg.Wait()
+	cancel()
+	<-runDone
+	checkInvariants(t, r)
+}
+
+func TestProtocolJSON(t *testing.T) {
+	tests := []struct {
+		name string
+		v    any
+		want string
+	}{
+		{"heartbeat", NewHeartbeatRequest(BrokerInfo{Name: "b1", Cluster: "c", Addr: "http://h:1", Version: "v"}),
+			`{"name":"b1","cluster":"c","addr":"http://h:1","version":"v","topics":[]}`},
+		{"heartbeat topics", NewHeartbeatRequest(broker("b1", Topic{"t", 4})),
+			`{"name":"b1","cluster":"","addr":"http://b1.example:8080","version":"test","topics":[{"name":"t","queues":4}]}`},
+		{"expires 120s", NewHeartbeatResponse(120 * time.Second), `{"expires_in":"120s"}`},
+		{"expires 1.5s", NewHeartbeatResponse(1500 * time.Millisecond), `{"expires_in":"1.5s"}`},
+		{"route", NewRouteJSON(Route{Topic: "t", Brokers: []RouteBroker{{"b1", "c", "http://h:1", 4}}}),
+			`{"topic":"t","brokers":[{"name":"b1","cluster":"c","addr":"http://h:1","queues":4}]}`},
+		{"cluster", NewClusterJSON([]BrokerInfo{{Name: "b1", Cluster: "c", Addr: "http://h:1", Version: "v",
+			Topics: topics(3, 1), LastHeartbeat: time.Date(2025, 3, 1, 13, 0, 0, 0, time.FixedZone("x", 3600))}}),
+			`{"brokers":[{"name":"b1","cluster":"c","addr":"http://h:1","version":"v","topics":3,"last_heartbeat":"2025-03-01T12:00:00Z"}]}`},
+		{"empty cluster", NewClusterJSON(nil), `{"brokers":[]}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := json.Marshal(tt.v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != tt.want {
+				t.Errorf("got  %s\nwant %s", got, tt.want)
+			}
+		})
+	}
+	rt := Route{Topic: "t", Brokers: []RouteBroker{{"b1", "c", "http://h:1", 4}}}
+	if back := NewRouteJSON(rt).Route(); !reflect.DeepEqual(back, rt) {
+		t.Errorf("route round trip = %+v, want %+v", back, rt)
+	}
+	info := broker("b1", Topic{"t", 4})
+	if back := NewHeartbeatRequest(info).BrokerInfo(); !reflect.DeepEqual(back, info) {
+		t.Errorf("heartbeat round trip = %+v, want %+v", back, info)
+	}
+}
+
+// FuzzHeartbeat feeds arbitrary heartbeat bodies to a registry: it must
+// never panic, and whatever it accepts must be routable and consistent.
+func FuzzHeartbeat(f *testing.F) {
+	f.Add([]byte(`{"name":"b1","addr":"http://h:1","topics":[{"name":"t","queues":4}]}`), []byte(`{"name":"b1","addr":"http://h:2","topics":[{"name":"u","queues":1}]}`))
+	f.Add([]byte(`{"name":"b1","addr":"http://h:1","topics":[{"name":"t","queues":4},{"name":"t","queues":4}]}`), []byte(`{}`))
+	f.Add([]byte(`{"name":"b2","cluster":"c","addr":"https://h","topics":[{"name":"%DLQ%g","queues":1}]}`), []byte(`{"name":"b2"}`))
+	f.Fuzz(func(t *testing.T, first, second []byte) {
+		r := NewRegistry(Config{})
+		for _, body := range [][]byte{first, second} {
+			var req HeartbeatRequest
+			if json.Unmarshal(body, &req) != nil {
+				continue
+			}
+			if err := r.Heartbeat(req.BrokerInfo()); err != nil {
+				if !errors.Is(err, ErrInvalid) {
+					t.Fatalf("error %v does not wrap ErrInvalid", err)
+				}
+				continue
+			}
+			for _, top := range req.Topics {
+				rt, ok := r.Route(top.Name)
+				if !ok {
+					t.Fatalf("accepted topic %q has no route", top.Name)
+				}
+				found := false
+				for _, b := range rt.Brokers {
+					found = found || b.Name == req.Name && b.Queues == top.Queues
+				}
+				if !found {
+					t.Fatalf("route %+v lacks %s with %d queues", rt, req.Name, top.Queues)
+				}
+			}
+		}
+		if err := invariantErr(r); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func BenchmarkHeartbeat(b *testing.B) {
+	for _, n := range []int{100, 10_000, 100_000} {
+		base := topics(n, 4)
+		other := append([]Topic(nil), base...)
+		other[n/2].Queues = 8
+		body, _ := json.Marshal(NewHeartbeatRequest(broker("b1", base...)))
+		b.Run(fmt.Sprintf("topics=%d", n), func(b *testing.B) {
+			b.Run("unchanged", func(b *testing.B) {
+				r := NewRegistry(Config{})
+				mustHeartbeat(b, r, broker("b1", base...))
+				info := broker("b1", append([]Topic(nil), base...)...) // equal, not the same slice
+				b.SetBytes(int64(len(body)))
+				b.ReportAllocs()
+				for b.Loop() {
+					if err := r.Heartbeat(info); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+			b.Run("one_changed", func(b *testing.B) {
+				r := NewRegistry(Config{})
+				infos := [2]BrokerInfo{broker("b1", base...), broker("b1", other...)}
+				b.SetBytes(int64(len(body)))
+				b.ReportAllocs()
+				i := 0
+				for b.Loop() {
+					if err := r.Heartbeat(infos[i%2]); err != nil {
+						b.Fatal(err)
+					}
+					i++
+				}
+			})
+			b.Run("new_broker", func(b *testing.B) {
+				r := NewRegistry(Config{})
+				info := broker("b1", base...)
+				b.SetBytes(int64(len(body)))
+				b.ReportAllocs()
+				for b.Loop() {
+					if err := r.Heartbeat(info); err != nil {
+						b.Fatal(err)
+					}
+					r.Unregister("b1")
+				}
+			})
+		})
+	}
+}
+
+func BenchmarkRoute(b *testing.B) {
+	for _, nb := range []int{1, 4, 16} {
+		r := NewRegistry(Config{})
+		ts := topics(10_000, 4)
+		for i := range nb {
+			mustHeartbeat(b, r, broker(fmt.Sprintf("b%02d", i), ts...))
+		}
+		rt, _ := r.Route("topic-05000")
+		body, _ := json.Marshal(NewRouteJSON(rt))
+		b.Run(fmt.Sprintf("brokers=%d/topics=10000", nb), func(b *testing.B) {
+			b.Run("serial", func(b *testing.B) {
+				b.SetBytes(int64(len(body)))
+				b.ReportAllocs()
+				for b.Loop() {
+					if _, ok := r.Route("topic-05000"); !ok {
+						b.Fatal("no route")
+					}
+				}
+			})
+			b.Run("parallel", func(b *testing.B) {
+				b.SetBytes(int64(len(body)))
+				b.ReportAllocs()
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						if _, ok := r.Route("topic-05000"); !ok {
+							b.Error("no route")
+							return
+						}
+					}
+				})
+			})
+		})
+	}
+}
