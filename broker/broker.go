@@ -54,16 +54,15 @@ type Broker struct {
 	newTimers       []meta.Timer  // delayed records met by this dispatch round; guarded by dispatchMu
 	timerWake       chan struct{} // a new timer may be due sooner than the timer loop sleeps
 
-	receiptKey    []byte // MACs pull receipts
-	pullsMu       sync.Mutex
-	pulls         map[[2]string]*pullGroup // by group, topic; guarded by pullsMu
-	pullsInFlight atomic.Int64             // handed out, not yet acked or nacked (this process)
-	offs          offsets
-	inFlight      map[offsetKey]int // reported by consumers; guarded by offs.mu
-	subsSig       signal            // fired when a subscription changes
-	topicsSig     signal            // fired when a topic is created, changed or deleted
-	attemptsMu    sync.Mutex
-	attempts      []meta.Attempt // not yet written; guarded by attemptsMu
+	receiptKey []byte // MACs pull receipts
+	pullsMu    sync.Mutex
+	pulls      map[[2]string]*pullGroup // by group, topic; guarded by pullsMu
+	offs       offsets
+	inFlight   map[offsetKey]int // reported by consumers; guarded by offs.mu
+	subsSig    signal            // fired when a subscription changes
+	topicsSig  signal            // fired when a topic is created, changed or deleted
+	attemptsMu sync.Mutex
+	attempts   []meta.Attempt // not yet written; guarded by attemptsMu
 
 	diskFull  atomic.Bool
 	diskUsed  atomic.Uint64 // float64 bits of the last disk-use ratio

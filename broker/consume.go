@@ -110,17 +110,17 @@ func (b *Broker) QueueBounds(topic string, queue int) (min, max int64) {
 	return b.cq.Bounds(topic, queue)
 }
 
-// ReadQueue reads up to max messages of a queue from offset from that match
+// ReadQueue reads up to limit messages of a queue from offset from that match
 // filter, skipping the rest by their tag hash without reading the log. It
 // returns the messages (with QueueOffset set) and the offset after the last
 // entry it looked at, where the next read starts. A from below the queue's
 // retained start is moved up to it.
-func (b *Broker) ReadQueue(topic string, queue int, from int64, max int, filter Filter) ([]*Message, int64, error) {
+func (b *Broker) ReadQueue(topic string, queue int, from int64, limit int, filter Filter) ([]*Message, int64, error) {
 	lo, hi := b.cq.Bounds(topic, queue)
-	from = min(hi, maxInt64(from, lo))
+	from = min(hi, max(from, lo))
 	var out []*Message
 	var entries []consumequeue.Entry
-	for from < hi && len(out) < max {
+	for from < hi && len(out) < limit {
 		var err error
 		entries, err = b.cq.Read(topic, queue, from, 256, entries[:0])
 		if err != nil {
@@ -146,7 +146,7 @@ func (b *Broker) ReadQueue(topic string, queue int, from int64, max int, filter 
 			}
 			m.QueueOffset = off
 			out = append(out, m)
-			if len(out) == max {
+			if len(out) == limit {
 				return out, off + 1, nil
 			}
 		}
@@ -155,21 +155,19 @@ func (b *Broker) ReadQueue(topic string, queue int, from int64, max int, filter 
 	return out, from, nil
 }
 
-func maxInt64(a, b int64) int64 {
-	if a > b {
-		return a
-	}
-	return b
-}
-
 // Retry schedules attempt of m for group at time at: a delayed copy in the
 // group's retry topic for m's topic, which the group consumes beside the
 // topic itself. The copy keeps m's id, so receivers can deduplicate.
 func (b *Broker) Retry(ctx context.Context, group string, m *Message, attempt int, at time.Time) error {
+	return b.storeSystem(ctx, m.retryCopy(group, attempt, at))
+}
+
+// retryCopy is m as the delayed copy that brings it back to group as
+// attempt at time at: push retries, pull visibility and nacks, redrives.
+func (m *Message) retryCopy(group string, attempt int, at time.Time) *Message {
 	c := m.copyFor(RetryTopic(group, m.originTopic()))
-	c.Attempt, c.DeliverAt = attempt, at
-	c.flags = flagRetry | flagDelayed
-	return b.storeSystem(ctx, c)
+	c.Attempt, c.DeliverAt, c.flags = attempt, at, flagRetry|flagDelayed
+	return c
 }
 
 // DeadLetter moves m, which failed attempts times for group, to the

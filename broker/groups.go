@@ -273,9 +273,7 @@ func (b *Broker) Redrive(ctx context.Context, group string, ids []string, all bo
 				continue
 			}
 			at := start.Add(time.Duration(float64(n) / rate * float64(time.Second)))
-			c := d.Message.copyFor(RetryTopic(group, d.originTopic()))
-			c.Attempt, c.DeliverAt, c.flags = 1, at, flagRetry|flagDelayed
-			if err := b.storeSystem(ctx, c); err != nil {
+			if err := b.storeSystem(ctx, d.Message.retryCopy(group, 1, at)); err != nil {
 				return n, err
 			}
 			done = append(done, d.DLQOffset)

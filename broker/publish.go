@@ -90,8 +90,6 @@ func (b *Broker) store(ctx context.Context, ts *topicState, msgs []*Message, ded
 	var dups []bool
 	if dedup {
 		dups = b.dedupFromIndex(ctx, ts.name, msgs, results)
-	} else {
-		dups = make([]bool, len(msgs))
 	}
 	end, err := b.append(ts, msgs, recs, results, dups, dedup)
 	if err != nil {
@@ -153,7 +151,6 @@ func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results 
 	keep := recs[:0:0]
 	kept := make([]int, 0, len(msgs)) // index in msgs of each kept record
 	var firstOfBatch map[string]int   // dedup key -> index of its first message in this batch
-	saved := make(map[int]int64, 4)   // queue -> next offset before this append
 	for i, m := range msgs {
 		// Only a producer's publish is deduplicated; the broker's own
 		// copies (re-puts, retries, dead letters) keep the dedup id they
@@ -170,7 +167,7 @@ func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results 
 				results[i].Duplicate = true
 				continue
 			}
-			if dups[i] {
+			if dups != nil && dups[i] {
 				continue
 			}
 			if firstOfBatch == nil {
@@ -185,9 +182,6 @@ func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results 
 			continue
 		}
 		q := m.QueueID
-		if _, ok := saved[q]; !ok {
-			saved[q] = ts.next[q]
-		}
 		patchRecord(recs[i], now, ts.next[q])
 		results[i].QueueOffset = ts.next[q]
 		ts.next[q]++
@@ -199,8 +193,11 @@ func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results 
 	}
 	offs, end, err := b.log.Append(keep)
 	if err != nil {
-		for q, next := range saved {
-			ts.next[q] = next
+		// Nothing was stored: give back the queue offsets handed out.
+		for _, i := range kept {
+			if !msgs[i].delayed() {
+				ts.next[msgs[i].QueueID]--
+			}
 		}
 		if errors.Is(err, commitlog.ErrDiskFull) {
 			b.metrics.rejected(CodeDiskFull)
@@ -221,17 +218,20 @@ func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results 
 // dedupFromIndex finds, for messages with a dedup id, a message stored
 // before this process started and still within the window. Messages stored
 // since start are in b.dedup, checked under appendMu. It runs outside the
-// lock because it may read the disk.
+// lock because it may read the disk. It returns nil when it looked at none
+// (the common case: no dedup ids, or the window since start has passed).
 func (b *Broker) dedupFromIndex(ctx context.Context, topic string, msgs []*Message, results []Result) []bool {
-	var dups []bool
 	now := b.now()
 	if now.Sub(b.started) >= b.cfg.DedupWindow {
-		return make([]bool, len(msgs))
+		return nil
 	}
-	dups = make([]bool, len(msgs))
+	var dups []bool
 	for i, m := range msgs {
 		if m.DedupID == "" {
 			continue
+		}
+		if dups == nil {
+			dups = make([]bool, len(msgs))
 		}
 		key := dedupKey(topic, m.DedupID)
 		b.lookup(ctx, hashKey(keyDedup, key), func(stored *Message) bool {

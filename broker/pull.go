@@ -103,19 +103,16 @@ func (b *Broker) pullGroupFor(ctx context.Context, group, topic string) (*pullGr
 			return nil, err
 		}
 	}
-	keys := make([][2]any, 0, n+1)
+	// The topic's queues, then the retry queue; where the group has no
+	// offset (the retry queue, at first) all of it is the group's.
+	cursor := func(t string, q int) *Cursor {
+		off, _ := b.Offset(group, t, q)
+		return &Cursor{Topic: t, Queue: q, Next: off}
+	}
 	for q := 0; q < n; q++ {
-		keys = append(keys, [2]any{topic, q})
+		pg.cursors = append(pg.cursors, cursor(topic, q))
 	}
-	keys = append(keys, [2]any{RetryTopic(group, topic), 0})
-	for _, k := range keys {
-		t, q := k[0].(string), k[1].(int)
-		off, ok := b.Offset(group, t, q)
-		if !ok {
-			off = 0 // the retry topic: all of it is this group's
-		}
-		pg.cursors = append(pg.cursors, &Cursor{Topic: t, Queue: q, Next: off})
-	}
+	pg.cursors = append(pg.cursors, cursor(RetryTopic(group, topic), 0))
 	b.pullsMu.Lock()
 	defer b.pullsMu.Unlock()
 	if other := b.pulls[key]; other != nil {
@@ -315,9 +312,7 @@ func (b *Broker) take(ctx context.Context, pg *pullGroup, limit int, visibility 
 			b.LogAttempt(Attempt{MsgID: t.m.ID, Group: group, Subscription: pg.sub.ID, Attempt: attempt - 1, At: now, Outcome: "dead", Error: reason})
 			continue
 		}
-		c := t.m.copyFor(RetryTopic(group, topic))
-		c.Attempt, c.DeliverAt, c.flags = attempt+1, now.Add(visibility), flagRetry|flagDelayed
-		copies = append(copies, c)
+		copies = append(copies, t.m.retryCopy(group, attempt+1, now.Add(visibility)))
 		out = append(out, Pulled{Message: t.m, Attempt: attempt})
 	}
 	if len(copies) > 0 {
@@ -339,7 +334,6 @@ func (b *Broker) take(ctx context.Context, pg *pullGroup, limit int, visibility 
 		b.SetOffset(group, t.c.Topic, t.c.Queue, t.c.Committed())
 	}
 	pg.mu.Unlock()
-	b.pullsInFlight.Add(int64(len(out)))
 	return out, nil
 }
 
@@ -425,7 +419,6 @@ func (b *Broker) settleReceipts(ctx context.Context, group string, receipts []st
 				"%d of the receipts are stale: already acked or nacked, or their visibility ran out and the message was handed out again under a new receipt; nothing was changed", len(stale))
 		}
 	}
-	b.pullsInFlight.Add(-int64(len(timers)))
 	return timers, ordered, nil
 }
 
@@ -513,9 +506,8 @@ func (b *Broker) Nack(ctx context.Context, group string, receipts []string, dela
 			continue
 		}
 		b.LogAttempt(Attempt{MsgID: r.MsgID, Group: group, Subscription: b.pullSubscriptionID(group, r.Topic), Attempt: r.Attempt, At: now, Outcome: "nacked"})
-		c := *m // the visibility copy: retry topic, next attempt
-		c.DeliverAt, c.flags = now.Add(delay), flagRetry|flagDelayed
-		errs = append(errs, b.storeSystem(ctx, &c))
+		// m is the visibility copy: it already carries the next attempt.
+		errs = append(errs, b.storeSystem(ctx, m.retryCopy(group, m.Attempt, now.Add(delay))))
 	}
 	return errors.Join(errs...)
 }

@@ -665,6 +665,10 @@ func hasSpecialByte(w uint64) bool {
 	return ((w-ones*0x20)|(quote-ones)|(backslash-ones)|w)&highs != 0
 }
 
+// simpleEscape maps the byte after a backslash to what it stands for, for
+// every escape but \u; 0 marks the rest.
+var simpleEscape = [256]byte{'"': '"', '\\': '\\', '/': '/', 'b': '\b', 'f': '\f', 'n': '\n', 'r': '\r', 't': '\t'}
+
 // readStringSlow decodes a string whose bytes from i, where skipPlain
 // stopped, are not its closing quote, into p.buf. It follows
 // encoding/json's unquote: each byte of invalid UTF-8 and each unpaired
@@ -687,26 +691,11 @@ func (p *batchParser) readStringSlow(start, i int) ([]byte, error) {
 				p.pos = len(d)
 				return nil, p.errorf("unterminated string")
 			}
-			switch e := d[i+1]; e {
-			case '"', '\\', '/':
-				b = append(b, e)
+			switch e := d[i+1]; {
+			case simpleEscape[e] != 0:
+				b = append(b, simpleEscape[e])
 				i += 2
-			case 'b':
-				b = append(b, '\b')
-				i += 2
-			case 'f':
-				b = append(b, '\f')
-				i += 2
-			case 'n':
-				b = append(b, '\n')
-				i += 2
-			case 'r':
-				b = append(b, '\r')
-				i += 2
-			case 't':
-				b = append(b, '\t')
-				i += 2
-			case 'u':
+			case e == 'u':
 				r := hex4(d[i+2:])
 				if r < 0 {
 					p.pos = i

@@ -253,6 +253,16 @@ func TestFullDisk(t *testing.T) {
 	p := start(t, "broker", "--data", mnt, "--auto-create-topics", "--segment-size", "1MiB", "--max-message-bytes", "256KiB",
 		"--disk-clean-ratio", "1", "--disk-full-ratio", "1")
 
+	// One queue, so the refused publish and the later small one share it.
+	req, _ := http.NewRequest("PUT", p.url+"/v1/topics/full", strings.NewReader(`{"queues":1}`))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("create topic: %d", resp.StatusCode)
+	}
 	body := bytes.Repeat([]byte("f"), 64<<10)
 	var ids []string
 	var refused *http.Response
@@ -299,10 +309,32 @@ func TestFullDisk(t *testing.T) {
 	}
 	var topic struct {
 		Messages int64 `json:"messages"`
+		Queues   []struct {
+			MaxOffset int64 `json:"max_offset"`
+		} `json:"queues"`
 	}
 	getJSON(t, p.url+"/v1/topics/full", &topic)
 	if topic.Messages != int64(len(ids)) {
 		t.Fatalf("topic holds %d messages, %d were acknowledged: a refused publish left something behind", topic.Messages, len(ids))
+	}
+	// The refused append gave its queue offsets back: a small message,
+	// which still fits in the last segment, takes the next offset of its
+	// queue, with no gap.
+	resp, err = http.Post(p.url+"/v1/topics/full/messages", "text/plain", strings.NewReader("small"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var small struct {
+		QueueID     int   `json:"queue_id"`
+		QueueOffset int64 `json:"queue_offset"`
+	}
+	json.NewDecoder(resp.Body).Decode(&small)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("a small publish after the refusal: %d", resp.StatusCode)
+	}
+	if want := topic.Queues[small.QueueID].MaxOffset; small.QueueOffset != want {
+		t.Fatalf("small message got queue offset %d in queue %d, want %d: the refused publish kept its offsets", small.QueueOffset, small.QueueID, want)
 	}
 	for _, id := range ids {
 		resp, err := http.Get(p.url + "/v1/messages/" + id + "/body")
