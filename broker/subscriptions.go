@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/url"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nuid"
@@ -238,8 +239,22 @@ func ValidateWebhookURL(raw string) error {
 	return nil
 }
 
+// ValidateSecret reports whether secret is a Standard Webhooks signing
+// secret postbus accepts from a caller: whsec_ and the standard base64 of
+// 24 to 64 random bytes.
+func ValidateSecret(secret string) error {
+	raw, ok := strings.CutPrefix(secret, "whsec_")
+	b, err := base64.StdEncoding.DecodeString(raw)
+	if !ok || err != nil || len(b) < 24 || len(b) > 64 {
+		return errf(CodeInvalidSubscription, "secret", "a secret is whsec_ and the standard base64 of 24 to 64 random bytes")
+	}
+	return nil
+}
+
+var subscriptionIDRE = regexp.MustCompile(`^[A-Za-z0-9]{1,64}$`)
+
 // newSecret returns a Standard Webhooks signing secret.
-func newSecret() string {
+func NewSecret() string {
 	b := make([]byte, 32)
 	rand.Read(b)
 	return "whsec_" + base64.StdEncoding.EncodeToString(b)
@@ -249,10 +264,25 @@ func newSecret() string {
 // the topic as start_from says: latest (messages published from now on),
 // earliest (everything retained) or a time. With auto-creation on, a
 // subscription to a topic that does not exist yet creates it.
+//
+// s.ID and s.Secret are made up when empty. A cluster gives them, so that
+// one subscription has the same id and signing secret on every broker
+// holding its topic.
 func (b *Broker) CreateSubscription(ctx context.Context, s Subscription) (Subscription, error) {
 	s.applyDefaults()
 	if err := s.validate(); err != nil {
 		return Subscription{}, err
+	}
+	if s.ID != "" && !subscriptionIDRE.MatchString(s.ID) {
+		return Subscription{}, errf(CodeInvalidSubscription, "id", "%q is not a subscription id: 1-64 letters and digits", s.ID)
+	}
+	if s.Secret != "" {
+		if s.URL == "" {
+			return Subscription{}, errf(CodeInvalidSubscription, "secret", "a pull subscription has no signing secret")
+		}
+		if err := ValidateSecret(s.Secret); err != nil {
+			return Subscription{}, err
+		}
 	}
 	// Where topics are created on first publish, a subscription may come
 	// first too.
@@ -260,9 +290,11 @@ func (b *Broker) CreateSubscription(ctx context.Context, s Subscription) (Subscr
 	if err != nil {
 		return Subscription{}, err
 	}
-	s.ID = nuid.Next()
-	if s.URL != "" {
-		s.Secret = newSecret()
+	if s.ID == "" {
+		s.ID = nuid.Next()
+	}
+	if s.URL != "" && s.Secret == "" {
+		s.Secret = NewSecret()
 	}
 	ms, err := s.toMeta()
 	if err != nil {
@@ -398,7 +430,9 @@ func (b *Broker) UpdateSubscription(ctx context.Context, s Subscription) (Subscr
 
 // RotateSecret gives a push subscription a new signing secret; the old one
 // keeps signing beside it for SecretOverlap.
-func (b *Broker) RotateSecret(ctx context.Context, id string) (Subscription, error) {
+// The new secret is secret when given (a cluster rotates every broker's
+// copy to the same one), else made up.
+func (b *Broker) RotateSecret(ctx context.Context, id, secret string) (Subscription, error) {
 	s, err := b.Subscription(ctx, id)
 	if err != nil {
 		return Subscription{}, err
@@ -406,7 +440,12 @@ func (b *Broker) RotateSecret(ctx context.Context, id string) (Subscription, err
 	if s.URL == "" {
 		return Subscription{}, errf(CodeInvalidSubscription, "url", "a pull subscription has no signing secret")
 	}
-	s.PreviousSecret, s.PreviousUntil, s.Secret = s.Secret, b.now().Add(SecretOverlap), newSecret()
+	if secret == "" {
+		secret = NewSecret()
+	} else if err := ValidateSecret(secret); err != nil {
+		return Subscription{}, err
+	}
+	s.PreviousSecret, s.PreviousUntil, s.Secret = s.Secret, b.now().Add(SecretOverlap), secret
 	return b.UpdateSubscription(ctx, s)
 }
 

@@ -80,6 +80,10 @@ func (s *Server) handleGetGroup(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleResetOffsets(w http.ResponseWriter, r *http.Request) {
+	if s.coordinating(r) {
+		s.everywhere(w, r, s.handleResetOffsets)
+		return
+	}
 	var req struct {
 		Topic string `json:"topic"`
 		To    string `json:"to"`
@@ -156,6 +160,10 @@ func (s *Server) handleListDeadLetters(w http.ResponseWriter, r *http.Request) {
 const redriveRate = 50 // messages a second
 
 func (s *Server) handleRedrive(w http.ResponseWriter, r *http.Request) {
+	if s.coordinating(r) {
+		s.sumEverywhere(w, r, "redriven", s.handleRedrive)
+		return
+	}
 	var req struct {
 		MsgIDs []string `json:"msg_ids"`
 		All    bool     `json:"all"`
@@ -186,6 +194,10 @@ func (s *Server) handleRedrive(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handlePurgeDeadLetters(w http.ResponseWriter, r *http.Request) {
+	if s.coordinating(r) {
+		s.sumEverywhere(w, r, "purged", s.handlePurgeDeadLetters)
+		return
+	}
 	n, err := s.broker.PurgeDeadLetters(r.Context(), chi.URLParam(r, "group"))
 	if err != nil {
 		s.writeError(w, r, err)
@@ -206,6 +218,10 @@ type attemptJSON struct {
 }
 
 func (s *Server) handleTrace(w http.ResponseWriter, r *http.Request) {
+	if s.coordinating(r) {
+		s.firstFound(w, r, s.handleTrace)
+		return
+	}
 	m := s.message(w, r)
 	if m == nil {
 		return

@@ -12,20 +12,23 @@ import (
 // Codes of problems the HTTP layer itself raises; the broker's are in
 // package broker. All are listed in openapi.yaml.
 const (
-	codeNotFound         broker.Code = "not_found"
-	codeMethodNotAllowed broker.Code = "method_not_allowed"
-	codeInvalidHeader    broker.Code = "invalid_header"
-	codeInvalidJSON      broker.Code = "invalid_json"
-	codeInvalidParameter broker.Code = "invalid_parameter"
-	codeUnsupportedMedia broker.Code = "unsupported_media_type"
-	codeRequestTooLarge  broker.Code = "request_too_large"
-	codeInternal         broker.Code = "internal"
-	codeNotReady         broker.Code = "not_ready"
-	codeUnauthorized     broker.Code = "unauthorized"
-	codeForbidden        broker.Code = "forbidden"
-	codeRateLimited      broker.Code = "rate_limited"
-	codeInvalidBroker    broker.Code = "invalid_broker"
-	codeBrokerNotFound   broker.Code = "broker_not_found"
+	codeNotFound          broker.Code = "not_found"
+	codeMethodNotAllowed  broker.Code = "method_not_allowed"
+	codeInvalidHeader     broker.Code = "invalid_header"
+	codeInvalidJSON       broker.Code = "invalid_json"
+	codeInvalidParameter  broker.Code = "invalid_parameter"
+	codeUnsupportedMedia  broker.Code = "unsupported_media_type"
+	codeRequestTooLarge   broker.Code = "request_too_large"
+	codeInternal          broker.Code = "internal"
+	codeNotReady          broker.Code = "not_ready"
+	codeUnauthorized      broker.Code = "unauthorized"
+	codeForbidden         broker.Code = "forbidden"
+	codeRateLimited       broker.Code = "rate_limited"
+	codeInvalidBroker     broker.Code = "invalid_broker"
+	codeBrokerNotFound    broker.Code = "broker_not_found"
+	codeUnknownBroker     broker.Code = "unknown_broker"
+	codeClusterPartial    broker.Code = "cluster_partial"
+	codeBrokerUnavailable broker.Code = "broker_unavailable"
 )
 
 // statusOf is the one table from error codes to HTTP statuses.
@@ -73,6 +76,9 @@ var statusOf = map[broker.Code]int{
 	codeRateLimited:                 http.StatusTooManyRequests,
 	codeInvalidBroker:               http.StatusBadRequest,
 	codeBrokerNotFound:              http.StatusNotFound,
+	codeUnknownBroker:               http.StatusBadRequest,
+	codeClusterPartial:              http.StatusBadGateway,
+	codeBrokerUnavailable:           http.StatusServiceUnavailable,
 }
 
 // problem is an RFC 9457 problem detail with postbus's stable code.

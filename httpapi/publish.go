@@ -137,11 +137,12 @@ type publishResult struct {
 	Status      string `json:"status"`
 	DeliverAt   string `json:"deliver_at,omitempty"`
 	Duplicate   bool   `json:"duplicate,omitempty"`
+	Broker      string `json:"broker,omitempty"` // in a cluster: the broker that stored it
 }
 
-func toPublishResult(r broker.Result) publishResult {
+func toPublishResult(r broker.Result, brokerName string) publishResult {
 	out := publishResult{MsgID: r.ID, Topic: r.Topic, QueueID: r.QueueID, QueueOffset: r.QueueOffset,
-		Status: "SEND_OK", Duplicate: r.Duplicate}
+		Status: "SEND_OK", Duplicate: r.Duplicate, Broker: brokerName}
 	if !r.DeliverAt.IsZero() {
 		out.DeliverAt = r.DeliverAt.UTC().Format(time.RFC3339Nano)
 	}
@@ -170,6 +171,10 @@ func appendPublishResult(dst []byte, r publishResult) []byte {
 	}
 	if r.Duplicate {
 		dst = append(dst, `,"duplicate":true`...)
+	}
+	if r.Broker != "" {
+		dst = append(dst, `,"broker":`...)
+		dst = strconv.AppendQuote(dst, r.Broker)
 	}
 	return append(dst, '}')
 }
@@ -255,6 +260,9 @@ func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	m.Body = body
+	if s.coordinating(r) && s.forwardPublish(w, r, topic, m.ShardingKey, body) {
+		return
+	}
 	msgs := []*broker.Message{m}
 	if !s.allowPublish(w, r, topic, msgs) {
 		return
@@ -269,7 +277,7 @@ func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
 		status = http.StatusOK
 	}
 	w.Header().Set("Location", "/v1/messages/"+res[0].ID)
-	out := appendPublishResult(make([]byte, 0, 160), toPublishResult(res[0]))
+	out := appendPublishResult(make([]byte, 0, 160), toPublishResult(res[0], s.selfName()))
 	writeRawJSON(w, status, append(out, '\n'))
 }
 
@@ -386,6 +394,9 @@ func (s *Server) handlePublishBatch(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, be.code, be.field, be.Error())
 		return
 	}
+	if s.coordinating(r) && s.forwardBatch(w, r, topic, msgs, data) {
+		return
+	}
 	if !s.allowPublish(w, r, topic, msgs) {
 		return
 	}
@@ -400,7 +411,7 @@ func (s *Server) handlePublishBatch(w http.ResponseWriter, r *http.Request) {
 		if i > 0 {
 			body = append(body, ',')
 		}
-		body = appendPublishResult(body, toPublishResult(x))
+		body = appendPublishResult(body, toPublishResult(x, s.selfName()))
 	}
 	body = append(body, ']', '\n')
 	writeRawJSON(w, http.StatusCreated, body)

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -11,8 +12,9 @@ import (
 )
 
 // maxAckRequestBytes bounds an ack or nack body: up to 1024 receipts of at
-// most broker.MaxReceiptLen characters, JSON-quoted.
-const maxAckRequestBytes = 1024*(broker.MaxReceiptLen+4) + 1024
+// most broker.MaxReceiptLen characters, in a cluster prefixed with a broker
+// name of up to 64 and a separator, JSON-quoted.
+const maxAckRequestBytes = 1024*(broker.MaxReceiptLen+65+4) + 1024
 
 type pulledJSON struct {
 	messageJSON
@@ -48,6 +50,9 @@ func (s *Server) handlePull(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) pull(w http.ResponseWriter, r *http.Request, max int, wait, vis time.Duration) {
+	if s.coordinating(r) && s.pullEverywhere(w, r, max, wait, vis) {
+		return
+	}
 	if wait > 0 {
 		// A long poll may outlast the server's write timeout.
 		http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + 30*time.Second))
@@ -61,7 +66,7 @@ func (s *Server) pull(w http.ResponseWriter, r *http.Request, max int, wait, vis
 		Messages []pulledJSON `json:"messages"`
 	}{Messages: make([]pulledJSON, len(got))}
 	for i, p := range got {
-		out.Messages[i] = pulledJSON{messageJSON: toMessageJSON(p.Message), Receipt: p.Receipt, Attempt: p.Attempt}
+		out.Messages[i] = pulledJSON{messageJSON: toMessageJSON(p.Message), Receipt: s.receiptOut(p.Receipt), Attempt: p.Attempt}
 		out.Messages[i].Topic = p.OriginTopic()
 	}
 	writeJSON(w, http.StatusOK, out)
@@ -75,7 +80,12 @@ func (s *Server) handleAck(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, perr)
 		return
 	}
-	if err := s.broker.Ack(r.Context(), chi.URLParam(r, "group"), req.Receipts); err != nil {
+	if s.coordinating(r) {
+		body, _ := json.Marshal(req)
+		s.settle(w, r, "acked", req.Receipts, body, s.handleAck)
+		return
+	}
+	if err := s.broker.Ack(r.Context(), chi.URLParam(r, "group"), localReceipts(req.Receipts)); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -85,7 +95,7 @@ func (s *Server) handleAck(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleNack(w http.ResponseWriter, r *http.Request) {
 	var req struct {
 		Receipts []string `json:"receipts"`
-		Delay    string   `json:"delay"`
+		Delay    string   `json:"delay,omitempty"`
 	}
 	if perr := decodeJSONBody(r, maxAckRequestBytes, &req); perr != nil {
 		s.writeError(w, r, perr)
@@ -100,7 +110,12 @@ func (s *Server) handleNack(w http.ResponseWriter, r *http.Request) {
 		}
 		delay = d
 	}
-	if err := s.broker.Nack(r.Context(), chi.URLParam(r, "group"), req.Receipts, delay); err != nil {
+	if s.coordinating(r) {
+		body, _ := json.Marshal(req)
+		s.settle(w, r, "nacked", req.Receipts, body, s.handleNack)
+		return
+	}
+	if err := s.broker.Nack(r.Context(), chi.URLParam(r, "group"), localReceipts(req.Receipts), delay); err != nil {
 		s.writeError(w, r, err)
 		return
 	}

@@ -72,6 +72,10 @@ func (s *Server) message(w http.ResponseWriter, r *http.Request) *broker.Message
 }
 
 func (s *Server) handleGetMessage(w http.ResponseWriter, r *http.Request) {
+	if s.coordinating(r) {
+		s.firstFound(w, r, s.handleGetMessage)
+		return
+	}
 	m := s.message(w, r)
 	if m == nil {
 		return
@@ -80,6 +84,10 @@ func (s *Server) handleGetMessage(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleGetMessageBody(w http.ResponseWriter, r *http.Request) {
+	if s.coordinating(r) {
+		s.firstFound(w, r, s.handleGetMessageBody)
+		return
+	}
 	m := s.message(w, r)
 	if m == nil {
 		return
@@ -129,6 +137,9 @@ func (s *Server) handleMessagesByKey(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		before = n
+	}
+	if s.coordinating(r) && s.messagesByKeyEverywhere(w, r) {
+		return
 	}
 	msgs, next, err := s.broker.MessagesByKey(r.Context(), chi.URLParam(r, "topic"), key, before, int(limit))
 	if err != nil {

@@ -35,6 +35,9 @@ type Config struct {
 	NameServer *namesrv.Registry
 	// NameServerOnly leaves the broker's routes out (`postbus namesrv`).
 	NameServerOnly bool
+	// Cluster, when set, makes this broker answer for the whole bus,
+	// forwarding what it does not hold (see cluster.go).
+	Cluster *Cluster
 	// PublishRate limits each token (or, open, each client address) to this
 	// many published messages a second; 0: no limit.
 	PublishRate float64
@@ -57,6 +60,7 @@ type Server struct {
 	auth        *authenticator    // nil: open
 	metricsAuth bool
 	limiter     *publishLimiter   // nil: no limit
+	cluster     *cluster          // nil: a standalone broker
 	access      map[string]access // "METHOD /pattern" -> its auth decision
 }
 
@@ -98,6 +102,9 @@ func New(cfg Config) (*Server, error) {
 	if s.maxBody <= 0 && s.broker != nil {
 		s.maxBody = s.broker.MaxMessageBytes()
 	}
+	if cfg.Cluster != nil && cfg.Broker != nil {
+		s.cluster = newCluster(cfg.Cluster, s.logger.With(slog.String("component", "cluster")))
+	}
 	s.metrics = newHTTPMetrics(s.reg)
 	s.router = s.routes()
 	return s, nil
@@ -113,7 +120,12 @@ func (s *Server) Access() map[string]string {
 	return out
 }
 
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.cluster != nil {
+		w.Header().Set(hdrBroker, s.cluster.self)
+	}
+	s.router.ServeHTTP(w, r)
+}
 
 // Routes exposes the router so tests can walk every route.
 func (s *Server) Routes() chi.Routes { return s.router }

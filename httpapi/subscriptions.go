@@ -31,6 +31,10 @@ type subscriptionRequest struct {
 	RatePerSecond *float64 `json:"rate_per_second"`
 	Visibility    *string  `json:"visibility"`
 	StartFrom     *string  `json:"start_from"`
+	// ID and Secret may be given at creation only: a cluster gives every
+	// broker the same ones, and a user may bring their own secret.
+	ID     *string `json:"id,omitempty"`
+	Secret *string `json:"secret,omitempty"`
 }
 
 // apply copies the request's fields onto s, parsing durations.
@@ -173,6 +177,15 @@ func (s *Server) handleCreateSubscription(w http.ResponseWriter, r *http.Request
 		writeProblem(w, r, codeForbidden, "group", "the token's scope does not allow consuming as group "+sub.Group)
 		return
 	}
+	if req.ID != nil {
+		sub.ID = *req.ID
+	}
+	if req.Secret != nil {
+		sub.Secret = *req.Secret
+	}
+	if s.coordinating(r) && s.createSubscriptionEverywhere(w, r, req, sub.URL != "") {
+		return
+	}
 	created, err := s.broker.CreateSubscription(r.Context(), sub)
 	if err != nil {
 		s.writeError(w, r, err)
@@ -200,6 +213,10 @@ func (s *Server) subscription(w http.ResponseWriter, r *http.Request) (broker.Su
 }
 
 func (s *Server) handleGetSubscription(w http.ResponseWriter, r *http.Request) {
+	if s.coordinating(r) {
+		s.firstFound(w, r, s.handleGetSubscription)
+		return
+	}
 	if sub, ok := s.subscription(w, r); ok {
 		writeJSON(w, http.StatusOK, toSubscriptionJSON(sub, false))
 	}
@@ -209,6 +226,10 @@ func (s *Server) handleListSubscriptions(w http.ResponseWriter, r *http.Request)
 	limit, perr := queryInt(r, "limit", 100, 1, 1000)
 	if perr != nil {
 		s.writeError(w, r, perr)
+		return
+	}
+	if s.coordinating(r) {
+		s.listEverywhere(w, r, "subscriptions", "id", int(limit), s.handleListSubscriptions, nil)
 		return
 	}
 	cursor := r.URL.Query().Get("cursor")
@@ -241,6 +262,10 @@ func (s *Server) handleListSubscriptions(w http.ResponseWriter, r *http.Request)
 }
 
 func (s *Server) handlePatchSubscription(w http.ResponseWriter, r *http.Request) {
+	if s.coordinating(r) {
+		s.everywhere(w, r, s.handlePatchSubscription)
+		return
+	}
 	sub, ok := s.subscription(w, r)
 	if !ok {
 		return
@@ -248,6 +273,10 @@ func (s *Server) handlePatchSubscription(w http.ResponseWriter, r *http.Request)
 	var req subscriptionRequest
 	if perr := decodeJSONBody(r, maxSubscriptionRequestBytes, &req); perr != nil {
 		s.writeError(w, r, perr)
+		return
+	}
+	if req.ID != nil || req.Secret != nil {
+		writeProblem(w, r, broker.CodeInvalidSubscription, "secret", "the id and secret cannot be changed by PATCH; rotate the secret with POST /v1/subscriptions/{id}/rotate-secret")
 		return
 	}
 	if req.StartFrom != nil {
@@ -267,6 +296,10 @@ func (s *Server) handlePatchSubscription(w http.ResponseWriter, r *http.Request)
 }
 
 func (s *Server) handleDeleteSubscription(w http.ResponseWriter, r *http.Request) {
+	if s.coordinating(r) {
+		s.everywhere(w, r, s.handleDeleteSubscription)
+		return
+	}
 	sub, ok := s.subscription(w, r)
 	if !ok {
 		return
@@ -279,7 +312,12 @@ func (s *Server) handleDeleteSubscription(w http.ResponseWriter, r *http.Request
 }
 
 func (s *Server) setState(state string) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
+	var h http.HandlerFunc
+	h = func(w http.ResponseWriter, r *http.Request) {
+		if s.coordinating(r) {
+			s.everywhere(w, r, h)
+			return
+		}
 		sub, ok := s.subscription(w, r)
 		if !ok {
 			return
@@ -291,6 +329,7 @@ func (s *Server) setState(state string) http.HandlerFunc {
 		}
 		writeJSON(w, http.StatusOK, toSubscriptionJSON(updated, false))
 	}
+	return h
 }
 
 func (s *Server) handlePauseSubscription(w http.ResponseWriter, r *http.Request) {
@@ -301,12 +340,28 @@ func (s *Server) handleResumeSubscription(w http.ResponseWriter, r *http.Request
 	s.setState(broker.StateActive)(w, r)
 }
 
+// handleRotateSecret takes an optional body {"secret":"whsec_..."}: the
+// new secret, else one is made up.
 func (s *Server) handleRotateSecret(w http.ResponseWriter, r *http.Request) {
+	if s.coordinating(r) {
+		s.rotateEverywhere(w, r)
+		return
+	}
 	sub, ok := s.subscription(w, r)
 	if !ok {
 		return
 	}
-	updated, err := s.broker.RotateSecret(r.Context(), sub.ID)
+	body, err := readAll(r)
+	if err != nil {
+		writeProblem(w, r, codeInvalidParameter, "body", "reading the request body failed: "+err.Error())
+		return
+	}
+	req, perr := parseRotateRequest(body)
+	if perr != nil {
+		s.writeError(w, r, perr)
+		return
+	}
+	updated, err := s.broker.RotateSecret(r.Context(), sub.ID, req.Secret)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -79,13 +79,26 @@ func decodeJSONBody(r *http.Request, limit int, v any) *broker.Error {
 	return nil
 }
 
+// topicRequest is the body of PUT /v1/topics/{topic}.
+type topicRequest struct {
+	Queues    *int    `json:"queues"`
+	Retention *string `json:"retention"`
+	// Brokers places the topic in a cluster: "all" or a list of names.
+	Brokers *brokerChoice `json:"brokers,omitempty"`
+}
+
 func (s *Server) handlePutTopic(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Queues    *int    `json:"queues"`
-		Retention *string `json:"retention"`
-	}
+	var req topicRequest
 	if perr := decodeJSONBody(r, maxTopicRequestBytes, &req); perr != nil {
 		s.writeError(w, r, perr)
+		return
+	}
+	if s.coordinating(r) {
+		s.putTopicEverywhere(w, r, chi.URLParam(r, "topic"), req)
+		return
+	}
+	if req.Brokers != nil && s.cluster == nil && !req.Brokers.all {
+		writeProblem(w, r, codeUnknownBroker, "brokers", "this broker is not in a cluster: leave brokers out, or give \"all\"")
 		return
 	}
 	var settings broker.TopicSettings
@@ -122,6 +135,10 @@ func (s *Server) handlePutTopic(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleGetTopic(w http.ResponseWriter, r *http.Request) {
+	if s.coordinating(r) {
+		s.getTopicEverywhere(w, r, chi.URLParam(r, "topic"))
+		return
+	}
 	st, err := s.broker.Topic(r.Context(), chi.URLParam(r, "topic"))
 	if err != nil {
 		s.writeError(w, r, err)
@@ -134,6 +151,10 @@ func (s *Server) handleListTopics(w http.ResponseWriter, r *http.Request) {
 	limit, perr := queryInt(r, "limit", 100, 1, 1000)
 	if perr != nil {
 		s.writeError(w, r, perr)
+		return
+	}
+	if s.coordinating(r) {
+		s.listEverywhere(w, r, "topics", "name", int(limit), s.handleListTopics, combineTopics)
 		return
 	}
 	cursor := r.URL.Query().Get("cursor")
@@ -162,6 +183,10 @@ func (s *Server) handleListTopics(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleDeleteTopic(w http.ResponseWriter, r *http.Request) {
+	if s.coordinating(r) {
+		s.onHolders(w, r, chi.URLParam(r, "topic"), s.handleDeleteTopic)
+		return
+	}
 	if err := s.broker.DeleteTopic(r.Context(), chi.URLParam(r, "topic")); err != nil {
 		s.writeError(w, r, err)
 		return

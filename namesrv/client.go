@@ -67,8 +67,9 @@ type Client struct {
 	// in the list does not cost every query a timeout.
 	preferred atomic.Int64
 
-	mu     sync.Mutex
-	routes map[string]cachedRoute // guarded by mu
+	mu      sync.Mutex
+	routes  map[string]cachedRoute // guarded by mu
+	brokers cachedBrokers          // guarded by mu
 
 	// beats[i] is name server i's heartbeat state. Run's rounds do not
 	// overlap and round goroutine i alone touches beats[i], so it needs no
@@ -78,6 +79,11 @@ type Client struct {
 
 type cachedRoute struct {
 	route   Route
+	fetched time.Time
+}
+
+type cachedBrokers struct {
+	list    []BrokerInfo
 	fetched time.Time
 }
 
@@ -339,6 +345,81 @@ func (c *Client) Route(ctx context.Context, topic string) (Route, bool, error) {
 		errs = append(errs, errors.New("no name servers given"))
 	}
 	return Route{}, false, fmt.Errorf("route %q: %w: %w", topic, ErrUnavailable, errors.Join(errs...))
+}
+
+// Brokers returns the live brokers of the cluster (their topics counted in
+// the name server's answer, not listed: Topics is nil). Like Route, the
+// list is cached for Interval, asked of the name server that last answered
+// first, and served however old when no name server answers.
+func (c *Client) Brokers(ctx context.Context) ([]BrokerInfo, error) {
+	c.mu.Lock()
+	cached := c.brokers
+	c.mu.Unlock()
+	if cached.list != nil && c.now().Sub(cached.fetched) < c.interval {
+		return slices.Clone(cached.list), nil
+	}
+	n := len(c.addrs)
+	start := int(c.preferred.Load())
+	var errs []error
+	for k := range n {
+		i := (start + k) % n
+		list, err := c.getCluster(ctx, c.addrs[i])
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("cluster: %w", ctx.Err())
+			}
+			errs = append(errs, fmt.Errorf("%s: %w", c.addrs[i], err))
+			continue
+		}
+		c.preferred.Store(int64(i))
+		c.mu.Lock()
+		c.brokers = cachedBrokers{list: list, fetched: c.now()}
+		c.mu.Unlock()
+		return slices.Clone(list), nil
+	}
+	if cached.list != nil {
+		return slices.Clone(cached.list), nil
+	}
+	if n == 0 {
+		errs = append(errs, errors.New("no name servers given"))
+	}
+	return nil, fmt.Errorf("cluster: %w: %w", ErrUnavailable, errors.Join(errs...))
+}
+
+func (c *Client) getCluster(ctx context.Context, addr string) ([]BrokerInfo, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, addr+"/v1/cluster", nil)
+	if err != nil {
+		return nil, fmt.Errorf("cluster request: %w", err)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer closeBody(resp)
+	if resp.StatusCode != http.StatusOK {
+		return nil, statusError(resp)
+	}
+	var j ClusterJSON
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxAnswerBytes)).Decode(&j); err != nil {
+		return nil, fmt.Errorf("cluster answer: %w", err)
+	}
+	list := make([]BrokerInfo, 0, len(j.Brokers))
+	for _, b := range j.Brokers {
+		list = append(list, BrokerInfo{Name: b.Name, Cluster: b.Cluster, Addr: b.Addr, Version: b.Version, LastHeartbeat: b.LastHeartbeat})
+	}
+	return list, nil
+}
+
+// Forget drops what is cached about topic (its route) and the broker list,
+// so the next lookups ask a name server: for a caller that has just seen a
+// broker fail.
+func (c *Client) Forget(topic string) {
+	c.mu.Lock()
+	delete(c.routes, topic)
+	c.brokers = cachedBrokers{}
+	c.mu.Unlock()
 }
 
 // getRoute asks one name server; found is false on its 404.

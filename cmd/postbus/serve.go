@@ -190,11 +190,20 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		go registry.Run(dctx)
 	}
 
+	membership, err := c.membership(ln.Addr().String(), logger)
+	if err != nil {
+		return err
+	}
+	var cluster *httpapi.Cluster
+	if membership != nil {
+		cluster = &httpapi.Cluster{Self: membership.name, Names: membership.client}
+	}
+
 	var ready atomic.Bool
 	api, err := httpapi.New(httpapi.Config{
 		Broker: b, Logger: logger, Registry: reg, OpenAPI: postbus.OpenAPI,
 		Auth: auth, MetricsAuth: c.auth.metricsAuth, PublishRate: c.rateLimit, JWKS: key.JWKS(),
-		NameServer: registry,
+		NameServer: registry, Cluster: cluster,
 		Ready: func() error {
 			if !ready.Load() {
 				return errors.New("starting or shutting down")
@@ -234,10 +243,7 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		slog.String("data", c.broker.Dir), slog.String("flush", c.flush.String()),
 		slog.Bool("auth", auth.HMACSecret != nil || auth.PublicKeys != nil), slog.String("version", version))
 
-	stopRegistering, err := c.register(b, ln.Addr().String(), logger)
-	if err != nil {
-		return err
-	}
+	stopRegistering := membership.register(b, c.cluster, logger)
 	defer stopRegistering()
 
 	select {
@@ -277,16 +283,22 @@ func isLoopback(addr string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// register starts heartbeats to the name servers (--namesrv, or dev's own),
-// and returns what stops them, unregistering this broker. Without name
-// servers it does nothing.
-func (c *serveConfig) register(b *broker.Broker, listen string, logger *slog.Logger) (func(), error) {
+// membership is how this broker is known in its cluster.
+type membership struct {
+	name, advertise string
+	namesrv         []string
+	client          *namesrv.Client
+}
+
+// membership reads --namesrv (or dev's own name server), --broker-name and
+// --advertise-addr; nil when the broker is in no cluster.
+func (c *serveConfig) membership(listen string, logger *slog.Logger) (*membership, error) {
 	addrs := c.namesrvAddrs
 	if addrs == "" && c.mode == "dev" {
 		addrs = "http://" + listen
 	}
 	if addrs == "" {
-		return func() {}, nil
+		return nil, nil
 	}
 	list, err := namesrv.ParseAddrs(addrs)
 	if err != nil {
@@ -306,8 +318,18 @@ func (c *serveConfig) register(b *broker.Broker, listen string, logger *slog.Log
 	}
 	client := namesrv.NewClient(namesrv.ClientConfig{Addrs: list, Interval: c.heartbeatInterval,
 		Logger: logger.With(slog.String("component", "namesrv-client")), HTTPClient: hc})
+	return &membership{name: name, advertise: advertise, namesrv: list, client: client}, nil
+}
+
+// register starts heartbeats to the name servers and returns what stops
+// them, unregistering this broker. Outside a cluster it does nothing.
+func (m *membership) register(b *broker.Broker, cluster string, logger *slog.Logger) func() {
+	if m == nil {
+		return func() {}
+	}
+	name, advertise, client := m.name, m.advertise, m.client
 	info := func() namesrv.BrokerInfo {
-		in := namesrv.BrokerInfo{Name: name, Cluster: c.cluster, Addr: advertise, Version: version}
+		in := namesrv.BrokerInfo{Name: name, Cluster: cluster, Addr: advertise, Version: version}
 		for _, t := range b.Topics(context.Background(), "", 0) {
 			in.Topics = append(in.Topics, namesrv.Topic{Name: t.Name, Queues: t.Queues})
 		}
@@ -330,14 +352,14 @@ func (c *serveConfig) register(b *broker.Broker, listen string, logger *slog.Log
 			}
 		}
 	}()
-	logger.Info("registering with name servers", slog.String("broker", name), slog.String("addr", advertise), slog.Any("namesrv", list))
+	logger.Info("registering with name servers", slog.String("broker", name), slog.String("addr", advertise), slog.Any("namesrv", m.namesrv))
 	var once sync.Once
 	return func() {
 		once.Do(func() {
 			cancel()
 			<-done
 		})
-	}, nil
+	}
 }
 
 // dialable turns a listen address into one others can dial: an

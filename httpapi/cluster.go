@@ -1,0 +1,448 @@
+package httpapi
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/postbus/postbus/namesrv"
+)
+
+// A broker in a cluster answers for the whole bus: what it does not hold
+// it forwards to the brokers that do, found through the name servers
+// (GET /v1/routes/{topic}, GET /v1/cluster). A forwarded request carries
+// Postbus-Forwarded-By, and a broker never forwards a request that
+// carries it, so a request crosses at most one hop and cannot loop. The
+// client's Authorization header travels with it: the brokers of a cluster
+// share their token configuration.
+//
+// Which broker does what (the decisions are the package doc's too):
+//   - publish: a broker holding the topic stores it; one that does not
+//     forwards it, round-robin over the holders weighted by their queue
+//     counts. A sharding key picks one queue of the whole topic, numbered
+//     across the holders in name order, so a key keeps its order whichever
+//     broker the client talks to. A forward that cannot connect is tried on
+//     the next holder, and the broker that failed is skipped for downFor.
+//   - subscriptions: created on every broker holding the topic with one id
+//     and one secret; changed, paused, resumed, rotated and deleted on
+//     every live broker; listed merged.
+//   - pull: from every broker holding the topic; receipts name the broker
+//     that issued them, so an ack or nack may go to any broker.
+//   - queries by id find the message on whichever broker holds it; queries
+//     by key merge every holder's answer.
+
+// hdrForwardedBy marks a request one broker sent another on a client's
+// behalf; its value is the sender's name.
+const hdrForwardedBy = "Postbus-Forwarded-By"
+
+// hdrBroker names the broker that answered, on every answer from a broker
+// in a cluster.
+const hdrBroker = "Postbus-Broker"
+
+// downFor is how long a broker that refused a connection is skipped
+// before it is tried again; name servers drop it from routes after their
+// broker expiry (120s) if it stays down.
+const downFor = 10 * time.Second
+
+// receiptSep separates the issuing broker's name from a receipt in a
+// cluster: broker-a~<receipt>. Neither broker names nor receipts use it.
+const receiptSep = "~"
+
+// Cluster is what a broker needs to act as one part of a bus.
+type Cluster struct {
+	// Self is this broker's name as it registers with the name servers.
+	Self string
+	// Names finds routes and the live brokers.
+	Names *namesrv.Client
+	// HTTP sends forwarded requests; nil: a client with a pool sized for
+	// forwarding publishes.
+	HTTP *http.Client
+}
+
+// peer is a broker a request may go to. The local broker has no address.
+type peer struct {
+	name   string
+	addr   string
+	queues int
+}
+
+func (p peer) local() bool { return p.addr == "" }
+
+// cluster is the Server's view of the other brokers.
+type cluster struct {
+	self   string
+	names  *namesrv.Client
+	hc     *http.Client
+	logger *slog.Logger
+	rr     atomic.Uint64
+
+	mu sync.Mutex
+	// down maps a broker's address to when it may be tried again. By
+	// address, not name: a broker restarted on a new port is new.
+	down map[string]time.Time // guarded by mu
+}
+
+func newCluster(c *Cluster, logger *slog.Logger) *cluster {
+	hc := c.HTTP
+	if hc == nil {
+		hc = &http.Client{Transport: &http.Transport{
+			Proxy:               nil,
+			DialContext:         (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			MaxIdleConns:        1024,
+			MaxIdleConnsPerHost: 256,
+			IdleConnTimeout:     90 * time.Second,
+		}}
+	}
+	return &cluster{self: c.Self, names: c.Names, hc: hc, logger: logger, down: make(map[string]time.Time)}
+}
+
+// coordinating reports whether this broker answers r for the whole bus:
+// it is in a cluster and r was not forwarded to it by another broker.
+func (s *Server) coordinating(r *http.Request) bool {
+	return s.cluster != nil && r.Header.Get(hdrForwardedBy) == ""
+}
+
+// isDown reports whether the broker at addr recently refused a connection.
+func (c *cluster) isDown(addr string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	until, ok := c.down[addr]
+	if ok && time.Now().After(until) {
+		delete(c.down, addr)
+		return false
+	}
+	return ok
+}
+
+func (c *cluster) markDown(p peer, err error) {
+	c.mu.Lock()
+	_, was := c.down[p.addr]
+	c.down[p.addr] = time.Now().Add(downFor)
+	c.mu.Unlock()
+	if !was {
+		c.logger.Warn("broker unreachable; sending its share to the others", slog.String("broker", p.name),
+			slog.String("addr", p.addr), slog.Duration("skipped_for", downFor), slog.Any("err", err))
+	}
+}
+
+// holders returns the brokers holding topic, in name order, this one
+// included (as the local peer) when it holds localQueues > 0 of it: a
+// route a moment old may not list it yet. Brokers that recently refused a
+// connection are left out unless no other holder is left. A name server
+// outage with nothing cached is not an error here: the caller falls back
+// to what this broker holds.
+func (c *cluster) holders(ctx context.Context, topic string, localQueues int) []peer {
+	var out []peer
+	if localQueues > 0 {
+		out = append(out, peer{name: c.self, queues: localQueues})
+	}
+	rt, ok, err := c.names.Route(ctx, topic)
+	if err != nil {
+		c.logger.Debug("no route", slog.String("topic", topic), slog.Any("err", err))
+	}
+	if !ok {
+		return out
+	}
+	var down []peer
+	for _, b := range rt.Brokers {
+		if b.Name == c.self || b.Queues <= 0 {
+			continue
+		}
+		p := peer{name: b.Name, addr: b.Addr, queues: b.Queues}
+		if c.isDown(b.Addr) {
+			down = append(down, p)
+			continue
+		}
+		out = append(out, p)
+	}
+	if len(out) == 0 {
+		out = down
+	}
+	slices.SortFunc(out, func(a, b peer) int { return strings.Compare(a.name, b.name) })
+	return out
+}
+
+// brokers returns every live broker of the cluster, this one as the local
+// peer.
+func (c *cluster) brokers(ctx context.Context) ([]peer, error) {
+	list, err := c.names.Brokers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := []peer{{name: c.self}}
+	for _, b := range list {
+		if b.Name != c.self {
+			out = append(out, peer{name: b.Name, addr: b.Addr})
+		}
+	}
+	return out, nil
+}
+
+// others is brokers without this one.
+func (c *cluster) others(ctx context.Context) []peer {
+	all, err := c.brokers(ctx)
+	if err != nil {
+		c.logger.Warn("cannot list the cluster's brokers; answering from this one only", slog.Any("err", err))
+		return nil
+	}
+	return all[1:]
+}
+
+// pick returns the holder of the topic's queue number q, counting queues
+// across holders in order.
+func pick(holders []peer, q uint64) peer {
+	var total uint64
+	for _, h := range holders {
+		total += uint64(h.queues)
+	}
+	q %= total
+	for _, h := range holders {
+		if q < uint64(h.queues) {
+			return h
+		}
+		q -= uint64(h.queues)
+	}
+	return holders[len(holders)-1] // unreachable: q < total
+}
+
+// hopHeaders are not passed on by a forward (RFC 9110 §7.6.1).
+var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// send forwards r, with body in place of its own, to p and returns p's
+// answer. path is the path and query to ask for; "" keeps r's.
+func (c *cluster) send(ctx context.Context, r *http.Request, p peer, path string, body []byte) (*http.Response, error) {
+	if path == "" {
+		path = r.URL.RequestURI()
+	}
+	req, err := http.NewRequestWithContext(ctx, r.Method, p.addr+path, bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("forward to %s: %w", p.name, err)
+	}
+	for k, vs := range r.Header {
+		req.Header[k] = vs
+	}
+	for _, h := range hopHeaders {
+		req.Header.Del(h)
+	}
+	req.Header.Set(hdrForwardedBy, c.self)
+	if rid := r.Header.Get("X-Request-Id"); rid != "" {
+		req.Header.Set("X-Request-Id", rid)
+	}
+	req.ContentLength = int64(len(body))
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("forward to %s: %w", p.name, err)
+	}
+	return resp, nil
+}
+
+// notSent reports whether a forward failed before any of the request
+// could reach the other broker, so it is safe to send it elsewhere: a
+// publish that may have arrived must not be sent twice.
+func notSent(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// relay writes a forwarded request's answer as this broker's own.
+func relay(w http.ResponseWriter, resp *http.Response) {
+	defer resp.Body.Close()
+	h := w.Header()
+	for k, vs := range resp.Header {
+		h[k] = vs
+	}
+	for _, k := range hopHeaders {
+		h.Del(k)
+	}
+	w.WriteHeader(resp.StatusCode)
+	io.Copy(w, resp.Body)
+}
+
+// answer is one broker's answer to a request, whole in memory.
+type answer struct {
+	peer   peer
+	status int
+	header http.Header
+	body   []byte
+	err    error // the broker could not be asked
+}
+
+func (a answer) ok() bool { return a.err == nil && a.status >= 200 && a.status < 300 }
+
+// recorder is an in-memory ResponseWriter for the local share of a fan-out.
+type recorder struct {
+	header http.Header
+	status int
+	buf    bytes.Buffer
+}
+
+func (rec *recorder) Header() http.Header { return rec.header }
+func (rec *recorder) WriteHeader(status int) {
+	if rec.status == 0 {
+		rec.status = status
+	}
+}
+func (rec *recorder) Write(p []byte) (int, error) {
+	rec.WriteHeader(http.StatusOK)
+	return rec.buf.Write(p)
+}
+
+// ask sends r (with body, and path when not "") to every peer at once and
+// returns their answers in peers' order. The local peer answers through
+// local, in process, as a forwarded request would be answered.
+func (s *Server) ask(r *http.Request, peers []peer, path string, body []byte, local http.HandlerFunc) []answer {
+	out := make([]answer, len(peers))
+	var wg sync.WaitGroup
+	for i, p := range peers {
+		wg.Go(func() {
+			out[i] = s.askOne(r, p, path, body, local)
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+func (s *Server) askOne(r *http.Request, p peer, path string, body []byte, local http.HandlerFunc) answer {
+	if p.local() {
+		lr := r.Clone(r.Context())
+		lr.Header.Set(hdrForwardedBy, s.cluster.self)
+		if path != "" {
+			u := *r.URL
+			u.RawQuery = ""
+			if i := strings.IndexByte(path, '?'); i >= 0 {
+				u.RawQuery = path[i+1:]
+			}
+			lr.URL = &u
+		}
+		lr.Body = io.NopCloser(bytes.NewReader(body))
+		lr.ContentLength = int64(len(body))
+		rec := &recorder{header: make(http.Header)}
+		local(rec, lr)
+		if rec.status == 0 {
+			rec.status = http.StatusOK
+		}
+		return answer{peer: p, status: rec.status, header: rec.header, body: rec.buf.Bytes()}
+	}
+	resp, err := s.cluster.send(r.Context(), r, p, path, body)
+	if err != nil {
+		if notSent(err) {
+			s.cluster.markDown(p, err)
+		}
+		return answer{peer: p, err: err}
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return answer{peer: p, err: fmt.Errorf("reading %s's answer: %w", p.name, err)}
+	}
+	return answer{peer: p, status: resp.StatusCode, header: resp.Header, body: b}
+}
+
+// writeAnswer writes a as this broker's answer.
+func writeAnswer(w http.ResponseWriter, a answer) {
+	for k, vs := range a.header {
+		if k != "Content-Length" {
+			w.Header()[k] = vs
+		}
+	}
+	w.Header().Set("Content-Length", fmt.Sprint(len(a.body)))
+	w.WriteHeader(a.status)
+	w.Write(a.body)
+}
+
+// readAll buffers r's body, bounded by limitBody's limit already in place.
+func readAll(r *http.Request) ([]byte, error) {
+	if r.Body == nil {
+		return nil, nil
+	}
+	return io.ReadAll(r.Body)
+}
+
+// broadcast applies r to every peer and answers once for all of them:
+// with the first success (this broker's when it has one) when nobody
+// failed, with a 404 when every peer said 404, and otherwise with 502
+// cluster_partial naming who applied it and who did not; the operations
+// broadcast are idempotent, so the client may simply retry.
+func (s *Server) broadcast(w http.ResponseWriter, r *http.Request, peers []peer, body []byte, local http.HandlerFunc) {
+	answers := s.ask(r, peers, "", body, local)
+	var (
+		first           *answer
+		applied, failed []string
+		notFound        *answer
+		clientErr       *answer
+	)
+	for i := range answers {
+		a := &answers[i]
+		switch {
+		case a.ok():
+			applied = append(applied, a.peer.name)
+			if first == nil {
+				first = a
+			}
+		case a.err == nil && a.status == http.StatusNotFound:
+			if notFound == nil {
+				notFound = a
+			}
+		case a.err == nil && a.status < 500:
+			if clientErr == nil {
+				clientErr = a
+			}
+			failed = append(failed, fmt.Sprintf("%s (%d)", a.peer.name, a.status))
+		case a.err != nil:
+			failed = append(failed, fmt.Sprintf("%s (%v)", a.peer.name, a.err))
+		default:
+			failed = append(failed, fmt.Sprintf("%s (%d)", a.peer.name, a.status))
+		}
+	}
+	switch {
+	case first != nil && len(failed) == 0:
+		writeAnswer(w, *first)
+	case first == nil && clientErr != nil:
+		writeAnswer(w, *clientErr) // refused everywhere for the same reason
+	case first == nil && len(failed) == 0 && notFound != nil:
+		writeAnswer(w, *notFound)
+	default:
+		writeProblem(w, r, codeClusterPartial, "", fmt.Sprintf("applied on %s; failed on %s; retrying is safe",
+			listOrNone(applied), strings.Join(failed, ", ")))
+	}
+}
+
+func listOrNone(names []string) string {
+	if len(names) == 0 {
+		return "no broker"
+	}
+	return strings.Join(names, ", ")
+}
+
+// forwardToOne sends r to the first of peers that answers and relays its
+// answer; a peer that cannot be reached is marked down and the next one is
+// tried. It answers 503 when none could be reached.
+func (s *Server) forwardToOne(w http.ResponseWriter, r *http.Request, peers []peer, body []byte) {
+	var errs []string
+	for _, p := range peers {
+		resp, err := s.cluster.send(r.Context(), r, p, "", body)
+		if err != nil {
+			if !notSent(err) {
+				writeProblem(w, r, codeBrokerUnavailable, "", fmt.Sprintf("broker %s did not answer: %v; the request may or may not have been applied", p.name, err))
+				return
+			}
+			s.cluster.markDown(p, err)
+			errs = append(errs, err.Error())
+			continue
+		}
+		relay(w, resp)
+		return
+	}
+	writeProblem(w, r, codeBrokerUnavailable, "", "no broker holding this could be reached: "+strings.Join(errs, "; "))
+}

@@ -1,0 +1,350 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+)
+
+// receiptOut is a receipt as this broker hands it out: in a cluster,
+// prefixed with the broker's name so that any broker can route it back.
+func (s *Server) receiptOut(receipt string) string {
+	if s.cluster == nil {
+		return receipt
+	}
+	return s.cluster.self + receiptSep + receipt
+}
+
+// splitReceipt returns the broker a receipt names ("" for none) and the
+// receipt itself.
+func splitReceipt(r string) (brokerName, receipt string) {
+	if name, rest, ok := strings.Cut(r, receiptSep); ok {
+		return name, rest
+	}
+	return "", r
+}
+
+// localReceipts strips the broker names from receipts settled here. The
+// name only routes a receipt; its MAC says whether this broker issued it,
+// so a broker that was renamed (or restarted with a name taken from a new
+// port) still settles its own receipts.
+func localReceipts(receipts []string) []string {
+	out := make([]string, len(receipts))
+	for i, rc := range receipts {
+		_, out[i] = splitReceipt(rc)
+	}
+	return out
+}
+
+// pulledPage is a pull's answer as it travels between brokers.
+type pulledPage struct {
+	Messages []json.RawMessage `json:"messages"`
+}
+
+// pullEverywhere answers a pull from every broker holding the topic, and
+// reports false when this broker holds it alone (or nobody does). First it
+// takes what is ready, asking the holders in turn (starting with a
+// different one each time, so no broker's queues starve) without waiting;
+// when nothing is ready and the pull may wait, it long-polls every holder
+// at once and answers with the first messages to arrive. The other polls
+// are then cancelled; messages a cancelled poll had already taken are
+// handed back (nacked with no delay), so nothing waits out a visibility
+// timeout for a puller that never saw it.
+func (s *Server) pullEverywhere(w http.ResponseWriter, r *http.Request, max int, wait, vis time.Duration) bool {
+	topic := chi.URLParam(r, "topic")
+	local, _ := s.broker.Queues(topic)
+	holders := s.cluster.holders(r.Context(), topic, local)
+	if len(holders) == 0 || (len(holders) == 1 && holders[0].local()) {
+		return false
+	}
+	pathFor := func(n int, wait time.Duration) string {
+		q := url.Values{}
+		q.Set("max", strconv.Itoa(n))
+		q.Set("wait", wait.String())
+		if vis > 0 {
+			q.Set("visibility", vis.String())
+		}
+		return r.URL.EscapedPath() + "?" + q.Encode()
+	}
+	var (
+		got    []json.RawMessage
+		failed []answer
+	)
+	start := int(s.cluster.rr.Add(1)-1) % len(holders)
+	for k := range holders {
+		p := holders[(start+k)%len(holders)]
+		a := s.askOne(r, p, pathFor(max-len(got), 0), nil, s.handlePull)
+		page, ok := pageOf(a)
+		if !ok {
+			if a.peer.local() && a.err == nil && a.status < 500 {
+				writeAnswer(w, a) // refused here: it would be refused everywhere
+				return true
+			}
+			failed = append(failed, a)
+			continue
+		}
+		if got = append(got, page.Messages...); len(got) >= max {
+			break
+		}
+	}
+	if len(got) > 0 || wait == 0 {
+		s.writePulled(w, r, got, failed, len(holders))
+		return true
+	}
+
+	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + 30*time.Second))
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	polls := make(chan answer, len(holders))
+	pr := r.WithContext(ctx)
+	for _, p := range holders {
+		go func() { polls <- s.askOne(pr, p, pathFor(max, wait), nil, s.handlePull) }()
+	}
+	failed = failed[:0]
+	for range holders {
+		a := <-polls
+		page, ok := pageOf(a)
+		if !ok {
+			if ctx.Err() == nil {
+				failed = append(failed, a)
+			}
+			continue
+		}
+		if len(page.Messages) > 0 {
+			cancel() // the others stop waiting; what they took still arrives
+		}
+		got = append(got, page.Messages...)
+	}
+	if len(got) > max {
+		s.handBack(r, got[max:])
+		got = got[:max]
+	}
+	s.writePulled(w, r, got, failed, len(holders))
+	return true
+}
+
+func pageOf(a answer) (pulledPage, bool) {
+	var p pulledPage
+	return p, a.ok() && json.Unmarshal(a.body, &p) == nil
+}
+
+// writePulled answers a merged pull. Holders that failed are logged, not
+// fatal, unless every holder failed.
+func (s *Server) writePulled(w http.ResponseWriter, r *http.Request, got []json.RawMessage, failed []answer, holders int) {
+	if len(failed) == holders {
+		writeProblem(w, r, codeBrokerUnavailable, "", "no broker holding the topic answered: "+describe(failed[0]))
+		return
+	}
+	for _, a := range failed {
+		s.cluster.logger.Warn("a broker's messages are missing from a pull", "broker", describe(a))
+	}
+	if got == nil {
+		got = []json.RawMessage{}
+	}
+	writeJSON(w, http.StatusOK, pulledPage{Messages: got})
+}
+
+// handBack nacks, with no delay, messages pulled beyond what the puller
+// asked for.
+func (s *Server) handBack(r *http.Request, extra []json.RawMessage) {
+	receipts := make([]string, 0, len(extra))
+	for _, m := range extra {
+		var p struct {
+			Receipt string `json:"receipt"`
+		}
+		if json.Unmarshal(m, &p) == nil && p.Receipt != "" {
+			receipts = append(receipts, p.Receipt)
+		}
+	}
+	body, _ := json.Marshal(map[string]any{"receipts": receipts, "delay": "0s"})
+	nack := r.Clone(context.WithoutCancel(r.Context()))
+	nack.Method = http.MethodPost
+	path := "/v1/groups/" + url.PathEscape(chi.URLParam(r, "group")) + "/nack"
+	for _, a := range s.settleEverywhere(nack, path, receipts, body, s.handleNack) {
+		if !a.ok() {
+			s.cluster.logger.Warn("handing back extra pulled messages failed; they return after their visibility", "broker", describe(a))
+		}
+	}
+}
+
+// settleEverywhere sends an ack or nack's receipts to the brokers that
+// issued them, each its own share (body with receipts replaced).
+func (s *Server) settleEverywhere(r *http.Request, path string, receipts []string, body []byte, local http.HandlerFunc) []answer {
+	addrs := map[string]string{}
+	if slices.ContainsFunc(receipts, func(rc string) bool {
+		name, _ := splitReceipt(rc)
+		return name != "" && name != s.cluster.self
+	}) {
+		if all, err := s.cluster.brokers(r.Context()); err == nil {
+			for _, p := range all[1:] {
+				addrs[p.name] = p.addr
+			}
+		}
+	}
+	// A receipt naming no broker, this one, or one the cluster does not
+	// know is settled here: its MAC decides.
+	shares := map[string][]string{}
+	var order []string
+	for _, rc := range receipts {
+		name, _ := splitReceipt(rc)
+		if _, known := addrs[name]; !known {
+			name = s.cluster.self
+		}
+		if _, ok := shares[name]; !ok {
+			order = append(order, name)
+		}
+		shares[name] = append(shares[name], rc)
+	}
+	var req map[string]json.RawMessage
+	json.Unmarshal(body, &req)
+	out := make([]answer, len(order))
+	done := make(chan struct{}, len(order))
+	for i, name := range order {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			share := map[string]json.RawMessage{}
+			for k, v := range req {
+				share[k] = v
+			}
+			share["receipts"], _ = json.Marshal(shares[name])
+			b, _ := json.Marshal(share)
+			p := peer{name: name, addr: addrs[name]}
+			out[i] = s.askOne(r, p, path, b, local)
+		}()
+	}
+	for range order {
+		<-done
+	}
+	return out
+}
+
+// settle answers an ack or nack in a cluster: each broker settles its own
+// receipts; the answer counts them all ({field: n}). A broker's share is
+// all or nothing, as on a standalone broker; across brokers it is not, and
+// a failure answers with which brokers settled and which did not.
+func (s *Server) settle(w http.ResponseWriter, r *http.Request, field string, receipts []string, body []byte, local http.HandlerFunc) {
+	answers := s.settleEverywhere(r, "", receipts, body, local)
+	total := 0
+	var settled, failed []string
+	for _, a := range answers {
+		var m map[string]int
+		if a.ok() && json.Unmarshal(a.body, &m) == nil {
+			total += m[field]
+			settled = append(settled, fmt.Sprintf("%d on %s", m[field], a.peer.name))
+			continue
+		}
+		failed = append(failed, describe(a))
+	}
+	switch {
+	case len(failed) == 0:
+		writeJSON(w, http.StatusOK, map[string]int{field: total})
+	case len(answers) == 1:
+		writeAnswer(w, answers[0])
+	default:
+		writeProblem(w, r, codeClusterPartial, "receipts", fmt.Sprintf("%s %s; failed on %s",
+			field, listOrNone(settled), strings.Join(failed, ", ")))
+	}
+}
+
+// messagesByKeyEverywhere merges every holder's answer to a query by key.
+// The cursor is composite (broker~cursor,...), since each broker pages its
+// own index, and a page holds up to limit messages from each holder,
+// newest first.
+func (s *Server) messagesByKeyEverywhere(w http.ResponseWriter, r *http.Request) bool {
+	topic := chi.URLParam(r, "topic")
+	local, _ := s.broker.Queues(topic)
+	holders := s.cluster.holders(r.Context(), topic, local)
+	if len(holders) == 0 || (len(holders) == 1 && holders[0].local()) {
+		return false
+	}
+	cursors := map[string]string{}
+	resuming := false
+	if c := r.URL.Query().Get("cursor"); c != "" {
+		resuming = true
+		for _, part := range strings.Split(c, ",") {
+			name, cur, ok := strings.Cut(part, receiptSep)
+			if !ok {
+				writeProblem(w, r, codeInvalidParameter, "cursor", "the cursor is not one this bus returned")
+				return true
+			}
+			cursors[name] = cur
+		}
+	}
+	var ask []peer
+	paths := map[string]string{}
+	for _, p := range holders {
+		q := r.URL.Query()
+		q.Del("cursor")
+		if resuming {
+			c, ok := cursors[p.name]
+			if !ok {
+				continue // that broker has no more
+			}
+			q.Set("cursor", c)
+		}
+		ask = append(ask, p)
+		paths[p.name] = r.URL.EscapedPath() + "?" + q.Encode()
+	}
+	type page struct {
+		Messages   []json.RawMessage `json:"messages"`
+		NextCursor string            `json:"next_cursor"`
+	}
+	type stamped struct {
+		raw      json.RawMessage
+		storedAt time.Time
+	}
+	var (
+		all  []stamped
+		next []string
+	)
+	answers := make([]answer, len(ask))
+	done := make(chan struct{}, len(ask))
+	for i, p := range ask {
+		go func() {
+			answers[i] = s.askOne(r, p, paths[p.name], nil, s.handleMessagesByKey)
+			done <- struct{}{}
+		}()
+	}
+	for range ask {
+		<-done
+	}
+	for _, a := range answers {
+		var pg page
+		if !a.ok() || json.Unmarshal(a.body, &pg) != nil {
+			if a.peer.local() && a.err == nil && a.status < 500 && a.status != http.StatusNotFound {
+				writeAnswer(w, a)
+				return true
+			}
+			s.cluster.logger.Warn("a broker's messages are missing from a query by key", "broker", describe(a))
+			continue
+		}
+		for _, m := range pg.Messages {
+			var t struct {
+				StoredAt time.Time `json:"stored_at"`
+			}
+			json.Unmarshal(m, &t)
+			all = append(all, stamped{m, t.StoredAt})
+		}
+		if pg.NextCursor != "" {
+			next = append(next, a.peer.name+receiptSep+pg.NextCursor)
+		}
+	}
+	slices.SortStableFunc(all, func(a, b stamped) int { return b.storedAt.Compare(a.storedAt) }) // newest first
+	out := struct {
+		Messages   []json.RawMessage `json:"messages"`
+		NextCursor string            `json:"next_cursor,omitempty"`
+	}{Messages: make([]json.RawMessage, len(all)), NextCursor: strings.Join(next, ",")}
+	for i, m := range all {
+		out.Messages[i] = m.raw
+	}
+	writeJSON(w, http.StatusOK, out)
+	return true
+}

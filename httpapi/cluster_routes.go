@@ -1,0 +1,473 @@
+package httpapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+
+	"github.com/nats-io/nuid"
+	"github.com/postbus/postbus/broker"
+)
+
+// The cluster's side of the routes other than publish and pull: each
+// handler that answers for the whole bus starts with
+//
+//	if s.coordinating(r) { s.somethingEverywhere(w, r, s.handleX); return }
+//
+// and the helpers here ask the brokers concerned, this one through the
+// same handler in process (marked forwarded, so it answers for itself).
+
+// firstFound answers r from this broker, or, when this broker answers 404,
+// from the first other broker that has what was asked for.
+func (s *Server) firstFound(w http.ResponseWriter, r *http.Request, local http.HandlerFunc) {
+	self := s.askOne(r, peer{name: s.cluster.self}, "", nil, local)
+	if self.status != http.StatusNotFound {
+		writeAnswer(w, self)
+		return
+	}
+	for _, a := range s.ask(r, s.cluster.others(r.Context()), "", nil, local) {
+		if a.ok() {
+			writeAnswer(w, a)
+			return
+		}
+	}
+	writeAnswer(w, self)
+}
+
+// everywhere applies r on every live broker (see broadcast for the
+// answer). Without a broker list (no name server answers, nothing cached)
+// it applies r here only and says so in the log.
+func (s *Server) everywhere(w http.ResponseWriter, r *http.Request, local http.HandlerFunc) {
+	body, err := readAll(r)
+	if err != nil {
+		writeProblem(w, r, codeInvalidParameter, "body", "reading the request body failed: "+err.Error())
+		return
+	}
+	s.everywhereBody(w, r, body, local)
+}
+
+func (s *Server) everywhereBody(w http.ResponseWriter, r *http.Request, body []byte, local http.HandlerFunc) {
+	peers, err := s.cluster.brokers(r.Context())
+	if err != nil {
+		s.cluster.logger.Warn("cannot list the cluster's brokers; applying on this one only",
+			"method", r.Method, "path", r.URL.Path, "err", err)
+		peers = []peer{{name: s.cluster.self}}
+	}
+	s.broadcast(w, r, peers, body, local)
+}
+
+// onHolders applies r on every broker holding topic, or on this broker
+// alone when nobody does (it then answers as standalone: 404, or a create).
+func (s *Server) onHolders(w http.ResponseWriter, r *http.Request, topic string, local http.HandlerFunc) {
+	body, err := readAll(r)
+	if err != nil {
+		writeProblem(w, r, codeInvalidParameter, "body", "reading the request body failed: "+err.Error())
+		return
+	}
+	s.broadcast(w, r, s.topicHolders(r, topic), body, local)
+}
+
+// topicHolders is every broker holding topic, or this one when none does.
+func (s *Server) topicHolders(r *http.Request, topic string) []peer {
+	local, _ := s.broker.Queues(topic)
+	holders := s.cluster.holders(r.Context(), topic, local)
+	if len(holders) == 0 {
+		holders = []peer{{name: s.cluster.self}}
+	}
+	return holders
+}
+
+// putTopicEverywhere creates or changes a topic on the brokers its body's
+// "brokers" names ("all", or a list of names), or, without one, on the
+// brokers holding it (this one when none does). The answer is this
+// broker's, or the first holder's, with "brokers" listing where it lives
+// and 201 when any broker created it.
+func (s *Server) putTopicEverywhere(w http.ResponseWriter, r *http.Request, topic string, req topicRequest) {
+	var targets []peer
+	if req.Brokers == nil {
+		targets = s.topicHolders(r, topic)
+	} else {
+		all, err := s.cluster.brokers(r.Context())
+		if err != nil {
+			writeProblem(w, r, codeBrokerUnavailable, "brokers", "cannot list the cluster's brokers: "+err.Error())
+			return
+		}
+		if targets = req.Brokers.pick(all); targets == nil {
+			names := make([]string, len(all))
+			for i, p := range all {
+				names[i] = p.name
+			}
+			writeProblem(w, r, codeUnknownBroker, "brokers", fmt.Sprintf("brokers %v: the live brokers are %v", req.Brokers.names, names))
+			return
+		}
+	}
+	req.Brokers = nil
+	body, _ := json.Marshal(req)
+	answers := s.ask(r, targets, "", body, s.handlePutTopic)
+	var (
+		best           *answer
+		created        bool
+		placed, failed []string
+		firstRefusal   *answer
+	)
+	for i := range answers {
+		a := &answers[i]
+		if !a.ok() {
+			failed = append(failed, describe(*a))
+			if firstRefusal == nil && a.err == nil && a.status < 500 {
+				firstRefusal = a
+			}
+			continue
+		}
+		placed = append(placed, a.peer.name)
+		created = created || a.status == http.StatusCreated
+		if best == nil || a.peer.local() {
+			best = a
+		}
+	}
+	switch {
+	case len(failed) > 0 && len(placed) == 0 && firstRefusal != nil:
+		writeAnswer(w, *firstRefusal)
+	case len(failed) > 0:
+		writeProblem(w, r, codeClusterPartial, "", fmt.Sprintf("topic %s is on %s; failed on %s; PUT again to finish (it is idempotent)",
+			topic, listOrNone(placed), strings.Join(failed, ", ")))
+	default:
+		var t map[string]any
+		json.Unmarshal(best.body, &t)
+		t["brokers"] = placed
+		status := http.StatusOK
+		if created {
+			status = http.StatusCreated
+		}
+		writeJSON(w, status, t)
+	}
+}
+
+// describe says in a few words how a broker failed a request.
+func describe(a answer) string {
+	if a.err != nil {
+		return fmt.Sprintf("%s (%v)", a.peer.name, a.err)
+	}
+	var p problem
+	if json.Unmarshal(a.body, &p) == nil && p.Detail != "" {
+		return fmt.Sprintf("%s (%d: %s)", a.peer.name, a.status, p.Detail)
+	}
+	return fmt.Sprintf("%s (%d)", a.peer.name, a.status)
+}
+
+// brokerChoice is a PUT topic's "brokers": "all" or a list of names.
+type brokerChoice struct {
+	all   bool
+	names []string
+}
+
+func (c *brokerChoice) UnmarshalJSON(b []byte) error {
+	var s string
+	if json.Unmarshal(b, &s) == nil {
+		if s != "all" {
+			return fmt.Errorf(`brokers is "all" or a list of broker names, not %q`, s)
+		}
+		c.all = true
+		return nil
+	}
+	if err := json.Unmarshal(b, &c.names); err != nil || len(c.names) == 0 {
+		return fmt.Errorf(`brokers is "all" or a non-empty list of broker names`)
+	}
+	return nil
+}
+
+func (c *brokerChoice) MarshalJSON() ([]byte, error) {
+	if c.all {
+		return []byte(`"all"`), nil
+	}
+	return json.Marshal(c.names)
+}
+
+// pick returns the chosen brokers among all, or nil when a name is not
+// among them.
+func (c *brokerChoice) pick(all []peer) []peer {
+	if c.all {
+		return all
+	}
+	var out []peer
+	for _, n := range c.names {
+		i := slices.IndexFunc(all, func(p peer) bool { return p.name == n })
+		if i < 0 {
+			return nil
+		}
+		if !slices.ContainsFunc(out, func(p peer) bool { return p.name == n }) {
+			out = append(out, all[i])
+		}
+	}
+	return out
+}
+
+// getTopicEverywhere answers GET /v1/topics/{topic} for the whole topic:
+// its queues on every holder, each queue naming its broker, counts summed.
+func (s *Server) getTopicEverywhere(w http.ResponseWriter, r *http.Request, topic string) {
+	answers := s.ask(r, s.topicHolders(r, topic), "", nil, s.handleGetTopic)
+	var (
+		merged map[string]any
+		names  []string
+	)
+	for _, a := range answers {
+		if !a.ok() {
+			continue
+		}
+		var t map[string]any
+		if json.Unmarshal(a.body, &t) != nil {
+			continue
+		}
+		names = append(names, a.peer.name)
+		qs, _ := t["queues"].([]any)
+		for _, q := range qs {
+			if m, ok := q.(map[string]any); ok {
+				m["broker"] = a.peer.name
+			}
+		}
+		if merged == nil {
+			merged = t
+			continue
+		}
+		for _, k := range []string{"queue_count", "messages", "bytes"} {
+			x, _ := merged[k].(float64)
+			y, _ := t[k].(float64)
+			merged[k] = x + y
+		}
+		mq, _ := merged["queues"].([]any)
+		merged["queues"] = append(mq, qs...)
+	}
+	if merged == nil {
+		writeAnswer(w, answers[0])
+		return
+	}
+	merged["brokers"] = names
+	writeJSON(w, http.StatusOK, merged)
+}
+
+// listEverywhere merges a list route's pages from every live broker: items
+// under field, unique and ordered by their key, at most limit, with the
+// next cursor the last key when any broker had more. combine merges two
+// brokers' copies of one item (a topic on several brokers); nil keeps the
+// first.
+func (s *Server) listEverywhere(w http.ResponseWriter, r *http.Request, field, key string, limit int, local http.HandlerFunc, combine func(into, from map[string]any, broker string)) {
+	peers, err := s.cluster.brokers(r.Context())
+	if err != nil {
+		local(w, r)
+		return
+	}
+	answers := s.ask(r, peers, "", nil, local)
+	if !answers[0].ok() {
+		writeAnswer(w, answers[0]) // this broker refused: bad parameters, or no scope
+		return
+	}
+	byKey := map[string]map[string]any{}
+	more := false
+	for _, a := range answers {
+		if !a.ok() {
+			s.cluster.logger.Warn("a broker's list is missing from a merged list", "path", r.URL.Path, "broker", describe(a))
+			continue
+		}
+		var page map[string]json.RawMessage
+		var items []map[string]any
+		if json.Unmarshal(a.body, &page) != nil || json.Unmarshal(page[field], &items) != nil {
+			continue
+		}
+		more = more || len(page["next_cursor"]) > 0
+		for _, it := range items {
+			k, _ := it[key].(string)
+			if prev, ok := byKey[k]; ok {
+				if combine != nil {
+					combine(prev, it, a.peer.name)
+				}
+				continue
+			}
+			if combine != nil {
+				combine(it, nil, a.peer.name)
+			}
+			byKey[k] = it
+		}
+	}
+	keys := slices.Sorted(func(yield func(string) bool) {
+		for k := range byKey {
+			if !yield(k) {
+				return
+			}
+		}
+	})
+	out := map[string]any{}
+	if len(keys) > limit {
+		keys, more = keys[:limit], true
+	}
+	items := make([]map[string]any, len(keys))
+	for i, k := range keys {
+		items[i] = byKey[k]
+	}
+	out[field] = items
+	if more && len(keys) > 0 {
+		out["next_cursor"] = keys[len(keys)-1]
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// combineTopics sums a topic's queue counts across brokers and lists them.
+func combineTopics(into, from map[string]any, broker string) {
+	brokers, _ := into["brokers"].([]string)
+	into["brokers"] = append(brokers, broker)
+	if from != nil {
+		x, _ := into["queue_count"].(float64)
+		y, _ := from["queue_count"].(float64)
+		into["queue_count"] = x + y
+	}
+}
+
+// createSubscriptionEverywhere creates a subscription on every broker
+// holding its topic, with one id and (push) one secret, so that each
+// broker delivers its own queues. It is all or nothing: when a broker
+// fails, the brokers that created it delete it again. It reports false
+// when the topic has no holder but this broker, leaving it to the caller.
+func (s *Server) createSubscriptionEverywhere(w http.ResponseWriter, r *http.Request, req subscriptionRequest, push bool) bool {
+	local, _ := s.broker.Queues(*req.Topic)
+	holders := s.cluster.holders(r.Context(), *req.Topic, local)
+	if len(holders) == 0 || (len(holders) == 1 && holders[0].local()) {
+		return false
+	}
+	if req.ID == nil {
+		id := nuid.Next()
+		req.ID = &id
+	}
+	if push && req.Secret == nil {
+		secret := broker.NewSecret()
+		req.Secret = &secret
+	}
+	body, _ := json.Marshal(req)
+	answers := s.ask(r, holders, "", body, s.handleCreateSubscription)
+	var (
+		best    *answer
+		created []peer
+		failed  []string
+		refusal *answer
+	)
+	for i := range answers {
+		a := &answers[i]
+		if a.ok() {
+			created = append(created, a.peer)
+			if best == nil || a.peer.local() {
+				best = a
+			}
+			continue
+		}
+		failed = append(failed, describe(*a))
+		if refusal == nil && a.err == nil && a.status < 500 {
+			refusal = a
+		}
+	}
+	if len(failed) == 0 {
+		writeAnswer(w, *best)
+		return true
+	}
+	if len(created) > 0 {
+		undo := r.Clone(r.Context())
+		undo.Method = http.MethodDelete
+		for _, a := range s.ask(undo, created, "/v1/subscriptions/"+*req.ID, nil, s.handleDeleteSubscription) {
+			if !a.ok() && a.status != http.StatusNotFound {
+				s.cluster.logger.Error("undoing a half-created subscription failed; delete it by hand",
+					"id", *req.ID, "broker", describe(a))
+			}
+		}
+	}
+	if refusal != nil {
+		writeAnswer(w, *refusal)
+		return true
+	}
+	writeProblem(w, r, codeClusterPartial, "", fmt.Sprintf("the subscription could not be created on every broker holding %s: %s; it was created nowhere; retry",
+		*req.Topic, strings.Join(failed, ", ")))
+	return true
+}
+
+// rotateEverywhere gives a subscription one new secret on every broker.
+func (s *Server) rotateEverywhere(w http.ResponseWriter, r *http.Request) {
+	body, err := readAll(r)
+	if err != nil {
+		writeProblem(w, r, codeInvalidParameter, "body", "reading the request body failed: "+err.Error())
+		return
+	}
+	req, perr := parseRotateRequest(body)
+	if perr != nil {
+		s.writeError(w, r, perr)
+		return
+	}
+	if req.Secret == "" {
+		req.Secret = broker.NewSecret()
+	}
+	body, _ = json.Marshal(req)
+	s.everywhereBody(w, r, body, s.handleRotateSecret)
+}
+
+type rotateRequest struct {
+	Secret string `json:"secret,omitempty"`
+}
+
+// parseRotateRequest reads rotate-secret's optional body.
+func parseRotateRequest(body []byte) (rotateRequest, *broker.Error) {
+	var req rotateRequest
+	if len(bytes.TrimSpace(body)) == 0 {
+		return req, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return req, &broker.Error{Code: codeInvalidJSON, Detail: "the body is {\"secret\":\"whsec_...\"} or empty: " + err.Error()}
+	}
+	return req, nil
+}
+
+// sumEverywhere applies r on every live broker and answers with the sum of
+// the counts in their answers (field), e.g. {"purged": 12}: a group's dead
+// letters live on the brokers that delivered them.
+func (s *Server) sumEverywhere(w http.ResponseWriter, r *http.Request, field string, local http.HandlerFunc) {
+	body, err := readAll(r)
+	if err != nil {
+		writeProblem(w, r, codeInvalidParameter, "body", "reading the request body failed: "+err.Error())
+		return
+	}
+	peers, err := s.cluster.brokers(r.Context())
+	if err != nil {
+		peers = []peer{{name: s.cluster.self}}
+	}
+	answers := s.ask(r, peers, "", body, local)
+	var (
+		out    map[string]any
+		total  float64
+		failed []string
+	)
+	for _, a := range answers {
+		var m map[string]any
+		if !a.ok() || json.Unmarshal(a.body, &m) != nil {
+			if a.status != http.StatusNotFound {
+				failed = append(failed, describe(a))
+			}
+			continue
+		}
+		n, _ := m[field].(float64)
+		total += n
+		if out == nil {
+			out = m
+		}
+	}
+	switch {
+	case len(failed) > 0 && out == nil && answers[0].err == nil && answers[0].status < 500:
+		writeAnswer(w, answers[0])
+	case len(failed) > 0:
+		writeProblem(w, r, codeClusterPartial, "", fmt.Sprintf("done on some brokers (%s %g); failed on %s; retrying is safe",
+			field, total, strings.Join(failed, ", ")))
+	case out == nil:
+		writeAnswer(w, answers[0])
+	default:
+		out[field] = total
+		writeJSON(w, http.StatusOK, out)
+	}
+}
