@@ -300,7 +300,8 @@ func (rec *recorder) Write(p []byte) (int, error) {
 
 // ask sends r (with body, and path when not "") to every peer at once and
 // returns their answers in peers' order. The local peer answers through
-// local, in process, as a forwarded request would be answered.
+// local, in process, as a forwarded request would be answered; for it,
+// path may change the query only, since the route's parameters are r's.
 func (s *Server) ask(r *http.Request, peers []peer, path string, body []byte, local http.HandlerFunc) []answer {
 	out := make([]answer, len(peers))
 	var wg sync.WaitGroup

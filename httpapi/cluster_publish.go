@@ -48,19 +48,30 @@ func (s *Server) publishHolders(r *http.Request, topic string, sharded bool) []p
 	return holders
 }
 
+// placementKey is what ties a message to one broker of a topic held by
+// several: its sharding key (its queue's broker), else its dedup id, so
+// that a producer's retry through another broker meets the same broker's
+// dedup memory rather than storing the message twice.
+func placementKey(m *broker.Message) string {
+	if m.ShardingKey != "" {
+		return m.ShardingKey
+	}
+	return m.DedupID
+}
+
 // forwardPublish sends a single publish on to the broker that should store
 // it, and reports whether it answered the request; false leaves it to this
 // broker. A broker that cannot be reached is skipped and the next holder
 // tried, so publishes keep flowing while a dead broker ages out of the
 // routes. A forward that may have reached its broker is not retried
 // elsewhere: the message might be stored twice.
-func (s *Server) forwardPublish(w http.ResponseWriter, r *http.Request, topic, shardingKey string, body []byte) bool {
-	holders := s.publishHolders(r, topic, shardingKey != "")
+func (s *Server) forwardPublish(w http.ResponseWriter, r *http.Request, topic, key string, body []byte) bool {
+	holders := s.publishHolders(r, topic, key != "")
 	var unreachable []string
 	for len(holders) > 0 {
 		var p peer
-		if shardingKey != "" {
-			p = pick(holders, shardQueue(shardingKey))
+		if key != "" {
+			p = pick(holders, shardQueue(key))
 		} else {
 			p = pick(holders, s.cluster.rr.Add(1)-1)
 		}
@@ -94,7 +105,7 @@ func (s *Server) forwardPublish(w http.ResponseWriter, r *http.Request, topic, s
 // order. A split batch is not atomic across brokers: when a part fails the
 // answer is 502 cluster_partial saying which messages were stored.
 func (s *Server) forwardBatch(w http.ResponseWriter, r *http.Request, topic string, msgs []*broker.Message, data []byte) bool {
-	sharded := slices.ContainsFunc(msgs, func(m *broker.Message) bool { return m.ShardingKey != "" })
+	sharded := slices.ContainsFunc(msgs, func(m *broker.Message) bool { return placementKey(m) != "" })
 	holders := s.publishHolders(r, topic, sharded)
 	if holders == nil {
 		return false
@@ -104,8 +115,8 @@ func (s *Server) forwardBatch(w http.ResponseWriter, r *http.Request, topic stri
 	byName := map[string]peer{}
 	for i, m := range msgs {
 		p := unkeyed
-		if m.ShardingKey != "" {
-			p = pick(holders, shardQueue(m.ShardingKey))
+		if k := placementKey(m); k != "" {
+			p = pick(holders, shardQueue(k))
 		}
 		parts[p.name] = append(parts[p.name], i)
 		byName[p.name] = p

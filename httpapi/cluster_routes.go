@@ -369,14 +369,18 @@ func (s *Server) createSubscriptionEverywhere(w http.ResponseWriter, r *http.Req
 		writeAnswer(w, *best)
 		return true
 	}
-	if len(created) > 0 {
-		undo := r.Clone(r.Context())
-		undo.Method = http.MethodDelete
-		for _, a := range s.ask(undo, created, "/v1/subscriptions/"+*req.ID, nil, s.handleDeleteSubscription) {
-			if !a.ok() && a.status != http.StatusNotFound {
-				s.cluster.logger.Error("undoing a half-created subscription failed; delete it by hand",
-					"id", *req.ID, "broker", describe(a))
-			}
+	undo := r.Clone(r.Context())
+	undo.Method = http.MethodDelete
+	for _, p := range created {
+		var err error
+		if p.local() {
+			err = s.broker.DeleteSubscription(r.Context(), *req.ID)
+		} else if a := s.askOne(undo, p, "/v1/subscriptions/"+*req.ID, nil, nil); !a.ok() && a.status != http.StatusNotFound {
+			err = fmt.Errorf("%s", describe(a))
+		}
+		if err != nil {
+			s.cluster.logger.Error("undoing a half-created subscription failed; delete it by hand",
+				"id", *req.ID, "broker", p.name, "err", err)
 		}
 	}
 	if refusal != nil {

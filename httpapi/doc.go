@@ -10,4 +10,19 @@
 // Errors are RFC 9457 problems (application/problem+json) with a stable
 // lower_snake "code"; statusOf in problem.go is the one table from codes to
 // statuses. Every request body is read through a size limit.
+//
+// # Clusters
+//
+// Given a Cluster (a broker started with --namesrv, and dev), a Server
+// answers for the whole bus: what it does not hold it forwards to the
+// brokers that do, found through the name servers, marking the request
+// Postbus-Forwarded-By so that it goes one hop and no further. cluster.go
+// holds the mechanics (and the list of which broker does what);
+// cluster_publish.go, cluster_pull.go and cluster_routes.go the per-route
+// decisions. A handler takes part with one line at its top:
+//
+//	if s.coordinating(r) { s.firstFound(w, r, s.handleGetMessage); return }
+//
+// and answers for itself when the request was forwarded to it; the local
+// share of a fan-out runs the same handler in process.
 package httpapi

@@ -260,7 +260,7 @@ func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	m.Body = body
-	if s.coordinating(r) && s.forwardPublish(w, r, topic, m.ShardingKey, body) {
+	if s.coordinating(r) && s.forwardPublish(w, r, topic, placementKey(m), body) {
 		return
 	}
 	msgs := []*broker.Message{m}

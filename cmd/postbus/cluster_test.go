@@ -179,6 +179,23 @@ func TestClusterAcceptance(t *testing.T) {
 		defer bmu.Unlock()
 		return brokers[name].url
 	}
+	// states says which processes are still running, for failure messages
+	// about a broker that cannot be reached.
+	states := func() string {
+		bmu.Lock()
+		defer bmu.Unlock()
+		var out []string
+		for _, n := range names {
+			p := brokers[n]
+			select {
+			case <-p.done:
+				out = append(out, fmt.Sprintf("%s (%s) exited: %v", n, p.url, p.cmd.ProcessState))
+			default:
+				out = append(out, fmt.Sprintf("%s (%s) running", n, p.url))
+			}
+		}
+		return strings.Join(out, "; ")
+	}
 
 	// clusterOf lists the brokers a name server knows.
 	clusterOf := func(ns *proc) []string {
@@ -382,7 +399,7 @@ func TestClusterAcceptance(t *testing.T) {
 	}
 	createSub("broker-c", "hooks", "orders", true)
 	createSub("broker-a", "pullers", "orders", false)
-	createSub("broker-a", "hooks", "solo", true)  // through a broker not holding it
+	createSub("broker-a", "hooks", "solo", true) // through a broker not holding it
 	createSub("broker-c", "pullers", "solo", false)
 	createSub("broker-a", "hooks", "pair", true) // through a broker not holding it
 	createSub("broker-b", "pullers", "pair", false)
@@ -419,7 +436,7 @@ func TestClusterAcceptance(t *testing.T) {
 		}
 		a, err := clTry("POST", url(via)+"/v1/topics/"+topic+"/messages", hdr, []byte(body))
 		if err != nil {
-			bad("publish %q to %s through %s: %v", body, topic, via, err)
+			bad("publish %q to %s through %s: %v [%s]", body, topic, via, err, states())
 			return clPubResult{}, false
 		}
 		var r clPubResult
@@ -453,7 +470,7 @@ func TestClusterAcceptance(t *testing.T) {
 		data, _ := json.Marshal(items)
 		a, err := clTry("POST", url(via)+"/v1/topics/"+topic+"/messages/batch", nil, data)
 		if err != nil {
-			bad("batch of %d to %s through %s: %v", len(items), topic, via, err)
+			bad("batch of %d to %s through %s: %v [%s]", len(items), topic, via, err, states())
 			return nil
 		}
 		var res []clPubResult
