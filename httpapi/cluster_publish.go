@@ -5,10 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"hash/fnv"
-	"maps"
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/postbus/postbus/broker"
@@ -100,94 +100,120 @@ func (s *Server) forwardPublish(w http.ResponseWriter, r *http.Request, topic, k
 }
 
 // forwardBatch routes a batch: whole to one broker when its messages all
-// belong to one (no sharding keys, or keys that land on one broker), else
-// split by broker, sent at once, and the results put back in the batch's
-// order. A split batch is not atomic across brokers: when a part fails the
-// answer is 502 cluster_partial saying which messages were stored.
+// belong to one (no placement keys, or keys that land on one broker), else
+// split by broker, the parts sent at once and the results put back in the
+// batch's order. A part whose broker cannot be reached goes to the other
+// holders, as a single publish does. A split batch is not atomic across
+// brokers: when a part fails otherwise, the answer is 502 cluster_partial
+// saying which messages were stored.
 func (s *Server) forwardBatch(w http.ResponseWriter, r *http.Request, topic string, msgs []*broker.Message, data []byte) bool {
-	sharded := slices.ContainsFunc(msgs, func(m *broker.Message) bool { return placementKey(m) != "" })
-	holders := s.publishHolders(r, topic, sharded)
+	keyed := slices.ContainsFunc(msgs, func(m *broker.Message) bool { return placementKey(m) != "" })
+	holders := s.publishHolders(r, topic, keyed)
 	if holders == nil {
 		return false
 	}
-	unkeyed := pick(holders, s.cluster.rr.Add(1)-1)
-	parts := map[string][]int{} // broker name -> indexes into msgs
-	byName := map[string]peer{}
-	for i, m := range msgs {
-		p := unkeyed
-		if k := placementKey(m); k != "" {
-			p = pick(holders, shardQueue(k))
-		}
-		parts[p.name] = append(parts[p.name], i)
-		byName[p.name] = p
-	}
-	if len(parts) == 1 {
-		for _, p := range byName {
-			if p.local() {
-				return false
-			}
-			s.forwardToOne(w, r, []peer{p}, data)
-		}
-		return true
-	}
-	s.splitBatch(w, r, topic, msgs, parts, byName)
-	return true
-}
-
-// splitBatch publishes each broker's part of a batch at once and answers
-// with the results in the batch's order.
-func (s *Server) splitBatch(w http.ResponseWriter, r *http.Request, topic string, msgs []*broker.Message, parts map[string][]int, byName map[string]peer) {
-	names := slices.Sorted(maps.Keys(parts))
-	peers := make([]peer, len(names))
-	bodies := make([][]byte, len(names))
-	for i, name := range names {
-		peers[i] = byName[name]
-		items := make([]batchItemOut, len(parts[name]))
-		for j, k := range parts[name] {
-			items[j] = batchItemOf(msgs[k])
-		}
-		bodies[i], _ = json.Marshal(items) // plain strings and maps: cannot fail
-	}
-	answers := make([]answer, len(peers))
-	done := make(chan struct{})
-	for i, p := range peers {
-		go func() {
-			defer func() { done <- struct{}{} }()
-			if p.local() {
-				answers[i] = s.publishLocalPart(r, topic, msgs, parts[p.name])
-				return
-			}
-			answers[i] = s.askOne(r, p, "", bodies[i], nil)
-		}()
-	}
-	for range peers {
-		<-done
-	}
 	results := make([]json.RawMessage, len(msgs))
-	var stored, failed []string
-	for i, a := range answers {
-		idx := parts[names[i]]
-		var got []json.RawMessage
-		if a.ok() && json.Unmarshal(a.body, &got) == nil && len(got) == len(idx) {
-			for j, k := range idx {
-				results[k] = got[j]
+	pending := make([]int, len(msgs))
+	for i := range pending {
+		pending[i] = i
+	}
+	var stored, failed, unreachable []string
+	for len(pending) > 0 && len(holders) > 0 {
+		parts := placeBatch(msgs, pending, holders, pick(holders, s.cluster.rr.Add(1)-1))
+		if len(parts) == 1 && len(pending) == len(msgs) {
+			p := parts[0].peer
+			if p.local() {
+				return false // all of it is this broker's
 			}
-			stored = append(stored, fmt.Sprintf("messages %v on %s", idx, names[i]))
+			resp, err := s.cluster.send(r.Context(), r, p, "", data)
+			if err == nil {
+				relay(w, resp)
+				return true
+			}
+			if !notSent(err) {
+				writeProblem(w, r, codeBrokerUnavailable, "", fmt.Sprintf("broker %s did not answer: %v; the batch may or may not have been stored (publish it again with dedup ids to be sure)", p.name, err))
+				return true
+			}
+			s.cluster.markDown(p, err)
+			unreachable = append(unreachable, p.name)
+			holders = slices.DeleteFunc(holders, func(h peer) bool { return h.name == p.name })
 			continue
 		}
-		why := fmt.Sprint(a.err)
-		if a.err == nil {
-			why = fmt.Sprintf("status %d: %s", a.status, strings.TrimSpace(string(a.body)))
+		answers := make([]answer, len(parts))
+		var wg sync.WaitGroup
+		for i, part := range parts {
+			wg.Go(func() { answers[i] = s.publishPart(r, topic, msgs, part) })
 		}
-		failed = append(failed, fmt.Sprintf("messages %v on %s (%s)", idx, names[i], why))
+		wg.Wait()
+		pending = pending[:0]
+		for i, a := range answers {
+			idx := parts[i].idx
+			var got []json.RawMessage
+			switch {
+			case a.ok() && json.Unmarshal(a.body, &got) == nil && len(got) == len(idx):
+				for j, k := range idx {
+					results[k] = got[j]
+				}
+				stored = append(stored, fmt.Sprintf("messages %v on %s", idx, a.peer.name))
+			case a.err != nil && notSent(a.err):
+				unreachable = append(unreachable, a.peer.name)
+				holders = slices.DeleteFunc(holders, func(h peer) bool { return h.name == a.peer.name })
+				pending = append(pending, idx...)
+			default:
+				failed = append(failed, fmt.Sprintf("messages %v on %s", idx, describe(a)))
+			}
+		}
+		slices.Sort(pending)
+	}
+	if len(pending) > 0 {
+		failed = append(failed, fmt.Sprintf("messages %v: no holder could be reached (%s)", pending, strings.Join(unreachable, ", ")))
 	}
 	if len(failed) > 0 {
-		writeProblem(w, r, codeClusterPartial, "", fmt.Sprintf("the batch's sharding keys span brokers; stored %s; not stored %s; publish the messages not stored again",
+		writeProblem(w, r, codeClusterPartial, "", fmt.Sprintf("the batch spans brokers; stored %s; not stored %s; publish the messages not stored again",
 			listOrNone(stored), strings.Join(failed, "; ")))
-		return
+		return true
 	}
 	out, _ := json.Marshal(results)
 	writeRawJSON(w, http.StatusCreated, append(out, '\n'))
+	return true
+}
+
+// batchPart is the messages of a batch (indexes into it) one broker stores.
+type batchPart struct {
+	peer peer
+	idx  []int
+}
+
+// placeBatch groups the pending messages by the holder each belongs to:
+// its placement key's, or unkeyed's.
+func placeBatch(msgs []*broker.Message, pending []int, holders []peer, unkeyed peer) []batchPart {
+	var parts []batchPart
+	for _, i := range pending {
+		p := unkeyed
+		if k := placementKey(msgs[i]); k != "" {
+			p = pick(holders, shardQueue(k))
+		}
+		j := slices.IndexFunc(parts, func(bp batchPart) bool { return bp.peer.name == p.name })
+		if j < 0 {
+			parts = append(parts, batchPart{peer: p})
+			j = len(parts) - 1
+		}
+		parts[j].idx = append(parts[j].idx, i)
+	}
+	return parts
+}
+
+// publishPart stores one part of a split batch on its broker.
+func (s *Server) publishPart(r *http.Request, topic string, msgs []*broker.Message, part batchPart) answer {
+	if part.peer.local() {
+		return s.publishLocalPart(r, topic, msgs, part.idx)
+	}
+	items := make([]batchItemOut, len(part.idx))
+	for j, k := range part.idx {
+		items[j] = batchItemOf(msgs[k])
+	}
+	body, _ := json.Marshal(items) // strings and maps: cannot fail
+	return s.askOne(r, part.peer, "", body, nil)
 }
 
 // publishLocalPart stores this broker's share of a split batch, answering

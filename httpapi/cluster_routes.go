@@ -475,3 +475,70 @@ func (s *Server) sumEverywhere(w http.ResponseWriter, r *http.Request, field str
 		writeJSON(w, http.StatusOK, out)
 	}
 }
+
+// getGroupEverywhere answers GET /v1/groups/{group} for the whole bus: the
+// group's queues on every broker, each naming its broker, lag and dead
+// letters summed, each subscription once.
+func (s *Server) getGroupEverywhere(w http.ResponseWriter, r *http.Request) {
+	peers, err := s.cluster.brokers(r.Context())
+	if err != nil {
+		peers = []peer{{name: s.cluster.self}}
+	}
+	var merged map[string]any
+	var first answer
+	for i, a := range s.ask(r, peers, "", nil, s.handleGetGroup) {
+		if i == 0 {
+			first = a
+		}
+		var g map[string]any
+		if !a.ok() || json.Unmarshal(a.body, &g) != nil {
+			continue
+		}
+		qs, _ := g["queues"].([]any)
+		for _, q := range qs {
+			if m, ok := q.(map[string]any); ok {
+				m["broker"] = a.peer.name
+			}
+		}
+		if merged == nil {
+			merged = g
+			continue
+		}
+		combineGroups(merged, g, a.peer.name)
+		mq, _ := merged["queues"].([]any)
+		merged["queues"] = append(mq, qs...)
+	}
+	if merged == nil {
+		writeAnswer(w, first)
+		return
+	}
+	writeJSON(w, http.StatusOK, merged)
+}
+
+// combineGroups merges one broker's view of a group into another's: lag
+// and dead letters summed, subscriptions listed once.
+func combineGroups(into, from map[string]any, _ string) {
+	if from == nil {
+		return
+	}
+	for _, k := range []string{"lag", "dead_letters"} {
+		x, _ := into[k].(float64)
+		y, _ := from[k].(float64)
+		into[k] = x + y
+	}
+	subs, _ := into["subscriptions"].([]any)
+	seen := map[any]bool{}
+	for _, sub := range subs {
+		if m, ok := sub.(map[string]any); ok {
+			seen[m["id"]] = true
+		}
+	}
+	more, _ := from["subscriptions"].([]any)
+	for _, sub := range more {
+		if m, ok := sub.(map[string]any); ok && !seen[m["id"]] {
+			subs = append(subs, sub)
+			seen[m["id"]] = true
+		}
+	}
+	into["subscriptions"] = subs
+}

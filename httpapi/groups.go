@@ -46,6 +46,10 @@ func (s *Server) handleListGroups(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, perr)
 		return
 	}
+	if s.coordinating(r) {
+		s.listEverywhere(w, r, "groups", "name", int(limit), s.handleListGroups, combineGroups)
+		return
+	}
 	cursor := r.URL.Query().Get("cursor")
 	groups, err := s.broker.Groups(r.Context())
 	if err != nil {
@@ -71,6 +75,10 @@ func (s *Server) handleListGroups(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleGetGroup(w http.ResponseWriter, r *http.Request) {
+	if s.coordinating(r) {
+		s.getGroupEverywhere(w, r)
+		return
+	}
 	g, err := s.broker.Group(r.Context(), chi.URLParam(r, "group"))
 	if err != nil {
 		s.writeError(w, r, err)

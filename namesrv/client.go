@@ -412,16 +412,6 @@ func (c *Client) getCluster(ctx context.Context, addr string) ([]BrokerInfo, err
 	return list, nil
 }
 
-// Forget drops what is cached about topic (its route) and the broker list,
-// so the next lookups ask a name server: for a caller that has just seen a
-// broker fail.
-func (c *Client) Forget(topic string) {
-	c.mu.Lock()
-	delete(c.routes, topic)
-	c.brokers = cachedBrokers{}
-	c.mu.Unlock()
-}
-
 // getRoute asks one name server; found is false on its 404.
 func (c *Client) getRoute(ctx context.Context, addr, topic string) (rt Route, found bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)

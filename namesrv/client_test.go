@@ -515,3 +515,46 @@ func FuzzParseAddrs(f *testing.F) {
 		}
 	})
 }
+
+func TestClientBrokers(t *testing.T) {
+	ns := newTestNameServer(t)
+	mustHeartbeat(t, ns.reg, broker("b1", Topic{"orders", 4}))
+	clock := newFakeClock()
+	c := NewClient(ClientConfig{Addrs: []string{closedAddr(t), ns.srv.URL}, Interval: 30 * time.Second, Timeout: 2 * time.Second, Now: clock.Now})
+	names := func(what string) []string {
+		t.Helper()
+		list, err := c.Brokers(t.Context())
+		if err != nil {
+			t.Fatalf("%s: Brokers: %v", what, err)
+		}
+		var out []string
+		for _, b := range list {
+			if b.Addr == "" || b.LastHeartbeat.IsZero() {
+				t.Errorf("%s: broker %+v lacks its address or heartbeat", what, b)
+			}
+			out = append(out, b.Name)
+		}
+		return out
+	}
+	if got := names("first"); !reflect.DeepEqual(got, []string{"b1"}) {
+		t.Fatalf("Brokers = %v, want [b1]", got)
+	}
+	mustHeartbeat(t, ns.reg, broker("b2", Topic{"orders", 4}))
+	clock.Advance(29 * time.Second)
+	if got := names("within interval"); !reflect.DeepEqual(got, []string{"b1"}) {
+		t.Errorf("within the interval Brokers = %v, want the cached [b1]", got)
+	}
+	clock.Advance(time.Second)
+	if got := names("after interval"); !reflect.DeepEqual(got, []string{"b1", "b2"}) {
+		t.Errorf("after the interval Brokers = %v, want [b1 b2]", got)
+	}
+	ns.srv.Close()
+	clock.Advance(time.Hour)
+	if got := names("all gone"); !reflect.DeepEqual(got, []string{"b1", "b2"}) {
+		t.Errorf("with every name server down Brokers = %v, want the stale [b1 b2]", got)
+	}
+	fresh := NewClient(ClientConfig{Addrs: []string{closedAddr(t)}, Timeout: 2 * time.Second})
+	if _, err := fresh.Brokers(t.Context()); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Brokers with no name server and nothing cached: %v, want ErrUnavailable", err)
+	}
+}

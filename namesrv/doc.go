@@ -59,4 +59,6 @@
 // Timeout. Client.Route caches each route for Interval; when no name
 // server answers, it serves the cached route however old, since a stale
 // route is far more useful to a broker forwarding a request than none.
+// Client.Brokers, the live brokers with their addresses (GET /v1/cluster),
+// is cached and served stale the same way.
 package namesrv

@@ -742,12 +742,28 @@ func TestClusterRegistration(t *testing.T) {
 		"--broker-name", "broker-a", "--heartbeat-interval", "200ms")
 	brokerB := start(t, "broker", "--data", t.TempDir(), "--auto-create-topics", "--namesrv", ns.url,
 		"--broker-name", "broker-b", "--heartbeat-interval", "200ms")
-	for _, b := range []*proc{brokerA, brokerB} {
-		resp, err := http.Post(b.url+"/v1/topics/orders/messages", "text/plain", strings.NewReader("x"))
-		if err != nil {
-			t.Fatal(err)
+	// Placed on both through one of them, once both are registered; each
+	// registers the topic with its own heartbeat.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var c struct {
+			Brokers []struct{} `json:"brokers"`
 		}
-		resp.Body.Close()
+		getJSON(t, ns.url+"/v1/cluster", &c)
+		if len(c.Brokers) == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the brokers did not register within 20s")
+		}
+	}
+	req, _ := http.NewRequest(http.MethodPut, brokerA.url+"/v1/topics/orders", strings.NewReader(`{"brokers":"all"}`))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("PUT orders on all brokers: %d", resp.StatusCode)
 	}
 	type route struct {
 		Brokers []struct {

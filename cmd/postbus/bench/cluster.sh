@@ -52,11 +52,19 @@ echo "median added p50: $(awk '{print $(NF-1)}' "$work/fwd" | median) ms"
 
 echo "== 3. 10,000 topics on A and on S; A heartbeats every 2s; 20s runs, per-second msgs/s"
 for u in $S $A; do
-	seq 0 9999 | sed "s|.*|url = \"$u/v1/topics/t&\"\nrequest = \"PUT\"\ndata = \"{}\"\noutput = /dev/null|" >"$work/put.cfg"
-	curl -sf --parallel --parallel-max 16 -K "$work/put.cfg"
+	python3 - "$u" <<'PY'
+import http.client, sys, urllib.parse
+u = urllib.parse.urlparse(sys.argv[1])
+c = http.client.HTTPConnection(u.hostname, u.port)
+for i in range(10000):
+    c.request("PUT", "/v1/topics/t%d" % i, body="{}", headers={"Content-Type": "application/json"})
+    r = c.getresponse(); r.read()
+    if r.status not in (200, 201):
+        sys.exit("PUT t%d: %d" % (i, r.status))
+PY
 done
 sleep 3
-curl -sf "$NS/v1/cluster"; echo
+curl -sf "$NS/v1/cluster" | python3 -c 'import json,sys; print({b["name"]: b["topics"] for b in json.load(sys.stdin)["brokers"]})'
 for u in $S $A; do
 	"$BIN" bench publish --url "$u" --topic t42 --create=false --duration 20s --interval 1s 2>&1 |
 		awk '$1 ~ /^[0-9]+s$/ && $3 == "msgs/s" {print $2}' | sort -n |
