@@ -32,6 +32,17 @@ func splitReceipt(r string) (brokerName, receipt string) {
 	return "", r
 }
 
+// ownReceipts reports whether every receipt names this broker (or none),
+// so an ack or nack is settled here without a look at the cluster.
+func (s *Server) ownReceipts(receipts []string) bool {
+	for _, rc := range receipts {
+		if name, _ := splitReceipt(rc); name != "" && name != s.cluster.self {
+			return false
+		}
+	}
+	return true
+}
+
 // localReceipts strips the broker names from receipts settled here. The
 // name only routes a receipt; its MAC says whether this broker issued it,
 // so a broker that was renamed (or restarted with a name taken from a new

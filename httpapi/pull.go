@@ -80,7 +80,7 @@ func (s *Server) handleAck(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, perr)
 		return
 	}
-	if s.coordinating(r) {
+	if s.coordinating(r) && !s.ownReceipts(req.Receipts) {
 		body, _ := json.Marshal(req)
 		s.settle(w, r, "acked", req.Receipts, body, s.handleAck)
 		return
@@ -110,7 +110,7 @@ func (s *Server) handleNack(w http.ResponseWriter, r *http.Request) {
 		}
 		delay = d
 	}
-	if s.coordinating(r) {
+	if s.coordinating(r) && !s.ownReceipts(req.Receipts) {
 		body, _ := json.Marshal(req)
 		s.settle(w, r, "nacked", req.Receipts, body, s.handleNack)
 		return
