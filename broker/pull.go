@@ -2,6 +2,8 @@ package broker
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"sync"
@@ -80,7 +82,9 @@ func (b *Broker) pullGroupFor(ctx context.Context, group, topic string) (*pullGr
 			return nil, &Error{Code: CodeSubscriptionNotFound, Field: "group",
 				Detail: fmt.Sprintf("group %q has no subscription on topic %q; create one with POST /v1/subscriptions (without a url)", group, topic)}
 		}
-		created, err := b.CreateSubscription(ctx, Subscription{Group: group, Topic: topic, StartFrom: "earliest", MaxRetries: -1})
+		// The id is made from group and topic, so that the brokers of a
+		// cluster, each creating its own on a first pull, agree on it.
+		created, err := b.CreateSubscription(ctx, Subscription{ID: autoPullID(group, topic), Group: group, Topic: topic, StartFrom: "earliest", MaxRetries: -1})
 		if err != nil && CodeOf(err) != CodeSubscriptionExists {
 			return nil, err
 		}
@@ -474,6 +478,13 @@ func (b *Broker) Ack(ctx context.Context, group string, receipts []string) error
 
 // pullSubscriptionID names the pull subscription a receipt came from, for
 // the attempt log.
+// autoPullID is the id of the pull subscription a first pull creates: 24
+// hex digits of a SHA-256 of group and topic.
+func autoPullID(group, topic string) string {
+	sum := sha256.Sum256([]byte(group + "\x00" + topic))
+	return hex.EncodeToString(sum[:12])
+}
+
 func (b *Broker) pullSubscriptionID(group, topic string) string {
 	b.pullsMu.Lock()
 	defer b.pullsMu.Unlock()

@@ -307,7 +307,7 @@ func (b *Broker) CreateSubscription(ctx context.Context, s Subscription) (Subscr
 	}
 	stored, err := b.meta.CreateSubscription(ctx, ms)
 	if errors.Is(err, meta.ErrExists) {
-		return Subscription{}, errf(CodeSubscriptionExists, "group", "group %q already subscribes to topic %q; change that subscription with PATCH instead", s.Group, s.Topic)
+		return Subscription{}, errf(CodeSubscriptionExists, "group", "group %q already subscribes to topic %q (change that subscription with PATCH instead), or subscription id %q is taken", s.Group, s.Topic, s.ID)
 	}
 	if err != nil {
 		return Subscription{}, fmt.Errorf("store subscription: %w", err)

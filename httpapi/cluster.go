@@ -137,10 +137,11 @@ func (c *cluster) markDown(p peer, err error) {
 
 // holders returns the brokers holding topic, in name order, this one
 // included (as the local peer) when it holds localQueues > 0 of it: a
-// route a moment old may not list it yet. Brokers that recently refused a
-// connection are left out unless no other holder is left. A name server
-// outage with nothing cached is not an error here: the caller falls back
-// to what this broker holds.
+// route a moment old may not list it yet. A name server outage with
+// nothing cached is not an error here: the caller falls back to what this
+// broker holds. Fan-outs that change state ask every holder, so that a
+// broker that is down shows up as a failure; reads and publishes skip the
+// ones that recently refused a connection (live).
 func (c *cluster) holders(ctx context.Context, topic string, localQueues int) []peer {
 	var out []peer
 	if localQueues > 0 {
@@ -153,22 +154,22 @@ func (c *cluster) holders(ctx context.Context, topic string, localQueues int) []
 	if !ok {
 		return out
 	}
-	var down []peer
 	for _, b := range rt.Brokers {
-		if b.Name == c.self || b.Queues <= 0 {
-			continue
+		if b.Name != c.self && b.Queues > 0 {
+			out = append(out, peer{name: b.Name, addr: b.Addr, queues: b.Queues})
 		}
-		p := peer{name: b.Name, addr: b.Addr, queues: b.Queues}
-		if c.isDown(b.Addr) {
-			down = append(down, p)
-			continue
-		}
-		out = append(out, p)
-	}
-	if len(out) == 0 {
-		out = down
 	}
 	slices.SortFunc(out, func(a, b peer) int { return strings.Compare(a.name, b.name) })
+	return out
+}
+
+// live leaves out of peers the brokers that recently refused a
+// connection, unless that would leave none.
+func (c *cluster) live(peers []peer) []peer {
+	out := slices.DeleteFunc(slices.Clone(peers), func(p peer) bool { return !p.local() && c.isDown(p.addr) })
+	if len(out) == 0 {
+		return peers
+	}
 	return out
 }
 
@@ -350,8 +351,13 @@ func (s *Server) askOne(r *http.Request, p peer, path string, body []byte, local
 	return answer{peer: p, status: resp.StatusCode, header: resp.Header, body: b}
 }
 
-// writeAnswer writes a as this broker's answer.
-func writeAnswer(w http.ResponseWriter, a answer) {
+// writeAnswer writes a as this broker's answer; a broker that could not be
+// asked answers 503 broker_unavailable.
+func writeAnswer(w http.ResponseWriter, r *http.Request, a answer) {
+	if a.err != nil {
+		writeProblem(w, r, codeBrokerUnavailable, "", describe(a))
+		return
+	}
 	for k, vs := range a.header {
 		if k != "Content-Length" {
 			w.Header()[k] = vs
@@ -408,11 +414,11 @@ func (s *Server) broadcast(w http.ResponseWriter, r *http.Request, peers []peer,
 	}
 	switch {
 	case first != nil && len(failed) == 0:
-		writeAnswer(w, *first)
+		writeAnswer(w, r, *first)
 	case first == nil && clientErr != nil:
-		writeAnswer(w, *clientErr) // refused everywhere for the same reason
+		writeAnswer(w, r, *clientErr) // refused everywhere for the same reason
 	case first == nil && len(failed) == 0 && notFound != nil:
-		writeAnswer(w, *notFound)
+		writeAnswer(w, r, *notFound)
 	default:
 		writeProblem(w, r, codeClusterPartial, "", fmt.Sprintf("applied on %s; failed on %s; retrying is safe",
 			listOrNone(applied), strings.Join(failed, ", ")))

@@ -41,7 +41,7 @@ func (s *Server) publishHolders(r *http.Request, topic string, sharded bool) []p
 	if local > 0 && !sharded {
 		return nil
 	}
-	holders := s.cluster.holders(r.Context(), topic, local)
+	holders := s.cluster.live(s.cluster.holders(r.Context(), topic, local))
 	if len(holders) == 0 || (len(holders) == 1 && holders[0].local()) {
 		return nil
 	}

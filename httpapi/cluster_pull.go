@@ -72,7 +72,7 @@ type pulledPage struct {
 func (s *Server) pullEverywhere(w http.ResponseWriter, r *http.Request, max int, wait, vis time.Duration) bool {
 	topic := chi.URLParam(r, "topic")
 	local, _ := s.broker.Queues(topic)
-	holders := s.cluster.holders(r.Context(), topic, local)
+	holders := s.cluster.live(s.cluster.holders(r.Context(), topic, local))
 	if len(holders) == 0 || (len(holders) == 1 && holders[0].local()) {
 		return false
 	}
@@ -96,7 +96,7 @@ func (s *Server) pullEverywhere(w http.ResponseWriter, r *http.Request, max int,
 		page, ok := pageOf(a)
 		if !ok {
 			if a.peer.local() && a.err == nil && a.status < 500 {
-				writeAnswer(w, a) // refused here: it would be refused everywhere
+				writeAnswer(w, r, a) // refused here: it would be refused everywhere
 				return true
 			}
 			failed = append(failed, a)
@@ -244,8 +244,11 @@ func (s *Server) settleEverywhere(r *http.Request, path string, receipts []strin
 func (s *Server) settle(w http.ResponseWriter, r *http.Request, field string, receipts []string, body []byte, local http.HandlerFunc) {
 	answers := s.settleEverywhere(r, "", receipts, body, local)
 	total := 0
-	var settled, failed []string
-	for _, a := range answers {
+	var (
+		settled, failed []string
+		refusal         *answer
+	)
+	for i, a := range answers {
 		var m map[string]int
 		if a.ok() && json.Unmarshal(a.body, &m) == nil {
 			total += m[field]
@@ -253,12 +256,17 @@ func (s *Server) settle(w http.ResponseWriter, r *http.Request, field string, re
 			continue
 		}
 		failed = append(failed, describe(a))
+		if refusal == nil && a.err == nil && a.status < 500 {
+			refusal = &answers[i]
+		}
 	}
 	switch {
 	case len(failed) == 0:
 		writeJSON(w, http.StatusOK, map[string]int{field: total})
 	case len(answers) == 1:
-		writeAnswer(w, answers[0])
+		writeAnswer(w, r, answers[0])
+	case len(settled) == 0 && refusal != nil:
+		writeAnswer(w, r, *refusal) // nothing settled anywhere: the first broker's reason
 	default:
 		writeProblem(w, r, codeClusterPartial, "receipts", fmt.Sprintf("%s %s; failed on %s",
 			field, listOrNone(settled), strings.Join(failed, ", ")))
@@ -272,7 +280,7 @@ func (s *Server) settle(w http.ResponseWriter, r *http.Request, field string, re
 func (s *Server) messagesByKeyEverywhere(w http.ResponseWriter, r *http.Request) bool {
 	topic := chi.URLParam(r, "topic")
 	local, _ := s.broker.Queues(topic)
-	holders := s.cluster.holders(r.Context(), topic, local)
+	holders := s.cluster.live(s.cluster.holders(r.Context(), topic, local))
 	if len(holders) == 0 || (len(holders) == 1 && holders[0].local()) {
 		return false
 	}
@@ -331,7 +339,7 @@ func (s *Server) messagesByKeyEverywhere(w http.ResponseWriter, r *http.Request)
 		var pg page
 		if !a.ok() || json.Unmarshal(a.body, &pg) != nil {
 			if a.peer.local() && a.err == nil && a.status < 500 && a.status != http.StatusNotFound {
-				writeAnswer(w, a)
+				writeAnswer(w, r, a)
 				return true
 			}
 			s.cluster.logger.Warn("a broker's messages are missing from a query by key", "broker", describe(a))

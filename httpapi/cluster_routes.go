@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -25,16 +24,16 @@ import (
 func (s *Server) firstFound(w http.ResponseWriter, r *http.Request, local http.HandlerFunc) {
 	self := s.askOne(r, peer{name: s.cluster.self}, "", nil, local)
 	if self.status != http.StatusNotFound {
-		writeAnswer(w, self)
+		writeAnswer(w, r, self)
 		return
 	}
 	for _, a := range s.ask(r, s.cluster.others(r.Context()), "", nil, local) {
 		if a.ok() {
-			writeAnswer(w, a)
+			writeAnswer(w, r, a)
 			return
 		}
 	}
-	writeAnswer(w, self)
+	writeAnswer(w, r, self)
 }
 
 // everywhere applies r on every live broker (see broadcast for the
@@ -130,7 +129,7 @@ func (s *Server) putTopicEverywhere(w http.ResponseWriter, r *http.Request, topi
 	}
 	switch {
 	case len(failed) > 0 && len(placed) == 0 && firstRefusal != nil:
-		writeAnswer(w, *firstRefusal)
+		writeAnswer(w, r, *firstRefusal)
 	case len(failed) > 0:
 		writeProblem(w, r, codeClusterPartial, "", fmt.Sprintf("topic %s is on %s; failed on %s; PUT again to finish (it is idempotent)",
 			topic, listOrNone(placed), strings.Join(failed, ", ")))
@@ -241,7 +240,7 @@ func (s *Server) getTopicEverywhere(w http.ResponseWriter, r *http.Request, topi
 		merged["queues"] = append(mq, qs...)
 	}
 	if merged == nil {
-		writeAnswer(w, answers[0])
+		writeAnswer(w, r, answers[0])
 		return
 	}
 	merged["brokers"] = names
@@ -256,12 +255,12 @@ func (s *Server) getTopicEverywhere(w http.ResponseWriter, r *http.Request, topi
 func (s *Server) listEverywhere(w http.ResponseWriter, r *http.Request, field, key string, limit int, local http.HandlerFunc, combine func(into, from map[string]any, broker string)) {
 	peers, err := s.cluster.brokers(r.Context())
 	if err != nil {
-		local(w, r)
-		return
+		s.cluster.logger.Warn("cannot list the cluster's brokers; listing this one's only", "path", r.URL.Path, "err", err)
+		peers = []peer{{name: s.cluster.self}}
 	}
 	answers := s.ask(r, peers, "", nil, local)
 	if !answers[0].ok() {
-		writeAnswer(w, answers[0]) // this broker refused: bad parameters, or no scope
+		writeAnswer(w, r, answers[0]) // this broker refused: bad parameters, or no scope
 		return
 	}
 	byKey := map[string]map[string]any{}
@@ -366,7 +365,7 @@ func (s *Server) createSubscriptionEverywhere(w http.ResponseWriter, r *http.Req
 		}
 	}
 	if len(failed) == 0 {
-		writeAnswer(w, *best)
+		writeAnswer(w, r, *best)
 		return true
 	}
 	undo := r.Clone(r.Context())
@@ -384,7 +383,7 @@ func (s *Server) createSubscriptionEverywhere(w http.ResponseWriter, r *http.Req
 		}
 	}
 	if refusal != nil {
-		writeAnswer(w, *refusal)
+		writeAnswer(w, r, *refusal)
 		return true
 	}
 	writeProblem(w, r, codeClusterPartial, "", fmt.Sprintf("the subscription could not be created on every broker holding %s: %s; it was created nowhere; retry",
@@ -394,39 +393,22 @@ func (s *Server) createSubscriptionEverywhere(w http.ResponseWriter, r *http.Req
 
 // rotateEverywhere gives a subscription one new secret on every broker.
 func (s *Server) rotateEverywhere(w http.ResponseWriter, r *http.Request) {
-	body, err := readAll(r)
-	if err != nil {
-		writeProblem(w, r, codeInvalidParameter, "body", "reading the request body failed: "+err.Error())
-		return
-	}
-	req, perr := parseRotateRequest(body)
-	if perr != nil {
+	var req rotateRequest
+	if perr := decodeJSONBody(r, maxSubscriptionRequestBytes, &req); perr != nil {
 		s.writeError(w, r, perr)
 		return
 	}
 	if req.Secret == "" {
 		req.Secret = broker.NewSecret()
 	}
-	body, _ = json.Marshal(req)
+	body, _ := json.Marshal(req)
+	r.Header.Set("Content-Type", "application/json")
 	s.everywhereBody(w, r, body, s.handleRotateSecret)
 }
 
+// rotateRequest is rotate-secret's optional body.
 type rotateRequest struct {
 	Secret string `json:"secret,omitempty"`
-}
-
-// parseRotateRequest reads rotate-secret's optional body.
-func parseRotateRequest(body []byte) (rotateRequest, *broker.Error) {
-	var req rotateRequest
-	if len(bytes.TrimSpace(body)) == 0 {
-		return req, nil
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		return req, &broker.Error{Code: codeInvalidJSON, Detail: "the body is {\"secret\":\"whsec_...\"} or empty: " + err.Error()}
-	}
-	return req, nil
 }
 
 // sumEverywhere applies r on every live broker and answers with the sum of
@@ -464,12 +446,12 @@ func (s *Server) sumEverywhere(w http.ResponseWriter, r *http.Request, field str
 	}
 	switch {
 	case len(failed) > 0 && out == nil && answers[0].err == nil && answers[0].status < 500:
-		writeAnswer(w, answers[0])
+		writeAnswer(w, r, answers[0])
 	case len(failed) > 0:
 		writeProblem(w, r, codeClusterPartial, "", fmt.Sprintf("done on some brokers (%s %g); failed on %s; retrying is safe",
 			field, total, strings.Join(failed, ", ")))
 	case out == nil:
-		writeAnswer(w, answers[0])
+		writeAnswer(w, r, answers[0])
 	default:
 		out[field] = total
 		writeJSON(w, http.StatusOK, out)
@@ -509,7 +491,7 @@ func (s *Server) getGroupEverywhere(w http.ResponseWriter, r *http.Request) {
 		merged["queues"] = append(mq, qs...)
 	}
 	if merged == nil {
-		writeAnswer(w, first)
+		writeAnswer(w, r, first)
 		return
 	}
 	writeJSON(w, http.StatusOK, merged)

@@ -15,6 +15,7 @@ import (
 	"go/token"
 	"io"
 	"maps"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -64,7 +65,10 @@ func TestContractDocumentIsValid(t *testing.T) {
 		t.Errorf("openapi = %q, want 3.0.3", doc.OpenAPI)
 	}
 	// Every answer carries X-Request-Id (the requestID middleware wraps
-	// every route), so every documented response must say so.
+	// every route), so every documented response must say so; in a
+	// cluster every answer also carries Postbus-Broker (Server.ServeHTTP
+	// sets it before routing), which a standalone broker leaves out.
+	brokerName := doc.Components.Schemas["BrokerName"]
 	for path, item := range doc.Paths.Map() {
 		for method, op := range item.Operations() {
 			for status, ref := range op.Responses.Map() {
@@ -72,6 +76,24 @@ func TestContractDocumentIsValid(t *testing.T) {
 				if h == nil || !h.Value.Required {
 					t.Errorf("%s %s: response %s does not declare the required X-Request-Id header", method, path, status)
 				}
+				h = ref.Value.Headers[hdrBroker]
+				switch {
+				case h == nil:
+					t.Errorf("%s %s: response %s does not declare the %s header", method, path, status, hdrBroker)
+				case h.Value.Required:
+					t.Errorf("%s %s: response %s requires %s, which a standalone broker never sends", method, path, status, hdrBroker)
+				case h.Value.Schema == nil || h.Value.Schema.Value != brokerName.Value:
+					t.Errorf("%s %s: response %s: %s is not a BrokerName", method, path, status, hdrBroker)
+				}
+			}
+			// A broker's own routes take a forwarded request (the name
+			// server's and the operations endpoints never forward).
+			if slices.Contains(op.Tags, "namesrv") || slices.Contains(op.Tags, "operations") {
+				continue
+			}
+			params := append(slices.Clone(item.Parameters), op.Parameters...)
+			if p := params.GetByInAndName("header", hdrForwardedBy); p == nil || p.Required {
+				t.Errorf("%s %s does not declare the optional %s header", method, path, hdrForwardedBy)
 			}
 		}
 	}
@@ -427,6 +449,8 @@ type exchange struct {
 	// nameServer sends to the server that serves only the name server's
 	// routes, as `postbus namesrv` does (open traffic only).
 	nameServer bool
+	// other sends to the cluster env's second broker (cluster traffic only).
+	other bool
 	// huge validates the request against the document without its body,
 	// which is sent all the same: a body of many MiB costs seconds to
 	// validate under the race detector. The request is then invalid.
@@ -473,6 +497,11 @@ type contractEnv struct {
 	nameServer *httptest.Server
 	// clock is the open env's registry's clock, moved on to expire brokers.
 	clock *contractClock
+	// other is the cluster env's second broker; members names the
+	// cluster's brokers, which every answer must name in Postbus-Broker
+	// (nil: standalone servers, whose answers carry no Postbus-Broker).
+	other   *httptest.Server
+	members []string
 }
 
 // contractClock is the time plus an offset that tests move forward.
@@ -632,6 +661,8 @@ func (env *contractEnv) send(tb testing.TB, x exchange, vars map[string]string) 
 		srv = env.manual
 	case x.nameServer:
 		srv = env.nameServer
+	case x.other:
+		srv = env.other
 	}
 	if srv == nil {
 		tb.Fatalf("%s: this environment has no such server", x.name)
@@ -750,8 +781,22 @@ func (env *contractEnv) run(t *testing.T, exchanges []exchange, vars map[string]
 			}
 			op, resp, body := env.do(t, x, vars)
 			seen.add(op, resp.StatusCode)
+			env.checkBrokerHeader(t, resp)
 			expectExchange(t, x, resp, body, vars)
 		})
+	}
+}
+
+// checkBrokerHeader checks an answer's Postbus-Broker: a broker of the
+// cluster in a cluster env, none from a standalone server.
+func (env *contractEnv) checkBrokerHeader(tb testing.TB, resp *http.Response) {
+	tb.Helper()
+	got, ok := resp.Header[hdrBroker]
+	switch {
+	case env.members == nil && ok:
+		tb.Errorf("a standalone server answered %s: %q", hdrBroker, got)
+	case env.members != nil && (len(got) != 1 || !slices.Contains(env.members, got[0])):
+		tb.Errorf("%s: %q, want one of %v", hdrBroker, got, env.members)
 	}
 }
 
@@ -809,6 +854,9 @@ func TestContractRecordedTraffic(t *testing.T) {
 		if d := jsonField(tb, body, "duplicate"); d != nil {
 			tb.Errorf("duplicate = %v in a first publish", d)
 		}
+		if b := jsonField(tb, body, "broker"); b != nil {
+			tb.Errorf("a standalone broker answered broker %v", b)
+		}
 	}
 
 	exchanges := []exchange{
@@ -836,6 +884,26 @@ func TestContractRecordedTraffic(t *testing.T) {
 			}},
 		{name: "put topic/update", method: "PUT", path: "/v1/topics/orders", header: jsonCT,
 			body: `{"queues":4,"retention":"2h"}`, status: 200},
+		// A standalone broker is the whole bus: it takes brokers "all", and
+		// no list of names (the topic keeps its 4 queues: see get topic).
+		{name: "put topic/on all brokers", method: "PUT", path: "/v1/topics/orders", header: jsonCT,
+			body: `{"queues":4,"brokers":"all"}`, status: 200,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				if b := jsonField(tb, body, "brokers"); b != nil {
+					tb.Errorf("a standalone broker answered brokers %v", b)
+				}
+			}},
+		{name: "put topic/named broker", method: "PUT", path: "/v1/topics/orders", header: jsonCT,
+			body: `{"queues":8,"brokers":["broker-a"]}`, status: 400, code: codeUnknownBroker,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				if f := jsonField(tb, body, "field"); f != "brokers" {
+					tb.Errorf("field %v, want brokers", f)
+				}
+			}},
+		{name: "put topic/brokers not all", method: "PUT", path: "/v1/topics/orders", header: jsonCT,
+			body: `{"brokers":"some"}`, status: 400, code: codeInvalidJSON, invalid: true},
+		{name: "put topic/no brokers", method: "PUT", path: "/v1/topics/orders", header: jsonCT,
+			body: `{"brokers":[]}`, status: 400, code: codeInvalidJSON, invalid: true},
 		{name: "put topic/shrink", method: "PUT", path: "/v1/topics/orders", header: jsonCT,
 			body: `{"queues":3,"retention":"2h"}`, status: 400, code: broker.CodeInvalidQueues},
 		{name: "put topic/negative queues", method: "PUT", path: "/v1/topics/orders", header: jsonCT,
@@ -861,6 +929,11 @@ func TestContractRecordedTraffic(t *testing.T) {
 				}
 			}},
 		{name: "get topic/not found", method: "GET", path: "/v1/topics/nope", status: 404, code: broker.CodeTopicNotFound},
+		// A standalone broker answers a forwarded request as any other.
+		{name: "get topic/forwarded", method: "GET", path: "/v1/topics/orders",
+			header: map[string]string{hdrForwardedBy: "broker-b"}, status: 200},
+		{name: "get topic/forwarded by no broker", method: "GET", path: "/v1/topics/orders",
+			header: map[string]string{hdrForwardedBy: "not a broker!"}, status: 200, invalid: true},
 		{name: "get topic/invalid name", method: "GET", path: "/v1/topics/bad!name", status: 400,
 			code: broker.CodeInvalidTopic, invalid: true},
 		{name: "delete topic/invalid name", method: "DELETE", path: "/v1/topics/bad!name", status: 400,
@@ -2056,6 +2129,69 @@ func consumeExchanges(env *contractEnv) []exchange {
 				}
 			}},
 
+		// A subscription may bring its own id and secret (a cluster gives
+		// every broker the same ones): from 24 to 64 bytes of secret.
+		{name: "create/own id and secret", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body: `{"id":"ledger1","group":"ledger","topic":"orders","url":"http://127.0.0.1:9/hook","secret":"` +
+				webhookSecret(24) + `"}`, status: 201,
+			check: func(tb testing.TB, resp *http.Response, body []byte) {
+				var got subscriptionJSON
+				decodeAnswer(tb, body, &got)
+				if got.ID != "ledger1" || got.Secret != webhookSecret(24) || resp.Header.Get("Location") != "/v1/subscriptions/ledger1" {
+					tb.Errorf("id %q secret %q Location %q, want the ones given", got.ID, got.Secret, resp.Header.Get("Location"))
+				}
+			}},
+		{name: "create/id in use", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body: `{"id":"ledger1","group":"ledger2","topic":"orders"}`, status: 409, code: broker.CodeSubscriptionExists},
+		{name: "create/bad id", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body: `{"id":"ledger-1","group":"g1","topic":"orders"}`, status: 400, code: broker.CodeInvalidSubscription, invalid: true},
+		{name: "create/long id", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body: `{"id":"` + strings.Repeat("a", 65) + `","group":"g1","topic":"orders"}`, status: 400,
+			code: broker.CodeInvalidSubscription, invalid: true},
+		{name: "create/pull with a secret", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body: `{"group":"g1","topic":"orders","secret":"` + webhookSecret(32) + `"}`, status: 400,
+			code: broker.CodeInvalidSubscription, invalid: true},
+		{name: "create/short secret", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body:   `{"group":"g1","topic":"orders","url":"http://127.0.0.1:9/hook","secret":"` + webhookSecret(23) + `"}`,
+			status: 400, code: broker.CodeInvalidSubscription, invalid: true},
+		{name: "create/long secret", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body:   `{"group":"g1","topic":"orders","url":"http://127.0.0.1:9/hook","secret":"` + webhookSecret(65) + `"}`,
+			status: 400, code: broker.CodeInvalidSubscription, invalid: true},
+		{name: "create/secret not whsec", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body: `{"group":"g1","topic":"orders","url":"http://127.0.0.1:9/hook","secret":"` +
+				strings.TrimPrefix(webhookSecret(32), "whsec_") + `"}`, status: 400, code: broker.CodeInvalidSubscription, invalid: true},
+		{name: "get subscription/own id", method: "GET", path: "/v1/subscriptions/ledger1", status: 200,
+			check: wantSubscription(func(tb testing.TB, got subscriptionJSON) {
+				if got.Group != "ledger" || got.Secret != "" {
+					tb.Errorf("group %q secret %q, want ledger and no secret", got.Group, got.Secret)
+				}
+			})},
+		{name: "patch subscription/secret", method: "PATCH", path: "/v1/subscriptions/ledger1", header: jsonCT,
+			body: `{"secret":"` + webhookSecret(32) + `"}`, status: 400, code: broker.CodeInvalidSubscription, invalid: true},
+		{name: "patch subscription/id", method: "PATCH", path: "/v1/subscriptions/ledger1", header: jsonCT,
+			body: `{"id":"ledger2"}`, status: 400, code: broker.CodeInvalidSubscription, invalid: true},
+		{name: "rotate secret/given", method: "POST", path: "/v1/subscriptions/ledger1/rotate-secret", header: jsonCT,
+			body: `{"secret":"` + webhookSecret(64) + `"}`, status: 200,
+			check: wantSubscription(func(tb testing.TB, got subscriptionJSON) {
+				if got.Secret != webhookSecret(64) {
+					tb.Errorf("secret %q after a rotation to %q", got.Secret, webhookSecret(64))
+				}
+			})},
+		{name: "rotate secret/made up", method: "POST", path: "/v1/subscriptions/ledger1/rotate-secret", header: jsonCT,
+			body: `{}`, status: 200,
+			check: wantSubscription(func(tb testing.TB, got subscriptionJSON) {
+				if !strings.HasPrefix(got.Secret, "whsec_") || got.Secret == webhookSecret(64) {
+					tb.Errorf("secret %q after a rotation without one, want a new one", got.Secret)
+				}
+			})},
+		{name: "rotate secret/bad secret", method: "POST", path: "/v1/subscriptions/ledger1/rotate-secret", header: jsonCT,
+			body: `{"secret":"` + webhookSecret(16) + `"}`, status: 400, code: broker.CodeInvalidSubscription, invalid: true},
+		{name: "rotate secret/unknown field", method: "POST", path: "/v1/subscriptions/ledger1/rotate-secret", header: jsonCT,
+			body: `{"key":"whsec_x"}`, status: 400, code: codeInvalidJSON, invalid: true},
+		{name: "rotate secret/bad json", method: "POST", path: "/v1/subscriptions/ledger1/rotate-secret", header: jsonCT,
+			body: `{"secret":`, status: 400, code: codeInvalidJSON, invalid: true},
+		{name: "delete subscription/own id", method: "DELETE", path: "/v1/subscriptions/ledger1", status: 204},
+
 		{name: "delete subscription", method: "DELETE", path: "/v1/subscriptions/{pull}", status: 204},
 		{name: "delete subscription/again", method: "DELETE", path: "/v1/subscriptions/{pull}", status: 404,
 			code: broker.CodeSubscriptionNotFound},
@@ -2066,6 +2202,15 @@ func consumeExchanges(env *contractEnv) []exchange {
 				}
 			})},
 	}
+}
+
+// webhookSecret is a Standard Webhooks secret of n bytes.
+func webhookSecret(n int) string {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*37 + n)
+	}
+	return "whsec_" + base64.StdEncoding.EncodeToString(b)
 }
 
 // pulled decodes a pull's answer and checks it with f.
@@ -2519,4 +2664,332 @@ func nameServerExchanges(env *contractEnv) []exchange {
 			body: brokerB, status: 200, check: expiresIn},
 		{name: "cluster/back", method: "GET", path: "/v1/cluster", status: 200, check: wantCluster(clusterB)},
 	}
+}
+
+// contractMember is one broker of the cluster env.
+type contractMember struct {
+	name   string
+	broker *broker.Broker
+	srv    *httptest.Server
+}
+
+// contractCluster is the cluster env's brokers and their name server.
+type contractCluster struct {
+	registry *namesrv.Registry
+	members  []contractMember
+}
+
+// beat registers every member's topics with the name server, as each
+// broker's heartbeat does when its topics change.
+func (c *contractCluster) beat(tb testing.TB) {
+	tb.Helper()
+	for _, m := range c.members {
+		info := namesrv.BrokerInfo{Name: m.name, Cluster: namesrv.DefaultCluster, Addr: m.srv.URL}
+		for _, tp := range m.broker.Topics(context.Background(), "", 0) {
+			info.Topics = append(info.Topics, namesrv.Topic{Name: tp.Name, Queues: tp.Queues})
+		}
+		if err := c.registry.Heartbeat(info); err != nil {
+			tb.Fatalf("heartbeat of %s: %v", m.name, err)
+		}
+	}
+}
+
+// dispatched waits until every member has dispatched all it stored of
+// topic: n[i] messages on member i's queues. A message reaches its queue
+// (and the key index) just after its publish is answered.
+func (c *contractCluster) dispatched(topic string, n ...int64) func(tb testing.TB, vars map[string]string) {
+	return func(tb testing.TB, _ map[string]string) {
+		tb.Helper()
+		deadline := time.NewTimer(20 * time.Second)
+		defer deadline.Stop()
+		for i, m := range c.members {
+			for {
+				arrived := m.broker.Dispatched()
+				queues, _ := m.broker.Queues(topic)
+				var got int64
+				for q := range queues {
+					_, hi := m.broker.QueueBounds(topic, q)
+					got += hi
+				}
+				if got >= n[i] {
+					break
+				}
+				select {
+				case <-arrived:
+				case <-deadline.C:
+					tb.Fatalf("%s holds %d messages of %s after 20s, want %d", m.name, got, topic, n[i])
+				}
+			}
+		}
+	}
+}
+
+// newClusterContractEnv serves two brokers of one cluster, broker-a (the
+// env's main server) and broker-b (other), with a name server, as
+// `postbus broker --namesrv` runs them, open.
+func newClusterContractEnv(tb testing.TB) (*contractEnv, *contractCluster) {
+	tb.Helper()
+	c := &contractCluster{registry: newContractRegistry()}
+	ns := serveContract(tb, Config{OpenAPI: postbus.OpenAPI, NameServer: c.registry, NameServerOnly: true})
+	env := &contractEnv{doc: loadContract(tb), opts: &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true,
+		AuthenticationFunc: openapi3filter.NoopAuthenticationFunc}}
+	for _, name := range []string{"broker-a", "broker-b"} {
+		b := openContractBroker(tb, true)
+		// An interval of 1ns caches nothing: every lookup asks the name
+		// server, so a broker is routed to as soon as it has beaten.
+		names := namesrv.NewClient(namesrv.ClientConfig{Addrs: []string{ns.URL}, Interval: time.Nanosecond})
+		srv := serveContract(tb, Config{Broker: b, OpenAPI: postbus.OpenAPI, Cluster: &Cluster{Self: name, Names: names}})
+		c.members = append(c.members, contractMember{name: name, broker: b, srv: srv})
+		env.members = append(env.members, name)
+	}
+	env.main, env.other, env.broker = c.members[0].srv, c.members[1].srv, c.members[0].broker
+	env.route(tb, env.main, env.other)
+	return env, c
+}
+
+// answeredBy checks an answer's Postbus-Broker.
+func answeredBy(name string) func(tb testing.TB, resp *http.Response, body []byte) {
+	return func(tb testing.TB, resp *http.Response, _ []byte) {
+		if got := resp.Header.Get(hdrBroker); got != name {
+			tb.Errorf("%s: %q, want %q", hdrBroker, got, name)
+		}
+	}
+}
+
+// checks runs several checks on one answer.
+func checks(fs ...func(tb testing.TB, resp *http.Response, body []byte)) func(tb testing.TB, resp *http.Response, body []byte) {
+	return func(tb testing.TB, resp *http.Response, body []byte) {
+		for _, f := range fs {
+			f(tb, resp, body)
+		}
+	}
+}
+
+// TestContractClusterTraffic records traffic through two brokers of a
+// cluster: the answers only a cluster gives (placement, merged topics,
+// results and receipts naming brokers, composite cursors, Postbus-Broker
+// on every answer, 502 and 503) must match the document as a standalone
+// broker's do.
+func TestContractClusterTraffic(t *testing.T) {
+	env, c := newClusterContractEnv(t)
+	jsonCT := map[string]string{"Content-Type": "application/json"}
+	// orders has 2 queues on each broker: a sharding key whose queue
+	// number over the whole topic is 0 or 1 lands on broker-a, 2 or 3 on
+	// broker-b (holders are numbered in name order).
+	keyOn := func(a bool) string {
+		for i := 0; ; i++ {
+			if k := fmt.Sprintf("key-%d", i); (shardQueue(k)%4 < 2) == a {
+				return k
+			}
+		}
+	}
+	keyA, keyB := keyOn(true), keyOn(false)
+	wantTopic := func(queueCount int, brokers ...string) func(tb testing.TB, resp *http.Response, body []byte) {
+		return func(tb testing.TB, _ *http.Response, body []byte) {
+			var got struct {
+				QueueCount int      `json:"queue_count"`
+				Brokers    []string `json:"brokers"`
+				Queues     []struct {
+					Broker string `json:"broker"`
+				} `json:"queues"`
+			}
+			decodeAnswer(tb, body, &got)
+			slices.Sort(got.Brokers)
+			if got.QueueCount != queueCount || !slices.Equal(got.Brokers, brokers) {
+				tb.Errorf("queue_count %d on brokers %v, want %d on %v", got.QueueCount, got.Brokers, queueCount, brokers)
+			}
+		}
+	}
+	storedOn := func(names ...string) func(tb testing.TB, resp *http.Response, body []byte) {
+		return func(tb testing.TB, _ *http.Response, body []byte) {
+			var got []publishResult
+			if body[0] != '[' {
+				body = []byte("[" + string(body) + "]")
+			}
+			decodeAnswer(tb, body, &got)
+			var brokers []string
+			for _, r := range got {
+				brokers = append(brokers, r.Broker)
+			}
+			if !slices.Equal(brokers, names) {
+				tb.Errorf("stored on %q, want %q", brokers, names)
+			}
+		}
+	}
+	var secret string
+	// broker-c is registered but cannot be reached: the name server
+	// lists it until it expires.
+	unreachable := func(tb testing.TB, _ map[string]string) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		addr := "http://" + ln.Addr().String()
+		ln.Close()
+		if err := c.registry.Heartbeat(namesrv.BrokerInfo{Name: "broker-c", Addr: addr,
+			Topics: []namesrv.Topic{{Name: "ghost", Queues: 1}}}); err != nil {
+			tb.Fatal(err)
+		}
+	}
+
+	exchanges := []exchange{
+		// Topics: placed by "brokers", merged over their holders.
+		{name: "put topic/on all brokers", method: "PUT", path: "/v1/topics/orders", header: jsonCT,
+			body: `{"queues":2,"brokers":"all"}`, status: 201,
+			check: checks(answeredBy("broker-a"), wantTopic(2, "broker-a", "broker-b"))},
+		{name: "put topic/on one broker", method: "PUT", path: "/v1/topics/solo", header: jsonCT,
+			body: `{"queues":1,"brokers":["broker-b"]}`, status: 201, check: wantTopic(1, "broker-b")},
+		{name: "put topic/unknown broker", method: "PUT", path: "/v1/topics/nowhere", header: jsonCT,
+			body: `{"brokers":["broker-a","broker-z"]}`, status: 400, code: codeUnknownBroker},
+		{name: "get topic/merged", method: "GET", path: "/v1/topics/orders", status: 200,
+			check: func(tb testing.TB, resp *http.Response, body []byte) {
+				wantTopic(4, "broker-a", "broker-b")(tb, resp, body)
+				var got struct {
+					Queues []struct {
+						Broker  string `json:"broker"`
+						QueueID int    `json:"queue_id"`
+					} `json:"queues"`
+				}
+				decodeAnswer(tb, body, &got)
+				var where []string
+				for _, q := range got.Queues {
+					where = append(where, fmt.Sprintf("%s/%d", q.Broker, q.QueueID))
+				}
+				if want := []string{"broker-a/0", "broker-a/1", "broker-b/0", "broker-b/1"}; !slices.Equal(where, want) {
+					tb.Errorf("queues %v, want %v", where, want)
+				}
+			}},
+		{name: "get topic/forwarded", method: "GET", path: "/v1/topics/orders", header: map[string]string{hdrForwardedBy: "broker-b"},
+			status: 200, check: func(tb testing.TB, resp *http.Response, body []byte) {
+				if b := jsonField(tb, body, "brokers"); b != nil || jsonField(tb, body, "queue_count") != float64(2) {
+					tb.Errorf("a forwarded request answered %s, want broker-a's 2 queues alone", clip(body))
+				}
+			}},
+		{name: "list topics/merged", other: true, method: "GET", path: "/v1/topics", status: 200,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				var got struct{ Topics []topicJSON }
+				var brokers struct {
+					Topics []struct{ Brokers []string }
+				}
+				decodeAnswer(tb, body, &got)
+				decodeAnswer(tb, body, &brokers)
+				var summary []string
+				for i, tp := range got.Topics {
+					slices.Sort(brokers.Topics[i].Brokers)
+					summary = append(summary, fmt.Sprintf("%s %d %v", tp.Name, tp.QueueCount, brokers.Topics[i].Brokers))
+				}
+				if want := []string{"orders 4 [broker-a broker-b]", "solo 1 [broker-b]"}; !slices.Equal(summary, want) {
+					tb.Errorf("topics %q, want %q", summary, want)
+				}
+			}},
+
+		// Publish: stored by a holder, which the result names.
+		{name: "publish/forwarded", method: "POST", path: "/v1/topics/solo/messages", body: "x", status: 201,
+			check: checks(answeredBy("broker-b"), storedOn("broker-b"))},
+		{name: "publish/here", method: "POST", path: "/v1/topics/orders/messages", header: map[string]string{"Postbus-Keys": "k"},
+			body: "on a", status: 201, check: checks(answeredBy("broker-a"), storedOn("broker-a"))},
+		{name: "publish/there", other: true, method: "POST", path: "/v1/topics/orders/messages",
+			header: map[string]string{"Postbus-Keys": "k"}, body: "on b", status: 201, check: storedOn("broker-b")},
+		{name: "publish/sharded", method: "POST", path: "/v1/topics/orders/messages",
+			header: map[string]string{"Postbus-Keys": "k", "Postbus-Sharding-Key": keyB}, body: "sharded", status: 201,
+			check: checks(answeredBy("broker-b"), storedOn("broker-b"))},
+		{name: "batch/split", method: "POST", path: "/v1/topics/orders/messages/batch", header: jsonCT,
+			body:   `[{"body":"one","keys":["k"],"sharding_key":"` + keyA + `"},{"body":"two","sharding_key":"` + keyB + `"}]`,
+			status: 201, check: checks(answeredBy("broker-a"), storedOn("broker-a", "broker-b"))},
+
+		// Queries by key page each broker's index under one cursor.
+		{name: "by key/merged", method: "GET", path: "/v1/topics/orders/messages?key=k&limit=1", status: 200,
+			prepare: c.dispatched("orders", 2, 3),
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				var got struct {
+					Messages   []messageJSON
+					NextCursor string `json:"next_cursor"`
+				}
+				decodeAnswer(tb, body, &got)
+				var parts []string
+				for _, p := range strings.Split(got.NextCursor, ",") {
+					name, _, _ := strings.Cut(p, "~")
+					parts = append(parts, name)
+				}
+				if len(got.Messages) != 2 || !slices.Equal(parts, []string{"broker-a", "broker-b"}) {
+					tb.Errorf("%d messages, next_cursor %q: want one from each broker, and a cursor naming both", len(got.Messages), got.NextCursor)
+				}
+			}},
+
+		// Pull from every holder; ack through any broker.
+		{name: "pull/everywhere", method: "POST", path: "/v1/groups/workers/topics/orders/pull?max=32", status: 200,
+			save: map[string]string{"r0": "messages.0.receipt", "r1": "messages.1.receipt", "r2": "messages.2.receipt",
+				"r3": "messages.3.receipt", "r4": "messages.4.receipt"},
+			check: pulled(func(tb testing.TB, got []pulledJSON) {
+				issuers := map[string]int{}
+				for _, m := range got {
+					name, _, _ := strings.Cut(m.Receipt, "~")
+					issuers[name]++
+				}
+				if len(got) != 5 || issuers["broker-a"] != 2 || issuers["broker-b"] != 3 {
+					tb.Errorf("pulled %d messages with receipts of %v, want 2 of broker-a's and 3 of broker-b's", len(got), issuers)
+				}
+			})},
+		{name: "ack/anywhere", other: true, method: "POST", path: "/v1/groups/workers/ack", header: jsonCT,
+			body: `{"receipts":["{r0}","{r1}","{r2}","{r3}","{r4}"]}`, status: 200,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				if got := jsonField(tb, body, "acked"); got != float64(5) {
+					tb.Errorf("acked %v, want 5", got)
+				}
+			}},
+
+		// Subscriptions: one id and secret on every holder.
+		{name: "create subscription/everywhere", method: "POST", path: "/v1/subscriptions", header: jsonCT,
+			body: `{"id":"ledger1","group":"ledger","topic":"orders","url":"http://127.0.0.1:9/hook"}`, status: 201,
+			check: wantSubscription(func(tb testing.TB, got subscriptionJSON) {
+				if got.ID != "ledger1" || !strings.HasPrefix(got.Secret, "whsec_") {
+					tb.Errorf("id %q secret %q, want ledger1 and a secret", got.ID, got.Secret)
+				}
+				secret = got.Secret
+			})},
+		{name: "get subscription/the other copy", other: true, method: "GET", path: "/v1/subscriptions/ledger1",
+			header: map[string]string{hdrForwardedBy: "broker-a"}, status: 200, check: answeredBy("broker-b")},
+		{name: "rotate secret/everywhere", method: "POST", path: "/v1/subscriptions/ledger1/rotate-secret", header: jsonCT,
+			body: `{"secret":"` + webhookSecret(40) + `"}`, status: 200,
+			check: wantSubscription(func(tb testing.TB, got subscriptionJSON) {
+				if got.Secret != webhookSecret(40) || got.Secret == secret {
+					tb.Errorf("secret %q after a rotation to %q", got.Secret, webhookSecret(40))
+				}
+			})},
+		{name: "list subscriptions/merged", other: true, method: "GET", path: "/v1/subscriptions", status: 200,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				var got struct{ Subscriptions []subscriptionJSON }
+				decodeAnswer(tb, body, &got)
+				n := 0
+				for _, s := range got.Subscriptions {
+					if s.ID == "ledger1" {
+						n++
+					}
+				}
+				if n != 1 {
+					tb.Errorf("ledger1 listed %d times, want once", n)
+				}
+			}},
+
+		// A broker that cannot be reached: 503 for what only it holds, 502
+		// for what was applied on the others.
+		{name: "publish/unreachable", method: "POST", path: "/v1/topics/ghost/messages", body: "x", status: 503,
+			code: codeBrokerUnavailable, prepare: unreachable},
+		{name: "delete subscription/partly", method: "DELETE", path: "/v1/subscriptions/ledger1", status: 502,
+			code: codeClusterPartial},
+		{name: "delete subscription/gone", method: "DELETE", path: "/v1/subscriptions/ledger1", status: 404,
+			code:    broker.CodeSubscriptionNotFound,
+			prepare: func(tb testing.TB, _ map[string]string) { c.registry.Unregister("broker-c") }},
+	}
+	// Each broker heartbeats as soon as its topics change.
+	for i := range exchanges {
+		prepare := exchanges[i].prepare
+		exchanges[i].prepare = func(tb testing.TB, vars map[string]string) {
+			c.beat(tb)
+			if prepare != nil {
+				prepare(tb, vars)
+			}
+		}
+	}
+	env.run(t, exchanges, make(map[string]string), make(contractSeen))
 }

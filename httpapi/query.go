@@ -129,6 +129,9 @@ func (s *Server) handleMessagesByKey(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, perr)
 		return
 	}
+	if s.coordinating(r) && s.messagesByKeyEverywhere(w, r) {
+		return
+	}
 	var before int64
 	if c := r.URL.Query().Get("cursor"); c != "" {
 		n, err := strconv.ParseInt(c, 10, 64)
@@ -137,9 +140,6 @@ func (s *Server) handleMessagesByKey(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		before = n
-	}
-	if s.coordinating(r) && s.messagesByKeyEverywhere(w, r) {
-		return
 	}
 	msgs, next, err := s.broker.MessagesByKey(r.Context(), chi.URLParam(r, "topic"), key, before, int(limit))
 	if err != nil {

@@ -351,13 +351,8 @@ func (s *Server) handleRotateSecret(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	body, err := readAll(r)
-	if err != nil {
-		writeProblem(w, r, codeInvalidParameter, "body", "reading the request body failed: "+err.Error())
-		return
-	}
-	req, perr := parseRotateRequest(body)
-	if perr != nil {
+	var req rotateRequest
+	if perr := decodeJSONBody(r, maxSubscriptionRequestBytes, &req); perr != nil {
 		s.writeError(w, r, perr)
 		return
 	}
