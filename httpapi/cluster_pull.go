@@ -55,6 +55,10 @@ func localReceipts(receipts []string) []string {
 	return out
 }
 
+// pollGrace is how long the other long polls of a pull across brokers may
+// still answer once one has: long enough to read an answer already sent.
+const pollGrace = 20 * time.Millisecond
+
 // pulledPage is a pull's answer as it travels between brokers.
 type pulledPage struct {
 	Messages []json.RawMessage `json:"messages"`
@@ -66,9 +70,13 @@ type pulledPage struct {
 // different one each time, so no broker's queues starve) without waiting;
 // when nothing is ready and the pull may wait, it long-polls every holder
 // at once and answers with the first messages to arrive. The other polls
-// are then cancelled; messages a cancelled poll had already taken are
-// handed back (nacked with no delay), so nothing waits out a visibility
-// timeout for a puller that never saw it.
+// are cancelled pollGrace later, so that an answer already on its way is
+// read rather than cut off; a broker whose poll is cancelled after it took
+// messages hands them back itself (see pull), and messages beyond max are
+// handed back here (nacked with no delay), so nothing waits out a
+// visibility timeout for a puller that never saw it. Only an answer cut
+// off in flight at the moment of cancelling is missed, and its messages
+// return after their visibility: at least once, late.
 func (s *Server) pullEverywhere(w http.ResponseWriter, r *http.Request, max int, wait, vis time.Duration) bool {
 	topic := chi.URLParam(r, "topic")
 	local, _ := s.broker.Queues(topic)
@@ -120,6 +128,7 @@ func (s *Server) pullEverywhere(w http.ResponseWriter, r *http.Request, max int,
 		go func() { polls <- s.askOne(pr, p, pathFor(max, wait), nil, s.handlePull) }()
 	}
 	failed = failed[:0]
+	var stop *time.Timer
 	for range holders {
 		a := <-polls
 		page, ok := pageOf(a)
@@ -129,8 +138,9 @@ func (s *Server) pullEverywhere(w http.ResponseWriter, r *http.Request, max int,
 			}
 			continue
 		}
-		if len(page.Messages) > 0 {
-			cancel() // the others stop waiting; what they took still arrives
+		if len(page.Messages) > 0 && stop == nil {
+			stop = time.AfterFunc(pollGrace, cancel)
+			defer stop.Stop()
 		}
 		got = append(got, page.Messages...)
 	}

@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -590,3 +592,434 @@ func TestClusterFailover(t *testing.T) {
 	})
 }
 
+// secrets returns the subscription's secret on each of the brokers names,
+// read from the brokers themselves: the API shows a secret only in the
+// answers to a create and a rotation.
+func (tc *testCluster) secrets(tb testing.TB, id string, names []string) []string {
+	tb.Helper()
+	var out []string
+	for _, name := range names {
+		sub, err := tc.nodes[name].b.Subscription(context.Background(), id)
+		if err != nil {
+			tb.Fatalf("subscription %s on %s: %v", id, name, err)
+		}
+		out = append(out, sub.Secret)
+	}
+	return out
+}
+
+func TestClusterSubscriptions(t *testing.T) {
+	tc := newTestCluster(t, brokerA, brokerB, brokerC)
+	all := []string{brokerA, brokerB, brokerC}
+	holders := []string{brokerA, brokerB}
+	tc.placeTopic(t, brokerA, "orders", `{"brokers":["broker-a","broker-b"]}`, holders...)
+
+	// Created through the broker that does not hold the topic.
+	a := tc.via(t, brokerC, "POST", "/v1/subscriptions", nil,
+		`{"group":"billing","topic":"orders","url":"https://hooks.example.com/orders","max_retries":2}`)
+	created := decodeAs[subscriptionJSON](t, a)
+	if a.status != http.StatusCreated || !slices.Contains(holders, a.header.Get(hdrBroker)) || created.ID == "" ||
+		!strings.HasPrefix(created.Secret, "whsec_") || created.Type != "push" {
+		t.Fatalf("create through %s: %s", brokerC, a)
+	}
+	id := created.ID
+	path := "/v1/subscriptions/" + id
+
+	// sameEverywhere checks every holder has the subscription as check
+	// wants it, and the others have none.
+	sameEverywhere := func(t *testing.T, check func(subscriptionJSON) bool) {
+		t.Helper()
+		tc.wantOn(t, path, holders...)
+		for _, name := range holders {
+			if a := tc.at(t, name, "GET", path, ""); !check(decodeAs[subscriptionJSON](t, a)) {
+				t.Fatalf("on %s: %s", name, a)
+			}
+		}
+	}
+	// listedOnce checks a list through every broker shows it n times.
+	listedOnce := func(t *testing.T, n int) {
+		t.Helper()
+		for _, via := range all {
+			a := tc.via(t, via, "GET", "/v1/subscriptions", nil, "")
+			a.want(t, http.StatusOK, via)
+			count := 0
+			for _, s := range decodeAs[struct {
+				Subscriptions []subscriptionJSON `json:"subscriptions"`
+			}](t, a).Subscriptions {
+				if s.ID == id {
+					count++
+				}
+			}
+			if count != n {
+				t.Fatalf("the list through %s shows %s %d times, want %d: %s", via, id, count, n, a)
+			}
+		}
+	}
+
+	for _, tt := range []struct {
+		name, via, method, path, body string
+		status                        int
+		check                         func(*testing.T, clusterAnswer) // the answer, then every broker
+	}{
+		{"created on every holder with one id and secret", "", "", "", "", 0, func(t *testing.T, _ clusterAnswer) {
+			sameEverywhere(t, func(s subscriptionJSON) bool {
+				return s.ID == id && s.Group == "billing" && s.Topic == "orders" && s.MaxRetries == 2 && s.State == "active"
+			})
+			if got := tc.secrets(t, id, holders); got[0] != created.Secret || got[1] != created.Secret {
+				t.Fatalf("secrets %v, want %s on both", got, created.Secret)
+			}
+			listedOnce(t, 1)
+		}},
+		{"got through any broker", brokerC, "GET", path, "", 200, func(t *testing.T, a clusterAnswer) {
+			if s := decodeAs[subscriptionJSON](t, a); s.ID != id || s.Secret != "" {
+				t.Fatalf("got %s", a)
+			}
+		}},
+		{"patched through another broker", brokerB, "PATCH", path, `{"max_retries":7,"filter":"paid"}`, 200, func(t *testing.T, a clusterAnswer) {
+			sameEverywhere(t, func(s subscriptionJSON) bool { return s.MaxRetries == 7 && s.Filter == "paid" })
+		}},
+		{"paused through a non-holder", brokerC, "POST", path + "/pause", "", 200, func(t *testing.T, a clusterAnswer) {
+			sameEverywhere(t, func(s subscriptionJSON) bool { return s.State == "paused" && s.MaxRetries == 7 })
+		}},
+		{"resumed through a holder", brokerA, "POST", path + "/resume", "", 200, func(t *testing.T, a clusterAnswer) {
+			sameEverywhere(t, func(s subscriptionJSON) bool { return s.State == "active" })
+		}},
+		{"secret rotated through a non-holder", brokerC, "POST", path + "/rotate-secret", "", 200, func(t *testing.T, a clusterAnswer) {
+			rotated := decodeAs[subscriptionJSON](t, a).Secret
+			if !strings.HasPrefix(rotated, "whsec_") || rotated == created.Secret {
+				t.Fatalf("rotate: %s", a)
+			}
+			if got := tc.secrets(t, id, holders); got[0] != rotated || got[1] != rotated {
+				t.Fatalf("secrets %v, want %s on both", got, rotated)
+			}
+		}},
+		{"secret given", brokerB, "POST", path + "/rotate-secret", `{"secret":"whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMy"}`, 200, func(t *testing.T, a clusterAnswer) {
+			if got := tc.secrets(t, id, holders); got[0] != "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMy" || got[1] != got[0] {
+				t.Fatalf("secrets %v, want the one given on both", got)
+			}
+		}},
+		{"deleted through another broker", brokerB, "DELETE", path, "", 204, func(t *testing.T, a clusterAnswer) {
+			tc.wantOn(t, path)
+			listedOnce(t, 0)
+		}},
+		{"gone everywhere", brokerC, "GET", path, "", 404, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var a clusterAnswer
+			if tt.via != "" {
+				a = tc.via(t, tt.via, tt.method, tt.path, nil, tt.body)
+				// A holder answers for itself; another broker passes on
+				// a holder's answer, or answers a 404 itself.
+				by := a.header.Get(hdrBroker)
+				wantBy := by == tt.via
+				if !slices.Contains(holders, tt.via) && a.status != http.StatusNotFound {
+					wantBy = slices.Contains(holders, by)
+				}
+				if a.status != tt.status || !wantBy {
+					t.Fatalf("%s %s through %s: %s, want %d", tt.method, tt.path, tt.via, a, tt.status)
+				}
+			}
+			if tt.check != nil {
+				tt.check(t, a)
+			}
+		})
+	}
+}
+
+func TestClusterPull(t *testing.T) {
+	tc := newTestCluster(t, brokerA, brokerB, brokerC)
+	holders := []string{brokerA, brokerB}
+	tc.placeTopic(t, brokerC, "jobs", `{"brokers":["broker-a","broker-b"]}`, holders...)
+	// A long visibility: a message not acked or handed back does not come
+	// back within the test.
+	tc.via(t, brokerC, "POST", "/v1/subscriptions", nil, `{"group":"workers","topic":"jobs","start_from":"earliest","visibility":"5m"}`).
+		want(t, http.StatusCreated, brokerA)
+
+	storedOn := map[string]string{} // message id -> broker
+	publishAt := func(t *testing.T, name, body string) {
+		a := tc.at(t, name, "POST", "/v1/topics/jobs/messages", body)
+		a.want(t, http.StatusCreated, name)
+		storedOn[decodeAs[publishResult](t, a).MsgID] = name
+	}
+	// pull pulls through via and checks each receipt names the broker
+	// holding its message.
+	pull := func(t *testing.T, via, query string) []pulledJSON {
+		t.Helper()
+		a := tc.via(t, via, "POST", "/v1/groups/workers/topics/jobs/pull?"+query, nil, "")
+		a.want(t, http.StatusOK, via)
+		got := decodeAs[pullAnswer](t, a).Messages
+		for _, m := range got {
+			if name := storedOn[m.MsgID]; !strings.HasPrefix(m.Receipt, name+receiptSep) {
+				t.Fatalf("pulled %s, stored on %q, with receipt %q", m.MsgID, name, m.Receipt)
+			}
+		}
+		return got
+	}
+	ack := func(t *testing.T, via string, msgs []pulledJSON) {
+		t.Helper()
+		var receipts []string
+		for _, m := range msgs {
+			receipts = append(receipts, m.Receipt)
+		}
+		body, _ := json.Marshal(map[string][]string{"receipts": receipts})
+		a := tc.via(t, via, "POST", "/v1/groups/workers/ack", nil, string(body))
+		a.want(t, http.StatusOK, via)
+		if got := decodeAs[map[string]int](t, a)["acked"]; got != len(receipts) {
+			t.Fatalf("ack through %s: %s, want %d acked", via, a, len(receipts))
+		}
+	}
+	ids := func(msgs []pulledJSON) []string {
+		var out []string
+		for _, m := range msgs {
+			out = append(out, m.MsgID)
+		}
+		return slices.Sorted(slices.Values(out))
+	}
+
+	var pulled []pulledJSON
+	t.Run("every holder's messages, at most max", func(t *testing.T) {
+		for _, name := range holders {
+			for i := range 3 {
+				publishAt(t, name, fmt.Sprintf("%s-%d", name, i))
+			}
+		}
+		// A short visibility: a message not acked comes back within a
+		// second, as attempt 2.
+		for _, c := range []struct {
+			via, query string
+			want       int
+		}{{brokerC, "max=4&visibility=1s", 4}, {brokerA, "max=4&visibility=1s", 2}, {brokerB, "max=4", 0}, {brokerC, "max=4&wait=0s", 0}} {
+			got := pull(t, c.via, c.query)
+			if len(got) != c.want {
+				t.Fatalf("pull through %s (%s): %d messages, want %d", c.via, c.query, len(got), c.want)
+			}
+			pulled = append(pulled, got...)
+		}
+		if got, want := ids(pulled), slices.Sorted(maps.Keys(storedOn)); !slices.Equal(got, want) {
+			t.Fatalf("pulled %v, want each of %v once", got, want)
+		}
+	})
+
+	t.Run("ack through another broker", func(t *testing.T) {
+		ack(t, brokerB, pulled[:4]) // pulled through broker-c
+		ack(t, brokerC, pulled[4:5])
+		// The one not acked comes back once its visibility runs out; the
+		// others do not.
+		again := pull(t, brokerA, "max=10&wait=10s")
+		if len(again) != 1 || again[0].MsgID != pulled[5].MsgID || again[0].Attempt != 2 {
+			t.Fatalf("pulled after the acks: %+v; want only %s, as attempt 2", again, pulled[5].MsgID)
+		}
+		ack(t, brokerC, again)
+		if got := pull(t, brokerB, "max=10&wait=2s"); len(got) != 0 {
+			t.Errorf("pulled after every ack: %+v", got)
+		}
+	})
+
+	// longPoll pulls through via, waiting, while publish runs once the
+	// poll has had a moment to start waiting.
+	longPoll := func(t *testing.T, via, query string, publish func()) ([]pulledJSON, time.Duration) {
+		t.Helper()
+		type result struct {
+			a    clusterAnswer
+			took time.Duration
+		}
+		done := make(chan result, 1)
+		go func() {
+			start := time.Now()
+			resp, data := do(t, "POST", tc.nodes[via].srv.URL+"/v1/groups/workers/topics/jobs/pull?"+query, nil, nil)
+			done <- result{clusterAnswer{resp.StatusCode, resp.Header, data}, time.Since(start)}
+		}()
+		time.Sleep(300 * time.Millisecond) // not needed to pass: a publish before the wait is pulled at once
+		publish()
+		r := <-done
+		r.a.want(t, http.StatusOK, via)
+		return decodeAs[pullAnswer](t, r.a).Messages, r.took
+	}
+
+	t.Run("long poll wakes on a publish to the other broker", func(t *testing.T) {
+		var id string
+		got, took := longPoll(t, brokerA, "max=5&wait=8s", func() {
+			a := tc.at(t, brokerB, "POST", "/v1/topics/jobs/messages", "late")
+			id = decodeAs[publishResult](t, a).MsgID
+			storedOn[id] = brokerB
+		})
+		if len(got) != 1 || got[0].MsgID != id || got[0].Body != "late" || !strings.HasPrefix(got[0].Receipt, brokerB+receiptSep) || took >= 8*time.Second {
+			t.Fatalf("long poll through %s answered after %s with %+v; want %s from %s before the wait ran out", brokerA, took, got, id, brokerB)
+		}
+		ack(t, brokerC, got)
+	})
+
+	t.Run("long poll gives at most max when both brokers have some", func(t *testing.T) {
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		got, _ := longPoll(t, brokerC, "max=1&wait=8s", func() {
+			for _, name := range holders {
+				wg.Go(func() {
+					a := tc.at(t, name, "POST", "/v1/topics/jobs/messages", "race-"+name)
+					mu.Lock()
+					storedOn[decodeAs[publishResult](t, a).MsgID] = name
+					mu.Unlock()
+				})
+			}
+			wg.Wait()
+		})
+		if len(got) != 1 {
+			t.Fatalf("long poll with max=1 gave %d messages: %+v", len(got), got)
+		}
+		// The other one is still to be had: handed back if a poll took it.
+		seen := []pulledJSON{got[0]}
+		ack(t, brokerA, got)
+		waitFor(t, "the other message", func() (bool, string) {
+			more := pull(t, brokerB, "max=10&wait=1s")
+			if len(more) > 0 {
+				ack(t, brokerC, more)
+			}
+			seen = append(seen, more...)
+			var bodies []string
+			for _, m := range seen {
+				bodies = append(bodies, m.Body)
+			}
+			slices.Sort(bodies)
+			return slices.Equal(bodies, []string{"race-broker-a", "race-broker-b"}), fmt.Sprint(bodies)
+		})
+	})
+}
+
+func TestClusterQueries(t *testing.T) {
+	tc := newTestCluster(t, brokerA, brokerB, brokerC)
+	all := []string{brokerA, brokerB, brokerC}
+	holders := []string{brokerA, brokerB}
+	tc.placeTopic(t, brokerA, "orders", `{"brokers":["broker-a","broker-b"]}`, holders...)
+
+	// Three messages with one key on each holder, published to it directly.
+	keyed := map[string]string{} // message id -> broker
+	for i := range 3 {
+		for _, name := range holders {
+			a := tc.via(t, name, "POST", "/v1/topics/orders/messages",
+				map[string]string{hdrForwardedBy: "test", hdrKeys: "order-7", hdrTag: "paid"}, fmt.Sprintf("%s-%d", name, i))
+			a.want(t, http.StatusCreated, name)
+			keyed[decodeAs[publishResult](t, a).MsgID] = name
+		}
+	}
+	a := tc.via(t, brokerB, "POST", "/v1/topics/orders/messages",
+		map[string]string{hdrForwardedBy: "test", hdrTag: "solo", "Content-Type": "text/plain"}, "only on b")
+	a.want(t, http.StatusCreated, brokerB)
+	solo := decodeAs[publishResult](t, a).MsgID
+	tc.wantOn(t, "/v1/messages/"+solo, brokerB)
+
+	t.Run("by id through a broker without it", func(t *testing.T) {
+		for _, via := range []string{brokerA, brokerC} {
+			a := tc.via(t, via, "GET", "/v1/messages/"+solo, nil, "")
+			a.want(t, http.StatusOK, brokerB)
+			if m := decodeAs[messageJSON](t, a); m.MsgID != solo || m.Body != "only on b" || m.Tag != "solo" || m.Topic != "orders" {
+				t.Errorf("GET through %s: %s", via, a)
+			}
+			a = tc.via(t, via, "GET", "/v1/messages/"+solo+"/body", nil, "")
+			a.want(t, http.StatusOK, brokerB)
+			if string(a.body) != "only on b" || a.header.Get("Content-Type") != "text/plain" || a.header.Get("Postbus-Message-Id") != solo {
+				t.Errorf("GET body through %s: %s (Content-Type %q)", via, a, a.header.Get("Content-Type"))
+			}
+			a = tc.via(t, via, "GET", "/v1/messages/"+solo+"/trace", nil, "")
+			a.want(t, http.StatusOK, brokerB)
+			if tr := decodeAs[struct {
+				MsgID string `json:"msg_id"`
+				Topic string `json:"topic"`
+			}](t, a); tr.MsgID != solo || tr.Topic != "orders" {
+				t.Errorf("GET trace through %s: %s", via, a)
+			}
+		}
+	})
+
+	t.Run("unknown id", func(t *testing.T) {
+		for _, path := range []string{"", "/body", "/trace"} {
+			tc.via(t, brokerC, "GET", "/v1/messages/AAAAAAAAAAAAAAAAAAAAAA"+path, nil, "").
+				wantProblem(t, http.StatusNotFound, broker.CodeMessageNotFound, brokerC)
+		}
+	})
+
+	t.Run("by key merged, paged with the composite cursor", func(t *testing.T) {
+		for _, via := range all {
+			seen := map[string]int{}
+			query := "/v1/topics/orders/messages?key=order-7&limit=2"
+			pages := 0
+			for next := "start"; next != ""; pages++ {
+				if pages == 5 {
+					t.Fatalf("through %s: still a cursor after %d pages", via, pages)
+				}
+				a := tc.via(t, via, "GET", query, nil, "")
+				a.want(t, http.StatusOK, via)
+				page := decodeAs[struct {
+					Messages   []messageJSON `json:"messages"`
+					NextCursor string        `json:"next_cursor"`
+				}](t, a)
+				if len(page.Messages) > 2*len(holders) {
+					t.Fatalf("through %s: a page of %d messages with limit 2 over 2 brokers: %s", via, len(page.Messages), a)
+				}
+				var prev time.Time
+				for i, m := range page.Messages {
+					seen[m.MsgID]++
+					at, err := time.Parse(time.RFC3339Nano, m.StoredAt)
+					if err != nil || i > 0 && at.After(prev) {
+						t.Errorf("through %s: page %d not newest first: %s", via, pages, a)
+					}
+					prev = at
+				}
+				next = page.NextCursor
+				query = "/v1/topics/orders/messages?key=order-7&limit=2&cursor=" + url.QueryEscape(next)
+			}
+			if pages < 2 || len(seen) != len(keyed) {
+				t.Errorf("through %s: %d pages gave %v, want each of the %d keyed messages", via, pages, seen, len(keyed))
+			}
+			for id, n := range seen {
+				if _, ok := keyed[id]; !ok || n != 1 {
+					t.Errorf("through %s: %s seen %d times (keyed: %v)", via, id, n, ok)
+				}
+			}
+		}
+	})
+}
+
+// newLoneBroker starts a broker named solo whose name server refuses
+// every connection.
+func newLoneBroker(tb testing.TB) *testCluster {
+	tb.Helper()
+	gone := httptest.NewServer(http.NotFoundHandler())
+	gone.Close()
+	return &testCluster{names: []string{"solo"}, nodes: map[string]*clusterNode{"solo": startClusterNode(tb, "solo", gone.URL)}}
+}
+
+// TestClusterNameServerDown: a broker whose name server never answers still
+// serves its own topics, as it would standalone.
+func TestClusterNameServerDown(t *testing.T) {
+	tc := newLoneBroker(t)
+
+	tc.via(t, "solo", "PUT", "/v1/topics/local", nil, `{"queues":2}`).want(t, http.StatusCreated, "solo")
+	tc.via(t, "solo", "POST", "/v1/subscriptions", nil, `{"group":"g","topic":"local","start_from":"earliest"}`).want(t, http.StatusCreated, "solo")
+	for _, hdr := range []map[string]string{nil, {hdrShardingKey: "k1", hdrKeys: "order-1"}} {
+		res, a := tc.publishVia(t, "solo", "local", hdr, "hello")
+		a.want(t, http.StatusCreated, "solo")
+		if res.Broker != "solo" {
+			t.Fatalf("publish: %s", a)
+		}
+		tc.via(t, "solo", "GET", "/v1/messages/"+res.MsgID, nil, "").want(t, http.StatusOK, "solo")
+	}
+	a := tc.via(t, "solo", "POST", "/v1/topics/local/messages/batch", nil, `[{"body":"x","sharding_key":"a"},{"body":"y","sharding_key":"b"}]`)
+	a.want(t, http.StatusCreated, "solo")
+
+	for _, c := range []struct {
+		method, path string
+		status       int
+		check        func(clusterAnswer) bool
+	}{
+		{"GET", "/v1/topics/local", 200, func(a clusterAnswer) bool { return decodeAs[topicJSON](t, a).QueueCount == 2 }},
+		{"GET", "/v1/topics/local/messages?key=order-1", 200, func(a clusterAnswer) bool { return strings.Count(string(a.body), `"msg_id"`) == 1 }},
+		{"GET", "/v1/topics", 200, func(a clusterAnswer) bool { return strings.Contains(string(a.body), `"name":"local"`) }},
+		{"GET", "/v1/subscriptions", 200, func(a clusterAnswer) bool { return strings.Count(string(a.body), `"topic":"local"`) == 1 }},
+		{"POST", "/v1/groups/g/topics/local/pull?max=10", 200, func(a clusterAnswer) bool { return len(decodeAs[pullAnswer](t, a).Messages) == 4 }},
+	} {
+		a := tc.via(t, "solo", c.method, c.path, nil, "")
+		if a.status != c.status || a.header.Get(hdrBroker) != "solo" || !c.check(a) {
+			t.Errorf("%s %s: %s", c.method, c.path, a)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -57,9 +58,23 @@ func (s *Server) pull(w http.ResponseWriter, r *http.Request, max int, wait, vis
 		// A long poll may outlast the server's write timeout.
 		http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + 30*time.Second))
 	}
-	got, err := s.broker.Pull(r.Context(), chi.URLParam(r, "group"), chi.URLParam(r, "topic"), max, wait, vis)
+	group := chi.URLParam(r, "group")
+	got, err := s.broker.Pull(r.Context(), group, chi.URLParam(r, "topic"), max, wait, vis)
 	if err != nil {
 		s.writeError(w, r, err)
+		return
+	}
+	if len(got) > 0 && r.Context().Err() != nil {
+		// The puller is gone (in a cluster: another broker answered it
+		// first). Hand the messages back now rather than let them wait out
+		// their visibility.
+		receipts := make([]string, len(got))
+		for i, p := range got {
+			receipts[i] = p.Receipt
+		}
+		if err := s.broker.Nack(context.WithoutCancel(r.Context()), group, receipts, 0); err != nil {
+			s.logger.Warn("handing back messages of a pull nobody waits for failed; they return after their visibility", "err", err)
+		}
 		return
 	}
 	out := struct {
