@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -113,6 +114,16 @@ func (b *Broker) groupInfo(name string, subs []Subscription) (GroupInfo, error) 
 		g.Lag += q.Lag
 	}
 	b.offs.mu.Unlock()
+	// Every subscription's retry topic is listed, even before anything has
+	// been read from it: it is where the messages out on pull wait.
+	for _, s := range g.Subscriptions {
+		rt := RetryTopic(name, s.Topic)
+		if !slices.ContainsFunc(g.Queues, func(q QueueLag) bool { return q.Topic == rt }) {
+			_, hi := b.cq.Bounds(rt, 0)
+			g.Queues = append(g.Queues, QueueLag{Topic: rt, MaxOffset: hi, Lag: hi})
+			g.Lag += hi
+		}
+	}
 	// A retry topic's in-flight count is its pending timers: messages out
 	// on pull (their visibility copies) or waiting for a push retry.
 	for i, q := range g.Queues {

@@ -313,3 +313,38 @@ func TestOrderedPull(t *testing.T) {
 		t.Fatalf("dead letters: %d", len(dls))
 	}
 }
+
+// TestPullInFlight: messages out on pull count as in flight on the group's
+// retry queue from the first pull on, and leave it when acked.
+func TestPullInFlight(t *testing.T) {
+	b := openBroker(t, testConfig(t, t.TempDir()))
+	ctx := context.Background()
+	publish(t, b, "t", msg("a"), msg("b"))
+	got := pullN(t, b, "g", "t", 2, 0, time.Minute)
+	if len(got) != 2 {
+		t.Fatalf("pulled %d, want 2", len(got))
+	}
+	inFlight := func() int {
+		t.Helper()
+		g, err := b.Group(ctx, "g")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, q := range g.Queues {
+			if q.Topic == RetryTopic("g", "t") {
+				return q.InFlight
+			}
+		}
+		t.Fatalf("group %+v does not list its retry queue", g)
+		return 0
+	}
+	if n := inFlight(); n != 2 {
+		t.Fatalf("in flight after pulling 2: %d", n)
+	}
+	if err := b.Ack(ctx, "g", receipts(got[:1])); err != nil {
+		t.Fatal(err)
+	}
+	if n := inFlight(); n != 1 {
+		t.Fatalf("in flight after acking 1 of 2: %d", n)
+	}
+}

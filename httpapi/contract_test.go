@@ -1990,9 +1990,10 @@ func consumeExchanges(env *contractEnv) []exchange {
 			code: codeInvalidParameter, invalid: true},
 		{name: "get group", method: "GET", path: "/v1/groups/billing", status: 200,
 			check: wantGroup(func(tb testing.TB, got groupJSON) {
-				// billing started from the earliest message on orders' 4 queues.
-				if len(got.Queues) != 4 || got.Lag == 0 || len(got.Subscriptions) != 1 {
-					tb.Errorf("group %+v: want 4 queues of orders, a lag, one subscription", got)
+				// billing started from the earliest message on orders' 4
+				// queues, and its retry topic is listed too.
+				if len(got.Queues) != 5 || got.Queues[0].Topic != "%RETRY%billing%orders" || got.Lag == 0 || len(got.Subscriptions) != 1 {
+					tb.Errorf("group %+v: want the retry queue and 4 queues of orders, a lag, one subscription", got)
 				}
 			})},
 		{name: "get group/unknown", method: "GET", path: "/v1/groups/ghost", status: 404, code: broker.CodeGroupNotFound},
@@ -2001,8 +2002,8 @@ func consumeExchanges(env *contractEnv) []exchange {
 		{name: "reset offsets/latest", method: "POST", path: "/v1/groups/billing/offsets/reset", header: jsonCT,
 			body: `{"topic":"orders","to":"latest"}`, status: 200,
 			check: wantGroup(func(tb testing.TB, got groupJSON) {
-				if got.Lag != 0 || len(got.Queues) != 4 {
-					tb.Errorf("lag %d on %d queues after a reset to latest, want 0 on 4", got.Lag, len(got.Queues))
+				if got.Lag != 0 || len(got.Queues) != 5 {
+					tb.Errorf("lag %d on %d queues after a reset to latest, want 0 on 5 (4 and the retry queue)", got.Lag, len(got.Queues))
 				}
 			})},
 		{name: "reset offsets/time", method: "POST", path: "/v1/groups/billing/offsets/reset", header: jsonCT,
