@@ -63,8 +63,7 @@ func placementKey(m *broker.Message) string {
 // it, and reports whether it answered the request; false leaves it to this
 // broker. A broker that cannot be reached is skipped and the next holder
 // tried, so publishes keep flowing while a dead broker ages out of the
-// routes. A forward that may have reached its broker is not retried
-// elsewhere: the message might be stored twice.
+// routes.
 func (s *Server) forwardPublish(w http.ResponseWriter, r *http.Request, topic, key string, body []byte) bool {
 	holders := s.publishHolders(r, topic, key != "")
 	var unreachable []string
@@ -78,16 +77,9 @@ func (s *Server) forwardPublish(w http.ResponseWriter, r *http.Request, topic, k
 		if p.local() {
 			return false
 		}
-		resp, err := s.cluster.send(r.Context(), r, p, "", body)
-		if err == nil {
-			relay(w, resp)
+		if s.publishOn(w, r, p, body) {
 			return true
 		}
-		if !notSent(err) {
-			writeProblem(w, r, codeBrokerUnavailable, "", fmt.Sprintf("broker %s did not answer: %v; the message may or may not have been stored (publish again with a Postbus-Dedup-Id to be sure)", p.name, err))
-			return true
-		}
-		s.cluster.markDown(p, err)
 		unreachable = append(unreachable, p.name)
 		holders = slices.DeleteFunc(holders, func(h peer) bool { return h.name == p.name })
 	}
@@ -97,6 +89,25 @@ func (s *Server) forwardPublish(w http.ResponseWriter, r *http.Request, topic, k
 		return true
 	}
 	return false
+}
+
+// publishOn forwards a publish (single or batch) to p and relays its
+// answer, reporting true. When p cannot be reached (nothing was sent) it is
+// marked down and publishOn reports false, for the caller to try another
+// holder; a forward that may have arrived is not retried elsewhere, since
+// the messages might then be stored twice.
+func (s *Server) publishOn(w http.ResponseWriter, r *http.Request, p peer, body []byte) bool {
+	resp, err := s.cluster.send(r.Context(), r, p, "", body)
+	switch {
+	case err == nil:
+		relay(w, resp)
+	case notSent(err):
+		s.cluster.markDown(p, err)
+		return false
+	default:
+		writeProblem(w, r, codeBrokerUnavailable, "", fmt.Sprintf("broker %s did not answer: %v; what was published may or may not have been stored (publish again with a Postbus-Dedup-Id to be sure)", p.name, err))
+	}
+	return true
 }
 
 // forwardBatch routes a batch: whole to one broker when its messages all
@@ -125,16 +136,9 @@ func (s *Server) forwardBatch(w http.ResponseWriter, r *http.Request, topic stri
 			if p.local() {
 				return false // all of it is this broker's
 			}
-			resp, err := s.cluster.send(r.Context(), r, p, "", data)
-			if err == nil {
-				relay(w, resp)
+			if s.publishOn(w, r, p, data) {
 				return true
 			}
-			if !notSent(err) {
-				writeProblem(w, r, codeBrokerUnavailable, "", fmt.Sprintf("broker %s did not answer: %v; the batch may or may not have been stored (publish it again with dedup ids to be sure)", p.name, err))
-				return true
-			}
-			s.cluster.markDown(p, err)
 			unreachable = append(unreachable, p.name)
 			holders = slices.DeleteFunc(holders, func(h peer) bool { return h.name == p.name })
 			continue

@@ -221,12 +221,7 @@ func (s *Server) getTopicEverywhere(w http.ResponseWriter, r *http.Request, topi
 			continue
 		}
 		names = append(names, a.peer.name)
-		qs, _ := t["queues"].([]any)
-		for _, q := range qs {
-			if m, ok := q.(map[string]any); ok {
-				m["broker"] = a.peer.name
-			}
-		}
+		qs := tagQueues(t, a.peer.name)
 		if merged == nil {
 			merged = t
 			continue
@@ -310,6 +305,18 @@ func (s *Server) listEverywhere(w http.ResponseWriter, r *http.Request, field, k
 		out["next_cursor"] = keys[len(keys)-1]
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// tagQueues marks each item of doc's "queues" with the broker it is on,
+// and returns them.
+func tagQueues(doc map[string]any, broker string) []any {
+	qs, _ := doc["queues"].([]any)
+	for _, q := range qs {
+		if m, ok := q.(map[string]any); ok {
+			m["broker"] = broker
+		}
+	}
+	return qs
 }
 
 // combineTopics sums a topic's queue counts across brokers and lists them.
@@ -476,12 +483,7 @@ func (s *Server) getGroupEverywhere(w http.ResponseWriter, r *http.Request) {
 		if !a.ok() || json.Unmarshal(a.body, &g) != nil {
 			continue
 		}
-		qs, _ := g["queues"].([]any)
-		for _, q := range qs {
-			if m, ok := q.(map[string]any); ok {
-				m["broker"] = a.peer.name
-			}
-		}
+		qs := tagQueues(g, a.peer.name)
 		if merged == nil {
 			merged = g
 			continue

@@ -34,8 +34,14 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 echo "== 1. direct publish, 64 conns, 256 B, 8s: cluster broker A / standalone S"
 for i in $(seq "$runs"); do
-	s=$(rate --url $S --topic direct --duration 8s | cut -d' ' -f1)
-	a=$(rate --url $A --topic direct --duration 8s | cut -d' ' -f1)
+	# Alternate which goes first, so that neither always runs on a warmer machine.
+	if ((i % 2)); then
+		s=$(rate --url $S --topic direct --duration 8s | cut -d' ' -f1)
+		a=$(rate --url $A --topic direct --duration 8s | cut -d' ' -f1)
+	else
+		a=$(rate --url $A --topic direct --duration 8s | cut -d' ' -f1)
+		s=$(rate --url $S --topic direct --duration 8s | cut -d' ' -f1)
+	fi
 	echo "run $i: S $s msgs/s, A $a msgs/s, A/S $(python3 -c "print(round($a/$s,3))")" | tee -a "$work/direct"
 done
 echo "median A/S: $(awk '{print $NF}' "$work/direct" | median)"
@@ -44,8 +50,13 @@ echo "== 2. forwarded publish, 1000 msgs/s open loop, 10s: through A to B / to B
 curl -sf -X PUT "$B/v1/topics/fwd" -d '{"queues":4,"brokers":["broker-b"]}' >/dev/null
 sleep 3 # a heartbeat, so the name servers know fwd
 for i in $(seq "$runs"); do
-	b=$(rate --url $B --topic fwd --create=false --rate 1000 --conns 16 --duration 10s | cut -d' ' -f2)
-	a=$(rate --url $A --topic fwd --create=false --rate 1000 --conns 16 --duration 10s | cut -d' ' -f2)
+	if ((i % 2)); then
+		b=$(rate --url $B --topic fwd --create=false --rate 1000 --conns 16 --duration 10s | cut -d' ' -f2)
+		a=$(rate --url $A --topic fwd --create=false --rate 1000 --conns 16 --duration 10s | cut -d' ' -f2)
+	else
+		a=$(rate --url $A --topic fwd --create=false --rate 1000 --conns 16 --duration 10s | cut -d' ' -f2)
+		b=$(rate --url $B --topic fwd --create=false --rate 1000 --conns 16 --duration 10s | cut -d' ' -f2)
+	fi
 	echo "run $i: direct p50 $b ms, forwarded p50 $a ms, added $(python3 -c "print(round($a-$b,3))") ms" | tee -a "$work/fwd"
 done
 echo "median added p50: $(awk '{print $(NF-1)}' "$work/fwd" | median) ms"
