@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -283,10 +284,8 @@ func (s *Server) settle(w http.ResponseWriter, r *http.Request, field string, re
 	}
 }
 
-// messagesByKeyEverywhere merges every holder's answer to a query by key.
-// The cursor is composite (broker~cursor,...), since each broker pages its
-// own index, and a page holds up to limit messages from each holder,
-// newest first.
+// messagesByKeyEverywhere merges every holder's answer to a query by key,
+// newest first; see pagedEverywhere.
 func (s *Server) messagesByKeyEverywhere(w http.ResponseWriter, r *http.Request) bool {
 	topic := chi.URLParam(r, "topic")
 	local, _ := s.broker.Queues(topic)
@@ -294,86 +293,104 @@ func (s *Server) messagesByKeyEverywhere(w http.ResponseWriter, r *http.Request)
 	if len(holders) == 0 || (len(holders) == 1 && holders[0].local()) {
 		return false
 	}
+	s.pagedEverywhere(w, r, holders, s.handleMessagesByKey, "stored_at", true)
+	return true
+}
+
+// deadLettersEverywhere lists a group's dead letters on every broker,
+// oldest first; see pagedEverywhere.
+func (s *Server) deadLettersEverywhere(w http.ResponseWriter, r *http.Request) {
+	peers, err := s.cluster.brokers(r.Context())
+	if err != nil {
+		s.cluster.logger.Warn("cannot list the cluster's brokers; listing this one's dead letters only", "err", err)
+		peers = []peer{{name: s.cluster.self}}
+	}
+	s.pagedEverywhere(w, r, peers, s.handleListDeadLetters, "dead_at", false)
+}
+
+// pagedEverywhere merges a paged list of messages ({"messages":[...],
+// "next_cursor"}) from peers, each paging its own store. The cursor is
+// composite (broker~cursor,...; a broker left out of it has no more), a
+// page holds up to limit messages from each peer, ordered by timeField,
+// and each message names its broker.
+func (s *Server) pagedEverywhere(w http.ResponseWriter, r *http.Request, peers []peer, local http.HandlerFunc, timeField string, newestFirst bool) {
 	cursors := map[string]string{}
-	resuming := false
-	if c := r.URL.Query().Get("cursor"); c != "" {
-		resuming = true
+	c := r.URL.Query().Get("cursor")
+	if c != "" {
 		for _, part := range strings.Split(c, ",") {
 			name, cur, ok := strings.Cut(part, receiptSep)
 			if !ok {
 				writeProblem(w, r, codeInvalidParameter, "cursor", "the cursor is not one this bus returned")
-				return true
+				return
 			}
 			cursors[name] = cur
 		}
 	}
 	var ask []peer
-	paths := map[string]string{}
-	for _, p := range holders {
+	var paths []string
+	for _, p := range peers {
 		q := r.URL.Query()
 		q.Del("cursor")
-		if resuming {
-			c, ok := cursors[p.name]
+		if c != "" {
+			cur, ok := cursors[p.name]
 			if !ok {
 				continue // that broker has no more
 			}
-			q.Set("cursor", c)
+			q.Set("cursor", cur)
 		}
 		ask = append(ask, p)
-		paths[p.name] = r.URL.EscapedPath() + "?" + q.Encode()
+		paths = append(paths, r.URL.EscapedPath()+"?"+q.Encode())
 	}
-	type page struct {
-		Messages   []json.RawMessage `json:"messages"`
-		NextCursor string            `json:"next_cursor"`
+	answers := make([]answer, len(ask))
+	var wg sync.WaitGroup
+	for i, p := range ask {
+		wg.Go(func() { answers[i] = s.askOne(r, p, paths[i], nil, local) })
 	}
+	wg.Wait()
 	type stamped struct {
-		raw      json.RawMessage
-		storedAt time.Time
+		msg map[string]any
+		at  time.Time
 	}
 	var (
 		all  []stamped
 		next []string
 	)
-	answers := make([]answer, len(ask))
-	done := make(chan struct{}, len(ask))
-	for i, p := range ask {
-		go func() {
-			answers[i] = s.askOne(r, p, paths[p.name], nil, s.handleMessagesByKey)
-			done <- struct{}{}
-		}()
-	}
-	for range ask {
-		<-done
-	}
 	for _, a := range answers {
-		var pg page
+		var pg struct {
+			Messages   []map[string]any `json:"messages"`
+			NextCursor string           `json:"next_cursor"`
+		}
 		if !a.ok() || json.Unmarshal(a.body, &pg) != nil {
 			if a.peer.local() && a.err == nil && a.status < 500 && a.status != http.StatusNotFound {
-				writeAnswer(w, r, a)
-				return true
+				writeAnswer(w, r, a) // refused here: bad parameters, or no scope
+				return
 			}
-			s.cluster.logger.Warn("a broker's messages are missing from a query by key", "broker", describe(a))
+			if a.status != http.StatusNotFound {
+				s.cluster.logger.Warn("a broker's messages are missing from a merged list", "path", r.URL.Path, "broker", describe(a))
+			}
 			continue
 		}
 		for _, m := range pg.Messages {
-			var t struct {
-				StoredAt time.Time `json:"stored_at"`
-			}
-			json.Unmarshal(m, &t)
-			all = append(all, stamped{m, t.StoredAt})
+			m["broker"] = a.peer.name
+			at, _ := time.Parse(time.RFC3339Nano, fmt.Sprint(m[timeField]))
+			all = append(all, stamped{m, at})
 		}
 		if pg.NextCursor != "" {
 			next = append(next, a.peer.name+receiptSep+pg.NextCursor)
 		}
 	}
-	slices.SortStableFunc(all, func(a, b stamped) int { return b.storedAt.Compare(a.storedAt) }) // newest first
+	slices.SortStableFunc(all, func(a, b stamped) int {
+		if newestFirst {
+			return b.at.Compare(a.at)
+		}
+		return a.at.Compare(b.at)
+	})
 	out := struct {
-		Messages   []json.RawMessage `json:"messages"`
-		NextCursor string            `json:"next_cursor,omitempty"`
-	}{Messages: make([]json.RawMessage, len(all)), NextCursor: strings.Join(next, ",")}
+		Messages   []map[string]any `json:"messages"`
+		NextCursor string           `json:"next_cursor,omitempty"`
+	}{Messages: make([]map[string]any, len(all)), NextCursor: strings.Join(next, ",")}
 	for i, m := range all {
-		out.Messages[i] = m.raw
+		out.Messages[i] = m.msg
 	}
 	writeJSON(w, http.StatusOK, out)
-	return true
 }

@@ -1023,3 +1023,118 @@ func TestClusterNameServerDown(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterDeadLettersAndGroups: each broker keeps the dead letters it
+// made; through any broker the group's dead letters are listed merged,
+// paged with a composite cursor, and the group's details sum every
+// broker's.
+func TestClusterDeadLettersAndGroups(t *testing.T) {
+	tc := newTestCluster(t, brokerA, brokerB, brokerC)
+	holders := []string{brokerA, brokerB}
+	tc.placeTopic(t, brokerA, "jobs", `{"brokers":["broker-a","broker-b"]}`, holders...)
+	// No retries: a nacked message is dead at once.
+	tc.via(t, brokerC, "POST", "/v1/subscriptions", nil, `{"group":"doomed","topic":"jobs","start_from":"earliest","max_retries":0}`).
+		want(t, http.StatusCreated, brokerA)
+	storedOn := map[string]string{}
+	for _, name := range holders {
+		for i := range 2 {
+			a := tc.at(t, name, "POST", "/v1/topics/jobs/messages", fmt.Sprintf("%s-%d", name, i))
+			a.want(t, http.StatusCreated, name)
+			storedOn[decodeAs[publishResult](t, a).MsgID] = name
+		}
+	}
+	a := tc.via(t, brokerC, "POST", "/v1/groups/doomed/topics/jobs/pull?max=10", nil, "")
+	a.want(t, http.StatusOK, brokerC)
+	pulled := decodeAs[pullAnswer](t, a).Messages
+	if len(pulled) != 4 {
+		t.Fatalf("pulled %d messages, want 4: %s", len(pulled), a)
+	}
+	var receipts []string
+	for _, m := range pulled {
+		receipts = append(receipts, m.Receipt)
+	}
+	body, _ := json.Marshal(map[string]any{"receipts": receipts})
+	a = tc.via(t, brokerC, "POST", "/v1/groups/doomed/nack", nil, string(body))
+	a.want(t, http.StatusOK, brokerC)
+
+	type deadLetter struct {
+		MsgID  string `json:"msg_id"`
+		Broker string `json:"broker"`
+		DeadAt string `json:"dead_at"`
+	}
+	type page struct {
+		Messages   []deadLetter `json:"messages"`
+		NextCursor string       `json:"next_cursor"`
+	}
+	// Each broker lists only its own, asked for itself. A nacked message
+	// past its retries is dead-lettered when its retry comes due and a pull
+	// meets it.
+	waitFor(t, "two dead letters on each holder", func() (bool, string) {
+		tc.via(t, brokerC, "POST", "/v1/groups/doomed/topics/jobs/pull?max=10", nil, "").want(t, http.StatusOK, brokerC)
+		for _, name := range holders {
+			p := decodeAs[page](t, tc.at(t, name, "GET", "/v1/groups/doomed/dlq", ""))
+			if len(p.Messages) != 2 {
+				return false, fmt.Sprintf("%s lists %d", name, len(p.Messages))
+			}
+		}
+		return true, ""
+	})
+	for _, via := range []string{brokerA, brokerC} {
+		seen := map[string]string{}
+		query := "/v1/groups/doomed/dlq?limit=1"
+		for pages := 0; ; pages++ {
+			if pages == 4 {
+				t.Fatalf("through %s: still a cursor after %d pages", via, pages)
+			}
+			a := tc.via(t, via, "GET", query, nil, "")
+			a.want(t, http.StatusOK, via)
+			p := decodeAs[page](t, a)
+			// One from each broker per page (limit is per broker), oldest first.
+			if len(p.Messages) != 2 || p.Messages[0].DeadAt > p.Messages[1].DeadAt {
+				t.Fatalf("through %s, page %d: %s", via, pages, a)
+			}
+			for _, d := range p.Messages {
+				if storedOn[d.MsgID] != d.Broker {
+					t.Errorf("dead letter %s names broker %q, stored on %q", d.MsgID, d.Broker, storedOn[d.MsgID])
+				}
+				seen[d.MsgID] = d.Broker
+			}
+			if p.NextCursor == "" {
+				break
+			}
+			query = "/v1/groups/doomed/dlq?limit=1&cursor=" + url.QueryEscape(p.NextCursor)
+		}
+		if len(seen) != 4 {
+			t.Errorf("through %s: %d distinct dead letters over the pages, want 4", via, len(seen))
+		}
+	}
+
+	// The group's details: dead letters summed, queues of both holders.
+	a = tc.via(t, brokerC, "GET", "/v1/groups/doomed", nil, "")
+	a.want(t, http.StatusOK, brokerC)
+	g := decodeAs[struct {
+		DeadLetters   int `json:"dead_letters"`
+		Subscriptions []struct {
+			ID string `json:"id"`
+		} `json:"subscriptions"`
+		Queues []struct {
+			Topic  string `json:"topic"`
+			Broker string `json:"broker"`
+		} `json:"queues"`
+	}](t, a)
+	brokersOf := map[string]bool{}
+	for _, q := range g.Queues {
+		if q.Topic == "jobs" {
+			brokersOf[q.Broker] = true
+		}
+	}
+	if g.DeadLetters != 4 || len(g.Subscriptions) != 1 || !brokersOf[brokerA] || !brokersOf[brokerB] {
+		t.Errorf("group through %s: %s", brokerC, a)
+	}
+	// Purge through one broker empties every broker's.
+	a = tc.via(t, brokerB, "DELETE", "/v1/groups/doomed/dlq", nil, "")
+	a.want(t, http.StatusOK, brokerB)
+	if n := decodeAs[map[string]int](t, a)["purged"]; n != 4 {
+		t.Errorf("purge: %s, want 4 purged", a)
+	}
+}

@@ -132,6 +132,10 @@ func (s *Server) handleListDeadLetters(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, perr)
 		return
 	}
+	if s.coordinating(r) {
+		s.deadLettersEverywhere(w, r)
+		return
+	}
 	after := int64(-1)
 	if c := r.URL.Query().Get("cursor"); c != "" {
 		n, err := strconv.ParseInt(c, 10, 64)
