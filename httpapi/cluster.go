@@ -223,6 +223,12 @@ var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy
 // send forwards r, with body in place of its own, to p and returns p's
 // answer. path is the path and query to ask for; "" keeps r's.
 func (c *cluster) send(ctx context.Context, r *http.Request, p peer, path string, body []byte) (*http.Response, error) {
+	return c.do(ctx, r, p, path, body, true)
+}
+
+// do is send; unmarked, the request reaches p as the client's own, for p
+// to answer for the whole bus in this broker's place.
+func (c *cluster) do(ctx context.Context, r *http.Request, p peer, path string, body []byte, mark bool) (*http.Response, error) {
 	if path == "" {
 		path = r.URL.RequestURI()
 	}
@@ -236,7 +242,9 @@ func (c *cluster) send(ctx context.Context, r *http.Request, p peer, path string
 	for _, h := range hopHeaders {
 		req.Header.Del(h)
 	}
-	req.Header.Set(hdrForwardedBy, c.self)
+	if mark {
+		req.Header.Set(hdrForwardedBy, c.self)
+	}
 	if rid := r.Header.Get("X-Request-Id"); rid != "" {
 		req.Header.Set("X-Request-Id", rid)
 	}

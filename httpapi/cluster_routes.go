@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -103,6 +104,16 @@ func (s *Server) putTopicEverywhere(w http.ResponseWriter, r *http.Request, topi
 			return
 		}
 	}
+	local, _ := s.broker.Queues(topic)
+	before := s.cluster.holders(r.Context(), topic, local)
+	isNew := func(p peer) bool { return !slices.ContainsFunc(before, func(h peer) bool { return h.name == p.name }) }
+	if len(before) > 0 && local == 0 && slices.ContainsFunc(targets, isNew) {
+		// New brokers join a topic that has subscriptions elsewhere: a
+		// holder places it, since it has the subscriptions (with their
+		// secrets) to copy to them.
+		s.placeThroughHolder(w, r, s.cluster.live(before), req)
+		return
+	}
 	req.Brokers = nil
 	body, _ := json.Marshal(req)
 	answers := s.ask(r, targets, "", body, s.handlePutTopic)
@@ -134,6 +145,18 @@ func (s *Server) putTopicEverywhere(w http.ResponseWriter, r *http.Request, topi
 		writeProblem(w, r, codeClusterPartial, "", fmt.Sprintf("topic %s is on %s; failed on %s; PUT again to finish (it is idempotent)",
 			topic, listOrNone(placed), strings.Join(failed, ", ")))
 	default:
+		var joined []peer
+		for _, a := range answers {
+			if isNew(a.peer) && !a.peer.local() {
+				joined = append(joined, a.peer)
+			}
+		}
+		if len(before) > 0 && len(joined) > 0 {
+			if err := s.copySubscriptions(r, topic, joined); err != nil {
+				writeProblem(w, r, codeClusterPartial, "", fmt.Sprintf("topic %s is on %s, but its subscriptions could not be copied to every new broker: %v; PUT again to finish", topic, strings.Join(placed, ", "), err))
+				return
+			}
+		}
 		var t map[string]any
 		json.Unmarshal(best.body, &t)
 		t["brokers"] = placed
@@ -143,6 +166,65 @@ func (s *Server) putTopicEverywhere(w http.ResponseWriter, r *http.Request, topi
 		}
 		writeJSON(w, status, t)
 	}
+}
+
+// placeThroughHolder passes a PUT that adds brokers to a topic on to one
+// of its holders, as the client's own request, and relays the answer.
+func (s *Server) placeThroughHolder(w http.ResponseWriter, r *http.Request, holders []peer, req topicRequest) {
+	body, _ := json.Marshal(req)
+	var unreachable []string
+	for _, p := range holders {
+		resp, err := s.cluster.do(r.Context(), r, p, "", body, false)
+		switch {
+		case err == nil:
+			relay(w, resp)
+			return
+		case notSent(err):
+			s.cluster.markDown(p, err)
+			unreachable = append(unreachable, p.name)
+		default:
+			writeProblem(w, r, codeBrokerUnavailable, "", fmt.Sprintf("broker %s did not answer: %v; PUT again (it is idempotent)", p.name, err))
+			return
+		}
+	}
+	writeProblem(w, r, codeBrokerUnavailable, "", "no broker holding the topic could be reached: "+strings.Join(unreachable, ", "))
+}
+
+// copySubscriptions gives brokers that have just joined topic its
+// subscriptions as this broker holds them: same ids, same secrets, from
+// the earliest of the new broker's (empty) queues, paused where paused.
+// One the broker already has (409) is left as it is.
+func (s *Server) copySubscriptions(r *http.Request, topic string, joined []peer) error {
+	subs, err := s.broker.Subscriptions(r.Context())
+	if err != nil {
+		return err
+	}
+	post := r.Clone(r.Context())
+	post.Method = http.MethodPost
+	post.Header.Set("Content-Type", "application/json")
+	var errs []string
+	for _, sub := range subs {
+		if sub.Topic != topic {
+			continue
+		}
+		body, _ := json.Marshal(subscriptionRequestOf(sub))
+		for _, p := range joined {
+			a := s.askOne(post, p, "/v1/subscriptions", body, nil)
+			if !a.ok() && a.status != http.StatusConflict {
+				errs = append(errs, fmt.Sprintf("subscription %s: %s", sub.ID, describe(a)))
+				continue
+			}
+			if sub.State == broker.StatePaused {
+				if a := s.askOne(post, p, "/v1/subscriptions/"+sub.ID+"/pause", nil, nil); !a.ok() {
+					errs = append(errs, fmt.Sprintf("pausing subscription %s: %s", sub.ID, describe(a)))
+				}
+			}
+		}
+	}
+	if errs != nil {
+		return errors.New(strings.Join(errs, "; "))
+	}
+	return nil
 }
 
 // describe says in a few words how a broker failed a request.

@@ -1138,3 +1138,43 @@ func TestClusterDeadLettersAndGroups(t *testing.T) {
 		t.Errorf("purge: %s, want 4 purged", a)
 	}
 }
+
+// TestClusterTopicGainsBrokers: a topic placed on more brokers later takes
+// its subscriptions along (same ids, same secrets, paused where paused),
+// whichever broker the PUT goes through.
+func TestClusterTopicGainsBrokers(t *testing.T) {
+	tc := newTestCluster(t, brokerA, brokerB, brokerC)
+	tc.placeTopic(t, brokerA, "orders", `{"brokers":["broker-a"]}`, brokerA)
+	a := tc.via(t, brokerA, "POST", "/v1/subscriptions", nil,
+		`{"group":"billing","topic":"orders","url":"https://hooks.example.com/orders","retry_delays":["1s","5s"]}`)
+	a.want(t, http.StatusCreated, brokerA)
+	push := decodeAs[subscriptionJSON](t, a)
+	a = tc.via(t, brokerA, "POST", "/v1/subscriptions", nil, `{"group":"workers","topic":"orders"}`)
+	a.want(t, http.StatusCreated, brokerA)
+	pull := decodeAs[subscriptionJSON](t, a)
+	tc.via(t, brokerA, "POST", "/v1/subscriptions/"+pull.ID+"/pause", nil, "").want(t, http.StatusOK, brokerA)
+
+	// Through broker-c, which does not hold orders: a holder places it.
+	// 201: created on the new brokers.
+	a = tc.via(t, brokerC, "PUT", "/v1/topics/orders", nil, `{"brokers":["broker-a","broker-b","broker-c"]}`)
+	a.want(t, http.StatusCreated, brokerA)
+	tc.waitRoute(t, "orders", brokerA, brokerB, brokerC)
+	for _, name := range []string{brokerB, brokerC} {
+		got, err := tc.nodes[name].b.Subscription(context.Background(), push.ID)
+		if err != nil {
+			t.Fatalf("push subscription on %s: %v", name, err)
+		}
+		if got.Secret != push.Secret || got.URL != push.URL || len(got.RetryDelays) != 2 || got.Group != "billing" {
+			t.Errorf("push subscription on %s: %+v, want the one on %s", name, got, brokerA)
+		}
+		got, err = tc.nodes[name].b.Subscription(context.Background(), pull.ID)
+		if err != nil {
+			t.Fatalf("pull subscription on %s: %v", name, err)
+		}
+		if got.State != broker.StatePaused || got.URL != "" {
+			t.Errorf("pull subscription on %s: %+v, want paused", name, got)
+		}
+	}
+	// Placing it again changes nothing and fails nowhere.
+	tc.via(t, brokerB, "PUT", "/v1/topics/orders", nil, `{"brokers":"all"}`).want(t, http.StatusOK, brokerB)
+}
