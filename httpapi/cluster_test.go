@@ -1058,9 +1058,9 @@ func TestClusterDeadLettersAndGroups(t *testing.T) {
 	a.want(t, http.StatusOK, brokerC)
 
 	type deadLetter struct {
-		MsgID  string `json:"msg_id"`
-		Broker string `json:"broker"`
-		DeadAt string `json:"dead_at"`
+		MsgID  string    `json:"msg_id"`
+		Broker string    `json:"broker"`
+		DeadAt time.Time `json:"dead_at"`
 	}
 	type page struct {
 		Messages   []deadLetter `json:"messages"`
@@ -1090,7 +1090,7 @@ func TestClusterDeadLettersAndGroups(t *testing.T) {
 			a.want(t, http.StatusOK, via)
 			p := decodeAs[page](t, a)
 			// One from each broker per page (limit is per broker), oldest first.
-			if len(p.Messages) != 2 || p.Messages[0].DeadAt > p.Messages[1].DeadAt {
+			if len(p.Messages) != 2 || p.Messages[0].DeadAt.After(p.Messages[1].DeadAt) {
 				t.Fatalf("through %s, page %d: %s", via, pages, a)
 			}
 			for _, d := range p.Messages {

@@ -35,7 +35,8 @@ type fakeAPI struct {
 	subs     map[string]fakeSub // live subscriptions by id
 	created  int                // subscriptions created
 	deleted  int
-	problems []string // broken promises of the tool; must stay empty
+	gone     map[string]bool // groups whose subscription was deleted
+	problems []string        // broken promises of the tool; must stay empty
 }
 
 type fakeSub struct{ group, url string }
@@ -46,6 +47,7 @@ func (f *fakeAPI) init(tb testing.TB, topic string) {
 	tb.Helper()
 	f.tb, f.topic = tb, topic
 	f.subs = make(map[string]fakeSub)
+	f.gone = make(map[string]bool)
 	f.mux = http.NewServeMux()
 	f.mux.HandleFunc("PUT /v1/topics/{topic}", f.createTopic)
 	f.mux.HandleFunc("DELETE /v1/subscriptions/{id}", f.deleteSub)
@@ -78,6 +80,7 @@ func (f *fakeAPI) deleteSub(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNotFound)
 		return
 	}
+	f.gone[f.subs[id].group] = true
 	delete(f.subs, id)
 	f.deleted++
 	w.WriteHeader(http.StatusNoContent)

@@ -152,6 +152,14 @@ func (f *fakePull) pull(w http.ResponseWriter, r *http.Request) {
 		limit = 1
 	}
 	if !f.hasGroup(r.PathValue("group")) {
+		if f.gone[r.PathValue("group")] {
+			// A poll the tool gave up on at the end of the run can reach
+			// the server after its subscription was deleted (on another
+			// connection); the broker answers it 404.
+			f.mu.Unlock()
+			writeProblem(w, http.StatusNotFound, "subscription_not_found", "")
+			return
+		}
 		f.problemf("pull by group %q, which has no subscription", r.PathValue("group"))
 	}
 	f.mu.Unlock()
