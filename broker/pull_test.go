@@ -348,3 +348,23 @@ func TestPullInFlight(t *testing.T) {
 		t.Fatalf("in flight after acking 1 of 2: %d", n)
 	}
 }
+
+// TestFirstPullSubscriptionID: brokers that each create a group's pull
+// subscription on its first pull give it the same id, so that a cluster
+// shows one subscription, not one per broker.
+func TestFirstPullSubscriptionID(t *testing.T) {
+	var ids []string
+	for range 2 {
+		b := openBroker(t, testConfig(t, t.TempDir()))
+		publish(t, b, "t", msg("x"))
+		pullN(t, b, "g", "t", 1, 0, 0)
+		subs, err := b.Subscriptions(context.Background())
+		if err != nil || len(subs) != 1 {
+			t.Fatalf("subscriptions after a first pull: %v, %v", subs, err)
+		}
+		ids = append(ids, subs[0].ID)
+	}
+	if ids[0] != ids[1] || ids[0] == "" {
+		t.Fatalf("two brokers' first pulls made subscription ids %q", ids)
+	}
+}

@@ -367,7 +367,7 @@ func writeAnswer(w http.ResponseWriter, r *http.Request, a answer) {
 		return
 	}
 	for k, vs := range a.header {
-		if k != "Content-Length" {
+		if k != "Content-Length" && !slices.Contains(hopHeaders, k) {
 			w.Header()[k] = vs
 		}
 	}
@@ -438,26 +438,4 @@ func listOrNone(names []string) string {
 		return "no broker"
 	}
 	return strings.Join(names, ", ")
-}
-
-// forwardToOne sends r to the first of peers that answers and relays its
-// answer; a peer that cannot be reached is marked down and the next one is
-// tried. It answers 503 when none could be reached.
-func (s *Server) forwardToOne(w http.ResponseWriter, r *http.Request, peers []peer, body []byte) {
-	var errs []string
-	for _, p := range peers {
-		resp, err := s.cluster.send(r.Context(), r, p, "", body)
-		if err != nil {
-			if !notSent(err) {
-				writeProblem(w, r, codeBrokerUnavailable, "", fmt.Sprintf("broker %s did not answer: %v; the request may or may not have been applied", p.name, err))
-				return
-			}
-			s.cluster.markDown(p, err)
-			errs = append(errs, err.Error())
-			continue
-		}
-		relay(w, resp)
-		return
-	}
-	writeProblem(w, r, codeBrokerUnavailable, "", "no broker holding this could be reached: "+strings.Join(errs, "; "))
 }
