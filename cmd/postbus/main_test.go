@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -828,5 +829,71 @@ func TestClusterRegistration(t *testing.T) {
 	<-brokerA.done
 	if _, code := routeOf("orders"); code != 404 {
 		t.Fatalf("after broker-a stopped cleanly, route answers %d, want 404", code)
+	}
+}
+
+// TestBrokerJoinsDevBus: `postbus dev` embeds a name server, so a broker
+// started with --namesrv pointing at it joins the dev bus: both are in the
+// dev's cluster, a topic can be placed on both, and a message published
+// through the dev broker to a topic only the second holds lands there.
+func TestBrokerJoinsDevBus(t *testing.T) {
+	dev := start(t, "dev", "--data", t.TempDir(), "--heartbeat-interval", "200ms")
+	joiner := start(t, "broker", "--data", t.TempDir(), "--namesrv", dev.url, "--broker-name", "joiner",
+		"--heartbeat-interval", "200ms")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var c struct {
+			Brokers []struct {
+				Name string `json:"name"`
+				Addr string `json:"addr"`
+			} `json:"brokers"`
+		}
+		getJSON(t, dev.url+"/v1/cluster", &c)
+		if len(c.Brokers) == 2 && slices.ContainsFunc(c.Brokers, func(b struct {
+			Name string `json:"name"`
+			Addr string `json:"addr"`
+		}) bool {
+			return b.Name == "joiner" && b.Addr == joiner.url
+		}) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the dev bus's cluster after 20s: %+v", c)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	req, _ := http.NewRequest(http.MethodPut, dev.url+"/v1/topics/joined", strings.NewReader(`{"brokers":["joiner"]}`))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var placed struct {
+		Brokers []string `json:"brokers"`
+	}
+	json.NewDecoder(resp.Body).Decode(&placed)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated || !slices.Equal(placed.Brokers, []string{"joiner"}) {
+		t.Fatalf("PUT joined on joiner through dev: %d, placed on %v", resp.StatusCode, placed.Brokers)
+	}
+	// The dev broker forwards once the route names the joiner (a heartbeat).
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		resp, err := http.Post(dev.url+"/v1/topics/joined/messages", "text/plain", strings.NewReader("hi"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var res struct {
+			Broker string `json:"broker"`
+		}
+		json.NewDecoder(resp.Body).Decode(&res)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusCreated && res.Broker == "joiner" {
+			break
+		}
+		if resp.StatusCode == http.StatusCreated {
+			t.Fatalf("publish through dev stored on %q, not on the topic's only holder", res.Broker)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("publish through dev: %d after 20s", resp.StatusCode)
+		}
 	}
 }
