@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -118,7 +119,7 @@ func SignatureHeader(secrets []string, key *BusKey, msgID string, timestamp int6
 			sb.WriteByte(' ')
 		}
 		sb.WriteString("v1a,")
-		sb.WriteString(base64.StdEncoding.EncodeToString(ed25519.Sign(key.priv, content)))
+		sb.WriteString(key.signV1a(timestamp, content))
 	}
 	return sb.String(), nil
 }
@@ -214,6 +215,49 @@ type BusKey struct {
 	pub  ed25519.PublicKey
 	kid  string
 	jwks []byte
+
+	// The v1a signatures of the current second, by signed content: a
+	// message fanned out to many subscriptions has the same id, timestamp
+	// and body for each, so it is signed once rather than once a delivery
+	// (an Ed25519 signature costs tens of microseconds; a map lookup of a
+	// few hundred bytes, well under one).
+	sigMu    sync.Mutex
+	sigAt    int64             // the timestamp of the entries in sigs
+	sigs     map[string]string // guarded by sigMu
+	sigBytes int               // content bytes held in sigs
+}
+
+// Bounds of the v1a signature cache: contents larger than sigCacheMaxContent
+// are signed each time, and the cache empties once it holds
+// sigCacheMaxBytes of contents, so it never holds more than a few MiB.
+const (
+	sigCacheMaxContent = 64 << 10
+	sigCacheMaxBytes   = 4 << 20
+)
+
+// signV1a returns the base64 Ed25519 signature of content, signed at
+// timestamp ts (seconds), from the cache when this second has signed it.
+func (k *BusKey) signV1a(ts int64, content []byte) string {
+	if len(content) > sigCacheMaxContent {
+		return base64.StdEncoding.EncodeToString(ed25519.Sign(k.priv, content))
+	}
+	k.sigMu.Lock()
+	if k.sigAt != ts || k.sigBytes > sigCacheMaxBytes {
+		k.sigAt, k.sigs, k.sigBytes = ts, make(map[string]string), 0
+	}
+	sig, ok := k.sigs[string(content)]
+	k.sigMu.Unlock()
+	if ok {
+		return sig
+	}
+	sig = base64.StdEncoding.EncodeToString(ed25519.Sign(k.priv, content))
+	k.sigMu.Lock()
+	if k.sigAt == ts {
+		k.sigs[string(content)] = sig
+		k.sigBytes += len(content)
+	}
+	k.sigMu.Unlock()
+	return sig
 }
 
 const busKeyPEMType = "PRIVATE KEY"

@@ -523,3 +523,76 @@ func BenchmarkSign(b *testing.B) {
 		})
 	}
 }
+
+// TestV1aSignatureCache: the cached v1a signature is the one a fresh
+// signing gives, for the same content only, at every size.
+func TestV1aSignatureCache(t *testing.T) {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := NewBusKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1a := func(msgID string, ts int64, body []byte) []byte {
+		t.Helper()
+		h, err := SignatureHeader(nil, key, msgID, ts, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sigs, err := ParseSignatureHeader(h)
+		if err != nil || len(sigs) != 1 || sigs[0].Version != "v1a" {
+			t.Fatalf("header %q: %v, %v", h, sigs, err)
+		}
+		if !ed25519.Verify(key.PublicKey(), signedContent(msgID, ts, body), sigs[0].Value) {
+			t.Fatalf("v1a of %s at %d does not verify", msgID, ts)
+		}
+		return sigs[0].Value
+	}
+	for _, size := range []int{0, 256, sigCacheMaxContent + 1} {
+		body := bytes.Repeat([]byte("x"), size)
+		first := v1a("m1", 100, body)
+		if again := v1a("m1", 100, bytes.Clone(body)); !bytes.Equal(first, again) {
+			t.Errorf("size %d: the same content signed twice differs", size)
+		}
+		if other := v1a("m2", 100, body); bytes.Equal(first, other) {
+			t.Errorf("size %d: another message id got the same signature", size)
+		}
+		if later := v1a("m1", 101, body); bytes.Equal(first, later) {
+			t.Errorf("size %d: another second got the same signature", size)
+		}
+		if back := v1a("m1", 100, body); !bytes.Equal(first, back) {
+			t.Errorf("size %d: signing again after the cache moved on differs", size)
+		}
+	}
+	// The cache is bounded: filling it past its limit starts it afresh.
+	body := bytes.Repeat([]byte("y"), 32<<10)
+	for i := range 2 * sigCacheMaxBytes / len(body) {
+		v1a(fmt.Sprint("fill-", i), 200, body)
+	}
+	if key.sigBytes > sigCacheMaxBytes+len(body)+64 {
+		t.Errorf("the cache holds %d bytes, over its bound of %d", key.sigBytes, sigCacheMaxBytes)
+	}
+}
+
+// BenchmarkSignatureHeader: one message fanned out to many subscriptions
+// (the same content each time) against a new message every time.
+func BenchmarkSignatureHeader(b *testing.B) {
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	key, _ := NewBusKey(priv)
+	secrets := []string{NewSecret()}
+	body := bytes.Repeat([]byte("b"), 256)
+	b.Run("fan-out", func(b *testing.B) {
+		for b.Loop() {
+			SignatureHeader(secrets, key, "msg", 1700000000, body)
+		}
+	})
+	b.Run("distinct", func(b *testing.B) {
+		i := 0
+		for b.Loop() {
+			i++
+			SignatureHeader(secrets, key, strconv.Itoa(i), 1700000000, body)
+		}
+	})
+}
