@@ -69,9 +69,9 @@ func NewClient(cfg ClientConfig) *Client {
 	t := &http.Transport{
 		// No Proxy: a proxy would make the connection, and the guard would
 		// only ever see the proxy's address.
-		Proxy:                  nil,
-		DialContext:            dialer.DialContext,
-		ForceAttemptHTTP2:      true,
+		Proxy:             nil,
+		DialContext:       dialer.DialContext,
+		ForceAttemptHTTP2: true,
 		// Keep as many idle connections to one host as deliveries may be in
 		// flight to it (subscriptions × max_in_flight, often one receiver
 		// behind many subscriptions): with fewer, every answer beyond the

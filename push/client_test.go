@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -210,9 +211,6 @@ func TestClientTransport(t *testing.T) {
 	if c.transport.Proxy != nil {
 		t.Error("the transport takes a proxy (from the environment?); the guard would only see the proxy")
 	}
-	if c.transport.MaxIdleConnsPerHost != 64 {
-		t.Errorf("MaxIdleConnsPerHost = %d, want 64", c.transport.MaxIdleConnsPerHost)
-	}
 	if v := c.transport.TLSClientConfig.MinVersion; v != tls.VersionTLS12 {
 		t.Errorf("TLS MinVersion = %x, want TLS 1.2", v)
 	}
@@ -264,5 +262,52 @@ func TestHTTPS(t *testing.T) {
 				t.Fatalf("%+v, want %v", res, tt.want)
 			}
 		})
+	}
+}
+
+// TestClientReusesConnectionsUnderFanOut: many deliveries in flight to one
+// host at once, twice over: the second round reuses the first round's
+// connections instead of dialing anew.
+func TestClientReusesConnectionsUnderFanOut(t *testing.T) {
+	const inFlight = 300 // beyond the transport's old idle pool of 64 per host
+	var (
+		dials   atomic.Int64
+		arrived sync.WaitGroup
+		release = make(chan struct{})
+	)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		arrived.Done()
+		<-release // hold every request until all are in flight
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			dials.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	c := newTestClient(t, ClientConfig{AllowPrivate: true})
+	round := func() {
+		arrived.Add(inFlight)
+		release = make(chan struct{})
+		var wg sync.WaitGroup
+		for range inFlight {
+			wg.Go(func() {
+				if res := c.Deliver(context.Background(), testDelivery(srv.URL), nil, time.Now()); res.Outcome != Delivered {
+					t.Errorf("delivery: %+v", res)
+				}
+			})
+		}
+		arrived.Wait()
+		close(release)
+		wg.Wait()
+	}
+	round()
+	first := dials.Load()
+	round()
+	if again := dials.Load() - first; again > inFlight/10 {
+		t.Errorf("the second round of %d concurrent deliveries dialed %d new connections (the first dialed %d); want them reused", inFlight, again, first)
 	}
 }
