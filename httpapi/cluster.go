@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -96,10 +97,12 @@ func newCluster(c *Cluster, logger *slog.Logger) *cluster {
 	hc := c.HTTP
 	if hc == nil {
 		hc = &http.Client{Transport: &http.Transport{
-			Proxy:               nil,
-			DialContext:         (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			Proxy:       nil,
+			DialContext: (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			// As many idle connections to a broker as requests may be in
+			// flight to it, so a busy forwarder does not redial.
 			MaxIdleConns:        1024,
-			MaxIdleConnsPerHost: 256,
+			MaxIdleConnsPerHost: 1024,
 			IdleConnTimeout:     90 * time.Second,
 		}}
 	}
@@ -189,6 +192,19 @@ func (c *cluster) brokers(ctx context.Context) ([]peer, error) {
 	return out, nil
 }
 
+// everyBroker is brokers, or this broker alone when no name server can
+// list them (and nothing is cached), which is logged: the request is then
+// answered for this broker only.
+func (s *Server) everyBroker(r *http.Request) []peer {
+	peers, err := s.cluster.brokers(r.Context())
+	if err != nil {
+		s.cluster.logger.Warn("cannot list the cluster's brokers; answering for this one only",
+			slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.Any("err", err))
+		return []peer{{name: s.cluster.self}}
+	}
+	return peers
+}
+
 // others is brokers without this one.
 func (c *cluster) others(ctx context.Context) []peer {
 	all, err := c.brokers(ctx)
@@ -245,9 +261,6 @@ func (c *cluster) do(ctx context.Context, r *http.Request, p peer, path string, 
 	if mark {
 		req.Header.Set(hdrForwardedBy, c.self)
 	}
-	if rid := r.Header.Get("X-Request-Id"); rid != "" {
-		req.Header.Set("X-Request-Id", rid)
-	}
 	req.ContentLength = int64(len(body))
 	resp, err := c.hc.Do(req)
 	if err != nil {
@@ -267,15 +280,19 @@ func notSent(err error) bool {
 // relay writes a forwarded request's answer as this broker's own.
 func relay(w http.ResponseWriter, resp *http.Response) {
 	defer resp.Body.Close()
-	h := w.Header()
-	for k, vs := range resp.Header {
-		h[k] = vs
-	}
-	for _, k := range hopHeaders {
-		h.Del(k)
-	}
+	copyAnswerHeader(w.Header(), resp.Header)
 	w.WriteHeader(resp.StatusCode)
 	io.Copy(w, resp.Body)
+}
+
+// copyAnswerHeader copies another broker's answer headers onto this
+// broker's answer, leaving out the hop-by-hop ones.
+func copyAnswerHeader(dst, src http.Header) {
+	for k, vs := range src {
+		if !slices.Contains(hopHeaders, k) {
+			dst[k] = vs
+		}
+	}
 }
 
 // answer is one broker's answer to a request, whole in memory.
@@ -366,22 +383,72 @@ func writeAnswer(w http.ResponseWriter, r *http.Request, a answer) {
 		writeProblem(w, r, codeBrokerUnavailable, "", describe(a))
 		return
 	}
-	for k, vs := range a.header {
-		if k != "Content-Length" && !slices.Contains(hopHeaders, k) {
-			w.Header()[k] = vs
-		}
-	}
+	copyAnswerHeader(w.Header(), a.header)
 	w.Header().Set("Content-Length", fmt.Sprint(len(a.body)))
 	w.WriteHeader(a.status)
 	w.Write(a.body)
 }
 
-// readAll buffers r's body, bounded by limitBody's limit already in place.
-func readAll(r *http.Request) ([]byte, error) {
+// fanOutBody reads r's whole body (limitBody bounds it) for sending to
+// several brokers, answering the problem itself when it cannot.
+func fanOutBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	if r.Body == nil {
-		return nil, nil
+		return nil, true
 	}
-	return io.ReadAll(r.Body)
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		writeProblem(w, r, codeInvalidParameter, "body", "reading the request body failed: "+err.Error())
+		return nil, false
+	}
+	return body, true
+}
+
+// tally sorts a fan-out's answers by outcome.
+type tally struct {
+	ok       []*answer // the successes, in the peers' order
+	failed   []string  // how each broker failed, 404s aside
+	missing  []string  // the brokers that answered 404
+	refusal  *answer   // the first failure below 500 other than a 404: a reason any broker would give
+	notFound *answer   // the first 404
+}
+
+func tallyOf(answers []answer) tally {
+	var t tally
+	for i := range answers {
+		a := &answers[i]
+		switch {
+		case a.ok():
+			t.ok = append(t.ok, a)
+		case a.err == nil && a.status == http.StatusNotFound:
+			t.missing = append(t.missing, describe(*a))
+			t.notFound = cmp.Or(t.notFound, a)
+		default:
+			t.failed = append(t.failed, describe(*a))
+			if a.err == nil && a.status < 500 {
+				t.refusal = cmp.Or(t.refusal, a)
+			}
+		}
+	}
+	return t
+}
+
+// best is this broker's success when it has one, else the first.
+func (t tally) best() *answer {
+	for _, a := range t.ok {
+		if a.peer.local() {
+			return a
+		}
+	}
+	return t.ok[0]
+}
+
+// applied names the brokers that succeeded.
+func (t tally) applied() []string {
+	names := make([]string, len(t.ok))
+	for i, a := range t.ok {
+		names[i] = a.peer.name
+	}
+	return names
 }
 
 // broadcast applies r to every peer and answers once for all of them:
@@ -390,46 +457,17 @@ func readAll(r *http.Request) ([]byte, error) {
 // cluster_partial naming who applied it and who did not; the operations
 // broadcast are idempotent, so the client may simply retry.
 func (s *Server) broadcast(w http.ResponseWriter, r *http.Request, peers []peer, body []byte, local http.HandlerFunc) {
-	answers := s.ask(r, peers, "", body, local)
-	var (
-		first           *answer
-		applied, failed []string
-		notFound        *answer
-		clientErr       *answer
-	)
-	for i := range answers {
-		a := &answers[i]
-		switch {
-		case a.ok():
-			applied = append(applied, a.peer.name)
-			if first == nil {
-				first = a
-			}
-		case a.err == nil && a.status == http.StatusNotFound:
-			if notFound == nil {
-				notFound = a
-			}
-		case a.err == nil && a.status < 500:
-			if clientErr == nil {
-				clientErr = a
-			}
-			failed = append(failed, fmt.Sprintf("%s (%d)", a.peer.name, a.status))
-		case a.err != nil:
-			failed = append(failed, fmt.Sprintf("%s (%v)", a.peer.name, a.err))
-		default:
-			failed = append(failed, fmt.Sprintf("%s (%d)", a.peer.name, a.status))
-		}
-	}
+	t := tallyOf(s.ask(r, peers, "", body, local))
 	switch {
-	case first != nil && len(failed) == 0:
-		writeAnswer(w, r, *first)
-	case first == nil && clientErr != nil:
-		writeAnswer(w, r, *clientErr) // refused everywhere for the same reason
-	case first == nil && len(failed) == 0 && notFound != nil:
-		writeAnswer(w, r, *notFound)
+	case len(t.ok) > 0 && len(t.failed) == 0:
+		writeAnswer(w, r, *t.best())
+	case len(t.ok) == 0 && t.refusal != nil:
+		writeAnswer(w, r, *t.refusal) // refused everywhere for the same reason
+	case len(t.ok) == 0 && len(t.failed) == 0:
+		writeAnswer(w, r, *t.notFound)
 	default:
 		writeProblem(w, r, codeClusterPartial, "", fmt.Sprintf("applied on %s; failed on %s; retrying is safe",
-			listOrNone(applied), strings.Join(failed, ", ")))
+			listOrNone(t.applied()), strings.Join(t.failed, ", ")))
 	}
 }
 

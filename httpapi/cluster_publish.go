@@ -84,11 +84,17 @@ func (s *Server) forwardPublish(w http.ResponseWriter, r *http.Request, topic, k
 		holders = slices.DeleteFunc(holders, func(h peer) bool { return h.name == p.name })
 	}
 	if unreachable != nil {
-		writeProblem(w, r, codeBrokerUnavailable, "", fmt.Sprintf("topic %s lives on %s, which cannot be reached; nothing was stored",
-			topic, strings.Join(unreachable, ", ")))
+		writeUnreachable(w, r, topic, unreachable)
 		return true
 	}
 	return false
+}
+
+// writeUnreachable answers a publish none of whose brokers could be
+// reached: 503, and nothing was stored.
+func writeUnreachable(w http.ResponseWriter, r *http.Request, topic string, brokers []string) {
+	writeProblem(w, r, codeBrokerUnavailable, "", fmt.Sprintf("topic %s lives on %s, which cannot be reached; nothing was stored",
+		topic, strings.Join(brokers, ", ")))
 }
 
 // publishOn forwards a publish (single or batch) to p and relays its
@@ -168,6 +174,10 @@ func (s *Server) forwardBatch(w http.ResponseWriter, r *http.Request, topic stri
 			}
 		}
 		slices.Sort(pending)
+	}
+	if len(pending) > 0 && len(stored) == 0 && len(failed) == 0 {
+		writeUnreachable(w, r, topic, unreachable)
+		return true
 	}
 	if len(pending) > 0 {
 		failed = append(failed, fmt.Sprintf("messages %v: no holder could be reached (%s)", pending, strings.Join(unreachable, ", ")))

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -254,30 +255,23 @@ func (s *Server) settleEverywhere(r *http.Request, path string, receipts []strin
 // a failure answers with which brokers settled and which did not.
 func (s *Server) settle(w http.ResponseWriter, r *http.Request, field string, receipts []string, body []byte, local http.HandlerFunc) {
 	answers := s.settleEverywhere(r, "", receipts, body, local)
+	t := tallyOf(answers)
+	failed := append(t.failed, t.missing...)
 	total := 0
-	var (
-		settled, failed []string
-		refusal         *answer
-	)
-	for i, a := range answers {
+	settled := make([]string, len(t.ok))
+	for i, a := range t.ok {
 		var m map[string]int
-		if a.ok() && json.Unmarshal(a.body, &m) == nil {
-			total += m[field]
-			settled = append(settled, fmt.Sprintf("%d on %s", m[field], a.peer.name))
-			continue
-		}
-		failed = append(failed, describe(a))
-		if refusal == nil && a.err == nil && a.status < 500 {
-			refusal = &answers[i]
-		}
+		json.Unmarshal(a.body, &m)
+		total += m[field]
+		settled[i] = fmt.Sprintf("%d on %s", m[field], a.peer.name)
 	}
 	switch {
 	case len(failed) == 0:
 		writeJSON(w, http.StatusOK, map[string]int{field: total})
 	case len(answers) == 1:
 		writeAnswer(w, r, answers[0])
-	case len(settled) == 0 && refusal != nil:
-		writeAnswer(w, r, *refusal) // nothing settled anywhere: the first broker's reason
+	case len(t.ok) == 0 && cmp.Or(t.refusal, t.notFound) != nil:
+		writeAnswer(w, r, *cmp.Or(t.refusal, t.notFound)) // nothing settled anywhere: the first broker's reason
 	default:
 		writeProblem(w, r, codeClusterPartial, "receipts", fmt.Sprintf("%s %s; failed on %s",
 			field, listOrNone(settled), strings.Join(failed, ", ")))
@@ -300,12 +294,7 @@ func (s *Server) messagesByKeyEverywhere(w http.ResponseWriter, r *http.Request)
 // deadLettersEverywhere lists a group's dead letters on every broker,
 // oldest first; see pagedEverywhere.
 func (s *Server) deadLettersEverywhere(w http.ResponseWriter, r *http.Request) {
-	peers, err := s.cluster.brokers(r.Context())
-	if err != nil {
-		s.cluster.logger.Warn("cannot list the cluster's brokers; listing this one's dead letters only", "err", err)
-		peers = []peer{{name: s.cluster.self}}
-	}
-	s.pagedEverywhere(w, r, peers, s.handleListDeadLetters, "dead_at", false)
+	s.pagedEverywhere(w, r, s.everyBroker(r), s.handleListDeadLetters, "dead_at", false)
 }
 
 // pagedEverywhere merges a paged list of messages ({"messages":[...],

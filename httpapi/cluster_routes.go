@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -41,30 +42,22 @@ func (s *Server) firstFound(w http.ResponseWriter, r *http.Request, local http.H
 // answer). Without a broker list (no name server answers, nothing cached)
 // it applies r here only and says so in the log.
 func (s *Server) everywhere(w http.ResponseWriter, r *http.Request, local http.HandlerFunc) {
-	body, err := readAll(r)
-	if err != nil {
-		writeProblem(w, r, codeInvalidParameter, "body", "reading the request body failed: "+err.Error())
+	body, ok := fanOutBody(w, r)
+	if !ok {
 		return
 	}
 	s.everywhereBody(w, r, body, local)
 }
 
 func (s *Server) everywhereBody(w http.ResponseWriter, r *http.Request, body []byte, local http.HandlerFunc) {
-	peers, err := s.cluster.brokers(r.Context())
-	if err != nil {
-		s.cluster.logger.Warn("cannot list the cluster's brokers; applying on this one only",
-			"method", r.Method, "path", r.URL.Path, "err", err)
-		peers = []peer{{name: s.cluster.self}}
-	}
-	s.broadcast(w, r, peers, body, local)
+	s.broadcast(w, r, s.everyBroker(r), body, local)
 }
 
 // onHolders applies r on every broker holding topic, or on this broker
 // alone when nobody does (it then answers as standalone: 404, or a create).
 func (s *Server) onHolders(w http.ResponseWriter, r *http.Request, topic string, local http.HandlerFunc) {
-	body, err := readAll(r)
-	if err != nil {
-		writeProblem(w, r, codeInvalidParameter, "body", "reading the request body failed: "+err.Error())
+	body, ok := fanOutBody(w, r)
+	if !ok {
 		return
 	}
 	s.broadcast(w, r, s.topicHolders(r, topic), body, local)
@@ -117,30 +110,12 @@ func (s *Server) putTopicEverywhere(w http.ResponseWriter, r *http.Request, topi
 	req.Brokers = nil
 	body, _ := json.Marshal(req)
 	answers := s.ask(r, targets, "", body, s.handlePutTopic)
-	var (
-		best           *answer
-		created        bool
-		placed, failed []string
-		firstRefusal   *answer
-	)
-	for i := range answers {
-		a := &answers[i]
-		if !a.ok() {
-			failed = append(failed, describe(*a))
-			if firstRefusal == nil && a.err == nil && a.status < 500 {
-				firstRefusal = a
-			}
-			continue
-		}
-		placed = append(placed, a.peer.name)
-		created = created || a.status == http.StatusCreated
-		if best == nil || a.peer.local() {
-			best = a
-		}
-	}
+	t := tallyOf(answers)
+	failed := append(t.failed, t.missing...)
+	placed := t.applied()
 	switch {
-	case len(failed) > 0 && len(placed) == 0 && firstRefusal != nil:
-		writeAnswer(w, r, *firstRefusal)
+	case len(failed) > 0 && len(t.ok) == 0 && cmp.Or(t.refusal, t.notFound) != nil:
+		writeAnswer(w, r, *cmp.Or(t.refusal, t.notFound))
 	case len(failed) > 0:
 		writeProblem(w, r, codeClusterPartial, "", fmt.Sprintf("topic %s is on %s; failed on %s; PUT again to finish (it is idempotent)",
 			topic, listOrNone(placed), strings.Join(failed, ", ")))
@@ -157,14 +132,14 @@ func (s *Server) putTopicEverywhere(w http.ResponseWriter, r *http.Request, topi
 				return
 			}
 		}
-		var t map[string]any
-		json.Unmarshal(best.body, &t)
-		t["brokers"] = placed
+		var doc map[string]any
+		json.Unmarshal(t.best().body, &doc)
+		doc["brokers"] = placed
 		status := http.StatusOK
-		if created {
+		if slices.ContainsFunc(t.ok, func(a *answer) bool { return a.status == http.StatusCreated }) {
 			status = http.StatusCreated
 		}
-		writeJSON(w, status, t)
+		writeJSON(w, status, doc)
 	}
 }
 
@@ -330,12 +305,7 @@ func (s *Server) getTopicEverywhere(w http.ResponseWriter, r *http.Request, topi
 // brokers' copies of one item (a topic on several brokers); nil keeps the
 // first.
 func (s *Server) listEverywhere(w http.ResponseWriter, r *http.Request, field, key string, limit int, local http.HandlerFunc, combine func(into, from map[string]any, broker string)) {
-	peers, err := s.cluster.brokers(r.Context())
-	if err != nil {
-		s.cluster.logger.Warn("cannot list the cluster's brokers; listing this one's only", "path", r.URL.Path, "err", err)
-		peers = []peer{{name: s.cluster.self}}
-	}
-	answers := s.ask(r, peers, "", nil, local)
+	answers := s.ask(r, s.everyBroker(r), "", nil, local)
 	if !answers[0].ok() {
 		writeAnswer(w, r, answers[0]) // this broker refused: bad parameters, or no scope
 		return
@@ -432,34 +402,16 @@ func (s *Server) createSubscriptionEverywhere(w http.ResponseWriter, r *http.Req
 		req.Secret = &secret
 	}
 	body, _ := json.Marshal(req)
-	answers := s.ask(r, holders, "", body, s.handleCreateSubscription)
-	var (
-		best    *answer
-		created []peer
-		failed  []string
-		refusal *answer
-	)
-	for i := range answers {
-		a := &answers[i]
-		if a.ok() {
-			created = append(created, a.peer)
-			if best == nil || a.peer.local() {
-				best = a
-			}
-			continue
-		}
-		failed = append(failed, describe(*a))
-		if refusal == nil && a.err == nil && a.status < 500 {
-			refusal = a
-		}
-	}
+	t := tallyOf(s.ask(r, holders, "", body, s.handleCreateSubscription))
+	failed := append(t.failed, t.missing...)
 	if len(failed) == 0 {
-		writeAnswer(w, r, *best)
+		writeAnswer(w, r, *t.best())
 		return true
 	}
 	undo := r.Clone(r.Context())
 	undo.Method = http.MethodDelete
-	for _, p := range created {
+	for _, a := range t.ok {
+		p := a.peer
 		var err error
 		if p.local() {
 			err = s.broker.DeleteSubscription(r.Context(), *req.ID)
@@ -471,7 +423,7 @@ func (s *Server) createSubscriptionEverywhere(w http.ResponseWriter, r *http.Req
 				"id", *req.ID, "broker", p.name, "err", err)
 		}
 	}
-	if refusal != nil {
+	if refusal := cmp.Or(t.refusal, t.notFound); refusal != nil {
 		writeAnswer(w, r, *refusal)
 		return true
 	}
@@ -504,27 +456,18 @@ type rotateRequest struct {
 // the counts in their answers (field), e.g. {"purged": 12}: a group's dead
 // letters live on the brokers that delivered them.
 func (s *Server) sumEverywhere(w http.ResponseWriter, r *http.Request, field string, local http.HandlerFunc) {
-	body, err := readAll(r)
-	if err != nil {
-		writeProblem(w, r, codeInvalidParameter, "body", "reading the request body failed: "+err.Error())
+	body, ok := fanOutBody(w, r)
+	if !ok {
 		return
 	}
-	peers, err := s.cluster.brokers(r.Context())
-	if err != nil {
-		peers = []peer{{name: s.cluster.self}}
-	}
-	answers := s.ask(r, peers, "", body, local)
+	t := tallyOf(s.ask(r, s.everyBroker(r), "", body, local))
 	var (
-		out    map[string]any
-		total  float64
-		failed []string
+		out   map[string]any
+		total float64
 	)
-	for _, a := range answers {
+	for _, a := range t.ok {
 		var m map[string]any
-		if !a.ok() || json.Unmarshal(a.body, &m) != nil {
-			if a.status != http.StatusNotFound {
-				failed = append(failed, describe(a))
-			}
+		if json.Unmarshal(a.body, &m) != nil {
 			continue
 		}
 		n, _ := m[field].(float64)
@@ -534,13 +477,15 @@ func (s *Server) sumEverywhere(w http.ResponseWriter, r *http.Request, field str
 		}
 	}
 	switch {
-	case len(failed) > 0 && out == nil && answers[0].err == nil && answers[0].status < 500:
-		writeAnswer(w, r, answers[0])
-	case len(failed) > 0:
+	case len(t.failed) > 0 && len(t.ok) == 0 && t.refusal != nil:
+		writeAnswer(w, r, *t.refusal)
+	case len(t.failed) > 0:
 		writeProblem(w, r, codeClusterPartial, "", fmt.Sprintf("done on some brokers (%s %g); failed on %s; retrying is safe",
-			field, total, strings.Join(failed, ", ")))
+			field, total, strings.Join(t.failed, ", ")))
+	case out == nil && t.notFound != nil:
+		writeAnswer(w, r, *t.notFound) // no broker knows the group
 	case out == nil:
-		writeAnswer(w, r, answers[0])
+		writeAnswer(w, r, *t.best())
 	default:
 		out[field] = total
 		writeJSON(w, http.StatusOK, out)
@@ -551,10 +496,7 @@ func (s *Server) sumEverywhere(w http.ResponseWriter, r *http.Request, field str
 // group's queues on every broker, each naming its broker, lag and dead
 // letters summed, each subscription once.
 func (s *Server) getGroupEverywhere(w http.ResponseWriter, r *http.Request) {
-	peers, err := s.cluster.brokers(r.Context())
-	if err != nil {
-		peers = []peer{{name: s.cluster.self}}
-	}
+	peers := s.everyBroker(r)
 	var merged map[string]any
 	var first answer
 	for i, a := range s.ask(r, peers, "", nil, s.handleGetGroup) {

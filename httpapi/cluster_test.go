@@ -1178,3 +1178,15 @@ func TestClusterTopicGainsBrokers(t *testing.T) {
 	// Placing it again changes nothing and fails nowhere.
 	tc.via(t, brokerB, "PUT", "/v1/topics/orders", nil, `{"brokers":"all"}`).want(t, http.StatusOK, brokerB)
 }
+
+// TestClusterForwardKeepsRequestID: a request forwarded to another broker
+// keeps its request id, so both brokers' logs name it.
+func TestClusterForwardKeepsRequestID(t *testing.T) {
+	tc := newTestCluster(t, brokerA, brokerB)
+	tc.placeTopic(t, brokerB, "orders", `{"brokers":["broker-b"]}`, brokerB)
+	a := tc.via(t, brokerA, "POST", "/v1/topics/orders/messages", map[string]string{"X-Request-Id": "trace-me-42"}, "x")
+	a.want(t, http.StatusCreated, brokerB)
+	if got := a.header.Get("X-Request-Id"); got != "trace-me-42" {
+		t.Errorf("X-Request-Id %q after a forward, want the caller's", got)
+	}
+}

@@ -25,6 +25,9 @@ func (s *Server) requestID(next http.Handler) http.Handler {
 			id = nuid.Next()
 		}
 		w.Header().Set("X-Request-Id", id)
+		// On the request too, so that a request forwarded to another
+		// broker carries the same id in both brokers' logs.
+		r.Header.Set("X-Request-Id", id)
 		next.ServeHTTP(w, r)
 	})
 }
