@@ -110,6 +110,7 @@ func (s *Server) putTopicEverywhere(w http.ResponseWriter, r *http.Request, topi
 	req.Brokers = nil
 	body, _ := json.Marshal(req)
 	answers := s.ask(r, targets, "", body, s.handlePutTopic)
+	s.cluster.names.Forget(topic)
 	t := tallyOf(answers)
 	failed := append(t.failed, t.missing...)
 	placed := t.applied()

@@ -52,9 +52,22 @@ type testCluster struct {
 // returns once the name server lists them all.
 func newTestCluster(tb testing.TB, names ...string) *testCluster {
 	tb.Helper()
+	return newTestClusterSlowNames(tb, 0, names...)
+}
+
+// newTestClusterSlowNames is newTestCluster with a name server that takes
+// delay over every heartbeat, as one across a network would.
+func newTestClusterSlowNames(tb testing.TB, delay time.Duration, names ...string) *testCluster {
+	tb.Helper()
 	tc := &testCluster{reg: namesrv.NewRegistry(namesrv.DefaultConfig()), names: slices.Sorted(slices.Values(names)),
 		nodes: make(map[string]*clusterNode)}
-	ns := httptest.NewServer(mustNew(tb, Config{NameServer: tc.reg, NameServerOnly: true}))
+	api := mustNew(tb, Config{NameServer: tc.reg, NameServerOnly: true})
+	ns := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/brokers/heartbeat" {
+			time.Sleep(delay)
+		}
+		api.ServeHTTP(w, r)
+	}))
 	tb.Cleanup(ns.Close)
 	for _, name := range names {
 		tc.nodes[name] = startClusterNode(tb, name, ns.URL)
@@ -140,20 +153,18 @@ func waitFor(tb testing.TB, what string, cond func() (bool, string)) {
 	}
 }
 
-// waitRoute waits until the name server routes topic to exactly holders.
-// Until then a broker might see a part of the route (and cache it), so
-// tests wait for it after placing a topic and before using it.
-func (tc *testCluster) waitRoute(tb testing.TB, topic string, holders ...string) {
+// wantRoute checks that the name server routes topic to exactly holders,
+// as it must as soon as a PUT or DELETE of the topic has answered.
+func (tc *testCluster) wantRoute(tb testing.TB, topic string, holders ...string) {
 	tb.Helper()
-	want := slices.Sorted(slices.Values(holders))
-	waitFor(tb, "the route of "+topic+" to list "+strings.Join(want, ", "), func() (bool, string) {
-		rt, _ := tc.reg.Route(topic)
-		var got []string
-		for _, b := range rt.Brokers {
-			got = append(got, b.Name)
-		}
-		return slices.Equal(got, want), fmt.Sprint(got)
-	})
+	rt, _ := tc.reg.Route(topic)
+	var got []string
+	for _, b := range rt.Brokers {
+		got = append(got, b.Name)
+	}
+	if want := slices.Sorted(slices.Values(holders)); !slices.Equal(got, want) {
+		tb.Fatalf("the name server routes %s to %v, want %v", topic, got, want)
+	}
 }
 
 // clusterAnswer is one answer, whole.
@@ -231,12 +242,13 @@ func (tc *testCluster) wantOn(tb testing.TB, path string, on ...string) {
 	}
 }
 
-// placeTopic creates topic through broker via with body and waits for its
-// route to list holders.
+// placeTopic creates topic through broker via with body and checks that
+// the name server already routes it to exactly holders: a broker answers
+// a topic's creation only once the name servers have it.
 func (tc *testCluster) placeTopic(tb testing.TB, via, topic, body string, holders ...string) {
 	tb.Helper()
 	tc.via(tb, via, "PUT", "/v1/topics/"+topic, nil, body).want(tb, http.StatusCreated, via)
-	tc.waitRoute(tb, topic, holders...)
+	tc.wantRoute(tb, topic, holders...)
 }
 
 // shardBroker is where the cluster doc says a sharding key goes: queue
@@ -295,7 +307,7 @@ func TestClusterPutTopic(t *testing.T) {
 				}
 			}
 			if tt.on != nil {
-				tc.waitRoute(t, tt.topic, tt.on...)
+				tc.wantRoute(t, tt.topic, tt.on...)
 			}
 		})
 	}
@@ -391,6 +403,26 @@ func (tc *testCluster) wantStored(tb testing.TB, res publishResult, body string)
 	m := decodeAs[messageJSON](tb, tc.at(tb, res.Broker, "GET", "/v1/messages/"+res.MsgID, ""))
 	if m.Body != body || m.QueueID != res.QueueID || m.QueueOffset != res.QueueOffset || m.Topic != res.Topic {
 		tb.Fatalf("stored on %s: %+v; the publish answered %+v with body %q", res.Broker, m, res, body)
+	}
+}
+
+// TestClusterPlacedTopicRoutedAtOnce: the instant a PUT placing a topic
+// on other brokers answers, a publish through a broker that took no part
+// in it reaches the topic's holder (no window in which it finds no route),
+// and after a DELETE the topic is gone from the routes.
+func TestClusterPlacedTopicRoutedAtOnce(t *testing.T) {
+	tc := newTestClusterSlowNames(t, 30*time.Millisecond, brokerA, brokerB, brokerC)
+	for i := range 10 {
+		topic := fmt.Sprintf("at-once-%d", i)
+		tc.via(t, brokerA, "PUT", "/v1/topics/"+topic, nil, `{"brokers":["broker-b"]}`).want(t, http.StatusCreated, brokerA)
+		res, _ := tc.publishVia(t, brokerC, topic, nil, "hi")
+		if res.Broker != brokerB {
+			t.Fatalf("publish to %s through %s stored on %s, not on its only holder %s", topic, brokerC, res.Broker, brokerB)
+		}
+		if a := tc.via(t, brokerA, "DELETE", "/v1/topics/"+topic, nil, ""); a.status != http.StatusNoContent {
+			t.Fatalf("DELETE %s through %s: %s", topic, brokerA, a)
+		}
+		tc.wantRoute(t, topic)
 	}
 }
 
@@ -1158,7 +1190,7 @@ func TestClusterTopicGainsBrokers(t *testing.T) {
 	// 201: created on the new brokers.
 	a = tc.via(t, brokerC, "PUT", "/v1/topics/orders", nil, `{"brokers":["broker-a","broker-b","broker-c"]}`)
 	a.want(t, http.StatusCreated, brokerA)
-	tc.waitRoute(t, "orders", brokerA, brokerB, brokerC)
+	tc.wantRoute(t, "orders", brokerA, brokerB, brokerC)
 	for _, name := range []string{brokerB, brokerC} {
 		got, err := tc.nodes[name].b.Subscription(context.Background(), push.ID)
 		if err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"time"
 
@@ -117,10 +118,14 @@ func (s *Server) handlePutTopic(w http.ResponseWriter, r *http.Request) {
 		}
 		settings.Retention = &d
 	}
+	had, _ := s.broker.Queues(chi.URLParam(r, "topic"))
 	nt, created, err := s.broker.PutTopic(r.Context(), chi.URLParam(r, "topic"), settings)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
+	}
+	if created || nt.Queues != had {
+		s.registerTopics(r)
 	}
 	st, err := s.broker.Topic(r.Context(), nt.Name)
 	if err != nil {
@@ -132,6 +137,23 @@ func (s *Server) handlePutTopic(w http.ResponseWriter, r *http.Request) {
 		status = http.StatusCreated
 	}
 	writeJSON(w, status, toTopicStatsJSON(st))
+}
+
+// registerTopics tells the name servers of a topic this broker has just
+// created, resized or deleted before the client hears of it, so that the
+// bus's routes agree with the answer from the moment it is given: a
+// publish through another broker an instant later finds the topic where
+// it now lives (rather than, with auto-creation on, creating a second
+// topic of the same name there). A name server that cannot be reached
+// does not fail the request; the heartbeats carry the change later.
+func (s *Server) registerTopics(r *http.Request) {
+	if s.cluster == nil {
+		return
+	}
+	if err := s.cluster.names.Sync(r.Context()); err != nil {
+		s.cluster.logger.Warn("the name servers have not yet heard of the topic change; the next heartbeat tells them",
+			slog.String("topic", chi.URLParam(r, "topic")), slog.Any("err", err))
+	}
 }
 
 func (s *Server) handleGetTopic(w http.ResponseWriter, r *http.Request) {
@@ -185,11 +207,13 @@ func (s *Server) handleListTopics(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleDeleteTopic(w http.ResponseWriter, r *http.Request) {
 	if s.coordinating(r) {
 		s.onHolders(w, r, chi.URLParam(r, "topic"), s.handleDeleteTopic)
+		s.cluster.names.Forget(chi.URLParam(r, "topic"))
 		return
 	}
 	if err := s.broker.DeleteTopic(r.Context(), chi.URLParam(r, "topic")); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
+	s.registerTopics(r)
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -62,6 +62,14 @@ type Client struct {
 
 	changed chan struct{} // capacity 1: a pending nudge, however many were sent
 
+	// Run's rounds, for Sync: started and finished count them, and done is
+	// closed (and replaced) when one finishes or Run ends.
+	roundMu  sync.Mutex
+	running  bool          // guarded by roundMu
+	started  uint64        // guarded by roundMu
+	finished uint64        // guarded by roundMu
+	done     chan struct{} // guarded by roundMu
+
 	// preferred is the index of the name server that last answered a route
 	// query; the next query starts there, so a dead name server ahead of it
 	// in the list does not cost every query a timeout.
@@ -122,6 +130,7 @@ func NewClient(cfg ClientConfig) *Client {
 		hc:       cfg.HTTPClient,
 		now:      cfg.Now,
 		changed:  make(chan struct{}, 1),
+		done:     make(chan struct{}),
 		routes:   make(map[string]cachedRoute),
 		beats:    make([]beatState, len(addrs)),
 	}
@@ -134,6 +143,54 @@ func (c *Client) Changed() {
 	case c.changed <- struct{}{}:
 	default: // a heartbeat is already pending; it will carry the change
 	}
+}
+
+// Sync sends a heartbeat now and waits until one that started after the
+// call has been answered (or has failed) by every name server, so that a
+// topic the broker has just created is in the routes before a client is
+// told it exists: otherwise a publish through another broker in that
+// instant finds no route and, with auto-creation on, creates a second
+// topic of the same name there. RocketMQ's brokers likewise register a
+// new topic with the name servers before answering its creation. Without
+// Run going it returns at once; ctx bounds the wait.
+func (c *Client) Sync(ctx context.Context) error {
+	c.roundMu.Lock()
+	if !c.running {
+		c.roundMu.Unlock()
+		return nil
+	}
+	want := c.started + 1
+	c.roundMu.Unlock()
+	c.Changed()
+	for {
+		c.roundMu.Lock()
+		finished, running, done := c.finished, c.running, c.done
+		c.roundMu.Unlock()
+		if finished >= want || !running {
+			return nil
+		}
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return fmt.Errorf("registering with the name servers: %w", ctx.Err())
+		}
+	}
+}
+
+// roundStarted and roundFinished keep Sync's count of Run's rounds.
+func (c *Client) roundStarted() {
+	c.roundMu.Lock()
+	c.started++
+	c.roundMu.Unlock()
+}
+
+func (c *Client) roundFinished(last bool) {
+	c.roundMu.Lock()
+	c.finished = c.started
+	c.running = !last
+	close(c.done)
+	c.done = make(chan struct{})
+	c.roundMu.Unlock()
 }
 
 // Run heartbeats info() to every name server at once, then every Interval
@@ -151,7 +208,13 @@ func (c *Client) Run(ctx context.Context, info func() BrokerInfo) {
 		name       string // last name registered, to unregister at the end
 		lastReject string // last local validation failure, logged once
 	)
+	c.roundMu.Lock()
+	c.running = true
+	c.roundMu.Unlock()
+	defer c.roundFinished(true)
 	round := func() {
+		c.roundStarted()
+		defer c.roundFinished(false)
 		bi := info()
 		if bi.Cluster == "" {
 			bi.Cluster = DefaultCluster
@@ -345,6 +408,14 @@ func (c *Client) Route(ctx context.Context, topic string) (Route, bool, error) {
 		errs = append(errs, errors.New("no name servers given"))
 	}
 	return Route{}, false, fmt.Errorf("route %q: %w: %w", topic, ErrUnavailable, errors.Join(errs...))
+}
+
+// Forget drops topic's cached route, for a broker that has just changed
+// where the topic lives: its next Route asks the name servers.
+func (c *Client) Forget(topic string) {
+	c.mu.Lock()
+	delete(c.routes, topic)
+	c.mu.Unlock()
 }
 
 // Brokers returns the live brokers of the cluster (their topics counted in

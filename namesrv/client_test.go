@@ -264,6 +264,77 @@ func TestClientChangedHeartbeatsAtOnce(t *testing.T) {
 	}
 }
 
+// TestClientSync: Sync returns only once a heartbeat that read the
+// broker's state after the call has reached the name server, not when a
+// round already under way (with the state from before) ends.
+func TestClientSync(t *testing.T) {
+	ns := newTestNameServer(t)
+	c := NewClient(ClientConfig{Addrs: []string{ns.srv.URL}, Interval: time.Hour, Timeout: 2 * time.Second})
+	if err := c.Sync(t.Context()); err != nil {
+		t.Fatalf("Sync before Run: %v", err)
+	}
+	state := &brokerState{info: broker("b1", Topic{"orders", 4})}
+	var hold atomic.Pointer[chan struct{}]
+	reading := make(chan struct{}, 1)
+	stop := runClient(t, c, func() BrokerInfo {
+		info := state.get()
+		if h := hold.Load(); h != nil {
+			reading <- struct{}{}
+			<-*h
+		}
+		return info
+	})
+	waitFor(t, "registration", func() bool { return hasRoute(ns, "orders", "b1") })
+
+	// A round reads the old state and stalls; the topic is created; Sync
+	// must wait for the round after it.
+	release := make(chan struct{})
+	hold.Store(&release)
+	c.Changed()
+	<-reading
+	hold.Store(nil)
+	state.set(broker("b1", Topic{"orders", 4}, Topic{"payments", 2}))
+	synced := make(chan error, 1)
+	go func() { synced <- c.Sync(t.Context()) }()
+	close(release)
+	if err := <-synced; err != nil {
+		t.Fatalf("Sync: %v", err)
+	}
+	if !hasRoute(ns, "payments", "b1") {
+		t.Fatal("Sync returned before the name server had the new topic")
+	}
+
+	// Run ended: nothing to wait for.
+	stop()
+	if err := c.Sync(t.Context()); err != nil {
+		t.Fatalf("Sync after Run: %v", err)
+	}
+}
+
+// TestClientSyncBoundedByContext: a name server that never answers holds
+// Sync only as long as the caller allows.
+func TestClientSyncBoundedByContext(t *testing.T) {
+	stuck := make(chan struct{})
+	var asked atomic.Int64
+	hung := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked.Add(1)
+		select {
+		case <-stuck:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(hung.Close)
+	t.Cleanup(func() { close(stuck) })
+	c := NewClient(ClientConfig{Addrs: []string{hung.URL}, Interval: time.Hour, Timeout: time.Second})
+	runClient(t, c, func() BrokerInfo { return broker("b1") })
+	waitFor(t, "the first heartbeat", func() bool { return asked.Load() > 0 })
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	if err := c.Sync(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Sync against a name server that hangs: %v, want the deadline", err)
+	}
+}
+
 func TestClientUnregistersOnCancel(t *testing.T) {
 	ns1, ns2 := newTestNameServer(t), newTestNameServer(t)
 	dead := closedAddr(t)
