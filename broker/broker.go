@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -39,6 +41,10 @@ type Broker struct {
 
 	topicsMu sync.RWMutex
 	topics   map[string]*topicState // guarded by topicsMu
+	// names is the user topics' names (no system topics), sorted, kept in
+	// step with topics so that listing them never sorts: a broker in a
+	// cluster lists every topic in each heartbeat. Guarded by topicsMu.
+	names []string
 
 	// dispatchMu is held by the dispatcher while it appends to the derived
 	// indexes and by checkpoint, so a checkpoint never sees half a dispatch.
@@ -160,7 +166,11 @@ func (b *Broker) open(ctx context.Context) error {
 	}
 	for _, t := range topics {
 		b.topics[t.Name] = newTopicState(topicFromMeta(t))
+		if !strings.HasPrefix(t.Name, "%") {
+			b.names = append(b.names, t.Name)
+		}
 	}
+	slices.Sort(b.names)
 	if err := b.loadOffsets(ctx); err != nil {
 		return err
 	}

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -132,6 +132,9 @@ func (b *Broker) PutTopic(ctx context.Context, name string, s TopicSettings) (To
 		ts.info.Store(&nt)
 	} else {
 		b.topics[nt.Name] = newTopicState(nt)
+		if i, found := slices.BinarySearch(b.names, nt.Name); !found && !strings.HasPrefix(nt.Name, "%") {
+			b.names = slices.Insert(b.names, i, nt.Name)
+		}
 	}
 	if created {
 		b.logger.Info("topic created", slog.String("topic", nt.Name), slog.Int("queues", nt.Queues))
@@ -182,16 +185,18 @@ func (b *Broker) Topic(ctx context.Context, name string) (TopicStats, error) {
 // their contents are reached through the groups API.
 func (b *Broker) Topics(ctx context.Context, after string, limit int) []Topic {
 	b.topicsMu.RLock()
-	out := make([]Topic, 0, len(b.topics))
-	for name, ts := range b.topics {
-		if name > after && !strings.HasPrefix(name, "%") {
-			out = append(out, *ts.info.Load())
-		}
+	defer b.topicsMu.RUnlock()
+	i, found := slices.BinarySearch(b.names, after)
+	if found {
+		i++
 	}
-	b.topicsMu.RUnlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	if limit > 0 && len(out) > limit {
-		out = out[:limit]
+	names := b.names[i:]
+	if limit > 0 && len(names) > limit {
+		names = names[:limit]
+	}
+	out := make([]Topic, len(names))
+	for k, name := range names {
+		out[k] = *b.topics[name].info.Load()
 	}
 	return out
 }
@@ -220,6 +225,9 @@ func (b *Broker) DeleteTopic(ctx context.Context, name string) error {
 	}
 	b.topicsMu.Lock()
 	delete(b.topics, name)
+	if i, found := slices.BinarySearch(b.names, name); found {
+		b.names = slices.Delete(b.names, i, i+1)
+	}
 	b.topicsMu.Unlock()
 	// Its subscriptions go with it; the groups' offsets on it too.
 	subs, err := b.Subscriptions(ctx)
