@@ -1369,6 +1369,7 @@ func TestContractAuthTraffic(t *testing.T) {
 	}
 	jsonCT := map[string]string{"Content-Type": "application/json"}
 	const heartbeat = `{"name":"broker-a","addr":"http://10.0.0.7:8080","topics":[{"name":"orders","queues":2}]}`
+	const patch = `{"addr":"http://10.0.0.7:8080","put":[{"name":"invoices","queues":1}],"removed":[]}`
 	const (
 		noToken   = `Bearer realm="postbus"`
 		badToken  = `Bearer realm="postbus", error="invalid_token"`
@@ -1583,6 +1584,10 @@ func TestContractAuthTraffic(t *testing.T) {
 		forbidden("heartbeat/publish token", "POST", "/v1/brokers/heartbeat", mergeHeaders(jsonCT, orders), heartbeat, "admin"),
 		{name: "heartbeat/admin", method: "POST", path: "/v1/brokers/heartbeat", header: mergeHeaders(jsonCT, admin),
 			body: heartbeat, status: 200},
+		unauthorized("patch broker/no token", "PATCH", "/v1/brokers/broker-a", jsonCT, patch),
+		forbidden("patch broker/publish token", "PATCH", "/v1/brokers/broker-a", mergeHeaders(jsonCT, orders), patch, "admin"),
+		{name: "patch broker/admin", method: "PATCH", path: "/v1/brokers/broker-a", header: mergeHeaders(jsonCT, admin),
+			body: patch, status: 200},
 		unauthorized("route/no token", "GET", "/v1/routes/orders", nil, ""),
 		{name: "route/consume token", method: "GET", path: "/v1/routes/orders", header: consumer, status: 200},
 		unauthorized("cluster/no token", "GET", "/v1/cluster", nil, ""),
@@ -2620,6 +2625,31 @@ func nameServerExchanges(env *contractEnv) []exchange {
 		{name: "route/dropped topic", nameServer: true, method: "GET", path: "/v1/routes/payments", status: 404,
 			code: broker.CodeTopicNotFound},
 		{name: "route/not found", nameServer: true, method: "GET", path: "/v1/routes/nope", status: 404, code: broker.CodeTopicNotFound},
+
+		// A patch changes just the topics it names.
+		{name: "patch broker", nameServer: true, method: "PATCH", path: "/v1/brokers/broker-a", header: jsonCT,
+			body:   `{"cluster":"east","addr":"http://10.0.0.7:8080","version":"0.1.0","put":[{"name":"invoices","queues":3}]}`,
+			status: 200, check: expiresIn},
+		{name: "route/patched in", nameServer: true, method: "GET", path: "/v1/routes/invoices", status: 200,
+			check: wantRoute("invoices", namesrv.RouteBrokerJSON{Name: "broker-a", Cluster: "east", Addr: "http://10.0.0.7:8080", Queues: 3})},
+		{name: "route/patch kept the rest", nameServer: true, method: "GET", path: "/v1/routes/orders", status: 200, check: wantRoute("orders", a8, b)},
+		{name: "patch broker/removed", method: "PATCH", path: "/v1/brokers/broker-a", header: jsonCT,
+			body:   `{"cluster":"east","addr":"http://10.0.0.7:8080","version":"0.1.0","put":[],"removed":["invoices","never-held"]}`,
+			status: 200, check: expiresIn},
+		{name: "route/patched out", nameServer: true, method: "GET", path: "/v1/routes/invoices", status: 404, code: broker.CodeTopicNotFound},
+		{name: "patch broker/not registered", nameServer: true, method: "PATCH", path: "/v1/brokers/broker-z", header: jsonCT,
+			body: `{"addr":"http://10.0.0.9:8080","put":[{"name":"t","queues":1}]}`, status: 404, code: codeBrokerNotFound},
+		{name: "patch broker/moved", nameServer: true, method: "PATCH", path: "/v1/brokers/broker-a", header: jsonCT,
+			body: `{"cluster":"east","addr":"http://10.0.0.8:8080","put":[{"name":"t","queues":1}]}`, status: 404, code: codeBrokerNotFound},
+		{name: "patch broker/put and removed", nameServer: true, method: "PATCH", path: "/v1/brokers/broker-a", header: jsonCT,
+			body:   `{"cluster":"east","addr":"http://10.0.0.7:8080","put":[{"name":"t","queues":1}],"removed":["t"]}`,
+			status: 400, code: codeInvalidBroker},
+		{name: "patch broker/bad topic", nameServer: true, method: "PATCH", path: "/v1/brokers/broker-a", header: jsonCT,
+			body:   `{"cluster":"east","addr":"http://10.0.0.7:8080","put":[{"name":"bad!","queues":1}]}`,
+			status: 400, code: codeInvalidBroker, invalid: true},
+		{name: "patch broker/unknown field", nameServer: true, method: "PATCH", path: "/v1/brokers/broker-a", header: jsonCT,
+			body: `{"addr":"http://10.0.0.7:8080","topics":[]}`, status: 400, code: codeInvalidJSON, invalid: true},
+		{name: "route/patches refused", nameServer: true, method: "GET", path: "/v1/routes/t", status: 404, code: broker.CodeTopicNotFound},
 		{name: "route/system topic", nameServer: true, method: "GET", path: "/v1/routes/%25DLQ%25billing", status: 400,
 			code: broker.CodeSystemTopic, invalid: true},
 		{name: "route/invalid name", nameServer: true, method: "GET", path: "/v1/routes/bad!name", status: 400,

@@ -31,6 +31,26 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, namesrv.NewHeartbeatResponse(s.registry.BrokerExpiry()))
 }
 
+func (s *Server) handlePatchBroker(w http.ResponseWriter, r *http.Request) {
+	var req namesrv.PatchRequest
+	if perr := decodeJSONBody(r, maxHeartbeatBytes, &req); perr != nil {
+		s.writeError(w, r, perr)
+		return
+	}
+	switch err := s.registry.Patch(req.BrokerInfo(chi.URLParam(r, "name")), req.Removed); {
+	case errors.Is(err, namesrv.ErrNotRegistered):
+		writeProblem(w, r, codeBrokerNotFound, "name", err.Error())
+		return
+	case errors.Is(err, namesrv.ErrInvalid):
+		writeProblem(w, r, codeInvalidBroker, "", err.Error())
+		return
+	case err != nil:
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, namesrv.NewHeartbeatResponse(s.registry.BrokerExpiry()))
+}
+
 func (s *Server) handleUnregisterBroker(w http.ResponseWriter, r *http.Request) {
 	if !s.registry.Unregister(chi.URLParam(r, "name")) {
 		writeProblem(w, r, codeBrokerNotFound, "name", "no broker of that name is registered")

@@ -30,6 +30,7 @@ func (s *Server) routes() chi.Router {
 
 	if s.registry != nil {
 		s.handle(r, "POST", "/v1/brokers/heartbeat", accessAdmin, s.handleHeartbeat)
+		s.handle(r, "PATCH", "/v1/brokers/{name}", accessAdmin, s.handlePatchBroker)
 		s.handle(r, "DELETE", "/v1/brokers/{name}", accessAdmin, s.handleUnregisterBroker)
 		s.handle(r, "GET", "/v1/routes/{topic}", accessAnyToken, s.handleRoute)
 		s.handle(r, "GET", "/v1/cluster", accessAnyToken, s.handleCluster)

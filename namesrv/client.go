@@ -98,6 +98,9 @@ type cachedBrokers struct {
 type beatState struct {
 	down         bool // the last heartbeat failed; its outage is logged
 	warnedExpiry bool // told once that the server's expiry is too short
+	// acked is the registration (topics sorted) the server last
+	// acknowledged, nil after a failure: what a patch is the difference to.
+	acked *BrokerInfo
 }
 
 // NewClient returns a client of the name servers cfg.Addrs.
@@ -212,7 +215,10 @@ func (c *Client) Run(ctx context.Context, info func() BrokerInfo) {
 	c.running = true
 	c.roundMu.Unlock()
 	defer c.roundFinished(true)
-	round := func() {
+	// A round for a change may send each name server just the difference
+	// from what it last acknowledged; the first round and the periodic ones
+	// send the whole registration, which also repairs any drift.
+	round := func(patch bool) {
 		c.roundStarted()
 		defer c.roundFinished(false)
 		bi := info()
@@ -232,24 +238,20 @@ func (c *Client) Run(ctx context.Context, info func() BrokerInfo) {
 		topics := slices.Clone(bi.Topics)
 		slices.SortFunc(topics, func(a, b Topic) int { return cmp.Compare(a.Name, b.Name) })
 		bi.Topics = topics
-		body, err := json.Marshal(NewHeartbeatRequest(bi))
-		if err != nil { // cannot happen for these types; not worth a panic
-			c.log.Error("encoding heartbeat", slog.Any(logKeyErr, err))
-			return
-		}
 		if name != "" && name != bi.Name {
 			// Renamed: drop the old registration rather than let it expire.
 			c.unregister(ctx, name)
 		}
 		name = bi.Name
+		whole := sync.OnceValues(func() ([]byte, error) { return json.Marshal(NewHeartbeatRequest(bi)) })
 		var wg sync.WaitGroup
 		for i := range c.addrs {
-			wg.Go(func() { c.beat(ctx, i, body) })
+			wg.Go(func() { c.beat(ctx, i, bi, patch, whole) })
 		}
 		wg.Wait()
 	}
 
-	round()
+	round(false)
 	t := time.NewTicker(c.interval)
 	defer t.Stop()
 	for {
@@ -260,18 +262,49 @@ func (c *Client) Run(ctx context.Context, info func() BrokerInfo) {
 			}
 			return
 		case <-t.C:
-			round()
+			round(false)
 		case <-c.changed:
-			round()
+			round(true)
 		}
 	}
 }
 
-// beat sends one heartbeat to name server i and logs what changed.
-func (c *Client) beat(ctx context.Context, i int, body []byte) {
+// maxPatchTopics is the most topics a patch carries; a bigger change is
+// sent as a whole heartbeat.
+const maxPatchTopics = 1024
+
+// errNotRegistered is a name server's 404 to a patch.
+var errNotRegistered = errors.New("the name server does not hold this broker")
+
+// beat sends name server i the registration bi and logs what changed: as a
+// patch when patch allows, the server acknowledged this broker before and
+// few topics differ, else whole (whole() is the encoded heartbeat, made
+// once a round).
+func (c *Client) beat(ctx context.Context, i int, bi BrokerInfo, patch bool, whole func() ([]byte, error)) {
 	addr, st := c.addrs[i], &c.beats[i]
-	ans, err := c.postHeartbeat(ctx, addr, body)
+	var (
+		ans  HeartbeatResponse
+		err  error
+		sent bool
+	)
+	if a := st.acked; patch && a != nil && a.Name == bi.Name && a.Cluster == bi.Cluster && a.Addr == bi.Addr && a.Version == bi.Version {
+		// No difference still sends an (empty) patch: the nudge is news
+		// of the broker's being alive, and Sync counts on the answer.
+		if d := diffTopics(a.Topics, bi.Topics); len(d.put)+len(d.removed) <= maxPatchTopics {
+			ans, err = c.patch(ctx, addr, bi, d)
+			sent = !errors.Is(err, errNotRegistered) // else: it restarted; send it all
+		}
+	}
+	if !sent {
+		body, merr := whole()
+		if merr != nil { // cannot happen for these types; not worth a panic
+			c.log.Error("encoding heartbeat", slog.Any(logKeyErr, merr))
+			return
+		}
+		ans, err = c.postHeartbeat(ctx, addr, body)
+	}
 	if err != nil {
+		st.acked = nil
 		if ctx.Err() != nil {
 			return // shutting down; not the name server's fault
 		}
@@ -282,6 +315,7 @@ func (c *Client) beat(ctx context.Context, i int, body []byte) {
 		}
 		return
 	}
+	st.acked = &bi
 	if st.down {
 		st.down = false
 		c.log.Info("name server heartbeat succeeds again", slog.String(logKeyNameSrv, addr))
@@ -301,12 +335,36 @@ func (c *Client) postHeartbeat(ctx context.Context, addr string, body []byte) (H
 		return HeartbeatResponse{}, fmt.Errorf("heartbeat request: %w", err)
 	}
 	req.Header.Set("Content-Type", "application/json")
+	return c.registration(req)
+}
+
+// patch sends name server addr the difference d to bi's registration.
+func (c *Client) patch(ctx context.Context, addr string, bi BrokerInfo, d change) (HeartbeatResponse, error) {
+	body, err := json.Marshal(NewPatchRequest(bi, d.put, d.removed))
+	if err != nil {
+		return HeartbeatResponse{}, fmt.Errorf("patch request: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPatch, addr+"/v1/brokers/"+url.PathEscape(bi.Name), bytes.NewReader(body))
+	if err != nil {
+		return HeartbeatResponse{}, fmt.Errorf("patch request: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	return c.registration(req)
+}
+
+// registration sends a heartbeat or patch request and reads its answer.
+func (c *Client) registration(req *http.Request) (HeartbeatResponse, error) {
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return HeartbeatResponse{}, err
 	}
 	defer closeBody(resp)
-	if resp.StatusCode != http.StatusOK {
+	switch {
+	case resp.StatusCode == http.StatusNotFound && req.Method == http.MethodPatch:
+		return HeartbeatResponse{}, errNotRegistered
+	case resp.StatusCode != http.StatusOK:
 		return HeartbeatResponse{}, statusError(resp)
 	}
 	var ans HeartbeatResponse

@@ -26,9 +26,13 @@ type testNameServer struct {
 	down atomic.Bool // answer 503 to everything
 
 	heartbeats atomic.Int64 // heartbeat requests received, answered 200 or not
+	patches    atomic.Int64 // patch requests received, answered 200 or not
 	routeGets  atomic.Int64
 	deletes    atomic.Int64
 }
+
+// registrations counts heartbeats and patches received.
+func (ns *testNameServer) registrations() int64 { return ns.heartbeats.Load() + ns.patches.Load() }
 
 func newTestNameServer(tb testing.TB) *testNameServer {
 	tb.Helper()
@@ -45,6 +49,21 @@ func newTestNameServer(tb testing.TB) *testNameServer {
 			return
 		}
 		writeJSON(w, http.StatusOK, NewHeartbeatResponse(ns.reg.BrokerExpiry()))
+	})
+	mux.HandleFunc("PATCH /v1/brokers/{name}", func(w http.ResponseWriter, r *http.Request) {
+		var req PatchRequest
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxHeartbeatBytes)).Decode(&req); err != nil {
+			writeProblem(w, http.StatusBadRequest, "invalid_json", err.Error())
+			return
+		}
+		switch err := ns.reg.Patch(req.BrokerInfo(r.PathValue("name")), req.Removed); {
+		case errors.Is(err, ErrNotRegistered):
+			writeProblem(w, http.StatusNotFound, "broker_not_found", err.Error())
+		case err != nil:
+			writeProblem(w, http.StatusBadRequest, "invalid_broker", err.Error())
+		default:
+			writeJSON(w, http.StatusOK, NewHeartbeatResponse(ns.reg.BrokerExpiry()))
+		}
 	})
 	mux.HandleFunc("DELETE /v1/brokers/{name}", func(w http.ResponseWriter, r *http.Request) {
 		ns.deletes.Add(1)
@@ -67,8 +86,11 @@ func newTestNameServer(tb testing.TB) *testNameServer {
 		writeJSON(w, http.StatusOK, NewClusterJSON(ns.reg.Brokers()))
 	})
 	ns.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodPost && r.URL.Path == "/v1/brokers/heartbeat" {
+		switch {
+		case r.Method == http.MethodPost && r.URL.Path == "/v1/brokers/heartbeat":
 			ns.heartbeats.Add(1)
+		case r.Method == http.MethodPatch:
+			ns.patches.Add(1)
 		}
 		if ns.down.Load() {
 			writeProblem(w, http.StatusServiceUnavailable, "unavailable", "down for the test")
@@ -169,7 +191,7 @@ func TestClientHeartbeatsEveryNameServer(t *testing.T) {
 	// outage is logged once.
 	for i := range 3 {
 		c.Changed()
-		waitFor(t, "another round", func() bool { return ns1.heartbeats.Load() >= int64(i+2) && ns2.heartbeats.Load() >= int64(i+2) })
+		waitFor(t, "another round", func() bool { return ns1.registrations() >= int64(i+2) && ns2.registrations() >= int64(i+2) })
 	}
 	if n := logs.count(slog.LevelWarn, "heartbeat failed", logKeyNameSrv, dead); n != 1 {
 		t.Errorf("dead name server logged %d times over 4 rounds, want 1", n)
@@ -202,7 +224,7 @@ func TestClientOutageLoggedOncePerOutage(t *testing.T) {
 		}
 		// Rounds run one after another, so once round n's request has
 		// arrived, round n-1 has been logged.
-		waitFor(t, "a heartbeat", func() bool { return ns.heartbeats.Load() >= rounds })
+		waitFor(t, "a heartbeat", func() bool { return ns.registrations() >= rounds })
 	}
 	failed := func() int { return logs.count(slog.LevelWarn, "heartbeat failed", logKeyNameSrv, ns.srv.URL) }
 	recovered := func() int { return logs.count(slog.LevelInfo, "succeeds again", logKeyNameSrv, ns.srv.URL) }
@@ -259,8 +281,8 @@ func TestClientChangedHeartbeatsAtOnce(t *testing.T) {
 	if _, ok := ns.reg.Route("orders"); ok {
 		t.Error("the dropped topic still has a route")
 	}
-	if n := ns.heartbeats.Load(); n > 3 {
-		t.Errorf("%d heartbeats for one start and three nudges; nudges should coalesce", n)
+	if n := ns.registrations(); n > 3 {
+		t.Errorf("%d heartbeats and patches for one start and three nudges; nudges should coalesce", n)
 	}
 }
 
@@ -308,6 +330,65 @@ func TestClientSync(t *testing.T) {
 	stop()
 	if err := c.Sync(t.Context()); err != nil {
 		t.Fatalf("Sync after Run: %v", err)
+	}
+}
+
+// TestClientPatchesChanges: a change to a registered broker's topics is
+// sent as a patch of just those topics; a name server that has forgotten
+// the broker, and a change too big for a patch, get the whole
+// registration.
+func TestClientPatchesChanges(t *testing.T) {
+	ns := newTestNameServer(t)
+	c := NewClient(ClientConfig{Addrs: []string{ns.srv.URL}, Interval: time.Hour, Timeout: 2 * time.Second})
+	held := topics(2000, 4)
+	state := &brokerState{info: broker("b1", held...)}
+	runClient(t, c, state.get)
+	waitFor(t, "registration", func() bool { return hasRoute(ns, held[0].Name, "b1") })
+	whole := ns.heartbeats.Load()
+
+	sync := func(ts []Topic) {
+		t.Helper()
+		state.set(broker("b1", ts...))
+		if err := c.Sync(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	held = append(held, Topic{"invoices", 2})
+	sync(held)
+	if !hasRoute(ns, "invoices", "b1") {
+		t.Fatal("the created topic is not routed after Sync")
+	}
+	held = held[1:]
+	sync(held)
+	if _, ok := ns.reg.Route(topics(1, 4)[0].Name); ok {
+		t.Fatal("the deleted topic is still routed after Sync")
+	}
+	if p, h := ns.patches.Load(), ns.heartbeats.Load(); p != 2 || h != whole {
+		t.Fatalf("%d patches and %d more heartbeats for two one-topic changes, want 2 and 0", p, h-whole)
+	}
+
+	// The name server restarted: the patch is refused and the whole
+	// registration sent at once.
+	ns.reg.Unregister("b1")
+	held = append(held, Topic{"refunds", 1})
+	sync(held)
+	for _, name := range []string{"refunds", "invoices", held[0].Name} {
+		if !hasRoute(ns, name, "b1") {
+			t.Errorf("%s not routed after the forgetful name server got a Sync", name)
+		}
+	}
+	if p, h := ns.patches.Load(), ns.heartbeats.Load(); p != 3 || h != whole+1 {
+		t.Fatalf("%d patches and %d more heartbeats, want 3 and 1", p, h-whole)
+	}
+
+	// More than a patch carries: the whole registration.
+	big := topics(maxPatchTopics+1, 1)
+	sync(big)
+	if p, h := ns.patches.Load(), ns.heartbeats.Load(); p != 3 || h != whole+2 {
+		t.Fatalf("%d patches and %d more heartbeats for a change of %d topics, want 3 and 2", p, h-whole, len(big)+len(held))
+	}
+	if b := ns.reg.Brokers(); len(b) != 1 || len(b[0].Topics) != len(big) {
+		t.Fatalf("registered %+v, want b1 with %d topics", len(b), len(big))
 	}
 }
 

@@ -40,6 +40,37 @@ func (h HeartbeatRequest) BrokerInfo() BrokerInfo {
 	return BrokerInfo{Name: h.Name, Cluster: h.Cluster, Addr: h.Addr, Version: h.Version, Topics: h.Topics}
 }
 
+// PatchRequest is the body of PATCH /v1/brokers/{name}: a registered
+// broker's topics added or resized (Put) and dropped (Removed), sent in
+// place of a whole heartbeat when few changed. The 200 answer is a
+// HeartbeatResponse; a name server that does not hold the broker at Addr
+// answers 404 broker_not_found, and the broker sends its heartbeat.
+type PatchRequest struct {
+	Cluster string   `json:"cluster"`
+	Addr    string   `json:"addr"`
+	Version string   `json:"version"`
+	Put     []Topic  `json:"put"`
+	Removed []string `json:"removed"`
+}
+
+// NewPatchRequest is the patch that turns info's registration, as a name
+// server last acknowledged it, into one with put and without removed.
+func NewPatchRequest(info BrokerInfo, put []Topic, removed []string) PatchRequest {
+	if put == nil {
+		put = []Topic{}
+	}
+	if removed == nil {
+		removed = []string{}
+	}
+	return PatchRequest{Cluster: info.Cluster, Addr: info.Addr, Version: info.Version, Put: put, Removed: removed}
+}
+
+// BrokerInfo is the patch's broker, named name, with the topics it puts,
+// for Registry.Patch.
+func (p PatchRequest) BrokerInfo(name string) BrokerInfo {
+	return BrokerInfo{Name: name, Cluster: p.Cluster, Addr: p.Addr, Version: p.Version, Topics: p.Put}
+}
+
 // HeartbeatResponse is the 200 answer to a heartbeat: how long the name
 // server keeps the broker without hearing from it again.
 type HeartbeatResponse struct {

@@ -18,6 +18,11 @@ import (
 // registration the registry refuses; the HTTP layer answers it with 400.
 var ErrInvalid = errors.New("invalid broker registration")
 
+// ErrNotRegistered is returned (wrapped) by Patch for a broker the registry
+// does not hold at that address and in that cluster, as after the name
+// server restarted: the broker must send its whole registration again.
+var ErrNotRegistered = errors.New("broker not registered")
+
 // Limits on a registration. They bound what one broker can make a name
 // server hold: MaxTopicsPerBroker topics of at most MaxTopicNameLen bytes.
 const (
@@ -211,6 +216,95 @@ func (r *Registry) Heartbeat(info BrokerInfo) error {
 		}
 		// The broker's entry changed while we compared: compare again.
 	}
+}
+
+// Patch changes a registered broker's topics without its sending them
+// all again: put adds topics or changes their queue counts, removed drops
+// topics (one it does not hold is ignored). info names the broker as its
+// heartbeat does, with the topics to put in Topics. Like a heartbeat, it
+// counts as hearing from the broker. A broker not registered at info's
+// address and cluster gets ErrNotRegistered and must send a heartbeat; an
+// invalid patch (as Heartbeat judges a registration, or a topic both put
+// and removed) returns ErrInvalid. Either way nothing changes.
+//
+// A broker patches when a topic is created or deleted, so that it can tell
+// the name servers before it answers the client without resending, and
+// making them decode, every one of its topics each time.
+func (r *Registry) Patch(info BrokerInfo, removed []string) error {
+	if info.Cluster == "" {
+		info.Cluster = DefaultCluster
+	}
+	if err := validateInfo(info); err != nil {
+		return err
+	}
+	put, err := sortedTopics(info.Topics)
+	if err != nil {
+		return err
+	}
+	if len(removed) > MaxTopicsPerBroker {
+		return fmt.Errorf("%w: %d topics removed; a broker registers at most %d", ErrInvalid, len(removed), MaxTopicsPerBroker)
+	}
+	gone := make(map[string]bool, len(removed))
+	for i, name := range removed {
+		if !validTopic(name) {
+			return fmt.Errorf("%w: removed[%d]: %q is not a topic name", ErrInvalid, i, clip(name))
+		}
+		gone[name] = true
+	}
+	for _, t := range put {
+		if gone[t.Name] {
+			return fmt.Errorf("%w: topic %q is both put and removed", ErrInvalid, t.Name)
+		}
+	}
+	for {
+		r.mu.RLock()
+		e := r.brokers[info.Name]
+		var old []Topic
+		registered := e != nil && e.info.Addr == info.Addr && e.info.Cluster == info.Cluster
+		if registered {
+			old = e.info.Topics
+		}
+		r.mu.RUnlock()
+		if !registered {
+			return fmt.Errorf("%w: no broker %s at %s in cluster %s; send a heartbeat", ErrNotRegistered, info.Name, clip(info.Addr), info.Cluster)
+		}
+		topics := old
+		if len(put) > 0 || len(gone) > 0 {
+			topics = patchTopics(old, put, gone)
+		}
+		if len(topics) > MaxTopicsPerBroker {
+			return fmt.Errorf("%w: %d topics; a broker registers at most %d", ErrInvalid, len(topics), MaxTopicsPerBroker)
+		}
+		if r.apply(info, e, old, diffTopics(old, topics)) {
+			return nil
+		}
+	}
+}
+
+// patchTopics is old, sorted, with put (sorted) merged in, put winning on
+// a name both list, and the names in gone left out.
+func patchTopics(old, put []Topic, gone map[string]bool) []Topic {
+	out := make([]Topic, 0, len(old)+len(put))
+	i, j := 0, 0
+	for i < len(old) || j < len(put) {
+		var t Topic
+		switch {
+		case j == len(put) || i < len(old) && old[i].Name < put[j].Name:
+			t = old[i]
+			i++
+		case i == len(old) || put[j].Name < old[i].Name:
+			t = put[j]
+			j++
+		default:
+			t = put[j]
+			i++
+			j++
+		}
+		if !gone[t.Name] {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // change is how a broker's sorted topic list differs from the one it

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -285,6 +287,126 @@ func TestRunStopsWithContext(t *testing.T) {
 	}
 }
 
+func TestPatch(t *testing.T) {
+	base := broker("b1", Topic{"a", 1}, Topic{"b", 2}, Topic{"c", 3})
+	tests := []struct {
+		name    string
+		info    func(BrokerInfo) BrokerInfo // the patch's broker, given b1's registration
+		put     []Topic
+		removed []string
+		want    []Topic // b1's topics after; nil: unchanged
+		wantErr error
+	}{
+		{name: "add", put: []Topic{{"d", 4}, {"0", 1}}, want: []Topic{{"0", 1}, {"a", 1}, {"b", 2}, {"c", 3}, {"d", 4}}},
+		{name: "resize", put: []Topic{{"b", 8}}, want: []Topic{{"a", 1}, {"b", 8}, {"c", 3}}},
+		{name: "remove", removed: []string{"a", "c"}, want: []Topic{{"b", 2}}},
+		{name: "remove one not held", removed: []string{"zz"}, want: []Topic{{"a", 1}, {"b", 2}, {"c", 3}}},
+		{name: "all at once", put: []Topic{{"e", 5}, {"a", 9}}, removed: []string{"b"},
+			want: []Topic{{"a", 9}, {"c", 3}, {"e", 5}}},
+		{name: "remove everything", removed: []string{"a", "b", "c"}, want: []Topic{}},
+		{name: "nothing", want: []Topic{{"a", 1}, {"b", 2}, {"c", 3}}},
+		{name: "unknown broker", info: func(b BrokerInfo) BrokerInfo { b.Name = "b9"; return b }, put: []Topic{{"d", 1}},
+			wantErr: ErrNotRegistered},
+		{name: "another address", info: func(b BrokerInfo) BrokerInfo { b.Addr = "http://elsewhere:8080"; return b },
+			put: []Topic{{"d", 1}}, wantErr: ErrNotRegistered},
+		{name: "another cluster", info: func(b BrokerInfo) BrokerInfo { b.Cluster = "west"; return b },
+			put: []Topic{{"d", 1}}, wantErr: ErrNotRegistered},
+		{name: "put and removed", put: []Topic{{"d", 1}}, removed: []string{"d"}, wantErr: ErrInvalid},
+		{name: "put twice", put: []Topic{{"d", 1}, {"d", 2}}, wantErr: ErrInvalid},
+		{name: "bad put name", put: []Topic{{"bad!", 1}}, wantErr: ErrInvalid},
+		{name: "bad queues", put: []Topic{{"d", 0}}, wantErr: ErrInvalid},
+		{name: "bad removed name", removed: []string{"bad!"}, wantErr: ErrInvalid},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clock := newFakeClock()
+			r := NewRegistry(Config{Now: clock.Now})
+			mustHeartbeat(t, r, base)
+			mustHeartbeat(t, r, broker("b2", Topic{"a", 7}))
+			clock.Advance(time.Minute)
+			info := base
+			if tt.info != nil {
+				info = tt.info(base)
+			}
+			info.Topics = tt.put
+			err := r.Patch(info, tt.removed)
+			checkInvariants(t, r)
+			var got BrokerInfo
+			for _, b := range r.Brokers() {
+				if b.Name == "b1" {
+					got = b
+				}
+			}
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("Patch: %v, want %v", err, tt.wantErr)
+				}
+				if !reflect.DeepEqual(got.Topics, base.Topics) || !got.LastHeartbeat.Equal(clock.Now().Add(-time.Minute)) {
+					t.Errorf("a refused patch changed b1: %+v", got)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Patch: %v", err)
+			}
+			if !reflect.DeepEqual(got.Topics, tt.want) && !(len(got.Topics) == 0 && len(tt.want) == 0) {
+				t.Errorf("topics %v, want %v", got.Topics, tt.want)
+			}
+			if !got.LastHeartbeat.Equal(clock.Now()) {
+				t.Errorf("last heartbeat %s, want the patch's time %s", got.LastHeartbeat, clock.Now())
+			}
+			// b2's share of a shared topic is untouched.
+			if rt, ok := r.Route("a"); !ok || !slices.ContainsFunc(rt.Brokers, func(b RouteBroker) bool { return b.Name == "b2" && b.Queues == 7 }) {
+				t.Errorf("route of a lost b2: %+v", rt)
+			}
+		})
+	}
+}
+
+// TestPatchMatchesHeartbeat: any sequence of patches leaves the registry
+// as a heartbeat of the same resulting topics would.
+func TestPatchMatchesHeartbeat(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	r := NewRegistry(Config{})
+	model := map[string]int{}
+	mustHeartbeat(t, r, broker("b1"))
+	for range 500 {
+		var put []Topic
+		var removed []string
+		picked := map[string]bool{}
+		for range rng.IntN(4) {
+			name := fmt.Sprintf("t%02d", rng.IntN(40))
+			if picked[name] {
+				continue
+			}
+			picked[name] = true
+			if rng.IntN(3) == 0 {
+				removed = append(removed, name)
+				delete(model, name)
+			} else {
+				q := 1 + rng.IntN(8)
+				put = append(put, Topic{name, q})
+				model[name] = q
+			}
+		}
+		info := broker("b1", put...)
+		if err := r.Patch(info, removed); err != nil {
+			t.Fatalf("Patch(%v, %v): %v", put, removed, err)
+		}
+		checkInvariants(t, r)
+	}
+	want := NewRegistry(Config{})
+	var all []Topic
+	for name, q := range model {
+		all = append(all, Topic{name, q})
+	}
+	mustHeartbeat(t, want, broker("b1", all...))
+	got, exp := r.Brokers()[0].Topics, want.Brokers()[0].Topics
+	if !reflect.DeepEqual(got, exp) && !(len(got) == 0 && len(exp) == 0) {
+		t.Fatalf("after patches: %v\nheartbeat of the same: %v", got, exp)
+	}
+}
+
 func TestRegistryConcurrent(t *testing.T) {
 	clock := newFakeClock()
 	// A short expiry and a moving clock make the scanner evict brokers
@@ -305,6 +427,13 @@ func TestRegistryConcurrent(t *testing.T) {
 				ts := shared[i%10 : 20+i%30]
 				if err := r.Heartbeat(broker(name, ts...)); err != nil {
 					t.Errorf("Heartbeat: %v", err)
+					return
+				}
+				// A patch races the others' heartbeats and the scanner; a
+				// broker just unregistered or evicted is told so.
+				p := broker(name, shared[40+i%10])
+				if err := r.Patch(p, []string{shared[i%10].Name}); err != nil && !errors.Is(err, ErrNotRegistered) {
+					t.Errorf("Patch: %v", err)
 					return
 				}
 				if i%37 == 0 {

@@ -330,8 +330,10 @@ func (m *membership) register(b *broker.Broker, cluster string, logger *slog.Log
 	name, advertise, client := m.name, m.advertise, m.client
 	info := func() namesrv.BrokerInfo {
 		in := namesrv.BrokerInfo{Name: name, Cluster: cluster, Addr: advertise, Version: version}
-		for _, t := range b.Topics(context.Background(), "", 0) {
-			in.Topics = append(in.Topics, namesrv.Topic{Name: t.Name, Queues: t.Queues})
+		topics := b.Topics(context.Background(), "", 0)
+		in.Topics = make([]namesrv.Topic, len(topics))
+		for i, t := range topics {
+			in.Topics[i] = namesrv.Topic{Name: t.Name, Queues: t.Queues}
 		}
 		return in
 	}
