@@ -43,6 +43,8 @@
 //
 //	POST   {ns}/v1/brokers/heartbeat  HeartbeatRequest -> 200 HeartbeatResponse {"expires_in":"120s"}
 //	                                  400 problem+json when invalid (ErrInvalid)
+//	PATCH  {ns}/v1/brokers/{name}     PatchRequest -> 200 HeartbeatResponse; 400 when invalid;
+//	                                  404 when not registered at that address (ErrNotRegistered)
 //	DELETE {ns}/v1/brokers/{name}     -> 204, or 404 when unknown
 //	GET    {ns}/v1/routes/{topic}     -> 200 RouteJSON, or 404 when no live broker holds it
 //	GET    {ns}/v1/cluster            -> 200 ClusterJSON (live brokers, topics counted)
@@ -53,7 +55,15 @@
 //
 // Client.Run heartbeats to every name server at once: first at start, then
 // every Interval (default 30s) and whenever Changed says the topics
-// changed, and unregisters from every one when its context ends. A failing
+// changed, and unregisters from every one when its context ends. A round
+// for a change sends each name server a patch of what differs from the
+// registration it last acknowledged (at most 1024 topics; more, or a name
+// server that failed or forgot the broker, get the whole registration),
+// so creating one topic on a broker holding ten thousand costs the name
+// server one topic's work. The periodic rounds send everything, which
+// repairs whatever a lost patch left out. Client.Sync waits for a round
+// begun after it is called: a broker answers a topic's PUT or DELETE only
+// once the name servers know. A failing
 // name server is logged once when it starts failing and once when it
 // recovers, never once per round, and does not delay the others beyond
 // Timeout. Client.Route caches each route for Interval; when no name

@@ -545,6 +545,57 @@ func FuzzHeartbeat(f *testing.F) {
 	})
 }
 
+// FuzzPatch feeds a heartbeat and then arbitrary patch bodies to a
+// registry: it must never panic, a refused patch changes nothing, and an
+// accepted one leaves exactly the topics a model of it predicts.
+func FuzzPatch(f *testing.F) {
+	f.Add([]byte(`{"addr":"http://h:1","put":[{"name":"u","queues":2}],"removed":["t"]}`))
+	f.Add([]byte(`{"addr":"http://h:1","put":[{"name":"t","queues":9}],"removed":["t"]}`))
+	f.Add([]byte(`{"addr":"http://h:2","put":[],"removed":[]}`))
+	f.Add([]byte(`{"cluster":"c","addr":"http://h:1","removed":["%DLQ%g","nope"]}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var req PatchRequest
+		if json.Unmarshal(body, &req) != nil {
+			return
+		}
+		r := NewRegistry(Config{})
+		mustHeartbeat(t, r, BrokerInfo{Name: "b1", Addr: "http://h:1", Topics: []Topic{{"t", 4}, {"%DLQ%g", 1}}})
+		before := r.Brokers()[0].Topics
+		err := r.Patch(req.BrokerInfo("b1"), req.Removed)
+		if err := invariantErr(r); err != nil {
+			t.Fatal(err)
+		}
+		got := r.Brokers()[0].Topics
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) && !errors.Is(err, ErrNotRegistered) {
+				t.Fatalf("error %v wraps neither ErrInvalid nor ErrNotRegistered", err)
+			}
+			if !reflect.DeepEqual(got, before) {
+				t.Fatalf("refused patch changed the topics: %v -> %v", before, got)
+			}
+			return
+		}
+		model := map[string]int{}
+		for _, tp := range before {
+			model[tp.Name] = tp.Queues
+		}
+		for _, name := range req.Removed {
+			delete(model, name)
+		}
+		for _, tp := range req.Put {
+			model[tp.Name] = tp.Queues
+		}
+		if len(got) != len(model) {
+			t.Fatalf("topics %v, want %v", got, model)
+		}
+		for _, tp := range got {
+			if q, ok := model[tp.Name]; !ok || q != tp.Queues {
+				t.Fatalf("topics %v, want %v", got, model)
+			}
+		}
+	})
+}
+
 func BenchmarkHeartbeat(b *testing.B) {
 	for _, n := range []int{100, 10_000, 100_000} {
 		base := topics(n, 4)
