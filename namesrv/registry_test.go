@@ -644,6 +644,55 @@ func BenchmarkHeartbeat(b *testing.B) {
 	}
 }
 
+// BenchmarkTopicCreated is a name server's whole work (decoding the body
+// included) when a broker holding n topics creates one more and says so
+// with its whole registration, or with a patch. The topic is created and
+// deleted by turns, so each iteration is one change.
+func BenchmarkTopicCreated(b *testing.B) {
+	for _, n := range []int{100, 10_000} {
+		base := topics(n, 4)
+		added := append(slices.Clone(base), Topic{"zz-new", 4})
+		bodies := [2][]byte{}
+		bodies[0], _ = json.Marshal(NewHeartbeatRequest(broker("b1", added...)))
+		bodies[1], _ = json.Marshal(NewHeartbeatRequest(broker("b1", base...)))
+		patches := [2][]byte{}
+		patches[0], _ = json.Marshal(NewPatchRequest(broker("b1"), []Topic{{"zz-new", 4}}, nil))
+		patches[1], _ = json.Marshal(NewPatchRequest(broker("b1"), nil, []string{"zz-new"}))
+		b.Run(fmt.Sprintf("topics=%d/heartbeat", n), func(b *testing.B) {
+			r := NewRegistry(Config{})
+			mustHeartbeat(b, r, broker("b1", base...))
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				var req HeartbeatRequest
+				if err := json.Unmarshal(bodies[i%2], &req); err != nil {
+					b.Fatal(err)
+				}
+				if err := r.Heartbeat(req.BrokerInfo()); err != nil {
+					b.Fatal(err)
+				}
+				i++
+			}
+		})
+		b.Run(fmt.Sprintf("topics=%d/patch", n), func(b *testing.B) {
+			r := NewRegistry(Config{})
+			mustHeartbeat(b, r, broker("b1", base...))
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				var req PatchRequest
+				if err := json.Unmarshal(patches[i%2], &req); err != nil {
+					b.Fatal(err)
+				}
+				if err := r.Patch(req.BrokerInfo("b1"), req.Removed); err != nil {
+					b.Fatal(err)
+				}
+				i++
+			}
+		})
+	}
+}
+
 func BenchmarkRoute(b *testing.B) {
 	for _, nb := range []int{1, 4, 16} {
 		r := NewRegistry(Config{})
