@@ -220,26 +220,15 @@ func (p *batchParser) object(it *batchItem) error {
 			return p.unknownField(name)
 		}
 		p.field = batchFields[f]
-		p.skipSpace()
-		if p.peek() != ':' {
-			return p.unexpected("':' after the field name")
+		if err := p.colon("field name"); err != nil {
+			return err
 		}
-		p.pos++
-		p.skipSpace()
 		if err := p.fieldValue(it, f); err != nil {
 			return err
 		}
 		p.field = ""
-		p.skipSpace()
-		switch p.peek() {
-		case ',':
-			p.pos++
-			p.skipSpace()
-		case '}':
-			p.pos++
-			return nil
-		default:
-			return p.unexpected("',' or '}' after a field")
+		if more, err := p.more('}', "after a field"); !more {
+			return err
 		}
 	}
 }
@@ -294,6 +283,35 @@ func fieldIndex(name []byte) int {
 		return fieldProperties
 	}
 	return -1
+}
+
+// colon reads the ':' after an object's key (what names the key) and the
+// space around it.
+func (p *batchParser) colon(what string) error {
+	p.skipSpace()
+	if p.peek() != ':' {
+		return p.unexpected("':' after the " + what)
+	}
+	p.pos++
+	p.skipSpace()
+	return nil
+}
+
+// more reads what follows a member of an object or an array: ',' and the
+// space after it (true: another member follows), or the closing byte
+// (false, nil). Anything else is an error saying where it stands.
+func (p *batchParser) more(closing byte, where string) (bool, error) {
+	p.skipSpace()
+	switch p.peek() {
+	case ',':
+		p.pos++
+		p.skipSpace()
+		return true, nil
+	case closing:
+		p.pos++
+		return false, nil
+	}
+	return false, p.unexpected(fmt.Sprintf("',' or '%c' %s", closing, where))
 }
 
 func (p *batchParser) unknownField(name []byte) error {
@@ -470,16 +488,13 @@ func (p *batchParser) keys(dst *[]string) error {
 			default:
 				return p.unexpected(fmt.Sprintf("a string or null as element %d", len(elems)))
 			}
-			p.skipSpace()
-			if p.peek() == ',' {
-				p.pos++
-				continue
+			more, err := p.more(']', "in the array")
+			if err != nil {
+				return err
 			}
-			if p.peek() == ']' {
-				p.pos++
+			if !more {
 				break
 			}
-			return p.unexpected("',' or ']' in the array")
 		}
 	}
 	p.elems = elems
@@ -560,12 +575,9 @@ func (p *batchParser) properties(dst *map[string]string) error {
 		} else {
 			k = string(b)
 		}
-		p.skipSpace()
-		if p.peek() != ':' {
-			return p.unexpected("':' after the property name")
+		if err := p.colon("property name"); err != nil {
+			return err
 		}
-		p.pos++
-		p.skipSpace()
 		var v string
 		switch p.peek() {
 		case '"':
@@ -586,16 +598,8 @@ func (p *batchParser) properties(dst *map[string]string) error {
 			return p.unexpected(fmt.Sprintf("a string or null as the value of property %q", k))
 		}
 		m[k] = v
-		p.skipSpace()
-		switch p.peek() {
-		case ',':
-			p.pos++
-			p.skipSpace()
-		case '}':
-			p.pos++
-			return nil
-		default:
-			return p.unexpected("',' or '}' after a property")
+		if more, err := p.more('}', "after a property"); !more {
+			return err
 		}
 	}
 }
