@@ -51,7 +51,15 @@ func do(tb testing.TB, method, url string, hdr map[string]string, body io.Reader
 		tb.Fatal(err)
 	}
 	for k, v := range hdr {
-		req.Header.Set(k, v)
+		// A value cannot hold a line break, so one separates the values
+		// of a header given more than once.
+		for i, v := range strings.Split(v, "\n") {
+			if i == 0 {
+				req.Header.Set(k, v)
+			} else {
+				req.Header.Add(k, v)
+			}
+		}
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -177,6 +185,11 @@ func TestBadRequests(t *testing.T) {
 		{"batch over 4 MiB", req{"POST", "/v1/topics/t/messages/batch", nil, hugeBatch}, 413, "batch_too_large"},
 		{"malformed batch", req{"POST", "/v1/topics/t/messages/batch", nil, `[{"body":}]`}, 400, "invalid_json"},
 		{"batch not json", req{"POST", "/v1/topics/t/messages/batch", map[string]string{"Content-Type": "text/plain"}, `[]`}, 415, "unsupported_media_type"},
+		{"two content types", req{"POST", "/v1/topics/t/messages", map[string]string{"Content-Type": "application/json\ntext/plain"}, "x"}, 400, "invalid_header"},
+		{"two equal content types", req{"POST", "/v1/topics/t/messages", map[string]string{"Content-Type": "text/plain\ntext/plain"}, "x"}, 400, "invalid_header"},
+		{"batch two content types", req{"POST", "/v1/topics/t/messages/batch", map[string]string{"Content-Type": "application/json\napplication/json"}, `[{"body":"a"}]`}, 400, "invalid_header"},
+		{"batch field twice", req{"POST", "/v1/topics/t/messages/batch", nil, `[{"body":"a","tag":"x","body":"b"}]`}, 400, "invalid_json"},
+		{"batch property twice", req{"POST", "/v1/topics/t/messages/batch", nil, `[{"body":"a","properties":{"p":"1","p":"2"}}]`}, 400, "invalid_json"},
 		{"batch with a bad message", req{"POST", "/v1/topics/t/messages/batch", nil, `[{"body":"a"},{"body":"b","tag":"x||y"}]`}, 400, "invalid_tag"},
 		{"unknown message", req{"GET", "/v1/messages/AAAAAAAAAAAAAAAAAAAAAA", nil, ""}, 404, "message_not_found"},
 		{"malformed message id", req{"GET", "/v1/messages/not-an-id", nil, ""}, 400, "invalid_message_id"},

@@ -29,11 +29,7 @@ import (
 //   - a null field leaves a string or delay_level as it was (so in
 //     {"tag":"a","tag":null} the tag stays "a") and sets body, body_base64,
 //     keys and properties to nil;
-//   - a repeated field: the last wins, except that a second "properties"
-//     object is merged into the first map, and a second "keys" array is
-//     decoded into the first slice's backing array, so a null element keeps
-//     whatever string an earlier array left at that index (but [] always
-//     gives a new empty slice);
+//   - a keys array decoded over no earlier one, so a null element is "";
 //   - a null item is the zero batchItem; a null property value is "";
 //   - strings are decoded as encoding/json does: a lone UTF-16 surrogate
 //     escape, and each byte of invalid UTF-8, become U+FFFD;
@@ -41,7 +37,7 @@ import (
 //     9223372036854775808 are errors;
 //   - [] is an empty, non-nil slice and a top-level null a nil one.
 //
-// It differs from that on purpose in two ways:
+// It differs from that on purpose in three ways:
 //  1. Field names must match exactly, after unescaping. encoding/json
 //     also takes a name that matches case-insensitively (with Unicode
 //     folding, so "\u212Aeys" is "keys"); here "Body" or "TAG" is an
@@ -50,6 +46,11 @@ import (
 //  2. Only whitespace may follow the value. Decoder.More reports false
 //     for a following ']' or '}', so the Decoder-based check let "[]]"
 //     through.
+//  3. A field given twice in one item, or a property name given twice in
+//     one properties object (after unescaping), is an error.
+//     encoding/json lets the last win, or merges; a producer that sends
+//     {"tag":"a","tag":"b"} has a bug, and storing either value would
+//     hide it (RFC 8259 leaves duplicate names' meaning open).
 //
 // An error says where: the byte offset and, inside an item, its index and
 // field. Callers treat every error alike (invalid_json), so the text is
@@ -207,6 +208,7 @@ func (p *batchParser) object(it *batchItem) error {
 		p.pos++
 		return nil
 	}
+	var seen uint32 // bit f: field f was given
 	for {
 		if p.peek() != '"' {
 			return p.unexpected("a field name")
@@ -219,6 +221,10 @@ func (p *batchParser) object(it *batchItem) error {
 		if f < 0 {
 			return p.unknownField(name)
 		}
+		if seen&(1<<f) != 0 {
+			return p.errorf("field %q is given twice", batchFields[f])
+		}
+		seen |= 1 << f
 		p.field = batchFields[f]
 		if err := p.colon("field name"); err != nil {
 			return err
@@ -500,19 +506,12 @@ func (p *batchParser) keys(dst *[]string) error {
 	p.elems = elems
 
 	if len(elems) == 0 {
-		// encoding/json makes a new empty slice, whatever was there.
-		*dst = []string{}
+		*dst = []string{} // [] is an empty slice, not nil
 		return nil
 	}
-	s := *dst
-	if len(elems) > cap(s) {
-		// encoding/json grows the slice when it is full, copying all of
-		// it; carve copies the whole backing array likewise.
-		ns := p.carve(len(elems))
-		copy(ns, s[:cap(s)])
-		s = ns
-	}
-	s = s[:len(elems)]
+	// A field is given once per item, so there is no earlier array to
+	// decode over.
+	s := p.carve(len(elems))
 	for i, e := range elems {
 		if !e.null {
 			s[i] = e.s
@@ -596,6 +595,9 @@ func (p *batchParser) properties(dst *map[string]string) error {
 			}
 		default:
 			return p.unexpected(fmt.Sprintf("a string or null as the value of property %q", k))
+		}
+		if _, dup := m[k]; dup {
+			return p.errorf("property %q is given twice", k)
 		}
 		m[k] = v
 		if more, err := p.more('}', "after a property"); !more {

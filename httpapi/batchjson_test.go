@@ -48,10 +48,65 @@ func batchJSONOracle(tb testing.TB, data []byte) (want []batchItem, accept bool)
 	if rest := data[dec.InputOffset():]; len(bytes.TrimLeft(rest, " \t\r\n")) != 0 {
 		return nil, false
 	}
-	if !exactFieldNames(tb, data) {
+	if !exactFieldNames(tb, data) || hasDuplicateNames(tb, data) {
 		return nil, false
 	}
 	return items, true
+}
+
+// hasDuplicateNames reports whether any object in data, which
+// encoding/json accepted, has a member name twice (after unescaping).
+// It walks every object, not only items and properties: the decoder has
+// already refused objects elsewhere.
+func hasDuplicateNames(tb testing.TB, data []byte) bool {
+	tb.Helper()
+	dec := json.NewDecoder(bytes.NewReader(data))
+	type frame struct {
+		object  bool
+		wantKey bool
+		names   map[string]bool
+	}
+	var stack []*frame
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return false // the end; encoding/json accepted data
+		}
+		var top *frame
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		if top != nil && top.object && top.wantKey {
+			if d, ok := tok.(json.Delim); ok && d == '}' {
+				stack = stack[:len(stack)-1]
+				if len(stack) > 0 && stack[len(stack)-1].object {
+					stack[len(stack)-1].wantKey = true
+				}
+				continue
+			}
+			name := tok.(string)
+			if top.names[name] {
+				return true
+			}
+			top.names[name] = true
+			top.wantKey = false
+			continue
+		}
+		switch tok {
+		case json.Delim('{'):
+			stack = append(stack, &frame{object: true, wantKey: true, names: map[string]bool{}})
+			continue
+		case json.Delim('['):
+			stack = append(stack, &frame{})
+			continue
+		case json.Delim(']'):
+			stack = stack[:len(stack)-1]
+		}
+		// A value ended: the enclosing object wants its next key.
+		if len(stack) > 0 && stack[len(stack)-1].object {
+			stack[len(stack)-1].wantKey = true
+		}
+	}
 }
 
 // batchItemNames are batchItem's json tags, read by reflection so that
@@ -206,22 +261,22 @@ var batchJSONCases = []struct {
 	// Nulls and repeats.
 	{name: "every field null", in: `[{"body":null,"body_base64":null,"content_type":null,"tag":null,"keys":null,"sharding_key":null,` +
 		`"delay":null,"delay_level":null,"deliver_at":null,"dedup_id":null,"properties":null}]`, want: []batchItem{{}}},
-	{name: "null keeps a string", in: `[{"tag":"a","tag":null,"delay_level":5,"delay_level":null}]`, want: []batchItem{{Tag: "a", DelayLevel: 5}}},
-	{name: "null clears a pointer", in: `[{"body":"a","body":null,"body_base64":"x","body_base64":null}]`, want: []batchItem{{}}},
-	{name: "last wins", in: `[{"body":"a","body":"b","tag":"x","tag":"y","delay_level":1,"delay_level":2}]`,
-		want: []batchItem{{Body: sp("b"), Tag: "y", DelayLevel: 2}}},
-	{name: "null clears keys and properties", in: `[{"keys":["a"],"keys":null,"properties":{"a":"1"},"properties":null}]`, want: []batchItem{{}}},
+	{name: "repeated tag", in: `[{"tag":"a","tag":"b"}]`, wantErr: `item 0: field "tag" is given twice`, stdAccepts: true},
+	{name: "repeated tag null", in: `[{"tag":"a","tag":null}]`, wantErr: `field "tag" is given twice`, stdAccepts: true},
+	{name: "repeated body", in: `[{"body":"a","body":null}]`, wantErr: `field "body" is given twice`, stdAccepts: true},
+	{name: "repeated body escaped", in: `[{"body":"a","b\u006fdy":"b"}]`, wantErr: `field "body" is given twice`, stdAccepts: true},
+	{name: "repeated keys", in: `[{"keys":["a"],"keys":null}]`, wantErr: `field "keys" is given twice`, stdAccepts: true},
+	{name: "repeated properties", in: `[{"properties":{"a":"1"},"properties":{"b":"2"}}]`, wantErr: `field "properties" is given twice`, stdAccepts: true},
+	{name: "repeated delay level", in: `[{"delay_level":1,"delay_level":2}]`, wantErr: `field "delay_level" is given twice`, stdAccepts: true},
+	{name: "repeated in second item", in: `[{"tag":"a"},{"dedup_id":"x","tag":"b","dedup_id":"y"}]`, wantErr: `item 1: field "dedup_id" is given twice`, stdAccepts: true},
+	{name: "fields repeat across items", in: `[{"tag":"a"},{"tag":"b"}]`, want: []batchItem{{Tag: "a"}, {Tag: "b"}}},
+	{name: "repeated property", in: `[{"properties":{"a":"1","a":"2"}}]`, wantErr: `property "a" is given twice`, stdAccepts: true},
+	{name: "repeated property null", in: `[{"properties":{"a":"1","a":null}}]`, wantErr: `property "a" is given twice`, stdAccepts: true},
+	{name: "repeated property after repair", in: "[{\"properties\":{\"\xff\":\"1\",\"\xfe\":\"2\"}}]", wantErr: "property \"\uFFFD\" is given twice", stdAccepts: true},
 	{name: "null key element", in: `[{"keys":["a",null]}]`, want: []batchItem{{Keys: []string{"a", ""}}}},
 	{name: "empty keys", in: `[{"keys":[]}]`, want: []batchItem{{Keys: []string{}}}},
-	{name: "keys reuse the array", in: `[{"keys":["a","b"],"keys":["x",null]}]`, want: []batchItem{{Keys: []string{"x", "b"}}}},
-	{name: "keys reuse past the length", in: `[{"keys":["a","b","c"],"keys":["x"],"keys":[null,null]}]`, want: []batchItem{{Keys: []string{"x", "b"}}}},
-	{name: "empty keys drop the array", in: `[{"keys":["a","b"],"keys":[],"keys":[null,null]}]`, want: []batchItem{{Keys: []string{"", ""}}}},
-	{name: "keys grow", in: `[{"keys":["a","b"],"keys":[null,null,null]}]`, want: []batchItem{{Keys: []string{"a", "b", ""}}}},
-	{name: "keys after null", in: `[{"keys":["a","b"],"keys":null,"keys":[null]}]`, want: []batchItem{{Keys: []string{""}}}},
-	{name: "empty keys after keys", in: `[{"keys":["a"],"keys":[]}]`, want: []batchItem{{Keys: []string{}}}},
-	{name: "properties merge", in: `[{"properties":{"a":"1","b":"2"},"properties":{"b":"3","c":null}}]`,
-		want: []batchItem{{Properties: map[string]string{"a": "1", "b": "3", "c": ""}}}},
-	{name: "null property value", in: `[{"properties":{"a":"1","a":null}}]`, want: []batchItem{{Properties: map[string]string{"a": ""}}}},
+	{name: "repeated key values", in: `[{"keys":["a","a"]}]`, want: []batchItem{{Keys: []string{"a", "a"}}}},
+	{name: "null property value", in: `[{"properties":{"a":null}}]`, want: []batchItem{{Properties: map[string]string{"a": ""}}}},
 	{name: "empty properties", in: `[{"properties":{}}]`, want: []batchItem{{Properties: map[string]string{}}}},
 	{name: "items do not share", in: `[{"keys":["a","b"],"properties":{"p":"1"}},{"keys":[null,null]},{"properties":{}}]`,
 		want: []batchItem{{Keys: []string{"a", "b"}, Properties: map[string]string{"p": "1"}}, {Keys: []string{"", ""}}, {Properties: map[string]string{}}}},
@@ -462,8 +517,8 @@ func randomBatchString(r *rand.Rand) string {
 }
 
 // randomBatchJSON returns a batch as a client might write it: encoded by
-// encoding/json, sometimes indented, sometimes with fields repeated or
-// null.
+// encoding/json, sometimes indented, sometimes with fields null or (to
+// be refused) repeated.
 func randomBatchJSON(r *rand.Rand) []byte {
 	var b bytes.Buffer
 	str := func() {
@@ -480,11 +535,17 @@ func randomBatchJSON(r *rand.Rand) []byte {
 			continue
 		}
 		b.WriteString("{")
-		for j := range r.IntN(6) {
+		// Distinct fields, but now and then one given twice, which
+		// must be refused.
+		names := r.Perm(len(batchItemNameList))[:r.IntN(6)]
+		if len(names) > 1 && r.IntN(16) == 0 {
+			names[len(names)-1] = names[0]
+		}
+		for j, f := range names {
 			if j > 0 {
 				b.WriteString(",")
 			}
-			name := batchItemNameList[r.IntN(len(batchItemNameList))]
+			name := batchItemNameList[f]
 			fmt.Fprintf(&b, "%q:", name)
 			switch {
 			case r.IntN(6) == 0:

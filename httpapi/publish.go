@@ -119,13 +119,31 @@ func parsePublishHeaders(h http.Header) (*broker.Message, error) {
 		}
 		m.Properties[prop] = vs[0]
 	}
-	if ct := h.Get("Content-Type"); ct != "" {
+	ct, err := contentType(h)
+	if err != nil {
+		return nil, err
+	}
+	if ct != "" {
 		if _, _, err := mime.ParseMediaType(ct); err != nil {
 			return nil, &headerError{"Content-Type", fmt.Sprintf("%q is not a media type", ct)}
 		}
 		m.ContentType = ct
 	}
 	return m, nil
+}
+
+// contentType is the request's one Content-Type, or "". Two are an error:
+// which one the body has is anyone's guess, and storing either would
+// hand a consumer a type the producer may not have meant.
+func contentType(h http.Header) (string, error) {
+	vs := h.Values("Content-Type")
+	switch len(vs) {
+	case 0:
+		return "", nil
+	case 1:
+		return vs[0], nil
+	}
+	return "", &headerError{"Content-Type", fmt.Sprintf("given %d times; send one", len(vs))}
 }
 
 // publishResult is the JSON of one publish result.
@@ -374,7 +392,12 @@ func isJSON(ct string) bool {
 
 func (s *Server) handlePublishBatch(w http.ResponseWriter, r *http.Request) {
 	topic := chi.URLParam(r, "topic")
-	if !isJSON(r.Header.Get("Content-Type")) {
+	ct, err := contentType(r.Header)
+	if err != nil {
+		writeProblem(w, r, codeInvalidHeader, "Content-Type", err.Error())
+		return
+	}
+	if !isJSON(ct) {
 		writeProblem(w, r, codeUnsupportedMedia, "Content-Type", "a batch is a JSON array: send Content-Type: application/json")
 		return
 	}
