@@ -16,6 +16,7 @@ import (
 
 	"github.com/postbus/postbus/broker/commitlog"
 	"github.com/postbus/postbus/broker/consumequeue"
+	"github.com/postbus/postbus/broker/internal/vfs"
 	"github.com/postbus/postbus/broker/keyindex"
 	"github.com/postbus/postbus/broker/meta"
 )
@@ -112,6 +113,9 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.FS == nil {
+		cfg.FS = vfs.OS
+	}
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create data directory: %w", err)
 	}
@@ -154,6 +158,7 @@ func (b *Broker) open(ctx context.Context) error {
 	lcfg.FlushInterval = b.cfg.FlushInterval
 	lcfg.MaxPayload = b.cfg.MaxMessageBytes + 64<<10
 	lcfg.Logger = b.logger.With(slog.String("component", "commitlog"))
+	lcfg.FS = b.cfg.FS
 	if b.log, err = commitlog.Open(lcfg); err != nil {
 		return fmt.Errorf("open commitlog: %w", err)
 	}
@@ -174,17 +179,17 @@ func (b *Broker) open(ctx context.Context) error {
 	if err := b.loadOffsets(ctx); err != nil {
 		return err
 	}
-	if b.receiptKey, err = loadReceiptKey(b.cfg.Dir); err != nil {
+	if b.receiptKey, err = loadReceiptKey(b.cfg.FS, b.cfg.Dir); err != nil {
 		return err
 	}
-	if b.cq, err = consumequeue.Open(consumequeue.Config{Dir: filepath.Join(b.cfg.Dir, "consumequeue")}); err != nil {
+	if b.cq, err = consumequeue.Open(consumequeue.Config{Dir: filepath.Join(b.cfg.Dir, "consumequeue"), FS: b.cfg.FS}); err != nil {
 		return fmt.Errorf("open consume queues: %w", err)
 	}
 	cp, err := readCheckpoint(b.cfg.Dir)
 	if err != nil {
 		return err
 	}
-	if b.idx, err = keyindex.Open(keyindex.Config{Dir: filepath.Join(b.cfg.Dir, "index")}); err != nil {
+	if b.idx, err = keyindex.Open(keyindex.Config{Dir: filepath.Join(b.cfg.Dir, "index"), FS: b.cfg.FS}); err != nil {
 		if !errors.Is(err, keyindex.ErrCorrupt) {
 			return fmt.Errorf("open key index: %w", err)
 		}
@@ -214,15 +219,15 @@ func (b *Broker) resetDerived() error {
 		b.cq.Close()
 	}
 	for _, d := range []string{"consumequeue", "index"} {
-		if err := os.RemoveAll(filepath.Join(b.cfg.Dir, d)); err != nil {
+		if err := b.cfg.FS.RemoveAll(filepath.Join(b.cfg.Dir, d)); err != nil {
 			return fmt.Errorf("remove %s: %w", d, err)
 		}
 	}
 	var err error
-	if b.cq, err = consumequeue.Open(consumequeue.Config{Dir: filepath.Join(b.cfg.Dir, "consumequeue")}); err != nil {
+	if b.cq, err = consumequeue.Open(consumequeue.Config{Dir: filepath.Join(b.cfg.Dir, "consumequeue"), FS: b.cfg.FS}); err != nil {
 		return fmt.Errorf("open consume queues: %w", err)
 	}
-	if b.idx, err = keyindex.Open(keyindex.Config{Dir: filepath.Join(b.cfg.Dir, "index")}); err != nil {
+	if b.idx, err = keyindex.Open(keyindex.Config{Dir: filepath.Join(b.cfg.Dir, "index"), FS: b.cfg.FS}); err != nil {
 		return fmt.Errorf("open key index: %w", err)
 	}
 	return nil

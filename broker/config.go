@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/postbus/postbus/broker/internal/vfs"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -35,6 +36,10 @@ type Config struct {
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer // nil: metrics are not registered
 	Now        func() time.Time
+	// FS does the file operations of the commitlog, the consume queues and
+	// the key index that change what is on disk; nil means vfs.OS. Tests
+	// set a vfs.Fault to fail them or simulate a power cut.
+	FS vfs.FS
 }
 
 // DefaultConfig returns the defaults of DESIGN.md for a broker storing in dir.

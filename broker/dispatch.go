@@ -293,7 +293,7 @@ func (b *Broker) checkpoint() error {
 	if err != nil {
 		return err
 	}
-	if err := durable.WriteFile(filepath.Join(b.cfg.Dir, checkpointFile), data, 0o644); err != nil {
+	if err := durable.WriteFile(b.cfg.FS, filepath.Join(b.cfg.Dir, checkpointFile), data, 0o644); err != nil {
 		return fmt.Errorf("write checkpoint: %w", err)
 	}
 	b.checkpointed, b.checkpointDirty = cp.Dispatched, false

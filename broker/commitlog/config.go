@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/postbus/postbus/broker/internal/vfs"
 )
 
 const (
@@ -32,10 +34,13 @@ type Config struct {
 	Sync          bool
 	FlushInterval time.Duration
 	Logger        *slog.Logger
+	// FS does every file operation that changes the directory; nil means
+	// vfs.OS. Tests set a vfs.Fault to fail, cut or crash them.
+	FS vfs.FS
 
 	// io performs the file operations that can fail for reasons outside the
-	// program (allocation, writes, fsync). Nil means the real system calls;
-	// tests in this package set it to inject ENOSPC and I/O errors.
+	// program (allocation, writes, fsync). Nil means FS's; tests in this
+	// package set it to inject ENOSPC and I/O errors.
 	io segmentIO
 }
 
@@ -65,8 +70,11 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.FS == nil {
+		c.FS = vfs.OS
+	}
 	if c.io == nil {
-		c.io = osIO{}
+		c.io = fsIO{c.FS}
 	}
 	return c
 }

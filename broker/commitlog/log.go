@@ -94,7 +94,7 @@ func Open(cfg Config) (*Log, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+	if err := cfg.FS.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("commitlog: open: %w", err)
 	}
 	lock, err := lockDir(cfg.Dir)
@@ -155,7 +155,7 @@ func (l *Log) Close() error {
 		close(l.stop)
 		<-l.stopped
 		if prep != nil {
-			stopPrepare(prep)
+			stopPrepare(l.cfg.FS, prep)
 		}
 		err := l.flush()
 
@@ -279,7 +279,7 @@ func (l *Log) roll() error {
 	var seg *segment
 	if prep == nil {
 		var err error
-		if seg, err = createSegment(l.cfg.Dir, base, l.cfg.SegmentSize, l.cfg.io); err != nil {
+		if seg, err = createSegment(l.cfg.FS, l.cfg.Dir, base, l.cfg.SegmentSize, l.cfg.io); err != nil {
 			return err
 		}
 	}
@@ -288,7 +288,7 @@ func (l *Log) roll() error {
 	abandon := func() {
 		if seg != nil {
 			_ = seg.f.Close()
-			_ = os.Remove(seg.path)
+			_ = l.cfg.FS.Remove(seg.path)
 			return
 		}
 		l.prep = prep
@@ -309,13 +309,13 @@ func (l *Log) roll() error {
 		return err
 	}
 	if prep != nil {
-		if err := os.Rename(prep.path, segPath); err != nil {
+		if err := l.cfg.FS.Rename(prep.path, segPath); err != nil {
 			abandon()
 			return fmt.Errorf("roll to segment %020d: %w", base, err)
 		}
 		seg = &segment{base: base, path: segPath, f: prep.f}
 	}
-	if err := durable.SyncDir(l.cfg.Dir); err != nil {
+	if err := durable.SyncDir(l.cfg.FS, l.cfg.Dir); err != nil {
 		abandon() // seg is set: the renamed file goes like a created one
 		return fmt.Errorf("roll to segment %020d: %w", base, err)
 	}
@@ -576,11 +576,11 @@ func (l *Log) DropBefore(off int64) (int, error) {
 	for _, s := range segs[:n] {
 		s.dropped.Store(true)
 		_ = s.f.Close()
-		if err := os.Remove(s.path); err != nil {
+		if err := l.cfg.FS.Remove(s.path); err != nil {
 			errs = append(errs, fmt.Errorf("remove segment %020d: %w", s.base, err))
 		}
 	}
-	if err := durable.SyncDir(l.cfg.Dir); err != nil {
+	if err := durable.SyncDir(l.cfg.FS, l.cfg.Dir); err != nil {
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {

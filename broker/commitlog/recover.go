@@ -17,7 +17,7 @@ import (
 // never used) are deleted: the log prepares a fresh one once open.
 func (l *Log) recover() error {
 	dir, size := l.cfg.Dir, l.cfg.SegmentSize
-	entries, err := os.ReadDir(dir)
+	entries, err := l.cfg.FS.ReadDir(dir)
 	if err != nil {
 		return err
 	}
@@ -27,7 +27,7 @@ func (l *Log) recover() error {
 			bases = append(bases, base)
 		}
 		if isNextName(e.Name()) {
-			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+			if err := l.cfg.FS.Remove(filepath.Join(dir, e.Name())); err != nil {
 				return fmt.Errorf("remove leftover %s: %w", e.Name(), err)
 			}
 			l.log.Debug("commitlog: removed leftover segment preparation", logKeySegment, e.Name())
@@ -48,7 +48,7 @@ func (l *Log) recover() error {
 	segs := make([]*segment, 0, len(bases))
 	for _, base := range bases {
 		path := filepath.Join(dir, segmentName(base))
-		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		f, err := l.cfg.FS.OpenFile(path, os.O_RDWR, 0)
 		if err != nil {
 			l.segs.Store(&segs) // so that Open closes what was opened
 			return fmt.Errorf("open segment %020d: %w", base, err)
@@ -76,10 +76,10 @@ func (l *Log) recover() error {
 		l.log.Warn("commitlog: removing empty newest segment left by an interrupted roll",
 			logKeySegment, segmentName(last.base), logKeyReason, reason)
 		_ = last.f.Close()
-		if err := os.Remove(last.path); err != nil {
+		if err := l.cfg.FS.Remove(last.path); err != nil {
 			return fmt.Errorf("remove empty segment %020d: %w", last.base, err)
 		}
-		if err := durable.SyncDir(dir); err != nil {
+		if err := durable.SyncDir(l.cfg.FS, dir); err != nil {
 			return err
 		}
 		segs = segs[:len(segs)-1]
@@ -105,7 +105,7 @@ func (l *Log) recover() error {
 	if err := zeroRange(last.f, pos, size-pos); err != nil {
 		return fmt.Errorf("zero tail of segment %020d from %d: %w", last.base, pos, err)
 	}
-	if err := last.f.Sync(); err != nil {
+	if err := l.cfg.FS.Sync(last.f); err != nil {
 		return fmt.Errorf("fsync segment %020d: %w", last.base, err)
 	}
 	l.active = last
@@ -121,19 +121,19 @@ func (l *Log) recover() error {
 func (l *Log) createFirst() error {
 	dir, size := l.cfg.Dir, l.cfg.SegmentSize
 	tmp := filepath.Join(dir, nextName(0))
-	f, err := prepareFile(tmp, size, l.cfg.io, nil, nil)
+	f, err := prepareFile(l.cfg.FS, tmp, size, l.cfg.io, nil, nil)
 	if err != nil {
 		return fmt.Errorf("create segment %020d: %w", 0, err)
 	}
 	path := filepath.Join(dir, segmentName(0))
-	if err := os.Rename(tmp, path); err != nil {
+	if err := l.cfg.FS.Rename(tmp, path); err != nil {
 		_ = f.Close()
-		_ = os.Remove(tmp)
+		_ = l.cfg.FS.Remove(tmp)
 		return fmt.Errorf("create segment %020d: %w", 0, err)
 	}
 	seg := &segment{base: 0, path: path, f: f}
 	l.segs.Store(&[]*segment{seg}) // so that Open closes it on failure
-	if err := durable.SyncDir(dir); err != nil {
+	if err := durable.SyncDir(l.cfg.FS, dir); err != nil {
 		return err
 	}
 	l.active = seg

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/postbus/postbus/broker/internal/durable"
+	"github.com/postbus/postbus/broker/internal/vfs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -39,6 +40,7 @@ type Config struct {
 	Dir        string
 	MemEntries int          // entries in the active table before it is sealed; default 262,144
 	Logger     *slog.Logger // default slog.Default()
+	FS         vfs.FS       // file operations that change the directory; default vfs.OS
 }
 
 // DefaultConfig returns the defaults for an index in dir.
@@ -141,10 +143,13 @@ func Open(cfg Config) (*Index, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.FS == nil {
+		cfg.FS = vfs.OS
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+	if err := cfg.FS.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("open key index: %w", err)
 	}
 	x := &Index{cfg: cfg, log: cfg.Logger, lastOff: -1, sealAt: cfg.MemEntries}
@@ -165,7 +170,7 @@ func (x *Index) load() error {
 		name := e.Name()
 		if strings.HasSuffix(name, ".tmp") {
 			// An unfinished seal or rewrite; its source is still in place.
-			if err := os.Remove(filepath.Join(x.cfg.Dir, name)); err != nil {
+			if err := x.cfg.FS.Remove(filepath.Join(x.cfg.Dir, name)); err != nil {
 				return err
 			}
 			continue
@@ -198,7 +203,7 @@ func (x *Index) load() error {
 	var pending []uint64
 	for _, seq := range logs {
 		if _, found := slices.BinarySearch(idxs, seq); found {
-			if err := os.Remove(filepath.Join(x.cfg.Dir, seqName(seq, ".log"))); err != nil {
+			if err := x.cfg.FS.Remove(filepath.Join(x.cfg.Dir, seqName(seq, ".log"))); err != nil {
 				return err
 			}
 			continue
@@ -221,7 +226,7 @@ func (x *Index) load() error {
 		if info.Size() != 0 {
 			return corruptf("logs %s and %s both unsealed", seqName(x.logSeq, ".log"), seqName(seq, ".log"))
 		}
-		if err := os.Remove(path); err != nil {
+		if err := x.cfg.FS.Remove(path); err != nil {
 			return err
 		}
 	}
@@ -231,13 +236,13 @@ func (x *Index) load() error {
 // replay opens the active log and loads it into a new active table.
 func (x *Index) replay(create bool) error {
 	path := filepath.Join(x.cfg.Dir, seqName(x.logSeq, ".log"))
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := x.cfg.FS.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return err
 	}
 	x.logf = f
 	if create {
-		if err := durable.SyncDir(x.cfg.Dir); err != nil {
+		if err := durable.SyncDir(x.cfg.FS, x.cfg.Dir); err != nil {
 			return err
 		}
 	}
@@ -254,10 +259,10 @@ func (x *Index) replay(create bool) error {
 	}
 	if good != info.Size() {
 		x.log.Warn("key index: cut torn log tail", "file", filepath.Base(path), "size", info.Size(), "kept", good)
-		if err := f.Truncate(good); err != nil {
+		if err := x.cfg.FS.Truncate(f, good); err != nil {
 			return err
 		}
-		if err := f.Sync(); err != nil {
+		if err := x.cfg.FS.Sync(f); err != nil {
 			return err
 		}
 	}
@@ -347,7 +352,7 @@ func (x *Index) writeLog() {
 	if len(x.logBuf) == 0 {
 		return
 	}
-	n, err := x.logf.WriteAt(x.logBuf, x.logSize)
+	n, err := x.cfg.FS.WriteAt(x.logf, x.logBuf, x.logSize)
 	x.logSize += int64(n)
 	x.logBuf = x.logBuf[:copy(x.logBuf, x.logBuf[n:])]
 	if err != nil {
@@ -382,7 +387,7 @@ func (x *Index) seal() {
 	old := filepath.Join(x.cfg.Dir, seqName(x.logSeq, ".log"))
 	_ = x.logf.Close()
 	// Removal need not be durable: Open drops a log whose sealed file exists.
-	if err := os.Remove(old); err != nil {
+	if err := x.cfg.FS.Remove(old); err != nil {
 		x.log.Warn("key index: remove sealed log", "file", filepath.Base(old), "err", err)
 	}
 	x.logf, x.logSeq, x.logSize = newLog, x.logSeq+1, 0
@@ -400,7 +405,7 @@ func (x *Index) sealTable(t *memtable, seq uint64) (*sealedFile, *os.File, error
 	}
 	sortRecs(recs)
 	path := filepath.Join(x.cfg.Dir, seqName(seq, ".idx"))
-	if err := writeSealed(path, recs); err != nil {
+	if err := writeSealed(x.cfg.FS, path, recs); err != nil {
 		return nil, nil, err
 	}
 	logPath := filepath.Join(x.cfg.Dir, seqName(seq+1, ".log"))
@@ -410,21 +415,21 @@ func (x *Index) sealTable(t *memtable, seq uint64) (*sealedFile, *os.File, error
 			return nil, nil, err
 		}
 		sf := &sealedFile{seq: seq, path: path, size: int64(len(recs))*recSize + footerSize, meta: metaOf(recs), f: f}
-		logf, err := os.OpenFile(logPath, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+		logf, err := x.cfg.FS.OpenFile(logPath, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
 		if err != nil {
 			_ = f.Close()
 			return nil, nil, err
 		}
-		if err := durable.SyncDir(x.cfg.Dir); err != nil {
+		if err := durable.SyncDir(x.cfg.FS, x.cfg.Dir); err != nil {
 			_ = f.Close()
 			_ = logf.Close()
-			_ = os.Remove(logPath)
+			_ = x.cfg.FS.Remove(logPath)
 			return nil, nil, err
 		}
 		return sf, logf, nil
 	}()
 	if err != nil {
-		_ = os.Remove(path)
+		_ = x.cfg.FS.Remove(path)
 		return nil, nil, err
 	}
 	return sf, logf, nil
@@ -464,7 +469,7 @@ func (x *Index) flushLocked() error {
 	if x.err != nil {
 		return fmt.Errorf("flush key index: %w", x.err)
 	}
-	if err := x.logf.Sync(); err != nil {
+	if err := x.cfg.FS.Sync(x.logf); err != nil {
 		x.fail(fmt.Errorf("sync %s: %w", seqName(x.logSeq, ".log"), err))
 		return fmt.Errorf("flush key index: %w", x.err)
 	}
