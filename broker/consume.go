@@ -116,6 +116,13 @@ func (b *Broker) QueueBounds(topic string, queue int) (min, max int64) {
 // entry it looked at, where the next read starts. A from below the queue's
 // retained start is moved up to it.
 func (b *Broker) ReadQueue(topic string, queue int, from int64, limit int, filter Filter) ([]*Message, int64, error) {
+	b.topicsMu.RLock()
+	ts := b.topics[topic]
+	b.topicsMu.RUnlock()
+	if ts == nil {
+		return nil, from, nil // deleted: its queues went with it
+	}
+	t, now := ts.info.Load(), b.now()
 	lo, hi := b.cq.Bounds(topic, queue)
 	from = min(hi, max(from, lo))
 	var out []*Message
@@ -141,7 +148,9 @@ func (b *Broker) ReadQueue(topic string, queue int, from int64, limit int, filte
 					slog.Int64("queue_offset", off), slog.Any("err", err))
 				continue
 			}
-			if !filter.Match(m.Tag) {
+			if !filter.Match(m.Tag) || !b.retained(t, m.StoredAt, now) {
+				// Past the topic's retention: gone for every reader, as for
+				// a query by id, although its segment is still kept.
 				continue
 			}
 			m.QueueOffset = off
@@ -295,6 +304,12 @@ func (b *Broker) ReadMessageAt(topic string, queue int, offset int64) (*Message,
 	m, err := b.readMessage(entries[0].Offset)
 	if err != nil {
 		return nil, err
+	}
+	b.topicsMu.RLock()
+	ts := b.topics[topic]
+	b.topicsMu.RUnlock()
+	if ts == nil || !b.retained(ts.info.Load(), m.StoredAt, b.now()) {
+		return nil, &Error{Code: CodeMessageNotFound, Detail: fmt.Sprintf("entry %d of %s/%d is past its topic's retention", offset, topic, queue)}
 	}
 	m.QueueOffset = offset
 	return m, nil

@@ -169,13 +169,14 @@ func (b *Broker) dispatchRecord(off int64, rec []byte) error {
 		// The frame's CRC was good, so this is a bug or a newer format:
 		// skip it loudly rather than stop the whole broker.
 		b.logger.Error("undecodable record skipped", slog.Int64("offset", off), slog.Any("err", err))
+		b.metrics.skipped(skipUndecodable)
 		return nil
 	}
 	topic := string(h.Topic)
 	b.topicsMu.RLock()
 	ts := b.topics[topic]
 	b.topicsMu.RUnlock()
-	if ts == nil || h.StoredAt < ts.info.Load().CreatedAt.UnixMilli() {
+	if ts == nil || !ts.info.Load().owns(off, h.StoredAt) {
 		return nil // the topic was deleted (and maybe created again since)
 	}
 	if h.Flags&(flagDelayed|flagRePut) == flagDelayed {
@@ -193,10 +194,15 @@ func (b *Broker) dispatchRecord(off int64, rec []byte) error {
 	})
 	switch {
 	case errors.Is(err, consumequeue.ErrOutOfOrder):
-		// Already there (a re-dispatch) or the topic was re-created; the
-		// queue's own order wins.
-		b.logger.Debug("record not queued: offset out of order", slog.String("topic", topic),
-			slog.Int("queue", h.QueueID), slog.Int64("queue_offset", h.QueueOffset))
+		if b.queued(topic, h.QueueID, h.QueueOffset, off) {
+			return nil // already there: dispatched before
+		}
+		// Appends hand out queue offsets in log order under one lock, so
+		// this is a fault: say so loudly, and keep dispatching the rest.
+		b.logger.Error("record not queued: queue offset out of order; skipped", slog.String("topic", topic),
+			slog.Int("queue", h.QueueID), slog.Int64("queue_offset", h.QueueOffset),
+			slog.Int64("offset", off), slog.Any("err", err))
+		b.metrics.skipped(skipOutOfOrder)
 		return nil
 	case err != nil:
 		return fmt.Errorf("append to queue %s/%d: %w", topic, h.QueueID, err)
@@ -204,6 +210,16 @@ func (b *Broker) dispatchRecord(off int64, rec []byte) error {
 	b.queueBytes[consumequeue.QueueID{Topic: topic, Queue: h.QueueID}] += int64(len(rec))
 	b.indexRecord(off, &h)
 	return nil
+}
+
+// queued reports whether the queue already holds the record at log offset
+// off as its entry qoff: a record dispatched a second time.
+func (b *Broker) queued(topic string, queue int, qoff, off int64) bool {
+	if lo, hi := b.cq.Bounds(topic, queue); qoff < lo || qoff >= hi {
+		return false
+	}
+	es, err := b.cq.Read(topic, queue, qoff, 1, nil)
+	return err == nil && len(es) == 1 && es[0].Offset == off
 }
 
 // indexRecord adds a record's id, keys and dedup id to the key index. A

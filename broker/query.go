@@ -110,6 +110,12 @@ func (b *Broker) MessagesByKey(ctx context.Context, topic, key string, before in
 		if m.Topic != topic || !hasKey(m.Keys, key) || !b.topicAlive(m, now) {
 			return true
 		}
+		if m.flags&flagDelayed != 0 && !b.isNewestCopy(ctx, m) {
+			// A delayed message has more records with its id and keys: the
+			// one that waited, the one put on its queue when due (and one
+			// moved ahead of retention). It is listed once, as by id.
+			return true
+		}
 		if len(msgs) == limit {
 			next = msgs[len(msgs)-1].LogOffset
 			return false
@@ -118,6 +124,20 @@ func (b *Broker) MessagesByKey(ctx context.Context, topic, key string, before in
 		return true
 	})
 	return msgs, next, err
+}
+
+// isNewestCopy reports whether m is the record a query by its id answers:
+// the newest record with its id on its own topic.
+func (b *Broker) isNewestCopy(ctx context.Context, m *Message) bool {
+	newest := int64(-1)
+	b.lookup(ctx, hashKey(keyID, m.ID), func(c *Message) bool {
+		if c.ID != m.ID || c.flags&(flagRetry|flagDead) != 0 {
+			return true
+		}
+		newest = c.LogOffset
+		return false
+	})
+	return newest < 0 || newest == m.LogOffset
 }
 
 func hasKey(keys []string, key string) bool {

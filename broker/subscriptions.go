@@ -335,7 +335,10 @@ func (b *Broker) positionGroup(ctx context.Context, group string, ts *topicState
 		if _, ok := b.Offset(group, ts.name, q); ok {
 			continue
 		}
-		lo, hi := b.cq.Bounds(ts.name, q)
+		lo, hi, err := b.retainedBounds(ts.info.Load(), q, b.now())
+		if err != nil {
+			return err
+		}
 		next := hi
 		switch {
 		case from == "earliest":
