@@ -243,7 +243,7 @@ func openSealed(path string, seq uint64) (*sealedFile, error) {
 
 // writeSealed writes recs (already in sealed order) as the sealed file path:
 // temp file, fsync, rename. The caller fsyncs the directory.
-func writeSealed(fsys vfs.FS, path string, recs []rec) error {
+func writeSealed(fsys vfs.FS, path string, recs []rec, sync func(*os.File) error) error {
 	tmp := path + ".tmp"
 	f, err := fsys.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
@@ -251,7 +251,7 @@ func writeSealed(fsys vfs.FS, path string, recs []rec) error {
 	}
 	err = encodeSealed(vfs.Writer(fsys, f), recs)
 	if err == nil {
-		err = fsys.Sync(f)
+		err = sync(f)
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
