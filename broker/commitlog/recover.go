@@ -244,4 +244,3 @@ func (l *Log) createFirst() error {
 	l.active = seg
 	return nil
 }
-
