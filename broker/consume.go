@@ -2,11 +2,13 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
+	"github.com/postbus/postbus/broker/commitlog"
 	"github.com/postbus/postbus/broker/consumequeue"
 	"github.com/postbus/postbus/broker/meta"
 )
@@ -138,14 +140,24 @@ func (b *Broker) ReadQueue(topic string, queue int, from int64, limit int, filte
 		}
 		for i, e := range entries {
 			off := from + int64(i)
+			if e.Size == holeSize {
+				b.logger.Error("queue entry is a record lost in a damaged log span; skipping", slog.String("topic", topic),
+					slog.Int("queue", queue), slog.Int64("queue_offset", off))
+				continue
+			}
 			if !filter.MatchHash(e.TagHash) {
 				continue
 			}
 			m, err := b.readMessage(e.Offset)
 			if err != nil {
-				// Removed by retention under us: skip it, as the queue has.
-				b.logger.Warn("queue entry unreadable; skipping", slog.String("topic", topic), slog.Int("queue", queue),
-					slog.Int64("queue_offset", off), slog.Any("err", err))
+				// Removed by retention under us, skipped as the queue has;
+				// or damaged in the log, quarantined: an anomaly.
+				level := slog.LevelWarn
+				if !errors.Is(err, commitlog.ErrOutOfRange) {
+					level = slog.LevelError
+				}
+				b.logger.Log(context.Background(), level, "queue entry unreadable; skipping", slog.String("topic", topic), slog.Int("queue", queue),
+					slog.Int64("queue_offset", off), slog.Int64("offset", e.Offset), slog.Any("err", err))
 				continue
 			}
 			if !filter.Match(m.Tag) || !b.retained(t, m.StoredAt, now) {
@@ -301,7 +313,13 @@ func (b *Broker) ReadMessageAt(topic string, queue int, offset int64) (*Message,
 	if len(entries) == 0 {
 		return nil, &Error{Code: CodeMessageNotFound, Detail: fmt.Sprintf("no entry %d in %s/%d", offset, topic, queue)}
 	}
+	if entries[0].Size == holeSize {
+		return nil, &Error{Code: CodeMessageDamaged, Detail: fmt.Sprintf("entry %d of %s/%d was lost in a damaged span of the log", offset, topic, queue)}
+	}
 	m, err := b.readMessage(entries[0].Offset)
+	if errors.Is(err, commitlog.ErrCorrupt) {
+		return nil, &Error{Code: CodeMessageDamaged, Detail: fmt.Sprintf("entry %d of %s/%d is damaged in the log", offset, topic, queue), Err: err}
+	}
 	if err != nil {
 		return nil, err
 	}
