@@ -164,6 +164,7 @@ func (b *Broker) dispatchOnce() error {
 // dispatchRecord adds one record to its consume queue and the key index.
 // Called with dispatchMu held.
 func (b *Broker) dispatchRecord(off int64, rec []byte) error {
+	b.replayAt.Store(off)
 	h, err := decodeHeader(rec)
 	if err != nil {
 		// The frame's CRC was good, so this is a bug or a newer format:
