@@ -128,10 +128,10 @@ func TestOpenRefusesLostMetadata(t *testing.T) {
 	f := newFixture(t)
 	dir := f.cfg.Dir
 	for _, tc := range []struct {
-		name  string
+		name   string
 		break_ func(t *testing.T)
-		want  []string
-		isErr error
+		want   []string
+		isErr  error
 	}{
 		{name: "missing", break_: func(t *testing.T) { removeMeta(t, dir) },
 			want: []string{filepath.Join(dir, "meta.db"), "is missing", "--rebuild-metadata"}, isErr: ErrMetadataLost},
