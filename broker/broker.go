@@ -58,6 +58,7 @@ type Broker struct {
 	// both guarded by dispatchMu.
 	checkpointed    int64
 	checkpointDirty bool
+	ckpt            checkpointHealth
 	newTimers       []meta.Timer  // delayed records met by this dispatch round; guarded by dispatchMu
 	timerWake       chan struct{} // a new timer may be due sooner than the timer loop sleeps
 
@@ -430,14 +431,15 @@ func (b *Broker) isClosing() bool {
 	}
 }
 
-// Ready reports whether the broker takes requests: open. A disk over the
-// full watermark does not make it unready, since reads still work; it
-// answers publishes with disk_full and shows in /metrics.
+// Ready reports whether the broker takes requests: open, and its indexes
+// can be checkpointed (see checkpointHealth). A disk over the full
+// watermark does not make it unready, since reads still work; it answers
+// publishes with disk_full and shows in /metrics.
 func (b *Broker) Ready() error {
 	if b.isClosing() {
 		return ErrClosed
 	}
-	return nil
+	return b.ckpt.err()
 }
 
 // signal wakes every waiter at once: waiters take the channel, the firer

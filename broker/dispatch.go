@@ -269,7 +269,9 @@ func parseQueueName(s string) (consumequeue.QueueID, bool) {
 	return consumequeue.QueueID{Topic: s[:i], Queue: n}, err == nil
 }
 
-func (b *Broker) checkpoint() error {
+// writeCheckpoint flushes the derived indexes and writes the checkpoint;
+// checkpoint (health.go) calls it and keeps count of its failures.
+func (b *Broker) writeCheckpoint() error {
 	b.dispatchMu.Lock()
 	defer b.dispatchMu.Unlock()
 	if b.checkpointed == b.dispatched.Load() && !b.checkpointDirty {
