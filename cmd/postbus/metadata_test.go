@@ -93,3 +93,76 @@ func TestLostMetaDBRefusedThenRebuilt(t *testing.T) {
 	p = start(t, "broker", "--data", data)
 	getJSON(t, p.url+"/v1/messages/"+ids[0], new(map[string]any))
 }
+
+// TestDamagedWALAfterCrashRefused: a SIGKILL leaves the topic's creation
+// in meta.db-wal only; with that file damaged SQLite ignores it, and the
+// broker used to start ready without the topic, answering 404 and deleting
+// its queues. It now exits 1 naming meta.db, and --rebuild-metadata gets
+// the messages back.
+func TestDamagedWALAfterCrashRefused(t *testing.T) {
+	data := t.TempDir()
+	p := start(t, "broker", "--data", data)
+	req, _ := http.NewRequest(http.MethodPut, p.url+"/v1/topics/orders", strings.NewReader(`{"queues":2}`))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		t.Fatalf("PUT topic: %d", resp.StatusCode)
+	}
+	var ids []string
+	for i := range 5 {
+		resp, err := http.Post(p.url+"/v1/topics/orders/messages", "text/plain", strings.NewReader("order "+string(rune('a'+i))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var res struct {
+			MsgID string `json:"msg_id"`
+		}
+		json.NewDecoder(resp.Body).Decode(&res)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated {
+			t.Fatalf("publish: %d", resp.StatusCode)
+		}
+		ids = append(ids, res.MsgID)
+	}
+	p.cmd.Process.Kill()
+	<-p.done
+
+	wal := filepath.Join(data, "meta.db-wal")
+	b, err := os.ReadFile(wal)
+	if err != nil || len(b) < 32 {
+		t.Fatalf("meta.db-wal after SIGKILL: %d bytes, %v; want the topic's creation in it", len(b), err)
+	}
+	for i := 16; i < 32; i++ { // salts and header checksum
+		b[i] ^= 0xff
+	}
+	if err := os.WriteFile(wal, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, postbusBin, "broker", "--data", data, "--addr", "127.0.0.1:0")
+	out, _ := cmd.CombinedOutput()
+	if code := cmd.ProcessState.ExitCode(); code != 1 {
+		t.Fatalf("exit code %d with a damaged meta.db-wal, want 1; output:\n%s", code, out)
+	}
+	for _, want := range []string{filepath.Join(data, "meta.db"), "--rebuild-metadata"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("refusal does not say %q:\n%s", want, out)
+		}
+	}
+
+	p = start(t, "broker", "--data", data, "--rebuild-metadata")
+	for _, id := range ids {
+		var m struct {
+			Topic string `json:"topic"`
+		}
+		getJSON(t, p.url+"/v1/messages/"+id, &m)
+		if m.Topic != "orders" {
+			t.Fatalf("message %s after rebuild: topic %q", id, m.Topic)
+		}
+	}
+}
