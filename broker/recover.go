@@ -185,6 +185,17 @@ func (b *Broker) unknownTopics(sv *logSurvey, tomb map[string]time.Time) map[str
 		if _, ok := b.topics[name]; ok || !ts.live() {
 			continue
 		}
+		if d, ok := tomb[name]; ok {
+			// Stored after the topic's deletion: a publish that raced the
+			// delete, or a re-creation this meta.db does not know. Not a
+			// reason to refuse (a race must not stop the next start), but
+			// never silent.
+			b.logger.Error("records of a deleted topic stored after its deletion; not served. "+
+				"If the topic was created again after this meta.db was written, start once with --rebuild-metadata",
+				slog.String("topic", name), slog.Time("deleted_at", d), slog.Int64("records", ts.records-ts.deleted),
+				slog.Int64("first_offset", ts.firstOff))
+			continue
+		}
 		unknown[name] = fmt.Sprintf("%d records in the commitlog from offset %d", ts.records-ts.deleted, ts.firstOff)
 	}
 	queues := make(map[string]int)

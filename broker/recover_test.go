@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -464,5 +465,43 @@ func TestRebuildFromScratch(t *testing.T) {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("logs lack %q:\n%s", want, logs)
 		}
+	}
+}
+
+// TestRecordsAfterDeletionDoNotStopStart: a publish that raced a topic's
+// delete can leave a record of the deleted topic after its deletion. That
+// must not stop the next start (it would with every such race), but it is
+// logged at ERROR, never skipped silently.
+func TestRecordsAfterDeletionDoNotStopStart(t *testing.T) {
+	ctx := context.Background()
+	cfg := testConfig(t, t.TempDir())
+	var skew atomic.Int64 // the clock moves only when told
+	base := time.Now()
+	cfg.Now = func() time.Time { return base.Add(time.Duration(skew.Load())) }
+	b := openBroker(t, cfg)
+	publish(t, b, "gone", msg("before"))
+	b.topicsMu.RLock()
+	stale := b.topics["gone"]
+	b.topicsMu.RUnlock()
+	if err := b.DeleteTopic(ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	skew.Add(int64(time.Second)) // stored after the deletion
+	if _, err := b.store(ctx, stale, []*Message{{Topic: "gone", ID: "raced", Body: []byte("raced")}}, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(cfg.Dir, checkpointFile)); err != nil {
+		t.Fatal(err)
+	}
+	cfg, logs := withLogs(cfg)
+	b = openBroker(t, cfg)
+	if _, err := b.Message(ctx, "raced"); !errors.Is(err, ErrMessageNotFound) {
+		t.Fatalf("raced message of a deleted topic: %v, want not found", err)
+	}
+	if !strings.Contains(logs.String(), `level=ERROR msg="records of a deleted topic stored after its deletion`) {
+		t.Fatalf("no ERROR line for the raced record:\n%s", logs)
 	}
 }
