@@ -181,6 +181,7 @@ func (b *Broker) dispatchOnce() error {
 // dispatchRecord adds one record to its consume queue and the key index.
 // Called with dispatchMu held.
 func (b *Broker) dispatchRecord(off int64, rec []byte) error {
+	b.replayAt.Store(off)
 	h, err := decodeHeader(rec)
 	if err != nil {
 		// The frame's CRC was good, so this is a bug or a newer format:
@@ -350,7 +351,9 @@ func parseQueueName(s string) (consumequeue.QueueID, bool) {
 	return consumequeue.QueueID{Topic: s[:i], Queue: n}, err == nil
 }
 
-func (b *Broker) checkpoint() error {
+// writeCheckpoint flushes the derived indexes and writes the checkpoint;
+// checkpoint (health.go) calls it and keeps count of its failures.
+func (b *Broker) writeCheckpoint() error {
 	b.dispatchMu.Lock()
 	defer b.dispatchMu.Unlock()
 	if b.checkpointed == b.dispatched.Load() && !b.checkpointDirty {
