@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 
 	"github.com/postbus/postbus/broker/internal/durable"
+	"github.com/postbus/postbus/broker/internal/vfs"
 )
 
 // Backup writes a consistent copy of the database at src to dst, which
@@ -53,7 +54,7 @@ func Backup(ctx context.Context, src, dst string) error {
 		err = cerr
 	}
 	if err == nil {
-		err = durable.SyncDir(filepath.Dir(absDst))
+		err = durable.SyncDir(vfs.OS, filepath.Dir(absDst))
 	}
 	if err != nil {
 		return fmt.Errorf("back up metadata: sync %s: %w", absDst, err)
