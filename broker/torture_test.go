@@ -303,22 +303,14 @@ func runTorture(t *testing.T, seed uint64, ops []tortureOp, without familySet) (
 	return len(ops), nil
 }
 
-// drawLimits picks a segment size and a max message size that fits it.
-// Without "flags", it leaves out the largest max message size the broker
-// accepts for a segment size.
+// drawLimits picks a segment size and a max message size the broker
+// accepts together (a segment holds the largest batch: MinSegmentSize).
 func drawLimits(rng *rand.Rand, without familySet) (int64, int) {
-	segs := []int64{1 << 20, 2 << 20, 5 << 20}
-	seg := segs[rng.IntN(len(segs))]
-	maxes := []int{64 << 10, 256 << 10, 1 << 20, 4 << 20, int(seg) - 64<<10}
-	if without["flags"] {
-		maxes[4] = int(seg) - 128<<10
-	}
-	for {
-		m := maxes[rng.IntN(len(maxes))]
-		if int64(m)+64<<10 <= seg {
-			return seg, m
-		}
-	}
+	maxes := []int{64 << 10, 256 << 10, 1 << 20, MaxBatchBytes - 1, MaxBatchBytes}
+	m := maxes[rng.IntN(len(maxes))]
+	least := MinSegmentSize(m)
+	segs := []int64{least, least + 4<<10, least + 3<<20}
+	return segs[rng.IntN(len(segs))], m
 }
 
 func (r *tortureRun) open() error {
