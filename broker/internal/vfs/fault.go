@@ -72,6 +72,7 @@ type Fault struct {
 	dirOps     []dirOp           // guarded by mu: entry changes, oldest first
 	trashSeq   int               // guarded by mu
 	crashed    bool              // guarded by mu
+	crashDone  chan struct{}     // guarded by mu: closed once OnCrash's function has returned
 	crashAfter int               // guarded by mu: >0: the crash is at the crashAfter-th next change
 	full       bool              // guarded by mu
 	inject     func(op Op) error // guarded by mu
@@ -176,19 +177,24 @@ func (f *Fault) CrashAfter(n int) {
 	f.mu.Unlock()
 }
 
-// Crash crashes now, if not already crashed.
+// Crash crashes now, if not already crashed. It returns once the OnCrash
+// function has run, in whichever goroutine crashed first.
 func (f *Fault) Crash() {
 	f.mu.Lock()
 	if f.crashed {
+		done := f.crashDone
 		f.mu.Unlock()
+		<-done
 		return
 	}
 	f.crashed = true
-	fn := f.onCrash
+	f.crashDone = make(chan struct{})
+	fn, done := f.onCrash, f.crashDone
 	f.mu.Unlock()
 	if fn != nil {
 		fn()
 	}
+	close(done)
 }
 
 // Crashed reports whether the Fault has crashed and not been restored.
@@ -219,6 +225,7 @@ func (f *Fault) begin(op Op) (crashNow bool, err error) {
 		f.crashAfter--
 		if f.crashAfter == 0 {
 			f.crashed = true
+			f.crashDone = make(chan struct{})
 			return true, nil
 		}
 	}
@@ -233,11 +240,12 @@ func (f *Fault) begin(op Op) (crashNow bool, err error) {
 // crash ends an operation that was the crash point; f.mu must not be held.
 func (f *Fault) crash(op Op) error {
 	f.mu.Lock()
-	fn := f.onCrash
+	fn, done := f.onCrash, f.crashDone
 	f.mu.Unlock()
 	if fn != nil {
 		fn()
 	}
+	close(done)
 	return fmt.Errorf("%s %s: %w", op.Kind, op.Path, ErrCrashed)
 }
 
