@@ -66,7 +66,7 @@ func parseFamilies(t *testing.T, list string) familySet {
 // two cores.
 const tortureCISeeds = 12
 
-const tortureDefaultSteps = 40
+const tortureDefaultSteps = 30
 
 // publishTimeout: a publish that takes longer has hung.
 const publishTimeout = 60 * time.Second
@@ -276,7 +276,7 @@ func runTorture(t *testing.T, seed uint64, ops []tortureOp, without familySet) (
 	r.cfg.FS = r.fs
 	r.cfg.Now = r.clock.Now
 	r.cfg.CheckpointInterval = 20 * time.Millisecond
-	r.cfg.RetentionInterval = 20 * time.Millisecond
+	r.cfg.RetentionInterval = 250 * time.Millisecond
 	r.cfg.OffsetInterval = 50 * time.Millisecond
 	// The real disk's fill level must not decide anything: the fault FS does.
 	r.cfg.DiskCleanRatio, r.cfg.DiskFullRatio = 1, 1
@@ -394,34 +394,55 @@ func (r *tortureRun) drawSize1(rng *rand.Rand) int {
 	max, seg := r.cfg.MaxMessageBytes, int(r.cfg.SegmentSize)
 	jitter := rng.IntN(3) - 1
 	switch p := rng.IntN(100); {
-	case p < 55:
-		return 1 + rng.IntN(300)
-	case p < 65:
-		return max + jitter // the limit, exactly and ±1
 	case p < 72:
+		return 1 + rng.IntN(300)
+	case p < 79:
+		return max + jitter // the limit, exactly and ±1
+	case p < 84:
 		return 1<<20 + jitter - rng.IntN(2)*64 // around the old 1 MiB reader chunk
-	case p < 80:
+	case p < 89:
 		return 64<<10 + jitter
-	case p < 86:
+	case p < 92:
 		return seg/2 + jitter - 64 // two fill a segment, or just do not
-	case p < 90:
+	case p < 94:
 		return seg/3 + jitter
-	case p < 93:
+	case p < 95:
 		return 4<<20 + jitter
 	default:
 		return 1 + rng.IntN(16<<10)
 	}
 }
 
+// bodyNoise is where bodies take their bytes from: copying is cheap even
+// under the race detector, drawing bytes one by one is not.
+var bodyNoise = func() []byte {
+	b := make([]byte, 1<<20)
+	rng := rand.New(rand.NewPCG(7, 7))
+	for i := range b {
+		b[i] = byte(rng.Uint32())
+	}
+	return b
+}()
+
+// randomBody returns size bytes: a random head, then runs of bodyNoise
+// from random places, so that no two bodies (nor a body and zeros) agree.
+func randomBody(rng *rand.Rand, size int) []byte {
+	body := make([]byte, size)
+	for i := 0; i < size; {
+		if i < 16 {
+			body[i] = byte(rng.Uint32())
+			i++
+			continue
+		}
+		off := rng.IntN(len(bodyNoise) - 4096)
+		i += copy(body[i:], bodyNoise[off:off+4096])
+	}
+	return body
+}
+
 func (r *tortureRun) newMessage(rng *rand.Rand) (*Message, []byte) {
 	size := max(1, r.drawSize(rng))
-	body := make([]byte, size)
-	for i := 0; i < len(body); i += 8 {
-		v := rng.Uint64()
-		for j := 0; j < 8 && i+j < len(body); j++ {
-			body[i+j] = byte(v >> (8 * j))
-		}
-	}
+	body := randomBody(rng, size)
 	m := &Message{Body: body, ContentType: "application/octet-stream"}
 	for range rng.IntN(3) {
 		if k := tortureKeys[rng.IntN(len(tortureKeys))]; !slices.Contains(m.Keys, k) {
