@@ -26,6 +26,13 @@
 // timers from the whole log. Checkpoints that keep failing make Ready
 // report an error until one succeeds (health.go).
 //
+// Every file operation of the commitlog, the consume queues and the key
+// index that changes the disk goes through Config.FS (package
+// internal/vfs): the OS by default, a fault-injecting file system in tests.
+// torture_test.go drives random publishes, topic changes, clock jumps, a
+// full disk, restarts and power cuts through it and checks every answer
+// against a model of what was acknowledged.
+//
 // Decisions the design leaves open:
 //   - Dedup ids are kept in the record and the key index, not in SQLite: a
 //     dedup id is then exactly as durable as the message it names, with no

@@ -62,9 +62,9 @@ func parseFamilies(t *testing.T, list string) familySet {
 	return out
 }
 
-// tortureCISeeds is what every `go test` runs: about a minute with -race on
-// two cores.
-const tortureCISeeds = 12
+// tortureCISeeds is what every `go test` runs: about a minute and a half
+// with -race on two busy cores (about 20 s a seed).
+var tortureCISeeds = []uint64{1, 2, 3, 4}
 
 const tortureDefaultSteps = 30
 
@@ -135,10 +135,30 @@ func genOps(seed uint64, steps int, without familySet) []tortureOp {
 }
 
 func TestTorture(t *testing.T) {
-	runTortureSeeds(t, parseFamilies(t, *flagTortureWithout))
+	without := parseFamilies(t, *flagTortureWithout)
+	if *flagTortureWithout == "" {
+		// Delayed messages still meet faults not yet fixed; they run in
+		// TestTortureDelayedMessages until then.
+		without["delay"] = true
+	}
+	runTortureSeeds(t, without, tortureCISeeds)
 }
 
-func runTortureSeeds(t *testing.T, without familySet) {
+// TestTortureDelayedMessages is TestTorture with delayed messages, which
+// still fail it (it is kept apart so that the rest stays green, and fails
+// until these are fixed):
+//   - a delayed message that falls due after its retention has passed is
+//     put on its queue and found by id, but a read of its queue skips it
+//     (seed 13: "found by id but not in queue");
+//   - the timer loop puts every due message of a topic back in one append:
+//     when they add up to more than a segment holds, the append is refused
+//     (batch_too_large) and retried every second, forever, so none of them
+//     is ever delivered ("due but not on its queue").
+func TestTortureDelayedMessages(t *testing.T) {
+	runTortureSeeds(t, parseFamilies(t, *flagTortureWithout), []uint64{13})
+}
+
+func runTortureSeeds(t *testing.T, without familySet, ciSeeds []uint64) {
 	steps := tortureDefaultSteps
 	if *flagTortureSteps > 0 {
 		steps = *flagTortureSteps
@@ -152,9 +172,7 @@ func runTortureSeeds(t *testing.T, without familySet) {
 			seeds = append(seeds, *flagTortureFirst+uint64(i))
 		}
 	default:
-		for i := range tortureCISeeds {
-			seeds = append(seeds, uint64(i+1))
-		}
+		seeds = ciSeeds
 	}
 	for _, seed := range seeds {
 		ops := genOps(seed, steps, without)
