@@ -25,6 +25,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -44,7 +45,7 @@ var (
 // fault while its fix is not in: bodies over 1 MiB, topic delete and
 // re-create, dedup ids, delays, retention passing, a full disk, clean
 // restarts, flag changes at restarts, crashes.
-var tortureFamilies = []string{"bigbody", "delete", "recreate", "dedup", "delay", "retention", "diskfull", "restart", "flags", "crash"}
+var tortureFamilies = []string{"bigbody", "delete", "recreate", "dedup", "delay", "retention", "diskfull", "restart", "flags", "crash", "ioerror"}
 
 type familySet map[string]bool
 
@@ -91,10 +92,11 @@ const (
 	opDiskFull     // the disk fills, publishes meet it, then space is freed
 	opRestart      // a clean restart, sometimes with other flags
 	opCrash        // a power cut at a random write or sync, then a restart
+	opIOError      // one write, sync, rename or allocate fails (or a write is cut), then a restart
 	opCount
 )
 
-var opKindNames = [...]string{"publish", "batch", "put", "delete", "recreate-race", "clock", "disk-full", "restart", "crash"}
+var opKindNames = [...]string{"publish", "batch", "put", "delete", "recreate-race", "clock", "disk-full", "restart", "crash", "io-error"}
 
 func (k opKind) String() string { return opKindNames[k] }
 
@@ -103,11 +105,11 @@ func (o tortureOp) String() string { return fmt.Sprintf("%s(%s,%d)", o.kind, o.t
 // opWeights says how often each op is drawn.
 var opWeights = [opCount]int{
 	opPublish: 30, opBatch: 12, opPutTopic: 10, opDeleteTopic: 4, opRecreateRace: 4,
-	opClock: 8, opDiskFull: 4, opRestart: 6, opCrash: 10,
+	opClock: 8, opDiskFull: 4, opRestart: 6, opCrash: 10, opIOError: 4,
 }
 
 // opFamily is the family whose leaving out drops an op kind.
-var opFamily = [opCount]string{opDeleteTopic: "delete", opRecreateRace: "recreate", opDiskFull: "diskfull", opRestart: "restart", opCrash: "crash"}
+var opFamily = [opCount]string{opDeleteTopic: "delete", opRecreateRace: "recreate", opDiskFull: "diskfull", opRestart: "restart", opCrash: "crash", opIOError: "ioerror"}
 
 var tortureTopics = []string{"t0", "t1", "t2"}
 
@@ -393,6 +395,8 @@ func (r *tortureRun) doStep(op tortureOp) error {
 		return r.restart(rng)
 	case opCrash:
 		return r.crash(rng, op.topic)
+	case opIOError:
+		return r.ioError(rng, op.topic)
 	}
 	return nil
 }
@@ -548,7 +552,7 @@ func (r *tortureRun) record(topic string, msgs []*Message, res []Result, err err
 	now := r.clock.Now()
 	state := stAcked
 	switch {
-	case err != nil && r.fs.Crashed():
+	case err != nil && (r.fs.Crashed() || errors.Is(err, errUncertain)):
 		state = stUncertain
 	case err != nil && refusal != "":
 		if got := CodeOf(err); got != refusal {
@@ -1007,6 +1011,71 @@ func (r *tortureRun) crash(rng *rand.Rand, topic string) error {
 	}
 	return r.check(true)
 }
+
+// ioError fails one operation among the next few (a write may be cut
+// short instead) while publishes run, then restarts. A publish that fails
+// meanwhile may or may not be stored (its fsync may be what failed), so it
+// is settled at the restart like one caught by a crash; nothing
+// acknowledged may be lost.
+func (r *tortureRun) ioError(rng *rand.Rand, topic string) error {
+	kinds := []vfs.OpKind{vfs.OpWrite, vfs.OpSync, vfs.OpRename, vfs.OpAllocate, vfs.OpCreate, vfs.OpSyncDir}
+	kind := kinds[rng.IntN(len(kinds))]
+	skip := rng.IntN(20)
+	cut := rng.IntN(2) == 0
+	var failed atomic.Bool
+	r.fs.SetInject(func(op vfs.Op) error {
+		if op.Kind != kind || failed.Load() {
+			return nil
+		}
+		if skip > 0 {
+			skip--
+			return nil
+		}
+		failed.Store(true)
+		if kind == vfs.OpWrite && cut && op.Len > 1 {
+			return &vfs.ShortWrite{N: op.Len / 2, Err: syscall.EIO}
+		}
+		return syscall.EIO
+	})
+	defer r.fs.SetInject(nil)
+	for range 1 + rng.IntN(4) {
+		n := 1 + rng.IntN(3)
+		msgs := make([]*Message, n)
+		for i := range msgs {
+			msgs[i], _ = r.newMessage(rng)
+		}
+		refusal := r.expectRefusal(topic, msgs)
+		if refusal != "" {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
+		res, err := r.b.Publish(ctx, topic, msgs)
+		cancel()
+		if err != nil && ctx.Err() != nil {
+			return fmt.Errorf("publish hung after an I/O error: %w", err)
+		}
+		if err != nil {
+			// Unknown outcome: settle at the restart.
+			r.note("publish failed after an injected %s error: %v", kind, err)
+			res, err = nil, errUncertain
+		}
+		if err := r.record(topic, msgs, res, err, "", r.genRange(topic)); err != nil {
+			return err
+		}
+	}
+	r.fs.SetInject(nil)
+	if err := r.b.Close(); err != nil {
+		r.note("close after an injected %s error: %v", kind, err)
+	}
+	r.b = nil
+	if err := r.open(); err != nil {
+		return fmt.Errorf("reopen after an injected %s error: %w", kind, err)
+	}
+	return r.check(true)
+}
+
+// errUncertain marks a publish whose outcome is unknown.
+var errUncertain = errors.New("outcome unknown")
 
 // snapshotMeta copies what the metadata database holds, committed, now.
 func snapshotMeta(dir, dst string) error {
