@@ -14,9 +14,18 @@ type metrics struct {
 	rejects  *prometheus.CounterVec
 
 	attemptsDropped prometheus.Counter
+	skippedRecords  *prometheus.CounterVec
 }
 
-func newMetrics(b *Broker, reg prometheus.Registerer) *metrics {
+// Why dispatch skipped a record (the reason label of
+// postbus_dispatch_skipped_records_total).
+const (
+	skipOutOfOrder  = "out_of_order" // its queue offset does not follow its queue's
+	skipUndecodable = "undecodable"  // a good frame whose record cannot be decoded
+	skipCorrupt     = "corrupt"      // a damaged span of the log, quarantined
+)
+
+func newMetrics() *metrics {
 	m := &metrics{
 		messages: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "postbus_published_messages_total", Help: "Messages stored by publishes (duplicates excluded).",
@@ -30,18 +39,33 @@ func newMetrics(b *Broker, reg prometheus.Registerer) *metrics {
 		attemptsDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "postbus_attempts_dropped_total", Help: "Delivery attempts not written to the trace log because its writer fell behind.",
 		}),
+		skippedRecords: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postbus_dispatch_skipped_records_total",
+			Help: "Log records dispatch could not put on their queue or index, by reason; each is also logged at ERROR.",
+		}, []string{"reason"}),
 	}
+	for _, r := range []string{skipOutOfOrder, skipUndecodable, skipCorrupt} {
+		m.skippedRecords.WithLabelValues(r) // exported at 0, so alerts need no absent()
+	}
+	return m
+}
+
+// register exports the series, with gauges read from b when scraped; the
+// counters exist from Open's start, so recovery's dispatch counts too.
+func (m *metrics) register(b *Broker, reg prometheus.Registerer) {
 	if reg == nil {
-		return m
+		return
 	}
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
-	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped,
+	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped, m.skippedRecords,
 		gauge("postbus_commitlog_bytes", "Bytes of the commitlog between its oldest retained offset and its end.",
 			func() float64 { return float64(b.log.Committed() - b.log.MinOffset()) }),
 		gauge("postbus_commitlog_segments", "Commitlog segment files.",
 			func() float64 { return float64(len(b.log.Segments())) }),
+		gauge("postbus_commitlog_quarantined_spans", "Damaged commitlog spans found and skipped (each logged at ERROR with its offset, listed by /readyz); their records are lost.",
+			func() float64 { return float64(len(b.log.Quarantined())) }),
 		gauge("postbus_dispatch_lag_bytes", "Committed log bytes not yet indexed into consume queues and the key index.",
 			func() float64 { return float64(b.log.Committed() - b.dispatched.Load()) }),
 		gauge("postbus_disk_used_ratio", "Used fraction of the file system holding the data directory.",
@@ -53,13 +77,18 @@ func newMetrics(b *Broker, reg prometheus.Registerer) *metrics {
 				}
 				return 0
 			}),
+		gauge("postbus_checkpoint_failing", "Checkpoints of the consume queues and key index failed in a row (0 when the last one succeeded); /readyz fails from 3.",
+			func() float64 { n, _ := b.ckpt.counts(); return float64(n) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "postbus_checkpoint_failures_total", Help: "Checkpoints of the consume queues and key index that failed."},
+			func() float64 { _, n := b.ckpt.counts(); return float64(n) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "postbus_keyindex_write_errors_total", Help: "Failed writes, fsyncs and seals of the key index (each repaired by a later checkpoint, or reported by it)."},
+			func() float64 { return float64(b.idx.Stats().WriteErrors) }),
 		gauge("postbus_topics", "Topics.", func() float64 {
 			b.topicsMu.RLock()
 			defer b.topicsMu.RUnlock()
 			return float64(len(b.topics))
 		}),
 	)
-	return m
 }
 
 func (m *metrics) published(n, bytes int) {
@@ -75,4 +104,11 @@ func (m *metrics) rejected(code Code) {
 		return
 	}
 	m.rejects.WithLabelValues(string(code)).Inc()
+}
+
+func (m *metrics) skipped(reason string) {
+	if m == nil {
+		return
+	}
+	m.skippedRecords.WithLabelValues(reason).Inc()
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 
 	"github.com/postbus/postbus/broker/internal/durable"
+	"github.com/postbus/postbus/broker/internal/vfs"
 )
 
 // A receipt names one delivery of a pulled message: the group it was
@@ -51,7 +52,7 @@ var errBadReceipt = errors.New("malformed receipt")
 
 // loadReceiptKey reads the receipt key from the data directory, creating
 // it on first start.
-func loadReceiptKey(dir string) ([]byte, error) {
+func loadReceiptKey(fsys vfs.FS, dir string) ([]byte, error) {
 	path := dir + "/receipt.key"
 	key, err := os.ReadFile(path)
 	if err == nil {
@@ -67,7 +68,7 @@ func loadReceiptKey(dir string) ([]byte, error) {
 	if _, err := rand.Read(key); err != nil {
 		return nil, err
 	}
-	if err := durable.WriteFile(path, key, 0o600); err != nil {
+	if err := durable.WriteFile(fsys, path, key, 0o600); err != nil {
 		return nil, fmt.Errorf("create receipt key: %w", err)
 	}
 	return key, nil

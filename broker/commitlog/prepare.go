@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"sync/atomic"
 	"time"
+
+	"github.com/postbus/postbus/broker/internal/vfs"
 )
 
 const (
@@ -52,7 +54,7 @@ func (l *Log) startPrepare(base int64) {
 // waits for p.done.
 func (l *Log) prepare(p *prepared) {
 	defer close(p.done)
-	f, err := prepareFile(p.path, l.cfg.SegmentSize, l.cfg.io, l.stop, &p.zeroed)
+	f, err := prepareFile(l.cfg.FS, p.path, l.cfg.SegmentSize, l.cfg.io, l.stop, &p.zeroed)
 	if err != nil {
 		p.err = fmt.Errorf("prepare %s: %w", filepath.Base(p.path), err)
 		if !errors.Is(err, errStopped) {
@@ -117,10 +119,10 @@ func (l *Log) waitPrepared(p *prepared) bool {
 
 // stopPrepare waits for the preparation p (whose stop channel has been
 // closed) to exit and deletes its file. Close calls it.
-func stopPrepare(p *prepared) {
+func stopPrepare(fsys vfs.FS, p *prepared) {
 	<-p.done
 	if p.f != nil {
 		_ = p.f.Close()
-		_ = os.Remove(p.path)
+		_ = fsys.Remove(p.path)
 	}
 }

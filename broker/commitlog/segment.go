@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
+
+	"github.com/postbus/postbus/broker/internal/vfs"
 )
 
 // fallocate modes (linux/falloc.h); package syscall does not name them.
@@ -18,10 +20,11 @@ const (
 	fallocZeroRange = 0x10
 )
 
-// segment is one open segment file. Its base never changes; the file is
-// closed only by DropBefore (after setting dropped) or Close.
+// segment is one open segment file. Its base and size never change; the
+// file is closed only by DropBefore (after setting dropped) or Close.
 type segment struct {
 	base    int64
+	size    int64 // bytes of log it holds: Config.SegmentSize, unless recovered from a run configured otherwise
 	path    string
 	f       *os.File
 	dropped atomic.Bool // set before DropBefore closes f, so a racing read or fsync knows why it failed
@@ -100,6 +103,24 @@ func (osIO) zeroAt(f *os.File, b []byte, off int64) error {
 
 func (osIO) syncZeroed(f *os.File) error { return osIO{}.datasync(f) }
 
+// fsIO does the segment operations through a vfs.FS.
+type fsIO struct{ fs vfs.FS }
+
+var _ segmentIO = fsIO{}
+
+func (s fsIO) allocate(f *os.File, size int64) error { return s.fs.Allocate(f, size) }
+
+func (s fsIO) writeAt(f *os.File, b []byte, off int64) (int, error) { return s.fs.WriteAt(f, b, off) }
+
+func (s fsIO) datasync(f *os.File) error { return s.fs.Sync(f) }
+
+func (s fsIO) zeroAt(f *os.File, b []byte, off int64) error {
+	_, err := s.fs.WriteAt(f, b, off)
+	return err
+}
+
+func (s fsIO) syncZeroed(f *os.File) error { return s.fs.Sync(f) }
+
 // control runs op on f's descriptor, retrying EINTR. Going through
 // SyscallConn (not Fd) keeps the descriptor from being closed under op.
 func control(f *os.File, op func(fd int) error) error {
@@ -131,9 +152,9 @@ func fallocate(f *os.File, mode uint32, off, size int64) error {
 // reported as ErrDiskFull. This is the fallback for a roll that finds no
 // prepared file: quick, but it leaves unwritten extents, which make every
 // append into the segment slower (see prepareFile).
-func createSegment(dir string, base, size int64, sio segmentIO) (*segment, error) {
+func createSegment(fsys vfs.FS, dir string, base, size int64, sio segmentIO) (*segment, error) {
 	path := filepath.Join(dir, segmentName(base))
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := fsys.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		if errors.Is(err, syscall.ENOSPC) {
 			return nil, fmt.Errorf("create segment %020d: %w: %w", base, ErrDiskFull, err)
@@ -142,13 +163,13 @@ func createSegment(dir string, base, size int64, sio segmentIO) (*segment, error
 	}
 	if err := sio.allocate(f, size); err != nil {
 		_ = f.Close()
-		_ = os.Remove(path)
+		_ = fsys.Remove(path)
 		if errors.Is(err, syscall.ENOSPC) {
 			return nil, fmt.Errorf("preallocate segment %020d: %w: %w", base, ErrDiskFull, err)
 		}
 		return nil, fmt.Errorf("preallocate segment %020d: %w", base, err)
 	}
-	return &segment{base: base, path: path, f: f}, nil
+	return &segment{base: base, size: size, path: path, f: f}, nil
 }
 
 // zeroRange makes [off, off+n) of f read as zeros while keeping it allocated.
@@ -214,15 +235,15 @@ func diskFull(err error) error {
 //
 // zeroed, when not nil, follows how many bytes have been written. A closed
 // stop abandons the work with errStopped. On any error the file is removed.
-func prepareFile(path string, size int64, sio segmentIO, stop <-chan struct{}, zeroed *atomic.Int64) (f *os.File, err error) {
-	f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+func prepareFile(fsys vfs.FS, path string, size int64, sio segmentIO, stop <-chan struct{}, zeroed *atomic.Int64) (f *os.File, err error) {
+	f, err = fsys.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return nil, diskFull(err)
 	}
 	defer func() {
 		if err != nil {
 			_ = f.Close()
-			_ = os.Remove(path)
+			_ = fsys.Remove(path)
 		}
 	}()
 	if err := sio.allocate(f, size); err != nil {

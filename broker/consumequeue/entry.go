@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/postbus/postbus/broker/internal/durable"
+	"github.com/postbus/postbus/broker/internal/vfs"
 	"hash/crc32"
 	"os"
 	"path/filepath"
@@ -123,28 +124,12 @@ func readLogMin(dir string) (int64, error) {
 }
 
 // writeLogMin replaces the floor atomically: temp file, fsync, rename, dir fsync.
-func writeLogMin(dir string, v int64) error {
+func writeLogMin(fsys vfs.FS, dir string, v int64) error {
 	var b [12]byte
 	binary.BigEndian.PutUint64(b[:8], uint64(v))
 	binary.BigEndian.PutUint32(b[8:], crc32.Checksum(b[:8], castagnoli))
-	tmp := filepath.Join(dir, logMinFile+".tmp")
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
+	if err := durable.WriteFile(fsys, filepath.Join(dir, logMinFile), b[:], 0o644); err != nil {
 		return fmt.Errorf("write %s: %w", logMinFile, err)
 	}
-	_, err = f.Write(b[:])
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, logMinFile))
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", logMinFile, err)
-	}
-	return durable.SyncDir(dir)
+	return nil
 }

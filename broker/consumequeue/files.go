@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+
+	"github.com/postbus/postbus/broker/internal/vfs"
 )
 
 // fileKey names one queue file without building its path, so cache hits do
@@ -35,6 +37,7 @@ type handle struct {
 // fileCache caps the number of open queue files: with tens of thousands of
 // queues, keeping every file open would exhaust descriptors.
 type fileCache struct {
+	fs  vfs.FS
 	max int
 
 	mu     sync.Mutex
@@ -43,8 +46,8 @@ type fileCache struct {
 	closed bool                // guarded by mu
 }
 
-func newFileCache(max int) *fileCache {
-	return &fileCache{max: max, m: make(map[fileKey]*handle)}
+func newFileCache(fsys vfs.FS, max int) *fileCache {
+	return &fileCache{fs: fsys, max: max, m: make(map[fileKey]*handle)}
 }
 
 // acquire returns an open handle for key; create makes the file if missing
@@ -68,7 +71,7 @@ func (c *fileCache) acquire(key fileKey, create bool) (*handle, error) {
 	if create {
 		flag |= os.O_CREATE
 	}
-	f, err := os.OpenFile(key.path(), flag, 0o644)
+	f, err := c.fs.OpenFile(key.path(), flag, 0o644)
 	if err != nil {
 		return nil, err
 	}

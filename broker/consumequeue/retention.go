@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"github.com/postbus/postbus/broker/internal/durable"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -130,9 +129,9 @@ func (s *Store) truncateQueue(q *queue, logOff int64) error {
 	if aerr != nil {
 		return errors.Join(err, fmt.Errorf("truncate file %020d: %w", base, aerr))
 	}
-	terr := h.f.Truncate((k - base) * EntrySize)
+	terr := s.cfg.FS.Truncate(h.f, (k-base)*EntrySize)
 	if terr == nil {
-		terr = h.f.Sync()
+		terr = s.cfg.FS.Sync(h.f)
 	}
 	s.files.release(h)
 	if terr != nil {
@@ -140,7 +139,7 @@ func (s *Store) truncateQueue(q *queue, logOff int64) error {
 	}
 	delete(s.dirtyFiles, key)
 	if len(dead) > 0 {
-		err = errors.Join(err, durable.SyncDir(q.dir))
+		err = errors.Join(err, durable.SyncDir(s.cfg.FS, q.dir))
 	}
 	return err
 }
@@ -157,7 +156,7 @@ func (s *Store) DropBefore(logMin int64) error {
 		return ErrClosed
 	}
 	if logMin > s.logMin {
-		if err := writeLogMin(s.cfg.Dir, logMin); err != nil {
+		if err := writeLogMin(s.cfg.FS, s.cfg.Dir, logMin); err != nil {
 			return fmt.Errorf("drop before %d: %w", logMin, err)
 		}
 		s.logMin = logMin
@@ -242,10 +241,10 @@ func (s *Store) DeleteTopic(topic string) error {
 			delete(s.dirtyDirs, dir)
 		}
 	}
-	if err := os.RemoveAll(topicDir); err != nil {
+	if err := s.cfg.FS.RemoveAll(topicDir); err != nil {
 		return fmt.Errorf("delete topic %s: %w", topic, err)
 	}
-	if err := durable.SyncDir(s.cfg.Dir); err != nil {
+	if err := durable.SyncDir(s.cfg.FS, s.cfg.Dir); err != nil {
 		return fmt.Errorf("delete topic %s: %w", topic, err)
 	}
 	return nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/postbus/postbus/broker/internal/durable"
+	"github.com/postbus/postbus/broker/internal/vfs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -54,6 +55,7 @@ type Config struct {
 	QueueBuffer    int          // entries buffered per queue before a write; default 256
 	MaxBuffered    int          // entries buffered over all queues before a write; default 65,536
 	Logger         *slog.Logger // default slog.Default()
+	FS             vfs.FS       // file operations that change the directory; default vfs.OS
 }
 
 // DefaultConfig returns the defaults for a store in dir.
@@ -83,6 +85,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.FS == nil {
+		c.FS = vfs.OS
 	}
 	return c
 }
@@ -157,13 +162,13 @@ func Open(cfg Config) (*Store, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+	if err := cfg.FS.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("open consume queues: %w", err)
 	}
 	s := &Store{
 		cfg:        cfg,
 		log:        cfg.Logger,
-		files:      newFileCache(cfg.MaxOpenFiles),
+		files:      newFileCache(cfg.FS, cfg.MaxOpenFiles),
 		queues:     make(map[QueueID]*queue),
 		dirty:      make(map[*queue]struct{}),
 		dirtyFiles: make(map[fileKey]struct{}),
@@ -260,7 +265,7 @@ func (s *Store) loadQueue(id QueueID, dir string) (*queue, error) {
 		}
 		for _, f := range files[i+1:] {
 			s.log.Warn("consume queue: removing file after a short one", "queue", id.String(), "file", fileName(f.base))
-			if err := os.Remove(filepath.Join(dir, fileName(f.base))); err != nil {
+			if err := s.cfg.FS.Remove(filepath.Join(dir, fileName(f.base))); err != nil {
 				return nil, err
 			}
 		}
@@ -273,7 +278,7 @@ func (s *Store) loadQueue(id QueueID, dir string) (*queue, error) {
 		q.files = append(q.files, f.base)
 	}
 	last := files[len(files)-1]
-	count, err := trimTail(filepath.Join(dir, fileName(last.base)), last.size)
+	count, err := trimTail(s.cfg.FS, filepath.Join(dir, fileName(last.base)), last.size)
 	if err != nil {
 		return nil, err
 	}
@@ -296,9 +301,9 @@ func (s *Store) loadQueue(id QueueID, dir string) (*queue, error) {
 
 // trimTail returns how many whole, non-garbage entries the file holds and
 // truncates it to them when it holds more bytes.
-func trimTail(path string, size int64) (int64, error) {
+func trimTail(fsys vfs.FS, path string, size int64) (int64, error) {
 	count := size / EntrySize
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	f, err := fsys.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return 0, err
 	}
@@ -319,10 +324,10 @@ scan:
 		}
 	}
 	if count*EntrySize != size {
-		if err := f.Truncate(count * EntrySize); err != nil {
+		if err := fsys.Truncate(f, count*EntrySize); err != nil {
 			return 0, err
 		}
-		if err := f.Sync(); err != nil {
+		if err := fsys.Sync(f); err != nil {
 			return 0, err
 		}
 	}
@@ -443,7 +448,7 @@ func (s *Store) removeFiles(q *queue, bases []int64) error {
 		key := fileKey{q, base}
 		s.files.evict(key)
 		delete(s.dirtyFiles, key)
-		if err := os.Remove(key.path()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := s.cfg.FS.Remove(key.path()); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("remove %s file %020d: %w", q.id, base, err))
 		}
 	}
@@ -484,7 +489,7 @@ func (s *Store) spill(q *queue, keep bool) error {
 		if err != nil {
 			return fmt.Errorf("write %s file %020d: %w", q.id, base, err)
 		}
-		_, err = h.f.WriteAt(enc[(i-start)*EntrySize:(end-start)*EntrySize], (i-base)*EntrySize)
+		_, err = s.cfg.FS.WriteAt(h.f, enc[(i-start)*EntrySize:(end-start)*EntrySize], (i-base)*EntrySize)
 		s.files.release(h)
 		if err != nil {
 			return fmt.Errorf("write %s file %020d: %w", q.id, base, err)
@@ -508,7 +513,7 @@ func (s *Store) spill(q *queue, keep bool) error {
 // addFile lists a new file starting at base; the write that follows creates it.
 func (s *Store) addFile(q *queue, base int64) error {
 	if len(q.files) == 0 {
-		if err := os.MkdirAll(q.dir, 0o755); err != nil {
+		if err := s.cfg.FS.MkdirAll(q.dir, 0o755); err != nil {
 			return fmt.Errorf("create %s: %w", q.id, err)
 		}
 		// The queue and topic directories may be new too.
@@ -553,7 +558,7 @@ func (s *Store) flushLocked() error {
 		if err != nil {
 			return fmt.Errorf("flush %s file %020d: %w", key.q.id, key.base, err)
 		}
-		err = h.f.Sync()
+		err = s.cfg.FS.Sync(h.f)
 		s.files.release(h)
 		if err != nil {
 			return fmt.Errorf("flush %s file %020d: %w", key.q.id, key.base, err)
@@ -561,7 +566,7 @@ func (s *Store) flushLocked() error {
 		delete(s.dirtyFiles, key)
 	}
 	for dir := range s.dirtyDirs {
-		if err := durable.SyncDir(dir); err != nil {
+		if err := durable.SyncDir(s.cfg.FS, dir); err != nil {
 			return fmt.Errorf("flush: %w", err)
 		}
 		delete(s.dirtyDirs, dir)

@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+
+	"github.com/postbus/postbus/broker/internal/vfs"
 )
 
 const (
@@ -241,24 +243,24 @@ func openSealed(path string, seq uint64) (*sealedFile, error) {
 
 // writeSealed writes recs (already in sealed order) as the sealed file path:
 // temp file, fsync, rename. The caller fsyncs the directory.
-func writeSealed(path string, recs []rec) error {
+func writeSealed(fsys vfs.FS, path string, recs []rec, sync func(*os.File) error) error {
 	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := fsys.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return err
 	}
-	err = encodeSealed(f, recs)
+	err = encodeSealed(vfs.Writer(fsys, f), recs)
 	if err == nil {
-		err = f.Sync()
+		err = sync(f)
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp, path)
+		err = fsys.Rename(tmp, path)
 	}
 	if err != nil {
-		_ = os.Remove(tmp)
+		_ = fsys.Remove(tmp)
 		return fmt.Errorf("write %s: %w", filepath.Base(path), err)
 	}
 	return nil

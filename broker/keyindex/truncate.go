@@ -20,6 +20,11 @@ func (x *Index) TruncateFrom(logOff int64) error {
 	if x.closed.Load() {
 		return ErrClosed
 	}
+	if x.err != nil {
+		if err := x.repair(); err != nil {
+			return fmt.Errorf("truncate key index from %d: %w (repair: %v)", logOff, x.err, err)
+		}
+	}
 	x.writeLog()
 	if x.err != nil {
 		return fmt.Errorf("truncate key index from %d: %w", logOff, x.err)
@@ -71,17 +76,17 @@ func (x *Index) TruncateFrom(logOff int64) error {
 	}
 	for _, sf := range gone {
 		_ = sf.close()
-		if err := os.Remove(sf.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := x.cfg.FS.Remove(sf.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("remove %s: %w", filepath.Base(sf.path), err))
 		}
 	}
 	if len(gone)+len(replaced) > 0 {
-		errs = append(errs, durable.SyncDir(x.cfg.Dir))
+		errs = append(errs, durable.SyncDir(x.cfg.FS, x.cfg.Dir))
 	}
 	if size := int64(cut) * logRecSize; size < x.logSize {
-		err := x.logf.Truncate(size)
+		err := x.cfg.FS.Truncate(x.logf, size)
 		if err == nil {
-			err = x.logf.Sync()
+			err = x.cfg.FS.Sync(x.logf)
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("truncate %s: %w", seqName(x.logSeq, ".log"), err))
@@ -122,7 +127,7 @@ func (x *Index) rewrite(sf *sealedFile, logOff int64) (*sealedFile, error) {
 	if len(kept) == 0 {
 		return nil, nil
 	}
-	if err := writeSealed(sf.path, kept); err != nil {
+	if err := writeSealed(x.cfg.FS, sf.path, kept, x.syncFile); err != nil {
 		return nil, err
 	}
 	f, err := os.Open(sf.path)
@@ -161,11 +166,11 @@ func (x *Index) DropBefore(logMin int64) error {
 	var errs []error
 	for _, sf := range gone {
 		_ = sf.close()
-		if err := os.Remove(sf.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := x.cfg.FS.Remove(sf.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("remove %s: %w", filepath.Base(sf.path), err))
 		}
 	}
-	errs = append(errs, durable.SyncDir(x.cfg.Dir))
+	errs = append(errs, durable.SyncDir(x.cfg.FS, x.cfg.Dir))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("drop key index before %d: %w", logMin, err)
 	}

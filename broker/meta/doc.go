@@ -26,7 +26,13 @@
 //     each seeing the last committed state.
 //   - A topic's queue count only grows (ErrQueuesShrink): a queue id that held
 //     messages keeps meaning the same queue.
-//   - Deleting a topic deletes its consumer offsets in the same transaction.
+//   - Deleting a topic deletes its consumer offsets in the same transaction,
+//     and records the deletion in deleted_topics: a topic's records and
+//     queues that outlive it are then known to be a deleted topic's, not
+//     those of a topic this database has lost.
+//   - Fresh says whether Open created the schema: with a commitlog that
+//     holds messages, that means the metadata was lost (the broker refuses
+//     to start unless told to rebuild it from the log).
 //
 // # On disk
 //
@@ -38,6 +44,7 @@
 //	topics(name PK, queues, retention_ms, created_at, updated_at)       times in unix ms
 //	consumer_offsets((group_name, topic, queue_id) PK, next_offset, updated_at)
 //	subscriptions(id PK, group_name, topic, url, filter, ordered, config, secret, state, ...)
+//	deleted_topics(name PK, deleted_at)                                   the latest deletion of each topic
 //
 // The tables are described in full in package migrations. Times are stored in
 // unix milliseconds and returned in UTC, so a sub-millisecond part is lost.

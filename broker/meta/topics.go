@@ -17,6 +17,11 @@ type Topic struct {
 	Retention time.Duration
 	// CreatedAt and UpdatedAt are set by the store when left zero.
 	CreatedAt, UpdatedAt time.Time
+	// LogStart is the commitlog offset where this incarnation of the topic
+	// begins: records of its name below it belong to a deleted topic of the
+	// same name. Set only when the topic is created; -1 for a topic stored
+	// before the column existed.
+	LogStart int64
 }
 
 func (t Topic) validate() error {
@@ -32,7 +37,7 @@ func (t Topic) validate() error {
 	return nil
 }
 
-const topicColumns = `name, queues, retention_ms, created_at, updated_at`
+const topicColumns = `name, queues, retention_ms, created_at, updated_at, log_start`
 
 type rowScanner interface{ Scan(dest ...any) error }
 
@@ -41,7 +46,7 @@ func scanTopic(r rowScanner) (Topic, error) {
 		t                 Topic
 		retention, cr, up int64
 	)
-	if err := r.Scan(&t.Name, &t.Queues, &retention, &cr, &up); err != nil {
+	if err := r.Scan(&t.Name, &t.Queues, &retention, &cr, &up, &t.LogStart); err != nil {
 		return Topic{}, err
 	}
 	t.Retention = time.Duration(retention) * time.Millisecond
@@ -64,8 +69,8 @@ func (s *Store) CreateTopic(ctx context.Context, t Topic) (Topic, error) {
 	t.Retention = t.Retention.Truncate(time.Millisecond)
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx,
-			`INSERT INTO topics (`+topicColumns+`) VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING`,
-			t.Name, t.Queues, t.Retention.Milliseconds(), t.CreatedAt.UnixMilli(), t.UpdatedAt.UnixMilli())
+			`INSERT INTO topics (`+topicColumns+`) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING`,
+			t.Name, t.Queues, t.Retention.Milliseconds(), t.CreatedAt.UnixMilli(), t.UpdatedAt.UnixMilli(), t.LogStart)
 		if err != nil {
 			return err
 		}
@@ -111,8 +116,8 @@ func (s *Store) PutTopic(ctx context.Context, t Topic) (Topic, bool, error) {
 			}
 			created = true
 			_, err := tx.ExecContext(ctx,
-				`INSERT INTO topics (`+topicColumns+`) VALUES (?, ?, ?, ?, ?)`,
-				out.Name, out.Queues, out.Retention.Milliseconds(), out.CreatedAt.UnixMilli(), out.UpdatedAt.UnixMilli())
+				`INSERT INTO topics (`+topicColumns+`) VALUES (?, ?, ?, ?, ?, ?)`,
+				out.Name, out.Queues, out.Retention.Milliseconds(), out.CreatedAt.UnixMilli(), out.UpdatedAt.UnixMilli(), out.LogStart)
 			return err
 		case err != nil:
 			return err
@@ -161,12 +166,53 @@ func (s *Store) Topics(ctx context.Context) ([]Topic, error) {
 }
 
 // DeleteTopic deletes the named topic and, in the same transaction, every
-// consumer offset kept for it. It fails with ErrNotFound if there is no such
-// topic. Subscriptions to the topic are left for their owner to remove.
+// consumer offset kept for it, and records its deletion (DeletedTopics). It
+// fails with ErrNotFound if there is no such topic. Subscriptions to the
+// topic are left for their owner to remove.
 func (s *Store) DeleteTopic(ctx context.Context, name string) error {
-	err := s.deleteWith(ctx, `DELETE FROM topics WHERE name = ?`, `DELETE FROM consumer_offsets WHERE topic = ?`, name)
+	at := s.stamp(time.Time{}).UnixMilli()
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM topics WHERE name = ?`, name)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			return ErrNotFound
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM consumer_offsets WHERE topic = ?`, name); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx,
+			`INSERT INTO deleted_topics (name, deleted_at) VALUES (?, ?)
+			 ON CONFLICT (name) DO UPDATE SET deleted_at = max(deleted_at, excluded.deleted_at)`, name, at)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("delete topic %q: %w", name, err)
 	}
 	return nil
+}
+
+// DeletedTopics returns when each deleted topic was last deleted, by name.
+// A topic created again after its deletion is listed too: its row in
+// topics is what says it exists.
+func (s *Store) DeletedTopics(ctx context.Context) (map[string]time.Time, error) {
+	type row struct {
+		name string
+		at   int64
+	}
+	rows, err := collect(ctx, s.r, func(r *sql.Rows) (row, error) {
+		var v row
+		return v, r.Scan(&v.name, &v.at)
+	}, `SELECT name, deleted_at FROM deleted_topics`)
+	if err != nil {
+		return nil, fmt.Errorf("list deleted topics: %w", err)
+	}
+	out := make(map[string]time.Time, len(rows))
+	for _, v := range rows {
+		out[v.name] = fromMillis(v.at)
+	}
+	return out, nil
 }

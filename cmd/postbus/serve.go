@@ -78,6 +78,8 @@ func newServeFlags(mode string, out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.DurationVar(&b.RetentionInterval, "retention-check-interval", b.RetentionInterval, "how often retention runs")
 	fs.DurationVar(&b.CheckpointInterval, "checkpoint-interval", b.CheckpointInterval, "how often consume queues and the key index are flushed and checkpointed")
 	fs.Var((*byteSize)(&b.CheckpointBytes), "checkpoint-bytes", "checkpoint sooner once this much log is indexed since the last one (bounds the re-indexing after a crash)")
+	fs.BoolVar(&b.RebuildMetadata, "rebuild-metadata", false, "recreate in meta.db the topics the commitlog holds but meta.db does not know (it is missing, unusable or older than the log); "+
+		"subscriptions, consumer offsets, secrets and topic settings cannot be recovered and are logged as lost. Use once, then start without it")
 	fs.DurationVar(&b.OffsetInterval, "offset-interval", b.OffsetInterval, "how often consumer offsets and the delivery attempt log are persisted")
 	fs.Float64Var(&b.DiskCleanRatio, "disk-clean-ratio", b.DiskCleanRatio, "disk use above which the oldest segments are deleted before their retention")
 	fs.Float64Var(&b.DiskFullRatio, "disk-full-ratio", b.DiskFullRatio, "disk use above which publishes are refused with 507")
@@ -142,6 +144,9 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	c.broker.SegmentSize = int64(c.segmentSize)
 	c.broker.MaxMessageBytes = int(c.maxMessageBytes)
 	c.broker.Logger = logger
+	if err := checkSizeFlags(c.broker.SegmentSize, c.broker.MaxMessageBytes); err != nil {
+		return err
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -389,4 +394,20 @@ func (t bearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	r = r.Clone(r.Context())
 	r.Header.Set("Authorization", "Bearer "+t.token)
 	return t.next.RoundTrip(r)
+}
+
+// checkSizeFlags says, in terms of the flags, why --segment-size and
+// --max-message-bytes cannot work together (broker.CheckSizes decides).
+func checkSizeFlags(segmentSize int64, maxMessageBytes int) error {
+	if err := broker.CheckSizes(segmentSize, maxMessageBytes); err == nil {
+		return nil
+	}
+	if maxMessageBytes <= 0 || maxMessageBytes > broker.MaxBatchBytes {
+		return fmt.Errorf("--max-message-bytes %s: must be from 1 byte to %s, the most the bodies of one publish may total",
+			formatBytes(int64(maxMessageBytes)), formatBytes(broker.MaxBatchBytes))
+	}
+	return fmt.Errorf("--segment-size %s is too small for --max-message-bytes %s: a batch (up to %d messages whose bodies total up to %s) "+
+		"is stored whole in one segment, and may take %s with its keys, properties and frames; use --segment-size %s or more (the default is %s)",
+		formatBytes(segmentSize), formatBytes(int64(maxMessageBytes)), broker.MaxBatchMessages, formatBytes(broker.MaxBatchBytes),
+		formatBytes(broker.MaxBatchStoredBytes), formatBytes(broker.MinSegmentSize(maxMessageBytes)), formatBytes(broker.DefaultConfig("").SegmentSize))
 }

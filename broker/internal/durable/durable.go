@@ -2,52 +2,44 @@
 // crash: an fsync of the directory after entries are created, renamed or
 // removed in it, and the temp-file, fsync, rename, directory-fsync dance that
 // replaces a small file so that a crash leaves the old content or the new,
-// never a mix.
+// never a mix. Every step goes through a vfs.FS, so that tests can fail or
+// crash it.
 package durable
 
 import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/postbus/postbus/broker/internal/vfs"
 )
 
 // SyncDir fsyncs a directory so that entries created, renamed or removed in
 // it survive a crash.
-func SyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync dir: %w", err)
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("sync dir %s: %w", dir, err)
-	}
-	return nil
+func SyncDir(fsys vfs.FS, dir string) error {
+	return fsys.SyncDir(dir)
 }
 
 // WriteFile replaces path with data atomically and durably.
-func WriteFile(path string, data []byte, perm os.FileMode) error {
+func WriteFile(fsys vfs.FS, path string, data []byte, perm os.FileMode) error {
 	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, perm)
+	f, err := fsys.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, perm)
 	if err != nil {
-		return err
+		return fmt.Errorf("write %s: %w", path, err)
 	}
-	_, err = f.Write(data)
+	_, err = fsys.Write(f, data)
 	if err == nil {
-		err = f.Sync()
+		err = fsys.Sync(f)
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp, path)
+		err = fsys.Rename(tmp, path)
 	}
 	if err != nil {
-		os.Remove(tmp)
+		_ = fsys.Remove(tmp)
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	return SyncDir(filepath.Dir(path))
+	return SyncDir(fsys, filepath.Dir(path))
 }

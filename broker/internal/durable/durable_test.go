@@ -4,12 +4,14 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/postbus/postbus/broker/internal/vfs"
 )
 
 func TestWriteFileReplaces(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "checkpoint")
 	for _, content := range []string{"first", "second, longer", "3"} {
-		if err := WriteFile(path, []byte(content), 0o644); err != nil {
+		if err := WriteFile(vfs.OS, path, []byte(content), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		got, err := os.ReadFile(path)
@@ -23,10 +25,10 @@ func TestWriteFileReplaces(t *testing.T) {
 }
 
 func TestWriteFileFailsCleanly(t *testing.T) {
-	if err := WriteFile(filepath.Join(t.TempDir(), "missing", "f"), []byte("x"), 0o644); err == nil {
+	if err := WriteFile(vfs.OS, filepath.Join(t.TempDir(), "missing", "f"), []byte("x"), 0o644); err == nil {
 		t.Fatal("WriteFile into a missing directory succeeded")
 	}
-	if err := SyncDir(filepath.Join(t.TempDir(), "missing")); err == nil {
+	if err := SyncDir(vfs.OS, filepath.Join(t.TempDir(), "missing")); err == nil {
 		t.Fatal("SyncDir of a missing directory succeeded")
 	}
 }
