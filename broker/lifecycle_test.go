@@ -274,3 +274,30 @@ func TestDedupIDDoesNotOutliveItsTopic(t *testing.T) {
 		t.Fatalf("repeat of the new topic's dedup id = %+v, want a duplicate of %s", again, r.ID)
 	}
 }
+
+// TestDelayedMessageOfDeletedTopic: a delayed message whose topic is
+// deleted and created again before it is due never reaches the new topic.
+func TestDelayedMessageOfDeletedTopic(t *testing.T) {
+	ctx := context.Background()
+	b := openBroker(t, testConfig(t, t.TempDir()))
+	old := publish(t, b, "t", &Message{Body: []byte("due later"), Delay: 200 * time.Millisecond, Keys: []string{"k"}})[0]
+	if err := b.DeleteTopic(ctx, "t"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.PutTopic(ctx, "t", TopicSettings{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the delayed message's timer to fire", func() bool {
+		n, err := b.meta.PendingTimers(ctx)
+		return err == nil && n == 0
+	})
+	if n := queued(t, b, "t"); n != 0 {
+		t.Errorf("the re-created topic holds %d messages, want none", n)
+	}
+	if m, err := b.Message(ctx, old.ID); !errors.Is(err, ErrMessageNotFound) {
+		t.Errorf("the deleted topic's delayed message by id: %+v, %v", m, err)
+	}
+	if byKey, _, err := b.MessagesByKey(ctx, "t", "k", 0, 10); err != nil || len(byKey) != 0 {
+		t.Errorf("by key: %d messages (%v), want none", len(byKey), err)
+	}
+}
