@@ -266,11 +266,27 @@ func (b *Broker) DeleteTopic(ctx context.Context, name string) error {
 	if err := b.waitDispatched(ctx, end); err != nil {
 		return err
 	}
-	if err := b.meta.DeleteTopic(ctx, name); err != nil && !errors.Is(err, meta.ErrNotFound) {
-		return fmt.Errorf("delete topic %q: %w", name, err)
+	// The groups' retry topics of it go too: their copies (and the timers
+	// still to bring them back) belong to the deleted topic. A retry topic
+	// made again later is a new incarnation, which the old copies' timers
+	// cannot reach.
+	gone := []string{name}
+	b.topicsMu.RLock()
+	for n := range b.topics {
+		if isRetryTopicOf(n, name) {
+			gone = append(gone, n)
+		}
+	}
+	b.topicsMu.RUnlock()
+	for _, n := range gone {
+		if err := b.meta.DeleteTopic(ctx, n); err != nil && !errors.Is(err, meta.ErrNotFound) {
+			return fmt.Errorf("delete topic %q: %w", n, err)
+		}
 	}
 	b.topicsMu.Lock()
-	delete(b.topics, name)
+	for _, n := range gone {
+		delete(b.topics, n)
+	}
 	if i, found := slices.BinarySearch(b.names, name); found {
 		b.names = slices.Delete(b.names, i, i+1)
 	}
@@ -298,30 +314,49 @@ func (b *Broker) DeleteTopic(ctx context.Context, name string) error {
 	}
 	b.offs.mu.Lock()
 	for k := range b.offs.next {
-		if k.topic == name {
+		if slices.Contains(gone, k.topic) {
 			delete(b.offs.next, k)
 			delete(b.offs.dirty, k)
 		}
 	}
 	b.offs.mu.Unlock()
+	// Pull groups keep their cursors in memory: a group pulling a topic
+	// created again under the name starts from that topic's offsets.
+	b.forgetPulls()
 	b.subsSig.fire()
 	b.dispatchMu.Lock()
-	err = b.cq.DeleteTopic(name)
+	for _, n := range gone {
+		if derr := b.cq.DeleteTopic(n); derr != nil {
+			err = errors.Join(err, fmt.Errorf("delete queues of %q: %w", n, derr))
+		}
+	}
 	for k := range b.queueBytes {
-		if k.Topic == name {
+		if slices.Contains(gone, k.Topic) {
 			delete(b.queueBytes, k)
 		}
 	}
 	b.checkpointDirty = true
 	b.dispatchMu.Unlock()
 	if err != nil {
-		return fmt.Errorf("delete queues of %q: %w", name, err)
+		return err
 	}
 	b.logger.Info("topic deleted", slog.String("topic", name))
 	b.topicsSig.fire()
 	// A checkpoint past the topic's last record keeps recovery from
 	// dispatching it again, into a topic of the same name created later.
 	return b.checkpoint()
+}
+
+// isRetryTopicOf reports whether n is a group's retry topic of topic:
+// RetryTopic(group, topic). Group names cannot hold '%', so the group is
+// everything between the prefix and the next '%'.
+func isRetryTopicOf(n, topic string) bool {
+	rest, ok := strings.CutPrefix(n, "%RETRY%")
+	if !ok {
+		return false
+	}
+	i := strings.IndexByte(rest, '%')
+	return i >= 0 && rest[i+1:] == topic
 }
 
 // topicAlive reports whether a stored message still belongs to a live
