@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -206,10 +207,10 @@ func (b *Broker) Topic(ctx context.Context, name string) (TopicStats, error) {
 	}
 	t := *ts.info.Load()
 	st := TopicStats{Topic: t, Queues: make([]QueueStats, t.Queues)}
-	now := b.now()
+	r := b.retentionOf(&t, b.now())
 	los := make([]int64, t.Queues)
 	for q := range los {
-		if los[q], _, err = b.retainedBounds(&t, q, now); err != nil {
+		if los[q], _, err = b.retainedBounds(&t, q, r); err != nil {
 			return TopicStats{}, err
 		}
 	}
@@ -395,14 +396,32 @@ func (b *Broker) retainCutoff(t *Topic, now time.Time) int64 {
 	return now.Add(-keep).UnixMilli()
 }
 
+// retention is what a caller needs to apply a topic's retention to its
+// queues' bounds: the cutoff, and whether the log holds anything older
+// (when not, no queue needs searching).
+type retention struct {
+	cutoff  int64 // unix ms; see retainCutoff
+	nothing bool  // the log's oldest readable record is retained: so is everything
+}
+
+func (b *Broker) retentionOf(t *Topic, now time.Time) retention {
+	r := retention{cutoff: b.retainCutoff(t, now)}
+	if segs := b.log.Segments(); len(segs) > 0 {
+		if rec, err := b.firstReadable(segs[0].Base, segs[0].End); err == nil && rec != nil && len(rec) >= posStoredAt+8 {
+			r.nothing = int64(binary.BigEndian.Uint64(rec[posStoredAt:])) > r.cutoff
+		}
+	}
+	return r
+}
+
 // retainedBounds is a queue's retained offsets [lo, hi): the consume
 // queue's, less the entries at its start that retention has passed.
-func (b *Broker) retainedBounds(t *Topic, queue int, now time.Time) (lo, hi int64, err error) {
+func (b *Broker) retainedBounds(t *Topic, queue int, r retention) (lo, hi int64, err error) {
 	lo, hi = b.cq.Bounds(t.Name, queue)
-	if lo == hi {
+	if lo == hi || r.nothing {
 		return lo, hi, nil
 	}
-	floor, err := b.offsetAt(t.Name, queue, time.UnixMilli(b.retainCutoff(t, now)+1))
+	floor, err := b.offsetAt(t.Name, queue, time.UnixMilli(r.cutoff+1))
 	if err != nil {
 		return 0, 0, fmt.Errorf("retained start of %s/%d: %w", t.Name, queue, err)
 	}
