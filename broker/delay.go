@@ -2,8 +2,10 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -87,24 +89,54 @@ func (b *Broker) fireDue(ctx context.Context) (int, error) {
 		fired = append(fired, t.LogOffset)
 	}
 	for _, topic := range order {
-		ts, err := b.topicOrSystem(ctx, topic)
-		if err != nil {
-			b.logger.Warn("delayed messages for a deleted topic dropped", slog.String("topic", topic), slog.Int("messages", len(byTopic[topic])))
-			continue
-		}
-		for _, m := range byTopic[topic] {
-			if q := ts.info.Load().Queues; m.QueueID >= q {
-				m.QueueID %= q
-			}
-		}
-		if _, err := b.store(ctx, ts, byTopic[topic], false); err != nil {
-			return 0, fmt.Errorf("put delayed messages on %s: %w", topic, err)
+		if err := b.putDue(ctx, topic, byTopic[topic]); err != nil {
+			return 0, err
 		}
 	}
 	if err := b.meta.FireTimers(ctx, fired); err != nil {
 		return 0, err
 	}
 	return len(due), nil
+}
+
+// putDue puts due delayed messages of one topic on its queues. A topic
+// deleted (and maybe created again) meanwhile is looked up again: the
+// deleted topic's messages are dropped, never put on a new topic of the
+// same name.
+func (b *Broker) putDue(ctx context.Context, topic string, msgs []*Message) error {
+	for attempt := 0; ; attempt++ {
+		ts, err := b.topicOrSystem(ctx, topic)
+		if err != nil {
+			b.logger.Warn("delayed messages for a deleted topic dropped", slog.String("topic", topic), slog.Int("messages", len(msgs)))
+			return nil
+		}
+		t := ts.info.Load()
+		// A topic of the same name created since the message was stored
+		// is another topic: the deleted one's messages never reach it.
+		n := len(msgs)
+		msgs = slices.DeleteFunc(msgs, func(m *Message) bool {
+			return !t.owns(m.LogOffset, m.StoredAt.UnixMilli())
+		})
+		if n > len(msgs) {
+			b.logger.Warn("delayed messages for a deleted topic dropped", slog.String("topic", topic), slog.Int("messages", n-len(msgs)))
+		}
+		if len(msgs) == 0 {
+			return nil
+		}
+		for _, m := range msgs {
+			if q := t.Queues; m.QueueID >= q {
+				m.QueueID %= q
+			}
+		}
+		_, err = b.store(ctx, ts, msgs, false)
+		if errors.Is(err, errStaleTopic) && attempt < maxStaleRetries {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("put delayed messages on %s: %w", topic, err)
+		}
+		return nil
+	}
 }
 
 // readMessage reads and decodes the record at off.
@@ -121,6 +153,20 @@ func (b *Broker) readMessage(off int64) (*Message, error) {
 	return m, nil
 }
 
+// ownedNow reports whether the record rec, read at log offset off, belongs
+// to a topic that exists now, in the same incarnation. Called with appendMu
+// held.
+func (b *Broker) ownedNow(off int64, rec []byte) bool {
+	h, err := decodeHeader(rec)
+	if err != nil {
+		return false
+	}
+	b.topicsMu.RLock()
+	ts := b.topics[string(h.Topic)]
+	b.topicsMu.RUnlock()
+	return ts != nil && ts.info.Load().owns(off, h.StoredAt)
+}
+
 // topicOrSystem returns a topic's state, creating a system topic (retry,
 // dead letter) on first use.
 func (b *Broker) topicOrSystem(ctx context.Context, name string) (*topicState, error) {
@@ -135,7 +181,11 @@ func (b *Broker) topicOrSystem(ctx context.Context, name string) (*topicState, e
 	}
 	b.appendMu.Lock()
 	defer b.appendMu.Unlock()
-	mt, _, err := b.meta.PutTopic(ctx, meta.Topic{Name: name, Queues: 1})
+	logStart, err := b.incarnationStart(ctx)
+	if err != nil {
+		return nil, err
+	}
+	mt, _, err := b.meta.PutTopic(ctx, meta.Topic{Name: name, Queues: 1, LogStart: logStart})
 	if err != nil {
 		return nil, fmt.Errorf("create system topic %q: %w", name, err)
 	}
@@ -159,16 +209,28 @@ func (b *Broker) moveTimersBefore(ctx context.Context, off int64) error {
 			return err
 		}
 		moved := make([]int64, 0, len(pending))
-		var recs [][]byte
+		var recs, read [][]byte
+		var offs []int64
 		for _, t := range pending {
 			rec, _, err := b.log.ReadAt(t.LogOffset, nil)
-			if err == nil {
-				recs = append(recs, rec)
+			if err != nil {
+				b.logger.Error("delayed message unreadable; dropping its timer", slog.Int64("offset", t.LogOffset), slog.Any("err", err))
+			} else {
+				read = append(read, rec)
+				offs = append(offs, t.LogOffset)
 			}
 			moved = append(moved, t.LogOffset)
 		}
+		b.appendMu.Lock()
+		// Under appendMu no topic comes or goes: a copy appended now lands
+		// in the incarnation it is checked against. A deleted topic's
+		// delayed messages are not carried over into a new one.
+		for i, rec := range read {
+			if b.ownedNow(offs[i], rec) {
+				recs = append(recs, rec)
+			}
+		}
 		if len(recs) > 0 {
-			b.appendMu.Lock()
 			now := b.now()
 			for _, rec := range recs {
 				patchRecord(rec, now, 0)
@@ -186,6 +248,8 @@ func (b *Broker) moveTimersBefore(ctx context.Context, off int64) error {
 			if err := b.waitDispatched(ctx, end); err != nil {
 				return err
 			}
+		} else {
+			b.appendMu.Unlock()
 		}
 		if err := b.meta.FireTimers(ctx, moved); err != nil {
 			return err

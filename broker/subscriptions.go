@@ -326,7 +326,9 @@ func (b *Broker) positionGroup(ctx context.Context, group string, ts *topicState
 	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
 		return err
 	}
-	queues := ts.info.Load().Queues
+	t := ts.info.Load()
+	queues := t.Queues
+	r := b.retentionOf(t, b.now())
 	var at time.Time
 	if from != "latest" && from != "earliest" {
 		at, _ = time.Parse(time.RFC3339Nano, from)
@@ -335,7 +337,10 @@ func (b *Broker) positionGroup(ctx context.Context, group string, ts *topicState
 		if _, ok := b.Offset(group, ts.name, q); ok {
 			continue
 		}
-		lo, hi := b.cq.Bounds(ts.name, q)
+		lo, hi, err := b.retainedBounds(t, q, r)
+		if err != nil {
+			return err
+		}
 		next := hi
 		switch {
 		case from == "earliest":
@@ -355,6 +360,9 @@ func (b *Broker) positionGroup(ctx context.Context, group string, ts *topicState
 func (b *Broker) offsetAt(topic string, queue int, t time.Time) (int64, error) {
 	ms := t.UnixMilli()
 	return b.cq.SearchOffset(topic, queue, func(e consumequeue.Entry) (bool, error) {
+		if e.Size == holeSize {
+			return false, nil // a lost record: no time to tell; its neighbours decide
+		}
 		rec, _, err := b.log.ReadAt(e.Offset, nil)
 		if err != nil {
 			return true, nil // gone with retention: older than anything left

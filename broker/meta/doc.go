@@ -35,7 +35,7 @@
 //	<path>-shm      WAL index (shared memory)
 //
 //	schema_migrations(version INTEGER PK, name TEXT, applied_at TEXT)  one row per applied file
-//	topics(name PK, queues, retention_ms, created_at, updated_at)       times in unix ms
+//	topics(name PK, queues, retention_ms, created_at, updated_at, log_start)  times in unix ms; log_start: the commitlog offset where the topic (this incarnation) begins
 //	consumer_offsets((group_name, topic, queue_id) PK, next_offset, updated_at)
 //	subscriptions(id PK, group_name, topic, url, filter, ordered, config, secret, state, ...)
 //
