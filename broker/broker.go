@@ -128,12 +128,13 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 		closing:    make(chan struct{}),
 		timerWake:  make(chan struct{}, 1),
 		pulls:      make(map[[2]string]*pullGroup),
+		metrics:    newMetrics(),
 	}
 	if err := b.open(ctx); err != nil {
 		b.closeFiles()
 		return nil, err
 	}
-	b.metrics = newMetrics(b, cfg.Registerer)
+	b.metrics.register(b, cfg.Registerer)
 	b.wg.Add(4)
 	go b.dispatchLoop()
 	go b.retentionLoop()

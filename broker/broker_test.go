@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -325,7 +326,6 @@ func TestDeleteAndRecreateTopic(t *testing.T) {
 	if _, err := b.Message(ctx, old.ID); !errors.Is(err, ErrMessageNotFound) {
 		t.Fatalf("message of a deleted topic: err = %v", err)
 	}
-	time.Sleep(2 * time.Millisecond) // the new topic is created in a later millisecond than old's store time
 	r := publish(t, b, "t", &Message{Body: []byte("new"), Keys: []string{"k"}})[0]
 	if r.QueueOffset != 0 {
 		t.Fatalf("recreated topic starts at offset %d", r.QueueOffset)
@@ -475,5 +475,72 @@ func TestDiskCleanWatermark(t *testing.T) {
 	}
 	if _, err := b.Message(context.Background(), first); !errors.Is(err, ErrMessageNotFound) {
 		t.Fatalf("message in a cleaned segment: err = %v", err)
+	}
+}
+
+// TestTopicRetentionAppliesToEveryRead: a topic whose retention is shorter
+// than the log's hides its older messages from every read, not only from a
+// query by id: a read by queue offset, a new pull group and the topic's
+// offsets agree. A topic with the broker's retention keeps its messages.
+func TestTopicRetentionAppliesToEveryRead(t *testing.T) {
+	ctx := context.Background()
+	cfg := testConfig(t, t.TempDir())
+	var shift atomic.Int64
+	start := time.Now()
+	cfg.Now = func() time.Time { return start.Add(time.Duration(shift.Load())) }
+	cfg.Retention = time.Hour
+	b := openBroker(t, cfg)
+	short := time.Minute
+	for _, name := range []string{"short", "long"} {
+		s := TopicSettings{Queues: 1}
+		if name == "short" {
+			s.Retention = &short
+		}
+		if _, _, err := b.PutTopic(ctx, name, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var old []Result
+	for i := 0; i < 3; i++ {
+		old = append(old, publish(t, b, "short", msg(fmt.Sprint("old-", i)))[0])
+		publish(t, b, "long", msg(fmt.Sprint("long-", i)))
+	}
+	shift.Store(int64(2 * time.Minute)) // past "short"'s retention, within the log's
+	fresh := publish(t, b, "short", msg("fresh"))[0]
+
+	if _, err := b.Message(ctx, old[0].ID); !errors.Is(err, ErrMessageNotFound) {
+		t.Errorf("expired message by id: %v", err)
+	}
+	got, next, err := b.ReadQueueWait(ctx, "short", 0, 0, 10, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].ID != fresh.ID || next != 4 {
+		var bodies []string
+		for _, m := range got {
+			bodies = append(bodies, string(m.Body))
+		}
+		t.Errorf("read by offset from 0: %q (next %d), want only fresh", bodies, next)
+	}
+	if m, err := b.ReadMessageAt("short", 0, 0); err == nil {
+		t.Errorf("entry 0 read by offset: %q, want it past retention", m.Body)
+	}
+	pulled := pullN(t, b, "new-group", "short", 10, 0, time.Minute)
+	if len(pulled) != 1 || pulled[0].ID != fresh.ID {
+		var bodies []string
+		for _, p := range pulled {
+			bodies = append(bodies, string(p.Body))
+		}
+		t.Errorf("a new pull group got %q, want only fresh", bodies)
+	}
+	st, err := b.Topic(ctx, "short")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q := st.Queues[0]; q.MinOffset != 3 || q.MaxOffset != 4 || q.Messages != 1 || st.Messages != 1 {
+		t.Errorf("short's queue: %+v, %d messages; want offsets [3, 4), 1 message", q, st.Messages)
+	}
+	if got, _, err := b.ReadQueueWait(ctx, "long", 0, 0, 10, 0); err != nil || len(got) != 3 {
+		t.Errorf("a topic with the broker's retention: %d messages by offset (%v), want 3", len(got), err)
 	}
 }

@@ -2,11 +2,13 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
+	"github.com/postbus/postbus/broker/commitlog"
 	"github.com/postbus/postbus/broker/consumequeue"
 	"github.com/postbus/postbus/broker/meta"
 )
@@ -116,6 +118,13 @@ func (b *Broker) QueueBounds(topic string, queue int) (min, max int64) {
 // entry it looked at, where the next read starts. A from below the queue's
 // retained start is moved up to it.
 func (b *Broker) ReadQueue(topic string, queue int, from int64, limit int, filter Filter) ([]*Message, int64, error) {
+	b.topicsMu.RLock()
+	ts := b.topics[topic]
+	b.topicsMu.RUnlock()
+	if ts == nil {
+		return nil, from, nil // deleted: its queues went with it
+	}
+	t, now := ts.info.Load(), b.now()
 	lo, hi := b.cq.Bounds(topic, queue)
 	from = min(hi, max(from, lo))
 	var out []*Message
@@ -131,17 +140,29 @@ func (b *Broker) ReadQueue(topic string, queue int, from int64, limit int, filte
 		}
 		for i, e := range entries {
 			off := from + int64(i)
+			if e.Size == holeSize {
+				b.logger.Error("queue entry is a record lost in a damaged log span; skipping", slog.String("topic", topic),
+					slog.Int("queue", queue), slog.Int64("queue_offset", off))
+				continue
+			}
 			if !filter.MatchHash(e.TagHash) {
 				continue
 			}
 			m, err := b.readMessage(e.Offset)
 			if err != nil {
-				// Removed by retention under us: skip it, as the queue has.
-				b.logger.Warn("queue entry unreadable; skipping", slog.String("topic", topic), slog.Int("queue", queue),
-					slog.Int64("queue_offset", off), slog.Any("err", err))
+				// Removed by retention under us, skipped as the queue has;
+				// or damaged in the log, quarantined: an anomaly.
+				level := slog.LevelWarn
+				if !errors.Is(err, commitlog.ErrOutOfRange) {
+					level = slog.LevelError
+				}
+				b.logger.Log(context.Background(), level, "queue entry unreadable; skipping", slog.String("topic", topic), slog.Int("queue", queue),
+					slog.Int64("queue_offset", off), slog.Int64("offset", e.Offset), slog.Any("err", err))
 				continue
 			}
-			if !filter.Match(m.Tag) {
+			if !filter.Match(m.Tag) || !b.retained(t, m.StoredAt, now) {
+				// Past the topic's retention: gone for every reader, as for
+				// a query by id, although its segment is still kept.
 				continue
 			}
 			m.QueueOffset = off
@@ -292,9 +313,21 @@ func (b *Broker) ReadMessageAt(topic string, queue int, offset int64) (*Message,
 	if len(entries) == 0 {
 		return nil, &Error{Code: CodeMessageNotFound, Detail: fmt.Sprintf("no entry %d in %s/%d", offset, topic, queue)}
 	}
+	if entries[0].Size == holeSize {
+		return nil, &Error{Code: CodeMessageDamaged, Detail: fmt.Sprintf("entry %d of %s/%d was lost in a damaged span of the log", offset, topic, queue)}
+	}
 	m, err := b.readMessage(entries[0].Offset)
+	if errors.Is(err, commitlog.ErrCorrupt) {
+		return nil, &Error{Code: CodeMessageDamaged, Detail: fmt.Sprintf("entry %d of %s/%d is damaged in the log", offset, topic, queue), Err: err}
+	}
 	if err != nil {
 		return nil, err
+	}
+	b.topicsMu.RLock()
+	ts := b.topics[topic]
+	b.topicsMu.RUnlock()
+	if ts == nil || !b.retained(ts.info.Load(), m.StoredAt, b.now()) {
+		return nil, &Error{Code: CodeMessageNotFound, Detail: fmt.Sprintf("entry %d of %s/%d is past its topic's retention", offset, topic, queue)}
 	}
 	m.QueueOffset = offset
 	return m, nil

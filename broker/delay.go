@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -92,12 +93,24 @@ func (b *Broker) fireDue(ctx context.Context) (int, error) {
 			b.logger.Warn("delayed messages for a deleted topic dropped", slog.String("topic", topic), slog.Int("messages", len(byTopic[topic])))
 			continue
 		}
-		for _, m := range byTopic[topic] {
-			if q := ts.info.Load().Queues; m.QueueID >= q {
+		t := ts.info.Load()
+		// A topic of the same name created since the message was stored
+		// is another topic: the deleted one's messages never reach it.
+		msgs := slices.DeleteFunc(byTopic[topic], func(m *Message) bool {
+			return !t.owns(m.LogOffset, m.StoredAt.UnixMilli())
+		})
+		if n := len(byTopic[topic]) - len(msgs); n > 0 {
+			b.logger.Warn("delayed messages for a deleted topic dropped", slog.String("topic", topic), slog.Int("messages", n))
+		}
+		if len(msgs) == 0 {
+			continue
+		}
+		for _, m := range msgs {
+			if q := t.Queues; m.QueueID >= q {
 				m.QueueID %= q
 			}
 		}
-		if _, err := b.store(ctx, ts, byTopic[topic], false); err != nil {
+		if _, err := b.store(ctx, ts, msgs, false); err != nil {
 			return 0, fmt.Errorf("put delayed messages on %s: %w", topic, err)
 		}
 	}
@@ -121,6 +134,20 @@ func (b *Broker) readMessage(off int64) (*Message, error) {
 	return m, nil
 }
 
+// ownedNow reports whether the record rec, read at log offset off, belongs
+// to a topic that exists now, in the same incarnation. Called with appendMu
+// held.
+func (b *Broker) ownedNow(off int64, rec []byte) bool {
+	h, err := decodeHeader(rec)
+	if err != nil {
+		return false
+	}
+	b.topicsMu.RLock()
+	ts := b.topics[string(h.Topic)]
+	b.topicsMu.RUnlock()
+	return ts != nil && ts.info.Load().owns(off, h.StoredAt)
+}
+
 // topicOrSystem returns a topic's state, creating a system topic (retry,
 // dead letter) on first use.
 func (b *Broker) topicOrSystem(ctx context.Context, name string) (*topicState, error) {
@@ -135,7 +162,11 @@ func (b *Broker) topicOrSystem(ctx context.Context, name string) (*topicState, e
 	}
 	b.appendMu.Lock()
 	defer b.appendMu.Unlock()
-	mt, _, err := b.meta.PutTopic(ctx, meta.Topic{Name: name, Queues: 1})
+	logStart, err := b.incarnationStart(ctx)
+	if err != nil {
+		return nil, err
+	}
+	mt, _, err := b.meta.PutTopic(ctx, meta.Topic{Name: name, Queues: 1, LogStart: logStart})
 	if err != nil {
 		return nil, fmt.Errorf("create system topic %q: %w", name, err)
 	}
@@ -159,16 +190,28 @@ func (b *Broker) moveTimersBefore(ctx context.Context, off int64) error {
 			return err
 		}
 		moved := make([]int64, 0, len(pending))
-		var recs [][]byte
+		var recs, read [][]byte
+		var offs []int64
 		for _, t := range pending {
 			rec, _, err := b.log.ReadAt(t.LogOffset, nil)
-			if err == nil {
-				recs = append(recs, rec)
+			if err != nil {
+				b.logger.Error("delayed message unreadable; dropping its timer", slog.Int64("offset", t.LogOffset), slog.Any("err", err))
+			} else {
+				read = append(read, rec)
+				offs = append(offs, t.LogOffset)
 			}
 			moved = append(moved, t.LogOffset)
 		}
+		b.appendMu.Lock()
+		// Under appendMu no topic comes or goes: a copy appended now lands
+		// in the incarnation it is checked against. A deleted topic's
+		// delayed messages are not carried over into a new one.
+		for i, rec := range read {
+			if b.ownedNow(offs[i], rec) {
+				recs = append(recs, rec)
+			}
+		}
 		if len(recs) > 0 {
-			b.appendMu.Lock()
 			now := b.now()
 			for _, rec := range recs {
 				patchRecord(rec, now, 0)
@@ -186,6 +229,8 @@ func (b *Broker) moveTimersBefore(ctx context.Context, off int64) error {
 			if err := b.waitDispatched(ctx, end); err != nil {
 				return err
 			}
+		} else {
+			b.appendMu.Unlock()
 		}
 		if err := b.meta.FireTimers(ctx, moved); err != nil {
 			return err

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -122,5 +123,43 @@ func TestDelayedMessageWithDedupID(t *testing.T) {
 	waitFor(t, 5*time.Second, "the delayed message on its queue", func() bool { return queued(t, b, "t") == 1 })
 	if r := publish(t, b, "t", &Message{Body: []byte("again"), DedupID: "once"})[0]; !r.Duplicate {
 		t.Fatal("a repeat of the dedup id after the re-put was stored again")
+	}
+}
+
+// TestDelayedMessageQueriedOnce: while it waits, a delayed message reads
+// back by id with the queue offset its publish answered (-1); once due it
+// is listed once by key (not also as the record that waited), at its queue
+// offset.
+func TestDelayedMessageQueriedOnce(t *testing.T) {
+	ctx := context.Background()
+	b := openBroker(t, testConfig(t, t.TempDir()))
+	res := publish(t, b, "t", &Message{Body: []byte("later"), Delay: 300 * time.Millisecond, Keys: []string{"k"}})[0]
+	if res.QueueOffset != -1 {
+		t.Fatalf("publish answered queue offset %d, want -1", res.QueueOffset)
+	}
+	m, err := b.Message(ctx, res.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.QueueOffset != -1 {
+		t.Errorf("waiting delayed message by id: queue offset %d, want -1 as its publish answered", m.QueueOffset)
+	}
+	if byKey, _, err := b.MessagesByKey(ctx, "t", "k", 0, 10); err != nil || len(byKey) != 1 || byKey[0].QueueOffset != -1 {
+		t.Errorf("waiting delayed message by key: %d messages (%v), want 1 at offset -1", len(byKey), err)
+	}
+	waitFor(t, 5*time.Second, "the delayed message on its queue", func() bool { return queued(t, b, "t") == 1 })
+	byKey, next, err := b.MessagesByKey(ctx, "t", "k", 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(byKey) != 1 || byKey[0].ID != res.ID || byKey[0].QueueOffset != 0 || next != 0 {
+		var got []string
+		for _, m := range byKey {
+			got = append(got, fmt.Sprintf("%s@%d", m.ID, m.QueueOffset))
+		}
+		t.Fatalf("due delayed message by key: %v (next %d), want %s@0 once", got, next, res.ID)
+	}
+	if m, err := b.Message(ctx, res.ID); err != nil || m.QueueOffset != 0 {
+		t.Fatalf("due delayed message by id: %+v, %v; want queue offset 0", m, err)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/postbus/postbus/broker/commitlog"
 	"github.com/postbus/postbus/broker/consumequeue"
 )
 
@@ -137,6 +138,22 @@ func (b *Broker) dispatchOnce() error {
 	b.dispatchMu.Lock()
 	from := b.dispatched.Load()
 	next, err := b.log.Scan(from, b.dispatchRecord)
+	for {
+		// A damaged span is quarantined, never a reason to stop: the
+		// records after it are dispatched (and the indexes rebuilt around
+		// it), so one bad record cannot stop delivery or a restart.
+		var ce *commitlog.CorruptError
+		if !errors.As(err, &ce) || ce.Next <= ce.Off || ce.Next <= next {
+			break
+		}
+		b.logger.Error("damaged commitlog span quarantined: its records are skipped by dispatch",
+			slog.Int64("offset", ce.Off), slog.Int64("next", ce.Next), slog.String("reason", ce.Reason))
+		b.metrics.skipped(skipCorrupt)
+		next, err = b.log.Scan(ce.Next, b.dispatchRecord)
+		if next < ce.Next {
+			next = ce.Next
+		}
+	}
 	if len(b.newTimers) > 0 {
 		// The timers are stored before dispatch moves past their records,
 		// so a crash replays any it did not store.
@@ -170,13 +187,14 @@ func (b *Broker) dispatchRecord(off int64, rec []byte) error {
 		// The frame's CRC was good, so this is a bug or a newer format:
 		// skip it loudly rather than stop the whole broker.
 		b.logger.Error("undecodable record skipped", slog.Int64("offset", off), slog.Any("err", err))
+		b.metrics.skipped(skipUndecodable)
 		return nil
 	}
 	topic := string(h.Topic)
 	b.topicsMu.RLock()
 	ts := b.topics[topic]
 	b.topicsMu.RUnlock()
-	if ts == nil || h.StoredAt < ts.info.Load().CreatedAt.UnixMilli() {
+	if ts == nil || !ts.info.Load().owns(off, h.StoredAt) {
 		return nil // the topic was deleted (and maybe created again since)
 	}
 	if h.Flags&(flagDelayed|flagRePut) == flagDelayed {
@@ -192,12 +210,24 @@ func (b *Broker) dispatchRecord(off int64, rec []byte) error {
 	err = b.cq.Append(topic, h.QueueID, h.QueueOffset, consumequeue.Entry{
 		Offset: off, Size: int32(len(rec)), TagHash: tagHashBytes(h.Tag),
 	})
+	if errors.Is(err, consumequeue.ErrOutOfOrder) {
+		if b.queued(topic, h.QueueID, h.QueueOffset, off) {
+			return nil // already there: dispatched before
+		}
+		if b.fillHoles(topic, h.QueueID, h.QueueOffset, off) {
+			err = b.cq.Append(topic, h.QueueID, h.QueueOffset, consumequeue.Entry{
+				Offset: off, Size: int32(len(rec)), TagHash: tagHashBytes(h.Tag),
+			})
+		}
+	}
 	switch {
 	case errors.Is(err, consumequeue.ErrOutOfOrder):
-		// Already there (a re-dispatch) or the topic was re-created; the
-		// queue's own order wins.
-		b.logger.Debug("record not queued: offset out of order", slog.String("topic", topic),
-			slog.Int("queue", h.QueueID), slog.Int64("queue_offset", h.QueueOffset))
+		// Appends hand out queue offsets in log order under one lock, so
+		// this is a fault: say so loudly, and keep dispatching the rest.
+		b.logger.Error("record not queued: queue offset out of order; skipped", slog.String("topic", topic),
+			slog.Int("queue", h.QueueID), slog.Int64("queue_offset", h.QueueOffset),
+			slog.Int64("offset", off), slog.Any("err", err))
+		b.metrics.skipped(skipOutOfOrder)
 		return nil
 	case err != nil:
 		return fmt.Errorf("append to queue %s/%d: %w", topic, h.QueueID, err)
@@ -205,6 +235,58 @@ func (b *Broker) dispatchRecord(off int64, rec []byte) error {
 	b.queueBytes[consumequeue.QueueID{Topic: topic, Queue: h.QueueID}] += int64(len(rec))
 	b.indexRecord(off, &h)
 	return nil
+}
+
+// holeSize is the size of a consume-queue entry that stands for a record
+// lost in a damaged (quarantined) span of the log. No record is that small,
+// so readers know the entry is a hole and do not read the log there.
+const holeSize = 1
+
+// fillHoles keeps the queue offsets of records lost in damaged spans: when
+// the record at off, due at queue offset qoff, finds its queue short of
+// qoff, and quarantined spans lie between the queue's last entry and off,
+// the missing offsets become holes pointing into those spans, so the
+// records after the damage keep the offsets they were acknowledged with.
+// It reports whether it filled the gap. Called with dispatchMu held.
+func (b *Broker) fillHoles(topic string, queue int, qoff, off int64) bool {
+	lo, hi := b.cq.Bounds(topic, queue)
+	if qoff <= hi || lo == hi {
+		return false
+	}
+	es, err := b.cq.Read(topic, queue, hi-1, 1, nil)
+	if err != nil || len(es) != 1 {
+		return false
+	}
+	after, missing := es[0].Offset, qoff-hi
+	holes := make([]int64, 0, missing)
+	for _, sp := range b.log.Quarantined() {
+		for o := max(sp.Off, after+1); o < sp.Next && o < off && int64(len(holes)) < missing; o++ {
+			holes = append(holes, o)
+		}
+	}
+	if int64(len(holes)) < missing {
+		return false // not explained by damage: a real ordering fault
+	}
+	for i, o := range holes {
+		if err := b.cq.Append(topic, queue, hi+int64(i), consumequeue.Entry{Offset: o, Size: holeSize}); err != nil {
+			b.logger.Error("could not keep a hole for a quarantined record", slog.String("topic", topic),
+				slog.Int("queue", queue), slog.Int64("queue_offset", hi+int64(i)), slog.Any("err", err))
+			return false
+		}
+	}
+	b.logger.Error("queue offsets of records lost in a damaged log span kept as holes", slog.String("topic", topic),
+		slog.Int("queue", queue), slog.Int64("from", hi), slog.Int64("to", qoff))
+	return true
+}
+
+// queued reports whether the queue already holds the record at log offset
+// off as its entry qoff: a record dispatched a second time.
+func (b *Broker) queued(topic string, queue int, qoff, off int64) bool {
+	if lo, hi := b.cq.Bounds(topic, queue); qoff < lo || qoff >= hi {
+		return false
+	}
+	es, err := b.cq.Read(topic, queue, qoff, 1, nil)
+	return err == nil && len(es) == 1 && es[0].Offset == off
 }
 
 // indexRecord adds a record's id, keys and dedup id to the key index. A

@@ -28,6 +28,7 @@ const (
 	CodeInvalidQueues        Code = "invalid_queues"
 	CodeInvalidRetention     Code = "invalid_retention"
 	CodeMessageNotFound      Code = "message_not_found"
+	CodeMessageDamaged       Code = "message_damaged" // its record in the log is damaged and quarantined
 	CodeInvalidMessageID     Code = "invalid_message_id"
 	CodeInvalidKey           Code = "invalid_key"
 	CodeInvalidFilter        Code = "invalid_filter"

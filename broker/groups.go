@@ -170,7 +170,10 @@ func (b *Broker) ResetOffsets(ctx context.Context, group, topic, to string) erro
 		return err
 	}
 	for q := 0; q < ts.info.Load().Queues; q++ {
-		lo, hi := b.cq.Bounds(topic, q)
+		lo, hi, err := b.retainedBounds(ts.info.Load(), q, b.now())
+		if err != nil {
+			return err
+		}
 		next := hi
 		switch {
 		case to == "earliest":

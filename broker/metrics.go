@@ -14,9 +14,18 @@ type metrics struct {
 	rejects  *prometheus.CounterVec
 
 	attemptsDropped prometheus.Counter
+	skippedRecords  *prometheus.CounterVec
 }
 
-func newMetrics(b *Broker, reg prometheus.Registerer) *metrics {
+// Why dispatch skipped a record (the reason label of
+// postbus_dispatch_skipped_records_total).
+const (
+	skipOutOfOrder  = "out_of_order" // its queue offset does not follow its queue's
+	skipUndecodable = "undecodable"  // a good frame whose record cannot be decoded
+	skipCorrupt     = "corrupt"      // a damaged span of the log, quarantined
+)
+
+func newMetrics() *metrics {
 	m := &metrics{
 		messages: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "postbus_published_messages_total", Help: "Messages stored by publishes (duplicates excluded).",
@@ -30,14 +39,27 @@ func newMetrics(b *Broker, reg prometheus.Registerer) *metrics {
 		attemptsDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "postbus_attempts_dropped_total", Help: "Delivery attempts not written to the trace log because its writer fell behind.",
 		}),
+		skippedRecords: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postbus_dispatch_skipped_records_total",
+			Help: "Log records dispatch could not put on their queue or index, by reason; each is also logged at ERROR.",
+		}, []string{"reason"}),
 	}
+	for _, r := range []string{skipOutOfOrder, skipUndecodable, skipCorrupt} {
+		m.skippedRecords.WithLabelValues(r) // exported at 0, so alerts need no absent()
+	}
+	return m
+}
+
+// register exports the series, with gauges read from b when scraped; the
+// counters exist from Open's start, so recovery's dispatch counts too.
+func (m *metrics) register(b *Broker, reg prometheus.Registerer) {
 	if reg == nil {
-		return m
+		return
 	}
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
-	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped,
+	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped, m.skippedRecords,
 		gauge("postbus_commitlog_bytes", "Bytes of the commitlog between its oldest retained offset and its end.",
 			func() float64 { return float64(b.log.Committed() - b.log.MinOffset()) }),
 		gauge("postbus_commitlog_segments", "Commitlog segment files.",
@@ -65,7 +87,6 @@ func newMetrics(b *Broker, reg prometheus.Registerer) *metrics {
 			return float64(len(b.topics))
 		}),
 	)
-	return m
 }
 
 func (m *metrics) published(n, bytes int) {
@@ -81,4 +102,11 @@ func (m *metrics) rejected(code Code) {
 		return
 	}
 	m.rejects.WithLabelValues(string(code)).Inc()
+}
+
+func (m *metrics) skipped(reason string) {
+	if m == nil {
+		return
+	}
+	m.skippedRecords.WithLabelValues(reason).Inc()
 }

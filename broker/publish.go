@@ -49,27 +49,49 @@ func (b *Broker) Publish(ctx context.Context, topic string, msgs []*Message) ([]
 		b.metrics.rejected(CodeDiskFull)
 		return nil, &Error{Code: CodeDiskFull, Detail: fmt.Sprintf("the disk holding the data directory is over %.0f%% full; publishes are refused until retention frees space", b.cfg.DiskFullRatio*100)}
 	}
-	ts, err := b.topicForPublish(ctx, topic)
-	if err != nil {
-		return nil, err
-	}
-
 	for _, m := range msgs {
 		m.ID = nuid.Next()
 		m.Topic = topic
 		m.BornAt = now
-		m.QueueID = ts.pickQueue(m.ShardingKey)
 		if !m.DeliverAt.IsZero() {
 			m.flags |= flagDelayed
 		}
 	}
-	results, err := b.store(ctx, ts, msgs, true)
-	if err != nil {
-		return nil, err
+	// A topic deleted (and perhaps created again) between looking it up and
+	// appending makes the append refuse the stale topic: the publish then
+	// starts again on whatever the topic is now, so it is stored under the
+	// topic it is acknowledged for, with that topic's queues and offsets,
+	// or refused if the topic is gone.
+	for attempt := 0; ; attempt++ {
+		ts, err := b.topicForPublish(ctx, topic)
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range msgs {
+			m.QueueID = ts.pickQueue(m.ShardingKey)
+		}
+		results, err := b.store(ctx, ts, msgs, true)
+		if errors.Is(err, errStaleTopic) && attempt < maxStaleRetries {
+			continue
+		}
+		if errors.Is(err, errStaleTopic) {
+			return nil, &Error{Code: CodeUnavailable, Detail: fmt.Sprintf("topic %q was deleted and created again %d times while publishing; nothing was stored", topic, attempt+1), Err: err}
+		}
+		if err != nil {
+			return nil, err
+		}
+		b.metrics.published(len(msgs), total)
+		return results, nil
 	}
-	b.metrics.published(len(msgs), total)
-	return results, nil
 }
+
+// errStaleTopic: the topic state a publish looked up was deleted before its
+// append; nothing was stored.
+var errStaleTopic = errors.New("topic deleted while publishing")
+
+// maxStaleRetries bounds how often one publish starts again after its topic
+// was deleted under it; each retry needs a delete and a create in between.
+const maxStaleRetries = 8
 
 // store encodes msgs (whose ids, topic and queues are set), appends them in
 // one append and waits until they are durable. With dedup, messages whose
@@ -89,7 +111,7 @@ func (b *Broker) store(ctx context.Context, ts *topicState, msgs []*Message, ded
 	}
 	var dups []bool
 	if dedup {
-		dups = b.dedupFromIndex(ctx, ts.name, msgs, results)
+		dups = b.dedupFromIndex(ctx, ts, msgs, results)
 	}
 	end, err := b.append(ts, msgs, recs, results, dups, dedup)
 	if err != nil {
@@ -146,6 +168,14 @@ func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results 
 	defer b.appendMu.Unlock()
 	if b.isClosing() {
 		return 0, ErrClosed
+	}
+	// Under appendMu the topic cannot be deleted or created: if ts is still
+	// the topic of its name now, it stays so until this append is done.
+	b.topicsMu.RLock()
+	current := b.topics[ts.name] == ts
+	b.topicsMu.RUnlock()
+	if !current {
+		return 0, fmt.Errorf("append to %q: %w", ts.name, errStaleTopic)
 	}
 	now := b.now()
 	keep := recs[:0:0]
@@ -220,7 +250,8 @@ func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results 
 // since start are in b.dedup, checked under appendMu. It runs outside the
 // lock because it may read the disk. It returns nil when it looked at none
 // (the common case: no dedup ids, or the window since start has passed).
-func (b *Broker) dedupFromIndex(ctx context.Context, topic string, msgs []*Message, results []Result) []bool {
+func (b *Broker) dedupFromIndex(ctx context.Context, ts *topicState, msgs []*Message, results []Result) []bool {
+	topic, t := ts.name, ts.info.Load()
 	now := b.now()
 	if now.Sub(b.started) >= b.cfg.DedupWindow {
 		return nil
@@ -237,6 +268,9 @@ func (b *Broker) dedupFromIndex(ctx context.Context, topic string, msgs []*Messa
 		b.lookup(ctx, hashKey(keyDedup, key), func(stored *Message) bool {
 			if stored.Topic != topic || stored.DedupID != m.DedupID || stored.StoredAt.After(b.started) {
 				return true
+			}
+			if !t.owns(stored.LogOffset, stored.StoredAt.UnixMilli()) {
+				return false // a deleted topic's: this topic has not seen the id
 			}
 			if now.Sub(stored.StoredAt) < b.cfg.DedupWindow {
 				dups[i] = true

@@ -20,11 +20,14 @@ var msgIDRE = regexp.MustCompile(`^[A-Za-z0-9]{1,64}$`)
 
 // lookup visits the stored messages whose index hash is h, newest first,
 // until fn returns false. Candidates are decoded in full so fn can check
-// that the message really matches (hashes may collide).
-func (b *Broker) lookup(ctx context.Context, h uint64, fn func(*Message) bool) error {
+// that the message really matches (hashes may collide). A candidate whose
+// record is damaged (quarantined by the log) or undecodable is skipped,
+// logged and counted in damaged: one bad record must not fail the
+// lookups of every other message.
+func (b *Broker) lookup(ctx context.Context, h uint64, fn func(*Message) bool) (damaged int, err error) {
 	var buf []byte
 	var ferr error
-	err := b.idx.Lookup(h, func(off int64) bool {
+	err = b.idx.Lookup(h, func(off int64) bool {
 		if ctx.Err() != nil {
 			ferr = ctx.Err()
 			return false
@@ -32,6 +35,11 @@ func (b *Broker) lookup(ctx context.Context, h uint64, fn func(*Message) bool) e
 		rec, _, err := b.log.ReadAt(off, buf[:0])
 		if errors.Is(err, commitlog.ErrOutOfRange) {
 			return true // removed by retention
+		}
+		if errors.Is(err, commitlog.ErrCorrupt) {
+			b.logger.Error("indexed record is damaged; skipped", slog.Int64("offset", off), slog.Any("err", err))
+			damaged++
+			return true
 		}
 		if err != nil {
 			ferr = fmt.Errorf("read record at %d: %w", off, err)
@@ -41,6 +49,7 @@ func (b *Broker) lookup(ctx context.Context, h uint64, fn func(*Message) bool) e
 		m := new(Message)
 		if err := decodeRecord(rec, m); err != nil {
 			b.logger.Error("undecodable record in index", slog.Int64("offset", off), slog.Any("err", err))
+			damaged++
 			return true
 		}
 		m.Body = append([]byte(nil), m.Body...)
@@ -48,9 +57,9 @@ func (b *Broker) lookup(ctx context.Context, h uint64, fn func(*Message) bool) e
 		return fn(m)
 	})
 	if err != nil {
-		return fmt.Errorf("key index lookup: %w", err)
+		return damaged, fmt.Errorf("key index lookup: %w", err)
 	}
-	return ferr
+	return damaged, ferr
 }
 
 // Message returns the stored message with the given id.
@@ -65,7 +74,7 @@ func (b *Broker) Message(ctx context.Context, id string) (*Message, error) {
 	}
 	now := b.now()
 	var found *Message
-	err := b.lookup(ctx, hashKey(keyID, id), func(m *Message) bool {
+	damaged, err := b.lookup(ctx, hashKey(keyID, id), func(m *Message) bool {
 		// Retry and dead-letter copies share the id; the message is the
 		// one on its own topic (the newest: a delayed message's re-put).
 		if m.ID != id || m.flags&(flagRetry|flagDead) != 0 {
@@ -78,6 +87,11 @@ func (b *Broker) Message(ctx context.Context, id string) (*Message, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	if found == nil && damaged > 0 {
+		// Maybe this message's record, maybe another whose hash collides:
+		// either way not a plain "no such message".
+		return nil, &Error{Code: CodeMessageDamaged, Field: "msg_id", Detail: fmt.Sprintf("no readable message with id %q: a damaged record in the log that may be it was quarantined", id)}
 	}
 	if found == nil {
 		return nil, &Error{Code: CodeMessageNotFound, Field: "msg_id", Detail: fmt.Sprintf("no message with id %q (it may have expired)", id)}
@@ -103,11 +117,17 @@ func (b *Broker) MessagesByKey(ctx context.Context, topic, key string, before in
 		return nil, 0, err
 	}
 	now := b.now()
-	err = b.lookup(ctx, hashKey(keyKey, topic+"\x00"+key), func(m *Message) bool {
+	_, err = b.lookup(ctx, hashKey(keyKey, topic+"\x00"+key), func(m *Message) bool {
 		if before > 0 && m.LogOffset >= before {
 			return true
 		}
 		if m.Topic != topic || !hasKey(m.Keys, key) || !b.topicAlive(m, now) {
+			return true
+		}
+		if m.flags&flagDelayed != 0 && !b.isNewestCopy(ctx, m) {
+			// A delayed message has more records with its id and keys: the
+			// one that waited, the one put on its queue when due (and one
+			// moved ahead of retention). It is listed once, as by id.
 			return true
 		}
 		if len(msgs) == limit {
@@ -118,6 +138,20 @@ func (b *Broker) MessagesByKey(ctx context.Context, topic, key string, before in
 		return true
 	})
 	return msgs, next, err
+}
+
+// isNewestCopy reports whether m is the record a query by its id answers:
+// the newest record with its id on its own topic.
+func (b *Broker) isNewestCopy(ctx context.Context, m *Message) bool {
+	newest := int64(-1)
+	b.lookup(ctx, hashKey(keyID, m.ID), func(c *Message) bool {
+		if c.ID != m.ID || c.flags&(flagRetry|flagDead) != 0 {
+			return true
+		}
+		newest = c.LogOffset
+		return false
+	})
+	return newest < 0 || newest == m.LogOffset
 }
 
 func hasKey(keys []string, key string) bool {

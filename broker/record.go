@@ -244,6 +244,11 @@ func decodeRecord(p []byte, m *Message) error {
 	m.BornAt = time.UnixMilli(int64(binary.BigEndian.Uint64(p[posBornAt:])))
 	m.QueueID = h.QueueID
 	m.QueueOffset = h.QueueOffset
+	if m.delayed() {
+		// Waiting in the timer store, it has no queue offset yet: the
+		// record's field is a placeholder. -1, as its publish answered.
+		m.QueueOffset = -1
+	}
 	m.DeliverAt = time.Time{}
 	if h.DeliverAt != 0 {
 		m.DeliverAt = time.UnixMilli(h.DeliverAt)

@@ -3,12 +3,14 @@ package broker
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
 	"syscall"
 	"time"
 
+	"github.com/postbus/postbus/broker/commitlog"
 	"github.com/postbus/postbus/broker/consumequeue"
 )
 
@@ -139,9 +141,12 @@ func (b *Broker) applyRetention() error {
 		if next.End <= next.Base || segs[i].End > b.dispatched.Load() {
 			break
 		}
-		rec, _, err := b.log.ReadAt(next.Base, nil)
+		rec, err := b.firstReadable(next.Base, next.End)
 		if err != nil {
 			return fmt.Errorf("read first record of segment %d: %w", next.Base, err)
+		}
+		if rec == nil {
+			break // nothing readable tells its age: keep it
 		}
 		if len(rec) < posStoredAt+8 || int64(binary.BigEndian.Uint64(rec[posStoredAt:])) >= cutoff {
 			break
@@ -152,6 +157,24 @@ func (b *Broker) applyRetention() error {
 		return nil
 	}
 	return b.dropBefore(drop)
+}
+
+// firstReadable reads the first record in [off, end) that is not damaged,
+// or nil when there is none: retention dates a segment by it, and a damaged
+// record must not stop retention for the whole log.
+func (b *Broker) firstReadable(off, end int64) ([]byte, error) {
+	for off < end {
+		rec, _, err := b.log.ReadAt(off, nil)
+		var ce *commitlog.CorruptError
+		if !errors.As(err, &ce) {
+			return rec, err
+		}
+		if ce.Next <= off {
+			return nil, err
+		}
+		off = ce.Next
+	}
+	return nil, nil
 }
 
 // dropBefore deletes log segments ending at or before off and the index

@@ -335,7 +335,10 @@ func (b *Broker) positionGroup(ctx context.Context, group string, ts *topicState
 		if _, ok := b.Offset(group, ts.name, q); ok {
 			continue
 		}
-		lo, hi := b.cq.Bounds(ts.name, q)
+		lo, hi, err := b.retainedBounds(ts.info.Load(), q, b.now())
+		if err != nil {
+			return err
+		}
 		next := hi
 		switch {
 		case from == "earliest":
@@ -355,6 +358,9 @@ func (b *Broker) positionGroup(ctx context.Context, group string, ts *topicState
 func (b *Broker) offsetAt(topic string, queue int, t time.Time) (int64, error) {
 	ms := t.UnixMilli()
 	return b.cq.SearchOffset(topic, queue, func(e consumequeue.Entry) (bool, error) {
+		if e.Size == holeSize {
+			return false, nil // a lost record: no time to tell; its neighbours decide
+		}
 		rec, _, err := b.log.ReadAt(e.Offset, nil)
 		if err != nil {
 			return true, nil // gone with retention: older than anything left

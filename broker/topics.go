@@ -22,6 +22,23 @@ type Topic struct {
 	Queues    int
 	Retention time.Duration
 	CreatedAt time.Time
+	// logStart is the log offset where this incarnation of the topic
+	// begins (see owns); -1 for a topic stored before it was recorded.
+	logStart int64
+}
+
+// owns reports whether the record of this topic's name at log offset off,
+// stored at storedAtMs, belongs to this incarnation of the topic rather than
+// to a deleted one of the same name. Every record a topic gets is appended
+// after its creation, under the append lock that also created it, so the
+// log offset separates incarnations exactly; a clock could not (two
+// incarnations within one millisecond, or a clock stepped back). Topics
+// stored before the offset was recorded fall back to the creation time.
+func (t *Topic) owns(off, storedAtMs int64) bool {
+	if t.logStart >= 0 {
+		return off >= t.logStart
+	}
+	return storedAtMs >= t.CreatedAt.UnixMilli()
 }
 
 // QueueStats describes one queue: its live offsets [MinOffset, MaxOffset)
@@ -43,7 +60,7 @@ type TopicStats struct {
 }
 
 func topicFromMeta(t meta.Topic) Topic {
-	return Topic{Name: t.Name, Queues: t.Queues, Retention: t.Retention, CreatedAt: t.CreatedAt}
+	return Topic{Name: t.Name, Queues: t.Queues, Retention: t.Retention, CreatedAt: t.CreatedAt, logStart: t.LogStart}
 }
 
 // topicForPublish returns the topic, creating it when auto-creation is on.
@@ -102,7 +119,8 @@ func (b *Broker) PutTopic(ctx context.Context, name string, s TopicSettings) (To
 	}
 	t := Topic{Name: name, Queues: b.cfg.DefaultQueues}
 	b.topicsMu.RLock()
-	if ts := b.topics[name]; ts != nil {
+	ts := b.topics[name]
+	if ts != nil {
 		t = *ts.info.Load()
 	}
 	b.topicsMu.RUnlock()
@@ -115,7 +133,14 @@ func (b *Broker) PutTopic(ctx context.Context, name string, s TopicSettings) (To
 	if err := b.validateTopicSettings(t); err != nil {
 		return Topic{}, false, err
 	}
-	mt, created, err := b.meta.PutTopic(ctx, meta.Topic{Name: t.Name, Queues: t.Queues, Retention: t.Retention})
+	logStart := int64(-1)
+	if ts == nil {
+		var err error
+		if logStart, err = b.incarnationStart(ctx); err != nil {
+			return Topic{}, false, err
+		}
+	}
+	mt, created, err := b.meta.PutTopic(ctx, meta.Topic{Name: t.Name, Queues: t.Queues, Retention: t.Retention, LogStart: logStart})
 	if errors.Is(err, meta.ErrQueuesShrink) {
 		return Topic{}, false, errf(CodeInvalidQueues, "queues", "topic %q has more than %d queues; queues can only grow", t.Name, t.Queues)
 	}
@@ -143,6 +168,19 @@ func (b *Broker) PutTopic(ctx context.Context, name string, s TopicSettings) (To
 	return nt, created, nil
 }
 
+// incarnationStart is where a topic created now begins in the log: its end,
+// made durable first, so that a crash cannot cut the log below it and leave
+// the topic's first records under it (hidden as a deleted topic's). Called
+// with appendMu held, so nothing is appended between this and the topic's
+// creation.
+func (b *Broker) incarnationStart(ctx context.Context) (int64, error) {
+	end := b.log.End()
+	if err := b.log.Sync(ctx, end); err != nil {
+		return 0, fmt.Errorf("flush commitlog before creating a topic: %w", err)
+	}
+	return end, nil
+}
+
 func (b *Broker) topicState(name string) (*topicState, error) {
 	if err := ValidateTopicName(name); err != nil {
 		return nil, err
@@ -168,10 +206,18 @@ func (b *Broker) Topic(ctx context.Context, name string) (TopicStats, error) {
 	}
 	t := *ts.info.Load()
 	st := TopicStats{Topic: t, Queues: make([]QueueStats, t.Queues)}
+	now := b.now()
+	los := make([]int64, t.Queues)
+	for q := range los {
+		if los[q], _, err = b.retainedBounds(&t, q, now); err != nil {
+			return TopicStats{}, err
+		}
+	}
 	b.dispatchMu.Lock()
 	defer b.dispatchMu.Unlock()
 	for q := range st.Queues {
 		lo, hi := b.cq.Bounds(name, q)
+		lo = min(max(lo, los[q]), hi)
 		bytes := b.queueBytes[consumequeue.QueueID{Topic: name, Queue: q}]
 		st.Queues[q] = QueueStats{ID: q, MinOffset: lo, MaxOffset: hi, Messages: hi - lo, Bytes: bytes}
 		st.Messages += hi - lo
@@ -229,6 +275,15 @@ func (b *Broker) DeleteTopic(ctx context.Context, name string) error {
 		b.names = slices.Delete(b.names, i, i+1)
 	}
 	b.topicsMu.Unlock()
+	// Its dedup ids go with it: a topic created again under the name is a
+	// new topic, whose publishes must not be answered with the deleted
+	// topic's messages.
+	prefix := dedupKey(name, "")
+	for k := range b.dedup {
+		if strings.HasPrefix(k, prefix) {
+			delete(b.dedup, k)
+		}
+	}
 	// Its subscriptions go with it; the groups' offsets on it too.
 	subs, err := b.Subscriptions(ctx)
 	if err != nil {
@@ -280,14 +335,43 @@ func (b *Broker) topicAlive(m *Message, now time.Time) bool {
 		return false
 	}
 	t := ts.info.Load()
-	if m.StoredAt.Before(t.CreatedAt.Truncate(time.Millisecond)) {
+	if !t.owns(m.LogOffset, m.StoredAt.UnixMilli()) {
 		return false
 	}
+	return b.retained(t, m.StoredAt, now)
+}
+
+// retained is the one rule for what a topic still holds: a message stored
+// within the topic's retention (the broker's when the topic sets none).
+// The log is shared and keeps a segment for the longest retention of any
+// topic, so every read path (by id, by key, by queue offset, pulls and
+// pushes) asks this rather than whether the log still has the record.
+func (b *Broker) retained(t *Topic, storedAt, now time.Time) bool {
+	return storedAt.UnixMilli() > b.retainCutoff(t, now)
+}
+
+// retainCutoff is the store time, in unix ms, at or before which t's
+// messages are no longer retained.
+func (b *Broker) retainCutoff(t *Topic, now time.Time) int64 {
 	keep := b.cfg.Retention
 	if t.Retention > 0 {
 		keep = t.Retention
 	}
-	return now.Sub(m.StoredAt) < keep
+	return now.Add(-keep).UnixMilli()
+}
+
+// retainedBounds is a queue's retained offsets [lo, hi): the consume
+// queue's, less the entries at its start that retention has passed.
+func (b *Broker) retainedBounds(t *Topic, queue int, now time.Time) (lo, hi int64, err error) {
+	lo, hi = b.cq.Bounds(t.Name, queue)
+	if lo == hi {
+		return lo, hi, nil
+	}
+	floor, err := b.offsetAt(t.Name, queue, time.UnixMilli(b.retainCutoff(t, now)+1))
+	if err != nil {
+		return 0, 0, fmt.Errorf("retained start of %s/%d: %w", t.Name, queue, err)
+	}
+	return max(lo, floor), hi, nil
 }
 
 // TopicsChanged returns a channel closed at the next change to any topic

@@ -49,6 +49,7 @@ var statusOf = map[broker.Code]int{
 	broker.CodeInvalidQueues:        http.StatusBadRequest,
 	broker.CodeInvalidRetention:     http.StatusBadRequest,
 	broker.CodeMessageNotFound:      http.StatusNotFound,
+	broker.CodeMessageDamaged:       http.StatusInternalServerError,
 	broker.CodeInvalidMessageID:     http.StatusBadRequest,
 	broker.CodeInvalidKey:           http.StatusBadRequest,
 	broker.CodeInvalidFilter:        http.StatusBadRequest,

@@ -10,7 +10,7 @@ import (
 const (
 	// DefaultSegmentSize is the size of each preallocated segment file.
 	DefaultSegmentSize = 128 << 20
-	// DefaultMaxPayload is the largest payload a frame may carry.
+	// DefaultMaxPayload is the largest payload Append accepts by default.
 	DefaultMaxPayload = 8 << 20
 	// DefaultFlushInterval is the async-mode fsync period.
 	DefaultFlushInterval = 200 * time.Millisecond
@@ -24,8 +24,8 @@ const (
 // Open.
 type Config struct {
 	Dir         string // directory holding the segment files; created if missing
-	SegmentSize int64  // bytes per segment file; must not change between runs
-	MaxPayload  int    // largest payload; a header claiming more is corruption
+	SegmentSize int64  // bytes per new segment file; segments made with another size keep theirs
+	MaxPayload  int    // largest payload Append accepts, at most MaxFramePayload; reading never looks at it
 	// Sync selects group commit: Committed is the fsynced offset and Sync
 	// waits for the flusher. When false, Committed is the written offset,
 	// Sync returns at once, and the flusher fsyncs every FlushInterval.
@@ -57,7 +57,7 @@ func (c Config) withDefaults() Config {
 		c.SegmentSize = DefaultSegmentSize
 	}
 	if c.MaxPayload == 0 {
-		c.MaxPayload = min(DefaultMaxPayload, int(c.SegmentSize-headerSize))
+		c.MaxPayload = int(min(DefaultMaxPayload, c.SegmentSize-headerSize))
 	}
 	if c.FlushInterval == 0 {
 		c.FlushInterval = DefaultFlushInterval
@@ -80,10 +80,11 @@ func (c Config) Validate() error {
 		return fmt.Errorf("commitlog: config: SegmentSize %d below %d", c.SegmentSize, minSegmentSize)
 	case c.MaxPayload <= 0:
 		return fmt.Errorf("commitlog: config: MaxPayload %d not positive", c.MaxPayload)
-	case int64(c.MaxPayload) > c.SegmentSize-headerSize:
-		return fmt.Errorf("commitlog: config: MaxPayload %d does not fit a segment of %d", c.MaxPayload, c.SegmentSize)
-	case uint64(c.MaxPayload) > 1<<32-1:
-		return fmt.Errorf("commitlog: config: MaxPayload %d over the u32 length field", c.MaxPayload)
+	case c.MaxPayload > MaxFramePayload:
+		return fmt.Errorf("commitlog: config: MaxPayload %d over the format's largest frame payload %d", c.MaxPayload, MaxFramePayload)
+	case MinSegmentSize(int64(c.MaxPayload), 1) > c.SegmentSize:
+		return fmt.Errorf("commitlog: config: a frame of MaxPayload %d needs a segment of at least %d bytes, not %d",
+			c.MaxPayload, MinSegmentSize(int64(c.MaxPayload), 1), c.SegmentSize)
 	case c.FlushInterval < 0:
 		return fmt.Errorf("commitlog: config: FlushInterval %v negative", c.FlushInterval)
 	}

@@ -12,8 +12,10 @@ var (
 	// of the Append that met it was written; later appends may succeed once
 	// space is freed.
 	ErrDiskFull = errors.New("commitlog: disk full")
-	// ErrCorrupt: a frame failed its checks (magic, length or CRC). Errors
-	// wrapping it are *CorruptError values that say where and why.
+	// ErrCorrupt: a frame failed its checks (magic, length or CRC). From
+	// ReadAt and Scan it is a *CorruptError saying where the damage is and
+	// where reading goes on; from Open, a layout it cannot make sense of
+	// (a segment missing between two others).
 	ErrCorrupt = errors.New("commitlog: corrupt frame")
 	// ErrTooLarge: a payload is over Config.MaxPayload, or a batch does not
 	// fit in one segment.
@@ -29,16 +31,21 @@ var (
 	ErrEndOfSegment = errors.New("commitlog: end of segment")
 )
 
-// CorruptError describes a frame that failed verification. It matches
-// ErrCorrupt under errors.Is.
+// CorruptError is a damaged span of the log: bytes from Off that are not a
+// valid frame (a failed CRC, a bad magic, a length that cannot be, or bytes
+// missing under the committed end). ReadAt and Scan return it, and the Log
+// remembers it (Quarantined). It is a reason to skip a record, never to stop
+// reading: Next is where reading can go on, the next valid frame or the base
+// of the next segment (or Committed, when nothing valid follows in the
+// active segment). errors.Is(err, ErrCorrupt) is true for it.
 type CorruptError struct {
-	Segment int64  // base offset of the segment holding the frame
-	Offset  int64  // global offset of the frame
-	Reason  string // what check failed, e.g. "crc mismatch"
+	Off    int64  // global offset where the damaged span starts
+	Next   int64  // where reading resumes: the end of the damaged span
+	Reason string // the check that failed, e.g. "crc mismatch"
 }
 
 func (e *CorruptError) Error() string {
-	return fmt.Sprintf("commitlog: corrupt frame at %d in segment %020d: %s", e.Offset, e.Segment, e.Reason)
+	return fmt.Sprintf("commitlog: damaged span [%d, %d): %s", e.Off, e.Next, e.Reason)
 }
 
 // Is makes errors.Is(err, ErrCorrupt) true for every *CorruptError.

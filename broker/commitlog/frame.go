@@ -15,6 +15,21 @@ const (
 	blankMagic uint32 = 0x50424C4B // "PBLK"
 )
 
+// MaxFramePayload is the largest payload a frame of format version 1 may
+// carry. It is a constant of the format, not of the configuration: a reader
+// takes a header claiming more for damage, and nothing a Log is configured
+// with changes how stored frames are read. Config.MaxPayload, the largest
+// payload Append accepts, may be lowered or raised between runs up to it.
+const MaxFramePayload = 16 << 20
+
+// MinSegmentSize is the smallest segment that holds frames payloads totalling
+// payloadBytes in one Append (one batch lands in one segment). Whoever sizes
+// segments asks it, so that the log and its callers agree on the frame
+// overhead.
+func MinSegmentSize(payloadBytes int64, frames int) int64 {
+	return payloadBytes + int64(frames)*headerSize
+}
+
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // frameCRC is the CRC-32C of a frame's length and magic fields followed by its
@@ -46,13 +61,14 @@ const (
 
 // decodeFrame parses the frame at the start of b. room is how many bytes the
 // segment has from this position to its end (b is a prefix of them, possibly
-// all). It never panics and never allocates: payload aliases b. For
+// all). It never panics and never allocates: payload aliases b. A length
+// over MaxFramePayload is damage, whatever the Log's configuration. For
 // frameData size is the frame's length on disk; for frameShort it is how many
 // bytes from this position are needed to decode further.
 //
 // A header of all zeros is the clean end of the written part of a segment,
 // since preallocation leaves zeros behind the last frame.
-func decodeFrame(b []byte, room int64, maxPayload int) (kind frameKind, payload []byte, size int, reason string) {
+func decodeFrame(b []byte, room int64) (kind frameKind, payload []byte, size int, reason string) {
 	if room < headerSize {
 		return frameEnd, nil, 0, ""
 	}
@@ -77,8 +93,8 @@ func decodeFrame(b []byte, room int64, maxPayload int) (kind frameKind, payload 
 	default:
 		return frameBad, nil, 0, "bad magic"
 	}
-	if uint64(length) > uint64(maxPayload) {
-		return frameBad, nil, 0, "length over max payload"
+	if length > MaxFramePayload {
+		return frameBad, nil, 0, "length over the format's maximum payload"
 	}
 	size = headerSize + int(length)
 	if int64(size) > room {

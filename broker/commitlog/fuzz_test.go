@@ -21,9 +21,9 @@ func FuzzDecodeFrame(f *testing.F) {
 	f.Add(valid, int64(11))
 	f.Add(valid, int64(-5))
 
-	const maxPayload = 1 << 16
+	const maxPayload = MaxFramePayload
 	f.Fuzz(func(t *testing.T, b []byte, room int64) {
-		kind, payload, size, reason := decodeFrame(b, room, maxPayload)
+		kind, payload, size, reason := decodeFrame(b, room)
 		switch kind {
 		case frameData:
 			if size < headerSize || size > len(b) || int64(size) > room || len(payload) != size-headerSize || len(payload) > maxPayload {

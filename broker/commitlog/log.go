@@ -1,6 +1,7 @@
 package commitlog
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -21,6 +22,7 @@ const (
 	logKeySegment = "segment"
 	logKeyOffset  = "offset"
 	logKeyReason  = "reason"
+	logKeyNext    = "next"
 	logKeyErr     = "err"
 )
 
@@ -63,6 +65,9 @@ type Log struct {
 	// and fallocated under mu. Tests read them to see which path was taken.
 	preparedRolls atomic.Int64
 	directRolls   atomic.Int64
+
+	quarMu      sync.Mutex
+	quarantined map[int64]CorruptError // guarded by quarMu: damaged spans found so far, by offset
 
 	failure atomic.Pointer[error]
 	closing atomic.Bool // set at the start of Close, read by readers without mu
@@ -120,7 +125,7 @@ func Open(cfg Config) (*Log, error) {
 		_ = lock.Close()
 		return nil, fmt.Errorf("commitlog: open %s: %w", cfg.Dir, err)
 	}
-	l.startPrepare(l.active.base + cfg.SegmentSize)
+	l.startPrepare(l.active.base + l.active.size)
 	go l.flushLoop()
 	return l, nil
 }
@@ -207,7 +212,7 @@ func (l *Log) Append(payloads [][]byte) (offs []int64, end int64, err error) {
 	if len(payloads) == 0 {
 		return nil, l.written.Load(), nil
 	}
-	if l.pos+total > l.cfg.SegmentSize {
+	if l.pos+total > l.active.size {
 		if err := l.roll(); err != nil {
 			return nil, 0, fmt.Errorf("commitlog: append: %w", err)
 		}
@@ -273,7 +278,7 @@ func (l *Log) undoWrite(buf []byte, cause error) {
 // only after that fsync. Called with mu held.
 func (l *Log) roll() error {
 	old := l.active
-	base := old.base + l.cfg.SegmentSize
+	base := old.base + old.size
 	segPath := filepath.Join(l.cfg.Dir, segmentName(base))
 	prep := l.takePrepared()
 	var seg *segment
@@ -293,7 +298,7 @@ func (l *Log) roll() error {
 		}
 		l.prep = prep
 	}
-	if room := l.cfg.SegmentSize - l.pos; room >= headerSize {
+	if room := old.size - l.pos; room >= headerSize {
 		var marker [headerSize]byte
 		putFrame(marker[:], blankMagic, nil)
 		if _, err := l.cfg.io.writeAt(old.f, marker[:], l.pos); err != nil {
@@ -313,7 +318,7 @@ func (l *Log) roll() error {
 			abandon()
 			return fmt.Errorf("roll to segment %020d: %w", base, err)
 		}
-		seg = &segment{base: base, path: segPath, f: prep.f}
+		seg = &segment{base: base, size: l.cfg.SegmentSize, path: segPath, f: prep.f}
 	}
 	if err := durable.SyncDir(l.cfg.Dir); err != nil {
 		abandon() // seg is set: the renamed file goes like a created one
@@ -531,7 +536,7 @@ func (l *Log) MinOffset() int64 { return (*l.segs.Load())[0].base }
 // Segment describes one segment file.
 type Segment struct {
 	Base int64 // offset of the segment's first byte
-	End  int64 // Base+SegmentSize when sealed; the written end for the active one
+	End  int64 // Base plus the segment's size when sealed; the written end for the active one
 }
 
 // Segments lists the segments, oldest first.
@@ -541,7 +546,7 @@ func (l *Log) Segments() []Segment {
 	segs := *l.segs.Load()
 	out := make([]Segment, len(segs))
 	for i, s := range segs {
-		out[i] = Segment{Base: s.base, End: s.base + l.cfg.SegmentSize}
+		out[i] = Segment{Base: s.base, End: s.base + s.size}
 	}
 	out[len(out)-1].End = l.written.Load()
 	return out
@@ -559,7 +564,7 @@ func (l *Log) DropBefore(off int64) (int, error) {
 	}
 	segs := *l.segs.Load()
 	n := 0
-	for n < len(segs)-1 && segs[n].base+l.cfg.SegmentSize <= off {
+	for n < len(segs)-1 && segs[n].base+segs[n].size <= off {
 		n++
 	}
 	if n == 0 {
@@ -587,6 +592,42 @@ func (l *Log) DropBefore(off int64) (int, error) {
 		return n, fmt.Errorf("commitlog: drop before %d: %w", off, err)
 	}
 	return n, nil
+}
+
+// quarantine records a damaged span that reading skips, saying so at ERROR
+// the first time it is found in this process.
+func (l *Log) quarantine(e CorruptError) {
+	l.quarMu.Lock()
+	_, seen := l.quarantined[e.Off]
+	if !seen {
+		if l.quarantined == nil {
+			l.quarantined = make(map[int64]CorruptError)
+		}
+		l.quarantined[e.Off] = e
+	}
+	l.quarMu.Unlock()
+	if !seen {
+		l.log.Error("commitlog: damaged span quarantined; reading skips it",
+			logKeyOffset, e.Off, logKeyNext, e.Next, logKeyReason, e.Reason)
+	}
+}
+
+// Quarantined lists the damaged spans found so far (by recovery, ReadAt or
+// Scan) in segments still on disk, by offset. Each is logged once at ERROR
+// when found; a restart finds those of the newest segment again at once, and
+// the others when something reads them.
+func (l *Log) Quarantined() []CorruptError {
+	minOff := l.MinOffset()
+	l.quarMu.Lock()
+	out := make([]CorruptError, 0, len(l.quarantined))
+	for _, e := range l.quarantined {
+		if e.Off >= minOff {
+			out = append(out, e)
+		}
+	}
+	l.quarMu.Unlock()
+	slices.SortFunc(out, func(a, b CorruptError) int { return cmp.Compare(a.Off, b.Off) })
+	return out
 }
 
 // notifier wakes any number of waiters by closing a channel and replacing it

@@ -1,6 +1,7 @@
 package commitlog
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -59,15 +60,19 @@ func (l *Log) readErr(seg *segment, err error) error {
 // else into a fresh slice. next is the offset of the following frame; when
 // that is an end-of-segment marker already committed, next is the next
 // segment's base. Reads use pread and never wait for the writer.
+//
+// A frame that fails its checks is a *CorruptError (errors.Is ErrCorrupt)
+// whose Next is where reading can go on; the span is quarantined.
 func (l *Log) ReadAt(off int64, buf []byte) (payload []byte, next int64, err error) {
 	seg, committed, err := l.locate(off, false)
 	if err != nil {
 		return nil, 0, err
 	}
-	size := l.cfg.SegmentSize
+	size := seg.size
 	segEnd := seg.base + size
 	rel := off - seg.base
 	room := size - rel
+	limit := min(committed-seg.base, size) // the stable part of this segment
 
 	sp := readPool.Get().(*[]byte)
 	defer readPool.Put(sp)
@@ -76,13 +81,16 @@ func (l *Log) ReadAt(off int64, buf []byte) (payload []byte, next int64, err err
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, 0, l.readErr(seg, err)
 	}
-	kind, p, frameSize, reason := decodeFrame(s[:n], room, l.cfg.MaxPayload)
+	kind, p, frameSize, reason := decodeFrame(s[:n], room)
 	switch kind {
 	case frameData:
 		payload = append(buf[:0], p...)
 	case frameShort:
 		if n < headerSize {
-			return nil, 0, &CorruptError{Segment: seg.base, Offset: off, Reason: "segment file shorter than its size"}
+			return nil, 0, l.damaged(seg, rel, limit, "segment file ends inside a frame header")
+		}
+		if int64(frameSize) > limit-rel {
+			return nil, 0, l.damaged(seg, rel, limit, "frame runs past the readable end")
 		}
 		length := frameSize - headerSize
 		payload = buf[:0]
@@ -92,10 +100,13 @@ func (l *Log) ReadAt(off int64, buf []byte) (payload []byte, next int64, err err
 		payload = payload[:length]
 		k := copy(payload, s[headerSize:n])
 		if _, err := seg.f.ReadAt(payload[k:], rel+int64(n)); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil, 0, l.damaged(seg, rel, limit, "segment file ends inside a frame")
+			}
 			return nil, 0, l.readErr(seg, err)
 		}
 		if frameCRC(s, payload) != binary.BigEndian.Uint32(s[8:12]) {
-			return nil, 0, &CorruptError{Segment: seg.base, Offset: off, Reason: "crc mismatch"}
+			return nil, 0, l.damaged(seg, rel, limit, "crc mismatch")
 		}
 	case frameEnd:
 		if room >= headerSize && binary.BigEndian.Uint32(s[4:8]) != blankMagic {
@@ -104,7 +115,7 @@ func (l *Log) ReadAt(off int64, buf []byte) (payload []byte, next int64, err err
 		}
 		return nil, segEnd, fmt.Errorf("commitlog: read at %d: %w", off, ErrEndOfSegment)
 	default:
-		return nil, 0, &CorruptError{Segment: seg.base, Offset: off, Reason: reason}
+		return nil, 0, l.damaged(seg, rel, limit, reason)
 	}
 
 	next = off + int64(frameSize)
@@ -120,15 +131,45 @@ func (l *Log) ReadAt(off int64, buf []byte) (payload []byte, next int64, err err
 			h = s[frameSize : frameSize+headerSize]
 		} else {
 			h = s[:headerSize]
-			if _, err := seg.f.ReadAt(h, nrel); err != nil {
+			if _, err := seg.f.ReadAt(h, nrel); err != nil && !errors.Is(err, io.EOF) {
 				return nil, 0, l.readErr(seg, err)
 			}
 		}
-		if k, _, _, _ := decodeFrame(h, size-nrel, l.cfg.MaxPayload); k == frameEnd {
+		if k, _, _, _ := decodeFrame(h, size-nrel); k == frameEnd {
 			next = segEnd
 		}
 	}
 	return payload, next, nil
+}
+
+// damaged makes the CorruptError for the span of seg starting at rel (segment
+// relative) that failed with reason: it finds where the next valid frame
+// starts, no further than limit, and quarantines the span.
+func (l *Log) damaged(seg *segment, rel, limit int64, reason string) error {
+	bp := scanPool.Get().(*[]byte)
+	defer scanPool.Put(bp)
+	r := frameReader{f: seg.f, size: seg.size, limit: limit, buf: *bp}
+	return l.damagedAt(&r, seg, rel, reason)
+}
+
+// damagedAt is damaged with a reader over the segment already at hand.
+func (l *Log) damagedAt(r *frameReader, seg *segment, rel int64, reason string) error {
+	at, kind, found, err := r.resync(rel + 1)
+	if err != nil {
+		return l.readErr(seg, err)
+	}
+	next := seg.base + r.limit // nothing valid follows: go on where the stable bytes end
+	switch {
+	case found && kind == frameData:
+		next = seg.base + at
+	case found || r.limit == seg.size:
+		// An end-of-segment marker, or a sealed segment with nothing valid
+		// after the damage: reading goes on at the next segment.
+		next = seg.base + seg.size
+	}
+	e := CorruptError{Off: seg.base + rel, Next: next, Reason: reason}
+	l.quarantine(e)
+	return &e
 }
 
 // Scan calls fn for each frame from off up to Committed (as of the call),
@@ -138,6 +179,9 @@ func (l *Log) ReadAt(off int64, buf []byte) (payload []byte, next int64, err err
 // is valid only during the call. If fn returns an error, Scan stops and
 // returns that error with the offset of the frame fn refused, so that a retry
 // starts there.
+//
+// A damaged span stops Scan too: it returns the span's offset and a
+// *CorruptError (quarantined) whose Next is where a new Scan can start.
 func (l *Log) Scan(off int64, fn func(off int64, payload []byte) error) (next int64, err error) {
 	_, committed, err := l.locate(off, true)
 	if err != nil {
@@ -152,105 +196,171 @@ func (l *Log) Scan(off int64, fn func(off int64, payload []byte) error) (next in
 	bp := scanPool.Get().(*[]byte)
 	defer scanPool.Put(bp)
 
-	size := l.cfg.SegmentSize
 	next = off
 	for ; next < committed && i < len(segs); i++ {
 		seg := segs[i]
 		r := frameReader{
-			f:          seg.f,
-			size:       size,
-			limit:      min(committed-seg.base, size),
-			maxPayload: l.cfg.MaxPayload,
-			buf:        *bp,
-			pos:        next - seg.base,
+			f:     seg.f,
+			size:  seg.size,
+			limit: min(committed-seg.base, seg.size),
+			buf:   *bp,
+			pos:   next - seg.base,
 		}
 	frames:
 		for r.pos < r.limit {
-			at := seg.base + r.pos
+			at := r.pos
 			kind, payload, reason, err := r.next()
 			if err != nil {
 				return next, l.readErr(seg, err)
 			}
 			switch kind {
 			case frameData:
-				if err := fn(at, payload); err != nil {
-					return at, err
+				if err := fn(seg.base+at, payload); err != nil {
+					return seg.base + at, err
 				}
 				next = seg.base + r.pos
 			case frameEnd:
-				if r.limit < size {
+				if r.limit < seg.size {
 					// Only the active segment ends below its size, and its
 					// committed part holds frames only.
-					return next, &CorruptError{Segment: seg.base, Offset: at, Reason: "end of segment below the committed end"}
+					return next, l.damagedAt(&r, seg, at, "end of segment below the committed end")
 				}
 				break frames
 			default:
-				return next, &CorruptError{Segment: seg.base, Offset: at, Reason: reason}
+				return next, l.damagedAt(&r, seg, at, reason)
 			}
 		}
-		if r.limit == size {
+		if r.limit == seg.size {
 			// Stopped at the marker or consumed the segment to its end:
 			// reading goes on at the next segment.
-			next = seg.base + size
+			next = seg.base + seg.size
 		}
 	}
 	return next, nil
 }
 
 // frameReader walks the frames of one segment file through a large buffer,
-// so that scanning costs one pread per chunk rather than one per frame.
+// so that scanning costs one pread per chunk rather than one per frame. It
+// has no size limit of its own: a frame larger than its buffer gets a buffer
+// of its size, up to MaxFramePayload.
 type frameReader struct {
-	f          *os.File
-	size       int64 // segment size: no frame crosses it
-	limit      int64 // segment-relative end of the bytes that may be read
-	maxPayload int
-	buf        []byte // buf[:n] holds the segment's bytes from bufPos
-	bufPos     int64
-	n          int
-	pos        int64 // segment-relative offset of the next frame
+	f      *os.File
+	size   int64  // segment size: no frame crosses it
+	limit  int64  // segment-relative end of the bytes that may be read
+	buf    []byte // buf[:n] holds the segment's bytes from bufPos
+	bufPos int64
+	n      int
+	pos    int64 // segment-relative offset of the next frame
 }
 
 // next decodes the frame at r.pos and, for a data frame, moves past it. The
 // payload aliases r's buffer and is valid until the next call.
 func (r *frameReader) next() (kind frameKind, payload []byte, reason string, err error) {
-	refilled := false
+	filled := 0 // how many bytes from r.pos the last fill asked for
 	for {
 		var avail []byte
 		if rel := r.pos - r.bufPos; rel >= 0 && rel <= int64(r.n) {
 			avail = r.buf[rel:r.n]
 		}
-		kind, payload, size, reason := decodeFrame(avail, r.size-r.pos, r.maxPayload)
+		kind, payload, size, reason := decodeFrame(avail, r.size-r.pos)
 		switch kind {
 		case frameData:
 			r.pos += int64(size)
 			return frameData, payload, "", nil
 		case frameShort:
-			if refilled {
-				// A fresh read from pos still lacks bytes: the frame claims
-				// to run past the readable end.
+			if size <= filled {
+				// A read from pos of every byte the frame needs came back
+				// short: the frame claims to run past the readable end.
 				return frameBad, nil, "frame runs past the readable end", nil
 			}
-			if err := r.fill(size); err != nil {
+			// The header may be all there was (the chunk ended inside
+			// it): read again, as much as this frame needs.
+			if err := r.fill(r.pos, size); err != nil {
 				return 0, nil, "", err
 			}
-			refilled = true
+			filled = size
 		default:
 			return kind, nil, reason, nil
 		}
 	}
 }
 
-// fill reads from r.pos at least need bytes (when the limit allows) and up
-// to the buffer's capacity.
-func (r *frameReader) fill(need int) error {
-	want := min(int64(max(cap(r.buf), need)), r.limit-r.pos)
+// fill reads from pos at least need bytes (when the limit allows) and up to
+// the buffer's capacity, growing the buffer for a frame larger than it.
+func (r *frameReader) fill(pos int64, need int) error {
+	want := max(min(int64(max(cap(r.buf), need)), r.limit-pos), 0)
 	if want > int64(cap(r.buf)) {
 		r.buf = make([]byte, want) // a frame larger than the chunk
 	}
-	n, err := r.f.ReadAt(r.buf[:want], r.pos)
+	n, err := r.f.ReadAt(r.buf[:want], pos)
 	if errors.Is(err, io.EOF) {
 		err = nil
 	}
-	r.bufPos, r.n = r.pos, n
+	r.bufPos, r.n = pos, n
 	return err
 }
+
+// resync finds the first valid data frame or end-of-segment marker that
+// starts in [from, limit): where reading goes on after damage. A candidate
+// is any position whose magic field holds a magic; it counts only if its
+// CRC checks, so damaged bytes are never taken for a frame (short of a
+// CRC-32C collision, or a body that itself embeds a whole valid frame and
+// loses its own header). It leaves r.pos unspecified.
+func (r *frameReader) resync(from int64) (at int64, kind frameKind, found bool, err error) {
+	for p := from; p+headerSize <= r.limit; {
+		if rel := p - r.bufPos; rel < 0 || rel+headerSize > int64(r.n) {
+			if err := r.fill(p, headerSize); err != nil {
+				return 0, 0, false, err
+			}
+			if r.n < headerSize {
+				break // the file ends here
+			}
+		}
+		win := r.buf[p-r.bufPos : r.n]
+		j := indexMagic(win[4:])
+		if j < 0 {
+			// Every candidate whose magic lies wholly in win is ruled out;
+			// one whose magic straddles its end is looked at again.
+			p += int64(len(win)) - 7
+			continue
+		}
+		c := p + int64(j)
+		if c+headerSize > r.limit {
+			break
+		}
+		isMarker := binary.BigEndian.Uint32(win[j+4:]) == blankMagic
+		r.pos = c
+		k, _, _, err := r.next()
+		if err != nil {
+			return 0, 0, false, err
+		}
+		// With a magic in place, decodeFrame says frameEnd only for a marker
+		// whose CRC checks.
+		if k == frameData || (k == frameEnd && isMarker) {
+			return c, k, true, nil
+		}
+		p = c + 1
+	}
+	return 0, 0, false, nil
+}
+
+// indexMagic returns the index of the first data or marker magic in b, or -1.
+func indexMagic(b []byte) int {
+	for i := 0; ; {
+		j := bytes.Index(b[i:], magicPrefix)
+		if j < 0 {
+			return -1
+		}
+		k := i + j
+		if k+4 > len(b) {
+			return -1
+		}
+		if m := binary.BigEndian.Uint32(b[k:]); m == frameMagic || m == blankMagic {
+			return k
+		}
+		i = k + 1
+	}
+}
+
+// magicPrefix is what both magics start with ("PB").
+var magicPrefix = []byte{0x50, 0x42}

@@ -9,14 +9,16 @@ import (
 )
 
 // recover opens the segments in the directory and makes the last one
-// writable again. Every other segment was fsynced when it was sealed, so only
-// the last is scanned: from its start, verifying each frame, up to the first
-// that fails. Everything after that point is zeroed and fsynced, so that a
-// stale frame beyond it can never be taken for data by a later recovery.
-// Files left by a preparation that a crash interrupted (or completed, but
-// never used) are deleted: the log prepares a fresh one once open.
+// writable again (the recovery rules are in doc.go). Every other segment was
+// fsynced when it was sealed, so only the last is scanned: from its start,
+// verifying each frame. A damaged frame followed by valid ones is kept in
+// place and quarantined; only a torn tail, after which nothing valid
+// follows, is zeroed and fsynced, so that a stale frame beyond it can never
+// be taken for data by a later recovery. Files left by a preparation that a
+// crash interrupted (or completed, but never used) are deleted: the log
+// prepares a fresh one once open.
 func (l *Log) recover() error {
-	dir, size := l.cfg.Dir, l.cfg.SegmentSize
+	dir := l.cfg.Dir
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return err
@@ -38,43 +40,46 @@ func (l *Log) recover() error {
 	if len(bases) == 0 {
 		return l.createFirst()
 	}
-	for i := 1; i < len(bases); i++ {
-		if bases[i] != bases[i-1]+size {
-			return fmt.Errorf("segment %020d follows %020d; want %020d (missing segment, or SegmentSize changed): %w",
-				bases[i], bases[i-1], bases[i-1]+size, ErrCorrupt)
-		}
-	}
-
 	segs := make([]*segment, 0, len(bases))
-	for _, base := range bases {
+	for i, base := range bases {
 		path := filepath.Join(dir, segmentName(base))
 		f, err := os.OpenFile(path, os.O_RDWR, 0)
 		if err != nil {
 			l.segs.Store(&segs) // so that Open closes what was opened
 			return fmt.Errorf("open segment %020d: %w", base, err)
 		}
-		segs = append(segs, &segment{base: base, path: path, f: f})
+		seg := &segment{base: base, size: l.cfg.SegmentSize, path: path, f: f}
+		segs = append(segs, seg)
+		if i+1 < len(bases) {
+			// A sealed segment holds the log up to the next one's base,
+			// whatever SegmentSize is now: the size it was written with.
+			seg.size = bases[i+1] - base
+		}
 	}
 	l.segs.Store(&segs)
 	for _, s := range segs[:len(segs)-1] {
-		if err := checkSize(s, size); err != nil {
+		if err := l.checkSealed(s); err != nil {
 			return err
 		}
 	}
 
-	last := segs[len(segs)-1]
-	fileSize, pos, reason, err := scanTail(last, size, l.cfg.MaxPayload)
-	if err != nil {
-		return err
-	}
-	if pos == 0 && len(segs) > 1 {
+	for {
+		last := segs[len(segs)-1]
+		t, err := l.scanNewest(last)
+		if err != nil {
+			return err
+		}
+		if t.end > 0 || len(t.spans) > 0 || len(segs) == 1 {
+			return l.reopenNewest(last, t)
+		}
 		// A roll that found no prepared file creates the new one before it
 		// seals the old one, so a crash can leave an empty (or never
 		// preallocated) newest segment whose predecessor was not fsynced;
 		// a prepared one is renamed in after the seal, and may be left empty
-		// too. Drop it and recover the predecessor.
-		l.log.Warn("commitlog: removing empty newest segment left by an interrupted roll",
-			logKeySegment, segmentName(last.base), logKeyReason, reason)
+		// too, or hold only a torn first append. It holds no valid frame:
+		// drop it and recover the predecessor.
+		l.log.Warn("commitlog: removing newest segment holding no frame, left by an interrupted roll",
+			logKeySegment, segmentName(last.base), logKeyReason, t.reason)
 		_ = last.f.Close()
 		if err := os.Remove(last.path); err != nil {
 			return fmt.Errorf("remove empty segment %020d: %w", last.base, err)
@@ -84,34 +89,134 @@ func (l *Log) recover() error {
 		}
 		segs = segs[:len(segs)-1]
 		l.segs.Store(&segs)
-		last = segs[len(segs)-1]
-		if fileSize, pos, reason, err = scanTail(last, size, l.cfg.MaxPayload); err != nil {
-			return err
+	}
+}
+
+// checkSealed makes sure a sealed segment's file holds every byte of its
+// place in the log. Bytes past it (none are ever written there) are left
+// alone and never read.
+func (l *Log) checkSealed(s *segment) error {
+	fi, err := s.f.Stat()
+	if err != nil {
+		return fmt.Errorf("stat segment %020d: %w", s.base, err)
+	}
+	if fi.Size() < s.size {
+		return fmt.Errorf("sealed segment %020d is %d bytes, but the next segment starts %d bytes after it: "+
+			"a segment file is missing or was cut short: %w", s.base, fi.Size(), s.size, ErrCorrupt)
+	}
+	if fi.Size() > s.size {
+		l.log.Warn("commitlog: sealed segment is longer than its place in the log; the bytes past it are ignored",
+			logKeySegment, segmentName(s.base), "file_size", fi.Size(), "size", s.size)
+	}
+	return nil
+}
+
+// tailScan is what recovery found in the newest segment.
+type tailScan struct {
+	fileSize int64
+	end      int64          // segment-relative end of the last valid frame: where appends go on
+	spans    []CorruptError // damaged spans with valid frames after them: kept, quarantined
+	tornAt   int64          // where a torn tail starts (cut); -1 when the frames end cleanly
+	reason   string         // why the frame at tornAt failed
+}
+
+// scanNewest walks every frame of s, the newest segment, up to the end of its
+// file, resynchronising after damage (see frameReader.resync). It reads the
+// file as it is, whatever its length: frames up to the file's end count even
+// when it is longer than SegmentSize, and one running past a short file's end
+// is torn.
+func (l *Log) scanNewest(s *segment) (tailScan, error) {
+	fi, err := s.f.Stat()
+	if err != nil {
+		return tailScan{}, fmt.Errorf("stat segment %020d: %w", s.base, err)
+	}
+	t := tailScan{fileSize: fi.Size(), tornAt: -1}
+	bp := scanPool.Get().(*[]byte)
+	defer scanPool.Put(bp)
+	r := frameReader{f: s.f, size: max(t.fileSize, s.size), limit: t.fileSize, buf: *bp}
+	for r.pos < r.limit {
+		at := r.pos
+		kind, _, why, err := r.next()
+		if err != nil {
+			return tailScan{}, fmt.Errorf("scan segment %020d: %w", s.base, err)
+		}
+		switch kind {
+		case frameData:
+			t.end = r.pos
+			continue
+		case frameEnd:
+			return t, nil
+		}
+		next, kind, found, err := r.resync(at + 1)
+		if err != nil {
+			return tailScan{}, fmt.Errorf("scan segment %020d: %w", s.base, err)
+		}
+		if !found {
+			t.tornAt, t.reason = at, why
+			return t, nil
+		}
+		if kind == frameEnd {
+			// A marker: the segment was sealed, so nothing was torn after it.
+			t.spans = append(t.spans, CorruptError{Off: s.base + at, Next: s.base + r.size, Reason: why})
+			t.end = next
+			return t, nil
+		}
+		t.spans = append(t.spans, CorruptError{Off: s.base + at, Next: s.base + next, Reason: why})
+		r.pos = next
+	}
+	return t, nil
+}
+
+// reopenNewest makes s, scanned as t, the active segment: it keeps every
+// valid frame, quarantines the damaged spans between them, cuts a torn tail
+// (zeros from the end of the last valid frame on, fsynced), and gives the
+// file the length the segment needs: SegmentSize, or the file's own length
+// when it holds frames past SegmentSize (written with a larger one).
+func (l *Log) reopenNewest(s *segment, t tailScan) error {
+	s.size = l.cfg.SegmentSize
+	if t.end > s.size {
+		s.size = t.fileSize
+		l.log.Warn("commitlog: newest segment holds frames past SegmentSize (written with a larger one?); it keeps its length",
+			logKeySegment, segmentName(s.base), "file_size", t.fileSize, "segment_size", l.cfg.SegmentSize)
+	}
+	for _, e := range t.spans {
+		if e.Next > s.base+s.size {
+			e.Next = s.base + s.size
+		}
+		l.quarantine(e)
+	}
+	if t.tornAt >= 0 {
+		l.log.Warn("commitlog: cutting torn tail",
+			logKeySegment, segmentName(s.base), logKeyOffset, s.base+t.tornAt, logKeyReason, t.reason)
+	}
+	switch {
+	case t.fileSize > s.size:
+		l.log.Warn("commitlog: newest segment is longer than SegmentSize and holds no frame past it; cutting it to size",
+			logKeySegment, segmentName(s.base), "file_size", t.fileSize, "segment_size", s.size)
+		if err := s.f.Truncate(s.size); err != nil {
+			return fmt.Errorf("cut segment %020d to %d bytes: %w", s.base, s.size, err)
+		}
+	case t.fileSize < s.size:
+		if t.end > 0 {
+			l.log.Warn("commitlog: newest segment is shorter than SegmentSize (its preallocated tail was lost); extending it",
+				logKeySegment, segmentName(s.base), "file_size", t.fileSize, "segment_size", s.size)
+		}
+		// Created but not (fully) preallocated when the process died, or
+		// cut short since.
+		if err := l.cfg.io.allocate(s.f, s.size); err != nil {
+			return fmt.Errorf("preallocate segment %020d: %w", s.base, err)
 		}
 	}
-	if fileSize < size {
-		if pos > 0 {
-			return fmt.Errorf("segment %020d is %d bytes, want %d (SegmentSize changed?)", last.base, fileSize, size)
-		}
-		// Created but not (fully) preallocated when the process died.
-		if err := l.cfg.io.allocate(last.f, size); err != nil {
-			return fmt.Errorf("preallocate segment %020d: %w", last.base, err)
-		}
+	if err := zeroRange(s.f, t.end, s.size-t.end); err != nil {
+		return fmt.Errorf("zero tail of segment %020d from %d: %w", s.base, t.end, err)
 	}
-	if reason != "" {
-		l.log.Warn("commitlog: truncating torn or corrupt tail",
-			logKeySegment, segmentName(last.base), logKeyOffset, last.base+pos, logKeyReason, reason)
+	if err := s.f.Sync(); err != nil {
+		return fmt.Errorf("fsync segment %020d: %w", s.base, err)
 	}
-	if err := zeroRange(last.f, pos, size-pos); err != nil {
-		return fmt.Errorf("zero tail of segment %020d from %d: %w", last.base, pos, err)
-	}
-	if err := last.f.Sync(); err != nil {
-		return fmt.Errorf("fsync segment %020d: %w", last.base, err)
-	}
-	l.active = last
-	l.pos = pos
-	l.written.Store(last.base + pos)
-	l.flushed.Store(last.base + pos)
+	l.active = s
+	l.pos = t.end
+	l.written.Store(s.base + t.end)
+	l.flushed.Store(s.base + t.end)
 	return nil
 }
 
@@ -131,54 +236,11 @@ func (l *Log) createFirst() error {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("create segment %020d: %w", 0, err)
 	}
-	seg := &segment{base: 0, path: path, f: f}
+	seg := &segment{base: 0, size: size, path: path, f: f}
 	l.segs.Store(&[]*segment{seg}) // so that Open closes it on failure
 	if err := durable.SyncDir(dir); err != nil {
 		return err
 	}
 	l.active = seg
 	return nil
-}
-
-func checkSize(s *segment, size int64) error {
-	fi, err := s.f.Stat()
-	if err != nil {
-		return fmt.Errorf("stat segment %020d: %w", s.base, err)
-	}
-	if fi.Size() != size {
-		return fmt.Errorf("sealed segment %020d is %d bytes, want %d (SegmentSize changed?)", s.base, fi.Size(), size)
-	}
-	return nil
-}
-
-// scanTail finds the end of the valid frames of s: the position of the first
-// frame that is not a valid data frame, and, when that is not a clean end
-// (zeros or an end-of-segment marker), why.
-func scanTail(s *segment, size int64, maxPayload int) (fileSize, pos int64, reason string, err error) {
-	fi, err := s.f.Stat()
-	if err != nil {
-		return 0, 0, "", fmt.Errorf("stat segment %020d: %w", s.base, err)
-	}
-	fileSize = fi.Size()
-	if fileSize > size {
-		return 0, 0, "", fmt.Errorf("segment %020d is %d bytes, want %d (SegmentSize changed?)", s.base, fileSize, size)
-	}
-	bp := scanPool.Get().(*[]byte)
-	defer scanPool.Put(bp)
-	r := frameReader{f: s.f, size: fileSize, limit: fileSize, maxPayload: maxPayload, buf: *bp}
-	for r.pos < r.limit {
-		kind, _, why, err := r.next()
-		if err != nil {
-			return 0, 0, "", fmt.Errorf("scan segment %020d: %w", s.base, err)
-		}
-		switch kind {
-		case frameData:
-			continue
-		case frameEnd:
-			return fileSize, r.pos, "", nil
-		default:
-			return fileSize, r.pos, why, nil
-		}
-	}
-	return fileSize, r.pos, "", nil
 }

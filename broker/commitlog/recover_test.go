@@ -128,7 +128,7 @@ func TestOpenOnTornTail(t *testing.T) {
 			checkRecords(t, l, want)
 			// Only recovery's own warning counts: with 64 KiB segments the
 			// appends above may also outrun segment preparation, which warns.
-			if warned := strings.Contains(logs.String(), "truncating torn or corrupt tail"); warned != tt.wantWarn {
+			if warned := strings.Contains(logs.String(), "cutting torn tail"); warned != tt.wantWarn {
 				t.Fatalf("warned = %v, want %v; log:\n%s", warned, tt.wantWarn, logs.String())
 			}
 			// The tail is zero on disk, so nothing stale can come back.

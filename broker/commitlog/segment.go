@@ -18,10 +18,11 @@ const (
 	fallocZeroRange = 0x10
 )
 
-// segment is one open segment file. Its base never changes; the file is
-// closed only by DropBefore (after setting dropped) or Close.
+// segment is one open segment file. Its base and size never change; the
+// file is closed only by DropBefore (after setting dropped) or Close.
 type segment struct {
 	base    int64
+	size    int64 // bytes of log it holds: Config.SegmentSize, unless recovered from a run configured otherwise
 	path    string
 	f       *os.File
 	dropped atomic.Bool // set before DropBefore closes f, so a racing read or fsync knows why it failed
@@ -148,7 +149,7 @@ func createSegment(dir string, base, size int64, sio segmentIO) (*segment, error
 		}
 		return nil, fmt.Errorf("preallocate segment %020d: %w", base, err)
 	}
-	return &segment{base: base, path: path, f: f}, nil
+	return &segment{base: base, size: size, path: path, f: f}, nil
 }
 
 // zeroRange makes [off, off+n) of f read as zeros while keeping it allocated.

@@ -481,7 +481,7 @@ func TestReadsDoNotWaitForWriter(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tx.Rollback()
-	if _, err := tx.Exec(`INSERT INTO topics VALUES ('uncommitted', 1, 0, 0, 0)`); err != nil {
+	if _, err := tx.Exec(`INSERT INTO topics VALUES ('uncommitted', 1, 0, 0, 0, 0)`); err != nil {
 		t.Fatal(err)
 	}
 

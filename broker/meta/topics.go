@@ -17,6 +17,11 @@ type Topic struct {
 	Retention time.Duration
 	// CreatedAt and UpdatedAt are set by the store when left zero.
 	CreatedAt, UpdatedAt time.Time
+	// LogStart is the commitlog offset where this incarnation of the topic
+	// begins: records of its name below it belong to a deleted topic of the
+	// same name. Set only when the topic is created; -1 for a topic stored
+	// before the column existed.
+	LogStart int64
 }
 
 func (t Topic) validate() error {
@@ -32,7 +37,7 @@ func (t Topic) validate() error {
 	return nil
 }
 
-const topicColumns = `name, queues, retention_ms, created_at, updated_at`
+const topicColumns = `name, queues, retention_ms, created_at, updated_at, log_start`
 
 type rowScanner interface{ Scan(dest ...any) error }
 
@@ -41,7 +46,7 @@ func scanTopic(r rowScanner) (Topic, error) {
 		t                 Topic
 		retention, cr, up int64
 	)
-	if err := r.Scan(&t.Name, &t.Queues, &retention, &cr, &up); err != nil {
+	if err := r.Scan(&t.Name, &t.Queues, &retention, &cr, &up, &t.LogStart); err != nil {
 		return Topic{}, err
 	}
 	t.Retention = time.Duration(retention) * time.Millisecond
@@ -64,8 +69,8 @@ func (s *Store) CreateTopic(ctx context.Context, t Topic) (Topic, error) {
 	t.Retention = t.Retention.Truncate(time.Millisecond)
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx,
-			`INSERT INTO topics (`+topicColumns+`) VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING`,
-			t.Name, t.Queues, t.Retention.Milliseconds(), t.CreatedAt.UnixMilli(), t.UpdatedAt.UnixMilli())
+			`INSERT INTO topics (`+topicColumns+`) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING`,
+			t.Name, t.Queues, t.Retention.Milliseconds(), t.CreatedAt.UnixMilli(), t.UpdatedAt.UnixMilli(), t.LogStart)
 		if err != nil {
 			return err
 		}
@@ -111,8 +116,8 @@ func (s *Store) PutTopic(ctx context.Context, t Topic) (Topic, bool, error) {
 			}
 			created = true
 			_, err := tx.ExecContext(ctx,
-				`INSERT INTO topics (`+topicColumns+`) VALUES (?, ?, ?, ?, ?)`,
-				out.Name, out.Queues, out.Retention.Milliseconds(), out.CreatedAt.UnixMilli(), out.UpdatedAt.UnixMilli())
+				`INSERT INTO topics (`+topicColumns+`) VALUES (?, ?, ?, ?, ?, ?)`,
+				out.Name, out.Queues, out.Retention.Milliseconds(), out.CreatedAt.UnixMilli(), out.UpdatedAt.UnixMilli(), out.LogStart)
 			return err
 		case err != nil:
 			return err
