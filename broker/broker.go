@@ -184,6 +184,10 @@ func (b *Broker) open(ctx context.Context) error {
 		return fmt.Errorf("open consume queues: %w", err)
 	}
 	cp, err := readCheckpoint(b.cfg.Dir)
+	if errors.Is(err, errBadCheckpoint) {
+		b.logger.Warn("rebuilding the indexes from the start of the commitlog", slog.Any("err", err))
+		err = nil
+	}
 	if err != nil {
 		return err
 	}

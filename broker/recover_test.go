@@ -563,3 +563,19 @@ func TestRebuildAroundDamage(t *testing.T) {
 		t.Fatalf("orders after rebuild: %+v, %v", st.Topic, err)
 	}
 }
+
+// TestGarbageCheckpointRebuildsLoudly: an unparseable checkpoint.json
+// rebuilds the indexes from the start of the log, as a missing one does,
+// and says so (it used to be taken for the zero checkpoint silently).
+func TestGarbageCheckpointRebuildsLoudly(t *testing.T) {
+	f := newFixture(t)
+	if err := os.WriteFile(filepath.Join(f.cfg.Dir, checkpointFile), []byte("{not json"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, logs := withLogs(f.cfg)
+	b := openBroker(t, cfg)
+	f.check(t, b, "orders", "payments")
+	if !strings.Contains(logs.String(), `level=WARN msg="rebuilding the indexes from the start of the commitlog" err="checkpoint unreadable`) {
+		t.Fatalf("no WARN line for the unreadable checkpoint:\n%s", logs)
+	}
+}
