@@ -46,6 +46,9 @@
 //	subscriptions(id PK, group_name, topic, url, filter, ordered, config, secret, state, ...)
 //	deleted_topics(name PK, deleted_at)                                   the latest deletion of each topic
 //
+// Backup writes a consistent copy of a database (VACUUM INTO on a read-only
+// connection) while a broker may have it open; `postbus backup` uses it.
+//
 // The tables are described in full in package migrations. Times are stored in
 // unix milliseconds and returned in UTC, so a sub-millisecond part is lost.
 package meta
