@@ -201,6 +201,12 @@ func (b *Broker) unknownTopics(sv *logSurvey, tomb map[string]time.Time) map[str
 		if _, ok := b.topics[name]; ok || !ts.live() {
 			continue
 		}
+		if !strings.HasPrefix(name, "%") && ValidateTopicName(name) != nil {
+			// No topic can have this name: nothing to recreate or serve.
+			b.logger.Error("records under a name no topic can have; not served", slog.String("topic", name),
+				slog.Int64("records", ts.records), slog.Int64("first_offset", ts.firstOff))
+			continue
+		}
 		if d, ok := tomb[name]; ok {
 			// Stored after the topic's deletion: a publish that raced the
 			// delete, or a re-creation this meta.db does not know. Not a
