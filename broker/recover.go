@@ -47,14 +47,27 @@ func (b *Broker) openMeta(ctx context.Context) error {
 		return fmt.Errorf("%w: metadata database %s is missing, but the commitlog holds messages (offsets %d to %d); "+
 			"refusing to start, which would hide them: %s", ErrMetadataLost, path, b.log.MinOffset(), b.log.Committed(), rebuildHowTo)
 	}
+	aside := fmt.Sprintf("%s.unusable-%s", path, b.now().UTC().Format("20060102T150405Z"))
+	moveAside := func() error {
+		for _, suffix := range []string{"", "-wal", "-shm"} {
+			if err := os.Rename(path+suffix, aside+suffix); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("move %s aside for --rebuild-metadata: %w", path+suffix, err)
+			}
+		}
+		return nil
+	}
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) && b.cfg.RebuildMetadata {
+		// A -wal or -shm left without its database must not be replayed
+		// into the new one.
+		if err := moveAside(); err != nil {
+			return err
+		}
+	}
 	opts := []meta.Option{meta.WithLogger(b.logger.With(slog.String("component", "meta"))), meta.WithClock(b.now)}
 	s, err := meta.Open(ctx, path, opts...)
 	if err != nil && b.cfg.RebuildMetadata && !errors.Is(err, meta.ErrSchemaTooNew) && ctx.Err() == nil {
-		aside := fmt.Sprintf("%s.unusable-%s", path, b.now().UTC().Format("20060102T150405Z"))
-		for _, suffix := range []string{"", "-wal", "-shm"} {
-			if rerr := os.Rename(path+suffix, aside+suffix); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
-				return fmt.Errorf("open metadata: %w; moving it aside for --rebuild-metadata: %w", err, rerr)
-			}
+		if merr := moveAside(); merr != nil {
+			return fmt.Errorf("open metadata: %w; %w", err, merr)
 		}
 		b.logger.Error("metadata database unusable: moved aside, rebuilding from the commitlog",
 			slog.String("path", path), slog.String("moved_to", aside), slog.Any("err", err))

@@ -232,6 +232,12 @@ func TestRebuildMetadata(t *testing.T) {
 	}{
 		{name: "missing", break_: func(t *testing.T, dir string) { removeMeta(t, dir) }},
 		{name: "missing with indexes", derived: true, break_: func(t *testing.T, dir string) { removeMeta(t, dir) }},
+		{name: "missing, its -wal left", aside: true, break_: func(t *testing.T, dir string) {
+			removeMeta(t, dir)
+			if err := os.WriteFile(filepath.Join(dir, "meta.db-wal"), bytes.Repeat([]byte("wal?"), 1024), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}},
 		{name: "garbage", aside: true, break_: func(t *testing.T, dir string) {
 			removeMeta(t, dir)
 			if err := os.WriteFile(filepath.Join(dir, "meta.db"), bytes.Repeat([]byte("garbage!"), 1024), 0o644); err != nil {
@@ -275,7 +281,7 @@ func TestRebuildMetadata(t *testing.T) {
 					t.Errorf("logs lack %q:\n%s", want, out)
 				}
 			}
-			asides, _ := filepath.Glob(filepath.Join(dir, "meta.db.unusable-*"))
+			asides, _ := filepath.Glob(filepath.Join(dir, "meta.db.unusable-*")) // the database, or its -wal left without it
 			if tc.aside != (len(asides) == 1) {
 				t.Errorf("moved-aside files %v; want one: %v", asides, tc.aside)
 			}
