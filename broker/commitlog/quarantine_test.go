@@ -88,6 +88,17 @@ func checkDamaged(tb testing.TB, l *Log, want []record, wantSpans []CorruptError
 			tb.Fatalf("ReadAt(%d) of a damaged span: %v, want [%d, %d)", s.Off, err, s.Off, s.Next)
 		}
 	}
+	for _, s := range wantSpans {
+		// An offset inside a known span (not where a frame starts) is the
+		// same span, not a new one.
+		if mid := s.Off + 1; mid < s.Next {
+			_, _, err := l.ReadAt(mid, nil)
+			var ce *CorruptError
+			if !errors.As(err, &ce) || ce.Off != s.Off || ce.Next != s.Next {
+				tb.Fatalf("ReadAt(%d) inside the span [%d, %d): %v", mid, s.Off, s.Next, err)
+			}
+		}
+	}
 	q := l.Quarantined()
 	if len(q) != len(wantSpans) {
 		tb.Fatalf("Quarantined() = %v, want %v", q, wantSpans)

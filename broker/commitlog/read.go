@@ -154,6 +154,11 @@ func (l *Log) damaged(seg *segment, rel, limit int64, reason string) error {
 
 // damagedAt is damaged with a reader over the segment already at hand.
 func (l *Log) damagedAt(r *frameReader, seg *segment, rel int64, reason string) error {
+	if e, ok := l.quarantinedAround(seg.base + rel); ok {
+		// Inside a span already known (a reader given an offset in it):
+		// the same span, not a new one.
+		return &e
+	}
 	at, kind, found, err := r.resyncAfter(rel)
 	if err != nil {
 		return l.readErr(seg, err)
