@@ -153,7 +153,7 @@ func (b *Broker) open(ctx context.Context) error {
 	lcfg.SegmentSize = b.cfg.SegmentSize
 	lcfg.Sync = b.cfg.SyncFlush
 	lcfg.FlushInterval = b.cfg.FlushInterval
-	lcfg.MaxPayload = b.cfg.MaxMessageBytes + 64<<10
+	lcfg.MaxPayload = int(maxRecordBytes(b.cfg.MaxMessageBytes))
 	lcfg.Logger = b.logger.With(slog.String("component", "commitlog"))
 	if b.log, err = commitlog.Open(lcfg); err != nil {
 		return fmt.Errorf("open commitlog: %w", err)
@@ -396,6 +396,25 @@ func (b *Broker) Ready() error {
 		return ErrClosed
 	}
 	return nil
+}
+
+// DamagedSpan is a stretch of the commitlog that failed its checks and is
+// skipped: the records in it are lost, those around it are not.
+type DamagedSpan struct {
+	Offset int64  // where the damage starts
+	Next   int64  // where reading resumes
+	Reason string // the check that failed
+}
+
+// Damaged lists the commitlog spans quarantined so far (each was logged at
+// ERROR when found). The broker stays ready with them: /readyz shows them.
+func (b *Broker) Damaged() []DamagedSpan {
+	q := b.log.Quarantined()
+	out := make([]DamagedSpan, len(q))
+	for i, e := range q {
+		out[i] = DamagedSpan{Offset: e.Off, Next: e.Next, Reason: e.Reason}
+	}
+	return out
 }
 
 // signal wakes every waiter at once: waiters take the channel, the firer

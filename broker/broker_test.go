@@ -17,7 +17,7 @@ import (
 func testConfig(tb testing.TB, dir string) Config {
 	tb.Helper()
 	cfg := DefaultConfig(dir)
-	cfg.SegmentSize = 1 << 20
+	cfg.SegmentSize = 8 << 20 // the smallest a broker accepts (MinSegmentSize)
 	cfg.MaxMessageBytes = 256 << 10
 	cfg.AutoCreateTopics = true
 	cfg.CheckpointInterval = 50 * time.Millisecond
@@ -261,7 +261,7 @@ func TestReopenKeepsEverything(t *testing.T) {
 	b := openBroker(t, cfg)
 	var ids []string
 	for i := 0; i < 300; i++ {
-		body := bytes.Repeat([]byte{byte(i)}, 5000) // several segments
+		body := bytes.Repeat([]byte{byte(i)}, 5000)
 		ids = append(ids, publish(t, b, "t", &Message{Body: body, Keys: []string{fmt.Sprint("k", i%7)}})[0].ID)
 	}
 	before, _ := b.Topic(context.Background(), "t")
@@ -351,7 +351,7 @@ func TestRetention(t *testing.T) {
 	cfg.Retention = time.Hour
 	b := openBroker(t, cfg)
 	var old []string
-	for i := 0; i < 40; i++ { // 40 x 100 KiB: several 1 MiB segments
+	for i := 0; i < 90; i++ { // 90 x 100 KiB: more than one segment
 		old = append(old, publish(t, b, "t", &Message{Body: make([]byte, 100<<10)})[0].ID)
 	}
 	mu.Lock()

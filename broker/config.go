@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/postbus/postbus/broker/commitlog"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -68,9 +69,9 @@ func (c *Config) Validate() error {
 	}
 	check(c.Dir != "", "data directory is empty")
 	check(c.FlushInterval > 0, "flush interval %s must be positive", c.FlushInterval)
-	check(c.SegmentSize >= 1<<20, "segment size %d must be at least 1 MiB", c.SegmentSize)
-	check(c.MaxMessageBytes > 0 && int64(c.MaxMessageBytes)+(64<<10) <= c.SegmentSize,
-		"max message size %d must be positive and fit in a segment of %d bytes", c.MaxMessageBytes, c.SegmentSize)
+	if err := CheckSizes(c.SegmentSize, c.MaxMessageBytes); err != nil {
+		errs = append(errs, err)
+	}
 	check(c.MaxDelay > 0, "max delay %s must be positive", c.MaxDelay)
 	check(c.DefaultQueues >= 1 && c.DefaultQueues <= MaxQueues, "default queues %d must be 1-%d", c.DefaultQueues, MaxQueues)
 	check(c.DedupWindow > 0, "dedup window %s must be positive", c.DedupWindow)
@@ -82,4 +83,51 @@ func (c *Config) Validate() error {
 	check(c.DiskCleanRatio > 0 && c.DiskCleanRatio <= c.DiskFullRatio && c.DiskFullRatio <= 1,
 		"disk ratios must satisfy 0 < clean (%.2f) <= full (%.2f) <= 1", c.DiskCleanRatio, c.DiskFullRatio)
 	return errors.Join(errs...)
+}
+
+// MaxBatchStoredBytes bounds one batch as the commitlog stores it: its
+// records (bodies, keys, properties, tag and every other field) with their
+// frames. One batch is one append into one segment, so a segment must hold
+// this much. Every batch within the API's limits is below it: bodies total
+// at most MaxBatchBytes, and the rest of a batch, which comes in the same
+// JSON request of at most 7 MiB, adds at most a few hundred bytes a record.
+const MaxBatchStoredBytes = 8 << 20
+
+// maxRecordOverhead bounds the bytes a record holds besides its body: a
+// message at every limit of Message.validate (32 keys of 256 bytes, 16 KiB
+// of properties, a 127-character tag, ...) takes under 27 KiB more than its
+// body; the rest is room for the broker's own fields (a dead letter's
+// reason).
+const maxRecordOverhead = 64 << 10
+
+// maxRecordBytes is the largest record a message whose body is at most
+// maxBody bytes encodes to: the commitlog's MaxPayload.
+func maxRecordBytes(maxBody int) int64 { return int64(maxBody) + maxRecordOverhead }
+
+// MinSegmentSize is the smallest commitlog segment a broker accepts: one
+// that holds the largest batch it may store in one append, and the largest
+// single record for a body limit of maxMessageBytes.
+func MinSegmentSize(maxMessageBytes int) int64 {
+	return max(MaxBatchStoredBytes, commitlog.MinSegmentSize(maxRecordBytes(maxMessageBytes), 1))
+}
+
+// ErrSizes marks a segment size and body limit that cannot work together:
+// what CheckSizes returns, so that a command line can name its flags.
+var ErrSizes = errors.New("sizes do not fit together")
+
+// CheckSizes reports whether segments of segmentSize bytes can hold every
+// publish that a body limit of maxMessageBytes admits, and why not. A
+// publish is refused by its own limits or stored; it never meets a
+// segment too small for it.
+func CheckSizes(segmentSize int64, maxMessageBytes int) error {
+	switch {
+	case maxMessageBytes <= 0 || maxMessageBytes > MaxBatchBytes:
+		return fmt.Errorf("max message bytes %d must be 1 to %d, the most that the bodies of one publish (a batch) may total: %w",
+			maxMessageBytes, MaxBatchBytes, ErrSizes)
+	case segmentSize < MinSegmentSize(maxMessageBytes):
+		return fmt.Errorf("segment size %d cannot hold the largest batch: a batch of up to %d messages, bodies up to %d bytes in all, "+
+			"is stored whole in one segment and may take %d bytes with its keys, properties and frames; the segment size must be at least %d: %w",
+			segmentSize, MaxBatchMessages, MaxBatchBytes, MaxBatchStoredBytes, MinSegmentSize(maxMessageBytes), ErrSizes)
+	}
+	return nil
 }

@@ -109,6 +109,17 @@ func (b *Broker) store(ctx context.Context, ts *topicState, msgs []*Message, ded
 			results[i].QueueOffset = -1
 		}
 	}
+	// One batch is one append into one segment, which the configuration
+	// makes hold MaxBatchStoredBytes: refuse more here, for good, rather
+	// than have the append fail as if it could work on a retry.
+	var stored int64
+	for _, r := range recs {
+		stored += int64(len(r))
+	}
+	if n := commitlog.MinSegmentSize(stored, len(recs)); n > MaxBatchStoredBytes {
+		b.metrics.rejected(CodeBatchTooLarge)
+		return nil, errf(CodeBatchTooLarge, "", "the batch takes %d bytes as stored (bodies, keys, properties and the rest); the limit is %d", n, MaxBatchStoredBytes)
+	}
 	var dups []bool
 	if dedup {
 		dups = b.dedupFromIndex(ctx, ts, msgs, results)
@@ -232,6 +243,11 @@ func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results 
 		if errors.Is(err, commitlog.ErrDiskFull) {
 			b.metrics.rejected(CodeDiskFull)
 			return 0, &Error{Code: CodeDiskFull, Detail: "the disk is full: the commitlog could not allocate a new segment; nothing was stored", Err: err}
+		}
+		if errors.Is(err, commitlog.ErrTooLarge) {
+			// CheckSizes and the check in store make this unreachable.
+			b.metrics.rejected(CodeBatchTooLarge)
+			return 0, &Error{Code: CodeBatchTooLarge, Detail: "the batch does not fit in one commitlog segment; nothing was stored", Err: err}
 		}
 		b.logger.Error("commitlog append failed", slog.Any("err", err))
 		return 0, &Error{Code: CodeUnavailable, Detail: "the commitlog could not store the messages; nothing was stored", Err: err}

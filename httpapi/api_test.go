@@ -17,7 +17,7 @@ import (
 func newTestServer(tb testing.TB, mutate func(*broker.Config)) (*httptest.Server, *broker.Broker) {
 	tb.Helper()
 	cfg := broker.DefaultConfig(tb.TempDir())
-	cfg.SegmentSize = 4 << 20
+	cfg.SegmentSize = 8 << 20
 	cfg.MaxMessageBytes = 1 << 20
 	cfg.AutoCreateTopics = true
 	if mutate != nil {

@@ -47,7 +47,7 @@ func newAuthServer(tb testing.TB, cfg Config, logs *bytes.Buffer) (*httptest.Ser
 	tb.Helper()
 	bc := broker.DefaultConfig(tb.TempDir())
 	bc.AutoCreateTopics = true
-	bc.SegmentSize = 4 << 20
+	bc.SegmentSize = 8 << 20
 	bc.MaxMessageBytes = 1 << 20
 	b, err := broker.Open(context.Background(), bc)
 	if err != nil {

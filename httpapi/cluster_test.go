@@ -87,7 +87,7 @@ func newTestClusterSlowNames(tb testing.TB, delay time.Duration, names ...string
 func startClusterNode(tb testing.TB, name, nsURL string) *clusterNode {
 	tb.Helper()
 	cfg := broker.DefaultConfig(tb.TempDir())
-	cfg.SegmentSize = 4 << 20
+	cfg.SegmentSize = 8 << 20
 	cfg.MaxMessageBytes = 1 << 20
 	b, err := broker.Open(context.Background(), cfg)
 	if err != nil {

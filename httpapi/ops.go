@@ -3,6 +3,8 @@ package httpapi
 import (
 	"net/http"
 
+	"github.com/postbus/postbus/broker"
+
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -17,7 +19,29 @@ func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, codeNotReady, "", "not ready: "+err.Error())
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	// Damaged records do not make a broker unready (everything else is
+	// served), but an operator looking here should see them.
+	var damaged []broker.DamagedSpan
+	if s.broker != nil {
+		damaged = s.broker.Damaged()
+	}
+	if len(damaged) == 0 {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+		return
+	}
+	type span struct {
+		Offset int64  `json:"offset"`
+		Next   int64  `json:"next"`
+		Reason string `json:"reason"`
+	}
+	spans := make([]span, len(damaged))
+	for i, d := range damaged {
+		spans[i] = span{d.Offset, d.Next, d.Reason}
+	}
+	writeJSON(w, http.StatusOK, struct {
+		Status      string `json:"status"`
+		Quarantined []span `json:"quarantined"`
+	}{"ready", spans})
 }
 
 func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {

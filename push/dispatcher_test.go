@@ -25,7 +25,7 @@ func newRig(tb testing.TB) *rig {
 	tb.Helper()
 	dir := tb.TempDir()
 	cfg := broker.DefaultConfig(dir)
-	cfg.SegmentSize = 4 << 20
+	cfg.SegmentSize = 8 << 20
 	cfg.MaxMessageBytes = 1 << 20
 	cfg.AutoCreateTopics = true
 	cfg.OffsetInterval = 50 * time.Millisecond

@@ -142,6 +142,9 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	c.broker.SegmentSize = int64(c.segmentSize)
 	c.broker.MaxMessageBytes = int(c.maxMessageBytes)
 	c.broker.Logger = logger
+	if err := checkSizeFlags(c.broker.SegmentSize, c.broker.MaxMessageBytes); err != nil {
+		return err
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -389,4 +392,20 @@ func (t bearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	r = r.Clone(r.Context())
 	r.Header.Set("Authorization", "Bearer "+t.token)
 	return t.next.RoundTrip(r)
+}
+
+// checkSizeFlags says, in terms of the flags, why --segment-size and
+// --max-message-bytes cannot work together (broker.CheckSizes decides).
+func checkSizeFlags(segmentSize int64, maxMessageBytes int) error {
+	if err := broker.CheckSizes(segmentSize, maxMessageBytes); err == nil {
+		return nil
+	}
+	if maxMessageBytes <= 0 || maxMessageBytes > broker.MaxBatchBytes {
+		return fmt.Errorf("--max-message-bytes %s: must be from 1 byte to %s, the most the bodies of one publish may total",
+			formatBytes(int64(maxMessageBytes)), formatBytes(broker.MaxBatchBytes))
+	}
+	return fmt.Errorf("--segment-size %s is too small for --max-message-bytes %s: a batch (up to %d messages whose bodies total up to %s) "+
+		"is stored whole in one segment, and may take %s with its keys, properties and frames; use --segment-size %s or more (the default is %s)",
+		formatBytes(segmentSize), formatBytes(int64(maxMessageBytes)), broker.MaxBatchMessages, formatBytes(broker.MaxBatchBytes),
+		formatBytes(broker.MaxBatchStoredBytes), formatBytes(broker.MinSegmentSize(maxMessageBytes)), formatBytes(broker.DefaultConfig("").SegmentSize))
 }
