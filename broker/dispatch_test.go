@@ -124,15 +124,19 @@ func TestDamagedRecordInSealedSegment(t *testing.T) {
 			if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 1}); err != nil {
 				t.Fatal(err)
 			}
-			const n = 40
+			const n, size, batch = 50, 200 << 10, 10 // 10 MB: past the first of testConfig's 8 MiB segments
 			var res []Result
-			bodyOf := func(i int) []byte { return bytes.Repeat([]byte{byte('a' + i%26)}, 60<<10) }
-			for i := 0; i < n; i++ { // 40 x 60 KiB: several 1 MiB segments
-				res = append(res, publish(t, b, "t", &Message{Body: bodyOf(i), Keys: []string{fmt.Sprint("k-", i)}})[0])
+			bodyOf := func(i int) []byte { return bytes.Repeat([]byte{byte('a' + i%26)}, size) }
+			for i := 0; i < n; i += batch {
+				var msgs []*Message
+				for j := i; j < i+batch; j++ {
+					msgs = append(msgs, &Message{Body: bodyOf(j), Keys: []string{fmt.Sprint("k-", j)}})
+				}
+				res = append(res, publish(t, b, "t", msgs...)...)
 			}
 			victim := res[3]
 			segs := b.log.Segments()
-			if len(segs) < 3 || victim.logOffset >= segs[0].End {
+			if len(segs) < 2 || victim.logOffset >= segs[0].End {
 				t.Fatalf("the victim at %d is not in a sealed segment of %d", victim.logOffset, len(segs))
 			}
 			if err := b.Close(); err != nil {
@@ -143,7 +147,7 @@ func TestDamagedRecordInSealedSegment(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			at := victim.logOffset - segs[0].Base + 12 + 30<<10
+			at := victim.logOffset - segs[0].Base + 12 + size/2
 			var one [1]byte
 			if _, err := f.ReadAt(one[:], at); err != nil {
 				t.Fatal(err)
@@ -183,7 +187,7 @@ func TestDamagedRecordInSealedSegment(t *testing.T) {
 					t.Fatalf("message %d by key: %d messages, %v", i, len(byKey), err)
 				}
 			}
-			got, next, err := b.ReadQueueWait(ctx, "t", 0, 0, 100, 0)
+			got, next, err := b.ReadQueueWait(ctx, "t", 0, 0, 2*n, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
