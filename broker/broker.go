@@ -51,12 +51,14 @@ type Broker struct {
 	dispatchMu  sync.Mutex
 	queueBytes  map[consumequeue.QueueID]int64 // live bytes per queue; guarded by dispatchMu
 	dispatched  atomic.Int64                   // the log offset up to which indexes are built
+	replayAt    atomic.Int64                   // the offset dispatch is at, for progress logs of a rebuild
 	dispatchSig signal                         // fired after each dispatch round
 	// checkpointed is the offset of the last checkpoint written, and
 	// checkpointDirty says whether queueBytes changed otherwise since;
 	// both guarded by dispatchMu.
 	checkpointed    int64
 	checkpointDirty bool
+	ckpt            checkpointHealth
 	newTimers       []meta.Timer  // delayed records met by this dispatch round; guarded by dispatchMu
 	timerWake       chan struct{} // a new timer may be due sooner than the timer loop sleeps
 
@@ -158,8 +160,8 @@ func (b *Broker) open(ctx context.Context) error {
 	if b.log, err = commitlog.Open(lcfg); err != nil {
 		return fmt.Errorf("open commitlog: %w", err)
 	}
-	if b.meta, err = meta.Open(ctx, filepath.Join(b.cfg.Dir, "meta.db"), meta.WithLogger(b.logger.With(slog.String("component", "meta"))), meta.WithClock(b.now)); err != nil {
-		return fmt.Errorf("open metadata: %w", err)
+	if err := b.openMeta(ctx); err != nil {
+		return err
 	}
 	topics, err := b.meta.Topics(ctx)
 	if err != nil {
@@ -182,6 +184,10 @@ func (b *Broker) open(ctx context.Context) error {
 		return fmt.Errorf("open consume queues: %w", err)
 	}
 	cp, err := readCheckpoint(b.cfg.Dir)
+	if errors.Is(err, errBadCheckpoint) {
+		b.logger.Warn("rebuilding the indexes from the start of the commitlog", slog.Any("err", err))
+		err = nil
+	}
 	if err != nil {
 		return err
 	}
@@ -196,7 +202,16 @@ func (b *Broker) open(ctx context.Context) error {
 		}
 		cp = checkpoint{}
 	}
-	if err := b.recoverDerived(cp); err != nil {
+	if b.cfg.RebuildMetadata {
+		// Timers live in the metadata: only a dispatch of the whole log
+		// gives them back, and the queues and index are rebuilt with it.
+		b.logger.Warn("--rebuild-metadata: rebuilding the topics, the consume queues, the key index and the timers from the whole commitlog")
+		if err := b.resetDerived(); err != nil {
+			return err
+		}
+		cp = checkpoint{}
+	}
+	if err := b.recoverDerived(ctx, cp); err != nil {
 		return err
 	}
 	b.logger.Info("broker opened",
@@ -231,7 +246,11 @@ func (b *Broker) resetDerived() error {
 
 // recoverDerived drops index entries past the checkpoint, re-dispatches the
 // log from there, and sets each queue's next offset from its consume queue.
-func (b *Broker) recoverDerived(cp checkpoint) error {
+// Before it changes anything it checks that the metadata knows every topic
+// the log (from the checkpoint on) and the consume queues hold; with
+// RebuildMetadata it creates those it does not, otherwise it refuses with
+// ErrMetadataLost.
+func (b *Broker) recoverDerived(ctx context.Context, cp checkpoint) error {
 	if lost := b.derivedLost(cp); lost != "" {
 		b.logger.Warn("indexes lost data since their checkpoint; rebuilding them from the commitlog", slog.String("why", lost))
 		if err := b.resetDerived(); err != nil {
@@ -241,15 +260,36 @@ func (b *Broker) recoverDerived(cp checkpoint) error {
 	}
 	from := min(cp.Dispatched, b.log.Committed())
 	from = max(from, b.log.MinOffset())
+	end := b.log.Committed()
+	tomb, err := b.meta.DeletedTopics(ctx)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	sv, err := b.surveyLog("checking the commitlog's topics", from, end, tomb)
+	if err != nil {
+		return err
+	}
+	if b.cfg.RebuildMetadata {
+		if err := b.rebuildTopics(ctx, sv, tomb, b.meta.Fresh(), time.Since(start)); err != nil {
+			return err
+		}
+	}
+	if unknown := b.unknownTopics(sv, tomb); len(unknown) > 0 {
+		return b.refuseUnknown(unknown)
+	}
 	if err := b.cq.TruncateFrom(from); err != nil {
 		return fmt.Errorf("truncate consume queues: %w", err)
 	}
 	if err := b.idx.TruncateFrom(from); err != nil {
 		return fmt.Errorf("truncate key index: %w", err)
 	}
-	// Queues of topics deleted before a crash may outlive their topic.
+	// Queues of topics deleted before a crash may outlive their topic; the
+	// metadata recorded the deletion (unknownTopics refused any other).
 	for _, q := range b.cq.Queues() {
 		if _, ok := b.topics[q.Topic]; !ok {
+			b.logger.Info("removing the consume queues of a deleted topic", slog.String("topic", q.Topic),
+				slog.Time("deleted_at", tomb[q.Topic]))
 			if err := b.cq.DeleteTopic(q.Topic); err != nil {
 				return fmt.Errorf("remove queues of deleted topic %q: %w", q.Topic, err)
 			}
@@ -265,11 +305,19 @@ func (b *Broker) recoverDerived(cp checkpoint) error {
 		b.recountQueueBytes()
 	}
 	b.dispatched.Store(from)
-	if end := b.log.Committed(); end > from {
+	if end > from {
 		b.logger.Info("rebuilding indexes from the commitlog", slog.Int64("from", from), slog.Int64("to", end))
 	}
-	if err := b.dispatchOnce(); err != nil {
+	p := b.startProgress("rebuilding indexes from the commitlog", from, end, &b.replayAt)
+	err = b.dispatchOnce()
+	p.stop()
+	if err != nil {
 		return fmt.Errorf("re-dispatch: %w", err)
+	}
+	// Dispatch added a timer for every delayed record it met; those whose
+	// message was already put on its queue must not fire again.
+	if err := b.meta.FireTimers(ctx, sv.fired); err != nil {
+		return fmt.Errorf("mark fired timers: %w", err)
 	}
 	b.dispatchMu.Lock()
 	for _, ts := range b.topics {
@@ -279,7 +327,13 @@ func (b *Broker) recoverDerived(cp checkpoint) error {
 	}
 	b.dispatchMu.Unlock()
 	b.checkpointDirty = true
-	return b.checkpoint()
+	if err := b.checkpoint(); err != nil {
+		// The indexes are built; only their checkpoint could not be written
+		// (a full disk, say). The dispatch loop retries it, and persistent
+		// failures make Ready fail: not a reason to refuse to start.
+		b.logger.Error("checkpoint after recovery failed; starting anyway, retrying", slog.Any("err", err))
+	}
+	return nil
 }
 
 // queueEnd is the queue offset the next record of a queue takes after
@@ -421,14 +475,15 @@ func (b *Broker) isClosing() bool {
 	}
 }
 
-// Ready reports whether the broker takes requests: open. A disk over the
-// full watermark does not make it unready, since reads still work; it
-// answers publishes with disk_full and shows in /metrics.
+// Ready reports whether the broker takes requests: open, and its indexes
+// can be checkpointed (see checkpointHealth). A disk over the full
+// watermark does not make it unready, since reads still work; it answers
+// publishes with disk_full and shows in /metrics.
 func (b *Broker) Ready() error {
 	if b.isClosing() {
 		return ErrClosed
 	}
-	return nil
+	return b.ckpt.err()
 }
 
 // DamagedSpan is a stretch of the commitlog that failed its checks and is

@@ -33,6 +33,12 @@ type Config struct {
 	DiskFullRatio      float64       // above it, publishes are refused with disk_full
 	OffsetInterval     time.Duration // how often consumer offsets and the attempt log are persisted
 
+	// RebuildMetadata recreates in meta.db the topics the commitlog holds
+	// but the metadata does not know (it is missing, unusable, or older
+	// than the log), rebuilding the derived indexes and timers with them.
+	// Without it such a broker refuses to start (ErrMetadataLost).
+	RebuildMetadata bool
+
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer // nil: metrics are not registered
 	Now        func() time.Time

@@ -181,6 +181,7 @@ func (b *Broker) dispatchOnce() error {
 // dispatchRecord adds one record to its consume queue and the key index.
 // Called with dispatchMu held.
 func (b *Broker) dispatchRecord(off int64, rec []byte) error {
+	b.replayAt.Store(off)
 	h, err := decodeHeader(rec)
 	if err != nil {
 		// The frame's CRC was good, so this is a bug or a newer format:
@@ -350,7 +351,9 @@ func parseQueueName(s string) (consumequeue.QueueID, bool) {
 	return consumequeue.QueueID{Topic: s[:i], Queue: n}, err == nil
 }
 
-func (b *Broker) checkpoint() error {
+// writeCheckpoint flushes the derived indexes and writes the checkpoint;
+// checkpoint (health.go) calls it and keeps count of its failures.
+func (b *Broker) writeCheckpoint() error {
 	b.dispatchMu.Lock()
 	defer b.dispatchMu.Unlock()
 	if b.checkpointed == b.dispatched.Load() && !b.checkpointDirty {
@@ -382,8 +385,13 @@ func (b *Broker) checkpoint() error {
 	return nil
 }
 
-// readCheckpoint reads the checkpoint; a missing or unreadable one is the
-// zero checkpoint, from which recovery rebuilds everything.
+// errBadCheckpoint: checkpoint.json does not parse. Recovery then starts
+// from the zero checkpoint, rebuilding everything, and says so.
+var errBadCheckpoint = errors.New("checkpoint unreadable")
+
+// readCheckpoint reads the checkpoint; a missing one is the zero
+// checkpoint, from which recovery rebuilds everything, and so is an
+// unreadable one (returned with errBadCheckpoint).
 func readCheckpoint(dir string) (checkpoint, error) {
 	var cp checkpoint
 	data, err := os.ReadFile(filepath.Join(dir, checkpointFile))
@@ -394,7 +402,7 @@ func readCheckpoint(dir string) (checkpoint, error) {
 		return cp, fmt.Errorf("read checkpoint: %w", err)
 	}
 	if err := json.Unmarshal(data, &cp); err != nil {
-		return checkpoint{}, nil
+		return checkpoint{}, fmt.Errorf("%w: %v", errBadCheckpoint, err)
 	}
 	return cp, nil
 }

@@ -13,8 +13,18 @@
 // from there, so they never disagree with the log for long and can always
 // be rebuilt from it.
 //
-// Topic settings and (later) consumer offsets and subscriptions live in
+// Topic settings, consumer offsets, subscriptions and timers live in
 // SQLite (package meta), never on the per-message path.
+//
+// Open checks that meta.db knows every topic the commitlog (from the
+// checkpoint on) and the consume queues hold, or recorded its deletion. A
+// missing or empty meta.db beside a log with messages, or one older than
+// the log (a restored backup, a -wal lost in a crash), is refused with
+// ErrMetadataLost rather than served with its messages hidden and their
+// queues deleted; Config.RebuildMetadata recreates the missing topics from
+// the records (recover.go) and rebuilds every derived structure and the
+// timers from the whole log. Checkpoints that keep failing make Ready
+// report an error until one succeeds (health.go).
 //
 // Decisions the design leaves open:
 //   - Dedup ids are kept in the record and the key index, not in SQLite: a

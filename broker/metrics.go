@@ -77,6 +77,12 @@ func (m *metrics) register(b *Broker, reg prometheus.Registerer) {
 				}
 				return 0
 			}),
+		gauge("postbus_checkpoint_failing", "Checkpoints of the consume queues and key index failed in a row (0 when the last one succeeded); /readyz fails from 3.",
+			func() float64 { n, _ := b.ckpt.counts(); return float64(n) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "postbus_checkpoint_failures_total", Help: "Checkpoints of the consume queues and key index that failed."},
+			func() float64 { _, n := b.ckpt.counts(); return float64(n) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "postbus_keyindex_write_errors_total", Help: "Failed writes, fsyncs and seals of the key index (each repaired by a later checkpoint, or reported by it)."},
+			func() float64 { return float64(b.idx.Stats().WriteErrors) }),
 		gauge("postbus_topics", "Topics.", func() float64 {
 			b.topicsMu.RLock()
 			defer b.topicsMu.RUnlock()

@@ -34,6 +34,12 @@
 //	subscriptions     id PK, UNIQUE(group_name, topic), url (NULL = pull), filter,
 //	                  ordered, config JSON, secret, state active|paused|disabled
 //
+// Later files add timers, attempts, dlq_removed, ordered_retries (0002), the
+// timers' owner (0003), deleted_topics (0004: name PK, deleted_at), the
+// tombstones that let the broker tell a deleted topic's leftovers from a
+// topic the database lost, and topics.log_start (0005), where a topic's
+// current incarnation begins in the commitlog.
+//
 // consumer_offsets deliberately has no foreign key to topics: groups also
 // keep offsets on system topics (%RETRY%group, the delay schedule topic) that
 // need not be rows in topics. Deleting a topic removes its offsets in the

@@ -47,6 +47,16 @@
 //     offset is >= that floor (skipping whole dead files, then a binary search
 //     in the first live one). The name starts with '_', which no topic can.
 //
+// # Write errors
+//
+// No error is kept: an Append whose spill fails is not appended (the broker
+// dispatches the record again), and a Flush that fails leaves its buffers,
+// files and directories marked dirty for the next Flush to write and fsync,
+// so the store works again as soon as the disk does (TestWriteErrorNotSticky).
+// A failed fsync is retried on the same file, though, and Linux may report
+// the retry a success after dropping the pages it could not write; entries
+// lost that way come back only when recovery re-dispatches them.
+//
 // # Memory
 //
 // Per queue the store keeps a few counters, the list of file bases and a

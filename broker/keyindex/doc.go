@@ -74,6 +74,17 @@
 //     still return offsets below the commitlog's minimum, which the broker's
 //     verifying read rejects.
 //
+// # Write errors
+//
+// A failed write, fsync or seal (ENOSPC, EIO) puts the index in an error:
+// Flush reports it, and the broker's checkpoint with it. The error is not
+// kept for the life of the process: the next Flush rewrites the active log
+// whole from the active table (temp file, fsync, rename, directory fsync)
+// and clears it, as does a successful seal, so the index works again once
+// the disk does. A failed fsync is never simply retried, since the kernel
+// may have dropped the pages it could not write and report success the
+// second time. Stats.WriteErrors counts the failures.
+//
 // # Concurrency
 //
 // One writer goroutine calls Add, Flush, TruncateFrom and DropBefore; any

@@ -62,6 +62,7 @@ type Stats struct {
 	SealedFiles   int
 	Bytes         int64 // sealed files plus the active log, buffered bytes included
 	Dropped       int64 // Adds ignored because their offset went backwards
+	WriteErrors   int64 // failed writes, fsyncs and seals since Open (each repaired by a later Flush or seal, or reported by it)
 }
 
 // entry is one active-table entry; prev links to the previous entry with the
@@ -104,9 +105,15 @@ type Index struct {
 	frozen *memtable     // guarded by mu; the table being sealed, else nil
 	sealed []*sealedFile // guarded by mu; oldest first; replaced, never changed in place
 
-	closed   atomic.Bool
-	logBytes atomic.Int64 // active log size including the buffer
-	dropped  atomic.Int64
+	closed      atomic.Bool
+	logBytes    atomic.Int64 // active log size including the buffer
+	dropped     atomic.Int64
+	writeErrors atomic.Int64 // failed writes, syncs and seals since Open
+
+	// writeAt and syncFile do the writes and fsyncs of the active log and
+	// sealed files; tests replace them to inject ENOSPC and EIO.
+	writeAt  func(f *os.File, p []byte, off int64) (int, error)
+	syncFile func(f *os.File) error
 
 	// wmu serialises the writer and guards the fields below. The writer is
 	// the only one to change mu's fields, so it reads them without mu.
@@ -116,8 +123,13 @@ type Index struct {
 	logSize int64 // bytes written to logf
 	logBuf  []byte
 	lastOff int64
-	sealAt  int   // active size that triggers a seal
-	err     error // first write error; Flush reports it
+	sealAt  int // active size that triggers a seal
+	// err is the write error the index is in, if any. While it is set the
+	// active log may lack records or hold torn ones, so Add stops writing
+	// it; Flush (and TruncateFrom) repair it by rewriting the log whole
+	// from the active table, and a successful seal replaces it. Either
+	// clears err: an error lasts as long as its cause, not until a restart.
+	err error
 }
 
 func seqName(seq uint64, ext string) string { return fmt.Sprintf("%020d%s", seq, ext) }
@@ -147,7 +159,10 @@ func Open(cfg Config) (*Index, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("open key index: %w", err)
 	}
-	x := &Index{cfg: cfg, log: cfg.Logger, lastOff: -1, sealAt: cfg.MemEntries}
+	x := &Index{cfg: cfg, log: cfg.Logger, lastOff: -1, sealAt: cfg.MemEntries,
+		writeAt:  func(f *os.File, p []byte, off int64) (int, error) { return f.WriteAt(p, off) },
+		syncFile: func(f *os.File) error { return f.Sync() },
+	}
 	if err := x.load(); err != nil {
 		x.closeFiles()
 		return nil, fmt.Errorf("open key index %s: %w", cfg.Dir, err)
@@ -268,8 +283,10 @@ func (x *Index) replay(create bool) error {
 		x.lastOff = max(x.lastOff, t.ents[n-1].off)
 	}
 	if len(t.ents) >= x.sealAt {
+		// A seal that fails (a full disk) leaves the table active and the
+		// index in a write error that Flush reports and repairs: not a
+		// reason to refuse to open an index whose log is whole.
 		x.seal()
-		return x.err
 	}
 	return nil
 }
@@ -304,12 +321,56 @@ func (x *Index) closeFiles() error {
 	return errors.Join(errs...)
 }
 
-// fail records the first write error for Flush to report.
+// fail puts the index in the write error err until a Flush repairs it.
 func (x *Index) fail(err error) {
+	x.writeErrors.Add(1)
 	if x.err == nil {
 		x.err = err
-		x.log.Error("key index write failed", "dir", x.cfg.Dir, "err", err)
+		x.log.Error("key index write failed; the next flush rewrites its log", "dir", x.cfg.Dir, "err", err)
 	}
+}
+
+// repair rewrites the active log whole from the active table, fsyncs it and
+// renames it into place, and clears the write error. Whatever the failed
+// writes left in the old file (a partial record, pages a failed fsync may
+// have dropped from the page cache while reporting success on a retry) is
+// thereby replaced, so the error is cleared only once everything Add was
+// given is durable. On failure the index stays in its error.
+func (x *Index) repair() error {
+	name := seqName(x.logSeq, ".log")
+	path := filepath.Join(x.cfg.Dir, name)
+	tmp := path + ".tmp" // Open removes a leftover one
+	buf := make([]byte, 0, len(x.active.ents)*logRecSize)
+	for _, e := range x.active.ents {
+		buf = appendLogRec(buf, e.hash, e.off)
+	}
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return fmt.Errorf("rewrite %s: %w", name, err)
+	}
+	if _, err = x.writeAt(f, buf, 0); err == nil {
+		err = x.syncFile(f)
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err == nil {
+		err = durable.SyncDir(x.cfg.Dir)
+	}
+	if err != nil {
+		_ = f.Close()
+		_ = os.Remove(tmp)
+		x.writeErrors.Add(1)
+		return fmt.Errorf("rewrite %s: %w", name, err)
+	}
+	_ = x.logf.Close()
+	x.logf, x.logSize = f, int64(len(buf))
+	x.logBuf = x.logBuf[:0]
+	x.logBytes.Store(x.logSize)
+	x.log.Info("key index recovered from its write error: log rewritten", "dir", x.cfg.Dir, "file", name,
+		"entries", len(x.active.ents), "was", x.err)
+	x.err = nil
+	return nil
 }
 
 // Add records that logOff holds a message indexed under hash. Offsets must
@@ -328,10 +389,13 @@ func (x *Index) Add(hash uint64, logOff int64) {
 		}
 		return
 	}
-	x.logBuf = appendLogRec(x.logBuf, hash, logOff)
-	x.logBytes.Add(logRecSize)
-	if len(x.logBuf) >= logBufSize {
-		x.writeLog()
+	if x.err == nil {
+		// In a write error the log is rewritten from the table anyway.
+		x.logBuf = appendLogRec(x.logBuf, hash, logOff)
+		x.logBytes.Add(logRecSize)
+		if len(x.logBuf) >= logBufSize {
+			x.writeLog()
+		}
 	}
 	x.mu.Lock()
 	x.active.add(hash, logOff)
@@ -344,10 +408,10 @@ func (x *Index) Add(hash uint64, logOff int64) {
 
 // writeLog writes the buffered log records.
 func (x *Index) writeLog() {
-	if len(x.logBuf) == 0 {
+	if len(x.logBuf) == 0 || x.err != nil {
 		return
 	}
-	n, err := x.logf.WriteAt(x.logBuf, x.logSize)
+	n, err := x.writeAt(x.logf, x.logBuf, x.logSize)
 	x.logSize += int64(n)
 	x.logBuf = x.logBuf[:copy(x.logBuf, x.logBuf[n:])]
 	if err != nil {
@@ -389,6 +453,12 @@ func (x *Index) seal() {
 	x.logBuf = x.logBuf[:0] // records of the sealed table: they are in sf
 	x.logBytes.Store(0)
 	x.sealAt = x.cfg.MemEntries
+	if x.err != nil {
+		// Everything the broken log held is in sf, durably; the new log
+		// is empty like the new table.
+		x.log.Info("key index recovered from its write error: table sealed", "dir", x.cfg.Dir, "was", x.err)
+		x.err = nil
+	}
 }
 
 // sealTable writes t as sealed file seq and creates log seq+1, making both
@@ -400,7 +470,7 @@ func (x *Index) sealTable(t *memtable, seq uint64) (*sealedFile, *os.File, error
 	}
 	sortRecs(recs)
 	path := filepath.Join(x.cfg.Dir, seqName(seq, ".idx"))
-	if err := writeSealed(path, recs); err != nil {
+	if err := writeSealed(path, recs, x.syncFile); err != nil {
 		return nil, nil, err
 	}
 	logPath := filepath.Join(x.cfg.Dir, seqName(seq+1, ".log"))
@@ -448,8 +518,9 @@ func metaOf(recs []rec) sealedMeta {
 }
 
 // Flush writes the buffered log records and fsyncs the active log. After it
-// returns nil every Add before it survives a crash. It reports the first
-// write error since Open, if any.
+// returns nil every Add before it survives a crash. After a write, fsync or
+// seal error it rewrites the whole active log instead (see repair), and
+// reports the error only while that fails too.
 func (x *Index) Flush() error {
 	x.wmu.Lock()
 	defer x.wmu.Unlock()
@@ -460,11 +531,20 @@ func (x *Index) Flush() error {
 }
 
 func (x *Index) flushLocked() error {
+	if x.err != nil {
+		if err := x.repair(); err != nil {
+			return fmt.Errorf("flush key index: %w (repair: %v)", x.err, err)
+		}
+		return nil
+	}
 	x.writeLog()
 	if x.err != nil {
 		return fmt.Errorf("flush key index: %w", x.err)
 	}
-	if err := x.logf.Sync(); err != nil {
+	// A failed fsync is never retried on the same file: the kernel may have
+	// dropped the pages it could not write, and a second fsync would then
+	// succeed without them. The next Flush rewrites the log instead.
+	if err := x.syncFile(x.logf); err != nil {
 		x.fail(fmt.Errorf("sync %s: %w", seqName(x.logSeq, ".log"), err))
 		return fmt.Errorf("flush key index: %w", x.err)
 	}
@@ -547,5 +627,6 @@ func (x *Index) Stats() Stats {
 	x.mu.RUnlock()
 	st.Bytes += x.logBytes.Load()
 	st.Dropped = x.dropped.Load()
+	st.WriteErrors = x.writeErrors.Load()
 	return st
 }

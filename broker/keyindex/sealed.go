@@ -241,7 +241,7 @@ func openSealed(path string, seq uint64) (*sealedFile, error) {
 
 // writeSealed writes recs (already in sealed order) as the sealed file path:
 // temp file, fsync, rename. The caller fsyncs the directory.
-func writeSealed(path string, recs []rec) error {
+func writeSealed(path string, recs []rec, sync func(*os.File) error) error {
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
@@ -249,7 +249,7 @@ func writeSealed(path string, recs []rec) error {
 	}
 	err = encodeSealed(f, recs)
 	if err == nil {
-		err = f.Sync()
+		err = sync(f)
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr

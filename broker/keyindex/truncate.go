@@ -20,6 +20,11 @@ func (x *Index) TruncateFrom(logOff int64) error {
 	if x.closed.Load() {
 		return ErrClosed
 	}
+	if x.err != nil {
+		if err := x.repair(); err != nil {
+			return fmt.Errorf("truncate key index from %d: %w (repair: %v)", logOff, x.err, err)
+		}
+	}
 	x.writeLog()
 	if x.err != nil {
 		return fmt.Errorf("truncate key index from %d: %w", logOff, x.err)
@@ -122,7 +127,7 @@ func (x *Index) rewrite(sf *sealedFile, logOff int64) (*sealedFile, error) {
 	if len(kept) == 0 {
 		return nil, nil
 	}
-	if err := writeSealed(sf.path, kept); err != nil {
+	if err := writeSealed(sf.path, kept, x.syncFile); err != nil {
 		return nil, err
 	}
 	f, err := os.Open(sf.path)

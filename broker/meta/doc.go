@@ -26,7 +26,13 @@
 //     each seeing the last committed state.
 //   - A topic's queue count only grows (ErrQueuesShrink): a queue id that held
 //     messages keeps meaning the same queue.
-//   - Deleting a topic deletes its consumer offsets in the same transaction.
+//   - Deleting a topic deletes its consumer offsets in the same transaction,
+//     and records the deletion in deleted_topics: a topic's records and
+//     queues that outlive it are then known to be a deleted topic's, not
+//     those of a topic this database has lost.
+//   - Fresh says whether Open created the schema: with a commitlog that
+//     holds messages, that means the metadata was lost (the broker refuses
+//     to start unless told to rebuild it from the log).
 //
 // # On disk
 //
@@ -38,6 +44,10 @@
 //	topics(name PK, queues, retention_ms, created_at, updated_at, log_start)  times in unix ms; log_start: the commitlog offset where the topic (this incarnation) begins
 //	consumer_offsets((group_name, topic, queue_id) PK, next_offset, updated_at)
 //	subscriptions(id PK, group_name, topic, url, filter, ordered, config, secret, state, ...)
+//	deleted_topics(name PK, deleted_at)                                   the latest deletion of each topic
+//
+// Backup writes a consistent copy of a database (VACUUM INTO on a read-only
+// connection) while a broker may have it open; `postbus backup` uses it.
 //
 // The tables are described in full in package migrations. Times are stored in
 // unix milliseconds and returned in UTC, so a sub-millisecond part is lost.

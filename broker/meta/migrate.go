@@ -88,6 +88,9 @@ func (s *Store) migrate(ctx context.Context, migs []migration) error {
 			if cur >= m.version {
 				return nil
 			}
+			if cur == 0 {
+				s.fresh = true
+			}
 			if cur != m.version-1 {
 				// Unreachable while versions are contiguous; guards against a
 				// hand-edited schema_migrations.

@@ -59,6 +59,9 @@ type Store struct {
 	w *sql.DB // the one writer connection: SetMaxOpenConns(1), BEGIN IMMEDIATE
 	r *sql.DB // read-only pool
 
+	// fresh: this Open found no schema and created it (set once in Open).
+	fresh bool
+
 	closeOnce sync.Once
 	closeErr  error // set inside closeOnce
 }
@@ -178,6 +181,12 @@ func dsn(abs string, q url.Values) string {
 	u.RawQuery = q.Encode()
 	return u.String()
 }
+
+// Fresh reports whether Open created the schema: the file was missing,
+// empty, or held no committed schema (a -wal that SQLite could not use is
+// ignored, leaving what was checkpointed into the main file). The broker
+// uses it to notice metadata that was lost while its commitlog was not.
+func (s *Store) Fresh() bool { return s.fresh }
 
 // Close closes the store. It is safe to call more than once; later calls
 // return the first call's result.

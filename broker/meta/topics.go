@@ -166,12 +166,53 @@ func (s *Store) Topics(ctx context.Context) ([]Topic, error) {
 }
 
 // DeleteTopic deletes the named topic and, in the same transaction, every
-// consumer offset kept for it. It fails with ErrNotFound if there is no such
-// topic. Subscriptions to the topic are left for their owner to remove.
+// consumer offset kept for it, and records its deletion (DeletedTopics). It
+// fails with ErrNotFound if there is no such topic. Subscriptions to the
+// topic are left for their owner to remove.
 func (s *Store) DeleteTopic(ctx context.Context, name string) error {
-	err := s.deleteWith(ctx, `DELETE FROM topics WHERE name = ?`, `DELETE FROM consumer_offsets WHERE topic = ?`, name)
+	at := s.stamp(time.Time{}).UnixMilli()
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM topics WHERE name = ?`, name)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			return ErrNotFound
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM consumer_offsets WHERE topic = ?`, name); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx,
+			`INSERT INTO deleted_topics (name, deleted_at) VALUES (?, ?)
+			 ON CONFLICT (name) DO UPDATE SET deleted_at = max(deleted_at, excluded.deleted_at)`, name, at)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("delete topic %q: %w", name, err)
 	}
 	return nil
+}
+
+// DeletedTopics returns when each deleted topic was last deleted, by name.
+// A topic created again after its deletion is listed too: its row in
+// topics is what says it exists.
+func (s *Store) DeletedTopics(ctx context.Context) (map[string]time.Time, error) {
+	type row struct {
+		name string
+		at   int64
+	}
+	rows, err := collect(ctx, s.r, func(r *sql.Rows) (row, error) {
+		var v row
+		return v, r.Scan(&v.name, &v.at)
+	}, `SELECT name, deleted_at FROM deleted_topics`)
+	if err != nil {
+		return nil, fmt.Errorf("list deleted topics: %w", err)
+	}
+	out := make(map[string]time.Time, len(rows))
+	for _, v := range rows {
+		out[v.name] = fromMillis(v.at)
+	}
+	return out, nil
 }

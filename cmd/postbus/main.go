@@ -5,6 +5,7 @@
 //	postbus namesrv [flags]     a name server
 //	postbus token --scope S     mint an API token
 //	postbus bench publish       load-test a broker over HTTP
+//	postbus backup --to DIR     copy a data directory, also while a broker runs
 //	postbus version             print the version
 //
 // Every flag has an environment equivalent: --flush-interval is
@@ -43,6 +44,8 @@ Commands:
   namesrv    run a name server: the registry of brokers and topic routes
   token      mint an API token for a scope: "postbus token --help"
   bench      load tools: "postbus bench publish --help"
+  backup     copy what a data directory cannot rebuild (meta.db, keys, commitlog),
+             also while a broker runs on it: "postbus backup --help"
   version    print the version and exit
 
 Run "postbus <command> --help" for a command's flags. Every flag can also be
@@ -75,6 +78,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runBench(ctx, args[1:], stdout, stderr)
 	case "token":
 		err = token(ctx, args[1:], stdout, stderr)
+	case "backup":
+		err = backup(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, versionString())
 	case "help", "-h", "--help", "-help":

@@ -78,6 +78,8 @@ func newServeFlags(mode string, out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.DurationVar(&b.RetentionInterval, "retention-check-interval", b.RetentionInterval, "how often retention runs")
 	fs.DurationVar(&b.CheckpointInterval, "checkpoint-interval", b.CheckpointInterval, "how often consume queues and the key index are flushed and checkpointed")
 	fs.Var((*byteSize)(&b.CheckpointBytes), "checkpoint-bytes", "checkpoint sooner once this much log is indexed since the last one (bounds the re-indexing after a crash)")
+	fs.BoolVar(&b.RebuildMetadata, "rebuild-metadata", false, "recreate in meta.db the topics the commitlog holds but meta.db does not know (it is missing, unusable or older than the log); "+
+		"subscriptions, consumer offsets, secrets and topic settings cannot be recovered and are logged as lost. Use once, then start without it")
 	fs.DurationVar(&b.OffsetInterval, "offset-interval", b.OffsetInterval, "how often consumer offsets and the delivery attempt log are persisted")
 	fs.Float64Var(&b.DiskCleanRatio, "disk-clean-ratio", b.DiskCleanRatio, "disk use above which the oldest segments are deleted before their retention")
 	fs.Float64Var(&b.DiskFullRatio, "disk-full-ratio", b.DiskFullRatio, "disk use above which publishes are refused with 507")

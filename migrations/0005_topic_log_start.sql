@@ -1,4 +1,4 @@
--- 0004_topic_log_start: where in the commitlog a topic's current incarnation
+-- 0005_topic_log_start: where in the commitlog a topic's current incarnation
 -- begins. A topic deleted and created again keeps its name, and its old
 -- records stay in the log until retention; the log offset (unlike a clock)
 -- cannot collide, so records below it are the deleted topic's. -1 marks a

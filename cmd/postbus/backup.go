@@ -1,0 +1,217 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/postbus/postbus/broker/meta"
+)
+
+// backupFiles are the small files of a data directory that a backup keeps
+// besides meta.db and the commitlog: the bus's delivery signing key
+// (subscribers pin its public key) and the key that MACs pull receipts.
+var backupFiles = []string{"signing.key", "receipt.key"}
+
+// backup copies what cannot be rebuilt from a data directory, while a
+// broker may be running on it: meta.db first (VACUUM INTO, a consistent
+// snapshot), then the keys, then the commitlog segments oldest first. The
+// log is copied after the metadata so that it is never older than it: a
+// restored broker then finds every message whose topic meta.db knows, and
+// refuses to start (naming them) over topics created during the copy,
+// which --rebuild-metadata recreates. Derived state (consumequeue/,
+// index/, checkpoint.json) is left out: a broker rebuilds it at start.
+func backup(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fset := flag.NewFlagSet("postbus backup", flag.ContinueOnError)
+	fset.SetOutput(stderr)
+	data := fset.String("data", "./data", "the data directory to back up (a broker may be running on it)")
+	to := fset.String("to", "", "the directory to write the backup to; must not exist or be empty")
+	fset.Usage = func() {
+		fmt.Fprint(stderr, "Usage: postbus backup --data DIR --to DIR\n\n"+
+			"Copies meta.db (a consistent snapshot), the signing and receipt keys and the commitlog, in that\n"+
+			"order, while a broker may be running. Start a broker on the copy to restore it.\n\nFlags:\n")
+		fset.PrintDefaults()
+	}
+	if err := parseFlags(fset, args); err != nil {
+		return err
+	}
+	if *to == "" {
+		fmt.Fprintln(stderr, "postbus backup: --to is required")
+		return errUsage
+	}
+	start := time.Now()
+	if entries, err := os.ReadDir(*to); err == nil && len(entries) > 0 {
+		return fmt.Errorf("backup directory %s is not empty", *to)
+	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Join(*to, "commitlog"), 0o755); err != nil {
+		return err
+	}
+	if err := meta.Backup(ctx, filepath.Join(*data, "meta.db"), filepath.Join(*to, "meta.db")); err != nil {
+		return err
+	}
+	for _, name := range backupFiles {
+		if _, err := copyFile(filepath.Join(*data, name), filepath.Join(*to, name), 0o600); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	names, err := segmentNames(filepath.Join(*data, "commitlog"))
+	if err != nil {
+		return err
+	}
+	var total int64
+	copied := 0
+	for _, name := range names {
+		n, err := copyAppendOnly(filepath.Join(*data, "commitlog", name), filepath.Join(*to, "commitlog", name))
+		if errors.Is(err, fs.ErrNotExist) && copied == 0 {
+			continue // dropped by retention since it was listed
+		}
+		if err != nil {
+			return err
+		}
+		total += n
+		copied++
+	}
+	for _, dir := range []string{filepath.Join(*to, "commitlog"), *to} {
+		if err := syncDir(dir); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(stdout, "backed up %s to %s: meta.db, %d commitlog segments (%d bytes) in %s\n",
+		*data, *to, copied, total, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// segmentNames lists the commitlog's files, oldest first (names are
+// zero-padded base offsets).
+func segmentNames(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("list commitlog: %w", err)
+	}
+	var names []string
+	for _, e := range entries {
+		if e.Type().IsRegular() {
+			names = append(names, e.Name())
+		}
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+// copyFile copies a small file and fsyncs the copy.
+func copyFile(src, dst string, perm os.FileMode) (int64, error) {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return 0, err
+	}
+	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	if err != nil {
+		return 0, err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return int64(len(b)), err
+}
+
+// copyAppendOnly copies a file that a writer may be appending to in place
+// (a preallocated segment: bytes go from zero to their final value once,
+// in order). It copies it, then reads the source again and zeroes the
+// copy from the first byte that changed in between: a byte read the same
+// twice was final (or still unwritten, and then so was everything the
+// first pass read after it), so the copy is a prefix of what the writer
+// wrote followed by zeros, which recovery reads as the end of the log
+// (cutting a frame the prefix ends inside as a torn tail), never frames
+// with holes in them.
+func copyAppendOnly(src, dst string) (int64, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return 0, err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return 0, err
+	}
+	defer out.Close()
+	buf := make([]byte, 1<<20)
+	var size int64
+	for {
+		n, err := in.ReadAt(buf, size)
+		if n > 0 {
+			if _, werr := out.WriteAt(buf[:n], size); werr != nil {
+				return 0, fmt.Errorf("copy %s: %w", src, werr)
+			}
+			size += int64(n)
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return 0, fmt.Errorf("copy %s: %w", src, err)
+		}
+	}
+	again := make([]byte, len(buf))
+	for off := int64(0); off < size; {
+		n := int(min(int64(len(buf)), size-off))
+		if _, err := io.ReadFull(io.NewSectionReader(out, off, int64(n)), buf[:n]); err != nil {
+			return 0, fmt.Errorf("verify copy of %s: %w", src, err)
+		}
+		if _, err := io.ReadFull(io.NewSectionReader(in, off, int64(n)), again[:n]); err != nil {
+			return 0, fmt.Errorf("verify copy of %s: %w", src, err)
+		}
+		if i := firstDiff(buf[:n], again[:n]); i >= 0 {
+			cut := off + int64(i)
+			if err := out.Truncate(cut); err == nil {
+				err = out.Truncate(size)
+			}
+			if err != nil {
+				return 0, fmt.Errorf("copy %s: %w", src, err)
+			}
+			break
+		}
+		off += int64(n)
+	}
+	if err := out.Sync(); err != nil {
+		return 0, fmt.Errorf("copy %s: %w", src, err)
+	}
+	return size, nil
+}
+
+func firstDiff(a, b []byte) int {
+	if bytes.Equal(a, b) {
+		return -1
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return -1
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
