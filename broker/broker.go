@@ -402,7 +402,7 @@ func (b *Broker) recountQueueBytes() {
 				break
 			}
 			for _, e := range buf {
-				b.queueBytes[q] += int64(e.Size)
+				b.queueBytes[q] += liveBytes(e)
 			}
 			lo += int64(len(buf))
 		}
