@@ -189,6 +189,10 @@ func (b *Broker) open(ctx context.Context) error {
 		return fmt.Errorf("open consume queues: %w", err)
 	}
 	cp, err := readCheckpoint(b.cfg.Dir)
+	if errors.Is(err, errBadCheckpoint) {
+		b.logger.Warn("rebuilding the indexes from the start of the commitlog", slog.Any("err", err))
+		err = nil
+	}
 	if err != nil {
 		return err
 	}
@@ -326,7 +330,13 @@ func (b *Broker) recoverDerived(ctx context.Context, cp checkpoint) error {
 		}
 	}
 	b.checkpointDirty = true
-	return b.checkpoint()
+	if err := b.checkpoint(); err != nil {
+		// The indexes are built; only their checkpoint could not be written
+		// (a full disk, say). The dispatch loop retries it, and persistent
+		// failures make Ready fail: not a reason to refuse to start.
+		b.logger.Error("checkpoint after recovery failed; starting anyway, retrying", slog.Any("err", err))
+	}
+	return nil
 }
 
 // derivedLost says why the consume queues or key index hold less than the

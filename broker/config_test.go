@@ -143,3 +143,32 @@ func TestMaximalBatchInSmallestSegment(t *testing.T) {
 		t.Fatalf("the refused batch left %d messages", after.Messages-before.Messages)
 	}
 }
+
+// TestSegmentSizeChangesBetweenRestarts: --segment-size sizes new segments
+// only, so a broker restarted with another one opens and reads every
+// message it stored before (it used to refuse: "missing segment, or
+// SegmentSize changed").
+func TestSegmentSizeChangesBetweenRestarts(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	var ids []string
+	for run, size := range []int64{8 << 20, 12 << 20, 8 << 20} {
+		cfg := testConfig(t, dir)
+		cfg.SegmentSize = size
+		b := openBroker(t, cfg)
+		for i, id := range ids {
+			m, err := b.Message(ctx, id)
+			if err != nil || len(m.Body) != 100<<10 || m.Body[0] != byte(i) {
+				t.Fatalf("run %d (segments of %d): message %d: %v", run, size, i, err)
+			}
+		}
+		for range 100 {
+			body := make([]byte, 100<<10)
+			body[0] = byte(len(ids))
+			ids = append(ids, publish(t, b, "t", &Message{Body: body})[0].ID)
+		}
+		if err := b.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

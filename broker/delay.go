@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -88,36 +89,54 @@ func (b *Broker) fireDue(ctx context.Context) (int, error) {
 		fired = append(fired, t.LogOffset)
 	}
 	for _, topic := range order {
-		ts, err := b.topicOrSystem(ctx, topic)
-		if err != nil {
-			b.logger.Warn("delayed messages for a deleted topic dropped", slog.String("topic", topic), slog.Int("messages", len(byTopic[topic])))
-			continue
-		}
-		t := ts.info.Load()
-		// A topic of the same name created since the message was stored
-		// is another topic: the deleted one's messages never reach it.
-		msgs := slices.DeleteFunc(byTopic[topic], func(m *Message) bool {
-			return !t.owns(m.LogOffset, m.StoredAt.UnixMilli())
-		})
-		if n := len(byTopic[topic]) - len(msgs); n > 0 {
-			b.logger.Warn("delayed messages for a deleted topic dropped", slog.String("topic", topic), slog.Int("messages", n))
-		}
-		if len(msgs) == 0 {
-			continue
-		}
-		for _, m := range msgs {
-			if q := t.Queues; m.QueueID >= q {
-				m.QueueID %= q
-			}
-		}
-		if _, err := b.store(ctx, ts, msgs, false); err != nil {
-			return 0, fmt.Errorf("put delayed messages on %s: %w", topic, err)
+		if err := b.putDue(ctx, topic, byTopic[topic]); err != nil {
+			return 0, err
 		}
 	}
 	if err := b.meta.FireTimers(ctx, fired); err != nil {
 		return 0, err
 	}
 	return len(due), nil
+}
+
+// putDue puts due delayed messages of one topic on its queues. A topic
+// deleted (and maybe created again) meanwhile is looked up again: the
+// deleted topic's messages are dropped, never put on a new topic of the
+// same name.
+func (b *Broker) putDue(ctx context.Context, topic string, msgs []*Message) error {
+	for attempt := 0; ; attempt++ {
+		ts, err := b.topicOrSystem(ctx, topic)
+		if err != nil {
+			b.logger.Warn("delayed messages for a deleted topic dropped", slog.String("topic", topic), slog.Int("messages", len(msgs)))
+			return nil
+		}
+		t := ts.info.Load()
+		// A topic of the same name created since the message was stored
+		// is another topic: the deleted one's messages never reach it.
+		n := len(msgs)
+		msgs = slices.DeleteFunc(msgs, func(m *Message) bool {
+			return !t.owns(m.LogOffset, m.StoredAt.UnixMilli())
+		})
+		if n > len(msgs) {
+			b.logger.Warn("delayed messages for a deleted topic dropped", slog.String("topic", topic), slog.Int("messages", n-len(msgs)))
+		}
+		if len(msgs) == 0 {
+			return nil
+		}
+		for _, m := range msgs {
+			if q := t.Queues; m.QueueID >= q {
+				m.QueueID %= q
+			}
+		}
+		_, err = b.store(ctx, ts, msgs, false)
+		if errors.Is(err, errStaleTopic) && attempt < maxStaleRetries {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("put delayed messages on %s: %w", topic, err)
+		}
+		return nil
+	}
 }
 
 // readMessage reads and decodes the record at off.

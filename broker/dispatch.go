@@ -385,8 +385,13 @@ func (b *Broker) writeCheckpoint() error {
 	return nil
 }
 
-// readCheckpoint reads the checkpoint; a missing or unreadable one is the
-// zero checkpoint, from which recovery rebuilds everything.
+// errBadCheckpoint: checkpoint.json does not parse. Recovery then starts
+// from the zero checkpoint, rebuilding everything, and says so.
+var errBadCheckpoint = errors.New("checkpoint unreadable")
+
+// readCheckpoint reads the checkpoint; a missing one is the zero
+// checkpoint, from which recovery rebuilds everything, and so is an
+// unreadable one (returned with errBadCheckpoint).
 func readCheckpoint(dir string) (checkpoint, error) {
 	var cp checkpoint
 	data, err := os.ReadFile(filepath.Join(dir, checkpointFile))
@@ -397,7 +402,7 @@ func readCheckpoint(dir string) (checkpoint, error) {
 		return cp, fmt.Errorf("read checkpoint: %w", err)
 	}
 	if err := json.Unmarshal(data, &cp); err != nil {
-		return checkpoint{}, nil
+		return checkpoint{}, fmt.Errorf("%w: %v", errBadCheckpoint, err)
 	}
 	return cp, nil
 }

@@ -124,10 +124,10 @@ func TestDamagedRecordInSealedSegment(t *testing.T) {
 			if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 1}); err != nil {
 				t.Fatal(err)
 			}
-			const n = 40
+			const n = 72
 			var res []Result
-			bodyOf := func(i int) []byte { return bytes.Repeat([]byte{byte('a' + i%26)}, 60<<10) }
-			for i := 0; i < n; i++ { // 40 x 60 KiB: several 1 MiB segments
+			bodyOf := func(i int) []byte { return bytes.Repeat([]byte{byte('a' + i%26)}, 250<<10) }
+			for i := 0; i < n; i++ { // 72 x 250 KiB: three 8 MiB segments
 				res = append(res, publish(t, b, "t", &Message{Body: bodyOf(i), Keys: []string{fmt.Sprint("k-", i)}})[0])
 			}
 			victim := res[3]

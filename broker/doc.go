@@ -41,9 +41,28 @@
 //     each).
 //   - A topic's retention can only lengthen how long the shared log keeps a
 //     segment (the log keeps the longest retention of any topic); a topic
-//     with a shorter retention hides its older messages from reads.
-//   - A deleted topic's records stay in the log until retention, unreachable:
-//     queries ignore messages of topics that no longer exist or were
-//     re-created after the message was stored.
+//     with a shorter retention hides its older messages from every read:
+//     by id, by key, by queue offset, pulls and pushes ask one rule
+//     (retained), and a queue's min offset moves past them.
+//   - A topic's incarnation is the log offset where it was created (stored
+//     with it in SQLite), not a time: records of its name below that offset
+//     belong to a deleted topic of the same name, and no read, dispatch,
+//     rebuild, dedup check or timer reaches them. Offsets cannot collide as
+//     creation times within one millisecond (or a clock stepped back) can.
+//   - A publish looks its topic up before taking the append lock; if the
+//     topic was deleted in between, the append refuses it and the publish
+//     starts again on the topic as it is now (or is refused), so nothing is
+//     stored with a deleted topic's queue offsets.
+//   - A deleted topic's records stay in the log until retention, unreachable,
+//     and its dedup ids go with it.
+//   - A damaged span of the log (commitlog.CorruptError) is quarantined:
+//     dispatch and rebuilds skip it with an ERROR line and the
+//     postbus_dispatch_skipped_records_total metric and go on after it. The
+//     queue offsets of records lost in it are kept as holes (entries of size
+//     holeSize that readers skip), so later records keep the offsets they
+//     were acknowledged with. A query that meets the damaged record answers
+//     message_damaged for that message only.
+//   - A record whose queue offset does not follow its queue's is a fault:
+//     it is skipped with an ERROR line and counted, never dropped quietly.
 //   - Queues can grow but not shrink.
 package broker

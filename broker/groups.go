@@ -169,8 +169,10 @@ func (b *Broker) ResetOffsets(ctx context.Context, group, topic, to string) erro
 	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
 		return err
 	}
-	for q := 0; q < ts.info.Load().Queues; q++ {
-		lo, hi, err := b.retainedBounds(ts.info.Load(), q, b.now())
+	t := ts.info.Load()
+	r := b.retentionOf(t, b.now())
+	for q := 0; q < t.Queues; q++ {
+		lo, hi, err := b.retainedBounds(t, q, r)
 		if err != nil {
 			return err
 		}

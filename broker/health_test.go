@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -74,4 +75,38 @@ func TestPersistentCheckpointFailureReported(t *testing.T) {
 	if !strings.Contains(logs.String(), `msg="checkpoint succeeded again"`) {
 		t.Errorf("recovery not logged:\n%s", logs)
 	}
+}
+
+// TestStartsWhenCheckpointCannotBeWritten: recovery ends with a
+// checkpoint; when it cannot be written (a full disk) the broker used to
+// refuse to start. It starts, serves, and checkpoints once it can.
+func TestStartsWhenCheckpointCannotBeWritten(t *testing.T) {
+	cfg := testConfig(t, t.TempDir())
+	b := openBroker(t, cfg)
+	id := publish(t, b, "t", msg("kept"))[0].ID
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(cfg.Dir, checkpointFile)); err != nil {
+		t.Fatal(err)
+	}
+	blocker := filepath.Join(cfg.Dir, checkpointFile+".tmp")
+	if err := os.Mkdir(blocker, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg, logs := withLogs(cfg)
+	b = openBroker(t, cfg)
+	if m, err := b.Message(context.Background(), id); err != nil || string(m.Body) != "kept" {
+		t.Fatalf("message after a start without checkpoint: %v", err)
+	}
+	if !strings.Contains(logs.String(), `level=ERROR msg="checkpoint after recovery failed`) {
+		t.Errorf("no ERROR line:\n%s", logs)
+	}
+	if err := os.Remove(blocker); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "a checkpoint", func() bool {
+		_, err := os.Stat(filepath.Join(cfg.Dir, checkpointFile))
+		return err == nil
+	})
 }

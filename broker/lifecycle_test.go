@@ -274,3 +274,76 @@ func TestDedupIDDoesNotOutliveItsTopic(t *testing.T) {
 		t.Fatalf("repeat of the new topic's dedup id = %+v, want a duplicate of %s", again, r.ID)
 	}
 }
+
+// TestDelayedMessageOfDeletedTopic: a delayed message whose topic is
+// deleted and created again before it is due never reaches the new topic.
+func TestDelayedMessageOfDeletedTopic(t *testing.T) {
+	ctx := context.Background()
+	b := openBroker(t, testConfig(t, t.TempDir()))
+	old := publish(t, b, "t", &Message{Body: []byte("due later"), Delay: 200 * time.Millisecond, Keys: []string{"k"}})[0]
+	if err := b.DeleteTopic(ctx, "t"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.PutTopic(ctx, "t", TopicSettings{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the delayed message's timer to fire", func() bool {
+		n, err := b.meta.PendingTimers(ctx)
+		return err == nil && n == 0
+	})
+	if n := queued(t, b, "t"); n != 0 {
+		t.Errorf("the re-created topic holds %d messages, want none", n)
+	}
+	if m, err := b.Message(ctx, old.ID); !errors.Is(err, ErrMessageNotFound) {
+		t.Errorf("the deleted topic's delayed message by id: %+v, %v", m, err)
+	}
+	if byKey, _, err := b.MessagesByKey(ctx, "t", "k", 0, 10); err != nil || len(byKey) != 0 {
+		t.Errorf("by key: %d messages (%v), want none", len(byKey), err)
+	}
+}
+
+// TestPullGroupAcrossDeleteAndRecreate: a group that pulled from a topic
+// pulls every message of the topic created again under its name, from its
+// first offset, rather than resuming at its offset in the deleted one, and
+// gets no retries of the deleted topic's messages.
+func TestPullGroupAcrossDeleteAndRecreate(t *testing.T) {
+	ctx := context.Background()
+	b := openBroker(t, testConfig(t, t.TempDir()))
+	if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 1}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5; i++ {
+		publish(t, b, "t", msg(fmt.Sprint("old-", i)))
+	}
+	got := pullN(t, b, "g", "t", 10, 0, time.Second)
+	if len(got) != 5 {
+		t.Fatalf("pulled %d of the old topic's 5 messages", len(got))
+	}
+	// Three are acked; two come back to the group after their visibility,
+	// as retries of messages of the deleted topic.
+	if err := b.Ack(ctx, "g", receipts(got[:3])); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.DeleteTopic(ctx, "t"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 1}); err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for i := 0; i < 2; i++ {
+		want = append(want, publish(t, b, "t", msg(fmt.Sprint("new-", i)))[0].ID)
+	}
+	waitFor(t, 10*time.Second, "the old messages' visibility timers to fire", func() bool {
+		n, err := b.meta.PendingTimers(ctx)
+		return err == nil && n == 0
+	})
+	got = pullN(t, b, "g", "t", 10, 0, time.Minute)
+	var ids []string
+	for _, p := range got {
+		ids = append(ids, p.ID)
+	}
+	if fmt.Sprint(ids) != fmt.Sprint(want) {
+		t.Fatalf("the group pulled %v from the re-created topic, want %v", ids, want)
+	}
+}

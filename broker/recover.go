@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/postbus/postbus/broker/commitlog"
 	"github.com/postbus/postbus/broker/meta"
 )
 
@@ -46,14 +47,27 @@ func (b *Broker) openMeta(ctx context.Context) error {
 		return fmt.Errorf("%w: metadata database %s is missing, but the commitlog holds messages (offsets %d to %d); "+
 			"refusing to start, which would hide them: %s", ErrMetadataLost, path, b.log.MinOffset(), b.log.Committed(), rebuildHowTo)
 	}
+	aside := fmt.Sprintf("%s.unusable-%s", path, b.now().UTC().Format("20060102T150405Z"))
+	moveAside := func() error {
+		for _, suffix := range []string{"", "-wal", "-shm"} {
+			if err := os.Rename(path+suffix, aside+suffix); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("move %s aside for --rebuild-metadata: %w", path+suffix, err)
+			}
+		}
+		return nil
+	}
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) && b.cfg.RebuildMetadata {
+		// A -wal or -shm left without its database must not be replayed
+		// into the new one.
+		if err := moveAside(); err != nil {
+			return err
+		}
+	}
 	opts := []meta.Option{meta.WithLogger(b.logger.With(slog.String("component", "meta"))), meta.WithClock(b.now)}
 	s, err := meta.Open(ctx, path, opts...)
 	if err != nil && b.cfg.RebuildMetadata && !errors.Is(err, meta.ErrSchemaTooNew) && ctx.Err() == nil {
-		aside := fmt.Sprintf("%s.unusable-%s", path, b.now().UTC().Format("20060102T150405Z"))
-		for _, suffix := range []string{"", "-wal", "-shm"} {
-			if rerr := os.Rename(path+suffix, aside+suffix); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
-				return fmt.Errorf("open metadata: %w; moving it aside for --rebuild-metadata: %w", err, rerr)
-			}
+		if merr := moveAside(); merr != nil {
+			return fmt.Errorf("open metadata: %w; %w", err, merr)
 		}
 		b.logger.Error("metadata database unusable: moved aside, rebuilding from the commitlog",
 			slog.String("path", path), slog.String("moved_to", aside), slog.Any("err", err))
@@ -98,6 +112,7 @@ type topicSurvey struct {
 type logSurvey struct {
 	from, to int64
 	records  int64
+	damaged  int // damaged spans skipped (dispatch reports each)
 	topics   map[string]*topicSurvey
 	// fired lists delayed records whose timer has fired: a later copy of
 	// the same message on the same topic was put on its queue (or moved
@@ -113,7 +128,7 @@ func (b *Broker) surveyLog(what string, from, to int64, tomb map[string]time.Tim
 	pending := make(map[string]int64) // topic NUL id -> offset of its last unfired delayed record
 	p := b.startProgress(what, from, to, nil)
 	defer p.stop()
-	next, err := b.log.Scan(from, func(off int64, rec []byte) error {
+	visit := func(off int64, rec []byte) error {
 		p.at.Store(off)
 		if off >= to {
 			return errStopScan
@@ -163,7 +178,21 @@ func (b *Broker) surveyLog(what string, from, to int64, tomb map[string]time.Tim
 		ts.last = h.StoredAt
 		ts.maxQueue = max(ts.maxQueue, h.QueueID)
 		return nil
-	})
+	}
+	next, err := b.log.Scan(from, visit)
+	for {
+		// A damaged span is skipped, as dispatch skips it (and reports
+		// it): the records after it count.
+		var ce *commitlog.CorruptError
+		if !errors.As(err, &ce) || ce.Next <= ce.Off || ce.Next <= next || ce.Next >= to {
+			break
+		}
+		sv.damaged++
+		next, err = b.log.Scan(ce.Next, visit)
+	}
+	if errors.As(err, new(*commitlog.CorruptError)) {
+		err = nil // at the end of the range: nothing after it to survey
+	}
 	if err != nil && !errors.Is(err, errStopScan) {
 		return nil, fmt.Errorf("%s: scan the commitlog from %d: %w", what, next, err)
 	}
@@ -183,6 +212,12 @@ func (b *Broker) unknownTopics(sv *logSurvey, tomb map[string]time.Time) map[str
 	unknown := make(map[string]string)
 	for name, ts := range sv.topics {
 		if _, ok := b.topics[name]; ok || !ts.live() {
+			continue
+		}
+		if !strings.HasPrefix(name, "%") && ValidateTopicName(name) != nil {
+			// No topic can have this name: nothing to recreate or serve.
+			b.logger.Error("records under a name no topic can have; not served", slog.String("topic", name),
+				slog.Int64("records", ts.records), slog.Int64("first_offset", ts.firstOff))
 			continue
 		}
 		if d, ok := tomb[name]; ok {
@@ -286,7 +321,9 @@ func (b *Broker) rebuildTopics(ctx context.Context, sv *logSurvey, tomb map[stri
 				slog.String("topic", name), slog.Int64("records", ts.records))
 			continue
 		}
-		mt, err := b.meta.CreateTopic(ctx, meta.Topic{Name: name, Queues: queues, CreatedAt: time.UnixMilli(ts.first)})
+		// The incarnation starts at its first record: records of the name
+		// below it are an earlier, deleted one's.
+		mt, err := b.meta.CreateTopic(ctx, meta.Topic{Name: name, Queues: queues, CreatedAt: time.UnixMilli(ts.first), LogStart: ts.firstOff})
 		if err != nil {
 			return fmt.Errorf("rebuild topic %q: %w", name, err)
 		}
@@ -322,7 +359,7 @@ func (b *Broker) rebuildTopics(ctx context.Context, sv *logSurvey, tomb map[stri
 	}
 	b.logger.Warn("metadata rebuilt from the commitlog",
 		slog.Int("topics_created", created), slog.Int("topics_grown", grown), slog.Int("deleted_topics_skipped", skipped),
-		slog.Int64("records", sv.records), slog.Int64("from", sv.from), slog.Int64("to", sv.to),
+		slog.Int64("records", sv.records), slog.Int("damaged_spans_skipped", sv.damaged), slog.Int64("from", sv.from), slog.Int64("to", sv.to),
 		slog.Duration("took", took.Round(time.Millisecond)),
 		slog.String("next", "start without --rebuild-metadata from now on; recreate subscriptions"))
 	return nil
@@ -348,12 +385,17 @@ func (b *Broker) startProgress(what string, from, to int64, at *atomic.Int64) *p
 	go func() {
 		defer close(p.wait)
 		start := time.Now()
-		tick := time.NewTicker(min(progressInterval, time.Second))
+		tick := time.NewTicker(max(min(progressInterval, time.Second), time.Millisecond))
 		defer tick.Stop()
 		lastAt, lastOff := start, from
 		for {
 			select {
 			case <-p.done:
+				// A scan long enough to have reported says it is done.
+				if took := time.Since(start); took >= progressInterval {
+					b.logger.Info(what+": done", slog.Int64("from", from), slog.Int64("to", to),
+						slog.Duration("took", took.Round(time.Millisecond)))
+				}
 				return
 			case now := <-tick.C:
 				off := p.at.Load()

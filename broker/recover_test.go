@@ -232,6 +232,12 @@ func TestRebuildMetadata(t *testing.T) {
 	}{
 		{name: "missing", break_: func(t *testing.T, dir string) { removeMeta(t, dir) }},
 		{name: "missing with indexes", derived: true, break_: func(t *testing.T, dir string) { removeMeta(t, dir) }},
+		{name: "missing, its -wal left", aside: true, break_: func(t *testing.T, dir string) {
+			removeMeta(t, dir)
+			if err := os.WriteFile(filepath.Join(dir, "meta.db-wal"), bytes.Repeat([]byte("wal?"), 1024), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}},
 		{name: "garbage", aside: true, break_: func(t *testing.T, dir string) {
 			removeMeta(t, dir)
 			if err := os.WriteFile(filepath.Join(dir, "meta.db"), bytes.Repeat([]byte("garbage!"), 1024), 0o644); err != nil {
@@ -275,7 +281,7 @@ func TestRebuildMetadata(t *testing.T) {
 					t.Errorf("logs lack %q:\n%s", want, out)
 				}
 			}
-			asides, _ := filepath.Glob(filepath.Join(dir, "meta.db.unusable-*"))
+			asides, _ := filepath.Glob(filepath.Join(dir, "meta.db.unusable-*")) // the database, or its -wal left without it
 			if tc.aside != (len(asides) == 1) {
 				t.Errorf("moved-aside files %v; want one: %v", asides, tc.aside)
 			}
@@ -424,7 +430,7 @@ func TestDeletedTopicLeftoversStillRemoved(t *testing.T) {
 // timers purged) are not put there a second time.
 func TestRebuildFromScratch(t *testing.T) {
 	defer func(i time.Duration, n int64) { progressInterval, progressBytes = i, n }(progressInterval, progressBytes)
-	progressInterval, progressBytes = time.Millisecond, 1
+	progressInterval, progressBytes = 0, 1 // every scan reports, and says when it is done
 
 	ctx := context.Background()
 	f := newFixture(t)
@@ -461,17 +467,18 @@ func TestRebuildFromScratch(t *testing.T) {
 	if err != nil || string(m.Body) != "delayed" || m.QueueOffset < 0 {
 		t.Fatalf("delayed message after rebuild: %+v, %v", m, err)
 	}
-	for _, want := range []string{`msg="rebuilding indexes from the commitlog" from=0`, `msg="rebuilding indexes from the commitlog: progress"`} {
+	for _, want := range []string{`msg="rebuilding indexes from the commitlog" from=0`, `msg="rebuilding indexes from the commitlog: done"`,
+		`msg="checking the commitlog's topics: done"`} {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("logs lack %q:\n%s", want, logs)
 		}
 	}
 }
 
-// TestRecordsAfterDeletionDoNotStopStart: a publish that raced a topic's
-// delete can leave a record of the deleted topic after its deletion. That
-// must not stop the next start (it would with every such race), but it is
-// logged at ERROR, never skipped silently.
+// TestRecordsAfterDeletionDoNotStopStart: a record of a deleted topic
+// stored after its deletion (a publish that raced the delete, or a
+// re-creation this meta.db does not know) must not stop the next start,
+// but it is logged at ERROR, never skipped silently.
 func TestRecordsAfterDeletionDoNotStopStart(t *testing.T) {
 	ctx := context.Background()
 	cfg := testConfig(t, t.TempDir())
@@ -487,7 +494,14 @@ func TestRecordsAfterDeletionDoNotStopStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	skew.Add(int64(time.Second)) // stored after the deletion
-	if _, err := b.store(ctx, stale, []*Message{{Topic: "gone", ID: "raced", Body: []byte("raced")}}, false); err != nil {
+	// Appended as a publish holding the deleted topic's state would have.
+	rec := encodeRecord(nil, &Message{Topic: "gone", ID: "raced", Body: []byte("raced")})
+	patchRecord(rec, b.now(), stale.next[0])
+	_, end, err := b.log.Append([][]byte{rec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.log.Sync(ctx, end); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Close(); err != nil {
@@ -503,5 +517,71 @@ func TestRecordsAfterDeletionDoNotStopStart(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), `level=ERROR msg="records of a deleted topic stored after its deletion`) {
 		t.Fatalf("no ERROR line for the raced record:\n%s", logs)
+	}
+}
+
+// TestRebuildAroundDamage: a damaged record does not stop the check of the
+// log's topics nor --rebuild-metadata: the topics are recreated from the
+// records around it and every other message is served.
+func TestRebuildAroundDamage(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	b := openBroker(t, f.cfg)
+	victim := f.msgs["orders"][10]
+	m, err := b.Message(ctx, victim.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	off := m.LogOffset
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	seg, err := os.OpenFile(filepath.Join(f.cfg.Dir, "commitlog", fmt.Sprintf("%020d", 0)), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := seg.WriteAt([]byte("XXXX"), off+30); err != nil { // inside the frame: its CRC fails
+		t.Fatal(err)
+	}
+	seg.Close()
+	removeMeta(t, f.cfg.Dir)
+	for _, d := range []string{"index", "consumequeue", checkpointFile} {
+		if err := os.RemoveAll(filepath.Join(f.cfg.Dir, d)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg, logs := withLogs(f.cfg)
+	cfg.RebuildMetadata = true
+	b = openBroker(t, cfg)
+	if !strings.Contains(logs.String(), "damaged_spans_skipped=1") {
+		t.Errorf("the rebuild summary does not count the damaged span:\n%s", logs)
+	}
+	f.msgs["orders"] = append(f.msgs["orders"][:10:10], f.msgs["orders"][11:]...)
+	for _, topic := range []string{"orders", "payments"} {
+		for _, r := range f.msgs[topic] {
+			got, err := b.Message(ctx, r.ID)
+			if err != nil || string(got.Body) != f.body[r.ID] {
+				t.Fatalf("%s message %s after a rebuild around damage: %v", topic, r.ID, err)
+			}
+		}
+	}
+	if st, err := b.Topic(ctx, "orders"); err != nil || st.Topic.Queues != 3 {
+		t.Fatalf("orders after rebuild: %+v, %v", st.Topic, err)
+	}
+}
+
+// TestGarbageCheckpointRebuildsLoudly: an unparseable checkpoint.json
+// rebuilds the indexes from the start of the log, as a missing one does,
+// and says so (it used to be taken for the zero checkpoint silently).
+func TestGarbageCheckpointRebuildsLoudly(t *testing.T) {
+	f := newFixture(t)
+	if err := os.WriteFile(filepath.Join(f.cfg.Dir, checkpointFile), []byte("{not json"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, logs := withLogs(f.cfg)
+	b := openBroker(t, cfg)
+	f.check(t, b, "orders", "payments")
+	if !strings.Contains(logs.String(), `level=WARN msg="rebuilding the indexes from the start of the commitlog" err="checkpoint unreadable`) {
+		t.Fatalf("no WARN line for the unreadable checkpoint:\n%s", logs)
 	}
 }

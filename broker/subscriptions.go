@@ -326,7 +326,9 @@ func (b *Broker) positionGroup(ctx context.Context, group string, ts *topicState
 	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
 		return err
 	}
-	queues := ts.info.Load().Queues
+	t := ts.info.Load()
+	queues := t.Queues
+	r := b.retentionOf(t, b.now())
 	var at time.Time
 	if from != "latest" && from != "earliest" {
 		at, _ = time.Parse(time.RFC3339Nano, from)
@@ -335,7 +337,7 @@ func (b *Broker) positionGroup(ctx context.Context, group string, ts *topicState
 		if _, ok := b.Offset(group, ts.name, q); ok {
 			continue
 		}
-		lo, hi, err := b.retainedBounds(ts.info.Load(), q, b.now())
+		lo, hi, err := b.retainedBounds(t, q, r)
 		if err != nil {
 			return err
 		}

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -206,10 +207,10 @@ func (b *Broker) Topic(ctx context.Context, name string) (TopicStats, error) {
 	}
 	t := *ts.info.Load()
 	st := TopicStats{Topic: t, Queues: make([]QueueStats, t.Queues)}
-	now := b.now()
+	r := b.retentionOf(&t, b.now())
 	los := make([]int64, t.Queues)
 	for q := range los {
-		if los[q], _, err = b.retainedBounds(&t, q, now); err != nil {
+		if los[q], _, err = b.retainedBounds(&t, q, r); err != nil {
 			return TopicStats{}, err
 		}
 	}
@@ -266,11 +267,27 @@ func (b *Broker) DeleteTopic(ctx context.Context, name string) error {
 	if err := b.waitDispatched(ctx, end); err != nil {
 		return err
 	}
-	if err := b.meta.DeleteTopic(ctx, name); err != nil && !errors.Is(err, meta.ErrNotFound) {
-		return fmt.Errorf("delete topic %q: %w", name, err)
+	// The groups' retry topics of it go too: their copies (and the timers
+	// still to bring them back) belong to the deleted topic. A retry topic
+	// made again later is a new incarnation, which the old copies' timers
+	// cannot reach.
+	gone := []string{name}
+	b.topicsMu.RLock()
+	for n := range b.topics {
+		if isRetryTopicOf(n, name) {
+			gone = append(gone, n)
+		}
+	}
+	b.topicsMu.RUnlock()
+	for _, n := range gone {
+		if err := b.meta.DeleteTopic(ctx, n); err != nil && !errors.Is(err, meta.ErrNotFound) {
+			return fmt.Errorf("delete topic %q: %w", n, err)
+		}
 	}
 	b.topicsMu.Lock()
-	delete(b.topics, name)
+	for _, n := range gone {
+		delete(b.topics, n)
+	}
 	if i, found := slices.BinarySearch(b.names, name); found {
 		b.names = slices.Delete(b.names, i, i+1)
 	}
@@ -298,30 +315,49 @@ func (b *Broker) DeleteTopic(ctx context.Context, name string) error {
 	}
 	b.offs.mu.Lock()
 	for k := range b.offs.next {
-		if k.topic == name {
+		if slices.Contains(gone, k.topic) {
 			delete(b.offs.next, k)
 			delete(b.offs.dirty, k)
 		}
 	}
 	b.offs.mu.Unlock()
+	// Pull groups keep their cursors in memory: a group pulling a topic
+	// created again under the name starts from that topic's offsets.
+	b.forgetPulls()
 	b.subsSig.fire()
 	b.dispatchMu.Lock()
-	err = b.cq.DeleteTopic(name)
+	for _, n := range gone {
+		if derr := b.cq.DeleteTopic(n); derr != nil {
+			err = errors.Join(err, fmt.Errorf("delete queues of %q: %w", n, derr))
+		}
+	}
 	for k := range b.queueBytes {
-		if k.Topic == name {
+		if slices.Contains(gone, k.Topic) {
 			delete(b.queueBytes, k)
 		}
 	}
 	b.checkpointDirty = true
 	b.dispatchMu.Unlock()
 	if err != nil {
-		return fmt.Errorf("delete queues of %q: %w", name, err)
+		return err
 	}
 	b.logger.Info("topic deleted", slog.String("topic", name))
 	b.topicsSig.fire()
 	// A checkpoint past the topic's last record keeps recovery from
 	// dispatching it again, into a topic of the same name created later.
 	return b.checkpoint()
+}
+
+// isRetryTopicOf reports whether n is a group's retry topic of topic:
+// RetryTopic(group, topic). Group names cannot hold '%', so the group is
+// everything between the prefix and the next '%'.
+func isRetryTopicOf(n, topic string) bool {
+	rest, ok := strings.CutPrefix(n, "%RETRY%")
+	if !ok {
+		return false
+	}
+	i := strings.IndexByte(rest, '%')
+	return i >= 0 && rest[i+1:] == topic
 }
 
 // topicAlive reports whether a stored message still belongs to a live
@@ -360,14 +396,32 @@ func (b *Broker) retainCutoff(t *Topic, now time.Time) int64 {
 	return now.Add(-keep).UnixMilli()
 }
 
+// retention is what a caller needs to apply a topic's retention to its
+// queues' bounds: the cutoff, and whether the log holds anything older
+// (when not, no queue needs searching).
+type retention struct {
+	cutoff  int64 // unix ms; see retainCutoff
+	nothing bool  // the log's oldest readable record is retained: so is everything
+}
+
+func (b *Broker) retentionOf(t *Topic, now time.Time) retention {
+	r := retention{cutoff: b.retainCutoff(t, now)}
+	if segs := b.log.Segments(); len(segs) > 0 {
+		if rec, err := b.firstReadable(segs[0].Base, segs[0].End); err == nil && rec != nil && len(rec) >= posStoredAt+8 {
+			r.nothing = int64(binary.BigEndian.Uint64(rec[posStoredAt:])) > r.cutoff
+		}
+	}
+	return r
+}
+
 // retainedBounds is a queue's retained offsets [lo, hi): the consume
 // queue's, less the entries at its start that retention has passed.
-func (b *Broker) retainedBounds(t *Topic, queue int, now time.Time) (lo, hi int64, err error) {
+func (b *Broker) retainedBounds(t *Topic, queue int, r retention) (lo, hi int64, err error) {
 	lo, hi = b.cq.Bounds(t.Name, queue)
-	if lo == hi {
+	if lo == hi || r.nothing {
 		return lo, hi, nil
 	}
-	floor, err := b.offsetAt(t.Name, queue, time.UnixMilli(b.retainCutoff(t, now)+1))
+	floor, err := b.offsetAt(t.Name, queue, time.UnixMilli(r.cutoff+1))
 	if err != nil {
 		return 0, 0, fmt.Errorf("retained start of %s/%d: %w", t.Name, queue, err)
 	}

@@ -518,7 +518,7 @@ func openContractBroker(tb testing.TB, autoCreate bool) *broker.Broker {
 	cfg := broker.DefaultConfig(tb.TempDir())
 	cfg.AutoCreateTopics = autoCreate
 	cfg.SegmentSize = 8 << 20 // the smallest a broker accepts (MinSegmentSize)
-	cfg.MaxMessageBytes = 512 << 10 // must fit in a segment with room to spare
+	cfg.MaxMessageBytes = 512 << 10
 	b, err := broker.Open(context.Background(), cfg)
 	if err != nil {
 		tb.Fatalf("open broker: %v", err)

@@ -35,9 +35,10 @@
 //	                  ordered, config JSON, secret, state active|paused|disabled
 //
 // Later files add timers, attempts, dlq_removed, ordered_retries (0002), the
-// timers' owner (0003) and deleted_topics (0004: name PK, deleted_at), the
+// timers' owner (0003), deleted_topics (0004: name PK, deleted_at), the
 // tombstones that let the broker tell a deleted topic's leftovers from a
-// topic the database lost.
+// topic the database lost, and topics.log_start (0005), where a topic's
+// current incarnation begins in the commitlog.
 //
 // consumer_offsets deliberately has no foreign key to topics: groups also
 // keep offsets on system topics (%RETRY%group, the delay schedule topic) that

@@ -12,9 +12,12 @@
 //
 // # On disk
 //
-// The log is a sequence of fixed-size segment files (Config.SegmentSize,
-// default 128 MiB) named by their starting byte offset as 20 zero-padded
-// digits. Offsets are global: segment base + position in the segment.
+// The log is a sequence of preallocated segment files named by their
+// starting byte offset as 20 zero-padded digits. Offsets are global: segment
+// base + position in the segment. A new segment is Config.SegmentSize bytes
+// (default 128 MiB); a segment keeps the size it was made with, which is the
+// distance to the next segment's base, so SegmentSize may change between
+// runs.
 //
 //	Dir/
 //	  LOCK
@@ -47,7 +50,7 @@
 //	  +-------+-------+-------+--------------+
 //	  |length | magic | crc   |   payload    |
 //	  +-------+-------+-------+--------------+
-//	  length  u32  payload bytes; at most Config.MaxPayload (default 8 MiB)
+//	  length  u32  payload bytes; at most MaxFramePayload (16 MiB)
 //	  magic   u32  0x50425331 ("PBS1"): data frame, format version 1
 //	  crc     u32  CRC-32C (Castagnoli) of length, magic and payload
 //
@@ -59,18 +62,68 @@
 // The CRC covers the length, so a torn length cannot send a reader to a bogus
 // next frame. A header of all zeros is the clean end of what was written.
 //
+// MaxFramePayload is a constant of format version 1: a header claiming more
+// is damage, whatever the configuration. Config.MaxPayload only bounds what
+// Append accepts, so lowering it between runs reinterprets nothing stored.
+// The frame reader has no limit of its own below MaxFramePayload: it reads
+// as much as a frame's header says, however little of it its chunk holds.
+//
+// # Recovery rules
+//
+// Open scans the newest segment only (every other one was fsynced when it was
+// sealed), frame by frame, from its start to the end of its file:
+//
+//   - A frame that fails a check (magic, length, CRC, or running past the
+//     file's end) is resynchronised past: the reader looks for the next
+//     position, after the bad frame's start, whose magic field holds a magic
+//     and whose frame (or end-of-segment marker) passes its CRC. Zeros never
+//     pass, so a damaged span is never mistaken for the clean end.
+//   - If a valid frame follows, the bad bytes up to it are corruption, not a
+//     torn write: every valid frame is kept, before and after, and the span
+//     is quarantined. Its bytes stay on disk untouched; readers step over it.
+//   - Only a torn tail, after which nothing valid follows, is cut: zeroed to
+//     the segment's end and fsynced, and logged at WARN with its offset.
+//     What a crash tears was never acknowledged under sync (an fsync covers
+//     the whole file, so an fsynced frame has no unsynced frame before it).
+//   - A zero header ends the scan: appends are sequential, so nothing written
+//     lies beyond it, and a stale frame there must never come back.
+//   - A newest segment that holds no valid frame (a crash during a roll, or a
+//     torn first append) is removed, and its predecessor recovered instead.
+//   - A newest segment shorter than SegmentSize with its frames intact (its
+//     preallocated zero tail lost) is extended again; one longer is cut to
+//     SegmentSize when nothing valid lies past it, and otherwise keeps its
+//     length (it was made with a larger SegmentSize). Both are logged.
+//   - A sealed segment whose file is shorter than its place in the log (a
+//     segment missing between two others) is a refusal to open, saying so:
+//     bytes are missing, not damaged, and skipping them would be silent.
+//
+// A damaged record anywhere is quarantined and never a reason to refuse to
+// start or to stop reading others. ReadAt and Scan report it as a
+// *CorruptError {Off, Next, Reason} (errors.Is ErrCorrupt), Next being the
+// next valid frame (found as above, below Committed), the next segment's
+// base, or Committed when nothing valid follows in the active segment. The
+// Log remembers each span (Quarantined) and logs it once at ERROR with its
+// offset. Whatever is derived from the log (indexes, queues) can therefore
+// always be rebuilt, around the quarantined spans: a caller that meets one
+// records it and goes on at Next.
+//
+// Resynchronisation trusts CRC-32C: a body that itself holds a whole valid
+// frame could be taken for one if damage destroyed the header of the record
+// around it. A resync first tries the position right after a bad frame whose
+// length is plausible (its payload damaged), so this needs damage to the
+// outer header too.
+//
 // # Invariants
 //
 //   - A frame never spans segments, and one Append (a batch) lands in one
 //     segment with one write; a batch larger than a segment is refused with
-//     ErrTooLarge.
+//     ErrTooLarge. MinSegmentSize says how large a segment must be for a
+//     batch: callers size segments with it.
 //   - Append either makes its whole batch visible or none of it: on a failed
 //     write the touched range is zeroed again and the tail does not move.
 //   - Every segment but the last is fsynced when it is sealed, before any byte
 //     reaches its successor. Recovery (in Open) therefore scans only the last
-//     segment, stops at the first frame that fails a check, zeroes and fsyncs
-//     everything after it, and logs what it cut. An empty newest segment left
-//     by a crash during a roll is removed and its predecessor recovered.
+//     segment, by the recovery rules above.
 //   - A prepared file takes its segment name only after the segment before
 //     it is sealed and fsynced; until then nothing reads it.
 //   - Committed never moves backwards, and bytes below it never change until

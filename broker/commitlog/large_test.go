@@ -75,13 +75,20 @@ func TestLargeFrames(t *testing.T) {
 	sizes := []int{
 		scanChunk - headerSize - 1, scanChunk - headerSize, scanChunk - headerSize + 1,
 		scanChunk + 1, 2*scanChunk - headerSize,
-		4 << 20, MaxFramePayload,
+		4<<20 - 1, 4 << 20, 4<<20 + 1, MaxFramePayload,
 	}
 	placements := []string{"first", "fills segment", "first of newest"}
 	for _, n := range sizes {
 		for _, place := range placements {
-			if n == MaxFramePayload && place != "fills segment" {
-				continue // the same code paths as 4 MiB; "fills segment" covers the size
+			switch {
+			case n == scanChunk-headerSize || n == 4<<20:
+				// every placement
+			case n == MaxFramePayload:
+				if place != "fills segment" {
+					continue // the largest segment a test makes; the other placements are the 4 MiB paths
+				}
+			case place != "first":
+				continue // the size matters to the reader; placements are covered above
 			}
 			t.Run(fmt.Sprintf("payload=%d/%s", n, strings.ReplaceAll(place, " ", "_")), func(t *testing.T) {
 				seed := uint64(n)*7 + uint64(len(place))
@@ -262,5 +269,26 @@ func TestConfigValidateSizes(t *testing.T) {
 				t.Fatalf("Validate() = %v, want ok %v", err, tt.ok)
 			}
 		})
+	}
+}
+
+// TestDecodeFrameLengthLimit: a header claiming MaxFramePayload is a frame
+// to read on; one byte more is damage, whatever room the segment has.
+func TestDecodeFrameLengthLimit(t *testing.T) {
+	for _, tt := range []struct {
+		length uint32
+		want   frameKind
+	}{
+		{MaxFramePayload - 1, frameShort},
+		{MaxFramePayload, frameShort},
+		{MaxFramePayload + 1, frameBad},
+		{1<<32 - 1, frameBad},
+	} {
+		h := make([]byte, headerSize)
+		binary.BigEndian.PutUint32(h[0:], tt.length)
+		binary.BigEndian.PutUint32(h[4:], frameMagic)
+		if kind, _, size, _ := decodeFrame(h, 1<<40); kind != tt.want || (kind == frameShort && size != headerSize+int(tt.length)) {
+			t.Errorf("length %d: kind %d size %d, want kind %d", tt.length, kind, size, tt.want)
+		}
 	}
 }

@@ -612,6 +612,18 @@ func (l *Log) quarantine(e CorruptError) {
 	}
 }
 
+// quarantinedAround returns the known damaged span holding off, if any.
+func (l *Log) quarantinedAround(off int64) (CorruptError, bool) {
+	l.quarMu.Lock()
+	defer l.quarMu.Unlock()
+	for _, e := range l.quarantined {
+		if e.Off <= off && off < e.Next {
+			return e, true
+		}
+	}
+	return CorruptError{}, false
+}
+
 // Quarantined lists the damaged spans found so far (by recovery, ReadAt or
 // Scan) in segments still on disk, by offset. Each is logged once at ERROR
 // when found; a restart finds those of the newest segment again at once, and

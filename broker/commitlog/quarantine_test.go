@@ -88,6 +88,17 @@ func checkDamaged(tb testing.TB, l *Log, want []record, wantSpans []CorruptError
 			tb.Fatalf("ReadAt(%d) of a damaged span: %v, want [%d, %d)", s.Off, err, s.Off, s.Next)
 		}
 	}
+	for _, s := range wantSpans {
+		// An offset inside a known span (not where a frame starts) is the
+		// same span, not a new one.
+		if mid := s.Off + 1; mid < s.Next {
+			_, _, err := l.ReadAt(mid, nil)
+			var ce *CorruptError
+			if !errors.As(err, &ce) || ce.Off != s.Off || ce.Next != s.Next {
+				tb.Fatalf("ReadAt(%d) inside the span [%d, %d): %v", mid, s.Off, s.Next, err)
+			}
+		}
+	}
 	q := l.Quarantined()
 	if len(q) != len(wantSpans) {
 		tb.Fatalf("Quarantined() = %v, want %v", q, wantSpans)
@@ -360,4 +371,29 @@ func TestSegmentSizeChangedBetweenRuns(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestDamagedPayloadHidesEmbeddedFrame: a body may hold bytes that form a
+// whole valid frame. When damage hits such a record's payload, reading goes
+// on right after the record, not at the frame inside it, which is no record.
+func TestDamagedPayloadHidesEmbeddedFrame(t *testing.T) {
+	dir := t.TempDir()
+	cfg, _ := testConfig(t, dir)
+	l := openLog(t, cfg)
+	inner := make([]byte, headerSize+5)
+	putFrame(inner, frameMagic, []byte("forge"))
+	outer := append(append(bytes.Repeat([]byte{'a'}, 100), inner...), bytes.Repeat([]byte{'b'}, 100)...)
+	var recs []record
+	for _, p := range [][]byte{[]byte("before"), outer, []byte("after")} {
+		offs, end, err := l.Append([][]byte{p})
+		if err != nil {
+			t.Fatal(err)
+		}
+		syncEnd(t, l, end)
+		recs = append(recs, record{off: offs[0], payload: p})
+	}
+	closeLog(t, l)
+	damageFile(t, segmentPath(dir, 0), func(b []byte) { b[recs[1].off+headerSize+10] ^= 0x01 })
+	l = openLog(t, cfg)
+	checkDamaged(t, l, []record{recs[0], recs[2]}, []CorruptError{{Off: recs[1].off, Next: recs[2].off}})
 }

@@ -154,7 +154,12 @@ func (l *Log) damaged(seg *segment, rel, limit int64, reason string) error {
 
 // damagedAt is damaged with a reader over the segment already at hand.
 func (l *Log) damagedAt(r *frameReader, seg *segment, rel int64, reason string) error {
-	at, kind, found, err := r.resync(rel + 1)
+	if e, ok := l.quarantinedAround(seg.base + rel); ok {
+		// Inside a span already known (a reader given an offset in it):
+		// the same span, not a new one.
+		return &e
+	}
+	at, kind, found, err := r.resyncAfter(rel)
 	if err != nil {
 		return l.readErr(seg, err)
 	}
@@ -298,6 +303,40 @@ func (r *frameReader) fill(pos int64, need int) error {
 	}
 	r.bufPos, r.n = pos, n
 	return err
+}
+
+// resyncAfter finds where reading goes on after the bad frame at at. When its
+// header holds the data magic and a length that fits, the frame's payload is
+// most likely what was damaged, and the position right after it is tried
+// first: that keeps a whole frame embedded in a damaged payload from being
+// taken for a record. Otherwise, or if nothing valid is there, it resyncs
+// from the byte after at.
+func (r *frameReader) resyncAfter(at int64) (next int64, kind frameKind, found bool, err error) {
+	if rel := at - r.bufPos; rel < 0 || rel+headerSize > int64(r.n) {
+		if err := r.fill(at, headerSize); err != nil {
+			return 0, 0, false, err
+		}
+	}
+	if rel := at - r.bufPos; rel >= 0 && rel+headerSize <= int64(r.n) {
+		h := r.buf[rel : rel+headerSize]
+		length := int64(binary.BigEndian.Uint32(h[0:4]))
+		if c := at + headerSize + length; binary.BigEndian.Uint32(h[4:8]) == frameMagic &&
+			length <= MaxFramePayload && c+headerSize <= r.limit {
+			r.pos = c
+			k, _, _, err := r.next()
+			if err != nil {
+				return 0, 0, false, err
+			}
+			if k == frameData {
+				return c, k, true, nil
+			}
+			if rel := c - r.bufPos; k == frameEnd && rel >= 0 && rel+headerSize <= int64(r.n) &&
+				binary.BigEndian.Uint32(r.buf[rel+4:rel+8]) == blankMagic {
+				return c, k, true, nil
+			}
+		}
+	}
+	return r.resync(at + 1)
 }
 
 // resync finds the first valid data frame or end-of-segment marker that

@@ -147,7 +147,7 @@ func (l *Log) scanNewest(s *segment) (tailScan, error) {
 		case frameEnd:
 			return t, nil
 		}
-		next, kind, found, err := r.resync(at + 1)
+		next, kind, found, err := r.resyncAfter(at)
 		if err != nil {
 			return tailScan{}, fmt.Errorf("scan segment %020d: %w", s.base, err)
 		}

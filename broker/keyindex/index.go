@@ -288,8 +288,10 @@ func (x *Index) replay(create bool) error {
 		x.lastOff = max(x.lastOff, t.ents[n-1].off)
 	}
 	if len(t.ents) >= x.sealAt {
+		// A seal that fails (a full disk) leaves the table active and the
+		// index in a write error that Flush reports and repairs: not a
+		// reason to refuse to open an index whose log is whole.
 		x.seal()
-		return x.err
 	}
 	return nil
 }

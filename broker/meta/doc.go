@@ -41,10 +41,13 @@
 //	<path>-shm      WAL index (shared memory)
 //
 //	schema_migrations(version INTEGER PK, name TEXT, applied_at TEXT)  one row per applied file
-//	topics(name PK, queues, retention_ms, created_at, updated_at)       times in unix ms
+//	topics(name PK, queues, retention_ms, created_at, updated_at, log_start)  times in unix ms; log_start: the commitlog offset where the topic (this incarnation) begins
 //	consumer_offsets((group_name, topic, queue_id) PK, next_offset, updated_at)
 //	subscriptions(id PK, group_name, topic, url, filter, ordered, config, secret, state, ...)
 //	deleted_topics(name PK, deleted_at)                                   the latest deletion of each topic
+//
+// Backup writes a consistent copy of a database (VACUUM INTO on a read-only
+// connection) while a broker may have it open; `postbus backup` uses it.
 //
 // The tables are described in full in package migrations. Times are stored in
 // unix milliseconds and returned in UTC, so a sub-millisecond part is lost.

@@ -73,7 +73,7 @@ func TestCopyAppendOnly(t *testing.T) {
 // message acknowledged before the backup began, and nothing else is needed.
 func TestBackupWhileRunning(t *testing.T) {
 	data := t.TempDir()
-	p := start(t, "broker", "--data", data, "--auto-create-topics", "--segment-size", "1MiB", "--max-message-bytes", "64KiB")
+	p := start(t, "broker", "--data", data, "--auto-create-topics", "--segment-size", "8MiB", "--max-message-bytes", "64KiB")
 	post := func(body string) string {
 		resp, err := http.Post(p.url+"/v1/topics/orders/messages", "text/plain", strings.NewReader(body))
 		if err != nil {
@@ -128,7 +128,7 @@ func TestBackupWhileRunning(t *testing.T) {
 		}
 	}
 
-	q := start(t, "broker", "--data", to, "--segment-size", "1MiB", "--max-message-bytes", "64KiB")
+	q := start(t, "broker", "--data", to, "--segment-size", "8MiB", "--max-message-bytes", "64KiB")
 	for _, id := range before {
 		var m struct {
 			Topic string `json:"topic"`

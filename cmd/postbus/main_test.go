@@ -407,6 +407,9 @@ func TestCommandLine(t *testing.T) {
 		{"bad flag", []string{"broker", "--flush", "sometimes"}, nil, 2, []string{"want sync or async"}},
 		{"bad env", []string{"broker"}, []string{"POSTBUS_FLUSH=never"}, 2, []string{"POSTBUS_FLUSH"}},
 		{"bench help", []string{"bench"}, nil, 2, []string{"publish"}},
+		{"backup help", []string{"backup", "--help"}, nil, 0, []string{"--to", "consistent snapshot", "while a broker may be running"}},
+		{"backup without --to", []string{"backup", "--data", "."}, nil, 2, []string{"--to is required"}},
+		{"broker help names --rebuild-metadata", []string{"broker", "--help"}, nil, 0, []string{"-rebuild-metadata"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
