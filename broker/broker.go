@@ -324,11 +324,13 @@ func (b *Broker) recoverDerived(ctx context.Context, cp checkpoint) error {
 	if err := b.meta.FireTimers(ctx, sv.fired); err != nil {
 		return fmt.Errorf("mark fired timers: %w", err)
 	}
+	b.dispatchMu.Lock()
 	for _, ts := range b.topics {
 		for q := range ts.next {
-			_, ts.next[q] = b.cq.Bounds(ts.name, q)
+			ts.next[q] = b.queueEnd(ts.name, q)
 		}
 	}
+	b.dispatchMu.Unlock()
 	b.checkpointDirty = true
 	if err := b.checkpoint(); err != nil {
 		// The indexes are built; only their checkpoint could not be written
@@ -337,6 +339,37 @@ func (b *Broker) recoverDerived(ctx context.Context, cp checkpoint) error {
 		b.logger.Error("checkpoint after recovery failed; starting anyway, retrying", slog.Any("err", err))
 	}
 	return nil
+}
+
+// queueEnd is the queue offset the next record of a queue takes after
+// recovery: the rebuilt queue's end, unless records at its end were lost in
+// a damaged (quarantined) span of the log and a consumer group had already
+// read past them. Their offsets are then kept as holes, so new records do
+// not take offsets a group has passed (and never see them). Called with
+// dispatchMu held.
+func (b *Broker) queueEnd(topic string, queue int) int64 {
+	lo, hi := b.cq.Bounds(topic, queue)
+	read := hi
+	b.offs.mu.Lock()
+	for k, next := range b.offs.next {
+		if k.topic == topic && k.queue == queue {
+			read = max(read, next)
+		}
+	}
+	b.offs.mu.Unlock()
+	switch {
+	case read == hi:
+		return hi
+	case lo == hi:
+		// Empty: the next record's offset re-bases the queue.
+		return read
+	case b.fillHoles(topic, queue, read, b.log.End()):
+		return read
+	default:
+		b.logger.Error("consumer groups read past the end of a queue rebuilt from the log; new messages take offsets below theirs",
+			slog.String("topic", topic), slog.Int("queue", queue), slog.Int64("queue_end", hi), slog.Int64("group_offset", read))
+		return hi
+	}
 }
 
 // derivedLost says why the consume queues or key index hold less than the
@@ -374,7 +407,7 @@ func (b *Broker) recountQueueBytes() {
 				break
 			}
 			for _, e := range buf {
-				b.queueBytes[q] += int64(e.Size)
+				b.queueBytes[q] += liveBytes(e)
 			}
 			lo += int64(len(buf))
 		}

@@ -505,6 +505,10 @@ func TestTopicRetentionAppliesToEveryRead(t *testing.T) {
 		old = append(old, publish(t, b, "short", msg(fmt.Sprint("old-", i)))[0])
 		publish(t, b, "long", msg(fmt.Sprint("long-", i)))
 	}
+	before, err := b.Topic(ctx, "short")
+	if err != nil {
+		t.Fatal(err)
+	}
 	shift.Store(int64(2 * time.Minute)) // past "short"'s retention, within the log's
 	fresh := publish(t, b, "short", msg("fresh"))[0]
 
@@ -539,6 +543,10 @@ func TestTopicRetentionAppliesToEveryRead(t *testing.T) {
 	}
 	if q := st.Queues[0]; q.MinOffset != 3 || q.MaxOffset != 4 || q.Messages != 1 || st.Messages != 1 {
 		t.Errorf("short's queue: %+v, %d messages; want offsets [3, 4), 1 message", q, st.Messages)
+	}
+	// Every record here has the same size: what is left is one of three.
+	if st.Bytes != before.Bytes/3 || st.Queues[0].Bytes != st.Bytes {
+		t.Errorf("short holds %d bytes (queue %d), want %d: one of the three records before", st.Bytes, st.Queues[0].Bytes, before.Bytes/3)
 	}
 	if got, _, err := b.ReadQueueWait(ctx, "long", 0, 0, 10, 0); err != nil || len(got) != 3 {
 		t.Errorf("a topic with the broker's retention: %d messages by offset (%v), want 3", len(got), err)

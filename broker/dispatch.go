@@ -242,6 +242,15 @@ func (b *Broker) dispatchRecord(off int64, rec []byte) error {
 // so readers know the entry is a hole and do not read the log there.
 const holeSize = 1
 
+// liveBytes is what an entry counts in a queue's bytes: its record's size,
+// or nothing for a hole.
+func liveBytes(e consumequeue.Entry) int64 {
+	if e.Size == holeSize {
+		return 0
+	}
+	return int64(e.Size)
+}
+
 // fillHoles keeps the queue offsets of records lost in damaged spans: when
 // the record at off, due at queue offset qoff, finds its queue short of
 // qoff, and quarantined spans lie between the queue's last entry and off,

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -124,15 +125,19 @@ func TestDamagedRecordInSealedSegment(t *testing.T) {
 			if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 1}); err != nil {
 				t.Fatal(err)
 			}
-			const n = 72
+			const n, size, batch = 50, 200 << 10, 10 // 10 MB: past the first of testConfig's 8 MiB segments
 			var res []Result
-			bodyOf := func(i int) []byte { return bytes.Repeat([]byte{byte('a' + i%26)}, 250<<10) }
-			for i := 0; i < n; i++ { // 72 x 250 KiB: three 8 MiB segments
-				res = append(res, publish(t, b, "t", &Message{Body: bodyOf(i), Keys: []string{fmt.Sprint("k-", i)}})[0])
+			bodyOf := func(i int) []byte { return bytes.Repeat([]byte{byte('a' + i%26)}, size) }
+			for i := 0; i < n; i += batch {
+				var msgs []*Message
+				for j := i; j < i+batch; j++ {
+					msgs = append(msgs, &Message{Body: bodyOf(j), Keys: []string{fmt.Sprint("k-", j)}})
+				}
+				res = append(res, publish(t, b, "t", msgs...)...)
 			}
 			victim := res[3]
 			segs := b.log.Segments()
-			if len(segs) < 3 || victim.logOffset >= segs[0].End {
+			if len(segs) < 2 || victim.logOffset >= segs[0].End {
 				t.Fatalf("the victim at %d is not in a sealed segment of %d", victim.logOffset, len(segs))
 			}
 			if err := b.Close(); err != nil {
@@ -143,7 +148,7 @@ func TestDamagedRecordInSealedSegment(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			at := victim.logOffset - segs[0].Base + 12 + 30<<10
+			at := victim.logOffset - segs[0].Base + 12 + size/2
 			var one [1]byte
 			if _, err := f.ReadAt(one[:], at); err != nil {
 				t.Fatal(err)
@@ -183,7 +188,7 @@ func TestDamagedRecordInSealedSegment(t *testing.T) {
 					t.Fatalf("message %d by key: %d messages, %v", i, len(byKey), err)
 				}
 			}
-			got, next, err := b.ReadQueueWait(ctx, "t", 0, 0, 100, 0)
+			got, next, err := b.ReadQueueWait(ctx, "t", 0, 0, 2*n, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -221,5 +226,62 @@ func TestDamagedRecordInSealedSegment(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestDamagedQueueTailKeepsOffsets: the last record of a queue is damaged
+// (with intact records of another topic after it) after a group has pulled
+// past it; rebuilt from the log, the queue keeps the damaged record's
+// offset as a hole, so the next message takes a new offset and the group
+// gets it, rather than it taking the offset the group has passed.
+func TestDamagedQueueTailKeepsOffsets(t *testing.T) {
+	ctx := context.Background()
+	cfg := testConfig(t, t.TempDir())
+	b := openBroker(t, cfg)
+	if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 1}); err != nil {
+		t.Fatal(err)
+	}
+	var last Result
+	for i := 0; i < 5; i++ {
+		last = publish(t, b, "t", msg(fmt.Sprintf("message %d of t, long enough to damage", i)))[0]
+	}
+	publish(t, b, "other", msg("an intact record after the damaged one"))
+	got := pullN(t, b, "g", "t", 10, 0, time.Minute)
+	if len(got) != 5 {
+		t.Fatalf("pulled %d of 5", len(got))
+	}
+	if err := b.Ack(ctx, "g", receipts(got)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(filepath.Join(cfg.Dir, "commitlog", fmt.Sprintf("%020d", 0)), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := last.logOffset + 12 + 70
+	one := make([]byte, 1)
+	if _, err := f.ReadAt(one, at); err != nil {
+		t.Fatal(err)
+	}
+	one[0] ^= 0xff
+	if _, err := f.WriteAt(one, at); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	for _, d := range []string{"index", "consumequeue", checkpointFile} {
+		if err := os.RemoveAll(filepath.Join(cfg.Dir, d)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b = openBroker(t, cfg)
+	r := publish(t, b, "t", msg("after the damage"))[0]
+	if r.QueueOffset != 5 {
+		t.Errorf("the next message took queue offset %d, want 5 (4 was the damaged one's)", r.QueueOffset)
+	}
+	got = pullN(t, b, "g", "t", 10, 0, time.Minute)
+	if len(got) != 1 || got[0].ID != r.ID {
+		t.Fatalf("the group pulled %d messages after the damage, want the new one", len(got))
 	}
 }

@@ -60,8 +60,10 @@
 //     postbus_dispatch_skipped_records_total metric and go on after it. The
 //     queue offsets of records lost in it are kept as holes (entries of size
 //     holeSize that readers skip), so later records keep the offsets they
-//     were acknowledged with. A query that meets the damaged record answers
-//     message_damaged for that message only.
+//     were acknowledged with; so do offsets at a queue's end that a consumer
+//     group had read past before a rebuild lost them to the damage. A query
+//     that meets the damaged record answers message_damaged for that
+//     message only.
 //   - A record whose queue offset does not follow its queue's is a fault:
 //     it is skipped with an ERROR line and counted, never dropped quietly.
 //   - Queues can grow but not shrink.

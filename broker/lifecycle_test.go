@@ -133,7 +133,7 @@ func TestPublishRacingDeleteAndRecreate(t *testing.T) {
 		}()
 	}
 	rng := rand.New(rand.NewPCG(seed, 1))
-	for i := 0; i < 40; i++ {
+	for i := 0; i < 80; i++ {
 		// Let some publishes through, then delete and re-create at once.
 		for target := seq.Load() + int64(1+rng.IntN(20)); seq.Load() < target; {
 			if len(failures) > 0 {

@@ -206,7 +206,7 @@ func (b *Broker) dropBefore(off int64) error {
 				if e.Offset >= logMin {
 					break scan
 				}
-				b.queueBytes[q] -= int64(e.Size)
+				b.queueBytes[q] -= liveBytes(e)
 			}
 			lo += int64(len(buf))
 		}

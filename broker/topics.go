@@ -218,13 +218,36 @@ func (b *Broker) Topic(ctx context.Context, name string) (TopicStats, error) {
 	defer b.dispatchMu.Unlock()
 	for q := range st.Queues {
 		lo, hi := b.cq.Bounds(name, q)
-		lo = min(max(lo, los[q]), hi)
 		bytes := b.queueBytes[consumequeue.QueueID{Topic: name, Queue: q}]
+		if floor := min(los[q], hi); floor > lo {
+			// Past the topic's retention, though still on disk: not counted.
+			bytes -= b.entryBytes(name, q, lo, floor)
+			lo = floor
+		}
 		st.Queues[q] = QueueStats{ID: q, MinOffset: lo, MaxOffset: hi, Messages: hi - lo, Bytes: bytes}
 		st.Messages += hi - lo
 		st.Bytes += bytes
 	}
 	return st, nil
+}
+
+// entryBytes sums the sizes of a queue's entries [from, to), as
+// queueBytes counts them. Called with dispatchMu held.
+func (b *Broker) entryBytes(topic string, queue int, from, to int64) int64 {
+	var n int64
+	var buf []consumequeue.Entry
+	for from < to {
+		var err error
+		buf, err = b.cq.Read(topic, queue, from, int(min(to-from, 4096)), buf[:0])
+		if err != nil || len(buf) == 0 {
+			break
+		}
+		for _, e := range buf {
+			n += liveBytes(e)
+		}
+		from += int64(len(buf))
+	}
+	return n
 }
 
 // Topics lists user topics by name, after the name `after`, at most limit.
