@@ -294,11 +294,17 @@ func runTorture(t *testing.T, seed uint64, ops []tortureOp, without familySet) (
 		}
 	}()
 	for i, op := range ops {
-		if err := r.step(op); err != nil {
-			return i, fmt.Errorf("%v: %w", op, err)
+		err := r.step(op)
+		if err != nil {
+			err = fmt.Errorf("%v: %w", op, err)
+		} else if err = r.check(false); err != nil {
+			err = fmt.Errorf("after %v: %w", op, err)
 		}
-		if err := r.check(false); err != nil {
-			return i, fmt.Errorf("after %v: %w", op, err)
+		if err != nil {
+			if len(r.log) > 0 {
+				err = fmt.Errorf("%w\nnotes: %s", err, strings.Join(r.log, "; "))
+			}
+			return i, err
 		}
 	}
 	return len(ops), nil
