@@ -152,7 +152,9 @@ func TestTorture(t *testing.T) {
 // fails until it is fixed. A delayed message that falls due after its
 // retention has passed is put back on its queue and found by id (the copy
 // put back, with its queue offset), but a read of its queue skips it as
-// expired: the two views disagree ("found by id but not in queue").
+// expired: the two views disagree ("found by id but not in queue"). It
+// shows on some runs of these seeds, not all: the timer loop keeps its own
+// time. -torture.seeds=100 -torture.first=2000 shows it about three times.
 // TestDelayedMessagesDueTogetherOverASegment is the other fault delayed
 // messages still meet.
 func TestTortureDelayedMessages(t *testing.T) {
