@@ -342,11 +342,12 @@ func (b *Broker) recoverDerived(ctx context.Context, cp checkpoint) error {
 }
 
 // queueEnd is the queue offset the next record of a queue takes after
-// recovery: the rebuilt queue's end, unless records at its end were lost in
-// a damaged (quarantined) span of the log and a consumer group had already
-// read past them. Their offsets are then kept as holes, so new records do
-// not take offsets a group has passed (and never see them). Called with
-// dispatchMu held.
+// recovery: the rebuilt queue's end, unless a consumer group had already
+// read past it, which happens when records at the queue's end were lost
+// (damaged and quarantined, or a tail cut after a crash under async flush).
+// New records must not take offsets a group has passed, or the group would
+// never see them: the lost offsets are kept as holes (logged at ERROR and
+// counted). Called with dispatchMu held, before anything is appended.
 func (b *Broker) queueEnd(topic string, queue int) int64 {
 	lo, hi := b.cq.Bounds(topic, queue)
 	read := hi
@@ -357,19 +358,34 @@ func (b *Broker) queueEnd(topic string, queue int) int64 {
 		}
 	}
 	b.offs.mu.Unlock()
-	switch {
-	case read == hi:
-		return hi
-	case lo == hi:
-		// Empty: the next record's offset re-bases the queue.
-		return read
-	case b.fillHoles(topic, queue, read, b.log.End()):
-		return read
-	default:
-		b.logger.Error("consumer groups read past the end of a queue rebuilt from the log; new messages take offsets below theirs",
-			slog.String("topic", topic), slog.Int("queue", queue), slog.Int64("queue_end", hi), slog.Int64("group_offset", read))
+	if read == hi {
 		return hi
 	}
+	b.logger.Error("consumer groups read past the end of a queue rebuilt from the log: its last messages were lost; their offsets are kept as holes",
+		slog.String("topic", topic), slog.Int("queue", queue), slog.Int64("queue_end", hi), slog.Int64("group_offset", read))
+	b.metrics.lostQueueEnd(read - hi)
+	if lo == hi {
+		return read // empty: the next record's offset re-bases the queue
+	}
+	es, err := b.cq.Read(topic, queue, hi-1, 1, nil)
+	if err != nil || len(es) != 1 {
+		return hi
+	}
+	// Holes need increasing log offsets between the queue's last entry
+	// and the next record, which goes at or past the log's end; no reader
+	// reads a hole's offset.
+	last, end := es[0].Offset, b.log.End()
+	if end-last-1 < read-hi {
+		return hi
+	}
+	for i := int64(0); i < read-hi; i++ {
+		if err := b.cq.Append(topic, queue, hi+i, consumequeue.Entry{Offset: last + 1 + i, Size: holeSize}); err != nil {
+			b.logger.Error("could not keep a hole for a lost message", slog.String("topic", topic),
+				slog.Int("queue", queue), slog.Int64("queue_offset", hi+i), slog.Any("err", err))
+			return hi + i
+		}
+	}
+	return read
 }
 
 // derivedLost says why the consume queues or key index hold less than the

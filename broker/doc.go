@@ -60,10 +60,12 @@
 //     postbus_dispatch_skipped_records_total metric and go on after it. The
 //     queue offsets of records lost in it are kept as holes (entries of size
 //     holeSize that readers skip), so later records keep the offsets they
-//     were acknowledged with; so do offsets at a queue's end that a consumer
-//     group had read past before a rebuild lost them to the damage. A query
-//     that meets the damaged record answers message_damaged for that
-//     message only.
+//     were acknowledged with. A query that meets the damaged record answers
+//     message_damaged for that message only.
+//   - After recovery a queue never hands out an offset a consumer group has
+//     already read past: offsets lost at a queue's end (damage, or a tail
+//     cut after a crash under async flush) are kept as holes, logged at
+//     ERROR and counted in postbus_recovery_lost_queue_offsets_total.
 //   - A record whose queue offset does not follow its queue's is a fault:
 //     it is skipped with an ERROR line and counted, never dropped quietly.
 //   - Queues can grow but not shrink.

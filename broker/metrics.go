@@ -15,6 +15,7 @@ type metrics struct {
 
 	attemptsDropped prometheus.Counter
 	skippedRecords  *prometheus.CounterVec
+	lostQueueEnds   prometheus.Counter
 }
 
 // Why dispatch skipped a record (the reason label of
@@ -43,6 +44,10 @@ func newMetrics() *metrics {
 			Name: "postbus_dispatch_skipped_records_total",
 			Help: "Log records dispatch could not put on their queue or index, by reason; each is also logged at ERROR.",
 		}, []string{"reason"}),
+		lostQueueEnds: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "postbus_recovery_lost_queue_offsets_total",
+			Help: "Queue offsets a consumer group had read past but the rebuilt queue no longer held (messages lost to damage or a cut tail), kept as holes; each is logged at ERROR.",
+		}),
 	}
 	for _, r := range []string{skipOutOfOrder, skipUndecodable, skipCorrupt} {
 		m.skippedRecords.WithLabelValues(r) // exported at 0, so alerts need no absent()
@@ -59,7 +64,7 @@ func (m *metrics) register(b *Broker, reg prometheus.Registerer) {
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
-	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped, m.skippedRecords,
+	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped, m.skippedRecords, m.lostQueueEnds,
 		gauge("postbus_commitlog_bytes", "Bytes of the commitlog between its oldest retained offset and its end.",
 			func() float64 { return float64(b.log.Committed() - b.log.MinOffset()) }),
 		gauge("postbus_commitlog_segments", "Commitlog segment files.",
@@ -111,4 +116,11 @@ func (m *metrics) skipped(reason string) {
 		return
 	}
 	m.skippedRecords.WithLabelValues(reason).Inc()
+}
+
+func (m *metrics) lostQueueEnd(n int64) {
+	if m == nil {
+		return
+	}
+	m.lostQueueEnds.Add(float64(n))
 }
