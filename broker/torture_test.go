@@ -138,7 +138,27 @@ func genOps(seed uint64, steps int, without familySet) []tortureOp {
 }
 
 func TestTorture(t *testing.T) {
-	runTortureSeeds(t, parseFamilies(t, *flagTortureWithout), tortureCISeeds)
+	without := parseFamilies(t, *flagTortureWithout)
+	if *flagTortureWithout == "" {
+		// Delayed messages still meet a fault not yet fixed; they run in
+		// TestTortureDelayedMessages until then.
+		without["delay"] = true
+	}
+	runTortureSeeds(t, without, tortureCISeeds)
+}
+
+// TestTortureDelayedMessages is TestTorture with delayed messages too, on
+// seeds that show a fault not yet fixed, so that the rest stays green; it
+// fails until it is fixed. A delayed message that falls due after its
+// retention has passed is put back on its queue and found by id (the copy
+// put back, with its queue offset), but a read of its queue skips it as
+// expired: the two views disagree ("found by id but not in queue"). It
+// shows on some runs of these seeds, not all: the timer loop keeps its own
+// time. -torture.seeds=100 -torture.first=2000 shows it about three times.
+// TestDelayedMessagesDueTogetherOverASegment is the other fault delayed
+// messages still meet.
+func TestTortureDelayedMessages(t *testing.T) {
+	runTortureSeeds(t, parseFamilies(t, *flagTortureWithout), []uint64{2023, 2060, 2064})
 }
 
 func runTortureSeeds(t *testing.T, without familySet, ciSeeds []uint64) {
@@ -1277,6 +1297,9 @@ func (r *tortureRun) checkByID(ctx context.Context, m *mMsg, inQueue map[string]
 			return fmt.Errorf("delayed message %s, not yet due, answers queue offset %d by id, want -1", m.id, got.QueueOffset)
 		case waiting && inQ:
 			return fmt.Errorf("delayed message %s, not yet due, is in queue %d at %d", m.id, m.queue, qoff)
+		case !waiting && !inQ && m.expired && got.QueueOffset == -1:
+			// Due and expired at once: its timer may not have fired yet
+			// (waitDue does not wait for what retention may remove).
 		case !waiting && !inQ:
 			return fmt.Errorf("message %s found by id but not in queue %d (queue offset %d by id)", m.id, m.queue, got.QueueOffset)
 		case !waiting && !slices.Contains(offs, got.QueueOffset) && !m.refired:

@@ -20,14 +20,21 @@ const (
 	// minSegmentSize keeps tiny test segments legal while refusing sizes
 	// that could not hold a header and a marker.
 	minSegmentSize = 4 << 10
+
+	// MaxAppendBytes bounds one Append (its frames, headers included) when
+	// SegmentSize is smaller: a batch larger than a segment is stored in a
+	// segment of its own, made for it, and this keeps that segment and the
+	// buffer it is encoded in from growing without bound. A batch over
+	// both is refused with ErrTooLarge.
+	MaxAppendBytes = 256 << 20
 )
 
 // Config configures a Log. Zero fields other than Dir take their defaults in
 // Open.
 type Config struct {
 	Dir         string // directory holding the segment files; created if missing
-	SegmentSize int64  // bytes per new segment file; segments made with another size keep theirs
-	MaxPayload  int    // largest payload Append accepts, at most MaxFramePayload; reading never looks at it
+	SegmentSize int64  // bytes per new segment file; segments made with another size keep theirs, and a batch larger than it gets a segment of its size
+	MaxPayload  int    // largest payload Append accepts, at most MaxFramePayload (it may exceed SegmentSize); reading never looks at it
 	// Sync selects group commit: Committed is the fsynced offset and Sync
 	// waits for the flusher. When false, Committed is the written offset,
 	// Sync returns at once, and the flusher fsyncs every FlushInterval.
@@ -90,9 +97,6 @@ func (c Config) Validate() error {
 		return fmt.Errorf("commitlog: config: MaxPayload %d not positive", c.MaxPayload)
 	case c.MaxPayload > MaxFramePayload:
 		return fmt.Errorf("commitlog: config: MaxPayload %d over the format's largest frame payload %d", c.MaxPayload, MaxFramePayload)
-	case MinSegmentSize(int64(c.MaxPayload), 1) > c.SegmentSize:
-		return fmt.Errorf("commitlog: config: a frame of MaxPayload %d needs a segment of at least %d bytes, not %d",
-			c.MaxPayload, MinSegmentSize(int64(c.MaxPayload), 1), c.SegmentSize)
 	case c.FlushInterval < 0:
 		return fmt.Errorf("commitlog: config: FlushInterval %v negative", c.FlushInterval)
 	}

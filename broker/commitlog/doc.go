@@ -17,7 +17,10 @@
 // base + position in the segment. A new segment is Config.SegmentSize bytes
 // (default 128 MiB); a segment keeps the size it was made with, which is the
 // distance to the next segment's base, so SegmentSize may change between
-// runs.
+// runs. A batch larger than SegmentSize is not refused: it rolls to an
+// oversized segment made for it (its frames, rounded up to 4 KiB pages),
+// still one write into one segment; the next append that does not fit in
+// what is left rolls back to a segment of SegmentSize.
 //
 //	Dir/
 //	  LOCK
@@ -37,8 +40,12 @@
 // <20 digits>.next (reserve, zeros in 64 KiB pwrites, one fdatasync); the
 // roll renames it into place. A roll that finds it not ready waits if it is
 // nearly done, else falls back to a fallocated-only segment and the
-// preparation serves the following roll. Recovery never reads a .next file;
-// Open deletes leftovers and Close deletes the pending one.
+// preparation serves the following roll. An oversized segment is never
+// prepared: it is created and reserved whole (fallocate) by its roll, so a
+// full disk is ErrDiskFull before any byte of its batch is written, and the
+// preparation in flight serves the roll after it, under the base that roll
+// gives it (a .next file's name is only a name). Recovery never reads a
+// .next file; Open deletes leftovers and Close deletes the pending one.
 //
 // A segment holds frames back to back from position 0, then either an
 // end-of-segment marker or fewer than 12 bytes, then zeros:
@@ -92,7 +99,8 @@
 //   - A newest segment shorter than SegmentSize with its frames intact (its
 //     preallocated zero tail lost) is extended again; one longer is cut to
 //     SegmentSize when nothing valid lies past it, and otherwise keeps its
-//     length (it was made with a larger SegmentSize). Both are logged.
+//     length (it is an oversized segment, or was made with a larger
+//     SegmentSize). Each is logged.
 //   - A sealed segment whose file is shorter than its place in the log (a
 //     segment missing between two others) is a refusal to open, saying so:
 //     bytes are missing, not damaged, and skipping them would be silent.
@@ -116,9 +124,10 @@
 // # Invariants
 //
 //   - A frame never spans segments, and one Append (a batch) lands in one
-//     segment with one write; a batch larger than a segment is refused with
-//     ErrTooLarge. MinSegmentSize says how large a segment must be for a
-//     batch: callers size segments with it.
+//     segment with one write. A batch larger than SegmentSize gets an
+//     oversized segment of its own; only one over MaxAppendBytes too is
+//     refused with ErrTooLarge. MinSegmentSize says what a batch takes on
+//     disk.
 //   - Append either makes its whole batch visible or none of it: on a failed
 //     write the touched range is zeroed again and the tail does not move.
 //   - Every segment but the last is fsynced when it is sealed, before any byte

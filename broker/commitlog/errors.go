@@ -17,8 +17,8 @@ var (
 	// where reading goes on; from Open, a layout it cannot make sense of
 	// (a segment missing between two others).
 	ErrCorrupt = errors.New("commitlog: corrupt frame")
-	// ErrTooLarge: a payload is over Config.MaxPayload, or a batch does not
-	// fit in one segment.
+	// ErrTooLarge: a payload is over Config.MaxPayload, or a batch's frames
+	// total more than both SegmentSize and MaxAppendBytes.
 	ErrTooLarge = errors.New("commitlog: payload too large")
 	// ErrClosed: the Log has been closed.
 	ErrClosed = errors.New("commitlog: closed")

@@ -23,9 +23,10 @@ const (
 const MaxFramePayload = 16 << 20
 
 // MinSegmentSize is the smallest segment that holds frames payloads totalling
-// payloadBytes in one Append (one batch lands in one segment). Whoever sizes
-// segments asks it, so that the log and its callers agree on the frame
-// overhead.
+// payloadBytes in one Append (one batch lands in one segment): the bytes the
+// batch takes on disk. A batch larger than SegmentSize gets a segment this
+// large, rounded up to whole pages. Callers that bound what a batch takes as
+// stored ask it, so that the log and they agree on the frame overhead.
 func MinSegmentSize(payloadBytes int64, frames int) int64 {
 	return payloadBytes + int64(frames)*headerSize
 }

@@ -255,7 +255,9 @@ func TestConfigValidateSizes(t *testing.T) {
 		ok         bool
 	}{
 		{"payload fills the segment", MinSegmentSize(1<<20, 1), 1 << 20, true},
-		{"segment one byte short", MinSegmentSize(1<<20, 1) - 1, 1 << 20, false},
+		// A frame larger than a segment gets a segment of its own.
+		{"segment one byte short", MinSegmentSize(1<<20, 1) - 1, 1 << 20, true},
+		{"payload larger than the segment", minSegmentSize, MaxFramePayload, true},
 		{"format maximum", MinSegmentSize(MaxFramePayload, 1), MaxFramePayload, true},
 		{"over the format maximum", MinSegmentSize(MaxFramePayload+1, 1), MaxFramePayload + 1, false},
 		{"smallest segment", minSegmentSize, minSegmentSize - headerSize, true},

@@ -45,6 +45,10 @@ type Log struct {
 	pos    int64      // guarded by mu: write position inside active
 	wbuf   []byte     // guarded by mu: reused frame-encoding buffer
 	closed bool       // guarded by mu
+	// maxAppend bounds one Append's frames beyond SegmentSize: a batch
+	// larger than a segment gets a segment of its own, of its size. Open
+	// sets it to MaxAppendBytes; tests lower it.
+	maxAppend int64
 
 	prep             *prepared     // guarded by mu: the next segment's file being prepared; nil if none
 	rollWait         time.Duration // guarded by mu: longest a roll waits for a nearly prepared file
@@ -63,8 +67,9 @@ type Log struct {
 	syncs   atomic.Int64 // fdatasync calls, including rolls; lets tests see group commit grouping
 	// Rolls by path: into a prepared (zero-filled) file, or into one created
 	// and fallocated under mu. Tests read them to see which path was taken.
-	preparedRolls atomic.Int64
-	directRolls   atomic.Int64
+	preparedRolls  atomic.Int64
+	directRolls    atomic.Int64
+	oversizedRolls atomic.Int64 // rolls into a segment sized for a batch larger than SegmentSize (also counted in directRolls)
 
 	quarMu      sync.Mutex
 	quarantined map[int64]CorruptError // guarded by quarMu: damaged spans found so far, by offset
@@ -107,14 +112,15 @@ func Open(cfg Config) (*Log, error) {
 		return nil, err
 	}
 	l := &Log{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		lock:     lock,
-		rollWait: defaultRollWait,
-		kick:     make(chan struct{}, 1),
-		stop:     make(chan struct{}),
-		stopped:  make(chan struct{}),
-		done:     make(chan struct{}),
+		cfg:       cfg,
+		log:       cfg.Logger,
+		lock:      lock,
+		rollWait:  defaultRollWait,
+		maxAppend: MaxAppendBytes,
+		kick:      make(chan struct{}, 1),
+		stop:      make(chan struct{}),
+		stopped:   make(chan struct{}),
+		done:      make(chan struct{}),
 	}
 	if err := l.recover(); err != nil {
 		if segs := l.segs.Load(); segs != nil {
@@ -197,8 +203,8 @@ func (l *Log) Append(payloads [][]byte) (offs []int64, end int64, err error) {
 		}
 		total += headerSize + int64(len(p))
 	}
-	if total > l.cfg.SegmentSize {
-		return nil, 0, fmt.Errorf("commitlog: append: batch of %d bytes exceeds segment size %d: %w", total, l.cfg.SegmentSize, ErrTooLarge)
+	if limit := max(l.cfg.SegmentSize, l.maxAppend); total > limit {
+		return nil, 0, fmt.Errorf("commitlog: append: batch of %d bytes over the largest append, %d: %w", total, limit, ErrTooLarge)
 	}
 
 	l.mu.Lock()
@@ -213,7 +219,7 @@ func (l *Log) Append(payloads [][]byte) (offs []int64, end int64, err error) {
 		return nil, l.written.Load(), nil
 	}
 	if l.pos+total > l.active.size {
-		if err := l.roll(); err != nil {
+		if err := l.roll(total); err != nil {
 			return nil, 0, fmt.Errorf("commitlog: append: %w", err)
 		}
 	}
@@ -268,23 +274,36 @@ func (l *Log) undoWrite(buf []byte, cause error) {
 	}
 }
 
-// roll seals the active segment and makes a new one active. The new file
-// exists before the old segment is touched, so ENOSPC leaves the log as it
-// was: normally it is the file prepared in the background since the old
-// segment became active, else (not ready in time, or its preparation failed)
-// one created and fallocated here. Then the old segment gets its end marker
-// and an fsync before any byte can reach the new one: that is why recovery
-// only ever scans the last segment. A prepared file takes its segment name
-// only after that fsync. Called with mu held.
-func (l *Log) roll() error {
+// roll seals the active segment and makes a new one active, large enough
+// for an append of need bytes (frames included). The new file exists before
+// the old segment is touched, so ENOSPC leaves the log as it was: normally
+// it is the file prepared in the background since the old segment became
+// active, else (not ready in time, or its preparation failed) one created
+// and fallocated here. Then the old segment gets its end marker and an
+// fsync before any byte can reach the new one: that is why recovery only
+// ever scans the last segment. A prepared file takes its segment name only
+// after that fsync. Called with mu held.
+//
+// A batch larger than SegmentSize gets an oversized segment: created and
+// fallocated here at oversizedSize(need), written by that one append. The
+// preparation in flight is left alone (its file is SegmentSize long) and
+// serves the next roll, under the name of the base that roll gives it: its
+// .next name is only a name.
+func (l *Log) roll(need int64) error {
 	old := l.active
 	base := old.base + old.size
 	segPath := filepath.Join(l.cfg.Dir, segmentName(base))
-	prep := l.takePrepared()
+	size := l.cfg.SegmentSize
+	var prep *prepared
+	if need > size {
+		size = oversizedSize(need)
+	} else {
+		prep = l.takePrepared()
+	}
 	var seg *segment
 	if prep == nil {
 		var err error
-		if seg, err = createSegment(l.cfg.FS, l.cfg.Dir, base, l.cfg.SegmentSize, l.cfg.io); err != nil {
+		if seg, err = createSegment(l.cfg.FS, l.cfg.Dir, base, size, l.cfg.io); err != nil {
 			return err
 		}
 	}
@@ -318,7 +337,7 @@ func (l *Log) roll() error {
 			abandon()
 			return fmt.Errorf("roll to segment %020d: %w", base, err)
 		}
-		seg = &segment{base: base, size: l.cfg.SegmentSize, path: segPath, f: prep.f}
+		seg = &segment{base: base, size: size, path: segPath, f: prep.f}
 	}
 	if err := durable.SyncDir(l.cfg.FS, l.cfg.Dir); err != nil {
 		abandon() // seg is set: the renamed file goes like a created one
@@ -333,13 +352,32 @@ func (l *Log) roll() error {
 	if !l.cfg.Sync {
 		l.changed.broadcast()
 	}
-	if prep != nil {
+	switch {
+	case prep != nil:
 		l.preparedRolls.Add(1)
-	} else {
+	case size > l.cfg.SegmentSize:
+		l.directRolls.Add(1)
+		l.oversizedRolls.Add(1)
+		l.log.Info("commitlog: a batch larger than SegmentSize gets a segment of its own",
+			logKeySegment, segmentName(base), "size", size, "batch", need, "segment_size", l.cfg.SegmentSize)
+	default:
 		l.directRolls.Add(1)
 	}
-	l.startPrepare(base + l.cfg.SegmentSize)
+	l.startPrepare(base + seg.size)
 	return nil
+}
+
+// oversizedAlign rounds an oversized segment up to whole 4 KiB pages, so
+// that the segments after it keep page-aligned bases.
+const oversizedAlign = 4 << 10
+
+// oversizedSize is the size of the segment made for a batch of need bytes
+// (frames included) larger than SegmentSize: the batch, rounded up to
+// oversizedAlign. What the rounding leaves over takes the end-of-segment
+// marker (or, under headerSize bytes, stays zeros), or a later append small
+// enough to fit.
+func oversizedSize(need int64) int64 {
+	return (need + oversizedAlign - 1) / oversizedAlign * oversizedAlign
 }
 
 // Sync blocks until everything below end is durable or ctx is done. In sync

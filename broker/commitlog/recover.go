@@ -1,8 +1,10 @@
 package commitlog
 
 import (
+	"errors"
 	"fmt"
 	"github.com/postbus/postbus/broker/internal/durable"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -136,6 +138,22 @@ func (l *Log) scanNewest(s *segment) (tailScan, error) {
 	r := frameReader{f: s.f, size: max(t.fileSize, s.size), limit: t.fileSize, buf: *bp}
 	for r.pos < r.limit {
 		at := r.pos
+		if r.limit-at < headerSize {
+			// Fewer bytes than a header before the file's end, in a
+			// segment now given more room (SegmentSize grew): the zeros
+			// that close a segment too full for a marker are its clean
+			// end, not a frame running past the file.
+			var tail [headerSize]byte
+			n, err := s.f.ReadAt(tail[:r.limit-at], at)
+			if err != nil && !errors.Is(err, io.EOF) {
+				return tailScan{}, fmt.Errorf("scan segment %020d: %w", s.base, err)
+			}
+			if tail == [headerSize]byte{} {
+				return t, nil
+			}
+			t.tornAt, t.reason = at, fmt.Sprintf("%d bytes after the last frame, too few for one", n)
+			return t, nil
+		}
 		kind, _, why, err := r.next()
 		if err != nil {
 			return tailScan{}, fmt.Errorf("scan segment %020d: %w", s.base, err)
@@ -171,12 +189,14 @@ func (l *Log) scanNewest(s *segment) (tailScan, error) {
 // valid frame, quarantines the damaged spans between them, cuts a torn tail
 // (zeros from the end of the last valid frame on, fsynced), and gives the
 // file the length the segment needs: SegmentSize, or the file's own length
-// when it holds frames past SegmentSize (written with a larger one).
+// when it holds frames past SegmentSize (an oversized segment, made for a
+// batch larger than SegmentSize, or one made with a larger SegmentSize).
 func (l *Log) reopenNewest(s *segment, t tailScan) error {
 	s.size = l.cfg.SegmentSize
 	if t.end > s.size {
+		// Normal after a large batch: not a warning.
 		s.size = t.fileSize
-		l.log.Warn("commitlog: newest segment holds frames past SegmentSize (written with a larger one?); it keeps its length",
+		l.log.Info("commitlog: newest segment holds frames past SegmentSize (made for a large batch, or with a larger SegmentSize); it keeps its length",
 			logKeySegment, segmentName(s.base), "file_size", t.fileSize, "segment_size", l.cfg.SegmentSize)
 	}
 	for _, e := range t.spans {
@@ -198,7 +218,7 @@ func (l *Log) reopenNewest(s *segment, t tailScan) error {
 		}
 	case t.fileSize < s.size:
 		if t.end > 0 {
-			l.log.Warn("commitlog: newest segment is shorter than SegmentSize (its preallocated tail was lost); extending it",
+			l.log.Warn("commitlog: newest segment is shorter than SegmentSize (its preallocated tail was lost, or it was made smaller); extending it",
 				logKeySegment, segmentName(s.base), "file_size", t.fileSize, "segment_size", s.size)
 		}
 		// Created but not (fully) preallocated when the process died, or
