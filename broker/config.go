@@ -109,12 +109,19 @@ const maxRecordOverhead = 64 << 10
 // maxBody bytes encodes to: the commitlog's MaxPayload.
 func maxRecordBytes(maxBody int) int64 { return int64(maxBody) + maxRecordOverhead }
 
-// MinSegmentSize is the smallest commitlog segment a broker accepts. Any
+// minSegmentSize is the smallest commitlog segment a broker accepts. Any
 // segment holds any publish (a batch larger than a segment gets one of its
 // own), so this only keeps the log from splitting into so many files that
 // each roll's fsync and each open file cost more than they save: 1 MiB,
 // what a broker accepted before segments had to hold a whole batch.
-const MinSegmentSize = 1 << 20
+const minSegmentSize = 1 << 20
+
+// MinSegmentSize is the smallest commitlog segment a broker accepts with a
+// body limit of maxMessageBytes: 1 MiB, whatever the limit, since a batch
+// larger than a segment is stored in a segment of its own. It takes the
+// limit so that callers sizing segments by it need not change if that
+// ever matters again.
+func MinSegmentSize(maxMessageBytes int) int64 { return minSegmentSize }
 
 // ErrSizes marks a segment size and body limit that cannot work together:
 // what CheckSizes returns, so that a command line can name its flags.
@@ -129,9 +136,9 @@ func CheckSizes(segmentSize int64, maxMessageBytes int) error {
 	case maxMessageBytes <= 0 || maxMessageBytes > MaxBatchBytes:
 		return fmt.Errorf("max message bytes %d must be 1 to %d, the most that the bodies of one publish (a batch) may total: %w",
 			maxMessageBytes, MaxBatchBytes, ErrSizes)
-	case segmentSize < MinSegmentSize:
+	case segmentSize < MinSegmentSize(maxMessageBytes):
 		return fmt.Errorf("segment size %d is below the smallest, %d: smaller segments would only multiply files and fsyncs: %w",
-			segmentSize, MinSegmentSize, ErrSizes)
+			segmentSize, MinSegmentSize(maxMessageBytes), ErrSizes)
 	}
 	return nil
 }

@@ -10,7 +10,7 @@ import (
 	"github.com/postbus/postbus/broker/commitlog"
 )
 
-// TestCheckSizes: any segment from MinSegmentSize on is accepted with any
+// TestCheckSizes: any segment from minSegmentSize on is accepted with any
 // body limit up to the batch limit (a batch larger than a segment gets a
 // segment of its own; 1 MiB segments with 100 KiB messages used to be
 // refused, and before that answered 503 to batches), the commitlog accepts
@@ -24,17 +24,17 @@ func TestCheckSizes(t *testing.T) {
 		want    string
 	}{
 		{"defaults", 128 << 20, DefaultMaxMessageBytes, true, ""},
-		{"smallest segment", MinSegmentSize, DefaultMaxMessageBytes, true, ""},
-		{"segment one byte short", MinSegmentSize - 1, DefaultMaxMessageBytes, false, "below the smallest, 1048576"},
+		{"smallest segment", minSegmentSize, DefaultMaxMessageBytes, true, ""},
+		{"segment one byte short", minSegmentSize - 1, DefaultMaxMessageBytes, false, "below the smallest, 1048576"},
 		{"no segment", 0, DefaultMaxMessageBytes, false, "segment size 0"},
 		{"negative segment", -1 << 20, DefaultMaxMessageBytes, false, "segment size -1048576"},
 		{"max message plus 64 KiB", DefaultMaxMessageBytes + 64<<10, DefaultMaxMessageBytes, true, ""},
 		{"max message plus 64 KiB and a frame header", DefaultMaxMessageBytes + 64<<10 + 12, DefaultMaxMessageBytes, true, ""},
 		{"1 MiB segments, 100 KiB messages", 1 << 20, 100 << 10, true, ""},
 		{"8 MiB segments", 8 << 20, DefaultMaxMessageBytes, true, ""},
-		{"smallest body limit", MinSegmentSize, 1, true, ""},
-		{"no body limit", MinSegmentSize, 0, false, "max message bytes"},
-		{"body limit at the batch limit", MinSegmentSize, MaxBatchBytes, true, ""},
+		{"smallest body limit", minSegmentSize, 1, true, ""},
+		{"no body limit", minSegmentSize, 0, false, "max message bytes"},
+		{"body limit at the batch limit", minSegmentSize, MaxBatchBytes, true, ""},
 		{"body limit over the batch limit", 128 << 20, MaxBatchBytes + 1, false, "max message bytes"},
 	}
 	for _, tt := range tests {
@@ -106,7 +106,7 @@ func maximalMessage(i, size int) *Message {
 func TestMaximalBatchInSmallestSegment(t *testing.T) {
 	cfg := DefaultConfig(t.TempDir())
 	cfg.MaxMessageBytes = 100 << 10
-	cfg.SegmentSize = MinSegmentSize
+	cfg.SegmentSize = MinSegmentSize(cfg.MaxMessageBytes)
 	cfg.AutoCreateTopics = true
 	b := openBroker(t, cfg)
 	ctx := context.Background()
@@ -155,7 +155,7 @@ func TestSegmentSizeChangesBetweenRestarts(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	var ids []string
-	for run, size := range []int64{MinSegmentSize, 3 << 20, MinSegmentSize} {
+	for run, size := range []int64{minSegmentSize, 3 << 20, minSegmentSize} {
 		cfg := testConfig(t, dir)
 		cfg.SegmentSize = size
 		b := openBroker(t, cfg)

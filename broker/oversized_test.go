@@ -94,7 +94,7 @@ func TestSmallSegmentsStoreEveryPublish(t *testing.T) {
 			t.Logf("seed %d", seed)
 			dir := t.TempDir()
 			cfg := testConfig(t, dir)
-			cfg.SegmentSize = MinSegmentSize
+			cfg.SegmentSize = minSegmentSize
 			cfg.MaxMessageBytes = tt.maxMsg
 			b := openBroker(t, cfg)
 			want := publishStored(t, b, "t", sized(seed, 3, 50_000)) // the segment is not empty
@@ -107,7 +107,7 @@ func TestSmallSegmentsStoreEveryPublish(t *testing.T) {
 			if err := b.Close(); err != nil {
 				t.Fatal(err)
 			}
-			for run, size := range []int64{MinSegmentSize, 8 << 20, MinSegmentSize} {
+			for run, size := range []int64{minSegmentSize, 8 << 20, minSegmentSize} {
 				cfg.SegmentSize = size
 				b = openBroker(t, cfg)
 				checkStored(t, b, "t", want)
@@ -129,7 +129,7 @@ func TestSmallSegmentsStoreEveryPublish(t *testing.T) {
 func TestRetentionDropsOversizedSegment(t *testing.T) {
 	ctx := context.Background()
 	cfg := testConfig(t, t.TempDir())
-	cfg.SegmentSize = MinSegmentSize
+	cfg.SegmentSize = minSegmentSize
 	cfg.MaxMessageBytes = DefaultMaxMessageBytes
 	var mu sync.Mutex
 	now := time.Now()
@@ -137,7 +137,7 @@ func TestRetentionDropsOversizedSegment(t *testing.T) {
 	cfg.Retention = time.Hour
 	b := openBroker(t, cfg)
 	old := publishStored(t, b, "t", sized(1, 1, MaxBatchBytes)) // segment 0 is sealed empty
-	if segs := b.log.Segments(); len(segs) != 2 || segs[0].End != segs[0].Base+MinSegmentSize || segs[1].End-segs[1].Base <= MinSegmentSize {
+	if segs := b.log.Segments(); len(segs) != 2 || segs[0].End != segs[0].Base+minSegmentSize || segs[1].End-segs[1].Base <= minSegmentSize {
 		t.Fatalf("segments %v, want an empty one and an oversized one", segs)
 	}
 	// A record after it, as old, too large for the 4 KiB page rounding

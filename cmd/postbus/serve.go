@@ -408,5 +408,5 @@ func checkSizeFlags(segmentSize int64, maxMessageBytes int) error {
 	}
 	return fmt.Errorf("--segment-size %s is too small: it must be at least %s (the default is %s); "+
 		"any size from there holds every publish, since a batch larger than a segment gets a segment of its own",
-		formatBytes(segmentSize), formatBytes(broker.MinSegmentSize), formatBytes(broker.DefaultConfig("").SegmentSize))
+		formatBytes(segmentSize), formatBytes(broker.MinSegmentSize(maxMessageBytes)), formatBytes(broker.DefaultConfig("").SegmentSize))
 }
