@@ -17,7 +17,7 @@ import (
 func testConfig(tb testing.TB, dir string) Config {
 	tb.Helper()
 	cfg := DefaultConfig(dir)
-	cfg.SegmentSize = 8 << 20 // the smallest a broker accepts (MinSegmentSize)
+	cfg.SegmentSize = 8 << 20
 	cfg.MaxMessageBytes = 256 << 10
 	cfg.AutoCreateTopics = true
 	cfg.CheckpointInterval = 50 * time.Millisecond

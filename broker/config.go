@@ -3,12 +3,11 @@ package broker
 import (
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"log/slog"
 	"time"
 
-	"github.com/postbus/postbus/broker/commitlog"
 	"github.com/postbus/postbus/broker/internal/vfs"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Config is what a Broker is opened with. DefaultConfig gives the values the
@@ -18,7 +17,7 @@ type Config struct {
 
 	SyncFlush     bool          // acknowledge only after fsync (group commit)
 	FlushInterval time.Duration // async mode: fsync period
-	SegmentSize   int64         // commitlog segment size
+	SegmentSize   int64         // commitlog segment size (a larger batch gets a segment of its own)
 
 	MaxMessageBytes  int
 	MaxDelay         time.Duration
@@ -98,10 +97,11 @@ func (c *Config) Validate() error {
 
 // MaxBatchStoredBytes bounds one batch as the commitlog stores it: its
 // records (bodies, keys, properties, tag and every other field) with their
-// frames. One batch is one append into one segment, so a segment must hold
-// this much. Every batch within the API's limits is below it: bodies total
-// at most MaxBatchBytes, and the rest of a batch, which comes in the same
-// JSON request of at most 7 MiB, adds at most a few hundred bytes a record.
+// frames. Every batch within the API's limits is below it: bodies total at
+// most MaxBatchBytes, and the rest of a batch, which comes in the same JSON
+// request of at most 7 MiB, adds at most a few hundred bytes a record. It
+// does not bound the segment size: a batch larger than a segment is stored
+// in a segment of its own (see the commitlog's package doc).
 const MaxBatchStoredBytes = 8 << 20
 
 // maxRecordOverhead bounds the bytes a record holds besides its body: a
@@ -115,30 +115,36 @@ const maxRecordOverhead = 64 << 10
 // maxBody bytes encodes to: the commitlog's MaxPayload.
 func maxRecordBytes(maxBody int) int64 { return int64(maxBody) + maxRecordOverhead }
 
-// MinSegmentSize is the smallest commitlog segment a broker accepts: one
-// that holds the largest batch it may store in one append, and the largest
-// single record for a body limit of maxMessageBytes.
-func MinSegmentSize(maxMessageBytes int) int64 {
-	return max(MaxBatchStoredBytes, commitlog.MinSegmentSize(maxRecordBytes(maxMessageBytes), 1))
-}
+// minSegmentSize is the smallest commitlog segment a broker accepts. Any
+// segment holds any publish (a batch larger than a segment gets one of its
+// own), so this only keeps the log from splitting into so many files that
+// each roll's fsync and each open file cost more than they save: 1 MiB,
+// what a broker accepted before segments had to hold a whole batch.
+const minSegmentSize = 1 << 20
+
+// MinSegmentSize is the smallest commitlog segment a broker accepts with a
+// body limit of maxMessageBytes: 1 MiB, whatever the limit, since a batch
+// larger than a segment is stored in a segment of its own. It takes the
+// limit so that callers sizing segments by it need not change if that
+// ever matters again.
+func MinSegmentSize(maxMessageBytes int) int64 { return minSegmentSize }
 
 // ErrSizes marks a segment size and body limit that cannot work together:
 // what CheckSizes returns, so that a command line can name its flags.
 var ErrSizes = errors.New("sizes do not fit together")
 
-// CheckSizes reports whether segments of segmentSize bytes can hold every
-// publish that a body limit of maxMessageBytes admits, and why not. A
-// publish is refused by its own limits or stored; it never meets a
-// segment too small for it.
+// CheckSizes reports whether a segment size and a body limit can be used,
+// and why not. Any segment of at least MinSegmentSize stores every publish
+// that the body limit admits: a batch larger than a segment is stored in a
+// segment of its own.
 func CheckSizes(segmentSize int64, maxMessageBytes int) error {
 	switch {
 	case maxMessageBytes <= 0 || maxMessageBytes > MaxBatchBytes:
 		return fmt.Errorf("max message bytes %d must be 1 to %d, the most that the bodies of one publish (a batch) may total: %w",
 			maxMessageBytes, MaxBatchBytes, ErrSizes)
 	case segmentSize < MinSegmentSize(maxMessageBytes):
-		return fmt.Errorf("segment size %d cannot hold the largest batch: a batch of up to %d messages, bodies up to %d bytes in all, "+
-			"is stored whole in one segment and may take %d bytes with its keys, properties and frames; the segment size must be at least %d: %w",
-			segmentSize, MaxBatchMessages, MaxBatchBytes, MaxBatchStoredBytes, MinSegmentSize(maxMessageBytes), ErrSizes)
+		return fmt.Errorf("segment size %d is below the smallest, %d: smaller segments would only multiply files and fsyncs: %w",
+			segmentSize, MinSegmentSize(maxMessageBytes), ErrSizes)
 	}
 	return nil
 }

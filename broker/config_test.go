@@ -10,12 +10,12 @@ import (
 	"github.com/postbus/postbus/broker/commitlog"
 )
 
-// TestCheckSizes: the broker's size check and the commitlog's agree at
-// every boundary (the broker used to accept a segment of the max message
-// plus 64 KiB, which the commitlog then refused for its 12-byte frame
-// header), and a refusal says which setting and why.
+// TestCheckSizes: any segment from minSegmentSize on is accepted with any
+// body limit up to the batch limit (a batch larger than a segment gets a
+// segment of its own; 1 MiB segments with 100 KiB messages used to be
+// refused, and before that answered 503 to batches), the commitlog accepts
+// what the broker accepts, and a refusal says which setting and why.
 func TestCheckSizes(t *testing.T) {
-	minSeg := MinSegmentSize(DefaultMaxMessageBytes)
 	tests := []struct {
 		name    string
 		segment int64
@@ -24,14 +24,17 @@ func TestCheckSizes(t *testing.T) {
 		want    string
 	}{
 		{"defaults", 128 << 20, DefaultMaxMessageBytes, true, ""},
-		{"smallest segment", minSeg, DefaultMaxMessageBytes, true, ""},
-		{"segment one byte short", minSeg - 1, DefaultMaxMessageBytes, false, "cannot hold the largest batch"},
-		{"max message plus 64 KiB", DefaultMaxMessageBytes + 64<<10, DefaultMaxMessageBytes, false, "segment size"},
-		{"max message plus 64 KiB and a frame header", DefaultMaxMessageBytes + 64<<10 + 12, DefaultMaxMessageBytes, false, "segment size"},
-		{"1 MiB segments, 100 KiB messages", 1 << 20, 100 << 10, false, "at least 8388608"},
-		{"smallest body limit", minSeg, 1, true, ""},
-		{"no body limit", minSeg, 0, false, "max message bytes"},
-		{"body limit at the batch limit", minSeg, MaxBatchBytes, true, ""},
+		{"smallest segment", minSegmentSize, DefaultMaxMessageBytes, true, ""},
+		{"segment one byte short", minSegmentSize - 1, DefaultMaxMessageBytes, false, "below the smallest, 1048576"},
+		{"no segment", 0, DefaultMaxMessageBytes, false, "segment size 0"},
+		{"negative segment", -1 << 20, DefaultMaxMessageBytes, false, "segment size -1048576"},
+		{"max message plus 64 KiB", DefaultMaxMessageBytes + 64<<10, DefaultMaxMessageBytes, true, ""},
+		{"max message plus 64 KiB and a frame header", DefaultMaxMessageBytes + 64<<10 + 12, DefaultMaxMessageBytes, true, ""},
+		{"1 MiB segments, 100 KiB messages", 1 << 20, 100 << 10, true, ""},
+		{"8 MiB segments", 8 << 20, DefaultMaxMessageBytes, true, ""},
+		{"smallest body limit", minSegmentSize, 1, true, ""},
+		{"no body limit", minSegmentSize, 0, false, "max message bytes"},
+		{"body limit at the batch limit", minSegmentSize, MaxBatchBytes, true, ""},
 		{"body limit over the batch limit", 128 << 20, MaxBatchBytes + 1, false, "max message bytes"},
 	}
 	for _, tt := range tests {
@@ -152,7 +155,7 @@ func TestSegmentSizeChangesBetweenRestarts(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	var ids []string
-	for run, size := range []int64{8 << 20, 12 << 20, 8 << 20} {
+	for run, size := range []int64{minSegmentSize, 3 << 20, minSegmentSize} {
 		cfg := testConfig(t, dir)
 		cfg.SegmentSize = size
 		b := openBroker(t, cfg)

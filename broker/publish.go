@@ -109,9 +109,10 @@ func (b *Broker) store(ctx context.Context, ts *topicState, msgs []*Message, ded
 			results[i].QueueOffset = -1
 		}
 	}
-	// One batch is one append into one segment, which the configuration
-	// makes hold MaxBatchStoredBytes: refuse more here, for good, rather
-	// than have the append fail as if it could work on a retry.
+	// No batch within the API's limits takes more than MaxBatchStoredBytes
+	// as stored: refuse more here, for good, rather than have the append
+	// fail as if it could work on a retry. (Its segment is no limit: a
+	// batch larger than a segment gets one of its own.)
 	var stored int64
 	for _, r := range recs {
 		stored += int64(len(r))
@@ -245,7 +246,8 @@ func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results 
 			return 0, &Error{Code: CodeDiskFull, Detail: "the disk is full: the commitlog could not allocate a new segment; nothing was stored", Err: err}
 		}
 		if errors.Is(err, commitlog.ErrTooLarge) {
-			// CheckSizes and the check in store make this unreachable.
+			// The check in store makes this unreachable: the commitlog
+			// refuses only batches far over MaxBatchStoredBytes.
 			b.metrics.rejected(CodeBatchTooLarge)
 			return 0, &Error{Code: CodeBatchTooLarge, Detail: "the batch does not fit in one commitlog segment; nothing was stored", Err: err}
 		}

@@ -141,7 +141,9 @@ func (b *Broker) applyRetention() error {
 		if next.End <= next.Base || segs[i].End > b.dispatched.Load() {
 			break
 		}
-		rec, err := b.firstReadable(next.Base, next.End)
+		// Dated by the first record from the next segment on: it may hold
+		// none (sealed empty, or all damaged).
+		rec, err := b.firstReadable(next.Base, segs[len(segs)-1].End)
 		if err != nil {
 			return fmt.Errorf("read first record of segment %d: %w", next.Base, err)
 		}
@@ -161,10 +163,18 @@ func (b *Broker) applyRetention() error {
 
 // firstReadable reads the first record in [off, end) that is not damaged,
 // or nil when there is none: retention dates a segment by it, and a damaged
-// record must not stop retention for the whole log.
+// record must not stop retention for the whole log. A segment may hold no
+// record at all, only its end marker (sealed empty because the batch that
+// came next was larger than a segment and got a segment of its own): the
+// search goes on in the next one.
 func (b *Broker) firstReadable(off, end int64) ([]byte, error) {
+	end = min(end, b.log.Committed()) // nothing past it can be read yet
 	for off < end {
-		rec, _, err := b.log.ReadAt(off, nil)
+		rec, next, err := b.log.ReadAt(off, nil)
+		if errors.Is(err, commitlog.ErrEndOfSegment) && next > off {
+			off = next
+			continue
+		}
 		var ce *commitlog.CorruptError
 		if !errors.As(err, &ce) {
 			return rec, err

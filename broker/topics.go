@@ -430,7 +430,7 @@ type retention struct {
 func (b *Broker) retentionOf(t *Topic, now time.Time) retention {
 	r := retention{cutoff: b.retainCutoff(t, now)}
 	if segs := b.log.Segments(); len(segs) > 0 {
-		if rec, err := b.firstReadable(segs[0].Base, segs[0].End); err == nil && rec != nil && len(rec) >= posStoredAt+8 {
+		if rec, err := b.firstReadable(segs[0].Base, segs[len(segs)-1].End); err == nil && rec != nil && len(rec) >= posStoredAt+8 {
 			r.nothing = int64(binary.BigEndian.Uint64(rec[posStoredAt:])) > r.cutoff
 		}
 	}

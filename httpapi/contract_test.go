@@ -517,7 +517,7 @@ func openContractBroker(tb testing.TB, autoCreate bool) *broker.Broker {
 	tb.Helper()
 	cfg := broker.DefaultConfig(tb.TempDir())
 	cfg.AutoCreateTopics = autoCreate
-	cfg.SegmentSize = 8 << 20 // the smallest a broker accepts (MinSegmentSize)
+	cfg.SegmentSize = 8 << 20
 	cfg.MaxMessageBytes = 512 << 10
 	b, err := broker.Open(context.Background(), cfg)
 	if err != nil {

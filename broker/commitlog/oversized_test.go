@@ -451,3 +451,34 @@ func checkNoWarnings(tb testing.TB, logs *logBuffer) {
 		}
 	}
 }
+
+// TestOpenWithLargerSegmentAfterFullSegment: a newest segment whose frames
+// end fewer than a header's bytes before its end (no room for a marker) is
+// reopened with a larger SegmentSize as it is: the zeros closing it are its
+// clean end, not a torn frame to cut (which was logged at WARN).
+func TestOpenWithLargerSegmentAfterFullSegment(t *testing.T) {
+	const S = testSegmentSize
+	for _, left := range []int64{0, 1, headerSize - 1} {
+		t.Run(fmt.Sprintf("left=%d", left), func(t *testing.T) {
+			dir := t.TempDir()
+			cfg, _ := testConfig(t, dir)
+			cfg.MaxPayload = S
+			l := openLog(t, cfg)
+			recs := appendSynced(t, l, batchOf(uint64(left), 2, S-left))
+			closeLog(t, l)
+
+			rcfg, logs := testConfig(t, dir)
+			rcfg.SegmentSize, rcfg.MaxPayload = 4*S, cfg.MaxPayload
+			l = openLog(t, rcfg)
+			checkRecords(t, l, recs)
+			if s := logs.String(); strings.Contains(s, "cutting") || strings.Contains(s, "level=ERROR") {
+				t.Fatalf("reopening touched the log:\n%s", s)
+			}
+			more := append(recs, appendRecords(t, l, 0, 50)...)
+			checkRecordsAfterSync(t, l, more)
+			closeLog(t, l)
+			l = openLog(t, rcfg)
+			checkRecords(t, l, more)
+		})
+	}
+}

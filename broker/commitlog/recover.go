@@ -138,11 +138,12 @@ func (l *Log) scanNewest(s *segment) (tailScan, error) {
 	r := frameReader{f: s.f, size: max(t.fileSize, s.size), limit: t.fileSize, buf: *bp}
 	for r.pos < r.limit {
 		at := r.pos
-		if r.limit-at < headerSize {
+		if r.limit-at < headerSize && r.limit < r.size {
 			// Fewer bytes than a header before the file's end, in a
 			// segment now given more room (SegmentSize grew): the zeros
 			// that close a segment too full for a marker are its clean
-			// end, not a frame running past the file.
+			// end, not a frame running past the file. (With no more room
+			// than the file, decodeFrame says so itself.)
 			var tail [headerSize]byte
 			n, err := s.f.ReadAt(tail[:r.limit-at], at)
 			if err != nil && !errors.Is(err, io.EOF) {

@@ -430,24 +430,24 @@ func TestCommandLine(t *testing.T) {
 	}
 }
 
-// TestSizeFlags: --segment-size and --max-message-bytes that cannot work
-// together are refused at start with a message naming the flags and the
-// size that would work, before anything is created; the smallest segment
-// size allowed starts. (A segment of the max message plus 64 KiB used to
-// pass the broker's check and exit with the commitlog's internal message;
-// 1 MiB segments with 100 KiB messages started and answered 503 to batches.)
+// TestSizeFlags: a --segment-size below the smallest, or a
+// --max-message-bytes over the batch limit, is refused at start with a
+// message naming the flag and what would work, before anything is created;
+// small segments start, whatever the message limit (a batch larger than a
+// segment gets a segment of its own). 1 MiB segments with 100 KiB messages
+// used to be refused (and before that started and answered 503 to
+// batches); a segment of the max message plus 64 KiB exited with the
+// commitlog's internal message.
 func TestSizeFlags(t *testing.T) {
 	tests := []struct {
 		name    string
 		args    []string
 		wantOut []string
 	}{
-		{"1MiB segments, 100KiB messages", []string{"--segment-size", "1MiB", "--max-message-bytes", "100KiB"},
-			[]string{"--segment-size 1MiB is too small", "use --segment-size 8MiB or more"}},
-		{"max message plus 64KiB", []string{"--segment-size", "4160KiB", "--max-message-bytes", "4MiB"},
-			[]string{"--segment-size 4160KiB is too small", "8MiB"}},
-		{"one byte short", []string{"--segment-size", "8388607"},
-			[]string{"--segment-size 8388607 is too small"}},
+		{"one byte short of 1MiB", []string{"--segment-size", "1048575"},
+			[]string{"--segment-size 1048575 is too small", "at least 1MiB"}},
+		{"64KiB segments", []string{"--segment-size", "64KiB", "--max-message-bytes", "100KiB"},
+			[]string{"--segment-size 64KiB is too small", "at least 1MiB"}},
 		{"max message over the batch limit", []string{"--max-message-bytes", "4194305"},
 			[]string{"--max-message-bytes 4194305", "4MiB"}},
 	}
@@ -474,9 +474,15 @@ func TestSizeFlags(t *testing.T) {
 			}
 		})
 	}
-	// The smallest segment size for the default message limit starts.
-	p := start(t, "broker", "--data", t.TempDir(), "--segment-size", "8MiB", "--max-message-bytes", "4MiB")
-	_ = p
+	// Small segments start, with the default message limit and a small one,
+	// and so does a segment of the max message plus 64 KiB.
+	for _, args := range [][]string{
+		{"--segment-size", "1MiB"},
+		{"--segment-size", "1MiB", "--max-message-bytes", "100KiB"},
+		{"--segment-size", "4160KiB", "--max-message-bytes", "4MiB"},
+	} {
+		start(t, append([]string{"broker", "--data", t.TempDir()}, args...)...)
+	}
 }
 
 func TestEnvSetsFlags(t *testing.T) {

@@ -68,7 +68,7 @@ func newServeFlags(mode string, out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.StringVar(&b.Dir, "data", b.Dir, "data directory: commitlog, indexes and the SQLite metadata")
 	fs.Var(&c.flush, "flush", "sync: acknowledge a publish only after fsync (group commit); async: after the write, fsync every --flush-interval")
 	fs.DurationVar(&b.FlushInterval, "flush-interval", b.FlushInterval, "fsync period with --flush async")
-	fs.Var(&c.segmentSize, "segment-size", "commitlog segment file size (preallocated; at least 8MiB, since a batch is stored whole in one segment)")
+	fs.Var(&c.segmentSize, "segment-size", "commitlog segment file size (preallocated; at least 1MiB; a batch larger than a segment gets a segment of its own)")
 	fs.Var(&c.maxMessageBytes, "max-message-bytes", "largest message body accepted (at most 4MiB, the batch limit)")
 	fs.DurationVar(&b.MaxDelay, "max-delay", b.MaxDelay, "longest delay a producer may ask for")
 	fs.IntVar(&b.DefaultQueues, "default-queues", b.DefaultQueues, "queues of a topic created without a queue count")
@@ -397,7 +397,7 @@ func (t bearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 }
 
 // checkSizeFlags says, in terms of the flags, why --segment-size and
-// --max-message-bytes cannot work together (broker.CheckSizes decides).
+// --max-message-bytes cannot be used (broker.CheckSizes decides).
 func checkSizeFlags(segmentSize int64, maxMessageBytes int) error {
 	if err := broker.CheckSizes(segmentSize, maxMessageBytes); err == nil {
 		return nil
@@ -406,8 +406,7 @@ func checkSizeFlags(segmentSize int64, maxMessageBytes int) error {
 		return fmt.Errorf("--max-message-bytes %s: must be from 1 byte to %s, the most the bodies of one publish may total",
 			formatBytes(int64(maxMessageBytes)), formatBytes(broker.MaxBatchBytes))
 	}
-	return fmt.Errorf("--segment-size %s is too small for --max-message-bytes %s: a batch (up to %d messages whose bodies total up to %s) "+
-		"is stored whole in one segment, and may take %s with its keys, properties and frames; use --segment-size %s or more (the default is %s)",
-		formatBytes(segmentSize), formatBytes(int64(maxMessageBytes)), broker.MaxBatchMessages, formatBytes(broker.MaxBatchBytes),
-		formatBytes(broker.MaxBatchStoredBytes), formatBytes(broker.MinSegmentSize(maxMessageBytes)), formatBytes(broker.DefaultConfig("").SegmentSize))
+	return fmt.Errorf("--segment-size %s is too small: it must be at least %s (the default is %s); "+
+		"any size from there holds every publish, since a batch larger than a segment gets a segment of its own",
+		formatBytes(segmentSize), formatBytes(broker.MinSegmentSize(maxMessageBytes)), formatBytes(broker.DefaultConfig("").SegmentSize))
 }
