@@ -3,11 +3,11 @@ package broker
 import (
 	"errors"
 	"fmt"
-	"github.com/prometheus/client_golang/prometheus"
 	"log/slog"
 	"time"
 
 	"github.com/postbus/postbus/broker/internal/vfs"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Config is what a Broker is opened with. DefaultConfig gives the values the
