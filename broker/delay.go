@@ -128,7 +128,17 @@ func (b *Broker) putDue(ctx context.Context, topic string, msgs []*Message) erro
 				m.QueueID %= q
 			}
 		}
-		_, err = b.store(ctx, ts, msgs, false)
+		// Messages due together may add up to more than one publish may
+		// store; each was a publish within the limits, so they go back in
+		// appends that are too.
+		for len(msgs) > 0 {
+			part := msgs[:dueChunk(msgs)]
+			_, err = b.store(ctx, ts, part, false)
+			if err != nil {
+				break
+			}
+			msgs = msgs[len(part):]
+		}
 		if errors.Is(err, errStaleTopic) && attempt < maxStaleRetries {
 			continue
 		}
@@ -137,6 +147,21 @@ func (b *Broker) putDue(ctx context.Context, topic string, msgs []*Message) erro
 		}
 		return nil
 	}
+}
+
+// dueChunk is how many of msgs, from the first, one append of putDue
+// takes: at most MaxBatchMessages, with bodies of at most MaxBatchBytes
+// in all, and always at least one.
+func dueChunk(msgs []*Message) int {
+	n, bytes := 0, 0
+	for _, m := range msgs {
+		if n > 0 && (n == MaxBatchMessages || bytes+len(m.Body) > MaxBatchBytes) {
+			break
+		}
+		n++
+		bytes += len(m.Body)
+	}
+	return n
 }
 
 // readMessage reads and decodes the record at off.
