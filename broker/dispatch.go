@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/postbus/postbus/broker/internal/durable"
-	"github.com/postbus/postbus/broker/meta"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -16,6 +14,8 @@ import (
 
 	"github.com/postbus/postbus/broker/commitlog"
 	"github.com/postbus/postbus/broker/consumequeue"
+	"github.com/postbus/postbus/broker/internal/durable"
+	"github.com/postbus/postbus/broker/meta"
 )
 
 // Kinds of key-index entries; the kind is hashed with the key so one index

@@ -1,8 +1,6 @@
 package httpapi
 
 import (
-	"encoding/base64"
-
 	"bytes"
 	"context"
 	"crypto/ecdsa"
@@ -11,9 +9,9 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
-	"github.com/go-chi/chi/v5"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -24,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-chi/chi/v5"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/postbus/postbus/broker"
 )

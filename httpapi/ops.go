@@ -4,7 +4,6 @@ import (
 	"net/http"
 
 	"github.com/postbus/postbus/broker"
-
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 

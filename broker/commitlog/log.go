@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/postbus/postbus/broker/internal/durable"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -15,6 +14,9 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/postbus/postbus/broker/internal/durable"
+	"github.com/postbus/postbus/broker/internal/vfs"
 )
 
 // Log keys, constant so that log lines can be searched.
@@ -144,7 +146,7 @@ func lockDir(dir string) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("commitlog: lock %s: %w", dir, err)
 	}
-	if err := control(f, func(fd int) error { return syscall.Flock(fd, syscall.LOCK_EX|syscall.LOCK_NB) }); err != nil {
+	if err := vfs.Control(f, func(fd int) error { return syscall.Flock(fd, syscall.LOCK_EX|syscall.LOCK_NB) }); err != nil {
 		_ = f.Close()
 		return nil, fmt.Errorf("commitlog: lock %s (in use by another process?): %w", dir, err)
 	}

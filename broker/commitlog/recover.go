@@ -3,11 +3,12 @@ package commitlog
 import (
 	"errors"
 	"fmt"
-	"github.com/postbus/postbus/broker/internal/durable"
 	"io"
 	"os"
 	"path/filepath"
 	"slices"
+
+	"github.com/postbus/postbus/broker/internal/durable"
 )
 
 // recover opens the segments in the directory and makes the last one

@@ -93,7 +93,7 @@ func (osIO) allocate(f *os.File, size int64) error { return fallocate(f, 0, 0, s
 func (osIO) writeAt(f *os.File, b []byte, off int64) (int, error) { return f.WriteAt(b, off) }
 
 func (osIO) datasync(f *os.File) error {
-	return control(f, func(fd int) error { return syscall.Fdatasync(fd) })
+	return vfs.Control(f, func(fd int) error { return syscall.Fdatasync(fd) })
 }
 
 func (osIO) zeroAt(f *os.File, b []byte, off int64) error {
@@ -121,29 +121,8 @@ func (s fsIO) zeroAt(f *os.File, b []byte, off int64) error {
 
 func (s fsIO) syncZeroed(f *os.File) error { return s.fs.Sync(f) }
 
-// control runs op on f's descriptor, retrying EINTR. Going through
-// SyscallConn (not Fd) keeps the descriptor from being closed under op.
-func control(f *os.File, op func(fd int) error) error {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var opErr error
-	if err := rc.Control(func(fd uintptr) {
-		for {
-			opErr = op(int(fd))
-			if opErr != syscall.EINTR {
-				return
-			}
-		}
-	}); err != nil {
-		return err
-	}
-	return opErr
-}
-
 func fallocate(f *os.File, mode uint32, off, size int64) error {
-	return control(f, func(fd int) error { return syscall.Fallocate(fd, mode, off, size) })
+	return vfs.Control(f, func(fd int) error { return syscall.Fallocate(fd, mode, off, size) })
 }
 
 // createSegment creates (or, after a failed earlier attempt, recreates) the

@@ -4,12 +4,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/postbus/postbus/broker/internal/durable"
-	"github.com/postbus/postbus/broker/internal/vfs"
 	"hash/crc32"
 	"os"
 	"path/filepath"
 	"strconv"
+
+	"github.com/postbus/postbus/broker/internal/durable"
+	"github.com/postbus/postbus/broker/internal/vfs"
 )
 
 // EntrySize is the size of one encoded entry on disk.

@@ -3,10 +3,11 @@ package consumequeue
 import (
 	"errors"
 	"fmt"
-	"github.com/postbus/postbus/broker/internal/durable"
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/postbus/postbus/broker/internal/durable"
 )
 
 // search returns the first i in [lo, hi) for which pred is true, assuming

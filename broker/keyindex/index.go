@@ -3,8 +3,6 @@ package keyindex
 import (
 	"errors"
 	"fmt"
-	"github.com/postbus/postbus/broker/internal/durable"
-	"github.com/postbus/postbus/broker/internal/vfs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -13,6 +11,9 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/postbus/postbus/broker/internal/durable"
+	"github.com/postbus/postbus/broker/internal/vfs"
 )
 
 // Errors callers branch on.

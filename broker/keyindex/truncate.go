@@ -3,10 +3,11 @@ package keyindex
 import (
 	"errors"
 	"fmt"
-	"github.com/postbus/postbus/broker/internal/durable"
 	"os"
 	"path/filepath"
 	"sort"
+
+	"github.com/postbus/postbus/broker/internal/durable"
 )
 
 // TruncateFrom drops every entry whose offset is >= logOff: crash recovery

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/postbus/postbus/migrations"
-
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 )
 

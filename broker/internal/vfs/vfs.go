@@ -54,13 +54,13 @@ func (osFS) WriteAt(f *os.File, b []byte, off int64) (int, error) { return f.Wri
 func (osFS) Write(f *os.File, b []byte) (int, error) { return f.Write(b) }
 
 func (osFS) Sync(f *os.File) error {
-	return control(f, func(fd int) error { return syscall.Fdatasync(fd) })
+	return Control(f, func(fd int) error { return syscall.Fdatasync(fd) })
 }
 
 func (osFS) Truncate(f *os.File, size int64) error { return f.Truncate(size) }
 
 func (osFS) Allocate(f *os.File, size int64) error {
-	return control(f, func(fd int) error { return syscall.Fallocate(fd, 0, 0, size) })
+	return Control(f, func(fd int) error { return syscall.Fallocate(fd, 0, 0, size) })
 }
 
 func (osFS) Rename(oldpath, newpath string) error { return os.Rename(oldpath, newpath) }
@@ -88,9 +88,11 @@ func (osFS) SyncDir(name string) error {
 	return nil
 }
 
-// control runs op on f's descriptor, retrying EINTR. Going through
+// Control runs op on f's descriptor, retrying EINTR. Going through
 // SyscallConn (not Fd) keeps the descriptor from being closed under op.
-func control(f *os.File, op func(fd int) error) error {
+// It is for the system calls os.File has no method for (fdatasync,
+// fallocate, flock).
+func Control(f *os.File, op func(fd int) error) error {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return err
