@@ -31,13 +31,11 @@ import (
 //     keys and properties to nil;
 //   - a keys array decoded over no earlier one, so a null element is "";
 //   - a null item is the zero batchItem; a null property value is "";
-//   - strings are decoded as encoding/json does: a lone UTF-16 surrogate
-//     escape, and each byte of invalid UTF-8, become U+FFFD;
 //   - delay_level must be a JSON integer that fits an int: 1.0, 1e2 and
 //     9223372036854775808 are errors;
 //   - [] is an empty, non-nil slice and a top-level null a nil one.
 //
-// It differs from that on purpose in three ways:
+// It differs from that on purpose in four ways:
 //  1. Field names must match exactly, after unescaping. encoding/json
 //     also takes a name that matches case-insensitively (with Unicode
 //     folding, so "\u212Aeys" is "keys"); here "Body" or "TAG" is an
@@ -46,7 +44,10 @@ import (
 //  2. Only whitespace may follow the value. Decoder.More reports false
 //     for a following ']' or '}', so the Decoder-based check let "[]]"
 //     through.
-//  3. A field given twice in one item, or a property name given twice in
+//  3. Invalid UTF-8 in a string, and a UTF-16 surrogate escape that is
+//     not half of a pair, are errors; encoding/json puts U+FFFD in their
+//     place, which would store a body other than the one sent.
+//  4. A field given twice in one item, or a property name given twice in
 //     one properties object (after unescaping), is an error.
 //     encoding/json lets the last win, or merges; a producer that sends
 //     {"tag":"a","tag":"b"} has a bug, and storing either value would
@@ -676,9 +677,9 @@ func hasSpecialByte(w uint64) bool {
 var simpleEscape = [256]byte{'"': '"', '\\': '\\', '/': '/', 'b': '\b', 'f': '\f', 'n': '\n', 'r': '\r', 't': '\t'}
 
 // readStringSlow decodes a string whose bytes from i, where skipPlain
-// stopped, are not its closing quote, into p.buf. It follows
-// encoding/json's unquote: each byte of invalid UTF-8 and each unpaired
-// surrogate escape becomes U+FFFD.
+// stopped, are not its closing quote, into p.buf. Invalid UTF-8 and an
+// unpaired surrogate escape are errors, where encoding/json would put
+// U+FFFD in their place: a body would be stored other than it was sent.
 func (p *batchParser) readStringSlow(start, i int) ([]byte, error) {
 	d := p.data
 	b := append(p.buf[:0], d[start:i]...)
@@ -709,18 +710,22 @@ func (p *batchParser) readStringSlow(start, i int) ([]byte, error) {
 				}
 				i += 6
 				if utf16.IsSurrogate(r) {
-					// A pair is consumed whole; otherwise this escape
-					// alone becomes U+FFFD and the next is read anew.
+					// Only a pair stands for a character; one alone
+					// would have to be stored as something else.
 					r2 := rune(-1)
 					if i+1 < len(d) && d[i] == '\\' && d[i+1] == 'u' {
-						r2 = hex4(d[i+2:])
+						if r2 = hex4(d[i+2:]); r2 < 0 {
+							p.pos = i
+							return nil, p.errorf(`invalid \u escape: it needs four hex digits`)
+						}
 					}
-					if pr := utf16.DecodeRune(r, r2); pr != utf8.RuneError {
-						r = pr
-						i += 6
-					} else {
-						r = utf8.RuneError
+					pr := utf16.DecodeRune(r, r2)
+					if pr == utf8.RuneError {
+						p.pos = i - 6
+						return nil, p.errorf(`unpaired surrogate escape %q: a string must be Unicode text (send binary bodies as body_base64)`, d[i-6:i])
 					}
+					r = pr
+					i += 6
 				}
 				b = utf8.AppendRune(b, r)
 			default:
@@ -743,10 +748,10 @@ func (p *batchParser) readStringSlow(start, i int) ([]byte, error) {
 		default:
 			r, size := utf8.DecodeRune(d[i:])
 			if r == utf8.RuneError && size == 1 {
-				b = utf8.AppendRune(b, utf8.RuneError)
-			} else {
-				b = append(b, d[i:i+size]...)
+				p.pos = i
+				return nil, p.errorf("invalid UTF-8 (byte %#02x) in a string: JSON is UTF-8 text (send binary bodies as body_base64)", c)
 			}
+			b = append(b, d[i:i+size]...)
 			i += size
 		}
 	}

@@ -29,6 +29,40 @@ const (
 	hdrPropPrefix  = "Postbus-Prop-"
 )
 
+// publishHeaders are the Postbus-* headers a single publish takes, besides
+// Postbus-Prop-*; a batch takes only the cluster's own.
+var (
+	publishHeaders = map[string]bool{hdrTag: true, hdrKeys: true, hdrShardingKey: true, hdrDelay: true,
+		hdrDelayLevel: true, hdrDeliverAt: true, hdrDedupID: true, hdrForwardedBy: true}
+	batchHeaders = map[string]bool{hdrForwardedBy: true}
+)
+
+// unknownPostbusHeader refuses a Postbus-* header the request does not
+// take: a misspelt Postbus-Tagg or a Postbus-Tag on a batch would
+// otherwise be dropped without a word, and the message stored without
+// the setting its producer meant.
+func unknownPostbusHeader(h http.Header, known map[string]bool, props bool) error {
+	for name := range h {
+		if !strings.HasPrefix(name, "Postbus-") || known[name] || (props && strings.HasPrefix(name, hdrPropPrefix)) {
+			continue
+		}
+		if props {
+			return &headerError{name, "not a publish header: Postbus-Tag, -Keys, -Sharding-Key, -Dedup-Id, -Delay, -Delay-Level, -Deliver-At and -Prop-<name> are"}
+		}
+		return &headerError{name, "a batch takes no Postbus-* headers: each message's settings are fields of its item in the body"}
+	}
+	return nil
+}
+
+// noQuery refuses query parameters on a route that takes none.
+func noQuery(w http.ResponseWriter, r *http.Request) bool {
+	for name := range r.URL.Query() {
+		writeProblem(w, r, codeInvalidParameter, name, fmt.Sprintf("unknown query parameter %q: this request takes none", name))
+		return false
+	}
+	return true
+}
+
 // maxBatchRequestBytes bounds a batch request's JSON. Bodies are limited
 // to broker.MaxBatchBytes in all; the JSON may be larger by escaping and
 // base64 (4/3), plus the other fields.
@@ -44,6 +78,9 @@ func (e *headerError) Error() string { return e.header + ": " + e.detail }
 // parsePublishHeaders reads the message settings from a single publish's
 // headers. It checks syntax only; the broker checks limits and meaning.
 func parsePublishHeaders(h http.Header) (*broker.Message, error) {
+	if err := unknownPostbusHeader(h, publishHeaders, true); err != nil {
+		return nil, err
+	}
 	m := &broker.Message{}
 	one := func(name string) (string, error) {
 		vs := h[name]
@@ -261,6 +298,9 @@ func clientAddr(r *http.Request) string {
 
 func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
 	topic := chi.URLParam(r, "topic")
+	if !noQuery(w, r) {
+		return
+	}
 	m, err := parsePublishHeaders(r.Header)
 	if err != nil {
 		var he *headerError
@@ -320,7 +360,12 @@ type batchError struct {
 	field, detail string
 }
 
-func (e *batchError) Error() string { return e.field + ": " + e.detail }
+func (e *batchError) Error() string {
+	if e.field == "" {
+		return e.detail
+	}
+	return e.field + ": " + e.detail
+}
 
 // decodeBatch parses a batch request body into messages. It checks syntax
 // and shape; the broker checks limits and meaning.
@@ -392,6 +437,14 @@ func isJSON(ct string) bool {
 
 func (s *Server) handlePublishBatch(w http.ResponseWriter, r *http.Request) {
 	topic := chi.URLParam(r, "topic")
+	if !noQuery(w, r) {
+		return
+	}
+	if err := unknownPostbusHeader(r.Header, batchHeaders, false); err != nil {
+		he := err.(*headerError)
+		writeProblem(w, r, codeInvalidHeader, he.header, he.Error())
+		return
+	}
 	ct, err := contentType(r.Header)
 	if err != nil {
 		writeProblem(w, r, codeInvalidHeader, "Content-Type", err.Error())

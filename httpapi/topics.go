@@ -53,8 +53,9 @@ func toTopicStatsJSON(st broker.TopicStats) topicJSON {
 	return out
 }
 
-// decodeJSONBody decodes a small JSON request body strictly: unknown fields
-// and trailing data are errors, an empty body is the zero value.
+// decodeJSONBody decodes a small JSON request body strictly: unknown fields,
+// trailing data, a member given twice and text that is not Unicode are
+// errors; an empty body is the zero value.
 func decodeJSONBody(r *http.Request, limit int, v any) *broker.Error {
 	data, tooLarge, err := readBody(r, limit)
 	if err != nil {
@@ -76,6 +77,9 @@ func decodeJSONBody(r *http.Request, limit int, v any) *broker.Error {
 	}
 	if dec.More() {
 		return &broker.Error{Code: codeInvalidJSON, Field: "body", Detail: "unexpected data after the JSON object"}
+	}
+	if err := checkJSONText(data); err != nil {
+		return &broker.Error{Code: codeInvalidJSON, Field: "body", Detail: err.Error()}
 	}
 	return nil
 }
