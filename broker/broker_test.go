@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func testConfig(tb testing.TB, dir string) Config {
@@ -461,20 +463,40 @@ func TestDiskCleanWatermark(t *testing.T) {
 		t.Skipf("disk use %.4f (%v) is too low to set a watermark under it", used, err)
 	}
 	cfg.DiskCleanRatio, cfg.DiskFullRatio = used/2, 1
+	reg := prometheus.NewRegistry()
+	cfg.Registerer = reg
+	cleanedBytes := func() float64 { return counterValue(t, reg, "postbus_disk_clean_dropped_bytes_total", "", "") }
 	b := openBroker(t, cfg)
 	first := publish(t, b, "t", &Message{Body: make([]byte, 100<<10)})[0].ID
+	ids := []string{first}
 	for len(b.log.Segments()) < 4 {
-		publish(t, b, "t", &Message{Body: make([]byte, 100<<10)})
+		ids = append(ids, publish(t, b, "t", &Message{Body: make([]byte, 100<<10)})[0].ID)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for len(b.log.Segments()) > 1 {
+	// The counters move just after a segment goes: wait for both.
+	for len(b.log.Segments()) > 1 || cleanedBytes() != float64(b.log.MinOffset()) {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d segments remain 10s after the disk went over the clean watermark", len(b.log.Segments()))
+			t.Fatalf("%d segments remain (log from %d, %v bytes counted as cleaned) 10s after the disk went over the clean watermark",
+				len(b.log.Segments()), b.log.MinOffset(), cleanedBytes())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	if _, err := b.Message(context.Background(), first); !errors.Is(err, ErrMessageNotFound) {
 		t.Fatalf("message in a cleaned segment: err = %v", err)
+	}
+	// Messages deleted before their retention are counted, with the log
+	// bytes they took.
+	gone := 0
+	for _, id := range ids {
+		if _, err := b.Message(context.Background(), id); errors.Is(err, ErrMessageNotFound) {
+			gone++
+		}
+	}
+	if got := counterValue(t, reg, "postbus_disk_clean_dropped_messages_total", "", ""); got != float64(gone) {
+		t.Errorf("postbus_disk_clean_dropped_messages_total = %v, want %d (messages no longer found)", got, gone)
+	}
+	if got, want := cleanedBytes(), float64(b.log.MinOffset()); got != want {
+		t.Errorf("postbus_disk_clean_dropped_bytes_total = %v, want %v (the log's start)", got, want)
 	}
 }
 

@@ -16,6 +16,9 @@ type metrics struct {
 	attemptsDropped prometheus.Counter
 	skippedRecords  *prometheus.CounterVec
 	lostQueueEnds   prometheus.Counter
+
+	cleanedMessages prometheus.Counter
+	cleanedBytes    prometheus.Counter
 }
 
 // Why dispatch skipped a record (the reason label of
@@ -48,6 +51,14 @@ func newMetrics() *metrics {
 			Name: "postbus_recovery_lost_queue_offsets_total",
 			Help: "Queue offsets a consumer group had read past but the rebuilt queue no longer held (messages lost to damage or a cut tail), kept as holes; each is logged at ERROR.",
 		}),
+		cleanedMessages: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "postbus_disk_clean_dropped_messages_total",
+			Help: "Messages (queue entries, retry and dead-letter copies included) deleted before their retention because the disk was over --disk-clean-ratio; each deletion is logged at ERROR.",
+		}),
+		cleanedBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "postbus_disk_clean_dropped_bytes_total",
+			Help: "Commitlog bytes deleted before their retention because the disk was over --disk-clean-ratio.",
+		}),
 	}
 	for _, r := range []string{skipOutOfOrder, skipUndecodable, skipCorrupt} {
 		m.skippedRecords.WithLabelValues(r) // exported at 0, so alerts need no absent()
@@ -64,7 +75,7 @@ func (m *metrics) register(b *Broker, reg prometheus.Registerer) {
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
-	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped, m.skippedRecords, m.lostQueueEnds,
+	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped, m.skippedRecords, m.lostQueueEnds, m.cleanedMessages, m.cleanedBytes,
 		gauge("postbus_commitlog_bytes", "Bytes of the commitlog between its oldest retained offset and its end.",
 			func() float64 { return float64(b.log.Committed() - b.log.MinOffset()) }),
 		gauge("postbus_commitlog_segments", "Commitlog segment files.",
@@ -116,6 +127,14 @@ func (m *metrics) skipped(reason string) {
 		return
 	}
 	m.skippedRecords.WithLabelValues(reason).Inc()
+}
+
+func (m *metrics) cleaned(messages, bytes int64) {
+	if m == nil {
+		return
+	}
+	m.cleanedMessages.Add(float64(messages))
+	m.cleanedBytes.Add(float64(bytes))
 }
 
 func (m *metrics) lostQueueEnd(n int64) {

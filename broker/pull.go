@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/postbus/postbus/broker/commitlog"
 )
 
 // Pull (DESIGN §4): consumers that cannot take a webhook ask for messages
@@ -273,12 +275,19 @@ func (b *Broker) take(ctx context.Context, pg *pullGroup, limit int, visibility 
 		c *Cursor
 	}
 	var got []taken
+	// The retry copies of what is handed out go to the log in one append,
+	// which holds at most MaxBatchMessages records and MaxBatchStoredBytes
+	// as stored: a pull hands out fewer messages than asked rather than
+	// more than that append takes (large messages), and always at least
+	// one, whose copy alone always fits.
+	var stored int64
+	nCopies, full := 0, false
 	pg.mu.Lock()
 	n := len(pg.cursors)
 	start := pg.rr
 	pg.rr++
-	for round := 0; len(got) < limit && round < 2; round++ {
-		for i := 0; i < n && len(got) < limit; i++ {
+	for round := 0; len(got) < limit && round < 2 && !full; round++ {
+		for i := 0; i < n && len(got) < limit && !full; i++ {
 			c := pg.cursors[(start+i)%n]
 			share := limit - len(got)
 			if round == 0 {
@@ -291,6 +300,15 @@ func (b *Broker) take(ctx context.Context, pg *pullGroup, limit int, visibility 
 			}
 			c.Next = next
 			for _, m := range msgs {
+				if max(m.Attempt, 1) <= pg.sub.MaxRetries+1 { // not dead-lettered: gets a copy
+					size := commitlog.MinSegmentSize(int64(recordLen(m.retryCopy(pg.sub.Group, 0, time.Time{}))), 1)
+					if nCopies > 0 && (nCopies == MaxBatchMessages || stored+size > MaxBatchStoredBytes) {
+						c.Next, full = m.QueueOffset, true // read again by the next pull
+						break
+					}
+					stored += size
+					nCopies++
+				}
 				c.Start(m.QueueOffset)
 				got = append(got, taken{m, c})
 			}

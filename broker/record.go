@@ -92,6 +92,20 @@ func encodeRecord(dst []byte, m *Message) []byte {
 	return append(dst, m.Body...)
 }
 
+// recordLen is len(encodeRecord(nil, m)), without encoding it.
+func recordLen(m *Message) int {
+	n := recordFixedLen + 2 + len(m.Topic) + 1 + len(m.ID) + 2 + len(m.Tag) + 2 + len(m.ShardingKey) +
+		2 + len(m.ContentType) + 2 + len(m.DedupID) + 2 + 2 + len(m.Origin) + 2 + len(m.Reason) + 1
+	for _, k := range m.Keys {
+		n += 2 + len(k)
+	}
+	n++
+	for name, v := range m.Properties {
+		n += 1 + len(name) + 2 + len(v)
+	}
+	return n + 4 + len(m.Body)
+}
+
 // patchRecord sets the fields only known under the append lock.
 func patchRecord(rec []byte, storedAt time.Time, queueOffset int64) {
 	binary.BigEndian.PutUint64(rec[posStoredAt:], uint64(storedAt.UnixMilli()))

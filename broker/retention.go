@@ -102,11 +102,16 @@ func (b *Broker) dropOldest(used float64) (int, error) {
 		if len(segs) < 2 || segs[0].End > b.dispatched.Load() {
 			break
 		}
-		b.logger.Warn("disk over the clean watermark: deleting the oldest segment before its retention",
-			slog.Float64("used", used), slog.Int64("segment", segs[0].Base))
+		// Acknowledged messages go before their retention: by design (a
+		// full disk would stop every publish), but never quietly.
+		msgs := b.queuedIn(segs[0].Base, segs[0].End)
+		b.logger.Error("disk over the clean watermark: deleting the oldest segment before its retention",
+			slog.Float64("used", used), slog.Float64("watermark", b.cfg.DiskCleanRatio),
+			slog.Int64("segment", segs[0].Base), slog.Int64("bytes", segs[0].End-segs[0].Base), slog.Int64("messages", msgs))
 		if err := b.dropBefore(segs[0].End); err != nil {
 			return dropped, err
 		}
+		b.metrics.cleaned(msgs, segs[0].End-segs[0].Base)
 		dropped++
 		var err error
 		if used, err = DiskUsage(b.cfg.Dir); err != nil {
@@ -114,6 +119,35 @@ func (b *Broker) dropOldest(used float64) (int, error) {
 		}
 	}
 	return dropped, nil
+}
+
+// queuedIn counts the queue entries (messages on their queues, retry and
+// dead-letter copies included) whose records lie in [from, to) of the log.
+func (b *Broker) queuedIn(from, to int64) int64 {
+	b.dispatchMu.Lock()
+	defer b.dispatchMu.Unlock()
+	var n int64
+	var buf []consumequeue.Entry
+	var err error
+	for _, q := range b.cq.Queues() {
+		lo, hi := b.cq.Bounds(q.Topic, q.Queue)
+	scan:
+		for lo < hi {
+			if buf, err = b.cq.Read(q.Topic, q.Queue, lo, 1024, buf[:0]); err != nil || len(buf) == 0 {
+				break
+			}
+			for _, e := range buf {
+				if e.Offset >= to {
+					break scan
+				}
+				if e.Offset >= from {
+					n++
+				}
+			}
+			lo += int64(len(buf))
+		}
+	}
+	return n
 }
 
 // logRetention is how long the log keeps a segment: the broker's retention,

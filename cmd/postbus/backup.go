@@ -33,11 +33,14 @@ func backup(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fset := flag.NewFlagSet("postbus backup", flag.ContinueOnError)
 	fset.SetOutput(stderr)
 	data := fset.String("data", "./data", "the data directory to back up (a broker may be running on it)")
-	to := fset.String("to", "", "the directory to write the backup to; must not exist or be empty")
+	to := fset.String("to", "", "the directory to write the backup to; must not exist, be empty or hold only a failed backup's .incomplete")
 	fset.Usage = func() {
 		fmt.Fprint(stderr, "Usage: postbus backup --data DIR --to DIR\n\n"+
 			"Copies meta.db (a consistent snapshot), the signing and receipt keys and the commitlog, in that\n"+
-			"order, while a broker may be running. Start a broker on the copy to restore it.\n\nFlags:\n")
+			"order, while a broker may be running. Start a broker on the copy to restore it.\n\n"+
+			"The copy is written under DIR/.incomplete and moved into DIR when complete. A backup that fails\n"+
+			"removes what it wrote; one that was killed leaves DIR/.incomplete: a DIR holding .incomplete is\n"+
+			"not a backup. A new backup into a DIR holding only .incomplete removes it first.\n\nFlags:\n")
 		fset.PrintDefaults()
 	}
 	if err := parseFlags(fset, args); err != nil {
@@ -48,51 +51,106 @@ func backup(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return errUsage
 	}
 	start := time.Now()
-	if entries, err := os.ReadDir(*to); err == nil && len(entries) > 0 {
-		return fmt.Errorf("backup directory %s is not empty", *to)
-	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	entries, err := os.ReadDir(*to)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Join(*to, "commitlog"), 0o755); err != nil {
-		return err
-	}
-	if err := meta.Backup(ctx, filepath.Join(*data, "meta.db"), filepath.Join(*to, "meta.db")); err != nil {
-		return err
-	}
-	for _, name := range backupFiles {
-		if _, err := copyFile(filepath.Join(*data, name), filepath.Join(*to, name), 0o600); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return err
+	for _, e := range entries {
+		if e.Name() != incompleteDir {
+			return fmt.Errorf("backup directory %s is not empty", *to)
 		}
 	}
-	names, err := segmentNames(filepath.Join(*data, "commitlog"))
+	// Everything is written under --to/.incomplete and moved into --to only
+	// once all of it is durable: a backup that fails removes what it wrote,
+	// and one killed part way leaves .incomplete, which marks it as no
+	// backup (and which the next run into --to removes).
+	stage := filepath.Join(*to, incompleteDir)
+	if err := os.RemoveAll(stage); err != nil {
+		return fmt.Errorf("remove the unfinished backup %s: %w", stage, err)
+	}
+	if err := os.MkdirAll(filepath.Join(stage, "commitlog"), 0o755); err != nil {
+		return err
+	}
+	copied, total, err := backupInto(ctx, *data, stage)
 	if err != nil {
+		if rerr := os.RemoveAll(stage); rerr != nil {
+			return fmt.Errorf("%w; and removing the unfinished backup %s failed (it is not a backup): %v", err, stage, rerr)
+		}
 		return err
 	}
-	var total int64
-	copied := 0
-	for _, name := range names {
-		n, err := copyAppendOnly(filepath.Join(*data, "commitlog", name), filepath.Join(*to, "commitlog", name))
-		if errors.Is(err, fs.ErrNotExist) && copied == 0 {
-			continue // dropped by retention since it was listed
-		}
-		if err != nil {
-			return err
-		}
-		total += n
-		copied++
-	}
-	for _, dir := range []string{filepath.Join(*to, "commitlog"), *to} {
-		if err := syncDir(dir); err != nil {
-			return err
-		}
+	if err := publishBackup(stage, *to); err != nil {
+		// Part of it may be in --to already: .incomplete stays, marking
+		// the whole of --to as no backup.
+		return fmt.Errorf("%w; %s is not a backup (%s is left to say so)", err, *to, stage)
 	}
 	fmt.Fprintf(stdout, "backed up %s to %s: meta.db, %d commitlog segments (%d bytes) in %s\n",
 		*data, *to, copied, total, time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
-// segmentNames lists the commitlog's files, oldest first (names are
-// zero-padded base offsets).
+// incompleteDir is where, inside --to, a backup is written until it is
+// complete.
+const incompleteDir = ".incomplete"
+
+// backupInto copies data's meta.db, keys and commitlog segments into dir,
+// in that order, and makes them durable.
+func backupInto(ctx context.Context, data, dir string) (segments int, total int64, err error) {
+	if err := meta.Backup(ctx, filepath.Join(data, "meta.db"), filepath.Join(dir, "meta.db")); err != nil {
+		return 0, 0, err
+	}
+	for _, name := range backupFiles {
+		if _, err := copyFile(filepath.Join(data, name), filepath.Join(dir, name), 0o600); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return 0, 0, fmt.Errorf("copy %s: %w", name, err)
+		}
+	}
+	names, err := segmentNames(filepath.Join(data, "commitlog"))
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, name := range names {
+		n, err := copyAppendOnly(filepath.Join(data, "commitlog", name), filepath.Join(dir, "commitlog", name))
+		if errors.Is(err, fs.ErrNotExist) && segments == 0 {
+			continue // dropped by retention since it was listed
+		}
+		if err != nil {
+			return 0, 0, err
+		}
+		total += n
+		segments++
+	}
+	for _, d := range []string{filepath.Join(dir, "commitlog"), dir} {
+		if err := syncDir(d); err != nil {
+			return 0, 0, err
+		}
+	}
+	return segments, total, nil
+}
+
+// publishBackup moves the complete backup in stage into to, then removes
+// stage: until then, stage's presence says the backup is not complete.
+func publishBackup(stage, to string) error {
+	entries, err := os.ReadDir(stage)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if err := os.Rename(filepath.Join(stage, e.Name()), filepath.Join(to, e.Name())); err != nil {
+			return fmt.Errorf("move the backup into place: %w", err)
+		}
+	}
+	if err := syncDir(to); err != nil {
+		return err
+	}
+	if err := os.Remove(stage); err != nil {
+		return fmt.Errorf("move the backup into place: %w", err)
+	}
+	return syncDir(to)
+}
+
+// segmentNames lists the commitlog's segments, oldest first (names are
+// 20-digit zero-padded base offsets). Other files are not log: above all
+// a segment being prepared (<base>.next), which is renamed into place or
+// deleted at any time and holds nothing but zeros.
 func segmentNames(dir string) ([]string, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -100,12 +158,24 @@ func segmentNames(dir string) ([]string, error) {
 	}
 	var names []string
 	for _, e := range entries {
-		if e.Type().IsRegular() {
+		if e.Type().IsRegular() && isSegmentName(e.Name()) {
 			names = append(names, e.Name())
 		}
 	}
 	slices.Sort(names)
 	return names, nil
+}
+
+func isSegmentName(name string) bool {
+	if len(name) != 20 {
+		return false
+	}
+	for _, c := range []byte(name) {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // copyFile copies a small file and fsyncs the copy.

@@ -139,3 +139,87 @@ func TestBackupWhileRunning(t *testing.T) {
 		}
 	}
 }
+
+// A running broker keeps the next segment prepared as <base>.next, renamed
+// into place at any time: a backup copies segments only (listing the .next
+// file made it fail when the rename came first). A backup that fails
+// leaves nothing in --to, so running it again works; the .incomplete
+// directory a killed one leaves is removed by the next.
+func TestBackupSkipsNextAndFailsClean(t *testing.T) {
+	data := t.TempDir()
+	p := start(t, "broker", "--data", data, "--auto-create-topics", "--segment-size", "1MiB")
+	resp, err := http.Post(p.url+"/v1/topics/t/messages", "text/plain", strings.NewReader("hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	next := func(dir string) []string {
+		m, err := filepath.Glob(filepath.Join(dir, "commitlog", "*.next"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for len(next(data)) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the broker prepared no .next segment within 30s")
+		}
+		time.Sleep(10 * time.Millisecond) // polling for a condition, not an assertion
+	}
+	run := func(to string) ([]byte, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		return exec.CommandContext(ctx, postbusBin, "backup", "--data", data, "--to", to).CombinedOutput()
+	}
+	to := filepath.Join(t.TempDir(), "backup")
+	if out, err := run(to); err != nil {
+		t.Fatalf("postbus backup: %v\n%s", err, out)
+	}
+	if m := next(to); len(m) != 0 {
+		t.Errorf("the backup holds the segment being prepared: %v", m)
+	}
+	if _, err := os.Stat(filepath.Join(to, ".incomplete")); err == nil {
+		t.Error("a complete backup holds .incomplete")
+	}
+	for _, name := range []string{"meta.db", "signing.key", "receipt.key", "commitlog/00000000000000000000"} {
+		if _, err := os.Stat(filepath.Join(to, name)); err != nil {
+			t.Errorf("the backup lacks %s: %v", name, err)
+		}
+	}
+
+	// A key that cannot be read fails the backup after meta.db was copied.
+	key := filepath.Join(data, "receipt.key")
+	if err := os.Rename(key, key+".moved"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(key, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	failed := filepath.Join(t.TempDir(), "failed")
+	if out, err := run(failed); err == nil {
+		t.Fatalf("postbus backup with receipt.key a directory succeeded:\n%s", out)
+	}
+	if entries, _ := os.ReadDir(failed); len(entries) != 0 {
+		t.Fatalf("a failed backup left %v in --to", entries)
+	}
+	if err := os.Remove(key); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(key+".moved", key); err != nil {
+		t.Fatal(err)
+	}
+	// What a killed backup leaves.
+	if err := os.MkdirAll(filepath.Join(failed, ".incomplete", "commitlog"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(failed, ".incomplete", "meta.db"), []byte("partial"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := run(failed); err != nil {
+		t.Fatalf("postbus backup over a failed one: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(failed, ".incomplete")); err == nil {
+		t.Error("the backup over a killed one kept .incomplete")
+	}
+}
