@@ -61,7 +61,10 @@
 //     queue offsets of records lost in it are kept as holes (entries of size
 //     holeSize that readers skip), so later records keep the offsets they
 //     were acknowledged with. A query that meets the damaged record answers
-//     message_damaged for that message only.
+//     message_damaged for that message only. Retention dates a segment by
+//     the first readable record after it, stepping over damage; when none
+//     can be read, by its file's modification time (its seal), so a damaged
+//     segment never keeps the log from shrinking.
 //   - After recovery a queue never hands out an offset a consumer group has
 //     already read past: offsets lost at a queue's end (damage, or a tail
 //     cut after a crash under async flush) are kept as holes, logged at

@@ -176,15 +176,26 @@ func (b *Broker) applyRetention() error {
 			break
 		}
 		// Dated by the first record from the next segment on: it may hold
-		// none (sealed empty, or all damaged).
+		// none (sealed empty, or all damaged). When nothing readable (or
+		// nothing at all, a read failing) tells its age, its file's
+		// modification time does: the seal, after every record in it. A
+		// segment that cannot be dated by its records must not keep every
+		// later one, and the disk, forever.
 		rec, err := b.firstReadable(next.Base, segs[len(segs)-1].End)
-		if err != nil {
-			return fmt.Errorf("read first record of segment %d: %w", next.Base, err)
+		var stored int64
+		switch {
+		case err == nil && rec != nil && len(rec) >= posStoredAt+8:
+			stored = int64(binary.BigEndian.Uint64(rec[posStoredAt:]))
+		default:
+			mt, merr := b.log.SegmentModTime(segs[i].Base)
+			if merr != nil {
+				return fmt.Errorf("date segment %d: %w", segs[i].Base, errors.Join(err, merr))
+			}
+			stored = mt.UnixMilli()
+			b.logger.Warn("retention: no readable record after the segment dates it; using its file's modification time",
+				slog.Int64("segment", segs[i].Base), slog.Time("mtime", mt), slog.Any("err", err))
 		}
-		if rec == nil {
-			break // nothing readable tells its age: keep it
-		}
-		if len(rec) < posStoredAt+8 || int64(binary.BigEndian.Uint64(rec[posStoredAt:])) >= cutoff {
+		if stored >= cutoff {
 			break
 		}
 		drop = segs[i].End

@@ -67,7 +67,8 @@
 //	zeros the segment was made with mean the same.
 //
 // The CRC covers the length, so a torn length cannot send a reader to a bogus
-// next frame. A header of all zeros is the clean end of what was written.
+// next frame. A header of all zeros is the clean end of what was written in
+// the newest segment; a sealed one ends with its marker.
 //
 // MaxFramePayload is a constant of format version 1: a header claiming more
 // is damage, whatever the configuration. Config.MaxPayload only bounds what
@@ -101,9 +102,19 @@
 //     SegmentSize when nothing valid lies past it, and otherwise keeps its
 //     length (it is an oversized segment, or was made with a larger
 //     SegmentSize). Each is logged.
-//   - A sealed segment whose file is shorter than its place in the log (a
-//     segment missing between two others) is a refusal to open, saying so:
-//     bytes are missing, not damaged, and skipping them would be silent.
+//   - A sealed segment whose file is shorter than its place in the log (cut
+//     short, or a segment file missing between two others) does not stop
+//     Open: the missing range, from the start of the frame the file's end
+//     cuts (or the file's end) to the next segment's base, is quarantined
+//     at once, and readers go on at that base. This is checked after the
+//     newest segment is settled, so a stray file holding no frame past a gap
+//     is removed as an interrupted roll, not taken for the newest segment.
+//   - In a sealed segment, a header of zeros where a frame or the marker
+//     should be (before the marker, or with no marker at all) is damage, not
+//     its clean end: the roll that sealed it wrote a marker wherever one
+//     fits. Readers quarantine it like any damage, resynchronising to the
+//     next valid frame or the next segment. Only the newest segment's zero
+//     header is the clean end of what was written.
 //
 // A damaged record anywhere is quarantined and never a reason to refuse to
 // start or to stop reading others. ReadAt and Scan report it as a

@@ -14,8 +14,7 @@ var (
 	ErrDiskFull = errors.New("commitlog: disk full")
 	// ErrCorrupt: a frame failed its checks (magic, length or CRC). From
 	// ReadAt and Scan it is a *CorruptError saying where the damage is and
-	// where reading goes on; from Open, a layout it cannot make sense of
-	// (a segment missing between two others).
+	// where reading goes on.
 	ErrCorrupt = errors.New("commitlog: corrupt frame")
 	// ErrTooLarge: a payload is over Config.MaxPayload, or a batch's frames
 	// total more than both SegmentSize and MaxAppendBytes.
@@ -34,7 +33,8 @@ var (
 // CorruptError is a damaged span of the log: bytes from Off that are not a
 // valid frame (a failed CRC, a bad magic, a length that cannot be, or bytes
 // missing under the committed end). ReadAt and Scan return it, and the Log
-// remembers it (Quarantined). It is a reason to skip a record, never to stop
+// remembers it (Quarantined), as it does a range a sealed segment's file
+// lacks (found by Open). It is a reason to skip a record, never to stop
 // reading: Next is where reading can go on, the next valid frame or the base
 // of the next segment (or Committed, when nothing valid follows in the
 // active segment). errors.Is(err, ErrCorrupt) is true for it.

@@ -592,6 +592,22 @@ func (l *Log) Segments() []Segment {
 	return out
 }
 
+// SegmentModTime is when the segment at base was last written: for a sealed
+// segment, its seal, so no record in it was stored later. Retention dates a
+// segment by it when no readable record after the segment can.
+func (l *Log) SegmentModTime(base int64) (time.Time, error) {
+	for _, s := range *l.segs.Load() {
+		if s.base == base {
+			fi, err := s.f.Stat()
+			if err != nil {
+				return time.Time{}, l.readErr(s, err)
+			}
+			return fi.ModTime(), nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("commitlog: no segment at %d: %w", base, ErrOutOfRange)
+}
+
 // DropBefore deletes the sealed segments whose End <= off, oldest first; the
 // active segment is never dropped. It returns how many were deleted. Reads of
 // offsets in a dropped segment return ErrOutOfRange, including reads that

@@ -397,3 +397,59 @@ func TestDamagedPayloadHidesEmbeddedFrame(t *testing.T) {
 	l = openLog(t, cfg)
 	checkDamaged(t, l, []record{recs[0], recs[2]}, []CorruptError{{Off: recs[1].off, Next: recs[2].off}})
 }
+
+// TestZerosInSealedSegment: zeros where a sealed segment must hold frames
+// (its first page wiped, the whole file zero-filled, or its marker gone) are
+// damage, quarantined with an ERROR; they used to read as the segment's clean
+// end, so Scan skipped the rest of the segment in silence and ReadAt of a
+// record there said only "no frame" (ErrOutOfRange).
+func TestZerosInSealedSegment(t *testing.T) {
+	const S = testSegmentSize
+	tests := []struct {
+		name string
+		from func(seg1 []record) int64 // zeros from this offset (global)...
+		to   func(seg1 []record) int64 // ...to this one
+	}{
+		{"first 4 KiB", func([]record) int64 { return S }, func([]record) int64 { return S + 4096 }},
+		{"whole segment", func([]record) int64 { return S }, func([]record) int64 { return 2 * S }},
+		{"marker and after", func(seg1 []record) int64 { return frameEndOf(seg1[len(seg1)-1]) },
+			func([]record) int64 { return 2 * S }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			cfg, logs := testConfig(t, dir)
+			l := openLog(t, cfg)
+			recs := appendRecords(t, l, 0, 210)
+			closeLog(t, l)
+			var seg1 []record
+			for _, r := range recs {
+				if r.off >= S && r.off < 2*S {
+					seg1 = append(seg1, r)
+				}
+			}
+			if len(l.Segments()) < 3 || len(seg1) == 0 {
+				t.Fatalf("want 3 segments with records in the middle one")
+			}
+			from, to := tt.from(seg1), tt.to(seg1)
+			damageFile(t, segmentPath(dir, S), func(b []byte) { clear(b[from-S : to-S]) })
+
+			var want []record
+			next := int64(2 * S)
+			for _, r := range recs {
+				if r.off < to && frameEndOf(r) > from {
+					continue
+				}
+				if r.off >= to && r.off < next {
+					next = r.off
+				}
+				want = append(want, r)
+			}
+			l = openLog(t, cfg)
+			checkDamaged(t, l, want, []CorruptError{{Off: from, Next: next}})
+			if !strings.Contains(logs.String(), fmt.Sprintf("offset=%d", from)) {
+				t.Fatalf("no ERROR naming offset %d; log:\n%s", from, logs.String())
+			}
+		})
+	}
+}

@@ -110,6 +110,19 @@ func (l *Log) ReadAt(off int64, buf []byte) (payload []byte, next int64, err err
 		}
 	case frameEnd:
 		if room >= headerSize && binary.BigEndian.Uint32(s[4:8]) != blankMagic {
+			if limit == size {
+				// A sealed segment ends with its marker (or fewer bytes
+				// than one): zeros where a frame or the marker should be
+				// are damage, never its end. Past the marker they are
+				// only not a frame's offset.
+				after, err := l.pastMarker(seg, rel)
+				if err != nil {
+					return nil, 0, err
+				}
+				if !after {
+					return nil, 0, l.damaged(seg, rel, limit, zerosInSealed)
+				}
+			}
 			// Zeros below Committed: the offset is not where a frame starts.
 			return nil, 0, fmt.Errorf("commitlog: no frame at %d: %w", off, ErrOutOfRange)
 		}
@@ -140,6 +153,37 @@ func (l *Log) ReadAt(off int64, buf []byte) (payload []byte, next int64, err err
 		}
 	}
 	return payload, next, nil
+}
+
+// pastMarker says whether rel lies past the end-of-segment marker of seg, a
+// sealed segment, walking its frames from the start (over damage). It runs
+// only when ReadAt meets zeros in a sealed segment, never on a good read.
+func (l *Log) pastMarker(seg *segment, rel int64) (bool, error) {
+	bp := scanPool.Get().(*[]byte)
+	defer scanPool.Put(bp)
+	r := frameReader{f: seg.f, size: seg.size, limit: rel, buf: *bp}
+	for r.pos < r.limit {
+		at := r.pos
+		kind, _, _, err := r.next()
+		if err != nil {
+			return false, l.readErr(seg, err)
+		}
+		switch kind {
+		case frameData:
+			continue
+		case frameEnd:
+			return !r.zeroHeaderAt(at), nil
+		}
+		next, _, found, err := r.resyncAfter(at)
+		if err != nil {
+			return false, l.readErr(seg, err)
+		}
+		if !found {
+			return false, nil
+		}
+		r.pos = next
+	}
+	return false, nil
 }
 
 // damaged makes the CorruptError for the span of seg starting at rel (segment
@@ -230,6 +274,11 @@ func (l *Log) Scan(off int64, fn func(off int64, payload []byte) error) (next in
 					// committed part holds frames only.
 					return next, l.damagedAt(&r, seg, at, "end of segment below the committed end")
 				}
+				if r.zeroHeaderAt(at) {
+					// A sealed segment ends with its marker: zeros before
+					// it (or instead of it) are damage, not its end.
+					return next, l.damagedAt(&r, seg, at, zerosInSealed)
+				}
 				break frames
 			default:
 				return next, l.damagedAt(&r, seg, at, reason)
@@ -288,6 +337,24 @@ func (r *frameReader) next() (kind frameKind, payload []byte, reason string, err
 			return kind, nil, reason, nil
 		}
 	}
+}
+
+// zerosInSealed is the reason given for zeros where a sealed segment must
+// hold a frame or its end-of-segment marker.
+const zerosInSealed = "zeros where a frame or the end-of-segment marker should be, in a sealed segment"
+
+// zeroHeaderAt says whether the frameEnd that next just returned at at is a
+// header of zeros rather than an end-of-segment marker or the few bytes
+// closing a segment too full for one.
+func (r *frameReader) zeroHeaderAt(at int64) bool {
+	if r.size-at < headerSize {
+		return false
+	}
+	rel := at - r.bufPos
+	if rel < 0 || rel+headerSize > int64(r.n) {
+		return false // not read: next decides frameEnd only from read bytes
+	}
+	return binary.BigEndian.Uint32(r.buf[rel+4:rel+8]) != blankMagic
 }
 
 // fill reads from pos at least need bytes (when the limit allows) and up to

@@ -60,11 +60,6 @@ func (l *Log) recover() error {
 		}
 	}
 	l.segs.Store(&segs)
-	for _, s := range segs[:len(segs)-1] {
-		if err := l.checkSealed(s); err != nil {
-			return err
-		}
-	}
 
 	for {
 		last := segs[len(segs)-1]
@@ -73,7 +68,10 @@ func (l *Log) recover() error {
 			return err
 		}
 		if t.end > 0 || len(t.spans) > 0 || len(segs) == 1 {
-			return l.reopenNewest(last, t)
+			if err := l.reopenNewest(last, t); err != nil {
+				return err
+			}
+			break
 		}
 		// A roll that found no prepared file creates the new one before it
 		// seals the old one, so a crash can leave an empty (or never
@@ -93,25 +91,77 @@ func (l *Log) recover() error {
 		segs = segs[:len(segs)-1]
 		l.segs.Store(&segs)
 	}
+	// Checked once the newest segment is settled: a stray file holding no
+	// frame past a gap is removed above, and the segment before it is the
+	// newest again rather than a sealed one missing bytes.
+	for _, s := range segs[:len(segs)-1] {
+		if err := l.checkSealed(s); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // checkSealed makes sure a sealed segment's file holds every byte of its
 // place in the log. Bytes past it (none are ever written there) are left
-// alone and never read.
+// alone and never read. A file shorter than its place (cut short, or a
+// segment file missing after it, which leaves a gap up to the next one) is
+// not a reason to refuse to start: the missing bytes are quarantined, from
+// the end of the last whole frame the file holds to the next segment's base,
+// and readers go on at that base.
 func (l *Log) checkSealed(s *segment) error {
 	fi, err := s.f.Stat()
 	if err != nil {
 		return fmt.Errorf("stat segment %020d: %w", s.base, err)
 	}
-	if fi.Size() < s.size {
-		return fmt.Errorf("sealed segment %020d is %d bytes, but the next segment starts %d bytes after it: "+
-			"a segment file is missing or was cut short: %w", s.base, fi.Size(), s.size, ErrCorrupt)
-	}
 	if fi.Size() > s.size {
 		l.log.Warn("commitlog: sealed segment is longer than its place in the log; the bytes past it are ignored",
 			logKeySegment, segmentName(s.base), "file_size", fi.Size(), "size", s.size)
 	}
+	if fi.Size() >= s.size {
+		return nil
+	}
+	from, err := l.lastWholeFrameEnd(s, fi.Size())
+	if err != nil {
+		return err
+	}
+	l.quarantine(CorruptError{Off: s.base + from, Next: s.base + s.size,
+		Reason: fmt.Sprintf("sealed segment %s is %d bytes, but the next segment starts %d bytes after it: "+
+			"a segment file is missing or was cut short", segmentName(s.base), fi.Size(), s.size)})
 	return nil
+}
+
+// lastWholeFrameEnd walks the frames of a sealed segment whose file is only
+// fileSize bytes and returns where the missing part starts: the start of the
+// frame the file's end cuts, or the file's end. Damage before it is stepped
+// over (readers find and quarantine it); an end-of-segment marker means every
+// frame is there and only bytes past it are missing.
+func (l *Log) lastWholeFrameEnd(s *segment, fileSize int64) (int64, error) {
+	bp := scanPool.Get().(*[]byte)
+	defer scanPool.Put(bp)
+	r := frameReader{f: s.f, size: s.size, limit: fileSize, buf: *bp}
+	for r.pos < r.limit {
+		at := r.pos
+		kind, _, _, err := r.next()
+		if err != nil {
+			return 0, fmt.Errorf("scan segment %020d: %w", s.base, err)
+		}
+		switch kind {
+		case frameData:
+			continue
+		case frameEnd:
+			return fileSize, nil
+		}
+		next, _, found, err := r.resyncAfter(at)
+		if err != nil {
+			return 0, fmt.Errorf("scan segment %020d: %w", s.base, err)
+		}
+		if !found {
+			return at, nil
+		}
+		r.pos = next
+	}
+	return fileSize, nil
 }
 
 // tailScan is what recovery found in the newest segment.

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -216,37 +218,96 @@ func TestOpenOnlySegmentNotPreallocated(t *testing.T) {
 	checkRecordsAfterSync(t, l, recs)
 }
 
-func TestOpenRefusesInconsistentSegments(t *testing.T) {
+// TestOpenQuarantinesMissingBytes: a sealed segment whose file is shorter
+// than its place in the log (cut short, a segment file missing after it, or
+// a stray empty file past the end) used to make Open refuse to start. Now
+// the missing range is quarantined (ERROR with its offsets, Quarantined,
+// ReadAt a CorruptError whose Next is the next segment's base), every record
+// still on disk reads back, and appends go on.
+func TestOpenQuarantinesMissingBytes(t *testing.T) {
+	const S = testSegmentSize
 	tests := []struct {
 		name  string
 		setup func(t *testing.T, dir string)
+		// lost says which records are gone; spanOff where the span starts
+		lost    func(r record) bool
+		spanOff func(recs []record) int64
+		next    int64 // the span's end: the next segment's base
+		noSpan  bool
 	}{
 		{"missing middle segment", func(t *testing.T, dir string) {
-			if err := os.Remove(segmentPath(dir, testSegmentSize)); err != nil {
+			if err := os.Remove(segmentPath(dir, S)); err != nil {
 				t.Fatal(err)
 			}
-		}},
-		{"sealed segment of another size", func(t *testing.T, dir string) {
-			if err := os.Truncate(segmentPath(dir, 0), testSegmentSize/2); err != nil {
+		}, func(r record) bool { return r.off >= S && r.off < 2*S },
+			func([]record) int64 { return S }, 2 * S, false},
+		{"sealed segment cut in half", func(t *testing.T, dir string) {
+			if err := os.Truncate(segmentPath(dir, 0), S/2); err != nil {
 				t.Fatal(err)
 			}
-		}},
+		}, func(r record) bool { return r.off < S && frameEndOf(r) > S/2 },
+			func(recs []record) int64 {
+				for _, r := range recs {
+					if frameEndOf(r) > S/2 {
+						return r.off
+					}
+				}
+				return -1
+			}, S, false},
+		{"stray empty segment after a gap", func(t *testing.T, dir string) {
+			if err := os.WriteFile(segmentPath(dir, 10*S), make([]byte, S), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}, func(record) bool { return false }, nil, 0, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
-			cfg, _ := testConfig(t, dir)
+			cfg, logs := testConfig(t, dir)
 			l := openLog(t, cfg)
-			appendRecords(t, l, 0, 210)
+			recs := appendRecords(t, l, 0, 210)
 			closeLog(t, l)
 			if n := len(l.Segments()); n < 3 {
 				t.Fatalf("%d segments, want 3", n)
 			}
 			tt.setup(t, dir)
-			if l, err := Open(cfg); err == nil {
-				_ = l.Close()
-				t.Fatal("Open succeeded")
+			l = openLog(t, cfg)
+			var want []record
+			for _, r := range recs {
+				if !tt.lost(r) {
+					want = append(want, r)
+				}
 			}
+			if tt.noSpan {
+				checkDamaged(t, l, want, nil)
+			} else {
+				off := tt.spanOff(recs)
+				q := l.Quarantined()
+				if len(q) != 1 || q[0].Off != off || q[0].Next != tt.next {
+					t.Fatalf("Quarantined() = %v, want [%d, %d)", q, off, tt.next)
+				}
+				if !strings.Contains(logs.String(), fmt.Sprintf("offset=%d", off)) {
+					t.Fatalf("no ERROR naming offset %d; log:\n%s", off, logs.String())
+				}
+				got, _ := scanSkipping(t, l, l.MinOffset())
+				if len(got) != len(want) {
+					t.Fatalf("read %d records, want %d", len(got), len(want))
+				}
+				for i := range want {
+					if got[i].off != want[i].off || !bytes.Equal(got[i].payload, want[i].payload) {
+						t.Fatalf("record %d at %d, want %d", i, got[i].off, want[i].off)
+					}
+				}
+				if off < S {
+					_, _, err := l.ReadAt(off, nil)
+					var ce *CorruptError
+					if !errors.As(err, &ce) || ce.Off != off || ce.Next != tt.next {
+						t.Fatalf("ReadAt(%d): %v, want the span [%d, %d)", off, err, off, tt.next)
+					}
+				}
+			}
+			more := appendRecords(t, l, 210, 20)
+			checkRecordsAfterSync(t, l, more)
 		})
 	}
 }
