@@ -70,7 +70,7 @@ func (m *metrics) register(b *Broker, reg prometheus.Registerer) {
 		gauge("postbus_commitlog_segments", "Commitlog segment files.",
 			func() float64 { return float64(len(b.log.Segments())) }),
 		gauge("postbus_commitlog_quarantined_spans", "Damaged commitlog spans found and skipped (each logged at ERROR with its offset, listed by /readyz); their records are lost.",
-			func() float64 { return float64(len(b.log.Quarantined())) }),
+			func() float64 { return float64(len(b.log.Quarantined()) + len(b.lostTail)) }),
 		gauge("postbus_dispatch_lag_bytes", "Committed log bytes not yet indexed into consume queues and the key index.",
 			func() float64 { return float64(b.log.Committed() - b.dispatched.Load()) }),
 		gauge("postbus_disk_used_ratio", "Used fraction of the file system holding the data directory.",
