@@ -459,3 +459,43 @@ func zeroFrom(t *testing.T, path string, at, n int64) {
 		t.Fatal(err)
 	}
 }
+
+// TestLostRetryCopyCountsDroppedTimer: a pulled, unacknowledged message's
+// redelivery copy lost with the log's tail while the broker was stopped
+// cannot be brought back (its timer knows only the copy's offset): dropping
+// its timer is an ERROR and counts in postbus_delay_timers_dropped_total.
+func TestLostRetryCopyCountsDroppedTimer(t *testing.T) {
+	ctx := context.Background()
+	cfg := testConfig(t, t.TempDir())
+	b := openBroker(t, cfg)
+	if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 1}); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, b, "t", msg("in flight"))
+	copyAt := b.log.End() // the pull's redelivery copy goes here
+	if got := pullN(t, b, "g", "t", 1, 0, time.Hour); len(got) != 1 {
+		t.Fatalf("pulled %d messages, want 1", len(got))
+	}
+	end := b.log.End()
+	if end <= copyAt {
+		t.Fatalf("the pull appended nothing at %d: the test expects its redelivery copy there", copyAt)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	zeroFrom(t, filepath.Join(cfg.Dir, "commitlog", fmt.Sprintf("%020d", 0)), copyAt, end-copyAt)
+
+	logs := &logBuffer{}
+	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	reg := prometheus.NewRegistry()
+	cfg.Registerer = reg
+	later := time.Now().Add(2 * time.Hour)
+	cfg.Now = func() time.Time { return later }
+	openBroker(t, cfg)
+	waitFor(t, 20*time.Second, "postbus_delay_timers_dropped_total to reach 1", func() bool {
+		return counterValue(t, reg, "postbus_delay_timers_dropped_total", "", "") == 1
+	})
+	if lines := logs.lines("ERROR", "dropping its timer"); len(lines) != 1 {
+		t.Errorf("%d ERROR lines about the dropped timer, want 1", len(lines))
+	}
+}

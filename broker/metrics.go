@@ -16,6 +16,7 @@ type metrics struct {
 	attemptsDropped prometheus.Counter
 	skippedRecords  *prometheus.CounterVec
 	lostQueueEnds   prometheus.Counter
+	timersDropped   prometheus.Counter
 }
 
 // Why dispatch skipped a record (the reason label of
@@ -46,7 +47,11 @@ func newMetrics() *metrics {
 		}, []string{"reason"}),
 		lostQueueEnds: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "postbus_recovery_lost_queue_offsets_total",
-			Help: "Queue offsets a consumer group had read past but the rebuilt queue no longer held (messages lost to damage or a cut tail), kept as holes; each is logged at ERROR.",
+			Help: "Queue offsets a consumer group had read past, or the log had acknowledged before losing its tail, that the rebuilt queue no longer held (messages lost to damage or a cut tail), kept as holes; each is logged at ERROR.",
+		}),
+		timersDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "postbus_delay_timers_dropped_total",
+			Help: "Delay, retry and redelivery timers dropped because the record they bring back could not be read (lost or damaged); each is logged at ERROR.",
 		}),
 	}
 	for _, r := range []string{skipOutOfOrder, skipUndecodable, skipCorrupt} {
@@ -64,7 +69,7 @@ func (m *metrics) register(b *Broker, reg prometheus.Registerer) {
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
-	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped, m.skippedRecords, m.lostQueueEnds,
+	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped, m.skippedRecords, m.lostQueueEnds, m.timersDropped,
 		gauge("postbus_commitlog_bytes", "Bytes of the commitlog between its oldest retained offset and its end.",
 			func() float64 { return float64(b.log.Committed() - b.log.MinOffset()) }),
 		gauge("postbus_commitlog_segments", "Commitlog segment files.",
@@ -116,6 +121,13 @@ func (m *metrics) skipped(reason string) {
 		return
 	}
 	m.skippedRecords.WithLabelValues(reason).Inc()
+}
+
+func (m *metrics) timerDropped() {
+	if m == nil {
+		return
+	}
+	m.timersDropped.Inc()
 }
 
 func (m *metrics) lostQueueEnd(n int64) {
