@@ -60,8 +60,14 @@ type Broker struct {
 	checkpointed    int64
 	checkpointDirty bool
 	ckpt            checkpointHealth
-	newTimers       []meta.Timer  // delayed records met by this dispatch round; guarded by dispatchMu
-	timerWake       chan struct{} // a new timer may be due sooner than the timer loop sleeps
+	// lostTail is the stretch of the log that the checkpoint or the
+	// indexes prove was stored but the log no longer holds (a segment
+	// deleted or cut while stopped), found at open; set once, then read
+	// only. Its queue offsets are kept as holes (lostQueueMax).
+	lostTail     []DamagedSpan
+	lostQueueMax map[consumequeue.QueueID]int64
+	newTimers    []meta.Timer  // delayed records met by this dispatch round; guarded by dispatchMu
+	timerWake    chan struct{} // a new timer may be due sooner than the timer loop sleeps
 
 	receiptKey []byte // MACs pull receipts
 	pullsMu    sync.Mutex
@@ -269,6 +275,9 @@ func (b *Broker) recoverDerived(ctx context.Context, cp checkpoint) error {
 		}
 		cp = checkpoint{}
 	}
+	if err := b.checkLostTail(cp); err != nil {
+		return err
+	}
 	from := min(cp.Dispatched, b.log.Committed())
 	from = max(from, b.log.MinOffset())
 	end := b.log.Committed()
@@ -364,10 +373,13 @@ func (b *Broker) queueEnd(topic string, queue int) int64 {
 		}
 	}
 	b.offs.mu.Unlock()
+	// Offsets the queue had handed out before the log lost its tail are
+	// taken as well, read by a group or not: they were acknowledged.
+	read = max(read, b.lostQueueMax[consumequeue.QueueID{Topic: topic, Queue: queue}])
 	if read == hi {
 		return hi
 	}
-	b.logger.Error("consumer groups read past the end of a queue rebuilt from the log: its last messages were lost; their offsets are kept as holes",
+	b.logger.Error("consumer groups read past the end of a queue rebuilt from the log, or the log lost its tail: its last messages were lost; their offsets are kept as holes",
 		slog.String("topic", topic), slog.Int("queue", queue), slog.Int64("queue_end", hi), slog.Int64("group_offset", read))
 	b.metrics.lostQueueEnd(read - hi)
 	if lo == hi {
@@ -382,6 +394,9 @@ func (b *Broker) queueEnd(topic string, queue int) int64 {
 	// reads a hole's offset.
 	last, end := es[0].Offset, b.log.End()
 	if end-last-1 < read-hi {
+		b.logger.Error("no room in the log for the holes of lost messages: their queue offsets will be handed out again",
+			slog.String("topic", topic), slog.Int("queue", queue), slog.Int64("from", hi), slog.Int64("to", read),
+			slog.Int64("after_log_offset", last), slog.Int64("log_end", end))
 		return hi
 	}
 	for i := int64(0); i < read-hi; i++ {
@@ -392,6 +407,56 @@ func (b *Broker) queueEnd(topic string, queue int) int64 {
 		}
 	}
 	return read
+}
+
+// checkLostTail finds acknowledged records missing from the end of the
+// log: the checkpoint says the indexes covered the log up to cp.Dispatched,
+// and the consume queues hold entries up to where their records ended, so a
+// log that now ends before either lost records that were stored, not a torn
+// write of unacknowledged ones (the commitlog cuts a torn tail only above
+// what was synced, and cannot know what the checkpoint saw). This happens
+// when the newest segment is deleted or cut while the broker is stopped, or
+// its last record is damaged and cut as torn. The lost range is reported
+// like a quarantined span (ERROR, postbus_commitlog_quarantined_spans,
+// /readyz), and the queue offsets its records had are remembered so that
+// queueEnd keeps them as holes: no offset is handed out twice. Called
+// before the indexes are truncated to the log.
+func (b *Broker) checkLostTail(cp checkpoint) error {
+	end := b.log.Committed()
+	proven := cp.Dispatched
+	lostQ := make(map[consumequeue.QueueID]int64)
+	var lostEntries int64
+	for _, q := range b.cq.Queues() {
+		lo, hi := b.cq.Bounds(q.Topic, q.Queue)
+		if lo == hi {
+			continue
+		}
+		es, err := b.cq.Read(q.Topic, q.Queue, hi-1, 1, nil)
+		if err != nil {
+			return fmt.Errorf("read the end of queue %s: %w", q, err)
+		}
+		if len(es) != 1 || es[0].Offset < end {
+			continue
+		}
+		if es[0].Size != holeSize {
+			proven = max(proven, es[0].Offset+int64(es[0].Size))
+		}
+		k, err := b.cq.SearchOffset(q.Topic, q.Queue, func(e consumequeue.Entry) (bool, error) { return e.Offset >= end, nil })
+		if err != nil {
+			return fmt.Errorf("search queue %s for the log's end: %w", q, err)
+		}
+		lostQ[q] = hi
+		lostEntries += hi - k
+	}
+	if proven <= end {
+		return nil
+	}
+	b.lostQueueMax = lostQ
+	b.lostTail = []DamagedSpan{{Offset: end, Next: proven, Reason: "log ends before what its checkpoint and indexes hold: acknowledged records lost"}}
+	b.logger.Error("the commitlog ends before what was stored: acknowledged records are lost (a segment deleted or cut while stopped?); their queue offsets are kept as holes",
+		slog.Int64("log_end", end), slog.Int64("checkpoint", cp.Dispatched), slog.Int64("lost_from", end),
+		slog.Int64("lost_to", proven), slog.Int64("lost_queue_entries", lostEntries), slog.Int("queues", len(lostQ)))
+	return nil
 }
 
 // derivedLost says why the consume queues or key index hold less than the
@@ -521,15 +586,15 @@ type DamagedSpan struct {
 	Reason string // the check that failed
 }
 
-// Damaged lists the commitlog spans quarantined so far (each was logged at
-// ERROR when found). The broker stays ready with them: /readyz shows them.
+// Damaged lists the commitlog spans quarantined so far, and the end of the
+// log found lost at open (each was logged at ERROR when found). The broker stays ready with them: /readyz shows them.
 func (b *Broker) Damaged() []DamagedSpan {
 	q := b.log.Quarantined()
-	out := make([]DamagedSpan, len(q))
-	for i, e := range q {
-		out[i] = DamagedSpan{Offset: e.Off, Next: e.Next, Reason: e.Reason}
+	out := make([]DamagedSpan, 0, len(q)+len(b.lostTail))
+	for _, e := range q {
+		out = append(out, DamagedSpan{Offset: e.Off, Next: e.Next, Reason: e.Reason})
 	}
-	return out
+	return append(out, b.lostTail...)
 }
 
 // signal wakes every waiter at once: waiters take the channel, the firer

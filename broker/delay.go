@@ -78,6 +78,7 @@ func (b *Broker) fireDue(ctx context.Context) (int, error) {
 		if err != nil {
 			// Gone with its segment (or unreadable): nothing to put back.
 			b.logger.Error("delayed message unreadable; dropping its timer", slog.Int64("offset", t.LogOffset), slog.Any("err", err))
+			b.metrics.timerDropped()
 			fired = append(fired, t.LogOffset)
 			continue
 		}
@@ -240,6 +241,7 @@ func (b *Broker) moveTimersBefore(ctx context.Context, off int64) error {
 			rec, _, err := b.log.ReadAt(t.LogOffset, nil)
 			if err != nil {
 				b.logger.Error("delayed message unreadable; dropping its timer", slog.Int64("offset", t.LogOffset), slog.Any("err", err))
+				b.metrics.timerDropped()
 			} else {
 				read = append(read, rec)
 				offs = append(offs, t.LogOffset)

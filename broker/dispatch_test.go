@@ -343,3 +343,159 @@ func TestCutQueueTailKeepsOffsets(t *testing.T) {
 		t.Errorf("%d ERROR lines about the lost queue end, want 1", len(lines))
 	}
 }
+
+// TestLostLogTailKeepsOffsets: the end of the log removed while the broker
+// is stopped after a clean shutdown (its newest segment deleted, cut, or its
+// last record damaged and so cut as torn) lost acknowledged, indexed
+// messages. Open must say so at ERROR and in Damaged (so /readyz and the
+// quarantined-spans gauge show it), count the lost queue offsets, and keep
+// them as holes so the next message does not take a lost one's offset.
+func TestLostLogTailKeepsOffsets(t *testing.T) {
+	const n = 7
+	for _, tc := range []struct {
+		name string
+		lost int // how many of the n messages the damage removes
+		// damage changes the stopped broker's log; segs are its segment
+		// files, newest last, res the publishes' results.
+		damage func(t *testing.T, segs []string, res []Result, end int64)
+	}{
+		{"delete newest segment", 2, func(t *testing.T, segs []string, res []Result, end int64) {
+			if err := os.Remove(segs[len(segs)-1]); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"cut to the middle", 1, func(t *testing.T, segs []string, res []Result, end int64) {
+			zeroFrom(t, segs[len(segs)-1], res[n-1].logOffset-(1<<20), end-res[n-1].logOffset)
+		}},
+		{"bit flip in the last record", 1, func(t *testing.T, segs []string, res []Result, end int64) {
+			f, err := os.OpenFile(segs[len(segs)-1], os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			at := end - 1 - (1 << 20)
+			var bt [1]byte
+			if _, err := f.ReadAt(bt[:], at); err != nil {
+				t.Fatal(err)
+			}
+			bt[0] ^= 0x10
+			if _, err := f.WriteAt(bt[:], at); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			cfg := testConfig(t, t.TempDir())
+			cfg.SegmentSize = 1 << 20
+			b := openBroker(t, cfg)
+			if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 1}); err != nil {
+				t.Fatal(err)
+			}
+			// 200 KiB bodies: five fill the first 1 MiB segment, the
+			// last two go to the second.
+			var res []Result
+			for i := 0; i < n; i++ {
+				body := strings.Repeat(fmt.Sprint(i), 200<<10)
+				res = append(res, publish(t, b, "t", &Message{Body: []byte(body), Keys: []string{fmt.Sprint("k", i)}})...)
+			}
+			end := b.log.End()
+			if got := len(b.log.Segments()); got != 2 || res[n-2].logOffset < 1<<20 {
+				t.Fatalf("%d segments, message %d at %d: the test expects the last two in a second segment of 1 MiB", got, n-2, res[n-2].logOffset)
+			}
+			if err := b.Close(); err != nil {
+				t.Fatal(err)
+			}
+			segs, err := filepath.Glob(filepath.Join(cfg.Dir, "commitlog", "0*"))
+			if err != nil || len(segs) != 2 {
+				t.Fatalf("segment files %v (%v)", segs, err)
+			}
+			tc.damage(t, segs, res, end)
+
+			logs := &logBuffer{}
+			cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
+			reg := prometheus.NewRegistry()
+			cfg.Registerer = reg
+			b = openBroker(t, cfg)
+			for i, r := range res {
+				_, err := b.Message(ctx, r.ID)
+				if i < n-tc.lost && err != nil {
+					t.Errorf("message %d: %v, want it kept", i, err)
+				}
+				if i >= n-tc.lost && !errors.Is(err, ErrMessageNotFound) {
+					t.Fatalf("message %d: %v; the test expects it lost", i, err)
+				}
+			}
+			cut := res[n-tc.lost].logOffset
+			if lines := logs.lines("ERROR", "ends before what was stored"); len(lines) != 1 || !strings.Contains(lines[0], fmt.Sprintf("lost_queue_entries=%d", tc.lost)) {
+				t.Errorf("ERROR lines about the lost tail: %q, want one with lost_queue_entries=%d", lines, tc.lost)
+			}
+			if d := b.Damaged(); len(d) != 1 || d[0].Offset > cut || d[0].Next != end {
+				t.Errorf("Damaged() = %+v, want one span from at most %d to %d", d, cut, end)
+			}
+			if v := counterValue(t, reg, "postbus_recovery_lost_queue_offsets_total", "", ""); v != float64(tc.lost) {
+				t.Errorf("postbus_recovery_lost_queue_offsets_total = %v, want %d", v, tc.lost)
+			}
+			r := publish(t, b, "t", msg("after the loss"))[0]
+			if r.QueueOffset != n {
+				t.Errorf("the next message took queue offset %d, want %d (a lost message's offset reused)", r.QueueOffset, n)
+			}
+			got := pullN(t, b, "g", "t", 20, 0, time.Minute)
+			if len(got) != n-tc.lost+1 || got[len(got)-1].ID != r.ID {
+				t.Errorf("a new group pulled %d messages, want the %d kept and the new one last", len(got), n-tc.lost)
+			}
+		})
+	}
+}
+
+func zeroFrom(t *testing.T, path string, at, n int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(make([]byte, n), at); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLostRetryCopyCountsDroppedTimer: a pulled, unacknowledged message's
+// redelivery copy lost with the log's tail while the broker was stopped
+// cannot be brought back (its timer knows only the copy's offset): dropping
+// its timer is an ERROR and counts in postbus_delay_timers_dropped_total.
+func TestLostRetryCopyCountsDroppedTimer(t *testing.T) {
+	ctx := context.Background()
+	cfg := testConfig(t, t.TempDir())
+	b := openBroker(t, cfg)
+	if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 1}); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, b, "t", msg("in flight"))
+	copyAt := b.log.End() // the pull's redelivery copy goes here
+	if got := pullN(t, b, "g", "t", 1, 0, time.Hour); len(got) != 1 {
+		t.Fatalf("pulled %d messages, want 1", len(got))
+	}
+	end := b.log.End()
+	if end <= copyAt {
+		t.Fatalf("the pull appended nothing at %d: the test expects its redelivery copy there", copyAt)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	zeroFrom(t, filepath.Join(cfg.Dir, "commitlog", fmt.Sprintf("%020d", 0)), copyAt, end-copyAt)
+
+	logs := &logBuffer{}
+	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	reg := prometheus.NewRegistry()
+	cfg.Registerer = reg
+	later := time.Now().Add(2 * time.Hour)
+	cfg.Now = func() time.Time { return later }
+	openBroker(t, cfg)
+	waitFor(t, 20*time.Second, "postbus_delay_timers_dropped_total to reach 1", func() bool {
+		return counterValue(t, reg, "postbus_delay_timers_dropped_total", "", "") == 1
+	})
+	if lines := logs.lines("ERROR", "dropping its timer"); len(lines) != 1 {
+		t.Errorf("%d ERROR lines about the dropped timer, want 1", len(lines))
+	}
+}

@@ -69,6 +69,15 @@
 //     already read past: offsets lost at a queue's end (damage, or a tail
 //     cut after a crash under async flush) are kept as holes, logged at
 //     ERROR and counted in postbus_recovery_lost_queue_offsets_total.
+//   - A log that opens ending before what its checkpoint or the consume
+//     queues prove was stored (its newest segment deleted or cut while
+//     stopped, or its last record damaged and cut as a torn tail) lost
+//     acknowledged records: open logs the range and the number of lost
+//     queue entries at ERROR, Damaged (and so /readyz and
+//     postbus_commitlog_quarantined_spans) lists the range, and the lost
+//     queue offsets are kept as holes and counted in
+//     postbus_recovery_lost_queue_offsets_total. A torn tail past the
+//     checkpoint and the queues stays the commitlog's WARN.
 //   - A record whose queue offset does not follow its queue's is a fault:
 //     it is skipped with an ERROR line and counted, never dropped quietly.
 //   - Queues can grow but not shrink.

@@ -16,6 +16,7 @@ type metrics struct {
 	attemptsDropped prometheus.Counter
 	skippedRecords  *prometheus.CounterVec
 	lostQueueEnds   prometheus.Counter
+	timersDropped   prometheus.Counter
 
 	cleanedMessages prometheus.Counter
 	cleanedBytes    prometheus.Counter
@@ -49,7 +50,11 @@ func newMetrics() *metrics {
 		}, []string{"reason"}),
 		lostQueueEnds: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "postbus_recovery_lost_queue_offsets_total",
-			Help: "Queue offsets a consumer group had read past but the rebuilt queue no longer held (messages lost to damage or a cut tail), kept as holes; each is logged at ERROR.",
+			Help: "Queue offsets a consumer group had read past, or the log had acknowledged before losing its tail, that the rebuilt queue no longer held (messages lost to damage or a cut tail), kept as holes; each is logged at ERROR.",
+		}),
+		timersDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "postbus_delay_timers_dropped_total",
+			Help: "Delay, retry and redelivery timers dropped because the record they bring back could not be read (lost or damaged); each is logged at ERROR.",
 		}),
 		cleanedMessages: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "postbus_disk_clean_dropped_messages_total",
@@ -75,13 +80,14 @@ func (m *metrics) register(b *Broker, reg prometheus.Registerer) {
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
-	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped, m.skippedRecords, m.lostQueueEnds, m.cleanedMessages, m.cleanedBytes,
+	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped, m.skippedRecords, m.lostQueueEnds, m.timersDropped,
+		m.cleanedMessages, m.cleanedBytes,
 		gauge("postbus_commitlog_bytes", "Bytes of the commitlog between its oldest retained offset and its end.",
 			func() float64 { return float64(b.log.Committed() - b.log.MinOffset()) }),
 		gauge("postbus_commitlog_segments", "Commitlog segment files.",
 			func() float64 { return float64(len(b.log.Segments())) }),
 		gauge("postbus_commitlog_quarantined_spans", "Damaged commitlog spans found and skipped (each logged at ERROR with its offset, listed by /readyz); their records are lost.",
-			func() float64 { return float64(len(b.log.Quarantined())) }),
+			func() float64 { return float64(len(b.log.Quarantined()) + len(b.lostTail)) }),
 		gauge("postbus_dispatch_lag_bytes", "Committed log bytes not yet indexed into consume queues and the key index.",
 			func() float64 { return float64(b.log.Committed() - b.dispatched.Load()) }),
 		gauge("postbus_disk_used_ratio", "Used fraction of the file system holding the data directory.",
@@ -135,6 +141,13 @@ func (m *metrics) cleaned(messages, bytes int64) {
 	}
 	m.cleanedMessages.Add(float64(messages))
 	m.cleanedBytes.Add(float64(bytes))
+}
+
+func (m *metrics) timerDropped() {
+	if m == nil {
+		return
+	}
+	m.timersDropped.Inc()
 }
 
 func (m *metrics) lostQueueEnd(n int64) {
