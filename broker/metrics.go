@@ -16,6 +16,7 @@ type metrics struct {
 	attemptsDropped prometheus.Counter
 	skippedRecords  *prometheus.CounterVec
 	lostQueueEnds   prometheus.Counter
+	delayAnomalies  *prometheus.CounterVec
 }
 
 // Why dispatch skipped a record (the reason label of
@@ -24,6 +25,12 @@ const (
 	skipOutOfOrder  = "out_of_order" // its queue offset does not follow its queue's
 	skipUndecodable = "undecodable"  // a good frame whose record cannot be decoded
 	skipCorrupt     = "corrupt"      // a damaged span of the log, quarantined
+)
+
+// What the timer loop found wrong with a due delayed message (the reason
+// label of postbus_delayed_anomalies_total).
+const (
+	delayAlreadyPut = "already_put_back" // a put-back copy was in the log already: not put back twice
 )
 
 func newMetrics() *metrics {
@@ -48,6 +55,13 @@ func newMetrics() *metrics {
 			Name: "postbus_recovery_lost_queue_offsets_total",
 			Help: "Queue offsets a consumer group had read past but the rebuilt queue no longer held (messages lost to damage or a cut tail), kept as holes; each is logged at ERROR.",
 		}),
+		delayAnomalies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postbus_delayed_anomalies_total",
+			Help: "Due delayed messages the timer loop did not put back as usual, by reason; each is also logged at ERROR.",
+		}, []string{"reason"}),
+	}
+	for _, r := range []string{delayAlreadyPut} {
+		m.delayAnomalies.WithLabelValues(r)
 	}
 	for _, r := range []string{skipOutOfOrder, skipUndecodable, skipCorrupt} {
 		m.skippedRecords.WithLabelValues(r) // exported at 0, so alerts need no absent()
@@ -64,7 +78,7 @@ func (m *metrics) register(b *Broker, reg prometheus.Registerer) {
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
-	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped, m.skippedRecords, m.lostQueueEnds,
+	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped, m.skippedRecords, m.lostQueueEnds, m.delayAnomalies,
 		gauge("postbus_commitlog_bytes", "Bytes of the commitlog between its oldest retained offset and its end.",
 			func() float64 { return float64(b.log.Committed() - b.log.MinOffset()) }),
 		gauge("postbus_commitlog_segments", "Commitlog segment files.",
@@ -123,4 +137,11 @@ func (m *metrics) lostQueueEnd(n int64) {
 		return
 	}
 	m.lostQueueEnds.Add(float64(n))
+}
+
+func (m *metrics) delayAnomaly(reason string) {
+	if m == nil {
+		return
+	}
+	m.delayAnomalies.WithLabelValues(reason).Inc()
 }
