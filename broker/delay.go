@@ -70,6 +70,11 @@ func (b *Broker) fireDue(ctx context.Context) (int, error) {
 	if err != nil || len(due) == 0 {
 		return 0, err
 	}
+	// A put-back copy already in the log must be in the key index before
+	// putBack looks for it there.
+	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
+		return 0, err
+	}
 	byTopic := make(map[string][]*Message)
 	var order []string
 	fired := make([]int64, 0, len(due))
@@ -79,6 +84,17 @@ func (b *Broker) fireDue(ctx context.Context) (int, error) {
 			// Gone with its segment (or unreadable): nothing to put back.
 			b.logger.Error("delayed message unreadable; dropping its timer", slog.Int64("offset", t.LogOffset), slog.Any("err", err))
 			b.metrics.timerDropped()
+			fired = append(fired, t.LogOffset)
+			continue
+		}
+		if off, ok := b.putBackCopy(ctx, m); ok {
+			// Put back before, by an append that reported an error but
+			// whose bytes survived (or before a crash that came ahead of
+			// marking the timer fired): it is on its queue already, and a
+			// second copy would deliver the message twice.
+			b.logger.Error("delayed message already put back; only marking its timer fired",
+				slog.String("id", m.ID), slog.Int64("offset", t.LogOffset), slog.Int64("copy", off))
+			b.metrics.delayAnomaly(delayAlreadyPut)
 			fired = append(fired, t.LogOffset)
 			continue
 		}
@@ -98,6 +114,25 @@ func (b *Broker) fireDue(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	return len(due), nil
+}
+
+// putBackCopy returns the log offset of a put-back copy of the delayed
+// message m stored after m itself, if there is one: the newest record with
+// m's id on m's topic, flagged as put back. Retry copies share the id, but
+// each waits in its own record, after every earlier retry's put-back.
+func (b *Broker) putBackCopy(ctx context.Context, m *Message) (int64, bool) {
+	found := int64(-1)
+	b.lookup(ctx, hashKey(keyID, m.ID), func(c *Message) bool {
+		if c.LogOffset <= m.LogOffset {
+			return false // newest first: nothing after m is left
+		}
+		if c.ID == m.ID && c.Topic == m.Topic && c.flags&flagRePut != 0 && c.flags&flagDead == 0 {
+			found = c.LogOffset
+			return false
+		}
+		return true
+	})
+	return found, found >= 0
 }
 
 // putDue puts due delayed messages of one topic on its queues. A topic

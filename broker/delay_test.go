@@ -253,3 +253,48 @@ func TestDelayedMessageLargerThanALoweredLimit(t *testing.T) {
 		t.Fatalf("the delayed message reads back with %d bytes at queue offset %d", len(m.Body), m.QueueOffset)
 	}
 }
+
+// TestDelayedMessagePutBackOnce: a put-back whose append reported an error
+// although its bytes reached the log leaves the timer pending; when it
+// fired again it used to put a second copy on the queue, and consumers got
+// the message twice. The surviving copy is simulated by storing it as the
+// timer loop does, without marking the timer fired.
+func TestDelayedMessagePutBackOnce(t *testing.T) {
+	ctx := context.Background()
+	clock := &tortureClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	cfg := testConfig(t, t.TempDir())
+	cfg.Now = clock.Now
+	b := openBroker(t, cfg)
+	if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 1}); err != nil {
+		t.Fatal(err)
+	}
+	res := publish(t, b, "t", &Message{Body: []byte("once"), Delay: time.Minute})[0]
+	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
+		t.Fatal(err)
+	}
+	m, err := b.readMessage(res.logOffset)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.flags |= flagRePut
+	if err := b.putDue(ctx, "t", []*Message{m}); err != nil {
+		t.Fatal(err)
+	}
+	clock.advance(2 * time.Minute)
+	waitFor(t, 15*time.Second, "the timer marked fired", func() bool {
+		n, err := b.meta.PendingTimers(ctx)
+		return err == nil && n == 0
+	})
+	all, _ := ParseFilter("*")
+	got, _, err := b.ReadQueue("t", 0, 0, 10, all)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].ID != res.ID {
+		ids := make([]string, len(got))
+		for i, g := range got {
+			ids[i] = g.ID
+		}
+		t.Fatalf("queue holds %v after the timer fired, want %s once", ids, res.ID)
+	}
+}

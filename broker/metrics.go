@@ -17,6 +17,7 @@ type metrics struct {
 	skippedRecords  *prometheus.CounterVec
 	lostQueueEnds   prometheus.Counter
 	timersDropped   prometheus.Counter
+	delayAnomalies  *prometheus.CounterVec
 
 	cleanedMessages prometheus.Counter
 	cleanedBytes    prometheus.Counter
@@ -28,6 +29,12 @@ const (
 	skipOutOfOrder  = "out_of_order" // its queue offset does not follow its queue's
 	skipUndecodable = "undecodable"  // a good frame whose record cannot be decoded
 	skipCorrupt     = "corrupt"      // a damaged span of the log, quarantined
+)
+
+// What the timer loop found wrong with a due delayed message (the reason
+// label of postbus_delayed_anomalies_total).
+const (
+	delayAlreadyPut = "already_put_back" // a put-back copy was in the log already: not put back twice
 )
 
 func newMetrics() *metrics {
@@ -64,6 +71,13 @@ func newMetrics() *metrics {
 			Name: "postbus_disk_clean_dropped_bytes_total",
 			Help: "Commitlog bytes deleted before their retention because the disk was over --disk-clean-ratio.",
 		}),
+		delayAnomalies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postbus_delayed_anomalies_total",
+			Help: "Due delayed messages the timer loop did not put back as usual, by reason; each is also logged at ERROR.",
+		}, []string{"reason"}),
+	}
+	for _, r := range []string{delayAlreadyPut} {
+		m.delayAnomalies.WithLabelValues(r)
 	}
 	for _, r := range []string{skipOutOfOrder, skipUndecodable, skipCorrupt} {
 		m.skippedRecords.WithLabelValues(r) // exported at 0, so alerts need no absent()
@@ -81,7 +95,7 @@ func (m *metrics) register(b *Broker, reg prometheus.Registerer) {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
 	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped, m.skippedRecords, m.lostQueueEnds, m.timersDropped,
-		m.cleanedMessages, m.cleanedBytes,
+		m.delayAnomalies, m.cleanedMessages, m.cleanedBytes,
 		gauge("postbus_commitlog_bytes", "Bytes of the commitlog between its oldest retained offset and its end.",
 			func() float64 { return float64(b.log.Committed() - b.log.MinOffset()) }),
 		gauge("postbus_commitlog_segments", "Commitlog segment files.",
@@ -155,4 +169,11 @@ func (m *metrics) lostQueueEnd(n int64) {
 		return
 	}
 	m.lostQueueEnds.Add(float64(n))
+}
+
+func (m *metrics) delayAnomaly(reason string) {
+	if m == nil {
+		return
+	}
+	m.delayAnomalies.WithLabelValues(reason).Inc()
 }
