@@ -655,9 +655,19 @@ func (l *Log) DropBefore(off int64) (int, error) {
 func (l *Log) quarantine(e CorruptError) {
 	l.quarMu.Lock()
 	_, seen := l.quarantined[e.Off]
+	for _, q := range l.quarantined {
+		// Inside a span already known (found from a later offset first,
+		// then from an earlier one): the same damage.
+		seen = seen || (q.Off <= e.Off && e.Next <= q.Next)
+	}
 	if !seen {
 		if l.quarantined == nil {
 			l.quarantined = make(map[int64]CorruptError)
+		}
+		for off, q := range l.quarantined {
+			if e.Off <= q.Off && q.Next <= e.Next {
+				delete(l.quarantined, off) // one span covers both
+			}
 		}
 		l.quarantined[e.Off] = e
 	}
