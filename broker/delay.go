@@ -81,8 +81,11 @@ func (b *Broker) fireDue(ctx context.Context) (int, error) {
 	for _, t := range due {
 		m, err := b.readMessage(t.LogOffset)
 		if err != nil {
-			// Gone with its segment (or unreadable): nothing to put back.
+			// Gone with its segment (retention moves a waiting message
+			// ahead of the segments it deletes, so this is a fault) or
+			// damaged: nothing to put back, and the message is lost.
 			b.logger.Error("delayed message unreadable; dropping its timer", slog.Int64("offset", t.LogOffset), slog.Any("err", err))
+			b.metrics.delayAnomaly(delayLost)
 			fired = append(fired, t.LogOffset)
 			continue
 		}
@@ -275,6 +278,7 @@ func (b *Broker) moveTimersBefore(ctx context.Context, off int64) error {
 			rec, _, err := b.log.ReadAt(t.LogOffset, nil)
 			if err != nil {
 				b.logger.Error("delayed message unreadable; dropping its timer", slog.Int64("offset", t.LogOffset), slog.Any("err", err))
+				b.metrics.delayAnomaly(delayLost)
 			} else {
 				read = append(read, rec)
 				offs = append(offs, t.LogOffset)

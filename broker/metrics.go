@@ -31,6 +31,7 @@ const (
 // label of postbus_delayed_anomalies_total).
 const (
 	delayAlreadyPut = "already_put_back" // a put-back copy was in the log already: not put back twice
+	delayLost       = "unreadable"       // its record is gone from the log or damaged: lost
 )
 
 func newMetrics() *metrics {
@@ -60,7 +61,7 @@ func newMetrics() *metrics {
 			Help: "Due delayed messages the timer loop did not put back as usual, by reason; each is also logged at ERROR.",
 		}, []string{"reason"}),
 	}
-	for _, r := range []string{delayAlreadyPut} {
+	for _, r := range []string{delayAlreadyPut, delayLost} {
 		m.delayAnomalies.WithLabelValues(r)
 	}
 	for _, r := range []string{skipOutOfOrder, skipUndecodable, skipCorrupt} {
