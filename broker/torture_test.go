@@ -137,13 +137,7 @@ func genOps(seed uint64, steps int, without familySet) []tortureOp {
 }
 
 func TestTorture(t *testing.T) {
-	without := parseFamilies(t, *flagTortureWithout)
-	if *flagTortureWithout == "" {
-		// Delayed messages still meet a fault not yet fixed; they run in
-		// TestTortureDelayedMessages until then.
-		without["delay"] = true
-	}
-	runTortureSeeds(t, without, tortureCISeeds)
+	runTortureSeeds(t, parseFamilies(t, *flagTortureWithout), tortureCISeeds)
 }
 
 // TestTortureDelayedMessages is TestTorture with delayed messages too, on
