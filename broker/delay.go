@@ -81,7 +81,9 @@ func (b *Broker) fireDue(ctx context.Context) (int, error) {
 	for _, t := range due {
 		m, err := b.readMessage(t.LogOffset)
 		if err != nil {
-			// Gone with its segment (or unreadable): nothing to put back.
+			// Gone with its segment (retention moves a waiting message
+			// ahead of the segments it deletes, so this is a fault) or
+			// damaged: nothing to put back, and the message is lost.
 			b.logger.Error("delayed message unreadable; dropping its timer", slog.Int64("offset", t.LogOffset), slog.Any("err", err))
 			b.metrics.timerDropped()
 			fired = append(fired, t.LogOffset)

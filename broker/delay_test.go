@@ -298,3 +298,59 @@ func TestDelayedMessagePutBackOnce(t *testing.T) {
 		t.Fatalf("queue holds %v after the timer fired, want %s once", ids, res.ID)
 	}
 }
+
+// TestDelayedMessageLongerThanRetention: a delay longer than its topic's
+// retention loses nothing. While it waits the message is found by id (it
+// used to vanish once its stored time passed the retention, and come back
+// when put on its queue); the copy put on its queue when due is a new
+// record whose retention counts from then, and every read path (by id, by
+// key, by queue) agrees on it, until that retention passes too.
+func TestDelayedMessageLongerThanRetention(t *testing.T) {
+	ctx := context.Background()
+	clock := &tortureClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	cfg := testConfig(t, t.TempDir())
+	cfg.Now = clock.Now
+	b := openBroker(t, cfg)
+	ret := time.Minute
+	if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 1, Retention: &ret}); err != nil {
+		t.Fatal(err)
+	}
+	res := publish(t, b, "t", &Message{Body: []byte("late"), Delay: 10 * time.Minute, Keys: []string{"k"}})[0]
+	all, _ := ParseFilter("*")
+	look := func(step string, wantSeen bool, wantQOff int64) {
+		t.Helper()
+		m, err := b.Message(ctx, res.ID)
+		switch {
+		case wantSeen && err != nil:
+			t.Fatalf("%s: by id: %v", step, err)
+		case !wantSeen && CodeOf(err) != CodeMessageNotFound:
+			t.Fatalf("%s: by id: %v, want message_not_found", step, err)
+		case wantSeen && m.QueueOffset != wantQOff:
+			t.Fatalf("%s: by id at queue offset %d, want %d", step, m.QueueOffset, wantQOff)
+		}
+		byKey, _, err := b.MessagesByKey(ctx, "t", "k", 0, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := map[bool]int{true: 1, false: 0}[wantSeen]; len(byKey) != want {
+			t.Fatalf("%s: %d messages by key, want %d", step, len(byKey), want)
+		}
+		got, _, err := b.ReadQueue("t", 0, 0, 10, all)
+		if err != nil {
+			t.Fatal(err)
+		}
+		inQueue := wantSeen && wantQOff >= 0
+		if (len(got) == 1) != inQueue || len(got) > 1 {
+			t.Fatalf("%s: queue holds %d messages, want it to hold the message: %v", step, len(got), inQueue)
+		}
+	}
+	clock.advance(5 * time.Minute)
+	look("waiting, past the retention since it was published", true, -1)
+	clock.advance(6 * time.Minute)
+	waitQueued(t, b, "t", 1)
+	look("put back", true, 0)
+	clock.advance(30 * time.Second)
+	look("put back, within the retention since then", true, 0)
+	clock.advance(time.Minute)
+	look("put back, past the retention since then", false, 0)
+}

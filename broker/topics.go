@@ -385,7 +385,10 @@ func isRetryTopicOf(n, topic string) bool {
 
 // topicAlive reports whether a stored message still belongs to a live
 // topic: the topic exists, was not re-created after the message, and its
-// retention has not passed.
+// retention has not passed. A delayed message waiting for its timer is not
+// subject to retention: it is put back on its queue as a new record when
+// due, and retention counts from then (so a delay longer than the
+// retention loses nothing, and the message stays findable meanwhile).
 func (b *Broker) topicAlive(m *Message, now time.Time) bool {
 	b.topicsMu.RLock()
 	ts := b.topics[m.Topic]
@@ -397,7 +400,7 @@ func (b *Broker) topicAlive(m *Message, now time.Time) bool {
 	if !t.owns(m.LogOffset, m.StoredAt.UnixMilli()) {
 		return false
 	}
-	return b.retained(t, m.StoredAt, now)
+	return m.delayed() || b.retained(t, m.StoredAt, now)
 }
 
 // retained is the one rule for what a topic still holds: a message stored
