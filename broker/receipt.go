@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/postbus/postbus/broker/internal/durable"
 	"github.com/postbus/postbus/broker/internal/vfs"
@@ -97,7 +98,9 @@ func (r receipt) encode(key []byte) string {
 
 // decodeReceipt checks a receipt's MAC and reads it.
 func decodeReceipt(s string, key []byte) (receipt, error) {
-	if len(s) > MaxReceiptLen {
+	// The decoder skips '\r' and '\n'; a receipt with them in it is not
+	// one this bus handed out, and must not pass for the one without.
+	if len(s) > MaxReceiptLen || strings.ContainsAny(s, "\r\n") {
 		return receipt{}, errBadReceipt
 	}
 	b, err := base64.RawURLEncoding.DecodeString(s)
