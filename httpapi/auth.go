@@ -264,6 +264,11 @@ var (
 
 // authorize wraps h with the route's access check. Checks come before the
 // handler, so a refusal never says whether the topic or message exists.
+// authMiddleware is authorize as a middleware of one route.
+func (s *Server) authMiddleware(a access) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler { return s.authorize(a, next.ServeHTTP) }
+}
+
 func (s *Server) authorize(a access, h http.HandlerFunc) http.HandlerFunc {
 	if a.allow == nil || s.auth == nil {
 		return h

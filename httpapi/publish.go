@@ -54,15 +54,6 @@ func unknownPostbusHeader(h http.Header, known map[string]bool, props bool) erro
 	return nil
 }
 
-// noQuery refuses query parameters on a route that takes none.
-func noQuery(w http.ResponseWriter, r *http.Request) bool {
-	for name := range r.URL.Query() {
-		writeProblem(w, r, codeInvalidParameter, name, fmt.Sprintf("unknown query parameter %q: this request takes none", name))
-		return false
-	}
-	return true
-}
-
 // maxBatchRequestBytes bounds a batch request's JSON. Bodies are limited
 // to broker.MaxBatchBytes in all; the JSON may be larger by escaping and
 // base64 (4/3), plus the other fields.
@@ -298,9 +289,6 @@ func clientAddr(r *http.Request) string {
 
 func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
 	topic := chi.URLParam(r, "topic")
-	if !noQuery(w, r) {
-		return
-	}
 	m, err := parsePublishHeaders(r.Header)
 	if err != nil {
 		var he *headerError
@@ -437,9 +425,6 @@ func isJSON(ct string) bool {
 
 func (s *Server) handlePublishBatch(w http.ResponseWriter, r *http.Request) {
 	topic := chi.URLParam(r, "topic")
-	if !noQuery(w, r) {
-		return
-	}
 	if err := unknownPostbusHeader(r.Header, batchHeaders, false); err != nil {
 		he := err.(*headerError)
 		writeProblem(w, r, codeInvalidHeader, he.header, he.Error())

@@ -80,8 +80,11 @@ func (s *Server) routes() chi.Router {
 
 // handle mounts one route behind its access check and records the decision.
 func (s *Server) handle(r chi.Router, method, pattern string, a access, h http.HandlerFunc) {
-	s.access[method+" "+pattern] = a
-	r.Method(method, pattern, s.authorize(a, h))
+	route := method + " " + pattern
+	s.access[route] = a
+	// Authentication first: a request without a valid token learns nothing
+	// of the route, not even which parameters it takes.
+	r.With(s.authMiddleware(a), queryCheck(route)).Method(method, pattern, h)
 }
 
 func urlParam(r *http.Request, name string) string { return chi.URLParam(r, name) }
