@@ -120,7 +120,8 @@ func parsePublishHeaders(h http.Header) (*broker.Message, error) {
 	if v, err := one(hdrDelayLevel); err != nil {
 		return nil, err
 	} else if v != "" {
-		if m.DelayLevel, err = strconv.Atoi(v); err != nil || m.DelayLevel < 1 || m.DelayLevel > len(broker.DelayLevels) {
+		// Digits only: strconv.Atoi would also take "+3" and "03".
+		if m.DelayLevel, err = strconv.Atoi(v); err != nil || v[0] < '1' || v[0] > '9' || m.DelayLevel > len(broker.DelayLevels) {
 			return nil, &headerError{hdrDelayLevel, fmt.Sprintf("%q is not a delay level 1-%d", v, len(broker.DelayLevels))}
 		}
 	}
