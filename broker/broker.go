@@ -68,6 +68,11 @@ type Broker struct {
 	lostQueueMax map[consumequeue.QueueID]int64
 	newTimers    []meta.Timer  // delayed records met by this dispatch round; guarded by dispatchMu
 	timerWake    chan struct{} // a new timer may be due sooner than the timer loop sleeps
+	// timersMu makes firing due timers and moving waiting ones ahead of
+	// retention one at a time: a move that read a timer before it fired
+	// would otherwise append a copy, with a timer of its own, of a message
+	// already put on its queue.
+	timersMu sync.Mutex
 
 	receiptKey []byte // MACs pull receipts
 	pullsMu    sync.Mutex

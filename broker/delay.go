@@ -66,6 +66,8 @@ func (b *Broker) timerLoop() {
 // fireDue puts due delayed messages on their queues and marks their timers
 // fired. It returns how many timers it handled.
 func (b *Broker) fireDue(ctx context.Context) (int, error) {
+	b.timersMu.Lock()
+	defer b.timersMu.Unlock()
 	due, err := b.meta.DueTimers(ctx, b.now(), timerBatch)
 	if err != nil || len(due) == 0 {
 		return 0, err
@@ -266,6 +268,8 @@ func (b *Broker) topicOrSystem(ctx context.Context, name string) (*topicState, e
 // off, so that retention can delete the segments holding them: a delayed
 // message outlives the segment it arrived in.
 func (b *Broker) moveTimersBefore(ctx context.Context, off int64) error {
+	b.timersMu.Lock()
+	defer b.timersMu.Unlock()
 	for {
 		pending, err := b.meta.PendingTimersBefore(ctx, off, timerBatch)
 		if err != nil || len(pending) == 0 {
