@@ -580,6 +580,9 @@ func (b *Broker) Ready() error {
 	if b.isClosing() {
 		return ErrClosed
 	}
+	if err := b.log.Failed(); err != nil {
+		return fmt.Errorf("the commitlog failed and refuses every write until the broker is restarted: %w", err)
+	}
 	return b.ckpt.err()
 }
 

@@ -80,5 +80,12 @@
 //     checkpoint and the queues stays the commitlog's WARN.
 //   - A record whose queue offset does not follow its queue's is a fault:
 //     it is skipped with an ERROR line and counted, never dropped quietly.
+//   - A failed fsync of the commitlog (commitlog.ErrFailed) stops every
+//     write until a restart: the publish that met it answers unavailable
+//     with an unknown outcome and keeps the queue offsets it was given
+//     (its bytes may be on disk, and a later record must not claim them
+//     at the next recovery); Ready fails and postbus_commitlog_failed is
+//     1. Offsets are given back only when the commitlog says the append
+//     left nothing.
 //   - Queues can grow but not shrink.
 package broker

@@ -113,6 +113,13 @@ func (m *metrics) register(b *Broker, reg prometheus.Registerer) {
 				}
 				return 0
 			}),
+		gauge("postbus_commitlog_failed", "1 once the commitlog met a failed fsync (or a failed write it could not undo): publishes are refused and /readyz fails until the broker is restarted.",
+			func() float64 {
+				if b.log.Failed() != nil {
+					return 1
+				}
+				return 0
+			}),
 		gauge("postbus_checkpoint_failing", "Checkpoints of the consume queues and key index failed in a row (0 when the last one succeeded); /readyz fails from 3.",
 			func() float64 { n, _ := b.ckpt.counts(); return float64(n) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "postbus_checkpoint_failures_total", Help: "Checkpoints of the consume queues and key index that failed."},

@@ -249,6 +249,9 @@ func (l *Log) Append(payloads [][]byte) (offs []int64, end int64, err error) {
 			err = fmt.Errorf("%w: %w", ErrDiskFull, err)
 		}
 		l.undoWrite(buf, err)
+		if ferr := l.failed(); ferr != nil {
+			return nil, 0, ferr // the batch may be on disk: say so
+		}
 		return nil, 0, err
 	}
 	l.pos += total
@@ -330,9 +333,8 @@ func (l *Log) roll(need int64) error {
 	l.syncs.Add(1)
 	if err := l.cfg.io.datasync(old.f); err != nil {
 		abandon()
-		err = fmt.Errorf("fsync sealed segment %020d: %w", old.base, err)
-		l.fail(err)
-		return err
+		l.fail(fmt.Errorf("fsync sealed segment %020d: %w", old.base, err))
+		return l.failed()
 	}
 	if prep != nil {
 		if err := l.cfg.FS.Rename(prep.path, segPath); err != nil {
@@ -530,10 +532,13 @@ func (l *Log) advanceFlushed(off int64) {
 }
 
 // fail records the first unrecoverable error (a failed fsync: the kernel may
-// have dropped the dirty pages, so retrying would lie) and wakes waiters.
+// have dropped the dirty pages, so retrying would lie; or a failed write
+// that could not be zeroed again) and wakes waiters. From then on Append
+// and Sync return it, wrapping ErrFailed.
 func (l *Log) fail(err error) {
+	err = fmt.Errorf("%w: %w", ErrFailed, err)
 	if l.failure.CompareAndSwap(nil, &err) {
-		l.log.Error("commitlog failed; refusing further appends", logKeyErr, err)
+		l.log.Error("commitlog failed; refusing further appends until reopened", logKeyErr, err)
 	}
 	l.syncMu.Lock()
 	l.failedRound = true
@@ -551,6 +556,10 @@ func (l *Log) failed() error {
 	}
 	return nil
 }
+
+// Failed returns the error that made the Log refuse appends (wrapping
+// ErrFailed), or nil while it works.
+func (l *Log) Failed() error { return l.failed() }
 
 // Committed is the readable end of the log: the fsynced offset in sync mode,
 // the written offset in async mode.
