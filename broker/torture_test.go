@@ -1071,18 +1071,11 @@ func (r *tortureRun) ioError(rng *rand.Rand, topic string) error {
 		}
 	}
 	r.fs.SetInject(nil)
-	if failed.Load() {
-		// The error may have hit the timer loop's put-back of a due
-		// delayed message instead of a publish: an append that reports
-		// an error may still have reached the disk, so the timer fires
-		// again and the message can be on its queue twice, as after a
-		// crash (at least once, like every delivery).
-		for _, m := range r.msgs {
-			if !m.due.IsZero() {
-				m.refired = true
-			}
-		}
-	}
+	// An injected error that hits the timer loop's put-back of a due
+	// delayed message leaves the message on its queue once: a failed
+	// append is zeroed again, and a put-back whose bytes survived a failed
+	// fsync is found by the next firing (putBackCopy) or by recovery's
+	// survey. Only a power cut may put one back twice.
 	if err := r.b.Close(); err != nil {
 		r.note("close after an injected %s error: %v", kind, err)
 	}
