@@ -16,6 +16,7 @@ import (
 
 	"github.com/postbus/postbus/broker/commitlog"
 	"github.com/postbus/postbus/broker/consumequeue"
+	"github.com/postbus/postbus/broker/delaytimer"
 	"github.com/postbus/postbus/broker/internal/vfs"
 	"github.com/postbus/postbus/broker/keyindex"
 	"github.com/postbus/postbus/broker/meta"
@@ -66,13 +67,8 @@ type Broker struct {
 	// only. Its queue offsets are kept as holes (lostQueueMax).
 	lostTail     []DamagedSpan
 	lostQueueMax map[consumequeue.QueueID]int64
-	newTimers    []meta.Timer  // delayed records met by this dispatch round; guarded by dispatchMu
-	timerWake    chan struct{} // a new timer may be due sooner than the timer loop sleeps
-	// timersMu makes firing due timers and moving waiting ones ahead of
-	// retention one at a time: a move that read a timer before it fired
-	// would otherwise append a copy, with a timer of its own, of a message
-	// already put on its queue.
-	timersMu sync.Mutex
+	newTimers    []meta.Timer      // delayed records met by this dispatch round; guarded by dispatchMu
+	timer        *delaytimer.Timer // fires the timers of delayed messages; set by Open, after open
 
 	receiptKey []byte // MACs pull receipts
 	pullsMu    sync.Mutex
@@ -141,7 +137,6 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 		topics:     make(map[string]*topicState),
 		queueBytes: make(map[consumequeue.QueueID]int64),
 		closing:    make(chan struct{}),
-		timerWake:  make(chan struct{}, 1),
 		pulls:      make(map[[2]string]*pullGroup),
 		metrics:    newMetrics(),
 	}
@@ -150,10 +145,13 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 		return nil, err
 	}
 	b.metrics.register(b, cfg.Registerer)
-	b.wg.Add(4)
+	b.timer = delaytimer.Start(delaytimer.Config{
+		Store: b.meta, Host: (*timerHost)(b), Now: b.now,
+		Logger: b.logger.With(slog.String("component", "delaytimer")),
+	})
+	b.wg.Add(3)
 	go b.dispatchLoop()
 	go b.retentionLoop()
-	go b.timerLoop()
 	go b.consumeLoop()
 	return b, nil
 }
@@ -525,6 +523,7 @@ func (b *Broker) Close() error {
 		b.appendMu.Lock()
 		close(b.closing)
 		b.appendMu.Unlock()
+		b.timer.Close()
 		b.wg.Wait()
 		var errs []error
 		// Everything acknowledged is in the log; dispatch the rest so the

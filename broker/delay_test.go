@@ -397,7 +397,7 @@ func TestDelayedMessageMovedWhileDue(t *testing.T) {
 		errs := make(chan error, 2)
 		wg.Add(2)
 		go func() { defer wg.Done(); errs <- b.applyRetention() }()
-		go func() { defer wg.Done(); _, err := b.fireDue(ctx); errs <- err }()
+		go func() { defer wg.Done(); _, err := b.timer.FireDue(ctx); errs <- err }()
 		wg.Wait()
 		close(errs)
 		for err := range errs {

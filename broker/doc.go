@@ -14,7 +14,10 @@
 // be rebuilt from it.
 //
 // Topic settings, consumer offsets, subscriptions and timers live in
-// SQLite (package meta), never on the per-message path.
+// SQLite (package meta), never on the per-message path. The delay timer
+// (package delaytimer) fires the timers of delayed messages and moves
+// waiting ones ahead of retention, one at a time; delay.go is the broker's
+// side of it: reading a message, putting it back, copying it ahead.
 //
 // Open checks that meta.db knows every topic the commitlog (from the
 // checkpoint on) and the consume queues hold, or recorded its deletion. A

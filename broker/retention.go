@@ -235,7 +235,7 @@ func (b *Broker) firstReadable(off, end int64) ([]byte, error) {
 // dropBefore deletes log segments ending at or before off and the index
 // entries that pointed into them, keeping per-queue byte counts true.
 func (b *Broker) dropBefore(off int64) error {
-	if err := b.moveTimersBefore(context.Background(), off); err != nil {
+	if err := b.timer.MoveBefore(context.Background(), off); err != nil {
 		return fmt.Errorf("move delayed messages out of the way: %w", err)
 	}
 	n, err := b.log.DropBefore(off)
