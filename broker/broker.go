@@ -271,14 +271,15 @@ func (b *Broker) resetDerived() error {
 // RebuildMetadata it creates those it does not, otherwise it refuses with
 // ErrMetadataLost.
 func (b *Broker) recoverDerived(ctx context.Context, cp checkpoint) error {
+	orig, reset := cp, false
 	if lost := b.derivedLost(cp); lost != "" {
 		b.logger.Warn("indexes lost data since their checkpoint; rebuilding them from the commitlog", slog.String("why", lost))
 		if err := b.resetDerived(); err != nil {
 			return err
 		}
-		cp = checkpoint{}
+		cp, reset = checkpoint{}, true
 	}
-	if err := b.checkLostTail(cp); err != nil {
+	if err := b.checkLostTail(orig, reset); err != nil {
 		return err
 	}
 	from := min(cp.Dispatched, b.log.Committed())
@@ -422,9 +423,12 @@ func (b *Broker) queueEnd(topic string, queue int) int64 {
 // its last record is damaged and cut as torn. The lost range is reported
 // like a quarantined span (ERROR, postbus_commitlog_quarantined_spans,
 // /readyz), and the queue offsets its records had are remembered so that
-// queueEnd keeps them as holes: no offset is handed out twice. Called
-// before the indexes are truncated to the log.
-func (b *Broker) checkLostTail(cp checkpoint) error {
+// queueEnd keeps them as holes: no offset is handed out twice. When the
+// consume queues were lost too (reset: they are rebuilt from the log),
+// only the checkpoint remembers those offsets: each queue's max there is
+// kept, for the topics that existed when it was written. Called before the
+// indexes are truncated to the log.
+func (b *Broker) checkLostTail(cp checkpoint, reset bool) error {
 	end := b.log.Committed()
 	proven := cp.Dispatched
 	lostQ := make(map[consumequeue.QueueID]int64)
@@ -454,11 +458,27 @@ func (b *Broker) checkLostTail(cp checkpoint) error {
 	if proven <= end {
 		return nil
 	}
+	if reset {
+		for name, q := range cp.Queues {
+			id, ok := parseQueueName(name)
+			ts := b.topics[id.Topic]
+			if !ok || ts == nil {
+				continue
+			}
+			// A topic created after the checkpoint is another incarnation:
+			// the checkpoint's offsets are not its own.
+			if start := ts.info.Load().logStart; start < 0 || start > cp.Dispatched {
+				continue
+			}
+			lostQ[id] = max(lostQ[id], q.Max)
+		}
+	}
 	b.lostQueueMax = lostQ
 	b.lostTail = []DamagedSpan{{Offset: end, Next: proven, Reason: "log ends before what its checkpoint and indexes hold: acknowledged records lost"}}
 	b.logger.Error("the commitlog ends before what was stored: acknowledged records are lost (a segment deleted or cut while stopped?); their queue offsets are kept as holes",
 		slog.Int64("log_end", end), slog.Int64("checkpoint", cp.Dispatched), slog.Int64("lost_from", end),
-		slog.Int64("lost_to", proven), slog.Int64("lost_queue_entries", lostEntries), slog.Int("queues", len(lostQ)))
+		slog.Int64("lost_to", proven), slog.Int64("lost_queue_entries", lostEntries), slog.Int("queues", len(lostQ)),
+		slog.Bool("queues_rebuilt", reset))
 	return nil
 }
 
