@@ -61,10 +61,12 @@ type Broker struct {
 	checkpointed    int64
 	checkpointDirty bool
 	ckpt            checkpointHealth
-	// lostTail is the stretch of the log that the checkpoint or the
-	// indexes prove was stored but the log no longer holds (a segment
-	// deleted or cut while stopped), found at open; set once, then read
-	// only. Its queue offsets are kept as holes (lostQueueMax).
+	// lostTail is the stretches of the log that the checkpoint or the
+	// indexes prove were stored but the log no longer holds (a segment
+	// deleted or cut while stopped, at its end or its start), found at
+	// open; set once, then read only. The queue offsets of a lost end are
+	// kept as holes (lostQueueMax); those of a lost start fall below the
+	// queues' new start.
 	lostTail     []DamagedSpan
 	lostQueueMax map[consumequeue.QueueID]int64
 	newTimers    []meta.Timer      // delayed records met by this dispatch round; guarded by dispatchMu
@@ -282,6 +284,10 @@ func (b *Broker) recoverDerived(ctx context.Context, cp checkpoint) error {
 	if err := b.checkLostTail(orig, reset); err != nil {
 		return err
 	}
+	lostHead, err := b.checkLostHead()
+	if err != nil {
+		return err
+	}
 	from := min(cp.Dispatched, b.log.Committed())
 	from = max(from, b.log.MinOffset())
 	end := b.log.Committed()
@@ -319,7 +325,7 @@ func (b *Broker) recoverDerived(ctx context.Context, cp checkpoint) error {
 			}
 		}
 	}
-	if cp.Dispatched == from {
+	if cp.Dispatched == from && !lostHead {
 		for name, q := range cp.Queues {
 			if id, ok := parseQueueName(name); ok {
 				b.queueBytes[id] = q.Bytes
@@ -480,6 +486,60 @@ func (b *Broker) checkLostTail(cp checkpoint, reset bool) error {
 		slog.Int64("lost_to", proven), slog.Int64("lost_queue_entries", lostEntries), slog.Int("queues", len(lostQ)),
 		slog.Bool("queues_rebuilt", reset))
 	return nil
+}
+
+// checkLostHead finds acknowledged records missing from the start of the
+// log: segments deleted while the broker was stopped, which retention did
+// not retire (it raises the consume queues' floor before it deletes a
+// segment). Queue entries between the floor and the log's start point at
+// records that are gone. The range is reported like a lost tail (ERROR,
+// postbus_commitlog_quarantined_spans, /readyz; the entries counted in
+// postbus_recovery_lost_queue_offsets_total), and the queues and key
+// index then drop what points below the log's start, as retention would,
+// so that no read meets the missing records. It reports whether it
+// dropped anything.
+func (b *Broker) checkLostHead() (bool, error) {
+	floor, logMin := b.cq.Floor(), b.log.MinOffset()
+	if logMin <= floor {
+		return false, nil
+	}
+	var lost int64
+	from := logMin
+	for _, q := range b.cq.Queues() {
+		lo, _ := b.cq.Bounds(q.Topic, q.Queue)
+		k, err := b.cq.SearchOffset(q.Topic, q.Queue, func(e consumequeue.Entry) (bool, error) { return e.Offset >= logMin, nil })
+		if err != nil {
+			return false, fmt.Errorf("search queue %s for the log's start: %w", q, err)
+		}
+		if k > lo {
+			es, err := b.cq.Read(q.Topic, q.Queue, lo, 1, nil)
+			if err != nil {
+				return false, fmt.Errorf("read the start of queue %s: %w", q, err)
+			}
+			if len(es) == 1 {
+				from = min(from, es[0].Offset)
+			}
+			lost += k - lo
+		}
+	}
+	if lost == 0 {
+		// Nothing the queues hold is gone (they may have been rebuilt from
+		// the log as it is): there is nothing to tell a lost head from.
+		return false, nil
+	}
+	from = max(from, floor)
+	b.lostTail = append(b.lostTail, DamagedSpan{Offset: from, Next: logMin, Reason: "log starts after records its queues hold, above the retention floor: acknowledged records lost"})
+	b.logger.Error("the commitlog starts after records that were stored and not retired by retention: acknowledged records are lost (a segment deleted while stopped?)",
+		slog.Int64("log_min", logMin), slog.Int64("retention_floor", floor), slog.Int64("lost_from", from),
+		slog.Int64("lost_queue_entries", lost))
+	b.metrics.lostQueueEnd(lost)
+	if err := b.cq.DropBefore(logMin); err != nil {
+		return false, fmt.Errorf("drop queue entries below the log's start: %w", err)
+	}
+	if err := b.idx.DropBefore(logMin); err != nil {
+		return false, fmt.Errorf("drop key-index entries below the log's start: %w", err)
+	}
+	return true, nil
 }
 
 // derivedLost says why the consume queues or key index hold less than the

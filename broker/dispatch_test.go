@@ -520,3 +520,116 @@ func TestLostRetryCopyCountsDroppedTimer(t *testing.T) {
 		t.Errorf("%d ERROR lines about the dropped timer, want 1", len(lines))
 	}
 }
+
+// TestLostLogHeadReported: the oldest segment deleted while the broker was
+// stopped, well within retention, used to vanish without a word: its
+// messages answered 404 "may have expired", reads skipped them with WARN
+// lines, and /readyz, the quarantine gauge and the lost-offsets counter
+// said nothing (found by the hostile pass, F1). Retention raises the
+// consume queues' floor before it deletes a segment, so a segment missing
+// above the floor was lost: it is reported like a lost tail, the queues
+// start after it, and nothing else changes. Segments retired by retention,
+// and queues rebuilt from the log, are not reported.
+func TestLostLogHeadReported(t *testing.T) {
+	const n = 7
+	for _, tc := range []struct {
+		name     string
+		retire   bool // retention deletes the first segment, not the test
+		rebuilt  bool // consumequeue/ removed while stopped too
+		wantLost int
+	}{
+		{name: "oldest segment deleted", wantLost: 5},
+		{name: "retired by retention", retire: true},
+		{name: "retired by retention, queues rebuilt", retire: true, rebuilt: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			clock := &tortureClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+			cfg := testConfig(t, t.TempDir())
+			cfg.SegmentSize = 1 << 20
+			cfg.Now = clock.Now
+			cfg.Retention = time.Hour
+			cfg.RetentionInterval = time.Hour // run by the test
+			b := openBroker(t, cfg)
+			if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 1}); err != nil {
+				t.Fatal(err)
+			}
+			// 200 KiB bodies: five fill the first 1 MiB segment, the last
+			// two go to the second.
+			var res []Result
+			for i := 0; i < n; i++ {
+				body := strings.Repeat(fmt.Sprint(i), 200<<10)
+				res = append(res, publish(t, b, "t", &Message{Body: []byte(body)})...)
+			}
+			if got := len(b.log.Segments()); got != 2 || res[5].logOffset < 1<<20 {
+				t.Fatalf("%d segments, message 5 at %d: the test expects the last two in a second segment", got, res[5].logOffset)
+			}
+			next := int64(n)
+			if tc.retire {
+				// Past retention, and a third segment: retention dates the
+				// first by the second's first record, and deletes it.
+				clock.advance(2 * time.Hour)
+				for len(b.log.Segments()) < 3 {
+					publish(t, b, "t", &Message{Body: make([]byte, 200<<10)})
+					next++
+				}
+				if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
+					t.Fatal(err)
+				}
+				if err := b.applyRetention(); err != nil {
+					t.Fatal(err)
+				}
+				if b.log.MinOffset() != 1<<20 {
+					t.Fatalf("retention left the log at %d", b.log.MinOffset())
+				}
+			}
+			if err := b.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if !tc.retire {
+				if err := os.Remove(filepath.Join(cfg.Dir, "commitlog", "00000000000000000000")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.rebuilt {
+				if err := os.RemoveAll(filepath.Join(cfg.Dir, "consumequeue")); err != nil {
+					t.Fatal(err)
+				}
+			}
+
+			logs := &logBuffer{}
+			cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
+			reg := prometheus.NewRegistry()
+			cfg.Registerer = reg
+			b = openBroker(t, cfg)
+			lines := logs.lines("ERROR", "starts after records")
+			lostMetric := counterValue(t, reg, "postbus_recovery_lost_queue_offsets_total", "", "")
+			if tc.wantLost == 0 {
+				if len(lines) != 0 || len(b.Damaged()) != 0 || lostMetric != 0 {
+					t.Fatalf("segments retired by retention reported lost: %q, %+v, metric %v", lines, b.Damaged(), lostMetric)
+				}
+			} else {
+				if len(lines) != 1 || !strings.Contains(lines[0], fmt.Sprintf("lost_queue_entries=%d", tc.wantLost)) {
+					t.Errorf("ERROR lines about the lost start: %q, want one with lost_queue_entries=%d", lines, tc.wantLost)
+				}
+				if d := b.Damaged(); len(d) != 1 || d[0].Offset != 0 || d[0].Next != 1<<20 {
+					t.Errorf("Damaged() = %+v, want one span [0, %d)", d, 1<<20)
+				}
+				if lostMetric != float64(tc.wantLost) {
+					t.Errorf("postbus_recovery_lost_queue_offsets_total = %v, want %d", lostMetric, tc.wantLost)
+				}
+			}
+			if lo, hi := b.QueueBounds("t", 0); lo != 5 || hi != next {
+				t.Errorf("queue bounds [%d, %d), want [5, %d)", lo, hi, next)
+			}
+			for i := 5; i < n && !tc.retire; i++ { // (retired, they are past retention too)
+				if _, err := b.Message(ctx, res[i].ID); err != nil {
+					t.Errorf("message %d: %v, want it kept", i, err)
+				}
+			}
+			if r := publish(t, b, "t", msg("after"))[0]; r.QueueOffset != next {
+				t.Errorf("the next message took queue offset %d, want %d", r.QueueOffset, next)
+			}
+		})
+	}
+}

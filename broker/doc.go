@@ -80,7 +80,16 @@
 //     postbus_commitlog_quarantined_spans) lists the range, and the lost
 //     queue offsets are kept as holes and counted in
 //     postbus_recovery_lost_queue_offsets_total. A torn tail past the
-//     checkpoint and the queues stays the commitlog's WARN.
+//     checkpoint and the queues stays the commitlog's WARN. With the
+//     consume queues lost as well, the checkpoint's queue maxima keep
+//     those offsets.
+//   - Retention raises the consume queues' floor before it deletes a
+//     segment, so a log that opens starting after records its queues
+//     still hold above that floor lost its oldest segments while
+//     stopped: open reports the range like a lost tail (ERROR, Damaged,
+//     the quarantine gauge, the entries in
+//     postbus_recovery_lost_queue_offsets_total), and the queues then
+//     start after it.
 //   - A record whose queue offset does not follow its queue's is a fault:
 //     it is skipped with an ERROR line and counted, never dropped quietly.
 //   - A failed fsync of the commitlog (commitlog.ErrFailed) stops every

@@ -57,7 +57,7 @@ func newMetrics() *metrics {
 		}, []string{"reason"}),
 		lostQueueEnds: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "postbus_recovery_lost_queue_offsets_total",
-			Help: "Queue offsets a consumer group had read past, or the log had acknowledged before losing its tail, that the rebuilt queue no longer held (messages lost to damage or a cut tail), kept as holes; each is logged at ERROR.",
+			Help: "Queue offsets a consumer group had read past, or the log had acknowledged before losing its tail, that the rebuilt queue no longer held (messages lost to damage or a cut tail), kept as holes; and queue entries whose records went with segments missing at the log's start (not retired by retention). Each is logged at ERROR.",
 		}),
 		timersDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "postbus_delay_timers_dropped_total",
