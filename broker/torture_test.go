@@ -1247,6 +1247,12 @@ func (r *tortureRun) check(resolve bool) error {
 		if err := r.resolveTopics(ctx); err != nil {
 			return err
 		}
+		// The step's clock tick may have made a delayed message due while
+		// the broker was down: the new broker's timer fires it on its own
+		// time, as step does after every other op.
+		if err := r.waitDue(); err != nil {
+			return err
+		}
 	}
 	// Publishes are acknowledged before dispatch puts them on their queues.
 	if err := r.b.waitDispatched(ctx, r.b.log.Committed()); err != nil {
