@@ -11,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/postbus/postbus/broker/commitlog"
@@ -160,7 +159,7 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 
 func (b *Broker) open(ctx context.Context) error {
 	start := time.Now()
-	lock, err := lockDir(b.cfg.Dir)
+	lock, err := lockDir(b.cfg.FS, b.cfg.Dir)
 	if err != nil {
 		return err
 	}
@@ -202,8 +201,8 @@ func (b *Broker) open(ctx context.Context) error {
 	if b.receiptKey, err = loadReceiptKey(b.cfg.FS, b.cfg.Dir); err != nil {
 		return err
 	}
-	if b.cq, err = consumequeue.Open(consumequeue.Config{Dir: filepath.Join(b.cfg.Dir, "consumequeue"), FS: b.cfg.FS}); err != nil {
-		return fmt.Errorf("open consume queues: %w", err)
+	if err := b.openQueues(); err != nil {
+		return err
 	}
 	cp, err := readCheckpoint(b.cfg.Dir)
 	if errors.Is(err, errBadCheckpoint) {
@@ -213,9 +212,9 @@ func (b *Broker) open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if b.idx, err = keyindex.Open(keyindex.Config{Dir: filepath.Join(b.cfg.Dir, "index"), FS: b.cfg.FS}); err != nil {
+	if err := b.openIndex(); err != nil {
 		if !errors.Is(err, keyindex.ErrCorrupt) {
-			return fmt.Errorf("open key index: %w", err)
+			return err
 		}
 		// The index is derived: rebuild it, and the queues with it, from the log.
 		b.logger.Warn("key index is corrupt; rebuilding indexes from the commitlog", slog.Any("err", err))
@@ -245,25 +244,46 @@ func (b *Broker) open(ctx context.Context) error {
 	return nil
 }
 
+// openQueues opens the consume queues, logging through the broker's logger.
+func (b *Broker) openQueues() error {
+	var err error
+	b.cq, err = consumequeue.Open(consumequeue.Config{Dir: filepath.Join(b.cfg.Dir, "consumequeue"), FS: b.cfg.FS,
+		Logger: b.logger.With(slog.String("component", "consumequeue"))})
+	if err != nil {
+		return fmt.Errorf("open consume queues: %w", err)
+	}
+	return nil
+}
+
+// openIndex opens the key index, logging through the broker's logger.
+func (b *Broker) openIndex() error {
+	var err error
+	b.idx, err = keyindex.Open(keyindex.Config{Dir: filepath.Join(b.cfg.Dir, "index"), FS: b.cfg.FS,
+		Logger: b.logger.With(slog.String("component", "keyindex"))})
+	if err != nil {
+		return fmt.Errorf("open key index: %w", err)
+	}
+	return nil
+}
+
 // resetDerived removes the consume queues and key index so recovery
 // rebuilds both from the commitlog.
 func (b *Broker) resetDerived() error {
 	if b.cq != nil {
 		b.cq.Close()
 	}
+	if b.idx != nil {
+		b.idx.Close()
+	}
 	for _, d := range []string{"consumequeue", "index"} {
 		if err := b.cfg.FS.RemoveAll(filepath.Join(b.cfg.Dir, d)); err != nil {
 			return fmt.Errorf("remove %s: %w", d, err)
 		}
 	}
-	var err error
-	if b.cq, err = consumequeue.Open(consumequeue.Config{Dir: filepath.Join(b.cfg.Dir, "consumequeue"), FS: b.cfg.FS}); err != nil {
-		return fmt.Errorf("open consume queues: %w", err)
+	if err := b.openQueues(); err != nil {
+		return err
 	}
-	if b.idx, err = keyindex.Open(keyindex.Config{Dir: filepath.Join(b.cfg.Dir, "index"), FS: b.cfg.FS}); err != nil {
-		return fmt.Errorf("open key index: %w", err)
-	}
-	return nil
+	return b.openIndex()
 }
 
 // recoverDerived drops index entries past the checkpoint, re-dispatches the
@@ -584,14 +604,11 @@ func (b *Broker) recountQueueBytes() {
 	}
 }
 
-func lockDir(dir string) (*os.File, error) {
-	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o644)
+// lockDir takes the data directory's lock: one process per directory.
+func lockDir(fsys vfs.FS, dir string) (*os.File, error) {
+	f, err := vfs.Lock(fsys, filepath.Join(dir, "lock"))
 	if err != nil {
-		return nil, fmt.Errorf("open lock file: %w", err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("data directory %s is in use by another postbus process: %w", dir, err)
+		return nil, fmt.Errorf("data directory %s is in use by another postbus process, or its lock file cannot be opened: %w", dir, err)
 	}
 	return f, nil
 }

@@ -109,7 +109,7 @@ func Open(cfg Config) (*Log, error) {
 	if err := cfg.FS.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("commitlog: open: %w", err)
 	}
-	lock, err := lockDir(cfg.Dir)
+	lock, err := lockDir(cfg.FS, cfg.Dir)
 	if err != nil {
 		return nil, err
 	}
@@ -141,13 +141,9 @@ func Open(cfg Config) (*Log, error) {
 // lockDir takes an exclusive flock on dir/LOCK so two processes cannot append
 // to the same log. The lock dies with the process, so a crash leaves nothing
 // to clean up.
-func lockDir(dir string) (*os.File, error) {
-	f, err := os.OpenFile(filepath.Join(dir, "LOCK"), os.O_RDWR|os.O_CREATE, 0o644)
+func lockDir(fsys vfs.FS, dir string) (*os.File, error) {
+	f, err := vfs.Lock(fsys, filepath.Join(dir, "LOCK"))
 	if err != nil {
-		return nil, fmt.Errorf("commitlog: lock %s: %w", dir, err)
-	}
-	if err := vfs.Control(f, func(fd int) error { return syscall.Flock(fd, syscall.LOCK_EX|syscall.LOCK_NB) }); err != nil {
-		_ = f.Close()
 		return nil, fmt.Errorf("commitlog: lock %s (in use by another process?): %w", dir, err)
 	}
 	return f, nil

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/postbus/postbus/broker/meta"
+	"github.com/postbus/postbus/internal/fsync"
 )
 
 // backupFiles are the small files of a data directory that a backup keeps
@@ -119,7 +120,7 @@ func backupInto(ctx context.Context, data, dir string) (segments int, total int6
 		segments++
 	}
 	for _, d := range []string{filepath.Join(dir, "commitlog"), dir} {
-		if err := syncDir(d); err != nil {
+		if err := fsync.Dir(d); err != nil {
 			return 0, 0, err
 		}
 	}
@@ -138,13 +139,13 @@ func publishBackup(stage, to string) error {
 			return fmt.Errorf("move the backup into place: %w", err)
 		}
 	}
-	if err := syncDir(to); err != nil {
+	if err := fsync.Dir(to); err != nil {
 		return err
 	}
 	if err := os.Remove(stage); err != nil {
 		return fmt.Errorf("move the backup into place: %w", err)
 	}
-	return syncDir(to)
+	return fsync.Dir(to)
 }
 
 // segmentNames lists the commitlog's segments, oldest first (names are
@@ -272,16 +273,4 @@ func firstDiff(a, b []byte) int {
 		}
 	}
 	return -1
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }

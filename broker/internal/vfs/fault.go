@@ -509,6 +509,15 @@ func (f *Fault) Allocate(file *os.File, size int64) error {
 	return nil
 }
 
+// ZeroRange writes zeros over [off, off+n) of file, a write (and a
+// possible crash point) per 64 KiB, so that a crash can undo it like any
+// unsynced write.
+func (f *Fault) ZeroRange(file *os.File, off, n int64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return writeZeros(func(b []byte, off int64) (int, error) { return f.writeAt(file, b, off) }, off, n)
+}
+
 // toTrash keeps the entry at path (a hard link for a file, the tree itself
 // for a directory when move is set) in the trash, and returns where.
 func (f *Fault) toTrash(path string, move bool) (string, error) {
