@@ -398,20 +398,8 @@ func TestLostLogTailKeepsOffsets(t *testing.T) {
 				cfg := testConfig(t, t.TempDir())
 				cfg.SegmentSize = 1 << 20
 				b := openBroker(t, cfg)
-				if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 1}); err != nil {
-					t.Fatal(err)
-				}
-				// 200 KiB bodies: five fill the first 1 MiB segment, the
-				// last two go to the second.
-				var res []Result
-				for i := 0; i < n; i++ {
-					body := strings.Repeat(fmt.Sprint(i), 200<<10)
-					res = append(res, publish(t, b, "t", &Message{Body: []byte(body), Keys: []string{fmt.Sprint("k", i)}})...)
-				}
+				res := publishTwoSegments(t, b, n)
 				end := b.log.End()
-				if got := len(b.log.Segments()); got != 2 || res[n-2].logOffset < 1<<20 {
-					t.Fatalf("%d segments, message %d at %d: the test expects the last two in a second segment of 1 MiB", got, n-2, res[n-2].logOffset)
-				}
 				if err := b.Close(); err != nil {
 					t.Fatal(err)
 				}
@@ -420,17 +408,7 @@ func TestLostLogTailKeepsOffsets(t *testing.T) {
 					t.Fatalf("segment files %v (%v)", segs, err)
 				}
 				tc.damage(t, segs, res, end)
-				if rebuilt {
-					if err := os.RemoveAll(filepath.Join(cfg.Dir, "consumequeue")); err != nil {
-						t.Fatal(err)
-					}
-				}
-
-				logs := &logBuffer{}
-				cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
-				reg := prometheus.NewRegistry()
-				cfg.Registerer = reg
-				b = openBroker(t, cfg)
+				b, logs, reg := reopenWatched(t, cfg, rebuilt)
 				for i, r := range res {
 					_, err := b.Message(ctx, r.ID)
 					if i < n-tc.lost && err != nil {
@@ -467,6 +445,42 @@ func TestLostLogTailKeepsOffsets(t *testing.T) {
 			})
 		}
 	}
+}
+
+// publishTwoSegments creates topic t with one queue and publishes n (7)
+// messages of 200 KiB, with keys k0..k6, on segments of 1 MiB: five fill
+// the first segment, the last two go to the second.
+func publishTwoSegments(t *testing.T, b *Broker, n int) []Result {
+	t.Helper()
+	if _, _, err := b.PutTopic(context.Background(), "t", TopicSettings{Queues: 1}); err != nil {
+		t.Fatal(err)
+	}
+	var res []Result
+	for i := 0; i < n; i++ {
+		body := strings.Repeat(fmt.Sprint(i), 200<<10)
+		res = append(res, publish(t, b, "t", &Message{Body: []byte(body), Keys: []string{fmt.Sprint("k", i)}})...)
+	}
+	if got := len(b.log.Segments()); got != 2 || res[n-2].logOffset < 1<<20 || res[n-3].logOffset >= 1<<20 {
+		t.Fatalf("%d segments, message %d at %d: the test expects the last two in a second segment of 1 MiB", got, n-2, res[n-2].logOffset)
+	}
+	return res
+}
+
+// reopenWatched opens a stopped broker's data directory again, with its
+// log lines and metrics kept for the test; dropQueues removes its consume
+// queues first, as derived data may be lost.
+func reopenWatched(t *testing.T, cfg Config, dropQueues bool) (*Broker, *logBuffer, *prometheus.Registry) {
+	t.Helper()
+	if dropQueues {
+		if err := os.RemoveAll(filepath.Join(cfg.Dir, "consumequeue")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	logs := &logBuffer{}
+	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	reg := prometheus.NewRegistry()
+	cfg.Registerer = reg
+	return openBroker(t, cfg), logs, reg
 }
 
 func zeroFrom(t *testing.T, path string, at, n int64) {
@@ -551,19 +565,7 @@ func TestLostLogHeadReported(t *testing.T) {
 			cfg.Retention = time.Hour
 			cfg.RetentionInterval = time.Hour // run by the test
 			b := openBroker(t, cfg)
-			if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 1}); err != nil {
-				t.Fatal(err)
-			}
-			// 200 KiB bodies: five fill the first 1 MiB segment, the last
-			// two go to the second.
-			var res []Result
-			for i := 0; i < n; i++ {
-				body := strings.Repeat(fmt.Sprint(i), 200<<10)
-				res = append(res, publish(t, b, "t", &Message{Body: []byte(body)})...)
-			}
-			if got := len(b.log.Segments()); got != 2 || res[5].logOffset < 1<<20 {
-				t.Fatalf("%d segments, message 5 at %d: the test expects the last two in a second segment", got, res[5].logOffset)
-			}
+			res := publishTwoSegments(t, b, n)
 			next := int64(n)
 			if tc.retire {
 				// Past retention, and a third segment: retention dates the
@@ -591,17 +593,7 @@ func TestLostLogHeadReported(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if tc.rebuilt {
-				if err := os.RemoveAll(filepath.Join(cfg.Dir, "consumequeue")); err != nil {
-					t.Fatal(err)
-				}
-			}
-
-			logs := &logBuffer{}
-			cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
-			reg := prometheus.NewRegistry()
-			cfg.Registerer = reg
-			b = openBroker(t, cfg)
+			b, logs, reg := reopenWatched(t, cfg, tc.rebuilt)
 			lines := logs.lines("ERROR", "starts after records")
 			lostMetric := counterValue(t, reg, "postbus_recovery_lost_queue_offsets_total", "", "")
 			if tc.wantLost == 0 {

@@ -29,6 +29,14 @@
 // timers from the whole log. Checkpoints that keep failing make Ready
 // report an error until one succeeds (health.go).
 //
+// Segments are Config.SegmentSize (at least MinSegmentSize, 1 MiB), except
+// that a batch larger than that gets an oversized segment of its own
+// (package commitlog), so one publish is one write into one segment;
+// CheckSizes refuses a segment size below 1 MiB and a body limit over
+// MaxBatchBytes (4 MiB), and nothing else. A frame holds at
+// most commitlog.MaxFramePayload (16 MiB), a constant of the format, not
+// MaxMessageBytes, which bounds new publishes only.
+//
 // Every file operation of the commitlog, the consume queues and the key
 // index that changes the disk goes through Config.FS (package
 // internal/vfs): the OS by default, a fault-injecting file system in tests.

@@ -15,7 +15,8 @@
 // The log is a sequence of preallocated segment files named by their
 // starting byte offset as 20 zero-padded digits. Offsets are global: segment
 // base + position in the segment. A new segment is Config.SegmentSize bytes
-// (default 128 MiB); a segment keeps the size it was made with, which is the
+// (default 128 MiB; the broker asks for at least 1 MiB, the package only
+// for room for a header and a marker); a segment keeps the size it was made with, which is the
 // distance to the next segment's base, so SegmentSize may change between
 // runs. A batch larger than SegmentSize is not refused: it rolls to an
 // oversized segment made for it (its frames, rounded up to 4 KiB pages),
