@@ -472,7 +472,7 @@ func (b *Broker) checkLostTail(cp checkpoint, reset bool) error {
 			continue
 		}
 		if es[0].Size != holeSize {
-			proven = max(proven, es[0].Offset+int64(es[0].Size))
+			proven = max(proven, es[0].Offset+commitlog.FrameHeaderSize+int64(es[0].Size))
 		}
 		k, err := b.cq.SearchOffset(q.Topic, q.Queue, func(e consumequeue.Entry) (bool, error) { return e.Offset >= end, nil })
 		if err != nil {
