@@ -143,6 +143,11 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 	}
 	if err := b.open(ctx); err != nil {
 		b.closeFiles()
+		if ctx.Err() != nil {
+			// Told to stop (a signal while opening): nothing is damaged,
+			// whatever the step that met the cancelled context says.
+			return nil, fmt.Errorf("stopped while starting: %w", ctx.Err())
+		}
 		return nil, err
 	}
 	b.metrics.register(b, cfg.Registerer)
