@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/postbus/postbus/broker/meta"
@@ -50,6 +51,11 @@ func backup(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if *to == "" {
 		fmt.Fprintln(stderr, "postbus backup: --to is required")
 		return errUsage
+	}
+	if inside, err := within(*to, *data); err != nil {
+		return err
+	} else if inside {
+		return fmt.Errorf("--to %s is inside --data %s: a backup there would copy itself, and go with the data it is meant to survive; choose a directory outside it", *to, *data)
 	}
 	start := time.Now()
 	entries, err := os.ReadDir(*to)
@@ -273,4 +279,22 @@ func firstDiff(a, b []byte) int {
 		}
 	}
 	return -1
+}
+
+// within reports whether path is dir or lies below it, comparing absolute,
+// cleaned paths (the directories need not exist yet).
+func within(path, dir string) (bool, error) {
+	p, err := filepath.Abs(path)
+	if err != nil {
+		return false, err
+	}
+	d, err := filepath.Abs(dir)
+	if err != nil {
+		return false, err
+	}
+	rel, err := filepath.Rel(d, p)
+	if err != nil {
+		return false, nil
+	}
+	return rel == "." || (rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))), nil
 }
