@@ -155,10 +155,11 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 		Store: b.meta, Host: (*timerHost)(b), Now: b.now,
 		Logger: b.logger.With(slog.String("component", "delaytimer")),
 	})
-	b.wg.Add(3)
+	b.wg.Add(4)
 	go b.dispatchLoop()
 	go b.retentionLoop()
 	go b.consumeLoop()
+	go b.verifyLoop()
 	return b, nil
 }
 

@@ -632,3 +632,54 @@ func TestLostLogHeadReported(t *testing.T) {
 		})
 	}
 }
+
+// TestSealedDamageFoundWithoutReads: a record damaged in a sealed segment
+// while the broker was stopped used to be reported only when something
+// read it (found by the hostile pass, F8: after a disk incident /readyz
+// said ready with nothing listed). The background check after start reads
+// every sealed segment, so the damage is quarantined and reported (ERROR,
+// Damaged) with no read at all; every other message is still there.
+func TestSealedDamageFoundWithoutReads(t *testing.T) {
+	const n = 7
+	ctx := context.Background()
+	cfg := testConfig(t, t.TempDir())
+	cfg.SegmentSize = 1 << 20
+	b := openBroker(t, cfg)
+	res := publishTwoSegments(t, b, n)
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// One byte in the middle of message 2's body, in the sealed segment.
+	at := res[2].logOffset + 100<<10
+	f, err := os.OpenFile(filepath.Join(cfg.Dir, "commitlog", "00000000000000000000"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bt [1]byte
+	if _, err := f.ReadAt(bt[:], at); err != nil {
+		t.Fatal(err)
+	}
+	bt[0] ^= 0x01
+	if _, err := f.WriteAt(bt[:], at); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	b, logs, _ := reopenWatched(t, cfg)
+	waitFor(t, 15*time.Second, "the damaged record quarantined without a read", func() bool { return len(b.Damaged()) == 1 })
+	if d := b.Damaged()[0]; d.Offset != res[2].logOffset || d.Next != res[3].logOffset {
+		t.Errorf("Damaged() = %+v, want message 2's record [%d, %d)", d, res[2].logOffset, res[3].logOffset)
+	}
+	if lines := logs.lines("ERROR", "quarantined"); len(lines) != 1 {
+		t.Errorf("ERROR lines about the damage: %q, want one", lines)
+	}
+	for i, r := range res {
+		_, err := b.Message(ctx, r.ID)
+		if i == 2 && CodeOf(err) != CodeMessageDamaged {
+			t.Errorf("message 2: %v, want %s", err, CodeMessageDamaged)
+		}
+		if i != 2 && err != nil {
+			t.Errorf("message %d: %v, want it kept", i, err)
+		}
+	}
+}

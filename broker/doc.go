@@ -76,6 +76,10 @@
 //     the first readable record after it, stepping over damage; when none
 //     can be read, by its file's modification time (its seal), so a damaged
 //     segment never keeps the log from shrinking.
+//   - Damage is looked for, not only met: after Open, a background pass
+//     (verify.go) reads every sealed segment once, at most 64 MiB/s, so a
+//     damaged record nothing reads again is still quarantined and
+//     reported. Open itself checks only the newest segment, to start fast.
 //   - After recovery a queue never hands out an offset a consumer group has
 //     already read past: offsets lost at a queue's end (damage, or a tail
 //     cut after a crash under async flush) are kept as holes, logged at
