@@ -406,6 +406,11 @@ func checkSizeFlags(segmentSize int64, maxMessageBytes int) error {
 		return fmt.Errorf("--max-message-bytes %s: must be from 1 byte to %s, the most the bodies of one publish may total",
 			formatBytes(int64(maxMessageBytes)), formatBytes(broker.MaxBatchBytes))
 	}
+	if segmentSize > broker.MaxSegmentSize {
+		return fmt.Errorf("--segment-size %s is too large: it must be at most %s (the default is %s); "+
+			"each segment and the next one are reserved whole on disk, and retention deletes whole segments",
+			formatBytes(segmentSize), formatBytes(broker.MaxSegmentSize), formatBytes(broker.DefaultConfig("").SegmentSize))
+	}
 	return fmt.Errorf("--segment-size %s is too small: it must be at least %s (the default is %s); "+
 		"any size from there holds every publish, since a batch larger than a segment gets a segment of its own",
 		formatBytes(segmentSize), formatBytes(broker.MinSegmentSize(maxMessageBytes)), formatBytes(broker.DefaultConfig("").SegmentSize))
