@@ -214,27 +214,57 @@ func (s *Subscription) validate() error {
 	return nil
 }
 
-// ValidateWebhookURL checks a push URL's form: absolute http(s), a host, no
-// credentials. Which addresses it may reach is checked when connecting.
+// ValidateWebhookURL is the one check of a push URL's form, made when a
+// subscription is created or changed and again before every delivery: an
+// absolute http(s) URL with a host, a port (when given) of 1-65535, no
+// credentials, no fragment, at most MaxURLLen bytes. A URL that passes can
+// be dialled; which addresses it may reach is checked when connecting.
 func ValidateWebhookURL(raw string) error {
 	bad := func(why string) error {
 		return errf(CodeInvalidSubscription, "url", "%q is not a webhook URL: %s", raw, why)
 	}
+	if raw == "" {
+		return bad("empty")
+	}
 	if len(raw) > MaxURLLen {
-		return bad(fmt.Sprintf("longer than %d characters", MaxURLLen))
+		return errf(CodeInvalidSubscription, "url", "the webhook URL is %d bytes; at most %d", len(raw), MaxURLLen)
 	}
 	u, err := url.Parse(raw)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return bad("invalid: " + err.Error())
+	}
 	switch {
-	case err != nil:
-		return bad(err.Error())
+	case !u.IsAbs():
+		return bad("not absolute")
 	case u.Scheme != "http" && u.Scheme != "https":
 		return bad("the scheme must be http or https")
-	case u.Host == "" || u.Hostname() == "":
+	case u.Opaque != "" || u.Hostname() == "":
 		return bad("no host")
 	case u.User != nil:
-		return bad("credentials in the URL are not allowed; the delivery is signed instead")
+		return bad("credentials (userinfo) in the URL are not allowed; the delivery is signed instead")
 	case u.Fragment != "":
 		return bad("a fragment means nothing to the endpoint")
+	}
+	if p := u.Port(); p != "" {
+		// Digits only, 1-65535 (url.Parse takes any digits, 0 and 99999
+		// too, which nothing can dial).
+		n, ok := 0, true
+		for _, c := range []byte(p) {
+			if c < '0' || c > '9' {
+				ok = false
+				break
+			}
+			if n = n*10 + int(c-'0'); n > 65535 {
+				break
+			}
+		}
+		if !ok || n < 1 || n > 65535 {
+			return bad(fmt.Sprintf("port %q: a port is 1-65535", p))
+		}
 	}
 	return nil
 }
