@@ -42,12 +42,32 @@ type Subscription struct {
 	Visibility       time.Duration
 	StartFrom        string // latest, earliest or an RFC 3339 time
 	Secret           string // push: the signing secret (whsec_…)
-	PreviousSecret   string // push: the secret before the last rotation, still signing until PreviousUntil
-	PreviousUntil    time.Time
+	// PreviousSecrets are push secrets rotated out that still sign beside
+	// Secret, each until its own overlap ends, newest first. A second
+	// rotation within the overlap keeps the first one's old secret too.
+	PreviousSecrets []PreviousSecret
 	State            string
 	StateReason      string // why it is disabled
 	CreatedAt        time.Time
 	UpdatedAt        time.Time
+}
+
+// PreviousSecret is a rotated-out signing secret, still valid until Until.
+type PreviousSecret struct {
+	Secret string
+	Until  time.Time
+}
+
+// SigningSecrets are the secrets a delivery at now is signed with: the
+// current one, then every previous one whose overlap has not ended.
+func (s *Subscription) SigningSecrets(now time.Time) []string {
+	out := []string{s.Secret}
+	for _, p := range s.PreviousSecrets {
+		if now.Before(p.Until) {
+			out = append(out, p.Secret)
+		}
+	}
+	return out
 }
 
 // Subscription limits and defaults (DESIGN §4, RocketMQ's retry defaults).
@@ -66,6 +86,10 @@ const (
 	// SecretOverlap is how long the previous secret keeps signing after a
 	// rotation, so receivers can switch without dropping deliveries.
 	SecretOverlap = 24 * time.Hour
+	// MaxPreviousSecrets bounds the secrets still signing beside the
+	// current one (each adds a v1 entry to every delivery's signature
+	// header): a rotation beyond it within the overlap is refused.
+	MaxPreviousSecrets = 10
 )
 
 var groupRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,119}$`)
@@ -90,23 +114,31 @@ type subscriptionConfig struct {
 	RatePerSecond  float64 `json:"rate_per_second,omitempty"`
 	VisibilityMS   int64   `json:"visibility_ms"`
 	StartFrom      string  `json:"start_from"`
-	PreviousSecret string  `json:"previous_secret,omitempty"`
-	PreviousUntil  int64   `json:"previous_until_ms,omitempty"`
-	StateReason    string  `json:"state_reason,omitempty"`
+	// PreviousSecrets replaced PreviousSecret/PreviousUntil, which held
+	// only the last rotation's old secret; those are still read, from
+	// subscriptions stored before.
+	PreviousSecrets []previousSecretConfig `json:"previous_secrets,omitempty"`
+	PreviousSecret  string                 `json:"previous_secret,omitempty"`
+	PreviousUntil   int64                  `json:"previous_until_ms,omitempty"`
+	StateReason     string                 `json:"state_reason,omitempty"`
+}
+
+type previousSecretConfig struct {
+	Secret  string `json:"secret"`
+	UntilMS int64  `json:"until_ms"`
 }
 
 func (s *Subscription) toMeta() (meta.Subscription, error) {
 	c := subscriptionConfig{
 		MaxRetries: s.MaxRetries, BackoffMinMS: s.BackoffMin.Milliseconds(), BackoffMaxMS: s.BackoffMax.Milliseconds(),
 		TimeoutMS: s.Timeout.Milliseconds(), MaxInFlight: s.MaxInFlight, RatePerSecond: s.RatePerSecond,
-		VisibilityMS: s.Visibility.Milliseconds(), StartFrom: s.StartFrom, PreviousSecret: s.PreviousSecret,
-		StateReason: s.StateReason,
+		VisibilityMS: s.Visibility.Milliseconds(), StartFrom: s.StartFrom, StateReason: s.StateReason,
+	}
+	for _, p := range s.PreviousSecrets {
+		c.PreviousSecrets = append(c.PreviousSecrets, previousSecretConfig{Secret: p.Secret, UntilMS: p.Until.UnixMilli()})
 	}
 	for _, d := range s.RetryDelays {
 		c.RetryDelaysMS = append(c.RetryDelaysMS, d.Milliseconds())
-	}
-	if !s.PreviousUntil.IsZero() {
-		c.PreviousUntil = s.PreviousUntil.UnixMilli()
 	}
 	data, err := json.Marshal(c)
 	if err != nil {
@@ -126,13 +158,16 @@ func subscriptionFromMeta(m meta.Subscription) (Subscription, error) {
 		MaxRetries: c.MaxRetries, BackoffMin: time.Duration(c.BackoffMinMS) * time.Millisecond,
 		BackoffMax: time.Duration(c.BackoffMaxMS) * time.Millisecond, Timeout: time.Duration(c.TimeoutMS) * time.Millisecond,
 		MaxInFlight: c.MaxInFlight, RatePerSecond: c.RatePerSecond, Visibility: time.Duration(c.VisibilityMS) * time.Millisecond,
-		StartFrom: c.StartFrom, Secret: m.Secret, PreviousSecret: c.PreviousSecret, State: m.State,
+		StartFrom: c.StartFrom, Secret: m.Secret, State: m.State,
 		StateReason: c.StateReason, CreatedAt: m.CreatedAt, UpdatedAt: m.UpdatedAt}
 	for _, ms := range c.RetryDelaysMS {
 		s.RetryDelays = append(s.RetryDelays, time.Duration(ms)*time.Millisecond)
 	}
-	if c.PreviousUntil != 0 {
-		s.PreviousUntil = time.UnixMilli(c.PreviousUntil)
+	for _, p := range c.PreviousSecrets {
+		s.PreviousSecrets = append(s.PreviousSecrets, PreviousSecret{Secret: p.Secret, Until: time.UnixMilli(p.UntilMS)})
+	}
+	if c.PreviousSecret != "" && c.PreviousUntil != 0 {
+		s.PreviousSecrets = append(s.PreviousSecrets, PreviousSecret{Secret: c.PreviousSecret, Until: time.UnixMilli(c.PreviousUntil)})
 	}
 	return s, nil
 }
@@ -467,7 +502,9 @@ func (b *Broker) UpdateSubscription(ctx context.Context, s Subscription) (Subscr
 }
 
 // RotateSecret gives a push subscription a new signing secret; the old one
-// keeps signing beside it for SecretOverlap.
+// keeps signing beside it for SecretOverlap, and so does every earlier one
+// until its own overlap ends (a second rotation within a day does not cut
+// the first one's short). Secrets whose overlap has ended are dropped.
 // The new secret is secret when given (a cluster rotates every broker's
 // copy to the same one), else made up.
 func (b *Broker) RotateSecret(ctx context.Context, id, secret string) (Subscription, error) {
@@ -483,7 +520,22 @@ func (b *Broker) RotateSecret(ctx context.Context, id, secret string) (Subscript
 	} else if err := ValidateSecret(secret); err != nil {
 		return Subscription{}, err
 	}
-	s.PreviousSecret, s.PreviousUntil, s.Secret = s.Secret, b.now().Add(SecretOverlap), secret
+	if secret == s.Secret {
+		return Subscription{}, errf(CodeInvalidSubscription, "secret", "the new secret is the current one")
+	}
+	now := b.now()
+	prev := []PreviousSecret{{Secret: s.Secret, Until: now.Add(SecretOverlap)}}
+	for _, p := range s.PreviousSecrets {
+		if now.Before(p.Until) && p.Secret != secret {
+			prev = append(prev, p)
+		}
+	}
+	if len(prev) > MaxPreviousSecrets {
+		return Subscription{}, errf(CodeInvalidSubscription, "secret",
+			"%d earlier secrets still sign beside the current one (each for %s after its rotation); at most %d: wait until %s for the oldest to expire",
+			len(prev)-1, SecretOverlap, MaxPreviousSecrets, prev[len(prev)-1].Until.UTC().Format(time.RFC3339))
+	}
+	s.PreviousSecrets, s.Secret = prev, secret
 	return b.UpdateSubscription(ctx, s)
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"math/rand/v2"
+	"reflect"
 	"strings"
 	"sync"
 	"time"
@@ -103,7 +104,9 @@ func (d *Dispatcher) reconcile(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for id, l := range d.loops {
-		if s, ok := want[id]; !ok || !s.UpdatedAt.Equal(l.sub.UpdatedAt) || l.reset() {
+		// Compared whole, not by UpdatedAt: two changes within its
+		// millisecond would leave the loop on the first one's settings.
+		if s, ok := want[id]; !ok || !reflect.DeepEqual(s, l.sub) || l.reset() {
 			delete(d.loops, id)
 			d.stopLater(ctx, id, l)
 		}
@@ -394,10 +397,7 @@ func (l *loop) attempt(ctx, dctx context.Context, m *broker.Message, attempt int
 		}
 	}
 	now := l.d.cfg.Now()
-	secrets := []string{l.sub.Secret}
-	if l.sub.PreviousSecret != "" && now.Before(l.sub.PreviousUntil) {
-		secrets = append(secrets, l.sub.PreviousSecret)
-	}
+	secrets := l.sub.SigningSecrets(now)
 	res := l.d.cfg.Client.Deliver(dctx, Delivery{
 		URL: l.sub.URL, Body: m.Body, ContentType: m.ContentType,
 		MsgID: m.ID, Topic: m.OriginTopic(), Tag: m.Tag, Keys: m.Keys,
