@@ -46,10 +46,10 @@ type Subscription struct {
 	// Secret, each until its own overlap ends, newest first. A second
 	// rotation within the overlap keeps the first one's old secret too.
 	PreviousSecrets []PreviousSecret
-	State            string
-	StateReason      string // why it is disabled
-	CreatedAt        time.Time
-	UpdatedAt        time.Time
+	State           string
+	StateReason     string // why it is disabled
+	CreatedAt       time.Time
+	UpdatedAt       time.Time
 }
 
 // PreviousSecret is a rotated-out signing secret, still valid until Until.
@@ -105,15 +105,15 @@ func ValidateGroupName(name string) error {
 // subscriptionConfig is the JSON kept in the subscriptions table's config
 // column: the settings that have no column of their own.
 type subscriptionConfig struct {
-	MaxRetries     int     `json:"max_retries"`
-	RetryDelaysMS  []int64 `json:"retry_delays_ms,omitempty"`
-	BackoffMinMS   int64   `json:"backoff_min_ms,omitempty"`
-	BackoffMaxMS   int64   `json:"backoff_max_ms,omitempty"`
-	TimeoutMS      int64   `json:"timeout_ms"`
-	MaxInFlight    int     `json:"max_in_flight"`
-	RatePerSecond  float64 `json:"rate_per_second,omitempty"`
-	VisibilityMS   int64   `json:"visibility_ms"`
-	StartFrom      string  `json:"start_from"`
+	MaxRetries    int     `json:"max_retries"`
+	RetryDelaysMS []int64 `json:"retry_delays_ms,omitempty"`
+	BackoffMinMS  int64   `json:"backoff_min_ms,omitempty"`
+	BackoffMaxMS  int64   `json:"backoff_max_ms,omitempty"`
+	TimeoutMS     int64   `json:"timeout_ms"`
+	MaxInFlight   int     `json:"max_in_flight"`
+	RatePerSecond float64 `json:"rate_per_second,omitempty"`
+	VisibilityMS  int64   `json:"visibility_ms"`
+	StartFrom     string  `json:"start_from"`
 	// PreviousSecrets replaced PreviousSecret/PreviousUntil, which held
 	// only the last rotation's old secret; those are still read, from
 	// subscriptions stored before.
