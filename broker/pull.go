@@ -54,7 +54,7 @@ type pullGroup struct {
 }
 
 // pullGroupFor returns the group's pull state on a topic, creating the
-// pull subscription on a first pull where topics auto-create (from the
+// pull subscription on a first pull where groups auto-create (from the
 // earliest retained message, so publish-then-pull just works).
 func (b *Broker) pullGroupFor(ctx context.Context, group, topic string) (*pullGroup, error) {
 	key := [2]string{group, topic}
@@ -80,9 +80,9 @@ func (b *Broker) pullGroupFor(ctx context.Context, group, topic string) (*pullGr
 	case sub != nil && sub.State != StateActive:
 		return nil, errf(CodeInvalidSubscription, "group", "the pull subscription of group %q on %q is %s; resume it first", group, topic, sub.State)
 	case sub == nil:
-		if !b.cfg.AutoCreateTopics {
+		if !b.cfg.AutoCreateGroups {
 			return nil, &Error{Code: CodeSubscriptionNotFound, Field: "group",
-				Detail: fmt.Sprintf("group %q has no subscription on topic %q; create one with POST /v1/subscriptions (without a url)", group, topic)}
+				Detail: fmt.Sprintf("group %q has no subscription on topic %q and groups are not created on first use here (--auto-create-groups); create one with POST /v1/subscriptions (without a url)", group, topic)}
 		}
 		// The id is made from group and topic, so that the brokers of a
 		// cluster, each creating its own on a first pull, agree on it.
