@@ -198,10 +198,22 @@ func (s *Server) handleCreateSubscription(w http.ResponseWriter, r *http.Request
 		writeProblem(w, r, broker.CodeInvalidSubscription, "group", "a subscription needs a group and a topic")
 		return
 	}
-	if p := principalFrom(r.Context()); p != nil && !p.scopes.canConsume(sub.Group) {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="postbus", error="insufficient_scope"`)
-		writeProblem(w, r, codeForbidden, "group", "the token's scope does not allow consuming as group "+sub.Group)
-		return
+	// As a pull: consume on the group and subscribe on the topic, or a
+	// token for its own group could subscribe it to any topic and have its
+	// bodies pushed or pulled away.
+	if p := principalFrom(r.Context()); p != nil {
+		field, why := "", ""
+		switch {
+		case !p.scopes.canConsume(sub.Group):
+			field, why = "group", "the token's scope does not allow consuming as group "+sub.Group+" (consume:"+sub.Group+" is needed)"
+		case !p.scopes.canSubscribe(sub.Topic):
+			field, why = "topic", "the token's scope does not allow subscribing to topic "+sub.Topic+" (subscribe:"+sub.Topic+" is needed)"
+		}
+		if why != "" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="postbus", error="insufficient_scope"`)
+			writeProblem(w, r, codeForbidden, field, why)
+			return
+		}
 	}
 	if req.ID != nil {
 		sub.ID = *req.ID

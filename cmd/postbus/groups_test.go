@@ -99,3 +99,38 @@ func TestAutoCreateGroupsInHelp(t *testing.T) {
 		}
 	}
 }
+
+// `postbus token` mints subscribe:<topic-glob>, and the broker honours it:
+// a worker token with subscribe on the topic and consume on its group pulls
+// (a first pull creating the group), one with consume alone is refused. A
+// scope postbus does not know is a usage error, not a token that can do
+// nothing.
+func TestTokenMintsSubscribe(t *testing.T) {
+	t.Setenv("POSTBUS_JWT_SECRET", strings.Repeat("s", 32))
+	p := start(t, "broker", "--data", t.TempDir())
+	mint := func(scope string) string {
+		out, err := exec.Command(postbusBin, "token", "--scope", scope, "--ttl", "5m").Output()
+		if err != nil {
+			t.Fatalf("postbus token --scope %q: %v", scope, err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	admin := mint("admin")
+	if st, data := call(t, "PUT", p.url+"/v1/topics/orders", admin, `{"queues":1}`); st != 201 {
+		t.Fatalf("create topic: %d %s", st, data)
+	}
+	if st, data := call(t, "POST", p.url+"/v1/topics/orders/messages", admin, "hello"); st != 201 {
+		t.Fatalf("publish: %d %s", st, data)
+	}
+	if st, data := call(t, "POST", p.url+"/v1/groups/workers/topics/orders/pull", mint("consume:workers"), ""); st != 403 {
+		t.Fatalf("pull with consume alone: %d %s", st, data)
+	}
+	st, data := call(t, "POST", p.url+"/v1/groups/workers/topics/orders/pull", mint("subscribe:orders consume:workers"), "")
+	if st != 200 || !strings.Contains(string(data), "hello") {
+		t.Fatalf("pull with subscribe and consume: %d %s", st, data)
+	}
+	cmd := exec.Command(postbusBin, "token", "--scope", "subscribe:orders consme:workers", "--ttl", "5m")
+	if out, _ := cmd.CombinedOutput(); cmd.ProcessState.ExitCode() != 2 || !strings.Contains(string(out), `"consme:workers" is not a scope`) {
+		t.Fatalf("token with a misspelt scope: exit %d %s", cmd.ProcessState.ExitCode(), out)
+	}
+}
