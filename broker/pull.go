@@ -91,7 +91,14 @@ func (b *Broker) pullGroupFor(ctx context.Context, group, topic string) (*pullGr
 			return nil, err
 		}
 		if err != nil {
-			return b.pullGroupFor(ctx, group, topic) // a concurrent first pull made it
+			// A concurrent first pull made it, or the id is another
+			// group's or topic's: only the first is worth looking again
+			// (the second looked again for ever, overflowing the stack).
+			if other, oerr := b.Subscription(ctx, autoPullID(group, topic)); oerr != nil || other.Group != group || other.Topic != topic {
+				return nil, errf(CodeSubscriptionExists, "group", "group %q cannot be subscribed to topic %q on its first pull: the subscription id %s is taken; create its subscription with POST /v1/subscriptions",
+					group, topic, autoPullID(group, topic))
+			}
+			return b.pullGroupFor(ctx, group, topic)
 		}
 		sub = &created
 	}

@@ -318,6 +318,8 @@ func ValidateSecret(secret string) error {
 
 var subscriptionIDRE = regexp.MustCompile(`^[A-Za-z0-9]{1,64}$`)
 
+var autoPullIDRE = regexp.MustCompile(`^[0-9a-f]{24}$`)
+
 // newSecret returns a Standard Webhooks signing secret.
 func NewSecret() string {
 	b := make([]byte, 32)
@@ -340,6 +342,12 @@ func (b *Broker) CreateSubscription(ctx context.Context, s Subscription) (Subscr
 	}
 	if s.ID != "" && !subscriptionIDRE.MatchString(s.ID) {
 		return Subscription{}, errf(CodeInvalidSubscription, "id", "%q is not a subscription id: 1-64 letters and digits", s.ID)
+	}
+	// Ids of 24 hex digits are those of the pull subscriptions first pulls
+	// create (autoPullID): one given for another group or topic would take
+	// that group's id away before its first pull.
+	if autoPullIDRE.MatchString(s.ID) && s.ID != autoPullID(s.Group, s.Topic) {
+		return Subscription{}, errf(CodeInvalidSubscription, "id", "%q is kept for the pull subscription a first pull creates (24 hex digits); choose another id", s.ID)
 	}
 	if s.Secret != "" {
 		if s.URL == "" {
