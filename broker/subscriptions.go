@@ -240,6 +240,19 @@ func (s *Subscription) validate() error {
 		if d <= 0 || d > MaxRetryDelay {
 			return bad("retry_delays", "retry_delays[%d] = %s must be positive and at most %s", i, d, MaxRetryDelay)
 		}
+		if d%time.Millisecond != 0 {
+			return bad("retry_delays", "retry_delays[%d] = %s: durations are kept to the millisecond", i, d)
+		}
+	}
+	// Durations are stored in milliseconds: a finer one would be changed
+	// on the way (1ns to 0, 1.5ms to 1ms) without a word.
+	for _, d := range []struct {
+		field string
+		v     time.Duration
+	}{{"timeout", s.Timeout}, {"visibility", s.Visibility}, {"backoff", s.BackoffMin}, {"backoff", s.BackoffMax}} {
+		if d.v%time.Millisecond != 0 {
+			return bad(d.field, "%s %s: durations are kept to the millisecond", d.field, d.v)
+		}
 	}
 	if s.StartFrom != "latest" && s.StartFrom != "earliest" {
 		if _, err := time.Parse(time.RFC3339Nano, s.StartFrom); err != nil {
