@@ -3,9 +3,12 @@ package broker
 import (
 	"context"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/postbus/postbus/broker/meta"
 )
 
 // A second rotation within the overlap keeps the first rotation's old
@@ -100,4 +103,27 @@ func TestRotationBound(t *testing.T) {
 	if after.Secret != before.Secret || len(after.PreviousSecrets) != MaxPreviousSecrets {
 		t.Fatalf("a refused rotation changed the secrets: %d previous", len(after.PreviousSecrets))
 	}
+}
+
+// A subscription stored before secrets were kept as a list (one
+// previous_secret with previous_until_ms) still signs with that secret.
+func TestLegacyPreviousSecretRead(t *testing.T) {
+	until := time.Date(2026, 12, 8, 0, 0, 0, 0, time.UTC)
+	m := subscriptionMetaForTest(`{"max_retries":16,"timeout_ms":15000,"max_in_flight":32,"visibility_ms":30000,"start_from":"latest","previous_secret":"whsec_old","previous_until_ms":` +
+		strconv.FormatInt(until.UnixMilli(), 10) + `}`)
+	s, err := subscriptionFromMeta(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.SigningSecrets(until.Add(-time.Millisecond)); !slices.Equal(got, []string{"whsec_new", "whsec_old"}) {
+		t.Fatalf("before the overlap ends: %v", got)
+	}
+	if got := s.SigningSecrets(until); !slices.Equal(got, []string{"whsec_new"}) {
+		t.Fatalf("when the overlap ends: %v", got)
+	}
+}
+
+func subscriptionMetaForTest(config string) meta.Subscription {
+	return meta.Subscription{ID: "s1", Group: "g", Topic: "orders", URL: "http://127.0.0.1:9/", Filter: "*",
+		Config: config, Secret: "whsec_new", State: StateActive}
 }
