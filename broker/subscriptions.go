@@ -83,6 +83,7 @@ const (
 	MaxRetryDelay      = 24 * time.Hour
 	MaxRetryDelays     = 100
 	MaxURLLen          = 2048
+	MinRatePerSecond   = 1.0 / 86400
 	// SecretOverlap is how long the previous secret keeps signing after a
 	// rotation, so receivers can switch without dropping deliveries.
 	SecretOverlap = 24 * time.Hour
@@ -231,8 +232,10 @@ func (s *Subscription) validate() error {
 		return bad("timeout", "timeout %s must be between 1ms and %s", s.Timeout, MaxTimeout)
 	case s.MaxInFlight < 1 || s.MaxInFlight > MaxMaxInFlight:
 		return bad("max_in_flight", "max_in_flight %d must be 1-%d", s.MaxInFlight, MaxMaxInFlight)
-	case s.RatePerSecond < 0 || s.RatePerSecond > 1e6:
-		return bad("rate_per_second", "rate_per_second %g must be 0 (no limit) to 1000000", s.RatePerSecond)
+	case s.RatePerSecond < 0 || s.RatePerSecond > 1e6 || (s.RatePerSecond > 0 && s.RatePerSecond < MinRatePerSecond):
+		// Below one a day the limiter's wait for the next message is
+		// longer than any subscription lives (1e-300: never).
+		return bad("rate_per_second", "rate_per_second %g must be 0 (no limit) or from %g (one a day) to 1000000", s.RatePerSecond, MinRatePerSecond)
 	case s.Visibility < time.Second || s.Visibility > MaxVisibility:
 		return bad("visibility", "visibility %s must be between 1s and %s", s.Visibility, MaxVisibility)
 	}
