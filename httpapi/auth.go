@@ -272,6 +272,13 @@ var (
 	accessReadTopic = access{name: "publish|subscribe:{topic}", allow: func(p *principal, r *http.Request) bool {
 		return p.scopes.canRead(urlParam(r, "topic"))
 	}}
+	// accessSubscribeTopic needs subscribe on the {topic} of the path:
+	// reading a queue by offset is consuming the topic's stream, which a
+	// producer's publish scope does not give (DESIGN §5: publish reads by
+	// id and key only).
+	accessSubscribeTopic = access{name: "subscribe:{topic}", allow: func(p *principal, r *http.Request) bool {
+		return p.scopes.canSubscribe(urlParam(r, "topic"))
+	}}
 	// accessConsumeGroup needs consume on the {group} of the path.
 	accessConsumeGroup = access{name: "consume:{group}", allow: func(p *principal, r *http.Request) bool {
 		return p.scopes.canConsume(urlParam(r, "group"))

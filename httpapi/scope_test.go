@@ -98,8 +98,11 @@ func TestScopesEveryRoute(t *testing.T) {
 			}
 			// POST /v1/subscriptions for billing on other.
 			return sc.canConsume("billing") && sc.canSubscribe("other")
+		case "/v1/topics/{topic}/queues/{queue}/messages":
+			// By offset is consuming the stream: subscribe only (DESIGN §5).
+			return sc.canSubscribe("orders")
 		case "/v1/messages/{msg_id}", "/v1/messages/{msg_id}/body", "/v1/messages/{msg_id}/trace",
-			"/v1/topics/{topic}/messages", "/v1/topics/{topic}/queues/{queue}/messages":
+			"/v1/topics/{topic}/messages":
 			if method == "POST" {
 				return sc.canPublish("orders")
 			}
