@@ -23,6 +23,10 @@ type Config struct {
 	MaxDelay         time.Duration
 	DefaultQueues    int
 	AutoCreateTopics bool
+	// AutoCreateGroups lets a group's first pull on an existing topic
+	// create its pull subscription (RocketMQ's autoCreateSubscriptionGroup);
+	// off, a group pulls only with a subscription made beforehand.
+	AutoCreateGroups bool
 	DedupWindow      time.Duration
 
 	Retention          time.Duration // how long the log keeps messages
@@ -58,6 +62,7 @@ func DefaultConfig(dir string) Config {
 		MaxMessageBytes:    DefaultMaxMessageBytes,
 		MaxDelay:           30 * 24 * time.Hour,
 		DefaultQueues:      4,
+		AutoCreateGroups:   true,
 		DedupWindow:        5 * time.Minute,
 		Retention:          72 * time.Hour,
 		RetentionInterval:  10 * time.Second,

@@ -5,6 +5,13 @@
 // and hands dead messages to %DLQ%<group> is built on these pieces; each of
 // them is pure or self-contained and keeps no state between attempts.
 //
+// The Dispatcher runs one loop per active push subscription and restarts
+// it on any change to the subscription. A loop being stopped (paused,
+// changed, rotated, deleted) lets its deliveries in flight finish within
+// the grace in the background: other subscriptions' loops start and run
+// meanwhile, and the same subscription's new loop starts only once the old
+// one is gone, so two loops never deliver one subscription at once.
+//
 // # The client
 //
 // One Client, one connection pool, serves every subscription. Its
