@@ -75,6 +75,17 @@ func (b *Broker) loadOffsets(ctx context.Context) error {
 // flushOffsets persists the offsets changed since the last flush, in one
 // transaction.
 func (b *Broker) flushOffsets(ctx context.Context) error {
+	return b.flushOffsetsWith(ctx, b.meta.CommitOffsets)
+}
+
+// flushOffsetsRound is flushOffsets for a push lease round: many a
+// second, so not fsynced (it survives a kill of the process; a power cut
+// falls back to the last synced write, at least once).
+func (b *Broker) flushOffsetsRound(ctx context.Context) error {
+	return b.flushOffsetsWith(ctx, b.meta.CommitOffsetsUnsynced)
+}
+
+func (b *Broker) flushOffsetsWith(ctx context.Context, commit func(context.Context, []meta.Offset) error) error {
 	b.offs.mu.Lock()
 	batch := make([]meta.Offset, 0, len(b.offs.dirty))
 	for k := range b.offs.dirty {
@@ -82,7 +93,7 @@ func (b *Broker) flushOffsets(ctx context.Context) error {
 	}
 	clear(b.offs.dirty)
 	b.offs.mu.Unlock()
-	if err := b.meta.CommitOffsets(ctx, batch); err != nil {
+	if err := commit(ctx, batch); err != nil {
 		b.offs.mu.Lock()
 		for _, o := range batch {
 			b.offs.dirty[offsetKey{o.Group, o.Topic, o.Queue}] = true

@@ -30,8 +30,10 @@ import (
 //     any point brings a message back (maybe twice), never loses it.
 //   - Push leases live in this process, as the push loop that holds them
 //     does: the group's offset stays at the lowest message not settled, and
-//     each lease round first writes the offsets settled since the last
-//     round, so a crash repeats at most what was out.
+//     a writer persists offsets as soon as settles move them (unsynced
+//     SQLite commits, which a kill of the process keeps), so a crash
+//     repeats what was out and what settled during the last write, not
+//     what OffsetInterval saw.
 //
 // Attempt numbers have one meaning everywhere: a lease's Attempt is the
 // attempt it is (1 on the first delivery), and an ordered queue's stored
@@ -88,8 +90,13 @@ const expiredReason = "\x00visibility"
 
 // Engine is the consumer engine. It has its own lock and Close.
 type Engine struct {
-	b       *Broker
-	leaseID atomic.Uint64
+	b         *Broker
+	leaseID   atomic.Uint64
+	flushWake chan struct{} // push offsets moved
+	stop      chan struct{} // closed by Close
+	flushed   chan struct{} // closed when flushLoop ends
+	started   bool
+	closeOnce sync.Once
 
 	mu   sync.Mutex
 	cons map[[2]string]*consumer // by group, topic; guarded by mu
@@ -97,12 +104,25 @@ type Engine struct {
 }
 
 func newEngine(b *Broker) *Engine {
-	return &Engine{b: b, cons: make(map[[2]string]*consumer)}
+	return &Engine{b: b, cons: make(map[[2]string]*consumer), flushWake: make(chan struct{}, 1),
+		stop: make(chan struct{}), flushed: make(chan struct{})}
+}
+
+// start starts the offset writer, once the metadata is open.
+func (e *Engine) start() {
+	e.started = true
+	go e.flushLoop()
 }
 
 // Close drops every consumer: leases still out settle as stale and their
 // messages come back from the offsets (push) or their timers (pull).
 func (e *Engine) Close() error {
+	e.closeOnce.Do(func() {
+		close(e.stop)
+		if e.started {
+			<-e.flushed
+		}
+	})
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for k, c := range e.cons {
@@ -130,7 +150,6 @@ type consumer struct {
 	leases map[uint64]*memLease // push leases out; guarded by mu
 	out    map[int]uint64       // ordered push: the lease out on each queue; guarded by mu
 	redo   []*memLease          // released or expired push leases, handed out first; guarded by mu
-	dirty  bool                 // push: offsets moved since the last lease round; guarded by mu
 }
 
 // memLease is a push lease: a message out to this process's push loop.
@@ -310,11 +329,6 @@ func (e *Engine) grow(c *consumer) {
 
 // lease hands out what is ready now.
 func (e *Engine) lease(ctx context.Context, c *consumer, limit int, visibility time.Duration) ([]Lease, error) {
-	if c.push {
-		if err := e.flushRound(ctx, c); err != nil {
-			return nil, err
-		}
-	}
 	c.mu.Lock()
 	e.grow(c)
 	ordered := c.sub.Ordered
@@ -340,25 +354,36 @@ func (e *Engine) lease(ctx context.Context, c *consumer, limit int, visibility t
 	return append(out, got...), err
 }
 
-// flushRound writes a push consumer's offsets when they moved since the
-// last round: what was settled since then is not delivered again after a
-// crash.
-func (e *Engine) flushRound(ctx context.Context, c *consumer) error {
-	c.mu.Lock()
-	dirty := c.dirty
-	c.dirty = false
-	c.mu.Unlock()
-	if !dirty {
-		return nil
+// flushLoop writes the offsets push leases moved, as soon as they move:
+// one unsynced write after another (each takes what moved while the last
+// ran), so a kill of the process delivers again only what was out and what
+// was settled during the last write and flushSpacing, not what an
+// OffsetInterval saw.
+func (e *Engine) flushLoop() {
+	defer close(e.flushed)
+	for {
+		select {
+		case <-e.stop:
+			return
+		case <-e.flushWake:
+		}
+		if err := e.b.flushOffsetsRound(context.Background()); err != nil {
+			e.b.logger.Error("writing consumer offsets failed; the periodic write retries", slog.Any("err", err))
+		}
+		// Writes are spaced, so that under load one takes many settles
+		// rather than costing a commit each.
+		t := time.NewTimer(flushSpacing)
+		select {
+		case <-e.stop:
+			t.Stop()
+			return
+		case <-t.C:
+		}
 	}
-	if err := e.b.flushOffsets(ctx); err != nil {
-		c.mu.Lock()
-		c.dirty = true
-		c.mu.Unlock()
-		return err
-	}
-	return nil
 }
+
+// flushSpacing is the least time between two writes of flushLoop.
+const flushSpacing = 2 * time.Millisecond
 
 // setOffset moves the group's offset on a cursor's queue to what it may
 // persist, unless the consumer was dropped (an offset reset wrote newer
@@ -368,7 +393,12 @@ func (e *Engine) setOffset(c *consumer, cur *Cursor) {
 		return
 	}
 	e.b.SetOffset(c.sub.Group, cur.Topic, cur.Queue, cur.Committed())
-	c.dirty = true
+	if c.push {
+		select {
+		case e.flushWake <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // deadOnLease dead-letters a message read with more attempts behind it
