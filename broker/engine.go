@@ -140,7 +140,7 @@ type consumer struct {
 	filter  Filter       // guarded by mu
 	push    bool
 	closed  bool      // dropped: it must not move offsets any more; guarded by mu
-	cursors []*Cursor // the topic's queues, then the retry queue; guarded by mu
+	cursors []*queueCursor // the topic's queues, then the retry queue; guarded by mu
 	rr      int       // where the next lease starts, for fairness; guarded by mu
 	// blocks are an ordered group's queues waiting on a message: the
 	// message's queue offset, the attempts made and when the next may go
@@ -155,7 +155,7 @@ type consumer struct {
 // memLease is a push lease: a message out to this process's push loop.
 type memLease struct {
 	id       uint64
-	c        *Cursor
+	c        *queueCursor
 	m        *Message
 	attempt  int
 	ordered  bool
@@ -169,10 +169,10 @@ func (c *consumer) close() {
 }
 
 // queues are the topic's cursors, without the retry queue.
-func (c *consumer) queues() []*Cursor { return c.cursors[:len(c.cursors)-1] }
+func (c *consumer) queues() []*queueCursor { return c.cursors[:len(c.cursors)-1] }
 
 // retryCursor is the cursor of the group's retry queue for the topic.
-func (c *consumer) retryCursor() *Cursor { return c.cursors[len(c.cursors)-1] }
+func (c *consumer) retryCursor() *queueCursor { return c.cursors[len(c.cursors)-1] }
 
 // Lease hands out up to max of topic's messages to group, each out for
 // visibility unless settled. A group with a push subscription gets push
@@ -241,10 +241,10 @@ func (e *Engine) install(ctx context.Context, s Subscription, push bool) (*consu
 		// topic, or the retry queue at first) all of it is the group's.
 		for q := 0; q < n; q++ {
 			off, _ := b.Offset(s.Group, s.Topic, q)
-			c.cursors = append(c.cursors, &Cursor{Topic: s.Topic, Queue: q, Next: off})
+			c.cursors = append(c.cursors, &queueCursor{Topic: s.Topic, Queue: q, Next: off})
 		}
 		off, _ := b.Offset(s.Group, RetryTopic(s.Group, s.Topic), 0)
-		c.cursors = append(c.cursors, &Cursor{Topic: RetryTopic(s.Group, s.Topic), Queue: 0, Next: off})
+		c.cursors = append(c.cursors, &queueCursor{Topic: RetryTopic(s.Group, s.Topic), Queue: 0, Next: off})
 		e.mu.Lock()
 		if e.gen != gen {
 			e.mu.Unlock()
@@ -320,7 +320,7 @@ func (e *Engine) grow(c *consumer) {
 	c.cursors = c.cursors[:len(c.cursors)-1]
 	for q := len(c.cursors); q < n; q++ {
 		off, _ := e.b.Offset(c.sub.Group, c.sub.Topic, q)
-		c.cursors = append(c.cursors, &Cursor{Topic: c.sub.Topic, Queue: q, Next: off})
+		c.cursors = append(c.cursors, &queueCursor{Topic: c.sub.Topic, Queue: q, Next: off})
 		e.b.logger.Info("consumer picks up a queue the topic grew", slog.String("group", c.sub.Group),
 			slog.String("topic", c.sub.Topic), slog.Int("queue", q))
 	}
@@ -388,11 +388,11 @@ const flushSpacing = 2 * time.Millisecond
 // setOffset moves the group's offset on a cursor's queue to what it may
 // persist, unless the consumer was dropped (an offset reset wrote newer
 // ones). Called with c.mu held.
-func (e *Engine) setOffset(c *consumer, cur *Cursor) {
+func (e *Engine) setOffset(c *consumer, cur *queueCursor) {
 	if c.closed {
 		return
 	}
-	e.b.SetOffset(c.sub.Group, cur.Topic, cur.Queue, cur.Committed())
+	e.b.setOffset(c.sub.Group, cur.Topic, cur.Queue, cur.Committed())
 	if c.push {
 		select {
 		case e.flushWake <- struct{}{}:
@@ -431,7 +431,7 @@ func (e *Engine) leasePull(ctx context.Context, c *consumer, limit int, visibili
 	b := e.b
 	type taken struct {
 		m   *Message
-		cur *Cursor
+		cur *queueCursor
 	}
 	var got []taken
 	// The retry copies of what is handed out go to the log in one append,
@@ -686,7 +686,7 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 		}
 		// The group's offset stays at the message until it is settled.
 		if !c.closed {
-			b.SetOffset(sub.Group, cur.Topic, cur.Queue, m.QueueOffset)
+			b.setOffset(sub.Group, cur.Topic, cur.Queue, m.QueueOffset)
 		}
 		if c.push {
 			l := &memLease{id: e.leaseID.Add(1), c: cur, m: m, attempt: attempt, ordered: true, deadline: now.Add(visibility)}
@@ -709,7 +709,7 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 
 // clearBlock frees an ordered queue and moves the group past its message.
 // Called with c.mu held.
-func (e *Engine) clearBlock(ctx context.Context, c *consumer, cur *Cursor, next int64) {
+func (e *Engine) clearBlock(ctx context.Context, c *consumer, cur *queueCursor, next int64) {
 	if _, stored := c.blocks[cur.Queue]; stored || !c.push {
 		if err := e.b.meta.ClearOrderedRetry(ctx, c.sub.ID, cur.Queue); err != nil {
 			e.b.logger.Error("clearing an ordered queue's block failed", slog.Any("err", err))
