@@ -139,9 +139,9 @@ type consumer struct {
 	sub     Subscription // guarded by mu
 	filter  Filter       // guarded by mu
 	push    bool
-	closed  bool      // dropped: it must not move offsets any more; guarded by mu
+	closed  bool           // dropped: it must not move offsets any more; guarded by mu
 	cursors []*queueCursor // the topic's queues, then the retry queue; guarded by mu
-	rr      int       // where the next lease starts, for fairness; guarded by mu
+	rr      int            // where the next lease starts, for fairness; guarded by mu
 	// blocks are an ordered group's queues waiting on a message: the
 	// message's queue offset, the attempts made and when the next may go
 	// out. Stored in SQLite when a pull hands out or a retry is scheduled,
