@@ -763,6 +763,9 @@ func (e *Engine) Settle(ctx context.Context, rcpt string, v Verdict) error {
 	if err != nil {
 		return errf(CodeInvalidReceipt, "receipt", "not a receipt this bus issued")
 	}
+	if r.Kind == receiptPush {
+		return e.settlePush(ctx, r, v) // the push loop's path: no batch to check
+	}
 	return e.settleAll(ctx, r.Group, []string{rcpt}, v)
 }
 

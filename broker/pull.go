@@ -173,9 +173,20 @@ func autoPullID(group, topic string) string {
 
 func (b *Broker) pullSubscriptionID(group, topic string) string {
 	b.eng.mu.Lock()
-	defer b.eng.mu.Unlock()
-	if c := b.eng.cons[[2]string{group, topic}]; c != nil {
+	c := b.eng.cons[[2]string{group, topic}]
+	b.eng.mu.Unlock()
+	if c != nil {
+		c.mu.Lock()
+		defer c.mu.Unlock()
 		return c.sub.ID
+	}
+	// Dropped meanwhile (an offset reset, a change): ask the metadata.
+	if subs, err := b.Subscriptions(context.Background()); err == nil {
+		for _, s := range subs {
+			if s.Group == group && s.Topic == topic {
+				return s.ID
+			}
+		}
 	}
 	return "pull:" + topic
 }
