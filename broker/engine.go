@@ -142,6 +142,7 @@ type consumer struct {
 	closed  bool           // dropped: it must not move offsets any more; guarded by mu
 	cursors []*queueCursor // the topic's queues, then the retry queue; guarded by mu
 	rr      int            // where the next lease starts, for fairness; guarded by mu
+	leaseMu sync.Mutex     // one lease at a time: only leases move a cursor's Next
 	// blocks are an ordered group's queues waiting on a message: the
 	// message's queue offset, the attempts made and when the next may go
 	// out. Stored in SQLite when a pull hands out or a retry is scheduled,
@@ -329,6 +330,8 @@ func (e *Engine) grow(c *consumer) {
 
 // lease hands out what is ready now.
 func (e *Engine) lease(ctx context.Context, c *consumer, limit int, visibility time.Duration) ([]Lease, error) {
+	c.leaseMu.Lock()
+	defer c.leaseMu.Unlock()
 	c.mu.Lock()
 	e.grow(c)
 	ordered := c.sub.Ordered
@@ -546,14 +549,14 @@ func (e *Engine) leasePush(ctx context.Context, c *consumer, limit int, visibili
 	b := e.b
 	now := b.now()
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.closed {
+		c.mu.Unlock()
 		return nil, nil
 	}
 	sub, filter := c.sub, c.filter
 	e.expire(c, now)
 	var out []Lease
-	hand := func(l *memLease) {
+	hand := func(l *memLease) { // with c.mu held
 		l.id = e.leaseID.Add(1)
 		l.deadline = now.Add(visibility)
 		c.leases[l.id] = l
@@ -572,6 +575,10 @@ func (e *Engine) leasePush(ctx context.Context, c *consumer, limit int, visibili
 	n := len(cursors)
 	start := c.rr
 	c.rr++
+	c.mu.Unlock()
+	// The queues are read without c.mu, so settles of what is out do not
+	// wait for the reads; c.leaseMu keeps other leases off the cursors'
+	// Next, which only leases move.
 	for i := 0; i < n && len(out) < limit; i++ {
 		cur := cursors[(start+i)%n]
 		share := max(1, (limit-len(out)+n-i-1)/(n-i))
@@ -581,15 +588,23 @@ func (e *Engine) leasePush(ctx context.Context, c *consumer, limit int, visibili
 				slog.Int("queue", cur.Queue), slog.Any("err", err))
 			continue
 		}
-		for _, m := range msgs {
+		for j, m := range msgs {
 			if max(m.Attempt, 1) > sub.MaxRetries+1 {
-				// Dead-lettered here, under the lock: rare (max_retries
-				// lowered while its retries waited).
+				// Rare: max_retries was lowered while its retries waited.
 				if err := e.deadOnLease(ctx, sub, m, now); err != nil {
-					cur.Next = m.QueueOffset
-					e.setOffset(c, cur)
-					return out, err
+					msgs, next = msgs[:j], m.QueueOffset
+					break
 				}
+				msgs[j] = nil
+			}
+		}
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return nil, nil // dropped meanwhile: nothing was handed out
+		}
+		for _, m := range msgs {
+			if m == nil {
 				continue
 			}
 			cur.Start(m.QueueOffset)
@@ -597,6 +612,7 @@ func (e *Engine) leasePush(ctx context.Context, c *consumer, limit int, visibili
 		}
 		cur.Next = next
 		e.setOffset(c, cur)
+		c.mu.Unlock()
 	}
 	return out, nil
 }
