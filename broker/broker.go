@@ -71,13 +71,11 @@ type Broker struct {
 	newTimers    []meta.Timer      // delayed records met by this dispatch round; guarded by dispatchMu
 	timer        *delaytimer.Timer // fires the timers of delayed messages; set by Open, after open
 
-	receiptKey []byte // MACs pull receipts
-	pullsMu    sync.Mutex
-	pulls      map[[2]string]*pullGroup // by group, topic; guarded by pullsMu
+	receiptKey []byte  // MACs receipts
+	eng        *Engine // the consumer engine: leases and settles for pull and push
 	offs       offsets
-	inFlight   map[offsetKey]int // reported by consumers; guarded by offs.mu
-	subsSig    signal            // fired when a subscription changes
-	topicsSig  signal            // fired when a topic is created, changed or deleted
+	subsSig    signal // fired when a subscription changes
+	topicsSig  signal // fired when a topic is created, changed or deleted
 	attemptsMu sync.Mutex
 	attempts   []meta.Attempt // not yet written; guarded by attemptsMu
 
@@ -88,6 +86,9 @@ type Broker struct {
 	closeErr  error
 	wg        sync.WaitGroup
 }
+
+// Engine is the broker's consumer engine.
+func (b *Broker) Engine() *Engine { return b.eng }
 
 // MaxMessageBytes is the largest body a publish may carry.
 func (b *Broker) MaxMessageBytes() int { return b.cfg.MaxMessageBytes }
@@ -138,9 +139,9 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 		topics:     make(map[string]*topicState),
 		queueBytes: make(map[consumequeue.QueueID]int64),
 		closing:    make(chan struct{}),
-		pulls:      make(map[[2]string]*pullGroup),
 		metrics:    newMetrics(),
 	}
+	b.eng = newEngine(b)
 	if err := b.open(ctx); err != nil {
 		b.closeFiles()
 		if ctx.Err() != nil {
@@ -155,6 +156,7 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 		Store: b.meta, Host: (*timerHost)(b), Now: b.now,
 		Logger: b.logger.With(slog.String("component", "delaytimer")),
 	})
+	b.eng.start()
 	b.wg.Add(4)
 	go b.dispatchLoop()
 	go b.retentionLoop()
@@ -629,6 +631,7 @@ func (b *Broker) Close() error {
 		b.timer.Close()
 		b.wg.Wait()
 		var errs []error
+		errs = append(errs, b.eng.Close())
 		// Everything acknowledged is in the log; dispatch the rest so the
 		// next start has nothing to rebuild.
 		if err := b.dispatchOnce(); err != nil {
