@@ -314,6 +314,9 @@ type gMsg struct {
 	// again while out or acked; each such hand-out is counted.
 	dupOK bool
 	dups  int
+	// redriven: back from the dead-letter queue after its queue moved
+	// past it, so out of its queue's order.
+	redriven bool
 }
 
 type dReceipt struct {
@@ -740,12 +743,12 @@ func (r *deliveryRun) checkHandOut(g *dGroup, dm *dMsg, gm *gMsg, p Pulled, now 
 	// Messages handed out before the group became ordered are out of its
 	// order already.
 	unordered := func(o *gMsg) bool { return !o.handedAt.IsZero() && o.handedAt.Before(g.orderedAt) }
-	if g.ordered && dm.qoff >= 0 && !gm.dupOK && gm.state != gExcused && !unordered(gm) {
+	if g.ordered && dm.qoff >= 0 && !gm.dupOK && gm.state != gExcused && !gm.redriven && !unordered(gm) {
 		// Nothing earlier on its queue is still to be delivered, and
 		// nothing else of the queue is out.
 		for id, o := range g.msgs {
 			om := r.byID[id]
-			if id == p.ID || om.queue != dm.queue || om.qoff < 0 || o.dupOK || o.state == gExcused || unordered(o) {
+			if id == p.ID || om.queue != dm.queue || om.qoff < 0 || o.dupOK || o.state == gExcused || o.redriven || unordered(o) {
 				continue
 			}
 			switch {
@@ -994,7 +997,7 @@ func (r *deliveryRun) redrive(g *dGroup) error {
 	now := time.Now()
 	for _, gm := range g.msgs {
 		if gm.state == gDead {
-			gm.state, gm.attempt, gm.visibleAt, gm.nacked, gm.handedAt = gPending, 0, now, true, time.Time{}
+			gm.state, gm.attempt, gm.visibleAt, gm.nacked, gm.handedAt, gm.redriven = gPending, 0, now, true, time.Time{}, true
 		}
 	}
 	if n != inDLQ {
