@@ -69,13 +69,11 @@ type Broker struct {
 	newTimers    []meta.Timer  // delayed records met by this dispatch round; guarded by dispatchMu
 	timerWake    chan struct{} // a new timer may be due sooner than the timer loop sleeps
 
-	receiptKey []byte // MACs pull receipts
-	pullsMu    sync.Mutex
-	pulls      map[[2]string]*pullGroup // by group, topic; guarded by pullsMu
+	receiptKey []byte  // MACs receipts
+	eng        *Engine // the consumer engine: leases and settles for pull and push
 	offs       offsets
-	inFlight   map[offsetKey]int // reported by consumers; guarded by offs.mu
-	subsSig    signal            // fired when a subscription changes
-	topicsSig  signal            // fired when a topic is created, changed or deleted
+	subsSig    signal // fired when a subscription changes
+	topicsSig  signal // fired when a topic is created, changed or deleted
 	attemptsMu sync.Mutex
 	attempts   []meta.Attempt // not yet written; guarded by attemptsMu
 
@@ -86,6 +84,9 @@ type Broker struct {
 	closeErr  error
 	wg        sync.WaitGroup
 }
+
+// Engine is the broker's consumer engine.
+func (b *Broker) Engine() *Engine { return b.eng }
 
 // MaxMessageBytes is the largest body a publish may carry.
 func (b *Broker) MaxMessageBytes() int { return b.cfg.MaxMessageBytes }
@@ -137,9 +138,9 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 		queueBytes: make(map[consumequeue.QueueID]int64),
 		closing:    make(chan struct{}),
 		timerWake:  make(chan struct{}, 1),
-		pulls:      make(map[[2]string]*pullGroup),
 		metrics:    newMetrics(),
 	}
+	b.eng = newEngine(b)
 	if err := b.open(ctx); err != nil {
 		b.closeFiles()
 		return nil, err
@@ -522,6 +523,7 @@ func (b *Broker) Close() error {
 		b.appendMu.Unlock()
 		b.wg.Wait()
 		var errs []error
+		errs = append(errs, b.eng.Close())
 		// Everything acknowledged is in the log; dispatch the rest so the
 		// next start has nothing to rebuild.
 		if err := b.dispatchOnce(); err != nil {

@@ -30,22 +30,6 @@ type GroupInfo struct {
 	DeadLetters   int64
 }
 
-// SetInFlight records how many of a group's messages from a queue are
-// being delivered or await an ack, for the groups API.
-func (b *Broker) SetInFlight(group, topic string, queue, n int) {
-	b.offs.mu.Lock()
-	defer b.offs.mu.Unlock()
-	if b.inFlight == nil {
-		b.inFlight = make(map[offsetKey]int)
-	}
-	k := offsetKey{group, topic, queue}
-	if n == 0 {
-		delete(b.inFlight, k)
-	} else {
-		b.inFlight[k] = n
-	}
-}
-
 // Groups lists the consumer groups: those with a subscription or offsets.
 func (b *Broker) Groups(ctx context.Context) ([]GroupInfo, error) {
 	subs, err := b.Subscriptions(ctx)
@@ -103,13 +87,14 @@ func (b *Broker) groupInfo(name string, subs []Subscription) (GroupInfo, error) 
 		}
 	}
 	dlq := DeadLetterTopic(name)
+	inFlight := b.eng.inFlight(name)
 	b.offs.mu.Lock()
 	for k, next := range b.offs.next {
 		if k.group != name || k.topic == dlq {
 			continue
 		}
 		_, hi := b.cq.Bounds(k.topic, k.queue)
-		q := QueueLag{Topic: k.topic, Queue: k.queue, Offset: next, MaxOffset: hi, Lag: max(hi-next, 0), InFlight: b.inFlight[k]}
+		q := QueueLag{Topic: k.topic, Queue: k.queue, Offset: next, MaxOffset: hi, Lag: max(hi-next, 0), InFlight: inFlight[k]}
 		g.Queues = append(g.Queues, q)
 		g.Lag += q.Lag
 	}
@@ -169,6 +154,25 @@ func (b *Broker) ResetOffsets(ctx context.Context, group, topic, to string) erro
 	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
 		return err
 	}
+	// The group's consumer is dropped before the offsets move, so nothing
+	// it has out writes its own offsets back over the reset, and again
+	// after, so none built meanwhile keeps the old ones.
+	mine := func(g, t string) bool { return g == group && t == topic }
+	b.eng.drop(mine)
+	defer b.eng.drop(mine)
+	// An ordered queue's block belongs to the old position: a reset
+	// replays from the new one, the blocked message in its turn.
+	subs, err := b.Subscriptions(ctx)
+	if err != nil {
+		return err
+	}
+	for _, s := range subs {
+		if s.Group == group && s.Topic == topic && s.Ordered {
+			if err := b.meta.ClearOrderedRetries(ctx, s.ID); err != nil {
+				return err
+			}
+		}
+	}
 	t := ts.info.Load()
 	r := b.retentionOf(t, b.now())
 	for q := 0; q < t.Queues; q++ {
@@ -195,8 +199,7 @@ func (b *Broker) ResetOffsets(ctx context.Context, group, topic, to string) erro
 	if err := b.flushOffsets(ctx); err != nil {
 		return err
 	}
-	b.forgetPulls()
-	b.subsSig.fire() // consumers re-read their positions
+	b.subsSig.fire()
 	return nil
 }
 

@@ -14,6 +14,7 @@ type metrics struct {
 	rejects  *prometheus.CounterVec
 
 	attemptsDropped prometheus.Counter
+	leasesExpired   prometheus.Counter
 	skippedRecords  *prometheus.CounterVec
 	lostQueueEnds   prometheus.Counter
 	timersDropped   prometheus.Counter
@@ -48,6 +49,9 @@ func newMetrics() *metrics {
 		rejects: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "postbus_publish_rejected_total", Help: "Publishes refused, by error code.",
 		}, []string{"code"}),
+		leasesExpired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "postbus_push_leases_expired_total", Help: "Push leases whose visibility ran out before their loop settled them (a hung delivery); each message went out again and the trace shows expired.",
+		}),
 		attemptsDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "postbus_attempts_dropped_total", Help: "Delivery attempts not written to the trace log because its writer fell behind.",
 		}),
@@ -94,7 +98,7 @@ func (m *metrics) register(b *Broker, reg prometheus.Registerer) {
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
-	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped, m.skippedRecords, m.lostQueueEnds, m.timersDropped,
+	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped, m.leasesExpired, m.skippedRecords, m.lostQueueEnds, m.timersDropped,
 		m.delayAnomalies, m.cleanedMessages, m.cleanedBytes,
 		gauge("postbus_commitlog_bytes", "Bytes of the commitlog between its oldest retained offset and its end.",
 			func() float64 { return float64(b.log.Committed() - b.log.MinOffset()) }),
@@ -176,4 +180,11 @@ func (m *metrics) delayAnomaly(reason string) {
 		return
 	}
 	m.delayAnomalies.WithLabelValues(reason).Inc()
+}
+
+func (m *metrics) leaseExpired() {
+	if m == nil {
+		return
+	}
+	m.leasesExpired.Inc()
 }

@@ -24,15 +24,15 @@ import (
 //
 // An ordered group's receipt names instead the queue and offset of the one
 // message its queue has out, which ack and nack check against the queue's
-// stored block.
+// stored block; a push lease's names the lease, held in memory.
 //
-//	version u8 (1) | ordered u8 | attempt u16 | timer offset, or queue
+//	version u8 (1) | kind u8 (0 timer, 1 ordered, 2 push) | attempt u16 | timer offset, or queue
 //	offset when ordered, i64 | queue u16 | group u8+bytes | topic u8+bytes |
 //	msg id u8+bytes | HMAC-SHA256 truncated to 16 bytes
 //
 // encoded base64url without padding.
 type receipt struct {
-	Ordered bool
+	Kind    receiptKind
 	Attempt int
 	Timer   int64 // log offset of the visibility copy; the queue offset when ordered
 	Queue   int   // ordered: the queue
@@ -40,6 +40,15 @@ type receipt struct {
 	Topic   string
 	MsgID   string
 }
+
+// receiptKind is what a receipt names.
+type receiptKind uint8
+
+const (
+	receiptTimer   receiptKind = iota // a pull lease: its visibility timer
+	receiptOrdered                    // an ordered pull lease: its queue's block
+	receiptPush                       // a push lease, held in this process: its id
+)
 
 const (
 	receiptVersion = 1
@@ -77,10 +86,7 @@ func loadReceiptKey(fsys vfs.FS, dir string) ([]byte, error) {
 
 func (r receipt) encode(key []byte) string {
 	buf := make([]byte, 0, 16+len(r.Group)+len(r.MsgID)+receiptMACLen)
-	buf = append(buf, receiptVersion, 0)
-	if r.Ordered {
-		buf[1] = 1
-	}
+	buf = append(buf, receiptVersion, byte(r.Kind))
 	buf = binary.BigEndian.AppendUint16(buf, uint16(r.Attempt))
 	buf = binary.BigEndian.AppendUint64(buf, uint64(r.Timer))
 	buf = binary.BigEndian.AppendUint16(buf, uint16(r.Queue))
@@ -104,7 +110,7 @@ func decodeReceipt(s string, key []byte) (receipt, error) {
 		return receipt{}, errBadReceipt
 	}
 	b, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil || len(b) < 2+2+8+2+1+1+1+receiptMACLen || b[0] != receiptVersion || b[1] > 1 {
+	if err != nil || len(b) < 2+2+8+2+1+1+1+receiptMACLen || b[0] != receiptVersion || b[1] > byte(receiptPush) {
 		return receipt{}, errBadReceipt
 	}
 	body, sum := b[:len(b)-receiptMACLen], b[len(b)-receiptMACLen:]
@@ -114,7 +120,7 @@ func decodeReceipt(s string, key []byte) (receipt, error) {
 		return receipt{}, errBadReceipt
 	}
 	r := recordReader{p: body[2:]}
-	rc := receipt{Ordered: body[1] == 1}
+	rc := receipt{Kind: receiptKind(body[1])}
 	if a := r.take(2); a != nil {
 		rc.Attempt = int(binary.BigEndian.Uint16(a))
 	}

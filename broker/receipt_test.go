@@ -33,7 +33,7 @@ func TestReceiptRoundTrip(t *testing.T) {
 func FuzzReceipt(f *testing.F) {
 	key := []byte(strings.Repeat("k", 32))
 	f.Add(receipt{Attempt: 1, Timer: 5, Group: "g", Topic: "t", MsgID: "m"}.encode(key))
-	f.Add(receipt{Ordered: true, Attempt: 2, Timer: 7, Queue: 3, Group: "g", Topic: "t", MsgID: "m"}.encode(key))
+	f.Add(receipt{Kind: receiptOrdered, Attempt: 2, Timer: 7, Queue: 3, Group: "g", Topic: "t", MsgID: "m"}.encode(key))
 	f.Add("")
 	f.Add("AAAA")
 	f.Fuzz(func(t *testing.T, s string) {

@@ -315,7 +315,7 @@ func (b *Broker) CreateSubscription(ctx context.Context, s Subscription) (Subscr
 	s.CreatedAt, s.UpdatedAt = stored.CreatedAt, stored.UpdatedAt
 	b.logger.Info("subscription created", slog.String("id", s.ID), slog.String("group", s.Group),
 		slog.String("topic", s.Topic), slog.Bool("push", s.URL != ""))
-	b.forgetPulls()
+	b.eng.drop(func(g, t string) bool { return g == s.Group && t == s.Topic })
 	b.subsSig.fire()
 	return s, nil
 }
@@ -431,7 +431,7 @@ func (b *Broker) UpdateSubscription(ctx context.Context, s Subscription) (Subscr
 		return Subscription{}, fmt.Errorf("update subscription: %w", err)
 	}
 	s.UpdatedAt = stored.UpdatedAt
-	b.forgetPulls()
+	b.eng.subscriptionChanged(ctx, s, false)
 	b.subsSig.fire()
 	return s, nil
 }
@@ -473,14 +473,18 @@ func (b *Broker) SetSubscriptionState(ctx context.Context, id, state, reason str
 // DeleteSubscription removes a subscription. The group keeps its offsets,
 // so subscribing again resumes where it stopped.
 func (b *Broker) DeleteSubscription(ctx context.Context, id string) error {
-	err := b.meta.DeleteSubscription(ctx, id)
+	old, err := b.Subscription(ctx, id)
+	if err != nil {
+		return err
+	}
+	err = b.meta.DeleteSubscription(ctx, id)
 	if errors.Is(err, meta.ErrNotFound) {
 		return &Error{Code: CodeSubscriptionNotFound, Field: "id", Detail: fmt.Sprintf("no subscription %q", id)}
 	}
 	if err != nil {
 		return err
 	}
-	b.forgetPulls()
+	b.eng.subscriptionChanged(ctx, old, true)
 	b.subsSig.fire()
 	return nil
 }

@@ -346,7 +346,7 @@ func (b *Broker) DeleteTopic(ctx context.Context, name string) error {
 	b.offs.mu.Unlock()
 	// Pull groups keep their cursors in memory: a group pulling a topic
 	// created again under the name starts from that topic's offsets.
-	b.forgetPulls()
+	b.eng.drop(func(_, t string) bool { return slices.Contains(gone, t) })
 	b.subsSig.fire()
 	b.dispatchMu.Lock()
 	for _, n := range gone {

@@ -2,6 +2,7 @@ package push
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"strings"
@@ -131,15 +132,6 @@ type loop struct {
 	cancel   context.CancelFunc // stops reading
 	deliverC context.CancelFunc // cancels deliveries in flight
 	done     chan struct{}
-
-	// positions is where the group stood when the loop started; a reset of
-	// the group's offsets changes them and restarts the loop.
-	positions map[cursorKey]int64
-}
-
-type cursorKey struct {
-	topic string
-	queue int
 }
 
 func (d *Dispatcher) newLoop(s broker.Subscription) (*loop, error) {
@@ -159,60 +151,20 @@ func (d *Dispatcher) newLoop(s broker.Subscription) (*loop, error) {
 	return l, nil
 }
 
-// queues are the loop's queues: the topic's, then the group's retry topic
-// for it (unordered subscriptions only; ordered ones retry in place).
-func (l *loop) queues() []cursorKey {
-	n, err := l.d.b.Queues(l.sub.Topic)
-	if err != nil {
-		return nil
-	}
-	keys := make([]cursorKey, 0, n+1)
-	for q := 0; q < n; q++ {
-		keys = append(keys, cursorKey{l.sub.Topic, q})
-	}
-	if !l.sub.Ordered {
-		keys = append(keys, cursorKey{broker.RetryTopic(l.sub.Group, l.sub.Topic), 0})
-	}
-	return keys
-}
-
-// reset reports whether the group's offsets moved under the loop (an
-// offsets reset), which needs a fresh loop.
-func (l *loop) reset() bool {
-	for k, at := range l.positions {
-		if off, ok := l.d.b.Offset(l.sub.Group, k.topic, k.queue); ok && off < at {
-			return true
-		}
-	}
-	return false
-}
+// reset reports whether the loop needs a fresh start for a reason other
+// than its subscription changing: none, since the consumer engine owns the
+// group's position (an offset reset drops the engine's consumer, and the
+// loop's next lease reads the new offsets).
+func (l *loop) reset() bool { return false }
 
 func (l *loop) start(parent context.Context) {
 	ctx, cancel := context.WithCancel(parent)
 	dctx, dcancel := context.WithCancel(context.Background())
 	l.cancel, l.deliverC = cancel, dcancel
-	l.positions = make(map[cursorKey]int64)
-	var cursors []*broker.Cursor
-	for _, k := range l.queues() {
-		off, ok := l.d.b.Offset(l.sub.Group, k.topic, k.queue)
-		if !ok {
-			_, off = l.d.b.QueueBounds(k.topic, k.queue)
-			if k.topic != l.sub.Topic {
-				off = 0 // a retry topic: everything in it is for this group
-			}
-			l.d.b.SetOffset(l.sub.Group, k.topic, k.queue, off)
-		}
-		l.positions[k] = off
-		cursors = append(cursors, &broker.Cursor{Topic: k.topic, Queue: k.queue, Next: off})
-	}
 	l.log.Info("push loop started", slog.String("url", redactURL(l.sub.URL)), slog.Bool("ordered", l.sub.Ordered))
 	go func() {
 		defer close(l.done)
-		if l.sub.Ordered {
-			l.runOrdered(ctx, dctx, cursors)
-		} else {
-			l.run(ctx, dctx, cursors)
-		}
+		l.run(ctx, dctx)
 	}()
 }
 
@@ -226,118 +178,127 @@ func (l *loop) stop() {
 	l.deliverC()
 }
 
-// run is the unordered loop: up to max_in_flight deliveries at once, read
-// round-robin across the queues.
-func (l *loop) run(ctx, dctx context.Context, cursors []*broker.Cursor) {
-	var mu sync.Mutex // guards the cursors' pending lists
+// leaseMargin is how much longer than a delivery's timeout a push lease
+// lasts: the loop settles every lease it takes, so its visibility only
+// matters when a delivery hangs past its timeout.
+const leaseMargin = 10 * time.Second
+
+// run leases up to max_in_flight messages at once from the consumer
+// engine, delivers each and settles it with what the retry policy says.
+// The engine decides what may go out: for an ordered subscription, one
+// message per queue at a time, in order, a failing one retried in place.
+func (l *loop) run(ctx, dctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	eng := l.d.b.Engine()
+	visibility := l.sub.Timeout + leaseMargin
 	slots := make(chan struct{}, l.sub.MaxInFlight)
 	finished := make(chan struct{}, 1)
 	for {
-		// Taken before reading, so a dispatch during the read is not missed.
+		// Taken before leasing, so a dispatch during the lease is not missed.
 		arrived := l.d.b.Dispatched()
-		progress := false
-		for _, c := range cursors {
-			room := cap(slots) - len(slots)
-			if room == 0 {
-				break
-			}
-			share := max(1, room/len(cursors))
-			msgs, next, err := l.d.b.ReadQueue(c.Topic, c.Queue, c.Next, share, l.filter)
-			if err != nil {
-				l.log.Error("reading the queue failed", slog.String("queue_topic", c.Topic), slog.Int("queue", c.Queue), slog.Any("err", err))
-				continue
-			}
-			mu.Lock()
-			progress = progress || next > c.Next
-			for _, m := range msgs {
-				c.Start(m.QueueOffset)
-			}
-			c.Next = next
-			l.d.b.SetOffset(l.sub.Group, c.Topic, c.Queue, c.Committed())
-			l.d.b.SetInFlight(l.sub.Group, c.Topic, c.Queue, c.InFlight())
-			mu.Unlock()
-			for _, m := range msgs {
-				slots <- struct{}{}
-				wg.Add(1)
-				go func(c *broker.Cursor, m *broker.Message) {
-					defer wg.Done()
-					defer func() { <-slots }()
-					if l.deliverOne(ctx, dctx, m) {
-						mu.Lock()
-						c.Finish(m.QueueOffset)
-						l.d.b.SetOffset(l.sub.Group, c.Topic, c.Queue, c.Committed())
-						l.d.b.SetInFlight(l.sub.Group, c.Topic, c.Queue, c.InFlight())
-						mu.Unlock()
-					}
-					select {
-					case finished <- struct{}{}:
-					default:
-					}
-				}(c, m)
+		var leases []broker.Lease
+		if room := cap(slots) - len(slots); room > 0 {
+			var err error
+			leases, err = eng.Lease(ctx, l.sub.Group, l.sub.Topic, room, visibility)
+			if err != nil && ctx.Err() == nil {
+				l.log.Error("leasing messages failed", slog.Any("err", err))
 			}
 		}
-		if progress {
+		for _, ls := range leases {
+			slots <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-slots }()
+				l.deliverOne(ctx, dctx, ls)
+				select {
+				case finished <- struct{}{}:
+				default:
+				}
+			}()
+		}
+		if len(leases) > 0 {
 			continue
+		}
+		wait := time.Second
+		if l.sub.Ordered {
+			wait = 250 * time.Millisecond // a queue's retry falls due without a dispatch to wake on
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-arrived:
 		case <-finished:
-		case <-time.After(time.Second):
+		case <-time.After(wait):
 		}
 	}
 }
 
-// deliverOne makes one attempt at m and settles it: delivered, scheduled for
-// a retry, or dead-lettered. It reports whether m is finished for this loop
-// (false when the loop stops first: m is then delivered again after the
-// restart, at least once).
-func (l *loop) deliverOne(ctx, dctx context.Context, m *broker.Message) bool {
-	attempt := max(m.Attempt, 1)
-	res := l.attempt(ctx, dctx, m, attempt)
-	switch res.Outcome {
-	case Delivered:
-		return true
-	case Gone:
+// deliverOne makes one attempt at a leased message and settles the lease:
+// delivered, retried later, dead, or released when it was never sent (the
+// loop stopped while it waited for the rate limit or before the request
+// went out), which counts no attempt.
+func (l *loop) deliverOne(ctx, dctx context.Context, ls broker.Lease) {
+	res, sent := l.attempt(ctx, dctx, ls.Message, ls.Attempt)
+	var v broker.Verdict
+	dead := false
+	switch {
+	case !sent:
+		v = broker.Release()
+	case res.Outcome == Delivered:
+		v = broker.Ack()
+	case res.Outcome == Gone:
 		l.gone()
-		return false
-	}
-	if dctx.Err() != nil {
-		return false
-	}
-	delay, dead := l.policy.Next(attempt, res.RetryAfter, rand.Float64)
-	for {
-		var err error
+		v = broker.Release()
+	case dctx.Err() != nil:
+		// Cut off by the stop: the endpoint may have it; at least once.
+		v = broker.Release()
+	default:
+		var delay time.Duration
+		delay, dead = l.policy.Next(ls.Attempt, res.RetryAfter, rand.Float64)
 		if dead {
-			err = l.d.b.DeadLetter(dctx, l.sub.Group, m, attempt, res.Err)
+			v = broker.Dead(res.Err)
 		} else {
-			err = l.d.b.Retry(dctx, l.sub.Group, m, attempt+1, l.d.cfg.Now().Add(delay))
+			v = broker.RetryAt(l.d.cfg.Now().Add(delay))
 		}
+	}
+	eng := l.d.b.Engine()
+	for {
+		err := eng.Settle(context.WithoutCancel(dctx), ls.Receipt, v)
 		if err == nil {
-			if dead {
-				l.logDead(m, attempt, res.Err)
+			if v.Counts() {
+				l.d.metrics.settled(l.sub.ID, dead)
 			}
-			l.d.metrics.settled(l.sub.ID, dead)
-			return true
+			return
 		}
-		l.log.Error("storing a retry failed; trying again", slog.String("msg_id", m.ID), slog.Any("err", err))
+		if errors.Is(err, broker.ErrStaleReceipt) {
+			// The engine took the lease back (an offset reset, the
+			// subscription paused or changed, the lease expired): the
+			// message goes out again from there.
+			l.log.Debug("lease settled after it was taken back", slog.String("msg_id", ls.ID))
+			return
+		}
+		l.log.Error("settling a delivery failed; trying again", slog.String("msg_id", ls.ID), slog.Any("err", err))
 		select {
 		case <-dctx.Done():
-			return false
+			return
 		case <-time.After(time.Second):
 		}
 	}
 }
 
-// attempt makes one delivery and logs it.
-func (l *loop) attempt(ctx, dctx context.Context, m *broker.Message, attempt int) Result {
+// attempt makes one delivery and logs it. It reports false, and logs
+// nothing, when the delivery was never sent: the loop stopped while it
+// waited for the rate limit, or before the request could start.
+func (l *loop) attempt(ctx, dctx context.Context, m *broker.Message, attempt int) (Result, bool) {
 	if l.limit != nil {
 		if err := l.limit.Wait(ctx); err != nil {
-			return Result{Outcome: Retry, Err: "stopped"}
+			return Result{}, false
 		}
+	}
+	if ctx.Err() != nil || dctx.Err() != nil {
+		return Result{}, false
 	}
 	now := l.d.cfg.Now()
 	secrets := []string{l.sub.Secret}
@@ -354,13 +315,7 @@ func (l *loop) attempt(ctx, dctx context.Context, m *broker.Message, attempt int
 	l.d.b.LogAttempt(broker.Attempt{MsgID: m.ID, Group: l.sub.Group, Subscription: l.sub.ID, Attempt: attempt,
 		At: now, Outcome: outcome, Status: res.Status, Error: res.Err, Latency: res.Latency})
 	l.d.metrics.attempted(l.sub.ID, res, m.StoredAt, now)
-	return res
-}
-
-// logDead records in the trace that m went to the dead-letter queue.
-func (l *loop) logDead(m *broker.Message, attempt int, reason string) {
-	l.d.b.LogAttempt(broker.Attempt{MsgID: m.ID, Group: l.sub.Group, Subscription: l.sub.ID, Attempt: attempt,
-		At: l.d.cfg.Now(), Outcome: "dead", Error: reason})
+	return res, true
 }
 
 // gone disables the subscription: the endpoint said 410 Gone.
@@ -369,137 +324,6 @@ func (l *loop) gone() {
 	defer cancel()
 	if _, err := l.d.b.SetSubscriptionState(ctx, l.sub.ID, broker.StateDisabled, "the endpoint answered 410 Gone"); err != nil {
 		l.log.Error("disabling the subscription failed", slog.Any("err", err))
-	}
-}
-
-// runOrdered delivers each queue's messages one at a time, in queue order.
-// A failing message blocks only its own queue while it is retried in place
-// (the block is stored, so a restart resumes the wait), then goes to the
-// dead-letter queue and the queue moves on.
-func (l *loop) runOrdered(ctx, dctx context.Context, cursors []*broker.Cursor) {
-	blocked, err := l.d.b.OrderedRetries(ctx, l.sub.ID)
-	if err != nil {
-		l.log.Error("loading blocked queues failed", slog.Any("err", err))
-		return
-	}
-	var wg sync.WaitGroup
-	for _, c := range cursors {
-		var blk *broker.OrderedRetry
-		if r, ok := blocked[c.Queue]; ok && r.QueueOffset >= c.Next {
-			blk = &r
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			l.orderedQueue(ctx, dctx, c, blk)
-		}()
-	}
-	wg.Wait()
-}
-
-func (l *loop) orderedQueue(ctx, dctx context.Context, c *broker.Cursor, blk *broker.OrderedRetry) {
-	b := l.d.b
-	for ctx.Err() == nil {
-		var m *broker.Message
-		attempt := 1
-		if blk != nil {
-			var err error
-			if m, err = b.ReadMessageAt(c.Topic, c.Queue, blk.QueueOffset); err != nil {
-				l.log.Error("blocked message unreadable; moving on", slog.Int("queue", c.Queue), slog.Int64("queue_offset", blk.QueueOffset), slog.Any("err", err))
-				l.unblock(c, blk.QueueOffset+1)
-				blk = nil
-				continue
-			}
-			attempt = blk.Attempt
-			if !sleepUntil(ctx, blk.NextAt, l.d.cfg.Now) {
-				return
-			}
-			blk = nil
-		} else {
-			arrived := b.Dispatched()
-			msgs, next, err := b.ReadQueue(c.Topic, c.Queue, c.Next, 1, l.filter)
-			if err != nil || len(msgs) == 0 {
-				if next > c.Next {
-					c.Next = next
-					b.SetOffset(l.sub.Group, c.Topic, c.Queue, c.Next)
-				}
-				select {
-				case <-ctx.Done():
-					return
-				case <-arrived:
-				case <-time.After(time.Second):
-				}
-				continue
-			}
-			m = msgs[0]
-			c.Next = m.QueueOffset
-			b.SetOffset(l.sub.Group, c.Topic, c.Queue, c.Next)
-		}
-		b.SetInFlight(l.sub.Group, c.Topic, c.Queue, 1)
-		for {
-			res := l.attempt(ctx, dctx, m, attempt)
-			if res.Outcome == Delivered {
-				l.unblock(c, m.QueueOffset+1)
-				break
-			}
-			if res.Outcome == Gone {
-				l.gone()
-				return
-			}
-			if dctx.Err() != nil {
-				return
-			}
-			delay, dead := l.policy.Next(attempt, res.RetryAfter, rand.Float64)
-			if dead {
-				if err := b.DeadLetter(dctx, l.sub.Group, m, attempt, res.Err); err != nil {
-					l.log.Error("dead-lettering failed; retrying", slog.String("msg_id", m.ID), slog.Any("err", err))
-					if !sleepUntil(ctx, l.d.cfg.Now().Add(time.Second), l.d.cfg.Now) {
-						return
-					}
-					continue
-				}
-				l.logDead(m, attempt, res.Err)
-				l.d.metrics.settled(l.sub.ID, true)
-				l.unblock(c, m.QueueOffset+1)
-				break
-			}
-			attempt++
-			next := l.d.cfg.Now().Add(delay)
-			if err := b.SetOrderedRetry(dctx, broker.OrderedRetry{Subscription: l.sub.ID, Queue: c.Queue,
-				QueueOffset: m.QueueOffset, Attempt: attempt, NextAt: next}); err != nil {
-				l.log.Error("storing the queue's block failed", slog.Any("err", err))
-			}
-			l.d.metrics.settled(l.sub.ID, false)
-			if !sleepUntil(ctx, next, l.d.cfg.Now) {
-				return
-			}
-		}
-		b.SetInFlight(l.sub.Group, c.Topic, c.Queue, 0)
-	}
-}
-
-// unblock moves an ordered queue past a settled message.
-func (l *loop) unblock(c *broker.Cursor, next int64) {
-	c.Next = next
-	l.d.b.SetOffset(l.sub.Group, c.Topic, c.Queue, next)
-	if err := l.d.b.ClearOrderedRetry(context.Background(), l.sub.ID, c.Queue); err != nil {
-		l.log.Error("clearing the queue's block failed", slog.Any("err", err))
-	}
-}
-
-// sleepUntil waits until t or ctx ends; it reports whether t came.
-func sleepUntil(ctx context.Context, t time.Time, now func() time.Time) bool {
-	d := t.Sub(now())
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-timer.C:
-		return true
 	}
 }
 

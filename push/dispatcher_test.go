@@ -21,7 +21,12 @@ type rig struct {
 	key *BusKey
 }
 
-func newRig(tb testing.TB) *rig {
+func newRig(tb testing.TB) *rig { return newRigRun(tb, true) }
+
+// newRigRun is newRig, with its own dispatcher running or not: two
+// dispatchers on one broker share each subscription's messages (the
+// consumer engine leases each to one of them).
+func newRigRun(tb testing.TB, run bool) *rig {
 	tb.Helper()
 	dir := tb.TempDir()
 	cfg := broker.DefaultConfig(dir)
@@ -43,7 +48,9 @@ func newRig(tb testing.TB) *rig {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		d.Run(ctx)
+		if run {
+			d.Run(ctx)
+		}
 	}()
 	tb.Cleanup(func() {
 		cancel()

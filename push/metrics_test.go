@@ -49,7 +49,7 @@ func gathered(tb testing.TB, reg *prometheus.Registry, name string, labels map[s
 // TestPushMetrics: attempts, retries and lag per subscription reach the
 // registry that /metrics serves.
 func TestPushMetrics(t *testing.T) {
-	r := newRig(t)
+	r := newRigRun(t, false)
 	reg := prometheus.NewRegistry()
 	client := NewClient(ClientConfig{AllowPrivate: true})
 	defer client.Close()
@@ -60,8 +60,6 @@ func TestPushMetrics(t *testing.T) {
 		}
 		return 200
 	})
-	// The rig's own dispatcher is running too: it delivers as well, which
-	// this test does not count; it reads only d's registry.
 	sub := r.subscribe(t, broker.Subscription{Group: "m", Topic: "t", URL: s.URL, RetryDelays: []time.Duration{10 * time.Millisecond}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

@@ -534,16 +534,33 @@ func (s *Store) DeleteSubscription(ctx context.Context, id string) error {
 // out again. A timer due by now is past cancelling (its message is being
 // handed out again), as is one fired, cancelled or unknown: CancelTimers
 // returns the indexes of those, and when there are any, nothing changed.
-func (s *Store) CancelTimers(ctx context.Context, offsets []int64, now time.Time) (stale []int, err error) {
-	errStale := errors.New("stale")
+//
+// "Now" is read from the store's clock inside the transaction, after the
+// writer is held: a clock read before waiting for the writer could be
+// older than the timer loop's, which then fires a timer this call still
+// cancels, and the acked message comes back.
+func (s *Store) CancelTimers(ctx context.Context, offsets []int64) (stale []int, err error) {
+	return s.SwapTimers(ctx, offsets, nil)
+}
+
+// SwapTimers cancels the pending timers at offsets and keeps the timers at
+// replacements, in one transaction: a nack (or a pull nobody waits for)
+// first stores the replacement copies, whose timers dispatch adds, and
+// then swaps. When any of offsets is stale (see CancelTimers) no timer is
+// cancelled, the replacements' timers are marked fired instead (their
+// copies must not come out beside the originals) and the stale indexes are
+// returned. A crash before the swap leaves both pending: the message comes
+// back twice, never not at all.
+func (s *Store) SwapTimers(ctx context.Context, offsets, replacements []int64) (stale []int, err error) {
 	err = s.write(ctx, func(tx *sql.Tx) error {
+		now := s.now().UnixMilli()
 		stmt, err := tx.PrepareContext(ctx, `UPDATE timers SET fired = 1 WHERE log_offset = ? AND fired = 0 AND deliver_at > ?`)
 		if err != nil {
 			return err
 		}
 		defer stmt.Close()
 		for i, off := range offsets {
-			res, err := stmt.ExecContext(ctx, off, now.UnixMilli())
+			res, err := stmt.ExecContext(ctx, off, now)
 			if err != nil {
 				return fmt.Errorf("cancel timer %d: %w", off, err)
 			}
@@ -553,16 +570,40 @@ func (s *Store) CancelTimers(ctx context.Context, offsets []int64, now time.Time
 				stale = append(stale, i)
 			}
 		}
-		if len(stale) > 0 {
-			return errStale // roll back: all or none
+		if len(stale) == 0 {
+			return nil
 		}
-		return nil
+		// Undo the cancellations and drop the replacements instead.
+		if err := tx.Rollback(); err != nil {
+			return err
+		}
+		return errStaleSwap
 	})
-	if errors.Is(err, errStale) {
+	if errors.Is(err, errStaleSwap) {
+		if len(replacements) > 0 {
+			if err := s.FireTimers(ctx, replacements); err != nil {
+				return stale, fmt.Errorf("drop replacement timers: %w", err)
+			}
+		}
 		return stale, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("cancel timers: %w", err)
 	}
 	return nil, nil
+}
+
+var errStaleSwap = errors.New("stale")
+
+// ClearOrderedRetries removes every block of a subscription (an offset
+// reset: the blocks belong to the old position).
+func (s *Store) ClearOrderedRetries(ctx context.Context, sub string) error {
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `DELETE FROM ordered_retries WHERE subscription = ?`, sub)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("clear ordered retries of %s: %w", sub, err)
+	}
+	return nil
 }

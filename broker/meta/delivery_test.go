@@ -1240,7 +1240,7 @@ func TestCancelTimers(t *testing.T) {
 	if err := s.FireTimers(ctx, []int64{2}); err != nil {
 		t.Fatal(err)
 	}
-	stale, err := s.CancelTimers(ctx, []int64{1, 2, 3, 4}, now)
+	stale, err := s.CancelTimers(ctx, []int64{1, 2, 3, 4})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1250,10 +1250,40 @@ func TestCancelTimers(t *testing.T) {
 	if n, _ := s.PendingTimers(ctx); n != 2 {
 		t.Fatalf("%d pending after a refused cancel, want 2: nothing may change", n)
 	}
-	if stale, err := s.CancelTimers(ctx, []int64{1}, now); err != nil || stale != nil {
+	if stale, err := s.CancelTimers(ctx, []int64{1}); err != nil || stale != nil {
 		t.Fatalf("cancel of a pending timer: %v, %v", stale, err)
 	}
-	if stale, _ := s.CancelTimers(ctx, []int64{1}, now); len(stale) != 1 {
+	if stale, _ := s.CancelTimers(ctx, []int64{1}); len(stale) != 1 {
 		t.Fatal("a timer was cancelled twice")
+	}
+}
+
+// TestSwapTimers: a nack swaps the visibility timer for its replacement's
+// in one transaction; a stale one changes nothing but drops the replacement.
+func TestSwapTimers(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, filepath.Join(t.TempDir(), "meta.db"))
+	later := time.Now().Add(time.Minute)
+	if err := s.AddTimers(ctx, []Timer{{LogOffset: 1, DeliverAt: later}, {LogOffset: 2, DeliverAt: later}, {LogOffset: 10, DeliverAt: later}, {LogOffset: 20, DeliverAt: later}}); err != nil {
+		t.Fatal(err)
+	}
+	if stale, err := s.SwapTimers(ctx, []int64{1}, []int64{10}); err != nil || stale != nil {
+		t.Fatalf("swap of a pending timer: %v, %v", stale, err)
+	}
+	// 1 is cancelled now: swapping it again is stale, and 20 is dropped.
+	stale, err := s.SwapTimers(ctx, []int64{2, 1}, []int64{20})
+	if err != nil || !reflect.DeepEqual(stale, []int{1}) {
+		t.Fatalf("stale swap: %v, %v; want [1]", stale, err)
+	}
+	due, err := s.DueTimers(ctx, later.Add(time.Second), 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []int64
+	for _, d := range due {
+		got = append(got, d.LogOffset)
+	}
+	if want := []int64{2, 10}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("pending timers %v, want %v (2 kept by the refused swap, 10 the first replacement)", got, want)
 	}
 }

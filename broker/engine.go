@@ -1,0 +1,1009 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/postbus/postbus/broker/commitlog"
+)
+
+// The consumer engine: the one place that hands messages out to a group and
+// takes them back, for pull and push alike, on RocketMQ 5's "pop" model.
+//
+//	Lease(group, topic, max, visibility) → []Lease
+//	Settle(receipt, Ack | RetryAt(t) | Dead(reason) | Release)
+//
+// It owns the group's cursors on the topic's queues and on its retry
+// queue, what is out, ordered queues' blocks, retry copies, dead-lettering,
+// offset resets, topic growth and redrive. A lease is one of two kinds,
+// chosen by the subscription:
+//
+//   - Pull leases are durable: handing a message out stores, in the same
+//     append, a delayed copy of it in the group's retry topic, due when its
+//     visibility runs out; the receipt names that copy's timer. Settling
+//     cancels or swaps that timer in one SQLite transaction, so a crash at
+//     any point brings a message back (maybe twice), never loses it.
+//   - Push leases live in this process, as the push loop that holds them
+//     does: the group's offset stays at the lowest message not settled, and
+//     each lease round first writes the offsets settled since the last
+//     round, so a crash repeats at most what was out.
+//
+// Attempt numbers have one meaning everywhere: a lease's Attempt is the
+// attempt it is (1 on the first delivery), and an ordered queue's stored
+// block (OrderedRetry.Attempt) is the number of attempts already made at
+// its message; the next is Attempt+1, at NextAt.
+
+// Lease is one message handed to a consumer, and the receipt that settles it.
+type Lease struct {
+	*Message
+	Receipt string
+	Attempt int
+}
+
+// Pulled is a lease handed to a puller.
+type Pulled = Lease
+
+// Verdict is how a lease is settled.
+type Verdict struct {
+	kind   verdictKind
+	at     time.Time
+	reason string
+}
+
+type verdictKind uint8
+
+const (
+	verdictAck verdictKind = iota
+	verdictRetry
+	verdictDead
+	verdictRelease
+)
+
+// Ack settles a lease for good.
+func Ack() Verdict { return Verdict{kind: verdictAck} }
+
+// RetryAt brings the message back as the next attempt at t.
+func RetryAt(t time.Time) Verdict { return Verdict{kind: verdictRetry, at: t} }
+
+// Dead moves the message to the group's dead-letter queue with reason.
+func Dead(reason string) Verdict { return Verdict{kind: verdictDead, reason: reason} }
+
+// Release gives back a message that was never sent (a rate limiter's wait
+// or a delivery cancelled before it went out): it is handed out again as
+// the same attempt, which is not counted.
+func Release() Verdict { return Verdict{kind: verdictRelease} }
+
+// Counts reports whether settling with v ends an attempt (a release does
+// not: nothing was sent).
+func (v Verdict) Counts() bool { return v.kind != verdictRelease }
+
+// expiredReason marks a pull lease's visibility copy, so that handing it
+// out again records that the previous attempt expired.
+const expiredReason = "\x00visibility"
+
+// Engine is the consumer engine. It has its own lock and Close.
+type Engine struct {
+	b       *Broker
+	leaseID atomic.Uint64
+
+	mu   sync.Mutex
+	cons map[[2]string]*consumer // by group, topic; guarded by mu
+	gen  uint64                  // bumped whenever a consumer is dropped; guarded by mu
+}
+
+func newEngine(b *Broker) *Engine {
+	return &Engine{b: b, cons: make(map[[2]string]*consumer)}
+}
+
+// Close drops every consumer: leases still out settle as stale and their
+// messages come back from the offsets (push) or their timers (pull).
+func (e *Engine) Close() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for k, c := range e.cons {
+		c.close()
+		delete(e.cons, k)
+	}
+	e.gen++
+	return nil
+}
+
+// consumer is a group's state on one topic.
+type consumer struct {
+	mu      sync.Mutex
+	sub     Subscription // guarded by mu
+	filter  Filter       // guarded by mu
+	push    bool
+	closed  bool      // dropped: it must not move offsets any more; guarded by mu
+	cursors []*Cursor // the topic's queues, then the retry queue; guarded by mu
+	rr      int       // where the next lease starts, for fairness; guarded by mu
+	// blocks are an ordered group's queues waiting on a message: the
+	// message's queue offset, the attempts made and when the next may go
+	// out. Stored in SQLite when a pull hands out or a retry is scheduled,
+	// so a restart keeps the order. Guarded by mu.
+	blocks map[int]OrderedRetry
+	leases map[uint64]*memLease // push leases out; guarded by mu
+	out    map[int]uint64       // ordered push: the lease out on each queue; guarded by mu
+	redo   []*memLease          // released or expired push leases, handed out first; guarded by mu
+	dirty  bool                 // push: offsets moved since the last lease round; guarded by mu
+}
+
+// memLease is a push lease: a message out to this process's push loop.
+type memLease struct {
+	id       uint64
+	c        *Cursor
+	m        *Message
+	attempt  int
+	ordered  bool
+	deadline time.Time
+}
+
+func (c *consumer) close() {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+}
+
+// queues are the topic's cursors, without the retry queue.
+func (c *consumer) queues() []*Cursor { return c.cursors[:len(c.cursors)-1] }
+
+// retryCursor is the cursor of the group's retry queue for the topic.
+func (c *consumer) retryCursor() *Cursor { return c.cursors[len(c.cursors)-1] }
+
+// Lease hands out up to max of topic's messages to group, each out for
+// visibility unless settled. A group with a push subscription gets push
+// leases, one without (or with a pull subscription) pull leases.
+func (e *Engine) Lease(ctx context.Context, group, topic string, max int, visibility time.Duration) ([]Lease, error) {
+	c, err := e.consumerFor(ctx, group, topic)
+	if err != nil {
+		return nil, err
+	}
+	return e.lease(ctx, c, max, visibility)
+}
+
+// consumerFor returns the group's consumer on topic, building it from the
+// subscription and the offsets.
+func (e *Engine) consumerFor(ctx context.Context, group, topic string) (*consumer, error) {
+	e.mu.Lock()
+	c := e.cons[[2]string{group, topic}]
+	e.mu.Unlock()
+	if c != nil {
+		return c, nil
+	}
+	subs, err := e.b.Subscriptions(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range subs {
+		if s.Group == group && s.Topic == topic && s.URL != "" {
+			if s.State != StateActive {
+				return nil, errf(CodeInvalidSubscription, "group", "the push subscription of group %q on %q is %s", group, topic, s.State)
+			}
+			return e.install(ctx, s, true)
+		}
+	}
+	return e.b.pullGroupFor(ctx, group, topic)
+}
+
+// install builds a consumer for s and caches it, unless another was
+// cached meanwhile. A consumer dropped (an offset reset) while this one
+// was being built makes it read the offsets again.
+func (e *Engine) install(ctx context.Context, s Subscription, push bool) (*consumer, error) {
+	b := e.b
+	for {
+		e.mu.Lock()
+		gen := e.gen
+		if c := e.cons[[2]string{s.Group, s.Topic}]; c != nil {
+			e.mu.Unlock()
+			return c, nil
+		}
+		e.mu.Unlock()
+		f, err := ParseFilter(s.Filter)
+		if err != nil {
+			return nil, err
+		}
+		n, err := b.Queues(s.Topic)
+		if err != nil {
+			return nil, err
+		}
+		c := &consumer{sub: s, filter: f, push: push, blocks: map[int]OrderedRetry{},
+			leases: map[uint64]*memLease{}, out: map[int]uint64{}}
+		if s.Ordered {
+			if c.blocks, err = b.meta.OrderedRetries(ctx, s.ID); err != nil {
+				return nil, err
+			}
+		}
+		// Where the group has no offset (a queue added by growing the
+		// topic, or the retry queue at first) all of it is the group's.
+		for q := 0; q < n; q++ {
+			off, _ := b.Offset(s.Group, s.Topic, q)
+			c.cursors = append(c.cursors, &Cursor{Topic: s.Topic, Queue: q, Next: off})
+		}
+		off, _ := b.Offset(s.Group, RetryTopic(s.Group, s.Topic), 0)
+		c.cursors = append(c.cursors, &Cursor{Topic: RetryTopic(s.Group, s.Topic), Queue: 0, Next: off})
+		e.mu.Lock()
+		if e.gen != gen {
+			e.mu.Unlock()
+			continue
+		}
+		if other := e.cons[[2]string{s.Group, s.Topic}]; other != nil {
+			e.mu.Unlock()
+			return other, nil
+		}
+		e.cons[[2]string{s.Group, s.Topic}] = c
+		e.mu.Unlock()
+		return c, nil
+	}
+}
+
+// drop forgets the consumers that match, so the next lease builds them
+// again from the subscription and the offsets. Their leases still out
+// settle as stale.
+func (e *Engine) drop(match func(group, topic string) bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for k, c := range e.cons {
+		if match(k[0], k[1]) {
+			c.close()
+			delete(e.cons, k)
+		}
+	}
+	e.gen++
+}
+
+// subscriptionChanged applies a subscription's change to its consumer: a
+// deleted, paused or disabled subscription, or one turned ordered or
+// unordered, drops it (an ordered one turned unordered forgets its blocks:
+// the offsets sit at the blocked messages); other settings apply in place,
+// so leases out (a push loop restarting after a secret rotation) settle.
+func (e *Engine) subscriptionChanged(ctx context.Context, s Subscription, deleted bool) {
+	e.mu.Lock()
+	c := e.cons[[2]string{s.Group, s.Topic}]
+	e.mu.Unlock()
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	keep := !deleted && s.State == StateActive && s.Ordered == c.sub.Ordered && s.ID == c.sub.ID
+	wasOrdered := c.sub.Ordered
+	if keep {
+		if f, err := ParseFilter(s.Filter); err == nil {
+			c.sub, c.filter = s, f
+		} else {
+			keep = false
+		}
+	}
+	c.mu.Unlock()
+	if keep {
+		return
+	}
+	e.drop(func(g, t string) bool { return g == s.Group && t == s.Topic })
+	if wasOrdered && !s.Ordered && !deleted {
+		if err := e.b.meta.ClearOrderedRetries(ctx, s.ID); err != nil {
+			e.b.logger.Error("clearing the blocks of a subscription no longer ordered failed", slog.String("subscription", s.ID), slog.Any("err", err))
+		}
+	}
+}
+
+// grow adds cursors for queues the topic gained since the consumer was
+// built. Called with c.mu held.
+func (e *Engine) grow(c *consumer) {
+	n, err := e.b.Queues(c.sub.Topic)
+	if err != nil || n <= len(c.cursors)-1 {
+		return
+	}
+	retry := c.retryCursor()
+	c.cursors = c.cursors[:len(c.cursors)-1]
+	for q := len(c.cursors); q < n; q++ {
+		off, _ := e.b.Offset(c.sub.Group, c.sub.Topic, q)
+		c.cursors = append(c.cursors, &Cursor{Topic: c.sub.Topic, Queue: q, Next: off})
+		e.b.logger.Info("consumer picks up a queue the topic grew", slog.String("group", c.sub.Group),
+			slog.String("topic", c.sub.Topic), slog.Int("queue", q))
+	}
+	c.cursors = append(c.cursors, retry)
+}
+
+// lease hands out what is ready now.
+func (e *Engine) lease(ctx context.Context, c *consumer, limit int, visibility time.Duration) ([]Lease, error) {
+	if c.push {
+		if err := e.flushRound(ctx, c); err != nil {
+			return nil, err
+		}
+	}
+	c.mu.Lock()
+	e.grow(c)
+	ordered := c.sub.Ordered
+	c.mu.Unlock()
+	var out []Lease
+	if ordered {
+		got, err := e.leaseOrdered(ctx, c, limit, visibility)
+		if err != nil {
+			return got, err
+		}
+		out = got
+	}
+	if len(out) >= limit {
+		return out, nil
+	}
+	var got []Lease
+	var err error
+	if c.push {
+		got, err = e.leasePush(ctx, c, limit-len(out), visibility)
+	} else {
+		got, err = e.leasePull(ctx, c, limit-len(out), visibility)
+	}
+	return append(out, got...), err
+}
+
+// flushRound writes a push consumer's offsets when they moved since the
+// last round: what was settled since then is not delivered again after a
+// crash.
+func (e *Engine) flushRound(ctx context.Context, c *consumer) error {
+	c.mu.Lock()
+	dirty := c.dirty
+	c.dirty = false
+	c.mu.Unlock()
+	if !dirty {
+		return nil
+	}
+	if err := e.b.flushOffsets(ctx); err != nil {
+		c.mu.Lock()
+		c.dirty = true
+		c.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
+// setOffset moves the group's offset on a cursor's queue to what it may
+// persist, unless the consumer was dropped (an offset reset wrote newer
+// ones). Called with c.mu held.
+func (e *Engine) setOffset(c *consumer, cur *Cursor) {
+	if c.closed {
+		return
+	}
+	e.b.SetOffset(c.sub.Group, cur.Topic, cur.Queue, cur.Committed())
+	c.dirty = true
+}
+
+// deadOnLease dead-letters a message read with more attempts behind it
+// than the subscription allows now (its max_retries was lowered).
+func (e *Engine) deadOnLease(ctx context.Context, sub Subscription, m *Message, now time.Time) error {
+	e.noteExpired(sub, m, now)
+	attempts := max(m.Attempt, 1) - 1
+	reason := fmt.Sprintf("not acked within its visibility on any of %d attempts", attempts)
+	if err := e.b.DeadLetter(ctx, sub.Group, m, attempts, reason); err != nil {
+		return err
+	}
+	e.b.LogAttempt(Attempt{MsgID: m.ID, Group: sub.Group, Subscription: sub.ID, Attempt: max(attempts, 1), At: now, Outcome: "dead", Error: reason})
+	return nil
+}
+
+// noteExpired records in the trace that the attempt before m's expired,
+// when m is a pull lease's visibility copy coming back.
+func (e *Engine) noteExpired(sub Subscription, m *Message, now time.Time) {
+	if m.Reason != expiredReason {
+		return
+	}
+	m.Reason = ""
+	e.b.LogAttempt(Attempt{MsgID: m.ID, Group: sub.Group, Subscription: sub.ID, Attempt: max(m.Attempt-1, 1), At: now, Outcome: "expired"})
+}
+
+// leasePull hands out unordered pull leases: from every cursor, or from
+// the retry queue only for an ordered group (whose retry queue holds
+// redriven dead letters and what was out when it turned ordered).
+func (e *Engine) leasePull(ctx context.Context, c *consumer, limit int, visibility time.Duration) ([]Lease, error) {
+	b := e.b
+	type taken struct {
+		m   *Message
+		cur *Cursor
+	}
+	var got []taken
+	// The retry copies of what is handed out go to the log in one append,
+	// which holds at most MaxBatchMessages records and MaxBatchStoredBytes
+	// as stored: a pull hands out fewer messages than asked rather than
+	// more than that append takes (large messages), and always at least
+	// one, whose copy alone always fits.
+	var stored int64
+	nCopies, full := 0, false
+	c.mu.Lock()
+	sub, filter := c.sub, c.filter
+	cursors := c.cursors
+	if sub.Ordered {
+		cursors = c.cursors[len(c.cursors)-1:]
+	}
+	n := len(cursors)
+	start := c.rr
+	c.rr++
+	for round := 0; len(got) < limit && round < 2 && !full; round++ {
+		for i := 0; i < n && len(got) < limit && !full; i++ {
+			cur := cursors[(start+i)%n]
+			share := limit - len(got)
+			if round == 0 {
+				share = (share + n - i - 1) / (n - i) // spread across queues first
+			}
+			msgs, next, err := b.ReadQueue(cur.Topic, cur.Queue, cur.Next, share, filter)
+			if err != nil {
+				c.mu.Unlock()
+				return nil, err
+			}
+			cur.Next = next
+			for _, m := range msgs {
+				if max(m.Attempt, 1) <= sub.MaxRetries+1 { // not dead-lettered: gets a copy
+					size := commitlog.MinSegmentSize(int64(recordLen(m.retryCopy(sub.Group, 0, time.Time{}))), 1)
+					if nCopies > 0 && (nCopies == MaxBatchMessages || stored+size > MaxBatchStoredBytes) {
+						cur.Next, full = m.QueueOffset, true // read again by the next pull
+						break
+					}
+					stored += size
+					nCopies++
+				}
+				cur.Start(m.QueueOffset)
+				got = append(got, taken{m, cur})
+			}
+		}
+	}
+	c.mu.Unlock()
+	if len(got) == 0 {
+		return nil, nil
+	}
+	// The visibility copies (and dead letters) are stored before the
+	// offsets move past the originals: nothing handed out can be lost.
+	now := b.now()
+	var copies []*Message
+	var out []Lease
+	for _, t := range got {
+		attempt := max(t.m.Attempt, 1)
+		if attempt > sub.MaxRetries+1 {
+			if err := e.deadOnLease(ctx, sub, t.m, now); err != nil {
+				return nil, e.unsettle(c, err)
+			}
+			continue
+		}
+		e.noteExpired(sub, t.m, now)
+		cp := t.m.retryCopy(sub.Group, attempt+1, now.Add(visibility))
+		cp.Reason = expiredReason
+		copies = append(copies, cp)
+		out = append(out, Lease{Message: t.m, Attempt: attempt})
+	}
+	if len(copies) > 0 {
+		ts, err := b.topicOrSystem(ctx, RetryTopic(sub.Group, sub.Topic))
+		if err != nil {
+			return nil, e.unsettle(c, err)
+		}
+		res, err := b.store(ctx, ts, copies, false)
+		if err != nil {
+			return nil, e.unsettle(c, err)
+		}
+		for i := range out {
+			out[i].Receipt = receipt{Attempt: out[i].Attempt, Timer: res[i].logOffset, Group: sub.Group, Topic: sub.Topic, MsgID: out[i].ID}.encode(b.receiptKey)
+		}
+	}
+	c.mu.Lock()
+	for _, t := range got {
+		t.cur.Finish(t.m.QueueOffset)
+		e.setOffset(c, t.cur)
+	}
+	c.mu.Unlock()
+	return out, nil
+}
+
+// unsettle undoes a lease that could not store its copies: the consumer
+// is dropped, so the next lease starts again from the offsets, which never
+// moved past the messages.
+func (e *Engine) unsettle(c *consumer, err error) error {
+	e.mu.Lock()
+	for k, v := range e.cons {
+		if v == c {
+			c.close()
+			delete(e.cons, k)
+		}
+	}
+	e.gen++
+	e.mu.Unlock()
+	return err
+}
+
+// leasePush hands out unordered push leases: released and expired ones
+// first, then from the cursors (the retry queue only, for an ordered
+// group).
+func (e *Engine) leasePush(ctx context.Context, c *consumer, limit int, visibility time.Duration) ([]Lease, error) {
+	b := e.b
+	now := b.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, nil
+	}
+	sub, filter := c.sub, c.filter
+	e.expire(c, now)
+	var out []Lease
+	hand := func(l *memLease) {
+		l.id = e.leaseID.Add(1)
+		l.deadline = now.Add(visibility)
+		c.leases[l.id] = l
+		out = append(out, Lease{Message: l.m, Attempt: l.attempt, Receipt: receipt{Kind: receiptPush, Attempt: l.attempt,
+			Timer: int64(l.id), Queue: l.c.Queue, Group: sub.Group, Topic: sub.Topic, MsgID: l.m.ID}.encode(b.receiptKey)})
+	}
+	for len(c.redo) > 0 && len(out) < limit {
+		l := c.redo[0]
+		c.redo = c.redo[1:]
+		hand(l)
+	}
+	cursors := c.cursors
+	if sub.Ordered {
+		cursors = c.cursors[len(c.cursors)-1:]
+	}
+	n := len(cursors)
+	start := c.rr
+	c.rr++
+	for i := 0; i < n && len(out) < limit; i++ {
+		cur := cursors[(start+i)%n]
+		share := max(1, (limit-len(out)+n-i-1)/(n-i))
+		msgs, next, err := b.ReadQueue(cur.Topic, cur.Queue, cur.Next, share, filter)
+		if err != nil {
+			b.logger.Error("reading a queue failed", slog.String("group", sub.Group), slog.String("queue_topic", cur.Topic),
+				slog.Int("queue", cur.Queue), slog.Any("err", err))
+			continue
+		}
+		for _, m := range msgs {
+			if max(m.Attempt, 1) > sub.MaxRetries+1 {
+				// Dead-lettered here, under the lock: rare (max_retries
+				// lowered while its retries waited).
+				if err := e.deadOnLease(ctx, sub, m, now); err != nil {
+					cur.Next = m.QueueOffset
+					e.setOffset(c, cur)
+					return out, err
+				}
+				continue
+			}
+			cur.Start(m.QueueOffset)
+			hand(&memLease{c: cur, m: m, attempt: max(m.Attempt, 1)})
+		}
+		cur.Next = next
+		e.setOffset(c, cur)
+	}
+	return out, nil
+}
+
+// expire takes back push leases whose visibility ran out (a loop that
+// never settled them): an unordered one goes out again as the next
+// attempt, an ordered queue's message waits no longer. Called with c.mu
+// held.
+func (e *Engine) expire(c *consumer, now time.Time) {
+	for id, l := range c.leases {
+		if now.Before(l.deadline) {
+			continue
+		}
+		delete(c.leases, id)
+		e.b.LogAttempt(Attempt{MsgID: l.m.ID, Group: c.sub.Group, Subscription: c.sub.ID, Attempt: l.attempt, At: now, Outcome: "expired"})
+		e.b.metrics.leaseExpired()
+		if l.ordered {
+			delete(c.out, l.c.Queue)
+			c.blocks[l.c.Queue] = OrderedRetry{Subscription: c.sub.ID, Queue: l.c.Queue, QueueOffset: l.m.QueueOffset, Attempt: l.attempt, NextAt: now}
+			continue
+		}
+		l.attempt++
+		c.redo = append(c.redo, l)
+	}
+}
+
+// leaseOrdered hands out, from each queue with nothing out and not
+// waiting, its next message, and from each queue whose wait is over, its
+// blocked message again as the next attempt: a queue's messages go out one
+// at a time, in order.
+func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visibility time.Duration) ([]Lease, error) {
+	b := e.b
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, nil
+	}
+	sub, filter := c.sub, c.filter
+	now := b.now()
+	if c.push {
+		e.expire(c, now)
+	}
+	queues := c.queues()
+	start := c.rr
+	c.rr++
+	var out []Lease
+	for i := 0; i < len(queues) && len(out) < limit; i++ {
+		cur := queues[(start+i)%len(queues)]
+		if _, busy := c.out[cur.Queue]; busy {
+			continue
+		}
+		var m *Message
+		attempt := 1
+		if blk, ok := c.blocks[cur.Queue]; ok {
+			if now.Before(blk.NextAt) {
+				continue // its message is out, or waits for its retry
+			}
+			var err error
+			if m, err = b.ReadMessageAt(cur.Topic, cur.Queue, blk.QueueOffset); err != nil {
+				b.logger.Error("an ordered queue's blocked message is unreadable; moving on", slog.String("group", sub.Group),
+					slog.String("topic", cur.Topic), slog.Int("queue", cur.Queue), slog.Int64("queue_offset", blk.QueueOffset), slog.Any("err", err))
+				e.clearBlock(ctx, c, cur, blk.QueueOffset+1)
+				continue
+			}
+			attempt = blk.Attempt + 1
+			if attempt > sub.MaxRetries+1 {
+				reason := fmt.Sprintf("not settled within its visibility on any of %d attempts", attempt-1)
+				if err := b.DeadLetter(ctx, sub.Group, m, attempt-1, reason); err != nil {
+					return out, err
+				}
+				b.LogAttempt(Attempt{MsgID: m.ID, Group: sub.Group, Subscription: sub.ID, Attempt: attempt - 1, At: now, Outcome: "dead", Error: reason})
+				e.clearBlock(ctx, c, cur, blk.QueueOffset+1)
+				continue
+			}
+		} else {
+			msgs, next, err := b.ReadQueue(cur.Topic, cur.Queue, cur.Next, 1, filter)
+			if err != nil {
+				return out, err
+			}
+			cur.Next = next
+			if len(msgs) == 0 {
+				e.setOffset(c, cur)
+				continue
+			}
+			m = msgs[0]
+			cur.Next = m.QueueOffset + 1
+		}
+		// The group's offset stays at the message until it is settled.
+		if !c.closed {
+			b.SetOffset(sub.Group, cur.Topic, cur.Queue, m.QueueOffset)
+		}
+		if c.push {
+			l := &memLease{id: e.leaseID.Add(1), c: cur, m: m, attempt: attempt, ordered: true, deadline: now.Add(visibility)}
+			c.leases[l.id] = l
+			c.out[cur.Queue] = l.id
+			out = append(out, Lease{Message: m, Attempt: attempt, Receipt: receipt{Kind: receiptPush, Attempt: attempt,
+				Timer: int64(l.id), Queue: cur.Queue, Group: sub.Group, Topic: sub.Topic, MsgID: m.ID}.encode(b.receiptKey)})
+			continue
+		}
+		blk := OrderedRetry{Subscription: sub.ID, Queue: cur.Queue, QueueOffset: m.QueueOffset, Attempt: attempt, NextAt: now.Add(visibility)}
+		if err := b.meta.SetOrderedRetry(ctx, blk); err != nil {
+			return out, err
+		}
+		c.blocks[cur.Queue] = blk
+		out = append(out, Lease{Message: m, Attempt: attempt, Receipt: receipt{Kind: receiptOrdered, Attempt: attempt,
+			Timer: m.QueueOffset, Queue: cur.Queue, Group: sub.Group, Topic: sub.Topic, MsgID: m.ID}.encode(b.receiptKey)})
+	}
+	return out, nil
+}
+
+// clearBlock frees an ordered queue and moves the group past its message.
+// Called with c.mu held.
+func (e *Engine) clearBlock(ctx context.Context, c *consumer, cur *Cursor, next int64) {
+	if _, stored := c.blocks[cur.Queue]; stored || !c.push {
+		if err := e.b.meta.ClearOrderedRetry(ctx, c.sub.ID, cur.Queue); err != nil {
+			e.b.logger.Error("clearing an ordered queue's block failed", slog.Any("err", err))
+		}
+	}
+	delete(c.blocks, cur.Queue)
+	delete(c.out, cur.Queue)
+	cur.Next = max(cur.Next, next)
+	e.setOffset(c, cur)
+}
+
+// inFlight counts, per queue, the messages out to consumers held here (the
+// groups API): push leases, ordered queues' messages out or waiting.
+// Messages out on pull are counted by their visibility timers instead.
+func (e *Engine) inFlight(group string) map[offsetKey]int {
+	e.mu.Lock()
+	var cs []*consumer
+	for k, c := range e.cons {
+		if k[0] == group {
+			cs = append(cs, c)
+		}
+	}
+	e.mu.Unlock()
+	out := map[offsetKey]int{}
+	for _, c := range cs {
+		c.mu.Lock()
+		for _, l := range c.leases {
+			out[offsetKey{group, l.c.Topic, l.c.Queue}]++
+		}
+		for _, l := range c.redo {
+			out[offsetKey{group, l.c.Topic, l.c.Queue}]++
+		}
+		for q := range c.blocks {
+			if _, busy := c.out[q]; !busy {
+				out[offsetKey{group, c.sub.Topic, q}]++
+			}
+		}
+		c.mu.Unlock()
+	}
+	return out
+}
+
+// ErrStaleReceipt is wrapped by the errors of settling a receipt that no
+// longer names a lease out: already settled, expired and handed out again,
+// or its consumer was reset.
+var ErrStaleReceipt = errors.New("stale receipt")
+
+// Settle settles one lease.
+func (e *Engine) Settle(ctx context.Context, rcpt string, v Verdict) error {
+	r, err := decodeReceipt(rcpt, e.b.receiptKey)
+	if err != nil {
+		return errf(CodeInvalidReceipt, "receipt", "not a receipt this bus issued")
+	}
+	return e.settleAll(ctx, r.Group, []string{rcpt}, v)
+}
+
+// staleErr is the problem a stale receipt is answered with.
+func staleErr(field string) error {
+	return &Error{Code: CodeStaleReceipt, Field: field, Err: ErrStaleReceipt,
+		Detail: "the receipt is stale: already acked or nacked, or its visibility ran out and the message was handed out again under a new receipt; nothing was changed"}
+}
+
+// settleAll settles receipts of group, all or none: a batch with any bad
+// or stale receipt changes nothing (pull leases; a push lease is settled
+// alone).
+func (e *Engine) settleAll(ctx context.Context, group string, receipts []string, v Verdict) error {
+	b := e.b
+	if err := ValidateGroupName(group); err != nil {
+		return err
+	}
+	if len(receipts) == 0 || len(receipts) > MaxPullMessages*4 {
+		return errf(CodeInvalidReceipt, "receipts", "give 1-%d receipts", MaxPullMessages*4)
+	}
+	var timers, ordered, push []receipt
+	for i, s := range receipts {
+		r, err := decodeReceipt(s, b.receiptKey)
+		if err != nil {
+			return errf(CodeInvalidReceipt, fmt.Sprintf("receipts[%d]", i), "not a receipt this bus issued")
+		}
+		if r.Group != group {
+			return errf(CodeInvalidReceipt, fmt.Sprintf("receipts[%d]", i), "the receipt was issued to another group")
+		}
+		switch r.Kind {
+		case receiptOrdered:
+			c, err := b.pullGroupFor(ctx, group, r.Topic)
+			if err != nil {
+				return err
+			}
+			c.mu.Lock()
+			blk, ok := c.blocks[r.Queue]
+			c.mu.Unlock()
+			if !ok || blk.QueueOffset != r.Timer || blk.Attempt != r.Attempt {
+				return staleErr(fmt.Sprintf("receipts[%d]", i))
+			}
+			ordered = append(ordered, r)
+		case receiptPush:
+			push = append(push, r)
+		default:
+			timers = append(timers, r)
+		}
+	}
+	if len(push) > 0 {
+		if len(receipts) != 1 {
+			return errf(CodeInvalidReceipt, "receipts", "a push lease is settled alone")
+		}
+		return e.settlePush(ctx, push[0], v)
+	}
+	if err := e.settleTimers(ctx, group, timers, v); err != nil {
+		return err
+	}
+	return e.settleOrdered(ctx, group, ordered, v)
+}
+
+// settleTimers settles pull leases by their visibility timers. An ack
+// cancels them; a retry (nack) first stores the replacement copies and
+// then swaps the timers in one transaction, so a crash in between brings
+// the message back twice rather than never.
+func (e *Engine) settleTimers(ctx context.Context, group string, rs []receipt, v Verdict) error {
+	if len(rs) == 0 {
+		return nil
+	}
+	b := e.b
+	offs := make([]int64, len(rs))
+	var last int64
+	for i, r := range rs {
+		offs[i] = r.Timer
+		last = max(last, r.Timer)
+	}
+	// A receipt's timer is stored when dispatch reaches its copy.
+	if err := b.waitDispatched(ctx, last+1); err != nil {
+		return err
+	}
+	// The group's offsets moved past these messages when they were handed
+	// out, in memory: they are made durable before the settles, or a crash
+	// would hand settled messages out again from the old offset.
+	if err := b.flushOffsets(ctx); err != nil {
+		return err
+	}
+	var repl []int64
+	if v.kind != verdictAck {
+		copies := make([]*Message, 0, len(rs))
+		for _, r := range rs {
+			m, err := b.readMessage(r.Timer)
+			if err != nil {
+				return fmt.Errorf("read the visibility copy of %s: %w", r.MsgID, err)
+			}
+			switch v.kind {
+			case verdictDead:
+				dl := m.copyFor(DeadLetterTopic(group))
+				dl.Attempt, dl.Reason, dl.flags = max(m.Attempt-1, 1), v.reason, flagDead
+				copies = append(copies, dl)
+			case verdictRelease:
+				// Not sent: the same attempt again, now.
+				copies = append(copies, m.retryCopy(group, max(m.Attempt-1, 1), b.now()))
+			default:
+				// m is the visibility copy: it already carries the next attempt.
+				copies = append(copies, m.retryCopy(group, m.Attempt, v.at))
+			}
+		}
+		byTopic := map[string][]*Message{}
+		var order []string
+		for _, cp := range copies {
+			if _, ok := byTopic[cp.Topic]; !ok {
+				order = append(order, cp.Topic)
+			}
+			byTopic[cp.Topic] = append(byTopic[cp.Topic], cp)
+		}
+		var end int64
+		for _, t := range order {
+			ts, err := b.topicOrSystem(ctx, t)
+			if err != nil {
+				return err
+			}
+			for msgs := byTopic[t]; len(msgs) > 0; {
+				part := msgs[:dueChunk(msgs)]
+				res, err := b.store(ctx, ts, part, false)
+				if err != nil {
+					return err
+				}
+				for _, r := range res {
+					repl = append(repl, r.logOffset)
+					end = max(end, r.logOffset+1)
+				}
+				msgs = msgs[len(part):]
+			}
+		}
+		// The replacements' timers must exist before the originals' go.
+		if err := b.waitDispatched(ctx, end); err != nil {
+			return err
+		}
+	}
+	stale, err := b.meta.SwapTimers(ctx, offs, repl)
+	if err != nil {
+		return err
+	}
+	if len(stale) > 0 {
+		return &Error{Code: CodeStaleReceipt, Field: "receipts", Err: ErrStaleReceipt,
+			Detail: fmt.Sprintf("%d of the receipts are stale: already acked or nacked, or their visibility ran out and the message was handed out again under a new receipt; nothing was changed", len(stale))}
+	}
+	return nil
+}
+
+// settleOrdered settles an ordered group's pull leases: an ack moves the
+// queue on; a retry makes the message wait until then as the next
+// attempt.
+func (e *Engine) settleOrdered(ctx context.Context, group string, rs []receipt, v Verdict) error {
+	b := e.b
+	for _, r := range rs {
+		c, err := b.pullGroupFor(ctx, group, r.Topic)
+		if err != nil {
+			return err
+		}
+		c.mu.Lock()
+		blk, ok := c.blocks[r.Queue]
+		if ok && blk.QueueOffset == r.Timer && blk.Attempt == r.Attempt && r.Queue < len(c.queues()) {
+			cur := c.cursors[r.Queue]
+			switch v.kind {
+			case verdictAck:
+				e.clearBlock(ctx, c, cur, r.Timer+1)
+			case verdictDead:
+				var m *Message
+				if m, err = b.ReadMessageAt(cur.Topic, cur.Queue, r.Timer); err == nil {
+					if err = b.DeadLetter(ctx, group, m, r.Attempt, v.reason); err == nil {
+						e.clearBlock(ctx, c, cur, r.Timer+1)
+					}
+				}
+			default:
+				blk.NextAt = b.now()
+				if v.kind == verdictRetry {
+					blk.NextAt = v.at
+				} else {
+					blk.Attempt-- // not sent: not an attempt
+				}
+				c.blocks[r.Queue] = blk
+				err = b.meta.SetOrderedRetry(ctx, blk)
+			}
+		}
+		c.mu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+	if len(rs) > 0 && v.kind != verdictRetry && v.kind != verdictRelease {
+		// An ordered queue's offset moves past a settled message only now.
+		return b.flushOffsets(ctx)
+	}
+	return nil
+}
+
+// settlePush settles a push lease.
+func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
+	b := e.b
+	e.mu.Lock()
+	c := e.cons[[2]string{r.Group, r.Topic}]
+	e.mu.Unlock()
+	if c == nil {
+		return staleErr("receipt")
+	}
+	c.mu.Lock()
+	l := c.leases[uint64(r.Timer)]
+	if l == nil || c.closed {
+		c.mu.Unlock()
+		return staleErr("receipt")
+	}
+	sub := c.sub
+	switch v.kind {
+	case verdictAck:
+		delete(c.leases, l.id)
+		e.finishPush(ctx, c, l)
+		c.mu.Unlock()
+		return nil
+	case verdictRelease:
+		delete(c.leases, l.id)
+		if l.ordered {
+			delete(c.out, l.c.Queue)
+			if blk, ok := c.blocks[l.c.Queue]; ok {
+				blk.NextAt = b.now()
+				c.blocks[l.c.Queue] = blk
+			}
+		} else {
+			c.redo = append(c.redo, l)
+		}
+		c.mu.Unlock()
+		return nil
+	}
+	c.mu.Unlock()
+	// Stored without the lock (an append and maybe SQLite); the lease stays
+	// out meanwhile, so a failure leaves it to be settled again.
+	var err error
+	switch {
+	case v.kind == verdictDead:
+		if err = b.DeadLetter(ctx, sub.Group, l.m, l.attempt, v.reason); err == nil {
+			b.LogAttempt(Attempt{MsgID: l.m.ID, Group: sub.Group, Subscription: sub.ID, Attempt: l.attempt, At: b.now(), Outcome: "dead", Error: v.reason})
+		}
+	case l.ordered:
+		err = b.meta.SetOrderedRetry(ctx, OrderedRetry{Subscription: sub.ID, Queue: l.c.Queue, QueueOffset: l.m.QueueOffset, Attempt: l.attempt, NextAt: v.at})
+	default:
+		err = b.storeSystem(ctx, l.m.retryCopy(sub.Group, l.attempt+1, v.at))
+	}
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.leases[l.id] != l {
+		return nil // expired meanwhile: its retry is stored, the expiry's too
+	}
+	delete(c.leases, l.id)
+	if v.kind == verdictRetry && l.ordered {
+		delete(c.out, l.c.Queue)
+		c.blocks[l.c.Queue] = OrderedRetry{Subscription: sub.ID, Queue: l.c.Queue, QueueOffset: l.m.QueueOffset, Attempt: l.attempt, NextAt: v.at}
+		return nil
+	}
+	e.finishPush(ctx, c, l)
+	return nil
+}
+
+// finishPush records that a push lease's message is done for the group.
+// Called with c.mu held.
+func (e *Engine) finishPush(ctx context.Context, c *consumer, l *memLease) {
+	if l.ordered {
+		e.clearBlock(ctx, c, l.c, l.m.QueueOffset+1)
+		return
+	}
+	l.c.Finish(l.m.QueueOffset)
+	e.setOffset(c, l.c)
+}

@@ -1,0 +1,253 @@
+package broker
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// pullUntil pulls until want messages came or d passed, acking nothing.
+func pullUntil(tb testing.TB, b *Broker, group, topic string, want int, d time.Duration) []Pulled {
+	tb.Helper()
+	var got []Pulled
+	deadline := time.Now().Add(d)
+	for len(got) < want && time.Now().Before(deadline) {
+		got = append(got, pullN(tb, b, group, topic, want-len(got), 200*time.Millisecond, time.Minute)...)
+	}
+	return got
+}
+
+func bodies(ps []Pulled) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = string(p.Body)
+	}
+	return out
+}
+
+// TestOrderedRedriveIsDelivered (fault 3): a dead letter redriven to an
+// ordered pull group comes back through the group's retry queue, which
+// ordered delivery used never to read.
+func TestOrderedRedriveIsDelivered(t *testing.T) {
+	ctx := context.Background()
+	b := openBroker(t, testConfig(t, t.TempDir()))
+	if _, err := b.CreateSubscription(ctx, Subscription{Group: "g", Topic: "t", Ordered: true, StartFrom: "earliest"}); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, b, "t", msg("m0"))
+	got := pullN(t, b, "g", "t", 1, 5*time.Second, 0)
+	if len(got) != 1 {
+		t.Fatalf("pulled %d, want 1", len(got))
+	}
+	if err := b.DeadLetter(ctx, "g", got[0].Message, 1, "given up"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Ack(ctx, "g", receipts(got)); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := b.Redrive(ctx, "g", nil, true, 1000); err != nil || n != 1 {
+		t.Fatalf("redrive: %d, %v; want 1", n, err)
+	}
+	again := pullUntil(t, b, "g", "t", 1, 10*time.Second)
+	if len(again) != 1 || string(again[0].Body) != "m0" {
+		t.Fatalf("after the redrive pulled %q, want [m0]", bodies(again))
+	}
+	if err := b.Ack(ctx, "g", receipts(again)); err != nil {
+		t.Fatalf("ack of the redriven message: %v", err)
+	}
+}
+
+// TestTurningOrderedKeepsWhatIsOut (fault 4): a message pulled and not
+// acked when its subscription turns ordered comes back after its
+// visibility, rather than waiting in a retry queue nobody reads.
+func TestTurningOrderedKeepsWhatIsOut(t *testing.T) {
+	ctx := context.Background()
+	b := openBroker(t, testConfig(t, t.TempDir()))
+	sub, err := b.CreateSubscription(ctx, Subscription{Group: "g", Topic: "t", MaxRetries: 3, StartFrom: "earliest"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish(t, b, "t", msg("m0"))
+	if got := pullN(t, b, "g", "t", 1, 5*time.Second, time.Second); len(got) != 1 {
+		t.Fatalf("pulled %d, want 1", len(got))
+	}
+	sub.Ordered = true
+	if _, err := b.UpdateSubscription(ctx, sub); err != nil {
+		t.Fatal(err)
+	}
+	again := pullUntil(t, b, "g", "t", 1, 10*time.Second)
+	if len(again) != 1 || string(again[0].Body) != "m0" || again[0].Attempt != 2 {
+		t.Fatalf("after turning ordered pulled %q, want m0 as attempt 2", bodies(again))
+	}
+}
+
+// TestResetReplaysABlockedOrderedQueue (fault 8): an offset reset of an
+// ordered group replays its queue from the new position although a
+// message of the queue was out (its block belongs to the old position).
+func TestResetReplaysABlockedOrderedQueue(t *testing.T) {
+	ctx := context.Background()
+	b := openBroker(t, testConfig(t, t.TempDir()))
+	if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.CreateSubscription(ctx, Subscription{Group: "g", Topic: "t", Ordered: true, StartFrom: "earliest"}); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, b, "t", msg("m0"), msg("m1"), msg("m2"))
+	first := pullN(t, b, "g", "t", 1, time.Second, 0)
+	if err := b.Ack(ctx, "g", receipts(first)); err != nil {
+		t.Fatal(err)
+	}
+	if second := pullN(t, b, "g", "t", 1, time.Second, 0); len(second) != 1 || string(second[0].Body) != "m1" {
+		t.Fatalf("second pull %q, want m1", bodies(second))
+	}
+	if err := b.ResetOffsets(ctx, "g", "t", "earliest"); err != nil {
+		t.Fatal(err)
+	}
+	var order []string
+	for len(order) < 3 {
+		got := pullN(t, b, "g", "t", 1, time.Second, 0)
+		if len(got) == 0 {
+			t.Fatalf("after the reset pulled %q, then nothing; want m0 m1 m2", order)
+		}
+		order = append(order, bodies(got)...)
+		if err := b.Ack(ctx, "g", receipts(got)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want := []string{"m0", "m1", "m2"}; !slices.Equal(order, want) {
+		t.Fatalf("after the reset pulled %q, want %q", order, want)
+	}
+}
+
+// TestPullSeesGrownQueues (fault 2): a running pull group takes the
+// messages of queues the topic gained.
+func TestPullSeesGrownQueues(t *testing.T) {
+	ctx := context.Background()
+	b := openBroker(t, testConfig(t, t.TempDir()))
+	if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 2}); err != nil {
+		t.Fatal(err)
+	}
+	pullN(t, b, "g", "t", 1, 0, 0) // the group exists and holds its cursors
+	if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 4}); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for i := 0; i < 8; i++ {
+		r := publish(t, b, "t", &Message{Body: []byte(fmt.Sprint("m", i)), ShardingKey: fmt.Sprint("k", i)})
+		ids = append(ids, r[0].ID)
+	}
+	queues := map[int]bool{}
+	for i := 0; i < 8; i++ {
+		m, err := b.Message(ctx, ids[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		queues[m.QueueID] = true
+	}
+	if !queues[2] && !queues[3] {
+		t.Fatalf("no message landed in the new queues (queues %v); pick other sharding keys", queues)
+	}
+	got := pullUntil(t, b, "g", "t", 8, 5*time.Second)
+	if len(got) != 8 {
+		t.Fatalf("pulled %q after growing the topic, want all 8", bodies(got))
+	}
+}
+
+// TestAckAtTheDeadlineIsNotRedelivered (fault 9): an ack whose
+// transaction runs after the visibility deadline is stale, even when it
+// was asked for before: its clock is read once it holds the writer, so the
+// timer loop never puts back a message an ack answered 200 for.
+func TestAckAtTheDeadlineIsNotRedelivered(t *testing.T) {
+	ctx := context.Background()
+	var mu sync.Mutex
+	now := time.Now()
+	cfg := testConfig(t, t.TempDir())
+	cfg.Now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	b := openBroker(t, cfg)
+	publish(t, b, "t", msg("m0"))
+	got := pullN(t, b, "g", "t", 1, time.Second, 10*time.Second)
+	if len(got) != 1 {
+		t.Fatalf("pulled %d, want 1", len(got))
+	}
+	if err := b.flushOffsets(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The receipt's timer is stored (dispatch adds it).
+	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
+		t.Fatal(err)
+	}
+	// Hold the metadata's write lock from another connection, as a busy
+	// writer would.
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(cfg.Dir, metaFile)+"?_pragma=busy_timeout(5000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		t.Fatal(err)
+	}
+	ackErr := make(chan error, 1)
+	go func() { ackErr <- b.Ack(ctx, "g", receipts(got)) }()
+	// The ack waits for the writer to cancel its timer.
+	waitStack(t, "meta.(*Store).write")
+	mu.Lock()
+	now = now.Add(11 * time.Second) // past the visibility deadline
+	mu.Unlock()
+	// Meanwhile the timer loop finds the timer due and puts the message
+	// back on the group's retry queue (marking it fired waits too).
+	retry := RetryTopic("g", "t")
+	deadline := time.Now().Add(4 * time.Second)
+	for {
+		if _, hi := b.QueueBounds(retry, 0); hi > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			due, err := b.meta.DueTimers(ctx, b.now(), 10)
+			pend, _ := b.meta.PendingTimers(ctx)
+			t.Fatalf("the timer loop did not put the message back within 4s: due %v %v, pending %d", due, err, pend)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if _, err := conn.ExecContext(ctx, "COMMIT"); err != nil {
+		t.Fatal(err)
+	}
+	err = <-ackErr
+	if err == nil {
+		// Acked: the message must not come back.
+		if again := pullN(t, b, "g", "t", 1, 2*time.Second, 0); len(again) != 0 {
+			t.Fatalf("an ack answered OK and its message was handed out again (attempt %d)", again[0].Attempt)
+		}
+		return
+	}
+	if CodeOf(err) != CodeStaleReceipt {
+		t.Fatalf("ack past the deadline: %v, want stale_receipt or OK", err)
+	}
+}
+
+// waitStack waits until some goroutine's stack shows fn.
+func waitStack(tb testing.TB, fn string) {
+	tb.Helper()
+	buf := make([]byte, 1<<20)
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		n := runtime.Stack(buf, true)
+		if strings.Contains(string(buf[:n]), fn) {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	tb.Fatalf("no goroutine reached %s within 10s", fn)
+}

@@ -1,0 +1,166 @@
+package push
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/postbus/postbus/broker"
+)
+
+// gate is a sink answer that holds every request until it is opened.
+type gate chan struct{}
+
+func (g gate) respond(r *http.Request, _ int) int {
+	select {
+	case <-g:
+	case <-r.Context().Done():
+	}
+	return 200
+}
+
+func bodiesOf(s *sink) map[string]int {
+	out := map[string]int{}
+	for _, g := range s.requests() {
+		out[g.body]++
+	}
+	return out
+}
+
+func inFlight(tb testing.TB, b *broker.Broker, group string) int {
+	tb.Helper()
+	g, err := b.Group(context.Background(), group)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	n := 0
+	for _, q := range g.Queues {
+		n += q.InFlight
+	}
+	return n
+}
+
+// TestPushHonoursOffsetReset (fault 7): a reset to latest while a push
+// subscription has messages queued behind a slow delivery skips them; the
+// running loop used to deliver them anyway and write its own offsets back.
+func TestPushHonoursOffsetReset(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t)
+	g := make(gate)
+	s := newSink(t, g.respond)
+	if _, _, err := r.b.PutTopic(ctx, "t", broker.TopicSettings{Queues: 1}); err != nil {
+		t.Fatal(err)
+	}
+	r.subscribe(t, broker.Subscription{Group: "g", Topic: "t", URL: s.URL, MaxInFlight: 1})
+	for i := 0; i < 5; i++ {
+		r.publish(t, "t", &broker.Message{Body: []byte(fmt.Sprint("m", i))})
+	}
+	waitUntil(t, 5*time.Second, "the first delivery", func() bool { return len(s.requests()) == 1 })
+	if err := r.b.ResetOffsets(ctx, "g", "t", "latest"); err != nil {
+		t.Fatal(err)
+	}
+	close(g)
+	r.publish(t, "t", &broker.Message{Body: []byte("after")})
+	waitUntil(t, 10*time.Second, "the message published after the reset", func() bool { return bodiesOf(s)["after"] > 0 })
+	for i := 1; i < 5; i++ {
+		if n := bodiesOf(s)[fmt.Sprint("m", i)]; n > 0 {
+			t.Errorf("m%d, before the reset to latest, was delivered %d times after it", i, n)
+		}
+	}
+}
+
+// TestPauseCountsNoUnsentAttempt (fault 6): pausing a rate-limited
+// subscription gives back the messages waiting for the rate limiter; they
+// were never sent, so with max_retries 0 none goes to the dead-letter queue.
+func TestPauseCountsNoUnsentAttempt(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t)
+	s := newSink(t, nil)
+	if _, _, err := r.b.PutTopic(ctx, "t", broker.TopicSettings{Queues: 1}); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := r.b.CreateSubscription(ctx, broker.Subscription{Group: "g", Topic: "t", URL: s.URL, MaxRetries: 0, RatePerSecond: 1, MaxInFlight: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sub.MaxRetries != 0 {
+		t.Fatalf("max_retries %d, want 0", sub.MaxRetries)
+	}
+	for i := 0; i < 4; i++ {
+		r.publish(t, "t", &broker.Message{Body: []byte(fmt.Sprint("m", i))})
+	}
+	waitUntil(t, 5*time.Second, "the first delivery", func() bool { return len(s.requests()) >= 1 })
+	if _, err := r.b.SetSubscriptionState(ctx, sub.ID, broker.StatePaused, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.b.SetSubscriptionState(ctx, sub.ID, broker.StateActive, ""); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 15*time.Second, "all four delivered after the resume", func() bool { return len(bodiesOf(s)) == 4 })
+	if dls, err := r.b.DeadLetters(ctx, "g", -1, 10); err != nil || len(dls) != 0 {
+		t.Fatalf("dead letters after a pause: %d (%v), want none: nothing failed", len(dls), err)
+	}
+}
+
+// TestInFlightClearedWhenStopped (fault 10): the groups API's in_flight
+// goes back to 0 once a subscription with deliveries out is paused, and
+// after it is deleted.
+func TestInFlightClearedWhenStopped(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t)
+	g := make(gate)
+	defer close(g)
+	s := newSink(t, g.respond)
+	sub := r.subscribe(t, broker.Subscription{Group: "g", Topic: "t", URL: s.URL, MaxInFlight: 2, Timeout: 30 * time.Second})
+	for i := 0; i < 3; i++ {
+		r.publish(t, "t", &broker.Message{Body: []byte(fmt.Sprint("m", i))})
+	}
+	waitUntil(t, 5*time.Second, "two deliveries out", func() bool { return len(s.requests()) == 2 })
+	if n := inFlight(t, r.b, "g"); n != 2 {
+		t.Fatalf("in_flight %d with two deliveries out, want 2", n)
+	}
+	if _, err := r.b.SetSubscriptionState(ctx, sub.ID, broker.StatePaused, ""); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, "in_flight 0 after the pause", func() bool { return inFlight(t, r.b, "g") == 0 })
+	if _, err := r.b.SetSubscriptionState(ctx, sub.ID, broker.StateActive, ""); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, "deliveries out again", func() bool { return inFlight(t, r.b, "g") > 0 })
+	if err := r.b.DeleteSubscription(ctx, sub.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, "in_flight 0 after the delete", func() bool { return inFlight(t, r.b, "g") == 0 })
+}
+
+// TestPushDeliversGrownQueues (fault 2): a running push subscription
+// delivers the messages of queues its topic gained.
+func TestPushDeliversGrownQueues(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t)
+	s := newSink(t, nil)
+	if _, _, err := r.b.PutTopic(ctx, "t", broker.TopicSettings{Queues: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.b.CreateSubscription(ctx, broker.Subscription{Group: "g", Topic: "t", URL: s.URL, MaxRetries: -1}); err != nil {
+		t.Fatal(err)
+	}
+	r.publish(t, "t", &broker.Message{Body: []byte("before")})
+	waitUntil(t, 5*time.Second, "the loop running", func() bool { return len(s.requests()) == 1 })
+	if _, _, err := r.b.PutTopic(ctx, "t", broker.TopicSettings{Queues: 4}); err != nil {
+		t.Fatal(err)
+	}
+	inNew := 0
+	for i := 0; i < 8; i++ {
+		res := r.publish(t, "t", &broker.Message{Body: []byte(fmt.Sprint("m", i)), ShardingKey: fmt.Sprint("k", i)})
+		if res[0].QueueID >= 2 {
+			inNew++
+		}
+	}
+	if inNew == 0 {
+		t.Fatal("no message landed in the new queues; pick other sharding keys")
+	}
+	waitUntil(t, 10*time.Second, "all 9 delivered", func() bool { return len(bodiesOf(s)) == 9 })
+}
