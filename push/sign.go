@@ -22,7 +22,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
-	"github.com/postbus/postbus/internal/fsync"
+	"github.com/postbus/postbus/broker/fsync"
 )
 
 // Signing constants. Secrets and key forms follow Standard Webhooks v1.

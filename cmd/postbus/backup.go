@@ -14,8 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/postbus/postbus/broker/fsync"
 	"github.com/postbus/postbus/broker/meta"
-	"github.com/postbus/postbus/internal/fsync"
 )
 
 // backupFiles are the small files of a data directory that a backup keeps

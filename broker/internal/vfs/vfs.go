@@ -6,7 +6,7 @@ import (
 	"os"
 	"syscall"
 
-	"github.com/postbus/postbus/internal/fsync"
+	"github.com/postbus/postbus/broker/fsync"
 )
 
 // FS is the set of file operations that change what is on disk.
