@@ -146,6 +146,7 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 		return nil, err
 	}
 	b.metrics.register(b, cfg.Registerer)
+	b.eng.start()
 	b.wg.Add(4)
 	go b.dispatchLoop()
 	go b.retentionLoop()

@@ -46,10 +46,10 @@ func (b *Broker) Offset(group, topic string, queue int) (int64, bool) {
 	return n, ok
 }
 
-// SetOffset moves a group's offset on a queue. It is durable within
+// setOffset moves a group's offset on a queue. It is durable within
 // OffsetInterval (at-least-once: after a crash the group resumes from the
-// last persisted offset).
-func (b *Broker) SetOffset(group, topic string, queue int, next int64) {
+// last persisted offset), or sooner where the caller flushes.
+func (b *Broker) setOffset(group, topic string, queue int, next int64) {
 	k := offsetKey{group, topic, queue}
 	b.offs.mu.Lock()
 	defer b.offs.mu.Unlock()
@@ -75,6 +75,17 @@ func (b *Broker) loadOffsets(ctx context.Context) error {
 // flushOffsets persists the offsets changed since the last flush, in one
 // transaction.
 func (b *Broker) flushOffsets(ctx context.Context) error {
+	return b.flushOffsetsWith(ctx, b.meta.CommitOffsets)
+}
+
+// flushOffsetsRound is flushOffsets for a push lease round: many a
+// second, so not fsynced (it survives a kill of the process; a power cut
+// falls back to the last synced write, at least once).
+func (b *Broker) flushOffsetsRound(ctx context.Context) error {
+	return b.flushOffsetsWith(ctx, b.meta.CommitOffsetsUnsynced)
+}
+
+func (b *Broker) flushOffsetsWith(ctx context.Context, commit func(context.Context, []meta.Offset) error) error {
 	b.offs.mu.Lock()
 	batch := make([]meta.Offset, 0, len(b.offs.dirty))
 	for k := range b.offs.dirty {
@@ -82,7 +93,7 @@ func (b *Broker) flushOffsets(ctx context.Context) error {
 	}
 	clear(b.offs.dirty)
 	b.offs.mu.Unlock()
-	if err := b.meta.CommitOffsets(ctx, batch); err != nil {
+	if err := commit(ctx, batch); err != nil {
 		b.offs.mu.Lock()
 		for _, o := range batch {
 			b.offs.dirty[offsetKey{o.Group, o.Topic, o.Queue}] = true
@@ -174,13 +185,6 @@ func (b *Broker) ReadQueue(topic string, queue int, from int64, limit int, filte
 		from += int64(len(entries))
 	}
 	return out, from, nil
-}
-
-// Retry schedules attempt of m for group at time at: a delayed copy in the
-// group's retry topic for m's topic, which the group consumes beside the
-// topic itself. The copy keeps m's id, so receivers can deduplicate.
-func (b *Broker) Retry(ctx context.Context, group string, m *Message, attempt int, at time.Time) error {
-	return b.storeSystem(ctx, m.retryCopy(group, attempt, at))
 }
 
 // retryCopy is m as the delayed copy that brings it back to group as
@@ -288,21 +292,6 @@ type Attempt = meta.Attempt
 // message, kept durable so a restart resumes the wait.
 type OrderedRetry = meta.OrderedRetry
 
-// OrderedRetries returns a subscription's blocked queues.
-func (b *Broker) OrderedRetries(ctx context.Context, sub string) (map[int]OrderedRetry, error) {
-	return b.meta.OrderedRetries(ctx, sub)
-}
-
-// SetOrderedRetry records that a queue is blocked until r.NextAt.
-func (b *Broker) SetOrderedRetry(ctx context.Context, r OrderedRetry) error {
-	return b.meta.SetOrderedRetry(ctx, r)
-}
-
-// ClearOrderedRetry unblocks a queue.
-func (b *Broker) ClearOrderedRetry(ctx context.Context, sub string, queue int) error {
-	return b.meta.ClearOrderedRetry(ctx, sub, queue)
-}
-
 // ReadMessageAt reads one queue entry's message (for an ordered
 // subscription resuming a blocked queue).
 func (b *Broker) ReadMessageAt(topic string, queue int, offset int64) (*Message, error) {
@@ -333,13 +322,13 @@ func (b *Broker) ReadMessageAt(topic string, queue int, offset int64) (*Message,
 	return m, nil
 }
 
-// Cursor is a consumer's place in one queue: the next offset to read, and
-// the offsets read but not yet finished (in flight, or waiting for a copy
-// to be stored). The group's offset is the lowest unfinished one, so a
-// restart never skips a message that was read but not settled. Push
-// dispatchers and pull groups keep one per queue; the caller serialises
-// access.
-type Cursor struct {
+// queueCursor is a consumer's place in one queue: the next offset to
+// read, and the offsets read but not yet finished (out on a push lease, or
+// waiting for a pull lease's copy to be stored). The group's offset is the
+// lowest unfinished one, so a restart never skips a message that was read
+// but not settled. The engine keeps one per queue of each consumer; the
+// consumer's lock serialises access.
+type queueCursor struct {
 	Topic   string
 	Queue   int
 	Next    int64
@@ -347,10 +336,10 @@ type Cursor struct {
 }
 
 // Start records that the message at off was read and is not finished.
-func (c *Cursor) Start(off int64) { c.pending = append(c.pending, off) }
+func (c *queueCursor) Start(off int64) { c.pending = append(c.pending, off) }
 
 // Finish records that the message at off is done.
-func (c *Cursor) Finish(off int64) {
+func (c *queueCursor) Finish(off int64) {
 	for i, p := range c.pending {
 		if p == off {
 			c.pending = append(c.pending[:i], c.pending[i+1:]...)
@@ -360,7 +349,7 @@ func (c *Cursor) Finish(off int64) {
 }
 
 // Committed is the offset the group may persist: the lowest unfinished.
-func (c *Cursor) Committed() int64 {
+func (c *queueCursor) Committed() int64 {
 	if len(c.pending) > 0 {
 		return c.pending[0]
 	}
@@ -368,4 +357,4 @@ func (c *Cursor) Committed() int64 {
 }
 
 // InFlight counts the unfinished messages.
-func (c *Cursor) InFlight() int { return len(c.pending) }
+func (c *queueCursor) InFlight() int { return len(c.pending) }

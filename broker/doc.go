@@ -14,7 +14,18 @@
 // be rebuilt from it.
 //
 // Topic settings, consumer offsets, subscriptions and timers live in
-// SQLite (package meta), never on the per-message path.
+// SQLite (package meta), never on the per-message path of publishing.
+//
+// Consuming goes through one consumer engine (engine.go, RocketMQ 5's pop
+// model), for pull and push alike: Engine.Lease hands a group up to max
+// messages of a topic, each out for a visibility, and Engine.Settle takes
+// one back with Ack, RetryAt(t), Dead(reason) or Release (never sent; no
+// attempt counted). The engine owns each group's cursors on a topic's
+// queues and on its retry queue, what is out, ordered queues' blocks,
+// retry copies and dead-lettering; offset resets, subscription changes
+// and topic growth act on it, so no consumer writes its own position back
+// over them. Pull leases are durable (a visibility copy each); push leases
+// live in the process, and their offsets are written as they settle.
 //
 // Open checks that meta.db knows every topic the commitlog (from the
 // checkpoint on) and the consume queues hold, or recorded its deletion. A
@@ -80,5 +91,14 @@
 //     checkpoint and the queues stays the commitlog's WARN.
 //   - A record whose queue offset does not follow its queue's is a fault:
 //     it is skipped with an ERROR line and counted, never dropped quietly.
-//   - Queues can grow but not shrink.
+//   - Queues can grow but not shrink. Consumers pick up a queue the topic
+//     gained from its start: every message in it is new to them.
+//   - One meaning for an ordered queue's stored block (OrderedRetry): the
+//     queue offset of the message it waits on, the attempts already made
+//     at it, and when the next may go out. Blocks stored by an older
+//     version for push held the next attempt's number; such a message
+//     gets one attempt fewer after an upgrade.
+//   - An ordered group's retry queue is consumed beside its queues, without
+//     order: it holds redriven dead letters and what was out or waiting
+//     when the subscription turned ordered.
 package broker

@@ -30,8 +30,10 @@ import (
 //     any point brings a message back (maybe twice), never loses it.
 //   - Push leases live in this process, as the push loop that holds them
 //     does: the group's offset stays at the lowest message not settled, and
-//     each lease round first writes the offsets settled since the last
-//     round, so a crash repeats at most what was out.
+//     a writer persists offsets as soon as settles move them (unsynced
+//     SQLite commits, which a kill of the process keeps), so a crash
+//     repeats what was out and what settled during the last write, not
+//     what OffsetInterval saw.
 //
 // Attempt numbers have one meaning everywhere: a lease's Attempt is the
 // attempt it is (1 on the first delivery), and an ordered queue's stored
@@ -88,8 +90,13 @@ const expiredReason = "\x00visibility"
 
 // Engine is the consumer engine. It has its own lock and Close.
 type Engine struct {
-	b       *Broker
-	leaseID atomic.Uint64
+	b         *Broker
+	leaseID   atomic.Uint64
+	flushWake chan struct{} // push offsets moved
+	stop      chan struct{} // closed by Close
+	flushed   chan struct{} // closed when flushLoop ends
+	started   bool
+	closeOnce sync.Once
 
 	mu   sync.Mutex
 	cons map[[2]string]*consumer // by group, topic; guarded by mu
@@ -97,12 +104,25 @@ type Engine struct {
 }
 
 func newEngine(b *Broker) *Engine {
-	return &Engine{b: b, cons: make(map[[2]string]*consumer)}
+	return &Engine{b: b, cons: make(map[[2]string]*consumer), flushWake: make(chan struct{}, 1),
+		stop: make(chan struct{}), flushed: make(chan struct{})}
+}
+
+// start starts the offset writer, once the metadata is open.
+func (e *Engine) start() {
+	e.started = true
+	go e.flushLoop()
 }
 
 // Close drops every consumer: leases still out settle as stale and their
 // messages come back from the offsets (push) or their timers (pull).
 func (e *Engine) Close() error {
+	e.closeOnce.Do(func() {
+		close(e.stop)
+		if e.started {
+			<-e.flushed
+		}
+	})
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for k, c := range e.cons {
@@ -119,9 +139,10 @@ type consumer struct {
 	sub     Subscription // guarded by mu
 	filter  Filter       // guarded by mu
 	push    bool
-	closed  bool      // dropped: it must not move offsets any more; guarded by mu
-	cursors []*Cursor // the topic's queues, then the retry queue; guarded by mu
-	rr      int       // where the next lease starts, for fairness; guarded by mu
+	closed  bool           // dropped: it must not move offsets any more; guarded by mu
+	cursors []*queueCursor // the topic's queues, then the retry queue; guarded by mu
+	rr      int            // where the next lease starts, for fairness; guarded by mu
+	leaseMu sync.Mutex     // one lease at a time: only leases move a cursor's Next
 	// blocks are an ordered group's queues waiting on a message: the
 	// message's queue offset, the attempts made and when the next may go
 	// out. Stored in SQLite when a pull hands out or a retry is scheduled,
@@ -130,13 +151,12 @@ type consumer struct {
 	leases map[uint64]*memLease // push leases out; guarded by mu
 	out    map[int]uint64       // ordered push: the lease out on each queue; guarded by mu
 	redo   []*memLease          // released or expired push leases, handed out first; guarded by mu
-	dirty  bool                 // push: offsets moved since the last lease round; guarded by mu
 }
 
 // memLease is a push lease: a message out to this process's push loop.
 type memLease struct {
 	id       uint64
-	c        *Cursor
+	c        *queueCursor
 	m        *Message
 	attempt  int
 	ordered  bool
@@ -150,10 +170,10 @@ func (c *consumer) close() {
 }
 
 // queues are the topic's cursors, without the retry queue.
-func (c *consumer) queues() []*Cursor { return c.cursors[:len(c.cursors)-1] }
+func (c *consumer) queues() []*queueCursor { return c.cursors[:len(c.cursors)-1] }
 
 // retryCursor is the cursor of the group's retry queue for the topic.
-func (c *consumer) retryCursor() *Cursor { return c.cursors[len(c.cursors)-1] }
+func (c *consumer) retryCursor() *queueCursor { return c.cursors[len(c.cursors)-1] }
 
 // Lease hands out up to max of topic's messages to group, each out for
 // visibility unless settled. A group with a push subscription gets push
@@ -222,10 +242,10 @@ func (e *Engine) install(ctx context.Context, s Subscription, push bool) (*consu
 		// topic, or the retry queue at first) all of it is the group's.
 		for q := 0; q < n; q++ {
 			off, _ := b.Offset(s.Group, s.Topic, q)
-			c.cursors = append(c.cursors, &Cursor{Topic: s.Topic, Queue: q, Next: off})
+			c.cursors = append(c.cursors, &queueCursor{Topic: s.Topic, Queue: q, Next: off})
 		}
 		off, _ := b.Offset(s.Group, RetryTopic(s.Group, s.Topic), 0)
-		c.cursors = append(c.cursors, &Cursor{Topic: RetryTopic(s.Group, s.Topic), Queue: 0, Next: off})
+		c.cursors = append(c.cursors, &queueCursor{Topic: RetryTopic(s.Group, s.Topic), Queue: 0, Next: off})
 		e.mu.Lock()
 		if e.gen != gen {
 			e.mu.Unlock()
@@ -301,7 +321,7 @@ func (e *Engine) grow(c *consumer) {
 	c.cursors = c.cursors[:len(c.cursors)-1]
 	for q := len(c.cursors); q < n; q++ {
 		off, _ := e.b.Offset(c.sub.Group, c.sub.Topic, q)
-		c.cursors = append(c.cursors, &Cursor{Topic: c.sub.Topic, Queue: q, Next: off})
+		c.cursors = append(c.cursors, &queueCursor{Topic: c.sub.Topic, Queue: q, Next: off})
 		e.b.logger.Info("consumer picks up a queue the topic grew", slog.String("group", c.sub.Group),
 			slog.String("topic", c.sub.Topic), slog.Int("queue", q))
 	}
@@ -310,11 +330,8 @@ func (e *Engine) grow(c *consumer) {
 
 // lease hands out what is ready now.
 func (e *Engine) lease(ctx context.Context, c *consumer, limit int, visibility time.Duration) ([]Lease, error) {
-	if c.push {
-		if err := e.flushRound(ctx, c); err != nil {
-			return nil, err
-		}
-	}
+	c.leaseMu.Lock()
+	defer c.leaseMu.Unlock()
 	c.mu.Lock()
 	e.grow(c)
 	ordered := c.sub.Ordered
@@ -340,35 +357,51 @@ func (e *Engine) lease(ctx context.Context, c *consumer, limit int, visibility t
 	return append(out, got...), err
 }
 
-// flushRound writes a push consumer's offsets when they moved since the
-// last round: what was settled since then is not delivered again after a
-// crash.
-func (e *Engine) flushRound(ctx context.Context, c *consumer) error {
-	c.mu.Lock()
-	dirty := c.dirty
-	c.dirty = false
-	c.mu.Unlock()
-	if !dirty {
-		return nil
+// flushLoop writes the offsets push leases moved, as soon as they move:
+// one unsynced write after another (each takes what moved while the last
+// ran), so a kill of the process delivers again only what was out and what
+// was settled during the last write and flushSpacing, not what an
+// OffsetInterval saw.
+func (e *Engine) flushLoop() {
+	defer close(e.flushed)
+	for {
+		select {
+		case <-e.stop:
+			return
+		case <-e.flushWake:
+		}
+		if err := e.b.flushOffsetsRound(context.Background()); err != nil {
+			e.b.logger.Error("writing consumer offsets failed; the periodic write retries", slog.Any("err", err))
+		}
+		// Writes are spaced, so that under load one takes many settles
+		// rather than costing a commit each.
+		t := time.NewTimer(flushSpacing)
+		select {
+		case <-e.stop:
+			t.Stop()
+			return
+		case <-t.C:
+		}
 	}
-	if err := e.b.flushOffsets(ctx); err != nil {
-		c.mu.Lock()
-		c.dirty = true
-		c.mu.Unlock()
-		return err
-	}
-	return nil
 }
+
+// flushSpacing is the least time between two writes of flushLoop.
+const flushSpacing = 2 * time.Millisecond
 
 // setOffset moves the group's offset on a cursor's queue to what it may
 // persist, unless the consumer was dropped (an offset reset wrote newer
 // ones). Called with c.mu held.
-func (e *Engine) setOffset(c *consumer, cur *Cursor) {
+func (e *Engine) setOffset(c *consumer, cur *queueCursor) {
 	if c.closed {
 		return
 	}
-	e.b.SetOffset(c.sub.Group, cur.Topic, cur.Queue, cur.Committed())
-	c.dirty = true
+	e.b.setOffset(c.sub.Group, cur.Topic, cur.Queue, cur.Committed())
+	if c.push {
+		select {
+		case e.flushWake <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // deadOnLease dead-letters a message read with more attempts behind it
@@ -401,7 +434,7 @@ func (e *Engine) leasePull(ctx context.Context, c *consumer, limit int, visibili
 	b := e.b
 	type taken struct {
 		m   *Message
-		cur *Cursor
+		cur *queueCursor
 	}
 	var got []taken
 	// The retry copies of what is handed out go to the log in one append,
@@ -516,14 +549,14 @@ func (e *Engine) leasePush(ctx context.Context, c *consumer, limit int, visibili
 	b := e.b
 	now := b.now()
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.closed {
+		c.mu.Unlock()
 		return nil, nil
 	}
 	sub, filter := c.sub, c.filter
 	e.expire(c, now)
 	var out []Lease
-	hand := func(l *memLease) {
+	hand := func(l *memLease) { // with c.mu held
 		l.id = e.leaseID.Add(1)
 		l.deadline = now.Add(visibility)
 		c.leases[l.id] = l
@@ -542,6 +575,10 @@ func (e *Engine) leasePush(ctx context.Context, c *consumer, limit int, visibili
 	n := len(cursors)
 	start := c.rr
 	c.rr++
+	c.mu.Unlock()
+	// The queues are read without c.mu, so settles of what is out do not
+	// wait for the reads; c.leaseMu keeps other leases off the cursors'
+	// Next, which only leases move.
 	for i := 0; i < n && len(out) < limit; i++ {
 		cur := cursors[(start+i)%n]
 		share := max(1, (limit-len(out)+n-i-1)/(n-i))
@@ -551,15 +588,23 @@ func (e *Engine) leasePush(ctx context.Context, c *consumer, limit int, visibili
 				slog.Int("queue", cur.Queue), slog.Any("err", err))
 			continue
 		}
-		for _, m := range msgs {
+		for j, m := range msgs {
 			if max(m.Attempt, 1) > sub.MaxRetries+1 {
-				// Dead-lettered here, under the lock: rare (max_retries
-				// lowered while its retries waited).
+				// Rare: max_retries was lowered while its retries waited.
 				if err := e.deadOnLease(ctx, sub, m, now); err != nil {
-					cur.Next = m.QueueOffset
-					e.setOffset(c, cur)
-					return out, err
+					msgs, next = msgs[:j], m.QueueOffset
+					break
 				}
+				msgs[j] = nil
+			}
+		}
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return nil, nil // dropped meanwhile: nothing was handed out
+		}
+		for _, m := range msgs {
+			if m == nil {
 				continue
 			}
 			cur.Start(m.QueueOffset)
@@ -567,6 +612,7 @@ func (e *Engine) leasePush(ctx context.Context, c *consumer, limit int, visibili
 		}
 		cur.Next = next
 		e.setOffset(c, cur)
+		c.mu.Unlock()
 	}
 	return out, nil
 }
@@ -656,7 +702,7 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 		}
 		// The group's offset stays at the message until it is settled.
 		if !c.closed {
-			b.SetOffset(sub.Group, cur.Topic, cur.Queue, m.QueueOffset)
+			b.setOffset(sub.Group, cur.Topic, cur.Queue, m.QueueOffset)
 		}
 		if c.push {
 			l := &memLease{id: e.leaseID.Add(1), c: cur, m: m, attempt: attempt, ordered: true, deadline: now.Add(visibility)}
@@ -679,7 +725,7 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 
 // clearBlock frees an ordered queue and moves the group past its message.
 // Called with c.mu held.
-func (e *Engine) clearBlock(ctx context.Context, c *consumer, cur *Cursor, next int64) {
+func (e *Engine) clearBlock(ctx context.Context, c *consumer, cur *queueCursor, next int64) {
 	if _, stored := c.blocks[cur.Queue]; stored || !c.push {
 		if err := e.b.meta.ClearOrderedRetry(ctx, c.sub.ID, cur.Queue); err != nil {
 			e.b.logger.Error("clearing an ordered queue's block failed", slog.Any("err", err))
@@ -732,6 +778,9 @@ func (e *Engine) Settle(ctx context.Context, rcpt string, v Verdict) error {
 	r, err := decodeReceipt(rcpt, e.b.receiptKey)
 	if err != nil {
 		return errf(CodeInvalidReceipt, "receipt", "not a receipt this bus issued")
+	}
+	if r.Kind == receiptPush {
+		return e.settlePush(ctx, r, v) // the push loop's path: no batch to check
 	}
 	return e.settleAll(ctx, r.Group, []string{rcpt}, v)
 }

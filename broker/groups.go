@@ -189,12 +189,12 @@ func (b *Broker) ResetOffsets(ctx context.Context, group, topic, to string) erro
 				return err
 			}
 		}
-		b.SetOffset(group, topic, q, next)
+		b.setOffset(group, topic, q, next)
 	}
 	// Retries queued before the reset belong to the old position.
 	retry := RetryTopic(group, topic)
 	if _, hi := b.cq.Bounds(retry, 0); hi > 0 {
-		b.SetOffset(group, retry, 0, hi)
+		b.setOffset(group, retry, 0, hi)
 	}
 	if err := b.flushOffsets(ctx); err != nil {
 		return err
@@ -318,7 +318,7 @@ func (b *Broker) PurgeDeadLetters(ctx context.Context, group string) (int64, err
 		return 0, err
 	}
 	_, hi := b.cq.Bounds(DeadLetterTopic(group), 0)
-	b.SetOffset(group, DeadLetterTopic(group), 0, hi)
+	b.setOffset(group, DeadLetterTopic(group), 0, hi)
 	return n, b.flushOffsets(ctx)
 }
 

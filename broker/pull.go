@@ -11,15 +11,18 @@ import (
 // Pull (DESIGN §4): consumers that cannot take a webhook ask for messages
 // and ack them, SQS-style, with RocketMQ's consumer-group semantics.
 //
-// Handing out a message stores, in the same append, a delayed copy of it
-// in the group's retry topic, due when its visibility runs out, with the
-// next attempt number: the same timer store as push retries. The receipt
-// names that copy. Ack cancels its timer, so the message never comes back;
-// nack moves it to the nack's delay; if neither comes, the timer fires and
-// the copy is handed out again as the next attempt, under a new receipt.
-// An attempt past max_retries goes to the group's dead-letter queue rather
-// than out. The group's offset on the queue moves on as soon as the copy is
-// durable, so a restart (even SIGKILL) loses no unacked message and brings
+// Pull, Ack and Nack are thin over the consumer engine (engine.go), whose
+// pull leases are durable: handing out a message stores, in the same
+// append, a delayed copy of it in the group's retry topic, due when its
+// visibility runs out, with the next attempt number: the same timer store
+// as push retries. The receipt names that copy. Ack cancels its timer, so
+// the message never comes back; nack stores the replacement copies and then
+// swaps the timers in one transaction; if neither comes, the timer fires
+// and the copy is handed out again as the next attempt, under a new
+// receipt (the trace records the attempt before as expired). An attempt
+// past max_retries goes to the group's dead-letter queue rather than out.
+// The group's offset on the queue moves on as soon as the copy is durable,
+// so a restart (even SIGKILL) loses no unacked or nacked message and brings
 // back no acked one.
 
 // Pull limits.
@@ -170,9 +173,20 @@ func autoPullID(group, topic string) string {
 
 func (b *Broker) pullSubscriptionID(group, topic string) string {
 	b.eng.mu.Lock()
-	defer b.eng.mu.Unlock()
-	if c := b.eng.cons[[2]string{group, topic}]; c != nil {
+	c := b.eng.cons[[2]string{group, topic}]
+	b.eng.mu.Unlock()
+	if c != nil {
+		c.mu.Lock()
+		defer c.mu.Unlock()
 		return c.sub.ID
+	}
+	// Dropped meanwhile (an offset reset, a change): ask the metadata.
+	if subs, err := b.Subscriptions(context.Background()); err == nil {
+		for _, s := range subs {
+			if s.Group == group && s.Topic == topic {
+				return s.ID
+			}
+		}
 	}
 	return "pull:" + topic
 }

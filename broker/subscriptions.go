@@ -351,7 +351,7 @@ func (b *Broker) positionGroup(ctx context.Context, group string, ts *topicState
 				return err
 			}
 		}
-		b.SetOffset(group, ts.name, q, next)
+		b.setOffset(group, ts.name, q, next)
 	}
 	return b.flushOffsets(ctx)
 }

@@ -1,9 +1,17 @@
 // Package push delivers messages to subscribers' webhooks: the outbound
 // HTTP client with its SSRF guard (client.go), one delivery attempt
 // (attempt.go), the signatures a receiver checks (sign.go) and the retry
-// policy (retry.go). The per-subscription loop that reads a topic's queues
-// and hands dead messages to %DLQ%<group> is built on these pieces; each of
-// them is pure or self-contained and keeps no state between attempts.
+// policy (retry.go). The per-subscription loop (dispatcher.go) is a client
+// of the broker's consumer engine: it leases up to max_in_flight messages
+// (visibility: the delivery timeout plus a margin), makes one attempt at
+// each and settles it with what the retry policy says: Ack when
+// delivered, RetryAt when it may be tried again, Dead past max_retries,
+// Release when it was never sent (the loop stopped while it waited for
+// the rate limiter, or before the request went out), which counts no
+// attempt. Cursors, ordered queues, retry copies, dead letters, offsets
+// and in-flight counts are the engine's; the loop keeps none of them. The
+// other pieces are pure or self-contained and keep no state between
+// attempts.
 //
 // # The client
 //

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -163,4 +164,75 @@ func TestPushDeliversGrownQueues(t *testing.T) {
 		t.Fatal("no message landed in the new queues; pick other sharding keys")
 	}
 	waitUntil(t, 10*time.Second, "all 9 delivered", func() bool { return len(bodiesOf(s)) == 9 })
+}
+
+// TestPushTurningOrderedKeepsPendingRetry (fault 4, push): a retry pending
+// when a subscription turns ordered is delivered, from the retry queue an
+// ordered loop used never to read.
+func TestPushTurningOrderedKeepsPendingRetry(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t)
+	s := newSink(t, func(_ *http.Request, n int) int {
+		if n == 1 {
+			return 500
+		}
+		return 200
+	})
+	sub := r.subscribe(t, broker.Subscription{Group: "g", Topic: "t", URL: s.URL, RetryDelays: []time.Duration{500 * time.Millisecond}})
+	r.publish(t, "t", &broker.Message{Body: []byte("m0")})
+	waitUntil(t, 5*time.Second, "the failed first attempt's retry pending", func() bool {
+		g, err := r.b.Group(ctx, "g")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, q := range g.Queues {
+			if q.Topic == broker.RetryTopic("g", "t") && q.InFlight == 1 {
+				return true
+			}
+		}
+		return false
+	})
+	sub.Ordered = true
+	if _, err := r.b.UpdateSubscription(ctx, sub); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, "the retry after turning ordered", func() bool { return len(s.requests()) == 2 })
+	if got := s.requests()[1]; got.body != "m0" || got.header.Get("Postbus-Attempt") != "2" {
+		t.Fatalf("second delivery %q attempt %s, want m0 attempt 2", got.body, got.header.Get("Postbus-Attempt"))
+	}
+}
+
+// TestPushOrderedRedrive (fault 3, push): a dead letter redriven to an
+// ordered push subscription is delivered.
+func TestPushOrderedRedrive(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t)
+	var fail = true
+	var mu sync.Mutex
+	s := newSink(t, func(*http.Request, int) int {
+		mu.Lock()
+		defer mu.Unlock()
+		if fail {
+			return 500
+		}
+		return 200
+	})
+	if _, _, err := r.b.PutTopic(ctx, "t", broker.TopicSettings{Queues: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.b.CreateSubscription(ctx, broker.Subscription{Group: "g", Topic: "t", URL: s.URL, Ordered: true, MaxRetries: 0}); err != nil {
+		t.Fatal(err)
+	}
+	r.publish(t, "t", &broker.Message{Body: []byte("m0")})
+	waitUntil(t, 10*time.Second, "m0 dead-lettered", func() bool {
+		dls, _ := r.b.DeadLetters(ctx, "g", -1, 10)
+		return len(dls) == 1
+	})
+	mu.Lock()
+	fail = false
+	mu.Unlock()
+	if n, err := r.b.Redrive(ctx, "g", nil, true, 1000); err != nil || n != 1 {
+		t.Fatalf("redrive: %d, %v", n, err)
+	}
+	waitUntil(t, 10*time.Second, "the redriven message delivered", func() bool { return len(s.requests()) == 2 })
 }

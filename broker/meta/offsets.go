@@ -3,6 +3,8 @@ package meta
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -67,6 +69,54 @@ var offsetInsertFull = offsetInsert(offsetChunk)
 // an earlier one. Invalid entries fail the whole call with ErrInvalid before
 // anything is written.
 func (s *Store) CommitOffsets(ctx context.Context, offs []Offset) error {
+	return s.commitOffsets(ctx, offs, s.write)
+}
+
+// CommitOffsetsUnsynced is CommitOffsets whose commit is not fsynced: it
+// survives the process being killed (SQLite's WAL is written before the
+// call returns) but not a power cut, which keeps what the last synced
+// commit, and every later one (any other write of the store) syncs it too.
+// It is for writes made many times a second, where a power cut may fall
+// back to the last synced offsets, at least once.
+func (s *Store) CommitOffsetsUnsynced(ctx context.Context, offs []Offset) error {
+	return s.commitOffsets(ctx, offs, s.writeUnsynced)
+}
+
+// writeUnsynced is write with synchronous=NORMAL for this one transaction,
+// on the writer connection held throughout, so no other write runs
+// unsynced.
+func (s *Store) writeUnsynced(ctx context.Context, fn func(*sql.Tx) error) (err error) {
+	conn, err := s.w.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("writer connection: %w", err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "PRAGMA synchronous=NORMAL"); err != nil {
+		return fmt.Errorf("unsynced write: %w", err)
+	}
+	defer func() {
+		if _, rerr := conn.ExecContext(context.WithoutCancel(ctx), "PRAGMA synchronous=FULL"); rerr != nil {
+			// The connection must not stay unsynced for the writes that
+			// follow: drop it, and the pool opens a new one (FULL, by DSN).
+			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+			err = errors.Join(err, fmt.Errorf("restore synchronous=FULL: %w", rerr))
+		}
+	}()
+	tx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) commitOffsets(ctx context.Context, offs []Offset, write func(context.Context, func(*sql.Tx) error) error) error {
 	if len(offs) == 0 {
 		return nil
 	}
@@ -77,7 +127,7 @@ func (s *Store) CommitOffsets(ctx context.Context, offs []Offset) error {
 	}
 	now := s.stamp(time.Time{}).UnixMilli()
 	args := make([]any, 0, 5*min(len(offs), offsetChunk))
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := write(ctx, func(tx *sql.Tx) error {
 		var full *sql.Stmt
 		defer func() {
 			if full != nil {

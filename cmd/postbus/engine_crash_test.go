@@ -162,8 +162,11 @@ func TestSIGKILLDuringNack(t *testing.T) {
 }
 
 // TestSIGKILLDuringPushRepeatsLittle (fault 16): after a SIGKILL a push
-// subscription delivers again at most what it had out (max_in_flight),
-// not what it delivered since the last periodic offset write.
+// subscription delivers again about what it had out, not what it
+// delivered since the last periodic offset write (hundreds). What repeats
+// is what was out (max_in_flight), what settled above a queue's lowest
+// message still out (an offset cannot pass it) and what settled during
+// the last offset write; the test allows four windows.
 func TestSIGKILLDuringPushRepeatsLittle(t *testing.T) {
 	rng := engineSeed(t)
 	data := t.TempDir()
@@ -229,7 +232,7 @@ func TestSIGKILLDuringPushRepeatsLittle(t *testing.T) {
 	}
 	mu.Unlock()
 	t.Logf("killed after %d deliveries (%d messages); %d delivered again after the restart", kill, before, dups)
-	if dups > maxInFlight {
-		t.Fatalf("%d deliveries repeated after SIGKILL; at most max_in_flight (%d) were out", dups, maxInFlight)
+	if dups > 4*maxInFlight {
+		t.Fatalf("%d deliveries repeated after SIGKILL; max_in_flight is %d, and at most four windows may repeat", dups, maxInFlight)
 	}
 }
