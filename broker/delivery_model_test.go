@@ -198,8 +198,8 @@ func parseDeliveryFamilies(t *testing.T, list string) familySet {
 //     a reset of an ordered group keeps its block and skips the replay, or
 //     hands a later offset out first (faults 8, 3).
 //
-// Still failing with the consumer engine merged (families left out of the
-// CI seeds above):
+// Still failing with the consumer engine (as of fe6141b) merged (the
+// families left out of the CI seeds above):
 //   - trace, seeds 7 and 9: ordered pull groups still log no expired
 //     outcome (batch, pull g2, expire, ack g0, pull g2).
 //   - stale, seed 12: an ordered group's receipt, nacked, can be acked

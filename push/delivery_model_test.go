@@ -67,10 +67,10 @@ var pdCI = []struct {
 }
 
 // pdOpen are the families whose faults are still open with the consumer
-// engine (see TestPushDeliveryModel). Before it (ce9b42d) these were open
-// too: "grow,inflight,redrive" (faults 2, 10 and 3 of issue 11); "pause",
-// "restart" and "delete" passed there and fail with the engine.
-const pdOpen = "ordered,reset,rotate,patch,url,close,pause,restart,delete"
+// engine (see TestPushDeliveryModel): "rotate" is fault 12 (fix/extras).
+// Before the engine (ce9b42d) "grow,inflight,reset,redrive,restart" were
+// open too (faults 2, 10, 7 and 8, 3 and 6 of issue 11).
+const pdOpen = "ordered,rotate"
 
 type pdKind int
 
@@ -197,23 +197,18 @@ func parsePDFamilies(t *testing.T, list string) map[string]bool {
 //     sometimes: a rate-limited subscription stopped by a restart
 //     dead-letters a message its endpoint saw once (6).
 //
-// Still failing with the consumer engine merged (left out above):
-//   - ordered, seed 3: turning p0 ordered delivers again messages its
-//     endpoint already answered 200 (several, no restart, no crash).
-//   - ordered, seeds 3, 12 (-delivery.without=ordered), sometimes: the
-//     ordered subscription gets offset n+1 before offset n was delivered,
-//     after a rotation or a URL change restarted its consumer.
-//   - close, seed 1 (-delivery.without=ordered,reset,rotate,patch,url),
-//     about one run in two: after an endpoint closed connections unanswered,
-//     messages it then answered 200 are delivered again (no restart).
-//   - pause, restart, seed 2 (-delivery.without=ordered,reset,rotate,patch,url,close):
-//     after a pause and resume, a clean restart, or a delete and re-create
-//     (seed 2 with "pause,restart" left out too), messages the endpoint
-//     already answered 200 are delivered again (5 after one restart with
-//     max_in_flight 4; main repeated none).
-//   - reset, seeds 7, 12: after a reset to latest (or a time), messages
-//     already answered 200 are delivered again, more than once; seed 10: a
-//     message of an ordered subscription never arrives after resets.
+// With the consumer engine as of fe6141b merged:
+//   - ordered, seeds 3, 8: turning a subscription ordered (or back and
+//     forth) delivers again messages its endpoint already answered 200,
+//     several of them, with no restart and no crash.
+//   - rotate, seeds 5, 6, 10: fault 12 as above (fix/extras).
+//   - earlier engine commits (9722e55) also failed "pause", "restart",
+//     "delete" and "close" (messages answered 200 delivered again after a
+//     consumer restart, 5 after one restart with max_in_flight 4), "reset"
+//     (seeds 7, 12: repeats after a reset to latest; seed 10: a message of
+//     an ordered subscription lost after resets) and, sometimes, ordered
+//     deliveries out of order after a rotation restarted the consumer
+//     (seeds 3, 12); 3b0c030 and fe6141b pass those seeds.
 func TestPushDeliveryModel(t *testing.T) {
 	steps := pdDefaultSteps
 	if *flagPDSteps > 0 {
