@@ -1003,11 +1003,16 @@ func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
 	case verdictRelease:
 		delete(c.leases, l.id)
 		if l.ordered {
+			// The queue's cursor is already past the message: it waits
+			// as a block (in memory; the stored offset sits at it), so it
+			// goes out again, the same attempt, before anything after it.
 			delete(c.out, l.c.Queue)
-			if blk, ok := c.blocks[l.c.Queue]; ok {
-				blk.NextAt = b.now()
-				c.blocks[l.c.Queue] = blk
+			blk, ok := c.blocks[l.c.Queue]
+			if !ok || blk.QueueOffset != l.m.QueueOffset {
+				blk = OrderedRetry{Subscription: c.sub.ID, Queue: l.c.Queue, QueueOffset: l.m.QueueOffset, Attempt: l.attempt - 1}
 			}
+			blk.NextAt = b.now()
+			c.blocks[l.c.Queue] = blk
 		} else {
 			c.redo = append(c.redo, l)
 		}

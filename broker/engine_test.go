@@ -251,3 +251,47 @@ func waitStack(tb testing.TB, fn string) {
 	}
 	tb.Fatalf("no goroutine reached %s within 10s", fn)
 }
+
+// TestReleasedOrderedPushLeaseComesBack (attack F5): an ordered push lease
+// given back unsent (the loop stopped by a PATCH before the request went
+// out) is handed out again as the same attempt; its queue used to move on
+// to the next message and the released one was never delivered nor
+// dead-lettered.
+func TestReleasedOrderedPushLeaseComesBack(t *testing.T) {
+	ctx := context.Background()
+	b := openBroker(t, testConfig(t, t.TempDir()))
+	if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.CreateSubscription(ctx, Subscription{Group: "g", Topic: "t", URL: "http://127.0.0.1:9/hook",
+		Ordered: true, MaxRetries: 0, StartFrom: "earliest"}); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, b, "t", msg("m0"), msg("m1"))
+	eng := b.Engine()
+	var order []string
+	for i := 0; i < 6 && len(order) < 2; i++ {
+		got, err := eng.Lease(ctx, "g", "t", 4, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 1 {
+			t.Fatalf("lease %d: %d messages out on one ordered queue, want 1", i, len(got))
+		}
+		if got[0].Attempt != 1 {
+			t.Fatalf("lease %d: %s as attempt %d, want 1 (a release counts no attempt)", i, got[0].Body, got[0].Attempt)
+		}
+		v := Ack()
+		if i%2 == 0 {
+			v = Release() // every message is first given back unsent
+		} else {
+			order = append(order, string(got[0].Body))
+		}
+		if err := eng.Settle(ctx, got[0].Receipt, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want := []string{"m0", "m1"}; !slices.Equal(order, want) {
+		t.Fatalf("acked %q after releasing each once, want %q", order, want)
+	}
+}
