@@ -63,10 +63,13 @@ func (b *Broker) timerLoop() {
 	}
 }
 
-// fireDue puts due delayed messages on their queues and marks their timers
-// fired. It returns how many timers it handled.
+// fireDue claims due timers, puts their delayed messages on their queues
+// and marks the timers fired. It returns how many timers it handled. The
+// claim is a write under the metadata's one writer, so a pull's ack or nack
+// racing its visibility deadline either cancels the timer before the claim
+// or finds it claimed and is answered stale: never both.
 func (b *Broker) fireDue(ctx context.Context) (int, error) {
-	due, err := b.meta.DueTimers(ctx, b.now(), timerBatch)
+	due, err := b.meta.ClaimDueTimers(ctx, timerBatch)
 	if err != nil || len(due) == 0 {
 		return 0, err
 	}

@@ -115,6 +115,57 @@ func (s *Store) DueTimers(ctx context.Context, now time.Time, limit int) ([]Time
 	return s.timers(ctx, dueTimersQuery, now.UnixMilli(), limit)
 }
 
+// ClaimDueTimers returns up to limit (at least 1) unfired timers due by
+// now, as DueTimers does, and claims them in the same write transaction:
+// their due time is set to 0, so from then on SwapTimers and CancelTimers
+// find them past their deadline and answer stale. The timer loop and an ack
+// (or nack) racing a visibility deadline are so decided by the order of
+// their transactions, whatever the clocks say: the one that takes the
+// writer first wins, and the other is told. "Now" is read once the writer
+// is held. A claimed timer stays unfired until FireTimers, so a crash
+// before that fires it again.
+func (s *Store) ClaimDueTimers(ctx context.Context, limit int) ([]Timer, error) {
+	if err := validLimit(limit); err != nil {
+		return nil, fmt.Errorf("claim due timers: %w", err)
+	}
+	var out []Timer
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, dueTimersQuery, s.now().UnixMilli(), limit)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var off, at int64
+			if err := rows.Scan(&off, &at); err != nil {
+				rows.Close()
+				return err
+			}
+			out = append(out, Timer{LogOffset: off, DeliverAt: fromMillis(at)})
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for claim := out; len(claim) > 0; {
+			n := min(len(claim), rowChunk)
+			args := make([]any, n)
+			for i, t := range claim[:n] {
+				args[i] = t.LogOffset
+			}
+			q := `UPDATE timers SET deliver_at = 0 WHERE deliver_at > 0 AND log_offset IN (` + strings.TrimSuffix(strings.Repeat("?,", n), ",") + `)`
+			if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+				return err
+			}
+			claim = claim[n:]
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim due timers: %w", err)
+	}
+	return out, nil
+}
+
 // NextTimer returns when the earliest unfired timer is due.
 func (s *Store) NextTimer(ctx context.Context) (time.Time, bool, error) {
 	var at sql.NullInt64
@@ -543,6 +594,11 @@ func (s *Store) CancelTimers(ctx context.Context, offsets []int64) (stale []int,
 	return s.SwapTimers(ctx, offsets, nil)
 }
 
+// swapHook, when set (by tests), runs in SwapTimers's transaction once it
+// has read its clock: the window in which the timer loop must not decide
+// on the same timers.
+var swapHook func()
+
 // SwapTimers cancels the pending timers at offsets and keeps the timers at
 // replacements, in one transaction: a nack (or a pull nobody waits for)
 // first stores the replacement copies, whose timers dispatch adds, and
@@ -554,6 +610,9 @@ func (s *Store) CancelTimers(ctx context.Context, offsets []int64) (stale []int,
 func (s *Store) SwapTimers(ctx context.Context, offsets, replacements []int64) (stale []int, err error) {
 	err = s.write(ctx, func(tx *sql.Tx) error {
 		now := s.now().UnixMilli()
+		if swapHook != nil {
+			swapHook()
+		}
 		stmt, err := tx.PrepareContext(ctx, `UPDATE timers SET fired = 1 WHERE log_offset = ? AND fired = 0 AND deliver_at > ?`)
 		if err != nil {
 			return err
