@@ -842,6 +842,11 @@ func (e *Engine) settleAll(ctx context.Context, group string, receipts []string,
 	return e.settleOrdered(ctx, group, ordered, v)
 }
 
+// nackReserve is how long a nack keeps the timer loop off its receipts'
+// timers while it stores their replacements; a nack that fails or is cut
+// by a crash leaves its messages to come back after it.
+const nackReserve = time.Minute
+
 // settleTimers settles pull leases by their visibility timers. An ack
 // cancels them; a retry (nack) first stores the replacement copies and
 // then swaps the timers in one transaction, so a crash in between brings
@@ -869,6 +874,18 @@ func (e *Engine) settleTimers(ctx context.Context, group string, rs []receipt, v
 	}
 	var repl []int64
 	if v.kind != verdictAck {
+		// The timers are reserved first: the timer loop cannot put the
+		// messages back while their replacements are stored (it would
+		// bring them back twice), and a receipt whose timer is due or
+		// taken already is stale before anything is stored.
+		stale, err := b.meta.ReserveTimers(ctx, offs, b.now().Add(nackReserve))
+		if err != nil {
+			return err
+		}
+		if len(stale) > 0 {
+			return &Error{Code: CodeStaleReceipt, Field: "receipts", Err: ErrStaleReceipt,
+				Detail: fmt.Sprintf("%d of the receipts are stale: already acked or nacked, or their visibility ran out and the message was handed out again under a new receipt; nothing was changed", len(stale))}
+		}
 		copies := make([]*Message, 0, len(rs))
 		for _, r := range rs {
 			m, err := b.readMessage(r.Timer)

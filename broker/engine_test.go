@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -294,5 +295,81 @@ func TestReleasedOrderedPushLeaseComesBack(t *testing.T) {
 	}
 	if want := []string{"m0", "m1"}; !slices.Equal(order, want) {
 		t.Fatalf("acked %q after releasing each once, want %q", order, want)
+	}
+}
+
+// TestNackRacingVisibilityIsNoAnomaly (attack F3a): nacks sent around
+// their receipts' visibility deadline either win (the message comes back
+// from the nack) or are stale (it comes back from its visibility): each
+// message comes back exactly once, and the race is no anomaly. The timer
+// loop used to put a message back from its visibility while the nack
+// stored its replacement, and the second put-back was skipped with an
+// ERROR line and postbus_delayed_anomalies_total.
+func TestNackRacingVisibilityIsNoAnomaly(t *testing.T) {
+	ctx := context.Background()
+	cfg := testConfig(t, t.TempDir())
+	logs := &syncBuffer{}
+	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	b := openBroker(t, cfg)
+	const n = 40
+	for i := 0; i < n; i++ {
+		publish(t, b, "t", msg(fmt.Sprint("m", i)))
+	}
+	const vis = time.Second
+	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
+		t.Fatal(err)
+	}
+	got := pullN(t, b, "g", "t", n, time.Second, vis)
+	start := time.Now()
+	if len(got) != n {
+		t.Fatalf("pulled %d, want %d", len(got), n)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	stale := 0
+	for i, p := range got {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Spread across the deadline: 0.7 to 1.1 of the visibility.
+			time.Sleep(time.Until(start.Add(vis * time.Duration(70+40*i/n) / 100)))
+			err := b.Nack(ctx, "g", []string{p.Receipt}, 0)
+			if err != nil && CodeOf(err) != CodeStaleReceipt {
+				t.Errorf("nack of %s: %v", p.Body, err)
+			}
+			mu.Lock()
+			stale += map[bool]int{true: 1}[err != nil]
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	back := map[string]int{}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		again := pullN(t, b, "g", "t", n, 300*time.Millisecond, time.Minute)
+		for _, p := range again {
+			back[string(p.Body)]++
+		}
+		if len(again) > 0 {
+			if err := b.Ack(ctx, "g", receipts(again)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Once all came back, one more visibility's wait shows a second
+		// put-back of any of them.
+		if len(back) == n && time.Since(start) > 3*vis {
+			break
+		}
+	}
+	t.Logf("%d of %d nacks were stale", stale, n)
+	for _, p := range got {
+		if k := back[string(p.Body)]; k != 1 {
+			t.Errorf("%s came back %d times, want once", p.Body, k)
+		}
+	}
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, "level=ERROR") {
+			t.Errorf("a nack racing its visibility logged an anomaly: %s", line)
+		}
 	}
 }

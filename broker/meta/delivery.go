@@ -594,6 +594,48 @@ func (s *Store) CancelTimers(ctx context.Context, offsets []int64) (stale []int,
 	return s.SwapTimers(ctx, offsets, nil)
 }
 
+// ReserveTimers keeps the timer loop off pending timers until at least
+// until, all or none: a nack reserves the timers of its receipts before it
+// stores their replacements, so the timer loop cannot put a message back
+// while its nack is under way, which would bring it back twice. A timer
+// fired, claimed, cancelled, unknown or due by now (read once the writer is
+// held) cannot be reserved: ReserveTimers returns the indexes of those, and
+// when there are any, nothing changed. A reservation is never shorter than
+// the timer: a nack that never swaps (a crash, an error) leaves its
+// messages to come back at until.
+func (s *Store) ReserveTimers(ctx context.Context, offsets []int64, until time.Time) (stale []int, err error) {
+	err = s.write(ctx, func(tx *sql.Tx) error {
+		now := s.now().UnixMilli()
+		stmt, err := tx.PrepareContext(ctx, `UPDATE timers SET deliver_at = max(deliver_at, ?) WHERE log_offset = ? AND fired = 0 AND deliver_at > ?`)
+		if err != nil {
+			return err
+		}
+		defer stmt.Close()
+		for i, off := range offsets {
+			res, err := stmt.ExecContext(ctx, until.UnixMilli(), off, now)
+			if err != nil {
+				return fmt.Errorf("reserve timer %d: %w", off, err)
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return err
+			} else if n != 1 {
+				stale = append(stale, i)
+			}
+		}
+		if len(stale) > 0 {
+			return errStaleSwap
+		}
+		return nil
+	})
+	if errors.Is(err, errStaleSwap) {
+		return stale, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reserve timers: %w", err)
+	}
+	return nil, nil
+}
+
 // swapHook, when set (by tests), runs in SwapTimers's transaction once it
 // has read its clock: the window in which the timer loop must not decide
 // on the same timers.

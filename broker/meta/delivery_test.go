@@ -1359,3 +1359,32 @@ func TestAckRacingTheTimerLoopIsDecidedOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestReserveTimers: a reserved timer is not due at its old time; a batch
+// with a due or unknown timer reserves none.
+func TestReserveTimers(t *testing.T) {
+	ctx := context.Background()
+	var mu sync.Mutex
+	now := at(0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	s := openStore(t, dbPath(t), WithClock(clock))
+	if err := s.AddTimers(ctx, []Timer{{LogOffset: 1, DeliverAt: at(time.Second)}, {LogOffset: 2, DeliverAt: at(-time.Second)}}); err != nil {
+		t.Fatal(err)
+	}
+	if stale, err := s.ReserveTimers(ctx, []int64{1, 2, 3}, at(time.Minute)); err != nil || !slices.Equal(stale, []int{1, 2}) {
+		t.Fatalf("reserve with a due and an unknown timer: stale %v, %v; want [1 2]", stale, err)
+	}
+	if stale, err := s.ReserveTimers(ctx, []int64{1}, at(time.Minute)); err != nil || len(stale) != 0 {
+		t.Fatalf("reserve: stale %v, %v", stale, err)
+	}
+	mu.Lock()
+	now = at(2 * time.Second)
+	mu.Unlock()
+	due, err := s.ClaimDueTimers(ctx, 10)
+	if err != nil || len(due) != 1 || due[0].LogOffset != 2 {
+		t.Fatalf("claimed %v, %v; want only timer 2 (1 is reserved)", due, err)
+	}
+	if stale, err := s.SwapTimers(ctx, []int64{1}, nil); err != nil || len(stale) != 0 {
+		t.Fatalf("swap of a reserved timer: stale %v, %v; want none", stale, err)
+	}
+}
