@@ -172,6 +172,23 @@ func (c *consumer) close() {
 // queues are the topic's cursors, without the retry queue.
 func (c *consumer) queues() []*queueCursor { return c.cursors[:len(c.cursors)-1] }
 
+// retrySlot is an ordered group's key for its retry queue among its
+// queues' (blocks, what is out, ordered receipts): above any queue number,
+// within a receipt's 16 bits.
+const retrySlot = 0xFFFF
+
+// cursorAt returns the cursor an ordered group keys by slot, or nil.
+// Called with c.mu held.
+func (c *consumer) cursorAt(slot int) *queueCursor {
+	if slot == retrySlot {
+		return c.retryCursor()
+	}
+	if slot >= 0 && slot < len(c.queues()) {
+		return c.cursors[slot]
+	}
+	return nil
+}
+
 // retryCursor is the cursor of the group's retry queue for the topic.
 func (c *consumer) retryCursor() *queueCursor { return c.cursors[len(c.cursors)-1] }
 
@@ -242,10 +259,10 @@ func (e *Engine) install(ctx context.Context, s Subscription, push bool) (*consu
 		// topic, or the retry queue at first) all of it is the group's.
 		for q := 0; q < n; q++ {
 			off, _ := b.Offset(s.Group, s.Topic, q)
-			c.cursors = append(c.cursors, &queueCursor{Topic: s.Topic, Queue: q, Next: off})
+			c.cursors = append(c.cursors, &queueCursor{Topic: s.Topic, Queue: q, Next: off, slot: q})
 		}
 		off, _ := b.Offset(s.Group, RetryTopic(s.Group, s.Topic), 0)
-		c.cursors = append(c.cursors, &queueCursor{Topic: RetryTopic(s.Group, s.Topic), Queue: 0, Next: off})
+		c.cursors = append(c.cursors, &queueCursor{Topic: RetryTopic(s.Group, s.Topic), Queue: 0, Next: off, slot: retrySlot})
 		e.mu.Lock()
 		if e.gen != gen {
 			e.mu.Unlock()
@@ -321,7 +338,7 @@ func (e *Engine) grow(c *consumer) {
 	c.cursors = c.cursors[:len(c.cursors)-1]
 	for q := len(c.cursors); q < n; q++ {
 		off, _ := e.b.Offset(c.sub.Group, c.sub.Topic, q)
-		c.cursors = append(c.cursors, &queueCursor{Topic: c.sub.Topic, Queue: q, Next: off})
+		c.cursors = append(c.cursors, &queueCursor{Topic: c.sub.Topic, Queue: q, Next: off, slot: q})
 		e.b.logger.Info("consumer picks up a queue the topic grew", slog.String("group", c.sub.Group),
 			slog.String("topic", c.sub.Topic), slog.Int("queue", q))
 	}
@@ -427,9 +444,8 @@ func (e *Engine) noteExpired(sub Subscription, m *Message, now time.Time) {
 	e.b.LogAttempt(Attempt{MsgID: m.ID, Group: sub.Group, Subscription: sub.ID, Attempt: max(m.Attempt-1, 1), At: now, Outcome: "expired"})
 }
 
-// leasePull hands out unordered pull leases: from every cursor, or from
-// the retry queue only for an ordered group (whose retry queue holds
-// redriven dead letters and what was out when it turned ordered).
+// leasePull hands out unordered pull leases from every cursor (none for
+// an ordered group: leaseOrdered takes its queues and its retry queue).
 func (e *Engine) leasePull(ctx context.Context, c *consumer, limit int, visibility time.Duration) ([]Lease, error) {
 	b := e.b
 	type taken struct {
@@ -448,7 +464,7 @@ func (e *Engine) leasePull(ctx context.Context, c *consumer, limit int, visibili
 	sub, filter := c.sub, c.filter
 	cursors := c.cursors
 	if sub.Ordered {
-		cursors = c.cursors[len(c.cursors)-1:]
+		cursors = nil // leaseOrdered takes every queue, the retry queue too
 	}
 	n := len(cursors)
 	start := c.rr
@@ -543,8 +559,8 @@ func (e *Engine) unsettle(c *consumer, err error) error {
 }
 
 // leasePush hands out unordered push leases: released and expired ones
-// first, then from the cursors (the retry queue only, for an ordered
-// group).
+// first, then from the cursors (none for an ordered group: leaseOrdered
+// takes its queues and its retry queue).
 func (e *Engine) leasePush(ctx context.Context, c *consumer, limit int, visibility time.Duration) ([]Lease, error) {
 	b := e.b
 	now := b.now()
@@ -570,7 +586,7 @@ func (e *Engine) leasePush(ctx context.Context, c *consumer, limit int, visibili
 	}
 	cursors := c.cursors
 	if sub.Ordered {
-		cursors = c.cursors[len(c.cursors)-1:]
+		cursors = nil // leaseOrdered takes every queue, the retry queue too
 	}
 	n := len(cursors)
 	start := c.rr
@@ -630,8 +646,8 @@ func (e *Engine) expire(c *consumer, now time.Time) {
 		e.b.LogAttempt(Attempt{MsgID: l.m.ID, Group: c.sub.Group, Subscription: c.sub.ID, Attempt: l.attempt, At: now, Outcome: "expired"})
 		e.b.metrics.leaseExpired()
 		if l.ordered {
-			delete(c.out, l.c.Queue)
-			c.blocks[l.c.Queue] = OrderedRetry{Subscription: c.sub.ID, Queue: l.c.Queue, QueueOffset: l.m.QueueOffset, Attempt: l.attempt, NextAt: now}
+			delete(c.out, l.c.slot)
+			c.blocks[l.c.slot] = OrderedRetry{Subscription: c.sub.ID, Queue: l.c.slot, QueueOffset: l.m.QueueOffset, Attempt: l.attempt, NextAt: now}
 			continue
 		}
 		l.attempt++
@@ -642,7 +658,8 @@ func (e *Engine) expire(c *consumer, now time.Time) {
 // leaseOrdered hands out, from each queue with nothing out and not
 // waiting, its next message, and from each queue whose wait is over, its
 // blocked message again as the next attempt: a queue's messages go out one
-// at a time, in order.
+// at a time, in order. The group's retry queue is one of them: redriven
+// dead letters go out one at a time too, in the order they were put back.
 func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visibility time.Duration) ([]Lease, error) {
 	b := e.b
 	c.mu.Lock()
@@ -655,18 +672,18 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 	if c.push {
 		e.expire(c, now)
 	}
-	queues := c.queues()
+	queues := c.cursors // the retry queue too: one at a time, in its order
 	start := c.rr
 	c.rr++
 	var out []Lease
 	for i := 0; i < len(queues) && len(out) < limit; i++ {
 		cur := queues[(start+i)%len(queues)]
-		if _, busy := c.out[cur.Queue]; busy {
+		if _, busy := c.out[cur.slot]; busy {
 			continue
 		}
 		var m *Message
 		attempt := 1
-		if blk, ok := c.blocks[cur.Queue]; ok {
+		if blk, ok := c.blocks[cur.slot]; ok {
 			if now.Before(blk.NextAt) {
 				continue // its message is out, or waits for its retry
 			}
@@ -699,6 +716,18 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 			}
 			m = msgs[0]
 			cur.Next = m.QueueOffset + 1
+			// A retry queue's message may have attempts behind it (it was
+			// out or waiting when the subscription turned ordered).
+			attempt = max(m.Attempt, 1)
+			if attempt > sub.MaxRetries+1 {
+				if err := e.deadOnLease(ctx, sub, m, now); err != nil {
+					cur.Next = m.QueueOffset
+					return out, err
+				}
+				e.setOffset(c, cur)
+				continue
+			}
+			e.noteExpired(sub, m, now)
 		}
 		// The group's offset stays at the message until it is settled.
 		if !c.closed {
@@ -707,18 +736,18 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 		if c.push {
 			l := &memLease{id: e.leaseID.Add(1), c: cur, m: m, attempt: attempt, ordered: true, deadline: now.Add(visibility)}
 			c.leases[l.id] = l
-			c.out[cur.Queue] = l.id
+			c.out[cur.slot] = l.id
 			out = append(out, Lease{Message: m, Attempt: attempt, Receipt: receipt{Kind: receiptPush, Attempt: attempt,
-				Timer: int64(l.id), Queue: cur.Queue, Group: sub.Group, Topic: sub.Topic, MsgID: m.ID}.encode(b.receiptKey)})
+				Timer: int64(l.id), Queue: cur.slot, Group: sub.Group, Topic: sub.Topic, MsgID: m.ID}.encode(b.receiptKey)})
 			continue
 		}
-		blk := OrderedRetry{Subscription: sub.ID, Queue: cur.Queue, QueueOffset: m.QueueOffset, Attempt: attempt, NextAt: now.Add(visibility)}
+		blk := OrderedRetry{Subscription: sub.ID, Queue: cur.slot, QueueOffset: m.QueueOffset, Attempt: attempt, NextAt: now.Add(visibility)}
 		if err := b.meta.SetOrderedRetry(ctx, blk); err != nil {
 			return out, err
 		}
-		c.blocks[cur.Queue] = blk
+		c.blocks[cur.slot] = blk
 		out = append(out, Lease{Message: m, Attempt: attempt, Receipt: receipt{Kind: receiptOrdered, Attempt: attempt,
-			Timer: m.QueueOffset, Queue: cur.Queue, Group: sub.Group, Topic: sub.Topic, MsgID: m.ID}.encode(b.receiptKey)})
+			Timer: m.QueueOffset, Queue: cur.slot, Group: sub.Group, Topic: sub.Topic, MsgID: m.ID}.encode(b.receiptKey)})
 	}
 	return out, nil
 }
@@ -726,13 +755,13 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 // clearBlock frees an ordered queue and moves the group past its message.
 // Called with c.mu held.
 func (e *Engine) clearBlock(ctx context.Context, c *consumer, cur *queueCursor, next int64) {
-	if _, stored := c.blocks[cur.Queue]; stored || !c.push {
-		if err := e.b.meta.ClearOrderedRetry(ctx, c.sub.ID, cur.Queue); err != nil {
+	if _, stored := c.blocks[cur.slot]; stored || !c.push {
+		if err := e.b.meta.ClearOrderedRetry(ctx, c.sub.ID, cur.slot); err != nil {
 			e.b.logger.Error("clearing an ordered queue's block failed", slog.Any("err", err))
 		}
 	}
-	delete(c.blocks, cur.Queue)
-	delete(c.out, cur.Queue)
+	delete(c.blocks, cur.slot)
+	delete(c.out, cur.slot)
 	cur.Next = max(cur.Next, next)
 	e.setOffset(c, cur)
 }
@@ -760,7 +789,11 @@ func (e *Engine) inFlight(group string) map[offsetKey]int {
 		}
 		for q := range c.blocks {
 			if _, busy := c.out[q]; !busy {
-				out[offsetKey{group, c.sub.Topic, q}]++
+				k := offsetKey{group, c.sub.Topic, q}
+				if q == retrySlot {
+					k = offsetKey{group, RetryTopic(group, c.sub.Topic), 0}
+				}
+				out[k]++
 			}
 		}
 		c.mu.Unlock()
@@ -960,8 +993,7 @@ func (e *Engine) settleOrdered(ctx context.Context, group string, rs []receipt, 
 		}
 		c.mu.Lock()
 		blk, ok := c.blocks[r.Queue]
-		if ok && blk.QueueOffset == r.Timer && blk.Attempt == r.Attempt && r.Queue < len(c.queues()) {
-			cur := c.cursors[r.Queue]
+		if cur := c.cursorAt(r.Queue); ok && blk.QueueOffset == r.Timer && blk.Attempt == r.Attempt && cur != nil {
 			switch v.kind {
 			case verdictAck:
 				e.clearBlock(ctx, c, cur, r.Timer+1)
@@ -1023,13 +1055,13 @@ func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
 			// The queue's cursor is already past the message: it waits
 			// as a block (in memory; the stored offset sits at it), so it
 			// goes out again, the same attempt, before anything after it.
-			delete(c.out, l.c.Queue)
-			blk, ok := c.blocks[l.c.Queue]
+			delete(c.out, l.c.slot)
+			blk, ok := c.blocks[l.c.slot]
 			if !ok || blk.QueueOffset != l.m.QueueOffset {
-				blk = OrderedRetry{Subscription: c.sub.ID, Queue: l.c.Queue, QueueOffset: l.m.QueueOffset, Attempt: l.attempt - 1}
+				blk = OrderedRetry{Subscription: c.sub.ID, Queue: l.c.slot, QueueOffset: l.m.QueueOffset, Attempt: l.attempt - 1}
 			}
 			blk.NextAt = b.now()
-			c.blocks[l.c.Queue] = blk
+			c.blocks[l.c.slot] = blk
 		} else {
 			c.redo = append(c.redo, l)
 		}
@@ -1046,7 +1078,7 @@ func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
 			b.LogAttempt(Attempt{MsgID: l.m.ID, Group: sub.Group, Subscription: sub.ID, Attempt: l.attempt, At: b.now(), Outcome: "dead", Error: v.reason})
 		}
 	case l.ordered:
-		err = b.meta.SetOrderedRetry(ctx, OrderedRetry{Subscription: sub.ID, Queue: l.c.Queue, QueueOffset: l.m.QueueOffset, Attempt: l.attempt, NextAt: v.at})
+		err = b.meta.SetOrderedRetry(ctx, OrderedRetry{Subscription: sub.ID, Queue: l.c.slot, QueueOffset: l.m.QueueOffset, Attempt: l.attempt, NextAt: v.at})
 	default:
 		err = b.storeSystem(ctx, l.m.retryCopy(sub.Group, l.attempt+1, v.at))
 	}
@@ -1060,8 +1092,8 @@ func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
 	}
 	delete(c.leases, l.id)
 	if v.kind == verdictRetry && l.ordered {
-		delete(c.out, l.c.Queue)
-		c.blocks[l.c.Queue] = OrderedRetry{Subscription: sub.ID, Queue: l.c.Queue, QueueOffset: l.m.QueueOffset, Attempt: l.attempt, NextAt: v.at}
+		delete(c.out, l.c.slot)
+		c.blocks[l.c.slot] = OrderedRetry{Subscription: sub.ID, Queue: l.c.slot, QueueOffset: l.m.QueueOffset, Attempt: l.attempt, NextAt: v.at}
 		return nil
 	}
 	e.finishPush(ctx, c, l)

@@ -373,3 +373,83 @@ func TestNackRacingVisibilityIsNoAnomaly(t *testing.T) {
 		}
 	}
 }
+
+// TestOrderedRedriveOneAtATimeInOrder (attack F2): dead letters redriven
+// to an ordered group go out one at a time, in the order the redrive put
+// them back, and a redriven one that fails again holds back those after
+// it; they used to go out all at once, through the retry queue read
+// without order.
+func TestOrderedRedriveOneAtATimeInOrder(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		url  string
+	}{{"push", "http://127.0.0.1:9/hook"}, {"pull", ""}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			b := openBroker(t, testConfig(t, t.TempDir()))
+			if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 1}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := b.CreateSubscription(ctx, Subscription{Group: "g", Topic: "t", URL: tc.url, Ordered: true,
+				MaxRetries: 3, StartFrom: "earliest"}); err != nil {
+				t.Fatal(err)
+			}
+			const n = 5
+			for i := 0; i < n; i++ {
+				publish(t, b, "t", msg(fmt.Sprint("m", i)))
+			}
+			if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
+				t.Fatal(err)
+			}
+			eng := b.Engine()
+			lease := func() []Lease {
+				t.Helper()
+				got, err := eng.Lease(ctx, "g", "t", 10, time.Minute)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return got
+			}
+			for i := 0; i < n; i++ {
+				got := lease()
+				if len(got) != 1 {
+					t.Fatalf("lease %d: %d out, want 1", i, len(got))
+				}
+				if err := eng.Settle(ctx, got[0].Receipt, Dead("given up")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if k, err := b.Redrive(ctx, "g", nil, true, 1000); err != nil || k != n {
+				t.Fatalf("redrive: %d, %v; want %d", k, err, n)
+			}
+			retry := RetryTopic("g", "t")
+			waitFor(t, 10*time.Second, "the redriven messages on the retry queue", func() bool {
+				_, hi := b.QueueBounds(retry, 0)
+				return hi == n
+			})
+			var order []string
+			failed := false
+			for i := 0; len(order) < n && i < 3*n; i++ {
+				got := lease()
+				if len(got) != 1 {
+					t.Fatalf("after %q: %d redriven messages out at once on an ordered group, want 1", order, len(got))
+				}
+				if !failed {
+					// The first fails again: it is retried before the others.
+					failed = true
+					if err := eng.Settle(ctx, got[0].Receipt, RetryAt(time.Now().Add(-time.Second))); err != nil {
+						t.Fatal(err)
+					}
+					continue
+				}
+				order = append(order, string(got[0].Body))
+				if err := eng.Settle(ctx, got[0].Receipt, Ack()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if want := []string{"m0", "m1", "m2", "m3", "m4"}; !slices.Equal(order, want) {
+				t.Fatalf("redriven messages acked in order %q, want %q", order, want)
+			}
+		})
+	}
+}
