@@ -64,18 +64,15 @@ var deliveryCI = []struct {
 	seed    uint64
 	without string
 }{
-	{1, deliveryOpenOnMain}, {2, deliveryOpenOnMain}, {3, deliveryOpenOnMain},
-	{4, deliveryOpenOnMain}, {5, deliveryOpenOnMain}, {6, deliveryOpenOnMain},
+	{1, deliveryOpen}, {2, deliveryOpen}, {3, deliveryOpen},
+	{4, deliveryOpen}, {5, deliveryOpen}, {6, deliveryOpen},
 }
 
-// deliveryOpenOnMain are the families whose faults are open before the
-// consumer engine (issue 11): the expired outcome missing from the trace
-// (11), an ordered receipt settling again after a nack, PATCH ordered
-// stranding or repeating what is out (4), a grown topic's new queues never
-// read (2), in_flight left after a delete (10), a nack cut by a power cut
-// losing its message (1), offset resets of an ordered group (8) and
-// redrives to an ordered group (3).
-const deliveryOpenOnMain = "trace,stale,patch,grow,delete,crashnack,reset,redrive"
+// deliveryOpen are the families whose faults are still open with the
+// consumer engine (see TestDeliveryModel for the seeds that find them).
+// Before it (ce9b42d) these were open too: "grow,delete,crashnack,reset,
+// redrive" (faults 2, 10, 1, 8 and 3 of issue 11).
+const deliveryOpen = "trace,stale,patch,nack"
 
 type dOpKind int
 
@@ -182,13 +179,38 @@ func parseDeliveryFamilies(t *testing.T, list string) familySet {
 }
 
 // TestDeliveryModel runs the CI seeds (or the flags' seeds) of the delivery
-// model checker.
+// model checker. Replay any seed with
 //
-// On main (before the consumer engine) it finds, among others:
-//   - seed 1 with all families: a pull group does not see queues added to
-//     its topic after it started (fault 2 of issue 11);
-//   - see the report of the run for the others; replay any seed with
-//     go test -run 'TestDeliveryModel$' ./broker/ -delivery.seed=N -v
+//	go test -run 'TestDeliveryModel$' ./broker/ -delivery.seed=N -delivery.without=F -v
+//
+// What it found on main (ce9b42d), with the shortened op lists:
+//   - seed 7, trace: a message whose visibility ran out is handed out again
+//     with no expired outcome in its trace (fault 11); most seeds show it.
+//   - seed 33 (-delivery.without=trace): publish, pull, PATCH ordered: the
+//     pulled message is never handed out again nor dead-lettered (fault 4).
+//   - seeds 14, 25 (-delivery.without=trace,patch): messages on queues
+//     added after the group started are never pulled (fault 2).
+//   - seed 29 (-delivery.without=trace,patch): a nack cut by a power cut
+//     loses its message (fault 1).
+//   - seed 1 (-delivery.without=trace,patch): in_flight stays 1 after an
+//     ordered group's subscription is deleted (fault 10).
+//   - seeds 122, 142 (-delivery.without=trace,stale,patch,grow,delete,crashnack):
+//     a reset of an ordered group keeps its block and skips the replay, or
+//     hands a later offset out first (faults 8, 3).
+//
+// Still failing with the consumer engine (as of fe6141b) merged (the
+// families left out of the CI seeds above):
+//   - trace, seeds 7 and 9: ordered pull groups still log no expired
+//     outcome (batch, pull g2, expire, ack g0, pull g2).
+//   - stale, seed 12: an ordered group's receipt, nacked, can be acked
+//     (or nacked) again: batch, pull g2, nack g2, ack-stale g2.
+//   - patch, seed 1: PATCH ordered on then off hands out again, at once, a
+//     message that is out: patch-ordered g0, publish, pull g0,
+//     patch-ordered g0, pull g0.
+//   - nack, seeds 25, 30, 48, 65, 145 (-delivery.without=trace,stale,patch):
+//     a nack at or after the receipt's deadline is accepted although the
+//     visibility copy fires too, so the message comes back twice as the
+//     same attempt (batch, pull g0, batch, pull g0, expire, nack g0).
 func TestDeliveryModel(t *testing.T) {
 	steps := deliveryDefaultSteps
 	if *flagDeliverySteps > 0 {
@@ -221,7 +243,7 @@ func TestDeliveryModel(t *testing.T) {
 		ops := genDeliveryOps(r.seed, steps, r.without)
 		i, st, err := runDeliveryStats(t, r.seed, ops, r.without)
 		if st.crashes > 0 {
-			t.Logf("seed %d: %d hand-outs repeated after %d crashes (bound %d)", r.seed, st.dups, st.crashes, st.dupCap)
+			t.Logf("seed %d: %d hand-outs repeated after %d crashes that found %d messages out", r.seed, st.dups, st.crashes, st.dupCap)
 		}
 		if err == nil {
 			continue
@@ -314,6 +336,7 @@ type gMsg struct {
 	// again while out or acked; each such hand-out is counted.
 	dupOK bool
 	dups  int
+	extra int // copies beyond one that crashes, resets and deletes may have made
 	// redriven: back from the dead-letter queue after its queue moved
 	// past it, so out of its queue's order.
 	redriven bool
@@ -355,7 +378,7 @@ type deliveryRun struct {
 	log     []string
 	crashes int
 	dups    int // hand-outs beyond the one at-least-once asks for, after crashes
-	dupCap  int // what they may be: the messages out at each crash, twice
+	dupCap  int // messages out at the crashes
 	ctx     context.Context
 	without familySet
 }
@@ -372,8 +395,8 @@ func runDelivery(t *testing.T, seed uint64, ops []dOp, without familySet) (faile
 	return failedAt, err
 }
 
-// deliveryStats is what a run counted: repeats after crashes and what
-// they were allowed.
+// deliveryStats is what a run counted: repeats after crashes, and the
+// messages out at them.
 type deliveryStats struct{ crashes, dups, dupCap int }
 
 func runDeliveryStats(t *testing.T, seed uint64, ops []dOp, without familySet) (failedAt int, st deliveryStats, err error) {
@@ -527,6 +550,14 @@ func (r *deliveryRun) step(op dOp, rng *rand.Rand) error {
 		}
 		g.state = "deleted"
 		r.lenientReceipts(g)
+		// Its leases may end with it: what was out may come again as soon
+		// as it is re-created.
+		for _, gm := range g.msgs {
+			if gm.state == gOut {
+				gm.dupOK = true
+				gm.extra++
+			}
+		}
 		return r.checkNoneInFlight(g)
 	case dCreate:
 		if g.state != "deleted" {
@@ -644,7 +675,11 @@ func (r *deliveryRun) handedOut(g *dGroup, got []Pulled, vis time.Duration) erro
 	if _, err := r.syncDLQ(g); err != nil {
 		return err
 	}
-	seen := map[string]int{} // the attempt it was handed out as
+	type sighting struct {
+		attempt int
+		before  gmState // its state before this pull
+	}
+	seen := map[string]sighting{}
 	for _, p := range got {
 		dm := r.byID[p.ID]
 		if dm == nil {
@@ -653,19 +688,23 @@ func (r *deliveryRun) handedOut(g *dGroup, got []Pulled, vis time.Duration) erro
 		if first, ok := seen[p.ID]; ok {
 			// After a crash the original and its visibility copy may both
 			// be there: a repeat like any other.
-			if gm := g.msgs[p.ID]; gm == nil || !gm.dupOK {
+			if gm := g.msgs[p.ID]; gm == nil || !gm.dupOK && first.before != gExcused {
 				state := "unknown to the group"
 				if gm != nil {
 					state = fmt.Sprintf("%s, attempt %d", gm.state, gm.attempt)
 				}
-				return fmt.Errorf("%s handed out %s twice in one pull (attempts %d and %d; it was %s)", g.name, p.ID, first, p.Attempt, state)
+				return fmt.Errorf("%s handed out %s twice in one pull (attempts %d and %d; it was %s)", g.name, p.ID, first.attempt, p.Attempt, state)
 			}
 			r.dups++
 			r.note("%s handed out %s twice in one pull (counted: %d)", g.name, p.ID, r.dups)
 			g.receipts[p.Receipt] = &dReceipt{msgID: p.ID, attempt: p.Attempt, deadline: now.Add(vis), lenient: true}
 			continue
 		}
-		seen[p.ID] = p.Attempt
+		before := gExcused
+		if gm := g.msgs[p.ID]; gm != nil {
+			before = gm.state
+		}
+		seen[p.ID] = sighting{p.Attempt, before}
 		if p.Tag != dm.tag {
 			return fmt.Errorf("%s handed out %s with tag %q, published with %q", g.name, p.ID, p.Tag, dm.tag)
 		}
@@ -710,8 +749,17 @@ func (r *deliveryRun) checkHandOut(g *dGroup, dm *dMsg, gm *gMsg, p Pulled, now 
 		gm.dups++
 		r.dups++
 		r.note("%s again while %s (counted: %d)", where, why, r.dups)
-		if r.dups > r.dupCap {
-			return fmt.Errorf("%s: %d repeats after %d crashes, more than the %d out at them allow", where, r.dups, r.crashes, r.dupCap)
+		// Each crash (or reset, or delete) that found it out may have
+		// left one more copy of it going round: no more than that many
+		// receipts of it are live at once.
+		live := 1 // this one
+		for _, d := range g.receipts {
+			if d.msgID == p.ID && !d.settled && now.Before(d.deadline) {
+				live++
+			}
+		}
+		if live > 1+gm.extra {
+			return fmt.Errorf("%s: out under %d receipts at once, but only %d crashes, resets or deletes found it out", where, live, gm.extra)
 		}
 		return nil
 	}
@@ -969,6 +1017,7 @@ func (r *deliveryRun) reset(g *dGroup, rng *rand.Rand) error {
 		case replay && f.Match(dm.tag) && !dm.uncertain:
 			if gm.state == gOut || gm.state == gDead || gm.state == gAcked {
 				gm.dupOK = true // the old copy may come too
+				gm.extra++
 			}
 			gm.state, gm.attempt, gm.visibleAt, gm.handedAt = gPending, 0, dm.stored, time.Time{}
 			if gm.visibleAt.Before(now) {
@@ -978,7 +1027,6 @@ func (r *deliveryRun) reset(g *dGroup, rng *rand.Rand) error {
 			gm.state = gExcused
 		}
 	}
-	r.dupCap += len(g.msgs)
 	return nil
 }
 
@@ -1108,6 +1156,7 @@ func (r *deliveryRun) crash(rng *rand.Rand) error {
 			for _, gm := range g.msgs {
 				if gm.state == gPending {
 					gm.dupOK = true
+					gm.extra++
 				}
 			}
 		default:
@@ -1133,10 +1182,12 @@ func (r *deliveryRun) crash(rng *rand.Rand) error {
 			case ack:
 				// Taken or not: it may come again, or not.
 				d.settled, gm.state, gm.dupOK = true, gExcused, true
+				gm.extra++
 				r.note("ack of %s failed in the crash: %v", d.msgID, err)
 			default:
 				// A nack that failed must still give it back.
 				d.settled, gm.visibleAt, gm.nacked, gm.dupOK = true, time.Now(), true, true
+				gm.extra++
 				r.note("nack of %s failed in the crash: %v", d.msgID, err)
 			}
 		}
@@ -1165,11 +1216,12 @@ func (r *deliveryRun) crash(rng *rand.Rand) error {
 		for _, gm := range g.msgs {
 			if gm.state == gOut || gm.state == gDead || gm.dupOK {
 				gm.dupOK = true
+				gm.extra++
 				out++
 			}
 		}
 	}
-	r.dupCap += 2 * out
+	r.dupCap += out
 	r.note("crash %d with %d out", r.crashes, out)
 	return r.open()
 }
