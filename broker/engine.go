@@ -20,7 +20,9 @@ import (
 //
 // It owns the group's cursors on the topic's queues and on its retry
 // queue, what is out, ordered queues' blocks, retry copies, dead-lettering,
-// offset resets, topic growth and redrive. A lease is one of two kinds,
+// offset resets, topic growth and redrive. A consumer dropped (a reset, a
+// pause) while an ordered push lease is out leaves a fence on its queue,
+// so the consumer built after it waits for that delivery to end. A lease is one of two kinds,
 // chosen by the subscription:
 //
 //   - Pull leases are durable: handing a message out stores, in the same
@@ -101,11 +103,29 @@ type Engine struct {
 	mu   sync.Mutex
 	cons map[[2]string]*consumer // by group, topic; guarded by mu
 	gen  uint64                  // bumped whenever a consumer is dropped; guarded by mu
+
+	// fences are ordered queues whose message a dropped consumer still has
+	// out (an offset reset or a pause while a delivery is open): no new
+	// consumer hands out that queue until the old lease settles (stale)
+	// or its visibility ends, so an ordered queue never has two
+	// deliveries open. fenceMu is taken last, holding nothing else.
+	fenceMu sync.Mutex
+	fences  map[fenceKey]fence // guarded by fenceMu
+}
+
+type fenceKey struct {
+	group, topic string
+	slot         int
+}
+
+type fence struct {
+	lease uint64
+	until time.Time
 }
 
 func newEngine(b *Broker) *Engine {
 	return &Engine{b: b, cons: make(map[[2]string]*consumer), flushWake: make(chan struct{}, 1),
-		stop: make(chan struct{}), flushed: make(chan struct{})}
+		stop: make(chan struct{}), flushed: make(chan struct{}), fences: make(map[fenceKey]fence)}
 }
 
 // start starts the offset writer, once the metadata is open.
@@ -286,11 +306,50 @@ func (e *Engine) drop(match func(group, topic string) bool) {
 	defer e.mu.Unlock()
 	for k, c := range e.cons {
 		if match(k[0], k[1]) {
+			e.fenceOpen(k[0], k[1], c)
 			c.close()
 			delete(e.cons, k)
 		}
 	}
 	e.gen++
+}
+
+// fenceOpen fences the ordered queues c has a push lease out on.
+func (e *Engine) fenceOpen(group, topic string, c *consumer) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e.fenceMu.Lock()
+	defer e.fenceMu.Unlock()
+	for slot, id := range c.out {
+		if l := c.leases[id]; l != nil {
+			e.fences[fenceKey{group, topic, slot}] = fence{lease: id, until: l.deadline}
+		}
+	}
+}
+
+// fenced reports whether an ordered queue waits for a dropped consumer's
+// lease on it.
+func (e *Engine) fenced(group, topic string, slot int, now time.Time) bool {
+	e.fenceMu.Lock()
+	defer e.fenceMu.Unlock()
+	k := fenceKey{group, topic, slot}
+	f, ok := e.fences[k]
+	if ok && !now.Before(f.until) {
+		delete(e.fences, k) // its visibility ended: it counts as expired
+		return false
+	}
+	return ok
+}
+
+// unfence lifts the fence a dropped consumer's lease held, once it is
+// settled.
+func (e *Engine) unfence(r receipt) {
+	e.fenceMu.Lock()
+	defer e.fenceMu.Unlock()
+	k := fenceKey{r.Group, r.Topic, r.Queue}
+	if f, ok := e.fences[k]; ok && f.lease == uint64(r.Timer) {
+		delete(e.fences, k)
+	}
 }
 
 // subscriptionChanged applies a subscription's change to its consumer: a
@@ -678,7 +737,7 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 	var out []Lease
 	for i := 0; i < len(queues) && len(out) < limit; i++ {
 		cur := queues[(start+i)%len(queues)]
-		if _, busy := c.out[cur.slot]; busy {
+		if _, busy := c.out[cur.slot]; busy || (c.push && e.fenced(sub.Group, sub.Topic, cur.slot, now)) {
 			continue
 		}
 		var m *Message
@@ -1034,12 +1093,14 @@ func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
 	c := e.cons[[2]string{r.Group, r.Topic}]
 	e.mu.Unlock()
 	if c == nil {
+		e.unfence(r)
 		return staleErr("receipt")
 	}
 	c.mu.Lock()
 	l := c.leases[uint64(r.Timer)]
 	if l == nil || c.closed {
 		c.mu.Unlock()
+		e.unfence(r)
 		return staleErr("receipt")
 	}
 	sub := c.sub

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -451,5 +452,55 @@ func TestOrderedRedriveOneAtATimeInOrder(t *testing.T) {
 				t.Fatalf("redriven messages acked in order %q, want %q", order, want)
 			}
 		})
+	}
+}
+
+// TestResetFencesAnOpenOrderedDelivery (attack F4): an offset reset of an
+// ordered push group while a delivery of its queue is open replays the
+// queue only once that delivery is settled (stale) or its visibility
+// ends; the replay used to start at once, two deliveries open on one
+// ordered queue.
+func TestResetFencesAnOpenOrderedDelivery(t *testing.T) {
+	ctx := context.Background()
+	b := openBroker(t, testConfig(t, t.TempDir()))
+	if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.CreateSubscription(ctx, Subscription{Group: "g", Topic: "t", URL: "http://127.0.0.1:9/hook",
+		Ordered: true, StartFrom: "earliest"}); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, b, "t", msg("m0"), msg("m1"), msg("m2"))
+	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
+		t.Fatal(err)
+	}
+	eng := b.Engine()
+	lease := func() []Lease {
+		t.Helper()
+		got, err := eng.Lease(ctx, "g", "t", 10, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	first := lease()
+	if len(first) != 1 || eng.Settle(ctx, first[0].Receipt, Ack()) != nil {
+		t.Fatalf("first lease %q, want m0 acked", bodies(first))
+	}
+	open := lease() // m1, its delivery still open
+	if len(open) != 1 || string(open[0].Body) != "m1" {
+		t.Fatalf("second lease %q, want m1", bodies(open))
+	}
+	if err := b.ResetOffsets(ctx, "g", "t", "earliest"); err != nil {
+		t.Fatal(err)
+	}
+	if got := lease(); len(got) != 0 {
+		t.Fatalf("after the reset, with m1's delivery open, leased %q; want nothing until it settles", bodies(got))
+	}
+	if err := eng.Settle(ctx, open[0].Receipt, Ack()); !errors.Is(err, ErrStaleReceipt) {
+		t.Fatalf("settling the lease out across the reset: %v, want stale", err)
+	}
+	if got := lease(); len(got) != 1 || string(got[0].Body) != "m0" {
+		t.Fatalf("once the open delivery settled leased %q, want the replay from m0", bodies(got))
 	}
 }
