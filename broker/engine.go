@@ -214,7 +214,9 @@ func (c *consumer) retryCursor() *queueCursor { return c.cursors[len(c.cursors)-
 
 // Lease hands out up to max of topic's messages to group, each out for
 // visibility unless settled. A group with a push subscription gets push
-// leases, one without (or with a pull subscription) pull leases.
+// leases, one with a pull subscription pull leases. Lease never creates a
+// subscription (a first Pull does): without an active one it fails with
+// ErrSubscriptionInactive.
 func (e *Engine) Lease(ctx context.Context, group, topic string, max int, visibility time.Duration) ([]Lease, error) {
 	c, err := e.consumerFor(ctx, group, topic)
 	if err != nil {
@@ -239,13 +241,24 @@ func (e *Engine) consumerFor(ctx context.Context, group, topic string) (*consume
 	for _, s := range subs {
 		if s.Group == group && s.Topic == topic && s.URL != "" {
 			if s.State != StateActive {
-				return nil, errf(CodeInvalidSubscription, "group", "the push subscription of group %q on %q is %s", group, topic, s.State)
+				return nil, &Error{Code: CodeInvalidSubscription, Field: "group", Err: ErrSubscriptionInactive,
+					Detail: fmt.Sprintf("the push subscription of group %q on %q is %s", group, topic, s.State)}
 			}
 			return e.install(ctx, s, true)
 		}
 	}
-	return e.b.pullGroupFor(ctx, group, topic)
+	c, err = e.b.pullGroup(ctx, group, topic, false)
+	if errors.Is(err, errNoPullGroup) {
+		return nil, &Error{Code: CodeInvalidSubscription, Field: "group", Err: ErrSubscriptionInactive,
+			Detail: fmt.Sprintf("group %q has no subscription on %q", group, topic)}
+	}
+	return c, err
 }
+
+// ErrSubscriptionInactive is wrapped by Lease's error when the group has
+// no active subscription on the topic any more (paused, disabled or
+// deleted): a push loop racing its own stop, not a fault.
+var ErrSubscriptionInactive = errors.New("subscription not active")
 
 // install builds a consumer for s and caches it, unless another was
 // cached meanwhile. A consumer dropped (an offset reset) while this one
@@ -905,7 +918,10 @@ func (e *Engine) settleAll(ctx context.Context, group string, receipts []string,
 		}
 		switch r.Kind {
 		case receiptOrdered:
-			c, err := b.pullGroupFor(ctx, group, r.Topic)
+			c, err := b.pullGroup(ctx, group, r.Topic, false)
+			if errors.Is(err, errNoPullGroup) {
+				return staleErr(fmt.Sprintf("receipts[%d]", i)) // its subscription was deleted
+			}
 			if err != nil {
 				return err
 			}
@@ -1046,7 +1062,10 @@ func (e *Engine) settleTimers(ctx context.Context, group string, rs []receipt, v
 func (e *Engine) settleOrdered(ctx context.Context, group string, rs []receipt, v Verdict) error {
 	b := e.b
 	for _, r := range rs {
-		c, err := b.pullGroupFor(ctx, group, r.Topic)
+		c, err := b.pullGroup(ctx, group, r.Topic, false)
+		if errors.Is(err, errNoPullGroup) {
+			return staleErr("receipts")
+		}
 		if err != nil {
 			return err
 		}

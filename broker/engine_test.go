@@ -504,3 +504,44 @@ func TestResetFencesAnOpenOrderedDelivery(t *testing.T) {
 		t.Fatalf("once the open delivery settled leased %q, want the replay from m0", bodies(got))
 	}
 }
+
+// TestSettleNeverCreatesAGroup: acking or nacking an ordered pull receipt
+// after its subscription was deleted is stale, and subscribes nobody; the
+// settle used to create a (non-ordered) pull subscription for the group,
+// as a first pull does.
+func TestSettleNeverCreatesAGroup(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		settle func(b *Broker, rcpt string) error
+	}{
+		{"ack", func(b *Broker, rcpt string) error { return b.Ack(context.Background(), "g", []string{rcpt}) }},
+		{"nack", func(b *Broker, rcpt string) error { return b.Nack(context.Background(), "g", []string{rcpt}, 0) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			b := openBroker(t, testConfig(t, t.TempDir()))
+			sub, err := b.CreateSubscription(ctx, Subscription{Group: "g", Topic: "t", Ordered: true, StartFrom: "earliest"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			publish(t, b, "t", msg("m0"))
+			got := pullN(t, b, "g", "t", 1, 5*time.Second, time.Minute)
+			if len(got) != 1 {
+				t.Fatalf("pulled %d, want 1", len(got))
+			}
+			if err := b.DeleteSubscription(ctx, sub.ID); err != nil {
+				t.Fatal(err)
+			}
+			if err := tc.settle(b, got[0].Receipt); CodeOf(err) != CodeStaleReceipt {
+				t.Fatalf("%s of a deleted subscription's receipt: %v, want stale_receipt", tc.name, err)
+			}
+			subs, err := b.Subscriptions(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range subs {
+				t.Errorf("the %s subscribed the group again: %+v", tc.name, s)
+			}
+		})
+	}
+}
