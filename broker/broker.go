@@ -11,11 +11,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/postbus/postbus/broker/commitlog"
 	"github.com/postbus/postbus/broker/consumequeue"
+	"github.com/postbus/postbus/broker/delaytimer"
 	"github.com/postbus/postbus/broker/internal/vfs"
 	"github.com/postbus/postbus/broker/keyindex"
 	"github.com/postbus/postbus/broker/meta"
@@ -60,14 +60,16 @@ type Broker struct {
 	checkpointed    int64
 	checkpointDirty bool
 	ckpt            checkpointHealth
-	// lostTail is the stretch of the log that the checkpoint or the
-	// indexes prove was stored but the log no longer holds (a segment
-	// deleted or cut while stopped), found at open; set once, then read
-	// only. Its queue offsets are kept as holes (lostQueueMax).
+	// lostTail is the stretches of the log that the checkpoint or the
+	// indexes prove were stored but the log no longer holds (a segment
+	// deleted or cut while stopped, at its end or its start), found at
+	// open; set once, then read only. The queue offsets of a lost end are
+	// kept as holes (lostQueueMax); those of a lost start fall below the
+	// queues' new start.
 	lostTail     []DamagedSpan
 	lostQueueMax map[consumequeue.QueueID]int64
-	newTimers    []meta.Timer  // delayed records met by this dispatch round; guarded by dispatchMu
-	timerWake    chan struct{} // a new timer may be due sooner than the timer loop sleeps
+	newTimers    []meta.Timer      // delayed records met by this dispatch round; guarded by dispatchMu
+	timer        *delaytimer.Timer // fires the timers of delayed messages; set by Open, after open
 
 	receiptKey []byte  // MACs receipts
 	eng        *Engine // the consumer engine: leases and settles for pull and push
@@ -137,27 +139,35 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 		topics:     make(map[string]*topicState),
 		queueBytes: make(map[consumequeue.QueueID]int64),
 		closing:    make(chan struct{}),
-		timerWake:  make(chan struct{}, 1),
 		metrics:    newMetrics(),
 	}
 	b.eng = newEngine(b)
 	if err := b.open(ctx); err != nil {
 		b.closeFiles()
+		if ctx.Err() != nil {
+			// Told to stop (a signal while opening): nothing is damaged,
+			// whatever the step that met the cancelled context says.
+			return nil, fmt.Errorf("stopped while starting: %w", ctx.Err())
+		}
 		return nil, err
 	}
 	b.metrics.register(b, cfg.Registerer)
+	b.timer = delaytimer.Start(delaytimer.Config{
+		Store: claimingStore{b.meta}, Host: (*timerHost)(b), Now: b.now,
+		Logger: b.logger.With(slog.String("component", "delaytimer")),
+	})
 	b.eng.start()
 	b.wg.Add(4)
 	go b.dispatchLoop()
 	go b.retentionLoop()
-	go b.timerLoop()
 	go b.consumeLoop()
+	go b.verifyLoop()
 	return b, nil
 }
 
 func (b *Broker) open(ctx context.Context) error {
 	start := time.Now()
-	lock, err := lockDir(b.cfg.Dir)
+	lock, err := lockDir(b.cfg.FS, b.cfg.Dir)
 	if err != nil {
 		return err
 	}
@@ -199,8 +209,8 @@ func (b *Broker) open(ctx context.Context) error {
 	if b.receiptKey, err = loadReceiptKey(b.cfg.FS, b.cfg.Dir); err != nil {
 		return err
 	}
-	if b.cq, err = consumequeue.Open(consumequeue.Config{Dir: filepath.Join(b.cfg.Dir, "consumequeue"), FS: b.cfg.FS}); err != nil {
-		return fmt.Errorf("open consume queues: %w", err)
+	if err := b.openQueues(); err != nil {
+		return err
 	}
 	cp, err := readCheckpoint(b.cfg.Dir)
 	if errors.Is(err, errBadCheckpoint) {
@@ -210,9 +220,9 @@ func (b *Broker) open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if b.idx, err = keyindex.Open(keyindex.Config{Dir: filepath.Join(b.cfg.Dir, "index"), FS: b.cfg.FS}); err != nil {
+	if err := b.openIndex(); err != nil {
 		if !errors.Is(err, keyindex.ErrCorrupt) {
-			return fmt.Errorf("open key index: %w", err)
+			return err
 		}
 		// The index is derived: rebuild it, and the queues with it, from the log.
 		b.logger.Warn("key index is corrupt; rebuilding indexes from the commitlog", slog.Any("err", err))
@@ -242,25 +252,46 @@ func (b *Broker) open(ctx context.Context) error {
 	return nil
 }
 
+// openQueues opens the consume queues, logging through the broker's logger.
+func (b *Broker) openQueues() error {
+	var err error
+	b.cq, err = consumequeue.Open(consumequeue.Config{Dir: filepath.Join(b.cfg.Dir, "consumequeue"), FS: b.cfg.FS,
+		Logger: b.logger.With(slog.String("component", "consumequeue"))})
+	if err != nil {
+		return fmt.Errorf("open consume queues: %w", err)
+	}
+	return nil
+}
+
+// openIndex opens the key index, logging through the broker's logger.
+func (b *Broker) openIndex() error {
+	var err error
+	b.idx, err = keyindex.Open(keyindex.Config{Dir: filepath.Join(b.cfg.Dir, "index"), FS: b.cfg.FS,
+		Logger: b.logger.With(slog.String("component", "keyindex"))})
+	if err != nil {
+		return fmt.Errorf("open key index: %w", err)
+	}
+	return nil
+}
+
 // resetDerived removes the consume queues and key index so recovery
 // rebuilds both from the commitlog.
 func (b *Broker) resetDerived() error {
 	if b.cq != nil {
 		b.cq.Close()
 	}
+	if b.idx != nil {
+		b.idx.Close()
+	}
 	for _, d := range []string{"consumequeue", "index"} {
 		if err := b.cfg.FS.RemoveAll(filepath.Join(b.cfg.Dir, d)); err != nil {
 			return fmt.Errorf("remove %s: %w", d, err)
 		}
 	}
-	var err error
-	if b.cq, err = consumequeue.Open(consumequeue.Config{Dir: filepath.Join(b.cfg.Dir, "consumequeue"), FS: b.cfg.FS}); err != nil {
-		return fmt.Errorf("open consume queues: %w", err)
+	if err := b.openQueues(); err != nil {
+		return err
 	}
-	if b.idx, err = keyindex.Open(keyindex.Config{Dir: filepath.Join(b.cfg.Dir, "index"), FS: b.cfg.FS}); err != nil {
-		return fmt.Errorf("open key index: %w", err)
-	}
-	return nil
+	return b.openIndex()
 }
 
 // recoverDerived drops index entries past the checkpoint, re-dispatches the
@@ -270,14 +301,19 @@ func (b *Broker) resetDerived() error {
 // RebuildMetadata it creates those it does not, otherwise it refuses with
 // ErrMetadataLost.
 func (b *Broker) recoverDerived(ctx context.Context, cp checkpoint) error {
+	orig, reset := cp, false
 	if lost := b.derivedLost(cp); lost != "" {
 		b.logger.Warn("indexes lost data since their checkpoint; rebuilding them from the commitlog", slog.String("why", lost))
 		if err := b.resetDerived(); err != nil {
 			return err
 		}
-		cp = checkpoint{}
+		cp, reset = checkpoint{}, true
 	}
-	if err := b.checkLostTail(cp); err != nil {
+	if err := b.checkLostTail(orig, reset); err != nil {
+		return err
+	}
+	lostHead, err := b.checkLostHead()
+	if err != nil {
 		return err
 	}
 	from := min(cp.Dispatched, b.log.Committed())
@@ -317,7 +353,7 @@ func (b *Broker) recoverDerived(ctx context.Context, cp checkpoint) error {
 			}
 		}
 	}
-	if cp.Dispatched == from {
+	if cp.Dispatched == from && !lostHead {
 		for name, q := range cp.Queues {
 			if id, ok := parseQueueName(name); ok {
 				b.queueBytes[id] = q.Bytes
@@ -421,9 +457,12 @@ func (b *Broker) queueEnd(topic string, queue int) int64 {
 // its last record is damaged and cut as torn. The lost range is reported
 // like a quarantined span (ERROR, postbus_commitlog_quarantined_spans,
 // /readyz), and the queue offsets its records had are remembered so that
-// queueEnd keeps them as holes: no offset is handed out twice. Called
-// before the indexes are truncated to the log.
-func (b *Broker) checkLostTail(cp checkpoint) error {
+// queueEnd keeps them as holes: no offset is handed out twice. When the
+// consume queues were lost too (reset: they are rebuilt from the log),
+// only the checkpoint remembers those offsets: each queue's max there is
+// kept, for the topics that existed when it was written. Called before the
+// indexes are truncated to the log.
+func (b *Broker) checkLostTail(cp checkpoint, reset bool) error {
 	end := b.log.Committed()
 	proven := cp.Dispatched
 	lostQ := make(map[consumequeue.QueueID]int64)
@@ -441,7 +480,7 @@ func (b *Broker) checkLostTail(cp checkpoint) error {
 			continue
 		}
 		if es[0].Size != holeSize {
-			proven = max(proven, es[0].Offset+int64(es[0].Size))
+			proven = max(proven, es[0].Offset+commitlog.FrameHeaderSize+int64(es[0].Size))
 		}
 		k, err := b.cq.SearchOffset(q.Topic, q.Queue, func(e consumequeue.Entry) (bool, error) { return e.Offset >= end, nil })
 		if err != nil {
@@ -453,12 +492,82 @@ func (b *Broker) checkLostTail(cp checkpoint) error {
 	if proven <= end {
 		return nil
 	}
+	if reset {
+		for name, q := range cp.Queues {
+			id, ok := parseQueueName(name)
+			ts := b.topics[id.Topic]
+			if !ok || ts == nil {
+				continue
+			}
+			// A topic created after the checkpoint is another incarnation:
+			// the checkpoint's offsets are not its own.
+			if start := ts.info.Load().logStart; start < 0 || start > cp.Dispatched {
+				continue
+			}
+			lostQ[id] = max(lostQ[id], q.Max)
+		}
+	}
 	b.lostQueueMax = lostQ
 	b.lostTail = []DamagedSpan{{Offset: end, Next: proven, Reason: "log ends before what its checkpoint and indexes hold: acknowledged records lost"}}
 	b.logger.Error("the commitlog ends before what was stored: acknowledged records are lost (a segment deleted or cut while stopped?); their queue offsets are kept as holes",
 		slog.Int64("log_end", end), slog.Int64("checkpoint", cp.Dispatched), slog.Int64("lost_from", end),
-		slog.Int64("lost_to", proven), slog.Int64("lost_queue_entries", lostEntries), slog.Int("queues", len(lostQ)))
+		slog.Int64("lost_to", proven), slog.Int64("lost_queue_entries", lostEntries), slog.Int("queues", len(lostQ)),
+		slog.Bool("queues_rebuilt", reset))
 	return nil
+}
+
+// checkLostHead finds acknowledged records missing from the start of the
+// log: segments deleted while the broker was stopped, which retention did
+// not retire (it raises the consume queues' floor before it deletes a
+// segment). Queue entries between the floor and the log's start point at
+// records that are gone. The range is reported like a lost tail (ERROR,
+// postbus_commitlog_quarantined_spans, /readyz; the entries counted in
+// postbus_recovery_lost_queue_offsets_total), and the queues and key
+// index then drop what points below the log's start, as retention would,
+// so that no read meets the missing records. It reports whether it
+// dropped anything.
+func (b *Broker) checkLostHead() (bool, error) {
+	floor, logMin := b.cq.Floor(), b.log.MinOffset()
+	if logMin <= floor {
+		return false, nil
+	}
+	var lost int64
+	from := logMin
+	for _, q := range b.cq.Queues() {
+		lo, _ := b.cq.Bounds(q.Topic, q.Queue)
+		k, err := b.cq.SearchOffset(q.Topic, q.Queue, func(e consumequeue.Entry) (bool, error) { return e.Offset >= logMin, nil })
+		if err != nil {
+			return false, fmt.Errorf("search queue %s for the log's start: %w", q, err)
+		}
+		if k > lo {
+			es, err := b.cq.Read(q.Topic, q.Queue, lo, 1, nil)
+			if err != nil {
+				return false, fmt.Errorf("read the start of queue %s: %w", q, err)
+			}
+			if len(es) == 1 {
+				from = min(from, es[0].Offset)
+			}
+			lost += k - lo
+		}
+	}
+	if lost == 0 {
+		// Nothing the queues hold is gone (they may have been rebuilt from
+		// the log as it is): there is nothing to tell a lost head from.
+		return false, nil
+	}
+	from = max(from, floor)
+	b.lostTail = append(b.lostTail, DamagedSpan{Offset: from, Next: logMin, Reason: "log starts after records its queues hold, above the retention floor: acknowledged records lost"})
+	b.logger.Error("the commitlog starts after records that were stored and not retired by retention: acknowledged records are lost (a segment deleted while stopped?)",
+		slog.Int64("log_min", logMin), slog.Int64("retention_floor", floor), slog.Int64("lost_from", from),
+		slog.Int64("lost_queue_entries", lost))
+	b.metrics.lostQueueEnd(lost)
+	if err := b.cq.DropBefore(logMin); err != nil {
+		return false, fmt.Errorf("drop queue entries below the log's start: %w", err)
+	}
+	if err := b.idx.DropBefore(logMin); err != nil {
+		return false, fmt.Errorf("drop key-index entries below the log's start: %w", err)
+	}
+	return true, nil
 }
 
 // derivedLost says why the consume queues or key index hold less than the
@@ -503,14 +612,11 @@ func (b *Broker) recountQueueBytes() {
 	}
 }
 
-func lockDir(dir string) (*os.File, error) {
-	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o644)
+// lockDir takes the data directory's lock: one process per directory.
+func lockDir(fsys vfs.FS, dir string) (*os.File, error) {
+	f, err := vfs.Lock(fsys, filepath.Join(dir, "lock"))
 	if err != nil {
-		return nil, fmt.Errorf("open lock file: %w", err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("data directory %s is in use by another postbus process: %w", dir, err)
+		return nil, fmt.Errorf("data directory %s is in use by another postbus process, or its lock file cannot be opened: %w", dir, err)
 	}
 	return f, nil
 }
@@ -522,6 +628,7 @@ func (b *Broker) Close() error {
 		b.appendMu.Lock()
 		close(b.closing)
 		b.appendMu.Unlock()
+		b.timer.Close()
 		b.wg.Wait()
 		var errs []error
 		errs = append(errs, b.eng.Close())
@@ -577,6 +684,9 @@ func (b *Broker) isClosing() bool {
 func (b *Broker) Ready() error {
 	if b.isClosing() {
 		return ErrClosed
+	}
+	if err := b.log.Failed(); err != nil {
+		return fmt.Errorf("the commitlog failed and refuses every write until the broker is restarted: %w", err)
 	}
 	return b.ckpt.err()
 }

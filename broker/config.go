@@ -23,6 +23,10 @@ type Config struct {
 	MaxDelay         time.Duration
 	DefaultQueues    int
 	AutoCreateTopics bool
+	// AutoCreateGroups lets a group's first pull on an existing topic
+	// create its pull subscription (RocketMQ's autoCreateSubscriptionGroup);
+	// off, a group pulls only with a subscription made beforehand.
+	AutoCreateGroups bool
 	DedupWindow      time.Duration
 
 	Retention          time.Duration // how long the log keeps messages
@@ -58,6 +62,7 @@ func DefaultConfig(dir string) Config {
 		MaxMessageBytes:    DefaultMaxMessageBytes,
 		MaxDelay:           30 * 24 * time.Hour,
 		DefaultQueues:      4,
+		AutoCreateGroups:   true,
 		DedupWindow:        5 * time.Minute,
 		Retention:          72 * time.Hour,
 		RetentionInterval:  10 * time.Second,
@@ -129,6 +134,13 @@ const minSegmentSize = 1 << 20
 // ever matters again.
 func MinSegmentSize(maxMessageBytes int) int64 { return minSegmentSize }
 
+// MaxSegmentSize is the largest segment a broker accepts. A segment and
+// the one prepared to follow it are reserved whole on disk, and retention
+// and disk cleaning delete whole segments: a mistyped 64GiB would take
+// twice that from the disk at start and push it over the watermark that
+// deletes acknowledged messages.
+const MaxSegmentSize = 1 << 30
+
 // ErrSizes marks a segment size and body limit that cannot work together:
 // what CheckSizes returns, so that a command line can name its flags.
 var ErrSizes = errors.New("sizes do not fit together")
@@ -145,6 +157,9 @@ func CheckSizes(segmentSize int64, maxMessageBytes int) error {
 	case segmentSize < MinSegmentSize(maxMessageBytes):
 		return fmt.Errorf("segment size %d is below the smallest, %d: smaller segments would only multiply files and fsyncs: %w",
 			segmentSize, MinSegmentSize(maxMessageBytes), ErrSizes)
+	case segmentSize > MaxSegmentSize:
+		return fmt.Errorf("segment size %d is over the largest, %d: each segment and the next one are reserved whole on disk, and retention deletes whole segments: %w",
+			segmentSize, int64(MaxSegmentSize), ErrSizes)
 	}
 	return nil
 }

@@ -32,6 +32,8 @@ func TestCheckSizes(t *testing.T) {
 		{"max message plus 64 KiB and a frame header", DefaultMaxMessageBytes + 64<<10 + 12, DefaultMaxMessageBytes, true, ""},
 		{"1 MiB segments, 100 KiB messages", 1 << 20, 100 << 10, true, ""},
 		{"8 MiB segments", 8 << 20, DefaultMaxMessageBytes, true, ""},
+		{"largest segment", MaxSegmentSize, DefaultMaxMessageBytes, true, ""},
+		{"segment one byte over the largest", MaxSegmentSize + 1, DefaultMaxMessageBytes, false, "over the largest, 1073741824"},
 		{"smallest body limit", minSegmentSize, 1, true, ""},
 		{"no body limit", minSegmentSize, 0, false, "max message bytes"},
 		{"body limit at the batch limit", minSegmentSize, MaxBatchBytes, true, ""},

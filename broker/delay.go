@@ -9,13 +9,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/postbus/postbus/broker/delaytimer"
 	"github.com/postbus/postbus/broker/meta"
 )
 
 // Delayed messages (DESIGN §2). A message with a deliver-at time is stored
 // in the log like any other but takes no queue offset; dispatch records it
-// in the timer store (SQLite: log offset, due time). The timer loop puts
-// each due message on its queue as a new record with the same id, flagged
+// in the timer store (SQLite: log offset, due time). The delay timer
+// (package delaytimer) has each due message put on its queue as a new record with the same id, flagged
 // so it is never delayed again. Retries of deliveries are delayed messages
 // for a group's retry topic, so they ride the same mechanism.
 //
@@ -25,62 +26,44 @@ import (
 // on the kinds of delay. Firing is at-least-once: a crash between putting a
 // message on its queue and marking its timer fired puts it there again.
 
-// timerBatch is how many due timers one round fires.
-const timerBatch = 512
+// claimingStore is the timer store as the delay timer sees it: the due
+// timers it fires are claimed (meta.Store.ClaimDueTimers), in a write under
+// the metadata's one writer with its clock read there, so a pull's ack or
+// nack racing its visibility deadline either cancels the timer before the
+// claim or finds it claimed and is answered stale: never both. The loop's
+// now is not used: read before waiting for the writer, it could be older
+// than an ack's.
+type claimingStore struct{ *meta.Store }
 
-// timerLoop fires due timers until the broker closes.
-func (b *Broker) timerLoop() {
-	defer b.wg.Done()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		<-b.closing
-		cancel()
-	}()
-	for {
-		n, err := b.fireDue(ctx)
-		if err != nil && ctx.Err() == nil {
-			b.logger.Error("firing timers failed; retrying", slog.Any("err", err))
-		}
-		if n == timerBatch && err == nil {
-			continue // more are due
-		}
-		wait := time.Second
-		if err == nil {
-			if next, ok, err := b.meta.NextTimer(ctx); err == nil && ok {
-				wait = min(wait, max(next.Sub(b.now()), 0))
-			}
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-b.timerWake:
-		case <-t.C:
-		}
-		t.Stop()
-	}
+func (s claimingStore) DueTimers(ctx context.Context, _ time.Time, limit int) ([]meta.Timer, error) {
+	return s.ClaimDueTimers(ctx, limit)
 }
 
-// fireDue claims due timers, puts their delayed messages on their queues
-// and marks the timers fired. It returns how many timers it handled. The
-// claim is a write under the metadata's one writer, so a pull's ack or nack
-// racing its visibility deadline either cancels the timer before the claim
-// or finds it claimed and is answered stale: never both.
-func (b *Broker) fireDue(ctx context.Context) (int, error) {
-	due, err := b.meta.ClaimDueTimers(ctx, timerBatch)
-	if err != nil || len(due) == 0 {
-		return 0, err
-	}
+// timerHost is the broker as the delay timer sees it (delaytimer.Host):
+// it puts due messages back and copies waiting ones ahead of retention.
+type timerHost Broker
+
+var _ delaytimer.Host = (*timerHost)(nil)
+
+func (h *timerHost) PutBack(ctx context.Context, due []meta.Timer) error {
+	return (*Broker)(h).putBack(ctx, due)
+}
+
+func (h *timerHost) Move(ctx context.Context, pending []meta.Timer) (int, error) {
+	return (*Broker)(h).moveAhead(ctx, pending)
+}
+
+// putBack puts the messages of due timers on their queues; the delay timer
+// then marks every one of the timers fired, those it could not put back
+// (unreadable, or already put back) included.
+func (b *Broker) putBack(ctx context.Context, due []meta.Timer) error {
 	// A put-back copy already in the log must be in the key index before
-	// putBack looks for it there.
+	// putBackCopy looks for it there.
 	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
-		return 0, err
+		return err
 	}
 	byTopic := make(map[string][]*Message)
 	var order []string
-	fired := make([]int64, 0, len(due))
 	for _, t := range due {
 		m, err := b.readMessage(t.LogOffset)
 		if err != nil {
@@ -89,7 +72,6 @@ func (b *Broker) fireDue(ctx context.Context) (int, error) {
 			// damaged: nothing to put back, and the message is lost.
 			b.logger.Error("delayed message unreadable; dropping its timer", slog.Int64("offset", t.LogOffset), slog.Any("err", err))
 			b.metrics.timerDropped()
-			fired = append(fired, t.LogOffset)
 			continue
 		}
 		if off, ok := b.putBackCopy(ctx, m); ok {
@@ -100,7 +82,6 @@ func (b *Broker) fireDue(ctx context.Context) (int, error) {
 			b.logger.Error("delayed message already put back; only marking its timer fired",
 				slog.String("id", m.ID), slog.Int64("offset", t.LogOffset), slog.Int64("copy", off))
 			b.metrics.delayAnomaly(delayAlreadyPut)
-			fired = append(fired, t.LogOffset)
 			continue
 		}
 		m.flags |= flagRePut
@@ -108,17 +89,13 @@ func (b *Broker) fireDue(ctx context.Context) (int, error) {
 			order = append(order, m.Topic)
 		}
 		byTopic[m.Topic] = append(byTopic[m.Topic], m)
-		fired = append(fired, t.LogOffset)
 	}
 	for _, topic := range order {
 		if err := b.putDue(ctx, topic, byTopic[topic]); err != nil {
-			return 0, err
+			return err
 		}
 	}
-	if err := b.meta.FireTimers(ctx, fired); err != nil {
-		return 0, err
-	}
-	return len(due), nil
+	return nil
 }
 
 // putBackCopy returns the log offset of a put-back copy of the delayed
@@ -265,62 +242,53 @@ func (b *Broker) topicOrSystem(ctx context.Context, name string) (*topicState, e
 	return ts, nil
 }
 
-// moveTimersBefore re-appends the delayed messages whose records lie below
-// off, so that retention can delete the segments holding them: a delayed
-// message outlives the segment it arrived in.
-func (b *Broker) moveTimersBefore(ctx context.Context, off int64) error {
-	for {
-		pending, err := b.meta.PendingTimersBefore(ctx, off, timerBatch)
-		if err != nil || len(pending) == 0 {
-			return err
+// moveAhead re-appends the delayed messages of pending timers, so that
+// retention can delete the segments holding them: a delayed message
+// outlives the segment it arrived in. It returns once the copies are
+// durable and their timers stored (the delay timer then fires the
+// originals' timers).
+func (b *Broker) moveAhead(ctx context.Context, pending []meta.Timer) (int, error) {
+	var recs, read [][]byte
+	var offs []int64
+	for _, t := range pending {
+		rec, _, err := b.log.ReadAt(t.LogOffset, nil)
+		if err != nil {
+			b.logger.Error("delayed message unreadable; dropping its timer", slog.Int64("offset", t.LogOffset), slog.Any("err", err))
+			b.metrics.timerDropped()
+			continue
 		}
-		moved := make([]int64, 0, len(pending))
-		var recs, read [][]byte
-		var offs []int64
-		for _, t := range pending {
-			rec, _, err := b.log.ReadAt(t.LogOffset, nil)
-			if err != nil {
-				b.logger.Error("delayed message unreadable; dropping its timer", slog.Int64("offset", t.LogOffset), slog.Any("err", err))
-				b.metrics.timerDropped()
-			} else {
-				read = append(read, rec)
-				offs = append(offs, t.LogOffset)
-			}
-			moved = append(moved, t.LogOffset)
-		}
-		b.appendMu.Lock()
-		// Under appendMu no topic comes or goes: a copy appended now lands
-		// in the incarnation it is checked against. A deleted topic's
-		// delayed messages are not carried over into a new one.
-		for i, rec := range read {
-			if b.ownedNow(offs[i], rec) {
-				recs = append(recs, rec)
-			}
-		}
-		if len(recs) > 0 {
-			now := b.now()
-			for _, rec := range recs {
-				patchRecord(rec, now, 0)
-			}
-			_, end, err := b.log.Append(recs)
-			b.appendMu.Unlock()
-			if err != nil {
-				return fmt.Errorf("move delayed messages: %w", err)
-			}
-			if err := b.log.Sync(ctx, end); err != nil {
-				return err
-			}
-			// The copies must be in the timer store before the originals'
-			// timers are fired.
-			if err := b.waitDispatched(ctx, end); err != nil {
-				return err
-			}
-		} else {
-			b.appendMu.Unlock()
-		}
-		if err := b.meta.FireTimers(ctx, moved); err != nil {
-			return err
-		}
-		b.logger.Info("moved delayed messages ahead of retention", slog.Int("messages", len(recs)))
+		read = append(read, rec)
+		offs = append(offs, t.LogOffset)
 	}
+	b.appendMu.Lock()
+	// Under appendMu no topic comes or goes: a copy appended now lands in
+	// the incarnation it is checked against. A deleted topic's delayed
+	// messages are not carried over into a new one.
+	for i, rec := range read {
+		if b.ownedNow(offs[i], rec) {
+			recs = append(recs, rec)
+		}
+	}
+	if len(recs) == 0 {
+		b.appendMu.Unlock()
+		return 0, nil
+	}
+	now := b.now()
+	for _, rec := range recs {
+		patchRecord(rec, now, 0)
+	}
+	_, end, err := b.log.Append(recs)
+	b.appendMu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	if err := b.log.Sync(ctx, end); err != nil {
+		return 0, err
+	}
+	// The copies must be in the timer store before the originals' timers
+	// are fired.
+	if err := b.waitDispatched(ctx, end); err != nil {
+		return 0, err
+	}
+	return len(recs), nil
 }

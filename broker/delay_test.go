@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -353,4 +354,83 @@ func TestDelayedMessageLongerThanRetention(t *testing.T) {
 	look("put back, within the retention since then", true, 0)
 	clock.advance(time.Minute)
 	look("put back, past the retention since then", false, 0)
+}
+
+// TestDelayedMessageMovedWhileDue: retention moving a delayed message ahead
+// of the segment it deletes, at the moment the message falls due, leaves it
+// on its queue once. The move used to read the pending timers, then the
+// timer loop put the message back and marked its timer fired, then the move
+// appended its copy with a timer of its own, which fired again later: the
+// copy, newer than the put-back, did not see it, and the message was on its
+// queue twice (torture seed 2060). Moving and firing are now one at a time.
+// Both are started together, many times, because which comes first is a
+// race.
+func TestDelayedMessageMovedWhileDue(t *testing.T) {
+	ctx := context.Background()
+	clock := &tortureClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	cfg := testConfig(t, t.TempDir())
+	cfg.Now = clock.Now
+	cfg.SegmentSize = 1 << 20
+	cfg.MaxMessageBytes = 128 << 10
+	cfg.Retention = time.Hour
+	cfg.RetentionInterval = time.Hour // this test runs retention itself
+	b := openBroker(t, cfg)
+	if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 1}); err != nil {
+		t.Fatal(err)
+	}
+	const rounds, perRound = 12, 16
+	all, _ := ParseFilter("*")
+	for round := range rounds {
+		var ids []string
+		for range perRound {
+			ids = append(ids, publish(t, b, "t", &Message{Body: []byte(fmt.Sprint("round ", round)), Delay: time.Minute})[0].ID)
+		}
+		// Two more segments, so that the delayed messages' one can go.
+		for n := len(b.log.Segments()); len(b.log.Segments()) < n+2; {
+			publish(t, b, "t", &Message{Body: make([]byte, 128<<10)})
+		}
+		if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
+			t.Fatal(err)
+		}
+		clock.advance(2 * time.Hour) // past due, and past retention
+		var wg sync.WaitGroup
+		errs := make(chan error, 2)
+		wg.Add(2)
+		go func() { defer wg.Done(); errs <- b.applyRetention() }()
+		go func() { defer wg.Done(); _, err := b.timer.FireDue(ctx); errs <- err }()
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+		waitFor(t, 15*time.Second, "every due timer fired", func() bool {
+			n, err := b.meta.PendingTimers(ctx)
+			return err == nil && n == 0
+		})
+		if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
+			t.Fatal(err)
+		}
+		count := map[string]int{}
+		lo, hi := b.QueueBounds("t", 0)
+		for from := lo; from < hi; {
+			got, next, err := b.ReadQueue("t", 0, from, 256, all)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, g := range got {
+				count[g.ID]++
+			}
+			from = next
+		}
+		for _, id := range ids {
+			if count[id] != 1 {
+				t.Errorf("round %d: delayed message %s is on its queue %d times, want once", round, id, count[id])
+			}
+		}
+		if t.Failed() {
+			return
+		}
+	}
 }

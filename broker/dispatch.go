@@ -163,9 +163,8 @@ func (b *Broker) dispatchOnce() error {
 			return fmt.Errorf("store timers: %w", terr)
 		}
 		b.newTimers = b.newTimers[:0]
-		select {
-		case b.timerWake <- struct{}{}:
-		default:
+		if b.timer != nil { // nil during Open's recovery: the timer starts after it
+			b.timer.Wake()
 		}
 	}
 	if next > from {

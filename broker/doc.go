@@ -14,7 +14,11 @@
 // be rebuilt from it.
 //
 // Topic settings, consumer offsets, subscriptions and timers live in
-// SQLite (package meta), never on the per-message path of publishing.
+// SQLite (package meta), never on the per-message path of publishing. The
+// delay timer (package delaytimer) fires the timers of delayed messages
+// and moves waiting ones ahead of retention, one at a time; delay.go is
+// the broker's side of it: reading a message, putting it back, copying it
+// ahead.
 //
 // Consuming goes through one consumer engine (engine.go, RocketMQ 5's pop
 // model), for pull and push alike: Engine.Lease hands a group up to max
@@ -36,6 +40,14 @@
 // the records (recover.go) and rebuilds every derived structure and the
 // timers from the whole log. Checkpoints that keep failing make Ready
 // report an error until one succeeds (health.go).
+//
+// Segments are Config.SegmentSize (at least MinSegmentSize, 1 MiB), except
+// that a batch larger than that gets an oversized segment of its own
+// (package commitlog), so one publish is one write into one segment;
+// CheckSizes refuses a segment size below 1 MiB and a body limit over
+// MaxBatchBytes (4 MiB), and nothing else. A frame holds at
+// most commitlog.MaxFramePayload (16 MiB), a constant of the format, not
+// MaxMessageBytes, which bounds new publishes only.
 //
 // Every file operation of the commitlog, the consume queues and the key
 // index that changes the disk goes through Config.FS (package
@@ -76,6 +88,10 @@
 //     the first readable record after it, stepping over damage; when none
 //     can be read, by its file's modification time (its seal), so a damaged
 //     segment never keeps the log from shrinking.
+//   - Damage is looked for, not only met: after Open, a background pass
+//     (verify.go) reads every sealed segment once, at most 64 MiB/s, so a
+//     damaged record nothing reads again is still quarantined and
+//     reported. Open itself checks only the newest segment, to start fast.
 //   - After recovery a queue never hands out an offset a consumer group has
 //     already read past: offsets lost at a queue's end (damage, or a tail
 //     cut after a crash under async flush) are kept as holes, logged at
@@ -88,9 +104,25 @@
 //     postbus_commitlog_quarantined_spans) lists the range, and the lost
 //     queue offsets are kept as holes and counted in
 //     postbus_recovery_lost_queue_offsets_total. A torn tail past the
-//     checkpoint and the queues stays the commitlog's WARN.
+//     checkpoint and the queues stays the commitlog's WARN. With the
+//     consume queues lost as well, the checkpoint's queue maxima keep
+//     those offsets.
+//   - Retention raises the consume queues' floor before it deletes a
+//     segment, so a log that opens starting after records its queues
+//     still hold above that floor lost its oldest segments while
+//     stopped: open reports the range like a lost tail (ERROR, Damaged,
+//     the quarantine gauge, the entries in
+//     postbus_recovery_lost_queue_offsets_total), and the queues then
+//     start after it.
 //   - A record whose queue offset does not follow its queue's is a fault:
 //     it is skipped with an ERROR line and counted, never dropped quietly.
+//   - A failed fsync of the commitlog (commitlog.ErrFailed) stops every
+//     write until a restart: the publish that met it answers unavailable
+//     with an unknown outcome and keeps the queue offsets it was given
+//     (its bytes may be on disk, and a later record must not claim them
+//     at the next recovery); Ready fails and postbus_commitlog_failed is
+//     1. Offsets are given back only when the commitlog says the append
+//     left nothing.
 //   - Queues can grow but not shrink. Consumers pick up a queue the topic
 //     gained from its start: every message in it is new to them.
 //   - One meaning for an ordered queue's stored block (OrderedRetry): the

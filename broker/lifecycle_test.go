@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -345,5 +346,19 @@ func TestPullGroupAcrossDeleteAndRecreate(t *testing.T) {
 	}
 	if fmt.Sprint(ids) != fmt.Sprint(want) {
 		t.Fatalf("the group pulled %v from the re-created topic, want %v", ids, want)
+	}
+}
+
+// TestOpenCancelledSaysStopped: a broker told to stop while it opens (a
+// SIGTERM during start) used to fail with the metadata store's error and
+// advise restoring meta.db or --rebuild-metadata, which on a real store
+// loses subscriptions, offsets and secrets. It says it was stopped.
+func TestOpenCancelledSaysStopped(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := Open(ctx, testConfig(t, t.TempDir()))
+	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "stopped while starting") ||
+		strings.Contains(err.Error(), "rebuild-metadata") || strings.Contains(err.Error(), "damaged") {
+		t.Fatalf("Open with a cancelled context: %v; want 'stopped while starting', without advice to rebuild", err)
 	}
 }

@@ -61,7 +61,7 @@ func newMetrics() *metrics {
 		}, []string{"reason"}),
 		lostQueueEnds: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "postbus_recovery_lost_queue_offsets_total",
-			Help: "Queue offsets a consumer group had read past, or the log had acknowledged before losing its tail, that the rebuilt queue no longer held (messages lost to damage or a cut tail), kept as holes; each is logged at ERROR.",
+			Help: "Queue offsets a consumer group had read past, or the log had acknowledged before losing its tail, that the rebuilt queue no longer held (messages lost to damage or a cut tail), kept as holes; and queue entries whose records went with segments missing at the log's start (not retired by retention). Each is logged at ERROR.",
 		}),
 		timersDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "postbus_delay_timers_dropped_total",
@@ -113,6 +113,13 @@ func (m *metrics) register(b *Broker, reg prometheus.Registerer) {
 		gauge("postbus_disk_full", "1 while publishes are refused because the disk is over the full watermark.",
 			func() float64 {
 				if b.diskFull.Load() {
+					return 1
+				}
+				return 0
+			}),
+		gauge("postbus_commitlog_failed", "1 once the commitlog met a failed fsync (or a failed write it could not undo): publishes are refused and /readyz fails until the broker is restarted.",
+			func() float64 {
+				if b.log.Failed() != nil {
 					return 1
 				}
 				return 0

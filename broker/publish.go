@@ -131,6 +131,9 @@ func (b *Broker) store(ctx context.Context, ts *topicState, msgs []*Message, ded
 	}
 	if end >= 0 {
 		if err := b.log.Sync(ctx, end); err != nil {
+			if errors.Is(err, commitlog.ErrFailed) {
+				return nil, errLogFailed(err)
+			}
 			return nil, fmt.Errorf("flush commitlog: %w", err)
 		}
 	}
@@ -158,11 +161,12 @@ func (b *Broker) check(topic string, msgs []*Message, now time.Time) (int, error
 	}
 	total := 0
 	for i, m := range msgs {
-		prefix := ""
-		if len(msgs) > 1 {
-			prefix = fmt.Sprintf("[%d].", i)
-		}
-		if err := m.validate(prefix, b.cfg.MaxMessageBytes, b.cfg.MaxDelay, now); err != nil {
+		if err := m.validate("", b.cfg.MaxMessageBytes, b.cfg.MaxDelay, now); err != nil {
+			if len(msgs) > 1 {
+				// Again, naming the item: formatting its prefix for every
+				// message of every batch cost more than the checks.
+				err = m.validate(fmt.Sprintf("[%d].", i), b.cfg.MaxMessageBytes, b.cfg.MaxDelay, now)
+			}
 			return 0, err
 		}
 		total += len(m.Body)
@@ -234,6 +238,13 @@ func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results 
 		return -1, nil
 	}
 	offs, end, err := b.log.Append(keep)
+	if errors.Is(err, commitlog.ErrFailed) {
+		// The batch may be on disk (a failed fsync, or a failed write it
+		// could not zero again): its queue offsets stay taken, or a later
+		// record could claim the same ones at the next recovery. The log
+		// refuses every append from now on; a restart decides.
+		return 0, errLogFailed(err)
+	}
 	if err != nil {
 		// Nothing was stored: give back the queue offsets handed out.
 		for _, i := range kept {
@@ -261,6 +272,14 @@ func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results 
 		b.dedup[key] = dedupEntry{res: results[i], at: now}
 	}
 	return end, nil
+}
+
+// errLogFailed is a publish's answer once the commitlog has failed (see
+// commitlog.ErrFailed): retrying will not help until the broker restarts,
+// and whether this publish was stored only recovery can tell.
+func errLogFailed(err error) error {
+	return &Error{Code: CodeUnavailable, Err: err,
+		Detail: "the commitlog failed (an fsync or a write it could not undo): the broker refuses publishes until it is restarted, and whether these messages were stored is unknown"}
 }
 
 // dedupFromIndex finds, for messages with a dedup id, a message stored

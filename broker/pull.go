@@ -33,7 +33,7 @@ const (
 )
 
 // pullGroupFor returns the group's pull state on a topic, creating the
-// pull subscription on a first pull where topics auto-create (from the
+// pull subscription on a first pull where groups auto-create (from the
 // earliest retained message, so publish-then-pull just works).
 func (b *Broker) pullGroupFor(ctx context.Context, group, topic string) (*consumer, error) {
 	return b.pullGroup(ctx, group, topic, true)
@@ -72,9 +72,9 @@ func (b *Broker) pullGroup(ctx context.Context, group, topic string, create bool
 	case sub != nil && sub.State != StateActive:
 		return nil, errf(CodeInvalidSubscription, "group", "the pull subscription of group %q on %q is %s; resume it first", group, topic, sub.State)
 	case sub == nil:
-		if !b.cfg.AutoCreateTopics {
+		if !b.cfg.AutoCreateGroups {
 			return nil, &Error{Code: CodeSubscriptionNotFound, Field: "group",
-				Detail: fmt.Sprintf("group %q has no subscription on topic %q; create one with POST /v1/subscriptions (without a url)", group, topic)}
+				Detail: fmt.Sprintf("group %q has no subscription on topic %q and groups are not created on first use here (--auto-create-groups); create one with POST /v1/subscriptions (without a url)", group, topic)}
 		}
 		// The id is made from group and topic, so that the brokers of a
 		// cluster, each creating its own on a first pull, agree on it.
@@ -83,7 +83,14 @@ func (b *Broker) pullGroup(ctx context.Context, group, topic string, create bool
 			return nil, err
 		}
 		if err != nil {
-			return b.pullGroupFor(ctx, group, topic) // a concurrent first pull made it
+			// A concurrent first pull made it, or the id is another
+			// group's or topic's: only the first is worth looking again
+			// (the second looked again for ever, overflowing the stack).
+			if other, oerr := b.Subscription(ctx, autoPullID(group, topic)); oerr != nil || other.Group != group || other.Topic != topic {
+				return nil, errf(CodeSubscriptionExists, "group", "group %q cannot be subscribed to topic %q on its first pull: the subscription id %s is taken; create its subscription with POST /v1/subscriptions",
+					group, topic, autoPullID(group, topic))
+			}
+			return b.pullGroupFor(ctx, group, topic)
 		}
 		sub = &created
 	}

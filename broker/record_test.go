@@ -3,6 +3,8 @@ package broker
 import (
 	"bytes"
 	"reflect"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 )
@@ -107,5 +109,20 @@ func TestHashesAgree(t *testing.T) {
 	}
 	if TagHash("") != 0 || TagHash("a") == 0 || TagHash("a") != tagHashBytes([]byte("a")) || TagHash("a") == TagHash("b") {
 		t.Error("tag hashes disagree")
+	}
+}
+
+// TestValidTopicName: the byte loop that checks topic names on every
+// publish agrees with the rule it replaced, as a regular expression, at
+// every edge (length 127 and 128, a first character that may only follow,
+// non-ASCII letters).
+func TestValidTopicName(t *testing.T) {
+	rule := regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,126}$`)
+	names := []string{"", "a", "A9", "9", "orders.eu-1_x", ".a", "_a", "-a", "a.", "a b", "a/b", "a%", "é", "aé",
+		"a\x00", strings.Repeat("a", 127), strings.Repeat("a", 128), "a" + strings.Repeat("-", 126), "Ⅻ", "a\u212a"}
+	for _, name := range names {
+		if got, want := validTopicName(name), rule.MatchString(name); got != want {
+			t.Errorf("validTopicName(%q) = %v, want %v", name, got, want)
+		}
 	}
 }

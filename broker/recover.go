@@ -74,7 +74,7 @@ func (b *Broker) openMeta(ctx context.Context) error {
 		s, err = meta.Open(ctx, path, opts...)
 	}
 	if err != nil {
-		if errors.Is(err, meta.ErrSchemaTooNew) || b.cfg.RebuildMetadata {
+		if errors.Is(err, meta.ErrSchemaTooNew) || b.cfg.RebuildMetadata || ctx.Err() != nil {
 			return fmt.Errorf("open metadata: %w", err)
 		}
 		return fmt.Errorf("open metadata: %w; if %s is damaged, restore it from a backup or start with "+

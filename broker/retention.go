@@ -235,8 +235,22 @@ func (b *Broker) firstReadable(off, end int64) ([]byte, error) {
 // dropBefore deletes log segments ending at or before off and the index
 // entries that pointed into them, keeping per-queue byte counts true.
 func (b *Broker) dropBefore(off int64) error {
-	if err := b.moveTimersBefore(context.Background(), off); err != nil {
+	if err := b.timer.MoveBefore(context.Background(), off); err != nil {
 		return fmt.Errorf("move delayed messages out of the way: %w", err)
+	}
+	// The consume queues' floor is raised before the segments go: a
+	// segment missing below the log's start at the next open, with the
+	// floor not past it, was lost while stopped, not retired (recover.go).
+	segs := b.log.Segments()
+	floor := segs[len(segs)-1].Base
+	for _, sg := range segs[:len(segs)-1] {
+		if sg.End > off {
+			floor = sg.Base
+			break
+		}
+	}
+	if err := b.cq.SetFloor(floor); err != nil {
+		return fmt.Errorf("drop segments: %w", err)
 	}
 	n, err := b.log.DropBefore(off)
 	if err != nil {

@@ -42,12 +42,32 @@ type Subscription struct {
 	Visibility       time.Duration
 	StartFrom        string // latest, earliest or an RFC 3339 time
 	Secret           string // push: the signing secret (whsec_…)
-	PreviousSecret   string // push: the secret before the last rotation, still signing until PreviousUntil
-	PreviousUntil    time.Time
-	State            string
-	StateReason      string // why it is disabled
-	CreatedAt        time.Time
-	UpdatedAt        time.Time
+	// PreviousSecrets are push secrets rotated out that still sign beside
+	// Secret, each until its own overlap ends, newest first. A second
+	// rotation within the overlap keeps the first one's old secret too.
+	PreviousSecrets []PreviousSecret
+	State           string
+	StateReason     string // why it is disabled
+	CreatedAt       time.Time
+	UpdatedAt       time.Time
+}
+
+// PreviousSecret is a rotated-out signing secret, still valid until Until.
+type PreviousSecret struct {
+	Secret string
+	Until  time.Time
+}
+
+// SigningSecrets are the secrets a delivery at now is signed with: the
+// current one, then every previous one whose overlap has not ended.
+func (s *Subscription) SigningSecrets(now time.Time) []string {
+	out := []string{s.Secret}
+	for _, p := range s.PreviousSecrets {
+		if now.Before(p.Until) {
+			out = append(out, p.Secret)
+		}
+	}
+	return out
 }
 
 // Subscription limits and defaults (DESIGN §4, RocketMQ's retry defaults).
@@ -63,9 +83,14 @@ const (
 	MaxRetryDelay      = 24 * time.Hour
 	MaxRetryDelays     = 100
 	MaxURLLen          = 2048
+	MinRatePerSecond   = 1.0 / 86400
 	// SecretOverlap is how long the previous secret keeps signing after a
 	// rotation, so receivers can switch without dropping deliveries.
 	SecretOverlap = 24 * time.Hour
+	// MaxPreviousSecrets bounds the secrets still signing beside the
+	// current one (each adds a v1 entry to every delivery's signature
+	// header): a rotation beyond it within the overlap is refused.
+	MaxPreviousSecrets = 10
 )
 
 var groupRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,119}$`)
@@ -81,32 +106,40 @@ func ValidateGroupName(name string) error {
 // subscriptionConfig is the JSON kept in the subscriptions table's config
 // column: the settings that have no column of their own.
 type subscriptionConfig struct {
-	MaxRetries     int     `json:"max_retries"`
-	RetryDelaysMS  []int64 `json:"retry_delays_ms,omitempty"`
-	BackoffMinMS   int64   `json:"backoff_min_ms,omitempty"`
-	BackoffMaxMS   int64   `json:"backoff_max_ms,omitempty"`
-	TimeoutMS      int64   `json:"timeout_ms"`
-	MaxInFlight    int     `json:"max_in_flight"`
-	RatePerSecond  float64 `json:"rate_per_second,omitempty"`
-	VisibilityMS   int64   `json:"visibility_ms"`
-	StartFrom      string  `json:"start_from"`
-	PreviousSecret string  `json:"previous_secret,omitempty"`
-	PreviousUntil  int64   `json:"previous_until_ms,omitempty"`
-	StateReason    string  `json:"state_reason,omitempty"`
+	MaxRetries    int     `json:"max_retries"`
+	RetryDelaysMS []int64 `json:"retry_delays_ms,omitempty"`
+	BackoffMinMS  int64   `json:"backoff_min_ms,omitempty"`
+	BackoffMaxMS  int64   `json:"backoff_max_ms,omitempty"`
+	TimeoutMS     int64   `json:"timeout_ms"`
+	MaxInFlight   int     `json:"max_in_flight"`
+	RatePerSecond float64 `json:"rate_per_second,omitempty"`
+	VisibilityMS  int64   `json:"visibility_ms"`
+	StartFrom     string  `json:"start_from"`
+	// PreviousSecrets replaced PreviousSecret/PreviousUntil, which held
+	// only the last rotation's old secret; those are still read, from
+	// subscriptions stored before.
+	PreviousSecrets []previousSecretConfig `json:"previous_secrets,omitempty"`
+	PreviousSecret  string                 `json:"previous_secret,omitempty"`
+	PreviousUntil   int64                  `json:"previous_until_ms,omitempty"`
+	StateReason     string                 `json:"state_reason,omitempty"`
+}
+
+type previousSecretConfig struct {
+	Secret  string `json:"secret"`
+	UntilMS int64  `json:"until_ms"`
 }
 
 func (s *Subscription) toMeta() (meta.Subscription, error) {
 	c := subscriptionConfig{
 		MaxRetries: s.MaxRetries, BackoffMinMS: s.BackoffMin.Milliseconds(), BackoffMaxMS: s.BackoffMax.Milliseconds(),
 		TimeoutMS: s.Timeout.Milliseconds(), MaxInFlight: s.MaxInFlight, RatePerSecond: s.RatePerSecond,
-		VisibilityMS: s.Visibility.Milliseconds(), StartFrom: s.StartFrom, PreviousSecret: s.PreviousSecret,
-		StateReason: s.StateReason,
+		VisibilityMS: s.Visibility.Milliseconds(), StartFrom: s.StartFrom, StateReason: s.StateReason,
+	}
+	for _, p := range s.PreviousSecrets {
+		c.PreviousSecrets = append(c.PreviousSecrets, previousSecretConfig{Secret: p.Secret, UntilMS: p.Until.UnixMilli()})
 	}
 	for _, d := range s.RetryDelays {
 		c.RetryDelaysMS = append(c.RetryDelaysMS, d.Milliseconds())
-	}
-	if !s.PreviousUntil.IsZero() {
-		c.PreviousUntil = s.PreviousUntil.UnixMilli()
 	}
 	data, err := json.Marshal(c)
 	if err != nil {
@@ -126,13 +159,16 @@ func subscriptionFromMeta(m meta.Subscription) (Subscription, error) {
 		MaxRetries: c.MaxRetries, BackoffMin: time.Duration(c.BackoffMinMS) * time.Millisecond,
 		BackoffMax: time.Duration(c.BackoffMaxMS) * time.Millisecond, Timeout: time.Duration(c.TimeoutMS) * time.Millisecond,
 		MaxInFlight: c.MaxInFlight, RatePerSecond: c.RatePerSecond, Visibility: time.Duration(c.VisibilityMS) * time.Millisecond,
-		StartFrom: c.StartFrom, Secret: m.Secret, PreviousSecret: c.PreviousSecret, State: m.State,
+		StartFrom: c.StartFrom, Secret: m.Secret, State: m.State,
 		StateReason: c.StateReason, CreatedAt: m.CreatedAt, UpdatedAt: m.UpdatedAt}
 	for _, ms := range c.RetryDelaysMS {
 		s.RetryDelays = append(s.RetryDelays, time.Duration(ms)*time.Millisecond)
 	}
-	if c.PreviousUntil != 0 {
-		s.PreviousUntil = time.UnixMilli(c.PreviousUntil)
+	for _, p := range c.PreviousSecrets {
+		s.PreviousSecrets = append(s.PreviousSecrets, PreviousSecret{Secret: p.Secret, Until: time.UnixMilli(p.UntilMS)})
+	}
+	if c.PreviousSecret != "" && c.PreviousUntil != 0 {
+		s.PreviousSecrets = append(s.PreviousSecrets, PreviousSecret{Secret: c.PreviousSecret, Until: time.UnixMilli(c.PreviousUntil)})
 	}
 	return s, nil
 }
@@ -196,14 +232,29 @@ func (s *Subscription) validate() error {
 		return bad("timeout", "timeout %s must be between 1ms and %s", s.Timeout, MaxTimeout)
 	case s.MaxInFlight < 1 || s.MaxInFlight > MaxMaxInFlight:
 		return bad("max_in_flight", "max_in_flight %d must be 1-%d", s.MaxInFlight, MaxMaxInFlight)
-	case s.RatePerSecond < 0 || s.RatePerSecond > 1e6:
-		return bad("rate_per_second", "rate_per_second %g must be 0 (no limit) to 1000000", s.RatePerSecond)
+	case s.RatePerSecond < 0 || s.RatePerSecond > 1e6 || (s.RatePerSecond > 0 && s.RatePerSecond < MinRatePerSecond):
+		// Below one a day the limiter's wait for the next message is
+		// longer than any subscription lives (1e-300: never).
+		return bad("rate_per_second", "rate_per_second %g must be 0 (no limit) or from %g (one a day) to 1000000", s.RatePerSecond, MinRatePerSecond)
 	case s.Visibility < time.Second || s.Visibility > MaxVisibility:
 		return bad("visibility", "visibility %s must be between 1s and %s", s.Visibility, MaxVisibility)
 	}
 	for i, d := range s.RetryDelays {
 		if d <= 0 || d > MaxRetryDelay {
 			return bad("retry_delays", "retry_delays[%d] = %s must be positive and at most %s", i, d, MaxRetryDelay)
+		}
+		if d%time.Millisecond != 0 {
+			return bad("retry_delays", "retry_delays[%d] = %s: durations are kept to the millisecond", i, d)
+		}
+	}
+	// Durations are stored in milliseconds: a finer one would be changed
+	// on the way (1ns to 0, 1.5ms to 1ms) without a word.
+	for _, d := range []struct {
+		field string
+		v     time.Duration
+	}{{"timeout", s.Timeout}, {"visibility", s.Visibility}, {"backoff", s.BackoffMin}, {"backoff", s.BackoffMax}} {
+		if d.v%time.Millisecond != 0 {
+			return bad(d.field, "%s %s: durations are kept to the millisecond", d.field, d.v)
 		}
 	}
 	if s.StartFrom != "latest" && s.StartFrom != "earliest" {
@@ -214,27 +265,57 @@ func (s *Subscription) validate() error {
 	return nil
 }
 
-// ValidateWebhookURL checks a push URL's form: absolute http(s), a host, no
-// credentials. Which addresses it may reach is checked when connecting.
+// ValidateWebhookURL is the one check of a push URL's form, made when a
+// subscription is created or changed and again before every delivery: an
+// absolute http(s) URL with a host, a port (when given) of 1-65535, no
+// credentials, no fragment, at most MaxURLLen bytes. A URL that passes can
+// be dialled; which addresses it may reach is checked when connecting.
 func ValidateWebhookURL(raw string) error {
 	bad := func(why string) error {
 		return errf(CodeInvalidSubscription, "url", "%q is not a webhook URL: %s", raw, why)
 	}
+	if raw == "" {
+		return bad("empty")
+	}
 	if len(raw) > MaxURLLen {
-		return bad(fmt.Sprintf("longer than %d characters", MaxURLLen))
+		return errf(CodeInvalidSubscription, "url", "the webhook URL is %d bytes; at most %d", len(raw), MaxURLLen)
 	}
 	u, err := url.Parse(raw)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return bad("invalid: " + err.Error())
+	}
 	switch {
-	case err != nil:
-		return bad(err.Error())
+	case !u.IsAbs():
+		return bad("not absolute")
 	case u.Scheme != "http" && u.Scheme != "https":
 		return bad("the scheme must be http or https")
-	case u.Host == "" || u.Hostname() == "":
+	case u.Opaque != "" || u.Hostname() == "":
 		return bad("no host")
 	case u.User != nil:
-		return bad("credentials in the URL are not allowed; the delivery is signed instead")
+		return bad("credentials (userinfo) in the URL are not allowed; the delivery is signed instead")
 	case u.Fragment != "":
 		return bad("a fragment means nothing to the endpoint")
+	}
+	if p := u.Port(); p != "" {
+		// Digits only, 1-65535 (url.Parse takes any digits, 0 and 99999
+		// too, which nothing can dial).
+		n, ok := 0, true
+		for _, c := range []byte(p) {
+			if c < '0' || c > '9' {
+				ok = false
+				break
+			}
+			if n = n*10 + int(c-'0'); n > 65535 {
+				break
+			}
+		}
+		if !ok || n < 1 || n > 65535 {
+			return bad(fmt.Sprintf("port %q: a port is 1-65535", p))
+		}
 	}
 	return nil
 }
@@ -252,6 +333,8 @@ func ValidateSecret(secret string) error {
 }
 
 var subscriptionIDRE = regexp.MustCompile(`^[A-Za-z0-9]{1,64}$`)
+
+var autoPullIDRE = regexp.MustCompile(`^[0-9a-f]{24}$`)
 
 // newSecret returns a Standard Webhooks signing secret.
 func NewSecret() string {
@@ -275,6 +358,12 @@ func (b *Broker) CreateSubscription(ctx context.Context, s Subscription) (Subscr
 	}
 	if s.ID != "" && !subscriptionIDRE.MatchString(s.ID) {
 		return Subscription{}, errf(CodeInvalidSubscription, "id", "%q is not a subscription id: 1-64 letters and digits", s.ID)
+	}
+	// Ids of 24 hex digits are those of the pull subscriptions first pulls
+	// create (autoPullID): one given for another group or topic would take
+	// that group's id away before its first pull.
+	if autoPullIDRE.MatchString(s.ID) && s.ID != autoPullID(s.Group, s.Topic) {
+		return Subscription{}, errf(CodeInvalidSubscription, "id", "%q is kept for the pull subscription a first pull creates (24 hex digits); choose another id", s.ID)
 	}
 	if s.Secret != "" {
 		if s.URL == "" {
@@ -437,7 +526,9 @@ func (b *Broker) UpdateSubscription(ctx context.Context, s Subscription) (Subscr
 }
 
 // RotateSecret gives a push subscription a new signing secret; the old one
-// keeps signing beside it for SecretOverlap.
+// keeps signing beside it for SecretOverlap, and so does every earlier one
+// until its own overlap ends (a second rotation within a day does not cut
+// the first one's short). Secrets whose overlap has ended are dropped.
 // The new secret is secret when given (a cluster rotates every broker's
 // copy to the same one), else made up.
 func (b *Broker) RotateSecret(ctx context.Context, id, secret string) (Subscription, error) {
@@ -453,7 +544,22 @@ func (b *Broker) RotateSecret(ctx context.Context, id, secret string) (Subscript
 	} else if err := ValidateSecret(secret); err != nil {
 		return Subscription{}, err
 	}
-	s.PreviousSecret, s.PreviousUntil, s.Secret = s.Secret, b.now().Add(SecretOverlap), secret
+	if secret == s.Secret {
+		return Subscription{}, errf(CodeInvalidSubscription, "secret", "the new secret is the current one")
+	}
+	now := b.now()
+	prev := []PreviousSecret{{Secret: s.Secret, Until: now.Add(SecretOverlap)}}
+	for _, p := range s.PreviousSecrets {
+		if now.Before(p.Until) && p.Secret != secret {
+			prev = append(prev, p)
+		}
+	}
+	if len(prev) > MaxPreviousSecrets {
+		return Subscription{}, errf(CodeInvalidSubscription, "secret",
+			"%d earlier secrets still sign beside the current one (each for %s after its rotation); at most %d: wait until %s for the oldest to expire",
+			len(prev)-1, SecretOverlap, MaxPreviousSecrets, prev[len(prev)-1].Until.UTC().Format(time.RFC3339))
+	}
+	s.PreviousSecrets, s.Secret = prev, secret
 	return b.UpdateSubscription(ctx, s)
 }
 

@@ -167,12 +167,18 @@ func (a *authenticator) authenticate(raw string) (*principal, error) {
 	return p, nil
 }
 
-// scopes is what a token may do: publish:<topic-glob>, consume:<group-glob>
-// and admin, space separated in its "scope" claim.
+// scopes is what a token may do: publish:<topic-glob> (write a topic),
+// subscribe:<topic-glob> (read a topic: subscribe a group to it, pull it,
+// read it by offset or key), consume:<group-glob> (act as a group) and
+// admin, space separated in its "scope" claim. As Kafka's READ on both the
+// topic and the group, subscribing a group to a topic or pulling it needs
+// subscribe on the topic and consume on the group: consume alone lets a
+// token act for its groups, never read a topic nobody let it read.
 type scopes struct {
-	admin   bool
-	publish []string
-	consume []string
+	admin     bool
+	publish   []string
+	subscribe []string
+	consume   []string
 }
 
 // parseScopes reads a scope claim. Unknown scopes are ignored, so tokens
@@ -185,6 +191,8 @@ func parseScopes(s string) scopes {
 			sc.admin = true
 		case kind == "publish" && glob != "":
 			sc.publish = append(sc.publish, glob)
+		case kind == "subscribe" && glob != "":
+			sc.subscribe = append(sc.subscribe, glob)
 		case kind == "consume" && glob != "":
 			sc.consume = append(sc.consume, glob)
 		}
@@ -194,6 +202,14 @@ func parseScopes(s string) scopes {
 
 func (s scopes) canPublish(topic string) bool { return s.admin || anyGlob(s.publish, topic) }
 func (s scopes) canConsume(group string) bool { return s.admin || anyGlob(s.consume, group) }
+func (s scopes) canSubscribe(topic string) bool {
+	return s.admin || anyGlob(s.subscribe, topic)
+}
+
+// canRead is reading a topic's messages without consuming them (by id, key
+// or offset) and its stats: a subscriber may, and so may a producer, to
+// check what it sent.
+func (s scopes) canRead(topic string) bool { return s.canPublish(topic) || s.canSubscribe(topic) }
 
 func anyGlob(globs []string, name string) bool {
 	for _, g := range globs {
@@ -252,9 +268,26 @@ var (
 	accessPublishTopic = access{name: "publish:{topic}", allow: func(p *principal, r *http.Request) bool {
 		return p.scopes.canPublish(urlParam(r, "topic"))
 	}}
+	// accessReadTopic needs publish or subscribe on the {topic} of the path.
+	accessReadTopic = access{name: "publish|subscribe:{topic}", allow: func(p *principal, r *http.Request) bool {
+		return p.scopes.canRead(urlParam(r, "topic"))
+	}}
+	// accessSubscribeTopic needs subscribe on the {topic} of the path:
+	// reading a queue by offset is consuming the topic's stream, which a
+	// producer's publish scope does not give (DESIGN §5: publish reads by
+	// id and key only).
+	accessSubscribeTopic = access{name: "subscribe:{topic}", allow: func(p *principal, r *http.Request) bool {
+		return p.scopes.canSubscribe(urlParam(r, "topic"))
+	}}
 	// accessConsumeGroup needs consume on the {group} of the path.
 	accessConsumeGroup = access{name: "consume:{group}", allow: func(p *principal, r *http.Request) bool {
 		return p.scopes.canConsume(urlParam(r, "group"))
+	}}
+	// accessPullTopic needs consume on the {group} and subscribe on the
+	// {topic} of the path: a pull reads the topic as the group (and a first
+	// pull subscribes the group to it).
+	accessPullTopic = access{name: "consume:{group} subscribe:{topic}", allow: func(p *principal, r *http.Request) bool {
+		return p.scopes.canConsume(urlParam(r, "group")) && p.scopes.canSubscribe(urlParam(r, "topic"))
 	}}
 	// accessAnyToken lets any valid token in; the handler narrows what it
 	// shows to the token's scopes (a list, a message whose topic is only
@@ -264,6 +297,11 @@ var (
 
 // authorize wraps h with the route's access check. Checks come before the
 // handler, so a refusal never says whether the topic or message exists.
+// authMiddleware is authorize as a middleware of one route.
+func (s *Server) authMiddleware(a access) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler { return s.authorize(a, next.ServeHTTP) }
+}
+
 func (s *Server) authorize(a access, h http.HandlerFunc) http.HandlerFunc {
 	if a.allow == nil || s.auth == nil {
 		return h
@@ -322,9 +360,9 @@ func bearerToken(r *http.Request) (string, bool) {
 }
 
 // mayRead says whether the request may read a message of topic: open mode,
-// admin, or publish on the topic. Callers answer "not found" otherwise, so
-// a token learns nothing about topics outside its scope.
+// admin, or publish or subscribe on the topic. Callers answer "not found"
+// otherwise, so a token learns nothing about topics outside its scope.
 func mayRead(r *http.Request, topic string) bool {
 	p := principalFrom(r.Context())
-	return p == nil || p.scopes.canPublish(topic)
+	return p == nil || p.scopes.canRead(topic)
 }

@@ -512,11 +512,13 @@ func (c *contractClock) now() time.Time { return time.Now().Add(time.Duration(c.
 func (c *contractClock) advance(d time.Duration) { c.offset.Add(int64(d)) }
 
 // openContractBroker opens a broker of its own for a contract test; it
-// creates topics on first use, as `postbus dev` does, when autoCreate.
+// creates topics on first use, as `postbus dev` does, when autoCreate, and
+// otherwise creates neither topics nor groups (--auto-create-groups=false).
 func openContractBroker(tb testing.TB, autoCreate bool) *broker.Broker {
 	tb.Helper()
 	cfg := broker.DefaultConfig(tb.TempDir())
 	cfg.AutoCreateTopics = autoCreate
+	cfg.AutoCreateGroups = autoCreate
 	cfg.SegmentSize = 8 << 20
 	cfg.MaxMessageBytes = 512 << 10
 	b, err := broker.Open(context.Background(), cfg)
@@ -1165,7 +1167,7 @@ func refusesValidTokens(tb testing.TB, access string) bool {
 	switch {
 	case access == "open", access == "token":
 		return false
-	case access == "admin", strings.HasPrefix(access, "publish:"), strings.HasPrefix(access, "consume:"):
+	case access == "admin", strings.HasPrefix(access, "publish:"), strings.HasPrefix(access, "publish|subscribe:"), strings.HasPrefix(access, "subscribe:"), strings.HasPrefix(access, "consume:"):
 		return true
 	}
 	tb.Errorf("unknown access %q: say here whether it can answer 403", access)
@@ -1175,7 +1177,8 @@ func refusesValidTokens(tb testing.TB, access string) bool {
 // refusedByHandler lists the routes whose handler, not their access
 // check, can refuse a valid token, with the 403 response they document.
 // POST /v1/subscriptions lets any token in because the group it needs
-// consume on is in the body: it answers 403 once it has read the body,
+// consume on and the topic it needs subscribe on are in the body: it
+// answers 403 once it has read the body,
 // without the access check's WWW-Authenticate.
 var refusedByHandler = map[string]string{
 	"POST /v1/subscriptions": "#/components/responses/ForbiddenGroup",
@@ -1357,6 +1360,10 @@ func TestContractAuthTraffic(t *testing.T) {
 	payments := bearerHeader(contractToken(t, jwt.MapClaims{"sub": "billing", "scope": "publish:payments consume:*", "exp": exp}))
 	consumer := bearerHeader(contractToken(t, jwt.MapClaims{"sub": "reader", "scope": "consume:*", "exp": exp}))
 	billing := bearerHeader(contractToken(t, jwt.MapClaims{"sub": "ledger", "scope": "consume:billing*", "exp": exp}))
+	// A consumer that may read orders: subscribe on the topic as well as
+	// consume on its groups.
+	reader := bearerHeader(contractToken(t, jwt.MapClaims{"sub": "ledger", "scope": "consume:billing* subscribe:orders", "exp": exp}))
+	subscriber := bearerHeader(contractToken(t, jwt.MapClaims{"sub": "audit", "scope": "subscribe:orders", "exp": exp}))
 	otherKey, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"scope": "admin", "exp": exp}).
 		SignedString([]byte(strings.Repeat("z", 32)))
 	if err != nil {
@@ -1411,10 +1418,12 @@ func TestContractAuthTraffic(t *testing.T) {
 			body: `{"queues":2}`, status: 201},
 		{name: "put topic/admin again", method: "PUT", path: "/v1/topics/payments", header: admin, status: 201},
 		unauthorized("get topic/no token", "GET", "/v1/topics/orders", nil, ""),
-		forbidden("get topic/other topic", "GET", "/v1/topics/orders", payments, "", "publish:{topic}"),
+		forbidden("get topic/other topic", "GET", "/v1/topics/orders", payments, "", "publish|subscribe:{topic}"),
 		// A refusal comes before the lookup: it says nothing of existence.
-		forbidden("get topic/other missing topic", "GET", "/v1/topics/nope", payments, "", "publish:{topic}"),
+		forbidden("get topic/other missing topic", "GET", "/v1/topics/nope", payments, "", "publish|subscribe:{topic}"),
+		forbidden("get topic/consume token", "GET", "/v1/topics/orders", billing, "", "publish|subscribe:{topic}"),
 		{name: "get topic/in scope", method: "GET", path: "/v1/topics/orders", header: orders, status: 200},
+		{name: "get topic/subscribe token", method: "GET", path: "/v1/topics/orders", header: subscriber, status: 200},
 		{name: "get topic/glob", method: "GET", path: "/v1/topics/orders.eu", header: orders, status: 404,
 			code: broker.CodeTopicNotFound},
 		unauthorized("list topics/no token", "GET", "/v1/topics", nil, ""),
@@ -1450,7 +1459,9 @@ func TestContractAuthTraffic(t *testing.T) {
 
 		// Query: a message outside the token's scope is as good as missing.
 		unauthorized("by key/no token", "GET", "/v1/topics/orders/messages?key=k-1", nil, ""),
-		forbidden("by key/other topic", "GET", "/v1/topics/orders/messages?key=k-1", payments, "", "publish:{topic}"),
+		forbidden("by key/other topic", "GET", "/v1/topics/orders/messages?key=k-1", payments, "", "publish|subscribe:{topic}"),
+		forbidden("by key/consume token", "GET", "/v1/topics/orders/messages?key=k-1", billing, "", "publish|subscribe:{topic}"),
+		{name: "by key/subscribe token", method: "GET", path: "/v1/topics/orders/messages?key=k-1", header: subscriber, status: 200},
 		{name: "by key/in scope", method: "GET", path: "/v1/topics/orders/messages?key=k-1", header: orders, status: 200,
 			check: func(tb testing.TB, _ *http.Response, body []byte) {
 				if msgs, _ := jsonField(tb, body, "messages").([]any); len(msgs) != 2 {
@@ -1461,6 +1472,7 @@ func TestContractAuthTraffic(t *testing.T) {
 		{name: "get message/other topic", method: "GET", path: "/v1/messages/{id}", header: payments, status: 404,
 			code: broker.CodeMessageNotFound},
 		{name: "get message/in scope", method: "GET", path: "/v1/messages/{id}", header: orders, status: 200},
+		{name: "get message/subscribe token", method: "GET", path: "/v1/messages/{id}", header: subscriber, status: 200},
 		{name: "get message/admin", method: "GET", path: "/v1/messages/{id}", header: admin, status: 200},
 		unauthorized("get body/no token", "GET", "/v1/messages/{id}/body", nil, ""),
 		{name: "get body/other topic", method: "GET", path: "/v1/messages/{id}/body", header: payments, status: 404,
@@ -1479,7 +1491,17 @@ func TestContractAuthTraffic(t *testing.T) {
 			}},
 		{name: "create subscription/other group", method: "POST", path: "/v1/subscriptions", header: mergeHeaders(jsonCT, billing),
 			body: `{"group":"audit","topic":"nope"}`, status: 403, code: codeForbidden},
-		{name: "create subscription/in scope", method: "POST", path: "/v1/subscriptions", header: mergeHeaders(jsonCT, billing),
+		// consume on the group alone does not let a token read a topic.
+		{name: "create subscription/consume token", method: "POST", path: "/v1/subscriptions", header: mergeHeaders(jsonCT, billing),
+			body: `{"group":"billing","topic":"orders","url":"http://127.0.0.1:9/hook"}`, status: 403, code: codeForbidden,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				if f, d := jsonField(tb, body, "field"), jsonField(tb, body, "detail"); f != "topic" || !strings.Contains(d.(string), "subscribe:orders") {
+					tb.Errorf("field %v detail %v, want the topic named", f, d)
+				}
+			}},
+		{name: "create subscription/subscribe token", method: "POST", path: "/v1/subscriptions", header: mergeHeaders(jsonCT, subscriber),
+			body: `{"group":"billing","topic":"orders"}`, status: 403, code: codeForbidden},
+		{name: "create subscription/in scope", method: "POST", path: "/v1/subscriptions", header: mergeHeaders(jsonCT, reader),
 			body: `{"group":"billing","topic":"orders","url":"http://127.0.0.1:9/hook"}`, status: 201, save: map[string]string{"sub": "id"}},
 		{name: "create subscription/admin", method: "POST", path: "/v1/subscriptions", header: mergeHeaders(jsonCT, admin),
 			body: `{"group":"audit","topic":"orders"}`, status: 201},
@@ -1550,12 +1572,14 @@ func TestContractAuthTraffic(t *testing.T) {
 		{name: "trace/in scope", method: "GET", path: "/v1/messages/{id}/trace", header: orders, status: 200},
 		{name: "jwks/no token", method: "GET", path: "/.well-known/jwks.json", status: 404, code: codeNotFound},
 
-		// Pulls, acks and nacks: consume on the path's group, and no scope
-		// on the topic pulled.
+		// Pulls: consume on the path's group and subscribe on its topic;
+		// acks and nacks: consume on the path's group.
 		unauthorized("pull/no token", "POST", "/v1/groups/billing.pull/topics/orders/pull", nil, ""),
-		forbidden("pull/other group", "POST", "/v1/groups/audit/topics/orders/pull", billing, "", "consume:{group}"),
-		forbidden("pull/publish token", "POST", "/v1/groups/billing.pull/topics/orders/pull", orders, "", "consume:{group}"),
-		{name: "pull/in scope", method: "POST", path: "/v1/groups/billing.pull/topics/orders/pull?max=2", header: billing,
+		forbidden("pull/other group", "POST", "/v1/groups/audit/topics/orders/pull", reader, "", "consume:{group} subscribe:{topic}"),
+		forbidden("pull/publish token", "POST", "/v1/groups/billing.pull/topics/orders/pull", orders, "", "consume:{group} subscribe:{topic}"),
+		forbidden("pull/consume token", "POST", "/v1/groups/billing.pull/topics/orders/pull", billing, "", "consume:{group} subscribe:{topic}"),
+		forbidden("pull/subscribe token", "POST", "/v1/groups/billing.pull/topics/orders/pull", subscriber, "", "consume:{group} subscribe:{topic}"),
+		{name: "pull/in scope", method: "POST", path: "/v1/groups/billing.pull/topics/orders/pull?max=2", header: reader,
 			status: 200, save: map[string]string{"a1": "messages.0.receipt", "a2": "messages.1.receipt"}},
 		unauthorized("ack/no token", "POST", "/v1/groups/billing.pull/ack", jsonCT, `{"receipts":["{a1}"]}`),
 		forbidden("ack/other group", "POST", "/v1/groups/audit/ack", mergeHeaders(jsonCT, billing), `{"receipts":["{a1}"]}`,
@@ -1567,11 +1591,12 @@ func TestContractAuthTraffic(t *testing.T) {
 			"consume:{group}"),
 		{name: "nack/in scope", method: "POST", path: "/v1/groups/billing.pull/nack", header: mergeHeaders(jsonCT, billing),
 			body: `{"receipts":["{a2}"],"delay":"1m"}`, status: 200},
-		// Reading a queue by offset: publish on the path's topic.
+		// Reading a queue by offset: subscribe on the path's topic.
 		unauthorized("read queue/no token", "GET", "/v1/topics/orders/queues/0/messages", nil, ""),
-		forbidden("read queue/other topic", "GET", "/v1/topics/orders/queues/0/messages", payments, "", "publish:{topic}"),
-		forbidden("read queue/consume token", "GET", "/v1/topics/orders/queues/0/messages", billing, "", "publish:{topic}"),
-		{name: "read queue/in scope", method: "GET", path: "/v1/topics/orders/queues/0/messages", header: orders, status: 200},
+		forbidden("read queue/other topic", "GET", "/v1/topics/orders/queues/0/messages", payments, "", "subscribe:{topic}"),
+		forbidden("read queue/consume token", "GET", "/v1/topics/orders/queues/0/messages", billing, "", "subscribe:{topic}"),
+		forbidden("read queue/publish token", "GET", "/v1/topics/orders/queues/0/messages", orders, "", "subscribe:{topic}"),
+		{name: "read queue/subscribe token", method: "GET", path: "/v1/topics/orders/queues/0/messages", header: subscriber, status: 200},
 
 		unauthorized("delete subscription/no token", "DELETE", "/v1/subscriptions/{sub}", nil, ""),
 		{name: "delete subscription/not consuming", method: "DELETE", path: "/v1/subscriptions/{sub}", header: orders,
@@ -2472,7 +2497,8 @@ func pullExchanges(env *contractEnv) []exchange {
 			code: broker.CodeInvalidSubscription},
 		{name: "pull/resume", method: "POST", path: "/v1/subscriptions/{workers}/resume", status: 200},
 		{name: "pull/resumed", method: "POST", path: "/v1/groups/workers/topics/jobs/pull", status: 200, check: pulledBodies(1)},
-		// A broker that creates no topics creates no subscriptions either.
+		// A broker started with --auto-create-groups=false creates no
+		// subscriptions on a first pull.
 		{name: "pull/manual topic", manual: true, method: "PUT", path: "/v1/topics/jobs", status: 201},
 		{name: "pull/no subscription", manual: true, method: "POST", path: "/v1/groups/workers/topics/jobs/pull", status: 404,
 			code: broker.CodeSubscriptionNotFound},

@@ -54,15 +54,6 @@ func unknownPostbusHeader(h http.Header, known map[string]bool, props bool) erro
 	return nil
 }
 
-// noQuery refuses query parameters on a route that takes none.
-func noQuery(w http.ResponseWriter, r *http.Request) bool {
-	for name := range r.URL.Query() {
-		writeProblem(w, r, codeInvalidParameter, name, fmt.Sprintf("unknown query parameter %q: this request takes none", name))
-		return false
-	}
-	return true
-}
-
 // maxBatchRequestBytes bounds a batch request's JSON. Bodies are limited
 // to broker.MaxBatchBytes in all; the JSON may be larger by escaping and
 // base64 (4/3), plus the other fields.
@@ -129,7 +120,8 @@ func parsePublishHeaders(h http.Header) (*broker.Message, error) {
 	if v, err := one(hdrDelayLevel); err != nil {
 		return nil, err
 	} else if v != "" {
-		if m.DelayLevel, err = strconv.Atoi(v); err != nil || m.DelayLevel < 1 || m.DelayLevel > len(broker.DelayLevels) {
+		// Digits only: strconv.Atoi would also take "+3" and "03".
+		if m.DelayLevel, err = strconv.Atoi(v); err != nil || v[0] < '1' || v[0] > '9' || m.DelayLevel > len(broker.DelayLevels) {
 			return nil, &headerError{hdrDelayLevel, fmt.Sprintf("%q is not a delay level 1-%d", v, len(broker.DelayLevels))}
 		}
 	}
@@ -298,9 +290,6 @@ func clientAddr(r *http.Request) string {
 
 func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
 	topic := chi.URLParam(r, "topic")
-	if !noQuery(w, r) {
-		return
-	}
 	m, err := parsePublishHeaders(r.Header)
 	if err != nil {
 		var he *headerError
@@ -437,9 +426,6 @@ func isJSON(ct string) bool {
 
 func (s *Server) handlePublishBatch(w http.ResponseWriter, r *http.Request) {
 	topic := chi.URLParam(r, "topic")
-	if !noQuery(w, r) {
-		return
-	}
 	if err := unknownPostbusHeader(r.Header, batchHeaders, false); err != nil {
 		he := err.(*headerError)
 		writeProblem(w, r, codeInvalidHeader, he.header, he.Error())

@@ -41,17 +41,18 @@ func (s *Server) routes() chi.Router {
 
 	s.handle(r, "POST", "/v1/topics/{topic}/messages", accessPublishTopic, s.handlePublish)
 	s.handle(r, "POST", "/v1/topics/{topic}/messages/batch", accessPublishTopic, s.handlePublishBatch)
-	s.handle(r, "GET", "/v1/topics/{topic}/messages", accessPublishTopic, s.handleMessagesByKey)
+	s.handle(r, "GET", "/v1/topics/{topic}/messages", accessReadTopic, s.handleMessagesByKey)
 	s.handle(r, "GET", "/v1/messages/{msg_id}", accessAnyToken, s.handleGetMessage)
 	s.handle(r, "GET", "/v1/messages/{msg_id}/body", accessAnyToken, s.handleGetMessageBody)
 
 	s.handle(r, "GET", "/v1/topics", accessAnyToken, s.handleListTopics)
 	s.handle(r, "PUT", "/v1/topics/{topic}", accessAdmin, s.handlePutTopic)
-	s.handle(r, "GET", "/v1/topics/{topic}", accessPublishTopic, s.handleGetTopic)
+	s.handle(r, "GET", "/v1/topics/{topic}", accessReadTopic, s.handleGetTopic)
 	s.handle(r, "DELETE", "/v1/topics/{topic}", accessAdmin, s.handleDeleteTopic)
 
 	// Subscriptions are narrowed to the token's consume groups by the
-	// handlers (the group is in the body, or in the stored subscription).
+	// handlers (the group is in the body, or in the stored subscription);
+	// creating one needs subscribe on the body's topic too.
 	s.handle(r, "POST", "/v1/subscriptions", accessAnyToken, s.handleCreateSubscription)
 	s.handle(r, "GET", "/v1/subscriptions", accessAnyToken, s.handleListSubscriptions)
 	s.handle(r, "GET", "/v1/subscriptions/{id}", accessAnyToken, s.handleGetSubscription)
@@ -68,10 +69,10 @@ func (s *Server) routes() chi.Router {
 	s.handle(r, "POST", "/v1/groups/{group}/dlq/redrive", accessConsumeGroup, s.handleRedrive)
 	s.handle(r, "DELETE", "/v1/groups/{group}/dlq", accessConsumeGroup, s.handlePurgeDeadLetters)
 
-	s.handle(r, "POST", "/v1/groups/{group}/topics/{topic}/pull", accessConsumeGroup, s.handlePull)
+	s.handle(r, "POST", "/v1/groups/{group}/topics/{topic}/pull", accessPullTopic, s.handlePull)
 	s.handle(r, "POST", "/v1/groups/{group}/ack", accessConsumeGroup, s.handleAck)
 	s.handle(r, "POST", "/v1/groups/{group}/nack", accessConsumeGroup, s.handleNack)
-	s.handle(r, "GET", "/v1/topics/{topic}/queues/{queue}/messages", accessPublishTopic, s.handleReadQueue)
+	s.handle(r, "GET", "/v1/topics/{topic}/queues/{queue}/messages", accessSubscribeTopic, s.handleReadQueue)
 
 	s.handle(r, "GET", "/v1/messages/{msg_id}/trace", accessAnyToken, s.handleTrace)
 	s.handle(r, "GET", "/.well-known/jwks.json", accessOpen, s.handleJWKS)
@@ -80,8 +81,11 @@ func (s *Server) routes() chi.Router {
 
 // handle mounts one route behind its access check and records the decision.
 func (s *Server) handle(r chi.Router, method, pattern string, a access, h http.HandlerFunc) {
-	s.access[method+" "+pattern] = a
-	r.Method(method, pattern, s.authorize(a, h))
+	route := method + " " + pattern
+	s.access[route] = a
+	// Authentication first: a request without a valid token learns nothing
+	// of the route, not even which parameters it takes.
+	r.With(s.authMiddleware(a), queryCheck(route)).Method(method, pattern, h)
 }
 
 func urlParam(r *http.Request, name string) string { return chi.URLParam(r, name) }

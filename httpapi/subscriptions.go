@@ -1,9 +1,13 @@
 package httpapi
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"net/http"
+	"reflect"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -37,6 +41,51 @@ type subscriptionRequest struct {
 	Secret *string `json:"secret,omitempty"`
 }
 
+// UnmarshalJSON decodes a subscription request whose member names are
+// exactly the documented ones: encoding/json matches names without regard
+// to case, so "MAX_RETRIES" beside "max_retries" was a second value for one
+// field (the last won) and "Max_Retries" was taken for it.
+func (req *subscriptionRequest) UnmarshalJSON(data []byte) error {
+	type plain subscriptionRequest
+	if err := exactNames(data, reflect.TypeFor[plain]()); err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	return dec.Decode((*plain)(req))
+}
+
+// exactNames checks that every member name of the JSON object data, and of
+// the objects in its struct-typed fields, is a json tag of t as written.
+func exactNames(data []byte, t reflect.Type) error {
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(data, &members); err != nil || members == nil {
+		return nil // not an object: the decoder says what is wrong
+	}
+	fields := map[string]reflect.Type{}
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		ft := f.Type
+		for ft.Kind() == reflect.Pointer {
+			ft = ft.Elem()
+		}
+		fields[name] = ft
+	}
+	for name, raw := range members {
+		ft, ok := fields[name]
+		if !ok {
+			return fmt.Errorf("json: unknown field %q", name)
+		}
+		if ft.Kind() == reflect.Struct {
+			if err := exactNames(raw, ft); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // apply copies the request's fields onto s, parsing durations.
 func (req *subscriptionRequest) apply(s *broker.Subscription) *broker.Error {
 	bad := func(field, format string, args ...any) *broker.Error {
@@ -63,7 +112,12 @@ func (req *subscriptionRequest) apply(s *broker.Subscription) *broker.Error {
 	if req.Ordered != nil {
 		s.Ordered = *req.Ordered
 	}
+	// An explicit zero or negative is refused here: left as it is, the
+	// defaults of a create would replace it without a word.
 	if req.MaxRetries != nil {
+		if *req.MaxRetries < 0 {
+			return bad("max_retries", "max_retries %d must be 0-%d", *req.MaxRetries, broker.MaxMaxRetries)
+		}
 		s.MaxRetries = *req.MaxRetries
 	}
 	if req.RetryDelays != nil {
@@ -92,13 +146,22 @@ func (req *subscriptionRequest) apply(s *broker.Subscription) *broker.Error {
 		if s.Timeout, perr = dur("timeout", *req.Timeout); perr != nil {
 			return perr
 		}
+		if s.Timeout <= 0 {
+			return bad("timeout", "timeout %s must be between 1ms and %s", s.Timeout, broker.MaxTimeout)
+		}
 	}
 	if req.Visibility != nil {
 		if s.Visibility, perr = dur("visibility", *req.Visibility); perr != nil {
 			return perr
 		}
+		if s.Visibility <= 0 {
+			return bad("visibility", "visibility %s must be between 1s and %s", s.Visibility, broker.MaxVisibility)
+		}
 	}
 	if req.MaxInFlight != nil {
+		if *req.MaxInFlight < 1 {
+			return bad("max_in_flight", "max_in_flight %d must be 1-%d", *req.MaxInFlight, broker.MaxMaxInFlight)
+		}
 		s.MaxInFlight = *req.MaxInFlight
 	}
 	if req.RatePerSecond != nil {
@@ -198,10 +261,22 @@ func (s *Server) handleCreateSubscription(w http.ResponseWriter, r *http.Request
 		writeProblem(w, r, broker.CodeInvalidSubscription, "group", "a subscription needs a group and a topic")
 		return
 	}
-	if p := principalFrom(r.Context()); p != nil && !p.scopes.canConsume(sub.Group) {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="postbus", error="insufficient_scope"`)
-		writeProblem(w, r, codeForbidden, "group", "the token's scope does not allow consuming as group "+sub.Group)
-		return
+	// As a pull: consume on the group and subscribe on the topic, or a
+	// token for its own group could subscribe it to any topic and have its
+	// bodies pushed or pulled away.
+	if p := principalFrom(r.Context()); p != nil {
+		field, why := "", ""
+		switch {
+		case !p.scopes.canConsume(sub.Group):
+			field, why = "group", "the token's scope does not allow consuming as group "+sub.Group+" (consume:"+sub.Group+" is needed)"
+		case !p.scopes.canSubscribe(sub.Topic):
+			field, why = "topic", "the token's scope does not allow subscribing to topic "+sub.Topic+" (subscribe:"+sub.Topic+" is needed)"
+		}
+		if why != "" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="postbus", error="insufficient_scope"`)
+			writeProblem(w, r, codeForbidden, field, why)
+			return
+		}
 	}
 	if req.ID != nil {
 		sub.ID = *req.ID

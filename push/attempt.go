@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/postbus/postbus/broker"
 )
 
 // Delivery headers (DESIGN §4).
@@ -151,8 +153,8 @@ func (c *Client) Deliver(ctx context.Context, d Delivery, key *BusKey, now time.
 }
 
 func (c *Client) newRequest(d Delivery, key *BusKey, now time.Time) (*http.Request, error) {
-	if err := ValidateURL(d.URL); err != nil {
-		return nil, err
+	if err := broker.ValidateWebhookURL(d.URL); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidURL, err)
 	}
 	// The request gets its context in Deliver; Background here only
 	// satisfies the constructor.

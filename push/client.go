@@ -16,16 +16,15 @@ import (
 const (
 	DefaultMaxResponseBytes = 64 << 10
 	DefaultUserAgent        = "postbus"
-
-	// MaxURLLength bounds a webhook URL.
-	MaxURLLength = 2048
 )
 
 // ErrForbiddenAddress is wrapped in the dial error when the SSRF guard
 // refuses the IP address a connection was about to be made to.
 var ErrForbiddenAddress = errors.New("forbidden address")
 
-// ErrInvalidURL is wrapped by ValidateURL's errors.
+// ErrInvalidURL is wrapped by a delivery's error when its URL does not pass
+// broker.ValidateWebhookURL (checked at create and PATCH too; this is the
+// last line, for a URL stored by an older version).
 var ErrInvalidURL = errors.New("invalid webhook url")
 
 // ClientConfig configures the outbound HTTP client shared by every push
@@ -107,55 +106,6 @@ func NewClient(cfg ClientConfig) *Client {
 func (c *Client) Close() error {
 	c.transport.CloseIdleConnections()
 	return nil
-}
-
-// ValidateURL reports whether raw may be a webhook URL: absolute, http or
-// https, with a host, without userinfo, at most MaxURLLength bytes. Whether
-// its host resolves to a permitted address is checked on every connection,
-// not here.
-func ValidateURL(raw string) error {
-	if raw == "" {
-		return fmt.Errorf("%w: empty", ErrInvalidURL)
-	}
-	if len(raw) > MaxURLLength {
-		return fmt.Errorf("%w: %d bytes; at most %d", ErrInvalidURL, len(raw), MaxURLLength)
-	}
-	u, err := url.Parse(raw)
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalidURL, unwrapURLError(err))
-	}
-	if !u.IsAbs() {
-		return fmt.Errorf("%w: not absolute", ErrInvalidURL)
-	}
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return fmt.Errorf("%w: scheme %q; only http and https", ErrInvalidURL, u.Scheme)
-	}
-	if u.Opaque != "" || u.Hostname() == "" {
-		return fmt.Errorf("%w: no host", ErrInvalidURL)
-	}
-	if u.User != nil {
-		return fmt.Errorf("%w: userinfo is not allowed; put credentials in the path or query", ErrInvalidURL)
-	}
-	if p := u.Port(); p != "" {
-		if n, err := parsePort(p); err != nil || n == 0 {
-			return fmt.Errorf("%w: port %q", ErrInvalidURL, p)
-		}
-	}
-	return nil
-}
-
-func parsePort(p string) (int, error) {
-	n := 0
-	for _, c := range []byte(p) {
-		if c < '0' || c > '9' {
-			return 0, errors.New("not a number")
-		}
-		n = n*10 + int(c-'0')
-		if n > 65535 {
-			return 0, errors.New("out of range")
-		}
-	}
-	return n, nil
 }
 
 func unwrapURLError(err error) error {

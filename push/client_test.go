@@ -18,49 +18,6 @@ import (
 	"time"
 )
 
-func TestValidateURL(t *testing.T) {
-	tests := []struct {
-		url  string
-		want string // substring of the error; "" for valid
-	}{
-		{"https://example.com/hook", ""},
-		{"http://example.com:8080/hook?token=abc", ""},
-		{"HTTPS://Example.COM/x", ""},
-		{"http://[2001:db8::1]:9000/", ""},
-		{"http://127.0.0.1/", ""}, // the address is the dialer's business
-		{"", "empty"},
-		{"/relative/path", "not absolute"},
-		{"example.com/hook", "not absolute"},
-		{"ftp://example.com/", "scheme"},
-		{"javascript:alert(1)", "scheme"},
-		{"file:///etc/passwd", "scheme"},
-		{"http:opaque", "no host"},
-		{"http:///path", "no host"},
-		{"http://:80/", "no host"},
-		{"https://user:pass@example.com/", "userinfo"},
-		{"https://user@example.com/", "userinfo"},
-		{"http://example.com:0/", "port"},
-		{"http://example.com:99999/", "port"},
-		{"http://exa mple.com/", "invalid"},
-		{"http://example.com/\x00", "invalid"},
-		{"https://example.com/" + strings.Repeat("a", MaxURLLength), "bytes"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.url, func(t *testing.T) {
-			err := ValidateURL(tt.url)
-			if tt.want == "" {
-				if err != nil {
-					t.Fatalf("ValidateURL(%q) = %v, want nil", tt.url, err)
-				}
-				return
-			}
-			if err == nil || !errors.Is(err, ErrInvalidURL) || !strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("ValidateURL(%q) = %v, want ErrInvalidURL containing %q", tt.url, err, tt.want)
-			}
-		})
-	}
-}
-
 func TestForbiddenAddresses(t *testing.T) {
 	tests := []struct {
 		ip        string

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"math/rand/v2"
+	"reflect"
 	"strings"
 	"sync"
 	"time"
@@ -39,6 +40,15 @@ type Dispatcher struct {
 
 	mu    sync.Mutex
 	loops map[string]*loop // by subscription id; guarded by mu
+	// stopping are loops being stopped in the background, by subscription
+	// id: a stop may wait out the grace of an endpoint that hangs, and must
+	// not hold up any other subscription. Guarded by mu.
+	stopping map[string]*loop
+	// waiting are subscriptions whose replacement loop starts once the
+	// loop in stopping for them is gone, so that no two loops ever deliver
+	// one subscription at once. Guarded by mu.
+	waiting map[string]broker.Subscription
+	stops   sync.WaitGroup // the background stops; stopAll joins them
 }
 
 // NewDispatcher returns a Dispatcher; Run starts it.
@@ -52,7 +62,8 @@ func NewDispatcher(cfg DispatcherConfig) *Dispatcher {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	d := &Dispatcher{cfg: cfg, b: cfg.Broker, logger: cfg.Logger, loops: make(map[string]*loop)}
+	d := &Dispatcher{cfg: cfg, b: cfg.Broker, logger: cfg.Logger, loops: make(map[string]*loop),
+		stopping: make(map[string]*loop), waiting: make(map[string]broker.Subscription)}
 	d.metrics = newPushMetrics(cfg.Registerer, d)
 	return d
 }
@@ -76,7 +87,10 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 }
 
 // reconcile starts loops for new or changed active push subscriptions and
-// stops the others.
+// stops the others. Stopping happens in the background, outside mu: a loop
+// whose endpoint hangs takes up to the grace to stop, and other
+// subscriptions' loops start meanwhile. A changed subscription's new loop
+// waits for its old loop to be gone.
 func (d *Dispatcher) reconcile(ctx context.Context) error {
 	subs, err := d.b.Subscriptions(ctx)
 	if err != nil {
@@ -91,33 +105,76 @@ func (d *Dispatcher) reconcile(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for id, l := range d.loops {
-		if s, ok := want[id]; !ok || !s.UpdatedAt.Equal(l.sub.UpdatedAt) || l.reset() {
-			l.stop()
+		// Compared whole, not by UpdatedAt: two changes within its
+		// millisecond would leave the loop on the first one's settings.
+		if s, ok := want[id]; !ok || !reflect.DeepEqual(s, l.sub) || l.reset() {
 			delete(d.loops, id)
+			d.stopLater(ctx, id, l)
+		}
+	}
+	for id := range d.waiting {
+		if _, ok := want[id]; !ok {
+			delete(d.waiting, id)
 		}
 	}
 	for id, s := range want {
 		if _, ok := d.loops[id]; ok {
 			continue
 		}
-		l, err := d.newLoop(s)
-		if err != nil {
-			d.logger.Error("subscription cannot run", slog.String("subscription", id), slog.Any("err", err))
+		if _, ok := d.stopping[id]; ok {
+			d.waiting[id] = s // the newest settings, started by stopLater
 			continue
 		}
-		d.loops[id] = l
-		l.start(ctx)
+		d.startLoop(ctx, s)
 	}
 	return nil
 }
 
+// startLoop starts a loop for s. d.mu is held.
+func (d *Dispatcher) startLoop(ctx context.Context, s broker.Subscription) {
+	l, err := d.newLoop(s)
+	if err != nil {
+		d.logger.Error("subscription cannot run", slog.String("subscription", s.ID), slog.Any("err", err))
+		return
+	}
+	d.loops[s.ID] = l
+	l.start(ctx)
+}
+
+// stopLater stops l in the background; once it is gone, the subscription's
+// replacement loop starts if one is waiting. d.mu is held.
+func (d *Dispatcher) stopLater(ctx context.Context, id string, l *loop) {
+	d.stopping[id] = l
+	d.stops.Add(1)
+	go func() {
+		defer d.stops.Done()
+		l.stop()
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		delete(d.stopping, id)
+		s, ok := d.waiting[id]
+		delete(d.waiting, id)
+		// After ctx ends stopAll owns the loops: nothing new starts.
+		if ok && ctx.Err() == nil {
+			d.startLoop(ctx, s)
+		}
+	}()
+}
+
+// stopAll stops every loop, all at once (each waits out its own grace at
+// the same time as the others), and waits for the background stops.
 func (d *Dispatcher) stopAll() {
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	for id, l := range d.loops {
-		l.stop()
-		delete(d.loops, id)
+	loops := d.loops
+	d.loops = make(map[string]*loop)
+	clear(d.waiting)
+	d.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, l := range loops {
+		wg.Go(l.stop)
 	}
+	wg.Wait()
+	d.stops.Wait()
 }
 
 // loop delivers one subscription's messages.
@@ -310,10 +367,7 @@ func (l *loop) attempt(ctx, dctx context.Context, m *broker.Message, attempt int
 		return Result{}, false
 	}
 	now := l.d.cfg.Now()
-	secrets := []string{l.sub.Secret}
-	if l.sub.PreviousSecret != "" && now.Before(l.sub.PreviousUntil) {
-		secrets = append(secrets, l.sub.PreviousSecret)
-	}
+	secrets := l.sub.SigningSecrets(now)
 	res := l.d.cfg.Client.Deliver(dctx, Delivery{
 		URL: l.sub.URL, Body: m.Body, ContentType: m.ContentType,
 		MsgID: m.ID, Topic: m.OriginTopic(), Tag: m.Tag, Keys: m.Keys,

@@ -13,6 +13,13 @@
 // other pieces are pure or self-contained and keep no state between
 // attempts.
 //
+// The Dispatcher runs one loop per active push subscription and restarts
+// it on any change to the subscription. A loop being stopped (paused,
+// changed, rotated, deleted) lets its deliveries in flight finish within
+// the grace in the background: other subscriptions' loops start and run
+// meanwhile, and the same subscription's new loop starts only once the old
+// one is gone, so two loops never deliver one subscription at once.
+//
 // # The client
 //
 // One Client, one connection pool, serves every subscription. Its

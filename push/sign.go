@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/postbus/postbus/broker/fsync"
 )
 
 // Signing constants. Secrets and key forms follow Standard Webhooks v1.
@@ -356,22 +357,10 @@ func createBusKey(path string) error {
 			return fmt.Errorf("bus key: %w", err)
 		}
 	}
-	if err := syncDir(dir); err != nil {
+	if err := fsync.Dir(dir); err != nil {
 		return fmt.Errorf("bus key: %w", err)
 	}
 	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // KeyID is the key's kid: base64url of the first 8 bytes of the SHA-256 of

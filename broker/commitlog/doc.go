@@ -15,7 +15,8 @@
 // The log is a sequence of preallocated segment files named by their
 // starting byte offset as 20 zero-padded digits. Offsets are global: segment
 // base + position in the segment. A new segment is Config.SegmentSize bytes
-// (default 128 MiB); a segment keeps the size it was made with, which is the
+// (default 128 MiB; the broker asks for at least 1 MiB, the package only
+// for room for a header and a marker); a segment keeps the size it was made with, which is the
 // distance to the next segment's base, so SegmentSize may change between
 // runs. A batch larger than SegmentSize is not refused: it rolls to an
 // oversized segment made for it (its frames, rounded up to 4 KiB pages),
@@ -153,6 +154,16 @@
 //     an fsync covers are released together.
 //   - Readers use pread on an immutable snapshot of the segment list and never
 //     take the writer's mutex.
-//   - A failed fsync is not retried (the kernel may have dropped the dirty
-//     pages): the Log refuses further appends and syncs with that error.
+//   - A failed fsync poisons the Log (PostgreSQL's "fsyncgate" lesson: after
+//     a failed fsync the kernel may have dropped the dirty pages and marked
+//     them clean, so a retry that succeeds proves nothing). So does a failed
+//     write whose range cannot be zeroed again. The Log logs it once at
+//     ERROR, Failed reports it, and every later Append and Sync returns it,
+//     wrapping ErrFailed, until the Log is closed and opened again. The
+//     bytes written and not known durable (those of the failing Append or
+//     Sync included) may or may not be found by Open: its recovery rules
+//     decide, as after a crash. An Append that fails with ErrFailed has
+//     therefore an unknown outcome, unlike one that fails otherwise, which
+//     left nothing: its caller must not hand out again what it assigned to
+//     it (the broker's queue offsets).
 package commitlog

@@ -24,6 +24,15 @@ var (
 	// ErrOutOfRange: the offset is below MinOffset (its segment was dropped),
 	// at or past Committed, or not the start of a frame.
 	ErrOutOfRange = errors.New("commitlog: offset out of range")
+	// ErrFailed: the Log met an error it cannot take back and refuses every
+	// later Append and Sync until it is closed and opened again. An fsync
+	// failed (the kernel may have dropped the dirty pages, so a retry that
+	// succeeds would prove nothing), or a failed write could not be zeroed
+	// again. Whatever was written and not yet known durable, the Append
+	// that met it included, may or may not be found by the next Open:
+	// only its recovery says. A caller must therefore not give out again
+	// anything it handed out for such an append (queue offsets).
+	ErrFailed = errors.New("commitlog: failed; refusing appends until reopened")
 	// ErrEndOfSegment: ReadAt was given the position of an end-of-segment
 	// marker (or of the few unused bytes closing a segment) rather than of a
 	// frame. The next offset it returns alongside is where reading goes on.

@@ -148,8 +148,12 @@ func TestWriteFailureLeavesNothing(t *testing.T) {
 				}
 			})
 			batch := [][]byte{payloadFor(1), payloadFor(2), payloadFor(3)}
-			if _, _, err := l.Append(batch); !errors.Is(err, errInjected) {
-				t.Fatalf("Append: err = %v, want the write error", err)
+			_, _, err := l.Append(batch)
+			if !errors.Is(err, errInjected) || errors.Is(err, ErrFailed) != tt.wantFailed {
+				t.Fatalf("Append: err = %v, want the write error (ErrFailed: %v)", err, tt.wantFailed)
+			}
+			if got := l.Failed(); errors.Is(got, ErrFailed) != tt.wantFailed {
+				t.Fatalf("Failed() = %v after the failed append, want ErrFailed: %v", got, tt.wantFailed)
 			}
 			fio.set(func(fi *faultIO) { fi.writeFault = nil })
 
@@ -160,7 +164,7 @@ func TestWriteFailureLeavesNothing(t *testing.T) {
 				t.Fatalf("Scan after the failed append delivered %d records", len(got))
 			}
 			if tt.wantFailed {
-				if _, _, err := l.Append(batch); !errors.Is(err, errInjected) {
+				if _, _, err := l.Append(batch); !errors.Is(err, errInjected) || !errors.Is(err, ErrFailed) {
 					t.Fatalf("Append after an unrecoverable tail: err = %v, want the recorded failure", err)
 				}
 				return
@@ -234,14 +238,17 @@ func TestRollFsyncFailure(t *testing.T) {
 	checkRecordsAfterSync(t, l, recs)
 
 	fio.set(func(fi *faultIO) { fi.syncFault = func() error { return errInjected } })
-	if _, _, err := l.Append([][]byte{make([]byte, 1000)}); !errors.Is(err, errInjected) {
-		t.Fatalf("Append: err = %v, want the fsync error", err)
+	if _, _, err := l.Append([][]byte{make([]byte, 1000)}); !errors.Is(err, errInjected) || !errors.Is(err, ErrFailed) {
+		t.Fatalf("Append: err = %v, want the fsync error, as ErrFailed", err)
 	}
 	if _, err := os.Stat(segmentPath(dir, cfg.SegmentSize)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("abandoned segment left behind: %v", err)
 	}
-	if _, _, err := l.Append([][]byte{[]byte("small")}); !errors.Is(err, errInjected) {
-		t.Fatalf("Append after the failure: err = %v, want the fsync error", err)
+	if _, _, err := l.Append([][]byte{[]byte("small")}); !errors.Is(err, errInjected) || !errors.Is(err, ErrFailed) {
+		t.Fatalf("Append after the failure: err = %v, want the fsync error, as ErrFailed", err)
+	}
+	if err := l.Failed(); !errors.Is(err, ErrFailed) {
+		t.Fatalf("Failed() = %v, want ErrFailed", err)
 	}
 	checkRecords(t, l, recs)
 	if err := l.Close(); !errors.Is(err, errInjected) {

@@ -15,6 +15,10 @@ const (
 	blankMagic uint32 = 0x50424C4B // "PBLK"
 )
 
+// FrameHeaderSize is how many bytes a frame takes before its payload: a
+// record of n bytes read at offset off ends at off+FrameHeaderSize+n.
+const FrameHeaderSize = headerSize
+
 // MaxFramePayload is the largest payload a frame of format version 1 may
 // carry. It is a constant of the format, not of the configuration: a reader
 // takes a header claiming more for damage, and nothing a Log is configured

@@ -109,7 +109,7 @@ func Open(cfg Config) (*Log, error) {
 	if err := cfg.FS.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("commitlog: open: %w", err)
 	}
-	lock, err := lockDir(cfg.Dir)
+	lock, err := lockDir(cfg.FS, cfg.Dir)
 	if err != nil {
 		return nil, err
 	}
@@ -141,13 +141,9 @@ func Open(cfg Config) (*Log, error) {
 // lockDir takes an exclusive flock on dir/LOCK so two processes cannot append
 // to the same log. The lock dies with the process, so a crash leaves nothing
 // to clean up.
-func lockDir(dir string) (*os.File, error) {
-	f, err := os.OpenFile(filepath.Join(dir, "LOCK"), os.O_RDWR|os.O_CREATE, 0o644)
+func lockDir(fsys vfs.FS, dir string) (*os.File, error) {
+	f, err := vfs.Lock(fsys, filepath.Join(dir, "LOCK"))
 	if err != nil {
-		return nil, fmt.Errorf("commitlog: lock %s: %w", dir, err)
-	}
-	if err := vfs.Control(f, func(fd int) error { return syscall.Flock(fd, syscall.LOCK_EX|syscall.LOCK_NB) }); err != nil {
-		_ = f.Close()
 		return nil, fmt.Errorf("commitlog: lock %s (in use by another process?): %w", dir, err)
 	}
 	return f, nil
@@ -249,6 +245,9 @@ func (l *Log) Append(payloads [][]byte) (offs []int64, end int64, err error) {
 			err = fmt.Errorf("%w: %w", ErrDiskFull, err)
 		}
 		l.undoWrite(buf, err)
+		if ferr := l.failed(); ferr != nil {
+			return nil, 0, ferr // the batch may be on disk: say so
+		}
 		return nil, 0, err
 	}
 	l.pos += total
@@ -330,9 +329,8 @@ func (l *Log) roll(need int64) error {
 	l.syncs.Add(1)
 	if err := l.cfg.io.datasync(old.f); err != nil {
 		abandon()
-		err = fmt.Errorf("fsync sealed segment %020d: %w", old.base, err)
-		l.fail(err)
-		return err
+		l.fail(fmt.Errorf("fsync sealed segment %020d: %w", old.base, err))
+		return l.failed()
 	}
 	if prep != nil {
 		if err := l.cfg.FS.Rename(prep.path, segPath); err != nil {
@@ -530,10 +528,13 @@ func (l *Log) advanceFlushed(off int64) {
 }
 
 // fail records the first unrecoverable error (a failed fsync: the kernel may
-// have dropped the dirty pages, so retrying would lie) and wakes waiters.
+// have dropped the dirty pages, so retrying would lie; or a failed write
+// that could not be zeroed again) and wakes waiters. From then on Append
+// and Sync return it, wrapping ErrFailed.
 func (l *Log) fail(err error) {
+	err = fmt.Errorf("%w: %w", ErrFailed, err)
 	if l.failure.CompareAndSwap(nil, &err) {
-		l.log.Error("commitlog failed; refusing further appends", logKeyErr, err)
+		l.log.Error("commitlog failed; refusing further appends until reopened", logKeyErr, err)
 	}
 	l.syncMu.Lock()
 	l.failedRound = true
@@ -551,6 +552,10 @@ func (l *Log) failed() error {
 	}
 	return nil
 }
+
+// Failed returns the error that made the Log refuse appends (wrapping
+// ErrFailed), or nil while it works.
+func (l *Log) Failed() error { return l.failed() }
 
 // Committed is the readable end of the log: the fsynced offset in sync mode,
 // the written offset in async mode.

@@ -389,11 +389,19 @@ func TestFsyncFailureIsSticky(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := l.Sync(context.Background(), end); !errors.Is(err, errInjected) {
-		t.Fatalf("Sync: err = %v, want the fsync error", err)
+	if err := l.Sync(context.Background(), end); !errors.Is(err, errInjected) || !errors.Is(err, ErrFailed) {
+		t.Fatalf("Sync: err = %v, want the fsync error, as ErrFailed", err)
 	}
-	if _, _, err := l.Append([][]byte{[]byte("more")}); !errors.Is(err, errInjected) {
-		t.Fatalf("Append after failed fsync: err = %v, want the fsync error", err)
+	if _, _, err := l.Append([][]byte{[]byte("more")}); !errors.Is(err, errInjected) || !errors.Is(err, ErrFailed) {
+		t.Fatalf("Append after failed fsync: err = %v, want the fsync error, as ErrFailed", err)
+	}
+	if err := l.Failed(); !errors.Is(err, ErrFailed) {
+		t.Fatalf("Failed() = %v, want ErrFailed", err)
+	}
+	// Clearing the fault changes nothing: only a reopen does.
+	fio.set(func(fi *faultIO) { fi.syncFault = nil })
+	if _, _, err := l.Append([][]byte{[]byte("more")}); !errors.Is(err, ErrFailed) {
+		t.Fatalf("Append after the fault cleared: err = %v, want ErrFailed", err)
 	}
 	if err := l.Close(); !errors.Is(err, errInjected) {
 		t.Fatalf("Close: err = %v, want the fsync error", err)

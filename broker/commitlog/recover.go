@@ -279,7 +279,7 @@ func (l *Log) reopenNewest(s *segment, t tailScan) error {
 			return fmt.Errorf("preallocate segment %020d: %w", s.base, err)
 		}
 	}
-	if err := zeroRange(s.f, t.end, s.size-t.end); err != nil {
+	if err := l.cfg.FS.ZeroRange(s.f, t.end, s.size-t.end); err != nil {
 		return fmt.Errorf("zero tail of segment %020d from %d: %w", s.base, t.end, err)
 	}
 	if err := l.cfg.FS.Sync(s.f); err != nil {

@@ -13,13 +13,6 @@ import (
 	"github.com/postbus/postbus/broker/internal/vfs"
 )
 
-// fallocate modes (linux/falloc.h); package syscall does not name them.
-const (
-	fallocKeepSize  = 0x01
-	fallocPunchHole = 0x02
-	fallocZeroRange = 0x10
-)
-
 // segment is one open segment file. Its base and size never change; the
 // file is closed only by DropBefore (after setting dropped) or Close.
 type segment struct {
@@ -88,7 +81,7 @@ type osIO struct{}
 
 var _ segmentIO = osIO{}
 
-func (osIO) allocate(f *os.File, size int64) error { return fallocate(f, 0, 0, size) }
+func (osIO) allocate(f *os.File, size int64) error { return vfs.OS.Allocate(f, size) }
 
 func (osIO) writeAt(f *os.File, b []byte, off int64) (int, error) { return f.WriteAt(b, off) }
 
@@ -121,10 +114,6 @@ func (s fsIO) zeroAt(f *os.File, b []byte, off int64) error {
 
 func (s fsIO) syncZeroed(f *os.File) error { return s.fs.Sync(f) }
 
-func fallocate(f *os.File, mode uint32, off, size int64) error {
-	return vfs.Control(f, func(fd int) error { return syscall.Fallocate(fd, mode, off, size) })
-}
-
 // createSegment creates (or, after a failed earlier attempt, recreates) the
 // segment file for base and preallocates it whole, so that no later write
 // inside it can meet ENOSPC. On failure the file is removed again; ENOSPC is
@@ -149,33 +138,6 @@ func createSegment(fsys vfs.FS, dir string, base, size int64, sio segmentIO) (*s
 		return nil, fmt.Errorf("preallocate segment %020d: %w", base, err)
 	}
 	return &segment{base: base, size: size, path: path, f: f}, nil
-}
-
-// zeroRange makes [off, off+n) of f read as zeros while keeping it allocated.
-// FALLOC_FL_ZERO_RANGE does both at once; file systems without it get a
-// punched hole re-reserved with mode 0, and failing that, written zeros.
-func zeroRange(f *os.File, off, n int64) error {
-	if n <= 0 {
-		return nil
-	}
-	if err := fallocate(f, fallocZeroRange|fallocKeepSize, off, n); err == nil {
-		return nil
-	}
-	if err := fallocate(f, fallocPunchHole|fallocKeepSize, off, n); err == nil {
-		if err := fallocate(f, 0, off, n); err != nil {
-			return fmt.Errorf("re-reserve punched range: %w", err)
-		}
-		return nil
-	}
-	for n > 0 {
-		k := min(n, int64(len(zeroBuf)))
-		if _, err := f.WriteAt(zeroBuf[:k], off); err != nil {
-			return err
-		}
-		off += k
-		n -= k
-	}
-	return nil
 }
 
 // prepChunk is how many zeros prepareFile writes per pwrite. Not more: the

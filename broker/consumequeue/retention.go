@@ -145,6 +145,40 @@ func (s *Store) truncateQueue(q *queue, logOff int64) error {
 	return err
 }
 
+// SetFloor persists the retention floor (never lowering it) without
+// touching any queue: the broker records it before it deletes the log
+// segments below it, so that segments found missing at a later open
+// without the floor having passed them were lost, not retired (Floor).
+// Open and DropBefore then move each queue's Min past the entries below.
+func (s *Store) SetFloor(logMin int64) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return s.setFloor(logMin)
+}
+
+// Floor is the retention floor: the commitlog offset below which every
+// entry is dead.
+func (s *Store) Floor() int64 {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return s.logMin
+}
+
+// setFloor is SetFloor with wmu held.
+func (s *Store) setFloor(logMin int64) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	if logMin <= s.logMin {
+		return nil
+	}
+	if err := writeLogMin(s.cfg.FS, s.cfg.Dir, logMin); err != nil {
+		return fmt.Errorf("set retention floor %d: %w", logMin, err)
+	}
+	s.logMin = logMin
+	return nil
+}
+
 // DropBefore applies retention: entries whose commitlog offset is < logMin
 // are dead. Each queue's Min moves past them (binary search) and files whose
 // entries are all dead are deleted, except a queue's last file, which keeps
@@ -153,14 +187,8 @@ func (s *Store) truncateQueue(q *queue, logOff int64) error {
 func (s *Store) DropBefore(logMin int64) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	if s.closed.Load() {
-		return ErrClosed
-	}
-	if logMin > s.logMin {
-		if err := writeLogMin(s.cfg.FS, s.cfg.Dir, logMin); err != nil {
-			return fmt.Errorf("drop before %d: %w", logMin, err)
-		}
-		s.logMin = logMin
+	if err := s.setFloor(logMin); err != nil {
+		return fmt.Errorf("drop before %d: %w", logMin, err)
 	}
 	var errs []error
 	for _, q := range s.snapshot() {

@@ -705,3 +705,33 @@ func TestConfigValidate(t *testing.T) {
 		})
 	}
 }
+
+// TestSetFloor: the floor is recorded (and kept across a reopen) without
+// moving any queue until DropBefore or Open applies it, and never lowered.
+func TestSetFloor(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, dir, 10)
+	appendN(t, s, "t", 0, 0, 30)
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	floor := entryAt(12).Offset
+	if err := s.SetFloor(floor); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetFloor(floor - 1); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Floor(); got != floor {
+		t.Fatalf("Floor() = %d, want %d (never lowered)", got, floor)
+	}
+	checkBounds(t, s, "t", 0, 0, 30)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openStore(t, dir, 10)
+	if got := s.Floor(); got != floor {
+		t.Fatalf("Floor() after reopen = %d, want %d", got, floor)
+	}
+	checkBounds(t, s, "t", 0, 12, 30)
+}

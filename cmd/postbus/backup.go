@@ -11,8 +11,10 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
+	"github.com/postbus/postbus/broker/fsync"
 	"github.com/postbus/postbus/broker/meta"
 )
 
@@ -49,6 +51,11 @@ func backup(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if *to == "" {
 		fmt.Fprintln(stderr, "postbus backup: --to is required")
 		return errUsage
+	}
+	if inside, err := within(*to, *data); err != nil {
+		return err
+	} else if inside {
+		return fmt.Errorf("--to %s is inside --data %s: a backup there would copy itself, and go with the data it is meant to survive; choose a directory outside it", *to, *data)
 	}
 	start := time.Now()
 	entries, err := os.ReadDir(*to)
@@ -119,7 +126,7 @@ func backupInto(ctx context.Context, data, dir string) (segments int, total int6
 		segments++
 	}
 	for _, d := range []string{filepath.Join(dir, "commitlog"), dir} {
-		if err := syncDir(d); err != nil {
+		if err := fsync.Dir(d); err != nil {
 			return 0, 0, err
 		}
 	}
@@ -138,13 +145,13 @@ func publishBackup(stage, to string) error {
 			return fmt.Errorf("move the backup into place: %w", err)
 		}
 	}
-	if err := syncDir(to); err != nil {
+	if err := fsync.Dir(to); err != nil {
 		return err
 	}
 	if err := os.Remove(stage); err != nil {
 		return fmt.Errorf("move the backup into place: %w", err)
 	}
-	return syncDir(to)
+	return fsync.Dir(to)
 }
 
 // segmentNames lists the commitlog's segments, oldest first (names are
@@ -274,14 +281,20 @@ func firstDiff(a, b []byte) int {
 	return -1
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
+// within reports whether path is dir or lies below it, comparing absolute,
+// cleaned paths (the directories need not exist yet).
+func within(path, dir string) (bool, error) {
+	p, err := filepath.Abs(path)
 	if err != nil {
-		return err
+		return false, err
 	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
+	d, err := filepath.Abs(dir)
+	if err != nil {
+		return false, err
 	}
-	return err
+	rel, err := filepath.Rel(d, p)
+	if err != nil {
+		return false, nil
+	}
+	return rel == "." || (rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))), nil
 }

@@ -223,3 +223,27 @@ func TestBackupSkipsNextAndFailsClean(t *testing.T) {
 		t.Error("the backup over a killed one kept .incomplete")
 	}
 }
+
+// TestBackupIntoDataRefused: --to inside --data (or equal to it) is
+// refused before anything is written: the backup would copy itself and go
+// with the data it is meant to survive (hostile pass).
+func TestBackupIntoDataRefused(t *testing.T) {
+	data := t.TempDir()
+	for _, to := range []string{data, filepath.Join(data, "backup"), filepath.Join(data, "a", "..", "b")} {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		out, err := exec.CommandContext(ctx, postbusBin, "backup", "--data", data, "--to", to).CombinedOutput()
+		cancel()
+		if err == nil || !strings.Contains(string(out), "is inside --data") {
+			t.Errorf("backup --to %s: %v\n%s\nwant a refusal naming --data", to, err, out)
+		}
+		if to != data {
+			if _, err := os.Stat(to); !os.IsNotExist(err) {
+				t.Errorf("backup --to %s created it (%v)", to, err)
+			}
+		}
+	}
+	// A sibling whose name starts like the data directory's is outside it.
+	if inside, err := within(data+"-backup", data); err != nil || inside {
+		t.Errorf("within(%s-backup, %s) = %v, %v; want false", data, data, inside, err)
+	}
+}

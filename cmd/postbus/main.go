@@ -95,6 +95,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 0
 	case errors.Is(err, errUsage):
 		return 2
+	case errors.Is(err, context.Canceled) && ctx.Err() != nil:
+		// A signal before the command was up: a stop, not a failure.
+		fmt.Fprintf(stderr, "postbus %s: %v\n", args[0], err)
+		return 0
 	default:
 		fmt.Fprintf(stderr, "postbus %s: %v\n", args[0], err)
 		return 1

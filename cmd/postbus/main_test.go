@@ -448,6 +448,8 @@ func TestSizeFlags(t *testing.T) {
 			[]string{"--segment-size 1048575 is too small", "at least 1MiB"}},
 		{"64KiB segments", []string{"--segment-size", "64KiB", "--max-message-bytes", "100KiB"},
 			[]string{"--segment-size 64KiB is too small", "at least 1MiB"}},
+		{"segment over 1GiB", []string{"--segment-size", "64GiB"},
+			[]string{"--segment-size 64GiB is too large", "at most 1GiB"}},
 		{"max message over the batch limit", []string{"--max-message-bytes", "4194305"},
 			[]string{"--max-message-bytes 4194305", "4MiB"}},
 	}

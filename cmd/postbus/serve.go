@@ -73,6 +73,7 @@ func newServeFlags(mode string, out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.DurationVar(&b.MaxDelay, "max-delay", b.MaxDelay, "longest delay a producer may ask for")
 	fs.IntVar(&b.DefaultQueues, "default-queues", b.DefaultQueues, "queues of a topic created without a queue count")
 	fs.BoolVar(&b.AutoCreateTopics, "auto-create-topics", b.AutoCreateTopics, "create a topic on its first publish")
+	fs.BoolVar(&b.AutoCreateGroups, "auto-create-groups", b.AutoCreateGroups, "create a group's pull subscription on its first pull of an existing topic (--auto-create-groups=false: only groups subscribed beforehand may pull)")
 	fs.DurationVar(&b.DedupWindow, "dedup-window", b.DedupWindow, "how long a Postbus-Dedup-Id is remembered")
 	fs.DurationVar(&b.Retention, "retention", b.Retention, "how long messages are kept")
 	fs.DurationVar(&b.RetentionInterval, "retention-check-interval", b.RetentionInterval, "how often retention runs")
@@ -101,7 +102,7 @@ func newServeFlags(mode string, out io.Writer) (*flag.FlagSet, *serveConfig) {
 		if mode == "dev" {
 			fmt.Fprint(out, "An all-in-one bus for a laptop or a test: listens on 127.0.0.1:8080, keeps data in\n./data, creates topics on first publish and asks for no auth.\n\n")
 		} else {
-			fmt.Fprint(out, "A postbus broker. Topics must be created (PUT /v1/topics/{topic}) unless\n--auto-create-topics is given.\n\n")
+			fmt.Fprint(out, "A postbus broker. Topics must be created (PUT /v1/topics/{topic}) unless\n--auto-create-topics is given; a group's first pull of a topic creates its\npull subscription unless --auto-create-groups=false.\n\n")
 		}
 		fmt.Fprint(out, "Flags (each also as an environment variable, --flush-interval as POSTBUS_FLUSH_INTERVAL):\n")
 		fs.PrintDefaults()
@@ -405,6 +406,11 @@ func checkSizeFlags(segmentSize int64, maxMessageBytes int) error {
 	if maxMessageBytes <= 0 || maxMessageBytes > broker.MaxBatchBytes {
 		return fmt.Errorf("--max-message-bytes %s: must be from 1 byte to %s, the most the bodies of one publish may total",
 			formatBytes(int64(maxMessageBytes)), formatBytes(broker.MaxBatchBytes))
+	}
+	if segmentSize > broker.MaxSegmentSize {
+		return fmt.Errorf("--segment-size %s is too large: it must be at most %s (the default is %s); "+
+			"each segment and the next one are reserved whole on disk, and retention deletes whole segments",
+			formatBytes(segmentSize), formatBytes(broker.MaxSegmentSize), formatBytes(broker.DefaultConfig("").SegmentSize))
 	}
 	return fmt.Errorf("--segment-size %s is too small: it must be at least %s (the default is %s); "+
 		"any size from there holds every publish, since a batch larger than a segment gets a segment of its own",

@@ -26,7 +26,7 @@ func token(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		scope, secret, keyFile, kid, sub, iss, aud string
 		ttl                                        time.Duration
 	)
-	fs.StringVar(&scope, "scope", "", "space-separated scopes: publish:<topic-glob>, consume:<group-glob>, admin ('*' matches any run of characters)")
+	fs.StringVar(&scope, "scope", "", "space-separated scopes: publish:<topic-glob>, subscribe:<topic-glob>, consume:<group-glob>, admin ('*' matches any run of characters)")
 	fs.DurationVar(&ttl, "ttl", time.Hour, "how long the token is valid")
 	fs.StringVar(&secret, "jwt-secret", "", "HS256 secret, the broker's --jwt-secret; better set as POSTBUS_JWT_SECRET")
 	fs.StringVar(&keyFile, "private-key", "", "PEM private key (RSA: RS256, EC P-256: ES256, Ed25519: EdDSA) whose public key the broker has in --jwt-public-keys")
@@ -41,6 +41,7 @@ Mints an API token and prints it. Examples:
   export POSTBUS_JWT_SECRET=$(openssl rand -base64 32)   # the broker runs with the same
   postbus token --scope 'publish:orders*' --ttl 24h --sub checkout
   postbus token --scope 'consume:billing publish:invoices' --sub billing
+  postbus token --scope 'subscribe:orders consume:workers' --sub worker   # pull orders as workers
   postbus token --scope admin --ttl 15m --private-key ops-ed25519.pem --kid ops-2026
 
 Flags (each also as an environment variable, --jwt-secret as POSTBUS_JWT_SECRET):
@@ -51,7 +52,11 @@ Flags (each also as an environment variable, --jwt-secret as POSTBUS_JWT_SECRET)
 		return err
 	}
 	if strings.TrimSpace(scope) == "" {
-		fmt.Fprintln(stderr, "--scope is required: publish:<topic-glob>, consume:<group-glob> or admin")
+		fmt.Fprintln(stderr, "--scope is required: publish:<topic-glob>, subscribe:<topic-glob>, consume:<group-glob> or admin")
+		return errUsage
+	}
+	if err := checkScopes(scope); err != nil {
+		fmt.Fprintln(stderr, "--scope:", err)
 		return errUsage
 	}
 	if ttl <= 0 {
@@ -91,6 +96,21 @@ Flags (each also as an environment variable, --jwt-secret as POSTBUS_JWT_SECRET)
 		return fmt.Errorf("sign token: %w", err)
 	}
 	fmt.Fprintln(stdout, signed)
+	return nil
+}
+
+// checkScopes refuses a scope this postbus does not know (a broker ignores
+// those, so a typo would mint a token that can do nothing).
+func checkScopes(scope string) error {
+	for _, f := range strings.Fields(scope) {
+		kind, glob, ok := strings.Cut(f, ":")
+		switch {
+		case f == "admin":
+		case ok && glob != "" && (kind == "publish" || kind == "subscribe" || kind == "consume"):
+		default:
+			return fmt.Errorf("%q is not a scope: want publish:<topic-glob>, subscribe:<topic-glob>, consume:<group-glob> or admin", f)
+		}
+	}
 	return nil
 }
 

@@ -238,6 +238,19 @@ func (f *Fault) begin(op Op) (crashNow bool, err error) {
 	return false, nil
 }
 
+// start begins an operation that is done whole or not at all (all but a
+// write), with f.mu held: the checks of begin, and if it is the crash
+// point, the crash, which it is then not done in. A nil error means: do it.
+func (f *Fault) start(op Op) error {
+	crashNow, err := f.begin(op)
+	if err != nil || !crashNow {
+		return err
+	}
+	f.mu.Unlock()
+	defer f.mu.Lock()
+	return f.crash(op)
+}
+
 // crash ends an operation that was the crash point; f.mu must not be held.
 func (f *Fault) crash(op Op) error {
 	f.mu.Lock()
@@ -296,20 +309,14 @@ func (f *Fault) OpenFile(name string, flag int, perm os.FileMode) (*os.File, err
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	op := Op{Kind: OpCreate, Path: name}
-	crashNow, err := f.begin(op)
-	if err != nil {
-		return nil, err
-	}
-	if crashNow {
-		f.mu.Unlock()
-		err := f.crash(op)
-		f.mu.Lock()
+	if err := f.start(op); err != nil {
 		return nil, err
 	}
 	_, statErr := os.Lstat(name)
 	existed := statErr == nil
 	var old []byte
 	if existed && flag&os.O_TRUNC != 0 {
+		var err error
 		if old, err = os.ReadFile(name); err != nil {
 			return nil, err
 		}
@@ -423,14 +430,7 @@ func (f *Fault) Sync(file *os.File) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	op := Op{Kind: OpSync, Path: file.Name()}
-	crashNow, err := f.begin(op)
-	if err != nil {
-		return err
-	}
-	if crashNow {
-		f.mu.Unlock()
-		err := f.crash(op)
-		f.mu.Lock()
+	if err := f.start(op); err != nil {
 		return err
 	}
 	if err := OS.Sync(file); err != nil {
@@ -449,14 +449,7 @@ func (f *Fault) Truncate(file *os.File, size int64) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	op := Op{Kind: OpTruncate, Path: file.Name(), Off: size}
-	crashNow, err := f.begin(op)
-	if err != nil {
-		return err
-	}
-	if crashNow {
-		f.mu.Unlock()
-		err := f.crash(op)
-		f.mu.Lock()
+	if err := f.start(op); err != nil {
 		return err
 	}
 	nd, cur, err := f.nodeOf(file)
@@ -485,14 +478,7 @@ func (f *Fault) Allocate(file *os.File, size int64) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	op := Op{Kind: OpAllocate, Path: file.Name(), Off: size}
-	crashNow, err := f.begin(op)
-	if err != nil {
-		return err
-	}
-	if crashNow {
-		f.mu.Unlock()
-		err := f.crash(op)
-		f.mu.Lock()
+	if err := f.start(op); err != nil {
 		return err
 	}
 	if f.full {
@@ -507,6 +493,15 @@ func (f *Fault) Allocate(file *os.File, size int64) error {
 	}
 	nd.pending = append(nd.pending, fileOp{kind: fileAllocate, oldSize: cur})
 	return nil
+}
+
+// ZeroRange writes zeros over [off, off+n) of file, a write (and a
+// possible crash point) per 64 KiB, so that a crash can undo it like any
+// unsynced write.
+func (f *Fault) ZeroRange(file *os.File, off, n int64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return writeZeros(func(b []byte, off int64) (int, error) { return f.writeAt(file, b, off) }, off, n)
 }
 
 // toTrash keeps the entry at path (a hard link for a file, the tree itself
@@ -525,14 +520,7 @@ func (f *Fault) Rename(oldpath, newpath string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	op := Op{Kind: OpRename, Path: oldpath}
-	crashNow, err := f.begin(op)
-	if err != nil {
-		return err
-	}
-	if crashNow {
-		f.mu.Unlock()
-		err := f.crash(op)
-		f.mu.Lock()
+	if err := f.start(op); err != nil {
 		return err
 	}
 	if _, err := os.Lstat(oldpath); err != nil {
@@ -559,14 +547,7 @@ func (f *Fault) Remove(name string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	op := Op{Kind: OpRemove, Path: name}
-	crashNow, err := f.begin(op)
-	if err != nil {
-		return err
-	}
-	if crashNow {
-		f.mu.Unlock()
-		err := f.crash(op)
-		f.mu.Lock()
+	if err := f.start(op); err != nil {
 		return err
 	}
 	fi, err := os.Lstat(name)
@@ -597,14 +578,7 @@ func (f *Fault) RemoveAll(name string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	op := Op{Kind: OpRemove, Path: name}
-	crashNow, err := f.begin(op)
-	if err != nil {
-		return err
-	}
-	if crashNow {
-		f.mu.Unlock()
-		err := f.crash(op)
-		f.mu.Lock()
+	if err := f.start(op); err != nil {
 		return err
 	}
 	fi, err := os.Lstat(name)
@@ -651,14 +625,7 @@ func (f *Fault) MkdirAll(name string, perm os.FileMode) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	op := Op{Kind: OpMkdir, Path: name}
-	crashNow, err := f.begin(op)
-	if err != nil {
-		return err
-	}
-	if crashNow {
-		f.mu.Unlock()
-		err := f.crash(op)
-		f.mu.Lock()
+	if err := f.start(op); err != nil {
 		return err
 	}
 	slices.Reverse(missing)
@@ -677,14 +644,7 @@ func (f *Fault) SyncDir(name string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	op := Op{Kind: OpSyncDir, Path: name}
-	crashNow, err := f.begin(op)
-	if err != nil {
-		return err
-	}
-	if crashNow {
-		f.mu.Unlock()
-		err := f.crash(op)
-		f.mu.Lock()
+	if err := f.start(op); err != nil {
 		return err
 	}
 	if err := OS.SyncDir(name); err != nil {

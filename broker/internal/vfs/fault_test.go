@@ -262,3 +262,70 @@ func TestFaultFullAndInject(t *testing.T) {
 		t.Fatalf("file holds %q", got)
 	}
 }
+
+// TestZeroRange: the OS and the Fault both make a range read as zeros
+// without changing the file's size; on the Fault a synced zeroing is kept,
+// and an unsynced one is, like any write, kept or undone by a crash, chunk
+// by chunk, never touching bytes outside its range.
+func TestZeroRange(t *testing.T) {
+	data := bytes.Repeat([]byte{0xab}, 200<<10)
+	for _, tc := range []struct {
+		name  string
+		sync  bool
+		fault bool
+	}{
+		{name: "os"},
+		{name: "fault, synced", fault: true, sync: true},
+		{name: "fault, crash before sync", fault: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fault, root := newFault(t, 1)
+			var fsys FS = OS
+			if tc.fault {
+				fsys = fault
+			}
+			path := filepath.Join(root, "f")
+			file := mustOpen(t, fsys, path)
+			mustWrite(t, fsys, file, data, 0)
+			if err := fsys.Sync(file); err != nil {
+				t.Fatal(err)
+			}
+			if err := fsys.SyncDir(root); err != nil {
+				t.Fatal(err)
+			}
+			const off, n = 1000, 150 << 10 // across 64 KiB chunks
+			if err := fsys.ZeroRange(file, off, n); err != nil {
+				t.Fatal(err)
+			}
+			want := bytes.Clone(data)
+			clear(want[off : off+n])
+			if tc.sync {
+				if err := fsys.Sync(file); err != nil {
+					t.Fatal(err)
+				}
+			}
+			crashed := tc.fault && !tc.sync
+			if crashed {
+				file.Close()
+				if err := fault.Restore(root); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if crashed && len(got) == len(data) && bytes.Equal(got[:off], data[:off]) && bytes.Equal(got[off+n:], data[off+n:]) {
+				for _, c := range got[off : off+n] {
+					if c != 0 && c != 0xab {
+						t.Fatalf("byte %#x after the crash: neither written nor zeroed", c)
+					}
+				}
+				return
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("file after ZeroRange differs from what it should hold (%d bytes, want %d)", len(got), len(want))
+			}
+		})
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"io"
 	"os"
 	"syscall"
+
+	"github.com/postbus/postbus/broker/fsync"
 )
 
 // FS is the set of file operations that change what is on disk.
@@ -23,6 +25,9 @@ type FS interface {
 	// Allocate reserves [0, size) of f (fallocate mode 0), growing it to
 	// size if it is shorter.
 	Allocate(f *os.File, size int64) error
+	// ZeroRange makes [off, off+n) of f read as zeros, keeping it
+	// allocated, without changing f's size.
+	ZeroRange(f *os.File, off, n int64) error
 	// Rename is os.Rename.
 	Rename(oldpath, newpath string) error
 	// Remove is os.Remove.
@@ -63,6 +68,51 @@ func (osFS) Allocate(f *os.File, size int64) error {
 	return Control(f, func(fd int) error { return syscall.Fallocate(fd, 0, 0, size) })
 }
 
+// fallocate modes (linux/falloc.h); package syscall does not name them.
+const (
+	fallocKeepSize  = 0x01
+	fallocPunchHole = 0x02
+	fallocZeroRange = 0x10
+)
+
+// ZeroRange uses FALLOC_FL_ZERO_RANGE, which zeroes and keeps the blocks
+// allocated at once; file systems without it get a punched hole
+// re-reserved with mode 0, and failing that, written zeros.
+func (osFS) ZeroRange(f *os.File, off, n int64) error {
+	if n <= 0 {
+		return nil
+	}
+	fallocate := func(mode uint32, off, n int64) error {
+		return Control(f, func(fd int) error { return syscall.Fallocate(fd, mode, off, n) })
+	}
+	if err := fallocate(fallocZeroRange|fallocKeepSize, off, n); err == nil {
+		return nil
+	}
+	if err := fallocate(fallocPunchHole|fallocKeepSize, off, n); err == nil {
+		if err := fallocate(0, off, n); err != nil {
+			return fmt.Errorf("re-reserve punched range: %w", err)
+		}
+		return nil
+	}
+	return writeZeros(func(b []byte, off int64) (int, error) { return f.WriteAt(b, off) }, off, n)
+}
+
+// zeroChunk is the source of the zeros written by ZeroRange.
+var zeroChunk [64 << 10]byte
+
+// writeZeros writes n zeros from off with write, a chunk at a time.
+func writeZeros(write func(b []byte, off int64) (int, error), off, n int64) error {
+	for n > 0 {
+		k := min(n, int64(len(zeroChunk)))
+		if _, err := write(zeroChunk[:k], off); err != nil {
+			return err
+		}
+		off += k
+		n -= k
+	}
+	return nil
+}
+
 func (osFS) Rename(oldpath, newpath string) error { return os.Rename(oldpath, newpath) }
 
 func (osFS) Remove(name string) error { return os.Remove(name) }
@@ -73,20 +123,7 @@ func (osFS) ReadDir(name string) ([]os.DirEntry, error) { return os.ReadDir(name
 
 func (osFS) MkdirAll(name string, perm os.FileMode) error { return os.MkdirAll(name, perm) }
 
-func (osFS) SyncDir(name string) error {
-	d, err := os.Open(name)
-	if err != nil {
-		return fmt.Errorf("sync dir: %w", err)
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("sync dir %s: %w", name, err)
-	}
-	return nil
-}
+func (osFS) SyncDir(name string) error { return fsync.Dir(name) }
 
 // Control runs op on f's descriptor, retrying EINTR. Going through
 // SyscallConn (not Fd) keeps the descriptor from being closed under op.
@@ -121,3 +158,19 @@ type writer struct {
 }
 
 func (w writer) Write(b []byte) (int, error) { return w.fsys.Write(w.f, b) }
+
+// Lock opens (creating if need be) the file at path through fsys and takes
+// an exclusive, non-blocking flock on it: a second process locking the same
+// file fails at once. The lock lasts until the file is closed, or the
+// process dies, so a crash leaves nothing to clean up.
+func Lock(fsys FS, path string) (*os.File, error) {
+	f, err := fsys.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := Control(f, func(fd int) error { return syscall.Flock(fd, syscall.LOCK_EX|syscall.LOCK_NB) }); err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	return f, nil
+}

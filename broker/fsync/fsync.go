@@ -1,0 +1,27 @@
+// Package fsync makes directory entries durable. It is the one copy of
+// the directory fsync that the broker's file layer (broker/internal/vfs),
+// the bus signing key (push) and backups (cmd/postbus) all need after they
+// create, rename or remove a file: without it, a crash can lose the entry
+// even though the file's data was synced.
+package fsync
+
+import (
+	"fmt"
+	"os"
+)
+
+// Dir fsyncs the directory dir.
+func Dir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync dir: %w", err)
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("sync dir %s: %w", dir, err)
+	}
+	return nil
+}

@@ -1,0 +1,150 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+)
+
+// problemCode reads the code and field of a problem+json answer.
+func problemCode(tb testing.TB, data []byte) (code, field string) {
+	tb.Helper()
+	var p struct {
+		Code  string `json:"code"`
+		Field string `json:"field"`
+	}
+	if err := json.Unmarshal(data, &p); err != nil {
+		tb.Fatalf("not a problem: %s", data)
+	}
+	return p.Code, p.Field
+}
+
+// A webhook URL nothing can dial (port 0, 99999, ...) is refused with a 400
+// at create and at PATCH, and nothing is stored; it used to be accepted and
+// then failed every attempt into the DLQ (issue 11, fault 13).
+func TestUnusableWebhookURLRefused(t *testing.T) {
+	srv, _ := newTestServer(t, nil)
+	for _, u := range []string{"http://127.0.0.1:0/hook", "http://127.0.0.1:99999/hook", "http://127.0.0.1:65536/", "http://user:pw@127.0.0.1:9/", "http://127.0.0.1:9/#x"} {
+		resp, data := do(t, "POST", srv.URL+"/v1/subscriptions", nil,
+			strings.NewReader(`{"group":"g","topic":"orders","url":"`+u+`"}`))
+		if code, field := problemCode(t, data); resp.StatusCode != 400 || code != "invalid_subscription" || field != "url" {
+			t.Fatalf("create with %s: %d %s", u, resp.StatusCode, data)
+		}
+	}
+	resp, data := do(t, "GET", srv.URL+"/v1/subscriptions", nil, nil)
+	if resp.StatusCode != 200 || strings.Contains(string(data), `"id"`) {
+		t.Fatalf("refused creates stored something: %d %s", resp.StatusCode, data)
+	}
+	resp, data = do(t, "POST", srv.URL+"/v1/subscriptions", nil,
+		strings.NewReader(`{"group":"g","topic":"orders","url":"http://127.0.0.1:9/hook"}`))
+	if resp.StatusCode != 201 {
+		t.Fatalf("create: %d %s", resp.StatusCode, data)
+	}
+	var sub subscriptionJSON
+	if err := json.Unmarshal(data, &sub); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []string{"http://127.0.0.1:0/hook", "http://127.0.0.1:99999/hook"} {
+		resp, data = do(t, "PATCH", srv.URL+"/v1/subscriptions/"+sub.ID, nil, strings.NewReader(`{"url":"`+u+`"}`))
+		if code, field := problemCode(t, data); resp.StatusCode != 400 || code != "invalid_subscription" || field != "url" {
+			t.Fatalf("PATCH to %s: %d %s", u, resp.StatusCode, data)
+		}
+	}
+	resp, data = do(t, "GET", srv.URL+"/v1/subscriptions/"+sub.ID, nil, nil)
+	if resp.StatusCode != 200 || !strings.Contains(string(data), `"url":"http://127.0.0.1:9/hook"`) {
+		t.Fatalf("after refused PATCHes: %d %s", resp.StatusCode, data)
+	}
+}
+
+// Hostile subscription bodies: every limit at its edge and one past it,
+// explicit zeros and negatives (which the defaults used to swallow), a
+// duration finer than the millisecond it is stored to, a field given twice
+// in another case. Each bad one is a 400 that stores nothing; each good one
+// reads back as given.
+func TestSubscriptionInputsAtTheLimits(t *testing.T) {
+	srv, _ := newTestServer(t, nil)
+	tests := []struct {
+		name   string
+		body   string // the fields beside group, topic and url
+		status int
+		field  string // of the problem
+		check  func(s subscriptionJSON) bool
+	}{
+		{"max_retries 0", `"max_retries":0`, 201, "", func(s subscriptionJSON) bool { return s.MaxRetries == 0 }},
+		{"max_retries 100", `"max_retries":100`, 201, "", func(s subscriptionJSON) bool { return s.MaxRetries == 100 }},
+		{"max_retries 101", `"max_retries":101`, 400, "max_retries", nil},
+		{"max_retries -1", `"max_retries":-1`, 400, "max_retries", nil},
+		{"max_in_flight 1", `"max_in_flight":1`, 201, "", func(s subscriptionJSON) bool { return s.MaxInFlight == 1 }},
+		{"max_in_flight 1024", `"max_in_flight":1024`, 201, "", func(s subscriptionJSON) bool { return s.MaxInFlight == 1024 }},
+		{"max_in_flight 1025", `"max_in_flight":1025`, 400, "max_in_flight", nil},
+		{"max_in_flight 0", `"max_in_flight":0`, 400, "max_in_flight", nil},
+		{"timeout 1ms", `"timeout":"1ms"`, 201, "", func(s subscriptionJSON) bool { return s.Timeout == "1ms" }},
+		{"timeout 5m", `"timeout":"5m"`, 201, "", func(s subscriptionJSON) bool { return s.Timeout == "5m0s" }},
+		{"timeout 5m1ms", `"timeout":"5m0.001s"`, 400, "timeout", nil},
+		{"timeout 0s", `"timeout":"0s"`, 400, "timeout", nil},
+		{"timeout 999us", `"timeout":"999us"`, 400, "timeout", nil},
+		{"timeout 1.5ms", `"timeout":"1.5ms"`, 400, "timeout", nil},
+		{"visibility 1s", `"visibility":"1s"`, 201, "", func(s subscriptionJSON) bool { return s.Visibility == "1s" }},
+		{"visibility 999ms", `"visibility":"999ms"`, 400, "visibility", nil},
+		{"visibility 0s", `"visibility":"0s"`, 400, "visibility", nil},
+		{"visibility 12h", `"visibility":"12h"`, 201, "", func(s subscriptionJSON) bool { return s.Visibility == "12h0m0s" }},
+		{"visibility 12h1ms", `"visibility":"12h0m0.001s"`, 400, "visibility", nil},
+		{"retry delay 1ms", `"retry_delays":["1ms"]`, 201, "", func(s subscriptionJSON) bool { return len(s.RetryDelays) == 1 && s.RetryDelays[0] == "1ms" }},
+		{"retry delay 1ns", `"retry_delays":["1ns"]`, 400, "retry_delays", nil},
+		{"retry delay 24h", `"retry_delays":["24h"]`, 201, "", nil},
+		{"retry delay 24h1ms", `"retry_delays":["24h0m0.001s"]`, 400, "retry_delays", nil},
+		{"retry delay 0", `"retry_delays":["0s"]`, 400, "retry_delays", nil},
+		{"backoff 1ns", `"backoff":{"min":"1ns","max":"1s"}`, 400, "backoff", nil},
+		{"rate 0", `"rate_per_second":0`, 201, "", nil},
+		{"rate 1e6", `"rate_per_second":1000000`, 201, "", nil},
+		{"rate 1e6+1", `"rate_per_second":1000001`, 400, "rate_per_second", nil},
+		{"rate -1", `"rate_per_second":-1`, 400, "rate_per_second", nil},
+		{"rate one a day", `"rate_per_second":0.000011575`, 201, "", nil},
+		{"rate below one a day", `"rate_per_second":0.000011574`, 400, "rate_per_second", nil},
+		{"rate 1e-300", `"rate_per_second":1e-300`, 400, "rate_per_second", nil},
+		{"unknown field", `"max_retry":3`, 400, "body", nil},
+		{"field twice", `"max_retries":3,"max_retries":4`, 400, "body", nil},
+		{"field twice in another case", `"max_retries":3,"MAX_RETRIES":0`, 400, "body", nil},
+		{"field in another case", `"Max_Retries":3`, 400, "body", nil},
+		{"backoff field in another case", `"backoff":{"MIN":"1s","max":"2s"}`, 400, "body", nil},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			group := fmt.Sprintf("g%d", i)
+			body := fmt.Sprintf(`{"group":%q,"topic":"orders","url":"http://127.0.0.1:9/hook",%s}`, group, tt.body)
+			resp, data := do(t, "POST", srv.URL+"/v1/subscriptions", map[string]string{"Content-Type": "application/json"}, strings.NewReader(body))
+			if resp.StatusCode != tt.status {
+				t.Fatalf("%s: %d %s, want %d", body, resp.StatusCode, data, tt.status)
+			}
+			if tt.status != 201 {
+				if _, field := problemCode(t, data); !strings.HasPrefix(field, tt.field) {
+					t.Fatalf("%s: problem field %q, want %q: %s", body, field, tt.field, data)
+				}
+				_, list := do(t, "GET", srv.URL+"/v1/subscriptions", nil, nil)
+				if strings.Contains(string(list), `"group":"`+group+`"`) {
+					t.Fatalf("%s was refused but stored", body)
+				}
+				return
+			}
+			var created subscriptionJSON
+			if err := json.Unmarshal(data, &created); err != nil {
+				t.Fatal(err)
+			}
+			// What is read back is what was answered: nothing was
+			// rounded or replaced on the way to the store.
+			_, got := do(t, "GET", srv.URL+"/v1/subscriptions/"+created.ID, nil, nil)
+			var stored subscriptionJSON
+			if err := json.Unmarshal(got, &stored); err != nil {
+				t.Fatal(err)
+			}
+			created.Secret = ""
+			if fmt.Sprint(stored) != fmt.Sprint(created) {
+				t.Fatalf("stored %+v, answered %+v", stored, created)
+			}
+			if tt.check != nil && !tt.check(stored) {
+				t.Fatalf("%s stored as %+v", body, stored)
+			}
+		})
+	}
+}
