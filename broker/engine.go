@@ -1167,6 +1167,9 @@ func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.closed {
+		e.unfence(r) // dropped meanwhile: its retry or dead letter is stored
+	}
 	if c.leases[l.id] != l {
 		return nil // expired meanwhile: its retry is stored, the expiry's too
 	}
