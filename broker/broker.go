@@ -153,7 +153,7 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 	}
 	b.metrics.register(b, cfg.Registerer)
 	b.timer = delaytimer.Start(delaytimer.Config{
-		Store: b.meta, Host: (*timerHost)(b), Now: b.now,
+		Store: claimingStore{b.meta}, Host: (*timerHost)(b), Now: b.now,
 		Logger: b.logger.With(slog.String("component", "delaytimer")),
 	})
 	b.eng.start()

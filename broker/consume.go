@@ -332,6 +332,7 @@ type queueCursor struct {
 	Topic   string
 	Queue   int
 	Next    int64
+	slot    int     // an ordered group's key for it: the queue, or retrySlot for the retry queue
 	pending []int64 // ascending
 }
 

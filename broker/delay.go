@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/postbus/postbus/broker/delaytimer"
 	"github.com/postbus/postbus/broker/meta"
@@ -24,6 +25,19 @@ import (
 // due time, which an index on the timer table already does, with no limit
 // on the kinds of delay. Firing is at-least-once: a crash between putting a
 // message on its queue and marking its timer fired puts it there again.
+
+// claimingStore is the timer store as the delay timer sees it: the due
+// timers it fires are claimed (meta.Store.ClaimDueTimers), in a write under
+// the metadata's one writer with its clock read there, so a pull's ack or
+// nack racing its visibility deadline either cancels the timer before the
+// claim or finds it claimed and is answered stale: never both. The loop's
+// now is not used: read before waiting for the writer, it could be older
+// than an ack's.
+type claimingStore struct{ *meta.Store }
+
+func (s claimingStore) DueTimers(ctx context.Context, _ time.Time, limit int) ([]meta.Timer, error) {
+	return s.ClaimDueTimers(ctx, limit)
+}
 
 // timerHost is the broker as the delay timer sees it (delaytimer.Host):
 // it puts due messages back and copies waiting ones ahead of retention.

@@ -130,7 +130,11 @@
 //     at it, and when the next may go out. Blocks stored by an older
 //     version for push held the next attempt's number; such a message
 //     gets one attempt fewer after an upgrade.
-//   - An ordered group's retry queue is consumed beside its queues, without
-//     order: it holds redriven dead letters and what was out or waiting
-//     when the subscription turned ordered.
+//   - An ordered group's retry queue is consumed as one more ordered queue
+//     (one message out at a time, in its order, a failing one retried in
+//     place), beside its queues and not ordered against them: it holds
+//     redriven dead letters, put back oldest first, and what was out or
+//     waiting when the subscription turned ordered. RocketMQ re-sends a
+//     dead letter as a new message; here a redrive to an ordered group
+//     keeps the promise the group was made, one at a time and in order.
 package broker

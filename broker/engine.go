@@ -20,7 +20,9 @@ import (
 //
 // It owns the group's cursors on the topic's queues and on its retry
 // queue, what is out, ordered queues' blocks, retry copies, dead-lettering,
-// offset resets, topic growth and redrive. A lease is one of two kinds,
+// offset resets, topic growth and redrive. A consumer dropped (a reset, a
+// pause) while an ordered push lease is out leaves a fence on its queue,
+// so the consumer built after it waits for that delivery to end. A lease is one of two kinds,
 // chosen by the subscription:
 //
 //   - Pull leases are durable: handing a message out stores, in the same
@@ -101,11 +103,29 @@ type Engine struct {
 	mu   sync.Mutex
 	cons map[[2]string]*consumer // by group, topic; guarded by mu
 	gen  uint64                  // bumped whenever a consumer is dropped; guarded by mu
+
+	// fences are ordered queues whose message a dropped consumer still has
+	// out (an offset reset or a pause while a delivery is open): no new
+	// consumer hands out that queue until the old lease settles (stale)
+	// or its visibility ends, so an ordered queue never has two
+	// deliveries open. fenceMu is taken last, holding nothing else.
+	fenceMu sync.Mutex
+	fences  map[fenceKey]fence // guarded by fenceMu
+}
+
+type fenceKey struct {
+	group, topic string
+	slot         int
+}
+
+type fence struct {
+	lease uint64
+	until time.Time
 }
 
 func newEngine(b *Broker) *Engine {
 	return &Engine{b: b, cons: make(map[[2]string]*consumer), flushWake: make(chan struct{}, 1),
-		stop: make(chan struct{}), flushed: make(chan struct{})}
+		stop: make(chan struct{}), flushed: make(chan struct{}), fences: make(map[fenceKey]fence)}
 }
 
 // start starts the offset writer, once the metadata is open.
@@ -172,12 +192,31 @@ func (c *consumer) close() {
 // queues are the topic's cursors, without the retry queue.
 func (c *consumer) queues() []*queueCursor { return c.cursors[:len(c.cursors)-1] }
 
+// retrySlot is an ordered group's key for its retry queue among its
+// queues' (blocks, what is out, ordered receipts): above any queue number,
+// within a receipt's 16 bits.
+const retrySlot = 0xFFFF
+
+// cursorAt returns the cursor an ordered group keys by slot, or nil.
+// Called with c.mu held.
+func (c *consumer) cursorAt(slot int) *queueCursor {
+	if slot == retrySlot {
+		return c.retryCursor()
+	}
+	if slot >= 0 && slot < len(c.queues()) {
+		return c.cursors[slot]
+	}
+	return nil
+}
+
 // retryCursor is the cursor of the group's retry queue for the topic.
 func (c *consumer) retryCursor() *queueCursor { return c.cursors[len(c.cursors)-1] }
 
 // Lease hands out up to max of topic's messages to group, each out for
 // visibility unless settled. A group with a push subscription gets push
-// leases, one without (or with a pull subscription) pull leases.
+// leases, one with a pull subscription pull leases. Lease never creates a
+// subscription (a first Pull does): without an active one it fails with
+// ErrSubscriptionInactive.
 func (e *Engine) Lease(ctx context.Context, group, topic string, max int, visibility time.Duration) ([]Lease, error) {
 	c, err := e.consumerFor(ctx, group, topic)
 	if err != nil {
@@ -202,13 +241,24 @@ func (e *Engine) consumerFor(ctx context.Context, group, topic string) (*consume
 	for _, s := range subs {
 		if s.Group == group && s.Topic == topic && s.URL != "" {
 			if s.State != StateActive {
-				return nil, errf(CodeInvalidSubscription, "group", "the push subscription of group %q on %q is %s", group, topic, s.State)
+				return nil, &Error{Code: CodeInvalidSubscription, Field: "group", Err: ErrSubscriptionInactive,
+					Detail: fmt.Sprintf("the push subscription of group %q on %q is %s", group, topic, s.State)}
 			}
 			return e.install(ctx, s, true)
 		}
 	}
-	return e.b.pullGroupFor(ctx, group, topic)
+	c, err = e.b.pullGroup(ctx, group, topic, false)
+	if errors.Is(err, errNoPullGroup) {
+		return nil, &Error{Code: CodeInvalidSubscription, Field: "group", Err: ErrSubscriptionInactive,
+			Detail: fmt.Sprintf("group %q has no subscription on %q", group, topic)}
+	}
+	return c, err
 }
+
+// ErrSubscriptionInactive is wrapped by Lease's error when the group has
+// no active subscription on the topic any more (paused, disabled or
+// deleted): a push loop racing its own stop, not a fault.
+var ErrSubscriptionInactive = errors.New("subscription not active")
 
 // install builds a consumer for s and caches it, unless another was
 // cached meanwhile. A consumer dropped (an offset reset) while this one
@@ -242,10 +292,10 @@ func (e *Engine) install(ctx context.Context, s Subscription, push bool) (*consu
 		// topic, or the retry queue at first) all of it is the group's.
 		for q := 0; q < n; q++ {
 			off, _ := b.Offset(s.Group, s.Topic, q)
-			c.cursors = append(c.cursors, &queueCursor{Topic: s.Topic, Queue: q, Next: off})
+			c.cursors = append(c.cursors, &queueCursor{Topic: s.Topic, Queue: q, Next: off, slot: q})
 		}
 		off, _ := b.Offset(s.Group, RetryTopic(s.Group, s.Topic), 0)
-		c.cursors = append(c.cursors, &queueCursor{Topic: RetryTopic(s.Group, s.Topic), Queue: 0, Next: off})
+		c.cursors = append(c.cursors, &queueCursor{Topic: RetryTopic(s.Group, s.Topic), Queue: 0, Next: off, slot: retrySlot})
 		e.mu.Lock()
 		if e.gen != gen {
 			e.mu.Unlock()
@@ -269,11 +319,50 @@ func (e *Engine) drop(match func(group, topic string) bool) {
 	defer e.mu.Unlock()
 	for k, c := range e.cons {
 		if match(k[0], k[1]) {
+			e.fenceOpen(k[0], k[1], c)
 			c.close()
 			delete(e.cons, k)
 		}
 	}
 	e.gen++
+}
+
+// fenceOpen fences the ordered queues c has a push lease out on.
+func (e *Engine) fenceOpen(group, topic string, c *consumer) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e.fenceMu.Lock()
+	defer e.fenceMu.Unlock()
+	for slot, id := range c.out {
+		if l := c.leases[id]; l != nil {
+			e.fences[fenceKey{group, topic, slot}] = fence{lease: id, until: l.deadline}
+		}
+	}
+}
+
+// fenced reports whether an ordered queue waits for a dropped consumer's
+// lease on it.
+func (e *Engine) fenced(group, topic string, slot int, now time.Time) bool {
+	e.fenceMu.Lock()
+	defer e.fenceMu.Unlock()
+	k := fenceKey{group, topic, slot}
+	f, ok := e.fences[k]
+	if ok && !now.Before(f.until) {
+		delete(e.fences, k) // its visibility ended: it counts as expired
+		return false
+	}
+	return ok
+}
+
+// unfence lifts the fence a dropped consumer's lease held, once it is
+// settled.
+func (e *Engine) unfence(r receipt) {
+	e.fenceMu.Lock()
+	defer e.fenceMu.Unlock()
+	k := fenceKey{r.Group, r.Topic, r.Queue}
+	if f, ok := e.fences[k]; ok && f.lease == uint64(r.Timer) {
+		delete(e.fences, k)
+	}
 }
 
 // subscriptionChanged applies a subscription's change to its consumer: a
@@ -321,7 +410,7 @@ func (e *Engine) grow(c *consumer) {
 	c.cursors = c.cursors[:len(c.cursors)-1]
 	for q := len(c.cursors); q < n; q++ {
 		off, _ := e.b.Offset(c.sub.Group, c.sub.Topic, q)
-		c.cursors = append(c.cursors, &queueCursor{Topic: c.sub.Topic, Queue: q, Next: off})
+		c.cursors = append(c.cursors, &queueCursor{Topic: c.sub.Topic, Queue: q, Next: off, slot: q})
 		e.b.logger.Info("consumer picks up a queue the topic grew", slog.String("group", c.sub.Group),
 			slog.String("topic", c.sub.Topic), slog.Int("queue", q))
 	}
@@ -427,9 +516,8 @@ func (e *Engine) noteExpired(sub Subscription, m *Message, now time.Time) {
 	e.b.LogAttempt(Attempt{MsgID: m.ID, Group: sub.Group, Subscription: sub.ID, Attempt: max(m.Attempt-1, 1), At: now, Outcome: "expired"})
 }
 
-// leasePull hands out unordered pull leases: from every cursor, or from
-// the retry queue only for an ordered group (whose retry queue holds
-// redriven dead letters and what was out when it turned ordered).
+// leasePull hands out unordered pull leases from every cursor (none for
+// an ordered group: leaseOrdered takes its queues and its retry queue).
 func (e *Engine) leasePull(ctx context.Context, c *consumer, limit int, visibility time.Duration) ([]Lease, error) {
 	b := e.b
 	type taken struct {
@@ -448,7 +536,7 @@ func (e *Engine) leasePull(ctx context.Context, c *consumer, limit int, visibili
 	sub, filter := c.sub, c.filter
 	cursors := c.cursors
 	if sub.Ordered {
-		cursors = c.cursors[len(c.cursors)-1:]
+		cursors = nil // leaseOrdered takes every queue, the retry queue too
 	}
 	n := len(cursors)
 	start := c.rr
@@ -543,8 +631,8 @@ func (e *Engine) unsettle(c *consumer, err error) error {
 }
 
 // leasePush hands out unordered push leases: released and expired ones
-// first, then from the cursors (the retry queue only, for an ordered
-// group).
+// first, then from the cursors (none for an ordered group: leaseOrdered
+// takes its queues and its retry queue).
 func (e *Engine) leasePush(ctx context.Context, c *consumer, limit int, visibility time.Duration) ([]Lease, error) {
 	b := e.b
 	now := b.now()
@@ -570,7 +658,7 @@ func (e *Engine) leasePush(ctx context.Context, c *consumer, limit int, visibili
 	}
 	cursors := c.cursors
 	if sub.Ordered {
-		cursors = c.cursors[len(c.cursors)-1:]
+		cursors = nil // leaseOrdered takes every queue, the retry queue too
 	}
 	n := len(cursors)
 	start := c.rr
@@ -630,8 +718,8 @@ func (e *Engine) expire(c *consumer, now time.Time) {
 		e.b.LogAttempt(Attempt{MsgID: l.m.ID, Group: c.sub.Group, Subscription: c.sub.ID, Attempt: l.attempt, At: now, Outcome: "expired"})
 		e.b.metrics.leaseExpired()
 		if l.ordered {
-			delete(c.out, l.c.Queue)
-			c.blocks[l.c.Queue] = OrderedRetry{Subscription: c.sub.ID, Queue: l.c.Queue, QueueOffset: l.m.QueueOffset, Attempt: l.attempt, NextAt: now}
+			delete(c.out, l.c.slot)
+			c.blocks[l.c.slot] = OrderedRetry{Subscription: c.sub.ID, Queue: l.c.slot, QueueOffset: l.m.QueueOffset, Attempt: l.attempt, NextAt: now}
 			continue
 		}
 		l.attempt++
@@ -642,7 +730,8 @@ func (e *Engine) expire(c *consumer, now time.Time) {
 // leaseOrdered hands out, from each queue with nothing out and not
 // waiting, its next message, and from each queue whose wait is over, its
 // blocked message again as the next attempt: a queue's messages go out one
-// at a time, in order.
+// at a time, in order. The group's retry queue is one of them: redriven
+// dead letters go out one at a time too, in the order they were put back.
 func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visibility time.Duration) ([]Lease, error) {
 	b := e.b
 	c.mu.Lock()
@@ -655,18 +744,18 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 	if c.push {
 		e.expire(c, now)
 	}
-	queues := c.queues()
+	queues := c.cursors // the retry queue too: one at a time, in its order
 	start := c.rr
 	c.rr++
 	var out []Lease
 	for i := 0; i < len(queues) && len(out) < limit; i++ {
 		cur := queues[(start+i)%len(queues)]
-		if _, busy := c.out[cur.Queue]; busy {
+		if _, busy := c.out[cur.slot]; busy || (c.push && e.fenced(sub.Group, sub.Topic, cur.slot, now)) {
 			continue
 		}
 		var m *Message
 		attempt := 1
-		if blk, ok := c.blocks[cur.Queue]; ok {
+		if blk, ok := c.blocks[cur.slot]; ok {
 			if now.Before(blk.NextAt) {
 				continue // its message is out, or waits for its retry
 			}
@@ -699,6 +788,18 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 			}
 			m = msgs[0]
 			cur.Next = m.QueueOffset + 1
+			// A retry queue's message may have attempts behind it (it was
+			// out or waiting when the subscription turned ordered).
+			attempt = max(m.Attempt, 1)
+			if attempt > sub.MaxRetries+1 {
+				if err := e.deadOnLease(ctx, sub, m, now); err != nil {
+					cur.Next = m.QueueOffset
+					return out, err
+				}
+				e.setOffset(c, cur)
+				continue
+			}
+			e.noteExpired(sub, m, now)
 		}
 		// The group's offset stays at the message until it is settled.
 		if !c.closed {
@@ -707,18 +808,18 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 		if c.push {
 			l := &memLease{id: e.leaseID.Add(1), c: cur, m: m, attempt: attempt, ordered: true, deadline: now.Add(visibility)}
 			c.leases[l.id] = l
-			c.out[cur.Queue] = l.id
+			c.out[cur.slot] = l.id
 			out = append(out, Lease{Message: m, Attempt: attempt, Receipt: receipt{Kind: receiptPush, Attempt: attempt,
-				Timer: int64(l.id), Queue: cur.Queue, Group: sub.Group, Topic: sub.Topic, MsgID: m.ID}.encode(b.receiptKey)})
+				Timer: int64(l.id), Queue: cur.slot, Group: sub.Group, Topic: sub.Topic, MsgID: m.ID}.encode(b.receiptKey)})
 			continue
 		}
-		blk := OrderedRetry{Subscription: sub.ID, Queue: cur.Queue, QueueOffset: m.QueueOffset, Attempt: attempt, NextAt: now.Add(visibility)}
+		blk := OrderedRetry{Subscription: sub.ID, Queue: cur.slot, QueueOffset: m.QueueOffset, Attempt: attempt, NextAt: now.Add(visibility)}
 		if err := b.meta.SetOrderedRetry(ctx, blk); err != nil {
 			return out, err
 		}
-		c.blocks[cur.Queue] = blk
+		c.blocks[cur.slot] = blk
 		out = append(out, Lease{Message: m, Attempt: attempt, Receipt: receipt{Kind: receiptOrdered, Attempt: attempt,
-			Timer: m.QueueOffset, Queue: cur.Queue, Group: sub.Group, Topic: sub.Topic, MsgID: m.ID}.encode(b.receiptKey)})
+			Timer: m.QueueOffset, Queue: cur.slot, Group: sub.Group, Topic: sub.Topic, MsgID: m.ID}.encode(b.receiptKey)})
 	}
 	return out, nil
 }
@@ -726,13 +827,13 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 // clearBlock frees an ordered queue and moves the group past its message.
 // Called with c.mu held.
 func (e *Engine) clearBlock(ctx context.Context, c *consumer, cur *queueCursor, next int64) {
-	if _, stored := c.blocks[cur.Queue]; stored || !c.push {
-		if err := e.b.meta.ClearOrderedRetry(ctx, c.sub.ID, cur.Queue); err != nil {
+	if _, stored := c.blocks[cur.slot]; stored || !c.push {
+		if err := e.b.meta.ClearOrderedRetry(ctx, c.sub.ID, cur.slot); err != nil {
 			e.b.logger.Error("clearing an ordered queue's block failed", slog.Any("err", err))
 		}
 	}
-	delete(c.blocks, cur.Queue)
-	delete(c.out, cur.Queue)
+	delete(c.blocks, cur.slot)
+	delete(c.out, cur.slot)
 	cur.Next = max(cur.Next, next)
 	e.setOffset(c, cur)
 }
@@ -760,7 +861,11 @@ func (e *Engine) inFlight(group string) map[offsetKey]int {
 		}
 		for q := range c.blocks {
 			if _, busy := c.out[q]; !busy {
-				out[offsetKey{group, c.sub.Topic, q}]++
+				k := offsetKey{group, c.sub.Topic, q}
+				if q == retrySlot {
+					k = offsetKey{group, RetryTopic(group, c.sub.Topic), 0}
+				}
+				out[k]++
 			}
 		}
 		c.mu.Unlock()
@@ -813,7 +918,10 @@ func (e *Engine) settleAll(ctx context.Context, group string, receipts []string,
 		}
 		switch r.Kind {
 		case receiptOrdered:
-			c, err := b.pullGroupFor(ctx, group, r.Topic)
+			c, err := b.pullGroup(ctx, group, r.Topic, false)
+			if errors.Is(err, errNoPullGroup) {
+				return staleErr(fmt.Sprintf("receipts[%d]", i)) // its subscription was deleted
+			}
 			if err != nil {
 				return err
 			}
@@ -842,6 +950,11 @@ func (e *Engine) settleAll(ctx context.Context, group string, receipts []string,
 	return e.settleOrdered(ctx, group, ordered, v)
 }
 
+// nackReserve is how long a nack keeps the timer loop off its receipts'
+// timers while it stores their replacements; a nack that fails or is cut
+// by a crash leaves its messages to come back after it.
+const nackReserve = time.Minute
+
 // settleTimers settles pull leases by their visibility timers. An ack
 // cancels them; a retry (nack) first stores the replacement copies and
 // then swaps the timers in one transaction, so a crash in between brings
@@ -869,6 +982,18 @@ func (e *Engine) settleTimers(ctx context.Context, group string, rs []receipt, v
 	}
 	var repl []int64
 	if v.kind != verdictAck {
+		// The timers are reserved first: the timer loop cannot put the
+		// messages back while their replacements are stored (it would
+		// bring them back twice), and a receipt whose timer is due or
+		// taken already is stale before anything is stored.
+		stale, err := b.meta.ReserveTimers(ctx, offs, b.now().Add(nackReserve))
+		if err != nil {
+			return err
+		}
+		if len(stale) > 0 {
+			return &Error{Code: CodeStaleReceipt, Field: "receipts", Err: ErrStaleReceipt,
+				Detail: fmt.Sprintf("%d of the receipts are stale: already acked or nacked, or their visibility ran out and the message was handed out again under a new receipt; nothing was changed", len(stale))}
+		}
 		copies := make([]*Message, 0, len(rs))
 		for _, r := range rs {
 			m, err := b.readMessage(r.Timer)
@@ -937,14 +1062,16 @@ func (e *Engine) settleTimers(ctx context.Context, group string, rs []receipt, v
 func (e *Engine) settleOrdered(ctx context.Context, group string, rs []receipt, v Verdict) error {
 	b := e.b
 	for _, r := range rs {
-		c, err := b.pullGroupFor(ctx, group, r.Topic)
+		c, err := b.pullGroup(ctx, group, r.Topic, false)
+		if errors.Is(err, errNoPullGroup) {
+			return staleErr("receipts")
+		}
 		if err != nil {
 			return err
 		}
 		c.mu.Lock()
 		blk, ok := c.blocks[r.Queue]
-		if ok && blk.QueueOffset == r.Timer && blk.Attempt == r.Attempt && r.Queue < len(c.queues()) {
-			cur := c.cursors[r.Queue]
+		if cur := c.cursorAt(r.Queue); ok && blk.QueueOffset == r.Timer && blk.Attempt == r.Attempt && cur != nil {
 			switch v.kind {
 			case verdictAck:
 				e.clearBlock(ctx, c, cur, r.Timer+1)
@@ -985,12 +1112,14 @@ func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
 	c := e.cons[[2]string{r.Group, r.Topic}]
 	e.mu.Unlock()
 	if c == nil {
+		e.unfence(r)
 		return staleErr("receipt")
 	}
 	c.mu.Lock()
 	l := c.leases[uint64(r.Timer)]
 	if l == nil || c.closed {
 		c.mu.Unlock()
+		e.unfence(r)
 		return staleErr("receipt")
 	}
 	sub := c.sub
@@ -1003,11 +1132,16 @@ func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
 	case verdictRelease:
 		delete(c.leases, l.id)
 		if l.ordered {
-			delete(c.out, l.c.Queue)
-			if blk, ok := c.blocks[l.c.Queue]; ok {
-				blk.NextAt = b.now()
-				c.blocks[l.c.Queue] = blk
+			// The queue's cursor is already past the message: it waits
+			// as a block (in memory; the stored offset sits at it), so it
+			// goes out again, the same attempt, before anything after it.
+			delete(c.out, l.c.slot)
+			blk, ok := c.blocks[l.c.slot]
+			if !ok || blk.QueueOffset != l.m.QueueOffset {
+				blk = OrderedRetry{Subscription: c.sub.ID, Queue: l.c.slot, QueueOffset: l.m.QueueOffset, Attempt: l.attempt - 1}
 			}
+			blk.NextAt = b.now()
+			c.blocks[l.c.slot] = blk
 		} else {
 			c.redo = append(c.redo, l)
 		}
@@ -1024,7 +1158,7 @@ func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
 			b.LogAttempt(Attempt{MsgID: l.m.ID, Group: sub.Group, Subscription: sub.ID, Attempt: l.attempt, At: b.now(), Outcome: "dead", Error: v.reason})
 		}
 	case l.ordered:
-		err = b.meta.SetOrderedRetry(ctx, OrderedRetry{Subscription: sub.ID, Queue: l.c.Queue, QueueOffset: l.m.QueueOffset, Attempt: l.attempt, NextAt: v.at})
+		err = b.meta.SetOrderedRetry(ctx, OrderedRetry{Subscription: sub.ID, Queue: l.c.slot, QueueOffset: l.m.QueueOffset, Attempt: l.attempt, NextAt: v.at})
 	default:
 		err = b.storeSystem(ctx, l.m.retryCopy(sub.Group, l.attempt+1, v.at))
 	}
@@ -1033,13 +1167,16 @@ func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.closed {
+		e.unfence(r) // dropped meanwhile: its retry or dead letter is stored
+	}
 	if c.leases[l.id] != l {
 		return nil // expired meanwhile: its retry is stored, the expiry's too
 	}
 	delete(c.leases, l.id)
 	if v.kind == verdictRetry && l.ordered {
-		delete(c.out, l.c.Queue)
-		c.blocks[l.c.Queue] = OrderedRetry{Subscription: sub.ID, Queue: l.c.Queue, QueueOffset: l.m.QueueOffset, Attempt: l.attempt, NextAt: v.at}
+		delete(c.out, l.c.slot)
+		c.blocks[l.c.slot] = OrderedRetry{Subscription: sub.ID, Queue: l.c.slot, QueueOffset: l.m.QueueOffset, Attempt: l.attempt, NextAt: v.at}
 		return nil
 	}
 	e.finishPush(ctx, c, l)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -35,6 +36,18 @@ const (
 // pull subscription on a first pull where groups auto-create (from the
 // earliest retained message, so publish-then-pull just works).
 func (b *Broker) pullGroupFor(ctx context.Context, group, topic string) (*consumer, error) {
+	return b.pullGroup(ctx, group, topic, true)
+}
+
+// errNoPullGroup is pullGroup's answer, when it may not create one, for a
+// group and topic with no pull subscription (none, or a push one).
+var errNoPullGroup = errors.New("no pull subscription")
+
+// pullGroup returns the group's pull state on a topic; with create, as a
+// first pull does, it may create the pull subscription. Settling and
+// leasing never create one: a receipt of a deleted subscription is stale,
+// not a reason to subscribe its group again.
+func (b *Broker) pullGroup(ctx context.Context, group, topic string, create bool) (*consumer, error) {
 	b.eng.mu.Lock()
 	c := b.eng.cons[[2]string{group, topic}]
 	b.eng.mu.Unlock()
@@ -52,6 +65,8 @@ func (b *Broker) pullGroupFor(ctx context.Context, group, topic string) (*consum
 		}
 	}
 	switch {
+	case !create && (sub == nil || sub.URL != ""):
+		return nil, errNoPullGroup
 	case sub != nil && sub.URL != "":
 		return nil, errf(CodeInvalidSubscription, "group", "group %q receives topic %q by push (subscription %s); pull with another group", group, topic, sub.ID)
 	case sub != nil && sub.State != StateActive:

@@ -189,6 +189,7 @@ type loop struct {
 	cancel   context.CancelFunc // stops reading
 	deliverC context.CancelFunc // cancels deliveries in flight
 	done     chan struct{}
+	goneOnce sync.Once // a 410 disables the subscription once, however many deliveries saw it
 }
 
 func (d *Dispatcher) newLoop(s broker.Subscription) (*loop, error) {
@@ -233,6 +234,7 @@ func (l *loop) stop() {
 	<-l.done
 	t.Stop()
 	l.deliverC()
+	l.log.Info("push loop stopped")
 }
 
 // leaseMargin is how much longer than a delivery's timeout a push lease
@@ -258,8 +260,15 @@ func (l *loop) run(ctx, dctx context.Context) {
 		if room := cap(slots) - len(slots); room > 0 {
 			var err error
 			leases, err = eng.Lease(ctx, l.sub.Group, l.sub.Topic, room, visibility)
-			if err != nil && ctx.Err() == nil {
+			switch {
+			case err == nil || ctx.Err() != nil:
+			case errors.Is(err, broker.ErrSubscriptionInactive):
+				// Paused, disabled (a 410) or deleted under the loop,
+				// which reconcile is about to stop: expected, not a fault.
+				l.log.Debug("the subscription is no longer active; waiting to be stopped", slog.Any("err", err))
+			default:
 				l.log.Error("leasing messages failed", slog.Any("err", err))
+				l.d.metrics.leaseFailed(l.sub.ID)
 			}
 		}
 		for _, ls := range leases {
@@ -306,7 +315,7 @@ func (l *loop) deliverOne(ctx, dctx context.Context, ls broker.Lease) {
 	case res.Outcome == Delivered:
 		v = broker.Ack()
 	case res.Outcome == Gone:
-		l.gone()
+		l.goneOnce.Do(l.gone)
 		v = broker.Release()
 	case dctx.Err() != nil:
 		// Cut off by the stop: the endpoint may have it; at least once.

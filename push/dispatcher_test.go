@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -26,7 +27,10 @@ func newRig(tb testing.TB) *rig { return newRigRun(tb, true) }
 // newRigRun is newRig, with its own dispatcher running or not: two
 // dispatchers on one broker share each subscription's messages (the
 // consumer engine leases each to one of them).
-func newRigRun(tb testing.TB, run bool) *rig {
+func newRigRun(tb testing.TB, run bool) *rig { return newRigWith(tb, run, nil) }
+
+// newRigWith is newRigRun whose broker and dispatcher log to logger.
+func newRigWith(tb testing.TB, run bool, logger *slog.Logger) *rig {
 	tb.Helper()
 	dir := tb.TempDir()
 	cfg := broker.DefaultConfig(dir)
@@ -34,6 +38,7 @@ func newRigRun(tb testing.TB, run bool) *rig {
 	cfg.MaxMessageBytes = 1 << 20
 	cfg.AutoCreateTopics = true
 	cfg.OffsetInterval = 50 * time.Millisecond
+	cfg.Logger = logger
 	b, err := broker.Open(context.Background(), cfg)
 	if err != nil {
 		tb.Fatal(err)
@@ -43,7 +48,7 @@ func newRigRun(tb testing.TB, run bool) *rig {
 		tb.Fatal(err)
 	}
 	client := NewClient(ClientConfig{AllowPrivate: true})
-	d := NewDispatcher(DispatcherConfig{Broker: b, Client: client, Key: key, Grace: time.Second})
+	d := NewDispatcher(DispatcherConfig{Broker: b, Client: client, Key: key, Grace: time.Second, Logger: logger})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

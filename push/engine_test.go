@@ -3,7 +3,9 @@ package push
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -235,4 +237,58 @@ func TestPushOrderedRedrive(t *testing.T) {
 		t.Fatalf("redrive: %d, %v", n, err)
 	}
 	waitUntil(t, 10*time.Second, "the redriven message delivered", func() bool { return len(s.requests()) == 2 })
+}
+
+// TestGoneIsNoAnomaly (attack F3b): an endpoint answering 410 Gone to
+// several deliveries at once disables its subscription once, and the
+// loop racing that disable (its next lease finds the subscription
+// inactive) logs no ERROR; it used to log "leasing messages failed".
+func TestGoneIsNoAnomaly(t *testing.T) {
+	ctx := context.Background()
+	logs := &logLines{}
+	r := newRigWith(t, true, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo})))
+	g := make(gate)
+	s := newSink(t, func(req *http.Request, n int) int {
+		g.respond(req, n)
+		return http.StatusGone
+	})
+	if _, _, err := r.b.PutTopic(ctx, "t", broker.TopicSettings{Queues: 4}); err != nil {
+		t.Fatal(err)
+	}
+	sub := r.subscribe(t, broker.Subscription{Group: "g", Topic: "t", URL: s.URL, MaxInFlight: 4})
+	for i := 0; i < 8; i++ {
+		r.publish(t, "t", &broker.Message{Body: []byte(fmt.Sprint("m", i)), ShardingKey: fmt.Sprint("k", i)})
+	}
+	waitUntil(t, 5*time.Second, "four deliveries open", func() bool { return len(s.requests()) >= 4 })
+	close(g)
+	waitUntil(t, 10*time.Second, "the subscription disabled and its loop stopped", func() bool {
+		got, err := r.b.Subscription(ctx, sub.ID)
+		return err == nil && got.State == broker.StateDisabled && strings.Contains(logs.String(), "push loop stopped")
+	})
+	if n := strings.Count(logs.String(), `msg="subscription disabled"`); n != 1 {
+		t.Errorf("%d WARN lines disabling the subscription for one 410 burst, want 1", n)
+	}
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, "level=ERROR") {
+			t.Errorf("a 410 logged an anomaly: %s", line)
+		}
+	}
+}
+
+// logLines collects log output from many goroutines.
+type logLines struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logLines) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logLines) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

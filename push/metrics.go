@@ -14,6 +14,7 @@ type pushMetrics struct {
 	e2e      *prometheus.HistogramVec // stored to delivered, by subscription
 	retries  *prometheus.CounterVec
 	dead     *prometheus.CounterVec
+	leaseErr *prometheus.CounterVec // leases that failed for a reason other than the subscription stopping
 }
 
 func newPushMetrics(reg prometheus.Registerer, d *Dispatcher) *pushMetrics {
@@ -29,9 +30,11 @@ func newPushMetrics(reg prometheus.Registerer, d *Dispatcher) *pushMetrics {
 			Help: "Failed deliveries scheduled for a retry."}, []string{"subscription"}),
 		dead: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "postbus_push_dead_letters_total",
 			Help: "Messages moved to a dead-letter queue after their last retry."}, []string{"subscription"}),
+		leaseErr: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "postbus_push_lease_errors_total",
+			Help: "A push loop's leases that failed (each logged at ERROR); a loop racing its subscription's pause, disable or deletion is not counted."}, []string{"subscription"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.attempts, m.latency, m.e2e, m.retries, m.dead, lagCollector{d})
+		reg.MustRegister(m.attempts, m.latency, m.e2e, m.retries, m.dead, m.leaseErr, lagCollector{d})
 	}
 	return m
 }
@@ -44,6 +47,8 @@ func (m *pushMetrics) attempted(sub string, r Result, stored, now time.Time) {
 		m.e2e.WithLabelValues(sub).Observe(now.Add(r.Latency).Sub(stored).Seconds())
 	}
 }
+
+func (m *pushMetrics) leaseFailed(sub string) { m.leaseErr.WithLabelValues(sub).Inc() }
 
 func (m *pushMetrics) settled(sub string, dead bool) {
 	if dead {

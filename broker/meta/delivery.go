@@ -115,6 +115,57 @@ func (s *Store) DueTimers(ctx context.Context, now time.Time, limit int) ([]Time
 	return s.timers(ctx, dueTimersQuery, now.UnixMilli(), limit)
 }
 
+// ClaimDueTimers returns up to limit (at least 1) unfired timers due by
+// now, as DueTimers does, and claims them in the same write transaction:
+// their due time is set to 0, so from then on SwapTimers and CancelTimers
+// find them past their deadline and answer stale. The timer loop and an ack
+// (or nack) racing a visibility deadline are so decided by the order of
+// their transactions, whatever the clocks say: the one that takes the
+// writer first wins, and the other is told. "Now" is read once the writer
+// is held. A claimed timer stays unfired until FireTimers, so a crash
+// before that fires it again.
+func (s *Store) ClaimDueTimers(ctx context.Context, limit int) ([]Timer, error) {
+	if err := validLimit(limit); err != nil {
+		return nil, fmt.Errorf("claim due timers: %w", err)
+	}
+	var out []Timer
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, dueTimersQuery, s.now().UnixMilli(), limit)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var off, at int64
+			if err := rows.Scan(&off, &at); err != nil {
+				rows.Close()
+				return err
+			}
+			out = append(out, Timer{LogOffset: off, DeliverAt: fromMillis(at)})
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for claim := out; len(claim) > 0; {
+			n := min(len(claim), rowChunk)
+			args := make([]any, n)
+			for i, t := range claim[:n] {
+				args[i] = t.LogOffset
+			}
+			q := `UPDATE timers SET deliver_at = 0 WHERE deliver_at > 0 AND log_offset IN (` + strings.TrimSuffix(strings.Repeat("?,", n), ",") + `)`
+			if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+				return err
+			}
+			claim = claim[n:]
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim due timers: %w", err)
+	}
+	return out, nil
+}
+
 // NextTimer returns when the earliest unfired timer is due.
 func (s *Store) NextTimer(ctx context.Context) (time.Time, bool, error) {
 	var at sql.NullInt64
@@ -543,6 +594,53 @@ func (s *Store) CancelTimers(ctx context.Context, offsets []int64) (stale []int,
 	return s.SwapTimers(ctx, offsets, nil)
 }
 
+// ReserveTimers keeps the timer loop off pending timers until at least
+// until, all or none: a nack reserves the timers of its receipts before it
+// stores their replacements, so the timer loop cannot put a message back
+// while its nack is under way, which would bring it back twice. A timer
+// fired, claimed, cancelled, unknown or due by now (read once the writer is
+// held) cannot be reserved: ReserveTimers returns the indexes of those, and
+// when there are any, nothing changed. A reservation is never shorter than
+// the timer: a nack that never swaps (a crash, an error) leaves its
+// messages to come back at until.
+func (s *Store) ReserveTimers(ctx context.Context, offsets []int64, until time.Time) (stale []int, err error) {
+	err = s.write(ctx, func(tx *sql.Tx) error {
+		now := s.now().UnixMilli()
+		stmt, err := tx.PrepareContext(ctx, `UPDATE timers SET deliver_at = max(deliver_at, ?) WHERE log_offset = ? AND fired = 0 AND deliver_at > ?`)
+		if err != nil {
+			return err
+		}
+		defer stmt.Close()
+		for i, off := range offsets {
+			res, err := stmt.ExecContext(ctx, until.UnixMilli(), off, now)
+			if err != nil {
+				return fmt.Errorf("reserve timer %d: %w", off, err)
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return err
+			} else if n != 1 {
+				stale = append(stale, i)
+			}
+		}
+		if len(stale) > 0 {
+			return errStaleSwap
+		}
+		return nil
+	})
+	if errors.Is(err, errStaleSwap) {
+		return stale, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reserve timers: %w", err)
+	}
+	return nil, nil
+}
+
+// swapHook, when set (by tests), runs in SwapTimers's transaction once it
+// has read its clock: the window in which the timer loop must not decide
+// on the same timers.
+var swapHook func()
+
 // SwapTimers cancels the pending timers at offsets and keeps the timers at
 // replacements, in one transaction: a nack (or a pull nobody waits for)
 // first stores the replacement copies, whose timers dispatch adds, and
@@ -554,6 +652,9 @@ func (s *Store) CancelTimers(ctx context.Context, offsets []int64) (stale []int,
 func (s *Store) SwapTimers(ctx context.Context, offsets, replacements []int64) (stale []int, err error) {
 	err = s.write(ctx, func(tx *sql.Tx) error {
 		now := s.now().UnixMilli()
+		if swapHook != nil {
+			swapHook()
+		}
 		stmt, err := tx.PrepareContext(ctx, `UPDATE timers SET fired = 1 WHERE log_offset = ? AND fired = 0 AND deliver_at > ?`)
 		if err != nil {
 			return err

@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -1285,5 +1286,105 @@ func TestSwapTimers(t *testing.T) {
 	}
 	if want := []int64{2, 10}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("pending timers %v, want %v (2 kept by the refused swap, 10 the first replacement)", got, want)
+	}
+}
+
+// TestAckRacingTheTimerLoopIsDecidedOnce (attack F1): an ack whose
+// transaction has read its clock before the visibility deadline, but not
+// yet committed, while the timer loop looks for due timers past it: one of
+// the two wins. The timer loop used to read the due timers outside the
+// writer, from a snapshot without the ack, and put the message back while
+// the ack was answered OK.
+func TestAckRacingTheTimerLoopIsDecidedOnce(t *testing.T) {
+	ctx := context.Background()
+	var mu sync.Mutex
+	deadline := at(time.Minute)
+	now := deadline.Add(-10 * time.Millisecond)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	s := openStore(t, dbPath(t), WithClock(clock))
+	if err := s.AddTimers(ctx, []Timer{{LogOffset: 1, DeliverAt: deadline}}); err != nil {
+		t.Fatal(err)
+	}
+	inSwap, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	swapHook = func() { once.Do(func() { close(inSwap); <-release }) }
+	t.Cleanup(func() { swapHook = nil })
+
+	type cancelled struct {
+		stale []int
+		err   error
+	}
+	ack := make(chan cancelled, 1)
+	go func() {
+		stale, err := s.CancelTimers(ctx, []int64{1})
+		ack <- cancelled{stale, err}
+	}()
+	<-inSwap // the ack read its clock before the deadline
+	mu.Lock()
+	now = deadline.Add(10 * time.Millisecond)
+	mu.Unlock()
+	type claimed struct {
+		due []Timer
+		err error
+	}
+	loop := make(chan claimed, 1)
+	go func() {
+		due, err := s.ClaimDueTimers(ctx, 10)
+		loop <- claimed{due, err}
+	}()
+	var c claimed
+	select {
+	case c = <-loop: // decided while the ack is open: only right if the ack then loses
+		close(release)
+	case <-time.After(300 * time.Millisecond): // waiting for the writer, as it should
+		close(release)
+		c = <-loop
+	}
+	a := <-ack
+	if a.err != nil || c.err != nil {
+		t.Fatalf("cancel: %v; claim: %v", a.err, c.err)
+	}
+	acked := len(a.stale) == 0
+	fired := len(c.due) == 1
+	if acked == fired {
+		t.Fatalf("ack answered OK: %v, timer loop took the timer: %v; exactly one must win", acked, fired)
+	}
+	// A claimed timer is past cancelling, whatever the clock says.
+	if fired {
+		mu.Lock()
+		now = deadline.Add(-time.Hour)
+		mu.Unlock()
+		if stale, err := s.CancelTimers(ctx, []int64{1}); err != nil || len(stale) != 1 {
+			t.Fatalf("cancel of a claimed timer with the clock stepped back: stale %v, %v; want stale", stale, err)
+		}
+	}
+}
+
+// TestReserveTimers: a reserved timer is not due at its old time; a batch
+// with a due or unknown timer reserves none.
+func TestReserveTimers(t *testing.T) {
+	ctx := context.Background()
+	var mu sync.Mutex
+	now := at(0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	s := openStore(t, dbPath(t), WithClock(clock))
+	if err := s.AddTimers(ctx, []Timer{{LogOffset: 1, DeliverAt: at(time.Second)}, {LogOffset: 2, DeliverAt: at(-time.Second)}}); err != nil {
+		t.Fatal(err)
+	}
+	if stale, err := s.ReserveTimers(ctx, []int64{1, 2, 3}, at(time.Minute)); err != nil || !slices.Equal(stale, []int{1, 2}) {
+		t.Fatalf("reserve with a due and an unknown timer: stale %v, %v; want [1 2]", stale, err)
+	}
+	if stale, err := s.ReserveTimers(ctx, []int64{1}, at(time.Minute)); err != nil || len(stale) != 0 {
+		t.Fatalf("reserve: stale %v, %v", stale, err)
+	}
+	mu.Lock()
+	now = at(2 * time.Second)
+	mu.Unlock()
+	due, err := s.ClaimDueTimers(ctx, 10)
+	if err != nil || len(due) != 1 || due[0].LogOffset != 2 {
+		t.Fatalf("claimed %v, %v; want only timer 2 (1 is reserved)", due, err)
+	}
+	if stale, err := s.SwapTimers(ctx, []int64{1}, nil); err != nil || len(stale) != 0 {
+		t.Fatalf("swap of a reserved timer: stale %v, %v; want none", stale, err)
 	}
 }
