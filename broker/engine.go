@@ -169,8 +169,12 @@ type consumer struct {
 	// so a restart keeps the order. Guarded by mu.
 	blocks map[int]OrderedRetry
 	leases map[uint64]*memLease // push leases out; guarded by mu
-	out    map[int]uint64       // ordered push: the lease out on each queue; guarded by mu
-	redo   []*memLease          // released or expired push leases, handed out first; guarded by mu
+	// pulledOut are an ordered pull group's queues whose message is out
+	// and not settled: when handed out again, its visibility ran out
+	// (the trace says "expired"). Guarded by mu.
+	pulledOut map[int]bool
+	out       map[int]uint64 // ordered push: the lease out on each queue; guarded by mu
+	redo      []*memLease    // released or expired push leases, handed out first; guarded by mu
 }
 
 // memLease is a push lease: a message out to this process's push loop.
@@ -281,11 +285,18 @@ func (e *Engine) install(ctx context.Context, s Subscription, push bool) (*consu
 		if err != nil {
 			return nil, err
 		}
-		c := &consumer{sub: s, filter: f, push: push, blocks: map[int]OrderedRetry{},
+		c := &consumer{sub: s, filter: f, push: push, blocks: map[int]OrderedRetry{}, pulledOut: map[int]bool{},
 			leases: map[uint64]*memLease{}, out: map[int]uint64{}}
 		if s.Ordered {
 			if c.blocks, err = b.meta.OrderedRetries(ctx, s.ID); err != nil {
 				return nil, err
+			}
+			if !push {
+				// A pull group's stored block is a message handed out
+				// (or nacked): after a restart, taken as out.
+				for q := range c.blocks {
+					c.pulledOut[q] = true
+				}
 			}
 		}
 		// Where the group has no offset (a queue added by growing the
@@ -767,6 +778,9 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 				continue
 			}
 			attempt = blk.Attempt + 1
+			if !c.push && c.pulledOut[cur.slot] {
+				b.LogAttempt(Attempt{MsgID: m.ID, Group: sub.Group, Subscription: sub.ID, Attempt: max(blk.Attempt, 1), At: now, Outcome: "expired"})
+			}
 			if attempt > sub.MaxRetries+1 {
 				reason := fmt.Sprintf("not settled within its visibility on any of %d attempts", attempt-1)
 				if err := b.DeadLetter(ctx, sub.Group, m, attempt-1, reason); err != nil {
@@ -818,6 +832,7 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 			return out, err
 		}
 		c.blocks[cur.slot] = blk
+		c.pulledOut[cur.slot] = true
 		out = append(out, Lease{Message: m, Attempt: attempt, Receipt: receipt{Kind: receiptOrdered, Attempt: attempt,
 			Timer: m.QueueOffset, Queue: cur.slot, Group: sub.Group, Topic: sub.Topic, MsgID: m.ID}.encode(b.receiptKey)})
 	}
@@ -1072,6 +1087,7 @@ func (e *Engine) settleOrdered(ctx context.Context, group string, rs []receipt, 
 		c.mu.Lock()
 		blk, ok := c.blocks[r.Queue]
 		if cur := c.cursorAt(r.Queue); ok && blk.QueueOffset == r.Timer && blk.Attempt == r.Attempt && cur != nil {
+			delete(c.pulledOut, r.Queue) // settled: not expired
 			switch v.kind {
 			case verdictAck:
 				e.clearBlock(ctx, c, cur, r.Timer+1)

@@ -64,10 +64,6 @@ var pdCI = []struct {
 	without string
 }{
 	{1, pdOpen}, {2, pdOpen}, {3, pdOpen}, {4, pdOpen},
-	// Seed 10 with rotations lost a message of the ordered subscription
-	// (an ordered lease released by a loop restart skipped its queue on);
-	// seed 6 still repeats a settled delivery after a rotation.
-	{10, "ordered"},
 }
 
 // pdOpen are the families whose faults are still open with the consumer
