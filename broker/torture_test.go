@@ -646,6 +646,36 @@ func (r *tortureRun) dedupPrior(topic string, gens [2]int, id string, now time.T
 	return nil
 }
 
+// dedupCandidate says whether a dedup answer naming id is right when the
+// newest message with the id, prior, has an unknown outcome: the broker
+// may not have stored it (a failed append answered "nothing was stored"),
+// and then answers with an older one. Any message with the id from prior
+// back to the newest acknowledged one, inclusive, may be the answer.
+func (r *tortureRun) dedupCandidate(prior *mMsg, id string) bool {
+	if prior.state != stUncertain {
+		return false
+	}
+	seen := false
+	for i := len(r.msgs) - 1; i >= 0; i-- {
+		m := r.msgs[i]
+		if m == prior {
+			seen = true
+			continue
+		}
+		if !seen || m.topic != prior.topic || m.dedup != prior.dedup || m.state == stGone ||
+			m.genHi < prior.genLo || m.genLo > prior.genHi {
+			continue
+		}
+		if m.id == id {
+			return true
+		}
+		if m.state == stAcked {
+			return false // the newest certain one: nothing older is the answer
+		}
+	}
+	return false
+}
+
 // checkDuplicate: a repeat of an acknowledged message of the same topic
 // generation within the window answers that message; a repeat of one that
 // may not be stored, or of another generation, may answer either; anything
@@ -656,7 +686,7 @@ func (r *tortureRun) checkDuplicate(m *Message, got Result, prior *mMsg) error {
 		return fmt.Errorf("dedup id %q answered duplicate of %s, but no message of this topic generation within the window has it", m.DedupID, got.ID)
 	case prior == nil:
 		return nil
-	case got.Duplicate && got.ID != prior.id:
+	case got.Duplicate && got.ID != prior.id && !r.dedupCandidate(prior, got.ID):
 		return fmt.Errorf("dedup id %q answered duplicate of %s, want %s", m.DedupID, got.ID, prior.id)
 	case !got.Duplicate && prior.state == stAcked && prior.genLo == prior.genHi && !prior.expired:
 		return fmt.Errorf("dedup id %q stored anew, want a duplicate of %s", m.DedupID, prior.id)
