@@ -107,7 +107,7 @@ func (d *Dispatcher) reconcile(ctx context.Context) error {
 	for id, l := range d.loops {
 		// Compared whole, not by UpdatedAt: two changes within its
 		// millisecond would leave the loop on the first one's settings.
-		if s, ok := want[id]; !ok || !reflect.DeepEqual(s, l.sub) || l.reset() {
+		if s, ok := want[id]; !ok || !reflect.DeepEqual(s, l.sub) {
 			delete(d.loops, id)
 			d.stopLater(ctx, id, l)
 		}
@@ -208,12 +208,6 @@ func (d *Dispatcher) newLoop(s broker.Subscription) (*loop, error) {
 	}
 	return l, nil
 }
-
-// reset reports whether the loop needs a fresh start for a reason other
-// than its subscription changing: none, since the consumer engine owns the
-// group's position (an offset reset drops the engine's consumer, and the
-// loop's next lease reads the new offsets).
-func (l *loop) reset() bool { return false }
 
 func (l *loop) start(parent context.Context) {
 	ctx, cancel := context.WithCancel(parent)
