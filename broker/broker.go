@@ -214,7 +214,10 @@ func (b *Broker) open(ctx context.Context) error {
 	}
 	cp, err := readCheckpoint(b.cfg.Dir)
 	if errors.Is(err, errBadCheckpoint) {
-		b.logger.Warn("rebuilding the indexes from the start of the commitlog", slog.Any("err", err))
+		// Derived, so nothing is lost, but something damaged the file: an
+		// operator should know, and the rebuild may take a while.
+		b.logger.Error("checkpoint is unreadable; rebuilding the indexes from the start of the commitlog", slog.Any("err", err))
+		b.metrics.rebuilds.WithLabelValues(rebuildCheckpoint).Inc()
 		err = nil
 	}
 	if err != nil {
@@ -225,7 +228,8 @@ func (b *Broker) open(ctx context.Context) error {
 			return err
 		}
 		// The index is derived: rebuild it, and the queues with it, from the log.
-		b.logger.Warn("key index is corrupt; rebuilding indexes from the commitlog", slog.Any("err", err))
+		b.logger.Error("key index is corrupt; rebuilding indexes from the commitlog", slog.Any("err", err))
+		b.metrics.rebuilds.WithLabelValues(rebuildKeyIndex).Inc()
 		if err := b.resetDerived(); err != nil {
 			return err
 		}

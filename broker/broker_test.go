@@ -580,3 +580,33 @@ func TestTopicRetentionAppliesToEveryRead(t *testing.T) {
 		t.Errorf("a topic with the broker's retention: %d messages by offset (%v), want 3", len(got), err)
 	}
 }
+
+// TestDedupLookupFailureRefuses: after a restart, a dedup id is checked
+// against the key index; when that look-up fails (here the caller's
+// context is gone while it reads), the publish is refused and nothing is
+// stored, rather than stored as if the id were new.
+func TestDedupLookupFailureRefuses(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	b := openBroker(t, cfg)
+	first := publish(t, b, "t", &Message{Body: []byte("a"), DedupID: "d1"})[0]
+	b.Close()
+	b2 := openBroker(t, cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if r, err := b2.Publish(ctx, "t", []*Message{{Body: []byte("retry"), DedupID: "d1"}}); err == nil {
+		t.Fatalf("publish whose dedup look-up failed = %+v, want an error", r)
+	} else if CodeOf(err) != CodeUnavailable {
+		t.Fatalf("publish whose dedup look-up failed: %v, want code %s", err, CodeUnavailable)
+	}
+	st, err := b2.Topic(context.Background(), "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Messages != 1 {
+		t.Fatalf("topic holds %d messages after the refused publish, want 1", st.Messages)
+	}
+	if r := publish(t, b2, "t", &Message{Body: []byte("retry"), DedupID: "d1"})[0]; !r.Duplicate || r.ID != first.ID {
+		t.Fatalf("retry = %+v, want duplicate of %s", r, first.ID)
+	}
+}

@@ -113,7 +113,7 @@ func (b *Broker) Queues(topic string) (int, error) {
 	ts := b.topics[topic]
 	b.topicsMu.RUnlock()
 	if ts == nil {
-		return 0, &Error{Code: CodeTopicNotFound, Field: "topic", Detail: fmt.Sprintf("topic %q does not exist", topic)}
+		return 0, &Error{Code: CodeTopicNotFound, Field: "topic", Err: ErrTopicNotFound, Detail: fmt.Sprintf("topic %q does not exist", topic)}
 	}
 	return ts.info.Load().Queues, nil
 }
@@ -300,7 +300,7 @@ func (b *Broker) ReadMessageAt(topic string, queue int, offset int64) (*Message,
 		return nil, err
 	}
 	if len(entries) == 0 {
-		return nil, &Error{Code: CodeMessageNotFound, Detail: fmt.Sprintf("no entry %d in %s/%d", offset, topic, queue)}
+		return nil, &Error{Code: CodeMessageNotFound, Err: ErrMessageNotFound, Detail: fmt.Sprintf("no entry %d in %s/%d", offset, topic, queue)}
 	}
 	if entries[0].Size == holeSize {
 		return nil, &Error{Code: CodeMessageDamaged, Detail: fmt.Sprintf("entry %d of %s/%d was lost in a damaged span of the log", offset, topic, queue)}
@@ -316,7 +316,7 @@ func (b *Broker) ReadMessageAt(topic string, queue int, offset int64) (*Message,
 	ts := b.topics[topic]
 	b.topicsMu.RUnlock()
 	if ts == nil || !b.retained(ts.info.Load(), m.StoredAt, b.now()) {
-		return nil, &Error{Code: CodeMessageNotFound, Detail: fmt.Sprintf("entry %d of %s/%d is past its topic's retention", offset, topic, queue)}
+		return nil, &Error{Code: CodeMessageNotFound, Err: ErrMessageNotFound, Detail: fmt.Sprintf("entry %d of %s/%d is past its topic's retention", offset, topic, queue)}
 	}
 	m.QueueOffset = offset
 	return m, nil

@@ -220,7 +220,7 @@ func (b *Broker) topicOrSystem(ctx context.Context, name string) (*topicState, e
 		return ts, nil
 	}
 	if !strings.HasPrefix(name, "%") {
-		return nil, &Error{Code: CodeTopicNotFound, Field: "topic", Detail: fmt.Sprintf("topic %q does not exist", name)}
+		return nil, &Error{Code: CodeTopicNotFound, Field: "topic", Err: ErrTopicNotFound, Detail: fmt.Sprintf("topic %q does not exist", name)}
 	}
 	b.appendMu.Lock()
 	defer b.appendMu.Unlock()

@@ -683,3 +683,64 @@ func TestSealedDamageFoundWithoutReads(t *testing.T) {
 		}
 	}
 }
+
+// TestDamagedDerivedFilesRebuildLoudly: an unreadable checkpoint or a
+// corrupt key index is rebuilt from the log (nothing is lost), and the
+// rebuild is an ERROR line and a count in postbus_recovery_rebuilds_total,
+// not a quiet re-index. A missing checkpoint (a first start) is not counted.
+func TestDamagedDerivedFilesRebuildLoudly(t *testing.T) {
+	cases := []struct {
+		name   string
+		damage func(t *testing.T, dir string)
+		reason string // "" for no rebuild counted
+	}{
+		{"missing checkpoint", func(t *testing.T, dir string) {
+			if err := os.Remove(filepath.Join(dir, checkpointFile)); err != nil {
+				t.Fatal(err)
+			}
+		}, ""},
+		{"garbled checkpoint", func(t *testing.T, dir string) {
+			if err := os.WriteFile(filepath.Join(dir, checkpointFile), []byte(`{"dispatched": 12, "queues": {`), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}, rebuildCheckpoint},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			cfg := testConfig(t, t.TempDir())
+			b := openBroker(t, cfg)
+			var ids []string
+			for i := range 20 {
+				ids = append(ids, publish(t, b, "t", msg(fmt.Sprintf("m%d", i)))[0].ID)
+			}
+			if err := b.Close(); err != nil {
+				t.Fatal(err)
+			}
+			tc.damage(t, cfg.Dir)
+			logs := &logBuffer{}
+			cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
+			reg := prometheus.NewRegistry()
+			cfg.Registerer = reg
+			b = openBroker(t, cfg)
+			for i, id := range ids {
+				m, err := b.Message(ctx, id)
+				if err != nil || string(m.Body) != fmt.Sprintf("m%d", i) {
+					t.Fatalf("message %d after the rebuild: %v", i, err)
+				}
+			}
+			for _, r := range []string{rebuildCheckpoint, rebuildKeyIndex} {
+				want := 0.0
+				if r == tc.reason {
+					want = 1
+				}
+				if got := counterValue(t, reg, "postbus_recovery_rebuilds_total", "reason", r); got != want {
+					t.Errorf("postbus_recovery_rebuilds_total{reason=%q} = %v, want %v", r, got, want)
+				}
+			}
+			if errs := logs.lines("ERROR", "rebuilding"); (len(errs) > 0) != (tc.reason != "") {
+				t.Errorf("ERROR lines about a rebuild: %q, want some: %v", errs, tc.reason != "")
+			}
+		})
+	}
+}

@@ -62,13 +62,10 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
-// Is makes errors.Is(err, ErrTopicNotFound) match any *Error with the same code.
-func (e *Error) Is(target error) bool {
-	t, ok := target.(*Error)
-	return ok && t.Detail == "" && t.Code == e.Code
-}
-
-// Sentinels to branch on with errors.Is; the errors returned carry detail.
+// Sentinels to branch on with errors.Is. They match by identity: an error
+// with detail carries its sentinel in Err (see Error.Unwrap), so that
+// errors.Is(err, ErrClosed) is true only for a closed broker, not for every
+// error that shares its code (a failed commitlog is also "unavailable").
 var (
 	ErrTopicNotFound        = &Error{Code: CodeTopicNotFound}
 	ErrMessageNotFound      = &Error{Code: CodeMessageNotFound}

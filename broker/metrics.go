@@ -22,7 +22,15 @@ type metrics struct {
 
 	cleanedMessages prometheus.Counter
 	cleanedBytes    prometheus.Counter
+	rebuilds        *prometheus.CounterVec
 }
+
+// Why recovery rebuilt the derived indexes from the start of the log (the
+// reason label of postbus_recovery_rebuilds_total).
+const (
+	rebuildCheckpoint = "checkpoint_unreadable" // checkpoint.json did not parse
+	rebuildKeyIndex   = "keyindex_corrupt"      // the key index failed its checks
+)
 
 // Why dispatch skipped a record (the reason label of
 // postbus_dispatch_skipped_records_total).
@@ -75,10 +83,17 @@ func newMetrics() *metrics {
 			Name: "postbus_disk_clean_dropped_bytes_total",
 			Help: "Commitlog bytes deleted before their retention because the disk was over --disk-clean-ratio.",
 		}),
+		rebuilds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postbus_recovery_rebuilds_total",
+			Help: "Starts that rebuilt the consume queues and key index from the start of the commitlog because a derived file was damaged, by reason; each is logged at ERROR (a missing checkpoint, as on a first start, is not counted).",
+		}, []string{"reason"}),
 		delayAnomalies: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "postbus_delayed_anomalies_total",
 			Help: "Due delayed messages the timer loop did not put back as usual, by reason; each is also logged at ERROR.",
 		}, []string{"reason"}),
+	}
+	for _, r := range []string{rebuildCheckpoint, rebuildKeyIndex} {
+		m.rebuilds.WithLabelValues(r)
 	}
 	for _, r := range []string{delayAlreadyPut} {
 		m.delayAnomalies.WithLabelValues(r)
@@ -99,7 +114,7 @@ func (m *metrics) register(b *Broker, reg prometheus.Registerer) {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
 	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped, m.leasesExpired, m.skippedRecords, m.lostQueueEnds, m.timersDropped,
-		m.delayAnomalies, m.cleanedMessages, m.cleanedBytes,
+		m.delayAnomalies, m.cleanedMessages, m.cleanedBytes, m.rebuilds,
 		gauge("postbus_commitlog_bytes", "Bytes of the commitlog between its oldest retained offset and its end.",
 			func() float64 { return float64(b.log.Committed() - b.log.MinOffset()) }),
 		gauge("postbus_commitlog_segments", "Commitlog segment files.",

@@ -47,7 +47,7 @@ func (b *Broker) Publish(ctx context.Context, topic string, msgs []*Message) ([]
 	}
 	if b.diskFull.Load() {
 		b.metrics.rejected(CodeDiskFull)
-		return nil, &Error{Code: CodeDiskFull, Detail: fmt.Sprintf("the disk holding the data directory is over %.0f%% full; publishes are refused until retention frees space", b.cfg.DiskFullRatio*100)}
+		return nil, &Error{Code: CodeDiskFull, Err: ErrDiskFull, Detail: fmt.Sprintf("the disk holding the data directory is over %.0f%% full; publishes are refused until retention frees space", b.cfg.DiskFullRatio*100)}
 	}
 	for _, m := range msgs {
 		m.ID = nuid.Next()
@@ -123,7 +123,15 @@ func (b *Broker) store(ctx context.Context, ts *topicState, msgs []*Message, ded
 	}
 	var dups []bool
 	if dedup {
-		dups = b.dedupFromIndex(ctx, ts, msgs, results)
+		var err error
+		if dups, err = b.dedupFromIndex(ctx, ts, msgs, results); err != nil {
+			// Storing anyway could store a duplicate the producer asked
+			// us to drop: refuse, so that its retry decides.
+			b.logger.Error("dedup lookup failed; publish refused", slog.String("topic", ts.name), slog.Any("err", err))
+			b.metrics.rejected(CodeUnavailable)
+			return nil, &Error{Code: CodeUnavailable, Err: err,
+				Detail: "the dedup ids could not be checked against the messages stored before the broker started; nothing was stored, retry"}
+		}
 	}
 	end, err := b.append(ts, msgs, recs, results, dups, dedup)
 	if err != nil {
@@ -254,7 +262,7 @@ func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results 
 		}
 		if errors.Is(err, commitlog.ErrDiskFull) {
 			b.metrics.rejected(CodeDiskFull)
-			return 0, &Error{Code: CodeDiskFull, Detail: "the disk is full: the commitlog could not allocate a new segment; nothing was stored", Err: err}
+			return 0, &Error{Code: CodeDiskFull, Detail: "the disk is full: the commitlog could not allocate a new segment; nothing was stored", Err: errors.Join(ErrDiskFull, err)}
 		}
 		if errors.Is(err, commitlog.ErrTooLarge) {
 			// The check in store makes this unreachable: the commitlog
@@ -287,11 +295,14 @@ func errLogFailed(err error) error {
 // since start are in b.dedup, checked under appendMu. It runs outside the
 // lock because it may read the disk. It returns nil when it looked at none
 // (the common case: no dedup ids, or the window since start has passed).
-func (b *Broker) dedupFromIndex(ctx context.Context, ts *topicState, msgs []*Message, results []Result) []bool {
+// A failed look-up is an error: the caller must not store what may be a
+// duplicate. A damaged record on the way is not (it is logged and counted
+// by lookup): the id it held cannot be known.
+func (b *Broker) dedupFromIndex(ctx context.Context, ts *topicState, msgs []*Message, results []Result) ([]bool, error) {
 	topic, t := ts.name, ts.info.Load()
 	now := b.now()
 	if now.Sub(b.started) >= b.cfg.DedupWindow {
-		return nil
+		return nil, nil
 	}
 	var dups []bool
 	for i, m := range msgs {
@@ -302,7 +313,7 @@ func (b *Broker) dedupFromIndex(ctx context.Context, ts *topicState, msgs []*Mes
 			dups = make([]bool, len(msgs))
 		}
 		key := dedupKey(topic, m.DedupID)
-		b.lookup(ctx, hashKey(keyDedup, key), func(stored *Message) bool {
+		_, err := b.lookup(ctx, hashKey(keyDedup, key), func(stored *Message) bool {
 			if stored.Topic != topic || stored.DedupID != m.DedupID || stored.StoredAt.After(b.started) {
 				return true
 			}
@@ -316,8 +327,11 @@ func (b *Broker) dedupFromIndex(ctx context.Context, ts *topicState, msgs []*Mes
 			}
 			return false
 		})
+		if err != nil {
+			return nil, fmt.Errorf("dedup id %q: %w", m.DedupID, err)
+		}
 	}
-	return dups
+	return dups, nil
 }
 
 func dedupKey(topic, id string) string { return topic + "\x00" + id }

@@ -73,7 +73,7 @@ func (b *Broker) pullGroup(ctx context.Context, group, topic string, create bool
 		return nil, errf(CodeInvalidSubscription, "group", "the pull subscription of group %q on %q is %s; resume it first", group, topic, sub.State)
 	case sub == nil:
 		if !b.cfg.AutoCreateGroups {
-			return nil, &Error{Code: CodeSubscriptionNotFound, Field: "group",
+			return nil, &Error{Code: CodeSubscriptionNotFound, Field: "group", Err: ErrSubscriptionNotFound,
 				Detail: fmt.Sprintf("group %q has no subscription on topic %q and groups are not created on first use here (--auto-create-groups); create one with POST /v1/subscriptions (without a url)", group, topic)}
 		}
 		// The id is made from group and topic, so that the brokers of a

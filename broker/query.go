@@ -94,7 +94,7 @@ func (b *Broker) Message(ctx context.Context, id string) (*Message, error) {
 		return nil, &Error{Code: CodeMessageDamaged, Field: "msg_id", Detail: fmt.Sprintf("no readable message with id %q: a damaged record in the log that may be it was quarantined", id)}
 	}
 	if found == nil {
-		return nil, &Error{Code: CodeMessageNotFound, Field: "msg_id", Detail: fmt.Sprintf("no message with id %q (it may have expired)", id)}
+		return nil, &Error{Code: CodeMessageNotFound, Field: "msg_id", Err: ErrMessageNotFound, Detail: fmt.Sprintf("no message with id %q (it may have expired)", id)}
 	}
 	return found, nil
 }

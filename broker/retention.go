@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"syscall"
 	"time"
 
 	"github.com/postbus/postbus/broker/commitlog"
@@ -51,16 +50,17 @@ func (b *Broker) retentionLoop() {
 	}
 }
 
-// DiskUsage returns the used fraction of the file system holding dir.
+// DiskUsage returns the used fraction of the file system holding dir: the
+// share of its space that an unprivileged writer can no longer use.
 func DiskUsage(dir string) (float64, error) {
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(dir, &st); err != nil {
-		return 0, fmt.Errorf("statfs %s: %w", dir, err)
+	avail, total, err := diskSpace(dir)
+	if err != nil {
+		return 0, fmt.Errorf("disk space of %s: %w", dir, err)
 	}
-	if st.Blocks == 0 {
+	if total == 0 {
 		return 0, nil
 	}
-	return 1 - float64(st.Bavail)/float64(st.Blocks), nil
+	return 1 - float64(avail)/float64(total), nil
 }
 
 // checkDisk applies the watermarks: above DiskCleanRatio the oldest

@@ -468,7 +468,7 @@ func (b *Broker) offsetAt(topic string, queue int, t time.Time) (int64, error) {
 func (b *Broker) Subscription(ctx context.Context, id string) (Subscription, error) {
 	m, err := b.meta.Subscription(ctx, id)
 	if errors.Is(err, meta.ErrNotFound) {
-		return Subscription{}, &Error{Code: CodeSubscriptionNotFound, Field: "id", Detail: fmt.Sprintf("no subscription %q", id)}
+		return Subscription{}, &Error{Code: CodeSubscriptionNotFound, Field: "id", Err: ErrSubscriptionNotFound, Detail: fmt.Sprintf("no subscription %q", id)}
 	}
 	if err != nil {
 		return Subscription{}, err
@@ -585,7 +585,7 @@ func (b *Broker) DeleteSubscription(ctx context.Context, id string) error {
 	}
 	err = b.meta.DeleteSubscription(ctx, id)
 	if errors.Is(err, meta.ErrNotFound) {
-		return &Error{Code: CodeSubscriptionNotFound, Field: "id", Detail: fmt.Sprintf("no subscription %q", id)}
+		return &Error{Code: CodeSubscriptionNotFound, Field: "id", Err: ErrSubscriptionNotFound, Detail: fmt.Sprintf("no subscription %q", id)}
 	}
 	if err != nil {
 		return err

@@ -73,7 +73,7 @@ func (b *Broker) topicForPublish(ctx context.Context, name string) (*topicState,
 		return ts, nil
 	}
 	if !b.cfg.AutoCreateTopics {
-		return nil, &Error{Code: CodeTopicNotFound, Field: "topic",
+		return nil, &Error{Code: CodeTopicNotFound, Field: "topic", Err: ErrTopicNotFound,
 			Detail: fmt.Sprintf("topic %q does not exist and auto-creation is off; create it with PUT /v1/topics/%s", name, name)}
 	}
 	if _, _, err := b.PutTopic(ctx, name, TopicSettings{}); err != nil {
@@ -84,7 +84,7 @@ func (b *Broker) topicForPublish(ctx context.Context, name string) (*topicState,
 	if ts := b.topics[name]; ts != nil {
 		return ts, nil
 	}
-	return nil, &Error{Code: CodeTopicNotFound, Field: "topic", Detail: fmt.Sprintf("topic %q was deleted while publishing", name)}
+	return nil, &Error{Code: CodeTopicNotFound, Field: "topic", Err: ErrTopicNotFound, Detail: fmt.Sprintf("topic %q was deleted while publishing", name)}
 }
 
 // TopicSettings are what a PUT of a topic sets. A zero Queues or a nil
@@ -190,7 +190,7 @@ func (b *Broker) topicState(name string) (*topicState, error) {
 	defer b.topicsMu.RUnlock()
 	ts := b.topics[name]
 	if ts == nil {
-		return nil, &Error{Code: CodeTopicNotFound, Field: "topic", Detail: fmt.Sprintf("topic %q does not exist", name)}
+		return nil, &Error{Code: CodeTopicNotFound, Field: "topic", Err: ErrTopicNotFound, Detail: fmt.Sprintf("topic %q does not exist", name)}
 	}
 	return ts, nil
 }

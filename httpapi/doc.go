@@ -1,6 +1,8 @@
 // Package httpapi is postbus's HTTP API: the chi router, its handlers and
 // middleware. It translates HTTP to calls on package broker and owns no
-// state of its own.
+// durable state: what it holds in memory (the rate limiter's token buckets
+// and, in a cluster, the cached routes and which peers answer) is rebuilt
+// after a restart.
 //
 // Every route is listed once, in routes.go, and in openapi.yaml at the
 // repository root; a test walks the router and fails on any route the

@@ -62,7 +62,7 @@ func (s *Server) message(w http.ResponseWriter, r *http.Request) *broker.Message
 	id := chi.URLParam(r, "msg_id")
 	m, err := s.broker.Message(r.Context(), id)
 	if err == nil && !mayRead(r, m.Topic) {
-		err = &broker.Error{Code: broker.CodeMessageNotFound, Field: "msg_id", Detail: fmt.Sprintf("no message with id %q (it may have expired)", id)}
+		err = &broker.Error{Code: broker.CodeMessageNotFound, Field: "msg_id", Err: broker.ErrMessageNotFound, Detail: fmt.Sprintf("no message with id %q (it may have expired)", id)}
 	}
 	if err != nil {
 		s.writeError(w, r, err)

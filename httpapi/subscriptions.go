@@ -303,7 +303,7 @@ func (s *Server) subscription(w http.ResponseWriter, r *http.Request) (broker.Su
 	sub, err := s.broker.Subscription(r.Context(), id)
 	if err == nil {
 		if p := principalFrom(r.Context()); p != nil && !p.scopes.canConsume(sub.Group) {
-			err = &broker.Error{Code: broker.CodeSubscriptionNotFound, Field: "id", Detail: fmt.Sprintf("no subscription %q", id)}
+			err = &broker.Error{Code: broker.CodeSubscriptionNotFound, Field: "id", Err: broker.ErrSubscriptionNotFound, Detail: fmt.Sprintf("no subscription %q", id)}
 		}
 	}
 	if err != nil {

@@ -85,9 +85,7 @@ func (osIO) allocate(f *os.File, size int64) error { return vfs.OS.Allocate(f, s
 
 func (osIO) writeAt(f *os.File, b []byte, off int64) (int, error) { return f.WriteAt(b, off) }
 
-func (osIO) datasync(f *os.File) error {
-	return vfs.Control(f, func(fd int) error { return syscall.Fdatasync(fd) })
-}
+func (osIO) datasync(f *os.File) error { return vfs.OS.Sync(f) }
 
 func (osIO) zeroAt(f *os.File, b []byte, off int64) error {
 	_, err := f.WriteAt(b, off)

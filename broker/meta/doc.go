@@ -1,6 +1,6 @@
-// Package meta is the broker's metadata store: topics, consumer-group offsets
-// and (from a later schema on) subscriptions and other state that must
-// survive a restart, kept in one SQLite database file. It is the only package
+// Package meta is the broker's metadata store: topics, consumer-group offsets,
+// subscriptions, delayed-message timers, the delivery attempt log and the
+// other state that must survive a restart, kept in one SQLite database file. It is the only package
 // of postbus that uses database/sql.
 //
 // # What it owns
@@ -45,6 +45,10 @@
 //	consumer_offsets((group_name, topic, queue_id) PK, next_offset, updated_at)
 //	subscriptions(id PK, group_name, topic, url, filter, ordered, config, secret, state, ...)
 //	deleted_topics(name PK, deleted_at)                                   the latest deletion of each topic
+//	timers(log_offset PK, deliver_at, fired, owner)                       one per delayed record of the log (delays, retries, visibility copies)
+//	attempts(msg_id, group_name, subscription, attempt, at, outcome, ...) the delivery attempt log behind /trace, trimmed by retention
+//	dlq_removed((group_name, queue_offset) PK)                            dead letters redriven or purged one by one
+//	ordered_retries((subscription, queue_id) PK, queue_offset, attempt, next_at)  an ordered queue blocked on a failing message
 //
 // Backup writes a consistent copy of a database (VACUUM INTO on a read-only
 // connection) while a broker may have it open; `postbus backup` uses it.

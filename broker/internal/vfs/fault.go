@@ -263,13 +263,6 @@ func (f *Fault) crash(op Op) error {
 	return fmt.Errorf("%s %s: %w", op.Kind, op.Path, ErrCrashed)
 }
 
-func inode(fi os.FileInfo) uint64 {
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		return st.Ino
-	}
-	return 0
-}
-
 // nodeOf returns the tracking of f's inode and its current size; f.mu held.
 func (f *Fault) nodeOf(file *os.File) (*node, int64, error) {
 	fi, err := file.Stat()

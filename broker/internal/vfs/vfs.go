@@ -1,7 +1,6 @@
 package vfs
 
 import (
-	"fmt"
 	"io"
 	"os"
 	"syscall"
@@ -58,42 +57,36 @@ func (osFS) WriteAt(f *os.File, b []byte, off int64) (int, error) { return f.Wri
 
 func (osFS) Write(f *os.File, b []byte) (int, error) { return f.Write(b) }
 
-func (osFS) Sync(f *os.File) error {
-	return Control(f, func(fd int) error { return syscall.Fdatasync(fd) })
-}
+func (osFS) Sync(f *os.File) error { return datasync(f) }
 
 func (osFS) Truncate(f *os.File, size int64) error { return f.Truncate(size) }
 
-func (osFS) Allocate(f *os.File, size int64) error {
-	return Control(f, func(fd int) error { return syscall.Fallocate(fd, 0, 0, size) })
-}
+func (osFS) Allocate(f *os.File, size int64) error { return allocate(f, size) }
 
-// fallocate modes (linux/falloc.h); package syscall does not name them.
-const (
-	fallocKeepSize  = 0x01
-	fallocPunchHole = 0x02
-	fallocZeroRange = 0x10
-)
-
-// ZeroRange uses FALLOC_FL_ZERO_RANGE, which zeroes and keeps the blocks
-// allocated at once; file systems without it get a punched hole
-// re-reserved with mode 0, and failing that, written zeros.
 func (osFS) ZeroRange(f *os.File, off, n int64) error {
 	if n <= 0 {
 		return nil
 	}
-	fallocate := func(mode uint32, off, n int64) error {
-		return Control(f, func(fd int) error { return syscall.Fallocate(fd, mode, off, n) })
+	return zeroRange(f, off, n)
+}
+
+// growTo is Allocate where the system cannot reserve blocks: the file is
+// only made size long (sparse), so a full disk shows at write time, not
+// here.
+func growTo(f *os.File, size int64) error {
+	fi, err := f.Stat()
+	if err != nil {
+		return err
 	}
-	if err := fallocate(fallocZeroRange|fallocKeepSize, off, n); err == nil {
+	if fi.Size() >= size {
 		return nil
 	}
-	if err := fallocate(fallocPunchHole|fallocKeepSize, off, n); err == nil {
-		if err := fallocate(0, off, n); err != nil {
-			return fmt.Errorf("re-reserve punched range: %w", err)
-		}
-		return nil
-	}
+	return f.Truncate(size)
+}
+
+// writeZerosAt is ZeroRange by writing zeros, for systems and file
+// systems without a zeroing fallocate.
+func writeZerosAt(f *os.File, off, n int64) error {
 	return writeZeros(func(b []byte, off int64) (int, error) { return f.WriteAt(b, off) }, off, n)
 }
 
@@ -168,7 +161,7 @@ func Lock(fsys FS, path string) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := Control(f, func(fd int) error { return syscall.Flock(fd, syscall.LOCK_EX|syscall.LOCK_NB) }); err != nil {
+	if err := lockFile(f); err != nil {
 		_ = f.Close()
 		return nil, err
 	}
