@@ -241,7 +241,6 @@ func TestSIGKILLDuringPublishStorm(t *testing.T) {
 	}
 }
 
-
 func getJSON(tb testing.TB, url string, v any) {
 	tb.Helper()
 	resp, err := http.Get(url)
