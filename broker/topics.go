@@ -334,6 +334,11 @@ func (b *Broker) DeleteTopic(ctx context.Context, name string) error {
 			if err := b.meta.DeleteSubscription(ctx, s.ID); err != nil && !errors.Is(err, meta.ErrNotFound) {
 				return fmt.Errorf("delete subscription %s of %q: %w", s.ID, name, err)
 			}
+			// Said out loud: a topic created again under the name does not
+			// get them back, and an operator re-creating it to change a
+			// setting must know to subscribe again.
+			b.logger.Warn("subscription deleted with its topic", slog.String("topic", name),
+				slog.String("subscription", s.ID), slog.String("group", s.Group))
 		}
 	}
 	b.offs.mu.Lock()
