@@ -280,9 +280,11 @@ func TestPublicKeysFromFiles(t *testing.T) {
 	os.WriteFile(pemPath, pemFile.Bytes(), 0o600)
 
 	b64 := func(b []byte) string { return jwtRaw(b) }
-	ecX, ecY := make([]byte, 32), make([]byte, 32)
-	ecKey.PublicKey.X.FillBytes(ecX)
-	ecKey.PublicKey.Y.FillBytes(ecY)
+	ecPoint, err := ecKey.PublicKey.Bytes() // 0x04 || X || Y
+	if err != nil {
+		t.Fatal(err)
+	}
+	ecX, ecY := ecPoint[1:33], ecPoint[33:65]
 	jwks, _ := json.Marshal(map[string]any{"keys": []map[string]string{
 		{"kty": "RSA", "kid": "rsa-1", "n": b64(rsaKey.PublicKey.N.Bytes()), "e": b64([]byte{1, 0, 1})},
 		{"kty": "EC", "kid": "ec-1", "crv": "P-256", "x": b64(ecX), "y": b64(ecY)},

@@ -496,7 +496,8 @@ func randomBatchJSON(r *rand.Rand) []byte {
 			case r.IntN(6) == 0:
 				b.WriteString("null")
 			case name == "delay_level":
-				fmt.Fprint(&b, r.Int64()>>r.IntN(64)-r.Int64()>>r.IntN(64))
+				hi, lo := r.Int64()>>r.IntN(64), r.Int64()>>r.IntN(64)
+				fmt.Fprint(&b, hi-lo)
 			case name == "keys":
 				b.WriteString("[")
 				for k := range r.IntN(4) {

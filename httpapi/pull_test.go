@@ -54,7 +54,7 @@ func TestPullOverHTTP(t *testing.T) {
 		}
 	}
 	// Nack the third: it comes back as attempt 2.
-	resp, data = do(t, "POST", srv.URL+"/v1/groups/workers/topics/jobs/pull?max=5", nil, nil)
+	_, data = do(t, "POST", srv.URL+"/v1/groups/workers/topics/jobs/pull?max=5", nil, nil)
 	json.Unmarshal(data, &got)
 	if len(got.Messages) != 1 || got.Messages[0].Body != "three" {
 		t.Fatalf("third pull: %s", data)

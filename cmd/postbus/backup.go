@@ -253,7 +253,8 @@ func copyAppendOnly(src, dst string) (int64, error) {
 		}
 		if i := firstDiff(buf[:n], again[:n]); i >= 0 {
 			cut := off + int64(i)
-			if err := out.Truncate(cut); err == nil {
+			err := out.Truncate(cut)
+			if err == nil {
 				err = out.Truncate(size)
 			}
 			if err != nil {

@@ -70,20 +70,6 @@ func (osFS) ZeroRange(f *os.File, off, n int64) error {
 	return zeroRange(f, off, n)
 }
 
-// growTo is Allocate where the system cannot reserve blocks: the file is
-// only made size long (sparse), so a full disk shows at write time, not
-// here.
-func growTo(f *os.File, size int64) error {
-	fi, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	if fi.Size() >= size {
-		return nil
-	}
-	return f.Truncate(size)
-}
-
 // writeZerosAt is ZeroRange by writing zeros, for systems and file
 // systems without a zeroing fallocate.
 func writeZerosAt(f *os.File, off, n int64) error {
