@@ -742,6 +742,12 @@ func (f *Fault) undoFileOps(root string) error {
 				return err
 			}
 			fi, err := e.Info()
+			if errors.Is(err, fs.ErrNotExist) {
+				// A file the Fault does not write (SQLite's -shm, removed
+				// when a closing connection lets go) may go between the
+				// listing and its stat: it has no pending writes to undo.
+				return nil
+			}
 			if err != nil {
 				return err
 			}
