@@ -415,7 +415,7 @@ func TestScopesNarrowReads(t *testing.T) {
 }
 
 func TestPublishRateLimit(t *testing.T) {
-	srv, _ := newAuthServer(t, Config{PublishRate: 0.01}, nil)
+	srv, _ := newAuthServer(t, Config{PublishRate: 0.01, PublishBurst: broker.MaxBatchMessages}, nil)
 	a, b := hsToken(t, jwt.MapClaims{"scope": "publish:*", "sub": "a", "exp": time.Now().Add(time.Hour).Unix()}),
 		hsToken(t, jwt.MapClaims{"scope": "publish:*", "sub": "b", "exp": time.Now().Add(time.Hour).Unix()})
 	batch := "[" + strings.Repeat(`{"body":"x"},`, 999) + `{"body":"x"}]`

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strconv"
 
 	"github.com/postbus/postbus/broker"
 )
@@ -29,6 +30,7 @@ const (
 	codeUnknownBroker     broker.Code = "unknown_broker"
 	codeClusterPartial    broker.Code = "cluster_partial"
 	codeBrokerUnavailable broker.Code = "broker_unavailable"
+	codeServerBusy        broker.Code = "server_busy"
 )
 
 // statusOf is the one table from error codes to HTTP statuses.
@@ -80,6 +82,7 @@ var statusOf = map[broker.Code]int{
 	codeUnknownBroker:               http.StatusBadRequest,
 	codeClusterPartial:              http.StatusBadGateway,
 	codeBrokerUnavailable:           http.StatusServiceUnavailable,
+	codeServerBusy:                  http.StatusServiceUnavailable,
 }
 
 // problem is an RFC 9457 problem detail with postbus's stable code.
@@ -120,6 +123,12 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if errors.As(err, &be) {
 		if statusOf[be.Code] >= 500 {
 			s.logger.Error("request failed", slog.String("path", r.URL.Path), slog.Any("err", err))
+		}
+		if be.Code == codeServerBusy {
+			// The one place a server_busy answer leaves: counted, and
+			// told when to come back.
+			s.bodies.refused.Inc()
+			w.Header().Set("Retry-After", strconv.Itoa(busyRetryAfter))
 		}
 		detail := be.Detail
 		if detail == "" {

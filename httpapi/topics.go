@@ -63,12 +63,9 @@ const jsonSpace = " \t\r\n"
 // the one way a handler reads a JSON body (the batch publish has its own
 // parser, held to the same rules, for speed).
 func decodeJSONBody(r *http.Request, limit int, v any) *broker.Error {
-	data, tooLarge, err := readBody(r, limit)
+	data, err := readBody(r, limit)
 	if err != nil {
-		return &broker.Error{Code: codeInvalidParameter, Field: "body", Detail: "reading the request body failed: " + err.Error()}
-	}
-	if tooLarge {
-		return &broker.Error{Code: codeRequestTooLarge, Field: "body", Detail: fmt.Sprintf("the request body is larger than %d bytes", limit)}
+		return bodyProblem(err, &broker.Error{Code: codeRequestTooLarge, Field: "body", Detail: fmt.Sprintf("the request body is larger than %d bytes", limit)})
 	}
 	if len(bytes.TrimLeft(data, jsonSpace)) == 0 {
 		return nil
