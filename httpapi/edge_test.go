@@ -2,10 +2,12 @@ package httpapi
 
 import (
 	"bytes"
+	"cmp"
 	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -425,5 +427,104 @@ func TestContentEncoding(t *testing.T) {
 	}
 	if got := s.bodies.used.Load(); got != 0 {
 		t.Fatalf("%d bytes still reserved for bodies", got)
+	}
+}
+
+// TestRedriveRateFits is issue 19 item 13: a redrive at 1e-300 a second
+// overflowed the pacing arithmetic, so every dead letter came back at once
+// and done_by was in the year 1734. A rate whose schedule does not fit
+// within the broker's longest delay (2s here) is now refused with 400
+// before anything moves: the gap between two messages, and the time until
+// the last, each at the boundary and one past it (one more message, or a
+// rate one float step lower).
+func TestRedriveRateFits(t *testing.T) {
+	const maxDelay = 2 * time.Second
+	srv, b := newTestServer(t, func(c *broker.Config) { c.MaxDelay = maxDelay })
+	ctx := context.Background()
+	hdr := map[string]string{"Content-Type": "application/json"}
+	tests := []struct {
+		name    string
+		dead    int     // dead letters in the group
+		named   int     // how many of them msg_ids names; 0: all
+		rate    float64 // rate_per_second
+		status  int
+		redrive int // how many are redriven, for a 200
+	}{
+		{"the report: 1e-300", 2, 0, 1e-300, 400, 0},
+		{"1e-300, one dead letter", 1, 0, 1e-300, 400, 0},
+		{"smallest subnormal", 1, 0, math.SmallestNonzeroFloat64, 400, 0},
+		{"gap at the longest delay", 1, 0, 0.5, 200, 1},
+		{"gap one step over", 1, 0, math.Nextafter(0.5, 0), 400, 0},
+		{"last due at the longest delay", 3, 0, 1, 200, 3},
+		{"one message more", 4, 0, 1, 400, 0},
+		{"rate one step lower", 3, 0, math.Nextafter(1, 0), 400, 0},
+		{"named ones only are counted", 5, 3, 1, 200, 3},
+		{"named ones one too many", 5, 4, 1, 400, 0},
+		{"the default, 50", 100, 0, 0, 200, 100},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			group := fmt.Sprintf("g%d", i)
+			if resp, data := do(t, "POST", srv.URL+"/v1/subscriptions", hdr, strings.NewReader(`{"group":"`+group+`","topic":"t"}`)); resp.StatusCode != http.StatusCreated {
+				t.Fatalf("subscribe: %d %s", resp.StatusCode, data)
+			}
+			var ids []string
+			for range tt.dead {
+				res, err := b.Publish(ctx, "t", []*broker.Message{{Body: []byte("x")}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				m, err := b.Message(ctx, res[0].ID)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := b.DeadLetter(ctx, group, m, 17, "status 500"); err != nil {
+					t.Fatal(err)
+				}
+				ids = append(ids, m.ID)
+			}
+			req := map[string]any{"all": true}
+			if tt.named > 0 {
+				req = map[string]any{"msg_ids": ids[:tt.named]}
+			}
+			if tt.rate != 0 {
+				req["rate_per_second"] = tt.rate
+			}
+			body, _ := json.Marshal(req)
+			start := time.Now()
+			resp, data := do(t, "POST", srv.URL+"/v1/groups/"+group+"/dlq/redrive", hdr, bytes.NewReader(body))
+			end := time.Now()
+			if resp.StatusCode != tt.status {
+				t.Fatalf("redrive %s: %d %s, want %d", body, resp.StatusCode, data, tt.status)
+			}
+			if tt.status == 400 && (codeOf(data) != string(codeInvalidParameter) || !strings.Contains(string(data), `"field":"rate_per_second"`)) {
+				t.Fatalf("refusal %s, want invalid_parameter on rate_per_second", data)
+			}
+			left := tt.dead
+			if tt.status == 200 {
+				var got struct {
+					Redriven int       `json:"redriven"`
+					DoneBy   time.Time `json:"done_by"`
+				}
+				if err := json.Unmarshal(data, &got); err != nil {
+					t.Fatal(err)
+				}
+				rate := cmp.Or(tt.rate, 50)
+				last := time.Duration(float64(got.Redriven-1) / rate * float64(time.Second))
+				// done_by is in whole seconds.
+				if got.Redriven != tt.redrive || got.DoneBy.Before(start.Add(last).Truncate(time.Second)) || got.DoneBy.After(end.Add(last)) {
+					t.Fatalf("redriven %d, done_by %s; want %d, the last due %s after %s", got.Redriven, got.DoneBy, tt.redrive, last, start.Format(time.RFC3339Nano))
+				}
+				left -= got.Redriven
+			}
+			// Nothing moved for a refusal; the redriven left the queue.
+			g, err := b.Group(ctx, group)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if g.DeadLetters != int64(left) {
+				t.Fatalf("%d dead letters left, want %d", g.DeadLetters, left)
+			}
+		})
 	}
 }
