@@ -528,3 +528,83 @@ func TestRedriveRateFits(t *testing.T) {
 		})
 	}
 }
+
+// TestTraceNarrowedToConsumableGroups is issue 19 item 17: the trace of a
+// message showed every group's attempts (subscription ids, endpoint
+// errors) to any token that may read the message, a producer's included.
+// A token now sees the attempts of the groups it could consume the topic
+// as (consume on the group, subscribe on the topic); admin sees all.
+func TestTraceNarrowedToConsumableGroups(t *testing.T) {
+	srv, _ := newAuthServer(t, Config{}, nil)
+	token := func(scope string) map[string]string {
+		return withToken(hsToken(t, jwt.MapClaims{"scope": scope, "sub": scope, "exp": time.Now().Add(time.Hour).Unix()}))
+	}
+	admin := token("admin")
+	must := func(method, path, body string, status int) []byte {
+		t.Helper()
+		resp, data := do(t, method, srv.URL+path, admin, strings.NewReader(body))
+		if resp.StatusCode != status {
+			t.Fatalf("%s %s: %d %s, want %d", method, path, resp.StatusCode, data, status)
+		}
+		return data
+	}
+	must("PUT", "/v1/topics/orders", `{"queues":1}`, http.StatusCreated)
+	for _, g := range []string{"billing", "audit", "ship"} {
+		must("POST", "/v1/subscriptions", `{"group":"`+g+`","topic":"orders"}`, http.StatusCreated)
+	}
+	var res publishResult
+	json.Unmarshal(must("POST", "/v1/topics/orders/messages", "x", http.StatusCreated), &res)
+	// Each group pulls it; an ack or a nack puts the attempt in the trace.
+	for _, g := range []string{"billing", "audit", "ship"} {
+		var pulled struct {
+			Messages []pulledJSON `json:"messages"`
+		}
+		data := must("POST", "/v1/groups/"+g+"/topics/orders/pull?max=1", "", http.StatusOK)
+		if json.Unmarshal(data, &pulled); len(pulled.Messages) != 1 || pulled.Messages[0].MsgID != res.MsgID {
+			t.Fatalf("%s pulled %s, not %s", g, data, res.MsgID)
+		}
+		settle := "ack"
+		if g == "audit" {
+			settle = "nack"
+		}
+		must("POST", "/v1/groups/"+g+"/"+settle, `{"receipts":["`+pulled.Messages[0].Receipt+`"]}`, http.StatusOK)
+	}
+	tests := []struct {
+		scope  string
+		groups []string // whose attempts the trace shows
+	}{
+		{"admin", []string{"audit", "billing", "ship"}},
+		{"subscribe:orders consume:*", []string{"audit", "billing", "ship"}},
+		{"subscribe:orders consume:billing", []string{"billing"}},
+		{"subscribe:ord* consume:billing consume:sh*", []string{"billing", "ship"}},
+		// A producer reads the message, not the deliveries.
+		{"publish:orders", nil},
+		{"publish:orders consume:billing", nil},
+		{"subscribe:orders", nil},
+		{"subscribe:orders consume:accounts", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.scope, func(t *testing.T) {
+			resp, data := do(t, "GET", srv.URL+"/v1/messages/"+res.MsgID+"/trace", token(tt.scope), nil)
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("trace: %d %s", resp.StatusCode, data)
+			}
+			var tr struct {
+				Attempts []attemptJSON `json:"attempts"`
+			}
+			if err := json.Unmarshal(data, &tr); err != nil {
+				t.Fatal(err)
+			}
+			var groups []string
+			for _, a := range tr.Attempts {
+				if !slices.Contains(groups, a.Group) {
+					groups = append(groups, a.Group)
+				}
+			}
+			slices.Sort(groups)
+			if !slices.Equal(groups, tt.groups) {
+				t.Fatalf("the trace shows the attempts of %v, want %v: %s", groups, tt.groups, data)
+			}
+		})
+	}
+}

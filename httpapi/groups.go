@@ -262,7 +262,17 @@ func (s *Server) handleTrace(w http.ResponseWriter, r *http.Request) {
 	if !m.DeliverAt.IsZero() {
 		out.DeliverAt = m.DeliverAt.UTC().Format(time.RFC3339Nano)
 	}
+	p := principalFrom(r.Context())
 	for _, a := range tr.Attempts {
+		// Reading the message does not make its deliveries to every
+		// group the token's business: an attempt names a group's
+		// subscription and its endpoint's errors (which can name hosts).
+		// A token sees the attempts of the groups it could consume this
+		// topic as (consume on the group and subscribe on the topic, as a
+		// pull needs); admin, and an open API, see them all.
+		if p != nil && !(p.scopes.canConsume(a.Group) && p.scopes.canSubscribe(m.Topic)) {
+			continue
+		}
 		out.Attempts = append(out.Attempts, attemptJSON{Group: a.Group, Subscription: a.Subscription, Attempt: a.Attempt,
 			At: a.At.UTC().Format(time.RFC3339Nano), Outcome: a.Outcome, Status: a.Status, Error: a.Error,
 			LatencyMS: float64(a.Latency.Microseconds()) / 1000})
