@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 
@@ -126,6 +127,9 @@ func (l *bodyLease) reserve(n int64) bool {
 		return true
 	}
 	if !l.budget.reserve(n) {
+		// The request is refused for it (503 server_busy): counted here,
+		// once, whichever handler reads the body.
+		l.budget.refused.Inc()
 		return false
 	}
 	l.held.Add(n)
@@ -199,6 +203,10 @@ func readBody(r *http.Request, limit int) ([]byte, error) {
 	if err != nil {
 		return nil, wrapDecodeError(err)
 	}
+	// The request now carries the decoded body: a handler that forwards it
+	// to another broker (or runs its local share again) sends these
+	// bytes, which are no longer gzip.
+	r.Header.Del("Content-Encoding")
 	return data, nil
 }
 
@@ -330,4 +338,25 @@ func bodyProblem(err error, tooLarge *broker.Error) *broker.Error {
 		return &broker.Error{Code: codeInvalidParameter, Field: "body", Detail: ce.Error()}
 	}
 	return &broker.Error{Code: codeInvalidParameter, Field: "body", Detail: "reading the request body failed: " + err.Error()}
+}
+
+// writeBodyProblem answers a problem of bodyProblem; a server_busy one
+// says when to come back.
+func writeBodyProblem(w http.ResponseWriter, r *http.Request, p *broker.Error) {
+	if p.Code == codeServerBusy {
+		w.Header().Set("Retry-After", strconv.Itoa(busyRetryAfter))
+	}
+	writeProblem(w, r, p.Code, p.Field, p.Detail)
+}
+
+// readRawBody reads the request body as readBody does, paid for from the
+// body budget, but does not decode it: for a cluster fan-out, whose
+// brokers decode it themselves.
+func readRawBody(r *http.Request) ([]byte, *broker.Error) {
+	limit := maxBodyRead(true)
+	body, err := readGrowing(r.Body, leaseFrom(r.Context()), r.ContentLength, int(limit))
+	if err != nil {
+		return nil, bodyProblem(err, &broker.Error{Code: codeRequestTooLarge, Field: "body", Detail: fmt.Sprintf("the request body is larger than %d bytes", limit)})
+	}
+	return body, nil
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/postbus/postbus/broker"
+	"github.com/postbus/postbus/namesrv"
 )
 
 // newDevServer is a broker with the name server's routes beside its own,
@@ -606,5 +607,49 @@ func TestTraceNarrowedToConsumableGroups(t *testing.T) {
 				t.Fatalf("the trace shows the attempts of %v, want %v: %s", groups, tt.groups, data)
 			}
 		})
+	}
+}
+
+// TestClusterGzipForwarded: a broker that decodes a gzip body and then
+// forwards the request (a publish to a topic another broker holds, a
+// batch, a subscription created on every holder) forwards the decoded
+// bytes, so it must not forward Content-Encoding: gzip with them.
+func TestClusterGzipForwarded(t *testing.T) {
+	tc := newTestCluster(t, "a", "b")
+	tc.placeTopic(t, "a", "orders", `{"brokers":["b"]}`, "b")
+	gz := map[string]string{"Content-Encoding": "gzip", "Content-Type": "application/json"}
+	text := strings.Repeat("postbus ", 100)
+
+	a := tc.via(t, "a", "POST", "/v1/topics/orders/messages", gz, string(gzipped(t, []byte(text))))
+	a.want(t, http.StatusCreated, "b")
+	tc.wantStored(t, decodeAs[publishResult](t, a), text)
+
+	a = tc.via(t, "a", "POST", "/v1/topics/orders/messages/batch", gz, string(gzipped(t, []byte(`[{"body":"`+text+`"}]`))))
+	a.want(t, http.StatusCreated, "b")
+	tc.wantStored(t, decodeAs[[]publishResult](t, a)[0], text)
+
+	tc.via(t, "a", "POST", "/v1/subscriptions", gz, string(gzipped(t, []byte(`{"group":"g","topic":"orders"}`)))).want(t, http.StatusCreated, "b")
+	tc.via(t, "a", "PUT", "/v1/topics/more", gz, string(gzipped(t, []byte(`{"queues":2,"brokers":"all"}`)))).want(t, http.StatusCreated, "a")
+	tc.wantRoute(t, "more", "a", "b")
+}
+
+// TestClusterFanOutBodyInBudget: a broker in a cluster reads the body of
+// a request it applies on every broker before any handler does; that read
+// is paid for from the body budget too, so it answers 503 server_busy
+// when the bodies in flight hold all of it.
+func TestClusterFanOutBodyInBudget(t *testing.T) {
+	// No name server answers: the broker applies such requests alone,
+	// after reading their bodies.
+	names := namesrv.NewClient(namesrv.ClientConfig{Addrs: []string{"http://127.0.0.1:1"}, Interval: time.Hour, Timeout: time.Second})
+	srv, s := newEdgeServer(t, 1<<20, Config{MaxBodyMemory: MinBodyMemory(false), Cluster: &Cluster{Self: "a", Names: names}})
+	stalledRequest(t, srv, "/v1/topics/t/messages/batch", maxBatchRequestBytes, bytes.Repeat([]byte(" "), 5<<20))
+	waitUntil(t, "the stalled batch to reserve its announced length", func() (bool, string) {
+		got := s.bodies.used.Load()
+		return got == maxBatchRequestBytes, fmt.Sprintf("%d bytes reserved", got)
+	})
+	body := `{"all":true}` + strings.Repeat(" ", 256<<10)
+	resp, data := do(t, "POST", srv.URL+"/v1/groups/g/dlq/redrive", map[string]string{"Content-Type": "application/json"}, strings.NewReader(body))
+	if resp.StatusCode != http.StatusServiceUnavailable || codeOf(data) != string(codeServerBusy) || resp.Header.Get("Retry-After") != "1" {
+		t.Fatalf("fan-out with the bound taken: %d %s (Retry-After %q), want 503 server_busy", resp.StatusCode, data, resp.Header.Get("Retry-After"))
 	}
 }

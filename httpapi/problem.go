@@ -5,7 +5,6 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"strconv"
 
 	"github.com/postbus/postbus/broker"
 )
@@ -125,10 +124,8 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 			s.logger.Error("request failed", slog.String("path", r.URL.Path), slog.Any("err", err))
 		}
 		if be.Code == codeServerBusy {
-			// The one place a server_busy answer leaves: counted, and
-			// told when to come back.
-			s.bodies.refused.Inc()
-			w.Header().Set("Retry-After", strconv.Itoa(busyRetryAfter))
+			writeBodyProblem(w, r, be)
+			return
 		}
 		detail := be.Detail
 		if detail == "" {
