@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/postbus/postbus/broker"
@@ -119,12 +120,22 @@ func (b *bodyBudget) release(n int64) { b.used.Add(-n) }
 // returns. A cluster fan-out may read through it from several goroutines.
 type bodyLease struct {
 	budget *bodyBudget
-	held   atomic.Int64
+	mu     sync.Mutex
+	held   int64 // guarded by mu
+	closed bool  // guarded by mu; the handler returned, its answer sent
 }
 
 func (l *bodyLease) reserve(n int64) bool {
 	if l == nil {
 		return true
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		// A goroutine of a fan-out still reading after the request was
+		// answered: nobody waits for it, and what it took would never
+		// be given back.
+		return false
 	}
 	if !l.budget.reserve(n) {
 		// The request is refused for it (503 server_busy): counted here,
@@ -132,7 +143,7 @@ func (l *bodyLease) reserve(n int64) bool {
 		l.budget.refused.Inc()
 		return false
 	}
-	l.held.Add(n)
+	l.held += n
 	return true
 }
 
@@ -140,8 +151,22 @@ func (l *bodyLease) release(n int64) {
 	if l == nil {
 		return
 	}
-	l.held.Add(-n)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return // given back by close
+	}
+	l.held -= n
 	l.budget.release(n)
+}
+
+// close gives back all the request holds; the lease takes no more.
+func (l *bodyLease) close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.closed = true
+	l.budget.release(l.held)
+	l.held = 0
 }
 
 type bodyLeaseKey struct{}
@@ -163,7 +188,7 @@ func (s *Server) limitBody(next http.Handler) http.Handler {
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, maxBodyRead(s.registry != nil)+1)
 		lease := &bodyLease{budget: s.bodies}
-		defer func() { s.bodies.release(lease.held.Load()) }()
+		defer lease.close()
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), bodyLeaseKey{}, lease)))
 	})
 }
