@@ -2,7 +2,9 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -264,21 +266,79 @@ func (b *Broker) DeadLetters(ctx context.Context, group string, after int64, lim
 	return out, nil
 }
 
+// ErrRedriveRate is a redrive rate whose schedule does not fit: not a
+// positive number, or so slow that the last redriven message would be due
+// further away than the longest delay the broker allows (Config.MaxDelay).
+var ErrRedriveRate = errors.New("redrive rate does not fit")
+
+// RedriveOffset is when the i-th (from 0) of a redrive's messages is due at
+// rate a second, after the first, and whether that is at most max away. It
+// compares in floating point before converting, so a rate like 1e-300
+// cannot overflow time.Duration (which used to make every message due at
+// once, at a time in the year 1734).
+func RedriveOffset(i int, rate float64, max time.Duration) (time.Duration, bool) {
+	if !(rate > 0) || math.IsInf(rate, 0) || i < 0 {
+		return 0, false
+	}
+	ns := float64(i) / rate * float64(time.Second)
+	if !(ns <= float64(max)) { // also false for NaN and +Inf
+		return 0, false
+	}
+	return time.Duration(ns), true
+}
+
+// checkRedriveRate refuses a rate whose schedule for n messages does not
+// fit: the gap between two of them, and the time until the last, must each
+// be within the longest delay.
+func (b *Broker) checkRedriveRate(n int, rate float64) error {
+	if _, ok := RedriveOffset(1, rate, b.cfg.MaxDelay); !ok {
+		return fmt.Errorf("%w: at %g a second the gap between two redriven messages is over the longest delay, %s", ErrRedriveRate, rate, b.cfg.MaxDelay)
+	}
+	if _, ok := RedriveOffset(n-1, rate, b.cfg.MaxDelay); n > 0 && !ok {
+		return fmt.Errorf("%w: at %g a second the last of %d redriven messages would be due more than the longest delay, %s, away; raise the rate to at least %.6g",
+			ErrRedriveRate, rate, n, b.cfg.MaxDelay, float64(n-1)/b.cfg.MaxDelay.Seconds())
+	}
+	return nil
+}
+
 // Redrive puts dead letters (all, or those with the given ids) back to the
 // group, through its retry topics, attempt 1 again. They are spread over
 // time at rate a second, so a redrive of many cannot flood the endpoint;
 // the spreading is durable (each is a delayed message). It returns how
-// many were redriven.
+// many were redriven. A rate whose schedule does not fit is ErrRedriveRate,
+// before anything is redriven: the dead letters are counted first, and
+// only those counted are redriven (one that arrives meanwhile waits for the
+// next redrive).
 func (b *Broker) Redrive(ctx context.Context, group string, ids []string, all bool, rate float64) (int, error) {
 	want := make(map[string]bool, len(ids))
 	for _, id := range ids {
 		want[id] = true
 	}
+	// The first pass counts what to redrive and where it ends.
+	count, last := 0, int64(-1)
+	for after := int64(-1); ; {
+		page, err := b.DeadLetters(ctx, group, after, 256)
+		if err != nil {
+			return 0, err
+		}
+		if len(page) == 0 {
+			break
+		}
+		for _, d := range page {
+			after = d.DLQOffset
+			if all || want[d.ID] {
+				count++
+				last = d.DLQOffset
+			}
+		}
+	}
+	if err := b.checkRedriveRate(count, rate); err != nil {
+		return 0, err
+	}
 	start := b.now()
 	n := 0
 	var done []int64
-	after := int64(-1)
-	for {
+	for after := int64(-1); after < last && n < count; {
 		page, err := b.DeadLetters(ctx, group, after, 256)
 		if err != nil {
 			return n, err
@@ -288,11 +348,14 @@ func (b *Broker) Redrive(ctx context.Context, group string, ids []string, all bo
 		}
 		for _, d := range page {
 			after = d.DLQOffset
+			if d.DLQOffset > last || n == count {
+				break
+			}
 			if !all && !want[d.ID] {
 				continue
 			}
-			at := start.Add(time.Duration(float64(n) / rate * float64(time.Second)))
-			if err := b.storeSystem(ctx, d.Message.retryCopy(group, 1, at)); err != nil {
+			off, _ := RedriveOffset(n, rate, b.cfg.MaxDelay) // fits: checked above for count
+			if err := b.storeSystem(ctx, d.Message.retryCopy(group, 1, start.Add(off))); err != nil {
 				return n, err
 			}
 			done = append(done, d.DLQOffset)

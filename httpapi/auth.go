@@ -8,7 +8,9 @@ import (
 	"crypto/elliptic"
 	"crypto/rsa"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -154,9 +156,28 @@ type principal struct {
 	scopes scopes
 }
 
+// Token faults the JWT library lets through, found by checks of our own.
+var (
+	// errCritical: the header's crit names extensions that must be
+	// understood (RFC 7515 §4.1.11). postbus implements none, so any crit
+	// at all (an empty one is malformed) makes the token unusable.
+	errCritical = errors.New("crit header")
+	// errTimeNotNumber: exp, nbf or iat is not a JSON number (RFC 7519
+	// §2 NumericDate). The library reads "exp":"1700000000" as a number
+	// and a null one as absent.
+	errTimeNotNumber = errors.New("time claim not a number")
+)
+
 func (a *authenticator) authenticate(raw string) (*principal, error) {
 	var c tokenClaims
-	if _, err := a.parser.ParseWithClaims(raw, &c, a.keyFor); err != nil {
+	t, err := a.parser.ParseWithClaims(raw, &c, a.keyFor)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := t.Header["crit"]; ok {
+		return nil, fmt.Errorf("%w: %v is not understood", errCritical, t.Header["crit"])
+	}
+	if err := timeClaimsAreNumbers(raw); err != nil {
 		return nil, err
 	}
 	p := &principal{scopes: parseScopes(c.Scope), id: c.Subject}
@@ -165,6 +186,36 @@ func (a *authenticator) authenticate(raw string) (*principal, error) {
 		p.id = "token:" + hex.EncodeToString(sum[:8])
 	}
 	return p, nil
+}
+
+// timeClaimsAreNumbers checks that the exp, nbf and iat of a token whose
+// signature verified, if present, are JSON numbers.
+func timeClaimsAreNumbers(raw string) error {
+	parts := strings.Split(raw, ".")
+	if len(parts) != 3 {
+		return fmt.Errorf("%w: not three parts", jwt.ErrTokenMalformed)
+	}
+	payload, err := base64.RawURLEncoding.Strict().DecodeString(parts[1])
+	if err != nil {
+		return fmt.Errorf("%w: payload: %w", jwt.ErrTokenMalformed, err)
+	}
+	var claims map[string]json.RawMessage
+	if err := json.Unmarshal(payload, &claims); err != nil {
+		return fmt.Errorf("%w: payload: %w", jwt.ErrTokenMalformed, err)
+	}
+	for _, name := range []string{"exp", "nbf", "iat"} {
+		v, ok := claims[name]
+		if !ok {
+			continue
+		}
+		// A JSON number starts with '-' or a digit; anything else (a
+		// string, null, true, an object) is not one. The value is valid
+		// JSON, so no other check is needed.
+		if len(v) == 0 || (v[0] != '-' && (v[0] < '0' || v[0] > '9')) {
+			return fmt.Errorf("%w: %s is %s", errTimeNotNumber, name, v)
+		}
+	}
+	return nil
 }
 
 // scopes is what a token may do: publish:<topic-glob> (write a topic),
@@ -341,6 +392,10 @@ func tokenProblem(err error) string {
 		return "wrong issuer"
 	case errors.Is(err, jwt.ErrTokenInvalidAudience):
 		return "wrong audience"
+	case errors.Is(err, errCritical):
+		return "its header has crit, naming extensions this server does not implement"
+	case errors.Is(err, errTimeNotNumber):
+		return "exp, nbf and iat must be numbers (seconds since 1970)"
 	case errors.Is(err, jwt.ErrTokenMalformed):
 		return "malformed"
 	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):

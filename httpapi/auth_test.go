@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -202,6 +203,19 @@ func TestRefusedTokens(t *testing.T) {
 		return c
 	}
 	none, _ := jwt.NewWithClaims(jwt.SigningMethodNone, good).SignedString(jwt.UnsafeAllowNoneSignatureType)
+	// critical signs good with extra header fields.
+	critical := func(m jwt.SigningMethod, key any, header map[string]any) string {
+		tok := jwt.NewWithClaims(m, good)
+		for k, v := range header {
+			tok.Header[k] = v
+		}
+		s, err := tok.SignedString(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	exp := now.Add(time.Hour).Unix()
 	tests := []struct {
 		name  string
 		srv   *httptest.Server
@@ -218,6 +232,22 @@ func TestRefusedTokens(t *testing.T) {
 		{"issued in the future", srvHS, sign(jwt.SigningMethodHS256, testSecret, with("iat", now.Add(time.Hour).Unix()))},
 		{"garbage", srvHS, "not.a.jwt"},
 		{"tampered payload", srvHS, tamper(sign(jwt.SigningMethodHS256, testSecret, with("scope", "publish:x")))},
+		// RFC 7515 §4.1.11: an extension named in crit that the server
+		// does not understand makes the token invalid.
+		{"crit naming an unknown extension", srvHS, critical(jwt.SigningMethodHS256, testSecret, map[string]any{"crit": []string{"x-bind"}, "x-bind": "tls"})},
+		{"crit naming a missing extension", srvHS, critical(jwt.SigningMethodHS256, testSecret, map[string]any{"crit": []string{"b64"}})},
+		{"crit empty", srvHS, critical(jwt.SigningMethodHS256, testSecret, map[string]any{"crit": []string{}})},
+		{"crit not a list", srvHS, critical(jwt.SigningMethodHS256, testSecret, map[string]any{"crit": "exp"})},
+		{"crit on RS256", srvRS, critical(jwt.SigningMethodRS256, rsaKey, map[string]any{"crit": []string{"x-bind"}, "x-bind": 1})},
+		// RFC 7519: exp, nbf and iat are NumericDates, JSON numbers.
+		{"exp a numeric string", srvHS, sign(jwt.SigningMethodHS256, testSecret, with("exp", strconv.FormatInt(exp, 10)))},
+		{"exp null", srvHS, sign(jwt.SigningMethodHS256, testSecret, with("exp", json.RawMessage("null")))},
+		{"exp true", srvHS, sign(jwt.SigningMethodHS256, testSecret, with("exp", true))},
+		{"nbf a numeric string", srvHS, sign(jwt.SigningMethodHS256, testSecret, with("nbf", strconv.FormatInt(now.Unix(), 10)))},
+		{"nbf null", srvHS, sign(jwt.SigningMethodHS256, testSecret, with("nbf", json.RawMessage("null")))},
+		{"iat a numeric string", srvHS, sign(jwt.SigningMethodHS256, testSecret, with("iat", strconv.FormatInt(now.Unix(), 10)))},
+		{"iat null", srvHS, sign(jwt.SigningMethodHS256, testSecret, with("iat", json.RawMessage("null")))},
+		{"iat an object", srvHS, sign(jwt.SigningMethodHS256, testSecret, with("iat", map[string]int{"s": 1}))},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -236,6 +266,12 @@ func TestRefusedTokens(t *testing.T) {
 	}
 	if resp, data := do(t, "PUT", srvRS.URL+"/v1/topics/t", withToken(sign(jwt.SigningMethodRS256, rsaKey, good)), nil); resp.StatusCode >= 400 {
 		t.Fatalf("good RS256 token: %d %s", resp.StatusCode, data)
+	}
+	// Numbers in every form JSON has are numbers.
+	numeric := with("exp", json.RawMessage(strconv.FormatInt(exp, 10)+".5e0"))
+	numeric["nbf"], numeric["iat"] = json.RawMessage(strconv.FormatInt(now.Unix()-5, 10)), now.Unix()-1
+	if resp, data := do(t, "PUT", srvHS.URL+"/v1/topics/t", withToken(sign(jwt.SigningMethodHS256, testSecret, numeric)), nil); resp.StatusCode >= 400 {
+		t.Fatalf("numeric exp, nbf, iat: %d %s", resp.StatusCode, data)
 	}
 }
 
@@ -381,7 +417,7 @@ func TestScopesNarrowReads(t *testing.T) {
 }
 
 func TestPublishRateLimit(t *testing.T) {
-	srv, _ := newAuthServer(t, Config{PublishRate: 0.01}, nil)
+	srv, _ := newAuthServer(t, Config{PublishRate: 0.01, PublishBurst: broker.MaxBatchMessages}, nil)
 	a, b := hsToken(t, jwt.MapClaims{"scope": "publish:*", "sub": "a", "exp": time.Now().Add(time.Hour).Unix()}),
 		hsToken(t, jwt.MapClaims{"scope": "publish:*", "sub": "b", "exp": time.Now().Add(time.Hour).Unix()})
 	batch := "[" + strings.Repeat(`{"body":"x"},`, 999) + `{"body":"x"}]`

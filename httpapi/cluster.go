@@ -395,9 +395,9 @@ func fanOutBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	if r.Body == nil {
 		return nil, true
 	}
-	body, err := io.ReadAll(r.Body)
-	if err != nil {
-		writeProblem(w, r, codeInvalidParameter, "body", "reading the request body failed: "+err.Error())
+	body, perr := readRawBody(r)
+	if perr != nil {
+		writeBodyProblem(w, r, perr)
 		return nil, false
 	}
 	return body, true

@@ -607,7 +607,7 @@ var contractSecret = []byte(strings.Repeat("k", 32))
 const contractPublishRate = 0.01
 
 // newAuthContractEnv serves the API with HS256 tokens and a publish rate,
-// as `postbus broker --jwt-secret ... --rate-limit 5` does. A request
+// as `postbus broker --jwt-secret ... --rate-limit 5 --rate-burst 1000` does. A request
 // validates only with a bearer token where the document asks for one.
 func newAuthContractEnv(tb testing.TB) *contractEnv {
 	tb.Helper()
@@ -615,7 +615,7 @@ func newAuthContractEnv(tb testing.TB) *contractEnv {
 	env := &contractEnv{doc: loadContract(tb), opts: &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true,
 		AuthenticationFunc: contractBearer}}
 	cfg := Config{Broker: b, OpenAPI: postbus.OpenAPI, Auth: AuthConfig{HMACSecret: contractSecret}, PublishRate: contractPublishRate,
-		NameServer: newContractRegistry()}
+		PublishBurst: broker.MaxBatchMessages, NameServer: newContractRegistry()}
 	env.broker = b
 	env.main = serveContract(tb, cfg)
 	cfg.MetricsAuth = true

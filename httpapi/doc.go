@@ -11,7 +11,21 @@
 //
 // Errors are RFC 9457 problems (application/problem+json) with a stable
 // lower_snake "code"; statusOf in problem.go is the one table from codes to
-// statuses. Every request body is read through a size limit.
+// statuses.
+//
+// # Request bodies
+//
+// Every request body is read by body.go: through the route's size limit,
+// into a buffer that grows with the bytes that have arrived (an announced
+// Content-Length reserves nothing), and paid for from one budget shared by
+// all connections (Config.MaxBodyMemory); a request that would take the
+// budget over answers 503 server_busy with Retry-After, and each request
+// gives back what it took when its handler returns. A gzip
+// Content-Encoding is decoded (the limit counts decoded bytes) and then
+// dropped from the request, so a forward sends the decoded body as it is;
+// any other encoding is 415. JSON bodies are decoded by decodeJSONBody
+// alone (the batch publish by its own parser, to the same rules): strict
+// fields, nothing but whitespace after the value.
 //
 // # Clusters
 //

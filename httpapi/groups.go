@@ -1,6 +1,8 @@
 package httpapi
 
 import (
+	"errors"
+	"math"
 	"net/http"
 	"strconv"
 	"time"
@@ -196,13 +198,20 @@ func (s *Server) handleRedrive(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, codeInvalidParameter, "rate_per_second", "rate_per_second must be between 0 (the default, 50) and 10000")
 		return
 	}
+	start := time.Now()
 	n, err := s.broker.Redrive(r.Context(), chi.URLParam(r, "group"), req.MsgIDs, req.All, req.Rate)
+	if errors.Is(err, broker.ErrRedriveRate) {
+		writeProblem(w, r, codeInvalidParameter, "rate_per_second", err.Error())
+		return
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
+	// done_by is when the last is due; the broker checked that it fits.
+	last, _ := broker.RedriveOffset(max(n-1, 0), req.Rate, math.MaxInt64)
 	writeJSON(w, http.StatusOK, map[string]any{"redriven": n, "rate_per_second": req.Rate,
-		"done_by": time.Now().Add(time.Duration(float64(n) / req.Rate * float64(time.Second))).UTC().Format(time.RFC3339)})
+		"done_by": start.Add(last).UTC().Format(time.RFC3339)})
 }
 
 func (s *Server) handlePurgeDeadLetters(w http.ResponseWriter, r *http.Request) {
@@ -253,7 +262,17 @@ func (s *Server) handleTrace(w http.ResponseWriter, r *http.Request) {
 	if !m.DeliverAt.IsZero() {
 		out.DeliverAt = m.DeliverAt.UTC().Format(time.RFC3339Nano)
 	}
+	p := principalFrom(r.Context())
 	for _, a := range tr.Attempts {
+		// Reading the message does not make its deliveries to every
+		// group the token's business: an attempt names a group's
+		// subscription and its endpoint's errors (which can name hosts).
+		// A token sees the attempts of the groups it could consume this
+		// topic as (consume on the group and subscribe on the topic, as a
+		// pull needs); admin, and an open API, see them all.
+		if p != nil && !(p.scopes.canConsume(a.Group) && p.scopes.canSubscribe(m.Topic)) {
+			continue
+		}
 		out.Attempts = append(out.Attempts, attemptJSON{Group: a.Group, Subscription: a.Subscription, Attempt: a.Attempt,
 			At: a.At.UTC().Format(time.RFC3339Nano), Outcome: a.Outcome, Status: a.Status, Error: a.Error,
 			LatencyMS: float64(a.Latency.Microseconds()) / 1000})

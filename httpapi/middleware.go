@@ -32,18 +32,6 @@ func (s *Server) requestID(next http.Handler) http.Handler {
 	})
 }
 
-// limitBody caps every request body at the largest any route accepts, so a
-// route that forgets its own limit cannot be made to read without end.
-// Routes read through tighter limits of their own.
-func limitBody(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Body != nil && r.Body != http.NoBody {
-			r.Body = http.MaxBytesReader(w, r.Body, max(maxBatchRequestBytes, maxHeartbeatBytes)+1)
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
 // recoverer turns a handler panic into a logged 500 problem instead of a
 // dropped connection.
 func (s *Server) recoverer(next http.Handler) http.Handler {

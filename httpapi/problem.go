@@ -29,6 +29,7 @@ const (
 	codeUnknownBroker     broker.Code = "unknown_broker"
 	codeClusterPartial    broker.Code = "cluster_partial"
 	codeBrokerUnavailable broker.Code = "broker_unavailable"
+	codeServerBusy        broker.Code = "server_busy"
 )
 
 // statusOf is the one table from error codes to HTTP statuses.
@@ -80,6 +81,7 @@ var statusOf = map[broker.Code]int{
 	codeUnknownBroker:               http.StatusBadRequest,
 	codeClusterPartial:              http.StatusBadGateway,
 	codeBrokerUnavailable:           http.StatusServiceUnavailable,
+	codeServerBusy:                  http.StatusServiceUnavailable,
 }
 
 // problem is an RFC 9457 problem detail with postbus's stable code.
@@ -120,6 +122,10 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if errors.As(err, &be) {
 		if statusOf[be.Code] >= 500 {
 			s.logger.Error("request failed", slog.String("path", r.URL.Path), slog.Any("err", err))
+		}
+		if be.Code == codeServerBusy {
+			writeBodyProblem(w, r, be)
+			return
 		}
 		detail := be.Detail
 		if detail == "" {

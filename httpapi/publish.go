@@ -4,7 +4,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"mime"
 	"net"
@@ -233,27 +232,6 @@ func writeRawJSON(w http.ResponseWriter, status int, body []byte) {
 	w.Write(body)
 }
 
-// readBody reads at most limit bytes of the request body, reporting a body
-// over the limit without reading all of it.
-func readBody(r *http.Request, limit int) ([]byte, bool, error) {
-	if r.ContentLength > int64(limit) {
-		return nil, true, nil
-	}
-	var buf []byte
-	if r.ContentLength > 0 {
-		buf = make([]byte, r.ContentLength)
-		if _, err := io.ReadFull(r.Body, buf); err != nil {
-			return nil, false, err
-		}
-		return buf, false, nil
-	}
-	buf, err := io.ReadAll(io.LimitReader(r.Body, int64(limit)+1))
-	if err != nil {
-		return nil, false, err
-	}
-	return buf, len(buf) > limit, nil
-}
-
 // allowPublish applies the per-principal publish rate to a publish the
 // broker would take, answering its problem if it would not, and 429 with
 // Retry-After when the bucket is short of its messages. A refused publish
@@ -264,6 +242,10 @@ func (s *Server) allowPublish(w http.ResponseWriter, r *http.Request, topic stri
 	}
 	if err := s.broker.Check(topic, msgs); err != nil {
 		s.writeError(w, r, err)
+		return false
+	}
+	if len(msgs) > s.limiter.burst {
+		writeProblem(w, r, broker.CodeBatchTooLarge, "", fmt.Sprintf("a batch of %d messages is more than the publish burst of %d (--rate-burst): each message counts, so send at most %d at once", len(msgs), s.limiter.burst, s.limiter.burst))
 		return false
 	}
 	key := clientAddr(r)
@@ -297,13 +279,10 @@ func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, codeInvalidHeader, he.header, he.Error())
 		return
 	}
-	body, tooLarge, err := readBody(r, s.maxBody)
+	body, err := readBody(r, s.maxBody)
 	if err != nil {
-		writeProblem(w, r, codeInvalidParameter, "body", "reading the request body failed: "+err.Error())
-		return
-	}
-	if tooLarge {
-		writeProblem(w, r, broker.CodeBodyTooLarge, "body", fmt.Sprintf("the body is larger than the limit of %d bytes", s.maxBody))
+		s.writeError(w, r, bodyProblem(err, &broker.Error{Code: broker.CodeBodyTooLarge, Field: "body",
+			Detail: fmt.Sprintf("the body is larger than the limit of %d bytes", s.maxBody)}))
 		return
 	}
 	m.Body = body
@@ -440,13 +419,10 @@ func (s *Server) handlePublishBatch(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, codeUnsupportedMedia, "Content-Type", "a batch is a JSON array: send Content-Type: application/json")
 		return
 	}
-	data, tooLarge, err := readBody(r, maxBatchRequestBytes)
+	data, err := readBody(r, maxBatchRequestBytes)
 	if err != nil {
-		writeProblem(w, r, codeInvalidParameter, "body", "reading the request body failed: "+err.Error())
-		return
-	}
-	if tooLarge {
-		writeProblem(w, r, broker.CodeBatchTooLarge, "body", fmt.Sprintf("the batch request is larger than %d bytes (bodies may total %d)", maxBatchRequestBytes, broker.MaxBatchBytes))
+		s.writeError(w, r, bodyProblem(err, &broker.Error{Code: broker.CodeBatchTooLarge, Field: "body",
+			Detail: fmt.Sprintf("the batch request is larger than %d bytes (bodies may total %d)", maxBatchRequestBytes, broker.MaxBatchBytes)}))
 		return
 	}
 	msgs, err := decodeBatch(data)

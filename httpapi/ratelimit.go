@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"math"
 	"sync"
 	"time"
 
@@ -27,13 +28,18 @@ type bucket struct {
 // so forgetting an idle one changes nothing for its owner.
 const idleBucket = 10 * time.Minute
 
-func newPublishLimiter(perSecond float64) *publishLimiter {
+// newPublishLimiter limits each principal to perSecond messages a second,
+// in bursts of up to burst messages; burst 0 is one second's worth (the
+// rate rounded up, at least 1). Each message of a batch counts, so a batch
+// larger than the burst can never pass (take says so; the handler refuses
+// it outright).
+func newPublishLimiter(perSecond float64, burst int) *publishLimiter {
 	if perSecond <= 0 {
 		return nil
 	}
-	// The burst holds at least one full batch, so a batch is never
-	// refused outright, only made to wait its turn.
-	burst := max(int(perSecond), 1000)
+	if burst <= 0 {
+		burst = int(min(math.Ceil(perSecond), math.MaxInt32))
+	}
 	return &publishLimiter{limit: rate.Limit(perSecond), burst: burst, buckets: make(map[string]*bucket)}
 }
 
@@ -58,7 +64,9 @@ func (l *publishLimiter) take(key string, n int, now time.Time) (bool, time.Dura
 	b.used = now
 	res := b.lim.ReserveN(now, n)
 	if !res.OK() {
-		return false, time.Second
+		// More than the burst: no wait would do (the handler refuses
+		// such a batch before asking).
+		return false, -1
 	}
 	if d := res.DelayFrom(now); d > 0 {
 		res.CancelAt(now)

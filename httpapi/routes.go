@@ -11,7 +11,7 @@ import (
 // and fail on any difference, and on any route without a decision.
 func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
-	r.Use(s.recoverer, s.requestID, s.instrument, limitBody)
+	r.Use(s.recoverer, s.requestID, s.instrument, s.limitBody)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, codeNotFound, "", "no route for "+r.Method+" "+r.URL.Path)
 	})

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"fmt"
 	"log/slog"
 	"net/http"
 
@@ -41,6 +42,12 @@ type Config struct {
 	// PublishRate limits each token (or, open, each client address) to this
 	// many published messages a second; 0: no limit.
 	PublishRate float64
+	// PublishBurst is how many messages a token may publish at once above
+	// PublishRate; 0: one second's worth.
+	PublishBurst int
+	// MaxBodyMemory bounds the bytes request bodies in flight hold, across
+	// all connections (see body.go); 0: DefaultMaxBodyMemory.
+	MaxBodyMemory int64
 }
 
 // Server is the HTTP face of a broker. It owns no state of its own.
@@ -60,16 +67,23 @@ type Server struct {
 	auth        *authenticator    // nil: open
 	metricsAuth bool
 	limiter     *publishLimiter   // nil: no limit
+	bodies      *bodyBudget       // request bodies in flight
 	cluster     *cluster          // nil: a standalone broker
 	access      map[string]access // "METHOD /pattern" -> its auth decision
 }
 
-// New returns a Server with every route mounted. It fails only on an auth
-// configuration that cannot work.
+// New returns a Server with every route mounted. It fails only on a
+// configuration that cannot work (auth, or a body memory bound too small).
 func New(cfg Config) (*Server, error) {
 	auth, err := newAuthenticator(cfg.Auth)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.MaxBodyMemory == 0 {
+		cfg.MaxBodyMemory = DefaultMaxBodyMemory
+	}
+	if least := MinBodyMemory(cfg.NameServer != nil); cfg.MaxBodyMemory < least {
+		return nil, fmt.Errorf("the body memory bound is %d bytes; at least %d are needed, for the largest request body", cfg.MaxBodyMemory, least)
 	}
 	s := &Server{
 		broker:  cfg.Broker,
@@ -84,7 +98,7 @@ func New(cfg Config) (*Server, error) {
 		registry:    cfg.NameServer,
 		brokerless:  cfg.NameServerOnly,
 		metricsAuth: cfg.MetricsAuth,
-		limiter:     newPublishLimiter(cfg.PublishRate),
+		limiter:     newPublishLimiter(cfg.PublishRate, cfg.PublishBurst),
 		access:      make(map[string]access),
 	}
 	if s.logger == nil {
@@ -106,6 +120,7 @@ func New(cfg Config) (*Server, error) {
 		s.cluster = newCluster(cfg.Cluster, s.logger.With(slog.String("component", "cluster")))
 	}
 	s.metrics = newHTTPMetrics(s.reg)
+	s.bodies = newBodyBudget(cfg.MaxBodyMemory, s.reg)
 	s.router = s.routes()
 	return s, nil
 }

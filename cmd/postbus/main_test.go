@@ -343,6 +343,14 @@ func TestSizeFlags(t *testing.T) {
 			[]string{"--segment-size 64GiB is too large", "at most 1GiB"}},
 		{"max message over the batch limit", []string{"--max-message-bytes", "4194305"},
 			[]string{"--max-message-bytes 4194305", "4MiB"}},
+		{"body memory below the largest body", []string{"--max-body-memory", "4MiB"},
+			[]string{"--max-body-memory 4MiB", "at least"}},
+		{"negative burst", []string{"--rate-limit", "5", "--rate-burst", "-1"},
+			[]string{"--rate-burst -1"}},
+		{"burst without a rate", []string{"--rate-burst", "10"},
+			[]string{"--rate-burst 10 needs --rate-limit"}},
+		{"negative rate", []string{"--rate-limit", "-1"},
+			[]string{"--rate-limit -1"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

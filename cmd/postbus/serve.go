@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -42,6 +43,8 @@ type serveConfig struct {
 	auth         authFlags
 	allowPrivate bool
 	rateLimit    float64
+	rateBurst    int
+	bodyMemory   byteSize
 
 	namesrvAddrs      string
 	brokerName        string
@@ -91,6 +94,9 @@ func newServeFlags(mode string, out io.Writer) (*flag.FlagSet, *serveConfig) {
 	c.auth.register(fs)
 	fs.BoolVar(&c.allowPrivate, "allow-private-webhooks", mode == "dev", "let push subscriptions deliver to loopback, private and link-local addresses (refused by default outside dev: SSRF)")
 	fs.Float64Var(&c.rateLimit, "rate-limit", 0, "messages a second each token (or client address, without auth) may publish; 0: no limit")
+	fs.IntVar(&c.rateBurst, "rate-burst", 0, "with --rate-limit, how many messages a token may publish at once (each message of a batch counts; a larger batch is refused); 0: one second's worth")
+	c.bodyMemory = httpapi.DefaultMaxBodyMemory
+	fs.Var(&c.bodyMemory, "max-body-memory", "most memory request bodies being read or handled may hold at once, across all connections; beyond it requests answer 503 server_busy with Retry-After")
 	fs.StringVar(&c.namesrvAddrs, "namesrv", "", "name servers to register with, ';'-separated (host:port or URLs); dev registers with its own embedded one")
 	fs.StringVar(&c.brokerName, "broker-name", "", "this broker's name in the cluster (default: the host name and port)")
 	fs.StringVar(&c.cluster, "cluster", "DefaultCluster", "the cluster this broker belongs to")
@@ -146,6 +152,9 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	c.broker.MaxMessageBytes = int(c.maxMessageBytes)
 	c.broker.Logger = logger
 	if err := checkSizeFlags(c.broker.SegmentSize, c.broker.MaxMessageBytes); err != nil {
+		return err
+	}
+	if err := c.checkEdgeFlags(); err != nil {
 		return err
 	}
 
@@ -208,8 +217,8 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	var ready atomic.Bool
 	api, err := httpapi.New(httpapi.Config{
 		Broker: b, Logger: logger, Registry: reg, OpenAPI: postbus.OpenAPI,
-		Auth: auth, MetricsAuth: c.auth.metricsAuth, PublishRate: c.rateLimit, JWKS: key.JWKS(),
-		NameServer: registry, Cluster: cluster,
+		Auth: auth, MetricsAuth: c.auth.metricsAuth, PublishRate: c.rateLimit, PublishBurst: c.rateBurst, JWKS: key.JWKS(),
+		NameServer: registry, Cluster: cluster, MaxBodyMemory: int64(c.bodyMemory),
 		Ready: func() error {
 			if !ready.Load() {
 				return errors.New("starting or shutting down")
@@ -415,4 +424,19 @@ func checkSizeFlags(segmentSize int64, maxMessageBytes int) error {
 	return fmt.Errorf("--segment-size %s is too small: it must be at least %s (the default is %s); "+
 		"any size from there holds every publish, since a batch larger than a segment gets a segment of its own",
 		formatBytes(segmentSize), formatBytes(broker.MinSegmentSize(maxMessageBytes)), formatBytes(broker.DefaultConfig("").SegmentSize))
+}
+
+// checkEdgeFlags refuses rate and body-memory flags that cannot work.
+func (c *serveConfig) checkEdgeFlags() error {
+	switch {
+	case c.rateLimit < 0 || math.IsNaN(c.rateLimit) || math.IsInf(c.rateLimit, 0):
+		return fmt.Errorf("--rate-limit %g: want a number of messages a second, or 0 for no limit", c.rateLimit)
+	case c.rateBurst < 0:
+		return fmt.Errorf("--rate-burst %d: want a number of messages, or 0 for one second's worth", c.rateBurst)
+	case c.rateBurst > 0 && c.rateLimit == 0:
+		return fmt.Errorf("--rate-burst %d needs --rate-limit", c.rateBurst)
+	case int64(c.bodyMemory) < httpapi.MinBodyMemory(c.mode == "dev"):
+		return fmt.Errorf("--max-body-memory %s: at least %s is needed, for the largest request body", formatBytes(int64(c.bodyMemory)), formatBytes(httpapi.MinBodyMemory(c.mode == "dev")))
+	}
+	return nil
 }
