@@ -9,7 +9,11 @@
 //
 // Errors are RFC 9457 problems (application/problem+json) with a stable
 // lower_snake "code"; statusOf in problem.go is the one table from codes to
-// statuses. Every request body is read through a size limit.
+// statuses. Every request body is read through a size limit. What a
+// request may name besides its body is one table each, checked before the
+// handler runs: queryParams (params.go) for query parameters, answering
+// invalid_parameter, and postbusHeaders (headers.go) for Postbus-* request
+// headers, answering invalid_header; tests hold both to openapi.yaml.
 //
 // # Clusters
 //
