@@ -123,6 +123,12 @@
 //     the quarantine gauge, the entries in
 //     postbus_recovery_lost_queue_offsets_total), and the queues then
 //     start after it.
+//   - A read through a queue entry checks that the record it finds names
+//     the entry's topic, queue and queue offset: a segment replaced by
+//     other content keeps valid CRCs, and its records must not be served
+//     as the messages at those offsets. Such an entry is an ERROR, counted
+//     in postbus_queue_entries_misplaced_total, skipped by queue reads and
+//     answered message_damaged when read alone.
 //   - A record whose queue offset does not follow its queue's is a fault:
 //     it is skipped with an ERROR line and counted, never dropped quietly.
 //   - A failed fsync of the commitlog (commitlog.ErrFailed) stops every
