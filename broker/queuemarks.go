@@ -139,9 +139,14 @@ func (b *Broker) reserve(ts *topicState) error {
 
 // refreshMarks rewrites the file with the same reservations and the log's
 // durable end now, after a checkpoint: a witness of the log's end that
-// outlives a lost checkpoint.json. Called without appendMu.
+// outlives a lost checkpoint.json. Called by the dispatch loop, which
+// must never wait for appendMu: its holder may be waiting for dispatch (a
+// topic delete), so a busy lock skips this refresh until the next
+// checkpoint.
 func (b *Broker) refreshMarks() {
-	b.appendMu.Lock()
+	if !b.appendMu.TryLock() {
+		return
+	}
 	defer b.appendMu.Unlock()
 	if b.isClosing() || b.log.Committed() == b.marks.durable {
 		return
