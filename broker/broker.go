@@ -67,7 +67,10 @@ type Broker struct {
 	// kept as holes (lostQueueMax); those of a lost start fall below the
 	// queues' new start.
 	lostTail     []DamagedSpan
+	lostUntil    []int64 // per span found by this start: forget it once the log starts there
 	lostQueueMax map[consumequeue.QueueID]int64
+	marks        marksState // queue-offset reservations; guarded by appendMu
+	logEnd       logEndWitness
 	newTimers    []meta.Timer      // delayed records met by this dispatch round; guarded by dispatchMu
 	timer        *delaytimer.Timer // fires the timers of delayed messages; set by Open, after open
 
@@ -97,7 +100,10 @@ type topicState struct {
 	name string
 	info atomic.Pointer[Topic] // replaced whole when the topic changes
 	next []int64               // next queue offset per queue; guarded by Broker.appendMu
-	rr   atomic.Uint32         // round-robin queue selection
+	// reserved is each queue's mark in queuemarks.json: no offset at or
+	// above it was handed out (see reserve); guarded by Broker.appendMu.
+	reserved []int64
+	rr       atomic.Uint32 // round-robin queue selection
 }
 
 func newTopicState(t Topic) *topicState {
@@ -247,6 +253,7 @@ func (b *Broker) open(ctx context.Context) error {
 	if err := b.recoverDerived(ctx, cp); err != nil {
 		return err
 	}
+	b.openLogEnd()
 	b.logger.Info("broker opened",
 		slog.String("dir", b.cfg.Dir),
 		slog.Int64("log_min", b.log.MinOffset()),
@@ -306,6 +313,7 @@ func (b *Broker) resetDerived() error {
 // ErrMetadataLost.
 func (b *Broker) recoverDerived(ctx context.Context, cp checkpoint) error {
 	orig, reset := cp, false
+	earlier := b.loadLostSpans()
 	if lost := b.derivedLost(cp); lost != "" {
 		b.logger.Warn("indexes lost data since their checkpoint; rebuilding them from the commitlog", slog.String("why", lost))
 		if err := b.resetDerived(); err != nil {
@@ -319,6 +327,10 @@ func (b *Broker) recoverDerived(ctx context.Context, cp checkpoint) error {
 	lostHead, err := b.checkLostHead()
 	if err != nil {
 		return err
+	}
+	if err := b.rememberLost(earlier, b.lostTail, b.lostUntil); err != nil {
+		// Reported now (ERROR, Damaged); only the next start would not.
+		b.logger.Error("could not persist the lost spans: a later start will not list them", slog.Any("err", err))
 	}
 	from := min(cp.Dispatched, b.log.Committed())
 	from = max(from, b.log.MinOffset())
@@ -388,6 +400,13 @@ func (b *Broker) recoverDerived(ctx context.Context, cp checkpoint) error {
 		}
 	}
 	b.dispatchMu.Unlock()
+	// The reservations of the last run are spent: what they reserved is
+	// either in the queues or kept as holes (when the log proved a loss).
+	// Rewritten now, so that a later start does not measure the log
+	// against the durable end they recorded before this recovery.
+	if err := b.writeMarks(0, false); err != nil {
+		b.logger.Error("could not rewrite the queue-offset reservations after recovery; the first publish retries", slog.Any("err", err))
+	}
 	b.checkpointDirty = true
 	if err := b.checkpoint(); err != nil {
 		// The indexes are built; only their checkpoint could not be written
@@ -469,6 +488,9 @@ func (b *Broker) queueEnd(topic string, queue int) int64 {
 func (b *Broker) checkLostTail(cp checkpoint, reset bool) error {
 	end := b.log.Committed()
 	proven := cp.Dispatched
+	m, haveMarks := b.readMarks()
+	witness := b.readLogEnd()
+	proven = max(proven, m.Durable, witness)
 	lostQ := make(map[consumequeue.QueueID]int64)
 	var lostEntries int64
 	for _, q := range b.cq.Queues() {
@@ -511,12 +533,18 @@ func (b *Broker) checkLostTail(cp checkpoint, reset bool) error {
 			lostQ[id] = max(lostQ[id], q.Max)
 		}
 	}
+	// Records acknowledged after the checkpoint and the queues' last
+	// flush may have had offsets up to the reservations: keep them all.
+	for q, r := range b.reservedFor(m) {
+		lostQ[q] = max(lostQ[q], r)
+	}
 	b.lostQueueMax = lostQ
-	b.lostTail = []DamagedSpan{{Offset: end, Next: proven, Reason: "log ends before what its checkpoint and indexes hold: acknowledged records lost"}}
+	b.lostTail = []DamagedSpan{{Offset: end, Next: proven, Reason: "log ends before what its checkpoint, indexes or queue-offset reservations hold: acknowledged records lost"}}
+	b.lostUntil = []int64{proven}
 	b.logger.Error("the commitlog ends before what was stored: acknowledged records are lost (a segment deleted or cut while stopped?); their queue offsets are kept as holes",
 		slog.Int64("log_end", end), slog.Int64("checkpoint", cp.Dispatched), slog.Int64("lost_from", end),
 		slog.Int64("lost_to", proven), slog.Int64("lost_queue_entries", lostEntries), slog.Int("queues", len(lostQ)),
-		slog.Bool("queues_rebuilt", reset))
+		slog.Bool("queues_rebuilt", reset), slog.Bool("reservations", haveMarks), slog.Int64("reservations_durable", m.Durable), slog.Int64("log_end_witness", witness))
 	return nil
 }
 
@@ -561,6 +589,7 @@ func (b *Broker) checkLostHead() (bool, error) {
 	}
 	from = max(from, floor)
 	b.lostTail = append(b.lostTail, DamagedSpan{Offset: from, Next: logMin, Reason: "log starts after records its queues hold, above the retention floor: acknowledged records lost"})
+	b.lostUntil = append(b.lostUntil, b.firstSegmentEnd())
 	b.logger.Error("the commitlog starts after records that were stored and not retired by retention: acknowledged records are lost (a segment deleted while stopped?)",
 		slog.Int64("log_min", logMin), slog.Int64("retention_floor", floor), slog.Int64("lost_from", from),
 		slog.Int64("lost_queue_entries", lost))
@@ -644,6 +673,14 @@ func (b *Broker) Close() error {
 		if err := b.checkpoint(); err != nil {
 			errs = append(errs, err)
 		}
+		// Nothing more is appended: the reservations shrink to what was
+		// handed out, so that a loss found at the next start keeps no
+		// more holes than it must.
+		b.appendMu.Lock()
+		if err := b.writeMarks(0, false); err != nil {
+			errs = append(errs, err)
+		}
+		b.appendMu.Unlock()
 		errs = append(errs, b.flushOffsets(context.Background()), b.flushAttempts(context.Background()))
 		errs = append(errs, b.closeFiles())
 		b.closeErr = errors.Join(errs...)
@@ -663,6 +700,7 @@ func (b *Broker) closeFiles() error {
 	if b.idx != nil {
 		errs = append(errs, b.idx.Close())
 	}
+	errs = append(errs, b.closeLogEnd())
 	if b.meta != nil {
 		errs = append(errs, b.meta.Close())
 	}

@@ -159,7 +159,7 @@ func (b *Broker) ReadQueue(topic string, queue int, from int64, limit int, filte
 			if !filter.MatchHash(e.TagHash) {
 				continue
 			}
-			m, err := b.readMessage(e.Offset)
+			m, err := b.readQueued(topic, queue, off, e.Offset)
 			if err != nil {
 				// Removed by retention under us, skipped as the queue has;
 				// or damaged in the log, quarantined: an anomaly.
@@ -305,8 +305,8 @@ func (b *Broker) ReadMessageAt(topic string, queue int, offset int64) (*Message,
 	if entries[0].Size == holeSize {
 		return nil, &Error{Code: CodeMessageDamaged, Detail: fmt.Sprintf("entry %d of %s/%d was lost in a damaged span of the log", offset, topic, queue)}
 	}
-	m, err := b.readMessage(entries[0].Offset)
-	if errors.Is(err, commitlog.ErrCorrupt) {
+	m, err := b.readQueued(topic, queue, offset, entries[0].Offset)
+	if errors.Is(err, commitlog.ErrCorrupt) || errors.Is(err, errMisplaced) {
 		return nil, &Error{Code: CodeMessageDamaged, Detail: fmt.Sprintf("entry %d of %s/%d is damaged in the log", offset, topic, queue), Err: err}
 	}
 	if err != nil {
@@ -319,6 +319,31 @@ func (b *Broker) ReadMessageAt(topic string, queue int, offset int64) (*Message,
 		return nil, &Error{Code: CodeMessageNotFound, Err: ErrMessageNotFound, Detail: fmt.Sprintf("entry %d of %s/%d is past its topic's retention", offset, topic, queue)}
 	}
 	m.QueueOffset = offset
+	return m, nil
+}
+
+// errMisplaced: a queue entry's record is not the entry's own.
+var errMisplaced = errors.New("the record at the entry's log offset belongs elsewhere")
+
+// readQueued reads the record of entry qoff of a queue, at log offset off,
+// and checks that it is that entry's: every record names its topic, queue
+// and queue offset. A segment whose content was replaced (a bad restore, a
+// misdirected write) keeps valid CRCs but holds other records; reading one
+// of them as the message at this offset would hand a consumer the wrong
+// message. Such an entry is an ERROR, counted, and errMisplaced.
+func (b *Broker) readQueued(topic string, queue int, qoff, off int64) (*Message, error) {
+	m, err := b.readMessage(off)
+	if err != nil {
+		return nil, err
+	}
+	if m.Topic != topic || m.QueueID != queue || m.QueueOffset != qoff {
+		b.logger.Error("queue entry points at a record that is not its own (a segment replaced by other content?); not served",
+			slog.String("topic", topic), slog.Int("queue", queue), slog.Int64("queue_offset", qoff), slog.Int64("offset", off),
+			slog.String("record_topic", m.Topic), slog.Int("record_queue", m.QueueID), slog.Int64("record_queue_offset", m.QueueOffset),
+			slog.String("record_msg_id", m.ID))
+		b.metrics.misplacedEntry()
+		return nil, fmt.Errorf("entry %d of %s/%d at log offset %d: %w", qoff, topic, queue, off, errMisplaced)
+	}
 	return m, nil
 }
 

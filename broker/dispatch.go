@@ -103,7 +103,9 @@ func (b *Broker) dispatchLoop() {
 	checkpoint := func() {
 		if err := b.checkpoint(); err != nil {
 			b.logger.Error("checkpoint failed", slog.Any("err", err))
+			return
 		}
+		b.refreshMarks()
 	}
 	for {
 		changed := b.log.Changed()

@@ -96,17 +96,26 @@
 //     already read past: offsets lost at a queue's end (damage, or a tail
 //     cut after a crash under async flush) are kept as holes, logged at
 //     ERROR and counted in postbus_recovery_lost_queue_offsets_total.
-//   - A log that opens ending before what its checkpoint or the consume
-//     queues prove was stored (its newest segment deleted or cut while
-//     stopped, or its last record damaged and cut as a torn tail) lost
-//     acknowledged records: open logs the range and the number of lost
-//     queue entries at ERROR, Damaged (and so /readyz and
+//   - A log that opens ending before what its checkpoint, the consume
+//     queues, the queue-offset reservations (queuemarks.json: their
+//     durable end) or the log-end witness (logend, written in place before
+//     each publish is answered) prove was stored (its newest segment
+//     deleted or cut while stopped, or its last record damaged and cut as
+//     a torn tail) lost acknowledged records: open logs the range and the
+//     number of lost queue entries at ERROR, Damaged (and so /readyz and
 //     postbus_commitlog_quarantined_spans) lists the range, and the lost
 //     queue offsets are kept as holes and counted in
-//     postbus_recovery_lost_queue_offsets_total. A torn tail past the
-//     checkpoint and the queues stays the commitlog's WARN. With the
-//     consume queues lost as well, the checkpoint's queue maxima keep
-//     those offsets.
+//     postbus_recovery_lost_queue_offsets_total. Records acknowledged after
+//     the last checkpoint left no trace in the derived files, so the holes
+//     go up to each queue's reservation: a publish reserves its queue
+//     offsets in queuemarks.json (fsynced, in blocks) before it takes them,
+//     and no offset a 201 gave goes to another message (the holes may
+//     include offsets never handed out). A torn tail past every witness
+//     stays the commitlog's WARN. The spans found are kept in
+//     lostspans.json and listed again at later starts, until the log's
+//     start passes them. Limit: logend is not fsynced, so after a power cut
+//     (not a killed process) a cut above the other witnesses goes
+//     unnoticed; with every witness deleted the log cannot tell.
 //   - Retention raises the consume queues' floor before it deletes a
 //     segment, so a log that opens starting after records its queues
 //     still hold above that floor lost its oldest segments while
@@ -114,6 +123,12 @@
 //     the quarantine gauge, the entries in
 //     postbus_recovery_lost_queue_offsets_total), and the queues then
 //     start after it.
+//   - A read through a queue entry checks that the record it finds names
+//     the entry's topic, queue and queue offset: a segment replaced by
+//     other content keeps valid CRCs, and its records must not be served
+//     as the messages at those offsets. Such an entry is an ERROR, counted
+//     in postbus_queue_entries_misplaced_total, skipped by queue reads and
+//     answered message_damaged when read alone.
 //   - A record whose queue offset does not follow its queue's is a fault:
 //     it is skipped with an ERROR line and counted, never dropped quietly.
 //   - A failed fsync of the commitlog (commitlog.ErrFailed) stops every

@@ -19,6 +19,7 @@ type metrics struct {
 	lostQueueEnds   prometheus.Counter
 	timersDropped   prometheus.Counter
 	delayAnomalies  *prometheus.CounterVec
+	misplaced       prometheus.Counter
 
 	cleanedMessages prometheus.Counter
 	cleanedBytes    prometheus.Counter
@@ -71,6 +72,10 @@ func newMetrics() *metrics {
 			Name: "postbus_recovery_lost_queue_offsets_total",
 			Help: "Queue offsets a consumer group had read past, or the log had acknowledged before losing its tail, that the rebuilt queue no longer held (messages lost to damage or a cut tail), kept as holes; and queue entries whose records went with segments missing at the log's start (not retired by retention). Each is logged at ERROR.",
 		}),
+		misplaced: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "postbus_queue_entries_misplaced_total",
+			Help: "Queue entries whose commitlog record is not theirs (another topic, queue or queue offset: a segment replaced by other content), found when read; each is logged at ERROR and answered as damaged, never as the message at that offset.",
+		}),
 		timersDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "postbus_delay_timers_dropped_total",
 			Help: "Delay, retry and redelivery timers dropped because the record they bring back could not be read (lost or damaged); each is logged at ERROR.",
@@ -113,7 +118,7 @@ func (m *metrics) register(b *Broker, reg prometheus.Registerer) {
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
-	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped, m.leasesExpired, m.skippedRecords, m.lostQueueEnds, m.timersDropped,
+	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped, m.leasesExpired, m.skippedRecords, m.lostQueueEnds, m.timersDropped, m.misplaced,
 		m.delayAnomalies, m.cleanedMessages, m.cleanedBytes, m.rebuilds,
 		gauge("postbus_commitlog_bytes", "Bytes of the commitlog between its oldest retained offset and its end.",
 			func() float64 { return float64(b.log.Committed() - b.log.MinOffset()) }),
@@ -188,6 +193,13 @@ func (m *metrics) timerDropped() {
 		return
 	}
 	m.timersDropped.Inc()
+}
+
+func (m *metrics) misplacedEntry() {
+	if m == nil {
+		return
+	}
+	m.misplaced.Inc()
 }
 
 func (m *metrics) lostQueueEnd(n int64) {

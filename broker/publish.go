@@ -144,6 +144,7 @@ func (b *Broker) store(ctx context.Context, ts *topicState, msgs []*Message, ded
 			}
 			return nil, fmt.Errorf("flush commitlog: %w", err)
 		}
+		b.witnessLogEnd(b.log.Committed())
 	}
 	return results, nil
 }
@@ -244,6 +245,15 @@ func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results 
 	}
 	if len(keep) == 0 {
 		return -1, nil
+	}
+	if err := b.reserve(ts); err != nil {
+		// Nothing was stored: give back the queue offsets handed out.
+		for _, i := range kept {
+			if !msgs[i].delayed() {
+				ts.next[msgs[i].QueueID]--
+			}
+		}
+		return 0, err
 	}
 	offs, end, err := b.log.Append(keep)
 	if errors.Is(err, commitlog.ErrFailed) {

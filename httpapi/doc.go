@@ -27,6 +27,11 @@
 // alone (the batch publish by its own parser, to the same rules): strict
 // fields, nothing but whitespace after the value.
 //
+// What a request may name besides its body is one table each, checked
+// before the handler runs: queryParams (params.go) for query parameters,
+// answering invalid_parameter, and postbusHeaders (headers.go) for Postbus-*
+// request headers, answering invalid_header; tests hold both to openapi.yaml.
+//
 // # Clusters
 //
 // Given a Cluster (a broker started with --namesrv, and dev), a Server
