@@ -29,6 +29,7 @@ const (
 	codeUnknownBroker     broker.Code = "unknown_broker"
 	codeClusterPartial    broker.Code = "cluster_partial"
 	codeBrokerUnavailable broker.Code = "broker_unavailable"
+	codeBrokerNameTaken   broker.Code = "broker_name_taken"
 )
 
 // statusOf is the one table from error codes to HTTP statuses.
@@ -77,6 +78,7 @@ var statusOf = map[broker.Code]int{
 	codeRateLimited:                 http.StatusTooManyRequests,
 	codeInvalidBroker:               http.StatusBadRequest,
 	codeBrokerNotFound:              http.StatusNotFound,
+	codeBrokerNameTaken:             http.StatusConflict,
 	codeUnknownBroker:               http.StatusBadRequest,
 	codeClusterPartial:              http.StatusBadGateway,
 	codeBrokerUnavailable:           http.StatusServiceUnavailable,
