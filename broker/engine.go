@@ -584,6 +584,13 @@ func (e *Engine) leasePull(ctx context.Context, c *consumer, limit int, visibili
 	if len(got) == 0 {
 		return nil, nil
 	}
+	// From here the lease is written whole or not at all, whether or not
+	// the puller is still there: a cancel that cut the copies' write short
+	// (an append done, its sync abandoned) undid the lease and left the
+	// copies behind, so the messages, pulled again and acked, came back as
+	// a second attempt. A puller that left is handed its messages back by
+	// the caller (httpapi nacks them at once).
+	ctx = context.WithoutCancel(ctx)
 	// The visibility copies (and dead letters) are stored before the
 	// offsets move past the originals: nothing handed out can be lost.
 	now := b.now()

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -135,4 +136,14 @@ func decodeReceipt(s string, key []byte) (receipt, error) {
 		return receipt{}, errBadReceipt
 	}
 	return rc, nil
+}
+
+// InstanceID names this broker's data for the name servers: the same data
+// restarted on another address has the same one, another broker's data
+// (one started with the same --broker-name by mistake) another. It is a
+// hash of the receipt key, which lives in the data directory, and says
+// nothing about the key.
+func (b *Broker) InstanceID() string {
+	sum := sha256.Sum256(append([]byte("postbus instance\x00"), b.receiptKey...))
+	return hex.EncodeToString(sum[:12])
 }

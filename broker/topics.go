@@ -271,6 +271,22 @@ func (b *Broker) Topics(ctx context.Context, after string, limit int) []Topic {
 	return out
 }
 
+// SystemTopics lists the broker's system topics (%RETRY%group%topic,
+// %DLQ%group), sorted by name, for its registration with the name
+// servers, whose routes cover them too.
+func (b *Broker) SystemTopics() []Topic {
+	b.topicsMu.RLock()
+	defer b.topicsMu.RUnlock()
+	var out []Topic
+	for name, ts := range b.topics {
+		if strings.HasPrefix(name, "%") {
+			out = append(out, *ts.info.Load())
+		}
+	}
+	slices.SortFunc(out, func(x, y Topic) int { return strings.Compare(x.Name, y.Name) })
+	return out
+}
+
 // DeleteTopic removes a topic and its queues. Its records stay in the log
 // until retention removes their segments, but nothing reaches them: queries
 // ignore messages of topics that no longer exist (or were created again

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/postbus/postbus/broker"
 	"github.com/postbus/postbus/namesrv"
 )
 
@@ -50,10 +52,28 @@ const hdrForwardedBy = "Postbus-Forwarded-By"
 // in a cluster.
 const hdrBroker = "Postbus-Broker"
 
-// downFor is how long a broker that refused a connection is skipped
-// before it is tried again; name servers drop it from routes after their
+// downFor is how long a broker that refused a connection, or let a
+// request pass its hop deadline, is skipped before it is tried again; name servers drop it from routes after their
 // broker expiry (120s) if it stays down.
 const downFor = 10 * time.Second
+
+// DefaultHopTimeout bounds a request one broker sends another, beyond a
+// long poll's wait: a broker that accepts connections but does not answer
+// (hung, or stopped) costs a request this much at most, and is then
+// skipped like one that refused the connection.
+const DefaultHopTimeout = 10 * time.Second
+
+// errHopTimeout marks a forward that ran out of its hop's time while the
+// client still waited: the other broker is hung or overloaded.
+var errHopTimeout = errors.New("no answer within the hop's deadline")
+
+// hopWaitKey carries a long poll's wait in a request's context, for do to
+// add to the hop's deadline.
+type hopWaitKey struct{}
+
+func withHopWait(ctx context.Context, wait time.Duration) context.Context {
+	return context.WithValue(ctx, hopWaitKey{}, wait)
+}
 
 // receiptSep separates the issuing broker's name from a receipt in a
 // cluster: broker-a~<receipt>. Neither broker names nor receipts use it.
@@ -68,6 +88,10 @@ type Cluster struct {
 	// HTTP sends forwarded requests; nil: a client with a pool sized for
 	// forwarding publishes.
 	HTTP *http.Client
+	// HopTimeout bounds each request to another broker, beyond a long
+	// poll's wait (0: DefaultHopTimeout). The client's own request bounds
+	// it too: a client that leaves cancels the forwards made for it.
+	HopTimeout time.Duration
 }
 
 // peer is a broker a request may go to. The local broker has no address.
@@ -86,6 +110,7 @@ type cluster struct {
 	hc     *http.Client
 	logger *slog.Logger
 	rr     atomic.Uint64
+	hop    time.Duration // see Cluster.HopTimeout
 
 	mu sync.Mutex
 	// down maps a broker's address to when it may be tried again. By
@@ -106,7 +131,11 @@ func newCluster(c *Cluster, logger *slog.Logger) *cluster {
 			IdleConnTimeout:     90 * time.Second,
 		}}
 	}
-	return &cluster{self: c.Self, names: c.Names, hc: hc, logger: logger, down: make(map[string]time.Time)}
+	hop := c.HopTimeout
+	if hop <= 0 {
+		hop = DefaultHopTimeout
+	}
+	return &cluster{self: c.Self, names: c.Names, hc: hc, logger: logger, hop: hop, down: make(map[string]time.Time)}
 }
 
 // coordinating reports whether this broker answers r for the whole bus:
@@ -115,7 +144,8 @@ func (s *Server) coordinating(r *http.Request) bool {
 	return s.cluster != nil && r.Header.Get(hdrForwardedBy) == ""
 }
 
-// isDown reports whether the broker at addr recently refused a connection.
+// isDown reports whether the broker at addr recently refused a connection
+// or let a request time out.
 func (c *cluster) isDown(addr string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -133,7 +163,7 @@ func (c *cluster) markDown(p peer, err error) {
 	c.down[p.addr] = time.Now().Add(downFor)
 	c.mu.Unlock()
 	if !was {
-		c.logger.Warn("broker unreachable; sending its share to the others", slog.String("broker", p.name),
+		c.logger.Warn("broker unreachable or not answering; sending its share to the others", slog.String("broker", p.name),
 			slog.String("addr", p.addr), slog.Duration("skipped_for", downFor), slog.Any("err", err))
 	}
 }
@@ -146,16 +176,25 @@ func (c *cluster) markDown(p peer, err error) {
 // broker that is down shows up as a failure; reads and publishes skip the
 // ones that recently refused a connection (live).
 func (c *cluster) holders(ctx context.Context, topic string, localQueues int) []peer {
+	out, err := c.route(ctx, topic, localQueues)
+	if err != nil {
+		c.logger.Debug("no route", slog.String("topic", topic), slog.Any("err", err))
+	}
+	return out
+}
+
+// route is holders, with the name servers' failure: err is nil when the
+// route is whole (found, or every name server answered and none knows the
+// topic), and wraps namesrv.ErrTopicGone when the topic's brokers are
+// down, namesrv.ErrUnavailable when not every name server could be asked.
+func (c *cluster) route(ctx context.Context, topic string, localQueues int) ([]peer, error) {
 	var out []peer
 	if localQueues > 0 {
 		out = append(out, peer{name: c.self, queues: localQueues})
 	}
 	rt, ok, err := c.names.Route(ctx, topic)
-	if err != nil {
-		c.logger.Debug("no route", slog.String("topic", topic), slog.Any("err", err))
-	}
 	if !ok {
-		return out
+		return out, err
 	}
 	for _, b := range rt.Brokers {
 		if b.Name != c.self && b.Queues > 0 {
@@ -163,7 +202,7 @@ func (c *cluster) holders(ctx context.Context, topic string, localQueues int) []
 		}
 	}
 	slices.SortFunc(out, func(a, b peer) int { return strings.Compare(a.name, b.name) })
-	return out
+	return out, nil
 }
 
 // live leaves out of peers the brokers that recently refused a
@@ -248,8 +287,15 @@ func (c *cluster) do(ctx context.Context, r *http.Request, p peer, path string, 
 	if path == "" {
 		path = r.URL.RequestURI()
 	}
+	// Every hop has a deadline: the client's (its request's context), and
+	// at most the hop timeout beyond a long poll's wait, so that a broker
+	// that accepts connections but never answers cannot hold the request.
+	wait, _ := ctx.Value(hopWaitKey{}).(time.Duration)
+	parent := ctx
+	ctx, cancel := context.WithTimeout(ctx, wait+c.hop)
 	req, err := http.NewRequestWithContext(ctx, r.Method, p.addr+path, bytes.NewReader(body))
 	if err != nil {
+		cancel()
 		return nil, fmt.Errorf("forward to %s: %w", p.name, err)
 	}
 	for k, vs := range r.Header {
@@ -264,9 +310,43 @@ func (c *cluster) do(ctx context.Context, r *http.Request, p peer, path string, 
 	req.ContentLength = int64(len(body))
 	resp, err := c.hc.Do(req)
 	if err != nil {
+		cancel()
+		if parent.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			return nil, fmt.Errorf("forward to %s: %w (%s): %w", p.name, errHopTimeout, wait+c.hop, err)
+		}
 		return nil, fmt.Errorf("forward to %s: %w", p.name, err)
 	}
+	resp.Body = &hopBody{ReadCloser: resp.Body, cancel: cancel, parent: parent, ctx: ctx}
 	return resp, nil
+}
+
+// hopBody is a forwarded request's answer; closing it ends the hop's
+// context, and a read that runs out of the hop's time says so.
+type hopBody struct {
+	io.ReadCloser
+	cancel      context.CancelFunc
+	parent, ctx context.Context
+}
+
+func (b *hopBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF && b.parent.Err() == nil && b.ctx.Err() != nil {
+		err = fmt.Errorf("%w: %w", errHopTimeout, err)
+	}
+	return n, err
+}
+
+func (b *hopBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
+}
+
+// unresponsive reports whether a forward failed in a way that says the
+// other broker is not there to answer: it refused the connection, or it
+// let the hop's deadline pass. Either marks it down.
+func unresponsive(err error) bool {
+	return notSent(err) || errors.Is(err, errHopTimeout)
 }
 
 // notSent reports whether a forward failed before any of the request
@@ -363,7 +443,7 @@ func (s *Server) askOne(r *http.Request, p peer, path string, body []byte, local
 	}
 	resp, err := s.cluster.send(r.Context(), r, p, path, body)
 	if err != nil {
-		if notSent(err) {
+		if unresponsive(err) {
 			s.cluster.markDown(p, err)
 		}
 		return answer{peer: p, err: err}
@@ -371,6 +451,9 @@ func (s *Server) askOne(r *http.Request, p peer, path string, body []byte, local
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
+		if unresponsive(err) {
+			s.cluster.markDown(p, err)
+		}
 		return answer{peer: p, err: fmt.Errorf("reading %s's answer: %w", p.name, err)}
 	}
 	return answer{peer: p, status: resp.StatusCode, header: resp.Header, body: b}
@@ -476,4 +559,11 @@ func listOrNone(names []string) string {
 		return "no broker"
 	}
 	return strings.Join(names, ", ")
+}
+
+// problemCodeOf is the code of a problem answer's body, "" for another.
+func problemCodeOf(body []byte) broker.Code {
+	var p problem
+	json.Unmarshal(body, &p)
+	return p.Code
 }

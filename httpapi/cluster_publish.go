@@ -3,6 +3,7 @@ package httpapi
 import (
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/postbus/postbus/broker"
+	"github.com/postbus/postbus/namesrv"
 )
 
 // selfName is this broker's name in a cluster, "" standalone.
@@ -33,19 +35,53 @@ func shardQueue(key string) uint64 {
 }
 
 // publishHolders returns the brokers a publish to topic may go to, or nil
-// when it is this broker's alone to store (it holds the topic and needs no
-// other broker's queue, or nobody else holds it either, in which case the
-// broker answers as it would standalone: auto-create or 404).
-func (s *Server) publishHolders(r *http.Request, topic string, sharded bool) []peer {
+// when it is this broker's alone to store: it holds the topic and needs no
+// other broker's queue, or every name server answered and none knows the
+// topic, in which case the broker answers as it would standalone
+// (auto-create, or 404). A topic this broker does not hold and whose
+// route is not known whole (a name server did not answer, or said its
+// brokers are down) is refused with err: creating a copy here would take
+// messages that none of the topic's subscriptions ever sees.
+func (s *Server) publishHolders(r *http.Request, topic string, sharded bool) ([]peer, error) {
 	local, _ := s.broker.Queues(topic)
 	if local > 0 && !sharded {
-		return nil
+		return nil, nil
 	}
-	holders := s.cluster.live(s.cluster.holders(r.Context(), topic, local))
+	all, err := s.cluster.route(r.Context(), topic, local)
+	if err != nil && local == 0 && len(all) == 0 {
+		return nil, err
+	}
+	holders := s.cluster.live(all)
 	if len(holders) == 0 || (len(holders) == 1 && holders[0].local()) {
-		return nil
+		return nil, nil
 	}
-	return holders
+	return holders, nil
+}
+
+// writeNoRoute answers a publish to a topic this broker does not hold and
+// cannot find whole: 503, nothing stored.
+func (s *Server) writeNoRoute(w http.ResponseWriter, r *http.Request, topic string, err error) {
+	detail := fmt.Sprintf("topic %s is not on this broker, and the name servers cannot say where it is (%v); nothing was stored, and it was not created here", topic, err)
+	if errors.Is(err, namesrv.ErrTopicGone) {
+		detail = fmt.Sprintf("topic %s lives on brokers that are down (%v); nothing was stored, and it was not created here", topic, err)
+	}
+	writeProblem(w, r, codeBrokerUnavailable, "", detail)
+}
+
+// refuseForwardedCreate answers a forwarded publish to a topic this broker
+// does not hold, reporting whether it did: the sender's route was stale
+// (the topic was deleted here) or the header is forged. Either way it must
+// not create the topic, which only a broker coordinating a client's
+// publish may do, once the name servers have said nobody holds it.
+func (s *Server) refuseForwardedCreate(w http.ResponseWriter, r *http.Request, topic string) bool {
+	if s.cluster == nil || s.coordinating(r) {
+		return false
+	}
+	if n, _ := s.broker.Queues(topic); n > 0 {
+		return false
+	}
+	writeProblem(w, r, broker.CodeTopicNotFound, "topic", fmt.Sprintf("broker %s does not hold topic %s; a publish forwarded by another broker never creates a topic", s.cluster.self, topic))
+	return true
 }
 
 // placementKey is what ties a message to one broker of a topic held by
@@ -65,7 +101,11 @@ func placementKey(m *broker.Message) string {
 // tried, so publishes keep flowing while a dead broker ages out of the
 // routes.
 func (s *Server) forwardPublish(w http.ResponseWriter, r *http.Request, topic, key string, body []byte) bool {
-	holders := s.publishHolders(r, topic, key != "")
+	holders, err := s.publishHolders(r, topic, key != "")
+	if err != nil {
+		s.writeNoRoute(w, r, topic, err)
+		return true
+	}
 	var unreachable []string
 	for len(holders) > 0 {
 		var p peer
@@ -111,6 +151,9 @@ func (s *Server) publishOn(w http.ResponseWriter, r *http.Request, p peer, body 
 		s.cluster.markDown(p, err)
 		return false
 	default:
+		if unresponsive(err) {
+			s.cluster.markDown(p, err)
+		}
 		writeProblem(w, r, codeBrokerUnavailable, "", fmt.Sprintf("broker %s did not answer: %v; what was published may or may not have been stored (publish again with a Postbus-Dedup-Id to be sure)", p.name, err))
 	}
 	return true
@@ -125,7 +168,11 @@ func (s *Server) publishOn(w http.ResponseWriter, r *http.Request, p peer, body 
 // saying which messages were stored.
 func (s *Server) forwardBatch(w http.ResponseWriter, r *http.Request, topic string, msgs []*broker.Message, data []byte) bool {
 	keyed := slices.ContainsFunc(msgs, func(m *broker.Message) bool { return placementKey(m) != "" })
-	holders := s.publishHolders(r, topic, keyed)
+	holders, err := s.publishHolders(r, topic, keyed)
+	if err != nil {
+		s.writeNoRoute(w, r, topic, err)
+		return true
+	}
 	if holders == nil {
 		return false
 	}
@@ -134,7 +181,9 @@ func (s *Server) forwardBatch(w http.ResponseWriter, r *http.Request, topic stri
 	for i := range pending {
 		pending[i] = i
 	}
-	var stored, failed, unreachable []string
+	// failed: parts a broker refused (nothing of them stored); unknown:
+	// parts whose answer was lost, which may or may not have been stored.
+	var stored, failed, unknown, unreachable []string
 	for len(pending) > 0 && len(holders) > 0 {
 		parts := placeBatch(msgs, pending, holders, pick(holders, s.cluster.rr.Add(1)-1))
 		if len(parts) == 1 && len(pending) == len(msgs) {
@@ -169,22 +218,38 @@ func (s *Server) forwardBatch(w http.ResponseWriter, r *http.Request, topic stri
 				unreachable = append(unreachable, a.peer.name)
 				holders = slices.DeleteFunc(holders, func(h peer) bool { return h.name == a.peer.name })
 				pending = append(pending, idx...)
+			case a.err != nil || a.status >= 500:
+				// Sent, and no answer came back (or the broker failed
+				// midway): the part may have been stored.
+				unknown = append(unknown, fmt.Sprintf("messages %v on %s", idx, describe(a)))
 			default:
 				failed = append(failed, fmt.Sprintf("messages %v on %s", idx, describe(a)))
 			}
 		}
 		slices.Sort(pending)
 	}
-	if len(pending) > 0 && len(stored) == 0 && len(failed) == 0 {
+	if len(pending) > 0 && len(stored) == 0 && len(failed) == 0 && len(unknown) == 0 {
 		writeUnreachable(w, r, topic, unreachable)
 		return true
 	}
 	if len(pending) > 0 {
 		failed = append(failed, fmt.Sprintf("messages %v: no holder could be reached (%s)", pending, strings.Join(unreachable, ", ")))
 	}
-	if len(failed) > 0 {
-		writeProblem(w, r, codeClusterPartial, "", fmt.Sprintf("the batch spans brokers; stored %s; not stored %s; publish the messages not stored again",
-			listOrNone(stored), strings.Join(failed, "; ")))
+	if len(failed) > 0 || len(unknown) > 0 {
+		detail := fmt.Sprintf("the batch spans brokers; stored %s", listOrNone(stored))
+		if len(failed) > 0 {
+			detail += fmt.Sprintf("; not stored %s", strings.Join(failed, "; "))
+		}
+		if len(unknown) > 0 {
+			detail += fmt.Sprintf("; may or may not have been stored %s", strings.Join(unknown, "; "))
+		}
+		switch {
+		case len(unknown) == 0:
+			detail += "; publish the messages not stored again"
+		default:
+			detail += "; publish the messages not stored again, and those that may have been with the same Postbus-Dedup-Id (dedup_id) to be sure they are stored once"
+		}
+		writeProblem(w, r, codeClusterPartial, "", detail)
 		return true
 	}
 	out, _ := json.Marshal(results)

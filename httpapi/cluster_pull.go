@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/postbus/postbus/broker"
 )
 
 // receiptOut is a receipt as this broker hands it out: in a cluster,
@@ -124,14 +125,24 @@ func (s *Server) pullEverywhere(w http.ResponseWriter, r *http.Request, max int,
 	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + 30*time.Second))
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
-	polls := make(chan answer, len(holders))
-	pr := r.WithContext(ctx)
-	for _, p := range holders {
+	// A holder that could not be asked a moment ago (refused, or let the
+	// hop's deadline pass: it is marked down) is not waited on again.
+	pollers := slices.DeleteFunc(slices.Clone(holders), func(p peer) bool {
+		return slices.ContainsFunc(failed, func(a answer) bool { return a.err != nil && a.peer.name == p.name })
+	})
+	if len(pollers) == 0 {
+		s.writePulled(w, r, got, failed, len(holders))
+		return true
+	}
+	unasked := failed
+	polls := make(chan answer, len(pollers))
+	pr := r.WithContext(withHopWait(ctx, wait)) // each poll's deadline: wait plus the hop timeout
+	for _, p := range pollers {
 		go func() { polls <- s.askOne(pr, p, pathFor(max, wait), nil, s.handlePull) }()
 	}
-	failed = failed[:0]
+	failed = slices.DeleteFunc(slices.Clone(unasked), func(a answer) bool { return a.err == nil })
 	var stop *time.Timer
-	for range holders {
+	for range pollers {
 		a := <-polls
 		page, ok := pageOf(a)
 		if !ok {
@@ -163,6 +174,14 @@ func pageOf(a answer) (pulledPage, bool) {
 // fatal, unless every holder failed.
 func (s *Server) writePulled(w http.ResponseWriter, r *http.Request, got []json.RawMessage, failed []answer, holders int) {
 	if len(failed) == holders {
+		// A holder's refusal (404 subscription_not_found, 400, 403) is
+		// the answer the client needs, not "unavailable".
+		for _, a := range failed {
+			if a.err == nil && a.status >= 400 && a.status < 500 {
+				writeAnswer(w, r, a)
+				return
+			}
+		}
 		writeProblem(w, r, codeBrokerUnavailable, "", "no broker holding the topic answered: "+describe(failed[0]))
 		return
 	}
@@ -213,12 +232,17 @@ func (s *Server) settleEverywhere(r *http.Request, path string, receipts []strin
 		}
 	}
 	// A receipt naming no broker, this one, or one the cluster does not
-	// know is settled here: its MAC decides.
+	// know is settled here: its MAC decides. One naming a broker that is
+	// not live (expired, or the name servers cannot be asked) is tried
+	// here too, since this broker may have been renamed, but its own share:
+	// refused here, it is the other broker's genuine receipt as likely as
+	// not, and the answer says that broker is unavailable rather than that
+	// the receipt is forged, so that the client does not drop it.
 	shares := map[string][]string{}
 	var order []string
 	for _, rc := range receipts {
 		name, _ := splitReceipt(rc)
-		if _, known := addrs[name]; !known {
+		if _, known := addrs[name]; !known && name == "" {
 			name = s.cluster.self
 		}
 		if _, ok := shares[name]; !ok {
@@ -241,6 +265,10 @@ func (s *Server) settleEverywhere(r *http.Request, path string, receipts []strin
 			b, _ := json.Marshal(share)
 			p := peer{name: name, addr: addrs[name]}
 			out[i] = s.askOne(r, p, path, b, local)
+			if _, known := addrs[name]; !known && name != s.cluster.self && out[i].err == nil && out[i].status == http.StatusBadRequest &&
+				problemCodeOf(out[i].body) == broker.CodeInvalidReceipt {
+				out[i] = answer{peer: p, err: fmt.Errorf("receipts %s were issued by broker %s, which is not live now (or the name servers cannot be asked); settle them again once it is back, or they are delivered again after their visibility", strings.Join(shares[name], ", "), name)}
+			}
 		}()
 	}
 	for range order {

@@ -2678,8 +2678,9 @@ func nameServerExchanges(env *contractEnv) []exchange {
 		{name: "patch broker/unknown field", nameServer: true, method: "PATCH", path: "/v1/brokers/broker-a", header: jsonCT,
 			body: `{"addr":"http://10.0.0.7:8080","topics":[]}`, status: 400, code: codeInvalidJSON, invalid: true},
 		{name: "route/patches refused", nameServer: true, method: "GET", path: "/v1/routes/t", status: 404, code: broker.CodeTopicNotFound},
-		{name: "route/system topic", nameServer: true, method: "GET", path: "/v1/routes/%25DLQ%25billing", status: 400,
-			code: broker.CodeSystemTopic, invalid: true},
+		// System topics are registered like others (none holds this one).
+		{name: "route/system topic", nameServer: true, method: "GET", path: "/v1/routes/%25DLQ%25billing", status: 404,
+			code: broker.CodeTopicNotFound},
 		{name: "route/invalid name", nameServer: true, method: "GET", path: "/v1/routes/bad!name", status: 400,
 			code: broker.CodeInvalidTopic, invalid: true},
 
@@ -2716,12 +2717,20 @@ func nameServerExchanges(env *contractEnv) []exchange {
 		{name: "route/unregistered", method: "GET", path: "/v1/routes/orders", status: 200, check: wantRoute("orders", b)},
 		// broker-b falls silent for longer than the expiry: it leaves every
 		// answer at once, before any scan drops it.
-		{name: "route/expired", nameServer: true, method: "GET", path: "/v1/routes/orders", status: 404, code: broker.CodeTopicNotFound,
+		// Its topics' routes say their brokers are down (not that nobody
+		// holds them) for one expiry.
+		{name: "route/expired", nameServer: true, method: "GET", path: "/v1/routes/orders", status: 503, code: codeBrokerUnavailable,
 			prepare: func(testing.TB, map[string]string) { env.clock.advance(121 * time.Second) }},
 		{name: "cluster/expired", nameServer: true, method: "GET", path: "/v1/cluster", status: 200, check: wantCluster()},
 		{name: "heartbeat/after expiry", nameServer: true, method: "POST", path: "/v1/brokers/heartbeat", header: jsonCT,
 			body: brokerB, status: 200, check: expiresIn},
 		{name: "cluster/back", method: "GET", path: "/v1/cluster", status: 200, check: wantCluster(clusterB)},
+		// Another instance under broker-b's name, at another address, while
+		// broker-b is live: refused, and broker-b keeps its registration.
+		{name: "heartbeat/name taken", nameServer: true, method: "POST", path: "/v1/brokers/heartbeat", header: jsonCT,
+			body: `{"name":"broker-q","addr":"http://10.0.0.20:8080","instance":"one"}`, status: 200, check: expiresIn},
+		{name: "heartbeat/name taken/refused", nameServer: true, method: "POST", path: "/v1/brokers/heartbeat", header: jsonCT,
+			body: `{"name":"broker-q","addr":"http://10.0.0.21:8080","instance":"two"}`, status: 409, code: codeBrokerNameTaken},
 	}
 }
 

@@ -46,4 +46,17 @@
 //
 // and answers for itself when the request was forwarded to it; the local
 // share of a fan-out runs the same handler in process.
+//
+// Every hop has a deadline: the client's own request bounds it, and
+// Cluster.HopTimeout (--forward-timeout, 10s) beyond a long poll's wait
+// caps it; a broker that lets it pass is marked down (skipped for a
+// while) like one that refuses the connection, and fan-outs ask their
+// brokers at once, so one hung broker costs a request one hop timeout at
+// most. Answers say what is known: a publish or batch part that got no
+// answer "may or may not have been stored"; a holder's 4xx is relayed; a
+// receipt of a broker that is not live is 503 broker_unavailable, not
+// forged. A publish to a topic this broker does not hold creates it here
+// (--auto-create-topics) only when every name server answered and none
+// knows it; otherwise 503 broker_unavailable, and a forwarded publish
+// never creates one.
 package httpapi

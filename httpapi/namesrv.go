@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 
 	"github.com/go-chi/chi/v5"
@@ -23,6 +24,10 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 	if err := s.registry.Heartbeat(req.BrokerInfo()); err != nil {
 		if errors.Is(err, namesrv.ErrInvalid) {
 			writeProblem(w, r, codeInvalidBroker, "", err.Error())
+			return
+		}
+		if errors.Is(err, namesrv.ErrNameTaken) {
+			writeProblem(w, r, codeBrokerNameTaken, "name", err.Error())
 			return
 		}
 		s.writeError(w, r, err)
@@ -61,12 +66,24 @@ func (s *Server) handleUnregisterBroker(w http.ResponseWriter, r *http.Request) 
 
 func (s *Server) handleRoute(w http.ResponseWriter, r *http.Request) {
 	topic := chi.URLParam(r, "topic")
-	if err := broker.ValidateTopicName(topic); err != nil {
-		s.writeError(w, r, err)
+	// System topics (%RETRY%..., %DLQ%...) are registered like any other.
+	if !namesrv.ValidTopicName(topic) {
+		writeProblem(w, r, broker.CodeInvalidTopic, "topic", fmt.Sprintf("%q is not a topic name: 1-127 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit, or a system topic such as %%DLQ%%group", topic))
 		return
 	}
-	route, ok := s.registry.Route(topic)
-	if !ok {
+	route, ok, err := s.registry.Lookup(topic)
+	switch {
+	case errors.Is(err, namesrv.ErrWarmingUp):
+		w.Header().Set("Retry-After", "1")
+		writeProblem(w, r, codeNotReady, "", err.Error())
+		return
+	case errors.Is(err, namesrv.ErrTopicGone):
+		writeProblem(w, r, codeBrokerUnavailable, "topic", err.Error())
+		return
+	case err != nil:
+		s.writeError(w, r, err)
+		return
+	case !ok:
 		writeProblem(w, r, broker.CodeTopicNotFound, "topic", "no live broker holds topic "+topic)
 		return
 	}

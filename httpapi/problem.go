@@ -30,6 +30,7 @@ const (
 	codeClusterPartial    broker.Code = "cluster_partial"
 	codeBrokerUnavailable broker.Code = "broker_unavailable"
 	codeServerBusy        broker.Code = "server_busy"
+	codeBrokerNameTaken   broker.Code = "broker_name_taken"
 )
 
 // statusOf is the one table from error codes to HTTP statuses.
@@ -78,6 +79,7 @@ var statusOf = map[broker.Code]int{
 	codeRateLimited:                 http.StatusTooManyRequests,
 	codeInvalidBroker:               http.StatusBadRequest,
 	codeBrokerNotFound:              http.StatusNotFound,
+	codeBrokerNameTaken:             http.StatusConflict,
 	codeUnknownBroker:               http.StatusBadRequest,
 	codeClusterPartial:              http.StatusBadGateway,
 	codeBrokerUnavailable:           http.StatusServiceUnavailable,

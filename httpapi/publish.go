@@ -286,7 +286,7 @@ func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	m.Body = body
-	if s.coordinating(r) && s.forwardPublish(w, r, topic, placementKey(m), body) {
+	if s.coordinating(r) && s.forwardPublish(w, r, topic, placementKey(m), body) || s.refuseForwardedCreate(w, r, topic) {
 		return
 	}
 	msgs := []*broker.Message{m}
@@ -432,7 +432,7 @@ func (s *Server) handlePublishBatch(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, be.code, be.field, be.Error())
 		return
 	}
-	if s.coordinating(r) && s.forwardBatch(w, r, topic, msgs, data) {
+	if s.coordinating(r) && s.forwardBatch(w, r, topic, msgs, data) || s.refuseForwardedCreate(w, r, topic) {
 		return
 	}
 	if !s.allowPublish(w, r, topic, msgs) {

@@ -15,7 +15,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -70,11 +69,6 @@ type Client struct {
 	finished uint64        // guarded by roundMu
 	done     chan struct{} // guarded by roundMu
 
-	// preferred is the index of the name server that last answered a route
-	// query; the next query starts there, so a dead name server ahead of it
-	// in the list does not cost every query a timeout.
-	preferred atomic.Int64
-
 	mu      sync.Mutex
 	routes  map[string]cachedRoute // guarded by mu
 	brokers cachedBrokers          // guarded by mu
@@ -101,6 +95,11 @@ type beatState struct {
 	// acked is the registration (topics sorted) the server last
 	// acknowledged, nil after a failure: what a patch is the difference to.
 	acked *BrokerInfo
+	// registered: the server may hold this broker's registration, so it
+	// is ours to unregister: a heartbeat was sent and not refused. A
+	// broker refused its name (another live broker holds it) must not
+	// unregister the holder.
+	registered bool
 }
 
 // NewClient returns a client of the name servers cfg.Addrs.
@@ -240,7 +239,10 @@ func (c *Client) Run(ctx context.Context, info func() BrokerInfo) {
 		bi.Topics = topics
 		if name != "" && name != bi.Name {
 			// Renamed: drop the old registration rather than let it expire.
-			c.unregister(ctx, name)
+			c.unregister(ctx, name, func(int) bool { return true })
+			for i := range c.beats {
+				c.beats[i].registered = false
+			}
 		}
 		name = bi.Name
 		whole := sync.OnceValues(func() ([]byte, error) { return json.Marshal(NewHeartbeatRequest(bi)) })
@@ -258,7 +260,7 @@ func (c *Client) Run(ctx context.Context, info func() BrokerInfo) {
 		select {
 		case <-ctx.Done():
 			if name != "" {
-				c.unregister(context.WithoutCancel(ctx), name)
+				c.unregister(context.WithoutCancel(ctx), name, func(i int) bool { return c.beats[i].registered })
 			}
 			return
 		case <-t.C:
@@ -295,6 +297,7 @@ func (c *Client) beat(ctx context.Context, i int, bi BrokerInfo, patch bool, who
 			sent = !errors.Is(err, errNotRegistered) // else: it restarted; send it all
 		}
 	}
+	st.registered = true // until the server refuses the name
 	if !sent {
 		body, merr := whole()
 		if merr != nil { // cannot happen for these types; not worth a panic
@@ -307,6 +310,15 @@ func (c *Client) beat(ctx context.Context, i int, bi BrokerInfo, patch bool, who
 		st.acked = nil
 		if ctx.Err() != nil {
 			return // shutting down; not the name server's fault
+		}
+		if errors.Is(err, ErrNameTaken) {
+			st.registered = false
+			if !st.down {
+				st.down = true
+				c.log.Error("name server refuses this broker's name: another live broker holds it; this broker is not in the routes",
+					slog.String(logKeyNameSrv, addr), slog.String(logKeyBroker, bi.Name), slog.Any(logKeyErr, err))
+			}
+			return
 		}
 		if !st.down {
 			st.down = true
@@ -364,6 +376,8 @@ func (c *Client) registration(req *http.Request) (HeartbeatResponse, error) {
 	switch {
 	case resp.StatusCode == http.StatusNotFound && req.Method == http.MethodPatch:
 		return HeartbeatResponse{}, errNotRegistered
+	case resp.StatusCode == http.StatusConflict:
+		return HeartbeatResponse{}, fmt.Errorf("%w: %w", ErrNameTaken, statusError(resp))
 	case resp.StatusCode != http.StatusOK:
 		return HeartbeatResponse{}, statusError(resp)
 	}
@@ -374,13 +388,16 @@ func (c *Client) registration(req *http.Request) (HeartbeatResponse, error) {
 	return ans, nil
 }
 
-// unregister deletes the broker from every name server at once, within
-// Timeout. 204 and 404 both mean it is gone.
-func (c *Client) unregister(ctx context.Context, name string) {
+// unregister deletes the broker from every name server ours says
+// registered it, at once, within Timeout. 204 and 404 both mean it is gone.
+func (c *Client) unregister(ctx context.Context, name string, ours func(i int) bool) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	var wg sync.WaitGroup
-	for _, addr := range c.addrs {
+	for i, addr := range c.addrs {
+		if !ours(i) {
+			continue
+		}
 		wg.Go(func() {
 			if err := c.delete(ctx, addr, name); err != nil {
 				c.log.Warn("unregistering from name server failed; it will expire the broker",
@@ -409,14 +426,18 @@ func (c *Client) delete(ctx context.Context, addr, name string) error {
 }
 
 // Route returns where topic lives. A route is cached for Interval. Past
-// that the name servers are asked, starting with the one that last
-// answered: the first that knows the topic gives the route. A name server
-// that does not know it is not taken at its word while another may (it may
-// have restarted and not yet heard every broker's heartbeat); if none
-// knows it, ok is false. When no name server answers at all, the cached
-// route is returned however old, as RocketMQ clients do, and without one
-// the error wraps ErrUnavailable. Unknown topics are not cached, so a new
-// topic is found as soon as its broker has registered it.
+// that every name server is asked at once and their answers merged: a
+// broker any of them lists is in the route, since a name server that
+// restarted lists only the brokers that have heartbeated to it since (and
+// answers no route at all during its warm-up). ok is false, with a nil
+// error, only when every name server answered and none knows the topic:
+// that, and nothing less, says no broker holds it. When a name server says
+// the topic's brokers are down (they expired or unregistered within its
+// broker expiry), the error wraps ErrTopicGone. When some name servers do
+// not answer and none that did knows the topic, the cached route is
+// returned however old, as RocketMQ clients do, and without one the error
+// wraps ErrUnavailable. Unknown topics are not cached, so a new topic is
+// found as soon as its broker has registered it.
 func (c *Client) Route(ctx context.Context, topic string) (Route, bool, error) {
 	if !validTopic(topic) {
 		return Route{}, false, fmt.Errorf("route: %q is not a topic name", clip(topic))
@@ -428,41 +449,67 @@ func (c *Client) Route(ctx context.Context, topic string) (Route, bool, error) {
 		return cloneRoute(cached.route), true, nil
 	}
 
-	n := len(c.addrs)
-	start := int(c.preferred.Load())
-	var errs []error
-	answered := false
-	for k := range n {
-		i := (start + k) % n
-		rt, found, err := c.getRoute(ctx, c.addrs[i], topic)
-		if err != nil {
-			if ctx.Err() != nil {
-				return Route{}, false, fmt.Errorf("route %q: %w", topic, ctx.Err())
+	type result struct {
+		rt    Route
+		found bool
+		err   error
+	}
+	results := make([]result, len(c.addrs))
+	var wg sync.WaitGroup
+	for i, addr := range c.addrs {
+		wg.Go(func() {
+			rt, found, err := c.getRoute(ctx, addr, topic)
+			results[i] = result{rt, found, err}
+		})
+	}
+	wg.Wait()
+	var (
+		merged Route
+		found  bool
+		errs   []error
+		gone   error
+	)
+	for i, res := range results {
+		switch {
+		case res.err != nil && errors.Is(res.err, ErrTopicGone):
+			gone = cmp.Or(gone, res.err)
+		case res.err != nil:
+			errs = append(errs, fmt.Errorf("%s: %w", c.addrs[i], res.err))
+		case res.found:
+			found = true
+			merged.Topic = topic
+			for _, b := range res.rt.Brokers {
+				if !slices.ContainsFunc(merged.Brokers, func(x RouteBroker) bool { return x.Name == b.Name }) {
+					merged.Brokers = append(merged.Brokers, b)
+				}
 			}
-			errs = append(errs, fmt.Errorf("%s: %w", c.addrs[i], err))
-			continue
-		}
-		answered = true
-		c.preferred.Store(int64(i))
-		if found {
-			c.mu.Lock()
-			c.routes[topic] = cachedRoute{route: rt, fetched: c.now()}
-			c.mu.Unlock()
-			return cloneRoute(rt), true, nil
 		}
 	}
-	if answered {
+	if found {
+		slices.SortFunc(merged.Brokers, func(a, b RouteBroker) int { return cmp.Compare(a.Name, b.Name) })
+		c.mu.Lock()
+		c.routes[topic] = cachedRoute{route: merged, fetched: c.now()}
+		c.mu.Unlock()
+		return cloneRoute(merged), true, nil
+	}
+	if ctx.Err() != nil {
+		return Route{}, false, fmt.Errorf("route %q: %w", topic, ctx.Err())
+	}
+	if gone != nil {
+		return Route{}, false, fmt.Errorf("route %q: %w", topic, gone)
+	}
+	if len(errs) == 0 && len(c.addrs) > 0 {
 		c.mu.Lock()
 		delete(c.routes, topic)
 		c.mu.Unlock()
 		return Route{}, false, nil
 	}
 	if have {
-		c.log.Debug("no name server answered; using the cached route",
+		c.log.Debug("not every name server answered and none knows the topic; using the cached route",
 			slog.String("topic", topic), slog.Any(logKeyErr, errors.Join(errs...)))
 		return cloneRoute(cached.route), true, nil
 	}
-	if n == 0 {
+	if len(c.addrs) == 0 {
 		errs = append(errs, errors.New("no name servers given"))
 	}
 	return Route{}, false, fmt.Errorf("route %q: %w: %w", topic, ErrUnavailable, errors.Join(errs...))
@@ -478,8 +525,10 @@ func (c *Client) Forget(topic string) {
 
 // Brokers returns the live brokers of the cluster (their topics counted in
 // the name server's answer, not listed: Topics is nil). Like Route, the
-// list is cached for Interval, asked of the name server that last answered
-// first, and served however old when no name server answers.
+// list is cached for Interval, every name server is asked at once and the
+// answers merged (a broker two list at different addresses is taken at the
+// one heard from last), and the cached list is served however old when no
+// name server answers.
 func (c *Client) Brokers(ctx context.Context) ([]BrokerInfo, error) {
 	c.mu.Lock()
 	cached := c.brokers
@@ -487,29 +536,52 @@ func (c *Client) Brokers(ctx context.Context) ([]BrokerInfo, error) {
 	if cached.list != nil && c.now().Sub(cached.fetched) < c.interval {
 		return slices.Clone(cached.list), nil
 	}
-	n := len(c.addrs)
-	start := int(c.preferred.Load())
-	var errs []error
-	for k := range n {
-		i := (start + k) % n
-		list, err := c.getCluster(ctx, c.addrs[i])
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, fmt.Errorf("cluster: %w", ctx.Err())
+	lists := make([][]BrokerInfo, len(c.addrs))
+	errs := make([]error, len(c.addrs))
+	var wg sync.WaitGroup
+	for i, addr := range c.addrs {
+		wg.Go(func() {
+			lists[i], errs[i] = c.getCluster(ctx, addr)
+			if errs[i] != nil {
+				errs[i] = fmt.Errorf("%s: %w", addr, errs[i])
 			}
-			errs = append(errs, fmt.Errorf("%s: %w", c.addrs[i], err))
+		})
+	}
+	wg.Wait()
+	var merged []BrokerInfo
+	answered := false
+	for i, list := range lists {
+		if errs[i] != nil {
 			continue
 		}
-		c.preferred.Store(int64(i))
+		answered = true
+		for _, b := range list {
+			j := slices.IndexFunc(merged, func(x BrokerInfo) bool { return x.Name == b.Name })
+			switch {
+			case j < 0:
+				merged = append(merged, b)
+			case b.LastHeartbeat.After(merged[j].LastHeartbeat):
+				merged[j] = b
+			}
+		}
+	}
+	if answered {
+		if merged == nil {
+			merged = []BrokerInfo{}
+		}
+		slices.SortFunc(merged, func(a, b BrokerInfo) int { return cmp.Compare(a.Name, b.Name) })
 		c.mu.Lock()
-		c.brokers = cachedBrokers{list: list, fetched: c.now()}
+		c.brokers = cachedBrokers{list: merged, fetched: c.now()}
 		c.mu.Unlock()
-		return slices.Clone(list), nil
+		return slices.Clone(merged), nil
+	}
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("cluster: %w", ctx.Err())
 	}
 	if cached.list != nil {
 		return slices.Clone(cached.list), nil
 	}
-	if n == 0 {
+	if len(c.addrs) == 0 {
 		errs = append(errs, errors.New("no name servers given"))
 	}
 	return nil, fmt.Errorf("cluster: %w: %w", ErrUnavailable, errors.Join(errs...))
@@ -558,6 +630,13 @@ func (c *Client) getRoute(ctx context.Context, addr, topic string) (rt Route, fo
 	case http.StatusOK:
 	case http.StatusNotFound:
 		return Route{}, false, nil
+	case http.StatusServiceUnavailable:
+		code := problemCode(resp)
+		err := statusError(resp)
+		if code == "broker_unavailable" {
+			return Route{}, false, fmt.Errorf("%w: %w", ErrTopicGone, err)
+		}
+		return Route{}, false, err
 	default:
 		return Route{}, false, statusError(resp)
 	}
@@ -577,6 +656,21 @@ func (c *Client) getRoute(ctx context.Context, addr, topic string) (rt Route, fo
 func cloneRoute(rt Route) Route {
 	rt.Brokers = slices.Clone(rt.Brokers)
 	return rt
+}
+
+// problemCode is the code of a problem answer, read without consuming
+// its body (statusError reads it after).
+func problemCode(resp *http.Response) string {
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+	resp.Body = struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(raw), resp.Body), resp.Body}
+	var p struct {
+		Code string `json:"code"`
+	}
+	json.Unmarshal(raw, &p)
+	return p.Code
 }
 
 // statusError describes an unexpected answer, with the problem's detail

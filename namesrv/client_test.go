@@ -45,6 +45,10 @@ func newTestNameServer(tb testing.TB) *testNameServer {
 			return
 		}
 		if err := ns.reg.Heartbeat(req.BrokerInfo()); err != nil {
+			if errors.Is(err, ErrNameTaken) {
+				writeProblem(w, http.StatusConflict, "broker_name_taken", err.Error())
+				return
+			}
 			writeProblem(w, http.StatusBadRequest, "invalid_broker", err.Error())
 			return
 		}
@@ -75,8 +79,15 @@ func newTestNameServer(tb testing.TB) *testNameServer {
 	})
 	mux.HandleFunc("GET /v1/routes/{topic}", func(w http.ResponseWriter, r *http.Request) {
 		ns.routeGets.Add(1)
-		rt, ok := ns.reg.Route(r.PathValue("topic"))
-		if !ok {
+		rt, ok, err := ns.reg.Lookup(r.PathValue("topic"))
+		switch {
+		case errors.Is(err, ErrWarmingUp):
+			writeProblem(w, http.StatusServiceUnavailable, "not_ready", err.Error())
+			return
+		case errors.Is(err, ErrTopicGone):
+			writeProblem(w, http.StatusServiceUnavailable, "broker_unavailable", err.Error())
+			return
+		case !ok:
 			writeProblem(w, http.StatusNotFound, "route_not_found", "no broker holds the topic")
 			return
 		}
@@ -538,33 +549,84 @@ func TestClientRouteCache(t *testing.T) {
 	}
 }
 
-func TestClientRouteAsksUntilOneKnows(t *testing.T) {
+// TestClientRouteMergesEveryNameServer: a route is every name server's
+// answer merged, so that one restarted (which lists only the brokers that
+// have heartbeated to it since) is never taken as the whole truth; "no
+// broker holds it" needs every name server to say so; a name server still
+// warming up, or down, leaves the answer open (the cached route, or
+// ErrUnavailable); one that says the topic's brokers are down gives
+// ErrTopicGone.
+func TestClientRouteMergesEveryNameServer(t *testing.T) {
 	restarted, knows := newTestNameServer(t), newTestNameServer(t)
-	dead := closedAddr(t)
-	mustHeartbeat(t, knows.reg, broker("b1", Topic{"%RETRY%g%orders", 1}))
+	const topic = "%RETRY%g%orders"
+	mustHeartbeat(t, knows.reg, broker("b1", Topic{topic, 1}))
+	mustHeartbeat(t, knows.reg, broker("b2", Topic{topic, 1}))
+	mustHeartbeat(t, restarted.reg, broker("b2", Topic{topic, 1})) // b1 has not heartbeated to it yet
 	clock := newFakeClock()
-	c := NewClient(ClientConfig{Addrs: []string{dead, restarted.srv.URL, knows.srv.URL}, Interval: 30 * time.Second, Timeout: 2 * time.Second, Now: clock.Now})
-
+	c := NewClient(ClientConfig{Addrs: []string{restarted.srv.URL, knows.srv.URL}, Interval: 30 * time.Second, Timeout: 2 * time.Second, Now: clock.Now})
+	names := func(rt Route) []string {
+		var out []string
+		for _, b := range rt.Brokers {
+			out = append(out, b.Name)
+		}
+		return out
+	}
 	for i := range 2 {
 		clock.Advance(time.Minute) // past the cache
-		rt, ok, err := c.Route(t.Context(), "%RETRY%g%orders")
-		if err != nil || !ok || len(rt.Brokers) != 1 || rt.Brokers[0].Name != "b1" || rt.Topic != "%RETRY%g%orders" {
-			t.Fatalf("round %d: Route = %+v, %v, %v", i, rt, ok, err)
+		rt, ok, err := c.Route(t.Context(), topic)
+		if err != nil || !ok || !slices.Equal(names(rt), []string{"b1", "b2"}) || rt.Topic != topic {
+			t.Fatalf("round %d: Route = %+v, %v, %v; want b1 and b2", i, rt, ok, err)
 		}
 	}
-	// The second query started at the name server that answered the first.
-	if got := restarted.routeGets.Load(); got != 1 {
-		t.Errorf("the name server without the route was asked %d times, want 1", got)
-	}
-	if got := knows.routeGets.Load(); got != 2 {
-		t.Errorf("the name server with the route was asked %d times, want 2", got)
+	if a, b := restarted.routeGets.Load(), knows.routeGets.Load(); a != 2 || b != 2 {
+		t.Errorf("name servers asked %d and %d times, want 2 each", a, b)
 	}
 
-	// When every name server that answers says no, the route is gone.
-	knows.reg.Unregister("b1")
+	// The only name server that knows a topic is down, and the other has
+	// not heard of it: that leaves the question open, and the cached
+	// route is served, or without one ErrUnavailable.
+	mustHeartbeat(t, knows.reg, broker("b1", Topic{topic, 1}, Topic{"t2", 1}))
+	if _, ok, err := c.Route(t.Context(), "t2"); !ok || err != nil {
+		t.Fatalf("Route(t2) = %v, %v", ok, err)
+	}
+	knows.down.Store(true)
 	clock.Advance(time.Minute)
-	if rt, ok, err := c.Route(t.Context(), "%RETRY%g%orders"); ok || err != nil {
-		t.Errorf("Route after unregister = %+v, %v, %v; want not found", rt, ok, err)
+	if rt, ok, err := c.Route(t.Context(), "t2"); !ok || err != nil || !slices.Equal(names(rt), []string{"b1"}) {
+		t.Errorf("Route with a name server down = %+v, %v, %v; want the cached route", rt, ok, err)
+	}
+	c.Forget("t2")
+	if _, ok, err := c.Route(t.Context(), "t2"); ok || !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Route with a name server down and nothing cached = %v, %v; want ErrUnavailable", ok, err)
+	}
+	// Every name server answers, and the topic's brokers left within the
+	// expiry: the topic is gone for now, not unknown.
+	knows.down.Store(false)
+	knows.reg.Unregister("b1")
+	knows.reg.Unregister("b2")
+	restarted.reg.Unregister("b2")
+	clock.Advance(time.Minute)
+	if _, ok, err := c.Route(t.Context(), topic); ok || !errors.Is(err, ErrTopicGone) {
+		t.Errorf("Route after its brokers left = %v, %v; want ErrTopicGone", ok, err)
+	}
+	// A topic nobody ever held: every name server says so.
+	if rt, ok, err := c.Route(t.Context(), "never-held"); ok || err != nil {
+		t.Errorf("Route of a topic nobody held = %+v, %v, %v; want not found", rt, ok, err)
+	}
+}
+
+// TestClientRouteWaitsForWarmUp: a name server in its warm-up answers no
+// route, and the client does not take the others' "unknown" for certain.
+func TestClientRouteWaitsForWarmUp(t *testing.T) {
+	warming, other := newTestNameServer(t), newTestNameServer(t)
+	warming.reg = NewRegistry(Config{WarmUp: time.Hour})
+	mustHeartbeat(t, warming.reg, broker("b1", Topic{"orders", 1}))
+	c := NewClient(ClientConfig{Addrs: []string{warming.srv.URL, other.srv.URL}, Interval: 30 * time.Second, Timeout: 2 * time.Second})
+	if _, ok, err := c.Route(t.Context(), "orders"); ok || !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Route with a name server warming up = %v, %v; want ErrUnavailable", ok, err)
+	}
+	mustHeartbeat(t, other.reg, broker("b2", Topic{"orders", 1}))
+	if rt, ok, err := c.Route(t.Context(), "orders"); !ok || err != nil || len(rt.Brokers) != 1 || rt.Brokers[0].Name != "b2" {
+		t.Errorf("Route = %+v, %v, %v; want b2, from the name server that is warm", rt, ok, err)
 	}
 }
 

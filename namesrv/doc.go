@@ -7,7 +7,10 @@
 // As in RocketMQ, name servers never talk to each other. Each keeps its
 // registry in memory only and is complete on its own, because every broker
 // heartbeats to every name server; a restarted name server is whole again
-// one heartbeat interval later. Nothing here is written to disk.
+// one heartbeat interval later. Nothing here is written to disk. Until
+// then its routes would be partial, so it answers none: for Config.WarmUp
+// after it starts (postbus namesrv --warm-up, 30s: the brokers' default
+// heartbeat interval), Lookup returns ErrWarmingUp (HTTP 503 not_ready).
 //
 // # The registry
 //
@@ -24,6 +27,15 @@
 //   - A broker silent for longer than BrokerExpiry (default 120s) is left
 //     out of Route and Brokers at once, and removed by Run, which looks
 //     every ScanInterval (default 10s). Unregister removes it at once.
+//   - gone remembers, for BrokerExpiry, each topic whose last holder
+//     expired or unregistered: Lookup says ErrTopicGone (HTTP 503
+//     broker_unavailable) rather than "nobody holds it" (404), so that no
+//     broker takes the place of a topic whose brokers are only down.
+//   - A heartbeat under the name of a live broker of another Instance at
+//     another address is refused (ErrNameTaken, HTTP 409
+//     broker_name_taken): two brokers started with one name must not
+//     take each other's topics out of the routes. The same instance at a
+//     new address (a restart on another port) moves the registration.
 //   - A broker's topics are kept sorted by name and never modified in
 //     place, only replaced. So the work that grows with a heartbeat's size
 //     (comparing with the last list, sorting, a merge that finds what was
@@ -46,7 +58,9 @@
 //	PATCH  {ns}/v1/brokers/{name}     PatchRequest -> 200 HeartbeatResponse; 400 when invalid;
 //	                                  404 when not registered at that address (ErrNotRegistered)
 //	DELETE {ns}/v1/brokers/{name}     -> 204, or 404 when unknown
-//	GET    {ns}/v1/routes/{topic}     -> 200 RouteJSON, or 404 when no live broker holds it
+//	                                  409 when a live broker of another instance has the name (ErrNameTaken)
+//	GET    {ns}/v1/routes/{topic}     -> 200 RouteJSON; 404 when no broker held it within the expiry;
+//	                                  503 not_ready while warming up, broker_unavailable when its brokers are down
 //	GET    {ns}/v1/cluster            -> 200 ClusterJSON (live brokers, topics counted)
 //
 // {topic} is path-escaped: %DLQ%g travels as %25DLQ%25g.
@@ -66,9 +80,17 @@
 // once the name servers know. A failing
 // name server is logged once when it starts failing and once when it
 // recovers, never once per round, and does not delay the others beyond
-// Timeout. Client.Route caches each route for Interval; when no name
-// server answers, it serves the cached route however old, since a stale
-// route is far more useful to a broker forwarding a request than none.
+// Timeout. A broker refused its name is logged as an error, and does not
+// unregister the name's holder when it stops.
+//
+// Client.Route asks every name server at once and merges their routes, so
+// that a partial answer (a name server that restarted) is never taken as
+// the whole; it says nobody holds a topic (ok false, nil error) only when
+// every name server answered so, which is what a broker needs before it
+// creates a topic of its own. It caches each route for Interval; when
+// not every name server answers and none knows the topic, it serves the
+// cached route however old, since a stale route is far more useful to a
+// broker forwarding a request than none, and without one ErrUnavailable.
 // Client.Brokers, the live brokers with their addresses (GET /v1/cluster),
-// is cached and served stale the same way.
+// is merged, cached and served stale the same way.
 package namesrv

@@ -18,11 +18,13 @@ const maxAnswerBytes = 4 << 20
 
 // HeartbeatRequest is the body of POST /v1/brokers/heartbeat.
 type HeartbeatRequest struct {
-	Name    string  `json:"name"`
-	Cluster string  `json:"cluster"`
-	Addr    string  `json:"addr"`
-	Version string  `json:"version"`
-	Topics  []Topic `json:"topics"`
+	Name    string `json:"name"`
+	Cluster string `json:"cluster"`
+	Addr    string `json:"addr"`
+	Version string `json:"version"`
+	// Instance identifies the broker's data; see BrokerInfo.
+	Instance string  `json:"instance,omitempty"`
+	Topics   []Topic `json:"topics"`
 }
 
 // NewHeartbeatRequest is the request that registers info. Topics is shared
@@ -32,12 +34,12 @@ func NewHeartbeatRequest(info BrokerInfo) HeartbeatRequest {
 	if topics == nil {
 		topics = []Topic{}
 	}
-	return HeartbeatRequest{Name: info.Name, Cluster: info.Cluster, Addr: info.Addr, Version: info.Version, Topics: topics}
+	return HeartbeatRequest{Name: info.Name, Cluster: info.Cluster, Addr: info.Addr, Version: info.Version, Instance: info.Instance, Topics: topics}
 }
 
 // BrokerInfo is what the request registers, for Registry.Heartbeat.
 func (h HeartbeatRequest) BrokerInfo() BrokerInfo {
-	return BrokerInfo{Name: h.Name, Cluster: h.Cluster, Addr: h.Addr, Version: h.Version, Topics: h.Topics}
+	return BrokerInfo{Name: h.Name, Cluster: h.Cluster, Addr: h.Addr, Version: h.Version, Instance: h.Instance, Topics: h.Topics}
 }
 
 // PatchRequest is the body of PATCH /v1/brokers/{name}: a registered

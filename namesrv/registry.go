@@ -23,6 +23,23 @@ var ErrInvalid = errors.New("invalid broker registration")
 // server restarted: the broker must send its whole registration again.
 var ErrNotRegistered = errors.New("broker not registered")
 
+// ErrNameTaken is returned (wrapped) by Heartbeat for a broker whose name
+// a live broker of another instance holds at another address: two
+// processes started with one --broker-name. The live one keeps the name
+// (and its topics their routes) until it stops heartbeating.
+var ErrNameTaken = errors.New("broker name taken")
+
+// ErrWarmingUp is returned by Lookup until WarmUp has passed since the
+// registry was made: a restarted name server has not yet heard every
+// broker's heartbeat, so a route it gives may be partial.
+var ErrWarmingUp = errors.New("name server warming up")
+
+// ErrTopicGone is returned (wrapped, naming the brokers) by Lookup for a
+// topic no live broker holds now but one did within BrokerExpiry: its
+// holders are down, not gone for good, and another broker must not take
+// the topic's place.
+var ErrTopicGone = errors.New("the brokers holding the topic are not live")
+
 // Limits on a registration. They bound what one broker can make a name
 // server hold: MaxTopicsPerBroker topics of at most MaxTopicNameLen bytes.
 const (
@@ -49,7 +66,11 @@ type BrokerInfo struct {
 	Cluster string
 	Addr    string // the broker's base URL, http://host:port
 	Version string
-	Topics  []Topic
+	// Instance identifies the broker's data (its receipts' key, hashed):
+	// the same broker restarted on another port keeps it; another broker
+	// given the same name has another. Empty: not told (older brokers).
+	Instance string
+	Topics   []Topic
 	// LastHeartbeat is set by the registry; a caller's value is ignored.
 	LastHeartbeat time.Time
 }
@@ -77,13 +98,20 @@ type Config struct {
 	BrokerExpiry time.Duration
 	// ScanInterval is how often Run looks for silent brokers.
 	ScanInterval time.Duration
+	// WarmUp is how long after it starts the registry answers no route
+	// (Lookup: ErrWarmingUp), so that a restarted name server, empty, does
+	// not give a route before every broker has heartbeated to it. Set it
+	// to the brokers' heartbeat interval (postbus namesrv --warm-up: 30s,
+	// their default). Zero or negative: none, for a registry that cannot
+	// have missed a heartbeat (tests, or one made with its only broker).
+	WarmUp time.Duration
 	// Now is the clock; tests inject their own.
 	Now    func() time.Time
 	Logger *slog.Logger
 }
 
 // DefaultConfig is RocketMQ's: brokers expire after 120s of silence,
-// checked every 10s.
+// checked every 10s; no warm-up.
 func DefaultConfig() Config {
 	return Config{
 		BrokerExpiry: 120 * time.Second,
@@ -125,6 +153,17 @@ type Registry struct {
 	// (with the same queue count), and no slice in index is empty. Guarded
 	// by mu.
 	index map[string][]holder
+	// gone maps a topic whose last live holder expired or unregistered to
+	// when, and which brokers held it, for BrokerExpiry: Lookup answers
+	// ErrTopicGone meanwhile. Guarded by mu.
+	gone map[string]goneTopic
+
+	readyAt time.Time // when warm-up ends
+}
+
+type goneTopic struct {
+	at      time.Time
+	brokers []string
 }
 
 type brokerEntry struct {
@@ -152,6 +191,8 @@ func NewRegistry(cfg Config) *Registry {
 		cfg.Logger = def.Logger
 	}
 	return &Registry{
+		readyAt: cfg.Now().Add(max(cfg.WarmUp, 0)),
+		gone:    make(map[string]goneTopic),
 		expiry:  cfg.BrokerExpiry,
 		scan:    cfg.ScanInterval,
 		now:     cfg.Now,
@@ -206,7 +247,11 @@ func (r *Registry) Heartbeat(info BrokerInfo) error {
 			}
 			c = diffTopics(old, topics)
 		}
-		if r.apply(info, e, old, c) {
+		applied, err := r.apply(info, e, old, c)
+		if err != nil {
+			return err
+		}
+		if applied {
 			if e == nil {
 				r.log.Info("broker registered", slog.String(logKeyBroker, info.Name),
 					slog.String(logKeyCluster, info.Cluster), slog.String(logKeyAddr, info.Addr),
@@ -275,8 +320,8 @@ func (r *Registry) Patch(info BrokerInfo, removed []string) error {
 		if len(topics) > MaxTopicsPerBroker {
 			return fmt.Errorf("%w: %d topics; a broker registers at most %d", ErrInvalid, len(topics), MaxTopicsPerBroker)
 		}
-		if r.apply(info, e, old, diffTopics(old, topics)) {
-			return nil
+		if applied, err := r.apply(info, e, old, diffTopics(old, topics)); err != nil || applied {
+			return err
 		}
 	}
 }
@@ -365,11 +410,24 @@ func compareTopics(a, b Topic) int { return strings.Compare(a.Name, b.Name) }
 // apply makes c the broker's registration, provided its entry is still e
 // holding old (e nil: not registered), and refreshes the rest of it. It
 // reports false, changing nothing, if the entry changed since it was read.
-func (r *Registry) apply(info BrokerInfo, e *brokerEntry, old []Topic, c change) bool {
+func (r *Registry) apply(info BrokerInfo, e *brokerEntry, old []Topic, c change) (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.brokers[info.Name] != e || e != nil && !sameSlice(e.info.Topics, old) {
-		return false
+		return false, nil
+	}
+	now := r.now()
+	if e != nil && e.info.Addr != info.Addr && e.info.Instance != "" && e.info.Instance != info.Instance &&
+		r.alive(e.info.LastHeartbeat, now) {
+		// Another broker claims a live broker's name: replacing the
+		// registration would take the live one's topics out of the routes.
+		// A broker that moved (restarted on another port) has the same
+		// instance, and is let in.
+		r.log.Error("broker name claimed by another broker while its holder is live; refused",
+			slog.String(logKeyBroker, info.Name), slog.String(logKeyAddr, info.Addr),
+			slog.String("holder_addr", e.info.Addr), slog.Duration("holder_silent_for", now.Sub(e.info.LastHeartbeat)))
+		return false, fmt.Errorf("%w: broker %s is live at %s (another instance, heard %s ago); start this one under another --broker-name, or stop that one (its name is free %s after its last heartbeat)",
+			ErrNameTaken, info.Name, clip(e.info.Addr), now.Sub(e.info.LastHeartbeat).Round(time.Millisecond), r.expiry)
 	}
 	if e == nil {
 		e = &brokerEntry{info: BrokerInfo{Name: info.Name}}
@@ -384,8 +442,11 @@ func (r *Registry) apply(info BrokerInfo, e *brokerEntry, old []Topic, c change)
 	if c.replace {
 		e.info.Topics = c.topics
 	}
-	r.refreshLocked(e, info, r.now())
-	return true
+	for _, t := range c.put {
+		delete(r.gone, t.Name)
+	}
+	r.refreshLocked(e, info, now)
+	return true, nil
 }
 
 // sameSlice reports whether a and b are the same slice, not merely equal.
@@ -403,6 +464,9 @@ func (r *Registry) refreshLocked(e *brokerEntry, info BrokerInfo, now time.Time)
 	e.info.Cluster = info.Cluster
 	e.info.Addr = info.Addr
 	e.info.Version = info.Version
+	if info.Instance != "" { // a patch does not carry it
+		e.info.Instance = info.Instance
+	}
 	e.info.LastHeartbeat = now
 }
 
@@ -432,10 +496,22 @@ func (r *Registry) removeHolderLocked(topic string, e *brokerEntry) {
 	r.index[topic] = slices.Delete(hs, i, i+1)
 }
 
-// removeLocked drops a broker and its routes. r.mu must be held.
-func (r *Registry) removeLocked(e *brokerEntry) {
+// removeLocked drops a broker and its routes, remembering for
+// BrokerExpiry the topics it leaves with no live holder. r.mu must be held.
+func (r *Registry) removeLocked(e *brokerEntry, now time.Time) {
 	for _, t := range e.info.Topics {
 		r.removeHolderLocked(t.Name, e)
+		if !slices.ContainsFunc(r.index[t.Name], func(h holder) bool { return r.alive(h.b.info.LastHeartbeat, now) }) {
+			g := r.gone[t.Name]
+			if now.Sub(g.at) > r.expiry {
+				g.brokers = nil
+			}
+			g.at = now
+			if !slices.Contains(g.brokers, e.info.Name) {
+				g.brokers = append(g.brokers, e.info.Name)
+			}
+			r.gone[t.Name] = g
+		}
 	}
 	delete(r.brokers, e.info.Name)
 }
@@ -449,7 +525,7 @@ func (r *Registry) Unregister(name string) bool {
 	if e == nil {
 		return false
 	}
-	r.removeLocked(e)
+	r.removeLocked(e, r.now())
 	r.log.Info("broker unregistered", slog.String(logKeyBroker, name), slog.String(logKeyAddr, e.info.Addr))
 	return true
 }
@@ -482,6 +558,49 @@ func (r *Registry) Route(topic string) (Route, bool) {
 		return Route{}, false
 	}
 	return rt, true
+}
+
+// Lookup is Route for a client that must tell "no broker holds the topic"
+// from "its brokers are down" and "this name server cannot say yet": it
+// returns ErrWarmingUp during the warm-up after the registry starts, and
+// an error wrapping ErrTopicGone when no live broker holds the topic but
+// one did within BrokerExpiry (expired, or unregistered). ok false with a
+// nil error means no broker has held the topic within BrokerExpiry.
+func (r *Registry) Lookup(topic string) (Route, bool, error) {
+	now := r.now()
+	if now.Before(r.readyAt) {
+		return Route{}, false, fmt.Errorf("%w: it started less than its warm-up ago and answers routes in %s, once every broker has heartbeated to it",
+			ErrWarmingUp, r.readyAt.Sub(now).Round(time.Millisecond))
+	}
+	if rt, ok := r.Route(topic); ok {
+		return rt, true, nil
+	}
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	var down []string
+	var last time.Time
+	for _, h := range r.index[topic] { // expired, not yet evicted
+		down = append(down, h.b.info.Name)
+		if h.b.info.LastHeartbeat.After(last) {
+			last = h.b.info.LastHeartbeat
+		}
+	}
+	if g, ok := r.gone[topic]; ok && now.Sub(g.at) <= r.expiry {
+		for _, b := range g.brokers {
+			if !slices.Contains(down, b) {
+				down = append(down, b)
+			}
+		}
+		if g.at.After(last) {
+			last = g.at
+		}
+	}
+	if len(down) == 0 {
+		return Route{}, false, nil
+	}
+	slices.Sort(down)
+	return Route{}, false, fmt.Errorf("%w: topic %s was held by %s, last live %s ago",
+		ErrTopicGone, topic, strings.Join(down, ", "), now.Sub(last).Round(time.Millisecond))
 }
 
 // Brokers returns the live brokers sorted by name. Each BrokerInfo is a
@@ -529,6 +648,12 @@ func (r *Registry) evict(now time.Time) int {
 			break
 		}
 	}
+	for _, g := range r.gone {
+		if now.Sub(g.at) > r.expiry {
+			expired = true
+			break
+		}
+	}
 	r.mu.RUnlock()
 	if !expired {
 		return 0 // the usual case takes only the read lock
@@ -536,12 +661,17 @@ func (r *Registry) evict(now time.Time) int {
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	for t, g := range r.gone {
+		if now.Sub(g.at) > r.expiry {
+			delete(r.gone, t)
+		}
+	}
 	n := 0
 	for _, e := range r.brokers {
 		if r.alive(e.info.LastHeartbeat, now) {
 			continue // heard from since the look above
 		}
-		r.removeLocked(e)
+		r.removeLocked(e, now)
 		n++
 		r.log.Warn("broker expired; its routes are removed",
 			slog.String(logKeyBroker, e.info.Name), slog.String(logKeyAddr, e.info.Addr),
@@ -567,6 +697,9 @@ func validateInfo(info BrokerInfo) error {
 	}
 	if len(info.Version) > MaxVersionLen || !printable(info.Version) {
 		return fmt.Errorf("%w: version %q: want at most %d printable ASCII characters", ErrInvalid, clip(info.Version), MaxVersionLen)
+	}
+	if len(info.Instance) > MaxVersionLen || !printable(info.Instance) {
+		return fmt.Errorf("%w: instance %q: want at most %d printable ASCII characters", ErrInvalid, clip(info.Instance), MaxVersionLen)
 	}
 	if len(info.Topics) > MaxTopicsPerBroker {
 		return fmt.Errorf("%w: %d topics; a broker registers at most %d", ErrInvalid, len(info.Topics), MaxTopicsPerBroker)
@@ -612,6 +745,10 @@ func validateAddr(s string) error {
 // validName matches ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$ without a regexp,
 // since a heartbeat checks many names.
 func validName(s string) bool { return plainName(s, MaxBrokerNameLen) }
+
+// ValidTopicName reports whether s is a topic name a broker may register:
+// a user topic, or a system topic such as %DLQ%group.
+func ValidTopicName(s string) bool { return validTopic(s) }
 
 // validTopic accepts a user topic (DESIGN §3: ^[A-Za-z0-9][A-Za-z0-9._-]{0,126}$)
 // or a system topic: '%', upper-case letters, '%', then at least one of

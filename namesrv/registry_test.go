@@ -727,3 +727,80 @@ func BenchmarkRoute(b *testing.B) {
 		})
 	}
 }
+
+// TestRegistryRefusesATakenName: a broker of another instance claiming a
+// live broker's name at another address is refused, and the live one
+// keeps its routes; the same instance at a new address (a restart on
+// another port) moves; once the holder has expired the name is free.
+func TestRegistryRefusesATakenName(t *testing.T) {
+	clock := newFakeClock()
+	r := NewRegistry(Config{BrokerExpiry: 10 * time.Second, Now: clock.Now})
+	live := broker("b1", Topic{"orders", 2})
+	live.Instance = "aaaa"
+	mustHeartbeat(t, r, live)
+
+	other := broker("b1")
+	other.Addr, other.Instance = "http://elsewhere.example:8080", "bbbb"
+	if err := r.Heartbeat(other); !errors.Is(err, ErrNameTaken) {
+		t.Fatalf("Heartbeat of another instance under a live name = %v; want ErrNameTaken", err)
+	}
+	if rt, ok := r.Route("orders"); !ok || rt.Brokers[0].Addr != live.Addr {
+		t.Fatalf("after the refused claim, route = %+v, %v; want the live broker's", rt, ok)
+	}
+
+	moved := live
+	moved.Addr = "http://b1.example:9090"
+	mustHeartbeat(t, r, moved) // the same data on another port
+	if rt, _ := r.Route("orders"); rt.Brokers[0].Addr != moved.Addr {
+		t.Fatalf("the broker restarted on another port is at %s, want %s", rt.Brokers[0].Addr, moved.Addr)
+	}
+
+	clock.Advance(11 * time.Second) // the holder is silent past its expiry
+	mustHeartbeat(t, r, other)
+	if rt, ok := r.Route("orders"); ok {
+		t.Fatalf("route after the name changed hands = %+v; want none (the new holder lists no topics)", rt)
+	}
+}
+
+// TestRegistryLookup: a topic whose brokers expired or unregistered is
+// "gone" for one expiry, not unknown; a system topic is looked up like
+// any other; a registry in its warm-up answers no route.
+func TestRegistryLookup(t *testing.T) {
+	clock := newFakeClock()
+	r := NewRegistry(Config{BrokerExpiry: 10 * time.Second, Now: clock.Now, WarmUp: 3 * time.Second})
+	mustHeartbeat(t, r, broker("b1", Topic{"orders", 2}, Topic{"%DLQ%g", 1}))
+	mustHeartbeat(t, r, broker("b2", Topic{"solo", 1}))
+	if _, _, err := r.Lookup("orders"); !errors.Is(err, ErrWarmingUp) {
+		t.Fatalf("Lookup during warm-up = %v; want ErrWarmingUp", err)
+	}
+	clock.Advance(3 * time.Second)
+	for _, topic := range []string{"orders", "%DLQ%g"} {
+		if rt, ok, err := r.Lookup(topic); !ok || err != nil || rt.Brokers[0].Name != "b1" {
+			t.Fatalf("Lookup(%s) = %+v, %v, %v", topic, rt, ok, err)
+		}
+	}
+	if _, ok, err := r.Lookup("never"); ok || err != nil {
+		t.Fatalf("Lookup of an unknown topic = %v, %v; want not found, no error", ok, err)
+	}
+	r.Unregister("b2")
+	clock.Advance(8 * time.Second) // b1 silent for 11s: past its expiry, not yet evicted
+	for _, topic := range []string{"orders", "solo"} {
+		if _, ok, err := r.Lookup(topic); ok || !errors.Is(err, ErrTopicGone) {
+			t.Fatalf("Lookup(%s) with its broker down = %v, %v; want ErrTopicGone", topic, ok, err)
+		}
+	}
+	r.evict(clock.Now())
+	if _, _, err := r.Lookup("orders"); !errors.Is(err, ErrTopicGone) {
+		t.Fatalf("Lookup(orders) after its broker was evicted = %v; want ErrTopicGone", err)
+	}
+	clock.Advance(11 * time.Second) // one expiry after they left
+	r.evict(clock.Now())
+	for _, topic := range []string{"orders", "solo"} {
+		if _, ok, err := r.Lookup(topic); ok || err != nil {
+			t.Fatalf("Lookup(%s) an expiry after its broker left = %v, %v; want not found", topic, ok, err)
+		}
+	}
+	if len(r.gone) != 0 {
+		t.Fatalf("gone topics kept past their expiry: %v", r.gone)
+	}
+}

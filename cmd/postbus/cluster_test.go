@@ -156,8 +156,8 @@ func TestClusterAcceptance(t *testing.T) {
 	defer sink.Close()
 
 	phase("starting 2 name servers and 3 brokers")
-	ns1 := start(t, "namesrv", "--broker-expiry", "3s", "--scan-interval", "200ms")
-	ns2 := start(t, "namesrv", "--broker-expiry", "3s", "--scan-interval", "200ms")
+	ns1 := start(t, "namesrv", "--broker-expiry", "3s", "--scan-interval", "200ms", "--warm-up", "300ms")
+	ns2 := start(t, "namesrv", "--broker-expiry", "3s", "--scan-interval", "200ms", "--warm-up", "300ms")
 	nameServers := []*proc{ns1, ns2}
 	names := []string{"broker-a", "broker-b", "broker-c"}
 	dirs := map[string]string{}

@@ -697,7 +697,7 @@ func TestSIGKILLDuringPull(t *testing.T) {
 // SIGKILLed broker drops out of routes within the expiry, and a cleanly
 // stopped one unregisters at once.
 func TestClusterRegistration(t *testing.T) {
-	ns := start(t, "namesrv", "--broker-expiry", "1s", "--scan-interval", "50ms")
+	ns := start(t, "namesrv", "--broker-expiry", "1s", "--scan-interval", "50ms", "--warm-up", "0")
 	brokerA := start(t, "broker", "--data", t.TempDir(), "--auto-create-topics", "--namesrv", ns.url,
 		"--broker-name", "broker-a", "--heartbeat-interval", "200ms")
 	brokerB := start(t, "broker", "--data", t.TempDir(), "--auto-create-topics", "--namesrv", ns.url,

@@ -51,6 +51,7 @@ type serveConfig struct {
 	cluster           string
 	advertise         string
 	heartbeatInterval time.Duration
+	forwardTimeout    time.Duration
 	namesrvToken      string
 }
 
@@ -102,6 +103,7 @@ func newServeFlags(mode string, out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.StringVar(&c.cluster, "cluster", "DefaultCluster", "the cluster this broker belongs to")
 	fs.StringVar(&c.advertise, "advertise-addr", "", "the URL name servers give clients for this broker (default: http:// and the listen address)")
 	fs.DurationVar(&c.heartbeatInterval, "heartbeat-interval", 30*time.Second, "how often the broker re-registers with the name servers (and at once when its topics change)")
+	fs.DurationVar(&c.forwardTimeout, "forward-timeout", httpapi.DefaultHopTimeout, "in a cluster, how long a request forwarded to another broker may take beyond a long poll's wait; a broker that does not answer within it is skipped for a while, like one that refuses connections")
 	fs.StringVar(&c.namesrvToken, "namesrv-token", "", "bearer token (admin scope) for the name servers, when they check tokens; better set as POSTBUS_NAMESRV_TOKEN")
 	fs.Usage = func() {
 		fmt.Fprintf(out, "Usage: postbus %s [flags]\n\n", mode)
@@ -211,7 +213,7 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	}
 	var cluster *httpapi.Cluster
 	if membership != nil {
-		cluster = &httpapi.Cluster{Self: membership.name, Names: membership.client}
+		cluster = &httpapi.Cluster{Self: membership.name, Names: membership.client, HopTimeout: c.forwardTimeout}
 	}
 
 	var ready atomic.Bool
@@ -344,8 +346,10 @@ func (m *membership) register(b *broker.Broker, cluster string, logger *slog.Log
 	}
 	name, advertise, client := m.name, m.advertise, m.client
 	info := func() namesrv.BrokerInfo {
-		in := namesrv.BrokerInfo{Name: name, Cluster: cluster, Addr: advertise, Version: version}
-		topics := b.Topics(context.Background(), "", 0)
+		in := namesrv.BrokerInfo{Name: name, Cluster: cluster, Addr: advertise, Version: version, Instance: b.InstanceID()}
+		// System topics are registered too, so that their routes answer
+		// (GET /v1/routes/%25DLQ%25group).
+		topics := append(b.Topics(context.Background(), "", 0), b.SystemTopics()...)
 		in.Topics = make([]namesrv.Topic, len(topics))
 		for i, t := range topics {
 			in.Topics[i] = namesrv.Topic{Name: t.Name, Queues: t.Queues}
