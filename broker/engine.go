@@ -104,6 +104,12 @@ type Engine struct {
 	cons map[[2]string]*consumer // by group, topic; guarded by mu
 	gen  uint64                  // bumped whenever a consumer is dropped; guarded by mu
 
+	// moving is held for writing while a group's position moves (an
+	// offset reset), and for reading while a consumer is built from the
+	// offsets: a consumer is built wholly before a reset or wholly after
+	// it, never from the offsets the reset is replacing.
+	moving sync.RWMutex
+
 	// fences are ordered queues whose message a dropped consumer still has
 	// out (an offset reset or a pause while a delivery is open): no new
 	// consumer hands out that queue until the old lease settles (stale)
@@ -213,6 +219,21 @@ func (c *consumer) cursorAt(slot int) *queueCursor {
 	return nil
 }
 
+// holds reports whether an ordered pull receipt names the message its
+// queue has out now: the block's message and attempt, out (not nacked or
+// released meanwhile) and, for a receipt that names it, until the same
+// end of visibility. Called with c.mu held.
+func (c *consumer) holds(r receipt) bool {
+	blk, ok := c.blocks[r.Queue]
+	switch {
+	case !ok || !c.pulledOut[r.Queue] || blk.QueueOffset != r.Timer || blk.Attempt != r.Attempt:
+		return false
+	case r.Kind == receiptOrderedUntil:
+		return blk.NextAt.UnixMilli() == r.Until
+	}
+	return true
+}
+
 // retryCursor is the cursor of the group's retry queue for the topic.
 func (c *consumer) retryCursor() *queueCursor { return c.cursors[len(c.cursors)-1] }
 
@@ -269,6 +290,8 @@ var ErrSubscriptionInactive = errors.New("subscription not active")
 // was being built makes it read the offsets again.
 func (e *Engine) install(ctx context.Context, s Subscription, push bool) (*consumer, error) {
 	b := e.b
+	e.moving.RLock()
+	defer e.moving.RUnlock()
 	for {
 		e.mu.Lock()
 		gen := e.gen
@@ -321,6 +344,23 @@ func (e *Engine) install(ctx context.Context, s Subscription, push bool) (*consu
 		return c, nil
 	}
 }
+
+// reposition moves a group's position on a topic in one step: the
+// group's consumer is dropped (an ordered delivery it has open fences its
+// queue), and no consumer of any group is built until move has written the
+// new position, so none starts from the old one or writes it back.
+func (e *Engine) reposition(group, topic string, move func() error) error {
+	e.moving.Lock()
+	defer e.moving.Unlock()
+	e.drop(func(g, t string) bool { return g == group && t == topic })
+	if testHookRepositioning != nil {
+		testHookRepositioning()
+	}
+	return move()
+}
+
+// testHookRepositioning runs in reposition between the drop and the move.
+var testHookRepositioning func()
 
 // drop forgets the consumers that match, so the next lease builds them
 // again from the subscription and the offsets. Their leases still out
@@ -833,8 +873,8 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 		}
 		c.blocks[cur.slot] = blk
 		c.pulledOut[cur.slot] = true
-		out = append(out, Lease{Message: m, Attempt: attempt, Receipt: receipt{Kind: receiptOrdered, Attempt: attempt,
-			Timer: m.QueueOffset, Queue: cur.slot, Group: sub.Group, Topic: sub.Topic, MsgID: m.ID}.encode(b.receiptKey)})
+		out = append(out, Lease{Message: m, Attempt: attempt, Receipt: receipt{Kind: receiptOrderedUntil, Attempt: attempt,
+			Timer: m.QueueOffset, Queue: cur.slot, Group: sub.Group, Topic: sub.Topic, MsgID: m.ID, Until: blk.NextAt.UnixMilli()}.encode(b.receiptKey)})
 	}
 	return out, nil
 }
@@ -932,7 +972,7 @@ func (e *Engine) settleAll(ctx context.Context, group string, receipts []string,
 			return errf(CodeInvalidReceipt, fmt.Sprintf("receipts[%d]", i), "the receipt was issued to another group")
 		}
 		switch r.Kind {
-		case receiptOrdered:
+		case receiptOrdered, receiptOrderedUntil:
 			c, err := b.pullGroup(ctx, group, r.Topic, false)
 			if errors.Is(err, errNoPullGroup) {
 				return staleErr(fmt.Sprintf("receipts[%d]", i)) // its subscription was deleted
@@ -941,9 +981,9 @@ func (e *Engine) settleAll(ctx context.Context, group string, receipts []string,
 				return err
 			}
 			c.mu.Lock()
-			blk, ok := c.blocks[r.Queue]
+			out := c.holds(r)
 			c.mu.Unlock()
-			if !ok || blk.QueueOffset != r.Timer || blk.Attempt != r.Attempt {
+			if !out {
 				return staleErr(fmt.Sprintf("receipts[%d]", i))
 			}
 			ordered = append(ordered, r)
@@ -1085,9 +1125,16 @@ func (e *Engine) settleOrdered(ctx context.Context, group string, rs []receipt, 
 			return err
 		}
 		c.mu.Lock()
-		blk, ok := c.blocks[r.Queue]
-		if cur := c.cursorAt(r.Queue); ok && blk.QueueOffset == r.Timer && blk.Attempt == r.Attempt && cur != nil {
-			delete(c.pulledOut, r.Queue) // settled: not expired
+		if c.closed {
+			// Dropped (a reset, a change) since the receipt was checked:
+			// its block belongs to the old consumer, and writing it now
+			// would undo the reset.
+			c.mu.Unlock()
+			return staleErr("receipts")
+		}
+		blk := c.blocks[r.Queue]
+		if cur := c.cursorAt(r.Queue); c.holds(r) && cur != nil {
+			delete(c.pulledOut, r.Queue) // settled: not expired, and not out
 			switch v.kind {
 			case verdictAck:
 				e.clearBlock(ctx, c, cur, r.Timer+1)
@@ -1099,11 +1146,18 @@ func (e *Engine) settleOrdered(ctx context.Context, group string, rs []receipt, 
 					}
 				}
 			default:
+				until := blk.NextAt
 				blk.NextAt = b.now()
 				if v.kind == verdictRetry {
 					blk.NextAt = v.at
 				} else {
 					blk.Attempt-- // not sent: not an attempt
+				}
+				if blk.NextAt.UnixMilli() == until.UnixMilli() {
+					// The block waits until another millisecond than
+					// the lease's end, so that its receipt, which names
+					// that end, is stale after a restart too.
+					blk.NextAt = blk.NextAt.Add(time.Millisecond)
 				}
 				c.blocks[r.Queue] = blk
 				err = b.meta.SetOrderedRetry(ctx, blk)
@@ -1164,17 +1218,31 @@ func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
 		c.mu.Unlock()
 		return nil
 	}
+	if l.ordered && v.kind == verdictRetry {
+		// The block is stored holding the lock, and only while the
+		// consumer is live: a block written after a reset (or a change
+		// that dropped the consumer) cleared the blocks would send the
+		// new consumer back to the old position, and past the new one
+		// once settled.
+		defer c.mu.Unlock()
+		blk := OrderedRetry{Subscription: sub.ID, Queue: l.c.slot, QueueOffset: l.m.QueueOffset, Attempt: l.attempt, NextAt: v.at}
+		if err := b.meta.SetOrderedRetry(ctx, blk); err != nil {
+			return err
+		}
+		delete(c.leases, l.id)
+		delete(c.out, l.c.slot)
+		c.blocks[l.c.slot] = blk
+		return nil
+	}
 	c.mu.Unlock()
-	// Stored without the lock (an append and maybe SQLite); the lease stays
-	// out meanwhile, so a failure leaves it to be settled again.
+	// Stored without the lock (an append); the lease stays out meanwhile,
+	// so a failure leaves it to be settled again.
 	var err error
 	switch {
 	case v.kind == verdictDead:
 		if err = b.DeadLetter(ctx, sub.Group, l.m, l.attempt, v.reason); err == nil {
 			b.LogAttempt(Attempt{MsgID: l.m.ID, Group: sub.Group, Subscription: sub.ID, Attempt: l.attempt, At: b.now(), Outcome: "dead", Error: v.reason})
 		}
-	case l.ordered:
-		err = b.meta.SetOrderedRetry(ctx, OrderedRetry{Subscription: sub.ID, Queue: l.c.slot, QueueOffset: l.m.QueueOffset, Attempt: l.attempt, NextAt: v.at})
 	default:
 		err = b.storeSystem(ctx, l.m.retryCopy(sub.Group, l.attempt+1, v.at))
 	}
@@ -1190,11 +1258,6 @@ func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
 		return nil // expired meanwhile: its retry is stored, the expiry's too
 	}
 	delete(c.leases, l.id)
-	if v.kind == verdictRetry && l.ordered {
-		delete(c.out, l.c.slot)
-		c.blocks[l.c.slot] = OrderedRetry{Subscription: sub.ID, Queue: l.c.slot, QueueOffset: l.m.QueueOffset, Attempt: l.attempt, NextAt: v.at}
-		return nil
-	}
 	e.finishPush(ctx, c, l)
 	return nil
 }
