@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -310,16 +311,17 @@ func (e *Engine) install(ctx context.Context, s Subscription, push bool) (*consu
 		}
 		c := &consumer{sub: s, filter: f, push: push, blocks: map[int]OrderedRetry{}, pulledOut: map[int]bool{},
 			leases: map[uint64]*memLease{}, out: map[int]uint64{}}
-		if s.Ordered {
-			if c.blocks, err = b.meta.OrderedRetries(ctx, s.ID); err != nil {
-				return nil, err
-			}
-			if !push {
-				// A pull group's stored block is a message handed out
-				// (or nacked): after a restart, taken as out.
-				for q := range c.blocks {
-					c.pulledOut[q] = true
-				}
+		// Blocks are read for an unordered subscription too: one turned
+		// unordered while it had no consumer still has them, and they
+		// are converted below.
+		if c.blocks, err = b.meta.OrderedRetries(ctx, s.ID); err != nil {
+			return nil, err
+		}
+		if !push {
+			// A pull group's stored block is a message handed out
+			// (or nacked): after a restart, taken as out.
+			for q := range c.blocks {
+				c.pulledOut[q] = true
 			}
 		}
 		// Where the group has no offset (a queue added by growing the
@@ -330,6 +332,11 @@ func (e *Engine) install(ctx context.Context, s Subscription, push bool) (*consu
 		}
 		off, _ := b.Offset(s.Group, RetryTopic(s.Group, s.Topic), 0)
 		c.cursors = append(c.cursors, &queueCursor{Topic: RetryTopic(s.Group, s.Topic), Queue: 0, Next: off, slot: retrySlot})
+		if !s.Ordered && len(c.blocks) > 0 {
+			if err := e.unorder(ctx, c); err != nil {
+				return nil, err
+			}
+		}
 		e.mu.Lock()
 		if e.gen != gen {
 			e.mu.Unlock()
@@ -417,10 +424,12 @@ func (e *Engine) unfence(r receipt) {
 }
 
 // subscriptionChanged applies a subscription's change to its consumer: a
-// deleted, paused or disabled subscription, or one turned ordered or
-// unordered, drops it (an ordered one turned unordered forgets its blocks:
-// the offsets sit at the blocked messages); other settings apply in place,
-// so leases out (a push loop restarting after a secret rotation) settle.
+// deleted, paused or disabled subscription drops it; other changes apply in
+// place, so leases out (a push loop restarting after a secret rotation)
+// settle. Turning ordered on keeps what is out as it is (out of order
+// already); turning it off converts the queues' blocks (unorder). Blocks of
+// a subscription turned unordered without a consumer are converted when
+// its next consumer is built.
 func (e *Engine) subscriptionChanged(ctx context.Context, s Subscription, deleted bool) {
 	e.mu.Lock()
 	c := e.cons[[2]string{s.Group, s.Topic}]
@@ -428,26 +437,29 @@ func (e *Engine) subscriptionChanged(ctx context.Context, s Subscription, delete
 	if c == nil {
 		return
 	}
+	c.leaseMu.Lock() // no lease half done on the old settings
 	c.mu.Lock()
-	keep := !deleted && s.State == StateActive && s.Ordered == c.sub.Ordered && s.ID == c.sub.ID
-	wasOrdered := c.sub.Ordered
+	keep := !deleted && s.State == StateActive && s.ID == c.sub.ID && !c.closed
 	if keep {
 		if f, err := ParseFilter(s.Filter); err == nil {
+			if c.sub.Ordered && !s.Ordered {
+				if err := e.unorder(ctx, c); err != nil {
+					e.b.logger.Error("turning a consumer unordered failed; building it again from the offsets",
+						slog.String("subscription", s.ID), slog.Any("err", err))
+					keep = false
+				}
+			}
 			c.sub, c.filter = s, f
 		} else {
 			keep = false
 		}
 	}
 	c.mu.Unlock()
+	c.leaseMu.Unlock()
 	if keep {
 		return
 	}
 	e.drop(func(g, t string) bool { return g == s.Group && t == s.Topic })
-	if wasOrdered && !s.Ordered && !deleted {
-		if err := e.b.meta.ClearOrderedRetries(ctx, s.ID); err != nil {
-			e.b.logger.Error("clearing the blocks of a subscription no longer ordered failed", slog.String("subscription", s.ID), slog.Any("err", err))
-		}
-	}
 }
 
 // grow adds cursors for queues the topic gained since the consumer was
@@ -855,10 +867,14 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 			}
 			e.noteExpired(sub, m, now)
 		}
-		// The group's offset stays at the message until it is settled.
-		if !c.closed {
-			b.setOffset(sub.Group, cur.Topic, cur.Queue, m.QueueOffset)
+		// The group's offset stays at the message until it is settled
+		// (below any message still out from before the group turned
+		// ordered, too).
+		if !slices.Contains(cur.pending, m.QueueOffset) {
+			cur.Start(m.QueueOffset)
 		}
+		cur.Next = max(cur.Next, m.QueueOffset+1)
+		e.setOffset(c, cur)
 		if c.push {
 			l := &memLease{id: e.leaseID.Add(1), c: cur, m: m, attempt: attempt, ordered: true, deadline: now.Add(visibility)}
 			c.leases[l.id] = l
@@ -889,8 +905,62 @@ func (e *Engine) clearBlock(ctx context.Context, c *consumer, cur *queueCursor, 
 	}
 	delete(c.blocks, cur.slot)
 	delete(c.out, cur.slot)
+	cur.Finish(next - 1)
 	cur.Next = max(cur.Next, next)
 	e.setOffset(c, cur)
+}
+
+// unorder turns an ordered consumer's queues unordered in place (PATCH
+// ordered:false), so nothing about a message out or waiting is lost: a
+// push lease out stays out and settles as an unordered one; a queue's
+// block (a retry waiting, or an ordered pull lease out until its
+// visibility ends) becomes a retry copy of its message, due when the
+// block was, as the attempt after those made. Its attempt count goes on
+// and a message still out does not go out again before its visibility
+// ends. Called with c.mu held (and c.leaseMu, or before c is shared).
+func (e *Engine) unorder(ctx context.Context, c *consumer) error {
+	b := e.b
+	now := b.now()
+	for slot, id := range c.out {
+		if l := c.leases[id]; l != nil {
+			l.ordered = false
+		}
+		delete(c.out, slot)
+		delete(c.blocks, slot) // the lease carries it
+	}
+	for slot, blk := range c.blocks {
+		cur := c.cursorAt(slot)
+		if cur == nil {
+			delete(c.blocks, slot)
+			continue
+		}
+		m, err := b.ReadMessageAt(cur.Topic, cur.Queue, blk.QueueOffset)
+		if err != nil {
+			b.logger.Error("an ordered queue's blocked message is unreadable; moving on", slog.String("group", c.sub.Group),
+				slog.String("topic", cur.Topic), slog.Int("queue", cur.Queue), slog.Int64("queue_offset", blk.QueueOffset), slog.Any("err", err))
+		} else {
+			at := blk.NextAt
+			if at.Before(now) {
+				at = now
+			}
+			cp := m.retryCopy(c.sub.Group, blk.Attempt+1, at)
+			if !c.push && c.pulledOut[slot] {
+				cp.Reason = expiredReason // out until then: handed out again, it expired
+			}
+			if err := b.storeSystem(ctx, cp); err != nil {
+				return fmt.Errorf("turn %s unordered: %w", c.sub.ID, err)
+			}
+		}
+		delete(c.blocks, slot)
+		delete(c.pulledOut, slot)
+		cur.Finish(blk.QueueOffset)
+		cur.Next = max(cur.Next, blk.QueueOffset+1)
+		e.setOffset(c, cur)
+	}
+	if err := b.meta.ClearOrderedRetries(ctx, c.sub.ID); err != nil {
+		return err
+	}
+	return b.flushOffsets(ctx)
 }
 
 // inFlight counts, per queue, the messages out to consumers held here (the
