@@ -480,8 +480,8 @@ func (e *Engine) unfence(r receipt) {
 }
 
 // subscriptionChanged applies a subscription's change to its consumer: a
-// deleted, paused or disabled subscription drops it; other changes apply in
-// place, so leases out (a push loop restarting after a secret rotation)
+// deleted subscription, or a paused or disabled pull one, drops it; other
+// changes apply in place (a paused push consumer leases nothing), so leases out (a push loop restarting after a secret rotation)
 // settle. Turning ordered on keeps what is out as it is (out of order
 // already); turning it off converts the queues' blocks (unorder). Blocks of
 // a subscription turned unordered without a consumer are converted when
@@ -495,7 +495,11 @@ func (e *Engine) subscriptionChanged(ctx context.Context, s Subscription, delete
 	}
 	c.leaseMu.Lock() // no lease half done on the old settings
 	c.mu.Lock()
-	keep := !deleted && s.State == StateActive && s.ID == c.sub.ID && !c.closed
+	// A paused or disabled push subscription keeps its consumer: the
+	// deliveries its loop has out finish within the loop's grace and
+	// settle, so a 200 answered meanwhile is recorded, not delivered
+	// again after the resume; no lease goes out until then.
+	keep := !deleted && (s.State == StateActive || c.push) && s.ID == c.sub.ID && !c.closed
 	if keep {
 		if f, err := ParseFilter(s.Filter); err == nil {
 			if c.sub.Ordered && !s.Ordered {
@@ -541,6 +545,12 @@ func (e *Engine) lease(ctx context.Context, c *consumer, limit int, visibility t
 	c.leaseMu.Lock()
 	defer c.leaseMu.Unlock()
 	c.mu.Lock()
+	if c.sub.State != StateActive {
+		sub := c.sub
+		c.mu.Unlock()
+		return nil, &Error{Code: CodeInvalidSubscription, Field: "group", Err: ErrSubscriptionInactive,
+			Detail: fmt.Sprintf("the push subscription of group %q on %q is %s", sub.Group, sub.Topic, sub.State)}
+	}
 	e.grow(c)
 	ordered := c.sub.Ordered
 	c.mu.Unlock()
@@ -1040,6 +1050,12 @@ func (e *Engine) inFlight(group string) map[offsetKey]int {
 	out := map[offsetKey]int{}
 	for _, c := range cs {
 		c.mu.Lock()
+		if c.sub.State != StateActive {
+			// Paused: its messages wait, none is out to a consumer
+			// (its loop's last deliveries end within its grace).
+			c.mu.Unlock()
+			continue
+		}
 		for _, l := range c.leases {
 			out[offsetKey{group, l.c.Topic, l.c.Queue}]++
 		}
