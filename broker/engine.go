@@ -185,6 +185,11 @@ type consumer struct {
 	// (the trace says "expired"). Guarded by mu.
 	pulledOut map[int]bool
 	out       map[int]uint64 // ordered push: the lease out on each queue; guarded by mu
+	// unordered are ordered pull receipts whose block became a visibility
+	// copy when the group turned unordered: the copy's timer, by the
+	// receipt's queue, offset and attempt, so the receipt still settles
+	// (in this process; after a restart it is stale). Guarded by mu.
+	unordered map[[3]int64]int64
 	redo      []*memLease    // released or expired push leases, handed out first; guarded by mu
 }
 
@@ -1016,11 +1021,23 @@ func (e *Engine) unorder(ctx context.Context, c *consumer) error {
 				at = now
 			}
 			cp := m.retryCopy(c.sub.Group, blk.Attempt+1, at)
-			if !c.push && c.pulledOut[slot] {
+			out := !c.push && c.pulledOut[slot]
+			if out {
 				cp.Reason = expiredReason // out until then: handed out again, it expired
 			}
-			if err := b.storeSystem(ctx, cp); err != nil {
+			ts, err := b.topicOrSystem(ctx, cp.Topic)
+			if err != nil {
 				return fmt.Errorf("turn %s unordered: %w", c.sub.ID, err)
+			}
+			res, err := b.store(ctx, ts, []*Message{cp}, false)
+			if err != nil {
+				return fmt.Errorf("turn %s unordered: %w", c.sub.ID, err)
+			}
+			if out {
+				if c.unordered == nil {
+					c.unordered = map[[3]int64]int64{}
+				}
+				c.unordered[[3]int64{int64(slot), blk.QueueOffset, int64(blk.Attempt)}] = res[0].logOffset
 			}
 		}
 		delete(c.blocks, slot)
@@ -1130,7 +1147,15 @@ func (e *Engine) settleAll(ctx context.Context, group string, receipts []string,
 			}
 			c.mu.Lock()
 			out := c.holds(r)
+			timer, converted := c.unordered[[3]int64{int64(r.Queue), r.Timer, int64(r.Attempt)}]
 			c.mu.Unlock()
+			if !out && converted {
+				// Out when the group turned unordered: its visibility
+				// copy's timer settles it now.
+				r.Kind, r.Timer = receiptTimer, timer
+				timers = append(timers, r)
+				continue
+			}
 			if !out {
 				return staleErr(fmt.Sprintf("receipts[%d]", i))
 			}
