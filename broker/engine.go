@@ -190,7 +190,7 @@ type consumer struct {
 	// receipt's queue, offset and attempt, so the receipt still settles
 	// (in this process; after a restart it is stale). Guarded by mu.
 	unordered map[[3]int64]int64
-	redo      []*memLease    // released or expired push leases, handed out first; guarded by mu
+	redo      []*memLease // released or expired push leases, handed out first; guarded by mu
 }
 
 // memLease is a push lease: a message out to this process's push loop.
