@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,11 +32,15 @@ import (
 //     cancels or swaps that timer in one SQLite transaction, so a crash at
 //     any point brings a message back (maybe twice), never loses it.
 //   - Push leases live in this process, as the push loop that holds them
-//     does: the group's offset stays at the lowest message not settled, and
-//     a writer persists offsets as soon as settles move them (unsynced
-//     SQLite commits, which a kill of the process keeps), so a crash
-//     repeats what was out and what settled during the last write, not
-//     what OffsetInterval saw.
+//     does: the group's offset stays at the lowest message not settled,
+//     with, beside it, what was settled above it (the offset's progress:
+//     how far the consumer read and which messages are still out), and a
+//     writer persists both as soon as settles move them (unsynced SQLite
+//     commits, which a kill of the process keeps). A consumer built again
+//     (a crash, a restart, a pause) hands out again only what was out, so
+//     a crash repeats that and what settled during the last write, not
+//     what settled above the oldest message out nor what OffsetInterval
+//     saw.
 //
 // Attempt numbers have one meaning everywhere: a lease's Attempt is the
 // attempt it is (1 on the first delivery), and an ordered queue's stored
@@ -103,6 +108,12 @@ type Engine struct {
 	mu   sync.Mutex
 	cons map[[2]string]*consumer // by group, topic; guarded by mu
 	gen  uint64                  // bumped whenever a consumer is dropped; guarded by mu
+
+	// moving is held for writing while a group's position moves (an
+	// offset reset), and for reading while a consumer is built from the
+	// offsets: a consumer is built wholly before a reset or wholly after
+	// it, never from the offsets the reset is replacing.
+	moving sync.RWMutex
 
 	// fences are ordered queues whose message a dropped consumer still has
 	// out (an offset reset or a pause while a delivery is open): no new
@@ -174,7 +185,12 @@ type consumer struct {
 	// (the trace says "expired"). Guarded by mu.
 	pulledOut map[int]bool
 	out       map[int]uint64 // ordered push: the lease out on each queue; guarded by mu
-	redo      []*memLease    // released or expired push leases, handed out first; guarded by mu
+	// unordered are ordered pull receipts whose block became a visibility
+	// copy when the group turned unordered: the copy's timer, by the
+	// receipt's queue, offset and attempt, so the receipt still settles
+	// (in this process; after a restart it is stale). Guarded by mu.
+	unordered map[[3]int64]int64
+	redo      []*memLease // released or expired push leases, handed out first; guarded by mu
 }
 
 // memLease is a push lease: a message out to this process's push loop.
@@ -211,6 +227,21 @@ func (c *consumer) cursorAt(slot int) *queueCursor {
 		return c.cursors[slot]
 	}
 	return nil
+}
+
+// holds reports whether an ordered pull receipt names the message its
+// queue has out now: the block's message and attempt, out (not nacked or
+// released meanwhile) and, for a receipt that names it, until the same
+// end of visibility. Called with c.mu held.
+func (c *consumer) holds(r receipt) bool {
+	blk, ok := c.blocks[r.Queue]
+	switch {
+	case !ok || !c.pulledOut[r.Queue] || blk.QueueOffset != r.Timer || blk.Attempt != r.Attempt:
+		return false
+	case r.Kind == receiptOrderedUntil:
+		return blk.NextAt.UnixMilli() == r.Until
+	}
+	return true
 }
 
 // retryCursor is the cursor of the group's retry queue for the topic.
@@ -269,6 +300,8 @@ var ErrSubscriptionInactive = errors.New("subscription not active")
 // was being built makes it read the offsets again.
 func (e *Engine) install(ctx context.Context, s Subscription, push bool) (*consumer, error) {
 	b := e.b
+	e.moving.RLock()
+	defer e.moving.RUnlock()
 	for {
 		e.mu.Lock()
 		gen := e.gen
@@ -287,16 +320,17 @@ func (e *Engine) install(ctx context.Context, s Subscription, push bool) (*consu
 		}
 		c := &consumer{sub: s, filter: f, push: push, blocks: map[int]OrderedRetry{}, pulledOut: map[int]bool{},
 			leases: map[uint64]*memLease{}, out: map[int]uint64{}}
-		if s.Ordered {
-			if c.blocks, err = b.meta.OrderedRetries(ctx, s.ID); err != nil {
-				return nil, err
-			}
-			if !push {
-				// A pull group's stored block is a message handed out
-				// (or nacked): after a restart, taken as out.
-				for q := range c.blocks {
-					c.pulledOut[q] = true
-				}
+		// Blocks are read for an unordered subscription too: one turned
+		// unordered while it had no consumer still has them, and they
+		// are converted below.
+		if c.blocks, err = b.meta.OrderedRetries(ctx, s.ID); err != nil {
+			return nil, err
+		}
+		if !push {
+			// A pull group's stored block is a message handed out
+			// (or nacked): after a restart, taken as out.
+			for q := range c.blocks {
+				c.pulledOut[q] = true
 			}
 		}
 		// Where the group has no offset (a queue added by growing the
@@ -307,6 +341,16 @@ func (e *Engine) install(ctx context.Context, s Subscription, push bool) (*consu
 		}
 		off, _ := b.Offset(s.Group, RetryTopic(s.Group, s.Topic), 0)
 		c.cursors = append(c.cursors, &queueCursor{Topic: RetryTopic(s.Group, s.Topic), Queue: 0, Next: off, slot: retrySlot})
+		if push {
+			// Ordered too: progress an unordered consumer recorded
+			// before the subscription turned ordered (while paused).
+			e.resume(c)
+		}
+		if !s.Ordered && len(c.blocks) > 0 {
+			if err := e.unorder(ctx, c); err != nil {
+				return nil, err
+			}
+		}
 		e.mu.Lock()
 		if e.gen != gen {
 			e.mu.Unlock()
@@ -319,6 +363,70 @@ func (e *Engine) install(ctx context.Context, s Subscription, push bool) (*consu
 		e.cons[[2]string{s.Group, s.Topic}] = c
 		e.mu.Unlock()
 		return c, nil
+	}
+}
+
+// reposition moves a group's position on a topic in one step: the
+// group's consumer is dropped (an ordered delivery it has open fences its
+// queue), and no consumer of any group is built until move has written the
+// new position, so none starts from the old one or writes it back.
+func (e *Engine) reposition(group, topic string, move func() error) error {
+	e.moving.Lock()
+	defer e.moving.Unlock()
+	e.drop(func(g, t string) bool { return g == group && t == topic })
+	if testHookRepositioning != nil {
+		testHookRepositioning()
+	}
+	return move()
+}
+
+// testHookRepositioning runs in reposition between the drop and the move.
+var testHookRepositioning func()
+
+// resume picks up, for a new push consumer, what its group's
+// last one recorded as settled above each offset: the cursor reads on
+// after it, and only the messages that were out go out again, first.
+// Called before c is shared.
+func (e *Engine) resume(c *consumer) {
+	b := e.b
+	for _, cur := range c.cursors {
+		committed, p := b.offsetProgress(c.sub.Group, cur.Topic, cur.Queue)
+		if p == nil || committed != cur.Next {
+			continue
+		}
+		next, out, err := parseProgress(committed, p)
+		if err != nil {
+			// Not what this broker wrote: start at the offset, as
+			// without it (at least once), and say so.
+			b.logger.Error("a push consumer's recorded progress is unreadable; resuming at its offset", slog.String("group", c.sub.Group),
+				slog.String("queue_topic", cur.Topic), slog.Int("queue", cur.Queue), slog.Any("err", err))
+			b.metrics.progressUnreadable()
+			continue
+		}
+		lo, _ := b.cq.Bounds(cur.Topic, cur.Queue)
+		for _, off := range out {
+			if off < lo {
+				continue // gone with retention, as a read from the offset would skip it
+			}
+			m, err := b.ReadMessageAt(cur.Topic, cur.Queue, off)
+			if err != nil {
+				// Past retention, as a read of the queue skips it; damaged,
+				// an anomaly dispatch has reported.
+				level := slog.LevelWarn
+				if CodeOf(err) != CodeMessageNotFound {
+					level = slog.LevelError
+				}
+				b.logger.Log(context.Background(), level, "a push message out at the last stop is unreadable; skipping it", slog.String("group", c.sub.Group),
+					slog.String("queue_topic", cur.Topic), slog.Int("queue", cur.Queue), slog.Int64("queue_offset", off), slog.Any("err", err))
+				continue
+			}
+			if !c.filter.Match(m.Tag) {
+				continue // the filter changed since: no longer the group's
+			}
+			cur.Start(off)
+			c.redo = append(c.redo, &memLease{c: cur, m: m, attempt: max(m.Attempt, 1)})
+		}
+		cur.Next = next
 	}
 }
 
@@ -377,10 +485,12 @@ func (e *Engine) unfence(r receipt) {
 }
 
 // subscriptionChanged applies a subscription's change to its consumer: a
-// deleted, paused or disabled subscription, or one turned ordered or
-// unordered, drops it (an ordered one turned unordered forgets its blocks:
-// the offsets sit at the blocked messages); other settings apply in place,
-// so leases out (a push loop restarting after a secret rotation) settle.
+// deleted subscription, or a paused or disabled pull one, drops it; other
+// changes apply in place (a paused push consumer leases nothing), so leases out (a push loop restarting after a secret rotation)
+// settle. Turning ordered on keeps what is out as it is (out of order
+// already); turning it off converts the queues' blocks (unorder). Blocks of
+// a subscription turned unordered without a consumer are converted when
+// its next consumer is built.
 func (e *Engine) subscriptionChanged(ctx context.Context, s Subscription, deleted bool) {
 	e.mu.Lock()
 	c := e.cons[[2]string{s.Group, s.Topic}]
@@ -388,26 +498,33 @@ func (e *Engine) subscriptionChanged(ctx context.Context, s Subscription, delete
 	if c == nil {
 		return
 	}
+	c.leaseMu.Lock() // no lease half done on the old settings
 	c.mu.Lock()
-	keep := !deleted && s.State == StateActive && s.Ordered == c.sub.Ordered && s.ID == c.sub.ID
-	wasOrdered := c.sub.Ordered
+	// A paused or disabled push subscription keeps its consumer: the
+	// deliveries its loop has out finish within the loop's grace and
+	// settle, so a 200 answered meanwhile is recorded, not delivered
+	// again after the resume; no lease goes out until then.
+	keep := !deleted && (s.State == StateActive || c.push) && s.ID == c.sub.ID && !c.closed
 	if keep {
 		if f, err := ParseFilter(s.Filter); err == nil {
+			if c.sub.Ordered && !s.Ordered {
+				if err := e.unorder(ctx, c); err != nil {
+					e.b.logger.Error("turning a consumer unordered failed; building it again from the offsets",
+						slog.String("subscription", s.ID), slog.Any("err", err))
+					keep = false
+				}
+			}
 			c.sub, c.filter = s, f
 		} else {
 			keep = false
 		}
 	}
 	c.mu.Unlock()
+	c.leaseMu.Unlock()
 	if keep {
 		return
 	}
 	e.drop(func(g, t string) bool { return g == s.Group && t == s.Topic })
-	if wasOrdered && !s.Ordered && !deleted {
-		if err := e.b.meta.ClearOrderedRetries(ctx, s.ID); err != nil {
-			e.b.logger.Error("clearing the blocks of a subscription no longer ordered failed", slog.String("subscription", s.ID), slog.Any("err", err))
-		}
-	}
 }
 
 // grow adds cursors for queues the topic gained since the consumer was
@@ -433,6 +550,12 @@ func (e *Engine) lease(ctx context.Context, c *consumer, limit int, visibility t
 	c.leaseMu.Lock()
 	defer c.leaseMu.Unlock()
 	c.mu.Lock()
+	if c.sub.State != StateActive {
+		sub := c.sub
+		c.mu.Unlock()
+		return nil, &Error{Code: CodeInvalidSubscription, Field: "group", Err: ErrSubscriptionInactive,
+			Detail: fmt.Sprintf("the push subscription of group %q on %q is %s", sub.Group, sub.Topic, sub.State)}
+	}
 	e.grow(c)
 	ordered := c.sub.Ordered
 	c.mu.Unlock()
@@ -495,7 +618,13 @@ func (e *Engine) setOffset(c *consumer, cur *queueCursor) {
 	if c.closed {
 		return
 	}
-	e.b.setOffset(c.sub.Group, cur.Topic, cur.Queue, cur.Committed())
+	var progress []byte
+	if c.push && !c.sub.Ordered {
+		// With it, a restart delivers again what was out, not what
+		// was settled above the oldest message out (issue 11, fault 16).
+		progress = cur.progress()
+	}
+	e.b.setOffsetProgress(c.sub.Group, cur.Topic, cur.Queue, cur.Committed(), progress)
 	if c.push {
 		select {
 		case e.flushWake <- struct{}{}:
@@ -822,10 +951,14 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 			}
 			e.noteExpired(sub, m, now)
 		}
-		// The group's offset stays at the message until it is settled.
-		if !c.closed {
-			b.setOffset(sub.Group, cur.Topic, cur.Queue, m.QueueOffset)
+		// The group's offset stays at the message until it is settled
+		// (below any message still out from before the group turned
+		// ordered, too).
+		if !slices.Contains(cur.pending, m.QueueOffset) {
+			cur.Start(m.QueueOffset)
 		}
+		cur.Next = max(cur.Next, m.QueueOffset+1)
+		e.setOffset(c, cur)
 		if c.push {
 			l := &memLease{id: e.leaseID.Add(1), c: cur, m: m, attempt: attempt, ordered: true, deadline: now.Add(visibility)}
 			c.leases[l.id] = l
@@ -840,8 +973,8 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 		}
 		c.blocks[cur.slot] = blk
 		c.pulledOut[cur.slot] = true
-		out = append(out, Lease{Message: m, Attempt: attempt, Receipt: receipt{Kind: receiptOrdered, Attempt: attempt,
-			Timer: m.QueueOffset, Queue: cur.slot, Group: sub.Group, Topic: sub.Topic, MsgID: m.ID}.encode(b.receiptKey)})
+		out = append(out, Lease{Message: m, Attempt: attempt, Receipt: receipt{Kind: receiptOrderedUntil, Attempt: attempt,
+			Timer: m.QueueOffset, Queue: cur.slot, Group: sub.Group, Topic: sub.Topic, MsgID: m.ID, Until: blk.NextAt.UnixMilli()}.encode(b.receiptKey)})
 	}
 	return out, nil
 }
@@ -856,8 +989,74 @@ func (e *Engine) clearBlock(ctx context.Context, c *consumer, cur *queueCursor, 
 	}
 	delete(c.blocks, cur.slot)
 	delete(c.out, cur.slot)
+	cur.Finish(next - 1)
 	cur.Next = max(cur.Next, next)
 	e.setOffset(c, cur)
+}
+
+// unorder turns an ordered consumer's queues unordered in place (PATCH
+// ordered:false), so nothing about a message out or waiting is lost: a
+// push lease out stays out and settles as an unordered one; a queue's
+// block (a retry waiting, or an ordered pull lease out until its
+// visibility ends) becomes a retry copy of its message, due when the
+// block was, as the attempt after those made. Its attempt count goes on
+// and a message still out does not go out again before its visibility
+// ends. Called with c.mu held (and c.leaseMu, or before c is shared).
+func (e *Engine) unorder(ctx context.Context, c *consumer) error {
+	b := e.b
+	now := b.now()
+	for slot, id := range c.out {
+		if l := c.leases[id]; l != nil {
+			l.ordered = false
+		}
+		delete(c.out, slot)
+		delete(c.blocks, slot) // the lease carries it
+	}
+	for slot, blk := range c.blocks {
+		cur := c.cursorAt(slot)
+		if cur == nil {
+			delete(c.blocks, slot)
+			continue
+		}
+		m, err := b.ReadMessageAt(cur.Topic, cur.Queue, blk.QueueOffset)
+		if err != nil {
+			b.logger.Error("an ordered queue's blocked message is unreadable; moving on", slog.String("group", c.sub.Group),
+				slog.String("topic", cur.Topic), slog.Int("queue", cur.Queue), slog.Int64("queue_offset", blk.QueueOffset), slog.Any("err", err))
+		} else {
+			at := blk.NextAt
+			if at.Before(now) {
+				at = now
+			}
+			cp := m.retryCopy(c.sub.Group, blk.Attempt+1, at)
+			out := !c.push && c.pulledOut[slot]
+			if out {
+				cp.Reason = expiredReason // out until then: handed out again, it expired
+			}
+			ts, err := b.topicOrSystem(ctx, cp.Topic)
+			if err != nil {
+				return fmt.Errorf("turn %s unordered: %w", c.sub.ID, err)
+			}
+			res, err := b.store(ctx, ts, []*Message{cp}, false)
+			if err != nil {
+				return fmt.Errorf("turn %s unordered: %w", c.sub.ID, err)
+			}
+			if out {
+				if c.unordered == nil {
+					c.unordered = map[[3]int64]int64{}
+				}
+				c.unordered[[3]int64{int64(slot), blk.QueueOffset, int64(blk.Attempt)}] = res[0].logOffset
+			}
+		}
+		delete(c.blocks, slot)
+		delete(c.pulledOut, slot)
+		cur.Finish(blk.QueueOffset)
+		cur.Next = max(cur.Next, blk.QueueOffset+1)
+		e.setOffset(c, cur)
+	}
+	if err := b.meta.ClearOrderedRetries(ctx, c.sub.ID); err != nil {
+		return err
+	}
+	return b.flushOffsets(ctx)
 }
 
 // inFlight counts, per queue, the messages out to consumers held here (the
@@ -875,6 +1074,12 @@ func (e *Engine) inFlight(group string) map[offsetKey]int {
 	out := map[offsetKey]int{}
 	for _, c := range cs {
 		c.mu.Lock()
+		if c.sub.State != StateActive {
+			// Paused: its messages wait, none is out to a consumer
+			// (its loop's last deliveries end within its grace).
+			c.mu.Unlock()
+			continue
+		}
 		for _, l := range c.leases {
 			out[offsetKey{group, l.c.Topic, l.c.Queue}]++
 		}
@@ -939,7 +1144,7 @@ func (e *Engine) settleAll(ctx context.Context, group string, receipts []string,
 			return errf(CodeInvalidReceipt, fmt.Sprintf("receipts[%d]", i), "the receipt was issued to another group")
 		}
 		switch r.Kind {
-		case receiptOrdered:
+		case receiptOrdered, receiptOrderedUntil:
 			c, err := b.pullGroup(ctx, group, r.Topic, false)
 			if errors.Is(err, errNoPullGroup) {
 				return staleErr(fmt.Sprintf("receipts[%d]", i)) // its subscription was deleted
@@ -948,9 +1153,17 @@ func (e *Engine) settleAll(ctx context.Context, group string, receipts []string,
 				return err
 			}
 			c.mu.Lock()
-			blk, ok := c.blocks[r.Queue]
+			out := c.holds(r)
+			timer, converted := c.unordered[[3]int64{int64(r.Queue), r.Timer, int64(r.Attempt)}]
 			c.mu.Unlock()
-			if !ok || blk.QueueOffset != r.Timer || blk.Attempt != r.Attempt {
+			if !out && converted {
+				// Out when the group turned unordered: its visibility
+				// copy's timer settles it now.
+				r.Kind, r.Timer = receiptTimer, timer
+				timers = append(timers, r)
+				continue
+			}
+			if !out {
 				return staleErr(fmt.Sprintf("receipts[%d]", i))
 			}
 			ordered = append(ordered, r)
@@ -1092,9 +1305,16 @@ func (e *Engine) settleOrdered(ctx context.Context, group string, rs []receipt, 
 			return err
 		}
 		c.mu.Lock()
-		blk, ok := c.blocks[r.Queue]
-		if cur := c.cursorAt(r.Queue); ok && blk.QueueOffset == r.Timer && blk.Attempt == r.Attempt && cur != nil {
-			delete(c.pulledOut, r.Queue) // settled: not expired
+		if c.closed {
+			// Dropped (a reset, a change) since the receipt was checked:
+			// its block belongs to the old consumer, and writing it now
+			// would undo the reset.
+			c.mu.Unlock()
+			return staleErr("receipts")
+		}
+		blk := c.blocks[r.Queue]
+		if cur := c.cursorAt(r.Queue); c.holds(r) && cur != nil {
+			delete(c.pulledOut, r.Queue) // settled: not expired, and not out
 			switch v.kind {
 			case verdictAck:
 				e.clearBlock(ctx, c, cur, r.Timer+1)
@@ -1106,11 +1326,18 @@ func (e *Engine) settleOrdered(ctx context.Context, group string, rs []receipt, 
 					}
 				}
 			default:
+				until := blk.NextAt
 				blk.NextAt = b.now()
 				if v.kind == verdictRetry {
 					blk.NextAt = v.at
 				} else {
 					blk.Attempt-- // not sent: not an attempt
+				}
+				if blk.NextAt.UnixMilli() == until.UnixMilli() {
+					// The block waits until another millisecond than
+					// the lease's end, so that its receipt, which names
+					// that end, is stale after a restart too.
+					blk.NextAt = blk.NextAt.Add(time.Millisecond)
 				}
 				c.blocks[r.Queue] = blk
 				err = b.meta.SetOrderedRetry(ctx, blk)
@@ -1171,17 +1398,31 @@ func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
 		c.mu.Unlock()
 		return nil
 	}
+	if l.ordered && v.kind == verdictRetry {
+		// The block is stored holding the lock, and only while the
+		// consumer is live: a block written after a reset (or a change
+		// that dropped the consumer) cleared the blocks would send the
+		// new consumer back to the old position, and past the new one
+		// once settled.
+		defer c.mu.Unlock()
+		blk := OrderedRetry{Subscription: sub.ID, Queue: l.c.slot, QueueOffset: l.m.QueueOffset, Attempt: l.attempt, NextAt: v.at}
+		if err := b.meta.SetOrderedRetry(ctx, blk); err != nil {
+			return err
+		}
+		delete(c.leases, l.id)
+		delete(c.out, l.c.slot)
+		c.blocks[l.c.slot] = blk
+		return nil
+	}
 	c.mu.Unlock()
-	// Stored without the lock (an append and maybe SQLite); the lease stays
-	// out meanwhile, so a failure leaves it to be settled again.
+	// Stored without the lock (an append); the lease stays out meanwhile,
+	// so a failure leaves it to be settled again.
 	var err error
 	switch {
 	case v.kind == verdictDead:
 		if err = b.DeadLetter(ctx, sub.Group, l.m, l.attempt, v.reason); err == nil {
 			b.LogAttempt(Attempt{MsgID: l.m.ID, Group: sub.Group, Subscription: sub.ID, Attempt: l.attempt, At: b.now(), Outcome: "dead", Error: v.reason})
 		}
-	case l.ordered:
-		err = b.meta.SetOrderedRetry(ctx, OrderedRetry{Subscription: sub.ID, Queue: l.c.slot, QueueOffset: l.m.QueueOffset, Attempt: l.attempt, NextAt: v.at})
 	default:
 		err = b.storeSystem(ctx, l.m.retryCopy(sub.Group, l.attempt+1, v.at))
 	}
@@ -1197,11 +1438,6 @@ func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
 		return nil // expired meanwhile: its retry is stored, the expiry's too
 	}
 	delete(c.leases, l.id)
-	if v.kind == verdictRetry && l.ordered {
-		delete(c.out, l.c.slot)
-		c.blocks[l.c.slot] = OrderedRetry{Subscription: sub.ID, Queue: l.c.slot, QueueOffset: l.m.QueueOffset, Attempt: l.attempt, NextAt: v.at}
-		return nil
-	}
 	e.finishPush(ctx, c, l)
 	return nil
 }

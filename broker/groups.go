@@ -156,12 +156,14 @@ func (b *Broker) ResetOffsets(ctx context.Context, group, topic, to string) erro
 	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
 		return err
 	}
-	// The group's consumer is dropped before the offsets move, so nothing
-	// it has out writes its own offsets back over the reset, and again
-	// after, so none built meanwhile keeps the old ones.
-	mine := func(g, t string) bool { return g == group && t == topic }
-	b.eng.drop(mine)
-	defer b.eng.drop(mine)
+	// The engine owns the group's position: the reset is one step of it,
+	// so nothing the old consumer has out, and no consumer built
+	// meanwhile, writes the old offsets back over the new ones.
+	return b.eng.reposition(group, topic, func() error { return b.resetOffsets(ctx, group, topic, to, ts, at) })
+}
+
+// resetOffsets writes a reset's new position; see ResetOffsets.
+func (b *Broker) resetOffsets(ctx context.Context, group, topic, to string, ts *topicState, at time.Time) error {
 	// An ordered queue's block belongs to the old position: a reset
 	// replays from the new one, the blocked message in its turn.
 	subs, err := b.Subscriptions(ctx)

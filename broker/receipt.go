@@ -24,12 +24,18 @@ import (
 // message was handed out again, under a new receipt).
 //
 // An ordered group's receipt names instead the queue and offset of the one
-// message its queue has out, which ack and nack check against the queue's
-// stored block; a push lease's names the lease, held in memory.
+// message its queue has out, and when its visibility ends, which ack and
+// nack check against the queue's stored block (a nacked block waits until
+// another time, so its receipt is stale even after a restart); a push
+// lease's names the lease, held in memory.
 //
-//	version u8 (1) | kind u8 (0 timer, 1 ordered, 2 push) | attempt u16 | timer offset, or queue
-//	offset when ordered, i64 | queue u16 | group u8+bytes | topic u8+bytes |
-//	msg id u8+bytes | HMAC-SHA256 truncated to 16 bytes
+//	version u8 (1) | kind u8 (0 timer, 1 ordered, 2 push, 3 ordered with
+//	deadline) | attempt u16 | timer offset, or queue offset when ordered,
+//	i64 | queue u16 | group u8+bytes | topic u8+bytes | msg id u8+bytes |
+//	kind 3 only: deadline, Unix ms, i64 | HMAC-SHA256 truncated to 16 bytes
+//
+// Kind 1 (without the deadline) was issued before kind 3; it is still
+// taken, checked against the block in memory only.
 //
 // encoded base64url without padding.
 type receipt struct {
@@ -40,15 +46,17 @@ type receipt struct {
 	Group   string
 	Topic   string
 	MsgID   string
+	Until   int64 // receiptOrderedUntil: the visibility's end, Unix ms
 }
 
 // receiptKind is what a receipt names.
 type receiptKind uint8
 
 const (
-	receiptTimer   receiptKind = iota // a pull lease: its visibility timer
-	receiptOrdered                    // an ordered pull lease: its queue's block
-	receiptPush                       // a push lease, held in this process: its id
+	receiptTimer        receiptKind = iota // a pull lease: its visibility timer
+	receiptOrdered                         // an ordered pull lease: its queue's block
+	receiptPush                            // a push lease, held in this process: its id
+	receiptOrderedUntil                    // an ordered pull lease: its queue's block and its visibility's end
 )
 
 const (
@@ -97,6 +105,9 @@ func (r receipt) encode(key []byte) string {
 	buf = append(buf, r.Topic...)
 	buf = append(buf, byte(len(r.MsgID)))
 	buf = append(buf, r.MsgID...)
+	if r.Kind == receiptOrderedUntil {
+		buf = binary.BigEndian.AppendUint64(buf, uint64(r.Until))
+	}
 	mac := hmac.New(sha256.New, key)
 	mac.Write(buf)
 	buf = mac.Sum(buf)[:len(buf)+receiptMACLen]
@@ -111,7 +122,7 @@ func decodeReceipt(s string, key []byte) (receipt, error) {
 		return receipt{}, errBadReceipt
 	}
 	b, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil || len(b) < 2+2+8+2+1+1+1+receiptMACLen || b[0] != receiptVersion || b[1] > byte(receiptPush) {
+	if err != nil || len(b) < 2+2+8+2+1+1+1+receiptMACLen || b[0] != receiptVersion || b[1] > byte(receiptOrderedUntil) {
 		return receipt{}, errBadReceipt
 	}
 	body, sum := b[:len(b)-receiptMACLen], b[len(b)-receiptMACLen:]
@@ -132,6 +143,11 @@ func decodeReceipt(s string, key []byte) (receipt, error) {
 	rc.Group = string(r.str8())
 	rc.Topic = string(r.str8())
 	rc.MsgID = string(r.str8())
+	if rc.Kind == receiptOrderedUntil {
+		if u := r.take(8); u != nil {
+			rc.Until = int64(binary.BigEndian.Uint64(u))
+		}
+	}
 	if r.err != nil || len(r.p) != 0 || rc.Timer < 0 {
 		return receipt{}, errBadReceipt
 	}

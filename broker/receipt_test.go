@@ -34,6 +34,7 @@ func FuzzReceipt(f *testing.F) {
 	key := []byte(strings.Repeat("k", 32))
 	f.Add(receipt{Attempt: 1, Timer: 5, Group: "g", Topic: "t", MsgID: "m"}.encode(key))
 	f.Add(receipt{Kind: receiptOrdered, Attempt: 2, Timer: 7, Queue: 3, Group: "g", Topic: "t", MsgID: "m"}.encode(key))
+	f.Add(receipt{Kind: receiptOrderedUntil, Attempt: 2, Timer: 7, Queue: 3, Group: "g", Topic: "t", MsgID: "m", Until: 1767225600000}.encode(key))
 	f.Add("")
 	f.Add("AAAA")
 	f.Fuzz(func(t *testing.T, s string) {

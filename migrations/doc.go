@@ -37,8 +37,10 @@
 // Later files add timers, attempts, dlq_removed, ordered_retries (0002), the
 // timers' owner (0003), deleted_topics (0004: name PK, deleted_at), the
 // tombstones that let the broker tell a deleted topic's leftovers from a
-// topic the database lost, and topics.log_start (0005), where a topic's
-// current incarnation begins in the commitlog.
+// topic the database lost, topics.log_start (0005), where a topic's
+// current incarnation begins in the commitlog, and
+// consumer_offsets.progress (0006), what a push consumer settled above its
+// offset, so a kill does not deliver it again.
 //
 // consumer_offsets deliberately has no foreign key to topics: groups also
 // keep offsets on system topics (%RETRY%group, the delay schedule topic) that

@@ -292,3 +292,40 @@ func (l *logLines) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// TestPauseRepeatsNothingAnswered (attack F3): deliveries out when a push
+// subscription is paused (or disabled) finish within the loop's grace; one
+// answered 200 then is settled, and not delivered again after the resume.
+// The pause used to drop the group's consumer at once, so those settles
+// were stale and the messages went out again.
+func TestPauseRepeatsNothingAnswered(t *testing.T) {
+	for _, state := range []string{broker.StatePaused, broker.StateDisabled} {
+		t.Run(state, func(t *testing.T) {
+			ctx := context.Background()
+			r := newRig(t)
+			g := make(gate)
+			s := newSink(t, g.respond)
+			sub := r.subscribe(t, broker.Subscription{Group: "g", Topic: "t", URL: s.URL, MaxInFlight: 2, Timeout: 30 * time.Second})
+			for i := 0; i < 3; i++ {
+				r.publish(t, "t", &broker.Message{Body: []byte(fmt.Sprint("m", i))})
+			}
+			waitUntil(t, 5*time.Second, "two deliveries out", func() bool { return len(s.requests()) == 2 })
+			if _, err := r.b.SetSubscriptionState(ctx, sub.ID, state, ""); err != nil {
+				t.Fatal(err)
+			}
+			close(g) // both answer 200, within the stopping loop's grace
+			if _, err := r.b.SetSubscriptionState(ctx, sub.ID, broker.StateActive, ""); err != nil {
+				t.Fatal(err)
+			}
+			waitUntil(t, 10*time.Second, "all three delivered", func() bool { return len(bodiesOf(s)) == 3 })
+			if err := r.b.DeleteSubscription(ctx, sub.ID); err != nil {
+				t.Fatal(err)
+			}
+			for body, n := range bodiesOf(s) {
+				if n != 1 {
+					t.Errorf("%s delivered %d times, answered 200 each time", body, n)
+				}
+			}
+		})
+	}
+}
