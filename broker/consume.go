@@ -1,7 +1,9 @@
 package broker
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -36,6 +38,9 @@ type offsets struct {
 	mu    sync.Mutex
 	next  map[offsetKey]int64 // guarded by mu
 	dirty map[offsetKey]bool  // guarded by mu: changed since the last flush
+	// progress is what a push consumer settled above next (encoded by
+	// queueCursor.progress), stored with it; absent for the rest.
+	progress map[offsetKey][]byte // guarded by mu
 }
 
 // Offset returns a group's next offset on a queue, and whether it has one.
@@ -50,13 +55,35 @@ func (b *Broker) Offset(group, topic string, queue int) (int64, bool) {
 // OffsetInterval (at-least-once: after a crash the group resumes from the
 // last persisted offset), or sooner where the caller flushes.
 func (b *Broker) setOffset(group, topic string, queue int, next int64) {
+	b.setOffsetProgress(group, topic, queue, next, nil)
+}
+
+// setOffsetProgress is setOffset with what a push consumer settled above
+// next (nil: nothing recorded, as setOffset).
+func (b *Broker) setOffsetProgress(group, topic string, queue int, next int64, progress []byte) {
 	k := offsetKey{group, topic, queue}
 	b.offs.mu.Lock()
 	defer b.offs.mu.Unlock()
-	if old, ok := b.offs.next[k]; !ok || old != next {
+	old, ok := b.offs.next[k]
+	oldP := b.offs.progress[k]
+	if !ok || old != next || !bytes.Equal(oldP, progress) {
 		b.offs.next[k] = next
+		if progress == nil {
+			delete(b.offs.progress, k)
+		} else {
+			b.offs.progress[k] = progress
+		}
 		b.offs.dirty[k] = true
 	}
+}
+
+// offsetProgress returns a group's offset on a queue and what a push
+// consumer settled above it, if recorded.
+func (b *Broker) offsetProgress(group, topic string, queue int) (int64, []byte) {
+	b.offs.mu.Lock()
+	defer b.offs.mu.Unlock()
+	k := offsetKey{group, topic, queue}
+	return b.offs.next[k], b.offs.progress[k]
 }
 
 func (b *Broker) loadOffsets(ctx context.Context) error {
@@ -66,8 +93,12 @@ func (b *Broker) loadOffsets(ctx context.Context) error {
 	}
 	b.offs.next = make(map[offsetKey]int64, len(all))
 	b.offs.dirty = make(map[offsetKey]bool)
+	b.offs.progress = make(map[offsetKey][]byte)
 	for _, o := range all {
 		b.offs.next[offsetKey{o.Group, o.Topic, o.Queue}] = o.Next
+		if len(o.Progress) > 0 {
+			b.offs.progress[offsetKey{o.Group, o.Topic, o.Queue}] = o.Progress
+		}
 	}
 	return nil
 }
@@ -89,7 +120,7 @@ func (b *Broker) flushOffsetsWith(ctx context.Context, commit func(context.Conte
 	b.offs.mu.Lock()
 	batch := make([]meta.Offset, 0, len(b.offs.dirty))
 	for k := range b.offs.dirty {
-		batch = append(batch, meta.Offset{Group: k.group, Topic: k.topic, Queue: k.queue, Next: b.offs.next[k]})
+		batch = append(batch, meta.Offset{Group: k.group, Topic: k.topic, Queue: k.queue, Next: b.offs.next[k], Progress: b.offs.progress[k]})
 	}
 	clear(b.offs.dirty)
 	b.offs.mu.Unlock()
@@ -355,6 +386,46 @@ func (c *queueCursor) Committed() int64 {
 		return c.pending[0]
 	}
 	return c.Next
+}
+
+// progress encodes what was settled above Committed: nil when nothing is
+// out (Committed is Next), else how far past Committed the cursor read and
+// the other offsets still out, each a step from the one before, as
+// varints (migrations/0006_offset_progress.sql). Everything else below
+// Next was settled: a restart hands out only the offsets listed.
+func (c *queueCursor) progress() []byte {
+	if len(c.pending) == 0 {
+		return nil
+	}
+	base := c.pending[0]
+	p := binary.AppendUvarint(make([]byte, 0, 2+len(c.pending)), uint64(c.Next-base))
+	for i := 1; i < len(c.pending); i++ {
+		p = binary.AppendUvarint(p, uint64(c.pending[i]-c.pending[i-1]))
+	}
+	return p
+}
+
+// errBadProgress is parseProgress's answer for bytes it did not write.
+var errBadProgress = errors.New("malformed offset progress")
+
+// parseProgress reads what progress wrote for a cursor at committed: the
+// offset to read on from and the offsets still out (committed first).
+func parseProgress(committed int64, p []byte) (next int64, out []int64, err error) {
+	d, n := binary.Uvarint(p)
+	if n <= 0 || d == 0 || d > 1<<40 {
+		return 0, nil, errBadProgress
+	}
+	next, p = committed+int64(d), p[n:]
+	out = []int64{committed}
+	for len(p) > 0 {
+		step, n := binary.Uvarint(p)
+		if n <= 0 || step == 0 || step >= uint64(next-out[len(out)-1]) {
+			return 0, nil, errBadProgress
+		}
+		out = append(out, out[len(out)-1]+int64(step))
+		p = p[n:]
+	}
+	return next, out, nil
 }
 
 // InFlight counts the unfinished messages.

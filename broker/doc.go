@@ -29,7 +29,12 @@
 // retry copies and dead-lettering; offset resets, subscription changes
 // and topic growth act on it, so no consumer writes its own position back
 // over them. Pull leases are durable (a visibility copy each); push leases
-// live in the process, and their offsets are written as they settle.
+// live in the process, and their offsets are written as they settle, with
+// what was settled above each (consumer_offsets.progress), so a consumer
+// built again after a kill hands out again only what was out. Turning a
+// subscription ordered or unordered changes its consumer in place: what is
+// out stays out, and a queue's block becomes a retry copy, keeping its
+// attempt count.
 //
 // Open checks that meta.db knows every topic the commitlog (from the
 // checkpoint on) and the consume queues hold, or recorded its deletion. A

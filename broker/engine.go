@@ -32,11 +32,15 @@ import (
 //     cancels or swaps that timer in one SQLite transaction, so a crash at
 //     any point brings a message back (maybe twice), never loses it.
 //   - Push leases live in this process, as the push loop that holds them
-//     does: the group's offset stays at the lowest message not settled, and
-//     a writer persists offsets as soon as settles move them (unsynced
-//     SQLite commits, which a kill of the process keeps), so a crash
-//     repeats what was out and what settled during the last write, not
-//     what OffsetInterval saw.
+//     does: the group's offset stays at the lowest message not settled,
+//     with, beside it, what was settled above it (the offset's progress:
+//     how far the consumer read and which messages are still out), and a
+//     writer persists both as soon as settles move them (unsynced SQLite
+//     commits, which a kill of the process keeps). A consumer built again
+//     (a crash, a restart, a pause) hands out again only what was out, so
+//     a crash repeats that and what settled during the last write, not
+//     what settled above the oldest message out nor what OffsetInterval
+//     saw.
 //
 // Attempt numbers have one meaning everywhere: a lease's Attempt is the
 // attempt it is (1 on the first delivery), and an ordered queue's stored
@@ -332,6 +336,11 @@ func (e *Engine) install(ctx context.Context, s Subscription, push bool) (*consu
 		}
 		off, _ := b.Offset(s.Group, RetryTopic(s.Group, s.Topic), 0)
 		c.cursors = append(c.cursors, &queueCursor{Topic: RetryTopic(s.Group, s.Topic), Queue: 0, Next: off, slot: retrySlot})
+		if push {
+			// Ordered too: progress an unordered consumer recorded
+			// before the subscription turned ordered (while paused).
+			e.resume(c)
+		}
 		if !s.Ordered && len(c.blocks) > 0 {
 			if err := e.unorder(ctx, c); err != nil {
 				return nil, err
@@ -368,6 +377,53 @@ func (e *Engine) reposition(group, topic string, move func() error) error {
 
 // testHookRepositioning runs in reposition between the drop and the move.
 var testHookRepositioning func()
+
+// resume picks up, for a new push consumer, what its group's
+// last one recorded as settled above each offset: the cursor reads on
+// after it, and only the messages that were out go out again, first.
+// Called before c is shared.
+func (e *Engine) resume(c *consumer) {
+	b := e.b
+	for _, cur := range c.cursors {
+		committed, p := b.offsetProgress(c.sub.Group, cur.Topic, cur.Queue)
+		if p == nil || committed != cur.Next {
+			continue
+		}
+		next, out, err := parseProgress(committed, p)
+		if err != nil {
+			// Not what this broker wrote: start at the offset, as
+			// without it (at least once), and say so.
+			b.logger.Error("a push consumer's recorded progress is unreadable; resuming at its offset", slog.String("group", c.sub.Group),
+				slog.String("queue_topic", cur.Topic), slog.Int("queue", cur.Queue), slog.Any("err", err))
+			b.metrics.progressUnreadable()
+			continue
+		}
+		lo, _ := b.cq.Bounds(cur.Topic, cur.Queue)
+		for _, off := range out {
+			if off < lo {
+				continue // gone with retention, as a read from the offset would skip it
+			}
+			m, err := b.ReadMessageAt(cur.Topic, cur.Queue, off)
+			if err != nil {
+				// Past retention, as a read of the queue skips it; damaged,
+				// an anomaly dispatch has reported.
+				level := slog.LevelWarn
+				if CodeOf(err) != CodeMessageNotFound {
+					level = slog.LevelError
+				}
+				b.logger.Log(context.Background(), level, "a push message out at the last stop is unreadable; skipping it", slog.String("group", c.sub.Group),
+					slog.String("queue_topic", cur.Topic), slog.Int("queue", cur.Queue), slog.Int64("queue_offset", off), slog.Any("err", err))
+				continue
+			}
+			if !c.filter.Match(m.Tag) {
+				continue // the filter changed since: no longer the group's
+			}
+			cur.Start(off)
+			c.redo = append(c.redo, &memLease{c: cur, m: m, attempt: max(m.Attempt, 1)})
+		}
+		cur.Next = next
+	}
+}
 
 // drop forgets the consumers that match, so the next lease builds them
 // again from the subscription and the offsets. Their leases still out
@@ -547,7 +603,13 @@ func (e *Engine) setOffset(c *consumer, cur *queueCursor) {
 	if c.closed {
 		return
 	}
-	e.b.setOffset(c.sub.Group, cur.Topic, cur.Queue, cur.Committed())
+	var progress []byte
+	if c.push && !c.sub.Ordered {
+		// With it, a restart delivers again what was out, not what
+		// was settled above the oldest message out (issue 11, fault 16).
+		progress = cur.progress()
+	}
+	e.b.setOffsetProgress(c.sub.Group, cur.Topic, cur.Queue, cur.Committed(), progress)
 	if c.push {
 		select {
 		case e.flushWake <- struct{}{}:

@@ -43,6 +43,7 @@ const (
 type ReceiptResult struct {
 	Receipt string
 	Status  ReceiptStatus
+	now     bool // settled by this request, not a retry's answer: for the trace
 }
 
 // MaxSettleReceipts bounds the receipts of one ack, nack or change of
@@ -107,15 +108,15 @@ func (e *Engine) each(ctx context.Context, group string, receipts []string, op e
 				} else if err != nil {
 					return nil, err
 				} else {
-					out[i].Status = done(op)
+					out[i].Status, out[i].now = done(op), true
 				}
 			}
 		case receiptOrdered, receiptOrderedUntil:
-			st, err := e.eachOrdered(ctx, group, r, op, at)
+			st, now, err := e.eachOrdered(ctx, group, r, op, at)
 			if err != nil {
 				return nil, err
 			}
-			out[i].Status = st
+			out[i].Status, out[i].now = st, now
 		default:
 			timerIdx = append(timerIdx, i)
 		}
@@ -132,7 +133,7 @@ func (e *Engine) each(ctx context.Context, group string, receipts []string, op e
 		return nil, err
 	}
 	for j, i := range timerIdx {
-		out[i].Status = statusOf(op, states[j])
+		out[i].Status, out[i].now = statusOf(op, states[j]), states[j] == meta.TimerDone
 	}
 	return out, nil
 }
@@ -294,14 +295,14 @@ func leaseEnd(blk OrderedRetry) time.Time {
 // past its message (an ack retried: the position is durable, so this
 // holds after a restart too, until an offset reset), nacked when its
 // message waits as the same attempt after a nack, and stale otherwise.
-func (e *Engine) eachOrdered(ctx context.Context, group string, r receipt, op eachOp, at time.Time) (ReceiptStatus, error) {
+func (e *Engine) eachOrdered(ctx context.Context, group string, r receipt, op eachOp, at time.Time) (st ReceiptStatus, now bool, err error) {
 	b := e.b
 	c, err := b.pullGroup(ctx, group, r.Topic, false)
 	if errors.Is(err, errNoPullGroup) {
-		return ReceiptStale, nil // its subscription was deleted
+		return ReceiptStale, false, nil // its subscription was deleted
 	}
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
 	if op != opVisibility {
 		v := Ack()
@@ -313,9 +314,9 @@ func (e *Engine) eachOrdered(ctx context.Context, group string, r receipt, op ea
 		c.mu.Unlock()
 		if held {
 			if err := e.settleOrdered(ctx, group, []receipt{r}, v); errors.Is(err, ErrStaleReceipt) {
-				return ReceiptStale, nil
+				return ReceiptStale, false, nil
 			} else if err != nil {
-				return "", err
+				return "", false, err
 			}
 		}
 		c.mu.Lock()
@@ -324,30 +325,30 @@ func (e *Engine) eachOrdered(ctx context.Context, group string, r receipt, op ea
 		cur := c.cursorAt(r.Queue)
 		switch {
 		case c.closed || cur == nil:
-			return ReceiptStale, nil
+			return ReceiptStale, false, nil
 		case op == opAck && (!blocked || blk.QueueOffset != r.Timer) && cur.Committed() > r.Timer:
-			return ReceiptAcked, nil
+			return ReceiptAcked, held, nil
 		case op == opNack && blocked && blk.QueueOffset == r.Timer && blk.Attempt == r.Attempt && !c.pulledOut[r.Queue]:
-			return ReceiptNacked, nil
+			return ReceiptNacked, held, nil
 		case op == opNack && blocked && blk.QueueOffset == r.Timer && blk.Attempt == r.Attempt && blk.LeaseUntil.IsZero() &&
 			r.Kind == receiptOrderedUntil && blk.NextAt.UnixMilli() != r.Until:
 			// After a restart every block is taken as out; a nacked one
 			// waits until another time than its receipt names.
-			return ReceiptNacked, nil
+			return ReceiptNacked, held, nil
 		}
-		return ReceiptStale, nil
+		return ReceiptStale, false, nil
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed || !c.holds(r) {
-		return ReceiptStale, nil
+		return ReceiptStale, false, nil
 	}
 	blk := c.blocks[r.Queue]
 	blk.LeaseUntil = leaseEnd(blk)
 	blk.NextAt = at
 	if err := b.meta.SetOrderedRetry(ctx, blk); err != nil {
-		return "", err
+		return "", false, err
 	}
 	c.blocks[r.Queue] = blk
-	return ReceiptExtended, nil
+	return ReceiptExtended, true, nil
 }

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 	"testing/synctest"
@@ -251,5 +252,78 @@ func TestTurningOrderedRepeatsNothingSettled(t *testing.T) {
 	}
 	if err := eng.Settle(ctx, got[0].Receipt, Ack()); err != nil {
 		t.Fatalf("acking m0, out across the change: %v", err)
+	}
+}
+
+// TestPushResumesAboveWhatIsOut (fault 16): a push consumer built again
+// (a restart; a pause and resume) delivers again only what was out, not
+// everything settled above the oldest message out, which the group's
+// offset cannot pass. Before the offsets' progress record all of m1..m5
+// went out again.
+func TestPushResumesAboveWhatIsOut(t *testing.T) {
+	for _, how := range []string{"pause and resume", "restart", "pause, turn ordered, resume"} {
+		t.Run(how, func(t *testing.T) {
+			ctx := context.Background()
+			cfg := testConfig(t, t.TempDir())
+			b, err := Open(ctx, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { b.Close() }()
+			if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 1}); err != nil {
+				t.Fatal(err)
+			}
+			sub, err := b.CreateSubscription(ctx, Subscription{Group: "g", Topic: "t", URL: "http://127.0.0.1:9/hook", MaxInFlight: 16, StartFrom: "earliest"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ms []*Message
+			for i := range 6 {
+				ms = append(ms, msg(fmt.Sprintf("m%d", i)))
+			}
+			publish(t, b, "t", ms...)
+			if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
+				t.Fatal(err)
+			}
+			got, err := b.Engine().Lease(ctx, "g", "t", 16, time.Minute)
+			if err != nil || len(got) != 6 {
+				t.Fatalf("leased %q, %v; want 6", bodies(got), err)
+			}
+			for _, l := range got[1:] { // m0 stays out
+				if err := b.Engine().Settle(ctx, l.Receipt, Ack()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			switch how {
+			case "restart":
+				if err := b.Close(); err != nil {
+					t.Fatal(err)
+				}
+				if b, err = Open(ctx, cfg); err != nil {
+					t.Fatal(err)
+				}
+			default:
+				if _, err := b.SetSubscriptionState(ctx, sub.ID, StatePaused, ""); err != nil {
+					t.Fatal(err)
+				}
+				if how == "pause, turn ordered, resume" {
+					toggleOrdered(t, b, sub.ID, true)
+				}
+				if _, err := b.SetSubscriptionState(ctx, sub.ID, StateActive, ""); err != nil {
+					t.Fatal(err)
+				}
+			}
+			publish(t, b, "t", msg("m6"))
+			if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
+				t.Fatal(err)
+			}
+			again, err := b.Engine().Lease(ctx, "g", "t", 16, time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if bs := bodies(again); !slices.Equal(slices.Sorted(slices.Values(bs)), []string{"m0", "m6"}) {
+				t.Fatalf("after the consumer was built again leased %q, want [m0 m6]: m0 was out, m1..m5 acked", bs)
+			}
+		})
 	}
 }

@@ -15,6 +15,7 @@ type metrics struct {
 
 	attemptsDropped prometheus.Counter
 	leasesExpired   prometheus.Counter
+	progressBad     prometheus.Counter
 	skippedRecords  *prometheus.CounterVec
 	lostQueueEnds   prometheus.Counter
 	timersDropped   prometheus.Counter
@@ -51,6 +52,9 @@ func newMetrics() *metrics {
 		}, []string{"code"}),
 		leasesExpired: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "postbus_push_leases_expired_total", Help: "Push leases whose visibility ran out before their loop settled them (a hung delivery); each message went out again and the trace shows expired.",
+		}),
+		progressBad: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "postbus_offset_progress_unreadable_total", Help: "Push consumers' recorded progress above an offset that could not be read; the group resumed at the offset, delivering again what it had settled above it. Each is also logged at ERROR.",
 		}),
 		attemptsDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "postbus_attempts_dropped_total", Help: "Delivery attempts not written to the trace log because its writer fell behind.",
@@ -98,7 +102,7 @@ func (m *metrics) register(b *Broker, reg prometheus.Registerer) {
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
-	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped, m.leasesExpired, m.skippedRecords, m.lostQueueEnds, m.timersDropped,
+	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped, m.leasesExpired, m.progressBad, m.skippedRecords, m.lostQueueEnds, m.timersDropped,
 		m.delayAnomalies, m.cleanedMessages, m.cleanedBytes,
 		gauge("postbus_commitlog_bytes", "Bytes of the commitlog between its oldest retained offset and its end.",
 			func() float64 { return float64(b.log.Committed() - b.log.MinOffset()) }),
@@ -187,6 +191,13 @@ func (m *metrics) delayAnomaly(reason string) {
 		return
 	}
 	m.delayAnomalies.WithLabelValues(reason).Inc()
+}
+
+func (m *metrics) progressUnreadable() {
+	if m == nil {
+		return
+	}
+	m.progressBad.Inc()
 }
 
 func (m *metrics) leaseExpired() {

@@ -231,12 +231,12 @@ func (b *Broker) ChangeVisibility(ctx context.Context, group string, receipts []
 	return b.eng.each(ctx, group, receipts, opVisibility, b.now().Add(visibility))
 }
 
-// settledNow are the receipts a request answered acked or nacked, for the
-// trace (a retried ack is recorded again, as the consumer sent it again).
+// settledNow are the receipts a request settled, for the trace (a retry
+// was recorded by the request it retries).
 func settledNow(res []ReceiptResult) []string {
 	var out []string
 	for _, r := range res {
-		if r.Status == ReceiptAcked || r.Status == ReceiptNacked {
+		if r.now && (r.Status == ReceiptAcked || r.Status == ReceiptNacked) {
 			out = append(out, r.Receipt)
 		}
 	}

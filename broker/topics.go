@@ -341,6 +341,7 @@ func (b *Broker) DeleteTopic(ctx context.Context, name string) error {
 		if slices.Contains(gone, k.topic) {
 			delete(b.offs.next, k)
 			delete(b.offs.dirty, k)
+			delete(b.offs.progress, k)
 		}
 	}
 	b.offs.mu.Unlock()

@@ -42,7 +42,7 @@
 //
 //	schema_migrations(version INTEGER PK, name TEXT, applied_at TEXT)  one row per applied file
 //	topics(name PK, queues, retention_ms, created_at, updated_at, log_start)  times in unix ms; log_start: the commitlog offset where the topic (this incarnation) begins
-//	consumer_offsets((group_name, topic, queue_id) PK, next_offset, updated_at)
+//	consumer_offsets((group_name, topic, queue_id) PK, next_offset, updated_at, progress)
 //	subscriptions(id PK, group_name, topic, url, filter, ordered, config, secret, state, ...)
 //	deleted_topics(name PK, deleted_at)                                   the latest deletion of each topic
 //

@@ -17,6 +17,9 @@ type Offset struct {
 	Group, Topic string
 	Queue        int
 	Next         int64
+	// Progress is what a push consumer settled above Next (see
+	// migrations/0006_offset_progress.sql), or nil. Stored as given.
+	Progress []byte
 	// UpdatedAt is set by the store when left zero.
 	UpdatedAt time.Time
 }
@@ -37,26 +40,26 @@ func (o Offset) validate() error {
 	return nil
 }
 
-// offsetChunk is how many rows one INSERT statement carries: 5 parameters a
+// offsetChunk is how many rows one INSERT statement carries: 6 parameters a
 // row stays far below SQLite's 32766-parameter limit, and one statement per
 // chunk costs far less than one per row.
 const offsetChunk = 256
 
-const offsetInsertHead = `INSERT INTO consumer_offsets (group_name, topic, queue_id, next_offset, updated_at) VALUES `
+const offsetInsertHead = `INSERT INTO consumer_offsets (group_name, topic, queue_id, next_offset, updated_at, progress) VALUES `
 
 // An offset may move backwards (a reset to earliest or to a timestamp), so
 // the upsert overwrites rather than keeping the maximum.
-const offsetInsertTail = ` ON CONFLICT (group_name, topic, queue_id) DO UPDATE SET next_offset = excluded.next_offset, updated_at = excluded.updated_at`
+const offsetInsertTail = ` ON CONFLICT (group_name, topic, queue_id) DO UPDATE SET next_offset = excluded.next_offset, updated_at = excluded.updated_at, progress = excluded.progress`
 
 func offsetInsert(rows int) string {
 	var b strings.Builder
-	b.Grow(len(offsetInsertHead) + rows*len("(?,?,?,?,?),") + len(offsetInsertTail))
+	b.Grow(len(offsetInsertHead) + rows*len("(?,?,?,?,?,?),") + len(offsetInsertTail))
 	b.WriteString(offsetInsertHead)
 	for i := range rows {
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		b.WriteString("(?,?,?,?,?)")
+		b.WriteString("(?,?,?,?,?,?)")
 	}
 	b.WriteString(offsetInsertTail)
 	return b.String()
@@ -126,7 +129,7 @@ func (s *Store) commitOffsets(ctx context.Context, offs []Offset, write func(con
 		}
 	}
 	now := s.stamp(time.Time{}).UnixMilli()
-	args := make([]any, 0, 5*min(len(offs), offsetChunk))
+	args := make([]any, 0, 6*min(len(offs), offsetChunk))
 	err := write(ctx, func(tx *sql.Tx) error {
 		var full *sql.Stmt
 		defer func() {
@@ -142,7 +145,11 @@ func (s *Store) commitOffsets(ctx context.Context, offs []Offset, write func(con
 				if !o.UpdatedAt.IsZero() {
 					at = o.UpdatedAt.UnixMilli()
 				}
-				args = append(args, o.Group, o.Topic, o.Queue, o.Next, at)
+				var progress any // NULL, not an empty blob
+				if len(o.Progress) > 0 {
+					progress = o.Progress
+				}
+				args = append(args, o.Group, o.Topic, o.Queue, o.Next, at, progress)
 			}
 			var err error
 			if n == offsetChunk {
@@ -168,7 +175,7 @@ func (s *Store) commitOffsets(ctx context.Context, offs []Offset, write func(con
 	return nil
 }
 
-const offsetColumns = `group_name, topic, queue_id, next_offset, updated_at`
+const offsetColumns = `group_name, topic, queue_id, next_offset, updated_at, progress`
 
 // Offsets returns the group's offsets ordered by topic and queue; none is not
 // an error.
@@ -204,7 +211,7 @@ func (s *Store) queryOffsets(ctx context.Context, query string, args ...any) ([]
 			o  Offset
 			at int64
 		)
-		if err := rows.Scan(&o.Group, &o.Topic, &o.Queue, &o.Next, &at); err != nil {
+		if err := rows.Scan(&o.Group, &o.Topic, &o.Queue, &o.Next, &at, &o.Progress); err != nil {
 			return nil, err
 		}
 		o.UpdatedAt = fromMillis(at)

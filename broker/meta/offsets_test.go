@@ -33,6 +33,9 @@ func manyOffsets(n int, at time.Time) []Offset {
 			Next:      int64(i) * 1000,
 			UpdatedAt: at,
 		}
+		if i%3 == 0 {
+			offs[i].Progress = []byte{byte(i), 1, 2}
+		}
 	}
 	return offs
 }
@@ -60,7 +63,7 @@ func TestCommitOffsets10k(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, want) {
 		for i := range got {
-			if got[i] != want[i] {
+			if !reflect.DeepEqual(got[i], want[i]) {
 				t.Fatalf("row %d = %+v, want %+v", i, got[i], want[i])
 			}
 		}
@@ -90,17 +93,22 @@ func TestCommitOffsetsUpsert(t *testing.T) {
 	s := openStore(t, dbPath(t), withClock(clk))
 	key := func(q int, next int64) Offset { return Offset{Group: "g", Topic: "t", Queue: q, Next: next} }
 
-	if err := s.CommitOffsets(ctx, []Offset{key(0, 100), key(1, 200)}); err != nil {
+	first := key(0, 100)
+	first.Progress = []byte{3, 1}
+	if err := s.CommitOffsets(ctx, []Offset{first, key(1, 200)}); err != nil {
 		t.Fatal(err)
 	}
 	clk.Advance(time.Second)
-	// Queue 0 moves backwards (a reset); queue 1 appears twice in one batch,
-	// once in each of two INSERT chunks: the later entry wins.
+	// Queue 0 moves backwards (a reset), its progress cleared; queue 1
+	// appears twice in one batch, once in each of two INSERT chunks: the
+	// later entry wins, progress too.
 	batch := []Offset{key(0, 5), key(1, 1)}
 	for i := range offsetChunk {
 		batch = append(batch, Offset{Group: "filler", Topic: "t", Queue: i % MaxQueues, Next: 1})
 	}
-	batch = append(batch, key(1, 300))
+	last := key(1, 300)
+	last.Progress = []byte{7}
+	batch = append(batch, last)
 	if err := s.CommitOffsets(ctx, batch); err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +119,7 @@ func TestCommitOffsetsUpsert(t *testing.T) {
 	at := clk.Now()
 	want := []Offset{
 		{Group: "g", Topic: "t", Queue: 0, Next: 5, UpdatedAt: at},
-		{Group: "g", Topic: "t", Queue: 1, Next: 300, UpdatedAt: at},
+		{Group: "g", Topic: "t", Queue: 1, Next: 300, Progress: []byte{7}, UpdatedAt: at},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Offsets = %+v\nwant %+v", got, want)

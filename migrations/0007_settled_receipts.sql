@@ -1,4 +1,4 @@
--- 0006_settled_receipts: what a pull consumer's ack or nack did to a
+-- 0007_settled_receipts: what a pull consumer's ack or nack did to a
 -- visibility timer, so that an ack retried after its answer was lost is
 -- answered "acked" again rather than "stale" (also after a restart), and
 -- the end of visibility an ordered pull lease's receipt names, which stays
