@@ -37,6 +37,7 @@ import (
 	"time"
 
 	"github.com/postbus/postbus/broker/internal/vfs"
+	"github.com/postbus/postbus/broker/meta"
 )
 
 var (
@@ -53,7 +54,7 @@ var (
 // fault while its fix is not in: op families; "trace", the check that a
 // message whose visibility ran out shows it in its trace; "crashnack",
 // nacks in the burst a power cut interrupts.
-var deliveryFamilies = []string{"trace", "stale", "crashnack", "crash", "restart", "grow", "reset", "redrive", "ordered", "patch", "pause", "delete", "deadline", "delay", "nack"}
+var deliveryFamilies = []string{"trace", "stale", "crashnack", "crash", "restart", "grow", "reset", "redrive", "ordered", "patch", "pause", "delete", "deadline", "delay", "nack", "visibility"}
 
 const deliveryDefaultSteps = 60
 
@@ -102,23 +103,25 @@ const (
 	dRedrive
 	dRestart
 	dCrash
+	dVisibility // change the visibility of receipts out, around their deadlines
 	dOpCount
 )
 
 var dOpNames = [...]string{"publish", "batch", "pull", "ack", "ack-stale", "nack", "expire", "ack-at-deadline", "pause", "resume",
-	"patch-ordered", "patch-filter", "delete", "create", "grow", "reset", "redrive", "restart", "crash"}
+	"patch-ordered", "patch-filter", "delete", "create", "grow", "reset", "redrive", "restart", "crash", "visibility"}
 
 func (k dOpKind) String() string { return dOpNames[k] }
 
 var dOpWeights = [dOpCount]int{
 	dPublish: 14, dBatch: 6, dPull: 22, dAck: 14, dAckStale: 3, dNack: 6, dExpire: 8, dAckAtDeadline: 3,
 	dPause: 2, dResume: 3, dPatchOrdered: 2, dPatchFilter: 2, dDelete: 1, dCreate: 2, dGrow: 2, dReset: 2,
-	dRedrive: 3, dRestart: 2, dCrash: 3,
+	dRedrive: 3, dRestart: 2, dCrash: 3, dVisibility: 5,
 }
 
 var dOpFamily = [dOpCount]string{
 	dNack: "nack", dAckStale: "stale", dAckAtDeadline: "deadline", dPause: "pause", dResume: "pause", dPatchOrdered: "patch", dPatchFilter: "patch",
 	dDelete: "delete", dCreate: "delete", dGrow: "grow", dReset: "reset", dRedrive: "redrive", dRestart: "restart", dCrash: "crash",
+	dVisibility: "visibility",
 }
 
 type dOp struct {
@@ -356,6 +359,11 @@ type dReceipt struct {
 	deadline time.Time
 	settled  bool
 	lenient  bool // issued before a crash, reset or change: either answer is right
+	// How and when it was settled: a retry of the same settle is told so
+	// (acked, nacked) within meta.SettledMemory; the other settle is stale.
+	nacked    bool
+	settledAt time.Time
+	ordered   bool // issued while the group was ordered (a block's receipt)
 }
 
 type dGroup struct {
@@ -527,6 +535,8 @@ func (r *deliveryRun) step(op dOp, rng *rand.Rand) error {
 		return nil
 	case dAckAtDeadline:
 		return r.settle(g, rng, true, true)
+	case dVisibility:
+		return r.changeVisibility(g, rng)
 	case dPause:
 		if g.state != StateActive {
 			return nil
@@ -742,7 +752,7 @@ func (r *deliveryRun) handedOut(g *dGroup, got []Pulled, vis time.Duration) erro
 		if gm.handedAt.IsZero() {
 			gm.handedAt = now
 		}
-		g.receipts[p.Receipt] = &dReceipt{msgID: p.ID, attempt: p.Attempt, deadline: now.Add(vis)}
+		g.receipts[p.Receipt] = &dReceipt{msgID: p.ID, attempt: p.Attempt, deadline: now.Add(vis), ordered: g.ordered}
 		g.order = append(g.order, p.Receipt)
 	}
 	return nil
@@ -873,85 +883,174 @@ func (r *deliveryRun) settle(g *dGroup, rng *rand.Rand, ack, atDeadline bool) er
 		for _, i := range rng.Perm(len(cur))[:n] {
 			pick = append(pick, cur[i])
 		}
-	}
-	now := time.Now()
-	// Either answer is right for a receipt at or past its deadline, or
-	// issued before something that may have ended it; otherwise it must
-	// be taken.
-	must := g.state == StateActive
-	for _, rc := range pick {
-		d := g.receipts[rc]
-		if d.lenient || !now.Before(d.deadline) {
-			must = false
+		// Now and then a settled or superseded receipt rides along (a
+		// client retrying a batch): it must not keep the others from
+		// being settled.
+		if old := g.settledOrSuperseded(); len(old) > 0 && rng.IntN(3) == 0 {
+			pick = slices.Insert(pick, rng.IntN(len(pick)+1), old[rng.IntN(len(old))])
 		}
 	}
-	var err error
-	delay := time.Duration(0)
-	if ack {
-		err = r.b.Ack(r.ctx, g.name, pick)
-	} else {
-		delay = time.Duration(rng.IntN(6)) * time.Second
-		err = r.b.Nack(r.ctx, g.name, pick, delay)
+	op := map[bool]eachOp{true: opAck, false: opNack}[ack]
+	return r.settleEach(g, rng, op, pick, atDeadline)
+}
+
+// settledOrSuperseded are the group's receipts, not lenient, that were
+// settled already or whose message went out again under a new receipt.
+func (g *dGroup) settledOrSuperseded() []string {
+	var out []string
+	for _, rc := range g.order {
+		d := g.receipts[rc]
+		if gm := g.msgs[d.msgID]; !d.lenient && (d.settled || gm.receipt != rc) {
+			out = append(out, rc)
+		}
 	}
-	what := map[bool]string{true: "ack", false: "nack"}[ack]
+	return out
+}
+
+// wantStatus is what a receipt must be answered by op now ("" when either
+// answer is right: a receipt at or past its deadline, lenient, or of a
+// group not active).
+func (r *deliveryRun) wantStatus(g *dGroup, rc string, op eachOp, now time.Time) ReceiptStatus {
+	d := g.receipts[rc]
+	gm := g.msgs[d.msgID]
+	if d.lenient || g.state != StateActive {
+		return ""
+	}
+	switch {
+	case d.settled && !d.nacked && now.Sub(d.settledAt) < meta.SettledMemory-time.Minute:
+		if op == opAck {
+			return ReceiptAcked // a retried ack
+		}
+		return ReceiptStale
+	case d.settled && d.nacked:
+		switch {
+		case op == opNack && (!d.ordered || gm.receipt == rc) && now.Sub(d.settledAt) < meta.SettledMemory-time.Minute:
+			// A retried nack; an ordered group's only until its message
+			// goes out again (the block then is another attempt's).
+			return ReceiptNacked
+		case op == opNack:
+			return ""
+		}
+		return ReceiptStale
+	case d.settled:
+		return ""
+	case gm.receipt != rc:
+		return ReceiptStale // superseded: its message went out again
+	case gm.state == gOut && now.Before(d.deadline):
+		return done(op)
+	}
+	return ""
+}
+
+// settleEach acks, nacks or changes the visibility of pick, each receipt
+// on its own, and checks each answer against the model.
+func (r *deliveryRun) settleEach(g *dGroup, rng *rand.Rand, op eachOp, pick []string, atDeadline bool) error {
+	now := time.Now()
+	want := make([]ReceiptStatus, len(pick))
+	must := false
+	for i, rc := range pick {
+		want[i] = r.wantStatus(g, rc, op, now)
+		must = must || want[i] != ""
+	}
+	var res []ReceiptResult
+	var err error
+	var delay, vis time.Duration
+	switch op {
+	case opAck:
+		res, err = r.b.AckEach(r.ctx, g.name, pick)
+	case opNack:
+		delay = time.Duration(rng.IntN(6)) * time.Second
+		res, err = r.b.NackEach(r.ctx, g.name, pick, delay)
+	default:
+		vis = []time.Duration{0, time.Second, 3 * time.Second, 8 * time.Second, 20 * time.Second}[rng.IntN(5)]
+		res, err = r.b.ChangeVisibility(r.ctx, g.name, pick, vis)
+	}
+	what := map[eachOp]string{opAck: "ack", opNack: "nack", opVisibility: "visibility"}[op]
 	if err != nil {
 		if must {
-			return fmt.Errorf("%s of %d current receipts of %s (deadlines ahead) refused: %w", what, len(pick), g.name, err)
+			return fmt.Errorf("%s of %d receipts of %s (answers due %v) refused whole: %w", what, len(pick), g.name, want, err)
 		}
-		if CodeOf(err) != CodeStaleReceipt && CodeOf(err) != CodeInvalidSubscription && CodeOf(err) != CodeSubscriptionNotFound {
+		if CodeOf(err) != CodeInvalidSubscription && CodeOf(err) != CodeSubscriptionNotFound {
 			return fmt.Errorf("%s of %d receipts of %s: %w", what, len(pick), g.name, err)
 		}
 		r.note("%s %s at %s refused: %s", what, g.name, now.Format("15:04:05.000"), CodeOf(err))
 		return nil
 	}
-	for _, rc := range pick {
+	if len(res) != len(pick) {
+		return fmt.Errorf("%s of %d receipts of %s answered %d results", what, len(pick), g.name, len(res))
+	}
+	for i, rc := range pick {
 		d := g.receipts[rc]
-		d.settled = true
+		got := res[i].Status
+		if res[i].Receipt != rc {
+			return fmt.Errorf("%s of %s: results[%d] names another receipt", what, g.name, i)
+		}
+		if want[i] != "" && got != want[i] {
+			gm := g.msgs[d.msgID]
+			return fmt.Errorf("%s of %s's receipt of %s (attempt %d, deadline %s, settled %v nacked %v, current %v): %s, want %s",
+				what, g.name, d.msgID, d.attempt, d.deadline.Format("15:04:05.000"), d.settled, d.nacked, gm.receipt == rc, got, want[i])
+		}
+		if got != done(op) || !res[i].now {
+			continue
+		}
 		gm := g.msgs[d.msgID]
-		if ack {
+		switch op {
+		case opAck:
+			d.settled, d.settledAt = true, now
 			gm.state = gAcked
-		} else {
+		case opNack:
+			d.settled, d.settledAt, d.nacked = true, now, true
 			gm.visibleAt, gm.nacked = now.Add(delay), true
+		default:
+			d.deadline, gm.visibleAt = now.Add(vis), now.Add(vis)
+			r.note("%s changed the visibility of %s to %s", g.name, d.msgID, vis)
 		}
 		if atDeadline {
-			r.note("%s acked %s at its deadline %s", g.name, d.msgID, d.deadline.Format("15:04:05.000"))
+			r.note("%s %s %s at its deadline %s", g.name, what, d.msgID, d.deadline.Format("15:04:05.000"))
 		}
 	}
 	return nil
 }
 
 // settleStale settles a receipt that is settled already, or superseded:
-// it must be refused as stale, changing nothing.
+// a retry of its settle is told what it did, anything else is stale, and
+// nothing changes.
 func (r *deliveryRun) settleStale(g *dGroup, rng *rand.Rand) error {
 	if g.state != StateActive {
 		return nil
 	}
-	var stale []string
-	for _, rc := range g.order {
-		d := g.receipts[rc]
-		gm := g.msgs[d.msgID]
-		if !d.lenient && (d.settled || gm.receipt != rc) {
-			stale = append(stale, rc)
-		}
-	}
+	stale := g.settledOrSuperseded()
 	if len(stale) == 0 {
 		return nil
 	}
-	rc := stale[rng.IntN(len(stale))]
-	var err error
-	if rng.IntN(2) == 0 {
-		err = r.b.Ack(r.ctx, g.name, []string{rc})
+	op := []eachOp{opAck, opNack, opVisibility}[rng.IntN(3)]
+	return r.settleEach(g, rng, op, []string{stale[rng.IntN(len(stale))]}, false)
+}
+
+// changeVisibility changes the visibility of one or a few receipts out,
+// at or around their deadlines now and then.
+func (r *deliveryRun) changeVisibility(g *dGroup, rng *rand.Rand) error {
+	if g.state == "deleted" {
+		return nil
+	}
+	cur := g.current()
+	if len(cur) == 0 {
+		return nil
+	}
+	var pick []string
+	if rng.IntN(3) == 0 {
+		rc := cur[rng.IntN(len(cur))]
+		// Just before, at or just after its deadline.
+		if wait := time.Until(g.receipts[rc].deadline) + time.Duration(rng.IntN(3)-1)*time.Millisecond; wait > 0 {
+			time.Sleep(wait)
+		}
+		pick = []string{rc}
 	} else {
-		err = r.b.Nack(r.ctx, g.name, []string{rc}, time.Second)
+		for _, i := range rng.Perm(len(cur))[:1+rng.IntN(min(3, len(cur)))] {
+			pick = append(pick, cur[i])
+		}
 	}
-	if err == nil {
-		d := g.receipts[rc]
-		return fmt.Errorf("%s settled receipt of %s (attempt %d) again: it was settled or superseded", g.name, d.msgID, d.attempt)
-	}
-	if CodeOf(err) != CodeStaleReceipt {
-		return fmt.Errorf("settling a stale receipt of %s: got %v, want %s", g.name, err, CodeStaleReceipt)
-	}
-	return nil
+	return r.settleEach(g, rng, opVisibility, pick, false)
 }
 
 // lenientReceipts: the group's receipts so far may be taken or refused.

@@ -239,7 +239,7 @@ func (c *consumer) holds(r receipt) bool {
 	case !ok || !c.pulledOut[r.Queue] || blk.QueueOffset != r.Timer || blk.Attempt != r.Attempt:
 		return false
 	case r.Kind == receiptOrderedUntil:
-		return blk.NextAt.UnixMilli() == r.Until
+		return leaseEnd(blk).UnixMilli() == r.Until
 	}
 	return true
 }
@@ -1326,7 +1326,8 @@ func (e *Engine) settleOrdered(ctx context.Context, group string, rs []receipt, 
 					}
 				}
 			default:
-				until := blk.NextAt
+				until := leaseEnd(blk)
+				blk.LeaseUntil = time.Time{} // settled: nothing out
 				blk.NextAt = b.now()
 				if v.kind == verdictRetry {
 					blk.NextAt = v.at

@@ -165,13 +165,82 @@ type AckResult struct {
 	Detail string
 }
 
-// Ack marks pulled messages done for the group, for good.
+// Ack marks pulled messages done for the group, for good. It is AckEach
+// for callers that want one error: a stale receipt fails it (the others
+// are acked all the same).
 func (b *Broker) Ack(ctx context.Context, group string, receipts []string) error {
-	if err := b.eng.settleAll(ctx, group, receipts, Ack()); err != nil {
+	res, err := b.AckEach(ctx, group, receipts)
+	return eachErr(res, err)
+}
+
+// eachErr is the one error of a per-receipt answer: the first receipt not
+// settled.
+func eachErr(res []ReceiptResult, err error) error {
+	if err != nil {
 		return err
 	}
-	b.logSettled(group, receipts, "acked")
+	for i, r := range res {
+		switch r.Status {
+		case ReceiptStale:
+			return staleErr(fmt.Sprintf("receipts[%d]", i))
+		case ReceiptInvalid:
+			return errf(CodeInvalidReceipt, fmt.Sprintf("receipts[%d]", i), "a push delivery's receipt is settled alone")
+		}
+	}
 	return nil
+}
+
+// AckEach acks pulled messages for the group, each receipt on its own:
+// a request with a receipt this bus did not issue to the group fails
+// whole, changing nothing; otherwise every receipt is answered, in order
+// (ReceiptStatus). Acking an acked receipt again is ReceiptAcked.
+func (b *Broker) AckEach(ctx context.Context, group string, receipts []string) ([]ReceiptResult, error) {
+	res, err := b.eng.each(ctx, group, receipts, opAck, time.Time{})
+	if err != nil {
+		return nil, err
+	}
+	b.logSettled(group, settledNow(res), "acked")
+	return res, nil
+}
+
+// NackEach gives pulled messages back to the group, each receipt on its
+// own, to be handed out again (as the next attempt) after delay; past
+// max_retries, to the dead-letter queue. Answered as AckEach.
+func (b *Broker) NackEach(ctx context.Context, group string, receipts []string, delay time.Duration) ([]ReceiptResult, error) {
+	if delay < 0 || delay > MaxRetryDelay {
+		return nil, errf(CodeInvalidPull, "delay", "delay %s must be 0-%s", delay, MaxRetryDelay)
+	}
+	res, err := b.eng.each(ctx, group, receipts, opNack, b.now().Add(delay))
+	if err != nil {
+		return nil, err
+	}
+	b.logSettled(group, settledNow(res), "nacked")
+	return res, nil
+}
+
+// ChangeVisibility makes pulled messages invisible to the group for
+// visibility from now (0-MaxVisibility; 0 hands them out again at once),
+// as SQS's ChangeMessageVisibility, each receipt on its own: the receipts
+// stay good, and the new end of visibility is stored as the old one was,
+// so it holds across a restart. A receipt whose visibility ran out is
+// stale: its message may be out again already.
+func (b *Broker) ChangeVisibility(ctx context.Context, group string, receipts []string, visibility time.Duration) ([]ReceiptResult, error) {
+	if visibility < 0 || visibility > MaxVisibility {
+		return nil, errf(CodeInvalidPull, "visibility", "visibility %s must be 0-%s", visibility, MaxVisibility)
+	}
+	return b.eng.each(ctx, group, receipts, opVisibility, b.now().Add(visibility))
+}
+
+// settledNow are the receipts a request settled, for the trace (a retry
+// was recorded by the request it retries).
+func settledNow(res []ReceiptResult) []string {
+	var out []string
+	for _, r := range res {
+		if r.now && (r.Status == ReceiptAcked || r.Status == ReceiptNacked) {
+			out = append(out, r.Receipt)
+		}
+	}
+	return out
 }
 
 // logSettled records acks and nacks in the trace.
@@ -213,20 +282,10 @@ func (b *Broker) pullSubscriptionID(group, topic string) string {
 	return "pull:" + topic
 }
 
-// Nack gives pulled messages back to the group, to be handed out again
-// (as the next attempt) after delay; past max_retries, to the dead-letter
-// queue. The replacement copies are stored before the receipts' timers are
-// cancelled, in one transaction with keeping the copies': a crash at any
-// point loses none of them.
+// Nack is NackEach for callers that want one error, as Ack is AckEach.
 func (b *Broker) Nack(ctx context.Context, group string, receipts []string, delay time.Duration) error {
-	if delay < 0 || delay > MaxRetryDelay {
-		return errf(CodeInvalidPull, "delay", "delay %s must be 0-%s", delay, MaxRetryDelay)
-	}
-	if err := b.eng.settleAll(ctx, group, receipts, RetryAt(b.now().Add(delay))); err != nil {
-		return err
-	}
-	b.logSettled(group, receipts, "nacked")
-	return nil
+	res, err := b.NackEach(ctx, group, receipts, delay)
+	return eachErr(res, err)
 }
 
 // ReadQueueWait is ReadQueue that waits up to wait for a message to

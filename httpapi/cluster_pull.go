@@ -277,32 +277,53 @@ func (s *Server) settleEverywhere(r *http.Request, path string, receipts []strin
 	return out
 }
 
-// settle answers an ack or nack in a cluster: each broker settles its own
-// receipts; the answer counts them all ({field: n}). A broker's share is
-// all or nothing, as on a standalone broker; across brokers it is not, and
-// a failure answers with which brokers settled and which did not.
-func (s *Server) settle(w http.ResponseWriter, r *http.Request, field string, receipts []string, body []byte, local http.HandlerFunc) {
+// settle answers an ack, a nack or a change of visibility in a cluster:
+// each broker settles its own receipts, each on its own, and the answer
+// is every receipt's result in the request's order. A broker that refuses
+// its share (a receipt it did not issue) or cannot be asked fails the
+// request: with which brokers answered and which did not when some did,
+// since those settled their share.
+func (s *Server) settle(w http.ResponseWriter, r *http.Request, receipts []string, body []byte, local http.HandlerFunc) {
 	answers := s.settleEverywhere(r, "", receipts, body, local)
 	t := tallyOf(answers)
 	failed := append(t.failed, t.missing...)
-	total := 0
+	// A receipt is answered by one broker, in the order of its share;
+	// the same receipt twice goes to the same broker, so its results are
+	// taken in turn.
+	byReceipt := map[string][]receiptResultJSON{}
 	settled := make([]string, len(t.ok))
 	for i, a := range t.ok {
-		var m map[string]int
-		json.Unmarshal(a.body, &m)
-		total += m[field]
-		settled[i] = fmt.Sprintf("%d on %s", m[field], a.peer.name)
+		var res receiptResultsJSON
+		json.Unmarshal(a.body, &res)
+		for _, rr := range res.Results {
+			byReceipt[rr.Receipt] = append(byReceipt[rr.Receipt], rr)
+		}
+		settled[i] = fmt.Sprintf("%d receipts on %s", len(res.Results), a.peer.name)
 	}
 	switch {
 	case len(failed) == 0:
-		writeJSON(w, http.StatusOK, map[string]int{field: total})
+		out := receiptResultsJSON{Results: make([]receiptResultJSON, len(receipts))}
+		for i, rc := range receipts {
+			q := byReceipt[rc]
+			if len(q) == 0 {
+				// Not answered by the broker it went to (one of an
+				// older version, answering counts): a fault of that
+				// broker's answer, not the receipt's, and not to be
+				// guessed at.
+				s.logger.Error("a broker's answer to a settle lacks a receipt's result", "receipt_index", i)
+				writeProblem(w, r, codeClusterPartial, fmt.Sprintf("receipts[%d]", i), fmt.Sprintf("answered %s, without this receipt's result", listOrNone(settled)))
+				return
+			}
+			out.Results[i], byReceipt[rc] = q[0], q[1:]
+		}
+		writeJSON(w, http.StatusOK, out)
 	case len(answers) == 1:
 		writeAnswer(w, r, answers[0])
 	case len(t.ok) == 0 && cmp.Or(t.refusal, t.notFound) != nil:
 		writeAnswer(w, r, *cmp.Or(t.refusal, t.notFound)) // nothing settled anywhere: the first broker's reason
 	default:
-		writeProblem(w, r, codeClusterPartial, "receipts", fmt.Sprintf("%s %s; failed on %s",
-			field, listOrNone(settled), strings.Join(failed, ", ")))
+		writeProblem(w, r, codeClusterPartial, "receipts", fmt.Sprintf("answered %s; failed on %s",
+			listOrNone(settled), strings.Join(failed, ", ")))
 	}
 }
 

@@ -796,8 +796,14 @@ func TestClusterPull(t *testing.T) {
 		body, _ := json.Marshal(map[string][]string{"receipts": receipts})
 		a := tc.via(t, via, "POST", "/v1/groups/workers/ack", nil, string(body))
 		a.want(t, http.StatusOK, via)
-		if got := decodeAs[map[string]int](t, a)["acked"]; got != len(receipts) {
-			t.Fatalf("ack through %s: %s, want %d acked", via, a, len(receipts))
+		got := decodeAs[receiptResultsJSON](t, a)
+		if len(got.Results) != len(receipts) {
+			t.Fatalf("ack through %s: %s, want %d results", via, a, len(receipts))
+		}
+		for i, r := range got.Results {
+			if r.Receipt != receipts[i] || r.Status != "acked" {
+				t.Fatalf("ack through %s: results[%d] = %+v, want %s acked", via, i, r, receipts[i])
+			}
 		}
 	}
 	ids := func(msgs []pulledJSON) []string {

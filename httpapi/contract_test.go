@@ -1586,6 +1586,12 @@ func TestContractAuthTraffic(t *testing.T) {
 			"consume:{group}"),
 		{name: "ack/in scope", method: "POST", path: "/v1/groups/billing.pull/ack", header: mergeHeaders(jsonCT, billing),
 			body: `{"receipts":["{a1}"]}`, status: 200},
+		// A change of visibility: as an ack.
+		unauthorized("visibility/no token", "POST", "/v1/groups/billing.pull/visibility", jsonCT, `{"receipts":["{a2}"],"visibility":"1m"}`),
+		forbidden("visibility/other group", "POST", "/v1/groups/audit/visibility", mergeHeaders(jsonCT, billing),
+			`{"receipts":["{a2}"],"visibility":"1m"}`, "consume:{group}"),
+		{name: "visibility/in scope", method: "POST", path: "/v1/groups/billing.pull/visibility", header: mergeHeaders(jsonCT, billing),
+			body: `{"receipts":["{a2}"],"visibility":"1m"}`, status: 200},
 		unauthorized("nack/no token", "POST", "/v1/groups/billing.pull/nack", jsonCT, `{"receipts":["{a2}"]}`),
 		forbidden("nack/other group", "POST", "/v1/groups/audit/nack", mergeHeaders(jsonCT, billing), `{"receipts":["{a2}"]}`,
 			"consume:{group}"),
@@ -2297,17 +2303,18 @@ func pullExchanges(env *contractEnv) []exchange {
 	jsonCT := map[string]string{"Content-Type": "application/json"}
 	// A receipt of the right form that this bus did not issue.
 	const forged = "AQAAAQAAAAAAAAPoAAAHd29ya2VycwRqb2JzFjZacUJOdlJteGtVTlBZaGRMblZtU09Tx1cpw5O5cqgmsA0A8w"
-	acked := func(field string, n float64) func(tb testing.TB, resp *http.Response, body []byte) {
+	// results checks a per-receipt answer's statuses, in order.
+	results := func(want ...string) func(tb testing.TB, resp *http.Response, body []byte) {
 		return func(tb testing.TB, _ *http.Response, body []byte) {
-			if got := jsonField(tb, body, field); got != n {
-				tb.Errorf("%s %v, want %v", field, got, n)
+			var got receiptResultsJSON
+			decodeAnswer(tb, body, &got)
+			var statuses []string
+			for _, r := range got.Results {
+				statuses = append(statuses, r.Status)
 			}
-		}
-	}
-	// stale checks that a 409 names the receipts as the wrong input.
-	stale := func(tb testing.TB, _ *http.Response, body []byte) {
-		if f, _ := jsonField(tb, body, "field").(string); !strings.HasPrefix(f, "receipts") {
-			tb.Errorf("field %q, want the receipts named", f)
+			if !slices.Equal(statuses, want) {
+				tb.Errorf("results %v, want %v", statuses, want)
+			}
 		}
 	}
 	// waited times a long poll that must run its whole wait: from its
@@ -2370,11 +2377,12 @@ func pullExchanges(env *contractEnv) []exchange {
 				}
 			})},
 		{name: "ack", method: "POST", path: "/v1/groups/workers/ack", header: jsonCT, body: `{"receipts":["{r1}"]}`,
-			status: 200, check: acked("acked", 1)},
+			status: 200, check: results("acked")},
+		// A retried ack (its answer lost) is acked again.
 		{name: "ack/again", method: "POST", path: "/v1/groups/workers/ack", header: jsonCT, body: `{"receipts":["{r1}"]}`,
-			status: 409, code: broker.CodeStaleReceipt, check: stale},
-		{name: "ack/one stale", method: "POST", path: "/v1/groups/workers/ack", header: jsonCT,
-			body: `{"receipts":["{r2}","{r1}"]}`, status: 409, code: broker.CodeStaleReceipt, check: stale},
+			status: 200, check: results("acked")},
+		{name: "ack/a forged one among them", method: "POST", path: "/v1/groups/workers/ack", header: jsonCT,
+			body: `{"receipts":["{r2}","` + forged + `"]}`, status: 400, code: broker.CodeInvalidReceipt},
 		{name: "ack/another group's", method: "POST", path: "/v1/groups/others/ack", header: jsonCT,
 			body: `{"receipts":["{r2}"]}`, status: 400, code: broker.CodeInvalidReceipt},
 		{name: "ack/forged", method: "POST", path: "/v1/groups/workers/ack", header: jsonCT,
@@ -2396,14 +2404,31 @@ func pullExchanges(env *contractEnv) []exchange {
 			body: `{"receipts":["{r2}"]}`, status: 400, code: broker.CodeInvalidGroup, invalid: true},
 		// The refused requests changed nothing: r2 is still good.
 		{name: "ack/after refusals", method: "POST", path: "/v1/groups/workers/ack", header: jsonCT,
-			body: `{"receipts":["{r2}"]}`, status: 200, check: acked("acked", 1)},
+			body: `{"receipts":["{r2}"]}`, status: 200, check: results("acked")},
 
 		{name: "pull/the rest", method: "POST", path: "/v1/groups/workers/topics/jobs/pull?max=5", status: 200,
 			save: map[string]string{"r3": "messages.0.receipt"}, check: pulledBodies(1, "job 3")},
+		{name: "visibility", method: "POST", path: "/v1/groups/workers/visibility", header: jsonCT,
+			body: `{"receipts":["{r3}"],"visibility":"60s"}`, status: 200, check: results("extended")},
+		{name: "visibility/over 12h", method: "POST", path: "/v1/groups/workers/visibility", header: jsonCT,
+			body: `{"receipts":["{r3}"],"visibility":"13h"}`, status: 400, code: broker.CodeInvalidPull},
+		{name: "visibility/missing", method: "POST", path: "/v1/groups/workers/visibility", header: jsonCT,
+			body: `{"receipts":["{r3}"]}`, status: 400, code: broker.CodeInvalidPull, invalid: true},
+		{name: "visibility/not a duration", method: "POST", path: "/v1/groups/workers/visibility", header: jsonCT,
+			body: `{"receipts":["{r3}"],"visibility":"later"}`, status: 400, code: broker.CodeInvalidPull, invalid: true},
+		{name: "visibility/garbage", method: "POST", path: "/v1/groups/workers/visibility", header: jsonCT,
+			body: `{"receipts":["not a receipt!"],"visibility":"1s"}`, status: 400, code: broker.CodeInvalidReceipt, invalid: true},
+		{name: "visibility/another group's", method: "POST", path: "/v1/groups/others/visibility", header: jsonCT,
+			body: `{"receipts":["{r3}"],"visibility":"1s"}`, status: 400, code: broker.CodeInvalidReceipt},
+		{name: "visibility/acked", method: "POST", path: "/v1/groups/workers/visibility", header: jsonCT,
+			body: `{"receipts":["{r2}","{r3}"],"visibility":"60s"}`, status: 200, check: results("stale", "extended")},
 		{name: "nack", method: "POST", path: "/v1/groups/workers/nack", header: jsonCT,
-			body: `{"receipts":["{r3}"],"delay":"1s"}`, status: 200, check: acked("nacked", 1)},
+			body: `{"receipts":["{r3}"],"delay":"1s"}`, status: 200, check: results("nacked")},
+		// A retried nack is nacked again, and changes nothing.
 		{name: "nack/again", method: "POST", path: "/v1/groups/workers/nack", header: jsonCT,
-			body: `{"receipts":["{r3}"]}`, status: 409, code: broker.CodeStaleReceipt, check: stale},
+			body: `{"receipts":["{r3}"]}`, status: 200, check: results("nacked")},
+		{name: "ack/nacked", method: "POST", path: "/v1/groups/workers/ack", header: jsonCT,
+			body: `{"receipts":["{r3}"]}`, status: 200, check: results("stale")},
 		{name: "nack/bad delay", method: "POST", path: "/v1/groups/workers/nack", header: jsonCT,
 			body: `{"receipts":["{r3}"],"delay":"later"}`, status: 400, code: broker.CodeInvalidPull, invalid: true},
 		{name: "nack/delay too long", method: "POST", path: "/v1/groups/workers/nack", header: jsonCT,
@@ -2428,10 +2453,12 @@ func pullExchanges(env *contractEnv) []exchange {
 			})},
 		{name: "pull/after the visibility", method: "POST", path: "/v1/groups/workers/topics/jobs/pull?wait=20s", status: 200,
 			save: map[string]string{"r3c": "messages.0.receipt"}, check: pulledBodies(3, "job 3")},
+		// The stale receipt of a batch does not keep the good one from
+		// being acked.
 		{name: "ack/after redelivery", method: "POST", path: "/v1/groups/workers/ack", header: jsonCT,
-			body: `{"receipts":["{r3b}"]}`, status: 409, code: broker.CodeStaleReceipt},
+			body: `{"receipts":["{r3b}","{r3c}"]}`, status: 200, check: results("stale", "acked")},
 		{name: "ack/redelivered", method: "POST", path: "/v1/groups/workers/ack", header: jsonCT,
-			body: `{"receipts":["{r3c}"]}`, status: 200, check: acked("acked", 1)},
+			body: `{"receipts":["{r3c}"]}`, status: 200, check: results("acked")},
 		{name: "pull/wait passes", method: "POST", path: "/v1/groups/workers/topics/jobs/pull?wait=1s", status: 200,
 			prepare: startWait, check: func(tb testing.TB, resp *http.Response, body []byte) {
 				pulledBodies(1)(tb, resp, body)
@@ -2453,7 +2480,7 @@ func pullExchanges(env *contractEnv) []exchange {
 				}
 			}},
 		{name: "ack/dead", method: "POST", path: "/v1/groups/once/ack", header: jsonCT,
-			body: `{"receipts":["{once}"]}`, status: 409, code: broker.CodeStaleReceipt, check: stale},
+			body: `{"receipts":["{once}"]}`, status: 200, check: results("stale")},
 
 		// An ordered group has one message of a queue out at a time.
 		{name: "pull/ordered subscription", method: "POST", path: "/v1/subscriptions", header: jsonCT,
@@ -2463,9 +2490,9 @@ func pullExchanges(env *contractEnv) []exchange {
 		{name: "pull/ordered, one out", method: "POST", path: "/v1/groups/inorder/topics/jobs/pull?max=5", status: 200,
 			check: pulledBodies(1)},
 		{name: "ack/ordered", method: "POST", path: "/v1/groups/inorder/ack", header: jsonCT,
-			body: `{"receipts":["{o1}"]}`, status: 200, check: acked("acked", 1)},
+			body: `{"receipts":["{o1}"]}`, status: 200, check: results("acked")},
 		{name: "ack/ordered again", method: "POST", path: "/v1/groups/inorder/ack", header: jsonCT,
-			body: `{"receipts":["{o1}"]}`, status: 409, code: broker.CodeStaleReceipt, check: stale},
+			body: `{"receipts":["{o1}"]}`, status: 200, check: results("acked")},
 		{name: "pull/ordered, next", method: "POST", path: "/v1/groups/inorder/topics/jobs/pull?max=5", status: 200,
 			check: pulledBodies(1, "job 2")},
 
@@ -3001,8 +3028,16 @@ func TestContractClusterTraffic(t *testing.T) {
 		{name: "ack/anywhere", other: true, method: "POST", path: "/v1/groups/workers/ack", header: jsonCT,
 			body: `{"receipts":["{r0}","{r1}","{r2}","{r3}","{r4}"]}`, status: 200,
 			check: func(tb testing.TB, _ *http.Response, body []byte) {
-				if got := jsonField(tb, body, "acked"); got != float64(5) {
-					tb.Errorf("acked %v, want 5", got)
+				var got receiptResultsJSON
+				decodeAnswer(tb, body, &got)
+				if len(got.Results) != 5 {
+					tb.Fatalf("results %+v, want 5", got.Results)
+				}
+				for i, r := range got.Results {
+					// In the request's order, named as the client sent them.
+					if r.Status != "acked" || !strings.Contains(r.Receipt, "~") {
+						tb.Errorf("results[%d] = %+v, want acked, its broker named", i, r)
+					}
 				}
 			}},
 

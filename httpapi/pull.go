@@ -12,7 +12,7 @@ import (
 	"github.com/postbus/postbus/broker"
 )
 
-// maxAckRequestBytes bounds an ack or nack body: up to 1024 receipts of at
+// maxAckRequestBytes bounds an ack, nack or visibility body: up to 1024 receipts of at
 // most broker.MaxReceiptLen characters, in a cluster prefixed with a broker
 // name of up to 64 and a separator, JSON-quoted.
 const maxAckRequestBytes = 1024*(broker.MaxReceiptLen+65+4) + 1024
@@ -87,6 +87,34 @@ func (s *Server) pull(w http.ResponseWriter, r *http.Request, max int, wait, vis
 	writeJSON(w, http.StatusOK, out)
 }
 
+// receiptResultJSON is one receipt's answer to an ack, a nack or a change
+// of visibility: the receipt as the client sent it, and what became of it.
+type receiptResultJSON struct {
+	Receipt string `json:"receipt"`
+	Status  string `json:"status"`
+}
+
+type receiptResultsJSON struct {
+	Results []receiptResultJSON `json:"results"`
+}
+
+// writeResults answers a per-receipt request, naming each receipt as the
+// client sent it.
+func writeResults(w http.ResponseWriter, sent []string, res []broker.ReceiptResult) {
+	out := receiptResultsJSON{Results: make([]receiptResultJSON, len(res))}
+	for i, r := range res {
+		out.Results[i] = receiptResultJSON{Receipt: sent[i], Status: string(r.Status)}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// Ack, nack and visibility answer per receipt (DESIGN §4), as SQS's batch
+// calls do: 200 with each receipt's status whenever the request is well
+// formed. A malformed request (bad JSON, no receipts or too many, a bad
+// delay or visibility, a receipt this bus did not issue to the group) is a
+// 4xx problem and changes nothing: a client sending those has a fault to
+// fix, not a race to retry.
+
 func (s *Server) handleAck(w http.ResponseWriter, r *http.Request) {
 	var req struct {
 		Receipts []string `json:"receipts"`
@@ -97,14 +125,15 @@ func (s *Server) handleAck(w http.ResponseWriter, r *http.Request) {
 	}
 	if s.coordinating(r) && !s.ownReceipts(req.Receipts) {
 		body, _ := json.Marshal(req)
-		s.settle(w, r, "acked", req.Receipts, body, s.handleAck)
+		s.settle(w, r, req.Receipts, body, s.handleAck)
 		return
 	}
-	if err := s.broker.Ack(r.Context(), chi.URLParam(r, "group"), localReceipts(req.Receipts)); err != nil {
+	res, err := s.broker.AckEach(r.Context(), chi.URLParam(r, "group"), localReceipts(req.Receipts))
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]int{"acked": len(req.Receipts)})
+	writeResults(w, req.Receipts, res)
 }
 
 func (s *Server) handleNack(w http.ResponseWriter, r *http.Request) {
@@ -127,14 +156,48 @@ func (s *Server) handleNack(w http.ResponseWriter, r *http.Request) {
 	}
 	if s.coordinating(r) && !s.ownReceipts(req.Receipts) {
 		body, _ := json.Marshal(req)
-		s.settle(w, r, "nacked", req.Receipts, body, s.handleNack)
+		s.settle(w, r, req.Receipts, body, s.handleNack)
 		return
 	}
-	if err := s.broker.Nack(r.Context(), chi.URLParam(r, "group"), localReceipts(req.Receipts), delay); err != nil {
+	res, err := s.broker.NackEach(r.Context(), chi.URLParam(r, "group"), localReceipts(req.Receipts), delay)
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]int{"nacked": len(req.Receipts)})
+	writeResults(w, req.Receipts, res)
+}
+
+// handleVisibility extends or shortens the visibility of held receipts
+// (SQS's ChangeMessageVisibility): from now, 0 to the pull's maximum.
+func (s *Server) handleVisibility(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Receipts   []string `json:"receipts"`
+		Visibility *string  `json:"visibility"`
+	}
+	if perr := decodeJSONBody(r, maxAckRequestBytes, &req); perr != nil {
+		s.writeError(w, r, perr)
+		return
+	}
+	if req.Visibility == nil {
+		writeProblem(w, r, broker.CodeInvalidPull, "visibility", `visibility is required, a duration like "60s" ("0s" makes the messages visible now)`)
+		return
+	}
+	vis, err := time.ParseDuration(*req.Visibility)
+	if err != nil {
+		writeProblem(w, r, broker.CodeInvalidPull, "visibility", fmt.Sprintf("%q is not a duration like 60s", *req.Visibility))
+		return
+	}
+	if s.coordinating(r) && !s.ownReceipts(req.Receipts) {
+		body, _ := json.Marshal(req)
+		s.settle(w, r, req.Receipts, body, s.handleVisibility)
+		return
+	}
+	res, err := s.broker.ChangeVisibility(r.Context(), chi.URLParam(r, "group"), localReceipts(req.Receipts), vis)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeResults(w, req.Receipts, res)
 }
 
 func (s *Server) handleReadQueue(w http.ResponseWriter, r *http.Request) {

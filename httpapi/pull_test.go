@@ -34,7 +34,6 @@ func TestPullOverHTTP(t *testing.T) {
 		status           int
 		code             string
 	}{
-		{"ack again", "/v1/groups/workers/ack", ack, 409, "stale_receipt"},
 		{"another group's receipt", "/v1/groups/others/ack", ack, 400, "invalid_receipt"},
 		{"malformed receipt", "/v1/groups/workers/ack", `{"receipts":["nope"]}`, 400, "invalid_receipt"},
 		{"no receipts", "/v1/groups/workers/ack", `{"receipts":[]}`, 400, "invalid_receipt"},

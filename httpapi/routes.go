@@ -72,6 +72,7 @@ func (s *Server) routes() chi.Router {
 	s.handle(r, "POST", "/v1/groups/{group}/topics/{topic}/pull", accessPullTopic, s.handlePull)
 	s.handle(r, "POST", "/v1/groups/{group}/ack", accessConsumeGroup, s.handleAck)
 	s.handle(r, "POST", "/v1/groups/{group}/nack", accessConsumeGroup, s.handleNack)
+	s.handle(r, "POST", "/v1/groups/{group}/visibility", accessConsumeGroup, s.handleVisibility)
 	s.handle(r, "GET", "/v1/topics/{topic}/queues/{queue}/messages", accessSubscribeTopic, s.handleReadQueue)
 
 	s.handle(r, "GET", "/v1/messages/{msg_id}/trace", accessAnyToken, s.handleTrace)

@@ -38,9 +38,11 @@
 // timers' owner (0003), deleted_topics (0004: name PK, deleted_at), the
 // tombstones that let the broker tell a deleted topic's leftovers from a
 // topic the database lost, topics.log_start (0005), where a topic's
-// current incarnation begins in the commitlog, and
+// current incarnation begins in the commitlog,
 // consumer_offsets.progress (0006), what a push consumer settled above its
-// offset, so a kill does not deliver it again.
+// offset, so a kill does not deliver it again, and timers.settled (how a
+// consumer settled a visibility timer: acked or nacked, and when) and
+// ordered_retries.lease_until (0007).
 //
 // consumer_offsets deliberately has no foreign key to topics: groups also
 // keep offsets on system topics (%RETRY%group, the delay schedule topic) that

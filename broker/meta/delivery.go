@@ -232,11 +232,14 @@ func (s *Store) FireTimers(ctx context.Context, offsets []int64) error {
 }
 
 // PurgeFiredTimers deletes fired timers whose record lies below logOff,
-// where dispatch will never replay them.
+// where dispatch will never replay them; a timer an ack or nack settled is
+// kept until SettledMemory after the settle, so that a retry of it is told
+// what it did.
 func (s *Store) PurgeFiredTimers(ctx context.Context, logOff int64) (int64, error) {
 	var n int64
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `DELETE FROM timers WHERE fired = 1 AND log_offset < ?`, logOff)
+		cutoff := s.now().Add(-SettledMemory).UnixMilli()
+		res, err := tx.ExecContext(ctx, `DELETE FROM timers WHERE fired = 1 AND log_offset < ? AND (settled = 0 OR abs(settled) < ?)`, logOff, cutoff)
 		if err != nil {
 			return fmt.Errorf("purge timers: %w", err)
 		}
@@ -368,20 +371,33 @@ type OrderedRetry struct {
 	QueueOffset  int64
 	Attempt      int
 	NextAt       time.Time
+	// LeaseUntil is the end of visibility the receipt of the pull lease
+	// out on the queue names, once its visibility was changed (NextAt
+	// then says when the message goes out again); zero while NextAt is
+	// that end, and when nothing is out.
+	LeaseUntil time.Time
 }
 
 // SetOrderedRetry records (or replaces) the block on a queue.
 func (s *Store) SetOrderedRetry(ctx context.Context, r OrderedRetry) error {
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `INSERT INTO ordered_retries (subscription, queue_id, queue_offset, attempt, next_at) VALUES (?,?,?,?,?)
-			ON CONFLICT (subscription, queue_id) DO UPDATE SET queue_offset = excluded.queue_offset, attempt = excluded.attempt, next_at = excluded.next_at`,
-			r.Subscription, r.Queue, r.QueueOffset, r.Attempt, r.NextAt.UnixMilli())
+		_, err := tx.ExecContext(ctx, `INSERT INTO ordered_retries (subscription, queue_id, queue_offset, attempt, next_at, lease_until) VALUES (?,?,?,?,?,?)
+			ON CONFLICT (subscription, queue_id) DO UPDATE SET queue_offset = excluded.queue_offset, attempt = excluded.attempt, next_at = excluded.next_at, lease_until = excluded.lease_until`,
+			r.Subscription, r.Queue, r.QueueOffset, r.Attempt, r.NextAt.UnixMilli(), leaseMillis(r.LeaseUntil))
 		return err
 	})
 	if err != nil {
 		return fmt.Errorf("set ordered retry %s/%d: %w", r.Subscription, r.Queue, err)
 	}
 	return nil
+}
+
+// leaseMillis stores a lease's end, 0 for none.
+func leaseMillis(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
 }
 
 // ClearOrderedRetry removes the block on a queue, if there is one.
@@ -398,7 +414,7 @@ func (s *Store) ClearOrderedRetry(ctx context.Context, sub string, queue int) er
 
 // OrderedRetries returns the blocks of a subscription, by queue.
 func (s *Store) OrderedRetries(ctx context.Context, sub string) (map[int]OrderedRetry, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT queue_id, queue_offset, attempt, next_at FROM ordered_retries WHERE subscription = ?`, sub)
+	rows, err := s.r.QueryContext(ctx, `SELECT queue_id, queue_offset, attempt, next_at, lease_until FROM ordered_retries WHERE subscription = ?`, sub)
 	if err != nil {
 		return nil, fmt.Errorf("ordered retries: %w", err)
 	}
@@ -406,11 +422,14 @@ func (s *Store) OrderedRetries(ctx context.Context, sub string) (map[int]Ordered
 	out := make(map[int]OrderedRetry)
 	for rows.Next() {
 		r := OrderedRetry{Subscription: sub}
-		var at int64
-		if err := rows.Scan(&r.Queue, &r.QueueOffset, &r.Attempt, &at); err != nil {
+		var at, until int64
+		if err := rows.Scan(&r.Queue, &r.QueueOffset, &r.Attempt, &at, &until); err != nil {
 			return nil, fmt.Errorf("ordered retries: %w", err)
 		}
 		r.NextAt = fromMillis(at)
+		if until != 0 {
+			r.LeaseUntil = fromMillis(until)
+		}
 		out[r.Queue] = r
 	}
 	if err := rows.Err(); err != nil {

@@ -1,0 +1,354 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/postbus/postbus/broker/meta"
+)
+
+// Settling pull leases receipt by receipt, as SQS's batch calls answer
+// (DESIGN §4 Pull): a well-formed request settles every receipt it can and
+// says, for each, what became of it; only a malformed request (no
+// receipts or too many, a receipt this bus did not issue to the group)
+// changes nothing.
+
+// ReceiptStatus is what became of one receipt of an ack, a nack or a
+// change of visibility.
+type ReceiptStatus string
+
+const (
+	// ReceiptAcked: acked by this request, or by an earlier one (a retry
+	// whose answer was lost), within meta.SettledMemory of that ack.
+	ReceiptAcked ReceiptStatus = "acked"
+	// ReceiptNacked: nacked by this request, or by an earlier one.
+	ReceiptNacked ReceiptStatus = "nacked"
+	// ReceiptExtended: the lease's visibility now ends when asked.
+	ReceiptExtended ReceiptStatus = "extended"
+	// ReceiptStale: the receipt holds nothing any more: its visibility ran
+	// out and the message was handed out again (or is being), it was
+	// settled the other way, its group's position was reset, or its
+	// subscription deleted.
+	ReceiptStale ReceiptStatus = "stale"
+	// ReceiptInvalid: a receipt this bus issued to the group that this
+	// operation does not take: a push delivery's, in a batch of more than
+	// one or in a change of visibility.
+	ReceiptInvalid ReceiptStatus = "invalid"
+)
+
+// ReceiptResult is the answer for one receipt, in the request's order.
+type ReceiptResult struct {
+	Receipt string
+	Status  ReceiptStatus
+	now     bool // settled by this request, not a retry's answer: for the trace
+}
+
+// MaxSettleReceipts bounds the receipts of one ack, nack or change of
+// visibility.
+const MaxSettleReceipts = MaxPullMessages * 4
+
+// eachOp is what a per-receipt request does.
+type eachOp uint8
+
+const (
+	opAck eachOp = iota
+	opNack
+	opVisibility
+)
+
+// decodeEach checks a request's receipts: any that this bus did not issue
+// to group makes the whole request malformed.
+func (e *Engine) decodeEach(group string, receipts []string) ([]receipt, error) {
+	if err := ValidateGroupName(group); err != nil {
+		return nil, err
+	}
+	if len(receipts) == 0 || len(receipts) > MaxSettleReceipts {
+		return nil, errf(CodeInvalidReceipt, "receipts", "give 1-%d receipts", MaxSettleReceipts)
+	}
+	rs := make([]receipt, len(receipts))
+	for i, s := range receipts {
+		r, err := decodeReceipt(s, e.b.receiptKey)
+		if err != nil {
+			return nil, errf(CodeInvalidReceipt, fmt.Sprintf("receipts[%d]", i), "not a receipt this bus issued")
+		}
+		if r.Group != group {
+			return nil, errf(CodeInvalidReceipt, fmt.Sprintf("receipts[%d]", i), "the receipt was issued to another group")
+		}
+		rs[i] = r
+	}
+	return rs, nil
+}
+
+// each acks, nacks (until at) or changes the visibility (to end at) of
+// receipts of group, each on its own.
+func (e *Engine) each(ctx context.Context, group string, receipts []string, op eachOp, at time.Time) ([]ReceiptResult, error) {
+	rs, err := e.decodeEach(group, receipts)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]ReceiptResult, len(rs))
+	var timerIdx []int
+	for i, r := range rs {
+		out[i].Receipt = receipts[i]
+		switch r.Kind {
+		case receiptPush:
+			out[i].Status = ReceiptInvalid
+			if len(rs) == 1 && op != opVisibility {
+				// A push delivery's receipt, alone, settles as it did
+				// before per-receipt answers.
+				v := Ack()
+				if op == opNack {
+					v = RetryAt(at)
+				}
+				if err := e.settlePush(ctx, r, v); errors.Is(err, ErrStaleReceipt) {
+					out[i].Status = ReceiptStale
+				} else if err != nil {
+					return nil, err
+				} else {
+					out[i].Status, out[i].now = done(op), true
+				}
+			}
+		case receiptOrdered, receiptOrderedUntil:
+			st, now, err := e.eachOrdered(ctx, group, r, op, at)
+			if err != nil {
+				return nil, err
+			}
+			out[i].Status, out[i].now = st, now
+		default:
+			timerIdx = append(timerIdx, i)
+		}
+	}
+	if len(timerIdx) == 0 {
+		return out, nil
+	}
+	trs := make([]receipt, len(timerIdx))
+	for j, i := range timerIdx {
+		trs[j] = rs[i]
+	}
+	states, err := e.eachTimer(ctx, group, trs, op, at)
+	if err != nil {
+		return nil, err
+	}
+	for j, i := range timerIdx {
+		out[i].Status, out[i].now = statusOf(op, states[j]), states[j] == meta.TimerDone
+	}
+	return out, nil
+}
+
+// done is the status of a receipt op settled now.
+func done(op eachOp) ReceiptStatus {
+	switch op {
+	case opAck:
+		return ReceiptAcked
+	case opNack:
+		return ReceiptNacked
+	}
+	return ReceiptExtended
+}
+
+// statusOf answers a timer's state for op: a retried ack is acked, a
+// retried nack nacked; a receipt settled the other way is stale.
+func statusOf(op eachOp, st meta.TimerState) ReceiptStatus {
+	switch {
+	case st == meta.TimerDone:
+		return done(op)
+	case st == meta.TimerAcked && op == opAck:
+		return ReceiptAcked
+	case st == meta.TimerNacked && op == opNack:
+		return ReceiptNacked
+	}
+	return ReceiptStale
+}
+
+// eachTimer settles, or moves, unordered pull leases by their visibility
+// timers, each on its own. A nack first reserves the timers it can (so the
+// timer loop keeps off them), stores those messages' replacement copies,
+// then swaps each timer for its copy's: a crash in between brings a
+// message back twice rather than never.
+func (e *Engine) eachTimer(ctx context.Context, group string, rs []receipt, op eachOp, at time.Time) ([]meta.TimerState, error) {
+	b := e.b
+	offs := make([]int64, len(rs))
+	var last int64
+	for i, r := range rs {
+		offs[i] = r.Timer
+		last = max(last, r.Timer)
+	}
+	// A receipt's timer is stored when dispatch reaches its copy.
+	if err := b.waitDispatched(ctx, last+1); err != nil {
+		return nil, err
+	}
+	// The group's offsets moved past these messages when they were handed
+	// out, in memory: they are made durable before the settles, or a crash
+	// would hand settled messages out again from the old offset.
+	if err := b.flushOffsets(ctx); err != nil {
+		return nil, err
+	}
+	switch op {
+	case opAck:
+		return b.meta.SettleTimers(ctx, offs, nil, true)
+	case opVisibility:
+		states, err := b.meta.SetTimersDue(ctx, offs, at)
+		if err == nil && !at.After(b.now()) && b.timer != nil {
+			b.timer.Wake() // due now: the timer loop sleeps until the next one it knew
+		}
+		return states, err
+	}
+	states, err := b.meta.ReserveTimersEach(ctx, offs, b.now().Add(nackReserve))
+	if err != nil {
+		return nil, err
+	}
+	repl := make([]int64, len(rs))
+	var copies []*Message
+	var idx []int // copies[k] replaces rs[idx[k]]
+	for i, r := range rs {
+		repl[i] = -1
+		if states[i] != meta.TimerDone {
+			continue
+		}
+		m, err := b.readMessage(r.Timer)
+		if err != nil {
+			return nil, fmt.Errorf("read the visibility copy of %s: %w", r.MsgID, err)
+		}
+		// m is the visibility copy: it already carries the next attempt.
+		copies = append(copies, m.retryCopy(group, m.Attempt, at))
+		idx = append(idx, i)
+	}
+	var end int64
+	if len(copies) > 0 {
+		// Every copy is for the group's retry topic of the receipt's topic.
+		byTopic := map[string][]int{}
+		var order []string
+		for k, cp := range copies {
+			if _, ok := byTopic[cp.Topic]; !ok {
+				order = append(order, cp.Topic)
+			}
+			byTopic[cp.Topic] = append(byTopic[cp.Topic], k)
+		}
+		for _, t := range order {
+			ts, err := b.topicOrSystem(ctx, t)
+			if err != nil {
+				return nil, err
+			}
+			ks := byTopic[t]
+			for len(ks) > 0 {
+				msgs := make([]*Message, len(ks))
+				for j, k := range ks {
+					msgs[j] = copies[k]
+				}
+				n := dueChunk(msgs)
+				res, err := b.store(ctx, ts, msgs[:n], false)
+				if err != nil {
+					return nil, err
+				}
+				for j, r := range res {
+					repl[idx[ks[j]]] = r.logOffset
+					end = max(end, r.logOffset+1)
+				}
+				ks = ks[n:]
+			}
+		}
+		// The replacements' timers must exist before the originals' go.
+		if err := b.waitDispatched(ctx, end); err != nil {
+			return nil, err
+		}
+	}
+	var swapOffs, swapRepl []int64
+	var swapIdx []int
+	for i := range rs {
+		if repl[i] >= 0 {
+			swapOffs, swapRepl, swapIdx = append(swapOffs, offs[i]), append(swapRepl, repl[i]), append(swapIdx, i)
+		}
+	}
+	if len(swapOffs) > 0 {
+		swapped, err := b.meta.SettleTimers(ctx, swapOffs, swapRepl, false)
+		if err != nil {
+			return nil, err
+		}
+		for j, i := range swapIdx {
+			states[i] = swapped[j]
+			if swapped[j] != meta.TimerDone {
+				// Reserved, yet due before the swap (a nack slower than
+				// nackReserve): the timer put the message back, and its
+				// replacement was dropped.
+				b.logger.Error("a nack outlasted its reservation; its message came back from its visibility instead",
+					slog.String("group", group), slog.String("msg_id", rs[i].MsgID))
+			}
+		}
+	}
+	return states, nil
+}
+
+// leaseEnd is the end of visibility an ordered pull lease's receipt
+// names: the block's NextAt, unless its visibility was changed since.
+func leaseEnd(blk OrderedRetry) time.Time {
+	if !blk.LeaseUntil.IsZero() {
+		return blk.LeaseUntil
+	}
+	return blk.NextAt
+}
+
+// eachOrdered settles, or moves, one ordered pull lease. A receipt that
+// no longer holds its queue is answered acked when the group has moved
+// past its message (an ack retried: the position is durable, so this
+// holds after a restart too, until an offset reset), nacked when its
+// message waits as the same attempt after a nack, and stale otherwise.
+func (e *Engine) eachOrdered(ctx context.Context, group string, r receipt, op eachOp, at time.Time) (st ReceiptStatus, now bool, err error) {
+	b := e.b
+	c, err := b.pullGroup(ctx, group, r.Topic, false)
+	if errors.Is(err, errNoPullGroup) {
+		return ReceiptStale, false, nil // its subscription was deleted
+	}
+	if err != nil {
+		return "", false, err
+	}
+	if op != opVisibility {
+		v := Ack()
+		if op == opNack {
+			v = RetryAt(at)
+		}
+		c.mu.Lock()
+		held := c.holds(r) && !c.closed
+		c.mu.Unlock()
+		if held {
+			if err := e.settleOrdered(ctx, group, []receipt{r}, v); errors.Is(err, ErrStaleReceipt) {
+				return ReceiptStale, false, nil
+			} else if err != nil {
+				return "", false, err
+			}
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		blk, blocked := c.blocks[r.Queue]
+		cur := c.cursorAt(r.Queue)
+		switch {
+		case c.closed || cur == nil:
+			return ReceiptStale, false, nil
+		case op == opAck && (!blocked || blk.QueueOffset != r.Timer) && cur.Committed() > r.Timer:
+			return ReceiptAcked, held, nil
+		case op == opNack && blocked && blk.QueueOffset == r.Timer && blk.Attempt == r.Attempt && !c.pulledOut[r.Queue]:
+			return ReceiptNacked, held, nil
+		case op == opNack && blocked && blk.QueueOffset == r.Timer && blk.Attempt == r.Attempt && blk.LeaseUntil.IsZero() &&
+			r.Kind == receiptOrderedUntil && blk.NextAt.UnixMilli() != r.Until:
+			// After a restart every block is taken as out; a nacked one
+			// waits until another time than its receipt names.
+			return ReceiptNacked, held, nil
+		}
+		return ReceiptStale, false, nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || !c.holds(r) {
+		return ReceiptStale, false, nil
+	}
+	blk := c.blocks[r.Queue]
+	blk.LeaseUntil = leaseEnd(blk)
+	blk.NextAt = at
+	if err := b.meta.SetOrderedRetry(ctx, blk); err != nil {
+		return "", false, err
+	}
+	c.blocks[r.Queue] = blk
+	return ReceiptExtended, true, nil
+}

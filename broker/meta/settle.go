@@ -1,0 +1,170 @@
+package meta
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// SettledMemory is how long a visibility timer settled by an ack or a
+// nack is remembered after it was settled: a retry of the same ack (or
+// nack) within it, its answer lost, is told "acked" (or "nacked") again,
+// also after a restart; past it the timer's row may be purged, and the
+// receipt is then answered stale.
+const SettledMemory = 15 * time.Minute
+
+// TimerState is what one receipt's visibility timer came to in
+// SettleTimers, ReserveTimersEach or SetTimersDue.
+type TimerState uint8
+
+const (
+	TimerDone   TimerState = iota // pending, and now settled (or reserved, or moved) by this call
+	TimerAcked                    // acked before: a retried ack
+	TimerNacked                   // nacked before: a retried nack
+	TimerStale                    // fired, claimed, due, unknown, or settled the other way
+)
+
+// settledState reads, in tx, what a timer that could not be settled came
+// to before.
+func settledState(ctx context.Context, tx *sql.Tx, off int64) (TimerState, error) {
+	var settled int64
+	err := tx.QueryRowContext(ctx, `SELECT settled FROM timers WHERE log_offset = ?`, off).Scan(&settled)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return TimerStale, nil
+	case err != nil:
+		return 0, err
+	case settled > 0:
+		return TimerAcked, nil
+	case settled < 0:
+		return TimerNacked, nil
+	}
+	return TimerStale, nil
+}
+
+// SettleTimers settles pending visibility timers, each on its own, in one
+// transaction: offsets[i] is cancelled and, with replacements (a nack, as
+// many as offsets, -1 for none), replacements[i] kept in its place. A
+// timer due by now (read once the writer is held), claimed, fired or
+// unknown is not settled; its replacement, stored already, is marked fired
+// instead, so that it never comes out beside the original. ack records
+// the settle as an ack, otherwise as a nack, so that a retry of the same
+// settle is told what it did (SettledMemory).
+func (s *Store) SettleTimers(ctx context.Context, offsets, replacements []int64, ack bool) ([]TimerState, error) {
+	if replacements != nil && len(replacements) != len(offsets) {
+		return nil, fmt.Errorf("settle timers: %d replacements for %d timers: %w", len(replacements), len(offsets), ErrInvalid)
+	}
+	out := make([]TimerState, len(offsets))
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		now := s.now().UnixMilli()
+		if swapHook != nil {
+			swapHook()
+		}
+		mark := now
+		if !ack {
+			mark = -now
+		}
+		stmt, err := tx.PrepareContext(ctx, `UPDATE timers SET fired = 1, settled = ? WHERE log_offset = ? AND fired = 0 AND deliver_at > ?`)
+		if err != nil {
+			return err
+		}
+		defer stmt.Close()
+		for i, off := range offsets {
+			res, err := stmt.ExecContext(ctx, mark, off, now)
+			if err != nil {
+				return fmt.Errorf("settle timer %d: %w", off, err)
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return err
+			} else if n == 1 {
+				out[i] = TimerDone
+				continue
+			}
+			if out[i], err = settledState(ctx, tx, off); err != nil {
+				return err
+			}
+			if replacements != nil && replacements[i] >= 0 {
+				if _, err := tx.ExecContext(ctx, `UPDATE timers SET fired = 1 WHERE log_offset = ?`, replacements[i]); err != nil {
+					return fmt.Errorf("drop replacement timer %d: %w", replacements[i], err)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("settle timers: %w", err)
+	}
+	return out, nil
+}
+
+// ReserveTimersEach is ReserveTimers receipt by receipt: each timer that
+// can be is reserved until at least until; for the others it says whether
+// they were acked or nacked before, or are stale.
+func (s *Store) ReserveTimersEach(ctx context.Context, offsets []int64, until time.Time) ([]TimerState, error) {
+	out := make([]TimerState, len(offsets))
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		now := s.now().UnixMilli()
+		stmt, err := tx.PrepareContext(ctx, `UPDATE timers SET deliver_at = max(deliver_at, ?) WHERE log_offset = ? AND fired = 0 AND deliver_at > ?`)
+		if err != nil {
+			return err
+		}
+		defer stmt.Close()
+		for i, off := range offsets {
+			res, err := stmt.ExecContext(ctx, until.UnixMilli(), off, now)
+			if err != nil {
+				return fmt.Errorf("reserve timer %d: %w", off, err)
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return err
+			} else if n == 1 {
+				out[i] = TimerDone
+			} else if out[i], err = settledState(ctx, tx, off); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reserve timers: %w", err)
+	}
+	return out, nil
+}
+
+// SetTimersDue moves pending timers to at (a change of visibility), each
+// on its own: one due by now (read once the writer is held), claimed,
+// fired or unknown is not moved and answered as SettleTimers does. A
+// timer moved to now or before is due at once, for the caller to wake the
+// timer loop.
+func (s *Store) SetTimersDue(ctx context.Context, offsets []int64, at time.Time) ([]TimerState, error) {
+	out := make([]TimerState, len(offsets))
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		now := s.now().UnixMilli()
+		// Claimed timers are at 0: a due time is never moved to it.
+		due := max(at.UnixMilli(), 1)
+		stmt, err := tx.PrepareContext(ctx, `UPDATE timers SET deliver_at = ? WHERE log_offset = ? AND fired = 0 AND deliver_at > ?`)
+		if err != nil {
+			return err
+		}
+		defer stmt.Close()
+		for i, off := range offsets {
+			res, err := stmt.ExecContext(ctx, due, off, now)
+			if err != nil {
+				return fmt.Errorf("move timer %d: %w", off, err)
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return err
+			} else if n == 1 {
+				out[i] = TimerDone
+			} else if out[i], err = settledState(ctx, tx, off); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("move timers: %w", err)
+	}
+	return out, nil
+}
