@@ -302,7 +302,9 @@ func (l *loop) run(ctx, dctx context.Context) {
 func (l *loop) deliverOne(ctx, dctx context.Context, ls broker.Lease) {
 	res, sent := l.attempt(ctx, dctx, ls.Message, ls.Attempt)
 	var v broker.Verdict
-	dead := false
+	// failed: a retry or a dead letter, which the metrics count (an ack or
+	// a release is neither).
+	dead, failed := false, false
 	switch {
 	case !sent:
 		v = broker.Release()
@@ -315,6 +317,7 @@ func (l *loop) deliverOne(ctx, dctx context.Context, ls broker.Lease) {
 		// Cut off by the stop: the endpoint may have it; at least once.
 		v = broker.Release()
 	default:
+		failed = true
 		var delay time.Duration
 		delay, dead = l.policy.Next(ls.Attempt, res.RetryAfter, rand.Float64)
 		if dead {
@@ -327,7 +330,7 @@ func (l *loop) deliverOne(ctx, dctx context.Context, ls broker.Lease) {
 	for {
 		err := eng.Settle(context.WithoutCancel(dctx), ls.Receipt, v)
 		if err == nil {
-			if v.Counts() {
+			if failed {
 				l.d.metrics.settled(l.sub.ID, dead)
 			}
 			return

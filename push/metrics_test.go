@@ -47,7 +47,8 @@ func gathered(tb testing.TB, reg *prometheus.Registry, name string, labels map[s
 }
 
 // TestPushMetrics: attempts, retries and lag per subscription reach the
-// registry that /metrics serves.
+// registry that /metrics serves; a delivery is no retry (every ack used to
+// count one in postbus_push_retries_total).
 func TestPushMetrics(t *testing.T) {
 	r := newRigRun(t, false)
 	reg := prometheus.NewRegistry()
@@ -76,5 +77,14 @@ func TestPushMetrics(t *testing.T) {
 	}
 	if v := gathered(t, reg, "postbus_push_attempt_seconds", nil); v < 0 {
 		t.Fatal("no attempt latency histogram")
+	}
+	waitUntil(t, 10*time.Second, "every message delivered", func() bool {
+		return gathered(t, reg, "postbus_push_attempts_total", map[string]string{"subscription": sub.ID, "outcome": "delivered"}) == 5
+	})
+	if v := gathered(t, reg, "postbus_push_retries_total", map[string]string{"subscription": sub.ID}); v != 1 {
+		t.Fatalf("postbus_push_retries_total = %v after one 500 and five deliveries, want 1", v)
+	}
+	if v := gathered(t, reg, "postbus_push_dead_letters_total", map[string]string{"subscription": sub.ID}); v > 0 {
+		t.Fatalf("postbus_push_dead_letters_total = %v, want none", v)
 	}
 }
