@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -9,8 +10,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/postbus/postbus/broker/internal/durable"
 	"github.com/postbus/postbus/broker/internal/vfs"
@@ -108,10 +112,37 @@ func (r receipt) encode(key []byte) string {
 	if r.Kind == receiptOrderedUntil {
 		buf = binary.BigEndian.AppendUint64(buf, uint64(r.Until))
 	}
-	mac := hmac.New(sha256.New, key)
-	mac.Write(buf)
-	buf = mac.Sum(buf)[:len(buf)+receiptMACLen]
+	buf = receiptMAC(key, buf, buf)[:len(buf)+receiptMACLen]
 	return base64.RawURLEncoding.EncodeToString(buf)
+}
+
+// macPool holds HMAC states keyed with one receipt key.
+type macPool struct {
+	key  []byte
+	pool sync.Pool
+}
+
+// receiptMACs is the pool of the receipt key last used. Every push
+// delivery makes a receipt and checks one: a pooled state, reset to the
+// key, spares each a new HMAC (two SHA-256 states and the key's two
+// blocks). A process has one broker, so one key; another key (tests open
+// many brokers) replaces the pool, and a call keeps the pool it took.
+var receiptMACs atomic.Pointer[macPool]
+
+// receiptMAC appends the HMAC-SHA256 of body under key to dst.
+func receiptMAC(key, body, dst []byte) []byte {
+	p := receiptMACs.Load()
+	if p == nil || !bytes.Equal(p.key, key) {
+		p = &macPool{key: bytes.Clone(key)}
+		p.pool.New = func() any { return hmac.New(sha256.New, p.key) }
+		receiptMACs.Store(p)
+	}
+	h := p.pool.Get().(hash.Hash)
+	h.Reset()
+	h.Write(body)
+	dst = h.Sum(dst)
+	p.pool.Put(h)
+	return dst
 }
 
 // decodeReceipt checks a receipt's MAC and reads it.
@@ -126,9 +157,8 @@ func decodeReceipt(s string, key []byte) (receipt, error) {
 		return receipt{}, errBadReceipt
 	}
 	body, sum := b[:len(b)-receiptMACLen], b[len(b)-receiptMACLen:]
-	mac := hmac.New(sha256.New, key)
-	mac.Write(body)
-	if !hmac.Equal(mac.Sum(nil)[:receiptMACLen], sum) {
+	var mac [sha256.Size]byte
+	if !hmac.Equal(receiptMAC(key, body, mac[:0])[:receiptMACLen], sum) {
 		return receipt{}, errBadReceipt
 	}
 	r := recordReader{p: body[2:]}
