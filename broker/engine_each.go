@@ -112,6 +112,13 @@ func (e *Engine) each(ctx context.Context, group string, receipts []string, op e
 				}
 			}
 		case receiptOrdered, receiptOrderedUntil:
+			if timer, ok := e.convertedReceipt(ctx, group, r); ok {
+				// Out when its group turned unordered: its visibility
+				// copy's timer settles it, as an unordered receipt.
+				rs[i].Kind, rs[i].Timer = receiptTimer, timer
+				timerIdx = append(timerIdx, i)
+				continue
+			}
 			st, now, err := e.eachOrdered(ctx, group, r, op, at)
 			if err != nil {
 				return nil, err
@@ -351,4 +358,21 @@ func (e *Engine) eachOrdered(ctx context.Context, group string, r receipt, op ea
 	}
 	c.blocks[r.Queue] = blk
 	return ReceiptExtended, true, nil
+}
+
+// convertedReceipt is the timer of the visibility copy an ordered pull
+// receipt's message became when its group turned unordered while it was
+// out (see Engine.unorder), when it did and this process remembers it.
+func (e *Engine) convertedReceipt(ctx context.Context, group string, r receipt) (int64, bool) {
+	c, err := e.b.pullGroup(ctx, group, r.Topic, false)
+	if err != nil {
+		return 0, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.holds(r) {
+		return 0, false
+	}
+	timer, ok := c.unordered[[3]int64{int64(r.Queue), r.Timer, int64(r.Attempt)}]
+	return timer, ok
 }
