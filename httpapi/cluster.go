@@ -19,6 +19,7 @@ import (
 
 	"github.com/postbus/postbus/broker"
 	"github.com/postbus/postbus/namesrv"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // A broker in a cluster answers for the whole bus: what it does not hold
@@ -112,13 +113,15 @@ type cluster struct {
 	rr     atomic.Uint64
 	hop    time.Duration // see Cluster.HopTimeout
 
+	skipped *prometheus.CounterVec // brokers marked down, by broker and reason
+
 	mu sync.Mutex
 	// down maps a broker's address to when it may be tried again. By
 	// address, not name: a broker restarted on a new port is new.
 	down map[string]time.Time // guarded by mu
 }
 
-func newCluster(c *Cluster, logger *slog.Logger) *cluster {
+func newCluster(c *Cluster, logger *slog.Logger, reg prometheus.Registerer) *cluster {
 	hc := c.HTTP
 	if hc == nil {
 		hc = &http.Client{Transport: &http.Transport{
@@ -135,7 +138,12 @@ func newCluster(c *Cluster, logger *slog.Logger) *cluster {
 	if hop <= 0 {
 		hop = DefaultHopTimeout
 	}
-	return &cluster{self: c.Self, names: c.Names, hc: hc, logger: logger, hop: hop, down: make(map[string]time.Time)}
+	skipped := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "postbus_cluster_broker_skipped_total",
+		Help: "Times another broker was marked down and skipped for a while, by why: refused (the connection) or timeout (no answer within --forward-timeout).",
+	}, []string{"broker", "reason"})
+	reg.MustRegister(skipped)
+	return &cluster{self: c.Self, names: c.Names, hc: hc, logger: logger, hop: hop, skipped: skipped, down: make(map[string]time.Time)}
 }
 
 // coordinating reports whether this broker answers r for the whole bus:
@@ -162,8 +170,13 @@ func (c *cluster) markDown(p peer, err error) {
 	_, was := c.down[p.addr]
 	c.down[p.addr] = time.Now().Add(downFor)
 	c.mu.Unlock()
+	reason := "refused"
+	if errors.Is(err, errHopTimeout) {
+		reason = "timeout"
+	}
+	c.skipped.WithLabelValues(p.name, reason).Inc()
 	if !was {
-		c.logger.Warn("broker unreachable or not answering; sending its share to the others", slog.String("broker", p.name),
+		c.logger.Warn("broker unreachable or not answering; sending its share to the others", slog.String("broker", p.name), slog.String("reason", reason),
 			slog.String("addr", p.addr), slog.Duration("skipped_for", downFor), slog.Any("err", err))
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nuid"
 	"github.com/postbus/postbus/broker"
+	"github.com/postbus/postbus/namesrv"
 )
 
 // The cluster's side of the routes other than publish and pull: each
@@ -40,7 +41,9 @@ func (s *Server) firstFound(w http.ResponseWriter, r *http.Request, local http.H
 
 // everywhere applies r on every live broker (see broadcast for the
 // answer). Without a broker list (no name server answers, nothing cached)
-// it applies r here only and says so in the log.
+// it changes nothing and answers 503 broker_unavailable: applied here
+// only, a change or delete would miss the other brokers' copies, and a
+// deleted subscription would go on delivering there.
 func (s *Server) everywhere(w http.ResponseWriter, r *http.Request, local http.HandlerFunc) {
 	body, ok := fanOutBody(w, r)
 	if !ok {
@@ -50,7 +53,12 @@ func (s *Server) everywhere(w http.ResponseWriter, r *http.Request, local http.H
 }
 
 func (s *Server) everywhereBody(w http.ResponseWriter, r *http.Request, body []byte, local http.HandlerFunc) {
-	s.broadcast(w, r, s.everyBroker(r), body, local)
+	peers, err := s.cluster.brokers(r.Context())
+	if err != nil {
+		writeProblem(w, r, codeBrokerUnavailable, "", "cannot list the cluster's brokers, so this would reach some of them only; nothing was changed: "+err.Error())
+		return
+	}
+	s.broadcast(w, r, peers, body, local)
 }
 
 // onHolders applies r on every broker holding topic, or on this broker
@@ -390,7 +398,20 @@ func combineTopics(into, from map[string]any, broker string) {
 // when the topic has no holder but this broker, leaving it to the caller.
 func (s *Server) createSubscriptionEverywhere(w http.ResponseWriter, r *http.Request, req subscriptionRequest, push bool) bool {
 	local, _ := s.broker.Queues(*req.Topic)
-	holders := s.cluster.holders(r.Context(), *req.Topic, local)
+	holders, err := s.cluster.route(r.Context(), *req.Topic, local)
+	if errors.Is(err, namesrv.ErrWarmingUp) || errors.Is(err, namesrv.ErrTopicGone) {
+		// A name server that restarted knows only some of the holders,
+		// and a topic whose brokers are down has holders nobody can reach:
+		// created on some holders only, the subscription would miss the
+		// others' messages for good.
+		writeProblem(w, r, codeBrokerUnavailable, "", fmt.Sprintf("cannot tell every broker holding topic %s (%v); the subscription was not created", *req.Topic, err))
+		return true
+	}
+	if err != nil {
+		// No name server answers at all: this broker serves its own
+		// topics as it would standalone, and says so.
+		s.cluster.logger.Warn("no name server answers; the subscription is created on this broker only", "topic", *req.Topic, "err", err)
+	}
 	if len(holders) == 0 || (len(holders) == 1 && holders[0].local()) {
 		return false
 	}

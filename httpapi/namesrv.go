@@ -91,5 +91,12 @@ func (s *Server) handleRoute(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleCluster(w http.ResponseWriter, r *http.Request) {
+	// A name server warming up lists only the brokers heard since it
+	// started: brokers change subscriptions on every broker it lists.
+	if err := s.registry.Warm(); err != nil {
+		w.Header().Set("Retry-After", "1")
+		writeProblem(w, r, codeNotReady, "", err.Error())
+		return
+	}
 	writeJSON(w, http.StatusOK, namesrv.NewClusterJSON(s.registry.Brokers()))
 }

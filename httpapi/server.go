@@ -117,7 +117,7 @@ func New(cfg Config) (*Server, error) {
 		s.maxBody = s.broker.MaxMessageBytes()
 	}
 	if cfg.Cluster != nil && cfg.Broker != nil {
-		s.cluster = newCluster(cfg.Cluster, s.logger.With(slog.String("component", "cluster")))
+		s.cluster = newCluster(cfg.Cluster, s.logger.With(slog.String("component", "cluster")), s.reg)
 	}
 	s.metrics = newHTTPMetrics(s.reg)
 	s.bodies = newBodyBudget(cfg.MaxBodyMemory, s.reg)

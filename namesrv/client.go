@@ -633,8 +633,11 @@ func (c *Client) getRoute(ctx context.Context, addr, topic string) (rt Route, fo
 	case http.StatusServiceUnavailable:
 		code := problemCode(resp)
 		err := statusError(resp)
-		if code == "broker_unavailable" {
+		switch code {
+		case "broker_unavailable":
 			return Route{}, false, fmt.Errorf("%w: %w", ErrTopicGone, err)
+		case "not_ready":
+			return Route{}, false, fmt.Errorf("%w: %w", ErrWarmingUp, err)
 		}
 		return Route{}, false, err
 	default:

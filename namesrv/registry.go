@@ -560,6 +560,17 @@ func (r *Registry) Route(topic string) (Route, bool) {
 	return rt, true
 }
 
+// Warm returns ErrWarmingUp (wrapped, saying for how long) during the
+// warm-up after the registry was made, when its routes and broker list
+// may be partial, and nil after.
+func (r *Registry) Warm() error {
+	if now := r.now(); now.Before(r.readyAt) {
+		return fmt.Errorf("%w: it started less than its warm-up ago and answers in %s, once every broker has heartbeated to it",
+			ErrWarmingUp, r.readyAt.Sub(now).Round(time.Millisecond))
+	}
+	return nil
+}
+
 // Lookup is Route for a client that must tell "no broker holds the topic"
 // from "its brokers are down" and "this name server cannot say yet": it
 // returns ErrWarmingUp during the warm-up after the registry starts, and
@@ -567,11 +578,10 @@ func (r *Registry) Route(topic string) (Route, bool) {
 // one did within BrokerExpiry (expired, or unregistered). ok false with a
 // nil error means no broker has held the topic within BrokerExpiry.
 func (r *Registry) Lookup(topic string) (Route, bool, error) {
-	now := r.now()
-	if now.Before(r.readyAt) {
-		return Route{}, false, fmt.Errorf("%w: it started less than its warm-up ago and answers routes in %s, once every broker has heartbeated to it",
-			ErrWarmingUp, r.readyAt.Sub(now).Round(time.Millisecond))
+	if err := r.Warm(); err != nil {
+		return Route{}, false, err
 	}
+	now := r.now()
 	if rt, ok := r.Route(topic); ok {
 		return rt, true, nil
 	}

@@ -220,6 +220,13 @@ func TestClusterHungBrokerIsBounded(t *testing.T) {
 			}
 		})
 	}
+	// Skipping a broker is never silent: it is counted.
+	for _, via := range []string{"broker-a", "broker-c"} {
+		m := clDo(t, "GET", fc.url(via)+"/metrics", nil, nil)
+		if want := `postbus_cluster_broker_skipped_total{broker="broker-b",reason="timeout"}`; !strings.Contains(string(m.body), want) {
+			t.Errorf("%s's /metrics has no %s", via, want)
+		}
+	}
 }
 
 // TestClusterNoAutoCreateWithoutWholeRoute (fault 1): a non-holder with
@@ -369,5 +376,76 @@ func TestClusterSystemTopicRoutes(t *testing.T) {
 	fc.waitRoute("%RETRY%g%orders", "broker-a")
 	if st, raw := routeStatus(fc.ns[0], "%NOPE"); st != 400 {
 		t.Errorf("route of a malformed system topic: %s; want 400", raw)
+	}
+}
+
+// TestClusterNameServerRestart (the triggers of faults 2 and 3): right
+// after a name server restarted (empty, as designed) it routed a topic
+// to the brokers that had re-registered only, and listed only those; a
+// subscription created then existed on some holders only (the others'
+// messages were never delivered), and one deleted then lived on, and
+// delivered, on the others. A name server now answers neither during its
+// warm-up, and a broker refuses (503) to create, change or delete a
+// subscription when it cannot tell every broker concerned; retried after
+// the warm-up, the change reaches every holder.
+func TestClusterNameServerRestart(t *testing.T) {
+	fc := startFaultCluster(t, 1, []string{"broker-a", "broker-b"})
+	fc.putTopic("orders", "broker-a", "broker-b")
+	createSub := func(group string) (clAnswer, string) {
+		a := clDo(t, "POST", fc.url("broker-a")+"/v1/subscriptions", nil, []byte(`{"group":"`+group+`","topic":"orders","start_from":"earliest"}`))
+		var s struct {
+			ID string `json:"id"`
+		}
+		json.Unmarshal(a.body, &s)
+		return a, s.ID
+	}
+	a, old := createSub("early")
+	if a.status != 201 {
+		t.Fatalf("create subscription: %s", a)
+	}
+	restart := func() {
+		ns := fc.ns[0]
+		addr := strings.TrimPrefix(ns.url, "http://")
+		ns.cmd.Process.Signal(syscall.SIGKILL)
+		<-ns.done
+		fc.ns[0] = start(t, "namesrv", "--broker-expiry", "2s", "--scan-interval", "100ms", "--warm-up", "1s", "--addr", addr)
+	}
+	// holders says which brokers, asked alone, have subscription id.
+	holders := func(id string) []string {
+		var out []string
+		for _, n := range []string{"broker-a", "broker-b"} {
+			if clDo(t, "GET", fc.url(n)+"/v1/subscriptions/"+id, map[string]string{"Postbus-Forwarded-By": "test"}, nil).status == 200 {
+				out = append(out, n)
+			}
+		}
+		return out
+	}
+	// retried is a request repeated while it answers 503, as a client does.
+	retried := func(what string, do func() clAnswer) clAnswer {
+		var last clAnswer
+		clEventually(t, what, func() (bool, string) {
+			last = do()
+			return last.status != 503, last.String()
+		})
+		return last
+	}
+
+	restart()
+	var id string
+	a = retried("the subscription's create", func() clAnswer { a, id = createSub("late"); return a })
+	if a.status != 201 {
+		t.Fatalf("create subscription after the name server restarted: %s", a)
+	}
+	if got := holders(id); len(got) != 2 {
+		t.Errorf("a subscription created just after the name server restarted is on %v, want both holders", got)
+	}
+
+	restart()
+	a = retried("the subscription's delete", func() clAnswer { return clDo(t, "DELETE", fc.url("broker-a")+"/v1/subscriptions/"+old, nil, nil) })
+	if a.status != 204 {
+		t.Fatalf("delete subscription after the name server restarted: %s", a)
+	}
+	if got := holders(old); len(got) != 0 {
+		t.Errorf("a subscription deleted just after the name server restarted lives on on %v", got)
 	}
 }
