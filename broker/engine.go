@@ -354,6 +354,14 @@ func (e *Engine) install(ctx context.Context, s Subscription, push bool) (*consu
 		e.mu.Lock()
 		if e.gen != gen {
 			e.mu.Unlock()
+			// A drop or a change of the subscription meanwhile: build
+			// again from the subscription as it is now.
+			cur, err := b.Subscription(ctx, s.ID)
+			if err != nil || cur.State != StateActive {
+				return nil, &Error{Code: CodeInvalidSubscription, Field: "group", Err: ErrSubscriptionInactive,
+					Detail: fmt.Sprintf("the subscription of group %q on %q changed while its consumer was built", s.Group, s.Topic)}
+			}
+			s = cur
 			continue
 		}
 		if other := e.cons[[2]string{s.Group, s.Topic}]; other != nil {
@@ -494,6 +502,9 @@ func (e *Engine) unfence(r receipt) {
 func (e *Engine) subscriptionChanged(ctx context.Context, s Subscription, deleted bool) {
 	e.mu.Lock()
 	c := e.cons[[2]string{s.Group, s.Topic}]
+	if c == nil {
+		e.gen++ // a consumer being built from the old settings builds again
+	}
 	e.mu.Unlock()
 	if c == nil {
 		return

@@ -67,17 +67,18 @@ var pdCI = []struct {
 	// Resets to a time among publishes (the model once took a message's
 	// time from when Publish returned, not the broker's).
 	{10, pdOpen},
-	// Turning ordered (or back) repeated settled deliveries (M5); repeats
-	// after a 200 around a rotation.
-	{5, pdOpen}, {8, pdOpen},
+	// Turning ordered (or back) repeated settled deliveries (M5, seed 8);
+	// pause, turn ordered, resume repeated them too (seed 5).
+	{5, ""}, {8, "rotate"},
 }
 
-// pdOpen are the families whose faults are still open with the consumer
-// engine (see TestPushDeliveryModel): none. "ordered" and "rotate" were
-// until turning ordered on or off became a change in place.
+// pdOpen are the families still left out of the CI seeds (see
+// TestPushDeliveryModel): with them, seed 3 still repeated three settled
+// deliveries of p0 once under -race on a machine at load 20 (13:19 UTC,
+// after a rotate), and other seeds fail as listed there.
 // Before the engine (ce9b42d) "grow,inflight,reset,redrive,restart" were
 // open too (faults 2, 10, 7 and 8, 3 and 6 of issue 11).
-const pdOpen = ""
+const pdOpen = "ordered,rotate"
 
 type pdKind int
 

@@ -329,3 +329,33 @@ func TestPauseRepeatsNothingAnswered(t *testing.T) {
 		})
 	}
 }
+
+// TestRateHoldsInTheFirstSecond (attack F7): rate_per_second 5 lets about
+// 5 attempts into any second, the first one after an idle while too; a
+// bucket of 5 tokens, full at the start, let 10 through.
+func TestRateHoldsInTheFirstSecond(t *testing.T) {
+	r := newRig(t)
+	s := newSink(t, func(*http.Request, int) int { return 200 })
+	r.subscribe(t, broker.Subscription{Group: "g", Topic: "t", URL: s.URL, RatePerSecond: 5, MaxInFlight: 32})
+	var msgs []*broker.Message
+	for i := range 12 {
+		msgs = append(msgs, &broker.Message{Body: []byte(fmt.Sprint("m", i))})
+	}
+	r.publish(t, "t", msgs...)
+	waitUntil(t, 10*time.Second, "twelve deliveries", func() bool { return len(s.requests()) >= 12 })
+	reqs := s.requests()
+	for i := range reqs {
+		n := 0
+		for _, q := range reqs[i:] {
+			if q.at.Sub(reqs[i].at) < time.Second {
+				n++
+			}
+		}
+		// Five a second, spaced 200ms: the sixth falls at the second's
+		// end, and the sink's clock (arrival, after a first dial) can
+		// put it just inside.
+		if n > 6 {
+			t.Fatalf("%d attempts within a second of the one at %s; rate_per_second is 5", n, reqs[i].at.Format("15:04:05.000"))
+		}
+	}
+}
