@@ -185,7 +185,12 @@ type consumer struct {
 	// (the trace says "expired"). Guarded by mu.
 	pulledOut map[int]bool
 	out       map[int]uint64 // ordered push: the lease out on each queue; guarded by mu
-	redo      []*memLease    // released or expired push leases, handed out first; guarded by mu
+	// unordered are ordered pull receipts whose block became a visibility
+	// copy when the group turned unordered: the copy's timer, by the
+	// receipt's queue, offset and attempt, so the receipt still settles
+	// (in this process; after a restart it is stale). Guarded by mu.
+	unordered map[[3]int64]int64
+	redo      []*memLease // released or expired push leases, handed out first; guarded by mu
 }
 
 // memLease is a push lease: a message out to this process's push loop.
@@ -480,8 +485,8 @@ func (e *Engine) unfence(r receipt) {
 }
 
 // subscriptionChanged applies a subscription's change to its consumer: a
-// deleted, paused or disabled subscription drops it; other changes apply in
-// place, so leases out (a push loop restarting after a secret rotation)
+// deleted subscription, or a paused or disabled pull one, drops it; other
+// changes apply in place (a paused push consumer leases nothing), so leases out (a push loop restarting after a secret rotation)
 // settle. Turning ordered on keeps what is out as it is (out of order
 // already); turning it off converts the queues' blocks (unorder). Blocks of
 // a subscription turned unordered without a consumer are converted when
@@ -495,7 +500,11 @@ func (e *Engine) subscriptionChanged(ctx context.Context, s Subscription, delete
 	}
 	c.leaseMu.Lock() // no lease half done on the old settings
 	c.mu.Lock()
-	keep := !deleted && s.State == StateActive && s.ID == c.sub.ID && !c.closed
+	// A paused or disabled push subscription keeps its consumer: the
+	// deliveries its loop has out finish within the loop's grace and
+	// settle, so a 200 answered meanwhile is recorded, not delivered
+	// again after the resume; no lease goes out until then.
+	keep := !deleted && (s.State == StateActive || c.push) && s.ID == c.sub.ID && !c.closed
 	if keep {
 		if f, err := ParseFilter(s.Filter); err == nil {
 			if c.sub.Ordered && !s.Ordered {
@@ -541,6 +550,12 @@ func (e *Engine) lease(ctx context.Context, c *consumer, limit int, visibility t
 	c.leaseMu.Lock()
 	defer c.leaseMu.Unlock()
 	c.mu.Lock()
+	if c.sub.State != StateActive {
+		sub := c.sub
+		c.mu.Unlock()
+		return nil, &Error{Code: CodeInvalidSubscription, Field: "group", Err: ErrSubscriptionInactive,
+			Detail: fmt.Sprintf("the push subscription of group %q on %q is %s", sub.Group, sub.Topic, sub.State)}
+	}
 	e.grow(c)
 	ordered := c.sub.Ordered
 	c.mu.Unlock()
@@ -1006,11 +1021,23 @@ func (e *Engine) unorder(ctx context.Context, c *consumer) error {
 				at = now
 			}
 			cp := m.retryCopy(c.sub.Group, blk.Attempt+1, at)
-			if !c.push && c.pulledOut[slot] {
+			out := !c.push && c.pulledOut[slot]
+			if out {
 				cp.Reason = expiredReason // out until then: handed out again, it expired
 			}
-			if err := b.storeSystem(ctx, cp); err != nil {
+			ts, err := b.topicOrSystem(ctx, cp.Topic)
+			if err != nil {
 				return fmt.Errorf("turn %s unordered: %w", c.sub.ID, err)
+			}
+			res, err := b.store(ctx, ts, []*Message{cp}, false)
+			if err != nil {
+				return fmt.Errorf("turn %s unordered: %w", c.sub.ID, err)
+			}
+			if out {
+				if c.unordered == nil {
+					c.unordered = map[[3]int64]int64{}
+				}
+				c.unordered[[3]int64{int64(slot), blk.QueueOffset, int64(blk.Attempt)}] = res[0].logOffset
 			}
 		}
 		delete(c.blocks, slot)
@@ -1040,6 +1067,12 @@ func (e *Engine) inFlight(group string) map[offsetKey]int {
 	out := map[offsetKey]int{}
 	for _, c := range cs {
 		c.mu.Lock()
+		if c.sub.State != StateActive {
+			// Paused: its messages wait, none is out to a consumer
+			// (its loop's last deliveries end within its grace).
+			c.mu.Unlock()
+			continue
+		}
 		for _, l := range c.leases {
 			out[offsetKey{group, l.c.Topic, l.c.Queue}]++
 		}
@@ -1114,7 +1147,15 @@ func (e *Engine) settleAll(ctx context.Context, group string, receipts []string,
 			}
 			c.mu.Lock()
 			out := c.holds(r)
+			timer, converted := c.unordered[[3]int64{int64(r.Queue), r.Timer, int64(r.Attempt)}]
 			c.mu.Unlock()
+			if !out && converted {
+				// Out when the group turned unordered: its visibility
+				// copy's timer settles it now.
+				r.Kind, r.Timer = receiptTimer, timer
+				timers = append(timers, r)
+				continue
+			}
 			if !out {
 				return staleErr(fmt.Sprintf("receipts[%d]", i))
 			}

@@ -134,6 +134,40 @@ func TestTurningUnorderedKeepsWhatIsOut(t *testing.T) {
 	})
 }
 
+// TestTurningUnorderedKeepsReceipts (attack F6): the receipt of a message
+// an ordered pull group had out when it turned unordered still acks it,
+// and the message is done; it used to be stale at once.
+func TestTurningUnorderedKeepsReceipts(t *testing.T) {
+	dir := t.TempDir()
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		b := openBroker(t, testConfig(t, dir))
+		if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 1}); err != nil {
+			t.Fatal(err)
+		}
+		sub, err := b.CreateSubscription(ctx, Subscription{Group: "g", Topic: "t", Ordered: true, MaxRetries: 5, StartFrom: "earliest"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		publish(t, b, "t", msg("m0"))
+		got := pullN(t, b, "g", "t", 1, time.Second, 10*time.Second)
+		if len(got) != 1 {
+			t.Fatalf("ordered pull %q, want m0", bodies(got))
+		}
+		toggleOrdered(t, b, sub.ID, false)
+		if err := b.Ack(ctx, "g", receipts(got)); err != nil {
+			t.Fatalf("acking m0 after the group turned unordered: %v", err)
+		}
+		if err := b.Ack(ctx, "g", receipts(got)); !errors.Is(err, ErrStaleReceipt) {
+			t.Fatalf("acking m0 twice: %v, want stale", err)
+		}
+		time.Sleep(11 * time.Second)
+		if again := pullN(t, b, "g", "t", 10, time.Second, 10*time.Second); len(again) != 0 {
+			t.Fatalf("after its ack and its visibility pulled %q, want nothing", bodies(again))
+		}
+	})
+}
+
 // TestTurningUnorderedKeepsTheAttemptCount (attack F7): an ordered push
 // subscription's message waiting for its retry when the subscription
 // turns unordered goes out as the next attempt, not as attempt 1 with a
@@ -256,12 +290,13 @@ func TestTurningOrderedRepeatsNothingSettled(t *testing.T) {
 }
 
 // TestPushResumesAboveWhatIsOut (fault 16): a push consumer built again
-// (a restart; a pause and resume) delivers again only what was out, not
+// (a restart; the subscription deleted and created again, ordered too)
+// delivers again only what was out, not
 // everything settled above the oldest message out, which the group's
 // offset cannot pass. Before the offsets' progress record all of m1..m5
 // went out again.
 func TestPushResumesAboveWhatIsOut(t *testing.T) {
-	for _, how := range []string{"pause and resume", "restart", "pause, turn ordered, resume"} {
+	for _, how := range []string{"restart", "delete and create", "delete and create ordered"} {
 		t.Run(how, func(t *testing.T) {
 			ctx := context.Background()
 			cfg := testConfig(t, t.TempDir())
@@ -303,13 +338,11 @@ func TestPushResumesAboveWhatIsOut(t *testing.T) {
 					t.Fatal(err)
 				}
 			default:
-				if _, err := b.SetSubscriptionState(ctx, sub.ID, StatePaused, ""); err != nil {
+				if err := b.DeleteSubscription(ctx, sub.ID); err != nil {
 					t.Fatal(err)
 				}
-				if how == "pause, turn ordered, resume" {
-					toggleOrdered(t, b, sub.ID, true)
-				}
-				if _, err := b.SetSubscriptionState(ctx, sub.ID, StateActive, ""); err != nil {
+				if _, err := b.CreateSubscription(ctx, Subscription{Group: "g", Topic: "t", URL: "http://127.0.0.1:9/hook", MaxInFlight: 16,
+					Ordered: how == "delete and create ordered", StartFrom: "earliest"}); err != nil {
 					t.Fatal(err)
 				}
 			}

@@ -204,7 +204,9 @@ func (d *Dispatcher) newLoop(s broker.Subscription) (*loop, error) {
 	l := &loop{d: d, sub: s, filter: f, policy: p, done: make(chan struct{}),
 		log: d.logger.With(slog.String("subscription", s.ID), slog.String("group", s.Group), slog.String("topic", s.Topic))}
 	if s.RatePerSecond > 0 {
-		l.limit = rate.NewLimiter(rate.Limit(s.RatePerSecond), max(1, int(s.RatePerSecond)))
+		// A burst of one: a bucket of rate_per_second tokens, full after
+		// an idle while, let twice the rate through in the first second.
+		l.limit = rate.NewLimiter(rate.Limit(s.RatePerSecond), 1)
 	}
 	return l, nil
 }

@@ -292,3 +292,70 @@ func (l *logLines) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// TestPauseRepeatsNothingAnswered (attack F3): deliveries out when a push
+// subscription is paused (or disabled) finish within the loop's grace; one
+// answered 200 then is settled, and not delivered again after the resume.
+// The pause used to drop the group's consumer at once, so those settles
+// were stale and the messages went out again.
+func TestPauseRepeatsNothingAnswered(t *testing.T) {
+	for _, state := range []string{broker.StatePaused, broker.StateDisabled} {
+		t.Run(state, func(t *testing.T) {
+			ctx := context.Background()
+			r := newRig(t)
+			g := make(gate)
+			s := newSink(t, g.respond)
+			sub := r.subscribe(t, broker.Subscription{Group: "g", Topic: "t", URL: s.URL, MaxInFlight: 2, Timeout: 30 * time.Second})
+			for i := 0; i < 3; i++ {
+				r.publish(t, "t", &broker.Message{Body: []byte(fmt.Sprint("m", i))})
+			}
+			waitUntil(t, 5*time.Second, "two deliveries out", func() bool { return len(s.requests()) == 2 })
+			if _, err := r.b.SetSubscriptionState(ctx, sub.ID, state, ""); err != nil {
+				t.Fatal(err)
+			}
+			close(g) // both answer 200, within the stopping loop's grace
+			if _, err := r.b.SetSubscriptionState(ctx, sub.ID, broker.StateActive, ""); err != nil {
+				t.Fatal(err)
+			}
+			waitUntil(t, 10*time.Second, "all three delivered", func() bool { return len(bodiesOf(s)) == 3 })
+			if err := r.b.DeleteSubscription(ctx, sub.ID); err != nil {
+				t.Fatal(err)
+			}
+			for body, n := range bodiesOf(s) {
+				if n != 1 {
+					t.Errorf("%s delivered %d times, answered 200 each time", body, n)
+				}
+			}
+		})
+	}
+}
+
+// TestRateHoldsInTheFirstSecond (attack F7): rate_per_second 5 lets about
+// 5 attempts into any second, the first one after an idle while too; a
+// bucket of 5 tokens, full at the start, let 10 through.
+func TestRateHoldsInTheFirstSecond(t *testing.T) {
+	r := newRig(t)
+	s := newSink(t, func(*http.Request, int) int { return 200 })
+	r.subscribe(t, broker.Subscription{Group: "g", Topic: "t", URL: s.URL, RatePerSecond: 5, MaxInFlight: 32})
+	var msgs []*broker.Message
+	for i := range 12 {
+		msgs = append(msgs, &broker.Message{Body: []byte(fmt.Sprint("m", i))})
+	}
+	r.publish(t, "t", msgs...)
+	waitUntil(t, 10*time.Second, "twelve deliveries", func() bool { return len(s.requests()) >= 12 })
+	reqs := s.requests()
+	for i := range reqs {
+		n := 0
+		for _, q := range reqs[i:] {
+			if q.at.Sub(reqs[i].at) < time.Second {
+				n++
+			}
+		}
+		// Five a second, spaced 200ms: the sixth falls at the second's
+		// end, and the sink's clock (arrival, after a first dial) can
+		// put it just inside.
+		if n > 6 {
+			t.Fatalf("%d attempts within a second of the one at %s; rate_per_second is 5", n, reqs[i].at.Format("15:04:05.000"))
+		}
+	}
+}
