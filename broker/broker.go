@@ -74,8 +74,9 @@ type Broker struct {
 	newTimers    []meta.Timer      // delayed records met by this dispatch round; guarded by dispatchMu
 	timer        *delaytimer.Timer // fires the timers of delayed messages; set by Open, after open
 
-	receiptKey []byte  // MACs receipts
-	eng        *Engine // the consumer engine: leases and settles for pull and push
+	receiptKey []byte    // MACs receipts
+	eng        *Engine   // the consumer engine: leases and settles for pull and push
+	polls      heldPolls // long polls waiting for messages, by group
 	offs       offsets
 	subsSig    signal // fired when a subscription changes
 	topicsSig  signal // fired when a topic is created, changed or deleted

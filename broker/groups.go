@@ -30,6 +30,7 @@ type GroupInfo struct {
 	Queues        []QueueLag
 	Lag           int64
 	DeadLetters   int64
+	HeldPolls     int // long polls of the group waiting for messages now
 }
 
 // Groups lists the consumer groups: those with a subscription or offsets.
@@ -133,6 +134,7 @@ func (b *Broker) groupInfo(name string, subs []Subscription) (GroupInfo, error) 
 		return GroupInfo{}, err
 	}
 	g.DeadLetters = n
+	g.HeldPolls, _ = b.polls.of(name)
 	return g, nil
 }
 

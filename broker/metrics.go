@@ -126,6 +126,8 @@ func (m *metrics) register(b *Broker, reg prometheus.Registerer) {
 		m.delayAnomalies, m.cleanedMessages, m.cleanedBytes, m.rebuilds,
 		gauge("postbus_commitlog_bytes", "Bytes of the commitlog between its oldest retained offset and its end.",
 			func() float64 { return float64(b.log.Committed() - b.log.MinOffset()) }),
+		gauge("postbus_pull_held_polls", "Long polls (pulls with a wait) held waiting for messages now, of every group.",
+			func() float64 { _, n := b.polls.of(""); return float64(n) }),
 		gauge("postbus_commitlog_segments", "Commitlog segment files.",
 			func() float64 { return float64(len(b.log.Segments())) }),
 		gauge("postbus_commitlog_quarantined_spans", "Damaged commitlog spans found and skipped (each logged at ERROR with its offset, listed by /readyz); their records are lost.",

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 )
 
@@ -136,6 +137,12 @@ func (b *Broker) Pull(ctx context.Context, group, topic string, limit int, wait,
 	}
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
+	held := false
+	defer func() {
+		if held {
+			b.polls.add(group, -1)
+		}
+	}()
 	for {
 		arrived := b.Dispatched()
 		var expiry <-chan time.Time
@@ -147,6 +154,10 @@ func (b *Broker) Pull(ctx context.Context, group, topic string, limit int, wait,
 		if len(got) > 0 || err != nil || wait == 0 {
 			return got, err
 		}
+		if !held {
+			held = true
+			b.polls.add(group, 1)
+		}
 		select {
 		case <-arrived:
 		case <-expiry:
@@ -156,6 +167,34 @@ func (b *Broker) Pull(ctx context.Context, group, topic string, limit int, wait,
 			return nil, nil
 		}
 	}
+}
+
+// heldPolls counts the long polls waiting for messages, by group, for the
+// groups API and postbus_pull_held_polls.
+type heldPolls struct {
+	mu      sync.Mutex
+	byGroup map[string]int // guarded by mu
+	total   int            // guarded by mu
+}
+
+func (h *heldPolls) add(group string, n int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.byGroup == nil {
+		h.byGroup = map[string]int{}
+	}
+	h.byGroup[group] += n
+	h.total += n
+	if h.byGroup[group] == 0 {
+		delete(h.byGroup, group)
+	}
+}
+
+// of returns how many long polls of group are held, and of all groups.
+func (h *heldPolls) of(group string) (int, int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.byGroup[group], h.total
 }
 
 // AckResult is why a receipt in an ack or nack was refused.

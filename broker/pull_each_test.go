@@ -251,3 +251,38 @@ func TestChangeVisibilityBounds(t *testing.T) {
 		t.Errorf("no receipts: %v, want %s", err, CodeInvalidReceipt)
 	}
 }
+
+// TestHeldPollsCounted: a long poll waiting for messages is counted in its
+// group's view and in postbus_pull_held_polls, and no more once answered.
+func TestHeldPollsCounted(t *testing.T) {
+	dir := t.TempDir()
+	synctest.Test(t, func(t *testing.T) {
+		w := newPullEachWorld(t, dir, false)
+		held := func() (int, int) {
+			g, err := w.b.Group(context.Background(), "g")
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, all := w.b.polls.of("")
+			return g.HeldPolls, all
+		}
+		done := make(chan []Pulled)
+		for range 2 {
+			go func() { done <- pullN(t, w.b, "g", "t", 1, 20*time.Second, time.Minute) }()
+		}
+		synctest.Wait()
+		if g, all := held(); g != 2 || all != 2 {
+			t.Fatalf("held polls while waiting: group %d, all %d; want 2 and 2", g, all)
+		}
+		publish(t, w.b, "t", msg("m0"))
+		got := len(<-done)
+		time.Sleep(20 * time.Second) // the other one's wait runs out
+		got += len(<-done)
+		if got != 1 {
+			t.Fatalf("the two polls got %d messages, want 1", got)
+		}
+		if g, all := held(); g != 0 || all != 0 {
+			t.Fatalf("held polls once answered: group %d, all %d; want 0", g, all)
+		}
+	})
+}

@@ -25,11 +25,12 @@ type groupJSON struct {
 	Subscriptions []subscriptionJSON `json:"subscriptions"`
 	Lag           int64              `json:"lag"`
 	DeadLetters   int64              `json:"dead_letters"`
+	HeldPolls     int                `json:"held_polls"`
 	Queues        []queueLagJSON     `json:"queues,omitempty"`
 }
 
 func toGroupJSON(g broker.GroupInfo, withQueues bool) groupJSON {
-	out := groupJSON{Name: g.Name, Lag: g.Lag, DeadLetters: g.DeadLetters, Subscriptions: []subscriptionJSON{}}
+	out := groupJSON{Name: g.Name, Lag: g.Lag, DeadLetters: g.DeadLetters, HeldPolls: g.HeldPolls, Subscriptions: []subscriptionJSON{}}
 	for _, s := range g.Subscriptions {
 		out.Subscriptions = append(out.Subscriptions, toSubscriptionJSON(s, false))
 	}
