@@ -581,7 +581,7 @@ func TestGarbageCheckpointRebuildsLoudly(t *testing.T) {
 	cfg, logs := withLogs(f.cfg)
 	b := openBroker(t, cfg)
 	f.check(t, b, "orders", "payments")
-	if !strings.Contains(logs.String(), `level=WARN msg="rebuilding the indexes from the start of the commitlog" err="checkpoint unreadable`) {
-		t.Fatalf("no WARN line for the unreadable checkpoint:\n%s", logs)
+	if !strings.Contains(logs.String(), `level=ERROR msg="checkpoint is unreadable; rebuilding the indexes from the start of the commitlog" err="checkpoint unreadable`) {
+		t.Fatalf("no ERROR line for the unreadable checkpoint:\n%s", logs)
 	}
 }
