@@ -252,7 +252,6 @@ func TestSIGKILLWithAHungDeliveryRepeatsLittle(t *testing.T) {
 	total := 0
 	hung := false
 	release := make(chan struct{})
-	defer close(release)
 	sink := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
 		mu.Lock()
@@ -262,10 +261,16 @@ func TestSIGKILLWithAHungDeliveryRepeatsLittle(t *testing.T) {
 		hung = true
 		mu.Unlock()
 		if first {
-			<-release // the oldest delivery hangs until the test ends
+			// The oldest delivery hangs until the test ends (or its
+			// broker lets go of it).
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
 		}
 	}))
 	defer sink.Close()
+	defer close(release) // before sink.Close, which waits for the hung handler
 	p := start(t, args...)
 	const maxInFlight = 8
 	ids := publishN(t, p.url, "work", 800)
