@@ -305,21 +305,20 @@ type psMsg struct {
 }
 
 type pdSub struct {
-	spec                 int
-	id, group            string
-	filter               string
-	filters              []string
-	ordered              bool
-	orderedAt            time.Time
-	maxRetries           int
-	state                string // active, paused, deleted
-	url                  int    // which of its two endpoints
-	secrets              []string
-	secretSince          []time.Time // when each secret became the previous one (zero: current)
-	msgs                 map[string]*psMsg
-	oldIDs               []string
-	dupsAllowed, dups    int
-	requests, maxPending int
+	spec              int
+	id, group         string
+	filter            string
+	filters           []string
+	ordered           bool
+	orderedAt         time.Time
+	maxRetries        int
+	state             string // active, paused, deleted
+	url               int    // which of its two endpoints
+	secrets           []string
+	secretSince       []time.Time // when each secret became the previous one (zero: current)
+	msgs              map[string]*psMsg
+	oldIDs            []string
+	dupsAllowed, dups int
 }
 
 // endpoint is a real HTTP server on 127.0.0.1 whose answer the model sets.
