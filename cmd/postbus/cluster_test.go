@@ -689,10 +689,18 @@ func TestClusterAcceptance(t *testing.T) {
 				return false, fmt.Sprintf("ack through %s: %v", ackVia, err)
 			}
 			var r struct {
-				Acked int `json:"acked"`
+				Results []struct {
+					Status string `json:"status"`
+				} `json:"results"`
 			}
 			json.Unmarshal(a.body, &r)
-			if a.status != 200 || r.Acked != len(receipts) {
+			acked := 0
+			for _, res := range r.Results {
+				if res.Status == "acked" {
+					acked++
+				}
+			}
+			if a.status != 200 || acked != len(receipts) || len(r.Results) != len(receipts) {
 				t.Fatalf("ack of %d receipts from %v through %s: %s", len(receipts), from, ackVia, a)
 			}
 		}
