@@ -15,10 +15,12 @@ import (
 // everything acknowledged before is intact.
 func TestFullDisk(t *testing.T) {
 	mnt := t.TempDir()
-	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=12m"); err != nil {
+	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=24m"); err != nil {
 		t.Skipf("cannot mount a tmpfs to fill (needs root): %v", err)
 	}
 	t.Cleanup(func() { syscall.Unmount(mnt, syscall.MNT_DETACH) })
+	// Room for the first segment, the next one prepared and the metadata,
+	// so that the broker starts; the third segment is what does not fit.
 	// Watermarks at 100% so the real ENOSPC path is what refuses.
 	p := start(t, "broker", "--data", mnt, "--auto-create-topics", "--segment-size", "8MiB", "--max-message-bytes", "256KiB",
 		"--disk-clean-ratio", "1", "--disk-full-ratio", "1")
@@ -40,7 +42,7 @@ func TestFullDisk(t *testing.T) {
 		Code   string `json:"code"`
 		Status int    `json:"status"`
 	}
-	for i := 0; i < 200 && refused == nil; i++ {
+	for i := 0; i < 500 && refused == nil; i++ {
 		resp, err := http.Post(p.url+"/v1/topics/full/messages", "application/octet-stream", bytes.NewReader(body))
 		if err != nil {
 			t.Fatal(err)
