@@ -103,33 +103,8 @@ func (s *Store) SettleTimers(ctx context.Context, offsets, replacements []int64,
 // can be is reserved until at least until; for the others it says whether
 // they were acked or nacked before, or are stale.
 func (s *Store) ReserveTimersEach(ctx context.Context, offsets []int64, until time.Time) ([]TimerState, error) {
-	out := make([]TimerState, len(offsets))
-	err := s.write(ctx, func(tx *sql.Tx) error {
-		now := s.now().UnixMilli()
-		stmt, err := tx.PrepareContext(ctx, `UPDATE timers SET deliver_at = max(deliver_at, ?) WHERE log_offset = ? AND fired = 0 AND deliver_at > ?`)
-		if err != nil {
-			return err
-		}
-		defer stmt.Close()
-		for i, off := range offsets {
-			res, err := stmt.ExecContext(ctx, until.UnixMilli(), off, now)
-			if err != nil {
-				return fmt.Errorf("reserve timer %d: %w", off, err)
-			}
-			if n, err := res.RowsAffected(); err != nil {
-				return err
-			} else if n == 1 {
-				out[i] = TimerDone
-			} else if out[i], err = settledState(ctx, tx, off); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("reserve timers: %w", err)
-	}
-	return out, nil
+	return s.moveTimersEach(ctx, offsets, "reserve",
+		`UPDATE timers SET deliver_at = max(deliver_at, ?) WHERE log_offset = ? AND fired = 0 AND deliver_at > ?`, until.UnixMilli())
 }
 
 // SetTimersDue moves pending timers to at (a change of visibility), each
@@ -138,12 +113,19 @@ func (s *Store) ReserveTimersEach(ctx context.Context, offsets []int64, until ti
 // timer moved to now or before is due at once, for the caller to wake the
 // timer loop.
 func (s *Store) SetTimersDue(ctx context.Context, offsets []int64, at time.Time) ([]TimerState, error) {
+	// Claimed timers are at 0: a due time is never moved to it.
+	return s.moveTimersEach(ctx, offsets, "move",
+		`UPDATE timers SET deliver_at = ? WHERE log_offset = ? AND fired = 0 AND deliver_at > ?`, max(at.UnixMilli(), 1))
+}
+
+// moveTimersEach runs update (args: the new due time, a log offset, now)
+// on each pending timer not yet due, in one transaction; a timer it did
+// not move is answered by what became of it (settledState).
+func (s *Store) moveTimersEach(ctx context.Context, offsets []int64, verb, update string, due int64) ([]TimerState, error) {
 	out := make([]TimerState, len(offsets))
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		now := s.now().UnixMilli()
-		// Claimed timers are at 0: a due time is never moved to it.
-		due := max(at.UnixMilli(), 1)
-		stmt, err := tx.PrepareContext(ctx, `UPDATE timers SET deliver_at = ? WHERE log_offset = ? AND fired = 0 AND deliver_at > ?`)
+		stmt, err := tx.PrepareContext(ctx, update)
 		if err != nil {
 			return err
 		}
@@ -151,7 +133,7 @@ func (s *Store) SetTimersDue(ctx context.Context, offsets []int64, at time.Time)
 		for i, off := range offsets {
 			res, err := stmt.ExecContext(ctx, due, off, now)
 			if err != nil {
-				return fmt.Errorf("move timer %d: %w", off, err)
+				return fmt.Errorf("%s timer %d: %w", verb, off, err)
 			}
 			if n, err := res.RowsAffected(); err != nil {
 				return err
@@ -164,7 +146,7 @@ func (s *Store) SetTimersDue(ctx context.Context, offsets []int64, at time.Time)
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("move timers: %w", err)
+		return nil, fmt.Errorf("%s timers: %w", verb, err)
 	}
 	return out, nil
 }
