@@ -150,7 +150,10 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 	}
 	b.eng = newEngine(b)
 	if err := b.open(ctx); err != nil {
-		b.closeFiles()
+		if cerr := b.closeFiles(); cerr != nil {
+			// The open error is the answer; this one is only worth a line.
+			b.logger.Warn("closing after a failed open", slog.Any("err", cerr))
+		}
 		if ctx.Err() != nil {
 			// Told to stop (a signal while opening): nothing is damaged,
 			// whatever the step that met the cancelled context says.

@@ -74,7 +74,13 @@ func (b *Broker) putBack(ctx context.Context, due []meta.Timer) error {
 			b.metrics.timerDropped()
 			continue
 		}
-		if off, ok := b.putBackCopy(ctx, m); ok {
+		off, ok, err := b.putBackCopy(ctx, m)
+		if err != nil {
+			// Not knowing whether it was put back, putting it back could
+			// deliver it twice: the timer stays due and fires again.
+			return fmt.Errorf("look for a put-back copy of %s: %w", m.ID, err)
+		}
+		if ok {
 			// Put back before, by an append that reported an error but
 			// whose bytes survived (or before a crash that came ahead of
 			// marking the timer fired): it is on its queue already, and a
@@ -102,9 +108,9 @@ func (b *Broker) putBack(ctx context.Context, due []meta.Timer) error {
 // message m stored after m itself, if there is one: the newest record with
 // m's id on m's topic, flagged as put back. Retry copies share the id, but
 // each waits in its own record, after every earlier retry's put-back.
-func (b *Broker) putBackCopy(ctx context.Context, m *Message) (int64, bool) {
+func (b *Broker) putBackCopy(ctx context.Context, m *Message) (int64, bool, error) {
 	found := int64(-1)
-	b.lookup(ctx, hashKey(keyID, m.ID), func(c *Message) bool {
+	_, err := b.lookup(ctx, hashKey(keyID, m.ID), func(c *Message) bool {
 		if c.LogOffset <= m.LogOffset {
 			return false // newest first: nothing after m is left
 		}
@@ -114,7 +120,10 @@ func (b *Broker) putBackCopy(ctx context.Context, m *Message) (int64, bool) {
 		}
 		return true
 	})
-	return found, found >= 0
+	if err != nil {
+		return 0, false, err
+	}
+	return found, found >= 0, nil
 }
 
 // putDue puts due delayed messages of one topic on its queues. A topic

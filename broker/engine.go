@@ -912,7 +912,7 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 			continue
 		}
 		var m *Message
-		attempt := 1
+		var attempt int
 		if blk, ok := c.blocks[cur.slot]; ok {
 			if now.Before(blk.NextAt) {
 				continue // its message is out, or waits for its retry

@@ -181,7 +181,9 @@ func TestPullGroupsAndPullers(t *testing.T) {
 					seen[p.ID]++
 				}
 				mu.Unlock()
-				b.Ack(context.Background(), "g1", receipts(got))
+				if err := b.Ack(context.Background(), "g1", receipts(got)); err != nil {
+					t.Errorf("ack: %v", err)
+				}
 			}
 		}()
 	}
@@ -313,7 +315,9 @@ func TestOrderedPull(t *testing.T) {
 		for _, p := range pullN(t, b, "g", "t", 10, 500*time.Millisecond, 0) {
 			bodies = append(bodies, fmt.Sprintf("%s@%d", p.Body, p.Attempt))
 			if string(p.Body) == "m2" {
-				b.Ack(ctx, "g", []string{p.Receipt})
+				if err := b.Ack(ctx, "g", []string{p.Receipt}); err != nil {
+					t.Fatalf("ack: %v", err)
+				}
 				deadline = time.Now()
 			}
 		}

@@ -117,6 +117,7 @@ func (b *Broker) MessagesByKey(ctx context.Context, topic, key string, before in
 		return nil, 0, err
 	}
 	now := b.now()
+	var newestErr error
 	_, err = b.lookup(ctx, hashKey(keyKey, topic+"\x00"+key), func(m *Message) bool {
 		if before > 0 && m.LogOffset >= before {
 			return true
@@ -124,11 +125,18 @@ func (b *Broker) MessagesByKey(ctx context.Context, topic, key string, before in
 		if m.Topic != topic || !hasKey(m.Keys, key) || !b.topicAlive(m, now) {
 			return true
 		}
-		if m.flags&flagDelayed != 0 && !b.isNewestCopy(ctx, m) {
+		if m.flags&flagDelayed != 0 {
 			// A delayed message has more records with its id and keys: the
 			// one that waited, the one put on its queue when due (and one
 			// moved ahead of retention). It is listed once, as by id.
-			return true
+			newest, err := b.isNewestCopy(ctx, m)
+			if err != nil {
+				newestErr = fmt.Errorf("look up the newest copy of %s: %w", m.ID, err)
+				return false
+			}
+			if !newest {
+				return true
+			}
 		}
 		if len(msgs) == limit {
 			next = msgs[len(msgs)-1].LogOffset
@@ -137,21 +145,27 @@ func (b *Broker) MessagesByKey(ctx context.Context, topic, key string, before in
 		msgs = append(msgs, m)
 		return true
 	})
+	if err == nil {
+		err = newestErr
+	}
 	return msgs, next, err
 }
 
 // isNewestCopy reports whether m is the record a query by its id answers:
 // the newest record with its id on its own topic.
-func (b *Broker) isNewestCopy(ctx context.Context, m *Message) bool {
+func (b *Broker) isNewestCopy(ctx context.Context, m *Message) (bool, error) {
 	newest := int64(-1)
-	b.lookup(ctx, hashKey(keyID, m.ID), func(c *Message) bool {
+	_, err := b.lookup(ctx, hashKey(keyID, m.ID), func(c *Message) bool {
 		if c.ID != m.ID || c.flags&(flagRetry|flagDead) != 0 {
 			return true
 		}
 		newest = c.LogOffset
 		return false
 	})
-	return newest < 0 || newest == m.LogOffset
+	if err != nil {
+		return false, err
+	}
+	return newest < 0 || newest == m.LogOffset, nil
 }
 
 func hasKey(keys []string, key string) bool {

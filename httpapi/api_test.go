@@ -106,9 +106,13 @@ func TestPublishQueryOverHTTP(t *testing.T) {
 	// A binary body comes back as base64 in JSON, and byte for byte raw.
 	bin := []byte{0, 1, 2, 0xff, 0xfe}
 	_, data = do(t, "POST", srv.URL+"/v1/topics/orders/messages", nil, bytes.NewReader(bin))
-	json.Unmarshal(data, &res)
+	if err := json.Unmarshal(data, &res); err != nil {
+		t.Fatalf("decode: %v", err)
+	}
 	_, data = do(t, "GET", srv.URL+"/v1/messages/"+res.MsgID, nil, nil)
-	json.Unmarshal(data, &m)
+	if err := json.Unmarshal(data, &m); err != nil {
+		t.Fatalf("decode: %v", err)
+	}
 	if m.Encoding != "base64" || m.Body != "AAEC//4=" || m.ContentType != broker.DefaultContentType {
 		t.Fatalf("binary message = %+v", m)
 	}
@@ -129,12 +133,16 @@ func TestPublishQueryOverHTTP(t *testing.T) {
 	hdr := map[string]string{"Postbus-Dedup-Id": "once"}
 	resp, data = do(t, "POST", srv.URL+"/v1/topics/orders/messages", hdr, strings.NewReader("a"))
 	var first, second publishResult
-	json.Unmarshal(data, &first)
+	if err := json.Unmarshal(data, &first); err != nil {
+		t.Fatalf("decode: %v", err)
+	}
 	if resp.StatusCode != 201 {
 		t.Fatalf("first dedup publish: %d", resp.StatusCode)
 	}
 	resp, data = do(t, "POST", srv.URL+"/v1/topics/orders/messages", hdr, strings.NewReader("b"))
-	json.Unmarshal(data, &second)
+	if err := json.Unmarshal(data, &second); err != nil {
+		t.Fatalf("decode: %v", err)
+	}
 	if resp.StatusCode != 200 || !second.Duplicate || second.MsgID != first.MsgID {
 		t.Fatalf("repeat dedup publish: %d %s", resp.StatusCode, data)
 	}

@@ -165,7 +165,9 @@ func TestAuthEveryRoute(t *testing.T) {
 			}
 			if method == "DELETE" && pattern == "/v1/topics/{topic}" { // put it back for the other routes
 				do(t, "PUT", srv.URL+path, withToken(admin), strings.NewReader(`{}`))
-				b.Publish(context.Background(), "orders", []*broker.Message{{Body: []byte("x")}})
+				if _, err := b.Publish(context.Background(), "orders", []*broker.Message{{Body: []byte("x")}}); err != nil {
+					t.Fatalf("publish: %v", err)
+				}
 			}
 		})
 	}
@@ -310,10 +312,14 @@ func TestPublicKeysFromFiles(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		pem.Encode(&pemFile, &pem.Block{Type: "PUBLIC KEY", Headers: map[string]string{"kid": k.kid}, Bytes: der})
+		if err := pem.Encode(&pemFile, &pem.Block{Type: "PUBLIC KEY", Headers: map[string]string{"kid": k.kid}, Bytes: der}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	pemPath := filepath.Join(dir, "keys.pem")
-	os.WriteFile(pemPath, pemFile.Bytes(), 0o600)
+	if err := os.WriteFile(pemPath, pemFile.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
 
 	b64 := func(b []byte) string { return jwtRaw(b) }
 	ecPoint, err := ecKey.PublicKey.Bytes() // 0x04 || X || Y
@@ -329,7 +335,9 @@ func TestPublicKeysFromFiles(t *testing.T) {
 		{"kty": "OKP", "kid": "enc", "crv": "Ed25519", "x": b64(oldEd), "use": "enc"},
 	}})
 	jwksPath := filepath.Join(dir, "keys.json")
-	os.WriteFile(jwksPath, jwks, 0o600)
+	if err := os.WriteFile(jwksPath, jwks, 0o600); err != nil {
+		t.Fatal(err)
+	}
 
 	sign := func(m jwt.SigningMethod, kid string, key any) string {
 		tok := jwt.NewWithClaims(m, scoped("admin"))
@@ -378,7 +386,9 @@ func TestPublicKeysFromFiles(t *testing.T) {
 		"wrong curve":  `{"keys":[{"kty":"EC","crv":"P-384","x":"AA","y":"AA"}]}`,
 	} {
 		p := filepath.Join(dir, "bad-"+strings.ReplaceAll(name, " ", "-"))
-		os.WriteFile(p, []byte(content), 0o600)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
 		if _, err := LoadPublicKeys(p); err == nil {
 			t.Errorf("%s: loaded without error", name)
 		}

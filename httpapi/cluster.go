@@ -375,7 +375,9 @@ func relay(w http.ResponseWriter, resp *http.Response) {
 	defer resp.Body.Close()
 	copyAnswerHeader(w.Header(), resp.Header)
 	w.WriteHeader(resp.StatusCode)
-	io.Copy(w, resp.Body)
+	// Past the status line, a failed copy (either side gone) can only cut
+	// the answer short, which the client sees.
+	_, _ = io.Copy(w, resp.Body)
 }
 
 // copyAnswerHeader copies another broker's answer headers onto this
@@ -577,6 +579,8 @@ func listOrNone(names []string) string {
 // problemCodeOf is the code of a problem answer's body, "" for another.
 func problemCodeOf(body []byte) broker.Code {
 	var p problem
-	json.Unmarshal(body, &p)
+	if json.Unmarshal(body, &p) != nil {
+		return ""
+	}
 	return p.Code
 }

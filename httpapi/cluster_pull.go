@@ -251,7 +251,7 @@ func (s *Server) settleEverywhere(r *http.Request, path string, receipts []strin
 		shares[name] = append(shares[name], rc)
 	}
 	var req map[string]json.RawMessage
-	json.Unmarshal(body, &req)
+	_ = json.Unmarshal(body, &req) // decoded and checked by the handler already
 	out := make([]answer, len(order))
 	done := make(chan struct{}, len(order))
 	for i, name := range order {
@@ -294,7 +294,10 @@ func (s *Server) settle(w http.ResponseWriter, r *http.Request, receipts []strin
 	settled := make([]string, len(t.ok))
 	for i, a := range t.ok {
 		var res receiptResultsJSON
-		json.Unmarshal(a.body, &res)
+		if err := json.Unmarshal(a.body, &res); err != nil {
+			// Its receipts then have no result: reported below.
+			s.logger.Error("a broker's answer to a settle does not decode", "broker", a.peer.name, "err", err)
+		}
 		for _, rr := range res.Results {
 			byReceipt[rr.Receipt] = append(byReceipt[rr.Receipt], rr)
 		}

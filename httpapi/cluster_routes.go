@@ -142,7 +142,11 @@ func (s *Server) putTopicEverywhere(w http.ResponseWriter, r *http.Request, topi
 			}
 		}
 		var doc map[string]any
-		json.Unmarshal(t.best().body, &doc)
+		if err := json.Unmarshal(t.best().body, &doc); err != nil || doc == nil {
+			s.logger.Error("a broker's answer to a topic PUT is not a JSON object", "err", err)
+			writeProblem(w, r, codeClusterPartial, "", fmt.Sprintf("topic %s is on %s, but the answer of a broker could not be read; GET the topic to see it", topic, strings.Join(placed, ", ")))
+			return
+		}
 		doc["brokers"] = placed
 		status := http.StatusOK
 		if slices.ContainsFunc(t.ok, func(a *answer) bool { return a.status == http.StatusCreated }) {

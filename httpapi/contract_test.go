@@ -879,7 +879,9 @@ func TestContractRecordedTraffic(t *testing.T) {
 			body: `{"queues":2,"retention":"1h"}`, status: 201,
 			check: func(tb testing.TB, _ *http.Response, body []byte) {
 				var got topicJSON
-				json.Unmarshal(body, &got)
+				if err := json.Unmarshal(body, &got); err != nil {
+					t.Fatalf("decode: %v", err)
+				}
 				if got.QueueCount != 2 || len(got.Queues) != 2 || got.Retention != "1h0m0s" {
 					tb.Errorf("created topic = %+v, want 2 queues and retention 1h0m0s", got)
 				}
@@ -946,7 +948,9 @@ func TestContractRecordedTraffic(t *testing.T) {
 		{name: "list topics/next page", method: "GET", path: "/v1/topics?limit=1&cursor={topics}", status: 200,
 			check: func(tb testing.TB, _ *http.Response, body []byte) {
 				var got struct{ Topics []topicJSON }
-				json.Unmarshal(body, &got)
+				if err := json.Unmarshal(body, &got); err != nil {
+					t.Fatalf("decode: %v", err)
+				}
 				if len(got.Topics) != 1 || got.Topics[0].Name != "scratch" {
 					tb.Errorf("second page = %+v, want the topic scratch", got.Topics)
 				}
@@ -1023,7 +1027,9 @@ func TestContractRecordedTraffic(t *testing.T) {
 			status: 201,
 			check: func(tb testing.TB, _ *http.Response, body []byte) {
 				var got []publishResult
-				json.Unmarshal(body, &got)
+				if err := json.Unmarshal(body, &got); err != nil {
+					t.Fatalf("decode: %v", err)
+				}
 				if len(got) != 4 || got[2].Duplicate || !got[3].Duplicate || got[3].MsgID != got[2].MsgID {
 					tb.Errorf("batch results = %+v, want 4 with the last a duplicate of the third", got)
 				}
@@ -1056,7 +1062,9 @@ func TestContractRecordedTraffic(t *testing.T) {
 		{name: "get message", method: "GET", path: "/v1/messages/{id}", status: 200,
 			check: func(tb testing.TB, _ *http.Response, body []byte) {
 				var got messageJSON
-				json.Unmarshal(body, &got)
+				if err := json.Unmarshal(body, &got); err != nil {
+					t.Fatalf("decode: %v", err)
+				}
 				want := messageJSON{Tag: "order.created", Keys: []string{"order-42", "customer-7"}, ShardingKey: "customer-7",
 					DedupID: "d-1", Properties: map[string]string{"Source": "web"}, ContentType: "text/plain; charset=utf-8",
 					Body: "order 42 created", Encoding: "utf8", Size: len("order 42 created")}

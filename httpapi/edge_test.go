@@ -45,7 +45,9 @@ func newDevServer(tb testing.TB) *httptest.Server {
 // codeOf is the code of a problem+json answer, or "" if it is none.
 func codeOf(data []byte) string {
 	var p problem
-	json.Unmarshal(data, &p)
+	if json.Unmarshal(data, &p) != nil {
+		return ""
+	}
 	return string(p.Code)
 }
 
@@ -404,13 +406,17 @@ func TestContentEncoding(t *testing.T) {
 			var id string
 			if strings.HasSuffix(tt.path, "/batch") {
 				var res []publishResult
-				json.Unmarshal(data, &res)
+				if err := json.Unmarshal(data, &res); err != nil {
+					t.Fatalf("decode: %v", err)
+				}
 				if len(res) == 1 {
 					id = res[0].MsgID
 				}
 			} else {
 				var res publishResult
-				json.Unmarshal(data, &res)
+				if err := json.Unmarshal(data, &res); err != nil {
+					t.Fatalf("decode: %v", err)
+				}
 				id = res.MsgID
 			}
 			_, got := do(t, "GET", srv.URL+"/v1/messages/"+id+"/body", nil, nil)
@@ -554,14 +560,16 @@ func TestTraceNarrowedToConsumableGroups(t *testing.T) {
 		must("POST", "/v1/subscriptions", `{"group":"`+g+`","topic":"orders"}`, http.StatusCreated)
 	}
 	var res publishResult
-	json.Unmarshal(must("POST", "/v1/topics/orders/messages", "x", http.StatusCreated), &res)
+	if err := json.Unmarshal(must("POST", "/v1/topics/orders/messages", "x", http.StatusCreated), &res); err != nil {
+		t.Fatalf("decode: %v", err)
+	}
 	// Each group pulls it; an ack or a nack puts the attempt in the trace.
 	for _, g := range []string{"billing", "audit", "ship"} {
 		var pulled struct {
 			Messages []pulledJSON `json:"messages"`
 		}
 		data := must("POST", "/v1/groups/"+g+"/topics/orders/pull?max=1", "", http.StatusOK)
-		if json.Unmarshal(data, &pulled); len(pulled.Messages) != 1 || pulled.Messages[0].MsgID != res.MsgID {
+		if err := json.Unmarshal(data, &pulled); err != nil || len(pulled.Messages) != 1 || pulled.Messages[0].MsgID != res.MsgID {
 			t.Fatalf("%s pulled %s, not %s", g, data, res.MsgID)
 		}
 		settle := "ack"

@@ -114,7 +114,7 @@ func writeProblem(w http.ResponseWriter, r *http.Request, code broker.Code, fiel
 	w.Header().Set("Content-Type", "application/problem+json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(p)
+	_ = json.NewEncoder(w).Encode(p) // a client gone has nobody to tell
 }
 
 // writeError answers err: a broker *Error as its problem; anything else as
@@ -140,8 +140,20 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	writeProblem(w, r, codeInternal, "", "an internal error occurred; the server log has the details")
 }
 
+// writeJSON answers v as JSON. It is encoded before the status is sent,
+// so that a value that cannot be encoded (a fault here) answers 500
+// instead of a success with a cut body.
 func writeJSON(w http.ResponseWriter, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		slog.Error("an answer could not be encoded", slog.Any("err", err))
+		w.Header().Set("Content-Type", "application/problem+json")
+		w.Header().Set("Cache-Control", "no-store")
+		w.WriteHeader(http.StatusInternalServerError)
+		_, _ = w.Write([]byte(`{"type":"urn:postbus:problem:internal","title":"Internal Server Error","status":500,"detail":"an internal error occurred; the server log has the details","code":"internal"}` + "\n"))
+		return
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(v)
+	_, _ = w.Write(append(body, '\n')) // a client gone has nobody to tell
 }

@@ -47,14 +47,18 @@ func TestPullOverHTTP(t *testing.T) {
 	} {
 		resp, data := do(t, "POST", srv.URL+c.path, nil, strings.NewReader(c.body))
 		var p problem
-		json.Unmarshal(data, &p)
+		if err := json.Unmarshal(data, &p); err != nil {
+			t.Fatalf("decode: %v", err)
+		}
 		if resp.StatusCode != c.status || string(p.Code) != c.code {
 			t.Errorf("%s: %d %s, want %d %s", c.name, resp.StatusCode, data, c.status, c.code)
 		}
 	}
 	// Nack the third: it comes back as attempt 2.
 	_, data = do(t, "POST", srv.URL+"/v1/groups/workers/topics/jobs/pull?max=5", nil, nil)
-	json.Unmarshal(data, &got)
+	if err := json.Unmarshal(data, &got); err != nil {
+		t.Fatalf("decode: %v", err)
+	}
 	if len(got.Messages) != 1 || got.Messages[0].Body != "three" {
 		t.Fatalf("third pull: %s", data)
 	}
@@ -62,7 +66,9 @@ func TestPullOverHTTP(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		_, data = do(t, "POST", srv.URL+"/v1/groups/workers/topics/jobs/pull?max=5&wait=1s", nil, nil)
-		json.Unmarshal(data, &got)
+		if err := json.Unmarshal(data, &got); err != nil {
+			t.Fatalf("decode: %v", err)
+		}
 		if len(got.Messages) == 1 {
 			break
 		}

@@ -672,7 +672,9 @@ func problemCode(resp *http.Response) string {
 	var p struct {
 		Code string `json:"code"`
 	}
-	json.Unmarshal(raw, &p)
+	if json.Unmarshal(raw, &p) != nil {
+		return "" // not a problem document; statusError shows the body
+	}
 	return p.Code
 }
 

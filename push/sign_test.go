@@ -314,7 +314,9 @@ func TestDeliveryJWT(t *testing.T) {
 	parts := strings.Split(tok, ".")
 	hdr, _ := base64.RawURLEncoding.DecodeString(parts[0])
 	var h map[string]any
-	json.Unmarshal(hdr, &h)
+	if err := json.Unmarshal(hdr, &h); err != nil {
+		t.Fatalf("decode: %v", err)
+	}
 	if h["alg"] != "EdDSA" || h["kid"] != key.KeyID() {
 		t.Fatalf("JWT header %s", hdr)
 	}
@@ -585,14 +587,18 @@ func BenchmarkSignatureHeader(b *testing.B) {
 	body := bytes.Repeat([]byte("b"), 256)
 	b.Run("fan-out", func(b *testing.B) {
 		for b.Loop() {
-			SignatureHeader(secrets, key, "msg", 1700000000, body)
+			if _, err := SignatureHeader(secrets, key, "msg", 1700000000, body); err != nil {
+				b.Fatal(err)
+			}
 		}
 	})
 	b.Run("distinct", func(b *testing.B) {
 		i := 0
 		for b.Loop() {
 			i++
-			SignatureHeader(secrets, key, strconv.Itoa(i), 1700000000, body)
+			if _, err := SignatureHeader(secrets, key, strconv.Itoa(i), 1700000000, body); err != nil {
+				b.Fatal(err)
+			}
 		}
 	})
 }

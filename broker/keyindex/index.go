@@ -170,7 +170,8 @@ func Open(cfg Config) (*Index, error) {
 		syncFile: cfg.FS.Sync,
 	}
 	if err := x.load(); err != nil {
-		x.closeFiles()
+		// The load error is the answer; the files were only read.
+		_ = x.closeFiles()
 		return nil, fmt.Errorf("open key index %s: %w", cfg.Dir, err)
 	}
 	return x, nil

@@ -93,7 +93,9 @@ func (fc *faultCluster) waitRoute(topic string, holders ...string) {
 					Addr string `json:"addr"`
 				} `json:"brokers"`
 			}
-			json.Unmarshal(a.body, &rt)
+			if err := json.Unmarshal(a.body, &rt); err != nil {
+				return false, "decode: " + err.Error()
+			}
 			if a.status != 200 || len(rt.Brokers) != len(holders) {
 				return false, a.String()
 			}
@@ -129,7 +131,9 @@ func problemOf(a clAnswer) (code, detail string) {
 		Code   string `json:"code"`
 		Detail string `json:"detail"`
 	}
-	json.Unmarshal(a.body, &p)
+	if json.Unmarshal(a.body, &p) != nil {
+		return "", "" // not a problem document
+	}
 	return p.Code, p.Detail
 }
 
@@ -190,7 +194,9 @@ func TestClusterHungBrokerIsBounded(t *testing.T) {
 			var tj struct {
 				Brokers []string `json:"brokers"`
 			}
-			json.Unmarshal(a.body, &tj)
+			if err := json.Unmarshal(a.body, &tj); err != nil {
+				t.Fatalf("decode: %v", err)
+			}
 			if a.status != 200 || len(tj.Brokers) != 1 || tj.Brokers[0] != "broker-a" {
 				return "want 200 with broker-a's queues alone, got " + a.String()
 			}
@@ -311,7 +317,9 @@ func TestClusterReceiptOfExpiredBroker(t *testing.T) {
 	}
 	clEventually(t, "a pull through broker-a to get the message", func() (bool, string) {
 		a := clDo(t, "POST", fc.url("broker-a")+"/v1/groups/g/topics/orders/pull?max=1&wait=1s&visibility=60s", nil, nil)
-		json.Unmarshal(a.body, &page)
+		if err := json.Unmarshal(a.body, &page); err != nil {
+			return false, "decode: " + err.Error()
+		}
 		return a.status == 200 && len(page.Messages) == 1, a.String()
 	})
 	receipt := page.Messages[0].Receipt
@@ -398,7 +406,9 @@ func TestClusterNameServerRestart(t *testing.T) {
 		var s struct {
 			ID string `json:"id"`
 		}
-		json.Unmarshal(a.body, &s)
+		if err := json.Unmarshal(a.body, &s); err != nil {
+			t.Fatalf("decode: %v", err)
+		}
 		return a, s.ID
 	}
 	a, old := createSub("early")

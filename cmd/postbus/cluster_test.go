@@ -208,7 +208,9 @@ func TestClusterAcceptance(t *testing.T) {
 				Name string `json:"name"`
 			} `json:"brokers"`
 		}
-		json.Unmarshal(a.body, &c)
+		if err := json.Unmarshal(a.body, &c); err != nil {
+			t.Fatalf("decode: %v", err)
+		}
 		var out []string
 		for _, b := range c.Brokers {
 			out = append(out, b.Name)
@@ -311,7 +313,9 @@ func TestClusterAcceptance(t *testing.T) {
 				var st struct {
 					QueueCount int `json:"queue_count"`
 				}
-				json.Unmarshal(g.body, &st)
+				if err := json.Unmarshal(g.body, &st); err != nil {
+					t.Fatalf("decode: %v", err)
+				}
 				if st.QueueCount != 2 {
 					t.Fatalf("%s holds %s with %d queues, want 2 (queues are per broker): %s", n, topic, st.QueueCount, g)
 				}
@@ -326,7 +330,9 @@ func TestClusterAcceptance(t *testing.T) {
 		var p struct {
 			Code string `json:"code"`
 		}
-		json.Unmarshal(a.body, &p)
+		if err := json.Unmarshal(a.body, &p); err != nil {
+			t.Fatalf("decode: %v", err)
+		}
 		if a.status != 400 || p.Code != "unknown_broker" {
 			t.Errorf("PUT /v1/topics/ghost naming broker-x: want 400 unknown_broker, got %s", a)
 		}
@@ -366,7 +372,9 @@ func TestClusterAcceptance(t *testing.T) {
 			Topic  string `json:"topic"`
 			Group  string `json:"group"`
 		}
-		json.Unmarshal(a.body, &s)
+		if err := json.Unmarshal(a.body, &s); err != nil {
+			t.Fatalf("decode: %v", err)
+		}
 		if a.status != 201 || s.ID == "" || s.Topic != topic || s.Group != group || (push && !strings.HasPrefix(s.Secret, "whsec_")) {
 			t.Fatalf("POST /v1/subscriptions %s through %s: %s", body, via, a)
 		}
@@ -383,7 +391,9 @@ func TestClusterAcceptance(t *testing.T) {
 				Group string `json:"group"`
 				Topic string `json:"topic"`
 			}
-			json.Unmarshal(g.body, &gs)
+			if err := json.Unmarshal(g.body, &gs); err != nil {
+				t.Fatalf("decode: %v", err)
+			}
 			if g.status != 200 || gs.ID != s.ID || gs.Group != group || gs.Topic != topic {
 				t.Fatalf("subscription %s (%s on %s, created through %s): holder %s asked alone answers %s", s.ID, group, topic, via, n, g)
 			}
@@ -440,7 +450,9 @@ func TestClusterAcceptance(t *testing.T) {
 			return clPubResult{}, false
 		}
 		var r clPubResult
-		json.Unmarshal(a.body, &r)
+		if err := json.Unmarshal(a.body, &r); err != nil {
+			t.Fatalf("decode: %v", err)
+		}
 		if a.status != 201 || r.MsgID == "" || r.Status != "SEND_OK" || r.Topic != topic || !slices.Contains(holdersOf[topic], r.Broker) {
 			bad("publish %q to %s (held by %v) through %s: %s", body, topic, holdersOf[topic], via, a)
 			return r, false
@@ -474,7 +486,9 @@ func TestClusterAcceptance(t *testing.T) {
 			return nil
 		}
 		var res []clPubResult
-		json.Unmarshal(a.body, &res)
+		if err := json.Unmarshal(a.body, &res); err != nil {
+			t.Fatalf("decode: %v", err)
+		}
 		if a.status != 201 || len(res) != len(items) {
 			bad("batch of %d to %s (keys %q) through %s: want 201 with %d results, got %s", len(items), topic, shardKeys, via, len(items), a)
 			return nil
@@ -602,7 +616,9 @@ func TestClusterAcceptance(t *testing.T) {
 				Topic string `json:"topic"`
 				Body  string `json:"body"`
 			}
-			json.Unmarshal(a.body, &got)
+			if err := json.Unmarshal(a.body, &got); err != nil {
+				t.Fatalf("decode: %v", err)
+			}
 			if a.status != 200 || got.MsgID != id || got.Body != m.body || got.Topic != m.topic {
 				t.Fatalf("%s: GET /v1/messages/%s (stored on %s, body %q) through %s: %s", what, id, m.broker, m.body, via, a)
 			}
@@ -627,7 +643,9 @@ func TestClusterAcceptance(t *testing.T) {
 					Keys  []string `json:"keys"`
 				} `json:"messages"`
 			}
-			json.Unmarshal(a.body, &got)
+			if err := json.Unmarshal(a.body, &got); err != nil {
+				return false, "decode: " + err.Error()
+			}
 			seen := map[string]bool{}
 			for _, m := range got.Messages {
 				if !slices.Contains(m.Keys, "vip") {
@@ -693,7 +711,9 @@ func TestClusterAcceptance(t *testing.T) {
 					Status string `json:"status"`
 				} `json:"results"`
 			}
-			json.Unmarshal(a.body, &r)
+			if err := json.Unmarshal(a.body, &r); err != nil {
+				return false, "decode: " + err.Error()
+			}
 			acked := 0
 			for _, res := range r.Results {
 				if res.Status == "acked" {

@@ -38,7 +38,9 @@ func publishN(t *testing.T, url, topic string, n int) []string {
 		var res struct {
 			MsgID string `json:"msg_id"`
 		}
-		json.NewDecoder(resp.Body).Decode(&res)
+		if err := json.NewDecoder(resp.Body).Decode(&res); err != nil {
+			t.Fatalf("decode: %v", err)
+		}
 		resp.Body.Close()
 		if resp.StatusCode != 201 {
 			t.Fatalf("publish: %d", resp.StatusCode)

@@ -100,7 +100,9 @@ func TestFullDisk(t *testing.T) {
 		QueueID     int   `json:"queue_id"`
 		QueueOffset int64 `json:"queue_offset"`
 	}
-	json.NewDecoder(resp.Body).Decode(&small)
+	if err := json.NewDecoder(resp.Body).Decode(&small); err != nil {
+		t.Fatalf("decode: %v", err)
+	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusCreated {
 		t.Fatalf("a small publish after the refusal: %d", resp.StatusCode)

@@ -518,7 +518,9 @@ func TestSIGKILLDuringPush(t *testing.T) {
 		var res struct {
 			MsgID string `json:"msg_id"`
 		}
-		json.NewDecoder(resp.Body).Decode(&res)
+		if err := json.NewDecoder(resp.Body).Decode(&res); err != nil {
+			t.Fatalf("decode: %v", err)
+		}
 		resp.Body.Close()
 		if resp.StatusCode != 201 {
 			t.Fatalf("publish: %d", resp.StatusCode)
@@ -615,7 +617,9 @@ func TestSIGKILLDuringPull(t *testing.T) {
 		var res struct {
 			MsgID string `json:"msg_id"`
 		}
-		json.NewDecoder(resp.Body).Decode(&res)
+		if err := json.NewDecoder(resp.Body).Decode(&res); err != nil {
+			t.Fatalf("decode: %v", err)
+		}
 		resp.Body.Close()
 		want[res.MsgID] = true
 	}
@@ -742,7 +746,9 @@ func TestClusterRegistration(t *testing.T) {
 		}
 		defer resp.Body.Close()
 		var r route
-		json.NewDecoder(resp.Body).Decode(&r)
+		if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+			t.Fatalf("decode: %v", err)
+		}
 		return r, resp.StatusCode
 	}
 	waitFor := func(what string, cond func() bool) {
@@ -838,7 +844,9 @@ func TestBrokerJoinsDevBus(t *testing.T) {
 	var placed struct {
 		Brokers []string `json:"brokers"`
 	}
-	json.NewDecoder(resp.Body).Decode(&placed)
+	if err := json.NewDecoder(resp.Body).Decode(&placed); err != nil {
+		t.Fatalf("decode: %v", err)
+	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusCreated || !slices.Equal(placed.Brokers, []string{"joiner"}) {
 		t.Fatalf("PUT joined on joiner through dev: %d, placed on %v", resp.StatusCode, placed.Brokers)
@@ -853,7 +861,9 @@ func TestBrokerJoinsDevBus(t *testing.T) {
 	var res struct {
 		Broker string `json:"broker"`
 	}
-	json.NewDecoder(resp.Body).Decode(&res)
+	if err := json.NewDecoder(resp.Body).Decode(&res); err != nil {
+		t.Fatalf("decode: %v", err)
+	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusCreated || res.Broker != "joiner" {
 		t.Fatalf("publish through dev: %d, stored on %q, want 201 on the topic's only holder, joiner", resp.StatusCode, res.Broker)

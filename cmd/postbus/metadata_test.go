@@ -120,7 +120,9 @@ func TestDamagedWALAfterCrashRefused(t *testing.T) {
 		var res struct {
 			MsgID string `json:"msg_id"`
 		}
-		json.NewDecoder(resp.Body).Decode(&res)
+		if err := json.NewDecoder(resp.Body).Decode(&res); err != nil {
+			t.Fatalf("decode: %v", err)
+		}
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusCreated {
 			t.Fatalf("publish: %d", resp.StatusCode)

@@ -99,7 +99,9 @@ Flags (each also as an environment variable, --broker-expiry as POSTBUS_BROKER_E
 	ready.Store(false)
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	srv.Shutdown(sctx)
+	if err := srv.Shutdown(sctx); err != nil {
+		logger.Error("stopping the http server", slog.Any("err", err))
+	}
 	logger.Info("stopped")
 	return nil
 }

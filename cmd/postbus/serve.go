@@ -188,7 +188,9 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	dispatched := make(chan struct{})
 	go func() {
 		defer close(dispatched)
-		dispatcher.Run(dctx)
+		if err := dispatcher.Run(dctx); err != nil && !errors.Is(err, context.Canceled) {
+			logger.Error("push dispatcher stopped", slog.Any("err", err))
+		}
 	}()
 	// Deliveries stop before the broker closes, so their offsets are in
 	// the broker's last flush.
@@ -250,7 +252,11 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-		go http.Serve(dln, mux)
+		go func() {
+			if err := http.Serve(dln, mux); err != nil && !errors.Is(err, net.ErrClosed) {
+				logger.Error("pprof server stopped", slog.Any("err", err))
+			}
+		}()
 		logger.Info("pprof listening", slog.String("addr", dln.Addr().String()))
 	}
 	served := make(chan error, 1)

@@ -36,7 +36,7 @@ func startLocal(what string, h http.Handler) (*localServer, error) {
 	}
 	go func() {
 		defer close(s.done)
-		s.srv.Serve(ln) // returns http.ErrServerClosed after Close
+		_ = s.srv.Serve(ln) // returns http.ErrServerClosed after Close
 	}()
 	return s, nil
 }

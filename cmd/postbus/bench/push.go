@@ -528,7 +528,7 @@ func postOnce(ctx context.Context, client *http.Client, hook string, body []byte
 	if err != nil {
 		return false
 	}
-	io.Copy(io.Discard, resp.Body)
+	_, _ = io.Copy(io.Discard, resp.Body) // drained so the connection is reused
 	resp.Body.Close()
 	return resp.StatusCode == http.StatusOK
 }
