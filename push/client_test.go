@@ -246,13 +246,19 @@ func TestClientReusesConnectionsUnderFanOut(t *testing.T) {
 	srv.Start()
 	defer srv.Close()
 	c := newTestClient(t, ClientConfig{AllowPrivate: true})
+	// Every request is held until all are in flight: on a loaded machine
+	// that can take longer than a webhook's usual timeout, and a delivery
+	// cut short by it would close its connection, which is not what this
+	// test is about.
+	d := testDelivery(srv.URL)
+	d.Timeout = 2 * time.Minute
 	round := func() {
 		arrived.Add(inFlight)
 		release = make(chan struct{})
 		var wg sync.WaitGroup
 		for range inFlight {
 			wg.Go(func() {
-				if res := c.Deliver(context.Background(), testDelivery(srv.URL), nil, time.Now()); res.Outcome != Delivered {
+				if res := c.Deliver(context.Background(), d, nil, time.Now()); res.Outcome != Delivered {
 					t.Errorf("delivery: %+v", res)
 				}
 			})
