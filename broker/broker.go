@@ -731,6 +731,10 @@ func (b *Broker) Ready() error {
 	if err := b.log.Failed(); err != nil {
 		return fmt.Errorf("the commitlog failed and refuses every write until the broker is restarted: %w", err)
 	}
+	if err := b.meta.Corrupt(); err != nil {
+		return fmt.Errorf("%w; timers, offsets and topic changes cannot be stored: stop the broker and start it once "+
+			"with --rebuild-metadata, or restore meta.db from a backup", err)
+	}
 	return b.ckpt.err()
 }
 

@@ -51,6 +51,15 @@
 // timers from the whole log. Checkpoints that keep failing make Ready
 // report an error until one succeeds (health.go).
 //
+// A damaged meta.db (meta.ErrCorrupt: SQLITE_CORRUPT or SQLITE_NOTADB, or
+// its quick_check fails at open, or in the background after open for a
+// file over meta.DefaultCheckLimit) is refused at open, naming the file
+// and --rebuild-metadata, which moves it aside as meta.db.damaged-<time>
+// and rebuilds as for a lost one. Met while running, it makes Ready fail
+// (and postbus_meta_damaged 1) until that restart, and a delayed publish
+// is refused before anything is stored (its timer could not be kept); a
+// plain publish needs nothing from meta.db and is still taken.
+//
 // Segments are Config.SegmentSize (at least MinSegmentSize, 1 MiB), except
 // that a batch larger than that gets an oversized segment of its own
 // (package commitlog), so one publish is one write into one segment;

@@ -150,6 +150,13 @@ func (m *metrics) register(b *Broker, reg prometheus.Registerer) {
 				}
 				return 0
 			}),
+		gauge("postbus_meta_damaged", "1 once the metadata database (meta.db) was found damaged (SQLITE_CORRUPT, or its quick_check failed): /readyz fails and delayed publishes are refused until a restart with --rebuild-metadata.",
+			func() float64 {
+				if b.meta.Corrupt() != nil {
+					return 1
+				}
+				return 0
+			}),
 		gauge("postbus_checkpoint_failing", "Checkpoints of the consume queues and key index failed in a row (0 when the last one succeeded); /readyz fails from 3.",
 			func() float64 { n, _ := b.ckpt.counts(); return float64(n) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "postbus_checkpoint_failures_total", Help: "Checkpoints of the consume queues and key index that failed."},
