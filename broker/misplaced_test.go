@@ -21,6 +21,9 @@ func TestReplacedSegmentNotServedByOffset(t *testing.T) {
 	ctx := context.Background()
 	cfg := testConfig(t, t.TempDir())
 	cfg.SegmentSize = 1 << 20
+	// A shared disk near its clean watermark must not retire segments
+	// under the test: only the damage it makes is to be seen.
+	cfg.DiskCleanRatio, cfg.DiskFullRatio = 1, 1
 	b := openBroker(t, cfg)
 	if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 1}); err != nil {
 		t.Fatal(err)
@@ -50,7 +53,7 @@ func TestReplacedSegmentNotServedByOffset(t *testing.T) {
 	b, logs, reg := reopenWatched(t, cfg)
 	var replaced, intact int
 	for _, r := range res {
-		got, _, err := b.ReadQueue("t", 0, r.QueueOffset, 1, Filter{all: true})
+		got, next, err := b.ReadQueue("t", 0, r.QueueOffset, 1, Filter{all: true})
 		if err != nil {
 			t.Fatalf("read t/0 at %d: %v", r.QueueOffset, err)
 		}
@@ -61,6 +64,7 @@ func TestReplacedSegmentNotServedByOffset(t *testing.T) {
 			if len(got) > 0 && got[0].QueueOffset == r.QueueOffset && got[0].ID != r.ID {
 				t.Fatalf("read t/0 at %d answers %s as the message there; %s was acknowledged at that offset", r.QueueOffset, got[0].ID, r.ID)
 			}
+			checkLost(t, b, r, got, next)
 			if _, err := b.ReadMessageAt("t", 0, r.QueueOffset); CodeOf(err) != CodeMessageDamaged {
 				t.Fatalf("ReadMessageAt t/0 %d: %v, want %s", r.QueueOffset, err, CodeMessageDamaged)
 			}
@@ -96,6 +100,9 @@ func TestReplacedSegmentRebuiltAroundIt(t *testing.T) {
 	ctx := context.Background()
 	cfg := testConfig(t, t.TempDir())
 	cfg.SegmentSize = 1 << 20
+	// A shared disk near its clean watermark must not retire segments
+	// under the test: only the damage it makes is to be seen.
+	cfg.DiskCleanRatio, cfg.DiskFullRatio = 1, 1
 	b := openBroker(t, cfg)
 	if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 2}); err != nil {
 		t.Fatal(err)
@@ -126,13 +133,14 @@ func TestReplacedSegmentRebuiltAroundIt(t *testing.T) {
 	for _, r := range res {
 		if inReplaced(r) {
 			replaced++
-			got, _, err := b.ReadQueue("t", r.QueueID, r.QueueOffset, 1, Filter{all: true})
+			got, next, err := b.ReadQueue("t", r.QueueID, r.QueueOffset, 1, Filter{all: true})
 			if err != nil {
 				t.Fatalf("read t/%d at %d: %v", r.QueueID, r.QueueOffset, err)
 			}
 			if len(got) > 0 && got[0].QueueOffset == r.QueueOffset && got[0].ID != r.ID {
 				t.Fatalf("read t/%d at %d answers %s; %s was acknowledged there", r.QueueID, r.QueueOffset, got[0].ID, r.ID)
 			}
+			checkLost(t, b, r, got, next)
 			continue
 		}
 		intact++
@@ -142,7 +150,7 @@ func TestReplacedSegmentRebuiltAroundIt(t *testing.T) {
 		}
 		got, _, err := b.ReadQueue("t", r.QueueID, r.QueueOffset, 1, Filter{all: true})
 		if err != nil || len(got) != 1 || got[0].ID != r.ID || got[0].QueueOffset != r.QueueOffset {
-			t.Fatalf("read t/%d at %d of an intact segment: %v (%v), want %s", r.QueueID, r.QueueOffset, got, err, r.ID)
+			t.Fatalf("read t/%d at %d (log offset %d) of an intact segment: %v (%v), want %s", r.QueueID, r.QueueOffset, r.logOffset, got, err, r.ID)
 		}
 	}
 	if replaced == 0 || intact == 0 {
@@ -184,4 +192,21 @@ func TestReplacedSegmentRebuiltAroundIt(t *testing.T) {
 	if !covered(b) {
 		t.Errorf("after a clean restart Damaged() = %+v, want the span still listed", b.Damaged())
 	}
+}
+
+// checkLost: a read from the offset of r, whose message is lost, must name
+// that offset as lost (the read-by-offset route's "lost"), so a consumer
+// does not take the next readable message for it.
+func checkLost(t *testing.T, b *Broker, r Result, got []*Message, next int64) {
+	t.Helper()
+	have := make([]int64, 0, len(got))
+	for _, m := range got {
+		have = append(have, m.QueueOffset)
+	}
+	for _, l := range b.LostIn("t", r.QueueID, r.QueueOffset, next, have) {
+		if l.From <= r.QueueOffset && r.QueueOffset < l.To {
+			return
+		}
+	}
+	t.Fatalf("read t/%d at %d (lost) answered %d messages, next %d, and LostIn does not name it", r.QueueID, r.QueueOffset, len(got), next)
 }
