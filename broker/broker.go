@@ -66,7 +66,11 @@ type Broker struct {
 	// open; set once, then read only. The queue offsets of a lost end are
 	// kept as holes (lostQueueMax); those of a lost start fall below the
 	// queues' new start.
-	lostTail     []DamagedSpan
+	lostTail  []DamagedSpan
+	misplaced misplacedSpans // records that contradict their position, and queue gaps kept as holes
+	// recovering: Open's dispatch of the log is running (queue gaps become
+	// holes, see gapHoles); set and read only by Open's goroutine.
+	recovering   bool
 	lostUntil    []int64 // per span found by this start: forget it once the log starts there
 	lostQueueMax map[consumequeue.QueueID]int64
 	marks        marksState // queue-offset reservations; guarded by appendMu
@@ -387,11 +391,14 @@ func (b *Broker) recoverDerived(ctx context.Context, cp checkpoint) error {
 		b.logger.Info("rebuilding indexes from the commitlog", slog.Int64("from", from), slog.Int64("to", end))
 	}
 	p := b.startProgress("rebuilding indexes from the commitlog", from, end, &b.replayAt)
+	b.recovering = true // no other goroutine dispatches yet
 	err = b.dispatchOnce()
+	b.recovering = false
 	p.stop()
 	if err != nil {
 		return fmt.Errorf("re-dispatch: %w", err)
 	}
+	b.keepMisplaced()
 	// Dispatch added a timer for every delayed record it met; those whose
 	// message was already put on its queue must not fire again.
 	if err := b.meta.FireTimers(ctx, sv.fired); err != nil {
@@ -734,6 +741,10 @@ func (b *Broker) Ready() error {
 	if err := b.log.Failed(); err != nil {
 		return fmt.Errorf("the commitlog failed and refuses every write until the broker is restarted: %w", err)
 	}
+	if err := b.meta.Corrupt(); err != nil {
+		return fmt.Errorf("%w; timers, offsets and topic changes cannot be stored: stop the broker and start it once "+
+			"with --rebuild-metadata, or restore meta.db from a backup", err)
+	}
 	return b.ckpt.err()
 }
 
@@ -749,11 +760,13 @@ type DamagedSpan struct {
 // log found lost at open (each was logged at ERROR when found). The broker stays ready with them: /readyz shows them.
 func (b *Broker) Damaged() []DamagedSpan {
 	q := b.log.Quarantined()
-	out := make([]DamagedSpan, 0, len(q)+len(b.lostTail))
+	mis := b.misplaced.list()
+	out := make([]DamagedSpan, 0, len(q)+len(b.lostTail)+len(mis))
 	for _, e := range q {
 		out = append(out, DamagedSpan{Offset: e.Off, Next: e.Next, Reason: e.Reason})
 	}
-	return append(out, b.lostTail...)
+	out = append(out, b.lostTail...)
+	return append(out, mis...)
 }
 
 // signal wakes every waiter at once: waiters take the channel, the firer

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -455,3 +456,53 @@ func parseProgress(committed int64, p []byte) (next int64, out []int64, err erro
 
 // InFlight counts the unfinished messages.
 func (c *queueCursor) InFlight() int { return len(c.pending) }
+
+// LostRange is a run of queue offsets whose messages are lost: kept as
+// holes (their records were in a damaged span, or missing from the log)
+// or whose records are damaged or misplaced in the log.
+type LostRange struct {
+	From, To int64 // queue offsets [From, To)
+}
+
+// LostIn lists the lost runs of a queue's offsets in [from, to): a read
+// of the queue (ReadQueue) skips them, and a consumer keeping its own
+// position must be told that those offsets held messages it will never
+// get, rather than see the next readable one as if nothing were there.
+// have lists the offsets the read returned (ascending), which need no
+// second look; offsets below the queue's start or past retention are not
+// lost (they expired). At most lostScanLimit entries are looked at.
+func (b *Broker) LostIn(topic string, queue int, from, to int64, have []int64) []LostRange {
+	lo, hi := b.cq.Bounds(topic, queue)
+	from, to = max(from, lo), min(to, hi, max(from, lo)+lostScanLimit)
+	if from >= to {
+		return nil
+	}
+	entries, err := b.cq.Read(topic, queue, from, int(to-from), nil)
+	if err != nil {
+		return nil
+	}
+	var out []LostRange
+	for i, e := range entries {
+		off := from + int64(i)
+		if _, ok := slices.BinarySearch(have, off); ok {
+			continue
+		}
+		lost := e.Size == holeSize
+		if !lost {
+			_, err := b.readQueued(topic, queue, off, e.Offset)
+			lost = errors.Is(err, commitlog.ErrCorrupt) || errors.Is(err, errMisplaced)
+		}
+		if !lost {
+			continue
+		}
+		if n := len(out); n > 0 && out[n-1].To == off {
+			out[n-1].To = off + 1
+		} else {
+			out = append(out, LostRange{From: off, To: off + 1})
+		}
+	}
+	return out
+}
+
+// lostScanLimit bounds the entries LostIn looks at.
+const lostScanLimit = 4096

@@ -215,6 +215,13 @@ func (b *Broker) dispatchRecord(off int64, rec []byte) error {
 		if b.queued(topic, h.QueueID, h.QueueOffset, off) {
 			return nil // already there: dispatched before
 		}
+		if lo, hi := b.cq.Bounds(topic, h.QueueID); h.QueueOffset < hi && lo < hi {
+			// A good record whose queue offset its queue already holds (or
+			// passed): not the message at that offset. Quarantined, and
+			// the records after it are dispatched as usual.
+			b.misplacedRecord(off, len(rec), topic, h.QueueID, h.QueueOffset, hi)
+			return nil
+		}
 		if b.fillHoles(topic, h.QueueID, h.QueueOffset, off) {
 			err = b.cq.Append(topic, h.QueueID, h.QueueOffset, consumequeue.Entry{
 				Offset: off, Size: int32(len(rec)), TagHash: tagHashBytes(h.Tag),
@@ -268,14 +275,10 @@ func (b *Broker) fillHoles(topic string, queue int, qoff, off int64) bool {
 		return false
 	}
 	after, missing := es[0].Offset, qoff-hi
-	holes := make([]int64, 0, missing)
-	for _, sp := range b.log.Quarantined() {
-		for o := max(sp.Off, after+1); o < sp.Next && o < off && int64(len(holes)) < missing; o++ {
-			holes = append(holes, o)
-		}
-	}
+	holes := b.holeOffsets(after, off, missing)
 	if int64(len(holes)) < missing {
-		return false // not explained by damage: a real ordering fault
+		// Not explained by damage: the records are missing from the log.
+		return b.gapHoles(topic, queue, after, hi, qoff, off)
 	}
 	for i, o := range holes {
 		if err := b.cq.Append(topic, queue, hi+int64(i), consumequeue.Entry{Offset: o, Size: holeSize}); err != nil {

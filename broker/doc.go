@@ -51,6 +51,15 @@
 // timers from the whole log. Checkpoints that keep failing make Ready
 // report an error until one succeeds (health.go).
 //
+// A damaged meta.db (meta.ErrCorrupt: SQLITE_CORRUPT or SQLITE_NOTADB, or
+// its quick_check fails at open, or in the background after open for a
+// file over meta.DefaultCheckLimit) is refused at open, naming the file
+// and --rebuild-metadata, which moves it aside as meta.db.damaged-<time>
+// and rebuilds as for a lost one. Met while running, it makes Ready fail
+// (and postbus_meta_damaged 1) until that restart, and a delayed publish
+// is refused before anything is stored (its timer could not be kept); a
+// plain publish needs nothing from meta.db and is still taken.
+//
 // Segments are Config.SegmentSize (at least MinSegmentSize, 1 MiB), except
 // that a batch larger than that gets an oversized segment of its own
 // (package commitlog), so one publish is one write into one segment;
@@ -139,8 +148,20 @@
 //     as the messages at those offsets. Such an entry is an ERROR, counted
 //     in postbus_queue_entries_misplaced_total, skipped by queue reads and
 //     answered message_damaged when read alone.
-//   - A record whose queue offset does not follow its queue's is a fault:
-//     it is skipped with an ERROR line and counted, never dropped quietly.
+//   - A record whose queue offset does not follow its queue's is a fault,
+//     never dropped quietly. One whose queue offset its queue already holds
+//     or passed (a good CRC on the wrong content: a segment replaced by a
+//     copy of another) contradicts its position: it is quarantined as a
+//     misplaced span (positions.go: an ERROR line per span,
+//     postbus_dispatch_skipped_records_total{reason="misplaced"}, Damaged
+//     and /readyz, lostspans.json when recovery found it). The queue
+//     offsets such a span hid become holes when the next intact record
+//     of the queue arrives; in recovery's dispatch any forward gap does
+//     (its span listed, its offsets counted in
+//     postbus_recovery_lost_queue_offsets_total), so the records after it
+//     keep their offsets and each queue goes on from its true end. While
+//     running, a record ahead of its queue is skipped with an ERROR line
+//     (reason out_of_order): the offsets it claims were not handed out.
 //   - A failed fsync of the commitlog (commitlog.ErrFailed) stops every
 //     write until a restart: the publish that met it answers unavailable
 //     with an unknown outcome and keeps the queue offsets it was given

@@ -19,8 +19,12 @@ type QueueLag struct {
 	Queue     int
 	Offset    int64 // the next offset the group will consume
 	MaxOffset int64
-	Lag       int64
-	InFlight  int
+	// Lag counts what can still be delivered between Offset and
+	// MaxOffset; Expired what retention removed there (never delivered,
+	// not lag).
+	Lag      int64
+	Expired  int64
+	InFlight int
 }
 
 // GroupInfo is a consumer group: its subscriptions and positions.
@@ -96,10 +100,7 @@ func (b *Broker) groupInfo(name string, subs []Subscription) (GroupInfo, error) 
 		if k.group != name || k.topic == dlq {
 			continue
 		}
-		_, hi := b.cq.Bounds(k.topic, k.queue)
-		q := QueueLag{Topic: k.topic, Queue: k.queue, Offset: next, MaxOffset: hi, Lag: max(hi-next, 0), InFlight: inFlight[k]}
-		g.Queues = append(g.Queues, q)
-		g.Lag += q.Lag
+		g.Queues = append(g.Queues, QueueLag{Topic: k.topic, Queue: k.queue, Offset: next, InFlight: inFlight[k]})
 	}
 	b.offs.mu.Unlock()
 	// Every subscription's retry topic is listed, even before anything has
@@ -107,10 +108,13 @@ func (b *Broker) groupInfo(name string, subs []Subscription) (GroupInfo, error) 
 	for _, s := range g.Subscriptions {
 		rt := RetryTopic(name, s.Topic)
 		if !slices.ContainsFunc(g.Queues, func(q QueueLag) bool { return q.Topic == rt }) {
-			_, hi := b.cq.Bounds(rt, 0)
-			g.Queues = append(g.Queues, QueueLag{Topic: rt, MaxOffset: hi, Lag: hi})
-			g.Lag += hi
+			g.Queues = append(g.Queues, QueueLag{Topic: rt})
 		}
+	}
+	for i := range g.Queues {
+		q := &g.Queues[i]
+		q.MaxOffset, q.Lag, q.Expired = b.queueLag(q.Topic, q.Queue, q.Offset)
+		g.Lag += q.Lag
 	}
 	// A retry topic's in-flight count is its pending timers: messages out
 	// on pull (their visibility copies) or waiting for a push retry.
@@ -409,4 +413,54 @@ func (b *Broker) MessageTrace(ctx context.Context, id string) (Trace, error) {
 		return Trace{}, err
 	}
 	return Trace{Message: m, Attempts: as}, nil
+}
+
+// lagScanLimit bounds how many entries of a retry queue queueLag reads to
+// tell what is still deliverable; past it the rest counts as lag.
+const lagScanLimit = 1024
+
+// queueLag is a group's lag on one queue from offset next: what can still
+// be delivered up to the queue's end, and what retention removed (the
+// group's offset below the queue's retained start, or a retry queue's
+// copies of messages past their retention, which a read skips). Neither a
+// read nor a lag counts those: an operator alerting on lag must not see
+// messages that can never come.
+func (b *Broker) queueLag(topic string, queue int, next int64) (hi, lag, expired int64) {
+	lo, hi := b.cq.Bounds(topic, queue)
+	b.topicsMu.RLock()
+	ts := b.topics[topic]
+	b.topicsMu.RUnlock()
+	if ts != nil {
+		t, now := ts.info.Load(), b.now()
+		if rlo, _, err := b.retainedBounds(t, queue, b.retentionOf(t, now)); err == nil {
+			lo = max(lo, rlo)
+		}
+	}
+	from := min(max(next, lo), hi)
+	expired = max(from-next, 0)
+	lag = hi - from
+	if ts == nil || !strings.HasPrefix(topic, "%RETRY%") || lag == 0 {
+		return hi, lag, expired
+	}
+	// A retry queue holds copies that keep their message's store time:
+	// past retention they are skipped by every read though their entries
+	// stay. Read what lies ahead (a retry queue is short) to tell.
+	t, now := ts.info.Load(), b.now()
+	end := min(hi, from+lagScanLimit)
+	entries, err := b.cq.Read(topic, queue, from, int(end-from), nil)
+	if err != nil {
+		return hi, lag, expired
+	}
+	for _, e := range entries {
+		if e.Size == holeSize {
+			lag-- // lost in a damaged span (reported where it was found): nothing to deliver
+			continue
+		}
+		m, err := b.readMessage(e.Offset)
+		if err == nil && !b.retained(t, m.StoredAt, now) {
+			lag--
+			expired++
+		}
+	}
+	return hi, lag, expired
 }

@@ -107,7 +107,7 @@ func newMetrics() *metrics {
 	for _, r := range []string{delayAlreadyPut} {
 		m.delayAnomalies.WithLabelValues(r)
 	}
-	for _, r := range []string{skipOutOfOrder, skipUndecodable, skipCorrupt} {
+	for _, r := range []string{skipOutOfOrder, skipUndecodable, skipCorrupt, skipMisplaced} {
 		m.skippedRecords.WithLabelValues(r) // exported at 0, so alerts need no absent()
 	}
 	return m
@@ -131,7 +131,7 @@ func (m *metrics) register(b *Broker, reg prometheus.Registerer) {
 		gauge("postbus_commitlog_segments", "Commitlog segment files.",
 			func() float64 { return float64(len(b.log.Segments())) }),
 		gauge("postbus_commitlog_quarantined_spans", "Damaged commitlog spans found and skipped (each logged at ERROR with its offset, listed by /readyz); their records are lost.",
-			func() float64 { return float64(len(b.log.Quarantined()) + len(b.lostTail)) }),
+			func() float64 { return float64(len(b.log.Quarantined()) + len(b.lostTail) + len(b.misplaced.list())) }),
 		gauge("postbus_dispatch_lag_bytes", "Committed log bytes not yet indexed into consume queues and the key index.",
 			func() float64 { return float64(b.log.Committed() - b.dispatched.Load()) }),
 		gauge("postbus_disk_used_ratio", "Used fraction of the file system holding the data directory.",
@@ -146,6 +146,13 @@ func (m *metrics) register(b *Broker, reg prometheus.Registerer) {
 		gauge("postbus_commitlog_failed", "1 once the commitlog met a failed fsync (or a failed write it could not undo): publishes are refused and /readyz fails until the broker is restarted.",
 			func() float64 {
 				if b.log.Failed() != nil {
+					return 1
+				}
+				return 0
+			}),
+		gauge("postbus_meta_damaged", "1 once the metadata database (meta.db) was found damaged (SQLITE_CORRUPT, or its quick_check failed): /readyz fails and delayed publishes are refused until a restart with --rebuild-metadata.",
+			func() float64 {
+				if b.meta.Corrupt() != nil {
 					return 1
 				}
 				return 0

@@ -49,6 +49,20 @@ func (b *Broker) Publish(ctx context.Context, topic string, msgs []*Message) ([]
 		b.metrics.rejected(CodeDiskFull)
 		return nil, &Error{Code: CodeDiskFull, Err: ErrDiskFull, Detail: fmt.Sprintf("the disk holding the data directory is over %.0f%% full; publishes are refused until retention frees space", b.cfg.DiskFullRatio*100)}
 	}
+	if err := b.meta.Corrupt(); err != nil {
+		// A delayed message is put on its queue by a timer stored in
+		// meta.db: with the file damaged the timer may not be stored, and
+		// the message would wait for ever. Refused before anything is
+		// stored. (A plain message needs nothing from meta.db to be kept
+		// and read back.)
+		for _, m := range msgs {
+			if !m.DeliverAt.IsZero() {
+				b.metrics.rejected(CodeUnavailable)
+				return nil, &Error{Code: CodeUnavailable, Err: err, Detail: "the metadata database is damaged, so the timer " +
+					"of a delayed message cannot be stored; nothing was stored. The broker needs a restart with --rebuild-metadata"}
+			}
+		}
+	}
 	for _, m := range msgs {
 		m.ID = nuid.Next()
 		m.Topic = topic

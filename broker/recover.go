@@ -47,7 +47,8 @@ func (b *Broker) openMeta(ctx context.Context) error {
 		return fmt.Errorf("%w: metadata database %s is missing, but the commitlog holds messages (offsets %d to %d); "+
 			"refusing to start, which would hide them: %s", ErrMetadataLost, path, b.log.MinOffset(), b.log.Committed(), rebuildHowTo)
 	}
-	aside := fmt.Sprintf("%s.unusable-%s", path, b.now().UTC().Format("20060102T150405Z"))
+	stamp := b.now().UTC().Format("20060102T150405Z")
+	aside := fmt.Sprintf("%s.unusable-%s", path, stamp)
 	moveAside := func() error {
 		for _, suffix := range []string{"", "-wal", "-shm"} {
 			if err := os.Rename(path+suffix, aside+suffix); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -64,8 +65,16 @@ func (b *Broker) openMeta(ctx context.Context) error {
 		}
 	}
 	opts := []meta.Option{meta.WithLogger(b.logger.With(slog.String("component", "meta"))), meta.WithClock(b.now)}
+	if b.cfg.RebuildMetadata {
+		// A rebuild keeps what it can open: it must know the file is
+		// whole, however long checking a large one takes.
+		opts = append(opts, meta.WithCheckLimit(-1))
+	}
 	s, err := meta.Open(ctx, path, opts...)
 	if err != nil && b.cfg.RebuildMetadata && !errors.Is(err, meta.ErrSchemaTooNew) && ctx.Err() == nil {
+		if meta.IsCorrupt(err) {
+			aside = fmt.Sprintf("%s.damaged-%s", path, stamp)
+		}
 		if merr := moveAside(); merr != nil {
 			return fmt.Errorf("open metadata: %w; %w", err, merr)
 		}
@@ -76,6 +85,12 @@ func (b *Broker) openMeta(ctx context.Context) error {
 	if err != nil {
 		if errors.Is(err, meta.ErrSchemaTooNew) || b.cfg.RebuildMetadata || ctx.Err() != nil {
 			return fmt.Errorf("open metadata: %w", err)
+		}
+		if meta.IsCorrupt(err) {
+			return fmt.Errorf("open metadata: metadata database %s is damaged (%w); refusing to start on it: "+
+				"restore it from a backup (see README, Backup and restore), or start once with --rebuild-metadata, "+
+				"which moves it aside (meta.db.damaged-<time>) and recreates the topics and timers from the commitlog "+
+				"(subscriptions, consumer offsets, webhook secrets and topic retention cannot be recovered from it)", path, err)
 		}
 		return fmt.Errorf("open metadata: %w; if %s is damaged, restore it from a backup or start with "+
 			"--rebuild-metadata, which moves it aside and recreates the topics from the commitlog", err, path)

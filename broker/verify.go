@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"time"
@@ -23,6 +24,26 @@ const verifyRate = 64 << 20 // bytes a second
 // postbus_commitlog_quarantined_spans, /readyz (commitlog recovery rules).
 func (b *Broker) verifyLoop() {
 	defer b.wg.Done()
+	if !b.meta.Checked() {
+		// Too large to check at open without slowing the start: checked
+		// now, and a damaged file makes the broker not ready (Ready).
+		start := time.Now()
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() {
+			select {
+			case <-b.closing:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		err := b.meta.Check(ctx)
+		cancel()
+		if err != nil && !b.isClosing() {
+			b.logger.Error("checking the metadata database failed", slog.Any("err", err))
+		} else if err == nil {
+			b.logger.Info("metadata database checked", slog.Duration("took", time.Since(start).Round(time.Millisecond)))
+		}
+	}
 	segs := b.log.Segments()
 	start, read := time.Now(), int64(0)
 	for _, s := range segs[:len(segs)-1] {

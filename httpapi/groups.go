@@ -17,6 +17,7 @@ type queueLagJSON struct {
 	Offset    int64  `json:"offset"`
 	MaxOffset int64  `json:"max_offset"`
 	Lag       int64  `json:"lag"`
+	Expired   int64  `json:"expired"`
 	InFlight  int    `json:"in_flight"`
 }
 
@@ -37,7 +38,7 @@ func toGroupJSON(g broker.GroupInfo, withQueues bool) groupJSON {
 	if withQueues {
 		out.Queues = []queueLagJSON{}
 		for _, q := range g.Queues {
-			out.Queues = append(out.Queues, queueLagJSON{Topic: q.Topic, QueueID: q.Queue, Offset: q.Offset, MaxOffset: q.MaxOffset, Lag: q.Lag, InFlight: q.InFlight})
+			out.Queues = append(out.Queues, queueLagJSON{Topic: q.Topic, QueueID: q.Queue, Offset: q.Offset, MaxOffset: q.MaxOffset, Lag: q.Lag, Expired: q.Expired, InFlight: q.InFlight})
 		}
 	}
 	return out

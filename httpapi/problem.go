@@ -17,6 +17,7 @@ const (
 	codeInvalidHeader     broker.Code = "invalid_header"
 	codeInvalidJSON       broker.Code = "invalid_json"
 	codeInvalidParameter  broker.Code = "invalid_parameter"
+	codeUnexpectedBody    broker.Code = "unexpected_body"
 	codeUnsupportedMedia  broker.Code = "unsupported_media_type"
 	codeRequestTooLarge   broker.Code = "request_too_large"
 	codeInternal          broker.Code = "internal"
@@ -70,6 +71,7 @@ var statusOf = map[broker.Code]int{
 	codeInvalidHeader:               http.StatusBadRequest,
 	codeInvalidJSON:                 http.StatusBadRequest,
 	codeInvalidParameter:            http.StatusBadRequest,
+	codeUnexpectedBody:              http.StatusBadRequest,
 	codeUnsupportedMedia:            http.StatusUnsupportedMediaType,
 	codeRequestTooLarge:             http.StatusRequestEntityTooLarge,
 	codeInternal:                    http.StatusInternalServerError,

@@ -152,8 +152,8 @@ func parsePublishHeaders(h http.Header) (*broker.Message, error) {
 		return nil, err
 	}
 	if ct != "" {
-		if _, _, err := mime.ParseMediaType(ct); err != nil {
-			return nil, &headerError{"Content-Type", fmt.Sprintf("%q is not a media type", ct)}
+		if err := checkMediaType(ct); err != nil {
+			return nil, &headerError{"Content-Type", err.Error()}
 		}
 		m.ContentType = ct
 	}
@@ -381,13 +381,29 @@ func decodeBatch(data []byte) ([]*broker.Message, error) {
 			m.DeliverAt = t
 		}
 		if it.ContentType != "" {
-			if _, _, err := mime.ParseMediaType(it.ContentType); err != nil {
-				return nil, &batchError{broker.CodeInvalidMessage, f("content_type"), fmt.Sprintf("%q is not a media type", it.ContentType)}
+			if err := checkMediaType(it.ContentType); err != nil {
+				return nil, &batchError{broker.CodeInvalidMessage, f("content_type"), err.Error()}
 			}
 		}
 		msgs[i] = m
 	}
 	return msgs, nil
+}
+
+// checkMediaType accepts a media type as RFC 9110 writes it: type "/"
+// subtype, then parameters. mime.ParseMediaType alone also takes a bare
+// token ("text"), which no consumer can dispatch on, while refusing a
+// malformed parameter: one rule for both.
+func checkMediaType(ct string) error {
+	mt, _, err := mime.ParseMediaType(ct)
+	if err != nil {
+		return fmt.Errorf("%q is not a media type", ct)
+	}
+	typ, sub, ok := strings.Cut(mt, "/")
+	if !ok || typ == "" || sub == "" || strings.Contains(sub, "/") {
+		return fmt.Errorf("%q is not a media type: it needs a type and a subtype, as in text/plain", ct)
+	}
+	return nil
 }
 
 // isJSON reports whether a request body with content type ct may be read

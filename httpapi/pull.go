@@ -237,12 +237,26 @@ func (s *Server) handleReadQueue(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	type lostJSON struct {
+		From int64 `json:"from"`
+		To   int64 `json:"to"`
+	}
 	out := struct {
 		Messages   []messageJSON `json:"messages"`
 		NextOffset int64         `json:"next_offset"`
+		Lost       []lostJSON    `json:"lost,omitempty"`
 	}{Messages: make([]messageJSON, len(msgs)), NextOffset: next}
+	have := make([]int64, len(msgs))
 	for i, m := range msgs {
 		out.Messages[i] = toMessageJSON(m)
+		have[i] = m.QueueOffset
+	}
+	// Offsets the read stepped over because their messages are lost
+	// (damaged or missing from the log) are named, so that a consumer
+	// keeping its own position does not take the next message for the one
+	// it asked for.
+	for _, l := range s.broker.LostIn(topic, queue, offset, next, have) {
+		out.Lost = append(out.Lost, lostJSON{From: l.From, To: l.To})
 	}
 	writeJSON(w, http.StatusOK, out)
 }

@@ -86,7 +86,7 @@ func (s *Server) handle(r chi.Router, method, pattern string, a access, h http.H
 	s.access[route] = a
 	// Authentication first: a request without a valid token learns nothing
 	// of the route, not even which parameters or headers it takes.
-	r.With(s.authMiddleware(a), queryCheck(route), headerCheck(route)).Method(method, pattern, h)
+	r.With(s.authMiddleware(a), queryCheck(route), headerCheck(route), noBodyCheck(route)).Method(method, pattern, h)
 }
 
 func urlParam(r *http.Request, name string) string { return chi.URLParam(r, name) }

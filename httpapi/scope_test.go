@@ -61,7 +61,7 @@ func (f scopeFixture) request(method, pattern string) (path, body string) {
 		body = `{"all":true}`
 	case method == "PATCH":
 		body = `{}`
-	default:
+	case bodyRoutes[method+" "+pattern]:
 		body = "x"
 	}
 	return path, body

@@ -79,19 +79,19 @@ func (s *Store) AddTimers(ctx context.Context, ts []Timer) error {
 func (s *Store) timers(ctx context.Context, query string, args ...any) ([]Timer, error) {
 	rows, err := s.r.QueryContext(ctx, query, args...)
 	if err != nil {
-		return nil, fmt.Errorf("timers: %w", err)
+		return nil, s.note(fmt.Errorf("timers: %w", err))
 	}
 	defer rows.Close()
 	var out []Timer
 	for rows.Next() {
 		var off, at int64
 		if err := rows.Scan(&off, &at); err != nil {
-			return nil, fmt.Errorf("timers: %w", err)
+			return nil, s.note(fmt.Errorf("timers: %w", err))
 		}
 		out = append(out, Timer{LogOffset: off, DeliverAt: fromMillis(at)})
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("timers: %w", err)
+		return nil, s.note(fmt.Errorf("timers: %w", err))
 	}
 	return out, nil
 }
@@ -171,7 +171,7 @@ func (s *Store) NextTimer(ctx context.Context) (time.Time, bool, error) {
 	var at sql.NullInt64
 	err := s.r.QueryRowContext(ctx, nextTimerQuery).Scan(&at)
 	if err != nil {
-		return time.Time{}, false, fmt.Errorf("next timer: %w", err)
+		return time.Time{}, false, s.note(fmt.Errorf("next timer: %w", err))
 	}
 	if !at.Valid {
 		return time.Time{}, false, nil
@@ -194,7 +194,7 @@ func (s *Store) PendingTimersOf(ctx context.Context, topic string) (int64, error
 	var n int64
 	err := s.r.QueryRowContext(ctx, `SELECT count(*) FROM timers WHERE owner = ? AND fired = 0`, topic).Scan(&n)
 	if err != nil {
-		return 0, fmt.Errorf("pending timers of %s: %w", topic, err)
+		return 0, s.note(fmt.Errorf("pending timers of %s: %w", topic, err))
 	}
 	return n, nil
 }
@@ -203,7 +203,7 @@ func (s *Store) PendingTimersOf(ctx context.Context, topic string) (int64, error
 func (s *Store) PendingTimers(ctx context.Context) (int64, error) {
 	var n int64
 	if err := s.r.QueryRowContext(ctx, `SELECT count(*) FROM timers WHERE fired = 0`).Scan(&n); err != nil {
-		return 0, fmt.Errorf("count pending timers: %w", err)
+		return 0, s.note(fmt.Errorf("count pending timers: %w", err))
 	}
 	return n, nil
 }
@@ -288,7 +288,7 @@ func (s *Store) AddAttempts(ctx context.Context, as []Attempt) error {
 func (s *Store) Attempts(ctx context.Context, msgID string) ([]Attempt, error) {
 	rows, err := s.r.QueryContext(ctx, attemptsQuery, msgID, maxAttempts)
 	if err != nil {
-		return nil, fmt.Errorf("attempts of %s: %w", msgID, err)
+		return nil, s.note(fmt.Errorf("attempts of %s: %w", msgID, err))
 	}
 	defer rows.Close()
 	var out []Attempt
@@ -296,13 +296,13 @@ func (s *Store) Attempts(ctx context.Context, msgID string) ([]Attempt, error) {
 		a := Attempt{MsgID: msgID}
 		var at, lat int64
 		if err := rows.Scan(&a.Group, &a.Subscription, &a.Attempt, &at, &a.Outcome, &a.Status, &a.Error, &lat); err != nil {
-			return nil, fmt.Errorf("attempts of %s: %w", msgID, err)
+			return nil, s.note(fmt.Errorf("attempts of %s: %w", msgID, err))
 		}
 		a.At, a.Latency = fromMillis(at), time.Duration(lat)*time.Microsecond
 		out = append(out, a)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("attempts of %s: %w", msgID, err)
+		return nil, s.note(fmt.Errorf("attempts of %s: %w", msgID, err))
 	}
 	return out, nil
 }
@@ -346,19 +346,19 @@ func (s *Store) RemoveDeadLetters(ctx context.Context, group string, offsets []i
 func (s *Store) RemovedDeadLetters(ctx context.Context, group string, from, to int64) (map[int64]bool, error) {
 	rows, err := s.r.QueryContext(ctx, `SELECT queue_offset FROM dlq_removed WHERE group_name = ? AND queue_offset >= ? AND queue_offset < ?`, group, from, to)
 	if err != nil {
-		return nil, fmt.Errorf("removed dead letters: %w", err)
+		return nil, s.note(fmt.Errorf("removed dead letters: %w", err))
 	}
 	defer rows.Close()
 	out := make(map[int64]bool)
 	for rows.Next() {
 		var o int64
 		if err := rows.Scan(&o); err != nil {
-			return nil, fmt.Errorf("removed dead letters: %w", err)
+			return nil, s.note(fmt.Errorf("removed dead letters: %w", err))
 		}
 		out[o] = true
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("removed dead letters: %w", err)
+		return nil, s.note(fmt.Errorf("removed dead letters: %w", err))
 	}
 	return out, nil
 }
@@ -416,7 +416,7 @@ func (s *Store) ClearOrderedRetry(ctx context.Context, sub string, queue int) er
 func (s *Store) OrderedRetries(ctx context.Context, sub string) (map[int]OrderedRetry, error) {
 	rows, err := s.r.QueryContext(ctx, `SELECT queue_id, queue_offset, attempt, next_at, lease_until FROM ordered_retries WHERE subscription = ?`, sub)
 	if err != nil {
-		return nil, fmt.Errorf("ordered retries: %w", err)
+		return nil, s.note(fmt.Errorf("ordered retries: %w", err))
 	}
 	defer rows.Close()
 	out := make(map[int]OrderedRetry)
@@ -424,7 +424,7 @@ func (s *Store) OrderedRetries(ctx context.Context, sub string) (map[int]Ordered
 		r := OrderedRetry{Subscription: sub}
 		var at, until int64
 		if err := rows.Scan(&r.Queue, &r.QueueOffset, &r.Attempt, &at, &until); err != nil {
-			return nil, fmt.Errorf("ordered retries: %w", err)
+			return nil, s.note(fmt.Errorf("ordered retries: %w", err))
 		}
 		r.NextAt = fromMillis(at)
 		if until != 0 {
@@ -433,7 +433,7 @@ func (s *Store) OrderedRetries(ctx context.Context, sub string) (map[int]Ordered
 		out[r.Queue] = r
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("ordered retries: %w", err)
+		return nil, s.note(fmt.Errorf("ordered retries: %w", err))
 	}
 	return out, nil
 }
@@ -574,7 +574,7 @@ func (s *Store) Subscription(ctx context.Context, id string) (Subscription, erro
 		err = ErrNotFound
 	}
 	if err != nil {
-		return Subscription{}, fmt.Errorf("subscription %q: %w", id, err)
+		return Subscription{}, s.note(fmt.Errorf("subscription %q: %w", id, err))
 	}
 	return sub, nil
 }
@@ -584,7 +584,7 @@ func (s *Store) Subscriptions(ctx context.Context) ([]Subscription, error) {
 	subs, err := collect(ctx, s.r, func(r *sql.Rows) (Subscription, error) { return scanSubscription(r) },
 		`SELECT `+subscriptionColumns+` FROM subscriptions ORDER BY group_name, topic`)
 	if err != nil {
-		return nil, fmt.Errorf("subscriptions: %w", err)
+		return nil, s.note(fmt.Errorf("subscriptions: %w", err))
 	}
 	return subs, nil
 }

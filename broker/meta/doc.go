@@ -30,6 +30,15 @@
 //     and records the deletion in deleted_topics: a topic's records and
 //     queues that outlive it are then known to be a deleted topic's, not
 //     those of a topic this database has lost.
+//   - A damaged file is never used unknowingly: Open runs PRAGMA
+//     quick_check (every page read once; integrity_check would also
+//     compare each index with its table, at several times the cost) on a
+//     file up to the check limit (WithCheckLimit, DefaultCheckLimit
+//     64 MiB, about a second) and refuses a damaged one with ErrCorrupt;
+//     a larger file is checked by Check, which the broker runs in the
+//     background. Any SQLITE_CORRUPT or SQLITE_NOTADB met later is
+//     returned wrapped in ErrCorrupt, logged at ERROR once and kept
+//     (Corrupt), so the broker can stop saying it is ready.
 //   - Fresh says whether Open created the schema: with a commitlog that
 //     holds messages, that means the metadata was lost (the broker refuses
 //     to start unless told to rebuild it from the log).

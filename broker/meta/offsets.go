@@ -89,6 +89,7 @@ func (s *Store) CommitOffsetsUnsynced(ctx context.Context, offs []Offset) error 
 // on the writer connection held throughout, so no other write runs
 // unsynced.
 func (s *Store) writeUnsynced(ctx context.Context, fn func(*sql.Tx) error) (err error) {
+	defer func() { err = s.note(err) }()
 	conn, err := s.w.Conn(ctx)
 	if err != nil {
 		return fmt.Errorf("writer connection: %w", err)
@@ -199,7 +200,8 @@ func (s *Store) AllOffsets(ctx context.Context) ([]Offset, error) {
 	return offs, nil
 }
 
-func (s *Store) queryOffsets(ctx context.Context, query string, args ...any) ([]Offset, error) {
+func (s *Store) queryOffsets(ctx context.Context, query string, args ...any) (_ []Offset, err error) {
+	defer func() { err = s.note(err) }()
 	rows, err := s.r.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err

@@ -150,7 +150,7 @@ func (s *Store) Topic(ctx context.Context, name string) (Topic, error) {
 		err = ErrNotFound
 	}
 	if err != nil {
-		return Topic{}, fmt.Errorf("get topic %q: %w", name, err)
+		return Topic{}, s.note(fmt.Errorf("get topic %q: %w", name, err))
 	}
 	return t, nil
 }
@@ -160,7 +160,7 @@ func (s *Store) Topics(ctx context.Context) ([]Topic, error) {
 	ts, err := collect(ctx, s.r, func(r *sql.Rows) (Topic, error) { return scanTopic(r) },
 		`SELECT `+topicColumns+` FROM topics ORDER BY name`)
 	if err != nil {
-		return nil, fmt.Errorf("list topics: %w", err)
+		return nil, s.note(fmt.Errorf("list topics: %w", err))
 	}
 	return ts, nil
 }
@@ -208,7 +208,7 @@ func (s *Store) DeletedTopics(ctx context.Context) (map[string]time.Time, error)
 		return v, r.Scan(&v.name, &v.at)
 	}, `SELECT name, deleted_at FROM deleted_topics`)
 	if err != nil {
-		return nil, fmt.Errorf("list deleted topics: %w", err)
+		return nil, s.note(fmt.Errorf("list deleted topics: %w", err))
 	}
 	out := make(map[string]time.Time, len(rows))
 	for _, v := range rows {
