@@ -41,6 +41,12 @@ type offsets struct {
 	// progress is what a push consumer settled above next (encoded by
 	// queueCursor.progress), stored with it; absent for the rest.
 	progress map[offsetKey][]byte // guarded by mu
+	// flushMu makes flushes one at a time, from the snapshot of what is
+	// dirty to its commit: two flushes committing in the other order than
+	// they took their snapshots would store the older offsets last, with
+	// nothing left dirty to write the newer ones again, and a crash would
+	// then hand out again what was acked above them.
+	flushMu sync.Mutex
 }
 
 // Offset returns a group's next offset on a queue, and whether it has one.
@@ -117,6 +123,8 @@ func (b *Broker) flushOffsetsRound(ctx context.Context) error {
 }
 
 func (b *Broker) flushOffsetsWith(ctx context.Context, commit func(context.Context, []meta.Offset) error) error {
+	b.offs.flushMu.Lock()
+	defer b.offs.flushMu.Unlock()
 	b.offs.mu.Lock()
 	batch := make([]meta.Offset, 0, len(b.offs.dirty))
 	for k := range b.offs.dirty {
@@ -124,6 +132,9 @@ func (b *Broker) flushOffsetsWith(ctx context.Context, commit func(context.Conte
 	}
 	clear(b.offs.dirty)
 	b.offs.mu.Unlock()
+	if testHookOffsetsTaken != nil {
+		testHookOffsetsTaken(batch)
+	}
 	if err := commit(ctx, batch); err != nil {
 		b.offs.mu.Lock()
 		for _, o := range batch {
@@ -134,6 +145,10 @@ func (b *Broker) flushOffsetsWith(ctx context.Context, commit func(context.Conte
 	}
 	return nil
 }
+
+// testHookOffsetsTaken runs in a flush between taking the dirty offsets
+// and committing them.
+var testHookOffsetsTaken func([]meta.Offset)
 
 // Dispatched returns a channel closed when new messages become readable.
 func (b *Broker) Dispatched() <-chan struct{} { return b.dispatchSig.wait() }

@@ -253,12 +253,23 @@ func (c *consumer) retryCursor() *queueCursor { return c.cursors[len(c.cursors)-
 // subscription (a first Pull does): without an active one it fails with
 // ErrSubscriptionInactive.
 func (e *Engine) Lease(ctx context.Context, group, topic string, max int, visibility time.Duration) ([]Lease, error) {
-	c, err := e.consumerFor(ctx, group, topic)
-	if err != nil {
-		return nil, err
+	for range 3 {
+		c, err := e.consumerFor(ctx, group, topic)
+		if err != nil {
+			return nil, err
+		}
+		got, err := e.lease(ctx, c, max, visibility)
+		if !errors.Is(err, errConsumerDropped) {
+			return got, err
+		}
 	}
-	return e.lease(ctx, c, max, visibility)
+	return nil, nil // dropped again and again: the caller asks again later
 }
+
+// errConsumerDropped is a lease's answer on a consumer dropped before or
+// while it leased: nothing was handed out, and the caller leases again
+// from the consumer built now.
+var errConsumerDropped = errors.New("consumer dropped")
 
 // consumerFor returns the group's consumer on topic, building it from the
 // subscription and the offsets.
@@ -561,6 +572,10 @@ func (e *Engine) lease(ctx context.Context, c *consumer, limit int, visibility t
 	c.leaseMu.Lock()
 	defer c.leaseMu.Unlock()
 	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil, errConsumerDropped
+	}
 	if c.sub.State != StateActive {
 		sub := c.sub
 		c.mu.Unlock()
@@ -759,8 +774,26 @@ func (e *Engine) leasePull(ctx context.Context, c *consumer, limit int, visibili
 		if err != nil {
 			return nil, e.unsettle(c, err)
 		}
+		if testHookLeaseStored != nil {
+			testHookLeaseStored()
+		}
 		for i := range out {
 			out[i].Receipt = receipt{Attempt: out[i].Attempt, Timer: res[i].logOffset, Group: sub.Group, Topic: sub.Topic, MsgID: out[i].ID}.encode(b.receiptKey)
+		}
+		c.mu.Lock()
+		closed := c.closed
+		c.mu.Unlock()
+		if closed {
+			// Dropped while the copies were stored (a subscription made or
+			// changed, an offset reset, the topic deleted): the group's
+			// offsets no longer move past these messages, so the consumer
+			// built next reads them again from the offsets. Handed out here
+			// as well, they would be out twice at once, the same attempt
+			// each time: the copies are withdrawn and nothing goes out.
+			if err := e.withdraw(ctx, sub, res); err != nil {
+				return nil, err
+			}
+			return nil, errConsumerDropped
 		}
 	}
 	c.mu.Lock()
@@ -770,6 +803,36 @@ func (e *Engine) leasePull(ctx context.Context, c *consumer, limit int, visibili
 	}
 	c.mu.Unlock()
 	return out, nil
+}
+
+// testHookLeaseStored runs in a pull lease once its visibility copies are
+// stored, before the offsets move past their messages.
+var testHookLeaseStored func()
+
+// withdraw cancels the timers of visibility copies a pull lease stored and
+// will not hand out. A failure leaves them to fire: their messages come
+// back once more as the next attempt (at least once), which is said at
+// ERROR.
+func (e *Engine) withdraw(ctx context.Context, sub Subscription, res []Result) error {
+	b := e.b
+	offs := make([]int64, len(res))
+	var end int64
+	for i, r := range res {
+		offs[i], end = r.logOffset, max(end, r.logOffset+1)
+	}
+	// A copy's timer exists once dispatch reached it.
+	err := b.waitDispatched(ctx, end)
+	if err == nil {
+		err = b.meta.FireTimers(ctx, offs)
+	}
+	if err != nil {
+		b.logger.Error("withdrawing the copies of a pull its consumer was dropped under failed; their messages come back once more",
+			slog.String("group", sub.Group), slog.String("topic", sub.Topic), slog.Int("copies", len(offs)), slog.Any("err", err))
+		return fmt.Errorf("withdraw the visibility copies of a dropped pull: %w", err)
+	}
+	b.logger.Info("a pull's consumer was dropped while it stored its copies; its messages go out from the offsets instead",
+		slog.String("group", sub.Group), slog.String("topic", sub.Topic), slog.Int("messages", len(offs)))
+	return nil
 }
 
 // unsettle undoes a lease that could not store its copies: the consumer

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 )
@@ -128,8 +129,9 @@ func (b *Broker) Pull(ctx context.Context, group, topic string, limit int, wait,
 	c.mu.Lock()
 	sub := c.sub
 	c.mu.Unlock()
-	if visibility == 0 {
-		visibility = sub.Visibility
+	vis := visibility
+	if vis == 0 {
+		vis = sub.Visibility
 	}
 	// What was acknowledged before this pull is pullable by it.
 	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
@@ -150,7 +152,32 @@ func (b *Broker) Pull(ctx context.Context, group, topic string, limit int, wait,
 			// A block's visibility runs out without a dispatch to wake on.
 			expiry = time.After(250 * time.Millisecond)
 		}
-		got, err := b.eng.lease(ctx, c, limit, visibility)
+		got, err := b.eng.lease(ctx, c, limit, vis)
+		if errors.Is(err, errConsumerDropped) {
+			// Dropped (a subscription made or changed, a reset) since this
+			// poll took it: lease from the consumer built now, which reads
+			// the offsets the dropped one can no longer move.
+			if c, err = b.pullGroupFor(ctx, group, topic); err != nil {
+				return nil, err
+			}
+			c.mu.Lock()
+			sub = c.sub
+			c.mu.Unlock()
+			if vis = visibility; vis == 0 {
+				vis = sub.Visibility
+			}
+			continue
+		}
+		if len(got) > 0 {
+			// The offsets moved past what goes out: written before the
+			// answer (unsynced, which a killed process keeps), or a crash
+			// would hand these messages out again from the queue as the
+			// same attempt, beside their copies as the next one.
+			if ferr := b.flushOffsetsRound(ctx); ferr != nil {
+				b.logger.Error("writing the offsets of a pull failed; after a crash before the next write its messages go out again as the same attempt",
+					slog.String("group", group), slog.String("topic", topic), slog.Any("err", ferr))
+			}
+		}
 		if len(got) > 0 || err != nil || wait == 0 {
 			return got, err
 		}
