@@ -146,6 +146,27 @@ func (b *Broker) flushOffsetsWith(ctx context.Context, commit func(context.Conte
 	return nil
 }
 
+// commitLease stores a pull lease's visibility timers with the offsets
+// past its messages (meta.Store.CommitLease) and then moves the offsets in
+// memory, all in turn with the flushes: none of them can write an older
+// offset of these queues after this commit.
+func (b *Broker) commitLease(ctx context.Context, timers []meta.Timer, offs []meta.Offset) error {
+	b.offs.flushMu.Lock()
+	defer b.offs.flushMu.Unlock()
+	if err := b.meta.CommitLease(ctx, timers, offs); err != nil {
+		return err
+	}
+	b.offs.mu.Lock()
+	defer b.offs.mu.Unlock()
+	for _, o := range offs {
+		k := offsetKey{o.Group, o.Topic, o.Queue}
+		b.offs.next[k] = o.Next
+		delete(b.offs.progress, k)
+		delete(b.offs.dirty, k) // stored just now
+	}
+	return nil
+}
+
 // testHookOffsetsTaken runs in a flush between taking the dirty offsets
 // and committing them.
 var testHookOffsetsTaken func([]meta.Offset)

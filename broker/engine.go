@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/postbus/postbus/broker/commitlog"
+	"github.com/postbus/postbus/broker/meta"
 )
 
 // The consumer engine: the one place that hands messages out to a group and
@@ -765,75 +766,78 @@ func (e *Engine) leasePull(ctx context.Context, c *consumer, limit int, visibili
 		copies = append(copies, cp)
 		out = append(out, Lease{Message: t.m, Attempt: attempt})
 	}
-	if len(copies) > 0 {
-		ts, err := b.topicOrSystem(ctx, RetryTopic(sub.Group, sub.Topic))
-		if err != nil {
-			return nil, e.unsettle(c, err)
-		}
-		res, err := b.store(ctx, ts, copies, false)
-		if err != nil {
-			return nil, e.unsettle(c, err)
-		}
-		if testHookLeaseStored != nil {
-			testHookLeaseStored()
-		}
-		for i := range out {
-			out[i].Receipt = receipt{Attempt: out[i].Attempt, Timer: res[i].logOffset, Group: sub.Group, Topic: sub.Topic, MsgID: out[i].ID}.encode(b.receiptKey)
-		}
+	if len(copies) == 0 {
 		c.mu.Lock()
-		closed := c.closed
-		c.mu.Unlock()
-		if closed {
-			// Dropped while the copies were stored (a subscription made or
-			// changed, an offset reset, the topic deleted): the group's
-			// offsets no longer move past these messages, so the consumer
-			// built next reads them again from the offsets. Handed out here
-			// as well, they would be out twice at once, the same attempt
-			// each time: the copies are withdrawn and nothing goes out.
-			if err := e.withdraw(ctx, sub, res); err != nil {
-				return nil, err
-			}
-			return nil, errConsumerDropped
+		for _, t := range got {
+			t.cur.Finish(t.m.QueueOffset)
+			e.setOffset(c, t.cur)
 		}
+		c.mu.Unlock()
+		return out, nil
 	}
+	for _, cp := range copies {
+		cp.flags |= flagLeased // its timer is stored below, with the offsets
+	}
+	ts, err := b.topicOrSystem(ctx, RetryTopic(sub.Group, sub.Topic))
+	if err != nil {
+		return nil, e.unsettle(c, err)
+	}
+	res, err := b.store(ctx, ts, copies, false)
+	if err != nil {
+		return nil, e.unsettle(c, err)
+	}
+	if testHookLeaseStored != nil {
+		testHookLeaseStored()
+	}
+	timers := make([]meta.Timer, len(res))
+	var end int64
+	for i := range out {
+		out[i].Receipt = receipt{Attempt: out[i].Attempt, Timer: res[i].logOffset, Group: sub.Group, Topic: sub.Topic, MsgID: out[i].ID}.encode(b.receiptKey)
+		timers[i] = meta.Timer{LogOffset: res[i].logOffset, DeliverAt: copies[i].DeliverAt, Owner: copies[i].Topic}
+		end = max(end, res[i].logOffset+1)
+	}
+	// A timer fires by reading its copy, which dispatch indexes first.
+	if err := b.waitDispatched(ctx, end); err != nil {
+		return nil, e.unsettle(c, err)
+	}
+	// The lease holds once the copies' timers and the offsets past their
+	// messages are stored, in one transaction: a crash before it leaves
+	// the copies without timers and the offsets where they were, so the
+	// messages go out again from the queue as the same attempt (nobody saw
+	// them), never also from their copies. c.mu is held throughout, so a
+	// drop (which would have the next consumer read the same messages from
+	// the offsets) comes before the lease, which then hands out nothing,
+	// or after it, once the offsets moved.
 	c.mu.Lock()
+	if c.closed {
+		// Dropped while the copies were stored (a subscription made or
+		// changed, an offset reset, the topic deleted): they stay without
+		// timers, and the consumer built now hands the messages out.
+		c.mu.Unlock()
+		return nil, errConsumerDropped
+	}
+	moved := map[*queueCursor]bool{}
 	for _, t := range got {
 		t.cur.Finish(t.m.QueueOffset)
-		e.setOffset(c, t.cur)
+		moved[t.cur] = true
 	}
+	offs := make([]meta.Offset, 0, len(moved))
+	for cur := range moved {
+		offs = append(offs, meta.Offset{Group: sub.Group, Topic: cur.Topic, Queue: cur.Queue, Next: cur.Committed()})
+	}
+	err = b.commitLease(ctx, timers, offs)
 	c.mu.Unlock()
+	if err != nil {
+		// Neither is stored: the copies stay without timers, and the
+		// consumer built next reads the messages again from the offsets.
+		return nil, e.unsettle(c, fmt.Errorf("store a pull lease: %w", err))
+	}
 	return out, nil
 }
 
 // testHookLeaseStored runs in a pull lease once its visibility copies are
 // stored, before the offsets move past their messages.
 var testHookLeaseStored func()
-
-// withdraw cancels the timers of visibility copies a pull lease stored and
-// will not hand out. A failure leaves them to fire: their messages come
-// back once more as the next attempt (at least once), which is said at
-// ERROR.
-func (e *Engine) withdraw(ctx context.Context, sub Subscription, res []Result) error {
-	b := e.b
-	offs := make([]int64, len(res))
-	var end int64
-	for i, r := range res {
-		offs[i], end = r.logOffset, max(end, r.logOffset+1)
-	}
-	// A copy's timer exists once dispatch reached it.
-	err := b.waitDispatched(ctx, end)
-	if err == nil {
-		err = b.meta.FireTimers(ctx, offs)
-	}
-	if err != nil {
-		b.logger.Error("withdrawing the copies of a pull its consumer was dropped under failed; their messages come back once more",
-			slog.String("group", sub.Group), slog.String("topic", sub.Topic), slog.Int("copies", len(offs)), slog.Any("err", err))
-		return fmt.Errorf("withdraw the visibility copies of a dropped pull: %w", err)
-	}
-	b.logger.Info("a pull's consumer was dropped while it stored its copies; its messages go out from the offsets instead",
-		slog.String("group", sub.Group), slog.String("topic", sub.Topic), slog.Int("messages", len(offs)))
-	return nil
-}
 
 // unsettle undoes a lease that could not store its copies: the consumer
 // is dropped, so the next lease starts again from the offsets, which never

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"log/slog"
 	"sync"
 	"time"
 )
@@ -167,16 +166,6 @@ func (b *Broker) Pull(ctx context.Context, group, topic string, limit int, wait,
 				vis = sub.Visibility
 			}
 			continue
-		}
-		if len(got) > 0 {
-			// The offsets moved past what goes out: written before the
-			// answer (unsynced, which a killed process keeps), or a crash
-			// would hand these messages out again from the queue as the
-			// same attempt, beside their copies as the next one.
-			if ferr := b.flushOffsetsRound(ctx); ferr != nil {
-				b.logger.Error("writing the offsets of a pull failed; after a crash before the next write its messages go out again as the same attempt",
-					slog.String("group", group), slog.String("topic", topic), slog.Any("err", ferr))
-			}
 		}
 		if len(got) > 0 || err != nil || wait == 0 {
 			return got, err

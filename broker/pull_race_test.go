@@ -59,7 +59,7 @@ func TestPullDroppedMidLeaseHandsOutOnce(t *testing.T) {
 		if err := w.b.Ack(ctx, "g", receipts(first)); err != nil {
 			t.Fatal(err)
 		}
-		// The withdrawn copies must not bring the messages back either.
+		// The copies of the dropped lease must not bring the messages back either.
 		time.Sleep(11 * time.Second)
 		if again := pullN(t, w.b, "g", "t", 3, 0, 10*time.Second); len(again) != 0 {
 			t.Fatalf("acked messages handed out again after their visibility: %q (attempts %v)", bodies(again), attemptsOf(again))

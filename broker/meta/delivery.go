@@ -53,27 +53,37 @@ func (s *Store) AddTimers(ctx context.Context, ts []Timer) error {
 	if len(ts) == 0 {
 		return nil
 	}
+	if err := validTimers(ts); err != nil {
+		return err
+	}
+	return s.write(ctx, func(tx *sql.Tx) error { return insertTimers(ctx, tx, ts) })
+}
+
+func validTimers(ts []Timer) error {
 	for _, t := range ts {
 		if t.LogOffset < 0 {
 			return fmt.Errorf("add timers: negative log offset %d: %w", t.LogOffset, ErrInvalid)
 		}
 	}
-	return s.write(ctx, func(tx *sql.Tx) error {
-		for len(ts) > 0 {
-			n := min(len(ts), rowChunk)
-			args := make([]any, 0, 3*n)
-			for _, t := range ts[:n] {
-				args = append(args, t.LogOffset, t.DeliverAt.UnixMilli(), t.Owner)
-			}
-			// Not INSERT OR IGNORE: that would drop a row failing a CHECK
-			// as silently as a replayed one.
-			if _, err := tx.ExecContext(ctx, `INSERT INTO timers (log_offset, deliver_at, owner) VALUES `+placeholders(n, 3)+` ON CONFLICT (log_offset) DO NOTHING`, args...); err != nil {
-				return fmt.Errorf("add timers: %w", err)
-			}
-			ts = ts[n:]
+	return nil
+}
+
+// insertTimers is AddTimers's work in tx.
+func insertTimers(ctx context.Context, tx *sql.Tx, ts []Timer) error {
+	for len(ts) > 0 {
+		n := min(len(ts), rowChunk)
+		args := make([]any, 0, 3*n)
+		for _, t := range ts[:n] {
+			args = append(args, t.LogOffset, t.DeliverAt.UnixMilli(), t.Owner)
 		}
-		return nil
-	})
+		// Not INSERT OR IGNORE: that would drop a row failing a CHECK
+		// as silently as a replayed one.
+		if _, err := tx.ExecContext(ctx, `INSERT INTO timers (log_offset, deliver_at, owner) VALUES `+placeholders(n, 3)+` ON CONFLICT (log_offset) DO NOTHING`, args...); err != nil {
+			return fmt.Errorf("add timers: %w", err)
+		}
+		ts = ts[n:]
+	}
+	return nil
 }
 
 func (s *Store) timers(ctx context.Context, query string, args ...any) ([]Timer, error) {
