@@ -209,6 +209,18 @@ func (s *Store) PendingTimersOf(ctx context.Context, topic string) (int64, error
 	return n, nil
 }
 
+// OldestPendingTimerOf returns the lowest log offset of the unfired
+// timers of records for topic (the copy stored first), if any.
+func (s *Store) OldestPendingTimerOf(ctx context.Context, topic string) (int64, bool, error) {
+	var off sql.NullInt64
+	// timers_by_owner (owner, fired) ends in the rowid, log_offset: one seek.
+	err := s.r.QueryRowContext(ctx, `SELECT min(log_offset) FROM timers WHERE owner = ? AND fired = 0`, topic).Scan(&off)
+	if err != nil {
+		return 0, false, fmt.Errorf("oldest pending timer of %s: %w", topic, err)
+	}
+	return off.Int64, off.Valid, nil
+}
+
 // PendingTimers counts unfired timers.
 func (s *Store) PendingTimers(ctx context.Context) (int64, error) {
 	var n int64
