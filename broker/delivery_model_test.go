@@ -73,6 +73,10 @@ var deliveryCI = []struct {
 	// A nacked ordered receipt settled again (M2); PATCH ordered on then
 	// off handed out again a message still out (M3).
 	{12, deliveryOpen}, {1, "trace,stale"},
+	// An ordered group turned unordered with a message out, whose filter
+	// had changed meanwhile: its retry copy was filtered out of the retry
+	// queue, never acked nor dead-lettered.
+	{167, deliveryOpen},
 }
 
 // deliveryOpen are the families whose faults are still open with the

@@ -245,6 +245,18 @@ func (c *consumer) holds(r receipt) bool {
 	return true
 }
 
+// filter is what a consumer with filter f reads from the cursor's queue:
+// all of the retry queue, whose messages the group took already (when
+// they matched), as RocketMQ subscribes retry topics with "*". Filtered
+// there, a message out or waiting for its retry when the filter changed
+// would be skipped: neither acked nor dead-lettered.
+func (c *queueCursor) filter(f Filter) Filter {
+	if c.slot == retrySlot {
+		return Filter{all: true}
+	}
+	return f
+}
+
 // retryCursor is the cursor of the group's retry queue for the topic.
 func (c *consumer) retryCursor() *queueCursor { return c.cursors[len(c.cursors)-1] }
 
@@ -440,7 +452,7 @@ func (e *Engine) resume(c *consumer) {
 					slog.String("queue_topic", cur.Topic), slog.Int("queue", cur.Queue), slog.Int64("queue_offset", off), slog.Any("err", err))
 				continue
 			}
-			if !c.filter.Match(m.Tag) {
+			if !cur.filter(c.filter).Match(m.Tag) {
 				continue // the filter changed since: no longer the group's
 			}
 			cur.Start(off)
@@ -715,7 +727,7 @@ func (e *Engine) leasePull(ctx context.Context, c *consumer, limit int, visibili
 			if round == 0 {
 				share = (share + n - i - 1) / (n - i) // spread across queues first
 			}
-			msgs, next, err := b.ReadQueue(cur.Topic, cur.Queue, cur.Next, share, filter)
+			msgs, next, err := b.ReadQueue(cur.Topic, cur.Queue, cur.Next, share, cur.filter(filter))
 			if err != nil {
 				c.mu.Unlock()
 				return nil, err
@@ -895,7 +907,7 @@ func (e *Engine) leasePush(ctx context.Context, c *consumer, limit int, visibili
 	for i := 0; i < n && len(out) < limit; i++ {
 		cur := cursors[(start+i)%n]
 		share := max(1, (limit-len(out)+n-i-1)/(n-i))
-		msgs, next, err := b.ReadQueue(cur.Topic, cur.Queue, cur.Next, share, filter)
+		msgs, next, err := b.ReadQueue(cur.Topic, cur.Queue, cur.Next, share, cur.filter(filter))
 		if err != nil {
 			b.logger.Error("reading a queue failed", slog.String("group", sub.Group), slog.String("queue_topic", cur.Topic),
 				slog.Int("queue", cur.Queue), slog.Any("err", err))
@@ -1005,7 +1017,7 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 				continue
 			}
 		} else {
-			msgs, next, err := b.ReadQueue(cur.Topic, cur.Queue, cur.Next, 1, filter)
+			msgs, next, err := b.ReadQueue(cur.Topic, cur.Queue, cur.Next, 1, cur.filter(filter))
 			if err != nil {
 				return out, err
 			}

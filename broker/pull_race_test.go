@@ -144,3 +144,42 @@ func TestPullOffsetsStoredBeforeAnswer(t *testing.T) {
 		t.Fatalf("stored offset %d once the pull answered, want 2 (past both messages)", off)
 	}
 }
+
+// TestFilterChangeKeepsRetries: a message the group took (out, or nacked
+// and waiting for its retry) is finished even when a filter change would
+// no longer match it: the retry queue is read whole, as RocketMQ reads a
+// retry topic with "*". It used to be filtered, so such a message was
+// skipped there: never acked nor dead-lettered (delivery model seed 167,
+// through an ordered group turned unordered).
+func TestFilterChangeKeepsRetries(t *testing.T) {
+	dir := t.TempDir()
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		w := newPullEachWorld(t, dir, false)
+		publish(t, w.b, "t", &Message{Body: []byte("m0"), Tag: "c"})
+		got := pullN(t, w.b, "g", "t", 1, 0, time.Minute)
+		if len(got) != 1 {
+			t.Fatalf("pulled %q", bodies(got))
+		}
+		if err := w.b.Nack(ctx, "g", receipts(got), 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		subs, err := w.b.Subscriptions(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sub := subs[0]
+		sub.Filter = "a"
+		if _, err := w.b.UpdateSubscription(ctx, sub); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(11 * time.Second)
+		again := pullN(t, w.b, "g", "t", 1, 0, time.Minute)
+		if len(again) != 1 || again[0].Attempt != 2 {
+			t.Fatalf("after the nack's delay pulled %q (attempts %v), want m0 as attempt 2", bodies(again), attemptsOf(again))
+		}
+		if err := w.b.Ack(ctx, "g", receipts(again)); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
