@@ -138,6 +138,20 @@ func (o dOp) String() string { return fmt.Sprintf("%s(g%d,%d)", o.kind, o.group,
 
 const dTopic = "orders"
 
+// eachOp is what a per-receipt request of the model does.
+type eachOp uint8
+
+const (
+	opAck eachOp = iota
+	opNack
+	opVisibility
+)
+
+// done is what an answer for a receipt that op settled now says.
+func (op eachOp) done() ReceiptStatus {
+	return [...]ReceiptStatus{opAck: ReceiptAcked, opNack: ReceiptNacked, opVisibility: ReceiptExtended}[op]
+}
+
 // The groups: everything, unordered; a tag filter; an ordered group.
 var dGroupSpecs = []struct {
 	name       string
@@ -941,7 +955,7 @@ func (r *deliveryRun) wantStatus(g *dGroup, rc string, op eachOp, now time.Time)
 	case gm.receipt != rc:
 		return ReceiptStale // superseded: its message went out again
 	case gm.state == gOut && now.Before(d.deadline):
-		return done(op)
+		return op.done()
 	}
 	return ""
 }
@@ -994,7 +1008,7 @@ func (r *deliveryRun) settleEach(g *dGroup, rng *rand.Rand, op eachOp, pick []st
 			return fmt.Errorf("%s of %s's receipt of %s (attempt %d, deadline %s, settled %v nacked %v, current %v): %s, want %s",
 				what, g.name, d.msgID, d.attempt, d.deadline.Format("15:04:05.000"), d.settled, d.nacked, gm.receipt == rc, got, want[i])
 		}
-		if got != done(op) || !res[i].now {
+		if got != op.done() || !res[i].now {
 			continue
 		}
 		gm := g.msgs[d.msgID]

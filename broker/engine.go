@@ -1195,16 +1195,21 @@ func (e *Engine) inFlight(group string) map[offsetKey]int {
 // or its consumer was reset.
 var ErrStaleReceipt = errors.New("stale receipt")
 
-// Settle settles one lease.
+// Settle settles one lease: the per-receipt settle (settleEach) of one
+// receipt, its stale answer an error wrapping ErrStaleReceipt.
 func (e *Engine) Settle(ctx context.Context, rcpt string, v Verdict) error {
 	r, err := decodeReceipt(rcpt, e.b.receiptKey)
 	if err != nil {
 		return errf(CodeInvalidReceipt, "receipt", "not a receipt this bus issued")
 	}
-	if r.Kind == receiptPush {
-		return e.settlePush(ctx, r, v) // the push loop's path: no batch to check
+	res, err := e.settleEach(ctx, r.Group, []string{rcpt}, v)
+	if err != nil {
+		return err
 	}
-	return e.settleAll(ctx, r.Group, []string{rcpt}, v)
+	if res[0].Status == ReceiptStale {
+		return staleErr("receipt")
+	}
+	return nil
 }
 
 // staleErr is the problem a stale receipt is answered with.
@@ -1213,238 +1218,10 @@ func staleErr(field string) error {
 		Detail: "the receipt is stale: already acked or nacked, or its visibility ran out and the message was handed out again under a new receipt; nothing was changed"}
 }
 
-// settleAll settles receipts of group, all or none: a batch with any bad
-// or stale receipt changes nothing (pull leases; a push lease is settled
-// alone).
-func (e *Engine) settleAll(ctx context.Context, group string, receipts []string, v Verdict) error {
-	b := e.b
-	if err := ValidateGroupName(group); err != nil {
-		return err
-	}
-	if len(receipts) == 0 || len(receipts) > MaxPullMessages*4 {
-		return errf(CodeInvalidReceipt, "receipts", "give 1-%d receipts", MaxPullMessages*4)
-	}
-	var timers, ordered, push []receipt
-	for i, s := range receipts {
-		r, err := decodeReceipt(s, b.receiptKey)
-		if err != nil {
-			return errf(CodeInvalidReceipt, fmt.Sprintf("receipts[%d]", i), "not a receipt this bus issued")
-		}
-		if r.Group != group {
-			return errf(CodeInvalidReceipt, fmt.Sprintf("receipts[%d]", i), "the receipt was issued to another group")
-		}
-		switch r.Kind {
-		case receiptOrdered, receiptOrderedUntil:
-			c, err := b.pullGroup(ctx, group, r.Topic, false)
-			if errors.Is(err, errNoPullGroup) {
-				return staleErr(fmt.Sprintf("receipts[%d]", i)) // its subscription was deleted
-			}
-			if err != nil {
-				return err
-			}
-			c.mu.Lock()
-			out := c.holds(r)
-			timer, converted := c.unordered[[3]int64{int64(r.Queue), r.Timer, int64(r.Attempt)}]
-			c.mu.Unlock()
-			if !out && converted {
-				// Out when the group turned unordered: its visibility
-				// copy's timer settles it now.
-				r.Kind, r.Timer = receiptTimer, timer
-				timers = append(timers, r)
-				continue
-			}
-			if !out {
-				return staleErr(fmt.Sprintf("receipts[%d]", i))
-			}
-			ordered = append(ordered, r)
-		case receiptPush:
-			push = append(push, r)
-		default:
-			timers = append(timers, r)
-		}
-	}
-	if len(push) > 0 {
-		if len(receipts) != 1 {
-			return errf(CodeInvalidReceipt, "receipts", "a push lease is settled alone")
-		}
-		return e.settlePush(ctx, push[0], v)
-	}
-	if err := e.settleTimers(ctx, group, timers, v); err != nil {
-		return err
-	}
-	return e.settleOrdered(ctx, group, ordered, v)
-}
-
 // nackReserve is how long a nack keeps the timer loop off its receipts'
 // timers while it stores their replacements; a nack that fails or is cut
 // by a crash leaves its messages to come back after it.
 const nackReserve = time.Minute
-
-// settleTimers settles pull leases by their visibility timers. An ack
-// cancels them; a retry (nack) first stores the replacement copies and
-// then swaps the timers in one transaction, so a crash in between brings
-// the message back twice rather than never.
-func (e *Engine) settleTimers(ctx context.Context, group string, rs []receipt, v Verdict) error {
-	if len(rs) == 0 {
-		return nil
-	}
-	b := e.b
-	offs := make([]int64, len(rs))
-	var last int64
-	for i, r := range rs {
-		offs[i] = r.Timer
-		last = max(last, r.Timer)
-	}
-	// A receipt's timer is stored when dispatch reaches its copy.
-	if err := b.waitDispatched(ctx, last+1); err != nil {
-		return err
-	}
-	// The group's offsets moved past these messages when they were handed
-	// out, in memory: they are made durable before the settles, or a crash
-	// would hand settled messages out again from the old offset.
-	if err := b.flushOffsets(ctx); err != nil {
-		return err
-	}
-	var repl []int64
-	if v.kind != verdictAck {
-		// The timers are reserved first: the timer loop cannot put the
-		// messages back while their replacements are stored (it would
-		// bring them back twice), and a receipt whose timer is due or
-		// taken already is stale before anything is stored.
-		stale, err := b.meta.ReserveTimers(ctx, offs, b.now().Add(nackReserve))
-		if err != nil {
-			return err
-		}
-		if len(stale) > 0 {
-			return &Error{Code: CodeStaleReceipt, Field: "receipts", Err: ErrStaleReceipt,
-				Detail: fmt.Sprintf("%d of the receipts are stale: already acked or nacked, or their visibility ran out and the message was handed out again under a new receipt; nothing was changed", len(stale))}
-		}
-		copies := make([]*Message, 0, len(rs))
-		for _, r := range rs {
-			m, err := b.readMessage(r.Timer)
-			if err != nil {
-				return fmt.Errorf("read the visibility copy of %s: %w", r.MsgID, err)
-			}
-			switch v.kind {
-			case verdictDead:
-				dl := m.copyFor(DeadLetterTopic(group))
-				dl.Attempt, dl.Reason, dl.flags = max(m.Attempt-1, 1), v.reason, flagDead
-				copies = append(copies, dl)
-			case verdictRelease:
-				// Not sent: the same attempt again, now.
-				copies = append(copies, m.retryCopy(group, max(m.Attempt-1, 1), b.now()))
-			default:
-				// m is the visibility copy: it already carries the next attempt.
-				copies = append(copies, m.retryCopy(group, m.Attempt, v.at))
-			}
-		}
-		byTopic := map[string][]*Message{}
-		var order []string
-		for _, cp := range copies {
-			if _, ok := byTopic[cp.Topic]; !ok {
-				order = append(order, cp.Topic)
-			}
-			byTopic[cp.Topic] = append(byTopic[cp.Topic], cp)
-		}
-		var end int64
-		for _, t := range order {
-			ts, err := b.topicOrSystem(ctx, t)
-			if err != nil {
-				return err
-			}
-			for msgs := byTopic[t]; len(msgs) > 0; {
-				part := msgs[:dueChunk(msgs)]
-				res, err := b.store(ctx, ts, part, false)
-				if err != nil {
-					return err
-				}
-				for _, r := range res {
-					repl = append(repl, r.logOffset)
-					end = max(end, r.logOffset+1)
-				}
-				msgs = msgs[len(part):]
-			}
-		}
-		// The replacements' timers must exist before the originals' go.
-		if err := b.waitDispatched(ctx, end); err != nil {
-			return err
-		}
-	}
-	stale, err := b.meta.SwapTimers(ctx, offs, repl)
-	if err != nil {
-		return err
-	}
-	if len(stale) > 0 {
-		return &Error{Code: CodeStaleReceipt, Field: "receipts", Err: ErrStaleReceipt,
-			Detail: fmt.Sprintf("%d of the receipts are stale: already acked or nacked, or their visibility ran out and the message was handed out again under a new receipt; nothing was changed", len(stale))}
-	}
-	return nil
-}
-
-// settleOrdered settles an ordered group's pull leases: an ack moves the
-// queue on; a retry makes the message wait until then as the next
-// attempt.
-func (e *Engine) settleOrdered(ctx context.Context, group string, rs []receipt, v Verdict) error {
-	b := e.b
-	for _, r := range rs {
-		c, err := b.pullGroup(ctx, group, r.Topic, false)
-		if errors.Is(err, errNoPullGroup) {
-			return staleErr("receipts")
-		}
-		if err != nil {
-			return err
-		}
-		c.mu.Lock()
-		if c.closed {
-			// Dropped (a reset, a change) since the receipt was checked:
-			// its block belongs to the old consumer, and writing it now
-			// would undo the reset.
-			c.mu.Unlock()
-			return staleErr("receipts")
-		}
-		blk := c.blocks[r.Queue]
-		if cur := c.cursorAt(r.Queue); c.holds(r) && cur != nil {
-			delete(c.pulledOut, r.Queue) // settled: not expired, and not out
-			switch v.kind {
-			case verdictAck:
-				e.clearBlock(ctx, c, cur, r.Timer+1)
-			case verdictDead:
-				var m *Message
-				if m, err = b.ReadMessageAt(cur.Topic, cur.Queue, r.Timer); err == nil {
-					if err = b.DeadLetter(ctx, group, m, r.Attempt, v.reason); err == nil {
-						e.clearBlock(ctx, c, cur, r.Timer+1)
-					}
-				}
-			default:
-				until := leaseEnd(blk)
-				blk.LeaseUntil = time.Time{} // settled: nothing out
-				blk.NextAt = b.now()
-				if v.kind == verdictRetry {
-					blk.NextAt = v.at
-				} else {
-					blk.Attempt-- // not sent: not an attempt
-				}
-				if blk.NextAt.UnixMilli() == until.UnixMilli() {
-					// The block waits until another millisecond than
-					// the lease's end, so that its receipt, which names
-					// that end, is stale after a restart too.
-					blk.NextAt = blk.NextAt.Add(time.Millisecond)
-				}
-				c.blocks[r.Queue] = blk
-				err = b.meta.SetOrderedRetry(ctx, blk)
-			}
-		}
-		c.mu.Unlock()
-		if err != nil {
-			return err
-		}
-	}
-	if len(rs) > 0 && v.kind != verdictRetry && v.kind != verdictRelease {
-		// An ordered queue's offset moves past a settled message only now.
-		return b.flushOffsets(ctx)
-	}
-	return nil
-}
 
 // settlePush settles a push lease.
 func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {

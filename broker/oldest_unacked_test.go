@@ -49,19 +49,7 @@ func TestOldestUnackedAge(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				ctx := context.Background()
 				reg := prometheus.NewRegistry()
-				w := &pullEachWorld{t: t, cfg: testConfig(t, dir)}
-				w.cfg.Registerer = reg
-				var err error
-				if w.b, err = Open(ctx, w.cfg); err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { w.b.Close() })
-				if _, _, err := w.b.PutTopic(ctx, "t", TopicSettings{Queues: 1}); err != nil {
-					t.Fatal(err)
-				}
-				if _, err := w.b.CreateSubscription(ctx, Subscription{Group: "g", Topic: "t", Ordered: ordered, MaxRetries: 5, StartFrom: "earliest"}); err != nil {
-					t.Fatal(err)
-				}
+				w := newPullEachWorld(t, dir, ordered, func(c *Config) { c.Registerer = reg })
 				check := func(step string, want time.Duration) {
 					t.Helper()
 					g, err := w.b.Group(ctx, "g")

@@ -37,21 +37,10 @@ func (l *killLedger) pulled(m pulledMsg, epoch int) {
 }
 
 // killPuller pulls, acks, nacks and drops until its broker is gone.
-func killPuller(client *http.Client, url string, rng *rand.Rand, epoch int, l *killLedger) {
+func killPuller(c pullClient, rng *rand.Rand, epoch int, l *killLedger) {
 	post := func(path string, body any, out any) bool {
-		var rd *bytes.Reader
-		if body != nil {
-			b, _ := json.Marshal(body)
-			rd = bytes.NewReader(b)
-		} else {
-			rd = bytes.NewReader(nil)
-		}
-		resp, err := client.Post(url+path, "application/json", rd)
-		if err != nil {
-			return false // killed
-		}
-		defer resp.Body.Close()
-		return resp.StatusCode == 200 && json.NewDecoder(resp.Body).Decode(out) == nil
+		st, err := c.try(path, body, out)
+		return err == nil && st == 200 // an error: killed
 	}
 	for range 2000 { // bounded: the kill ends it far sooner
 		var got struct{ Messages []pulledMsg }
@@ -143,7 +132,7 @@ func TestSIGKILLPullersNeverRepeatAnAck(t *testing.T) {
 		for range 2 {
 			prng := rand.New(rand.NewPCG(rng.Uint64(), 5))
 			wg.Add(1)
-			go func() { defer wg.Done(); killPuller(client, p.url, prng, epoch, l) }()
+			go func() { defer wg.Done(); killPuller(pullClient{url: p.url, client: client}, prng, epoch, l) }()
 		}
 		time.Sleep(time.Duration(1500+rng.IntN(1500)) * time.Millisecond) // the work the kill interrupts
 		p.cmd.Process.Signal(syscall.SIGKILL)
@@ -155,7 +144,7 @@ func TestSIGKILLPullersNeverRepeatAnAck(t *testing.T) {
 	deadline := time.Now().Add(60 * time.Second)
 	for idle := 0; idle < 3 && time.Now().Before(deadline); {
 		var got struct{ Messages []pulledMsg }
-		c := pullClient{t, p.url}
+		c := pullClient{tb: t, url: p.url, client: client}
 		if st := c.post("/v1/groups/workers/topics/work/pull?max=32&wait=2s&visibility=30s", nil, &got); st != 200 {
 			t.Fatalf("drain pull: %d", st)
 		}
