@@ -192,6 +192,11 @@ type consumer struct {
 	// (in this process; after a restart it is stale). Guarded by mu.
 	unordered map[[3]int64]int64
 	redo      []*memLease // released or expired push leases, handed out first; guarded by mu
+	// ackedOrdered is the attempt whose receipt acked an ordered pull
+	// queue's message, by slot and queue offset, for the last
+	// maxOrderedAcks acks (oldest first in ackedOrder). Guarded by mu.
+	ackedOrdered map[[2]int64]int
+	ackedOrder   [][2]int64
 }
 
 // memLease is a push lease: a message out to this process's push loop.

@@ -333,6 +333,11 @@ func (e *Engine) settleOrderedEach(ctx context.Context, group string, r receipt,
 	case c.closed || cur == nil:
 		return ReceiptStale, false, nil
 	case v.kind == verdictAck && (!blocked || blk.QueueOffset != r.Timer) && cur.Committed() > r.Timer:
+		if a, ok := c.ackedOrdered[[2]int64{int64(r.Queue), r.Timer}]; ok && a != r.Attempt {
+			// Another attempt's receipt was acked: this one's lease ran
+			// out and its message went out again.
+			return ReceiptStale, false, nil
+		}
 		return ReceiptAcked, false, nil
 	case v.kind == verdictRetry && blocked && blk.QueueOffset == r.Timer && blk.Attempt == r.Attempt && !c.pulledOut[r.Queue]:
 		return ReceiptNacked, false, nil
@@ -375,6 +380,7 @@ func (e *Engine) settleOrdered(ctx context.Context, c *consumer, r receipt, v Ve
 	case verdictAck:
 		delete(c.pulledOut, r.Queue) // settled: not expired, and not out
 		e.clearBlock(ctx, c, cur, r.Timer+1)
+		c.noteOrderedAck(r)
 	case verdictDead:
 		var m *Message
 		if m, err = b.ReadMessageAt(cur.Topic, cur.Queue, r.Timer); err == nil {
@@ -428,4 +434,26 @@ func (e *Engine) convertedReceipt(ctx context.Context, group string, r receipt) 
 	}
 	timer, ok := c.unordered[[3]int64{int64(r.Queue), r.Timer, int64(r.Attempt)}]
 	return timer, ok
+}
+
+// maxOrderedAcks bounds what a consumer remembers of its ordered acks.
+const maxOrderedAcks = 4096
+
+// noteOrderedAck remembers which attempt's receipt acked an ordered
+// queue's message, so that another attempt's receipt of it (one whose
+// visibility ran out before the message went out again) is answered
+// stale, not taken for a retry of the ack. Only the last maxOrderedAcks
+// are kept, in memory: past them, or after a restart, any receipt of a
+// message the group moved past is answered acked. Called with c.mu held.
+func (c *consumer) noteOrderedAck(r receipt) {
+	if c.ackedOrdered == nil {
+		c.ackedOrdered = map[[2]int64]int{}
+	}
+	k := [2]int64{int64(r.Queue), r.Timer}
+	c.ackedOrdered[k] = r.Attempt
+	c.ackedOrder = append(c.ackedOrder, k)
+	if len(c.ackedOrder) > maxOrderedAcks {
+		delete(c.ackedOrdered, c.ackedOrder[0])
+		c.ackedOrder = c.ackedOrder[1:]
+	}
 }
