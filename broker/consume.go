@@ -42,6 +42,12 @@ type offsets struct {
 	// progress is what a push consumer settled above next (encoded by
 	// queueCursor.progress), stored with it; absent for the rest.
 	progress map[offsetKey][]byte // guarded by mu
+	// flushMu makes flushes one at a time, from the snapshot of what is
+	// dirty to its commit: two flushes committing in the other order than
+	// they took their snapshots would store the older offsets last, with
+	// nothing left dirty to write the newer ones again, and a crash would
+	// then hand out again what was acked above them.
+	flushMu sync.Mutex
 }
 
 // Offset returns a group's next offset on a queue, and whether it has one.
@@ -118,6 +124,8 @@ func (b *Broker) flushOffsetsRound(ctx context.Context) error {
 }
 
 func (b *Broker) flushOffsetsWith(ctx context.Context, commit func(context.Context, []meta.Offset) error) error {
+	b.offs.flushMu.Lock()
+	defer b.offs.flushMu.Unlock()
 	b.offs.mu.Lock()
 	batch := make([]meta.Offset, 0, len(b.offs.dirty))
 	for k := range b.offs.dirty {
@@ -125,6 +133,9 @@ func (b *Broker) flushOffsetsWith(ctx context.Context, commit func(context.Conte
 	}
 	clear(b.offs.dirty)
 	b.offs.mu.Unlock()
+	if testHookOffsetsTaken != nil {
+		testHookOffsetsTaken(batch)
+	}
 	if err := commit(ctx, batch); err != nil {
 		b.offs.mu.Lock()
 		for _, o := range batch {
@@ -135,6 +146,31 @@ func (b *Broker) flushOffsetsWith(ctx context.Context, commit func(context.Conte
 	}
 	return nil
 }
+
+// commitLease stores a pull lease's visibility timers with the offsets
+// past its messages (meta.Store.CommitLease) and then moves the offsets in
+// memory, all in turn with the flushes: none of them can write an older
+// offset of these queues after this commit.
+func (b *Broker) commitLease(ctx context.Context, timers []meta.Timer, offs []meta.Offset) error {
+	b.offs.flushMu.Lock()
+	defer b.offs.flushMu.Unlock()
+	if err := b.meta.CommitLease(ctx, timers, offs); err != nil {
+		return err
+	}
+	b.offs.mu.Lock()
+	defer b.offs.mu.Unlock()
+	for _, o := range offs {
+		k := offsetKey{o.Group, o.Topic, o.Queue}
+		b.offs.next[k] = o.Next
+		delete(b.offs.progress, k)
+		delete(b.offs.dirty, k) // stored just now
+	}
+	return nil
+}
+
+// testHookOffsetsTaken runs in a flush between taking the dirty offsets
+// and committing them.
+var testHookOffsetsTaken func([]meta.Offset)
 
 // Dispatched returns a channel closed when new messages become readable.
 func (b *Broker) Dispatched() <-chan struct{} { return b.dispatchSig.wait() }

@@ -199,12 +199,18 @@ func (b *Broker) dispatchRecord(off int64, rec []byte) error {
 		return nil // the topic was deleted (and maybe created again since)
 	}
 	if h.Flags&(flagDelayed|flagRePut) == flagDelayed {
-		// Waits in the timer store; findable by id and key meanwhile.
-		t := meta.Timer{LogOffset: off, DeliverAt: time.UnixMilli(h.DeliverAt)}
-		if h.Flags&flagRetry != 0 {
-			t.Owner = topic
+		// Waits in the timer store; findable by id and key meanwhile. A
+		// lease's visibility copy gets its timer from the lease, in the
+		// transaction that moves the offsets past its message: one the
+		// lease never committed (a crash, a consumer dropped) must not
+		// fire beside the message handed out again from the queue.
+		if h.Flags&flagLeased == 0 {
+			t := meta.Timer{LogOffset: off, DeliverAt: time.UnixMilli(h.DeliverAt)}
+			if h.Flags&flagRetry != 0 {
+				t.Owner = topic
+			}
+			b.newTimers = append(b.newTimers, t)
 		}
-		b.newTimers = append(b.newTimers, t)
 		b.indexRecord(off, &h)
 		return nil
 	}

@@ -28,12 +28,15 @@
 // queues and on its retry queue, what is out, ordered queues' blocks,
 // retry copies and dead-lettering; offset resets, subscription changes
 // and topic growth act on it, so no consumer writes its own position back
-// over them. Pullers settle receipt by receipt (AckEach, NackEach,
-// ChangeVisibility, engine_each.go), as SQS's batch calls answer: each
+// over them. Every lease is settled by one per-receipt path
+// (engine_each.go), which Engine.Settle, AckEach, NackEach and
+// ChangeVisibility wrap; pullers settle receipt by receipt, as SQS's
+// batch calls answer: each
 // receipt's timer records whether an ack or a nack settled it, so a
 // retried ack is answered acked (meta.SettledMemory, across restarts), and
 // a malformed request changes nothing. Pull leases are durable (a
-// visibility copy each); push leases
+// visibility copy each, whose timer is stored with the offsets past its
+// message in one transaction, so a crash keeps both or neither); push leases
 // live in the process, and their offsets are written as they settle, with
 // what was settled above each (consumer_offsets.progress), so a consumer
 // built again after a kill hands out again only what was out. Turning a

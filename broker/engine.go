@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/postbus/postbus/broker/commitlog"
+	"github.com/postbus/postbus/broker/meta"
 )
 
 // The consumer engine: the one place that hands messages out to a group and
@@ -191,6 +192,11 @@ type consumer struct {
 	// (in this process; after a restart it is stale). Guarded by mu.
 	unordered map[[3]int64]int64
 	redo      []*memLease // released or expired push leases, handed out first; guarded by mu
+	// ackedOrdered is the attempt whose receipt acked an ordered pull
+	// queue's message, by slot and queue offset, for the last
+	// maxOrderedAcks acks (oldest first in ackedOrder). Guarded by mu.
+	ackedOrdered map[[2]int64]int
+	ackedOrder   [][2]int64
 }
 
 // memLease is a push lease: a message out to this process's push loop.
@@ -244,6 +250,18 @@ func (c *consumer) holds(r receipt) bool {
 	return true
 }
 
+// filter is what a consumer with filter f reads from the cursor's queue:
+// all of the retry queue, whose messages the group took already (when
+// they matched), as RocketMQ subscribes retry topics with "*". Filtered
+// there, a message out or waiting for its retry when the filter changed
+// would be skipped: neither acked nor dead-lettered.
+func (c *queueCursor) filter(f Filter) Filter {
+	if c.slot == retrySlot {
+		return Filter{all: true}
+	}
+	return f
+}
+
 // retryCursor is the cursor of the group's retry queue for the topic.
 func (c *consumer) retryCursor() *queueCursor { return c.cursors[len(c.cursors)-1] }
 
@@ -253,12 +271,23 @@ func (c *consumer) retryCursor() *queueCursor { return c.cursors[len(c.cursors)-
 // subscription (a first Pull does): without an active one it fails with
 // ErrSubscriptionInactive.
 func (e *Engine) Lease(ctx context.Context, group, topic string, max int, visibility time.Duration) ([]Lease, error) {
-	c, err := e.consumerFor(ctx, group, topic)
-	if err != nil {
-		return nil, err
+	for range 3 {
+		c, err := e.consumerFor(ctx, group, topic)
+		if err != nil {
+			return nil, err
+		}
+		got, err := e.lease(ctx, c, max, visibility)
+		if !errors.Is(err, errConsumerDropped) {
+			return got, err
+		}
 	}
-	return e.lease(ctx, c, max, visibility)
+	return nil, nil // dropped again and again: the caller asks again later
 }
+
+// errConsumerDropped is a lease's answer on a consumer dropped before or
+// while it leased: nothing was handed out, and the caller leases again
+// from the consumer built now.
+var errConsumerDropped = errors.New("consumer dropped")
 
 // consumerFor returns the group's consumer on topic, building it from the
 // subscription and the offsets.
@@ -428,7 +457,7 @@ func (e *Engine) resume(c *consumer) {
 					slog.String("queue_topic", cur.Topic), slog.Int("queue", cur.Queue), slog.Int64("queue_offset", off), slog.Any("err", err))
 				continue
 			}
-			if !c.filter.Match(m.Tag) {
+			if !cur.filter(c.filter).Match(m.Tag) {
 				continue // the filter changed since: no longer the group's
 			}
 			cur.Start(off)
@@ -561,6 +590,10 @@ func (e *Engine) lease(ctx context.Context, c *consumer, limit int, visibility t
 	c.leaseMu.Lock()
 	defer c.leaseMu.Unlock()
 	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil, errConsumerDropped
+	}
 	if c.sub.State != StateActive {
 		sub := c.sub
 		c.mu.Unlock()
@@ -699,7 +732,7 @@ func (e *Engine) leasePull(ctx context.Context, c *consumer, limit int, visibili
 			if round == 0 {
 				share = (share + n - i - 1) / (n - i) // spread across queues first
 			}
-			msgs, next, err := b.ReadQueue(cur.Topic, cur.Queue, cur.Next, share, filter)
+			msgs, next, err := b.ReadQueue(cur.Topic, cur.Queue, cur.Next, share, cur.filter(filter))
 			if err != nil {
 				c.mu.Unlock()
 				return nil, err
@@ -750,27 +783,78 @@ func (e *Engine) leasePull(ctx context.Context, c *consumer, limit int, visibili
 		copies = append(copies, cp)
 		out = append(out, Lease{Message: t.m, Attempt: attempt})
 	}
-	if len(copies) > 0 {
-		ts, err := b.topicOrSystem(ctx, RetryTopic(sub.Group, sub.Topic))
-		if err != nil {
-			return nil, e.unsettle(c, err)
+	if len(copies) == 0 {
+		c.mu.Lock()
+		for _, t := range got {
+			t.cur.Finish(t.m.QueueOffset)
+			e.setOffset(c, t.cur)
 		}
-		res, err := b.store(ctx, ts, copies, false)
-		if err != nil {
-			return nil, e.unsettle(c, err)
-		}
-		for i := range out {
-			out[i].Receipt = receipt{Attempt: out[i].Attempt, Timer: res[i].logOffset, Group: sub.Group, Topic: sub.Topic, MsgID: out[i].ID}.encode(b.receiptKey)
-		}
+		c.mu.Unlock()
+		return out, nil
 	}
+	for _, cp := range copies {
+		cp.flags |= flagLeased // its timer is stored below, with the offsets
+	}
+	ts, err := b.topicOrSystem(ctx, RetryTopic(sub.Group, sub.Topic))
+	if err != nil {
+		return nil, e.unsettle(c, err)
+	}
+	res, err := b.store(ctx, ts, copies, false)
+	if err != nil {
+		return nil, e.unsettle(c, err)
+	}
+	if testHookLeaseStored != nil {
+		testHookLeaseStored()
+	}
+	timers := make([]meta.Timer, len(res))
+	var end int64
+	for i := range out {
+		out[i].Receipt = receipt{Attempt: out[i].Attempt, Timer: res[i].logOffset, Group: sub.Group, Topic: sub.Topic, MsgID: out[i].ID}.encode(b.receiptKey)
+		timers[i] = meta.Timer{LogOffset: res[i].logOffset, DeliverAt: copies[i].DeliverAt, Owner: copies[i].Topic}
+		end = max(end, res[i].logOffset+1)
+	}
+	// A timer fires by reading its copy, which dispatch indexes first.
+	if err := b.waitDispatched(ctx, end); err != nil {
+		return nil, e.unsettle(c, err)
+	}
+	// The lease holds once the copies' timers and the offsets past their
+	// messages are stored, in one transaction: a crash before it leaves
+	// the copies without timers and the offsets where they were, so the
+	// messages go out again from the queue as the same attempt (nobody saw
+	// them), never also from their copies. c.mu is held throughout, so a
+	// drop (which would have the next consumer read the same messages from
+	// the offsets) comes before the lease, which then hands out nothing,
+	// or after it, once the offsets moved.
 	c.mu.Lock()
+	if c.closed {
+		// Dropped while the copies were stored (a subscription made or
+		// changed, an offset reset, the topic deleted): they stay without
+		// timers, and the consumer built now hands the messages out.
+		c.mu.Unlock()
+		return nil, errConsumerDropped
+	}
+	moved := map[*queueCursor]bool{}
 	for _, t := range got {
 		t.cur.Finish(t.m.QueueOffset)
-		e.setOffset(c, t.cur)
+		moved[t.cur] = true
 	}
+	offs := make([]meta.Offset, 0, len(moved))
+	for cur := range moved {
+		offs = append(offs, meta.Offset{Group: sub.Group, Topic: cur.Topic, Queue: cur.Queue, Next: cur.Committed()})
+	}
+	err = b.commitLease(ctx, timers, offs)
 	c.mu.Unlock()
+	if err != nil {
+		// Neither is stored: the copies stay without timers, and the
+		// consumer built next reads the messages again from the offsets.
+		return nil, e.unsettle(c, fmt.Errorf("store a pull lease: %w", err))
+	}
 	return out, nil
 }
+
+// testHookLeaseStored runs in a pull lease once its visibility copies are
+// stored, before the offsets move past their messages.
+var testHookLeaseStored func()
 
 // unsettle undoes a lease that could not store its copies: the consumer
 // is dropped, so the next lease starts again from the offsets, which never
@@ -828,7 +912,7 @@ func (e *Engine) leasePush(ctx context.Context, c *consumer, limit int, visibili
 	for i := 0; i < n && len(out) < limit; i++ {
 		cur := cursors[(start+i)%n]
 		share := max(1, (limit-len(out)+n-i-1)/(n-i))
-		msgs, next, err := b.ReadQueue(cur.Topic, cur.Queue, cur.Next, share, filter)
+		msgs, next, err := b.ReadQueue(cur.Topic, cur.Queue, cur.Next, share, cur.filter(filter))
 		if err != nil {
 			b.logger.Error("reading a queue failed", slog.String("group", sub.Group), slog.String("queue_topic", cur.Topic),
 				slog.Int("queue", cur.Queue), slog.Any("err", err))
@@ -938,7 +1022,7 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 				continue
 			}
 		} else {
-			msgs, next, err := b.ReadQueue(cur.Topic, cur.Queue, cur.Next, 1, filter)
+			msgs, next, err := b.ReadQueue(cur.Topic, cur.Queue, cur.Next, 1, cur.filter(filter))
 			if err != nil {
 				return out, err
 			}
@@ -1116,16 +1200,21 @@ func (e *Engine) inFlight(group string) map[offsetKey]int {
 // or its consumer was reset.
 var ErrStaleReceipt = errors.New("stale receipt")
 
-// Settle settles one lease.
+// Settle settles one lease: the per-receipt settle (settleEach) of one
+// receipt, its stale answer an error wrapping ErrStaleReceipt.
 func (e *Engine) Settle(ctx context.Context, rcpt string, v Verdict) error {
 	r, err := decodeReceipt(rcpt, e.b.receiptKey)
 	if err != nil {
 		return errf(CodeInvalidReceipt, "receipt", "not a receipt this bus issued")
 	}
-	if r.Kind == receiptPush {
-		return e.settlePush(ctx, r, v) // the push loop's path: no batch to check
+	res, err := e.settleEach(ctx, r.Group, []string{rcpt}, v)
+	if err != nil {
+		return err
 	}
-	return e.settleAll(ctx, r.Group, []string{rcpt}, v)
+	if res[0].Status == ReceiptStale {
+		return staleErr("receipt")
+	}
+	return nil
 }
 
 // staleErr is the problem a stale receipt is answered with.
@@ -1134,238 +1223,10 @@ func staleErr(field string) error {
 		Detail: "the receipt is stale: already acked or nacked, or its visibility ran out and the message was handed out again under a new receipt; nothing was changed"}
 }
 
-// settleAll settles receipts of group, all or none: a batch with any bad
-// or stale receipt changes nothing (pull leases; a push lease is settled
-// alone).
-func (e *Engine) settleAll(ctx context.Context, group string, receipts []string, v Verdict) error {
-	b := e.b
-	if err := ValidateGroupName(group); err != nil {
-		return err
-	}
-	if len(receipts) == 0 || len(receipts) > MaxPullMessages*4 {
-		return errf(CodeInvalidReceipt, "receipts", "give 1-%d receipts", MaxPullMessages*4)
-	}
-	var timers, ordered, push []receipt
-	for i, s := range receipts {
-		r, err := decodeReceipt(s, b.receiptKey)
-		if err != nil {
-			return errf(CodeInvalidReceipt, fmt.Sprintf("receipts[%d]", i), "not a receipt this bus issued")
-		}
-		if r.Group != group {
-			return errf(CodeInvalidReceipt, fmt.Sprintf("receipts[%d]", i), "the receipt was issued to another group")
-		}
-		switch r.Kind {
-		case receiptOrdered, receiptOrderedUntil:
-			c, err := b.pullGroup(ctx, group, r.Topic, false)
-			if errors.Is(err, errNoPullGroup) {
-				return staleErr(fmt.Sprintf("receipts[%d]", i)) // its subscription was deleted
-			}
-			if err != nil {
-				return err
-			}
-			c.mu.Lock()
-			out := c.holds(r)
-			timer, converted := c.unordered[[3]int64{int64(r.Queue), r.Timer, int64(r.Attempt)}]
-			c.mu.Unlock()
-			if !out && converted {
-				// Out when the group turned unordered: its visibility
-				// copy's timer settles it now.
-				r.Kind, r.Timer = receiptTimer, timer
-				timers = append(timers, r)
-				continue
-			}
-			if !out {
-				return staleErr(fmt.Sprintf("receipts[%d]", i))
-			}
-			ordered = append(ordered, r)
-		case receiptPush:
-			push = append(push, r)
-		default:
-			timers = append(timers, r)
-		}
-	}
-	if len(push) > 0 {
-		if len(receipts) != 1 {
-			return errf(CodeInvalidReceipt, "receipts", "a push lease is settled alone")
-		}
-		return e.settlePush(ctx, push[0], v)
-	}
-	if err := e.settleTimers(ctx, group, timers, v); err != nil {
-		return err
-	}
-	return e.settleOrdered(ctx, group, ordered, v)
-}
-
 // nackReserve is how long a nack keeps the timer loop off its receipts'
 // timers while it stores their replacements; a nack that fails or is cut
 // by a crash leaves its messages to come back after it.
 const nackReserve = time.Minute
-
-// settleTimers settles pull leases by their visibility timers. An ack
-// cancels them; a retry (nack) first stores the replacement copies and
-// then swaps the timers in one transaction, so a crash in between brings
-// the message back twice rather than never.
-func (e *Engine) settleTimers(ctx context.Context, group string, rs []receipt, v Verdict) error {
-	if len(rs) == 0 {
-		return nil
-	}
-	b := e.b
-	offs := make([]int64, len(rs))
-	var last int64
-	for i, r := range rs {
-		offs[i] = r.Timer
-		last = max(last, r.Timer)
-	}
-	// A receipt's timer is stored when dispatch reaches its copy.
-	if err := b.waitDispatched(ctx, last+1); err != nil {
-		return err
-	}
-	// The group's offsets moved past these messages when they were handed
-	// out, in memory: they are made durable before the settles, or a crash
-	// would hand settled messages out again from the old offset.
-	if err := b.flushOffsets(ctx); err != nil {
-		return err
-	}
-	var repl []int64
-	if v.kind != verdictAck {
-		// The timers are reserved first: the timer loop cannot put the
-		// messages back while their replacements are stored (it would
-		// bring them back twice), and a receipt whose timer is due or
-		// taken already is stale before anything is stored.
-		stale, err := b.meta.ReserveTimers(ctx, offs, b.now().Add(nackReserve))
-		if err != nil {
-			return err
-		}
-		if len(stale) > 0 {
-			return &Error{Code: CodeStaleReceipt, Field: "receipts", Err: ErrStaleReceipt,
-				Detail: fmt.Sprintf("%d of the receipts are stale: already acked or nacked, or their visibility ran out and the message was handed out again under a new receipt; nothing was changed", len(stale))}
-		}
-		copies := make([]*Message, 0, len(rs))
-		for _, r := range rs {
-			m, err := b.readMessage(r.Timer)
-			if err != nil {
-				return fmt.Errorf("read the visibility copy of %s: %w", r.MsgID, err)
-			}
-			switch v.kind {
-			case verdictDead:
-				dl := m.copyFor(DeadLetterTopic(group))
-				dl.Attempt, dl.Reason, dl.flags = max(m.Attempt-1, 1), v.reason, flagDead
-				copies = append(copies, dl)
-			case verdictRelease:
-				// Not sent: the same attempt again, now.
-				copies = append(copies, m.retryCopy(group, max(m.Attempt-1, 1), b.now()))
-			default:
-				// m is the visibility copy: it already carries the next attempt.
-				copies = append(copies, m.retryCopy(group, m.Attempt, v.at))
-			}
-		}
-		byTopic := map[string][]*Message{}
-		var order []string
-		for _, cp := range copies {
-			if _, ok := byTopic[cp.Topic]; !ok {
-				order = append(order, cp.Topic)
-			}
-			byTopic[cp.Topic] = append(byTopic[cp.Topic], cp)
-		}
-		var end int64
-		for _, t := range order {
-			ts, err := b.topicOrSystem(ctx, t)
-			if err != nil {
-				return err
-			}
-			for msgs := byTopic[t]; len(msgs) > 0; {
-				part := msgs[:dueChunk(msgs)]
-				res, err := b.store(ctx, ts, part, false)
-				if err != nil {
-					return err
-				}
-				for _, r := range res {
-					repl = append(repl, r.logOffset)
-					end = max(end, r.logOffset+1)
-				}
-				msgs = msgs[len(part):]
-			}
-		}
-		// The replacements' timers must exist before the originals' go.
-		if err := b.waitDispatched(ctx, end); err != nil {
-			return err
-		}
-	}
-	stale, err := b.meta.SwapTimers(ctx, offs, repl)
-	if err != nil {
-		return err
-	}
-	if len(stale) > 0 {
-		return &Error{Code: CodeStaleReceipt, Field: "receipts", Err: ErrStaleReceipt,
-			Detail: fmt.Sprintf("%d of the receipts are stale: already acked or nacked, or their visibility ran out and the message was handed out again under a new receipt; nothing was changed", len(stale))}
-	}
-	return nil
-}
-
-// settleOrdered settles an ordered group's pull leases: an ack moves the
-// queue on; a retry makes the message wait until then as the next
-// attempt.
-func (e *Engine) settleOrdered(ctx context.Context, group string, rs []receipt, v Verdict) error {
-	b := e.b
-	for _, r := range rs {
-		c, err := b.pullGroup(ctx, group, r.Topic, false)
-		if errors.Is(err, errNoPullGroup) {
-			return staleErr("receipts")
-		}
-		if err != nil {
-			return err
-		}
-		c.mu.Lock()
-		if c.closed {
-			// Dropped (a reset, a change) since the receipt was checked:
-			// its block belongs to the old consumer, and writing it now
-			// would undo the reset.
-			c.mu.Unlock()
-			return staleErr("receipts")
-		}
-		blk := c.blocks[r.Queue]
-		if cur := c.cursorAt(r.Queue); c.holds(r) && cur != nil {
-			delete(c.pulledOut, r.Queue) // settled: not expired, and not out
-			switch v.kind {
-			case verdictAck:
-				e.clearBlock(ctx, c, cur, r.Timer+1)
-			case verdictDead:
-				var m *Message
-				if m, err = b.ReadMessageAt(cur.Topic, cur.Queue, r.Timer); err == nil {
-					if err = b.DeadLetter(ctx, group, m, r.Attempt, v.reason); err == nil {
-						e.clearBlock(ctx, c, cur, r.Timer+1)
-					}
-				}
-			default:
-				until := leaseEnd(blk)
-				blk.LeaseUntil = time.Time{} // settled: nothing out
-				blk.NextAt = b.now()
-				if v.kind == verdictRetry {
-					blk.NextAt = v.at
-				} else {
-					blk.Attempt-- // not sent: not an attempt
-				}
-				if blk.NextAt.UnixMilli() == until.UnixMilli() {
-					// The block waits until another millisecond than
-					// the lease's end, so that its receipt, which names
-					// that end, is stale after a restart too.
-					blk.NextAt = blk.NextAt.Add(time.Millisecond)
-				}
-				c.blocks[r.Queue] = blk
-				err = b.meta.SetOrderedRetry(ctx, blk)
-			}
-		}
-		c.mu.Unlock()
-		if err != nil {
-			return err
-		}
-	}
-	if len(rs) > 0 && v.kind != verdictRetry && v.kind != verdictRelease {
-		// An ordered queue's offset moves past a settled message only now.
-		return b.flushOffsets(ctx)
-	}
-	return nil
-}
 
 // settlePush settles a push lease.
 func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {

@@ -50,14 +50,12 @@ type ReceiptResult struct {
 // visibility.
 const MaxSettleReceipts = MaxPullMessages * 4
 
-// eachOp is what a per-receipt request does.
-type eachOp uint8
+// verdictVisibility moves a pull lease's end of visibility to at (a change
+// of visibility): the lease stays out, its receipt good.
+const verdictVisibility verdictKind = 255
 
-const (
-	opAck eachOp = iota
-	opNack
-	opVisibility
-)
+// visibleAt is the verdict of a change of visibility to end at t.
+func visibleAt(t time.Time) Verdict { return Verdict{kind: verdictVisibility, at: t} }
 
 // decodeEach checks a request's receipts: any that this bus did not issue
 // to group makes the whole request malformed.
@@ -82,9 +80,12 @@ func (e *Engine) decodeEach(group string, receipts []string) ([]receipt, error) 
 	return rs, nil
 }
 
-// each acks, nacks (until at) or changes the visibility (to end at) of
-// receipts of group, each on its own.
-func (e *Engine) each(ctx context.Context, group string, receipts []string, op eachOp, at time.Time) ([]ReceiptResult, error) {
+// settleEach settles receipts of group with v, each on its own: the one
+// settle path of every lease, pull and push, behind Engine.Settle, Ack,
+// Nack and ChangeVisibility. A push lease's receipt is settled alone (in
+// a batch, or for a change of visibility, it is invalid); an ordered pull
+// receipt by its queue's block; the others by their visibility timers.
+func (e *Engine) settleEach(ctx context.Context, group string, receipts []string, v Verdict) ([]ReceiptResult, error) {
 	rs, err := e.decodeEach(group, receipts)
 	if err != nil {
 		return nil, err
@@ -96,19 +97,13 @@ func (e *Engine) each(ctx context.Context, group string, receipts []string, op e
 		switch r.Kind {
 		case receiptPush:
 			out[i].Status = ReceiptInvalid
-			if len(rs) == 1 && op != opVisibility {
-				// A push delivery's receipt, alone, settles as it did
-				// before per-receipt answers.
-				v := Ack()
-				if op == opNack {
-					v = RetryAt(at)
-				}
+			if len(rs) == 1 && v.kind != verdictVisibility {
 				if err := e.settlePush(ctx, r, v); errors.Is(err, ErrStaleReceipt) {
 					out[i].Status = ReceiptStale
 				} else if err != nil {
 					return nil, err
 				} else {
-					out[i].Status, out[i].now = done(op), true
+					out[i].Status, out[i].now = done(v), true
 				}
 			}
 		case receiptOrdered, receiptOrderedUntil:
@@ -119,7 +114,7 @@ func (e *Engine) each(ctx context.Context, group string, receipts []string, op e
 				timerIdx = append(timerIdx, i)
 				continue
 			}
-			st, now, err := e.eachOrdered(ctx, group, r, op, at)
+			st, now, err := e.settleOrderedEach(ctx, group, r, v)
 			if err != nil {
 				return nil, err
 			}
@@ -135,47 +130,50 @@ func (e *Engine) each(ctx context.Context, group string, receipts []string, op e
 	for j, i := range timerIdx {
 		trs[j] = rs[i]
 	}
-	states, err := e.eachTimer(ctx, group, trs, op, at)
+	states, err := e.settleTimersEach(ctx, group, trs, v)
 	if err != nil {
 		return nil, err
 	}
 	for j, i := range timerIdx {
-		out[i].Status, out[i].now = statusOf(op, states[j]), states[j] == meta.TimerDone
+		out[i].Status, out[i].now = statusOf(v, states[j]), states[j] == meta.TimerDone
 	}
 	return out, nil
 }
 
-// done is the status of a receipt op settled now.
-func done(op eachOp) ReceiptStatus {
-	switch op {
-	case opAck:
+// done is the status of a receipt settled now with v: a dead letter and a
+// release are recorded as nacks.
+func done(v Verdict) ReceiptStatus {
+	switch v.kind {
+	case verdictAck:
 		return ReceiptAcked
-	case opNack:
-		return ReceiptNacked
+	case verdictVisibility:
+		return ReceiptExtended
 	}
-	return ReceiptExtended
+	return ReceiptNacked
 }
 
-// statusOf answers a timer's state for op: a retried ack is acked, a
+// statusOf answers a timer's state for v: a retried ack is acked, a
 // retried nack nacked; a receipt settled the other way is stale.
-func statusOf(op eachOp, st meta.TimerState) ReceiptStatus {
+func statusOf(v Verdict, st meta.TimerState) ReceiptStatus {
 	switch {
 	case st == meta.TimerDone:
-		return done(op)
-	case st == meta.TimerAcked && op == opAck:
+		return done(v)
+	case st == meta.TimerAcked && v.kind == verdictAck:
 		return ReceiptAcked
-	case st == meta.TimerNacked && op == opNack:
+	case st == meta.TimerNacked && v.kind == verdictRetry:
 		return ReceiptNacked
 	}
 	return ReceiptStale
 }
 
-// eachTimer settles, or moves, unordered pull leases by their visibility
-// timers, each on its own. A nack first reserves the timers it can (so the
-// timer loop keeps off them), stores those messages' replacement copies,
-// then swaps each timer for its copy's: a crash in between brings a
-// message back twice rather than never.
-func (e *Engine) eachTimer(ctx context.Context, group string, rs []receipt, op eachOp, at time.Time) ([]meta.TimerState, error) {
+// settleTimersEach settles, or moves, unordered pull leases by their
+// visibility timers, each on its own. An ack cancels a timer; a change of
+// visibility moves it. A nack, a dead letter or a release first reserves
+// the timers it can (so the timer loop keeps off them), stores those
+// messages' replacements (a retry copy, a dead letter), then swaps each
+// timer for its copy's: a crash in between brings a message back twice
+// rather than never.
+func (e *Engine) settleTimersEach(ctx context.Context, group string, rs []receipt, v Verdict) ([]meta.TimerState, error) {
 	b := e.b
 	offs := make([]int64, len(rs))
 	var last int64
@@ -183,22 +181,22 @@ func (e *Engine) eachTimer(ctx context.Context, group string, rs []receipt, op e
 		offs[i] = r.Timer
 		last = max(last, r.Timer)
 	}
-	// A receipt's timer is stored when dispatch reaches its copy.
+	// A receipt's copy is dispatched before its lease answers; a copy
+	// stored by an older version got its timer from dispatch.
 	if err := b.waitDispatched(ctx, last+1); err != nil {
 		return nil, err
 	}
 	// The group's offsets moved past these messages when they were handed
-	// out, in memory: they are made durable before the settles, or a crash
-	// would hand settled messages out again from the old offset.
+	// out (stored with the lease): this writes any other move pending.
 	if err := b.flushOffsets(ctx); err != nil {
 		return nil, err
 	}
-	switch op {
-	case opAck:
+	switch v.kind {
+	case verdictAck:
 		return b.meta.SettleTimers(ctx, offs, nil, true)
-	case opVisibility:
-		states, err := b.meta.SetTimersDue(ctx, offs, at)
-		if err == nil && !at.After(b.now()) && b.timer != nil {
+	case verdictVisibility:
+		states, err := b.meta.SetTimersDue(ctx, offs, v.at)
+		if err == nil && !v.at.After(b.now()) && b.timer != nil {
 			b.timer.Wake() // due now: the timer loop sleeps until the next one it knew
 		}
 		return states, err
@@ -219,13 +217,22 @@ func (e *Engine) eachTimer(ctx context.Context, group string, rs []receipt, op e
 		if err != nil {
 			return nil, fmt.Errorf("read the visibility copy of %s: %w", r.MsgID, err)
 		}
-		// m is the visibility copy: it already carries the next attempt.
-		copies = append(copies, m.retryCopy(group, m.Attempt, at))
+		// m is the visibility copy: it carries the next attempt.
+		var cp *Message
+		switch v.kind {
+		case verdictDead:
+			cp = m.copyFor(DeadLetterTopic(group))
+			cp.Attempt, cp.Reason, cp.flags = max(m.Attempt-1, 1), v.reason, flagDead
+		case verdictRelease:
+			cp = m.retryCopy(group, max(m.Attempt-1, 1), b.now()) // not sent: the same attempt, now
+		default:
+			cp = m.retryCopy(group, m.Attempt, v.at)
+		}
+		copies = append(copies, cp)
 		idx = append(idx, i)
 	}
 	var end int64
 	if len(copies) > 0 {
-		// Every copy is for the group's retry topic of the receipt's topic.
 		byTopic := map[string][]int{}
 		var order []string
 		for k, cp := range copies {
@@ -277,9 +284,9 @@ func (e *Engine) eachTimer(ctx context.Context, group string, rs []receipt, op e
 		for j, i := range swapIdx {
 			states[i] = swapped[j]
 			if swapped[j] != meta.TimerDone {
-				// Reserved, yet due before the swap (a nack slower than
+				// Reserved, yet due before the swap (a settle slower than
 				// nackReserve): the timer put the message back, and its
-				// replacement was dropped.
+				// replacement was dropped (a dead letter stays).
 				b.logger.Error("a nack outlasted its reservation; its message came back from its visibility instead",
 					slog.String("group", group), slog.String("msg_id", rs[i].MsgID))
 			}
@@ -297,12 +304,12 @@ func leaseEnd(blk OrderedRetry) time.Time {
 	return blk.NextAt
 }
 
-// eachOrdered settles, or moves, one ordered pull lease. A receipt that
-// no longer holds its queue is answered acked when the group has moved
-// past its message (an ack retried: the position is durable, so this
-// holds after a restart too, until an offset reset), nacked when its
+// settleOrderedEach settles, or moves, one ordered pull lease. A receipt
+// that no longer holds its queue is answered acked when the group has
+// moved past its message (an ack retried: the position is durable, so
+// this holds after a restart too, until an offset reset), nacked when its
 // message waits as the same attempt after a nack, and stale otherwise.
-func (e *Engine) eachOrdered(ctx context.Context, group string, r receipt, op eachOp, at time.Time) (st ReceiptStatus, now bool, err error) {
+func (e *Engine) settleOrderedEach(ctx context.Context, group string, r receipt, v Verdict) (st ReceiptStatus, now bool, err error) {
 	b := e.b
 	c, err := b.pullGroup(ctx, group, r.Topic, false)
 	if errors.Is(err, errNoPullGroup) {
@@ -311,53 +318,105 @@ func (e *Engine) eachOrdered(ctx context.Context, group string, r receipt, op ea
 	if err != nil {
 		return "", false, err
 	}
-	if op != opVisibility {
-		v := Ack()
-		if op == opNack {
-			v = RetryAt(at)
-		}
-		c.mu.Lock()
-		held := c.holds(r) && !c.closed
-		c.mu.Unlock()
-		if held {
-			if err := e.settleOrdered(ctx, group, []receipt{r}, v); errors.Is(err, ErrStaleReceipt) {
-				return ReceiptStale, false, nil
-			} else if err != nil {
-				return "", false, err
-			}
-		}
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		blk, blocked := c.blocks[r.Queue]
-		cur := c.cursorAt(r.Queue)
-		switch {
-		case c.closed || cur == nil:
-			return ReceiptStale, false, nil
-		case op == opAck && (!blocked || blk.QueueOffset != r.Timer) && cur.Committed() > r.Timer:
-			return ReceiptAcked, held, nil
-		case op == opNack && blocked && blk.QueueOffset == r.Timer && blk.Attempt == r.Attempt && !c.pulledOut[r.Queue]:
-			return ReceiptNacked, held, nil
-		case op == opNack && blocked && blk.QueueOffset == r.Timer && blk.Attempt == r.Attempt && blk.LeaseUntil.IsZero() &&
-			r.Kind == receiptOrderedUntil && blk.NextAt.UnixMilli() != r.Until:
-			// After a restart every block is taken as out; a nacked one
-			// waits until another time than its receipt names.
-			return ReceiptNacked, held, nil
-		}
-		return ReceiptStale, false, nil
+	settled, err := e.settleOrdered(ctx, c, r, v)
+	if err != nil {
+		return "", false, err
+	}
+	if settled {
+		return done(v), true, nil
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed || !c.holds(r) {
+	blk, blocked := c.blocks[r.Queue]
+	cur := c.cursorAt(r.Queue)
+	switch {
+	case c.closed || cur == nil:
 		return ReceiptStale, false, nil
+	case v.kind == verdictAck && (!blocked || blk.QueueOffset != r.Timer) && cur.Committed() > r.Timer:
+		if a, ok := c.ackedOrdered[[2]int64{int64(r.Queue), r.Timer}]; ok && a != r.Attempt {
+			// Another attempt's receipt was acked: this one's lease ran
+			// out and its message went out again.
+			return ReceiptStale, false, nil
+		}
+		return ReceiptAcked, false, nil
+	case v.kind == verdictRetry && blocked && blk.QueueOffset == r.Timer && blk.Attempt == r.Attempt && !c.pulledOut[r.Queue]:
+		return ReceiptNacked, false, nil
+	case v.kind == verdictRetry && blocked && blk.QueueOffset == r.Timer && blk.Attempt == r.Attempt && blk.LeaseUntil.IsZero() &&
+		r.Kind == receiptOrderedUntil && blk.NextAt.UnixMilli() != r.Until:
+		// After a restart every block is taken as out; a nacked one
+		// waits until another time than its receipt names.
+		return ReceiptNacked, false, nil
+	}
+	return ReceiptStale, false, nil
+}
+
+// settleOrdered settles an ordered group's pull lease while its receipt
+// holds its queue: an ack moves the queue on; a retry makes the message
+// wait until then as the next attempt; a release as the same attempt; a
+// change of visibility moves the lease's end. It reports whether the
+// receipt held (and so was settled).
+func (e *Engine) settleOrdered(ctx context.Context, c *consumer, r receipt, v Verdict) (bool, error) {
+	b := e.b
+	c.mu.Lock()
+	cur := c.cursorAt(r.Queue)
+	if c.closed || cur == nil || !c.holds(r) {
+		// A closed consumer was dropped (a reset, a change): its block
+		// belongs to the old consumer, and writing it now would undo
+		// the reset.
+		c.mu.Unlock()
+		return false, nil
 	}
 	blk := c.blocks[r.Queue]
-	blk.LeaseUntil = leaseEnd(blk)
-	blk.NextAt = at
-	if err := b.meta.SetOrderedRetry(ctx, blk); err != nil {
-		return "", false, err
+	var err error
+	switch v.kind {
+	case verdictVisibility:
+		blk.LeaseUntil = leaseEnd(blk)
+		blk.NextAt = v.at
+		if err = b.meta.SetOrderedRetry(ctx, blk); err == nil {
+			c.blocks[r.Queue] = blk
+		}
+		c.mu.Unlock()
+		return err == nil, err
+	case verdictAck:
+		delete(c.pulledOut, r.Queue) // settled: not expired, and not out
+		e.clearBlock(ctx, c, cur, r.Timer+1)
+		c.noteOrderedAck(r)
+	case verdictDead:
+		var m *Message
+		if m, err = b.ReadMessageAt(cur.Topic, cur.Queue, r.Timer); err == nil {
+			if err = b.DeadLetter(ctx, c.sub.Group, m, r.Attempt, v.reason); err == nil {
+				delete(c.pulledOut, r.Queue)
+				e.clearBlock(ctx, c, cur, r.Timer+1)
+			}
+		}
+	default:
+		delete(c.pulledOut, r.Queue)
+		until := leaseEnd(blk)
+		blk.LeaseUntil = time.Time{} // settled: nothing out
+		blk.NextAt = b.now()
+		if v.kind == verdictRetry {
+			blk.NextAt = v.at
+		} else {
+			blk.Attempt-- // not sent: not an attempt
+		}
+		if blk.NextAt.UnixMilli() == until.UnixMilli() {
+			// The block waits until another millisecond than the
+			// lease's end, so that its receipt, which names that end,
+			// is stale after a restart too.
+			blk.NextAt = blk.NextAt.Add(time.Millisecond)
+		}
+		c.blocks[r.Queue] = blk
+		err = b.meta.SetOrderedRetry(ctx, blk)
 	}
-	c.blocks[r.Queue] = blk
-	return ReceiptExtended, true, nil
+	c.mu.Unlock()
+	if err != nil {
+		return false, err
+	}
+	if v.kind == verdictAck || v.kind == verdictDead {
+		// An ordered queue's offset moves past a settled message only now.
+		return true, b.flushOffsets(ctx)
+	}
+	return true, nil
 }
 
 // convertedReceipt is the timer of the visibility copy an ordered pull
@@ -375,4 +434,26 @@ func (e *Engine) convertedReceipt(ctx context.Context, group string, r receipt) 
 	}
 	timer, ok := c.unordered[[3]int64{int64(r.Queue), r.Timer, int64(r.Attempt)}]
 	return timer, ok
+}
+
+// maxOrderedAcks bounds what a consumer remembers of its ordered acks.
+const maxOrderedAcks = 4096
+
+// noteOrderedAck remembers which attempt's receipt acked an ordered
+// queue's message, so that another attempt's receipt of it (one whose
+// visibility ran out before the message went out again) is answered
+// stale, not taken for a retry of the ack. Only the last maxOrderedAcks
+// are kept, in memory: past them, or after a restart, any receipt of a
+// message the group moved past is answered acked. Called with c.mu held.
+func (c *consumer) noteOrderedAck(r receipt) {
+	if c.ackedOrdered == nil {
+		c.ackedOrdered = map[[2]int64]int{}
+	}
+	k := [2]int64{int64(r.Queue), r.Timer}
+	c.ackedOrdered[k] = r.Attempt
+	c.ackedOrder = append(c.ackedOrder, k)
+	if len(c.ackedOrder) > maxOrderedAcks {
+		delete(c.ackedOrdered, c.ackedOrder[0])
+		c.ackedOrder = c.ackedOrder[1:]
+	}
 }

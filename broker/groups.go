@@ -35,6 +35,10 @@ type GroupInfo struct {
 	Lag           int64
 	DeadLetters   int64
 	HeldPolls     int // long polls of the group waiting for messages now
+	// OldestUnacked is how long ago the oldest message out to the group
+	// and not acked was published (0: none): out on pull or push, or
+	// waiting for a retry after a nack or a failed delivery.
+	OldestUnacked time.Duration
 }
 
 // Groups lists the consumer groups: those with a subscription or offsets.
@@ -139,7 +143,86 @@ func (b *Broker) groupInfo(name string, subs []Subscription) (GroupInfo, error) 
 	}
 	g.DeadLetters = n
 	g.HeldPolls, _ = b.polls.of(name)
+	now := b.now()
+	for _, s := range g.Subscriptions {
+		at, ok, err := b.oldestUnacked(context.Background(), s)
+		if err != nil {
+			return GroupInfo{}, err
+		}
+		if ok {
+			g.OldestUnacked = max(g.OldestUnacked, now.Sub(at))
+		}
+	}
 	return g, nil
+}
+
+// oldestUnacked is when the oldest message out to group on topic and not
+// acked was published, if there is one: the oldest visibility or retry
+// copy waiting in the group's retry topic (copies keep their message's
+// publish time), the push leases out and released, and the messages
+// ordered queues have out or waiting.
+func (b *Broker) oldestUnacked(ctx context.Context, s Subscription) (time.Time, bool, error) {
+	group, topic := s.Group, s.Topic
+	var oldest time.Time
+	note := func(t time.Time) {
+		if oldest.IsZero() || t.Before(oldest) {
+			oldest = t
+		}
+	}
+	off, ok, err := b.meta.OldestPendingTimerOf(ctx, RetryTopic(group, topic))
+	if err != nil {
+		return time.Time{}, false, err
+	}
+	if ok {
+		// A copy gone with retention or damaged is not counted: the
+		// timer loop reports it when it comes due.
+		if m, err := b.readMessage(off); err == nil {
+			note(m.BornAt)
+		}
+	}
+	type blocked struct {
+		topic string
+		queue int
+		off   int64
+	}
+	var blocks []blocked
+	b.eng.mu.Lock()
+	c := b.eng.cons[[2]string{group, topic}]
+	b.eng.mu.Unlock()
+	if c != nil {
+		c.mu.Lock()
+		for _, l := range c.leases {
+			note(l.m.BornAt)
+		}
+		for _, l := range c.redo {
+			note(l.m.BornAt)
+		}
+		for slot, blk := range c.blocks {
+			if cur := c.cursorAt(slot); cur != nil {
+				blocks = append(blocks, blocked{cur.Topic, cur.Queue, blk.QueueOffset})
+			}
+		}
+		c.mu.Unlock()
+	} else {
+		// No consumer since the start: the ordered queues' stored blocks.
+		stored, err := b.meta.OrderedRetries(ctx, s.ID)
+		if err != nil {
+			return time.Time{}, false, err
+		}
+		for slot, blk := range stored {
+			if slot == retrySlot {
+				blocks = append(blocks, blocked{RetryTopic(group, topic), 0, blk.QueueOffset})
+			} else {
+				blocks = append(blocks, blocked{topic, slot, blk.QueueOffset})
+			}
+		}
+	}
+	for _, bl := range blocks {
+		if m, err := b.ReadMessageAt(bl.topic, bl.queue, bl.off); err == nil {
+			note(m.BornAt)
+		}
+	}
+	return oldest, !oldest.IsZero(), nil
 }
 
 // ResetOffsets moves a group's offsets on a topic (and forgets its pending

@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"context"
+	"log/slog"
 	"math"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -163,6 +165,7 @@ func (m *metrics) register(b *Broker, reg prometheus.Registerer) {
 			func() float64 { _, n := b.ckpt.counts(); return float64(n) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "postbus_keyindex_write_errors_total", Help: "Failed writes, fsyncs and seals of the key index (each repaired by a later checkpoint, or reported by it)."},
 			func() float64 { return float64(b.idx.Stats().WriteErrors) }),
+		oldestUnackedCollector{b},
 		gauge("postbus_topics", "Topics.", func() float64 {
 			b.topicsMu.RLock()
 			defer b.topicsMu.RUnlock()
@@ -241,4 +244,34 @@ func (m *metrics) leaseExpired() {
 		return
 	}
 	m.leasesExpired.Inc()
+}
+
+var oldestUnackedDesc = prometheus.NewDesc("postbus_group_oldest_unacked_seconds",
+	"Age (since it was published) of the oldest message out to a group on a topic and not acked: out on pull or push, or waiting for a retry; absent when none is.",
+	[]string{"group", "topic"}, nil)
+
+// oldestUnackedCollector computes postbus_group_oldest_unacked_seconds
+// for every subscription when scraped.
+type oldestUnackedCollector struct{ b *Broker }
+
+func (o oldestUnackedCollector) Describe(ch chan<- *prometheus.Desc) { ch <- oldestUnackedDesc }
+
+func (o oldestUnackedCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx := context.Background()
+	subs, err := o.b.Subscriptions(ctx)
+	if err != nil {
+		o.b.logger.Error("listing subscriptions for postbus_group_oldest_unacked_seconds failed", slog.Any("err", err))
+		return
+	}
+	now := o.b.now()
+	for _, s := range subs {
+		at, ok, err := o.b.oldestUnacked(ctx, s)
+		if err != nil {
+			o.b.logger.Error("reading the oldest unacked message failed", slog.String("group", s.Group), slog.String("topic", s.Topic), slog.Any("err", err))
+			continue
+		}
+		if ok {
+			ch <- prometheus.MustNewConstMetric(oldestUnackedDesc, prometheus.GaugeValue, max(now.Sub(at).Seconds(), 0), s.Group, s.Topic)
+		}
+	}
 }

@@ -23,9 +23,10 @@ import (
 // and the copy is handed out again as the next attempt, under a new
 // receipt (the trace records the attempt before as expired). An attempt
 // past max_retries goes to the group's dead-letter queue rather than out.
-// The group's offset on the queue moves on as soon as the copy is durable,
-// so a restart (even SIGKILL) loses no unacked or nacked message and brings
-// back no acked one.
+// The copy's timer and the group's offset past the message are stored in
+// one transaction once the copy is in the log, so a restart (even SIGKILL)
+// loses no unacked or nacked message, brings back no acked one, and never
+// hands a message out both from its queue and from its copy.
 
 // Pull limits.
 const (
@@ -128,8 +129,9 @@ func (b *Broker) Pull(ctx context.Context, group, topic string, limit int, wait,
 	c.mu.Lock()
 	sub := c.sub
 	c.mu.Unlock()
-	if visibility == 0 {
-		visibility = sub.Visibility
+	vis := visibility
+	if vis == 0 {
+		vis = sub.Visibility
 	}
 	// What was acknowledged before this pull is pullable by it.
 	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
@@ -150,7 +152,22 @@ func (b *Broker) Pull(ctx context.Context, group, topic string, limit int, wait,
 			// A block's visibility runs out without a dispatch to wake on.
 			expiry = time.After(250 * time.Millisecond)
 		}
-		got, err := b.eng.lease(ctx, c, limit, visibility)
+		got, err := b.eng.lease(ctx, c, limit, vis)
+		if errors.Is(err, errConsumerDropped) {
+			// Dropped (a subscription made or changed, a reset) since this
+			// poll took it: lease from the consumer built now, which reads
+			// the offsets the dropped one can no longer move.
+			if c, err = b.pullGroupFor(ctx, group, topic); err != nil {
+				return nil, err
+			}
+			c.mu.Lock()
+			sub = c.sub
+			c.mu.Unlock()
+			if vis = visibility; vis == 0 {
+				vis = sub.Visibility
+			}
+			continue
+		}
 		if len(got) > 0 || err != nil || wait == 0 {
 			return got, err
 		}
@@ -234,7 +251,7 @@ func eachErr(res []ReceiptResult, err error) error {
 // whole, changing nothing; otherwise every receipt is answered, in order
 // (ReceiptStatus). Acking an acked receipt again is ReceiptAcked.
 func (b *Broker) AckEach(ctx context.Context, group string, receipts []string) ([]ReceiptResult, error) {
-	res, err := b.eng.each(ctx, group, receipts, opAck, time.Time{})
+	res, err := b.eng.settleEach(ctx, group, receipts, Ack())
 	if err != nil {
 		return nil, err
 	}
@@ -249,7 +266,7 @@ func (b *Broker) NackEach(ctx context.Context, group string, receipts []string, 
 	if delay < 0 || delay > MaxRetryDelay {
 		return nil, errf(CodeInvalidPull, "delay", "delay %s must be 0-%s", delay, MaxRetryDelay)
 	}
-	res, err := b.eng.each(ctx, group, receipts, opNack, b.now().Add(delay))
+	res, err := b.eng.settleEach(ctx, group, receipts, RetryAt(b.now().Add(delay)))
 	if err != nil {
 		return nil, err
 	}
@@ -267,7 +284,7 @@ func (b *Broker) ChangeVisibility(ctx context.Context, group string, receipts []
 	if visibility < 0 || visibility > MaxVisibility {
 		return nil, errf(CodeInvalidPull, "visibility", "visibility %s must be 0-%s", visibility, MaxVisibility)
 	}
-	return b.eng.each(ctx, group, receipts, opVisibility, b.now().Add(visibility))
+	return b.eng.settleEach(ctx, group, receipts, visibleAt(b.now().Add(visibility)))
 }
 
 // settledNow are the receipts a request settled, for the trace (a retry

@@ -17,9 +17,12 @@ type pullEachWorld struct {
 	b   *Broker
 }
 
-func newPullEachWorld(t *testing.T, dir string, ordered bool) *pullEachWorld {
+func newPullEachWorld(t *testing.T, dir string, ordered bool, tweaks ...func(*Config)) *pullEachWorld {
 	ctx := context.Background()
 	w := &pullEachWorld{t: t, cfg: testConfig(t, dir)}
+	for _, f := range tweaks {
+		f(&w.cfg)
+	}
 	var err error
 	if w.b, err = Open(ctx, w.cfg); err != nil {
 		t.Fatal(err)

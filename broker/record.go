@@ -28,7 +28,10 @@ import (
 // Flags: flagDelayed marks a message that waits for its deliver-at time in
 // the timer store rather than on its queue; flagRePut the copy the timer
 // puts on the queue when due; flagRetry a copy in a group's retry topic and
-// flagDead one in its dead-letter topic. Attempt is the delivery attempt
+// flagDead one in its dead-letter topic; flagLeased a pull lease's
+// visibility copy, whose timer the lease stores itself, with the offsets
+// past its message (dispatch adds none, so a copy whose lease never
+// committed stays in the log without one). Attempt is the delivery attempt
 // the copy is for (0 for a producer's message); origin the topic a retry or
 // dead-letter copy came from; reason why a message was dead-lettered.
 //
@@ -51,6 +54,7 @@ const (
 	flagRePut                      // put on its queue by the timer: never delayed again
 	flagRetry
 	flagDead
+	flagLeased // a pull lease's visibility copy: its timer is the lease's to store
 )
 
 func encodeRecord(dst []byte, m *Message) []byte {

@@ -27,11 +27,14 @@ type groupJSON struct {
 	Lag           int64              `json:"lag"`
 	DeadLetters   int64              `json:"dead_letters"`
 	HeldPolls     int                `json:"held_polls"`
-	Queues        []queueLagJSON     `json:"queues,omitempty"`
+	// OldestUnacked is in seconds, with millisecond precision.
+	OldestUnacked float64        `json:"oldest_unacked_seconds"`
+	Queues        []queueLagJSON `json:"queues,omitempty"`
 }
 
 func toGroupJSON(g broker.GroupInfo, withQueues bool) groupJSON {
-	out := groupJSON{Name: g.Name, Lag: g.Lag, DeadLetters: g.DeadLetters, HeldPolls: g.HeldPolls, Subscriptions: []subscriptionJSON{}}
+	out := groupJSON{Name: g.Name, Lag: g.Lag, DeadLetters: g.DeadLetters, HeldPolls: g.HeldPolls, Subscriptions: []subscriptionJSON{},
+		OldestUnacked: g.OldestUnacked.Truncate(time.Millisecond).Seconds()}
 	for _, s := range g.Subscriptions {
 		out.Subscriptions = append(out.Subscriptions, toSubscriptionJSON(s, false))
 	}

@@ -53,27 +53,37 @@ func (s *Store) AddTimers(ctx context.Context, ts []Timer) error {
 	if len(ts) == 0 {
 		return nil
 	}
+	if err := validTimers(ts); err != nil {
+		return err
+	}
+	return s.write(ctx, func(tx *sql.Tx) error { return insertTimers(ctx, tx, ts) })
+}
+
+func validTimers(ts []Timer) error {
 	for _, t := range ts {
 		if t.LogOffset < 0 {
 			return fmt.Errorf("add timers: negative log offset %d: %w", t.LogOffset, ErrInvalid)
 		}
 	}
-	return s.write(ctx, func(tx *sql.Tx) error {
-		for len(ts) > 0 {
-			n := min(len(ts), rowChunk)
-			args := make([]any, 0, 3*n)
-			for _, t := range ts[:n] {
-				args = append(args, t.LogOffset, t.DeliverAt.UnixMilli(), t.Owner)
-			}
-			// Not INSERT OR IGNORE: that would drop a row failing a CHECK
-			// as silently as a replayed one.
-			if _, err := tx.ExecContext(ctx, `INSERT INTO timers (log_offset, deliver_at, owner) VALUES `+placeholders(n, 3)+` ON CONFLICT (log_offset) DO NOTHING`, args...); err != nil {
-				return fmt.Errorf("add timers: %w", err)
-			}
-			ts = ts[n:]
+	return nil
+}
+
+// insertTimers is AddTimers's work in tx.
+func insertTimers(ctx context.Context, tx *sql.Tx, ts []Timer) error {
+	for len(ts) > 0 {
+		n := min(len(ts), rowChunk)
+		args := make([]any, 0, 3*n)
+		for _, t := range ts[:n] {
+			args = append(args, t.LogOffset, t.DeliverAt.UnixMilli(), t.Owner)
 		}
-		return nil
-	})
+		// Not INSERT OR IGNORE: that would drop a row failing a CHECK
+		// as silently as a replayed one.
+		if _, err := tx.ExecContext(ctx, `INSERT INTO timers (log_offset, deliver_at, owner) VALUES `+placeholders(n, 3)+` ON CONFLICT (log_offset) DO NOTHING`, args...); err != nil {
+			return fmt.Errorf("add timers: %w", err)
+		}
+		ts = ts[n:]
+	}
+	return nil
 }
 
 func (s *Store) timers(ctx context.Context, query string, args ...any) ([]Timer, error) {
@@ -197,6 +207,18 @@ func (s *Store) PendingTimersOf(ctx context.Context, topic string) (int64, error
 		return 0, s.note(fmt.Errorf("pending timers of %s: %w", topic, err))
 	}
 	return n, nil
+}
+
+// OldestPendingTimerOf returns the lowest log offset of the unfired
+// timers of records for topic (the copy stored first), if any.
+func (s *Store) OldestPendingTimerOf(ctx context.Context, topic string) (int64, bool, error) {
+	var off sql.NullInt64
+	// timers_by_owner (owner, fired) ends in the rowid, log_offset: one seek.
+	err := s.r.QueryRowContext(ctx, `SELECT min(log_offset) FROM timers WHERE owner = ? AND fired = 0`, topic).Scan(&off)
+	if err != nil {
+		return 0, false, fmt.Errorf("oldest pending timer of %s: %w", topic, err)
+	}
+	return off.Int64, off.Valid, nil
 }
 
 // PendingTimers counts unfired timers.

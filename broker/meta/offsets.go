@@ -129,49 +129,81 @@ func (s *Store) commitOffsets(ctx context.Context, offs []Offset, write func(con
 			return fmt.Errorf("commit offsets: %w", err)
 		}
 	}
-	now := s.stamp(time.Time{}).UnixMilli()
-	args := make([]any, 0, 6*min(len(offs), offsetChunk))
-	err := write(ctx, func(tx *sql.Tx) error {
-		var full *sql.Stmt
-		defer func() {
-			if full != nil {
-				full.Close()
-			}
-		}()
-		for rest := offs; len(rest) > 0; {
-			n := min(len(rest), offsetChunk)
-			args = args[:0]
-			for _, o := range rest[:n] {
-				at := now
-				if !o.UpdatedAt.IsZero() {
-					at = o.UpdatedAt.UnixMilli()
-				}
-				var progress any // NULL, not an empty blob
-				if len(o.Progress) > 0 {
-					progress = o.Progress
-				}
-				args = append(args, o.Group, o.Topic, o.Queue, o.Next, at, progress)
-			}
-			var err error
-			if n == offsetChunk {
-				if full == nil {
-					if full, err = tx.PrepareContext(ctx, offsetInsertFull); err != nil {
-						return err
-					}
-				}
-				_, err = full.ExecContext(ctx, args...)
-			} else {
-				_, err = tx.ExecContext(ctx, offsetInsert(n), args...)
-			}
-			if err != nil {
-				return err
-			}
-			rest = rest[n:]
+	if err := write(ctx, func(tx *sql.Tx) error { return s.upsertOffsets(ctx, tx, offs) }); err != nil {
+		return fmt.Errorf("commit %d offsets: %w", len(offs), err)
+	}
+	return nil
+}
+
+// CommitLease stores the timers of a pull lease's visibility copies and
+// the offsets that move past its messages in one transaction, unsynced
+// as CommitOffsetsUnsynced: after a kill of the process either both hold
+// (the messages are out, and come back by their timers) or neither (the
+// copies wait in the log with no timer, and the offsets hand the messages
+// out again, as nobody saw them).
+func (s *Store) CommitLease(ctx context.Context, ts []Timer, offs []Offset) error {
+	if err := validTimers(ts); err != nil {
+		return err
+	}
+	for _, o := range offs {
+		if err := o.validate(); err != nil {
+			return fmt.Errorf("commit lease: %w", err)
 		}
-		return nil
+	}
+	err := s.writeUnsynced(ctx, func(tx *sql.Tx) error {
+		if err := insertTimers(ctx, tx, ts); err != nil {
+			return err
+		}
+		if len(offs) == 0 {
+			return nil
+		}
+		return s.upsertOffsets(ctx, tx, offs)
 	})
 	if err != nil {
-		return fmt.Errorf("commit %d offsets: %w", len(offs), err)
+		return fmt.Errorf("commit lease of %d messages: %w", len(ts), err)
+	}
+	return nil
+}
+
+// upsertOffsets writes offs in tx.
+func (s *Store) upsertOffsets(ctx context.Context, tx *sql.Tx, offs []Offset) error {
+	now := s.stamp(time.Time{}).UnixMilli()
+	args := make([]any, 0, 6*min(len(offs), offsetChunk))
+	var full *sql.Stmt
+	defer func() {
+		if full != nil {
+			full.Close()
+		}
+	}()
+	for rest := offs; len(rest) > 0; {
+		n := min(len(rest), offsetChunk)
+		args = args[:0]
+		for _, o := range rest[:n] {
+			at := now
+			if !o.UpdatedAt.IsZero() {
+				at = o.UpdatedAt.UnixMilli()
+			}
+			var progress any // NULL, not an empty blob
+			if len(o.Progress) > 0 {
+				progress = o.Progress
+			}
+			args = append(args, o.Group, o.Topic, o.Queue, o.Next, at, progress)
+		}
+		var err error
+		if n == offsetChunk {
+			if full == nil {
+				if full, err = tx.PrepareContext(ctx, offsetInsertFull); err != nil {
+					return err
+				}
+			}
+			_, err = full.ExecContext(ctx, args...)
+		} else {
+			_, err = tx.ExecContext(ctx, offsetInsert(n), args...)
+		}
+		if err != nil {
+			return err
+		}
+		rest = rest[n:]
 	}
 	return nil
 }

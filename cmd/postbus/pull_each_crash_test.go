@@ -14,8 +14,9 @@ import (
 // pullClient speaks the pull API of one broker process for the crash
 // tests.
 type pullClient struct {
-	tb  testing.TB
-	url string
+	tb     testing.TB
+	url    string
+	client *http.Client // nil: http.DefaultClient
 }
 
 type pulledMsg struct {
@@ -27,6 +28,16 @@ type pulledMsg struct {
 
 func (c pullClient) post(path string, body any, out any) int {
 	c.tb.Helper()
+	st, err := c.try(path, body, out)
+	if err != nil {
+		c.tb.Fatalf("POST %s: %v", path, err)
+	}
+	return st
+}
+
+// try is post for callers that expect the broker to go away (a SIGKILL):
+// the error instead of a failed test.
+func (c pullClient) try(path string, body any, out any) (int, error) {
 	var rd *bytes.Reader
 	if body != nil {
 		b, _ := json.Marshal(body)
@@ -34,17 +45,21 @@ func (c pullClient) post(path string, body any, out any) int {
 	} else {
 		rd = bytes.NewReader(nil)
 	}
-	resp, err := http.Post(c.url+path, "application/json", rd)
+	client := c.client
+	if client == nil {
+		client = http.DefaultClient
+	}
+	resp, err := client.Post(c.url+path, "application/json", rd)
 	if err != nil {
-		c.tb.Fatalf("POST %s: %v", path, err)
+		return 0, err
 	}
 	defer resp.Body.Close()
 	if out != nil && resp.StatusCode == 200 {
 		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-			c.tb.Fatalf("POST %s: %v", path, err)
+			return resp.StatusCode, err
 		}
 	}
-	return resp.StatusCode
+	return resp.StatusCode, nil
 }
 
 func (c pullClient) pull(query string) []pulledMsg {
@@ -106,7 +121,7 @@ func TestSIGKILLRetriedAckAndVisibility(t *testing.T) {
 	data := t.TempDir()
 	args := []string{"broker", "--data", data, "--auto-create-topics"}
 	p := start(t, args...)
-	c := pullClient{t, p.url}
+	c := pullClient{tb: t, url: p.url}
 	for i := range 24 {
 		resp, err := http.Post(p.url+"/v1/topics/work/messages", "text/plain", strings.NewReader(fmt.Sprint("job ", i)))
 		if err != nil || resp.StatusCode != 201 {
@@ -136,7 +151,7 @@ func TestSIGKILLRetriedAckAndVisibility(t *testing.T) {
 	<-p.done
 
 	p2 := start(t, args...)
-	c = pullClient{t, p2.url}
+	c = pullClient{tb: t, url: p2.url}
 	if st := c.settle("ack", receiptsOf(acked), nil); !allAre(st, "acked") {
 		t.Fatalf("the ack retried after the restart: %v, want all acked", st)
 	}
