@@ -74,6 +74,17 @@ func (b *Broker) putBack(ctx context.Context, due []meta.Timer) error {
 			b.metrics.timerDropped()
 			continue
 		}
+		if off, ok := b.deadLetterAfter(ctx, m); ok {
+			// A pull lease's visibility copy whose message was
+			// dead-lettered after it was stored (a nack to the DLQ, or
+			// the last attempt's expiry) by a step a crash cut before
+			// its timer was settled: putting it back would hand the
+			// message out again and dead-letter it twice.
+			b.logger.Error("delayed retry copy already dead-lettered; only marking its timer fired",
+				slog.String("id", m.ID), slog.Int64("offset", t.LogOffset), slog.Int64("dead_letter", off))
+			b.metrics.delayAnomaly(delayAlreadyDead)
+			continue
+		}
 		if off, ok := b.putBackCopy(ctx, m); ok {
 			// Put back before, by an append that reported an error but
 			// whose bytes survived (or before a crash that came ahead of
@@ -115,6 +126,43 @@ func (b *Broker) putBackCopy(ctx context.Context, m *Message) (int64, bool) {
 		return true
 	})
 	return found, found >= 0
+}
+
+// deadLetterAfter returns the log offset of a dead letter of m in the
+// dead-letter queue of m's group, stored after m, if m is a copy in a
+// group's retry topic and there is one: m's message was dead-lettered
+// after m was written, so m must not bring it back (a dead letter is
+// written once per message and group; a redrive writes a new retry copy
+// after it).
+func (b *Broker) deadLetterAfter(ctx context.Context, m *Message) (int64, bool) {
+	group, ok := retryGroup(m.Topic)
+	if !ok {
+		return 0, false
+	}
+	dlq := DeadLetterTopic(group)
+	found := int64(-1)
+	b.lookup(ctx, hashKey(keyID, m.ID), func(c *Message) bool {
+		if c.LogOffset <= m.LogOffset {
+			return false // newest first: nothing after m is left
+		}
+		if c.ID == m.ID && c.Topic == dlq && c.flags&flagDead != 0 {
+			found = c.LogOffset
+			return false
+		}
+		return true
+	})
+	return found, found >= 0
+}
+
+// retryGroup is the group of a retry topic's name (RetryTopic); group
+// names hold no '%'.
+func retryGroup(topic string) (string, bool) {
+	rest, ok := strings.CutPrefix(topic, "%RETRY%")
+	if !ok {
+		return "", false
+	}
+	group, _, ok := strings.Cut(rest, "%")
+	return group, ok && group != ""
 }
 
 // putDue puts due delayed messages of one topic on its queues. A topic
