@@ -74,6 +74,21 @@ func (b *Broker) putBack(ctx context.Context, due []meta.Timer) error {
 			b.metrics.timerDropped()
 			continue
 		}
+		if off, ok, err := b.deadLetterAfter(ctx, m); err != nil {
+			// Not knowing whether it was dead-lettered, putting it back
+			// could hand it out again: the timer stays due and fires again.
+			return fmt.Errorf("look for a dead letter of %s: %w", m.ID, err)
+		} else if ok {
+			// A pull lease's visibility copy whose message was
+			// dead-lettered after it was stored (a nack to the DLQ, or
+			// the last attempt's expiry) by a step a crash cut before
+			// its timer was settled: putting it back would hand the
+			// message out again and dead-letter it twice.
+			b.logger.Error("delayed retry copy already dead-lettered; only marking its timer fired",
+				slog.String("id", m.ID), slog.Int64("offset", t.LogOffset), slog.Int64("dead_letter", off))
+			b.metrics.delayAnomaly(delayAlreadyDead)
+			continue
+		}
 		off, ok, err := b.putBackCopy(ctx, m)
 		if err != nil {
 			// Not knowing whether it was put back, putting it back could
@@ -124,6 +139,46 @@ func (b *Broker) putBackCopy(ctx context.Context, m *Message) (int64, bool, erro
 		return 0, false, err
 	}
 	return found, found >= 0, nil
+}
+
+// deadLetterAfter returns the log offset of a dead letter of m in the
+// dead-letter queue of m's group, stored after m, if m is a copy in a
+// group's retry topic and there is one: m's message was dead-lettered
+// after m was written, so m must not bring it back (a dead letter is
+// written once per message and group; a redrive writes a new retry copy
+// after it).
+func (b *Broker) deadLetterAfter(ctx context.Context, m *Message) (int64, bool, error) {
+	group, ok := retryGroup(m.Topic)
+	if !ok {
+		return 0, false, nil
+	}
+	dlq := DeadLetterTopic(group)
+	found := int64(-1)
+	_, err := b.lookup(ctx, hashKey(keyID, m.ID), func(c *Message) bool {
+		if c.LogOffset <= m.LogOffset {
+			return false // newest first: nothing after m is left
+		}
+		if c.ID == m.ID && c.Topic == dlq && c.flags&flagDead != 0 {
+			found = c.LogOffset
+			return false
+		}
+		return true
+	})
+	if err != nil {
+		return 0, false, err
+	}
+	return found, found >= 0, nil
+}
+
+// retryGroup is the group of a retry topic's name (RetryTopic); group
+// names hold no '%'.
+func retryGroup(topic string) (string, bool) {
+	rest, ok := strings.CutPrefix(topic, "%RETRY%")
+	if !ok {
+		return "", false
+	}
+	group, _, ok := strings.Cut(rest, "%")
+	return group, ok && group != ""
 }
 
 // putDue puts due delayed messages of one topic on its queues. A topic

@@ -680,6 +680,22 @@ func (e *Engine) setOffset(c *consumer, cur *queueCursor) {
 // deadOnLease dead-letters a message read with more attempts behind it
 // than the subscription allows now (its max_retries was lowered).
 func (e *Engine) deadOnLease(ctx context.Context, sub Subscription, m *Message, now time.Time) error {
+	// A dead letter written from m before a crash that came ahead of
+	// the offset's move past m: m is read again, and must not be
+	// dead-lettered again (the DLQ holds a message once per group).
+	if err := e.b.waitDispatched(ctx, e.b.log.Committed()); err != nil {
+		return err
+	}
+	off, ok, err := e.b.deadLetterAfter(ctx, m)
+	if err != nil {
+		return fmt.Errorf("look for a dead letter of %s: %w", m.ID, err)
+	}
+	if ok {
+		e.b.logger.Error("retry copy already dead-lettered before a restart; moving past it",
+			slog.String("group", sub.Group), slog.String("msg_id", m.ID), slog.Int64("offset", m.LogOffset), slog.Int64("dead_letter", off))
+		e.b.metrics.delayAnomaly(delayAlreadyDead)
+		return nil
+	}
 	e.noteExpired(sub, m, now)
 	attempts := max(m.Attempt, 1) - 1
 	reason := fmt.Sprintf("not acked within its visibility on any of %d attempts", attempts)
@@ -790,6 +806,11 @@ func (e *Engine) leasePull(ctx context.Context, c *consumer, limit int, visibili
 			e.setOffset(c, t.cur)
 		}
 		c.mu.Unlock()
+		// All dead-lettered: the offsets past them are stored now, not
+		// at the next checkpoint, so a crash does not read them again.
+		if err := b.flushOffsets(ctx); err != nil {
+			return out, fmt.Errorf("store the offsets past dead letters: %w", err)
+		}
 		return out, nil
 	}
 	for _, cp := range copies {

@@ -47,7 +47,8 @@ const (
 // What the timer loop found wrong with a due delayed message (the reason
 // label of postbus_delayed_anomalies_total).
 const (
-	delayAlreadyPut = "already_put_back" // a put-back copy was in the log already: not put back twice
+	delayAlreadyPut  = "already_put_back"      // a put-back copy was in the log already: not put back twice
+	delayAlreadyDead = "already_dead_lettered" // its message was dead-lettered after it: not handed out again
 )
 
 func newMetrics() *metrics {
@@ -106,7 +107,7 @@ func newMetrics() *metrics {
 	for _, r := range []string{rebuildCheckpoint, rebuildKeyIndex} {
 		m.rebuilds.WithLabelValues(r)
 	}
-	for _, r := range []string{delayAlreadyPut} {
+	for _, r := range []string{delayAlreadyPut, delayAlreadyDead} {
 		m.delayAnomalies.WithLabelValues(r)
 	}
 	for _, r := range []string{skipOutOfOrder, skipUndecodable, skipCorrupt, skipMisplaced} {
