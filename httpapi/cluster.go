@@ -93,6 +93,14 @@ type Cluster struct {
 	// poll's wait (0: DefaultHopTimeout). The client's own request bounds
 	// it too: a client that leaves cancels the forwards made for it.
 	HopTimeout time.Duration
+	// SyncInterval is how often the broker pushes its subscription
+	// records to the other holders of its topics (0: DefaultSyncInterval);
+	// see cluster_sync.go.
+	SyncInterval time.Duration
+	// Token is the bearer token (admin scope) the broker's own calls to
+	// other brokers carry, when tokens are checked: the pushes of
+	// subscription records. Requests made for a client carry the client's.
+	Token string
 }
 
 // peer is a broker a request may go to. The local broker has no address.

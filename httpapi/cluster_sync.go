@@ -1,0 +1,375 @@
+package httpapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/postbus/postbus/broker"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Anti-entropy of subscriptions. Each broker holding a topic keeps a copy
+// of each of its subscriptions, every change with a version (see package
+// broker, subsync.go). A change is made on every broker concerned at
+// once, but one that is down, expired or unknown to a restarted name
+// server at that moment misses it; so each broker pushes its records
+// (tombstones included) of the topics it holds to the other live holders
+// of each:
+//   - at start, and every SyncInterval;
+//   - at once when a holder appears that it has not pushed to since that
+//     holder was last in the route (a broker joining a topic, or back after
+//     being expired), or a topic of its own is created;
+//   - when a holder it pushed to answers that it has newer records, or
+//     when a holder's push shows that this broker has newer ones than it:
+//     then it pushes again to the topic's holders, so that a record
+//     travels from whichever side has it within one exchange.
+//
+// The receiver keeps, per id, the record that wins (highest version, a
+// tombstone at equal version, then the greater broker name) and starts,
+// changes or stops its deliveries accordingly.
+//
+// Records carry signing secrets, so they only ever travel in requests to
+// brokers the name servers route the topic to, as copySubscriptions sends
+// them, never in an answer to whoever asks: a receiver that holds newer
+// records pushes them to the sender's routed address instead.
+// POST /v1/internal/subscriptions/sync needs an admin token when tokens
+// are checked; a broker sends the one given by --namesrv-token.
+
+// DefaultSyncInterval is how often a broker pushes its subscription
+// records to the other holders of its topics.
+const DefaultSyncInterval = 10 * time.Second
+
+// maxSyncRequestBytes bounds one sync request; a broker with more
+// records to send sends several.
+const maxSyncRequestBytes = 4 << 20
+
+// syncRequest is the body of POST /v1/internal/subscriptions/sync.
+type syncRequest struct {
+	From   string                                 `json:"from"`
+	Topics map[string][]broker.SubscriptionRecord `json:"topics"`
+}
+
+// syncAnswer is its answer: what the receiver changed, and the topics
+// for which it holds records the sender lacks (it pushes them itself).
+type syncAnswer struct {
+	Applied    int      `json:"applied"`
+	Tombstones int      `json:"tombstones"`
+	Newer      []string `json:"newer,omitempty"`
+}
+
+// The result label of postbus_subscription_sync_total.
+const (
+	syncOK      = "ok"      // the holder took the records
+	syncFailed  = "failed"  // no answer, or a 5xx
+	syncRefused = "refused" // a 4xx: the holder refused them
+)
+
+// syncer runs the exchanges of one broker.
+type syncer struct {
+	s        *Server
+	interval time.Duration
+	token    string
+	total    *prometheus.CounterVec
+
+	kick chan struct{} // capacity 1: a pending round for the topics in pending
+
+	mu      sync.Mutex
+	pending map[string]bool // topics to push again at once; guarded by mu
+	// pushed is, per topic, the holders (name -> address) pushed to since
+	// they were last seen in its route: a holder missing from it is new.
+	pushed map[string]map[string]string // guarded by mu
+}
+
+func newSyncer(s *Server, c *Cluster, reg prometheus.Registerer) *syncer {
+	total := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "postbus_subscription_sync_total",
+		Help: "Pushes of this broker's subscription records to another holder of their topics, by result: ok, failed (no answer or a 5xx; logged) or refused (a 4xx; logged at ERROR).",
+	}, []string{"result"})
+	for _, r := range []string{syncOK, syncFailed, syncRefused} {
+		total.WithLabelValues(r)
+	}
+	reg.MustRegister(total)
+	interval := c.SyncInterval
+	if interval <= 0 {
+		interval = DefaultSyncInterval
+	}
+	return &syncer{s: s, interval: interval, token: c.Token, total: total, kick: make(chan struct{}, 1),
+		pending: map[string]bool{}, pushed: map[string]map[string]string{}}
+}
+
+// RunSync runs the anti-entropy of subscriptions until ctx ends. It does
+// nothing for a standalone broker.
+func (s *Server) RunSync(ctx context.Context) {
+	if s.sync == nil {
+		return
+	}
+	s.sync.run(ctx)
+}
+
+func (y *syncer) run(ctx context.Context) {
+	full := time.NewTicker(y.interval)
+	defer full.Stop()
+	// New holders are looked for more often than everything is pushed:
+	// a route is cached for a heartbeat interval, so this costs nothing
+	// more in between.
+	watch := time.NewTicker(min(y.interval, time.Second))
+	defer watch.Stop()
+	y.round(ctx, true, nil)
+	for {
+		changed := y.s.broker.TopicsChanged()
+		select {
+		case <-ctx.Done():
+			return
+		case <-full.C:
+			y.round(ctx, true, nil)
+		case <-watch.C:
+			y.round(ctx, false, nil)
+		case <-changed:
+			y.round(ctx, false, nil)
+		case <-y.kick:
+			y.mu.Lock()
+			topics := y.pending
+			y.pending = map[string]bool{}
+			y.mu.Unlock()
+			y.round(ctx, false, topics)
+		}
+	}
+}
+
+// again asks for a push of topics to their holders at once.
+func (y *syncer) again(topics []string) {
+	y.mu.Lock()
+	for _, t := range topics {
+		y.pending[t] = true
+	}
+	y.mu.Unlock()
+	select {
+	case y.kick <- struct{}{}:
+	default:
+	}
+}
+
+// round pushes this broker's records: of every topic to every live holder
+// (all), of the topics in only to every live holder, or else of each
+// topic to the holders not pushed to since they joined its route.
+func (y *syncer) round(ctx context.Context, all bool, only map[string]bool) {
+	s, c := y.s, y.s.cluster
+	type target struct {
+		peer   peer
+		topics []string
+	}
+	targets := map[string]*target{}
+	var names []string
+	for _, t := range s.broker.Topics(ctx, "", 0) {
+		names = append(names, t.Name)
+	}
+	y.mu.Lock()
+	for topic := range y.pushed {
+		if !slices.Contains(names, topic) {
+			delete(y.pushed, topic) // no longer held here
+		}
+	}
+	y.mu.Unlock()
+	for _, name := range names {
+		if only != nil && !only[name] {
+			continue
+		}
+		local, _ := s.broker.Queues(name)
+		holders := c.holders(ctx, name, local)
+		y.mu.Lock()
+		seen := y.pushed[name]
+		now := map[string]string{}
+		for _, h := range holders {
+			if h.local() || c.isDown(h.addr) {
+				continue
+			}
+			if addr, ok := seen[h.name]; ok && addr == h.addr {
+				now[h.name] = addr
+				if !all && only == nil {
+					continue
+				}
+			}
+			tg := targets[h.name]
+			if tg == nil {
+				tg = &target{peer: h}
+				targets[h.name] = tg
+			}
+			tg.topics = append(tg.topics, name)
+		}
+		// A holder that left the route is new again when it is back.
+		y.pushed[name] = now
+		y.mu.Unlock()
+	}
+	if len(targets) == 0 {
+		return
+	}
+	var wg sync.WaitGroup
+	for _, tg := range targets {
+		wg.Go(func() {
+			if y.push(ctx, tg.peer, tg.topics) {
+				y.mu.Lock()
+				for _, topic := range tg.topics {
+					if y.pushed[topic] != nil {
+						y.pushed[topic][tg.peer.name] = tg.peer.addr
+					}
+				}
+				y.mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// push sends p this broker's records of topics, in requests of at most
+// maxSyncRequestBytes, and reports whether p took them all.
+func (y *syncer) push(ctx context.Context, p peer, topics []string) bool {
+	recs, err := y.s.broker.SubscriptionRecords(ctx, topics)
+	if err != nil {
+		y.s.cluster.logger.Error("reading subscription records to push failed", slog.Any("err", err))
+		return false
+	}
+	ok := true
+	req := syncRequest{From: y.s.cluster.self, Topics: map[string][]broker.SubscriptionRecord{}}
+	size := 0
+	flush := func() {
+		if len(req.Topics) > 0 {
+			ok = y.send(ctx, p, req) && ok
+		}
+		req.Topics, size = map[string][]broker.SubscriptionRecord{}, 0
+	}
+	for _, topic := range topics {
+		b, _ := json.Marshal(recs[topic])
+		if size > 0 && size+len(b) > maxSyncRequestBytes/2 {
+			flush()
+		}
+		req.Topics[topic] = recs[topic]
+		size += len(b) + len(topic)
+	}
+	flush()
+	return ok
+}
+
+// send is one sync request to p, with the hop's deadline.
+func (y *syncer) send(ctx context.Context, p peer, req syncRequest) bool {
+	c := y.s.cluster
+	body, err := json.Marshal(req)
+	if err != nil {
+		c.logger.Error("encoding subscription records failed", slog.Any("err", err))
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.hop)
+	defer cancel()
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, p.addr+"/v1/internal/subscriptions/sync", bytes.NewReader(body))
+	if err != nil {
+		c.logger.Error("subscription sync request", slog.Any("err", err))
+		return false
+	}
+	hr.Header.Set("Content-Type", "application/json")
+	hr.Header.Set(hdrForwardedBy, c.self)
+	if y.token != "" {
+		hr.Header.Set("Authorization", "Bearer "+y.token)
+	}
+	resp, err := c.hc.Do(hr)
+	if err != nil {
+		if ctx.Err() != nil && errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("%w (%s): %w", errHopTimeout, c.hop, err)
+		}
+		if unresponsive(err) {
+			c.markDown(p, err)
+		}
+		y.total.WithLabelValues(syncFailed).Inc()
+		c.logger.Warn("pushing subscription records failed; tried again next round", slog.String("broker", p.name), slog.Any("err", err))
+		return false
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	switch {
+	case err != nil || resp.StatusCode >= 500:
+		y.total.WithLabelValues(syncFailed).Inc()
+		c.logger.Warn("pushing subscription records failed; tried again next round", slog.String("broker", p.name),
+			slog.Int("status", resp.StatusCode), slog.String("answer", string(bytes.TrimSpace(raw))), slog.Any("err", err))
+		return false
+	case resp.StatusCode != http.StatusOK:
+		y.total.WithLabelValues(syncRefused).Inc()
+		c.logger.Error("a broker refused this broker's subscription records (is --namesrv-token an admin token the brokers accept?)",
+			slog.String("broker", p.name), slog.Int("status", resp.StatusCode), slog.String("answer", string(bytes.TrimSpace(raw))))
+		return false
+	}
+	y.total.WithLabelValues(syncOK).Inc()
+	var ans syncAnswer
+	if json.Unmarshal(raw, &ans) == nil && (ans.Applied > 0 || ans.Tombstones > 0 || len(ans.Newer) > 0) {
+		c.logger.Info("subscription records pushed", slog.String("broker", p.name), slog.Int("applied", ans.Applied),
+			slog.Int("tombstones", ans.Tombstones), slog.Any("newer_there", ans.Newer))
+	}
+	return true
+}
+
+// handleSyncSubscriptions takes another broker's subscription records:
+// those of topics this broker holds are merged into its own. The answer
+// names the topics for which this broker holds records the sender lacks
+// or that win over the sender's; it then pushes those to the topics'
+// holders itself.
+func (s *Server) handleSyncSubscriptions(w http.ResponseWriter, r *http.Request) {
+	if s.sync == nil {
+		writeProblem(w, r, codeNotFound, "", "this broker is in no cluster")
+		return
+	}
+	var req syncRequest
+	if perr := decodeJSONBody(r, maxSyncRequestBytes, &req); perr != nil {
+		s.writeError(w, r, perr)
+		return
+	}
+	if req.From == "" || req.From == s.cluster.self {
+		writeProblem(w, r, codeInvalidParameter, "from", fmt.Sprintf("from %q: the sending broker's name, not this one's", req.From))
+		return
+	}
+	var recs []broker.SubscriptionRecord
+	for topic, rs := range req.Topics {
+		for _, rec := range rs {
+			if rec.Topic != topic {
+				writeProblem(w, r, codeInvalidParameter, "topics", fmt.Sprintf("record %s of topic %q is listed under topic %q", rec.ID, rec.Topic, topic))
+				return
+			}
+		}
+		recs = append(recs, rs...)
+	}
+	st, err := s.broker.ApplySubscriptionRecords(r.Context(), recs)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	topics := make([]string, 0, len(req.Topics))
+	for t := range req.Topics {
+		topics = append(topics, t)
+	}
+	mine, err := s.broker.SubscriptionRecords(r.Context(), topics)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	ans := syncAnswer{Applied: st.Applied, Tombstones: st.Tombstones}
+	for _, t := range topics {
+		if n, _ := s.broker.Queues(t); n > 0 && broker.Newer(mine[t], req.Topics[t]) {
+			ans.Newer = append(ans.Newer, t)
+		}
+	}
+	if len(ans.Newer) > 0 {
+		slices.Sort(ans.Newer)
+		// The sender may be new to this broker's cached routes (it has
+		// just come back): ask the name servers again.
+		for _, t := range ans.Newer {
+			s.cluster.names.Forget(t)
+		}
+		s.sync.again(ans.Newer)
+	}
+	writeJSON(w, http.StatusOK, ans)
+}
