@@ -3093,7 +3093,7 @@ func TestContractClusterTraffic(t *testing.T) {
 
 		// Internal: another broker pushes its subscription records.
 		{name: "sync/records", method: "POST", path: "/v1/internal/subscriptions/sync", header: mergeHeaders(jsonCT, map[string]string{hdrForwardedBy: "broker-b"}),
-			body: `{"from":"broker-b","topics":{"orders":[{"id":"gone1","group":"g","topic":"orders","version":1,"version_by":"broker-b","deleted":true}]}}`,
+			body:   `{"from":"broker-b","topics":{"orders":[{"id":"gone1","group":"g","topic":"orders","version":1,"version_by":"broker-b","deleted":true}]}}`,
 			status: 200},
 		{name: "sync/from itself", method: "POST", path: "/v1/internal/subscriptions/sync", header: jsonCT,
 			body: `{"from":"broker-a","topics":{}}`, status: 400, code: codeInvalidParameter},
