@@ -24,7 +24,8 @@ import (
 // server at that moment misses it; so each broker pushes its records
 // (tombstones included) of the topics it holds to the other live holders
 // of each:
-//   - at start, and every SyncInterval;
+//   - at start, every SyncInterval, and when a name server registers it
+//     anew (it had been expired, or the name server restarted);
 //   - at once when a holder appears that it has not pushed to since that
 //     holder was last in the route (a broker joining a topic, or back after
 //     being expired), or a topic of its own is created;
@@ -130,6 +131,12 @@ func (y *syncer) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-full.C:
+			y.round(ctx, true, nil)
+		case <-y.s.cluster.names.Registered():
+			// Back in a name server's routes after being away (or the
+			// name server is new): what changed meanwhile may have missed
+			// this broker. Its push is answered by the holders with newer
+			// records pushing them here.
 			y.round(ctx, true, nil)
 		case <-watch.C:
 			y.round(ctx, false, nil)
@@ -319,13 +326,13 @@ func (y *syncer) send(ctx context.Context, p peer, req syncRequest) bool {
 // or that win over the sender's; it then pushes those to the topics'
 // holders itself.
 func (s *Server) handleSyncSubscriptions(w http.ResponseWriter, r *http.Request) {
-	if s.sync == nil {
-		writeProblem(w, r, codeNotFound, "", "this broker is in no cluster")
-		return
-	}
 	var req syncRequest
 	if perr := decodeJSONBody(r, maxSyncRequestBytes, &req); perr != nil {
 		s.writeError(w, r, perr)
+		return
+	}
+	if s.sync == nil {
+		writeProblem(w, r, codeNotFound, "", "this broker is in no cluster")
 		return
 	}
 	if req.From == "" || req.From == s.cluster.self {

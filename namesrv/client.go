@@ -60,6 +60,7 @@ type Client struct {
 	now      func() time.Time
 
 	changed chan struct{} // capacity 1: a pending nudge, however many were sent
+	anew    chan struct{} // capacity 1: a name server registered the broker anew
 
 	// Run's rounds, for Sync: started and finished count them, and done is
 	// closed (and replaced) when one finishes or Run ends.
@@ -132,6 +133,7 @@ func NewClient(cfg ClientConfig) *Client {
 		hc:       cfg.HTTPClient,
 		now:      cfg.Now,
 		changed:  make(chan struct{}, 1),
+		anew:     make(chan struct{}, 1),
 		done:     make(chan struct{}),
 		routes:   make(map[string]cachedRoute),
 		beats:    make([]beatState, len(addrs)),
@@ -146,6 +148,13 @@ func (c *Client) Changed() {
 	default: // a heartbeat is already pending; it will carry the change
 	}
 }
+
+// Registered receives when a name server has registered this broker anew
+// (its heartbeat's answer said so): it had restarted, or had expired the
+// broker, whose peers may have changed what they share with it meanwhile
+// without reaching it. Several such answers between two receives make
+// one.
+func (c *Client) Registered() <-chan struct{} { return c.anew }
 
 // Sync sends a heartbeat now and waits until one that started after the
 // call has been answered (or has failed) by every name server, so that a
@@ -328,6 +337,12 @@ func (c *Client) beat(ctx context.Context, i int, bi BrokerInfo, patch bool, who
 		return
 	}
 	st.acked = &bi
+	if ans.Registered {
+		select {
+		case c.anew <- struct{}{}:
+		default:
+		}
+	}
 	if st.down {
 		st.down = false
 		c.log.Info("name server heartbeat succeeds again", slog.String(logKeyNameSrv, addr))
