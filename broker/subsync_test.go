@@ -85,54 +85,88 @@ func TestSubscriptionRecordMerge(t *testing.T) {
 		stats    SyncStats
 	}{
 		{name: "new live record creates",
-			incoming: func(tb testing.TB) SubscriptionRecord { return liveRecord(tb, "s1", "g", v(-time.Minute), "broker-a", "a") },
-			want:     map[string]string{"s1": "live a " + ver(-time.Minute, "broker-a")}, stats: SyncStats{Applied: 1}},
+			incoming: func(tb testing.TB) SubscriptionRecord {
+				return liveRecord(tb, "s1", "g", v(-time.Minute), "broker-a", "a")
+			},
+			want: map[string]string{"s1": "live a " + ver(-time.Minute, "broker-a")}, stats: SyncStats{Applied: 1}},
 		{name: "new tombstone is kept",
 			incoming: func(tb testing.TB) SubscriptionRecord { return tombRecord("s1", "g", v(-time.Minute), "broker-a") },
 			want:     map[string]string{"s1": "tombstone " + ver(-time.Minute, "broker-a")}, stats: SyncStats{Tombstones: 1}},
 		{name: "higher version replaces",
-			before:   []func(tb testing.TB) SubscriptionRecord{func(tb testing.TB) SubscriptionRecord { return liveRecord(tb, "s1", "g", v(-2*time.Minute), "broker-z", "a") }},
-			incoming: func(tb testing.TB) SubscriptionRecord { return liveRecord(tb, "s1", "g", v(-time.Minute), "broker-a", "b") },
-			want:     map[string]string{"s1": "live b " + ver(-time.Minute, "broker-a")}, stats: SyncStats{Applied: 1}},
+			before: []func(tb testing.TB) SubscriptionRecord{func(tb testing.TB) SubscriptionRecord {
+				return liveRecord(tb, "s1", "g", v(-2*time.Minute), "broker-z", "a")
+			}},
+			incoming: func(tb testing.TB) SubscriptionRecord {
+				return liveRecord(tb, "s1", "g", v(-time.Minute), "broker-a", "b")
+			},
+			want: map[string]string{"s1": "live b " + ver(-time.Minute, "broker-a")}, stats: SyncStats{Applied: 1}},
 		{name: "lower version loses",
-			before:   []func(tb testing.TB) SubscriptionRecord{func(tb testing.TB) SubscriptionRecord { return liveRecord(tb, "s1", "g", v(-time.Minute), "broker-a", "a") }},
-			incoming: func(tb testing.TB) SubscriptionRecord { return liveRecord(tb, "s1", "g", v(-2*time.Minute), "broker-z", "b") },
-			want:     map[string]string{"s1": "live a " + ver(-time.Minute, "broker-a")}, stats: SyncStats{Stale: 1}},
+			before: []func(tb testing.TB) SubscriptionRecord{func(tb testing.TB) SubscriptionRecord {
+				return liveRecord(tb, "s1", "g", v(-time.Minute), "broker-a", "a")
+			}},
+			incoming: func(tb testing.TB) SubscriptionRecord {
+				return liveRecord(tb, "s1", "g", v(-2*time.Minute), "broker-z", "b")
+			},
+			want: map[string]string{"s1": "live a " + ver(-time.Minute, "broker-a")}, stats: SyncStats{Stale: 1}},
 		{name: "the same record again changes nothing",
-			before:   []func(tb testing.TB) SubscriptionRecord{func(tb testing.TB) SubscriptionRecord { return liveRecord(tb, "s1", "g", v(-time.Minute), "broker-a", "a") }},
-			incoming: func(tb testing.TB) SubscriptionRecord { return liveRecord(tb, "s1", "g", v(-time.Minute), "broker-a", "a") },
-			want:     map[string]string{"s1": "live a " + ver(-time.Minute, "broker-a")}, stats: SyncStats{Stale: 1}},
+			before: []func(tb testing.TB) SubscriptionRecord{func(tb testing.TB) SubscriptionRecord {
+				return liveRecord(tb, "s1", "g", v(-time.Minute), "broker-a", "a")
+			}},
+			incoming: func(tb testing.TB) SubscriptionRecord {
+				return liveRecord(tb, "s1", "g", v(-time.Minute), "broker-a", "a")
+			},
+			want: map[string]string{"s1": "live a " + ver(-time.Minute, "broker-a")}, stats: SyncStats{Stale: 1}},
 		{name: "equal version: greater broker name wins",
-			before:   []func(tb testing.TB) SubscriptionRecord{func(tb testing.TB) SubscriptionRecord { return liveRecord(tb, "s1", "g", v(-time.Minute), "broker-a", "a") }},
-			incoming: func(tb testing.TB) SubscriptionRecord { return liveRecord(tb, "s1", "g", v(-time.Minute), "broker-b", "b") },
-			want:     map[string]string{"s1": "live b " + ver(-time.Minute, "broker-b")}, stats: SyncStats{Applied: 1}},
+			before: []func(tb testing.TB) SubscriptionRecord{func(tb testing.TB) SubscriptionRecord {
+				return liveRecord(tb, "s1", "g", v(-time.Minute), "broker-a", "a")
+			}},
+			incoming: func(tb testing.TB) SubscriptionRecord {
+				return liveRecord(tb, "s1", "g", v(-time.Minute), "broker-b", "b")
+			},
+			want: map[string]string{"s1": "live b " + ver(-time.Minute, "broker-b")}, stats: SyncStats{Applied: 1}},
 		{name: "equal version: smaller broker name loses",
-			before:   []func(tb testing.TB) SubscriptionRecord{func(tb testing.TB) SubscriptionRecord { return liveRecord(tb, "s1", "g", v(-time.Minute), "broker-b", "b") }},
-			incoming: func(tb testing.TB) SubscriptionRecord { return liveRecord(tb, "s1", "g", v(-time.Minute), "broker-a", "a") },
-			want:     map[string]string{"s1": "live b " + ver(-time.Minute, "broker-b")}, stats: SyncStats{Stale: 1}},
+			before: []func(tb testing.TB) SubscriptionRecord{func(tb testing.TB) SubscriptionRecord {
+				return liveRecord(tb, "s1", "g", v(-time.Minute), "broker-b", "b")
+			}},
+			incoming: func(tb testing.TB) SubscriptionRecord {
+				return liveRecord(tb, "s1", "g", v(-time.Minute), "broker-a", "a")
+			},
+			want: map[string]string{"s1": "live b " + ver(-time.Minute, "broker-b")}, stats: SyncStats{Stale: 1}},
 		{name: "equal version: tombstone wins over live",
-			before:   []func(tb testing.TB) SubscriptionRecord{func(tb testing.TB) SubscriptionRecord { return liveRecord(tb, "s1", "g", v(-time.Minute), "broker-z", "a") }},
+			before: []func(tb testing.TB) SubscriptionRecord{func(tb testing.TB) SubscriptionRecord {
+				return liveRecord(tb, "s1", "g", v(-time.Minute), "broker-z", "a")
+			}},
 			incoming: func(tb testing.TB) SubscriptionRecord { return tombRecord("s1", "g", v(-time.Minute), "broker-a") },
 			want:     map[string]string{"s1": "tombstone " + ver(-time.Minute, "broker-a")}, stats: SyncStats{Tombstones: 1}},
 		{name: "equal version: live loses to tombstone",
-			before:   []func(tb testing.TB) SubscriptionRecord{func(tb testing.TB) SubscriptionRecord { return tombRecord("s1", "g", v(-time.Minute), "broker-a") }},
-			incoming: func(tb testing.TB) SubscriptionRecord { return liveRecord(tb, "s1", "g", v(-time.Minute), "broker-z", "a") },
-			want:     map[string]string{"s1": "tombstone " + ver(-time.Minute, "broker-a")}, stats: SyncStats{Stale: 1}},
+			before: []func(tb testing.TB) SubscriptionRecord{func(tb testing.TB) SubscriptionRecord { return tombRecord("s1", "g", v(-time.Minute), "broker-a") }},
+			incoming: func(tb testing.TB) SubscriptionRecord {
+				return liveRecord(tb, "s1", "g", v(-time.Minute), "broker-z", "a")
+			},
+			want: map[string]string{"s1": "tombstone " + ver(-time.Minute, "broker-a")}, stats: SyncStats{Stale: 1}},
 		{name: "older tombstone loses",
-			before:   []func(tb testing.TB) SubscriptionRecord{func(tb testing.TB) SubscriptionRecord { return liveRecord(tb, "s1", "g", v(-time.Minute), "broker-a", "a") }},
+			before: []func(tb testing.TB) SubscriptionRecord{func(tb testing.TB) SubscriptionRecord {
+				return liveRecord(tb, "s1", "g", v(-time.Minute), "broker-a", "a")
+			}},
 			incoming: func(tb testing.TB) SubscriptionRecord { return tombRecord("s1", "g", v(-2*time.Minute), "broker-z") },
 			want:     map[string]string{"s1": "live a " + ver(-time.Minute, "broker-a")}, stats: SyncStats{Stale: 1}},
 		{name: "later create wins over tombstone",
-			before:   []func(tb testing.TB) SubscriptionRecord{func(tb testing.TB) SubscriptionRecord { return tombRecord("s1", "g", v(-2*time.Minute), "broker-z") }},
-			incoming: func(tb testing.TB) SubscriptionRecord { return liveRecord(tb, "s1", "g", v(-time.Minute), "broker-a", "a") },
-			want:     map[string]string{"s1": "live a " + ver(-time.Minute, "broker-a")}, stats: SyncStats{Applied: 1}},
+			before: []func(tb testing.TB) SubscriptionRecord{func(tb testing.TB) SubscriptionRecord { return tombRecord("s1", "g", v(-2*time.Minute), "broker-z") }},
+			incoming: func(tb testing.TB) SubscriptionRecord {
+				return liveRecord(tb, "s1", "g", v(-time.Minute), "broker-a", "a")
+			},
+			want: map[string]string{"s1": "live a " + ver(-time.Minute, "broker-a")}, stats: SyncStats{Applied: 1}},
 		{name: "expired tombstone is not taken",
-			before:   []func(tb testing.TB) SubscriptionRecord{func(tb testing.TB) SubscriptionRecord { return liveRecord(tb, "s1", "g", v(-3*time.Hour), "broker-a", "a") }},
+			before: []func(tb testing.TB) SubscriptionRecord{func(tb testing.TB) SubscriptionRecord {
+				return liveRecord(tb, "s1", "g", v(-3*time.Hour), "broker-a", "a")
+			}},
 			incoming: func(tb testing.TB) SubscriptionRecord { return tombRecord("s1", "g", v(-2*time.Hour), "broker-z") },
 			want:     map[string]string{"s1": "live a " + ver(-3*time.Hour, "broker-a")}, stats: SyncStats{Skipped: 1}},
 		{name: "version too far ahead is refused",
-			incoming: func(tb testing.TB) SubscriptionRecord { return liveRecord(tb, "s1", "g", v(time.Hour), "broker-a", "a") },
-			want:     map[string]string{"s1": "none"}, stats: SyncStats{Refused: 1}},
+			incoming: func(tb testing.TB) SubscriptionRecord {
+				return liveRecord(tb, "s1", "g", v(time.Hour), "broker-a", "a")
+			},
+			want: map[string]string{"s1": "none"}, stats: SyncStats{Refused: 1}},
 		{name: "other topic is skipped",
 			incoming: func(tb testing.TB) SubscriptionRecord {
 				r := liveRecord(tb, "s1", "g", v(-time.Minute), "broker-a", "a")
@@ -141,14 +175,22 @@ func TestSubscriptionRecordMerge(t *testing.T) {
 			},
 			want: map[string]string{"s1": "none"}, stats: SyncStats{Skipped: 1}},
 		{name: "later record of another id replaces the group's subscription",
-			before:   []func(tb testing.TB) SubscriptionRecord{func(tb testing.TB) SubscriptionRecord { return liveRecord(tb, "s1", "g", v(-2*time.Minute), "broker-a", "a") }},
-			incoming: func(tb testing.TB) SubscriptionRecord { return liveRecord(tb, "s2", "g", v(-time.Minute), "broker-b", "b") },
-			want: map[string]string{"s1": "tombstone " + ver(-time.Minute, "broker-b"), "s2": "live b " + ver(-time.Minute, "broker-b")},
+			before: []func(tb testing.TB) SubscriptionRecord{func(tb testing.TB) SubscriptionRecord {
+				return liveRecord(tb, "s1", "g", v(-2*time.Minute), "broker-a", "a")
+			}},
+			incoming: func(tb testing.TB) SubscriptionRecord {
+				return liveRecord(tb, "s2", "g", v(-time.Minute), "broker-b", "b")
+			},
+			want:  map[string]string{"s1": "tombstone " + ver(-time.Minute, "broker-b"), "s2": "live b " + ver(-time.Minute, "broker-b")},
 			stats: SyncStats{Applied: 1}},
 		{name: "earlier record of another id loses to the group's subscription",
-			before:   []func(tb testing.TB) SubscriptionRecord{func(tb testing.TB) SubscriptionRecord { return liveRecord(tb, "s1", "g", v(-time.Minute), "broker-a", "a") }},
-			incoming: func(tb testing.TB) SubscriptionRecord { return liveRecord(tb, "s2", "g", v(-2*time.Minute), "broker-b", "b") },
-			want:     map[string]string{"s1": "live a " + ver(-time.Minute, "broker-a"), "s2": "none"}, stats: SyncStats{Stale: 1}},
+			before: []func(tb testing.TB) SubscriptionRecord{func(tb testing.TB) SubscriptionRecord {
+				return liveRecord(tb, "s1", "g", v(-time.Minute), "broker-a", "a")
+			}},
+			incoming: func(tb testing.TB) SubscriptionRecord {
+				return liveRecord(tb, "s2", "g", v(-2*time.Minute), "broker-b", "b")
+			},
+			want: map[string]string{"s1": "live a " + ver(-time.Minute, "broker-a"), "s2": "none"}, stats: SyncStats{Stale: 1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
