@@ -39,7 +39,9 @@ import (
 //     the next holder, and the broker that failed is skipped for downFor.
 //   - subscriptions: created on every broker holding the topic with one id
 //     and one secret; changed, paused, resumed, rotated and deleted on
-//     every live broker; listed merged.
+//     every live broker, each change with one version for every copy;
+//     listed merged. The holders of a topic push each other their records
+//     (cluster_sync.go), so a copy that missed a change gets it.
 //   - pull: from every broker holding the topic; receipts name the broker
 //     that issued them, so an ack or nack may go to any broker.
 //   - queries by id find the message on whichever broker holds it; queries

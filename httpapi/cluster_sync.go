@@ -88,6 +88,60 @@ type syncer struct {
 	// pushed is, per topic, the holders (name -> address) pushed to since
 	// they were last seen in its route: a holder missing from it is new.
 	pushed map[string]map[string]string // guarded by mu
+	// routes is the syncer's own cache of each topic's other holders,
+	// fetched with namesrv.Client.Lookup once a heartbeat interval: the
+	// lookups of this background work must not fill the cache requests
+	// route by, with a route fetched while a topic is being placed and
+	// some holders have not registered yet.
+	routes map[string]syncRoute // guarded by mu
+}
+
+type syncRoute struct {
+	peers []peer
+	at    time.Time
+}
+
+// holders is the other holders of topic as the name servers
+// route it, from the syncer's cache while it is younger than a heartbeat
+// interval; when no name server answers, the last one known.
+func (y *syncer) holders(ctx context.Context, topic string) []peer {
+	c := y.s.cluster
+	y.mu.Lock()
+	r, ok := y.routes[topic]
+	y.mu.Unlock()
+	if ok && time.Since(r.at) < c.names.Interval() {
+		return r.peers
+	}
+	rt, found, err := c.names.Lookup(ctx, topic)
+	if err != nil {
+		c.logger.Debug("no route for the subscription sync", slog.String("topic", topic), slog.Any("err", err))
+		return r.peers
+	}
+	var peers []peer
+	if found {
+		for _, b := range rt.Brokers {
+			if b.Name != c.self && b.Queues > 0 {
+				peers = append(peers, peer{name: b.Name, addr: b.Addr, queues: b.Queues})
+			}
+		}
+	}
+	y.mu.Lock()
+	y.routes[topic] = syncRoute{peers: peers, at: time.Now()}
+	y.mu.Unlock()
+	return peers
+}
+
+// forget drops the syncer's cached routes of topics (all when none is
+// named), so that the next round asks the name servers.
+func (y *syncer) forget(topics ...string) {
+	y.mu.Lock()
+	defer y.mu.Unlock()
+	if len(topics) == 0 {
+		clear(y.routes)
+	}
+	for _, t := range topics {
+		delete(y.routes, t)
+	}
 }
 
 func newSyncer(s *Server, c *Cluster, reg prometheus.Registerer) *syncer {
@@ -104,7 +158,7 @@ func newSyncer(s *Server, c *Cluster, reg prometheus.Registerer) *syncer {
 		interval = DefaultSyncInterval
 	}
 	return &syncer{s: s, interval: interval, token: c.Token, total: total, kick: make(chan struct{}, 1),
-		pending: map[string]bool{}, pushed: map[string]map[string]string{}}
+		pending: map[string]bool{}, pushed: map[string]map[string]string{}, routes: map[string]syncRoute{}}
 }
 
 // RunSync runs the anti-entropy of subscriptions until ctx ends. It does
@@ -137,6 +191,7 @@ func (y *syncer) run(ctx context.Context) {
 			// name server is new): what changed meanwhile may have missed
 			// this broker. Its push is answered by the holders with newer
 			// records pushing them here.
+			y.forget()
 			y.round(ctx, true, nil)
 		case <-watch.C:
 			y.round(ctx, false, nil)
@@ -150,6 +205,14 @@ func (y *syncer) run(ctx context.Context) {
 			y.round(ctx, false, topics)
 		}
 	}
+}
+
+// knows reports whether broker is among the holders of topic the syncer
+// has cached.
+func (y *syncer) knows(topic, broker string) bool {
+	y.mu.Lock()
+	defer y.mu.Unlock()
+	return slices.ContainsFunc(y.routes[topic].peers, func(p peer) bool { return p.name == broker })
 }
 
 // again asks for a push of topics to their holders at once.
@@ -183,6 +246,7 @@ func (y *syncer) round(ctx context.Context, all bool, only map[string]bool) {
 	for topic := range y.pushed {
 		if !slices.Contains(names, topic) {
 			delete(y.pushed, topic) // no longer held here
+			delete(y.routes, topic)
 		}
 	}
 	y.mu.Unlock()
@@ -190,13 +254,12 @@ func (y *syncer) round(ctx context.Context, all bool, only map[string]bool) {
 		if only != nil && !only[name] {
 			continue
 		}
-		local, _ := s.broker.Queues(name)
-		holders := c.holders(ctx, name, local)
+		holders := y.holders(ctx, name)
 		y.mu.Lock()
 		seen := y.pushed[name]
 		now := map[string]string{}
 		for _, h := range holders {
-			if h.local() || c.isDown(h.addr) {
+			if c.isDown(h.addr) {
 				continue
 			}
 			if addr, ok := seen[h.name]; ok && addr == h.addr {
@@ -369,14 +432,22 @@ func (s *Server) handleSyncSubscriptions(w http.ResponseWriter, r *http.Request)
 			ans.Newer = append(ans.Newer, t)
 		}
 	}
-	if len(ans.Newer) > 0 {
-		slices.Sort(ans.Newer)
-		// The sender may be new to this broker's cached routes (it has
-		// just come back): ask the name servers again.
-		for _, t := range ans.Newer {
-			s.cluster.names.Forget(t)
+	// Push back where this broker has newer records, and where the sender
+	// is not among the holders this broker knows (it has just joined or
+	// come back): ask the name servers again first.
+	var back []string
+	for _, t := range topics {
+		if n, _ := s.broker.Queues(t); n == 0 {
+			continue
 		}
-		s.sync.again(ans.Newer)
+		if slices.Contains(ans.Newer, t) || !s.sync.knows(t, req.From) {
+			back = append(back, t)
+		}
+	}
+	if len(back) > 0 {
+		slices.Sort(ans.Newer)
+		s.sync.forget(back...)
+		s.sync.again(back)
 	}
 	writeJSON(w, http.StatusOK, ans)
 }
