@@ -39,9 +39,10 @@ import (
 // changes or stops its deliveries accordingly.
 //
 // Records carry signing secrets, so they only ever travel in requests to
-// brokers the name servers route the topic to, as copySubscriptions sends
-// them, never in an answer to whoever asks: a receiver that holds newer
-// records pushes them to the sender's routed address instead.
+// brokers the name servers route the topic to (or that a topic's PUT has
+// just placed it on: copySubscriptions), never in an answer to whoever
+// asks: a receiver that holds newer records pushes them to the sender's
+// routed address instead.
 // POST /v1/internal/subscriptions/sync needs an admin token when tokens
 // are checked; a broker sends the one given by --namesrv-token.
 
@@ -285,7 +286,7 @@ func (y *syncer) round(ctx context.Context, all bool, only map[string]bool) {
 	var wg sync.WaitGroup
 	for _, tg := range targets {
 		wg.Go(func() {
-			if y.push(ctx, tg.peer, tg.topics) {
+			if y.push(ctx, tg.peer, tg.topics, "") == nil {
 				y.mu.Lock()
 				for _, topic := range tg.topics {
 					if y.pushed[topic] != nil {
@@ -300,19 +301,22 @@ func (y *syncer) round(ctx context.Context, all bool, only map[string]bool) {
 }
 
 // push sends p this broker's records of topics, in requests of at most
-// maxSyncRequestBytes, and reports whether p took them all.
-func (y *syncer) push(ctx context.Context, p peer, topics []string) bool {
+// maxSyncRequestBytes, and returns why p did not take them all. auth is
+// the Authorization header to send; "" sends the broker's own token.
+func (y *syncer) push(ctx context.Context, p peer, topics []string, auth string) error {
 	recs, err := y.s.broker.SubscriptionRecords(ctx, topics)
 	if err != nil {
 		y.s.cluster.logger.Error("reading subscription records to push failed", slog.Any("err", err))
-		return false
+		return err
 	}
-	ok := true
+	var errs []error
 	req := syncRequest{From: y.s.cluster.self, Topics: map[string][]broker.SubscriptionRecord{}}
 	size := 0
 	flush := func() {
 		if len(req.Topics) > 0 {
-			ok = y.send(ctx, p, req) && ok
+			if err := y.send(ctx, p, req, auth); err != nil {
+				errs = append(errs, err)
+			}
 		}
 		req.Topics, size = map[string][]broker.SubscriptionRecord{}, 0
 	}
@@ -325,27 +329,30 @@ func (y *syncer) push(ctx context.Context, p peer, topics []string) bool {
 		size += len(b) + len(topic)
 	}
 	flush()
-	return ok
+	return errors.Join(errs...)
 }
 
 // send is one sync request to p, with the hop's deadline.
-func (y *syncer) send(ctx context.Context, p peer, req syncRequest) bool {
+func (y *syncer) send(ctx context.Context, p peer, req syncRequest, auth string) error {
 	c := y.s.cluster
 	body, err := json.Marshal(req)
 	if err != nil {
 		c.logger.Error("encoding subscription records failed", slog.Any("err", err))
-		return false
+		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.hop)
 	defer cancel()
 	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, p.addr+"/v1/internal/subscriptions/sync", bytes.NewReader(body))
 	if err != nil {
 		c.logger.Error("subscription sync request", slog.Any("err", err))
-		return false
+		return err
 	}
 	hr.Header.Set("Content-Type", "application/json")
 	hr.Header.Set(hdrForwardedBy, c.self)
-	if y.token != "" {
+	switch {
+	case auth != "":
+		hr.Header.Set("Authorization", auth)
+	case y.token != "":
 		hr.Header.Set("Authorization", "Bearer "+y.token)
 	}
 	resp, err := c.hc.Do(hr)
@@ -358,7 +365,7 @@ func (y *syncer) send(ctx context.Context, p peer, req syncRequest) bool {
 		}
 		y.total.WithLabelValues(syncFailed).Inc()
 		c.logger.Warn("pushing subscription records failed; tried again next round", slog.String("broker", p.name), slog.Any("err", err))
-		return false
+		return fmt.Errorf("push to %s: %w", p.name, err)
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
@@ -367,12 +374,12 @@ func (y *syncer) send(ctx context.Context, p peer, req syncRequest) bool {
 		y.total.WithLabelValues(syncFailed).Inc()
 		c.logger.Warn("pushing subscription records failed; tried again next round", slog.String("broker", p.name),
 			slog.Int("status", resp.StatusCode), slog.String("answer", string(bytes.TrimSpace(raw))), slog.Any("err", err))
-		return false
+		return fmt.Errorf("push to %s: status %d %s: %v", p.name, resp.StatusCode, bytes.TrimSpace(raw), err)
 	case resp.StatusCode != http.StatusOK:
 		y.total.WithLabelValues(syncRefused).Inc()
 		c.logger.Error("a broker refused this broker's subscription records (is --namesrv-token an admin token the brokers accept?)",
 			slog.String("broker", p.name), slog.Int("status", resp.StatusCode), slog.String("answer", string(bytes.TrimSpace(raw))))
-		return false
+		return fmt.Errorf("push to %s refused: status %d %s", p.name, resp.StatusCode, bytes.TrimSpace(raw))
 	}
 	y.total.WithLabelValues(syncOK).Inc()
 	var ans syncAnswer
@@ -380,7 +387,7 @@ func (y *syncer) send(ctx context.Context, p peer, req syncRequest) bool {
 		c.logger.Info("subscription records pushed", slog.String("broker", p.name), slog.Int("applied", ans.Applied),
 			slog.Int("tombstones", ans.Tombstones), slog.Any("newer_there", ans.Newer))
 	}
-	return true
+	return nil
 }
 
 // handleSyncSubscriptions takes another broker's subscription records:

@@ -31,6 +31,7 @@ type syncSink struct {
 type sinkHit struct {
 	body string
 	at   time.Time
+	sig  string // webhook-signature
 }
 
 func newSyncSink(t *testing.T) *syncSink {
@@ -38,7 +39,7 @@ func newSyncSink(t *testing.T) *syncSink {
 	s.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		s.mu.Lock()
-		s.got[r.URL.Path] = append(s.got[r.URL.Path], sinkHit{body: string(body), at: time.Now()})
+		s.got[r.URL.Path] = append(s.got[r.URL.Path], sinkHit{body: string(body), at: time.Now(), sig: r.Header.Get("webhook-signature")})
 		s.mu.Unlock()
 		w.WriteHeader(http.StatusNoContent)
 	}))
@@ -280,6 +281,53 @@ func TestClusterSyncBrokerJoinsTopic(t *testing.T) {
 	}
 }
 
+// TestClusterSyncPlacementCopiesRecords: a PUT that adds a broker to a
+// topic gives it the topic's subscriptions as the records themselves:
+// the same version (so the exchange has nothing to repair, and no copy
+// made anew replaces the others), the paused state, and the secrets a
+// rotation keeps signing.
+func TestClusterSyncPlacementCopiesRecords(t *testing.T) {
+	sink := newSyncSink(t)
+	fc := startFaultCluster(t, 1, []string{"broker-a", "broker-b"}, "--subscription-sync-interval", "1s")
+	fc.putTopic("orders", "broker-a")
+	sub := createSub(t, fc.url("broker-a"), `{"group":"pl","topic":"orders","url":"`+sink.srv.URL+`/placed","start_from":"earliest"}`)
+	if a := clDo(t, "POST", fc.url("broker-a")+"/v1/subscriptions/"+sub.ID+"/rotate-secret", nil, nil); a.status != 200 {
+		t.Fatalf("rotate: %s", a)
+	}
+	if a := clDo(t, "POST", fc.url("broker-a")+"/v1/subscriptions/"+sub.ID+"/pause", nil, nil); a.status != 200 {
+		t.Fatalf("pause: %s", a)
+	}
+	_, onA := fc.copyOn("broker-a", sub.ID)
+	if a := clDo(t, "PUT", fc.url("broker-a")+"/v1/topics/orders", nil, []byte(`{"queues":2,"brokers":["broker-a","broker-b"]}`)); a.status != 200 && a.status != 201 {
+		t.Fatalf("PUT orders on both: %s", a)
+	}
+	st, onB := fc.copyOn("broker-b", sub.ID)
+	if st != 200 || onB != onA {
+		t.Fatalf("broker-b's copy right after the PUT: %d %+v; want broker-a's record %+v", st, onB, onA)
+	}
+	if a := clDo(t, "POST", fc.url("broker-a")+"/v1/subscriptions/"+sub.ID+"/resume", nil, nil); a.status != 200 {
+		t.Fatalf("resume: %s", a)
+	}
+	onBroker := bodiesOf("placed-b", 3)
+	publishVia(t, fc.url("broker-b"), "orders", onBroker...)
+	sink.waitDelivered(t, "/placed", onBroker)
+	for _, h := range sink.hits("/placed") {
+		if n := strings.Count(h.sig, "v1,"); n != 2 {
+			t.Errorf("%q signed with %d secrets (%s); want the current one and the one rotated out", h.body, n, h.sig)
+		}
+	}
+	// Several exchanges later, still one record everywhere.
+	_, a1 := fc.copyOn("broker-a", sub.ID)
+	first := pushesOK(t, fc.url("broker-a"))
+	clEventually(t, "two more pushes from broker-a", func() (bool, string) {
+		n := pushesOK(t, fc.url("broker-a"))
+		return n >= first+2, fmt.Sprintf("%g pushes, from %g", n, first)
+	})
+	if _, b1 := fc.copyOn("broker-b", sub.ID); b1 != a1 {
+		t.Errorf("after the exchanges: broker-a %+v, broker-b %+v", a1, b1)
+	}
+}
+
 // TestClusterSyncConcurrentUpdatesConverge: changes of one subscription
 // made at once on different brokers, each on its own copy only (as when
 // the others could not be reached), end as one record everywhere: the one
@@ -355,6 +403,17 @@ func TestClusterSyncConcurrentUpdatesConverge(t *testing.T) {
 	if !strings.HasPrefix(got.Filter, "both-") {
 		t.Errorf("converged on %+v, want one of the coordinated changes", got)
 	}
+}
+
+// pushesOK is how many pushes of subscription records the broker at url
+// has had taken.
+func pushesOK(t *testing.T, url string) float64 {
+	t.Helper()
+	var v float64
+	if _, err := fmt.Sscan(metricValue(t, url, `postbus_subscription_sync_total{result="ok"}`), &v); err != nil {
+		t.Fatalf("%s/metrics: postbus_subscription_sync_total{result=\"ok\"}: %v", url, err)
+	}
+	return v
 }
 
 // versionAfter reports whether version a (At@By) wins over b: higher At,
