@@ -266,17 +266,19 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 
 	stopRegistering := membership.register(b, c.cluster, logger)
 	defer stopRegistering()
-	// The anti-entropy of subscriptions runs while the broker serves.
-	syncCtx, stopSync := context.WithCancel(context.Background())
+	// The anti-entropy of subscriptions runs while the broker serves,
+	// and stops before the broker closes.
+	syncCtx, cancelSync := context.WithCancel(context.Background())
 	synced := make(chan struct{})
 	go func() {
 		defer close(synced)
 		api.RunSync(syncCtx)
 	}()
-	defer func() {
-		stopSync()
+	stopSync := func() {
+		cancelSync()
 		<-synced
-	}()
+	}
+	defer stopSync()
 
 	select {
 	case err := <-served:
@@ -293,6 +295,7 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	if err := srv.Shutdown(sctx); err != nil {
 		logger.Warn("in-flight requests did not finish in time", slog.Any("err", err))
 	}
+	stopSync()
 	stopDispatch()
 	<-dispatched
 	if err := b.Close(); err != nil {
@@ -452,6 +455,8 @@ func (c *serveConfig) checkEdgeFlags() error {
 		return fmt.Errorf("--rate-limit %g: want a number of messages a second, or 0 for no limit", c.rateLimit)
 	case c.rateBurst < 0:
 		return fmt.Errorf("--rate-burst %d: want a number of messages, or 0 for one second's worth", c.rateBurst)
+	case c.syncInterval <= 0:
+		return fmt.Errorf("--subscription-sync-interval %s: want a positive duration", c.syncInterval)
 	case c.rateBurst > 0 && c.rateLimit == 0:
 		return fmt.Errorf("--rate-burst %d needs --rate-limit", c.rateBurst)
 	case int64(c.bodyMemory) < httpapi.MinBodyMemory(c.mode == "dev"):
