@@ -175,6 +175,14 @@ func (c *cluster) isDown(addr string) bool {
 	return ok
 }
 
+// markUp forgets that the broker at addr was marked down: it has been
+// heard from since (it pushed its subscription records here).
+func (c *cluster) markUp(addr string) {
+	c.mu.Lock()
+	delete(c.down, addr)
+	c.mu.Unlock()
+}
+
 func (c *cluster) markDown(p peer, err error) {
 	c.mu.Lock()
 	_, was := c.down[p.addr]

@@ -86,6 +86,9 @@ type syncer struct {
 
 	mu      sync.Mutex
 	pending map[string]bool // topics to push again at once; guarded by mu
+	// alive is the brokers heard from (they pushed here) since the last
+	// round: pushed to even if marked down, since they are not.
+	alive map[string]bool // guarded by mu
 	// pushed is, per topic, the holders (name -> address) pushed to since
 	// they were last seen in its route: a holder missing from it is new.
 	pushed map[string]map[string]string // guarded by mu
@@ -159,7 +162,7 @@ func newSyncer(s *Server, c *Cluster, reg prometheus.Registerer) *syncer {
 		interval = DefaultSyncInterval
 	}
 	return &syncer{s: s, interval: interval, token: c.Token, total: total, kick: make(chan struct{}, 1),
-		pending: map[string]bool{}, pushed: map[string]map[string]string{}, routes: map[string]syncRoute{}}
+		pending: map[string]bool{}, alive: map[string]bool{}, pushed: map[string]map[string]string{}, routes: map[string]syncRoute{}}
 }
 
 // RunSync runs the anti-entropy of subscriptions until ctx ends. It does
@@ -216,12 +219,14 @@ func (y *syncer) knows(topic, broker string) bool {
 	return slices.ContainsFunc(y.routes[topic].peers, func(p peer) bool { return p.name == broker })
 }
 
-// again asks for a push of topics to their holders at once.
-func (y *syncer) again(topics []string) {
+// again asks for a push of topics to their holders at once; from, which
+// has just pushed here, is up whatever this broker marked it.
+func (y *syncer) again(topics []string, from string) {
 	y.mu.Lock()
 	for _, t := range topics {
 		y.pending[t] = true
 	}
+	y.alive[from] = true
 	y.mu.Unlock()
 	select {
 	case y.kick <- struct{}{}:
@@ -244,6 +249,8 @@ func (y *syncer) round(ctx context.Context, all bool, only map[string]bool) {
 		names = append(names, t.Name)
 	}
 	y.mu.Lock()
+	alive := y.alive
+	y.alive = map[string]bool{}
 	for topic := range y.pushed {
 		if !slices.Contains(names, topic) {
 			delete(y.pushed, topic) // no longer held here
@@ -260,7 +267,9 @@ func (y *syncer) round(ctx context.Context, all bool, only map[string]bool) {
 		seen := y.pushed[name]
 		now := map[string]string{}
 		for _, h := range holders {
-			if c.isDown(h.addr) {
+			if alive[h.name] {
+				c.markUp(h.addr)
+			} else if c.isDown(h.addr) {
 				continue
 			}
 			if addr, ok := seen[h.name]; ok && addr == h.addr {
@@ -454,7 +463,7 @@ func (s *Server) handleSyncSubscriptions(w http.ResponseWriter, r *http.Request)
 	if len(back) > 0 {
 		slices.Sort(ans.Newer)
 		s.sync.forget(back...)
-		s.sync.again(back)
+		s.sync.again(back, req.From)
 	}
 	writeJSON(w, http.StatusOK, ans)
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -189,13 +190,20 @@ func TestClusterSyncCreateMissedByRestartedNameServer(t *testing.T) {
 }
 
 // TestClusterSyncDeleteReachesExpiredHolder (fault 3): a subscription
-// deleted while one holder was expired (hung past the broker expiry)
-// answered 204, lived on on that holder when it came back, and went on
-// delivering to the deleted webhook. The delete's tombstone reaches the
-// holder when it is back: no delivery to the deleted webhook later than
-// the delete's 204 plus one sync interval, while the subscription kept
-// delivers everything.
+// deleted while one holder was expired (hung past the broker expiry, or
+// killed) answered 204, lived on on that holder when it came back, and
+// went on delivering to the deleted webhook. The delete's tombstone
+// reaches the holder when it is back: no delivery to the deleted webhook
+// later than the delete's 204 plus one sync interval (the holder is back
+// at once), none of what is published after it lost its copy, while the
+// subscription kept delivers everything.
 func TestClusterSyncDeleteReachesExpiredHolder(t *testing.T) {
+	for _, how := range []string{"hung", "killed"} {
+		t.Run(how, func(t *testing.T) { testDeleteReachesExpiredHolder(t, how) })
+	}
+}
+
+func testDeleteReachesExpiredHolder(t *testing.T, how string) {
 	const interval = 8 * time.Second
 	sink := newSyncSink(t)
 	fc := startFaultCluster(t, 1, []string{"broker-a", "broker-c"}, "expiry=1s", "--forward-timeout", "1s",
@@ -209,8 +217,13 @@ func TestClusterSyncDeleteReachesExpiredHolder(t *testing.T) {
 	sink.waitDelivered(t, "/dead", before)
 	sink.waitDelivered(t, "/live", before)
 
-	// broker-c hangs until the name server expires it.
-	stopProc(t, fc.brokers["broker-c"])
+	// broker-c hangs, or dies, until the name server expires it.
+	c := fc.brokers["broker-c"]
+	if how == "hung" {
+		stopProc(t, c)
+	} else {
+		fc.kill("broker-c")
+	}
 	clEventually(t, "the name server to expire broker-c", func() (bool, string) {
 		a, err := clTry("GET", fc.ns[0].url+"/v1/cluster", nil, nil)
 		return err == nil && !strings.Contains(string(a.body), "broker-c"), fmt.Sprint(a, err)
@@ -219,7 +232,15 @@ func TestClusterSyncDeleteReachesExpiredHolder(t *testing.T) {
 		t.Fatalf("delete with broker-c expired: %s", a)
 	}
 	deleted := time.Now()
-	fc.brokers["broker-c"].cmd.Process.Signal(syscall.SIGCONT)
+	if how == "hung" {
+		c.cmd.Process.Signal(syscall.SIGCONT)
+	} else {
+		// The same command line, at the same address, on the same data.
+		args := slices.Clone(c.cmd.Args[1 : len(c.cmd.Args)-2]) // without --log-format json
+		i := slices.Index(args, "--addr")
+		args[i+1] = strings.TrimPrefix(c.url, "http://")
+		fc.brokers["broker-c"] = start(t, args...)
+	}
 
 	// Stored on broker-c once it is back.
 	after := bodiesOf("f3-back", 10)
@@ -228,14 +249,20 @@ func TestClusterSyncDeleteReachesExpiredHolder(t *testing.T) {
 		st, got := fc.copyOn("broker-c", dead.ID)
 		return st == 404, fmt.Sprintf("%d %+v", st, got)
 	})
-	t.Logf("broker-c lost the deleted subscription %s after the delete", took.Round(time.Millisecond))
+	t.Logf("broker-c lost the deleted subscription %s after %d messages were published through it", took.Round(time.Millisecond), len(after))
+	if took > interval {
+		t.Errorf("broker-c, back, kept the deleted subscription for %s, more than one sync interval (%s)", took.Round(time.Millisecond), interval)
+	}
 	sink.waitDelivered(t, "/live", after)
 	later := bodiesOf("f3-later", 5)
 	publishVia(t, fc.url("broker-c"), "orders", later...)
 	sink.waitDelivered(t, "/live", later)
 
-	late := 0
+	late, back := 0, 0
 	for _, h := range sink.hits("/dead") {
+		if strings.HasPrefix(h.body, "f3-back") {
+			back++
+		}
 		if h.at.After(deleted.Add(interval)) {
 			late++
 			t.Errorf("%q delivered to the deleted subscription %s after its delete's 204", h.body, h.at.Sub(deleted).Round(time.Millisecond))
@@ -244,7 +271,7 @@ func TestClusterSyncDeleteReachesExpiredHolder(t *testing.T) {
 	if m := sink.missing("/dead", later); len(m) != len(later) {
 		t.Errorf("messages published after broker-c lost the subscription were delivered to it: %d of %d", len(later)-len(m), len(later))
 	}
-	t.Logf("deliveries to the deleted subscription after the delete: %d late", late)
+	t.Logf("deliveries to the deleted subscription after the delete: %d of the %d published through broker-c as it came back, %d late", back, len(after), late)
 	m := clDo(t, "GET", fc.url("broker-c")+"/metrics", nil, nil)
 	if !strings.Contains(string(m.body), `postbus_subscription_records_applied_total{kind="tombstone"} 1`) {
 		t.Errorf("broker-c's /metrics does not count the tombstone applied")
