@@ -245,14 +245,16 @@ func (y *syncer) round(ctx context.Context, all bool, only map[string]bool) {
 	}
 	targets := map[string]*target{}
 	var names []string
+	held := map[string]bool{}
 	for _, t := range s.broker.Topics(ctx, "", 0) {
 		names = append(names, t.Name)
+		held[t.Name] = true
 	}
 	y.mu.Lock()
 	alive := y.alive
 	y.alive = map[string]bool{}
 	for topic := range y.pushed {
-		if !slices.Contains(names, topic) {
+		if !held[topic] {
 			delete(y.pushed, topic) // no longer held here
 			delete(y.routes, topic)
 		}
