@@ -83,6 +83,14 @@ type Broker struct {
 	polls      heldPolls // long polls waiting for messages, by group
 	offs       offsets
 	subsSig    signal // fired when a subscription changes
+	// name is this broker's name in a cluster, for the versions of the
+	// subscription changes it mints; clock mints them (subsync.go).
+	name  atomic.Pointer[string]
+	clock versionClock
+	// syncMu serialises the application of other brokers' subscription
+	// records, so that a create's positioning and its insert are not
+	// interleaved with another record's.
+	syncMu     sync.Mutex
 	topicsSig  signal // fired when a topic is created, changed or deleted
 	attemptsMu sync.Mutex
 	attempts   []meta.Attempt // not yet written; guarded by attemptsMu
@@ -165,6 +173,12 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 		}
 		return nil, err
 	}
+	maxVersion, err := b.meta.MaxSubscriptionVersion(ctx)
+	if err != nil {
+		b.closeFiles()
+		return nil, err
+	}
+	b.clock.observe(maxVersion) // no version minted below one stored
 	b.metrics.register(b, cfg.Registerer)
 	b.timer = delaytimer.Start(delaytimer.Config{
 		Store: claimingStore{b.meta}, Host: (*timerHost)(b), Now: b.now,

@@ -43,6 +43,12 @@ type Config struct {
 	// Without it such a broker refuses to start (ErrMetadataLost).
 	RebuildMetadata bool
 
+	// TombstoneTTL is how long a deleted subscription's tombstone is kept
+	// (from its delete's version), so that a broker that missed the
+	// delete loses its copy when it is back. Far longer than any broker
+	// expiry: a broker away for longer may bring the subscription back.
+	TombstoneTTL time.Duration
+
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer // nil: metrics are not registered
 	Now        func() time.Time
@@ -51,6 +57,10 @@ type Config struct {
 	// set a vfs.Fault to fail them or simulate a power cut.
 	FS vfs.FS
 }
+
+// DefaultTombstoneTTL is how long a deleted subscription's tombstone is
+// kept by default: a week, far beyond the name servers' broker expiry.
+const DefaultTombstoneTTL = 7 * 24 * time.Hour
 
 // DefaultConfig returns the defaults of DESIGN.md for a broker storing in dir.
 func DefaultConfig(dir string) Config {
@@ -71,6 +81,7 @@ func DefaultConfig(dir string) Config {
 		DiskCleanRatio:     0.85,
 		DiskFullRatio:      0.90,
 		OffsetInterval:     5 * time.Second,
+		TombstoneTTL:       DefaultTombstoneTTL,
 	}
 }
 
@@ -94,6 +105,7 @@ func (c *Config) Validate() error {
 	check(c.RetentionInterval > 0, "retention check interval %s must be positive", c.RetentionInterval)
 	check(c.CheckpointInterval > 0, "checkpoint interval %s must be positive", c.CheckpointInterval)
 	check(c.OffsetInterval > 0, "offset interval %s must be positive", c.OffsetInterval)
+	check(c.TombstoneTTL > 0, "subscription tombstone lifetime %s must be positive", c.TombstoneTTL)
 	check(c.CheckpointBytes > 0, "checkpoint bytes %d must be positive", c.CheckpointBytes)
 	check(c.DiskCleanRatio > 0 && c.DiskCleanRatio <= c.DiskFullRatio && c.DiskFullRatio <= 1,
 		"disk ratios must satisfy 0 < clean (%.2f) <= full (%.2f) <= 1", c.DiskCleanRatio, c.DiskFullRatio)

@@ -20,6 +20,22 @@
 // the broker's side of it: reading a message, putting it back, copying it
 // ahead.
 //
+// In a cluster each broker holding a topic keeps its own copy of each of
+// the topic's subscriptions, and every change of one carries a Version
+// (subsync.go): a hybrid logical clock in Unix milliseconds that never
+// goes below a version the broker has seen, with the minting broker's
+// name. The broker coordinating a change gives every copy its version
+// (WithVersion); a delete leaves a tombstone at its version, kept for
+// Config.TombstoneTTL (7 days by default). ApplySubscriptionRecords
+// merges other brokers' records, keeping per id the one that wins: the
+// highest version; at equal version a tombstone over a live record; then
+// the greater broker name. A live record that wins also replaces a
+// subscription of the same group and topic under another id (tombstoned
+// at the winner's version). A subscription created from a record starts
+// as the record says, "latest" meaning its creation time, and the engine
+// starts, changes or stops as the records say. A version more than
+// MaxVersionSkew ahead of this broker's clock is refused.
+//
 // Consuming goes through one consumer engine (engine.go, RocketMQ 5's pop
 // model), for pull and push alike: Engine.Lease hands a group up to max
 // messages of a topic, each out for a visibility, and Engine.Settle takes

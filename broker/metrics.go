@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"math"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -27,6 +28,9 @@ type metrics struct {
 	cleanedMessages prometheus.Counter
 	cleanedBytes    prometheus.Counter
 	rebuilds        *prometheus.CounterVec
+
+	syncApplied *prometheus.CounterVec // other brokers' subscription records applied, by kind
+	syncRefused *prometheus.CounterVec // ... refused, by reason
 }
 
 // Why recovery rebuilt the derived indexes from the start of the log (the
@@ -104,6 +108,20 @@ func newMetrics() *metrics {
 			Help: "Due delayed messages the timer loop did not put back as usual, by reason; each is also logged at ERROR.",
 		}, []string{"reason"}),
 	}
+	m.syncApplied = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "postbus_subscription_records_applied_total",
+		Help: "Other brokers' subscription records that changed this broker's copies, by kind: live (created or changed a subscription) or tombstone (deleted one, or was kept).",
+	}, []string{"kind"})
+	m.syncRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "postbus_subscription_records_refused_total",
+		Help: "Subscription records or versions from other brokers refused, by reason: future_version (more than the allowed skew ahead of this broker's clock) or invalid; each is also logged at ERROR.",
+	}, []string{"reason"})
+	for _, k := range []string{"live", "tombstone"} {
+		m.syncApplied.WithLabelValues(k)
+	}
+	for _, r := range []string{refusedFuture, refusedInvalid} {
+		m.syncRefused.WithLabelValues(r)
+	}
 	for _, r := range []string{rebuildCheckpoint, rebuildKeyIndex} {
 		m.rebuilds.WithLabelValues(r)
 	}
@@ -126,7 +144,17 @@ func (m *metrics) register(b *Broker, reg prometheus.Registerer) {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
 	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped, m.leasesExpired, m.progressBad, m.skippedRecords, m.lostQueueEnds, m.timersDropped, m.misplaced,
-		m.delayAnomalies, m.cleanedMessages, m.cleanedBytes, m.rebuilds,
+		m.delayAnomalies, m.cleanedMessages, m.cleanedBytes, m.rebuilds, m.syncApplied, m.syncRefused,
+		gauge("postbus_subscription_tombstones", "Deleted subscriptions' tombstones kept, to reach brokers that missed the delete.",
+			func() float64 {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				defer cancel()
+				ts, err := b.meta.SubscriptionTombstones(ctx)
+				if err != nil {
+					return math.NaN()
+				}
+				return float64(len(ts))
+			}),
 		gauge("postbus_commitlog_bytes", "Bytes of the commitlog between its oldest retained offset and its end.",
 			func() float64 { return float64(b.log.Committed() - b.log.MinOffset()) }),
 		gauge("postbus_pull_held_polls", "Long polls (pulls with a wait) held waiting for messages now, of every group.",

@@ -33,6 +33,7 @@ func (b *Broker) retentionLoop() {
 			b.checkDisk()
 		case <-ret.C:
 			b.pruneDedup()
+			b.purgeTombstones(context.Background())
 			b.dispatchMu.Lock()
 			cp := b.checkpointed
 			b.dispatchMu.Unlock()

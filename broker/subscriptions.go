@@ -50,6 +50,9 @@ type Subscription struct {
 	StateReason     string // why it is disabled
 	CreatedAt       time.Time
 	UpdatedAt       time.Time
+	// Version is the last change's, the same on every broker's copy (see
+	// subsync.go).
+	Version Version
 }
 
 // PreviousSecret is a rotated-out signing secret, still valid until Until.
@@ -147,7 +150,7 @@ func (s *Subscription) toMeta() (meta.Subscription, error) {
 	}
 	return meta.Subscription{ID: s.ID, Group: s.Group, Topic: s.Topic, URL: s.URL, Filter: s.Filter,
 		Ordered: s.Ordered, Config: string(data), Secret: s.Secret, State: s.State,
-		CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt}, nil
+		CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt, Version: s.Version}, nil
 }
 
 func subscriptionFromMeta(m meta.Subscription) (Subscription, error) {
@@ -160,7 +163,7 @@ func subscriptionFromMeta(m meta.Subscription) (Subscription, error) {
 		BackoffMax: time.Duration(c.BackoffMaxMS) * time.Millisecond, Timeout: time.Duration(c.TimeoutMS) * time.Millisecond,
 		MaxInFlight: c.MaxInFlight, RatePerSecond: c.RatePerSecond, Visibility: time.Duration(c.VisibilityMS) * time.Millisecond,
 		StartFrom: c.StartFrom, Secret: m.Secret, State: m.State,
-		StateReason: c.StateReason, CreatedAt: m.CreatedAt, UpdatedAt: m.UpdatedAt}
+		StateReason: c.StateReason, CreatedAt: m.CreatedAt, UpdatedAt: m.UpdatedAt, Version: m.Version}
 	for _, ms := range c.RetryDelaysMS {
 		s.RetryDelays = append(s.RetryDelays, time.Duration(ms)*time.Millisecond)
 	}
@@ -385,6 +388,7 @@ func (b *Broker) CreateSubscription(ctx context.Context, s Subscription) (Subscr
 	if s.URL != "" && s.Secret == "" {
 		s.Secret = NewSecret()
 	}
+	s.Version = b.versionFor(ctx)
 	ms, err := s.toMeta()
 	if err != nil {
 		return Subscription{}, err
@@ -397,6 +401,9 @@ func (b *Broker) CreateSubscription(ctx context.Context, s Subscription) (Subscr
 	stored, err := b.meta.CreateSubscription(ctx, ms)
 	if errors.Is(err, meta.ErrExists) {
 		return Subscription{}, errf(CodeSubscriptionExists, "group", "group %q already subscribes to topic %q (change that subscription with PATCH instead), or subscription id %q is taken", s.Group, s.Topic, s.ID)
+	}
+	if errors.Is(err, meta.ErrStale) {
+		return Subscription{}, errf(CodeSubscriptionExists, "id", "subscription id %q was deleted by a later change; choose another id", s.ID)
 	}
 	if err != nil {
 		return Subscription{}, fmt.Errorf("store subscription: %w", err)
@@ -511,11 +518,19 @@ func (b *Broker) UpdateSubscription(ctx context.Context, s Subscription) (Subscr
 	if err := s.validate(); err != nil {
 		return Subscription{}, err
 	}
+	s.Version = b.versionFor(ctx)
 	ms, err := s.toMeta()
 	if err != nil {
 		return Subscription{}, err
 	}
 	stored, err := b.meta.UpdateSubscription(ctx, ms)
+	if errors.Is(err, meta.ErrStale) {
+		// A later change of the subscription, from another broker, is
+		// stored already: it stands, as if it had come after this one.
+		b.logger.Info("subscription change superseded by a later one", slog.String("id", s.ID),
+			slog.String("version", s.Version.String()), slog.String("stored", stored.Version.String()))
+		return subscriptionFromMeta(stored)
+	}
 	if err != nil {
 		return Subscription{}, fmt.Errorf("update subscription: %w", err)
 	}
@@ -576,17 +591,25 @@ func (b *Broker) SetSubscriptionState(ctx context.Context, id, state, reason str
 	return b.UpdateSubscription(ctx, s)
 }
 
-// DeleteSubscription removes a subscription. The group keeps its offsets,
-// so subscribing again resumes where it stopped.
+// DeleteSubscription removes a subscription, leaving a tombstone at the
+// delete's version for the brokers that missed it (see subsync.go). The
+// group keeps its offsets, so subscribing again resumes where it stopped.
 func (b *Broker) DeleteSubscription(ctx context.Context, id string) error {
-	old, err := b.Subscription(ctx, id)
-	if err != nil {
-		return err
-	}
-	err = b.meta.DeleteSubscription(ctx, id)
+	v := b.versionFor(ctx)
+	m, err := b.meta.DeleteSubscriptionAt(ctx, id, v)
 	if errors.Is(err, meta.ErrNotFound) {
 		return &Error{Code: CodeSubscriptionNotFound, Field: "id", Err: ErrSubscriptionNotFound, Detail: fmt.Sprintf("no subscription %q", id)}
 	}
+	if errors.Is(err, meta.ErrStale) {
+		// Changed by a later change from another broker, stored already:
+		// that one stands, as if the delete had come before it.
+		b.logger.Info("subscription delete superseded by a later change", slog.String("id", id), slog.String("version", v.String()))
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	old, err := subscriptionFromMeta(m)
 	if err != nil {
 		return err
 	}

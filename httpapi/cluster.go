@@ -39,7 +39,9 @@ import (
 //     the next holder, and the broker that failed is skipped for downFor.
 //   - subscriptions: created on every broker holding the topic with one id
 //     and one secret; changed, paused, resumed, rotated and deleted on
-//     every live broker; listed merged.
+//     every live broker, each change with one version for every copy;
+//     listed merged. The holders of a topic push each other their records
+//     (cluster_sync.go), so a copy that missed a change gets it.
 //   - pull: from every broker holding the topic; receipts name the broker
 //     that issued them, so an ack or nack may go to any broker.
 //   - queries by id find the message on whichever broker holds it; queries
@@ -93,6 +95,14 @@ type Cluster struct {
 	// poll's wait (0: DefaultHopTimeout). The client's own request bounds
 	// it too: a client that leaves cancels the forwards made for it.
 	HopTimeout time.Duration
+	// SyncInterval is how often the broker pushes its subscription
+	// records to the other holders of its topics (0: DefaultSyncInterval);
+	// see cluster_sync.go.
+	SyncInterval time.Duration
+	// Token is the bearer token (admin scope) the broker's own calls to
+	// other brokers carry, when tokens are checked: the pushes of
+	// subscription records. Requests made for a client carry the client's.
+	Token string
 }
 
 // peer is a broker a request may go to. The local broker has no address.
@@ -163,6 +173,14 @@ func (c *cluster) isDown(addr string) bool {
 		return false
 	}
 	return ok
+}
+
+// markUp forgets that the broker at addr was marked down: it has been
+// heard from since (it pushed its subscription records here).
+func (c *cluster) markUp(addr string) {
+	c.mu.Lock()
+	delete(c.down, addr)
+	c.mu.Unlock()
 }
 
 func (c *cluster) markDown(p peer, err error) {

@@ -179,34 +179,16 @@ func (s *Server) placeThroughHolder(w http.ResponseWriter, r *http.Request, hold
 }
 
 // copySubscriptions gives brokers that have just joined topic its
-// subscriptions as this broker holds them: same ids, same secrets, from
-// the earliest of the new broker's (empty) queues, paused where paused.
-// One the broker already has (409) is left as it is.
+// subscriptions as this broker holds them: its records (see
+// cluster_sync.go), with their ids, versions, secrets (those still
+// signing after a rotation too) and states, so that every copy is the
+// same record and the exchange has nothing to repair. The push carries
+// the client's token (the PUT needed admin), else the broker's own.
 func (s *Server) copySubscriptions(r *http.Request, topic string, joined []peer) error {
-	subs, err := s.broker.Subscriptions(r.Context())
-	if err != nil {
-		return err
-	}
-	post := r.Clone(r.Context())
-	post.Method = http.MethodPost
-	post.Header.Set("Content-Type", "application/json")
 	var errs []string
-	for _, sub := range subs {
-		if sub.Topic != topic {
-			continue
-		}
-		body, _ := json.Marshal(subscriptionRequestOf(sub))
-		for _, p := range joined {
-			a := s.askOne(post, p, "/v1/subscriptions", body, nil)
-			if !a.ok() && a.status != http.StatusConflict {
-				errs = append(errs, fmt.Sprintf("subscription %s: %s", sub.ID, describe(a)))
-				continue
-			}
-			if sub.State == broker.StatePaused {
-				if a := s.askOne(post, p, "/v1/subscriptions/"+sub.ID+"/pause", nil, nil); !a.ok() {
-					errs = append(errs, fmt.Sprintf("pausing subscription %s: %s", sub.ID, describe(a)))
-				}
-			}
+	for _, p := range joined {
+		if err := s.sync.push(r.Context(), p, []string{topic}, r.Header.Get("Authorization")); err != nil {
+			errs = append(errs, fmt.Sprintf("%s: %v", p.name, err))
 		}
 	}
 	if errs != nil {

@@ -864,6 +864,8 @@ func TestContractRecordedTraffic(t *testing.T) {
 	exchanges := []exchange{
 		// Operations.
 		{name: "healthz", method: "GET", path: "/healthz", status: 200},
+		{name: "sync/standalone", method: "POST", path: "/v1/internal/subscriptions/sync", header: jsonCT,
+			body: `{"from":"broker-b","topics":{}}`, status: 404, code: codeNotFound},
 		{name: "readyz", method: "GET", path: "/readyz", status: 200},
 		{name: "readyz/not ready", strict: true, method: "GET", path: "/readyz", status: 503, code: codeNotReady},
 		{name: "metrics", method: "GET", path: "/metrics", status: 200},
@@ -1421,6 +1423,8 @@ func TestContractAuthTraffic(t *testing.T) {
 
 		// Topics: admin creates and deletes; publish on a topic inspects it.
 		unauthorized("put topic/no token", "PUT", "/v1/topics/orders", jsonCT, `{"queues":2}`),
+		unauthorized("sync/no token", "POST", "/v1/internal/subscriptions/sync", jsonCT, `{"from":"b","topics":{}}`),
+		forbidden("sync/consume token", "POST", "/v1/internal/subscriptions/sync", mergeHeaders(jsonCT, consumer), `{"from":"b","topics":{}}`, "admin"),
 		forbidden("put topic/publish token", "PUT", "/v1/topics/orders", mergeHeaders(jsonCT, orders), `{"queues":2}`, "admin"),
 		{name: "put topic/admin", method: "PUT", path: "/v1/topics/orders", header: mergeHeaders(jsonCT, admin),
 			body: `{"queues":2}`, status: 201},
@@ -1848,7 +1852,10 @@ func consumeExchanges(env *contractEnv) []exchange {
 				want := subscriptionJSON{Group: "audit", Topic: "orders", Type: "pull", Filter: "*", Ordered: true,
 					MaxRetries: broker.DefaultMaxRetries, Backoff: &backoffJSON{Min: "1s", Max: "1m0s"}, Timeout: "15s",
 					MaxInFlight: broker.DefaultMaxInFlight, Visibility: "1m0s", StartFrom: "latest", State: "active"}
-				got.ID, got.CreatedAt, got.UpdatedAt = "", "", ""
+				if got.Version == "" {
+					tb.Errorf("created %+v without a version", got)
+				}
+				got.ID, got.CreatedAt, got.UpdatedAt, got.Version = "", "", "", ""
 				if !reflect.DeepEqual(got, want) {
 					tb.Errorf("created %+v\nwant %+v (the defaults, no secret)", got, want)
 				}
@@ -3091,6 +3098,13 @@ func TestContractClusterTraffic(t *testing.T) {
 		{name: "delete subscription/gone", method: "DELETE", path: "/v1/subscriptions/ledger1", status: 404,
 			code:    broker.CodeSubscriptionNotFound,
 			prepare: func(tb testing.TB, _ map[string]string) { c.registry.Unregister("broker-c") }},
+
+		// Internal: another broker pushes its subscription records.
+		{name: "sync/records", method: "POST", path: "/v1/internal/subscriptions/sync", header: mergeHeaders(jsonCT, map[string]string{hdrForwardedBy: "broker-b"}),
+			body:   `{"from":"broker-b","topics":{"orders":[{"id":"gone1","group":"g","topic":"orders","version":1,"version_by":"broker-b","deleted":true}]}}`,
+			status: 200},
+		{name: "sync/from itself", method: "POST", path: "/v1/internal/subscriptions/sync", header: jsonCT,
+			body: `{"from":"broker-a","topics":{}}`, status: 400, code: codeInvalidParameter},
 	}
 	// Each broker heartbeats as soon as its topics change.
 	for i := range exchanges {

@@ -59,4 +59,15 @@
 // (--auto-create-topics) only when every name server answered and none
 // knows it; otherwise 503 broker_unavailable, and a forwarded publish
 // never creates one.
+//
+// Subscriptions have one truth across brokers (cluster_sync.go): the
+// broker coordinating a subscription change mints its version and sends
+// it to every copy in Postbus-Subscription-Version; each broker pushes
+// its records (tombstones too) to the other live holders of its topics
+// (POST /v1/internal/subscriptions/sync, with Cluster.Token) at start,
+// every Cluster.SyncInterval, when a holder joins a topic's route and
+// when a name server registers it anew; per id the record with the
+// highest version wins (at equal version a tombstone, then the greater
+// broker name). Records carry signing secrets and are only sent to the
+// brokers the name servers route the topic to, never answered.
 package httpapi

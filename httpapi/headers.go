@@ -19,6 +19,14 @@ import (
 // without a word.
 var postbusHeaders = map[string][]string{
 	"POST /v1/topics/{topic}/messages": {hdrTag, hdrKeys, hdrShardingKey, hdrDelay, hdrDelayLevel, hdrDeliverAt, hdrDedupID, hdrPropPrefix},
+	// A subscription change forwarded by the broker coordinating it
+	// carries the version it minted for every copy.
+	"POST /v1/subscriptions":                    {hdrSubscriptionVersion},
+	"PATCH /v1/subscriptions/{id}":              {hdrSubscriptionVersion},
+	"DELETE /v1/subscriptions/{id}":             {hdrSubscriptionVersion},
+	"POST /v1/subscriptions/{id}/pause":         {hdrSubscriptionVersion},
+	"POST /v1/subscriptions/{id}/resume":        {hdrSubscriptionVersion},
+	"POST /v1/subscriptions/{id}/rotate-secret": {hdrSubscriptionVersion},
 }
 
 // nameServerPaths start the routes a name server serves: brokers call them

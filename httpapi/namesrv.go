@@ -21,7 +21,9 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, perr)
 		return
 	}
-	if err := s.registry.Heartbeat(req.BrokerInfo()); err != nil {
+	info := req.BrokerInfo()
+	anew := !s.registry.Live(info.Name, info.Addr)
+	if err := s.registry.Heartbeat(info); err != nil {
 		if errors.Is(err, namesrv.ErrInvalid) {
 			writeProblem(w, r, codeInvalidBroker, "", err.Error())
 			return
@@ -33,7 +35,9 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, namesrv.NewHeartbeatResponse(s.registry.BrokerExpiry()))
+	ans := namesrv.NewHeartbeatResponse(s.registry.BrokerExpiry())
+	ans.Registered = anew
+	writeJSON(w, http.StatusOK, ans)
 }
 
 func (s *Server) handlePatchBroker(w http.ResponseWriter, r *http.Request) {

@@ -76,6 +76,9 @@ func (s *Server) routes() chi.Router {
 	s.handle(r, "GET", "/v1/topics/{topic}/queues/{queue}/messages", accessSubscribeTopic, s.handleReadQueue)
 
 	s.handle(r, "GET", "/v1/messages/{msg_id}/trace", accessAnyToken, s.handleTrace)
+	// Internal: brokers of a cluster push each other their subscription
+	// records (cluster_sync.go).
+	s.handle(r, "POST", "/v1/internal/subscriptions/sync", accessAdmin, s.handleSyncSubscriptions)
 	s.handle(r, "GET", "/.well-known/jwks.json", accessOpen, s.handleJWKS)
 	return r
 }

@@ -69,6 +69,7 @@ type Server struct {
 	limiter     *publishLimiter   // nil: no limit
 	bodies      *bodyBudget       // request bodies in flight
 	cluster     *cluster          // nil: a standalone broker
+	sync        *syncer           // the cluster's anti-entropy of subscriptions; nil standalone
 	access      map[string]access // "METHOD /pattern" -> its auth decision
 }
 
@@ -118,6 +119,8 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Cluster != nil && cfg.Broker != nil {
 		s.cluster = newCluster(cfg.Cluster, s.logger.With(slog.String("component", "cluster")), s.reg)
+		s.sync = newSyncer(s, cfg.Cluster, s.reg)
+		cfg.Broker.SetName(cfg.Cluster.Self)
 	}
 	s.metrics = newHTTPMetrics(s.reg)
 	s.bodies = newBodyBudget(cfg.MaxBodyMemory, s.reg)

@@ -16,6 +16,41 @@ import (
 
 const maxSubscriptionRequestBytes = 64 << 10
 
+// hdrSubscriptionVersion carries, on a subscription change a broker
+// forwards to the others, the version it minted for the change, so that
+// every broker's copy has the same (see cluster_sync.go).
+const hdrSubscriptionVersion = "Postbus-Subscription-Version"
+
+// mintVersion gives the subscription change r, which this broker
+// coordinates, its version: in r's context for this broker, in its header
+// for the brokers it is forwarded to.
+func (s *Server) mintVersion(r *http.Request) *http.Request {
+	v := s.broker.NextVersion()
+	r.Header.Set(hdrSubscriptionVersion, v.String())
+	return r.WithContext(broker.WithVersion(r.Context(), v))
+}
+
+// takeVersion puts the version a coordinator gave the forwarded change r
+// into its context; outside a cluster, or without one, the broker mints
+// its own. A malformed version, or one too far ahead of this broker's
+// clock, is refused.
+func (s *Server) takeVersion(w http.ResponseWriter, r *http.Request) (*http.Request, bool) {
+	raw := r.Header.Get(hdrSubscriptionVersion)
+	if s.cluster == nil || raw == "" || r.Header.Get(hdrForwardedBy) == "" {
+		return r, true
+	}
+	v, err := broker.ParseVersion(raw)
+	if err != nil {
+		writeProblem(w, r, codeInvalidHeader, hdrSubscriptionVersion, err.Error())
+		return nil, false
+	}
+	if err := s.broker.CheckVersion(v); err != nil {
+		s.writeError(w, r, err)
+		return nil, false
+	}
+	return r.WithContext(broker.WithVersion(r.Context(), v)), true
+}
+
 // subscriptionRequest is the body of POST /v1/subscriptions and PATCH
 // /v1/subscriptions/{id}; in a PATCH, a field left out is kept.
 type subscriptionRequest struct {
@@ -224,13 +259,16 @@ type subscriptionJSON struct {
 	Secret        string       `json:"secret,omitempty"`
 	CreatedAt     string       `json:"created_at"`
 	UpdatedAt     string       `json:"updated_at"`
+	// Version is the last change's, the same on every broker's copy.
+	Version string `json:"version"`
 }
 
 func toSubscriptionJSON(s broker.Subscription, withSecret bool) subscriptionJSON {
 	out := subscriptionJSON{ID: s.ID, Group: s.Group, Topic: s.Topic, Type: "pull", URL: s.URL, Filter: s.Filter,
 		Ordered: s.Ordered, MaxRetries: s.MaxRetries, Timeout: s.Timeout.String(), MaxInFlight: s.MaxInFlight,
 		RatePerSecond: s.RatePerSecond, Visibility: s.Visibility.String(), StartFrom: s.StartFrom, State: s.State,
-		StateReason: s.StateReason, CreatedAt: s.CreatedAt.UTC().Format(time.RFC3339Nano), UpdatedAt: s.UpdatedAt.UTC().Format(time.RFC3339Nano)}
+		StateReason: s.StateReason, CreatedAt: s.CreatedAt.UTC().Format(time.RFC3339Nano), UpdatedAt: s.UpdatedAt.UTC().Format(time.RFC3339Nano),
+		Version: s.Version.String()}
 	if s.URL != "" {
 		out.Type = "push"
 	}
@@ -247,6 +285,7 @@ func toSubscriptionJSON(s broker.Subscription, withSecret bool) subscriptionJSON
 }
 
 func (s *Server) handleCreateSubscription(w http.ResponseWriter, r *http.Request) {
+	var ok bool
 	var req subscriptionRequest
 	if perr := decodeJSONBody(r, maxSubscriptionRequestBytes, &req); perr != nil {
 		s.writeError(w, r, perr)
@@ -284,7 +323,12 @@ func (s *Server) handleCreateSubscription(w http.ResponseWriter, r *http.Request
 	if req.Secret != nil {
 		sub.Secret = *req.Secret
 	}
-	if s.coordinating(r) && s.createSubscriptionEverywhere(w, r, req, sub.URL != "") {
+	if s.coordinating(r) {
+		r = s.mintVersion(r)
+		if s.createSubscriptionEverywhere(w, r, req, sub.URL != "") {
+			return
+		}
+	} else if r, ok = s.takeVersion(w, r); !ok {
 		return
 	}
 	created, err := s.broker.CreateSubscription(r.Context(), sub)
@@ -364,7 +408,11 @@ func (s *Server) handleListSubscriptions(w http.ResponseWriter, r *http.Request)
 
 func (s *Server) handlePatchSubscription(w http.ResponseWriter, r *http.Request) {
 	if s.coordinating(r) {
-		s.everywhere(w, r, s.handlePatchSubscription)
+		s.everywhere(w, s.mintVersion(r), s.handlePatchSubscription)
+		return
+	}
+	r, ok := s.takeVersion(w, r)
+	if !ok {
 		return
 	}
 	sub, ok := s.subscription(w, r)
@@ -398,7 +446,11 @@ func (s *Server) handlePatchSubscription(w http.ResponseWriter, r *http.Request)
 
 func (s *Server) handleDeleteSubscription(w http.ResponseWriter, r *http.Request) {
 	if s.coordinating(r) {
-		s.everywhere(w, r, s.handleDeleteSubscription)
+		s.everywhere(w, s.mintVersion(r), s.handleDeleteSubscription)
+		return
+	}
+	r, ok := s.takeVersion(w, r)
+	if !ok {
 		return
 	}
 	sub, ok := s.subscription(w, r)
@@ -416,7 +468,11 @@ func (s *Server) setState(state string) http.HandlerFunc {
 	var h http.HandlerFunc
 	h = func(w http.ResponseWriter, r *http.Request) {
 		if s.coordinating(r) {
-			s.everywhere(w, r, h)
+			s.everywhere(w, s.mintVersion(r), h)
+			return
+		}
+		r, ok := s.takeVersion(w, r)
+		if !ok {
 			return
 		}
 		sub, ok := s.subscription(w, r)
@@ -445,7 +501,11 @@ func (s *Server) handleResumeSubscription(w http.ResponseWriter, r *http.Request
 // new secret, else one is made up.
 func (s *Server) handleRotateSecret(w http.ResponseWriter, r *http.Request) {
 	if s.coordinating(r) {
-		s.rotateEverywhere(w, r)
+		s.rotateEverywhere(w, s.mintVersion(r))
+		return
+	}
+	r, ok := s.takeVersion(w, r)
+	if !ok {
 		return
 	}
 	sub, ok := s.subscription(w, r)

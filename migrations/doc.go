@@ -8,14 +8,16 @@
 //
 // Each file is named NNNN_name.sql: a four-digit version, an underscore and a
 // lower_snake name (0001_init.sql, 0002_receipts.sql, ...). Versions start at
-// 1 and have no gaps. A file is applied once, in version order, inside its own
-// transaction together with the row that records it:
+// 1 and increase; a number may be skipped while it is reserved for a change
+// being made elsewhere, and its file, when it comes, is applied to databases
+// that already have higher versions. A file is applied once, in version
+// order, inside its own transaction together with the row that records it:
 //
 //	schema_migrations(version INTEGER PRIMARY KEY, name TEXT, applied_at TEXT /* RFC 3339 */)
 //
 // so a file either takes effect whole or not at all. A database whose
-// schema_migrations holds a version newer than the newest file here was
-// written by a newer binary and is refused, never downgraded.
+// schema_migrations holds a version that no file here has was written by a
+// newer binary and is refused, never downgraded.
 //
 // # Rules for a new file
 //
@@ -42,7 +44,11 @@
 // consumer_offsets.progress (0006), what a push consumer settled above its
 // offset, so a kill does not deliver it again, and timers.settled (how a
 // consumer settled a visibility timer: acked or nacked, and when) and
-// ordered_retries.lease_until (0007).
+// ordered_retries.lease_until (0007). 0009 gives subscriptions a version
+// (version, version_by: the last change's, the same on every broker's
+// copy) and adds subscription_tombstones, the deleted subscriptions kept
+// with their delete's version so that a broker that missed the delete
+// drops its copy; 0008 is reserved.
 //
 // consumer_offsets deliberately has no foreign key to topics: groups also
 // keep offsets on system topics (%RETRY%group, the delay schedule topic) that

@@ -60,6 +60,7 @@ type Client struct {
 	now      func() time.Time
 
 	changed chan struct{} // capacity 1: a pending nudge, however many were sent
+	anew    chan struct{} // capacity 1: a name server registered the broker anew
 
 	// Run's rounds, for Sync: started and finished count them, and done is
 	// closed (and replaced) when one finishes or Run ends.
@@ -132,6 +133,7 @@ func NewClient(cfg ClientConfig) *Client {
 		hc:       cfg.HTTPClient,
 		now:      cfg.Now,
 		changed:  make(chan struct{}, 1),
+		anew:     make(chan struct{}, 1),
 		done:     make(chan struct{}),
 		routes:   make(map[string]cachedRoute),
 		beats:    make([]beatState, len(addrs)),
@@ -146,6 +148,13 @@ func (c *Client) Changed() {
 	default: // a heartbeat is already pending; it will carry the change
 	}
 }
+
+// Registered receives when a name server has registered this broker anew
+// (its heartbeat's answer said so): it had restarted, or had expired the
+// broker, whose peers may have changed what they share with it meanwhile
+// without reaching it. Several such answers between two receives make
+// one.
+func (c *Client) Registered() <-chan struct{} { return c.anew }
 
 // Sync sends a heartbeat now and waits until one that started after the
 // call has been answered (or has failed) by every name server, so that a
@@ -328,6 +337,12 @@ func (c *Client) beat(ctx context.Context, i int, bi BrokerInfo, patch bool, who
 		return
 	}
 	st.acked = &bi
+	if ans.Registered {
+		select {
+		case c.anew <- struct{}{}:
+		default:
+		}
+	}
 	if st.down {
 		st.down = false
 		c.log.Info("name server heartbeat succeeds again", slog.String(logKeyNameSrv, addr))
@@ -448,45 +463,8 @@ func (c *Client) Route(ctx context.Context, topic string) (Route, bool, error) {
 	if have && c.now().Sub(cached.fetched) < c.interval {
 		return cloneRoute(cached.route), true, nil
 	}
-
-	type result struct {
-		rt    Route
-		found bool
-		err   error
-	}
-	results := make([]result, len(c.addrs))
-	var wg sync.WaitGroup
-	for i, addr := range c.addrs {
-		wg.Go(func() {
-			rt, found, err := c.getRoute(ctx, addr, topic)
-			results[i] = result{rt, found, err}
-		})
-	}
-	wg.Wait()
-	var (
-		merged Route
-		found  bool
-		errs   []error
-		gone   error
-	)
-	for i, res := range results {
-		switch {
-		case res.err != nil && errors.Is(res.err, ErrTopicGone):
-			gone = cmp.Or(gone, res.err)
-		case res.err != nil:
-			errs = append(errs, fmt.Errorf("%s: %w", c.addrs[i], res.err))
-		case res.found:
-			found = true
-			merged.Topic = topic
-			for _, b := range res.rt.Brokers {
-				if !slices.ContainsFunc(merged.Brokers, func(x RouteBroker) bool { return x.Name == b.Name }) {
-					merged.Brokers = append(merged.Brokers, b)
-				}
-			}
-		}
-	}
+	merged, found, errs, gone := c.lookup(ctx, topic)
 	if found {
-		slices.SortFunc(merged.Brokers, func(a, b RouteBroker) int { return cmp.Compare(a.Name, b.Name) })
 		c.mu.Lock()
 		c.routes[topic] = cachedRoute{route: merged, fetched: c.now()}
 		c.mu.Unlock()
@@ -513,6 +491,76 @@ func (c *Client) Route(ctx context.Context, topic string) (Route, bool, error) {
 		errs = append(errs, errors.New("no name servers given"))
 	}
 	return Route{}, false, fmt.Errorf("route %q: %w: %w", topic, ErrUnavailable, errors.Join(errs...))
+}
+
+// Lookup asks every name server where topic lives now and merges their
+// answers, as Route does, without reading or filling Route's cache: for
+// a broker's background work, whose lookups must not leave a route
+// fetched in passing (a topic being placed, some holders not registered
+// yet) for the requests that follow. ok is false with a nil error when
+// every name server answered and none knows the topic; the error wraps
+// ErrTopicGone or ErrUnavailable as Route's.
+func (c *Client) Lookup(ctx context.Context, topic string) (Route, bool, error) {
+	if !validTopic(topic) {
+		return Route{}, false, fmt.Errorf("route: %q is not a topic name", clip(topic))
+	}
+	merged, found, errs, gone := c.lookup(ctx, topic)
+	switch {
+	case found:
+		return merged, true, nil
+	case ctx.Err() != nil:
+		return Route{}, false, fmt.Errorf("route %q: %w", topic, ctx.Err())
+	case gone != nil:
+		return Route{}, false, fmt.Errorf("route %q: %w", topic, gone)
+	case len(errs) == 0 && len(c.addrs) > 0:
+		return Route{}, false, nil
+	}
+	if len(c.addrs) == 0 {
+		errs = append(errs, errors.New("no name servers given"))
+	}
+	return Route{}, false, fmt.Errorf("route %q: %w: %w", topic, ErrUnavailable, errors.Join(errs...))
+}
+
+// Interval is the heartbeat interval, for which Route caches a route.
+func (c *Client) Interval() time.Duration { return c.interval }
+
+// lookup asks every name server at once and merges the routes found; errs
+// are the failures other than ErrTopicGone, gone the first of those.
+func (c *Client) lookup(ctx context.Context, topic string) (merged Route, found bool, errs []error, gone error) {
+	type result struct {
+		rt    Route
+		found bool
+		err   error
+	}
+	results := make([]result, len(c.addrs))
+	var wg sync.WaitGroup
+	for i, addr := range c.addrs {
+		wg.Go(func() {
+			rt, found, err := c.getRoute(ctx, addr, topic)
+			results[i] = result{rt, found, err}
+		})
+	}
+	wg.Wait()
+	for i, res := range results {
+		switch {
+		case res.err != nil && errors.Is(res.err, ErrTopicGone):
+			gone = cmp.Or(gone, res.err)
+		case res.err != nil:
+			errs = append(errs, fmt.Errorf("%s: %w", c.addrs[i], res.err))
+		case res.found:
+			found = true
+			merged.Topic = topic
+			for _, b := range res.rt.Brokers {
+				if !slices.ContainsFunc(merged.Brokers, func(x RouteBroker) bool { return x.Name == b.Name }) {
+					merged.Brokers = append(merged.Brokers, b)
+				}
+			}
+		}
+	}
+	if found {
+		slices.SortFunc(merged.Brokers, func(a, b RouteBroker) int { return cmp.Compare(a.Name, b.Name) })
+	}
+	return merged, found, errs, gone
 }
 
 // Forget drops topic's cached route, for a broker that has just changed

@@ -44,6 +44,7 @@ func newTestNameServer(tb testing.TB) *testNameServer {
 			writeProblem(w, http.StatusBadRequest, "invalid_json", err.Error())
 			return
 		}
+		anew := !ns.reg.Live(req.Name, req.Addr)
 		if err := ns.reg.Heartbeat(req.BrokerInfo()); err != nil {
 			if errors.Is(err, ErrNameTaken) {
 				writeProblem(w, http.StatusConflict, "broker_name_taken", err.Error())
@@ -52,7 +53,9 @@ func newTestNameServer(tb testing.TB) *testNameServer {
 			writeProblem(w, http.StatusBadRequest, "invalid_broker", err.Error())
 			return
 		}
-		writeJSON(w, http.StatusOK, NewHeartbeatResponse(ns.reg.BrokerExpiry()))
+		ans := NewHeartbeatResponse(ns.reg.BrokerExpiry())
+		ans.Registered = anew
+		writeJSON(w, http.StatusOK, ans)
 	})
 	mux.HandleFunc("PATCH /v1/brokers/{name}", func(w http.ResponseWriter, r *http.Request) {
 		var req PatchRequest
@@ -297,6 +300,58 @@ func TestClientChangedHeartbeatsAtOnce(t *testing.T) {
 	}
 }
 
+// TestClientRegisteredAnew: Registered receives when a name server's
+// answer says it registered the broker anew (the first heartbeat, and one
+// after the name server lost the broker), and not for the heartbeats of a
+// broker it holds.
+func TestClientRegisteredAnew(t *testing.T) {
+	ns := newTestNameServer(t)
+	c := NewClient(ClientConfig{Addrs: []string{ns.srv.URL}, Interval: 20 * time.Millisecond, Timeout: 2 * time.Second})
+	state := &brokerState{info: broker("b1", Topic{"orders", 4})}
+	runClient(t, c, state.get)
+	recv := func(what string) {
+		t.Helper()
+		select {
+		case <-c.Registered():
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no Registered after %s", what)
+		}
+	}
+	recv("the first heartbeat")
+	// Heartbeats of a registered broker: nothing more.
+	n := ns.heartbeats.Load()
+	waitFor(t, "three more heartbeats", func() bool { return ns.heartbeats.Load() >= n+3 })
+	select {
+	case <-c.Registered():
+		t.Fatal("Registered received while the name server held the broker")
+	default:
+	}
+	// The name server loses the broker (as when it restarts).
+	if !ns.reg.Unregister("b1") {
+		t.Fatal("b1 was not registered")
+	}
+	recv("the name server lost the broker")
+}
+
+func TestRegistryLive(t *testing.T) {
+	clock := newFakeClock()
+	r := NewRegistry(Config{Now: clock.Now, BrokerExpiry: time.Minute})
+	b := broker("b1", Topic{"orders", 1})
+	if r.Live("b1", b.Addr) {
+		t.Error("Live before any heartbeat")
+	}
+	if err := r.Heartbeat(b); err != nil {
+		t.Fatal(err)
+	}
+	if !r.Live("b1", b.Addr) || r.Live("b1", "http://elsewhere:1") || r.Live("b2", b.Addr) {
+		t.Error("Live: want true for b1 at its address only")
+	}
+	clock.Advance(2 * time.Minute)
+	if r.Live("b1", b.Addr) {
+		t.Error("Live after the expiry")
+	}
+}
+
 // TestClientSync: Sync returns only once a heartbeat that read the
 // broker's state after the call has reached the name server, not when a
 // round already under way (with the state from before) ends.
@@ -483,6 +538,35 @@ func TestClientInvalidInfoNotSent(t *testing.T) {
 	}
 	if n := logs.count(slog.LevelError, "invalid"); n != 1 {
 		t.Errorf("invalid registration logged %d times, want 1", n)
+	}
+}
+
+// TestClientLookupLeavesTheCache: Lookup asks the name servers each time
+// and neither reads nor fills Route's cache, so a route a background
+// lookup fetched while a topic was being placed is not what requests are
+// routed by for a heartbeat interval.
+func TestClientLookupLeavesTheCache(t *testing.T) {
+	ns := newTestNameServer(t)
+	mustHeartbeat(t, ns.reg, broker("b1", Topic{"orders", 4}))
+	c := NewClient(ClientConfig{Addrs: []string{ns.srv.URL}, Interval: time.Hour, Timeout: 2 * time.Second})
+	ctx := t.Context()
+	names := func(rt Route) (out []string) {
+		for _, b := range rt.Brokers {
+			out = append(out, b.Name)
+		}
+		return out
+	}
+	if rt, ok, err := c.Lookup(ctx, "orders"); err != nil || !ok || !slices.Equal(names(rt), []string{"b1"}) {
+		t.Fatalf("Lookup = %+v, %v, %v; want b1", rt, ok, err)
+	}
+	mustHeartbeat(t, ns.reg, broker("b2", Topic{"orders", 4}))
+	if rt, ok, err := c.Route(ctx, "orders"); err != nil || !ok || !slices.Equal(names(rt), []string{"b1", "b2"}) {
+		t.Errorf("Route after a Lookup = %+v, %v, %v; want b1 and b2 (the Lookup's answer is not cached)", rt, ok, err)
+	}
+	mustHeartbeat(t, ns.reg, broker("b3", Topic{"orders", 4}))
+	gets := ns.routeGets.Load()
+	if rt, _, _ := c.Lookup(ctx, "orders"); !slices.Equal(names(rt), []string{"b1", "b2", "b3"}) || ns.routeGets.Load() != gets+1 {
+		t.Errorf("Lookup with a route cached = %v after %d requests; want b1 b2 b3 asked of the name server", names(rt), ns.routeGets.Load()-gets)
 	}
 }
 

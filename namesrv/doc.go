@@ -11,6 +11,11 @@
 // then its routes would be partial, so it answers none: for Config.WarmUp
 // after it starts (postbus namesrv --warm-up, 30s: the brokers' default
 // heartbeat interval), Lookup returns ErrWarmingUp (HTTP 503 not_ready).
+// The name server inside `postbus dev` has no warm-up: a dev bus answers
+// at once after a restart, and what its partial routes miss (a
+// subscription created before every broker re-registered) reaches the
+// brokers concerned by the brokers' anti-entropy (package httpapi,
+// cluster_sync.go) when they re-register.
 //
 // # The registry
 //
@@ -54,6 +59,7 @@
 // # The protocol
 //
 //	POST   {ns}/v1/brokers/heartbeat  HeartbeatRequest -> 200 HeartbeatResponse {"expires_in":"120s"}
+//	                                  ("registered":true when the broker was not live here: registered anew)
 //	                                  400 problem+json when invalid (ErrInvalid)
 //	PATCH  {ns}/v1/brokers/{name}     PatchRequest -> 200 HeartbeatResponse; 400 when invalid;
 //	                                  404 when not registered at that address (ErrNotRegistered)
@@ -66,6 +72,10 @@
 // {topic} is path-escaped: %DLQ%g travels as %25DLQ%25g.
 //
 // # The client
+//
+// Client.Registered receives when a heartbeat's answer says a name server
+// registered the broker anew (it restarted, or had expired the broker):
+// the broker's peers may have changed what they share with it meanwhile.
 //
 // Client.Run heartbeats to every name server at once: first at start, then
 // every Interval (default 30s) and whenever Changed says the topics

@@ -77,6 +77,11 @@ func (p PatchRequest) BrokerInfo(name string) BrokerInfo {
 // server keeps the broker without hearing from it again.
 type HeartbeatResponse struct {
 	ExpiresIn string `json:"expires_in"`
+	// Registered says that this heartbeat registered the broker anew: the
+	// name server did not hold it live (it restarted, or had expired the
+	// broker). Brokers that held its topics meanwhile may have changed
+	// their subscriptions without it, so it exchanges them at once.
+	Registered bool `json:"registered,omitempty"`
 }
 
 // NewHeartbeatResponse answers with the registry's expiry, for example

@@ -202,6 +202,16 @@ func NewRegistry(cfg Config) *Registry {
 	}
 }
 
+// Live reports whether a broker of that name is registered at addr and
+// has been heard from within the expiry: a heartbeat from a broker that is
+// not registers it anew (the name server restarted, or had expired it).
+func (r *Registry) Live(name, addr string) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	e := r.brokers[name]
+	return e != nil && e.info.Addr == addr && r.alive(e.info.LastHeartbeat, r.now())
+}
+
 // BrokerExpiry is how long a broker may stay silent before it is dropped;
 // a name server tells brokers so in its heartbeat answer.
 func (r *Registry) BrokerExpiry() time.Duration { return r.expiry }

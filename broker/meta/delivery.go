@@ -471,8 +471,12 @@ type Subscription struct {
 	Config           string // a JSON object; "" means "{}"
 	Secret           string // "" (stored as NULL) for pull
 	State            string // active, paused or disabled; "" means active
-	// CreatedAt and UpdatedAt are set by the store.
+	// CreatedAt and UpdatedAt are set by the store, except by
+	// ApplySubscription, which keeps another broker's.
 	CreatedAt, UpdatedAt time.Time
+	// Version is the last change's (see Version); zero for a row stored
+	// before versions existed.
+	Version Version
 }
 
 // validate rejects names the broker could not address.
@@ -502,13 +506,13 @@ func (sub Subscription) withDefaults() Subscription {
 	return sub
 }
 
-const subscriptionColumns = `id, group_name, topic, coalesce(url, ''), filter, ordered, config, coalesce(secret, ''), state, created_at, updated_at`
+const subscriptionColumns = `id, group_name, topic, coalesce(url, ''), filter, ordered, config, coalesce(secret, ''), state, created_at, updated_at, version, version_by`
 
 func scanSubscription(row rowScanner) (Subscription, error) {
 	var sub Subscription
 	var ordered int
 	var created, updated int64
-	if err := row.Scan(&sub.ID, &sub.Group, &sub.Topic, &sub.URL, &sub.Filter, &ordered, &sub.Config, &sub.Secret, &sub.State, &created, &updated); err != nil {
+	if err := row.Scan(&sub.ID, &sub.Group, &sub.Topic, &sub.URL, &sub.Filter, &ordered, &sub.Config, &sub.Secret, &sub.State, &created, &updated, &sub.Version.At, &sub.Version.By); err != nil {
 		return Subscription{}, err
 	}
 	sub.Ordered, sub.CreatedAt, sub.UpdatedAt = ordered == 1, fromMillis(created), fromMillis(updated)
@@ -532,7 +536,9 @@ func boolInt(b bool) int {
 
 // CreateSubscription stores a new subscription and returns it as stored. It
 // fails with ErrExists when the group already subscribes to the topic or the
-// ID is taken, leaving the existing one unchanged.
+// ID is taken, leaving the existing one unchanged, and with ErrStale when
+// the ID's tombstone is not older than sub.Version (a later delete); an
+// older tombstone is dropped.
 func (s *Store) CreateSubscription(ctx context.Context, sub Subscription) (Subscription, error) {
 	if err := sub.validate(); err != nil {
 		return Subscription{}, fmt.Errorf("create subscription: %w", err)
@@ -541,11 +547,21 @@ func (s *Store) CreateSubscription(ctx context.Context, sub Subscription) (Subsc
 	now := s.stamp(time.Time{})
 	sub.CreatedAt, sub.UpdatedAt = now, now
 	err := s.write(ctx, func(tx *sql.Tx) error {
+		if t, ok, err := tombstoneOf(ctx, tx, sub.ID); err != nil {
+			return err
+		} else if ok {
+			if !Wins(sub.Version, false, t.Version, true) {
+				return fmt.Errorf("subscription %q was deleted at version %s, not before %s: %w", sub.ID, t.Version, sub.Version, ErrStale)
+			}
+			if _, err := tx.ExecContext(ctx, `DELETE FROM subscription_tombstones WHERE id = ?`, sub.ID); err != nil {
+				return err
+			}
+		}
 		// DO NOTHING covers both uniqueness constraints, the primary key
 		// and (group_name, topic), in the one statement.
-		res, err := tx.ExecContext(ctx, `INSERT INTO subscriptions (id, group_name, topic, url, filter, ordered, config, secret, state, created_at, updated_at)
-			VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING`, sub.ID, sub.Group, sub.Topic, nullable(sub.URL), sub.Filter, boolInt(sub.Ordered),
-			sub.Config, nullable(sub.Secret), sub.State, now.UnixMilli(), now.UnixMilli())
+		res, err := tx.ExecContext(ctx, `INSERT INTO subscriptions (id, group_name, topic, url, filter, ordered, config, secret, state, created_at, updated_at, version, version_by)
+			VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING`, sub.ID, sub.Group, sub.Topic, nullable(sub.URL), sub.Filter, boolInt(sub.Ordered),
+			sub.Config, nullable(sub.Secret), sub.State, now.UnixMilli(), now.UnixMilli(), sub.Version.At, sub.Version.By)
 		if err != nil {
 			return err
 		}
@@ -567,22 +583,35 @@ func (s *Store) CreateSubscription(ctx context.Context, sub Subscription) (Subsc
 // UpdateSubscription replaces a subscription's settings and state, and
 // returns it as stored: its ID, group, topic and CreatedAt are the stored
 // ones whatever sub says, since they cannot change. ErrNotFound when there
-// is no subscription sub.ID.
+// is no subscription sub.ID; ErrStale, with the stored one, when its
+// version wins over sub.Version (a later change is already stored).
 func (s *Store) UpdateSubscription(ctx context.Context, sub Subscription) (Subscription, error) {
 	sub = sub.withDefaults()
 	now := s.stamp(time.Time{})
 	var out Subscription
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		var err error
-		out, err = scanSubscription(tx.QueryRowContext(ctx, `UPDATE subscriptions
-			SET url = ?, filter = ?, ordered = ?, config = ?, secret = ?, state = ?, updated_at = ? WHERE id = ?
-			RETURNING `+subscriptionColumns,
-			nullable(sub.URL), sub.Filter, boolInt(sub.Ordered), sub.Config, nullable(sub.Secret), sub.State, now.UnixMilli(), sub.ID))
+		cur, err := scanSubscription(tx.QueryRowContext(ctx, `SELECT `+subscriptionColumns+` FROM subscriptions WHERE id = ?`, sub.ID))
 		if errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("subscription %q: %w", sub.ID, ErrNotFound)
 		}
+		if err != nil {
+			return err
+		}
+		if sub.Version.IsZero() {
+			sub.Version = cur.Version // a change that carries none keeps the stored one
+		} else if !Wins(sub.Version, false, cur.Version, false) {
+			out = cur
+			return fmt.Errorf("subscription %q is at version %s, not before %s: %w", sub.ID, cur.Version, sub.Version, ErrStale)
+		}
+		out, err = scanSubscription(tx.QueryRowContext(ctx, `UPDATE subscriptions
+			SET url = ?, filter = ?, ordered = ?, config = ?, secret = ?, state = ?, updated_at = ?, version = ?, version_by = ? WHERE id = ?
+			RETURNING `+subscriptionColumns,
+			nullable(sub.URL), sub.Filter, boolInt(sub.Ordered), sub.Config, nullable(sub.Secret), sub.State, now.UnixMilli(), sub.Version.At, sub.Version.By, sub.ID))
 		return err
 	})
+	if errors.Is(err, ErrStale) {
+		return out, err
+	}
 	if err != nil {
 		return Subscription{}, fmt.Errorf("update subscription: %w", err)
 	}

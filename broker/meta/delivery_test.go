@@ -2,6 +2,7 @@ package meta
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -1135,8 +1136,14 @@ func TestDeliveryMigrationKeepsData(t *testing.T) {
 		}
 	}
 	s1 := openStoreFS(t, path, v1)
-	sub, err := s1.CreateSubscription(ctx, Subscription{ID: "sub-1", Group: "billing", Topic: "orders"})
-	if err != nil {
+	// Written as version 1's code did: its columns only.
+	created := s1.stamp(time.Time{})
+	sub := Subscription{ID: "sub-1", Group: "billing", Topic: "orders", Filter: "*", Config: "{}", State: "active", CreatedAt: created, UpdatedAt: created}
+	if err := s1.write(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO subscriptions (id, group_name, topic, created_at, updated_at) VALUES (?,?,?,?,?)`,
+			sub.ID, sub.Group, sub.Topic, created.UnixMilli(), created.UnixMilli())
+		return err
+	}); err != nil {
 		t.Fatal(err)
 	}
 	if v, err := s1.SchemaVersion(ctx); err != nil || v != 1 {

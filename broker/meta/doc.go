@@ -39,6 +39,17 @@
 //     background. Any SQLITE_CORRUPT or SQLITE_NOTADB met later is
 //     returned wrapped in ErrCorrupt, logged at ERROR once and kept
 //     (Corrupt), so the broker can stop saying it is ready.
+//   - A subscription change carries a Version; Wins is the one rule of
+//     which of two records of an id stands (higher version, then a
+//     tombstone, then the greater broker name). UpdateSubscription and
+//     DeleteSubscriptionAt refuse, with ErrStale, a change older than the
+//     stored record; DeleteSubscriptionAt leaves a tombstone in the same
+//     transaction; ApplySubscription stores another broker's record only
+//     when it wins, all in one transaction.
+//   - Migrations are applied by version, each once; a version missing
+//     below the database's highest (its number was reserved while a later
+//     file shipped) is applied when its file arrives, and a database that
+//     records a version this binary lacks is refused (ErrSchemaTooNew).
 //   - Fresh says whether Open created the schema: with a commitlog that
 //     holds messages, that means the metadata was lost (the broker refuses
 //     to start unless told to rebuild it from the log).
@@ -52,7 +63,8 @@
 //	schema_migrations(version INTEGER PK, name TEXT, applied_at TEXT)  one row per applied file
 //	topics(name PK, queues, retention_ms, created_at, updated_at, log_start)  times in unix ms; log_start: the commitlog offset where the topic (this incarnation) begins
 //	consumer_offsets((group_name, topic, queue_id) PK, next_offset, updated_at, progress)
-//	subscriptions(id PK, group_name, topic, url, filter, ordered, config, secret, state, ...)
+//	subscriptions(id PK, group_name, topic, url, filter, ordered, config, secret, state, ..., version, version_by)
+//	subscription_tombstones(id PK, group_name, topic, version, version_by, deleted_at)  deleted subscriptions, purged after their lifetime
 //	deleted_topics(name PK, deleted_at)                                   the latest deletion of each topic
 //	timers(log_offset PK, deliver_at, fired, owner)                       one per delayed record of the log (delays, retries, visibility copies)
 //	attempts(msg_id, group_name, subscription, attempt, at, outcome, ...) the delivery attempt log behind /trace, trimmed by retention

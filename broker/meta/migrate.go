@@ -20,8 +20,9 @@ type migration struct {
 var migrationName = regexp.MustCompile(`^([0-9]{4})_[a-z0-9_]+\.sql$`)
 
 // loadMigrations reads every .sql file at the root of fsys and checks that the
-// versions run 1..N without gaps or duplicates: a missing file would otherwise
-// be skipped silently, and the recorded version would lie about the schema.
+// versions increase without duplicates. A number may be missing: it is
+// reserved for a file being written elsewhere, which migrate applies when it
+// arrives, whatever higher versions the database already has.
 func loadMigrations(fsys fs.FS) ([]migration, error) {
 	entries, err := fs.ReadDir(fsys, ".")
 	if err != nil {
@@ -37,8 +38,11 @@ func loadMigrations(fsys fs.FS) ([]migration, error) {
 			return nil, fmt.Errorf("migration %q: name must be NNNN_lower_snake.sql", e.Name())
 		}
 		v, _ := strconv.Atoi(m[1]) // four digits: cannot fail
-		if want := len(migs) + 1; v != want {
-			return nil, fmt.Errorf("migration %q: version %d, want %d (versions must run 1..N without gaps or duplicates)", e.Name(), v, want)
+		switch {
+		case len(migs) == 0 && v != 1:
+			return nil, fmt.Errorf("migration %q: version %d, want 1 first", e.Name(), v)
+		case len(migs) > 0 && v <= migs[len(migs)-1].version:
+			return nil, fmt.Errorf("migration %q: version %d repeats (versions must increase)", e.Name(), v)
 		}
 		b, err := fs.ReadFile(fsys, e.Name())
 		if err != nil {
@@ -58,9 +62,11 @@ const createSchemaMigrations = `CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at TEXT    NOT NULL
 ) STRICT`
 
-// migrate applies the migrations the database lacks, each in its own
-// transaction with the row recording it, and refuses a database that is
-// ahead of migs.
+// migrate applies the migrations the database lacks, in version order, each
+// in its own transaction with the row recording it, and refuses a database
+// that records a version migs does not have (written by a newer binary).
+// A version below the database's highest is applied too when it is
+// missing: its number was reserved while a later file shipped first.
 func (s *Store) migrate(ctx context.Context, migs []migration) error {
 	if err := s.write(ctx, func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, createSchemaMigrations)
@@ -69,32 +75,45 @@ func (s *Store) migrate(ctx context.Context, migs []migration) error {
 		return fmt.Errorf("create schema_migrations: %w", err)
 	}
 
+	known := make(map[int]bool, len(migs))
+	for _, m := range migs {
+		known[m.version] = true
+	}
 	latest := migs[len(migs)-1].version
 	for _, m := range migs {
 		applied := false
 		err := s.write(ctx, func(tx *sql.Tx) error {
-			// Read the version inside the immediate transaction: another
+			// Read the versions inside the immediate transaction: another
 			// process opening the same file at the same time cannot slip
 			// in between the check and the apply.
-			var cur int
-			if err := tx.QueryRowContext(ctx,
-				`SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&cur); err != nil {
-				return fmt.Errorf("read schema version: %w", err)
+			rows, err := tx.QueryContext(ctx, `SELECT version FROM schema_migrations`)
+			if err != nil {
+				return fmt.Errorf("read schema versions: %w", err)
 			}
-			if cur > latest {
-				return fmt.Errorf("%w: database at version %d, this binary knows up to %d; refusing to open (upgrade postbus or restore a matching backup)",
-					ErrSchemaTooNew, cur, latest)
+			have := map[int]bool{}
+			for rows.Next() {
+				var v int
+				if err := rows.Scan(&v); err != nil {
+					rows.Close()
+					return fmt.Errorf("read schema versions: %w", err)
+				}
+				have[v] = true
 			}
-			if cur >= m.version {
+			rows.Close()
+			if err := rows.Err(); err != nil {
+				return fmt.Errorf("read schema versions: %w", err)
+			}
+			for v := range have {
+				if !known[v] {
+					return fmt.Errorf("%w: database has migration %d, this binary knows up to %d without it; refusing to open (upgrade postbus or restore a matching backup)",
+						ErrSchemaTooNew, v, latest)
+				}
+			}
+			if have[m.version] {
 				return nil
 			}
-			if cur == 0 {
+			if len(have) == 0 {
 				s.fresh = true
-			}
-			if cur != m.version-1 {
-				// Unreachable while versions are contiguous; guards against a
-				// hand-edited schema_migrations.
-				return fmt.Errorf("database at version %d cannot take migration %d", cur, m.version)
 			}
 			if _, err := tx.ExecContext(ctx, m.sql); err != nil {
 				return fmt.Errorf("apply migration %s: %w", m.name, err)

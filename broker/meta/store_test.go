@@ -145,8 +145,9 @@ func TestOpenAppliesMigrationsOnce(t *testing.T) {
 		t.Fatalf("SchemaVersion = %d, want %d", got, want)
 	}
 	first := migrationRows(t, s.r)
-	if len(first) != want {
-		t.Fatalf("schema_migrations has %d rows, want %d: %+v", len(first), want, first)
+	migs, _ := loadMigrations(migrations.FS)
+	if len(first) != len(migs) {
+		t.Fatalf("schema_migrations has %d rows, want %d: %+v", len(first), len(migs), first)
 	}
 	if first[0].Name != "0001_init.sql" || first[0].AppliedAt != clk.Now().Format(time.RFC3339Nano) {
 		t.Errorf("first row = %+v", first[0])
@@ -356,7 +357,7 @@ func TestLoadMigrations(t *testing.T) {
 		{"ordered", fstest.MapFS{"0002_b.sql": file("x"), "0001_a.sql": file("y")}, []int{1, 2}},
 		{"dirs ignored", fstest.MapFS{"0001_a.sql": file("x"), "sub/0002_b.sql": file("y")}, []int{1}},
 		{"empty", fstest.MapFS{}, nil},
-		{"gap", fstest.MapFS{"0001_a.sql": file("x"), "0003_c.sql": file("y")}, nil},
+		{"gap", fstest.MapFS{"0001_a.sql": file("x"), "0003_c.sql": file("y")}, []int{1, 3}},
 		{"duplicate", fstest.MapFS{"0001_a.sql": file("x"), "0001_b.sql": file("y")}, nil},
 		{"starts at 2", fstest.MapFS{"0002_a.sql": file("x")}, nil},
 		{"bad name", fstest.MapFS{"0001_a.sql": file("x"), "0002-B.sql": file("y")}, nil},
@@ -382,6 +383,39 @@ func TestLoadMigrations(t *testing.T) {
 				t.Errorf("versions = %v, want %v", got, tt.versions)
 			}
 		})
+	}
+}
+
+// TestMigrationFillsGap: a version number reserved while a later file
+// shipped first is applied when its file arrives, below the database's
+// highest version.
+func TestMigrationFillsGap(t *testing.T) {
+	ctx := context.Background()
+	path := dbPath(t)
+	latest := latestVersion(t)
+	late := fmt.Sprintf("%04d_late.sql", latest+1)
+	later := fmt.Sprintf("%04d_later.sql", latest+2)
+	s, err := openWith(ctx, path, withFiles(t, map[string]string{later: `CREATE TABLE later_t (x INTEGER) STRICT;`}), quietOptions()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s, err = openWith(ctx, path, withFiles(t, map[string]string{late: `CREATE TABLE late_t (x INTEGER) STRICT;`, later: `CREATE TABLE later_t (x INTEGER) STRICT;`}), quietOptions()...)
+	if err != nil {
+		t.Fatalf("open with the reserved version's file added: %v", err)
+	}
+	s.Close()
+	db := rawDB(t, path)
+	if !tableExists(t, db, "late_t") || !tableExists(t, db, "later_t") {
+		t.Error("the file filling the gap was not applied")
+	}
+	rows := migrationRows(t, db)
+	if got := rows[len(rows)-2].Version; got != latest+1 {
+		t.Errorf("schema_migrations = %+v, want version %d recorded", rows, latest+1)
+	}
+	// A binary without the later file refuses the database.
+	if _, err := openWith(ctx, path, withFiles(t, map[string]string{late: `CREATE TABLE late_t (x INTEGER) STRICT;`}), quietOptions()...); !errors.Is(err, ErrSchemaTooNew) {
+		t.Errorf("open by a binary without version %d = %v, want ErrSchemaTooNew", latest+2, err)
 	}
 }
 

@@ -53,6 +53,7 @@ type serveConfig struct {
 	heartbeatInterval time.Duration
 	forwardTimeout    time.Duration
 	namesrvToken      string
+	syncInterval      time.Duration
 }
 
 func newServeFlags(mode string, out io.Writer) (*flag.FlagSet, *serveConfig) {
@@ -104,7 +105,9 @@ func newServeFlags(mode string, out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.StringVar(&c.advertise, "advertise-addr", "", "the URL name servers give clients for this broker (default: http:// and the listen address)")
 	fs.DurationVar(&c.heartbeatInterval, "heartbeat-interval", 30*time.Second, "how often the broker re-registers with the name servers (and at once when its topics change)")
 	fs.DurationVar(&c.forwardTimeout, "forward-timeout", httpapi.DefaultHopTimeout, "in a cluster, how long a request forwarded to another broker may take beyond a long poll's wait; a broker that does not answer within it is skipped for a while, like one that refuses connections")
-	fs.StringVar(&c.namesrvToken, "namesrv-token", "", "bearer token (admin scope) for the name servers, when they check tokens; better set as POSTBUS_NAMESRV_TOKEN")
+	fs.DurationVar(&c.syncInterval, "subscription-sync-interval", httpapi.DefaultSyncInterval, "in a cluster, how often the broker pushes its subscription records (tombstones of deleted ones too) to the other brokers holding their topics; also at start and at once when a broker joins a topic")
+	fs.DurationVar(&b.TombstoneTTL, "subscription-tombstone-ttl", b.TombstoneTTL, "how long a deleted subscription's tombstone is kept, so that a broker that missed the delete (down, expired) drops its copy when it is back; keep it far above --broker-expiry and any outage")
+	fs.StringVar(&c.namesrvToken, "namesrv-token", "", "bearer token (admin scope) for the name servers, and for the pushes of subscription records to other brokers, when they check tokens; better set as POSTBUS_NAMESRV_TOKEN")
 	fs.Usage = func() {
 		fmt.Fprintf(out, "Usage: postbus %s [flags]\n\n", mode)
 		if mode == "dev" {
@@ -215,7 +218,8 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	}
 	var cluster *httpapi.Cluster
 	if membership != nil {
-		cluster = &httpapi.Cluster{Self: membership.name, Names: membership.client, HopTimeout: c.forwardTimeout}
+		cluster = &httpapi.Cluster{Self: membership.name, Names: membership.client, HopTimeout: c.forwardTimeout,
+			SyncInterval: c.syncInterval, Token: c.namesrvToken}
 	}
 
 	var ready atomic.Bool
@@ -268,6 +272,19 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 
 	stopRegistering := membership.register(b, c.cluster, logger)
 	defer stopRegistering()
+	// The anti-entropy of subscriptions runs while the broker serves,
+	// and stops before the broker closes.
+	syncCtx, cancelSync := context.WithCancel(context.Background())
+	synced := make(chan struct{})
+	go func() {
+		defer close(synced)
+		api.RunSync(syncCtx)
+	}()
+	stopSync := func() {
+		cancelSync()
+		<-synced
+	}
+	defer stopSync()
 
 	select {
 	case err := <-served:
@@ -284,6 +301,7 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	if err := srv.Shutdown(sctx); err != nil {
 		logger.Warn("in-flight requests did not finish in time", slog.Any("err", err))
 	}
+	stopSync()
 	stopDispatch()
 	<-dispatched
 	if err := b.Close(); err != nil {
@@ -443,6 +461,8 @@ func (c *serveConfig) checkEdgeFlags() error {
 		return fmt.Errorf("--rate-limit %g: want a number of messages a second, or 0 for no limit", c.rateLimit)
 	case c.rateBurst < 0:
 		return fmt.Errorf("--rate-burst %d: want a number of messages, or 0 for one second's worth", c.rateBurst)
+	case c.syncInterval <= 0:
+		return fmt.Errorf("--subscription-sync-interval %s: want a positive duration", c.syncInterval)
 	case c.rateBurst > 0 && c.rateLimit == 0:
 		return fmt.Errorf("--rate-burst %d needs --rate-limit", c.rateBurst)
 	case int64(c.bodyMemory) < httpapi.MinBodyMemory(c.mode == "dev"):
