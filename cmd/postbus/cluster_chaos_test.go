@@ -89,6 +89,9 @@ const (
 	chaosExpiry      = 2 * time.Second
 	chaosHeartbeat   = 300 * time.Millisecond
 	chaosBrokers     = 4
+	// chaosSlow is a publish answer slow enough to count: above two
+	// forward timeouts.
+	chaosSlow = 2500 * time.Millisecond
 )
 
 // chaosTags are the publishes' tags; chaosFilters the filters a push
@@ -142,15 +145,16 @@ type chaosCounts struct {
 	undelivered, unpulled                 int
 	dupPush, dupPull, afterDelete, falses int
 	ackedAgain, ackedAgainCrash           int
+	slow                                  int
 	deliveries, pulls                     int
 }
 
-const chaosCountsHeader = "faults subops  acked  lost refused notsent unknown(stored) undelivered unpulled dup-push dup-pull after-delete false acked-again(after-kill) deliveries pulls"
+const chaosCountsHeader = "faults subops  acked  lost refused notsent unknown(stored) undelivered unpulled dup-push dup-pull after-delete false acked-again(after-kill) slow deliveries pulls"
 
 func (c chaosCounts) row() string {
-	return fmt.Sprintf("%6d %6d %6d %5d %7d %7d %7d(%d) %11d %8d %8d %8d %12d %5d %11d(%d) %10d %5d",
+	return fmt.Sprintf("%6d %6d %6d %5d %7d %7d %7d(%d) %11d %8d %8d %8d %12d %5d %11d(%d) %4d %10d %5d",
 		c.faults, c.subOps, c.acked, c.lost, c.refused, c.notSent, c.unknown, c.unknownIn,
-		c.undelivered, c.unpulled, c.dupPush, c.dupPull, c.afterDelete, c.falses, c.ackedAgain, c.ackedAgainCrash, c.deliveries, c.pulls)
+		c.undelivered, c.unpulled, c.dupPush, c.dupPull, c.afterDelete, c.falses, c.ackedAgain, c.ackedAgainCrash, c.slow, c.deliveries, c.pulls)
 }
 
 // chaosNode is one process of the cluster, restarted on its address (and
@@ -165,6 +169,20 @@ type chaosNode struct {
 	all     []*proc     // every incarnation, for the logs
 	faulted bool        // in a fault now
 	kills   []time.Time // when it was SIGKILLed
+	down    []chaosSpan // when it was killed or stopped
+}
+
+// chaosSpan is a stretch of time; an open one has no end yet.
+type chaosSpan struct{ from, to time.Time }
+
+// overlaps reports whether n was killed or stopped at any time within
+// [from, to].
+func (n *chaosNode) overlaps(from, to time.Time) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return slices.ContainsFunc(n.down, func(s chaosSpan) bool {
+		return s.from.Before(to) && (s.to.IsZero() || s.to.After(from))
+	})
 }
 
 func (n *chaosNode) proc() *proc {
@@ -191,6 +209,13 @@ type chaosItem struct {
 	out                   outcome
 	id, broker            string // from the 201
 	answer                string // for failure messages
+}
+
+// chaosPub is one publish request, for its latency.
+type chaosPub struct {
+	via            *chaosNode
+	sent, answered time.Time
+	answer         string
 }
 
 // chaosSub is one create of a push subscription; its webhook path is
@@ -247,6 +272,7 @@ type chaosRun struct {
 	calm sync.RWMutex
 
 	mu         sync.Mutex
+	pubs       []chaosPub
 	items      map[string]*chaosItem // by body
 	itemList   []*chaosItem
 	subs       []*chaosSub
@@ -591,6 +617,7 @@ func (r *chaosRun) publisher(w int, rng *rand.Rand, stop chan struct{}) {
 		answered := time.Now()
 		outs := r.classify(topic, via.name, count, a, err)
 		r.mu.Lock()
+		r.pubs = append(r.pubs, chaosPub{via: via, sent: sent, answered: answered, answer: answerOf(a, err)})
 		for i, it := range items {
 			it.sent, it.answered = sent, answered
 			it.out, it.id, it.broker = outs[i].out, outs[i].id, outs[i].broker
@@ -797,10 +824,12 @@ func (r *chaosRun) fault(rng *rand.Rand) {
 		return
 	}
 	n.faulted = true
+	n.down = append(n.down, chaosSpan{from: time.Now()})
 	n.mu.Unlock()
 	defer func() {
 		n.mu.Lock()
 		n.faulted = false
+		n.down[len(n.down)-1].to = time.Now()
 		n.mu.Unlock()
 	}()
 	// Long enough, at times, for the name servers to expire a broker.
@@ -1096,6 +1125,28 @@ func (r *chaosRun) check() {
 	byBody := maps.Clone(r.items)
 	r.mu.Unlock()
 	c := &r.counts
+	// A publish through a broker that was neither killed nor stopped
+	// meanwhile answers within a few forward timeouts (1s each), whatever
+	// else is down.
+	r.mu.Lock()
+	pubs := slices.Clone(r.pubs)
+	r.mu.Unlock()
+	for _, p := range pubs {
+		took := p.answered.Sub(p.sent)
+		if took < chaosSlow || p.via.overlaps(p.sent, p.answered) {
+			continue
+		}
+		c.slow++
+		var hung []string
+		for _, n := range append(slices.Clone(r.ns), r.brokers...) {
+			if n.overlaps(p.sent, p.answered) {
+				hung = append(hung, n.name)
+			}
+		}
+		if c.slow <= 5 {
+			r.t.Logf("seed %d: slow publish: through %s at %.2fs took %s while %v were down or stopped: %s", r.seed, p.via.name, p.sent.Sub(r.began).Seconds(), took.Round(time.Millisecond), hung, clip([]byte(p.answer)))
+		}
+	}
 	for _, it := range items {
 		switch it.out {
 		case outAcked:
