@@ -1279,7 +1279,6 @@ func (r *chaosRun) check() {
 
 	// Pulls.
 	pulled := map[string]int{}
-	firstPull := map[string]time.Time{}
 	for _, p := range pulls {
 		c.pulls++
 		it := byBody[p.body]
@@ -1296,17 +1295,17 @@ func (r *chaosRun) check() {
 		}
 		if pulled[p.msgID]++; pulled[p.msgID] > 1 {
 			c.dupPull++
-		} else {
-			firstPull[p.msgID] = p.sent
 		}
 		if ack, ok := ackedAt[p.msgID]; ok && p.sent.After(ack.at) {
-			// A broker SIGKILLed after handing the message out may hand
-			// it out again (its offset was not persisted yet) while the
+			// A broker SIGKILLed after handing the message out (to a pull
+			// whose answer may never have arrived) hands it out again
+			// once restarted, its offset not persisted yet, while the
 			// first lease, persisted, still runs out later: that copy
 			// comes back after the second was acked. Counted, as at
-			// least once allows; without a SIGKILL it is a false ack.
+			// least once allows; without a SIGKILL of the broker since
+			// the message was published it is a false ack.
 			issuer, _, _ := strings.Cut(ack.receipt, receiptSepTest)
-			if r.killedBetween(issuer, firstPull[p.msgID], p.sent) {
+			if r.killedBetween(issuer, it.sent, p.sent) {
 				c.ackedAgainCrash++
 			} else {
 				c.ackedAgain++
