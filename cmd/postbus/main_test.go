@@ -128,6 +128,13 @@ func (p *proc) Logs() string {
 	return p.logs.String()
 }
 
+func waitReady(tb testing.TB, url string) {
+	tb.Helper()
+	if !ready(url, 30*time.Second) {
+		tb.Fatalf("%s/readyz did not answer 200 within 30s", url)
+	}
+}
+
 // ready polls url's /readyz until it answers 200 or limit passes.
 func ready(url string, limit time.Duration) bool {
 	deadline := time.Now().Add(limit)
