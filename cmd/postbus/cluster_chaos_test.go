@@ -92,6 +92,9 @@ const (
 	// chaosSlow is a publish answer slow enough to count: above two
 	// forward timeouts.
 	chaosSlow = 2500 * time.Millisecond
+	// chaosMaxRequests bounds each publisher's and puller's loop, beside
+	// its time.
+	chaosMaxRequests = 100_000
 )
 
 // chaosTags are the publishes' tags; chaosFilters the filters a push
@@ -568,7 +571,7 @@ func (r *chaosRun) webhook(rng *rand.Rand) func(w http.ResponseWriter, req *http
 // messages and batches, some sharded, each message with a unique key and
 // body.
 func (r *chaosRun) publisher(w int, rng *rand.Rand, stop chan struct{}) {
-	for n := 0; ; n++ {
+	for n := 0; n < chaosMaxRequests; n++ {
 		select {
 		case <-stop:
 			return
@@ -719,7 +722,7 @@ func (r *chaosRun) classify(topic, via string, count int, a clAnswer, err error)
 // through random brokers.
 func (r *chaosRun) puller(topic string, rng *rand.Rand, stop chan struct{}) {
 	group := "pull-" + topic
-	for {
+	for range chaosMaxRequests {
 		select {
 		case <-stop:
 			return
