@@ -451,7 +451,7 @@ func runChaos(t *testing.T, seed uint64, duration time.Duration, subFaults bool)
 
 	r.check()
 	c := r.counts
-	t.Logf("seed %d: %s\n  %s\n  %s", seed, "counts:", chaosCountsHeader, c.row())
+	t.Logf("seed %d: settled in %s; counts:\n  %s\n  %s", seed, settled.Round(time.Millisecond), chaosCountsHeader, c.row())
 	if len(r.problems) > 0 {
 		kinds := map[string]int{}
 		for _, p := range r.problems {
