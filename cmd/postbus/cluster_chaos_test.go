@@ -450,6 +450,9 @@ func runChaos(t *testing.T, seed uint64, duration time.Duration, subFaults bool)
 	r.logf("settled: %v", settled)
 
 	r.check()
+	if errs := r.errorLines(); len(errs) > 0 {
+		t.Logf("seed %d: ERROR lines the processes logged (what, how many):\n  %s", seed, strings.Join(errs, "\n  "))
+	}
 	c := r.counts
 	t.Logf("seed %d: settled in %s; counts:\n  %s\n  %s", seed, settled.Round(time.Millisecond), chaosCountsHeader, c.row())
 	if len(r.problems) > 0 {
@@ -1396,6 +1399,34 @@ func clip(b []byte) string {
 		return string(b[:80]) + "..."
 	}
 	return string(b)
+}
+
+// errorLines counts the processes' ERROR log lines by message and error,
+// the numbers and addresses in it left out.
+func (r *chaosRun) errorLines() []string {
+	digits := regexp.MustCompile(`[0-9]+`)
+	count := map[string]int{}
+	for _, n := range append(slices.Clone(r.ns), r.brokers...) {
+		n.mu.Lock()
+		all := slices.Clone(n.all)
+		n.mu.Unlock()
+		for _, p := range all {
+			for _, line := range strings.Split(p.Logs(), "\n") {
+				var rec struct {
+					Level, Msg, Err string
+				}
+				if json.Unmarshal([]byte(line), &rec) != nil || rec.Level != "ERROR" {
+					continue
+				}
+				count[fmt.Sprintf("%s: %s: %s", n.name, rec.Msg, clip([]byte(digits.ReplaceAllString(rec.Err, "N"))))]++
+			}
+		}
+	}
+	var out []string
+	for _, k := range slices.Sorted(maps.Keys(count)) {
+		out = append(out, fmt.Sprintf("%s (%d)", k, count[k]))
+	}
+	return out
 }
 
 // dumpLogs writes every process's logs (every incarnation) to files and
