@@ -230,6 +230,7 @@ type chaosSub struct {
 	id, secret        string
 	created           time.Time // its 201 arrived; zero: not created, or unknown
 	refused           bool      // the answer said it was not created
+	answered          time.Time // the create's answer arrived
 	filters           []string  // as created and as every PATCH tried
 	stable            bool      // never deleted
 	deleteFrom        time.Time // its first DELETE was sent
@@ -987,6 +988,7 @@ func (r *chaosRun) createSub(sinkURL string, via *chaosNode, topic, filter strin
 		json.Unmarshal(a.body, &got)
 	}
 	r.mu.Lock()
+	s.answered = answered
 	switch {
 	case err == nil && a.status == 201:
 		s.id, s.secret, s.created = got.ID, got.Secret, answered
@@ -1244,8 +1246,11 @@ func (r *chaosRun) check() {
 		case s == nil:
 			r.problem("false", "delivery to %s, no subscription's webhook", d.path)
 			continue
-		case s.refused:
-			r.problem("false", "delivery of %s to subscription %s, whose create was answered as not created", d.msgID, s.group)
+		case s.refused && d.at.After(s.answered.Add(chaosDeleteGrace)):
+			// Before the answer, the holders that created it had not
+			// been told to undo it yet.
+			r.problem("false", "delivery of %s to subscription %s %.2fs after its create was answered as not created",
+				d.msgID, s.group, d.at.Sub(s.answered).Seconds())
 		case s.id != "" && d.subID != s.id:
 			r.problem("false", "delivery to %s (subscription %s) names subscription %q", d.path, s.id, d.subID)
 		case !s.deleted.IsZero() && d.at.After(s.deleted.Add(chaosDeleteGrace)):
