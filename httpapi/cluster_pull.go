@@ -331,11 +331,16 @@ func (s *Server) settle(w http.ResponseWriter, r *http.Request, receipts []strin
 }
 
 // messagesByKeyEverywhere merges every holder's answer to a query by key,
-// newest first; see pagedEverywhere.
+// newest first; see pagedEverywhere. Every holder is asked, those skipped
+// as down for publishes included: a holder back from a hang would
+// otherwise be left out of the answer, a 200 that does not say it is
+// partial, for as long as it stays marked (downFor). A holder still down
+// costs a refused connection, or one hop's deadline, as a merged GET of
+// the topic does.
 func (s *Server) messagesByKeyEverywhere(w http.ResponseWriter, r *http.Request) bool {
 	topic := chi.URLParam(r, "topic")
 	local, _ := s.broker.Queues(topic)
-	holders := s.cluster.live(s.cluster.holders(r.Context(), topic, local))
+	holders := s.cluster.holders(r.Context(), topic, local)
 	if len(holders) == 0 || (len(holders) == 1 && holders[0].local()) {
 		return false
 	}

@@ -49,8 +49,10 @@
 //
 // Every hop has a deadline: the client's own request bounds it, and
 // Cluster.HopTimeout (--forward-timeout, 10s) beyond a long poll's wait
-// caps it; a broker that lets it pass is marked down (skipped for a
-// while) like one that refuses the connection, and fan-outs ask their
+// caps it; a broker that lets it pass is marked down (publishes and pulls
+// skip it for a while) like one that refuses the connection; merged reads
+// (queries by key, a topic's GET) still ask it, so that their 200 does not
+// leave out a holder that is back; and fan-outs ask their
 // brokers at once, so one hung broker costs a request one hop timeout at
 // most. Answers say what is known: a publish or batch part that got no
 // answer "may or may not have been stored"; a holder's 4xx is relayed; a

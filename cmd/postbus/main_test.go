@@ -53,6 +53,18 @@ type proc struct {
 // start runs postbus with args and waits for it to listen and be ready.
 func start(tb testing.TB, args ...string) *proc {
 	tb.Helper()
+	p, err := launch(tb, true, args...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
+// launch is start, with the failure to start returned rather than fatal
+// (a restart on its old address may find it taken for a moment); dump
+// says whether a failed test logs the process's output (the chaos test
+// writes it to files instead). The process is killed when tb ends.
+func launch(tb testing.TB, dump bool, args ...string) (*proc, error) {
 	if !slices.Contains(args, "--addr") { // a restart may take its old address
 		args = append(args, "--addr", "127.0.0.1:0")
 	}
@@ -60,10 +72,10 @@ func start(tb testing.TB, args ...string) *proc {
 	cmd.Env = os.Environ()
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
-		tb.Fatal(err)
+		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		tb.Fatal(err)
+		return nil, err
 	}
 	p := &proc{cmd: cmd, logs: new(bytes.Buffer), mu: new(sync.Mutex), done: make(chan struct{})}
 	addr := make(chan string, 1)
@@ -90,7 +102,7 @@ func start(tb testing.TB, args ...string) *proc {
 	tb.Cleanup(func() {
 		cmd.Process.Kill()
 		<-p.done
-		if tb.Failed() {
+		if dump && tb.Failed() {
 			tb.Logf("postbus %s logs:\n%s", strings.Join(args, " "), p.Logs())
 		}
 	})
@@ -98,12 +110,16 @@ func start(tb testing.TB, args ...string) *proc {
 	case a := <-addr:
 		p.url = "http://" + a
 	case <-p.done:
-		tb.Fatalf("postbus exited before listening:\n%s", p.Logs())
+		return nil, fmt.Errorf("postbus %s exited before listening:\n%s", strings.Join(args, " "), p.Logs())
 	case <-time.After(30 * time.Second):
-		tb.Fatalf("postbus did not listen within 30s:\n%s", p.Logs())
+		cmd.Process.Kill()
+		return nil, fmt.Errorf("postbus %s did not listen within 30s:\n%s", strings.Join(args, " "), p.Logs())
 	}
-	waitReady(tb, p.url)
-	return p
+	if !ready(p.url, 30*time.Second) {
+		cmd.Process.Kill()
+		return nil, fmt.Errorf("%s/readyz did not answer 200 within 30s", p.url)
+	}
+	return p, nil
 }
 
 func (p *proc) Logs() string {
@@ -114,18 +130,25 @@ func (p *proc) Logs() string {
 
 func waitReady(tb testing.TB, url string) {
 	tb.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	if !ready(url, 30*time.Second) {
+		tb.Fatalf("%s/readyz did not answer 200 within 30s", url)
+	}
+}
+
+// ready polls url's /readyz until it answers 200 or limit passes.
+func ready(url string, limit time.Duration) bool {
+	deadline := time.Now().Add(limit)
 	for time.Now().Before(deadline) {
 		resp, err := http.Get(url + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return
+				return true
 			}
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	tb.Fatalf("%s/readyz did not answer 200 within 30s", url)
+	return false
 }
 
 type acked struct {
