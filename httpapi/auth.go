@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -166,18 +167,32 @@ var (
 	// §2 NumericDate). The library reads "exp":"1700000000" as a number
 	// and a null one as absent.
 	errTimeNotNumber = errors.New("time claim not a number")
+	// errTimeOutOfRange: exp, nbf or iat is a number of seconds outside
+	// years 1 to 9999 (see maxClaimSeconds).
+	errTimeOutOfRange = errors.New("time claim out of range")
+	// errDuplicateMember: the header or the claims give a member twice.
+	errDuplicateMember = errors.New("member given twice")
 )
 
 func (a *authenticator) authenticate(raw string) (*principal, error) {
 	var c tokenClaims
 	t, err := a.parser.ParseWithClaims(raw, &c, a.keyFor)
 	if err != nil {
+		if errors.Is(err, jwt.ErrTokenSignatureInvalid) || errors.Is(err, jwt.ErrTokenUnverifiable) {
+			return nil, err
+		}
+		// The library's own word on a time claim that is not a number
+		// ("malformed") or out of range ("expired", for an exp of 1e300)
+		// is less exact than ours: say ours when it has one.
+		if cerr := checkClaimsText(raw); cerr != nil && !errors.Is(cerr, jwt.ErrTokenMalformed) {
+			return nil, cerr
+		}
 		return nil, err
 	}
 	if _, ok := t.Header["crit"]; ok {
 		return nil, fmt.Errorf("%w: %v is not understood", errCritical, t.Header["crit"])
 	}
-	if err := timeClaimsAreNumbers(raw); err != nil {
+	if err := checkClaimsText(raw); err != nil {
 		return nil, err
 	}
 	p := &principal{scopes: parseScopes(c.Scope), id: c.Subject}
@@ -188,12 +203,31 @@ func (a *authenticator) authenticate(raw string) (*principal, error) {
 	return p, nil
 }
 
-// timeClaimsAreNumbers checks that the exp, nbf and iat of a token whose
-// signature verified, if present, are JSON numbers.
-func timeClaimsAreNumbers(raw string) error {
+// The range of seconds since 1970 a time claim may hold: years 1 to 9999,
+// which time.Time holds exactly. The JWT library converts a NumericDate
+// with int64(seconds), which for 1e19 or 1e300 is no number of seconds at
+// all (on amd64 the most negative int64): an nbf of 1e19 became a date long
+// past and let the token in, and an exp of 1e300 was called expired.
+const (
+	minClaimSeconds = -62135596800 // 0001-01-01T00:00:00Z
+	maxClaimSeconds = 253402300799 // 9999-12-31T23:59:59Z
+)
+
+// checkClaimsText checks what the JWT library lets through in a token's
+// JSON: exp, nbf and iat, if present, must be JSON numbers (RFC 7519 §2
+// NumericDate; the library reads "exp":"1700000000" as a number and a null
+// one as absent) of seconds within years 1 to 9999; and neither the header
+// nor the claims may give a member twice (the library keeps the last, so
+// {"scope":"publish:x","scope":"admin"} would be admin to it and
+// publish:x to a reader that keeps the first).
+func checkClaimsText(raw string) error {
 	parts := strings.Split(raw, ".")
 	if len(parts) != 3 {
 		return fmt.Errorf("%w: not three parts", jwt.ErrTokenMalformed)
+	}
+	header, err := base64.RawURLEncoding.Strict().DecodeString(parts[0])
+	if err != nil {
+		return fmt.Errorf("%w: header: %w", jwt.ErrTokenMalformed, err)
 	}
 	payload, err := base64.RawURLEncoding.Strict().DecodeString(parts[1])
 	if err != nil {
@@ -214,6 +248,19 @@ func timeClaimsAreNumbers(raw string) error {
 		if len(v) == 0 || (v[0] != '-' && (v[0] < '0' || v[0] > '9')) {
 			return fmt.Errorf("%w: %s is %s", errTimeNotNumber, name, v)
 		}
+		// ParseFloat fails only for a number beyond float64 (1e400),
+		// which is out of range too.
+		if f, err := strconv.ParseFloat(string(v), 64); err != nil || f < minClaimSeconds || f > maxClaimSeconds {
+			return fmt.Errorf("%w: %s is %.40s", errTimeOutOfRange, name, v)
+		}
+	}
+	if json.Valid(header) {
+		if name, ok := duplicateName(header); ok {
+			return fmt.Errorf("%w: header member %q", errDuplicateMember, name)
+		}
+	}
+	if name, ok := duplicateName(payload); ok {
+		return fmt.Errorf("%w: claim %q", errDuplicateMember, name)
 	}
 	return nil
 }
@@ -358,6 +405,12 @@ func (s *Server) authorize(a access, h http.HandlerFunc) http.HandlerFunc {
 		return h
 	}
 	return func(w http.ResponseWriter, r *http.Request) {
+		if n := len(r.Header.Values("Authorization")); n > 1 {
+			// Which one counts? A proxy in front that checks the last and
+			// this server the first would disagree on who the caller is.
+			writeProblem(w, r, codeInvalidHeader, "Authorization", fmt.Sprintf("header \"Authorization\" is given %d times; send one bearer token", n))
+			return
+		}
 		raw, ok := bearerToken(r)
 		if !ok {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="postbus"`)
@@ -396,6 +449,10 @@ func tokenProblem(err error) string {
 		return "its header has crit, naming extensions this server does not implement"
 	case errors.Is(err, errTimeNotNumber):
 		return "exp, nbf and iat must be numbers (seconds since 1970)"
+	case errors.Is(err, errTimeOutOfRange):
+		return fmt.Sprintf("exp, nbf and iat must be seconds since 1970 from %d to %d (years 1 to 9999)", int64(minClaimSeconds), int64(maxClaimSeconds))
+	case errors.Is(err, errDuplicateMember):
+		return "its header or claims give a member twice"
 	case errors.Is(err, jwt.ErrTokenMalformed):
 		return "malformed"
 	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):

@@ -42,12 +42,28 @@ func (s *Server) handlePull(w http.ResponseWriter, r *http.Request) {
 		var wait, vis time.Duration
 		if wait, perr = queryDuration(r, "wait", 0); perr == nil {
 			if vis, perr = queryDuration(r, "visibility", 0); perr == nil {
-				s.pull(w, r, int(max), wait, vis)
-				return
+				if perr = checkPullTimes(wait, vis); perr == nil {
+					s.pull(w, r, int(max), wait, vis)
+					return
+				}
 			}
 		}
 	}
 	s.writeError(w, r, perr)
+}
+
+// checkPullTimes refuses a wait or visibility the broker would refuse, as
+// it words it, before anything is asked of anyone: a cluster pull asks the
+// holders for ready messages without waiting first, so a wait out of range
+// was refused only when no message was ready, and accepted otherwise.
+func checkPullTimes(wait, vis time.Duration) *broker.Error {
+	switch {
+	case wait > broker.MaxPullWait:
+		return &broker.Error{Code: broker.CodeInvalidPull, Field: "wait", Detail: fmt.Sprintf("wait %s must be 0-%s", wait, broker.MaxPullWait)}
+	case vis != 0 && (vis < time.Second || vis > broker.MaxVisibility):
+		return &broker.Error{Code: broker.CodeInvalidPull, Field: "visibility", Detail: fmt.Sprintf("visibility %s must be between 1s and %s", vis, broker.MaxVisibility)}
+	}
+	return nil
 }
 
 func (s *Server) pull(w http.ResponseWriter, r *http.Request, max int, wait, vis time.Duration) {
