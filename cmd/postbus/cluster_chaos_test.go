@@ -375,7 +375,11 @@ func runChaos(t *testing.T, seed uint64, duration time.Duration, subFaults bool)
 		name := fmt.Sprintf("broker-%c", 'a'+i)
 		n := &chaosNode{name: name, args: []string{"broker", "--data", t.TempDir(), "--namesrv", nsList, "--broker-name", name,
 			"--heartbeat-interval", chaosHeartbeat.String(), "--forward-timeout", "1s", "--allow-private-webhooks",
-			"--segment-size", "4MiB", "--offset-interval", "1s"}}
+			"--segment-size", "4MiB", "--offset-interval", "1s",
+			// What is tested is the cluster, not a full disk: a shared
+			// machine's disk past the default 85% would have segments
+			// deleted before their retention, and their messages lost.
+			"--disk-clean-ratio", "0.99", "--disk-full-ratio", "0.995"}}
 		if err := r.startNode(n); err != nil {
 			t.Fatalf("seed %d: %v", seed, err)
 		}
