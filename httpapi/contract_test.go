@@ -1179,7 +1179,8 @@ func refusesValidTokens(tb testing.TB, access string) bool {
 // POST /v1/subscriptions lets any token in because the group it needs
 // consume on and the topic it needs subscribe on are in the body: it
 // answers 403 once it has read the body,
-// without the access check's WWW-Authenticate.
+// without the access check's WWW-Authenticate (or before reading it, with
+// it, for a token with no subscribe or no consume scope at all).
 var refusedByHandler = map[string]string{
 	"POST /v1/subscriptions": "#/components/responses/ForbiddenGroup",
 }

@@ -30,6 +30,7 @@ const (
 	codeClusterPartial    broker.Code = "cluster_partial"
 	codeBrokerUnavailable broker.Code = "broker_unavailable"
 	codeServerBusy        broker.Code = "server_busy"
+	codeRequestTimeout    broker.Code = "request_timeout"
 	codeBrokerNameTaken   broker.Code = "broker_name_taken"
 )
 
@@ -84,6 +85,7 @@ var statusOf = map[broker.Code]int{
 	codeClusterPartial:              http.StatusBadGateway,
 	codeBrokerUnavailable:           http.StatusServiceUnavailable,
 	codeServerBusy:                  http.StatusServiceUnavailable,
+	codeRequestTimeout:              http.StatusRequestTimeout,
 }
 
 // problem is an RFC 9457 problem detail with postbus's stable code.
@@ -125,7 +127,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		if statusOf[be.Code] >= 500 {
 			s.logger.Error("request failed", slog.String("path", r.URL.Path), slog.Any("err", err))
 		}
-		if be.Code == codeServerBusy {
+		if be.Code == codeServerBusy || be.Code == codeRequestTimeout {
 			writeBodyProblem(w, r, be)
 			return
 		}
