@@ -391,14 +391,6 @@ var (
 	// shows to the token's scopes (a list, a message whose topic is only
 	// known once it is read).
 	accessAnyToken = access{name: "token", allow: func(p *principal, r *http.Request) bool { return true }}
-	// accessCreateSubscription lets in a token that may subscribe some
-	// topic and consume as some group: which ones it needs is in the body,
-	// checked by the handler once read, but a token that can do neither
-	// for any is refused before its body is read (it could otherwise hold
-	// body memory with a request that can only be refused).
-	accessCreateSubscription = access{name: "token", allow: func(p *principal, r *http.Request) bool {
-		return p.scopes.admin || (len(p.scopes.subscribe) > 0 && len(p.scopes.consume) > 0)
-	}}
 )
 
 // authorize wraps h with the route's access check. Checks come before the

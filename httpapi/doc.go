@@ -33,6 +33,10 @@
 // alone (the batch publish by its own parser, to the same rules): strict
 // fields, nothing but whitespace after the value.
 //
+// Long polls (a pull or a read by offset with a wait) held at once are
+// bounded per client and per server before anything is forwarded
+// (polls.go): 429 too_many_polls and 503 server_busy beyond.
+//
 // What a request may name besides its body is one table each, checked
 // before the handler runs: queryParams (params.go) for query parameters,
 // answering invalid_parameter, and postbusHeaders (headers.go) for Postbus-*

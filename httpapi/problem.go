@@ -31,6 +31,7 @@ const (
 	codeBrokerUnavailable broker.Code = "broker_unavailable"
 	codeServerBusy        broker.Code = "server_busy"
 	codeRequestTimeout    broker.Code = "request_timeout"
+	codeTooManyPolls      broker.Code = "too_many_polls"
 	codeBrokerNameTaken   broker.Code = "broker_name_taken"
 )
 
@@ -86,6 +87,7 @@ var statusOf = map[broker.Code]int{
 	codeBrokerUnavailable:           http.StatusServiceUnavailable,
 	codeServerBusy:                  http.StatusServiceUnavailable,
 	codeRequestTimeout:              http.StatusRequestTimeout,
+	codeTooManyPolls:                http.StatusTooManyRequests,
 }
 
 // problem is an RFC 9457 problem detail with postbus's stable code.

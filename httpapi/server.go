@@ -60,6 +60,12 @@ type Config struct {
 	// BodyGrace is how long a body may take before MinBodyRate applies;
 	// 0: DefaultBodyGrace.
 	BodyGrace time.Duration
+	// MaxHeldPolls bounds the long polls held at once (see polls.go);
+	// 0: DefaultMaxHeldPolls.
+	MaxHeldPolls int
+	// MaxHeldPollsPerClient bounds those of one client; 0:
+	// DefaultMaxHeldPollsPerClient (at most MaxHeldPolls).
+	MaxHeldPollsPerClient int
 }
 
 // Server is the HTTP face of a broker. It owns no state of its own.
@@ -82,6 +88,7 @@ type Server struct {
 	bodies      *bodyBudget     // request bodies in flight
 	minBodyRate int64           // bytes a second; 0: bodies are not paced
 	bodyGrace   time.Duration
+	polls       *pollLimiter      // long polls held
 	cluster     *cluster          // nil: a standalone broker
 	access      map[string]access // "METHOD /pattern" -> its auth decision
 }
@@ -116,6 +123,15 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.BodyGrace < 0 {
 		return nil, fmt.Errorf("the body grace %s is negative", cfg.BodyGrace)
+	}
+	if cfg.MaxHeldPolls == 0 {
+		cfg.MaxHeldPolls = DefaultMaxHeldPolls
+	}
+	if cfg.MaxHeldPollsPerClient == 0 {
+		cfg.MaxHeldPollsPerClient = min(DefaultMaxHeldPollsPerClient, cfg.MaxHeldPolls)
+	}
+	if cfg.MaxHeldPolls < 0 || cfg.MaxHeldPollsPerClient < 0 || cfg.MaxHeldPollsPerClient > cfg.MaxHeldPolls {
+		return nil, fmt.Errorf("held polls: %d per client and %d in all; want positive numbers, the first at most the second", cfg.MaxHeldPollsPerClient, cfg.MaxHeldPolls)
 	}
 	s := &Server{
 		broker:  cfg.Broker,
@@ -155,6 +171,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.metrics = newHTTPMetrics(s.reg)
 	s.bodies = newBodyBudget(cfg.MaxBodyMemory, cfg.MaxBodyMemoryPerClient, s.reg)
+	s.polls = newPollLimiter(cfg.MaxHeldPolls, cfg.MaxHeldPollsPerClient, s.logger, s.reg)
 	s.router = s.routes()
 	return s, nil
 }

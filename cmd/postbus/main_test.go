@@ -354,6 +354,8 @@ func TestSizeFlags(t *testing.T) {
 			[]string{"--max-body-memory-per-client 65MiB", "to --max-body-memory (64MiB)"}},
 		{"no body grace", []string{"--body-grace", "0s"},
 			[]string{"--body-grace 0s"}},
+		{"client polls over the broker's", []string{"--max-held-polls", "10", "--max-held-polls-per-client", "11"},
+			[]string{"--max-held-polls 10, --max-held-polls-per-client 11"}},
 		{"negative burst", []string{"--rate-limit", "5", "--rate-burst", "-1"},
 			[]string{"--rate-burst -1"}},
 		{"burst without a rate", []string{"--rate-burst", "10"},

@@ -48,6 +48,8 @@ type serveConfig struct {
 	bodyShare    byteSize      // per client; 0: an eighth of bodyMemory
 	minBodyRate  byteSize      // a second; 0: bodies are not paced
 	bodyGrace    time.Duration // before minBodyRate applies
+	heldPolls    int           // long polls held at once
+	clientPolls  int           // of them, per client
 
 	namesrvAddrs      string
 	brokerName        string
@@ -105,6 +107,8 @@ func newServeFlags(mode string, out io.Writer) (*flag.FlagSet, *serveConfig) {
 	c.minBodyRate = httpapi.DefaultMinBodyRate
 	fs.Var(&c.minBodyRate, "min-body-rate", "least average rate, a second, at which a request body must arrive once --body-grace has passed (else 408 request_timeout and the connection closed); 0: none")
 	fs.DurationVar(&c.bodyGrace, "body-grace", httpapi.DefaultBodyGrace, "how long a request body may take before --min-body-rate applies")
+	fs.IntVar(&c.heldPolls, "max-held-polls", httpapi.DefaultMaxHeldPolls, "most long polls (pulls and reads with a wait) held at once; beyond: 503 server_busy with Retry-After")
+	fs.IntVar(&c.clientPolls, "max-held-polls-per-client", httpapi.DefaultMaxHeldPollsPerClient, "most long polls one client (a token's sub, or an address without auth) may hold at once; beyond: 429 too_many_polls with Retry-After")
 	fs.StringVar(&c.namesrvAddrs, "namesrv", "", "name servers to register with, ';'-separated (host:port or URLs); dev registers with its own embedded one")
 	fs.StringVar(&c.brokerName, "broker-name", "", "this broker's name in the cluster (default: the host name and port)")
 	fs.StringVar(&c.cluster, "cluster", "DefaultCluster", "the cluster this broker belongs to")
@@ -229,6 +233,7 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		Auth: auth, MetricsAuth: c.auth.metricsAuth, PublishRate: c.rateLimit, PublishBurst: c.rateBurst, JWKS: key.JWKS(),
 		NameServer: registry, Cluster: cluster, MaxBodyMemory: int64(c.bodyMemory),
 		MaxBodyMemoryPerClient: int64(c.bodyShare), MinBodyRate: c.minBodyRateConfig(), BodyGrace: c.bodyGrace,
+		MaxHeldPolls: c.heldPolls, MaxHeldPollsPerClient: c.clientPolls,
 		Ready: func() error {
 			if !ready.Load() {
 				return errors.New("starting or shutting down")
@@ -453,6 +458,8 @@ func (c *serveConfig) checkEdgeFlags() error {
 		return fmt.Errorf("--max-body-memory-per-client %s: want from %s (the largest request body) to --max-body-memory (%s), or 0 for an eighth of it", formatBytes(int64(c.bodyShare)), formatBytes(httpapi.MinBodyMemory(c.mode == "dev")), formatBytes(int64(c.bodyMemory)))
 	case c.bodyGrace <= 0:
 		return fmt.Errorf("--body-grace %s: want a positive duration", c.bodyGrace)
+	case c.heldPolls < 1 || c.clientPolls < 1 || c.clientPolls > c.heldPolls:
+		return fmt.Errorf("--max-held-polls %d, --max-held-polls-per-client %d: want at least 1 each, the second at most the first", c.heldPolls, c.clientPolls)
 	}
 	return nil
 }
