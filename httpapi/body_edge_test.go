@@ -69,7 +69,7 @@ func readAnswer(tb testing.TB, c net.Conn, limit time.Duration) (*http.Response,
 func TestSlowBodyRefused(t *testing.T) {
 	const grace = 300 * time.Millisecond
 	var logs syncBuffer
-	srv, s := newEdgeServer(t, 4<<20, Config{MinBodyRate: 64 << 10, BodyGrace: grace, Logger: newTestLogger(&logs)})
+	srv, s := newEdgeServer(t, 4<<20, Config{MinBodyRate: 256 << 10, BodyGrace: grace, Logger: newTestLogger(&logs)})
 	for _, tc := range []struct {
 		name, path string
 		announce   int
@@ -83,7 +83,7 @@ func TestSlowBodyRefused(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			start := time.Now()
 			c := stalledRequest(t, srv, tc.path, tc.announce, tc.sent)
-			// 1 MiB at 64 KiB/s is 16 s of credit on top of the grace.
+			// 1 MiB at 256 KiB/s is 4 s of credit on top of the grace.
 			resp, data := readAnswer(t, c, 40*time.Second)
 			if resp.StatusCode != http.StatusRequestTimeout || codeOf(data) != string(codeRequestTimeout) {
 				t.Fatalf("stalled body: %d %s, want 408 request_timeout", resp.StatusCode, data)
