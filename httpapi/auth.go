@@ -408,26 +408,32 @@ func (s *Server) authorize(a access, h http.HandlerFunc) http.HandlerFunc {
 		if n := len(r.Header.Values("Authorization")); n > 1 {
 			// Which one counts? A proxy in front that checks the last and
 			// this server the first would disagree on who the caller is.
+			defer refuseUnreadBody(w, r)()
 			writeProblem(w, r, codeInvalidHeader, "Authorization", fmt.Sprintf("header \"Authorization\" is given %d times; send one bearer token", n))
 			return
 		}
 		raw, ok := bearerToken(r)
 		if !ok {
+			defer refuseUnreadBody(w, r)()
 			w.Header().Set("WWW-Authenticate", `Bearer realm="postbus"`)
 			writeProblem(w, r, codeUnauthorized, "Authorization", "this route needs a bearer token: Authorization: Bearer <JWT>")
 			return
 		}
 		p, err := s.auth.authenticate(raw)
 		if err != nil {
+			defer refuseUnreadBody(w, r)()
 			w.Header().Set("WWW-Authenticate", `Bearer realm="postbus", error="invalid_token"`)
 			writeProblem(w, r, codeUnauthorized, "Authorization", "the token is not valid: "+tokenProblem(err))
 			return
 		}
 		if !a.allow(p, r) {
+			defer refuseUnreadBody(w, r)()
 			w.Header().Set("WWW-Authenticate", `Bearer realm="postbus", error="insufficient_scope"`)
 			writeProblem(w, r, codeForbidden, "", "the token's scope does not allow this ("+a.name+" is needed)")
 			return
 		}
+		// Its bodies are charged to its token from here on.
+		leaseFrom(r.Context()).setClient("token:" + p.id)
 		h(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
 	}
 }

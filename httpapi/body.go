@@ -7,11 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/postbus/postbus/broker"
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,11 +24,21 @@ import (
 // Content-Length is no promise that the bytes will come: a client that
 // sends the headers of a 4 MiB publish and then one byte a minute must not
 // make the server hold 4 MiB for it. So a body is read into a buffer that
-// grows with what has arrived (doubling, from bodyChunk), and every buffer
-// is paid for from one budget shared by all connections (--max-body-memory,
-// Config.MaxBodyMemory). A request whose body would take the budget over
-// its limit is answered 503 server_busy with Retry-After; what it had
-// reserved is given back when its handler returns, as is every request's.
+// grows with what has arrived (by a quarter at a time, from bodyChunk, so
+// what is held is at most a quarter, or bodyGrowMax, over what arrived),
+// and every buffer is paid for from one budget shared by all connections
+// (--max-body-memory, Config.MaxBodyMemory), of which one client (its
+// token's sub, or its address when the API is open) may hold only a share
+// (--max-body-memory-per-client, Config.MaxBodyMemoryPerClient). A request
+// whose body would take the budget, or its client's share, over the limit
+// is answered 503 server_busy with Retry-After; what it had reserved is
+// given back when its handler returns, as is every request's.
+//
+// And a body must keep coming: after a grace (--body-grace) it must have
+// arrived at --min-body-rate bytes a second on average, or reading it
+// fails and the request is answered 408 request_timeout and its connection
+// closed. Without that, a client sending a byte every few seconds held its
+// share of the budget for the server's whole read timeout.
 
 // DefaultMaxBodyMemory is the default bound on the bytes held by request
 // bodies in flight, across all connections: room for eighteen of the
@@ -48,10 +61,28 @@ func maxBodyRead(nameServer bool) int64 {
 	return maxBatchRequestBytes
 }
 
+// Defaults of the body pacing (Config.MinBodyRate, Config.BodyGrace): a
+// body of the largest size (a 7 MiB batch) at the least rate takes under
+// four minutes; a client on any working network sends far faster.
+const (
+	DefaultMinBodyRate = 32 << 10
+	DefaultBodyGrace   = 5 * time.Second
+)
+
+// DefaultBodyMemoryShare is the part of --max-body-memory one client may
+// hold by default (Config.MaxBodyMemoryPerClient 0): an eighth, but never
+// less than the largest body needs (MinBodyMemory).
+func DefaultBodyMemoryShare(limit int64, nameServer bool) int64 {
+	return min(limit, max(limit/8, MinBodyMemory(nameServer)))
+}
+
 const (
 	// bodyChunk is a body buffer's first size: most bodies fit in it, and
 	// one that has not arrived holds no more than this.
 	bodyChunk = 16 << 10
+	// bodyGrowMax is the most a body buffer grows by at once: a buffer
+	// grows by a quarter of its size, from bodyChunk to this.
+	bodyGrowMax = 1 << 20
 	// gzipReaderCost is what a gzip decoder holds (its window and
 	// tables), reserved while a gzip body is read.
 	gzipReaderCost = 64 << 10
@@ -64,6 +95,10 @@ const (
 var (
 	errBodyTooLarge = errors.New("request body over the limit")
 	errServerBusy   = errors.New("request bodies in flight hold all the memory allowed")
+	// errClientBusy: this client's bodies in flight hold its share.
+	errClientBusy = errors.New("the client's request bodies in flight hold all of its share of memory")
+	// errBodyTooSlow: the body arrived slower than the least rate.
+	errBodyTooSlow = errors.New("request body arriving too slowly")
 )
 
 // encodingError is a Content-Encoding the server does not decode.
@@ -78,16 +113,23 @@ func (e *corruptBodyError) Error() string { return "the gzip body does not decod
 func (e *corruptBodyError) Unwrap() error { return e.err }
 
 // bodyBudget bounds the bytes held by request bodies across all
-// connections.
+// connections, and per client.
 type bodyBudget struct {
-	limit   int64
-	used    atomic.Int64
-	inUse   prometheus.GaugeFunc
-	refused prometheus.Counter
+	limit int64
+	share int64 // of limit, per client
+
+	mu      sync.Mutex
+	clients map[string]int64 // guarded by mu; bytes held per client, no zero entries
+	used    atomic.Int64     // written under mu; read without it by the gauge
+
+	inUse         prometheus.GaugeFunc
+	refused       prometheus.Counter
+	clientRefused prometheus.Counter
+	tooSlow       prometheus.Counter
 }
 
-func newBodyBudget(limit int64, reg prometheus.Registerer) *bodyBudget {
-	b := &bodyBudget{limit: limit}
+func newBodyBudget(limit, share int64, reg prometheus.Registerer) *bodyBudget {
+	b := &bodyBudget{limit: limit, share: share, clients: make(map[string]int64)}
 	b.inUse = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "postbus_http_body_bytes_in_flight",
 		Help: "Bytes reserved for request bodies being read or handled, across all connections (at most --max-body-memory).",
@@ -96,38 +138,75 @@ func newBodyBudget(limit int64, reg prometheus.Registerer) *bodyBudget {
 		Name: "postbus_http_body_memory_refused_total",
 		Help: "Requests answered 503 server_busy because bodies in flight held all of --max-body-memory.",
 	})
-	reg.MustRegister(b.inUse, b.refused)
+	b.clientRefused = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "postbus_http_body_memory_client_refused_total",
+		Help: "Requests answered 503 server_busy because their client's bodies in flight held all of its share (--max-body-memory-per-client).",
+	})
+	b.tooSlow = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "postbus_http_body_too_slow_total",
+		Help: "Requests answered 408 request_timeout, their connection closed, because their body arrived slower than --min-body-rate after --body-grace.",
+	})
+	reg.MustRegister(b.inUse, b.refused, b.clientRefused, b.tooSlow)
 	return b
 }
 
-// reserve takes n bytes of the budget, or nothing and false when that
-// would take it over its limit.
-func (b *bodyBudget) reserve(n int64) bool {
-	for {
-		used := b.used.Load()
-		if used+n > b.limit {
-			return false
-		}
-		if b.used.CompareAndSwap(used, used+n) {
-			return true
-		}
+// reserve takes n bytes of the budget for client, or nothing and
+// errServerBusy or errClientBusy when that would take the budget or the
+// client's share over its limit.
+func (b *bodyBudget) reserve(client string, n int64) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	used := b.used.Load()
+	if used+n > b.limit {
+		return errServerBusy
 	}
+	if b.clients[client]+n > b.share {
+		return errClientBusy
+	}
+	b.used.Store(used + n)
+	b.clients[client] += n
+	return nil
 }
 
-func (b *bodyBudget) release(n int64) { b.used.Add(-n) }
+func (b *bodyBudget) release(client string, n int64) {
+	if n == 0 {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.used.Add(-n)
+	if b.clients[client] -= n; b.clients[client] <= 0 {
+		delete(b.clients, client)
+	}
+}
 
 // bodyLease is what one request has reserved; released when its handler
 // returns. A cluster fan-out may read through it from several goroutines.
 type bodyLease struct {
 	budget *bodyBudget
 	mu     sync.Mutex
-	held   int64 // guarded by mu
-	closed bool  // guarded by mu; the handler returned, its answer sent
+	client string // guarded by mu; whose share it is taken from
+	held   int64  // guarded by mu
+	closed bool   // guarded by mu; the handler returned, its answer sent
 }
 
-func (l *bodyLease) reserve(n int64) bool {
+// setClient names the client the request's bodies are charged to: its
+// token's, once the request is authenticated (before any body is read).
+func (l *bodyLease) setClient(client string) {
 	if l == nil {
-		return true
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.held == 0 {
+		l.client = client
+	}
+}
+
+// reserve takes n bytes; the error is errServerBusy or errClientBusy.
+func (l *bodyLease) reserve(n int64) error {
+	if l == nil {
+		return nil
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -135,16 +214,20 @@ func (l *bodyLease) reserve(n int64) bool {
 		// A goroutine of a fan-out still reading after the request was
 		// answered: nobody waits for it, and what it took would never
 		// be given back.
-		return false
+		return errServerBusy
 	}
-	if !l.budget.reserve(n) {
+	if err := l.budget.reserve(l.client, n); err != nil {
 		// The request is refused for it (503 server_busy): counted here,
 		// once, whichever handler reads the body.
-		l.budget.refused.Inc()
-		return false
+		if errors.Is(err, errClientBusy) {
+			l.budget.clientRefused.Inc()
+		} else {
+			l.budget.refused.Inc()
+		}
+		return err
 	}
 	l.held += n
-	return true
+	return nil
 }
 
 func (l *bodyLease) release(n int64) {
@@ -157,7 +240,7 @@ func (l *bodyLease) release(n int64) {
 		return // given back by close
 	}
 	l.held -= n
-	l.budget.release(n)
+	l.budget.release(l.client, n)
 }
 
 // close gives back all the request holds; the lease takes no more.
@@ -165,7 +248,7 @@ func (l *bodyLease) close() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.closed = true
-	l.budget.release(l.held)
+	l.budget.release(l.client, l.held)
 	l.held = 0
 }
 
@@ -178,20 +261,95 @@ func leaseFrom(ctx context.Context) *bodyLease {
 
 // limitBody caps every request body at the largest any route accepts, so a
 // route that forgets its own limit cannot be made to read without end
-// (routes read through tighter limits of their own), and gives the request
-// a lease on the body budget that is returned when the handler is done.
+// (routes read through tighter limits of their own), paces it (see
+// pacedBody), and gives the request a lease on the body budget that is
+// returned when the handler is done. The lease is charged to the client's
+// address until authentication names its token.
 func (s *Server) limitBody(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Body == nil || r.Body == http.NoBody {
 			next.ServeHTTP(w, r)
 			return
 		}
-		r.Body = http.MaxBytesReader(w, r.Body, maxBodyRead(s.registry != nil)+1)
-		lease := &bodyLease{budget: s.bodies}
+		body := http.MaxBytesReader(w, r.Body, maxBodyRead(s.registry != nil)+1)
+		r.Body = &pacedBody{
+			body: body, rc: http.NewResponseController(w), start: time.Now(),
+			grace: s.bodyGrace, rate: float64(s.minBodyRate),
+			onSlow: func(read int64, took time.Duration) {
+				s.bodies.tooSlow.Inc()
+				s.logger.Error("request body arriving too slowly; answering 408 and closing the connection",
+					slog.String("method", r.Method), slog.String("path", r.URL.Path),
+					slog.String("remote", r.RemoteAddr), slog.Int64("bytes", read), slog.Duration("took", took),
+					slog.Int64("min_body_rate", s.minBodyRate), slog.Duration("body_grace", s.bodyGrace))
+			},
+		}
+		lease := &bodyLease{budget: s.bodies, client: "addr:" + clientAddr(r)}
 		defer lease.close()
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), bodyLeaseKey{}, lease)))
 	})
 }
+
+// refuseUnreadBody readies the answer to a request refused before its body
+// was read (no token, a bad one, a scope that does not allow it): the
+// connection is closed after the answer instead of waiting, as the server
+// otherwise does before answering, for up to 256 KiB of a body nobody
+// will read. then, called once the answer is written, lets the server
+// close the connection at once rather than wait for the body to end.
+func refuseUnreadBody(w http.ResponseWriter, r *http.Request) (then func()) {
+	if r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
+		return func() {}
+	}
+	w.Header().Set("Connection", "close")
+	return func() { http.NewResponseController(w).SetReadDeadline(time.Now()) }
+}
+
+// pacedBody is a request body that must arrive at rate bytes a second on
+// average once grace has passed: before each read, the connection's read
+// deadline is set to when the body, at what has arrived so far, falls
+// behind. A read past it fails with errBodyTooSlow. Once the body has
+// ended the deadline is lifted, so that a handler that runs long after
+// reading (a long poll, a publish waiting on the disk) is not cut off.
+type pacedBody struct {
+	body  io.ReadCloser
+	rc    *http.ResponseController
+	start time.Time
+	grace time.Duration
+	rate  float64 // bytes a second; 0: no pacing
+	// onSlow counts and logs a body refused for its pace, once.
+	onSlow func(read int64, took time.Duration)
+
+	mu   sync.Mutex // a fan-out may read it from another goroutine
+	read int64      // guarded by mu
+	done bool       // guarded by mu; the end or an error was seen
+}
+
+func (b *pacedBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.rate <= 0 || b.done {
+		return b.body.Read(p)
+	}
+	due := b.start.Add(b.grace + time.Duration(float64(b.read)/b.rate*float64(time.Second)))
+	paced := b.rc.SetReadDeadline(due) == nil
+	n, err := b.body.Read(p)
+	b.read += int64(n)
+	if err != nil {
+		b.done = true
+		if paced && errors.Is(err, os.ErrDeadlineExceeded) {
+			// The deadline stays passed: the server would otherwise wait
+			// for the rest of the body before closing the connection.
+			took := time.Since(b.start).Round(time.Millisecond)
+			b.onSlow(b.read, took)
+			return n, fmt.Errorf("%w: %d bytes in %s, the least is %.0f bytes a second after %s", errBodyTooSlow, b.read, took, b.rate, b.grace)
+		}
+		if paced {
+			b.rc.SetReadDeadline(time.Time{})
+		}
+	}
+	return n, err
+}
+
+func (b *pacedBody) Close() error { return b.body.Close() }
 
 // readBody reads the request body, decoding a Content-Encoding of gzip,
 // and refuses one of more than limit bytes (decoded) without reading
@@ -212,8 +370,8 @@ func readBody(r *http.Request, limit int) ([]byte, error) {
 		}
 		return readGrowing(r.Body, lease, r.ContentLength, limit)
 	}
-	if !lease.reserve(gzipReaderCost) {
-		return nil, errServerBusy
+	if err := lease.reserve(gzipReaderCost); err != nil {
+		return nil, err
 	}
 	defer lease.release(gzipReaderCost)
 	zr, err := gzip.NewReader(r.Body)
@@ -282,14 +440,17 @@ func readGrowing(src io.Reader, lease *bodyLease, hint int64, limit int) ([]byte
 		ceiling = hint
 	}
 	size := min(int64(bodyChunk), ceiling)
-	if !lease.reserve(size) {
-		return nil, errServerBusy
+	if err := lease.reserve(size); err != nil {
+		return nil, err
 	}
 	buf := make([]byte, 0, size)
 	grow := func(extra []byte) error {
-		next := min(2*int64(cap(buf)), ceiling)
-		if !lease.reserve(next - int64(cap(buf))) {
-			return errServerBusy
+		// By a quarter: what is held stays close to what arrived (a
+		// doubling buffer held twice what a stalled body had sent), at
+		// the cost of copying the body about four times over.
+		next := min(int64(cap(buf))+min(max(int64(cap(buf))/4, bodyChunk), bodyGrowMax), ceiling)
+		if err := lease.reserve(next - int64(cap(buf))); err != nil {
+			return err
 		}
 		grown := make([]byte, len(buf), next)
 		copy(grown, buf)
@@ -357,6 +518,10 @@ func bodyProblem(err error, tooLarge *broker.Error) *broker.Error {
 		return tooLarge
 	case errors.Is(err, errServerBusy):
 		return &broker.Error{Code: codeServerBusy, Detail: fmt.Sprintf("the request bodies in flight hold all the memory this server allows them (--max-body-memory); retry in %d s", busyRetryAfter)}
+	case errors.Is(err, errClientBusy):
+		return &broker.Error{Code: codeServerBusy, Detail: fmt.Sprintf("this client's request bodies in flight hold all of its share of memory (--max-body-memory-per-client); retry in %d s, or send fewer bodies at once", busyRetryAfter)}
+	case errors.Is(err, errBodyTooSlow):
+		return &broker.Error{Code: codeRequestTimeout, Field: "body", Detail: "the request body arrived too slowly (" + err.Error() + "); the connection is closed"}
 	case errors.As(err, &ee):
 		return &broker.Error{Code: codeUnsupportedMedia, Field: "Content-Encoding", Detail: ee.Error()}
 	case errors.As(err, &ce):
@@ -368,8 +533,13 @@ func bodyProblem(err error, tooLarge *broker.Error) *broker.Error {
 // writeBodyProblem answers a problem of bodyProblem; a server_busy one
 // says when to come back.
 func writeBodyProblem(w http.ResponseWriter, r *http.Request, p *broker.Error) {
-	if p.Code == codeServerBusy {
+	switch p.Code {
+	case codeServerBusy:
 		w.Header().Set("Retry-After", strconv.Itoa(busyRetryAfter))
+	case codeRequestTimeout:
+		// The rest of the body may still come: the connection is of no
+		// further use.
+		w.Header().Set("Connection", "close")
 	}
 	writeProblem(w, r, p.Code, p.Field, p.Detail)
 }

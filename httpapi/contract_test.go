@@ -615,7 +615,7 @@ func newAuthContractEnv(tb testing.TB) *contractEnv {
 	env := &contractEnv{doc: loadContract(tb), opts: &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true,
 		AuthenticationFunc: contractBearer}}
 	cfg := Config{Broker: b, OpenAPI: postbus.OpenAPI, Auth: AuthConfig{HMACSecret: contractSecret}, PublishRate: contractPublishRate,
-		PublishBurst: broker.MaxBatchMessages, NameServer: newContractRegistry()}
+		PublishBurst: broker.MaxBatchMessages, NameServer: newContractRegistry(), MaxHeldPollsPerClient: 1}
 	env.broker = b
 	env.main = serveContract(tb, cfg)
 	cfg.MetricsAuth = true
@@ -1647,6 +1647,7 @@ func TestContractAuthTraffic(t *testing.T) {
 	seen := make(contractSeen)
 	env.run(t, exchanges, make(map[string]string), seen)
 	t.Run("rate limited", func(t *testing.T) { contractRateLimit(t, env, seen) })
+	t.Run("too many polls", func(t *testing.T) { contractHeldPolls(t, env, seen) })
 
 	// Every refusal the document promises was answered and matched it.
 	for path, item := range env.doc.Paths.Map() {
@@ -3117,4 +3118,49 @@ func TestContractClusterTraffic(t *testing.T) {
 		}
 	}
 	env.run(t, exchanges, make(map[string]string), make(contractSeen))
+}
+
+// contractHeldPolls holds one long poll for a client whose bound is one
+// (the auth env's MaxHeldPollsPerClient) and checks that its next long
+// polls, a pull and a read by offset, answer 429 too_many_polls.
+func contractHeldPolls(t *testing.T, env *contractEnv, seen contractSeen) {
+	hdr := bearerHeader(contractToken(t, jwt.MapClaims{"sub": "poller", "scope": "consume:* subscribe:*",
+		"exp": time.Now().Add(time.Hour).Unix()}))
+	ctx, cancel := context.WithCancel(context.Background())
+	held := make(chan struct{})
+	go func() {
+		defer close(held)
+		// Past the queue's end: held until its wait passes or it is
+		// cancelled.
+		req, _ := http.NewRequestWithContext(ctx, "GET", env.main.URL+"/v1/topics/orders/queues/0/messages?offset=1099511627776&wait=30s", nil)
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	defer func() { cancel(); <-held }()
+	waitUntil(t, "the long poll to be held", func() (bool, string) {
+		_, m := do(t, "GET", env.main.URL+"/metrics", nil, nil)
+		return bytes.Contains(m, []byte("\npostbus_http_held_polls 1\n")), grepLines(m, "postbus_http_held_polls")
+	})
+	retryAfter := func(tb testing.TB, resp *http.Response, _ []byte) {
+		if resp.Header.Get("Retry-After") != "1" {
+			tb.Errorf("Retry-After = %q, want 1", resp.Header.Get("Retry-After"))
+		}
+	}
+	for _, x := range []exchange{
+		{name: "pull", method: "POST", path: "/v1/groups/pollers/topics/orders/pull?wait=1s", header: hdr,
+			status: 429, code: codeTooManyPolls, check: retryAfter},
+		{name: "read queue", method: "GET", path: "/v1/topics/orders/queues/0/messages?offset=0&wait=1s", header: hdr,
+			status: 429, code: codeTooManyPolls, check: retryAfter},
+	} {
+		t.Run(x.name, func(t *testing.T) {
+			a := env.send(t, x, nil)
+			env.verify(t, a)
+			seen.add(a.op, a.resp.StatusCode)
+			expectExchange(t, x, a.resp, a.body, nil)
+		})
+	}
 }

@@ -17,15 +17,25 @@
 //
 // Every request body is read by body.go: through the route's size limit,
 // into a buffer that grows with the bytes that have arrived (an announced
-// Content-Length reserves nothing), and paid for from one budget shared by
-// all connections (Config.MaxBodyMemory); a request that would take the
-// budget over answers 503 server_busy with Retry-After, and each request
-// gives back what it took when its handler returns. A gzip
+// Content-Length reserves nothing; it holds at most a quarter over what
+// arrived), and paid for from one budget shared by all connections
+// (Config.MaxBodyMemory) of which each client, a token's sub or an address,
+// has a share (Config.MaxBodyMemoryPerClient); a request that would take
+// the budget or its client's share over answers 503 server_busy with
+// Retry-After, and each request gives back what it took when its handler
+// returns. A body must keep arriving at Config.MinBodyRate after
+// Config.BodyGrace (408 request_timeout, the connection closed), and a
+// request refused by its access check is refused before its body is read,
+// its connection closed rather than kept to drain the body. A gzip
 // Content-Encoding is decoded (the limit counts decoded bytes) and then
 // dropped from the request, so a forward sends the decoded body as it is;
 // any other encoding is 415. JSON bodies are decoded by decodeJSONBody
 // alone (the batch publish by its own parser, to the same rules): strict
 // fields, nothing but whitespace after the value.
+//
+// Long polls (a pull or a read by offset with a wait) held at once are
+// bounded per client and per server before anything is forwarded
+// (polls.go): 429 too_many_polls and 503 server_busy beyond.
 //
 // What a request may name besides its body is one table each, checked
 // before the handler runs: queryParams (params.go) for query parameters,

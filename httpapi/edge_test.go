@@ -180,7 +180,8 @@ func heapInUse() uint64 {
 // so the 80 stalled requests hold a chunk each. Both the server's own
 // count of reserved bytes and the process heap are measured.
 func TestBodyMemoryFollowsArrivals(t *testing.T) {
-	srv, s := newEdgeServer(t, 4<<20, Config{})
+	// Unpaced: the bodies stall for as long as the test measures.
+	srv, s := newEdgeServer(t, 4<<20, Config{MinBodyRate: -1})
 	before := heapInUse()
 	const conns = 40
 	for range conns {
@@ -209,10 +210,10 @@ func TestBodyMemoryFollowsArrivals(t *testing.T) {
 // Retry-After and stores nothing; once they are done, the same request
 // goes through. Single and batch publishes alike.
 func TestBodyMemoryBoundAnswers503(t *testing.T) {
-	srv, s := newEdgeServer(t, 1<<20, Config{MaxBodyMemory: MinBodyMemory(false)})
-	// A batch announced at the largest size, of which 5 MiB arrive: its
-	// buffer doubles to 4 MiB, then grows to the announced length.
-	hog := stalledRequest(t, srv, "/v1/topics/t/messages/batch", maxBatchRequestBytes, bytes.Repeat([]byte(" "), 5<<20))
+	srv, s := newEdgeServer(t, 1<<20, Config{MaxBodyMemory: MinBodyMemory(false), MinBodyRate: -1})
+	// A batch announced at the largest size, of which all but a byte
+	// arrive: its buffer grows to the announced length.
+	hog := stalledRequest(t, srv, "/v1/topics/t/messages/batch", maxBatchRequestBytes, bytes.Repeat([]byte(" "), maxBatchRequestBytes-1))
 	waitUntil(t, "the stalled batch to reserve its announced length", func() (bool, string) {
 		got := s.bodies.used.Load()
 		return got == maxBatchRequestBytes, fmt.Sprintf("%d bytes reserved", got)
@@ -649,8 +650,8 @@ func TestClusterFanOutBodyInBudget(t *testing.T) {
 	// No name server answers: the broker applies such requests alone,
 	// after reading their bodies.
 	names := namesrv.NewClient(namesrv.ClientConfig{Addrs: []string{"http://127.0.0.1:1"}, Interval: time.Hour, Timeout: time.Second})
-	srv, s := newEdgeServer(t, 1<<20, Config{MaxBodyMemory: MinBodyMemory(false), Cluster: &Cluster{Self: "a", Names: names}})
-	stalledRequest(t, srv, "/v1/topics/t/messages/batch", maxBatchRequestBytes, bytes.Repeat([]byte(" "), 5<<20))
+	srv, s := newEdgeServer(t, 1<<20, Config{MaxBodyMemory: MinBodyMemory(false), MinBodyRate: -1, Cluster: &Cluster{Self: "a", Names: names}})
+	stalledRequest(t, srv, "/v1/topics/t/messages/batch", maxBatchRequestBytes, bytes.Repeat([]byte(" "), maxBatchRequestBytes-1))
 	waitUntil(t, "the stalled batch to reserve its announced length", func() (bool, string) {
 		got := s.bodies.used.Load()
 		return got == maxBatchRequestBytes, fmt.Sprintf("%d bytes reserved", got)

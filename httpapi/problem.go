@@ -31,6 +31,8 @@ const (
 	codeClusterPartial    broker.Code = "cluster_partial"
 	codeBrokerUnavailable broker.Code = "broker_unavailable"
 	codeServerBusy        broker.Code = "server_busy"
+	codeRequestTimeout    broker.Code = "request_timeout"
+	codeTooManyPolls      broker.Code = "too_many_polls"
 	codeBrokerNameTaken   broker.Code = "broker_name_taken"
 )
 
@@ -86,6 +88,8 @@ var statusOf = map[broker.Code]int{
 	codeClusterPartial:              http.StatusBadGateway,
 	codeBrokerUnavailable:           http.StatusServiceUnavailable,
 	codeServerBusy:                  http.StatusServiceUnavailable,
+	codeRequestTimeout:              http.StatusRequestTimeout,
+	codeTooManyPolls:                http.StatusTooManyRequests,
 }
 
 // problem is an RFC 9457 problem detail with postbus's stable code.
@@ -127,7 +131,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		if statusOf[be.Code] >= 500 {
 			s.logger.Error("request failed", slog.String("path", r.URL.Path), slog.Any("err", err))
 		}
-		if be.Code == codeServerBusy {
+		if be.Code == codeServerBusy || be.Code == codeRequestTimeout {
 			writeBodyProblem(w, r, be)
 			return
 		}

@@ -43,6 +43,13 @@ func (s *Server) handlePull(w http.ResponseWriter, r *http.Request) {
 		if wait, perr = queryDuration(r, "wait", 0); perr == nil {
 			if vis, perr = queryDuration(r, "visibility", 0); perr == nil {
 				if perr = checkPullTimes(wait, vis); perr == nil {
+					if wait > 0 {
+						release, ok := s.holdPoll(w, r)
+						if !ok {
+							return
+						}
+						defer release()
+					}
 					s.pull(w, r, int(max), wait, vis)
 					return
 				}
@@ -246,6 +253,11 @@ func (s *Server) handleReadQueue(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if wait > 0 {
+		release, ok := s.holdPoll(w, r)
+		if !ok {
+			return
+		}
+		defer release()
 		http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + 30*time.Second))
 	}
 	msgs, next, err := s.broker.ReadQueueWait(r.Context(), topic, queue, offset, int(max), wait)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/postbus/postbus/broker"
@@ -48,6 +49,23 @@ type Config struct {
 	// MaxBodyMemory bounds the bytes request bodies in flight hold, across
 	// all connections (see body.go); 0: DefaultMaxBodyMemory.
 	MaxBodyMemory int64
+	// MaxBodyMemoryPerClient bounds the part of MaxBodyMemory the bodies
+	// of one client (a token's sub, or an address when the API is open)
+	// hold; 0: DefaultBodyMemoryShare.
+	MaxBodyMemoryPerClient int64
+	// MinBodyRate is the least average rate, in bytes a second, at which a
+	// request body must arrive once BodyGrace has passed (408 otherwise);
+	// 0: DefaultMinBodyRate, negative: none.
+	MinBodyRate int64
+	// BodyGrace is how long a body may take before MinBodyRate applies;
+	// 0: DefaultBodyGrace.
+	BodyGrace time.Duration
+	// MaxHeldPolls bounds the long polls held at once (see polls.go);
+	// 0: DefaultMaxHeldPolls.
+	MaxHeldPolls int
+	// MaxHeldPollsPerClient bounds those of one client; 0:
+	// DefaultMaxHeldPollsPerClient (at most MaxHeldPolls).
+	MaxHeldPollsPerClient int
 }
 
 // Server is the HTTP face of a broker. It owns no state of its own.
@@ -66,8 +84,11 @@ type Server struct {
 	brokerless  bool              // only the name server's routes
 	auth        *authenticator    // nil: open
 	metricsAuth bool
-	limiter     *publishLimiter   // nil: no limit
-	bodies      *bodyBudget       // request bodies in flight
+	limiter     *publishLimiter // nil: no limit
+	bodies      *bodyBudget     // request bodies in flight
+	minBodyRate int64           // bytes a second; 0: bodies are not paced
+	bodyGrace   time.Duration
+	polls       *pollLimiter      // long polls held
 	cluster     *cluster          // nil: a standalone broker
 	sync        *syncer           // the cluster's anti-entropy of subscriptions; nil standalone
 	access      map[string]access // "METHOD /pattern" -> its auth decision
@@ -86,6 +107,33 @@ func New(cfg Config) (*Server, error) {
 	if least := MinBodyMemory(cfg.NameServer != nil); cfg.MaxBodyMemory < least {
 		return nil, fmt.Errorf("the body memory bound is %d bytes; at least %d are needed, for the largest request body", cfg.MaxBodyMemory, least)
 	}
+	if cfg.MaxBodyMemoryPerClient == 0 {
+		cfg.MaxBodyMemoryPerClient = DefaultBodyMemoryShare(cfg.MaxBodyMemory, cfg.NameServer != nil)
+	}
+	if least := MinBodyMemory(cfg.NameServer != nil); cfg.MaxBodyMemoryPerClient < least || cfg.MaxBodyMemoryPerClient > cfg.MaxBodyMemory {
+		return nil, fmt.Errorf("the body memory share of a client is %d bytes; it must be from %d (the largest request body) to the whole bound, %d", cfg.MaxBodyMemoryPerClient, least, cfg.MaxBodyMemory)
+	}
+	switch {
+	case cfg.MinBodyRate == 0:
+		cfg.MinBodyRate = DefaultMinBodyRate
+	case cfg.MinBodyRate < 0:
+		cfg.MinBodyRate = 0
+	}
+	if cfg.BodyGrace == 0 {
+		cfg.BodyGrace = DefaultBodyGrace
+	}
+	if cfg.BodyGrace < 0 {
+		return nil, fmt.Errorf("the body grace %s is negative", cfg.BodyGrace)
+	}
+	if cfg.MaxHeldPolls == 0 {
+		cfg.MaxHeldPolls = DefaultMaxHeldPolls
+	}
+	if cfg.MaxHeldPollsPerClient == 0 {
+		cfg.MaxHeldPollsPerClient = min(DefaultMaxHeldPollsPerClient, cfg.MaxHeldPolls)
+	}
+	if cfg.MaxHeldPolls < 0 || cfg.MaxHeldPollsPerClient < 0 || cfg.MaxHeldPollsPerClient > cfg.MaxHeldPolls {
+		return nil, fmt.Errorf("held polls: %d per client and %d in all; want positive numbers, the first at most the second", cfg.MaxHeldPollsPerClient, cfg.MaxHeldPolls)
+	}
 	s := &Server{
 		broker:  cfg.Broker,
 		logger:  cfg.Logger,
@@ -101,6 +149,8 @@ func New(cfg Config) (*Server, error) {
 		metricsAuth: cfg.MetricsAuth,
 		limiter:     newPublishLimiter(cfg.PublishRate, cfg.PublishBurst),
 		access:      make(map[string]access),
+		minBodyRate: cfg.MinBodyRate,
+		bodyGrace:   cfg.BodyGrace,
 	}
 	if s.logger == nil {
 		s.logger = slog.New(slog.DiscardHandler)
@@ -123,7 +173,8 @@ func New(cfg Config) (*Server, error) {
 		cfg.Broker.SetName(cfg.Cluster.Self)
 	}
 	s.metrics = newHTTPMetrics(s.reg)
-	s.bodies = newBodyBudget(cfg.MaxBodyMemory, s.reg)
+	s.bodies = newBodyBudget(cfg.MaxBodyMemory, cfg.MaxBodyMemoryPerClient, s.reg)
+	s.polls = newPollLimiter(cfg.MaxHeldPolls, cfg.MaxHeldPollsPerClient, s.logger, s.reg)
 	s.router = s.routes()
 	return s, nil
 }

@@ -45,6 +45,11 @@ type serveConfig struct {
 	rateLimit    float64
 	rateBurst    int
 	bodyMemory   byteSize
+	bodyShare    byteSize      // per client; 0: an eighth of bodyMemory
+	minBodyRate  byteSize      // a second; 0: bodies are not paced
+	bodyGrace    time.Duration // before minBodyRate applies
+	heldPolls    int           // long polls held at once
+	clientPolls  int           // of them, per client
 
 	namesrvAddrs      string
 	brokerName        string
@@ -99,6 +104,12 @@ func newServeFlags(mode string, out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.IntVar(&c.rateBurst, "rate-burst", 0, "with --rate-limit, how many messages a token may publish at once (each message of a batch counts; a larger batch is refused); 0: one second's worth")
 	c.bodyMemory = httpapi.DefaultMaxBodyMemory
 	fs.Var(&c.bodyMemory, "max-body-memory", "most memory request bodies being read or handled may hold at once, across all connections; beyond it requests answer 503 server_busy with Retry-After")
+	fs.Var(&c.bodyShare, "max-body-memory-per-client", "most of --max-body-memory the bodies of one client (a token's sub, or an address without auth) may hold; 0: an eighth of it, at least the largest body")
+	c.minBodyRate = httpapi.DefaultMinBodyRate
+	fs.Var(&c.minBodyRate, "min-body-rate", "least average rate, a second, at which a request body must arrive once --body-grace has passed (else 408 request_timeout and the connection closed); 0: none")
+	fs.DurationVar(&c.bodyGrace, "body-grace", httpapi.DefaultBodyGrace, "how long a request body may take before --min-body-rate applies")
+	fs.IntVar(&c.heldPolls, "max-held-polls", httpapi.DefaultMaxHeldPolls, "most long polls (pulls and reads with a wait) held at once; beyond: 503 server_busy with Retry-After")
+	fs.IntVar(&c.clientPolls, "max-held-polls-per-client", httpapi.DefaultMaxHeldPollsPerClient, "most long polls one client (a token's sub, or an address without auth) may hold at once; beyond: 429 too_many_polls with Retry-After")
 	fs.StringVar(&c.namesrvAddrs, "namesrv", "", "name servers to register with, ';'-separated (host:port or URLs); dev registers with its own embedded one")
 	fs.StringVar(&c.brokerName, "broker-name", "", "this broker's name in the cluster (default: the host name and port)")
 	fs.StringVar(&c.cluster, "cluster", "DefaultCluster", "the cluster this broker belongs to")
@@ -227,6 +238,8 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		Broker: b, Logger: logger, Registry: reg, OpenAPI: postbus.OpenAPI,
 		Auth: auth, MetricsAuth: c.auth.metricsAuth, PublishRate: c.rateLimit, PublishBurst: c.rateBurst, JWKS: key.JWKS(),
 		NameServer: registry, Cluster: cluster, MaxBodyMemory: int64(c.bodyMemory),
+		MaxBodyMemoryPerClient: int64(c.bodyShare), MinBodyRate: c.minBodyRateConfig(), BodyGrace: c.bodyGrace,
+		MaxHeldPolls: c.heldPolls, MaxHeldPollsPerClient: c.clientPolls,
 		Ready: func() error {
 			if !ready.Load() {
 				return errors.New("starting or shutting down")
@@ -467,6 +480,21 @@ func (c *serveConfig) checkEdgeFlags() error {
 		return fmt.Errorf("--rate-burst %d needs --rate-limit", c.rateBurst)
 	case int64(c.bodyMemory) < httpapi.MinBodyMemory(c.mode == "dev"):
 		return fmt.Errorf("--max-body-memory %s: at least %s is needed, for the largest request body", formatBytes(int64(c.bodyMemory)), formatBytes(httpapi.MinBodyMemory(c.mode == "dev")))
+	case c.bodyShare != 0 && (int64(c.bodyShare) < httpapi.MinBodyMemory(c.mode == "dev") || c.bodyShare > c.bodyMemory):
+		return fmt.Errorf("--max-body-memory-per-client %s: want from %s (the largest request body) to --max-body-memory (%s), or 0 for an eighth of it", formatBytes(int64(c.bodyShare)), formatBytes(httpapi.MinBodyMemory(c.mode == "dev")), formatBytes(int64(c.bodyMemory)))
+	case c.bodyGrace <= 0:
+		return fmt.Errorf("--body-grace %s: want a positive duration", c.bodyGrace)
+	case c.heldPolls < 1 || c.clientPolls < 1 || c.clientPolls > c.heldPolls:
+		return fmt.Errorf("--max-held-polls %d, --max-held-polls-per-client %d: want at least 1 each, the second at most the first", c.heldPolls, c.clientPolls)
 	}
 	return nil
+}
+
+// minBodyRateConfig is --min-body-rate as httpapi.Config takes it: there
+// 0 is the default and a negative rate none.
+func (c *serveConfig) minBodyRateConfig() int64 {
+	if c.minBodyRate == 0 {
+		return -1
+	}
+	return int64(c.minBodyRate)
 }
