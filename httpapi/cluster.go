@@ -35,8 +35,10 @@ import (
 //     forwards it, round-robin over the holders weighted by their queue
 //     counts. A sharding key picks one queue of the whole topic, numbered
 //     across the holders in name order, so a key keeps its order whichever
-//     broker the client talks to. A forward that cannot connect is tried on
-//     the next holder, and the broker that failed is skipped for downFor.
+//     broker the client talks to; a dedup id without a sharding key picks
+//     its holder the same way. An unkeyed forward that cannot connect is
+//     tried on the next holder, and the broker that failed is skipped for
+//     downFor; a keyed one is refused (503, nothing stored) instead.
 //   - subscriptions: created on every broker holding the topic with one id
 //     and one secret; changed, paused, resumed, rotated and deleted on
 //     every live broker; listed merged.
@@ -114,6 +116,9 @@ type cluster struct {
 	hop    time.Duration // see Cluster.HopTimeout
 
 	skipped *prometheus.CounterVec // brokers marked down, by broker and reason
+	// keyedRefused counts publishes (or batches) refused because the
+	// holder their placement key picks is skipped or unreachable.
+	keyedRefused *prometheus.CounterVec
 
 	mu sync.Mutex
 	// down maps a broker's address to when it may be tried again. By
@@ -142,8 +147,12 @@ func newCluster(c *Cluster, logger *slog.Logger, reg prometheus.Registerer) *clu
 		Name: "postbus_cluster_broker_skipped_total",
 		Help: "Times another broker was marked down and skipped for a while, by why: refused (the connection) or timeout (no answer within --forward-timeout).",
 	}, []string{"broker", "reason"})
-	reg.MustRegister(skipped)
-	return &cluster{self: c.Self, names: c.Names, hc: hc, logger: logger, hop: hop, skipped: skipped, down: make(map[string]time.Time)}
+	keyedRefused := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "postbus_cluster_keyed_publish_refused_total",
+		Help: "Publishes (single, or a batch's keyed messages) answered as not stored because the holder their sharding key or dedup id picks was skipped or unreachable; they are never moved to another holder.",
+	}, []string{"broker"})
+	reg.MustRegister(skipped, keyedRefused)
+	return &cluster{self: c.Self, names: c.Names, hc: hc, logger: logger, hop: hop, skipped: skipped, keyedRefused: keyedRefused, down: make(map[string]time.Time)}
 }
 
 // coordinating reports whether this broker answers r for the whole bus:

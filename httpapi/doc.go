@@ -52,7 +52,11 @@
 // caps it; a broker that lets it pass is marked down (skipped for a
 // while) like one that refuses the connection, and fan-outs ask their
 // brokers at once, so one hung broker costs a request one hop timeout at
-// most. Answers say what is known: a publish or batch part that got no
+// most. A message with a placement key (sharding key, else dedup id) is
+// never moved off the holder its key picks, skipped or not: that would
+// break the key's order and store a retry twice; it is refused (503,
+// nothing stored) until the holder answers or leaves the route. Answers
+// say what is known: a publish or batch part that got no
 // answer "may or may not have been stored"; a holder's 4xx is relayed; a
 // receipt of a broker that is not live is 503 broker_unavailable, not
 // forged. A publish to a topic this broker does not hold creates it here
