@@ -119,6 +119,9 @@ type cluster struct {
 	// keyedRefused counts publishes (or batches) refused because the
 	// holder their placement key picks is skipped or unreachable.
 	keyedRefused *prometheus.CounterVec
+	// refusedWrites counts changes refused because the name servers
+	// refuse this broker's name.
+	refusedWrites prometheus.Counter
 
 	mu sync.Mutex
 	// down maps a broker's address to when it may be tried again. By
@@ -151,8 +154,23 @@ func newCluster(c *Cluster, logger *slog.Logger, reg prometheus.Registerer) *clu
 		Name: "postbus_cluster_keyed_publish_refused_total",
 		Help: "Publishes (single, or a batch's keyed messages) answered as not stored because the holder their sharding key or dedup id picks was skipped or unreachable; they are never moved to another holder.",
 	}, []string{"broker"})
-	reg.MustRegister(skipped, keyedRefused)
-	return &cluster{self: c.Self, names: c.Names, hc: hc, logger: logger, hop: hop, skipped: skipped, keyedRefused: keyedRefused, down: make(map[string]time.Time)}
+	refusedWrites := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "postbus_cluster_name_refused_requests_total",
+		Help: "Changes (publishes, topic and subscription changes, acks…) answered 503 not_ready because the name servers refuse this broker's name.",
+	})
+	names := c.Names
+	nameRefused := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "postbus_cluster_name_refused",
+		Help: "1 while a name server refuses this broker's name (another live broker holds it): the broker is outside the bus, not ready, and refuses changes.",
+	}, func() float64 {
+		if names != nil && names.Refused() != nil {
+			return 1
+		}
+		return 0
+	})
+	reg.MustRegister(skipped, keyedRefused, refusedWrites, nameRefused)
+	return &cluster{self: c.Self, names: c.Names, hc: hc, logger: logger, hop: hop, skipped: skipped, keyedRefused: keyedRefused,
+		refusedWrites: refusedWrites, down: make(map[string]time.Time)}
 }
 
 // coordinating reports whether this broker answers r for the whole bus:

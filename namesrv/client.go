@@ -73,6 +73,11 @@ type Client struct {
 	routes  map[string]cachedRoute // guarded by mu
 	brokers cachedBrokers          // guarded by mu
 
+	// refused[i] is name server i's last refusal of this broker's name
+	// (409 broker_name_taken), nil once it accepts a heartbeat again.
+	refusedMu sync.Mutex
+	refused   []error // guarded by refusedMu
+
 	// beats[i] is name server i's heartbeat state. Run's rounds do not
 	// overlap and round goroutine i alone touches beats[i], so it needs no
 	// lock.
@@ -135,7 +140,33 @@ func NewClient(cfg ClientConfig) *Client {
 		done:     make(chan struct{}),
 		routes:   make(map[string]cachedRoute),
 		beats:    make([]beatState, len(addrs)),
+		refused:  make([]error, len(addrs)),
 	}
+}
+
+// Refused reports why the name servers will not route to this broker:
+// non-nil (wrapping ErrNameTaken) while any of them refused its name at
+// the last heartbeat, because another live broker holds it. Such a broker
+// is outside the bus: nothing routes to it, so what it stores no
+// subscription of the bus sees and no other broker finds.
+func (c *Client) Refused() error {
+	c.refusedMu.Lock()
+	defer c.refusedMu.Unlock()
+	return errors.Join(c.refused...)
+}
+
+// Heard reports whether a heartbeat round has finished (each name server
+// answered, refused or failed): before that Refused cannot know.
+func (c *Client) Heard() bool {
+	c.roundMu.Lock()
+	defer c.roundMu.Unlock()
+	return c.finished > 0
+}
+
+func (c *Client) setRefused(i int, err error) {
+	c.refusedMu.Lock()
+	c.refused[i] = err
+	c.refusedMu.Unlock()
 }
 
 // Changed tells Run that the broker's topics changed, so that it sends a
@@ -312,10 +343,11 @@ func (c *Client) beat(ctx context.Context, i int, bi BrokerInfo, patch bool, who
 			return // shutting down; not the name server's fault
 		}
 		if errors.Is(err, ErrNameTaken) {
+			c.setRefused(i, fmt.Errorf("name server %s: %w", addr, err))
 			st.registered = false
 			if !st.down {
 				st.down = true
-				c.log.Error("name server refuses this broker's name: another live broker holds it; this broker is not in the routes",
+				c.log.Error("name server refuses this broker's name: another live broker holds it; this broker is not in the routes, is not ready and refuses changes until a heartbeat is accepted (stop the other broker, or give this one another --broker-name)",
 					slog.String(logKeyNameSrv, addr), slog.String(logKeyBroker, bi.Name), slog.Any(logKeyErr, err))
 			}
 			return
@@ -328,6 +360,7 @@ func (c *Client) beat(ctx context.Context, i int, bi BrokerInfo, patch bool, who
 		return
 	}
 	st.acked = &bi
+	c.setRefused(i, nil)
 	if st.down {
 		st.down = false
 		c.log.Info("name server heartbeat succeeds again", slog.String(logKeyNameSrv, addr))

@@ -138,3 +138,89 @@ func stopAndWait(t *testing.T, p *proc) {
 		return err != nil, a.String()
 	})
 }
+
+// readyzOf is a broker's /readyz answer.
+func readyzOf(p *proc) clAnswer {
+	a, err := clTry("GET", p.url+"/readyz", nil, nil)
+	if err != nil {
+		return clAnswer{body: []byte(err.Error())}
+	}
+	return a
+}
+
+// TestClusterRefusedNameIsOutOfService (F4): a broker the name servers
+// refuse (409 broker_name_taken: another live broker holds its name) kept
+// serving: /readyz 200, PUT topic 201, publishes 201 that no other broker
+// and no subscription of the bus ever saw. It is not ready now and
+// refuses changes (503 not_ready naming the cause) until a heartbeat is
+// accepted; and the real broker, restarted while an impostor holds its
+// name, says so the same way, with an ERROR line.
+func TestClusterRefusedNameIsOutOfService(t *testing.T) {
+	fc := startFaultCluster(t, 1, nil)
+	brokerArgs := func(data string) []string {
+		return []string{"broker", "--data", data, "--namesrv", fc.ns[0].url, "--broker-name", "broker-a", "--heartbeat-interval", "300ms"}
+	}
+	dataA := t.TempDir()
+	real := start(t, brokerArgs(dataA)...)
+	fc.brokers["broker-a"] = real
+	fc.putTopic("orders", "broker-a")
+	if a := clDo(t, "POST", real.url+"/v1/topics/orders/messages", map[string]string{"Content-Type": "text/plain"}, []byte("m")); a.status != 201 {
+		t.Fatalf("publish: %s", a)
+	}
+
+	// refused checks that p is out of service for the refusal, and says why.
+	refused := func(who string, p *proc) {
+		t.Helper()
+		clEventually(t, who+" to be not ready for its refused name", func() (bool, string) {
+			a := readyzOf(p)
+			code, detail := problemOf(a)
+			return a.status == 503 && code == "not_ready" && strings.Contains(detail, "refuse this broker's name"), a.String()
+		})
+		for _, c := range []struct{ method, path, ctype, body string }{
+			{"PUT", "/v1/topics/IMP", "application/json", `{"queues":1}`},
+			{"POST", "/v1/topics/orders/messages", "text/plain", "x"},
+			{"POST", "/v1/topics/IMP/messages", "text/plain", "x"},
+			{"POST", "/v1/subscriptions", "application/json", `{"group":"g","topic":"orders"}`},
+		} {
+			a := clDo(t, c.method, p.url+c.path, map[string]string{"Content-Type": c.ctype}, []byte(c.body))
+			if code, detail := problemOf(a); a.status != 503 || code != "not_ready" || !strings.Contains(detail, "broker-a") {
+				t.Errorf("%s: %s %s: %s; want 503 not_ready naming the refused name", who, c.method, c.path, a)
+			}
+		}
+		if !strings.Contains(p.Logs(), `"level":"ERROR","msg":"name server refuses this broker's name`) {
+			t.Errorf("%s logged no ERROR for its refused name", who)
+		}
+		m := clDo(t, "GET", p.url+"/metrics", nil, nil)
+		if !strings.Contains(string(m.body), "postbus_cluster_name_refused 1") {
+			t.Errorf("%s's /metrics has no postbus_cluster_name_refused 1", who)
+		}
+	}
+
+	// An impostor started while broker-a lives.
+	impostor := launch(t, brokerArgs(t.TempDir())...)
+	refused("the impostor", impostor)
+	if st, raw := routeStatus(fc.ns[0], "IMP"); st != 404 {
+		t.Errorf("route of IMP after the impostor's refused PUT: %s", raw)
+	}
+
+	// The reverse: broker-a dies, the impostor takes the name after the
+	// expiry, and broker-a restarted on its data is refused.
+	fc.kill("broker-a")
+	clEventually(t, "the impostor to be accepted once broker-a expired", func() (bool, string) {
+		a := readyzOf(impostor)
+		return a.status == 200, a.String()
+	})
+	restarted := launch(t, brokerArgs(dataA)...)
+	refused("the restarted broker-a", restarted)
+
+	// Once the impostor is gone, broker-a is accepted and serves again.
+	impostor.cmd.Process.Signal(syscall.SIGTERM)
+	<-impostor.done
+	clEventually(t, "the restarted broker-a to be ready once the impostor left", func() (bool, string) {
+		a := readyzOf(restarted)
+		return a.status == 200, a.String()
+	})
+	if a := clDo(t, "POST", restarted.url+"/v1/topics/orders/messages", map[string]string{"Content-Type": "text/plain"}, []byte("m2")); a.status != 201 {
+		t.Errorf("publish on broker-a once accepted again: %s", a)
+	}
+}

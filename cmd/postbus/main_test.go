@@ -53,6 +53,15 @@ type proc struct {
 // start runs postbus with args and waits for it to listen and be ready.
 func start(tb testing.TB, args ...string) *proc {
 	tb.Helper()
+	p := launch(tb, args...)
+	waitReady(tb, p.url)
+	return p
+}
+
+// launch is start without waiting for /readyz: for a process that is
+// expected not to become ready.
+func launch(tb testing.TB, args ...string) *proc {
+	tb.Helper()
 	if !slices.Contains(args, "--addr") { // a restart may take its old address
 		args = append(args, "--addr", "127.0.0.1:0")
 	}
@@ -102,7 +111,6 @@ func start(tb testing.TB, args ...string) *proc {
 	case <-time.After(30 * time.Second):
 		tb.Fatalf("postbus did not listen within 30s:\n%s", p.Logs())
 	}
-	waitReady(tb, p.url)
 	return p
 }
 
