@@ -530,6 +530,8 @@ func fanOutBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 type tally struct {
 	ok       []*answer // the successes, in the peers' order
 	failed   []string  // how each broker failed, 404s aside
+	refused  []string  // the failures that say nothing was done: refused, or never sent
+	unknown  []string  // the failures that may have been applied: sent, and no answer or a 5xx
 	missing  []string  // the brokers that answered 404
 	refusal  *answer   // the first failure below 500 other than a 404: a reason any broker would give
 	notFound *answer   // the first 404
@@ -547,6 +549,11 @@ func tallyOf(answers []answer) tally {
 			t.notFound = cmp.Or(t.notFound, a)
 		default:
 			t.failed = append(t.failed, describe(*a))
+			if a.err != nil && !notSent(a.err) || a.err == nil && a.status >= 500 {
+				t.unknown = append(t.unknown, describe(*a))
+			} else {
+				t.refused = append(t.refused, describe(*a))
+			}
 			if a.err == nil && a.status < 500 {
 				t.refusal = cmp.Or(t.refusal, a)
 			}
@@ -589,8 +596,17 @@ func (s *Server) broadcast(w http.ResponseWriter, r *http.Request, peers []peer,
 	case len(t.ok) == 0 && len(t.failed) == 0:
 		writeAnswer(w, r, *t.notFound)
 	default:
-		writeProblem(w, r, codeClusterPartial, "", fmt.Sprintf("applied on %s; failed on %s; retrying is safe",
-			listOrNone(t.applied()), strings.Join(t.failed, ", ")))
+		detail := fmt.Sprintf("applied on %s", listOrNone(t.applied()))
+		if len(t.refused) > 0 {
+			detail += fmt.Sprintf("; failed on %s", strings.Join(t.refused, ", "))
+		}
+		if len(t.unknown) > 0 {
+			// Sent, and no answer: the broker may have applied it (one
+			// waiting on a hung name server does), so "failed" would be
+			// a lie.
+			detail += fmt.Sprintf("; may or may not have been applied on %s", strings.Join(t.unknown, ", "))
+		}
+		writeProblem(w, r, codeClusterPartial, "", detail+"; retrying is safe")
 	}
 }
 

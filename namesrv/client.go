@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -67,6 +68,7 @@ type Client struct {
 	running  bool          // guarded by roundMu
 	started  uint64        // guarded by roundMu
 	finished uint64        // guarded by roundMu
+	acked    uint64        // the last round a name server acknowledged; guarded by roundMu
 	done     chan struct{} // guarded by roundMu
 
 	mu      sync.Mutex
@@ -78,10 +80,13 @@ type Client struct {
 	refusedMu sync.Mutex
 	refused   []error // guarded by refusedMu
 
-	// beats[i] is name server i's heartbeat state. Run's rounds do not
-	// overlap and round goroutine i alone touches beats[i], so it needs no
-	// lock.
-	beats []beatState
+	// beats[i] is name server i's heartbeat state. busy[i] is set while a
+	// heartbeat to name server i is in flight; only that heartbeat's
+	// goroutine touches beats[i] (and Run once beating is waited for),
+	// so it needs no lock.
+	beats   []beatState
+	busy    []atomic.Bool
+	beating sync.WaitGroup
 }
 
 type cachedRoute struct {
@@ -141,6 +146,7 @@ func NewClient(cfg ClientConfig) *Client {
 		routes:   make(map[string]cachedRoute),
 		beats:    make([]beatState, len(addrs)),
 		refused:  make([]error, len(addrs)),
+		busy:     make([]atomic.Bool, len(addrs)),
 	}
 }
 
@@ -179,12 +185,16 @@ func (c *Client) Changed() {
 }
 
 // Sync sends a heartbeat now and waits until one that started after the
-// call has been answered (or has failed) by every name server, so that a
+// call has been acknowledged by a name server (or has failed everywhere),
+// so that a
 // topic the broker has just created is in the routes before a client is
 // told it exists: otherwise a publish through another broker in that
 // instant finds no route and, with auto-creation on, creates a second
 // topic of the same name there. RocketMQ's brokers likewise register a
-// new topic with the name servers before answering its creation. Without
+// new topic with the name servers before answering its creation. One
+// acknowledgement is enough: Route merges every name server's answer and
+// calls a topic unknown only when all of them say so, and waiting for a
+// hung name server would hold a topic change for its whole timeout. Without
 // Run going it returns at once; ctx bounds the wait.
 func (c *Client) Sync(ctx context.Context) error {
 	c.roundMu.Lock()
@@ -197,9 +207,9 @@ func (c *Client) Sync(ctx context.Context) error {
 	c.Changed()
 	for {
 		c.roundMu.Lock()
-		finished, running, done := c.finished, c.running, c.done
+		finished, acked, running, done := c.finished, c.acked, c.running, c.done
 		c.roundMu.Unlock()
-		if finished >= want || !running {
+		if finished >= want || acked >= want || !running {
 			return nil
 		}
 		select {
@@ -214,6 +224,17 @@ func (c *Client) Sync(ctx context.Context) error {
 func (c *Client) roundStarted() {
 	c.roundMu.Lock()
 	c.started++
+	c.roundMu.Unlock()
+}
+
+// roundAcked records that a name server acknowledged the current round.
+func (c *Client) roundAcked() {
+	c.roundMu.Lock()
+	if c.acked < c.started {
+		c.acked = c.started
+		close(c.done)
+		c.done = make(chan struct{})
+	}
 	c.roundMu.Unlock()
 }
 
@@ -271,17 +292,45 @@ func (c *Client) Run(ctx context.Context, info func() BrokerInfo) {
 		if name != "" && name != bi.Name {
 			// Renamed: drop the old registration rather than let it expire.
 			c.unregister(ctx, name, func(int) bool { return true })
+			c.beating.Wait()
 			for i := range c.beats {
 				c.beats[i].registered = false
 			}
 		}
 		name = bi.Name
 		whole := sync.OnceValues(func() ([]byte, error) { return json.Marshal(NewHeartbeatRequest(bi)) })
-		var wg sync.WaitGroup
+		// A round ends once every name server answered, or shortly after
+		// one acknowledged it: a hung name server must not hold every
+		// later round (and each Sync, so each topic change) for its whole
+		// timeout. A name server still busy with an earlier round's
+		// heartbeat is left out of this one; beats[i] stays touched by
+		// one goroutine at a time.
+		oks := make(chan bool, len(c.addrs))
+		n := 0
 		for i := range c.addrs {
-			wg.Go(func() { c.beat(ctx, i, bi, patch, whole) })
+			if !c.busy[i].CompareAndSwap(false, true) {
+				continue
+			}
+			n++
+			c.beating.Go(func() {
+				c.beat(ctx, i, bi, patch, whole)
+				ok := c.beats[i].acked != nil
+				c.busy[i].Store(false)
+				oks <- ok
+			})
 		}
-		wg.Wait()
+		var grace <-chan time.Time
+	wait:
+		for range n {
+			select {
+			case ok := <-oks:
+				if ok && grace == nil {
+					grace = time.After(roundGrace)
+				}
+			case <-grace:
+				break wait
+			}
+		}
 	}
 
 	round(false)
@@ -290,6 +339,7 @@ func (c *Client) Run(ctx context.Context, info func() BrokerInfo) {
 	for {
 		select {
 		case <-ctx.Done():
+			c.beating.Wait() // ctx ended: the heartbeats in flight end too
 			if name != "" {
 				c.unregister(context.WithoutCancel(ctx), name, func(i int) bool { return c.beats[i].registered })
 			}
@@ -361,6 +411,7 @@ func (c *Client) beat(ctx context.Context, i int, bi BrokerInfo, patch bool, who
 	}
 	st.acked = &bi
 	c.setRefused(i, nil)
+	c.roundAcked()
 	if st.down {
 		st.down = false
 		c.log.Info("name server heartbeat succeeds again", slog.String(logKeyNameSrv, addr))
@@ -488,14 +539,41 @@ func (c *Client) Route(ctx context.Context, topic string) (Route, bool, error) {
 		err   error
 	}
 	results := make([]result, len(c.addrs))
-	var wg sync.WaitGroup
-	for i, addr := range c.addrs {
-		wg.Go(func() {
-			rt, found, err := c.getRoute(ctx, addr, topic)
-			results[i] = result{rt, found, err}
-		})
+	answered := make([]bool, len(c.addrs))
+	type reply struct {
+		i   int
+		res result
 	}
-	wg.Wait()
+	replies := make(chan reply, len(c.addrs))
+	for i, addr := range c.addrs {
+		go func() {
+			rt, found, err := c.getRoute(ctx, addr, topic)
+			replies <- reply{i, result{rt, found, err}}
+		}()
+	}
+	// The first name server that knows the topic gives a whole route (one
+	// that restarted answers nothing until its warm-up is over), so a hung
+	// or slow one is not waited for beyond a short grace in which the
+	// others' answers are merged: a broker that has just joined the topic
+	// may be known to one of them a moment before the rest.
+	var grace <-chan time.Time
+gather:
+	for range c.addrs {
+		select {
+		case rep := <-replies:
+			results[rep.i], answered[rep.i] = rep.res, true
+			if rep.res.found && grace == nil {
+				grace = time.After(routeGrace)
+			}
+		case <-grace:
+			break gather
+		}
+	}
+	for i := range results {
+		if !answered[i] {
+			results[i].err = fmt.Errorf("not waited for: another name server answered (%w)", errNotWaited)
+		}
+	}
 	var (
 		merged Route
 		found  bool
@@ -548,6 +626,27 @@ func (c *Client) Route(ctx context.Context, topic string) (Route, bool, error) {
 	return Route{}, false, fmt.Errorf("route %q: %w: %w", topic, ErrUnavailable, errors.Join(errs...))
 }
 
+// roundGrace is how long a heartbeat round waits for the other name
+// servers once one has acknowledged it.
+const roundGrace = 200 * time.Millisecond
+
+// routeGrace is how long Route waits for the other name servers once one
+// has found the topic.
+const routeGrace = 100 * time.Millisecond
+
+// errNotWaited marks a name server Route did not wait for.
+var errNotWaited = errors.New("no answer yet")
+
+// lookupTimeout bounds one route or broker-list request to one name
+// server: shorter than a heartbeat's, since a client's request waits on
+// it, and the other name servers are asked at the same time.
+func (c *Client) lookupTimeout() time.Duration {
+	return min(c.timeout, maxLookupTimeout)
+}
+
+// maxLookupTimeout caps lookupTimeout.
+const maxLookupTimeout = 2 * time.Second
+
 // Forget drops topic's cached route, for a broker that has just changed
 // where the topic lives: its next Route asks the name servers.
 func (c *Client) Forget(topic string) {
@@ -571,16 +670,39 @@ func (c *Client) Brokers(ctx context.Context) ([]BrokerInfo, error) {
 	}
 	lists := make([][]BrokerInfo, len(c.addrs))
 	errs := make([]error, len(c.addrs))
-	var wg sync.WaitGroup
-	for i, addr := range c.addrs {
-		wg.Go(func() {
-			lists[i], errs[i] = c.getCluster(ctx, addr)
-			if errs[i] != nil {
-				errs[i] = fmt.Errorf("%s: %w", addr, errs[i])
-			}
-		})
+	type reply struct {
+		i    int
+		list []BrokerInfo
+		err  error
 	}
-	wg.Wait()
+	replies := make(chan reply, len(c.addrs))
+	for i, addr := range c.addrs {
+		go func() {
+			list, err := c.getCluster(ctx, addr)
+			if err != nil {
+				err = fmt.Errorf("%s: %w", addr, err)
+			}
+			replies <- reply{i, list, err}
+		}()
+	}
+	for i, addr := range c.addrs {
+		errs[i] = fmt.Errorf("%s: %w", addr, errNotWaited)
+	}
+	// As for Route: one name server's list (past its warm-up) is whole; a
+	// hung one is not waited for beyond a short grace.
+	var grace <-chan time.Time
+gather:
+	for range c.addrs {
+		select {
+		case rep := <-replies:
+			lists[rep.i], errs[rep.i] = rep.list, rep.err
+			if rep.err == nil && grace == nil {
+				grace = time.After(routeGrace)
+			}
+		case <-grace:
+			break gather
+		}
+	}
 	var merged []BrokerInfo
 	answered := false
 	for i, list := range lists {
@@ -621,7 +743,7 @@ func (c *Client) Brokers(ctx context.Context) ([]BrokerInfo, error) {
 }
 
 func (c *Client) getCluster(ctx context.Context, addr string) ([]BrokerInfo, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	ctx, cancel := context.WithTimeout(ctx, c.lookupTimeout())
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, addr+"/v1/cluster", nil)
 	if err != nil {
@@ -648,7 +770,7 @@ func (c *Client) getCluster(ctx context.Context, addr string) ([]BrokerInfo, err
 
 // getRoute asks one name server; found is false on its 404.
 func (c *Client) getRoute(ctx context.Context, addr, topic string) (rt Route, found bool, err error) {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	ctx, cancel := context.WithTimeout(ctx, c.lookupTimeout())
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, addr+"/v1/routes/"+url.PathEscape(topic), nil)
 	if err != nil {

@@ -224,3 +224,52 @@ func TestClusterRefusedNameIsOutOfService(t *testing.T) {
 		t.Errorf("publish on broker-a once accepted again: %s", a)
 	}
 }
+
+// TestClusterHungNameServer (F6): with one of two name servers hung
+// (SIGSTOP) a topic PUT or DELETE through one broker took 14-20s and
+// answered 502 "failed on" brokers that had applied it: each broker waited
+// for the hung name server longer than the coordinator's forward
+// deadline, and healthy brokers were marked down for it. A broker now
+// waits for one name server's acknowledgement, at most half the hop
+// timeout; route lookups take the first name server that knows the
+// topic; and a forward that timed out is "may or may not have been
+// applied", never "failed".
+func TestClusterHungNameServer(t *testing.T) {
+	names := []string{"broker-a", "broker-b", "broker-c"}
+	fc := startFaultCluster(t, 2, names, "expiry=60s", "--forward-timeout", "3s")
+	fc.putTopic("warm", names...)
+	hung := fc.ns[0]
+	stopAndWait(t, hung)
+	t.Cleanup(func() { hung.cmd.Process.Signal(syscall.SIGCONT) })
+
+	// Under the 3s forward timeout. A route lookup of a topic no name
+	// server knows needs every name server's answer: it waits for the hung
+	// one's lookup deadline (2s). Before: 5s, and 14-20s for a PUT.
+	const limit = 2500 * time.Millisecond
+	a, took, err := timed("PUT", fc.url("broker-a")+"/v1/topics/NH", nil, []byte(`{"queues":1,"brokers":"all"}`), 30*time.Second)
+	if err != nil || a.status != 201 || took > limit {
+		t.Errorf("PUT topic on every broker with a name server hung: %s in %s (%v); want 201 within %s", a, took, err, limit)
+	}
+	for _, n := range names {
+		if a := clDo(t, "GET", fc.url(n)+"/v1/topics/NH", map[string]string{"Postbus-Forwarded-By": "test"}, nil); a.status != 200 {
+			t.Errorf("%s does not hold NH: %s", n, a)
+		}
+	}
+	// A known topic's route is found through the healthy name server
+	// without waiting for the hung one.
+	a, took, err = timed("GET", fc.url("broker-c")+"/v1/topics/warm", nil, nil, 30*time.Second)
+	if err != nil || a.status != 200 || took > limit {
+		t.Errorf("GET a topic's route through broker-c: %s in %s (%v); want 200 within %s", a, took, err, limit)
+	}
+	a, took, err = timed("DELETE", fc.url("broker-b")+"/v1/topics/NH", nil, nil, 30*time.Second)
+	if err != nil || a.status != 204 || took > limit {
+		t.Errorf("DELETE topic with a name server hung: %s in %s (%v); want 204 within %s", a, took, err, limit)
+	}
+	// No healthy broker was taken for hung.
+	for _, n := range names {
+		m := clDo(t, "GET", fc.url(n)+"/metrics", nil, nil)
+		if strings.Contains(string(m.body), `postbus_cluster_broker_skipped_total{broker=`) {
+			t.Errorf("%s marked a healthy broker down while a name server hung", n)
+		}
+	}
+}
