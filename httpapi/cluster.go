@@ -122,6 +122,9 @@ type cluster struct {
 	// refusedWrites counts changes refused because the name servers
 	// refuse this broker's name.
 	refusedWrites prometheus.Counter
+	// partial counts reads answered without some broker's share (503
+	// for a message, or a list marked incomplete), by what was read.
+	partial *prometheus.CounterVec
 
 	mu sync.Mutex
 	// down maps a broker's address to when it may be tried again. By
@@ -168,9 +171,13 @@ func newCluster(c *Cluster, logger *slog.Logger, reg prometheus.Registerer) *clu
 		}
 		return 0
 	})
-	reg.MustRegister(skipped, keyedRefused, refusedWrites, nameRefused)
+	partial := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "postbus_cluster_partial_reads_total",
+		Help: "Reads some broker that may hold part of the answer did not answer: a message by id answered 503 broker_unavailable, or a merged list answered with \"incomplete\" naming the brokers left out, by what was read.",
+	}, []string{"read"})
+	reg.MustRegister(skipped, keyedRefused, refusedWrites, nameRefused, partial)
 	return &cluster{self: c.Self, names: c.Names, hc: hc, logger: logger, hop: hop, skipped: skipped, keyedRefused: keyedRefused,
-		refusedWrites: refusedWrites, down: make(map[string]time.Time)}
+		refusedWrites: refusedWrites, partial: partial, down: make(map[string]time.Time)}
 }
 
 // coordinating reports whether this broker answers r for the whole bus:

@@ -332,11 +332,20 @@ func (s *Server) settle(w http.ResponseWriter, r *http.Request, receipts []strin
 func (s *Server) messagesByKeyEverywhere(w http.ResponseWriter, r *http.Request) bool {
 	topic := chi.URLParam(r, "topic")
 	local, _ := s.broker.Queues(topic)
-	holders := s.cluster.live(s.cluster.holders(r.Context(), topic, local))
-	if len(holders) == 0 || (len(holders) == 1 && holders[0].local()) {
+	all := s.cluster.holders(r.Context(), topic, local)
+	holders := s.cluster.live(all)
+	if len(all) == 0 || (len(all) == 1 && all[0].local()) {
 		return false
 	}
-	s.pagedEverywhere(w, r, holders, s.handleMessagesByKey, "stored_at", true)
+	// A holder skipped for a while is not asked, but the answer says its
+	// messages are missing: an empty list must not read as "none".
+	var skipped []string
+	for _, p := range all {
+		if !slices.ContainsFunc(holders, func(h peer) bool { return h.name == p.name }) {
+			skipped = append(skipped, p.name+" (not answering a moment ago; skipped for a while)")
+		}
+	}
+	s.pagedEverywhere(w, r, holders, s.handleMessagesByKey, "stored_at", true, skipped...)
 	return true
 }
 
@@ -351,7 +360,11 @@ func (s *Server) deadLettersEverywhere(w http.ResponseWriter, r *http.Request) {
 // composite (broker~cursor,...; a broker left out of it has no more), a
 // page holds up to limit messages from each peer, ordered by timeField,
 // and each message names its broker.
-func (s *Server) pagedEverywhere(w http.ResponseWriter, r *http.Request, peers []peer, local http.HandlerFunc, timeField string, newestFirst bool) {
+//
+// A broker that did not answer (or was skipped, named in incomplete)
+// leaves its messages out; the answer then lists it in "incomplete", and
+// the list is not the whole truth.
+func (s *Server) pagedEverywhere(w http.ResponseWriter, r *http.Request, peers []peer, local http.HandlerFunc, timeField string, newestFirst bool, incomplete ...string) {
 	cursors := map[string]string{}
 	c := r.URL.Query().Get("cursor")
 	if c != "" {
@@ -404,7 +417,8 @@ func (s *Server) pagedEverywhere(w http.ResponseWriter, r *http.Request, peers [
 				return
 			}
 			if a.status != http.StatusNotFound {
-				s.cluster.logger.Warn("a broker's messages are missing from a merged list", "path", r.URL.Path, "broker", describe(a))
+				s.cluster.logger.Error("a broker's messages are missing from a merged list; the answer says so (incomplete)", "path", r.URL.Path, "broker", describe(a))
+				incomplete = append(incomplete, describe(a))
 			}
 			continue
 		}
@@ -423,10 +437,14 @@ func (s *Server) pagedEverywhere(w http.ResponseWriter, r *http.Request, peers [
 		}
 		return a.at.Compare(b.at)
 	})
+	if len(incomplete) > 0 {
+		s.cluster.partial.WithLabelValues("messages").Inc()
+	}
 	out := struct {
 		Messages   []map[string]any `json:"messages"`
 		NextCursor string           `json:"next_cursor,omitempty"`
-	}{Messages: make([]map[string]any, len(all)), NextCursor: strings.Join(next, ",")}
+		Incomplete []string         `json:"incomplete,omitempty"`
+	}{Messages: make([]map[string]any, len(all)), NextCursor: strings.Join(next, ","), Incomplete: incomplete}
 	for i, m := range all {
 		out.Messages[i] = m.msg
 	}

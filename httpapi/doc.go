@@ -42,7 +42,7 @@
 // cluster_publish.go, cluster_pull.go and cluster_routes.go the per-route
 // decisions. A handler takes part with one line at its top:
 //
-//	if s.coordinating(r) { s.firstFound(w, r, s.handleGetMessage); return }
+//	if s.coordinating(r) { s.findAnywhere(w, r, s.handleGetMessage); return }
 //
 // and answers for itself when the request was forwarded to it; the local
 // share of a fan-out runs the same handler in process.

@@ -273,3 +273,50 @@ func TestClusterHungNameServer(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterHungHolderReads (F3): a message stored on a hung holder was
+// "404 message_not_found (it may have expired)" by id (and /body,
+// /trace) through another broker, and by key an empty 200: a producer
+// checking its publish is told it is gone. By id it is 503
+// broker_unavailable naming the holder now, and by key a 200 whose
+// "incomplete" names it.
+func TestClusterHungHolderReads(t *testing.T) {
+	fc := startFaultCluster(t, 1, []string{"broker-a", "broker-b", "broker-c"}, "expiry=60s", "--forward-timeout", "1s")
+	fc.putTopic("orders", "broker-b")
+	a := clDo(t, "POST", fc.url("broker-b")+"/v1/topics/orders/messages", map[string]string{"Content-Type": "text/plain", "Postbus-Keys": "hv"}, []byte("m"))
+	var res clPubResult
+	if json.Unmarshal(a.body, &res); a.status != 201 || res.MsgID == "" {
+		t.Fatalf("publish: %s", a)
+	}
+	hung := fc.brokers["broker-b"]
+	stopAndWait(t, hung)
+	t.Cleanup(func() { hung.cmd.Process.Signal(syscall.SIGCONT) })
+	for _, path := range []string{"/v1/messages/" + res.MsgID, "/v1/messages/" + res.MsgID + "/body", "/v1/messages/" + res.MsgID + "/trace"} {
+		a := clDo(t, "GET", fc.url("broker-a")+path, nil, nil)
+		if code, detail := problemOf(a); a.status != 503 || code != "broker_unavailable" || !strings.Contains(detail, "broker-b") {
+			t.Errorf("GET %s through broker-a with its holder hung: %s; want 503 broker_unavailable naming broker-b", path, a)
+		}
+	}
+	// Twice: once the hung holder is asked (and times out), once it is
+	// skipped for a while; neither answer may read as "no such messages".
+	for i := range 2 {
+		a := clDo(t, "GET", fc.url("broker-c")+"/v1/topics/orders/messages?key=hv", nil, nil)
+		var page struct {
+			Messages   []json.RawMessage `json:"messages"`
+			Incomplete []string          `json:"incomplete"`
+		}
+		json.Unmarshal(a.body, &page)
+		if a.status != 200 || len(page.Incomplete) != 1 || !strings.Contains(page.Incomplete[0], "broker-b") {
+			t.Errorf("by key through broker-c with the holder hung (try %d): %s; want 200 with incomplete naming broker-b", i+1, a)
+		}
+	}
+	// A message nobody holds is still a plain 404 once every broker answers.
+	hung.cmd.Process.Signal(syscall.SIGCONT)
+	clEventually(t, "an unknown id to be 404 once broker-b answers", func() (bool, string) {
+		a, err := clTry("GET", fc.url("broker-a")+"/v1/messages/"+strings.Repeat("A", len(res.MsgID)), nil, nil)
+		if err != nil {
+			return false, err.Error()
+		}
+		return a.status == 404, a.String()
+	})
+}
