@@ -322,8 +322,27 @@ func (s *Server) settle(w http.ResponseWriter, r *http.Request, receipts []strin
 	case len(t.ok) == 0 && cmp.Or(t.refusal, t.notFound) != nil:
 		writeAnswer(w, r, *cmp.Or(t.refusal, t.notFound)) // nothing settled anywhere: the first broker's reason
 	default:
-		writeProblem(w, r, codeClusterPartial, "receipts", fmt.Sprintf("answered %s; failed on %s",
-			listOrNone(settled), strings.Join(failed, ", ")))
+		// Each answered receipt's own result is kept (acked and stale
+		// differ: stale may be processed twice), and a share that was
+		// sent but got no answer may or may not have been settled.
+		var results []string
+		for _, rc := range receipts {
+			if q := byReceipt[rc]; len(q) > 0 {
+				results = append(results, q[0].Receipt+" "+q[0].Status)
+				byReceipt[rc] = q[1:]
+			}
+		}
+		detail := fmt.Sprintf("answered %s", listOrNone(settled))
+		if len(results) > 0 {
+			detail += " (" + strings.Join(results, ", ") + ")"
+		}
+		if len(t.refused)+len(t.missing) > 0 {
+			detail += "; failed on " + strings.Join(append(slices.Clone(t.refused), t.missing...), ", ")
+		}
+		if len(t.unknown) > 0 {
+			detail += "; may or may not have been settled on " + strings.Join(t.unknown, ", ") + " (settle those receipts again)"
+		}
+		writeProblem(w, r, codeClusterPartial, "receipts", detail)
 	}
 }
 

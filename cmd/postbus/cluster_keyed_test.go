@@ -320,3 +320,55 @@ func TestClusterHungHolderReads(t *testing.T) {
 		return a.status == 404, a.String()
 	})
 }
+
+// TestClusterPartialAckSaysWhat (F8): an ack whose hop to one holder
+// timed out answered 502 cluster_partial "failed on" that holder, without
+// the answered receipts' own results (acked and stale differ) and without
+// saying the unanswered share may have been settled.
+func TestClusterPartialAckSaysWhat(t *testing.T) {
+	fc := startFaultCluster(t, 1, []string{"broker-a", "broker-b", "broker-c"}, "expiry=60s", "--forward-timeout", "1s")
+	fc.putTopic("orders", "broker-a", "broker-b")
+	if a := clDo(t, "POST", fc.url("broker-a")+"/v1/subscriptions", nil, []byte(`{"group":"g","topic":"orders","start_from":"earliest"}`)); a.status != 201 {
+		t.Fatalf("create subscription: %s", a)
+	}
+	for _, b := range []string{"broker-a", "broker-b"} {
+		if a := clDo(t, "POST", fc.url(b)+"/v1/topics/orders/messages", map[string]string{"Content-Type": "text/plain", "Postbus-Forwarded-By": "test"}, []byte(b)); a.status != 201 {
+			t.Fatalf("publish on %s: %s", b, a)
+		}
+	}
+	var receipts []string
+	clEventually(t, "a receipt from each holder", func() (bool, string) {
+		a := clDo(t, "POST", fc.url("broker-c")+"/v1/groups/g/topics/orders/pull?max=8&wait=1s", nil, nil)
+		var page struct {
+			Messages []clPulled `json:"messages"`
+		}
+		json.Unmarshal(a.body, &page)
+		for _, m := range page.Messages {
+			receipts = append(receipts, m.Receipt)
+		}
+		return len(receipts) >= 2, a.String()
+	})
+	var onA string
+	for _, rc := range receipts {
+		if strings.HasPrefix(rc, "broker-a~") {
+			onA = rc
+		}
+	}
+	if onA == "" {
+		t.Fatalf("no receipt of broker-a among %v", receipts)
+	}
+	stopAndWait(t, fc.brokers["broker-b"])
+	t.Cleanup(func() { fc.brokers["broker-b"].cmd.Process.Signal(syscall.SIGCONT) })
+	body, _ := json.Marshal(map[string]any{"receipts": receipts})
+	a := clDo(t, "POST", fc.url("broker-c")+"/v1/groups/g/ack", nil, body)
+	code, detail := problemOf(a)
+	if a.status != 502 || code != "cluster_partial" {
+		t.Fatalf("ack with broker-b hung: %s; want 502 cluster_partial", a)
+	}
+	if !strings.Contains(detail, onA+" acked") {
+		t.Errorf("the partial ack does not give broker-a's receipt its result (%s acked): %s", onA, detail)
+	}
+	if !strings.Contains(detail, "may or may not have been settled on broker-b") || strings.Contains(detail, "failed on broker-b") {
+		t.Errorf("the partial ack calls broker-b's unanswered share failed, or does not say it may have been settled: %s", detail)
+	}
+}
