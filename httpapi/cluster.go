@@ -35,8 +35,10 @@ import (
 //     forwards it, round-robin over the holders weighted by their queue
 //     counts. A sharding key picks one queue of the whole topic, numbered
 //     across the holders in name order, so a key keeps its order whichever
-//     broker the client talks to. A forward that cannot connect is tried on
-//     the next holder, and the broker that failed is skipped for downFor.
+//     broker the client talks to; a dedup id without a sharding key picks
+//     its holder the same way. An unkeyed forward that cannot connect is
+//     tried on the next holder, and the broker that failed is skipped for
+//     downFor; a keyed one is refused (503, nothing stored) instead.
 //   - subscriptions: created on every broker holding the topic with one id
 //     and one secret; changed, paused, resumed, rotated and deleted on
 //     every live broker, each change with one version for every copy;
@@ -124,6 +126,15 @@ type cluster struct {
 	hop    time.Duration // see Cluster.HopTimeout
 
 	skipped *prometheus.CounterVec // brokers marked down, by broker and reason
+	// keyedRefused counts publishes (or batches) refused because the
+	// holder their placement key picks is skipped or unreachable.
+	keyedRefused *prometheus.CounterVec
+	// refusedWrites counts changes refused because the name servers
+	// refuse this broker's name.
+	refusedWrites prometheus.Counter
+	// partial counts reads answered without some broker's share (503
+	// for a message, or a list marked incomplete), by what was read.
+	partial *prometheus.CounterVec
 
 	mu sync.Mutex
 	// down maps a broker's address to when it may be tried again. By
@@ -152,8 +163,31 @@ func newCluster(c *Cluster, logger *slog.Logger, reg prometheus.Registerer) *clu
 		Name: "postbus_cluster_broker_skipped_total",
 		Help: "Times another broker was marked down and skipped for a while, by why: refused (the connection) or timeout (no answer within --forward-timeout).",
 	}, []string{"broker", "reason"})
-	reg.MustRegister(skipped)
-	return &cluster{self: c.Self, names: c.Names, hc: hc, logger: logger, hop: hop, skipped: skipped, down: make(map[string]time.Time)}
+	keyedRefused := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "postbus_cluster_keyed_publish_refused_total",
+		Help: "Publishes (single, or a batch's keyed messages) answered as not stored because the holder their sharding key or dedup id picks was skipped or unreachable; they are never moved to another holder.",
+	}, []string{"broker"})
+	refusedWrites := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "postbus_cluster_name_refused_requests_total",
+		Help: "Changes (publishes, topic and subscription changes, acks…) answered 503 not_ready because the name servers refuse this broker's name.",
+	})
+	names := c.Names
+	nameRefused := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "postbus_cluster_name_refused",
+		Help: "1 while a name server refuses this broker's name (another live broker holds it): the broker is outside the bus, not ready, and refuses changes.",
+	}, func() float64 {
+		if names != nil && names.Refused() != nil {
+			return 1
+		}
+		return 0
+	})
+	partial := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "postbus_cluster_partial_reads_total",
+		Help: "Reads some broker that may hold part of the answer did not answer: a message by id answered 503 broker_unavailable, or a merged list answered with \"incomplete\" naming the brokers left out, by what was read.",
+	}, []string{"read"})
+	reg.MustRegister(skipped, keyedRefused, refusedWrites, nameRefused, partial)
+	return &cluster{self: c.Self, names: c.Names, hc: hc, logger: logger, hop: hop, skipped: skipped, keyedRefused: keyedRefused,
+		refusedWrites: refusedWrites, partial: partial, down: make(map[string]time.Time)}
 }
 
 // coordinating reports whether this broker answers r for the whole bus:
@@ -523,6 +557,8 @@ func fanOutBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 type tally struct {
 	ok       []*answer // the successes, in the peers' order
 	failed   []string  // how each broker failed, 404s aside
+	refused  []string  // the failures that say nothing was done: refused, or never sent
+	unknown  []string  // the failures that may have been applied: sent, and no answer or a 5xx
 	missing  []string  // the brokers that answered 404
 	refusal  *answer   // the first failure below 500 other than a 404: a reason any broker would give
 	notFound *answer   // the first 404
@@ -540,6 +576,11 @@ func tallyOf(answers []answer) tally {
 			t.notFound = cmp.Or(t.notFound, a)
 		default:
 			t.failed = append(t.failed, describe(*a))
+			if a.err != nil && !notSent(a.err) || a.err == nil && a.status >= 500 {
+				t.unknown = append(t.unknown, describe(*a))
+			} else {
+				t.refused = append(t.refused, describe(*a))
+			}
 			if a.err == nil && a.status < 500 {
 				t.refusal = cmp.Or(t.refusal, a)
 			}
@@ -582,8 +623,17 @@ func (s *Server) broadcast(w http.ResponseWriter, r *http.Request, peers []peer,
 	case len(t.ok) == 0 && len(t.failed) == 0:
 		writeAnswer(w, r, *t.notFound)
 	default:
-		writeProblem(w, r, codeClusterPartial, "", fmt.Sprintf("applied on %s; failed on %s; retrying is safe",
-			listOrNone(t.applied()), strings.Join(t.failed, ", ")))
+		detail := fmt.Sprintf("applied on %s", listOrNone(t.applied()))
+		if len(t.refused) > 0 {
+			detail += fmt.Sprintf("; failed on %s", strings.Join(t.refused, ", "))
+		}
+		if len(t.unknown) > 0 {
+			// Sent, and no answer: the broker may have applied it (one
+			// waiting on a hung name server does), so "failed" would be
+			// a lie.
+			detail += fmt.Sprintf("; may or may not have been applied on %s", strings.Join(t.unknown, ", "))
+		}
+		writeProblem(w, r, codeClusterPartial, "", detail+"; retrying is safe")
 	}
 }
 

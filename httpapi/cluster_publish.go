@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -42,20 +43,25 @@ func shardQueue(key string) uint64 {
 // route is not known whole (a name server did not answer, or said its
 // brokers are down) is refused with err: creating a copy here would take
 // messages that none of the topic's subscriptions ever sees.
-func (s *Server) publishHolders(r *http.Request, topic string, sharded bool) ([]peer, error) {
+//
+// all is every holder the route names, live is those not recently skipped
+// (all of them when every one is): a message with a placement key goes to
+// the holder its key picks among all, and waits for it, so that its
+// per-key order holds and a retry with the same dedup id meets the broker
+// that may already have stored it. Unkeyed messages go to live ones.
+func (s *Server) publishHolders(r *http.Request, topic string, sharded bool) (all, live []peer, err error) {
 	local, _ := s.broker.Queues(topic)
 	if local > 0 && !sharded {
-		return nil, nil
+		return nil, nil, nil
 	}
-	all, err := s.cluster.route(r.Context(), topic, local)
+	all, err = s.cluster.route(r.Context(), topic, local)
 	if err != nil && local == 0 && len(all) == 0 {
-		return nil, err
+		return nil, nil, err
 	}
-	holders := s.cluster.live(all)
-	if len(holders) == 0 || (len(holders) == 1 && holders[0].local()) {
-		return nil, nil
+	if len(all) == 0 || (len(all) == 1 && all[0].local()) {
+		return nil, nil, nil
 	}
-	return holders, nil
+	return all, s.cluster.live(all), nil
 }
 
 // writeNoRoute answers a publish to a topic this broker does not hold and
@@ -97,23 +103,40 @@ func placementKey(m *broker.Message) string {
 
 // forwardPublish sends a single publish on to the broker that should store
 // it, and reports whether it answered the request; false leaves it to this
-// broker. A broker that cannot be reached is skipped and the next holder
-// tried, so publishes keep flowing while a dead broker ages out of the
-// routes.
+// broker. Without a placement key a broker that cannot be reached is
+// skipped and the next holder tried, so publishes keep flowing while a
+// dead broker ages out of the routes. With one (a sharding key or a dedup
+// id) the message goes to the holder the key picks or nowhere: a holder
+// that is skipped or cannot be reached answers 503 broker_unavailable,
+// nothing stored, since moving the message would break the key's order
+// and store a retried message twice (its first try may sit on the
+// skipped holder, which alone remembers its dedup id).
 func (s *Server) forwardPublish(w http.ResponseWriter, r *http.Request, topic, key string, body []byte) bool {
-	holders, err := s.publishHolders(r, topic, key != "")
+	all, holders, err := s.publishHolders(r, topic, key != "")
 	if err != nil {
 		s.writeNoRoute(w, r, topic, err)
 		return true
 	}
+	if all == nil {
+		return false
+	}
+	if key != "" {
+		p := pick(all, shardQueue(key))
+		if p.local() {
+			return false
+		}
+		if s.cluster.isDown(p.addr) {
+			s.writeKeyedUnavailable(w, r, topic, p, "it did not answer a moment ago and is skipped for a while")
+			return true
+		}
+		if !s.publishOn(w, r, p, body) {
+			s.writeKeyedUnavailable(w, r, topic, p, "it cannot be reached")
+		}
+		return true
+	}
 	var unreachable []string
 	for len(holders) > 0 {
-		var p peer
-		if key != "" {
-			p = pick(holders, shardQueue(key))
-		} else {
-			p = pick(holders, s.cluster.rr.Add(1)-1)
-		}
+		p := pick(holders, s.cluster.rr.Add(1)-1)
 		if p.local() {
 			return false
 		}
@@ -128,6 +151,14 @@ func (s *Server) forwardPublish(w http.ResponseWriter, r *http.Request, topic, k
 		return true
 	}
 	return false
+}
+
+// writeKeyedUnavailable answers a publish whose placement key ties it to
+// holder p, which is not answering: 503, nothing stored, and not moved.
+func (s *Server) writeKeyedUnavailable(w http.ResponseWriter, r *http.Request, topic string, p peer, why string) {
+	s.cluster.keyedRefused.WithLabelValues(p.name).Inc()
+	writeProblem(w, r, codeBrokerUnavailable, "", fmt.Sprintf("topic %s: the message's sharding key or dedup id ties it to broker %s, and %s; nothing was stored, and it was not sent to another holder (that would break the key's order, and a retry could be stored twice); publish it again, with the same Postbus-Dedup-Id, once %s is back",
+		topic, p.name, why, p.name))
 }
 
 // writeUnreachable answers a publish none of whose brokers could be
@@ -162,18 +193,20 @@ func (s *Server) publishOn(w http.ResponseWriter, r *http.Request, p peer, body 
 // forwardBatch routes a batch: whole to one broker when its messages all
 // belong to one (no placement keys, or keys that land on one broker), else
 // split by broker, the parts sent at once and the results put back in the
-// batch's order. A part whose broker cannot be reached goes to the other
-// holders, as a single publish does. A split batch is not atomic across
-// brokers: when a part fails otherwise, the answer is 502 cluster_partial
-// saying which messages were stored.
+// batch's order. Unkeyed messages whose broker cannot be reached go to the
+// other holders, as a single publish does; keyed ones stay on the holder
+// their key picks (see forwardPublish) and are not stored while it is
+// skipped or unreachable. A split batch is not atomic across brokers: when
+// a part fails, the answer is 502 cluster_partial saying which messages
+// were stored.
 func (s *Server) forwardBatch(w http.ResponseWriter, r *http.Request, topic string, msgs []*broker.Message, data []byte) bool {
 	keyed := slices.ContainsFunc(msgs, func(m *broker.Message) bool { return placementKey(m) != "" })
-	holders, err := s.publishHolders(r, topic, keyed)
+	all, holders, err := s.publishHolders(r, topic, keyed)
 	if err != nil {
 		s.writeNoRoute(w, r, topic, err)
 		return true
 	}
-	if holders == nil {
+	if all == nil {
 		return false
 	}
 	results := make([]json.RawMessage, len(msgs))
@@ -184,9 +217,39 @@ func (s *Server) forwardBatch(w http.ResponseWriter, r *http.Request, topic stri
 	// failed: parts a broker refused (nothing of them stored); unknown:
 	// parts whose answer was lost, which may or may not have been stored.
 	var stored, failed, unknown, unreachable []string
+	// held: keyed messages whose holder is skipped or unreachable, by
+	// holder; not stored, and not moved.
+	held := map[string][]int{}
+	var stranded []int // unkeyed messages placed on a skipped holder
+	holdKeyed := func(p peer, idx []int) (rest []int) {
+		for _, k := range idx {
+			if placementKey(msgs[k]) != "" {
+				held[p.name] = append(held[p.name], k)
+			} else {
+				rest = append(rest, k)
+			}
+		}
+		if len(idx) > len(rest) {
+			s.cluster.keyedRefused.WithLabelValues(p.name).Inc()
+		}
+		return rest
+	}
 	for len(pending) > 0 && len(holders) > 0 {
-		parts := placeBatch(msgs, pending, holders, pick(holders, s.cluster.rr.Add(1)-1))
-		if len(parts) == 1 && len(pending) == len(msgs) {
+		parts := placeBatch(msgs, pending, all, pick(holders, s.cluster.rr.Add(1)-1))
+		// Keyed messages of a holder skipped a moment ago wait for it.
+		parts = slices.DeleteFunc(parts, func(bp batchPart) bool {
+			if bp.peer.local() || !s.cluster.isDown(bp.peer.addr) {
+				return false
+			}
+			if rest := holdKeyed(bp.peer, bp.idx); len(rest) > 0 {
+				// Unkeyed ones placed there (every holder is skipped)
+				// have nowhere better to go.
+				unreachable = append(unreachable, bp.peer.name)
+				stranded = append(stranded, rest...)
+			}
+			return true
+		})
+		if len(parts) == 1 && len(pending) == len(msgs) && len(held) == 0 {
 			p := parts[0].peer
 			if p.local() {
 				return false // all of it is this broker's
@@ -196,6 +259,7 @@ func (s *Server) forwardBatch(w http.ResponseWriter, r *http.Request, topic stri
 			}
 			unreachable = append(unreachable, p.name)
 			holders = slices.DeleteFunc(holders, func(h peer) bool { return h.name == p.name })
+			pending = holdKeyed(p, pending)
 			continue
 		}
 		answers := make([]answer, len(parts))
@@ -217,7 +281,7 @@ func (s *Server) forwardBatch(w http.ResponseWriter, r *http.Request, topic stri
 			case a.err != nil && notSent(a.err):
 				unreachable = append(unreachable, a.peer.name)
 				holders = slices.DeleteFunc(holders, func(h peer) bool { return h.name == a.peer.name })
-				pending = append(pending, idx...)
+				pending = append(pending, holdKeyed(a.peer, idx)...)
 			case a.err != nil || a.status >= 500:
 				// Sent, and no answer came back (or the broker failed
 				// midway): the part may have been stored.
@@ -228,9 +292,24 @@ func (s *Server) forwardBatch(w http.ResponseWriter, r *http.Request, topic stri
 		}
 		slices.Sort(pending)
 	}
-	if len(pending) > 0 && len(stored) == 0 && len(failed) == 0 && len(unknown) == 0 {
-		writeUnreachable(w, r, topic, unreachable)
+	pending = append(pending, stranded...)
+	slices.Sort(pending)
+	if len(stored) == 0 && len(unknown) == 0 && len(failed) == 0 && (len(pending) > 0 || len(held) > 0) {
+		// Nothing stored anywhere: one 503, as for a single publish.
+		names := slices.Sorted(maps.Keys(held))
+		for _, n := range unreachable {
+			if !slices.Contains(names, n) {
+				names = append(names, n)
+			}
+		}
+		writeProblem(w, r, codeBrokerUnavailable, "", fmt.Sprintf("topic %s: the batch's brokers %s cannot be reached or are skipped for a while; nothing was stored (keyed messages wait for the holder their sharding key or dedup id picks); publish it again, with the same dedup ids, once they are back",
+			topic, strings.Join(names, ", ")))
 		return true
+	}
+	for _, name := range slices.Sorted(maps.Keys(held)) {
+		idx := held[name]
+		slices.Sort(idx)
+		failed = append(failed, fmt.Sprintf("messages %v: their sharding keys or dedup ids tie them to %s, which is not answering (they were not sent to another holder)", idx, name))
 	}
 	if len(pending) > 0 {
 		failed = append(failed, fmt.Sprintf("messages %v: no holder could be reached (%s)", pending, strings.Join(unreachable, ", ")))

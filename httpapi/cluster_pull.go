@@ -325,8 +325,27 @@ func (s *Server) settle(w http.ResponseWriter, r *http.Request, receipts []strin
 	case len(t.ok) == 0 && cmp.Or(t.refusal, t.notFound) != nil:
 		writeAnswer(w, r, *cmp.Or(t.refusal, t.notFound)) // nothing settled anywhere: the first broker's reason
 	default:
-		writeProblem(w, r, codeClusterPartial, "receipts", fmt.Sprintf("answered %s; failed on %s",
-			listOrNone(settled), strings.Join(failed, ", ")))
+		// Each answered receipt's own result is kept (acked and stale
+		// differ: stale may be processed twice), and a share that was
+		// sent but got no answer may or may not have been settled.
+		var results []string
+		for _, rc := range receipts {
+			if q := byReceipt[rc]; len(q) > 0 {
+				results = append(results, q[0].Receipt+" "+q[0].Status)
+				byReceipt[rc] = q[1:]
+			}
+		}
+		detail := fmt.Sprintf("answered %s", listOrNone(settled))
+		if len(results) > 0 {
+			detail += " (" + strings.Join(results, ", ") + ")"
+		}
+		if len(t.refused)+len(t.missing) > 0 {
+			detail += "; failed on " + strings.Join(append(slices.Clone(t.refused), t.missing...), ", ")
+		}
+		if len(t.unknown) > 0 {
+			detail += "; may or may not have been settled on " + strings.Join(t.unknown, ", ") + " (settle those receipts again)"
+		}
+		writeProblem(w, r, codeClusterPartial, "receipts", detail)
 	}
 }
 
@@ -344,6 +363,8 @@ func (s *Server) messagesByKeyEverywhere(w http.ResponseWriter, r *http.Request)
 	if len(holders) == 0 || (len(holders) == 1 && holders[0].local()) {
 		return false
 	}
+	// A holder that does not answer is named in the answer's
+	// "incomplete": an empty list must not read as "none".
 	s.pagedEverywhere(w, r, holders, s.handleMessagesByKey, "stored_at", true)
 	return true
 }
@@ -359,7 +380,11 @@ func (s *Server) deadLettersEverywhere(w http.ResponseWriter, r *http.Request) {
 // composite (broker~cursor,...; a broker left out of it has no more), a
 // page holds up to limit messages from each peer, ordered by timeField,
 // and each message names its broker.
-func (s *Server) pagedEverywhere(w http.ResponseWriter, r *http.Request, peers []peer, local http.HandlerFunc, timeField string, newestFirst bool) {
+//
+// A broker that did not answer (or was skipped, named in incomplete)
+// leaves its messages out; the answer then lists it in "incomplete", and
+// the list is not the whole truth.
+func (s *Server) pagedEverywhere(w http.ResponseWriter, r *http.Request, peers []peer, local http.HandlerFunc, timeField string, newestFirst bool, incomplete ...string) {
 	cursors := map[string]string{}
 	c := r.URL.Query().Get("cursor")
 	if c != "" {
@@ -412,7 +437,8 @@ func (s *Server) pagedEverywhere(w http.ResponseWriter, r *http.Request, peers [
 				return
 			}
 			if a.status != http.StatusNotFound {
-				s.cluster.logger.Warn("a broker's messages are missing from a merged list", "path", r.URL.Path, "broker", describe(a))
+				s.cluster.logger.Error("a broker's messages are missing from a merged list; the answer says so (incomplete)", "path", r.URL.Path, "broker", describe(a))
+				incomplete = append(incomplete, describe(a))
 			}
 			continue
 		}
@@ -431,10 +457,14 @@ func (s *Server) pagedEverywhere(w http.ResponseWriter, r *http.Request, peers [
 		}
 		return a.at.Compare(b.at)
 	})
+	if len(incomplete) > 0 {
+		s.cluster.partial.WithLabelValues("messages").Inc()
+	}
 	out := struct {
 		Messages   []map[string]any `json:"messages"`
 		NextCursor string           `json:"next_cursor,omitempty"`
-	}{Messages: make([]map[string]any, len(all)), NextCursor: strings.Join(next, ",")}
+		Incomplete []string         `json:"incomplete,omitempty"`
+	}{Messages: make([]map[string]any, len(all)), NextCursor: strings.Join(next, ","), Incomplete: incomplete}
 	for i, m := range all {
 		out.Messages[i] = m.msg
 	}

@@ -560,7 +560,20 @@ func TestClusterFailover(t *testing.T) {
 					}
 				}
 				body := fmt.Sprintf("%s %d", c.name, k)
+				if c.keyed && shardBroker(hdr[hdrShardingKey], c.holders, 4) == brokerC {
+					// A keyed message waits for its key's holder: moving
+					// it would break the key's order, and a retry with
+					// its dedup id could be stored twice.
+					a := tc.via(t, c.via, "POST", "/v1/topics/"+c.topic+"/messages", hdr, body)
+					if a.status != http.StatusServiceUnavailable || problemCodeOf(a.body) != codeBrokerUnavailable || !strings.Contains(string(a.body), "nothing was stored") {
+						t.Fatalf("publish %d (key of broker-c) through %s: %s; want 503 broker_unavailable, nothing stored", k, c.via, a)
+					}
+					continue
+				}
 				res, a := tc.publishVia(t, c.via, c.topic, hdr, body)
+				if c.keyed && res.Broker != shardBroker(hdr[hdrShardingKey], c.holders, 4) {
+					t.Fatalf("publish %d through %s: %s; want it on its key's holder %s", k, c.via, a, shardBroker(hdr[hdrShardingKey], c.holders, 4))
+				}
 				if !slices.Contains(alive, res.Broker) || a.header.Get(hdrBroker) != res.Broker {
 					t.Fatalf("publish %d through %s: %s; want it on one of %v", k, c.via, a, alive)
 				}
@@ -588,11 +601,19 @@ func TestClusterFailover(t *testing.T) {
 			items = append(items, fmt.Sprintf(`{"body":"b%d","sharding_key":"batch-%d"}`, k, k))
 		}
 		a := tc.via(t, brokerA, "POST", "/v1/topics/f-all/messages/batch", nil, "["+strings.Join(items, ",")+"]")
-		a.want(t, http.StatusCreated, brokerA)
-		for i, res := range decodeAs[[]publishResult](t, a) {
-			if res.Broker != brokerA && res.Broker != brokerB {
-				t.Fatalf("batch message %d stored on %q: %s", i, res.Broker, a)
+		// The keys of broker-c are not stored (and not moved); the others are.
+		var onC []string
+		for k := range 12 {
+			if shardBroker(fmt.Sprintf("batch-%d", k), all, 4) == brokerC {
+				onC = append(onC, fmt.Sprint(k))
 			}
+		}
+		if len(onC) == 0 {
+			t.Fatalf("none of the batch's keys is broker-c's; the test wants some")
+		}
+		want := fmt.Sprintf("not stored messages [%s]: their sharding keys or dedup ids tie them to broker-c", strings.Join(onC, " "))
+		if a.status != http.StatusBadGateway || problemCodeOf(a.body) != codeClusterPartial || !strings.Contains(string(a.body), want) {
+			t.Fatalf("batch with keys of broker-c: %s; want 502 cluster_partial saying %q", a, want)
 		}
 	})
 

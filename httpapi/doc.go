@@ -52,7 +52,7 @@
 // cluster_publish.go, cluster_pull.go and cluster_routes.go the per-route
 // decisions. A handler takes part with one line at its top:
 //
-//	if s.coordinating(r) { s.firstFound(w, r, s.handleGetMessage); return }
+//	if s.coordinating(r) { s.findAnywhere(w, r, s.handleGetMessage); return }
 //
 // and answers for itself when the request was forwarded to it; the local
 // share of a fan-out runs the same handler in process.
@@ -64,7 +64,11 @@
 // (queries by key, a topic's GET) still ask it, so that their 200 does not
 // leave out a holder that is back; and fan-outs ask their
 // brokers at once, so one hung broker costs a request one hop timeout at
-// most. Answers say what is known: a publish or batch part that got no
+// most. A message with a placement key (sharding key, else dedup id) is
+// never moved off the holder its key picks, skipped or not: that would
+// break the key's order and store a retry twice; it is refused (503,
+// nothing stored) until the holder answers or leaves the route. Answers
+// say what is known: a publish or batch part that got no
 // answer "may or may not have been stored"; a holder's 4xx is relayed; a
 // receipt of a broker that is not live is 503 broker_unavailable, not
 // forged. A publish to a topic this broker does not hold creates it here

@@ -245,7 +245,7 @@ type attemptJSON struct {
 
 func (s *Server) handleTrace(w http.ResponseWriter, r *http.Request) {
 	if s.coordinating(r) {
-		s.firstFound(w, r, s.handleTrace)
+		s.findAnywhere(w, r, s.handleTrace)
 		return
 	}
 	m := s.message(w, r)

@@ -18,6 +18,16 @@ func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, codeNotReady, "", "not ready: "+err.Error())
 		return
 	}
+	if s.cluster != nil && s.cluster.names != nil && !s.cluster.names.Heard() {
+		// Until the first heartbeat is answered it cannot be known
+		// whether the name servers take this broker's name.
+		writeProblem(w, r, codeNotReady, "", "not ready: registering with the name servers")
+		return
+	}
+	if err := s.nameRefused(); err != nil {
+		writeProblem(w, r, codeNotReady, "", "not ready: "+err.Error())
+		return
+	}
 	// Damaged records do not make a broker unready (everything else is
 	// served), but an operator looking here should see them.
 	var damaged []broker.DamagedSpan

@@ -73,7 +73,7 @@ func (s *Server) message(w http.ResponseWriter, r *http.Request) *broker.Message
 
 func (s *Server) handleGetMessage(w http.ResponseWriter, r *http.Request) {
 	if s.coordinating(r) {
-		s.firstFound(w, r, s.handleGetMessage)
+		s.findAnywhere(w, r, s.handleGetMessage)
 		return
 	}
 	m := s.message(w, r)
@@ -85,7 +85,7 @@ func (s *Server) handleGetMessage(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleGetMessageBody(w http.ResponseWriter, r *http.Request) {
 	if s.coordinating(r) {
-		s.firstFound(w, r, s.handleGetMessageBody)
+		s.findAnywhere(w, r, s.handleGetMessageBody)
 		return
 	}
 	m := s.message(w, r)

@@ -1,7 +1,9 @@
 package httpapi
 
 import (
+	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/go-chi/chi/v5"
 )
@@ -89,7 +91,37 @@ func (s *Server) handle(r chi.Router, method, pattern string, a access, h http.H
 	s.access[route] = a
 	// Authentication first: a request without a valid token learns nothing
 	// of the route, not even which parameters or headers it takes.
-	r.With(s.authMiddleware(a), queryCheck(route), headerCheck(route), noBodyCheck(route)).Method(method, pattern, h)
+	mw := []func(http.Handler) http.Handler{s.authMiddleware(a), queryCheck(route), headerCheck(route), noBodyCheck(route)}
+	if method != http.MethodGet && strings.HasPrefix(pattern, "/v1/") && !strings.HasPrefix(pattern, "/v1/brokers") {
+		mw = append(mw, s.refusedCheck)
+	}
+	r.With(mw...).Method(method, pattern, h)
+}
+
+// nameRefused is why the name servers refuse this broker's name (another
+// live broker holds it), nil when they do not or outside a cluster.
+func (s *Server) nameRefused() error {
+	if s.cluster == nil || s.cluster.names == nil {
+		return nil
+	}
+	if err := s.cluster.names.Refused(); err != nil {
+		return fmt.Errorf("the name servers refuse this broker's name %s (another live broker holds it), so nothing routes here and what it stored is outside the bus: %w", s.cluster.self, err)
+	}
+	return nil
+}
+
+// refusedCheck refuses a change (publish, topic, subscription, ack…) on a
+// broker the name servers refuse: it would be acknowledged here and never
+// seen by the bus. Reads still answer.
+func (s *Server) refusedCheck(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := s.nameRefused(); err != nil {
+			s.cluster.refusedWrites.Inc()
+			writeProblem(w, r, codeNotReady, "", err.Error()+"; nothing was done")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 func urlParam(r *http.Request, name string) string { return chi.URLParam(r, name) }

@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -155,11 +156,19 @@ func (s *Server) handlePutTopic(w http.ResponseWriter, r *http.Request) {
 // it now lives (rather than, with auto-creation on, creating a second
 // topic of the same name there). A name server that cannot be reached
 // does not fail the request; the heartbeats carry the change later.
+//
+// The wait is bounded by half the hop timeout: a broker applying a change
+// forwarded by another must answer within that broker's forward deadline
+// (the same --forward-timeout across a cluster), or it is taken for hung
+// and the change reported as failed where it was applied. One name
+// server's acknowledgement ends the wait (see namesrv.Client.Sync).
 func (s *Server) registerTopics(r *http.Request) {
 	if s.cluster == nil {
 		return
 	}
-	if err := s.cluster.names.Sync(r.Context()); err != nil {
+	ctx, cancel := context.WithTimeout(r.Context(), s.cluster.hop/2)
+	defer cancel()
+	if err := s.cluster.names.Sync(ctx); err != nil {
 		s.cluster.logger.Warn("the name servers have not yet heard of the topic change; the next heartbeat tells them",
 			slog.String("topic", chi.URLParam(r, "topic")), slog.Any("err", err))
 	}

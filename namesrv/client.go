@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -68,16 +69,25 @@ type Client struct {
 	running  bool          // guarded by roundMu
 	started  uint64        // guarded by roundMu
 	finished uint64        // guarded by roundMu
+	acked    uint64        // the last round a name server acknowledged; guarded by roundMu
 	done     chan struct{} // guarded by roundMu
 
 	mu      sync.Mutex
 	routes  map[string]cachedRoute // guarded by mu
 	brokers cachedBrokers          // guarded by mu
 
-	// beats[i] is name server i's heartbeat state. Run's rounds do not
-	// overlap and round goroutine i alone touches beats[i], so it needs no
-	// lock.
-	beats []beatState
+	// refused[i] is name server i's last refusal of this broker's name
+	// (409 broker_name_taken), nil once it accepts a heartbeat again.
+	refusedMu sync.Mutex
+	refused   []error // guarded by refusedMu
+
+	// beats[i] is name server i's heartbeat state. busy[i] is set while a
+	// heartbeat to name server i is in flight; only that heartbeat's
+	// goroutine touches beats[i] (and Run once beating is waited for),
+	// so it needs no lock.
+	beats   []beatState
+	busy    []atomic.Bool
+	beating sync.WaitGroup
 }
 
 type cachedRoute struct {
@@ -137,7 +147,34 @@ func NewClient(cfg ClientConfig) *Client {
 		done:     make(chan struct{}),
 		routes:   make(map[string]cachedRoute),
 		beats:    make([]beatState, len(addrs)),
+		refused:  make([]error, len(addrs)),
+		busy:     make([]atomic.Bool, len(addrs)),
 	}
+}
+
+// Refused reports why the name servers will not route to this broker:
+// non-nil (wrapping ErrNameTaken) while any of them refused its name at
+// the last heartbeat, because another live broker holds it. Such a broker
+// is outside the bus: nothing routes to it, so what it stores no
+// subscription of the bus sees and no other broker finds.
+func (c *Client) Refused() error {
+	c.refusedMu.Lock()
+	defer c.refusedMu.Unlock()
+	return errors.Join(c.refused...)
+}
+
+// Heard reports whether a heartbeat round has finished (each name server
+// answered, refused or failed): before that Refused cannot know.
+func (c *Client) Heard() bool {
+	c.roundMu.Lock()
+	defer c.roundMu.Unlock()
+	return c.finished > 0
+}
+
+func (c *Client) setRefused(i int, err error) {
+	c.refusedMu.Lock()
+	c.refused[i] = err
+	c.refusedMu.Unlock()
 }
 
 // Changed tells Run that the broker's topics changed, so that it sends a
@@ -157,12 +194,16 @@ func (c *Client) Changed() {
 func (c *Client) Registered() <-chan struct{} { return c.anew }
 
 // Sync sends a heartbeat now and waits until one that started after the
-// call has been answered (or has failed) by every name server, so that a
+// call has been acknowledged by a name server (or has failed everywhere),
+// so that a
 // topic the broker has just created is in the routes before a client is
 // told it exists: otherwise a publish through another broker in that
 // instant finds no route and, with auto-creation on, creates a second
 // topic of the same name there. RocketMQ's brokers likewise register a
-// new topic with the name servers before answering its creation. Without
+// new topic with the name servers before answering its creation. One
+// acknowledgement is enough: Route merges every name server's answer and
+// calls a topic unknown only when all of them say so, and waiting for a
+// hung name server would hold a topic change for its whole timeout. Without
 // Run going it returns at once; ctx bounds the wait.
 func (c *Client) Sync(ctx context.Context) error {
 	c.roundMu.Lock()
@@ -175,9 +216,9 @@ func (c *Client) Sync(ctx context.Context) error {
 	c.Changed()
 	for {
 		c.roundMu.Lock()
-		finished, running, done := c.finished, c.running, c.done
+		finished, acked, running, done := c.finished, c.acked, c.running, c.done
 		c.roundMu.Unlock()
-		if finished >= want || !running {
+		if finished >= want || acked >= want || !running {
 			return nil
 		}
 		select {
@@ -192,6 +233,17 @@ func (c *Client) Sync(ctx context.Context) error {
 func (c *Client) roundStarted() {
 	c.roundMu.Lock()
 	c.started++
+	c.roundMu.Unlock()
+}
+
+// roundAcked records that a name server acknowledged the current round.
+func (c *Client) roundAcked() {
+	c.roundMu.Lock()
+	if c.acked < c.started {
+		c.acked = c.started
+		close(c.done)
+		c.done = make(chan struct{})
+	}
 	c.roundMu.Unlock()
 }
 
@@ -249,17 +301,45 @@ func (c *Client) Run(ctx context.Context, info func() BrokerInfo) {
 		if name != "" && name != bi.Name {
 			// Renamed: drop the old registration rather than let it expire.
 			c.unregister(ctx, name, func(int) bool { return true })
+			c.beating.Wait()
 			for i := range c.beats {
 				c.beats[i].registered = false
 			}
 		}
 		name = bi.Name
 		whole := sync.OnceValues(func() ([]byte, error) { return json.Marshal(NewHeartbeatRequest(bi)) })
-		var wg sync.WaitGroup
+		// A round ends once every name server answered, or shortly after
+		// one acknowledged it: a hung name server must not hold every
+		// later round (and each Sync, so each topic change) for its whole
+		// timeout. A name server still busy with an earlier round's
+		// heartbeat is left out of this one; beats[i] stays touched by
+		// one goroutine at a time.
+		oks := make(chan bool, len(c.addrs))
+		n := 0
 		for i := range c.addrs {
-			wg.Go(func() { c.beat(ctx, i, bi, patch, whole) })
+			if !c.busy[i].CompareAndSwap(false, true) {
+				continue
+			}
+			n++
+			c.beating.Go(func() {
+				c.beat(ctx, i, bi, patch, whole)
+				ok := c.beats[i].acked != nil
+				c.busy[i].Store(false)
+				oks <- ok
+			})
 		}
-		wg.Wait()
+		var grace <-chan time.Time
+	wait:
+		for range n {
+			select {
+			case ok := <-oks:
+				if ok && grace == nil {
+					grace = time.After(roundGrace)
+				}
+			case <-grace:
+				break wait
+			}
+		}
 	}
 
 	round(false)
@@ -268,6 +348,7 @@ func (c *Client) Run(ctx context.Context, info func() BrokerInfo) {
 	for {
 		select {
 		case <-ctx.Done():
+			c.beating.Wait() // ctx ended: the heartbeats in flight end too
 			if name != "" {
 				c.unregister(context.WithoutCancel(ctx), name, func(i int) bool { return c.beats[i].registered })
 			}
@@ -321,10 +402,11 @@ func (c *Client) beat(ctx context.Context, i int, bi BrokerInfo, patch bool, who
 			return // shutting down; not the name server's fault
 		}
 		if errors.Is(err, ErrNameTaken) {
+			c.setRefused(i, fmt.Errorf("name server %s: %w", addr, err))
 			st.registered = false
 			if !st.down {
 				st.down = true
-				c.log.Error("name server refuses this broker's name: another live broker holds it; this broker is not in the routes",
+				c.log.Error("name server refuses this broker's name: another live broker holds it; this broker is not in the routes, is not ready and refuses changes until a heartbeat is accepted (stop the other broker, or give this one another --broker-name)",
 					slog.String(logKeyNameSrv, addr), slog.String(logKeyBroker, bi.Name), slog.Any(logKeyErr, err))
 			}
 			return
@@ -337,6 +419,8 @@ func (c *Client) beat(ctx context.Context, i int, bi BrokerInfo, patch bool, who
 		return
 	}
 	st.acked = &bi
+	c.setRefused(i, nil)
+	c.roundAcked()
 	if ans.Registered {
 		select {
 		case c.anew <- struct{}{}:
@@ -533,14 +617,41 @@ func (c *Client) lookup(ctx context.Context, topic string) (merged Route, found 
 		err   error
 	}
 	results := make([]result, len(c.addrs))
-	var wg sync.WaitGroup
-	for i, addr := range c.addrs {
-		wg.Go(func() {
-			rt, found, err := c.getRoute(ctx, addr, topic)
-			results[i] = result{rt, found, err}
-		})
+	answered := make([]bool, len(c.addrs))
+	type reply struct {
+		i   int
+		res result
 	}
-	wg.Wait()
+	replies := make(chan reply, len(c.addrs))
+	for i, addr := range c.addrs {
+		go func() {
+			rt, found, err := c.getRoute(ctx, addr, topic)
+			replies <- reply{i, result{rt, found, err}}
+		}()
+	}
+	// The first name server that knows the topic gives a whole route (one
+	// that restarted answers nothing until its warm-up is over), so a hung
+	// or slow one is not waited for beyond a short grace in which the
+	// others' answers are merged: a broker that has just joined the topic
+	// may be known to one of them a moment before the rest.
+	var grace <-chan time.Time
+gather:
+	for range c.addrs {
+		select {
+		case rep := <-replies:
+			results[rep.i], answered[rep.i] = rep.res, true
+			if rep.res.found && grace == nil {
+				grace = time.After(routeGrace)
+			}
+		case <-grace:
+			break gather
+		}
+	}
+	for i := range results {
+		if !answered[i] {
+			results[i].err = fmt.Errorf("not waited for: another name server answered (%w)", errNotWaited)
+		}
+	}
 	for i, res := range results {
 		switch {
 		case res.err != nil && errors.Is(res.err, ErrTopicGone):
@@ -562,6 +673,27 @@ func (c *Client) lookup(ctx context.Context, topic string) (merged Route, found 
 	}
 	return merged, found, errs, gone
 }
+
+// roundGrace is how long a heartbeat round waits for the other name
+// servers once one has acknowledged it.
+const roundGrace = 200 * time.Millisecond
+
+// routeGrace is how long Route waits for the other name servers once one
+// has found the topic.
+const routeGrace = 100 * time.Millisecond
+
+// errNotWaited marks a name server Route did not wait for.
+var errNotWaited = errors.New("no answer yet")
+
+// lookupTimeout bounds one route or broker-list request to one name
+// server: shorter than a heartbeat's, since a client's request waits on
+// it, and the other name servers are asked at the same time.
+func (c *Client) lookupTimeout() time.Duration {
+	return min(c.timeout, maxLookupTimeout)
+}
+
+// maxLookupTimeout caps lookupTimeout.
+const maxLookupTimeout = 2 * time.Second
 
 // Forget drops topic's cached route, for a broker that has just changed
 // where the topic lives: its next Route asks the name servers.
@@ -586,16 +718,39 @@ func (c *Client) Brokers(ctx context.Context) ([]BrokerInfo, error) {
 	}
 	lists := make([][]BrokerInfo, len(c.addrs))
 	errs := make([]error, len(c.addrs))
-	var wg sync.WaitGroup
-	for i, addr := range c.addrs {
-		wg.Go(func() {
-			lists[i], errs[i] = c.getCluster(ctx, addr)
-			if errs[i] != nil {
-				errs[i] = fmt.Errorf("%s: %w", addr, errs[i])
-			}
-		})
+	type reply struct {
+		i    int
+		list []BrokerInfo
+		err  error
 	}
-	wg.Wait()
+	replies := make(chan reply, len(c.addrs))
+	for i, addr := range c.addrs {
+		go func() {
+			list, err := c.getCluster(ctx, addr)
+			if err != nil {
+				err = fmt.Errorf("%s: %w", addr, err)
+			}
+			replies <- reply{i, list, err}
+		}()
+	}
+	for i, addr := range c.addrs {
+		errs[i] = fmt.Errorf("%s: %w", addr, errNotWaited)
+	}
+	// As for Route: one name server's list (past its warm-up) is whole; a
+	// hung one is not waited for beyond a short grace.
+	var grace <-chan time.Time
+gather:
+	for range c.addrs {
+		select {
+		case rep := <-replies:
+			lists[rep.i], errs[rep.i] = rep.list, rep.err
+			if rep.err == nil && grace == nil {
+				grace = time.After(routeGrace)
+			}
+		case <-grace:
+			break gather
+		}
+	}
 	var merged []BrokerInfo
 	answered := false
 	for i, list := range lists {
@@ -636,7 +791,7 @@ func (c *Client) Brokers(ctx context.Context) ([]BrokerInfo, error) {
 }
 
 func (c *Client) getCluster(ctx context.Context, addr string) ([]BrokerInfo, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	ctx, cancel := context.WithTimeout(ctx, c.lookupTimeout())
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, addr+"/v1/cluster", nil)
 	if err != nil {
@@ -663,7 +818,7 @@ func (c *Client) getCluster(ctx context.Context, addr string) ([]BrokerInfo, err
 
 // getRoute asks one name server; found is false on its 404.
 func (c *Client) getRoute(ctx context.Context, addr, topic string) (rt Route, found bool, err error) {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	ctx, cancel := context.WithTimeout(ctx, c.lookupTimeout())
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, addr+"/v1/routes/"+url.PathEscape(topic), nil)
 	if err != nil {

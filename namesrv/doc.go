@@ -86,16 +86,22 @@
 // so creating one topic on a broker holding ten thousand costs the name
 // server one topic's work. The periodic rounds send everything, which
 // repairs whatever a lost patch left out. Client.Sync waits for a round
-// begun after it is called: a broker answers a topic's PUT or DELETE only
-// once the name servers know. A failing
+// begun after it is called to be acknowledged by one name server: a
+// broker answers a topic's PUT or DELETE only once the name servers can
+// route it (Route merges, so one that knows is enough). A round ends when
+// every name server answered or 200ms after one acknowledged it; a name
+// server still busy with an earlier round's heartbeat (hung) is left out
+// of the next, so it delays neither rounds nor Sync. A failing
 // name server is logged once when it starts failing and once when it
-// recovers, never once per round, and does not delay the others beyond
-// Timeout. A broker refused its name is logged as an error, and does not
-// unregister the name's holder when it stops.
+// recovers, never once per round. A broker refused its name is logged as
+// an error (Client.Refused says so until a heartbeat is accepted), and
+// does not unregister the name's holder when it stops.
 //
-// Client.Route asks every name server at once and merges their routes, so
-// that a partial answer (a name server that restarted) is never taken as
-// the whole; it says nobody holds a topic (ok false, nil error) only when
+// Client.Route asks every name server at once (each lookup bounded by
+// min(Timeout, 2s)) and merges their routes, so that a partial answer (a
+// name server that restarted) is never taken as the whole; once one has
+// found the topic the others get 100ms more, so a hung name server does
+// not delay a known topic's route. It says nobody holds a topic (ok false, nil error) only when
 // every name server answered so, which is what a broker needs before it
 // creates a topic of its own. It caches each route for Interval; when
 // not every name server answers and none knows the topic, it serves the

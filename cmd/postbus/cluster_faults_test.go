@@ -354,7 +354,7 @@ func TestClusterReceiptOfExpiredBroker(t *testing.T) {
 func TestClusterBrokerNameTaken(t *testing.T) {
 	fc := startFaultCluster(t, 1, []string{"broker-a"})
 	fc.putTopic("orders", "broker-a")
-	impostor := start(t, "broker", "--data", t.TempDir(), "--namesrv", fc.ns[0].url, "--broker-name", "broker-a", "--heartbeat-interval", "300ms")
+	impostor := launchUnready(t, "broker", "--data", t.TempDir(), "--namesrv", fc.ns[0].url, "--broker-name", "broker-a", "--heartbeat-interval", "300ms") // refused: never ready
 	clEventually(t, "the second broker to be told its name is taken", func() (bool, string) {
 		return strings.Contains(impostor.Logs(), "refuses this broker's name"), "no such log line yet"
 	})

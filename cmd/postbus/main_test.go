@@ -60,11 +60,28 @@ func start(tb testing.TB, args ...string) *proc {
 	return p
 }
 
+// launchUnready is start without waiting for /readyz: for a process that
+// is expected not to become ready.
+func launchUnready(tb testing.TB, args ...string) *proc {
+	tb.Helper()
+	p, err := spawn(tb, true, false, args...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
 // launch is start, with the failure to start returned rather than fatal
 // (a restart on its old address may find it taken for a moment); dump
 // says whether a failed test logs the process's output (the chaos test
 // writes it to files instead). The process is killed when tb ends.
 func launch(tb testing.TB, dump bool, args ...string) (*proc, error) {
+	return spawn(tb, dump, true, args...)
+}
+
+// spawn starts the binary with args and waits until it listens, and,
+// with waitForReady, until /readyz answers 200.
+func spawn(tb testing.TB, dump, waitForReady bool, args ...string) (*proc, error) {
 	if !slices.Contains(args, "--addr") { // a restart may take its old address
 		args = append(args, "--addr", "127.0.0.1:0")
 	}
@@ -115,7 +132,7 @@ func launch(tb testing.TB, dump bool, args ...string) (*proc, error) {
 		cmd.Process.Kill()
 		return nil, fmt.Errorf("postbus %s did not listen within 30s:\n%s", strings.Join(args, " "), p.Logs())
 	}
-	if !ready(p.url, 30*time.Second) {
+	if waitForReady && !ready(p.url, 30*time.Second) {
 		cmd.Process.Kill()
 		return nil, fmt.Errorf("%s/readyz did not answer 200 within 30s", p.url)
 	}
