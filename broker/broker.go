@@ -175,7 +175,9 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 	}
 	maxVersion, err := b.meta.MaxSubscriptionVersion(ctx)
 	if err != nil {
-		b.closeFiles()
+		if cerr := b.closeFiles(); cerr != nil {
+			b.logger.Warn("closing after a failed open", slog.Any("err", cerr))
+		}
 		return nil, err
 	}
 	b.clock.observe(maxVersion) // no version minted below one stored

@@ -205,23 +205,6 @@ func TestRefusedBodyNotDrained(t *testing.T) {
 	}
 }
 
-// readAnswerOpen reads one response on c, failing after limit; the
-// connection may stay open.
-func readAnswerOpen(tb testing.TB, c net.Conn, limit time.Duration) (*http.Response, []byte) {
-	tb.Helper()
-	c.SetReadDeadline(time.Now().Add(limit))
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		tb.Fatalf("no answer within %s: %v", limit, err)
-	}
-	data, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return resp, data
-}
-
 // syncBuffer is a log sink handlers write from many goroutines.
 type syncBuffer struct {
 	mu sync.Mutex

@@ -205,32 +205,6 @@ func (req *subscriptionRequest) apply(s *broker.Subscription) *broker.Error {
 	return nil
 }
 
-// subscriptionRequestOf is the request that creates sub again, as it is,
-// on another broker: with its id and secret, from the earliest message.
-func subscriptionRequestOf(sub broker.Subscription) subscriptionRequest {
-	str := func(v string) *string { return &v }
-	req := subscriptionRequest{Group: &sub.Group, Topic: &sub.Topic, Filter: &sub.Filter, Ordered: &sub.Ordered,
-		MaxRetries: &sub.MaxRetries, Timeout: str(sub.Timeout.String()), MaxInFlight: &sub.MaxInFlight,
-		RatePerSecond: &sub.RatePerSecond, Visibility: str(sub.Visibility.String()), StartFrom: str("earliest"), ID: &sub.ID}
-	if sub.URL != "" {
-		req.URL, req.Secret = &sub.URL, &sub.Secret
-	}
-	if sub.RetryDelays != nil {
-		delays := make([]string, len(sub.RetryDelays))
-		for i, d := range sub.RetryDelays {
-			delays[i] = d.String()
-		}
-		req.RetryDelays = &delays
-	}
-	if sub.BackoffMin > 0 {
-		req.Backoff = &struct {
-			Min string `json:"min"`
-			Max string `json:"max"`
-		}{sub.BackoffMin.String(), sub.BackoffMax.String()}
-	}
-	return req
-}
-
 type backoffJSON struct {
 	Min string `json:"min"`
 	Max string `json:"max"`

@@ -525,7 +525,9 @@ func (r *chaosRun) healed() (bool, string) {
 		var c struct {
 			Brokers []listed `json:"brokers"`
 		}
-		json.Unmarshal(a.body, &c)
+		if err := json.Unmarshal(a.body, &c); err != nil {
+			return false, "decode: " + err.Error()
+		}
 		for _, b := range r.brokers {
 			if !slices.ContainsFunc(c.Brokers, func(x listed) bool { return x.Name == b.name && x.Addr == b.url }) {
 				return false, fmt.Sprintf("%s does not list %s: %s", ns.name, b.name, a)
@@ -673,10 +675,14 @@ func (r *chaosRun) classify(topic, via string, count int, a clAnswer, err error)
 		var res []clPubResult
 		if count == 1 {
 			var one clPubResult
-			json.Unmarshal(a.body, &one)
+			if err := json.Unmarshal(a.body, &one); err != nil {
+				r.t.Errorf("decode: %v", err)
+			}
 			res = []clPubResult{one}
 		} else {
-			json.Unmarshal(a.body, &res)
+			if err := json.Unmarshal(a.body, &res); err != nil {
+				r.t.Errorf("decode: %v", err)
+			}
 		}
 		if len(res) != count {
 			r.problem("false", "publish of %d to %s through %s: 201 with %d results: %s", count, topic, via, len(res), a)
@@ -776,7 +782,9 @@ func (r *chaosRun) puller(topic string, rng *rand.Rand, stop chan struct{}) {
 				Status  string `json:"status"`
 			} `json:"results"`
 		}
-		json.Unmarshal(aa.body, &res)
+		if err := json.Unmarshal(aa.body, &res); err != nil {
+			r.t.Errorf("decode: %v", err)
+		}
 		if len(res.Results) != len(receipts) {
 			r.problem("false", "ack of %d receipts through %s: %d results: %s", len(receipts), ackVia.name, len(res.Results), aa)
 			continue
@@ -989,7 +997,9 @@ func (r *chaosRun) createSub(sinkURL string, via *chaosNode, topic, filter strin
 		Secret string `json:"secret"`
 	}
 	if err == nil {
-		json.Unmarshal(a.body, &got)
+		if err := json.Unmarshal(a.body, &got); err != nil {
+			r.t.Errorf("decode: %v", err)
+		}
 	}
 	r.mu.Lock()
 	s.answered = answered
@@ -1197,7 +1207,9 @@ func (r *chaosRun) check() {
 				Topic string `json:"topic"`
 				Body  string `json:"body"`
 			}
-			json.Unmarshal(a.body, &m)
+			if err := json.Unmarshal(a.body, &m); err != nil {
+				r.t.Errorf("decode: %v", err)
+			}
 			if m.Topic != it.topic || m.Body != it.body {
 				r.problem("false", "message %s reads back as %s/%q through %s, published to %s as %q", it.id, m.Topic, m.Body, b.name, it.topic, it.body)
 			}
@@ -1373,7 +1385,9 @@ func (r *chaosRun) findByKey(it *chaosItem) (found, ok bool) {
 					MsgID string `json:"msg_id"`
 				} `json:"messages"`
 			}
-			json.Unmarshal(a.body, &page)
+			if err := json.Unmarshal(a.body, &page); err != nil {
+				r.t.Errorf("decode: %v", err)
+			}
 			if len(page.Messages) > 0 {
 				return true, true
 			}
@@ -1451,9 +1465,13 @@ func (r *chaosRun) dumpLogs() {
 		all := slices.Clone(n.all)
 		n.mu.Unlock()
 		for i, p := range all {
-			os.WriteFile(filepath.Join(dir, fmt.Sprintf("%s.%d.log", n.name, i)), []byte(p.Logs()), 0o644)
+			if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("%s.%d.log", n.name, i)), []byte(p.Logs()), 0o644); err != nil {
+				r.t.Logf("keeping the logs: %v", err)
+			}
 		}
 	}
-	os.WriteFile(filepath.Join(dir, "events.log"), []byte(strings.Join(r.events, "\n")+"\n"), 0o644)
+	if err := os.WriteFile(filepath.Join(dir, "events.log"), []byte(strings.Join(r.events, "\n")+"\n"), 0o644); err != nil {
+		r.t.Logf("keeping the events: %v", err)
+	}
 	r.t.Logf("seed %d: the processes' logs are in %s", r.seed, dir)
 }

@@ -485,7 +485,9 @@ func TestClusterKeyQueryAfterHungHolder(t *testing.T) {
 				Broker string `json:"broker"`
 			} `json:"messages"`
 		}
-		json.Unmarshal(a.body, &page)
+		if err := json.Unmarshal(a.body, &page); err != nil {
+			t.Fatalf("decode: %v", err)
+		}
 		var on []string
 		for _, m := range page.Messages {
 			on = append(on, cmp.Or(m.Broker, "this broker"))

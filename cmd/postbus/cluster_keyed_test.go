@@ -285,7 +285,7 @@ func TestClusterHungHolderReads(t *testing.T) {
 	fc.putTopic("orders", "broker-b")
 	a := clDo(t, "POST", fc.url("broker-b")+"/v1/topics/orders/messages", map[string]string{"Content-Type": "text/plain", "Postbus-Keys": "hv"}, []byte("m"))
 	var res clPubResult
-	if json.Unmarshal(a.body, &res); a.status != 201 || res.MsgID == "" {
+	if err := json.Unmarshal(a.body, &res); err != nil || a.status != 201 || res.MsgID == "" {
 		t.Fatalf("publish: %s", a)
 	}
 	hung := fc.brokers["broker-b"]
@@ -305,7 +305,9 @@ func TestClusterHungHolderReads(t *testing.T) {
 			Messages   []json.RawMessage `json:"messages"`
 			Incomplete []string          `json:"incomplete"`
 		}
-		json.Unmarshal(a.body, &page)
+		if err := json.Unmarshal(a.body, &page); err != nil {
+			t.Fatalf("decode: %v", err)
+		}
 		if a.status != 200 || len(page.Incomplete) != 1 || !strings.Contains(page.Incomplete[0], "broker-b") {
 			t.Errorf("by key through broker-c with the holder hung (try %d): %s; want 200 with incomplete naming broker-b", i+1, a)
 		}
@@ -342,7 +344,9 @@ func TestClusterPartialAckSaysWhat(t *testing.T) {
 		var page struct {
 			Messages []clPulled `json:"messages"`
 		}
-		json.Unmarshal(a.body, &page)
+		if err := json.Unmarshal(a.body, &page); err != nil {
+			return false, "decode: " + err.Error()
+		}
 		for _, m := range page.Messages {
 			receipts = append(receipts, m.Receipt)
 		}

@@ -114,7 +114,9 @@ func (fc *faultCluster) copyOn(name, id string) (int, subJSON) {
 		return 0, subJSON{}
 	}
 	var s subJSON
-	json.Unmarshal(a.body, &s)
+	if err := json.Unmarshal(a.body, &s); err != nil {
+		fc.t.Fatalf("decode: %v", err)
+	}
 	return a.status, s
 }
 
@@ -125,7 +127,9 @@ func createSub(t *testing.T, url, body string) subJSON {
 		t.Fatalf("create subscription %s: %s", body, a)
 	}
 	var s subJSON
-	json.Unmarshal(a.body, &s)
+	if err := json.Unmarshal(a.body, &s); err != nil {
+		t.Fatalf("decode: %v", err)
+	}
 	return s
 }
 
@@ -165,7 +169,9 @@ func TestClusterSyncCreateMissedByRestartedNameServer(t *testing.T) {
 	var sub subJSON
 	clEventually(t, "the subscription's create through broker-a", func() (bool, string) {
 		a := clDo(t, "POST", fc.url("broker-a")+"/v1/subscriptions", nil, []byte(`{"group":"g2","topic":"orders","url":"`+sink.srv.URL+`/f2"}`))
-		json.Unmarshal(a.body, &sub)
+		if err := json.Unmarshal(a.body, &sub); err != nil {
+			return false, "decode: " + err.Error()
+		}
 		return a.status == 201, a.String()
 	})
 	fc.brokers["broker-b"].cmd.Process.Signal(syscall.SIGCONT)
@@ -398,7 +404,9 @@ func TestClusterSyncConcurrentUpdatesConverge(t *testing.T) {
 				t.Errorf("PATCH on %s alone: %v %v", n, a, err)
 				return
 			}
-			json.Unmarshal(a.body, &answers[i])
+			if err := json.Unmarshal(a.body, &answers[i]); err != nil {
+				t.Errorf("decode: %v", err)
+			}
 		})
 	}
 	wg.Wait()
@@ -449,11 +457,11 @@ func versionAfter(a, b string) bool {
 	var atA, atB int64
 	byA, byB := "", ""
 	if i := strings.IndexByte(a, '@'); i > 0 {
-		fmt.Sscan(a[:i], &atA)
+		_, _ = fmt.Sscan(a[:i], &atA) // a malformed version compares as 0, and loses
 		byA = a[i+1:]
 	}
 	if i := strings.IndexByte(b, '@'); i > 0 {
-		fmt.Sscan(b[:i], &atB)
+		_, _ = fmt.Sscan(b[:i], &atB)
 		byB = b[i+1:]
 	}
 	if atA != atB {
