@@ -194,3 +194,59 @@ func TestAckRacingImmediateNack(t *testing.T) {
 		t.Fatalf("acked messages handed out again: %q, attempts %d", bodies(again), again[0].Attempt)
 	}
 }
+
+// TestLastAttemptDeadLettersWithoutAPull: a pull group's last attempt
+// that runs out, or is nacked, goes to the DLQ when its timer fires, with
+// nobody pulling, carrying how that attempt ended. Before the fix it
+// waited in the retry queue (counted as lag) until the next pull, and a
+// nacked one carried "not acked within its visibility".
+func TestLastAttemptDeadLettersWithoutAPull(t *testing.T) {
+	ctx := context.Background()
+	w := newPullEachWorld(t, t.TempDir(), false)
+	sub, err := w.b.Subscription(ctx, subscriptionID(t, w.b, "g", "t"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub.MaxRetries = 0
+	if _, err := w.b.UpdateSubscription(ctx, sub); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, w.b, "t", msg("expires"), msg("nacked"))
+	got := pullN(t, w.b, "g", "t", 2, 0, time.Second)
+	if len(got) != 2 {
+		t.Fatalf("pulled %d, want 2", len(got))
+	}
+	for _, p := range got {
+		if string(p.Body) == "nacked" {
+			if _, err := w.b.NackEach(ctx, "g", []string{p.Receipt}, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	want := map[string]string{
+		"expires": "not acked within its visibility on any of 1 attempts",
+		"nacked":  "nacked on its last attempt, 1 of 1",
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		dls, err := w.b.DeadLetters(ctx, "g", -1, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(dls) == 2 {
+			for _, d := range dls {
+				if d.Reason != want[string(d.Body)] {
+					t.Errorf("dead letter %q carries %q, want %q", d.Body, d.Reason, want[string(d.Body)])
+				}
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("with no pull, the DLQ holds %d entries 20s later, want 2", len(dls))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if again := pullN(t, w.b, "g", "t", 10, 0, time.Minute); len(again) > 0 {
+		t.Fatalf("dead letters handed out: %q", bodies(again))
+	}
+}

@@ -692,14 +692,24 @@ func (e *Engine) deadOnLease(ctx context.Context, sub Subscription, m *Message, 
 		e.b.metrics.delayAnomaly(delayAlreadyDead)
 		return nil
 	}
-	e.noteExpired(sub, m, now)
 	attempts := max(m.Attempt, 1) - 1
-	reason := fmt.Sprintf("not acked within its visibility on any of %d attempts", attempts)
+	reason := deadReason(m, attempts)
+	e.noteExpired(sub, m, now)
 	if err := e.b.DeadLetter(ctx, sub.Group, m, attempts, reason); err != nil {
 		return err
 	}
 	e.b.LogAttempt(Attempt{MsgID: m.ID, Group: sub.Group, Subscription: sub.ID, Attempt: max(attempts, 1), At: now, Outcome: "dead", Error: reason})
 	return nil
+}
+
+// deadReason is the error a dead letter of m, a retry copy past its
+// group's last attempt after attempts, carries: how its last attempt
+// ended (its visibility ran out, or it was nacked).
+func deadReason(m *Message, attempts int) string {
+	if m.Reason == expiredReason {
+		return fmt.Sprintf("not acked within its visibility on any of %d attempts", attempts)
+	}
+	return fmt.Sprintf("nacked on its last attempt, %d of %d", attempts, attempts)
 }
 
 // noteExpired records in the trace that the attempt before m's expired,
