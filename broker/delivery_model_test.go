@@ -85,6 +85,9 @@ var deliveryCI = []struct {
 	// durable (77), and a superseded ordered receipt after a restart as
 	// surely stale (176); see crash and dRestart.
 	{77, deliveryOpen}, {176, deliveryOpen},
+	// An ordered receipt of a group turned unordered, acked after a
+	// restart, answered acked while its retry copy brought it back.
+	{448, deliveryOpen}, {465, deliveryOpen},
 }
 
 // deliveryOpen are the families whose faults are still open with the

@@ -355,6 +355,12 @@ func (e *Engine) settleOrderedEach(ctx context.Context, group string, r receipt,
 	switch {
 	case c.closed || cur == nil:
 		return ReceiptStale, false, nil
+	case !c.sub.Ordered:
+		// Turned unordered since: its message may have become a retry
+		// copy (Engine.unorder) that this process no longer knows the
+		// receipt of (a restart), and the position moved past it either
+		// way. Answered acked, the copy would still bring it back.
+		return ReceiptStale, false, nil
 	case v.kind == verdictAck && (!blocked || blk.QueueOffset != r.Timer) && cur.Committed() > r.Timer:
 		if a, ok := c.ackedOrdered[[2]int64{int64(r.Queue), r.Timer}]; ok && a != r.Attempt {
 			// Another attempt's receipt was acked: this one's lease ran

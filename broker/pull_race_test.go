@@ -183,3 +183,43 @@ func TestFilterChangeKeepsRetries(t *testing.T) {
 		}
 	})
 }
+
+// TestTurnedUnorderedReceiptAfterRestart: a receipt an ordered group
+// handed out before it turned unordered became a retry copy's; after a
+// restart this process no longer knows which, and an ack of it used to be
+// answered acked (the position had moved past the message) while the copy
+// brought the message back. It is stale now, and the message comes back.
+func TestTurnedUnorderedReceiptAfterRestart(t *testing.T) {
+	dir := t.TempDir()
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		w := newPullEachWorld(t, dir, true)
+		publish(t, w.b, "t", msg("m0"))
+		got := pullN(t, w.b, "g", "t", 1, 0, 10*time.Second)
+		if len(got) != 1 {
+			t.Fatalf("pulled %q", bodies(got))
+		}
+		subs, err := w.b.Subscriptions(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sub := subs[0]
+		sub.Ordered = false
+		if _, err := w.b.UpdateSubscription(ctx, sub); err != nil {
+			t.Fatal(err)
+		}
+		w.reopen()
+		res, err := w.b.AckEach(ctx, "g", receipts(got))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := statuses(res); st[0] != ReceiptStale {
+			t.Fatalf("ack of the ordered receipt after turning unordered and a restart: %v, want stale", st)
+		}
+		time.Sleep(11 * time.Second)
+		again := pullN(t, w.b, "g", "t", 1, 0, 10*time.Second)
+		if len(again) != 1 || again[0].Attempt != 2 {
+			t.Fatalf("after its visibility pulled %q (attempts %v), want m0 as attempt 2", bodies(again), attemptsOf(again))
+		}
+	})
+}

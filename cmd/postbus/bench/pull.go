@@ -410,16 +410,25 @@ func (e *pullEnv) ack(ctx context.Context, receipts []string) (int64, error) {
 		key, text := problemKey(resp, b)
 		return 0, &reqError{"ack " + key, text}
 	}
+	// The broker answers each receipt (DESIGN §4): count those acked.
 	var ans struct {
-		Acked *int64 `json:"acked"`
+		Results []struct {
+			Status string `json:"status"`
+		} `json:"results"`
 	}
-	if err := json.Unmarshal(b, &ans); err != nil || ans.Acked == nil {
-		return 0, &reqError{"ack bad_answer", "not {\"acked\":n}: " + truncate(string(b), 200)}
+	if err := json.Unmarshal(b, &ans); err != nil || len(ans.Results) != len(receipts) {
+		return 0, &reqError{"ack bad_answer", "not {\"results\":[…] with one per receipt: " + truncate(string(b), 200)}
 	}
-	if *ans.Acked != int64(len(receipts)) {
-		return *ans.Acked, &reqError{"ack short", fmt.Sprintf("%d receipts answered acked %d", len(receipts), *ans.Acked)}
+	var acked int64
+	for _, r := range ans.Results {
+		if r.Status == "acked" {
+			acked++
+		}
 	}
-	return *ans.Acked, nil
+	if acked != int64(len(receipts)) {
+		return acked, &reqError{"ack short", fmt.Sprintf("%d receipts answered acked %d", len(receipts), acked)}
+	}
+	return acked, nil
 }
 
 // receiptsOf returns the receipts of msgs, appended to dst[:0], and how

@@ -270,7 +270,11 @@ func (f *fakePull) ack(w http.ResponseWriter, r *http.Request) {
 		f.receipts[rc]++
 	}
 	w.Header().Set("Content-Type", "application/json")
-	fmt.Fprintf(w, `{"acked":%d}`, len(req.Receipts))
+	results := make([]map[string]string, len(req.Receipts))
+	for i, rc := range req.Receipts {
+		results[i] = map[string]string{"receipt": rc, "status": "acked"}
+	}
+	json.NewEncoder(w).Encode(map[string]any{"results": results})
 }
 
 // check fails tb if the tool broke a promise, left its subscription
