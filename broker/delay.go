@@ -64,6 +64,7 @@ func (b *Broker) putBack(ctx context.Context, due []meta.Timer) error {
 	}
 	byTopic := make(map[string][]*Message)
 	var order []string
+	var subs []Subscription // read once, when a pull lease's copy is due
 	for _, t := range due {
 		m, err := b.readMessage(t.LogOffset)
 		if err != nil {
@@ -87,6 +88,20 @@ func (b *Broker) putBack(ctx context.Context, due []meta.Timer) error {
 			b.logger.Error("delayed retry copy already dead-lettered; only marking its timer fired",
 				slog.String("id", m.ID), slog.Int64("offset", t.LogOffset), slog.Int64("dead_letter", off))
 			b.metrics.delayAnomaly(delayAlreadyDead)
+			continue
+		}
+		if sub, ok := b.pastLastAttempt(ctx, m, &subs); ok {
+			// A pull lease's copy past its group's last attempt goes to
+			// the DLQ when its timer fires, not when someone pulls next:
+			// with no puller left it would wait there, counted as lag.
+			reason := deadReason(m, m.Attempt-1)
+			if m.Reason == expiredReason {
+				b.LogAttempt(meta.Attempt{MsgID: m.ID, Group: sub.Group, Subscription: sub.ID, Attempt: m.Attempt - 1, At: b.now(), Outcome: "expired"})
+			}
+			if err := b.DeadLetter(ctx, sub.Group, m, m.Attempt-1, reason); err != nil {
+				return err // its timer stays claimed, and fires again
+			}
+			b.LogAttempt(meta.Attempt{MsgID: m.ID, Group: sub.Group, Subscription: sub.ID, Attempt: m.Attempt - 1, At: b.now(), Outcome: "dead", Error: reason})
 			continue
 		}
 		off, ok, err := b.putBackCopy(ctx, m)
@@ -168,6 +183,33 @@ func (b *Broker) deadLetterAfter(ctx context.Context, m *Message) (int64, bool, 
 		return 0, false, err
 	}
 	return found, found >= 0, nil
+}
+
+// pastLastAttempt returns the pull subscription whose lease's copy m is,
+// when m (a visibility copy, or a nack's retry copy) would be an attempt
+// past its max_retries. subs caches the subscriptions across one firing.
+func (b *Broker) pastLastAttempt(ctx context.Context, m *Message, subs *[]Subscription) (Subscription, bool) {
+	if m.flags&flagLeased == 0 {
+		return Subscription{}, false
+	}
+	group, ok := retryGroup(m.Topic)
+	if !ok {
+		return Subscription{}, false
+	}
+	if *subs == nil {
+		all, err := b.Subscriptions(ctx)
+		if err != nil {
+			b.logger.Error("reading subscriptions for due retry copies failed; putting them back", slog.Any("err", err))
+			return Subscription{}, false
+		}
+		*subs = append(all, Subscription{}) // not nil: read
+	}
+	for _, s := range *subs {
+		if s.Group == group && s.Topic == m.originTopic() && s.URL == "" && !s.Ordered {
+			return s, m.Attempt > s.MaxRetries+1
+		}
+	}
+	return Subscription{}, false
 }
 
 // retryGroup is the group of a retry topic's name (RetryTopic); group

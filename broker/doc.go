@@ -58,7 +58,11 @@
 // built again after a kill hands out again only what was out. Turning a
 // subscription ordered or unordered changes its consumer in place: what is
 // out stays out, and a queue's block becomes a retry copy, keeping its
-// attempt count.
+// attempt count. An unordered pull lease's copy past its group's last
+// attempt is dead-lettered by the timer loop when it fires, not by the next
+// pull, and a message is dead-lettered once per group: a retry copy with a
+// dead letter of its message written after it (a crash cut the step that
+// followed) is neither put back nor dead-lettered again.
 //
 // Open checks that meta.db knows every topic the commitlog (from the
 // checkpoint on) and the consume queues hold, or recorded its deletion. A

@@ -31,7 +31,7 @@ import (
 //     append, a delayed copy of it in the group's retry topic, due when its
 //     visibility runs out; the receipt names that copy's timer. Settling
 //     cancels or swaps that timer in one SQLite transaction, so a crash at
-//     any point brings a message back (maybe twice), never loses it.
+//     any point brings a message back once, never loses it.
 //   - Push leases live in this process, as the push loop that holds them
 //     does: the group's offset stays at the lowest message not settled,
 //     with, beside it, what was settled above it (the offset's progress:
@@ -696,14 +696,24 @@ func (e *Engine) deadOnLease(ctx context.Context, sub Subscription, m *Message, 
 		e.b.metrics.delayAnomaly(delayAlreadyDead)
 		return nil
 	}
-	e.noteExpired(sub, m, now)
 	attempts := max(m.Attempt, 1) - 1
-	reason := fmt.Sprintf("not acked within its visibility on any of %d attempts", attempts)
+	reason := deadReason(m, attempts)
+	e.noteExpired(sub, m, now)
 	if err := e.b.DeadLetter(ctx, sub.Group, m, attempts, reason); err != nil {
 		return err
 	}
 	e.b.LogAttempt(Attempt{MsgID: m.ID, Group: sub.Group, Subscription: sub.ID, Attempt: max(attempts, 1), At: now, Outcome: "dead", Error: reason})
 	return nil
+}
+
+// deadReason is the error a dead letter of m, a retry copy past its
+// group's last attempt after attempts, carries: how its last attempt
+// ended (its visibility ran out, or it was nacked).
+func deadReason(m *Message, attempts int) string {
+	if m.Reason == expiredReason {
+		return fmt.Sprintf("not acked within its visibility on any of %d attempts", attempts)
+	}
+	return fmt.Sprintf("nacked on its last attempt, %d of %d", attempts, attempts)
 }
 
 // noteExpired records in the trace that the attempt before m's expired,
