@@ -2481,11 +2481,11 @@ func pullExchanges(env *contractEnv) []exchange {
 				waitedAtLeast(time.Second)(tb, resp, body)
 			}},
 
-		// once's attempt ran out of visibility long ago (its timer put it on
-		// the group's retry queue); past max_retries, the pull that finds it
-		// dead-letters it instead of handing it out.
+		// once's attempt ran out of visibility long ago; past max_retries,
+		// its timer dead-lettered it, with no pull needed, and a pull no
+		// longer hands it out.
 		{name: "pull/past max_retries", method: "POST", path: "/v1/groups/once/topics/jobs/pull", status: 200,
-			prepare: queued(broker.RetryTopic("once", "jobs"), 1), check: pulledBodies(1)},
+			prepare: queued(broker.DeadLetterTopic("once"), 1), check: pulledBodies(1)},
 		{name: "pull/dead letter", method: "GET", path: "/v1/groups/once/dlq", status: 200,
 			check: func(tb testing.TB, _ *http.Response, body []byte) {
 				var got struct{ Messages []deadLetterJSON }
