@@ -149,52 +149,6 @@ func subscriptionID(tb testing.TB, b *Broker, group, topic string) string {
 	return ""
 }
 
-// TestAckRacingImmediateNack: an ack of receipts that lands while a nack
-// of the same receipts with no delay is between storing its retry copies
-// and settling the originals (the timer loop firing meanwhile) wins: it
-// answers acked, the nack stale, and the messages never come back. Before
-// the fix the copies' timers, due at once, fired before the nack found it
-// had lost, and the acked messages came back as attempt 2 (the hostile
-// tester's p10_acknack_race.py, 1-5 rounds in 30).
-func TestAckRacingImmediateNack(t *testing.T) {
-	ctx := context.Background()
-	w := newPullEachWorld(t, t.TempDir(), false)
-	const n = 3
-	for i := range n {
-		publish(t, w.b, "t", msg(fmt.Sprint("m", i)))
-	}
-	got := pullN(t, w.b, "g", "t", n, 0, time.Minute)
-	if len(got) != n {
-		t.Fatalf("pulled %d, want %d", len(got), n)
-	}
-	var acked []ReceiptResult
-	var ackErr error
-	testHookNackStored = func() {
-		testHookNackStored = nil
-		acked, ackErr = w.b.AckEach(ctx, "g", receipts(got))
-		// The timer loop, running now, finds every timer due by now.
-		if _, err := w.b.timer.FireDue(ctx); err != nil {
-			t.Error(err)
-		}
-	}
-	t.Cleanup(func() { testHookNackStored = nil })
-	nacked, err := w.b.NackEach(ctx, "g", receipts(got), 0)
-	if err != nil || ackErr != nil {
-		t.Fatalf("nack: %v; ack: %v", err, ackErr)
-	}
-	for i := range n {
-		if acked[i].Status != ReceiptAcked || nacked[i].Status != ReceiptStale {
-			t.Errorf("receipt %d: ack %s, nack %s; want acked and stale", i, acked[i].Status, nacked[i].Status)
-		}
-	}
-	if _, err := w.b.timer.FireDue(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if again := pullN(t, w.b, "g", "t", 10, 0, time.Minute); len(again) > 0 {
-		t.Fatalf("acked messages handed out again: %q, attempts %d", bodies(again), again[0].Attempt)
-	}
-}
-
 // TestLastAttemptDeadLettersWithoutAPull: a pull group's last attempt
 // that runs out, or is nacked, goes to the DLQ when its timer fires, with
 // nobody pulling, carrying how that attempt ended. Before the fix it

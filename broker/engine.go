@@ -31,7 +31,7 @@ import (
 //     append, a delayed copy of it in the group's retry topic, due when its
 //     visibility runs out; the receipt names that copy's timer. Settling
 //     cancels or swaps that timer in one SQLite transaction, so a crash at
-//     any point brings a message back once, never loses it.
+//     any point brings a message back (maybe twice), never loses it.
 //   - Push leases live in this process, as the push loop that holds them
 //     does: the group's offset stays at the lowest message not settled,
 //     with, beside it, what was settled above it (the offset's progress:

@@ -170,10 +170,9 @@ func statusOf(v Verdict, st meta.TimerState) ReceiptStatus {
 // visibility timers, each on its own. An ack cancels a timer; a change of
 // visibility moves it. A nack, a dead letter or a release first reserves
 // the timers it can (so the timer loop keeps off them), stores those
-// messages' replacements (a retry copy, a dead letter), then settles each
-// timer and adds its copy's timer in one transaction (meta.NackTimers):
-// a crash in between brings a message back once, by its original's
-// timer, and an ack that wins meanwhile leaves the copy without a timer.
+// messages' replacements (a retry copy, a dead letter), then swaps each
+// timer for its copy's: a crash in between brings a message back twice
+// rather than never.
 func (e *Engine) settleTimersEach(ctx context.Context, group string, rs []receipt, v Verdict) ([]meta.TimerState, error) {
 	b := e.b
 	offs := make([]int64, len(rs))
@@ -207,7 +206,6 @@ func (e *Engine) settleTimersEach(ctx context.Context, group string, rs []receip
 		return nil, err
 	}
 	repl := make([]int64, len(rs))
-	replTimers := make([]meta.Timer, len(rs))
 	var copies []*Message
 	var idx []int // copies[k] replaces rs[idx[k]]
 	for i, r := range rs {
@@ -229,12 +227,6 @@ func (e *Engine) settleTimersEach(ctx context.Context, group string, rs []receip
 			cp = m.retryCopy(group, max(m.Attempt-1, 1), b.now()) // not sent: the same attempt, now
 		default:
 			cp = m.retryCopy(group, m.Attempt, v.at)
-		}
-		if cp.flags&flagDelayed != 0 {
-			// Its timer is added with the original's settle, only if
-			// that settles (meta.NackTimers): a retry copy due at once
-			// must not fire before an ack racing this nack wins.
-			cp.flags |= flagLeased
 		}
 		copies = append(copies, cp)
 		idx = append(idx, i)
@@ -267,38 +259,27 @@ func (e *Engine) settleTimersEach(ctx context.Context, group string, rs []receip
 				}
 				for j, r := range res {
 					repl[idx[ks[j]]] = r.logOffset
-					replTimers[idx[ks[j]]] = meta.Timer{LogOffset: -1}
-					if cp := msgs[j]; cp.flags&flagLeased != 0 {
-						replTimers[idx[ks[j]]] = meta.Timer{LogOffset: r.logOffset, DeliverAt: cp.DeliverAt, Owner: cp.Topic}
-					}
 					end = max(end, r.logOffset+1)
 				}
 				ks = ks[n:]
 			}
 		}
-		// A timer fires by reading its copy, which dispatch indexes first.
+		// The replacements' timers must exist before the originals' go.
 		if err := b.waitDispatched(ctx, end); err != nil {
 			return nil, err
 		}
-		if testHookNackStored != nil {
-			testHookNackStored()
-		}
 	}
-	var swapOffs []int64
-	var swapRepl []meta.Timer
+	var swapOffs, swapRepl []int64
 	var swapIdx []int
 	for i := range rs {
 		if repl[i] >= 0 {
-			swapOffs, swapRepl, swapIdx = append(swapOffs, offs[i]), append(swapRepl, replTimers[i]), append(swapIdx, i)
+			swapOffs, swapRepl, swapIdx = append(swapOffs, offs[i]), append(swapRepl, repl[i]), append(swapIdx, i)
 		}
 	}
 	if len(swapOffs) > 0 {
-		swapped, err := b.meta.NackTimers(ctx, swapOffs, swapRepl)
+		swapped, err := b.meta.SettleTimers(ctx, swapOffs, swapRepl, false)
 		if err != nil {
 			return nil, err
-		}
-		if b.timer != nil {
-			b.timer.Wake() // a replacement due now: the loop sleeps until the next timer it knew
 		}
 		for j, i := range swapIdx {
 			states[i] = swapped[j]
@@ -313,10 +294,6 @@ func (e *Engine) settleTimersEach(ctx context.Context, group string, rs []receip
 	}
 	return states, nil
 }
-
-// testHookNackStored runs in a nack once its replacement copies are
-// stored and dispatched, before the originals' timers are settled.
-var testHookNackStored func()
 
 // leaseEnd is the end of visibility an ordered pull lease's receipt
 // names: the block's NextAt, unless its visibility was changed since.

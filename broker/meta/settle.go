@@ -99,65 +99,6 @@ func (s *Store) SettleTimers(ctx context.Context, offsets, replacements []int64,
 	return out, nil
 }
 
-// NackTimers settles pending visibility timers as nacks, each on its own,
-// in one transaction, as SettleTimers does, and adds, for each one
-// settled, its replacement's timer (replacements[i], LogOffset < 0 for
-// none): a replacement never has a timer beside an original that was not
-// settled (acked meanwhile, or fired), so a nack racing an ack or the
-// timer loop brings its message back once or not at all, and a crash
-// before this transaction leaves the replacement without a timer (the
-// original's brings the message back).
-func (s *Store) NackTimers(ctx context.Context, offsets []int64, replacements []Timer) ([]TimerState, error) {
-	if len(replacements) != len(offsets) {
-		return nil, fmt.Errorf("nack timers: %d replacements for %d timers: %w", len(replacements), len(offsets), ErrInvalid)
-	}
-	var add []Timer
-	for _, r := range replacements {
-		if r.LogOffset >= 0 {
-			add = append(add, r)
-		}
-	}
-	if err := validTimers(add); err != nil {
-		return nil, err
-	}
-	out := make([]TimerState, len(offsets))
-	err := s.write(ctx, func(tx *sql.Tx) error {
-		now := s.now().UnixMilli()
-		if swapHook != nil {
-			swapHook()
-		}
-		stmt, err := tx.PrepareContext(ctx, `UPDATE timers SET fired = 1, settled = ? WHERE log_offset = ? AND fired = 0 AND deliver_at > ?`)
-		if err != nil {
-			return err
-		}
-		defer stmt.Close()
-		var keep []Timer
-		for i, off := range offsets {
-			res, err := stmt.ExecContext(ctx, -now, off, now)
-			if err != nil {
-				return fmt.Errorf("settle timer %d: %w", off, err)
-			}
-			if n, err := res.RowsAffected(); err != nil {
-				return err
-			} else if n == 1 {
-				out[i] = TimerDone
-				if replacements[i].LogOffset >= 0 {
-					keep = append(keep, replacements[i])
-				}
-				continue
-			}
-			if out[i], err = settledState(ctx, tx, off); err != nil {
-				return err
-			}
-		}
-		return insertTimers(ctx, tx, keep)
-	})
-	if err != nil {
-		return nil, fmt.Errorf("nack timers: %w", err)
-	}
-	return out, nil
-}
-
 // ReserveTimersEach is ReserveTimers receipt by receipt: each timer that
 // can be is reserved until at least until; for the others it says whether
 // they were acked or nacked before, or are stale.
