@@ -310,34 +310,6 @@ var (
 	chaosPullClient = &http.Client{Timeout: 8 * time.Second}
 )
 
-// chaosCall sends one request; err is the transport's.
-func chaosCall(c *http.Client, method, url string, hdr map[string]string, body []byte) (clAnswer, error) {
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequest(method, url, rd)
-	if err != nil {
-		return clAnswer{}, err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	for k, v := range hdr {
-		req.Header.Set(k, v)
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return clAnswer{}, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return clAnswer{}, err
-	}
-	return clAnswer{status: resp.StatusCode, header: resp.Header, body: b}, nil
-}
-
 // refusedDial reports whether err is a refused connection: nothing was
 // sent.
 func refusedDial(err error) bool {
@@ -503,7 +475,7 @@ func firstLine(s string) string {
 
 func (r *chaosRun) mustCall(method, url string, body []byte) clAnswer {
 	r.t.Helper()
-	a, err := chaosCall(chaosAPIClient, method, url, nil, body)
+	a, err := clCall(chaosAPIClient, method, url, nil, body)
 	if err != nil {
 		r.t.Fatalf("seed %d: %s %s: %v", r.seed, method, url, err)
 	}
@@ -514,7 +486,7 @@ func (r *chaosRun) mustCall(method, url string, body []byte) clAnswer {
 // address.
 func (r *chaosRun) healed() (bool, string) {
 	for _, ns := range r.ns {
-		a, err := chaosCall(chaosAPIClient, "GET", ns.url+"/v1/cluster", nil, nil)
+		a, err := clCall(chaosAPIClient, "GET", ns.url+"/v1/cluster", nil, nil)
 		if err != nil {
 			return false, ns.name + ": " + err.Error()
 		}
@@ -622,10 +594,10 @@ func (r *chaosRun) publisher(w int, rng *rand.Rand, stop chan struct{}) {
 			if sharded {
 				hdr["Postbus-Sharding-Key"] = batch[0].ShardingKey
 			}
-			a, err = chaosCall(chaosPubClient, "POST", via.url+"/v1/topics/"+topic+"/messages", hdr, []byte(items[0].body))
+			a, err = clCall(chaosPubClient, "POST", via.url+"/v1/topics/"+topic+"/messages", hdr, []byte(items[0].body))
 		} else {
 			body, _ := json.Marshal(batch)
-			a, err = chaosCall(chaosPubClient, "POST", via.url+"/v1/topics/"+topic+"/messages/batch", nil, body)
+			a, err = clCall(chaosPubClient, "POST", via.url+"/v1/topics/"+topic+"/messages/batch", nil, body)
 		}
 		answered := time.Now()
 		outs := r.classify(topic, via.name, count, a, err)
@@ -744,7 +716,7 @@ func (r *chaosRun) puller(topic string, rng *rand.Rand, stop chan struct{}) {
 		}
 		via := r.brokers[rng.IntN(len(r.brokers))]
 		sent := time.Now()
-		a, err := chaosCall(chaosPullClient, "POST", via.url+"/v1/groups/"+group+"/topics/"+topic+"/pull?max=32&wait=1s&visibility=5s", nil, nil)
+		a, err := clCall(chaosPullClient, "POST", via.url+"/v1/groups/"+group+"/topics/"+topic+"/pull?max=32&wait=1s&visibility=5s", nil, nil)
 		if err != nil || a.status != 200 {
 			select {
 			case <-stop:
@@ -772,7 +744,7 @@ func (r *chaosRun) puller(topic string, rng *rand.Rand, stop chan struct{}) {
 		r.mu.Unlock()
 		ackVia := r.brokers[rng.IntN(len(r.brokers))]
 		body, _ := json.Marshal(map[string][]string{"receipts": receipts})
-		aa, err := chaosCall(chaosPullClient, "POST", ackVia.url+"/v1/groups/"+group+"/ack", nil, body)
+		aa, err := clCall(chaosPullClient, "POST", ackVia.url+"/v1/groups/"+group+"/ack", nil, body)
 		if err != nil || aa.status != 200 {
 			continue // the messages come back after their visibility
 		}
@@ -955,7 +927,7 @@ func (r *chaosRun) subOp(sinkURL string, rng *rand.Rand) {
 		s.filters = append(s.filters, f)
 		r.mu.Unlock()
 		body, _ := json.Marshal(map[string]string{"filter": f})
-		a, err := chaosCall(chaosAPIClient, "PATCH", via.url+"/v1/subscriptions/"+s.id, nil, body)
+		a, err := clCall(chaosAPIClient, "PATCH", via.url+"/v1/subscriptions/"+s.id, nil, body)
 		r.logf("PATCH %s (%s) filter %q through %s: %s", s.id, s.topic, f, via.name, answerOf(a, err))
 	case op < 80:
 		s := live[rng.IntN(len(live))]
@@ -963,7 +935,7 @@ func (r *chaosRun) subOp(sinkURL string, rng *rand.Rand) {
 		if rng.IntN(2) == 0 {
 			verb = "resume"
 		}
-		a, err := chaosCall(chaosAPIClient, "POST", via.url+"/v1/subscriptions/"+s.id+"/"+verb, nil, nil)
+		a, err := clCall(chaosAPIClient, "POST", via.url+"/v1/subscriptions/"+s.id+"/"+verb, nil, nil)
 		r.mu.Lock()
 		s.paused, s.unsettled = verb == "pause", err != nil || a.status != 200
 		r.mu.Unlock()
@@ -990,7 +962,7 @@ func (r *chaosRun) createSub(sinkURL string, via *chaosNode, topic, filter strin
 	r.mu.Unlock()
 	body, _ := json.Marshal(map[string]any{"group": s.group, "topic": topic, "url": fmt.Sprintf("%s/h/%d", sinkURL, s.n),
 		"filter": filter, "retry_delays": []string{"200ms", "1s"}, "max_retries": 16, "timeout": "2s"})
-	a, err := chaosCall(chaosAPIClient, "POST", via.url+"/v1/subscriptions", nil, body)
+	a, err := clCall(chaosAPIClient, "POST", via.url+"/v1/subscriptions", nil, body)
 	answered := time.Now()
 	var got struct {
 		ID     string `json:"id"`
@@ -1023,7 +995,7 @@ func (r *chaosRun) deleteSub(s *chaosSub, rng *rand.Rand) {
 	deadline := time.Now().Add(20 * time.Second)
 	for tries := 1; ; tries++ {
 		via := r.brokers[rng.IntN(len(r.brokers))]
-		a, err := chaosCall(chaosAPIClient, "DELETE", via.url+"/v1/subscriptions/"+s.id, nil, nil)
+		a, err := clCall(chaosAPIClient, "DELETE", via.url+"/v1/subscriptions/"+s.id, nil, nil)
 		r.logf("DELETE %s (%s) through %s, try %d: %s", s.id, s.topic, via.name, tries, answerOf(a, err))
 		if err == nil && (a.status == 204 || (a.status == 404 && tries > 1)) {
 			r.mu.Lock()
@@ -1049,7 +1021,7 @@ func (r *chaosRun) resumeAll(rng *rand.Rand) {
 		deadline := time.Now().Add(20 * time.Second)
 		for {
 			via := r.brokers[rng.IntN(len(r.brokers))]
-			a, err := chaosCall(chaosAPIClient, "POST", via.url+"/v1/subscriptions/"+s.id+"/resume", nil, nil)
+			a, err := clCall(chaosAPIClient, "POST", via.url+"/v1/subscriptions/"+s.id+"/resume", nil, nil)
 			if err == nil && a.status == 200 {
 				break
 			}
@@ -1199,7 +1171,7 @@ func (r *chaosRun) check() {
 			return
 		}
 		for _, b := range r.brokers {
-			a, err := chaosCall(chaosAPIClient, "GET", b.url+"/v1/messages/"+it.id, nil, nil)
+			a, err := clCall(chaosAPIClient, "GET", b.url+"/v1/messages/"+it.id, nil, nil)
 			if err != nil || a.status != 200 {
 				continue
 			}
@@ -1373,7 +1345,7 @@ func (r *chaosRun) findByKey(it *chaosItem) (found, ok bool) {
 		i := slices.IndexFunc(r.brokers, func(n *chaosNode) bool { return n.name == h })
 		answered := false
 		for try := 0; try < 5 && !answered; try++ {
-			a, err := chaosCall(chaosAPIClient, "GET", r.brokers[i].url+"/v1/topics/"+it.topic+"/messages?key="+it.key+"&limit=8",
+			a, err := clCall(chaosAPIClient, "GET", r.brokers[i].url+"/v1/topics/"+it.topic+"/messages?key="+it.key+"&limit=8",
 				map[string]string{"Postbus-Forwarded-By": "chaos-test"}, nil)
 			if err != nil || a.status != 200 {
 				time.Sleep(200 * time.Millisecond)

@@ -126,18 +126,6 @@ func (fc *faultCluster) kill(name string) {
 	<-p.done
 }
 
-// problemOf is an answer's problem code and detail.
-func problemOf(a clAnswer) (code, detail string) {
-	var p struct {
-		Code   string `json:"code"`
-		Detail string `json:"detail"`
-	}
-	if json.Unmarshal(a.body, &p) != nil {
-		return "", "" // not a problem document
-	}
-	return p.Code, p.Detail
-}
-
 // timed sends one request with its own timeout and says how long it took.
 func timed(method, url string, hdr map[string]string, body []byte, limit time.Duration) (clAnswer, time.Duration, error) {
 	c := &http.Client{Timeout: limit}

@@ -40,6 +40,11 @@ var clClient = &http.Client{Timeout: 20 * time.Second}
 // clTry sends one request. A body without a Content-Type in hdr is sent
 // as JSON.
 func clTry(method, url string, hdr map[string]string, body []byte) (clAnswer, error) {
+	return clCall(clClient, method, url, hdr, body)
+}
+
+// clCall is clTry through the client c; err is the transport's.
+func clCall(c *http.Client, method, url string, hdr map[string]string, body []byte) (clAnswer, error) {
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
@@ -54,7 +59,7 @@ func clTry(method, url string, hdr map[string]string, body []byte) (clAnswer, er
 	for k, v := range hdr {
 		req.Header.Set(k, v)
 	}
-	resp, err := clClient.Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
 		return clAnswer{}, err
 	}
@@ -1001,4 +1006,16 @@ func clFirst(s []string, n int) string {
 		return strings.Join(s[:n], ", ") + ", ..."
 	}
 	return strings.Join(s, ", ")
+}
+
+// problemOf is an answer's problem code and detail.
+func problemOf(a clAnswer) (code, detail string) {
+	var p struct {
+		Code   string `json:"code"`
+		Detail string `json:"detail"`
+	}
+	if json.Unmarshal(a.body, &p) != nil {
+		return "", "" // not a problem document
+	}
+	return p.Code, p.Detail
 }
