@@ -214,25 +214,7 @@ func TestSIGKILLDuringPushRepeatsLittle(t *testing.T) {
 	before := len(delivered)
 	mu.Unlock()
 	start(t, args...)
-	deadline = time.Now().Add(60 * time.Second)
-	for {
-		mu.Lock()
-		n := len(delivered)
-		mu.Unlock()
-		if n == len(ids) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after the restart %d of %d messages delivered", n, len(ids))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	mu.Lock()
-	dups := 0
-	for _, id := range ids {
-		dups += delivered[id] - 1
-	}
-	mu.Unlock()
+	dups := repeatsOnceAllDelivered(t, &mu, delivered, ids)
 	t.Logf("killed after %d deliveries (%d messages); %d delivered again after the restart", kill, before, dups)
 	if dups > 4*maxInFlight {
 		t.Fatalf("%d deliveries repeated after SIGKILL; max_in_flight is %d, and at most four windows may repeat", dups, maxInFlight)
@@ -305,7 +287,22 @@ func TestSIGKILLWithAHungDeliveryRepeatsLittle(t *testing.T) {
 	before := total
 	mu.Unlock()
 	start(t, args...)
-	deadline = time.Now().Add(60 * time.Second)
+	dups := repeatsOnceAllDelivered(t, &mu, delivered, ids)
+	t.Logf("killed after %d deliveries, one of them hung; %d delivered again after the restart", before, dups)
+	// Before the progress record: 163 here. What was out is at most
+	// max_in_flight; what settled during the last offset write is not
+	// bounded by it yet (the writer writes as fast as it can, not per
+	// window), so four windows are allowed, as for the test above.
+	if dups > 4*maxInFlight {
+		t.Fatalf("%d deliveries repeated after SIGKILL; max_in_flight is %d, and at most four windows may repeat", dups, maxInFlight)
+	}
+}
+
+// repeatsOnceAllDelivered waits (up to a minute) until every one of ids
+// was delivered, and returns how many deliveries were repeats.
+func repeatsOnceAllDelivered(t *testing.T, mu *sync.Mutex, delivered map[string]int, ids []string) int {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
 	for {
 		mu.Lock()
 		n := len(delivered)
@@ -319,17 +316,10 @@ func TestSIGKILLWithAHungDeliveryRepeatsLittle(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	mu.Lock()
+	defer mu.Unlock()
 	dups := 0
 	for _, id := range ids {
 		dups += delivered[id] - 1
 	}
-	mu.Unlock()
-	t.Logf("killed after %d deliveries, one of them hung; %d delivered again after the restart", before, dups)
-	// Before the progress record: 163 here. What was out is at most
-	// max_in_flight; what settled during the last offset write is not
-	// bounded by it yet (the writer writes as fast as it can, not per
-	// window), so four windows are allowed, as for the test above.
-	if dups > 4*maxInFlight {
-		t.Fatalf("%d deliveries repeated after SIGKILL; max_in_flight is %d, and at most four windows may repeat", dups, maxInFlight)
-	}
+	return dups
 }
