@@ -256,7 +256,7 @@ func runReplChaos(t *testing.T, seed uint64, rounds int) replChaosCounts {
 		if _, err := g.waitCaughtUp(m, replWait); err != nil {
 			t.Errorf("seed %d: %v", seed, err)
 		}
-		bad := l.unreadable(m)
+		bad := l.unreadable(m.url)
 		for _, b := range bad {
 			id, _, _ := strings.Cut(b, ":")
 			lostIDs[id] = true
@@ -319,6 +319,9 @@ func runReplChaos(t *testing.T, seed uint64, rounds int) replChaosCounts {
 		t.Errorf("seed %d: %d deliveries whose webhook-id is not their message id; the first: %s", seed, len(sink.bad), sink.bad[0])
 	}
 	sink.mu.Unlock()
+	if n := checkCopies(t, g, l); n > c.lost {
+		c.lost = n
+	}
 	if errs := g.errorLines(); len(errs) > 0 {
 		t.Logf("seed %d: ERROR lines the members logged (how many, what):\n  %s", seed, strings.Join(errs, "\n  "))
 	}

@@ -430,10 +430,11 @@ func (g *replGroup) errorLines() []string {
 
 // replSink is a webhook endpoint that records every delivery.
 type replSink struct {
-	srv *httptest.Server
-	mu  sync.Mutex
-	got map[string][]replDelivery // guarded by mu: by Postbus-Message-Id
-	bad []string                  // guarded by mu: deliveries whose headers disagree
+	srv    *httptest.Server
+	mu     sync.Mutex
+	got    map[string][]replDelivery // guarded by mu: by Postbus-Message-Id
+	bad    []string                  // guarded by mu: deliveries whose headers or signature are wrong
+	secret string                    // guarded by mu: the subscription's signing secret, once created
 }
 
 type replDelivery struct {
@@ -458,6 +459,13 @@ func newReplSink(tb testing.TB) *replSink {
 		s.got[id] = append(s.got[id], d)
 		if id == "" || d.webhookID != id {
 			s.bad = append(s.bad, fmt.Sprintf("a delivery with %s %q and %s %q", push.HeaderMessageID, id, push.HeaderWebhookID, d.webhookID))
+		}
+		// Every member signs with the subscription's replicated secret: a
+		// delivery from a new leader verifies as one from the old.
+		if s.secret != "" {
+			if err := push.VerifyStandardWebhook(s.secret, r.Header, body, 10*time.Minute, time.Now()); err != nil {
+				s.bad = append(s.bad, fmt.Sprintf("a delivery of %s (attempt %d) whose signature does not verify: %v", id, attempt, err))
+			}
 		}
 		s.mu.Unlock()
 		w.WriteHeader(http.StatusNoContent)
@@ -494,11 +502,6 @@ func replPublish(c *http.Client, m *replMember, topic string, body []byte, dedup
 type replBatchItem struct {
 	BodyBase64 string `json:"body_base64"`
 	DedupID    string `json:"dedup_id"`
-}
-
-// replMessageBody reads a message's body by id through m.
-func replMessageBody(c *http.Client, m *replMember, id string) (clAnswer, error) {
-	return clCall(c, "GET", m.url+"/v1/messages/"+id+"/body", nil, nil)
 }
 
 // percentile is the p-th percentile (0..100) of ds, 0 for none.

@@ -303,9 +303,10 @@ func (l *replLoad) storedTwice() []string {
 	return twice
 }
 
-// unreadable is the acknowledged messages that m does not answer with
-// their bytes (GET /v1/messages/{id}/body), each with what it answered.
-func (l *replLoad) unreadable(m *replMember) []string {
+// unreadable is the acknowledged messages that the broker at url does
+// not answer with their bytes (GET /v1/messages/{id}/body), each with
+// what it answered.
+func (l *replLoad) unreadable(url string) []string {
 	want := l.ackedBodies()
 	ids := slices.Sorted(func(yield func(string) bool) {
 		for id := range want {
@@ -321,7 +322,7 @@ func (l *replLoad) unreadable(m *replMember) []string {
 	for range 8 {
 		wg.Go(func() {
 			for id := range next {
-				a, err := replMessageBody(replPubClient, m, id)
+				a, err := clCall(replPubClient, "GET", url+"/v1/messages/"+id+"/body", nil, nil)
 				if err == nil && a.status == http.StatusOK && string(a.body) == string(want[id]) {
 					continue
 				}

@@ -31,9 +31,19 @@ func replSetup(t *testing.T, g *replGroup, sink *replSink, topic string) {
 	}
 	push, _ := json.Marshal(map[string]any{"group": "push-" + topic, "topic": topic, "url": sink.srv.URL + "/h",
 		"retry_delays": []string{"200ms", "1s"}, "max_retries": 16, "timeout": "2s"})
-	if a := clDo(t, "POST", via(1)+"/v1/subscriptions", nil, push); a.status != 201 {
+	a := clDo(t, "POST", via(1)+"/v1/subscriptions", nil, push)
+	if a.status != 201 {
 		t.Fatalf("create the push subscription through %s: %s", g.members[1%len(g.members)].id, a)
 	}
+	var sub struct {
+		Secret string `json:"secret"`
+	}
+	if err := json.Unmarshal(a.body, &sub); err != nil || sub.Secret == "" {
+		t.Fatalf("the push subscription's create answered no secret (%v): %s", err, a)
+	}
+	sink.mu.Lock()
+	sink.secret = sub.Secret
+	sink.mu.Unlock()
 	pull, _ := json.Marshal(map[string]any{"group": "pull-" + topic, "topic": topic, "start_from": "earliest", "visibility": "5s"})
 	if a := clDo(t, "POST", via(2)+"/v1/subscriptions", nil, pull); a.status != 201 {
 		t.Fatalf("create the pull group through %s: %s", g.members[2%len(g.members)].id, a)
@@ -68,11 +78,39 @@ func checkAllReadable(t *testing.T, g *replGroup, l *replLoad, why string, membe
 		} else {
 			t.Logf("%s: %s caught up in %s", why, m.id, took.Round(time.Millisecond))
 		}
-		if bad := l.unreadable(m); len(bad) > 0 {
+		if bad := l.unreadable(m.url); len(bad) > 0 {
 			t.Errorf("%s: %d of %d acknowledged messages not read back from %s byte for byte; the first: %s",
 				why, len(bad), len(l.ackedBodies()), m.id, strings.Join(bad[:min(len(bad), 10)], "; "))
 		}
 	}
+}
+
+// checkCopies SIGKILLs every member and opens each one's data directory
+// with a standalone broker: every acknowledged message must be in every
+// member's own copy, byte for byte. (A follower forwards reads to its
+// leader, so reading through the group shows the leader's copy only.)
+// It returns how many messages some copy lacks.
+func checkCopies(t *testing.T, g *replGroup, l *replLoad) int {
+	t.Helper()
+	for _, m := range g.members {
+		g.kill(m)
+	}
+	lost := map[string]bool{}
+	for _, m := range g.members {
+		p := start(t, "broker", "--data", m.data, "--disk-clean-ratio", "0.99", "--disk-full-ratio", "0.995")
+		bad := l.unreadable(p.url)
+		for _, b := range bad {
+			id, _, _ := strings.Cut(b, ":")
+			lost[id] = true
+		}
+		if len(bad) > 0 {
+			t.Errorf("%d of %d acknowledged messages missing from %s's copy (its data directory opened standalone); the first: %s",
+				len(bad), len(l.ackedBodies()), m.id, strings.Join(bad[:min(len(bad), 10)], "; "))
+		}
+		p.cmd.Process.Kill()
+		<-p.done
+	}
+	return len(lost)
 }
 
 // TestReplicaGroupFailover (issue 13): a group of three, concurrent
@@ -230,7 +268,7 @@ func TestReplicaGroupFailover(t *testing.T) {
 		}
 	}
 	for _, m := range rest {
-		if bad := l.unreadable(m); len(bad) > 0 {
+		if bad := l.unreadable(m.url); len(bad) > 0 {
 			t.Errorf("with %s killed: %d acknowledged messages not read back from %s; the first: %s", leader.id, len(bad), m.id, strings.Join(bad[:min(len(bad), 10)], "; "))
 		}
 	}
@@ -241,4 +279,12 @@ func TestReplicaGroupFailover(t *testing.T) {
 	if errs := g.errorLines(); len(errs) > 0 {
 		t.Logf("ERROR lines the members logged (how many, what):\n  %s", strings.Join(errs, "\n  "))
 	}
+
+	// Every member's own files hold every message: the killed leader's
+	// once it is back, and the wiped one's.
+	g.restart(leader)
+	if _, err := g.waitCaughtUp(leader, replWait); err != nil {
+		t.Error(err)
+	}
+	checkCopies(t, g, l)
 }
