@@ -164,7 +164,43 @@ func startReplGroup(tb testing.TB, o replOpts) *replGroup {
 	if _, _, err := g.waitLeader(30 * time.Second); err != nil {
 		tb.Fatalf("the group elected no leader: %v", err)
 	}
+	if err := g.waitServing(30 * time.Second); err != nil {
+		tb.Fatal(err)
+	}
 	return g
+}
+
+// waitServing waits until every running member answers a request of the
+// API (GET /v1/topics, served by the leader, forwarded by a follower).
+func (g *replGroup) waitServing(limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for _, m := range g.running() {
+		for {
+			a, err := clCall(replStatusClient, "GET", m.url+"/v1/topics", nil, nil)
+			if err == nil && a.status == http.StatusOK {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s does not serve GET /v1/topics within %s: %s", m.id, limit, answerOf(a, err))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return nil
+}
+
+// call is clCall that retries, as a client should, while the group
+// answers 503 (no leader yet, a failover) or does not answer, for at most
+// limit.
+func (g *replGroup) call(method, url string, body []byte, limit time.Duration) (clAnswer, error) {
+	deadline := time.Now().Add(limit)
+	for {
+		a, err := clCall(replPubClient, method, url, nil, body)
+		if (err == nil && a.status != http.StatusServiceUnavailable) || time.Now().After(deadline) {
+			return a, err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // startMember starts m (on its first HTTP address from its second start

@@ -53,6 +53,9 @@ var (
 	replPullClient = &http.Client{Timeout: 8 * time.Second}
 )
 
+// replReadRetry bounds how long the reads of unreadable retry a 503.
+const replReadRetry = 30 * time.Second
+
 // replRetryBound is how long a publisher retries one message before it
 // counts it as given up.
 const replRetryBound = 30 * time.Second
@@ -114,7 +117,9 @@ func (l *replLoad) publishUntilAcked(turn int, bodies [][]byte, dedups []string)
 		l.tries++
 		l.mu.Unlock()
 		switch {
-		case err == nil && a.status == http.StatusCreated:
+		case err == nil && (a.status == http.StatusCreated || a.status == http.StatusOK):
+			// 200: a single message whose dedup id matched one stored
+			// before (a try whose answer was lost); stored all the same.
 			l.record(m, a, bodies, dedups, sent, answered)
 			return
 		case err == nil && a.status < 500 && a.status != http.StatusTooManyRequests:
@@ -305,8 +310,10 @@ func (l *replLoad) storedTwice() []string {
 
 // unreadable is the acknowledged messages that the broker at url does
 // not answer with their bytes (GET /v1/messages/{id}/body), each with
-// what it answered.
+// what it answered. A 503 (no leader yet: a failover) is asked again, as
+// a client would, until replReadRetry has passed since the first read.
 func (l *replLoad) unreadable(url string) []string {
+	retryUntil := time.Now().Add(replReadRetry)
 	want := l.ackedBodies()
 	ids := slices.Sorted(func(yield func(string) bool) {
 		for id := range want {
@@ -323,6 +330,10 @@ func (l *replLoad) unreadable(url string) []string {
 		wg.Go(func() {
 			for id := range next {
 				a, err := clCall(replPubClient, "GET", url+"/v1/messages/"+id+"/body", nil, nil)
+				for (err != nil || a.status == http.StatusServiceUnavailable) && time.Now().Before(retryUntil) {
+					time.Sleep(100 * time.Millisecond)
+					a, err = clCall(replPubClient, "GET", url+"/v1/messages/"+id+"/body", nil, nil)
+				}
 				if err == nil && a.status == http.StatusOK && string(a.body) == string(want[id]) {
 					continue
 				}

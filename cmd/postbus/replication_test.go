@@ -26,14 +26,14 @@ const replWait = 60 * time.Second
 func replSetup(t *testing.T, g *replGroup, sink *replSink, topic string) {
 	t.Helper()
 	via := func(i int) string { return g.members[i%len(g.members)].url }
-	if a := clDo(t, "PUT", via(0)+"/v1/topics/"+topic, nil, []byte(`{"queues":4}`)); a.status != 201 && a.status != 200 {
-		t.Fatalf("PUT /v1/topics/%s through %s: %s", topic, g.members[0].id, a)
+	if a, err := g.call("PUT", via(0)+"/v1/topics/"+topic, []byte(`{"queues":4}`), replWait); err != nil || a.status != 201 && a.status != 200 {
+		t.Fatalf("PUT /v1/topics/%s through %s: %s", topic, g.members[0].id, answerOf(a, err))
 	}
 	push, _ := json.Marshal(map[string]any{"group": "push-" + topic, "topic": topic, "url": sink.srv.URL + "/h",
 		"retry_delays": []string{"200ms", "1s"}, "max_retries": 16, "timeout": "2s"})
-	a := clDo(t, "POST", via(1)+"/v1/subscriptions", nil, push)
-	if a.status != 201 {
-		t.Fatalf("create the push subscription through %s: %s", g.members[1%len(g.members)].id, a)
+	a, err := g.call("POST", via(1)+"/v1/subscriptions", push, replWait)
+	if err != nil || a.status != 201 {
+		t.Fatalf("create the push subscription through %s: %s", g.members[1%len(g.members)].id, answerOf(a, err))
 	}
 	var sub struct {
 		Secret string `json:"secret"`
@@ -45,8 +45,8 @@ func replSetup(t *testing.T, g *replGroup, sink *replSink, topic string) {
 	sink.secret = sub.Secret
 	sink.mu.Unlock()
 	pull, _ := json.Marshal(map[string]any{"group": "pull-" + topic, "topic": topic, "start_from": "earliest", "visibility": "5s"})
-	if a := clDo(t, "POST", via(2)+"/v1/subscriptions", nil, pull); a.status != 201 {
-		t.Fatalf("create the pull group through %s: %s", g.members[2%len(g.members)].id, a)
+	if a, err := g.call("POST", via(2)+"/v1/subscriptions", pull, replWait); err != nil || a.status != 201 {
+		t.Fatalf("create the pull group through %s: %s", g.members[2%len(g.members)].id, answerOf(a, err))
 	}
 }
 
