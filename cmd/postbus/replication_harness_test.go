@@ -109,8 +109,27 @@ type replGroup struct {
 	t       testing.TB
 	name    string
 	ns      *proc
+	// members are the group's members now: changed by the test's own
+	// goroutine only, under mu, which the load's goroutines read them
+	// under (list).
 	members []*replMember
-	logDir  string // every incarnation's output is written here when the test fails
+	mu      sync.Mutex
+	every   []*replMember // every member ever started, for the logs
+	opts    replOpts
+}
+
+// list is a copy of the members, for other goroutines than the test's.
+func (g *replGroup) list() []*replMember {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return slices.Clone(g.members)
+}
+
+// setMembers changes the group's members (the test's goroutine only).
+func (g *replGroup) setMembers(ms []*replMember) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.members = ms
 }
 
 // freeAddr is a 127.0.0.1 address nothing listens on at the moment.
@@ -134,7 +153,7 @@ func startReplGroup(tb testing.TB, o replOpts) *replGroup {
 	if o.timeouts == nil {
 		o.timeouts = replShortTimeouts
 	}
-	g := &replGroup{t: tb, name: "broker-a"}
+	g := &replGroup{t: tb, name: "broker-a", opts: o}
 	g.ns = start(tb, "namesrv", "--broker-expiry", "2s", "--scan-interval", "100ms", "--warm-up", "300ms")
 	var peers []string
 	for i := range o.members {
@@ -148,14 +167,7 @@ func startReplGroup(tb testing.TB, o replOpts) *replGroup {
 		g.members = append(g.members, m)
 	}
 	for _, m := range g.members {
-		m.args = append([]string{"broker", "--data", m.data, "--namesrv", g.ns.url, "--broker-name", g.name,
-			"--node-id", m.id, "--raft-peers", strings.Join(peers, ","), "--raft-addr", m.bindAddr, "--raft-secret", replSecret,
-			"--heartbeat-interval", "300ms", "--allow-private-webhooks", "--segment-size", "4MiB",
-			// What is tested is replication, not a full disk: a shared
-			// machine's disk past the default 85% would have segments
-			// deleted before their retention.
-			"--disk-clean-ratio", "0.99", "--disk-full-ratio", "0.995"}, o.timeouts...)
-		m.args = append(m.args, o.extra...)
+		m.args = g.memberArgs(m, "--raft-peers", strings.Join(peers, ","))
 		if err := g.startMember(m); err != nil {
 			tb.Fatal(err)
 		}
@@ -203,10 +215,40 @@ func (g *replGroup) call(method, url string, body []byte, limit time.Duration) (
 	}
 }
 
+// memberArgs are m's flags: the group's, and how it finds the group
+// (--raft-peers LIST, or --raft-join).
+func (g *replGroup) memberArgs(m *replMember, how ...string) []string {
+	args := append([]string{"broker", "--data", m.data, "--namesrv", g.ns.url, "--broker-name", g.name,
+		"--node-id", m.id, "--raft-addr", m.bindAddr, "--raft-secret", replSecret,
+		"--heartbeat-interval", "300ms", "--allow-private-webhooks", "--segment-size", "4MiB",
+		// What is tested is replication, not a full disk: a shared
+		// machine's disk past the default 85% would have segments
+		// deleted before their retention.
+		"--disk-clean-ratio", "0.99", "--disk-full-ratio", "0.995"}, how...)
+	args = append(args, g.opts.timeouts...)
+	return append(args, g.opts.extra...)
+}
+
+// joinMember starts a new member, id, with --raft-join: it waits to be
+// added (POST /v1/replicas); it is not among g.members until added.
+func (g *replGroup) joinMember(id string) *replMember {
+	g.t.Helper()
+	m := &replMember{id: id, bindAddr: freeAddr(g.t), data: g.t.TempDir()}
+	m.raftAddr = m.bindAddr
+	m.args = g.memberArgs(m, "--raft-join")
+	if err := g.startMember(m); err != nil {
+		g.t.Fatal(err)
+	}
+	return m
+}
+
 // startMember starts m (on its first HTTP address from its second start
 // on) without waiting for /readyz: a member alone may not be ready until
 // the group has a leader.
 func (g *replGroup) startMember(m *replMember) error {
+	if !slices.Contains(g.every, m) {
+		g.every = append(g.every, m)
+	}
 	var err error
 	for try := range 20 {
 		var p *proc
@@ -420,7 +462,7 @@ func (g *replGroup) saveLogs() {
 		g.t.Logf("keep the logs: %v", err)
 		return
 	}
-	for _, m := range g.members {
+	for _, m := range g.every {
 		m.mu.Lock()
 		all := slices.Clone(m.all)
 		m.mu.Unlock()
@@ -440,7 +482,7 @@ func (g *replGroup) saveLogs() {
 // errorLines counts the ERROR lines every incarnation logged, by message.
 func (g *replGroup) errorLines() []string {
 	count := map[string]int{}
-	for _, m := range g.members {
+	for _, m := range g.every {
 		m.mu.Lock()
 		all := slices.Clone(m.all)
 		m.mu.Unlock()

@@ -94,7 +94,7 @@ func (l *replLoad) publisher(w int, stop <-chan struct{}, max int) {
 // a 4xx, or replRetryBound; each try goes through the next member.
 func (l *replLoad) publishUntilAcked(turn int, bodies [][]byte, dedups []string) {
 	began := time.Now()
-	members := l.g.members
+	members := l.g.list()
 	for try := 0; ; try++ {
 		m := members[(turn+try)%len(members)]
 		sent := time.Now()
@@ -219,7 +219,8 @@ func (l *replLoad) puller(n int, stop <-chan struct{}) {
 			return
 		default:
 		}
-		m := l.g.members[rng.IntN(len(l.g.members))]
+		members := l.g.list()
+		m := members[rng.IntN(len(members))]
 		a, err := clCall(replPullClient, "POST", m.url+"/v1/groups/"+l.group+"/topics/"+l.topic+"/pull?max=32&wait=1s&visibility=5s", nil, nil)
 		if err != nil || a.status != http.StatusOK {
 			select {
@@ -261,7 +262,7 @@ func (l *replLoad) puller(n int, stop <-chan struct{}) {
 			l.pulled[p.MsgID] = append(l.pulled[p.MsgID], body)
 		}
 		l.mu.Unlock()
-		ackVia := l.g.members[rng.IntN(len(l.g.members))]
+		ackVia := members[rng.IntN(len(members))]
 		body, _ := json.Marshal(map[string][]string{"receipts": receipts})
 		// An ack that fails leaves the messages to come back after their
 		// visibility: a repeat, counted, not a fault.
