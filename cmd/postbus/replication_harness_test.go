@@ -106,9 +106,9 @@ func (m *replMember) up() bool {
 
 // replGroup is a name server and the members of one replica group.
 type replGroup struct {
-	t       testing.TB
-	name    string
-	ns      *proc
+	t    testing.TB
+	name string
+	ns   *proc
 	// members are the group's members now: changed by the test's own
 	// goroutine only, under mu, which the load's goroutines read them
 	// under (list).
