@@ -18,7 +18,8 @@ import (
 // faults, one per round: any member (the leader half the time) SIGKILLed
 // and restarted on its data, hung with SIGSTOP and continued, its
 // incoming raft traffic dropped, cut or delayed, or, now and then, a
-// follower restarted with its data directory deleted. After each fault
+// follower restarted with its data directory deleted, or every member
+// SIGKILLed at once and restarted. Members snapshot every 64 entries. After each fault
 // the group must elect a leader and answer a publish 201 again. After
 // the rounds every member is brought back and the run checks:
 //
@@ -30,6 +31,10 @@ import (
 //
 //   - stored twice: a message retried with its dedup id and stored under
 //     two ids, or a dedup id answered with two ids (must be 0);
+//
+//   - acked again: a message pulled by a pull sent after an ack of it was
+//     answered "acked" (committed: no failover may bring it back; must
+//     be 0);
 //
 //   - counted, not failed: push and pull repeats (delivery is at least
 //     once), messages given up (no 201 within 30s of retries), and the
@@ -53,17 +58,18 @@ type replChaosCounts struct {
 	rounds, leaderFaults         int
 	acked, lost, gaveUp          int
 	undelivered, unpulled, twice int
+	ackedAgain                   int
 	pushRepeats, pullRepeats     int
 	failovers, disruptions       []time.Duration
 	noLeader, noPublish          int
 	faults                       map[string]int
 }
 
-const replChaosHeader = "rounds leader-faults acked lost gave-up undelivered unpulled stored-twice push-rep pull-rep no-leader no-201 kill-failover(n p50 max) leader-fault(n p50 max)"
+const replChaosHeader = "rounds leader-faults acked lost gave-up undelivered unpulled stored-twice acked-again push-rep pull-rep no-leader no-201 kill-failover(n p50 max) leader-fault(n p50 max)"
 
 func (c replChaosCounts) row() string {
-	return fmt.Sprintf("%6d %13d %5d %4d %7d %11d %8d %12d %8d %8d %9d %6d %4d %6s %6s %6d %6s %6s",
-		c.rounds, c.leaderFaults, c.acked, c.lost, c.gaveUp, c.undelivered, c.unpulled, c.twice, c.pushRepeats, c.pullRepeats,
+	return fmt.Sprintf("%6d %13d %5d %4d %7d %11d %8d %12d %11d %8d %8d %9d %6d %4d %6s %6s %6d %6s %6s",
+		c.rounds, c.leaderFaults, c.acked, c.lost, c.gaveUp, c.undelivered, c.unpulled, c.twice, c.ackedAgain, c.pushRepeats, c.pullRepeats,
 		c.noLeader, c.noPublish,
 		len(c.failovers), percentile(c.failovers, 50).Round(10*time.Millisecond), percentile(c.failovers, 100).Round(10*time.Millisecond),
 		len(c.disruptions), percentile(c.disruptions, 50).Round(10*time.Millisecond), percentile(c.disruptions, 100).Round(10*time.Millisecond))
@@ -103,7 +109,7 @@ type replFault struct {
 }
 
 var replFaults = []replFault{
-	{"kill", 4}, {"stop", 3}, {"drop", 2}, {"cut", 2}, {"delay", 1}, {"wipe", 1},
+	{"kill", 4}, {"stop", 3}, {"drop", 2}, {"cut", 2}, {"delay", 1}, {"wipe", 1}, {"killall", 1},
 }
 
 func pickFault(rng *rand.Rand) string {
@@ -141,7 +147,8 @@ func runReplChaos(t *testing.T, seed uint64, rounds int) replChaosCounts {
 		}
 	}()
 
-	g := startReplGroup(t, replOpts{proxied: true})
+	// Snapshots often, so that they are taken while entries are applied.
+	g := startReplGroup(t, replOpts{proxied: true, extra: []string{"--raft-snapshot-interval", "1s", "--raft-snapshot-threshold", "64"}})
 	sink := newReplSink(t)
 	const topic = "chaos"
 	replSetup(t, g, sink, topic)
@@ -209,6 +216,14 @@ func runReplChaos(t *testing.T, seed uint64, rounds int) replChaosCounts {
 			target.proxy.set(proxyPass, 0)
 		case "wipe":
 			g.wipe(target)
+		case "killall": // the whole group loses power
+			for _, m := range g.members {
+				g.kill(m)
+			}
+			time.Sleep(hold)
+			for _, m := range g.members {
+				g.restart(m)
+			}
 		}
 		// The group leads again, and takes a publish sent after the fault.
 		if l2, took, err := g.waitLeader(replWait); err != nil {
@@ -225,7 +240,7 @@ func runReplChaos(t *testing.T, seed uint64, rounds int) replChaosCounts {
 				if hitLeader && kind == "kill" {
 					c.failovers = append(c.failovers, d)
 				}
-				if hitLeader && kind != "delay" && kind != "wipe" {
+				if hitLeader && kind != "delay" && kind != "wipe" && kind != "killall" {
 					c.disruptions = append(c.disruptions, d)
 				}
 				break
@@ -305,8 +320,15 @@ func runReplChaos(t *testing.T, seed uint64, rounds int) replChaosCounts {
 	twice := l.storedTwice()
 	l.mu.Lock()
 	c.gaveUp = l.gaveUp
-	conflicts, refused := l.conflicts, l.refused
+	conflicts, refused, again, pullBad := l.conflicts, l.refused, l.again, l.pullBad
 	l.mu.Unlock()
+	c.ackedAgain = len(again)
+	if len(again) > 0 {
+		t.Errorf("seed %d: %d messages pulled again after an ack answered \"acked\"; the first: %s", seed, len(again), strings.Join(again[:min(len(again), 5)], "; "))
+	}
+	if len(pullBad) > 0 {
+		t.Errorf("seed %d: %d pulls or acks answered 200 with a wrong body; the first: %s", seed, len(pullBad), pullBad[0])
+	}
 	c.twice = len(twice) + len(conflicts)
 	if c.twice > 0 {
 		t.Errorf("seed %d: stored twice despite one dedup id: %v %v", seed, twice[:min(len(twice), 5)], conflicts[:min(len(conflicts), 5)])

@@ -34,6 +34,8 @@ type replLoad struct {
 	tries     int                   // guarded by mu: publish requests sent
 	pulled    map[string][]string   // guarded by mu: msg id -> bodies pulled
 	pullBad   []string              // guarded by mu
+	ackedAt   map[string]time.Time  // guarded by mu: msg id -> when an ack of it was first answered "acked"
+	again     []string              // guarded by mu: pulled by a pull sent after its ack was answered "acked"
 }
 
 // replAcked is a message answered 201.
@@ -45,7 +47,7 @@ type replAcked struct {
 }
 
 func newReplLoad(g *replGroup, topic, group string, seed uint64) *replLoad {
-	return &replLoad{g: g, topic: topic, group: group, seed: seed, byDedup: map[string]*replAcked{}, pulled: map[string][]string{}}
+	return &replLoad{g: g, topic: topic, group: group, seed: seed, byDedup: map[string]*replAcked{}, pulled: map[string][]string{}, ackedAt: map[string]time.Time{}}
 }
 
 var (
@@ -221,6 +223,7 @@ func (l *replLoad) puller(n int, stop <-chan struct{}) {
 		}
 		members := l.g.list()
 		m := members[rng.IntN(len(members))]
+		sent := time.Now()
 		a, err := clCall(replPullClient, "POST", m.url+"/v1/groups/"+l.group+"/topics/"+l.topic+"/pull?max=32&wait=1s&visibility=5s", nil, nil)
 		if err != nil || a.status != http.StatusOK {
 			select {
@@ -260,13 +263,42 @@ func (l *replLoad) puller(n int, stop <-chan struct{}) {
 				body = string(b)
 			}
 			l.pulled[p.MsgID] = append(l.pulled[p.MsgID], body)
+			// An ack answered "acked" is committed by a majority: no
+			// failover may hand the message out again.
+			if at, ok := l.ackedAt[p.MsgID]; ok && at.Before(sent) {
+				l.again = append(l.again, fmt.Sprintf("%s pulled through %s at %s, its ack answered acked at %s",
+					p.MsgID, m.id, sent.Format("15:04:05.000"), at.Format("15:04:05.000")))
+			}
 		}
 		l.mu.Unlock()
 		ackVia := members[rng.IntN(len(members))]
 		body, _ := json.Marshal(map[string][]string{"receipts": receipts})
 		// An ack that fails leaves the messages to come back after their
 		// visibility: a repeat, counted, not a fault.
-		_, _ = clCall(replPullClient, "POST", ackVia.url+"/v1/groups/"+l.group+"/ack", nil, body)
+		aa, err := clCall(replPullClient, "POST", ackVia.url+"/v1/groups/"+l.group+"/ack", nil, body)
+		if err != nil || aa.status != http.StatusOK {
+			continue
+		}
+		var res struct {
+			Results []struct {
+				Receipt string `json:"receipt"`
+				Status  string `json:"status"`
+			} `json:"results"`
+		}
+		if err := json.Unmarshal(aa.body, &res); err != nil || len(res.Results) != len(receipts) {
+			l.mu.Lock()
+			l.pullBad = append(l.pullBad, fmt.Sprintf("ack of %d receipts through %s: %s", len(receipts), ackVia.id, aa))
+			l.mu.Unlock()
+			continue
+		}
+		now := time.Now()
+		l.mu.Lock()
+		for i, r := range res.Results {
+			if _, ok := l.ackedAt[page.Messages[i].MsgID]; r.Status == "acked" && !ok {
+				l.ackedAt[page.Messages[i].MsgID] = now
+			}
+		}
+		l.mu.Unlock()
 	}
 }
 

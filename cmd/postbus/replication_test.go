@@ -228,6 +228,14 @@ func TestReplicaGroupFailover(t *testing.T) {
 	close(stopPull2)
 	pullers2.Wait()
 	_, pullRepeats := l.unpulled()
+	l.mu.Lock()
+	if len(l.again) > 0 {
+		t.Errorf("%d messages pulled again after an ack answered \"acked\"; the first: %s", len(l.again), strings.Join(l.again[:min(len(l.again), 5)], "; "))
+	}
+	if len(l.pullBad) > 0 {
+		t.Errorf("%d pulls or acks answered 200 with a wrong body; the first: %s", len(l.pullBad), l.pullBad[0])
+	}
+	l.mu.Unlock()
 	if twice := l.storedTwice(); len(twice) > 0 {
 		t.Errorf("%d messages stored twice (one body, one dedup id, two message ids); the first: %s", len(twice), strings.Join(twice[:min(len(twice), 5)], "; "))
 	}
