@@ -58,7 +58,14 @@ type FrontConfig struct {
 	// HopTimeout bounds a request forwarded to the leader beyond its own
 	// long-poll wait.
 	HopTimeout time.Duration
+	// LeaderWait is how long a request waits for a leader to forward to
+	// (DefaultLeaderWait) before it is answered no_leader.
+	LeaderWait time.Duration
 }
+
+// DefaultLeaderWait is FrontConfig.LeaderWait's default: a failover with
+// default raft timeouts takes a few seconds.
+const DefaultLeaderWait = 5 * time.Second
 
 // forwardedHeader marks a request a follower sent to the leader: a member
 // that is not the leader answers it no_leader rather than send it on, so a
@@ -84,6 +91,9 @@ func NewFront(cfg FrontConfig) (*Front, error) {
 	}
 	if cfg.HopTimeout <= 0 {
 		cfg.HopTimeout = DefaultHopTimeout
+	}
+	if cfg.LeaderWait <= 0 {
+		cfg.LeaderWait = DefaultLeaderWait
 	}
 	a, err := newAuthenticator(cfg.Auth)
 	if err != nil {
@@ -170,9 +180,34 @@ func (f *Front) other(w http.ResponseWriter, r *http.Request) {
 	f.forward(w, r)
 }
 
-// forward sends r to the leader, once.
+// forward sends r to the leader, once. While there is none (an election,
+// or the new leader still opening its broker) it waits up to LeaderWait,
+// so a request that meets a failover is answered by the new leader rather
+// than refused.
 func (f *Front) forward(w http.ResponseWriter, r *http.Request) {
 	addr, self, ok := f.cfg.Replicas.Leader()
+	if (!ok || self) && r.Header.Get(forwardedHeader) == "" {
+		deadline := time.NewTimer(f.cfg.LeaderWait)
+		defer deadline.Stop()
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+	wait:
+		for !ok || self {
+			select {
+			case <-r.Context().Done():
+				return
+			case <-deadline.C:
+				break wait
+			case <-tick.C:
+			}
+			if h := f.api.Load(); h != nil {
+				// This member took the lead meanwhile.
+				f.other(w, r)
+				return
+			}
+			addr, self, ok = f.cfg.Replicas.Leader()
+		}
+	}
 	if !ok || self || r.Header.Get(forwardedHeader) != "" {
 		// self: this member was just elected and its broker is not open
 		// yet; forwarded: sent here by a member that thought this one led.

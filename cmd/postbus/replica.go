@@ -198,7 +198,7 @@ func serveReplica(ctx context.Context, c *serveConfig, mode string, logger *slog
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	logger.Info("postbus replica listening", slog.String("addr", ln.Addr().String()), slog.String("node", rcfg.NodeID),
+	logger.Info("postbus listening", slog.String("mode", mode), slog.String("addr", ln.Addr().String()), slog.String("node", rcfg.NodeID),
 		slog.String("group", group), slog.String("data", c.broker.Dir), slog.String("version", version))
 
 	roles := node.Changes()
