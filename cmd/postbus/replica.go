@@ -41,6 +41,7 @@ type replicaFlags struct {
 	commit    time.Duration
 	snapEvery time.Duration
 	snapAfter uint64
+	trailing  uint64
 }
 
 func (r *replicaFlags) register(fs *flag.FlagSet) {
@@ -57,6 +58,7 @@ func (r *replicaFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&r.commit, "raft-commit-timeout", d.CommitTimeout, "raft: the longest the leader waits before it sends what it has")
 	fs.DurationVar(&r.snapEvery, "raft-snapshot-interval", d.SnapshotInterval, "raft: how often to check whether to take a snapshot")
 	fs.Uint64Var(&r.snapAfter, "raft-snapshot-threshold", d.SnapshotThreshold, "raft: entries since the last snapshot that make the next one")
+	fs.Uint64Var(&r.trailing, "raft-trailing-logs", 10240, "raft: entries kept after a snapshot, so a member briefly away catches up from the log rather than by a whole snapshot")
 }
 
 // config checks the flags and turns them into a replica.Config.
@@ -91,7 +93,7 @@ func (r *replicaFlags) config(mode string, bc broker.Config, logger *slog.Logger
 	}
 	c = replica.Config{Broker: bc, NodeID: r.nodeID, Peers: peers, Bind: r.bind, Join: r.join, Secret: []byte(r.secret),
 		HeartbeatTimeout: r.heartbeat, ElectionTimeout: r.election, LeaderLeaseTimeout: r.lease, CommitTimeout: r.commit,
-		SnapshotInterval: r.snapEvery, SnapshotThreshold: r.snapAfter, Logger: logger}
+		SnapshotInterval: r.snapEvery, SnapshotThreshold: r.snapAfter, TrailingLogs: r.trailing, Logger: logger}
 	return c, nil
 }
 
