@@ -203,6 +203,30 @@ func (b *Broker) open(ctx context.Context) error {
 	}
 	b.lockFile = lock
 
+	if b.cfg.Replica != nil {
+		b.log = b.cfg.Replica.Log
+	} else if b.log, err = commitlog.Open(b.logConfig()); err != nil {
+		return fmt.Errorf("open commitlog: %w", err)
+	}
+	if err := b.openMeta(ctx); err != nil {
+		return err
+	}
+	return b.openRest(ctx, start)
+}
+
+// LogConfig is the commitlog configuration a broker opened with cfg uses.
+func LogConfig(cfg Config) commitlog.Config {
+	b := &Broker{cfg: cfg, logger: cfg.Logger}
+	if b.logger == nil {
+		b.logger = slog.New(slog.DiscardHandler)
+	}
+	if b.cfg.FS == nil {
+		b.cfg.FS = vfs.OS
+	}
+	return b.logConfig()
+}
+
+func (b *Broker) logConfig() commitlog.Config {
 	lcfg := commitlog.DefaultConfig(filepath.Join(b.cfg.Dir, "commitlog"))
 	lcfg.SegmentSize = b.cfg.SegmentSize
 	lcfg.Sync = b.cfg.SyncFlush
@@ -216,12 +240,10 @@ func (b *Broker) open(ctx context.Context) error {
 	lcfg.MaxPayload = int(maxRecordBytes(MaxBatchBytes))
 	lcfg.Logger = b.logger.With(slog.String("component", "commitlog"))
 	lcfg.FS = b.cfg.FS
-	if b.log, err = commitlog.Open(lcfg); err != nil {
-		return fmt.Errorf("open commitlog: %w", err)
-	}
-	if err := b.openMeta(ctx); err != nil {
-		return err
-	}
+	return lcfg
+}
+
+func (b *Broker) openRest(ctx context.Context, start time.Time) error {
 	topics, err := b.meta.Topics(ctx)
 	if err != nil {
 		return fmt.Errorf("load topics: %w", err)
@@ -718,7 +740,7 @@ func (b *Broker) Close() error {
 
 func (b *Broker) closeFiles() error {
 	var errs []error
-	if b.log != nil {
+	if b.log != nil && b.cfg.Replica == nil {
 		errs = append(errs, b.log.Close())
 	}
 	if b.cq != nil {
@@ -728,7 +750,7 @@ func (b *Broker) closeFiles() error {
 		errs = append(errs, b.idx.Close())
 	}
 	errs = append(errs, b.closeLogEnd())
-	if b.meta != nil {
+	if b.meta != nil && b.cfg.Replica == nil {
 		errs = append(errs, b.meta.Close())
 	}
 	if b.lockFile != nil {

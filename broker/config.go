@@ -56,6 +56,10 @@ type Config struct {
 	// the key index that change what is on disk; nil means vfs.OS. Tests
 	// set a vfs.Fault to fail them or simulate a power cut.
 	FS vfs.FS
+	// Replica, when set, makes this broker its replica group's leader for
+	// as long as it is open: it is opened on the member's files and its
+	// appends and metadata writes go through the group (replicated.go).
+	Replica *Replicated
 }
 
 // DefaultTombstoneTTL is how long a deleted subscription's tombstone is

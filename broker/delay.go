@@ -383,7 +383,7 @@ func (b *Broker) moveAhead(ctx context.Context, pending []meta.Timer) (int, erro
 	for _, rec := range recs {
 		patchRecord(rec, now, 0)
 	}
-	_, end, err := b.log.Append(recs)
+	_, end, err := b.appendLog(recs)
 	b.appendMu.Unlock()
 	if err != nil {
 		return 0, err

@@ -269,7 +269,7 @@ func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results 
 		}
 		return 0, err
 	}
-	offs, end, err := b.log.Append(keep)
+	offs, end, err := b.appendLog(keep)
 	if errors.Is(err, commitlog.ErrFailed) {
 		// The batch may be on disk (a failed fsync, or a failed write it
 		// could not zero again): its queue offsets stay taken, or a later

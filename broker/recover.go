@@ -25,6 +25,9 @@ var ErrMetadataLost = errors.New("metadata lost")
 
 const metaFile = "meta.db"
 
+// MetaPath is the metadata database of a broker storing in dir.
+func MetaPath(dir string) string { return filepath.Join(dir, metaFile) }
+
 // Progress of long scans of the log (a rebuild from scratch): an INFO line
 // every progressInterval or progressBytes, whichever comes first. Variables
 // so that tests can make them small.
@@ -42,6 +45,12 @@ const rebuildHowTo = "restore a meta.db at least as new as the commitlog (see RE
 // commitlog that holds messages, and with RebuildMetadata moves an
 // unusable one aside (never deleting it) and starts a new one.
 func (b *Broker) openMeta(ctx context.Context) error {
+	if b.cfg.Replica != nil {
+		// A replica's metadata is the group's: raft brings it up to date
+		// with its log, so neither can be older than the other for long.
+		b.meta = b.cfg.Replica.Meta
+		return nil
+	}
 	path := b.dataPath(metaFile)
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) && b.logHasRecords() && !b.cfg.RebuildMetadata {
 		return fmt.Errorf("%w: metadata database %s is missing, but the commitlog holds messages (offsets %d to %d); "+

@@ -90,6 +90,10 @@ var statusOf = map[broker.Code]int{
 	codeServerBusy:                  http.StatusServiceUnavailable,
 	codeRequestTimeout:              http.StatusRequestTimeout,
 	codeTooManyPolls:                http.StatusTooManyRequests,
+	codeNoLeader:                    http.StatusServiceUnavailable,
+	codeNotReplicated:               http.StatusNotFound,
+	codeMemberNotFound:              http.StatusNotFound,
+	codeInvalidMember:               http.StatusBadRequest,
 }
 
 // problem is an RFC 9457 problem detail with postbus's stable code.

@@ -2,7 +2,6 @@ package meta
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"flag"
 	"math/rand/v2"
@@ -17,8 +16,8 @@ var benchMetaMB = flag.Int("meta.bench-mb", 64, "size in MiB of the database Ben
 // transaction, SQL-side, to grow a database quickly.
 func fillTimers(tb testing.TB, s *Store, from int64, n int) {
 	tb.Helper()
-	err := s.write(context.Background(), func(tx *sql.Tx) error {
-		_, err := tx.Exec(`INSERT INTO timers (log_offset, deliver_at, fired, owner)
+	err := s.write(context.Background(), func(tx Tx) error {
+		_, err := tx.ExecContext(context.Background(), `INSERT INTO timers (log_offset, deliver_at, fired, owner)
 			WITH RECURSIVE c(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM c WHERE x + 1 < ?)
 			SELECT ? + x, ? + x, 0, 'topic-' || (x % 7) FROM c`, n, from, time.Now().Add(time.Hour).UnixMilli())
 		return err

@@ -56,7 +56,7 @@ func (s *Store) AddTimers(ctx context.Context, ts []Timer) error {
 	if err := validTimers(ts); err != nil {
 		return err
 	}
-	return s.write(ctx, func(tx *sql.Tx) error { return insertTimers(ctx, tx, ts) })
+	return s.write(ctx, func(tx Tx) error { return insertTimers(ctx, tx, ts) })
 }
 
 func validTimers(ts []Timer) error {
@@ -69,7 +69,7 @@ func validTimers(ts []Timer) error {
 }
 
 // insertTimers is AddTimers's work in tx.
-func insertTimers(ctx context.Context, tx *sql.Tx, ts []Timer) error {
+func insertTimers(ctx context.Context, tx Tx, ts []Timer) error {
 	for len(ts) > 0 {
 		n := min(len(ts), rowChunk)
 		args := make([]any, 0, 3*n)
@@ -139,7 +139,7 @@ func (s *Store) ClaimDueTimers(ctx context.Context, limit int) ([]Timer, error) 
 		return nil, fmt.Errorf("claim due timers: %w", err)
 	}
 	var out []Timer
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx Tx) error {
 		rows, err := tx.QueryContext(ctx, dueTimersQuery, s.now().UnixMilli(), limit)
 		if err != nil {
 			return err
@@ -236,7 +236,7 @@ func (s *Store) FireTimers(ctx context.Context, offsets []int64) error {
 	if len(offsets) == 0 {
 		return nil
 	}
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx Tx) error {
 		for len(offsets) > 0 {
 			n := min(len(offsets), rowChunk)
 			args := make([]any, n)
@@ -259,7 +259,7 @@ func (s *Store) FireTimers(ctx context.Context, offsets []int64) error {
 // what it did.
 func (s *Store) PurgeFiredTimers(ctx context.Context, logOff int64) (int64, error) {
 	var n int64
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx Tx) error {
 		cutoff := s.now().Add(-SettledMemory).UnixMilli()
 		res, err := tx.ExecContext(ctx, `DELETE FROM timers WHERE fired = 1 AND log_offset < ? AND (settled = 0 OR abs(settled) < ?)`, logOff, cutoff)
 		if err != nil {
@@ -288,7 +288,7 @@ func (s *Store) AddAttempts(ctx context.Context, as []Attempt) error {
 	if len(as) == 0 {
 		return nil
 	}
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx Tx) error {
 		for len(as) > 0 {
 			n := min(len(as), rowChunk)
 			args := make([]any, 0, 9*n)
@@ -331,7 +331,7 @@ func (s *Store) Attempts(ctx context.Context, msgID string) ([]Attempt, error) {
 
 // PurgeAttempts deletes attempts older than before.
 func (s *Store) PurgeAttempts(ctx context.Context, before time.Time) error {
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx Tx) error {
 		_, err := tx.ExecContext(ctx, `DELETE FROM attempts WHERE at < ?`, before.UnixMilli())
 		return err
 	})
@@ -347,7 +347,7 @@ func (s *Store) RemoveDeadLetters(ctx context.Context, group string, offsets []i
 	if len(offsets) == 0 {
 		return nil
 	}
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx Tx) error {
 		for len(offsets) > 0 {
 			n := min(len(offsets), rowChunk)
 			args := make([]any, 0, 2*n)
@@ -402,7 +402,7 @@ type OrderedRetry struct {
 
 // SetOrderedRetry records (or replaces) the block on a queue.
 func (s *Store) SetOrderedRetry(ctx context.Context, r OrderedRetry) error {
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx Tx) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO ordered_retries (subscription, queue_id, queue_offset, attempt, next_at, lease_until) VALUES (?,?,?,?,?,?)
 			ON CONFLICT (subscription, queue_id) DO UPDATE SET queue_offset = excluded.queue_offset, attempt = excluded.attempt, next_at = excluded.next_at, lease_until = excluded.lease_until`,
 			r.Subscription, r.Queue, r.QueueOffset, r.Attempt, r.NextAt.UnixMilli(), leaseMillis(r.LeaseUntil))
@@ -424,7 +424,7 @@ func leaseMillis(t time.Time) int64 {
 
 // ClearOrderedRetry removes the block on a queue, if there is one.
 func (s *Store) ClearOrderedRetry(ctx context.Context, sub string, queue int) error {
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx Tx) error {
 		_, err := tx.ExecContext(ctx, `DELETE FROM ordered_retries WHERE subscription = ? AND queue_id = ?`, sub, queue)
 		return err
 	})
@@ -546,7 +546,7 @@ func (s *Store) CreateSubscription(ctx context.Context, sub Subscription) (Subsc
 	sub = sub.withDefaults()
 	now := s.stamp(time.Time{})
 	sub.CreatedAt, sub.UpdatedAt = now, now
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx Tx) error {
 		if t, ok, err := tombstoneOf(ctx, tx, sub.ID); err != nil {
 			return err
 		} else if ok {
@@ -589,7 +589,7 @@ func (s *Store) UpdateSubscription(ctx context.Context, sub Subscription) (Subsc
 	sub = sub.withDefaults()
 	now := s.stamp(time.Time{})
 	var out Subscription
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx Tx) error {
 		cur, err := scanSubscription(tx.QueryRowContext(ctx, `SELECT `+subscriptionColumns+` FROM subscriptions WHERE id = ?`, sub.ID))
 		if errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("subscription %q: %w", sub.ID, ErrNotFound)
@@ -674,7 +674,7 @@ func (s *Store) CancelTimers(ctx context.Context, offsets []int64) (stale []int,
 // the timer: a nack that never swaps (a crash, an error) leaves its
 // messages to come back at until.
 func (s *Store) ReserveTimers(ctx context.Context, offsets []int64, until time.Time) (stale []int, err error) {
-	err = s.write(ctx, func(tx *sql.Tx) error {
+	err = s.write(ctx, func(tx Tx) error {
 		now := s.now().UnixMilli()
 		stmt, err := tx.PrepareContext(ctx, `UPDATE timers SET deliver_at = max(deliver_at, ?) WHERE log_offset = ? AND fired = 0 AND deliver_at > ?`)
 		if err != nil {
@@ -720,7 +720,7 @@ var swapHook func()
 // returned. A crash before the swap leaves both pending: the message comes
 // back twice, never not at all.
 func (s *Store) SwapTimers(ctx context.Context, offsets, replacements []int64) (stale []int, err error) {
-	err = s.write(ctx, func(tx *sql.Tx) error {
+	err = s.write(ctx, func(tx Tx) error {
 		now := s.now().UnixMilli()
 		if swapHook != nil {
 			swapHook()
@@ -769,7 +769,7 @@ var errStaleSwap = errors.New("stale")
 // ClearOrderedRetries removes every block of a subscription (an offset
 // reset: the blocks belong to the old position).
 func (s *Store) ClearOrderedRetries(ctx context.Context, sub string) error {
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx Tx) error {
 		_, err := tx.ExecContext(ctx, `DELETE FROM ordered_retries WHERE subscription = ?`, sub)
 		return err
 	})

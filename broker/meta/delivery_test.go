@@ -2,7 +2,6 @@ package meta
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -1139,7 +1138,7 @@ func TestDeliveryMigrationKeepsData(t *testing.T) {
 	// Written as version 1's code did: its columns only.
 	created := s1.stamp(time.Time{})
 	sub := Subscription{ID: "sub-1", Group: "billing", Topic: "orders", Filter: "*", Config: "{}", State: "active", CreatedAt: created, UpdatedAt: created}
-	if err := s1.write(ctx, func(tx *sql.Tx) error {
+	if err := s1.write(ctx, func(tx Tx) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO subscriptions (id, group_name, topic, created_at, updated_at) VALUES (?,?,?,?,?)`,
 			sub.ID, sub.Group, sub.Topic, created.UnixMilli(), created.UnixMilli())
 		return err

@@ -2,7 +2,6 @@ package meta
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"io/fs"
 	"regexp"
@@ -68,7 +67,7 @@ const createSchemaMigrations = `CREATE TABLE IF NOT EXISTS schema_migrations (
 // A version below the database's highest is applied too when it is
 // missing: its number was reserved while a later file shipped first.
 func (s *Store) migrate(ctx context.Context, migs []migration) error {
-	if err := s.write(ctx, func(tx *sql.Tx) error {
+	if err := s.write(ctx, func(tx Tx) error {
 		_, err := tx.ExecContext(ctx, createSchemaMigrations)
 		return err
 	}); err != nil {
@@ -82,7 +81,7 @@ func (s *Store) migrate(ctx context.Context, migs []migration) error {
 	latest := migs[len(migs)-1].version
 	for _, m := range migs {
 		applied := false
-		err := s.write(ctx, func(tx *sql.Tx) error {
+		err := s.write(ctx, func(tx Tx) error {
 			// Read the versions inside the immediate transaction: another
 			// process opening the same file at the same time cannot slip
 			// in between the check and the apply.

@@ -2,7 +2,6 @@ package meta
 
 import (
 	"context"
-	"database/sql"
 	"database/sql/driver"
 	"errors"
 	"fmt"
@@ -88,7 +87,11 @@ func (s *Store) CommitOffsetsUnsynced(ctx context.Context, offs []Offset) error 
 // writeUnsynced is write with synchronous=NORMAL for this one transaction,
 // on the writer connection held throughout, so no other write runs
 // unsynced.
-func (s *Store) writeUnsynced(ctx context.Context, fn func(*sql.Tx) error) (err error) {
+func (s *Store) writeUnsynced(ctx context.Context, fn func(Tx) error) (err error) {
+	if s.repl != nil {
+		// Replicated writes are applied synced on every member.
+		return s.write(ctx, fn)
+	}
 	defer func() { err = s.note(err) }()
 	conn, err := s.w.Conn(ctx)
 	if err != nil {
@@ -110,7 +113,7 @@ func (s *Store) writeUnsynced(ctx context.Context, fn func(*sql.Tx) error) (err 
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
-	if err := fn(tx); err != nil {
+	if err := fn(plainTx{tx}); err != nil {
 		_ = tx.Rollback()
 		return err
 	}
@@ -120,7 +123,7 @@ func (s *Store) writeUnsynced(ctx context.Context, fn func(*sql.Tx) error) (err 
 	return nil
 }
 
-func (s *Store) commitOffsets(ctx context.Context, offs []Offset, write func(context.Context, func(*sql.Tx) error) error) error {
+func (s *Store) commitOffsets(ctx context.Context, offs []Offset, write func(context.Context, func(Tx) error) error) error {
 	if len(offs) == 0 {
 		return nil
 	}
@@ -129,7 +132,7 @@ func (s *Store) commitOffsets(ctx context.Context, offs []Offset, write func(con
 			return fmt.Errorf("commit offsets: %w", err)
 		}
 	}
-	if err := write(ctx, func(tx *sql.Tx) error { return s.upsertOffsets(ctx, tx, offs) }); err != nil {
+	if err := write(ctx, func(tx Tx) error { return s.upsertOffsets(ctx, tx, offs) }); err != nil {
 		return fmt.Errorf("commit %d offsets: %w", len(offs), err)
 	}
 	return nil
@@ -150,7 +153,7 @@ func (s *Store) CommitLease(ctx context.Context, ts []Timer, offs []Offset) erro
 			return fmt.Errorf("commit lease: %w", err)
 		}
 	}
-	err := s.writeUnsynced(ctx, func(tx *sql.Tx) error {
+	err := s.writeUnsynced(ctx, func(tx Tx) error {
 		if err := insertTimers(ctx, tx, ts); err != nil {
 			return err
 		}
@@ -166,10 +169,10 @@ func (s *Store) CommitLease(ctx context.Context, ts []Timer, offs []Offset) erro
 }
 
 // upsertOffsets writes offs in tx.
-func (s *Store) upsertOffsets(ctx context.Context, tx *sql.Tx, offs []Offset) error {
+func (s *Store) upsertOffsets(ctx context.Context, tx Tx, offs []Offset) error {
 	now := s.stamp(time.Time{}).UnixMilli()
 	args := make([]any, 0, 6*min(len(offs), offsetChunk))
-	var full *sql.Stmt
+	var full Prepared
 	defer func() {
 		if full != nil {
 			full.Close()

@@ -28,7 +28,7 @@ const (
 
 // settledState reads, in tx, what a timer that could not be settled came
 // to before.
-func settledState(ctx context.Context, tx *sql.Tx, off int64) (TimerState, error) {
+func settledState(ctx context.Context, tx Tx, off int64) (TimerState, error) {
 	var settled int64
 	err := tx.QueryRowContext(ctx, `SELECT settled FROM timers WHERE log_offset = ?`, off).Scan(&settled)
 	switch {
@@ -57,7 +57,7 @@ func (s *Store) SettleTimers(ctx context.Context, offsets, replacements []int64,
 		return nil, fmt.Errorf("settle timers: %d replacements for %d timers: %w", len(replacements), len(offsets), ErrInvalid)
 	}
 	out := make([]TimerState, len(offsets))
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx Tx) error {
 		now := s.now().UnixMilli()
 		if swapHook != nil {
 			swapHook()
@@ -123,7 +123,7 @@ func (s *Store) SetTimersDue(ctx context.Context, offsets []int64, at time.Time)
 // not move is answered by what became of it (settledState).
 func (s *Store) moveTimersEach(ctx context.Context, offsets []int64, verb, update string, due int64) ([]TimerState, error) {
 	out := make([]TimerState, len(offsets))
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx Tx) error {
 		now := s.now().UnixMilli()
 		stmt, err := tx.PrepareContext(ctx, update)
 		if err != nil {

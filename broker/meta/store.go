@@ -70,6 +70,12 @@ type Store struct {
 	checkLimit int64
 	checked    bool
 
+	// repl, when set (SetReplicator, before the store is shared), takes
+	// every write to the replica group; replMu is held from a write's
+	// capture to its apply.
+	repl   Replicator
+	replMu sync.Mutex
+
 	closeOnce sync.Once
 	closeErr  error // set inside closeOnce
 }
@@ -246,12 +252,20 @@ func (s *Store) Close() error {
 // write runs fn in one immediate transaction on the writer connection and
 // commits it, or rolls it back if fn or the commit fails. An error that
 // shows the file damaged is noted (Corrupt).
-func (s *Store) write(ctx context.Context, fn func(*sql.Tx) error) error {
+func (s *Store) write(ctx context.Context, fn func(Tx) error) error {
+	if s.repl != nil {
+		return s.writeReplicated(ctx, fn)
+	}
+	return s.writeLocal(ctx, fn)
+}
+
+// writeLocal is write on this database alone.
+func (s *Store) writeLocal(ctx context.Context, fn func(Tx) error) error {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return s.note(fmt.Errorf("begin: %w", err))
 	}
-	if err := fn(tx); err != nil {
+	if err := fn(plainTx{tx}); err != nil {
 		_ = tx.Rollback() // the error from fn is the one worth reporting
 		return s.note(err)
 	}
@@ -306,7 +320,7 @@ func collect[T any](ctx context.Context, db *sql.DB, scan func(*sql.Rows) (T, er
 // transaction, the rows also names by key (what belongs to it). ErrNotFound
 // when there was no such row.
 func (s *Store) deleteWith(ctx context.Context, del, also, key string) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx Tx) error {
 		res, err := tx.ExecContext(ctx, del, key)
 		if err != nil {
 			return err

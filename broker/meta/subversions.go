@@ -60,7 +60,7 @@ type Tombstone struct {
 	DeletedAt        time.Time // by this store's clock
 }
 
-func tombstoneOf(ctx context.Context, tx *sql.Tx, id string) (Tombstone, bool, error) {
+func tombstoneOf(ctx context.Context, tx Tx, id string) (Tombstone, bool, error) {
 	var t Tombstone
 	var at int64
 	err := tx.QueryRowContext(ctx, `SELECT id, group_name, topic, version, version_by, deleted_at FROM subscription_tombstones WHERE id = ?`, id).
@@ -76,7 +76,7 @@ func tombstoneOf(ctx context.Context, tx *sql.Tx, id string) (Tombstone, bool, e
 }
 
 // putTombstone stores t unless a tombstone of t.ID wins over it.
-func (s *Store) putTombstone(ctx context.Context, tx *sql.Tx, t Tombstone) error {
+func (s *Store) putTombstone(ctx context.Context, tx Tx, t Tombstone) error {
 	_, err := tx.ExecContext(ctx, `INSERT INTO subscription_tombstones (id, group_name, topic, version, version_by, deleted_at) VALUES (?,?,?,?,?,?)
 		ON CONFLICT (id) DO UPDATE SET group_name = excluded.group_name, topic = excluded.topic, version = excluded.version,
 			version_by = excluded.version_by, deleted_at = excluded.deleted_at
@@ -89,7 +89,7 @@ func (s *Store) putTombstone(ctx context.Context, tx *sql.Tx, t Tombstone) error
 }
 
 // removeSubscription deletes a subscription row and its queue blocks.
-func removeSubscription(ctx context.Context, tx *sql.Tx, id string) error {
+func removeSubscription(ctx context.Context, tx Tx, id string) error {
 	if _, err := tx.ExecContext(ctx, `DELETE FROM subscriptions WHERE id = ?`, id); err != nil {
 		return fmt.Errorf("delete subscription %q: %w", id, err)
 	}
@@ -106,7 +106,7 @@ func removeSubscription(ctx context.Context, tx *sql.Tx, id string) error {
 // stored one's version wins over the delete's.
 func (s *Store) DeleteSubscriptionAt(ctx context.Context, id string, v Version) (Subscription, error) {
 	var old Subscription
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx Tx) error {
 		var err error
 		old, err = scanSubscription(tx.QueryRowContext(ctx, `SELECT `+subscriptionColumns+` FROM subscriptions WHERE id = ?`, id))
 		if errors.Is(err, sql.ErrNoRows) {
@@ -157,7 +157,7 @@ func (s *Store) ApplySubscription(ctx context.Context, sub Subscription, deleted
 	}
 	sub = sub.withDefaults()
 	var out Applied
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx Tx) error {
 		out = Applied{}
 		cur, err := scanSubscription(tx.QueryRowContext(ctx, `SELECT `+subscriptionColumns+` FROM subscriptions WHERE id = ?`, sub.ID))
 		switch {
@@ -271,7 +271,7 @@ func (s *Store) SubscriptionTombstones(ctx context.Context) ([]Tombstone, error)
 // older than before (Unix ms) and returns how many it deleted.
 func (s *Store) PurgeSubscriptionTombstones(ctx context.Context, before int64) (int64, error) {
 	var n int64
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM subscription_tombstones WHERE version < ?`, before)
 		if err != nil {
 			return err

@@ -67,7 +67,7 @@ func (s *Store) CreateTopic(ctx context.Context, t Topic) (Topic, error) {
 		t.UpdatedAt = s.stamp(t.UpdatedAt)
 	}
 	t.Retention = t.Retention.Truncate(time.Millisecond)
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx Tx) error {
 		res, err := tx.ExecContext(ctx,
 			`INSERT INTO topics (`+topicColumns+`) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING`,
 			t.Name, t.Queues, t.Retention.Milliseconds(), t.CreatedAt.UnixMilli(), t.UpdatedAt.UnixMilli(), t.LogStart)
@@ -103,7 +103,7 @@ func (s *Store) PutTopic(ctx context.Context, t Topic) (Topic, bool, error) {
 		out     Topic
 		created bool
 	)
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx Tx) error {
 		cur, err := scanTopic(tx.QueryRowContext(ctx,
 			`SELECT `+topicColumns+` FROM topics WHERE name = ?`, t.Name))
 		switch {
@@ -171,7 +171,7 @@ func (s *Store) Topics(ctx context.Context) ([]Topic, error) {
 // topic are left for their owner to remove.
 func (s *Store) DeleteTopic(ctx context.Context, name string) error {
 	at := s.stamp(time.Time{}).UnixMilli()
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM topics WHERE name = ?`, name)
 		if err != nil {
 			return err

@@ -59,6 +59,8 @@ type serveConfig struct {
 	forwardTimeout    time.Duration
 	namesrvToken      string
 	syncInterval      time.Duration
+
+	replica replicaFlags
 }
 
 func newServeFlags(mode string, out io.Writer) (*flag.FlagSet, *serveConfig) {
@@ -119,6 +121,9 @@ func newServeFlags(mode string, out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.DurationVar(&c.syncInterval, "subscription-sync-interval", httpapi.DefaultSyncInterval, "in a cluster, how often the broker pushes its subscription records (tombstones of deleted ones too) to the other brokers holding their topics; also at start and at once when a broker joins a topic")
 	fs.DurationVar(&b.TombstoneTTL, "subscription-tombstone-ttl", b.TombstoneTTL, "how long a deleted subscription's tombstone is kept, so that a broker that missed the delete (down, expired) drops its copy when it is back; keep it far above --broker-expiry and any outage")
 	fs.StringVar(&c.namesrvToken, "namesrv-token", "", "bearer token (admin scope) for the name servers, and for the pushes of subscription records to other brokers, when they check tokens; better set as POSTBUS_NAMESRV_TOKEN")
+	if mode == "broker" {
+		c.replica.register(fs)
+	}
 	fs.Usage = func() {
 		fmt.Fprintf(out, "Usage: postbus %s [flags]\n\n", mode)
 		if mode == "dev" {
@@ -172,6 +177,15 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	}
 	if err := c.checkEdgeFlags(); err != nil {
 		return err
+	}
+
+	if c.replica.peers != "" || c.replica.join {
+		ln, err := net.Listen("tcp", c.addr)
+		if err != nil {
+			return fmt.Errorf("listen on %s: %w", c.addr, err)
+		}
+		defer ln.Close()
+		return serveReplica(ctx, c, mode, logger, auth, ln)
 	}
 
 	reg := prometheus.NewRegistry()

@@ -1,0 +1,142 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/postbus/postbus/broker/commitlog"
+)
+
+// fsm applies the group's committed entries to this member's files. It is
+// raft's state machine; raft calls Apply, Snapshot and Restore from one
+// goroutine.
+type fsm struct{ n *Node }
+
+// recordsResult is a records entry's answer to the proposer.
+type recordsResult struct {
+	offs []int64
+	end  int64
+	err  error
+}
+
+// errDiverged: an entry does not fit this member's files: its log holds
+// something else where the entry says its records go. Raft guarantees the
+// same entries in the same order everywhere, so this is a bug or a file
+// changed behind the broker's back; the member must not go on as if it
+// held the group's state.
+var errDiverged = errors.New("replica diverged from its group")
+
+func (f fsm) Apply(l *raft.Log) any {
+	if l.Type != raft.LogCommand || len(l.Data) == 0 {
+		return nil
+	}
+	n := f.n
+	start := time.Now()
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	var res any
+	switch l.Data[0] {
+	case kindRecords:
+		at, recs, err := decodeRecords(l.Data)
+		if err != nil {
+			res = recordsResult{err: err}
+			break
+		}
+		offs, end, err := n.applyRecords(at, recs)
+		res = recordsResult{offs: offs, end: end, err: err}
+		if err != nil {
+			n.applyFailed(l.Index, "records", err)
+		}
+	case kindMeta:
+		stmts, err := decodeMeta(l.Data)
+		if err == nil {
+			_, err = n.meta.ApplyReplicated(context.Background(), l.Index, stmts)
+		}
+		if err != nil {
+			n.applyFailed(l.Index, "meta", err)
+			res = err
+		}
+	case kindLeader:
+		li, err := decodeLeader(l.Data)
+		if err != nil {
+			n.applyFailed(l.Index, "leader", err)
+			return err
+		}
+		n.leader.Store(&li)
+	default:
+		err := fmt.Errorf("entry %d of kind %d: %w", l.Index, l.Data[0], errBadEntry)
+		n.applyFailed(l.Index, "unknown", err)
+		res = err
+	}
+	n.metrics.applySeconds.Observe(time.Since(start).Seconds())
+	return res
+}
+
+// applyFailed reports an entry this member could not apply: never silent.
+func (n *Node) applyFailed(idx uint64, kind string, err error) {
+	n.metrics.applyFailures.WithLabelValues(kind).Inc()
+	n.logger.Error("raft entry not applied: this member's files may no longer match its group's",
+		slog.Uint64("index", idx), slog.String("kind", kind), slog.Any("err", err))
+}
+
+// applyRecords appends a batch at start, or the part of it the log does not
+// hold yet: after a restart raft hands again the entries after the last
+// snapshot, and the log (fsynced only at snapshots; raft's own log is what
+// a majority fsynced) may hold all, part or none of each.
+func (n *Node) applyRecords(start int64, recs [][]byte) ([]int64, int64, error) {
+	offs := make([]int64, len(recs))
+	at := start
+	for i, r := range recs {
+		offs[i] = at
+		at += commitlog.FramedSize(len(r))
+	}
+	end := at
+	have := n.log.End()
+	if end <= have {
+		n.metrics.skipped.Add(float64(len(recs)))
+		return offs, end, nil
+	}
+	k := 0
+	if start < have {
+		// The log holds the first records: append from the first it lacks,
+		// which must begin exactly where the log ends.
+		for k < len(recs) && offs[k] < have {
+			k++
+		}
+		if offs[k] != have {
+			return nil, 0, fmt.Errorf("batch at %d: the log ends at %d, inside record %d: %w", start, have, k-1, errDiverged)
+		}
+		n.metrics.skipped.Add(float64(k))
+	}
+	rest := recs[k:]
+	var total int64
+	for _, r := range rest {
+		total += commitlog.FramedSize(len(r))
+	}
+	if next := n.log.NextStart(total); next != offs[k] {
+		return nil, 0, fmt.Errorf("batch at %d: record %d belongs at %d, but the log would write it at %d: %w", start, k, offs[k], next, errDiverged)
+	}
+	got, gotEnd, err := n.log.Append(rest)
+	if err != nil {
+		return nil, 0, fmt.Errorf("append %d records at %d: %w", len(rest), offs[k], err)
+	}
+	if got[0] != offs[k] || gotEnd != end {
+		return nil, 0, fmt.Errorf("batch at %d: written at %d..%d, want %d..%d: %w", start, got[0], gotEnd, offs[k], end, errDiverged)
+	}
+	return offs, end, nil
+}
+
+func (f fsm) Snapshot() (raft.FSMSnapshot, error) {
+	return f.n.snapshot()
+}
+
+func (f fsm) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	return f.n.restore(rc)
+}
