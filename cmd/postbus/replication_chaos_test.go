@@ -19,7 +19,8 @@ import (
 // and restarted on its data, hung with SIGSTOP and continued, its
 // incoming raft traffic dropped, cut or delayed, or, now and then, a
 // follower restarted with its data directory deleted, or every member
-// SIGKILLed at once and restarted. Members snapshot every 64 entries. After each fault
+// SIGKILLed at once and restarted. Members snapshot every 64 entries and
+// keep 16 behind, so a member away for long is restored by a snapshot. After each fault
 // the group must elect a leader and answer a publish 201 again. After
 // the rounds every member is brought back and the run checks:
 //
@@ -148,7 +149,7 @@ func runReplChaos(t *testing.T, seed uint64, rounds int) replChaosCounts {
 	}()
 
 	// Snapshots often, so that they are taken while entries are applied.
-	g := startReplGroup(t, replOpts{proxied: true, extra: []string{"--raft-snapshot-interval", "1s", "--raft-snapshot-threshold", "64"}})
+	g := startReplGroup(t, replOpts{proxied: true, extra: []string{"--raft-snapshot-interval", "1s", "--raft-snapshot-threshold", "64", "--raft-trailing-logs", "16"}})
 	sink := newReplSink(t)
 	const topic = "chaos"
 	replSetup(t, g, sink, topic)

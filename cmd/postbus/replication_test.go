@@ -125,7 +125,9 @@ func checkCopies(t *testing.T, g *replGroup, l *replLoad) int {
 func TestReplicaGroupFailover(t *testing.T) {
 	const seed = 13
 	t.Logf("seed %d", seed)
-	g := startReplGroup(t, replOpts{})
+	// Snapshots every 64 entries, keeping 16 behind them: a wiped member
+	// is far behind the log's start and is restored by a snapshot.
+	g := startReplGroup(t, replOpts{extra: []string{"--raft-snapshot-threshold", "64", "--raft-snapshot-interval", "1s", "--raft-trailing-logs", "16"}})
 	sink := newReplSink(t)
 	const topic = "repl"
 	replSetup(t, g, sink, topic)
@@ -260,6 +262,9 @@ func TestReplicaGroupFailover(t *testing.T) {
 	g.wipe(wiped)
 	t.Logf("%s restarted with its data directory deleted", wiped.id)
 	checkAllReadable(t, g, l, "the wiped follower back", wiped)
+	if n, err := replMetric(wiped, "postbus_raft_snapshot_restores_total"); err != nil || n < 1 {
+		t.Errorf("the wiped %s caught up with %v snapshot restores (%v); want at least one (the log it needs was compacted)", wiped.id, n, err)
+	}
 
 	// Those two alone (the leader killed now) serve every message and
 	// take publishes: the wiped member's copy is whole.
