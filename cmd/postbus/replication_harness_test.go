@@ -412,6 +412,30 @@ func (g *replGroup) waitLeader(limit time.Duration) (*replMember, time.Duration,
 	}
 }
 
+// registeredAt is the address the name server lists the group's broker
+// name at ("" when it does not list it).
+func (g *replGroup) registeredAt() (string, error) {
+	a, err := clCall(replStatusClient, "GET", g.ns.url+"/v1/cluster", nil, nil)
+	if err != nil {
+		return "", err
+	}
+	var c struct {
+		Brokers []struct {
+			Name string `json:"name"`
+			Addr string `json:"addr"`
+		} `json:"brokers"`
+	}
+	if err := json.Unmarshal(a.body, &c); err != nil {
+		return "", fmt.Errorf("GET /v1/cluster: %w: %s", err, a)
+	}
+	for _, b := range c.Brokers {
+		if b.Name == g.name {
+			return b.Addr, nil
+		}
+	}
+	return "", nil
+}
+
 // applied is m's own applied index.
 func (g *replGroup) applied(m *replMember) (uint64, error) {
 	s, err := g.status(m)

@@ -170,6 +170,12 @@ func TestReplicaGroupFailover(t *testing.T) {
 		t.Fatalf("the killed member %s is named leader", old.id)
 	}
 	t.Logf("new leader %s, %s after the kill", leader.id, elected.Round(time.Millisecond))
+	// The name server routes the broker name to the new leader.
+	took := waitFor(t, replWait, "the name server to list "+g.name+" at the new leader "+leader.url, func() (bool, string) {
+		addr, err := g.registeredAt()
+		return err == nil && addr == leader.url, fmt.Sprintf("%q, %v", addr, err)
+	})
+	t.Logf("the name server lists %s at %s %s after the election", g.name, leader.id, took.Round(time.Millisecond))
 
 	// Publishes succeed again: through the survivors, 200 more.
 	waitFor(t, replWait, "200 messages acknowledged after the failover", func() (bool, string) {
