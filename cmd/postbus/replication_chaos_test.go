@@ -15,7 +15,8 @@ import (
 // The Jepsen-style loop of issue 13: a replica group of three whose raft
 // traffic runs through proxies, publishers with dedup ids through every
 // member, a push sink and pullers, and a seeded random schedule of
-// faults, one per round: any member (the leader half the time) SIGKILLed
+// faults, one per round (some messages sharded, some delayed, the
+// webhook failing one first attempt in 16): any member (the leader half the time) SIGKILLed
 // and restarted on its data, hung with SIGSTOP and continued, its
 // incoming raft traffic dropped, cut or delayed, or, now and then, a
 // follower restarted with its data directory deleted, or every member
@@ -32,6 +33,8 @@ import (
 //
 //   - stored twice: a message retried with its dedup id and stored under
 //     two ids, or a dedup id answered with two ids (must be 0);
+//
+//   - moved: a sharding key answered with another queue than before;
 //
 //   - acked again: a message pulled by a pull sent after an ack of it was
 //     answered "acked" (committed: no failover may bring it back; must
@@ -321,8 +324,11 @@ func runReplChaos(t *testing.T, seed uint64, rounds int) replChaosCounts {
 	twice := l.storedTwice()
 	l.mu.Lock()
 	c.gaveUp = l.gaveUp
-	conflicts, refused, again, pullBad := l.conflicts, l.refused, l.again, l.pullBad
+	conflicts, refused, again, pullBad, moved := l.conflicts, l.refused, l.again, l.pullBad, l.shardMoved
 	l.mu.Unlock()
+	if len(moved) > 0 {
+		t.Errorf("seed %d: %d sharding keys answered with another queue; the first: %s", seed, len(moved), strings.Join(moved[:min(len(moved), 5)], "; "))
+	}
 	c.ackedAgain = len(again)
 	if len(again) > 0 {
 		t.Errorf("seed %d: %d messages pulled again after an ack answered \"acked\"; the first: %s", seed, len(again), strings.Join(again[:min(len(again), 5)], "; "))

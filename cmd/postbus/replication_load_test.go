@@ -25,17 +25,19 @@ type replLoad struct {
 	group string // the pull group
 	seed  uint64
 
-	mu        sync.Mutex
-	acked     []*replAcked          // guarded by mu
-	byDedup   map[string]*replAcked // guarded by mu
-	conflicts []string              // guarded by mu: one dedup id answered with two message ids
-	refused   []string              // guarded by mu: a publish answered 4xx
-	gaveUp    int                   // guarded by mu: messages never answered 201 within the bound
-	tries     int                   // guarded by mu: publish requests sent
-	pulled    map[string][]string   // guarded by mu: msg id -> bodies pulled
-	pullBad   []string              // guarded by mu
-	ackedAt   map[string]time.Time  // guarded by mu: msg id -> when an ack of it was first answered "acked"
-	again     []string              // guarded by mu: pulled by a pull sent after its ack was answered "acked"
+	mu         sync.Mutex
+	acked      []*replAcked          // guarded by mu
+	byDedup    map[string]*replAcked // guarded by mu
+	conflicts  []string              // guarded by mu: one dedup id answered with two message ids
+	refused    []string              // guarded by mu: a publish answered 4xx
+	gaveUp     int                   // guarded by mu: messages never answered 201 within the bound
+	tries      int                   // guarded by mu: publish requests sent
+	pulled     map[string][]string   // guarded by mu: msg id -> bodies pulled
+	pullBad    []string              // guarded by mu
+	ackedAt    map[string]time.Time  // guarded by mu: msg id -> when an ack of it was first answered "acked"
+	shardQueue map[string]int        // guarded by mu: sharding key -> the queue its first 201 named
+	shardMoved []string              // guarded by mu: a sharding key answered with another queue
+	again      []string              // guarded by mu: pulled by a pull sent after its ack was answered "acked"
 }
 
 // replAcked is a message answered 201.
@@ -47,7 +49,7 @@ type replAcked struct {
 }
 
 func newReplLoad(g *replGroup, topic, group string, seed uint64) *replLoad {
-	return &replLoad{g: g, topic: topic, group: group, seed: seed, byDedup: map[string]*replAcked{}, pulled: map[string][]string{}, ackedAt: map[string]time.Time{}}
+	return &replLoad{g: g, topic: topic, group: group, seed: seed, byDedup: map[string]*replAcked{}, pulled: map[string][]string{}, ackedAt: map[string]time.Time{}, shardQueue: map[string]int{}}
 }
 
 var (
@@ -76,25 +78,40 @@ func (l *replLoad) publisher(w int, stop <-chan struct{}, max int) {
 		if rng.IntN(5) == 0 {
 			count = 2 + rng.IntN(3)
 		}
-		bodies := make([][]byte, count)
-		dedups := make([]string, count)
-		for k := range bodies {
+		msgs := make([]replMsg, count)
+		for k := range msgs {
 			// Bodies hold every byte value: what is read back must be
 			// the same bytes, not a text round trip of them.
 			b := fmt.Appendf(nil, "seed %d w%d i%d k%d ", l.seed, w, i, k)
 			for range 16 + rng.IntN(1500) {
 				b = append(b, byte(rng.IntN(256)))
 			}
-			bodies[k] = b
-			dedups[k] = fmt.Sprintf("s%d-w%d-%d-%d", l.seed, w, i, k)
+			msgs[k] = replMsg{body: b, dedup: fmt.Sprintf("s%d-w%d-%d-%d", l.seed, w, i, k)}
+			switch rng.IntN(10) {
+			case 0, 1: // a sharding key keeps its queue, across a failover too
+				msgs[k].shard = fmt.Sprintf("key%d", rng.IntN(8))
+			case 2: // a timer that must fire on whichever member leads then
+				msgs[k].delay = fmt.Sprintf("%dms", 500+rng.IntN(2500))
+			}
 		}
-		l.publishUntilAcked(w+i, bodies, dedups)
+		l.publishUntilAcked(w+i, msgs)
 	}
+}
+
+// replMsg is one message to publish.
+type replMsg struct {
+	body         []byte
+	dedup, shard string
+	delay        string // a Postbus-Delay
 }
 
 // publishUntilAcked sends bodies (one message, or a batch) until a 201,
 // a 4xx, or replRetryBound; each try goes through the next member.
-func (l *replLoad) publishUntilAcked(turn int, bodies [][]byte, dedups []string) {
+func (l *replLoad) publishUntilAcked(turn int, msgs []replMsg) {
+	dedups := make([]string, len(msgs))
+	for k, m := range msgs {
+		dedups[k] = m.dedup
+	}
 	began := time.Now()
 	members := l.g.list()
 	for try := 0; ; try++ {
@@ -104,12 +121,19 @@ func (l *replLoad) publishUntilAcked(turn int, bodies [][]byte, dedups []string)
 			a   clAnswer
 			err error
 		)
-		if len(bodies) == 1 {
-			a, err = replPublish(replPubClient, m, l.topic, bodies[0], dedups[0])
+		if len(msgs) == 1 {
+			hdr := map[string]string{"Content-Type": "application/octet-stream", "Postbus-Dedup-Id": msgs[0].dedup}
+			if msgs[0].shard != "" {
+				hdr["Postbus-Sharding-Key"] = msgs[0].shard
+			}
+			if msgs[0].delay != "" {
+				hdr["Postbus-Delay"] = msgs[0].delay
+			}
+			a, err = clCall(replPubClient, "POST", m.url+"/v1/topics/"+l.topic+"/messages", hdr, msgs[0].body)
 		} else {
-			items := make([]replBatchItem, len(bodies))
-			for k := range items {
-				items[k] = replBatchItem{BodyBase64: base64.StdEncoding.EncodeToString(bodies[k]), DedupID: dedups[k]}
+			items := make([]replBatchItem, len(msgs))
+			for k, x := range msgs {
+				items[k] = replBatchItem{BodyBase64: base64.StdEncoding.EncodeToString(x.body), DedupID: x.dedup, ShardingKey: x.shard, Delay: x.delay}
 			}
 			body, _ := json.Marshal(items)
 			a, err = clCall(replPubClient, "POST", m.url+"/v1/topics/"+l.topic+"/messages/batch", nil, body)
@@ -122,7 +146,7 @@ func (l *replLoad) publishUntilAcked(turn int, bodies [][]byte, dedups []string)
 		case err == nil && (a.status == http.StatusCreated || a.status == http.StatusOK):
 			// 200: a single message whose dedup id matched one stored
 			// before (a try whose answer was lost); stored all the same.
-			l.record(m, a, bodies, dedups, sent, answered)
+			l.record(m, a, msgs, sent, answered)
 			return
 		case err == nil && a.status < 500 && a.status != http.StatusTooManyRequests:
 			l.mu.Lock()
@@ -132,7 +156,7 @@ func (l *replLoad) publishUntilAcked(turn int, bodies [][]byte, dedups []string)
 		}
 		if time.Since(began) > replRetryBound {
 			l.mu.Lock()
-			l.gaveUp += len(bodies)
+			l.gaveUp += len(msgs)
 			l.mu.Unlock()
 			l.g.t.Logf("gave up on %v after %s; last answer through %s: %s", dedups, replRetryBound, m.id, answerOf(a, err))
 			return
@@ -141,13 +165,14 @@ func (l *replLoad) publishUntilAcked(turn int, bodies [][]byte, dedups []string)
 	}
 }
 
-func (l *replLoad) record(m *replMember, a clAnswer, bodies [][]byte, dedups []string, sent, answered time.Time) {
+func (l *replLoad) record(m *replMember, a clAnswer, msgs []replMsg, sent, answered time.Time) {
 	type result struct {
 		MsgID     string `json:"msg_id"`
+		QueueID   int    `json:"queue_id"`
 		Duplicate bool   `json:"duplicate"`
 	}
 	var res []result
-	if len(bodies) == 1 {
+	if len(msgs) == 1 {
 		var one result
 		if err := json.Unmarshal(a.body, &one); err == nil {
 			res = []result{one}
@@ -157,12 +182,19 @@ func (l *replLoad) record(m *replMember, a clAnswer, bodies [][]byte, dedups []s
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if len(res) != len(bodies) {
-		l.refused = append(l.refused, fmt.Sprintf("publish %v through %s: a 201 with %d results: %s", dedups, m.id, len(res), a))
+	if len(res) != len(msgs) {
+		l.refused = append(l.refused, fmt.Sprintf("publish of %d messages through %s: a 201 with %d results: %s", len(msgs), m.id, len(res), a))
 		return
 	}
 	for k, r := range res {
-		x := &replAcked{id: r.MsgID, dedup: dedups[k], via: m.id, body: bodies[k], sent: sent, answered: answered, duplicate: r.Duplicate}
+		x := &replAcked{id: r.MsgID, dedup: msgs[k].dedup, via: m.id, body: msgs[k].body, sent: sent, answered: answered, duplicate: r.Duplicate}
+		if key := msgs[k].shard; key != "" {
+			if q, ok := l.shardQueue[key]; !ok {
+				l.shardQueue[key] = r.QueueID
+			} else if q != r.QueueID {
+				l.shardMoved = append(l.shardMoved, fmt.Sprintf("sharding key %s: queue %d, then %d (%s through %s)", key, q, r.QueueID, r.MsgID, m.id))
+			}
+		}
 		if prev, ok := l.byDedup[x.dedup]; ok {
 			if prev.id != x.id {
 				l.conflicts = append(l.conflicts, fmt.Sprintf("dedup id %s: answered %s, then %s", x.dedup, prev.id, x.id))

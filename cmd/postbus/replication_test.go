@@ -196,6 +196,9 @@ func TestReplicaGroupFailover(t *testing.T) {
 	if len(l.conflicts) > 0 {
 		t.Errorf("%d dedup ids answered with two message ids; the first: %s", len(l.conflicts), strings.Join(l.conflicts[:min(len(l.conflicts), 5)], "; "))
 	}
+	if len(l.shardMoved) > 0 {
+		t.Errorf("%d sharding keys answered with another queue; the first: %s", len(l.shardMoved), strings.Join(l.shardMoved[:min(len(l.shardMoved), 5)], "; "))
+	}
 	if l.gaveUp > 0 {
 		t.Errorf("%d messages not acknowledged within %s of retries with their dedup id", l.gaveUp, replRetryBound)
 	}
