@@ -39,6 +39,7 @@ type Broker struct {
 	// It guards topicState.next and dedup.
 	appendMu sync.Mutex
 	dedup    map[string]dedupEntry
+	repl     replState // in a replica group: appends in flight; guarded by appendMu
 
 	topicsMu sync.RWMutex
 	topics   map[string]*topicState // guarded by topicsMu

@@ -383,10 +383,15 @@ func (b *Broker) moveAhead(ctx context.Context, pending []meta.Timer) (int, erro
 	for _, rec := range recs {
 		patchRecord(rec, now, 0)
 	}
-	_, end, err := b.appendLog(recs)
+	_, end, wait, err := b.appendLog(recs)
 	b.appendMu.Unlock()
 	if err != nil {
 		return 0, err
+	}
+	if wait != nil {
+		if err := wait(); err != nil {
+			return 0, err
+		}
 	}
 	if err := b.log.Sync(ctx, end); err != nil {
 		return 0, err

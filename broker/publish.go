@@ -147,9 +147,15 @@ func (b *Broker) store(ctx context.Context, ts *topicState, msgs []*Message, ded
 				Detail: "the dedup ids could not be checked against the messages stored before the broker started; nothing was stored, retry"}
 		}
 	}
-	end, err := b.append(ts, msgs, recs, results, dups, dedup)
+	end, wait, err := b.append(ts, msgs, recs, results, dups, dedup)
 	if err != nil {
 		return nil, err
+	}
+	if wait != nil {
+		// A replica group's leader: the batch is on its way through raft.
+		if err := wait(); err != nil {
+			return nil, err
+		}
 	}
 	if end >= 0 {
 		if err := b.log.Sync(ctx, end); err != nil {
@@ -201,12 +207,13 @@ func (b *Broker) check(topic string, msgs []*Message, now time.Time) (int, error
 }
 
 // append assigns queue offsets and appends under appendMu. It returns the
-// log end to wait for, or -1 when every message was a duplicate.
-func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results []Result, dups []bool, dedup bool) (int64, error) {
+// log end to wait for, or -1 when every message was a duplicate, and in a
+// replica group what to wait on, without appendMu, for the batch's commit.
+func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results []Result, dups []bool, dedup bool) (int64, func() error, error) {
 	b.appendMu.Lock()
 	defer b.appendMu.Unlock()
 	if b.isClosing() {
-		return 0, ErrClosed
+		return 0, nil, ErrClosed
 	}
 	// Under appendMu the topic cannot be deleted or created: if ts is still
 	// the topic of its name now, it stays so until this append is done.
@@ -214,7 +221,7 @@ func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results 
 	current := b.topics[ts.name] == ts
 	b.topicsMu.RUnlock()
 	if !current {
-		return 0, fmt.Errorf("append to %q: %w", ts.name, errStaleTopic)
+		return 0, nil, fmt.Errorf("append to %q: %w", ts.name, errStaleTopic)
 	}
 	now := b.now()
 	keep := recs[:0:0]
@@ -258,7 +265,7 @@ func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results 
 		kept = append(kept, i)
 	}
 	if len(keep) == 0 {
-		return -1, nil
+		return -1, nil, nil
 	}
 	if err := b.reserve(ts); err != nil {
 		// Nothing was stored: give back the queue offsets handed out.
@@ -267,15 +274,15 @@ func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results 
 				ts.next[msgs[i].QueueID]--
 			}
 		}
-		return 0, err
+		return 0, nil, err
 	}
-	offs, end, err := b.appendLog(keep)
+	offs, end, wait, err := b.appendLog(keep)
 	if errors.Is(err, commitlog.ErrFailed) {
 		// The batch may be on disk (a failed fsync, or a failed write it
 		// could not zero again): its queue offsets stay taken, or a later
 		// record could claim the same ones at the next recovery. The log
 		// refuses every append from now on; a restart decides.
-		return 0, errLogFailed(err)
+		return 0, nil, errLogFailed(err)
 	}
 	if err != nil {
 		// Nothing was stored: give back the queue offsets handed out.
@@ -286,16 +293,16 @@ func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results 
 		}
 		if errors.Is(err, commitlog.ErrDiskFull) {
 			b.metrics.rejected(CodeDiskFull)
-			return 0, &Error{Code: CodeDiskFull, Detail: "the disk is full: the commitlog could not allocate a new segment; nothing was stored", Err: errors.Join(ErrDiskFull, err)}
+			return 0, nil, &Error{Code: CodeDiskFull, Detail: "the disk is full: the commitlog could not allocate a new segment; nothing was stored", Err: errors.Join(ErrDiskFull, err)}
 		}
 		if errors.Is(err, commitlog.ErrTooLarge) {
 			// The check in store makes this unreachable: the commitlog
 			// refuses only batches far over MaxBatchStoredBytes.
 			b.metrics.rejected(CodeBatchTooLarge)
-			return 0, &Error{Code: CodeBatchTooLarge, Detail: "the batch does not fit in one commitlog segment; nothing was stored", Err: err}
+			return 0, nil, &Error{Code: CodeBatchTooLarge, Detail: "the batch does not fit in one commitlog segment; nothing was stored", Err: err}
 		}
 		b.logger.Error("commitlog append failed", slog.Any("err", err))
-		return 0, &Error{Code: CodeUnavailable, Detail: "the commitlog could not store the messages; nothing was stored", Err: err}
+		return 0, nil, &Error{Code: CodeUnavailable, Detail: "the commitlog could not store the messages; nothing was stored", Err: err}
 	}
 	for j, i := range kept {
 		results[i].logOffset = offs[j]
@@ -303,7 +310,30 @@ func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results 
 	for key, i := range firstOfBatch {
 		b.dedup[key] = dedupEntry{res: results[i], at: now}
 	}
-	return end, nil
+	if wait != nil && len(firstOfBatch) > 0 {
+		wait = b.forgetDedupOnFailure(wait, firstOfBatch, results)
+	}
+	return end, wait, nil
+}
+
+// forgetDedupOnFailure wraps a replicated batch's wait: a batch that may
+// not be stored must not answer a retry of its dedup ids as a duplicate of
+// itself. (A function of its own, so that append's variables do not escape
+// into a closure on the standalone path.)
+func (b *Broker) forgetDedupOnFailure(wait func() error, firstOfBatch map[string]int, results []Result) func() error {
+	return func() error {
+		err := wait()
+		if err != nil {
+			b.appendMu.Lock()
+			for key, i := range firstOfBatch {
+				if e, ok := b.dedup[key]; ok && e.res.ID == results[i].ID {
+					delete(b.dedup, key)
+				}
+			}
+			b.appendMu.Unlock()
+		}
+		return err
+	}
 }
 
 // errLogFailed is a publish's answer once the commitlog has failed (see

@@ -1,8 +1,8 @@
 package broker
 
 import (
-	"context"
 	"errors"
+	"fmt"
 
 	"github.com/postbus/postbus/broker/commitlog"
 	"github.com/postbus/postbus/broker/meta"
@@ -17,11 +17,12 @@ import (
 type Replicated struct {
 	Log  *commitlog.Log
 	Meta *meta.Store // with meta.Store.SetReplicator done: its writes go to the group
-	// Append proposes one batch of records, to be written at start (what
-	// Log.NextStart said for it under the broker's append lock), and
-	// returns once a majority holds it and it is applied here: the
-	// offsets, as Log.Append returns them.
-	Append func(ctx context.Context, start int64, recs [][]byte) (offs []int64, end int64, err error)
+	// Propose hands raft one batch of records, to be written at start, and
+	// returns at once; wait returns once a majority holds the batch and it
+	// is applied here (nil), or with why not (the outcome is then
+	// unknown). wait may be called more than once, from any goroutine.
+	// Proposals are committed in the order Propose is called.
+	Propose func(start int64, recs [][]byte) (wait func() error)
 }
 
 // ErrNotLeader: a write reached a member of a replica group that does not
@@ -29,23 +30,84 @@ type Replicated struct {
 // write was stored is unknown.
 var ErrNotLeader = errors.New("this replica is not the leader of its group")
 
+// ErrReplicationBroken: a replicated append of this broker failed, so the
+// queue offsets and log offsets it handed out since may not match what the
+// group stored; it takes no more appends. Its member opens a new broker
+// (the recovery of a restart) while it still leads.
+var ErrReplicationBroken = errors.New("a replicated append failed; the broker must be opened again")
+
+// replState is the leader's view of its appends in flight; guarded by
+// appendMu.
+type replState struct {
+	placer commitlog.Placer
+	placed bool         // placer follows every proposal made
+	last   func() error // the last proposal's wait
+	broken error        // set by the first failed proposal
+}
+
+// ReplicationBroken reports the failure that stopped this broker's
+// replicated appends, or nil.
+func (b *Broker) ReplicationBroken() error {
+	b.appendMu.Lock()
+	defer b.appendMu.Unlock()
+	return b.repl.broken
+}
+
 // appendLog appends recs, called with appendMu held: to the commitlog, or
-// in a replica group through raft, to every member's commitlog.
-func (b *Broker) appendLog(recs [][]byte) ([]int64, int64, error) {
+// in a replica group through raft, to every member's commitlog. In a group
+// it returns before the batch is committed, with the offsets it will have
+// (raft keeps the order of proposals, and every member rolls its segments
+// at the same places); the caller calls wait, without appendMu, before it
+// answers. So concurrent publishes share raft's batches and fsyncs, as
+// they share the commitlog's group commit on a standalone broker.
+func (b *Broker) appendLog(recs [][]byte) (offs []int64, end int64, wait func() error, err error) {
 	r := b.cfg.Replica
 	if r == nil {
-		return b.log.Append(recs)
+		offs, end, err = b.log.Append(recs)
+		return offs, end, nil, err
 	}
-	lens := make([]int, len(recs))
+	if b.repl.broken != nil {
+		return nil, 0, nil, &Error{Code: CodeUnavailable, Err: errors.Join(ErrReplicationBroken, b.repl.broken),
+			Detail: "the broker is taking up the lead of its replica group again after a failed write; nothing was stored, retry"}
+	}
+	if !b.repl.placed {
+		// After a failure, or at the first append: every earlier proposal
+		// applied, the log itself says where the next batch goes.
+		if b.repl.last != nil {
+			_ = b.repl.last()
+		}
+		b.repl.placer = b.log.Placer()
+		b.repl.placed = true
+	}
+	offs = make([]int64, len(recs))
+	var total int64
+	for _, rec := range recs {
+		total += commitlog.FramedSize(len(rec))
+	}
+	start := b.repl.placer.Place(total)
+	at := start
 	for i, rec := range recs {
-		lens[i] = len(rec)
+		offs[i] = at
+		at += commitlog.FramedSize(len(rec))
 	}
-	start := b.log.NextStart(commitlog.FramedSize(lens...))
-	offs, end, err := r.Append(context.Background(), start, recs)
-	if err != nil {
-		b.logger.Error("replicated append failed", "records", len(recs), "err", err)
-		return nil, 0, &Error{Code: CodeUnavailable, Err: err,
-			Detail: "the replica group did not commit the messages (leadership moved or a majority is unreachable); whether they were stored is unknown, retry"}
+	// A copy of the slice for raft, so that a standalone broker's batch
+	// (the same variable in append) can stay on the stack.
+	w := r.Propose(start, append([][]byte(nil), recs...))
+	b.repl.last = w
+	n := len(recs)
+	wait = func() error {
+		if err := w(); err != nil {
+			b.appendMu.Lock()
+			if b.repl.broken == nil {
+				b.repl.broken = err
+				b.logger.Error("replicated append failed: this broker takes no more appends until it is opened again", "records", n, "err", err)
+			}
+			b.repl.placed = false
+			b.appendMu.Unlock()
+			return &Error{Code: CodeUnavailable, Err: err,
+				Detail: fmt.Sprintf("the replica group did not commit the %d messages (leadership moved, or a majority is unreachable); whether they were stored is unknown: retry with the same dedup ids", n)}
+		}
+		return nil
 	}
-	return offs, end, nil
+	return offs, at, wait, nil
 }

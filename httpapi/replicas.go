@@ -2,7 +2,6 @@ package httpapi
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -252,10 +251,10 @@ func (f *Front) add(w http.ResponseWriter, r *http.Request) {
 		ID   string `json:"id"`
 		Addr string `json:"addr"`
 	}
-	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&in); err != nil {
-		writeProblem(w, r, codeInvalidJSON, "", "the body must be {\"id\":\"n4\",\"addr\":\"host:port\"}: "+err.Error())
+	// Read as every JSON body of the API is: one value, no trailing data,
+	// no key twice, valid UTF-8, application/json.
+	if perr := decodeJSONBody(r, 64<<10, &in); perr != nil {
+		f.s.writeError(w, r, perr)
 		return
 	}
 	if in.ID == "" || in.Addr == "" {

@@ -46,3 +46,33 @@ func (l *Log) Config() Config { return l.cfg }
 
 // SegmentPath is the file of the segment at base in a log stored in dir.
 func SegmentPath(dir string, base int64) string { return filepath.Join(dir, segmentName(base)) }
+
+// Placer predicts where a sequence of appends lands, as Append would place
+// them one after the other, without writing: a replica group's leader
+// hands out the offsets of batches still on their way through raft.
+type Placer struct {
+	base, size, pos, segSize int64
+}
+
+// Placer starts a prediction from the log as it is now.
+func (l *Log) Placer() Placer {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return Placer{base: l.active.base, size: l.active.size, pos: l.pos, segSize: l.cfg.SegmentSize}
+}
+
+// Place returns the offset at which the next batch of total framed bytes
+// goes, rolling to a new segment where Append would (see roll).
+func (p *Placer) Place(total int64) int64 {
+	if p.pos+total > p.size {
+		p.base += p.size
+		p.size = p.segSize
+		if total > p.segSize {
+			p.size = oversizedSize(total)
+		}
+		p.pos = 0
+	}
+	start := p.base + p.pos
+	p.pos += total
+	return start
+}

@@ -30,9 +30,10 @@
 //
 // # One copy, and its cost
 //
-// A message is written to raft's log (raft-boltdb, fsynced on a majority
-// before the publish is answered) and then to the commitlog by the state
-// machine, without an fsync of its own: the commitlog is fsynced when a
+// A message is written to raft's log (logstore.go: plain files, one
+// fdatasync a batch of entries; fsynced on a majority before the publish
+// is answered) and then to the commitlog by the state machine, without an
+// fsync of its own: the commitlog is fsynced when a
 // snapshot is taken (Snapshot syncs it first) and at every segment roll.
 // Raft's log is kept short by snapshots (--raft-snapshot-threshold entries,
 // plus TrailingLogs kept for members briefly away), so in the steady state
@@ -79,7 +80,19 @@
 //
 // Raft's TCP connections start with a challenge on the shared secret
 // (transport.go): each side proves it with an HMAC-SHA256 of both sides'
-// random nonces; a connection that does not is closed, logged at ERROR and
-// counted (postbus_raft_connections_refused_total). The secret
+// random nonces; a connection whose proof is wrong is closed, logged at
+// ERROR and counted (postbus_raft_connections_refused_total); one closed
+// before it proved anything (a member restarting, a network cut) is a WARN,
+// counted apart (postbus_raft_handshake_failures_total). The secret
 // authenticates the members; it does not encrypt their traffic.
+//
+// # Leaders and appends
+//
+// The leader's broker does not wait for raft under its append lock: it
+// places each batch where the commitlog will put it (commitlog.Placer:
+// every member rolls segments at the same places), proposes, and waits
+// outside the lock, so concurrent publishes share raft's batches and
+// fsyncs. A proposal that fails leaves the broker refusing appends
+// (broker.ErrReplicationBroken) until the member opens it again from the
+// files, as a restart would.
 package replica

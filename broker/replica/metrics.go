@@ -6,16 +6,17 @@ import (
 )
 
 type metrics struct {
-	state          *prometheus.GaugeVec
-	leaderChanges  prometheus.Counter
-	applied        prometheus.GaugeFunc
-	applySeconds   prometheus.Histogram
-	proposeSeconds prometheus.Histogram
-	applyFailures  *prometheus.CounterVec
-	skipped        prometheus.Counter
-	restores       prometheus.Counter
-	refused        prometheus.Counter
-	n              *Node
+	state             *prometheus.GaugeVec
+	leaderChanges     prometheus.Counter
+	applied           prometheus.GaugeFunc
+	applySeconds      prometheus.Histogram
+	proposeSeconds    prometheus.Histogram
+	applyFailures     *prometheus.CounterVec
+	skipped           prometheus.Counter
+	restores          prometheus.Counter
+	refused           prometheus.Counter
+	handshakeFailures prometheus.Counter
+	n                 *Node
 }
 
 var raftStates = []raft.RaftState{raft.Follower, raft.Candidate, raft.Leader, raft.Shutdown}
@@ -45,6 +46,8 @@ func newMetrics(n *Node) *metrics {
 		Help: "Times a snapshot from the group replaced this member's commitlog and metadata."})
 	m.refused = prometheus.NewCounter(prometheus.CounterOpts{Name: "postbus_raft_connections_refused_total",
 		Help: "Raft connections refused because they did not prove the shared secret."})
+	m.handshakeFailures = prometheus.NewCounter(prometheus.CounterOpts{Name: "postbus_raft_handshake_failures_total",
+		Help: "Raft connections closed during their handshake before either side proved or failed to prove the shared secret (a peer going away, a network cut)."})
 	return m
 }
 
@@ -72,5 +75,5 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 func (n *Node) Collectors() []prometheus.Collector {
 	m := n.metrics
 	return []prometheus.Collector{stateCollector{m}, m.leaderChanges, m.applied, m.applySeconds, m.proposeSeconds,
-		m.applyFailures, m.skipped, m.restores, m.refused}
+		m.applyFailures, m.skipped, m.restores, m.refused, m.handshakeFailures}
 }

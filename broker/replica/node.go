@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/postbus/postbus/broker"
@@ -95,7 +94,7 @@ type Node struct {
 	raft       *raft.Raft
 	trans      raft.Transport
 	closeTrans func() error
-	bolt       *raftboltdb.BoltStore
+	bolt       *fileLog
 	leader     atomic.Pointer[leaderInfo]
 	leading    atomic.Bool
 	notify     chan bool
@@ -224,14 +223,22 @@ func (n *Node) startRaft() error {
 		c.TrailingLogs = n.cfg.TrailingLogs
 	}
 	c.NotifyCh = n.notify
+	// Proposals of concurrent publishes queue for the leader's loop,
+	// which writes and sends them together.
+	c.BatchApplyCh = true
 	if err := raft.ValidateConfig(c); err != nil {
 		return fmt.Errorf("replica: raft timeouts: %w", err)
 	}
-	bolt, err := raftboltdb.NewBoltStore(filepath.Join(n.raftDir, "raft.db"))
+	bolt, err := openFileLog(filepath.Join(n.raftDir, "log"))
 	if err != nil {
 		return fmt.Errorf("replica: raft log: %w", err)
 	}
 	n.bolt = bolt
+	logs, err := raft.NewLogCache(1024, bolt)
+	if err != nil {
+		_ = bolt.Close()
+		return fmt.Errorf("replica: raft log: %w", err)
+	}
 	fss, err := raft.NewFileSnapshotStoreWithLogger(n.raftDir, 2, c.Logger)
 	if err != nil {
 		_ = bolt.Close()
@@ -249,12 +256,12 @@ func (n *Node) startRaft() error {
 		n.closeTrans = t.Close
 	}
 	n.trans = trans
-	existing, err := raft.HasExistingState(bolt, bolt, snaps)
+	existing, err := raft.HasExistingState(logs, bolt, snaps)
 	if err != nil {
 		_ = bolt.Close()
 		return fmt.Errorf("replica: %w", err)
 	}
-	r, err := raft.NewRaft(c, fsm{n}, bolt, bolt, snaps, trans)
+	r, err := raft.NewRaft(c, fsm{n}, logs, bolt, snaps, trans)
 	if err != nil {
 		_ = bolt.Close()
 		return fmt.Errorf("replica: start raft: %w", err)
@@ -335,7 +342,7 @@ func (n *Node) BecomeLeader(ctx context.Context, httpAddr string) (broker.Config
 	// tells what was stored.
 	_ = os.Remove(filepath.Join(n.dir, "queuemarks.json"))
 	bc := n.cfg.Broker
-	bc.Replica = &broker.Replicated{Log: n.log, Meta: n.meta, Append: n.Append}
+	bc.Replica = &broker.Replicated{Log: n.log, Meta: n.meta, Propose: n.Propose}
 	return bc, nil
 }
 
@@ -353,22 +360,27 @@ func (n *Node) Leader() (id, httpAddr string, ok bool) {
 // applyTimeout bounds how long a proposal waits to be taken by raft.
 const applyTimeout = 10 * time.Second
 
-// Append proposes a batch of records (broker.Replicated.Append).
-func (n *Node) Append(ctx context.Context, start int64, recs [][]byte) ([]int64, int64, error) {
+// Propose hands raft a batch of records (broker.Replicated.Propose).
+func (n *Node) Propose(start int64, recs [][]byte) func() error {
 	t := time.Now()
 	f := n.raft.Apply(encodeRecords(start, recs), applyTimeout)
-	if err := f.Error(); err != nil {
-		return nil, 0, fmt.Errorf("replicate %d records: %w", len(recs), wrapRaft(err))
-	}
-	n.metrics.proposeSeconds.Observe(time.Since(t).Seconds())
-	res, ok := f.Response().(recordsResult)
-	if !ok {
-		return nil, 0, fmt.Errorf("replicate %d records: unexpected answer %T", len(recs), f.Response())
-	}
-	if res.err != nil {
-		return nil, 0, fmt.Errorf("replicate %d records: %w", len(recs), res.err)
-	}
-	return res.offs, res.end, nil
+	return sync.OnceValue(func() error {
+		if err := f.Error(); err != nil {
+			return fmt.Errorf("replicate %d records: %w", len(recs), wrapRaft(err))
+		}
+		n.metrics.proposeSeconds.Observe(time.Since(t).Seconds())
+		res, ok := f.Response().(recordsResult)
+		if !ok {
+			return fmt.Errorf("replicate %d records: unexpected answer %T", len(recs), f.Response())
+		}
+		if res.err != nil {
+			return fmt.Errorf("replicate %d records: %w", len(recs), res.err)
+		}
+		if len(res.offs) == 0 || res.offs[0] != start {
+			return fmt.Errorf("replicate %d records: applied at %v, proposed at %d: %w", len(recs), res.offs, start, errDiverged)
+		}
+		return nil
+	})
 }
 
 // ReplicateMeta proposes the statements of one metadata write

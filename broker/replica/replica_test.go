@@ -58,6 +58,9 @@ func (g *testGroup) start(id string) *Node {
 	bc.SegmentSize = 1 << 20
 	bc.CheckpointInterval = 50 * time.Millisecond
 	bc.Logger = slog.New(slog.DiscardHandler)
+	if os.Getenv("REPLICA_TEST_LOG") != "" {
+		bc.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", id)
+	}
 	cfg := Config{Broker: bc, NodeID: id, Peers: g.peers, Transport: tr, Logger: bc.Logger,
 		HeartbeatTimeout: 500 * time.Millisecond, ElectionTimeout: 500 * time.Millisecond,
 		LeaderLeaseTimeout: 250 * time.Millisecond, CommitTimeout: 5 * time.Millisecond,
@@ -401,11 +404,18 @@ func TestWipedMemberRestoredBySnapshot(t *testing.T) {
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := lead.raft.LeadershipTransferToServer(raft.ServerID(victim), raft.ServerAddress(g.peers[victim])).Error(); err != nil {
-		t.Fatalf("leadership transfer: %v", err)
-	}
-	if g.leader() != back {
-		t.Fatalf("the lead went to %s, not to %s", g.leader().ID(), victim)
+	deadline := time.Now().Add(20 * time.Second)
+	for !back.IsLeader() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the lead did not go to %s (leader now: %s)", victim, g.leader().ID())
+		}
+		// The lead may have moved on its own meanwhile: ask whoever has it.
+		if cur := g.leader(); cur != back {
+			if err := cur.raft.LeadershipTransferToServer(raft.ServerID(victim), raft.ServerAddress(g.peers[victim])).Error(); err != nil {
+				t.Logf("leadership transfer from %s: %v", cur.ID(), err)
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	b2 := openLeaderBroker(t, back)
 	defer b2.Close()

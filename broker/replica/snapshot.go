@@ -400,3 +400,5 @@ func syncDir(dir string) error {
 	}
 	return err
 }
+
+func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }

@@ -31,6 +31,10 @@ const (
 	handshakeTimeout = 5 * time.Second
 )
 
+// errWrongProof: the other side answered the challenge, wrongly: it does
+// not hold the secret.
+var errWrongProof = errors.New("wrong proof of the shared secret")
+
 // MinSecretLen is the shortest raft secret accepted.
 const MinSecretLen = 32
 
@@ -77,9 +81,16 @@ func (l *authLayer) acceptLoop() {
 		}
 		go func() {
 			if err := l.serverHandshake(c); err != nil {
-				l.m.refused.Inc()
-				l.logger.Error("raft connection refused: it did not prove the shared secret", slog.String("remote", c.RemoteAddr().String()), slog.Any("err", err))
 				_ = c.Close()
+				if errors.Is(err, errWrongProof) {
+					l.m.refused.Inc()
+					l.logger.Error("raft connection refused: it did not prove the shared secret", slog.String("remote", c.RemoteAddr().String()), slog.Any("err", err))
+					return
+				}
+				// Gone before it answered (a peer restarting, a network
+				// cut): no proof either way.
+				l.m.handshakeFailures.Inc()
+				l.logger.Warn("raft connection closed during its handshake", slog.String("remote", c.RemoteAddr().String()), slog.Any("err", err))
 				return
 			}
 			select {
@@ -118,7 +129,7 @@ func (l *authLayer) serverHandshake(c net.Conn) error {
 	}
 	nc := in[:nonceLen]
 	if !hmac.Equal(in[nonceLen:], mac(l.secret, "dial", ns, nc)) {
-		return errors.New("wrong proof")
+		return errWrongProof
 	}
 	_, err := c.Write(mac(l.secret, "accept", ns, nc))
 	return err
@@ -146,7 +157,7 @@ func (l *authLayer) clientHandshake(c net.Conn) error {
 		return fmt.Errorf("read the proof (the other side may hold another secret): %w", err)
 	}
 	if !hmac.Equal(proof, mac(l.secret, "accept", ns, nc)) {
-		return errors.New("the member dialled did not prove the shared secret")
+		return fmt.Errorf("the member dialled: %w", errWrongProof)
 	}
 	return nil
 }
@@ -174,7 +185,15 @@ func (l *authLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net
 	}
 	if err := l.clientHandshake(c); err != nil {
 		_ = c.Close()
-		l.logger.Error("raft connection to a member failed its handshake", slog.String("addr", string(address)), slog.Any("err", err))
+		if errors.Is(err, errWrongProof) {
+			l.m.refused.Inc()
+			l.logger.Error("raft connection to a member refused: it did not prove the shared secret", slog.String("addr", string(address)), slog.Any("err", err))
+		} else {
+			// It closed before proving anything: most often it refused
+			// this member's proof (another secret), or it is going away.
+			l.m.handshakeFailures.Inc()
+			l.logger.Warn("raft connection to a member closed during its handshake (a member with another --raft-secret closes so)", slog.String("addr", string(address)), slog.Any("err", err))
+		}
 		return nil, fmt.Errorf("raft handshake with %s: %w", address, err)
 	}
 	return c, nil

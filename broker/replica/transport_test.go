@@ -36,11 +36,15 @@ func TestTransportNeedsTheSecret(t *testing.T) {
 		dialSecret string
 		raw        []byte // with dialSecret "": bytes a stranger sends instead of a handshake
 		ok         bool
+		// refused: the server counts a wrong proof (an ERROR); else a
+		// connection gone before any proof (a WARN, counted apart).
+		refused bool
 	}{
 		{name: "same secret", dialSecret: good, ok: true},
-		{name: "another secret", dialSecret: "0123456789abcdef0123456789abcdef-evil"},
-		{name: "raft bytes without a handshake", raw: append([]byte{0}, bytes.Repeat([]byte{0x85}, 63)...)},
+		{name: "another secret", dialSecret: "0123456789abcdef0123456789abcdef-evil", refused: true},
+		{name: "raft bytes without a handshake", raw: append([]byte{0}, bytes.Repeat([]byte{0x85}, 63)...), refused: true},
 		{name: "nothing sent", raw: []byte{}},
+		{name: "half an answer", raw: bytes.Repeat([]byte{1}, 40)},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -60,9 +64,8 @@ func TestTransportNeedsTheSecret(t *testing.T) {
 				if _, err := c.Write(tc.raw); err != nil {
 					t.Fatal(err)
 				}
-				if tc.name == "nothing sent" {
-					// The handshake times out (handshakeTimeout); closing
-					// is the quicker way to the same refusal.
+				if len(tc.raw) < nonceLen+32 {
+					// Gone before a whole answer.
 					_ = c.(*net.TCPConn).CloseWrite()
 				}
 				// The server closes the connection: reads end.
@@ -93,12 +96,20 @@ func TestTransportNeedsTheSecret(t *testing.T) {
 				}
 				return
 			}
+			counter, other := srv.m.handshakeFailures, srv.m.refused
+			if tc.refused {
+				counter, other = other, counter
+			}
 			deadline := time.Now().Add(10 * time.Second)
-			for testutil.ToFloat64(srv.m.refused) != 1 {
+			for testutil.ToFloat64(counter) != 1 {
 				if time.Now().After(deadline) {
-					t.Fatalf("refused %v connections, want 1", testutil.ToFloat64(srv.m.refused))
+					t.Fatalf("counted %v connections (refused %v, closed during the handshake %v), want 1",
+						testutil.ToFloat64(counter), testutil.ToFloat64(srv.m.refused), testutil.ToFloat64(srv.m.handshakeFailures))
 				}
 				time.Sleep(5 * time.Millisecond)
+			}
+			if n := testutil.ToFloat64(other); n != 0 {
+				t.Fatalf("also counted %v in the other counter (refused %v)", n, tc.refused)
 			}
 			select {
 			case <-accepted:

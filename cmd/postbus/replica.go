@@ -250,7 +250,17 @@ func (m *replicaMember) follow(ctx context.Context) {
 	leading := m.node.IsLeader()
 	m.mu.Lock()
 	have := m.term != nil
+	var broken error
+	if have {
+		broken = m.term.b.ReplicationBroken()
+	}
 	m.mu.Unlock()
+	if leading && broken != nil {
+		// Its offsets may not match the group's: open it again, as a
+		// restart would, from what was committed.
+		m.stepDown("a replicated append failed: " + broken.Error())
+		have = false
+	}
 	switch {
 	case leading && !have:
 		if err := m.lead(ctx); err != nil {

@@ -1,0 +1,96 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeReplicas is a member that leads (or not) and records additions.
+type fakeReplicas struct {
+	mu     sync.Mutex
+	leads  bool
+	known  bool
+	added  []string
+	leader string
+}
+
+func (f *fakeReplicas) Status() (any, error) { return map[string]any{"broker": "g"}, nil }
+func (f *fakeReplicas) Add(id, addr string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.added = append(f.added, id+"="+addr)
+	return nil
+}
+func (f *fakeReplicas) Remove(id string) error { return ErrMemberNotFound }
+func (f *fakeReplicas) Leader() (string, bool, bool) {
+	return f.leader, f.leads, f.known || f.leads
+}
+
+// TestFrontAddReadsItsBodyLikeEveryRoute: POST /v1/replicas on a member
+// refuses what every JSON route refuses, and adds nobody then.
+func TestFrontAddReadsItsBodyLikeEveryRoute(t *testing.T) {
+	cases := []struct {
+		name, body, ctype string
+		code              string
+	}{
+		{"trailing data", `{"id":"n9","addr":"127.0.0.1:1"}x`, "application/json", "invalid_json"},
+		{"trailing brackets", `{"id":"n9","addr":"127.0.0.1:1"}]]]}`, "application/json", "invalid_json"},
+		{"a key twice", `{"id":"a","id":"n9","addr":"127.0.0.1:1"}`, "application/json", "invalid_json"},
+		{"not JSON's media type", `{"id":"n9","addr":"127.0.0.1:1"}`, "text/plain", "unsupported_media_type"},
+		{"an unknown field", `{"id":"n9","addr":"127.0.0.1:1","voter":false}`, "application/json", "invalid_json"},
+		{"no address", `{"id":"n9"}`, "application/json", "invalid_member"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rs := &fakeReplicas{leads: true}
+			f, err := NewFront(FrontConfig{Replicas: rs})
+			if err != nil {
+				t.Fatal(err)
+			}
+			req := httptest.NewRequest(http.MethodPost, "/v1/replicas", strings.NewReader(tc.body))
+			req.Header.Set("Content-Type", tc.ctype)
+			rec := httptest.NewRecorder()
+			f.ServeHTTP(rec, req)
+			var p problem
+			if err := json.Unmarshal(rec.Body.Bytes(), &p); err != nil {
+				t.Fatalf("status %d, body %q: %v", rec.Code, rec.Body, err)
+			}
+			if string(p.Code) != tc.code {
+				t.Fatalf("status %d code %q, want %q: %s", rec.Code, p.Code, tc.code, rec.Body)
+			}
+			if len(rs.added) != 0 {
+				t.Fatalf("added %v", rs.added)
+			}
+		})
+	}
+}
+
+// TestFrontNoLeader: a follower that knows no leader holds a request for
+// LeaderWait, then answers 503 no_leader with Retry-After; a request
+// another member forwarded is not sent on.
+func TestFrontNoLeader(t *testing.T) {
+	f, err := NewFront(FrontConfig{Replicas: &fakeReplicas{}, LeaderWait: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, forwarded := range []bool{false, true} {
+		req := httptest.NewRequest(http.MethodPost, "/v1/topics/t/messages", strings.NewReader("x"))
+		if forwarded {
+			req.Header.Set(forwardedHeader, "1")
+		}
+		rec := httptest.NewRecorder()
+		f.ServeHTTP(rec, req)
+		var p problem
+		if err := json.Unmarshal(rec.Body.Bytes(), &p); err != nil {
+			t.Fatal(err)
+		}
+		if rec.Code != http.StatusServiceUnavailable || p.Code != codeNoLeader || rec.Header().Get("Retry-After") == "" {
+			t.Fatalf("forwarded=%v: %d %q Retry-After %q", forwarded, rec.Code, p.Code, rec.Header().Get("Retry-After"))
+		}
+	}
+}
