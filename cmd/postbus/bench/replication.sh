@@ -16,7 +16,18 @@ BIN=${BIN:-$(mktemp -d)/postbus}
 [ -x "$BIN" ] || go build -o "$BIN" ./cmd/postbus
 work=$(mktemp -d)
 declare -A pid
-cleanup() { kill "${pid[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+# On a failure the processes' logs are kept, and their directory named.
+cleanup() {
+	local rc=$?
+	kill "${pid[@]}" 2>/dev/null || true
+	wait 2>/dev/null || true
+	if [ "$rc" -ne 0 ]; then
+		rm -rf "$work"/{s,n1,n2,n3}
+		echo "failed ($rc); the logs are in $work" >&2
+	else
+		rm -rf "$work"
+	fi
+}
 trap cleanup EXIT
 
 ready() { for _ in $(seq 300); do curl -sf "$1/readyz" >/dev/null && return; sleep 0.1; done; echo "$1 not ready" >&2; exit 1; }
