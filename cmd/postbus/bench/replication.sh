@@ -34,20 +34,28 @@ ready() { for _ in $(seq 300); do curl -sf "$1/readyz" >/dev/null && return; sle
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 now() { date +%s.%N; }
 
-NS=http://127.0.0.1:29876 S=http://127.0.0.1:28090
-declare -A url=([n1]=http://127.0.0.1:28091 [n2]=http://127.0.0.1:28092 [n3]=http://127.0.0.1:28093)
-peers=n1=127.0.0.1:27001,n2=127.0.0.1:27002,n3=127.0.0.1:27003
+# Free ports, not fixed ones: other runs on the machine may hold those.
+read -r pns ps p1 p2 p3 r1 r2 r3 < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(8)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))')
+NS=http://127.0.0.1:$pns S=http://127.0.0.1:$ps
+declare -A url=([n1]=http://127.0.0.1:$p1 [n2]=http://127.0.0.1:$p2 [n3]=http://127.0.0.1:$p3)
+peers=n1=127.0.0.1:$r1,n2=127.0.0.1:$r2,n3=127.0.0.1:$r3
 secret=bench-replication-secret-0123456789abcdef
 
-"$BIN" namesrv --addr 127.0.0.1:29876 >"$work/ns.log" 2>&1 & pid[ns]=$!
-"$BIN" broker --addr 127.0.0.1:28090 --data "$work/s" >"$work/s.log" 2>&1 & pid[s]=$!
+"$BIN" namesrv --addr "127.0.0.1:$pns" >"$work/ns.log" 2>&1 & pid[ns]=$!
+"$BIN" broker --addr "127.0.0.1:$ps" --data "$work/s" >"$work/s.log" 2>&1 & pid[s]=$!
 member() { # member ID: start it on its data
-	"$BIN" broker --addr "${url[$1]#http://}" --data "$work/$1" --broker-name broker-a --namesrv 127.0.0.1:29876 \
+	"$BIN" broker --addr "${url[$1]#http://}" --data "$work/$1" --broker-name broker-a --namesrv "127.0.0.1:$pns" \
 		--node-id "$1" --raft-peers "$peers" --raft-secret "$secret" >>"$work/$1.log" 2>&1 &
 	pid[$1]=$!
 }
 for n in n1 n2 n3; do member $n; done
 ready $NS; ready $S
+sleep 1
+for n in ns s n1 n2 n3; do kill -0 "${pid[$n]}" || { echo "$n exited at its start (see $work)" >&2; exit 1; }; done
 
 # leader prints the id of the member the group names as leader (waits for one).
 leader() {
