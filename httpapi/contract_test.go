@@ -869,6 +869,11 @@ func TestContractRecordedTraffic(t *testing.T) {
 		{name: "readyz", method: "GET", path: "/readyz", status: 200},
 		{name: "readyz/not ready", strict: true, method: "GET", path: "/readyz", status: 503, code: codeNotReady},
 		{name: "metrics", method: "GET", path: "/metrics", status: 200},
+		// A standalone broker is no replica group's member.
+		{name: "replicas/standalone", method: "GET", path: "/v1/replicas", status: 404, code: codeNotReplicated},
+		{name: "add replica/standalone", method: "POST", path: "/v1/replicas", header: jsonCT,
+			body: `{"id":"n4","addr":"127.0.0.1:7004"}`, status: 404, code: codeNotReplicated},
+		{name: "remove replica/standalone", method: "DELETE", path: "/v1/replicas/n2", status: 404, code: codeNotReplicated},
 		{name: "openapi.yaml", method: "GET", path: "/openapi.yaml", status: 200,
 			check: func(tb testing.TB, _ *http.Response, body []byte) {
 				if !bytes.Equal(body, postbus.OpenAPI) {
@@ -1641,6 +1646,16 @@ func TestContractAuthTraffic(t *testing.T) {
 		// A refusal comes before the lookup: it says nothing of existence.
 		forbidden("unregister/unknown broker", "DELETE", "/v1/brokers/ghost", orders, "", "admin"),
 		{name: "unregister/admin", method: "DELETE", path: "/v1/brokers/broker-a", header: admin, status: 204},
+
+		// A replica group's membership needs admin (a standalone broker
+		// then says it is in none).
+		unauthorized("replicas/no token", "GET", "/v1/replicas", nil, ""),
+		forbidden("replicas/publish token", "GET", "/v1/replicas", orders, "", "admin"),
+		{name: "replicas/admin", method: "GET", path: "/v1/replicas", header: admin, status: 404, code: codeNotReplicated},
+		unauthorized("add replica/no token", "POST", "/v1/replicas", jsonCT, `{"id":"n4","addr":"127.0.0.1:7004"}`),
+		forbidden("add replica/consume token", "POST", "/v1/replicas", mergeHeaders(jsonCT, consumer), `{"id":"n4","addr":"127.0.0.1:7004"}`, "admin"),
+		unauthorized("remove replica/no token", "DELETE", "/v1/replicas/n2", nil, ""),
+		forbidden("remove replica/publish token", "DELETE", "/v1/replicas/n2", orders, "", "admin"),
 
 		{name: "delete topic/admin", method: "DELETE", path: "/v1/topics/payments", header: admin, status: 204},
 	}

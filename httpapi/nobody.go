@@ -26,6 +26,7 @@ var bodyRoutes = map[string]bool{
 	"POST /v1/brokers/heartbeat":                true,
 	"PATCH /v1/brokers/{name}":                  true,
 	"POST /v1/internal/subscriptions/sync":      true,
+	"POST /v1/replicas":                         true,
 }
 
 // noBodyCheck refuses a request body on a /v1 route that takes none, with

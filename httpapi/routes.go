@@ -82,6 +82,12 @@ func (s *Server) routes() chi.Router {
 	// records (cluster_sync.go).
 	s.handle(r, "POST", "/v1/internal/subscriptions/sync", accessAdmin, s.handleSyncSubscriptions)
 	s.handle(r, "GET", "/.well-known/jwks.json", accessOpen, s.handleJWKS)
+	// A member of a replica group serves /v1/replicas in its front
+	// (replicas.go) before this router is reached; here, on a standalone
+	// broker, they answer not_replicated.
+	s.handle(r, "GET", "/v1/replicas", accessAdmin, s.handleReplicas)
+	s.handle(r, "POST", "/v1/replicas", accessAdmin, s.handleAddReplica)
+	s.handle(r, "DELETE", "/v1/replicas/{id}", accessAdmin, s.handleRemoveReplica)
 	return r
 }
 

@@ -120,7 +120,7 @@ func TestScopesEveryRoute(t *testing.T) {
 		if strings.HasPrefix(pattern, "/v1/subscriptions/{id}") || strings.HasPrefix(pattern, "/v1/groups/{group}") {
 			return sc.canConsume("billing")
 		}
-		if strings.HasPrefix(pattern, "/v1/brokers") || strings.HasPrefix(pattern, "/v1/internal/") {
+		if strings.HasPrefix(pattern, "/v1/brokers") || strings.HasPrefix(pattern, "/v1/internal/") || strings.HasPrefix(pattern, "/v1/replicas") {
 			return sc.admin
 		}
 		if strings.HasPrefix(pattern, "/v1/routes") || pattern == "/v1/cluster" {
