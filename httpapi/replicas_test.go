@@ -94,3 +94,49 @@ func TestFrontNoLeader(t *testing.T) {
 		}
 	}
 }
+
+// TestFrontForwardFailure: a forward that could not connect answers
+// no_leader (nothing was done); one whose leader went away after taking
+// the request answers unavailable, saying the write may have been done.
+func TestFrontForwardFailure(t *testing.T) {
+	// A leader that takes the request and drops the connection.
+	ln := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hj, ok := w.(http.Hijacker)
+		if !ok {
+			t.Error("no hijacker")
+			return
+		}
+		c, _, err := hj.Hijack()
+		if err == nil {
+			c.Close()
+		}
+	}))
+	defer ln.Close()
+	closed := httptest.NewServer(http.NotFoundHandler())
+	deadAddr := closed.URL
+	closed.Close()
+	for _, tc := range []struct {
+		name, leader string
+		status       int
+		code         string
+	}{
+		{"leader gone before the answer", ln.URL, http.StatusServiceUnavailable, "unavailable"},
+		{"leader not reachable", deadAddr, http.StatusServiceUnavailable, "no_leader"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, err := NewFront(FrontConfig{Replicas: &fakeReplicas{known: true, leader: tc.leader}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec := httptest.NewRecorder()
+			f.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/v1/topics/t/messages", strings.NewReader("x")))
+			var p problem
+			if err := json.Unmarshal(rec.Body.Bytes(), &p); err != nil {
+				t.Fatalf("%d %q: %v", rec.Code, rec.Body, err)
+			}
+			if rec.Code != tc.status || string(p.Code) != tc.code {
+				t.Fatalf("%d %q, want %d %q: %s", rec.Code, p.Code, tc.status, tc.code, p.Detail)
+			}
+		})
+	}
+}
