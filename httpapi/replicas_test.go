@@ -2,12 +2,16 @@ package httpapi
 
 import (
 	"encoding/json"
+	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/postbus/postbus/broker"
 )
 
 // fakeReplicas is a member that leads (or not) and records additions.
@@ -138,5 +142,22 @@ func TestFrontForwardFailure(t *testing.T) {
 				t.Fatalf("%d %q, want %d %q: %s", rec.Code, p.Code, tc.status, tc.code, p.Detail)
 			}
 		})
+	}
+}
+
+// TestNotLeaderIsUnavailable: an error that says the member lost the lead
+// under a request (a metadata write inside a pull, say) answers 503
+// unavailable with Retry-After, not 500.
+func TestNotLeaderIsUnavailable(t *testing.T) {
+	s := &Server{logger: slog.New(slog.DiscardHandler)}
+	rec := httptest.NewRecorder()
+	err := fmt.Errorf("create system topic: put topic: replicate a metadata write: %w", broker.ErrNotLeader)
+	s.writeError(rec, httptest.NewRequest(http.MethodPost, "/v1/groups/g/topics/t/pull", nil), err)
+	var p problem
+	if err := json.Unmarshal(rec.Body.Bytes(), &p); err != nil {
+		t.Fatal(err)
+	}
+	if rec.Code != http.StatusServiceUnavailable || p.Code != broker.CodeUnavailable || rec.Header().Get("Retry-After") == "" {
+		t.Fatalf("%d %q Retry-After %q", rec.Code, p.Code, rec.Header().Get("Retry-After"))
 	}
 }

@@ -413,7 +413,7 @@ func (n *Node) propose(epoch uint64, start int64, recs [][]byte) func() error {
 func (n *Node) ReplicateMeta(ctx context.Context, stmts []meta.Stmt) error {
 	epoch := n.epoch.Load()
 	if epoch == 0 {
-		return fmt.Errorf("replicate a metadata write: %w (%w)", errFenced, meta.ErrNotLeader)
+		return fmt.Errorf("replicate a metadata write: %w (%w; %w)", errFenced, meta.ErrNotLeader, broker.ErrNotLeader)
 	}
 	data, err := encodeMeta(epoch, stmts)
 	if err != nil {
