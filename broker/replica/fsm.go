@@ -33,6 +33,9 @@ type recordsResult struct {
 var errDiverged = errors.New("replica diverged from its group")
 
 func (f fsm) Apply(l *raft.Log) any {
+	// Raft's own applied index moves when it hands entries over, before
+	// they are applied; this one when they are.
+	defer f.n.applied.Store(l.Index)
 	if l.Type != raft.LogCommand || len(l.Data) == 0 {
 		return nil
 	}

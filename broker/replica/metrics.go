@@ -33,7 +33,7 @@ func newMetrics(n *Node) *metrics {
 		if n.raft == nil {
 			return 0
 		}
-		return float64(n.raft.AppliedIndex())
+		return float64(n.AppliedIndex())
 	})
 	m.applySeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "postbus_raft_apply_seconds",
 		Help: "Time to apply one committed raft entry to this member's commitlog or metadata.", Buckets: prometheus.ExponentialBuckets(0.00005, 4, 10)})

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -99,6 +100,7 @@ type Node struct {
 	leading    atomic.Bool
 	epoch      atomic.Uint64 // of the current lead; 0: not leading
 	leads      atomic.Uint64 // leads taken by this process
+	applied    atomic.Uint64 // the last entry the state machine applied
 	notify     chan bool
 	watchers   []chan struct{} // signalled on every leadership change
 	watchMu    sync.Mutex
@@ -474,7 +476,7 @@ func (n *Node) Status(brokerName string) (Status, error) {
 			m.Role = "leader"
 		}
 		if string(s.ID) == n.cfg.NodeID {
-			m.LastIndex, m.AppliedIndex = n.raft.LastIndex(), n.raft.AppliedIndex()
+			m.LastIndex, m.AppliedIndex = n.raft.LastIndex(), n.AppliedIndex()
 		}
 		st.Members = append(st.Members, m)
 	}
@@ -514,8 +516,17 @@ func (n *Node) RemoveMember(id string) error {
 // Snapshot takes a snapshot now (tests, and operators before a backup).
 func (n *Node) Snapshot() error { return n.raft.Snapshot().Error() }
 
-// AppliedIndex and LastIndex are raft's.
-func (n *Node) AppliedIndex() uint64 { return n.raft.AppliedIndex() }
+// AppliedIndex is the index of the last entry applied to this member's
+// files: of the last command the state machine applied, or of the snapshot
+// it started from. (Raft's own AppliedIndex counts entries handed to the
+// state machine, before it applied them, and entries it never sees.)
+func (n *Node) AppliedIndex() uint64 {
+	a := n.applied.Load()
+	if s, err := strconv.ParseUint(n.raft.Stats()["last_snapshot_index"], 10, 64); err == nil && s > a {
+		return s
+	}
+	return a
+}
 
 // LastIndex is the index of the last entry in this member's raft log.
 func (n *Node) LastIndex() uint64 { return n.raft.LastIndex() }

@@ -63,8 +63,8 @@ func (g *testGroup) start(id string) *Node {
 		bc.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", id)
 	}
 	cfg := Config{Broker: bc, NodeID: id, Peers: g.peers, Transport: tr, Logger: bc.Logger,
-		HeartbeatTimeout: 500 * time.Millisecond, ElectionTimeout: 500 * time.Millisecond,
-		LeaderLeaseTimeout: 250 * time.Millisecond, CommitTimeout: 5 * time.Millisecond,
+		HeartbeatTimeout: time.Second, ElectionTimeout: time.Second,
+		LeaderLeaseTimeout: 500 * time.Millisecond, CommitTimeout: 5 * time.Millisecond,
 		SnapshotInterval: time.Hour, SnapshotThreshold: 1 << 30, TrailingLogs: g.trailing}
 	n, err := Open(context.Background(), cfg)
 	if err != nil {
