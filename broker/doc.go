@@ -36,6 +36,15 @@
 // starts, changes or stops as the records say. A version more than
 // MaxVersionSkew ahead of this broker's clock is refused.
 //
+// In a replica group (package broker/replica) a broker is opened, while its
+// member leads, with Config.Replica: on the member's commitlog and meta.db,
+// which it does not close. Its appends (replicated.go) are placed where the
+// log will put them (commitlog.Placer), proposed to raft under appendMu,
+// and waited for outside it; the raft state machine writes them on every
+// member. Its metadata writes go through raft too (meta.SetReplicator). A
+// proposal that fails stops its appends (ErrReplicationBroken) until the
+// member opens a new broker from the files, as a restart would.
+//
 // Consuming goes through one consumer engine (engine.go, RocketMQ 5's pop
 // model), for pull and push alike: Engine.Lease hands a group up to max
 // messages of a topic, each out for a visibility, and Engine.Settle takes

@@ -17,6 +17,9 @@ import (
 type Replicated struct {
 	Log  *commitlog.Log
 	Meta *meta.Store // with meta.Store.SetReplicator done: its writes go to the group
+	// Epoch names the lead this broker was opened for: its member stops
+	// taking its proposals once the lead is over.
+	Epoch uint64
 	// Propose hands raft one batch of records, to be written at start, and
 	// returns at once; wait returns once a majority holds the batch and it
 	// is applied here (nil), or with why not (the outcome is then

@@ -86,4 +86,15 @@
 // highest version wins (at equal version a tombstone, then the greater
 // broker name). Records carry signing secrets and are only sent to the
 // brokers the name servers route the topic to, never answered.
+//
+// A member of a replica group (package broker/replica) serves through a
+// Front (replicas.go): the broker's Server while the member leads; else
+// a reverse proxy of every request to the leader's HTTP address, one hop
+// (Postbus-Replica-Forwarded marks it; a member that does not lead answers
+// such a request no_leader rather than send it on). A request that meets
+// an election waits up to FrontConfig.LeaderWait for a leader. A forward
+// whose connection is refused is 503 no_leader (nothing done); one whose
+// leader went away after taking it is 503 unavailable (maybe done).
+// /v1/replicas (admin) answers on every member; its changes go to the
+// leader. A standalone Server answers /v1/replicas 404 not_replicated.
 package httpapi

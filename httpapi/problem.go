@@ -146,6 +146,15 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		writeProblem(w, r, be.Code, be.Field, detail)
 		return
 	}
+	if errors.Is(err, broker.ErrNotLeader) {
+		// A replica group's leader lost the lead under the request: a
+		// write in it may or may not be done; the next leader answers a
+		// retry.
+		s.logger.Error("request failed: this replica lost the lead of its group under it", slog.String("path", r.URL.Path), slog.Any("err", err))
+		w.Header().Set("Retry-After", "1")
+		writeProblem(w, r, broker.CodeUnavailable, "", "this member lost the lead of its replica group while answering; what the request wrote may or may not be done: retry (a publish with the same Postbus-Dedup-Id)")
+		return
+	}
 	s.logger.Error("request failed", slog.String("path", r.URL.Path), slog.Any("err", err))
 	writeProblem(w, r, codeInternal, "", "an internal error occurred; the server log has the details")
 }

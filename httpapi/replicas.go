@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -119,9 +120,19 @@ func NewFront(cfg FrontConfig) (*Front, error) {
 		},
 		FlushInterval: -1,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			cfg.Logger.Warn("forward to the replica group's leader failed", slog.String("path", r.URL.Path), slog.Any("err", err))
 			w.Header().Set("Retry-After", "1")
-			writeProblem(w, r, codeNoLeader, "", "the replica group's leader did not answer (it may be failing over); retry: "+err.Error())
+			var oe *net.OpError
+			if errors.As(err, &oe) && oe.Op == "dial" {
+				// Nothing reached the leader: nothing was done.
+				cfg.Logger.Warn("the replica group's leader refused a forwarded request's connection", slog.String("path", r.URL.Path), slog.Any("err", err))
+				writeProblem(w, r, codeNoLeader, "", "the replica group's leader could not be reached (it may be failing over); nothing was done, retry: "+err.Error())
+				return
+			}
+			// The request (or part of it) reached the leader, which went
+			// away before its answer: a write may or may not be done.
+			cfg.Logger.Error("a request forwarded to the replica group's leader got no answer; whether it was done is unknown", slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.Any("err", err))
+			writeProblem(w, r, broker.CodeUnavailable, "", "the replica group's leader went away before it answered (a failover); "+
+				"a write may or may not have been done: retry a publish with the same Postbus-Dedup-Id to be sure it is stored once ("+err.Error()+")")
 		},
 	}
 	return f, nil

@@ -2,12 +2,16 @@ package httpapi
 
 import (
 	"encoding/json"
+	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/postbus/postbus/broker"
 )
 
 // fakeReplicas is a member that leads (or not) and records additions.
@@ -92,5 +96,68 @@ func TestFrontNoLeader(t *testing.T) {
 		if rec.Code != http.StatusServiceUnavailable || p.Code != codeNoLeader || rec.Header().Get("Retry-After") == "" {
 			t.Fatalf("forwarded=%v: %d %q Retry-After %q", forwarded, rec.Code, p.Code, rec.Header().Get("Retry-After"))
 		}
+	}
+}
+
+// TestFrontForwardFailure: a forward that could not connect answers
+// no_leader (nothing was done); one whose leader went away after taking
+// the request answers unavailable, saying the write may have been done.
+func TestFrontForwardFailure(t *testing.T) {
+	// A leader that takes the request and drops the connection.
+	ln := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hj, ok := w.(http.Hijacker)
+		if !ok {
+			t.Error("no hijacker")
+			return
+		}
+		c, _, err := hj.Hijack()
+		if err == nil {
+			c.Close()
+		}
+	}))
+	defer ln.Close()
+	closed := httptest.NewServer(http.NotFoundHandler())
+	deadAddr := closed.URL
+	closed.Close()
+	for _, tc := range []struct {
+		name, leader string
+		status       int
+		code         string
+	}{
+		{"leader gone before the answer", ln.URL, http.StatusServiceUnavailable, "unavailable"},
+		{"leader not reachable", deadAddr, http.StatusServiceUnavailable, "no_leader"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, err := NewFront(FrontConfig{Replicas: &fakeReplicas{known: true, leader: tc.leader}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec := httptest.NewRecorder()
+			f.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/v1/topics/t/messages", strings.NewReader("x")))
+			var p problem
+			if err := json.Unmarshal(rec.Body.Bytes(), &p); err != nil {
+				t.Fatalf("%d %q: %v", rec.Code, rec.Body, err)
+			}
+			if rec.Code != tc.status || string(p.Code) != tc.code {
+				t.Fatalf("%d %q, want %d %q: %s", rec.Code, p.Code, tc.status, tc.code, p.Detail)
+			}
+		})
+	}
+}
+
+// TestNotLeaderIsUnavailable: an error that says the member lost the lead
+// under a request (a metadata write inside a pull, say) answers 503
+// unavailable with Retry-After, not 500.
+func TestNotLeaderIsUnavailable(t *testing.T) {
+	s := &Server{logger: slog.New(slog.DiscardHandler)}
+	rec := httptest.NewRecorder()
+	err := fmt.Errorf("create system topic: put topic: replicate a metadata write: %w", broker.ErrNotLeader)
+	s.writeError(rec, httptest.NewRequest(http.MethodPost, "/v1/groups/g/topics/t/pull", nil), err)
+	var p problem
+	if err := json.Unmarshal(rec.Body.Bytes(), &p); err != nil {
+		t.Fatal(err)
+	}
+	if rec.Code != http.StatusServiceUnavailable || p.Code != broker.CodeUnavailable || rec.Header().Get("Retry-After") == "" {
+		t.Fatalf("%d %q Retry-After %q", rec.Code, p.Code, rec.Header().Get("Retry-After"))
 	}
 }

@@ -71,8 +71,22 @@
 //	dlq_removed((group_name, queue_offset) PK)                            dead letters redriven or purged one by one
 //	ordered_retries((subscription, queue_id) PK, queue_offset, attempt, next_at)  an ordered queue blocked on a failing message
 //
+//	raft_applied(id=1 PK, idx)                                            in a replica group: the raft index of the last replicated write applied
+//
 // Backup writes a consistent copy of a database (VACUUM INTO on a read-only
 // connection) while a broker may have it open; `postbus backup` uses it.
+//
+// # In a replica group
+//
+// SetReplicator (package broker/replica) turns every write into a
+// replicated one: the write's body runs in a transaction on the writer,
+// which keeps each statement that succeeded with its arguments (a Tx is a
+// *sql.Tx, or this recorder around one), and is rolled back; the
+// statements go to raft, and every member, this one included, runs them in
+// one transaction with the entry's index (ApplyReplicated), skipping an
+// index at or below raft_applied's. A lock held from the capture to the
+// apply keeps the state the body read the state the statements apply to.
+// Unsynced offset writes are synced ones there.
 //
 // The tables are described in full in package migrations. Times are stored in
 // unix milliseconds and returned in UTC, so a sub-millisecond part is lost.

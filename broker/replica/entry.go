@@ -19,15 +19,17 @@ const (
 
 var errBadEntry = errors.New("malformed raft entry")
 
-// encodeRecords lays out a records entry: kind, the log offset the batch
-// is written at, the count, then each record with its length.
-func encodeRecords(start int64, recs [][]byte) []byte {
-	n := 1 + 8 + 4
+// encodeRecords lays out a records entry: kind, the proposing leader's
+// epoch, the log offset the batch is written at, the count, then each
+// record with its length.
+func encodeRecords(epoch uint64, start int64, recs [][]byte) []byte {
+	n := 1 + 8 + 8 + 4
 	for _, r := range recs {
 		n += 4 + len(r)
 	}
 	buf := make([]byte, 0, n)
 	buf = append(buf, kindRecords)
+	buf = binary.BigEndian.AppendUint64(buf, epoch)
 	buf = binary.BigEndian.AppendUint64(buf, uint64(start))
 	buf = binary.BigEndian.AppendUint32(buf, uint32(len(recs)))
 	for _, r := range recs {
@@ -38,29 +40,30 @@ func encodeRecords(start int64, recs [][]byte) []byte {
 }
 
 // decodeRecords reads a records entry; the records alias data.
-func decodeRecords(data []byte) (start int64, recs [][]byte, err error) {
-	if len(data) < 13 || data[0] != kindRecords {
-		return 0, nil, fmt.Errorf("records entry of %d bytes: %w", len(data), errBadEntry)
+func decodeRecords(data []byte) (epoch uint64, start int64, recs [][]byte, err error) {
+	if len(data) < 21 || data[0] != kindRecords {
+		return 0, 0, nil, fmt.Errorf("records entry of %d bytes: %w", len(data), errBadEntry)
 	}
-	start = int64(binary.BigEndian.Uint64(data[1:]))
-	count := binary.BigEndian.Uint32(data[9:])
-	rest := data[13:]
+	epoch = binary.BigEndian.Uint64(data[1:])
+	start = int64(binary.BigEndian.Uint64(data[9:]))
+	count := binary.BigEndian.Uint32(data[17:])
+	rest := data[21:]
 	recs = make([][]byte, 0, count)
 	for i := uint32(0); i < count; i++ {
 		if len(rest) < 4 {
-			return 0, nil, fmt.Errorf("records entry: record %d: %w", i, errBadEntry)
+			return 0, 0, nil, fmt.Errorf("records entry: record %d: %w", i, errBadEntry)
 		}
 		l := binary.BigEndian.Uint32(rest)
 		if uint64(len(rest)-4) < uint64(l) {
-			return 0, nil, fmt.Errorf("records entry: record %d of %d bytes: %w", i, l, errBadEntry)
+			return 0, 0, nil, fmt.Errorf("records entry: record %d of %d bytes: %w", i, l, errBadEntry)
 		}
 		recs = append(recs, rest[4:4+l])
 		rest = rest[4+l:]
 	}
 	if len(rest) != 0 {
-		return 0, nil, fmt.Errorf("records entry: %d bytes after the records: %w", len(rest), errBadEntry)
+		return 0, 0, nil, fmt.Errorf("records entry: %d bytes after the records: %w", len(rest), errBadEntry)
 	}
-	return start, recs, nil
+	return epoch, start, recs, nil
 }
 
 // jsonStmt is a meta.Stmt with its arguments tagged by type, so each
@@ -78,7 +81,7 @@ type jsonArg struct {
 	X []byte  `json:"x,omitempty"`
 }
 
-func encodeMeta(stmts []meta.Stmt) ([]byte, error) {
+func encodeMeta(epoch uint64, stmts []meta.Stmt) ([]byte, error) {
 	out := make([]jsonStmt, len(stmts))
 	for i, st := range stmts {
 		out[i].Q = st.Query
@@ -115,16 +118,17 @@ func encodeMeta(stmts []meta.Stmt) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode metadata entry: %w", err)
 	}
-	return append([]byte{kindMeta}, b...), nil
+	return append(binary.BigEndian.AppendUint64([]byte{kindMeta}, epoch), b...), nil
 }
 
-func decodeMeta(data []byte) ([]meta.Stmt, error) {
-	if len(data) < 1 || data[0] != kindMeta {
-		return nil, fmt.Errorf("metadata entry: %w", errBadEntry)
+func decodeMeta(data []byte) (uint64, []meta.Stmt, error) {
+	if len(data) < 9 || data[0] != kindMeta {
+		return 0, nil, fmt.Errorf("metadata entry: %w", errBadEntry)
 	}
+	epoch := binary.BigEndian.Uint64(data[1:])
 	var in []jsonStmt
-	if err := json.Unmarshal(data[1:], &in); err != nil {
-		return nil, fmt.Errorf("metadata entry: %w: %w", errBadEntry, err)
+	if err := json.Unmarshal(data[9:], &in); err != nil {
+		return 0, nil, fmt.Errorf("metadata entry: %w: %w", errBadEntry, err)
 	}
 	out := make([]meta.Stmt, len(in))
 	for i, st := range in {
@@ -150,16 +154,16 @@ func decodeMeta(data []byte) ([]meta.Stmt, error) {
 			case "t":
 				t, err := time.Parse(time.RFC3339Nano, a.S)
 				if err != nil {
-					return nil, fmt.Errorf("metadata entry: statement %d argument %d: %w", i, j, err)
+					return 0, nil, fmt.Errorf("metadata entry: statement %d argument %d: %w", i, j, err)
 				}
 				v = t
 			default:
-				return nil, fmt.Errorf("metadata entry: statement %d argument %d of type %q: %w", i, j, a.T, errBadEntry)
+				return 0, nil, fmt.Errorf("metadata entry: statement %d argument %d of type %q: %w", i, j, a.T, errBadEntry)
 			}
 			out[i].Args[j] = v
 		}
 	}
-	return out, nil
+	return epoch, out, nil
 }
 
 // leaderInfo is what a new leader announces: its id and the HTTP address
@@ -168,6 +172,10 @@ type leaderInfo struct {
 	ID   string `json:"id"`
 	HTTP string `json:"http"`
 	Term uint64 `json:"term"`
+	// Epoch names this taking of the lead (a member may lead again in
+	// one term after its broker was reopened): only records and metadata
+	// entries proposed under the last announced epoch apply.
+	Epoch uint64 `json:"epoch"`
 }
 
 func encodeLeader(li leaderInfo) []byte {

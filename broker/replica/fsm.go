@@ -33,6 +33,9 @@ type recordsResult struct {
 var errDiverged = errors.New("replica diverged from its group")
 
 func (f fsm) Apply(l *raft.Log) any {
+	// Raft's own applied index moves when it hands entries over, before
+	// they are applied; this one when they are.
+	defer f.n.applied.Store(l.Index)
 	if l.Type != raft.LogCommand || len(l.Data) == 0 {
 		return nil
 	}
@@ -43,8 +46,12 @@ func (f fsm) Apply(l *raft.Log) any {
 	var res any
 	switch l.Data[0] {
 	case kindRecords:
-		at, recs, err := decodeRecords(l.Data)
+		epoch, at, recs, err := decodeRecords(l.Data)
 		if err != nil {
+			res = recordsResult{err: err}
+			break
+		}
+		if err := n.checkEpoch(l.Index, "records", epoch); err != nil {
 			res = recordsResult{err: err}
 			break
 		}
@@ -54,8 +61,12 @@ func (f fsm) Apply(l *raft.Log) any {
 			n.applyFailed(l.Index, "records", err)
 		}
 	case kindMeta:
-		stmts, err := decodeMeta(l.Data)
+		epoch, stmts, err := decodeMeta(l.Data)
 		if err == nil {
+			if err = n.checkEpoch(l.Index, "meta", epoch); err != nil {
+				res = err
+				break
+			}
 			_, err = n.meta.ApplyReplicated(context.Background(), l.Index, stmts)
 		}
 		if err != nil {
@@ -76,6 +87,29 @@ func (f fsm) Apply(l *raft.Log) any {
 	}
 	n.metrics.applySeconds.Observe(time.Since(start).Seconds())
 	return res
+}
+
+// errStaleEpoch: an entry proposed by a broker of an earlier lead, applied
+// after a newer leader announced itself. Every member refuses it alike.
+var errStaleEpoch = errors.New("proposed under an earlier lead of the group")
+
+// checkEpoch refuses a records or metadata entry that the last announced
+// leader did not propose: a broker still running from an earlier lead
+// (stepping down, or its member elected again before it noticed) must not
+// write with what it remembers of that lead (queue offsets, placements).
+func (n *Node) checkEpoch(idx uint64, kind string, epoch uint64) error {
+	li := n.leader.Load()
+	if li != nil && li.Epoch == epoch {
+		return nil
+	}
+	var cur uint64
+	if li != nil {
+		cur = li.Epoch
+	}
+	n.metrics.staleEntries.WithLabelValues(kind).Inc()
+	n.logger.Error("raft entry from an earlier lead refused (a broker of that lead was still writing)",
+		slog.Uint64("index", idx), slog.String("kind", kind), slog.Uint64("epoch", epoch), slog.Uint64("current_epoch", cur))
+	return fmt.Errorf("entry %d of epoch %d, the group's is %d: %w", idx, epoch, cur, errStaleEpoch)
 }
 
 // applyFailed reports an entry this member could not apply: never silent.

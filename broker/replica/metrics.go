@@ -16,6 +16,7 @@ type metrics struct {
 	restores          prometheus.Counter
 	refused           prometheus.Counter
 	handshakeFailures prometheus.Counter
+	staleEntries      *prometheus.CounterVec
 	n                 *Node
 }
 
@@ -32,7 +33,7 @@ func newMetrics(n *Node) *metrics {
 		if n.raft == nil {
 			return 0
 		}
-		return float64(n.raft.AppliedIndex())
+		return float64(n.AppliedIndex())
 	})
 	m.applySeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "postbus_raft_apply_seconds",
 		Help: "Time to apply one committed raft entry to this member's commitlog or metadata.", Buckets: prometheus.ExponentialBuckets(0.00005, 4, 10)})
@@ -46,6 +47,8 @@ func newMetrics(n *Node) *metrics {
 		Help: "Times a snapshot from the group replaced this member's commitlog and metadata."})
 	m.refused = prometheus.NewCounter(prometheus.CounterOpts{Name: "postbus_raft_connections_refused_total",
 		Help: "Raft connections refused because they did not prove the shared secret."})
+	m.staleEntries = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "postbus_raft_stale_entries_total",
+		Help: "Committed entries refused because a broker of an earlier lead proposed them after a newer leader announced itself, by kind."}, []string{"kind"})
 	m.handshakeFailures = prometheus.NewCounter(prometheus.CounterOpts{Name: "postbus_raft_handshake_failures_total",
 		Help: "Raft connections closed during their handshake before either side proved or failed to prove the shared secret (a peer going away, a network cut)."})
 	return m
@@ -75,5 +78,5 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 func (n *Node) Collectors() []prometheus.Collector {
 	m := n.metrics
 	return []prometheus.Collector{stateCollector{m}, m.leaderChanges, m.applied, m.applySeconds, m.proposeSeconds,
-		m.applyFailures, m.skipped, m.restores, m.refused, m.handshakeFailures}
+		m.applyFailures, m.skipped, m.restores, m.refused, m.handshakeFailures, m.staleEntries}
 }

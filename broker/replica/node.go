@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -97,6 +98,9 @@ type Node struct {
 	bolt       *fileLog
 	leader     atomic.Pointer[leaderInfo]
 	leading    atomic.Bool
+	epoch      atomic.Uint64 // of the current lead; 0: not leading
+	leads      atomic.Uint64 // leads taken by this process
+	applied    atomic.Uint64 // the last entry the state machine applied
 	notify     chan bool
 	watchers   []chan struct{} // signalled on every leadership change
 	watchMu    sync.Mutex
@@ -290,6 +294,11 @@ func (n *Node) watchLeadership() {
 		case <-n.done:
 			return
 		case lead := <-n.notify:
+			if !lead {
+				// Fence first: the broker of the lead just lost may still
+				// run for a while; none of its writes may go to raft.
+				n.epoch.Store(0)
+			}
 			n.leading.Store(lead)
 			n.metrics.leaderChanges.Inc()
 			n.logger.Info("replica leadership changed", slog.Bool("leader", lead), slog.String("node", n.cfg.NodeID))
@@ -330,11 +339,16 @@ func (n *Node) BecomeLeader(ctx context.Context, httpAddr string) (broker.Config
 	if err := n.raft.Barrier(10 * time.Second).Error(); err != nil {
 		return broker.Config{}, fmt.Errorf("replica: catch up before leading: %w", wrapRaft(err))
 	}
-	li := leaderInfo{ID: n.cfg.NodeID, HTTP: httpAddr, Term: n.raft.CurrentTerm()}
+	term := n.raft.CurrentTerm()
+	epoch := term<<20 | n.leads.Add(1)&(1<<20-1)
+	li := leaderInfo{ID: n.cfg.NodeID, HTTP: httpAddr, Term: term, Epoch: epoch}
 	f := n.raft.Apply(encodeLeader(li), 10*time.Second)
 	if err := f.Error(); err != nil {
 		return broker.Config{}, fmt.Errorf("replica: announce the leader: %w", wrapRaft(err))
 	}
+	// From here this member's proposals carry epoch, until it loses the
+	// lead (watchLeadership) or takes it again.
+	n.epoch.Store(epoch)
 	n.mu.RLock()
 	defer n.mu.RUnlock()
 	// Marks of queue offsets handed out in an earlier term of this member's
@@ -342,7 +356,8 @@ func (n *Node) BecomeLeader(ctx context.Context, httpAddr string) (broker.Config
 	// tells what was stored.
 	_ = os.Remove(filepath.Join(n.dir, "queuemarks.json"))
 	bc := n.cfg.Broker
-	bc.Replica = &broker.Replicated{Log: n.log, Meta: n.meta, Propose: n.Propose}
+	bc.Replica = &broker.Replicated{Log: n.log, Meta: n.meta, Epoch: epoch,
+		Propose: func(start int64, recs [][]byte) func() error { return n.propose(epoch, start, recs) }}
 	return bc, nil
 }
 
@@ -360,10 +375,22 @@ func (n *Node) Leader() (id, httpAddr string, ok bool) {
 // applyTimeout bounds how long a proposal waits to be taken by raft.
 const applyTimeout = 10 * time.Second
 
-// Propose hands raft a batch of records (broker.Replicated.Propose).
-func (n *Node) Propose(start int64, recs [][]byte) func() error {
+// Epoch is the epoch of this member's current lead, 0 while it does not
+// lead (or lost the lead since its broker was opened).
+func (n *Node) Epoch() uint64 { return n.epoch.Load() }
+
+// errFenced: a proposal of a broker whose lead is over.
+var errFenced = errors.New("the broker's lead is over (this member lost the lead since it was opened)")
+
+// propose hands raft a batch of records (broker.Replicated.Propose) of
+// the broker opened for epoch.
+func (n *Node) propose(epoch uint64, start int64, recs [][]byte) func() error {
+	if n.epoch.Load() != epoch {
+		err := fmt.Errorf("replicate %d records: %w (%w)", len(recs), errFenced, broker.ErrNotLeader)
+		return func() error { return err }
+	}
 	t := time.Now()
-	f := n.raft.Apply(encodeRecords(start, recs), applyTimeout)
+	f := n.raft.Apply(encodeRecords(epoch, start, recs), applyTimeout)
 	return sync.OnceValue(func() error {
 		if err := f.Error(); err != nil {
 			return fmt.Errorf("replicate %d records: %w", len(recs), wrapRaft(err))
@@ -386,7 +413,11 @@ func (n *Node) Propose(start int64, recs [][]byte) func() error {
 // ReplicateMeta proposes the statements of one metadata write
 // (meta.Replicator).
 func (n *Node) ReplicateMeta(ctx context.Context, stmts []meta.Stmt) error {
-	data, err := encodeMeta(stmts)
+	epoch := n.epoch.Load()
+	if epoch == 0 {
+		return fmt.Errorf("replicate a metadata write: %w (%w; %w)", errFenced, meta.ErrNotLeader, broker.ErrNotLeader)
+	}
+	data, err := encodeMeta(epoch, stmts)
 	if err != nil {
 		return err
 	}
@@ -445,7 +476,7 @@ func (n *Node) Status(brokerName string) (Status, error) {
 			m.Role = "leader"
 		}
 		if string(s.ID) == n.cfg.NodeID {
-			m.LastIndex, m.AppliedIndex = n.raft.LastIndex(), n.raft.AppliedIndex()
+			m.LastIndex, m.AppliedIndex = n.raft.LastIndex(), n.AppliedIndex()
 		}
 		st.Members = append(st.Members, m)
 	}
@@ -485,8 +516,17 @@ func (n *Node) RemoveMember(id string) error {
 // Snapshot takes a snapshot now (tests, and operators before a backup).
 func (n *Node) Snapshot() error { return n.raft.Snapshot().Error() }
 
-// AppliedIndex and LastIndex are raft's.
-func (n *Node) AppliedIndex() uint64 { return n.raft.AppliedIndex() }
+// AppliedIndex is the index of the last entry applied to this member's
+// files: of the last command the state machine applied, or of the snapshot
+// it started from. (Raft's own AppliedIndex counts entries handed to the
+// state machine, before it applied them, and entries it never sees.)
+func (n *Node) AppliedIndex() uint64 {
+	a := n.applied.Load()
+	if s, err := strconv.ParseUint(n.raft.Stats()["last_snapshot_index"], 10, 64); err == nil && s > a {
+		return s
+	}
+	return a
+}
 
 // LastIndex is the index of the last entry in this member's raft log.
 func (n *Node) LastIndex() uint64 { return n.raft.LastIndex() }

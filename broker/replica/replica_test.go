@@ -3,6 +3,7 @@ package replica
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -62,8 +63,8 @@ func (g *testGroup) start(id string) *Node {
 		bc.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", id)
 	}
 	cfg := Config{Broker: bc, NodeID: id, Peers: g.peers, Transport: tr, Logger: bc.Logger,
-		HeartbeatTimeout: 500 * time.Millisecond, ElectionTimeout: 500 * time.Millisecond,
-		LeaderLeaseTimeout: 250 * time.Millisecond, CommitTimeout: 5 * time.Millisecond,
+		HeartbeatTimeout: time.Second, ElectionTimeout: time.Second,
+		LeaderLeaseTimeout: 500 * time.Millisecond, CommitTimeout: 5 * time.Millisecond,
 		SnapshotInterval: time.Hour, SnapshotThreshold: 1 << 30, TrailingLogs: g.trailing}
 	n, err := Open(context.Background(), cfg)
 	if err != nil {
@@ -423,4 +424,52 @@ func TestWipedMemberRestoredBySnapshot(t *testing.T) {
 		big[id] = body
 	}
 	checkAll(t, b2, "orders", big)
+}
+
+// TestEarlierLeadIsFenced: a broker opened for an earlier lead of its
+// member (the member lost the lead and took it again before the broker was
+// closed) can write nothing: its proposals are refused before raft, and an
+// entry of an earlier epoch that reaches the log is refused by every
+// member's state machine.
+func TestEarlierLeadIsFenced(t *testing.T) {
+	g := newTestGroup(t, "n1")
+	n := g.start("n1")
+	g.leader()
+	old := openLeaderBroker(t, n)
+	defer old.Close()
+	createTopic(t, old, "orders")
+	publish(t, old, "orders", 5, 1, "a")
+	oldEpoch := n.Epoch()
+
+	// The lead is taken again (as after a loss and a new election).
+	if _, err := n.BecomeLeader(context.Background(), "http://n1"); err != nil {
+		t.Fatal(err)
+	}
+	if n.Epoch() == oldEpoch {
+		t.Fatalf("epoch %d did not change", n.Epoch())
+	}
+	l, _ := n.Files()
+	end := l.End()
+	if _, err := old.Publish(context.Background(), "orders", []*broker.Message{{Body: []byte("stale")}}); err == nil {
+		t.Fatal("a broker of an earlier lead published")
+	}
+	if got := l.End(); got != end {
+		t.Fatalf("log end %d after the refused publish, want %d", got, end)
+	}
+
+	// An entry of the earlier epoch that raft commits anyway.
+	f := n.raft.Apply(encodeRecords(oldEpoch, l.NextStart(100), [][]byte{make([]byte, 84)}), time.Second)
+	if err := f.Error(); err != nil {
+		t.Fatal(err)
+	}
+	res, _ := f.Response().(recordsResult)
+	if !errors.Is(res.err, errStaleEpoch) {
+		t.Fatalf("stale entry applied: %+v", res)
+	}
+	if got := l.End(); got != end {
+		t.Fatalf("log end %d after the stale entry, want %d", got, end)
+	}
+	if got := testutil.ToFloat64(n.metrics.staleEntries.WithLabelValues("records")); got != 1 {
+		t.Fatalf("stale entries counted: %v, want 1", got)
+	}
 }

@@ -115,7 +115,7 @@ func (l *authLayer) serverHandshake(c net.Conn) error {
 		return nil
 	}
 	_ = c.SetDeadline(time.Now().Add(handshakeTimeout))
-	defer c.SetDeadline(time.Time{})
+	defer func() { _ = c.SetDeadline(time.Time{}) }()
 	ns := make([]byte, nonceLen)
 	if _, err := rand.Read(ns); err != nil {
 		return err
@@ -140,7 +140,7 @@ func (l *authLayer) clientHandshake(c net.Conn) error {
 		return nil
 	}
 	_ = c.SetDeadline(time.Now().Add(handshakeTimeout))
-	defer c.SetDeadline(time.Time{})
+	defer func() { _ = c.SetDeadline(time.Time{}) }()
 	ns := make([]byte, nonceLen)
 	if _, err := io.ReadFull(c, ns); err != nil {
 		return fmt.Errorf("read the challenge: %w", err)

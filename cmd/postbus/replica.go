@@ -132,6 +132,7 @@ type replicaMember struct {
 
 // leaderTerm is what runs while this member leads.
 type leaderTerm struct {
+	epoch      uint64 // the lead it was opened for
 	b          *broker.Broker
 	stopPush   func()
 	stopSync   func()
@@ -251,14 +252,23 @@ func (m *replicaMember) follow(ctx context.Context) {
 	m.mu.Lock()
 	have := m.term != nil
 	var broken error
+	stale := false
 	if have {
 		broken = m.term.b.ReplicationBroken()
+		// The lead it was opened for ended, even if this member leads
+		// again now: what it remembers (queue offsets, what is out) may
+		// be behind the log.
+		stale = m.term.epoch != m.node.Epoch()
 	}
 	m.mu.Unlock()
-	if leading && broken != nil {
+	switch {
+	case leading && broken != nil:
 		// Its offsets may not match the group's: open it again, as a
 		// restart would, from what was committed.
 		m.stepDown("a replicated append failed: " + broken.Error())
+		have = false
+	case leading && stale:
+		m.stepDown("the lead it was opened for ended")
 		have = false
 	}
 	switch {
@@ -326,7 +336,7 @@ func (m *replicaMember) lead(ctx context.Context) error {
 		defer close(synced)
 		api.RunSync(syncCtx)
 	}()
-	t := &leaderTerm{b: b,
+	t := &leaderTerm{epoch: bc.Replica.Epoch, b: b,
 		stopPush:   func() { stopDispatch(); <-dispatched },
 		stopSync:   func() { cancelSync(); <-synced },
 		unregister: m.member.register(b, c.cluster, m.logger),
