@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"sync"
@@ -483,10 +484,36 @@ func (n *Node) Status(brokerName string) (Status, error) {
 	return st, nil
 }
 
+// validMemberID is what a member's id may be: it names the member in
+// paths (DELETE /v1/replicas/{id}) and flags.
+var validMemberID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// ErrMemberConflict: the id or the address is a member's already.
+var ErrMemberConflict = errors.New("conflicts with a member")
+
 // AddMember adds a voting member (raft AddVoter); on the leader only.
+// Adding a member again with its own address changes nothing; an id
+// already there with another address, or an address another member has,
+// is refused (remove the member first).
 func (n *Node) AddMember(id, addr string) error {
-	if _, _, err := net.SplitHostPort(addr); err != nil || id == "" {
-		return fmt.Errorf("add member %q at %q: want an id and a host:port: %w", id, addr, meta.ErrInvalid)
+	host, port, err := net.SplitHostPort(addr)
+	p, perr := strconv.Atoi(port)
+	if err != nil || perr != nil || host == "" || p < 1 || p > 65535 || !validMemberID.MatchString(id) {
+		return fmt.Errorf("add member %q at %q: want an id of letters, digits, '.', '_' or '-' and a host:port: %w", id, addr, meta.ErrInvalid)
+	}
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return fmt.Errorf("add member %s: %w", id, wrapRaft(err))
+	}
+	for _, s := range f.Configuration().Servers {
+		switch {
+		case string(s.ID) == id && string(s.Address) == addr:
+			return nil
+		case string(s.ID) == id:
+			return fmt.Errorf("add member %s at %s: it is a member at %s; remove it first: %w", id, addr, s.Address, ErrMemberConflict)
+		case string(s.Address) == addr:
+			return fmt.Errorf("add member %s at %s: member %s has that address: %w", id, addr, s.ID, ErrMemberConflict)
+		}
 	}
 	if err := n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, 30*time.Second).Error(); err != nil {
 		return fmt.Errorf("add member %s: %w", id, wrapRaft(err))

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/postbus/postbus/broker"
+	"github.com/postbus/postbus/broker/meta"
 )
 
 // testGroup is a replica group in this process on raft's in-memory
@@ -471,5 +472,38 @@ func TestEarlierLeadIsFenced(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(n.metrics.staleEntries.WithLabelValues("records")); got != 1 {
 		t.Fatalf("stale entries counted: %v, want 1", got)
+	}
+}
+
+// TestAddMemberRefusesWhatCannotWork: ids and addresses that cannot work,
+// or an id that is a member's already at another address, are refused
+// before raft, and the member stays where it is.
+func TestAddMemberRefusesWhatCannotWork(t *testing.T) {
+	g := newTestGroup(t, "n1")
+	n := g.start("n1")
+	g.leader()
+	for _, tc := range []struct {
+		id, addr string
+		want     error
+	}{
+		{"n9", "127.0.0.1:99999", meta.ErrInvalid},
+		{"n9", "127.0.0.1:0", meta.ErrInvalid},
+		{"a/b c", "127.0.0.1:7009", meta.ErrInvalid},
+		{"n9", "no-port", meta.ErrInvalid},
+		{"n1", "127.0.0.1:7009", ErrMemberConflict},
+	} {
+		err := n.AddMember(tc.id, tc.addr)
+		if !errors.Is(err, tc.want) {
+			t.Errorf("AddMember(%q, %q) = %v, want %v", tc.id, tc.addr, err, tc.want)
+		}
+	}
+	st, err := n.Status("g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range st.Members {
+		if m.ID == "n1" && m.Addr != "mem-n1" {
+			t.Fatalf("n1 moved to %s", m.Addr)
+		}
 	}
 }

@@ -23,6 +23,7 @@ import (
 
 	"github.com/postbus/postbus"
 	"github.com/postbus/postbus/broker"
+	"github.com/postbus/postbus/broker/meta"
 	"github.com/postbus/postbus/broker/replica"
 	"github.com/postbus/postbus/httpapi"
 	"github.com/postbus/postbus/push"
@@ -407,7 +408,7 @@ func (r replicasOf) Add(id, addr string) error {
 	if errors.Is(err, replica.ErrUnknownMember) {
 		return fmt.Errorf("%w: %w", httpapi.ErrMemberNotFound, err)
 	}
-	if err != nil && strings.Contains(err.Error(), "invalid argument") {
+	if errors.Is(err, meta.ErrInvalid) || errors.Is(err, replica.ErrMemberConflict) {
 		return fmt.Errorf("%w: %w", httpapi.ErrInvalidMember, err)
 	}
 	return err
