@@ -522,7 +522,9 @@ func (e *Engine) unfence(r receipt) {
 }
 
 // subscriptionChanged applies a subscription's change to its consumer: a
-// deleted subscription, or a paused or disabled pull one, drops it; other
+// deleted subscription, or a paused or disabled pull one, drops it (a
+// deleted push one with deliveries out retires first: those settle, then
+// it is dropped; see dropRetired); other
 // changes apply in place (a paused push consumer leases nothing), so leases out (a push loop restarting after a secret rotation)
 // settle. Turning ordered on keeps what is out as it is (out of order
 // already); turning it off converts the queues' blocks (unorder). Blocks of
@@ -545,6 +547,17 @@ func (e *Engine) subscriptionChanged(ctx context.Context, s Subscription, delete
 	// settle, so a 200 answered meanwhile is recorded, not delivered
 	// again after the resume; no lease goes out until then.
 	keep := !deleted && (s.State == StateActive || c.push) && s.ID == c.sub.ID && !c.closed
+	if deleted && c.push && s.ID == c.sub.ID && !c.closed && len(c.leases) > 0 {
+		// So does a deleted one, retired, until what its loop has out
+		// settles (dropRetired): the group keeps its offsets, and a 200
+		// answered within the grace moves them as after a pause, so that
+		// the group subscribing again does not deliver it twice (push
+		// model seed 5). It leases nothing more.
+		c.sub.State = stateDeleted
+		c.mu.Unlock()
+		c.leaseMu.Unlock()
+		return
+	}
 	if keep {
 		if f, err := ParseFilter(s.Filter); err == nil {
 			if c.sub.Ordered && !s.Ordered {
@@ -565,6 +578,27 @@ func (e *Engine) subscriptionChanged(ctx context.Context, s Subscription, delete
 		return
 	}
 	e.drop(func(g, t string) bool { return g == s.Group && t == s.Topic })
+}
+
+// stateDeleted is the state of a retired consumer, one whose push
+// subscription was deleted while its loop had deliveries out.
+const stateDeleted = "deleted"
+
+// dropRetired drops the group's consumer on topic once it is retired and
+// has nothing out any more.
+func (e *Engine) dropRetired(group, topic string) {
+	e.mu.Lock()
+	c := e.cons[[2]string{group, topic}]
+	e.mu.Unlock()
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	done := c.sub.State == stateDeleted && len(c.leases) == 0
+	c.mu.Unlock()
+	if done {
+		e.drop(func(g, t string) bool { return g == group && t == topic && e.cons[[2]string{g, t}] == c })
+	}
 }
 
 // grow adds cursors for queues the topic gained since the consumer was

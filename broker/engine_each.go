@@ -98,7 +98,9 @@ func (e *Engine) settleEach(ctx context.Context, group string, receipts []string
 		case receiptPush:
 			out[i].Status = ReceiptInvalid
 			if len(rs) == 1 && v.kind != verdictVisibility {
-				if err := e.settlePush(ctx, r, v); errors.Is(err, ErrStaleReceipt) {
+				err := e.settlePush(ctx, r, v)
+				e.dropRetired(r.Group, r.Topic)
+				if errors.Is(err, ErrStaleReceipt) {
 					out[i].Status = ReceiptStale
 				} else if err != nil {
 					return nil, err
