@@ -37,9 +37,10 @@ import (
 //     with, beside it, what was settled above it (the offset's progress:
 //     how far the consumer read and which messages are still out), and a
 //     writer persists both as soon as settles move them (unsynced SQLite
-//     commits, which a kill of the process keeps). A consumer built again
-//     (a crash, a restart, a pause) hands out again only what was out, so
-//     a crash repeats that and what settled during the last write, not
+//     commits, which a kill of the process keeps); a settle returns once
+//     the write carrying it committed (pushWritten). A consumer built
+//     again (a crash, a restart, a pause) hands out again only what was
+//     out, so a crash repeats at most what the push loop had out, not
 //     what settled above the oldest message out nor what OffsetInterval
 //     saw.
 //
