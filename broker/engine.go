@@ -1395,12 +1395,16 @@ func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
 // fsynced write of the attempt log or the timers ahead of it), 41 against
 // max_in_flight 8 in TestSIGKILLDuringPushRepeatsLittle. The settle
 // stands whatever happens here: a closing engine (Close writes the
-// offsets) ends the wait.
+// offsets) ends the wait, and so do two OffsetIntervals (the periodic
+// write retries what the writer could not write), so that offset writes
+// that fail (reported at ERROR) do not hold the push loops for ever.
 func (e *Engine) pushWritten(moved bool) {
 	if !moved || !e.started {
 		return
 	}
-	_ = e.b.waitOffsetsWritten(context.Background(), e.b.offsetsRoundAfter(), e.stop)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*e.b.cfg.OffsetInterval)
+	defer cancel()
+	_ = e.b.waitOffsetsWritten(ctx, e.b.offsetsRoundAfter(), e.stop)
 }
 
 // finishPush records that a push lease's message is done for the group.
