@@ -323,6 +323,10 @@ type pdSub struct {
 	msgs              map[string]*psMsg
 	oldIDs            []string
 	dupsAllowed, dups int
+	// judged are the dead letters (by DLQ offset) syncDLQ has judged
+	// already: one written before a reset stays listed, its message
+	// replayed and maybe answered 200 since, which is no fault.
+	judged map[int64]bool
 }
 
 // endpoint is a real HTTP server on 127.0.0.1 whose answer the model sets.
@@ -836,6 +840,12 @@ func (r *pdRun) reset(s *pdSub, rng *rand.Rand) error {
 		to = at.Format(time.RFC3339Nano)
 	}
 	defer r.mu.Unlock()
+	// The dead letters written before the reset are judged against the
+	// model before it: after it they stay listed while their messages are
+	// replayed (and maybe answered 200).
+	if err := r.syncDLQ(s); err != nil {
+		return err
+	}
 	if err := r.b.ResetOffsets(r.ctx, s.group, pdTopic, to); err != nil {
 		return fmt.Errorf("reset %s to %s: %w", s.group, to, err)
 	}
@@ -897,7 +907,14 @@ func (r *pdRun) syncDLQ(s *pdSub) error {
 	if err != nil {
 		return fmt.Errorf("dead letters of %s: %w", s.group, err)
 	}
+	if s.judged == nil {
+		s.judged = map[int64]bool{}
+	}
 	for _, d := range dls {
+		if s.judged[d.DLQOffset] {
+			continue
+		}
+		s.judged[d.DLQOffset] = true
 		sm := s.msgs[d.ID]
 		switch {
 		case r.msgs[d.ID] == nil:
