@@ -48,6 +48,12 @@ type offsets struct {
 	// nothing left dirty to write the newer ones again, and a crash would
 	// then hand out again what was acked above them.
 	flushMu sync.Mutex
+	// taken counts the flushes that took their snapshot of what is dirty,
+	// written is the last of them whose commit succeeded (they commit in
+	// order, under flushMu), and writtenSig fires after each: a push
+	// settle waits for the flush that carries it (waitOffsetsWritten).
+	taken, written uint64 // guarded by mu
+	writtenSig     signal
 }
 
 // Offset returns a group's next offset on a queue, and whether it has one.
@@ -132,6 +138,8 @@ func (b *Broker) flushOffsetsWith(ctx context.Context, commit func(context.Conte
 		batch = append(batch, meta.Offset{Group: k.group, Topic: k.topic, Queue: k.queue, Next: b.offs.next[k], Progress: b.offs.progress[k]})
 	}
 	clear(b.offs.dirty)
+	b.offs.taken++
+	round := b.offs.taken
 	b.offs.mu.Unlock()
 	if testHookOffsetsTaken != nil {
 		testHookOffsetsTaken(batch)
@@ -144,7 +152,43 @@ func (b *Broker) flushOffsetsWith(ctx context.Context, commit func(context.Conte
 		b.offs.mu.Unlock()
 		return fmt.Errorf("persist offsets: %w", err)
 	}
+	b.offs.mu.Lock()
+	b.offs.written = round
+	b.offs.mu.Unlock()
+	b.offs.writtenSig.fire()
 	return nil
+}
+
+// offsetsRoundAfter is the flush that carries every offset moved before
+// the call: the next to take its snapshot (or one that took it since the
+// move, which is earlier).
+func (b *Broker) offsetsRoundAfter() uint64 {
+	b.offs.mu.Lock()
+	defer b.offs.mu.Unlock()
+	return b.offs.taken + 1
+}
+
+// waitOffsetsWritten waits until flush round has committed, ctx ends or
+// stop is closed (the broker closing writes its offsets itself).
+func (b *Broker) waitOffsetsWritten(ctx context.Context, round uint64, stop <-chan struct{}) error {
+	for {
+		// The channel is taken before written is read: a flush that
+		// commits in between closes it.
+		ch := b.offs.writtenSig.wait()
+		b.offs.mu.Lock()
+		done := b.offs.written >= round
+		b.offs.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-stop:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // commitLease stores a pull lease's visibility timers with the offsets

@@ -37,9 +37,10 @@ import (
 //     with, beside it, what was settled above it (the offset's progress:
 //     how far the consumer read and which messages are still out), and a
 //     writer persists both as soon as settles move them (unsynced SQLite
-//     commits, which a kill of the process keeps). A consumer built again
-//     (a crash, a restart, a pause) hands out again only what was out, so
-//     a crash repeats that and what settled during the last write, not
+//     commits, which a kill of the process keeps); a settle returns once
+//     the write carrying it committed (pushWritten). A consumer built
+//     again (a crash, a restart, a pause) hands out again only what was
+//     out, so a crash repeats at most what the push loop had out, not
 //     what settled above the oldest message out nor what OffsetInterval
 //     saw.
 //
@@ -522,7 +523,9 @@ func (e *Engine) unfence(r receipt) {
 }
 
 // subscriptionChanged applies a subscription's change to its consumer: a
-// deleted subscription, or a paused or disabled pull one, drops it; other
+// deleted subscription, or a paused or disabled pull one, drops it (a
+// deleted push one with deliveries out retires first: those settle, then
+// it is dropped; see dropRetired); other
 // changes apply in place (a paused push consumer leases nothing), so leases out (a push loop restarting after a secret rotation)
 // settle. Turning ordered on keeps what is out as it is (out of order
 // already); turning it off converts the queues' blocks (unorder). Blocks of
@@ -545,6 +548,17 @@ func (e *Engine) subscriptionChanged(ctx context.Context, s Subscription, delete
 	// settle, so a 200 answered meanwhile is recorded, not delivered
 	// again after the resume; no lease goes out until then.
 	keep := !deleted && (s.State == StateActive || c.push) && s.ID == c.sub.ID && !c.closed
+	if deleted && c.push && s.ID == c.sub.ID && !c.closed && len(c.leases) > 0 {
+		// So does a deleted one, retired, until what its loop has out
+		// settles (dropRetired): the group keeps its offsets, and a 200
+		// answered within the grace moves them as after a pause, so that
+		// the group subscribing again does not deliver it twice (push
+		// model seed 5). It leases nothing more.
+		c.sub.State = stateDeleted
+		c.mu.Unlock()
+		c.leaseMu.Unlock()
+		return
+	}
 	if keep {
 		if f, err := ParseFilter(s.Filter); err == nil {
 			if c.sub.Ordered && !s.Ordered {
@@ -565,6 +579,27 @@ func (e *Engine) subscriptionChanged(ctx context.Context, s Subscription, delete
 		return
 	}
 	e.drop(func(g, t string) bool { return g == s.Group && t == s.Topic })
+}
+
+// stateDeleted is the state of a retired consumer, one whose push
+// subscription was deleted while its loop had deliveries out.
+const stateDeleted = "deleted"
+
+// dropRetired drops the group's consumer on topic once it is retired and
+// has nothing out any more.
+func (e *Engine) dropRetired(group, topic string) {
+	e.mu.Lock()
+	c := e.cons[[2]string{group, topic}]
+	e.mu.Unlock()
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	done := c.sub.State == stateDeleted && len(c.leases) == 0
+	c.mu.Unlock()
+	if done {
+		e.drop(func(g, t string) bool { return g == group && t == topic && e.cons[[2]string{g, t}] == c })
+	}
 }
 
 // grow adds cursors for queues the topic gained since the consumer was
@@ -1281,7 +1316,9 @@ func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
 	case verdictAck:
 		delete(c.leases, l.id)
 		e.finishPush(ctx, c, l)
+		moved := !c.closed
 		c.mu.Unlock()
+		e.pushWritten(moved)
 		return nil
 	case verdictRelease:
 		delete(c.leases, l.id)
@@ -1334,16 +1371,40 @@ func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
 		return err
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.closed {
 		e.unfence(r) // dropped meanwhile: its retry or dead letter is stored
 	}
 	if c.leases[l.id] != l {
+		c.mu.Unlock()
 		return nil // expired meanwhile: its retry is stored, the expiry's too
 	}
 	delete(c.leases, l.id)
 	e.finishPush(ctx, c, l)
+	moved := !c.closed
+	c.mu.Unlock()
+	e.pushWritten(moved)
 	return nil
+}
+
+// pushWritten waits, after a push settle moved its group's offsets
+// (moved), until the offset write that carries the move has committed.
+// The push loop holds the delivery's slot until then, so what was
+// delivered and is not yet written never exceeds max_in_flight, and a
+// kill of the process repeats no more than that (issue 11, fault 16); it
+// used to repeat also whatever settled while the writer was busy (an
+// fsynced write of the attempt log or the timers ahead of it), 41 against
+// max_in_flight 8 in TestSIGKILLDuringPushRepeatsLittle. The settle
+// stands whatever happens here: a closing engine (Close writes the
+// offsets) ends the wait, and so do two OffsetIntervals (the periodic
+// write retries what the writer could not write), so that offset writes
+// that fail (reported at ERROR) do not hold the push loops for ever.
+func (e *Engine) pushWritten(moved bool) {
+	if !moved || !e.started {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*e.b.cfg.OffsetInterval)
+	defer cancel()
+	_ = e.b.waitOffsetsWritten(ctx, e.b.offsetsRoundAfter(), e.stop)
 }
 
 // finishPush records that a push lease's message is done for the group.

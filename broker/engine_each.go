@@ -98,7 +98,9 @@ func (e *Engine) settleEach(ctx context.Context, group string, receipts []string
 		case receiptPush:
 			out[i].Status = ReceiptInvalid
 			if len(rs) == 1 && v.kind != verdictVisibility {
-				if err := e.settlePush(ctx, r, v); errors.Is(err, ErrStaleReceipt) {
+				err := e.settlePush(ctx, r, v)
+				e.dropRetired(r.Group, r.Topic)
+				if errors.Is(err, ErrStaleReceipt) {
 					out[i].Status = ReceiptStale
 				} else if err != nil {
 					return nil, err
@@ -205,6 +207,9 @@ func (e *Engine) settleTimersEach(ctx context.Context, group string, rs []receip
 	if err != nil {
 		return nil, err
 	}
+	if testHookNackReserved != nil {
+		testHookNackReserved()
+	}
 	repl := make([]int64, len(rs))
 	var copies []*Message
 	var idx []int // copies[k] replaces rs[idx[k]]
@@ -269,6 +274,9 @@ func (e *Engine) settleTimersEach(ctx context.Context, group string, rs []receip
 			return nil, err
 		}
 	}
+	if testHookNackStored != nil {
+		testHookNackStored()
+	}
 	var swapOffs, swapRepl []int64
 	var swapIdx []int
 	for i := range rs {
@@ -294,6 +302,11 @@ func (e *Engine) settleTimersEach(ctx context.Context, group string, rs []receip
 	}
 	return states, nil
 }
+
+// Test hooks of a nack's steps (settleTimersEach): once its timers are
+// reserved, and once its replacements are stored with their timers,
+// before the swap.
+var testHookNackReserved, testHookNackStored func()
 
 // leaseEnd is the end of visibility an ordered pull lease's receipt
 // names: the block's NextAt, unless its visibility was changed since.

@@ -545,3 +545,52 @@ func TestSettleNeverCreatesAGroup(t *testing.T) {
 		})
 	}
 }
+
+// TestPushSettleAfterDeleteIsKept (push model seed 5): a push delivery
+// answered 200 while its subscription is being deleted settles (the loop
+// finishes what it has out within its grace), and the group, subscribing
+// again, does not deliver it a second time. The deleted subscription's
+// consumer used to be dropped at once, so the settle was stale, the
+// group's offset stayed below the message, and the new subscription
+// delivered it again after a 200.
+func TestPushSettleAfterDeleteIsKept(t *testing.T) {
+	ctx := context.Background()
+	b := openBroker(t, testConfig(t, t.TempDir()))
+	if _, _, err := b.PutTopic(ctx, "t", TopicSettings{Queues: 1}); err != nil {
+		t.Fatal(err)
+	}
+	push := Subscription{Group: "g", Topic: "t", URL: "http://127.0.0.1:9/hook", MaxRetries: 3, StartFrom: "earliest"}
+	sub, err := b.CreateSubscription(ctx, push)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish(t, b, "t", msg("m0"), msg("m1"))
+	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
+		t.Fatal(err)
+	}
+	eng := b.Engine()
+	got, err := eng.Lease(ctx, "g", "t", 1, time.Minute)
+	if err != nil || len(got) != 1 || string(got[0].Body) != "m0" {
+		t.Fatalf("lease: %q, %v, want m0", bodies(got), err)
+	}
+	if err := b.DeleteSubscription(ctx, sub.ID); err != nil {
+		t.Fatal(err)
+	}
+	if more, err := eng.Lease(ctx, "g", "t", 4, time.Minute); !errors.Is(err, ErrSubscriptionInactive) || len(more) != 0 {
+		t.Fatalf("lease after the delete: %q, %v, want nothing and ErrSubscriptionInactive", bodies(more), err)
+	}
+	// The delivery out at the delete is answered 200 within the grace.
+	if err := eng.Settle(ctx, got[0].Receipt, Ack()); err != nil {
+		t.Fatalf("settling the delivery out at the delete: %v, want it settled", err)
+	}
+	if _, err := b.CreateSubscription(ctx, push); err != nil {
+		t.Fatal(err)
+	}
+	again, err := eng.Lease(ctx, "g", "t", 4, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"m1"}; !slices.Equal(bodies(again), want) {
+		t.Fatalf("subscribed again, leased %q, want %q (m0 was answered 200)", bodies(again), want)
+	}
+}

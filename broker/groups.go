@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"slices"
 	"sort"
@@ -284,10 +285,37 @@ func (b *Broker) resetOffsets(ctx context.Context, group, topic, to string, ts *
 		}
 		b.setOffset(group, topic, q, next)
 	}
-	// Retries queued before the reset belong to the old position.
+	// Retries queued before the reset belong to the old position, and so
+	// do those still waiting for their time: the retry copies of nacks and
+	// push failures, and the visibility copies of pulled messages, which
+	// would otherwise bring a message out at the reset back beside its
+	// replay. Dropped while the delay timer is held, so that none of them
+	// is being put back on the retry queue meanwhile, past the offset set
+	// here.
 	retry := RetryTopic(group, topic)
-	if _, hi := b.cq.Bounds(retry, 0); hi > 0 {
-		b.setOffset(group, retry, 0, hi)
+	drop := func() error {
+		if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
+			return err
+		}
+		n, err := b.meta.DropTimersOf(ctx, retry)
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			b.logger.Info("offset reset dropped the group's waiting retries", slog.String("group", group),
+				slog.String("topic", topic), slog.Int64("retries", n))
+		}
+		if _, hi := b.cq.Bounds(retry, 0); hi > 0 {
+			b.setOffset(group, retry, 0, hi)
+		}
+		return nil
+	}
+	hold := drop
+	if b.timer != nil {
+		hold = func() error { return b.timer.Hold(ctx, drop) }
+	}
+	if err := hold(); err != nil {
+		return fmt.Errorf("reset %s on %s: drop its retries: %w", group, topic, err)
 	}
 	if err := b.flushOffsets(ctx); err != nil {
 		return err

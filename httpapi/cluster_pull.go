@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/postbus/postbus/broker"
+	"github.com/postbus/postbus/namesrv"
 )
 
 // receiptOut is a receipt as this broker hands it out: in a cluster,
@@ -33,6 +35,34 @@ func splitReceipt(r string) (brokerName, receipt string) {
 		return name, rest
 	}
 	return "", r
+}
+
+// badReceipt finds the first receipt that cannot be one this bus issued
+// to group, before anything is settled anywhere: a broker name no broker
+// can have (empty, or not a name), or a receipt part without a receipt's
+// form (broker.CheckReceiptForm). It returns the problem's field and
+// detail, or ok. Otherwise a receipt is routed by its broker name and
+// settled by the broker whose key its MAC verifies under (a broker
+// renamed since it issued it too).
+func badReceipt(group string, receipts []string) (field, detail string, ok bool) {
+	if broker.ValidateGroupName(group) != nil {
+		return "", "", true // the broker's answer names the group
+	}
+	for i, rc := range receipts {
+		field := fmt.Sprintf("receipts[%d]", i)
+		if name, _, prefixed := strings.Cut(rc, receiptSep); prefixed && !namesrv.ValidBrokerName(name) {
+			return field, fmt.Sprintf("not a receipt this bus issued: %q before %q is no broker's name", name, receiptSep), false
+		}
+		_, local := splitReceipt(rc)
+		if err := broker.CheckReceiptForm(group, local, field); err != nil {
+			var be *broker.Error
+			if errors.As(err, &be) {
+				return field, be.Detail, false
+			}
+			return field, err.Error(), false
+		}
+	}
+	return "", "", true
 }
 
 // ownReceipts reports whether every receipt names this broker (or none),

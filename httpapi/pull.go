@@ -146,6 +146,10 @@ func (s *Server) handleAck(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, perr)
 		return
 	}
+	if field, detail, ok := badReceipt(chi.URLParam(r, "group"), req.Receipts); !ok {
+		writeProblem(w, r, broker.CodeInvalidReceipt, field, detail)
+		return
+	}
 	if s.coordinating(r) && !s.ownReceipts(req.Receipts) {
 		body, _ := json.Marshal(req)
 		s.settle(w, r, req.Receipts, body, s.handleAck)
@@ -176,6 +180,10 @@ func (s *Server) handleNack(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		delay = d
+	}
+	if field, detail, ok := badReceipt(chi.URLParam(r, "group"), req.Receipts); !ok {
+		writeProblem(w, r, broker.CodeInvalidReceipt, field, detail)
+		return
 	}
 	if s.coordinating(r) && !s.ownReceipts(req.Receipts) {
 		body, _ := json.Marshal(req)
@@ -208,6 +216,10 @@ func (s *Server) handleVisibility(w http.ResponseWriter, r *http.Request) {
 	vis, err := time.ParseDuration(*req.Visibility)
 	if err != nil {
 		writeProblem(w, r, broker.CodeInvalidPull, "visibility", fmt.Sprintf("%q is not a duration like 60s", *req.Visibility))
+		return
+	}
+	if field, detail, ok := badReceipt(chi.URLParam(r, "group"), req.Receipts); !ok {
+		writeProblem(w, r, broker.CodeInvalidReceipt, field, detail)
 		return
 	}
 	if s.coordinating(r) && !s.ownReceipts(req.Receipts) {

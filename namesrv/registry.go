@@ -766,6 +766,9 @@ func validateAddr(s string) error {
 // since a heartbeat checks many names.
 func validName(s string) bool { return plainName(s, MaxBrokerNameLen) }
 
+// ValidBrokerName reports whether s is a name a broker may register with.
+func ValidBrokerName(s string) bool { return validName(s) }
+
 // ValidTopicName reports whether s is a topic name a broker may register:
 // a user topic, or a system topic such as %DLQ%group.
 func ValidTopicName(s string) bool { return validTopic(s) }

@@ -112,11 +112,13 @@ func (c *Client) Deliver(ctx context.Context, d Delivery, key *BusKey, now time.
 	if err != nil {
 		return Result{Outcome: Retry, Err: clip(err.Error())}
 	}
+	// Taken before the deadline is set, so that a delivery cut by its
+	// timeout never reports less than the timeout.
+	start := time.Now()
 	actx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	req = req.WithContext(actx)
 
-	start := time.Now()
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return Result{Outcome: Retry, Err: describe(err, ctx, timeout), Latency: time.Since(start)}
@@ -193,6 +195,13 @@ func (c *Client) newRequest(d Delivery, key *BusKey, now time.Time) (*http.Reque
 	// Standard Webhooks spells its headers in lower case; HTTP/1.1 sends
 	// them as written, HTTP/2 lowers every name anyway.
 	h[HeaderWebhookID] = []string{d.MsgID}
+	// Marks the POST idempotent for net/http, which then sends it again on
+	// a new connection when a reused keep-alive connection turns out to be
+	// closed (an endpoint's idle timeout ending as the delivery went out);
+	// otherwise that costs an attempt that never reached the endpoint. A
+	// nil value is not sent. Deliveries are at least once, and the endpoint
+	// dedupes by webhook-id anyway.
+	h["Idempotency-Key"] = nil
 	h[HeaderWebhookTimestamp] = []string{strconv.FormatInt(ts, 10)}
 	if sig != "" {
 		h[HeaderWebhookSignature] = []string{sig}

@@ -1,6 +1,7 @@
 package push
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -272,5 +273,59 @@ func TestClientReusesConnectionsUnderFanOut(t *testing.T) {
 	round()
 	if again := dials.Load() - first; again > inFlight/10 {
 		t.Errorf("the second round of %d concurrent deliveries dialed %d new connections (the first dialed %d); want them reused", inFlight, again, first)
+	}
+}
+
+// TestIdleConnectionClosedAsReused (push model seed 10): an endpoint that
+// closes a keep-alive connection just as the client sends the next
+// delivery on it (an idle timeout ending then) does not cost an attempt:
+// the delivery goes again on a new connection. It used to fail as
+// "connection closed without a response", a failed attempt, and a few in a
+// row dead-lettered a message that no request had carried to the endpoint
+// (net/http resends a POST on a reused connection only when the request
+// is marked idempotent).
+func TestIdleConnectionClosedAsReused(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var answered, dropped atomic.Int64
+	go func() {
+		for first := true; ; first = false {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func(conn net.Conn, first bool) {
+				defer conn.Close()
+				br := bufio.NewReader(conn)
+				for n := 0; ; n++ {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, req.Body)
+					if first && n == 1 {
+						dropped.Add(1)
+						return // the first connection closes when reused
+					}
+					answered.Add(1)
+					if _, err := io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"); err != nil {
+						return
+					}
+				}
+			}(conn, first)
+		}
+	}()
+	c := newTestClient(t, ClientConfig{AllowPrivate: true})
+	url := "http://" + ln.Addr().String() + "/hook"
+	for i := range 3 {
+		if res := c.Deliver(context.Background(), testDelivery(url), nil, time.Now()); res.Outcome != Delivered {
+			t.Fatalf("delivery %d: %+v (the endpoint answered %d, dropped %d on a reused connection)", i, res, answered.Load(), dropped.Load())
+		}
+	}
+	if a, d := answered.Load(), dropped.Load(); a != 3 || d != 1 {
+		t.Fatalf("the endpoint answered %d and dropped %d, want 3 and 1", a, d)
 	}
 }

@@ -161,6 +161,18 @@ func (t *Timer) FireDue(ctx context.Context) (int, error) {
 	return len(due), nil
 }
 
+// Hold runs fn while no timer is being fired or moved: a round in
+// progress ends first, and none starts until fn returns. A caller that
+// drops timers (an offset reset dropping a group's retries) so knows that
+// none of them is being put back meanwhile.
+func (t *Timer) Hold(ctx context.Context, fn func() error) error {
+	if err := t.take(ctx); err != nil {
+		return err
+	}
+	defer t.give()
+	return fn()
+}
+
 // MoveBefore moves every message still waiting whose record lies below
 // off ahead in the log, so that the segments below off can be deleted.
 func (t *Timer) MoveBefore(ctx context.Context, off int64) error {

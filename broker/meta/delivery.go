@@ -221,6 +221,27 @@ func (s *Store) OldestPendingTimerOf(ctx context.Context, topic string) (int64, 
 	return off.Int64, off.Valid, nil
 }
 
+// DropTimersOf marks every unfired timer of records for topic fired, a
+// claimed one too, and returns how many it dropped: an offset reset drops
+// the retries (and visibility copies) a group had waiting in its retry
+// topic, which belong to the old position. A receipt naming a dropped
+// timer is then stale.
+func (s *Store) DropTimersOf(ctx context.Context, topic string) (int64, error) {
+	var n int64
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE timers SET fired = 1 WHERE owner = ? AND fired = 0`, topic)
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("drop timers of %s: %w", topic, err)
+	}
+	return n, nil
+}
+
 // PendingTimers counts unfired timers.
 func (s *Store) PendingTimers(ctx context.Context) (int64, error) {
 	var n int64

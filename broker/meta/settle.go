@@ -52,6 +52,12 @@ func settledState(ctx context.Context, tx Tx, off int64) (TimerState, error) {
 // instead, so that it never comes out beside the original. ack records
 // the settle as an ack, otherwise as a nack, so that a retry of the same
 // settle is told what it did (SettledMemory).
+//
+// An ack does not settle a timer a nack has reserved (ReserveTimersEach):
+// that nack won, its retry copy is stored or being stored, and an ack
+// taking the timer from under it would leave the copy to bring the
+// message back after the ack was answered "acked". The ack is told
+// TimerNacked. The nack's own swap (with replacements) settles it.
 func (s *Store) SettleTimers(ctx context.Context, offsets, replacements []int64, ack bool) ([]TimerState, error) {
 	if replacements != nil && len(replacements) != len(offsets) {
 		return nil, fmt.Errorf("settle timers: %d replacements for %d timers: %w", len(replacements), len(offsets), ErrInvalid)
@@ -66,7 +72,11 @@ func (s *Store) SettleTimers(ctx context.Context, offsets, replacements []int64,
 		if !ack {
 			mark = -now
 		}
-		stmt, err := tx.PrepareContext(ctx, `UPDATE timers SET fired = 1, settled = ? WHERE log_offset = ? AND fired = 0 AND deliver_at > ?`)
+		update := `UPDATE timers SET fired = 1, settled = ? WHERE log_offset = ? AND fired = 0 AND deliver_at > ?`
+		if replacements == nil {
+			update += ` AND settled = 0` // not reserved by a nack
+		}
+		stmt, err := tx.PrepareContext(ctx, update)
 		if err != nil {
 			return err
 		}
@@ -101,24 +111,30 @@ func (s *Store) SettleTimers(ctx context.Context, offsets, replacements []int64,
 
 // ReserveTimersEach is ReserveTimers receipt by receipt: each timer that
 // can be is reserved until at least until; for the others it says whether
-// they were acked or nacked before, or are stale.
+// they were acked or nacked before, or are stale. A reserved timer is
+// marked nacked (settled < 0) while still pending, so that an ack or a
+// change of visibility racing the nack that reserved it, or a second
+// nack, finds it taken (TimerNacked) rather than settling it under the
+// nack: one settle of a receipt wins. A nack cut short (a crash, an
+// error) leaves the timer to bring its message back at until, as the
+// next attempt, which is what the nack asked for, later.
 func (s *Store) ReserveTimersEach(ctx context.Context, offsets []int64, until time.Time) ([]TimerState, error) {
 	return s.moveTimersEach(ctx, offsets, "reserve",
-		`UPDATE timers SET deliver_at = max(deliver_at, ?) WHERE log_offset = ? AND fired = 0 AND deliver_at > ?`, until.UnixMilli())
+		`UPDATE timers SET deliver_at = max(deliver_at, ?1), settled = -?3 WHERE log_offset = ?2 AND fired = 0 AND deliver_at > ?3 AND settled = 0`, until.UnixMilli())
 }
 
 // SetTimersDue moves pending timers to at (a change of visibility), each
 // on its own: one due by now (read once the writer is held), claimed,
-// fired or unknown is not moved and answered as SettleTimers does. A
-// timer moved to now or before is due at once, for the caller to wake the
-// timer loop.
+// fired, unknown or reserved by a nack is not moved and answered as
+// SettleTimers does. A timer moved to now or before is due at once, for
+// the caller to wake the timer loop.
 func (s *Store) SetTimersDue(ctx context.Context, offsets []int64, at time.Time) ([]TimerState, error) {
 	// Claimed timers are at 0: a due time is never moved to it.
 	return s.moveTimersEach(ctx, offsets, "move",
-		`UPDATE timers SET deliver_at = ? WHERE log_offset = ? AND fired = 0 AND deliver_at > ?`, max(at.UnixMilli(), 1))
+		`UPDATE timers SET deliver_at = ?1 WHERE log_offset = ?2 AND fired = 0 AND deliver_at > ?3 AND settled = 0`, max(at.UnixMilli(), 1))
 }
 
-// moveTimersEach runs update (args: the new due time, a log offset, now)
+// moveTimersEach runs update (args ?1 the new due time, ?2 a log offset, ?3 now)
 // on each pending timer not yet due, in one transaction; a timer it did
 // not move is answered by what became of it (settledState).
 func (s *Store) moveTimersEach(ctx context.Context, offsets []int64, verb, update string, due int64) ([]TimerState, error) {
