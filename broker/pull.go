@@ -245,6 +245,14 @@ func (h *heldPolls) add(group string, n int) {
 	}
 }
 
+// HoldPoll counts a long poll of group held elsewhere than in Pull (a
+// parked one, PullNow) in held_polls, until release runs (once).
+func (b *Broker) HoldPoll(group string) (release func()) {
+	b.polls.add(group, 1)
+	var once sync.Once
+	return func() { once.Do(func() { b.polls.add(group, -1) }) }
+}
+
 // of returns how many long polls of group are held, and of all groups.
 func (h *heldPolls) of(group string) (int, int) {
 	h.mu.Lock()
