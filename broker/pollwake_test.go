@@ -3,6 +3,8 @@ package broker
 import (
 	"context"
 	"fmt"
+	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -152,5 +154,83 @@ func TestPublishWakesOnlyItsTopic(t *testing.T) {
 	held[3].answered(t, "publish to other3", 20*time.Second)
 	if len(held[3].got) != 1 {
 		t.Fatalf("the poll on other3 got %d messages, want 1", len(held[3].got))
+	}
+}
+
+// BenchmarkWakeWithHeldPolls times a publish until a poll waiting on its
+// topic wakes and until it has the message, with held polls parked on
+// other topics (as httpapi parks them: armed wake-ups, no goroutine).
+// Before wake-ups went by topic, every held poll woke on every dispatch
+// round and looked again, so the time grew with the polls held anywhere;
+// now it should not, and none of the others wakes. Reports p50 and p99 of
+// wake (from the publish's answer to the poll's wake-up: the wake-up
+// machinery alone) and of got (from the publish's call until the poll's
+// look has the message: the publish's fsync and the lease's stores
+// included).
+func BenchmarkWakeWithHeldPolls(b *testing.B) {
+	for _, held := range []int{0, 1000, 10000} {
+		b.Run(fmt.Sprint("held=", held), func(b *testing.B) {
+			cfg := testConfig(b, b.TempDir())
+			// The dispatcher checkpoints on its own goroutine: at the
+			// tests' 50 ms, publishes often wait behind a checkpoint's
+			// fsync, which is not what is measured here.
+			cfg.CheckpointInterval = DefaultConfig(cfg.Dir).CheckpointInterval
+			br := openBroker(b, cfg)
+			ctx := context.Background()
+			const topics = 100
+			for i := range topics {
+				pullN(b, br, "g", fmt.Sprint("idle", i), 1, 0, 0)
+			}
+			var woke atomic.Int64
+			var waiters []*PollWaiter
+			for i := range held {
+				_, w, err := br.PullNow(ctx, "g", fmt.Sprint("idle", i%topics), 1, 0, true, func() { woke.Add(1) })
+				if err != nil || w == nil {
+					b.Fatalf("parking poll %d: %v", i, err)
+				}
+				waiters = append(waiters, w)
+			}
+			defer func() {
+				for _, w := range waiters {
+					w.Cancel()
+				}
+			}()
+			pullN(b, br, "g", "hot", 1, 0, 0)
+			wake := make([]time.Duration, 0, b.N)
+			got := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			for i := range b.N {
+				fired := make(chan time.Time, 1)
+				_, w, err := br.PullNow(ctx, "g", "hot", 1, 0, true, func() { fired <- time.Now() })
+				if err != nil || w == nil {
+					b.Fatalf("poll %d: %v", i, err)
+				}
+				start := time.Now()
+				publish(b, br, "hot", msg(fmt.Sprint("m", i)))
+				published := time.Now()
+				at := <-fired
+				ps, _, err := br.PullNow(ctx, "g", "hot", 1, 0, true, nil)
+				if err != nil || len(ps) != 1 {
+					b.Fatalf("look %d after the wake-up: %d messages, %v", i, len(ps), err)
+				}
+				got = append(got, time.Since(start))
+				wake = append(wake, max(0, at.Sub(published)))
+				b.StopTimer()
+				if err := br.Ack(ctx, "g", receipts(ps)); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+			}
+			b.StopTimer()
+			for _, m := range []struct {
+				name string
+				d    []time.Duration
+			}{{"wake", wake}, {"got", got}} {
+				slices.Sort(m.d)
+				b.ReportMetric(float64(m.d[len(m.d)/2].Microseconds()), m.name+"-p50-µs")
+				b.ReportMetric(float64(m.d[len(m.d)*99/100].Microseconds()), m.name+"-p99-µs")
+			}
+			b.ReportMetric(float64(woke.Load()), "other-wakes")
+		})
 	}
 }
