@@ -95,7 +95,7 @@ func pulledOf(t *testing.T, body string) []pulledJSON {
 // unanswered, and what is published then goes to the next puller as
 // attempt 1.
 func TestParkedPoll(t *testing.T) {
-	for _, tc := range []string{"publish", "wait ends", "shutdown", "client gone"} {
+	for _, tc := range []string{"publish", "wait ends", "shutdown", "paused", "client gone"} {
 		t.Run(tc, func(t *testing.T) {
 			e := newParkedEnv(t)
 			if resp, data := do(t, "POST", e.srv.URL+"/v1/groups/g/topics/t/pull", nil, nil); resp.StatusCode != 200 {
@@ -123,6 +123,14 @@ func TestParkedPoll(t *testing.T) {
 				want = 1
 			case "shutdown":
 				e.s.CloseParked()
+			case "paused":
+				subs, err := e.b.Subscriptions(context.Background())
+				if err != nil || len(subs) != 1 {
+					t.Fatalf("subscriptions %+v %v, want the first pull's", subs, err)
+				}
+				if resp, data := do(t, "POST", e.srv.URL+"/v1/subscriptions/"+subs[0].ID+"/pause", nil, nil); resp.StatusCode != 200 {
+					t.Fatalf("pause: %d %s", resp.StatusCode, data)
+				}
 			case "client gone":
 				conn.Close()
 				waitUntil(t, "the gone poll dropped", func() (bool, string) {
@@ -137,7 +145,17 @@ func TestParkedPoll(t *testing.T) {
 					t.Fatalf("pull after the poll's client went: %d %s, want the message as attempt 1", resp.StatusCode, data)
 				}
 			}
-			if tc != "client gone" {
+			if tc == "paused" {
+				resp, body := answer()
+				if resp.StatusCode != http.StatusBadRequest || codeOf([]byte(body)) != string(broker.CodeInvalidSubscription) || !resp.Close ||
+					resp.Header.Get("Content-Type") != "application/problem+json" || resp.Header.Get("X-Request-Id") != "poll-1" {
+					t.Fatalf("parked poll across a pause answered %d %v %s, want 400 invalid_subscription, the request id, and the connection closed", resp.StatusCode, resp.Header, body)
+				}
+				if took := time.Since(start); took > 10*time.Second {
+					t.Fatalf("the poll answered %s after it was sent: not woken by the pause", took)
+				}
+			}
+			if tc != "client gone" && tc != "paused" {
 				resp, body := answer()
 				got := pulledOf(t, body)
 				took := time.Since(start)
