@@ -212,6 +212,9 @@ func (p *parkedPoll) answer(got []broker.Pulled, err error) {
 		resp.Body = nopCloser{&rec.body}
 	}
 	resp.Header.Set("Date", time.Now().UTC().Format(http.TimeFormat))
+	// Counted before it is written: a client that has its answer finds
+	// it counted.
+	p.record(rec.status)
 	var out bytes.Buffer
 	werr := resp.Write(&out)
 	if werr == nil {
@@ -219,7 +222,6 @@ func (p *parkedPoll) answer(got []broker.Pulled, err error) {
 		_, werr = p.conn.Write(out.Bytes())
 	}
 	p.conn.Close()
-	p.record(rec.status)
 	if werr != nil && len(got) > 0 {
 		p.s.giveBack(p.group, got)
 	}
