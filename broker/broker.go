@@ -55,6 +55,11 @@ type Broker struct {
 	dispatched  atomic.Int64                   // the log offset up to which indexes are built
 	replayAt    atomic.Int64                   // the offset dispatch is at, for progress logs of a rebuild
 	dispatchSig signal                         // fired after each dispatch round
+	// touched is the queue topics the dispatch round under way put
+	// records in, whose held polls it wakes (pollwake.go); guarded by
+	// dispatchMu.
+	touched map[string]struct{}
+	waiters pollWaiters // held long polls' wake-ups, by queue topic
 	// checkpointed is the offset of the last checkpoint written, and
 	// checkpointDirty says whether queueBytes changed otherwise since;
 	// both guarded by dispatchMu.

@@ -172,10 +172,18 @@ func (b *Broker) dispatchOnce() error {
 	if next > from {
 		b.dispatched.Store(next)
 	}
+	var touched []string
+	for t := range b.touched {
+		touched = append(touched, t)
+	}
+	clear(b.touched)
 	b.dispatchMu.Unlock()
 	if next > from {
 		b.dispatchSig.fire()
 	}
+	// Only the polls waiting on what this round queued: a publish costs
+	// the same however many polls wait on other topics.
+	b.waiters.wake(touched...)
 	return err
 }
 
@@ -247,6 +255,10 @@ func (b *Broker) dispatchRecord(off int64, rec []byte) error {
 		return fmt.Errorf("append to queue %s/%d: %w", topic, h.QueueID, err)
 	}
 	b.queueBytes[consumequeue.QueueID{Topic: topic, Queue: h.QueueID}] += int64(len(rec))
+	if b.touched == nil {
+		b.touched = make(map[string]struct{})
+	}
+	b.touched[topic] = struct{}{}
 	b.indexRecord(off, &h)
 	return nil
 }

@@ -470,18 +470,24 @@ func (e *Engine) resume(c *consumer) {
 
 // drop forgets the consumers that match, so the next lease builds them
 // again from the subscription and the offsets. Their leases still out
-// settle as stale.
+// settle as stale. The long polls held on them wake, to look again on
+// what replaces them (or answer that nothing does).
 func (e *Engine) drop(match func(group, topic string) bool) {
+	var dropped [][2]string
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	for k, c := range e.cons {
 		if match(k[0], k[1]) {
 			e.fenceOpen(k[0], k[1], c)
 			c.close()
 			delete(e.cons, k)
+			dropped = append(dropped, k)
 		}
 	}
 	e.gen++
+	e.mu.Unlock()
+	for _, k := range dropped {
+		e.b.wakePolls(k[0], k[1])
+	}
 }
 
 // fenceOpen fences the ordered queues c has a push lease out on.

@@ -101,88 +101,126 @@ func (b *Broker) pullGroup(ctx context.Context, group, topic string, create bool
 
 // Pull hands out up to max messages of topic to group, waiting up to wait
 // for the first to arrive. Each stays invisible to the group for
-// visibility (0: the subscription's) unless acked.
+// visibility (0: the subscription's) unless acked. A poll held when its
+// subscription is paused answers what a pull then gets
+// (CodeInvalidSubscription); one whose subscription is deleted answers no
+// messages, and does not create it again.
 func (b *Broker) Pull(ctx context.Context, group, topic string, limit int, wait, visibility time.Duration) ([]Pulled, error) {
-	if err := ValidateGroupName(group); err != nil {
+	if err := checkPull(group, topic, limit, wait, visibility); err != nil {
 		return nil, err
 	}
-	if err := ValidateTopicName(topic); err != nil {
-		return nil, err
-	}
-	switch {
-	case limit < 1 || limit > MaxPullMessages:
-		return nil, errf(CodeInvalidPull, "max", "max %d must be 1-%d", limit, MaxPullMessages)
-	case wait < 0 || wait > MaxPullWait:
-		return nil, errf(CodeInvalidPull, "wait", "wait %s must be 0-%s", wait, MaxPullWait)
-	case visibility != 0 && (visibility < time.Second || visibility > MaxVisibility):
-		return nil, errf(CodeInvalidPull, "visibility", "visibility %s must be between 1s and %s", visibility, MaxVisibility)
-	}
-	if _, err := b.topicState(topic); err != nil {
-		if !b.cfg.AutoCreateTopics {
-			return nil, err
-		}
-	}
-	c, err := b.pullGroupFor(ctx, group, topic)
-	if err != nil {
-		return nil, err
-	}
-	c.mu.Lock()
-	sub := c.sub
-	c.mu.Unlock()
-	vis := visibility
-	if vis == 0 {
-		vis = sub.Visibility
-	}
-	// What was acknowledged before this pull is pullable by it.
-	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
-		return nil, err
+	got, _, err := b.PullNow(ctx, group, topic, limit, visibility, false, nil)
+	if len(got) > 0 || err != nil || wait == 0 {
+		return got, err
 	}
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
-	held := false
-	defer func() {
-		if held {
-			b.polls.add(group, -1)
-		}
-	}()
+	b.polls.add(group, 1)
+	defer b.polls.add(group, -1)
 	for {
-		arrived := b.Dispatched()
-		var expiry <-chan time.Time
-		if sub.Ordered {
-			// A block's visibility runs out without a dispatch to wake on.
-			expiry = time.After(250 * time.Millisecond)
+		woken := make(chan struct{})
+		got, w, err := b.PullNow(ctx, group, topic, limit, visibility, true, func() { close(woken) })
+		if len(got) > 0 || err != nil || w == nil {
+			return got, err
+		}
+		select {
+		case <-woken:
+			continue
+		case <-deadline.C:
+		case <-ctx.Done():
+		}
+		w.Cancel()
+		return nil, nil
+	}
+}
+
+// checkPull refuses what Pull refuses before looking at anything.
+func checkPull(group, topic string, limit int, wait, visibility time.Duration) error {
+	if err := ValidateGroupName(group); err != nil {
+		return err
+	}
+	if err := ValidateTopicName(topic); err != nil {
+		return err
+	}
+	switch {
+	case limit < 1 || limit > MaxPullMessages:
+		return errf(CodeInvalidPull, "max", "max %d must be 1-%d", limit, MaxPullMessages)
+	case wait < 0 || wait > MaxPullWait:
+		return errf(CodeInvalidPull, "wait", "wait %s must be 0-%s", wait, MaxPullWait)
+	case visibility != 0 && (visibility < time.Second || visibility > MaxVisibility):
+		return errf(CodeInvalidPull, "visibility", "visibility %s must be between 1s and %s", visibility, MaxVisibility)
+	}
+	return nil
+}
+
+// PullNow is one look of a pull: it hands out what is ready now, waiting
+// for nothing. With fire, when nothing is ready, it returns an armed
+// waiter (pollwake.go) whose fire runs once, on the waker's goroutine (it
+// must not block), when something may be: the caller then looks again,
+// with a new fire, or answers at its deadline after Cancel. Armed before
+// the look, the waiter misses no wake-up.
+//
+// held says the poll was held already: it no longer creates the group's
+// subscription; when the subscription is gone (deleted meanwhile) nothing
+// is handed out and no waiter is armed, and the poll is over, answered
+// with no messages. A poll held when its subscription is paused gets the
+// error a new pull would.
+func (b *Broker) PullNow(ctx context.Context, group, topic string, limit int, visibility time.Duration, held bool, fire func()) ([]Pulled, *PollWaiter, error) {
+	if err := checkPull(group, topic, limit, 0, visibility); err != nil {
+		return nil, nil, err
+	}
+	if _, err := b.topicState(topic); err != nil {
+		if !b.cfg.AutoCreateTopics {
+			return nil, nil, err
+		}
+	}
+	c, err := b.pullGroup(ctx, group, topic, !held)
+	if errors.Is(err, errNoPullGroup) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	// What was acknowledged before this pull is pullable by it.
+	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
+		return nil, nil, err
+	}
+	var w *PollWaiter
+	for {
+		c.mu.Lock()
+		sub := c.sub
+		c.mu.Unlock()
+		vis := visibility
+		if vis == 0 {
+			vis = sub.Visibility
+		}
+		if fire != nil && w == nil {
+			w = b.arm(group, topic, sub.Ordered, fire)
 		}
 		got, err := b.eng.lease(ctx, c, limit, vis)
 		if errors.Is(err, errConsumerDropped) {
-			// Dropped (a subscription made or changed, a reset) since this
-			// poll took it: lease from the consumer built now, which reads
-			// the offsets the dropped one can no longer move.
-			if c, err = b.pullGroupFor(ctx, group, topic); err != nil {
-				return nil, err
-			}
-			c.mu.Lock()
-			sub = c.sub
-			c.mu.Unlock()
-			if vis = visibility; vis == 0 {
-				vis = sub.Visibility
+			// Dropped (a subscription made, changed, paused or deleted,
+			// an offset reset) since this look took it: lease from the
+			// consumer built now, which reads the offsets the dropped one
+			// can no longer move. The subscription is not made again.
+			if c, err = b.pullGroup(ctx, group, topic, false); err != nil {
+				if w != nil {
+					w.Cancel()
+				}
+				if errors.Is(err, errNoPullGroup) {
+					return nil, nil, nil
+				}
+				return nil, nil, err
 			}
 			continue
 		}
-		if len(got) > 0 || err != nil || wait == 0 {
-			return got, err
+		if len(got) > 0 || err != nil || w == nil {
+			if w != nil {
+				w.Cancel()
+			}
+			return got, nil, err
 		}
-		if !held {
-			held = true
-			b.polls.add(group, 1)
-		}
-		select {
-		case <-arrived:
-		case <-expiry:
-		case <-deadline.C:
-			return got, nil
-		case <-ctx.Done():
-			return nil, nil
-		}
+		return nil, w, nil
 	}
 }
 
@@ -205,6 +243,14 @@ func (h *heldPolls) add(group string, n int) {
 	if h.byGroup[group] == 0 {
 		delete(h.byGroup, group)
 	}
+}
+
+// HoldPoll counts a long poll of group held elsewhere than in Pull (a
+// parked one, PullNow) in held_polls, until release runs (once).
+func (b *Broker) HoldPoll(group string) (release func()) {
+	b.polls.add(group, 1)
+	var once sync.Once
+	return func() { once.Do(func() { b.polls.add(group, -1) }) }
 }
 
 // of returns how many long polls of group are held, and of all groups.
@@ -357,19 +403,28 @@ func (b *Broker) ReadQueueWait(ctx context.Context, topic string, queue int, fro
 	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
 		return nil, 0, err
 	}
+	msgs, next, err := b.ReadQueue(topic, queue, from, limit, Filter{all: true})
+	if len(msgs) > 0 || err != nil || wait == 0 {
+		return msgs, next, err
+	}
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
 	for {
-		arrived := b.Dispatched()
+		woken := make(chan struct{})
+		w := b.arm("", topic, false, func() { close(woken) })
 		msgs, next, err := b.ReadQueue(topic, queue, from, limit, Filter{all: true})
-		if len(msgs) > 0 || err != nil || wait == 0 {
+		if len(msgs) > 0 || err != nil {
+			w.Cancel()
 			return msgs, next, err
 		}
 		select {
-		case <-arrived:
+		case <-woken:
+			continue
 		case <-deadline.C:
+			w.Cancel()
 			return msgs, next, nil
 		case <-ctx.Done():
+			w.Cancel()
 			return nil, from, nil
 		}
 	}

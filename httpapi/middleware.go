@@ -1,8 +1,10 @@
 package httpapi
 
 import (
+	"bufio"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"regexp"
 	"runtime/debug"
@@ -72,7 +74,17 @@ func newHTTPMetrics(reg prometheus.Registerer) *httpMetrics {
 
 type statusWriter struct {
 	http.ResponseWriter
-	status int
+	status   int
+	hijacked bool // the connection was taken: its answer is counted where it is written
+}
+
+// Hijack takes the connection (a parked long poll, parked.go).
+func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, rw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err == nil {
+		w.hijacked = true
+	}
+	return conn, rw, err
 }
 
 func (w *statusWriter) WriteHeader(code int) {
@@ -98,6 +110,9 @@ func (s *Server) instrument(next http.Handler) http.Handler {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w}
 		next.ServeHTTP(sw, r)
+		if sw.hijacked {
+			return
+		}
 		took := time.Since(start)
 		route := "unmatched"
 		if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePattern() != "" {

@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -43,14 +42,16 @@ func (s *Server) handlePull(w http.ResponseWriter, r *http.Request) {
 		if wait, perr = queryDuration(r, "wait", 0); perr == nil {
 			if vis, perr = queryDuration(r, "visibility", 0); perr == nil {
 				if perr = checkPullTimes(wait, vis); perr == nil {
+					var release func()
 					if wait > 0 {
-						release, ok := s.holdPoll(w, r)
-						if !ok {
+						var ok bool
+						if release, ok = s.holdPoll(w, r); !ok {
 							return
 						}
-						defer release()
 					}
-					s.pull(w, r, int(max), wait, vis)
+					if !s.pull(w, r, int(max), wait, vis, release) && release != nil {
+						release()
+					}
 					return
 				}
 			}
@@ -73,33 +74,56 @@ func checkPullTimes(wait, vis time.Duration) *broker.Error {
 	return nil
 }
 
-func (s *Server) pull(w http.ResponseWriter, r *http.Request, max int, wait, vis time.Duration) {
+// pull answers a pull. It reports whether it parked the poll (parked.go),
+// which then owns release; otherwise the caller releases.
+func (s *Server) pull(w http.ResponseWriter, r *http.Request, max int, wait, vis time.Duration, release func()) bool {
 	if s.coordinating(r) && s.pullEverywhere(w, r, max, wait, vis) {
-		return
+		return false
+	}
+	group, topic := chi.URLParam(r, "group"), chi.URLParam(r, "topic")
+	if wait > 0 && s.parkable(r) {
+		// A look without waiting first: a pull that finds messages
+		// answers on its connection as usual, one that must wait parks.
+		got, err := s.broker.Pull(r.Context(), group, topic, max, 0, vis)
+		switch {
+		case err != nil:
+			s.writeError(w, r, err)
+			return false
+		case len(got) > 0:
+			s.answerPull(w, r, group, got)
+			return false
+		case s.park(w, r, group, topic, max, wait, vis, release):
+			return true
+		}
 	}
 	if wait > 0 {
 		// A long poll may outlast the server's write timeout.
 		http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + 30*time.Second))
 	}
-	group := chi.URLParam(r, "group")
-	got, err := s.broker.Pull(r.Context(), group, chi.URLParam(r, "topic"), max, wait, vis)
+	got, err := s.broker.Pull(r.Context(), group, topic, max, wait, vis)
 	if err != nil {
 		s.writeError(w, r, err)
-		return
+		return false
 	}
+	s.answerPull(w, r, group, got)
+	return false
+}
+
+// answerPull answers with what a pull handed out, or gives it back when
+// the puller is gone.
+func (s *Server) answerPull(w http.ResponseWriter, r *http.Request, group string, got []broker.Pulled) {
 	if len(got) > 0 && r.Context().Err() != nil {
 		// The puller is gone (in a cluster: another broker answered it
 		// first). Hand the messages back now rather than let them wait out
 		// their visibility.
-		receipts := make([]string, len(got))
-		for i, p := range got {
-			receipts[i] = p.Receipt
-		}
-		if err := s.broker.Nack(context.WithoutCancel(r.Context()), group, receipts, 0); err != nil {
-			s.logger.Warn("handing back messages of a pull nobody waits for failed; they return after their visibility", "err", err)
-		}
+		s.giveBack(group, got)
 		return
 	}
+	s.writePull(w, got)
+}
+
+// writePull writes a pull's answer.
+func (s *Server) writePull(w http.ResponseWriter, got []broker.Pulled) {
 	out := struct {
 		Messages []pulledJSON `json:"messages"`
 	}{Messages: make([]pulledJSON, len(got))}

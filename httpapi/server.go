@@ -89,6 +89,7 @@ type Server struct {
 	minBodyRate int64           // bytes a second; 0: bodies are not paced
 	bodyGrace   time.Duration
 	polls       *pollLimiter      // long polls held
+	parked      parking           // long polls parked off their goroutines (parked.go)
 	cluster     *cluster          // nil: a standalone broker
 	sync        *syncer           // the cluster's anti-entropy of subscriptions; nil standalone
 	access      map[string]access // "METHOD /pattern" -> its auth decision

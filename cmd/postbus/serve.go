@@ -273,6 +273,9 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		MaxHeaderBytes:    1 << 20,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
+	// Parked long polls are not net/http's to wait for: answered (empty)
+	// when the shutdown starts.
+	srv.RegisterOnShutdown(api.CloseParked)
 	if c.debugAddr != "" {
 		dln, err := net.Listen("tcp", c.debugAddr)
 		if err != nil {
