@@ -228,7 +228,7 @@ func (s *Store) OldestPendingTimerOf(ctx context.Context, topic string) (int64, 
 // timer is then stale.
 func (s *Store) DropTimersOf(ctx context.Context, topic string) (int64, error) {
 	var n int64
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx Tx) error {
 		res, err := tx.ExecContext(ctx, `UPDATE timers SET fired = 1 WHERE owner = ? AND fired = 0`, topic)
 		if err != nil {
 			return err
