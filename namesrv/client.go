@@ -532,7 +532,7 @@ func (c *Client) delete(ctx context.Context, addr, name string) error {
 // error, only when every name server answered and none knows the topic:
 // that, and nothing less, says no broker holds it. When a name server says
 // the topic's brokers are down (they expired or unregistered within its
-// broker expiry), the error wraps ErrTopicGone. When some name servers do
+// topic memory), the error wraps ErrTopicGone. When some name servers do
 // not answer and none that did knows the topic, the cached route is
 // returned however old, as RocketMQ clients do, and without one the error
 // wraps ErrUnavailable. Unknown topics are not cached, so a new topic is
