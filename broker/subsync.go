@@ -365,4 +365,12 @@ func (b *Broker) purgeTombstones(ctx context.Context) {
 	if n > 0 {
 		b.logger.Info("subscription tombstones expired", slog.Int64("purged", n), slog.Duration("ttl", b.cfg.TombstoneTTL))
 	}
+	n, err = b.meta.PurgeTopicTombstones(ctx, b.now().Add(-b.cfg.TombstoneTTL).UnixMilli())
+	if err != nil {
+		b.logger.Error("purging topic tombstones failed", slog.Any("err", err))
+		return
+	}
+	if n > 0 {
+		b.logger.Info("topic tombstones expired", slog.Int64("purged", n), slog.Duration("ttl", b.cfg.TombstoneTTL))
+	}
 }

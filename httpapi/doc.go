@@ -85,5 +85,9 @@
 // when a name server registers it anew; per id the record with the
 // highest version wins (at equal version a tombstone, then the greater
 // broker name). Records carry signing secrets and are only sent to the
-// brokers the name servers route the topic to, never answered.
+// brokers the name servers route the topic to, never answered. A topic's
+// DELETE carries its version in Postbus-Topic-Version and leaves a
+// tombstone on each holder; the same request exchanges every broker's
+// topic tombstones with every other live broker (topic_exchange), so a
+// holder that missed the delete drops its copy (see broker/topictomb.go).
 package httpapi

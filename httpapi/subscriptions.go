@@ -35,13 +35,18 @@ func (s *Server) mintVersion(r *http.Request) *http.Request {
 // its own. A malformed version, or one too far ahead of this broker's
 // clock, is refused.
 func (s *Server) takeVersion(w http.ResponseWriter, r *http.Request) (*http.Request, bool) {
-	raw := r.Header.Get(hdrSubscriptionVersion)
+	return s.takeVersionOf(w, r, hdrSubscriptionVersion)
+}
+
+// takeVersionOf is takeVersion for the version carried in header hdr.
+func (s *Server) takeVersionOf(w http.ResponseWriter, r *http.Request, hdr string) (*http.Request, bool) {
+	raw := r.Header.Get(hdr)
 	if s.cluster == nil || raw == "" || r.Header.Get(hdrForwardedBy) == "" {
 		return r, true
 	}
 	v, err := broker.ParseVersion(raw)
 	if err != nil {
-		writeProblem(w, r, codeInvalidHeader, hdrSubscriptionVersion, err.Error())
+		writeProblem(w, r, codeInvalidHeader, hdr, err.Error())
 		return nil, false
 	}
 	if err := s.broker.CheckVersion(v); err != nil {

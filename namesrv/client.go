@@ -710,6 +710,18 @@ func (c *Client) Forget(topic string) {
 // one heard from last), and the cached list is served however old when no
 // name server answers.
 func (c *Client) Brokers(ctx context.Context) ([]BrokerInfo, error) {
+	return c.brokersList(ctx, true)
+}
+
+// BrokersForBackground is Brokers for a broker's background work: a list
+// it fetches is not cached for the requests that follow, so that work
+// started with the broker (before every other broker has registered) does
+// not leave the requests a partial list for an Interval.
+func (c *Client) BrokersForBackground(ctx context.Context) ([]BrokerInfo, error) {
+	return c.brokersList(ctx, false)
+}
+
+func (c *Client) brokersList(ctx context.Context, keep bool) ([]BrokerInfo, error) {
 	c.mu.Lock()
 	cached := c.brokers
 	c.mu.Unlock()
@@ -773,9 +785,11 @@ gather:
 			merged = []BrokerInfo{}
 		}
 		slices.SortFunc(merged, func(a, b BrokerInfo) int { return cmp.Compare(a.Name, b.Name) })
-		c.mu.Lock()
-		c.brokers = cachedBrokers{list: merged, fetched: c.now()}
-		c.mu.Unlock()
+		if keep {
+			c.mu.Lock()
+			c.brokers = cachedBrokers{list: merged, fetched: c.now()}
+			c.mu.Unlock()
+		}
 		return slices.Clone(merged), nil
 	}
 	if ctx.Err() != nil {

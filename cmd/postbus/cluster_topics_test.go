@@ -1,0 +1,109 @@
+//go:build unix
+
+package main
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// restartBroker starts broker name again with its command line, at its
+// address, on its data directory (after fc.kill).
+func (fc *faultCluster) restartBroker(name string) {
+	fc.t.Helper()
+	c := fc.brokers[name]
+	args := slices.Clone(c.cmd.Args[1 : len(c.cmd.Args)-2]) // without --log-format json
+	i := slices.Index(args, "--addr")
+	args[i+1] = strings.TrimPrefix(c.url, "http://")
+	fc.brokers[name] = start(fc.t, args...)
+}
+
+// TestClusterTopicDeleteReachesExpiredHolder (issue 19, F10): a topic
+// deleted while one of its holders was down (expired by the name
+// servers) answered 204, came back with that holder, took publishes
+// through every broker (routed to it) and pushed them to the deleted
+// topic's subscription. A topic delete now leaves a tombstone that the
+// brokers exchange like subscriptions' records: the holder that missed
+// the delete drops its copy once back, and the topic stays deleted.
+func TestClusterTopicDeleteReachesExpiredHolder(t *testing.T) {
+	const interval = 8 * time.Second
+	sink := newSyncSink(t)
+	fc := startFaultCluster(t, 1, []string{"broker-a", "broker-b", "broker-c"}, "expiry=1s", "--forward-timeout", "1s",
+		"--subscription-sync-interval", interval.String())
+	fc.putTopic("doomed", "broker-a", "broker-b", "broker-c")
+	fc.putTopic("kept", "broker-a", "broker-c")
+	createSub(t, fc.url("broker-a"), `{"group":"g","topic":"doomed","url":"`+sink.srv.URL+`/doomed","start_from":"earliest"}`)
+	createSub(t, fc.url("broker-a"), `{"group":"g","topic":"kept","url":"`+sink.srv.URL+`/kept","start_from":"earliest"}`)
+	before := bodiesOf("f10-before", 6)
+	for i, b := range before {
+		publishVia(t, fc.url([]string{"broker-a", "broker-b", "broker-c"}[i%3]), "doomed", b)
+	}
+	sink.waitDelivered(t, "/doomed", before)
+
+	fc.kill("broker-c")
+	clEventually(t, "the name server to expire broker-c", func() (bool, string) {
+		a, err := clTry("GET", fc.ns[0].url+"/v1/cluster", nil, nil)
+		return err == nil && !strings.Contains(string(a.body), "broker-c"), fmt.Sprint(a, err)
+	})
+	if a := clDo(t, "DELETE", fc.url("broker-a")+"/v1/topics/doomed", nil, nil); a.status != 204 {
+		t.Fatalf("delete of doomed with broker-c expired: %s", a)
+	}
+	deleted := time.Now()
+	fc.restartBroker("broker-c")
+	ownCopy := func(name, topic string) int {
+		a, err := clTry("GET", fc.url(name)+"/v1/topics/"+topic, map[string]string{"Postbus-Forwarded-By": "test"}, nil)
+		if err != nil {
+			return 0
+		}
+		return a.status
+	}
+	took := clEventually(t, "broker-c to drop its copy of the deleted topic", func() (bool, string) {
+		st := ownCopy("broker-c", "doomed")
+		return st == 404, fmt.Sprint(st)
+	})
+	t.Logf("broker-c dropped the deleted topic %s after it was started again", took.Round(time.Millisecond))
+	if took > interval {
+		t.Errorf("broker-c, back, kept the deleted topic for %s, more than one sync interval (%s)", took.Round(time.Millisecond), interval)
+	}
+	fc.waitRoute("kept", "broker-a", "broker-c")
+	clEventually(t, "the name server to forget doomed", func() (bool, string) {
+		st, raw := routeStatus(fc.ns[0], "doomed")
+		return st == 404, raw
+	})
+	for _, via := range []string{"broker-a", "broker-b", "broker-c"} {
+		a := clDo(t, "POST", fc.url(via)+"/v1/topics/doomed/messages", map[string]string{"Content-Type": "text/plain"}, []byte("f10-after-"+via))
+		if code, _ := problemOf(a); a.status != 404 || code != "topic_not_found" {
+			t.Errorf("publish to the deleted topic through %s: %s; want 404 topic_not_found", via, a)
+		}
+		if st := clDo(t, "GET", fc.url(via)+"/v1/topics/doomed", nil, nil).status; st != 404 {
+			t.Errorf("GET the deleted topic through %s: %d; want 404", via, st)
+		}
+	}
+	// The topic kept on broker-c is untouched, and delivers.
+	kept := bodiesOf("f10-kept", 4)
+	publishVia(t, fc.url("broker-c"), "kept", kept...)
+	sink.waitDelivered(t, "/kept", kept)
+	for _, h := range sink.hits("/doomed") {
+		if h.at.After(deleted) {
+			t.Errorf("%q delivered to the deleted topic's subscription %s after the delete's 204", h.body, h.at.Sub(deleted).Round(time.Millisecond))
+		}
+	}
+	m := clDo(t, "GET", fc.url("broker-c")+"/metrics", nil, nil)
+	if !strings.Contains(string(m.body), `postbus_topic_tombstones_applied_total 1`) {
+		t.Errorf("broker-c's /metrics does not count the topic tombstone applied: %s", grepLines(string(m.body), "postbus_topic_tombstones"))
+	}
+}
+
+// grepLines is the lines of text that contain s.
+func grepLines(text, s string) string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		if strings.Contains(l, s) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
