@@ -206,6 +206,26 @@ func Newer(mine, theirs []SubscriptionRecord) bool {
 	return false
 }
 
+// NewerTombstones is the tombstones of mine that theirs lacks or that win
+// over theirs: deletes the other side missed. Unlike live records they
+// carry no secret, so they may travel in an answer.
+func NewerTombstones(mine, theirs []SubscriptionRecord) []SubscriptionRecord {
+	by := make(map[string]SubscriptionRecord, len(theirs))
+	for _, r := range theirs {
+		by[r.ID] = r
+	}
+	var out []SubscriptionRecord
+	for _, r := range mine {
+		if !r.Deleted {
+			continue
+		}
+		if o, ok := by[r.ID]; !ok || meta.Wins(r.V(), r.Deleted, o.V(), o.Deleted) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 // SyncStats counts what ApplySubscriptionRecords did.
 type SyncStats struct {
 	Applied    int // live records that created or changed a subscription

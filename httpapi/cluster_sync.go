@@ -79,6 +79,13 @@ type syncAnswer struct {
 	// TopicsDeleted is the topics the receiver deleted on the sender's
 	// tombstones.
 	TopicsDeleted []string `json:"topics_deleted,omitempty"`
+	// Deleted is the receiver's subscription tombstones, of the topics
+	// sent, that the sender lacks or that win over the sender's records:
+	// deletes the sender missed, taken at once from the answer (a
+	// tombstone carries no secret), so that a broker back from a hang or
+	// an expiry stops delivering a deleted subscription within one
+	// exchange rather than after the receiver's push back.
+	Deleted []broker.SubscriptionRecord `json:"deleted,omitempty"`
 }
 
 // maxTombstonesPerRequest bounds the topic tombstones of one exchange
@@ -346,9 +353,11 @@ func (y *syncer) push(ctx context.Context, p peer, topics []string, auth string)
 	size := 0
 	flush := func() {
 		if len(req.Topics) > 0 {
-			if _, err := y.send(ctx, p, req, auth); err != nil {
+			ans, err := y.send(ctx, p, req, auth)
+			if err != nil {
 				errs = append(errs, err)
 			}
+			y.takeDeleted(ctx, p, req, ans.Deleted)
 		}
 		req.Topics, size = map[string][]broker.SubscriptionRecord{}, 0
 	}
@@ -362,6 +371,27 @@ func (y *syncer) push(ctx context.Context, p peer, topics []string, auth string)
 	}
 	flush()
 	return errors.Join(errs...)
+}
+
+// takeDeleted applies the subscription tombstones a holder answered a
+// push with, those of the topics pushed only.
+func (y *syncer) takeDeleted(ctx context.Context, p peer, req syncRequest, deleted []broker.SubscriptionRecord) {
+	if len(deleted) == 0 {
+		return
+	}
+	recs := slices.DeleteFunc(slices.Clone(deleted), func(r broker.SubscriptionRecord) bool {
+		_, sent := req.Topics[r.Topic]
+		return !sent || !r.Deleted
+	})
+	st, err := y.s.broker.ApplySubscriptionRecords(ctx, recs)
+	if err != nil {
+		y.s.cluster.logger.Error("taking the subscription tombstones another broker answered with failed", slog.String("broker", p.name), slog.Any("err", err))
+		return
+	}
+	if st.Tombstones > 0 {
+		y.s.cluster.logger.Info("subscription deletes this broker missed taken from another broker's answer",
+			slog.String("broker", p.name), slog.Int("tombstones", st.Tombstones))
+	}
 }
 
 // exchangeTombstones sends this broker's topic tombstones to every other
@@ -422,6 +452,7 @@ func (y *syncer) send(ctx context.Context, p peer, req syncRequest, auth string)
 		c.logger.Error("encoding subscription records failed", slog.Any("err", err))
 		return syncAnswer{}, err
 	}
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, c.hop)
 	defer cancel()
 	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, p.addr+"/v1/internal/subscriptions/sync", bytes.NewReader(body))
@@ -440,7 +471,7 @@ func (y *syncer) send(ctx context.Context, p peer, req syncRequest, auth string)
 	resp, err := c.hc.Do(hr)
 	if err != nil {
 		if ctx.Err() != nil && errors.Is(err, context.DeadlineExceeded) {
-			err = fmt.Errorf("%w (%s): %w", errHopTimeout, c.hop, err)
+			err = fmt.Errorf("%w: %w", c.hopTimedOut(p, start, c.hop), err)
 		}
 		if unresponsive(err) {
 			c.markDown(p, err)
@@ -450,7 +481,7 @@ func (y *syncer) send(ctx context.Context, p peer, req syncRequest, auth string)
 		return syncAnswer{}, fmt.Errorf("push to %s: %w", p.name, err)
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxSyncRequestBytes))
 	switch {
 	case err != nil || resp.StatusCode >= 500:
 		y.total.WithLabelValues(syncFailed).Inc()
@@ -535,6 +566,9 @@ func (s *Server) handleSyncSubscriptions(w http.ResponseWriter, r *http.Request)
 		return
 	}
 	ans := syncAnswer{Applied: st.Applied, Tombstones: st.Tombstones, TopicsDeleted: tst.Deleted}
+	if len(ans.Deleted) > maxTombstonesPerRequest {
+		ans.Deleted = ans.Deleted[:maxTombstonesPerRequest] // the rest are pushed (ans.Newer)
+	}
 	if req.Exchange {
 		mine, err := s.broker.TopicTombstones(r.Context())
 		if err != nil {
@@ -549,6 +583,7 @@ func (s *Server) handleSyncSubscriptions(w http.ResponseWriter, r *http.Request)
 	for _, t := range topics {
 		if n, _ := s.broker.Queues(t); n > 0 && broker.Newer(mine[t], req.Topics[t]) {
 			ans.Newer = append(ans.Newer, t)
+			ans.Deleted = append(ans.Deleted, broker.NewerTombstones(mine[t], req.Topics[t])...)
 		}
 	}
 	// Push back where this broker has newer records, and where the sender

@@ -86,8 +86,10 @@ func TestClusterTopicDeleteReachesExpiredHolder(t *testing.T) {
 	kept := bodiesOf("f10-kept", 4)
 	publishVia(t, fc.url("broker-c"), "kept", kept...)
 	sink.waitDelivered(t, "/kept", kept)
+	// A message delivered before the delete may come again from broker-c
+	// after its SIGKILL (at least once); nothing else may.
 	for _, h := range sink.hits("/doomed") {
-		if h.at.After(deleted) {
+		if h.at.After(deleted) && !slices.Contains(before, h.body) {
 			t.Errorf("%q delivered to the deleted topic's subscription %s after the delete's 204", h.body, h.at.Sub(deleted).Round(time.Millisecond))
 		}
 	}
