@@ -156,6 +156,9 @@ type cluster struct {
 	skipped *prometheus.CounterVec // brokers marked down, by broker and reason
 	// lateDeadlines counts forwards timed out while this broker was paused.
 	lateDeadlines prometheus.Counter
+	// expiredForwards counts forwarded pulls refused for arriving after
+	// their deadline.
+	expiredForwards prometheus.Counter
 	// keyedRefused counts publishes (or batches) refused because the
 	// holder their placement key picks is skipped or unreachable.
 	keyedRefused *prometheus.CounterVec
@@ -219,8 +222,12 @@ func newCluster(c *Cluster, logger *slog.Logger, reg prometheus.Registerer) *clu
 		Name: "postbus_cluster_late_deadlines_total",
 		Help: "Forwards whose hop deadline fired well after it was due: this broker was paused (SIGSTOP) or starved, so the other broker was not marked down for it (each logged at WARN).",
 	})
-	reg.MustRegister(skipped, keyedRefused, refusedWrites, nameRefused, partial, lateDeadlines)
-	return &cluster{self: c.Self, names: c.Names, hc: hc, logger: logger, hop: hop, skipped: skipped, keyedRefused: keyedRefused, lateDeadlines: lateDeadlines,
+	expiredForwards := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "postbus_cluster_expired_forwards_total",
+		Help: "Pulls forwarded by another broker that arrived after that broker's deadline (this broker was hung or overloaded) and were answered 503 with nothing pulled (each logged at WARN).",
+	})
+	reg.MustRegister(skipped, keyedRefused, refusedWrites, nameRefused, partial, lateDeadlines, expiredForwards)
+	return &cluster{self: c.Self, names: c.Names, hc: hc, logger: logger, hop: hop, skipped: skipped, keyedRefused: keyedRefused, lateDeadlines: lateDeadlines, expiredForwards: expiredForwards,
 		refusedWrites: refusedWrites, partial: partial, down: make(map[string]time.Time)}
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"slices"
@@ -80,12 +81,33 @@ type pulledPage struct {
 // visibility timeout for a puller that never saw it. Only an answer cut
 // off in flight at the moment of cancelling is missed, and its messages
 // return after their visibility: at least once, late.
+//
+// The whole pull takes at most wait plus one hop timeout: the asks for
+// what is ready come out of the same budget as the long polls, which wait
+// only what is left of the client's wait. Each forward carries its
+// deadline (hdrHopDeadline), so a holder that reads it only after it
+// passed (it was hung) pulls nothing: a message leased for a puller that
+// is gone would count an attempt nobody received.
 func (s *Server) pullEverywhere(w http.ResponseWriter, r *http.Request, max int, wait, vis time.Duration) bool {
 	topic := chi.URLParam(r, "topic")
 	local, _ := s.broker.Queues(topic)
 	holders := s.cluster.live(s.cluster.holders(r.Context(), topic, local))
 	if len(holders) == 0 || (len(holders) == 1 && holders[0].local()) {
 		return false
+	}
+	begin := time.Now()
+	budget, cancelBudget := context.WithDeadline(r.Context(), begin.Add(wait+s.cluster.hop))
+	defer cancelBudget()
+	// withDeadline is r for one forward of the pull, its deadline in
+	// hdrHopDeadline: the hop's, or the pull's budget when sooner.
+	withDeadline := func(r *http.Request, hop time.Duration) *http.Request {
+		dl := time.Now().Add(hop)
+		if b, _ := budget.Deadline(); b.Before(dl) {
+			dl = b
+		}
+		fr := r.Clone(r.Context())
+		fr.Header.Set(hdrHopDeadline, strconv.FormatInt(dl.UnixMilli(), 10))
+		return fr
 	}
 	pathFor := func(n int, wait time.Duration) string {
 		q := url.Values{}
@@ -101,9 +123,10 @@ func (s *Server) pullEverywhere(w http.ResponseWriter, r *http.Request, max int,
 		failed []answer
 	)
 	start := int(s.cluster.rr.Add(1)-1) % len(holders)
+	ready := r.WithContext(budget)
 	for k := range holders {
 		p := holders[(start+k)%len(holders)]
-		a := s.askOne(r, p, pathFor(max-len(got), 0), nil, s.handlePull)
+		a := s.askOne(withDeadline(ready, s.cluster.hop), p, pathFor(max-len(got), 0), nil, s.handlePull)
 		page, ok := pageOf(a)
 		if !ok {
 			if a.peer.local() && a.err == nil && a.status < 500 {
@@ -117,12 +140,14 @@ func (s *Server) pullEverywhere(w http.ResponseWriter, r *http.Request, max int,
 			break
 		}
 	}
-	if len(got) > 0 || wait == 0 {
+	// What is left of the client's wait, once the holders were asked.
+	left := (wait - time.Since(begin)).Truncate(time.Millisecond)
+	if len(got) > 0 || left <= 0 {
 		s.writePulled(w, r, got, failed, len(holders))
 		return true
 	}
 
-	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + 30*time.Second))
+	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(left + 30*time.Second))
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	// A holder that could not be asked a moment ago (refused, or let the
@@ -136,9 +161,10 @@ func (s *Server) pullEverywhere(w http.ResponseWriter, r *http.Request, max int,
 	}
 	unasked := failed
 	polls := make(chan answer, len(pollers))
-	pr := r.WithContext(withHopWait(ctx, wait)) // each poll's deadline: wait plus the hop timeout
+	// Each poll's deadline: what is left of the wait plus the hop timeout.
+	pr := withDeadline(r.WithContext(withHopWait(ctx, left)), left+s.cluster.hop)
 	for _, p := range pollers {
-		go func() { polls <- s.askOne(pr, p, pathFor(max, wait), nil, s.handlePull) }()
+		go func() { polls <- s.askOne(pr, p, pathFor(max, left), nil, s.handlePull) }()
 	}
 	failed = slices.DeleteFunc(slices.Clone(unasked), func(a answer) bool { return a.err == nil })
 	var stop *time.Timer
@@ -469,4 +495,41 @@ func (s *Server) pagedEverywhere(w http.ResponseWriter, r *http.Request, peers [
 		out.Messages[i] = m.msg
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// hdrHopDeadline carries, on a pull one broker forwards to another, when
+// the forwarding broker stops waiting for the answer, in Unix
+// milliseconds.
+const hdrHopDeadline = "Postbus-Hop-Deadline"
+
+// hopDeadlineSkew is how far past its deadline a forwarded pull is still
+// taken: room for the brokers' clocks to differ.
+const hopDeadlineSkew = 250 * time.Millisecond
+
+// forwardExpired answers a forwarded pull that reached this broker after
+// the forwarding broker's deadline (this broker was hung, or the request
+// sat in a queue) without pulling anything, and reports whether it did:
+// the forwarding broker has answered its client already, and a message
+// leased now would count an attempt nobody received and stay invisible
+// for its visibility. Logged at WARN, counted in
+// postbus_cluster_expired_forwards_total.
+func (s *Server) forwardExpired(w http.ResponseWriter, r *http.Request) bool {
+	raw := r.Header.Get(hdrHopDeadline)
+	if s.cluster == nil || raw == "" {
+		return false
+	}
+	ms, err := strconv.ParseInt(raw, 10, 64)
+	if err != nil || ms <= 0 {
+		writeProblem(w, r, codeInvalidHeader, hdrHopDeadline, fmt.Sprintf("%q: want the forward's deadline in Unix milliseconds", raw))
+		return true
+	}
+	late := time.Since(time.UnixMilli(ms))
+	if late <= hopDeadlineSkew {
+		return false
+	}
+	s.cluster.expiredForwards.Inc()
+	s.cluster.logger.Warn("a forwarded pull arrived after its deadline; nothing was pulled (this broker was hung or overloaded)",
+		slog.String("from", r.Header.Get(hdrForwardedBy)), slog.Duration("late", late.Round(time.Millisecond)))
+	writeProblem(w, r, codeBrokerUnavailable, "", fmt.Sprintf("this pull reached broker %s %s after the forwarding broker's deadline; nothing was pulled", s.cluster.self, late.Round(time.Millisecond)))
+	return true
 }

@@ -77,6 +77,9 @@ func (s *Server) pull(w http.ResponseWriter, r *http.Request, max int, wait, vis
 	if s.coordinating(r) && s.pullEverywhere(w, r, max, wait, vis) {
 		return
 	}
+	if !s.coordinating(r) && s.forwardExpired(w, r) {
+		return
+	}
 	if wait > 0 {
 		// A long poll may outlast the server's write timeout.
 		http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + 30*time.Second))
