@@ -108,6 +108,10 @@ type syncer struct {
 
 	kick chan struct{} // capacity 1: a pending round for the topics in pending
 
+	// firstDone is closed once the first exchange (topic tombstones, then
+	// every topic's records pushed and the deletes answered taken) is over.
+	firstDone chan struct{}
+
 	mu      sync.Mutex
 	pending map[string]bool // topics to push again at once; guarded by mu
 	// alive is the brokers heard from (they pushed here) since the last
@@ -185,7 +189,7 @@ func newSyncer(s *Server, c *Cluster, reg prometheus.Registerer) *syncer {
 	if interval <= 0 {
 		interval = DefaultSyncInterval
 	}
-	return &syncer{s: s, interval: interval, token: c.Token, total: total, kick: make(chan struct{}, 1),
+	return &syncer{s: s, interval: interval, token: c.Token, total: total, kick: make(chan struct{}, 1), firstDone: make(chan struct{}),
 		pending: map[string]bool{}, alive: map[string]bool{}, pushed: map[string]map[string]string{}, routes: map[string]syncRoute{}}
 }
 
@@ -198,6 +202,21 @@ func (s *Server) RunSync(ctx context.Context) {
 	s.sync.run(ctx)
 }
 
+// closedChan is a channel that is always ready.
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// FirstSyncDone is closed once a broker in a cluster has made its first
+// exchange with the other brokers (at once for a standalone one): the
+// subscriptions and topics deleted while it was down or hung are then
+// deleted here too, so that pushes started after it do not deliver them
+// (postbus broker starts its push deliveries then, or after a bound).
+func (s *Server) FirstSyncDone() <-chan struct{} {
+	if s.sync == nil {
+		return closedChan
+	}
+	return s.sync.firstDone
+}
+
 func (y *syncer) run(ctx context.Context) {
 	full := time.NewTicker(y.interval)
 	defer full.Stop()
@@ -208,6 +227,7 @@ func (y *syncer) run(ctx context.Context) {
 	defer watch.Stop()
 	y.exchangeTombstones(ctx)
 	y.round(ctx, true, nil)
+	close(y.firstDone)
 	for {
 		changed := y.s.broker.TopicsChanged()
 		select {

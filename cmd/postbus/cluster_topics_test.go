@@ -4,8 +4,11 @@ package main
 
 import (
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -108,4 +111,63 @@ func grepLines(text, s string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestClusterRestartedBrokerPushesNoDeletedSubscription: a broker killed
+// with retries of a subscription due, and restarted after the
+// subscription was deleted, started pushing at once and delivered them
+// before its first exchange with the other brokers told it of the delete
+// (TestClusterChaos -chaos.subfaults, seed 204: deliveries 2s after the
+// delete's answer). Its pushes now start after that exchange.
+func TestClusterRestartedBrokerPushesNoDeletedSubscription(t *testing.T) {
+	var (
+		mu   sync.Mutex
+		hits []time.Time
+	)
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		hits = append(hits, time.Now())
+		mu.Unlock()
+		w.WriteHeader(http.StatusServiceUnavailable) // always retried
+	}))
+	t.Cleanup(hook.Close)
+	hitsSince := func(at time.Time) int {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for _, h := range hits {
+			if h.After(at) {
+				n++
+			}
+		}
+		return n
+	}
+	fc := startFaultCluster(t, 1, []string{"broker-a", "broker-c"}, "expiry=1s", "--forward-timeout", "1s")
+	fc.putTopic("orders", "broker-a", "broker-c")
+	sub := createSub(t, fc.url("broker-a"), `{"group":"dead","topic":"orders","url":"`+hook.URL+`/dead","start_from":"earliest","retry_delays":["100ms"],"max_retries":100}`)
+	publishVia(t, fc.url("broker-c"), "orders", bodiesOf("due", 20)...)
+	clEventually(t, "broker-c's deliveries to fail and be retried", func() (bool, string) {
+		n := hitsSince(time.Time{})
+		return n >= 60, fmt.Sprint(n, " attempts")
+	})
+	fc.kill("broker-c")
+	clEventually(t, "the name server to expire broker-c", func() (bool, string) {
+		a, err := clTry("GET", fc.ns[0].url+"/v1/cluster", nil, nil)
+		return err == nil && !strings.Contains(string(a.body), "broker-c"), fmt.Sprint(a, err)
+	})
+	if a := clDo(t, "DELETE", fc.url("broker-a")+"/v1/subscriptions/"+sub.ID, nil, nil); a.status != 204 {
+		t.Fatalf("delete with broker-c expired: %s", a)
+	}
+	deleted := time.Now()
+	fc.restartBroker("broker-c")
+	clEventually(t, "broker-c to lose the deleted subscription", func() (bool, string) {
+		st, got := fc.copyOn("broker-c", sub.ID)
+		return st == 404, fmt.Sprintf("%d %+v", st, got)
+	})
+	// Its retries were due at once: one more publish, and a round trip to
+	// broker-c, give any delivery that would come the time to.
+	publishVia(t, fc.url("broker-c"), "orders", "after")
+	if n := hitsSince(deleted.Add(100 * time.Millisecond)); n > 0 {
+		t.Errorf("broker-c, restarted after the subscription was deleted, delivered it %d times", n)
+	}
 }
