@@ -410,33 +410,64 @@ func (s *Server) createSubscriptionEverywhere(w http.ResponseWriter, r *http.Req
 		req.Secret = &secret
 	}
 	body, _ := json.Marshal(req)
-	t := tallyOf(s.ask(r, holders, "", body, s.handleCreateSubscription))
+	answers := s.ask(r, holders, "", body, s.handleCreateSubscription)
+	t := tallyOf(answers)
 	failed := append(t.failed, t.missing...)
 	if len(failed) == 0 {
 		writeAnswer(w, r, *t.best())
 		return true
 	}
+	// Undo it, with a version of its own, on every holder that created it
+	// and on every one that got the create but did not answer (it may have
+	// created it): each keeps a tombstone, which the anti-entropy brings
+	// to a holder that cannot be reached now.
+	v := s.broker.NextVersion()
 	undo := r.Clone(r.Context())
 	undo.Method = http.MethodDelete
-	for _, a := range t.ok {
+	undo.Header.Set(hdrSubscriptionVersion, v.String())
+	var undone, unsure []string
+	for _, a := range answers {
 		p := a.peer
+		created := a.ok()
+		maybe := !created && (a.err != nil && !notSent(a.err) || a.err == nil && a.status >= 500)
+		if !created && !maybe {
+			continue
+		}
 		var err error
 		if p.local() {
-			err = s.broker.DeleteSubscription(r.Context(), *req.ID)
-		} else if a := s.askOne(undo, p, "/v1/subscriptions/"+*req.ID, nil, nil); !a.ok() && a.status != http.StatusNotFound {
-			err = fmt.Errorf("%s", describe(a))
+			err = s.broker.DeleteSubscription(broker.WithVersion(r.Context(), v), *req.ID)
+			if errors.Is(err, broker.ErrSubscriptionNotFound) {
+				err = nil
+			} else if err == nil {
+				undone = append(undone, p.name)
+			}
+		} else if u := s.askOne(undo, p, "/v1/subscriptions/"+*req.ID, nil, nil); u.ok() {
+			undone = append(undone, p.name)
+		} else if u.status != http.StatusNotFound {
+			err = fmt.Errorf("%s", describe(u))
 		}
 		if err != nil {
-			s.cluster.logger.Error("undoing a half-created subscription failed; delete it by hand",
+			s.cluster.logger.Error("undoing a half-created subscription failed; it is deleted there when that broker meets another's tombstone of it, or delete it by hand",
 				"id", *req.ID, "broker", p.name, "err", err)
+			unsure = append(unsure, p.name)
 		}
 	}
-	if refusal := cmp.Or(t.refusal, t.notFound); refusal != nil {
+	if refusal := cmp.Or(t.refusal, t.notFound); refusal != nil && len(unsure) == 0 {
 		writeAnswer(w, r, *refusal)
 		return true
 	}
-	writeProblem(w, r, codeClusterPartial, "", fmt.Sprintf("the subscription could not be created on every broker holding %s: %s; it was created nowhere; retry",
-		*req.Topic, strings.Join(failed, ", ")))
+	if len(unsure) == 0 {
+		writeProblem(w, r, codeClusterPartial, "", fmt.Sprintf("the subscription could not be created on every broker holding %s: %s; it was created nowhere (undone on %s); retry",
+			*req.Topic, strings.Join(failed, ", "), listOrNone(undone)))
+		return true
+	}
+	// Some holder may keep it: say so, with its id, rather than "nowhere".
+	after := "delete it (DELETE /v1/subscriptions/" + *req.ID + ") once they answer"
+	if len(undone) > 0 {
+		after = fmt.Sprintf("they drop it when they next exchange subscriptions with %s, which deleted it; or delete it (DELETE /v1/subscriptions/%s)", listOrNone(undone), *req.ID)
+	}
+	writeProblem(w, r, codeClusterPartial, "", fmt.Sprintf("the subscription could not be created on every broker holding %s: %s; subscription %s may or may not have been created on %s (no answer to the create or its undo): %s",
+		*req.Topic, strings.Join(failed, ", "), *req.ID, strings.Join(unsure, ", "), after))
 	return true
 }
 

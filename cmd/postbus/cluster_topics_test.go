@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -169,5 +171,45 @@ func TestClusterRestartedBrokerPushesNoDeletedSubscription(t *testing.T) {
 	publishVia(t, fc.url("broker-c"), "orders", "after")
 	if n := hitsSince(deleted.Add(100 * time.Millisecond)); n > 0 {
 		t.Errorf("broker-c, restarted after the subscription was deleted, delivered it %d times", n)
+	}
+}
+
+// TestClusterSubscriptionCreateAnswerIsHonest: a subscription create that
+// reached a hung holder (sent, never answered) was undone on the holders
+// that answered and reported "created nowhere", though the hung holder
+// might create it once continued and deliver it for good. The undo now
+// reaches the hung holder too, or, failing that, leaves tombstones that
+// the anti-entropy brings to it; and the answer says the subscription may
+// or may not exist there, naming its id.
+func TestClusterSubscriptionCreateAnswerIsHonest(t *testing.T) {
+	sink := newSyncSink(t)
+	fc := startFaultCluster(t, 1, []string{"broker-a", "broker-b"}, "expiry=30s", "--forward-timeout", "1s",
+		"--subscription-sync-interval", "2s")
+	fc.putTopic("orders", "broker-a", "broker-b")
+	b := fc.brokers["broker-b"]
+	stopProc(t, b)
+	a := clDo(t, "POST", fc.url("broker-a")+"/v1/subscriptions", nil, []byte(`{"group":"half","topic":"orders","url":"`+sink.srv.URL+`/half","start_from":"earliest"}`))
+	if err := b.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("create with broker-b hung: %s", a)
+	code, detail := problemOf(a)
+	if a.status != 502 || code != "cluster_partial" || strings.Contains(detail, "created nowhere") || !strings.Contains(detail, "may or may not") {
+		t.Fatalf("create with broker-b hung: %s; want 502 cluster_partial saying it may or may not have been created on broker-b", a)
+	}
+	id := regexp.MustCompile(`subscription (\S+) may or may not`).FindStringSubmatch(detail)
+	if id == nil {
+		t.Fatalf("the answer does not name the subscription's id: %s", detail)
+	}
+	clEventually(t, "no broker to hold the half-created subscription", func() (bool, string) {
+		sa, _ := fc.copyOn("broker-a", id[1])
+		sb, _ := fc.copyOn("broker-b", id[1])
+		return sa == 404 && sb == 404, fmt.Sprint(sa, sb)
+	})
+	publishVia(t, fc.url("broker-b"), "orders", bodiesOf("after", 5)...)
+	createSub(t, fc.url("broker-a"), `{"group":"live","topic":"orders","url":"`+sink.srv.URL+`/live","start_from":"earliest"}`)
+	sink.waitDelivered(t, "/live", bodiesOf("after", 5))
+	if n := len(sink.hits("/half")); n > 0 {
+		t.Errorf("the subscription answered as not created delivered %d messages", n)
 	}
 }
