@@ -265,6 +265,17 @@ func toSubscriptionJSON(s broker.Subscription, withSecret bool) subscriptionJSON
 
 func (s *Server) handleCreateSubscription(w http.ResponseWriter, r *http.Request) {
 	var ok bool
+	// A token that may consume as no group, or subscribe to no topic, can
+	// create no subscription: refused before its body is read, so that it
+	// cannot hold body memory with slow bodies it has no right to send.
+	// (Which group and topic it may use is checked once the body is read.)
+	if p := principalFrom(r.Context()); p != nil && !p.scopes.admin && (len(p.scopes.consume) == 0 || len(p.scopes.subscribe) == 0) {
+		then := refuseUnreadBody(w, r)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="postbus", error="insufficient_scope"`)
+		writeProblem(w, r, codeForbidden, "", "the token's scope allows no subscription: creating one needs consume:<group> and subscribe:<topic>")
+		then()
+		return
+	}
 	var req subscriptionRequest
 	if perr := decodeJSONBody(r, maxSubscriptionRequestBytes, &req); perr != nil {
 		s.writeError(w, r, perr)
