@@ -22,21 +22,53 @@ import (
 // and the helpers here ask the brokers concerned, this one through the
 // same handler in process (marked forwarded, so it answers for itself).
 
-// firstFound answers r from this broker, or, when this broker answers 404,
-// from the first other broker that has what was asked for.
-func (s *Server) firstFound(w http.ResponseWriter, r *http.Request, local http.HandlerFunc) {
+// newestFound answers r (a subscription by id) from the broker whose copy
+// has the highest version: copies differ for a moment after a change
+// that missed a broker (down, or hung), until the anti-entropy brings it
+// there, and the first copy found could be the stale one. Every broker is
+// asked at once. When this broker refuses r (403, 400), or none has it,
+// this broker's answer is given.
+func (s *Server) newestFound(w http.ResponseWriter, r *http.Request, local http.HandlerFunc) {
 	self := s.askOne(r, peer{name: s.cluster.self}, "", nil, local)
-	if self.status != http.StatusNotFound {
+	if self.status != http.StatusNotFound && !self.ok() {
 		writeAnswer(w, r, self)
 		return
 	}
+	best := self
 	for _, a := range s.ask(r, s.cluster.others(r.Context()), "", nil, local) {
-		if a.ok() {
-			writeAnswer(w, r, a)
-			return
+		if a.ok() && (!best.ok() || newerCopy(a.body, best.body)) {
+			best = a
 		}
 	}
-	writeAnswer(w, r, self)
+	writeAnswer(w, r, best)
+}
+
+// newerCopy reports whether the JSON object a carries a higher "version"
+// than b (see broker.Version); one that cannot be read is not newer.
+func newerCopy(a, b []byte) bool {
+	var va, vb struct {
+		Version string `json:"version"`
+	}
+	if json.Unmarshal(a, &va) != nil || json.Unmarshal(b, &vb) != nil {
+		return false
+	}
+	return versionAbove(va.Version, vb.Version)
+}
+
+// versionAbove reports whether version a ("<ms>@<broker>") is above b; an
+// unreadable one is below any other.
+func versionAbove(a, b string) bool {
+	x, errA := broker.ParseVersion(a)
+	y, errB := broker.ParseVersion(b)
+	switch {
+	case errA != nil:
+		return false
+	case errB != nil:
+		return true
+	case x.At != y.At:
+		return x.At > y.At
+	}
+	return x.By > y.By
 }
 
 // everywhere applies r on every live broker (see broadcast for the
@@ -562,29 +594,41 @@ func (s *Server) getGroupEverywhere(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, merged)
 }
 
-// combineGroups merges one broker's view of a group into another's: lag
-// and dead letters summed, subscriptions listed once.
+// combineGroups merges one broker's view of a group into another's: lag,
+// dead letters and held polls summed, the oldest unacked age the greatest,
+// each subscription listed once, as the copy with the highest version.
 func combineGroups(into, from map[string]any, _ string) {
 	if from == nil {
 		return
 	}
-	for _, k := range []string{"lag", "dead_letters"} {
+	for _, k := range []string{"lag", "dead_letters", "held_polls"} {
 		x, _ := into[k].(float64)
 		y, _ := from[k].(float64)
 		into[k] = x + y
 	}
+	oldest, _ := into["oldest_unacked_seconds"].(float64)
+	theirs, _ := from["oldest_unacked_seconds"].(float64)
+	into["oldest_unacked_seconds"] = max(oldest, theirs)
 	subs, _ := into["subscriptions"].([]any)
-	seen := map[any]bool{}
-	for _, sub := range subs {
+	at := map[any]int{}
+	for i, sub := range subs {
 		if m, ok := sub.(map[string]any); ok {
-			seen[m["id"]] = true
+			at[m["id"]] = i
 		}
 	}
 	more, _ := from["subscriptions"].([]any)
 	for _, sub := range more {
-		if m, ok := sub.(map[string]any); ok && !seen[m["id"]] {
+		m, ok := sub.(map[string]any)
+		if !ok {
+			continue
+		}
+		i, seen := at[m["id"]]
+		switch {
+		case !seen:
+			at[m["id"]] = len(subs)
 			subs = append(subs, sub)
-			seen[m["id"]] = true
+		case versionAbove(fmt.Sprint(m["version"]), fmt.Sprint(subs[i].(map[string]any)["version"])):
+			subs[i] = sub
 		}
 	}
 	into["subscriptions"] = subs

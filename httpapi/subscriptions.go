@@ -349,7 +349,7 @@ func (s *Server) subscription(w http.ResponseWriter, r *http.Request) (broker.Su
 
 func (s *Server) handleGetSubscription(w http.ResponseWriter, r *http.Request) {
 	if s.coordinating(r) {
-		s.firstFound(w, r, s.handleGetSubscription)
+		s.newestFound(w, r, s.handleGetSubscription)
 		return
 	}
 	if sub, ok := s.subscription(w, r); ok {
