@@ -270,9 +270,13 @@ func (s *Server) handleCreateSubscription(w http.ResponseWriter, r *http.Request
 	// cannot hold body memory with slow bodies it has no right to send.
 	// (Which group and topic it may use is checked once the body is read.)
 	if p := principalFrom(r.Context()); p != nil && !p.scopes.admin && (len(p.scopes.consume) == 0 || len(p.scopes.subscribe) == 0) {
+		field, why := "group", "the token's scope allows consuming as no group (consume:<group> is needed), so it can create no subscription"
+		if len(p.scopes.consume) > 0 {
+			field, why = "topic", "the token's scope allows subscribing to no topic (subscribe:<topic> is needed), so it can create no subscription"
+		}
 		then := refuseUnreadBody(w, r)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="postbus", error="insufficient_scope"`)
-		writeProblem(w, r, codeForbidden, "", "the token's scope allows no subscription: creating one needs consume:<group> and subscribe:<topic>")
+		writeProblem(w, r, codeForbidden, field, why)
 		then()
 		return
 	}
