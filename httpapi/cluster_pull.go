@@ -247,6 +247,9 @@ func (s *Server) handBack(r *http.Request, extra []json.RawMessage) {
 // issued them, each its own share (body with receipts replaced).
 func (s *Server) settleEverywhere(r *http.Request, path string, receipts []string, body []byte, local http.HandlerFunc) []answer {
 	addrs := map[string]string{}
+	// gone is the brokers the name servers say are down (expired or
+	// unregistered lately); nil when they could not be asked.
+	var gone []string
 	if slices.ContainsFunc(receipts, func(rc string) bool {
 		name, _ := splitReceipt(rc)
 		return name != "" && name != s.cluster.self
@@ -254,6 +257,9 @@ func (s *Server) settleEverywhere(r *http.Request, path string, receipts []strin
 		if all, err := s.cluster.brokers(r.Context()); err == nil {
 			for _, p := range all[1:] {
 				addrs[p.name] = p.addr
+			}
+			if g, ok := s.cluster.names.Gone(); ok {
+				gone = append(g, "") // non-nil: the name servers answered
 			}
 		}
 	}
@@ -263,7 +269,10 @@ func (s *Server) settleEverywhere(r *http.Request, path string, receipts []strin
 	// here too, since this broker may have been renamed, but its own share:
 	// refused here, it is the other broker's genuine receipt as likely as
 	// not, and the answer says that broker is unavailable rather than that
-	// the receipt is forged, so that the client does not drop it.
+	// the receipt is forged, so that the client does not drop it. One
+	// naming a broker that no name server knows, live or gone (within
+	// their topic memory), refused here, is refused as invalid: waiting
+	// for that broker would be waiting forever.
 	shares := map[string][]string{}
 	var order []string
 	for _, rc := range receipts {
@@ -292,7 +301,7 @@ func (s *Server) settleEverywhere(r *http.Request, path string, receipts []strin
 			p := peer{name: name, addr: addrs[name]}
 			out[i] = s.askOne(r, p, path, b, local)
 			if _, known := addrs[name]; !known && name != s.cluster.self && out[i].err == nil && out[i].status == http.StatusBadRequest &&
-				problemCodeOf(out[i].body) == broker.CodeInvalidReceipt {
+				problemCodeOf(out[i].body) == broker.CodeInvalidReceipt && (gone == nil || slices.Contains(gone, name)) {
 				out[i] = answer{peer: p, err: fmt.Errorf("receipts %s were issued by broker %s, which is not live now (or the name servers cannot be asked); settle them again once it is back, or they are delivered again after their visibility", strings.Join(shares[name], ", "), name)}
 			}
 		}()

@@ -70,7 +70,9 @@
 //	                                  409 when a live broker of another instance has the name (ErrNameTaken)
 //	GET    {ns}/v1/routes/{topic}     -> 200 RouteJSON; 404 when no broker held it within TopicMemory;
 //	                                  503 not_ready while warming up, broker_unavailable when its brokers are down
-//	GET    {ns}/v1/cluster            -> 200 ClusterJSON (live brokers, topics counted)
+//	GET    {ns}/v1/cluster            -> 200 ClusterJSON (live brokers, topics counted;
+//	                                  with ?gone=true also "gone": the brokers expired or
+//	                                  unregistered within TopicMemory, not registered since)
 //
 // {topic} is path-escaped: %DLQ%g travels as %25DLQ%25g.
 //

@@ -173,6 +173,10 @@ type Registry struct {
 	// when, and which brokers held it, for TopicMemory: Lookup answers
 	// ErrTopicGone meanwhile. Guarded by mu.
 	gone map[string]goneTopic
+	// goneBrokers maps a broker that expired or unregistered to when, for
+	// TopicMemory: a receipt or a record naming it is a down broker's,
+	// not one nobody knows. Guarded by mu.
+	goneBrokers map[string]time.Time
 
 	readyAt time.Time // when warm-up ends
 }
@@ -210,15 +214,16 @@ func NewRegistry(cfg Config) *Registry {
 		cfg.TopicMemory = def.TopicMemory
 	}
 	return &Registry{
-		memory:  max(cfg.TopicMemory, cfg.BrokerExpiry),
-		readyAt: cfg.Now().Add(max(cfg.WarmUp, 0)),
-		gone:    make(map[string]goneTopic),
-		expiry:  cfg.BrokerExpiry,
-		scan:    cfg.ScanInterval,
-		now:     cfg.Now,
-		log:     cfg.Logger,
-		brokers: make(map[string]*brokerEntry),
-		index:   make(map[string][]holder),
+		memory:      max(cfg.TopicMemory, cfg.BrokerExpiry),
+		readyAt:     cfg.Now().Add(max(cfg.WarmUp, 0)),
+		gone:        make(map[string]goneTopic),
+		goneBrokers: make(map[string]time.Time),
+		expiry:      cfg.BrokerExpiry,
+		scan:        cfg.ScanInterval,
+		now:         cfg.Now,
+		log:         cfg.Logger,
+		brokers:     make(map[string]*brokerEntry),
+		index:       make(map[string][]holder),
 	}
 }
 
@@ -463,6 +468,7 @@ func (r *Registry) apply(info BrokerInfo, e *brokerEntry, old []Topic, c change)
 		e = &brokerEntry{info: BrokerInfo{Name: info.Name}}
 		r.brokers[info.Name] = e
 		r.backLocked(info.Name, c.put)
+		delete(r.goneBrokers, info.Name)
 	}
 	for _, name := range c.removed {
 		r.removeHolderLocked(name, e)
@@ -570,6 +576,7 @@ func (r *Registry) removeLocked(e *brokerEntry, now time.Time) {
 		}
 	}
 	delete(r.brokers, e.info.Name)
+	r.goneBrokers[e.info.Name] = now
 }
 
 // Unregister removes a broker at once, as on its clean shutdown. It reports
@@ -688,6 +695,27 @@ func (r *Registry) Brokers() []BrokerInfo {
 	return out
 }
 
+// GoneBrokers returns, sorted, the brokers that expired or unregistered
+// within TopicMemory and have not registered since.
+func (r *Registry) GoneBrokers() []string {
+	now := r.now()
+	r.mu.RLock()
+	out := make([]string, 0, len(r.goneBrokers))
+	for name, at := range r.goneBrokers {
+		if now.Sub(at) <= r.memory {
+			out = append(out, name)
+		}
+	}
+	for name, e := range r.brokers { // expired, not yet evicted
+		if !r.alive(e.info.LastHeartbeat, now) {
+			out = append(out, name)
+		}
+	}
+	r.mu.RUnlock()
+	slices.Sort(out)
+	return out
+}
+
 // Run drops brokers silent for longer than BrokerExpiry, looking every
 // ScanInterval, until ctx ends.
 func (r *Registry) Run(ctx context.Context) {
@@ -730,6 +758,11 @@ func (r *Registry) evict(now time.Time) int {
 	for t, g := range r.gone {
 		if now.Sub(g.at) > r.memory {
 			delete(r.gone, t)
+		}
+	}
+	for name, at := range r.goneBrokers {
+		if now.Sub(at) > r.memory {
+			delete(r.goneBrokers, name)
 		}
 	}
 	n := 0

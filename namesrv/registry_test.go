@@ -845,3 +845,34 @@ func TestRegistryRemembersTopicsOfDownBrokers(t *testing.T) {
 		t.Fatalf("gone topics kept past the topic memory: %v", r.gone)
 	}
 }
+
+// TestRegistryGoneBrokers: a broker that expired or unregistered is
+// listed as gone for the topic memory, until it registers again; one
+// never registered is not.
+func TestRegistryGoneBrokers(t *testing.T) {
+	clock := newFakeClock()
+	r := NewRegistry(Config{BrokerExpiry: 10 * time.Second, TopicMemory: time.Hour, Now: clock.Now})
+	mustHeartbeat(t, r, broker("b1", Topic{"orders", 1}))
+	mustHeartbeat(t, r, broker("b2"))
+	mustHeartbeat(t, r, broker("b3"))
+	r.Unregister("b2")
+	clock.Advance(5 * time.Second)
+	mustHeartbeat(t, r, broker("b3"))
+	clock.Advance(6 * time.Second) // b1 silent past its expiry, not yet evicted
+	if got := r.GoneBrokers(); !slices.Equal(got, []string{"b1", "b2"}) {
+		t.Fatalf("gone = %v; want [b1 b2]", got)
+	}
+	mustHeartbeat(t, r, broker("b3"))
+	r.evict(clock.Now())
+	mustHeartbeat(t, r, broker("b2")) // back
+	if got := r.GoneBrokers(); !slices.Equal(got, []string{"b1"}) {
+		t.Fatalf("gone after b2 came back = %v; want [b1]", got)
+	}
+	clock.Advance(time.Hour + time.Second)
+	mustHeartbeat(t, r, broker("b2"))
+	mustHeartbeat(t, r, broker("b3"))
+	r.evict(clock.Now())
+	if got := r.GoneBrokers(); len(got) != 0 {
+		t.Fatalf("gone a topic memory later = %v; want none", got)
+	}
+}

@@ -350,6 +350,17 @@ func TestClusterReceiptOfExpiredBroker(t *testing.T) {
 	if a := clDo(t, "POST", fc.url("broker-a")+"/v1/groups/g/ack", nil, bad); a.status != 400 {
 		t.Errorf("ack of a malformed receipt: %s; want 400", a)
 	}
+	// F8: broker-b's receipt under the name of a broker no name server
+	// knows, live or gone, was 503 "settle them again once it is back"
+	// forever; it is refused as invalid.
+	_, inner, _ := strings.Cut(receipt, "~")
+	never, _ := json.Marshal(map[string]any{"receipts": []string{"broker-z~" + inner}})
+	for _, op := range []string{"ack", "nack"} {
+		a := clDo(t, "POST", fc.url("broker-a")+"/v1/groups/g/"+op, nil, never)
+		if code, _ := problemOf(a); a.status != 400 || code != "invalid_receipt" {
+			t.Errorf("%s of a receipt naming a broker nobody knows: %s; want 400 invalid_receipt", op, a)
+		}
+	}
 }
 
 // TestClusterBrokerNameTaken (fault 7): a second broker started with a
