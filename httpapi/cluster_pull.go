@@ -126,10 +126,19 @@ func (s *Server) pullEverywhere(w http.ResponseWriter, r *http.Request, max int,
 	ready := r.WithContext(budget)
 	for k := range holders {
 		p := holders[(start+k)%len(holders)]
-		a := s.askOne(withDeadline(ready, s.cluster.hop), p, pathFor(max-len(got), 0), nil, s.handlePull)
+		if budget.Err() != nil && !p.local() {
+			break // the pull's time is up: what this broker holds is still asked
+		}
+		// This broker's own share is taken on the client's time: it cannot
+		// hang, and cut off by the budget it would pull for nobody.
+		ask := withDeadline(ready, s.cluster.hop)
+		if p.local() {
+			ask = r
+		}
+		a := s.askOne(ask, p, pathFor(max-len(got), 0), nil, s.handlePull)
 		page, ok := pageOf(a)
 		if !ok {
-			if a.peer.local() && a.err == nil && a.status < 500 {
+			if a.peer.local() && a.err == nil && a.status >= 400 && a.status < 500 {
 				writeAnswer(w, r, a) // refused here: it would be refused everywhere
 				return true
 			}

@@ -449,36 +449,30 @@ func (s *Server) createSubscriptionEverywhere(w http.ResponseWriter, r *http.Req
 		writeAnswer(w, r, *t.best())
 		return true
 	}
-	// Undo it, with a version of its own, on every holder that created it
-	// and on every one that got the create but did not answer (it may have
-	// created it): each keeps a tombstone, which the anti-entropy brings
-	// to a holder that cannot be reached now.
+	// Undo it with a tombstone at a version of its own, stored on every
+	// holder (as the anti-entropy's records are, so even where the create
+	// has not arrived yet, or never will): a holder that created it and
+	// is out of reach now loses its copy when it meets one of them.
 	v := s.broker.NextVersion()
-	undo := r.Clone(r.Context())
-	undo.Method = http.MethodDelete
-	undo.Header.Set(hdrSubscriptionVersion, v.String())
-	var undone, unsure []string
+	tomb := broker.SubscriptionRecord{ID: *req.ID, Group: *req.Group, Topic: *req.Topic, Version: v.At, VersionBy: v.By, Deleted: true}
+	var undone, unsure, told []string
 	for _, a := range answers {
 		p := a.peer
 		created := a.ok()
 		maybe := !created && (a.err != nil && !notSent(a.err) || a.err == nil && a.status >= 500)
-		if !created && !maybe {
-			continue
-		}
 		var err error
 		if p.local() {
-			err = s.broker.DeleteSubscription(broker.WithVersion(r.Context(), v), *req.ID)
-			if errors.Is(err, broker.ErrSubscriptionNotFound) {
-				err = nil
-			} else if err == nil {
-				undone = append(undone, p.name)
-			}
-		} else if u := s.askOne(undo, p, "/v1/subscriptions/"+*req.ID, nil, nil); u.ok() {
-			undone = append(undone, p.name)
-		} else if u.status != http.StatusNotFound {
-			err = fmt.Errorf("%s", describe(u))
+			_, err = s.broker.ApplySubscriptionRecords(r.Context(), []broker.SubscriptionRecord{tomb})
+		} else {
+			_, err = s.sync.send(r.Context(), p, syncRequest{From: s.cluster.self, Topics: map[string][]broker.SubscriptionRecord{*req.Topic: {tomb}}}, "")
 		}
-		if err != nil {
+		if err == nil {
+			told = append(told, p.name)
+		}
+		switch {
+		case err == nil && (created || maybe):
+			undone = append(undone, p.name)
+		case err != nil && (created || maybe):
 			s.cluster.logger.Error("undoing a half-created subscription failed; it is deleted there when that broker meets another's tombstone of it, or delete it by hand",
 				"id", *req.ID, "broker", p.name, "err", err)
 			unsure = append(unsure, p.name)
@@ -495,8 +489,8 @@ func (s *Server) createSubscriptionEverywhere(w http.ResponseWriter, r *http.Req
 	}
 	// Some holder may keep it: say so, with its id, rather than "nowhere".
 	after := "delete it (DELETE /v1/subscriptions/" + *req.ID + ") once they answer"
-	if len(undone) > 0 {
-		after = fmt.Sprintf("they drop it when they next exchange subscriptions with %s, which deleted it; or delete it (DELETE /v1/subscriptions/%s)", listOrNone(undone), *req.ID)
+	if len(told) > 0 {
+		after = fmt.Sprintf("they drop it when they next exchange subscriptions with %s, which keep its delete; or delete it (DELETE /v1/subscriptions/%s)", listOrNone(told), *req.ID)
 	}
 	writeProblem(w, r, codeClusterPartial, "", fmt.Sprintf("the subscription could not be created on every broker holding %s: %s; subscription %s may or may not have been created on %s (no answer to the create or its undo): %s",
 		*req.Topic, strings.Join(failed, ", "), *req.ID, strings.Join(unsure, ", "), after))

@@ -827,13 +827,8 @@ gather:
 	return nil, fmt.Errorf("cluster: %w: %w", ErrUnavailable, errors.Join(errs...))
 }
 
-func (c *Client) getCluster(ctx context.Context, addr string) ([]BrokerInfo, error) {
-	list, _, err := c.getClusterGone(ctx, addr)
-	return list, err
-}
-
-// getClusterGone is getCluster with the brokers the name server lists as
-// gone.
+// getClusterGone asks one name server for the live brokers, and the
+// brokers it lists as gone.
 func (c *Client) getClusterGone(ctx context.Context, addr string) ([]BrokerInfo, []string, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.lookupTimeout())
 	defer cancel()
