@@ -64,7 +64,11 @@
 // (queries by key, a topic's GET) still ask it, so that their 200 does not
 // leave out a holder that is back; and fan-outs ask their
 // brokers at once, so one hung broker costs a request one hop timeout at
-// most. A message with a placement key (sharding key, else dedup id) is
+// most. A deadline that fires more than lateSlack late says this broker
+// was paused (SIGSTOP) or starved, not the other one: nobody is marked
+// down for it. A cross-broker pull takes its wait plus one hop timeout in
+// all, and each forward of it carries its deadline (Postbus-Hop-Deadline):
+// a holder reading it after that pulls nothing. A message with a placement key (sharding key, else dedup id) is
 // never moved off the holder its key picks, skipped or not: that would
 // break the key's order and store a retry twice; it is refused (503,
 // nothing stored) until the holder answers or leaves the route. Answers
