@@ -31,6 +31,9 @@ type metrics struct {
 
 	syncApplied *prometheus.CounterVec // other brokers' subscription records applied, by kind
 	syncRefused *prometheus.CounterVec // ... refused, by reason
+	// topicTombsApplied counts topics deleted here by another broker's
+	// tombstone.
+	topicTombsApplied prometheus.Counter
 }
 
 // Why recovery rebuilt the derived indexes from the start of the log (the
@@ -116,6 +119,10 @@ func newMetrics() *metrics {
 		Name: "postbus_subscription_records_refused_total",
 		Help: "Subscription records or versions from other brokers refused, by reason: future_version (more than the allowed skew ahead of this broker's clock) or invalid; each is also logged at ERROR.",
 	}, []string{"reason"})
+	m.topicTombsApplied = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "postbus_topic_tombstones_applied_total",
+		Help: "Topics this broker deleted because another broker's tombstone said they were deleted in the cluster while this broker was away (each logged at WARN).",
+	})
 	for _, k := range []string{"live", "tombstone"} {
 		m.syncApplied.WithLabelValues(k)
 	}
@@ -144,7 +151,7 @@ func (m *metrics) register(b *Broker, reg prometheus.Registerer) {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
 	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped, m.leasesExpired, m.progressBad, m.skippedRecords, m.lostQueueEnds, m.timersDropped, m.misplaced,
-		m.delayAnomalies, m.cleanedMessages, m.cleanedBytes, m.rebuilds, m.syncApplied, m.syncRefused,
+		m.delayAnomalies, m.cleanedMessages, m.cleanedBytes, m.rebuilds, m.syncApplied, m.syncRefused, m.topicTombsApplied,
 		gauge("postbus_subscription_tombstones", "Deleted subscriptions' tombstones kept, to reach brokers that missed the delete.",
 			func() float64 {
 				ctx, cancel := context.WithTimeout(context.Background(), time.Second)

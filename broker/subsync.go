@@ -206,6 +206,26 @@ func Newer(mine, theirs []SubscriptionRecord) bool {
 	return false
 }
 
+// NewerTombstones is the tombstones of mine that theirs lacks or that win
+// over theirs: deletes the other side missed. Unlike live records they
+// carry no secret, so they may travel in an answer.
+func NewerTombstones(mine, theirs []SubscriptionRecord) []SubscriptionRecord {
+	by := make(map[string]SubscriptionRecord, len(theirs))
+	for _, r := range theirs {
+		by[r.ID] = r
+	}
+	var out []SubscriptionRecord
+	for _, r := range mine {
+		if !r.Deleted {
+			continue
+		}
+		if o, ok := by[r.ID]; !ok || meta.Wins(r.V(), r.Deleted, o.V(), o.Deleted) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 // SyncStats counts what ApplySubscriptionRecords did.
 type SyncStats struct {
 	Applied    int // live records that created or changed a subscription
@@ -364,5 +384,13 @@ func (b *Broker) purgeTombstones(ctx context.Context) {
 	}
 	if n > 0 {
 		b.logger.Info("subscription tombstones expired", slog.Int64("purged", n), slog.Duration("ttl", b.cfg.TombstoneTTL))
+	}
+	n, err = b.meta.PurgeTopicTombstones(ctx, b.now().Add(-b.cfg.TombstoneTTL).UnixMilli())
+	if err != nil {
+		b.logger.Error("purging topic tombstones failed", slog.Any("err", err))
+		return
+	}
+	if n > 0 {
+		b.logger.Info("topic tombstones expired", slog.Int64("purged", n), slog.Duration("ttl", b.cfg.TombstoneTTL))
 	}
 }

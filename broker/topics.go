@@ -141,7 +141,11 @@ func (b *Broker) PutTopic(ctx context.Context, name string, s TopicSettings) (To
 			return Topic{}, false, err
 		}
 	}
-	mt, created, err := b.meta.PutTopic(ctx, meta.Topic{Name: t.Name, Queues: t.Queues, Retention: t.Retention, LogStart: logStart})
+	var createdAt time.Time // the store's clock, for a topic it has
+	if ts == nil {
+		createdAt = b.creationTime()
+	}
+	mt, created, err := b.meta.PutTopic(ctx, meta.Topic{Name: t.Name, Queues: t.Queues, Retention: t.Retention, LogStart: logStart, CreatedAt: createdAt})
 	if errors.Is(err, meta.ErrQueuesShrink) {
 		return Topic{}, false, errf(CodeInvalidQueues, "queues", "topic %q has more than %d queues; queues can only grow", t.Name, t.Queues)
 	}
@@ -293,6 +297,11 @@ func (b *Broker) SystemTopics() []Topic {
 // later), and dispatch skips them.
 func (b *Broker) DeleteTopic(ctx context.Context, name string) error {
 	if _, err := b.topicState(name); err != nil {
+		return err
+	}
+	// First the tombstone: a crash between the two leaves a tombstone of a
+	// topic still held, which ApplyOwnTopicTombstones completes.
+	if err := b.storeTopicTombstone(ctx, name); err != nil {
 		return err
 	}
 	// Holding appendMu, nothing more is appended to the topic; once

@@ -194,10 +194,12 @@ func TestRefusedBodyNotDrained(t *testing.T) {
 		if tc.token != "" {
 			hdr["Authorization"] = "Bearer " + tc.token
 		}
-		c := stalledRequestAs(t, srv, "/v1/topics/t/messages", hdr, 65535, []byte("{"))
-		resp, data := readAnswer(t, c, 20*time.Second)
-		if resp.StatusCode != tc.status {
-			t.Fatalf("%s: %d %s, want %d before the body", tc.name, resp.StatusCode, data, tc.status)
+		for _, path := range []string{"/v1/topics/t/messages", "/v1/subscriptions"} {
+			c := stalledRequestAs(t, srv, path, hdr, 65535, []byte("{"))
+			resp, data := readAnswer(t, c, 20*time.Second)
+			if resp.StatusCode != tc.status {
+				t.Fatalf("%s, POST %s: %d %s, want %d before the body", tc.name, path, resp.StatusCode, data, tc.status)
+			}
 		}
 	}
 	if got := s.bodies.used.Load(); got != 0 {

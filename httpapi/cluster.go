@@ -72,6 +72,34 @@ const DefaultHopTimeout = 10 * time.Second
 // client still waited: the other broker is hung or overloaded.
 var errHopTimeout = errors.New("no answer within the hop's deadline")
 
+// errLateDeadline marks a forward whose deadline passed while this broker
+// itself was not running on time (stopped, as by SIGSTOP, or starved):
+// its timer fired well after the deadline, so the time ran out here, not
+// on the other broker, which is not marked down for it. Without this, a
+// broker waking from a hang finds every request it had in flight timed
+// out and skips every healthy peer for downFor, and with them its
+// subscription sync (a deleted subscription then goes on delivering).
+var errLateDeadline = errors.New("the hop's deadline passed while this broker was paused or starved")
+
+// lateSlack is how far past a hop's deadline its timer may fire before
+// this broker takes itself, not the other broker, for the one that was
+// not running.
+const lateSlack = 500 * time.Millisecond
+
+// hopTimedOut classifies a forward that ran out of its hop's time after
+// starting at start with limit: errHopTimeout, or errLateDeadline when the
+// time ran out here (logged, and counted in
+// postbus_cluster_late_deadlines_total).
+func (c *cluster) hopTimedOut(p peer, start time.Time, limit time.Duration) error {
+	if late := time.Since(start) - limit; late > lateSlack {
+		c.lateDeadlines.Inc()
+		c.logger.Warn("a forward's deadline fired late: this broker was paused or starved, so the other broker is not marked down",
+			slog.String("broker", p.name), slog.Duration("late", late), slog.Duration("deadline", limit))
+		return fmt.Errorf("%w (%s late)", errLateDeadline, late.Round(time.Millisecond))
+	}
+	return fmt.Errorf("%w (%s)", errHopTimeout, limit)
+}
+
 // hopWaitKey carries a long poll's wait in a request's context, for do to
 // add to the hop's deadline.
 type hopWaitKey struct{}
@@ -126,6 +154,11 @@ type cluster struct {
 	hop    time.Duration // see Cluster.HopTimeout
 
 	skipped *prometheus.CounterVec // brokers marked down, by broker and reason
+	// lateDeadlines counts forwards timed out while this broker was paused.
+	lateDeadlines prometheus.Counter
+	// expiredForwards counts forwarded pulls refused for arriving after
+	// their deadline.
+	expiredForwards prometheus.Counter
 	// keyedRefused counts publishes (or batches) refused because the
 	// holder their placement key picks is skipped or unreachable.
 	keyedRefused *prometheus.CounterVec
@@ -185,8 +218,16 @@ func newCluster(c *Cluster, logger *slog.Logger, reg prometheus.Registerer) *clu
 		Name: "postbus_cluster_partial_reads_total",
 		Help: "Reads some broker that may hold part of the answer did not answer: a message by id answered 503 broker_unavailable, or a merged list answered with \"incomplete\" naming the brokers left out, by what was read.",
 	}, []string{"read"})
-	reg.MustRegister(skipped, keyedRefused, refusedWrites, nameRefused, partial)
-	return &cluster{self: c.Self, names: c.Names, hc: hc, logger: logger, hop: hop, skipped: skipped, keyedRefused: keyedRefused,
+	lateDeadlines := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "postbus_cluster_late_deadlines_total",
+		Help: "Forwards whose hop deadline fired well after it was due: this broker was paused (SIGSTOP) or starved, so the other broker was not marked down for it (each logged at WARN).",
+	})
+	expiredForwards := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "postbus_cluster_expired_forwards_total",
+		Help: "Pulls forwarded by another broker that arrived after that broker's deadline (this broker was hung or overloaded) and were answered 503 with nothing pulled (each logged at WARN).",
+	})
+	reg.MustRegister(skipped, keyedRefused, refusedWrites, nameRefused, partial, lateDeadlines, expiredForwards)
+	return &cluster{self: c.Self, names: c.Names, hc: hc, logger: logger, hop: hop, skipped: skipped, keyedRefused: keyedRefused, lateDeadlines: lateDeadlines, expiredForwards: expiredForwards,
 		refusedWrites: refusedWrites, partial: partial, down: make(map[string]time.Time)}
 }
 
@@ -357,6 +398,7 @@ func (c *cluster) do(ctx context.Context, r *http.Request, p peer, path string, 
 	// that accepts connections but never answers cannot hold the request.
 	wait, _ := ctx.Value(hopWaitKey{}).(time.Duration)
 	parent := ctx
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, wait+c.hop)
 	req, err := http.NewRequestWithContext(ctx, r.Method, p.addr+path, bytes.NewReader(body))
 	if err != nil {
@@ -377,11 +419,12 @@ func (c *cluster) do(ctx context.Context, r *http.Request, p peer, path string, 
 	if err != nil {
 		cancel()
 		if parent.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
-			return nil, fmt.Errorf("forward to %s: %w (%s): %w", p.name, errHopTimeout, wait+c.hop, err)
+			return nil, fmt.Errorf("forward to %s: %w: %w", p.name, c.hopTimedOut(p, start, wait+c.hop), err)
 		}
 		return nil, fmt.Errorf("forward to %s: %w", p.name, err)
 	}
-	resp.Body = &hopBody{ReadCloser: resp.Body, cancel: cancel, parent: parent, ctx: ctx}
+	resp.Body = &hopBody{ReadCloser: resp.Body, cancel: cancel, parent: parent, ctx: ctx,
+		timedOut: func() error { return c.hopTimedOut(p, start, wait+c.hop) }}
 	return resp, nil
 }
 
@@ -391,12 +434,13 @@ type hopBody struct {
 	io.ReadCloser
 	cancel      context.CancelFunc
 	parent, ctx context.Context
+	timedOut    func() error // errHopTimeout or errLateDeadline
 }
 
 func (b *hopBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if err != nil && err != io.EOF && b.parent.Err() == nil && b.ctx.Err() != nil {
-		err = fmt.Errorf("%w: %w", errHopTimeout, err)
+		err = fmt.Errorf("%w: %w", b.timedOut(), err)
 	}
 	return n, err
 }

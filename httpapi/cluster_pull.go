@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"slices"
@@ -110,12 +111,33 @@ type pulledPage struct {
 // visibility timeout for a puller that never saw it. Only an answer cut
 // off in flight at the moment of cancelling is missed, and its messages
 // return after their visibility: at least once, late.
+//
+// The whole pull takes at most wait plus one hop timeout: the asks for
+// what is ready come out of the same budget as the long polls, which wait
+// only what is left of the client's wait. Each forward carries its
+// deadline (hdrHopDeadline), so a holder that reads it only after it
+// passed (it was hung) pulls nothing: a message leased for a puller that
+// is gone would count an attempt nobody received.
 func (s *Server) pullEverywhere(w http.ResponseWriter, r *http.Request, max int, wait, vis time.Duration) bool {
 	topic := chi.URLParam(r, "topic")
 	local, _ := s.broker.Queues(topic)
 	holders := s.cluster.live(s.cluster.holders(r.Context(), topic, local))
 	if len(holders) == 0 || (len(holders) == 1 && holders[0].local()) {
 		return false
+	}
+	begin := time.Now()
+	budget, cancelBudget := context.WithDeadline(r.Context(), begin.Add(wait+s.cluster.hop))
+	defer cancelBudget()
+	// withDeadline is r for one forward of the pull, its deadline in
+	// hdrHopDeadline: the hop's, or the pull's budget when sooner.
+	withDeadline := func(r *http.Request, hop time.Duration) *http.Request {
+		dl := time.Now().Add(hop)
+		if b, _ := budget.Deadline(); b.Before(dl) {
+			dl = b
+		}
+		fr := r.Clone(r.Context())
+		fr.Header.Set(hdrHopDeadline, strconv.FormatInt(dl.UnixMilli(), 10))
+		return fr
 	}
 	pathFor := func(n int, wait time.Duration) string {
 		q := url.Values{}
@@ -131,12 +153,22 @@ func (s *Server) pullEverywhere(w http.ResponseWriter, r *http.Request, max int,
 		failed []answer
 	)
 	start := int(s.cluster.rr.Add(1)-1) % len(holders)
+	ready := r.WithContext(budget)
 	for k := range holders {
 		p := holders[(start+k)%len(holders)]
-		a := s.askOne(r, p, pathFor(max-len(got), 0), nil, s.handlePull)
+		if budget.Err() != nil && !p.local() {
+			break // the pull's time is up: what this broker holds is still asked
+		}
+		// This broker's own share is taken on the client's time: it cannot
+		// hang, and cut off by the budget it would pull for nobody.
+		ask := withDeadline(ready, s.cluster.hop)
+		if p.local() {
+			ask = r
+		}
+		a := s.askOne(ask, p, pathFor(max-len(got), 0), nil, s.handlePull)
 		page, ok := pageOf(a)
 		if !ok {
-			if a.peer.local() && a.err == nil && a.status < 500 {
+			if a.peer.local() && a.err == nil && a.status >= 400 && a.status < 500 {
 				writeAnswer(w, r, a) // refused here: it would be refused everywhere
 				return true
 			}
@@ -147,12 +179,14 @@ func (s *Server) pullEverywhere(w http.ResponseWriter, r *http.Request, max int,
 			break
 		}
 	}
-	if len(got) > 0 || wait == 0 {
+	// What is left of the client's wait, once the holders were asked.
+	left := (wait - time.Since(begin)).Truncate(time.Millisecond)
+	if len(got) > 0 || left <= 0 {
 		s.writePulled(w, r, got, failed, len(holders))
 		return true
 	}
 
-	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + 30*time.Second))
+	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(left + 30*time.Second))
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	// A holder that could not be asked a moment ago (refused, or let the
@@ -166,9 +200,10 @@ func (s *Server) pullEverywhere(w http.ResponseWriter, r *http.Request, max int,
 	}
 	unasked := failed
 	polls := make(chan answer, len(pollers))
-	pr := r.WithContext(withHopWait(ctx, wait)) // each poll's deadline: wait plus the hop timeout
+	// Each poll's deadline: what is left of the wait plus the hop timeout.
+	pr := withDeadline(r.WithContext(withHopWait(ctx, left)), left+s.cluster.hop)
 	for _, p := range pollers {
-		go func() { polls <- s.askOne(pr, p, pathFor(max, wait), nil, s.handlePull) }()
+		go func() { polls <- s.askOne(pr, p, pathFor(max, left), nil, s.handlePull) }()
 	}
 	failed = slices.DeleteFunc(slices.Clone(unasked), func(a answer) bool { return a.err == nil })
 	var stop *time.Timer
@@ -251,6 +286,9 @@ func (s *Server) handBack(r *http.Request, extra []json.RawMessage) {
 // issued them, each its own share (body with receipts replaced).
 func (s *Server) settleEverywhere(r *http.Request, path string, receipts []string, body []byte, local http.HandlerFunc) []answer {
 	addrs := map[string]string{}
+	// gone is the brokers the name servers say are down (expired or
+	// unregistered lately); nil when they could not be asked.
+	var gone []string
 	if slices.ContainsFunc(receipts, func(rc string) bool {
 		name, _ := splitReceipt(rc)
 		return name != "" && name != s.cluster.self
@@ -258,6 +296,9 @@ func (s *Server) settleEverywhere(r *http.Request, path string, receipts []strin
 		if all, err := s.cluster.brokers(r.Context()); err == nil {
 			for _, p := range all[1:] {
 				addrs[p.name] = p.addr
+			}
+			if g, ok := s.cluster.names.Gone(); ok {
+				gone = append(g, "") // non-nil: the name servers answered
 			}
 		}
 	}
@@ -267,7 +308,10 @@ func (s *Server) settleEverywhere(r *http.Request, path string, receipts []strin
 	// here too, since this broker may have been renamed, but its own share:
 	// refused here, it is the other broker's genuine receipt as likely as
 	// not, and the answer says that broker is unavailable rather than that
-	// the receipt is forged, so that the client does not drop it.
+	// the receipt is forged, so that the client does not drop it. One
+	// naming a broker that no name server knows, live or gone (within
+	// their topic memory), refused here, is refused as invalid: waiting
+	// for that broker would be waiting forever.
 	shares := map[string][]string{}
 	var order []string
 	for _, rc := range receipts {
@@ -296,7 +340,7 @@ func (s *Server) settleEverywhere(r *http.Request, path string, receipts []strin
 			p := peer{name: name, addr: addrs[name]}
 			out[i] = s.askOne(r, p, path, b, local)
 			if _, known := addrs[name]; !known && name != s.cluster.self && out[i].err == nil && out[i].status == http.StatusBadRequest &&
-				problemCodeOf(out[i].body) == broker.CodeInvalidReceipt {
+				problemCodeOf(out[i].body) == broker.CodeInvalidReceipt && (gone == nil || slices.Contains(gone, name)) {
 				out[i] = answer{peer: p, err: fmt.Errorf("receipts %s were issued by broker %s, which is not live now (or the name servers cannot be asked); settle them again once it is back, or they are delivered again after their visibility", strings.Join(shares[name], ", "), name)}
 			}
 		}()
@@ -499,4 +543,41 @@ func (s *Server) pagedEverywhere(w http.ResponseWriter, r *http.Request, peers [
 		out.Messages[i] = m.msg
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// hdrHopDeadline carries, on a pull one broker forwards to another, when
+// the forwarding broker stops waiting for the answer, in Unix
+// milliseconds.
+const hdrHopDeadline = "Postbus-Hop-Deadline"
+
+// hopDeadlineSkew is how far past its deadline a forwarded pull is still
+// taken: room for the brokers' clocks to differ.
+const hopDeadlineSkew = 250 * time.Millisecond
+
+// forwardExpired answers a forwarded pull that reached this broker after
+// the forwarding broker's deadline (this broker was hung, or the request
+// sat in a queue) without pulling anything, and reports whether it did:
+// the forwarding broker has answered its client already, and a message
+// leased now would count an attempt nobody received and stay invisible
+// for its visibility. Logged at WARN, counted in
+// postbus_cluster_expired_forwards_total.
+func (s *Server) forwardExpired(w http.ResponseWriter, r *http.Request) bool {
+	raw := r.Header.Get(hdrHopDeadline)
+	if s.cluster == nil || raw == "" {
+		return false
+	}
+	ms, err := strconv.ParseInt(raw, 10, 64)
+	if err != nil || ms <= 0 {
+		writeProblem(w, r, codeInvalidHeader, hdrHopDeadline, fmt.Sprintf("%q: want the forward's deadline in Unix milliseconds", raw))
+		return true
+	}
+	late := time.Since(time.UnixMilli(ms))
+	if late <= hopDeadlineSkew {
+		return false
+	}
+	s.cluster.expiredForwards.Inc()
+	s.cluster.logger.Warn("a forwarded pull arrived after its deadline; nothing was pulled (this broker was hung or overloaded)",
+		slog.String("from", r.Header.Get(hdrForwardedBy)), slog.Duration("late", late.Round(time.Millisecond)))
+	writeProblem(w, r, codeBrokerUnavailable, "", fmt.Sprintf("this pull reached broker %s %s after the forwarding broker's deadline; nothing was pulled", s.cluster.self, late.Round(time.Millisecond)))
+	return true
 }

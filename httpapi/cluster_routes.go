@@ -22,21 +22,53 @@ import (
 // and the helpers here ask the brokers concerned, this one through the
 // same handler in process (marked forwarded, so it answers for itself).
 
-// firstFound answers r from this broker, or, when this broker answers 404,
-// from the first other broker that has what was asked for.
-func (s *Server) firstFound(w http.ResponseWriter, r *http.Request, local http.HandlerFunc) {
+// newestFound answers r (a subscription by id) from the broker whose copy
+// has the highest version: copies differ for a moment after a change
+// that missed a broker (down, or hung), until the anti-entropy brings it
+// there, and the first copy found could be the stale one. Every broker is
+// asked at once. When this broker refuses r (403, 400), or none has it,
+// this broker's answer is given.
+func (s *Server) newestFound(w http.ResponseWriter, r *http.Request, local http.HandlerFunc) {
 	self := s.askOne(r, peer{name: s.cluster.self}, "", nil, local)
-	if self.status != http.StatusNotFound {
+	if self.status != http.StatusNotFound && !self.ok() {
 		writeAnswer(w, r, self)
 		return
 	}
+	best := self
 	for _, a := range s.ask(r, s.cluster.others(r.Context()), "", nil, local) {
-		if a.ok() {
-			writeAnswer(w, r, a)
-			return
+		if a.ok() && (!best.ok() || newerCopy(a.body, best.body)) {
+			best = a
 		}
 	}
-	writeAnswer(w, r, self)
+	writeAnswer(w, r, best)
+}
+
+// newerCopy reports whether the JSON object a carries a higher "version"
+// than b (see broker.Version); one that cannot be read is not newer.
+func newerCopy(a, b []byte) bool {
+	var va, vb struct {
+		Version string `json:"version"`
+	}
+	if json.Unmarshal(a, &va) != nil || json.Unmarshal(b, &vb) != nil {
+		return false
+	}
+	return versionAbove(va.Version, vb.Version)
+}
+
+// versionAbove reports whether version a ("<ms>@<broker>") is above b; an
+// unreadable one is below any other.
+func versionAbove(a, b string) bool {
+	x, errA := broker.ParseVersion(a)
+	y, errB := broker.ParseVersion(b)
+	switch {
+	case errA != nil:
+		return false
+	case errB != nil:
+		return true
+	case x.At != y.At:
+		return x.At > y.At
+	}
+	return x.By > y.By
 }
 
 // everywhere applies r on every live broker (see broadcast for the
@@ -410,33 +442,58 @@ func (s *Server) createSubscriptionEverywhere(w http.ResponseWriter, r *http.Req
 		req.Secret = &secret
 	}
 	body, _ := json.Marshal(req)
-	t := tallyOf(s.ask(r, holders, "", body, s.handleCreateSubscription))
+	answers := s.ask(r, holders, "", body, s.handleCreateSubscription)
+	t := tallyOf(answers)
 	failed := append(t.failed, t.missing...)
 	if len(failed) == 0 {
 		writeAnswer(w, r, *t.best())
 		return true
 	}
-	undo := r.Clone(r.Context())
-	undo.Method = http.MethodDelete
-	for _, a := range t.ok {
+	// Undo it with a tombstone at a version of its own, stored on every
+	// holder (as the anti-entropy's records are, so even where the create
+	// has not arrived yet, or never will): a holder that created it and
+	// is out of reach now loses its copy when it meets one of them.
+	v := s.broker.NextVersion()
+	tomb := broker.SubscriptionRecord{ID: *req.ID, Group: *req.Group, Topic: *req.Topic, Version: v.At, VersionBy: v.By, Deleted: true}
+	var undone, unsure, told []string
+	for _, a := range answers {
 		p := a.peer
+		created := a.ok()
+		maybe := !created && (a.err != nil && !notSent(a.err) || a.err == nil && a.status >= 500)
 		var err error
 		if p.local() {
-			err = s.broker.DeleteSubscription(r.Context(), *req.ID)
-		} else if a := s.askOne(undo, p, "/v1/subscriptions/"+*req.ID, nil, nil); !a.ok() && a.status != http.StatusNotFound {
-			err = fmt.Errorf("%s", describe(a))
+			_, err = s.broker.ApplySubscriptionRecords(r.Context(), []broker.SubscriptionRecord{tomb})
+		} else {
+			_, err = s.sync.send(r.Context(), p, syncRequest{From: s.cluster.self, Topics: map[string][]broker.SubscriptionRecord{*req.Topic: {tomb}}}, "")
 		}
-		if err != nil {
-			s.cluster.logger.Error("undoing a half-created subscription failed; delete it by hand",
+		if err == nil {
+			told = append(told, p.name)
+		}
+		switch {
+		case err == nil && (created || maybe):
+			undone = append(undone, p.name)
+		case err != nil && (created || maybe):
+			s.cluster.logger.Error("undoing a half-created subscription failed; it is deleted there when that broker meets another's tombstone of it, or delete it by hand",
 				"id", *req.ID, "broker", p.name, "err", err)
+			unsure = append(unsure, p.name)
 		}
 	}
-	if refusal := cmp.Or(t.refusal, t.notFound); refusal != nil {
+	if refusal := cmp.Or(t.refusal, t.notFound); refusal != nil && len(unsure) == 0 {
 		writeAnswer(w, r, *refusal)
 		return true
 	}
-	writeProblem(w, r, codeClusterPartial, "", fmt.Sprintf("the subscription could not be created on every broker holding %s: %s; it was created nowhere; retry",
-		*req.Topic, strings.Join(failed, ", ")))
+	if len(unsure) == 0 {
+		writeProblem(w, r, codeClusterPartial, "", fmt.Sprintf("the subscription could not be created on every broker holding %s: %s; it was created nowhere (undone on %s); retry",
+			*req.Topic, strings.Join(failed, ", "), listOrNone(undone)))
+		return true
+	}
+	// Some holder may keep it: say so, with its id, rather than "nowhere".
+	after := "delete it (DELETE /v1/subscriptions/" + *req.ID + ") once they answer"
+	if len(told) > 0 {
+		after = fmt.Sprintf("they drop it when they next exchange subscriptions with %s, which keep its delete; or delete it (DELETE /v1/subscriptions/%s)", listOrNone(told), *req.ID)
+	}
+	writeProblem(w, r, codeClusterPartial, "", fmt.Sprintf("the subscription could not be created on every broker holding %s: %s; subscription %s may or may not have been created on %s (no answer to the create or its undo): %s",
+		*req.Topic, strings.Join(failed, ", "), *req.ID, strings.Join(unsure, ", "), after))
 	return true
 }
 
@@ -531,29 +588,41 @@ func (s *Server) getGroupEverywhere(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, merged)
 }
 
-// combineGroups merges one broker's view of a group into another's: lag
-// and dead letters summed, subscriptions listed once.
+// combineGroups merges one broker's view of a group into another's: lag,
+// dead letters and held polls summed, the oldest unacked age the greatest,
+// each subscription listed once, as the copy with the highest version.
 func combineGroups(into, from map[string]any, _ string) {
 	if from == nil {
 		return
 	}
-	for _, k := range []string{"lag", "dead_letters"} {
+	for _, k := range []string{"lag", "dead_letters", "held_polls"} {
 		x, _ := into[k].(float64)
 		y, _ := from[k].(float64)
 		into[k] = x + y
 	}
+	oldest, _ := into["oldest_unacked_seconds"].(float64)
+	theirs, _ := from["oldest_unacked_seconds"].(float64)
+	into["oldest_unacked_seconds"] = max(oldest, theirs)
 	subs, _ := into["subscriptions"].([]any)
-	seen := map[any]bool{}
-	for _, sub := range subs {
+	at := map[any]int{}
+	for i, sub := range subs {
 		if m, ok := sub.(map[string]any); ok {
-			seen[m["id"]] = true
+			at[m["id"]] = i
 		}
 	}
 	more, _ := from["subscriptions"].([]any)
 	for _, sub := range more {
-		if m, ok := sub.(map[string]any); ok && !seen[m["id"]] {
+		m, ok := sub.(map[string]any)
+		if !ok {
+			continue
+		}
+		i, seen := at[m["id"]]
+		switch {
+		case !seen:
+			at[m["id"]] = len(subs)
 			subs = append(subs, sub)
-			seen[m["id"]] = true
+		case versionAbove(fmt.Sprint(m["version"]), fmt.Sprint(subs[i].(map[string]any)["version"])):
+			subs[i] = sub
 		}
 	}
 	into["subscriptions"] = subs

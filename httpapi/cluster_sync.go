@@ -58,6 +58,12 @@ const maxSyncRequestBytes = 4 << 20
 type syncRequest struct {
 	From   string                                 `json:"from"`
 	Topics map[string][]broker.SubscriptionRecord `json:"topics"`
+	// TopicTombstones, when present (even empty), is the sender's topic
+	// tombstones: the receiver takes them and answers with those of its
+	// own the sender lacks.
+	TopicTombstones []broker.TopicTombstone `json:"topic_tombstones,omitempty"`
+	// Exchange says TopicTombstones was sent (an empty list is left out).
+	Exchange bool `json:"topic_exchange,omitempty"`
 }
 
 // syncAnswer is its answer: what the receiver changed, and the topics
@@ -66,7 +72,25 @@ type syncAnswer struct {
 	Applied    int      `json:"applied"`
 	Tombstones int      `json:"tombstones"`
 	Newer      []string `json:"newer,omitempty"`
+	// TopicTombstones is, in answer to an exchange, the receiver's topic
+	// tombstones the sender lacks (at most maxTombstonesPerRequest; the
+	// rest travel in the next round). They carry no secret.
+	TopicTombstones []broker.TopicTombstone `json:"topic_tombstones,omitempty"`
+	// TopicsDeleted is the topics the receiver deleted on the sender's
+	// tombstones.
+	TopicsDeleted []string `json:"topics_deleted,omitempty"`
+	// Deleted is the receiver's subscription tombstones, of the topics
+	// sent, that the sender lacks or that win over the sender's records:
+	// deletes the sender missed, taken at once from the answer (a
+	// tombstone carries no secret), so that a broker back from a hang or
+	// an expiry stops delivering a deleted subscription within one
+	// exchange rather than after the receiver's push back.
+	Deleted []broker.SubscriptionRecord `json:"deleted,omitempty"`
 }
+
+// maxTombstonesPerRequest bounds the topic tombstones of one exchange
+// request or answer (about 100 bytes each).
+const maxTombstonesPerRequest = 5000
 
 // The result label of postbus_subscription_sync_total.
 const (
@@ -83,6 +107,10 @@ type syncer struct {
 	total    *prometheus.CounterVec
 
 	kick chan struct{} // capacity 1: a pending round for the topics in pending
+
+	// firstDone is closed once the first exchange (topic tombstones, then
+	// every topic's records pushed and the deletes answered taken) is over.
+	firstDone chan struct{}
 
 	mu      sync.Mutex
 	pending map[string]bool // topics to push again at once; guarded by mu
@@ -161,7 +189,7 @@ func newSyncer(s *Server, c *Cluster, reg prometheus.Registerer) *syncer {
 	if interval <= 0 {
 		interval = DefaultSyncInterval
 	}
-	return &syncer{s: s, interval: interval, token: c.Token, total: total, kick: make(chan struct{}, 1),
+	return &syncer{s: s, interval: interval, token: c.Token, total: total, kick: make(chan struct{}, 1), firstDone: make(chan struct{}),
 		pending: map[string]bool{}, alive: map[string]bool{}, pushed: map[string]map[string]string{}, routes: map[string]syncRoute{}}
 }
 
@@ -174,6 +202,21 @@ func (s *Server) RunSync(ctx context.Context) {
 	s.sync.run(ctx)
 }
 
+// closedChan is a channel that is always ready.
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// FirstSyncDone is closed once a broker in a cluster has made its first
+// exchange with the other brokers (at once for a standalone one): the
+// subscriptions and topics deleted while it was down or hung are then
+// deleted here too, so that pushes started after it do not deliver them
+// (postbus broker starts its push deliveries then, or after a bound).
+func (s *Server) FirstSyncDone() <-chan struct{} {
+	if s.sync == nil {
+		return closedChan
+	}
+	return s.sync.firstDone
+}
+
 func (y *syncer) run(ctx context.Context) {
 	full := time.NewTicker(y.interval)
 	defer full.Stop()
@@ -182,20 +225,25 @@ func (y *syncer) run(ctx context.Context) {
 	// more in between.
 	watch := time.NewTicker(min(y.interval, time.Second))
 	defer watch.Stop()
+	y.exchangeTombstones(ctx)
 	y.round(ctx, true, nil)
+	close(y.firstDone)
 	for {
 		changed := y.s.broker.TopicsChanged()
 		select {
 		case <-ctx.Done():
 			return
 		case <-full.C:
+			y.exchangeTombstones(ctx)
 			y.round(ctx, true, nil)
 		case <-y.s.cluster.names.Registered():
 			// Back in a name server's routes after being away (or the
 			// name server is new): what changed meanwhile may have missed
 			// this broker. Its push is answered by the holders with newer
-			// records pushing them here.
+			// records pushing them here; its exchange of topic
+			// tombstones, by the others' tombstones.
 			y.forget()
+			y.exchangeTombstones(ctx)
 			y.round(ctx, true, nil)
 		case <-watch.C:
 			y.round(ctx, false, nil)
@@ -325,9 +373,11 @@ func (y *syncer) push(ctx context.Context, p peer, topics []string, auth string)
 	size := 0
 	flush := func() {
 		if len(req.Topics) > 0 {
-			if err := y.send(ctx, p, req, auth); err != nil {
+			ans, err := y.send(ctx, p, req, auth)
+			if err != nil {
 				errs = append(errs, err)
 			}
+			y.takeDeleted(ctx, p, req, ans.Deleted)
 		}
 		req.Topics, size = map[string][]broker.SubscriptionRecord{}, 0
 	}
@@ -343,20 +393,92 @@ func (y *syncer) push(ctx context.Context, p peer, topics []string, auth string)
 	return errors.Join(errs...)
 }
 
+// takeDeleted applies the subscription tombstones a holder answered a
+// push with, those of the topics pushed only.
+func (y *syncer) takeDeleted(ctx context.Context, p peer, req syncRequest, deleted []broker.SubscriptionRecord) {
+	if len(deleted) == 0 {
+		return
+	}
+	recs := slices.DeleteFunc(slices.Clone(deleted), func(r broker.SubscriptionRecord) bool {
+		_, sent := req.Topics[r.Topic]
+		return !sent || !r.Deleted
+	})
+	st, err := y.s.broker.ApplySubscriptionRecords(ctx, recs)
+	if err != nil {
+		y.s.cluster.logger.Error("taking the subscription tombstones another broker answered with failed", slog.String("broker", p.name), slog.Any("err", err))
+		return
+	}
+	if st.Tombstones > 0 {
+		y.s.cluster.logger.Info("subscription deletes this broker missed taken from another broker's answer",
+			slog.String("broker", p.name), slog.Int("tombstones", st.Tombstones))
+	}
+}
+
+// exchangeTombstones sends this broker's topic tombstones to every other
+// live broker (not only the holders of its topics: a broker that holds
+// a tombstone no longer holds the topic, and the one that missed the
+// delete does), and takes those they answer with. It first completes its
+// own tombstones' deletes (see broker.ApplyOwnTopicTombstones).
+func (y *syncer) exchangeTombstones(ctx context.Context) {
+	s, c := y.s, y.s.cluster
+	if err := s.broker.ApplyOwnTopicTombstones(ctx); err != nil {
+		c.logger.Error("deleting the topics this broker's own tombstones name failed", slog.Any("err", err))
+	}
+	mine, err := s.broker.TopicTombstones(ctx)
+	if err != nil {
+		c.logger.Error("reading topic tombstones to exchange failed", slog.Any("err", err))
+		return
+	}
+	list, err := c.names.BrokersForBackground(ctx)
+	if err != nil {
+		c.logger.Warn("cannot list the cluster's brokers to exchange topic tombstones; tried again next round", slog.Any("err", err))
+		return
+	}
+	var wg sync.WaitGroup
+	for _, b := range list {
+		p := peer{name: b.Name, addr: b.Addr}
+		if b.Name == c.self || c.isDown(p.addr) {
+			continue
+		}
+		wg.Go(func() {
+			for i := 0; i == 0 || i < len(mine); i += maxTombstonesPerRequest {
+				req := syncRequest{From: c.self, Topics: map[string][]broker.SubscriptionRecord{}, Exchange: true,
+					TopicTombstones: mine[i:min(i+maxTombstonesPerRequest, len(mine))]}
+				ans, err := y.send(ctx, p, req, "")
+				if err != nil {
+					return
+				}
+				if len(ans.TopicsDeleted) > 0 {
+					c.logger.Warn("a broker deleted topics that were deleted in the cluster while it was away",
+						slog.String("broker", p.name), slog.Any("topics", ans.TopicsDeleted))
+				}
+				if len(ans.TopicTombstones) == 0 {
+					continue
+				}
+				if _, err := s.broker.ApplyTopicTombstones(ctx, ans.TopicTombstones); err != nil {
+					c.logger.Error("taking another broker's topic tombstones failed", slog.String("broker", p.name), slog.Any("err", err))
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
 // send is one sync request to p, with the hop's deadline.
-func (y *syncer) send(ctx context.Context, p peer, req syncRequest, auth string) error {
+func (y *syncer) send(ctx context.Context, p peer, req syncRequest, auth string) (syncAnswer, error) {
 	c := y.s.cluster
 	body, err := json.Marshal(req)
 	if err != nil {
 		c.logger.Error("encoding subscription records failed", slog.Any("err", err))
-		return err
+		return syncAnswer{}, err
 	}
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, c.hop)
 	defer cancel()
 	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, p.addr+"/v1/internal/subscriptions/sync", bytes.NewReader(body))
 	if err != nil {
 		c.logger.Error("subscription sync request", slog.Any("err", err))
-		return err
+		return syncAnswer{}, err
 	}
 	hr.Header.Set("Content-Type", "application/json")
 	hr.Header.Set(hdrForwardedBy, c.self)
@@ -369,36 +491,41 @@ func (y *syncer) send(ctx context.Context, p peer, req syncRequest, auth string)
 	resp, err := c.hc.Do(hr)
 	if err != nil {
 		if ctx.Err() != nil && errors.Is(err, context.DeadlineExceeded) {
-			err = fmt.Errorf("%w (%s): %w", errHopTimeout, c.hop, err)
+			err = fmt.Errorf("%w: %w", c.hopTimedOut(p, start, c.hop), err)
 		}
 		if unresponsive(err) {
 			c.markDown(p, err)
 		}
 		y.total.WithLabelValues(syncFailed).Inc()
 		c.logger.Warn("pushing subscription records failed; tried again next round", slog.String("broker", p.name), slog.Any("err", err))
-		return fmt.Errorf("push to %s: %w", p.name, err)
+		return syncAnswer{}, fmt.Errorf("push to %s: %w", p.name, err)
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxSyncRequestBytes))
 	switch {
 	case err != nil || resp.StatusCode >= 500:
 		y.total.WithLabelValues(syncFailed).Inc()
 		c.logger.Warn("pushing subscription records failed; tried again next round", slog.String("broker", p.name),
 			slog.Int("status", resp.StatusCode), slog.String("answer", string(bytes.TrimSpace(raw))), slog.Any("err", err))
-		return fmt.Errorf("push to %s: status %d %s: %v", p.name, resp.StatusCode, bytes.TrimSpace(raw), err)
+		return syncAnswer{}, fmt.Errorf("push to %s: status %d %s: %v", p.name, resp.StatusCode, bytes.TrimSpace(raw), err)
 	case resp.StatusCode != http.StatusOK:
 		y.total.WithLabelValues(syncRefused).Inc()
 		c.logger.Error("a broker refused this broker's subscription records (is --namesrv-token an admin token the brokers accept?)",
 			slog.String("broker", p.name), slog.Int("status", resp.StatusCode), slog.String("answer", string(bytes.TrimSpace(raw))))
-		return fmt.Errorf("push to %s refused: status %d %s", p.name, resp.StatusCode, bytes.TrimSpace(raw))
+		return syncAnswer{}, fmt.Errorf("push to %s refused: status %d %s", p.name, resp.StatusCode, bytes.TrimSpace(raw))
 	}
 	y.total.WithLabelValues(syncOK).Inc()
 	var ans syncAnswer
-	if json.Unmarshal(raw, &ans) == nil && (ans.Applied > 0 || ans.Tombstones > 0 || len(ans.Newer) > 0) {
+	if err := json.Unmarshal(raw, &ans); err != nil {
+		c.logger.Error("a broker's answer to a subscription sync is not its JSON; taken as applied", slog.String("broker", p.name),
+			slog.String("answer", string(bytes.TrimSpace(raw))), slog.Any("err", err))
+		return syncAnswer{}, nil
+	}
+	if ans.Applied > 0 || ans.Tombstones > 0 || len(ans.Newer) > 0 {
 		c.logger.Info("subscription records pushed", slog.String("broker", p.name), slog.Int("applied", ans.Applied),
 			slog.Int("tombstones", ans.Tombstones), slog.Any("newer_there", ans.Newer))
 	}
-	return nil
+	return ans, nil
 }
 
 // handleSyncSubscriptions takes another broker's subscription records:
@@ -430,6 +557,20 @@ func (s *Server) handleSyncSubscriptions(w http.ResponseWriter, r *http.Request)
 		}
 		recs = append(recs, rs...)
 	}
+	if len(req.TopicTombstones) > maxTombstonesPerRequest {
+		writeProblem(w, r, codeInvalidParameter, "topic_tombstones", fmt.Sprintf("%d topic tombstones: send at most %d per request", len(req.TopicTombstones), maxTombstonesPerRequest))
+		return
+	}
+	// Topic tombstones first: the records of a topic deleted here are then
+	// skipped, as of any topic this broker does not hold.
+	var tst broker.TopicTombstoneStats
+	if len(req.TopicTombstones) > 0 {
+		var err error
+		if tst, err = s.broker.ApplyTopicTombstones(r.Context(), req.TopicTombstones); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+	}
 	st, err := s.broker.ApplySubscriptionRecords(r.Context(), recs)
 	if err != nil {
 		s.writeError(w, r, err)
@@ -444,10 +585,25 @@ func (s *Server) handleSyncSubscriptions(w http.ResponseWriter, r *http.Request)
 		s.writeError(w, r, err)
 		return
 	}
-	ans := syncAnswer{Applied: st.Applied, Tombstones: st.Tombstones}
+	ans := syncAnswer{Applied: st.Applied, Tombstones: st.Tombstones, TopicsDeleted: tst.Deleted}
+	if len(ans.Deleted) > maxTombstonesPerRequest {
+		ans.Deleted = ans.Deleted[:maxTombstonesPerRequest] // the rest are pushed (ans.Newer)
+	}
+	if req.Exchange {
+		mine, err := s.broker.TopicTombstones(r.Context())
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		ans.TopicTombstones = broker.NewerTopicTombstones(mine, req.TopicTombstones)
+		if len(ans.TopicTombstones) > maxTombstonesPerRequest {
+			ans.TopicTombstones = ans.TopicTombstones[:maxTombstonesPerRequest]
+		}
+	}
 	for _, t := range topics {
 		if n, _ := s.broker.Queues(t); n > 0 && broker.Newer(mine[t], req.Topics[t]) {
 			ans.Newer = append(ans.Newer, t)
+			ans.Deleted = append(ans.Deleted, broker.NewerTombstones(mine[t], req.Topics[t])...)
 		}
 	}
 	// Push back where this broker has newer records, and where the sender

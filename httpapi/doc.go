@@ -68,7 +68,11 @@
 // (queries by key, a topic's GET) still ask it, so that their 200 does not
 // leave out a holder that is back; and fan-outs ask their
 // brokers at once, so one hung broker costs a request one hop timeout at
-// most. A message with a placement key (sharding key, else dedup id) is
+// most. A deadline that fires more than lateSlack late says this broker
+// was paused (SIGSTOP) or starved, not the other one: nobody is marked
+// down for it. A cross-broker pull takes its wait plus one hop timeout in
+// all, and each forward of it carries its deadline (Postbus-Hop-Deadline):
+// a holder reading it after that pulls nothing. A message with a placement key (sharding key, else dedup id) is
 // never moved off the holder its key picks, skipped or not: that would
 // break the key's order and store a retry twice; it is refused (503,
 // nothing stored) until the holder answers or leaves the route. Answers
@@ -89,7 +93,11 @@
 // when a name server registers it anew; per id the record with the
 // highest version wins (at equal version a tombstone, then the greater
 // broker name). Records carry signing secrets and are only sent to the
-// brokers the name servers route the topic to, never answered.
+// brokers the name servers route the topic to, never answered. A topic's
+// DELETE carries its version in Postbus-Topic-Version and leaves a
+// tombstone on each holder; the same request exchanges every broker's
+// topic tombstones with every other live broker (topic_exchange), so a
+// holder that missed the delete drops its copy (see broker/topictomb.go).
 //
 // A member of a replica group (package broker/replica) serves through a
 // Front (replicas.go): the broker's Server while the member leads; else

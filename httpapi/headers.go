@@ -27,6 +27,10 @@ var postbusHeaders = map[string][]string{
 	"POST /v1/subscriptions/{id}/pause":         {hdrSubscriptionVersion},
 	"POST /v1/subscriptions/{id}/resume":        {hdrSubscriptionVersion},
 	"POST /v1/subscriptions/{id}/rotate-secret": {hdrSubscriptionVersion},
+	// So does a topic's delete, for the tombstone it leaves.
+	"DELETE /v1/topics/{topic}": {hdrTopicVersion},
+	// A pull forwarded by another broker carries its deadline.
+	"POST /v1/groups/{group}/topics/{topic}/pull": {hdrHopDeadline},
 }
 
 // nameServerPaths start the routes a name server serves: brokers call them

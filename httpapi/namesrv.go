@@ -102,5 +102,9 @@ func (s *Server) handleCluster(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, codeNotReady, "", err.Error())
 		return
 	}
-	writeJSON(w, http.StatusOK, namesrv.NewClusterJSON(s.registry.Brokers()))
+	j := namesrv.NewClusterJSON(s.registry.Brokers())
+	if r.URL.Query().Get("gone") == "true" {
+		j.Gone = s.registry.GoneBrokers()
+	}
+	writeJSON(w, http.StatusOK, j)
 }

@@ -80,6 +80,9 @@ func (s *Server) pull(w http.ResponseWriter, r *http.Request, max int, wait, vis
 	if s.coordinating(r) && s.pullEverywhere(w, r, max, wait, vis) {
 		return false
 	}
+	if !s.coordinating(r) && s.forwardExpired(w, r) {
+		return false
+	}
 	group, topic := chi.URLParam(r, "group"), chi.URLParam(r, "topic")
 	if wait > 0 && s.parkable(r) {
 		// A look without waiting first: a pull that finds messages

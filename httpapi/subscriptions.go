@@ -35,13 +35,18 @@ func (s *Server) mintVersion(r *http.Request) *http.Request {
 // its own. A malformed version, or one too far ahead of this broker's
 // clock, is refused.
 func (s *Server) takeVersion(w http.ResponseWriter, r *http.Request) (*http.Request, bool) {
-	raw := r.Header.Get(hdrSubscriptionVersion)
+	return s.takeVersionOf(w, r, hdrSubscriptionVersion)
+}
+
+// takeVersionOf is takeVersion for the version carried in header hdr.
+func (s *Server) takeVersionOf(w http.ResponseWriter, r *http.Request, hdr string) (*http.Request, bool) {
+	raw := r.Header.Get(hdr)
 	if s.cluster == nil || raw == "" || r.Header.Get(hdrForwardedBy) == "" {
 		return r, true
 	}
 	v, err := broker.ParseVersion(raw)
 	if err != nil {
-		writeProblem(w, r, codeInvalidHeader, hdrSubscriptionVersion, err.Error())
+		writeProblem(w, r, codeInvalidHeader, hdr, err.Error())
 		return nil, false
 	}
 	if err := s.broker.CheckVersion(v); err != nil {
@@ -260,6 +265,21 @@ func toSubscriptionJSON(s broker.Subscription, withSecret bool) subscriptionJSON
 
 func (s *Server) handleCreateSubscription(w http.ResponseWriter, r *http.Request) {
 	var ok bool
+	// A token that may consume as no group, or subscribe to no topic, can
+	// create no subscription: refused before its body is read, so that it
+	// cannot hold body memory with slow bodies it has no right to send.
+	// (Which group and topic it may use is checked once the body is read.)
+	if p := principalFrom(r.Context()); p != nil && !p.scopes.admin && (len(p.scopes.consume) == 0 || len(p.scopes.subscribe) == 0) {
+		field, why := "group", "the token's scope allows consuming as no group (consume:<group> is needed), so it can create no subscription"
+		if len(p.scopes.consume) > 0 {
+			field, why = "topic", "the token's scope allows subscribing to no topic (subscribe:<topic> is needed), so it can create no subscription"
+		}
+		then := refuseUnreadBody(w, r)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="postbus", error="insufficient_scope"`)
+		writeProblem(w, r, codeForbidden, field, why)
+		then()
+		return
+	}
 	var req subscriptionRequest
 	if perr := decodeJSONBody(r, maxSubscriptionRequestBytes, &req); perr != nil {
 		s.writeError(w, r, perr)
@@ -333,7 +353,7 @@ func (s *Server) subscription(w http.ResponseWriter, r *http.Request) (broker.Su
 
 func (s *Server) handleGetSubscription(w http.ResponseWriter, r *http.Request) {
 	if s.coordinating(r) {
-		s.firstFound(w, r, s.handleGetSubscription)
+		s.newestFound(w, r, s.handleGetSubscription)
 		return
 	}
 	if sub, ok := s.subscription(w, r); ok {

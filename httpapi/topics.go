@@ -222,10 +222,22 @@ func (s *Server) handleListTopics(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
+// hdrTopicVersion carries, on a topic delete a broker forwards to the
+// topic's other holders, the version it minted for the delete, which each
+// holder's tombstone of the topic keeps (see broker/topictomb.go).
+const hdrTopicVersion = "Postbus-Topic-Version"
+
 func (s *Server) handleDeleteTopic(w http.ResponseWriter, r *http.Request) {
 	if s.coordinating(r) {
+		v := s.broker.NextVersion()
+		r.Header.Set(hdrTopicVersion, v.String())
+		r = r.WithContext(broker.WithVersion(r.Context(), v))
 		s.onHolders(w, r, chi.URLParam(r, "topic"), s.handleDeleteTopic)
 		s.cluster.names.Forget(chi.URLParam(r, "topic"))
+		return
+	}
+	r, ok := s.takeVersionOf(w, r, hdrTopicVersion)
+	if !ok {
 		return
 	}
 	if err := s.broker.DeleteTopic(r.Context(), chi.URLParam(r, "topic")); err != nil {

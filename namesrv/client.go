@@ -97,6 +97,7 @@ type cachedRoute struct {
 
 type cachedBrokers struct {
 	list    []BrokerInfo
+	gone    []string // the answers' Gone, merged
 	fetched time.Time
 }
 
@@ -532,7 +533,7 @@ func (c *Client) delete(ctx context.Context, addr, name string) error {
 // error, only when every name server answered and none knows the topic:
 // that, and nothing less, says no broker holds it. When a name server says
 // the topic's brokers are down (they expired or unregistered within its
-// broker expiry), the error wraps ErrTopicGone. When some name servers do
+// topic memory), the error wraps ErrTopicGone. When some name servers do
 // not answer and none that did knows the topic, the cached route is
 // returned however old, as RocketMQ clients do, and without one the error
 // wraps ErrUnavailable. Unknown topics are not cached, so a new topic is
@@ -710,6 +711,28 @@ func (c *Client) Forget(topic string) {
 // one heard from last), and the cached list is served however old when no
 // name server answers.
 func (c *Client) Brokers(ctx context.Context) ([]BrokerInfo, error) {
+	return c.brokersList(ctx, true)
+}
+
+// Gone returns the brokers the name servers list as gone (expired or
+// unregistered within their topic memory, not registered since), as of
+// the last Brokers answer; ok is false when there was none. A broker
+// neither live nor gone is one no name server has heard of lately.
+func (c *Client) Gone() (gone []string, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.brokers.gone), c.brokers.list != nil
+}
+
+// BrokersForBackground is Brokers for a broker's background work: a list
+// it fetches is not cached for the requests that follow, so that work
+// started with the broker (before every other broker has registered) does
+// not leave the requests a partial list for an Interval.
+func (c *Client) BrokersForBackground(ctx context.Context) ([]BrokerInfo, error) {
+	return c.brokersList(ctx, false)
+}
+
+func (c *Client) brokersList(ctx context.Context, keep bool) ([]BrokerInfo, error) {
 	c.mu.Lock()
 	cached := c.brokers
 	c.mu.Unlock()
@@ -717,20 +740,22 @@ func (c *Client) Brokers(ctx context.Context) ([]BrokerInfo, error) {
 		return slices.Clone(cached.list), nil
 	}
 	lists := make([][]BrokerInfo, len(c.addrs))
+	gones := make([][]string, len(c.addrs))
 	errs := make([]error, len(c.addrs))
 	type reply struct {
 		i    int
 		list []BrokerInfo
+		gone []string
 		err  error
 	}
 	replies := make(chan reply, len(c.addrs))
 	for i, addr := range c.addrs {
 		go func() {
-			list, err := c.getCluster(ctx, addr)
+			list, gone, err := c.getClusterGone(ctx, addr)
 			if err != nil {
 				err = fmt.Errorf("%s: %w", addr, err)
 			}
-			replies <- reply{i, list, err}
+			replies <- reply{i, list, gone, err}
 		}()
 	}
 	for i, addr := range c.addrs {
@@ -743,7 +768,7 @@ gather:
 	for range c.addrs {
 		select {
 		case rep := <-replies:
-			lists[rep.i], errs[rep.i] = rep.list, rep.err
+			lists[rep.i], gones[rep.i], errs[rep.i] = rep.list, rep.gone, rep.err
 			if rep.err == nil && grace == nil {
 				grace = time.After(routeGrace)
 			}
@@ -752,12 +777,18 @@ gather:
 		}
 	}
 	var merged []BrokerInfo
+	var gone []string
 	answered := false
 	for i, list := range lists {
 		if errs[i] != nil {
 			continue
 		}
 		answered = true
+		for _, g := range gones[i] {
+			if !slices.Contains(gone, g) {
+				gone = append(gone, g)
+			}
+		}
 		for _, b := range list {
 			j := slices.IndexFunc(merged, func(x BrokerInfo) bool { return x.Name == b.Name })
 			switch {
@@ -773,9 +804,15 @@ gather:
 			merged = []BrokerInfo{}
 		}
 		slices.SortFunc(merged, func(a, b BrokerInfo) int { return cmp.Compare(a.Name, b.Name) })
-		c.mu.Lock()
-		c.brokers = cachedBrokers{list: merged, fetched: c.now()}
-		c.mu.Unlock()
+		// A broker live by one name server's list is not gone.
+		gone = slices.DeleteFunc(gone, func(g string) bool {
+			return slices.ContainsFunc(merged, func(b BrokerInfo) bool { return b.Name == g })
+		})
+		if keep {
+			c.mu.Lock()
+			c.brokers = cachedBrokers{list: merged, gone: gone, fetched: c.now()}
+			c.mu.Unlock()
+		}
 		return slices.Clone(merged), nil
 	}
 	if ctx.Err() != nil {
@@ -790,30 +827,32 @@ gather:
 	return nil, fmt.Errorf("cluster: %w: %w", ErrUnavailable, errors.Join(errs...))
 }
 
-func (c *Client) getCluster(ctx context.Context, addr string) ([]BrokerInfo, error) {
+// getClusterGone asks one name server for the live brokers, and the
+// brokers it lists as gone.
+func (c *Client) getClusterGone(ctx context.Context, addr string) ([]BrokerInfo, []string, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.lookupTimeout())
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, addr+"/v1/cluster", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, addr+"/v1/cluster?gone=true", nil)
 	if err != nil {
-		return nil, fmt.Errorf("cluster request: %w", err)
+		return nil, nil, fmt.Errorf("cluster request: %w", err)
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer closeBody(resp)
 	if resp.StatusCode != http.StatusOK {
-		return nil, statusError(resp)
+		return nil, nil, statusError(resp)
 	}
 	var j ClusterJSON
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxAnswerBytes)).Decode(&j); err != nil {
-		return nil, fmt.Errorf("cluster answer: %w", err)
+		return nil, nil, fmt.Errorf("cluster answer: %w", err)
 	}
 	list := make([]BrokerInfo, 0, len(j.Brokers))
 	for _, b := range j.Brokers {
 		list = append(list, BrokerInfo{Name: b.Name, Cluster: b.Cluster, Addr: b.Addr, Version: b.Version, LastHeartbeat: b.LastHeartbeat})
 	}
-	return list, nil
+	return list, j.Gone, nil
 }
 
 // getRoute asks one name server; found is false on its 404.

@@ -32,10 +32,13 @@
 //   - A broker silent for longer than BrokerExpiry (default 120s) is left
 //     out of Route and Brokers at once, and removed by Run, which looks
 //     every ScanInterval (default 10s). Unregister removes it at once.
-//   - gone remembers, for BrokerExpiry, each topic whose last holder
-//     expired or unregistered: Lookup says ErrTopicGone (HTTP 503
-//     broker_unavailable) rather than "nobody holds it" (404), so that no
-//     broker takes the place of a topic whose brokers are only down.
+//   - gone remembers, for TopicMemory (24h, at least BrokerExpiry), each
+//     topic whose last holder expired or unregistered: Lookup says
+//     ErrTopicGone (HTTP 503 broker_unavailable) rather than "nobody holds
+//     it" (404), so that no broker takes the place of a topic whose
+//     brokers are only down (its copy would have none of the topic's
+//     subscriptions). A broker registered anew without a topic it held
+//     is taken out of that topic's entry (gone when it was the last).
 //   - A heartbeat under the name of a live broker of another Instance at
 //     another address is refused (ErrNameTaken, HTTP 409
 //     broker_name_taken): two brokers started with one name must not
@@ -65,9 +68,11 @@
 //	                                  404 when not registered at that address (ErrNotRegistered)
 //	DELETE {ns}/v1/brokers/{name}     -> 204, or 404 when unknown
 //	                                  409 when a live broker of another instance has the name (ErrNameTaken)
-//	GET    {ns}/v1/routes/{topic}     -> 200 RouteJSON; 404 when no broker held it within the expiry;
+//	GET    {ns}/v1/routes/{topic}     -> 200 RouteJSON; 404 when no broker held it within TopicMemory;
 //	                                  503 not_ready while warming up, broker_unavailable when its brokers are down
-//	GET    {ns}/v1/cluster            -> 200 ClusterJSON (live brokers, topics counted)
+//	GET    {ns}/v1/cluster            -> 200 ClusterJSON (live brokers, topics counted;
+//	                                  with ?gone=true also "gone": the brokers expired or
+//	                                  unregistered within TopicMemory, not registered since)
 //
 // {topic} is path-escaped: %DLQ%g travels as %25DLQ%25g.
 //

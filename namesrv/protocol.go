@@ -134,6 +134,9 @@ func (j RouteJSON) Route() Route {
 // ClusterJSON is the 200 answer of GET /v1/cluster.
 type ClusterJSON struct {
 	Brokers []ClusterBrokerJSON `json:"brokers"`
+	// Gone names the brokers that expired or unregistered within the
+	// name server's topic memory and have not registered since.
+	Gone []string `json:"gone,omitempty"`
 }
 
 // ClusterBrokerJSON is one broker of a ClusterJSON: its topics are counted,

@@ -98,6 +98,15 @@ type Config struct {
 	BrokerExpiry time.Duration
 	// ScanInterval is how often Run looks for silent brokers.
 	ScanInterval time.Duration
+	// TopicMemory is how long a topic whose every holder expired or
+	// unregistered is remembered as held by brokers that are down (Lookup:
+	// ErrTopicGone), so that no broker creates a copy of its own of a topic
+	// whose holders are only away (a copy without the topic's
+	// subscriptions, whose messages would never be pushed). It ends early
+	// when a holder comes back, with the topic (the route is live again)
+	// or without it (it no longer holds it). Default 24h; never below
+	// BrokerExpiry.
+	TopicMemory time.Duration
 	// WarmUp is how long after it starts the registry answers no route
 	// (Lookup: ErrWarmingUp), so that a restarted name server, empty, does
 	// not give a route before every broker has heartbeated to it. Set it
@@ -110,12 +119,18 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// DefaultTopicMemory is how long a topic whose holders are all down is
+// remembered (Config.TopicMemory).
+const DefaultTopicMemory = 24 * time.Hour
+
 // DefaultConfig is RocketMQ's: brokers expire after 120s of silence,
-// checked every 10s; no warm-up.
+// checked every 10s; no warm-up. A topic whose holders are all down is
+// remembered for DefaultTopicMemory.
 func DefaultConfig() Config {
 	return Config{
 		BrokerExpiry: 120 * time.Second,
 		ScanInterval: 10 * time.Second,
+		TopicMemory:  DefaultTopicMemory,
 		Now:          time.Now,
 		Logger:       slog.New(slog.DiscardHandler),
 	}
@@ -139,6 +154,7 @@ const (
 // of their topics. It is safe for concurrent use.
 type Registry struct {
 	expiry time.Duration
+	memory time.Duration // of gone topics: TopicMemory
 	scan   time.Duration
 	now    func() time.Time
 	log    *slog.Logger
@@ -154,9 +170,13 @@ type Registry struct {
 	// by mu.
 	index map[string][]holder
 	// gone maps a topic whose last live holder expired or unregistered to
-	// when, and which brokers held it, for BrokerExpiry: Lookup answers
+	// when, and which brokers held it, for TopicMemory: Lookup answers
 	// ErrTopicGone meanwhile. Guarded by mu.
 	gone map[string]goneTopic
+	// goneBrokers maps a broker that expired or unregistered to when, for
+	// TopicMemory: a receipt or a record naming it is a down broker's,
+	// not one nobody knows. Guarded by mu.
+	goneBrokers map[string]time.Time
 
 	readyAt time.Time // when warm-up ends
 }
@@ -190,15 +210,20 @@ func NewRegistry(cfg Config) *Registry {
 	if cfg.Logger == nil {
 		cfg.Logger = def.Logger
 	}
+	if cfg.TopicMemory <= 0 {
+		cfg.TopicMemory = def.TopicMemory
+	}
 	return &Registry{
-		readyAt: cfg.Now().Add(max(cfg.WarmUp, 0)),
-		gone:    make(map[string]goneTopic),
-		expiry:  cfg.BrokerExpiry,
-		scan:    cfg.ScanInterval,
-		now:     cfg.Now,
-		log:     cfg.Logger,
-		brokers: make(map[string]*brokerEntry),
-		index:   make(map[string][]holder),
+		memory:      max(cfg.TopicMemory, cfg.BrokerExpiry),
+		readyAt:     cfg.Now().Add(max(cfg.WarmUp, 0)),
+		gone:        make(map[string]goneTopic),
+		goneBrokers: make(map[string]time.Time),
+		expiry:      cfg.BrokerExpiry,
+		scan:        cfg.ScanInterval,
+		now:         cfg.Now,
+		log:         cfg.Logger,
+		brokers:     make(map[string]*brokerEntry),
+		index:       make(map[string][]holder),
 	}
 }
 
@@ -442,6 +467,8 @@ func (r *Registry) apply(info BrokerInfo, e *brokerEntry, old []Topic, c change)
 	if e == nil {
 		e = &brokerEntry{info: BrokerInfo{Name: info.Name}}
 		r.brokers[info.Name] = e
+		r.backLocked(info.Name, c.put)
+		delete(r.goneBrokers, info.Name)
 	}
 	for _, name := range c.removed {
 		r.removeHolderLocked(name, e)
@@ -506,14 +533,39 @@ func (r *Registry) removeHolderLocked(topic string, e *brokerEntry) {
 	r.index[topic] = slices.Delete(hs, i, i+1)
 }
 
+// backLocked takes a broker registered anew, listing topics, out of the
+// gone topics it no longer holds: it is back, and they were deleted or
+// lost while it was away, so it is not a holder the bus waits for. (Those
+// it lists leave gone as their routes come back, in apply.) It costs
+// O(gone topics), once per registration anew. r.mu must be held.
+func (r *Registry) backLocked(name string, topics []Topic) {
+	for t, g := range r.gone {
+		i := slices.Index(g.brokers, name)
+		if i < 0 {
+			continue
+		}
+		if _, found := slices.BinarySearchFunc(topics, t, func(x Topic, t string) int { return strings.Compare(x.Name, t) }); found {
+			continue
+		}
+		g.brokers = slices.Delete(slices.Clone(g.brokers), i, i+1)
+		if len(g.brokers) == 0 {
+			delete(r.gone, t)
+			r.log.Info("a broker back without a topic it held while away; the topic is forgotten",
+				slog.String(logKeyBroker, name), slog.String("topic", t))
+			continue
+		}
+		r.gone[t] = g
+	}
+}
+
 // removeLocked drops a broker and its routes, remembering for
-// BrokerExpiry the topics it leaves with no live holder. r.mu must be held.
+// TopicMemory the topics it leaves with no live holder. r.mu must be held.
 func (r *Registry) removeLocked(e *brokerEntry, now time.Time) {
 	for _, t := range e.info.Topics {
 		r.removeHolderLocked(t.Name, e)
 		if !slices.ContainsFunc(r.index[t.Name], func(h holder) bool { return r.alive(h.b.info.LastHeartbeat, now) }) {
 			g := r.gone[t.Name]
-			if now.Sub(g.at) > r.expiry {
+			if now.Sub(g.at) > r.memory {
 				g.brokers = nil
 			}
 			g.at = now
@@ -524,6 +576,7 @@ func (r *Registry) removeLocked(e *brokerEntry, now time.Time) {
 		}
 	}
 	delete(r.brokers, e.info.Name)
+	r.goneBrokers[e.info.Name] = now
 }
 
 // Unregister removes a broker at once, as on its clean shutdown. It reports
@@ -585,8 +638,8 @@ func (r *Registry) Warm() error {
 // from "its brokers are down" and "this name server cannot say yet": it
 // returns ErrWarmingUp during the warm-up after the registry starts, and
 // an error wrapping ErrTopicGone when no live broker holds the topic but
-// one did within BrokerExpiry (expired, or unregistered). ok false with a
-// nil error means no broker has held the topic within BrokerExpiry.
+// one did within TopicMemory (expired, or unregistered). ok false with a
+// nil error means no broker has held the topic within TopicMemory.
 func (r *Registry) Lookup(topic string) (Route, bool, error) {
 	if err := r.Warm(); err != nil {
 		return Route{}, false, err
@@ -605,7 +658,7 @@ func (r *Registry) Lookup(topic string) (Route, bool, error) {
 			last = h.b.info.LastHeartbeat
 		}
 	}
-	if g, ok := r.gone[topic]; ok && now.Sub(g.at) <= r.expiry {
+	if g, ok := r.gone[topic]; ok && now.Sub(g.at) <= r.memory {
 		for _, b := range g.brokers {
 			if !slices.Contains(down, b) {
 				down = append(down, b)
@@ -642,6 +695,27 @@ func (r *Registry) Brokers() []BrokerInfo {
 	return out
 }
 
+// GoneBrokers returns, sorted, the brokers that expired or unregistered
+// within TopicMemory and have not registered since.
+func (r *Registry) GoneBrokers() []string {
+	now := r.now()
+	r.mu.RLock()
+	out := make([]string, 0, len(r.goneBrokers))
+	for name, at := range r.goneBrokers {
+		if now.Sub(at) <= r.memory {
+			out = append(out, name)
+		}
+	}
+	for name, e := range r.brokers { // expired, not yet evicted
+		if !r.alive(e.info.LastHeartbeat, now) {
+			out = append(out, name)
+		}
+	}
+	r.mu.RUnlock()
+	slices.Sort(out)
+	return out
+}
+
 // Run drops brokers silent for longer than BrokerExpiry, looking every
 // ScanInterval, until ctx ends.
 func (r *Registry) Run(ctx context.Context) {
@@ -669,7 +743,7 @@ func (r *Registry) evict(now time.Time) int {
 		}
 	}
 	for _, g := range r.gone {
-		if now.Sub(g.at) > r.expiry {
+		if now.Sub(g.at) > r.memory {
 			expired = true
 			break
 		}
@@ -682,8 +756,13 @@ func (r *Registry) evict(now time.Time) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for t, g := range r.gone {
-		if now.Sub(g.at) > r.expiry {
+		if now.Sub(g.at) > r.memory {
 			delete(r.gone, t)
+		}
+	}
+	for name, at := range r.goneBrokers {
+		if now.Sub(at) > r.memory {
+			delete(r.goneBrokers, name)
 		}
 	}
 	n := 0

@@ -763,11 +763,11 @@ func TestRegistryRefusesATakenName(t *testing.T) {
 }
 
 // TestRegistryLookup: a topic whose brokers expired or unregistered is
-// "gone" for one expiry, not unknown; a system topic is looked up like
-// any other; a registry in its warm-up answers no route.
+// "gone" for the topic memory, not unknown; a system topic is looked up
+// like any other; a registry in its warm-up answers no route.
 func TestRegistryLookup(t *testing.T) {
 	clock := newFakeClock()
-	r := NewRegistry(Config{BrokerExpiry: 10 * time.Second, Now: clock.Now, WarmUp: 3 * time.Second})
+	r := NewRegistry(Config{BrokerExpiry: 10 * time.Second, TopicMemory: 10 * time.Second, Now: clock.Now, WarmUp: 3 * time.Second})
 	mustHeartbeat(t, r, broker("b1", Topic{"orders", 2}, Topic{"%DLQ%g", 1}))
 	mustHeartbeat(t, r, broker("b2", Topic{"solo", 1}))
 	if _, _, err := r.Lookup("orders"); !errors.Is(err, ErrWarmingUp) {
@@ -793,14 +793,86 @@ func TestRegistryLookup(t *testing.T) {
 	if _, _, err := r.Lookup("orders"); !errors.Is(err, ErrTopicGone) {
 		t.Fatalf("Lookup(orders) after its broker was evicted = %v; want ErrTopicGone", err)
 	}
-	clock.Advance(11 * time.Second) // one expiry after they left
+	clock.Advance(11 * time.Second) // one topic memory after they left
 	r.evict(clock.Now())
 	for _, topic := range []string{"orders", "solo"} {
 		if _, ok, err := r.Lookup(topic); ok || err != nil {
-			t.Fatalf("Lookup(%s) an expiry after its broker left = %v, %v; want not found", topic, ok, err)
+			t.Fatalf("Lookup(%s) a topic memory after its broker left = %v, %v; want not found", topic, ok, err)
 		}
 	}
 	if len(r.gone) != 0 {
 		t.Fatalf("gone topics kept past their expiry: %v", r.gone)
+	}
+}
+
+// TestRegistryRemembersTopicsOfDownBrokers: a topic whose only holder is
+// down stays "gone" (ErrTopicGone, so no broker auto-creates a copy of
+// it without its subscriptions) long after the broker was evicted, not
+// just for one expiry (issue 19, F5); until the topic memory ends, or
+// the broker comes back with the topic (routed again) or without it
+// (forgotten at once).
+func TestRegistryRemembersTopicsOfDownBrokers(t *testing.T) {
+	clock := newFakeClock()
+	r := NewRegistry(Config{BrokerExpiry: 10 * time.Second, Now: clock.Now})
+	mustHeartbeat(t, r, broker("b1", Topic{"orders", 2}, Topic{"audit", 1}))
+	mustHeartbeat(t, r, broker("b2", Topic{"kept", 1}))
+	clock.Advance(11 * time.Second) // both silent past their expiry
+	r.evict(clock.Now())
+	for _, d := range []time.Duration{11 * time.Second, time.Minute, 23 * time.Hour} {
+		clock.Advance(d)
+		r.evict(clock.Now())
+		for _, topic := range []string{"orders", "audit", "kept"} {
+			if _, ok, err := r.Lookup(topic); ok || !errors.Is(err, ErrTopicGone) {
+				t.Fatalf("Lookup(%s) after its broker was down for %s more = %v, %v; want ErrTopicGone", topic, d, ok, err)
+			}
+		}
+	}
+	// b1 comes back holding orders only: audit was lost with its data.
+	mustHeartbeat(t, r, broker("b1", Topic{"orders", 2}))
+	if rt, ok, err := r.Lookup("orders"); !ok || err != nil || rt.Brokers[0].Name != "b1" {
+		t.Fatalf("Lookup(orders) with b1 back = %+v, %v, %v", rt, ok, err)
+	}
+	if _, ok, err := r.Lookup("audit"); ok || err != nil {
+		t.Fatalf("Lookup(audit), which b1 came back without = %v, %v; want not found", ok, err)
+	}
+	clock.Advance(2 * time.Hour) // 24h after b2 left
+	mustHeartbeat(t, r, broker("b1", Topic{"orders", 2}))
+	r.evict(clock.Now())
+	if _, ok, err := r.Lookup("kept"); ok || err != nil {
+		t.Fatalf("Lookup(kept) a topic memory after its broker left = %v, %v; want not found", ok, err)
+	}
+	if len(r.gone) != 0 {
+		t.Fatalf("gone topics kept past the topic memory: %v", r.gone)
+	}
+}
+
+// TestRegistryGoneBrokers: a broker that expired or unregistered is
+// listed as gone for the topic memory, until it registers again; one
+// never registered is not.
+func TestRegistryGoneBrokers(t *testing.T) {
+	clock := newFakeClock()
+	r := NewRegistry(Config{BrokerExpiry: 10 * time.Second, TopicMemory: time.Hour, Now: clock.Now})
+	mustHeartbeat(t, r, broker("b1", Topic{"orders", 1}))
+	mustHeartbeat(t, r, broker("b2"))
+	mustHeartbeat(t, r, broker("b3"))
+	r.Unregister("b2")
+	clock.Advance(5 * time.Second)
+	mustHeartbeat(t, r, broker("b3"))
+	clock.Advance(6 * time.Second) // b1 silent past its expiry, not yet evicted
+	if got := r.GoneBrokers(); !slices.Equal(got, []string{"b1", "b2"}) {
+		t.Fatalf("gone = %v; want [b1 b2]", got)
+	}
+	mustHeartbeat(t, r, broker("b3"))
+	r.evict(clock.Now())
+	mustHeartbeat(t, r, broker("b2")) // back
+	if got := r.GoneBrokers(); !slices.Equal(got, []string{"b1"}) {
+		t.Fatalf("gone after b2 came back = %v; want [b1]", got)
+	}
+	clock.Advance(time.Hour + time.Second)
+	mustHeartbeat(t, r, broker("b2"))
+	mustHeartbeat(t, r, broker("b3"))
+	r.evict(clock.Now())
+	if got := r.GoneBrokers(); len(got) != 0 {
+		t.Fatalf("gone a topic memory later = %v; want none", got)
 	}
 }

@@ -286,10 +286,11 @@ func (s *Store) PurgeSubscriptionTombstones(ctx context.Context, before int64) (
 }
 
 // MaxSubscriptionVersion is the highest version At of any subscription or
-// tombstone, for a broker's clock to start above.
+// tombstone (of a subscription or a topic), for a broker's clock to start
+// above.
 func (s *Store) MaxSubscriptionVersion(ctx context.Context) (int64, error) {
 	var v int64
-	err := s.r.QueryRowContext(ctx, `SELECT max(coalesce((SELECT max(version) FROM subscriptions), 0), coalesce((SELECT max(version) FROM subscription_tombstones), 0))`).Scan(&v)
+	err := s.r.QueryRowContext(ctx, `SELECT max(coalesce((SELECT max(version) FROM subscriptions), 0), coalesce((SELECT max(version) FROM subscription_tombstones), 0), coalesce((SELECT max(version) FROM topic_tombstones), 0))`).Scan(&v)
 	if err != nil {
 		return 0, fmt.Errorf("highest subscription version: %w", err)
 	}

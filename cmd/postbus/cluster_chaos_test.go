@@ -78,6 +78,10 @@ var (
 	flagChaosSubFaults = flag.Bool("chaos.subfaults", false, "change subscriptions while faults are in progress (issue 19 faults 2 and 3)")
 )
 
+// chaosMaybeCreated finds, in a subscription create's 502, the id of a
+// subscription that may or may not have been created on some holder.
+var chaosMaybeCreated = regexp.MustCompile(`subscription (\S+) may or may not have been created`)
+
 // chaosShortSeeds are the seeds of the short form.
 var chaosShortSeeds = []uint64{1}
 
@@ -230,6 +234,7 @@ type chaosSub struct {
 	id, secret        string
 	created           time.Time // its 201 arrived; zero: not created, or unknown
 	refused           bool      // the answer said it was not created
+	maybe             bool      // the answer said it may or may not have been created (id known)
 	answered          time.Time // the create's answer arrived
 	filters           []string  // as created and as every PATCH tried
 	stable            bool      // never deleted
@@ -919,7 +924,11 @@ func (r *chaosRun) subOp(sinkURL string, rng *rand.Rand) {
 	switch {
 	case op < 30 && len(churn) < 5:
 		topic := r.topics[rng.IntN(len(r.topics))]
-		r.createSub(sinkURL, via, topic, chaosFilters[rng.IntN(2)], false)
+		if s := r.createSub(sinkURL, via, topic, chaosFilters[rng.IntN(2)], false); s.maybe {
+			// As a client told so would: delete it by the id the answer
+			// names, so that it delivers nowhere.
+			r.deleteSub(s, rng)
+		}
 	case op < 50:
 		s := live[rng.IntN(len(live))]
 		f := chaosFilters[rng.IntN(len(chaosFilters))]
@@ -980,6 +989,8 @@ func (r *chaosRun) createSub(sinkURL string, via *chaosNode, topic, filter strin
 		s.id, s.secret, s.created = got.ID, got.Secret, answered
 	case err == nil && a.status != 500 && (a.status < 500 || strings.Contains(string(a.body), "not created") || strings.Contains(string(a.body), "created nowhere")):
 		s.refused = true
+	case err == nil && a.status == 502 && chaosMaybeCreated.Match(a.body):
+		s.id, s.maybe = string(chaosMaybeCreated.FindSubmatch(a.body)[1]), true
 	}
 	r.mu.Unlock()
 	r.logf("create %s (%s on %s, filter %q) through %s: %s", s.group, s.id, topic, filter, via.name, answerOf(a, err))
@@ -997,7 +1008,7 @@ func (r *chaosRun) deleteSub(s *chaosSub, rng *rand.Rand) {
 		via := r.brokers[rng.IntN(len(r.brokers))]
 		a, err := clCall(chaosAPIClient, "DELETE", via.url+"/v1/subscriptions/"+s.id, nil, nil)
 		r.logf("DELETE %s (%s) through %s, try %d: %s", s.id, s.topic, via.name, tries, answerOf(a, err))
-		if err == nil && (a.status == 204 || (a.status == 404 && tries > 1)) {
+		if err == nil && (a.status == 204 || (a.status == 404 && (tries > 1 || s.maybe))) {
 			r.mu.Lock()
 			s.deleted = time.Now()
 			r.mu.Unlock()

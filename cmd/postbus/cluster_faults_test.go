@@ -271,6 +271,20 @@ func TestClusterNoAutoCreateWithoutWholeRoute(t *testing.T) {
 	if heldByA("orders") {
 		t.Errorf("broker-a created its own copy of orders while its holder was down")
 	}
+	// And so it stays long after the name servers evicted the holder (F5:
+	// they forgot the topic after twice the expiry, and broker-a created
+	// its own copy, without orders' subscriptions: 201, never pushed).
+	// Each publish below is an assertion; the loop is bounded by time.
+	for end := time.Now().Add(4 * 2 * time.Second); time.Now().Before(end); {
+		a := clDo(t, "POST", fc.url("broker-a")+"/v1/topics/orders/messages", map[string]string{"Content-Type": "text/plain"}, []byte("lost?"))
+		if code, _ := problemOf(a); a.status != 503 || code != "broker_unavailable" {
+			t.Fatalf("publish through broker-a, orders' only holder down for longer than twice the expiry: %s; want 503 broker_unavailable", a)
+		}
+		time.Sleep(250 * time.Millisecond) // pacing only
+	}
+	if heldByA("orders") {
+		t.Errorf("broker-a created its own copy of orders while its holder was down")
+	}
 
 	// A topic nobody ever held, every name server answering: created.
 	if a := clDo(t, "POST", fc.url("broker-a")+"/v1/topics/fresh/messages", map[string]string{"Content-Type": "text/plain"}, []byte("x")); a.status != 201 {
@@ -335,6 +349,17 @@ func TestClusterReceiptOfExpiredBroker(t *testing.T) {
 	bad, _ := json.Marshal(map[string]any{"receipts": []string{"not-a-receipt"}})
 	if a := clDo(t, "POST", fc.url("broker-a")+"/v1/groups/g/ack", nil, bad); a.status != 400 {
 		t.Errorf("ack of a malformed receipt: %s; want 400", a)
+	}
+	// F8: broker-b's receipt under the name of a broker no name server
+	// knows, live or gone, was 503 "settle them again once it is back"
+	// forever; it is refused as invalid.
+	_, inner, _ := strings.Cut(receipt, "~")
+	never, _ := json.Marshal(map[string]any{"receipts": []string{"broker-z~" + inner}})
+	for _, op := range []string{"ack", "nack"} {
+		a := clDo(t, "POST", fc.url("broker-a")+"/v1/groups/g/"+op, nil, never)
+		if code, _ := problemOf(a); a.status != 400 || code != "invalid_receipt" {
+			t.Errorf("%s of a receipt naming a broker nobody knows: %s; want 400 invalid_receipt", op, a)
+		}
 	}
 }
 

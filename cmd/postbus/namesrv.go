@@ -33,6 +33,7 @@ func serveNamesrv(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&addr, "addr", ":9876", "listen address (host:port; port 0 picks a free one)")
 	fs.DurationVar(&rcfg.BrokerExpiry, "broker-expiry", rcfg.BrokerExpiry, "a broker silent this long is dropped from routes")
 	fs.DurationVar(&rcfg.ScanInterval, "scan-interval", rcfg.ScanInterval, "how often silent brokers are looked for")
+	fs.DurationVar(&rcfg.TopicMemory, "topic-memory", rcfg.TopicMemory, "a topic whose every broker is down is answered as down (503 broker_unavailable), not unknown, for this long after they left, so that no broker auto-creates a copy of it (at least --broker-expiry)")
 	rcfg.WarmUp = 30 * time.Second
 	fs.DurationVar(&rcfg.WarmUp, "warm-up", rcfg.WarmUp, "after starting, answer no route for this long (503 not_ready), until every broker has heartbeated: set it to the brokers' --heartbeat-interval; 0: none")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

@@ -214,8 +214,16 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		Logger: logger.With(slog.String("component", "push")), Registerer: reg})
 	dctx, stopDispatch := context.WithCancel(context.Background())
 	dispatched := make(chan struct{})
+	// In a cluster, pushes start once the broker has heard from the others
+	// what was deleted while it was away (see startPushes below).
+	startPushes := make(chan struct{})
 	go func() {
 		defer close(dispatched)
+		select {
+		case <-startPushes:
+		case <-dctx.Done():
+			return
+		}
 		if err := dispatcher.Run(dctx); err != nil && !errors.Is(err, context.Canceled) {
 			logger.Error("push dispatcher stopped", slog.Any("err", err))
 		}
@@ -315,6 +323,21 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		<-synced
 	}
 	defer stopSync()
+	// Pushes start after the first exchange, so that a broker back from
+	// an outage does not deliver, for a moment, a subscription (or topic)
+	// deleted meanwhile; at most --forward-timeout plus pushStartGrace after start, whatever the
+	// exchange (a name server or a broker that does not answer).
+	go func() {
+		bound := time.NewTimer(c.forwardTimeout + pushStartGrace)
+		defer bound.Stop()
+		select {
+		case <-api.FirstSyncDone():
+		case <-bound.C:
+			logger.Warn("pushes start before the first exchange with the other brokers is over: a subscription deleted while this broker was away may deliver until it is", slog.Duration("waited", c.forwardTimeout+pushStartGrace))
+		case <-dctx.Done():
+		}
+		close(startPushes)
+	}()
 
 	select {
 	case err := <-served:
@@ -340,6 +363,11 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	logger.Info("stopped")
 	return nil
 }
+
+// pushStartGrace is how long, beyond --forward-timeout, a broker in a
+// cluster waits at start for its first exchange with the other brokers
+// before it starts pushing anyway.
+const pushStartGrace = 2 * time.Second
 
 // isLoopback reports whether a listen address only accepts local clients.
 func isLoopback(addr string) bool {
