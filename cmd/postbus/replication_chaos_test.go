@@ -158,20 +158,7 @@ func runReplChaos(t *testing.T, seed uint64, rounds int) replChaosCounts {
 	replSetup(t, g, sink, topic)
 	l := newReplLoad(g, topic, "pull-"+topic, seed)
 
-	stopPub, stopPull := make(chan struct{}), make(chan struct{})
-	var pubs, pullers sync.WaitGroup
-	for w := range 4 {
-		pubs.Go(func() { l.publisher(w, stopPub, 10_000) })
-	}
-	for n := range 2 {
-		pullers.Go(func() { l.puller(n, stopPull) })
-	}
-	stopAll := sync.OnceFunc(func() {
-		close(stopPub)
-		pubs.Wait()
-		close(stopPull)
-		pullers.Wait()
-	})
+	stopAll := l.start(4, 2)
 	defer stopAll()
 
 	c := replChaosCounts{faults: map[string]int{}}

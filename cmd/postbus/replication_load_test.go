@@ -66,6 +66,26 @@ const replRetryBound = 30 * time.Second
 
 // publisher publishes through the members until stop is closed, at most
 // max requests' worth of messages.
+// start runs publishers and pullers until the returned stop, which stops
+// the publishers first, so that pullers can still take what they stored;
+// stop may be called more than once.
+func (l *replLoad) start(publishers, pullers int) (stop func()) {
+	stopPub, stopPull := make(chan struct{}), make(chan struct{})
+	var pubs, pulls sync.WaitGroup
+	for w := range publishers {
+		pubs.Go(func() { l.publisher(w, stopPub, 10_000) })
+	}
+	for n := range pullers {
+		pulls.Go(func() { l.puller(n, stopPull) })
+	}
+	return sync.OnceFunc(func() {
+		close(stopPub)
+		pubs.Wait()
+		close(stopPull)
+		pulls.Wait()
+	})
+}
+
 func (l *replLoad) publisher(w int, stop <-chan struct{}, max int) {
 	rng := rand.New(rand.NewPCG(l.seed, 1000+uint64(w)))
 	for i := 0; i < max; i++ {

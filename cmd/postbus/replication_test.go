@@ -133,20 +133,7 @@ func TestReplicaGroupFailover(t *testing.T) {
 	replSetup(t, g, sink, topic)
 	l := newReplLoad(g, topic, "pull-"+topic, seed)
 
-	stopPub, stopPull := make(chan struct{}), make(chan struct{})
-	var pubs, pullers sync.WaitGroup
-	for w := range 6 {
-		pubs.Go(func() { l.publisher(w, stopPub, 10_000) })
-	}
-	for n := range 2 {
-		pullers.Go(func() { l.puller(n, stopPull) })
-	}
-	stopAll := sync.OnceFunc(func() {
-		close(stopPub)
-		pubs.Wait()
-		close(stopPull)
-		pullers.Wait()
-	})
+	stopAll := l.start(6, 2)
 	defer stopAll()
 
 	waitFor(t, replWait, "200 messages acknowledged before the failover", func() (bool, string) {
