@@ -61,6 +61,10 @@ type FrontConfig struct {
 	// LeaderWait is how long a request waits for a leader to forward to
 	// (DefaultLeaderWait) before it is answered no_leader.
 	LeaderWait time.Duration
+	// Untrusted, if set, says why this member's files may no longer match
+	// its group's (replica.Node.Untrusted); while it does, /readyz answers
+	// 503 with that reason, whether the member leads or follows.
+	Untrusted func() error
 }
 
 // DefaultLeaderWait is FrontConfig.LeaderWait's default: a failover with
@@ -160,6 +164,15 @@ func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // other is every route but /v1/replicas.
 func (f *Front) other(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/readyz" && f.cfg.Untrusted != nil {
+		if err := f.cfg.Untrusted(); err != nil {
+			// Checked before the leader's API: a member distrusted while
+			// it leads is not ready even before its broker closes.
+			w.Header().Set("Retry-After", "1")
+			writeProblem(w, r, codeNotReady, "", err.Error())
+			return
+		}
+	}
 	if h := f.api.Load(); h != nil {
 		// The hop's mark is the front's, not a header of the API's.
 		r.Header.Del(forwardedHeader)

@@ -113,10 +113,14 @@ func (n *Node) checkEpoch(idx uint64, kind string, epoch uint64) error {
 }
 
 // applyFailed reports an entry this member could not apply: never silent.
+// The member's files then lack what the group committed (or hold what it
+// did not), so from then on it is not trusted: it does not lead nor report
+// ready (distrust).
 func (n *Node) applyFailed(idx uint64, kind string, err error) {
 	n.metrics.applyFailures.WithLabelValues(kind).Inc()
 	n.logger.Error("raft entry not applied: this member's files may no longer match its group's",
 		slog.Uint64("index", idx), slog.String("kind", kind), slog.Any("err", err))
+	n.distrust(fmt.Sprintf("raft entry %d (%s) was not applied: %v", idx, kind, err))
 }
 
 // applyRecords appends a batch at start, or the part of it the log does not

@@ -17,6 +17,7 @@ type metrics struct {
 	refused           prometheus.Counter
 	handshakeFailures prometheus.Counter
 	staleEntries      *prometheus.CounterVec
+	untrusted         prometheus.Gauge
 	n                 *Node
 }
 
@@ -51,6 +52,8 @@ func newMetrics(n *Node) *metrics {
 		Help: "Committed entries refused because a broker of an earlier lead proposed them after a newer leader announced itself, by kind."}, []string{"kind"})
 	m.handshakeFailures = prometheus.NewCounter(prometheus.CounterOpts{Name: "postbus_raft_handshake_failures_total",
 		Help: "Raft connections closed during their handshake before either side proved or failed to prove the shared secret (a peer going away, a network cut)."})
+	m.untrusted = prometheus.NewGauge(prometheus.GaugeOpts{Name: "postbus_raft_member_untrusted",
+		Help: "1 once this member's files may no longer match its group's (an entry it could not apply, damaged commitlog spans): it does not lead nor report ready until its data directory is restored from the group."})
 	return m
 }
 
@@ -78,5 +81,5 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 func (n *Node) Collectors() []prometheus.Collector {
 	m := n.metrics
 	return []prometheus.Collector{stateCollector{m}, m.leaderChanges, m.applied, m.applySeconds, m.proposeSeconds,
-		m.applyFailures, m.skipped, m.restores, m.refused, m.handshakeFailures, m.staleEntries}
+		m.applyFailures, m.skipped, m.restores, m.refused, m.handshakeFailures, m.staleEntries, m.untrusted}
 }

@@ -99,9 +99,12 @@ type Node struct {
 	bolt       *fileLog
 	leader     atomic.Pointer[leaderInfo]
 	leading    atomic.Bool
-	epoch      atomic.Uint64 // of the current lead; 0: not leading
-	leads      atomic.Uint64 // leads taken by this process
-	applied    atomic.Uint64 // the last entry the state machine applied
+	epoch      atomic.Uint64         // of the current lead; 0: not leading
+	leads      atomic.Uint64         // leads taken by this process
+	applied    atomic.Uint64         // the last entry the state machine applied
+	untrusted  atomic.Pointer[error] // why this member must not lead (trust.go)
+	kick       chan struct{}         // wakes guard
+	verified   chan struct{}         // closed when guard checked the sealed segments
 	notify     chan bool
 	watchers   []chan struct{} // signalled on every leadership change
 	watchMu    sync.Mutex
@@ -138,6 +141,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		dir: cfg.Broker.Dir, raftDir: filepath.Join(cfg.Broker.Dir, "raft"),
 		logDir: filepath.Join(cfg.Broker.Dir, "commitlog"), metaPath: broker.MetaPath(cfg.Broker.Dir),
 		notify: make(chan bool, 16), done: make(chan struct{}),
+		kick: make(chan struct{}, 1), verified: make(chan struct{}),
 	}
 	n.metrics = newMetrics(n)
 	if cfg.Registerer != nil {
@@ -157,8 +161,9 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		_ = n.closeFiles()
 		return nil, err
 	}
-	n.wg.Add(1)
+	n.wg.Add(2)
 	go n.watchLeadership()
+	go n.guard()
 	return n, nil
 }
 
@@ -301,6 +306,12 @@ func (n *Node) watchLeadership() {
 				n.epoch.Store(0)
 			}
 			n.leading.Store(lead)
+			if lead && n.Untrusted() != nil {
+				select {
+				case n.kick <- struct{}{}:
+				default:
+				}
+			}
 			n.metrics.leaderChanges.Inc()
 			n.logger.Info("replica leadership changed", slog.Bool("leader", lead), slog.String("node", n.cfg.NodeID))
 			n.watchMu.Lock()
@@ -336,7 +347,22 @@ func (n *Node) ID() string { return n.cfg.NodeID }
 // before its term is applied here, then announces its HTTP address to the
 // group, so that followers forward to it. It returns the broker
 // configuration the leader's broker opens with.
+//
+// A member that is not trusted (Untrusted) never leads: BecomeLeader
+// refuses, and the lead is handed to another member. It waits for the
+// check of the sealed commitlog segments that starts with the member.
 func (n *Node) BecomeLeader(ctx context.Context, httpAddr string) (broker.Config, error) {
+	select {
+	case <-n.verified:
+	case <-ctx.Done():
+		return broker.Config{}, fmt.Errorf("replica: check the commitlog before leading: %w", ctx.Err())
+	case <-n.done:
+		return broker.Config{}, fmt.Errorf("replica: %w", raft.ErrRaftShutdown)
+	}
+	n.checkQuarantine()
+	if err := n.Untrusted(); err != nil {
+		return broker.Config{}, fmt.Errorf("replica: refusing to lead: %w", err)
+	}
 	if err := n.raft.Barrier(10 * time.Second).Error(); err != nil {
 		return broker.Config{}, fmt.Errorf("replica: catch up before leading: %w", wrapRaft(err))
 	}
@@ -348,8 +374,14 @@ func (n *Node) BecomeLeader(ctx context.Context, httpAddr string) (broker.Config
 		return broker.Config{}, fmt.Errorf("replica: announce the leader: %w", wrapRaft(err))
 	}
 	// From here this member's proposals carry epoch, until it loses the
-	// lead (watchLeadership) or takes it again.
+	// lead (watchLeadership) or takes it again, or is no longer trusted.
 	n.epoch.Store(epoch)
+	if err := n.Untrusted(); err != nil {
+		// Distrusted since the check above: distrust's fence may have
+		// run before this store.
+		n.epoch.Store(0)
+		return broker.Config{}, fmt.Errorf("replica: refusing to lead: %w", err)
+	}
 	n.mu.RLock()
 	defer n.mu.RUnlock()
 	// Marks of queue offsets handed out in an earlier term of this member's

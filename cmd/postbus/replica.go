@@ -187,7 +187,8 @@ func serveReplica(ctx context.Context, c *serveConfig, mode string, logger *slog
 		client: push.NewClient(push.ClientConfig{AllowPrivate: c.allowPrivate, UserAgent: "postbus/" + version})}
 	defer m.client.Close()
 	m.front, err = httpapi.NewFront(httpapi.FrontConfig{Auth: auth, Logger: logger, Replicas: replicasOf{m: m, group: group},
-		Metrics: promhttp.HandlerFor(baseReg, promhttp.HandlerOpts{}), MetricsAuth: c.auth.metricsAuth, HopTimeout: c.forwardTimeout})
+		Metrics: promhttp.HandlerFor(baseReg, promhttp.HandlerOpts{}), MetricsAuth: c.auth.metricsAuth, HopTimeout: c.forwardTimeout,
+		Untrusted: node.Untrusted})
 	if err != nil {
 		return err
 	}
