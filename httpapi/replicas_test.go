@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -159,5 +160,44 @@ func TestNotLeaderIsUnavailable(t *testing.T) {
 	}
 	if rec.Code != http.StatusServiceUnavailable || p.Code != broker.CodeUnavailable || rec.Header().Get("Retry-After") == "" {
 		t.Fatalf("%d %q Retry-After %q", rec.Code, p.Code, rec.Header().Get("Retry-After"))
+	}
+}
+
+// TestFrontReadyzUntrusted: a member whose files may no longer match its
+// group's answers /readyz 503 with the reason, whether it follows (a
+// leader known) or leads (its API set).
+func TestFrontReadyzUntrusted(t *testing.T) {
+	why := errors.New("its commitlog has 1 damaged span(s); stop it, delete its data directory")
+	for _, leads := range []bool{false, true} {
+		var untrusted error
+		f, err := NewFront(FrontConfig{Replicas: &fakeReplicas{known: true, leader: "http://127.0.0.1:1"},
+			Untrusted: func() error { return untrusted }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if leads {
+			f.SetLeader(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) }))
+		}
+		for _, tc := range []struct {
+			untrusted error
+			status    int
+		}{{nil, http.StatusOK}, {why, http.StatusServiceUnavailable}} {
+			untrusted = tc.untrusted
+			rec := httptest.NewRecorder()
+			f.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
+			if rec.Code != tc.status {
+				t.Fatalf("leads=%v untrusted=%v: /readyz %d, want %d: %s", leads, tc.untrusted, rec.Code, tc.status, rec.Body)
+			}
+			if tc.untrusted == nil {
+				continue
+			}
+			var p problem
+			if err := json.Unmarshal(rec.Body.Bytes(), &p); err != nil {
+				t.Fatalf("%d %q: %v", rec.Code, rec.Body, err)
+			}
+			if p.Code != codeNotReady || !strings.Contains(p.Detail, "delete its data directory") {
+				t.Fatalf("leads=%v: problem %q %q", leads, p.Code, p.Detail)
+			}
+		}
 	}
 }

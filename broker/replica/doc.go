@@ -52,6 +52,19 @@
 // meta.db's applied index is skipped. An entry that contradicts the files
 // is an ERROR, counted in postbus_raft_apply_failures_total.
 //
+// # Members that are no longer trusted
+//
+// From the first entry a member cannot apply, or once its commitlog holds
+// damaged spans (quarantined: reading skips them; a check of the sealed
+// segments runs when the member starts), its files may no longer match
+// the group's (trust.go). Nothing repairs them from the group yet, so the
+// member stops being trusted for the rest of the process: the broker of
+// its lead is fenced, the lead is handed to another member, BecomeLeader
+// refuses (its broker is never opened again), the front's /readyz answers
+// 503 with the reason (Untrusted), it says so at ERROR every 30 s and
+// postbus_raft_member_untrusted is 1. The reason names the way out: stop
+// it, delete its data directory, start it again; the group restores it.
+//
 // # Snapshots
 //
 // A snapshot kept by a member holds a copy of meta.db and the log's end,
