@@ -752,7 +752,7 @@ func TestSIGKILLDuringPull(t *testing.T) {
 // SIGKILLed broker drops out of routes within the expiry, and a cleanly
 // stopped one unregisters at once.
 func TestClusterRegistration(t *testing.T) {
-	ns := start(t, "namesrv", "--broker-expiry", "1s", "--scan-interval", "50ms", "--warm-up", "0")
+	ns := start(t, "namesrv", "--broker-expiry", "1s", "--scan-interval", "50ms", "--warm-up", "0", "--topic-memory", "2s")
 	brokerA := start(t, "broker", "--data", t.TempDir(), "--auto-create-topics", "--namesrv", ns.url,
 		"--broker-name", "broker-a", "--heartbeat-interval", "200ms")
 	brokerB := start(t, "broker", "--data", t.TempDir(), "--auto-create-topics", "--namesrv", ns.url,
@@ -840,15 +840,15 @@ func TestClusterRegistration(t *testing.T) {
 		t.Fatalf("dropped %s after the kill; the expiry is 1s", took)
 	}
 
-	// SIGTERM: unregistered at once, before the expiry could act. For one
-	// expiry the route says the topic's brokers are down (503), not that
-	// nobody holds it (404), so that no broker takes the topic's place.
+	// SIGTERM: unregistered at once, before the expiry could act. For
+	// --topic-memory the route says the topic's brokers are down (503), not
+	// that nobody holds it (404), so that no broker takes the topic's place.
 	brokerA.cmd.Process.Signal(syscall.SIGTERM)
 	<-brokerA.done
 	if _, code := routeOf("orders"); code != 503 {
 		t.Fatalf("after broker-a stopped cleanly, route answers %d, want 503", code)
 	}
-	waitFor("the route to say nobody holds orders, an expiry later", func() bool {
+	waitFor("the route to say nobody holds orders, once --topic-memory has passed", func() bool {
 		_, code := routeOf("orders")
 		return code == 404
 	})
