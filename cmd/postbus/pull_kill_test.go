@@ -19,6 +19,39 @@ type killLedger struct {
 	acked    map[string]string // msg id → when its ack answered acked
 	attempts map[string][]int  // msg id → the attempts it was handed out as
 	errs     []string
+	// inDoubt are the receipts of acks whose request the kill cut off
+	// (receipt → msg id): the broker may have settled them or not, so
+	// they are sent again after the restart, as a client would.
+	inDoubt map[string]string
+}
+
+// retryInDoubt acks again the receipts whose ack got no answer: a settled
+// one answers acked (receipts are idempotent across restarts) and counts
+// as acked; one that was not settled answers stale and its message comes
+// back by itself.
+func (l *killLedger) retryInDoubt(c pullClient) {
+	c.tb.Helper()
+	l.mu.Lock()
+	receipts := make([]string, 0, len(l.inDoubt))
+	for r := range l.inDoubt {
+		receipts = append(receipts, r)
+	}
+	l.mu.Unlock()
+	if len(receipts) == 0 {
+		return
+	}
+	statuses := c.settle("ack", receipts, nil)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	acked := 0
+	for i, st := range statuses {
+		if st == "acked" {
+			l.acked[l.inDoubt[receipts[i]]] = "ack retried after the kill"
+			acked++
+		}
+		delete(l.inDoubt, receipts[i])
+	}
+	c.tb.Logf("%d acks cut off by the kill sent again: %d answered acked (settled before the kill)", len(receipts), acked)
 }
 
 func (l *killLedger) pulled(m pulledMsg, epoch int) {
@@ -65,6 +98,11 @@ func killPuller(c pullClient, rng *rand.Rand, epoch int, l *killLedger) {
 				Results []struct{ Receipt, Status string }
 			}
 			if !post("/v1/groups/workers/ack", map[string]any{"receipts": acks}, &res) {
+				l.mu.Lock()
+				for _, r := range acks {
+					l.inDoubt[r] = byReceipt[r]
+				}
+				l.mu.Unlock()
 				return
 			}
 			l.mu.Lock()
@@ -126,7 +164,7 @@ func TestSIGKILLPullersNeverRepeatAnAck(t *testing.T) {
 	}
 	resp.Body.Close()
 
-	l := &killLedger{acked: map[string]string{}, attempts: map[string][]int{}}
+	l := &killLedger{acked: map[string]string{}, attempts: map[string][]int{}, inDoubt: map[string]string{}}
 	for epoch := range 3 {
 		var wg sync.WaitGroup
 		for range 2 {
@@ -139,6 +177,7 @@ func TestSIGKILLPullersNeverRepeatAnAck(t *testing.T) {
 		<-p.done
 		wg.Wait()
 		p = start(t, args...)
+		l.retryInDoubt(pullClient{tb: t, url: p.url, client: client})
 	}
 	// Drain: ack whatever comes until nothing does.
 	deadline := time.Now().Add(60 * time.Second)
