@@ -3,10 +3,12 @@
 package main
 
 import (
+	"bytes"
 	"cmp"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -520,6 +522,7 @@ func TestClusterKeyQueryAfterHungHolder(t *testing.T) {
 	hung := fc.brokers["broker-b"]
 	hung.cmd.Process.Signal(syscall.SIGSTOP)
 	t.Cleanup(func() { hung.cmd.Process.Signal(syscall.SIGCONT) })
+	waitStopped(t, hung.cmd.Process.Pid)
 	if on := byKey(); len(on) != 1 { // broker-b lets the forward time out
 		t.Errorf("query by key with broker-b hung: messages on %v, want broker-a's alone", on)
 	}
@@ -528,4 +531,26 @@ func TestClusterKeyQueryAfterHungHolder(t *testing.T) {
 	if on := byKey(); len(on) != 2 {
 		t.Errorf("query by key through broker-a once broker-b is back: messages on %v, want one on each holder", on)
 	}
+}
+
+// waitStopped waits until the process is stopped: kill(2) returns once
+// SIGSTOP is sent, and a thread of the process may still run for a moment
+// after, long enough to answer a request. Where /proc is missing, it does
+// not wait.
+func waitStopped(t *testing.T, pid int) {
+	t.Helper()
+	path := fmt.Sprintf("/proc/%d/stat", pid)
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		stat, err := os.ReadFile(path)
+		if err != nil {
+			return
+		}
+		// The state follows the command name, which is in parentheses.
+		if i := bytes.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) && stat[i+2] == 'T' {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Fatalf("process %d not stopped 5s after SIGSTOP", pid)
 }
