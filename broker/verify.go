@@ -2,11 +2,8 @@ package broker
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"time"
-
-	"github.com/postbus/postbus/broker/commitlog"
 )
 
 // verifyRate bounds how fast the background check reads the sealed
@@ -47,7 +44,7 @@ func (b *Broker) verifyLoop() {
 	segs := b.log.Segments()
 	start, read := time.Now(), int64(0)
 	for _, s := range segs[:len(segs)-1] {
-		if err := b.verifySegment(s); err != nil {
+		if err := b.log.Verify(s); err != nil {
 			if b.isClosing() {
 				return
 			}
@@ -76,28 +73,4 @@ func (b *Broker) verifyLoop() {
 		b.logger.Info("sealed commitlog segments verified", slog.Int("segments", len(segs)-1),
 			slog.Int("quarantined_spans", len(b.log.Quarantined())), slog.Duration("took", time.Since(start).Round(time.Millisecond)))
 	}
-}
-
-// verifySegment reads every frame of the sealed segment s, stepping over
-// damaged spans (which the read quarantines).
-func (b *Broker) verifySegment(s commitlog.Segment) error {
-	stop := func(off int64, _ []byte) error {
-		if off >= s.End {
-			return errStopScan
-		}
-		return nil
-	}
-	for off := s.Base; off < s.End; {
-		_, err := b.log.Scan(off, stop)
-		var ce *commitlog.CorruptError
-		switch {
-		case errors.As(err, &ce) && ce.Next > off:
-			off = ce.Next
-		case err == nil || errors.Is(err, errStopScan):
-			return nil
-		default:
-			return err
-		}
-	}
-	return nil
 }

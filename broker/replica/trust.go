@@ -97,8 +97,6 @@ func (n *Node) checkQuarantine() {
 	}
 }
 
-var errStopScan = errors.New("stop scan")
-
 // verifySealed reads every sealed segment once, which quarantines any
 // damaged span; the active one was checked when the log opened.
 func (n *Node) verifySealed() {
@@ -112,7 +110,7 @@ func (n *Node) verifySealed() {
 		default:
 		}
 		n.mu.RLock()
-		err := n.verifySegment(s)
+		err := n.log.Verify(s)
 		gone := s.Base < n.log.MinOffset() // retention deleted it meanwhile
 		n.mu.RUnlock()
 		if err != nil && !gone {
@@ -120,28 +118,4 @@ func (n *Node) verifySealed() {
 		}
 	}
 	n.checkQuarantine()
-}
-
-// verifySegment reads every frame of s, stepping over damaged spans. Under
-// n.mu (read).
-func (n *Node) verifySegment(s commitlog.Segment) error {
-	stop := func(off int64, _ []byte) error {
-		if off >= s.End {
-			return errStopScan
-		}
-		return nil
-	}
-	for off := s.Base; off < s.End; {
-		_, err := n.log.Scan(off, stop)
-		var ce *commitlog.CorruptError
-		switch {
-		case errors.As(err, &ce) && ce.Next > off:
-			off = ce.Next
-		case err == nil || errors.Is(err, errStopScan):
-			return nil
-		default:
-			return err
-		}
-	}
-	return nil
 }
