@@ -157,10 +157,7 @@ func TestClusterHungBrokerIsBounded(t *testing.T) {
 		t.Fatalf("create subscription: %s", a)
 	}
 	hung := fc.brokers["broker-b"]
-	if err := hung.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { hung.cmd.Process.Signal(syscall.SIGCONT) })
+	stopProc(t, hung)
 
 	// A batch whose keys spread over both holders: broker-b's part gets
 	// no answer.
@@ -520,9 +517,7 @@ func TestClusterKeyQueryAfterHungHolder(t *testing.T) {
 		t.Fatalf("query by key through broker-a before any fault: messages on %v, want one on each holder", on)
 	}
 	hung := fc.brokers["broker-b"]
-	hung.cmd.Process.Signal(syscall.SIGSTOP)
-	t.Cleanup(func() { hung.cmd.Process.Signal(syscall.SIGCONT) })
-	waitStopped(t, hung.cmd.Process.Pid)
+	stopProc(t, hung)
 	if on := byKey(); len(on) != 1 { // broker-b lets the forward time out
 		t.Errorf("query by key with broker-b hung: messages on %v, want broker-a's alone", on)
 	}
@@ -533,17 +528,33 @@ func TestClusterKeyQueryAfterHungHolder(t *testing.T) {
 	}
 }
 
-// waitStopped waits until the process is stopped: kill(2) returns once
-// SIGSTOP is sent, and a thread of the process may still run for a moment
-// after, long enough to answer a request. Where /proc is missing, it does
-// not wait.
-func waitStopped(t *testing.T, pid int) {
+// stopProc hangs p with SIGSTOP (SIGCONT at the test's end) and waits
+// until it is stopped: kill(2) returns once the signal is sent, and a
+// thread of the process may still run for a moment after, long enough to
+// answer a request, which would test nothing.
+func stopProc(t *testing.T, p *proc) {
 	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.cmd.Process.Signal(syscall.SIGCONT) })
+	waitStopped(t, p)
+}
+
+// waitStopped waits until /proc shows p stopped. Where /proc is missing,
+// it waits until p stops answering /readyz instead.
+func waitStopped(t *testing.T, p *proc) {
+	t.Helper()
+	pid := p.cmd.Process.Pid
 	path := fmt.Sprintf("/proc/%d/stat", pid)
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
 		stat, err := os.ReadFile(path)
 		if err != nil {
+			clEventually(t, "the stopped process to stop answering", func() (bool, string) {
+				a, _, err := timed("GET", p.url+"/readyz", nil, nil, 200*time.Millisecond)
+				return err != nil, a.String()
+			})
 			return
 		}
 		// The state follows the command name, which is in parentheses.

@@ -76,7 +76,7 @@ func TestClusterKeyedRetryStoredOnce(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			stopAndWait(t, hung)
+			stopProc(t, hung)
 			resumed := false
 			resume := func() {
 				if !resumed {
@@ -123,20 +123,6 @@ func TestClusterKeyedRetryStoredOnce(t *testing.T) {
 	if want := `postbus_cluster_keyed_publish_refused_total{broker="broker-b"}`; !strings.Contains(string(m.body), want) {
 		t.Errorf("broker-c's /metrics has no %s", want)
 	}
-}
-
-// stopAndWait SIGSTOPs p and waits until it no longer answers: the signal
-// is delivered asynchronously, and a request answered in that instant
-// would test nothing.
-func stopAndWait(t *testing.T, p *proc) {
-	t.Helper()
-	if err := p.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	clEventually(t, "the stopped process to stop answering", func() (bool, string) {
-		a, _, err := timed("GET", p.url+"/readyz", nil, nil, 200*time.Millisecond)
-		return err != nil, a.String()
-	})
 }
 
 // readyzOf is a broker's /readyz answer.
@@ -239,7 +225,7 @@ func TestClusterHungNameServer(t *testing.T) {
 	fc := startFaultCluster(t, 2, names, "expiry=60s", "--forward-timeout", "3s")
 	fc.putTopic("warm", names...)
 	hung := fc.ns[0]
-	stopAndWait(t, hung)
+	stopProc(t, hung)
 	t.Cleanup(func() { hung.cmd.Process.Signal(syscall.SIGCONT) })
 
 	// Under the 3s forward timeout. A route lookup of a topic no name
@@ -289,7 +275,7 @@ func TestClusterHungHolderReads(t *testing.T) {
 		t.Fatalf("publish: %s", a)
 	}
 	hung := fc.brokers["broker-b"]
-	stopAndWait(t, hung)
+	stopProc(t, hung)
 	t.Cleanup(func() { hung.cmd.Process.Signal(syscall.SIGCONT) })
 	for _, path := range []string{"/v1/messages/" + res.MsgID, "/v1/messages/" + res.MsgID + "/body", "/v1/messages/" + res.MsgID + "/trace"} {
 		a := clDo(t, "GET", fc.url("broker-a")+path, nil, nil)
@@ -361,7 +347,7 @@ func TestClusterPartialAckSaysWhat(t *testing.T) {
 	if onA == "" {
 		t.Fatalf("no receipt of broker-a among %v", receipts)
 	}
-	stopAndWait(t, fc.brokers["broker-b"])
+	stopProc(t, fc.brokers["broker-b"])
 	t.Cleanup(func() { fc.brokers["broker-b"].cmd.Process.Signal(syscall.SIGCONT) })
 	body, _ := json.Marshal(map[string]any{"receipts": receipts})
 	a := clDo(t, "POST", fc.url("broker-c")+"/v1/groups/g/ack", nil, body)

@@ -133,14 +133,6 @@ func createSub(t *testing.T, url, body string) subJSON {
 	return s
 }
 
-func stopProc(t *testing.T, p *proc) {
-	t.Helper()
-	if err := p.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.cmd.Process.Signal(syscall.SIGCONT) })
-}
-
 // TestClusterSyncCreateMissedByRestartedNameServer (fault 2): a name
 // server restarted empty, with no warm-up (as inside `postbus dev`),
 // routes a topic to the holders that have re-registered only; a
