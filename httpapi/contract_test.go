@@ -206,7 +206,7 @@ func TestContractNameServerRoutes(t *testing.T) {
 	doc := loadContract(t)
 	nsOps := nameServerOps(t, doc)
 	want := maps.Clone(nsOps)
-	for _, r := range []string{"GET /healthz", "GET /readyz", "GET /metrics", "GET /openapi.yaml"} {
+	for _, r := range []string{"GET /healthz", "HEAD /healthz", "GET /readyz", "HEAD /readyz", "GET /metrics", "GET /openapi.yaml"} {
 		want[r] = true
 	}
 	onlyNS := servedRoutes(t, mustNew(t, Config{NameServer: newContractRegistry(), NameServerOnly: true}))
@@ -868,6 +868,9 @@ func TestContractRecordedTraffic(t *testing.T) {
 			body: `{"from":"broker-b","topics":{}}`, status: 404, code: codeNotFound},
 		{name: "readyz", method: "GET", path: "/readyz", status: 200},
 		{name: "readyz/not ready", strict: true, method: "GET", path: "/readyz", status: 503, code: codeNotReady},
+		{name: "healthz/head", method: "HEAD", path: "/healthz", status: 200},
+		{name: "readyz/head", method: "HEAD", path: "/readyz", status: 200},
+		{name: "readyz/head not ready", strict: true, method: "HEAD", path: "/readyz", status: 503},
 		{name: "metrics", method: "GET", path: "/metrics", status: 200},
 		// A standalone broker is no replica group's member.
 		{name: "replicas/standalone", method: "GET", path: "/v1/replicas", status: 404, code: codeNotReplicated},

@@ -11,6 +11,13 @@ func (s *Server) handleHealthz(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
+// handleHealthzHead and handleReadyzHead answer HEAD as GET, without the
+// body (net/http drops it): probes and load balancers often ask with HEAD.
+// Each method is its own operation in openapi.yaml, so each has a name.
+func (s *Server) handleHealthzHead(w http.ResponseWriter, r *http.Request) { s.handleHealthz(w, r) }
+
+func (s *Server) handleReadyzHead(w http.ResponseWriter, r *http.Request) { s.handleReadyz(w, r) }
+
 // handleReadyz answers 200 once the server takes traffic; load balancers
 // and tests wait on it.
 func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {

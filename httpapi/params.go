@@ -20,7 +20,7 @@ var queryParams = map[string][]string{
 	"GET /v1/topics":                                 {"limit", "cursor"},
 	"GET /v1/topics/{topic}/messages":                {"key", "limit", "cursor"},
 	"GET /v1/topics/{topic}/queues/{queue}/messages": {"offset", "max", "wait"},
-	"GET /v1/subscriptions":                          {"limit", "cursor"},
+	"GET /v1/subscriptions":                          {"limit", "cursor", "group", "topic"},
 	"GET /v1/groups":                                 {"limit", "cursor"},
 	"GET /v1/groups/{group}/dlq":                     {"limit", "cursor"},
 	"POST /v1/groups/{group}/topics/{topic}/pull":    {"max", "wait", "visibility"},

@@ -27,6 +27,9 @@ func (s *Server) routes() chi.Router {
 	}
 	s.handle(r, "GET", "/healthz", accessOpen, s.handleHealthz)
 	s.handle(r, "GET", "/readyz", accessOpen, s.handleReadyz)
+	// Probes and load balancers often ask with HEAD: the same answer, no body.
+	s.handle(r, "HEAD", "/healthz", accessOpen, s.handleHealthzHead)
+	s.handle(r, "HEAD", "/readyz", accessOpen, s.handleReadyzHead)
 	s.handle(r, "GET", "/metrics", metrics, s.handleMetrics)
 	s.handle(r, "GET", "/openapi.yaml", accessOpen, s.handleOpenAPI)
 

@@ -371,7 +371,14 @@ func (s *Server) handleListSubscriptions(w http.ResponseWriter, r *http.Request)
 		s.listEverywhere(w, r, "subscriptions", "id", int(limit), s.handleListSubscriptions, nil)
 		return
 	}
-	cursor := r.URL.Query().Get("cursor")
+	q := r.URL.Query()
+	cursor, group, topic := q.Get("cursor"), q.Get("group"), q.Get("topic")
+	for _, f := range []string{"group", "topic"} {
+		if q.Has(f) && q.Get(f) == "" {
+			writeProblem(w, r, codeInvalidParameter, f, f+" must not be empty: leave it out to list every "+f+"'s subscriptions")
+			return
+		}
+	}
 	subs, err := s.broker.Subscriptions(r.Context())
 	if err != nil {
 		s.writeError(w, r, err)
@@ -389,6 +396,9 @@ func (s *Server) handleListSubscriptions(w http.ResponseWriter, r *http.Request)
 			continue
 		}
 		if p != nil && !p.scopes.canConsume(sub.Group) {
+			continue
+		}
+		if (group != "" && sub.Group != group) || (topic != "" && sub.Topic != topic) {
 			continue
 		}
 		if len(out.Subscriptions) == int(limit) {

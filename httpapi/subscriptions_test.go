@@ -148,3 +148,64 @@ func TestSubscriptionInputsAtTheLimits(t *testing.T) {
 		})
 	}
 }
+
+// GET /v1/subscriptions?group=&topic= narrows the list; an empty filter is
+// a 400, not "no filter" (a script that built the URL from an empty
+// variable would otherwise act on every subscription).
+func TestListSubscriptionsFiltered(t *testing.T) {
+	srv, _ := newTestServer(t, nil)
+	made := map[string]string{} // group/topic -> id
+	for _, gt := range [][2]string{{"g1", "orders"}, {"g1", "billing"}, {"g2", "orders"}} {
+		resp, data := do(t, "POST", srv.URL+"/v1/subscriptions", nil,
+			strings.NewReader(fmt.Sprintf(`{"group":%q,"topic":%q,"url":"http://127.0.0.1:9/hook"}`, gt[0], gt[1])))
+		if resp.StatusCode != 201 {
+			t.Fatalf("create %v: %d %s", gt, resp.StatusCode, data)
+		}
+		var sub subscriptionJSON
+		if err := json.Unmarshal(data, &sub); err != nil {
+			t.Fatal(err)
+		}
+		made[gt[0]+"/"+gt[1]] = sub.ID
+	}
+	tests := []struct {
+		query string
+		want  []string // group/topic of the subscriptions listed
+	}{
+		{"", []string{"g1/billing", "g1/orders", "g2/orders"}},
+		{"?group=g1", []string{"g1/billing", "g1/orders"}},
+		{"?topic=orders", []string{"g1/orders", "g2/orders"}},
+		{"?group=g2&topic=orders", []string{"g2/orders"}},
+		{"?group=g2&topic=billing", nil},
+		{"?group=nobody", nil},
+	}
+	for _, tc := range tests {
+		resp, data := do(t, "GET", srv.URL+"/v1/subscriptions"+tc.query, nil, nil)
+		if resp.StatusCode != 200 {
+			t.Fatalf("list%s: %d %s", tc.query, resp.StatusCode, data)
+		}
+		var page struct {
+			Subscriptions []subscriptionJSON `json:"subscriptions"`
+		}
+		if err := json.Unmarshal(data, &page); err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]bool{}
+		for _, s := range page.Subscriptions {
+			got[s.ID] = true
+		}
+		if len(got) != len(tc.want) {
+			t.Errorf("list%s: %d subscriptions, want %v: %s", tc.query, len(got), tc.want, data)
+		}
+		for _, w := range tc.want {
+			if !got[made[w]] {
+				t.Errorf("list%s: %s's subscription missing: %s", tc.query, w, data)
+			}
+		}
+	}
+	for _, q := range []string{"?group=", "?topic=", "?group=g1&topic="} {
+		resp, data := do(t, "GET", srv.URL+"/v1/subscriptions"+q, nil, nil)
+		if code, _ := problemCode(t, data); resp.StatusCode != 400 || code != "invalid_parameter" {
+			t.Errorf("list%s: %d %s, want 400 invalid_parameter", q, resp.StatusCode, data)
+		}
+	}
+}

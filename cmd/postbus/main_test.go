@@ -514,6 +514,15 @@ func TestTokenMintAndUse(t *testing.T) {
 	if out, _ := cmd.CombinedOutput(); cmd.ProcessState.ExitCode() != 2 || !strings.Contains(string(out), "--scope is required") {
 		t.Fatalf("token without a scope: %s", out)
 	}
+	for _, ttl := range []string{"59s", "0s", "-1h"} {
+		cmd := exec.Command(postbusBin, "token", "--scope", "admin", "--ttl", ttl, "--jwt-secret", secret)
+		if out, _ := cmd.CombinedOutput(); cmd.ProcessState.ExitCode() != 2 || !strings.Contains(string(out), "--ttl") {
+			t.Fatalf("token with --ttl %s: exit %d: %s", ttl, cmd.ProcessState.ExitCode(), out)
+		}
+	}
+	if out, err := exec.Command(postbusBin, "token", "--scope", "admin", "--ttl", "1m", "--jwt-secret", secret).Output(); err != nil || strings.Count(string(out), ".") != 2 {
+		t.Fatalf("token with --ttl 1m: %v: %s", err, out)
+	}
 }
 
 // TestSIGKILLDuringPush: with deliveries and retries in flight, SIGKILL

@@ -18,6 +18,9 @@ import (
 	"github.com/postbus/postbus/httpapi"
 )
 
+// minTokenTTL is the shortest --ttl postbus token mints.
+const minTokenTTL = time.Minute
+
 // token mints an API token: `postbus token --scope 'publish:orders*' --ttl 1h`.
 func token(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("postbus token", flag.ContinueOnError)
@@ -27,7 +30,7 @@ func token(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		ttl                                        time.Duration
 	)
 	fs.StringVar(&scope, "scope", "", "space-separated scopes: publish:<topic-glob>, subscribe:<topic-glob>, consume:<group-glob>, admin ('*' matches any run of characters)")
-	fs.DurationVar(&ttl, "ttl", time.Hour, "how long the token is valid")
+	fs.DurationVar(&ttl, "ttl", time.Hour, "how long the token is valid, at least 1m")
 	fs.StringVar(&secret, "jwt-secret", "", "HS256 secret, the broker's --jwt-secret; better set as POSTBUS_JWT_SECRET")
 	fs.StringVar(&keyFile, "private-key", "", "PEM private key (RSA: RS256, EC P-256: ES256, Ed25519: EdDSA) whose public key the broker has in --jwt-public-keys")
 	fs.StringVar(&kid, "kid", "", "key id to put in the token header, naming the broker's key to verify it with")
@@ -59,8 +62,11 @@ Flags (each also as an environment variable, --jwt-secret as POSTBUS_JWT_SECRET)
 		fmt.Fprintln(stderr, "--scope:", err)
 		return errUsage
 	}
-	if ttl <= 0 {
-		fmt.Fprintln(stderr, "--ttl must be positive: tokens always expire")
+	if ttl < minTokenTTL {
+		// A token valid for seconds expires before most clients first use
+		// it (brokers also allow clock skew of about that much): such a
+		// TTL is almost always a mistake.
+		fmt.Fprintf(stderr, "--ttl %s is under the minimum of 1m: tokens always expire, and one valid for less would expire before it is used\n", ttl)
 		return errUsage
 	}
 	if (secret == "") == (keyFile == "") {
