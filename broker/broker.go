@@ -96,11 +96,11 @@ type Broker struct {
 	// syncMu serialises the application of other brokers' subscription
 	// records, so that a create's positioning and its insert are not
 	// interleaved with another record's.
-	syncMu     sync.Mutex
+	syncMu sync.Mutex
 	// keptNewer is, per topic, the version of the last tombstone that was
 	// not applied because the copy here holds messages stored after it
 	// (logged at ERROR once per version); guarded by syncMu.
-	keptNewer map[string]int64
+	keptNewer  map[string]int64
 	topicsSig  signal // fired when a topic is created, changed or deleted
 	attemptsMu sync.Mutex
 	attempts   []meta.Attempt // not yet written; guarded by attemptsMu
