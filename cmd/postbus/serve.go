@@ -272,6 +272,9 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
+	// Writes wait until RunSync's first exchange of topic deletes: a
+	// broker back from an outage may hold a topic deleted meanwhile.
+	api.FenceWrites()
 	srv := &http.Server{
 		Handler:           api,
 		ReadHeaderTimeout: 10 * time.Second,
