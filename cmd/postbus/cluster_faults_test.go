@@ -259,11 +259,15 @@ func TestClusterNoAutoCreateWithoutWholeRoute(t *testing.T) {
 			return st == 503, raw
 		})
 	}
-	for _, path := range []string{"/v1/topics/orders/messages", "/v1/topics/orders/messages/batch"} {
+	// A pull too (attack F3): it would create the topic to pull from it.
+	for _, path := range []string{"/v1/topics/orders/messages", "/v1/topics/orders/messages/batch", "/v1/groups/g/topics/orders/pull?wait=1s"} {
 		body := []byte("lost?")
 		hdr := map[string]string{"Content-Type": "text/plain"}
-		if strings.HasSuffix(path, "/batch") {
+		switch {
+		case strings.HasSuffix(path, "/batch"):
 			body, hdr = []byte(`[{"body":"lost?"}]`), nil
+		case strings.Contains(path, "/pull"):
+			body, hdr = nil, nil
 		}
 		a := clDo(t, "POST", fc.url("broker-a")+path, hdr, body)
 		if code, _ := problemOf(a); a.status != 503 || code != "broker_unavailable" {
@@ -298,6 +302,10 @@ func TestClusterNoAutoCreateWithoutWholeRoute(t *testing.T) {
 	a = clDo(t, "POST", fc.url("broker-a")+"/v1/topics/unknown/messages", map[string]string{"Content-Type": "text/plain"}, []byte("x"))
 	if code, _ := problemOf(a); a.status != 503 || code != "broker_unavailable" || heldByA("unknown") {
 		t.Errorf("publish to a topic with a name server down: %s (created: %v); want 503 broker_unavailable, not created", a, heldByA("unknown"))
+	}
+	a = clDo(t, "POST", fc.url("broker-a")+"/v1/groups/g/topics/unknown/pull", nil, nil)
+	if code, _ := problemOf(a); a.status != 503 || code != "broker_unavailable" || heldByA("unknown") {
+		t.Errorf("pull of a topic with a name server down: %s (created: %v); want 503 broker_unavailable, not created", a, heldByA("unknown"))
 	}
 }
 
