@@ -68,6 +68,12 @@ func (s *Server) publishHolders(r *http.Request, topic string, sharded bool) (al
 // "pulled") of a topic this broker does not hold and cannot find whole:
 // 503, and the topic not created here.
 func (s *Server) writeNoRoute(w http.ResponseWriter, r *http.Request, topic string, err error, what string) {
+	if bad := broker.ValidateTopicName(topic); bad != nil {
+		// Not a topic's name: a 503 would have the client retry a typo
+		// for ever.
+		s.writeError(w, r, bad)
+		return
+	}
 	detail := fmt.Sprintf("topic %s is not on this broker, and the name servers cannot say where it is (%v); nothing was %s, and it was not created here", topic, err, what)
 	if errors.Is(err, namesrv.ErrTopicGone) {
 		detail = fmt.Sprintf("topic %s lives on brokers that are down (%v); nothing was %s, and it was not created here", topic, err, what)

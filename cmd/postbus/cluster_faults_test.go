@@ -296,6 +296,18 @@ func TestClusterNoAutoCreateWithoutWholeRoute(t *testing.T) {
 	if a := clDo(t, "POST", fc.url("broker-a")+"/v1/topics/fresh/messages", map[string]string{"Content-Type": "text/plain"}, []byte("x")); a.status != 201 {
 		t.Errorf("publish to a topic no name server knows: %s; want 201 (auto-created)", a)
 	}
+	// Not a topic's name at all (attack F10): 400, not a 503 to retry.
+	for _, name := range []string{strings.Repeat("a", 128), "-bad", ".x", "a%20b"} {
+		for _, path := range []string{"/v1/topics/" + name + "/messages", "/v1/groups/g/topics/" + name + "/pull"} {
+			a := clDo(t, "POST", fc.url("broker-a")+path, map[string]string{"Content-Type": "text/plain"}, []byte("x"))
+			if strings.HasSuffix(path, "/pull") {
+				a = clDo(t, "POST", fc.url("broker-a")+path, nil, nil)
+			}
+			if code, _ := problemOf(a); a.status != 400 || code != "invalid_topic" {
+				t.Errorf("POST %s: %s; want 400 invalid_topic", path, a)
+			}
+		}
+	}
 	// One name server down: nobody can say the topic is new.
 	fc.ns[1].cmd.Process.Signal(syscall.SIGKILL)
 	<-fc.ns[1].done
