@@ -96,7 +96,11 @@ type Broker struct {
 	// syncMu serialises the application of other brokers' subscription
 	// records, so that a create's positioning and its insert are not
 	// interleaved with another record's.
-	syncMu     sync.Mutex
+	syncMu sync.Mutex
+	// keptNewer is, per topic, the version of the last tombstone that was
+	// not applied because the copy here holds messages stored after it
+	// (logged at ERROR once per version); guarded by syncMu.
+	keptNewer  map[string]int64
 	topicsSig  signal // fired when a topic is created, changed or deleted
 	attemptsMu sync.Mutex
 	attempts   []meta.Attempt // not yet written; guarded by attemptsMu
@@ -123,6 +127,10 @@ type topicState struct {
 	// above it was handed out (see reserve); guarded by Broker.appendMu.
 	reserved []int64
 	rr       atomic.Uint32 // round-robin queue selection
+	// lastPublish is when this process last stored a producer's publish
+	// in the topic (Unix ms; 0: not since it started); guarded by
+	// Broker.appendMu. See newestPublish.
+	lastPublish int64
 }
 
 func newTopicState(t Topic) *topicState {

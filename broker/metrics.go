@@ -34,6 +34,9 @@ type metrics struct {
 	// topicTombsApplied counts topics deleted here by another broker's
 	// tombstone.
 	topicTombsApplied prometheus.Counter
+	// topicTombsKept counts tombstones not applied to a copy that took
+	// publishes after the delete (each logged at ERROR).
+	topicTombsKept prometheus.Counter
 }
 
 // Why recovery rebuilt the derived indexes from the start of the log (the
@@ -123,6 +126,10 @@ func newMetrics() *metrics {
 		Name: "postbus_topic_tombstones_applied_total",
 		Help: "Topics this broker deleted because another broker's tombstone said they were deleted in the cluster while this broker was away (each logged at WARN).",
 	})
+	m.topicTombsKept = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "postbus_topic_tombstones_kept_total",
+		Help: "Other brokers' topic tombstones not applied here because this broker's copy of the topic took publishes after the delete (it did not know of it): the copy is kept so that no acknowledged message is lost; each logged at ERROR.",
+	})
 	for _, k := range []string{"live", "tombstone"} {
 		m.syncApplied.WithLabelValues(k)
 	}
@@ -151,7 +158,7 @@ func (m *metrics) register(b *Broker, reg prometheus.Registerer) {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
 	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped, m.leasesExpired, m.progressBad, m.skippedRecords, m.lostQueueEnds, m.timersDropped, m.misplaced,
-		m.delayAnomalies, m.cleanedMessages, m.cleanedBytes, m.rebuilds, m.syncApplied, m.syncRefused, m.topicTombsApplied,
+		m.delayAnomalies, m.cleanedMessages, m.cleanedBytes, m.rebuilds, m.syncApplied, m.syncRefused, m.topicTombsApplied, m.topicTombsKept,
 		gauge("postbus_subscription_tombstones", "Deleted subscriptions' tombstones kept, to reach brokers that missed the delete.",
 			func() float64 {
 				ctx, cancel := context.WithTimeout(context.Background(), time.Second)

@@ -277,6 +277,9 @@ func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results 
 		return 0, nil, err
 	}
 	offs, end, wait, err := b.appendLog(keep)
+	if err == nil && dedup {
+		ts.lastPublish = now.UnixMilli()
+	}
 	if errors.Is(err, commitlog.ErrFailed) {
 		// The batch may be on disk (a failed fsync, or a failed write it
 		// could not zero again): its queue offsets stay taken, or a later

@@ -51,8 +51,9 @@ func (b *Broker) retentionLoop() {
 	}
 }
 
-// DiskUsage returns the used fraction of the file system holding dir: the
-// share of its space that an unprivileged writer can no longer use.
+// DiskUsage returns the used fraction of the file system holding dir, as
+// df's Use% shows it: used / (used + what an unprivileged writer may
+// still use), the blocks reserved for root counted in neither.
 func DiskUsage(dir string) (float64, error) {
 	avail, total, err := diskSpace(dir)
 	if err != nil {

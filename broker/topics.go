@@ -315,6 +315,19 @@ func (b *Broker) DeleteTopic(ctx context.Context, name string) error {
 	if err := b.waitDispatched(ctx, end); err != nil {
 		return err
 	}
+	if v, ok := ctx.Value(keepNewerKey{}).(int64); ok {
+		// Another broker's tombstone: under appendMu, no publish can be
+		// acknowledged between this look and the delete.
+		b.topicsMu.RLock()
+		ts := b.topics[name]
+		b.topicsMu.RUnlock()
+		if ts == nil {
+			return ErrTopicNotFound
+		}
+		if newest := b.newestPublish(ts); newest >= v {
+			return &keptNewerError{newest: newest}
+		}
+	}
 	// The groups' retry topics of it go too: their copies (and the timers
 	// still to bring them back) belong to the deleted topic. A retry topic
 	// made again later is a new incarnation, which the old copies' timers

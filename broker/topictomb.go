@@ -26,6 +26,15 @@ import (
 // taken from the same hybrid clock, above the version) is a new topic and
 // is kept. Tombstones live for Config.TombstoneTTL, as subscriptions'.
 //
+// An acknowledged message is never dropped by a tombstone: a broker that
+// did not know of a delete (down or hung when it was made) may have taken
+// publishes into its copy since; a tombstone older than the newest of
+// them is not applied (the copy stays, with an ERROR and
+// postbus_topic_tombstones_kept_total), and a delete made again drops
+// it. httpapi's fence keeps this rare: a broker takes no write before its
+// first exchange of tombstones, nor after being paused until it has
+// exchanged them again.
+//
 // What this assumes: the brokers' clocks agree to within the time between
 // a delete and a new topic of the same name created on a broker that had
 // not yet heard of the delete; such a new copy would be taken for the old
@@ -137,9 +146,22 @@ func (b *Broker) deleteOlderThan(ctx context.Context, t TopicTombstone) (bool, e
 	if created.UnixMilli() >= t.Version {
 		return false, nil // a topic of the name created since: kept
 	}
-	err := b.DeleteTopic(WithVersion(ctx, t.V()), t.Name)
+	err := b.DeleteTopic(WithVersion(context.WithValue(ctx, keepNewerKey{}, t.Version), t.V()), t.Name)
 	if errors.Is(err, ErrTopicNotFound) {
 		return false, nil // deleted meanwhile
+	}
+	if kept, ok := errors.AsType[*keptNewerError](err); ok {
+		if b.keptNewer[t.Name] != t.Version {
+			if b.keptNewer == nil {
+				b.keptNewer = map[string]int64{}
+			}
+			b.keptNewer[t.Name] = t.Version
+			b.metrics.topicTombsKept.Inc()
+			b.logger.Error("topic deleted in the cluster while this broker was away, but this broker acknowledged messages in its copy after the delete: the copy is kept, so that they are not lost; delete the topic again to drop it",
+				slog.String("topic", t.Name), slog.String("version", t.V().String()), slog.Time("created", created),
+				slog.Time("newest_publish", time.UnixMilli(kept.newest).UTC()))
+		}
+		return false, nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("delete topic %q by another broker's tombstone: %w", t.Name, err)
@@ -148,6 +170,47 @@ func (b *Broker) deleteOlderThan(ctx context.Context, t TopicTombstone) (bool, e
 	b.logger.Warn("topic deleted by another broker's tombstone: it was deleted in the cluster while this broker was away",
 		slog.String("topic", t.Name), slog.String("version", t.V().String()), slog.Time("created", created))
 	return true, nil
+}
+
+// keepNewerKey marks a DeleteTopic made for another broker's tombstone,
+// with the tombstone's version: the delete is not made when the copy
+// holds a producer's message stored at or after it (keptNewerError).
+type keepNewerKey struct{}
+
+// keptNewerError is DeleteTopic's refusal to apply a tombstone to a copy
+// that took publishes after the delete it stands for: this broker did
+// not know of the delete (it was down, or hung, when it was made) and
+// acknowledged them, and an acknowledged message is never dropped.
+type keptNewerError struct {
+	newest int64 // the newest such publish, Unix ms
+}
+
+func (e *keptNewerError) Error() string {
+	return fmt.Sprintf("the topic took a publish at %s, after the delete", time.UnixMilli(e.newest).UTC().Format(time.RFC3339Nano))
+}
+
+// newestPublish is when a producer's message was last stored in ts's
+// topic, Unix ms, as far as can be told: this process's last publish, or
+// the newest message at the end of each queue (what a restart left).
+// A delayed message still waiting for its time is counted while this
+// process runs, not after a restart. Called with appendMu held and
+// dispatch caught up with the log's end.
+func (b *Broker) newestPublish(ts *topicState) int64 {
+	newest := ts.lastPublish
+	for q := range ts.info.Load().Queues {
+		lo, hi := b.cq.Bounds(ts.name, q)
+		if hi <= lo {
+			continue
+		}
+		es, err := b.cq.Read(ts.name, q, hi-1, 1, nil)
+		if err != nil || len(es) == 0 || es[0].Size == holeSize {
+			continue
+		}
+		if m, err := b.readQueued(ts.name, q, hi-1, es[0].Offset); err == nil {
+			newest = max(newest, m.StoredAt.UnixMilli())
+		}
+	}
+	return newest
 }
 
 // ApplyOwnTopicTombstones deletes the topics held here that one of this

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -83,4 +84,66 @@ func TestTopicTombstones(t *testing.T) {
 			t.Fatalf("newer tombstones than the same: %+v; want none", got)
 		}
 	})
+}
+
+// TestTopicTombstoneKeepsLaterPublishes (attack F1): a broker that missed
+// a topic's delete (it was down or hung) and then acknowledged publishes
+// into its copy does not drop them when the delete's tombstone reaches
+// it: the copy is kept, with an ERROR and a metric once per tombstone.
+// The same holds after a restart, when only the messages themselves say
+// when they were stored. A copy whose last publish came before the
+// delete is deleted, as before.
+func TestTopicTombstoneKeepsLaterPublishes(t *testing.T) {
+	ctx := context.Background()
+	base := time.UnixMilli(1_900_000_000_000).UTC()
+	for _, restart := range []bool{false, true} {
+		t.Run(map[bool]string{false: "running", true: "after a restart"}[restart], func(t *testing.T) {
+			var clock atomic.Int64
+			clock.Store(base.UnixMilli())
+			cfg := testConfig(t, t.TempDir())
+			cfg.Now = func() time.Time { return time.UnixMilli(clock.Load()).UTC() }
+			cfg.TombstoneTTL = time.Hour
+			b, logs, reg := reopenWatched(t, cfg)
+			b.SetName("broker-x")
+			if _, _, err := b.PutTopic(ctx, "orders", TopicSettings{Queues: 2}); err != nil {
+				t.Fatal(err)
+			}
+			// The delete is made elsewhere at base+5ms; this broker, not
+			// knowing, takes a publish at base+10ms.
+			clock.Add(10)
+			res := publish(t, b, "orders", &Message{Body: []byte("after the delete")})
+			if restart {
+				if err := b.Close(); err != nil {
+					t.Fatal(err)
+				}
+				b, logs, reg = reopenWatched(t, cfg)
+				b.SetName("broker-x")
+			}
+			tomb := TopicTombstone{"orders", base.UnixMilli() + 5, "broker-y"}
+			for range 2 {
+				st, err := b.ApplyTopicTombstones(ctx, []TopicTombstone{tomb})
+				if err != nil || len(st.Deleted) != 0 {
+					t.Fatalf("tombstone before the last publish: %+v, %v; want the copy kept", st, err)
+				}
+				if err := b.ApplyOwnTopicTombstones(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			m, err := b.Message(ctx, res[0].ID)
+			if err != nil || string(m.Body) != "after the delete" {
+				t.Fatalf("the message acknowledged after the delete: %v, %v", m, err)
+			}
+			if n := len(logs.lines("ERROR", "the copy is kept")); n != 1 {
+				t.Errorf("%d ERROR lines for the kept copy, want 1", n)
+			}
+			if v := counterValue(t, reg, "postbus_topic_tombstones_kept_total", "", ""); v != 1 {
+				t.Errorf("postbus_topic_tombstones_kept_total = %v, want 1", v)
+			}
+			// A delete made after that publish drops the copy.
+			later := TopicTombstone{"orders", base.UnixMilli() + 11, "broker-y"}
+			if st, err := b.ApplyTopicTombstones(ctx, []TopicTombstone{later}); err != nil || len(st.Deleted) != 1 {
+				t.Fatalf("tombstone after the last publish: %+v, %v; want the copy deleted", st, err)
+			}
+		})
+	}
 }

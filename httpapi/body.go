@@ -327,7 +327,12 @@ func (b *pacedBody) Read(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.rate <= 0 || b.done {
-		return b.body.Read(p)
+		n, err := b.body.Read(p)
+		b.read += int64(n)
+		if err != nil {
+			b.done = true
+		}
+		return n, err
 	}
 	due := b.start.Add(b.grace + time.Duration(float64(b.read)/b.rate*float64(time.Second)))
 	paced := b.rc.SetReadDeadline(due) == nil
@@ -350,6 +355,13 @@ func (b *pacedBody) Read(p []byte) (int, error) {
 }
 
 func (b *pacedBody) Close() error { return b.body.Close() }
+
+// ended says whether the body was read to its end (or to an error).
+func (b *pacedBody) ended() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.done
+}
 
 // readBody reads the request body, decoding a Content-Encoding of gzip,
 // and refuses one of more than limit bytes (decoded) without reading

@@ -64,12 +64,19 @@ func (s *Server) publishHolders(r *http.Request, topic string, sharded bool) (al
 	return all, s.cluster.live(all), nil
 }
 
-// writeNoRoute answers a publish to a topic this broker does not hold and
-// cannot find whole: 503, nothing stored.
-func (s *Server) writeNoRoute(w http.ResponseWriter, r *http.Request, topic string, err error) {
-	detail := fmt.Sprintf("topic %s is not on this broker, and the name servers cannot say where it is (%v); nothing was stored, and it was not created here", topic, err)
+// writeNoRoute answers a publish or a pull (what it did not do: "stored",
+// "pulled") of a topic this broker does not hold and cannot find whole:
+// 503, and the topic not created here.
+func (s *Server) writeNoRoute(w http.ResponseWriter, r *http.Request, topic string, err error, what string) {
+	if bad := broker.ValidateTopicName(topic); bad != nil {
+		// Not a topic's name: a 503 would have the client retry a typo
+		// for ever.
+		s.writeError(w, r, bad)
+		return
+	}
+	detail := fmt.Sprintf("topic %s is not on this broker, and the name servers cannot say where it is (%v); nothing was %s, and it was not created here", topic, err, what)
 	if errors.Is(err, namesrv.ErrTopicGone) {
-		detail = fmt.Sprintf("topic %s lives on brokers that are down (%v); nothing was stored, and it was not created here", topic, err)
+		detail = fmt.Sprintf("topic %s lives on brokers that are down (%v); nothing was %s, and it was not created here", topic, err, what)
 	}
 	writeProblem(w, r, codeBrokerUnavailable, "", detail)
 }
@@ -114,7 +121,7 @@ func placementKey(m *broker.Message) string {
 func (s *Server) forwardPublish(w http.ResponseWriter, r *http.Request, topic, key string, body []byte) bool {
 	all, holders, err := s.publishHolders(r, topic, key != "")
 	if err != nil {
-		s.writeNoRoute(w, r, topic, err)
+		s.writeNoRoute(w, r, topic, err, "stored")
 		return true
 	}
 	if all == nil {
@@ -203,7 +210,7 @@ func (s *Server) forwardBatch(w http.ResponseWriter, r *http.Request, topic stri
 	keyed := slices.ContainsFunc(msgs, func(m *broker.Message) bool { return placementKey(m) != "" })
 	all, holders, err := s.publishHolders(r, topic, keyed)
 	if err != nil {
-		s.writeNoRoute(w, r, topic, err)
+		s.writeNoRoute(w, r, topic, err, "stored")
 		return true
 	}
 	if all == nil {

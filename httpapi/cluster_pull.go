@@ -121,7 +121,15 @@ type pulledPage struct {
 func (s *Server) pullEverywhere(w http.ResponseWriter, r *http.Request, max int, wait, vis time.Duration) bool {
 	topic := chi.URLParam(r, "topic")
 	local, _ := s.broker.Queues(topic)
-	holders := s.cluster.live(s.cluster.holders(r.Context(), topic, local))
+	all, err := s.cluster.route(r.Context(), topic, local)
+	if err != nil && len(all) == 0 {
+		// Pulled here, the topic would be created here (auto-create), a
+		// copy without its settings or subscriptions, while its brokers
+		// are down or the name servers cannot say where it is.
+		s.writeNoRoute(w, r, topic, err, "pulled")
+		return true
+	}
+	holders := s.cluster.live(all)
 	if len(holders) == 0 || (len(holders) == 1 && holders[0].local()) {
 		return false
 	}

@@ -112,6 +112,15 @@ type syncer struct {
 	// every topic's records pushed and the deletes answered taken) is over.
 	firstDone chan struct{}
 
+	// fence holds writes back while this broker may not know of a topic
+	// deleted in the cluster: from its start, and after it was paused,
+	// until it has exchanged topic tombstones with every other broker.
+	fence *writeFence
+	fm    *fenceMetrics
+	// paused is signalled by the watchdog when this process was paused
+	// (SIGSTOP, a VM freeze) or starved; capacity 1.
+	paused chan struct{}
+
 	mu      sync.Mutex
 	pending map[string]bool // topics to push again at once; guarded by mu
 	// alive is the brokers heard from (they pushed here) since the last
@@ -190,6 +199,7 @@ func newSyncer(s *Server, c *Cluster, reg prometheus.Registerer) *syncer {
 		interval = DefaultSyncInterval
 	}
 	return &syncer{s: s, interval: interval, token: c.Token, total: total, kick: make(chan struct{}, 1), firstDone: make(chan struct{}),
+		fence: newWriteFence(), fm: newFenceMetrics(reg), paused: make(chan struct{}, 1),
 		pending: map[string]bool{}, alive: map[string]bool{}, pushed: map[string]map[string]string{}, routes: map[string]syncRoute{}}
 }
 
@@ -225,7 +235,8 @@ func (y *syncer) run(ctx context.Context) {
 	// more in between.
 	watch := time.NewTicker(min(y.interval, time.Second))
 	defer watch.Stop()
-	y.exchangeTombstones(ctx)
+	go y.watchdog(ctx)
+	y.fencedExchange(ctx, false)
 	y.round(ctx, true, nil)
 	close(y.firstDone)
 	for {
@@ -233,8 +244,12 @@ func (y *syncer) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-y.paused:
+			y.fence.shut("paused: exchanging topic deletes with the other brokers again")
+			y.fencedExchange(ctx, false)
+			y.round(ctx, true, nil)
 		case <-full.C:
-			y.exchangeTombstones(ctx)
+			y.exchangeTombstones(ctx, true)
 			y.round(ctx, true, nil)
 		case <-y.s.cluster.names.Registered():
 			// Back in a name server's routes after being away (or the
@@ -243,7 +258,8 @@ func (y *syncer) run(ctx context.Context) {
 			// records pushing them here; its exchange of topic
 			// tombstones, by the others' tombstones.
 			y.forget()
-			y.exchangeTombstones(ctx)
+			y.fence.shut("registered anew with the name servers: exchanging topic deletes with the other brokers")
+			y.fencedExchange(ctx, true)
 			y.round(ctx, true, nil)
 		case <-watch.C:
 			y.round(ctx, false, nil)
@@ -418,8 +434,11 @@ func (y *syncer) takeDeleted(ctx context.Context, p peer, req syncRequest, delet
 // live broker (not only the holders of its topics: a broker that holds
 // a tombstone no longer holds the topic, and the one that missed the
 // delete does), and takes those they answer with. It first completes its
-// own tombstones' deletes (see broker.ApplyOwnTopicTombstones).
-func (y *syncer) exchangeTombstones(ctx context.Context) {
+// own tombstones' deletes (see broker.ApplyOwnTopicTombstones). With
+// skipDown, brokers marked down are left out. It returns the brokers
+// that did not answer (all of them, as "name servers", when the list of
+// brokers could not be had).
+func (y *syncer) exchangeTombstones(ctx context.Context, skipDown bool) (missed []string) {
 	s, c := y.s, y.s.cluster
 	if err := s.broker.ApplyOwnTopicTombstones(ctx); err != nil {
 		c.logger.Error("deleting the topics this broker's own tombstones name failed", slog.Any("err", err))
@@ -427,17 +446,18 @@ func (y *syncer) exchangeTombstones(ctx context.Context) {
 	mine, err := s.broker.TopicTombstones(ctx)
 	if err != nil {
 		c.logger.Error("reading topic tombstones to exchange failed", slog.Any("err", err))
-		return
+		return []string{"this broker's tombstones"}
 	}
 	list, err := c.names.BrokersForBackground(ctx)
 	if err != nil {
 		c.logger.Warn("cannot list the cluster's brokers to exchange topic tombstones; tried again next round", slog.Any("err", err))
-		return
+		return []string{"the name servers"}
 	}
 	var wg sync.WaitGroup
+	var mu sync.Mutex
 	for _, b := range list {
 		p := peer{name: b.Name, addr: b.Addr}
-		if b.Name == c.self || c.isDown(p.addr) {
+		if b.Name == c.self || (skipDown && c.isDown(p.addr)) {
 			continue
 		}
 		wg.Go(func() {
@@ -446,6 +466,9 @@ func (y *syncer) exchangeTombstones(ctx context.Context) {
 					TopicTombstones: mine[i:min(i+maxTombstonesPerRequest, len(mine))]}
 				ans, err := y.send(ctx, p, req, "")
 				if err != nil {
+					mu.Lock()
+					missed = append(missed, p.name)
+					mu.Unlock()
 					return
 				}
 				if len(ans.TopicsDeleted) > 0 {
@@ -457,11 +480,17 @@ func (y *syncer) exchangeTombstones(ctx context.Context) {
 				}
 				if _, err := s.broker.ApplyTopicTombstones(ctx, ans.TopicTombstones); err != nil {
 					c.logger.Error("taking another broker's topic tombstones failed", slog.String("broker", p.name), slog.Any("err", err))
+					mu.Lock()
+					missed = append(missed, p.name)
+					mu.Unlock()
+					return
 				}
 			}
 		})
 	}
 	wg.Wait()
+	slices.Sort(missed)
+	return missed
 }
 
 // send is one sync request to p, with the hop's deadline.

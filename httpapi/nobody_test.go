@@ -1,11 +1,14 @@
 package httpapi
 
 import (
+	"bufio"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestContractBodyRoutes: the routes that take a body are exactly those
@@ -102,5 +105,50 @@ func TestContentTypeNeedsSubtype(t *testing.T) {
 		if resp.StatusCode != want || p.Code != code {
 			t.Errorf("batch item with content_type %q: %d %s, want %d %s", tc.ct, resp.StatusCode, data, want, code)
 		}
+	}
+}
+
+// TestRefusedSlowBodyIsAnsweredAtOnce (attack F9): a request refused
+// before its body is read (a body where none is taken, an unknown header
+// or parameter), whose client declares a body and then sends only part
+// of it, was answered only once the whole body arrived: never, for a
+// client that stops, which held the connection outside every limit. The
+// refusal is now written at once and the connection closed.
+func TestRefusedSlowBodyIsAnsweredAtOnce(t *testing.T) {
+	srv, _ := newTestServer(t, nil)
+	for _, tc := range []struct {
+		name, request string
+		code          string
+	}{
+		{"pull with a body", "POST /v1/groups/g/topics/orders/pull?max=1 HTTP/1.1\r\n", "unexpected_body"},
+		{"publish with an unknown header", "POST /v1/topics/orders/messages HTTP/1.1\r\nPostbus-Tags: x\r\n", "invalid_header"},
+		{"publish with an unknown parameter", "POST /v1/topics/orders/messages?maxx=5 HTTP/1.1\r\n", "invalid_parameter"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			conn, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			// 5 of the 1000 bytes declared, then nothing.
+			if _, err := io.WriteString(conn, tc.request+"Host: x\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\nabcde"); err != nil {
+				t.Fatal(err)
+			}
+			// Far less than the server's wait for the rest (unbounded here).
+			if err := conn.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatalf("no answer while the body is incomplete: %v", err)
+			}
+			data, _ := io.ReadAll(resp.Body)
+			if code, _ := problemCode(t, data); resp.StatusCode != http.StatusBadRequest || code != tc.code {
+				t.Fatalf("%d %s, want 400 %s", resp.StatusCode, data, tc.code)
+			}
+			if !resp.Close {
+				t.Errorf("the connection is kept for the rest of a body nobody reads (Connection: %q)", resp.Header.Get("Connection"))
+			}
+		})
 	}
 }

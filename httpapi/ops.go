@@ -35,6 +35,12 @@ func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, codeNotReady, "", "not ready: "+err.Error())
 		return
 	}
+	if s.sync != nil {
+		if why := s.sync.fence.shutWhy(); why != "" {
+			writeProblem(w, r, codeNotReady, "", "not ready: "+why)
+			return
+		}
+	}
 	// Damaged records do not make a broker unready (everything else is
 	// served), but an operator looking here should see them.
 	var damaged []broker.DamagedSpan

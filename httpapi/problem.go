@@ -121,6 +121,13 @@ func writeProblem(w http.ResponseWriter, r *http.Request, code broker.Code, fiel
 		Field:    field,
 		Instance: r.URL.Path,
 	}
+	if pb, ok := r.Body.(*pacedBody); ok && r.ContentLength != 0 && !pb.ended() {
+		// Refused with its body unread (a body where none is taken, a bad
+		// header or parameter, a fenced write): the server would wait for
+		// the rest of it before answering, forever for a client that
+		// stops sending.
+		defer refuseUnreadBody(w, r)()
+	}
 	w.Header().Set("Content-Type", "application/problem+json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)

@@ -102,7 +102,7 @@ func (s *Server) handle(r chi.Router, method, pattern string, a access, h http.H
 	// of the route, not even which parameters or headers it takes.
 	mw := []func(http.Handler) http.Handler{s.authMiddleware(a), queryCheck(route), headerCheck(route), noBodyCheck(route)}
 	if method != http.MethodGet && strings.HasPrefix(pattern, "/v1/") && !strings.HasPrefix(pattern, "/v1/brokers") {
-		mw = append(mw, s.refusedCheck)
+		mw = append(mw, s.refusedCheck, s.fenceCheck)
 	}
 	r.With(mw...).Method(method, pattern, h)
 }

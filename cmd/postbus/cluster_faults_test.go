@@ -256,11 +256,15 @@ func TestClusterNoAutoCreateWithoutWholeRoute(t *testing.T) {
 			return st == 503, raw
 		})
 	}
-	for _, path := range []string{"/v1/topics/orders/messages", "/v1/topics/orders/messages/batch"} {
+	// A pull too (attack F3): it would create the topic to pull from it.
+	for _, path := range []string{"/v1/topics/orders/messages", "/v1/topics/orders/messages/batch", "/v1/groups/g/topics/orders/pull?wait=1s"} {
 		body := []byte("lost?")
 		hdr := map[string]string{"Content-Type": "text/plain"}
-		if strings.HasSuffix(path, "/batch") {
+		switch {
+		case strings.HasSuffix(path, "/batch"):
 			body, hdr = []byte(`[{"body":"lost?"}]`), nil
+		case strings.Contains(path, "/pull"):
+			body, hdr = nil, nil
 		}
 		a := clDo(t, "POST", fc.url("broker-a")+path, hdr, body)
 		if code, _ := problemOf(a); a.status != 503 || code != "broker_unavailable" {
@@ -289,12 +293,28 @@ func TestClusterNoAutoCreateWithoutWholeRoute(t *testing.T) {
 	if a := clDo(t, "POST", fc.url("broker-a")+"/v1/topics/fresh/messages", map[string]string{"Content-Type": "text/plain"}, []byte("x")); a.status != 201 {
 		t.Errorf("publish to a topic no name server knows: %s; want 201 (auto-created)", a)
 	}
+	// Not a topic's name at all (attack F10): 400, not a 503 to retry.
+	for _, name := range []string{strings.Repeat("a", 128), "-bad", ".x", "a%20b"} {
+		for _, path := range []string{"/v1/topics/" + name + "/messages", "/v1/groups/g/topics/" + name + "/pull"} {
+			a := clDo(t, "POST", fc.url("broker-a")+path, map[string]string{"Content-Type": "text/plain"}, []byte("x"))
+			if strings.HasSuffix(path, "/pull") {
+				a = clDo(t, "POST", fc.url("broker-a")+path, nil, nil)
+			}
+			if code, _ := problemOf(a); a.status != 400 || code != "invalid_topic" {
+				t.Errorf("POST %s: %s; want 400 invalid_topic", path, a)
+			}
+		}
+	}
 	// One name server down: nobody can say the topic is new.
 	fc.ns[1].cmd.Process.Signal(syscall.SIGKILL)
 	<-fc.ns[1].done
 	a = clDo(t, "POST", fc.url("broker-a")+"/v1/topics/unknown/messages", map[string]string{"Content-Type": "text/plain"}, []byte("x"))
 	if code, _ := problemOf(a); a.status != 503 || code != "broker_unavailable" || heldByA("unknown") {
 		t.Errorf("publish to a topic with a name server down: %s (created: %v); want 503 broker_unavailable, not created", a, heldByA("unknown"))
+	}
+	a = clDo(t, "POST", fc.url("broker-a")+"/v1/groups/g/topics/unknown/pull", nil, nil)
+	if code, _ := problemOf(a); a.status != 503 || code != "broker_unavailable" || heldByA("unknown") {
+		t.Errorf("pull of a topic with a name server down: %s (created: %v); want 503 broker_unavailable, not created", a, heldByA("unknown"))
 	}
 }
 

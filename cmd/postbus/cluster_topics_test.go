@@ -3,6 +3,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -211,5 +212,92 @@ func TestClusterSubscriptionCreateAnswerIsHonest(t *testing.T) {
 	sink.waitDelivered(t, "/live", bodiesOf("after", 5))
 	if n := len(sink.hits("/half")); n > 0 {
 		t.Errorf("the subscription answered as not created delivered %d messages", n)
+	}
+}
+
+// TestClusterRestartedHolderTakesNoWriteBeforeDeletes (attack F1): a
+// holder killed, its topic deleted meanwhile through another broker, and
+// restarted while that broker was hung, answered publishes into its copy
+// 201, then dropped them all when the other broker's tombstone reached
+// it. A broker now takes no write before it has exchanged topic deletes
+// with every broker the name servers list (waiting, for at most the hop
+// timeout, for one that does not answer): the publishes wait, the copy is
+// deleted first, and every publish answered 201 stays readable.
+func TestClusterRestartedHolderTakesNoWriteBeforeDeletes(t *testing.T) {
+	fc := startFaultCluster(t, 1, []string{"broker-a", "broker-b"}, "expiry=60s", "--forward-timeout", "6s")
+	fc.putTopic("doomed", "broker-a", "broker-b")
+	fc.kill("broker-b")
+	if a := clDo(t, "DELETE", fc.url("broker-a")+"/v1/topics/doomed", nil, nil); a.status != 204 && a.status != 502 {
+		t.Fatalf("delete of doomed with broker-b down: %s", a)
+	}
+	hung := fc.brokers["broker-a"]
+	stopProc(t, hung)
+	bURL := fc.url("broker-b") // the same once it is started again
+	// Publishes straight to broker-b while broker-a is hung, and after.
+	type answer struct {
+		status int
+		id     string
+	}
+	var (
+		mu      sync.Mutex
+		answers []answer
+		wg      sync.WaitGroup
+	)
+	end := time.Now().Add(5 * time.Second)
+	for w := range 4 {
+		wg.Go(func() {
+			for i := 0; time.Now().Before(end); i++ {
+				a, err := clTry("POST", bURL+"/v1/topics/doomed/messages", map[string]string{"Content-Type": "text/plain"},
+					[]byte(fmt.Sprintf("f1-%d-%d", w, i)))
+				if err != nil {
+					time.Sleep(20 * time.Millisecond) // not listening yet
+					continue
+				}
+				var m struct {
+					ID string `json:"msg_id"`
+				}
+				if a.status == 201 {
+					if err := json.Unmarshal(a.body, &m); err != nil {
+						t.Errorf("201 that is not a message: %s", a)
+					}
+				}
+				mu.Lock()
+				answers = append(answers, answer{a.status, m.ID})
+				mu.Unlock()
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
+	}
+	// broker-a stays hung through broker-b's start and the first of the
+	// publishes, for less than the hop timeout.
+	resumed := time.AfterFunc(2*time.Second, func() { hung.cmd.Process.Signal(syscall.SIGCONT) })
+	defer resumed.Stop()
+	fc.restartBroker("broker-b") // returns once broker-b is ready
+	wg.Wait()
+	clEventually(t, "broker-b to drop its copy of the deleted topic", func() (bool, string) {
+		a, err := clTry("GET", fc.url("broker-b")+"/v1/topics/doomed", map[string]string{"Postbus-Forwarded-By": "test"}, nil)
+		return err == nil && a.status == 404, fmt.Sprint(a, err)
+	})
+	statuses := map[int]int{}
+	for _, a := range answers {
+		statuses[a.status]++
+		if a.status != 201 {
+			continue
+		}
+		for _, via := range []string{"broker-a", "broker-b"} {
+			if g := clDo(t, "GET", fc.url(via)+"/v1/messages/"+a.id, nil, nil); g.status != 200 {
+				t.Errorf("message %s answered 201 by broker-b, then through %s: %s", a.id, via, g)
+			}
+		}
+	}
+	t.Logf("publishes to broker-b by status: %v", statuses)
+	if statuses[201] > 0 {
+		t.Errorf("broker-b acknowledged %d publishes into the copy of a topic deleted in the cluster", statuses[201])
+	}
+	if statuses[404]+statuses[503] == 0 {
+		t.Errorf("no publish was answered while broker-b learnt of the delete: %v", statuses)
+	}
+	if logs := fc.brokers["broker-b"].Logs(); strings.Contains(logs, "the copy is kept") {
+		t.Errorf("broker-b kept its copy rather than taking the delete before any write: %s", grepLines(logs, "the copy is kept"))
 	}
 }

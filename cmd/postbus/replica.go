@@ -332,6 +332,7 @@ func (m *replicaMember) lead(ctx context.Context) error {
 		_ = b.Close()
 		return err
 	}
+	api.FenceWrites() // lifted by RunSync once topic deletes are exchanged
 	syncCtx, cancelSync := context.WithCancel(context.Background())
 	synced := make(chan struct{})
 	go func() {

@@ -94,8 +94,8 @@ func newServeFlags(mode string, out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.BoolVar(&b.RebuildMetadata, "rebuild-metadata", false, "recreate in meta.db the topics the commitlog holds but meta.db does not know (it is missing, unusable or older than the log); "+
 		"subscriptions, consumer offsets, secrets and topic settings cannot be recovered and are logged as lost. Use once, then start without it")
 	fs.DurationVar(&b.OffsetInterval, "offset-interval", b.OffsetInterval, "how often consumer offsets and the delivery attempt log are persisted")
-	fs.Float64Var(&b.DiskCleanRatio, "disk-clean-ratio", b.DiskCleanRatio, "disk use above which the oldest segments are deleted before their retention")
-	fs.Float64Var(&b.DiskFullRatio, "disk-full-ratio", b.DiskFullRatio, "disk use above which publishes are refused with 507")
+	fs.Float64Var(&b.DiskCleanRatio, "disk-clean-ratio", b.DiskCleanRatio, "disk use (as df's Use%) above which the oldest segments are deleted before their retention")
+	fs.Float64Var(&b.DiskFullRatio, "disk-full-ratio", b.DiskFullRatio, "disk use (as df's Use%) above which publishes are refused with 507")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long SIGTERM waits for in-flight requests")
@@ -272,6 +272,9 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
+	// Writes wait until RunSync's first exchange of topic deletes: a
+	// broker back from an outage may hold a topic deleted meanwhile.
+	api.FenceWrites()
 	srv := &http.Server{
 		Handler:           api,
 		ReadHeaderTimeout: 10 * time.Second,
