@@ -22,6 +22,16 @@
 //     another write of the leader from coming between.
 //   - leader: a new leader's HTTP address, so followers know where to
 //     forward.
+//   - trim: a retention cut. Only the leader decides what the log drops
+//     (its broker's retention and disk watermark, broker.Replicated.Trim);
+//     every member applies the cut alike (broker.RetireBefore: the consume
+//     queues' floor is raised, then the segments ending at or before the
+//     offset are deleted), so the logs stay the same byte for byte. A
+//     member never deletes log on its own: a follower whose disk is over
+//     --disk-clean-ratio says so at ERROR (again every 30 s), sets
+//     postbus_raft_disk_over_clean and is not ready (NotReady), and
+//     deletes nothing. A snapshot carries the log's start, so a member
+//     that restores one drops what cuts it missed.
 //
 // Only committed entries change a member's files, the leader's included.
 // A member applies entries to its commitlog and meta.db whether it leads or

@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/postbus/postbus/broker"
 	"github.com/postbus/postbus/broker/commitlog"
 )
 
@@ -23,6 +24,12 @@ type recordsResult struct {
 	offs []int64
 	end  int64
 	err  error
+}
+
+// trimResult is a trim entry's answer to the proposer.
+type trimResult struct {
+	dropped int
+	err     error
 }
 
 // errDiverged: an entry does not fit this member's files: its log holds
@@ -72,6 +79,22 @@ func (f fsm) Apply(l *raft.Log) any {
 		if err != nil {
 			n.applyFailed(l.Index, "meta", err)
 			res = err
+		}
+	case kindTrim:
+		epoch, off, err := decodeTrim(l.Data)
+		if err == nil {
+			if err = n.checkEpoch(l.Index, "trim", epoch); err != nil {
+				res = trimResult{err: err}
+				break
+			}
+		}
+		var dropped int
+		if err == nil {
+			dropped, err = n.applyTrim(off)
+		}
+		res = trimResult{dropped: dropped, err: err}
+		if err != nil {
+			n.applyFailed(l.Index, "trim", err)
 		}
 	case kindLeader:
 		li, err := decodeLeader(l.Data)
@@ -168,6 +191,21 @@ func (n *Node) applyRecords(start int64, recs [][]byte) ([]int64, int64, error) 
 		return nil, 0, fmt.Errorf("batch at %d: written at %d..%d, want %d..%d: %w", start, got[0], gotEnd, offs[k], end, errDiverged)
 	}
 	return offs, end, nil
+}
+
+// applyTrim applies the leader's retention cut: every member deletes the
+// same segments (their logs are the same byte for byte), the leader's
+// included. Applied again after a restart it finds them gone already.
+func (n *Node) applyTrim(off int64) (int, error) {
+	dropped, err := broker.RetireBefore(n.dir, n.log, off)
+	if err != nil {
+		return dropped, err
+	}
+	if dropped > 0 {
+		n.logger.Info("the group's retention cut applied: commitlog segments deleted",
+			slog.Int64("before", off), slog.Int("segments", dropped), slog.Int64("log_min", n.log.MinOffset()))
+	}
+	return dropped, nil
 }
 
 func (f fsm) Snapshot() (raft.FSMSnapshot, error) {

@@ -103,6 +103,8 @@ type Node struct {
 	leads      atomic.Uint64         // leads taken by this process
 	applied    atomic.Uint64         // the last entry the state machine applied
 	untrusted  atomic.Pointer[error] // why this member must not lead (trust.go)
+	diskOver   atomic.Pointer[error] // why its disk is over the clean watermark (checkDisk)
+	diskSaid   time.Time             // when checkDisk last said so; guard's only
 	kick       chan struct{}         // wakes guard
 	verified   chan struct{}         // closed when guard checked the sealed segments
 	notify     chan bool
@@ -390,7 +392,8 @@ func (n *Node) BecomeLeader(ctx context.Context, httpAddr string) (broker.Config
 	_ = os.Remove(filepath.Join(n.dir, "queuemarks.json"))
 	bc := n.cfg.Broker
 	bc.Replica = &broker.Replicated{Log: n.log, Meta: n.meta, Epoch: epoch,
-		Propose: func(start int64, recs [][]byte) func() error { return n.propose(epoch, start, recs) }}
+		Propose: func(start int64, recs [][]byte) func() error { return n.propose(epoch, start, recs) },
+		Trim:    func(off int64) (int, error) { return n.trim(epoch, off) }}
 	return bc, nil
 }
 
@@ -441,6 +444,26 @@ func (n *Node) propose(epoch uint64, start int64, recs [][]byte) func() error {
 		}
 		return nil
 	})
+}
+
+// trim proposes the retention cut of the broker opened for epoch
+// (broker.Replicated.Trim) and waits until it is applied here.
+func (n *Node) trim(epoch uint64, off int64) (int, error) {
+	if n.epoch.Load() != epoch {
+		return 0, fmt.Errorf("replicate the retention cut before %d: %w (%w)", off, errFenced, broker.ErrNotLeader)
+	}
+	f := n.raft.Apply(encodeTrim(epoch, off), applyTimeout)
+	if err := f.Error(); err != nil {
+		return 0, fmt.Errorf("replicate the retention cut before %d: %w", off, wrapRaft(err))
+	}
+	res, ok := f.Response().(trimResult)
+	if !ok {
+		return 0, fmt.Errorf("replicate the retention cut before %d: unexpected answer %T", off, f.Response())
+	}
+	if res.err != nil {
+		return res.dropped, fmt.Errorf("replicate the retention cut before %d: %w", off, res.err)
+	}
+	return res.dropped, nil
 }
 
 // ReplicateMeta proposes the statements of one metadata write

@@ -188,7 +188,7 @@ func serveReplica(ctx context.Context, c *serveConfig, mode string, logger *slog
 	defer m.client.Close()
 	m.front, err = httpapi.NewFront(httpapi.FrontConfig{Auth: auth, Logger: logger, Replicas: replicasOf{m: m, group: group},
 		Metrics: promhttp.HandlerFor(baseReg, promhttp.HandlerOpts{}), MetricsAuth: c.auth.metricsAuth, HopTimeout: c.forwardTimeout,
-		Untrusted: node.Untrusted})
+		Untrusted: node.NotReady})
 	if err != nil {
 		return err
 	}
