@@ -58,7 +58,9 @@
 // snapshot (meta.db's applied index and the log's end are at or past it)
 // and changes nothing; each records entry then appends only what the log
 // lacks (a crash may have cut its unsynced tail; the records before the
-// log's end are skipped and counted), and each meta entry at or below
+// log's end are skipped and counted, once each is found there byte for
+// byte: a log that holds other bytes where the batch goes has diverged,
+// which distrusts the member rather than pass for a replay), and each meta entry at or below
 // meta.db's applied index is skipped. An entry that contradicts the files
 // is an ERROR, counted in postbus_raft_apply_failures_total.
 //

@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -160,6 +161,9 @@ func (n *Node) applyRecords(start int64, recs [][]byte) ([]int64, int64, error) 
 	end := at
 	have := n.log.End()
 	if end <= have {
+		if err := n.checkHeld(start, offs, recs); err != nil {
+			return nil, 0, err
+		}
 		n.metrics.skipped.Add(float64(len(recs)))
 		return offs, end, nil
 	}
@@ -172,6 +176,9 @@ func (n *Node) applyRecords(start int64, recs [][]byte) ([]int64, int64, error) 
 		}
 		if offs[k] != have {
 			return nil, 0, fmt.Errorf("batch at %d: the log ends at %d, inside record %d: %w", start, have, k-1, errDiverged)
+		}
+		if err := n.checkHeld(start, offs[:k], recs[:k]); err != nil {
+			return nil, 0, err
 		}
 		n.metrics.skipped.Add(float64(k))
 	}
@@ -206,6 +213,32 @@ func (n *Node) applyTrim(off int64) (int, error) {
 			slog.Int64("before", off), slog.Int("segments", dropped), slog.Int64("log_min", n.log.MinOffset()))
 	}
 	return dropped, nil
+}
+
+// checkHeld makes sure the log holds these records where a batch says
+// they go before it is taken for a replay: a member whose log grew by
+// something else (written behind the broker's back, or a bug) holds other
+// bytes there, and skipping the batch would leave it with a log that is no
+// longer its group's. Records below the log's start went with a retention
+// cut of the group and cannot be compared.
+func (n *Node) checkHeld(start int64, offs []int64, recs [][]byte) error {
+	logMin := n.log.MinOffset()
+	var buf []byte
+	for i, r := range recs {
+		if offs[i] < logMin {
+			continue
+		}
+		got, _, err := n.log.ReadAt(offs[i], buf)
+		if err != nil {
+			return fmt.Errorf("batch at %d: record %d at %d, which the log should hold already: %w (%w)", start, i, offs[i], errDiverged, err)
+		}
+		if !bytes.Equal(got, r) {
+			return fmt.Errorf("batch at %d: the log holds %d other bytes at %d where the group's record %d (%d bytes) is: %w",
+				start, len(got), offs[i], i, len(r), errDiverged)
+		}
+		buf = got
+	}
+	return nil
 }
 
 func (f fsm) Snapshot() (raft.FSMSnapshot, error) {
