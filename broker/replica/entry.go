@@ -16,6 +16,7 @@ const (
 	kindMeta    byte = 2 // the statements of one metadata write
 	kindLeader  byte = 3 // a new leader's HTTP address
 	kindTrim    byte = 4 // the leader's retention cut: the log below an offset goes
+	kindGroup   byte = 5 // the group's id, proposed by its first leader
 )
 
 var errBadEntry = errors.New("malformed raft entry")
@@ -81,6 +82,16 @@ func decodeTrim(data []byte) (epoch uint64, off int64, err error) {
 		return 0, 0, fmt.Errorf("trim entry of %d bytes: %w", len(data), errBadEntry)
 	}
 	return binary.BigEndian.Uint64(data[1:]), int64(binary.BigEndian.Uint64(data[9:])), nil
+}
+
+// encodeGroup lays out a group entry: kind and the id.
+func encodeGroup(id string) []byte { return append([]byte{kindGroup}, id...) }
+
+func decodeGroup(data []byte) (string, error) {
+	if len(data) < 2 || len(data) > 65 || data[0] != kindGroup {
+		return "", fmt.Errorf("group entry of %d bytes: %w", len(data), errBadEntry)
+	}
+	return string(data[1:]), nil
 }
 
 // jsonStmt is a meta.Stmt with its arguments tagged by type, so each

@@ -97,6 +97,13 @@ func (f fsm) Apply(l *raft.Log) any {
 		if err != nil {
 			n.applyFailed(l.Index, "trim", err)
 		}
+	case kindGroup:
+		id, err := decodeGroup(l.Data)
+		if err != nil {
+			n.applyFailed(l.Index, "group", err)
+			return err
+		}
+		n.setGroupID(id)
 	case kindLeader:
 		li, err := decodeLeader(l.Data)
 		if err != nil {

@@ -36,7 +36,8 @@ type snapHeader struct {
 	// LogMin is where the log started then: the group's retention cuts
 	// (trim entries) before the snapshot are not handed again.
 	LogMin      int64       `json:"log_min,omitempty"`
-	MetaIndex   uint64      `json:"meta_index"` // meta.db's applied raft index then
+	GroupID     string      `json:"group_id,omitempty"` // the group's id, once its first leader made one
+	MetaIndex   uint64      `json:"meta_index"`         // meta.db's applied raft index then
 	MetaSize    int64       `json:"meta_size"`
 	Leader      *leaderInfo `json:"leader,omitempty"`
 	HasSegments bool        `json:"has_segments"`
@@ -77,7 +78,7 @@ func (n *Node) snapshot() (raft.FSMSnapshot, error) {
 		_ = os.Remove(path)
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
-	s := &fsmSnapshot{n: n, metaDB: path, hdr: snapHeader{LogEnd: n.log.End(), LogMin: n.log.MinOffset(), MetaIndex: idx, MetaSize: fi.Size(), Leader: n.leader.Load()}}
+	s := &fsmSnapshot{n: n, metaDB: path, hdr: snapHeader{LogEnd: n.log.End(), LogMin: n.log.MinOffset(), GroupID: n.GroupID(), MetaIndex: idx, MetaSize: fi.Size(), Leader: n.leader.Load()}}
 	return s, nil
 }
 
@@ -270,6 +271,9 @@ func (n *Node) restore(r io.Reader) error {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if h.GroupID != "" {
+		n.setGroupID(h.GroupID)
+	}
 	ctx := context.Background()
 	idx, err := n.meta.AppliedIndex(ctx)
 	if err != nil {
