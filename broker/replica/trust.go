@@ -160,7 +160,7 @@ func (n *Node) checkDisk() {
 		n.clearDisk()
 		return
 	}
-	why := fmt.Errorf("%w: %.1f%% of the disk holding %s is used, over --disk-clean-ratio %.2f; a follower deletes no log on its own (the leader's retention cut, applied by every member, does): free space on this disk before it fills and the member stops",
+	why := fmt.Errorf("%w: %.1f%% of the disk holding %s is used, over --disk-clean-ratio %.2f; a follower deletes no log on its own (the leader's retention cut, applied by every member, does): free space on this disk before it fills and the member falls behind its group",
 		ErrDiskOverClean, used*100, n.dir, ratio)
 	first := n.diskOver.Swap(&why) == nil
 	n.metrics.diskOver.Set(1)
