@@ -26,6 +26,11 @@ type Replicated struct {
 	// unknown). wait may be called more than once, from any goroutine.
 	// Proposals are committed in the order Propose is called.
 	Propose func(start int64, recs [][]byte) (wait func() error)
+	// Trim hands raft the cut of the log below off that retention or the
+	// disk watermark decided on (the leader decides; RetireBefore applies
+	// it on every member) and waits until it is committed and applied
+	// here; it returns how many segments went here.
+	Trim func(off int64) (int, error)
 }
 
 // ErrNotLeader: a write reached a member of a replica group that does not

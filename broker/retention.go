@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"path/filepath"
 	"time"
 
 	"github.com/postbus/postbus/broker/commitlog"
@@ -243,18 +244,21 @@ func (b *Broker) dropBefore(off int64) error {
 	// The consume queues' floor is raised before the segments go: a
 	// segment missing below the log's start at the next open, with the
 	// floor not past it, was lost while stopped, not retired (recover.go).
-	segs := b.log.Segments()
-	floor := segs[len(segs)-1].Base
-	for _, sg := range segs[:len(segs)-1] {
-		if sg.End > off {
-			floor = sg.Base
-			break
-		}
-	}
-	if err := b.cq.SetFloor(floor); err != nil {
+	if err := b.cq.SetFloor(retentionFloor(b.log, off)); err != nil {
 		return fmt.Errorf("drop segments: %w", err)
 	}
-	n, err := b.log.DropBefore(off)
+	var n int
+	var err error
+	if r := b.cfg.Replica; r != nil {
+		// In a replica group the cut is the group's: it goes through raft
+		// and every member drops the same segments when it applies it
+		// (RetireBefore). A member never deletes log on its own, or the
+		// members' logs would differ and what is readable would depend on
+		// which one leads.
+		n, err = r.Trim(off)
+	} else {
+		n, err = b.log.DropBefore(off)
+	}
 	if err != nil {
 		return fmt.Errorf("drop segments: %w", err)
 	}
@@ -291,4 +295,35 @@ func (b *Broker) dropBefore(off int64) error {
 	}
 	b.logger.Info("retention removed segments", slog.Int("segments", n), slog.Int64("log_min", logMin))
 	return nil
+}
+
+// retentionFloor is the consume queues' retention floor once the segments
+// ending at or before off are gone: the base of the first one kept.
+func retentionFloor(l *commitlog.Log, off int64) int64 {
+	segs := l.Segments()
+	floor := segs[len(segs)-1].Base
+	for _, sg := range segs[:len(segs)-1] {
+		if sg.End > off {
+			floor = sg.Base
+			break
+		}
+	}
+	return floor
+}
+
+// RetireBefore applies a replica group's retention cut to a member's
+// files in dir, whether or not its broker runs: the consume queues'
+// floor is raised first (as dropBefore does, so that the next open does
+// not take the segments for lost ones), then the commitlog's segments
+// ending at or before off are deleted. It reports how many were. The
+// leader's broker drops its queue and key-index entries itself.
+func RetireBefore(dir string, l *commitlog.Log, off int64) (int, error) {
+	if err := consumequeue.RaiseFloor(filepath.Join(dir, "consumequeue"), retentionFloor(l, off)); err != nil {
+		return 0, fmt.Errorf("retire the log before %d: %w", off, err)
+	}
+	n, err := l.DropBefore(off)
+	if err != nil {
+		return n, fmt.Errorf("retire the log before %d: %w", off, err)
+	}
+	return n, nil
 }

@@ -62,8 +62,9 @@ type FrontConfig struct {
 	// (DefaultLeaderWait) before it is answered no_leader.
 	LeaderWait time.Duration
 	// Untrusted, if set, says why this member's files may no longer match
-	// its group's (replica.Node.Untrusted); while it does, /readyz answers
-	// 503 with that reason, whether the member leads or follows.
+	// its group's, or why it is otherwise not ready (replica.Node.NotReady);
+	// while it does, /readyz answers 503 with that reason, whether the
+	// member leads or follows.
 	Untrusted func() error
 }
 

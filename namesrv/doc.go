@@ -43,7 +43,11 @@
 //     another address is refused (ErrNameTaken, HTTP 409
 //     broker_name_taken): two brokers started with one name must not
 //     take each other's topics out of the routes. The same instance at a
-//     new address (a restart on another port) moves the registration.
+//     new address (a restart on another port, or another leader of the
+//     same replica group: a group registers with an instance made from
+//     its id) moves the registration. Refusals are logged at ERROR with
+//     both instances and counted (Refusals;
+//     postbus_namesrv_registrations_refused_total).
 //   - A broker's topics are kept sorted by name and never modified in
 //     place, only replaced. So the work that grows with a heartbeat's size
 //     (comparing with the last list, sorting, a merge that finds what was

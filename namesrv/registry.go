@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -159,6 +160,8 @@ type Registry struct {
 	now    func() time.Time
 	log    *slog.Logger
 
+	refusals atomic.Uint64 // registrations refused: the name is another live broker's
+
 	mu sync.RWMutex
 	// brokers holds every registered broker by name. An entry's pointer is
 	// stable while the broker stays registered, so the index can point at
@@ -240,6 +243,11 @@ func (r *Registry) Live(name, addr string) bool {
 // BrokerExpiry is how long a broker may stay silent before it is dropped;
 // a name server tells brokers so in its heartbeat answer.
 func (r *Registry) BrokerExpiry() time.Duration { return r.expiry }
+
+// Refusals counts the registrations refused because another live broker
+// (another instance: another broker's data, or another replica group)
+// holds the name (ErrNameTaken).
+func (r *Registry) Refusals() uint64 { return r.refusals.Load() }
 
 // Heartbeat registers a broker or refreshes its registration. The
 // registration replaces the previous one whole: a topic the broker no
@@ -458,8 +466,10 @@ func (r *Registry) apply(info BrokerInfo, e *brokerEntry, old []Topic, c change)
 		// registration would take the live one's topics out of the routes.
 		// A broker that moved (restarted on another port) has the same
 		// instance, and is let in.
+		r.refusals.Add(1)
 		r.log.Error("broker name claimed by another broker while its holder is live; refused",
 			slog.String(logKeyBroker, info.Name), slog.String(logKeyAddr, info.Addr),
+			slog.String("instance", info.Instance), slog.String("holder_instance", e.info.Instance),
 			slog.String("holder_addr", e.info.Addr), slog.Duration("holder_silent_for", now.Sub(e.info.LastHeartbeat)))
 		return false, fmt.Errorf("%w: broker %s is live at %s (another instance, heard %s ago); start this one under another --broker-name, or stop that one (its name is free %s after its last heartbeat)",
 			ErrNameTaken, info.Name, clip(e.info.Addr), now.Sub(e.info.LastHeartbeat).Round(time.Millisecond), r.expiry)

@@ -744,6 +744,9 @@ func TestRegistryRefusesATakenName(t *testing.T) {
 	if err := r.Heartbeat(other); !errors.Is(err, ErrNameTaken) {
 		t.Fatalf("Heartbeat of another instance under a live name = %v; want ErrNameTaken", err)
 	}
+	if n := r.Refusals(); n != 1 {
+		t.Fatalf("refusals counted: %d, want 1", n)
+	}
 	if rt, ok := r.Route("orders"); !ok || rt.Brokers[0].Addr != live.Addr {
 		t.Fatalf("after the refused claim, route = %+v, %v; want the live broker's", rt, ok)
 	}

@@ -134,3 +134,22 @@ func writeLogMin(fsys vfs.FS, dir string, v int64) error {
 	}
 	return nil
 }
+
+// RaiseFloor raises the retention floor of the store kept in dir while no
+// Store has it open (never lowering it; nothing to do when dir does not
+// exist): a replica group's follower applies the leader's retention cut to
+// its commitlog, and the consume queues it kept from an earlier lead must
+// not then take the segments gone below the floor for lost ones.
+func RaiseFloor(dir string, logMin int64) error {
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	cur, err := readLogMin(dir)
+	if err != nil && !errors.Is(err, errBadLogMin) {
+		return err
+	}
+	if err == nil && cur >= logMin {
+		return nil
+	}
+	return writeLogMin(vfs.OS, dir, logMin)
+}

@@ -4,7 +4,7 @@
 //
 // # What raft carries
 //
-// Raft's entries are the group's writes, of three kinds (entry.go):
+// Raft's entries are the group's writes, of five kinds (entry.go):
 //
 //   - records: one append of the broker (a publish's whole batch, a delayed
 //     message put back on its queue, a retry or dead-letter copy), encoded
@@ -22,6 +22,23 @@
 //     another write of the leader from coming between.
 //   - leader: a new leader's HTTP address, so followers know where to
 //     forward.
+//   - trim: a retention cut. Only the leader decides what the log drops
+//     (its broker's retention and disk watermark, broker.Replicated.Trim);
+//     every member applies the cut alike (broker.RetireBefore: the consume
+//     queues' floor is raised, then the segments ending at or before the
+//     offset are deleted), so the logs stay the same byte for byte. A
+//     member never deletes log on its own: a follower whose disk is over
+//     --disk-clean-ratio says so at ERROR (again every 30 s), sets
+//     postbus_raft_disk_over_clean and is not ready (NotReady), and
+//     deletes nothing. A snapshot carries the log's start, so a member
+//     that restores one drops what cuts it missed.
+//   - group: the group's id (group.go), made by its first leader; the
+//     first applied wins on every member, and snapshots carry it. The
+//     leader registers at the name servers with an instance made from
+//     it, so a group bootstrapped apart under the same broker name (a
+//     wiped member started with another --raft-peers) is refused there
+//     rather than taking the name. A member with raft state ignores
+//     --raft-peers and logs a WARN naming both lists when they differ.
 //
 // Only committed entries change a member's files, the leader's included.
 // A member applies entries to its commitlog and meta.db whether it leads or
@@ -48,8 +65,10 @@
 // snapshot (meta.db's applied index and the log's end are at or past it)
 // and changes nothing; each records entry then appends only what the log
 // lacks (a crash may have cut its unsynced tail; the records before the
-// log's end are skipped and counted), and each meta entry at or below
-// meta.db's applied index is skipped. An entry that contradicts the files
+// log's end are skipped and counted, once each is found there byte for
+// byte: a log that holds other bytes where the batch goes has diverged,
+// which distrusts the member rather than pass for a replay), and each
+// meta entry at or below meta.db's applied index is skipped. An entry that contradicts the files
 // is an ERROR, counted in postbus_raft_apply_failures_total.
 //
 // # Members that are no longer trusted

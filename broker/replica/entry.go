@@ -15,6 +15,8 @@ const (
 	kindRecords byte = 1 // a batch of commitlog records
 	kindMeta    byte = 2 // the statements of one metadata write
 	kindLeader  byte = 3 // a new leader's HTTP address
+	kindTrim    byte = 4 // the leader's retention cut: the log below an offset goes
+	kindGroup   byte = 5 // the group's id, proposed by its first leader
 )
 
 var errBadEntry = errors.New("malformed raft entry")
@@ -64,6 +66,32 @@ func decodeRecords(data []byte) (epoch uint64, start int64, recs [][]byte, err e
 		return 0, 0, nil, fmt.Errorf("records entry: %d bytes after the records: %w", len(rest), errBadEntry)
 	}
 	return epoch, start, recs, nil
+}
+
+// encodeTrim lays out a trim entry: kind, the proposing leader's epoch,
+// and the offset the log is cut below (segments ending at or before it go).
+func encodeTrim(epoch uint64, off int64) []byte {
+	buf := make([]byte, 0, 17)
+	buf = append(buf, kindTrim)
+	buf = binary.BigEndian.AppendUint64(buf, epoch)
+	return binary.BigEndian.AppendUint64(buf, uint64(off))
+}
+
+func decodeTrim(data []byte) (epoch uint64, off int64, err error) {
+	if len(data) != 17 || data[0] != kindTrim {
+		return 0, 0, fmt.Errorf("trim entry of %d bytes: %w", len(data), errBadEntry)
+	}
+	return binary.BigEndian.Uint64(data[1:]), int64(binary.BigEndian.Uint64(data[9:])), nil
+}
+
+// encodeGroup lays out a group entry: kind and the id.
+func encodeGroup(id string) []byte { return append([]byte{kindGroup}, id...) }
+
+func decodeGroup(data []byte) (string, error) {
+	if len(data) < 2 || len(data) > 65 || data[0] != kindGroup {
+		return "", fmt.Errorf("group entry of %d bytes: %w", len(data), errBadEntry)
+	}
+	return string(data[1:]), nil
 }
 
 // jsonStmt is a meta.Stmt with its arguments tagged by type, so each

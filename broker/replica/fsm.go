@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/postbus/postbus/broker"
 	"github.com/postbus/postbus/broker/commitlog"
 )
 
@@ -23,6 +25,12 @@ type recordsResult struct {
 	offs []int64
 	end  int64
 	err  error
+}
+
+// trimResult is a trim entry's answer to the proposer.
+type trimResult struct {
+	dropped int
+	err     error
 }
 
 // errDiverged: an entry does not fit this member's files: its log holds
@@ -73,6 +81,29 @@ func (f fsm) Apply(l *raft.Log) any {
 			n.applyFailed(l.Index, "meta", err)
 			res = err
 		}
+	case kindTrim:
+		epoch, off, err := decodeTrim(l.Data)
+		if err == nil {
+			if err = n.checkEpoch(l.Index, "trim", epoch); err != nil {
+				res = trimResult{err: err}
+				break
+			}
+		}
+		var dropped int
+		if err == nil {
+			dropped, err = n.applyTrim(off)
+		}
+		res = trimResult{dropped: dropped, err: err}
+		if err != nil {
+			n.applyFailed(l.Index, "trim", err)
+		}
+	case kindGroup:
+		id, err := decodeGroup(l.Data)
+		if err != nil {
+			n.applyFailed(l.Index, "group", err)
+			return err
+		}
+		n.setGroupID(id)
 	case kindLeader:
 		li, err := decodeLeader(l.Data)
 		if err != nil {
@@ -137,6 +168,9 @@ func (n *Node) applyRecords(start int64, recs [][]byte) ([]int64, int64, error) 
 	end := at
 	have := n.log.End()
 	if end <= have {
+		if err := n.checkHeld(start, offs, recs); err != nil {
+			return nil, 0, err
+		}
 		n.metrics.skipped.Add(float64(len(recs)))
 		return offs, end, nil
 	}
@@ -149,6 +183,9 @@ func (n *Node) applyRecords(start int64, recs [][]byte) ([]int64, int64, error) 
 		}
 		if offs[k] != have {
 			return nil, 0, fmt.Errorf("batch at %d: the log ends at %d, inside record %d: %w", start, have, k-1, errDiverged)
+		}
+		if err := n.checkHeld(start, offs[:k], recs[:k]); err != nil {
+			return nil, 0, err
 		}
 		n.metrics.skipped.Add(float64(k))
 	}
@@ -168,6 +205,47 @@ func (n *Node) applyRecords(start int64, recs [][]byte) ([]int64, int64, error) 
 		return nil, 0, fmt.Errorf("batch at %d: written at %d..%d, want %d..%d: %w", start, got[0], gotEnd, offs[k], end, errDiverged)
 	}
 	return offs, end, nil
+}
+
+// applyTrim applies the leader's retention cut: every member deletes the
+// same segments (their logs are the same byte for byte), the leader's
+// included. Applied again after a restart it finds them gone already.
+func (n *Node) applyTrim(off int64) (int, error) {
+	dropped, err := broker.RetireBefore(n.dir, n.log, off)
+	if err != nil {
+		return dropped, err
+	}
+	if dropped > 0 {
+		n.logger.Info("the group's retention cut applied: commitlog segments deleted",
+			slog.Int64("before", off), slog.Int("segments", dropped), slog.Int64("log_min", n.log.MinOffset()))
+	}
+	return dropped, nil
+}
+
+// checkHeld makes sure the log holds these records where a batch says
+// they go before it is taken for a replay: a member whose log grew by
+// something else (written behind the broker's back, or a bug) holds other
+// bytes there, and skipping the batch would leave it with a log that is no
+// longer its group's. Records below the log's start went with a retention
+// cut of the group and cannot be compared.
+func (n *Node) checkHeld(start int64, offs []int64, recs [][]byte) error {
+	logMin := n.log.MinOffset()
+	var buf []byte
+	for i, r := range recs {
+		if offs[i] < logMin {
+			continue
+		}
+		got, _, err := n.log.ReadAt(offs[i], buf)
+		if err != nil {
+			return fmt.Errorf("batch at %d: record %d at %d, which the log should hold already: %w (%w)", start, i, offs[i], errDiverged, err)
+		}
+		if !bytes.Equal(got, r) {
+			return fmt.Errorf("batch at %d: the log holds %d other bytes at %d where the group's record %d (%d bytes) is: %w",
+				start, len(got), offs[i], i, len(r), errDiverged)
+		}
+		buf = got
+	}
+	return nil
 }
 
 func (f fsm) Snapshot() (raft.FSMSnapshot, error) {

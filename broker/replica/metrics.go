@@ -18,6 +18,7 @@ type metrics struct {
 	handshakeFailures prometheus.Counter
 	staleEntries      *prometheus.CounterVec
 	untrusted         prometheus.Gauge
+	diskOver          prometheus.Gauge
 	n                 *Node
 }
 
@@ -54,6 +55,8 @@ func newMetrics(n *Node) *metrics {
 		Help: "Raft connections closed during their handshake before either side proved or failed to prove the shared secret (a peer going away, a network cut)."})
 	m.untrusted = prometheus.NewGauge(prometheus.GaugeOpts{Name: "postbus_raft_member_untrusted",
 		Help: "1 once this member's files may no longer match its group's (an entry it could not apply, damaged commitlog spans): it does not lead nor report ready until its data directory is restored from the group."})
+	m.diskOver = prometheus.NewGauge(prometheus.GaugeOpts{Name: "postbus_raft_disk_over_clean",
+		Help: "1 while this member follows with its disk over --disk-clean-ratio: it deletes nothing on its own (only the leader's retention cut, applied by every member) and is not ready."})
 	return m
 }
 
@@ -81,5 +84,5 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 func (n *Node) Collectors() []prometheus.Collector {
 	m := n.metrics
 	return []prometheus.Collector{stateCollector{m}, m.leaderChanges, m.applied, m.applySeconds, m.proposeSeconds,
-		m.applyFailures, m.skipped, m.restores, m.refused, m.handshakeFailures, m.staleEntries, m.untrusted}
+		m.applyFailures, m.skipped, m.restores, m.refused, m.handshakeFailures, m.staleEntries, m.untrusted, m.diskOver}
 }

@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -99,12 +102,15 @@ type Node struct {
 	bolt       *fileLog
 	leader     atomic.Pointer[leaderInfo]
 	leading    atomic.Bool
-	epoch      atomic.Uint64         // of the current lead; 0: not leading
-	leads      atomic.Uint64         // leads taken by this process
-	applied    atomic.Uint64         // the last entry the state machine applied
-	untrusted  atomic.Pointer[error] // why this member must not lead (trust.go)
-	kick       chan struct{}         // wakes guard
-	verified   chan struct{}         // closed when guard checked the sealed segments
+	epoch      atomic.Uint64          // of the current lead; 0: not leading
+	leads      atomic.Uint64          // leads taken by this process
+	applied    atomic.Uint64          // the last entry the state machine applied
+	untrusted  atomic.Pointer[error]  // why this member must not lead (trust.go)
+	diskOver   atomic.Pointer[error]  // why its disk is over the clean watermark (checkDisk)
+	groupID    atomic.Pointer[string] // the group's id (group.go); nil until known
+	diskSaid   time.Time              // when checkDisk last said so; guard's only
+	kick       chan struct{}          // wakes guard
+	verified   chan struct{}          // closed when guard checked the sealed segments
 	notify     chan bool
 	watchers   []chan struct{} // signalled on every leadership change
 	watchMu    sync.Mutex
@@ -277,6 +283,9 @@ func (n *Node) startRaft() error {
 		return fmt.Errorf("replica: start raft: %w", err)
 	}
 	n.raft = r
+	if existing && len(n.cfg.Peers) > 0 {
+		n.warnPeers()
+	}
 	if !existing && !n.cfg.Join {
 		var servers []raft.Server
 		for id, addr := range n.cfg.Peers {
@@ -289,6 +298,36 @@ func (n *Node) startRaft() error {
 		n.logger.Info("replica group bootstrapped", slog.Int("members", len(servers)))
 	}
 	return nil
+}
+
+// warnPeers says so when --raft-peers does not match the configuration
+// this member stored: the flag only bootstraps a member with no raft
+// state, so an operator who changed it must learn that it took no effect
+// (members change through /v1/replicas).
+func (n *Node) warnPeers() {
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		n.logger.Warn("could not read the stored raft configuration to compare it with --raft-peers", slog.Any("err", err))
+		return
+	}
+	stored := map[string]string{}
+	for _, s := range f.Configuration().Servers {
+		stored[string(s.ID)] = string(s.Address)
+	}
+	if maps.Equal(stored, n.cfg.Peers) {
+		return
+	}
+	n.logger.Warn("--raft-peers differs from this member's stored configuration; the flag is ignored (it only bootstraps a member with no raft state: change members with POST and DELETE /v1/replicas)",
+		slog.String("flag", peerList(n.cfg.Peers)), slog.String("stored", peerList(stored)))
+}
+
+// peerList writes peers as the flag takes them, sorted by id.
+func peerList(peers map[string]string) string {
+	ids := slices.Sorted(maps.Keys(peers))
+	for i, id := range ids {
+		ids[i] = id + "=" + peers[id]
+	}
+	return strings.Join(ids, ",")
 }
 
 // watchLeadership follows raft's leadership notices: metrics, and a signal
@@ -366,6 +405,9 @@ func (n *Node) BecomeLeader(ctx context.Context, httpAddr string) (broker.Config
 	if err := n.raft.Barrier(10 * time.Second).Error(); err != nil {
 		return broker.Config{}, fmt.Errorf("replica: catch up before leading: %w", wrapRaft(err))
 	}
+	if err := n.ensureGroupID(); err != nil {
+		return broker.Config{}, err
+	}
 	term := n.raft.CurrentTerm()
 	epoch := term<<20 | n.leads.Add(1)&(1<<20-1)
 	li := leaderInfo{ID: n.cfg.NodeID, HTTP: httpAddr, Term: term, Epoch: epoch}
@@ -390,7 +432,8 @@ func (n *Node) BecomeLeader(ctx context.Context, httpAddr string) (broker.Config
 	_ = os.Remove(filepath.Join(n.dir, "queuemarks.json"))
 	bc := n.cfg.Broker
 	bc.Replica = &broker.Replicated{Log: n.log, Meta: n.meta, Epoch: epoch,
-		Propose: func(start int64, recs [][]byte) func() error { return n.propose(epoch, start, recs) }}
+		Propose: func(start int64, recs [][]byte) func() error { return n.propose(epoch, start, recs) },
+		Trim:    func(off int64) (int, error) { return n.trim(epoch, off) }}
 	return bc, nil
 }
 
@@ -441,6 +484,26 @@ func (n *Node) propose(epoch uint64, start int64, recs [][]byte) func() error {
 		}
 		return nil
 	})
+}
+
+// trim proposes the retention cut of the broker opened for epoch
+// (broker.Replicated.Trim) and waits until it is applied here.
+func (n *Node) trim(epoch uint64, off int64) (int, error) {
+	if n.epoch.Load() != epoch {
+		return 0, fmt.Errorf("replicate the retention cut before %d: %w (%w)", off, errFenced, broker.ErrNotLeader)
+	}
+	f := n.raft.Apply(encodeTrim(epoch, off), applyTimeout)
+	if err := f.Error(); err != nil {
+		return 0, fmt.Errorf("replicate the retention cut before %d: %w", off, wrapRaft(err))
+	}
+	res, ok := f.Response().(trimResult)
+	if !ok {
+		return 0, fmt.Errorf("replicate the retention cut before %d: unexpected answer %T", off, f.Response())
+	}
+	if res.err != nil {
+		return res.dropped, fmt.Errorf("replicate the retention cut before %d: %w", off, res.err)
+	}
+	return res.dropped, nil
 }
 
 // ReplicateMeta proposes the statements of one metadata write

@@ -28,6 +28,9 @@ type testGroup struct {
 	trans map[string]*raft.InmemTransport
 	// trailing is raft's TrailingLogs for every member (0: raft's default).
 	trailing uint64
+	// tweak, if set, changes a member's broker configuration before it
+	// opens.
+	tweak func(id string, c *broker.Config)
 }
 
 func newTestGroup(t *testing.T, ids ...string) *testGroup {
@@ -59,9 +62,15 @@ func (g *testGroup) start(id string) *Node {
 	bc := broker.DefaultConfig(g.dirs[id])
 	bc.SegmentSize = 1 << 20
 	bc.CheckpointInterval = 50 * time.Millisecond
+	// What is tested is replication, not a full disk: a shared machine's
+	// disk past the default 85% would have the leader cut the log.
+	bc.DiskCleanRatio, bc.DiskFullRatio = 0.99, 0.995
 	bc.Logger = slog.New(slog.DiscardHandler)
 	if os.Getenv("REPLICA_TEST_LOG") != "" {
 		bc.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", id)
+	}
+	if g.tweak != nil {
+		g.tweak(id, &bc)
 	}
 	cfg := Config{Broker: bc, NodeID: id, Peers: g.peers, Transport: tr, Logger: bc.Logger,
 		HeartbeatTimeout: time.Second, ElectionTimeout: time.Second,

@@ -32,8 +32,12 @@ import (
 const snapMagic = "PBSNAP1\n"
 
 type snapHeader struct {
-	LogEnd      int64       `json:"log_end"`    // the commitlog's end when the snapshot was taken
-	MetaIndex   uint64      `json:"meta_index"` // meta.db's applied raft index then
+	LogEnd int64 `json:"log_end"` // the commitlog's end when the snapshot was taken
+	// LogMin is where the log started then: the group's retention cuts
+	// (trim entries) before the snapshot are not handed again.
+	LogMin      int64       `json:"log_min,omitempty"`
+	GroupID     string      `json:"group_id,omitempty"` // the group's id, once its first leader made one
+	MetaIndex   uint64      `json:"meta_index"`         // meta.db's applied raft index then
 	MetaSize    int64       `json:"meta_size"`
 	Leader      *leaderInfo `json:"leader,omitempty"`
 	HasSegments bool        `json:"has_segments"`
@@ -74,7 +78,7 @@ func (n *Node) snapshot() (raft.FSMSnapshot, error) {
 		_ = os.Remove(path)
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
-	s := &fsmSnapshot{n: n, metaDB: path, hdr: snapHeader{LogEnd: n.log.End(), MetaIndex: idx, MetaSize: fi.Size(), Leader: n.leader.Load()}}
+	s := &fsmSnapshot{n: n, metaDB: path, hdr: snapHeader{LogEnd: n.log.End(), LogMin: n.log.MinOffset(), GroupID: n.GroupID(), MetaIndex: idx, MetaSize: fi.Size(), Leader: n.leader.Load()}}
 	return s, nil
 }
 
@@ -267,6 +271,9 @@ func (n *Node) restore(r io.Reader) error {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if h.GroupID != "" {
+		n.setGroupID(h.GroupID)
+	}
 	ctx := context.Background()
 	idx, err := n.meta.AppliedIndex(ctx)
 	if err != nil {
@@ -275,6 +282,14 @@ func (n *Node) restore(r io.Reader) error {
 	if idx >= h.MetaIndex && n.log.End() >= h.LogEnd {
 		if h.Leader != nil && n.leader.Load() == nil {
 			n.leader.Store(h.Leader)
+		}
+		if h.LogMin > n.log.MinOffset() {
+			// A retention cut of the group that this member missed (the
+			// entry was compacted into the snapshot).
+			if _, err := n.applyTrim(h.LogMin); err != nil {
+				n.applyFailed(0, "snapshot", err)
+				return fmt.Errorf("restore: %w", err)
+			}
 		}
 		n.logger.Info("raft snapshot: this member's files already hold it", slog.Int64("log_end", n.log.End()),
 			slog.Int64("snapshot_log_end", h.LogEnd), slog.Uint64("meta_index", idx), slog.Uint64("snapshot_meta_index", h.MetaIndex))

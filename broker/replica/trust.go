@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/postbus/postbus/broker"
 	"github.com/postbus/postbus/broker/commitlog"
 )
 
@@ -66,6 +67,7 @@ func (n *Node) guard() {
 		case <-tick.C:
 		}
 		n.checkQuarantine()
+		n.checkDisk()
 		err := n.Untrusted()
 		if err == nil {
 			continue
@@ -118,4 +120,60 @@ func (n *Node) verifySealed() {
 		}
 	}
 	n.checkQuarantine()
+}
+
+// ErrDiskOverClean: a follower's disk is fuller than --disk-clean-ratio.
+// It deletes nothing on its own (the group's log must stay the same on
+// every member); it says so, and is not ready, until space is freed.
+var ErrDiskOverClean = errors.New("this member's disk is over the clean watermark")
+
+// NotReady is why this member must not report ready: it is not trusted
+// (Untrusted), or its disk is over the clean watermark while it follows.
+func (n *Node) NotReady() error {
+	var disk error
+	if p := n.diskOver.Load(); p != nil {
+		disk = *p
+	}
+	return errors.Join(n.Untrusted(), disk)
+}
+
+// checkDisk watches a follower's disk. Only the leader decides what the
+// group's log drops (its broker's retention and disk watermark, a trim
+// entry every member applies): a follower whose disk is fuller than the
+// clean watermark must not delete segments by itself, or the members'
+// logs would differ and acknowledged messages would vanish with a
+// failover to it. It reports the state instead: ERROR (again every
+// untrustedLogEvery), postbus_raft_disk_over_clean 1, and /readyz 503.
+func (n *Node) checkDisk() {
+	ratio := n.cfg.Broker.DiskCleanRatio
+	if ratio <= 0 || ratio >= 1 || n.IsLeader() {
+		// A leader's broker applies the watermark for the group.
+		n.clearDisk()
+		return
+	}
+	used, err := broker.DiskUsage(n.dir)
+	if err != nil {
+		n.logger.Error("disk check failed", slog.Any("err", err))
+		return
+	}
+	if used <= ratio {
+		n.clearDisk()
+		return
+	}
+	why := fmt.Errorf("%w: %.1f%% of the disk holding %s is used, over --disk-clean-ratio %.2f; a follower deletes no log on its own (the leader's retention cut, applied by every member, does): free space on this disk before it fills and the member falls behind its group",
+		ErrDiskOverClean, used*100, n.dir, ratio)
+	first := n.diskOver.Swap(&why) == nil
+	n.metrics.diskOver.Set(1)
+	if first || time.Since(n.diskSaid) >= untrustedLogEvery {
+		n.diskSaid = time.Now()
+		n.logger.Error("replica follower's disk over the clean watermark: not deleting anything, not ready",
+			slog.Float64("used", used), slog.Float64("watermark", ratio), slog.String("dir", n.dir))
+	}
+}
+
+func (n *Node) clearDisk() {
+	if n.diskOver.Swap(nil) != nil {
+		n.metrics.diskOver.Set(0)
+		n.logger.Info("replica member's disk below the clean watermark again (or it leads and its broker cleans for the group)")
+	}
 }

@@ -176,3 +176,47 @@ func TestDamagedCommitlogDistrustsMember(t *testing.T) {
 	}
 	checkNeverLeads(t, g, target, "damaged span")
 }
+
+// TestGrownLogDistrustsMember: a member whose log grew past where the
+// group's next batches land (here a record appended behind the broker's
+// back) must not take those batches for a replay of what it holds: its
+// bytes there differ, so it no longer matches its group and stops being
+// trusted, loudly, instead of skipping them without a word.
+func TestGrownLogDistrustsMember(t *testing.T) {
+	g := newTestGroup(t, "n1", "n2", "n3")
+	for _, id := range []string{"n1", "n2", "n3"} {
+		g.start(id)
+	}
+	l := g.leader()
+	b := openLeaderBroker(t, l)
+	defer b.Close()
+	createTopic(t, b, "orders")
+	publish(t, b, "orders", 20, 5, "a")
+	var target *Node
+	for _, n := range g.nodes {
+		if n != l && (target == nil || n.ID() < target.ID()) {
+			target = n
+		}
+	}
+	waitApplied(t, target, l.AppliedIndex())
+	tl, _ := target.Files()
+	// One record larger than the batch that follows: the batch lands
+	// wholly inside it.
+	if _, _, err := tl.Append([][]byte{bytes.Repeat([]byte("x"), 8<<10)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Publish(context.Background(), "orders", []*broker.Message{
+		{Body: bytes.Repeat([]byte("b"), 200), ContentType: "text/plain"},
+		{Body: bytes.Repeat([]byte("c"), 200), ContentType: "text/plain"}}); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	waitApplied(t, target, l.AppliedIndex())
+	if s := testutil.ToFloat64(target.metrics.skipped); s != 0 {
+		t.Errorf("records taken for a replay on the member whose log grew: %v, want 0", s)
+	}
+	if f := testutil.ToFloat64(target.metrics.applyFailures.WithLabelValues("records")); f < 1 {
+		t.Errorf("apply failures counted: %v, want >= 1", f)
+	}
+	g.handLeadTo(target)
+	checkNeverLeads(t, g, target, "was not applied")
+}

@@ -68,6 +68,9 @@ Flags (each also as an environment variable, --broker-expiry as POSTBUS_BROKER_E
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "postbus_namesrv_registrations_refused_total",
+		Help: "Broker registrations refused (409 broker_name_taken) because another live broker, or another replica group, holds the name."},
+		func() float64 { return float64(registry.Refusals()) }))
 	var ready atomic.Bool
 	api, err := httpapi.New(httpapi.Config{
 		Logger: logger, Registry: reg, OpenAPI: postbus.OpenAPI, Auth: authCfg, MetricsAuth: auth.metricsAuth,

@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -113,6 +114,17 @@ func groupKeys(secret, group string) (receiptKey []byte, signing ed25519.Private
 	return derive("receipt key"), ed25519.NewKeyFromSeed(derive("delivery signing key"))
 }
 
+// groupInstance is the identity a group's leader registers with at the
+// name servers: the same for every leader of the group (its receipt key
+// and its id are), another for a group started apart under the same
+// broker name (a member wiped and started with another --raft-peers),
+// which the name servers then refuse while this group is live (409
+// broker_name_taken) instead of moving the name between the two.
+func groupInstance(brokerInstance, groupID string) string {
+	sum := sha256.Sum256([]byte("postbus group instance\x00" + brokerInstance + "\x00" + groupID))
+	return "g" + hex.EncodeToString(sum[:12])
+}
+
 // replicaMember is a running member: the raft node, and while it leads,
 // its broker with the push dispatcher and the API.
 type replicaMember struct {
@@ -188,7 +200,7 @@ func serveReplica(ctx context.Context, c *serveConfig, mode string, logger *slog
 	defer m.client.Close()
 	m.front, err = httpapi.NewFront(httpapi.FrontConfig{Auth: auth, Logger: logger, Replicas: replicasOf{m: m, group: group},
 		Metrics: promhttp.HandlerFor(baseReg, promhttp.HandlerOpts{}), MetricsAuth: c.auth.metricsAuth, HopTimeout: c.forwardTimeout,
-		Untrusted: node.Untrusted})
+		Untrusted: node.NotReady})
 	if err != nil {
 		return err
 	}
@@ -342,7 +354,7 @@ func (m *replicaMember) lead(ctx context.Context) error {
 	t := &leaderTerm{epoch: bc.Replica.Epoch, b: b,
 		stopPush:   func() { stopDispatch(); <-dispatched },
 		stopSync:   func() { cancelSync(); <-synced },
-		unregister: m.member.register(b, c.cluster, m.logger),
+		unregister: m.member.register(b, groupInstance(b.InstanceID(), m.node.GroupID()), c.cluster, m.logger),
 	}
 	m.mu.Lock()
 	m.term = t

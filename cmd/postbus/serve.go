@@ -311,7 +311,7 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		slog.String("data", c.broker.Dir), slog.String("flush", c.flush.String()),
 		slog.Bool("auth", auth.HMACSecret != nil || auth.PublicKeys != nil), slog.String("version", version))
 
-	stopRegistering := membership.register(b, c.cluster, logger)
+	stopRegistering := membership.register(b, b.InstanceID(), c.cluster, logger)
 	defer stopRegistering()
 	// The anti-entropy of subscriptions runs while the broker serves,
 	// and stops before the broker closes.
@@ -425,13 +425,13 @@ func (c *serveConfig) membership(listen string, logger *slog.Logger) (*membershi
 
 // register starts heartbeats to the name servers and returns what stops
 // them, unregistering this broker. Outside a cluster it does nothing.
-func (m *membership) register(b *broker.Broker, cluster string, logger *slog.Logger) func() {
+func (m *membership) register(b *broker.Broker, instance, cluster string, logger *slog.Logger) func() {
 	if m == nil {
 		return func() {}
 	}
 	name, advertise, client := m.name, m.advertise, m.client
 	info := func() namesrv.BrokerInfo {
-		in := namesrv.BrokerInfo{Name: name, Cluster: cluster, Addr: advertise, Version: version, Instance: b.InstanceID()}
+		in := namesrv.BrokerInfo{Name: name, Cluster: cluster, Addr: advertise, Version: version, Instance: instance}
 		// System topics are registered too, so that their routes answer
 		// (GET /v1/routes/%25DLQ%25group).
 		topics := append(b.Topics(context.Background(), "", 0), b.SystemTopics()...)
