@@ -340,10 +340,12 @@ func (b *Broker) DeleteTopic(ctx context.Context, name string) error {
 		}
 	}
 	b.topicsMu.RUnlock()
-	for _, n := range gone {
-		if err := b.meta.DeleteTopic(ctx, n); err != nil && !errors.Is(err, meta.ErrNotFound) {
-			return fmt.Errorf("delete topic %q: %w", n, err)
-		}
+	subs, err := b.Subscriptions(ctx)
+	if err != nil {
+		return err
+	}
+	if err := b.meta.DeleteTopic(ctx, name, gone[1:]...); err != nil && !errors.Is(err, meta.ErrNotFound) {
+		return fmt.Errorf("delete topic %q: %w", name, err)
 	}
 	b.topicsMu.Lock()
 	for _, n := range gone {
@@ -362,16 +364,10 @@ func (b *Broker) DeleteTopic(ctx context.Context, name string) error {
 			delete(b.dedup, k)
 		}
 	}
-	// Its subscriptions go with it; the groups' offsets on it too.
-	subs, err := b.Subscriptions(ctx)
-	if err != nil {
-		return err
-	}
+	// Its subscriptions went with it (in meta.DeleteTopic's transaction);
+	// the groups' offsets on it too.
 	for _, s := range subs {
 		if s.Topic == name {
-			if err := b.meta.DeleteSubscription(ctx, s.ID); err != nil && !errors.Is(err, meta.ErrNotFound) {
-				return fmt.Errorf("delete subscription %s of %q: %w", s.ID, name, err)
-			}
 			// Said out loud: a topic created again under the name does not
 			// get them back, and an operator re-creating it to change a
 			// setting must know to subscribe again.

@@ -72,3 +72,47 @@ func TestDeleteTopicLeavesTombstone(t *testing.T) {
 		t.Fatalf("DeletedTopics = %v, want %v", got, want)
 	}
 }
+
+// TestDeleteTopicTakesItsSubscriptionsAndRetryTopics (attack F12): a
+// topic's delete removes, in its one transaction, its subscriptions and
+// the retry topics named with it. Made one by one, a SIGKILL between
+// them left a deleted topic's subscription (and its retry copies), which
+// a topic created again under the name then delivered.
+func TestDeleteTopicTakesItsSubscriptionsAndRetryTopics(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, dbPath(t))
+	for _, name := range []string{"orders", "%RETRY%g%orders", "payments"} {
+		if _, err := s.CreateTopic(ctx, Topic{Name: name, Queues: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, sub := range []Subscription{{ID: "s1", Group: "g", Topic: "orders"}, {ID: "s2", Group: "h", Topic: "orders", Ordered: true}, {ID: "s3", Group: "g", Topic: "payments"}} {
+		if _, err := s.CreateSubscription(ctx, sub); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.DeleteTopic(ctx, "orders", "%RETRY%g%orders", "%RETRY%never%orders"); err != nil {
+		t.Fatal(err)
+	}
+	subs, err := s.Subscriptions(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(subs) != 1 || subs[0].ID != "s3" {
+		t.Fatalf("subscriptions after the delete: %+v, want s3 alone", subs)
+	}
+	topics, err := s.Topics(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(topics) != 1 || topics[0].Name != "payments" {
+		t.Fatalf("topics after the delete: %+v, want payments alone", topics)
+	}
+	deleted, err := s.DeletedTopics(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := deleted["%RETRY%g%orders"]; !ok || len(deleted) != 2 {
+		t.Fatalf("deleted topics: %v, want orders and its retry topic", deleted)
+	}
+}

@@ -165,28 +165,43 @@ func (s *Store) Topics(ctx context.Context) ([]Topic, error) {
 	return ts, nil
 }
 
-// DeleteTopic deletes the named topic and, in the same transaction, every
-// consumer offset kept for it, and records its deletion (DeletedTopics). It
-// fails with ErrNotFound if there is no such topic. Subscriptions to the
-// topic are left for their owner to remove.
-func (s *Store) DeleteTopic(ctx context.Context, name string) error {
+// DeleteTopic deletes the named topic, with the topics named in with
+// (its groups' retry topics, which need not exist), and in the same
+// transaction every consumer offset kept for them and every subscription
+// to name (with its ordered-queue blocks), and records their deletion
+// (DeletedTopics). It fails with ErrNotFound if there is no topic name.
+// One transaction: a crash part-way through a delete used to leave the
+// subscriptions, or the retry topics with their copies, of a deleted
+// topic, which a topic created again under the name then delivered.
+func (s *Store) DeleteTopic(ctx context.Context, name string, with ...string) error {
 	at := s.stamp(time.Time{}).UnixMilli()
 	err := s.write(ctx, func(tx Tx) error {
-		res, err := tx.ExecContext(ctx, `DELETE FROM topics WHERE name = ?`, name)
-		if err != nil {
+		for i, n := range append([]string{name}, with...) {
+			res, err := tx.ExecContext(ctx, `DELETE FROM topics WHERE name = ?`, n)
+			if err != nil {
+				return err
+			}
+			if k, err := res.RowsAffected(); err != nil {
+				return err
+			} else if k == 0 {
+				if i == 0 {
+					return ErrNotFound
+				}
+				continue
+			}
+			if _, err := tx.ExecContext(ctx, `DELETE FROM consumer_offsets WHERE topic = ?`, n); err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx,
+				`INSERT INTO deleted_topics (name, deleted_at) VALUES (?, ?)
+				 ON CONFLICT (name) DO UPDATE SET deleted_at = max(deleted_at, excluded.deleted_at)`, n, at); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM ordered_retries WHERE subscription IN (SELECT id FROM subscriptions WHERE topic = ?)`, name); err != nil {
 			return err
 		}
-		if n, err := res.RowsAffected(); err != nil {
-			return err
-		} else if n == 0 {
-			return ErrNotFound
-		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM consumer_offsets WHERE topic = ?`, name); err != nil {
-			return err
-		}
-		_, err = tx.ExecContext(ctx,
-			`INSERT INTO deleted_topics (name, deleted_at) VALUES (?, ?)
-			 ON CONFLICT (name) DO UPDATE SET deleted_at = max(deleted_at, excluded.deleted_at)`, name, at)
+		_, err := tx.ExecContext(ctx, `DELETE FROM subscriptions WHERE topic = ?`, name)
 		return err
 	})
 	if err != nil {
