@@ -364,7 +364,6 @@ type Series struct {
 	Groups       []GroupSeries
 }
 
-
 // Series returns the window's points of the topics and groups the filters
 // keep (nil: all), sorted by name. Totals sum what is returned, so a caller
 // that may see only some topics sees only their sums.
