@@ -37,6 +37,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/postbus/postbus"
 	"github.com/postbus/postbus/broker"
+	"github.com/postbus/postbus/httpapi/stats"
 	"github.com/postbus/postbus/namesrv"
 )
 
@@ -502,6 +503,8 @@ type contractEnv struct {
 	// (nil: standalone servers, whose answers carry no Postbus-Broker).
 	other   *httptest.Server
 	members []string
+	// mainAPI is the open env's main server, sampled for GET /v1/stats.
+	mainAPI *Server
 }
 
 // contractClock is the time plus an offset that tests move forward.
@@ -568,7 +571,9 @@ func newContractEnv(tb testing.TB) *contractEnv {
 	rcfg := namesrv.DefaultConfig()
 	rcfg.Now = env.clock.now
 	registry := namesrv.NewRegistry(rcfg)
-	env.main = serveContract(tb, Config{Broker: b, OpenAPI: postbus.OpenAPI, NameServer: registry})
+	env.mainAPI = mustNew(tb, Config{Broker: b, OpenAPI: postbus.OpenAPI, NameServer: registry})
+	env.main = httptest.NewServer(env.mainAPI)
+	tb.Cleanup(env.main.Close)
 	env.nameServer = serveContract(tb, Config{OpenAPI: postbus.OpenAPI, NameServer: registry, NameServerOnly: true})
 	env.strict = serveContract(tb, Config{Broker: b, OpenAPI: postbus.OpenAPI, MaxMessageBytes: 16,
 		Ready: func() error { return errors.New("draining") }})
@@ -1643,6 +1648,17 @@ func TestContractAuthTraffic(t *testing.T) {
 		unauthorized("route/no token", "GET", "/v1/routes/orders", nil, ""),
 		{name: "route/consume token", method: "GET", path: "/v1/routes/orders", header: consumer, status: 200},
 		unauthorized("cluster/no token", "GET", "/v1/cluster", nil, ""),
+		unauthorized("stats/no token", "GET", "/v1/stats", nil, ""),
+		{name: "stats/publish token", method: "GET", path: "/v1/stats", header: payments, status: 200,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				var got statsJSON
+				decodeAnswer(tb, body, &got)
+				for _, ts := range got.Topics {
+					if ts.Topic != "payments" {
+						tb.Errorf("a payments token sees topic %s's series", ts.Topic)
+					}
+				}
+			}},
 		{name: "cluster/publish token", method: "GET", path: "/v1/cluster", header: payments, status: 200,
 			check: wantListed("brokers", "name", "broker-a")},
 		unauthorized("unregister/no token", "DELETE", "/v1/brokers/broker-a", nil, ""),
@@ -2058,6 +2074,31 @@ func consumeExchanges(env *contractEnv) []exchange {
 				}
 			}},
 		{name: "list groups/bad limit", method: "GET", path: "/v1/groups?limit=1001", status: 400,
+			code: codeInvalidParameter, invalid: true},
+		{name: "stats", method: "GET", path: "/v1/stats", status: 200,
+			// Two samples a step apart, as RunStats takes them.
+			prepare: func(tb testing.TB, _ map[string]string) {
+				at := time.Now().Truncate(time.Hour).Add(-time.Hour)
+				sampleStats(tb, env.mainAPI, at)
+				sampleStats(tb, env.mainAPI, at.Add(stats.DefaultResolution))
+			},
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				var got statsJSON
+				decodeAnswer(tb, body, &got)
+				if got.Start == nil || len(got.InPerSecond) != 2 || len(got.Topics) == 0 || len(got.Groups) == 0 {
+					tb.Errorf("stats %s, want two points of the topics and groups", body)
+				}
+			}},
+		{name: "stats/one topic", method: "GET", path: "/v1/stats?topic=orders&group=billing", status: 200,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				var got statsJSON
+				decodeAnswer(tb, body, &got)
+				if len(got.Topics) != 1 || got.Topics[0].Topic != "orders" || len(got.Groups) != 1 || got.Groups[0].Group != "billing" {
+					tb.Errorf("stats %s, want orders and billing alone", body)
+				}
+			}},
+		{name: "stats/unknown parameter", method: "GET", path: "/v1/stats?window=2h", status: 400, code: codeInvalidParameter},
+		{name: "stats/bad topic name", method: "GET", path: "/v1/stats?topic=a%20b", status: 400,
 			code: codeInvalidParameter, invalid: true},
 		{name: "get group", method: "GET", path: "/v1/groups/billing", status: 200,
 			check: wantGroup(func(tb testing.TB, got groupJSON) {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/postbus/postbus/broker"
+	"github.com/postbus/postbus/httpapi/stats"
 	"github.com/postbus/postbus/namesrv"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -93,6 +94,7 @@ type Server struct {
 	cluster     *cluster          // nil: a standalone broker
 	sync        *syncer           // the cluster's anti-entropy of subscriptions; nil standalone
 	access      map[string]access // "METHOD /pattern" -> its auth decision
+	stats       *stats.Recorder   // GET /v1/stats's series; nil without a broker
 }
 
 // New returns a Server with every route mounted. It fails only on a
@@ -174,6 +176,12 @@ func New(cfg Config) (*Server, error) {
 		cfg.Broker.SetName(cfg.Cluster.Self)
 	}
 	s.metrics = newHTTPMetrics(s.reg)
+	if cfg.Broker != nil && !cfg.NameServerOnly {
+		s.stats, err = stats.New(stats.Config{Logger: s.logger.With(slog.String("component", "stats")), Registerer: s.reg})
+		if err != nil {
+			return nil, err
+		}
+	}
 	s.bodies = newBodyBudget(cfg.MaxBodyMemory, cfg.MaxBodyMemoryPerClient, s.reg)
 	s.polls = newPollLimiter(cfg.MaxHeldPolls, cfg.MaxHeldPollsPerClient, s.logger, s.reg)
 	s.router = s.routes()
