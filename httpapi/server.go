@@ -9,6 +9,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/postbus/postbus/broker"
 	"github.com/postbus/postbus/httpapi/stats"
+	"github.com/postbus/postbus/httpapi/ui"
 	"github.com/postbus/postbus/namesrv"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -95,6 +96,7 @@ type Server struct {
 	sync        *syncer           // the cluster's anti-entropy of subscriptions; nil standalone
 	access      map[string]access // "METHOD /pattern" -> its auth decision
 	stats       *stats.Recorder   // GET /v1/stats's series; nil without a broker
+	dashboard   http.Handler      // the /ui/ files
 }
 
 // New returns a Server with every route mounted. It fails only on a
@@ -185,6 +187,7 @@ func New(cfg Config) (*Server, error) {
 	s.bodies = newBodyBudget(cfg.MaxBodyMemory, cfg.MaxBodyMemoryPerClient, s.reg)
 	s.polls = newPollLimiter(cfg.MaxHeldPolls, cfg.MaxHeldPollsPerClient, s.logger, s.reg)
 	s.router = s.routes()
+	s.dashboard = ui.Handler()
 	return s, nil
 }
 
@@ -201,6 +204,13 @@ func (s *Server) Access() map[string]string {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.cluster != nil {
 		w.Header().Set(hdrBroker, s.cluster.self)
+	}
+	// The dashboard's files are not API routes (nothing in openapi.yaml,
+	// no token needed to load them: the page asks for one and calls the
+	// API with it), so they are served beside the router.
+	if ui.Owns(r.URL.Path) {
+		s.dashboard.ServeHTTP(w, r)
+		return
 	}
 	s.router.ServeHTTP(w, r)
 }
