@@ -64,6 +64,8 @@ async function route() {
     }
   } finally {
     view.setAttribute('data-loading', 'false');
+    // Which render the page shows: the browser tests wait on it.
+    if (gen === generation) document.body.dataset.rendered = String(gen);
   }
 }
 

@@ -28,7 +28,7 @@ function setAttrs(el, attrs) {
 }
 
 // add appends children: nodes as they are, anything else as text.
-export function add(el, kids) {
+export function add(el, ...kids) {
   for (const k of [kids].flat(Infinity)) {
     if (k === undefined || k === null || k === false) continue;
     el.appendChild(k instanceof Node ? k : document.createTextNode(String(k)));

@@ -3,6 +3,9 @@ import { h, add, clear, link, table, kv, badge, fmtNum, fmtBytes, fmtTime } from
 import { api, get, q, enc, ApiError } from './api.js';
 import { lineChart, barChart, timeline } from './chart.js';
 
+// UserError is a mistake in what the user typed: shown, not a fault.
+class UserError extends Error {}
+
 // act wraps an event handler: a refusal is shown in the banner, a fault of
 // the page is a console error as well.
 function act(ctx, fn) {
@@ -15,7 +18,7 @@ function act(ctx, fn) {
       await fn(ev);
     } catch (err) {
       ctx.showError(err);
-      if (!(err instanceof ApiError)) console.error(err);
+      if (!(err instanceof ApiError) && !(err instanceof UserError)) console.error(err);
     } finally {
       if (btn) btn.disabled = false;
     }
@@ -75,7 +78,7 @@ async function topics(view, params, ctx) {
   if (params[0]) return topic(view, params[0], ctx);
   add(view, h('h1', {}, 'Topics'));
   const list = await get('/v1/topics?limit=1000');
-  const name = h('input', { name: 'name', placeholder: 'orders', required: true, pattern: '[A-Za-z0-9][A-Za-z0-9._-]*' });
+  const name = h('input', { name: 'name', placeholder: 'orders', required: true, pattern: '[A-Za-z0-9][A-Za-z0-9._\\-]*' });
   const queues = h('input', { name: 'queues', type: 'number', min: 1, value: 4 });
   const retention = h('input', { name: 'retention', placeholder: '72h' });
   add(view, h('form', { class: 'panel inline', id: 'create-topic', onsubmit: act(ctx, async () => {
@@ -164,10 +167,10 @@ async function group(view, name, ctx) {
   const at = h('input', { type: 'datetime-local', name: 'at', step: 1 });
   const confirmBox = h('input', { type: 'checkbox', name: 'confirm' });
   add(view, h('h2', {}, 'Reset offsets'), h('form', { class: 'panel inline', id: 'reset-offsets', onsubmit: act(ctx, async () => {
-    if (!confirmBox.checked) throw new Error('Tick the box to confirm: a reset moves every consumer of the group.');
+    if (!confirmBox.checked) throw new UserError('Tick the box to confirm: a reset moves every consumer of the group.');
     let where = to.value;
     if (where === 'time') {
-      if (!at.value) throw new Error('Give the time to reset to.');
+      if (!at.value) throw new UserError('Give the time to reset to.');
       where = new Date(at.value + 'Z').toISOString().replace('.000Z', 'Z');
     }
     await api('POST', '/v1/groups/' + enc(name) + '/offsets/reset', { body: { topic: tsel.value, to: where } });
@@ -387,7 +390,7 @@ function editForm(sub, base, ctx) {
       const v = nums.has(k) ? Number(el.value) : el.value;
       if (String(v) !== String(sub[k] ?? '')) body[k] = v;
     }
-    if (!Object.keys(body).length) throw new Error('Nothing was changed.');
+    if (!Object.keys(body).length) throw new UserError('Nothing was changed.');
     await api('PATCH', base, { body });
     ctx.refresh();
   }) }, h('h2', {}, 'Edit'), Object.entries(inputs).map(([k, el]) => field(k.replace(/_/g, ' '), el)), h('p', {}, h('button', { type: 'submit' }, 'Save')));
@@ -425,12 +428,12 @@ async function dlqGroup(view, name, ctx) {
   add(view, h('div', { class: 'panel inline' },
     h('button', { id: 'redrive-selected', onclick: act(ctx, async () => {
       const ids = [...boxes].filter(([, b]) => b.checked).map(([id]) => id);
-      if (!ids.length) throw new Error('Select the dead letters to redrive.');
+      if (!ids.length) throw new UserError('Select the dead letters to redrive.');
       await redrive({ msg_ids: ids });
     }) }, 'Redrive selected'), ' ',
     h('button', { id: 'redrive-all', class: 'secondary', onclick: act(ctx, async () => redrive({ all: true })) }, 'Redrive all'), ' ',
     h('form', { class: 'inline', id: 'purge', onsubmit: act(ctx, async () => {
-      if (confirmName.value !== name) throw new Error('To purge, type the group name exactly: ' + name);
+      if (confirmName.value !== name) throw new UserError('To purge, type the group name exactly: ' + name);
       await api('DELETE', base);
       ctx.refresh();
     }) }, confirmName, h('button', { type: 'submit', class: 'danger' }, 'Purge all'))),
