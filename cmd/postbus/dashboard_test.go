@@ -478,3 +478,39 @@ func TestDashboard(t *testing.T) {
 	b.checkConsole("end")
 	t.Logf("browser part took %s; screenshots in %s", time.Since(started).Round(time.Millisecond), b.shots)
 }
+
+// TestDashboardDev: `postbus dev` (open, with its name server) serves the
+// dashboard with no login, its cluster page lists the broker, and
+// GET /v1/stats answers for the cluster (the brokers summed).
+func TestDashboardDev(t *testing.T) {
+	p := start(t, "dev", "--data", t.TempDir())
+	api := apiClient{t: t, base: p.url}
+	api.call("POST", "/v1/topics/dev-orders/messages", []byte("hello"), map[string]string{"Content-Type": "text/plain"}, 201)
+	st := api.call("GET", "/v1/stats", nil, nil, 200)
+	if brokers, _ := st["brokers"].([]any); len(brokers) != 1 {
+		t.Fatalf("GET /v1/stats in dev names brokers %v, want this one", st["brokers"])
+	}
+	var name string
+	waitFor(t, 30*time.Second, "the broker in /v1/cluster", func() (bool, string) {
+		c := api.call("GET", "/v1/cluster", nil, nil, 200)
+		bs, _ := c["brokers"].([]any)
+		if len(bs) == 1 {
+			name, _ = bs[0].(map[string]any)["name"].(string)
+		}
+		return name != "", fmt.Sprint(c)
+	})
+
+	b := newBrowser(t, p.url)
+	b.do("load", chromedp.Navigate(p.url+"/ui/#/cluster"), void(chromedp.Poll[bool](`Number(document.body.dataset.rendered || 0) > 0`)))
+	b.noError("cluster")
+	if open := eval[bool](b, "no login", `document.getElementById('login').open`); open {
+		b.fail("no login", "an open broker asked for a token")
+	}
+	b.wantText("cluster", "#page-cluster table", name)
+	b.screenshot("20-dev-cluster")
+	b.open("#/overview")
+	b.wantText("overview", "#page-overview", "brokers (from the name server)")
+	b.open("#/topics/dev-orders")
+	b.screenshot("21-dev-topic")
+	b.checkConsole("end")
+}

@@ -103,7 +103,7 @@ export function timeline({ stored, attempts, width = 720 }) {
   const t1 = Math.max(t0 + 1, ...times);
   const X = (t) => pad.l + ((t - t0) / (t1 - t0)) * (width - pad.l - pad.r);
   const svg = s('svg', { class: 'chart', viewBox: `0 0 ${width} ${height}`, width, height, role: 'img', 'aria-label': 'trace timeline' });
-  const colors = { success: '#16a34a', acked: '#16a34a', retry: '#d97706', dead: '#dc2626', failed: '#dc2626' };
+  const colors = { delivered: '#16a34a', acked: '#16a34a', retry: '#d97706', nacked: '#d97706', expired: '#d97706', dead: '#dc2626', gone: '#dc2626' };
   svg.appendChild(s('text', { x: 6, y: 20 }, 'stored'));
   svg.appendChild(s('circle', { cx: X(t0), cy: 16, r: 5, fill: '#2563eb' }, s('title', {}, 'stored ' + stored)));
   groups.forEach((g, gi) => {

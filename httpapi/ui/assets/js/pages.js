@@ -56,7 +56,7 @@ async function overview(view, _, ctx) {
     card(fmtNum(dead), 'dead letters waiting'),
     card(health ? health.status : 'failing', 'health')));
   add(view, h('div', { class: 'panel' }, lineChart({
-    title: 'Messages a second, last hour', start: st.start, stepSec: stepOf(st),
+    title: 'Messages a second, last hour', start: st.start, stepSec: stepOf(st), width: 1200,
     series: [{ name: 'in', points: st.in_per_second }, { name: 'out', points: st.out_per_second }] })));
   const top = st.topics.map((t) => ({ t, rate: last(t.in_per_second) || 0 })).sort((a, b) => b.rate - a.rate).slice(0, 8);
   const lagged = [...groups.groups].sort((a, b) => b.lag - a.lag).slice(0, 8);
@@ -99,7 +99,7 @@ async function topic(view, name, ctx) {
   add(view, h('div', { class: 'cards' }, card(t.queue_count, 'queues'), card(fmtNum(t.messages), 'messages retained'),
     card(fmtBytes(t.bytes), 'bytes'), card(fmtNum(last(ts.in_per_second)), 'in / s'), card(fmtNum(last(ts.out_per_second)), 'out / s'),
     card(t.retention || 'default', 'retention')));
-  add(view, h('div', { class: 'panel' }, lineChart({ title: 'Messages a second', start: st.start, stepSec: stepOf(st),
+  add(view, h('div', { class: 'panel' }, lineChart({ title: 'Messages a second, last hour', start: st.start, stepSec: stepOf(st), width: 1200,
     series: [{ name: 'in', points: ts.in_per_second }, { name: 'out', points: ts.out_per_second }] })));
   add(view, h('h2', {}, 'Queues'), table(
     [{ label: 'queue', num: true }, { label: 'min offset', num: true }, { label: 'max offset', num: true }, { label: 'messages', num: true }, { label: 'bytes', num: true }, { label: 'broker' }],
@@ -364,12 +364,15 @@ async function subscription(view, id, ctx) {
     ['created', fmtTime(sub.created_at)], ['updated', fmtTime(sub.updated_at)]])), editForm(sub, base, ctx)));
 
   const recent = await recentAttempts(sub, 40);
-  const failed = recent.attempts.filter((a) => a.outcome !== 'success' && a.outcome !== 'acked').length;
+  // Outcomes as openapi.yaml's TraceAttempt lists them.
+  // A 'dead' entry is the decision after the last attempt, not one more.
+  const tries = recent.attempts.filter((a) => a.outcome !== 'dead');
+  const failed = tries.filter((a) => !['delivered', 'acked'].includes(a.outcome)).length;
   add(view, h('h2', {}, 'Recent attempts'), h('p', { class: 'note', id: 'failure-rate' },
-    `From the traces of the topic's ${recent.messages} newest messages: ${recent.attempts.length} attempts, ` +
-    (recent.attempts.length ? `failure rate ${((100 * failed) / recent.attempts.length).toFixed(0)}%.` : 'no failure rate yet.')),
+    `From the traces of the topic's ${recent.messages} newest messages: ${tries.length} attempts, ` +
+    (tries.length ? `failure rate ${((100 * failed) / tries.length).toFixed(0)}%.` : 'no failure rate yet.')),
   table([{ label: 'at' }, { label: 'message' }, { label: 'attempt', num: true }, { label: 'outcome' }, { label: 'status' }, { label: 'error' }, { label: 'latency', num: true }],
-    recent.attempts.slice(0, 50).map((a) => [fmtTime(a.at), link(a.msg_id, 'messages', a.msg_id), a.attempt, badge(a.outcome), a.status || '', a.error || '',
+    recent.attempts.slice(0, 25).map((a) => [fmtTime(a.at), link(a.msg_id, 'messages', a.msg_id), a.attempt, badge(a.outcome), a.status || '', a.error || '',
       a.latency_ms !== undefined ? a.latency_ms + ' ms' : '']), 'No attempts among them.'));
 }
 
