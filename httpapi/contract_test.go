@@ -2842,6 +2842,7 @@ type contractMember struct {
 	name   string
 	broker *broker.Broker
 	srv    *httptest.Server
+	api    *Server
 }
 
 // contractCluster is the cluster env's brokers and their name server.
@@ -2909,8 +2910,10 @@ func newClusterContractEnv(tb testing.TB) (*contractEnv, *contractCluster) {
 		// An interval of 1ns caches nothing: every lookup asks the name
 		// server, so a broker is routed to as soon as it has beaten.
 		names := namesrv.NewClient(namesrv.ClientConfig{Addrs: []string{ns.URL}, Interval: time.Nanosecond})
-		srv := serveContract(tb, Config{Broker: b, OpenAPI: postbus.OpenAPI, Cluster: &Cluster{Self: name, Names: names}})
-		c.members = append(c.members, contractMember{name: name, broker: b, srv: srv})
+		api := mustNew(tb, Config{Broker: b, OpenAPI: postbus.OpenAPI, Cluster: &Cluster{Self: name, Names: names}})
+		srv := httptest.NewServer(api)
+		tb.Cleanup(srv.Close)
+		c.members = append(c.members, contractMember{name: name, broker: b, srv: srv, api: api})
 		env.members = append(env.members, name)
 	}
 	env.main, env.other, env.broker = c.members[0].srv, c.members[1].srv, c.members[0].broker
@@ -3150,12 +3153,59 @@ func TestContractClusterTraffic(t *testing.T) {
 				}
 			}},
 
+		// The stats of both brokers, summed point by point.
+		{name: "stats/summed", method: "GET", path: "/v1/stats?topic=orders", status: 200,
+			prepare: func(tb testing.TB, _ map[string]string) {
+				at := time.Now().Truncate(time.Hour).Add(-time.Hour)
+				for _, m := range c.members {
+					sampleStats(tb, m.api, at)
+				}
+				// What each stored meanwhile makes the second point's rate.
+				for _, k := range []string{keyA, keyB, keyB} {
+					req, err := http.NewRequest("POST", env.main.URL+"/v1/topics/orders/messages", strings.NewReader("x"))
+					if err != nil {
+						tb.Fatal(err)
+					}
+					req.Header.Set(hdrShardingKey, k)
+					resp, err := http.DefaultClient.Do(req)
+					if err != nil {
+						tb.Fatal(err)
+					}
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusCreated {
+						tb.Fatalf("publish: %d", resp.StatusCode)
+					}
+				}
+				for _, m := range c.members {
+					sampleStats(tb, m.api, at.Add(stats.DefaultResolution))
+				}
+			},
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				var got statsJSON
+				decodeAnswer(tb, body, &got)
+				if !slices.Equal(got.Brokers, []string{"broker-a", "broker-b"}) || len(got.Unavailable) != 0 {
+					tb.Errorf("brokers %v and unavailable %v, want both and none", got.Brokers, got.Unavailable)
+				}
+				// 1 on broker-a and 2 on broker-b in a 10 s step.
+				if len(got.Topics) != 1 || len(got.Topics[0].InPerSecond) != 2 || got.Topics[0].InPerSecond[1] != 0.3 {
+					tb.Errorf("orders %s, want 0.3 a second summed over both brokers", body)
+				}
+			}},
+
 		// A broker that cannot be reached: 503 for what only it holds, 502
 		// for what was applied on the others.
 		{name: "publish/unreachable", method: "POST", path: "/v1/topics/ghost/messages", body: "x", status: 503,
 			code: codeBrokerUnavailable, prepare: unreachable},
 		{name: "delete subscription/partly", method: "DELETE", path: "/v1/subscriptions/ledger1", status: 502,
 			code: codeClusterPartial},
+		{name: "stats/a broker unreachable", method: "GET", path: "/v1/stats", status: 200,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				var got statsJSON
+				decodeAnswer(tb, body, &got)
+				if !slices.Equal(got.Brokers, []string{"broker-a", "broker-b"}) || !slices.Equal(got.Unavailable, []string{"broker-c"}) {
+					tb.Errorf("brokers %v and unavailable %v, want broker-c unavailable", got.Brokers, got.Unavailable)
+				}
+			}},
 		{name: "delete subscription/gone", method: "DELETE", path: "/v1/subscriptions/ledger1", status: 404,
 			code:    broker.CodeSubscriptionNotFound,
 			prepare: func(tb testing.TB, _ map[string]string) { c.registry.Unregister("broker-c") }},
