@@ -364,9 +364,13 @@ func TestDashboard(t *testing.T) {
 	b.wantText("groups", "#page-groups table", "billing")
 	b.screenshot("04-groups")
 	b.open("#/groups/billing")
-	if n := b.count("group", `#page-groups svg.chart`); n != 2 {
-		b.fail("group", "%d charts, want the lag over time and per queue", n)
+	if n := b.count("group", `#page-groups svg.chart`); n != 3 {
+		b.fail("group", "%d charts, want the lag over time, per queue now and per queue live", n)
 	}
+	// The live chart adds a point every 5 s while the page is open: a
+	// line per queue once there are two.
+	b.do("live per queue", void(chromedp.Poll[bool](
+		`[...document.querySelectorAll('#live-queues svg path')].filter((p) => p.getAttribute('d').includes('L')).length == 5`)))
 	b.screenshot("05-group-billing")
 	b.do("reset without confirming", chromedp.Click(chromedp.CSS(`#reset-offsets button`)), chromedp.WaitVisible(chromedp.CSS(`#error`)))
 	b.wantText("reset without confirming", "#error", "confirm")

@@ -38,7 +38,7 @@ export function lineChart({ series, start, stepSec, title, unit = '', width = 64
     const ticks = Math.min(6, n);
     for (let k = 0; k < ticks; k++) {
       const i = ticks === 1 ? n - 1 : Math.round((k * (n - 1)) / (ticks - 1));
-      svg.appendChild(s('text', { x: X(i), y: height - 6, 'text-anchor': k === 0 ? 'start' : k === ticks - 1 ? 'end' : 'middle' },
+      svg.appendChild(s('text', { x: X(i), y: height - 6, 'text-anchor': k === ticks - 1 ? 'end' : k === 0 ? 'start' : 'middle' },
         hhmm(new Date(t0 + i * stepSec * 1000))));
     }
   }

@@ -154,6 +154,7 @@ async function group(view, name, ctx) {
     h('div', { class: 'panel' }, barChart({ title: 'Lag per queue now (in flight in the retry queues)', width: 560,
       bars: g.queues.map((x) => ({ label: (userTopic(x.topic) ? x.topic : 'retry') + '#' + x.queue_id, value: userTopic(x.topic) ? x.lag : x.in_flight,
         color: userTopic(x.topic) ? '#2563eb' : '#d97706' })) }))));
+  add(view, liveQueues(view, name, g, ctx));
   add(view, h('h2', {}, 'Queues'), table(
     [{ label: 'topic' }, { label: 'queue', num: true }, { label: 'offset', num: true }, { label: 'max offset', num: true }, { label: 'lag', num: true },
       { label: 'in flight', num: true }, { label: 'expired', num: true }, { label: 'broker' }],
@@ -176,6 +177,49 @@ async function group(view, name, ctx) {
     await api('POST', '/v1/groups/' + enc(name) + '/offsets/reset', { body: { topic: tsel.value, to: where } });
     ctx.refresh();
   }) }, field('Topic', tsel), field('To', to), field('Time (UTC)', at), h('label', {}, 'Confirm', confirmBox), h('button', { type: 'submit', class: 'danger' }, 'Reset')));
+}
+
+// liveQueues plots each queue's lag (and each retry queue's in flight)
+// over time, sampled from GET /v1/groups/{group} every few seconds while
+// the page is open: /v1/stats keeps per-group series, not per queue.
+function liveQueues(view, name, first, ctx) {
+  const stepSec = 5;
+  const maxPoints = 120; // ten minutes
+  const box = h('div', { class: 'panel', id: 'live-queues' });
+  const hist = new Map();
+  let n = 0;
+  let start = null;
+  const sample = (g) => {
+    if (!start) start = new Date().toISOString();
+    for (const x of g.queues) {
+      const key = (userTopic(x.topic) ? x.topic + '#' + x.queue_id + ' lag' : 'retry#' + x.queue_id + ' in flight');
+      if (!hist.has(key)) hist.set(key, new Array(n).fill(null));
+      hist.get(key).push(userTopic(x.topic) ? x.lag : x.in_flight);
+    }
+    n++;
+    for (const pts of hist.values()) while (pts.length < n) pts.push(null);
+    if (n > maxPoints) {
+      for (const pts of hist.values()) pts.shift();
+      n--;
+      start = new Date(new Date(start).getTime() + stepSec * 1000).toISOString();
+    }
+    clear(box);
+    add(box, lineChart({ title: `Per queue, sampled every ${stepSec} s while this page is open`, start, stepSec, width: 1200,
+      series: [...hist].map(([k, points]) => ({ name: k, points })) }));
+  };
+  sample(first);
+  const timer = setInterval(async () => {
+    if (!box.isConnected) { clearInterval(timer); return; }
+    try {
+      sample(await get('/v1/groups/' + enc(name)));
+    } catch (err) {
+      clearInterval(timer);
+      if (!box.isConnected) return;
+      ctx.showError(err);
+      if (!(err instanceof ApiError)) console.error(err);
+    }
+  }, stepSec * 1000);
+  return box;
 }
 
 // ---- messages ----
