@@ -37,6 +37,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/postbus/postbus"
 	"github.com/postbus/postbus/broker"
+	"github.com/postbus/postbus/httpapi/stats"
 	"github.com/postbus/postbus/namesrv"
 )
 
@@ -502,6 +503,8 @@ type contractEnv struct {
 	// (nil: standalone servers, whose answers carry no Postbus-Broker).
 	other   *httptest.Server
 	members []string
+	// mainAPI is the open env's main server, sampled for GET /v1/stats.
+	mainAPI *Server
 }
 
 // contractClock is the time plus an offset that tests move forward.
@@ -568,7 +571,9 @@ func newContractEnv(tb testing.TB) *contractEnv {
 	rcfg := namesrv.DefaultConfig()
 	rcfg.Now = env.clock.now
 	registry := namesrv.NewRegistry(rcfg)
-	env.main = serveContract(tb, Config{Broker: b, OpenAPI: postbus.OpenAPI, NameServer: registry})
+	env.mainAPI = mustNew(tb, Config{Broker: b, OpenAPI: postbus.OpenAPI, NameServer: registry})
+	env.main = httptest.NewServer(env.mainAPI)
+	tb.Cleanup(env.main.Close)
 	env.nameServer = serveContract(tb, Config{OpenAPI: postbus.OpenAPI, NameServer: registry, NameServerOnly: true})
 	env.strict = serveContract(tb, Config{Broker: b, OpenAPI: postbus.OpenAPI, MaxMessageBytes: 16,
 		Ready: func() error { return errors.New("draining") }})
@@ -1646,6 +1651,17 @@ func TestContractAuthTraffic(t *testing.T) {
 		unauthorized("route/no token", "GET", "/v1/routes/orders", nil, ""),
 		{name: "route/consume token", method: "GET", path: "/v1/routes/orders", header: consumer, status: 200},
 		unauthorized("cluster/no token", "GET", "/v1/cluster", nil, ""),
+		unauthorized("stats/no token", "GET", "/v1/stats", nil, ""),
+		{name: "stats/publish token", method: "GET", path: "/v1/stats", header: payments, status: 200,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				var got statsJSON
+				decodeAnswer(tb, body, &got)
+				for _, ts := range got.Topics {
+					if ts.Topic != "payments" {
+						tb.Errorf("a payments token sees topic %s's series", ts.Topic)
+					}
+				}
+			}},
 		{name: "cluster/publish token", method: "GET", path: "/v1/cluster", header: payments, status: 200,
 			check: wantListed("brokers", "name", "broker-a")},
 		unauthorized("unregister/no token", "DELETE", "/v1/brokers/broker-a", nil, ""),
@@ -2061,6 +2077,31 @@ func consumeExchanges(env *contractEnv) []exchange {
 				}
 			}},
 		{name: "list groups/bad limit", method: "GET", path: "/v1/groups?limit=1001", status: 400,
+			code: codeInvalidParameter, invalid: true},
+		{name: "stats", method: "GET", path: "/v1/stats", status: 200,
+			// Two samples a step apart, as RunStats takes them.
+			prepare: func(tb testing.TB, _ map[string]string) {
+				at := time.Now().Truncate(time.Hour).Add(-time.Hour)
+				sampleStats(tb, env.mainAPI, at)
+				sampleStats(tb, env.mainAPI, at.Add(stats.DefaultResolution))
+			},
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				var got statsJSON
+				decodeAnswer(tb, body, &got)
+				if got.Start == nil || len(got.InPerSecond) != 2 || len(got.Topics) == 0 || len(got.Groups) == 0 {
+					tb.Errorf("stats %s, want two points of the topics and groups", body)
+				}
+			}},
+		{name: "stats/one topic", method: "GET", path: "/v1/stats?topic=orders&group=billing", status: 200,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				var got statsJSON
+				decodeAnswer(tb, body, &got)
+				if len(got.Topics) != 1 || got.Topics[0].Topic != "orders" || len(got.Groups) != 1 || got.Groups[0].Group != "billing" {
+					tb.Errorf("stats %s, want orders and billing alone", body)
+				}
+			}},
+		{name: "stats/unknown parameter", method: "GET", path: "/v1/stats?window=2h", status: 400, code: codeInvalidParameter},
+		{name: "stats/bad topic name", method: "GET", path: "/v1/stats?topic=a%20b", status: 400,
 			code: codeInvalidParameter, invalid: true},
 		{name: "get group", method: "GET", path: "/v1/groups/billing", status: 200,
 			check: wantGroup(func(tb testing.TB, got groupJSON) {
@@ -2804,6 +2845,7 @@ type contractMember struct {
 	name   string
 	broker *broker.Broker
 	srv    *httptest.Server
+	api    *Server
 }
 
 // contractCluster is the cluster env's brokers and their name server.
@@ -2871,8 +2913,10 @@ func newClusterContractEnv(tb testing.TB) (*contractEnv, *contractCluster) {
 		// An interval of 1ns caches nothing: every lookup asks the name
 		// server, so a broker is routed to as soon as it has beaten.
 		names := namesrv.NewClient(namesrv.ClientConfig{Addrs: []string{ns.URL}, Interval: time.Nanosecond})
-		srv := serveContract(tb, Config{Broker: b, OpenAPI: postbus.OpenAPI, Cluster: &Cluster{Self: name, Names: names}})
-		c.members = append(c.members, contractMember{name: name, broker: b, srv: srv})
+		api := mustNew(tb, Config{Broker: b, OpenAPI: postbus.OpenAPI, Cluster: &Cluster{Self: name, Names: names}})
+		srv := httptest.NewServer(api)
+		tb.Cleanup(srv.Close)
+		c.members = append(c.members, contractMember{name: name, broker: b, srv: srv, api: api})
 		env.members = append(env.members, name)
 	}
 	env.main, env.other, env.broker = c.members[0].srv, c.members[1].srv, c.members[0].broker
@@ -3112,12 +3156,59 @@ func TestContractClusterTraffic(t *testing.T) {
 				}
 			}},
 
+		// The stats of both brokers, summed point by point.
+		{name: "stats/summed", method: "GET", path: "/v1/stats?topic=orders", status: 200,
+			prepare: func(tb testing.TB, _ map[string]string) {
+				at := time.Now().Truncate(time.Hour).Add(-time.Hour)
+				for _, m := range c.members {
+					sampleStats(tb, m.api, at)
+				}
+				// What each stored meanwhile makes the second point's rate.
+				for _, k := range []string{keyA, keyB, keyB} {
+					req, err := http.NewRequest("POST", env.main.URL+"/v1/topics/orders/messages", strings.NewReader("x"))
+					if err != nil {
+						tb.Fatal(err)
+					}
+					req.Header.Set(hdrShardingKey, k)
+					resp, err := http.DefaultClient.Do(req)
+					if err != nil {
+						tb.Fatal(err)
+					}
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusCreated {
+						tb.Fatalf("publish: %d", resp.StatusCode)
+					}
+				}
+				for _, m := range c.members {
+					sampleStats(tb, m.api, at.Add(stats.DefaultResolution))
+				}
+			},
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				var got statsJSON
+				decodeAnswer(tb, body, &got)
+				if !slices.Equal(got.Brokers, []string{"broker-a", "broker-b"}) || len(got.Unavailable) != 0 {
+					tb.Errorf("brokers %v and unavailable %v, want both and none", got.Brokers, got.Unavailable)
+				}
+				// 1 on broker-a and 2 on broker-b in a 10 s step.
+				if len(got.Topics) != 1 || len(got.Topics[0].InPerSecond) != 2 || got.Topics[0].InPerSecond[1] != 0.3 {
+					tb.Errorf("orders %s, want 0.3 a second summed over both brokers", body)
+				}
+			}},
+
 		// A broker that cannot be reached: 503 for what only it holds, 502
 		// for what was applied on the others.
 		{name: "publish/unreachable", method: "POST", path: "/v1/topics/ghost/messages", body: "x", status: 503,
 			code: codeBrokerUnavailable, prepare: unreachable},
 		{name: "delete subscription/partly", method: "DELETE", path: "/v1/subscriptions/ledger1", status: 502,
 			code: codeClusterPartial},
+		{name: "stats/a broker unreachable", method: "GET", path: "/v1/stats", status: 200,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				var got statsJSON
+				decodeAnswer(tb, body, &got)
+				if !slices.Equal(got.Brokers, []string{"broker-a", "broker-b"}) || !slices.Equal(got.Unavailable, []string{"broker-c"}) {
+					tb.Errorf("brokers %v and unavailable %v, want broker-c unavailable", got.Brokers, got.Unavailable)
+				}
+			}},
 		{name: "delete subscription/gone", method: "DELETE", path: "/v1/subscriptions/ledger1", status: 404,
 			code:    broker.CodeSubscriptionNotFound,
 			prepare: func(tb testing.TB, _ map[string]string) { c.registry.Unregister("broker-c") }},

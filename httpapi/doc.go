@@ -4,6 +4,11 @@
 // and, in a cluster, the cached routes and which peers answer) is rebuilt
 // after a restart.
 //
+// The dashboard's files (package ui) are served at /ui/ beside the router:
+// they are not API routes, need no token to load, and the page calls the
+// API like any client. GET /v1/stats serves the series package stats keeps
+// in memory, sampled by RunStats while the broker serves.
+//
 // Every route is listed once, in routes.go, and in openapi.yaml at the
 // repository root; a test walks the router and fails on any route the
 // document does not describe (or the other way round), and checks recorded

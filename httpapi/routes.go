@@ -81,6 +81,9 @@ func (s *Server) routes() chi.Router {
 	s.handle(r, "GET", "/v1/topics/{topic}/queues/{queue}/messages", accessSubscribeTopic, s.handleReadQueue)
 
 	s.handle(r, "GET", "/v1/messages/{msg_id}/trace", accessAnyToken, s.handleTrace)
+	// The series are narrowed to the token's topics and groups by the
+	// handler, as GET /v1/topics and /v1/groups are.
+	s.handle(r, "GET", "/v1/stats", accessAnyToken, s.handleStats)
 	// Internal: brokers of a cluster push each other their subscription
 	// records (cluster_sync.go).
 	s.handle(r, "POST", "/v1/internal/subscriptions/sync", accessAdmin, s.handleSyncSubscriptions)

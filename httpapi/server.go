@@ -8,6 +8,8 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/postbus/postbus/broker"
+	"github.com/postbus/postbus/httpapi/stats"
+	"github.com/postbus/postbus/httpapi/ui"
 	"github.com/postbus/postbus/namesrv"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -93,6 +95,8 @@ type Server struct {
 	cluster     *cluster          // nil: a standalone broker
 	sync        *syncer           // the cluster's anti-entropy of subscriptions; nil standalone
 	access      map[string]access // "METHOD /pattern" -> its auth decision
+	stats       *stats.Recorder   // GET /v1/stats's series; nil without a broker
+	dashboard   http.Handler      // the /ui/ files
 }
 
 // New returns a Server with every route mounted. It fails only on a
@@ -174,9 +178,16 @@ func New(cfg Config) (*Server, error) {
 		cfg.Broker.SetName(cfg.Cluster.Self)
 	}
 	s.metrics = newHTTPMetrics(s.reg)
+	if cfg.Broker != nil && !cfg.NameServerOnly {
+		s.stats, err = stats.New(stats.Config{Logger: s.logger.With(slog.String("component", "stats")), Registerer: s.reg})
+		if err != nil {
+			return nil, err
+		}
+	}
 	s.bodies = newBodyBudget(cfg.MaxBodyMemory, cfg.MaxBodyMemoryPerClient, s.reg)
 	s.polls = newPollLimiter(cfg.MaxHeldPolls, cfg.MaxHeldPollsPerClient, s.logger, s.reg)
 	s.router = s.routes()
+	s.dashboard = ui.Handler()
 	return s, nil
 }
 
@@ -193,6 +204,13 @@ func (s *Server) Access() map[string]string {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.cluster != nil {
 		w.Header().Set(hdrBroker, s.cluster.self)
+	}
+	// The dashboard's files are not API routes (nothing in openapi.yaml,
+	// no token needed to load them: the page asks for one and calls the
+	// API with it), so they are served beside the router.
+	if ui.Owns(r.URL.Path) {
+		s.dashboard.ServeHTTP(w, r)
+		return
 	}
 	s.router.ServeHTTP(w, r)
 }

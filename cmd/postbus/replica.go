@@ -351,9 +351,14 @@ func (m *replicaMember) lead(ctx context.Context) error {
 		defer close(synced)
 		api.RunSync(syncCtx)
 	}()
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		api.RunStats(syncCtx)
+	}()
 	t := &leaderTerm{epoch: bc.Replica.Epoch, b: b,
 		stopPush:   func() { stopDispatch(); <-dispatched },
-		stopSync:   func() { cancelSync(); <-synced },
+		stopSync:   func() { cancelSync(); <-synced; <-sampled },
 		unregister: m.member.register(b, groupInstance(b.InstanceID(), m.node.GroupID()), c.cluster, m.logger),
 	}
 	m.mu.Lock()

@@ -321,9 +321,16 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		defer close(synced)
 		api.RunSync(syncCtx)
 	}()
+	// The dashboard's series (GET /v1/stats) are sampled meanwhile too.
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		api.RunStats(syncCtx)
+	}()
 	stopSync := func() {
 		cancelSync()
 		<-synced
+		<-sampled
 	}
 	defer stopSync()
 	// Pushes start after the first exchange, so that a broker back from
