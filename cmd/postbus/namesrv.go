@@ -70,7 +70,7 @@ Flags (each also as an environment variable, --broker-expiry as POSTBUS_BROKER_E
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var ready atomic.Bool
 	api, err := httpapi.New(httpapi.Config{
-		Logger: logger, Registry: reg, OpenAPI: postbus.OpenAPI, Auth: authCfg, MetricsAuth: auth.metricsAuth,
+		Logger: logger, Registry: reg, OpenAPI: postbus.OpenAPI, Auth: authCfg, MetricsAuth: auth.metricsAuth, Version: version,
 		NameServer: registry, NameServerOnly: true,
 		Ready: func() error {
 			if !ready.Load() {

@@ -320,7 +320,7 @@ func (m *replicaMember) lead(ctx context.Context) error {
 	}
 	api, err := httpapi.New(httpapi.Config{
 		Broker: b, Logger: m.logger, Registry: reg, OpenAPI: postbus.OpenAPI,
-		Auth: m.auth, MetricsAuth: c.auth.metricsAuth, PublishRate: c.rateLimit, PublishBurst: c.rateBurst, JWKS: m.key.JWKS(),
+		Auth: m.auth, MetricsAuth: c.auth.metricsAuth, Version: version, PublishRate: c.rateLimit, PublishBurst: c.rateBurst, JWKS: m.key.JWKS(),
 		Cluster: cluster, MaxBodyMemory: int64(c.bodyMemory),
 		MaxBodyMemoryPerClient: int64(c.bodyShare), MinBodyRate: c.minBodyRateConfig(), BodyGrace: c.bodyGrace,
 		MaxHeldPolls: c.heldPolls, MaxHeldPollsPerClient: c.clientPolls,

@@ -258,7 +258,7 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	var ready atomic.Bool
 	api, err := httpapi.New(httpapi.Config{
 		Broker: b, Logger: logger, Registry: reg, OpenAPI: postbus.OpenAPI,
-		Auth: auth, MetricsAuth: c.auth.metricsAuth, PublishRate: c.rateLimit, PublishBurst: c.rateBurst, JWKS: key.JWKS(),
+		Auth: auth, MetricsAuth: c.auth.metricsAuth, Version: version, PublishRate: c.rateLimit, PublishBurst: c.rateBurst, JWKS: key.JWKS(),
 		NameServer: registry, Cluster: cluster, MaxBodyMemory: int64(c.bodyMemory),
 		MaxBodyMemoryPerClient: int64(c.bodyShare), MinBodyRate: c.minBodyRateConfig(), BodyGrace: c.bodyGrace,
 		MaxHeldPolls: c.heldPolls, MaxHeldPollsPerClient: c.clientPolls,
