@@ -6,6 +6,7 @@
 //	postbus token --scope S     mint an API token
 //	postbus bench publish       load-test a broker over HTTP
 //	postbus backup --to DIR     copy a data directory, also while a broker runs
+//	postbus admin <noun> <verb> operate a running bus (topics, groups, dlq, ...)
 //	postbus version             print the version
 //
 // Every flag has an environment equivalent: --flush-interval is
@@ -42,6 +43,8 @@ Commands:
   bench      load tools: "postbus bench publish --help"
   backup     copy what a data directory cannot rebuild (meta.db, keys, commitlog),
              also while a broker runs on it: "postbus backup --help"
+  admin      operate a running bus, as mqadmin: topics, groups, messages, dlq,
+             subscriptions, replicas, cluster ("postbus admin --help")
   version    print the version and exit
 
 Run "postbus <command> --help" for a command's flags. Every flag can also be
@@ -76,6 +79,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = token(ctx, args[1:], stdout, stderr)
 	case "backup":
 		err = backup(ctx, args[1:], stdout, stderr)
+	case "admin":
+		// admin has exit codes of its own for scripts to branch on.
+		return runAdmin(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, versionString())
 	case "help", "-h", "--help", "-help":
