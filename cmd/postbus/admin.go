@@ -112,7 +112,7 @@ type adminVerb struct {
 	args    string // the positional arguments, for the usage line
 	summary string
 	example string
-	nargs   int // exact count of positional arguments; -1: any
+	nargs   int                    // exact count of positional arguments; -1: any
 	flags   func(fs *flag.FlagSet) // the verb's own flags
 	run     func(c *adminClient, args []string) error
 }

@@ -27,7 +27,6 @@ import (
 	"github.com/postbus/postbus/cmd/postbus/bench"
 )
 
-
 const usage = `postbus — a message bus that speaks plain HTTP.
 
 Usage:
@@ -141,4 +140,3 @@ Tools:
 		return errUsage
 	}
 }
-
