@@ -147,6 +147,11 @@ func serveReplica(ctx context.Context, c *serveConfig, mode string, logger *slog
 	if err != nil {
 		return err
 	}
+	certs, err := c.tls.reloader(logger, baseReg)
+	if err != nil {
+		return err
+	}
+	defer watchSIGHUP(certs, logger)()
 	if err := os.MkdirAll(c.broker.Dir, 0o755); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
 	}
@@ -177,7 +182,7 @@ func serveReplica(ctx context.Context, c *serveConfig, mode string, logger *slog
 	}
 	httpURL := c.advertise
 	if httpURL == "" {
-		httpURL = "http://" + dialable(ln.Addr().String())
+		httpURL = c.tls.scheme() + "://" + dialable(ln.Addr().String())
 	}
 	for _, col := range node.Collectors() {
 		baseReg.MustRegister(col)
@@ -202,7 +207,7 @@ func serveReplica(ctx context.Context, c *serveConfig, mode string, logger *slog
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
+	go func() { served <- serveHTTP(srv, ln, certs) }()
 	logger.Info("postbus listening", slog.String("mode", mode), slog.String("addr", ln.Addr().String()), slog.String("node", rcfg.NodeID),
 		slog.String("group", group), slog.String("data", c.broker.Dir), slog.String("version", version))
 
