@@ -103,6 +103,7 @@ func newServeFlags(mode string, out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long SIGTERM waits for in-flight requests")
+	fs.IntVar(&b.MetricsTopics, "metrics-topics", broker.DefaultMetricsTopics, "how many topics get a topic label of their own on postbus_topic_published_*; publishes to later ones are counted under topic=\"other\" (bounds /metrics)")
 	fs.StringVar(&c.debugAddr, "debug-addr", "", "if set, serve Go's pprof profiles on this address (keep it on loopback)")
 	c.auth.register(fs)
 	fs.BoolVar(&c.allowPrivate, "allow-private-webhooks", mode == "dev", "let push subscriptions deliver to loopback, private and link-local addresses (refused by default outside dev: SSRF)")

@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -304,3 +305,51 @@ func decodeBody(resp *http.Response, v any) error {
 func execCommand(name string, args ...string) *exec.Cmd { return exec.Command(name, args...) }
 
 func jsonDecode(r io.Reader, v any) error { return json.NewDecoder(r).Decode(v) }
+
+// TestAlertRules: every postbus_ series docs/alerts.yml names is exported
+// by a broker serving TLS with a pull group: a rule on a misspelt or
+// removed series would never fire.
+func TestAlertRules(t *testing.T) {
+	rules, err := os.ReadFile(filepath.Join("..", "..", "docs", "alerts.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	ca := newTestCA(t)
+	cert, key := filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
+	ca.issue(t, 2, time.Now().Add(time.Hour), cert, key)
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.cert)
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	caFile := filepath.Join(dir, "ca.pem")
+	writeWhole(t, caFile, ca.pem)
+	p := startTLS(t, client, "dev", "--data", filepath.Join(dir, "data"), "--tls-cert", cert, "--tls-key", key, "--tls-ca", caFile)
+	resp, err := client.Post(p.url+"/v1/topics/t/messages", "text/plain", strings.NewReader("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	resp, err = client.Post(p.url+"/v1/groups/g/topics/t/pull", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	resp, err = client.Get(p.url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := regexp.MustCompile(`\bpostbus_[a-z_]+\b`).FindAllString(string(rules), -1)
+	if len(names) < 10 {
+		t.Fatalf("only %d series named in alerts.yml", len(names))
+	}
+	for _, n := range names {
+		if !strings.Contains(string(page), "# HELP "+n+" ") {
+			t.Errorf("docs/alerts.yml names %s, which the broker does not export", n)
+		}
+	}
+}
