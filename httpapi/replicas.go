@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -65,6 +66,9 @@ type FrontConfig struct {
 	// its group's (replica.Node.Untrusted); while it does, /readyz answers
 	// 503 with that reason, whether the member leads or follows.
 	Untrusted func() error
+	// TLS configures https to the leader (a private CA in its RootCAs);
+	// nil: the system's roots.
+	TLS *tls.Config
 }
 
 // DefaultLeaderWait is FrontConfig.LeaderWait's default: a failover with
@@ -122,6 +126,7 @@ func NewFront(cfg FrontConfig) (*Front, error) {
 			pr.Out.Header.Set(forwardedHeader, "1")
 			pr.SetXForwarded()
 		},
+		Transport:     frontTransport(cfg.TLS),
 		FlushInterval: -1,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			w.Header().Set("Retry-After", "1")
@@ -314,4 +319,15 @@ func (f *Front) change(w http.ResponseWriter, r *http.Request, err error) {
 // NotReplicated answers /v1/replicas on a standalone broker.
 func notReplicated(w http.ResponseWriter, r *http.Request) {
 	writeProblem(w, r, codeNotReplicated, "", "this broker is not a member of a replica group (started without --raft-peers)")
+}
+
+// frontTransport is what a follower forwards to the leader with: the
+// default transport, trusting cfg's roots when given.
+func frontTransport(cfg *tls.Config) http.RoundTripper {
+	if cfg == nil {
+		return http.DefaultTransport
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = cfg
+	return tr
 }

@@ -193,7 +193,7 @@ func serveReplica(ctx context.Context, c *serveConfig, mode string, logger *slog
 	defer m.client.Close()
 	m.front, err = httpapi.NewFront(httpapi.FrontConfig{Auth: auth, Logger: logger, Replicas: replicasOf{m: m, group: group},
 		Metrics: promhttp.HandlerFor(baseReg, promhttp.HandlerOpts{}), MetricsAuth: c.auth.metricsAuth, HopTimeout: c.forwardTimeout,
-		Untrusted: node.Untrusted})
+		Untrusted: node.Untrusted, TLS: c.clientTLS})
 	if err != nil {
 		return err
 	}
@@ -321,7 +321,7 @@ func (m *replicaMember) lead(ctx context.Context) error {
 	var cluster *httpapi.Cluster
 	if m.member != nil {
 		cluster = &httpapi.Cluster{Self: m.member.name, Names: m.member.client, HopTimeout: c.forwardTimeout,
-			SyncInterval: c.syncInterval, Token: c.namesrvToken}
+			SyncInterval: c.syncInterval, Token: c.namesrvToken, TLS: c.clientTLS}
 	}
 	api, err := httpapi.New(httpapi.Config{
 		Broker: b, Logger: m.logger, Registry: reg, OpenAPI: postbus.OpenAPI,
