@@ -43,6 +43,7 @@ Nouns and verbs:
   dlq             list GROUP | show GROUP MSG_ID | redrive GROUP | purge GROUP
   subscriptions   list | show ID | create | pause ID | resume ID | rotate ID | delete ID
   replicas        list | add ID ADDR | remove ID
+  transactions    list | commit ID | rollback ID (brokers with transactional messages)
   cluster         show (the brokers a name server, or dev, knows)
 
 "postbus admin <noun> --help" lists a noun's verbs; "postbus admin <noun> <verb> --help"

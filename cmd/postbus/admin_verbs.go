@@ -22,6 +22,7 @@ func adminNouns() map[string]map[string]adminVerb {
 		"subscriptions": subscriptionVerbs(),
 		"replicas":      replicaVerbs(),
 		"cluster":       clusterVerbs(),
+		"transactions":  transactionVerbs(),
 	}
 }
 
@@ -609,5 +610,43 @@ func clusterVerbs() map[string]adminVerb {
 				return c.printTable(objects(cl["brokers"]), column{"BROKER", "name"}, column{"CLUSTER", "cluster"}, column{"ADDR", "addr"},
 					column{"VERSION", "version"}, column{"TOPICS", "topics"}, column{"LAST_HEARTBEAT", "last_heartbeat"})
 			}},
+	}
+}
+
+func transactionVerbs() map[string]adminVerb {
+	var state string
+	settle := func(verb string) func(c *adminClient, a []string) error {
+		return func(c *adminClient, a []string) error {
+			var res map[string]any
+			raw, err := c.sendJSON("POST", "/v1/transactions/"+pathEsc(a[0])+"/"+verb, nil, &res)
+			if err != nil {
+				return err
+			}
+			if c.output == "json" {
+				return c.printJSON(raw)
+			}
+			return c.printFields(res, column{"Transaction", "transaction_id"}, column{"Message", "msg_id"}, column{"Status", "status"},
+				column{"Topic", "topic"}, column{"Queue", "queue_id"}, column{"Offset", "queue_offset"})
+		}
+	}
+	return map[string]adminVerb{
+		"list": {summary: "List transactional messages (by default the prepared ones, not yet committed or rolled back).",
+			example: "postbus admin transactions list --state prepared", nargs: 0,
+			flags: func(fs *flag.FlagSet) { fs.StringVar(&state, "state", "prepared", "which transactions to list") },
+			run: func(c *adminClient, _ []string) error {
+				rows, err := c.getAll("/v1/transactions?state="+url.QueryEscape(state), "transactions")
+				if err != nil {
+					return err
+				}
+				if c.output == "json" {
+					return c.printJSON(map[string]any{"transactions": rows})
+				}
+				return c.printTable(rows, column{"TRANSACTION", "transaction_id"}, column{"MSG_ID", "msg_id"}, column{"TOPIC", "topic"},
+					column{"PRODUCER_GROUP", "producer_group"}, column{"STATUS", "status"}, column{"CHECKS", "checks"}, column{"PREPARED", "prepared_at"})
+			}},
+		"commit": {args: "TRANSACTION_ID", summary: "Commit a prepared transactional message: it is delivered.",
+			example: "postbus admin transactions commit 9f2c…", nargs: 1, run: settle("commit")},
+		"rollback": {args: "TRANSACTION_ID", summary: "Roll back a prepared transactional message: it is never delivered.",
+			example: "postbus admin transactions rollback 9f2c…", nargs: 1, run: settle("rollback")},
 	}
 }
