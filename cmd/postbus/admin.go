@@ -126,6 +126,24 @@ func admin(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return nil
 	}
+	// Flags given before the noun (postbus admin --url X topics list) are
+	// the common ones, each with a value: they are parsed after the verb.
+	var lead []string
+	for len(args) > 0 && strings.HasPrefix(args[0], "-") && args[0] != "-h" && args[0] != "--help" {
+		n := 2
+		if strings.Contains(args[0], "=") {
+			n = 1
+		}
+		n = min(n, len(args))
+		lead, args = append(lead, args[:n]...), args[n:]
+	}
+	if len(args) == 0 {
+		fmt.Fprint(stderr, adminUsage)
+		return errUsage
+	}
+	if len(args) > 1 {
+		args = append(append(args[:2:2], lead...), args[2:]...)
+	}
 	nouns := adminNouns()
 	noun, ok := nouns[args[0]]
 	if !ok {

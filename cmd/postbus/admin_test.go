@@ -110,6 +110,7 @@ func TestAdmin(t *testing.T) {
 		{name: "delete topic needs --yes", args: []string{"topics", "delete", "orders"}, wantCode: exitUsage, wantErr: []string{"--yes"}},
 		{name: "delete topic", args: []string{"topics", "delete", "orders", "--yes"}, wantOut: []string{"deleted topic orders"}},
 		{name: "topics list json", args: []string{"topics", "list", "-o", "json"}, wantOut: []string{`"topics": []`}},
+		{name: "flags before the noun", args: []string{"-o", "json", "--timeout=10s", "topics", "list"}, wantOut: []string{`"topics": []`}},
 		{name: "bad output", args: []string{"topics", "list", "-o", "yaml"}, wantCode: exitUsage, wantErr: []string{"want table or json"}},
 		{name: "wrong argument count", args: []string{"topics", "show"}, wantCode: exitUsage, wantErr: []string{"takes 1 argument"}},
 		{name: "unknown noun", args: []string{"queues", "list"}, wantCode: exitUsage, wantErr: []string{`unknown noun "queues"`}},
