@@ -204,6 +204,29 @@ func TestTLS(t *testing.T) {
 	if resp.StatusCode != http.StatusCreated {
 		t.Fatalf("publish over https: %d", resp.StatusCode)
 	}
+	// A second broker forwards to the first over https, trusting the CA:
+	// a publish to the topic only the first holds is stored there.
+	cert2, key2 := filepath.Join(dir, "broker2.pem"), filepath.Join(dir, "broker2.key")
+	ca.issue(t, 30, time.Now().Add(6*time.Hour), cert2, key2)
+	b2 := startTLS(t, client, "broker", "--data", filepath.Join(dir, "data2"), "--broker-name", "second",
+		"--tls-cert", cert2, "--tls-key", key2, "--tls-ca", caFile, "--namesrv", ns.url, "--heartbeat-interval", "1s")
+	resp, err = client.Post(b2.url+"/v1/topics/secure/messages", "text/plain", strings.NewReader("forwarded over tls"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ack struct{ Broker string }
+	if resp.StatusCode != http.StatusCreated {
+		resp.Body.Close()
+		t.Fatalf("publish through the second broker: %d\n%s", resp.StatusCode, b2.Logs())
+	}
+	if err := jsonDecode(resp.Body, &ack); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if ack.Broker == "second" || ack.Broker == "" {
+		t.Fatalf("the publish through the second broker was stored on %q, want the first broker (a forward)", ack.Broker)
+	}
+
 	out, stderr, code := adminRun(t, b.url, "topics", "list", "--tls-ca", caFile)
 	if code != 0 || !strings.Contains(out, "secure") {
 		t.Fatalf("admin over https with --tls-ca: exit %d\n%s%s", code, out, stderr)
