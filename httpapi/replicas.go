@@ -69,6 +69,8 @@ type FrontConfig struct {
 	// TLS configures https to the leader (a private CA in its RootCAs);
 	// nil: the system's roots.
 	TLS *tls.Config
+	// Version is answered by /healthz while the member follows.
+	Version string
 }
 
 // DefaultLeaderWait is FrontConfig.LeaderWait's default: a failover with
@@ -191,8 +193,12 @@ func (f *Front) other(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	case "/healthz":
-		w.WriteHeader(http.StatusOK)
-		_, _ = io.WriteString(w, "ok\n")
+		// As the API's /healthz (the Health schema), also while following.
+		v := f.cfg.Version
+		if v == "" {
+			v = "unknown"
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "version": v})
 		return
 	case "/readyz":
 		// A follower takes requests (it forwards them) once a leader is known.

@@ -193,7 +193,7 @@ func serveReplica(ctx context.Context, c *serveConfig, mode string, logger *slog
 	defer m.client.Close()
 	m.front, err = httpapi.NewFront(httpapi.FrontConfig{Auth: auth, Logger: logger, Replicas: replicasOf{m: m, group: group},
 		Metrics: promhttp.HandlerFor(baseReg, promhttp.HandlerOpts{}), MetricsAuth: c.auth.metricsAuth, HopTimeout: c.forwardTimeout,
-		Untrusted: node.Untrusted, TLS: c.clientTLS})
+		Untrusted: node.Untrusted, TLS: c.clientTLS, Version: version})
 	if err != nil {
 		return err
 	}
