@@ -172,7 +172,7 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 		topics:     make(map[string]*topicState),
 		queueBytes: make(map[consumequeue.QueueID]int64),
 		closing:    make(chan struct{}),
-		metrics:    newMetrics(),
+		metrics:    newMetrics(cfg.MetricsTopics, cfg.Logger),
 	}
 	b.eng = newEngine(b)
 	if err := b.open(ctx); err != nil {

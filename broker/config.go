@@ -49,6 +49,11 @@ type Config struct {
 	// expiry: a broker away for longer may bring the subscription back.
 	TombstoneTTL time.Duration
 
+	// MetricsTopics is how many topics get a label of their own on the
+	// per-topic publish counters; the others are counted as "other"
+	// (0: DefaultMetricsTopics).
+	MetricsTopics int
+
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer // nil: metrics are not registered
 	Now        func() time.Time

@@ -37,6 +37,8 @@ type metrics struct {
 	// topicTombsKept counts tombstones not applied to a copy that took
 	// publishes after the delete (each logged at ERROR).
 	topicTombsKept prometheus.Counter
+
+	topics *topicMetrics // publishes by topic, with a bounded label set
 }
 
 // Why recovery rebuilt the derived indexes from the start of the log (the
@@ -61,8 +63,9 @@ const (
 	delayAlreadyDead = "already_dead_lettered" // its message was dead-lettered after it: not handed out again
 )
 
-func newMetrics() *metrics {
+func newMetrics(metricsTopics int, logger *slog.Logger) *metrics {
 	m := &metrics{
+		topics: newTopicMetrics(metricsTopics, logger),
 		messages: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "postbus_published_messages_total", Help: "Messages stored by publishes (duplicates excluded).",
 		}),
@@ -159,6 +162,7 @@ func (m *metrics) register(b *Broker, reg prometheus.Registerer) {
 	}
 	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped, m.leasesExpired, m.progressBad, m.skippedRecords, m.lostQueueEnds, m.timersDropped, m.misplaced,
 		m.delayAnomalies, m.cleanedMessages, m.cleanedBytes, m.rebuilds, m.syncApplied, m.syncRefused, m.topicTombsApplied, m.topicTombsKept,
+		m.topics.messages, m.topics.bytes, groupCollector{b},
 		gauge("postbus_subscription_tombstones", "Deleted subscriptions' tombstones kept, to reach brokers that missed the delete.",
 			func() float64 {
 				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -217,12 +221,13 @@ func (m *metrics) register(b *Broker, reg prometheus.Registerer) {
 	)
 }
 
-func (m *metrics) published(n, bytes int) {
+func (m *metrics) published(topic string, n, bytes int) {
 	if m == nil {
 		return
 	}
 	m.messages.Add(float64(n))
 	m.bytes.Add(float64(bytes))
+	m.topics.published(topic, n, bytes)
 }
 
 func (m *metrics) rejected(code Code) {

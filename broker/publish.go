@@ -94,7 +94,7 @@ func (b *Broker) Publish(ctx context.Context, topic string, msgs []*Message) ([]
 		if err != nil {
 			return nil, err
 		}
-		b.metrics.published(len(msgs), total)
+		b.metrics.published(topic, len(msgs), total)
 		return results, nil
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -133,6 +134,9 @@ type Cluster struct {
 	// other brokers carry, when tokens are checked: the pushes of
 	// subscription records. Requests made for a client carry the client's.
 	Token string
+	// TLS configures https to other brokers (a private CA in its RootCAs);
+	// nil: the system's roots. Used only when HTTP is nil.
+	TLS *tls.Config
 }
 
 // peer is a broker a request may go to. The local broker has no address.
@@ -186,6 +190,7 @@ func newCluster(c *Cluster, logger *slog.Logger, reg prometheus.Registerer) *clu
 			MaxIdleConns:        1024,
 			MaxIdleConnsPerHost: 1024,
 			IdleConnTimeout:     90 * time.Second,
+			TLSClientConfig:     c.TLS,
 		}}
 	}
 	hop := c.HopTimeout

@@ -8,7 +8,11 @@ import (
 )
 
 func (s *Server) handleHealthz(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	v := s.version
+	if v == "" {
+		v = "unknown"
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "version": v})
 }
 
 // handleHealthzHead and handleReadyzHead answer HEAD as GET, without the

@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -66,6 +67,11 @@ type FrontConfig struct {
 	// while it does, /readyz answers 503 with that reason, whether the
 	// member leads or follows.
 	Untrusted func() error
+	// TLS configures https to the leader (a private CA in its RootCAs);
+	// nil: the system's roots.
+	TLS *tls.Config
+	// Version is answered by /healthz while the member follows.
+	Version string
 }
 
 // DefaultLeaderWait is FrontConfig.LeaderWait's default: a failover with
@@ -123,6 +129,7 @@ func NewFront(cfg FrontConfig) (*Front, error) {
 			pr.Out.Header.Set(forwardedHeader, "1")
 			pr.SetXForwarded()
 		},
+		Transport:     frontTransport(cfg.TLS),
 		FlushInterval: -1,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			w.Header().Set("Retry-After", "1")
@@ -187,8 +194,12 @@ func (f *Front) other(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	case "/healthz":
-		w.WriteHeader(http.StatusOK)
-		_, _ = io.WriteString(w, "ok\n")
+		// As the API's /healthz (the Health schema), also while following.
+		v := f.cfg.Version
+		if v == "" {
+			v = "unknown"
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "version": v})
 		return
 	case "/readyz":
 		// A follower takes requests (it forwards them) once a leader is known.
@@ -315,4 +326,15 @@ func (f *Front) change(w http.ResponseWriter, r *http.Request, err error) {
 // NotReplicated answers /v1/replicas on a standalone broker.
 func notReplicated(w http.ResponseWriter, r *http.Request) {
 	writeProblem(w, r, codeNotReplicated, "", "this broker is not a member of a replica group (started without --raft-peers)")
+}
+
+// frontTransport is what a follower forwards to the leader with: the
+// default transport, trusting cfg's roots when given.
+func frontTransport(cfg *tls.Config) http.RoundTripper {
+	if cfg == nil {
+		return http.DefaultTransport
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = cfg
+	return tr
 }

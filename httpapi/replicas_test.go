@@ -201,3 +201,21 @@ func TestFrontReadyzUntrusted(t *testing.T) {
 		}
 	}
 }
+
+// TestFrontHealthzVersion: a member's /healthz answers the Health schema
+// with its version also while it follows (it used to answer "ok\n").
+func TestFrontHealthzVersion(t *testing.T) {
+	f, err := NewFront(FrontConfig{Replicas: &fakeReplicas{}, Version: "v9.9.9"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := httptest.NewRecorder()
+	f.ServeHTTP(rec, httptest.NewRequest("GET", "/healthz", nil))
+	var h struct{ Status, Version string }
+	if err := json.Unmarshal(rec.Body.Bytes(), &h); err != nil {
+		t.Fatalf("/healthz %d %q: %v", rec.Code, rec.Body, err)
+	}
+	if rec.Code != http.StatusOK || h.Status != "ok" || h.Version != "v9.9.9" {
+		t.Fatalf("/healthz %d %+v, want 200 ok v9.9.9", rec.Code, h)
+	}
+}

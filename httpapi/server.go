@@ -30,6 +30,9 @@ type Config struct {
 	Auth AuthConfig
 	// MetricsAuth puts /metrics behind an admin token.
 	MetricsAuth bool
+	// Version is this build's version, answered by /healthz so that an
+	// operator (or an upgrade script) sees what each process runs.
+	Version string
 	// JWKS is the bus's public signing keys, served at
 	// /.well-known/jwks.json so receivers can verify deliveries.
 	JWKS []byte
@@ -86,6 +89,7 @@ type Server struct {
 	brokerless  bool              // only the name server's routes
 	auth        *authenticator    // nil: open
 	metricsAuth bool
+	version     string
 	limiter     *publishLimiter // nil: no limit
 	bodies      *bodyBudget     // request bodies in flight
 	minBodyRate int64           // bytes a second; 0: bodies are not paced
@@ -152,6 +156,7 @@ func New(cfg Config) (*Server, error) {
 		registry:    cfg.NameServer,
 		brokerless:  cfg.NameServerOnly,
 		metricsAuth: cfg.MetricsAuth,
+		version:     cfg.Version,
 		limiter:     newPublishLimiter(cfg.PublishRate, cfg.PublishBurst),
 		access:      make(map[string]access),
 		minBodyRate: cfg.MinBodyRate,

@@ -6,6 +6,7 @@
 //	postbus token --scope S     mint an API token
 //	postbus bench publish       load-test a broker over HTTP
 //	postbus backup --to DIR     copy a data directory, also while a broker runs
+//	postbus admin <noun> <verb> operate a running bus (topics, groups, dlq, ...)
 //	postbus version             print the version
 //
 // Every flag has an environment equivalent: --flush-interval is
@@ -21,15 +22,10 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime"
-	"runtime/debug"
 	"syscall"
 
 	"github.com/postbus/postbus/cmd/postbus/bench"
 )
-
-// version is set at build time with -ldflags "-X main.version=v1.2.3".
-var version = "dev"
 
 const usage = `postbus — a message bus that speaks plain HTTP.
 
@@ -46,6 +42,8 @@ Commands:
   bench      load tools: "postbus bench publish --help"
   backup     copy what a data directory cannot rebuild (meta.db, keys, commitlog),
              also while a broker runs on it: "postbus backup --help"
+  admin      operate a running bus, as mqadmin: topics, groups, messages, dlq,
+             subscriptions, replicas, cluster ("postbus admin --help")
   version    print the version and exit
 
 Run "postbus <command> --help" for a command's flags. Every flag can also be
@@ -80,6 +78,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = token(ctx, args[1:], stdout, stderr)
 	case "backup":
 		err = backup(ctx, args[1:], stdout, stderr)
+	case "admin":
+		// admin has exit codes of its own for scripts to branch on.
+		return runAdmin(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, versionString())
 	case "help", "-h", "--help", "-help":
@@ -138,17 +139,4 @@ Tools:
 		fmt.Fprintf(stderr, "postbus bench: unknown tool %q\n\n%s", args[0], benchUsage)
 		return errUsage
 	}
-}
-
-func versionString() string {
-	v := version
-	rev := ""
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-				rev = " " + s.Value[:12]
-			}
-		}
-	}
-	return fmt.Sprintf("postbus %s%s %s %s/%s", v, rev, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 }

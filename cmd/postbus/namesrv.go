@@ -28,6 +28,7 @@ func serveNamesrv(ctx context.Context, args []string, stderr io.Writer) error {
 	var (
 		addr, logLevel, logFormat string
 		auth                      authFlags
+		tlsf                      tlsFlags
 		rcfg                      = namesrv.DefaultConfig()
 	)
 	fs.StringVar(&addr, "addr", ":9876", "listen address (host:port; port 0 picks a free one)")
@@ -39,6 +40,7 @@ func serveNamesrv(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
 	auth.register(fs)
+	tlsf.register(fs, false)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, `Usage: postbus namesrv [flags]
 
@@ -71,9 +73,14 @@ Flags (each also as an environment variable, --broker-expiry as POSTBUS_BROKER_E
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "postbus_namesrv_registrations_refused_total",
 		Help: "Broker registrations refused (409 broker_name_taken) because another live broker, or another replica group, holds the name."},
 		func() float64 { return float64(registry.Refusals()) }))
+	certs, err := tlsf.reloader(logger, reg)
+	if err != nil {
+		return err
+	}
+	defer watchSIGHUP(certs, logger)()
 	var ready atomic.Bool
 	api, err := httpapi.New(httpapi.Config{
-		Logger: logger, Registry: reg, OpenAPI: postbus.OpenAPI, Auth: authCfg, MetricsAuth: auth.metricsAuth,
+		Logger: logger, Registry: reg, OpenAPI: postbus.OpenAPI, Auth: authCfg, MetricsAuth: auth.metricsAuth, Version: version,
 		NameServer: registry, NameServerOnly: true,
 		Ready: func() error {
 			if !ready.Load() {
@@ -92,9 +99,9 @@ Flags (each also as an environment variable, --broker-expiry as POSTBUS_BROKER_E
 	srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute,
 		WriteTimeout: time.Minute, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
+	go func() { served <- serveHTTP(srv, ln, certs) }()
 	ready.Store(true)
-	logger.Info("postbus listening", slog.String("mode", "namesrv"), slog.String("addr", ln.Addr().String()), slog.String("version", version))
+	logger.Info("postbus listening", slog.String("mode", "namesrv"), slog.String("addr", ln.Addr().String()), slog.String("scheme", tlsf.scheme()), slog.String("version", version))
 	select {
 	case err := <-served:
 		return fmt.Errorf("http server: %w", err)

@@ -159,6 +159,11 @@ func serveReplica(ctx context.Context, c *serveConfig, mode string, logger *slog
 	if err != nil {
 		return err
 	}
+	certs, err := c.tls.reloader(logger, baseReg)
+	if err != nil {
+		return err
+	}
+	defer watchSIGHUP(certs, logger)()
 	if err := os.MkdirAll(c.broker.Dir, 0o755); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
 	}
@@ -189,7 +194,7 @@ func serveReplica(ctx context.Context, c *serveConfig, mode string, logger *slog
 	}
 	httpURL := c.advertise
 	if httpURL == "" {
-		httpURL = "http://" + dialable(ln.Addr().String())
+		httpURL = c.tls.scheme() + "://" + dialable(ln.Addr().String())
 	}
 	for _, col := range node.Collectors() {
 		baseReg.MustRegister(col)
@@ -200,7 +205,7 @@ func serveReplica(ctx context.Context, c *serveConfig, mode string, logger *slog
 	defer m.client.Close()
 	m.front, err = httpapi.NewFront(httpapi.FrontConfig{Auth: auth, Logger: logger, Replicas: replicasOf{m: m, group: group},
 		Metrics: promhttp.HandlerFor(baseReg, promhttp.HandlerOpts{}), MetricsAuth: c.auth.metricsAuth, HopTimeout: c.forwardTimeout,
-		Untrusted: node.NotReady})
+		Untrusted: node.NotReady, TLS: c.clientTLS, Version: version})
 	if err != nil {
 		return err
 	}
@@ -214,7 +219,7 @@ func serveReplica(ctx context.Context, c *serveConfig, mode string, logger *slog
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
+	go func() { served <- serveHTTP(srv, ln, certs) }()
 	logger.Info("postbus listening", slog.String("mode", mode), slog.String("addr", ln.Addr().String()), slog.String("node", rcfg.NodeID),
 		slog.String("group", group), slog.String("data", c.broker.Dir), slog.String("version", version))
 
@@ -328,11 +333,11 @@ func (m *replicaMember) lead(ctx context.Context) error {
 	var cluster *httpapi.Cluster
 	if m.member != nil {
 		cluster = &httpapi.Cluster{Self: m.member.name, Names: m.member.client, HopTimeout: c.forwardTimeout,
-			SyncInterval: c.syncInterval, Token: c.namesrvToken}
+			SyncInterval: c.syncInterval, Token: c.namesrvToken, TLS: c.clientTLS}
 	}
 	api, err := httpapi.New(httpapi.Config{
 		Broker: b, Logger: m.logger, Registry: reg, OpenAPI: postbus.OpenAPI,
-		Auth: m.auth, MetricsAuth: c.auth.metricsAuth, PublishRate: c.rateLimit, PublishBurst: c.rateBurst, JWKS: m.key.JWKS(),
+		Auth: m.auth, MetricsAuth: c.auth.metricsAuth, Version: version, PublishRate: c.rateLimit, PublishBurst: c.rateBurst, JWKS: m.key.JWKS(),
 		Cluster: cluster, MaxBodyMemory: int64(c.bodyMemory),
 		MaxBodyMemoryPerClient: int64(c.bodyShare), MinBodyRate: c.minBodyRateConfig(), BodyGrace: c.bodyGrace,
 		MaxHeldPolls: c.heldPolls, MaxHeldPollsPerClient: c.clientPolls,

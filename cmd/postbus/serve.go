@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -61,6 +62,9 @@ type serveConfig struct {
 	syncInterval      time.Duration
 
 	replica replicaFlags
+
+	tls       tlsFlags
+	clientTLS *tls.Config // the bus's own clients' (--tls-ca); nil: the system's roots
 }
 
 func newServeFlags(mode string, out io.Writer) (*flag.FlagSet, *serveConfig) {
@@ -99,6 +103,7 @@ func newServeFlags(mode string, out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long SIGTERM waits for in-flight requests")
+	fs.IntVar(&b.MetricsTopics, "metrics-topics", broker.DefaultMetricsTopics, "how many topics get a topic label of their own on postbus_topic_published_*; publishes to later ones are counted under topic=\"other\" (bounds /metrics)")
 	fs.StringVar(&c.debugAddr, "debug-addr", "", "if set, serve Go's pprof profiles on this address (keep it on loopback)")
 	c.auth.register(fs)
 	fs.BoolVar(&c.allowPrivate, "allow-private-webhooks", mode == "dev", "let push subscriptions deliver to loopback, private and link-local addresses (refused by default outside dev: SSRF)")
@@ -121,6 +126,7 @@ func newServeFlags(mode string, out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.DurationVar(&c.syncInterval, "subscription-sync-interval", httpapi.DefaultSyncInterval, "in a cluster, how often the broker pushes its subscription records (tombstones of deleted ones too) to the other brokers holding their topics; also at start and at once when a broker joins a topic")
 	fs.DurationVar(&b.TombstoneTTL, "subscription-tombstone-ttl", b.TombstoneTTL, "how long a deleted subscription's tombstone is kept, so that a broker that missed the delete (down, expired) drops its copy when it is back; keep it far above --broker-expiry and any outage")
 	fs.StringVar(&c.namesrvToken, "namesrv-token", "", "bearer token (admin scope) for the name servers, and for the pushes of subscription records to other brokers, when they check tokens; better set as POSTBUS_NAMESRV_TOKEN")
+	c.tls.register(fs, true)
 	if mode == "broker" {
 		c.replica.register(fs)
 	}
@@ -178,6 +184,9 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	if err := c.checkEdgeFlags(); err != nil {
 		return err
 	}
+	if c.clientTLS, err = c.tls.clientConfig(); err != nil {
+		return err
+	}
 
 	if c.replica.peers != "" || c.replica.join {
 		ln, err := net.Listen("tcp", c.addr)
@@ -191,6 +200,11 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	c.broker.Registerer = reg
+	certs, err := c.tls.reloader(logger, reg)
+	if err != nil {
+		return err
+	}
+	defer watchSIGHUP(certs, logger)()
 
 	ln, err := net.Listen("tcp", c.addr)
 	if err != nil {
@@ -252,13 +266,13 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	var cluster *httpapi.Cluster
 	if membership != nil {
 		cluster = &httpapi.Cluster{Self: membership.name, Names: membership.client, HopTimeout: c.forwardTimeout,
-			SyncInterval: c.syncInterval, Token: c.namesrvToken}
+			SyncInterval: c.syncInterval, Token: c.namesrvToken, TLS: c.clientTLS}
 	}
 
 	var ready atomic.Bool
 	api, err := httpapi.New(httpapi.Config{
 		Broker: b, Logger: logger, Registry: reg, OpenAPI: postbus.OpenAPI,
-		Auth: auth, MetricsAuth: c.auth.metricsAuth, PublishRate: c.rateLimit, PublishBurst: c.rateBurst, JWKS: key.JWKS(),
+		Auth: auth, MetricsAuth: c.auth.metricsAuth, Version: version, PublishRate: c.rateLimit, PublishBurst: c.rateBurst, JWKS: key.JWKS(),
 		NameServer: registry, Cluster: cluster, MaxBodyMemory: int64(c.bodyMemory),
 		MaxBodyMemoryPerClient: int64(c.bodyShare), MinBodyRate: c.minBodyRateConfig(), BodyGrace: c.bodyGrace,
 		MaxHeldPolls: c.heldPolls, MaxHeldPollsPerClient: c.clientPolls,
@@ -305,10 +319,10 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		logger.Info("pprof listening", slog.String("addr", dln.Addr().String()))
 	}
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
+	go func() { served <- serveHTTP(srv, ln, certs) }()
 	ready.Store(true)
 	logger.Info("postbus listening", slog.String("mode", mode), slog.String("addr", ln.Addr().String()),
-		slog.String("data", c.broker.Dir), slog.String("flush", c.flush.String()),
+		slog.String("scheme", c.tls.scheme()), slog.String("data", c.broker.Dir), slog.String("flush", c.flush.String()),
 		slog.Bool("auth", auth.HMACSecret != nil || auth.PublicKeys != nil), slog.String("version", version))
 
 	stopRegistering := membership.register(b, b.InstanceID(), c.cluster, logger)
@@ -404,7 +418,7 @@ type membership struct {
 func (c *serveConfig) membership(listen string, logger *slog.Logger) (*membership, error) {
 	addrs := c.namesrvAddrs
 	if addrs == "" && c.mode == "dev" {
-		addrs = "http://" + listen
+		addrs = c.tls.scheme() + "://" + listen
 	}
 	if addrs == "" {
 		return nil, nil
@@ -415,15 +429,15 @@ func (c *serveConfig) membership(listen string, logger *slog.Logger) (*membershi
 	}
 	advertise := c.advertise
 	if advertise == "" {
-		advertise = "http://" + dialable(listen)
+		advertise = c.tls.scheme() + "://" + dialable(listen)
 	}
 	name := c.brokerName
 	if name == "" {
 		name = strings.Trim(strings.NewReplacer(":", "-", "[", "", "]", "", "%", "-").Replace(dialable(listen)), "-.")
 	}
-	hc := &http.Client{Timeout: 10 * time.Second}
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: clientTransport(c.clientTLS)}
 	if c.namesrvToken != "" {
-		hc.Transport = bearerTransport{token: c.namesrvToken, next: http.DefaultTransport}
+		hc.Transport = bearerTransport{token: c.namesrvToken, next: hc.Transport}
 	}
 	client := namesrv.NewClient(namesrv.ClientConfig{Addrs: list, Interval: c.heartbeatInterval,
 		Logger: logger.With(slog.String("component", "namesrv-client")), HTTPClient: hc})
