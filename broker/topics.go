@@ -404,6 +404,9 @@ func (b *Broker) DeleteTopic(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
+	if err := b.dropDeadLettersOf(ctx, name); err != nil {
+		return err
+	}
 	b.logger.Info("topic deleted", slog.String("topic", name))
 	b.topicsSig.fire()
 	// A checkpoint past the topic's last record keeps recovery from
@@ -497,3 +500,45 @@ func (b *Broker) retainedBounds(t *Topic, queue int, r retention) (lo, hi int64,
 // TopicsChanged returns a channel closed at the next change to any topic
 // (for the name server client, which re-registers at once).
 func (b *Broker) TopicsChanged() <-chan struct{} { return b.topicsSig.wait() }
+
+// dropDeadLettersOf removes from every group's dead-letter queue the dead
+// letters of a topic being deleted: its messages can no longer be read,
+// and a redrive would deliver them into a topic created again under the
+// name. The group's dead-letter queue itself stays (it holds other topics'
+// too).
+func (b *Broker) dropDeadLettersOf(ctx context.Context, topic string) error {
+	b.topicsMu.RLock()
+	var groups []string
+	for n := range b.topics {
+		if g, ok := strings.CutPrefix(n, "%DLQ%"); ok {
+			groups = append(groups, g)
+		}
+	}
+	b.topicsMu.RUnlock()
+	for _, g := range groups {
+		var drop []int64
+		for after := int64(-1); ; {
+			page, err := b.DeadLetters(ctx, g, after, 256)
+			if err != nil {
+				return fmt.Errorf("dead letters of %q in group %q: %w", topic, g, err)
+			}
+			if len(page) == 0 {
+				break
+			}
+			for _, d := range page {
+				after = d.DLQOffset
+				if d.originTopic() == topic {
+					drop = append(drop, d.DLQOffset)
+				}
+			}
+		}
+		if len(drop) == 0 {
+			continue
+		}
+		if err := b.meta.RemoveDeadLetters(ctx, g, drop); err != nil {
+			return fmt.Errorf("dead letters of %q in group %q: %w", topic, g, err)
+		}
+		b.logger.Warn("dead letters deleted with their topic", slog.String("topic", topic), slog.String("group", g), slog.Int("dead_letters", len(drop)))
+	}
+	return nil
+}
