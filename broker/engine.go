@@ -900,7 +900,7 @@ func (e *Engine) leasePull(ctx context.Context, c *consumer, limit int, visibili
 	timers := make([]meta.Timer, len(res))
 	var end int64
 	for i := range out {
-		out[i].Receipt = receipt{Attempt: out[i].Attempt, Timer: res[i].logOffset, Group: sub.Group, Topic: sub.Topic, MsgID: out[i].ID}.encode(b.receiptKey)
+		out[i].Receipt = receipt{Attempt: out[i].Attempt, Timer: res[i].logOffset, Group: sub.Group, Topic: sub.Topic, MsgID: out[i].ID}.encode(b.receiptKey, b.nodeName())
 		timers[i] = meta.Timer{LogOffset: res[i].logOffset, DeliverAt: copies[i].DeliverAt, Owner: copies[i].Topic}
 		end = max(end, res[i].logOffset+1)
 	}
@@ -982,7 +982,7 @@ func (e *Engine) leasePush(ctx context.Context, c *consumer, limit int, visibili
 		l.deadline = now.Add(visibility)
 		c.leases[l.id] = l
 		out = append(out, Lease{Message: l.m, Attempt: l.attempt, Receipt: receipt{Kind: receiptPush, Attempt: l.attempt,
-			Timer: int64(l.id), Queue: l.c.Queue, Group: sub.Group, Topic: sub.Topic, MsgID: l.m.ID}.encode(b.receiptKey)})
+			Timer: int64(l.id), Queue: l.c.Queue, Group: sub.Group, Topic: sub.Topic, MsgID: l.m.ID}.encode(b.receiptKey, "")})
 	}
 	cursors := c.cursors
 	if sub.Ordered {
@@ -1114,7 +1114,7 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 			c.leases[l.id] = l
 			c.out[cur.slot] = l.id
 			out = append(out, Lease{Message: l.m, Attempt: l.attempt, Receipt: receipt{Kind: receiptPush, Attempt: l.attempt,
-				Timer: int64(l.id), Queue: cur.slot, Group: sub.Group, Topic: sub.Topic, MsgID: l.m.ID}.encode(b.receiptKey)})
+				Timer: int64(l.id), Queue: cur.slot, Group: sub.Group, Topic: sub.Topic, MsgID: l.m.ID}.encode(b.receiptKey, "")})
 			continue
 		}
 		var m *Message
@@ -1181,7 +1181,7 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 			c.leases[l.id] = l
 			c.out[cur.slot] = l.id
 			out = append(out, Lease{Message: m, Attempt: attempt, Receipt: receipt{Kind: receiptPush, Attempt: attempt,
-				Timer: int64(l.id), Queue: cur.slot, Group: sub.Group, Topic: sub.Topic, MsgID: m.ID}.encode(b.receiptKey)})
+				Timer: int64(l.id), Queue: cur.slot, Group: sub.Group, Topic: sub.Topic, MsgID: m.ID}.encode(b.receiptKey, "")})
 			continue
 		}
 		blk := OrderedRetry{Subscription: sub.ID, Queue: cur.slot, QueueOffset: m.QueueOffset, Attempt: attempt, NextAt: now.Add(visibility)}
@@ -1191,7 +1191,7 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 		c.blocks[cur.slot] = blk
 		c.pulledOut[cur.slot] = true
 		out = append(out, Lease{Message: m, Attempt: attempt, Receipt: receipt{Kind: receiptOrderedUntil, Attempt: attempt,
-			Timer: m.QueueOffset, Queue: cur.slot, Group: sub.Group, Topic: sub.Topic, MsgID: m.ID, Until: blk.NextAt.UnixMilli()}.encode(b.receiptKey)})
+			Timer: m.QueueOffset, Queue: cur.slot, Group: sub.Group, Topic: sub.Topic, MsgID: m.ID, Until: blk.NextAt.UnixMilli()}.encode(b.receiptKey, b.nodeName())})
 	}
 	return out, nil
 }
@@ -1325,7 +1325,7 @@ var ErrStaleReceipt = errors.New("stale receipt")
 // Settle settles one lease: the per-receipt settle (settleEach) of one
 // receipt, its stale answer an error wrapping ErrStaleReceipt.
 func (e *Engine) Settle(ctx context.Context, rcpt string, v Verdict) error {
-	r, err := decodeReceipt(rcpt, e.b.receiptKey)
+	r, err := decodeReceipt(rcpt, e.b.receiptKey, e.b.nodeName())
 	if err != nil {
 		return errf(CodeInvalidReceipt, "receipt", "not a receipt this bus issued")
 	}
