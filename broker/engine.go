@@ -1346,9 +1346,13 @@ func staleErr(field string) error {
 }
 
 // nackReserve is how long a nack keeps the timer loop off its receipts'
-// timers while it stores their replacements; a nack that fails or is cut
-// by a crash leaves its messages to come back after it.
-const nackReserve = time.Minute
+// timers while it stores their replacements (a timer due later keeps its
+// time); a nack that fails or is cut by a crash leaves its messages to come
+// back after it. It was a minute, so a crash during a nack hid messages
+// for a minute after a restart, however short their visibility (attack
+// F5). A nack that outlasts it is safe: its swap finds the timer gone and
+// drops the replacement, and says so at ERROR.
+const nackReserve = 10 * time.Second
 
 // settlePush settles a push lease.
 func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
