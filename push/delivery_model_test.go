@@ -245,6 +245,17 @@ func parsePDFamilies(t *testing.T, list string) map[string]bool {
 //     an ordered subscription lost after resets) and, sometimes, ordered
 //     deliveries out of order after a rotation restarted the consumer
 //     (seeds 3, 12); 3b0c030 and fe6141b pass those seeds.
+//
+// Seeds 101-300 with every family, without -race, on a machine at load
+// 15-17 (after seed 82's fix): 7 of 200 failed, none of them again in
+// three replays each. Ordered out of order after turning ordered (103,
+// 129, 257): likely a retry copy stored before the change, which goes
+// out from the retry queue, not ordered against the topic's queues
+// (documented), later than the model's one second of grace. Repeats
+// after a 200 with no restart (116, 124, 226) and a dead letter after a
+// 200 (200, during a reset): steps that hold the endpoints' lock while
+// the broker works (publish, reset) can keep a 200 past the delivery's
+// 1s timeout or the loop's grace, as PATCH did for seed 82; not shown.
 func TestPushDeliveryModel(t *testing.T) {
 	steps := pdDefaultSteps
 	if *flagPDSteps > 0 {
