@@ -216,6 +216,18 @@ func (c *consumer) close() {
 	c.mu.Unlock()
 }
 
+// lowestRedo is the index in c.redo of the lowest offset to go out again
+// from cur, or -1. Called with c.mu held.
+func (c *consumer) lowestRedo(cur *queueCursor) int {
+	at := -1
+	for i, l := range c.redo {
+		if l.c == cur && (at < 0 || l.m.QueueOffset < c.redo[at].m.QueueOffset) {
+			at = i
+		}
+	}
+	return at
+}
+
 // queues are the topic's cursors, without the retry queue.
 func (c *consumer) queues() []*queueCursor { return c.cursors[:len(c.cursors)-1] }
 
@@ -462,6 +474,9 @@ func (e *Engine) resume(c *consumer) {
 				continue // the filter changed since: no longer the group's
 			}
 			cur.Start(off)
+			if blk, ok := c.blocks[cur.slot]; ok && blk.QueueOffset == off {
+				continue // its stored block brings it back, as the attempt after those made
+			}
 			c.redo = append(c.redo, &memLease{c: cur, m: m, attempt: max(m.Attempt, 1)})
 		}
 		cur.Next = next
@@ -704,9 +719,13 @@ func (e *Engine) setOffset(c *consumer, cur *queueCursor) {
 		return
 	}
 	var progress []byte
-	if c.push && !c.sub.Ordered {
+	if c.push {
 		// With it, a restart delivers again what was out, not what
 		// was settled above the oldest message out (issue 11, fault 16).
+		// An ordered consumer needs it too: one turned ordered may have
+		// settled messages above one still out, which it must not
+		// deliver again after a restart (push model seed 82: one
+		// answered 200 came again, failed and was dead-lettered).
 		progress = cur.progress()
 	}
 	e.b.setOffsetProgress(c.sub.Group, cur.Topic, cur.Queue, cur.Committed(), progress)
@@ -881,7 +900,7 @@ func (e *Engine) leasePull(ctx context.Context, c *consumer, limit int, visibili
 	timers := make([]meta.Timer, len(res))
 	var end int64
 	for i := range out {
-		out[i].Receipt = receipt{Attempt: out[i].Attempt, Timer: res[i].logOffset, Group: sub.Group, Topic: sub.Topic, MsgID: out[i].ID}.encode(b.receiptKey)
+		out[i].Receipt = receipt{Attempt: out[i].Attempt, Timer: res[i].logOffset, Group: sub.Group, Topic: sub.Topic, MsgID: out[i].ID}.encode(b.receiptKey, b.nodeName())
 		timers[i] = meta.Timer{LogOffset: res[i].logOffset, DeliverAt: copies[i].DeliverAt, Owner: copies[i].Topic}
 		end = max(end, res[i].logOffset+1)
 	}
@@ -963,16 +982,19 @@ func (e *Engine) leasePush(ctx context.Context, c *consumer, limit int, visibili
 		l.deadline = now.Add(visibility)
 		c.leases[l.id] = l
 		out = append(out, Lease{Message: l.m, Attempt: l.attempt, Receipt: receipt{Kind: receiptPush, Attempt: l.attempt,
-			Timer: int64(l.id), Queue: l.c.Queue, Group: sub.Group, Topic: sub.Topic, MsgID: l.m.ID}.encode(b.receiptKey)})
-	}
-	for len(c.redo) > 0 && len(out) < limit {
-		l := c.redo[0]
-		c.redo = c.redo[1:]
-		hand(l)
+			Timer: int64(l.id), Queue: l.c.Queue, Group: sub.Group, Topic: sub.Topic, MsgID: l.m.ID}.encode(b.receiptKey, "")})
 	}
 	cursors := c.cursors
 	if sub.Ordered {
-		cursors = nil // leaseOrdered takes every queue, the retry queue too
+		// leaseOrdered takes every queue, the retry queue too, and what
+		// is to go out again on each, in its place in the queue.
+		cursors = nil
+	} else {
+		for len(c.redo) > 0 && len(out) < limit {
+			l := c.redo[0]
+			c.redo = c.redo[1:]
+			hand(l)
+		}
 	}
 	n := len(cursors)
 	start := c.rr
@@ -1061,10 +1083,38 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 	queues := c.cursors // the retry queue too: one at a time, in its order
 	start := c.rr
 	c.rr++
+	// A queue is busy while a lease from before the group turned ordered
+	// is out on it: the queue's later messages wait for it.
+	var unorderedOut map[*queueCursor]bool
+	for _, l := range c.leases {
+		if !l.ordered {
+			if unorderedOut == nil {
+				unorderedOut = map[*queueCursor]bool{}
+			}
+			unorderedOut[l.c] = true
+		}
+	}
 	var out []Lease
 	for i := 0; i < len(queues) && len(out) < limit; i++ {
 		cur := queues[(start+i)%len(queues)]
-		if _, busy := c.out[cur.slot]; busy || (c.push && e.fenced(sub.Group, sub.Topic, cur.slot, now)) {
+		if _, busy := c.out[cur.slot]; busy || unorderedOut[cur] || (c.push && e.fenced(sub.Group, sub.Topic, cur.slot, now)) {
+			continue
+		}
+		_, blocked := c.blocks[cur.slot]
+		if r := c.lowestRedo(cur); r >= 0 && !blocked {
+			// What was out of this queue before (a push consumer's
+			// messages out at a restart, or released before the
+			// subscription turned ordered) is behind the cursor: it goes
+			// out first, lowest offset first, as the queue's one
+			// delivery (push model seed 82: handed out beside the
+			// ordered leases, 9-10 went out before 3-4).
+			l := c.redo[r]
+			c.redo = slices.Delete(c.redo, r, r+1)
+			l.id, l.ordered, l.deadline = e.leaseID.Add(1), true, now.Add(visibility)
+			c.leases[l.id] = l
+			c.out[cur.slot] = l.id
+			out = append(out, Lease{Message: l.m, Attempt: l.attempt, Receipt: receipt{Kind: receiptPush, Attempt: l.attempt,
+				Timer: int64(l.id), Queue: cur.slot, Group: sub.Group, Topic: sub.Topic, MsgID: l.m.ID}.encode(b.receiptKey, "")})
 			continue
 		}
 		var m *Message
@@ -1131,7 +1181,7 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 			c.leases[l.id] = l
 			c.out[cur.slot] = l.id
 			out = append(out, Lease{Message: m, Attempt: attempt, Receipt: receipt{Kind: receiptPush, Attempt: attempt,
-				Timer: int64(l.id), Queue: cur.slot, Group: sub.Group, Topic: sub.Topic, MsgID: m.ID}.encode(b.receiptKey)})
+				Timer: int64(l.id), Queue: cur.slot, Group: sub.Group, Topic: sub.Topic, MsgID: m.ID}.encode(b.receiptKey, "")})
 			continue
 		}
 		blk := OrderedRetry{Subscription: sub.ID, Queue: cur.slot, QueueOffset: m.QueueOffset, Attempt: attempt, NextAt: now.Add(visibility)}
@@ -1141,7 +1191,7 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 		c.blocks[cur.slot] = blk
 		c.pulledOut[cur.slot] = true
 		out = append(out, Lease{Message: m, Attempt: attempt, Receipt: receipt{Kind: receiptOrderedUntil, Attempt: attempt,
-			Timer: m.QueueOffset, Queue: cur.slot, Group: sub.Group, Topic: sub.Topic, MsgID: m.ID, Until: blk.NextAt.UnixMilli()}.encode(b.receiptKey)})
+			Timer: m.QueueOffset, Queue: cur.slot, Group: sub.Group, Topic: sub.Topic, MsgID: m.ID, Until: blk.NextAt.UnixMilli()}.encode(b.receiptKey, b.nodeName())})
 	}
 	return out, nil
 }
@@ -1275,7 +1325,7 @@ var ErrStaleReceipt = errors.New("stale receipt")
 // Settle settles one lease: the per-receipt settle (settleEach) of one
 // receipt, its stale answer an error wrapping ErrStaleReceipt.
 func (e *Engine) Settle(ctx context.Context, rcpt string, v Verdict) error {
-	r, err := decodeReceipt(rcpt, e.b.receiptKey)
+	r, err := decodeReceipt(rcpt, e.b.receiptKey, e.b.nodeName())
 	if err != nil {
 		return errf(CodeInvalidReceipt, "receipt", "not a receipt this bus issued")
 	}
@@ -1296,9 +1346,13 @@ func staleErr(field string) error {
 }
 
 // nackReserve is how long a nack keeps the timer loop off its receipts'
-// timers while it stores their replacements; a nack that fails or is cut
-// by a crash leaves its messages to come back after it.
-const nackReserve = time.Minute
+// timers while it stores their replacements (a timer due later keeps its
+// time); a nack that fails or is cut by a crash leaves its messages to come
+// back after it. It was a minute, so a crash during a nack hid messages
+// for a minute after a restart, however short their visibility (attack
+// F5). A nack that outlasts it is safe: its swap finds the timer gone and
+// drops the replacement, and says so at ERROR.
+const nackReserve = 10 * time.Second
 
 // settlePush settles a push lease.
 func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {

@@ -68,7 +68,7 @@ func (e *Engine) decodeEach(group string, receipts []string) ([]receipt, error) 
 	}
 	rs := make([]receipt, len(receipts))
 	for i, s := range receipts {
-		r, err := decodeReceipt(s, e.b.receiptKey)
+		r, err := decodeReceipt(s, e.b.receiptKey, e.b.nodeName())
 		if err != nil {
 			return nil, errf(CodeInvalidReceipt, fmt.Sprintf("receipts[%d]", i), "not a receipt this bus issued")
 		}

@@ -349,7 +349,7 @@ func settledNow(res []ReceiptResult) []string {
 func (b *Broker) logSettled(group string, receipts []string, outcome string) {
 	now := b.now()
 	for _, s := range receipts {
-		if r, err := decodeReceipt(s, b.receiptKey); err == nil {
+		if r, err := decodeReceipt(s, b.receiptKey, b.nodeName()); err == nil {
 			b.LogAttempt(Attempt{MsgID: r.MsgID, Group: group, Subscription: b.pullSubscriptionID(group, r.Topic), Attempt: max(r.Attempt, 1), At: now, Outcome: outcome})
 		}
 	}

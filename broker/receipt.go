@@ -33,15 +33,24 @@ import (
 // another time, so its receipt is stale even after a restart); a push
 // lease's names the lease, held in memory.
 //
-//	version u8 (1) | kind u8 (0 timer, 1 ordered, 2 push, 3 ordered with
+//	version u8 (2) | kind u8 (0 timer, 1 ordered, 2 push, 3 ordered with
 //	deadline) | attempt u16 | timer offset, or queue offset when ordered,
 //	i64 | queue u16 | group u8+bytes | topic u8+bytes | msg id u8+bytes |
 //	kind 3 only: deadline, Unix ms, i64 | HMAC-SHA256 truncated to 16 bytes
 //
+// encoded base64url without padding. In a cluster a pulled message's
+// receipt is handed out as <broker name>~<receipt>, so that any broker can
+// route it back; the MAC covers that name too (the HMAC of the name, a 0
+// byte and the bytes above), so a receipt given another broker's name, or
+// none, is not one this bus issued (`zz~<receipt>` used to be acked). A
+// push lease's receipt never leaves the process and has no name.
+//
+// Version 1 receipts, issued before the name was covered, MAC the bytes
+// alone; they are still taken, for what is out across an upgrade, but
+// only under this broker's own name or none.
+//
 // Kind 1 (without the deadline) was issued before kind 3; it is still
 // taken, checked against the block in memory only.
-//
-// encoded base64url without padding.
 type receipt struct {
 	Kind    receiptKind
 	Attempt int
@@ -64,8 +73,10 @@ const (
 )
 
 const (
-	receiptVersion = 1
-	receiptMACLen  = 16
+	receiptVersion = 2
+	// receiptVersionUnnamed receipts' MAC leaves out the broker name.
+	receiptVersionUnnamed = 1
+	receiptMACLen         = 16
 	// MaxReceiptLen bounds a receipt's text, so a bad one is refused before
 	// any work.
 	MaxReceiptLen = 512
@@ -97,9 +108,20 @@ func loadReceiptKey(fsys vfs.FS, dir string) ([]byte, error) {
 	return key, nil
 }
 
-func (r receipt) encode(key []byte) string {
+// receiptSep separates a receipt from the name of the broker that issued
+// it (see receipt). Neither broker names nor base64url use it.
+const receiptSep = "~"
+
+// encode is the receipt's text as issued by the broker named issuer ("":
+// no name, a standalone broker's or a push lease's); the caller puts the
+// name before it.
+func (r receipt) encode(key []byte, issuer string) string {
+	return r.encodeVersion(key, issuer, receiptVersion)
+}
+
+func (r receipt) encodeVersion(key []byte, issuer string, version byte) string {
 	buf := make([]byte, 0, 16+len(r.Group)+len(r.MsgID)+receiptMACLen)
-	buf = append(buf, receiptVersion, byte(r.Kind))
+	buf = append(buf, version, byte(r.Kind))
 	buf = binary.BigEndian.AppendUint16(buf, uint16(r.Attempt))
 	buf = binary.BigEndian.AppendUint64(buf, uint64(r.Timer))
 	buf = binary.BigEndian.AppendUint16(buf, uint16(r.Queue))
@@ -112,7 +134,11 @@ func (r receipt) encode(key []byte) string {
 	if r.Kind == receiptOrderedUntil {
 		buf = binary.BigEndian.AppendUint64(buf, uint64(r.Until))
 	}
-	buf = receiptMAC(key, buf, buf)[:len(buf)+receiptMACLen]
+	name := issuer
+	if version == receiptVersionUnnamed {
+		name = ""
+	}
+	buf = receiptMAC(key, version == receiptVersion, name, buf, buf)[:len(buf)+receiptMACLen]
 	return base64.RawURLEncoding.EncodeToString(buf)
 }
 
@@ -129,8 +155,9 @@ type macPool struct {
 // many brokers) replaces the pool, and a call keeps the pool it took.
 var receiptMACs atomic.Pointer[macPool]
 
-// receiptMAC appends the HMAC-SHA256 of body under key to dst.
-func receiptMAC(key, body, dst []byte) []byte {
+// receiptMAC appends the HMAC-SHA256 under key of body to dst, and when
+// named, of the issuer's name and a 0 byte before it.
+func receiptMAC(key []byte, named bool, issuer string, body, dst []byte) []byte {
 	p := receiptMACs.Load()
 	if p == nil || !bytes.Equal(p.key, key) {
 		p = &macPool{key: bytes.Clone(key)}
@@ -139,20 +166,34 @@ func receiptMAC(key, body, dst []byte) []byte {
 	}
 	h := p.pool.Get().(hash.Hash)
 	h.Reset()
+	if named {
+		var nb [256]byte // broker names are short; a longer one is no broker's
+		h.Write(append(append(nb[:0], issuer...), 0))
+	}
 	h.Write(body)
 	dst = h.Sum(dst)
 	p.pool.Put(h)
 	return dst
 }
 
-// decodeReceipt checks a receipt's MAC and reads it.
-func decodeReceipt(s string, key []byte) (receipt, error) {
-	rc, body, sum, err := parseReceipt(s)
+// decodeReceipt checks a receipt's MAC, the name of the broker before it
+// included, and reads it. self is this broker's name now: the only name a
+// version 1 receipt, whose MAC leaves the name out, may carry.
+func decodeReceipt(s string, key []byte, self string) (receipt, error) {
+	issuer, local, named := strings.Cut(s, receiptSep)
+	if !named {
+		issuer, local = "", s
+	}
+	rc, body, sum, err := parseReceipt(local)
 	if err != nil {
 		return receipt{}, err
 	}
+	current := body[0] == receiptVersion
+	if !current && issuer != "" && issuer != self {
+		return receipt{}, errBadReceipt
+	}
 	var mac [sha256.Size]byte
-	if !hmac.Equal(receiptMAC(key, body, mac[:0])[:receiptMACLen], sum) {
+	if !hmac.Equal(receiptMAC(key, current, issuer, body, mac[:0])[:receiptMACLen], sum) {
 		return receipt{}, errBadReceipt
 	}
 	return rc, nil
@@ -167,7 +208,7 @@ func parseReceipt(s string) (rc receipt, body, sum []byte, err error) {
 		return receipt{}, nil, nil, errBadReceipt
 	}
 	b, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil || len(b) < 2+2+8+2+1+1+1+receiptMACLen || b[0] != receiptVersion || b[1] > byte(receiptOrderedUntil) {
+	if err != nil || len(b) < 2+2+8+2+1+1+1+receiptMACLen || (b[0] != receiptVersion && b[0] != receiptVersionUnnamed) || b[1] > byte(receiptOrderedUntil) {
 		return receipt{}, nil, nil, errBadReceipt
 	}
 	body, sum = b[:len(b)-receiptMACLen], b[len(b)-receiptMACLen:]
@@ -207,6 +248,22 @@ func CheckReceiptForm(group, s, field string) error {
 	case err != nil:
 		return errf(CodeInvalidReceipt, field, "not a receipt this bus issued")
 	case rc.Group != group:
+		return errf(CodeInvalidReceipt, field, "the receipt was issued to another group")
+	}
+	return nil
+}
+
+// CheckReceipt reports whether this broker issued s to group, its MAC and
+// the broker name before it checked, without settling anything: a request
+// whose receipts go to several brokers checks first the ones settled
+// here, so that one this broker did not issue fails the request before
+// any broker settles its share. field names it in the error.
+func (b *Broker) CheckReceipt(group, s, field string) error {
+	r, err := decodeReceipt(s, b.receiptKey, b.nodeName())
+	switch {
+	case err != nil:
+		return errf(CodeInvalidReceipt, field, "not a receipt this bus issued")
+	case r.Group != group:
 		return errf(CodeInvalidReceipt, field, "the receipt was issued to another group")
 	}
 	return nil

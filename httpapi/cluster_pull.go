@@ -43,8 +43,10 @@ func splitReceipt(r string) (brokerName, receipt string) {
 // can have (empty, or not a name), or a receipt part without a receipt's
 // form (broker.CheckReceiptForm). It returns the problem's field and
 // detail, or ok. Otherwise a receipt is routed by its broker name and
-// settled by the broker whose key its MAC verifies under (a broker
-// renamed since it issued it too).
+// settled, name and all, by the broker whose key its MAC verifies under:
+// the MAC covers the name, so a receipt under another name than its
+// issuer's is refused there (a broker renamed since still settles its
+// receipts under the old name).
 func badReceipt(group string, receipts []string) (field, detail string, ok bool) {
 	if broker.ValidateGroupName(group) != nil {
 		return "", "", true // the broker's answer names the group
@@ -75,18 +77,6 @@ func (s *Server) ownReceipts(receipts []string) bool {
 		}
 	}
 	return true
-}
-
-// localReceipts strips the broker names from receipts settled here. The
-// name only routes a receipt; its MAC says whether this broker issued it,
-// so a broker that was renamed (or restarted with a name taken from a new
-// port) still settles its own receipts.
-func localReceipts(receipts []string) []string {
-	out := make([]string, len(receipts))
-	for i, rc := range receipts {
-		_, out[i] = splitReceipt(rc)
-	}
-	return out
 }
 
 // pollGrace is how long the other long polls of a pull across brokers may
@@ -320,6 +310,23 @@ func (s *Server) settleEverywhere(r *http.Request, path string, receipts []strin
 	// naming a broker that no name server knows, live or gone (within
 	// their topic memory), refused here, is refused as invalid: waiting
 	// for that broker would be waiting forever.
+	// What is settled here is checked before anything is settled
+	// anywhere: a receipt under this broker's name (or none), or under a
+	// name no name server knows, that this broker did not issue (its MAC
+	// covers the name) fails the whole request, as a forged receipt does
+	// on one broker. One under the name of a broker that is down may be
+	// that broker's: it is left to the share's answer below.
+	for i, rc := range receipts {
+		name, _ := splitReceipt(rc)
+		if _, live := addrs[name]; live || (name != "" && name != s.cluster.self && (gone == nil || slices.Contains(gone, name))) {
+			continue
+		}
+		if err := s.broker.CheckReceipt(chi.URLParam(r, "group"), rc, fmt.Sprintf("receipts[%d]", i)); err != nil {
+			rec := &recorder{header: make(http.Header)}
+			s.writeError(rec, r, err)
+			return []answer{{peer: peer{name: s.cluster.self}, status: rec.status, header: rec.header, body: rec.buf.Bytes()}}
+		}
+	}
 	shares := map[string][]string{}
 	var order []string
 	for _, rc := range receipts {

@@ -3123,6 +3123,28 @@ func TestContractClusterTraffic(t *testing.T) {
 				}
 			}},
 
+		// A group's position on every holder's queues, each naming its
+		// broker (openapi.yaml once left `broker` out of QueueLag).
+		{name: "get group/merged", method: "GET", path: "/v1/groups/workers", status: 200,
+			check: func(tb testing.TB, _ *http.Response, body []byte) {
+				var got struct {
+					Queues []struct {
+						Broker string `json:"broker"`
+						Topic  string `json:"topic"`
+					} `json:"queues"`
+				}
+				decodeAnswer(tb, body, &got)
+				brokers := map[string]int{}
+				for _, q := range got.Queues {
+					if q.Topic == "orders" {
+						brokers[q.Broker]++
+					}
+				}
+				if brokers["broker-a"] != 2 || brokers["broker-b"] != 2 || len(brokers) != 2 {
+					tb.Errorf("queues of orders by broker %v, want 2 on each of broker-a and broker-b", brokers)
+				}
+			}},
+
 		// Subscriptions: one id and secret on every holder.
 		{name: "create subscription/everywhere", method: "POST", path: "/v1/subscriptions", header: jsonCT,
 			body: `{"id":"ledger1","group":"ledger","topic":"orders","url":"http://127.0.0.1:9/hook"}`, status: 201,

@@ -182,7 +182,7 @@ func (s *Server) handleAck(w http.ResponseWriter, r *http.Request) {
 		s.settle(w, r, req.Receipts, body, s.handleAck)
 		return
 	}
-	res, err := s.broker.AckEach(r.Context(), chi.URLParam(r, "group"), localReceipts(req.Receipts))
+	res, err := s.broker.AckEach(r.Context(), chi.URLParam(r, "group"), req.Receipts)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -217,7 +217,7 @@ func (s *Server) handleNack(w http.ResponseWriter, r *http.Request) {
 		s.settle(w, r, req.Receipts, body, s.handleNack)
 		return
 	}
-	res, err := s.broker.NackEach(r.Context(), chi.URLParam(r, "group"), localReceipts(req.Receipts), delay)
+	res, err := s.broker.NackEach(r.Context(), chi.URLParam(r, "group"), req.Receipts, delay)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -254,7 +254,7 @@ func (s *Server) handleVisibility(w http.ResponseWriter, r *http.Request) {
 		s.settle(w, r, req.Receipts, body, s.handleVisibility)
 		return
 	}
-	res, err := s.broker.ChangeVisibility(r.Context(), chi.URLParam(r, "group"), localReceipts(req.Receipts), vis)
+	res, err := s.broker.ChangeVisibility(r.Context(), chi.URLParam(r, "group"), req.Receipts, vis)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

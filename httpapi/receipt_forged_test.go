@@ -36,6 +36,10 @@ func TestForgedReceiptsAreInvalid(t *testing.T) {
 	for _, tt := range []struct{ name, receipt string }{
 		{"garbage under an unknown broker", "other" + receiptSep + "garbage"},
 		{"a name before a whole receipt", "a" + receiptSep + target},
+		// The name is covered by the receipt's MAC: another name, or
+		// none, makes it another receipt (both used to be acked).
+		{"another broker's name", "zz" + receiptSep + raw},
+		{"no name", raw},
 		{"an empty name", receiptSep + raw},
 		{"a space before a receipt", " " + target},
 		{"a name alone", name + receiptSep},

@@ -74,6 +74,13 @@ var pdCI = []struct {
 	// subscription's consumer was dropped before its loop's last
 	// deliveries settled; see TestPushSettleAfterDeleteIsKept).
 	{5, pdOpen}, {8, pdOpen},
+	// With every family: an ordered subscription got queue offsets 9-10
+	// before 3-4, and messages answered 200 came again after a restart.
+	// What a push consumer had to hand out again went out beside the
+	// ordered leases, and an ordered consumer kept no progress; see
+	// broker's TestOrderedPushHandsBackWhatWasOutFirst. (The model's
+	// PATCH also held the endpoints' lock past the loop's grace.)
+	{82, ""},
 }
 
 // pdOpen are the families still left out of the CI seeds (see
@@ -238,6 +245,17 @@ func parsePDFamilies(t *testing.T, list string) map[string]bool {
 //     an ordered subscription lost after resets) and, sometimes, ordered
 //     deliveries out of order after a rotation restarted the consumer
 //     (seeds 3, 12); 3b0c030 and fe6141b pass those seeds.
+//
+// Seeds 101-300 with every family, without -race, on a machine at load
+// 15-17 (after seed 82's fix): 7 of 200 failed, none of them again in
+// three replays each. Ordered out of order after turning ordered (103,
+// 129, 257): likely a retry copy stored before the change, which goes
+// out from the retry queue, not ordered against the topic's queues
+// (documented), later than the model's one second of grace. Repeats
+// after a 200 with no restart (116, 124, 226) and a dead letter after a
+// 200 (200, during a reset): steps that hold the endpoints' lock while
+// the broker works (publish, reset) can keep a 200 past the delivery's
+// 1s timeout or the loop's grace, as PATCH did for seed 82; not shown.
 func TestPushDeliveryModel(t *testing.T) {
 	steps := pdDefaultSteps
 	if *flagPDSteps > 0 {
@@ -794,14 +812,27 @@ func (r *pdRun) patch(s *pdSub, change func(*broker.Subscription)) error {
 	}
 	change(&sub)
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if sub.Filter != s.filter {
 		r.note("%s filter %q -> %q", s.group, s.filter, sub.Filter)
 		s.filters = append(s.filters, sub.Filter)
 	}
+	if !sub.Ordered && s.ordered {
+		s.ordered = false // from now on deliveries may come in any order
+		r.note("%s ordered=false", s.group)
+	}
+	r.mu.Unlock()
+	// Not holding r.mu: the change stops the subscription's loop, which
+	// lets its deliveries finish within the grace, and the endpoints take
+	// r.mu to answer. Held, it kept their 200s past the grace, so the
+	// deliveries were cut off and rightly sent again (push model seed 82,
+	// "in the DLQ after the endpoint answered 200" once the endpoint
+	// failed the resend). A delivery landing meanwhile is judged against
+	// the filters so far (s.filters), and as unordered.
 	if _, err := r.b.UpdateSubscription(r.ctx, sub); err != nil {
 		return fmt.Errorf("patch %s: %w", s.group, err)
 	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if sub.Ordered != s.ordered {
 		s.ordered = sub.Ordered
 		s.orderedAt = time.Now().Add(time.Second) // the old loop's deliveries may still land
