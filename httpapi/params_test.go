@@ -81,6 +81,13 @@ func TestUnknownOrRepeatedQueryParameterRefused(t *testing.T) {
 			Code, Field, Detail string
 		}
 		_ = json.Unmarshal(data, &got)
+		if method == http.MethodHead {
+			// The same refusal, without its body.
+			if resp.StatusCode != http.StatusBadRequest || resp.Header.Get("Content-Type") != "application/problem+json" {
+				t.Errorf("%s with %s: %d %s, want 400 as a problem", p.route, p.query, resp.StatusCode, resp.Header.Get("Content-Type"))
+			}
+			continue
+		}
 		if resp.StatusCode != http.StatusBadRequest || got.Code != "invalid_parameter" || got.Field != p.field {
 			t.Errorf("%s ?%s: %d %s, want 400 invalid_parameter naming %q", p.route, p.query, resp.StatusCode, data, p.field)
 		}
