@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -83,6 +84,9 @@ type Broker struct {
 	logEnd       logEndWitness
 	newTimers    []meta.Timer      // delayed records met by this dispatch round; guarded by dispatchMu
 	timer        *delaytimer.Timer // fires the timers of delayed messages; set by Open, after open
+	newTxns      []meta.Txn        // prepared records met by this dispatch round; guarded by dispatchMu
+	txnSig       signal            // fired when dispatch adds transactions: the check loop looks again
+	txnMu        txnLocks          // one decision at a time per transaction
 
 	receiptKey []byte    // MACs receipts
 	eng        *Engine   // the consumer engine: leases and settles for pull and push
@@ -167,6 +171,7 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 		metrics:    newMetrics(),
 	}
 	b.eng = newEngine(b)
+	b.txnMu.seed = maphash.MakeSeed()
 	if err := b.open(ctx); err != nil {
 		if cerr := b.closeFiles(); cerr != nil {
 			// The open error is the answer; this one is only worth a line.
@@ -193,7 +198,8 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 		Logger: b.logger.With(slog.String("component", "delaytimer")),
 	})
 	b.eng.start()
-	b.wg.Add(4)
+	b.wg.Add(5)
+	go b.txnLoop()
 	go b.dispatchLoop()
 	go b.retentionLoop()
 	go b.consumeLoop()

@@ -169,6 +169,16 @@ func (b *Broker) dispatchOnce() error {
 			b.timer.Wake()
 		}
 	}
+	if len(b.newTxns) > 0 {
+		// As timers: stored before dispatch moves past their records.
+		if terr := b.meta.AddTxns(context.Background(), b.newTxns); terr != nil {
+			b.newTxns = b.newTxns[:0]
+			b.dispatchMu.Unlock()
+			return fmt.Errorf("store transactions: %w", terr)
+		}
+		b.newTxns = b.newTxns[:0]
+		b.txnSig.fire()
+	}
 	if next > from {
 		b.dispatched.Store(next)
 	}
@@ -205,6 +215,10 @@ func (b *Broker) dispatchRecord(off int64, rec []byte) error {
 	b.topicsMu.RUnlock()
 	if ts == nil || !ts.info.Load().owns(off, h.StoredAt) {
 		return nil // the topic was deleted (and maybe created again since)
+	}
+	if h.Flags&flagPrepared != 0 {
+		b.dispatchPrepared(off, rec, &h)
+		return nil
 	}
 	if h.Flags&(flagDelayed|flagRePut) == flagDelayed {
 		// Waits in the timer store; findable by id and key meanwhile. A
