@@ -87,6 +87,7 @@ type Broker struct {
 	newTxns      []meta.Txn        // prepared records met by this dispatch round; guarded by dispatchMu
 	txnSig       signal            // fired when dispatch adds transactions: the check loop looks again
 	txnMu        txnLocks          // one decision at a time per transaction
+	txnChecker   atomic.Pointer[TxnChecker]
 
 	receiptKey []byte    // MACs receipts
 	eng        *Engine   // the consumer engine: leases and settles for pull and push
@@ -172,6 +173,7 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 	}
 	b.eng = newEngine(b)
 	b.txnMu.seed = maphash.MakeSeed()
+	b.SetTxnChecker(cfg.TxnChecker)
 	if err := b.open(ctx); err != nil {
 		if cerr := b.closeFiles(); cerr != nil {
 			// The open error is the answer; this one is only worth a line.

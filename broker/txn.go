@@ -165,6 +165,16 @@ type TxnChecker interface {
 	CheckTransaction(ctx context.Context, g ProducerGroup, c TxnCheck) TxnCheckResult
 }
 
+// SetTxnChecker sets who sends the check-backs (Config.TxnChecker, when it
+// can only be made once the broker is open).
+func (b *Broker) SetTxnChecker(c TxnChecker) {
+	if c == nil {
+		b.txnChecker.Store(nil)
+		return
+	}
+	b.txnChecker.Store(&c)
+}
+
 // TransactionID is the id the API gives the transaction of the message
 // msgID: in a cluster it names this broker, so that a decision sent to any
 // broker reaches this one.
@@ -649,7 +659,8 @@ func (b *Broker) askProducer(ctx context.Context, t meta.Txn) TxnCheckResult {
 	if err != nil {
 		return TxnCheckResult{Err: "producer group: " + err.Error()}
 	}
-	if b.cfg.TxnChecker == nil {
+	checker := b.txnChecker.Load()
+	if checker == nil {
 		return TxnCheckResult{Err: "this broker sends no checks (no checker configured)"}
 	}
 	c := TxnCheck{TransactionID: b.TransactionID(t.MsgID), MsgID: t.MsgID, Topic: t.Topic, Check: t.Checks}
@@ -658,7 +669,7 @@ func (b *Broker) askProducer(ctx context.Context, t meta.Txn) TxnCheckResult {
 	}
 	cctx, cancel := context.WithTimeout(ctx, b.cfg.TxnCheckTimeout)
 	defer cancel()
-	return b.cfg.TxnChecker.CheckTransaction(cctx, g, c)
+	return (*checker).CheckTransaction(cctx, g, c)
 }
 
 // --- producer groups ----------------------------------------------------

@@ -25,6 +25,7 @@ var queryParams = map[string][]string{
 	"GET /v1/groups/{group}/dlq":                     {"limit", "cursor"},
 	"POST /v1/groups/{group}/topics/{topic}/pull":    {"max", "wait", "visibility"},
 	"GET /v1/cluster":                                {"gone"},
+	"GET /v1/transactions":                           {"state", "limit", "cursor"},
 }
 
 // checkQuery refuses, as a problem naming the parameter, a query with a
