@@ -59,6 +59,9 @@ const (
 	// loop claims, and txnCheckParallel the checks in flight at once.
 	txnCheckBatch    = 256
 	txnCheckParallel = 32
+	// txnPurgeEvery is how often decided transactions older than the
+	// retention are deleted.
+	txnPurgeEvery = 10 * time.Minute
 )
 
 // Transaction states as the API names them.
@@ -546,9 +549,22 @@ func (b *Broker) txnLoop() {
 		<-b.closing
 		cancel()
 	}()
+	var purged time.Time
 	for {
 		wake := b.txnSig.wait()
 		b.CheckTransactions(ctx)
+		if now := b.now(); now.Sub(purged) >= txnPurgeEvery {
+			// Decided transactions are kept as long as messages are, for
+			// their traces and idempotent decisions, then dropped.
+			purged = now
+			if n, err := b.meta.PurgeTxns(ctx, now.Add(-b.cfg.Retention)); err != nil {
+				if ctx.Err() == nil {
+					b.logger.Error("purging decided transactions failed", slog.Any("err", err))
+				}
+			} else if n > 0 {
+				b.logger.Info("decided transactions older than the retention purged", slog.Int64("transactions", n))
+			}
+		}
 		wait := time.Second
 		if at, ok, err := b.meta.NextTxnCheck(ctx); err == nil && ok {
 			wait = min(wait, max(at.Sub(b.now()), time.Millisecond))
@@ -611,6 +627,11 @@ func (b *Broker) checkOne(ctx context.Context, t meta.Txn) {
 		return
 	}
 	res := b.askProducer(ctx, t)
+	if ctx.Err() != nil {
+		// Cut by the broker's close, not answered: asked again after the
+		// restart (the claim moved its next check ahead and counted it).
+		return
+	}
 	b.metrics.txn.check(res.Answer)
 	outcome := res.Answer
 	if outcome == "" {

@@ -363,3 +363,26 @@ func (s *Store) TxnChecks(ctx context.Context, msgID string) ([]TxnCheck, error)
 	}
 	return out, nil
 }
+
+// PurgeTxns deletes the transactions decided before before, with their
+// checks, and returns how many it deleted. Undecided ones stay whatever
+// their age.
+func (s *Store) PurgeTxns(ctx context.Context, before time.Time) (int64, error) {
+	var n int64
+	err := s.write(ctx, func(tx Tx) error {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM transaction_checks WHERE msg_id IN
+			(SELECT msg_id FROM transactions WHERE state <> 'prepared' AND decided_at < ?)`, before.UnixMilli()); err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx, `DELETE FROM transactions WHERE state <> 'prepared' AND decided_at < ?`, before.UnixMilli())
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("purge transactions: %w", err)
+	}
+	return n, nil
+}
