@@ -88,6 +88,7 @@ type Broker struct {
 	txnSig       signal            // fired when dispatch adds transactions: the check loop looks again
 	txnMu        txnLocks          // one decision at a time per transaction
 	txnChecker   atomic.Pointer[TxnChecker]
+	decisions    decideBatch // transaction decisions being written together
 
 	receiptKey []byte    // MACs receipts
 	eng        *Engine   // the consumer engine: leases and settles for pull and push

@@ -358,10 +358,17 @@ func (b *Broker) txnRow(ctx context.Context, msgID string) (meta.Txn, error) {
 	if !msgIDRE.MatchString(msgID) {
 		return meta.Txn{}, errf(CodeInvalidTransaction, "transaction_id", "%q is not a transaction id", msgID)
 	}
-	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
-		return meta.Txn{}, err
-	}
 	t, err := b.meta.Txn(ctx, msgID)
+	if errors.Is(err, meta.ErrNotFound) {
+		// Its prepare may be in the log with its row still to come from
+		// dispatch (a prepare whose answer was lost): look again once
+		// dispatch has caught up. A prepare that was answered had its
+		// row, so a decision after it never waits here.
+		if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
+			return meta.Txn{}, err
+		}
+		t, err = b.meta.Txn(ctx, msgID)
+	}
 	if errors.Is(err, meta.ErrNotFound) {
 		return meta.Txn{}, &Error{Code: CodeTransactionNotFound, Field: "transaction_id", Err: ErrTxnNotFound,
 			Detail: fmt.Sprintf("no transaction %q", msgID)}
@@ -432,6 +439,12 @@ func (b *Broker) decideLocked(ctx context.Context, t meta.Txn, commit bool, reas
 	if t.State != meta.TxnPrepared {
 		return t, nil // decided meanwhile
 	}
+	// A committed copy may be in the log and not yet in the key index
+	// (an append whose outcome was unknown: a failed fsync, a replica
+	// group's lost answer): look only once dispatch has caught up.
+	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
+		return meta.Txn{}, err
+	}
 	prep, copyOf, err := b.txnRecords(ctx, t)
 	if err != nil {
 		return meta.Txn{}, err
@@ -468,7 +481,7 @@ func (b *Broker) decideLocked(ctx context.Context, t meta.Txn, commit bool, reas
 		state, qid, qoff = meta.TxnCommitted, r.QueueID, r.QueueOffset
 	}
 	now := b.now()
-	t, err = b.meta.DecideTxn(ctx, t.MsgID, state, qid, qoff, now, reason)
+	t, err = b.decideRow(meta.TxnDecision{MsgID: t.MsgID, State: state, QueueID: qid, QueueOffset: qoff, At: now, Reason: reason})
 	if errors.Is(err, meta.ErrDecided) {
 		return t, nil
 	}
@@ -588,7 +601,16 @@ func (b *Broker) txnLoop() {
 func (b *Broker) CheckTransactions(ctx context.Context) int {
 	checked := 0
 	for {
-		due, err := b.meta.ClaimDueTxns(ctx, b.now(), b.cfg.TxnCheckInterval, txnCheckBatch)
+		// A read first: claiming is a write, which would queue behind
+		// (and delay) dispatch's and the decisions' writes for nothing.
+		now := b.now()
+		if at, ok, err := b.meta.NextTxnCheck(ctx); err != nil || !ok || at.After(now) {
+			if err != nil && ctx.Err() == nil {
+				b.logger.Error("looking for due transaction checks failed", slog.Any("err", err))
+			}
+			return checked
+		}
+		due, err := b.meta.ClaimDueTxns(ctx, now, b.cfg.TxnCheckInterval, txnCheckBatch)
 		if err != nil {
 			if ctx.Err() == nil {
 				b.logger.Error("claiming due transaction checks failed", slog.Any("err", err))
@@ -917,4 +939,66 @@ func (b *Broker) txnTrace(ctx context.Context, m *Message) (*TxnTrace, error) {
 		return nil, err
 	}
 	return &TxnTrace{Txn: b.txnOut(t), CheckLog: checks}, nil
+}
+
+// decideBatch group-commits decisions: the first caller to find no write
+// under way writes every decision queued until none is left, and the
+// others wait for theirs, so concurrent commits share one meta.db fsync.
+type decideBatch struct {
+	mu       sync.Mutex
+	pending  []*decideReq // guarded by mu
+	flushing bool         // a caller is writing; guarded by mu
+}
+
+type decideReq struct {
+	d    meta.TxnDecision
+	res  meta.TxnDecided
+	err  error
+	done chan struct{}
+}
+
+// decideRow writes one decision with whatever others are queued.
+func (b *Broker) decideRow(d meta.TxnDecision) (meta.Txn, error) {
+	r := &decideReq{d: d, done: make(chan struct{})}
+	q := &b.decisions
+	q.mu.Lock()
+	q.pending = append(q.pending, r)
+	if q.flushing {
+		q.mu.Unlock()
+		<-r.done
+		return r.res.Txn, firstErr(r.err, r.res.Err)
+	}
+	q.flushing = true
+	for len(q.pending) > 0 {
+		batch := q.pending
+		q.pending = nil
+		q.mu.Unlock()
+		ds := make([]meta.TxnDecision, len(batch))
+		for i, p := range batch {
+			ds[i] = p.d
+		}
+		// Not the caller's context: the batch holds others' decisions.
+		res, err := b.meta.DecideTxns(context.Background(), ds)
+		for i, p := range batch {
+			if err != nil {
+				p.err = err
+			} else {
+				p.res = res[i]
+			}
+			close(p.done)
+		}
+		q.mu.Lock()
+	}
+	q.flushing = false
+	q.mu.Unlock()
+	return r.res.Txn, firstErr(r.err, r.res.Err)
+}
+
+func firstErr(errs ...error) error {
+	for _, e := range errs {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
 }

@@ -91,46 +91,66 @@ func (s *Store) Txn(ctx context.Context, msgID string) (Txn, error) {
 	return t, nil
 }
 
-// ErrDecided: DecideTxn found the transaction decided already; the row
+// ErrDecided: DecideTxns found the transaction decided already; the row
 // returned with it says how.
 var ErrDecided = errors.New("transaction already decided")
 
-// DecideTxn moves a prepared transaction to state (committed, with the
-// queue and offset its message was stored at, or rolled back), with its
-// reason. A transaction decided already is returned unchanged with
-// ErrDecided; an unknown one is ErrNotFound.
-func (s *Store) DecideTxn(ctx context.Context, msgID, state string, queueID int, queueOffset int64, at time.Time, reason string) (Txn, error) {
-	if state != TxnCommitted && state != TxnRolledBack {
-		return Txn{}, fmt.Errorf("decide transaction %s: state %q: %w", msgID, state, ErrInvalid)
+// TxnDecision moves a prepared transaction to State (committed, with the
+// queue and offset its message was stored at, or rolled back) with its
+// reason.
+type TxnDecision struct {
+	MsgID       string
+	State       string
+	QueueID     int
+	QueueOffset int64
+	At          time.Time
+	Reason      string
+}
+
+// TxnDecided is one decision's outcome: the row as it is now, and Err:
+// nil when this decision took effect, ErrDecided when the transaction was
+// decided already (Txn says how), ErrNotFound for an unknown one.
+type TxnDecided struct {
+	Txn Txn
+	Err error
+}
+
+// DecideTxns applies decisions in one write (decisions of concurrent
+// callers share its fsync, as publishes share the log's), each as
+// TxnDecided says. The error is the write's: then none took effect.
+func (s *Store) DecideTxns(ctx context.Context, ds []TxnDecision) ([]TxnDecided, error) {
+	for _, d := range ds {
+		if d.State != TxnCommitted && d.State != TxnRolledBack {
+			return nil, fmt.Errorf("decide transaction %s: state %q: %w", d.MsgID, d.State, ErrInvalid)
+		}
 	}
-	var out Txn
-	var decided bool
+	out := make([]TxnDecided, len(ds))
 	err := s.write(ctx, func(tx Tx) error {
-		t, err := scanTxn(tx.QueryRowContext(ctx, `SELECT `+txnColumns+` FROM transactions WHERE msg_id = ?`, msgID))
-		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("transaction %s: %w", msgID, ErrNotFound)
+		for i, d := range ds {
+			t, err := scanTxn(tx.QueryRowContext(ctx, `SELECT `+txnColumns+` FROM transactions WHERE msg_id = ?`, d.MsgID))
+			if errors.Is(err, sql.ErrNoRows) {
+				out[i] = TxnDecided{Err: fmt.Errorf("transaction %s: %w", d.MsgID, ErrNotFound)}
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if t.State != TxnPrepared {
+				out[i] = TxnDecided{Txn: t, Err: ErrDecided}
+				continue
+			}
+			at := s.stamp(d.At)
+			if _, err := tx.ExecContext(ctx, `UPDATE transactions SET state = ?, queue_id = ?, queue_offset = ?, decided_at = ?, reason = ? WHERE msg_id = ?`,
+				d.State, d.QueueID, d.QueueOffset, at.UnixMilli(), d.Reason, d.MsgID); err != nil {
+				return err
+			}
+			t.State, t.QueueID, t.QueueOffset, t.DecidedAt, t.Reason = d.State, d.QueueID, d.QueueOffset, at, d.Reason
+			out[i] = TxnDecided{Txn: t}
 		}
-		if err != nil {
-			return err
-		}
-		if t.State != TxnPrepared {
-			out, decided = t, true
-			return nil
-		}
-		at = s.stamp(at)
-		if _, err := tx.ExecContext(ctx, `UPDATE transactions SET state = ?, queue_id = ?, queue_offset = ?, decided_at = ?, reason = ? WHERE msg_id = ?`,
-			state, queueID, queueOffset, at.UnixMilli(), reason, msgID); err != nil {
-			return err
-		}
-		t.State, t.QueueID, t.QueueOffset, t.DecidedAt, t.Reason = state, queueID, queueOffset, at, reason
-		out = t
 		return nil
 	})
 	if err != nil {
-		return Txn{}, fmt.Errorf("decide transaction %s: %w", msgID, err)
-	}
-	if decided {
-		return out, ErrDecided
+		return nil, fmt.Errorf("decide transactions: %w", err)
 	}
 	return out, nil
 }
