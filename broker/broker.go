@@ -88,7 +88,9 @@ type Broker struct {
 	txnSig       signal            // fired when dispatch adds transactions: the check loop looks again
 	txnMu        txnLocks          // one decision at a time per transaction
 	txnChecker   atomic.Pointer[TxnChecker]
-	decisions    decideBatch // transaction decisions being written together
+	decisions    decideBatch        // transaction decisions being written together
+	txnLive      txnLive            // commits not yet marked in their rows, and commits of unknown outcome
+	newCommits   []meta.TxnDecision // commit copies met by this dispatch round; guarded by dispatchMu
 
 	receiptKey []byte    // MACs receipts
 	eng        *Engine   // the consumer engine: leases and settles for pull and push

@@ -169,15 +169,18 @@ func (b *Broker) dispatchOnce() error {
 			b.timer.Wake()
 		}
 	}
-	if len(b.newTxns) > 0 {
+	if len(b.newTxns) > 0 || len(b.newCommits) > 0 {
 		// As timers: stored before dispatch moves past their records.
-		if terr := b.meta.AddTxns(context.Background(), b.newTxns); terr != nil {
-			b.newTxns = b.newTxns[:0]
+		if terr := b.meta.AddTxns(context.Background(), b.newTxns, b.newCommits); terr != nil {
+			b.newTxns, b.newCommits = b.newTxns[:0], b.newCommits[:0]
 			b.dispatchMu.Unlock()
 			return fmt.Errorf("store transactions: %w", terr)
 		}
-		b.newTxns = b.newTxns[:0]
-		b.txnSig.fire()
+		b.txnLive.marked(b.newCommits)
+		if len(b.newTxns) > 0 {
+			b.txnSig.fire()
+		}
+		b.newTxns, b.newCommits = b.newTxns[:0], b.newCommits[:0]
 	}
 	if next > from {
 		b.dispatched.Store(next)
@@ -219,6 +222,12 @@ func (b *Broker) dispatchRecord(off int64, rec []byte) error {
 	if h.Flags&flagPrepared != 0 {
 		b.dispatchPrepared(off, rec, &h)
 		return nil
+	}
+	if h.Flags&flagCommitted != 0 {
+		// A transaction's commit: its row is marked by this round.
+		id := string(h.ID)
+		b.newCommits = append(b.newCommits, meta.TxnDecision{MsgID: id, State: meta.TxnCommitted, QueueID: h.QueueID,
+			QueueOffset: h.QueueOffset, At: time.UnixMilli(h.StoredAt), Reason: b.txnLive.commitReason(id)})
 	}
 	if h.Flags&(flagDelayed|flagRePut) == flagDelayed {
 		// Waits in the timer store; findable by id and key meanwhile. A

@@ -300,7 +300,7 @@ func (b *Broker) Transaction(ctx context.Context, msgID string) (Txn, error) {
 	if err != nil {
 		return Txn{}, err
 	}
-	return b.txnOut(t), nil
+	return b.txnOut(b.txnLive.overlay(t)), nil
 }
 
 // Transactions lists transactions in state (TxnStatePrepared, …; "" for
@@ -332,6 +332,10 @@ func (b *Broker) Transactions(ctx context.Context, state string, cursor int64, l
 		next = rows[limit-1].LogOffset + 1
 	}
 	for _, t := range rows {
+		t = b.txnLive.overlay(t)
+		if st != "" && t.State != st {
+			continue // committed here; its row is about to say so
+		}
 		out = append(out, b.txnOut(t))
 	}
 	return out, next, nil
@@ -405,18 +409,17 @@ func (b *Broker) decide(ctx context.Context, msgID string, commit bool, reason s
 	if b.isClosing() {
 		return Txn{}, ErrClosed
 	}
+	// The row is read under the lock: one read, and no decision of
+	// another caller between it and this one's.
+	mu := b.txnMu.of(msgID)
+	mu.Lock()
 	t, err := b.txnRow(ctx, msgID)
+	if err == nil && t.State == meta.TxnPrepared {
+		t, err = b.decideLocked(ctx, t, commit, reason)
+	}
+	mu.Unlock()
 	if err != nil {
 		return Txn{}, err
-	}
-	if t.State == meta.TxnPrepared {
-		mu := b.txnMu.of(msgID)
-		mu.Lock()
-		t, err = b.decideLocked(ctx, t, commit, reason)
-		mu.Unlock()
-		if err != nil {
-			return Txn{}, err
-		}
 	}
 	if (t.State == meta.TxnCommitted) != commit {
 		want, have := "commit", "rolled back"
@@ -430,36 +433,43 @@ func (b *Broker) decide(ctx context.Context, msgID string, commit bool, reason s
 	return b.txnOut(t), nil
 }
 
-// decideLocked decides t (read before the lock) under its lock.
+// decideLocked decides t, a prepared row read under its lock.
 func (b *Broker) decideLocked(ctx context.Context, t meta.Txn, commit bool, reason string) (meta.Txn, error) {
-	t, err := b.meta.Txn(ctx, t.MsgID)
-	if err != nil {
-		return meta.Txn{}, err
+	var err error
+	if p, ok := b.txnLive.pending(t.MsgID); ok {
+		return p, nil // committed; dispatch has not marked its row yet
 	}
-	if t.State != meta.TxnPrepared {
-		return t, nil // decided meanwhile
-	}
-	// A committed copy may be in the log and not yet in the key index
-	// (an append whose outcome was unknown: a failed fsync, a replica
-	// group's lost answer): look only once dispatch has caught up.
-	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
-		return meta.Txn{}, err
-	}
-	prep, copyOf, err := b.txnRecords(ctx, t)
-	if err != nil {
-		return meta.Txn{}, err
+	var prep, copyOf *Message
+	if b.txnLive.doubtful(t.MsgID) {
+		// An earlier commit's append failed with its outcome unknown (a
+		// failed fsync, a replica group's lost answer): its copy may be
+		// in the log. Look for it once dispatch, which marks the row of
+		// a copy it meets, has caught up.
+		if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
+			return meta.Txn{}, err
+		}
+		if t, err = b.meta.Txn(ctx, t.MsgID); err != nil || t.State != meta.TxnPrepared {
+			return t, err
+		}
+		if prep, copyOf, err = b.txnRecords(ctx, t); err != nil {
+			return meta.Txn{}, err
+		}
+	} else if m, err := b.readMessage(t.LogOffset); err == nil && m.ID == t.MsgID && m.Prepared() {
+		prep = m
+	} else {
+		b.logger.Error("transaction's prepared record unreadable", slog.String("id", t.MsgID), slog.Int64("offset", t.LogOffset), slog.Any("err", err))
 	}
 	state, qid, qoff := meta.TxnRolledBack, -1, int64(-1)
 	switch {
 	case copyOf != nil:
-		// Committed before a crash cut the step that marks the row: the
-		// message is on its queue already, so it is committed whatever
-		// this decision says, and never stored twice.
+		// Committed by an append whose answer was lost, and its row not
+		// marked: the message is on its queue already, so it is committed
+		// whatever this decision says, and never stored twice.
 		b.logger.Error("transaction's message already committed; only marking its row",
 			slog.String("id", t.MsgID), slog.Int64("offset", copyOf.LogOffset))
 		b.metrics.txn.anomaly(txnAnomalyCopyFound)
 		state, qid, qoff = meta.TxnCommitted, copyOf.QueueID, copyOf.QueueOffset
-		reason = "found committed after a restart"
+		reason = "found committed after a commit whose outcome was unknown"
 	case !commit:
 	case prep == nil:
 		// Gone with its segment or damaged: nothing to commit. Rolled
@@ -468,7 +478,11 @@ func (b *Broker) decideLocked(ctx context.Context, t meta.Txn, commit bool, reas
 		b.metrics.txn.anomaly(txnAnomalyRecordUnreadable)
 		reason = fmt.Sprintf(txnReasonRecordLost, "not found in the log")
 	default:
+		b.txnLive.begin(t.MsgID, reason) // dispatch may meet the copy before the append returns
 		r, err := b.storeCommitted(ctx, prep)
+		if err != nil {
+			b.txnLive.abort(t.MsgID)
+		}
 		if errors.Is(err, ErrTopicNotFound) {
 			b.logger.Error("transaction's topic deleted before its commit; rolling it back", slog.String("id", t.MsgID), slog.String("topic", t.Topic))
 			b.metrics.txn.anomaly(txnAnomalyTopicGone)
@@ -476,9 +490,17 @@ func (b *Broker) decideLocked(ctx context.Context, t meta.Txn, commit bool, reas
 			break
 		}
 		if err != nil {
+			b.txnLive.doubt(t.MsgID)
 			return meta.Txn{}, err
 		}
-		state, qid, qoff = meta.TxnCommitted, r.QueueID, r.QueueOffset
+		// The copy in the log is the decision: dispatch marks the row
+		// when it meets it (after a crash, on the replay), in its own
+		// batched write, so a commit costs one append. Until then the
+		// row is read through this entry.
+		t.State, t.QueueID, t.QueueOffset, t.DecidedAt, t.Reason = meta.TxnCommitted, r.QueueID, r.QueueOffset, b.now(), reason
+		b.txnLive.done(t)
+		b.metrics.txn.committed.Inc()
+		return t, nil
 	}
 	now := b.now()
 	t, err = b.decideRow(meta.TxnDecision{MsgID: t.MsgID, State: state, QueueID: qid, QueueOffset: qoff, At: now, Reason: reason})
@@ -488,12 +510,119 @@ func (b *Broker) decideLocked(ctx context.Context, t meta.Txn, commit bool, reas
 	if err != nil {
 		return meta.Txn{}, err
 	}
+	b.txnLive.settled(t.MsgID)
 	if state == meta.TxnCommitted {
 		b.metrics.txn.committed.Inc()
 	} else {
 		b.metrics.txn.rolledBack.Inc()
 	}
 	return t, nil
+}
+
+// txnLive is what the process knows of transactions beyond their rows:
+// commits under way and those whose rows dispatch has not marked yet, and
+// transactions whose last commit failed with its outcome unknown.
+type txnLive struct {
+	mu      sync.Mutex
+	reasons map[string]string   // commits from their append until dispatch marks them; guarded by mu
+	commits map[string]meta.Txn // of those, the ones whose append returned; guarded by mu
+	unsure  map[string]bool     // guarded by mu
+}
+
+// begin notes a commit about to be appended, with its reason.
+func (l *txnLive) begin(id, reason string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.reasons == nil {
+		l.reasons = make(map[string]string)
+	}
+	l.reasons[id] = reason
+	delete(l.unsure, id)
+}
+
+// abort forgets a commit whose append failed.
+func (l *txnLive) abort(id string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.reasons, id)
+}
+
+// done records a commit whose append returned, unless dispatch has marked
+// its row already.
+func (l *txnLive) done(t meta.Txn) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, ok := l.reasons[t.MsgID]; !ok {
+		return
+	}
+	if l.commits == nil {
+		l.commits = make(map[string]meta.Txn)
+	}
+	l.commits[t.MsgID] = t
+}
+
+func (l *txnLive) pending(id string) (meta.Txn, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	t, ok := l.commits[id]
+	return t, ok
+}
+
+// marked forgets the commits whose rows are marked.
+func (l *txnLive) marked(ids []meta.TxnDecision) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, d := range ids {
+		delete(l.reasons, d.MsgID)
+		delete(l.commits, d.MsgID)
+		delete(l.unsure, d.MsgID)
+	}
+}
+
+func (l *txnLive) doubt(id string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.unsure == nil {
+		l.unsure = make(map[string]bool)
+	}
+	l.unsure[id] = true
+}
+
+func (l *txnLive) doubtful(id string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.unsure[id]
+}
+
+func (l *txnLive) settled(id string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.unsure, id)
+}
+
+// overlay shows a row as committed when this process committed it and
+// dispatch has not marked it yet.
+func (l *txnLive) overlay(t meta.Txn) meta.Txn {
+	if t.State != meta.TxnPrepared {
+		return t
+	}
+	if p, ok := l.pending(t.MsgID); ok {
+		return p
+	}
+	return t
+}
+
+// commitReason is the reason dispatch records for the commit it meets: the
+// one its commit gave, or, replaying after a restart, that the row was
+// marked from the log.
+func (l *txnLive) commitReason(id string) string {
+	l.mu.Lock()
+	r, ok := l.reasons[id]
+	l.mu.Unlock()
+	if ok {
+		return r
+	}
+	return "committed; its row marked from the log after a restart"
 }
 
 // txnRecords finds the prepared record of t and a committed copy stored
@@ -641,6 +770,9 @@ func (b *Broker) CheckTransactions(ctx context.Context) int {
 // checkOne asks t's producer group about t (claimed: t.Checks counts this
 // check) and decides it as answered, or after the last check.
 func (b *Broker) checkOne(ctx context.Context, t meta.Txn) {
+	if _, ok := b.txnLive.pending(t.MsgID); ok {
+		return // committed; dispatch is about to mark its row
+	}
 	maxChecks := b.cfg.TxnCheckMax
 	if t.Checks > maxChecks {
 		// Its last check was made (and failed) before a crash cut its
@@ -938,7 +1070,7 @@ func (b *Broker) txnTrace(ctx context.Context, m *Message) (*TxnTrace, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &TxnTrace{Txn: b.txnOut(t), CheckLog: checks}, nil
+	return &TxnTrace{Txn: b.txnOut(b.txnLive.overlay(t)), CheckLog: checks}, nil
 }
 
 // decideBatch group-commits decisions: the first caller to find no write
