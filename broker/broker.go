@@ -91,6 +91,7 @@ type Broker struct {
 	decisions    decideBatch        // transaction decisions being written together
 	txnLive      txnLive            // commits not yet marked in their rows, and commits of unknown outcome
 	newCommits   []meta.TxnDecision // commit copies met by this dispatch round; guarded by dispatchMu
+	txnCheckErrs atomic.Int64       // failed look-ups of due checks since the last that worked
 
 	receiptKey []byte    // MACs receipts
 	eng        *Engine   // the consumer engine: leases and settles for pull and push

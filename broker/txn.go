@@ -691,7 +691,7 @@ func (b *Broker) txnLoop() {
 		<-b.closing
 		cancel()
 	}()
-	var purged time.Time
+	purged := b.now() // the first purge one period after the start
 	for {
 		wake := b.txnSig.wait()
 		b.CheckTransactions(ctx)
@@ -734,11 +734,17 @@ func (b *Broker) CheckTransactions(ctx context.Context) int {
 		// (and delay) dispatch's and the decisions' writes for nothing.
 		now := b.now()
 		if at, ok, err := b.meta.NextTxnCheck(ctx); err != nil || !ok || at.After(now) {
-			if err != nil && ctx.Err() == nil {
-				b.logger.Error("looking for due transaction checks failed", slog.Any("err", err))
+			if err != nil && ctx.Err() == nil && b.txnCheckErrs.Add(1) == 1 {
+				// Once until a pass succeeds: the loop runs every second,
+				// and a damaged meta.db is reported by Ready already.
+				b.logger.Error("looking for due transaction checks failed; checks wait until meta.db answers", slog.Any("err", err))
+			}
+			if err == nil {
+				b.txnCheckErrs.Store(0)
 			}
 			return checked
 		}
+		b.txnCheckErrs.Store(0)
 		due, err := b.meta.ClaimDueTxns(ctx, now, b.cfg.TxnCheckInterval, txnCheckBatch)
 		if err != nil {
 			if ctx.Err() == nil {
