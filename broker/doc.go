@@ -111,9 +111,10 @@
 // that take no queue offset, like a delayed message, and whose id only is
 // indexed; dispatch writes each one's transaction row to meta.db, so a
 // crash replays into it. Commit appends the message again, with the same
-// id and a queue offset, before marking the row; a decision or check
-// finding such a copy with the row still prepared (a crash between the
-// two) only marks the row, so a commit is stored once. A check-back loop
+// id and a queue offset, and that copy is the decision: dispatch marks
+// the row committed when it meets it (the replay after a crash too), and
+// until then the process answers from the commit it made, so a commit is
+// stored once and costs one append. A check-back loop
 // claims due rows (moving their next check ahead in the same write) and
 // asks the producer group through Config.TxnChecker; after TxnCheckMax
 // checks without an answer it rolls back, the reason kept in the row.

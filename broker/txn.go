@@ -31,14 +31,19 @@ import (
 // its deliver-at field.
 //
 // Commit appends the message again, with the same id and flagged
-// committed, on its queue (so its queue offset is assigned at commit), and
-// then marks the row committed with that offset. A crash between the two
-// leaves a committed copy with a prepared row: every decision and check
-// first looks for a copy of the message after its prepared record (by id,
-// in the key index) and, finding one, only marks the row, logging it at
-// ERROR and counting it (postbus_transaction_anomalies_total), so the
-// message is stored once whatever is retried. Rollback only marks the row:
-// the prepared record stays in the log, never queued, until retention.
+// committed, on its queue (so its queue offset is assigned at commit). The
+// copy is the decision: dispatch marks the row committed, with the copy's
+// queue and offset, when it meets it, in the same batched write as the
+// rows of prepared records (and so on the replay after a crash), and until
+// then the process answers from the commit it made (txnLive). A commit is
+// one append, and stored once: a second decision finds the first. An
+// append whose outcome is unknown (a failed fsync, a replica group's lost
+// answer) makes the next decision wait for dispatch and look for the copy
+// by id in the key index; finding one with the row unmarked, it only marks
+// the row, logging it at ERROR and counting it
+// (postbus_transaction_anomalies_total). Rollback writes the row (its
+// decisions batched, decideBatch): the prepared record stays in the log,
+// never queued, until retention.
 //
 // The check-back loop claims due rows (their next check moved one interval
 // ahead and counted, in one meta.db write, so a crash with a check in
