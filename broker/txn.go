@@ -1007,7 +1007,7 @@ func newTxnMetrics() txnMetrics {
 		checks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "postbus_transaction_checks_total",
 			Help: "Check-backs sent to producer groups' check_url, by outcome: commit, rollback, unknown, or failed (an error, a timeout, a bad answer)."}, []string{"outcome"}),
 		anomalies: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "postbus_transaction_anomalies_total",
-			Help: "Transactions not decided as usual, by reason: commit_copy_found (committed before a crash cut marking it: marked only), prepared_record_unreadable or topic_gone (rolled back); each is logged at ERROR."}, []string{"reason"}),
+			Help: "Transactions not decided as usual, by reason: commit_copy_found (a commit whose append had an unknown outcome was found stored: its row marked only), prepared_record_unreadable or topic_gone (rolled back); each is logged at ERROR."}, []string{"reason"}),
 	}
 	for _, o := range []string{txnCheckAnswerCommit, txnCheckAnswerRollback, txnCheckAnswerUnknown, txnCheckFailed} {
 		m.checks.WithLabelValues(o)
