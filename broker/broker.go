@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -83,6 +84,14 @@ type Broker struct {
 	logEnd       logEndWitness
 	newTimers    []meta.Timer      // delayed records met by this dispatch round; guarded by dispatchMu
 	timer        *delaytimer.Timer // fires the timers of delayed messages; set by Open, after open
+	newTxns      []meta.Txn        // prepared records met by this dispatch round; guarded by dispatchMu
+	txnSig       signal            // fired when dispatch adds transactions: the check loop looks again
+	txnMu        txnLocks          // one decision at a time per transaction
+	txnChecker   atomic.Pointer[TxnChecker]
+	decisions    decideBatch        // transaction decisions being written together
+	txnLive      txnLive            // commits not yet marked in their rows, and commits of unknown outcome
+	newCommits   []meta.TxnDecision // commit copies met by this dispatch round; guarded by dispatchMu
+	txnCheckErrs atomic.Int64       // failed look-ups of due checks since the last that worked
 
 	receiptKey []byte    // MACs receipts
 	eng        *Engine   // the consumer engine: leases and settles for pull and push
@@ -175,6 +184,8 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 		metrics:    newMetrics(cfg.MetricsTopics, cfg.Logger),
 	}
 	b.eng = newEngine(b)
+	b.txnMu.seed = maphash.MakeSeed()
+	b.SetTxnChecker(cfg.TxnChecker)
 	if err := b.open(ctx); err != nil {
 		if cerr := b.closeFiles(); cerr != nil {
 			// The open error is the answer; this one is only worth a line.
@@ -201,7 +212,8 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 		Logger: b.logger.With(slog.String("component", "delaytimer")),
 	})
 	b.eng.start()
-	b.wg.Add(4)
+	b.wg.Add(5)
+	go b.txnLoop()
 	go b.dispatchLoop()
 	go b.retentionLoop()
 	go b.consumeLoop()

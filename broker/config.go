@@ -65,6 +65,15 @@ type Config struct {
 	// as long as it is open: it is opened on the member's files and its
 	// appends and metadata writes go through the group (replicated.go).
 	Replica *Replicated
+
+	// Transactional messages (txn.go): how often an undecided transaction
+	// is checked again after its first check, how many checks it gets
+	// before it is rolled back, how long one check may take, and who
+	// sends the checks (nil: none are sent, each counts as failed).
+	TxnCheckInterval time.Duration
+	TxnCheckMax      int
+	TxnCheckTimeout  time.Duration
+	TxnChecker       TxnChecker
 }
 
 // DefaultTombstoneTTL is how long a deleted subscription's tombstone is
@@ -91,6 +100,9 @@ func DefaultConfig(dir string) Config {
 		DiskFullRatio:      0.90,
 		OffsetInterval:     5 * time.Second,
 		TombstoneTTL:       DefaultTombstoneTTL,
+		TxnCheckInterval:   DefaultTxnCheckInterval,
+		TxnCheckMax:        DefaultTxnCheckMax,
+		TxnCheckTimeout:    DefaultTxnCheckTimeout,
 	}
 }
 
@@ -115,6 +127,9 @@ func (c *Config) Validate() error {
 	check(c.CheckpointInterval > 0, "checkpoint interval %s must be positive", c.CheckpointInterval)
 	check(c.OffsetInterval > 0, "offset interval %s must be positive", c.OffsetInterval)
 	check(c.TombstoneTTL > 0, "subscription tombstone lifetime %s must be positive", c.TombstoneTTL)
+	check(c.TxnCheckInterval > 0, "transaction check interval %s must be positive", c.TxnCheckInterval)
+	check(c.TxnCheckMax >= 1, "transaction check max %d must be at least 1", c.TxnCheckMax)
+	check(c.TxnCheckTimeout > 0, "transaction check timeout %s must be positive", c.TxnCheckTimeout)
 	check(c.CheckpointBytes > 0, "checkpoint bytes %d must be positive", c.CheckpointBytes)
 	check(c.DiskCleanRatio > 0 && c.DiskCleanRatio <= c.DiskFullRatio && c.DiskFullRatio <= 1,
 		"disk ratios must satisfy 0 < clean (%.2f) <= full (%.2f) <= 1", c.DiskCleanRatio, c.DiskFullRatio)

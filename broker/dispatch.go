@@ -169,6 +169,19 @@ func (b *Broker) dispatchOnce() error {
 			b.timer.Wake()
 		}
 	}
+	if len(b.newTxns) > 0 || len(b.newCommits) > 0 {
+		// As timers: stored before dispatch moves past their records.
+		if terr := b.meta.AddTxns(context.Background(), b.newTxns, b.newCommits); terr != nil {
+			b.newTxns, b.newCommits = b.newTxns[:0], b.newCommits[:0]
+			b.dispatchMu.Unlock()
+			return fmt.Errorf("store transactions: %w", terr)
+		}
+		b.txnLive.marked(b.newCommits)
+		if len(b.newTxns) > 0 {
+			b.txnSig.fire()
+		}
+		b.newTxns, b.newCommits = b.newTxns[:0], b.newCommits[:0]
+	}
 	if next > from {
 		b.dispatched.Store(next)
 	}
@@ -205,6 +218,16 @@ func (b *Broker) dispatchRecord(off int64, rec []byte) error {
 	b.topicsMu.RUnlock()
 	if ts == nil || !ts.info.Load().owns(off, h.StoredAt) {
 		return nil // the topic was deleted (and maybe created again since)
+	}
+	if h.Flags&flagPrepared != 0 {
+		b.dispatchPrepared(off, rec, &h)
+		return nil
+	}
+	if h.Flags&flagCommitted != 0 {
+		// A transaction's commit: its row is marked by this round.
+		id := string(h.ID)
+		b.newCommits = append(b.newCommits, meta.TxnDecision{MsgID: id, State: meta.TxnCommitted, QueueID: h.QueueID,
+			QueueOffset: h.QueueOffset, At: time.UnixMilli(h.StoredAt), Reason: b.txnLive.commitReason(id)})
 	}
 	if h.Flags&(flagDelayed|flagRePut) == flagDelayed {
 		// Waits in the timer store; findable by id and key meanwhile. A

@@ -107,6 +107,18 @@
 // full disk, restarts and power cuts through it and checks every answer
 // against a model of what was acknowledged.
 //
+// Transactional messages (txn.go) are prepared records on their real topic
+// that take no queue offset, like a delayed message, and whose id only is
+// indexed; dispatch writes each one's transaction row to meta.db, so a
+// crash replays into it. Commit appends the message again, with the same
+// id and a queue offset, and that copy is the decision: dispatch marks
+// the row committed when it meets it (the replay after a crash too), and
+// until then the process answers from the commit it made, so a commit is
+// stored once and costs one append. A check-back loop
+// claims due rows (moving their next check ahead in the same write) and
+// asks the producer group through Config.TxnChecker; after TxnCheckMax
+// checks without an answer it rolls back, the reason kept in the row.
+//
 // Decisions the design leaves open:
 //   - Dedup ids are kept in the record and the key index, not in SQLite: a
 //     dedup id is then exactly as durable as the message it names, with no

@@ -508,6 +508,9 @@ func (b *Broker) PurgeDeadLetters(ctx context.Context, group string) (int64, err
 type Trace struct {
 	Message  *Message
 	Attempts []meta.Attempt
+	// Transaction is the message's transaction (prepare, each check and
+	// the decision with its reason), nil for a message published plainly.
+	Transaction *TxnTrace
 }
 
 // MessageTrace returns a message and its delivery attempts.
@@ -523,7 +526,11 @@ func (b *Broker) MessageTrace(ctx context.Context, id string) (Trace, error) {
 	if err != nil {
 		return Trace{}, err
 	}
-	return Trace{Message: m, Attempts: as}, nil
+	tt, err := b.txnTrace(ctx, m)
+	if err != nil {
+		return Trace{}, err
+	}
+	return Trace{Message: m, Attempts: as, Transaction: tt}, nil
 }
 
 // lagScanLimit bounds how many entries of a retry queue queueLag reads to

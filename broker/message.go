@@ -64,8 +64,19 @@ type Message struct {
 	flags   uint16
 }
 
-// delayed reports whether m waits in the timer store.
-func (m *Message) delayed() bool { return m.flags&(flagDelayed|flagRePut) == flagDelayed }
+// delayed reports whether m has no queue offset: it waits in the timer
+// store, or it is a transaction's prepared message (never queued itself).
+func (m *Message) delayed() bool {
+	return m.flags&(flagDelayed|flagRePut) == flagDelayed || m.flags&flagPrepared != 0
+}
+
+// Prepared reports whether m is a transaction's prepared (half) message,
+// not committed: Broker.Transaction says whether it still may be.
+func (m *Message) Prepared() bool { return m.flags&flagPrepared != 0 }
+
+// Committed reports whether m is a transaction's message as its commit
+// stored it.
+func (m *Message) Committed() bool { return m.flags&flagCommitted != 0 }
 
 var (
 	propNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)

@@ -39,6 +39,8 @@ type metrics struct {
 	topicTombsKept prometheus.Counter
 
 	topics *topicMetrics // publishes by topic, with a bounded label set
+
+	txn txnMetrics // transactional messages (txn.go)
 }
 
 // Why recovery rebuilt the derived indexes from the start of the log (the
@@ -117,6 +119,7 @@ func newMetrics(metricsTopics int, logger *slog.Logger) *metrics {
 			Help: "Due delayed messages the timer loop did not put back as usual, by reason; each is also logged at ERROR.",
 		}, []string{"reason"}),
 	}
+	m.txn = newTxnMetrics()
 	m.syncApplied = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "postbus_subscription_records_applied_total",
 		Help: "Other brokers' subscription records that changed this broker's copies, by kind: live (created or changed a subscription) or tombstone (deleted one, or was kept).",
@@ -160,6 +163,7 @@ func (m *metrics) register(b *Broker, reg prometheus.Registerer) {
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
+	m.txn.register(b, reg)
 	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped, m.leasesExpired, m.progressBad, m.skippedRecords, m.lostQueueEnds, m.timersDropped, m.misplaced,
 		m.delayAnomalies, m.cleanedMessages, m.cleanedBytes, m.rebuilds, m.syncApplied, m.syncRefused, m.topicTombsApplied, m.topicTombsKept,
 		m.topics.messages, m.topics.bytes, groupCollector{b},

@@ -122,7 +122,9 @@ func (b *Broker) MessagesByKey(ctx context.Context, topic, key string, before in
 		if before > 0 && m.LogOffset >= before {
 			return true
 		}
-		if m.Topic != topic || !hasKey(m.Keys, key) || !b.topicAlive(m, now) {
+		// A prepared message's keys are not indexed (dispatch indexes its
+		// id only); a hash collision must not show one either.
+		if m.Topic != topic || m.Prepared() || !hasKey(m.Keys, key) || !b.topicAlive(m, now) {
 			return true
 		}
 		if m.flags&flagDelayed != 0 {

@@ -31,7 +31,10 @@ import (
 // flagDead one in its dead-letter topic; flagLeased a pull lease's
 // visibility copy, whose timer the lease stores itself, with the offsets
 // past its message (dispatch adds none, so a copy whose lease never
-// committed stays in the log without one). Attempt is the delivery attempt
+// committed stays in the log without one); flagPrepared a transaction's
+// prepared message, which takes no queue offset and whose origin field
+// holds its producer group and deliver-at its first check (txn.go), and
+// flagCommitted the copy its commit stores on its queue. Attempt is the delivery attempt
 // the copy is for (0 for a producer's message); origin the topic a retry or
 // dead-letter copy came from; reason why a message was dead-lettered.
 //
@@ -54,7 +57,9 @@ const (
 	flagRePut                      // put on its queue by the timer: never delayed again
 	flagRetry
 	flagDead
-	flagLeased // a pull lease's visibility copy: its timer is the lease's to store
+	flagLeased    // a pull lease's visibility copy: its timer is the lease's to store
+	flagPrepared  // a transaction's prepared (half) message: no queue offset, never queued (txn.go)
+	flagCommitted // a transaction's message as committed, on its queue, after its prepared record
 )
 
 func encodeRecord(dst []byte, m *Message) []byte {

@@ -1146,6 +1146,7 @@ func TestContractRecordedTraffic(t *testing.T) {
 	}
 	exchanges = append(exchanges, consumeExchanges(env)...)
 	exchanges = append(exchanges, pullExchanges(env)...)
+	exchanges = append(exchanges, txnExchanges()...)
 	exchanges = append(exchanges, nameServerExchanges(env)...)
 	exchanges = append(exchanges, []exchange{
 		// Delete.
@@ -1205,6 +1206,10 @@ func refusesValidTokens(tb testing.TB, access string) bool {
 // without the access check's WWW-Authenticate.
 var refusedByHandler = map[string]string{
 	"POST /v1/subscriptions": "#/components/responses/ForbiddenGroup",
+	// Deciding a transaction needs publish on its topic, known once the
+	// transaction is read.
+	"POST /v1/transactions/{transaction_id}/commit":   "#/components/responses/ForbiddenTransaction",
+	"POST /v1/transactions/{transaction_id}/rollback": "#/components/responses/ForbiddenTransaction",
 }
 
 // securityOf renders an operation's security requirements, nil when it
@@ -1681,6 +1686,33 @@ func TestContractAuthTraffic(t *testing.T) {
 		forbidden("remove replica/publish token", "DELETE", "/v1/replicas/n2", orders, "", "admin"),
 
 		{name: "delete topic/admin", method: "DELETE", path: "/v1/topics/payments", header: admin, status: 204},
+
+		// Producer groups and the list of transactions are the operators';
+		// a decision needs publish on the transaction's topic.
+		unauthorized("put producer group/no token", "PUT", "/v1/producer-groups/orders-svc", jsonCT, `{"check_url":"https://orders.example/check"}`),
+		forbidden("put producer group/publish token", "PUT", "/v1/producer-groups/orders-svc", mergeHeaders(jsonCT, orders),
+			`{"check_url":"https://orders.example/check"}`, "admin"),
+		{name: "put producer group/admin", method: "PUT", path: "/v1/producer-groups/orders-svc", header: mergeHeaders(jsonCT, admin),
+			body: `{"check_url":"https://orders.example/check"}`, status: 201},
+		unauthorized("get producer group/no token", "GET", "/v1/producer-groups/orders-svc", nil, ""),
+		forbidden("get producer group/publish token", "GET", "/v1/producer-groups/orders-svc", orders, "", "admin"),
+		unauthorized("rotate producer group/no token", "POST", "/v1/producer-groups/orders-svc/rotate-secret", nil, ""),
+		forbidden("rotate producer group/publish token", "POST", "/v1/producer-groups/orders-svc/rotate-secret", orders, "", "admin"),
+		{name: "prepare/in scope", method: "POST", path: "/v1/topics/orders/messages", body: "txn",
+			header: mergeHeaders(orders, map[string]string{"Postbus-Transaction": "prepare", "Postbus-Producer-Group": "orders-svc"}),
+			status: 201, save: map[string]string{"txn": "transaction_id"}},
+		unauthorized("list transactions/no token", "GET", "/v1/transactions", nil, ""),
+		forbidden("list transactions/publish token", "GET", "/v1/transactions", orders, "", "admin"),
+		unauthorized("get transaction/no token", "GET", "/v1/transactions/{txn}", nil, ""),
+		{name: "get transaction/other topic", method: "GET", path: "/v1/transactions/{txn}", header: payments, status: 404,
+			code: broker.CodeTransactionNotFound},
+		unauthorized("commit/no token", "POST", "/v1/transactions/{txn}/commit", nil, ""),
+		{name: "commit/other topic", method: "POST", path: "/v1/transactions/{txn}/commit", header: payments, status: 403,
+			code: codeForbidden, check: refusedWith("", "publish:orders is needed")},
+		unauthorized("rollback/no token", "POST", "/v1/transactions/{txn}/rollback", nil, ""),
+		{name: "rollback/other topic", method: "POST", path: "/v1/transactions/{txn}/rollback", header: subscriber, status: 403,
+			code: codeForbidden, check: refusedWith("", "publish:orders is needed")},
+		{name: "commit/in scope", method: "POST", path: "/v1/transactions/{txn}/commit", header: orders, status: 200},
 	}
 	seen := make(contractSeen)
 	env.run(t, exchanges, make(map[string]string), seen)

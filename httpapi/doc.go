@@ -114,4 +114,14 @@
 // leader went away after taking it is 503 unavailable (maybe done).
 // /v1/replicas (admin) answers on every member; its changes go to the
 // leader. A standalone Server answers /v1/replicas 404 not_replicated.
+//
+// Transactions (transactions.go): a single publish with Postbus-Transaction:
+// prepare (and Postbus-Producer-Group, optional Postbus-Transaction-Timeout)
+// prepares; a batch cannot (the header is refused as on any batch). A
+// transaction id is the message id, after "<broker>~" in a cluster, so a
+// decision sent to any broker is forwarded to the one its id names. Its
+// route lets any token in and checks publish on the transaction's topic
+// once it has read the transaction (403 otherwise); producer groups and
+// the list of transactions are admin's. A producer group PUT on a cluster
+// reaches every broker with one secret, minted by the broker asked.
 package httpapi

@@ -263,8 +263,14 @@ func (s *Server) handleTrace(w http.ResponseWriter, r *http.Request) {
 		StoredAt  string        `json:"stored_at"`
 		DeliverAt string        `json:"deliver_at,omitempty"`
 		Attempts  []attemptJSON `json:"attempts"`
+		// Transaction is a transactional message's life before its
+		// delivery: prepared, each check, the decision and why.
+		Transaction *txnTraceJSON `json:"transaction,omitempty"`
 	}{MsgID: m.ID, Topic: m.Topic, StoredAt: m.StoredAt.UTC().Format(time.RFC3339Nano), Attempts: []attemptJSON{}}
-	if !m.DeliverAt.IsZero() {
+	if tt := tr.Transaction; tt != nil && mayRead(r, m.Topic) {
+		out.Transaction = toTxnTraceJSON(tt)
+	}
+	if !m.DeliverAt.IsZero() && !m.Prepared() {
 		out.DeliverAt = m.DeliverAt.UTC().Format(time.RFC3339Nano)
 	}
 	p := principalFrom(r.Context())

@@ -18,7 +18,8 @@ import (
 // Postbus-Tag on a pull, meant as a filter) would otherwise be ignored
 // without a word.
 var postbusHeaders = map[string][]string{
-	"POST /v1/topics/{topic}/messages": {hdrTag, hdrKeys, hdrShardingKey, hdrDelay, hdrDelayLevel, hdrDeliverAt, hdrDedupID, hdrPropPrefix},
+	"POST /v1/topics/{topic}/messages": {hdrTag, hdrKeys, hdrShardingKey, hdrDelay, hdrDelayLevel, hdrDeliverAt, hdrDedupID, hdrPropPrefix,
+		hdrTransaction, hdrProducerGroup, hdrTransactionTimeout},
 	// A subscription change forwarded by the broker coordinating it
 	// carries the version it minted for every copy.
 	"POST /v1/subscriptions":                    {hdrSubscriptionVersion},

@@ -12,21 +12,23 @@ import (
 // object on a DELETE) would otherwise be ignored without a word, and the
 // client would believe it was applied.
 var bodyRoutes = map[string]bool{
-	"POST /v1/topics/{topic}/messages":          true,
-	"POST /v1/topics/{topic}/messages/batch":    true,
-	"PUT /v1/topics/{topic}":                    true,
-	"POST /v1/subscriptions":                    true,
-	"PATCH /v1/subscriptions/{id}":              true,
-	"POST /v1/subscriptions/{id}/rotate-secret": true,
-	"POST /v1/groups/{group}/offsets/reset":     true,
-	"POST /v1/groups/{group}/dlq/redrive":       true,
-	"POST /v1/groups/{group}/ack":               true,
-	"POST /v1/groups/{group}/nack":              true,
-	"POST /v1/groups/{group}/visibility":        true,
-	"POST /v1/brokers/heartbeat":                true,
-	"PATCH /v1/brokers/{name}":                  true,
-	"POST /v1/internal/subscriptions/sync":      true,
-	"POST /v1/replicas":                         true,
+	"POST /v1/topics/{topic}/messages":               true,
+	"POST /v1/topics/{topic}/messages/batch":         true,
+	"PUT /v1/topics/{topic}":                         true,
+	"POST /v1/subscriptions":                         true,
+	"PATCH /v1/subscriptions/{id}":                   true,
+	"POST /v1/subscriptions/{id}/rotate-secret":      true,
+	"POST /v1/groups/{group}/offsets/reset":          true,
+	"POST /v1/groups/{group}/dlq/redrive":            true,
+	"POST /v1/groups/{group}/ack":                    true,
+	"POST /v1/groups/{group}/nack":                   true,
+	"POST /v1/groups/{group}/visibility":             true,
+	"POST /v1/brokers/heartbeat":                     true,
+	"PATCH /v1/brokers/{name}":                       true,
+	"POST /v1/internal/subscriptions/sync":           true,
+	"POST /v1/replicas":                              true,
+	"PUT /v1/producer-groups/{group}":                true,
+	"POST /v1/producer-groups/{group}/rotate-secret": true,
 }
 
 // noBodyCheck refuses a request body on a /v1 route that takes none, with

@@ -26,6 +26,7 @@ var queryParams = map[string][]string{
 	"POST /v1/groups/{group}/topics/{topic}/pull":    {"max", "wait", "visibility"},
 	"GET /v1/cluster":                                {"gone"},
 	"GET /v1/stats":                                  {"topic", "group"},
+	"GET /v1/transactions":                           {"state", "limit", "cursor"},
 }
 
 // checkQuery refuses, as a problem naming the parameter, a query with a

@@ -32,7 +32,8 @@ const (
 // Postbus-Prop-*; a batch takes only the cluster's own.
 var (
 	publishHeaders = map[string]bool{hdrTag: true, hdrKeys: true, hdrShardingKey: true, hdrDelay: true,
-		hdrDelayLevel: true, hdrDeliverAt: true, hdrDedupID: true, hdrForwardedBy: true}
+		hdrDelayLevel: true, hdrDeliverAt: true, hdrDedupID: true, hdrForwardedBy: true,
+		hdrTransaction: true, hdrProducerGroup: true, hdrTransactionTimeout: true}
 	batchHeaders = map[string]bool{hdrForwardedBy: true}
 )
 
@@ -46,7 +47,10 @@ func unknownPostbusHeader(h http.Header, known map[string]bool, props bool) erro
 			continue
 		}
 		if props {
-			return &headerError{name, "not a publish header: Postbus-Tag, -Keys, -Sharding-Key, -Dedup-Id, -Delay, -Delay-Level, -Deliver-At and -Prop-<name> are"}
+			return &headerError{name, "not a publish header: Postbus-Tag, -Keys, -Sharding-Key, -Dedup-Id, -Delay, -Delay-Level, -Deliver-At, -Transaction, -Producer-Group, -Transaction-Timeout and -Prop-<name> are"}
+		}
+		if name == hdrTransaction || name == hdrProducerGroup || name == hdrTransactionTimeout {
+			return &headerError{name, "a batch cannot be transactional: prepare each message with its own publish"}
 		}
 		return &headerError{name, "a batch takes no Postbus-* headers: each message's settings are fields of its item in the body"}
 	}
@@ -273,6 +277,10 @@ func clientAddr(r *http.Request) string {
 func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
 	topic := chi.URLParam(r, "topic")
 	m, err := parsePublishHeaders(r.Header)
+	var th txnHeaders
+	if err == nil {
+		th, err = parseTxnHeaders(r.Header)
+	}
 	if err != nil {
 		var he *headerError
 		errors.As(err, &he)
@@ -291,6 +299,10 @@ func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
 	}
 	msgs := []*broker.Message{m}
 	if !s.allowPublish(w, r, topic, msgs) {
+		return
+	}
+	if th.prepare {
+		s.handlePrepare(w, r, topic, m, th)
 		return
 	}
 	res, err := s.broker.Publish(r.Context(), topic, msgs)

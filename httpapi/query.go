@@ -30,6 +30,9 @@ type messageJSON struct {
 	Size        int               `json:"size"`
 	Body        string            `json:"body"`
 	Encoding    string            `json:"encoding"`
+	// State is a transactional message's: PREPARED, COMMITTED or
+	// ROLLED_BACK; absent for a plain one.
+	State string `json:"state,omitempty"`
 }
 
 func toMessageJSON(m *broker.Message) messageJSON {
@@ -80,7 +83,19 @@ func (s *Server) handleGetMessage(w http.ResponseWriter, r *http.Request) {
 	if m == nil {
 		return
 	}
-	writeJSON(w, http.StatusOK, toMessageJSON(m))
+	out := toMessageJSON(m)
+	state, err := s.txnState(r, m)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	out.State = state
+	if m.Prepared() {
+		// Its record's deliver-at is its first check, not a delivery
+		// time, and its queue offset comes at commit.
+		out.DeliverAt, out.QueueOffset = "", -1
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) handleGetMessageBody(w http.ResponseWriter, r *http.Request) {

@@ -84,6 +84,18 @@ func (s *Server) routes() chi.Router {
 	// The series are narrowed to the token's topics and groups by the
 	// handler, as GET /v1/topics and /v1/groups are.
 	s.handle(r, "GET", "/v1/stats", accessAnyToken, s.handleStats)
+
+	// Deciding a transaction needs publish on its topic, known once the
+	// transaction is read (the handlers check it); listing transactions
+	// and registering producer groups (whose secret signs the checks) are
+	// the operators'.
+	s.handle(r, "GET", "/v1/transactions", accessAdmin, s.handleListTransactions)
+	s.handle(r, "GET", "/v1/transactions/{transaction_id}", accessAnyToken, s.handleGetTransaction)
+	s.handle(r, "POST", "/v1/transactions/{transaction_id}/commit", accessAnyToken, s.handleCommitTransaction)
+	s.handle(r, "POST", "/v1/transactions/{transaction_id}/rollback", accessAnyToken, s.handleRollbackTransaction)
+	s.handle(r, "PUT", "/v1/producer-groups/{group}", accessAdmin, s.handlePutProducerGroup)
+	s.handle(r, "GET", "/v1/producer-groups/{group}", accessAdmin, s.handleGetProducerGroup)
+	s.handle(r, "POST", "/v1/producer-groups/{group}/rotate-secret", accessAdmin, s.handleRotateProducerGroupSecret)
 	// Internal: brokers of a cluster push each other their subscription
 	// records (cluster_sync.go).
 	s.handle(r, "POST", "/v1/internal/subscriptions/sync", accessAdmin, s.handleSyncSubscriptions)

@@ -5,6 +5,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/postbus/postbus/broker"
 )
@@ -16,6 +17,7 @@ type scopeFixture struct {
 	url   string
 	msgID string
 	subID string
+	txnID string // a transaction prepared on orders by producer group shop
 }
 
 func newScopeFixture(tb testing.TB) scopeFixture {
@@ -33,13 +35,21 @@ func newScopeFixture(tb testing.TB) scopeFixture {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return scopeFixture{url: srv.URL, msgID: res[0].ID, subID: sub.ID}
+	if _, _, err := b.PutProducerGroup(ctx, "shop", "https://shop.example/check", ""); err != nil {
+		tb.Fatal(err)
+	}
+	prep, err := b.Prepare(ctx, "orders", &broker.Message{Body: []byte("half")}, "shop", time.Hour)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return scopeFixture{url: srv.URL, msgID: res[0].ID, subID: sub.ID, txnID: b.TransactionID(prep.ID)}
 }
 
 // scopeRequest is how the table calls a route: its path with the fixture's
 // names, and a body that gets past the body checks.
 func (f scopeFixture) request(method, pattern string) (path, body string) {
-	path = strings.NewReplacer("{topic}", "orders", "{msg_id}", f.msgID, "{group}", "billing", "{id}", f.subID, "{queue}", "0").Replace(pattern)
+	path = strings.NewReplacer("{topic}", "orders", "{msg_id}", f.msgID, "{group}", "billing", "{id}", f.subID, "{queue}", "0",
+		"{transaction_id}", f.txnID).Replace(pattern)
 	switch {
 	case strings.HasSuffix(pattern, "/messages") && method == "GET":
 		path += "?key=k"
@@ -49,6 +59,8 @@ func (f scopeFixture) request(method, pattern string) (path, body string) {
 	switch {
 	case strings.HasSuffix(pattern, "/batch"):
 		body = `[{"body":"x"}]`
+	case pattern == "/v1/producer-groups/{group}" && method == "PUT":
+		body = `{"check_url":"https://shop.example/check"}`
 	case method == "PUT":
 		body = `{"queues":4}`
 	case pattern == "/v1/subscriptions" && method == "POST":
@@ -127,6 +139,14 @@ func TestScopesEveryRoute(t *testing.T) {
 		if strings.HasPrefix(pattern, "/v1/routes") || pattern == "/v1/cluster" || pattern == "/v1/stats" {
 			return true
 		}
+		switch {
+		case pattern == "/v1/transactions" || strings.HasPrefix(pattern, "/v1/producer-groups/"):
+			return sc.admin // operators'
+		case pattern == "/v1/transactions/{transaction_id}":
+			return sc.canPublish("orders") || sc.canSubscribe("orders")
+		case strings.HasPrefix(pattern, "/v1/transactions/{transaction_id}/"):
+			return sc.canPublish("orders") // deciding is publishing
+		}
 		t.Fatalf("no rule for %s %s: add one", method, pattern)
 		return false
 	}
@@ -154,7 +174,7 @@ func TestScopesEveryRoute(t *testing.T) {
 				resp, data := do(t, method, f.url+path, withToken(hsToken(t, scoped(scope))), strings.NewReader(body))
 				code, _ := problemCode(t, orJSON(data))
 				refused := resp.StatusCode == 403 ||
-					(resp.StatusCode == 404 && (code == "message_not_found" || code == "subscription_not_found"))
+					(resp.StatusCode == 404 && (code == "message_not_found" || code == "subscription_not_found" || code == "transaction_not_found"))
 				if resp.StatusCode == 401 {
 					t.Fatalf("scope %q: 401 for a valid token: %s", scope, data)
 				}

@@ -48,7 +48,11 @@
 // (version, version_by: the last change's, the same on every broker's
 // copy) and adds subscription_tombstones, the deleted subscriptions kept
 // with their delete's version so that a broker that missed the delete
-// drops its copy; 0008 is reserved.
+// drops its copy; 0008 is reserved. 0013 adds transactions (a
+// transactional message's row: its prepared record, state, next check and
+// checks made, and once decided where it was committed and why),
+// transaction_checks (each check-back, for the trace) and producer_groups
+// (check_url and the secrets that sign the checks).
 //
 // consumer_offsets deliberately has no foreign key to topics: groups also
 // keep offsets on system topics (%RETRY%group, the delay schedule topic) that

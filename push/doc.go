@@ -93,4 +93,15 @@
 // BackoffMax with ±10% jitter; a subscriber's Retry-After wins when longer,
 // up to 24h; after 1 + MaxRetries attempts the message is dead. The default
 // is RocketMQ's sixteen retries over DefaultRetryDelays (10s ... 2h).
+//
+// # Transaction checks
+//
+// TxnChecker (txncheck.go) is the broker's check-back of undecided
+// transactions: a POST of {"transaction_id","msg_id","topic","tag","keys",
+// "check"} to the producer group's check_url through the same Client (SSRF
+// guard, no redirects, capped answer), signed as a delivery is with the
+// group's secrets, under webhook-id "<msg id>-<check>" (one per check, so
+// that a receiver deduping by it never drops a later check). Only a 2xx
+// with {"status":"commit"|"rollback"|"unknown"} is an answer; anything else
+// is a failed check, described for the trace.
 package push

@@ -1,5 +1,6 @@
 // Package meta is the broker's metadata store: topics, consumer-group offsets,
-// subscriptions, delayed-message timers, the delivery attempt log and the
+// subscriptions, delayed-message timers, the delivery attempt log,
+// transactions with their checks and producer groups (txn.go), and the
 // other state that must survive a restart, kept in one SQLite database file. It is the only package
 // of postbus that uses database/sql.
 //

@@ -319,6 +319,7 @@ func (m *replicaMember) lead(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("open the broker as leader: %w", err)
 	}
+	b.SetTxnChecker(push.NewTxnChecker(m.client, m.key))
 	dispatcher := push.NewDispatcher(push.DispatcherConfig{Broker: b, Client: m.client, Key: m.key,
 		Logger: m.logger.With(slog.String("component", "push")), Registerer: reg})
 	dctx, stopDispatch := context.WithCancel(context.Background())

@@ -124,6 +124,9 @@ func newServeFlags(mode string, out io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.DurationVar(&c.heartbeatInterval, "heartbeat-interval", 30*time.Second, "how often the broker re-registers with the name servers (and at once when its topics change)")
 	fs.DurationVar(&c.forwardTimeout, "forward-timeout", httpapi.DefaultHopTimeout, "in a cluster, how long a request forwarded to another broker may take beyond a long poll's wait; a broker that does not answer within it is skipped for a while, like one that refuses connections")
 	fs.DurationVar(&c.syncInterval, "subscription-sync-interval", httpapi.DefaultSyncInterval, "in a cluster, how often the broker pushes its subscription records (tombstones of deleted ones too) to the other brokers holding their topics; also at start and at once when a broker joins a topic")
+	fs.DurationVar(&b.TxnCheckInterval, "transaction-check-interval", b.TxnCheckInterval, "how often an undecided transaction is checked again (its producer group's check_url asked) after its first check, which comes at its Postbus-Transaction-Timeout")
+	fs.IntVar(&b.TxnCheckMax, "transaction-check-max", b.TxnCheckMax, "checks an undecided transaction gets; after the last one answers unknown or fails, it is rolled back and its trace says why")
+	fs.DurationVar(&b.TxnCheckTimeout, "transaction-check-timeout", b.TxnCheckTimeout, "how long one check of a transaction may take before it counts as failed")
 	fs.DurationVar(&b.TombstoneTTL, "subscription-tombstone-ttl", b.TombstoneTTL, "how long a deleted subscription's tombstone is kept, so that a broker that missed the delete (down, expired) drops its copy when it is back; keep it far above --broker-expiry and any outage")
 	fs.StringVar(&c.namesrvToken, "namesrv-token", "", "bearer token (admin scope) for the name servers, and for the pushes of subscription records to other brokers, when they check tokens; better set as POSTBUS_NAMESRV_TOKEN")
 	c.tls.register(fs, true)
@@ -224,6 +227,7 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	}
 	client := push.NewClient(push.ClientConfig{AllowPrivate: c.allowPrivate, UserAgent: "postbus/" + version})
 	defer client.Close()
+	b.SetTxnChecker(push.NewTxnChecker(client, key))
 	dispatcher := push.NewDispatcher(push.DispatcherConfig{Broker: b, Client: client, Key: key,
 		Logger: logger.With(slog.String("component", "push")), Registerer: reg})
 	dctx, stopDispatch := context.WithCancel(context.Background())

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"strings"
 	"time"
 )
@@ -22,8 +23,12 @@ type config struct {
 	keys        bool
 	contentType string
 	baseline    bool
-	warmup      time.Duration
-	json        bool
+	// transactions prepares each message and commits it (two requests);
+	// the run is preceded by a plain one, the ratio reported.
+	transactions bool
+	txnRun       bool // the transactional run of --transactions (set on its copy of the config)
+	warmup       time.Duration
+	json         bool
 }
 
 const usageHead = `Usage: postbus bench publish [flags]
@@ -82,6 +87,8 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	fs.BoolVar(&c.keys, "keys", false, "give every message a unique key (Postbus-Keys header, or \"keys\" in a batch)")
 	fs.StringVar(&c.contentType, "content-type", "application/octet-stream", "Content-Type of each message body")
 	fs.BoolVar(&c.baseline, "baseline", false, "repeat the run against an in-process no-op HTTP server and print target/baseline")
+	fs.BoolVar(&c.transactions, "transactions", false, "prepare each message (Postbus-Transaction: prepare, producer group bench) and commit it: two requests a message; "+
+		"a plain run of the same length comes first, and the report gives transactional/plain msgs/s")
 	fs.DurationVar(&c.warmup, "warmup", time.Second, "unmeasured warm-up before each run (its messages are extra to --count)")
 	fs.BoolVar(&c.json, "json", false, "print the final report as JSON too, after the text")
 	err := c.parse(fs, args, func(set map[string]bool) error {
@@ -115,6 +122,10 @@ func (c *config) validate() error {
 		return fmt.Errorf("--tag %q: no line breaks or \"||\"", c.tag)
 	case strings.ContainsAny(c.contentType, "\r\n"):
 		return fmt.Errorf("--content-type %q: no line breaks", c.contentType)
+	case c.transactions && c.batch > 1:
+		return fmt.Errorf("--transactions with --batch %d: a batch cannot be transactional", c.batch)
+	case c.transactions && c.baseline:
+		return errors.New("--transactions with --baseline: the plain run is the transactional run's baseline")
 	}
 	return nil
 }
@@ -144,6 +155,9 @@ func Publish(ctx context.Context, args []string, out io.Writer) error {
 	defer sampler.Stop()
 
 	fmt.Fprintf(out, "bench publish → %s\n", describe(cfg))
+	if cfg.transactions {
+		return publishTransactions(ctx, cfg, client, bodies, runID, sampler, out)
+	}
 	target, err := runAgainst(ctx, cfg, client, bodies, cfg.url, runID+"-t", out)
 	if err != nil {
 		return err
@@ -195,3 +209,54 @@ func describe(c *config) string {
 	return fmt.Sprintf("%s topic=%s conns=%d size=%d batch=%d, %s, %s, warmup %s",
 		c.url, c.topic, c.conns, c.size, c.batch, mode, strings.Join(bound, " and "), c.warmup)
 }
+
+// publishTransactions runs plain publishes, then the same load with each
+// message prepared and committed, and reports both and their ratio.
+func publishTransactions(ctx context.Context, cfg *config, client *http.Client, bodies *bodySource, runID string, sampler *rssSampler, out io.Writer) error {
+	// The group's check_url is never asked: each message is committed
+	// right after its prepare, within the default 6s timeout.
+	resp, body, err := apiCall(ctx, client, http.MethodPut, cfg.url+"/v1/producer-groups/"+benchProducerGroup, "register producer group",
+		[]byte(`{"check_url":"http://127.0.0.1:9/bench-never-checked"}`))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusCreated {
+		return fmt.Errorf("register producer group: %d %s", resp.StatusCode, truncate(string(body), 300))
+	}
+	fmt.Fprintln(out, "plain publishes:")
+	plain, err := runAgainst(ctx, cfg, client, bodies, cfg.url, runID+"-p", out)
+	if err != nil {
+		return err
+	}
+	if plain.interrupted {
+		writeRun(out, cfg, "plain", plain)
+		return fmt.Errorf("bench publish interrupted: %w", ctx.Err())
+	}
+	fmt.Fprintln(out, "transactional publishes (prepare, then commit):")
+	txn := *cfg
+	txn.create, txn.txnRun = false, true
+	target, err := runAgainst(ctx, &txn, client, bodies, cfg.url, runID+"-x", out)
+	if err != nil {
+		return err
+	}
+	target.rss = sampler.result()
+	fmt.Fprintln(out)
+	writeRun(out, cfg, "plain", plain)
+	fmt.Fprintln(out)
+	writeRun(out, cfg, "transactional (latency: prepare and commit together)", target)
+	fmt.Fprintln(out)
+	fmt.Fprintf(out, "transactional %.0f msgs/s  plain %.0f msgs/s  transactional/plain %s\n",
+		target.msgsPerSec(), plain.msgsPerSec(), fmtRatio(target.msgsPerSec(), plain.msgsPerSec()))
+	if cfg.json {
+		if err := writeJSON(out, cfg, target, plain); err != nil {
+			return fmt.Errorf("bench publish: write json: %w", err)
+		}
+	}
+	if target.interrupted {
+		return fmt.Errorf("bench publish interrupted: %w", ctx.Err())
+	}
+	return nil
+}
+
+// benchProducerGroup is the producer group of --transactions.
+const benchProducerGroup = "bench"

@@ -189,6 +189,8 @@ type phase struct {
 	client    *http.Client
 	bodies    *bodySource
 	url       string // publish endpoint, single or batch
+	base      string // the broker's base URL
+	txn       bool   // prepare each message, then commit it
 	keyPrefix string
 	duration  time.Duration // 0 = no time bound
 	count     int64         // 0 = no count bound
@@ -276,7 +278,7 @@ func newPhase(cfg *config, client *http.Client, bodies *bodySource, base, keyPre
 		u += "/batch"
 	}
 	p := &phase{
-		cfg: cfg, client: client, bodies: bodies, url: u,
+		cfg: cfg, client: client, bodies: bodies, url: u, base: base, txn: cfg.txnRun,
 		keyPrefix: "bench-" + keyPrefix + "-",
 		duration:  d, count: count,
 	}
@@ -426,6 +428,11 @@ func (p *phase) send(ctx context.Context, w *worker, first, n int64) (ok bool, k
 		}
 		if cfg.keys {
 			req.Header.Set("Postbus-Keys", p.keyPrefix+strconv.FormatInt(first, 10))
+		}
+		if p.txn {
+			req.Header.Set("Postbus-Transaction", "prepare")
+			req.Header.Set("Postbus-Producer-Group", benchProducerGroup)
+			return p.prepareAndCommit(ctx, w, req)
 		}
 	}
 	// Latency runs to the end of the answer, so one cut short is a failure.
@@ -678,4 +685,50 @@ func poke(ch chan<- struct{}) {
 	case ch <- struct{}{}:
 	default:
 	}
+}
+
+// prepareAndCommit sends req, a prepare, and then the commit of the
+// transaction it answers; both must succeed.
+func (p *phase) prepareAndCommit(ctx context.Context, w *worker, req *http.Request) (ok bool, key, text string) {
+	resp, err := p.client.Do(req)
+	if err != nil {
+		return false, "transport: " + transportClass(err), err.Error()
+	}
+	w.rbuf.Reset()
+	_, err = w.rbuf.ReadFrom(io.LimitReader(resp.Body, maxErrorBody))
+	resp.Body.Close()
+	if err != nil {
+		return false, "transport: " + transportClass(err), "read answer: " + err.Error()
+	}
+	if resp.StatusCode != http.StatusCreated {
+		key, text := problemKey(resp, w.rbuf.Bytes())
+		return false, key, text
+	}
+	var prep struct {
+		TransactionID string `json:"transaction_id"`
+	}
+	if err := json.Unmarshal(w.rbuf.Bytes(), &prep); err != nil || prep.TransactionID == "" {
+		return false, "201 no_transaction_id", "prepare answered without a transaction id: " + truncate(w.rbuf.String(), 200)
+	}
+	creq, err := http.NewRequestWithContext(ctx, http.MethodPost, p.base+"/v1/transactions/"+prep.TransactionID+"/commit", nil)
+	if err != nil {
+		return false, "request", err.Error()
+	}
+	resp, err = p.client.Do(creq)
+	if err != nil {
+		return false, "transport: " + transportClass(err), "commit: " + err.Error()
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		w.rbuf.Reset()
+		if _, err := w.rbuf.ReadFrom(io.LimitReader(resp.Body, maxErrorBody)); err != nil {
+			return false, "transport: " + transportClass(err), "read commit answer: " + err.Error()
+		}
+		key, text := problemKey(resp, w.rbuf.Bytes())
+		return false, "commit " + key, text
+	}
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		return false, "transport: " + transportClass(err), "read commit answer: " + err.Error()
+	}
+	return true, "", ""
 }

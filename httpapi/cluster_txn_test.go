@@ -1,0 +1,50 @@
+package httpapi
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+)
+
+// In a cluster a producer group is registered on every broker with one
+// secret, a transaction id names the broker holding it, and a decision or
+// a look-up sent to any broker reaches that one.
+func TestClusterTransactions(t *testing.T) {
+	tc := newTestCluster(t, brokerA, brokerB, brokerC)
+	tc.placeTopic(t, brokerA, "orders", `{"queues":1,"brokers":["broker-b"]}`, brokerB)
+	jsonCT := map[string]string{"Content-Type": "application/json"}
+	a := tc.via(t, brokerA, "PUT", "/v1/producer-groups/shop", jsonCT, `{"check_url":"https://shop.example/check"}`)
+	if a.status != http.StatusCreated && a.status != http.StatusOK {
+		t.Fatalf("put producer group: %s", a)
+	}
+	if decodeAs[producerGroupJSON](t, a).Secret == "" {
+		t.Fatalf("put producer group answered no secret: %s", a)
+	}
+	for _, name := range tc.names {
+		tc.at(t, name, "GET", "/v1/producer-groups/shop", "").want(t, http.StatusOK, name)
+	}
+
+	prep := map[string]string{"Postbus-Transaction": "prepare", "Postbus-Producer-Group": "shop"}
+	a = tc.via(t, brokerC, "POST", "/v1/topics/orders/messages", prep, "txn")
+	if a.status != http.StatusCreated {
+		t.Fatalf("prepare through %s: %s", brokerC, a)
+	}
+	res := decodeAs[prepareResult](t, a)
+	if res.Broker != brokerB || !strings.HasPrefix(res.TransactionID, brokerB+"~") || res.TransactionID != brokerB+"~"+res.MsgID {
+		t.Fatalf("prepare answered %+v; want it held by %s, its id naming it", res, brokerB)
+	}
+	// Any broker finds it; the one asked directly for itself does not.
+	tc.via(t, brokerA, "GET", "/v1/transactions/"+res.TransactionID, nil, "").want(t, http.StatusOK, brokerB)
+	tc.at(t, brokerA, "GET", "/v1/transactions/"+res.TransactionID, "").wantProblem(t, http.StatusNotFound, "transaction_not_found", brokerA)
+
+	a = tc.via(t, brokerC, "POST", "/v1/transactions/"+res.TransactionID+"/commit", nil, "")
+	a.want(t, http.StatusOK, brokerB)
+	if got := decodeAs[transactionJSON](t, a); got.State != "COMMITTED" || got.TransactionID != res.TransactionID {
+		t.Fatalf("commit through %s answered %+v", brokerC, got)
+	}
+	tc.via(t, brokerA, "POST", "/v1/transactions/"+res.TransactionID+"/rollback", nil, "").
+		wantProblem(t, http.StatusConflict, "transaction_decided", brokerB)
+	// A transaction id naming no live broker is not forwarded anywhere.
+	tc.via(t, brokerA, "POST", "/v1/transactions/broker-x~"+res.MsgID+"/commit", nil, "").
+		wantProblem(t, http.StatusServiceUnavailable, codeBrokerUnavailable, brokerA)
+}
