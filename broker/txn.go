@@ -291,7 +291,7 @@ func (b *Broker) Prepare(ctx context.Context, topic string, m *Message, group st
 		if err != nil {
 			return Result{}, fmt.Errorf("prepared message %s stored; waiting for its transaction row: %w", m.ID, err)
 		}
-		b.metrics.published(1, len(m.Body))
+		b.metrics.published(topic, 1, len(m.Body))
 		b.metrics.txn.prepared.Inc()
 		r := res[0]
 		r.DeliverAt = time.Time{}
