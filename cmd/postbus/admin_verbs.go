@@ -625,7 +625,7 @@ func transactionVerbs() map[string]adminVerb {
 			if c.output == "json" {
 				return c.printJSON(raw)
 			}
-			return c.printFields(res, column{"Transaction", "transaction_id"}, column{"Message", "msg_id"}, column{"Status", "status"},
+			return c.printFields(res, column{"Transaction", "transaction_id"}, column{"Message", "msg_id"}, column{"State", "state"},
 				column{"Topic", "topic"}, column{"Queue", "queue_id"}, column{"Offset", "queue_offset"})
 		}
 	}
@@ -642,7 +642,7 @@ func transactionVerbs() map[string]adminVerb {
 					return c.printJSON(map[string]any{"transactions": rows})
 				}
 				return c.printTable(rows, column{"TRANSACTION", "transaction_id"}, column{"MSG_ID", "msg_id"}, column{"TOPIC", "topic"},
-					column{"PRODUCER_GROUP", "producer_group"}, column{"STATUS", "status"}, column{"CHECKS", "checks"}, column{"PREPARED", "prepared_at"})
+					column{"PRODUCER_GROUP", "producer_group"}, column{"STATE", "state"}, column{"CHECKS", "checks"}, column{"PREPARED", "prepared_at"})
 			}},
 		"commit": {args: "TRANSACTION_ID", summary: "Commit a prepared transactional message: it is delivered.",
 			example: "postbus admin transactions commit 9f2c…", nargs: 1, run: settle("commit")},
