@@ -64,8 +64,14 @@ type PreviousSecret struct {
 // SigningSecrets are the secrets a delivery at now is signed with: the
 // current one, then every previous one whose overlap has not ended.
 func (s *Subscription) SigningSecrets(now time.Time) []string {
-	out := []string{s.Secret}
-	for _, p := range s.PreviousSecrets {
+	return signingSecrets(s.Secret, s.PreviousSecrets, now)
+}
+
+// signingSecrets is current, then each of previous whose overlap has not
+// ended at now: what a delivery or a transaction check is signed with.
+func signingSecrets(current string, previous []PreviousSecret, now time.Time) []string {
+	out := []string{current}
+	for _, p := range previous {
 		if now.Before(p.Until) {
 			out = append(out, p.Secret)
 		}

@@ -157,13 +157,7 @@ type ProducerGroup struct {
 // SigningSecrets are the secrets a check at now is signed with: the
 // current one, then each earlier one whose overlap has not ended.
 func (g *ProducerGroup) SigningSecrets(now time.Time) []string {
-	out := []string{g.Secret}
-	for _, p := range g.PreviousSecrets {
-		if now.Before(p.Until) {
-			out = append(out, p.Secret)
-		}
-	}
-	return out
+	return signingSecrets(g.Secret, g.PreviousSecrets, now)
 }
 
 // TxnChecker asks a producer group about a transaction (package push
