@@ -890,7 +890,16 @@ func (e *Engine) leasePull(ctx context.Context, c *consumer, limit int, visibili
 	if err != nil {
 		return nil, e.unsettle(c, err)
 	}
+	if testHookLeaseStoring != nil {
+		testHookLeaseStoring()
+	}
 	res, err := b.store(ctx, ts, copies, false)
+	if errors.Is(err, errStaleTopic) {
+		// The topic (and its retry topics) was deleted under the lease:
+		// the pull is one of a deleted topic, not a failure.
+		err = &Error{Code: CodeTopicNotFound, Field: "topic", Err: errors.Join(ErrTopicNotFound, err),
+			Detail: fmt.Sprintf("topic %q was deleted while this pull was taking its messages; nothing was handed out", sub.Topic)}
+	}
 	if err != nil {
 		return nil, e.unsettle(c, err)
 	}
@@ -944,8 +953,9 @@ func (e *Engine) leasePull(ctx context.Context, c *consumer, limit int, visibili
 }
 
 // testHookLeaseStored runs in a pull lease once its visibility copies are
-// stored, before the offsets move past their messages.
-var testHookLeaseStored func()
+// stored, before the offsets move past their messages; testHookLeaseStoring
+// just before they are.
+var testHookLeaseStored, testHookLeaseStoring func()
 
 // unsettle undoes a lease that could not store its copies: the consumer
 // is dropped, so the next lease starts again from the offsets, which never
