@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/postbus/postbus/broker/meta"
@@ -125,6 +126,16 @@ func (e *Engine) settleEach(ctx context.Context, group string, receipts []string
 			timerIdx = append(timerIdx, i)
 		}
 	}
+	// A receipt of a topic deleted since (and perhaps created again) is
+	// stale: its copy is the deleted topic's, and settling it would bring
+	// the deleted topic's message into the new one.
+	timerIdx = slices.DeleteFunc(timerIdx, func(i int) bool {
+		if e.b.ownsCopy(RetryTopic(rs[i].Group, rs[i].Topic), rs[i].Timer) {
+			return false
+		}
+		out[i].Status = ReceiptStale
+		return true
+	})
 	if len(timerIdx) == 0 {
 		return out, nil
 	}

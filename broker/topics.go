@@ -42,6 +42,21 @@ func (t *Topic) owns(off, storedAtMs int64) bool {
 	return storedAtMs >= t.CreatedAt.UnixMilli()
 }
 
+// ownsCopy says whether the record at log offset off can be the current
+// incarnation of topic's: false once the topic was deleted, and for a
+// record stored before it was created again. A topic from before log
+// starts were kept (no logStart) is taken to own it.
+func (b *Broker) ownsCopy(topic string, off int64) bool {
+	b.topicsMu.RLock()
+	ts := b.topics[topic]
+	b.topicsMu.RUnlock()
+	if ts == nil {
+		return false
+	}
+	t := ts.info.Load()
+	return t.logStart < 0 || off >= t.logStart
+}
+
 // QueueStats describes one queue: its live offsets [MinOffset, MaxOffset)
 // and what they hold.
 type QueueStats struct {
