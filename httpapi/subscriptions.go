@@ -12,6 +12,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/postbus/postbus/broker"
+	"github.com/postbus/postbus/namesrv"
 )
 
 const maxSubscriptionRequestBytes = 64 << 10
@@ -47,6 +48,12 @@ func (s *Server) takeVersionOf(w http.ResponseWriter, r *http.Request, hdr strin
 	v, err := broker.ParseVersion(raw)
 	if err != nil {
 		writeProblem(w, r, codeInvalidHeader, hdr, err.Error())
+		return nil, false
+	}
+	if !namesrv.ValidBrokerName(v.By) {
+		// Minted by a broker, so after the @ is a broker's name: 1-64
+		// letters, digits, '.', '_' and '-'.
+		writeProblem(w, r, codeInvalidHeader, hdr, fmt.Sprintf("version %q: after the @ comes the broker name that minted it (1-%d characters of A-Z a-z 0-9 . _ -)", raw, namesrv.MaxBrokerNameLen))
 		return nil, false
 	}
 	if err := s.broker.CheckVersion(v); err != nil {
