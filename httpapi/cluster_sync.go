@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/postbus/postbus/broker"
@@ -120,6 +121,9 @@ type syncer struct {
 	// paused is signalled by the watchdog when this process was paused
 	// (SIGSTOP, a VM freeze) or starved; capacity 1.
 	paused chan struct{}
+	// lastTick is when the watchdog (or a write) last looked at the clock,
+	// Unix ns: a look long after it means the process was paused.
+	lastTick atomic.Int64
 
 	mu      sync.Mutex
 	pending map[string]bool // topics to push again at once; guarded by mu
@@ -235,6 +239,8 @@ func (y *syncer) run(ctx context.Context) {
 	// more in between.
 	watch := time.NewTicker(min(y.interval, time.Second))
 	defer watch.Stop()
+	y.lastTick.Store(time.Now().UnixNano())
+	defer y.lastTick.Store(0)
 	go y.watchdog(ctx)
 	y.fencedExchange(ctx, false)
 	y.round(ctx, true, nil)
@@ -245,7 +251,6 @@ func (y *syncer) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-y.paused:
-			y.fence.shut("paused: exchanging topic deletes with the other brokers again")
 			y.fencedExchange(ctx, false)
 			y.round(ctx, true, nil)
 		case <-full.C:

@@ -197,29 +197,47 @@ func (y *syncer) fencedExchange(ctx context.Context, skipDown bool) {
 	}
 }
 
-// watchdog signals y.paused when a tick comes more than pauseAfter late:
-// the process was paused or starved, and another broker may have deleted
-// a topic meanwhile without reaching it.
+// watchdog notices a pause: a tick more than pauseAfter late means the
+// process was paused or starved, and another broker may have deleted a
+// topic meanwhile without reaching it. It shuts the fence at once (the
+// exchange that lifts it may wait behind a round of the sync loop) and
+// signals y.paused. A request served after a pause before the watchdog
+// has run again sees the stale tick itself (fenceCheck).
 func (y *syncer) watchdog(ctx context.Context) {
 	t := time.NewTicker(watchdogTick)
 	defer t.Stop()
-	last := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case now := <-t.C:
-			if gap := now.Sub(last); gap > pauseAfter {
-				y.fm.pauses.Inc()
-				y.s.cluster.logger.Warn("this broker was paused or starved; writes wait until topic deletes are exchanged with the other brokers again",
-					slog.Duration("gap", gap.Round(time.Millisecond)))
-				select {
-				case y.paused <- struct{}{}:
-				default:
-				}
-			}
-			last = now
+		case <-t.C:
+			y.checkPause()
 		}
+	}
+}
+
+// checkPause shuts the fence and signals y.paused when the watchdog's last
+// tick is more than pauseAfter old, and records a tick now.
+func (y *syncer) checkPause() {
+	prev := y.lastTick.Load()
+	if prev == 0 {
+		return // the sync loop does not run: nothing exchanges, nothing fences
+	}
+	now := time.Now()
+	if !y.lastTick.CompareAndSwap(prev, now.UnixNano()) {
+		return // looked at by another at the same moment
+	}
+	gap := now.Sub(time.Unix(0, prev))
+	if gap <= pauseAfter {
+		return
+	}
+	y.fence.shut("paused: exchanging topic deletes with the other brokers again")
+	y.fm.pauses.Inc()
+	y.s.cluster.logger.Warn("this broker was paused or starved; writes wait until topic deletes are exchanged with the other brokers again",
+		slog.Duration("gap", gap.Round(time.Millisecond)))
+	select {
+	case y.paused <- struct{}{}:
+	default:
 	}
 }
 
@@ -231,6 +249,9 @@ func (s *Server) fenceCheck(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
+		// Served right after a pause, before the watchdog ran again: the
+		// request learns of the pause itself, and waits as a later one.
+		s.sync.checkPause()
 		if why := s.sync.fence.wait(r.Context(), fenceWait); why != "" {
 			s.sync.fm.refused.Inc()
 			w.Header().Set("Retry-After", "1")

@@ -301,3 +301,48 @@ func TestClusterRestartedHolderTakesNoWriteBeforeDeletes(t *testing.T) {
 		t.Errorf("broker-b kept its copy rather than taking the delete before any write: %s", grepLines(logs, "the copy is kept"))
 	}
 }
+
+// TestClusterPausedHolderTakesNoQueuedWrite (attack G1, G8): publishes
+// that reached a broker while it was paused (SIGSTOP), and a topic was
+// deleted through another, were served the instant it resumed, before its
+// watchdog noticed the pause: into its copy of the deleted topic, which
+// then came back with its old messages. A write served after a pause now
+// notices it itself and waits for the exchange of topic deletes.
+func TestClusterPausedHolderTakesNoQueuedWrite(t *testing.T) {
+	fc := startFaultCluster(t, 1, []string{"broker-a", "broker-b"}, "expiry=60s", "--forward-timeout", "2s")
+	fc.putTopic("doomed", "broker-a", "broker-b")
+	publishVia(t, fc.url("broker-b"), "doomed", "before-1", "before-2")
+	paused := fc.brokers["broker-b"]
+	stopProc(t, paused)
+	if a := clDo(t, "DELETE", fc.url("broker-a")+"/v1/topics/doomed", nil, nil); a.status != 204 && a.status != 502 {
+		t.Fatalf("delete of doomed with broker-b paused: %s", a)
+	}
+	var wg sync.WaitGroup
+	answers := make(chan clAnswer, 6)
+	for i := range 6 {
+		wg.Go(func() {
+			a, err := clTry("POST", paused.url+"/v1/topics/doomed/messages", map[string]string{"Content-Type": "text/plain"}, []byte(fmt.Sprint("queued-", i)))
+			if err != nil {
+				t.Errorf("publish queued on the paused broker: %v", err)
+				return
+			}
+			answers <- a
+		})
+	}
+	time.Sleep(4 * time.Second) // paused for longer than the watchdog's 3 s
+	paused.cmd.Process.Signal(syscall.SIGCONT)
+	wg.Wait()
+	close(answers)
+	for a := range answers {
+		if a.status == 201 {
+			t.Errorf("a publish queued while broker-b was paused went into its copy of the deleted topic: %s", a)
+		}
+	}
+	if logs := paused.Logs(); strings.Contains(logs, "the copy is kept") {
+		t.Errorf("broker-b kept its copy of the deleted topic: %s", grepLines(logs, "the copy is kept"))
+	}
+	a, err := clTry("GET", paused.url+"/v1/topics/doomed", map[string]string{"Postbus-Forwarded-By": "test"}, nil)
+	if err != nil || a.status != 404 {
+		t.Errorf("broker-b's copy of the deleted topic after the pause: %v %v; want 404", a, err)
+	}
+}
