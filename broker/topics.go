@@ -359,8 +359,15 @@ func (b *Broker) DeleteTopic(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	if err := b.meta.DeleteTopic(ctx, name, gone[1:]...); err != nil && !errors.Is(err, meta.ErrNotFound) {
+	dead, err := b.deadLettersOf(ctx, name)
+	if err != nil {
+		return err
+	}
+	if err := b.meta.DeleteTopicWith(ctx, meta.TopicDelete{Name: name, RetryTopics: gone[1:], DeadLetters: dead}); err != nil && !errors.Is(err, meta.ErrNotFound) {
 		return fmt.Errorf("delete topic %q: %w", name, err)
+	}
+	for g, offs := range dead {
+		b.logger.Warn("dead letters deleted with their topic", slog.String("topic", name), slog.String("group", g), slog.Int("dead_letters", len(offs)))
 	}
 	b.topicsMu.Lock()
 	for _, n := range gone {
@@ -417,9 +424,6 @@ func (b *Broker) DeleteTopic(ctx context.Context, name string) error {
 	b.checkpointDirty = true
 	b.dispatchMu.Unlock()
 	if err != nil {
-		return err
-	}
-	if err := b.dropDeadLettersOf(ctx, name); err != nil {
 		return err
 	}
 	b.logger.Info("topic deleted", slog.String("topic", name))
@@ -516,12 +520,12 @@ func (b *Broker) retainedBounds(t *Topic, queue int, r retention) (lo, hi int64,
 // (for the name server client, which re-registers at once).
 func (b *Broker) TopicsChanged() <-chan struct{} { return b.topicsSig.wait() }
 
-// dropDeadLettersOf removes from every group's dead-letter queue the dead
-// letters of a topic being deleted: its messages can no longer be read,
-// and a redrive would deliver them into a topic created again under the
-// name. The group's dead-letter queue itself stays (it holds other topics'
-// too).
-func (b *Broker) dropDeadLettersOf(ctx context.Context, topic string) error {
+// deadLettersOf is, by group, the DLQ offsets of the dead letters of a
+// topic being deleted: its messages can no longer be read, and a redrive
+// would deliver them into a topic created again under the name. They go
+// in the delete's transaction; the groups' dead-letter queues stay (they
+// hold other topics' too).
+func (b *Broker) deadLettersOf(ctx context.Context, topic string) (map[string][]int64, error) {
 	b.topicsMu.RLock()
 	var groups []string
 	for n := range b.topics {
@@ -530,12 +534,12 @@ func (b *Broker) dropDeadLettersOf(ctx context.Context, topic string) error {
 		}
 	}
 	b.topicsMu.RUnlock()
+	out := map[string][]int64{}
 	for _, g := range groups {
-		var drop []int64
 		for after := int64(-1); ; {
 			page, err := b.DeadLetters(ctx, g, after, 256)
 			if err != nil {
-				return fmt.Errorf("dead letters of %q in group %q: %w", topic, g, err)
+				return nil, fmt.Errorf("dead letters of %q in group %q: %w", topic, g, err)
 			}
 			if len(page) == 0 {
 				break
@@ -543,17 +547,10 @@ func (b *Broker) dropDeadLettersOf(ctx context.Context, topic string) error {
 			for _, d := range page {
 				after = d.DLQOffset
 				if d.originTopic() == topic {
-					drop = append(drop, d.DLQOffset)
+					out[g] = append(out[g], d.DLQOffset)
 				}
 			}
 		}
-		if len(drop) == 0 {
-			continue
-		}
-		if err := b.meta.RemoveDeadLetters(ctx, g, drop); err != nil {
-			return fmt.Errorf("dead letters of %q in group %q: %w", topic, g, err)
-		}
-		b.logger.Warn("dead letters deleted with their topic", slog.String("topic", topic), slog.String("group", g), slog.Int("dead_letters", len(drop)))
 	}
-	return nil
+	return out, nil
 }

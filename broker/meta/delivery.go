@@ -368,20 +368,23 @@ func (s *Store) RemoveDeadLetters(ctx context.Context, group string, offsets []i
 	if len(offsets) == 0 {
 		return nil
 	}
-	return s.write(ctx, func(tx Tx) error {
-		for len(offsets) > 0 {
-			n := min(len(offsets), rowChunk)
-			args := make([]any, 0, 2*n)
-			for _, o := range offsets[:n] {
-				args = append(args, group, o)
-			}
-			if _, err := tx.ExecContext(ctx, `INSERT INTO dlq_removed (group_name, queue_offset) VALUES `+placeholders(n, 2)+` ON CONFLICT DO NOTHING`, args...); err != nil {
-				return fmt.Errorf("remove dead letters: %w", err)
-			}
-			offsets = offsets[n:]
+	return s.write(ctx, func(tx Tx) error { return removeDeadLetters(ctx, tx, group, offsets) })
+}
+
+// removeDeadLetters marks a group's dead letters removed, in tx.
+func removeDeadLetters(ctx context.Context, tx Tx, group string, offsets []int64) error {
+	for len(offsets) > 0 {
+		n := min(len(offsets), rowChunk)
+		args := make([]any, 0, 2*n)
+		for _, o := range offsets[:n] {
+			args = append(args, group, o)
 		}
-		return nil
-	})
+		if _, err := tx.ExecContext(ctx, `INSERT INTO dlq_removed (group_name, queue_offset) VALUES `+placeholders(n, 2)+` ON CONFLICT DO NOTHING`, args...); err != nil {
+			return fmt.Errorf("remove dead letters: %w", err)
+		}
+		offsets = offsets[n:]
+	}
+	return nil
 }
 
 // RemovedDeadLetters returns which queue offsets in [from, to) of the

@@ -174,8 +174,28 @@ func (s *Store) Topics(ctx context.Context) ([]Topic, error) {
 // subscriptions, or the retry topics with their copies, of a deleted
 // topic, which a topic created again under the name then delivered.
 func (s *Store) DeleteTopic(ctx context.Context, name string, with ...string) error {
+	return s.DeleteTopicWith(ctx, TopicDelete{Name: name, RetryTopics: with})
+}
+
+// TopicDelete is what DeleteTopicWith deletes in one transaction.
+type TopicDelete struct {
+	Name        string
+	RetryTopics []string           // the topic's groups' retry topics (need not exist)
+	DeadLetters map[string][]int64 // the topic's dead letters, by group: their DLQ offsets
+}
+
+// DeleteTopicWith is DeleteTopic, also marking the topic's dead letters
+// removed in the same transaction (a crash after the delete used to leave
+// them, and a repeated delete answers 404, so nothing could finish it).
+func (s *Store) DeleteTopicWith(ctx context.Context, d TopicDelete) error {
+	name, with := d.Name, d.RetryTopics
 	at := s.stamp(time.Time{}).UnixMilli()
 	err := s.write(ctx, func(tx Tx) error {
+		for group, offs := range d.DeadLetters {
+			if err := removeDeadLetters(ctx, tx, group, offs); err != nil {
+				return err
+			}
+		}
 		for i, n := range append([]string{name}, with...) {
 			res, err := tx.ExecContext(ctx, `DELETE FROM topics WHERE name = ?`, n)
 			if err != nil {
