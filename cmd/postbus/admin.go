@@ -213,6 +213,10 @@ func admin(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "%s: -o %q: want table or json\n", name, c.output)
 		return errUsage
 	}
+	if c.timeout <= 0 {
+		fmt.Fprintf(stderr, "%s: --timeout %s: want a positive duration, like 30s\n", name, c.timeout)
+		return errUsage
+	}
 	if err := c.init(); err != nil {
 		return err
 	}

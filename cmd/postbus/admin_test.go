@@ -215,3 +215,41 @@ func waitUntil(tb testing.TB, limit time.Duration, what string, cond func() bool
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestAdminRefusesWhatItWouldGuess (attack G2, G6): a negative queue count
+// became the broker's default, a zero or negative --timeout no timeout at
+// all, and `messages send` ignored a body piped on standard input (its
+// help says it reads it) and sent an empty one. Each is now refused as a
+// usage error before any request, or read.
+func TestAdminRefusesWhatItWouldGuess(t *testing.T) {
+	p := start(t, "dev", "--data", t.TempDir())
+	for _, args := range [][]string{
+		{"topics", "create", "neg", "--queues", "-5"},
+		{"topics", "list", "--timeout", "0s"},
+		{"topics", "list", "--timeout", "-1s"},
+		{"messages", "send", "orders"}, // no body, and standard input is /dev/null
+	} {
+		if stdout, stderr, code := adminRun(t, p.url, args...); code != exitUsage {
+			t.Errorf("postbus admin %q: exit %d, want %d (usage)\nstdout:\n%s\nstderr:\n%s", args, code, exitUsage, stdout, stderr)
+		}
+	}
+	if a := clDo(t, "GET", p.url+"/v1/topics/neg", nil, nil); a.status != 404 {
+		t.Errorf("topic neg after a refused create: %s", a)
+	}
+	cmd := exec.Command(postbusBin, "admin", "messages", "send", "piped", "-o", "json")
+	cmd.Env = append(os.Environ(), "POSTBUS_URL="+p.url, "POSTBUS_TOKEN=", "POSTBUS_TLS_CA=")
+	cmd.Stdin = strings.NewReader("hi from a pipe\n")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("send with a piped body: %v: %s", err, out)
+	}
+	var sent struct {
+		MsgID string `json:"msg_id"`
+	}
+	if err := json.Unmarshal(out, &sent); err != nil || sent.MsgID == "" {
+		t.Fatalf("send with a piped body: %s: %v", out, err)
+	}
+	if a := clDo(t, "GET", p.url+"/v1/messages/"+sent.MsgID+"/body", nil, nil); a.status != 200 || string(a.body) != "hi from a pipe\n" {
+		t.Fatalf("the piped body as stored: %s", a)
+	}
+}

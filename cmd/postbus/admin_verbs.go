@@ -109,6 +109,9 @@ func topicVerbs() map[string]adminVerb {
 }
 
 func (c *adminClient) putTopic(name string, queues int, retention string) error {
+	if queues < 0 {
+		return &adminError{exitUsage, fmt.Sprintf("--queues %d: want a queue count (0: the broker's default)", queues)}
+	}
 	body := map[string]any{}
 	if queues > 0 {
 		body["queues"] = queues
@@ -325,6 +328,14 @@ func messageVerbs() map[string]adminVerb {
 						return &adminError{exitUsage, fmt.Sprintf("--body-file: %v", err)}
 					}
 					data = b
+				case body == "" && stdinPiped():
+					b, err := io.ReadAll(os.Stdin)
+					if err != nil {
+						return err
+					}
+					data = b
+				case body == "":
+					return &adminError{exitUsage, "no body: give --body, --body-file, or pipe it on standard input"}
 				default:
 					data = []byte(body)
 				}
@@ -649,4 +660,14 @@ func transactionVerbs() map[string]adminVerb {
 		"rollback": {args: "TRANSACTION_ID", summary: "Roll back a prepared transactional message: it is never delivered.",
 			example: "postbus admin transactions rollback 9f2c…", nargs: 1, run: settle("rollback")},
 	}
+}
+
+// stdinPiped says whether standard input is a pipe or a file, not a
+// terminal or /dev/null: a body to read.
+func stdinPiped() bool {
+	st, err := os.Stdin.Stat()
+	if err != nil {
+		return false
+	}
+	return st.Mode()&(os.ModeNamedPipe) != 0 || st.Mode().IsRegular()
 }
