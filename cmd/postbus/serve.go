@@ -187,6 +187,12 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 	if err := c.checkEdgeFlags(); err != nil {
 		return err
 	}
+	if c.mode == "dev" && c.tls.cert != "" && c.tls.ca == "" {
+		// dev heartbeats to its own name server over https: it trusts its
+		// own certificate (often self-signed on a laptop), or it could not
+		// reach itself and would refuse every publish to a new topic.
+		c.tls.ca = c.tls.cert
+	}
 	if c.clientTLS, err = c.tls.clientConfig(); err != nil {
 		return err
 	}

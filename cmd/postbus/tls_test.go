@@ -376,3 +376,28 @@ func TestAlertRules(t *testing.T) {
 		}
 	}
 }
+
+// TestDevTLSTrustsItself (attack G3): `postbus dev --tls-cert --tls-key`
+// with a certificate of a private CA could not reach its own name server
+// (x509: unknown authority) without --tls-ca, so /readyz stayed 503 and
+// every publish to a new topic answered 503. dev trusts its own
+// certificate now.
+func TestDevTLSTrustsItself(t *testing.T) {
+	dir := t.TempDir()
+	ca := newTestCA(t)
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.cert)
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	cert, key := filepath.Join(dir, "dev.pem"), filepath.Join(dir, "dev.key")
+	ca.issue(t, 30, time.Now().Add(time.Hour), cert, key)
+	p := startTLS(t, client, "dev", "--data", filepath.Join(dir, "data"), "--tls-cert", cert, "--tls-key", key)
+	resp, err := client.Post(p.url+"/v1/topics/fresh/messages", "text/plain", strings.NewReader("over tls"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("publish to a new topic on dev over https: %d %s", resp.StatusCode, body)
+	}
+}
