@@ -44,7 +44,9 @@ func TestClusterTransactions(t *testing.T) {
 	}
 	tc.via(t, brokerA, "POST", "/v1/transactions/"+res.TransactionID+"/rollback", nil, "").
 		wantProblem(t, http.StatusConflict, "transaction_decided", brokerB)
-	// A transaction id naming no live broker is not forwarded anywhere.
+	// A transaction id naming a broker no name server knows, live or
+	// gone, is not found (attack G5: a 503 "retry once it is back" had a
+	// producer retry a garbled id for ever).
 	tc.via(t, brokerA, "POST", "/v1/transactions/broker-x~"+res.MsgID+"/commit", nil, "").
-		wantProblem(t, http.StatusServiceUnavailable, codeBrokerUnavailable, brokerA)
+		wantProblem(t, http.StatusNotFound, "transaction_not_found", brokerA)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -174,6 +175,13 @@ func (s *Server) forwardTransaction(w http.ResponseWriter, r *http.Request, loca
 			return true
 		}
 	}
+	if gone, ok := s.cluster.names.Gone(); ok && !slices.Contains(gone, name) {
+		// No name server has heard of the broker lately, live or gone:
+		// waiting for it would be waiting for ever.
+		writeProblem(w, r, broker.CodeTransactionNotFound, "transaction_id", fmt.Sprintf("transaction %q names broker %s, which no name server knows, live or lately gone", chi.URLParam(r, "transaction_id"), name))
+		return true
+	}
+	w.Header().Set("Retry-After", "5")
 	writeProblem(w, r, codeBrokerUnavailable, "transaction_id", fmt.Sprintf("transaction is held by broker %s, which is not live in the cluster now; retry once it is back", name))
 	return true
 }
