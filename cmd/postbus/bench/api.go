@@ -102,6 +102,11 @@ func deleteSubscriptions(ctx context.Context, client *http.Client, base string, 
 	}
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
+	// A client of its own: the run's connections may all still be held
+	// by requests the interrupt is cutting off, and the deletes would
+	// wait for one of them (up to the request timeout).
+	client = newClient(1, client.Timeout)
+	defer client.CloseIdleConnections()
 	for _, id := range ids {
 		if err := deleteSubscription(cctx, client, base, id); err != nil {
 			fmt.Fprintf(out, "warning: %v (delete it with DELETE /v1/subscriptions/%s)\n", err, id)
