@@ -351,20 +351,9 @@ func (m *replicaMember) lead(ctx context.Context) error {
 		return err
 	}
 	api.FenceWrites() // lifted by RunSync once topic deletes are exchanged
-	syncCtx, cancelSync := context.WithCancel(context.Background())
-	synced := make(chan struct{})
-	go func() {
-		defer close(synced)
-		api.RunSync(syncCtx)
-	}()
-	sampled := make(chan struct{})
-	go func() {
-		defer close(sampled)
-		api.RunStats(syncCtx)
-	}()
 	t := &leaderTerm{epoch: bc.Replica.Epoch, b: b,
 		stopPush:   func() { stopDispatch(); <-dispatched },
-		stopSync:   func() { cancelSync(); <-synced; <-sampled },
+		stopSync:   runBackground(api),
 		unregister: m.member.register(b, groupInstance(b.InstanceID(), m.node.GroupID()), c.cluster, m.logger),
 	}
 	m.mu.Lock()

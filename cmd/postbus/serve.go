@@ -337,25 +337,7 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 
 	stopRegistering := membership.register(b, b.InstanceID(), c.cluster, logger)
 	defer stopRegistering()
-	// The anti-entropy of subscriptions runs while the broker serves,
-	// and stops before the broker closes.
-	syncCtx, cancelSync := context.WithCancel(context.Background())
-	synced := make(chan struct{})
-	go func() {
-		defer close(synced)
-		api.RunSync(syncCtx)
-	}()
-	// The dashboard's series (GET /v1/stats) are sampled meanwhile too.
-	sampled := make(chan struct{})
-	go func() {
-		defer close(sampled)
-		api.RunStats(syncCtx)
-	}()
-	stopSync := func() {
-		cancelSync()
-		<-synced
-		<-sampled
-	}
+	stopSync := runBackground(api)
 	defer stopSync()
 	// Pushes start after the first exchange, so that a broker back from
 	// an outage does not deliver, for a moment, a subscription (or topic)
@@ -576,4 +558,26 @@ func (c *serveConfig) minBodyRateConfig() int64 {
 		return -1
 	}
 	return int64(c.minBodyRate)
+}
+
+// runBackground runs an API server's background work while the broker
+// serves: the anti-entropy of subscriptions (which lifts FenceWrites) and
+// the sampling of the dashboard's series (GET /v1/stats). The function it
+// returns stops both and waits for them, before the broker closes.
+func runBackground(api *httpapi.Server) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	synced, sampled := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(synced)
+		api.RunSync(ctx)
+	}()
+	go func() {
+		defer close(sampled)
+		api.RunStats(ctx)
+	}()
+	return func() {
+		cancel()
+		<-synced
+		<-sampled
+	}
 }
