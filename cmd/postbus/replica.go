@@ -188,7 +188,7 @@ func serveReplica(ctx context.Context, c *serveConfig, mode string, logger *slog
 			logger.Error("closing the raft node", slog.Any("err", err))
 		}
 	}()
-	member, err := c.membership(ln.Addr().String(), logger)
+	member, err := c.membership(ln.Addr().String(), reachableAt(c.addr, ln.Addr().String()), logger)
 	if err != nil {
 		return err
 	}

@@ -269,7 +269,7 @@ func serve(ctx context.Context, mode string, args []string, stderr io.Writer) er
 		go registry.Run(dctx)
 	}
 
-	membership, err := c.membership(ln.Addr().String(), logger)
+	membership, err := c.membership(ln.Addr().String(), reachableAt(c.addr, ln.Addr().String()), logger)
 	if err != nil {
 		return err
 	}
@@ -407,10 +407,13 @@ type membership struct {
 
 // membership reads --namesrv (or dev's own name server), --broker-name and
 // --advertise-addr; nil when the broker is in no cluster.
-func (c *serveConfig) membership(listen string, logger *slog.Logger) (*membership, error) {
+//
+// listen is the bound address (it names the broker when --broker-name is
+// not given, as it always has); reach is where this process is dialled.
+func (c *serveConfig) membership(listen, reach string, logger *slog.Logger) (*membership, error) {
 	addrs := c.namesrvAddrs
 	if addrs == "" && c.mode == "dev" {
-		addrs = c.tls.scheme() + "://" + listen
+		addrs = c.tls.scheme() + "://" + reach
 	}
 	if addrs == "" {
 		return nil, nil
@@ -421,7 +424,7 @@ func (c *serveConfig) membership(listen string, logger *slog.Logger) (*membershi
 	}
 	advertise := c.advertise
 	if advertise == "" {
-		advertise = c.tls.scheme() + "://" + dialable(listen)
+		advertise = c.tls.scheme() + "://" + dialable(reach)
 	}
 	name := c.brokerName
 	if name == "" {
@@ -492,6 +495,20 @@ func dialable(listen string) string {
 		if h, err := os.Hostname(); err == nil {
 			host = h
 		}
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// reachableAt is the address this process is dialled at, by its own
+// embedded name server's clients and by other brokers: the host named in
+// --addr when it is a name (a TLS certificate for "localhost" names
+// localhost, not 127.0.0.1, so dialling the resolved address would fail
+// its check), with the port the listener got (--addr's may be 0).
+func reachableAt(flag, bound string) string {
+	host, _, err := net.SplitHostPort(flag)
+	_, port, berr := net.SplitHostPort(bound)
+	if err != nil || berr != nil || host == "" || net.ParseIP(host) != nil {
+		return bound
 	}
 	return net.JoinHostPort(host, port)
 }

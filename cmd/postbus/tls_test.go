@@ -65,6 +65,12 @@ func newTestCA(tb testing.TB) *testCA {
 // and notAfter, to certFile and keyFile (each by a rename, whole).
 func (ca *testCA) issue(tb testing.TB, serial int64, notAfter time.Time, certFile, keyFile string) {
 	tb.Helper()
+	ca.issueFor(tb, serial, notAfter, certFile, keyFile, nil, []net.IP{net.ParseIP("127.0.0.1")})
+}
+
+// issueFor is issue for a certificate naming hosts and ips.
+func (ca *testCA) issueFor(tb testing.TB, serial int64, notAfter time.Time, certFile, keyFile string, hosts []string, ips []net.IP) {
+	tb.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		tb.Fatal(err)
@@ -76,7 +82,8 @@ func (ca *testCA) issue(tb testing.TB, serial int64, notAfter time.Time, certFil
 		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		DNSNames:     hosts,
+		IPAddresses:  ips,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
@@ -399,5 +406,51 @@ func TestDevTLSTrustsItself(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusCreated {
 		t.Fatalf("publish to a new topic on dev over https: %d %s", resp.StatusCode, body)
+	}
+}
+
+// A dev bus listening on a host name with a certificate for that name
+// only (the usual dev certificate names localhost and no address) dials
+// itself by that name: its own name server and topic creation used to dial
+// the resolved 127.0.0.1 and fail the certificate check, so every publish
+// to a new topic failed while /readyz said ready.
+func TestDevTLSLocalhostCertificate(t *testing.T) {
+	dir := t.TempDir()
+	ca := newTestCA(t)
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.cert)
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	cert, key := filepath.Join(dir, "dev.pem"), filepath.Join(dir, "dev.key")
+	ca.issueFor(t, 31, time.Now().Add(time.Hour), cert, key, []string{"localhost"}, nil)
+	p := launchUnready(t, "dev", "--data", filepath.Join(dir, "data"), "--tls-cert", cert, "--tls-key", key, "--addr", "localhost:0")
+	_, port, err := net.SplitHostPort(strings.TrimPrefix(p.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "https://localhost:" + port
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := client.Get(url + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s/readyz did not answer 200 within 30s (last error %v)", url, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for i := range 3 {
+		resp, err := client.Post(fmt.Sprintf("%s/v1/topics/fresh%d/messages", url, i), "text/plain", strings.NewReader("over tls"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated {
+			t.Fatalf("publish %d to a new topic on dev over https with a localhost certificate: %d %s", i, resp.StatusCode, body)
+		}
 	}
 }
