@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -251,5 +254,33 @@ func TestAdminRefusesWhatItWouldGuess(t *testing.T) {
 	}
 	if a := clDo(t, "GET", p.url+"/v1/messages/"+sent.MsgID+"/body", nil, nil); a.status != 200 || string(a.body) != "hi from a pipe\n" {
 		t.Fatalf("the piped body as stored: %s", a)
+	}
+	// An empty body, piped or from a file, is refused as a usage error
+	// before any request, as no body at all is (it was sent, and answered
+	// 400, exit 4).
+	empty := filepath.Join(t.TempDir(), "empty")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		args  []string
+		stdin io.Reader
+	}{
+		{"empty pipe", []string{"messages", "send", "empties"}, strings.NewReader("")},
+		{"empty file", []string{"messages", "send", "empties", "--body-file", empty}, nil},
+		{"empty pipe named", []string{"messages", "send", "empties", "--body-file", "-"}, strings.NewReader("")},
+	} {
+		cmd := exec.Command(postbusBin, append([]string{"admin"}, tc.args...)...)
+		cmd.Env = append(os.Environ(), "POSTBUS_URL="+p.url, "POSTBUS_TOKEN=", "POSTBUS_TLS_CA=")
+		cmd.Stdin = tc.stdin
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != exitUsage {
+			t.Errorf("%s: %v, want exit %d: %s", tc.name, err, exitUsage, out)
+		}
+	}
+	if a := clDo(t, "GET", p.url+"/v1/topics/empties", nil, nil); a.status != 404 {
+		t.Errorf("topic empties after refused sends (nothing should have been sent): %s", a)
 	}
 }

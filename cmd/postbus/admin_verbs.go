@@ -339,6 +339,11 @@ func messageVerbs() map[string]adminVerb {
 				default:
 					data = []byte(body)
 				}
+				if len(data) == 0 {
+					// An empty pipe or file is the same mistake as no body
+					// at all: say so before any request, with one exit code.
+					return &adminError{exitUsage, "the body is empty: a message needs at least one byte"}
+				}
 				h := http.Header{"Content-Type": {contentType}}
 				if tag != "" {
 					h.Set("Postbus-Tag", tag)
