@@ -733,10 +733,13 @@ func lockDir(fsys vfs.FS, dir string) (*os.File, error) {
 // every file. It is idempotent; publishes after Close fail with ErrClosed.
 func (b *Broker) Close() error {
 	b.closeOnce.Do(func() {
+		// The timer stops first: a round in progress puts its messages
+		// back and marks their timers fired while appends are still
+		// taken, so a clean restart finds no round cut in half.
+		b.timer.Close()
 		b.appendMu.Lock()
 		close(b.closing)
 		b.appendMu.Unlock()
-		b.timer.Close()
 		b.wg.Wait()
 		var errs []error
 		errs = append(errs, b.eng.Close())

@@ -74,7 +74,8 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	defer d.stopAll()
 	for {
 		changed := d.b.SubscriptionsChanged()
-		if err := d.reconcile(ctx); err != nil {
+		// A stop cuts the reconcile in progress: no anomaly.
+		if err := d.reconcile(ctx); err != nil && ctx.Err() == nil {
 			d.logger.Error("loading subscriptions failed", slog.Any("err", err))
 		}
 		select {

@@ -3,9 +3,11 @@ package push
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -179,5 +181,26 @@ func TestReplacementLoopWaitsForTheOldOne(t *testing.T) {
 	})
 	if n := early.Load(); n > 0 {
 		t.Fatalf("the new URL got %d requests while the old loop was still running", n)
+	}
+}
+
+// TestStopIsNoAnomaly: a dispatcher stopped while it loads subscriptions
+// (its context cancelled, as at every shutdown) logs no ERROR; it used to
+// log "loading subscriptions failed: context canceled" at each stop that
+// came during a reconcile.
+func TestStopIsNoAnomaly(t *testing.T) {
+	logs := &logLines{}
+	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	r := newRigWith(t, false, logger)
+	d := NewDispatcher(DispatcherConfig{Broker: r.b, Client: NewClient(ClientConfig{AllowPrivate: true}), Key: r.key, Logger: logger})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // stopped before its first reconcile ends
+	if err := d.Run(ctx); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, "level=ERROR") {
+			t.Errorf("a stop logged an anomaly: %s", line)
+		}
 	}
 }

@@ -69,7 +69,10 @@ func (s *memStore) PendingTimersBefore(_ context.Context, off int64, limit int) 
 	return s.sorted(func(t meta.Timer) bool { return t.LogOffset < off }, limit), nil
 }
 
-func (s *memStore) FireTimers(_ context.Context, offs []int64) error {
+func (s *memStore) FireTimers(ctx context.Context, offs []int64) error {
+	if err := ctx.Err(); err != nil {
+		return err // as a database write on a cancelled context
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, o := range offs {
@@ -190,6 +193,42 @@ func TestWakeFiresSooner(t *testing.T) {
 		}
 		if !time.Now().Equal(now) {
 			t.Fatalf("%v passed: the loop slept before firing", time.Since(now))
+		}
+	})
+}
+
+// TestCloseFinishesARound: Close during a round that is putting messages
+// back lets it finish and mark its timers fired. It used to cancel the
+// round, so the messages were back on their queues with their timers
+// still pending, and every clean restart found them "already put back"
+// (an ERROR).
+func TestCloseFinishesARound(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		now := time.Now()
+		s := newStore(at(now, 0, 5), at(now, 0, 6))
+		entered, release := make(chan struct{}), make(chan struct{})
+		h := &host{onPut: func([]meta.Timer) error {
+			close(entered)
+			<-release
+			return nil
+		}}
+		tm := start(t, s, h, 0)
+		<-entered
+		closed := make(chan struct{})
+		go func() {
+			tm.Close()
+			close(closed)
+		}()
+		synctest.Wait() // Close has cancelled the loop and waits for it
+		select {
+		case <-closed:
+			t.Fatal("Close returned while a round was putting messages back")
+		default:
+		}
+		close(release)
+		<-closed
+		if got, fired := h.seen(), s.firedOffsets(); !slices.Equal(got, []string{"put 5", "put 6"}) || !slices.Equal(fired, []int64{5, 6}) {
+			t.Fatalf("after Close: put back %v, fired %v; want both put back and both fired", got, fired)
 		}
 	})
 }
