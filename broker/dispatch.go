@@ -177,6 +177,7 @@ func (b *Broker) dispatchOnce() error {
 			return fmt.Errorf("store transactions: %w", terr)
 		}
 		b.txnLive.marked(b.newCommits)
+		b.txnLive.rowsStored(b.newTxns)
 		if len(b.newTxns) > 0 {
 			b.txnSig.fire()
 		}
@@ -217,6 +218,9 @@ func (b *Broker) dispatchRecord(off int64, rec []byte) error {
 	ts := b.topics[topic]
 	b.topicsMu.RUnlock()
 	if ts == nil || !ts.info.Load().owns(off, h.StoredAt) {
+		if h.Flags&flagPrepared != 0 {
+			b.txnLive.unexpect(string(h.ID)) // no row, and no transaction
+		}
 		return nil // the topic was deleted (and maybe created again since)
 	}
 	if h.Flags&flagPrepared != 0 {

@@ -245,7 +245,7 @@ func TestTxnCommitCopyDecides(t *testing.T) {
 			ctx := context.Background()
 			b := txnBroker(t, t.TempDir(), nil, nil)
 			res := prepare(t, b, "orders", msg("once"))
-			row, err := b.txnRow(ctx, res.ID)
+			row, _, err := b.txnRow(ctx, res.ID)
 			if err != nil {
 				t.Fatal(err)
 			}
