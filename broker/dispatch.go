@@ -179,7 +179,17 @@ func (b *Broker) dispatchOnce() error {
 		b.txnLive.marked(b.newCommits)
 		b.txnLive.rowsStored(b.newTxns)
 		if len(b.newTxns) > 0 {
-			b.txnSig.fire()
+			// Only a transaction due before the check loop wakes anyway
+			// wakes it: each pass costs a meta.db read.
+			earliest := b.newTxns[0].NextCheck
+			for _, t := range b.newTxns[1:] {
+				if t.NextCheck.Before(earliest) {
+					earliest = t.NextCheck
+				}
+			}
+			if earliest.UnixMilli() < b.txnWakeAt.Load() {
+				b.txnSig.fire()
+			}
 		}
 		b.newTxns, b.newCommits = b.newTxns[:0], b.newCommits[:0]
 	}

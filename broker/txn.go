@@ -246,8 +246,11 @@ func (b *Broker) Prepare(ctx context.Context, topic string, m *Message, group st
 		}
 		return Result{}, err
 	}
-	if _, err := b.producerGroup(ctx, group); err != nil {
-		return Result{}, err
+	if _, known := b.producers.Load(group); !known {
+		if _, err := b.producerGroup(ctx, group); err != nil {
+			return Result{}, err
+		}
+		b.producers.Store(group, struct{}{}) // groups are never deleted
 	}
 	if b.diskFull.Load() {
 		b.metrics.rejected(CodeDiskFull)
@@ -777,6 +780,9 @@ func (b *Broker) txnLoop() {
 	purged := b.now() // the first purge one period after the start
 	for {
 		wake := b.txnSig.wait()
+		// Every transaction dispatch adds wakes the loop until it has
+		// looked at the rows (and so seen those added before).
+		b.txnWakeAt.Store(0)
 		b.CheckTransactions(ctx)
 		if now := b.now(); now.Sub(purged) >= txnPurgeEvery {
 			// Decided transactions are kept as long as messages are, for
@@ -794,6 +800,7 @@ func (b *Broker) txnLoop() {
 		if at, ok, err := b.meta.NextTxnCheck(ctx); err == nil && ok {
 			wait = min(wait, max(at.Sub(b.now()), time.Millisecond))
 		}
+		b.txnWakeAt.Store(b.now().Add(wait).UnixMilli())
 		t := time.NewTimer(wait)
 		select {
 		case <-b.closing:
