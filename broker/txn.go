@@ -101,7 +101,7 @@ const (
 	txnReasonProducer          = "decided by the producer"
 	txnReasonCheck             = "answered %s to check %d"
 	txnReasonRecordLost        = "its prepared record could not be read: %v"
-	txnReasonTopicGone         = "its topic was deleted"
+	txnReasonTopicGone         = meta.TxnReasonTopicDeleted
 )
 
 // ErrTxnNotFound and ErrTxnDecided are the sentinels of an unknown
