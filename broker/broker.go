@@ -86,10 +86,12 @@ type Broker struct {
 	timer        *delaytimer.Timer // fires the timers of delayed messages; set by Open, after open
 	newTxns      []meta.Txn        // prepared records met by this dispatch round; guarded by dispatchMu
 	txnSig       signal            // fired when dispatch adds transactions: the check loop looks again
+	txnWakeAt    atomic.Int64      // unix ms the check loop sleeps until (0 while it looks): later checks need not wake it
 	txnMu        txnLocks          // one decision at a time per transaction
 	txnChecker   atomic.Pointer[TxnChecker]
 	decisions    decideBatch        // transaction decisions being written together
 	txnLive      txnLive            // commits not yet marked in their rows, and commits of unknown outcome
+	producers    sync.Map           // names of producer groups known to exist (never deleted): a prepare reads no row
 	newCommits   []meta.TxnDecision // commit copies met by this dispatch round; guarded by dispatchMu
 	txnCheckErrs atomic.Int64       // failed look-ups of due checks since the last that worked
 

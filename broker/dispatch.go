@@ -177,8 +177,19 @@ func (b *Broker) dispatchOnce() error {
 			return fmt.Errorf("store transactions: %w", terr)
 		}
 		b.txnLive.marked(b.newCommits)
+		b.txnLive.rowsStored(b.newTxns)
 		if len(b.newTxns) > 0 {
-			b.txnSig.fire()
+			// Only a transaction due before the check loop wakes anyway
+			// wakes it: each pass costs a meta.db read.
+			earliest := b.newTxns[0].NextCheck
+			for _, t := range b.newTxns[1:] {
+				if t.NextCheck.Before(earliest) {
+					earliest = t.NextCheck
+				}
+			}
+			if earliest.UnixMilli() < b.txnWakeAt.Load() {
+				b.txnSig.fire()
+			}
 		}
 		b.newTxns, b.newCommits = b.newTxns[:0], b.newCommits[:0]
 	}
@@ -217,6 +228,9 @@ func (b *Broker) dispatchRecord(off int64, rec []byte) error {
 	ts := b.topics[topic]
 	b.topicsMu.RUnlock()
 	if ts == nil || !ts.info.Load().owns(off, h.StoredAt) {
+		if h.Flags&flagPrepared != 0 {
+			b.txnLive.unexpect(string(h.ID)) // no row, and no transaction
+		}
 		return nil // the topic was deleted (and maybe created again since)
 	}
 	if h.Flags&flagPrepared != 0 {

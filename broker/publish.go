@@ -26,6 +26,7 @@ type Result struct {
 	DeliverAt   time.Time // zero unless delayed
 	Duplicate   bool      // a dedup id matched: nothing new was stored
 	logOffset   int64     // where the record went in the log
+	storedAt    time.Time // its stored-at stamp (set with logOffset)
 }
 
 // Publish validates msgs, stores them in one append and returns once they
@@ -308,7 +309,7 @@ func (b *Broker) append(ts *topicState, msgs []*Message, recs [][]byte, results 
 		return 0, nil, &Error{Code: CodeUnavailable, Detail: "the commitlog could not store the messages; nothing was stored", Err: err}
 	}
 	for j, i := range kept {
-		results[i].logOffset = offs[j]
+		results[i].logOffset, results[i].storedAt = offs[j], time.UnixMilli(now.UnixMilli())
 	}
 	for key, i := range firstOfBatch {
 		b.dedup[key] = dedupEntry{res: results[i], at: now}

@@ -363,8 +363,15 @@ func (b *Broker) DeleteTopic(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	if err := b.meta.DeleteTopicWith(ctx, meta.TopicDelete{Name: name, RetryTopics: gone[1:], DeadLetters: dead}); err != nil && !errors.Is(err, meta.ErrNotFound) {
+	txns, err := b.meta.DeleteTopicWith(ctx, meta.TopicDelete{Name: name, RetryTopics: gone[1:], DeadLetters: dead})
+	if err != nil && !errors.Is(err, meta.ErrNotFound) {
 		return fmt.Errorf("delete topic %q: %w", name, err)
+	}
+	if txns > 0 {
+		// Their messages can never be delivered: decided now, not left
+		// prepared (and checked) until their timeouts.
+		b.logger.Warn("prepared transactions rolled back with their topic", slog.String("topic", name), slog.Int64("transactions", txns))
+		b.metrics.txn.rolledBack.Add(float64(txns))
 	}
 	for g, offs := range dead {
 		b.logger.Warn("dead letters deleted with their topic", slog.String("topic", name), slog.String("group", g), slog.Int("dead_letters", len(offs)))

@@ -25,10 +25,13 @@ import (
 // it, and dispatch indexes only its id, not its keys or dedup id, so a
 // query by key does not find it either. Dispatch adds its row to meta.db
 // (transactions), as it adds a delayed message's timer, so a crash
-// between the append and the row replays into the row; Prepare answers
-// only once the row is there. The record carries what the row needs: its
-// producer group in the record's origin field and its first check time in
-// its deliver-at field.
+// between the append and the row replays into the row. The record is the
+// durable truth: Prepare answers once it is durable, without waiting for
+// the row (which would cost a meta.db fsync of its own per prepare), and
+// until dispatch has stored the row the process holds it in memory
+// (txnLive.fresh), so a decision right after the answer finds it. The
+// record carries what the row needs: its producer group in the record's
+// origin field and its first check time in its deliver-at field.
 //
 // Commit appends the message again, with the same id and flagged
 // committed, on its queue (so its queue offset is assigned at commit). The
@@ -98,8 +101,7 @@ const (
 	txnReasonProducer          = "decided by the producer"
 	txnReasonCheck             = "answered %s to check %d"
 	txnReasonRecordLost        = "its prepared record could not be read: %v"
-	txnReasonTopicGone         = "its topic was deleted"
-	txnPreparedRowWaitMax      = 30 * time.Second
+	txnReasonTopicGone         = meta.TxnReasonTopicDeleted
 )
 
 // ErrTxnNotFound and ErrTxnDecided are the sentinels of an unknown
@@ -215,9 +217,9 @@ func ValidateProducerGroupName(name string) error {
 
 // Prepare stores m as a prepared (half) message of topic for the producer
 // group, to be checked after timeout (0: DefaultTxnTimeout) if undecided.
-// It returns once the message is durable (fsynced under SyncFlush) and its
-// transaction row exists. A delayed message, a dedup id and an unknown
-// producer group are refused before anything is stored.
+// It returns once the message is durable (fsynced under SyncFlush); its
+// transaction row is dispatch's to store. A delayed message, a dedup id
+// and an unknown producer group are refused before anything is stored.
 func (b *Broker) Prepare(ctx context.Context, topic string, m *Message, group string, timeout time.Duration) (Result, error) {
 	if b.isClosing() {
 		return Result{}, ErrClosed
@@ -244,8 +246,11 @@ func (b *Broker) Prepare(ctx context.Context, topic string, m *Message, group st
 		}
 		return Result{}, err
 	}
-	if _, err := b.producerGroup(ctx, group); err != nil {
-		return Result{}, err
+	if _, known := b.producers.Load(group); !known {
+		if _, err := b.producerGroup(ctx, group); err != nil {
+			return Result{}, err
+		}
+		b.producers.Store(group, struct{}{}) // groups are never deleted
 	}
 	if b.diskFull.Load() {
 		b.metrics.rejected(CodeDiskFull)
@@ -261,9 +266,13 @@ func (b *Broker) Prepare(ctx context.Context, topic string, m *Message, group st
 	m.flags = flagPrepared
 	m.Origin = group
 	m.DeliverAt = now.Add(timeout) // the first check, for dispatch's row
+	// Known as prepared from before its append until dispatch stores its
+	// row (see txnLive.fresh): the answer does not wait for that write.
+	b.txnLive.expect(m.ID)
 	for attempt := 0; ; attempt++ {
 		ts, err := b.topicForPublish(ctx, topic)
 		if err != nil {
+			b.txnLive.unexpect(m.ID)
 			return Result{}, err
 		}
 		m.QueueID = ts.pickQueue(m.ShardingKey)
@@ -271,20 +280,19 @@ func (b *Broker) Prepare(ctx context.Context, topic string, m *Message, group st
 		if errors.Is(err, errStaleTopic) && attempt < maxStaleRetries {
 			continue
 		}
+		if err != nil {
+			// Not stored, or (a failed fsync) not known to be: a record
+			// that is in the log after all gets its row from dispatch.
+			b.txnLive.unexpect(m.ID)
+		}
 		if errors.Is(err, errStaleTopic) {
 			return Result{}, &Error{Code: CodeUnavailable, Detail: fmt.Sprintf("topic %q was deleted and created again %d times while publishing; nothing was stored", topic, attempt+1), Err: err}
 		}
 		if err != nil {
 			return Result{}, err
 		}
-		// The row is dispatch's: wait for it, so that a decision right
-		// after this answer finds its transaction.
-		wctx, cancel := context.WithTimeout(ctx, txnPreparedRowWaitMax)
-		err = b.waitDispatched(wctx, res[0].logOffset+1)
-		cancel()
-		if err != nil {
-			return Result{}, fmt.Errorf("prepared message %s stored; waiting for its transaction row: %w", m.ID, err)
-		}
+		b.txnLive.appended(meta.Txn{MsgID: m.ID, Topic: topic, ProducerGroup: group, LogOffset: res[0].logOffset,
+			State: meta.TxnPrepared, PreparedAt: res[0].storedAt, NextCheck: m.DeliverAt, QueueID: -1, QueueOffset: -1})
 		b.metrics.published(topic, 1, len(m.Body))
 		b.metrics.txn.prepared.Inc()
 		r := res[0]
@@ -295,7 +303,7 @@ func (b *Broker) Prepare(ctx context.Context, topic string, m *Message, group st
 
 // Transaction returns the transaction of msgID.
 func (b *Broker) Transaction(ctx context.Context, msgID string) (Txn, error) {
-	t, err := b.txnRow(ctx, msgID)
+	t, _, err := b.txnRow(ctx, msgID)
 	if err != nil {
 		return Txn{}, err
 	}
@@ -322,6 +330,11 @@ func (b *Broker) Transactions(ctx context.Context, state string, cursor int64, l
 		limit = DefaultQueryLimit
 	}
 	limit = min(limit, MaxQueryLimit)
+	// Every answered prepare is listed: its row may still be dispatch's
+	// to write.
+	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
+		return nil, 0, err
+	}
 	rows, err := b.meta.Txns(ctx, st, cursor-1, limit+1)
 	if err != nil {
 		return nil, 0, err
@@ -355,28 +368,31 @@ func (b *Broker) txnOut(t meta.Txn) Txn {
 	return out
 }
 
-// txnRow reads msgID's transaction row, once dispatch has caught up with
-// the log (a prepare's row is written by dispatch).
-func (b *Broker) txnRow(ctx context.Context, msgID string) (meta.Txn, error) {
+// txnRow reads msgID's transaction row: the row of a prepare answered by
+// this process whose row dispatch has not stored yet (fresh), or its row in
+// meta.db once dispatch has caught up with the log.
+func (b *Broker) txnRow(ctx context.Context, msgID string) (t meta.Txn, fresh bool, err error) {
 	if !msgIDRE.MatchString(msgID) {
-		return meta.Txn{}, errf(CodeInvalidTransaction, "transaction_id", "%q is not a transaction id", msgID)
+		return meta.Txn{}, false, errf(CodeInvalidTransaction, "transaction_id", "%q is not a transaction id", msgID)
 	}
-	t, err := b.meta.Txn(ctx, msgID)
+	if t, ok := b.txnLive.freshRow(msgID); ok {
+		return t, true, nil
+	}
+	t, err = b.meta.Txn(ctx, msgID)
 	if errors.Is(err, meta.ErrNotFound) {
 		// Its prepare may be in the log with its row still to come from
-		// dispatch (a prepare whose answer was lost): look again once
-		// dispatch has caught up. A prepare that was answered had its
-		// row, so a decision after it never waits here.
+		// dispatch (a prepare whose answer was lost, or made before a
+		// restart): look again once dispatch has caught up.
 		if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
-			return meta.Txn{}, err
+			return meta.Txn{}, false, err
 		}
 		t, err = b.meta.Txn(ctx, msgID)
 	}
 	if errors.Is(err, meta.ErrNotFound) {
-		return meta.Txn{}, &Error{Code: CodeTransactionNotFound, Field: "transaction_id", Err: ErrTxnNotFound,
+		return meta.Txn{}, false, &Error{Code: CodeTransactionNotFound, Field: "transaction_id", Err: ErrTxnNotFound,
 			Detail: fmt.Sprintf("no transaction %q", msgID)}
 	}
-	return t, err
+	return t, false, err
 }
 
 // txnLocks serialise the decisions on one transaction (striped by id), so
@@ -412,9 +428,9 @@ func (b *Broker) decide(ctx context.Context, msgID string, commit bool, reason s
 	// another caller between it and this one's.
 	mu := b.txnMu.of(msgID)
 	mu.Lock()
-	t, err := b.txnRow(ctx, msgID)
+	t, fresh, err := b.txnRow(ctx, msgID)
 	if err == nil && t.State == meta.TxnPrepared {
-		t, err = b.decideLocked(ctx, t, commit, reason)
+		t, err = b.decideLocked(ctx, t, fresh, commit, reason)
 	}
 	mu.Unlock()
 	if err != nil {
@@ -432,8 +448,9 @@ func (b *Broker) decide(ctx context.Context, msgID string, commit bool, reason s
 	return b.txnOut(t), nil
 }
 
-// decideLocked decides t, a prepared row read under its lock.
-func (b *Broker) decideLocked(ctx context.Context, t meta.Txn, commit bool, reason string) (meta.Txn, error) {
+// decideLocked decides t, a prepared row read under its lock (fresh: not
+// stored by dispatch yet).
+func (b *Broker) decideLocked(ctx context.Context, t meta.Txn, fresh, commit bool, reason string) (meta.Txn, error) {
 	var err error
 	if p, ok := b.txnLive.pending(t.MsgID); ok {
 		return p, nil // committed; dispatch has not marked its row yet
@@ -501,6 +518,14 @@ func (b *Broker) decideLocked(ctx context.Context, t meta.Txn, commit bool, reas
 		b.metrics.txn.committed.Inc()
 		return t, nil
 	}
+	if fresh {
+		// A decision other than a commit is a write of the row: dispatch
+		// stores it first. (A commit needs no row: its copy in the log
+		// decides, and dispatch marks the row it stores.)
+		if err := b.waitDispatched(ctx, t.LogOffset+1); err != nil {
+			return meta.Txn{}, err
+		}
+	}
 	now := b.now()
 	t, err = b.decideRow(meta.TxnDecision{MsgID: t.MsgID, State: state, QueueID: qid, QueueOffset: qoff, At: now, Reason: reason})
 	if errors.Is(err, meta.ErrDecided) {
@@ -526,6 +551,68 @@ type txnLive struct {
 	reasons map[string]string   // commits from their append until dispatch marks them; guarded by mu
 	commits map[string]meta.Txn // of those, the ones whose append returned; guarded by mu
 	unsure  map[string]bool     // guarded by mu
+	// fresh are prepares from before their append until dispatch has
+	// stored their rows (a row with LogOffset -1: the append is under
+	// way). The prepared record in the log is the durable truth, and a
+	// crash replays it into its row, so a prepare is answered once its
+	// record is durable, without waiting for that meta.db write, and a
+	// commit right after it is decided from this row. Guarded by mu.
+	fresh map[string]meta.Txn
+}
+
+// expect notes a prepare about to be appended. Noted before the append,
+// so that dispatch, which forgets an entry once it has stored its row,
+// can never store it before the entry exists (and leave it for ever).
+func (l *txnLive) expect(id string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.fresh == nil {
+		l.fresh = make(map[string]meta.Txn)
+	}
+	l.fresh[id] = meta.Txn{MsgID: id, LogOffset: -1}
+}
+
+// unexpect forgets a prepare whose append failed.
+func (l *txnLive) unexpect(id string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.fresh, id)
+}
+
+// appended records the row of a prepare whose record is durable, unless
+// dispatch has stored it already.
+func (l *txnLive) appended(t meta.Txn) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, ok := l.fresh[t.MsgID]; ok {
+		l.fresh[t.MsgID] = t
+	}
+}
+
+// freshRow returns the row of a prepare whose record is durable and whose
+// row dispatch has not stored yet.
+func (l *txnLive) freshRow(id string) (meta.Txn, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	t, ok := l.fresh[id]
+	return t, ok && t.LogOffset >= 0
+}
+
+// rowsStored forgets the prepares whose rows dispatch stored, or whose
+// records it skipped (their topic deleted).
+func (l *txnLive) rowsStored(ts []meta.Txn) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, t := range ts {
+		delete(l.fresh, t.MsgID)
+	}
+}
+
+// freshCount is how many prepares wait for their rows.
+func (l *txnLive) freshCount() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.fresh)
 }
 
 // begin notes a commit about to be appended, with its reason.
@@ -693,6 +780,9 @@ func (b *Broker) txnLoop() {
 	purged := b.now() // the first purge one period after the start
 	for {
 		wake := b.txnSig.wait()
+		// Every transaction dispatch adds wakes the loop until it has
+		// looked at the rows (and so seen those added before).
+		b.txnWakeAt.Store(0)
 		b.CheckTransactions(ctx)
 		if now := b.now(); now.Sub(purged) >= txnPurgeEvery {
 			// Decided transactions are kept as long as messages are, for
@@ -710,6 +800,7 @@ func (b *Broker) txnLoop() {
 		if at, ok, err := b.meta.NextTxnCheck(ctx); err == nil && ok {
 			wait = min(wait, max(at.Sub(b.now()), time.Millisecond))
 		}
+		b.txnWakeAt.Store(b.now().Add(wait).UnixMilli())
 		t := time.NewTimer(wait)
 		select {
 		case <-b.closing:
@@ -1044,6 +1135,7 @@ func (b *Broker) dispatchPrepared(off int64, rec []byte, h *recordHeader) {
 	if err := decodeRecord(rec, &m); err != nil {
 		b.logger.Error("undecodable prepared record skipped", slog.Int64("offset", off), slog.Any("err", err))
 		b.metrics.skipped(skipUndecodable)
+		b.txnLive.unexpect(string(h.ID))
 		return
 	}
 	b.newTxns = append(b.newTxns, meta.Txn{MsgID: m.ID, Topic: m.Topic, ProducerGroup: m.Origin, LogOffset: off,

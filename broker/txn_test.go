@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // fakeChecker answers checks with answer(check), recording each.
@@ -245,7 +247,7 @@ func TestTxnCommitCopyDecides(t *testing.T) {
 			ctx := context.Background()
 			b := txnBroker(t, t.TempDir(), nil, nil)
 			res := prepare(t, b, "orders", msg("once"))
-			row, err := b.txnRow(ctx, res.ID)
+			row, _, err := b.txnRow(ctx, res.ID)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -438,4 +440,52 @@ func TestTxnListPrepared(t *testing.T) {
 	if _, _, err := b.Transactions(ctx, "WHATEVER", 0, 2); CodeOf(err) != CodeInvalidTransaction {
 		t.Fatalf("bad state: %v", err)
 	}
+}
+
+// TestTxnTopicDeleteRollsBack: a topic's delete rolls its prepared
+// transactions back at once, saying why (G9: they stayed PREPARED, listed,
+// counted and checked until their timeouts); a commit after it is the
+// opposite decision (409), and a decided one keeps its decision.
+func TestTxnTopicDeleteRollsBack(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	b := txnBroker(t, dir, nil, nil)
+	open := prepare(t, b, "orders", msg("open"))
+	done := prepare(t, b, "orders", msg("done"))
+	other := prepare(t, b, "invoices", msg("other"))
+	if _, err := b.Commit(ctx, done.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.DeleteTopic(ctx, "orders"); err != nil {
+		t.Fatal(err)
+	}
+	check := func(when string) {
+		t.Helper()
+		tx, err := b.Transaction(ctx, open.ID)
+		if err != nil || tx.State != TxnStateRolledBack || tx.Reason != "its topic was deleted" || tx.DecidedAt.IsZero() {
+			t.Fatalf("%s: the deleted topic's prepared transaction is %+v, %v; want rolled back because its topic was deleted", when, tx, err)
+		}
+		if _, err := b.Commit(ctx, open.ID); !errors.Is(err, ErrTxnDecided) {
+			t.Fatalf("%s: commit after the delete: %v; want ErrTxnDecided", when, err)
+		}
+		if tx, err := b.Transaction(ctx, done.ID); err != nil || tx.State != TxnStateCommitted {
+			t.Fatalf("%s: the committed one is %+v, %v; want committed", when, tx, err)
+		}
+		if tx, err := b.Transaction(ctx, other.ID); err != nil || tx.State != TxnStatePrepared {
+			t.Fatalf("%s: another topic's is %+v, %v; want prepared", when, tx, err)
+		}
+		list, _, err := b.Transactions(ctx, TxnStatePrepared, 0, 100)
+		if err != nil || len(list) != 1 || list[0].MsgID != other.ID {
+			t.Fatalf("%s: prepared list %+v, %v; want only the other topic's", when, list, err)
+		}
+	}
+	check("after the delete")
+	if got := testutil.ToFloat64(b.metrics.txn.rolledBack); got != 1 {
+		t.Fatalf("rolled back counter %v; want 1", got)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b = txnBroker(t, dir, nil, nil)
+	check("after a restart")
 }

@@ -76,6 +76,13 @@ type Store struct {
 	repl   Replicator
 	replMu sync.Mutex
 
+	// txnByID is the read of a transaction's row, prepared once on the
+	// read pool: it runs for each decision, and parsing it each time cost
+	// more than running it.
+	txnByIDOnce sync.Once
+	txnByID     *sql.Stmt
+	txnByIDErr  error
+
 	closeOnce sync.Once
 	closeErr  error // set inside closeOnce
 }
@@ -234,6 +241,12 @@ func (s *Store) Close() error {
 		// Readers first: the writer closing last lets SQLite checkpoint the
 		// WAL into the database and remove the -wal and -shm files.
 		var errs []error
+		s.txnByIDOnce.Do(func() {}) // none prepared from now on
+		if s.txnByID != nil {
+			if err := s.txnByID.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("transaction read: %w", err))
+			}
+		}
 		if s.r != nil {
 			if err := s.r.Close(); err != nil {
 				errs = append(errs, fmt.Errorf("readers: %w", err))

@@ -174,8 +174,13 @@ func (s *Store) Topics(ctx context.Context) ([]Topic, error) {
 // subscriptions, or the retry topics with their copies, of a deleted
 // topic, which a topic created again under the name then delivered.
 func (s *Store) DeleteTopic(ctx context.Context, name string, with ...string) error {
-	return s.DeleteTopicWith(ctx, TopicDelete{Name: name, RetryTopics: with})
+	_, err := s.DeleteTopicWith(ctx, TopicDelete{Name: name, RetryTopics: with})
+	return err
 }
+
+// TxnReasonTopicDeleted is the reason of a transaction rolled back
+// because its topic was deleted while it was prepared.
+const TxnReasonTopicDeleted = "its topic was deleted"
 
 // TopicDelete is what DeleteTopicWith deletes in one transaction.
 type TopicDelete struct {
@@ -187,10 +192,12 @@ type TopicDelete struct {
 // DeleteTopicWith is DeleteTopic, also marking the topic's dead letters
 // removed in the same transaction (a crash after the delete used to leave
 // them, and a repeated delete answers 404, so nothing could finish it).
-func (s *Store) DeleteTopicWith(ctx context.Context, d TopicDelete) error {
+// The topic's prepared transactions are rolled back in it too (their
+// messages can never be delivered): txns is how many.
+func (s *Store) DeleteTopicWith(ctx context.Context, d TopicDelete) (txns int64, err error) {
 	name, with := d.Name, d.RetryTopics
 	at := s.stamp(time.Time{}).UnixMilli()
-	err := s.write(ctx, func(tx Tx) error {
+	err = s.write(ctx, func(tx Tx) error {
 		for group, offs := range d.DeadLetters {
 			if err := removeDeadLetters(ctx, tx, group, offs); err != nil {
 				return err
@@ -221,13 +228,21 @@ func (s *Store) DeleteTopicWith(ctx context.Context, d TopicDelete) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM ordered_retries WHERE subscription IN (SELECT id FROM subscriptions WHERE topic = ?)`, name); err != nil {
 			return err
 		}
-		_, err := tx.ExecContext(ctx, `DELETE FROM subscriptions WHERE topic = ?`, name)
+		res, err := tx.ExecContext(ctx, `UPDATE transactions SET state = 'rolled_back', decided_at = ?, reason = ? WHERE topic = ? AND state = 'prepared'`,
+			at, TxnReasonTopicDeleted, name)
+		if err != nil {
+			return err
+		}
+		if txns, err = res.RowsAffected(); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `DELETE FROM subscriptions WHERE topic = ?`, name)
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("delete topic %q: %w", name, err)
+		return 0, fmt.Errorf("delete topic %q: %w", name, err)
 	}
-	return nil
+	return txns, nil
 }
 
 // DeletedTopics returns when each deleted topic was last deleted, by name.

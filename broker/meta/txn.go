@@ -97,7 +97,16 @@ func (s *Store) AddTxns(ctx context.Context, ts []Txn, commits []TxnDecision) er
 
 // Txn returns a transaction's row, or ErrNotFound.
 func (s *Store) Txn(ctx context.Context, msgID string) (Txn, error) {
-	t, err := scanTxn(s.r.QueryRowContext(ctx, `SELECT `+txnColumns+` FROM transactions WHERE msg_id = ?`, msgID))
+	s.txnByIDOnce.Do(func() {
+		s.txnByID, s.txnByIDErr = s.r.PrepareContext(context.WithoutCancel(ctx), `SELECT `+txnColumns+` FROM transactions WHERE msg_id = ?`)
+	})
+	if s.txnByIDErr != nil {
+		return Txn{}, s.note(fmt.Errorf("transaction %s: prepare its read: %w", msgID, s.txnByIDErr))
+	}
+	if s.txnByID == nil {
+		return Txn{}, fmt.Errorf("transaction %s: %w", msgID, sql.ErrConnDone) // closed
+	}
+	t, err := scanTxn(s.txnByID.QueryRowContext(ctx, msgID))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Txn{}, fmt.Errorf("transaction %s: %w", msgID, ErrNotFound)
 	}

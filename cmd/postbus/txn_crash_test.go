@@ -254,3 +254,97 @@ func TestSIGKILLWithTransactions(t *testing.T) {
 	t.Logf("%d of %d racing commits were acknowledged before the kill; %d commits' rows were marked from the log by the replay",
 		nAcked, len(racing), replayed)
 }
+
+// TestSIGKILLDuringPrepares kills the broker while producers prepare and
+// commit as fast as they can. A prepare is answered once its record is
+// durable, before meta.db holds its row, and a commit may be decided before
+// the row exists: after the restart every answered prepare is a
+// transaction (the replay writes the rows the kill cut), every answered
+// commit is committed, and each committed message is on its queue once.
+func TestSIGKILLDuringPrepares(t *testing.T) {
+	data := t.TempDir()
+	args := []string{"broker", "--data", data, "--auto-create-topics", "--allow-private-webhooks", "--default-queues", "2"}
+	p := start(t, args...)
+	client := &http.Client{Timeout: 30 * time.Second}
+	mustTxn(t, client, "PUT", p.url+"/v1/producer-groups/shop", map[string]string{"Content-Type": "application/json"},
+		`{"check_url":"http://127.0.0.1:9/never-checked"}`, 201)
+
+	// Each worker prepares, then commits two in three; a third stay prepared.
+	var mu sync.Mutex
+	prepared := map[string]bool{} // answered prepares: true once their commit was answered
+	var answered atomic.Int64
+	var wg sync.WaitGroup
+	for w := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 5000; i++ { // bounded; the kill ends it long before
+				out, ok := txnPost(client, "POST", p.url+"/v1/topics/orders/messages", map[string]string{
+					"Postbus-Transaction": "prepare", "Postbus-Producer-Group": "shop", "Postbus-Transaction-Timeout": "1h",
+				}, fmt.Sprintf("order %d-%d", w, i), 201)
+				if !ok {
+					return // the broker is gone
+				}
+				id := out["transaction_id"].(string)
+				mu.Lock()
+				prepared[id] = false
+				mu.Unlock()
+				answered.Add(1)
+				if i%3 == 2 {
+					continue
+				}
+				if _, ok := txnPost(client, "POST", p.url+"/v1/transactions/"+id+"/commit", nil, "", 200); !ok {
+					return
+				}
+				mu.Lock()
+				prepared[id] = true
+				mu.Unlock()
+			}
+		}()
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for answered.Load() < 600 {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d prepares answered in a minute", answered.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-p.done
+	wg.Wait()
+
+	p = start(t, args...)
+	var committed, open int
+	for id, commitAnswered := range prepared {
+		out, ok := txnPost(client, "GET", p.url+"/v1/transactions/"+id, nil, "", 200)
+		if !ok {
+			t.Fatalf("prepare of %s was answered, and after the restart it is no transaction", id)
+		}
+		switch st := out["state"].(string); {
+		case commitAnswered && st != "COMMITTED":
+			t.Fatalf("commit of %s was answered, and after the restart it is %s", id, st)
+		case st == "ROLLED_BACK":
+			t.Fatalf("transaction %s was rolled back by the restart", id)
+		}
+		// The producer sends the commit again when it saw no answer, and
+		// commits what it left prepared.
+		mustTxn(t, client, "POST", p.url+"/v1/transactions/"+id+"/commit", nil, "", 200)
+		if commitAnswered {
+			committed++
+		} else {
+			open++
+		}
+	}
+	got := queuedIDs(t, p.url, "orders", 2)
+	for id := range prepared {
+		if got[id] != 1 {
+			t.Errorf("committed message %s is on its queue %d times; want once", id, got[id])
+		}
+	}
+	if len(got) != len(prepared) {
+		t.Errorf("the queues hold %d messages; %d transactions were committed", len(got), len(prepared))
+	}
+	t.Logf("%d prepares answered before the kill: %d commits answered, %d committed after the restart", len(prepared), committed, open)
+}
