@@ -21,6 +21,7 @@ const (
 	CodeInvalidTag           Code = "invalid_tag"
 	CodeInvalidKeys          Code = "invalid_keys"
 	CodeInvalidProperties    Code = "invalid_properties"
+	CodeInvalidCloudEvent    Code = "invalid_cloudevent" // a CloudEvent missing or with a bad attribute (cloudevents.go)
 	CodeInvalidDelay         Code = "invalid_delay"
 	CodeInvalidDedupID       Code = "invalid_dedup_id"
 	CodeBatchTooLarge        Code = "batch_too_large"

@@ -1005,6 +1005,18 @@ func TestContractRecordedTraffic(t *testing.T) {
 		{name: "publish/binary", method: "POST", path: "/v1/topics/orders/messages",
 			header: map[string]string{"Content-Type": "application/octet-stream"}, body: "\xff\x00\xfe",
 			status: 201, save: map[string]string{"bin": "msg_id"}},
+		{name: "publish/cloudevent binary", method: "POST", path: "/v1/topics/orders/messages",
+			header: map[string]string{"ce-specversion": "1.0", "ce-id": "e1", "ce-source": "/shop", "ce-type": "order.created",
+				"ce-tenant": "acme", "Content-Type": "application/json"}, body: `{"order":42}`, status: 201},
+		{name: "publish/cloudevent structured", method: "POST", path: "/v1/topics/orders/messages",
+			header: map[string]string{"Content-Type": "application/cloudevents+json"},
+			body:   `{"specversion":"1.0","id":"e2","source":"/shop","type":"order.paid","time":"2026-01-02T15:04:05Z","tenant":"acme","data":{"order":42}}`, status: 201},
+		{name: "publish/cloudevent without source", method: "POST", path: "/v1/topics/orders/messages",
+			header: map[string]string{"Content-Type": "application/cloudevents+json"},
+			body:   `{"specversion":"1.0","id":"e3","type":"order.paid","data":1}`, status: 400, code: broker.CodeInvalidCloudEvent, invalid: true},
+		{name: "publish/cloudevents batch", method: "POST", path: "/v1/topics/orders/messages/batch",
+			header: map[string]string{"Content-Type": "application/cloudevents-batch+json"},
+			body:   `[{"specversion":"1.0","id":"e4","source":"/shop","type":"order.created","data_base64":"AAE="}]`, status: 201},
 		{name: "publish/auto-create", method: "POST", path: "/v1/topics/fresh/messages", body: "hi",
 			status: 201, save: map[string]string{"fresh": "msg_id"}},
 		{name: "publish/invalid tag", method: "POST", path: "/v1/topics/orders/messages",
@@ -1922,7 +1934,7 @@ func consumeExchanges(env *contractEnv) []exchange {
 			check: wantSubscription(func(tb testing.TB, got subscriptionJSON) {
 				want := subscriptionJSON{Group: "audit", Topic: "orders", Type: "pull", Filter: "*", Ordered: true,
 					MaxRetries: broker.DefaultMaxRetries, Backoff: &backoffJSON{Min: "1s", Max: "1m0s"}, Timeout: "15s",
-					MaxInFlight: broker.DefaultMaxInFlight, Visibility: "1m0s", StartFrom: "latest", State: "active"}
+					MaxInFlight: broker.DefaultMaxInFlight, Visibility: "1m0s", StartFrom: "latest", State: "active", Format: broker.FormatRaw}
 				if got.Version == "" {
 					tb.Errorf("created %+v without a version", got)
 				}
@@ -2026,6 +2038,17 @@ func consumeExchanges(env *contractEnv) []exchange {
 					tb.Errorf("patched %+v: want filter *, 5 retries on a backoff, the rest kept, no secret", got)
 				}
 			})},
+		{name: "patch subscription/format", method: "PATCH", path: "/v1/subscriptions/{push}", header: jsonCT,
+			body: `{"format":"cloudevents"}`, status: 200,
+			check: wantSubscription(func(tb testing.TB, got subscriptionJSON) {
+				if got.Format != broker.FormatCloudEvents || got.MaxRetries != 5 {
+					tb.Errorf("patched %+v: want format cloudevents, the rest kept", got)
+				}
+			})},
+		{name: "patch subscription/bad format", method: "PATCH", path: "/v1/subscriptions/{push}", header: jsonCT,
+			body: `{"format":"cloudevent"}`, status: 400, code: broker.CodeInvalidSubscription, invalid: true},
+		{name: "patch subscription/format back", method: "PATCH", path: "/v1/subscriptions/{push}", header: jsonCT,
+			body: `{"format":"raw"}`, status: 200},
 		{name: "patch subscription/empty body", method: "PATCH", path: "/v1/subscriptions/{push}", status: 200,
 			check: wantSubscription(func(tb testing.TB, got subscriptionJSON) {
 				if got.MaxRetries != 5 {

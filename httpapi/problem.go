@@ -47,6 +47,7 @@ var statusOf = map[broker.Code]int{
 	broker.CodeInvalidTag:            http.StatusBadRequest,
 	broker.CodeInvalidKeys:           http.StatusBadRequest,
 	broker.CodeInvalidProperties:     http.StatusBadRequest,
+	broker.CodeInvalidCloudEvent:     http.StatusBadRequest,
 	broker.CodeInvalidDelay:          http.StatusBadRequest,
 	broker.CodeInvalidDedupID:        http.StatusBadRequest,
 	broker.CodeBatchTooLarge:         http.StatusRequestEntityTooLarge,

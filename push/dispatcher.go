@@ -372,6 +372,7 @@ func (l *loop) attempt(ctx, dctx context.Context, m *broker.Message, attempt int
 		MsgID: m.ID, Topic: m.OriginTopic(), Tag: m.Tag, Keys: m.Keys,
 		QueueID: m.QueueID, QueueOffset: m.QueueOffset, Attempt: attempt,
 		Subscription: l.sub.ID, Properties: m.Properties, Secrets: secrets, Timeout: l.sub.Timeout,
+		Format: l.sub.Format, BornAt: m.BornAt,
 	}, l.d.cfg.Key, now)
 	outcome := map[Outcome]string{Delivered: "delivered", Retry: "retry", Gone: "gone"}[res.Outcome]
 	l.d.b.LogAttempt(broker.Attempt{MsgID: m.ID, Group: l.sub.Group, Subscription: l.sub.ID, Attempt: attempt,
