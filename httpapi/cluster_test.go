@@ -446,6 +446,29 @@ func TestClusterPublish(t *testing.T) {
 		}
 	})
 
+	t.Run("cloudevents through a non-holder", func(t *testing.T) {
+		// The broker asked forwards the request as it came; the holder
+		// reads the event from its ce-* headers or its structured body.
+		for _, tt := range []struct {
+			name string
+			hdr  map[string]string
+			body string
+		}{
+			{"binary", map[string]string{"ce-specversion": "1.0", "ce-id": "b1", "ce-source": "/shop", "ce-type": "created",
+				"ce-tenant": "acme", "Content-Type": "text/plain"}, "data"},
+			{"structured", map[string]string{"Content-Type": "application/cloudevents+json"},
+				`{"specversion":"1.0","id":"b1","source":"/shop","type":"created","tenant":"acme","datacontenttype":"text/plain","data":"data"}`},
+		} {
+			res, a := tc.publishVia(t, brokerA, "p-b", tt.hdr, tt.body)
+			a.want(t, http.StatusCreated, brokerB)
+			tc.wantStored(t, res, "data")
+			m := decodeAs[messageJSON](t, tc.at(t, brokerB, "GET", "/v1/messages/"+res.MsgID, ""))
+			if m.Tag != "created" || m.ContentType != "text/plain" || m.Properties["ce-id"] != "b1" || m.Properties["ce-tenant"] != "acme" {
+				t.Fatalf("%s event stored through %s: %+v", tt.name, brokerA, m)
+			}
+		}
+	})
+
 	t.Run("unkeyed over every holder", func(t *testing.T) {
 		got := map[string]int{}
 		for i := range 8 {
