@@ -159,7 +159,11 @@ func checkCEProps(props map[string]string, name func(attr string) string) *broke
 // prefixes member names in errors ("[3]." in a batch).
 func structuredEvent(data []byte, field string) (props map[string]string, body []byte, ct string, perr *broker.Error) {
 	member := func(attr string) string { return field + attr }
-	if err := checkJSONText(data); err != nil && json.Valid(data) {
+	// checkJSONText reads only what encoding/json takes.
+	if !json.Valid(data) {
+		return nil, nil, "", ceError(strings.TrimSuffix(field, "."), "a structured CloudEvent is a JSON object (the JSON event format); this is not JSON")
+	}
+	if err := checkJSONText(data); err != nil {
 		return nil, nil, "", ceError(strings.TrimSuffix(field, "."), "the event's JSON: %v", err)
 	}
 	var members map[string]json.RawMessage
@@ -299,10 +303,13 @@ func applyEvent(m *broker.Message, props map[string]string, field string) *broke
 // decodeEventBatch parses a batch of structured events (the JSON batch
 // format: an array of events) into messages.
 func decodeEventBatch(data []byte) ([]*broker.Message, error) {
-	if err := checkJSONText(data); err != nil && json.Valid(data) {
+	var items []json.RawMessage
+	if !json.Valid(data) {
+		return nil, &batchError{codeInvalidJSON, "", "a batch of CloudEvents is a JSON array of events; this is not JSON"}
+	}
+	if err := checkJSONText(data); err != nil {
 		return nil, &batchError{broker.CodeInvalidCloudEvent, "", "the batch's JSON: " + err.Error()}
 	}
-	var items []json.RawMessage
 	if err := json.Unmarshal(data, &items); err != nil {
 		return nil, &batchError{codeInvalidJSON, "", "a batch of CloudEvents is a JSON array of events: " + err.Error()}
 	}

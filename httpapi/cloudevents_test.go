@@ -419,3 +419,29 @@ func TestCloudEventBadInput(t *testing.T) {
 		t.Fatalf("%d messages stored from bad events", st.Messages)
 	}
 }
+
+// FuzzStructuredEvent: any body is an event or an invalid_cloudevent (or
+// empty_body) error, never a panic; what is taken passes the broker's own
+// check of ce- properties.
+func FuzzStructuredEvent(f *testing.F) {
+	for _, seed := range []string{
+		`{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{"a":1}}`,
+		`{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"text/plain","data":"x","ext":7}`,
+		`{"specversion":"1.0","id":"1","source":"/s","type":"t","data_base64":"AAE="}`,
+		`"\`, `{"a":"\ud800"}`, `[`, `{}`, `null`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		props, _, _, perr := structuredEvent(data, "")
+		if perr != nil {
+			if perr.Code != broker.CodeInvalidCloudEvent {
+				t.Fatalf("code %s for %q", perr.Code, data)
+			}
+			return
+		}
+		if err := broker.CheckCloudEvent("", props); err != nil {
+			t.Fatalf("taken %q, but the broker refuses it: %v", data, err)
+		}
+	})
+}
