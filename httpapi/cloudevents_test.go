@@ -16,7 +16,6 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
-
 	"github.com/postbus/postbus/broker"
 	"github.com/postbus/postbus/push"
 )

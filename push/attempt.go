@@ -190,14 +190,15 @@ func (c *Client) newRequest(d Delivery, key *BusKey, now time.Time) (*http.Reque
 	set(HeaderAttempt, strconv.Itoa(d.Attempt))
 	set(HeaderSubscription, d.Subscription)
 	ce := d.Format == broker.FormatCloudEvents
+	event := ce && wholeEvent(d.Properties)
 	for name, v := range d.Properties {
-		if ce && strings.HasPrefix(name, broker.CEPropPrefix) {
+		if event && strings.HasPrefix(name, broker.CEPropPrefix) {
 			continue // sent as the event's own ce-* headers below
 		}
 		h.Set(HeaderPropPrefix+name, v)
 	}
 	if ce {
-		cloudEventHeaders(h, d)
+		cloudEventHeaders(h, d, event)
 	}
 	ts := now.Unix()
 	sig, err := SignatureHeader(d.Secrets, key, d.MsgID, ts, d.Body)

@@ -23,10 +23,10 @@ const DefaultCEType = "postbus.message"
 //
 // The body and the signatures are those of any delivery: the ce-*
 // headers are not signed, as no header is.
-func cloudEventHeaders(h http.Header, d Delivery) {
+func cloudEventHeaders(h http.Header, d Delivery, event bool) {
 	set := func(attr, v string) { h[broker.CEPropPrefix+attr] = []string{encodeCEHeader(v)} }
 	set("specversion", broker.CESpecVersion)
-	if broker.IsCloudEvent(d.Properties) {
+	if event {
 		for name, v := range d.Properties {
 			if attr, ok := strings.CutPrefix(name, broker.CEPropPrefix); ok && attr != "specversion" {
 				set(attr, v)
@@ -41,9 +41,29 @@ func cloudEventHeaders(h http.Header, d Delivery) {
 		}
 		set("type", typ)
 	}
-	if _, ok := d.Properties[broker.PropCETime]; !ok && !d.BornAt.IsZero() {
+	if _, ok := d.Properties[broker.PropCETime]; (!event || !ok) && !d.BornAt.IsZero() {
 		set("time", d.BornAt.UTC().Format(time.RFC3339Nano))
 	}
+}
+
+// wholeEvent reports whether props hold a whole CloudEvent, as every
+// message published since ce- properties are checked does. A message
+// stored before (a batch's properties were not checked) may have ce-
+// properties that are not one: it goes out as an event made from the
+// message, its ce- properties as Postbus-Prop-* (the dispatcher logs
+// and counts it, see partialEvent).
+func wholeEvent(props map[string]string) bool {
+	if !broker.IsCloudEvent(props) {
+		return false
+	}
+	_, detail := broker.CloudEventFault(props)
+	return detail == ""
+}
+
+// partialEvent reports whether m has ce- properties that are not a whole
+// CloudEvent.
+func partialEvent(props map[string]string) (attr, detail string) {
+	return broker.CloudEventFault(props)
 }
 
 // encodeCEHeader percent-encodes a ce- header value as the HTTP binding

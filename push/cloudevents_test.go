@@ -1,15 +1,20 @@
 package push
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/postbus/postbus/broker"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // TestDeliverCloudEvents: a delivery in format cloudevents carries the
@@ -39,6 +44,11 @@ func TestDeliverCloudEvents(t *testing.T) {
 			"ce-specversion": "1.0", "ce-id": "msg_0001", "ce-source": "/topics/orders", "ce-type": "created",
 			"ce-time": "2026-05-06T07:08:09.00000001Z", "ce-subject": "", "Postbus-Prop-Region": "eu"}},
 		{"plain message without a tag", broker.FormatCloudEvents, "", nil, map[string]string{"ce-type": DefaultCEType}},
+		// Stored before ce- properties were checked: not an event, so
+		// made one from the message, and its ce- properties not lost.
+		{"partial event", broker.FormatCloudEvents, "created", map[string]string{"ce-id": "x", "ce-tenant": "acme"}, map[string]string{
+			"ce-id": "msg_0001", "ce-source": "/topics/orders", "ce-type": "created", "ce-tenant": "",
+			"Postbus-Prop-Ce-Id": "x", "Postbus-Prop-Ce-Tenant": "acme"}},
 		{"raw", broker.FormatRaw, "created", event, map[string]string{"ce-id": "", "ce-specversion": "", "Postbus-Prop-Ce-Id": "ev-1"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -88,7 +98,7 @@ func TestEncodeCEHeader(t *testing.T) {
 func ExampleDelivery_cloudEvents() {
 	h := http.Header{}
 	cloudEventHeaders(h, Delivery{MsgID: "4Ttn2ZCzJmUUDkvb3QhxtJ", Topic: "orders", Tag: "order.created",
-		BornAt: time.Date(2026, 1, 2, 15, 4, 5, 0, time.UTC)})
+		BornAt: time.Date(2026, 1, 2, 15, 4, 5, 0, time.UTC)}, false)
 	for _, k := range []string{"ce-specversion", "ce-id", "ce-source", "ce-type", "ce-time"} {
 		fmt.Printf("%s: %s\n", k, h[k][0])
 	}
@@ -98,4 +108,25 @@ func ExampleDelivery_cloudEvents() {
 	// ce-source: /topics/orders
 	// ce-type: order.created
 	// ce-time: 2026-01-02T15:04:05Z
+}
+
+// TestPartialEventCounted: a cloudevents delivery of a message whose ce-
+// properties are not a whole event is logged at ERROR and counted.
+func TestPartialEventCounted(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	var logs bytes.Buffer
+	d := NewDispatcher(DispatcherConfig{Registerer: reg, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	l := &loop{d: d, sub: broker.Subscription{ID: "sub_1", Format: broker.FormatCloudEvents}, log: d.logger}
+	l.checkEvent(&broker.Message{ID: "m1", Properties: map[string]string{"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/s", "ce-type": "t"}})
+	l.checkEvent(&broker.Message{ID: "m2", Properties: map[string]string{"Region": "eu"}})
+	if got := testutil.ToFloat64(d.metrics.partial.WithLabelValues("sub_1")); got != 0 {
+		t.Fatalf("whole events and plain messages counted: %v", got)
+	}
+	l.checkEvent(&broker.Message{ID: "m3", Properties: map[string]string{"ce-id": "1"}})
+	if got := testutil.ToFloat64(d.metrics.partial.WithLabelValues("sub_1")); got != 1 {
+		t.Fatalf("postbus_push_partial_cloudevents_total = %v, want 1", got)
+	}
+	if !strings.Contains(logs.String(), "level=ERROR") || !strings.Contains(logs.String(), "msg_id=m3") {
+		t.Fatalf("no ERROR line for m3: %s", logs.String())
+	}
 }
