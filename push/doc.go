@@ -66,7 +66,10 @@
 // without CloudEvents, ce-id = message id, ce-source = /topics/{topic},
 // ce-type = tag (DefaultCEType without one) and ce-time = born time.
 // Values are percent-encoded as the binding says. The body and the
-// signatures are the same as in format raw.
+// signatures are the same as in format raw. A message whose ce-
+// properties are not a whole event (stored before they were checked) is
+// sent as one made from the message, logged at ERROR and counted in
+// postbus_push_partial_cloudevents_total.
 //
 // A 2xx is Delivered; 410 is Gone (the subscription is to be disabled);
 // anything else — a 3xx, another status, a timeout, a refused or reset
