@@ -814,6 +814,13 @@ func (b *Broker) Ready() error {
 		return fmt.Errorf("%w; timers, offsets and topic changes cannot be stored: stop the broker and start it once "+
 			"with --rebuild-metadata, or restore meta.db from a backup", err)
 	}
+	if b.diskFull.Load() {
+		// Publishes are refused (507 disk_full) until retention or the
+		// operator frees space: a load balancer should send them
+		// elsewhere meanwhile.
+		return fmt.Errorf("%w: the disk holding the data directory is over the full watermark (%.0f%%); publishes are refused until space is freed",
+			ErrDiskFull, b.cfg.DiskFullRatio*100)
+	}
 	return b.ckpt.err()
 }
 

@@ -405,6 +405,10 @@ func TestDiskFullWatermark(t *testing.T) {
 	if !errors.Is(err, ErrDiskFull) {
 		t.Fatalf("publish over the full watermark: err = %v", err)
 	}
+	// While publishes are refused the broker says it is not ready.
+	if err := b.Ready(); !errors.Is(err, ErrDiskFull) {
+		t.Fatalf("Ready over the full watermark: %v, want the disk full", err)
+	}
 	b.Close()
 	cfg.DiskCleanRatio, cfg.DiskFullRatio = 1, 1
 	publish(t, openBroker(t, cfg), "t", msg("x"))

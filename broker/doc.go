@@ -13,6 +13,13 @@
 // from there, so they never disagree with the log for long and can always
 // be rebuilt from it.
 //
+// A message published as a CloudEvent carries the event's attributes as
+// properties named ce-<attribute> (cloudevents.go); validation holds any
+// message with a ce- property to a whole CloudEvent 1.0, so a consumer
+// that finds ce-specversion finds an event. A subscription's Format
+// (raw, cloudevents) is how push sends it; it lives in the subscription's
+// config JSON, which subsync's records carry to other brokers.
+//
 // Topic settings, consumer offsets, subscriptions and timers live in
 // SQLite (package meta), never on the per-message path of publishing. The
 // delay timer (package delaytimer) fires the timers of delayed messages

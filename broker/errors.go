@@ -21,6 +21,7 @@ const (
 	CodeInvalidTag           Code = "invalid_tag"
 	CodeInvalidKeys          Code = "invalid_keys"
 	CodeInvalidProperties    Code = "invalid_properties"
+	CodeInvalidCloudEvent    Code = "invalid_cloudevent" // a CloudEvent missing or with a bad attribute (cloudevents.go)
 	CodeInvalidDelay         Code = "invalid_delay"
 	CodeInvalidDedupID       Code = "invalid_dedup_id"
 	CodeBatchTooLarge        Code = "batch_too_large"
@@ -38,6 +39,10 @@ const (
 	CodeSubscriptionNotFound Code = "subscription_not_found"
 	CodeGroupNotFound        Code = "group_not_found"
 	CodeInvalidPull          Code = "invalid_pull"
+	CodeInvalidNack          Code = "invalid_nack"       // a nack's delay
+	CodeInvalidVisibility    Code = "invalid_visibility" // a visibility change's visibility
+	CodeInvalidReset         Code = "invalid_reset"      // an offset reset's topic or target
+	CodeQueueNotFound        Code = "queue_not_found"    // a queue id the topic does not have
 	CodeInvalidReceipt       Code = "invalid_receipt"
 	CodeStaleReceipt         Code = "stale_receipt"
 	CodeDiskFull             Code = "disk_full"

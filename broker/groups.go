@@ -240,7 +240,7 @@ func (b *Broker) ResetOffsets(ctx context.Context, group, topic, to string) erro
 	var at time.Time
 	if to != "earliest" && to != "latest" {
 		if at, err = time.Parse(time.RFC3339Nano, to); err != nil {
-			return errf(CodeInvalidSubscription, "to", "to %q must be earliest, latest or an RFC 3339 time", to)
+			return errf(CodeInvalidReset, "to", "to %q must be earliest, latest or an RFC 3339 time", to)
 		}
 	}
 	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {

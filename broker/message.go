@@ -170,6 +170,9 @@ func (m *Message) validate(field string, maxBody int, maxDelay time.Duration, no
 	if total > MaxPropertiesBytes {
 		return errf(CodeInvalidProperties, field+"properties", "properties total %d bytes; the limit is %d", total, MaxPropertiesBytes)
 	}
+	if err := CheckCloudEvent(field, m.Properties); err != nil {
+		return err
+	}
 	if m.ContentType == "" {
 		m.ContentType = DefaultContentType
 	}

@@ -310,7 +310,7 @@ func (b *Broker) AckEach(ctx context.Context, group string, receipts []string) (
 // max_retries, to the dead-letter queue. Answered as AckEach.
 func (b *Broker) NackEach(ctx context.Context, group string, receipts []string, delay time.Duration) ([]ReceiptResult, error) {
 	if delay < 0 || delay > MaxRetryDelay {
-		return nil, errf(CodeInvalidPull, "delay", "delay %s must be 0-%s", delay, MaxRetryDelay)
+		return nil, errf(CodeInvalidNack, "delay", "delay %s must be 0-%s", delay, MaxRetryDelay)
 	}
 	res, err := b.eng.settleEach(ctx, group, receipts, RetryAt(b.now().Add(delay)))
 	if err != nil {
@@ -328,7 +328,7 @@ func (b *Broker) NackEach(ctx context.Context, group string, receipts []string, 
 // stale: its message may be out again already.
 func (b *Broker) ChangeVisibility(ctx context.Context, group string, receipts []string, visibility time.Duration) ([]ReceiptResult, error) {
 	if visibility < 0 || visibility > MaxVisibility {
-		return nil, errf(CodeInvalidPull, "visibility", "visibility %s must be 0-%s", visibility, MaxVisibility)
+		return nil, errf(CodeInvalidVisibility, "visibility", "visibility %s must be 0-%s", visibility, MaxVisibility)
 	}
 	return b.eng.settleEach(ctx, group, receipts, visibleAt(b.now().Add(visibility)))
 }
@@ -398,7 +398,7 @@ func (b *Broker) ReadQueueWait(ctx context.Context, topic string, queue int, fro
 		return nil, 0, err
 	}
 	if queue < 0 || queue >= n {
-		return nil, 0, errf(CodeInvalidPull, "queue", "topic %q has queues 0-%d", topic, n-1)
+		return nil, 0, errf(CodeQueueNotFound, "queue", "topic %q has queues 0-%d", topic, n-1)
 	}
 	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
 		return nil, 0, err

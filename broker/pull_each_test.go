@@ -251,8 +251,8 @@ func TestChangeVisibilityBounds(t *testing.T) {
 	publish(t, b, "t", msg("m0"))
 	got := pullN(t, b, "g", "t", 1, time.Second, 10*time.Second)
 	for _, d := range []time.Duration{-time.Second, MaxVisibility + time.Second} {
-		if _, err := b.ChangeVisibility(context.Background(), "g", receipts(got), d); CodeOf(err) != CodeInvalidPull {
-			t.Errorf("visibility %s: %v, want %s", d, err, CodeInvalidPull)
+		if _, err := b.ChangeVisibility(context.Background(), "g", receipts(got), d); CodeOf(err) != CodeInvalidVisibility {
+			t.Errorf("visibility %s: %v, want %s", d, err, CodeInvalidVisibility)
 		}
 	}
 	if _, err := b.ChangeVisibility(context.Background(), "g", nil, time.Second); CodeOf(err) != CodeInvalidReceipt {

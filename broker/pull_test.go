@@ -263,7 +263,7 @@ func TestPullBadInput(t *testing.T) {
 			t.Errorf("pull %+v: %v, want %s", c, err, c.code)
 		}
 	}
-	if err := b.Nack(ctx, "g", []string{"x"}, -time.Second); CodeOf(err) != CodeInvalidPull {
+	if err := b.Nack(ctx, "g", []string{"x"}, -time.Second); CodeOf(err) != CodeInvalidNack {
 		t.Errorf("negative nack delay: %v", err)
 	}
 	if err := b.Ack(ctx, "g", nil); CodeOf(err) != CodeInvalidReceipt {

@@ -53,7 +53,17 @@ type Subscription struct {
 	// Version is the last change's, the same on every broker's copy (see
 	// subsync.go).
 	Version Version
+	// Format is how push delivers: FormatRaw (the body as published, with
+	// Postbus-* headers) or FormatCloudEvents (binary-mode CloudEvents:
+	// ce-* headers besides those). Pull is not affected.
+	Format string
 }
+
+// Delivery formats of a push subscription.
+const (
+	FormatRaw         = "raw"
+	FormatCloudEvents = "cloudevents"
+)
 
 // PreviousSecret is a rotated-out signing secret, still valid until Until.
 type PreviousSecret struct {
@@ -131,6 +141,9 @@ type subscriptionConfig struct {
 	PreviousSecret  string                 `json:"previous_secret,omitempty"`
 	PreviousUntil   int64                  `json:"previous_until_ms,omitempty"`
 	StateReason     string                 `json:"state_reason,omitempty"`
+	// Format is left out when raw, as subscriptions stored before it
+	// have it.
+	Format string `json:"format,omitempty"`
 }
 
 type previousSecretConfig struct {
@@ -143,6 +156,9 @@ func (s *Subscription) toMeta() (meta.Subscription, error) {
 		MaxRetries: s.MaxRetries, BackoffMinMS: s.BackoffMin.Milliseconds(), BackoffMaxMS: s.BackoffMax.Milliseconds(),
 		TimeoutMS: s.Timeout.Milliseconds(), MaxInFlight: s.MaxInFlight, RatePerSecond: s.RatePerSecond,
 		VisibilityMS: s.Visibility.Milliseconds(), StartFrom: s.StartFrom, StateReason: s.StateReason,
+	}
+	if s.Format != FormatRaw {
+		c.Format = s.Format
 	}
 	for _, p := range s.PreviousSecrets {
 		c.PreviousSecrets = append(c.PreviousSecrets, previousSecretConfig{Secret: p.Secret, UntilMS: p.Until.UnixMilli()})
@@ -169,7 +185,10 @@ func subscriptionFromMeta(m meta.Subscription) (Subscription, error) {
 		BackoffMax: time.Duration(c.BackoffMaxMS) * time.Millisecond, Timeout: time.Duration(c.TimeoutMS) * time.Millisecond,
 		MaxInFlight: c.MaxInFlight, RatePerSecond: c.RatePerSecond, Visibility: time.Duration(c.VisibilityMS) * time.Millisecond,
 		StartFrom: c.StartFrom, Secret: m.Secret, State: m.State,
-		StateReason: c.StateReason, CreatedAt: m.CreatedAt, UpdatedAt: m.UpdatedAt, Version: m.Version}
+		StateReason: c.StateReason, CreatedAt: m.CreatedAt, UpdatedAt: m.UpdatedAt, Version: m.Version, Format: c.Format}
+	if s.Format == "" {
+		s.Format = FormatRaw
+	}
 	for _, ms := range c.RetryDelaysMS {
 		s.RetryDelays = append(s.RetryDelays, time.Duration(ms)*time.Millisecond)
 	}
@@ -204,6 +223,9 @@ func (s *Subscription) applyDefaults() {
 	}
 	if s.State == "" {
 		s.State = StateActive
+	}
+	if s.Format == "" {
+		s.Format = FormatRaw
 	}
 }
 
@@ -247,6 +269,10 @@ func (s *Subscription) validate() error {
 		return bad("rate_per_second", "rate_per_second %g must be 0 (no limit) or from %g (one a day) to 1000000", s.RatePerSecond, MinRatePerSecond)
 	case s.Visibility < time.Second || s.Visibility > MaxVisibility:
 		return bad("visibility", "visibility %s must be between 1s and %s", s.Visibility, MaxVisibility)
+	case s.Format != FormatRaw && s.Format != FormatCloudEvents:
+		return bad("format", "format %q must be %s or %s", s.Format, FormatRaw, FormatCloudEvents)
+	case s.Format != FormatRaw && s.URL == "":
+		return bad("format", "format %s is how push delivers; a pull subscription has no format (a pulled event's attributes are its ce-* properties)", s.Format)
 	}
 	for i, d := range s.RetryDelays {
 		if d <= 0 || d > MaxRetryDelay {

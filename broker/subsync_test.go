@@ -293,3 +293,30 @@ func TestSubscriptionChangesVersioned(t *testing.T) {
 		t.Errorf("after the purge: %s, want none", got)
 	}
 }
+
+// TestSubscriptionRecordCarriesFormat: another broker's copy of a push
+// subscription, taken from its record, keeps the delivery format.
+func TestSubscriptionRecordCarriesFormat(t *testing.T) {
+	ctx := context.Background()
+	now := time.Now()
+	from, to := syncBroker(t, now), syncBroker(t, now)
+	s, err := from.CreateSubscription(ctx, Subscription{Group: "billing", Topic: "orders", URL: "https://hooks.example.com/x",
+		MaxRetries: -1, Format: FormatCloudEvents})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := from.SubscriptionRecords(ctx, []string{"orders"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := to.ApplySubscriptionRecords(ctx, recs["orders"]); err != nil {
+		t.Fatal(err)
+	}
+	got, err := to.Subscription(ctx, s.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Format != FormatCloudEvents {
+		t.Fatalf("the copy's format is %q, want %q", got.Format, FormatCloudEvents)
+	}
+}

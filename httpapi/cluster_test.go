@@ -446,6 +446,29 @@ func TestClusterPublish(t *testing.T) {
 		}
 	})
 
+	t.Run("cloudevents through a non-holder", func(t *testing.T) {
+		// The broker asked forwards the request as it came; the holder
+		// reads the event from its ce-* headers or its structured body.
+		for _, tt := range []struct {
+			name string
+			hdr  map[string]string
+			body string
+		}{
+			{"binary", map[string]string{"ce-specversion": "1.0", "ce-id": "b1", "ce-source": "/shop", "ce-type": "created",
+				"ce-tenant": "acme", "Content-Type": "text/plain"}, "data"},
+			{"structured", map[string]string{"Content-Type": "application/cloudevents+json"},
+				`{"specversion":"1.0","id":"b1","source":"/shop","type":"created","tenant":"acme","datacontenttype":"text/plain","data":"data"}`},
+		} {
+			res, a := tc.publishVia(t, brokerA, "p-b", tt.hdr, tt.body)
+			a.want(t, http.StatusCreated, brokerB)
+			tc.wantStored(t, res, "data")
+			m := decodeAs[messageJSON](t, tc.at(t, brokerB, "GET", "/v1/messages/"+res.MsgID, ""))
+			if m.Tag != "created" || m.ContentType != "text/plain" || m.Properties["ce-id"] != "b1" || m.Properties["ce-tenant"] != "acme" {
+				t.Fatalf("%s event stored through %s: %+v", tt.name, brokerA, m)
+			}
+		}
+	})
+
 	t.Run("unkeyed over every holder", func(t *testing.T) {
 		got := map[string]int{}
 		for i := range 8 {
@@ -669,7 +692,7 @@ func TestClusterSubscriptions(t *testing.T) {
 
 	// Created through the broker that does not hold the topic.
 	a := tc.via(t, brokerC, "POST", "/v1/subscriptions", nil,
-		`{"group":"billing","topic":"orders","url":"https://hooks.example.com/orders","max_retries":2}`)
+		`{"group":"billing","topic":"orders","url":"https://hooks.example.com/orders","max_retries":2,"format":"cloudevents"}`)
 	created := decodeAs[subscriptionJSON](t, a)
 	if a.status != http.StatusCreated || !slices.Contains(holders, a.header.Get(hdrBroker)) || created.ID == "" ||
 		!strings.HasPrefix(created.Secret, "whsec_") || created.Type != "push" {
@@ -716,7 +739,8 @@ func TestClusterSubscriptions(t *testing.T) {
 	}{
 		{"created on every holder with one id and secret", "", "", "", "", 0, func(t *testing.T, _ clusterAnswer) {
 			sameEverywhere(t, func(s subscriptionJSON) bool {
-				return s.ID == id && s.Group == "billing" && s.Topic == "orders" && s.MaxRetries == 2 && s.State == "active"
+				return s.ID == id && s.Group == "billing" && s.Topic == "orders" && s.MaxRetries == 2 && s.State == "active" &&
+					s.Format == broker.FormatCloudEvents
 			})
 			if got := tc.secrets(t, id, holders); got[0] != created.Secret || got[1] != created.Secret {
 				t.Fatalf("secrets %v, want %s on both", got, created.Secret)
@@ -730,6 +754,9 @@ func TestClusterSubscriptions(t *testing.T) {
 		}},
 		{"patched through another broker", brokerB, "PATCH", path, `{"max_retries":7,"filter":"paid"}`, 200, func(t *testing.T, a clusterAnswer) {
 			sameEverywhere(t, func(s subscriptionJSON) bool { return s.MaxRetries == 7 && s.Filter == "paid" })
+		}},
+		{"format patched through a non-holder", brokerC, "PATCH", path, `{"format":"raw"}`, 200, func(t *testing.T, a clusterAnswer) {
+			sameEverywhere(t, func(s subscriptionJSON) bool { return s.Format == broker.FormatRaw && s.MaxRetries == 7 })
 		}},
 		{"paused through a non-holder", brokerC, "POST", path + "/pause", "", 200, func(t *testing.T, a clusterAnswer) {
 			sameEverywhere(t, func(s subscriptionJSON) bool { return s.State == "paused" && s.MaxRetries == 7 })

@@ -767,6 +767,13 @@ func expectExchange(tb testing.TB, x exchange, resp *http.Response, body []byte,
 			tb.Errorf("code %v, want %s\n%s", got, x.code, clip(body))
 		}
 	}
+	if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/problem+json") && len(body) > 0 {
+		// A detail is a sentence about what was wrong: one built from an
+		// empty name and a ": " says nothing first.
+		if d, _ := jsonField(tb, body, "detail").(string); d == "" || strings.HasPrefix(d, ":") || strings.HasPrefix(d, " ") {
+			tb.Errorf("problem detail %q\n%s", d, clip(body))
+		}
+	}
 	for name, path := range x.save {
 		v, ok := jsonAt(tb, body, path).(string)
 		if !ok || v == "" {
@@ -1005,6 +1012,18 @@ func TestContractRecordedTraffic(t *testing.T) {
 		{name: "publish/binary", method: "POST", path: "/v1/topics/orders/messages",
 			header: map[string]string{"Content-Type": "application/octet-stream"}, body: "\xff\x00\xfe",
 			status: 201, save: map[string]string{"bin": "msg_id"}},
+		{name: "publish/cloudevent binary", method: "POST", path: "/v1/topics/orders/messages",
+			header: map[string]string{"ce-specversion": "1.0", "ce-id": "e1", "ce-source": "/shop", "ce-type": "order.created",
+				"ce-tenant": "acme", "Content-Type": "application/json"}, body: `{"order":42}`, status: 201},
+		{name: "publish/cloudevent structured", method: "POST", path: "/v1/topics/orders/messages",
+			header: map[string]string{"Content-Type": "application/cloudevents+json"},
+			body:   `{"specversion":"1.0","id":"e2","source":"/shop","type":"order.paid","time":"2026-01-02T15:04:05Z","tenant":"acme","data":{"order":42}}`, status: 201},
+		{name: "publish/cloudevent without source", method: "POST", path: "/v1/topics/orders/messages",
+			header: map[string]string{"Content-Type": "application/cloudevents+json"},
+			body:   `{"specversion":"1.0","id":"e3","type":"order.paid","data":1}`, status: 400, code: broker.CodeInvalidCloudEvent, invalid: true},
+		{name: "publish/cloudevents batch", method: "POST", path: "/v1/topics/orders/messages/batch",
+			header: map[string]string{"Content-Type": "application/cloudevents-batch+json"},
+			body:   `[{"specversion":"1.0","id":"e4","source":"/shop","type":"order.created","data_base64":"AAE="}]`, status: 201},
 		{name: "publish/auto-create", method: "POST", path: "/v1/topics/fresh/messages", body: "hi",
 			status: 201, save: map[string]string{"fresh": "msg_id"}},
 		{name: "publish/invalid tag", method: "POST", path: "/v1/topics/orders/messages",
@@ -1922,7 +1941,7 @@ func consumeExchanges(env *contractEnv) []exchange {
 			check: wantSubscription(func(tb testing.TB, got subscriptionJSON) {
 				want := subscriptionJSON{Group: "audit", Topic: "orders", Type: "pull", Filter: "*", Ordered: true,
 					MaxRetries: broker.DefaultMaxRetries, Backoff: &backoffJSON{Min: "1s", Max: "1m0s"}, Timeout: "15s",
-					MaxInFlight: broker.DefaultMaxInFlight, Visibility: "1m0s", StartFrom: "latest", State: "active"}
+					MaxInFlight: broker.DefaultMaxInFlight, Visibility: "1m0s", StartFrom: "latest", State: "active", Format: broker.FormatRaw}
 				if got.Version == "" {
 					tb.Errorf("created %+v without a version", got)
 				}
@@ -2026,6 +2045,17 @@ func consumeExchanges(env *contractEnv) []exchange {
 					tb.Errorf("patched %+v: want filter *, 5 retries on a backoff, the rest kept, no secret", got)
 				}
 			})},
+		{name: "patch subscription/format", method: "PATCH", path: "/v1/subscriptions/{push}", header: jsonCT,
+			body: `{"format":"cloudevents"}`, status: 200,
+			check: wantSubscription(func(tb testing.TB, got subscriptionJSON) {
+				if got.Format != broker.FormatCloudEvents || got.MaxRetries != 5 {
+					tb.Errorf("patched %+v: want format cloudevents, the rest kept", got)
+				}
+			})},
+		{name: "patch subscription/bad format", method: "PATCH", path: "/v1/subscriptions/{push}", header: jsonCT,
+			body: `{"format":"cloudevent"}`, status: 400, code: broker.CodeInvalidSubscription, invalid: true},
+		{name: "patch subscription/format back", method: "PATCH", path: "/v1/subscriptions/{push}", header: jsonCT,
+			body: `{"format":"raw"}`, status: 200},
 		{name: "patch subscription/empty body", method: "PATCH", path: "/v1/subscriptions/{push}", status: 200,
 			check: wantSubscription(func(tb testing.TB, got subscriptionJSON) {
 				if got.MaxRetries != 5 {
@@ -2168,9 +2198,9 @@ func consumeExchanges(env *contractEnv) []exchange {
 				}
 			})},
 		{name: "reset offsets/bad target", method: "POST", path: "/v1/groups/billing/offsets/reset", header: jsonCT,
-			body: `{"topic":"orders","to":"yesterday"}`, status: 400, code: broker.CodeInvalidSubscription, invalid: true},
+			body: `{"topic":"orders","to":"yesterday"}`, status: 400, code: broker.CodeInvalidReset, invalid: true},
 		{name: "reset offsets/no topic", method: "POST", path: "/v1/groups/billing/offsets/reset", header: jsonCT,
-			body: `{"to":"latest"}`, status: 400, code: codeInvalidParameter, invalid: true},
+			body: `{"to":"latest"}`, status: 400, code: broker.CodeInvalidReset, invalid: true},
 		{name: "reset offsets/unknown topic", method: "POST", path: "/v1/groups/billing/offsets/reset", header: jsonCT,
 			body: `{"topic":"nope","to":"latest"}`, status: 404, code: broker.CodeTopicNotFound},
 		{name: "reset offsets/bad group", method: "POST", path: "/v1/groups/bad!name/offsets/reset", header: jsonCT,
@@ -2522,11 +2552,11 @@ func pullExchanges(env *contractEnv) []exchange {
 		{name: "visibility", method: "POST", path: "/v1/groups/workers/visibility", header: jsonCT,
 			body: `{"receipts":["{r3}"],"visibility":"60s"}`, status: 200, check: results("extended")},
 		{name: "visibility/over 12h", method: "POST", path: "/v1/groups/workers/visibility", header: jsonCT,
-			body: `{"receipts":["{r3}"],"visibility":"13h"}`, status: 400, code: broker.CodeInvalidPull},
+			body: `{"receipts":["{r3}"],"visibility":"13h"}`, status: 400, code: broker.CodeInvalidVisibility},
 		{name: "visibility/missing", method: "POST", path: "/v1/groups/workers/visibility", header: jsonCT,
-			body: `{"receipts":["{r3}"]}`, status: 400, code: broker.CodeInvalidPull, invalid: true},
+			body: `{"receipts":["{r3}"]}`, status: 400, code: broker.CodeInvalidVisibility, invalid: true},
 		{name: "visibility/not a duration", method: "POST", path: "/v1/groups/workers/visibility", header: jsonCT,
-			body: `{"receipts":["{r3}"],"visibility":"later"}`, status: 400, code: broker.CodeInvalidPull, invalid: true},
+			body: `{"receipts":["{r3}"],"visibility":"later"}`, status: 400, code: broker.CodeInvalidVisibility, invalid: true},
 		{name: "visibility/garbage", method: "POST", path: "/v1/groups/workers/visibility", header: jsonCT,
 			body: `{"receipts":["not a receipt!"],"visibility":"1s"}`, status: 400, code: broker.CodeInvalidReceipt, invalid: true},
 		{name: "visibility/another group's", method: "POST", path: "/v1/groups/others/visibility", header: jsonCT,
@@ -2541,9 +2571,9 @@ func pullExchanges(env *contractEnv) []exchange {
 		{name: "ack/nacked", method: "POST", path: "/v1/groups/workers/ack", header: jsonCT,
 			body: `{"receipts":["{r3}"]}`, status: 200, check: results("stale")},
 		{name: "nack/bad delay", method: "POST", path: "/v1/groups/workers/nack", header: jsonCT,
-			body: `{"receipts":["{r3}"],"delay":"later"}`, status: 400, code: broker.CodeInvalidPull, invalid: true},
+			body: `{"receipts":["{r3}"],"delay":"later"}`, status: 400, code: broker.CodeInvalidNack, invalid: true},
 		{name: "nack/delay too long", method: "POST", path: "/v1/groups/workers/nack", header: jsonCT,
-			body: `{"receipts":["{r3}"],"delay":"25h"}`, status: 400, code: broker.CodeInvalidPull},
+			body: `{"receipts":["{r3}"],"delay":"25h"}`, status: 400, code: broker.CodeInvalidNack},
 		{name: "nack/garbage", method: "POST", path: "/v1/groups/workers/nack", header: jsonCT,
 			body: `{"receipts":["not a receipt!"]}`, status: 400, code: broker.CodeInvalidReceipt, invalid: true},
 		{name: "nack/another group's", method: "POST", path: "/v1/groups/others/nack", header: jsonCT,
@@ -2655,8 +2685,8 @@ func pullExchanges(env *contractEnv) []exchange {
 			}},
 		{name: "read queue/past the end", method: "GET", path: "/v1/topics/jobs/queues/0/messages?offset=1000", status: 200,
 			check: queueRead(3)},
-		{name: "read queue/no such queue", method: "GET", path: "/v1/topics/jobs/queues/1/messages", status: 400,
-			code: broker.CodeInvalidPull},
+		{name: "read queue/no such queue", method: "GET", path: "/v1/topics/jobs/queues/1/messages", status: 404,
+			code: broker.CodeQueueNotFound},
 		{name: "read queue/bad queue", method: "GET", path: "/v1/topics/jobs/queues/x/messages", status: 400,
 			code: codeInvalidParameter, invalid: true},
 		{name: "read queue/negative offset", method: "GET", path: "/v1/topics/jobs/queues/0/messages?offset=-1", status: 400,

@@ -115,6 +115,17 @@
 // /v1/replicas (admin) answers on every member; its changes go to the
 // leader. A standalone Server answers /v1/replicas 404 not_replicated.
 //
+// CloudEvents (cloudevents.go): a single publish with ce-* headers is a
+// binary-mode event, one with Content-Type application/cloudevents+json a
+// structured one, a batch with application/cloudevents-batch+json a batch
+// of structured events. The handler turns each into a message (attributes
+// as ce- properties, data as body, datacontenttype as content type, type
+// as the default tag) before the broker sees it, so the broker checks it
+// as any message (broker.CheckCloudEvent holds the ce- properties to a
+// whole event on every path, a plain batch's and a forwarded batch part's
+// too). A forwarded single publish is sent on as it came, ce-* headers
+// and all, and parsed again by the broker that stores it.
+//
 // Transactions (transactions.go): a single publish with Postbus-Transaction:
 // prepare (and Postbus-Producer-Group, optional Postbus-Transaction-Timeout)
 // prepares; a batch cannot (the header is refused as on any batch). A

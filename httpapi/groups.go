@@ -108,7 +108,11 @@ func (s *Server) handleResetOffsets(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.Topic == "" || req.To == "" {
-		writeProblem(w, r, codeInvalidParameter, "topic", `give the topic and where to move to: {"topic":"orders","to":"earliest"|"latest"|"2026-01-02T15:04:05Z"}`)
+		field := "topic"
+		if req.Topic != "" {
+			field = "to"
+		}
+		writeProblem(w, r, broker.CodeInvalidReset, field, `give the topic and where to move to: {"topic":"orders","to":"earliest"|"latest"|"2026-01-02T15:04:05Z"}`)
 		return
 	}
 	group := chi.URLParam(r, "group")

@@ -143,6 +143,11 @@ func parsePublishHeaders(h http.Header) (*broker.Message, error) {
 		if prop == "" {
 			return nil, &headerError{name, "a property header needs a name after Postbus-Prop-"}
 		}
+		if strings.HasPrefix(strings.ToLower(prop), broker.CEPropPrefix) {
+			// ce- properties are a CloudEvent's attributes: they come
+			// whole from the event, never one by one.
+			return nil, &headerError{name, "ce-* properties are a CloudEvent's attributes: send them as ce-* headers (binary mode) or as an application/cloudevents+json body"}
+		}
 		if len(vs) != 1 {
 			return nil, &headerError{name, "given more than once"}
 		}
@@ -274,6 +279,17 @@ func clientAddr(r *http.Request) string {
 	return host
 }
 
+// firstCEHeader is the first (in name order) ce-* header of h, or "".
+func firstCEHeader(h http.Header) string {
+	first := ""
+	for name := range h {
+		if strings.HasPrefix(name, ceHeaderPrefix) && (first == "" || name < first) {
+			first = name
+		}
+	}
+	return strings.ToLower(first)
+}
+
 func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
 	topic := chi.URLParam(r, "topic")
 	m, err := parsePublishHeaders(r.Header)
@@ -287,6 +303,26 @@ func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, codeInvalidHeader, he.header, he.Error())
 		return
 	}
+	mode := cloudEventMode(r.Header, m.ContentType)
+	switch mode {
+	case ceBatch:
+		writeProblem(w, r, codeUnsupportedMedia, "Content-Type", "application/cloudevents-batch+json is a batch of events: POST it to /v1/topics/{topic}/messages/batch")
+		return
+	case ceStructured:
+		if h := firstCEHeader(r.Header); h != "" {
+			writeProblem(w, r, broker.CodeInvalidCloudEvent, h, fmt.Sprintf("a structured event (application/cloudevents+json) carries its attributes in the body; header %s would be a second, different place for one", h))
+			return
+		}
+	case ceBinary:
+		props, perr := binaryEvent(r.Header)
+		if perr == nil {
+			perr = applyEvent(m, props, broker.CEPropPrefix)
+		}
+		if perr != nil {
+			s.writeError(w, r, perr)
+			return
+		}
+	}
 	body, err := readBody(r, s.maxBody)
 	if err != nil {
 		s.writeError(w, r, bodyProblem(err, &broker.Error{Code: broker.CodeBodyTooLarge, Field: "body",
@@ -294,6 +330,20 @@ func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	m.Body = body
+	if mode == ceStructured {
+		props, data, ct, perr := structuredEvent(body, "")
+		if perr == nil {
+			perr = applyEvent(m, props, "")
+		}
+		if perr == nil && len(data) == 0 {
+			perr = &broker.Error{Code: broker.CodeEmptyBody, Field: "data", Detail: "the event has no data (neither data nor data_base64), and a message needs at least one byte"}
+		}
+		if perr != nil {
+			s.writeError(w, r, perr)
+			return
+		}
+		m.Body, m.ContentType = data, ct
+	}
 	if s.coordinating(r) && s.forwardPublish(w, r, topic, placementKey(m), body) || s.refuseForwardedCreate(w, r, topic) {
 		return
 	}
@@ -443,7 +493,16 @@ func (s *Server) handlePublishBatch(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, codeInvalidHeader, "Content-Type", err.Error())
 		return
 	}
-	if !isJSON(ct) {
+	if h := firstCEHeader(r.Header); h != "" {
+		writeProblem(w, r, broker.CodeInvalidCloudEvent, h, fmt.Sprintf("a batch takes no ce-* headers (header %s): send its events as application/cloudevents-batch+json, each with its own attributes", h))
+		return
+	}
+	mode := cloudEventMode(r.Header, ct)
+	if mode == ceStructured {
+		writeProblem(w, r, codeUnsupportedMedia, "Content-Type", "a batch of CloudEvents is application/cloudevents-batch+json (a JSON array of events); application/cloudevents+json is one event, published to /v1/topics/{topic}/messages")
+		return
+	}
+	if mode != ceBatch && !isJSON(ct) {
 		writeProblem(w, r, codeUnsupportedMedia, "Content-Type", "a batch is a JSON array: send Content-Type: application/json")
 		return
 	}
@@ -453,7 +512,12 @@ func (s *Server) handlePublishBatch(w http.ResponseWriter, r *http.Request) {
 			Detail: fmt.Sprintf("the batch request is larger than %d bytes (bodies may total %d)", maxBatchRequestBytes, broker.MaxBatchBytes)}))
 		return
 	}
-	msgs, err := decodeBatch(data)
+	var msgs []*broker.Message
+	if mode == ceBatch {
+		msgs, err = decodeEventBatch(data)
+	} else {
+		msgs, err = decodeBatch(data)
+	}
 	if err != nil {
 		var be *batchError
 		errors.As(err, &be)

@@ -203,7 +203,7 @@ func (s *Server) handleNack(w http.ResponseWriter, r *http.Request) {
 	if req.Delay != "" {
 		d, err := time.ParseDuration(req.Delay)
 		if err != nil {
-			writeProblem(w, r, broker.CodeInvalidPull, "delay", fmt.Sprintf("%q is not a duration like 10s", req.Delay))
+			writeProblem(w, r, broker.CodeInvalidNack, "delay", fmt.Sprintf("%q is not a duration like 10s", req.Delay))
 			return
 		}
 		delay = d
@@ -237,12 +237,12 @@ func (s *Server) handleVisibility(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.Visibility == nil {
-		writeProblem(w, r, broker.CodeInvalidPull, "visibility", `visibility is required, a duration like "60s" ("0s" makes the messages visible now)`)
+		writeProblem(w, r, broker.CodeInvalidVisibility, "visibility", `visibility is required, a duration like "60s" ("0s" makes the messages visible now)`)
 		return
 	}
 	vis, err := time.ParseDuration(*req.Visibility)
 	if err != nil {
-		writeProblem(w, r, broker.CodeInvalidPull, "visibility", fmt.Sprintf("%q is not a duration like 60s", *req.Visibility))
+		writeProblem(w, r, broker.CodeInvalidVisibility, "visibility", fmt.Sprintf("%q is not a duration like 60s", *req.Visibility))
 		return
 	}
 	if field, detail, ok := badReceipt(chi.URLParam(r, "group"), req.Receipts); !ok {

@@ -38,7 +38,7 @@ func TestPullOverHTTP(t *testing.T) {
 		{"malformed receipt", "/v1/groups/workers/ack", `{"receipts":["nope"]}`, 400, "invalid_receipt"},
 		{"no receipts", "/v1/groups/workers/ack", `{"receipts":[]}`, 400, "invalid_receipt"},
 		{"ack body too large", "/v1/groups/workers/ack", `{"receipts":["` + strings.Repeat("a", maxAckRequestBytes) + `"]}`, 413, "request_too_large"},
-		{"bad nack delay", "/v1/groups/workers/nack", `{"receipts":["x"],"delay":"later"}`, 400, "invalid_pull"},
+		{"bad nack delay", "/v1/groups/workers/nack", `{"receipts":["x"],"delay":"later"}`, 400, "invalid_nack"},
 		{"max 0", "/v1/groups/workers/topics/jobs/pull?max=0", "", 400, "invalid_parameter"},
 		{"max 257", "/v1/groups/workers/topics/jobs/pull?max=257", "", 400, "invalid_parameter"},
 		{"wait over 30s", "/v1/groups/workers/topics/jobs/pull?wait=31s", "", 400, "invalid_pull"},

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/postbus/postbus/broker"
 	"github.com/prometheus/client_golang/prometheus"
@@ -94,5 +95,38 @@ func TestReadyzListsDamagedSpans(t *testing.T) {
 		if resp, body := do(t, "GET", srv.URL+"/v1/messages/"+ids[i]+"/body", nil, nil); resp.StatusCode != http.StatusOK || !strings.HasPrefix(string(body), fmt.Sprintf("message-%d-", i)) {
 			t.Fatalf("message %d: %d %.40s", i, resp.StatusCode, body)
 		}
+	}
+}
+
+// TestReadyzDiskFull: while the disk is over the full watermark, and
+// publishes are refused with 507 disk_full, /readyz answers 503 saying so.
+func TestReadyzDiskFull(t *testing.T) {
+	dir := t.TempDir()
+	used, err := broker.DiskUsage(dir)
+	if err != nil || used <= 0 {
+		t.Fatalf("disk use of %s: %v, %v", dir, used, err)
+	}
+	srv, _ := newTestServer(t, func(c *broker.Config) {
+		c.Dir = dir
+		// Under what the disk holds already: full from the first check,
+		// which the broker makes as it opens its retention loop.
+		c.DiskCleanRatio, c.DiskFullRatio = used/2, used/2
+	})
+	// The first disk check runs beside Open: wait for the publish to be
+	// refused (bounded), then /readyz must say why.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, body := do(t, "POST", srv.URL+"/v1/topics/t/messages", nil, strings.NewReader("x"))
+		if resp.StatusCode == http.StatusInsufficientStorage {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("publish over the full watermark: %d %s", resp.StatusCode, body)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	resp, body := do(t, "GET", srv.URL+"/readyz", nil, nil)
+	if code, _ := problemCode(t, body); resp.StatusCode != http.StatusServiceUnavailable || code != "not_ready" || !strings.Contains(string(body), "full watermark") {
+		t.Fatalf("readyz while publishes are refused: %d %s", resp.StatusCode, body)
 	}
 }

@@ -86,6 +86,7 @@ type subscriptionRequest struct {
 	// broker the same ones, and a user may bring their own secret.
 	ID     *string `json:"id,omitempty"`
 	Secret *string `json:"secret,omitempty"`
+	Format *string `json:"format"`
 }
 
 // UnmarshalJSON decodes a subscription request whose member names are
@@ -156,6 +157,7 @@ func (req *subscriptionRequest) apply(s *broker.Subscription) *broker.Error {
 	set(&s.URL, req.URL)
 	set(&s.Filter, req.Filter)
 	set(&s.StartFrom, req.StartFrom)
+	set(&s.Format, req.Format)
 	if req.Ordered != nil {
 		s.Ordered = *req.Ordered
 	}
@@ -247,6 +249,7 @@ type subscriptionJSON struct {
 	UpdatedAt     string       `json:"updated_at"`
 	// Version is the last change's, the same on every broker's copy.
 	Version string `json:"version"`
+	Format  string `json:"format"`
 }
 
 func toSubscriptionJSON(s broker.Subscription, withSecret bool) subscriptionJSON {
@@ -254,7 +257,7 @@ func toSubscriptionJSON(s broker.Subscription, withSecret bool) subscriptionJSON
 		Ordered: s.Ordered, MaxRetries: s.MaxRetries, Timeout: s.Timeout.String(), MaxInFlight: s.MaxInFlight,
 		RatePerSecond: s.RatePerSecond, Visibility: s.Visibility.String(), StartFrom: s.StartFrom, State: s.State,
 		StateReason: s.StateReason, CreatedAt: s.CreatedAt.UTC().Format(time.RFC3339Nano), UpdatedAt: s.UpdatedAt.UTC().Format(time.RFC3339Nano),
-		Version: s.Version.String()}
+		Version: s.Version.String(), Format: s.Format}
 	if s.URL != "" {
 		out.Type = "push"
 	}

@@ -65,6 +65,11 @@ type Delivery struct {
 
 	Secrets []string      // active whsec_ secrets, newest first
 	Timeout time.Duration // the whole attempt, body read included; DefaultTimeout when 0
+
+	// Format is the subscription's: broker.FormatCloudEvents sends the
+	// message as a binary-mode CloudEvent (see cloudEventHeaders).
+	Format string
+	BornAt time.Time // the message's; a CloudEvent's time when it had none
 }
 
 // Outcome is what the dispatcher does after an attempt.
@@ -184,8 +189,16 @@ func (c *Client) newRequest(d Delivery, key *BusKey, now time.Time) (*http.Reque
 	set(HeaderQueueOffset, strconv.FormatInt(d.QueueOffset, 10))
 	set(HeaderAttempt, strconv.Itoa(d.Attempt))
 	set(HeaderSubscription, d.Subscription)
+	ce := d.Format == broker.FormatCloudEvents
+	event := ce && wholeEvent(d.Properties)
 	for name, v := range d.Properties {
+		if event && strings.HasPrefix(name, broker.CEPropPrefix) {
+			continue // sent as the event's own ce-* headers below
+		}
 		h.Set(HeaderPropPrefix+name, v)
+	}
+	if ce {
+		cloudEventHeaders(h, d, event)
 	}
 	ts := now.Unix()
 	sig, err := SignatureHeader(d.Secrets, key, d.MsgID, ts, d.Body)

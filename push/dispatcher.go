@@ -368,17 +368,32 @@ func (l *loop) attempt(ctx, dctx context.Context, m *broker.Message, attempt int
 	}
 	now := l.d.cfg.Now()
 	secrets := l.sub.SigningSecrets(now)
+	if l.sub.Format == broker.FormatCloudEvents {
+		l.checkEvent(m)
+	}
 	res := l.d.cfg.Client.Deliver(dctx, Delivery{
 		URL: l.sub.URL, Body: m.Body, ContentType: m.ContentType,
 		MsgID: m.ID, Topic: m.OriginTopic(), Tag: m.Tag, Keys: m.Keys,
 		QueueID: m.QueueID, QueueOffset: m.QueueOffset, Attempt: attempt,
 		Subscription: l.sub.ID, Properties: m.Properties, Secrets: secrets, Timeout: l.sub.Timeout,
+		Format: l.sub.Format, BornAt: m.BornAt,
 	}, l.d.cfg.Key, now)
 	outcome := map[Outcome]string{Delivered: "delivered", Retry: "retry", Gone: "gone"}[res.Outcome]
 	l.d.b.LogAttempt(broker.Attempt{MsgID: m.ID, Group: l.sub.Group, Subscription: l.sub.ID, Attempt: attempt,
 		At: now, Outcome: outcome, Status: res.Status, Error: res.Err, Latency: res.Latency})
 	l.d.metrics.attempted(l.sub.ID, res, m.StoredAt, now)
 	return res, true
+}
+
+// checkEvent logs and counts a message whose ce- properties are not a
+// whole CloudEvent: it is delivered as an event made from the message
+// rather than as the event it was meant to be.
+func (l *loop) checkEvent(m *broker.Message) {
+	if attr, detail := partialEvent(m.Properties); detail != "" {
+		l.d.metrics.partial.WithLabelValues(l.sub.ID).Inc()
+		l.log.Error("a message's ce-* properties are not a whole CloudEvent: delivered as an event made from the message, those properties as Postbus-Prop-*",
+			slog.String("msg_id", m.ID), slog.String("attribute", attr), slog.String("why", detail))
+	}
 }
 
 // gone disables the subscription: the endpoint said 410 Gone.

@@ -58,6 +58,19 @@
 //	webhook-signature        "v1,<b64 HMAC> [v1,<b64 HMAC>...] v1a,<b64 Ed25519>"
 //	Postbus-Signature        EdDSA JWT
 //
+// A subscription with format cloudevents (Delivery.Format) also sends the
+// CloudEvents HTTP binding's binary mode (cloudevents.go): ce-specversion
+// 1.0 and the event's ce-id, ce-source, ce-type, ce-time, ce-subject,
+// ce-dataschema and extensions as kept in its ce- properties (those are
+// then not repeated as Postbus-Prop-*), or, for a message published
+// without CloudEvents, ce-id = message id, ce-source = /topics/{topic},
+// ce-type = tag (DefaultCEType without one) and ce-time = born time.
+// Values are percent-encoded as the binding says. The body and the
+// signatures are the same as in format raw. A message whose ce-
+// properties are not a whole event (stored before they were checked) is
+// sent as one made from the message, logged at ERROR and counted in
+// postbus_push_partial_cloudevents_total.
+//
 // A 2xx is Delivered; 410 is Gone (the subscription is to be disabled);
 // anything else — a 3xx, another status, a timeout, a refused or reset
 // connection, a body cut short, a refused address — is Retry, since a

@@ -15,6 +15,7 @@ type pushMetrics struct {
 	retries  *prometheus.CounterVec
 	dead     *prometheus.CounterVec
 	leaseErr *prometheus.CounterVec // leases that failed for a reason other than the subscription stopping
+	partial  *prometheus.CounterVec // cloudevents deliveries of messages whose ce- properties are no whole event
 }
 
 func newPushMetrics(reg prometheus.Registerer, d *Dispatcher) *pushMetrics {
@@ -32,9 +33,11 @@ func newPushMetrics(reg prometheus.Registerer, d *Dispatcher) *pushMetrics {
 			Help: "Messages moved to a dead-letter queue after their last retry."}, []string{"subscription"}),
 		leaseErr: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "postbus_push_lease_errors_total",
 			Help: "A push loop's leases that failed (each logged at ERROR); a loop racing its subscription's pause, disable or deletion is not counted."}, []string{"subscription"}),
+		partial: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "postbus_push_partial_cloudevents_total",
+			Help: "Deliveries in format cloudevents of a message whose ce-* properties are not a whole CloudEvent (stored before they were checked): sent as an event made from the message, with those properties as Postbus-Prop-* (each logged at ERROR)."}, []string{"subscription"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.attempts, m.latency, m.e2e, m.retries, m.dead, m.leaseErr, lagCollector{d})
+		reg.MustRegister(m.attempts, m.latency, m.e2e, m.retries, m.dead, m.leaseErr, m.partial, lagCollector{d})
 	}
 	return m
 }
