@@ -1366,20 +1366,28 @@ const nackReserve = 10 * time.Second
 
 // settlePush settles a push lease.
 func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
+	moved, err := e.settlePushMoved(ctx, r, v)
+	e.pushWritten(moved)
+	return err
+}
+
+// settlePushMoved settles a push lease and reports whether it moved its
+// group's offsets, for which the caller waits (pushWritten).
+func (e *Engine) settlePushMoved(ctx context.Context, r receipt, v Verdict) (bool, error) {
 	b := e.b
 	e.mu.Lock()
 	c := e.cons[[2]string{r.Group, r.Topic}]
 	e.mu.Unlock()
 	if c == nil {
 		e.unfence(r)
-		return staleErr("receipt")
+		return false, staleErr("receipt")
 	}
 	c.mu.Lock()
 	l := c.leases[uint64(r.Timer)]
 	if l == nil || c.closed {
 		c.mu.Unlock()
 		e.unfence(r)
-		return staleErr("receipt")
+		return false, staleErr("receipt")
 	}
 	sub := c.sub
 	switch v.kind {
@@ -1388,8 +1396,7 @@ func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
 		e.finishPush(ctx, c, l)
 		moved := !c.closed
 		c.mu.Unlock()
-		e.pushWritten(moved)
-		return nil
+		return moved, nil
 	case verdictRelease:
 		delete(c.leases, l.id)
 		if l.ordered {
@@ -1407,7 +1414,7 @@ func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
 			c.redo = append(c.redo, l)
 		}
 		c.mu.Unlock()
-		return nil
+		return false, nil
 	}
 	if l.ordered && v.kind == verdictRetry {
 		// The block is stored holding the lock, and only while the
@@ -1418,12 +1425,12 @@ func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
 		defer c.mu.Unlock()
 		blk := OrderedRetry{Subscription: sub.ID, Queue: l.c.slot, QueueOffset: l.m.QueueOffset, Attempt: l.attempt, NextAt: v.at}
 		if err := b.meta.SetOrderedRetry(ctx, blk); err != nil {
-			return err
+			return false, err
 		}
 		delete(c.leases, l.id)
 		delete(c.out, l.c.slot)
 		c.blocks[l.c.slot] = blk
-		return nil
+		return false, nil
 	}
 	c.mu.Unlock()
 	// Stored without the lock (an append); the lease stays out meanwhile,
@@ -1438,7 +1445,7 @@ func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
 		err = b.storeSystem(ctx, l.m.retryCopy(sub.Group, l.attempt+1, v.at))
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
 	c.mu.Lock()
 	if c.closed {
@@ -1446,14 +1453,13 @@ func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
 	}
 	if c.leases[l.id] != l {
 		c.mu.Unlock()
-		return nil // expired meanwhile: its retry is stored, the expiry's too
+		return false, nil // expired meanwhile: its retry is stored, the expiry's too
 	}
 	delete(c.leases, l.id)
 	e.finishPush(ctx, c, l)
 	moved := !c.closed
 	c.mu.Unlock()
-	e.pushWritten(moved)
-	return nil
+	return moved, nil
 }
 
 // pushWritten waits, after a push settle moved its group's offsets

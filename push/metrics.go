@@ -15,6 +15,9 @@ type pushMetrics struct {
 	retries  *prometheus.CounterVec
 	dead     *prometheus.CounterVec
 	leaseErr *prometheus.CounterVec // leases that failed for a reason other than the subscription stopping
+	batches  *prometheus.CounterVec // batched requests sent
+	batchMsg *prometheus.CounterVec // messages in them
+	bad207   *prometheus.CounterVec // 207 answers that were not a list of the batch's failed messages
 }
 
 func newPushMetrics(reg prometheus.Registerer, d *Dispatcher) *pushMetrics {
@@ -32,9 +35,15 @@ func newPushMetrics(reg prometheus.Registerer, d *Dispatcher) *pushMetrics {
 			Help: "Messages moved to a dead-letter queue after their last retry."}, []string{"subscription"}),
 		leaseErr: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "postbus_push_lease_errors_total",
 			Help: "A push loop's leases that failed (each logged at ERROR); a loop racing its subscription's pause, disable or deletion is not counted."}, []string{"subscription"}),
+		batches: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "postbus_push_batches_total",
+			Help: "Batched push requests sent."}, []string{"subscription"}),
+		batchMsg: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "postbus_push_batch_messages_total",
+			Help: "Messages sent in batched push requests."}, []string{"subscription"}),
+		bad207: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "postbus_push_batch_invalid_answers_total",
+			Help: "207 answers to a batch that were not {\"failed\":[...]} naming only the batch's messages (the whole batch was retried; each logged at ERROR)."}, []string{"subscription"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.attempts, m.latency, m.e2e, m.retries, m.dead, m.leaseErr, lagCollector{d})
+		reg.MustRegister(m.attempts, m.latency, m.e2e, m.retries, m.dead, m.leaseErr, m.batches, m.batchMsg, m.bad207, lagCollector{d})
 	}
 	return m
 }
@@ -49,6 +58,13 @@ func (m *pushMetrics) attempted(sub string, r Result, stored, now time.Time) {
 }
 
 func (m *pushMetrics) leaseFailed(sub string) { m.leaseErr.WithLabelValues(sub).Inc() }
+
+func (m *pushMetrics) batchSent(sub string, n int) {
+	m.batches.WithLabelValues(sub).Inc()
+	m.batchMsg.WithLabelValues(sub).Add(float64(n))
+}
+
+func (m *pushMetrics) badPartial(sub string) { m.bad207.WithLabelValues(sub).Inc() }
 
 func (m *pushMetrics) settled(sub string, dead bool) {
 	if dead {
