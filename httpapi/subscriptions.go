@@ -291,7 +291,7 @@ type subscriptionJSON struct {
 	CreatedAt     string       `json:"created_at"`
 	UpdatedAt     string       `json:"updated_at"`
 	// Version is the last change's, the same on every broker's copy.
-	Version string     `json:"version"`
+	Version string    `json:"version"`
 	Batch   batchJSON `json:"batch,omitzero"`
 }
 
