@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -39,5 +40,53 @@ func (e *Engine) SettleBatch(ctx context.Context, receipts []string, verdicts []
 // for an ordered subscription up to run consecutive messages of a queue,
 // in queue order, where Lease hands out one a queue.
 func (e *Engine) LeaseBatch(ctx context.Context, group, topic string, max, run int, visibility time.Duration) ([]Lease, error) {
-	return e.Lease(ctx, group, topic, max, visibility)
+	return e.leaseRun(ctx, group, topic, max, run, visibility)
+}
+
+// truncateRun takes back what follows l in its ordered push run: those
+// leases end (their settles find them stale) and the queue's cursor goes
+// back to just after l, so that they are read and go out again after it,
+// in order. It reports whether it moved the queue's offsets. Called with
+// c.mu held.
+func (e *Engine) truncateRun(c *consumer, l *memLease) bool {
+	ids := c.runs[l.c.slot]
+	at := slices.Index(ids, l.id)
+	if at < 0 || at == len(ids)-1 {
+		return false
+	}
+	for _, rid := range ids[at+1:] {
+		if rl := c.leases[rid]; rl != nil {
+			delete(c.leases, rid)
+			l.c.Finish(rl.m.QueueOffset) // not out any more; read again from Next
+		}
+	}
+	c.runs[l.c.slot] = ids[:at+1]
+	l.c.Next = l.m.QueueOffset + 1
+	e.setOffset(c, l.c)
+	return true
+}
+
+// leaveRun takes settled l out of its ordered push run and reports
+// whether its queue stays busy (others of the run still out) or blocked
+// by a later message of the run (a retry waiting): then only l is done,
+// and the queue's block, if any, stays. Called with c.mu held.
+func (e *Engine) leaveRun(c *consumer, l *memLease) bool {
+	ids := c.runs[l.c.slot]
+	at := slices.Index(ids, l.id)
+	if at < 0 {
+		return false
+	}
+	ids = slices.Delete(ids, at, at+1)
+	if len(ids) > 0 {
+		c.runs[l.c.slot] = ids
+		c.out[l.c.slot] = ids[0] // the first still out: a dropped consumer's fence waits for it
+		return true
+	}
+	delete(c.runs, l.c.slot)
+	blk, blocked := c.blocks[l.c.slot]
+	if blocked && blk.QueueOffset > l.m.QueueOffset {
+		delete(c.out, l.c.slot)
+		return true
+	}
+	return false
 }

@@ -221,12 +221,12 @@ func (l *loop) deliverBatch(ctx, dctx context.Context, leases []broker.Lease) {
 	case res.Outcome == Gone:
 		l.goneOnce.Do(l.gone)
 		l.settleBatch(dctx, leases, releaseAll(len(leases)), nil)
-		l.logBatch(leases, res, nil, "")
+		l.logBatch(leases, res, nil)
 		return
 	case dctx.Err() != nil:
 		// Cut off by the stop: the endpoint may have them; at least once.
 		l.settleBatch(dctx, leases, releaseAll(len(leases)), nil)
-		l.logBatch(leases, res, nil, "")
+		l.logBatch(leases, res, nil)
 		return
 	case res.Outcome == Delivered && res.Status == http.StatusMultiStatus:
 		ids := make(map[string]bool, len(leases))
@@ -257,16 +257,20 @@ func (l *loop) deliverBatch(ctx, dctx context.Context, leases []broker.Lease) {
 			failed[i] = true
 		}
 	}
-	// held: ordered queues with a failure: what follows goes out again.
-	var held map[queueKey]bool
+	// held: ordered queues with a failure, by the failed message: what
+	// follows it goes out again after it.
+	var held map[queueKey]string
+	whys := make([]string, len(leases)) // the trace's error of each; "" delivered
 	for i, ls := range leases {
 		k := queueKey{ls.Topic, ls.QueueID}
 		switch {
-		case held[k]:
+		case held[k] != "":
 			vs[i] = broker.Release()
+			whys[i] = "sent again after " + held[k] + ", which failed before it in its ordered queue"
 		case !failed[i]:
 			vs[i] = broker.Ack()
 		default:
+			whys[i] = why
 			delay, dead := l.policy.Next(ls.Attempt, res.RetryAfter, rand.Float64)
 			if dead {
 				vs[i], counted[i] = broker.Dead(why), countDead
@@ -275,13 +279,13 @@ func (l *loop) deliverBatch(ctx, dctx context.Context, leases []broker.Lease) {
 			}
 			if l.sub.Ordered {
 				if held == nil {
-					held = map[queueKey]bool{}
+					held = map[queueKey]string{}
 				}
-				held[k] = true
+				held[k] = ls.ID
 			}
 		}
 	}
-	l.logBatch(leases, res, failed, why)
+	l.logBatch(leases, res, whys)
 	l.settleBatch(dctx, leases, vs, counted)
 }
 
@@ -323,14 +327,15 @@ func (l *loop) attemptBatch(ctx, dctx context.Context, leases []broker.Lease) (R
 }
 
 // logBatch writes each message's attempt to the trace and the metrics.
-// failed nil: every message had res's outcome.
-func (l *loop) logBatch(leases []broker.Lease, res Result, failed []bool, why string) {
+// whys nil: every message had res's outcome; else whys[i] is why message
+// i failed, "" when it was delivered.
+func (l *loop) logBatch(leases []broker.Lease, res Result, whys []string) {
 	now := l.d.cfg.Now()
 	for i, ls := range leases {
 		r := res
-		if failed != nil {
-			if failed[i] {
-				r.Outcome, r.Err = Retry, why
+		if whys != nil {
+			if whys[i] != "" {
+				r.Outcome, r.Err = Retry, clip(whys[i])
 			} else {
 				r.Outcome, r.Err = Delivered, ""
 			}

@@ -342,3 +342,79 @@ func TestParsePartial(t *testing.T) {
 		}
 	}
 }
+
+// TestBatchOrderedFailureInTheMiddle: an ordered subscription's batch is a
+// run of one queue in queue order; a 207 failing a message in the middle
+// acks those before it, retries it, and sends those after it again only
+// after it, in order, their attempt not counted.
+func TestBatchOrderedFailureInTheMiddle(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t)
+	if _, _, err := r.b.PutTopic(ctx, "t", broker.TopicSettings{Queues: 1}); err != nil {
+		t.Fatal(err)
+	}
+	s := newBatchSink(t, func(n int, els []BatchElement) (int, string) {
+		if n == 1 {
+			for _, e := range els {
+				if e.Body == "m003" {
+					return 207, `{"failed":["` + e.MsgID + `"]}`
+				}
+			}
+		}
+		return 200, ""
+	})
+	sub, err := r.b.CreateSubscription(ctx, broker.Subscription{Group: "g", Topic: "t", URL: s.URL, Ordered: true, MaxRetries: 3,
+		RetryDelays: []time.Duration{50 * time.Millisecond}, Batch: broker.PushBatch{MaxMessages: 10, MaxWait: 300 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishN(t, r, "t", "m", 10)
+	waitUntil(t, 15*time.Second, "m003 to m009 delivered again", func() bool { return countPrefix(s.sent(), "m") == 17 })
+	reqs := s.requests()
+	var order []string
+	for i, q := range reqs {
+		var bodies []string
+		for _, e := range q.els {
+			bodies = append(bodies, fmt.Sprintf("%s/%d", e.Body, e.Attempt))
+		}
+		t.Logf("request %d: %v", i+1, bodies)
+		order = append(order, bodies...)
+	}
+	want := []string{"m000/1", "m001/1", "m002/1", "m003/1", "m004/1", "m005/1", "m006/1", "m007/1", "m008/1", "m009/1",
+		"m003/2", "m004/1", "m005/1", "m006/1", "m007/1", "m008/1", "m009/1"}
+	if !slices.Equal(order, want) {
+		t.Fatalf("delivered as %v, want %v", order, want)
+	}
+	if len(reqs[0].els) != 10 {
+		t.Fatalf("the first batch holds %d messages, want the whole run of 10", len(reqs[0].els))
+	}
+	// The trace says m004's first delivery did not count.
+	var m4 string
+	for _, e := range reqs[0].els {
+		if e.Body == "m004" {
+			m4 = e.MsgID
+		}
+	}
+	var outcomes []string
+	wantTrace := []string{"1:retry", "1:delivered"}
+	deadline := time.Now().Add(10 * time.Second)
+	for !slices.Equal(outcomes, wantTrace) && time.Now().Before(deadline) {
+		tr, err := r.b.MessageTrace(ctx, m4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		outcomes = outcomes[:0]
+		for _, a := range tr.Attempts {
+			outcomes = append(outcomes, fmt.Sprintf("%d:%s", a.Attempt, a.Outcome))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !slices.Equal(outcomes, wantTrace) {
+		t.Fatalf("m004's trace %v, want %v: held back behind m003, then delivered", outcomes, wantTrace)
+	}
+	waitUntil(t, 10*time.Second, "nothing left in flight", func() bool { return inFlight(t, r.b, sub.Group) == 0 })
+	waitUntil(t, 10*time.Second, "the group's offset at 10", func() bool {
+		off, ok := r.b.Offset(sub.Group, "t", 0)
+		return ok && off == 10
+	})
+}
