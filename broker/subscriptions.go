@@ -221,9 +221,11 @@ func (s *Subscription) applyDefaults() {
 	if s.MaxInFlight == 0 {
 		s.MaxInFlight = DefaultMaxInFlight
 		if s.Batch.Batched() {
-			// max_in_flight counts messages: room for two batches at
-			// once, so one goes out while the other is answered.
-			s.MaxInFlight = min(MaxMaxInFlight, max(DefaultMaxInFlight, 2*s.Batch.MaxMessages))
+			// max_in_flight counts messages: room for four batches at
+			// once, so that some go out while others are answered and
+			// settled (BenchmarkPushDelivery: 10-12k msgs/s with two
+			// batches of 100 out, 15-16k with four).
+			s.MaxInFlight = min(MaxMaxInFlight, max(DefaultMaxInFlight, 4*s.Batch.MaxMessages))
 		}
 	}
 	if s.Visibility == 0 {

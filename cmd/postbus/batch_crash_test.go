@@ -3,10 +3,12 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
@@ -96,5 +98,24 @@ func TestSIGKILLDuringBatchedPush(t *testing.T) {
 				t.Fatalf("ordered, first deliveries out of queue order: %v", disorder[:min(5, len(disorder))])
 			}
 		})
+	}
+}
+
+// TestBenchPushBatchBacklog runs `postbus bench push --batch --backlog`
+// against a real broker: the subscription is paused while the tool
+// publishes, resumed after, and every message arrives in batches.
+func TestBenchPushBatchBacklog(t *testing.T) {
+	p := start(t, "broker", "--data", t.TempDir(), "--auto-create-topics", "--allow-private-webhooks")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, postbusBin, "bench", "push", "--url", p.url, "--batch", "20", "--backlog",
+		"--rate", "200", "--duration", "500ms", "--drain", "20s", "--interval", "0", "--conns", "4").CombinedOutput()
+	if err != nil {
+		t.Fatalf("bench push: %v\n%s", err, out)
+	}
+	for _, want := range []string{"batch=20/50ms", "missing 0", "deliveries/s of the backlog"} {
+		if !strings.Contains(string(out), want) {
+			t.Fatalf("the report lacks %q:\n%s", want, out)
+		}
 	}
 }

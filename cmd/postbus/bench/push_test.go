@@ -409,6 +409,7 @@ func TestPushFlags(t *testing.T) {
 		{"negative batch", []string{"--batch", "-1"}},
 		{"batch above max in flight", []string{"--batch", "100", "--max-in-flight", "50"}},
 		{"batch wait without batch", []string{"--batch-wait", "10ms"}},
+		{"backlog with delayed", []string{"--backlog", "--delayed", "10"}},
 		{"batch wait too long", []string{"--batch", "10", "--batch-wait", "11s"}},
 		{"size below the stamp", []string{"--size", strconv.Itoa(stampLen - 1)}},
 		{"negative rate", []string{"--rate", "-1"}},
