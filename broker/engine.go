@@ -186,7 +186,11 @@ type consumer struct {
 	// and not settled: when handed out again, its visibility ran out
 	// (the trace says "expired"). Guarded by mu.
 	pulledOut map[int]bool
-	out       map[int]uint64 // ordered push: the lease out on each queue; guarded by mu
+	out       map[int]uint64 // ordered push: the lease out on each queue (a run's first); guarded by mu
+	// runs are an ordered push queue's leases out as one run of
+	// consecutive messages (LeaseBatch), in queue order, those settled
+	// taken out: the queue stays busy until the run is empty. Guarded by mu.
+	runs map[int][]uint64
 	// unordered are ordered pull receipts whose block became a visibility
 	// copy when the group turned unordered: the copy's timer, by the
 	// receipt's queue, offset and attempt, so the receipt still settles
@@ -284,12 +288,18 @@ func (c *consumer) retryCursor() *queueCursor { return c.cursors[len(c.cursors)-
 // subscription (a first Pull does): without an active one it fails with
 // ErrSubscriptionInactive.
 func (e *Engine) Lease(ctx context.Context, group, topic string, max int, visibility time.Duration) ([]Lease, error) {
+	return e.leaseRun(ctx, group, topic, max, 1, visibility)
+}
+
+// leaseRun is Lease handing out up to run consecutive messages of an
+// ordered push queue at once (LeaseBatch).
+func (e *Engine) leaseRun(ctx context.Context, group, topic string, max, run int, visibility time.Duration) ([]Lease, error) {
 	for range 3 {
 		c, err := e.consumerFor(ctx, group, topic)
 		if err != nil {
 			return nil, err
 		}
-		got, err := e.lease(ctx, c, max, visibility)
+		got, err := e.lease(ctx, c, max, run, visibility)
 		if !errors.Is(err, errConsumerDropped) {
 			return got, err
 		}
@@ -361,7 +371,7 @@ func (e *Engine) install(ctx context.Context, s Subscription, push bool) (*consu
 			return nil, err
 		}
 		c := &consumer{sub: s, filter: f, push: push, blocks: map[int]OrderedRetry{}, pulledOut: map[int]bool{},
-			leases: map[uint64]*memLease{}, out: map[int]uint64{}}
+			leases: map[uint64]*memLease{}, out: map[int]uint64{}, runs: map[int][]uint64{}}
 		// Blocks are read for an unordered subscription too: one turned
 		// unordered while it had no consumer still has them, and they
 		// are converted below.
@@ -642,7 +652,7 @@ func (e *Engine) grow(c *consumer) {
 }
 
 // lease hands out what is ready now.
-func (e *Engine) lease(ctx context.Context, c *consumer, limit int, visibility time.Duration) ([]Lease, error) {
+func (e *Engine) lease(ctx context.Context, c *consumer, limit, run int, visibility time.Duration) ([]Lease, error) {
 	c.leaseMu.Lock()
 	defer c.leaseMu.Unlock()
 	c.mu.Lock()
@@ -661,7 +671,7 @@ func (e *Engine) lease(ctx context.Context, c *consumer, limit int, visibility t
 	c.mu.Unlock()
 	var out []Lease
 	if ordered {
-		got, err := e.leaseOrdered(ctx, c, limit, visibility)
+		got, err := e.leaseOrdered(ctx, c, limit, run, visibility)
 		if err != nil {
 			return got, err
 		}
@@ -1060,6 +1070,26 @@ func (e *Engine) expire(c *consumer, now time.Time) {
 		if now.Before(l.deadline) {
 			continue
 		}
+		if l.ordered && len(c.runs[l.c.slot]) > 0 {
+			// A run's messages expire together: its first still out
+			// blocks the queue, the rest are read again after it.
+			first := c.leases[c.runs[l.c.slot][0]]
+			if first == nil {
+				first = l // cannot be: a run holds only leases out
+			}
+			for _, rid := range c.runs[l.c.slot] {
+				if rl := c.leases[rid]; rl != nil {
+					e.b.LogAttempt(Attempt{MsgID: rl.m.ID, Group: c.sub.Group, Subscription: c.sub.ID, Attempt: rl.attempt, At: now, Outcome: "expired"})
+					e.b.metrics.leaseExpired()
+				}
+			}
+			e.truncateRun(c, first)
+			delete(c.leases, first.id)
+			delete(c.runs, l.c.slot)
+			delete(c.out, l.c.slot)
+			c.blocks[l.c.slot] = OrderedRetry{Subscription: c.sub.ID, Queue: l.c.slot, QueueOffset: first.m.QueueOffset, Attempt: first.attempt, NextAt: now}
+			continue
+		}
 		delete(c.leases, id)
 		e.b.LogAttempt(Attempt{MsgID: l.m.ID, Group: c.sub.Group, Subscription: c.sub.ID, Attempt: l.attempt, At: now, Outcome: "expired"})
 		e.b.metrics.leaseExpired()
@@ -1078,7 +1108,7 @@ func (e *Engine) expire(c *consumer, now time.Time) {
 // blocked message again as the next attempt: a queue's messages go out one
 // at a time, in order. The group's retry queue is one of them: redriven
 // dead letters go out one at a time too, in the order they were put back.
-func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visibility time.Duration) ([]Lease, error) {
+func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit, run int, visibility time.Duration) ([]Lease, error) {
 	b := e.b
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -1128,6 +1158,7 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 			continue
 		}
 		var m *Message
+		var tail []*Message // a push run's messages after m (LeaseBatch)
 		var attempt int
 		if blk, ok := c.blocks[cur.slot]; ok {
 			if now.Before(blk.NextAt) {
@@ -1154,7 +1185,13 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 				continue
 			}
 		} else {
-			msgs, next, err := b.ReadQueue(cur.Topic, cur.Queue, cur.Next, 1, cur.filter(filter))
+			n := 1
+			if c.push && run > 1 && cur.slot != retrySlot {
+				// The retry queue's messages, with attempts behind
+				// them, go out one at a time.
+				n = max(1, min(run, limit-len(out)))
+			}
+			msgs, next, err := b.ReadQueue(cur.Topic, cur.Queue, cur.Next, n, cur.filter(filter))
 			if err != nil {
 				return out, err
 			}
@@ -1164,6 +1201,12 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 				continue
 			}
 			m = msgs[0]
+			for _, t := range msgs[1:] {
+				if max(t.Attempt, 1) > sub.MaxRetries+1 {
+					break // read again after m, on its own
+				}
+				tail = append(tail, t)
+			}
 			cur.Next = m.QueueOffset + 1
 			// A retry queue's message may have attempts behind it (it was
 			// out or waiting when the subscription turned ordered).
@@ -1192,6 +1235,22 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit int, visib
 			c.out[cur.slot] = l.id
 			out = append(out, Lease{Message: m, Attempt: attempt, Receipt: receipt{Kind: receiptPush, Attempt: attempt,
 				Timer: int64(l.id), Queue: cur.slot, Group: sub.Group, Topic: sub.Topic, MsgID: m.ID}.encode(b.receiptKey, "")})
+			if len(tail) > 0 {
+				ids := []uint64{l.id}
+				for _, t := range tail {
+					e.noteExpired(sub, t, now)
+					cur.Start(t.QueueOffset)
+					cur.Next = max(cur.Next, t.QueueOffset+1)
+					ta := max(t.Attempt, 1)
+					tl := &memLease{id: e.leaseID.Add(1), c: cur, m: t, attempt: ta, ordered: true, deadline: l.deadline}
+					c.leases[tl.id] = tl
+					ids = append(ids, tl.id)
+					out = append(out, Lease{Message: t, Attempt: ta, Receipt: receipt{Kind: receiptPush, Attempt: ta,
+						Timer: int64(tl.id), Queue: cur.slot, Group: sub.Group, Topic: sub.Topic, MsgID: t.ID}.encode(b.receiptKey, "")})
+				}
+				c.runs[cur.slot] = ids
+				e.setOffset(c, cur)
+			}
 			continue
 		}
 		blk := OrderedRetry{Subscription: sub.ID, Queue: cur.slot, QueueOffset: m.QueueOffset, Attempt: attempt, NextAt: now.Add(visibility)}
@@ -1236,8 +1295,16 @@ func (e *Engine) unorder(ctx context.Context, c *consumer) error {
 		if l := c.leases[id]; l != nil {
 			l.ordered = false
 		}
+		for _, rid := range c.runs[slot] {
+			if l := c.leases[rid]; l != nil {
+				l.ordered = false
+			}
+		}
 		delete(c.out, slot)
-		delete(c.blocks, slot) // the lease carries it
+		if len(c.runs[slot]) == 0 {
+			delete(c.blocks, slot) // the lease carries it
+		} // else the block is a later message of the run's, converted below
+		delete(c.runs, slot)
 	}
 	for slot, blk := range c.blocks {
 		cur := c.cursorAt(slot)
@@ -1366,20 +1433,28 @@ const nackReserve = 10 * time.Second
 
 // settlePush settles a push lease.
 func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
+	moved, err := e.settlePushMoved(ctx, r, v)
+	e.pushWritten(moved)
+	return err
+}
+
+// settlePushMoved settles a push lease and reports whether it moved its
+// group's offsets, for which the caller waits (pushWritten).
+func (e *Engine) settlePushMoved(ctx context.Context, r receipt, v Verdict) (bool, error) {
 	b := e.b
 	e.mu.Lock()
 	c := e.cons[[2]string{r.Group, r.Topic}]
 	e.mu.Unlock()
 	if c == nil {
 		e.unfence(r)
-		return staleErr("receipt")
+		return false, staleErr("receipt")
 	}
 	c.mu.Lock()
 	l := c.leases[uint64(r.Timer)]
 	if l == nil || c.closed {
 		c.mu.Unlock()
 		e.unfence(r)
-		return staleErr("receipt")
+		return false, staleErr("receipt")
 	}
 	sub := c.sub
 	switch v.kind {
@@ -1388,15 +1463,18 @@ func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
 		e.finishPush(ctx, c, l)
 		moved := !c.closed
 		c.mu.Unlock()
-		e.pushWritten(moved)
-		return nil
+		return moved, nil
 	case verdictRelease:
 		delete(c.leases, l.id)
 		if l.ordered {
 			// The queue's cursor is already past the message: it waits
 			// as a block (in memory; the stored offset sits at it), so it
 			// goes out again, the same attempt, before anything after it.
-			delete(c.out, l.c.slot)
+			// What followed it in its run goes out again after it.
+			e.truncateRun(c, l)
+			if !e.leaveRun(c, l) {
+				delete(c.out, l.c.slot)
+			}
 			blk, ok := c.blocks[l.c.slot]
 			if !ok || blk.QueueOffset != l.m.QueueOffset {
 				blk = OrderedRetry{Subscription: c.sub.ID, Queue: l.c.slot, QueueOffset: l.m.QueueOffset, Attempt: l.attempt - 1}
@@ -1407,7 +1485,7 @@ func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
 			c.redo = append(c.redo, l)
 		}
 		c.mu.Unlock()
-		return nil
+		return false, nil
 	}
 	if l.ordered && v.kind == verdictRetry {
 		// The block is stored holding the lock, and only while the
@@ -1418,12 +1496,17 @@ func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
 		defer c.mu.Unlock()
 		blk := OrderedRetry{Subscription: sub.ID, Queue: l.c.slot, QueueOffset: l.m.QueueOffset, Attempt: l.attempt, NextAt: v.at}
 		if err := b.meta.SetOrderedRetry(ctx, blk); err != nil {
-			return err
+			return false, err
 		}
 		delete(c.leases, l.id)
-		delete(c.out, l.c.slot)
+		// What followed it in its run goes out again after it; what
+		// came before it and is still out keeps the queue busy.
+		moved := e.truncateRun(c, l)
+		if !e.leaveRun(c, l) {
+			delete(c.out, l.c.slot)
+		}
 		c.blocks[l.c.slot] = blk
-		return nil
+		return moved && !c.closed, nil
 	}
 	c.mu.Unlock()
 	// Stored without the lock (an append); the lease stays out meanwhile,
@@ -1438,7 +1521,7 @@ func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
 		err = b.storeSystem(ctx, l.m.retryCopy(sub.Group, l.attempt+1, v.at))
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
 	c.mu.Lock()
 	if c.closed {
@@ -1446,14 +1529,17 @@ func (e *Engine) settlePush(ctx context.Context, r receipt, v Verdict) error {
 	}
 	if c.leases[l.id] != l {
 		c.mu.Unlock()
-		return nil // expired meanwhile: its retry is stored, the expiry's too
+		return false, nil // expired meanwhile: its retry is stored, the expiry's too
+	}
+	if l.ordered {
+		// Dead: what followed it in its run goes out again after it.
+		e.truncateRun(c, l)
 	}
 	delete(c.leases, l.id)
 	e.finishPush(ctx, c, l)
 	moved := !c.closed
 	c.mu.Unlock()
-	e.pushWritten(moved)
-	return nil
+	return moved, nil
 }
 
 // pushWritten waits, after a push settle moved its group's offsets
@@ -1481,6 +1567,14 @@ func (e *Engine) pushWritten(moved bool) {
 // Called with c.mu held.
 func (e *Engine) finishPush(ctx context.Context, c *consumer, l *memLease) {
 	if l.ordered {
+		if e.leaveRun(c, l) {
+			// Others of its run are still out, or a later one of it
+			// failed and blocks the queue: only this one is done.
+			l.c.Finish(l.m.QueueOffset)
+			l.c.Next = max(l.c.Next, l.m.QueueOffset+1)
+			e.setOffset(c, l.c)
+			return
+		}
 		e.clearBlock(ctx, c, l.c, l.m.QueueOffset+1)
 		return
 	}

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"encoding/base64"
 	"regexp"
 	"strings"
 	"time"
@@ -66,6 +67,16 @@ type Message struct {
 
 // delayed reports whether m has no queue offset: it waits in the timer
 // store, or it is a transaction's prepared message (never queued itself).
+// EncodeBody puts a body in JSON as text when it is UTF-8, else as
+// base64, and names the encoding ("utf8" or "base64"): the one rule of
+// the pull and query answers and of batched push deliveries.
+func EncodeBody(b []byte) (body, encoding string) {
+	if utf8.Valid(b) {
+		return string(b), "utf8"
+	}
+	return base64.StdEncoding.EncodeToString(b), "base64"
+}
+
 func (m *Message) delayed() bool {
 	return m.flags&(flagDelayed|flagRePut) == flagDelayed || m.flags&flagPrepared != 0
 }

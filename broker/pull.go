@@ -197,7 +197,7 @@ func (b *Broker) PullNow(ctx context.Context, group, topic string, limit int, vi
 		if fire != nil && w == nil {
 			w = b.arm(group, topic, sub.Ordered, fire)
 		}
-		got, err := b.eng.lease(ctx, c, limit, vis)
+		got, err := b.eng.lease(ctx, c, limit, 1, vis)
 		if errors.Is(err, errConsumerDropped) {
 			// Dropped (a subscription made, changed, paused or deleted,
 			// an offset reset) since this look took it: lease from the

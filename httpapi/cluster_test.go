@@ -758,6 +758,15 @@ func TestClusterSubscriptions(t *testing.T) {
 		{"format patched through a non-holder", brokerC, "PATCH", path, `{"format":"raw"}`, 200, func(t *testing.T, a clusterAnswer) {
 			sameEverywhere(t, func(s subscriptionJSON) bool { return s.Format == broker.FormatRaw && s.MaxRetries == 7 })
 		}},
+		{"batch set through a non-holder", brokerC, "PATCH", path, `{"batch":{"max_messages":16,"max_wait":"40ms"}}`, 200, func(t *testing.T, a clusterAnswer) {
+			sameEverywhere(t, func(s subscriptionJSON) bool { return s.Batch == batchJSON{16, "40ms"} && s.MaxRetries == 7 })
+		}},
+		{"batch changed through a holder", brokerA, "PATCH", path, `{"batch":{"max_wait":"5ms"}}`, 200, func(t *testing.T, a clusterAnswer) {
+			sameEverywhere(t, func(s subscriptionJSON) bool { return s.Batch == batchJSON{16, "5ms"} })
+		}},
+		{"batch off through another broker", brokerB, "PATCH", path, `{"batch":null}`, 200, func(t *testing.T, a clusterAnswer) {
+			sameEverywhere(t, func(s subscriptionJSON) bool { return s.Batch == batchJSON{} && s.MaxRetries == 7 })
+		}},
 		{"paused through a non-holder", brokerC, "POST", path + "/pause", "", 200, func(t *testing.T, a clusterAnswer) {
 			sameEverywhere(t, func(s subscriptionJSON) bool { return s.State == "paused" && s.MaxRetries == 7 })
 		}},
@@ -1232,7 +1241,7 @@ func TestClusterTopicGainsBrokers(t *testing.T) {
 	tc := newTestCluster(t, brokerA, brokerB, brokerC)
 	tc.placeTopic(t, brokerA, "orders", `{"brokers":["broker-a"]}`, brokerA)
 	a := tc.via(t, brokerA, "POST", "/v1/subscriptions", nil,
-		`{"group":"billing","topic":"orders","url":"https://hooks.example.com/orders","retry_delays":["1s","5s"]}`)
+		`{"group":"billing","topic":"orders","url":"https://hooks.example.com/orders","retry_delays":["1s","5s"],"batch":{"max_messages":50,"max_wait":"20ms"}}`)
 	a.want(t, http.StatusCreated, brokerA)
 	push := decodeAs[subscriptionJSON](t, a)
 	a = tc.via(t, brokerA, "POST", "/v1/subscriptions", nil, `{"group":"workers","topic":"orders"}`)
@@ -1250,7 +1259,8 @@ func TestClusterTopicGainsBrokers(t *testing.T) {
 		if err != nil {
 			t.Fatalf("push subscription on %s: %v", name, err)
 		}
-		if got.Secret != push.Secret || got.URL != push.URL || len(got.RetryDelays) != 2 || got.Group != "billing" {
+		if got.Secret != push.Secret || got.URL != push.URL || len(got.RetryDelays) != 2 || got.Group != "billing" ||
+			got.Batch != (broker.PushBatch{MaxMessages: 50, MaxWait: 20 * time.Millisecond}) || got.MaxInFlight != 200 {
 			t.Errorf("push subscription on %s: %+v, want the one on %s", name, got, brokerA)
 		}
 		got, err = tc.nodes[name].b.Subscription(context.Background(), pull.ID)

@@ -1,12 +1,10 @@
 package httpapi
 
 import (
-	"encoding/base64"
 	"fmt"
 	"net/http"
 	"strconv"
 	"time"
-	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/postbus/postbus/broker"
@@ -52,12 +50,7 @@ func toMessageJSON(m *broker.Message) messageJSON {
 }
 
 // encodeBody puts a body in JSON as text when it is UTF-8, else as base64.
-func encodeBody(b []byte) (string, string) {
-	if utf8.Valid(b) {
-		return string(b), "utf8"
-	}
-	return base64.StdEncoding.EncodeToString(b), "base64"
-}
+func encodeBody(b []byte) (string, string) { return broker.EncodeBody(b) }
 
 // message finds a message the request may read: one of a topic outside the
 // token's scope is answered as not found, so a token learns nothing of it.

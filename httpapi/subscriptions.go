@@ -87,6 +87,15 @@ type subscriptionRequest struct {
 	ID     *string `json:"id,omitempty"`
 	Secret *string `json:"secret,omitempty"`
 	Format *string `json:"format"`
+	// Batch, in a PATCH, changes the members given; "batch": null turns
+	// batching off (batchOff).
+	Batch    *batchRequest `json:"batch"`
+	batchOff bool
+}
+
+type batchRequest struct {
+	MaxMessages *int    `json:"max_messages"`
+	MaxWait     *string `json:"max_wait"`
 }
 
 // UnmarshalJSON decodes a subscription request whose member names are
@@ -100,7 +109,18 @@ func (req *subscriptionRequest) UnmarshalJSON(data []byte) error {
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
-	return dec.Decode((*plain)(req))
+	if err := dec.Decode((*plain)(req)); err != nil {
+		return err
+	}
+	// A null leaves a pointer nil, as if the member were absent: look for
+	// the one null that means something.
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(data, &members); err == nil {
+		if raw, ok := members["batch"]; ok && bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
+			req.batchOff = true
+		}
+	}
+	return nil
 }
 
 // exactNames checks that every member name of the JSON object data, and of
@@ -216,7 +236,32 @@ func (req *subscriptionRequest) apply(s *broker.Subscription) *broker.Error {
 	if req.RatePerSecond != nil {
 		s.RatePerSecond = *req.RatePerSecond
 	}
+	if req.batchOff {
+		s.Batch = broker.PushBatch{}
+	}
+	if b := req.Batch; b != nil {
+		if b.MaxMessages != nil {
+			// Zero is refused rather than taken for "off", which is null.
+			if *b.MaxMessages < 1 || *b.MaxMessages > broker.MaxPushBatch {
+				return bad("batch.max_messages", "batch.max_messages %d must be 1-%d (\"batch\": null turns batching off)", *b.MaxMessages, broker.MaxPushBatch)
+			}
+			s.Batch.MaxMessages = *b.MaxMessages
+		}
+		if b.MaxWait != nil {
+			if s.Batch.MaxWait, perr = dur("batch.max_wait", *b.MaxWait); perr != nil {
+				return perr
+			}
+		}
+		if s.Batch.MaxMessages == 0 {
+			return bad("batch.max_messages", "batch needs max_messages, 1-%d", broker.MaxPushBatch)
+		}
+	}
 	return nil
+}
+
+type batchJSON struct {
+	MaxMessages int    `json:"max_messages"`
+	MaxWait     string `json:"max_wait"`
 }
 
 type backoffJSON struct {
@@ -248,8 +293,9 @@ type subscriptionJSON struct {
 	CreatedAt     string       `json:"created_at"`
 	UpdatedAt     string       `json:"updated_at"`
 	// Version is the last change's, the same on every broker's copy.
-	Version string `json:"version"`
-	Format  string `json:"format"`
+	Version string    `json:"version"`
+	Format  string    `json:"format"`
+	Batch   batchJSON `json:"batch,omitzero"`
 }
 
 func toSubscriptionJSON(s broker.Subscription, withSecret bool) subscriptionJSON {
@@ -269,6 +315,9 @@ func toSubscriptionJSON(s broker.Subscription, withSecret bool) subscriptionJSON
 	}
 	if withSecret {
 		out.Secret = s.Secret
+	}
+	if s.Batch.Batched() {
+		out.Batch = batchJSON{MaxMessages: s.Batch.MaxMessages, MaxWait: s.Batch.MaxWait.String()}
 	}
 	return out
 }

@@ -108,6 +108,25 @@ func TestSubscriptionInputsAtTheLimits(t *testing.T) {
 		{"field twice in another case", `"max_retries":3,"MAX_RETRIES":0`, 400, "body", nil},
 		{"field in another case", `"Max_Retries":3`, 400, "body", nil},
 		{"backoff field in another case", `"backoff":{"MIN":"1s","max":"2s"}`, 400, "body", nil},
+		{"batch 1", `"batch":{"max_messages":1}`, 201, "", func(s subscriptionJSON) bool { return s.Batch == batchJSON{1, "0s"} }},
+		{"batch 1000 10s", `"batch":{"max_messages":1000,"max_wait":"10s"}`, 201, "", func(s subscriptionJSON) bool {
+			return s.Batch == batchJSON{1000, "10s"} && s.MaxInFlight == 1024
+		}},
+		{"batch 100 default in flight", `"batch":{"max_messages":100,"max_wait":"50ms"}`, 201, "", func(s subscriptionJSON) bool {
+			return s.Batch == batchJSON{100, "50ms"} && s.MaxInFlight == 400
+		}},
+		{"batch 1001", `"batch":{"max_messages":1001}`, 400, "batch.max_messages", nil},
+		{"batch 0", `"batch":{"max_messages":0}`, 400, "batch.max_messages", nil},
+		{"batch -1", `"batch":{"max_messages":-1}`, 400, "batch.max_messages", nil},
+		{"batch without max_messages", `"batch":{"max_wait":"1s"}`, 400, "batch.max_messages", nil},
+		{"batch wait 10s1ms", `"batch":{"max_messages":2,"max_wait":"10.001s"}`, 400, "batch.max_wait", nil},
+		{"batch wait negative", `"batch":{"max_messages":2,"max_wait":"-1ms"}`, 400, "batch.max_wait", nil},
+		{"batch wait 1.5ms", `"batch":{"max_messages":2,"max_wait":"1.5ms"}`, 400, "batch.max_wait", nil},
+		{"batch wait not a duration", `"batch":{"max_messages":2,"max_wait":"soon"}`, 400, "batch.max_wait", nil},
+		{"batch above max_in_flight", `"batch":{"max_messages":20},"max_in_flight":10`, 400, "batch.max_messages", nil},
+		{"batch unknown member", `"batch":{"max_messages":2,"size":3}`, 400, "body", nil},
+		{"batch member in another case", `"batch":{"MAX_MESSAGES":2}`, 400, "body", nil},
+		{"batch null on create", `"batch":null`, 201, "", func(s subscriptionJSON) bool { return s.Batch == batchJSON{} }},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -207,5 +226,54 @@ func TestListSubscriptionsFiltered(t *testing.T) {
 		if code, _ := problemCode(t, data); resp.StatusCode != 400 || code != "invalid_parameter" {
 			t.Errorf("list%s: %d %s, want 400 invalid_parameter", q, resp.StatusCode, data)
 		}
+	}
+}
+
+// PATCH changes a batch's members one at a time, null turns batching off,
+// and a pull subscription takes no batch.
+func TestPatchSubscriptionBatch(t *testing.T) {
+	srv, _ := newTestServer(t, nil)
+	hdr := map[string]string{"Content-Type": "application/json"}
+	resp, data := do(t, "POST", srv.URL+"/v1/subscriptions", hdr, strings.NewReader(`{"group":"g","topic":"orders","url":"http://127.0.0.1:9/hook","max_in_flight":64}`))
+	if resp.StatusCode != 201 {
+		t.Fatalf("create: %d %s", resp.StatusCode, data)
+	}
+	var sub subscriptionJSON
+	if err := json.Unmarshal(data, &sub); err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		body   string
+		status int
+		want   batchJSON
+	}{
+		{`{"batch":{"max_wait":"1s"}}`, 400, batchJSON{}},
+		{`{"batch":{"max_messages":10}}`, 200, batchJSON{10, "0s"}},
+		{`{"batch":{"max_wait":"25ms"}}`, 200, batchJSON{10, "25ms"}},
+		{`{"batch":{"max_messages":65}}`, 400, batchJSON{10, "25ms"}},
+		{`{"max_in_flight":9}`, 400, batchJSON{10, "25ms"}},
+		{`{"batch":{"max_messages":0}}`, 400, batchJSON{10, "25ms"}},
+		{`{"max_retries":3}`, 200, batchJSON{10, "25ms"}},
+		{`{"batch":null}`, 200, batchJSON{}},
+	} {
+		resp, data := do(t, "PATCH", srv.URL+"/v1/subscriptions/"+sub.ID, hdr, strings.NewReader(step.body))
+		if resp.StatusCode != step.status {
+			t.Fatalf("PATCH %s: %d %s, want %d", step.body, resp.StatusCode, data, step.status)
+		}
+		_, data = do(t, "GET", srv.URL+"/v1/subscriptions/"+sub.ID, nil, nil)
+		var got subscriptionJSON
+		if err := json.Unmarshal(data, &got); err != nil {
+			t.Fatal(err)
+		}
+		if got.Batch != step.want {
+			t.Fatalf("after PATCH %s: batch %+v, want %+v", step.body, got.Batch, step.want)
+		}
+	}
+	resp, data = do(t, "POST", srv.URL+"/v1/subscriptions", hdr, strings.NewReader(`{"group":"p","topic":"orders","batch":{"max_messages":5}}`))
+	if resp.StatusCode != 400 {
+		t.Fatalf("a pull subscription with a batch: %d %s, want 400", resp.StatusCode, data)
+	}
+	if _, field := problemCode(t, data); field != "batch" {
+		t.Fatalf("problem field %q, want batch: %s", field, data)
 	}
 }

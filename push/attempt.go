@@ -30,6 +30,7 @@ const (
 	HeaderSubscription     = "Postbus-Subscription"
 	HeaderPropPrefix       = "Postbus-Prop-"
 	HeaderPostbusSignature = "Postbus-Signature"
+	HeaderBatchSize        = "Postbus-Batch-Size"
 	HeaderWebhookID        = "webhook-id"
 	HeaderWebhookTimestamp = "webhook-timestamp"
 	HeaderWebhookSignature = "webhook-signature"
@@ -70,6 +71,12 @@ type Delivery struct {
 	// message as a binary-mode CloudEvent (see cloudEventHeaders).
 	Format string
 	BornAt time.Time // the message's; a CloudEvent's time when it had none
+	// Batch > 0 makes this a batched delivery: Body is a JSON array of
+	// Batch messages (EncodeBatch) and MsgID the request's own id. The
+	// headers that describe one message are left out and Postbus-Batch-Size
+	// is sent; the whole answer (up to MaxResponseBytes) is kept in
+	// Result.Response, so that a 207's list of failed messages can be read.
+	Batch int
 }
 
 // Outcome is what the dispatcher does after an attempt.
@@ -129,7 +136,11 @@ func (c *Client) Deliver(ctx context.Context, d Delivery, key *BusKey, now time.
 		return Result{Outcome: Retry, Err: describe(err, ctx, timeout), Latency: time.Since(start)}
 	}
 	res := Result{Status: resp.StatusCode}
-	res.Response, err = readCapped(resp.Body, c.cfg.MaxResponseBytes)
+	keep := int64(responseKeep)
+	if d.Batch > 0 {
+		keep = c.cfg.MaxResponseBytes
+	}
+	res.Response, err = readCappedKeep(resp.Body, c.cfg.MaxResponseBytes, keep)
 	// Closing a body that was not read to its end drops the connection
 	// instead of draining the rest into the pool.
 	resp.Body.Close()
@@ -175,31 +186,37 @@ func (c *Client) newRequest(d Delivery, key *BusKey, now time.Time) (*http.Reque
 		ct = "application/octet-stream"
 	}
 	set := func(k, v string) { h[k] = []string{v} } // names below are canonical already
-	set("Content-Type", ct)
 	set("User-Agent", c.cfg.UserAgent)
-	set(HeaderMessageID, d.MsgID)
-	set(HeaderTopic, d.Topic)
-	if d.Tag != "" {
-		set(HeaderTag, d.Tag)
-	}
-	if len(d.Keys) > 0 {
-		set(HeaderKeys, strings.Join(d.Keys, ","))
-	}
-	set(HeaderQueueID, strconv.Itoa(d.QueueID))
-	set(HeaderQueueOffset, strconv.FormatInt(d.QueueOffset, 10))
-	set(HeaderAttempt, strconv.Itoa(d.Attempt))
-	set(HeaderSubscription, d.Subscription)
-	ce := d.Format == broker.FormatCloudEvents
-	event := ce && wholeEvent(d.Properties)
-	for name, v := range d.Properties {
-		if event && strings.HasPrefix(name, broker.CEPropPrefix) {
-			continue // sent as the event's own ce-* headers below
+	if d.Batch > 0 {
+		// Each element carries its own message's metadata.
+		set("Content-Type", "application/json")
+		set(HeaderBatchSize, strconv.Itoa(d.Batch))
+	} else {
+		set("Content-Type", ct)
+		set(HeaderMessageID, d.MsgID)
+		set(HeaderTopic, d.Topic)
+		if d.Tag != "" {
+			set(HeaderTag, d.Tag)
 		}
-		h.Set(HeaderPropPrefix+name, v)
+		if len(d.Keys) > 0 {
+			set(HeaderKeys, strings.Join(d.Keys, ","))
+		}
+		set(HeaderQueueID, strconv.Itoa(d.QueueID))
+		set(HeaderQueueOffset, strconv.FormatInt(d.QueueOffset, 10))
+		set(HeaderAttempt, strconv.Itoa(d.Attempt))
+		ce := d.Format == broker.FormatCloudEvents
+		event := ce && wholeEvent(d.Properties)
+		for name, v := range d.Properties {
+			if event && strings.HasPrefix(name, broker.CEPropPrefix) {
+				continue // sent as the event's own ce-* headers below
+			}
+			h.Set(HeaderPropPrefix+name, v)
+		}
+		if ce {
+			cloudEventHeaders(h, d, event)
+		}
 	}
-	if ce {
-		cloudEventHeaders(h, d, event)
-	}
+	set(HeaderSubscription, d.Subscription)
 	ts := now.Unix()
 	sig, err := SignatureHeader(d.Secrets, key, d.MsgID, ts, d.Body)
 	if err != nil {
@@ -230,15 +247,21 @@ func (c *Client) newRequest(d Delivery, key *BusKey, now time.Time) (*http.Reque
 }
 
 // readCapped reads at most limit bytes of r and returns the first
-// responseKeep of them. It reads past what it keeps so that a short body is
-// read to its end and the connection can be reused.
+// responseKeep of them.
 func readCapped(r io.Reader, limit int64) ([]byte, error) {
+	return readCappedKeep(r, limit, responseKeep)
+}
+
+// readCappedKeep reads at most limit bytes of r and returns the first
+// keepMax of them. It reads past what it keeps so that a short body is
+// read to its end and the connection can be reused.
+func readCappedKeep(r io.Reader, limit, keepMax int64) ([]byte, error) {
 	var keep []byte
 	buf := make([]byte, 4<<10)
 	lr := &io.LimitedReader{R: r, N: limit}
 	for {
 		n, err := lr.Read(buf)
-		if room := responseKeep - len(keep); room > 0 && n > 0 {
+		if room := int(keepMax) - len(keep); room > 0 && n > 0 {
 			keep = append(keep, buf[:min(n, room)]...)
 		}
 		if err == io.EOF {

@@ -22,6 +22,7 @@ package push
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -142,10 +143,15 @@ var pdSpecs = []struct {
 	ordered    bool
 	maxRetries int
 	rate       float64
+	batch      int // batch.max_messages; 0: one message a request
 }{
-	{"p0", "*", false, 2, 0},
-	{"p1", "a || b", false, 1, 50}, // rate-limited
-	{"p2", "*", true, 2, 0},
+	{"p0", "*", false, 2, 0, 0},
+	{"p1", "a || b", false, 1, 50, 0}, // rate-limited
+	{"p2", "*", true, 2, 0, 0},
+	// Batched: their endpoints may also answer 207, failing every other
+	// element.
+	{"p3", "a || b", false, 2, 0, 3},
+	{"p4", "*", true, 2, 0, 4},
 }
 
 var pdTags = []string{"", "a", "b", "c"}
@@ -156,9 +162,10 @@ const (
 	modeFail
 	modeHang
 	modeClose
+	modePartial // a batch's endpoint: 207 naming every other element failed
 )
 
-var modeNames = []string{"200", "500", "hang", "close"}
+var modeNames = []string{"200", "500", "hang", "close", "207"}
 
 func genPushOps(seed uint64, steps int, without map[string]bool) []pdOp {
 	rng := rand.New(rand.NewPCG(seed, 21))
@@ -497,11 +504,19 @@ func (r *pdRun) newEndpoint(sub int) *endpoint {
 		body, _ := io.ReadAll(req.Body)
 		r.mu.Lock()
 		mode := e.mode
-		r.received(sub, req, body, mode == modeOK)
+		partial := r.received(sub, req, body, mode)
 		r.mu.Unlock()
 		switch mode {
 		case modeOK:
 			w.WriteHeader(http.StatusOK)
+		case modePartial:
+			if partial == nil {
+				w.WriteHeader(http.StatusInternalServerError) // not a batch
+				return
+			}
+			ans, _ := json.Marshal(map[string][]string{"failed": partial})
+			w.WriteHeader(http.StatusMultiStatus)
+			w.Write(ans)
 		case modeFail:
 			w.WriteHeader(http.StatusInternalServerError)
 		case modeHang:
@@ -524,11 +539,60 @@ func (r *pdRun) newEndpoint(sub int) *endpoint {
 	return e
 }
 
-// received checks one request against the model; ok says whether it is
-// answered 200. Called with r.mu held.
-func (r *pdRun) received(idx int, req *http.Request, body []byte, ok bool) {
+// received checks one request against the model, answered as mode says.
+// A batch is checked element by element; with modePartial, it returns the
+// ids it answers failed (every other element). Called with r.mu held.
+func (r *pdRun) received(idx int, req *http.Request, body []byte, mode int) (failed []string) {
+	s := r.subs[idx]
+	if req.Header.Get(HeaderBatchSize) == "" {
+		if pdSpecs[s.spec].batch > 0 && req.Header.Get(HeaderSubscription) == s.id {
+			r.violate("%s, batched, got a request of one message", s.group)
+		}
+		r.receivedOne(idx, req, body, req.Header.Get("Postbus-Message-Id"), req.Header.Get("Postbus-Attempt"), mode == modeOK, nil)
+		return nil
+	}
+	var els []BatchElement
+	if err := json.Unmarshal(body, &els); err != nil {
+		r.violate("%s got a batch that is not a JSON array of messages: %v", s.group, err)
+		return nil
+	}
+	if n := pdSpecs[s.spec].batch; len(els) == 0 || len(els) > n || req.Header.Get(HeaderBatchSize) != strconv.Itoa(len(els)) {
+		r.violate("%s got a batch of %d messages (%s %q); max_messages is %d", s.group, len(els), HeaderBatchSize, req.Header.Get(HeaderBatchSize), n)
+	}
+	// before: the elements ahead in this request, sent before any answer;
+	// held: an ordered subscription's queues with a failed element here,
+	// after which nothing of the queue is taken as delivered.
+	before := map[string]bool{}
+	held := map[string]bool{}
+	for i, e := range els {
+		fail := mode == modePartial && i%2 == 1
+		if fail {
+			failed = append(failed, e.MsgID)
+		}
+		ok := mode == modeOK || mode == modePartial
+		q := fmt.Sprint(e.QueueID, "/", e.Topic)
+		if dm := r.msgs[e.MsgID]; dm != nil && (dm.queue != e.QueueID || dm.qoff != e.QueueOffset) {
+			q += "/retry"
+		}
+		if fail || held[q] {
+			ok = false
+			if s.ordered {
+				held[q] = true
+			}
+		}
+		r.receivedOne(idx, req, body, e.MsgID, strconv.Itoa(e.Attempt), ok, before)
+		before[e.MsgID] = true
+	}
+	if mode == modePartial && failed == nil {
+		failed = []string{}
+	}
+	return failed
+}
+
+// receivedOne checks one message of a request; ok says whether it counts
+// as answered 2xx. before are the messages ahead of it in its batch.
+func (r *pdRun) receivedOne(idx int, req *http.Request, body []byte, id, attemptHdr string, ok bool, before map[string]bool) {
 	now := time.Now()
-	id := req.Header.Get("Postbus-Message-Id")
 	subID := req.Header.Get("Postbus-Subscription")
 	s := r.subs[idx]
 	if subID != s.id {
@@ -551,7 +615,7 @@ func (r *pdRun) received(idx int, req *http.Request, body []byte, ok bool) {
 	}
 	// (Postbus-Queue-Id and -Offset name the retry copy's place on a
 	// retry: the model's own queue and offset are used below.)
-	attempt, _ := strconv.Atoi(req.Header.Get("Postbus-Attempt"))
+	attempt, _ := strconv.Atoi(attemptHdr)
 	if attempt < 1 || attempt > s.maxRetries+1 {
 		r.violate("%s got %s as attempt %d; max_retries is %d", s.group, id, attempt, s.maxRetries)
 	}
@@ -566,7 +630,7 @@ func (r *pdRun) received(idx int, req *http.Request, body []byte, ok bool) {
 	if s.ordered && sm.expected && now.After(s.orderedAt) {
 		for oid, o := range s.msgs {
 			om := r.msgs[oid]
-			if oid == id || om.queue != dm.queue || om.qoff >= dm.qoff || !o.expected || o.oks > 0 || o.dead || o.redriven {
+			if oid == id || om.queue != dm.queue || om.qoff >= dm.qoff || !o.expected || o.oks > 0 || o.dead || o.redriven || before[oid] {
 				continue
 			}
 			if o.attempts >= s.maxRetries+1 {
@@ -631,7 +695,8 @@ func (r *pdRun) create(s *pdSub) error {
 	sp := pdSpecs[s.spec]
 	sub, err := r.b.CreateSubscription(r.ctx, broker.Subscription{Group: s.group, Topic: pdTopic, URL: r.ends[s.spec][s.url].srv.URL,
 		Filter: s.filter, Ordered: s.ordered, MaxRetries: s.maxRetries, RetryDelays: []time.Duration{20 * time.Millisecond, 50 * time.Millisecond},
-		Timeout: time.Second, MaxInFlight: 4, RatePerSecond: sp.rate, StartFrom: "earliest"})
+		Timeout: time.Second, MaxInFlight: max(4, sp.batch), RatePerSecond: sp.rate, StartFrom: "earliest",
+		Batch: broker.PushBatch{MaxMessages: sp.batch, MaxWait: time.Duration(sp.batch) * 10 * time.Millisecond}})
 	if err != nil {
 		return fmt.Errorf("create subscription of %s: %w", s.group, err)
 	}
@@ -651,6 +716,9 @@ func (r *pdRun) step(op pdOp, rng *rand.Rand) error {
 		return r.publish(rng, 2+rng.IntN(6))
 	case pMode:
 		modes := []int{modeOK, modeOK, modeFail}
+		if pdSpecs[op.sub].batch > 0 {
+			modes = append(modes, modePartial)
+		}
 		if !r.without["hang"] {
 			modes = append(modes, modeHang)
 		}

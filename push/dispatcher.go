@@ -244,6 +244,10 @@ const leaseMargin = 10 * time.Second
 // The engine decides what may go out: for an ordered subscription, one
 // message per queue at a time, in order, a failing one retried in place.
 func (l *loop) run(ctx, dctx context.Context) {
+	if l.sub.Batch.Batched() {
+		l.runBatched(ctx, dctx)
+		return
+	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	eng := l.d.b.Engine()

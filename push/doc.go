@@ -76,6 +76,27 @@
 // connection, a body cut short, a refused address — is Retry, since a
 // subscription's URL can be fixed while its message waits.
 //
+// # Batches
+//
+// A subscription with a batch setting (batch.go) runs runBatched instead:
+// it leases up to batch.max_messages messages (within max_in_flight,
+// which counts messages), waits at most batch.max_wait after the first
+// for more, and POSTs them as one JSON array (EncodeBatch: each element
+// the message's metadata, its own attempt, and its body as UTF-8 text or
+// base64, the pull answer's rule) with Content-Type application/json and
+// Postbus-Batch-Size instead of the one-message headers. webhook-id, the
+// signed id, is the request's own (NewBatchID), fresh on every request:
+// a retry may group other messages, so receivers dedupe by each element's
+// msg_id. A 2xx acks every lease; a 207 {"failed":[ids]} (ParsePartial)
+// fails those named and acks the rest; a 207 that is not that, or names a
+// message not in the batch, fails the whole batch, at ERROR and in
+// postbus_push_batch_invalid_answers_total; anything else fails every
+// lease, each settled by the retry policy on its own attempt count. In an
+// ordered subscription the leases after a failed one of the same queue
+// are released, never acked: they go out again after it, in order. One
+// engine call settles the batch (Engine.SettleBatch), so its offsets are
+// written once, not once a message. rate_per_second counts requests.
+//
 // # Signatures
 //
 // Standard Webhooks v1: the signed content is "<msg id>.<timestamp>.<body>".

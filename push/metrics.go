@@ -16,6 +16,9 @@ type pushMetrics struct {
 	dead     *prometheus.CounterVec
 	leaseErr *prometheus.CounterVec // leases that failed for a reason other than the subscription stopping
 	partial  *prometheus.CounterVec // cloudevents deliveries of messages whose ce- properties are no whole event
+	batches  *prometheus.CounterVec // batched requests sent
+	batchMsg *prometheus.CounterVec // messages in them
+	bad207   *prometheus.CounterVec // 207 answers that were not a list of the batch's failed messages
 }
 
 func newPushMetrics(reg prometheus.Registerer, d *Dispatcher) *pushMetrics {
@@ -35,9 +38,15 @@ func newPushMetrics(reg prometheus.Registerer, d *Dispatcher) *pushMetrics {
 			Help: "A push loop's leases that failed (each logged at ERROR); a loop racing its subscription's pause, disable or deletion is not counted."}, []string{"subscription"}),
 		partial: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "postbus_push_partial_cloudevents_total",
 			Help: "Deliveries in format cloudevents of a message whose ce-* properties are not a whole CloudEvent (stored before they were checked): sent as an event made from the message, with those properties as Postbus-Prop-* (each logged at ERROR)."}, []string{"subscription"}),
+		batches: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "postbus_push_batches_total",
+			Help: "Batched push requests sent."}, []string{"subscription"}),
+		batchMsg: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "postbus_push_batch_messages_total",
+			Help: "Messages sent in batched push requests."}, []string{"subscription"}),
+		bad207: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "postbus_push_batch_invalid_answers_total",
+			Help: "207 answers to a batch that were not {\"failed\":[...]} naming only the batch's messages (the whole batch was retried; each logged at ERROR)."}, []string{"subscription"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.attempts, m.latency, m.e2e, m.retries, m.dead, m.leaseErr, m.partial, lagCollector{d})
+		reg.MustRegister(m.attempts, m.latency, m.e2e, m.retries, m.dead, m.leaseErr, m.batches, m.batchMsg, m.bad207, m.partial, lagCollector{d})
 	}
 	return m
 }
@@ -52,6 +61,13 @@ func (m *pushMetrics) attempted(sub string, r Result, stored, now time.Time) {
 }
 
 func (m *pushMetrics) leaseFailed(sub string) { m.leaseErr.WithLabelValues(sub).Inc() }
+
+func (m *pushMetrics) batchSent(sub string, n int) {
+	m.batches.WithLabelValues(sub).Inc()
+	m.batchMsg.WithLabelValues(sub).Add(float64(n))
+}
+
+func (m *pushMetrics) badPartial(sub string) { m.bad207.WithLabelValues(sub).Inc() }
 
 func (m *pushMetrics) settled(sub string, dead bool) {
 	if dead {

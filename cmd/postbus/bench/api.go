@@ -77,6 +77,20 @@ func postSubscription(ctx context.Context, client *http.Client, base, what strin
 	return created.ID, false, nil
 }
 
+// subscriptionVerb pauses or resumes (verb) subscription id.
+func subscriptionVerb(ctx context.Context, client *http.Client, base, id, verb string) error {
+	what := verb + " subscription " + id
+	resp, b, err := apiCall(ctx, client, http.MethodPost, base+"/v1/subscriptions/"+url.PathEscape(id)+"/"+verb, what, nil)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		_, text := problemKey(resp, b)
+		return fmt.Errorf("%s at %s: %s", what, base, text)
+	}
+	return nil
+}
+
 // deleteSubscription deletes subscription id; one already gone is fine.
 func deleteSubscription(ctx context.Context, client *http.Client, base, id string) error {
 	what := "delete subscription " + id

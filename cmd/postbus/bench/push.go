@@ -38,6 +38,12 @@ type pushConfig struct {
 	baseline    bool
 	delayed     int64 // 0 = plain publishing
 	window      time.Duration
+	batch       int           // batch.max_messages of each subscription; 0 = one message a request
+	backlog     bool          // publish with the subscriptions paused, then time the delivery of the backlog
+	batchWait   time.Duration // its batch.max_wait
+	// inFlightSet: --max-in-flight was given; otherwise a batched
+	// subscription takes the broker's default (four times the batch).
+	inFlightSet bool
 }
 
 const pushUsageHead = `Usage: postbus bench push [flags]
@@ -69,6 +75,9 @@ Examples:
   # 2000 msgs/s to 4 subscriptions for a minute, against the client's ceiling
   postbus bench push --rate 2000 --subscriptions 4 --duration 1m --baseline
 
+  # the same sink, messages delivered 100 a request
+  postbus bench push --batch 100
+
   # 100000 delayed messages due within 10 minutes; is any delivered early?
   postbus bench push --delayed 100000 --window 10m --broker-pid $(pgrep -n postbus)
 `
@@ -95,6 +104,9 @@ func parsePushFlags(args []string, out io.Writer) (*pushConfig, error) {
 	fs.BoolVar(&c.baseline, "baseline", false, "then POST the same bodies straight at the sink, closed loop, for --duration, and print push/baseline deliveries/s")
 	fs.Int64Var(&c.delayed, "delayed", 0, "publish `N` messages with a Postbus-Deliver-At each, uniformly random within --window, and report lateness")
 	fs.DurationVar(&c.window, "window", 10*time.Minute, "with --delayed: deliver-at times fall within this long after the start")
+	fs.IntVar(&c.batch, "batch", 0, "deliver up to `N` messages a request (the subscriptions' batch.max_messages, 1..1000); 0 = one a request")
+	fs.BoolVar(&c.backlog, "backlog", false, "publish for --duration with the subscriptions paused, then resume them and report how fast the backlog is delivered (push capacity, not bound by the publishing)")
+	fs.DurationVar(&c.batchWait, "batch-wait", 50*time.Millisecond, "with --batch: batch.max_wait, how long a partial batch waits for more (0s..10s)")
 	if err := c.parse(fs, args, c.validate); err != nil {
 		return nil, err
 	}
@@ -109,6 +121,16 @@ func (c *pushConfig) validate(set map[string]bool) error {
 		return fmt.Errorf("--subscriptions %d: must be 1..%d", c.subs, maxSubscriptions)
 	case c.maxInFlight < 1 || c.maxInFlight > maxInFlightLimit:
 		return fmt.Errorf("--max-in-flight %d: must be 1..%d", c.maxInFlight, maxInFlightLimit)
+	case c.batch < 0 || c.batch > 1000:
+		return fmt.Errorf("--batch %d: must be 0..1000", c.batch)
+	case c.batch > 0 && set["max-in-flight"] && c.maxInFlight < c.batch:
+		return fmt.Errorf("--max-in-flight %d is less than --batch %d: max_in_flight counts messages", c.maxInFlight, c.batch)
+	case c.backlog && c.delayed > 0:
+		return errors.New("--backlog times plain delivery: it does not apply to --delayed")
+	case c.batch == 0 && set["batch-wait"]:
+		return errors.New("--batch-wait needs --batch")
+	case c.batchWait < 0 || c.batchWait > 10*time.Second:
+		return fmt.Errorf("--batch-wait %s: must be 0s..10s", c.batchWait)
 	case c.drain < 0:
 		return fmt.Errorf("--drain %s: must be >= 0", c.drain)
 	case c.delayed < 0 || c.delayed > maxDelayed:
@@ -123,6 +145,10 @@ func (c *pushConfig) validate(set map[string]bool) error {
 		return errors.New("--baseline measures plain delivery: it does not apply to --delayed")
 	case c.delayed == 0 && set["window"]:
 		return errors.New("--window needs --delayed")
+	}
+	c.inFlightSet = set["max-in-flight"]
+	if c.batch > 0 && !c.inFlightSet {
+		c.maxInFlight = min(maxInFlightLimit, max(32, 4*c.batch)) // the broker's default with a batch
 	}
 	return nil
 }
@@ -172,6 +198,16 @@ type pushResult struct {
 	sink        *sinkTotals
 	rss         *rssStats
 	base        *baselineResult
+	resumeNS    int64 // --backlog: clock ns when the subscriptions were resumed
+}
+
+// backlogRate is, with --backlog, the first deliveries a second from the
+// resume to the last of them.
+func (r *pushResult) backlogRate() float64 {
+	if r.resumeNS == 0 || r.sink.lastAt <= r.resumeNS {
+		return 0
+	}
+	return float64(r.sink.unique) / time.Duration(r.sink.lastAt-r.resumeNS).Seconds()
 }
 
 // expected is how many first deliveries the acknowledged publishes owe.
@@ -269,8 +305,25 @@ func runPush(ctx context.Context, cfg *pushConfig, out io.Writer) (res *pushResu
 		ids, groups = append(ids, id), append(groups, group)
 	}
 	fmt.Fprintf(out, "sink %s, %d subscription(s): %s\n", snk.url, len(ids), strings.Join(groups, " "))
+	if cfg.backlog {
+		for _, id := range ids {
+			if err := subscriptionVerb(ctx, client, cfg.url, id, "pause"); err != nil {
+				if ctx.Err() != nil {
+					return interrupted(), nil
+				}
+				return nil, fmt.Errorf("bench push: %w", err)
+			}
+		}
+	}
 
-	res = measure(ctx, cfg, client, snk, clk, run, out)
+	res = measure(ctx, cfg, client, snk, clk, run, out, func() error {
+		for _, id := range ids {
+			if err := subscriptionVerb(ctx, client, cfg.url, id, "resume"); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 	res.groups = groups
 	res.rss = sampler.result()
 	if cfg.baseline && !res.interrupted {
@@ -281,8 +334,9 @@ func runPush(ctx context.Context, cfg *pushConfig, out io.Writer) (res *pushResu
 }
 
 // measure publishes, then drains, printing progress lines, and returns the
-// counts as they stood when the drain ended.
-func measure(ctx context.Context, cfg *pushConfig, client *http.Client, snk *sink, clk *clock, run string, out io.Writer) *pushResult {
+// counts as they stood when the drain ended. With --backlog, resume starts
+// the paused subscriptions' deliveries once publishing ended.
+func measure(ctx context.Context, cfg *pushConfig, client *http.Client, snk *sink, clk *clock, run string, out io.Writer, resume func() error) *pushResult {
 	p := &publisher{
 		cfg: cfg, client: client, clock: clk, run: run,
 		url:    cfg.url + "/v1/topics/" + cfg.topic + "/messages",
@@ -301,6 +355,13 @@ func measure(ctx context.Context, cfg *pushConfig, client *http.Client, snk *sin
 	draining.Store(true)
 
 	drainStart := time.Now()
+	var resumeNS int64
+	if cfg.backlog {
+		resumeNS = clk.now()
+		if err := resume(); err != nil {
+			p.errs.add("resume", err.Error())
+		}
+	}
 	deadline := drainStart.Add(cfg.drain)
 	if cfg.delayed > 0 {
 		deadline = later(deadline, p.windowEnd().Add(cfg.drain))
@@ -311,7 +372,7 @@ func measure(ctx context.Context, cfg *pushConfig, client *http.Client, snk *sin
 		url: cfg.url, interrupted: ctx.Err() != nil, subs: cfg.subs,
 		pubElapsed: pubElapsed, acked: want, failed: p.failed.Load(), dueAlready: p.dueAlready.Load(),
 		errs: p.errs.list(), inWindow: inWindow, drainTook: time.Since(drainStart),
-		startNS: p.startNS, sink: snk.totals(),
+		startNS: p.startNS, sink: snk.totals(), resumeNS: resumeNS,
 	}
 	stopProgress()
 	return res
@@ -448,9 +509,11 @@ func (p *publisher) send(ctx context.Context, seq, deliverAt int64) (ok bool, ke
 // createSubscription creates a push subscription of group to hook and
 // returns its id.
 func createSubscription(ctx context.Context, client *http.Client, cfg *pushConfig, group, hook string) (string, error) {
-	id, _, err := postSubscription(ctx, client, cfg.url, "create subscription "+group, map[string]any{
-		"group": group, "topic": cfg.topic, "url": hook, "max_in_flight": cfg.maxInFlight,
-	})
+	req := map[string]any{"group": group, "topic": cfg.topic, "url": hook, "max_in_flight": cfg.maxInFlight}
+	if cfg.batch > 0 {
+		req["batch"] = map[string]any{"max_messages": cfg.batch, "max_wait": cfg.batchWait.String()}
+	}
+	id, _, err := postSubscription(ctx, client, cfg.url, "create subscription "+group, req)
 	return id, err
 }
 
@@ -543,8 +606,12 @@ func describePush(c *pushConfig) string {
 	default:
 		mode = fmt.Sprintf("closed loop for %s, drain %s", c.duration, c.drain)
 	}
-	return fmt.Sprintf("%s topic=%s subscriptions=%d max_in_flight=%d conns=%d size=%d, %s",
-		c.url, c.topic, c.subs, c.maxInFlight, c.conns, c.size, mode)
+	batch := ""
+	if c.batch > 0 {
+		batch = fmt.Sprintf(" batch=%d/%s", c.batch, c.batchWait)
+	}
+	return fmt.Sprintf("%s topic=%s subscriptions=%d max_in_flight=%d%s conns=%d size=%d, %s",
+		c.url, c.topic, c.subs, c.maxInFlight, batch, c.conns, c.size, mode)
 }
 
 // writePushReport prints the human report.
@@ -568,6 +635,9 @@ func writePushReport(out io.Writer, cfg *pushConfig, r *pushResult) {
 		// Deliveries follow the deliver-at times, not the publishing.
 		fmt.Fprintf(out, "  rate        %.1f deliveries/s overall (last at +%s)\n",
 			r.overallRate(), r.overall().Round(time.Millisecond))
+	} else if r.resumeNS != 0 {
+		fmt.Fprintf(out, "  rate        %.1f deliveries/s of the backlog, from the resume to the last (+%s)\n",
+			r.backlogRate(), time.Duration(r.sink.lastAt-r.resumeNS).Round(time.Millisecond))
 	} else {
 		fmt.Fprintf(out, "  rate        %.1f deliveries/s over the publish window, %.1f deliveries/s overall (last at +%s)\n",
 			r.windowRate(), r.overallRate(), r.overall().Round(time.Millisecond))

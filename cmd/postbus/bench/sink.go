@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"encoding/json"
 	"hash/maphash"
 	"io"
 	"net/http"
@@ -171,6 +172,10 @@ func (s *sink) hookURL(i int) string { return s.url + "/hook/" + strconv.Itoa(i)
 
 func (s *sink) handle(w http.ResponseWriter, r *http.Request) {
 	at := s.clock.now()
+	if r.Header.Get("Postbus-Batch-Size") != "" {
+		s.handleBatch(w, r, at)
+		return
+	}
 	var head [stampLen]byte
 	n, _ := io.ReadFull(r.Body, head[:])
 	// Read to the end so the connection is kept alive for the next one.
@@ -194,6 +199,45 @@ func (s *sink) handle(w http.ResponseWriter, r *http.Request) {
 	if s.subs[i].record(maphash.String(s.seed, id), at, st) {
 		s.unique.Add(1)
 		poke(s.notify)
+	}
+}
+
+// handleBatch takes a batched delivery: a JSON array of messages, each
+// with its msg_id and its body (UTF-8 text or base64, as a pull answers),
+// every one counted as a delivery received at at.
+func (s *sink) handleBatch(w http.ResponseWriter, r *http.Request, at int64) {
+	var els []pulledMsg
+	if err := json.NewDecoder(r.Body).Decode(&els); err != nil {
+		// Read to the end so the connection is kept alive; a 400 has the
+		// batch retried, which the counts then show.
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusBadRequest)
+		s.malformed.Add(1)
+		return
+	}
+	_, _ = io.Copy(io.Discard, r.Body)
+	w.WriteHeader(http.StatusOK)
+	i, err := strconv.Atoi(r.PathValue("i"))
+	if err != nil || i < 0 || i >= len(s.subs) {
+		s.malformed.Add(1)
+		return
+	}
+	var scratch [stampScratch]byte
+	for j := range els {
+		if els[j].MsgID == "" {
+			s.malformed.Add(1)
+			continue
+		}
+		st, ok := bodyStamp(&els[j], &scratch)
+		if !ok || string(st.run) != s.run {
+			s.foreign.Add(1)
+			continue
+		}
+		s.received.Add(1)
+		if s.subs[i].record(maphash.String(s.seed, els[j].MsgID), at, st) {
+			s.unique.Add(1)
+			poke(s.notify)
+		}
 	}
 }
 

@@ -3,6 +3,8 @@ package bench
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -228,5 +230,51 @@ func BenchmarkSink(b *testing.B) {
 				s.Close()
 			})
 		}
+	}
+}
+
+// TestSinkCountsBatches: a batched delivery counts each element, its body
+// as text or base64, by its msg_id.
+func TestSinkCountsBatches(t *testing.T) {
+	clk := newClock()
+	const run = "testrun1"
+	s, err := startSink(1, run, clk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	body := func(run string) []byte {
+		b := bytes.Repeat([]byte{'a'}, 100)
+		putStamp(b, clk.now(), 0, run)
+		return b
+	}
+	els := []pulledMsg{
+		{MsgID: "b1", Body: string(body(run)), Encoding: "utf8"},
+		{MsgID: "b2", Body: base64.StdEncoding.EncodeToString(body(run)), Encoding: "base64"},
+		{MsgID: "b1", Body: string(body(run)), Encoding: "utf8"}, // duplicate
+		{MsgID: "b3", Body: string(body("otherrun")), Encoding: "utf8"},
+		{MsgID: "", Body: string(body(run)), Encoding: "utf8"},
+	}
+	data, err := json.Marshal(els)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := http.NewRequest("POST", s.hookURL(0), bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Postbus-Batch-Size", fmt.Sprint(len(els)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("batch: %s, want 200", resp.Status)
+	}
+	tot := s.totals()
+	if tot.received != 3 || tot.unique != 2 || tot.dups != 1 || tot.foreign != 1 || tot.malformed != 1 {
+		t.Fatalf("received %d unique %d dups %d foreign %d malformed %d; want 3 2 1 1 1",
+			tot.received, tot.unique, tot.dups, tot.foreign, tot.malformed)
 	}
 }
