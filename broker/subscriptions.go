@@ -53,6 +53,10 @@ type Subscription struct {
 	// Version is the last change's, the same on every broker's copy (see
 	// subsync.go).
 	Version Version
+	// AckTimeout is how long a push delivery answered 202 Accepted is held
+	// for its acknowledgement (POST /v1/acks/{token}) before it counts as
+	// a failed attempt (deferred.go).
+	AckTimeout time.Duration
 }
 
 // PreviousSecret is a rotated-out signing secret, still valid until Until.
@@ -93,6 +97,9 @@ const (
 	MaxRetryDelays     = 100
 	MaxURLLen          = 2048
 	MinRatePerSecond   = 1.0 / 86400
+	DefaultAckTimeout  = 5 * time.Minute
+	MinAckTimeout      = time.Second
+	MaxAckTimeout      = 12 * time.Hour
 	// SecretOverlap is how long the previous secret keeps signing after a
 	// rotation, so receivers can switch without dropping deliveries.
 	SecretOverlap = 24 * time.Hour
@@ -131,6 +138,9 @@ type subscriptionConfig struct {
 	PreviousSecret  string                 `json:"previous_secret,omitempty"`
 	PreviousUntil   int64                  `json:"previous_until_ms,omitempty"`
 	StateReason     string                 `json:"state_reason,omitempty"`
+	// AckTimeoutMS is absent from subscriptions stored before deferred
+	// acknowledgement: the default.
+	AckTimeoutMS int64 `json:"ack_timeout_ms,omitempty"`
 }
 
 type previousSecretConfig struct {
@@ -143,6 +153,7 @@ func (s *Subscription) toMeta() (meta.Subscription, error) {
 		MaxRetries: s.MaxRetries, BackoffMinMS: s.BackoffMin.Milliseconds(), BackoffMaxMS: s.BackoffMax.Milliseconds(),
 		TimeoutMS: s.Timeout.Milliseconds(), MaxInFlight: s.MaxInFlight, RatePerSecond: s.RatePerSecond,
 		VisibilityMS: s.Visibility.Milliseconds(), StartFrom: s.StartFrom, StateReason: s.StateReason,
+		AckTimeoutMS: s.AckTimeout.Milliseconds(),
 	}
 	for _, p := range s.PreviousSecrets {
 		c.PreviousSecrets = append(c.PreviousSecrets, previousSecretConfig{Secret: p.Secret, UntilMS: p.Until.UnixMilli()})
@@ -169,7 +180,11 @@ func subscriptionFromMeta(m meta.Subscription) (Subscription, error) {
 		BackoffMax: time.Duration(c.BackoffMaxMS) * time.Millisecond, Timeout: time.Duration(c.TimeoutMS) * time.Millisecond,
 		MaxInFlight: c.MaxInFlight, RatePerSecond: c.RatePerSecond, Visibility: time.Duration(c.VisibilityMS) * time.Millisecond,
 		StartFrom: c.StartFrom, Secret: m.Secret, State: m.State,
-		StateReason: c.StateReason, CreatedAt: m.CreatedAt, UpdatedAt: m.UpdatedAt, Version: m.Version}
+		StateReason: c.StateReason, CreatedAt: m.CreatedAt, UpdatedAt: m.UpdatedAt, Version: m.Version,
+		AckTimeout: time.Duration(c.AckTimeoutMS) * time.Millisecond}
+	if s.AckTimeout == 0 {
+		s.AckTimeout = DefaultAckTimeout
+	}
 	for _, ms := range c.RetryDelaysMS {
 		s.RetryDelays = append(s.RetryDelays, time.Duration(ms)*time.Millisecond)
 	}
@@ -201,6 +216,9 @@ func (s *Subscription) applyDefaults() {
 	}
 	if s.StartFrom == "" {
 		s.StartFrom = "latest"
+	}
+	if s.AckTimeout == 0 {
+		s.AckTimeout = DefaultAckTimeout
 	}
 	if s.State == "" {
 		s.State = StateActive
@@ -247,6 +265,8 @@ func (s *Subscription) validate() error {
 		return bad("rate_per_second", "rate_per_second %g must be 0 (no limit) or from %g (one a day) to 1000000", s.RatePerSecond, MinRatePerSecond)
 	case s.Visibility < time.Second || s.Visibility > MaxVisibility:
 		return bad("visibility", "visibility %s must be between 1s and %s", s.Visibility, MaxVisibility)
+	case s.AckTimeout < MinAckTimeout || s.AckTimeout > MaxAckTimeout:
+		return bad("ack_timeout", "ack_timeout %s must be between %s and %s", s.AckTimeout, MinAckTimeout, MaxAckTimeout)
 	}
 	for i, d := range s.RetryDelays {
 		if d <= 0 || d > MaxRetryDelay {
@@ -261,7 +281,7 @@ func (s *Subscription) validate() error {
 	for _, d := range []struct {
 		field string
 		v     time.Duration
-	}{{"timeout", s.Timeout}, {"visibility", s.Visibility}, {"backoff", s.BackoffMin}, {"backoff", s.BackoffMax}} {
+	}{{"timeout", s.Timeout}, {"visibility", s.Visibility}, {"backoff", s.BackoffMin}, {"backoff", s.BackoffMax}, {"ack_timeout", s.AckTimeout}} {
 		if d.v%time.Millisecond != 0 {
 			return bad(d.field, "%s %s: durations are kept to the millisecond", d.field, d.v)
 		}

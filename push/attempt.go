@@ -30,6 +30,10 @@ const (
 	HeaderSubscription     = "Postbus-Subscription"
 	HeaderPropPrefix       = "Postbus-Prop-"
 	HeaderPostbusSignature = "Postbus-Signature"
+	// HeaderAckToken carries the delivery's ack token: an endpoint that
+	// answers 202 Accepted acknowledges the delivery later with POST
+	// /v1/acks/{token}. Not sent on ordered subscriptions' deliveries.
+	HeaderAckToken         = "Postbus-Ack-Token"
 	HeaderWebhookID        = "webhook-id"
 	HeaderWebhookTimestamp = "webhook-timestamp"
 	HeaderWebhookSignature = "webhook-signature"
@@ -65,6 +69,9 @@ type Delivery struct {
 
 	Secrets []string      // active whsec_ secrets, newest first
 	Timeout time.Duration // the whole attempt, body read included; DefaultTimeout when 0
+	// AckToken, when set, is sent as Postbus-Ack-Token, and a 202 answer
+	// is Deferred rather than Delivered.
+	AckToken string
 }
 
 // Outcome is what the dispatcher does after an attempt.
@@ -74,6 +81,7 @@ const (
 	Delivered Outcome = iota + 1 // a 2xx: done
 	Retry                        // anything else: schedule the next attempt
 	Gone                         // 410: disable the subscription
+	Deferred                     // 202 to a delivery with an ack token: acknowledged later
 )
 
 func (o Outcome) String() string {
@@ -84,6 +92,8 @@ func (o Outcome) String() string {
 		return "retry"
 	case Gone:
 		return "gone"
+	case Deferred:
+		return "deferred"
 	}
 	return "outcome(" + strconv.Itoa(int(o)) + ")"
 }
@@ -134,6 +144,16 @@ func (c *Client) Deliver(ctx context.Context, d Delivery, key *BusKey, now time.
 		// A response cut short is no acknowledgement, even under a 2xx.
 		res.Outcome = Retry
 		res.Err = clip("response body: " + describe(err, ctx, timeout))
+	case resp.StatusCode == http.StatusAccepted && d.AckToken != "":
+		// The endpoint may echo the token; one that names another
+		// delivery is a confused endpoint, and the delivery is not held
+		// on a promise made about something else.
+		if echo := resp.Header.Get(HeaderAckToken); echo != "" && echo != d.AckToken {
+			res.Outcome = Retry
+			res.Err = "202 with a " + HeaderAckToken + " that is not this delivery's"
+		} else {
+			res.Outcome = Deferred
+		}
 	case resp.StatusCode >= 200 && resp.StatusCode < 300:
 		res.Outcome = Delivered
 	case resp.StatusCode == http.StatusGone:
@@ -184,6 +204,9 @@ func (c *Client) newRequest(d Delivery, key *BusKey, now time.Time) (*http.Reque
 	set(HeaderQueueOffset, strconv.FormatInt(d.QueueOffset, 10))
 	set(HeaderAttempt, strconv.Itoa(d.Attempt))
 	set(HeaderSubscription, d.Subscription)
+	if d.AckToken != "" {
+		set(HeaderAckToken, d.AckToken)
+	}
 	for name, v := range d.Properties {
 		h.Set(HeaderPropPrefix+name, v)
 	}
