@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -432,4 +433,97 @@ func ackTokenExchanges() []exchange {
 		{name: "ack token/bad status", method: "POST", path: "/v1/acks/x", header: jsonCT, body: `{"status":"ok"}`,
 			status: 400, code: broker.CodeInvalidAck, invalid: true},
 	}
+}
+
+// runDispatcher runs a push dispatcher on b until the test ends.
+func runDispatcher(tb testing.TB, b *broker.Broker) {
+	tb.Helper()
+	key, err := push.LoadOrCreateBusKey(filepath.Join(tb.TempDir(), "signing.key"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	client := push.NewClient(push.ClientConfig{AllowPrivate: true})
+	d := push.NewDispatcher(push.DispatcherConfig{Broker: b, Client: client, Key: key, Grace: time.Second})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = d.Run(ctx)
+	}()
+	tb.Cleanup(func() {
+		cancel()
+		<-done
+		client.Close()
+	})
+}
+
+// TestClusterDeferredAck: a subscription's ack_timeout reaches every
+// holder's copy (subsync), and a token acknowledged through any broker is
+// settled by the one that issued it.
+func TestClusterDeferredAck(t *testing.T) {
+	tc := newTestCluster(t, brokerA, brokerB, brokerC)
+	holders := []string{brokerA, brokerB}
+	tc.placeTopic(t, brokerC, "jobs", `{"queues":2,"brokers":["broker-a","broker-b"]}`, holders...)
+	hook := newHookSink(t, nil)
+	a := tc.via(t, brokerC, "POST", "/v1/subscriptions", ackJSON,
+		`{"group":"enc","topic":"jobs","url":"`+hook.URL+`","ack_timeout":"90s"}`)
+	created := decodeAs[subscriptionJSON](t, a)
+	if a.status != http.StatusCreated || created.AckTimeout != "1m30s" {
+		t.Fatalf("create: %s", a)
+	}
+	tc.via(t, brokerC, "PATCH", "/v1/subscriptions/"+created.ID, ackJSON, `{"ack_timeout":"2m"}`).want(t, http.StatusOK, a.header.Get(hdrBroker))
+	for _, name := range holders {
+		got := decodeAs[subscriptionJSON](t, tc.at(t, name, "GET", "/v1/subscriptions/"+created.ID, ""))
+		if got.AckTimeout != "2m0s" {
+			t.Fatalf("the copy on %s has ack_timeout %q, want 2m0s", name, got.AckTimeout)
+		}
+		sub, err := tc.nodes[name].b.Subscription(context.Background(), created.ID)
+		if err != nil || sub.AckTimeout != 2*time.Minute {
+			t.Fatalf("the broker %s holds ack_timeout %s (%v), want 2m", name, sub.AckTimeout, err)
+		}
+	}
+	for _, name := range holders {
+		runDispatcher(t, tc.nodes[name].b)
+	}
+	// Published until both holders delivered one.
+	issuers := map[string]string{} // broker -> a token it issued
+	for i := 0; len(issuers) < 2; i++ {
+		if i == 40 {
+			t.Fatalf("40 messages delivered by %v only", issuers)
+		}
+		tc.publishVia(t, brokerC, "jobs", nil, fmt.Sprintf("job %d", i))
+		waitDeferred(t, 10*time.Second, "the delivery", func() bool { return len(hook.deliveries()) == i+1 })
+		tok := hook.deliveries()[i].Get(push.HeaderAckToken)
+		name, _, ok := strings.Cut(tok, "~")
+		if !ok || !slices.Contains(holders, name) {
+			t.Fatalf("token %q names no holder", tok)
+		}
+		if _, seen := issuers[name]; !seen {
+			issuers[name] = tok
+		} else {
+			// Acknowledged where it was issued.
+			tc.via(t, name, "POST", "/v1/acks/"+tok, ackJSON, `{"status":"done"}`).want(t, http.StatusOK, name)
+		}
+	}
+	for issuer, tok := range issuers {
+		for _, via := range []string{brokerC, brokerA, brokerB} {
+			if via == issuer {
+				continue
+			}
+			// Forwarded to its issuer, which settles it once.
+			a := tc.via(t, via, "POST", "/v1/acks/"+tok, ackJSON, `{"status":"done"}`)
+			if via == brokerC {
+				a.want(t, http.StatusOK, issuer)
+			} else {
+				a.wantProblem(t, http.StatusConflict, broker.CodeAckTokenUsed, issuer)
+			}
+		}
+	}
+	// A name no broker has is no token of this bus.
+	_, rest, _ := strings.Cut(issuers[brokerA], "~")
+	tc.via(t, brokerC, "POST", "/v1/acks/broker-zz~"+rest, ackJSON, `{"status":"done"}`).
+		wantProblem(t, http.StatusBadRequest, broker.CodeInvalidAckToken, brokerC)
+	// Under another holder's name, the MAC (which covers the name) fails there.
+	tc.via(t, brokerC, "POST", "/v1/acks/"+brokerB+"~"+rest, ackJSON, `{"status":"done"}`).
+		wantProblem(t, http.StatusBadRequest, broker.CodeInvalidAckToken, brokerB)
 }
