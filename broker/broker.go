@@ -94,6 +94,8 @@ type Broker struct {
 	producers    sync.Map           // names of producer groups known to exist (never deleted): a prepare reads no row
 	newCommits   []meta.TxnDecision // commit copies met by this dispatch round; guarded by dispatchMu
 	txnCheckErrs atomic.Int64       // failed look-ups of due checks since the last that worked
+	deferred     deferredMetrics    // deferred acknowledgement of push deliveries (deferred.go)
+	deferredSig  signal             // fired when a deferred delivery is settled by its token
 
 	receiptKey []byte    // MACs receipts
 	eng        *Engine   // the consumer engine: leases and settles for pull and push
@@ -186,6 +188,7 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 		metrics:    newMetrics(cfg.MetricsTopics, cfg.Logger),
 	}
 	b.eng = newEngine(b)
+	b.deferred = newDeferredMetrics()
 	b.txnMu.seed = maphash.MakeSeed()
 	b.SetTxnChecker(cfg.TxnChecker)
 	if err := b.open(ctx); err != nil {

@@ -71,7 +71,11 @@
 // message in one transaction, so a crash keeps both or neither); push leases
 // live in the process, and their offsets are written as they settle, with
 // what was settled above each (consumer_offsets.progress), so a consumer
-// built again after a kill hands out again only what was out. Turning a
+// built again after a kill hands out again only what was out. A push
+// delivery its endpoint answered 202 becomes durable (deferred.go,
+// Engine.Defer): a retry copy due at the subscription's ack_timeout whose
+// timer its ack token names, settled through POST /v1/acks/{token} as a
+// pull lease is by its receipt. Turning a
 // subscription ordered or unordered changes its consumer in place: what is
 // out stays out, and a queue's block becomes a retry copy, keeping its
 // attempt count. An unordered pull lease's copy past its group's last

@@ -124,6 +124,8 @@ type Engine struct {
 	// deliveries open. fenceMu is taken last, holding nothing else.
 	fenceMu sync.Mutex
 	fences  map[fenceKey]fence // guarded by fenceMu
+
+	tokens pendingTokens // ack tokens of push deliveries open (deferred.go)
 }
 
 type fenceKey struct {
@@ -780,6 +782,9 @@ func (e *Engine) deadOnLease(ctx context.Context, sub Subscription, m *Message, 
 // group's last attempt after attempts, carries: how its last attempt
 // ended (its visibility ran out, or it was nacked).
 func deadReason(m *Message, attempts int) string {
+	if m.Reason == deferredReason {
+		return fmt.Sprintf("answered 202 and not acknowledged within its ack_timeout on the last of %d attempts", attempts)
+	}
 	if m.Reason == expiredReason {
 		return fmt.Sprintf("not acked within its visibility on any of %d attempts", attempts)
 	}
@@ -789,11 +794,19 @@ func deadReason(m *Message, attempts int) string {
 // noteExpired records in the trace that the attempt before m's expired,
 // when m is a pull lease's visibility copy coming back.
 func (e *Engine) noteExpired(sub Subscription, m *Message, now time.Time) {
-	if m.Reason != expiredReason {
+	switch m.Reason {
+	case expiredReason:
+		e.b.LogAttempt(Attempt{MsgID: m.ID, Group: sub.Group, Subscription: sub.ID, Attempt: max(m.Attempt-1, 1), At: now, Outcome: "expired"})
+	case deferredReason:
+		// A deferred push delivery's copy: its endpoint answered 202 and
+		// did not acknowledge it within ack_timeout (deferred.go).
+		e.b.LogAttempt(Attempt{MsgID: m.ID, Group: sub.Group, Subscription: sub.ID, Attempt: max(m.Attempt-1, 1), At: now, Outcome: "expired",
+			Error: fmt.Sprintf("answered 202 and not acknowledged within ack_timeout %s", sub.AckTimeout)})
+		e.b.deferred.timeouts.Inc()
+	default:
 		return
 	}
 	m.Reason = ""
-	e.b.LogAttempt(Attempt{MsgID: m.ID, Group: sub.Group, Subscription: sub.ID, Attempt: max(m.Attempt-1, 1), At: now, Outcome: "expired"})
 }
 
 // leasePull hands out unordered pull leases from every cursor (none for
@@ -1051,6 +1064,7 @@ func (e *Engine) leasePush(ctx context.Context, c *consumer, limit int, visibili
 			if m == nil {
 				continue
 			}
+			e.noteExpired(sub, m, now) // a deferred delivery's copy back after its ack_timeout
 			cur.Start(m.QueueOffset)
 			hand(&memLease{c: cur, m: m, attempt: max(m.Attempt, 1)})
 		}
@@ -1403,7 +1417,7 @@ var ErrStaleReceipt = errors.New("stale receipt")
 // receipt, its stale answer an error wrapping ErrStaleReceipt.
 func (e *Engine) Settle(ctx context.Context, rcpt string, v Verdict) error {
 	r, err := decodeReceipt(rcpt, e.b.receiptKey, e.b.nodeName())
-	if err != nil {
+	if err != nil || r.Kind == receiptDeferred {
 		return errf(CodeInvalidReceipt, "receipt", "not a receipt this bus issued")
 	}
 	res, err := e.settleEach(ctx, r.Group, []string{rcpt}, v)

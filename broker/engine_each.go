@@ -96,6 +96,10 @@ func (e *Engine) settleEach(ctx context.Context, group string, receipts []string
 	for i, r := range rs {
 		out[i].Receipt = receipts[i]
 		switch r.Kind {
+		case receiptDeferred:
+			// A push delivery's ack token settles through POST
+			// /v1/acks/{token} only (AckDeferred).
+			out[i].Status = ReceiptInvalid
 		case receiptPush:
 			out[i].Status = ReceiptInvalid
 			if len(rs) == 1 && v.kind != verdictVisibility {

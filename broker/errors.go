@@ -45,8 +45,16 @@ const (
 	CodeQueueNotFound        Code = "queue_not_found"    // a queue id the topic does not have
 	CodeInvalidReceipt       Code = "invalid_receipt"
 	CodeStaleReceipt         Code = "stale_receipt"
-	CodeDiskFull             Code = "disk_full"
-	CodeUnavailable          Code = "unavailable"
+	// Deferred acknowledgement (POST /v1/acks/{token}): a token this bus
+	// did not issue, a body that is no acknowledgement, a token already
+	// settled by an earlier call, a token whose delivery is over (its
+	// ack_timeout passed, its subscription was deleted or reset).
+	CodeInvalidAckToken Code = "invalid_ack_token"
+	CodeInvalidAck      Code = "invalid_ack"
+	CodeAckTokenUsed    Code = "ack_token_used"
+	CodeAckTokenExpired Code = "ack_token_expired"
+	CodeDiskFull        Code = "disk_full"
+	CodeUnavailable     Code = "unavailable"
 )
 
 // Error is a failure the caller caused or can act on. Field names the input

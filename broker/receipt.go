@@ -34,8 +34,8 @@ import (
 // lease's names the lease, held in memory.
 //
 //	version u8 (2) | kind u8 (0 timer, 1 ordered, 2 push, 3 ordered with
-//	deadline) | attempt u16 | timer offset, or queue offset when ordered,
-//	i64 | queue u16 | group u8+bytes | topic u8+bytes | msg id u8+bytes |
+//	deadline, 4 ack token) | attempt u16 | timer offset, or queue offset
+//	when ordered, or ack key of an ack token, i64 | queue u16 | group u8+bytes | topic u8+bytes | msg id u8+bytes |
 //	kind 3 only: deadline, Unix ms, i64 | HMAC-SHA256 truncated to 16 bytes
 //
 // encoded base64url without padding. In a cluster a pulled message's
@@ -70,6 +70,7 @@ const (
 	receiptOrdered                         // an ordered pull lease: its queue's block
 	receiptPush                            // a push lease, held in this process: its id
 	receiptOrderedUntil                    // an ordered pull lease: its queue's block and its visibility's end
+	receiptDeferred                        // a push delivery's ack token: Timer is its ack key (deferred.go)
 )
 
 const (
@@ -208,7 +209,7 @@ func parseReceipt(s string) (rc receipt, body, sum []byte, err error) {
 		return receipt{}, nil, nil, errBadReceipt
 	}
 	b, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil || len(b) < 2+2+8+2+1+1+1+receiptMACLen || (b[0] != receiptVersion && b[0] != receiptVersionUnnamed) || b[1] > byte(receiptOrderedUntil) {
+	if err != nil || len(b) < 2+2+8+2+1+1+1+receiptMACLen || (b[0] != receiptVersion && b[0] != receiptVersionUnnamed) || b[1] > byte(receiptDeferred) {
 		return receipt{}, nil, nil, errBadReceipt
 	}
 	body, sum = b[:len(b)-receiptMACLen], b[len(b)-receiptMACLen:]

@@ -61,6 +61,10 @@ type Subscription struct {
 	// that many messages per request as one JSON array (DESIGN §4 "Push
 	// extras"); the zero value delivers one message per request.
 	Batch PushBatch
+	// AckTimeout is how long a push delivery answered 202 Accepted is held
+	// for its acknowledgement (POST /v1/acks/{token}) before it counts as
+	// a failed attempt (deferred.go).
+	AckTimeout time.Duration
 }
 
 // Delivery formats of a push subscription.
@@ -118,6 +122,9 @@ const (
 	MaxRetryDelays     = 100
 	MaxURLLen          = 2048
 	MinRatePerSecond   = 1.0 / 86400
+	DefaultAckTimeout  = 5 * time.Minute
+	MinAckTimeout      = time.Second
+	MaxAckTimeout      = 12 * time.Hour
 	// SecretOverlap is how long the previous secret keeps signing after a
 	// rotation, so receivers can switch without dropping deliveries.
 	SecretOverlap = 24 * time.Hour
@@ -167,6 +174,9 @@ type subscriptionConfig struct {
 	Format      string `json:"format,omitempty"`
 	BatchMax    int    `json:"batch_max_messages,omitempty"`
 	BatchWaitMS int64  `json:"batch_max_wait_ms,omitempty"`
+	// AckTimeoutMS is absent from subscriptions stored before deferred
+	// acknowledgement: the default.
+	AckTimeoutMS int64 `json:"ack_timeout_ms,omitempty"`
 }
 
 type previousSecretConfig struct {
@@ -180,6 +190,7 @@ func (s *Subscription) toMeta() (meta.Subscription, error) {
 		TimeoutMS: s.Timeout.Milliseconds(), MaxInFlight: s.MaxInFlight, RatePerSecond: s.RatePerSecond,
 		VisibilityMS: s.Visibility.Milliseconds(), StartFrom: s.StartFrom, StateReason: s.StateReason,
 		BatchMax: s.Batch.MaxMessages, BatchWaitMS: s.Batch.MaxWait.Milliseconds(),
+		AckTimeoutMS: s.AckTimeout.Milliseconds(),
 	}
 	if s.Format != FormatRaw {
 		c.Format = s.Format
@@ -210,7 +221,11 @@ func subscriptionFromMeta(m meta.Subscription) (Subscription, error) {
 		MaxInFlight: c.MaxInFlight, RatePerSecond: c.RatePerSecond, Visibility: time.Duration(c.VisibilityMS) * time.Millisecond,
 		StartFrom: c.StartFrom, Secret: m.Secret, State: m.State,
 		StateReason: c.StateReason, CreatedAt: m.CreatedAt, UpdatedAt: m.UpdatedAt, Version: m.Version, Format: c.Format,
-		Batch: PushBatch{MaxMessages: c.BatchMax, MaxWait: time.Duration(c.BatchWaitMS) * time.Millisecond}}
+		Batch:      PushBatch{MaxMessages: c.BatchMax, MaxWait: time.Duration(c.BatchWaitMS) * time.Millisecond},
+		AckTimeout: time.Duration(c.AckTimeoutMS) * time.Millisecond}
+	if s.AckTimeout == 0 {
+		s.AckTimeout = DefaultAckTimeout
+	}
 	if s.Format == "" {
 		s.Format = FormatRaw
 	}
@@ -252,6 +267,9 @@ func (s *Subscription) applyDefaults() {
 	}
 	if s.StartFrom == "" {
 		s.StartFrom = "latest"
+	}
+	if s.AckTimeout == 0 {
+		s.AckTimeout = DefaultAckTimeout
 	}
 	if s.State == "" {
 		s.State = StateActive
@@ -319,6 +337,8 @@ func (s *Subscription) validate() error {
 		// max_in_flight counts messages, so a batch larger than it could
 		// never fill; saying so beats sending smaller batches unasked.
 		return bad("batch.max_messages", "batch.max_messages %d is more than max_in_flight %d, which counts messages: raise max_in_flight too", s.Batch.MaxMessages, s.MaxInFlight)
+	case s.AckTimeout < MinAckTimeout || s.AckTimeout > MaxAckTimeout:
+		return bad("ack_timeout", "ack_timeout %s must be between %s and %s", s.AckTimeout, MinAckTimeout, MaxAckTimeout)
 	}
 	for i, d := range s.RetryDelays {
 		if d <= 0 || d > MaxRetryDelay {
@@ -333,7 +353,7 @@ func (s *Subscription) validate() error {
 	for _, d := range []struct {
 		field string
 		v     time.Duration
-	}{{"timeout", s.Timeout}, {"visibility", s.Visibility}, {"backoff", s.BackoffMin}, {"backoff", s.BackoffMax}, {"batch.max_wait", s.Batch.MaxWait}} {
+	}{{"timeout", s.Timeout}, {"visibility", s.Visibility}, {"backoff", s.BackoffMin}, {"backoff", s.BackoffMax}, {"batch.max_wait", s.Batch.MaxWait}, {"ack_timeout", s.AckTimeout}} {
 		if d.v%time.Millisecond != 0 {
 			return bad(d.field, "%s %s: durations are kept to the millisecond", d.field, d.v)
 		}

@@ -1166,6 +1166,7 @@ func TestContractRecordedTraffic(t *testing.T) {
 	exchanges = append(exchanges, consumeExchanges(env)...)
 	exchanges = append(exchanges, pullExchanges(env)...)
 	exchanges = append(exchanges, txnExchanges()...)
+	exchanges = append(exchanges, ackTokenExchanges()...)
 	exchanges = append(exchanges, nameServerExchanges(env)...)
 	exchanges = append(exchanges, []exchange{
 		// Delete.

@@ -23,6 +23,7 @@ var bodyRoutes = map[string]bool{
 	"POST /v1/groups/{group}/ack":                    true,
 	"POST /v1/groups/{group}/nack":                   true,
 	"POST /v1/groups/{group}/visibility":             true,
+	"POST /v1/acks/{token}":                          true,
 	"POST /v1/brokers/heartbeat":                     true,
 	"PATCH /v1/brokers/{name}":                       true,
 	"POST /v1/internal/subscriptions/sync":           true,

@@ -80,6 +80,10 @@ func (s *Server) routes() chi.Router {
 	s.handle(r, "POST", "/v1/groups/{group}/visibility", accessConsumeGroup, s.handleVisibility)
 	s.handle(r, "GET", "/v1/topics/{topic}/queues/{queue}/messages", accessSubscribeTopic, s.handleReadQueue)
 
+	// A webhook receiver holds no bus token: its ack token, MAC'd by the
+	// broker that issued it, is the capability (acks.go).
+	s.handle(r, "POST", "/v1/acks/{token}", accessOpen, s.handleAckToken)
+
 	s.handle(r, "GET", "/v1/messages/{msg_id}/trace", accessAnyToken, s.handleTrace)
 	// The series are narrowed to the token's topics and groups by the
 	// handler, as GET /v1/topics and /v1/groups are.

@@ -82,6 +82,7 @@ type subscriptionRequest struct {
 	RatePerSecond *float64 `json:"rate_per_second"`
 	Visibility    *string  `json:"visibility"`
 	StartFrom     *string  `json:"start_from"`
+	AckTimeout    *string  `json:"ack_timeout"`
 	// ID and Secret may be given at creation only: a cluster gives every
 	// broker the same ones, and a user may bring their own secret.
 	ID     *string `json:"id,omitempty"`
@@ -227,6 +228,14 @@ func (req *subscriptionRequest) apply(s *broker.Subscription) *broker.Error {
 			return bad("visibility", "visibility %s must be between 1s and %s", s.Visibility, broker.MaxVisibility)
 		}
 	}
+	if req.AckTimeout != nil {
+		if s.AckTimeout, perr = dur("ack_timeout", *req.AckTimeout); perr != nil {
+			return perr
+		}
+		if s.AckTimeout <= 0 {
+			return bad("ack_timeout", "ack_timeout %s must be between %s and %s", s.AckTimeout, broker.MinAckTimeout, broker.MaxAckTimeout)
+		}
+	}
 	if req.MaxInFlight != nil {
 		if *req.MaxInFlight < 1 {
 			return bad("max_in_flight", "max_in_flight %d must be 1-%d", *req.MaxInFlight, broker.MaxMaxInFlight)
@@ -296,6 +305,8 @@ type subscriptionJSON struct {
 	Version string    `json:"version"`
 	Format  string    `json:"format"`
 	Batch   batchJSON `json:"batch,omitzero"`
+	// AckTimeout is a push subscription's: a pull one has no 202.
+	AckTimeout string `json:"ack_timeout,omitempty"`
 }
 
 func toSubscriptionJSON(s broker.Subscription, withSecret bool) subscriptionJSON {
@@ -306,6 +317,7 @@ func toSubscriptionJSON(s broker.Subscription, withSecret bool) subscriptionJSON
 		Version: s.Version.String(), Format: s.Format}
 	if s.URL != "" {
 		out.Type = "push"
+		out.AckTimeout = s.AckTimeout.String()
 	}
 	for _, d := range s.RetryDelays {
 		out.RetryDelays = append(out.RetryDelays, d.String())

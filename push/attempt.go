@@ -31,6 +31,10 @@ const (
 	HeaderPropPrefix       = "Postbus-Prop-"
 	HeaderPostbusSignature = "Postbus-Signature"
 	HeaderBatchSize        = "Postbus-Batch-Size"
+	// HeaderAckToken carries the delivery's ack token: an endpoint that
+	// answers 202 Accepted acknowledges the delivery later with POST
+	// /v1/acks/{token}. Not sent on ordered subscriptions' deliveries.
+	HeaderAckToken         = "Postbus-Ack-Token"
 	HeaderWebhookID        = "webhook-id"
 	HeaderWebhookTimestamp = "webhook-timestamp"
 	HeaderWebhookSignature = "webhook-signature"
@@ -77,6 +81,9 @@ type Delivery struct {
 	// is sent; the whole answer (up to MaxResponseBytes) is kept in
 	// Result.Response, so that a 207's list of failed messages can be read.
 	Batch int
+	// AckToken, when set, is sent as Postbus-Ack-Token, and a 202 answer
+	// is Deferred rather than Delivered.
+	AckToken string
 }
 
 // Outcome is what the dispatcher does after an attempt.
@@ -86,6 +93,7 @@ const (
 	Delivered Outcome = iota + 1 // a 2xx: done
 	Retry                        // anything else: schedule the next attempt
 	Gone                         // 410: disable the subscription
+	Deferred                     // 202 to a delivery with an ack token: acknowledged later
 )
 
 func (o Outcome) String() string {
@@ -96,6 +104,8 @@ func (o Outcome) String() string {
 		return "retry"
 	case Gone:
 		return "gone"
+	case Deferred:
+		return "deferred"
 	}
 	return "outcome(" + strconv.Itoa(int(o)) + ")"
 }
@@ -150,6 +160,16 @@ func (c *Client) Deliver(ctx context.Context, d Delivery, key *BusKey, now time.
 		// A response cut short is no acknowledgement, even under a 2xx.
 		res.Outcome = Retry
 		res.Err = clip("response body: " + describe(err, ctx, timeout))
+	case resp.StatusCode == http.StatusAccepted && d.AckToken != "":
+		// The endpoint may echo the token; one that names another
+		// delivery is a confused endpoint, and the delivery is not held
+		// on a promise made about something else.
+		if echo := resp.Header.Get(HeaderAckToken); echo != "" && echo != d.AckToken {
+			res.Outcome = Retry
+			res.Err = "202 with a " + HeaderAckToken + " that is not this delivery's"
+		} else {
+			res.Outcome = Deferred
+		}
 	case resp.StatusCode >= 200 && resp.StatusCode < 300:
 		res.Outcome = Delivered
 	case resp.StatusCode == http.StatusGone:
@@ -217,6 +237,9 @@ func (c *Client) newRequest(d Delivery, key *BusKey, now time.Time) (*http.Reque
 		}
 	}
 	set(HeaderSubscription, d.Subscription)
+	if d.AckToken != "" {
+		set(HeaderAckToken, d.AckToken)
+	}
 	ts := now.Unix()
 	sig, err := SignatureHeader(d.Secrets, key, d.MsgID, ts, d.Body)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/postbus/postbus/broker"
@@ -191,6 +192,16 @@ type loop struct {
 	deliverC context.CancelFunc // cancels deliveries in flight
 	done     chan struct{}
 	goneOnce sync.Once // a 410 disables the subscription once, however many deliveries saw it
+
+	// deferred is how many of the subscription's deliveries answered 202
+	// are held for their acknowledgement, counted against max_in_flight
+	// beside the deliveries open: read from the broker's timers when the
+	// loop starts (it learns of those a loop before it, or the process
+	// before a restart, deferred) and while any are held, and counted up
+	// as this loop defers. deferMu keeps a count read from the timers
+	// from passing a deferral being stored, which it would miss.
+	deferred atomic.Int64
+	deferMu  sync.Mutex
 }
 
 func (d *Dispatcher) newLoop(s broker.Subscription) (*loop, error) {
@@ -198,11 +209,7 @@ func (d *Dispatcher) newLoop(s broker.Subscription) (*loop, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := RetryPolicy{MaxRetries: s.MaxRetries, Delays: s.RetryDelays, BackoffMin: s.BackoffMin, BackoffMax: s.BackoffMax}
-	if len(p.Delays) == 0 && p.BackoffMin == 0 {
-		p.Delays = DefaultRetryDelays
-	}
-	l := &loop{d: d, sub: s, filter: f, policy: p, done: make(chan struct{}),
+	l := &loop{d: d, sub: s, filter: f, policy: PolicyOf(s), done: make(chan struct{}),
 		log: d.logger.With(slog.String("subscription", s.ID), slog.String("group", s.Group), slog.String("topic", s.Topic))}
 	if s.RatePerSecond > 0 {
 		// A burst of one: a bucket of rate_per_second tokens, full after
@@ -234,6 +241,16 @@ func (l *loop) stop() {
 	l.log.Info("push loop stopped")
 }
 
+// PolicyOf is the retry policy of a push subscription: its own delays or
+// backoff, or the default schedule.
+func PolicyOf(s broker.Subscription) RetryPolicy {
+	p := RetryPolicy{MaxRetries: s.MaxRetries, Delays: s.RetryDelays, BackoffMin: s.BackoffMin, BackoffMax: s.BackoffMax}
+	if len(p.Delays) == 0 && p.BackoffMin == 0 {
+		p.Delays = DefaultRetryDelays
+	}
+	return p
+}
+
 // leaseMargin is how much longer than a delivery's timeout a push lease
 // lasts: the loop settles every lease it takes, so its visibility only
 // matters when a delivery hangs past its timeout.
@@ -254,11 +271,16 @@ func (l *loop) run(ctx, dctx context.Context) {
 	visibility := l.sub.Timeout + leaseMargin
 	slots := make(chan struct{}, l.sub.MaxInFlight)
 	finished := make(chan struct{}, 1)
+	l.countDeferred(ctx)
 	for {
 		// Taken before leasing, so a dispatch during the lease is not missed.
 		arrived := l.d.b.Dispatched()
+		acked := l.d.b.DeferredSettled()
+		if l.deferred.Load() > 0 {
+			l.countDeferred(ctx) // acknowledged or timed out since
+		}
 		var leases []broker.Lease
-		if room := cap(slots) - len(slots); room > 0 {
+		if room := cap(slots) - len(slots) - int(l.deferred.Load()); room > 0 {
 			var err error
 			leases, err = eng.Lease(ctx, l.sub.Group, l.sub.Topic, room, visibility)
 			switch {
@@ -297,9 +319,50 @@ func (l *loop) run(ctx, dctx context.Context) {
 			return
 		case <-arrived:
 		case <-finished:
+		case <-acked:
 		case <-time.After(wait):
 		}
 	}
+}
+
+// countDeferred reads how many of the subscription's deliveries are held
+// for their acknowledgement.
+func (l *loop) countDeferred(ctx context.Context) {
+	l.deferMu.Lock()
+	defer l.deferMu.Unlock()
+	n, err := l.d.b.DeferredInFlight(ctx, l.sub.Group, l.sub.Topic)
+	if err != nil {
+		if ctx.Err() == nil {
+			// The last count stands: max_in_flight is kept by it.
+			l.log.Error("counting deferred deliveries failed", slog.Any("err", err))
+		}
+		return
+	}
+	l.deferred.Store(int64(n))
+}
+
+// hold defers a delivery its endpoint answered 202 (broker's
+// Engine.Defer). It reports false when the delivery could not be held,
+// which then counts as a failed attempt.
+func (l *loop) hold(dctx context.Context, ls broker.Lease, key int64) bool {
+	l.deferMu.Lock()
+	defer l.deferMu.Unlock()
+	err := l.d.b.Engine().Defer(context.WithoutCancel(dctx), ls.Receipt, key, l.d.cfg.Now().Add(l.sub.AckTimeout))
+	switch {
+	case err == nil:
+		l.deferred.Add(1)
+		return true
+	case errors.Is(err, broker.ErrStaleReceipt):
+		// The engine took the lease back (an offset reset, the
+		// subscription changed): the message goes out again from there,
+		// and the token the endpoint holds is answered expired.
+		l.log.Debug("a deferred delivery's lease was taken back before it was held", slog.String("msg_id", ls.ID))
+		return true
+	}
+	l.log.Error("holding a delivery answered 202 for its acknowledgement failed; it counts as a failed attempt",
+		slog.String("msg_id", ls.ID), slog.Any("err", err))
+	l.d.metrics.deferFailed(l.sub.ID)
+	return false
 }
 
 // deliverOne makes one attempt at a leased message and settles the lease:
@@ -307,7 +370,21 @@ func (l *loop) run(ctx, dctx context.Context) {
 // loop stopped while it waited for the rate limit or before the request
 // went out), which counts no attempt.
 func (l *loop) deliverOne(ctx, dctx context.Context, ls broker.Lease) {
-	res, sent := l.attempt(ctx, dctx, ls.Message, ls.Attempt)
+	// An ordered queue waits on its one delivery, which must stay a push
+	// lease: its deliveries carry no ack token, and a 202 is a 2xx.
+	var token string
+	var key int64
+	if !l.sub.Ordered {
+		token, key = l.d.b.Engine().AckToken(l.sub.Group, l.sub.Topic, ls)
+		defer l.d.b.Engine().TokenDone(key)
+	}
+	res, sent := l.attempt(ctx, dctx, ls.Message, ls.Attempt, token)
+	if sent && res.Outcome == Deferred {
+		if l.hold(dctx, ls, key) {
+			return
+		}
+		res.Outcome, res.Err = Retry, "answered 202, but the delivery could not be held for its acknowledgement"
+	}
 	var v broker.Verdict
 	// failed: a retry or a dead letter, which the metrics count (an ack or
 	// a release is neither).
@@ -361,7 +438,7 @@ func (l *loop) deliverOne(ctx, dctx context.Context, ls broker.Lease) {
 // attempt makes one delivery and logs it. It reports false, and logs
 // nothing, when the delivery was never sent: the loop stopped while it
 // waited for the rate limit, or before the request could start.
-func (l *loop) attempt(ctx, dctx context.Context, m *broker.Message, attempt int) (Result, bool) {
+func (l *loop) attempt(ctx, dctx context.Context, m *broker.Message, attempt int, token string) (Result, bool) {
 	if l.limit != nil {
 		if err := l.limit.Wait(ctx); err != nil {
 			return Result{}, false
@@ -379,10 +456,10 @@ func (l *loop) attempt(ctx, dctx context.Context, m *broker.Message, attempt int
 		URL: l.sub.URL, Body: m.Body, ContentType: m.ContentType,
 		MsgID: m.ID, Topic: m.OriginTopic(), Tag: m.Tag, Keys: m.Keys,
 		QueueID: m.QueueID, QueueOffset: m.QueueOffset, Attempt: attempt,
-		Subscription: l.sub.ID, Properties: m.Properties, Secrets: secrets, Timeout: l.sub.Timeout,
+		Subscription: l.sub.ID, Properties: m.Properties, Secrets: secrets, Timeout: l.sub.Timeout, AckToken: token,
 		Format: l.sub.Format, BornAt: m.BornAt,
 	}, l.d.cfg.Key, now)
-	outcome := map[Outcome]string{Delivered: "delivered", Retry: "retry", Gone: "gone"}[res.Outcome]
+	outcome := map[Outcome]string{Delivered: "delivered", Retry: "retry", Gone: "gone", Deferred: "deferred"}[res.Outcome]
 	l.d.b.LogAttempt(broker.Attempt{MsgID: m.ID, Group: l.sub.Group, Subscription: l.sub.ID, Attempt: attempt,
 		At: now, Outcome: outcome, Status: res.Status, Error: res.Err, Latency: res.Latency})
 	l.d.metrics.attempted(l.sub.ID, res, m.StoredAt, now)

@@ -57,6 +57,7 @@
 //	webhook-timestamp        unix seconds of the signing time
 //	webhook-signature        "v1,<b64 HMAC> [v1,<b64 HMAC>...] v1a,<b64 Ed25519>"
 //	Postbus-Signature        EdDSA JWT
+//	Postbus-Ack-Token        the delivery's ack token (unordered subscriptions)
 //
 // A subscription with format cloudevents (Delivery.Format) also sends the
 // CloudEvents HTTP binding's binary mode (cloudevents.go): ce-specversion
@@ -71,7 +72,15 @@
 // sent as one made from the message, logged at ERROR and counted in
 // postbus_push_partial_cloudevents_total.
 //
-// A 2xx is Delivered; 410 is Gone (the subscription is to be disabled);
+// A 202 to a delivery with an ack token is Deferred: the loop has the
+// engine hold the delivery (Engine.Defer: a stored retry copy due at the
+// subscription's ack_timeout, whose timer the token names) until POST
+// /v1/acks/{token} settles it or the timeout brings it back as a failed
+// attempt; a 202 echoing another token is Retry. Held deliveries count
+// against max_in_flight: the loop reads their number from the engine's
+// timers when it starts (those of a loop before it, or of the process
+// before a restart) and while any are held, and counts up as it defers.
+// Other 2xx are Delivered; 410 is Gone (the subscription is to be disabled);
 // anything else — a 3xx, another status, a timeout, a refused or reset
 // connection, a body cut short, a refused address — is Retry, since a
 // subscription's URL can be fixed while its message waits.

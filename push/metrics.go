@@ -19,13 +19,16 @@ type pushMetrics struct {
 	batches  *prometheus.CounterVec // batched requests sent
 	batchMsg *prometheus.CounterVec // messages in them
 	bad207   *prometheus.CounterVec // 207 answers that were not a list of the batch's failed messages
+	// deferErr counts deliveries answered 202 that could not be held for
+	// their acknowledgement (each logged at ERROR, and a failed attempt).
+	deferErr *prometheus.CounterVec
 }
 
 func newPushMetrics(reg prometheus.Registerer, d *Dispatcher) *pushMetrics {
 	buckets := []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
 	m := &pushMetrics{
 		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "postbus_push_attempts_total",
-			Help: "Push delivery attempts by subscription and outcome (delivered, retry, gone)."}, []string{"subscription", "outcome"}),
+			Help: "Push delivery attempts by subscription and outcome (delivered, retry, gone, deferred: a 202 acknowledged later)."}, []string{"subscription", "outcome"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "postbus_push_attempt_seconds",
 			Help: "Push attempt latency: request sent to response read.", Buckets: buckets}, []string{"subscription"}),
 		e2e: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "postbus_push_delivery_seconds",
@@ -44,15 +47,17 @@ func newPushMetrics(reg prometheus.Registerer, d *Dispatcher) *pushMetrics {
 			Help: "Messages sent in batched push requests."}, []string{"subscription"}),
 		bad207: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "postbus_push_batch_invalid_answers_total",
 			Help: "207 answers to a batch that were not {\"failed\":[...]} naming only the batch's messages (the whole batch was retried; each logged at ERROR)."}, []string{"subscription"}),
+		deferErr: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "postbus_push_defer_failures_total",
+			Help: "Push deliveries answered 202 Accepted that could not be held for their acknowledgement (each logged at ERROR): a failed attempt, retried per the policy."}, []string{"subscription"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.attempts, m.latency, m.e2e, m.retries, m.dead, m.leaseErr, m.batches, m.batchMsg, m.bad207, m.partial, lagCollector{d})
+		reg.MustRegister(m.attempts, m.latency, m.e2e, m.retries, m.dead, m.leaseErr, m.deferErr, m.batches, m.batchMsg, m.bad207, m.partial, lagCollector{d})
 	}
 	return m
 }
 
 func (m *pushMetrics) attempted(sub string, r Result, stored, now time.Time) {
-	outcome := map[Outcome]string{Delivered: "delivered", Retry: "retry", Gone: "gone"}[r.Outcome]
+	outcome := map[Outcome]string{Delivered: "delivered", Retry: "retry", Gone: "gone", Deferred: "deferred"}[r.Outcome]
 	m.attempts.WithLabelValues(sub, outcome).Inc()
 	m.latency.WithLabelValues(sub).Observe(r.Latency.Seconds())
 	if r.Outcome == Delivered {
@@ -68,6 +73,8 @@ func (m *pushMetrics) batchSent(sub string, n int) {
 }
 
 func (m *pushMetrics) badPartial(sub string) { m.bad207.WithLabelValues(sub).Inc() }
+
+func (m *pushMetrics) deferFailed(sub string) { m.deferErr.WithLabelValues(sub).Inc() }
 
 func (m *pushMetrics) settled(sub string, dead bool) {
 	if dead {
@@ -85,11 +92,15 @@ type lagCollector struct{ d *Dispatcher }
 var (
 	lagDesc = prometheus.NewDesc("postbus_push_lag_messages", "Messages a push subscription has not finished.", []string{"subscription"}, nil)
 	dlqDesc = prometheus.NewDesc("postbus_dlq_messages", "Messages in a group's dead-letter queue.", []string{"group"}, nil)
+	// deferredDesc is what a loop counts against max_in_flight beside the
+	// deliveries it has open.
+	deferredDesc = prometheus.NewDesc("postbus_push_deferred_in_flight", "Push deliveries answered 202 Accepted and held for their acknowledgement now, counted against max_in_flight.", []string{"subscription"}, nil)
 )
 
 func (c lagCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- lagDesc
 	ch <- dlqDesc
+	ch <- deferredDesc
 }
 
 func (c lagCollector) Collect(ch chan<- prometheus.Metric) {
@@ -97,6 +108,7 @@ func (c lagCollector) Collect(ch chan<- prometheus.Metric) {
 	subs := make(map[string][2]string, len(c.d.loops)) // id -> group, topic
 	for id, l := range c.d.loops {
 		subs[id] = [2]string{l.sub.Group, l.sub.Topic}
+		ch <- prometheus.MustNewConstMetric(deferredDesc, prometheus.GaugeValue, float64(l.deferred.Load()), id)
 	}
 	c.d.mu.Unlock()
 	groups := map[string]bool{}

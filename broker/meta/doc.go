@@ -67,7 +67,7 @@
 //	subscriptions(id PK, group_name, topic, url, filter, ordered, config, secret, state, ..., version, version_by)
 //	subscription_tombstones(id PK, group_name, topic, version, version_by, deleted_at)  deleted subscriptions, purged after their lifetime
 //	deleted_topics(name PK, deleted_at)                                   the latest deletion of each topic
-//	timers(log_offset PK, deliver_at, fired, owner, settled)              one per delayed record of the log (delays, retries, visibility copies); settled: its receipt was acked or nacked
+//	timers(log_offset PK, deliver_at, fired, owner, settled, ack_key)     one per delayed record of the log (delays, retries, visibility copies); settled: its receipt was acked or nacked; ack_key: a deferred push delivery's, named by its ack token
 //	attempts(msg_id, group_name, subscription, attempt, at, outcome, ...) the delivery attempt log behind /trace, trimmed by retention
 //	dlq_removed((group_name, queue_offset) PK)                            dead letters redriven or purged one by one
 //	ordered_retries((subscription, queue_id) PK, queue_offset, attempt, next_at, lease_until)  an ordered queue blocked on a failing message
