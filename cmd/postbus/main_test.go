@@ -402,6 +402,14 @@ func TestSizeFlags(t *testing.T) {
 			[]string{"--rate-burst 10 needs --rate-limit"}},
 		{"negative rate", []string{"--rate-limit", "-1"},
 			[]string{"--rate-limit -1"}},
+		// A name that transaction ids cannot carry, or name servers take
+		// (attack F9: started, took prepares, could commit none).
+		{"broker name with a tilde", []string{"--broker-name", "x~y"},
+			[]string{`--broker-name "x~y"`, "A-Z a-z 0-9"}},
+		{"broker name with a slash", []string{"--broker-name", "a/b"},
+			[]string{`--broker-name "a/b"`}},
+		{"broker name too long", []string{"--broker-name", strings.Repeat("n", 65)},
+			[]string{"--broker-name", "1-64 characters"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

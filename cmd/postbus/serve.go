@@ -429,6 +429,9 @@ func (c *serveConfig) membership(listen, reach string, logger *slog.Logger) (*me
 	name := c.brokerName
 	if name == "" {
 		name = strings.Trim(strings.NewReplacer(":", "-", "[", "", "]", "", "%", "-").Replace(dialable(listen)), "-.")
+		if !namesrv.ValidBrokerName(name) {
+			return nil, fmt.Errorf("the broker name %q made from the listen address is not a valid name (1-%d characters of A-Z a-z 0-9 . _ -): give --broker-name", name, namesrv.MaxBrokerNameLen)
+		}
 	}
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: clientTransport(c.clientTLS)}
 	if c.namesrvToken != "" {
@@ -545,7 +548,7 @@ func checkSizeFlags(segmentSize int64, maxMessageBytes int) error {
 		formatBytes(segmentSize), formatBytes(broker.MinSegmentSize(maxMessageBytes)), formatBytes(broker.DefaultConfig("").SegmentSize))
 }
 
-// checkEdgeFlags refuses rate and body-memory flags that cannot work.
+// checkEdgeFlags refuses rate, body-memory and name flags that cannot work.
 func (c *serveConfig) checkEdgeFlags() error {
 	switch {
 	case c.rateLimit < 0 || math.IsNaN(c.rateLimit) || math.IsInf(c.rateLimit, 0):
@@ -562,6 +565,12 @@ func (c *serveConfig) checkEdgeFlags() error {
 		return fmt.Errorf("--max-body-memory-per-client %s: want from %s (the largest request body) to --max-body-memory (%s), or 0 for an eighth of it", formatBytes(int64(c.bodyShare)), formatBytes(httpapi.MinBodyMemory(c.mode == "dev")), formatBytes(int64(c.bodyMemory)))
 	case c.bodyGrace <= 0:
 		return fmt.Errorf("--body-grace %s: want a positive duration", c.bodyGrace)
+	case c.brokerName != "" && !namesrv.ValidBrokerName(c.brokerName):
+		// Transaction ids and receipts carry the name before a '~', and
+		// name servers refuse any other: a broker started under such a
+		// name took publishes and prepares it could never register or
+		// commit.
+		return fmt.Errorf("--broker-name %q: want 1-%d characters of A-Z a-z 0-9 . _ -, starting with a letter or digit", c.brokerName, namesrv.MaxBrokerNameLen)
 	case c.heldPolls < 1 || c.clientPolls < 1 || c.clientPolls > c.heldPolls:
 		return fmt.Errorf("--max-held-polls %d, --max-held-polls-per-client %d: want at least 1 each, the second at most the first", c.heldPolls, c.clientPolls)
 	}
