@@ -7,7 +7,6 @@ import (
 	"hash/maphash"
 	"log/slog"
 	"net/url"
-	"strings"
 	"sync"
 	"time"
 
@@ -187,15 +186,6 @@ func (b *Broker) TransactionID(msgID string) string {
 		return *p + txnIDSep + msgID
 	}
 	return msgID
-}
-
-// SplitTransactionID returns the broker a transaction id names ("" for
-// none) and its message id.
-func SplitTransactionID(id string) (brokerName, msgID string) {
-	if name, rest, ok := strings.Cut(id, txnIDSep); ok {
-		return name, rest
-	}
-	return "", id
 }
 
 // validateTxnTimeout checks a transaction's timeout (0: the default).

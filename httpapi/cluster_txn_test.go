@@ -49,4 +49,26 @@ func TestClusterTransactions(t *testing.T) {
 	// producer retry a garbled id for ever).
 	tc.via(t, brokerA, "POST", "/v1/transactions/broker-x~"+res.MsgID+"/commit", nil, "").
 		wantProblem(t, http.StatusNotFound, "transaction_not_found", brokerA)
+
+	// A malformed id is one 400, whoever it names ("~X" answered 404).
+	for _, id := range []string{"~" + res.MsgID, "~", brokerB + "~", brokerB + "~" + res.MsgID + "~x", "-b~" + res.MsgID,
+		strings.Repeat("b", 65) + "~" + res.MsgID, brokerB + "~" + strings.Repeat("m", 65), "m.x"} {
+		for _, at := range []string{brokerA, brokerB} {
+			tc.via(t, at, "GET", "/v1/transactions/"+id, nil, "").wantProblem(t, http.StatusBadRequest, "invalid_transaction", at)
+			tc.via(t, at, "POST", "/v1/transactions/"+id+"/commit", nil, "").wantProblem(t, http.StatusBadRequest, "invalid_transaction", at)
+		}
+	}
+
+	// The holder stopped while still registered: 503 with Retry-After.
+	a = tc.via(t, brokerC, "POST", "/v1/topics/orders/messages", prep, "txn 2")
+	if a.status != http.StatusCreated {
+		t.Fatalf("prepare through %s: %s", brokerC, a)
+	}
+	open := decodeAs[prepareResult](t, a)
+	tc.nodes[brokerB].srv.Close()
+	a = tc.via(t, brokerA, "POST", "/v1/transactions/"+open.TransactionID+"/commit", nil, "")
+	a.wantProblem(t, http.StatusServiceUnavailable, "broker_unavailable", brokerA)
+	if a.header.Get("Retry-After") == "" {
+		t.Fatalf("503 for a stopped holder without Retry-After: %s", a)
+	}
 }
