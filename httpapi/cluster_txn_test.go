@@ -1,7 +1,9 @@
 package httpapi
 
 import (
+	"maps"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 )
@@ -71,4 +73,68 @@ func TestClusterTransactions(t *testing.T) {
 	if a.header.Get("Retry-After") == "" {
 		t.Fatalf("503 for a stopped holder without Retry-After: %s", a)
 	}
+}
+
+// TestClusterTransactionList: GET /v1/transactions through any broker
+// lists every broker's transactions, each naming its broker, and its
+// composite cursor pages through all of them once (it listed only the
+// broker asked).
+func TestClusterTransactionList(t *testing.T) {
+	tc := newTestCluster(t, brokerA, brokerB, brokerC)
+	tc.placeTopic(t, brokerA, "on-b", `{"queues":1,"brokers":["broker-b"]}`, brokerB)
+	tc.placeTopic(t, brokerA, "on-c", `{"queues":1,"brokers":["broker-c"]}`, brokerC)
+	tc.via(t, brokerA, "PUT", "/v1/producer-groups/shop", map[string]string{"Content-Type": "application/json"},
+		`{"check_url":"https://shop.example/check"}`).want(t, http.StatusCreated, brokerA)
+	prep := map[string]string{"Postbus-Transaction": "prepare", "Postbus-Producer-Group": "shop"}
+	want := map[string]string{} // transaction id -> broker
+	for i := range 3 {
+		for topic, holder := range map[string]string{"on-b": brokerB, "on-c": brokerC} {
+			a := tc.via(t, brokerA, "POST", "/v1/topics/"+topic+"/messages", prep, "txn")
+			if a.status != http.StatusCreated {
+				t.Fatalf("prepare %d on %s: %s", i, topic, a)
+			}
+			want[decodeAs[prepareResult](t, a).TransactionID] = holder
+		}
+	}
+	type page struct {
+		Transactions []struct {
+			TransactionID string `json:"transaction_id"`
+			State         string `json:"state"`
+			Broker        string `json:"broker"`
+		} `json:"transactions"`
+		NextCursor string   `json:"next_cursor"`
+		Incomplete []string `json:"incomplete"`
+	}
+	for _, via := range []string{brokerA, brokerC} {
+		got := map[string]string{}
+		query := "/v1/transactions?state=prepared&limit=2"
+		for pages := 0; ; pages++ {
+			if pages > 6 {
+				t.Fatalf("through %s: still a cursor after %d pages", via, pages)
+			}
+			a := tc.via(t, via, "GET", query, nil, "")
+			a.want(t, http.StatusOK, via)
+			p := decodeAs[page](t, a)
+			if len(p.Incomplete) > 0 {
+				t.Fatalf("through %s: incomplete %v", via, p.Incomplete)
+			}
+			for _, tx := range p.Transactions {
+				if _, dup := got[tx.TransactionID]; dup {
+					t.Fatalf("through %s: %s listed twice", via, tx.TransactionID)
+				}
+				if tx.State != "PREPARED" {
+					t.Fatalf("through %s: %s is %s", via, tx.TransactionID, tx.State)
+				}
+				got[tx.TransactionID] = tx.Broker
+			}
+			if p.NextCursor == "" {
+				break
+			}
+			query = "/v1/transactions?state=prepared&limit=2&cursor=" + url.QueryEscape(p.NextCursor)
+		}
+		if !maps.Equal(got, want) {
+			t.Fatalf("through %s the list held %v; want %v", via, got, want)
+		}
+	}
+	tc.via(t, brokerA, "GET", "/v1/transactions?cursor=junk", nil, "").wantProblem(t, http.StatusBadRequest, "invalid_parameter", brokerA)
 }

@@ -301,6 +301,12 @@ func (s *Server) handleListTransactions(w http.ResponseWriter, r *http.Request) 
 		writeProblem(w, r, codeInvalidParameter, "state", fmt.Sprintf("state is prepared, committed or rolled_back, not %q", r.URL.Query().Get("state")))
 		return
 	}
+	if s.coordinating(r) {
+		// Every broker's, merged oldest prepare first, each naming its
+		// broker; the cursor is composite (each broker's own).
+		s.pagedListEverywhere(w, r, "transactions", s.everyBroker(r), s.handleListTransactions, "prepared_at", false)
+		return
+	}
 	var cursor int64
 	if c := r.URL.Query().Get("cursor"); c != "" {
 		n, err := strconv.ParseInt(c, 10, 64)
