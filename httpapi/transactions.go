@@ -272,15 +272,27 @@ func (s *Server) decideTransaction(w http.ResponseWriter, r *http.Request, commi
 	if s.forwardTransaction(w, r, self) {
 		return
 	}
-	t, ok := s.transactionFor(w, r, true)
-	if !ok {
-		return
+	var msgID string
+	if principalFrom(r.Context()) == nil {
+		// No scope to check against its topic: the decision reads the
+		// row itself (and answers an unknown id), once.
+		id, ok := s.localTxnID(w, r)
+		if !ok {
+			return
+		}
+		msgID = id
+	} else {
+		t, ok := s.transactionFor(w, r, true)
+		if !ok {
+			return
+		}
+		msgID = t.MsgID
 	}
 	decide := s.broker.Commit
 	if !commit {
 		decide = s.broker.Rollback
 	}
-	t, err := decide(r.Context(), t.MsgID)
+	t, err := decide(r.Context(), msgID)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
