@@ -73,6 +73,11 @@ const (
 	// txnPurgeEvery is how often decided transactions older than the
 	// retention are deleted.
 	txnPurgeEvery = 10 * time.Minute
+	// txnFreshMax bounds the prepares held in memory until dispatch stores
+	// their rows (txnLive.fresh): past it (dispatch stalled, meta.db
+	// failing) a prepare waits for dispatch, at most txnFreshWait.
+	txnFreshMax  = 1 << 16
+	txnFreshWait = 30 * time.Second
 )
 
 // Transaction states as the API names them.
@@ -260,6 +265,16 @@ func (b *Broker) Prepare(ctx context.Context, topic string, m *Message, group st
 	m.flags = flagPrepared
 	m.Origin = group
 	m.DeliverAt = now.Add(timeout) // the first check, for dispatch's row
+	if b.txnLive.freshCount() >= txnFreshMax {
+		wctx, cancel := context.WithTimeout(ctx, txnFreshWait)
+		err := b.waitDispatched(wctx, b.log.Committed())
+		cancel()
+		if err != nil {
+			b.metrics.rejected(CodeUnavailable)
+			return Result{}, &Error{Code: CodeUnavailable, Err: err,
+				Detail: fmt.Sprintf("%d prepared messages wait for dispatch to store their transactions; nothing was stored, retry", txnFreshMax)}
+		}
+	}
 	// Known as prepared from before its append until dispatch stores its
 	// row (see txnLive.fresh): the answer does not wait for that write.
 	b.txnLive.expect(m.ID)
