@@ -233,6 +233,10 @@ func (b *Broker) dispatchRecord(off int64, rec []byte) error {
 		}
 		return nil // the topic was deleted (and maybe created again since)
 	}
+	if h.Flags&(flagPrepared|flagRolledBack) == flagPrepared|flagRolledBack {
+		b.dispatchRolledBack(off, rec)
+		return nil
+	}
 	if h.Flags&flagPrepared != 0 {
 		b.dispatchPrepared(off, rec, &h)
 		return nil

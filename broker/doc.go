@@ -121,13 +121,16 @@
 // Transactional messages (txn.go) are prepared records on their real topic
 // that take no queue offset, like a delayed message, and whose id only is
 // indexed; dispatch writes each one's transaction row to meta.db, so a
-// crash replays into it. Commit appends the message again, with the same
-// id and a queue offset, and that copy is the decision: dispatch marks
-// the row committed when it meets it (the replay after a crash too), and
-// until then the process answers from the commit it made, so a commit is
-// stored once and costs one append. A check-back loop
-// claims due rows (moving their next check ahead in the same write) and
-// asks the producer group through Config.TxnChecker; after TxnCheckMax
+// crash replays into it (a prepare answers once its record is durable; the
+// process holds the row until dispatch has stored it). Commit appends the
+// message again, with the same id and a queue offset, and that copy is the
+// decision: dispatch marks the row committed when it meets it (the replay
+// after a crash too), and until then the process answers from the commit
+// it made, so a commit is stored once and costs one append. A rollback
+// leaves a small record in the log too, so that a rebuilt meta.db knows
+// it; a topic's delete rolls its prepared transactions back. A check-back
+// loop claims due rows (moving their next check ahead in the same write)
+// and asks the producer group through Config.TxnChecker; after TxnCheckMax
 // checks without an answer it rolls back, the reason kept in the row.
 //
 // Decisions the design leaves open:

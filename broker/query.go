@@ -18,6 +18,9 @@ const (
 
 var msgIDRE = regexp.MustCompile(`^[A-Za-z0-9]{1,64}$`)
 
+// ValidMessageID reports whether id has the form of a message id.
+func ValidMessageID(id string) bool { return msgIDRE.MatchString(id) }
+
 // lookup visits the stored messages whose index hash is h, newest first,
 // until fn returns false. Candidates are decoded in full so fn can check
 // that the message really matches (hashes may collide). A candidate whose

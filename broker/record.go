@@ -60,6 +60,10 @@ const (
 	flagLeased    // a pull lease's visibility copy: its timer is the lease's to store
 	flagPrepared  // a transaction's prepared (half) message: no queue offset, never queued (txn.go)
 	flagCommitted // a transaction's message as committed, on its queue, after its prepared record
+	// flagRolledBack, with flagPrepared: a transaction's rollback, kept in
+	// the log (no body, never queued, its id not indexed) so that a
+	// meta.db rebuilt from the log knows it (txn.go).
+	flagRolledBack
 )
 
 func encodeRecord(dst []byte, m *Message) []byte {

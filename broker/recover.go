@@ -180,6 +180,11 @@ func (b *Broker) surveyLog(what string, from, to int64, tomb map[string]time.Tim
 				sv.fired = append(sv.fired, prev) // moved ahead of retention
 			}
 			pending[key] = off
+		} else if h.Flags&flagPrepared != 0 {
+			// A transaction's prepared (or rollback) record takes no queue
+			// offset (its field is 0): it says nothing of the queue's
+			// incarnations. Read as one, a second prepare on a queue
+			// looked like the topic created again.
 		} else {
 			if h.Flags&flagRePut != 0 {
 				key := topic + "\x00" + string(h.ID)

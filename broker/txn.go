@@ -7,7 +7,6 @@ import (
 	"hash/maphash"
 	"log/slog"
 	"net/url"
-	"strings"
 	"sync"
 	"time"
 
@@ -44,9 +43,13 @@ import (
 // answer) makes the next decision wait for dispatch and look for the copy
 // by id in the key index; finding one with the row unmarked, it only marks
 // the row, logging it at ERROR and counting it
-// (postbus_transaction_anomalies_total). Rollback writes the row (its
-// decisions batched, decideBatch): the prepared record stays in the log,
-// never queued, until retention.
+// (postbus_transaction_anomalies_total). Rollback appends a small record
+// of the id flagged prepared and rolled back (no body, never queued, not
+// indexed), which dispatch turns into the decision when it replays the log
+// into a rebuilt meta.db, then writes the row (its decisions batched,
+// decideBatch); the prepared record stays in the log, never queued, until
+// retention. A topic's delete rolls its prepared transactions back in its
+// own meta.db transaction.
 //
 // The check-back loop claims due rows (their next check moved one interval
 // ahead and counted, in one meta.db write, so a crash with a check in
@@ -70,6 +73,11 @@ const (
 	// txnPurgeEvery is how often decided transactions older than the
 	// retention are deleted.
 	txnPurgeEvery = 10 * time.Minute
+	// txnFreshMax bounds the prepares held in memory until dispatch stores
+	// their rows (txnLive.fresh): past it (dispatch stalled, meta.db
+	// failing) a prepare waits for dispatch, at most txnFreshWait.
+	txnFreshMax  = 1 << 16
+	txnFreshWait = 30 * time.Second
 )
 
 // Transaction states as the API names them.
@@ -189,15 +197,6 @@ func (b *Broker) TransactionID(msgID string) string {
 	return msgID
 }
 
-// SplitTransactionID returns the broker a transaction id names ("" for
-// none) and its message id.
-func SplitTransactionID(id string) (brokerName, msgID string) {
-	if name, rest, ok := strings.Cut(id, txnIDSep); ok {
-		return name, rest
-	}
-	return "", id
-}
-
 // validateTxnTimeout checks a transaction's timeout (0: the default).
 func validateTxnTimeout(d time.Duration) error {
 	if d < 0 || d > MaxTxnTimeout {
@@ -266,6 +265,16 @@ func (b *Broker) Prepare(ctx context.Context, topic string, m *Message, group st
 	m.flags = flagPrepared
 	m.Origin = group
 	m.DeliverAt = now.Add(timeout) // the first check, for dispatch's row
+	if b.txnLive.freshCount() >= txnFreshMax {
+		wctx, cancel := context.WithTimeout(ctx, txnFreshWait)
+		err := b.waitDispatched(wctx, b.log.Committed())
+		cancel()
+		if err != nil {
+			b.metrics.rejected(CodeUnavailable)
+			return Result{}, &Error{Code: CodeUnavailable, Err: err,
+				Detail: fmt.Sprintf("%d prepared messages wait for dispatch to store their transactions; nothing was stored, retry", txnFreshMax)}
+		}
+	}
 	// Known as prepared from before its append until dispatch stores its
 	// row (see txnLive.fresh): the answer does not wait for that write.
 	b.txnLive.expect(m.ID)
@@ -518,6 +527,15 @@ func (b *Broker) decideLocked(ctx context.Context, t meta.Txn, fresh, commit boo
 		b.metrics.txn.committed.Inc()
 		return t, nil
 	}
+	if state == meta.TxnRolledBack && reason != txnReasonTopicGone {
+		// Its trace in the log first, so that a meta.db rebuilt from the
+		// log (--rebuild-metadata) does not bring it back as prepared.
+		// Dispatch marks the row from it too: the write below may find
+		// it decided already.
+		if err := b.storeRolledBack(ctx, t, reason); err != nil && !errors.Is(err, ErrTopicNotFound) {
+			return meta.Txn{}, fmt.Errorf("rollback of transaction %s: %w", t.MsgID, err)
+		}
+	}
 	if fresh {
 		// A decision other than a commit is a write of the row: dispatch
 		// stores it first. (A commit needs no row: its copy in the log
@@ -529,6 +547,9 @@ func (b *Broker) decideLocked(ctx context.Context, t meta.Txn, fresh, commit boo
 	now := b.now()
 	t, err = b.decideRow(meta.TxnDecision{MsgID: t.MsgID, State: state, QueueID: qid, QueueOffset: qoff, At: now, Reason: reason})
 	if errors.Is(err, meta.ErrDecided) {
+		if t.State == meta.TxnRolledBack && state == meta.TxnRolledBack {
+			b.metrics.txn.rolledBack.Inc() // marked by dispatch from its record
+		}
 		return t, nil
 	}
 	if err != nil {
@@ -731,6 +752,39 @@ func (b *Broker) txnRecords(ctx context.Context, t meta.Txn) (prep, committed *M
 		return nil, nil, fmt.Errorf("look up the records of transaction %s: %w", t.MsgID, err)
 	}
 	return prep, committed, nil
+}
+
+// storeRolledBack appends the record of t's rollback: the transaction's
+// id on its topic, flagged prepared and rolled back, with the reason and
+// no body. Never queued, its id not indexed; dispatch marks the row from it
+// (dispatchRolledBack).
+func (b *Broker) storeRolledBack(ctx context.Context, t meta.Txn, reason string) error {
+	m := &Message{ID: t.MsgID, Topic: t.Topic, BornAt: b.now(), flags: flagPrepared | flagRolledBack, Reason: reason}
+	for attempt := 0; ; attempt++ {
+		ts, err := b.topicState(t.Topic)
+		if err != nil {
+			return err
+		}
+		_, err = b.store(ctx, ts, []*Message{m}, false)
+		if errors.Is(err, errStaleTopic) && attempt < maxStaleRetries {
+			continue
+		}
+		return err
+	}
+}
+
+// dispatchRolledBack records a rollback's record met by dispatch: its
+// decision, marked in the row with the round's other decisions. Called
+// with dispatchMu held.
+func (b *Broker) dispatchRolledBack(off int64, rec []byte) {
+	var m Message
+	if err := decodeRecord(rec, &m); err != nil {
+		b.logger.Error("undecodable rollback record skipped", slog.Int64("offset", off), slog.Any("err", err))
+		b.metrics.skipped(skipUndecodable)
+		return
+	}
+	b.newCommits = append(b.newCommits, meta.TxnDecision{MsgID: m.ID, State: meta.TxnRolledBack, QueueID: -1, QueueOffset: -1,
+		At: m.StoredAt, Reason: m.Reason})
 }
 
 // storeCommitted appends the committed copy of the prepared message prep

@@ -489,3 +489,54 @@ func TestTxnTopicDeleteRollsBack(t *testing.T) {
 	b = txnBroker(t, dir, nil, nil)
 	check("after a restart")
 }
+
+// TestTxnRollbackSurvivesRebuild: a rollback leaves its record in the log,
+// so a meta.db rebuilt from the log (--rebuild-metadata) knows it; before,
+// the rolled-back transaction came back prepared (and was checked again).
+func TestTxnRollbackSurvivesRebuild(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	b := txnBroker(t, dir, nil, nil)
+	// On one queue: prepared records, which take no queue offset, were
+	// read by the rebuild's survey as the topic created again.
+	one := func(body string) *Message { return &Message{Body: []byte(body), ShardingKey: "k"} }
+	kept := prepare(t, b, "orders", one("kept"))
+	undone := prepare(t, b, "orders", one("undone"))
+	done := prepare(t, b, "orders", one("done"))
+	if _, err := b.Rollback(ctx, undone.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Commit(ctx, done.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(b.metrics.txn.rolledBack); got != 1 {
+		t.Fatalf("rolled back counter %v; want 1", got)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	removeMeta(t, dir)
+	cfg := testConfig(t, dir)
+	cfg.RebuildMetadata = true
+	b = openBroker(t, cfg)
+	for _, c := range []struct {
+		id, state, reason string
+	}{
+		{kept.ID, TxnStatePrepared, ""},
+		{undone.ID, TxnStateRolledBack, txnReasonProducer},
+		{done.ID, TxnStateCommitted, "committed; its row marked from the log after a restart"},
+	} {
+		if tx, err := b.Transaction(ctx, c.id); err != nil || tx.State != c.state || tx.Reason != c.reason {
+			t.Fatalf("after the rebuild %s is %+v, %v; want %s (%q)", c.id, tx, err, c.state, c.reason)
+		}
+	}
+	if _, err := b.Commit(ctx, undone.ID); !errors.Is(err, ErrTxnDecided) {
+		t.Fatalf("commit of the rolled-back transaction after the rebuild: %v; want ErrTxnDecided", err)
+	}
+	if got := onQueues(t, b, "orders"); len(got) != 1 || got[0].ID != done.ID {
+		t.Fatalf("queues hold %d messages; want the committed one", len(got))
+	}
+	if m, err := b.Message(ctx, undone.ID); err != nil || len(m.Body) == 0 {
+		t.Fatalf("the rolled-back message by id: %+v, %v; want its prepared record", m, err)
+	}
+}

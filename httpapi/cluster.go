@@ -579,6 +579,9 @@ func (s *Server) askOne(r *http.Request, p peer, path string, body []byte, local
 // asked answers 503 broker_unavailable.
 func writeAnswer(w http.ResponseWriter, r *http.Request, a answer) {
 	if a.err != nil {
+		// The broker may be back soon (restarting, or stopped while still
+		// registered): a client should retry, not give up.
+		w.Header().Set("Retry-After", "5")
 		writeProblem(w, r, codeBrokerUnavailable, "", describe(a))
 		return
 	}

@@ -474,6 +474,12 @@ func (s *Server) deadLettersEverywhere(w http.ResponseWriter, r *http.Request) {
 // leaves its messages out; the answer then lists it in "incomplete", and
 // the list is not the whole truth.
 func (s *Server) pagedEverywhere(w http.ResponseWriter, r *http.Request, peers []peer, local http.HandlerFunc, timeField string, newestFirst bool, incomplete ...string) {
+	s.pagedListEverywhere(w, r, "messages", peers, local, timeField, newestFirst, incomplete...)
+}
+
+// pagedListEverywhere is pagedEverywhere for a list under key (messages,
+// transactions).
+func (s *Server) pagedListEverywhere(w http.ResponseWriter, r *http.Request, key string, peers []peer, local http.HandlerFunc, timeField string, newestFirst bool, incomplete ...string) {
 	cursors := map[string]string{}
 	c := r.URL.Query().Get("cursor")
 	if c != "" {
@@ -517,10 +523,13 @@ func (s *Server) pagedEverywhere(w http.ResponseWriter, r *http.Request, peers [
 	)
 	for _, a := range answers {
 		var pg struct {
-			Messages   []map[string]any `json:"messages"`
-			NextCursor string           `json:"next_cursor"`
+			Messages   []map[string]any
+			NextCursor string `json:"next_cursor"`
 		}
-		if !a.ok() || json.Unmarshal(a.body, &pg) != nil {
+		var raw map[string]json.RawMessage
+		ok := a.ok() && json.Unmarshal(a.body, &raw) == nil && json.Unmarshal(raw[key], &pg.Messages) == nil &&
+			(raw["next_cursor"] == nil || json.Unmarshal(raw["next_cursor"], &pg.NextCursor) == nil)
+		if !ok {
 			if a.peer.local() && a.err == nil && a.status < 500 && a.status != http.StatusNotFound {
 				writeAnswer(w, r, a) // refused here: bad parameters, or no scope
 				return
@@ -547,15 +556,18 @@ func (s *Server) pagedEverywhere(w http.ResponseWriter, r *http.Request, peers [
 		return a.at.Compare(b.at)
 	})
 	if len(incomplete) > 0 {
-		s.cluster.partial.WithLabelValues("messages").Inc()
+		s.cluster.partial.WithLabelValues(key).Inc()
 	}
-	out := struct {
-		Messages   []map[string]any `json:"messages"`
-		NextCursor string           `json:"next_cursor,omitempty"`
-		Incomplete []string         `json:"incomplete,omitempty"`
-	}{Messages: make([]map[string]any, len(all)), NextCursor: strings.Join(next, ","), Incomplete: incomplete}
+	list := make([]map[string]any, len(all))
 	for i, m := range all {
-		out.Messages[i] = m.msg
+		list[i] = m.msg
+	}
+	out := map[string]any{key: list}
+	if len(next) > 0 {
+		out["next_cursor"] = strings.Join(next, ",")
+	}
+	if len(incomplete) > 0 {
+		out["incomplete"] = incomplete
 	}
 	writeJSON(w, http.StatusOK, out)
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/postbus/postbus/broker"
+	"github.com/postbus/postbus/namesrv"
 )
 
 // Transactions (DESIGN §4): a publish with Postbus-Transaction: prepare
@@ -156,7 +157,10 @@ func (s *Server) forwardTransaction(w http.ResponseWriter, r *http.Request, loca
 	if !s.coordinating(r) {
 		return false
 	}
-	name, _ := broker.SplitTransactionID(chi.URLParam(r, "transaction_id"))
+	name, _, ok := txnIDParts(w, r)
+	if !ok {
+		return true
+	}
 	if name == "" || name == s.cluster.self {
 		return false
 	}
@@ -186,11 +190,32 @@ func (s *Server) forwardTransaction(w http.ResponseWriter, r *http.Request, loca
 	return true
 }
 
+// txnIDParts splits the path's transaction id into the broker it names
+// ("" for none) and its message id, or answers 400 invalid_transaction for
+// one no broker hands out (an empty or invalid broker name before the ~, a
+// message id that is not one), the same for every malformed id.
+func txnIDParts(w http.ResponseWriter, r *http.Request) (name, msgID string, ok bool) {
+	id := chi.URLParam(r, "transaction_id")
+	name, msgID, named := strings.Cut(id, "~")
+	if !named {
+		name, msgID = "", id
+	}
+	if (named && !namesrv.ValidBrokerName(name)) || !broker.ValidMessageID(msgID) {
+		writeProblem(w, r, broker.CodeInvalidTransaction, "transaction_id", fmt.Sprintf(
+			"%q is not a transaction id: one is a message id (1-64 letters and digits), in a cluster after the name of its broker and ~", id))
+		return "", "", false
+	}
+	return name, msgID, true
+}
+
 // localTxnID is the message id of a transaction id this broker holds, or a
 // problem written.
 func (s *Server) localTxnID(w http.ResponseWriter, r *http.Request) (string, bool) {
 	id := chi.URLParam(r, "transaction_id")
-	name, msgID := broker.SplitTransactionID(id)
+	name, msgID, ok := txnIDParts(w, r)
+	if !ok {
+		return "", false
+	}
 	if name != "" && name != s.selfName() {
 		writeProblem(w, r, broker.CodeTransactionNotFound, "transaction_id", fmt.Sprintf("no transaction %q here: it names broker %s", id, name))
 		return "", false
@@ -247,15 +272,27 @@ func (s *Server) decideTransaction(w http.ResponseWriter, r *http.Request, commi
 	if s.forwardTransaction(w, r, self) {
 		return
 	}
-	t, ok := s.transactionFor(w, r, true)
-	if !ok {
-		return
+	var msgID string
+	if principalFrom(r.Context()) == nil {
+		// No scope to check against its topic: the decision reads the
+		// row itself (and answers an unknown id), once.
+		id, ok := s.localTxnID(w, r)
+		if !ok {
+			return
+		}
+		msgID = id
+	} else {
+		t, ok := s.transactionFor(w, r, true)
+		if !ok {
+			return
+		}
+		msgID = t.MsgID
 	}
 	decide := s.broker.Commit
 	if !commit {
 		decide = s.broker.Rollback
 	}
-	t, err := decide(r.Context(), t.MsgID)
+	t, err := decide(r.Context(), msgID)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -274,6 +311,12 @@ func (s *Server) handleListTransactions(w http.ResponseWriter, r *http.Request) 
 	case "", broker.TxnStatePrepared, broker.TxnStateCommitted, broker.TxnStateRolledBack:
 	default:
 		writeProblem(w, r, codeInvalidParameter, "state", fmt.Sprintf("state is prepared, committed or rolled_back, not %q", r.URL.Query().Get("state")))
+		return
+	}
+	if s.coordinating(r) {
+		// Every broker's, merged oldest prepare first, each naming its
+		// broker; the cursor is composite (each broker's own).
+		s.pagedListEverywhere(w, r, "transactions", s.everyBroker(r), s.handleListTransactions, "prepared_at", false)
 		return
 	}
 	var cursor int64

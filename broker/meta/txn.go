@@ -50,10 +50,11 @@ func scanTxn(row rowScanner) (Txn, error) {
 	return t, nil
 }
 
-// AddTxns records prepared messages met by dispatch, and then the commits
-// it met (commits whose rows are prepared are marked committed). A row
-// already there (dispatch replays the log after a crash) is left as it
-// is, decided or not, and so is a decided one a commit names.
+// AddTxns records prepared messages met by dispatch, and then the
+// decisions it met in the log (commits, and rollbacks' records): a row
+// still prepared takes the decision's state. A row already there (dispatch
+// replays the log after a crash) is left as it is, decided or not, and so
+// is a decided one a decision names.
 func (s *Store) AddTxns(ctx context.Context, ts []Txn, commits []TxnDecision) error {
 	if len(ts) == 0 && len(commits) == 0 {
 		return nil
@@ -80,14 +81,17 @@ func (s *Store) AddTxns(ctx context.Context, ts []Txn, commits []TxnDecision) er
 		if len(commits) == 0 {
 			return nil
 		}
-		st, err := tx.PrepareContext(ctx, `UPDATE transactions SET state = 'committed', queue_id = ?, queue_offset = ?, decided_at = ?, reason = ?
+		st, err := tx.PrepareContext(ctx, `UPDATE transactions SET state = ?, queue_id = ?, queue_offset = ?, decided_at = ?, reason = ?
 			WHERE msg_id = ? AND state = 'prepared'`)
 		if err != nil {
 			return fmt.Errorf("mark commits: %w", err)
 		}
 		defer st.Close()
 		for _, c := range commits {
-			if _, err := st.ExecContext(ctx, c.QueueID, c.QueueOffset, s.stamp(c.At).UnixMilli(), c.Reason, c.MsgID); err != nil {
+			if c.State != TxnCommitted && c.State != TxnRolledBack {
+				return fmt.Errorf("mark decision of %s: state %q: %w", c.MsgID, c.State, ErrInvalid)
+			}
+			if _, err := st.ExecContext(ctx, c.State, c.QueueID, c.QueueOffset, s.stamp(c.At).UnixMilli(), c.Reason, c.MsgID); err != nil {
 				return fmt.Errorf("mark commit of %s: %w", c.MsgID, err)
 			}
 		}
