@@ -300,6 +300,24 @@ func applyEvent(m *broker.Message, props map[string]string, field string) *broke
 	return nil
 }
 
+// structuredLimit is how large a structured event may be whose data may
+// take up to maxBody bytes: base64 (4/3) or JSON escaping, plus the
+// attributes (at most 16 KiB as properties) and the JSON around them.
+func structuredLimit(maxBody int) int { return maxBody*3/2 + 1<<20 }
+
+// checkEventData refuses an event's data that a message cannot hold: none
+// (a message holds at least one byte), or more than maxBody bytes. field
+// prefixes the member ("[3]." in a batch).
+func checkEventData(data []byte, maxBody int, field string) *broker.Error {
+	switch {
+	case len(data) == 0:
+		return &broker.Error{Code: broker.CodeEmptyBody, Field: field + "data", Detail: "the event has no data (neither data nor data_base64), and a message needs at least one byte"}
+	case maxBody > 0 && len(data) > maxBody:
+		return &broker.Error{Code: broker.CodeBodyTooLarge, Field: field + "data", Detail: fmt.Sprintf("the event's data is %d bytes; the limit is %d", len(data), maxBody)}
+	}
+	return nil
+}
+
 // decodeEventBatch parses a batch of structured events (the JSON batch
 // format: an array of events) into messages.
 func decodeEventBatch(data []byte) ([]*broker.Message, error) {
@@ -323,6 +341,10 @@ func decodeEventBatch(data []byte) ([]*broker.Message, error) {
 	for i, raw := range items {
 		field := fmt.Sprintf("[%d].", i)
 		props, body, ct, perr := structuredEvent(raw, field)
+		if perr == nil {
+			// The size is the broker's to check, against the whole batch.
+			perr = checkEventData(body, 0, field)
+		}
 		if perr != nil {
 			return nil, &batchError{perr.Code, perr.Field, perr.Detail}
 		}

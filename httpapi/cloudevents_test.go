@@ -349,6 +349,9 @@ func TestCloudEventBadInput(t *testing.T) {
 	}
 	const ceJSON = "application/cloudevents+json"
 	structured := map[string]string{"Content-Type": ceJSON}
+	// The test server's messages hold up to 1 MiB.
+	overLimit := `{"specversion":"1.0","id":"1","source":"/s","type":"t","data_base64":"` +
+		base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{0xab}, 1<<20+1)) + `"}`
 	for _, tc := range []struct {
 		name   string
 		path   string
@@ -389,12 +392,15 @@ func TestCloudEventBadInput(t *testing.T) {
 		{"structured text data not a string", "", structured, `{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"text/plain","data":{"a":1}}`, 400, "invalid_cloudevent", "data"},
 		{"structured bad datacontenttype", "", structured, `{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"text","data":"x"}`, 400, "invalid_cloudevent", "datacontenttype"},
 		{"structured no data", "", structured, `{"specversion":"1.0","id":"1","source":"/s","type":"t"}`, 400, "empty_body", "data"},
+		{"structured data over the limit", "", structured, overLimit, 413, "body_too_large", "data"},
 		{"structured with ce- headers", "", map[string]string{"Content-Type": ceJSON, "ce-id": "2"}, `{"specversion":"1.0","id":"1","source":"/s","type":"t","data":1}`, 400, "invalid_cloudevent", "ce-id"},
 		{"event batch to a single publish", "", map[string]string{"Content-Type": "application/cloudevents-batch+json"}, `[]`, 415, "unsupported_media_type", "Content-Type"},
 		{"one event to the batch route", "/batch", structured, `{}`, 415, "unsupported_media_type", "Content-Type"},
 		{"ce- headers on a batch", "/batch", map[string]string{"Content-Type": "application/json", "ce-id": "1"}, `[{"body":"x"}]`, 400, "invalid_cloudevent", "ce-id"},
 		{"event batch with a bad event", "/batch", map[string]string{"Content-Type": "application/cloudevents-batch+json"},
 			`[{"specversion":"1.0","id":"1","source":"/s","type":"t","data":1},{"specversion":"1.0","id":"2","source":"/s","data":1}]`, 400, "invalid_cloudevent", "[1].type"},
+		{"event batch item without data", "/batch", map[string]string{"Content-Type": "application/cloudevents-batch+json"},
+			`[{"specversion":"1.0","id":"1","source":"/s","type":"t"}]`, 400, "empty_body", "[0].data"},
 		{"event batch empty", "/batch", map[string]string{"Content-Type": "application/cloudevents-batch+json"}, `[]`, 400, "invalid_batch", ""},
 		{"plain batch with a partial event", "/batch", map[string]string{"Content-Type": "application/json"},
 			`[{"body":"x"},{"body":"x","properties":{"ce-id":"1"}}]`, 400, "invalid_cloudevent", "[1].properties.ce-specversion"},
@@ -443,4 +449,33 @@ func FuzzStructuredEvent(f *testing.F) {
 			t.Fatalf("taken %q, but the broker refuses it: %v", data, err)
 		}
 	})
+}
+
+// TestCloudEventAtTheLimit: a structured event whose data is as large as a
+// message may be is taken, though the request around it is larger (its
+// base64 and attributes); the limit is the data's, as for any message.
+func TestCloudEventAtTheLimit(t *testing.T) {
+	srv, b := newTestServer(t, nil)
+	data := bytes.Repeat([]byte{0xcd}, 1<<20) // the test server's limit
+	for _, tc := range []struct{ name, body string }{
+		{"data_base64", `{"specversion":"1.0","id":"big","source":"/s","type":"t","data_base64":"` + base64.StdEncoding.EncodeToString(data) + `"}`},
+		{"escaped text", `{"specversion":"1.0","id":"big","source":"/s","type":"t","datacontenttype":"text/plain","data":"` +
+			strings.Repeat(`\"`, 1<<20) + `"}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, body := do(t, "POST", srv.URL+"/v1/topics/big/messages", map[string]string{"Content-Type": "application/cloudevents+json"},
+				strings.NewReader(tc.body))
+			if resp.StatusCode != http.StatusCreated {
+				t.Fatalf("an event with %d bytes of data in a %d-byte request: %d %.300s", len(data), len(tc.body), resp.StatusCode, body)
+			}
+			id, _ := jsonOf(t, body)["msg_id"].(string)
+			m, err := b.Message(context.Background(), id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(m.Body) != 1<<20 {
+				t.Fatalf("stored %d bytes of data, want %d", len(m.Body), 1<<20)
+			}
+		})
+	}
 }

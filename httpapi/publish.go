@@ -323,10 +323,16 @@ func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	body, err := readBody(r, s.maxBody)
+	limit, tooLarge := s.maxBody, fmt.Sprintf("the body is larger than the limit of %d bytes", s.maxBody)
+	if mode == ceStructured {
+		// The limit is the data's, as for any message: the event around
+		// it, and base64 or JSON escaping, may take the request past it.
+		limit = structuredLimit(s.maxBody)
+		tooLarge = fmt.Sprintf("the event is larger than %d bytes; its data may be up to %d bytes", limit, s.maxBody)
+	}
+	body, err := readBody(r, limit)
 	if err != nil {
-		s.writeError(w, r, bodyProblem(err, &broker.Error{Code: broker.CodeBodyTooLarge, Field: "body",
-			Detail: fmt.Sprintf("the body is larger than the limit of %d bytes", s.maxBody)}))
+		s.writeError(w, r, bodyProblem(err, &broker.Error{Code: broker.CodeBodyTooLarge, Field: "body", Detail: tooLarge}))
 		return
 	}
 	m.Body = body
@@ -335,8 +341,8 @@ func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
 		if perr == nil {
 			perr = applyEvent(m, props, "")
 		}
-		if perr == nil && len(data) == 0 {
-			perr = &broker.Error{Code: broker.CodeEmptyBody, Field: "data", Detail: "the event has no data (neither data nor data_base64), and a message needs at least one byte"}
+		if perr == nil {
+			perr = checkEventData(data, s.maxBody, "")
 		}
 		if perr != nil {
 			s.writeError(w, r, perr)

@@ -120,7 +120,7 @@ func TestReadQueueByOffset(t *testing.T) {
 		path   string
 		status int
 	}{
-		{"/v1/topics/log/queues/1/messages", 400},
+		{"/v1/topics/log/queues/1/messages", 404}, // queue_not_found
 		{"/v1/topics/log/queues/x/messages", 400},
 		{"/v1/topics/nope/queues/0/messages", 404},
 		{"/v1/topics/log/queues/0/messages?wait=1m", 400},

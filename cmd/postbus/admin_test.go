@@ -66,6 +66,10 @@ func TestAdmin(t *testing.T) {
 				}
 				subID = s.ID
 			}},
+		{name: "subscribe in cloudevents", args: []string{"subscriptions", "create", "--group", "events", "--topic", "orders",
+			"--webhook-url", "http://127.0.0.1:1/events", "--format", "cloudevents"}, wantOut: []string{"Format:", "cloudevents"}},
+		{name: "subscribe in a bad format", args: []string{"subscriptions", "create", "--group", "events2", "--topic", "orders",
+			"--webhook-url", "http://127.0.0.1:1/events", "--format", "cloudevent"}, wantCode: exitRefused, wantErr: []string{"400 invalid_subscription"}},
 		{name: "send", args: []string{"messages", "send", "orders", "--tag", "created", "--keys", "order-1", "--body", `{"id":1}`, "-o", "json"},
 			wantOut: []string{`"status": "SEND_OK"`},
 			after: func(t *testing.T, stdout string) {

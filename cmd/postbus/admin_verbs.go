@@ -468,14 +468,15 @@ func dlqVerbs() map[string]adminVerb {
 }
 
 func subscriptionVerbs() map[string]adminVerb {
-	var group, topic, hook, filter, startFrom, visibility string
+	var group, topic, hook, filter, startFrom, visibility, format string
 	var ordered bool
 	var maxRetries int
 	subCols := []column{{"ID", "id"}, {"GROUP", "group"}, {"TOPIC", "topic"}, {"TYPE", "type"}, {"STATE", "state"}, {"FILTER", "filter"}, {"URL", "url"}}
 	subFields := []column{{"ID", "id"}, {"Group", "group"}, {"Topic", "topic"}, {"Type", "type"}, {"State", "state"}, {"State reason", "state_reason"},
 		{"URL", "url"}, {"Filter", "filter"}, {"Ordered", "ordered"}, {"Max retries", "max_retries"}, {"Retry delays", "retry_delays"},
 		{"Backoff", "backoff"}, {"Timeout", "timeout"}, {"Max in flight", "max_in_flight"}, {"Rate a second", "rate_per_second"},
-		{"Visibility", "visibility"}, {"Start from", "start_from"}, {"Secret", "secret"}, {"Created", "created_at"}, {"Updated", "updated_at"}}
+		{"Visibility", "visibility"}, {"Start from", "start_from"}, {"Secret", "secret"}, {"Created", "created_at"}, {"Updated", "updated_at"},
+		{"Format", "format"}}
 	one := func(method, suffix string) func(c *adminClient, a []string) error {
 		return func(c *adminClient, a []string) error {
 			var s map[string]any
@@ -524,13 +525,14 @@ func subscriptionVerbs() map[string]adminVerb {
 				fs.IntVar(&maxRetries, "max-retries", -1, "retries before the dead-letter queue (-1: the broker's default)")
 				fs.StringVar(&startFrom, "start-from", "", "earliest, latest or an RFC 3339 time (empty: the broker's default)")
 				fs.StringVar(&visibility, "visibility", "", "pull: how long a pulled message is invisible to the group, e.g. 30s")
+				fs.StringVar(&format, "format", "", "webhook: raw or cloudevents (binary-mode CloudEvents); empty: raw")
 			},
 			run: func(c *adminClient, _ []string) error {
 				if group == "" || topic == "" {
 					return &adminError{exitUsage, "--group and --topic are required"}
 				}
 				req := map[string]any{"group": group, "topic": topic}
-				for k, v := range map[string]string{"url": hook, "filter": filter, "start_from": startFrom, "visibility": visibility} {
+				for k, v := range map[string]string{"url": hook, "filter": filter, "start_from": startFrom, "visibility": visibility, "format": format} {
 					if v != "" {
 						req[k] = v
 					}
