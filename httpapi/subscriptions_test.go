@@ -113,7 +113,7 @@ func TestSubscriptionInputsAtTheLimits(t *testing.T) {
 			return s.Batch == batchJSON{1000, "10s"} && s.MaxInFlight == 1024
 		}},
 		{"batch 100 default in flight", `"batch":{"max_messages":100,"max_wait":"50ms"}`, 201, "", func(s subscriptionJSON) bool {
-			return s.Batch == batchJSON{100, "50ms"} && s.MaxInFlight == 400
+			return s.Batch == batchJSON{100, "50ms"} && s.MaxInFlight == 800
 		}},
 		{"batch 1001", `"batch":{"max_messages":1001}`, 400, "batch.max_messages", nil},
 		{"batch 0", `"batch":{"max_messages":0}`, 400, "batch.max_messages", nil},
