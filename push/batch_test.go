@@ -1,6 +1,7 @@
 package push
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -417,4 +418,51 @@ func TestBatchOrderedFailureInTheMiddle(t *testing.T) {
 		off, ok := r.b.Offset(sub.Group, "t", 0)
 		return ok && off == 10
 	})
+}
+
+// TestBatchSplitsLargeBodies: a batch whose body would pass MaxBatchBody
+// goes out as several requests, in order; in an ordered subscription a
+// failure in the first holds back the rest of its queue, sent or not.
+func TestBatchSplitsLargeBodies(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t)
+	if _, _, err := r.b.PutTopic(ctx, "t", broker.TopicSettings{Queues: 1}); err != nil {
+		t.Fatal(err)
+	}
+	s := newBatchSink(t, func(n int, els []BatchElement) (int, string) {
+		if n == 1 {
+			return 207, `{"failed":["` + els[1].MsgID + `"]}`
+		}
+		return 200, ""
+	})
+	var msgs []*broker.Message
+	for i := range 5 {
+		body := append([]byte(fmt.Sprintf("m%d:", i)), bytes.Repeat([]byte("x"), 1000<<10)...)
+		msgs = append(msgs, &broker.Message{Body: body})
+	}
+	r.publish(t, "t", msgs[:3]...) // a publish takes at most 4 MiB of bodies
+	r.publish(t, "t", msgs[3:]...)
+	// Subscribed after: the five are there for the first lease.
+	if _, err := r.b.CreateSubscription(ctx, broker.Subscription{Group: "g", Topic: "t", URL: s.URL, Ordered: true, MaxRetries: 3,
+		StartFrom: "earliest", RetryDelays: []time.Duration{20 * time.Millisecond}, Batch: broker.PushBatch{MaxMessages: 10, MaxWait: 200 * time.Millisecond}}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 20*time.Second, "every message delivered after m1's retry", func() bool { return len(s.requests()) >= 3 })
+	var got []string
+	for _, q := range s.requests() {
+		if len(q.body) > MaxBatchBody {
+			t.Errorf("a request of %d bytes; at most %d", len(q.body), MaxBatchBody)
+		}
+		var names []string
+		for _, e := range q.els {
+			names = append(names, fmt.Sprintf("%s/%d", e.Body[:2], e.Attempt))
+		}
+		got = append(got, fmt.Sprint(names))
+	}
+	// The run of five does not fit one request: m0-m3, then m4, which is
+	// not sent, being after the failed m1.
+	want := []string{"[m0/1 m1/1 m2/1 m3/1]", "[m1/2]", "[m2/1 m3/1 m4/1]"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("requests %v, want %v: m4, after the failed m1 in its queue, is not sent before it", got, want)
+	}
 }

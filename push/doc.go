@@ -68,7 +68,8 @@
 // A subscription with a batch setting (batch.go) runs runBatched instead:
 // it leases up to batch.max_messages messages (within max_in_flight,
 // which counts messages), waits at most batch.max_wait after the first
-// for more, and POSTs them as one JSON array (EncodeBatch: each element
+// for more, and POSTs them as one JSON array (several, in order, when the
+// body would pass MaxBatchBody) (EncodeBatch: each element
 // the message's metadata, its own attempt, and its body as UTF-8 text or
 // base64, the pull answer's rule) with Content-Type application/json and
 // Postbus-Batch-Size instead of the one-message headers. webhook-id, the
