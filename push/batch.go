@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nuid"
@@ -39,6 +40,12 @@ type BatchElement struct {
 // order (a message larger than that alone). A thousand messages of 4 MiB
 // would otherwise be one request of gigabytes, held in memory.
 const MaxBatchBody = 4 << 20
+
+// maxBytesOut bounds the bodies a batched loop holds leased and not yet
+// settled: past it, it leases nothing more until some are settled. A
+// batch's default max_in_flight is eight batches (up to 1024 messages),
+// which for messages of megabytes would otherwise be gigabytes in memory.
+const maxBytesOut = 8 * MaxBatchBody
 
 // EncodeBatch is the body of a batched delivery of leases, in their order.
 func EncodeBatch(leases []broker.Lease) ([]byte, error) {
@@ -157,7 +164,14 @@ func (l *loop) runBatched(ctx, dctx context.Context) {
 	slots := make(chan struct{}, l.sub.MaxInFlight) // one per message out
 	finished := make(chan struct{}, 1)
 	var batch []broker.Lease
-	var due time.Time // when the batch's first message has waited maxWait
+	var due time.Time         // when the batch's first message has waited maxWait
+	var bytesOut atomic.Int64 // bodies leased and not settled
+	sizeOf := func(ls []broker.Lease) (n int64) {
+		for _, l := range ls {
+			n += int64(len(l.Body))
+		}
+		return n
+	}
 	send := func() {
 		b := batch
 		batch = nil
@@ -165,6 +179,7 @@ func (l *loop) runBatched(ctx, dctx context.Context) {
 		go func() {
 			defer wg.Done()
 			l.deliverBatch(ctx, dctx, b)
+			bytesOut.Add(-sizeOf(b))
 			for range b {
 				<-slots
 			}
@@ -186,6 +201,9 @@ func (l *loop) runBatched(ctx, dctx context.Context) {
 	for {
 		arrived := l.d.b.Dispatched()
 		room := min(size-len(batch), cap(slots)-len(slots))
+		if bytesOut.Load() >= maxBytesOut {
+			room = 0 // waits for a batch to finish
+		}
 		more := false
 		if room > 0 && ctx.Err() == nil {
 			leases, err := eng.LeaseBatch(ctx, l.sub.Group, l.sub.Topic, room, size, visibility)
@@ -200,6 +218,7 @@ func (l *loop) runBatched(ctx, dctx context.Context) {
 			for range leases {
 				slots <- struct{}{} // room was free: never blocks
 			}
+			bytesOut.Add(sizeOf(leases))
 			if len(batch) == 0 && len(leases) > 0 {
 				due = time.Now().Add(maxWait)
 			}
@@ -209,7 +228,7 @@ func (l *loop) runBatched(ctx, dctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		if len(batch) > 0 && (len(batch) >= size || !time.Now().Before(due)) {
+		if len(batch) > 0 && (len(batch) >= size || !time.Now().Before(due) || bytesOut.Load() >= maxBytesOut) {
 			send()
 			continue
 		}

@@ -466,3 +466,51 @@ func TestBatchSplitsLargeBodies(t *testing.T) {
 		t.Fatalf("requests %v, want %v: m4, after the failed m1 in its queue, is not sent before it", got, want)
 	}
 }
+
+// TestBatchBytesOutBounded: a batched loop stops leasing once the bodies
+// it holds out pass maxBytesOut, whatever max_in_flight allows: here 40
+// messages of 1000 KiB with max_in_flight 1024 and an endpoint that holds
+// every request.
+func TestBatchBytesOutBounded(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t)
+	g := make(gate)
+	var mu sync.Mutex
+	held := 0
+	sink := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		io.Copy(io.Discard, req.Body)
+		mu.Lock()
+		held++
+		mu.Unlock()
+		g.respond(req, 0)
+	}))
+	defer sink.Close()
+	defer close(g)
+	if _, _, err := r.b.PutTopic(ctx, "t", broker.TopicSettings{Queues: 1}); err != nil {
+		t.Fatal(err)
+	}
+	const n, size = 40, 1000 << 10
+	for i := 0; i < n; i += 4 {
+		var msgs []*broker.Message
+		for range 4 {
+			msgs = append(msgs, &broker.Message{Body: bytes.Repeat([]byte("x"), size)})
+		}
+		r.publish(t, "t", msgs...)
+	}
+	if _, err := r.b.CreateSubscription(ctx, broker.Subscription{Group: "g", Topic: "t", URL: sink.URL, MaxInFlight: 1024,
+		StartFrom: "earliest", Timeout: time.Minute, Batch: broker.PushBatch{MaxMessages: 4}}); err != nil {
+		t.Fatal(err)
+	}
+	// The 32 MiB budget (maxBytesOut) is passed by the ninth lease of
+	// four: eight requests reach the endpoint, and no more than 36
+	// messages are out (without the budget, 38 to 40).
+	const limit = 36
+	waitUntil(t, 20*time.Second, "eight requests held by the endpoint", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return held >= 8
+	})
+	if out := inFlight(t, r.b, "g"); out > limit {
+		t.Fatalf("%d messages of %d bytes out; the budget of %d bytes allows %d", out, size, maxBytesOut, limit)
+	}
+}
