@@ -83,7 +83,9 @@
 // ordered subscription the leases after a failed one of the same queue
 // are released, never acked: they go out again after it, in order. One
 // engine call settles the batch (Engine.SettleBatch), so its offsets are
-// written once, not once a message. rate_per_second counts requests.
+// written once, not once a message. rate_per_second counts requests. The
+// loop stops leasing while the bodies it holds out pass maxBytesOut (32
+// MiB), whatever max_in_flight allows.
 //
 // # Signatures
 //
