@@ -80,7 +80,9 @@
 // until the run is settled, and a message of the run settled other than by
 // Ack (a retry, a dead letter, a release, its visibility running out)
 // takes back what follows it, whose settles are then stale: the cursor
-// goes back to just after it, so they go out again after it, in order.
+// goes back to just after it, so they go out again after it, in order,
+// as their next attempt (consumer.sentBefore, in memory) unless it was
+// released unsent.
 //
 // Open checks that meta.db knows every topic the commitlog (from the
 // checkpoint on) and the consume queues hold, or recorded its deletion. A

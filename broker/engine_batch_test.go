@@ -14,8 +14,10 @@ import (
 // messages out as one run, in order; settling the run in order (as a
 // batched push loop does), a message settled other than by Ack takes back
 // what follows it: those settles are stale, and the messages go out again
-// after it, in order, on the same attempt. Nothing else of the queue goes
-// out while any of the run is out.
+// after it, in order, as their next attempt (they were sent with it; the
+// attack of s8, F4: they came back as attempt 1), or the same one when it
+// was released unsent. Nothing else of the queue goes out while any of
+// the run is out.
 func TestOrderedRunSettles(t *testing.T) {
 	cases := []struct {
 		name     string
@@ -29,10 +31,10 @@ func TestOrderedRunSettles(t *testing.T) {
 		{"all acked", func(time.Time) []Verdict { return []Verdict{Ack(), Ack(), Ack(), Ack(), Ack(), Ack()} }, nil, nil, nil},
 		{"retry in the middle", func(now time.Time) []Verdict {
 			return []Verdict{Ack(), Ack(), RetryAt(now), Release(), Release(), Release()}
-		}, []int{3, 4, 5}, []string{"m2/2", "m3/1 m4/1 m5/1"}, nil},
+		}, []int{3, 4, 5}, []string{"m2/2", "m3/2 m4/2 m5/2"}, nil},
 		{"dead in the middle", func(time.Time) []Verdict {
 			return []Verdict{Ack(), Dead("test"), Release(), Release(), Release(), Release()}
-		}, []int{2, 3, 4, 5}, []string{"m2/1 m3/1 m4/1 m5/1"}, []string{"m1"}},
+		}, []int{2, 3, 4, 5}, []string{"m2/2 m3/2 m4/2 m5/2"}, []string{"m1"}},
 		{"first released", func(time.Time) []Verdict {
 			return []Verdict{Release(), Release(), Release(), Release(), Release(), Release()}
 		}, []int{1, 2, 3, 4, 5}, []string{"m0/1", "m1/1 m2/1 m3/1 m4/1 m5/1"}, nil},
@@ -41,7 +43,7 @@ func TestOrderedRunSettles(t *testing.T) {
 		}, nil, []string{"m5/2"}, nil},
 		// nil verdicts: the run's visibility runs out first (the next
 		// lease expires it), then every settle is stale.
-		{"visibility ran out", nil, []int{0, 1, 2, 3, 4, 5}, []string{"m0/2", "m1/1 m2/1 m3/1 m4/1 m5/1"}, nil},
+		{"visibility ran out", nil, []int{0, 1, 2, 3, 4, 5}, []string{"m0/2", "m1/2 m2/2 m3/2 m4/2 m5/2"}, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -273,8 +273,9 @@ type queueKey struct {
 // deliverBatch delivers a batch, as one request or, when its body would
 // pass MaxBatchBody, as several one after another, and settles each
 // lease. In an ordered subscription nothing after a failed message of
-// its queue is acked: those are released (no attempt counted), sent or
-// not, and go out again after it, in order.
+// its queue is acked: those are released, sent or not, and go out again
+// after it, in order, the engine counting them as sent with the failed
+// one (truncateRun), so their next delivery is their next attempt.
 func (l *loop) deliverBatch(ctx, dctx context.Context, leases []broker.Lease) {
 	els, err := encodeElements(leases)
 	if err != nil {
