@@ -84,6 +84,17 @@
 // dead letter of its message written after it (a crash cut the step that
 // followed) is neither put back nor dead-lettered again.
 //
+// A batched push loop leases with Engine.LeaseBatch and settles a batch in
+// one call (SettleBatch, engine_batch.go), which waits once for the offset
+// write. For an ordered subscription LeaseBatch hands out a queue's next
+// messages as one run (consumer.runs), in queue order: the queue stays busy
+// until the run is settled, and a message of the run settled other than by
+// Ack (a retry, a dead letter, a release, its visibility running out)
+// takes back what follows it, whose settles are then stale: the cursor
+// goes back to just after it, so they go out again after it, in order,
+// as their next attempt (consumer.sentBefore, in memory) unless it was
+// released unsent.
+//
 // Open checks that meta.db knows every topic the commitlog (from the
 // checkpoint on) and the consume queues hold, or recorded its deletion. A
 // missing or empty meta.db beside a log with messages, or one older than

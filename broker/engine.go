@@ -193,6 +193,10 @@ type consumer struct {
 	// consecutive messages (LeaseBatch), in queue order, those settled
 	// taken out: the queue stays busy until the run is empty. Guarded by mu.
 	runs map[int][]uint64
+	// sentBefore are the attempts made at messages a run's failure took
+	// back, by slot and queue offset: read again, each goes out as its
+	// next attempt, not as a first delivery. Guarded by mu.
+	sentBefore map[[2]int64]int
 	// unordered are ordered pull receipts whose block became a visibility
 	// copy when the group turned unordered: the copy's timer, by the
 	// receipt's queue, offset and attempt, so the receipt still settles
@@ -1097,7 +1101,7 @@ func (e *Engine) expire(c *consumer, now time.Time) {
 					e.b.metrics.leaseExpired()
 				}
 			}
-			e.truncateRun(c, first)
+			e.truncateRun(c, first, true)
 			delete(c.leases, first.id)
 			delete(c.runs, l.c.slot)
 			delete(c.out, l.c.slot)
@@ -1225,6 +1229,9 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit, run int, 
 			// A retry queue's message may have attempts behind it (it was
 			// out or waiting when the subscription turned ordered).
 			attempt = max(m.Attempt, 1)
+			if c.push && cur.slot != retrySlot {
+				attempt = c.attemptAt(cur.slot, m.QueueOffset, attempt)
+			}
 			if attempt > sub.MaxRetries+1 {
 				if err := e.deadOnLease(ctx, sub, m, now); err != nil {
 					cur.Next = m.QueueOffset
@@ -1255,7 +1262,7 @@ func (e *Engine) leaseOrdered(ctx context.Context, c *consumer, limit, run int, 
 					e.noteExpired(sub, t, now)
 					cur.Start(t.QueueOffset)
 					cur.Next = max(cur.Next, t.QueueOffset+1)
-					ta := max(t.Attempt, 1)
+					ta := c.attemptAt(cur.slot, t.QueueOffset, max(t.Attempt, 1))
 					tl := &memLease{id: e.leaseID.Add(1), c: cur, m: t, attempt: ta, ordered: true, deadline: l.deadline}
 					c.leases[tl.id] = tl
 					ids = append(ids, tl.id)
@@ -1484,8 +1491,9 @@ func (e *Engine) settlePushMoved(ctx context.Context, r receipt, v Verdict) (boo
 			// The queue's cursor is already past the message: it waits
 			// as a block (in memory; the stored offset sits at it), so it
 			// goes out again, the same attempt, before anything after it.
-			// What followed it in its run goes out again after it.
-			e.truncateRun(c, l)
+			// What followed it in its run goes out again after it, not
+			// sent either.
+			e.truncateRun(c, l, false)
 			if !e.leaveRun(c, l) {
 				delete(c.out, l.c.slot)
 			}
@@ -1515,7 +1523,7 @@ func (e *Engine) settlePushMoved(ctx context.Context, r receipt, v Verdict) (boo
 		delete(c.leases, l.id)
 		// What followed it in its run goes out again after it; what
 		// came before it and is still out keeps the queue busy.
-		moved := e.truncateRun(c, l)
+		moved := e.truncateRun(c, l, true)
 		if !e.leaveRun(c, l) {
 			delete(c.out, l.c.slot)
 		}
@@ -1547,7 +1555,7 @@ func (e *Engine) settlePushMoved(ctx context.Context, r receipt, v Verdict) (boo
 	}
 	if l.ordered {
 		// Dead: what followed it in its run goes out again after it.
-		e.truncateRun(c, l)
+		e.truncateRun(c, l, true)
 	}
 	delete(c.leases, l.id)
 	e.finishPush(ctx, c, l)

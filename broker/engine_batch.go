@@ -46,9 +46,10 @@ func (e *Engine) LeaseBatch(ctx context.Context, group, topic string, max, run i
 // truncateRun takes back what follows l in its ordered push run: those
 // leases end (their settles find them stale) and the queue's cursor goes
 // back to just after l, so that they are read and go out again after it,
-// in order. It reports whether it moved the queue's offsets. Called with
-// c.mu held.
-func (e *Engine) truncateRun(c *consumer, l *memLease) bool {
+// in order. sent says they went out with l (l failed, or its visibility
+// ran out): read again, each is then its next attempt (attemptAt). It
+// reports whether it moved the queue's offsets. Called with c.mu held.
+func (e *Engine) truncateRun(c *consumer, l *memLease, sent bool) bool {
 	ids := c.runs[l.c.slot]
 	at := slices.Index(ids, l.id)
 	if at < 0 || at == len(ids)-1 {
@@ -58,12 +59,32 @@ func (e *Engine) truncateRun(c *consumer, l *memLease) bool {
 		if rl := c.leases[rid]; rl != nil {
 			delete(c.leases, rid)
 			l.c.Finish(rl.m.QueueOffset) // not out any more; read again from Next
+			if sent {
+				if c.sentBefore == nil {
+					c.sentBefore = map[[2]int64]int{}
+				}
+				c.sentBefore[[2]int64{int64(l.c.slot), rl.m.QueueOffset}] = rl.attempt
+			}
 		}
 	}
 	c.runs[l.c.slot] = ids[:at+1]
 	l.c.Next = l.m.QueueOffset + 1
 	e.setOffset(c, l.c)
 	return true
+}
+
+// attemptAt is the attempt a message of an ordered push queue read again
+// at off goes out as: the one after those made while a run's failure took
+// it back, else attempt; never past the subscription's last. Called with
+// c.mu held.
+func (c *consumer) attemptAt(slot int, off int64, attempt int) int {
+	k := [2]int64{int64(slot), off}
+	made, ok := c.sentBefore[k]
+	if !ok {
+		return attempt
+	}
+	delete(c.sentBefore, k)
+	return min(max(made+1, attempt), c.sub.MaxRetries+1)
 }
 
 // leaveRun takes settled l out of its ordered push run and reports

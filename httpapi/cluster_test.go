@@ -1260,7 +1260,7 @@ func TestClusterTopicGainsBrokers(t *testing.T) {
 			t.Fatalf("push subscription on %s: %v", name, err)
 		}
 		if got.Secret != push.Secret || got.URL != push.URL || len(got.RetryDelays) != 2 || got.Group != "billing" ||
-			got.Batch != (broker.PushBatch{MaxMessages: 50, MaxWait: 20 * time.Millisecond}) || got.MaxInFlight != 200 {
+			got.Batch != (broker.PushBatch{MaxMessages: 50, MaxWait: 20 * time.Millisecond}) || got.MaxInFlight != 400 {
 			t.Errorf("push subscription on %s: %+v, want the one on %s", name, got, brokerA)
 		}
 		got, err = tc.nodes[name].b.Subscription(context.Background(), pull.ID)

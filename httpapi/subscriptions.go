@@ -245,6 +245,17 @@ func (req *subscriptionRequest) apply(s *broker.Subscription) *broker.Error {
 	if req.RatePerSecond != nil {
 		s.RatePerSecond = *req.RatePerSecond
 	}
+	// A max_in_flight that is the default for the batch setting follows
+	// a change of it (unless the request gives one): turning batching off
+	// must not leave a thousand requests in flight, nor turning it on
+	// refuse a batch larger than a default the user never chose.
+	oldBatch := s.Batch
+	inFlightDefault := s.MaxInFlight == broker.DefaultMaxInFlightFor(oldBatch)
+	defer func() {
+		if req.MaxInFlight == nil && inFlightDefault && s.Batch != oldBatch {
+			s.MaxInFlight = broker.DefaultMaxInFlightFor(s.Batch)
+		}
+	}()
 	if req.batchOff {
 		s.Batch = broker.PushBatch{}
 	}

@@ -113,7 +113,7 @@ func TestSubscriptionInputsAtTheLimits(t *testing.T) {
 			return s.Batch == batchJSON{1000, "10s"} && s.MaxInFlight == 1024
 		}},
 		{"batch 100 default in flight", `"batch":{"max_messages":100,"max_wait":"50ms"}`, 201, "", func(s subscriptionJSON) bool {
-			return s.Batch == batchJSON{100, "50ms"} && s.MaxInFlight == 400
+			return s.Batch == batchJSON{100, "50ms"} && s.MaxInFlight == 800
 		}},
 		{"batch 1001", `"batch":{"max_messages":1001}`, 400, "batch.max_messages", nil},
 		{"batch 0", `"batch":{"max_messages":0}`, 400, "batch.max_messages", nil},
@@ -243,18 +243,19 @@ func TestPatchSubscriptionBatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, step := range []struct {
-		body   string
-		status int
-		want   batchJSON
+		body     string
+		status   int
+		want     batchJSON
+		inFlight int // 0: not checked
 	}{
-		{`{"batch":{"max_wait":"1s"}}`, 400, batchJSON{}},
-		{`{"batch":{"max_messages":10}}`, 200, batchJSON{10, "0s"}},
-		{`{"batch":{"max_wait":"25ms"}}`, 200, batchJSON{10, "25ms"}},
-		{`{"batch":{"max_messages":65}}`, 400, batchJSON{10, "25ms"}},
-		{`{"max_in_flight":9}`, 400, batchJSON{10, "25ms"}},
-		{`{"batch":{"max_messages":0}}`, 400, batchJSON{10, "25ms"}},
-		{`{"max_retries":3}`, 200, batchJSON{10, "25ms"}},
-		{`{"batch":null}`, 200, batchJSON{}},
+		{`{"batch":{"max_wait":"1s"}}`, 400, batchJSON{}, 0},
+		{`{"batch":{"max_messages":10}}`, 200, batchJSON{10, "0s"}, 64},
+		{`{"batch":{"max_wait":"25ms"}}`, 200, batchJSON{10, "25ms"}, 0},
+		{`{"batch":{"max_messages":65}}`, 400, batchJSON{10, "25ms"}, 0},
+		{`{"max_in_flight":9}`, 400, batchJSON{10, "25ms"}, 0},
+		{`{"batch":{"max_messages":0}}`, 400, batchJSON{10, "25ms"}, 0},
+		{`{"max_retries":3}`, 200, batchJSON{10, "25ms"}, 0},
+		{`{"batch":null}`, 200, batchJSON{}, 64},
 	} {
 		resp, data := do(t, "PATCH", srv.URL+"/v1/subscriptions/"+sub.ID, hdr, strings.NewReader(step.body))
 		if resp.StatusCode != step.status {
@@ -267,6 +268,34 @@ func TestPatchSubscriptionBatch(t *testing.T) {
 		}
 		if got.Batch != step.want {
 			t.Fatalf("after PATCH %s: batch %+v, want %+v", step.body, got.Batch, step.want)
+		}
+		if step.inFlight != 0 && got.MaxInFlight != step.inFlight {
+			t.Fatalf("after PATCH %s: max_in_flight %d, want %d", step.body, got.MaxInFlight, step.inFlight)
+		}
+	}
+	// A max_in_flight left to its default follows the batch setting:
+	// turned on by PATCH, off again.
+	resp, data = do(t, "POST", srv.URL+"/v1/subscriptions", hdr, strings.NewReader(`{"group":"d","topic":"orders","url":"http://127.0.0.1:9/hook"}`))
+	if resp.StatusCode != 201 {
+		t.Fatalf("create: %d %s", resp.StatusCode, data)
+	}
+	if err := json.Unmarshal(data, &sub); err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		body     string
+		inFlight int
+	}{
+		{`{"batch":{"max_messages":100}}`, 800},
+		{`{"batch":{"max_messages":300}}`, 1024},
+		{`{"batch":null}`, 32},
+		{`{"batch":{"max_messages":10},"max_in_flight":50}`, 50},
+		{`{"batch":null}`, 50},
+	} {
+		resp, data := do(t, "PATCH", srv.URL+"/v1/subscriptions/"+sub.ID, hdr, strings.NewReader(step.body))
+		var got subscriptionJSON
+		if resp.StatusCode != 200 || json.Unmarshal(data, &got) != nil || got.MaxInFlight != step.inFlight {
+			t.Fatalf("PATCH %s: %d %s, want 200 with max_in_flight %d", step.body, resp.StatusCode, data, step.inFlight)
 		}
 	}
 	resp, data = do(t, "POST", srv.URL+"/v1/subscriptions", hdr, strings.NewReader(`{"group":"p","topic":"orders","batch":{"max_messages":5}}`))

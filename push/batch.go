@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nuid"
@@ -34,21 +35,76 @@ type BatchElement struct {
 	BornAt      string            `json:"born_at"`  // RFC 3339
 }
 
+// MaxBatchBody is about the most a batched request's body holds: a batch
+// whose messages would make it larger goes out as several requests, in
+// order (a message larger than that alone). A thousand messages of 4 MiB
+// would otherwise be one request of gigabytes, held in memory.
+const MaxBatchBody = 4 << 20
+
+// maxBytesOut bounds the bodies a batched loop holds leased and not yet
+// settled: past it, it leases nothing more until some are settled. A
+// batch's default max_in_flight is eight batches (up to 1024 messages),
+// which for messages of megabytes would otherwise be gigabytes in memory.
+const maxBytesOut = 8 * MaxBatchBody
+
 // EncodeBatch is the body of a batched delivery of leases, in their order.
 func EncodeBatch(leases []broker.Lease) ([]byte, error) {
-	els := make([]BatchElement, len(leases))
+	els, err := encodeElements(leases)
+	if err != nil {
+		return nil, err
+	}
+	return joinElements(els), nil
+}
+
+// encodeElements encodes each lease as a BatchElement.
+func encodeElements(leases []broker.Lease) ([][]byte, error) {
+	out := make([][]byte, len(leases))
 	for i, ls := range leases {
 		m := ls.Message
 		ct := m.ContentType
 		if ct == "" {
 			ct = "application/octet-stream"
 		}
-		els[i] = BatchElement{MsgID: m.ID, Topic: m.OriginTopic(), Tag: m.Tag, Keys: m.Keys, Properties: m.Properties,
+		el := BatchElement{MsgID: m.ID, Topic: m.OriginTopic(), Tag: m.Tag, Keys: m.Keys, Properties: m.Properties,
 			QueueID: m.QueueID, QueueOffset: m.QueueOffset, Attempt: ls.Attempt, ContentType: ct,
 			BornAt: m.BornAt.UTC().Format(time.RFC3339Nano)}
-		els[i].Body, els[i].Encoding = broker.EncodeBody(m.Body)
+		el.Body, el.Encoding = broker.EncodeBody(m.Body)
+		b, err := json.Marshal(el)
+		if err != nil {
+			return nil, fmt.Errorf("encode message %s: %w", m.ID, err)
+		}
+		out[i] = b
 	}
-	return json.Marshal(els)
+	return out, nil
+}
+
+// joinElements makes a JSON array of encoded elements.
+func joinElements(els [][]byte) []byte {
+	n := 2
+	for _, e := range els {
+		n += len(e) + 1
+	}
+	b := make([]byte, 0, n)
+	b = append(b, '[')
+	for i, e := range els {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, e...)
+	}
+	return append(b, ']')
+}
+
+// chunkEnd is where the request that starts at els[start] ends: as many
+// elements as fit in MaxBatchBody, and at least one.
+func chunkEnd(els [][]byte, start int) int {
+	size := 2 + len(els[start])
+	end := start + 1
+	for end < len(els) && size+1+len(els[end]) <= MaxBatchBody {
+		size += 1 + len(els[end])
+		end++
+	}
+	return end
 }
 
 // NewBatchID is a batched request's id (webhook-id, and the jti of its
@@ -108,7 +164,14 @@ func (l *loop) runBatched(ctx, dctx context.Context) {
 	slots := make(chan struct{}, l.sub.MaxInFlight) // one per message out
 	finished := make(chan struct{}, 1)
 	var batch []broker.Lease
-	var due time.Time // when the batch's first message has waited maxWait
+	var due time.Time         // when the batch's first message has waited maxWait
+	var bytesOut atomic.Int64 // bodies leased and not settled
+	sizeOf := func(ls []broker.Lease) (n int64) {
+		for _, l := range ls {
+			n += int64(len(l.Body))
+		}
+		return n
+	}
 	send := func() {
 		b := batch
 		batch = nil
@@ -116,6 +179,7 @@ func (l *loop) runBatched(ctx, dctx context.Context) {
 		go func() {
 			defer wg.Done()
 			l.deliverBatch(ctx, dctx, b)
+			bytesOut.Add(-sizeOf(b))
 			for range b {
 				<-slots
 			}
@@ -137,6 +201,9 @@ func (l *loop) runBatched(ctx, dctx context.Context) {
 	for {
 		arrived := l.d.b.Dispatched()
 		room := min(size-len(batch), cap(slots)-len(slots))
+		if bytesOut.Load() >= maxBytesOut {
+			room = 0 // waits for a batch to finish
+		}
 		more := false
 		if room > 0 && ctx.Err() == nil {
 			leases, err := eng.LeaseBatch(ctx, l.sub.Group, l.sub.Topic, room, size, visibility)
@@ -151,6 +218,7 @@ func (l *loop) runBatched(ctx, dctx context.Context) {
 			for range leases {
 				slots <- struct{}{} // room was free: never blocks
 			}
+			bytesOut.Add(sizeOf(leases))
 			if len(batch) == 0 && len(leases) > 0 {
 				due = time.Now().Add(maxWait)
 			}
@@ -160,7 +228,7 @@ func (l *loop) runBatched(ctx, dctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		if len(batch) > 0 && (len(batch) >= size || !time.Now().Before(due)) {
+		if len(batch) > 0 && (len(batch) >= size || !time.Now().Before(due) || bytesOut.Load() >= maxBytesOut) {
 			send()
 			continue
 		}
@@ -202,31 +270,85 @@ type queueKey struct {
 	queue int
 }
 
-// deliverBatch makes one attempt at a batch and settles each of its
-// leases: a 2xx acks them all; a 207 {"failed":[...]} retries those named
-// (each on its own attempt count, dead past max_retries) and acks the
-// rest; anything else fails them all. In an ordered subscription nothing
-// after a failed message of its queue is acked: those are released (no
-// attempt counted) and go out again after it, in order.
+// deliverBatch delivers a batch, as one request or, when its body would
+// pass MaxBatchBody, as several one after another, and settles each
+// lease. In an ordered subscription nothing after a failed message of
+// its queue is acked: those are released, sent or not, and go out again
+// after it, in order, the engine counting them as sent with the failed
+// one (truncateRun), so their next delivery is their next attempt.
 func (l *loop) deliverBatch(ctx, dctx context.Context, leases []broker.Lease) {
-	res, sent := l.attemptBatch(ctx, dctx, leases)
+	els, err := encodeElements(leases)
+	if err != nil {
+		// Cannot happen for what the broker stores; were it to, the
+		// messages must not vanish: they fail as an attempt would.
+		l.log.Error("encoding a batch failed", slog.Any("err", err))
+		l.settleChunk(dctx, leases, Result{Outcome: Retry, Err: clip(err.Error())}, nil)
+		return
+	}
+	held := map[queueKey]string{}
+	for start := 0; start < len(leases); {
+		end := chunkEnd(els, start)
+		chunk, body := leases[start:end], els[start:end]
+		start = end
+		if len(held) > 0 {
+			// What follows a failed message of its ordered queue is not
+			// sent: back, after it.
+			var keep []broker.Lease
+			var keepEls [][]byte
+			var back []broker.Lease
+			for i, ls := range chunk {
+				if held[queueKey{ls.Topic, ls.QueueID}] != "" {
+					back = append(back, ls)
+				} else {
+					keep, keepEls = append(keep, ls), append(keepEls, body[i])
+				}
+			}
+			if len(back) > 0 {
+				l.settleBatch(dctx, back, releaseAll(len(back)), nil)
+			}
+			chunk, body = keep, keepEls
+			if len(chunk) == 0 {
+				continue
+			}
+		}
+		res, sent := l.attemptBatch(ctx, dctx, chunk, joinElements(body))
+		if !sent || res.Outcome == Gone || dctx.Err() != nil {
+			// Stopped, or the endpoint is gone: the rest is not sent.
+			l.settleChunk(dctx, chunk, res, nil)
+			if rest := leases[start:]; len(rest) > 0 {
+				l.settleBatch(dctx, rest, releaseAll(len(rest)), nil)
+			}
+			if sent {
+				l.logBatch(chunk, res, nil)
+			}
+			return
+		}
+		l.settleChunk(dctx, chunk, res, held)
+	}
+}
+
+// settleChunk settles the leases of one request by its result: a 2xx acks
+// them all; a 207 {"failed":[...]} retries those named (each on its own
+// attempt count, dead past max_retries) and acks the rest; anything else
+// fails them all. A request never sent, cut by the stop or answered 410
+// releases them all. held (nil: no ordered queue is followed) gathers the
+// ordered queues with a failure.
+func (l *loop) settleChunk(dctx context.Context, leases []broker.Lease, res Result, held map[queueKey]string) {
 	vs := make([]broker.Verdict, len(leases))
 	failed := make([]bool, len(leases))
 	counted := make([]settleCount, len(leases))
 	var why string // a failure's reason in the attempt log
 	switch {
-	case !sent:
+	case res.Outcome == 0: // never sent
 		l.settleBatch(dctx, leases, releaseAll(len(leases)), nil)
 		return
 	case res.Outcome == Gone:
 		l.goneOnce.Do(l.gone)
 		l.settleBatch(dctx, leases, releaseAll(len(leases)), nil)
-		l.logBatch(leases, res, nil)
 		return
 	case dctx.Err() != nil:
 		// Cut off by the stop: the endpoint may have them; at least once.
 		l.settleBatch(dctx, leases, releaseAll(len(leases)), nil)
-		l.logBatch(leases, res, nil)
 		return
 	case res.Outcome == Delivered && res.Status == http.StatusMultiStatus:
 		ids := make(map[string]bool, len(leases))
@@ -259,7 +381,6 @@ func (l *loop) deliverBatch(ctx, dctx context.Context, leases []broker.Lease) {
 	}
 	// held: ordered queues with a failure, by the failed message: what
 	// follows it goes out again after it.
-	var held map[queueKey]string
 	whys := make([]string, len(leases)) // the trace's error of each; "" delivered
 	for i, ls := range leases {
 		k := queueKey{ls.Topic, ls.QueueID}
@@ -277,10 +398,7 @@ func (l *loop) deliverBatch(ctx, dctx context.Context, leases []broker.Lease) {
 			} else {
 				vs[i], counted[i] = broker.RetryAt(l.d.cfg.Now().Add(delay)), countRetry
 			}
-			if l.sub.Ordered {
-				if held == nil {
-					held = map[queueKey]string{}
-				}
+			if l.sub.Ordered && held != nil {
 				held[k] = ls.ID
 			}
 		}
@@ -298,10 +416,11 @@ const (
 	countDead
 )
 
-// attemptBatch sends one batch. It reports false when the batch was never
-// sent (the loop stopped while it waited for the rate limit, or before the
-// request could start). rate_per_second counts requests.
-func (l *loop) attemptBatch(ctx, dctx context.Context, leases []broker.Lease) (Result, bool) {
+// attemptBatch sends one batched request, body, of leases. It reports
+// false when it was never sent (the loop stopped while it waited for the
+// rate limit, or before the request could start). rate_per_second counts
+// requests.
+func (l *loop) attemptBatch(ctx, dctx context.Context, leases []broker.Lease, body []byte) (Result, bool) {
 	if l.limit != nil {
 		if err := l.limit.Wait(ctx); err != nil {
 			return Result{}, false
@@ -309,13 +428,6 @@ func (l *loop) attemptBatch(ctx, dctx context.Context, leases []broker.Lease) (R
 	}
 	if ctx.Err() != nil || dctx.Err() != nil {
 		return Result{}, false
-	}
-	body, err := EncodeBatch(leases)
-	if err != nil {
-		// Cannot happen for what the broker stores; were it to, the
-		// messages must not vanish: they fail as an attempt would.
-		l.log.Error("encoding a batch failed", slog.Any("err", err))
-		return Result{Outcome: Retry, Err: clip("encode batch: " + err.Error())}, true
 	}
 	now := l.d.cfg.Now()
 	res := l.d.cfg.Client.Deliver(dctx, Delivery{

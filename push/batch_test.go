@@ -1,6 +1,7 @@
 package push
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -346,7 +347,8 @@ func TestParsePartial(t *testing.T) {
 // TestBatchOrderedFailureInTheMiddle: an ordered subscription's batch is a
 // run of one queue in queue order; a 207 failing a message in the middle
 // acks those before it, retries it, and sends those after it again only
-// after it, in order, their attempt not counted.
+// after it, in order, each as its next attempt (attack s8 F4: they came
+// back as attempt 1, as if never sent).
 func TestBatchOrderedFailureInTheMiddle(t *testing.T) {
 	ctx := context.Background()
 	r := newRig(t)
@@ -381,14 +383,14 @@ func TestBatchOrderedFailureInTheMiddle(t *testing.T) {
 		order = append(order, bodies...)
 	}
 	want := []string{"m000/1", "m001/1", "m002/1", "m003/1", "m004/1", "m005/1", "m006/1", "m007/1", "m008/1", "m009/1",
-		"m003/2", "m004/1", "m005/1", "m006/1", "m007/1", "m008/1", "m009/1"}
+		"m003/2", "m004/2", "m005/2", "m006/2", "m007/2", "m008/2", "m009/2"}
 	if !slices.Equal(order, want) {
 		t.Fatalf("delivered as %v, want %v", order, want)
 	}
 	if len(reqs[0].els) != 10 {
 		t.Fatalf("the first batch holds %d messages, want the whole run of 10", len(reqs[0].els))
 	}
-	// The trace says m004's first delivery did not count.
+	// The trace says m004's first delivery was not taken as done.
 	var m4 string
 	for _, e := range reqs[0].els {
 		if e.Body == "m004" {
@@ -396,7 +398,7 @@ func TestBatchOrderedFailureInTheMiddle(t *testing.T) {
 		}
 	}
 	var outcomes []string
-	wantTrace := []string{"1:retry", "1:delivered"}
+	wantTrace := []string{"1:retry", "2:delivered"}
 	deadline := time.Now().Add(10 * time.Second)
 	for !slices.Equal(outcomes, wantTrace) && time.Now().Before(deadline) {
 		tr, err := r.b.MessageTrace(ctx, m4)
@@ -417,4 +419,101 @@ func TestBatchOrderedFailureInTheMiddle(t *testing.T) {
 		off, ok := r.b.Offset(sub.Group, "t", 0)
 		return ok && off == 10
 	})
+}
+
+// TestBatchSplitsLargeBodies: a batch whose body would pass MaxBatchBody
+// goes out as several requests, in order; in an ordered subscription a
+// failure in the first holds back the rest of its queue, sent or not.
+func TestBatchSplitsLargeBodies(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t)
+	if _, _, err := r.b.PutTopic(ctx, "t", broker.TopicSettings{Queues: 1}); err != nil {
+		t.Fatal(err)
+	}
+	s := newBatchSink(t, func(n int, els []BatchElement) (int, string) {
+		if n == 1 {
+			return 207, `{"failed":["` + els[1].MsgID + `"]}`
+		}
+		return 200, ""
+	})
+	var msgs []*broker.Message
+	for i := range 5 {
+		body := append([]byte(fmt.Sprintf("m%d:", i)), bytes.Repeat([]byte("x"), 1000<<10)...)
+		msgs = append(msgs, &broker.Message{Body: body})
+	}
+	r.publish(t, "t", msgs[:3]...) // a publish takes at most 4 MiB of bodies
+	r.publish(t, "t", msgs[3:]...)
+	// Subscribed after: the five are there for the first lease.
+	if _, err := r.b.CreateSubscription(ctx, broker.Subscription{Group: "g", Topic: "t", URL: s.URL, Ordered: true, MaxRetries: 3,
+		StartFrom: "earliest", RetryDelays: []time.Duration{20 * time.Millisecond}, Batch: broker.PushBatch{MaxMessages: 10, MaxWait: 200 * time.Millisecond}}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 20*time.Second, "every message delivered after m1's retry", func() bool { return len(s.requests()) >= 3 })
+	var got []string
+	for _, q := range s.requests() {
+		if len(q.body) > MaxBatchBody {
+			t.Errorf("a request of %d bytes; at most %d", len(q.body), MaxBatchBody)
+		}
+		var names []string
+		for _, e := range q.els {
+			names = append(names, fmt.Sprintf("%s/%d", e.Body[:2], e.Attempt))
+		}
+		got = append(got, fmt.Sprint(names))
+	}
+	// The run of five does not fit one request: m0-m3, then m4, which is
+	// not sent, being after the failed m1.
+	// m4 is counted as sent with m1 too, which it was not: a receiver
+	// may take attempt 2 for "maybe seen", never attempt 1 for "first".
+	want := []string{"[m0/1 m1/1 m2/1 m3/1]", "[m1/2]", "[m2/2 m3/2 m4/2]"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("requests %v, want %v: m4, after the failed m1 in its queue, is not sent before it", got, want)
+	}
+}
+
+// TestBatchBytesOutBounded: a batched loop stops leasing once the bodies
+// it holds out pass maxBytesOut, whatever max_in_flight allows: here 40
+// messages of 1000 KiB with max_in_flight 1024 and an endpoint that holds
+// every request.
+func TestBatchBytesOutBounded(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t)
+	g := make(gate)
+	var mu sync.Mutex
+	held := 0
+	sink := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		io.Copy(io.Discard, req.Body)
+		mu.Lock()
+		held++
+		mu.Unlock()
+		g.respond(req, 0)
+	}))
+	defer sink.Close()
+	defer close(g)
+	if _, _, err := r.b.PutTopic(ctx, "t", broker.TopicSettings{Queues: 1}); err != nil {
+		t.Fatal(err)
+	}
+	const n, size = 40, 1000 << 10
+	for i := 0; i < n; i += 4 {
+		var msgs []*broker.Message
+		for range 4 {
+			msgs = append(msgs, &broker.Message{Body: bytes.Repeat([]byte("x"), size)})
+		}
+		r.publish(t, "t", msgs...)
+	}
+	if _, err := r.b.CreateSubscription(ctx, broker.Subscription{Group: "g", Topic: "t", URL: sink.URL, MaxInFlight: 1024,
+		StartFrom: "earliest", Timeout: time.Minute, Batch: broker.PushBatch{MaxMessages: 4}}); err != nil {
+		t.Fatal(err)
+	}
+	// The 32 MiB budget (maxBytesOut) is passed by the ninth lease of
+	// four: eight requests reach the endpoint, and no more than 36
+	// messages are out (without the budget, 38 to 40).
+	const limit = 36
+	waitUntil(t, 20*time.Second, "eight requests held by the endpoint", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return held >= 8
+	})
+	if out := inFlight(t, r.b, "g"); out > limit {
+		t.Fatalf("%d messages of %d bytes out; the budget of %d bytes allows %d", out, size, maxBytesOut, limit)
+	}
 }

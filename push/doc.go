@@ -90,7 +90,8 @@
 // A subscription with a batch setting (batch.go) runs runBatched instead:
 // it leases up to batch.max_messages messages (within max_in_flight,
 // which counts messages), waits at most batch.max_wait after the first
-// for more, and POSTs them as one JSON array (EncodeBatch: each element
+// for more, and POSTs them as one JSON array (several, in order, when the
+// body would pass MaxBatchBody) (EncodeBatch: each element
 // the message's metadata, its own attempt, and its body as UTF-8 text or
 // base64, the pull answer's rule) with Content-Type application/json and
 // Postbus-Batch-Size instead of the one-message headers. webhook-id, the
@@ -104,7 +105,9 @@
 // ordered subscription the leases after a failed one of the same queue
 // are released, never acked: they go out again after it, in order. One
 // engine call settles the batch (Engine.SettleBatch), so its offsets are
-// written once, not once a message. rate_per_second counts requests.
+// written once, not once a message. rate_per_second counts requests. The
+// loop stops leasing while the bodies it holds out pass maxBytesOut (32
+// MiB), whatever max_in_flight allows.
 //
 // # Signatures
 //

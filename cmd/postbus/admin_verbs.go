@@ -474,7 +474,7 @@ func subscriptionVerbs() map[string]adminVerb {
 	subCols := []column{{"ID", "id"}, {"GROUP", "group"}, {"TOPIC", "topic"}, {"TYPE", "type"}, {"STATE", "state"}, {"FILTER", "filter"}, {"URL", "url"}}
 	subFields := []column{{"ID", "id"}, {"Group", "group"}, {"Topic", "topic"}, {"Type", "type"}, {"State", "state"}, {"State reason", "state_reason"},
 		{"URL", "url"}, {"Filter", "filter"}, {"Ordered", "ordered"}, {"Max retries", "max_retries"}, {"Retry delays", "retry_delays"},
-		{"Backoff", "backoff"}, {"Timeout", "timeout"}, {"Max in flight", "max_in_flight"}, {"Rate a second", "rate_per_second"},
+		{"Backoff", "backoff"}, {"Timeout", "timeout"}, {"Max in flight", "max_in_flight"}, {"Rate a second", "rate_per_second"}, {"Batch", "batch"},
 		{"Visibility", "visibility"}, {"Start from", "start_from"}, {"Secret", "secret"}, {"Created", "created_at"}, {"Updated", "updated_at"},
 		{"Format", "format"}}
 	one := func(method, suffix string) func(c *adminClient, a []string) error {

@@ -42,7 +42,7 @@ type pushConfig struct {
 	backlog     bool          // publish with the subscriptions paused, then time the delivery of the backlog
 	batchWait   time.Duration // its batch.max_wait
 	// inFlightSet: --max-in-flight was given; otherwise a batched
-	// subscription takes the broker's default (four times the batch).
+	// subscription takes the broker's default (eight times the batch).
 	inFlightSet bool
 }
 
@@ -148,7 +148,7 @@ func (c *pushConfig) validate(set map[string]bool) error {
 	}
 	c.inFlightSet = set["max-in-flight"]
 	if c.batch > 0 && !c.inFlightSet {
-		c.maxInFlight = min(maxInFlightLimit, max(32, 4*c.batch)) // the broker's default with a batch
+		c.maxInFlight = min(maxInFlightLimit, max(32, 8*c.batch)) // the broker's default with a batch
 	}
 	return nil
 }
