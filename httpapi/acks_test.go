@@ -122,7 +122,7 @@ func newDeferRig(tb testing.TB, dir string, hook *hookSink) *deferRig {
 
 func (r *deferRig) subscribe(tb testing.TB, body string) string {
 	tb.Helper()
-	resp, data := do(tb, "PUT", r.api.URL+"/v1/topics/jobs", ackJSON, strings.NewReader(`{"queues":2}`))
+	resp, data := do(tb, "PUT", r.api.URL+"/v1/topics/jobs", ackJSON, strings.NewReader(`{"queues":4}`))
 	if resp.StatusCode >= 300 {
 		tb.Fatalf("put topic: %d %s", resp.StatusCode, data)
 	}
