@@ -146,7 +146,8 @@ func (e *Engine) Defer(ctx context.Context, rcpt string, key int64, until time.T
 		// Taken back meanwhile (a reset, a change that dropped the
 		// consumer, the lease expired): the message goes out from
 		// there, so the copy must not as well.
-		if _, err := b.meta.SettleTimers(context.WithoutCancel(ctx), []int64{off}, nil, true); err != nil {
+		// Cancelled, not acked: the token is then answered expired.
+		if _, err := b.meta.CancelTimers(context.WithoutCancel(ctx), []int64{off}); err != nil {
 			b.logger.Error("cancelling the copy of a deferred delivery taken back failed; it will be delivered again at its ack timeout",
 				slog.String("group", sub.Group), slog.String("msg_id", l.m.ID), slog.Any("err", err))
 		}
