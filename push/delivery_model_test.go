@@ -2,7 +2,8 @@ package push
 
 // The push half of the delivery model checker (broker/delivery_model_test.go
 // is the pull half): seeded random publishes (tags, sharding keys, batches),
-// endpoints that answer 200 or 500, hang or close the connection, pauses,
+// endpoints that answer 200 or 500, hang or close the connection, or
+// answer 202 and acknowledge with the ack token a moment later, pauses,
 // resumes, PATCHes (ordered, filter, url), secret rotations, deletes and
 // re-creates, topic growth, offset resets, redrives and clean restarts,
 // against push subscriptions on real loopback HTTP. What reaches the
@@ -37,6 +38,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -52,7 +54,7 @@ var (
 	flagPDWithout = flag.String("delivery.without", "", "comma-separated op families to leave out: "+strings.Join(pdFamilies, ","))
 )
 
-var pdFamilies = []string{"hang", "close", "pause", "patch", "ordered", "url", "rotate", "delete", "grow", "reset", "redrive", "restart", "inflight"}
+var pdFamilies = []string{"hang", "close", "pause", "patch", "ordered", "url", "rotate", "delete", "grow", "reset", "redrive", "restart", "inflight", "defer"}
 
 const pdDefaultSteps = 40
 
@@ -156,9 +158,13 @@ const (
 	modeFail
 	modeHang
 	modeClose
+	// modeDefer answers 202 and acknowledges the delivery with its ack
+	// token (done) a moment later, as a worker finishing long work does;
+	// the model takes the 202 for the 200 the acknowledgement makes it.
+	modeDefer
 )
 
-var modeNames = []string{"200", "500", "hang", "close"}
+var modeNames = []string{"200", "500", "hang", "close", "202"}
 
 func genPushOps(seed uint64, steps int, without map[string]bool) []pdOp {
 	rng := rand.New(rand.NewPCG(seed, 21))
@@ -360,6 +366,8 @@ type pdRun struct {
 	ctx  context.Context
 
 	b        *broker.Broker
+	live     atomic.Pointer[broker.Broker] // b while it runs, for the endpoints' acknowledgements
+	acks     sync.WaitGroup                // acknowledgements of deferred deliveries under way
 	key      *BusKey
 	client   *Client
 	stop     context.CancelFunc
@@ -469,6 +477,7 @@ func (r *pdRun) start() error {
 		return fmt.Errorf("open: %w", err)
 	}
 	r.b = b
+	r.live.Store(b)
 	r.client = NewClient(ClientConfig{AllowPrivate: true})
 	d := NewDispatcher(DispatcherConfig{Broker: b, Client: r.client, Key: r.key, Logger: logger, Grace: 300 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -486,6 +495,8 @@ func (r *pdRun) shutdown() {
 	}
 	r.stop()
 	<-r.stopped
+	r.acks.Wait()
+	r.live.Store(nil)
 	r.client.Close()
 	r.b.Close()
 	r.b = nil
@@ -497,11 +508,17 @@ func (r *pdRun) newEndpoint(sub int) *endpoint {
 		body, _ := io.ReadAll(req.Body)
 		r.mu.Lock()
 		mode := e.mode
-		r.received(sub, req, body, mode == modeOK)
+		r.received(sub, req, body, mode == modeOK || mode == modeDefer)
 		r.mu.Unlock()
 		switch mode {
 		case modeOK:
 			w.WriteHeader(http.StatusOK)
+		case modeDefer:
+			if tok := req.Header.Get(HeaderAckToken); tok != "" {
+				r.acks.Add(1)
+				go r.ackLater(req.Header.Get("Postbus-Message-Id"), tok)
+			}
+			w.WriteHeader(http.StatusAccepted) // a 2xx for an ordered subscription's, which has no token
 		case modeFail:
 			w.WriteHeader(http.StatusInternalServerError)
 		case modeHang:
@@ -522,6 +539,37 @@ func (r *pdRun) newEndpoint(sub int) *endpoint {
 	}))
 	r.t.Cleanup(e.srv.Close)
 	return e
+}
+
+// ackLater acknowledges a deferred delivery (done) through the broker
+// running now, as POST /v1/acks/{token} does. Its acknowledgement waits for
+// the hold; a broker being restarted is tried again for a while. A token
+// answered used or expired (an offset reset, a delete) is noted: its
+// message then comes again as the model allows for those.
+func (r *pdRun) ackLater(id, tok string) {
+	defer r.acks.Done()
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		err := errors.New("no broker running")
+		if b := r.live.Load(); b != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			var d broker.DeferredAck
+			if d, err = b.Deferred(ctx, tok); err == nil {
+				err = b.SettleDeferred(ctx, d, broker.Ack())
+			}
+			cancel()
+		}
+		switch code := broker.CodeOf(err); {
+		case err == nil:
+			return
+		case code == broker.CodeAckTokenUsed || code == broker.CodeAckTokenExpired || code == broker.CodeInvalidAckToken || time.Now().After(deadline):
+			r.mu.Lock()
+			r.note("acknowledging %s (deferred) failed: %v", id, err)
+			r.mu.Unlock()
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // received checks one request against the model; ok says whether it is
@@ -656,6 +704,9 @@ func (r *pdRun) step(op pdOp, rng *rand.Rand) error {
 		}
 		if !r.without["close"] {
 			modes = append(modes, modeClose)
+		}
+		if !r.without["defer"] {
+			modes = append(modes, modeDefer)
 		}
 		m := modes[rng.IntN(len(modes))]
 		r.mu.Lock()
