@@ -146,7 +146,8 @@ func (e *Engine) Defer(ctx context.Context, rcpt string, key int64, until time.T
 		// Taken back meanwhile (a reset, a change that dropped the
 		// consumer, the lease expired): the message goes out from
 		// there, so the copy must not as well.
-		if _, err := b.meta.SettleTimers(context.WithoutCancel(ctx), []int64{off}, nil, true); err != nil {
+		// Cancelled, not acked: the token is then answered expired.
+		if _, err := b.meta.CancelTimers(context.WithoutCancel(ctx), []int64{off}); err != nil {
 			b.logger.Error("cancelling the copy of a deferred delivery taken back failed; it will be delivered again at its ack timeout",
 				slog.String("group", sub.Group), slog.String("msg_id", l.m.ID), slog.Any("err", err))
 		}
@@ -295,6 +296,8 @@ type deferredMetrics struct {
 	held     prometheus.Counter     // deliveries deferred by a 202
 	acks     *prometheus.CounterVec // POST /v1/acks answers, by status
 	timeouts prometheus.Counter     // deferred deliveries whose ack_timeout passed
+	probes   *prometheus.CounterVec // dlq_redrive probes, by result (dlqredrive.go)
+	redriven prometheus.Counter     // dead letters redriven after a probe succeeded
 }
 
 func newDeferredMetrics() deferredMetrics {
@@ -309,12 +312,21 @@ func newDeferredMetrics() deferredMetrics {
 			Name: "postbus_push_deferred_timeouts_total", Help: "Deferred push deliveries whose ack_timeout passed without an acknowledgement: each counts as a failed attempt (the trace says expired) and goes out again or is dead-lettered.",
 		}),
 	}
+	m.probes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "postbus_dlq_redrive_probes_total", Help: "Probes of push endpoints with a dead letter (a subscription's dlq_redrive), by result: delivered (the rest were redriven) or failed (the next waits dlq_redrive.after).",
+	}, []string{"result"})
+	m.redriven = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "postbus_dlq_redrive_redriven_total", Help: "Dead letters redriven on their own after a probe of their endpoint succeeded (dlq_redrive).",
+	})
 	for _, s := range []string{"done", "retry", "dead", "used", "expired"} {
 		m.acks.WithLabelValues(s)
+	}
+	for _, r := range []string{"delivered", "failed"} {
+		m.probes.WithLabelValues(r)
 	}
 	return m
 }
 
 func (m deferredMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.held, m.acks, m.timeouts}
+	return []prometheus.Collector{m.held, m.acks, m.timeouts, m.probes, m.redriven}
 }

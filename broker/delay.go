@@ -370,8 +370,16 @@ func (b *Broker) moveAhead(ctx context.Context, pending []meta.Timer) (int, erro
 	// Under appendMu no topic comes or goes: a copy appended now lands in
 	// the incarnation it is checked against. A deleted topic's delayed
 	// messages are not carried over into a new one.
+	// leased are the moved records that are a lease's copy (a pull
+	// lease's visibility copy, a deferred push delivery's): dispatch gives
+	// them no timer, so their timers are carried over below; by their
+	// index in recs, the old offset.
+	leased := map[int]int64{}
 	for i, rec := range read {
 		if b.ownedNow(offs[i], rec) {
+			if h, err := decodeHeader(rec); err == nil && h.Flags&flagLeased != 0 {
+				leased[len(recs)] = offs[i]
+			}
 			recs = append(recs, rec)
 		}
 	}
@@ -383,7 +391,7 @@ func (b *Broker) moveAhead(ctx context.Context, pending []meta.Timer) (int, erro
 	for _, rec := range recs {
 		patchRecord(rec, now, 0)
 	}
-	_, end, wait, err := b.appendLog(recs)
+	newOffs, end, wait, err := b.appendLog(recs)
 	b.appendMu.Unlock()
 	if err != nil {
 		return 0, err
@@ -400,6 +408,21 @@ func (b *Broker) moveAhead(ctx context.Context, pending []meta.Timer) (int, erro
 	// are fired.
 	if err := b.waitDispatched(ctx, end); err != nil {
 		return 0, err
+	}
+	if len(leased) > 0 {
+		// A lease's copy keeps its timer's due time (a change of
+		// visibility may have moved it) and its ack key, so that a
+		// deferred delivery's token still names it; without a timer the
+		// moved copy would never come back, and the message was lost
+		// (attack s8 F11). A pull receipt naming the old copy is stale
+		// from now: its message comes back at the end of its visibility.
+		var olds, news []int64
+		for i, old := range leased {
+			olds, news = append(olds, old), append(news, newOffs[i])
+		}
+		if err := b.meta.CarryTimers(ctx, olds, news); err != nil {
+			return 0, err
+		}
 	}
 	return len(recs), nil
 }

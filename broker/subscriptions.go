@@ -65,6 +65,18 @@ type Subscription struct {
 	// for its acknowledgement (POST /v1/acks/{token}) before it counts as
 	// a failed attempt (deferred.go).
 	AckTimeout time.Duration
+	// DLQRedrive, when set on a push subscription, has its dead letters
+	// redriven on their own once the endpoint answers again (dlqredrive.go).
+	DLQRedrive *DLQRedrive
+}
+
+// DLQRedrive is a push subscription's self-healing of its dead letters:
+// once the group's oldest dead letter of the topic has waited After, the
+// endpoint is probed with it; a 2xx redrives the rest at RatePerSecond, a
+// failure waits After again.
+type DLQRedrive struct {
+	After         time.Duration
+	RatePerSecond float64
 }
 
 // Delivery formats of a push subscription.
@@ -135,9 +147,15 @@ const (
 	MaxRetryDelays     = 100
 	MaxURLLen          = 2048
 	MinRatePerSecond   = 1.0 / 86400
-	DefaultAckTimeout  = 5 * time.Minute
-	MinAckTimeout      = time.Second
-	MaxAckTimeout      = 12 * time.Hour
+	MinDLQRedriveAfter = time.Second
+	MaxDLQRedriveAfter = 7 * 24 * time.Hour
+	// MinDLQRedriveRate is one a minute: slower, a redrive of many would
+	// not fit the longest delay.
+	MinDLQRedriveRate     = 1.0 / 60
+	DefaultDLQRedriveRate = 5
+	DefaultAckTimeout     = 5 * time.Minute
+	MinAckTimeout         = time.Second
+	MaxAckTimeout         = 12 * time.Hour
 	// SecretOverlap is how long the previous secret keeps signing after a
 	// rotation, so receivers can switch without dropping deliveries.
 	SecretOverlap = 24 * time.Hour
@@ -190,6 +208,13 @@ type subscriptionConfig struct {
 	// AckTimeoutMS is absent from subscriptions stored before deferred
 	// acknowledgement: the default.
 	AckTimeoutMS int64 `json:"ack_timeout_ms,omitempty"`
+	// DLQRedrive is absent when the subscription has none.
+	DLQRedrive *dlqRedriveConfig `json:"dlq_redrive,omitempty"`
+}
+
+type dlqRedriveConfig struct {
+	AfterMS       int64   `json:"after_ms"`
+	RatePerSecond float64 `json:"rate_per_second"`
 }
 
 type previousSecretConfig struct {
@@ -207,6 +232,9 @@ func (s *Subscription) toMeta() (meta.Subscription, error) {
 	}
 	if s.Format != FormatRaw {
 		c.Format = s.Format
+	}
+	if r := s.DLQRedrive; r != nil {
+		c.DLQRedrive = &dlqRedriveConfig{AfterMS: r.After.Milliseconds(), RatePerSecond: r.RatePerSecond}
 	}
 	for _, p := range s.PreviousSecrets {
 		c.PreviousSecrets = append(c.PreviousSecrets, previousSecretConfig{Secret: p.Secret, UntilMS: p.Until.UnixMilli()})
@@ -241,6 +269,9 @@ func subscriptionFromMeta(m meta.Subscription) (Subscription, error) {
 	}
 	if s.Format == "" {
 		s.Format = FormatRaw
+	}
+	if r := c.DLQRedrive; r != nil {
+		s.DLQRedrive = &DLQRedrive{After: time.Duration(r.AfterMS) * time.Millisecond, RatePerSecond: r.RatePerSecond}
 	}
 	for _, ms := range c.RetryDelaysMS {
 		s.RetryDelays = append(s.RetryDelays, time.Duration(ms)*time.Millisecond)
@@ -345,6 +376,12 @@ func (s *Subscription) validate() error {
 		return bad("batch.max_messages", "batch.max_messages %d is more than max_in_flight %d, which counts messages: raise max_in_flight too", s.Batch.MaxMessages, s.MaxInFlight)
 	case s.AckTimeout < MinAckTimeout || s.AckTimeout > MaxAckTimeout:
 		return bad("ack_timeout", "ack_timeout %s must be between %s and %s", s.AckTimeout, MinAckTimeout, MaxAckTimeout)
+	case s.DLQRedrive != nil && s.URL == "":
+		return bad("dlq_redrive", "dlq_redrive probes a push subscription's endpoint; a pull subscription has none")
+	case s.DLQRedrive != nil && (s.DLQRedrive.After < MinDLQRedriveAfter || s.DLQRedrive.After > MaxDLQRedriveAfter || s.DLQRedrive.After%time.Millisecond != 0):
+		return bad("dlq_redrive.after", "dlq_redrive.after %s must be between %s and %s, in milliseconds", s.DLQRedrive.After, MinDLQRedriveAfter, MaxDLQRedriveAfter)
+	case s.DLQRedrive != nil && !(s.DLQRedrive.RatePerSecond >= MinDLQRedriveRate && s.DLQRedrive.RatePerSecond <= 1e6):
+		return bad("dlq_redrive.rate_per_second", "dlq_redrive.rate_per_second %g must be from %g to 1000000", s.DLQRedrive.RatePerSecond, MinDLQRedriveRate)
 	}
 	for i, d := range s.RetryDelays {
 		if d <= 0 || d > MaxRetryDelay {

@@ -122,7 +122,7 @@ func newDeferRig(tb testing.TB, dir string, hook *hookSink) *deferRig {
 
 func (r *deferRig) subscribe(tb testing.TB, body string) string {
 	tb.Helper()
-	resp, data := do(tb, "PUT", r.api.URL+"/v1/topics/jobs", ackJSON, strings.NewReader(`{"queues":2}`))
+	resp, data := do(tb, "PUT", r.api.URL+"/v1/topics/jobs", ackJSON, strings.NewReader(`{"queues":4}`))
 	if resp.StatusCode >= 300 {
 		tb.Fatalf("put topic: %d %s", resp.StatusCode, data)
 	}
@@ -526,4 +526,53 @@ func TestClusterDeferredAck(t *testing.T) {
 	// Under another holder's name, the MAC (which covers the name) fails there.
 	tc.via(t, brokerC, "POST", "/v1/acks/"+brokerB+"~"+rest, ackJSON, `{"status":"done"}`).
 		wantProblem(t, http.StatusBadRequest, broker.CodeInvalidAckToken, brokerB)
+}
+
+// TestAckBeforeTheHoldIsStored: an endpoint that acknowledges at once,
+// even before its 202 reached the bus, is answered for the delivery (the
+// acknowledgement waits for the hold) rather than told the token names
+// nothing (410 before the wait).
+func TestAckBeforeTheHoldIsStored(t *testing.T) {
+	var r *deferRig
+	results := make(chan string, 1)
+	hook := newHookSink(t, func(h http.Header, n int) int {
+		token := h.Get(push.HeaderAckToken)
+		go func() {
+			resp, data := do(t, "POST", r.api.URL+"/v1/acks/"+token, ackJSON, strings.NewReader(`{"status":"done"}`))
+			results <- fmt.Sprintf("%d %s", resp.StatusCode, data)
+		}()
+		return http.StatusAccepted
+	})
+	r = newDeferRig(t, "", hook)
+	r.subscribe(t, `{"group":"enc","topic":"jobs","url":"`+hook.URL+`"}`)
+	r.publish(t, "quick job")
+	select {
+	case got := <-results:
+		if !strings.HasPrefix(got, "200 ") {
+			t.Fatalf("an ack sent with the 202: %s", got)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no answer to the ack within 20s")
+	}
+	if n := r.deferredInFlight(t, "enc"); n != 0 {
+		t.Fatalf("%d held after the ack", n)
+	}
+}
+
+// TestOrderedDeliveriesAreNotDeferred: an ordered queue waits on its one
+// delivery, which carries no ack token; a 202 there is a 2xx.
+func TestOrderedDeliveriesAreNotDeferred(t *testing.T) {
+	hook := newHookSink(t, nil)
+	r := newDeferRig(t, "", hook)
+	r.subscribe(t, `{"group":"ord","topic":"jobs","url":"`+hook.URL+`","ordered":true}`)
+	id := r.publish(t, "in order")
+	waitDeferred(t, 10*time.Second, "the delivery", func() bool { return len(hook.deliveries()) == 1 })
+	if tok := hook.deliveries()[0].Get(push.HeaderAckToken); tok != "" {
+		t.Fatalf("an ordered delivery carries an ack token %q", tok)
+	}
+	waitDeferred(t, 10*time.Second, "the trace", func() bool { return strings.Join(r.trace(t, id), " ") == "delivered/1" })
+	g, err := r.b.Group(context.Background(), "ord")
+	if err != nil || g.Lag != 0 {
+		t.Fatalf("group after a 202 on an ordered subscription: %+v %v", g, err)
+	}
 }

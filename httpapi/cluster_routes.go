@@ -388,8 +388,11 @@ func (s *Server) listEverywhere(w http.ResponseWriter, r *http.Request, field, k
 
 // tagQueues marks each item of doc's "queues" with the broker it is on,
 // and returns them.
-func tagQueues(doc map[string]any, broker string) []any {
-	qs, _ := doc["queues"].([]any)
+func tagQueues(doc map[string]any, broker string) []any { return tagList(doc, "queues", broker) }
+
+// tagList names broker in each object of doc's list key.
+func tagList(doc map[string]any, key, broker string) []any {
+	qs, _ := doc[key].([]any)
 	for _, q := range qs {
 		if m, ok := q.(map[string]any); ok {
 			m["broker"] = broker
@@ -573,6 +576,9 @@ func (s *Server) getGroupEverywhere(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		qs := tagQueues(g, a.peer.name)
+		// Each broker heals the dead letters it holds: its dlq_redrive
+		// states are listed, each naming it, as its queues are.
+		rd := tagList(g, "dlq_redrive", a.peer.name)
 		if merged == nil {
 			merged = g
 			continue
@@ -580,6 +586,9 @@ func (s *Server) getGroupEverywhere(w http.ResponseWriter, r *http.Request) {
 		combineGroups(merged, g, a.peer.name)
 		mq, _ := merged["queues"].([]any)
 		merged["queues"] = append(mq, qs...)
+		if mr, _ := merged["dlq_redrive"].([]any); len(rd) > 0 {
+			merged["dlq_redrive"] = append(mr, rd...)
+		}
 	}
 	if merged == nil {
 		writeAnswer(w, r, first)

@@ -30,6 +30,20 @@ type groupJSON struct {
 	// OldestUnacked is in seconds, with millisecond precision.
 	OldestUnacked float64        `json:"oldest_unacked_seconds"`
 	Queues        []queueLagJSON `json:"queues,omitempty"`
+	// DLQRedrive is where each push subscription's dlq_redrive stands
+	// (GET /v1/groups/{group} only).
+	DLQRedrive []dlqRedriveJSON `json:"dlq_redrive,omitempty"`
+}
+
+// dlqRedriveJSON is a subscription's self-healing of its dead letters.
+type dlqRedriveJSON struct {
+	Subscription string `json:"subscription"`
+	State        string `json:"state"`
+	NextProbeAt  string `json:"next_probe_at,omitempty"`
+	DeadLetters  int    `json:"dead_letters"`
+	Probes       int64  `json:"probes"`
+	Redriven     int64  `json:"redriven"`
+	LastError    string `json:"last_error,omitempty"`
 }
 
 func toGroupJSON(g broker.GroupInfo, withQueues bool) groupJSON {
@@ -91,7 +105,23 @@ func (s *Server) handleGetGroup(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, toGroupJSON(g, true))
+	out := toGroupJSON(g, true)
+	for _, sub := range g.Subscriptions {
+		if sub.DLQRedrive == nil {
+			continue
+		}
+		st, _, _, err := s.broker.DLQRedriveDue(r.Context(), sub)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		j := dlqRedriveJSON{Subscription: sub.ID, State: st.State, DeadLetters: st.DeadLetters, Probes: st.Probes, Redriven: st.Redriven, LastError: st.LastError}
+		if !st.NextProbe.IsZero() {
+			j.NextProbeAt = st.NextProbe.UTC().Format(time.RFC3339Nano)
+		}
+		out.DLQRedrive = append(out.DLQRedrive, j)
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) handleResetOffsets(w http.ResponseWriter, r *http.Request) {

@@ -83,6 +83,8 @@ type subscriptionRequest struct {
 	Visibility    *string  `json:"visibility"`
 	StartFrom     *string  `json:"start_from"`
 	AckTimeout    *string  `json:"ack_timeout"`
+	// DLQRedrive is null (in a PATCH) to turn it off.
+	DLQRedrive presentJSON `json:"dlq_redrive"`
 	// ID and Secret may be given at creation only: a cluster gives every
 	// broker the same ones, and a user may bring their own secret.
 	ID     *string `json:"id,omitempty"`
@@ -236,6 +238,11 @@ func (req *subscriptionRequest) apply(s *broker.Subscription) *broker.Error {
 			return bad("ack_timeout", "ack_timeout %s must be between %s and %s", s.AckTimeout, broker.MinAckTimeout, broker.MaxAckTimeout)
 		}
 	}
+	if len(req.DLQRedrive) > 0 {
+		if perr := applyDLQRedrive(s, json.RawMessage(req.DLQRedrive)); perr != nil {
+			return perr
+		}
+	}
 	if req.MaxInFlight != nil {
 		if *req.MaxInFlight < 1 {
 			return bad("max_in_flight", "max_in_flight %d must be 1-%d", *req.MaxInFlight, broker.MaxMaxInFlight)
@@ -284,6 +291,48 @@ type batchJSON struct {
 	MaxWait     string `json:"max_wait"`
 }
 
+// presentJSON is a member's JSON text, null included: empty when the
+// member is absent (a pointer cannot tell null from absent).
+type presentJSON []byte
+
+func (p *presentJSON) UnmarshalJSON(b []byte) error {
+	*p = append((*p)[:0], b...)
+	return nil
+}
+
+// dlqRedriveSetting is dlq_redrive as a subscription takes and shows it.
+type dlqRedriveSetting struct {
+	After         string   `json:"after"`
+	RatePerSecond *float64 `json:"rate_per_second,omitempty"`
+}
+
+// applyDLQRedrive sets (or, for null, removes) s's dlq_redrive.
+func applyDLQRedrive(s *broker.Subscription, raw json.RawMessage) *broker.Error {
+	if string(bytes.TrimSpace(raw)) == "null" {
+		s.DLQRedrive = nil
+		return nil
+	}
+	if err := exactNames(raw, reflect.TypeFor[dlqRedriveSetting]()); err != nil {
+		return &broker.Error{Code: broker.CodeInvalidSubscription, Field: "dlq_redrive", Detail: err.Error()}
+	}
+	var v dlqRedriveSetting
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&v); err != nil {
+		return &broker.Error{Code: broker.CodeInvalidSubscription, Field: "dlq_redrive", Detail: `give {"after":"10m","rate_per_second":5}: ` + err.Error()}
+	}
+	after, err := time.ParseDuration(v.After)
+	if err != nil {
+		return &broker.Error{Code: broker.CodeInvalidSubscription, Field: "dlq_redrive.after", Detail: fmt.Sprintf("%q is not a duration like 10m", v.After)}
+	}
+	rate := float64(broker.DefaultDLQRedriveRate)
+	if v.RatePerSecond != nil {
+		rate = *v.RatePerSecond
+	}
+	s.DLQRedrive = &broker.DLQRedrive{After: after, RatePerSecond: rate}
+	return nil
+}
+
 type backoffJSON struct {
 	Min string `json:"min"`
 	Max string `json:"max"`
@@ -317,7 +366,8 @@ type subscriptionJSON struct {
 	Format  string    `json:"format"`
 	Batch   batchJSON `json:"batch,omitzero"`
 	// AckTimeout is a push subscription's: a pull one has no 202.
-	AckTimeout string `json:"ack_timeout,omitempty"`
+	AckTimeout string             `json:"ack_timeout,omitempty"`
+	DLQRedrive *dlqRedriveSetting `json:"dlq_redrive,omitempty"`
 }
 
 func toSubscriptionJSON(s broker.Subscription, withSecret bool) subscriptionJSON {
@@ -329,6 +379,10 @@ func toSubscriptionJSON(s broker.Subscription, withSecret bool) subscriptionJSON
 	if s.URL != "" {
 		out.Type = "push"
 		out.AckTimeout = s.AckTimeout.String()
+	}
+	if r := s.DLQRedrive; r != nil {
+		rate := r.RatePerSecond
+		out.DLQRedrive = &dlqRedriveSetting{After: r.After.String(), RatePerSecond: &rate}
 	}
 	for _, d := range s.RetryDelays {
 		out.RetryDelays = append(out.RetryDelays, d.String())

@@ -484,3 +484,39 @@ func BenchmarkDeliver(b *testing.B) {
 		}
 	}
 }
+
+// TestDeliverDeferred: a 202 to a delivery with an ack token is Deferred,
+// with the token sent, echoed or not; one echoing another token is Retry;
+// without a token (ordered subscriptions) a 202 is a 2xx like any other.
+func TestDeliverDeferred(t *testing.T) {
+	for _, tc := range []struct {
+		name, token, echo string
+		status            int
+		want              Outcome
+	}{
+		{"202", "tok-1", "", 202, Deferred},
+		{"202 echoing the token", "tok-1", "tok-1", 202, Deferred},
+		{"202 echoing another token", "tok-1", "tok-2", 202, Retry},
+		{"202 without a token", "", "", 202, Delivered},
+		{"200 with a token", "tok-1", "", 200, Delivered},
+		{"500 with a token", "tok-1", "", 500, Retry},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var sent string
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				sent = r.Header.Get(HeaderAckToken)
+				if tc.echo != "" {
+					w.Header().Set(HeaderAckToken, tc.echo)
+				}
+				w.WriteHeader(tc.status)
+			}))
+			defer srv.Close()
+			d := testDelivery(srv.URL)
+			d.AckToken = tc.token
+			res := newTestClient(t, ClientConfig{AllowPrivate: true}).Deliver(context.Background(), d, nil, time.Now())
+			if res.Outcome != tc.want || sent != tc.token {
+				t.Fatalf("outcome %s (%s), token sent %q; want %s, %q", res.Outcome, res.Err, sent, tc.want, tc.token)
+			}
+		})
+	}
+}

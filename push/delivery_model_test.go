@@ -2,7 +2,8 @@ package push
 
 // The push half of the delivery model checker (broker/delivery_model_test.go
 // is the pull half): seeded random publishes (tags, sharding keys, batches),
-// endpoints that answer 200 or 500, hang or close the connection, pauses,
+// endpoints that answer 200 or 500, hang or close the connection, or
+// answer 202 and acknowledge with the ack token a moment later, pauses,
 // resumes, PATCHes (ordered, filter, url), secret rotations, deletes and
 // re-creates, topic growth, offset resets, redrives and clean restarts,
 // against push subscriptions on real loopback HTTP. What reaches the
@@ -38,6 +39,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -53,7 +55,7 @@ var (
 	flagPDWithout = flag.String("delivery.without", "", "comma-separated op families to leave out: "+strings.Join(pdFamilies, ","))
 )
 
-var pdFamilies = []string{"hang", "close", "pause", "patch", "ordered", "url", "rotate", "delete", "grow", "reset", "redrive", "restart", "inflight"}
+var pdFamilies = []string{"hang", "close", "pause", "patch", "ordered", "url", "rotate", "delete", "grow", "reset", "redrive", "restart", "inflight", "defer"}
 
 const pdDefaultSteps = 40
 
@@ -163,9 +165,14 @@ const (
 	modeHang
 	modeClose
 	modePartial // a batch's endpoint: 207 naming every other element failed
+	// modeDefer answers 202 and acknowledges the delivery with its ack
+	// token (done) a moment later, as a worker finishing long work does;
+	// the model takes the 202 for the 200 the acknowledgement makes it.
+	// A batch carries no token: its 202 is a 2xx like any other.
+	modeDefer
 )
 
-var modeNames = []string{"200", "500", "hang", "close", "207"}
+var modeNames = []string{"200", "500", "hang", "close", "207", "202"}
 
 func genPushOps(seed uint64, steps int, without map[string]bool) []pdOp {
 	rng := rand.New(rand.NewPCG(seed, 21))
@@ -367,6 +374,8 @@ type pdRun struct {
 	ctx  context.Context
 
 	b        *broker.Broker
+	live     atomic.Pointer[broker.Broker] // b while it runs, for the endpoints' acknowledgements
+	acks     sync.WaitGroup                // acknowledgements of deferred deliveries under way
 	key      *BusKey
 	client   *Client
 	stop     context.CancelFunc
@@ -476,6 +485,7 @@ func (r *pdRun) start() error {
 		return fmt.Errorf("open: %w", err)
 	}
 	r.b = b
+	r.live.Store(b)
 	r.client = NewClient(ClientConfig{AllowPrivate: true})
 	d := NewDispatcher(DispatcherConfig{Broker: b, Client: r.client, Key: r.key, Logger: logger, Grace: 300 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -493,6 +503,8 @@ func (r *pdRun) shutdown() {
 	}
 	r.stop()
 	<-r.stopped
+	r.acks.Wait()
+	r.live.Store(nil)
 	r.client.Close()
 	r.b.Close()
 	r.b = nil
@@ -517,6 +529,12 @@ func (r *pdRun) newEndpoint(sub int) *endpoint {
 			ans, _ := json.Marshal(map[string][]string{"failed": partial})
 			w.WriteHeader(http.StatusMultiStatus)
 			w.Write(ans)
+		case modeDefer:
+			if tok := req.Header.Get(HeaderAckToken); tok != "" {
+				r.acks.Add(1)
+				go r.ackLater(req.Header.Get("Postbus-Message-Id"), tok)
+			}
+			w.WriteHeader(http.StatusAccepted) // a 2xx for an ordered subscription's, which has no token
 		case modeFail:
 			w.WriteHeader(http.StatusInternalServerError)
 		case modeHang:
@@ -539,6 +557,37 @@ func (r *pdRun) newEndpoint(sub int) *endpoint {
 	return e
 }
 
+// ackLater acknowledges a deferred delivery (done) through the broker
+// running now, as POST /v1/acks/{token} does. Its acknowledgement waits for
+// the hold; a broker being restarted is tried again for a while. A token
+// answered used or expired (an offset reset, a delete) is noted: its
+// message then comes again as the model allows for those.
+func (r *pdRun) ackLater(id, tok string) {
+	defer r.acks.Done()
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		err := errors.New("no broker running")
+		if b := r.live.Load(); b != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			var d broker.DeferredAck
+			if d, err = b.Deferred(ctx, tok); err == nil {
+				err = b.SettleDeferred(ctx, d, broker.Ack())
+			}
+			cancel()
+		}
+		switch code := broker.CodeOf(err); {
+		case err == nil:
+			return
+		case code == broker.CodeAckTokenUsed || code == broker.CodeAckTokenExpired || code == broker.CodeInvalidAckToken || time.Now().After(deadline):
+			r.mu.Lock()
+			r.note("acknowledging %s (deferred) failed: %v", id, err)
+			r.mu.Unlock()
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // received checks one request against the model, answered as mode says.
 // A batch is checked element by element; with modePartial, it returns the
 // ids it answers failed (every other element). Called with r.mu held.
@@ -548,7 +597,7 @@ func (r *pdRun) received(idx int, req *http.Request, body []byte, mode int) (fai
 		if pdSpecs[s.spec].batch > 0 && req.Header.Get(HeaderSubscription) == s.id {
 			r.violate("%s, batched, got a request of one message", s.group)
 		}
-		r.receivedOne(idx, req, body, req.Header.Get("Postbus-Message-Id"), req.Header.Get("Postbus-Attempt"), mode == modeOK, nil)
+		r.receivedOne(idx, req, body, req.Header.Get("Postbus-Message-Id"), req.Header.Get("Postbus-Attempt"), mode == modeOK || mode == modeDefer, nil)
 		return nil
 	}
 	var els []BatchElement
@@ -569,7 +618,7 @@ func (r *pdRun) received(idx int, req *http.Request, body []byte, mode int) (fai
 		if fail {
 			failed = append(failed, e.MsgID)
 		}
-		ok := mode == modeOK || mode == modePartial
+		ok := mode == modeOK || mode == modePartial || mode == modeDefer
 		q := fmt.Sprint(e.QueueID, "/", e.Topic)
 		if dm := r.msgs[e.MsgID]; dm != nil && (dm.queue != e.QueueID || dm.qoff != e.QueueOffset) {
 			q += "/retry"
@@ -724,6 +773,9 @@ func (r *pdRun) step(op pdOp, rng *rand.Rand) error {
 		}
 		if !r.without["close"] {
 			modes = append(modes, modeClose)
+		}
+		if !r.without["defer"] {
+			modes = append(modes, modeDefer)
 		}
 		m := modes[rng.IntN(len(modes))]
 		r.mu.Lock()

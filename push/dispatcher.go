@@ -271,6 +271,9 @@ func (l *loop) run(ctx, dctx context.Context) {
 	visibility := l.sub.Timeout + leaseMargin
 	slots := make(chan struct{}, l.sub.MaxInFlight)
 	finished := make(chan struct{}, 1)
+	if l.sub.DLQRedrive != nil {
+		wg.Go(func() { l.heal(ctx, dctx) })
+	}
 	l.countDeferred(ctx)
 	for {
 		// Taken before leasing, so a dispatch during the lease is not missed.
@@ -378,7 +381,7 @@ func (l *loop) deliverOne(ctx, dctx context.Context, ls broker.Lease) {
 		token, key = l.d.b.Engine().AckToken(l.sub.Group, l.sub.Topic, ls)
 		defer l.d.b.Engine().TokenDone(key)
 	}
-	res, sent := l.attempt(ctx, dctx, ls.Message, ls.Attempt, token)
+	res, sent := l.attempt(ctx, dctx, ls.Message, ls.Attempt, token, "")
 	if sent && res.Outcome == Deferred {
 		if l.hold(dctx, ls, key) {
 			return
@@ -438,7 +441,8 @@ func (l *loop) deliverOne(ctx, dctx context.Context, ls broker.Lease) {
 // attempt makes one delivery and logs it. It reports false, and logs
 // nothing, when the delivery was never sent: the loop stopped while it
 // waited for the rate limit, or before the request could start.
-func (l *loop) attempt(ctx, dctx context.Context, m *broker.Message, attempt int, token string) (Result, bool) {
+// note, when set, goes before the attempt's error in the trace (a probe's).
+func (l *loop) attempt(ctx, dctx context.Context, m *broker.Message, attempt int, token, note string) (Result, bool) {
 	if l.limit != nil {
 		if err := l.limit.Wait(ctx); err != nil {
 			return Result{}, false
@@ -460,8 +464,12 @@ func (l *loop) attempt(ctx, dctx context.Context, m *broker.Message, attempt int
 		Format: l.sub.Format, BornAt: m.BornAt,
 	}, l.d.cfg.Key, now)
 	outcome := map[Outcome]string{Delivered: "delivered", Retry: "retry", Gone: "gone", Deferred: "deferred"}[res.Outcome]
+	why := res.Err
+	if note != "" {
+		why = strings.TrimSuffix(note+": "+why, ": ")
+	}
 	l.d.b.LogAttempt(broker.Attempt{MsgID: m.ID, Group: l.sub.Group, Subscription: l.sub.ID, Attempt: attempt,
-		At: now, Outcome: outcome, Status: res.Status, Error: res.Err, Latency: res.Latency})
+		At: now, Outcome: outcome, Status: res.Status, Error: why, Latency: res.Latency})
 	l.d.metrics.attempted(l.sub.ID, res, m.StoredAt, now)
 	return res, true
 }

@@ -109,6 +109,16 @@
 // loop stops leasing while the bodies it holds out pass maxBytesOut (32
 // MiB), whatever max_in_flight allows.
 //
+// # Self-healing dead letters
+//
+// A subscription with dlq_redrive has its loop run heal (heal.go) beside
+// the deliveries: when the broker says a probe is due (Broker.DLQRedriveDue:
+// the group's oldest dead letter of the topic has waited After, or After
+// passed since the last failed probe), it delivers that dead letter as the
+// attempt after its last, without an ack token, and reports the outcome
+// (Broker.DLQProbed), which on a 2xx redrives the rest at the subscription's
+// rate. The schedule is stored by the broker, not held by the loop.
+//
 // # Signatures
 //
 // Standard Webhooks v1: the signed content is "<msg id>.<timestamp>.<body>".

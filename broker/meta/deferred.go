@@ -55,3 +55,42 @@ func (s *Store) PendingDeferredOf(ctx context.Context, owner string) (int, error
 	}
 	return n, nil
 }
+
+// CarryTimers gives each record newOffs[i], a copy of the record olds[i]
+// moved ahead of retention, the old one's timer while it is pending: its
+// due time, owner and ack key (taken from the old row, which the caller
+// then fires). A timer no longer pending is not carried.
+func (s *Store) CarryTimers(ctx context.Context, olds, newOffs []int64) error {
+	if len(olds) != len(newOffs) {
+		return fmt.Errorf("carry timers: %d new offsets for %d timers: %w", len(newOffs), len(olds), ErrInvalid)
+	}
+	err := s.write(ctx, func(tx Tx) error {
+		for i, old := range olds {
+			var at int64
+			var owner string
+			var key sql.NullInt64
+			err := tx.QueryRowContext(ctx, `SELECT deliver_at, owner, ack_key FROM timers WHERE log_offset = ? AND fired = 0`, old).Scan(&at, &owner, &key)
+			if errors.Is(err, sql.ErrNoRows) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if key.Valid {
+				// The key is unique: the old row lets go of it first.
+				if _, err := tx.ExecContext(ctx, `UPDATE timers SET ack_key = NULL WHERE log_offset = ?`, old); err != nil {
+					return err
+				}
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO timers (log_offset, deliver_at, owner, ack_key) VALUES (?, ?, ?, ?)
+				ON CONFLICT (log_offset) DO UPDATE SET deliver_at = excluded.deliver_at, ack_key = excluded.ack_key`, newOffs[i], at, owner, key); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("carry timers: %w", err)
+	}
+	return nil
+}

@@ -71,6 +71,7 @@
 //	attempts(msg_id, group_name, subscription, attempt, at, outcome, ...) the delivery attempt log behind /trace, trimmed by retention
 //	dlq_removed((group_name, queue_offset) PK)                            dead letters redriven or purged one by one
 //	ordered_retries((subscription, queue_id) PK, queue_offset, attempt, next_at, lease_until)  an ordered queue blocked on a failing message
+//	dlq_redrives(subscription PK, state, next_probe, probes, redriven, last_error, updated_at)  a push subscription's dlq_redrive: where probing its endpoint with its oldest dead letter stands
 //	topic_tombstones(name PK, version, version_by)                        a topic deleted in a cluster with its delete's version, so a holder that missed the delete drops its copy instead of bringing it back
 //
 //	raft_applied(id=1 PK, idx)                                            in a replica group: the raft index of the last replicated write applied

@@ -35,3 +35,18 @@ ALTER TABLE attempts_0017 RENAME TO attempts;
 
 CREATE INDEX attempts_by_msg ON attempts (msg_id, at);
 CREATE INDEX attempts_by_time ON attempts (at);
+
+-- Self-healing dead letters (a push subscription's dlq_redrive): where the
+-- probing of its endpoint with the group's oldest dead letter of its topic
+-- stands. next_probe (Unix ms) is when the next probe may go, once a probe
+-- failed (0: when the oldest dead letter has waited dlq_redrive.after);
+-- redriven counts the dead letters put back after probes that succeeded.
+CREATE TABLE dlq_redrives (
+    subscription TEXT    NOT NULL PRIMARY KEY,
+    state        TEXT    NOT NULL CHECK (state IN ('waiting', 'probe_failed', 'redriven')),
+    next_probe   INTEGER NOT NULL DEFAULT 0,
+    probes       INTEGER NOT NULL DEFAULT 0 CHECK (probes >= 0),
+    redriven     INTEGER NOT NULL DEFAULT 0 CHECK (redriven >= 0),
+    last_error   TEXT    NOT NULL DEFAULT '',
+    updated_at   INTEGER NOT NULL
+) STRICT;
