@@ -92,7 +92,13 @@ var pdCI = []struct {
 // after a rotate), and other seeds fail as listed there.
 // Before the engine (ce9b42d) "grow,inflight,reset,redrive,restart" were
 // open too (faults 2, 10, 7 and 8, 3 and 6 of issue 11).
-const pdOpen = "ordered,rotate"
+//
+// defer (endpoints answering 202 and acknowledging a moment later) passed
+// seeds 1-30 (with and without it, the same) and the CI seeds alone under
+// -race, but the whole package under -race failed twice at load, seed 5
+// and seed 3 ("again after a 200" at a restart step), not reproduced
+// alone: left out of CI until that is understood.
+const pdOpen = "ordered,rotate,defer"
 
 type pdKind int
 
