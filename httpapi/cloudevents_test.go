@@ -178,12 +178,28 @@ func TestCloudEventsThroughSDK(t *testing.T) {
 	if len(rc.faults) > 0 {
 		t.Fatalf("the endpoint found faults: %v", rc.faults)
 	}
+	// ce-id is the message id (DESIGN §4); the event's own id is kept as
+	// the message's ce-id property.
 	for _, want := range []cloudevents.Event{binary, structured, bin} {
-		got, ok := rc.events[want.ID()]
-		if !ok {
+		var got cloudevents.Event
+		for _, ev := range rc.events {
+			if ev.Source() == want.Source() && ev.Type() == want.Type() {
+				got = ev
+			}
+		}
+		if got.ID() == "" {
 			t.Errorf("event %s not delivered (got %v)", want.ID(), rc.events)
 			continue
 		}
+		resp, body := do(t, "GET", srv.URL+"/v1/messages/"+got.ID(), nil, nil)
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("event %s delivered with ce-id %s, which is no message id: %d %s", want.ID(), got.ID(), resp.StatusCode, body)
+			continue
+		}
+		if props, _ := jsonOf(t, body)["properties"].(map[string]any); props["ce-id"] != want.ID() {
+			t.Errorf("message %s keeps ce-id %v, want the event's own id %s", got.ID(), props["ce-id"], want.ID())
+		}
+		want.SetID(got.ID())
 		sameEvent(t, got, want)
 	}
 	raw, ok := rc.events[rawID]

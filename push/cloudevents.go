@@ -14,12 +14,12 @@ const DefaultCEType = "postbus.message"
 
 // cloudEventHeaders sets the ce-* headers of a binary-mode CloudEvents
 // delivery (HTTP protocol binding 1.0) of d; its Content-Type is the
-// datacontenttype. A message published as a CloudEvent goes out as that
-// event: its id, source, type, time, subject, dataschema and extensions,
-// as kept in its ce- properties, with the message's born time as its time
-// when it had none. Any other message is made one: its message id as the
-// id, /topics/{topic} as the source, its tag (or DefaultCEType) as the
-// type and its born time as the time.
+// datacontenttype. The id is always the message id. A message published
+// as a CloudEvent goes out as that event otherwise: its source, type,
+// time, subject, dataschema and extensions, as kept in its ce-
+// properties, with the message's born time as its time when it had none.
+// Any other message is made one: /topics/{topic} as the source, its tag
+// (or DefaultCEType) as the type and its born time as the time.
 //
 // The body and the signatures are those of any delivery: the ce-*
 // headers are not signed, as no header is.
@@ -28,12 +28,11 @@ func cloudEventHeaders(h http.Header, d Delivery, event bool) {
 	set("specversion", broker.CESpecVersion)
 	if event {
 		for name, v := range d.Properties {
-			if attr, ok := strings.CutPrefix(name, broker.CEPropPrefix); ok && attr != "specversion" {
+			if attr, ok := strings.CutPrefix(name, broker.CEPropPrefix); ok && attr != "specversion" && attr != "id" {
 				set(attr, v)
 			}
 		}
 	} else {
-		set("id", d.MsgID)
 		set("source", "/topics/"+d.Topic)
 		typ := d.Tag
 		if typ == "" {
@@ -41,6 +40,11 @@ func cloudEventHeaders(h http.Header, d Delivery, event bool) {
 		}
 		set("type", typ)
 	}
+	// The id is the message's (DESIGN §4), for an event too: the same on
+	// every delivery of this message, and one a publish retried under the
+	// event's own id does not share; the event's own id stays in its ce-id
+	// property (pull, GET /v1/messages/{id}).
+	set("id", d.MsgID)
 	if _, ok := d.Properties[broker.PropCETime]; (!event || !ok) && !d.BornAt.IsZero() {
 		set("time", d.BornAt.UTC().Format(time.RFC3339Nano))
 	}

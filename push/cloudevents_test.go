@@ -18,9 +18,9 @@ import (
 )
 
 // TestDeliverCloudEvents: a delivery in format cloudevents carries the
-// binary mode's ce-* headers: the event's own for a message published as
-// one (its ce- properties not repeated as Postbus-Prop-*), one made from
-// the message otherwise; values percent-encoded as the HTTP binding says;
+// binary mode's ce-* headers, ce-id always the message id: the event's
+// own others for a message published as one (its ce- properties not
+// repeated as Postbus-Prop-*), one made from the message otherwise; values percent-encoded as the HTTP binding says;
 // signed as any delivery. Format raw sends none.
 func TestDeliverCloudEvents(t *testing.T) {
 	born := time.Date(2026, 5, 6, 7, 8, 9, 10, time.UTC)
@@ -35,11 +35,11 @@ func TestDeliverCloudEvents(t *testing.T) {
 		want   map[string]string // "" : absent
 	}{
 		{"event", broker.FormatCloudEvents, "tag-not-type", event, map[string]string{
-			"ce-specversion": "1.0", "ce-id": "ev-1", "ce-source": "https://src.example/a%20b", "ce-type": "com.example.t",
+			"ce-specversion": "1.0", "ce-id": "msg_0001", "ce-source": "https://src.example/a%20b", "ce-type": "com.example.t",
 			"ce-subject": "50%25%20%22off%22%20caf%C3%A9", "ce-time": "2026-01-02T03:04:05Z", "ce-tenant": "acme",
 			"Postbus-Prop-Region": "eu", "Postbus-Prop-Ce-Id": "", "Postbus-Prop-Ce-Tenant": "", "Postbus-Message-Id": "msg_0001"}},
 		{"event without a time", broker.FormatCloudEvents, "", noTime, map[string]string{
-			"ce-id": "ev-2", "ce-time": "2026-05-06T07:08:09.00000001Z", "ce-subject": ""}},
+			"ce-id": "msg_0001", "ce-time": "2026-05-06T07:08:09.00000001Z", "ce-subject": ""}},
 		{"plain message", broker.FormatCloudEvents, "created", map[string]string{"Region": "eu"}, map[string]string{
 			"ce-specversion": "1.0", "ce-id": "msg_0001", "ce-source": "/topics/orders", "ce-type": "created",
 			"ce-time": "2026-05-06T07:08:09.00000001Z", "ce-subject": "", "Postbus-Prop-Region": "eu"}},

@@ -61,10 +61,10 @@
 //
 // A subscription with format cloudevents (Delivery.Format) also sends the
 // CloudEvents HTTP binding's binary mode (cloudevents.go): ce-specversion
-// 1.0 and the event's ce-id, ce-source, ce-type, ce-time, ce-subject,
-// ce-dataschema and extensions as kept in its ce- properties (those are
-// then not repeated as Postbus-Prop-*), or, for a message published
-// without CloudEvents, ce-id = message id, ce-source = /topics/{topic},
+// 1.0, ce-id = message id (always), and the event's ce-source, ce-type,
+// ce-time, ce-subject, ce-dataschema and extensions as kept in its ce-
+// properties (those are then not repeated as Postbus-Prop-*), or, for a
+// message published without CloudEvents, ce-source = /topics/{topic},
 // ce-type = tag (DefaultCEType without one) and ce-time = born time.
 // Values are percent-encoded as the binding says. The body and the
 // signatures are the same as in format raw. A message whose ce-
