@@ -522,7 +522,10 @@ func (b *Broker) decideLocked(ctx context.Context, t meta.Txn, fresh, commit boo
 		// when it meets it (after a crash, on the replay), in its own
 		// batched write, so a commit costs one append. Until then the
 		// row is read through this entry.
-		t.State, t.QueueID, t.QueueOffset, t.DecidedAt, t.Reason = meta.TxnCommitted, r.QueueID, r.QueueOffset, b.now(), reason
+		// Decided when its copy was stored: the time dispatch marks the
+		// row with, so every answer says the same (the first said the
+		// clock's reading, to the nanosecond).
+		t.State, t.QueueID, t.QueueOffset, t.DecidedAt, t.Reason = meta.TxnCommitted, r.QueueID, r.QueueOffset, r.storedAt.UTC(), reason
 		b.txnLive.done(t)
 		b.metrics.txn.committed.Inc()
 		return t, nil

@@ -540,3 +540,30 @@ func TestTxnRollbackSurvivesRebuild(t *testing.T) {
 		t.Fatalf("the rolled-back message by id: %+v, %v; want its prepared record", m, err)
 	}
 }
+
+// TestTxnCommitAnswersOneDecisionTime: the first commit's answer names the
+// time its row keeps (attack s8 F1: it named the clock's reading to the
+// nanosecond, a few ms after the time dispatch stored).
+func TestTxnCommitAnswersOneDecisionTime(t *testing.T) {
+	ctx := context.Background()
+	b := txnBroker(t, t.TempDir(), nil, nil)
+	res := prepare(t, b, "orders", msg("once"))
+	first, err := b.Commit(ctx, res.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.waitDispatched(ctx, b.log.Committed()); err != nil {
+		t.Fatal(err)
+	}
+	again, err := b.Commit(ctx, res.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := b.Transaction(ctx, res.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !first.DecidedAt.Equal(again.DecidedAt) || !first.DecidedAt.Equal(got.DecidedAt) {
+		t.Fatalf("decided at %v first, %v on the repeat, %v stored", first.DecidedAt, again.DecidedAt, got.DecidedAt)
+	}
+}

@@ -1739,7 +1739,12 @@ func TestContractAuthTraffic(t *testing.T) {
 		{name: "get transaction/other topic", method: "GET", path: "/v1/transactions/{txn}", header: payments, status: 404,
 			code: broker.CodeTransactionNotFound},
 		unauthorized("commit/no token", "POST", "/v1/transactions/{txn}/commit", nil, ""),
-		{name: "commit/other topic", method: "POST", path: "/v1/transactions/{txn}/commit", header: payments, status: 403,
+		// A token that may not read the transaction is told it is not
+		// found, as GET tells it (attack s8 F13: a 403 named its topic);
+		// one that may read but not publish is refused.
+		{name: "commit/other topic", method: "POST", path: "/v1/transactions/{txn}/commit", header: payments, status: 404,
+			code: broker.CodeTransactionNotFound},
+		{name: "commit/subscriber", method: "POST", path: "/v1/transactions/{txn}/commit", header: subscriber, status: 403,
 			code: codeForbidden, check: refusedWith("", "publish:orders is needed")},
 		unauthorized("rollback/no token", "POST", "/v1/transactions/{txn}/rollback", nil, ""),
 		{name: "rollback/other topic", method: "POST", path: "/v1/transactions/{txn}/rollback", header: subscriber, status: 403,

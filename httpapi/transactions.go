@@ -237,12 +237,14 @@ func (s *Server) transactionFor(w http.ResponseWriter, r *http.Request, publish 
 		return broker.Txn{}, false
 	}
 	if p := principalFrom(r.Context()); p != nil {
-		if publish && !p.scopes.canPublish(t.Topic) {
-			writeProblem(w, r, codeForbidden, "", "the token's scope does not allow this (publish:"+t.Topic+" is needed to decide a transaction of topic "+t.Topic+")")
+		// One the token may not read is not found, for a decision too: a
+		// 403 naming its topic told a stranger it exists.
+		if !p.scopes.canRead(t.Topic) {
+			writeProblem(w, r, broker.CodeTransactionNotFound, "transaction_id", fmt.Sprintf("no transaction %q", chi.URLParam(r, "transaction_id")))
 			return broker.Txn{}, false
 		}
-		if !publish && !p.scopes.canRead(t.Topic) {
-			writeProblem(w, r, broker.CodeTransactionNotFound, "transaction_id", fmt.Sprintf("no transaction %q", chi.URLParam(r, "transaction_id")))
+		if publish && !p.scopes.canPublish(t.Topic) {
+			writeProblem(w, r, codeForbidden, "", "the token's scope does not allow this (publish:"+t.Topic+" is needed to decide a transaction of topic "+t.Topic+")")
 			return broker.Txn{}, false
 		}
 	}
