@@ -8,7 +8,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/go-chi/chi/v5"
 	"github.com/postbus/postbus/broker"
 	"github.com/postbus/postbus/namesrv"
 	"github.com/postbus/postbus/push"
@@ -38,7 +37,7 @@ type ackResult struct {
 // open, and only a token this bus MAC'd settles anything. In a cluster the
 // token names the broker that issued it, and is sent there.
 func (s *Server) handleAckToken(w http.ResponseWriter, r *http.Request) {
-	token := chi.URLParam(r, "token")
+	token := pathParam(r, "token")
 	if len(token) > broker.MaxReceiptLen+65 {
 		writeProblem(w, r, broker.CodeInvalidAckToken, "token", "not an ack token this bus issued")
 		return

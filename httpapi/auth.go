@@ -364,28 +364,28 @@ var (
 	accessAdmin = access{name: "admin", allow: func(p *principal, r *http.Request) bool { return p.scopes.admin }}
 	// accessPublishTopic needs publish on the {topic} of the path.
 	accessPublishTopic = access{name: "publish:{topic}", allow: func(p *principal, r *http.Request) bool {
-		return p.scopes.canPublish(urlParam(r, "topic"))
+		return p.scopes.canPublish(pathParam(r, "topic"))
 	}}
 	// accessReadTopic needs publish or subscribe on the {topic} of the path.
 	accessReadTopic = access{name: "publish|subscribe:{topic}", allow: func(p *principal, r *http.Request) bool {
-		return p.scopes.canRead(urlParam(r, "topic"))
+		return p.scopes.canRead(pathParam(r, "topic"))
 	}}
 	// accessSubscribeTopic needs subscribe on the {topic} of the path:
 	// reading a queue by offset is consuming the topic's stream, which a
 	// producer's publish scope does not give (DESIGN §5: publish reads by
 	// id and key only).
 	accessSubscribeTopic = access{name: "subscribe:{topic}", allow: func(p *principal, r *http.Request) bool {
-		return p.scopes.canSubscribe(urlParam(r, "topic"))
+		return p.scopes.canSubscribe(pathParam(r, "topic"))
 	}}
 	// accessConsumeGroup needs consume on the {group} of the path.
 	accessConsumeGroup = access{name: "consume:{group}", allow: func(p *principal, r *http.Request) bool {
-		return p.scopes.canConsume(urlParam(r, "group"))
+		return p.scopes.canConsume(pathParam(r, "group"))
 	}}
 	// accessPullTopic needs consume on the {group} and subscribe on the
 	// {topic} of the path: a pull reads the topic as the group (and a first
 	// pull subscribes the group to it).
 	accessPullTopic = access{name: "consume:{group} subscribe:{topic}", allow: func(p *principal, r *http.Request) bool {
-		return p.scopes.canConsume(urlParam(r, "group")) && p.scopes.canSubscribe(urlParam(r, "topic"))
+		return p.scopes.canConsume(pathParam(r, "group")) && p.scopes.canSubscribe(pathParam(r, "topic"))
 	}}
 	// accessAnyToken lets any valid token in; the handler narrows what it
 	// shows to the token's scopes (a list, a message whose topic is only

@@ -15,7 +15,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/go-chi/chi/v5"
 	"github.com/postbus/postbus/broker"
 	"github.com/postbus/postbus/namesrv"
 )
@@ -109,7 +108,7 @@ type pulledPage struct {
 // passed (it was hung) pulls nothing: a message leased for a puller that
 // is gone would count an attempt nobody received.
 func (s *Server) pullEverywhere(w http.ResponseWriter, r *http.Request, max int, wait, vis time.Duration) bool {
-	topic := chi.URLParam(r, "topic")
+	topic := pathParam(r, "topic")
 	local, _ := s.broker.Queues(topic)
 	all, err := s.cluster.route(r.Context(), topic, local)
 	if err != nil && len(all) == 0 {
@@ -272,7 +271,7 @@ func (s *Server) handBack(r *http.Request, extra []json.RawMessage) {
 	body, _ := json.Marshal(map[string]any{"receipts": receipts, "delay": "0s"})
 	nack := r.Clone(context.WithoutCancel(r.Context()))
 	nack.Method = http.MethodPost
-	path := "/v1/groups/" + url.PathEscape(chi.URLParam(r, "group")) + "/nack"
+	path := "/v1/groups/" + url.PathEscape(pathParam(r, "group")) + "/nack"
 	for _, a := range s.settleEverywhere(nack, path, receipts, body, s.handleNack) {
 		if !a.ok() {
 			s.cluster.logger.Warn("handing back extra pulled messages failed; they return after their visibility", "broker", describe(a))
@@ -321,7 +320,7 @@ func (s *Server) settleEverywhere(r *http.Request, path string, receipts []strin
 		if _, live := addrs[name]; live || (name != "" && name != s.cluster.self && (gone == nil || slices.Contains(gone, name))) {
 			continue
 		}
-		if err := s.broker.CheckReceipt(chi.URLParam(r, "group"), rc, fmt.Sprintf("receipts[%d]", i)); err != nil {
+		if err := s.broker.CheckReceipt(pathParam(r, "group"), rc, fmt.Sprintf("receipts[%d]", i)); err != nil {
 			rec := &recorder{header: make(http.Header)}
 			s.writeError(rec, r, err)
 			return []answer{{peer: peer{name: s.cluster.self}, status: rec.status, header: rec.header, body: rec.buf.Bytes()}}
@@ -446,7 +445,7 @@ func (s *Server) settle(w http.ResponseWriter, r *http.Request, receipts []strin
 // costs a refused connection, or one hop's deadline, as a merged GET of
 // the topic does.
 func (s *Server) messagesByKeyEverywhere(w http.ResponseWriter, r *http.Request) bool {
-	topic := chi.URLParam(r, "topic")
+	topic := pathParam(r, "topic")
 	local, _ := s.broker.Queues(topic)
 	holders := s.cluster.holders(r.Context(), topic, local)
 	if len(holders) == 0 || (len(holders) == 1 && holders[0].local()) {

@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/go-chi/chi/v5"
 	"github.com/postbus/postbus/broker"
 )
 
@@ -100,7 +99,7 @@ func (s *Server) handleGetGroup(w http.ResponseWriter, r *http.Request) {
 		s.getGroupEverywhere(w, r)
 		return
 	}
-	g, err := s.broker.Group(r.Context(), chi.URLParam(r, "group"))
+	g, err := s.broker.Group(r.Context(), pathParam(r, "group"))
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -145,7 +144,7 @@ func (s *Server) handleResetOffsets(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, broker.CodeInvalidReset, field, `give the topic and where to move to: {"topic":"orders","to":"earliest"|"latest"|"2026-01-02T15:04:05Z"}`)
 		return
 	}
-	group := chi.URLParam(r, "group")
+	group := pathParam(r, "group")
 	if err := s.broker.ResetOffsets(r.Context(), group, req.Topic, req.To); err != nil {
 		s.writeError(w, r, err)
 		return
@@ -186,7 +185,7 @@ func (s *Server) handleListDeadLetters(w http.ResponseWriter, r *http.Request) {
 		}
 		after = n
 	}
-	dls, err := s.broker.DeadLetters(r.Context(), chi.URLParam(r, "group"), after, int(limit)+1)
+	dls, err := s.broker.DeadLetters(r.Context(), pathParam(r, "group"), after, int(limit)+1)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -238,7 +237,7 @@ func (s *Server) handleRedrive(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	start := time.Now()
-	n, err := s.broker.Redrive(r.Context(), chi.URLParam(r, "group"), req.MsgIDs, req.All, req.Rate)
+	n, err := s.broker.Redrive(r.Context(), pathParam(r, "group"), req.MsgIDs, req.All, req.Rate)
 	if errors.Is(err, broker.ErrRedriveRate) {
 		writeProblem(w, r, codeInvalidParameter, "rate_per_second", err.Error())
 		return
@@ -258,7 +257,7 @@ func (s *Server) handlePurgeDeadLetters(w http.ResponseWriter, r *http.Request) 
 		s.sumEverywhere(w, r, "purged", s.handlePurgeDeadLetters)
 		return
 	}
-	n, err := s.broker.PurgeDeadLetters(r.Context(), chi.URLParam(r, "group"))
+	n, err := s.broker.PurgeDeadLetters(r.Context(), pathParam(r, "group"))
 	if err != nil {
 		s.writeError(w, r, err)
 		return

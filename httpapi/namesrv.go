@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 
-	"github.com/go-chi/chi/v5"
 	"github.com/postbus/postbus/broker"
 	"github.com/postbus/postbus/namesrv"
 )
@@ -46,7 +45,7 @@ func (s *Server) handlePatchBroker(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, perr)
 		return
 	}
-	switch err := s.registry.Patch(req.BrokerInfo(chi.URLParam(r, "name")), req.Removed); {
+	switch err := s.registry.Patch(req.BrokerInfo(pathParam(r, "name")), req.Removed); {
 	case errors.Is(err, namesrv.ErrNotRegistered):
 		writeProblem(w, r, codeBrokerNotFound, "name", err.Error())
 		return
@@ -61,7 +60,7 @@ func (s *Server) handlePatchBroker(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleUnregisterBroker(w http.ResponseWriter, r *http.Request) {
-	if !s.registry.Unregister(chi.URLParam(r, "name")) {
+	if !s.registry.Unregister(pathParam(r, "name")) {
 		writeProblem(w, r, codeBrokerNotFound, "name", "no broker of that name is registered")
 		return
 	}
@@ -69,7 +68,7 @@ func (s *Server) handleUnregisterBroker(w http.ResponseWriter, r *http.Request) 
 }
 
 func (s *Server) handleRoute(w http.ResponseWriter, r *http.Request) {
-	topic := chi.URLParam(r, "topic")
+	topic := pathParam(r, "topic")
 	// System topics (%RETRY%..., %DLQ%...) are registered like any other.
 	if !namesrv.ValidTopicName(topic) {
 		writeProblem(w, r, broker.CodeInvalidTopic, "topic", fmt.Sprintf("%q is not a topic name: 1-127 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit, or a system topic such as %%DLQ%%group", topic))

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/go-chi/chi/v5"
 	"github.com/postbus/postbus/broker"
 )
 
@@ -291,7 +290,7 @@ func firstCEHeader(h http.Header) string {
 }
 
 func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
-	topic := chi.URLParam(r, "topic")
+	topic := pathParam(r, "topic")
 	m, err := parsePublishHeaders(r.Header)
 	var th txnHeaders
 	if err == nil {
@@ -488,7 +487,7 @@ func isJSON(ct string) bool {
 }
 
 func (s *Server) handlePublishBatch(w http.ResponseWriter, r *http.Request) {
-	topic := chi.URLParam(r, "topic")
+	topic := pathParam(r, "topic")
 	if err := unknownPostbusHeader(r.Header, batchHeaders, false); err != nil {
 		he := err.(*headerError)
 		writeProblem(w, r, codeInvalidHeader, he.header, he.Error())

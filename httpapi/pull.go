@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/go-chi/chi/v5"
 	"github.com/postbus/postbus/broker"
 )
 
@@ -83,7 +82,7 @@ func (s *Server) pull(w http.ResponseWriter, r *http.Request, max int, wait, vis
 	if !s.coordinating(r) && s.forwardExpired(w, r) {
 		return false
 	}
-	group, topic := chi.URLParam(r, "group"), chi.URLParam(r, "topic")
+	group, topic := pathParam(r, "group"), pathParam(r, "topic")
 	if wait > 0 && s.parkable(r) {
 		// A look without waiting first: a pull that finds messages
 		// answers on its connection as usual, one that must wait parks.
@@ -173,7 +172,7 @@ func (s *Server) handleAck(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, perr)
 		return
 	}
-	if field, detail, ok := badReceipt(chi.URLParam(r, "group"), req.Receipts); !ok {
+	if field, detail, ok := badReceipt(pathParam(r, "group"), req.Receipts); !ok {
 		writeProblem(w, r, broker.CodeInvalidReceipt, field, detail)
 		return
 	}
@@ -182,7 +181,7 @@ func (s *Server) handleAck(w http.ResponseWriter, r *http.Request) {
 		s.settle(w, r, req.Receipts, body, s.handleAck)
 		return
 	}
-	res, err := s.broker.AckEach(r.Context(), chi.URLParam(r, "group"), req.Receipts)
+	res, err := s.broker.AckEach(r.Context(), pathParam(r, "group"), req.Receipts)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -208,7 +207,7 @@ func (s *Server) handleNack(w http.ResponseWriter, r *http.Request) {
 		}
 		delay = d
 	}
-	if field, detail, ok := badReceipt(chi.URLParam(r, "group"), req.Receipts); !ok {
+	if field, detail, ok := badReceipt(pathParam(r, "group"), req.Receipts); !ok {
 		writeProblem(w, r, broker.CodeInvalidReceipt, field, detail)
 		return
 	}
@@ -217,7 +216,7 @@ func (s *Server) handleNack(w http.ResponseWriter, r *http.Request) {
 		s.settle(w, r, req.Receipts, body, s.handleNack)
 		return
 	}
-	res, err := s.broker.NackEach(r.Context(), chi.URLParam(r, "group"), req.Receipts, delay)
+	res, err := s.broker.NackEach(r.Context(), pathParam(r, "group"), req.Receipts, delay)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -245,7 +244,7 @@ func (s *Server) handleVisibility(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, broker.CodeInvalidVisibility, "visibility", fmt.Sprintf("%q is not a duration like 60s", *req.Visibility))
 		return
 	}
-	if field, detail, ok := badReceipt(chi.URLParam(r, "group"), req.Receipts); !ok {
+	if field, detail, ok := badReceipt(pathParam(r, "group"), req.Receipts); !ok {
 		writeProblem(w, r, broker.CodeInvalidReceipt, field, detail)
 		return
 	}
@@ -254,7 +253,7 @@ func (s *Server) handleVisibility(w http.ResponseWriter, r *http.Request) {
 		s.settle(w, r, req.Receipts, body, s.handleVisibility)
 		return
 	}
-	res, err := s.broker.ChangeVisibility(r.Context(), chi.URLParam(r, "group"), req.Receipts, vis)
+	res, err := s.broker.ChangeVisibility(r.Context(), pathParam(r, "group"), req.Receipts, vis)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -263,7 +262,7 @@ func (s *Server) handleVisibility(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleReadQueue(w http.ResponseWriter, r *http.Request) {
-	queue, err := strconv.Atoi(chi.URLParam(r, "queue"))
+	queue, err := strconv.Atoi(pathParam(r, "queue"))
 	if err != nil || queue < 0 {
 		writeProblem(w, r, codeInvalidParameter, "queue", "the queue is a number from 0")
 		return
@@ -286,7 +285,7 @@ func (s *Server) handleReadQueue(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, perr)
 		return
 	}
-	topic := chi.URLParam(r, "topic")
+	topic := pathParam(r, "topic")
 	if err := broker.ValidateTopicName(topic); err != nil {
 		s.writeError(w, r, err)
 		return

@@ -6,7 +6,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/go-chi/chi/v5"
 	"github.com/postbus/postbus/broker"
 )
 
@@ -55,7 +54,7 @@ func encodeBody(b []byte) (string, string) { return broker.EncodeBody(b) }
 // message finds a message the request may read: one of a topic outside the
 // token's scope is answered as not found, so a token learns nothing of it.
 func (s *Server) message(w http.ResponseWriter, r *http.Request) *broker.Message {
-	id := chi.URLParam(r, "msg_id")
+	id := pathParam(r, "msg_id")
 	m, err := s.broker.Message(r.Context(), id)
 	if err == nil && !mayRead(r, m.Topic) {
 		err = &broker.Error{Code: broker.CodeMessageNotFound, Field: "msg_id", Err: broker.ErrMessageNotFound, Detail: fmt.Sprintf("no message with id %q (it may have expired)", id)}
@@ -149,7 +148,7 @@ func (s *Server) handleMessagesByKey(w http.ResponseWriter, r *http.Request) {
 		}
 		before = n
 	}
-	msgs, next, err := s.broker.MessagesByKey(r.Context(), chi.URLParam(r, "topic"), key, before, int(limit))
+	msgs, next, err := s.broker.MessagesByKey(r.Context(), pathParam(r, "topic"), key, before, int(limit))
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -304,7 +304,7 @@ func (f *Front) remove(w http.ResponseWriter, r *http.Request) {
 	if !f.leaderOnly(w, r) {
 		return
 	}
-	f.change(w, r, f.cfg.Replicas.Remove(chi.URLParam(r, "id")))
+	f.change(w, r, f.cfg.Replicas.Remove(pathParam(r, "id")))
 }
 
 func (f *Front) change(w http.ResponseWriter, r *http.Request, err error) {

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/go-chi/chi/v5"
@@ -152,4 +153,20 @@ func (s *Server) refusedCheck(next http.Handler) http.Handler {
 	})
 }
 
-func urlParam(r *http.Request, name string) string { return chi.URLParam(r, name) }
+// pathParam is the path parameter name of r, percent-decoded. The router
+// matches the escaped path (an escaped '/' stays inside one segment) and
+// hands the parameter over still escaped; a client may escape any
+// character, as Java's URLEncoder does the '~' of every transaction id and
+// ack token, and RFC 3986 (6.2.2.2) makes an escaped unreserved character
+// the character itself. Access checks and handlers read the same value.
+// A malformed escape is left as sent, for the name's check to refuse.
+func pathParam(r *http.Request, name string) string {
+	v := r.PathValue(name)
+	if !strings.Contains(v, "%") {
+		return v
+	}
+	if u, err := url.PathUnescape(v); err == nil {
+		return u
+	}
+	return v
+}

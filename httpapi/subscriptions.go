@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/go-chi/chi/v5"
 	"github.com/postbus/postbus/broker"
 	"github.com/postbus/postbus/namesrv"
 )
@@ -473,7 +472,7 @@ func (s *Server) handleCreateSubscription(w http.ResponseWriter, r *http.Request
 // subscription loads the path's subscription if the token may see it:
 // one of a group outside its scope is answered as not found.
 func (s *Server) subscription(w http.ResponseWriter, r *http.Request) (broker.Subscription, bool) {
-	id := chi.URLParam(r, "id")
+	id := pathParam(r, "id")
 	sub, err := s.broker.Subscription(r.Context(), id)
 	if err == nil {
 		if p := principalFrom(r.Context()); p != nil && !p.scopes.canConsume(sub.Group) {

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/go-chi/chi/v5"
 	"github.com/postbus/postbus/broker"
 )
 
@@ -105,7 +104,7 @@ func (s *Server) handlePutTopic(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if s.coordinating(r) {
-		s.putTopicEverywhere(w, r, chi.URLParam(r, "topic"), req)
+		s.putTopicEverywhere(w, r, pathParam(r, "topic"), req)
 		return
 	}
 	if req.Brokers != nil && s.cluster == nil && !req.Brokers.all {
@@ -128,8 +127,8 @@ func (s *Server) handlePutTopic(w http.ResponseWriter, r *http.Request) {
 		}
 		settings.Retention = &d
 	}
-	had, _ := s.broker.Queues(chi.URLParam(r, "topic"))
-	nt, created, err := s.broker.PutTopic(r.Context(), chi.URLParam(r, "topic"), settings)
+	had, _ := s.broker.Queues(pathParam(r, "topic"))
+	nt, created, err := s.broker.PutTopic(r.Context(), pathParam(r, "topic"), settings)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -170,16 +169,16 @@ func (s *Server) registerTopics(r *http.Request) {
 	defer cancel()
 	if err := s.cluster.names.Sync(ctx); err != nil {
 		s.cluster.logger.Warn("the name servers have not yet heard of the topic change; the next heartbeat tells them",
-			slog.String("topic", chi.URLParam(r, "topic")), slog.Any("err", err))
+			slog.String("topic", pathParam(r, "topic")), slog.Any("err", err))
 	}
 }
 
 func (s *Server) handleGetTopic(w http.ResponseWriter, r *http.Request) {
 	if s.coordinating(r) {
-		s.getTopicEverywhere(w, r, chi.URLParam(r, "topic"))
+		s.getTopicEverywhere(w, r, pathParam(r, "topic"))
 		return
 	}
-	st, err := s.broker.Topic(r.Context(), chi.URLParam(r, "topic"))
+	st, err := s.broker.Topic(r.Context(), pathParam(r, "topic"))
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -232,15 +231,15 @@ func (s *Server) handleDeleteTopic(w http.ResponseWriter, r *http.Request) {
 		v := s.broker.NextVersion()
 		r.Header.Set(hdrTopicVersion, v.String())
 		r = r.WithContext(broker.WithVersion(r.Context(), v))
-		s.onHolders(w, r, chi.URLParam(r, "topic"), s.handleDeleteTopic)
-		s.cluster.names.Forget(chi.URLParam(r, "topic"))
+		s.onHolders(w, r, pathParam(r, "topic"), s.handleDeleteTopic)
+		s.cluster.names.Forget(pathParam(r, "topic"))
 		return
 	}
 	r, ok := s.takeVersionOf(w, r, hdrTopicVersion)
 	if !ok {
 		return
 	}
-	if err := s.broker.DeleteTopic(r.Context(), chi.URLParam(r, "topic")); err != nil {
+	if err := s.broker.DeleteTopic(r.Context(), pathParam(r, "topic")); err != nil {
 		s.writeError(w, r, err)
 		return
 	}

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/go-chi/chi/v5"
 	"github.com/postbus/postbus/broker"
 	"github.com/postbus/postbus/namesrv"
 )
@@ -182,7 +181,7 @@ func (s *Server) forwardTransaction(w http.ResponseWriter, r *http.Request, loca
 	if gone, ok := s.cluster.names.Gone(); ok && !slices.Contains(gone, name) {
 		// No name server has heard of the broker lately, live or gone:
 		// waiting for it would be waiting for ever.
-		writeProblem(w, r, broker.CodeTransactionNotFound, "transaction_id", fmt.Sprintf("transaction %q names broker %s, which no name server knows, live or lately gone", chi.URLParam(r, "transaction_id"), name))
+		writeProblem(w, r, broker.CodeTransactionNotFound, "transaction_id", fmt.Sprintf("transaction %q names broker %s, which no name server knows, live or lately gone", pathParam(r, "transaction_id"), name))
 		return true
 	}
 	w.Header().Set("Retry-After", "5")
@@ -195,7 +194,7 @@ func (s *Server) forwardTransaction(w http.ResponseWriter, r *http.Request, loca
 // one no broker hands out (an empty or invalid broker name before the ~, a
 // message id that is not one), the same for every malformed id.
 func txnIDParts(w http.ResponseWriter, r *http.Request) (name, msgID string, ok bool) {
-	id := chi.URLParam(r, "transaction_id")
+	id := pathParam(r, "transaction_id")
 	name, msgID, named := strings.Cut(id, "~")
 	if !named {
 		name, msgID = "", id
@@ -211,7 +210,7 @@ func txnIDParts(w http.ResponseWriter, r *http.Request) (name, msgID string, ok 
 // localTxnID is the message id of a transaction id this broker holds, or a
 // problem written.
 func (s *Server) localTxnID(w http.ResponseWriter, r *http.Request) (string, bool) {
-	id := chi.URLParam(r, "transaction_id")
+	id := pathParam(r, "transaction_id")
 	name, msgID, ok := txnIDParts(w, r)
 	if !ok {
 		return "", false
@@ -240,7 +239,7 @@ func (s *Server) transactionFor(w http.ResponseWriter, r *http.Request, publish 
 		// One the token may not read is not found, for a decision too: a
 		// 403 naming its topic told a stranger it exists.
 		if !p.scopes.canRead(t.Topic) {
-			writeProblem(w, r, broker.CodeTransactionNotFound, "transaction_id", fmt.Sprintf("no transaction %q", chi.URLParam(r, "transaction_id")))
+			writeProblem(w, r, broker.CodeTransactionNotFound, "transaction_id", fmt.Sprintf("no transaction %q", pathParam(r, "transaction_id")))
 			return broker.Txn{}, false
 		}
 		if publish && !p.scopes.canPublish(t.Topic) {
@@ -381,7 +380,7 @@ func (s *Server) handlePutProducerGroup(w http.ResponseWriter, r *http.Request) 
 		s.writeError(w, r, perr)
 		return
 	}
-	name := chi.URLParam(r, "group")
+	name := pathParam(r, "group")
 	if req.CheckURL == "" {
 		writeProblem(w, r, broker.CodeInvalidProducerGroup, "check_url", "a producer group needs its check_url, the endpoint asked about its undecided transactions")
 		return
@@ -420,7 +419,7 @@ func (s *Server) handlePutProducerGroup(w http.ResponseWriter, r *http.Request) 
 }
 
 func (s *Server) handleGetProducerGroup(w http.ResponseWriter, r *http.Request) {
-	g, err := s.broker.ProducerGroup(r.Context(), chi.URLParam(r, "group"))
+	g, err := s.broker.ProducerGroup(r.Context(), pathParam(r, "group"))
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -445,7 +444,7 @@ func (s *Server) handleRotateProducerGroupSecret(w http.ResponseWriter, r *http.
 		s.everywhereBody(w, r, body, s.handleRotateProducerGroupSecret)
 		return
 	}
-	g, err := s.broker.RotateProducerGroupSecret(r.Context(), chi.URLParam(r, "group"), req.Secret)
+	g, err := s.broker.RotateProducerGroupSecret(r.Context(), pathParam(r, "group"), req.Secret)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

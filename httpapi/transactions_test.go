@@ -257,3 +257,43 @@ func mustFilter(tb testing.TB, expr string) broker.Filter {
 	}
 	return f
 }
+
+// escapeEvery percent-encodes every byte of s, as a client may.
+func escapeEvery(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		fmt.Fprintf(&b, "%%%02X", s[i])
+	}
+	return b.String()
+}
+
+// TestPathParamsPercentDecoded (attack s8 F15): a path parameter sent
+// percent-encoded is the same parameter decoded, as RFC 3986 says: a
+// transaction id whose '~' Java's URLEncoder sends as %7E was refused as
+// "not a transaction id", and a topic escaped was taken by its escaped
+// name.
+func TestPathParamsPercentDecoded(t *testing.T) {
+	srv, _ := txnServer(t)
+	resp, body := do(t, "PUT", srv.URL+"/v1/producer-groups/orders-svc", map[string]string{"Content-Type": "application/json"},
+		strings.NewReader(`{"check_url":"https://example.com/txn-check"}`))
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("put producer group: %d %s", resp.StatusCode, body)
+	}
+	resp, body = do(t, "POST", srv.URL+"/v1/topics/"+escapeEvery("orders-x")+"/messages", map[string]string{
+		"Postbus-Transaction": "prepare", "Postbus-Producer-Group": "orders-svc"}, strings.NewReader(`{"id":1}`))
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("prepare on an escaped topic name: %d %s", resp.StatusCode, body)
+	}
+	id, _ := jsonOf(t, body)["transaction_id"].(string)
+	if resp, body := do(t, "GET", srv.URL+"/v1/topics/orders-x", nil, nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("the topic under its own name: %d %s", resp.StatusCode, body)
+	}
+	resp, body = do(t, "GET", srv.URL+"/v1/transactions/"+escapeEvery(id), nil, nil)
+	if resp.StatusCode != http.StatusOK || jsonOf(t, body)["state"] != "PREPARED" {
+		t.Fatalf("get the transaction by its escaped id: %d %s", resp.StatusCode, body)
+	}
+	resp, body = do(t, "POST", srv.URL+"/v1/transactions/"+escapeEvery(id)+"/commit", nil, nil)
+	if resp.StatusCode != http.StatusOK || jsonOf(t, body)["state"] != "COMMITTED" {
+		t.Fatalf("commit by the escaped id: %d %s", resp.StatusCode, body)
+	}
+}
