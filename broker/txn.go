@@ -1073,6 +1073,9 @@ func (b *Broker) PutProducerGroup(ctx context.Context, name, checkURL, secret st
 	case err != nil:
 		return ProducerGroup{}, false, err
 	}
+	if created || old.CheckURL != checkURL {
+		old.UpdatedAt = b.now() // it kept its first time through every change
+	}
 	old.CheckURL = checkURL
 	mg, err := b.meta.PutProducerGroup(ctx, old)
 	if err != nil {
@@ -1116,7 +1119,7 @@ func (b *Broker) RotateProducerGroupSecret(ctx context.Context, name, secret str
 			"%d earlier secrets still sign beside the current one (each for %s after its rotation); at most %d: wait until %s for the oldest to expire",
 			len(prev)-1, SecretOverlap, MaxPreviousSecrets, prev[len(prev)-1].Until.UTC().Format(time.RFC3339))
 	}
-	g.Secret, g.PreviousSecrets = secret, prev
+	g.Secret, g.PreviousSecrets, g.UpdatedAt = secret, prev, now
 	mg, err := b.meta.PutProducerGroup(ctx, g)
 	if err != nil {
 		return ProducerGroup{}, err

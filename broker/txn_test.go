@@ -567,3 +567,36 @@ func TestTxnCommitAnswersOneDecisionTime(t *testing.T) {
 		t.Fatalf("decided at %v first, %v on the repeat, %v stored", first.DecidedAt, again.DecidedAt, got.DecidedAt)
 	}
 }
+
+// TestProducerGroupUpdatedAt (attack s8 F6): a change of a producer
+// group's check_url or secret moves its updated_at; a PUT that changes
+// nothing keeps it. It stayed at the creation time through every change.
+func TestProducerGroupUpdatedAt(t *testing.T) {
+	ctx := context.Background()
+	clock := newFakeClock()
+	b := txnBroker(t, t.TempDir(), clock, nil)
+	first, _, err := b.PutProducerGroup(ctx, "pg", "https://a.example/check", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock.advance(time.Second)
+	same, _, err := b.PutProducerGroup(ctx, "pg", "https://a.example/check", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock.advance(time.Second)
+	moved, _, err := b.PutProducerGroup(ctx, "pg", "https://b.example/check", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock.advance(time.Second)
+	rotated, err := b.RotateProducerGroupSecret(ctx, "pg", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !same.UpdatedAt.Equal(first.UpdatedAt) || !moved.UpdatedAt.Equal(first.UpdatedAt.Add(2*time.Second)) ||
+		!rotated.UpdatedAt.Equal(first.UpdatedAt.Add(3*time.Second)) || !rotated.CreatedAt.Equal(first.CreatedAt) {
+		t.Fatalf("updated_at: created %v, unchanged PUT %v, new check_url %v, rotated %v (created_at %v)",
+			first.UpdatedAt, same.UpdatedAt, moved.UpdatedAt, rotated.UpdatedAt, rotated.CreatedAt)
+	}
+}
