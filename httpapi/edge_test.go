@@ -657,7 +657,7 @@ func TestClusterFanOutBodyInBudget(t *testing.T) {
 		return got == maxBatchRequestBytes, fmt.Sprintf("%d bytes reserved", got)
 	})
 	body := `{"all":true}` + strings.Repeat(" ", 256<<10)
-	resp, data := do(t, "POST", srv.URL+"/v1/groups/g/dlq/redrive", map[string]string{"Content-Type": "application/json"}, strings.NewReader(body))
+	resp, data := do(t, "POST", srv.URL+"/v1/groups/g/dlq/redrive", map[string]string{"Content-Type": "application/json", "Expect": "100-continue"}, strings.NewReader(body))
 	if resp.StatusCode != http.StatusServiceUnavailable || codeOf(data) != string(codeServerBusy) || resp.Header.Get("Retry-After") != "1" {
 		t.Fatalf("fan-out with the bound taken: %d %s (Retry-After %q), want 503 server_busy", resp.StatusCode, data, resp.Header.Get("Retry-After"))
 	}
