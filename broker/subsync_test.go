@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -224,9 +225,12 @@ func TestSubscriptionRecordMerge(t *testing.T) {
 // stored record does not replace it.
 func TestSubscriptionChangesVersioned(t *testing.T) {
 	now := time.Now().Truncate(time.Millisecond)
-	clock := now
+	// The broker's background loops read the clock too: it moves
+	// atomically.
+	var clock atomic.Pointer[time.Time]
+	clock.Store(&now)
 	cfg := testConfig(t, t.TempDir())
-	cfg.Now = func() time.Time { return clock }
+	cfg.Now = func() time.Time { return *clock.Load() }
 	cfg.TombstoneTTL = time.Hour
 	b := openBroker(t, cfg)
 	b.SetName("broker-x")
@@ -284,7 +288,8 @@ func TestSubscriptionChangesVersioned(t *testing.T) {
 		t.Fatalf("after the delete: %s, records %+v; want one tombstone above %s", state, recs["orders"], given)
 	}
 	// Past the lifetime the tombstone is no longer sent, and purged.
-	clock = now.Add(2 * time.Hour)
+	later := now.Add(2 * time.Hour)
+	clock.Store(&later)
 	if recs, _ := b.SubscriptionRecords(ctx, []string{"orders"}); len(recs["orders"]) != 0 {
 		t.Errorf("an expired tombstone is still sent: %+v", recs["orders"])
 	}
