@@ -12,6 +12,7 @@ import (
 
 	"github.com/postbus/postbus/broker/commitlog"
 	"github.com/postbus/postbus/broker/consumequeue"
+	"github.com/postbus/postbus/broker/meta"
 )
 
 // diskCheckInterval is how often disk use is measured; statfs is cheap and
@@ -105,6 +106,17 @@ func (b *Broker) dropOldest(used float64) (int, error) {
 		if len(segs) < 2 || segs[0].End > b.dispatched.Load() {
 			break
 		}
+		// A prepared, undecided transaction's record is kept even here:
+		// its producer was told it is stored, and its commit needs the
+		// body. It waits at most its transaction's lifetime.
+		floor, held, err := b.preparedFloor(context.Background())
+		if err != nil {
+			return dropped, err
+		}
+		if held && segs[0].End > floor {
+			b.noteHeld(floor, "disk over the clean watermark: the oldest segment holds an undecided prepared transaction; keeping it")
+			break
+		}
 		// Acknowledged messages go before their retention: by design (a
 		// full disk would stop every publish), but never quietly.
 		msgs := b.queuedIn(segs[0].Base, segs[0].End)
@@ -116,7 +128,6 @@ func (b *Broker) dropOldest(used float64) (int, error) {
 		}
 		b.metrics.cleaned(msgs, segs[0].End-segs[0].Base)
 		dropped++
-		var err error
 		if used, err = DiskUsage(b.cfg.Dir); err != nil {
 			return dropped, err
 		}
@@ -206,7 +217,52 @@ func (b *Broker) applyRetention() error {
 	if drop < 0 {
 		return nil
 	}
+	// The segments holding a prepared, undecided transaction's record, and
+	// those after it, are kept until it is decided (attack s8 F10).
+	floor, held, err := b.preparedFloor(context.Background())
+	if err != nil {
+		return err
+	}
+	if held && drop > floor {
+		keep := int64(-1)
+		for _, sg := range segs {
+			if sg.End > floor {
+				break
+			}
+			keep = sg.End
+		}
+		b.noteHeld(floor, "retention: keeping the segments from an undecided prepared transaction's record on")
+		if drop = keep; drop < 0 {
+			return nil
+		}
+	}
 	return b.dropBefore(drop)
+}
+
+// preparedFloor is the log offset of the oldest prepared record whose
+// transaction is undecided; held is false when there is none. Its rows are
+// stored before dispatch moves past it, and retention deletes nothing
+// dispatch has not passed, so the rows tell all that retention could reach.
+// A transaction is decided at the latest when its timeout and checks run
+// out, so what it keeps is bounded.
+func (b *Broker) preparedFloor(ctx context.Context) (floor int64, held bool, err error) {
+	ts, err := b.meta.Txns(ctx, meta.TxnPrepared, -1, 1)
+	if err != nil {
+		return 0, false, fmt.Errorf("find undecided transactions before deleting segments: %w", err)
+	}
+	if len(ts) == 0 {
+		return 0, false, nil
+	}
+	return ts[0].LogOffset, true, nil
+}
+
+// noteHeld logs, once per record, that a prepared record holds segments
+// retention or the disk watermark would delete.
+func (b *Broker) noteHeld(floor int64, msg string) {
+	if b.retentionHeldAt.Swap(floor+1) == floor+1 {
+		return
+	}
+	b.logger.Warn(msg, slog.Int64("offset", floor))
 }
 
 // firstReadable reads the first record in [off, end) that is not damaged,
