@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/postbus/postbus/broker/commitlog"
@@ -76,7 +77,9 @@ func (b *Broker) checkDisk() {
 		b.logger.Error("disk check failed", slog.Any("err", err))
 		return
 	}
-	if used > b.cfg.DiskCleanRatio {
+	if used <= b.cfg.DiskCleanRatio {
+		b.metrics.held(heldByDiskClean, 0)
+	} else {
 		if n, err := b.dropOldest(used); err != nil {
 			b.logger.Error("cleaning the oldest segments failed", slog.Any("err", err))
 		} else if n > 0 {
@@ -114,7 +117,8 @@ func (b *Broker) dropOldest(used float64) (int, error) {
 			return dropped, err
 		}
 		if held && segs[0].End > floor {
-			b.noteHeld(floor, "disk over the clean watermark: the oldest segment holds an undecided prepared transaction; keeping it")
+			b.metrics.held(heldByDiskClean, segs[len(segs)-1].Base-segs[0].Base)
+			b.noteHeld(&b.diskCleanHeldAt, floor, slog.LevelError, "disk over the clean watermark: the oldest segment holds an undecided prepared transaction; keeping it and every later one until it is decided")
 			break
 		}
 		// Acknowledged messages go before their retention: by design (a
@@ -215,6 +219,7 @@ func (b *Broker) applyRetention() error {
 		drop = segs[i].End
 	}
 	if drop < 0 {
+		b.metrics.held(heldByRetention, 0)
 		return nil
 	}
 	// The segments holding a prepared, undecided transaction's record, and
@@ -231,10 +236,13 @@ func (b *Broker) applyRetention() error {
 			}
 			keep = sg.End
 		}
-		b.noteHeld(floor, "retention: keeping the segments from an undecided prepared transaction's record on")
+		b.metrics.held(heldByRetention, drop-max(keep, b.log.MinOffset()))
+		b.noteHeld(&b.retentionHeldAt, floor, slog.LevelWarn, "retention: keeping the segments from an undecided prepared transaction's record on until it is decided")
 		if drop = keep; drop < 0 {
 			return nil
 		}
+	} else {
+		b.metrics.held(heldByRetention, 0)
 	}
 	return b.dropBefore(drop)
 }
@@ -256,14 +264,21 @@ func (b *Broker) preparedFloor(ctx context.Context) (floor int64, held bool, err
 	return ts[0].LogOffset, true, nil
 }
 
-// noteHeld logs, once per record, that a prepared record holds segments
-// retention or the disk watermark would delete.
-func (b *Broker) noteHeld(floor int64, msg string) {
-	if b.retentionHeldAt.Swap(floor+1) == floor+1 {
+// noteHeld logs, once per record and path (last holds 1 + the offset it
+// logged last), that a prepared record holds segments retention or the
+// disk watermark would delete.
+func (b *Broker) noteHeld(last *atomic.Int64, floor int64, level slog.Level, msg string) {
+	if last.Swap(floor+1) == floor+1 {
 		return
 	}
-	b.logger.Warn(msg, slog.Int64("offset", floor))
+	b.logger.Log(context.Background(), level, msg, slog.Int64("offset", floor))
 }
+
+// The label values of postbus_retention_held_bytes.
+const (
+	heldByRetention = "retention"
+	heldByDiskClean = "disk_clean"
+)
 
 // firstReadable reads the first record in [off, end) that is not damaged,
 // or nil when there is none: retention dates a segment by it, and a damaged

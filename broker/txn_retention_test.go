@@ -5,7 +5,32 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
+
+// gaugeValue is the value of the gauge name whose label is value, or -1
+// when it has none.
+func gaugeValue(tb testing.TB, reg *prometheus.Registry, name, label, value string) float64 {
+	tb.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == label && lp.GetValue() == value {
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	return -1
+}
 
 // TestPreparedRecordOutlivesRetention: neither retention nor the disk's
 // clean watermark deletes the segment holding a prepared, undecided
@@ -41,7 +66,14 @@ func TestPreparedRecordOutlivesRetention(t *testing.T) {
 				}
 				cfg.DiskCleanRatio = used / 2
 			}
+			by := "retention"
+			if tc.disk {
+				by = "disk_clean"
+			}
+			var reg *prometheus.Registry
 			open := func() *Broker {
+				reg = prometheus.NewRegistry()
+				cfg.Registerer = reg
 				b := openBroker(t, cfg)
 				if _, _, err := b.PutProducerGroup(ctx, "orders-svc", "https://orders.example/txn-check", ""); err != nil {
 					t.Fatalf("put producer group: %v", err)
@@ -81,6 +113,9 @@ func TestPreparedRecordOutlivesRetention(t *testing.T) {
 			if min := b.log.MinOffset(); min == 0 || min > row.LogOffset {
 				t.Fatalf("log starts at %d; want past 0 (older segments deleted) and at most %d (the prepared record)", min, row.LogOffset)
 			}
+			if got := gaugeValue(t, reg, "postbus_retention_held_bytes", "by", by); got <= 0 {
+				t.Fatalf("postbus_retention_held_bytes{by=%q} = %v while a prepared record holds segments; want > 0", by, got)
+			}
 			if tc.restart {
 				if err := b.Close(); err != nil {
 					t.Fatal(err)
@@ -117,6 +152,9 @@ func TestPreparedRecordOutlivesRetention(t *testing.T) {
 				}
 				clean()
 				time.Sleep(10 * time.Millisecond)
+			}
+			if got := gaugeValue(t, reg, "postbus_retention_held_bytes", "by", by); got != 0 {
+				t.Fatalf("postbus_retention_held_bytes{by=%q} = %v once nothing is held; want 0", by, got)
 			}
 		})
 	}
