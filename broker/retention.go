@@ -104,6 +104,7 @@ func (b *Broker) checkDisk() {
 // the clean watermark. It never deletes what dispatch has not indexed.
 func (b *Broker) dropOldest(used float64) (int, error) {
 	dropped := 0
+	b.metrics.held(heldByDiskClean, 0) // until a prepared record stops it
 	for used > b.cfg.DiskCleanRatio {
 		segs := b.log.Segments()
 		if len(segs) < 2 || segs[0].End > b.dispatched.Load() {
