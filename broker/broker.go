@@ -118,12 +118,16 @@ type Broker struct {
 	attemptsMu sync.Mutex
 	attempts   []meta.Attempt // not yet written; guarded by attemptsMu
 
-	diskFull  atomic.Bool
-	diskUsed  atomic.Uint64 // float64 bits of the last disk-use ratio
-	closing   chan struct{}
-	closeOnce sync.Once
-	closeErr  error
-	wg        sync.WaitGroup
+	diskFull atomic.Bool
+	// retentionHeldAt and diskCleanHeldAt are 1 + the offset of the
+	// prepared record last logged as keeping segments from deletion
+	// (retention.go noteHeld).
+	retentionHeldAt, diskCleanHeldAt atomic.Int64
+	diskUsed                         atomic.Uint64 // float64 bits of the last disk-use ratio
+	closing                          chan struct{}
+	closeOnce                        sync.Once
+	closeErr                         error
+	wg                               sync.WaitGroup
 }
 
 // Engine is the broker's consumer engine.

@@ -155,6 +155,14 @@
 //     with a shorter retention hides its older messages from every read:
 //     by id, by key, by queue offset, pulls and pushes ask one rule
 //     (retained), and a queue's min offset moves past them.
+//   - Neither retention nor the disk's clean watermark deletes a segment
+//     holding an undecided transaction's prepared record, nor any later
+//     one (retention.go preparedFloor): its commit needs the body. A
+//     transaction is decided within its timeout and checks, so what it
+//     keeps is bounded; postbus_retention_held_bytes shows it. Delayed
+//     messages and lease copies are moved ahead instead (moveAhead); a
+//     prepared record is not, since its row, its recovery and its checks
+//     all name its offset.
 //   - A topic's incarnation is the log offset where it was created (stored
 //     with it in SQLite), not a time: records of its name below that offset
 //     belong to a deleted topic of the same name, and no read, dispatch,

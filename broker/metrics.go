@@ -27,7 +27,11 @@ type metrics struct {
 
 	cleanedMessages prometheus.Counter
 	cleanedBytes    prometheus.Counter
-	rebuilds        *prometheus.CounterVec
+	// heldBytes is the sealed log retention (by="retention") or the
+	// disk's clean watermark (by="disk_clean") would delete at its last
+	// pass but keeps for an undecided prepared transaction.
+	heldBytes *prometheus.GaugeVec
+	rebuilds  *prometheus.CounterVec
 
 	syncApplied *prometheus.CounterVec // other brokers' subscription records applied, by kind
 	syncRefused *prometheus.CounterVec // ... refused, by reason
@@ -110,6 +114,10 @@ func newMetrics(metricsTopics int, logger *slog.Logger) *metrics {
 			Name: "postbus_disk_clean_dropped_bytes_total",
 			Help: "Commitlog bytes deleted before their retention because the disk was over --disk-clean-ratio.",
 		}),
+		heldBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "postbus_retention_held_bytes",
+			Help: "Commitlog bytes that retention (by=retention) or the disk's clean watermark (by=disk_clean: every sealed segment from the oldest kept) would delete at its last pass but keeps, because a segment holds an undecided prepared transaction's record; logged at WARN (retention) or ERROR (disk_clean) once per record.",
+		}, []string{"by"}),
 		rebuilds: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "postbus_recovery_rebuilds_total",
 			Help: "Starts that rebuilt the consume queues and key index from the start of the commitlog because a derived file was damaged, by reason; each is logged at ERROR (a missing checkpoint, as on a first start, is not counted).",
@@ -166,7 +174,7 @@ func (m *metrics) register(b *Broker, reg prometheus.Registerer) {
 	m.txn.register(b, reg)
 	reg.MustRegister(b.deferred.collectors()...)
 	reg.MustRegister(m.messages, m.bytes, m.rejects, m.attemptsDropped, m.leasesExpired, m.progressBad, m.skippedRecords, m.lostQueueEnds, m.timersDropped, m.misplaced,
-		m.delayAnomalies, m.cleanedMessages, m.cleanedBytes, m.rebuilds, m.syncApplied, m.syncRefused, m.topicTombsApplied, m.topicTombsKept,
+		m.delayAnomalies, m.cleanedMessages, m.cleanedBytes, m.heldBytes, m.rebuilds, m.syncApplied, m.syncRefused, m.topicTombsApplied, m.topicTombsKept,
 		m.topics.messages, m.topics.bytes, groupCollector{b},
 		gauge("postbus_subscription_tombstones", "Deleted subscriptions' tombstones kept, to reach brokers that missed the delete.",
 			func() float64 {
@@ -255,6 +263,13 @@ func (m *metrics) cleaned(messages, bytes int64) {
 	}
 	m.cleanedMessages.Add(float64(messages))
 	m.cleanedBytes.Add(float64(bytes))
+}
+
+func (m *metrics) held(by string, bytes int64) {
+	if m == nil {
+		return
+	}
+	m.heldBytes.WithLabelValues(by).Set(float64(bytes))
 }
 
 func (m *metrics) timerDropped() {

@@ -8,10 +8,12 @@ import (
 	"log/slog"
 	"math"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/postbus/postbus/broker/commitlog"
 	"github.com/postbus/postbus/broker/consumequeue"
+	"github.com/postbus/postbus/broker/meta"
 )
 
 // diskCheckInterval is how often disk use is measured; statfs is cheap and
@@ -75,7 +77,9 @@ func (b *Broker) checkDisk() {
 		b.logger.Error("disk check failed", slog.Any("err", err))
 		return
 	}
-	if used > b.cfg.DiskCleanRatio {
+	if used <= b.cfg.DiskCleanRatio {
+		b.metrics.held(heldByDiskClean, 0)
+	} else {
 		if n, err := b.dropOldest(used); err != nil {
 			b.logger.Error("cleaning the oldest segments failed", slog.Any("err", err))
 		} else if n > 0 {
@@ -100,9 +104,22 @@ func (b *Broker) checkDisk() {
 // the clean watermark. It never deletes what dispatch has not indexed.
 func (b *Broker) dropOldest(used float64) (int, error) {
 	dropped := 0
+	b.metrics.held(heldByDiskClean, 0) // until a prepared record stops it
 	for used > b.cfg.DiskCleanRatio {
 		segs := b.log.Segments()
 		if len(segs) < 2 || segs[0].End > b.dispatched.Load() {
+			break
+		}
+		// A prepared, undecided transaction's record is kept even here:
+		// its producer was told it is stored, and its commit needs the
+		// body. It waits at most its transaction's lifetime.
+		floor, held, err := b.preparedFloor(context.Background())
+		if err != nil {
+			return dropped, err
+		}
+		if held && segs[0].End > floor {
+			b.metrics.held(heldByDiskClean, segs[len(segs)-1].Base-segs[0].Base)
+			b.noteHeld(&b.diskCleanHeldAt, floor, slog.LevelError, "disk over the clean watermark: the oldest segment holds an undecided prepared transaction; keeping it and every later one until it is decided")
 			break
 		}
 		// Acknowledged messages go before their retention: by design (a
@@ -116,7 +133,6 @@ func (b *Broker) dropOldest(used float64) (int, error) {
 		}
 		b.metrics.cleaned(msgs, segs[0].End-segs[0].Base)
 		dropped++
-		var err error
 		if used, err = DiskUsage(b.cfg.Dir); err != nil {
 			return dropped, err
 		}
@@ -204,10 +220,66 @@ func (b *Broker) applyRetention() error {
 		drop = segs[i].End
 	}
 	if drop < 0 {
+		b.metrics.held(heldByRetention, 0)
 		return nil
+	}
+	// The segments holding a prepared, undecided transaction's record, and
+	// those after it, are kept until it is decided (attack s8 F10).
+	floor, held, err := b.preparedFloor(context.Background())
+	if err != nil {
+		return err
+	}
+	if held && drop > floor {
+		keep := int64(-1)
+		for _, sg := range segs {
+			if sg.End > floor {
+				break
+			}
+			keep = sg.End
+		}
+		b.metrics.held(heldByRetention, drop-max(keep, b.log.MinOffset()))
+		b.noteHeld(&b.retentionHeldAt, floor, slog.LevelWarn, "retention: keeping the segments from an undecided prepared transaction's record on until it is decided")
+		if drop = keep; drop < 0 {
+			return nil
+		}
+	} else {
+		b.metrics.held(heldByRetention, 0)
 	}
 	return b.dropBefore(drop)
 }
+
+// preparedFloor is the log offset of the oldest prepared record whose
+// transaction is undecided; held is false when there is none. Its rows are
+// stored before dispatch moves past it, and retention deletes nothing
+// dispatch has not passed, so the rows tell all that retention could reach.
+// A transaction is decided at the latest when its timeout and checks run
+// out, so what it keeps is bounded.
+func (b *Broker) preparedFloor(ctx context.Context) (floor int64, held bool, err error) {
+	ts, err := b.meta.Txns(ctx, meta.TxnPrepared, -1, 1)
+	if err != nil {
+		return 0, false, fmt.Errorf("find undecided transactions before deleting segments: %w", err)
+	}
+	if len(ts) == 0 {
+		return 0, false, nil
+	}
+	return ts[0].LogOffset, true, nil
+}
+
+// noteHeld logs, once per record and path (last holds 1 + the offset it
+// logged last), that a prepared record holds segments retention or the
+// disk watermark would delete.
+func (b *Broker) noteHeld(last *atomic.Int64, floor int64, level slog.Level, msg string) {
+	if last.Swap(floor+1) == floor+1 {
+		return
+	}
+	b.logger.Log(context.Background(), level, msg, slog.Int64("offset", floor))
+}
+
+// The label values of postbus_retention_held_bytes.
+const (
+	heldByRetention = "retention"
+	heldByDiskClean = "disk_clean"
+)
 
 // firstReadable reads the first record in [off, end) that is not damaged,
 // or nil when there is none: retention dates a segment by it, and a damaged
