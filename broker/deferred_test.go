@@ -111,7 +111,7 @@ func TestLeasedCopiesMovedAheadOfRetentionKeepTheirTimers(t *testing.T) {
 func TestDeferHoldsOnlyWithItsOffsetStored(t *testing.T) {
 	ctx := context.Background()
 	cfg := testConfig(t, t.TempDir())
-	cfg.OffsetInterval = time.Hour                   // only the push offset writer and Defer write offsets
+	cfg.OffsetInterval = 500 * time.Millisecond      // the periodic writes are checked too
 	t.Cleanup(func() { testHookOffsetsTaken = nil }) // after the broker closed
 	b := openBroker(t, cfg)
 	if _, _, err := b.PutTopic(ctx, "pushed", TopicSettings{Queues: 1}); err != nil {
