@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -118,9 +119,18 @@ func (e *Engine) Defer(ctx context.Context, rcpt string, key int64, until time.T
 	sub := c.sub
 	c.mu.Unlock()
 
-	// The copy and its timer are stored before the offset moves past the
-	// message: a crash in between delivers the message again from the
-	// offset (at least once) and the copy later, which the token acks.
+	// The copy is stored first, with no timer: nothing hands it out
+	// until its timer is. The timer and the group's offset past the
+	// message are then stored in one transaction, with c.mu held (a
+	// drop or an expiry of the lease comes before it, and nothing is
+	// held, or after it), and the offset flushes held off (none writes
+	// an older offset of the queue after it): after a kill of the
+	// process either the token names a held copy and the message is not
+	// handed out again from its queue, or the token names nothing (410)
+	// and the message goes out again from the offset, never both. With
+	// the timer stored first and the offset moved after, a kill in
+	// between had the restart deliver the message again while its old
+	// token still settled the copy with 200.
 	cp := l.m.retryCopy(sub.Group, l.attempt+1, until)
 	cp.Reason = deferredReason
 	cp.flags |= flagLeased // its timer is stored here, with the ack key
@@ -136,28 +146,33 @@ func (e *Engine) Defer(ctx context.Context, rcpt string, key int64, until time.T
 	if err := b.waitDispatched(ctx, off+1); err != nil {
 		return fmt.Errorf("defer %s: %w", l.m.ID, err)
 	}
-	if err := b.meta.AddDeferredTimer(ctx, meta.Timer{LogOffset: off, DeliverAt: until, Owner: cp.Topic}, key); err != nil {
-		return fmt.Errorf("defer %s: %w", l.m.ID, err)
-	}
-	b.timerWake()
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.closed || c.leases[l.id] != l {
-		c.mu.Unlock()
 		// Taken back meanwhile (a reset, a change that dropped the
 		// consumer, the lease expired): the message goes out from
-		// there, so the copy must not as well.
-		// Cancelled, not acked: the token is then answered expired.
-		if _, err := b.meta.CancelTimers(context.WithoutCancel(ctx), []int64{off}); err != nil {
-			b.logger.Error("cancelling the copy of a deferred delivery taken back failed; it will be delivered again at its ack timeout",
-				slog.String("group", sub.Group), slog.String("msg_id", l.m.ID), slog.Any("err", err))
-		}
+		// there; the copy stays without a timer, and the token is
+		// answered expired.
 		return staleErr("receipt")
 	}
+	after := *l.c
+	after.pending = slices.Clone(l.c.pending)
+	after.Finish(l.m.QueueOffset)
+	moved := meta.Offset{Group: sub.Group, Topic: after.Topic, Queue: after.Queue, Next: after.Committed(), Progress: after.progress()}
+	b.offs.flushMu.Lock()
+	defer b.offs.flushMu.Unlock()
+	err = b.meta.AddDeferredTimer(ctx, meta.Timer{LogOffset: off, DeliverAt: until, Owner: cp.Topic}, key, []meta.Offset{moved})
+	if err != nil {
+		// Neither is stored: the lease stays, and ends as a failed
+		// attempt or by its expiry.
+		return fmt.Errorf("defer %s: %w", l.m.ID, err)
+	}
 	delete(c.leases, l.id)
+	// The offset it sets in memory is the one stored just now; set
+	// before the flushes go on, so none writes an older one left dirty
+	// by the lease over it.
 	e.finishPush(ctx, c, l)
-	moved := !c.closed
-	c.mu.Unlock()
-	e.pushWritten(moved)
+	b.timerWake()
 	b.deferred.held.Inc()
 	return nil
 }

@@ -2,8 +2,13 @@ package broker
 
 import (
 	"context"
+	"fmt"
+	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/postbus/postbus/broker/meta"
 )
 
 // TestLeasedCopiesMovedAheadOfRetentionKeepTheirTimers (attack s8 F11):
@@ -92,4 +97,102 @@ func TestLeasedCopiesMovedAheadOfRetentionKeepTheirTimers(t *testing.T) {
 		got, err := b.Pull(ctx, "pullers", "pulled", 1, 0, time.Minute)
 		return err == nil && len(got) == 1 && got[0].ID == pulledMsg.ID && got[0].Attempt == 2
 	})
+}
+
+// TestDeferHoldsOnlyWithItsOffsetStored (attack s8 F16, F12): a deferred
+// delivery's timer (what its token settles) used to be stored before the
+// group's offset past the message, which the offset writer stored a
+// little later: a SIGKILL in between left meta.db with the timer and the
+// old offset, so the restart delivered the message again from its queue
+// while the old token still answered 200 "done", and the message was
+// later dead-lettered as not acknowledged. Each offset write is checked
+// here before it commits (what a SIGKILL then leaves): a stored timer
+// must come with the offset past its message.
+func TestDeferHoldsOnlyWithItsOffsetStored(t *testing.T) {
+	ctx := context.Background()
+	cfg := testConfig(t, t.TempDir())
+	cfg.OffsetInterval = 500 * time.Millisecond      // the periodic writes are checked too
+	t.Cleanup(func() { testHookOffsetsTaken = nil }) // after the broker closed
+	b := openBroker(t, cfg)
+	if _, _, err := b.PutTopic(ctx, "pushed", TopicSettings{Queues: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.CreateSubscription(ctx, Subscription{Group: "hooks", Topic: "pushed", URL: "https://hooks.example.com/x", MaxRetries: -1, StartFrom: "earliest"}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 3
+	for i := range n {
+		publish(t, b, "pushed", &Message{Body: fmt.Appendf(nil, "m%d", i)})
+	}
+	stored := func() int64 {
+		offs, err := b.meta.Offsets(context.Background(), "hooks")
+		if err != nil {
+			t.Errorf("stored offsets: %v", err)
+		}
+		for _, o := range offs {
+			if o.Topic == "pushed" && o.Queue == 0 {
+				return o.Next
+			}
+		}
+		return 0
+	}
+	var (
+		mu      sync.Mutex
+		keys    []int64 // ack keys held so far, by queue offset
+		crashes []string
+	)
+	check := func(when string) {
+		mu.Lock()
+		defer mu.Unlock()
+		next := stored()
+		for qoff, key := range keys {
+			if _, _, ok, err := b.meta.DeferredTimer(context.Background(), key); err != nil {
+				t.Errorf("deferred timer: %v", err)
+			} else if ok && next <= int64(qoff) {
+				crashes = append(crashes, fmt.Sprintf("%s: the timer of the delivery of queue offset %d is stored, the offset is %d", when, qoff, next))
+			}
+		}
+	}
+	testHookOffsetsTaken = func([]meta.Offset) { check("before an offset write") }
+
+	eng := b.Engine()
+	for i := range n {
+		var leases []Lease
+		deadline := time.Now().Add(10 * time.Second)
+		for len(leases) == 0 && time.Now().Before(deadline) {
+			var err error
+			if leases, err = eng.Lease(ctx, "hooks", "pushed", 1, time.Minute); err != nil {
+				t.Fatalf("push lease %d: %v", i, err)
+			}
+			if len(leases) == 0 {
+				select { // a new consumer reads the queue on its own time
+				case <-b.Dispatched():
+				case <-time.After(10 * time.Millisecond):
+				}
+			}
+		}
+		if len(leases) != 1 {
+			t.Fatalf("push lease %d: got %d leases within 10s", i, len(leases))
+		}
+		token, key := eng.AckToken("hooks", "pushed", leases[0])
+		mu.Lock()
+		keys = append(keys, key)
+		mu.Unlock()
+		if err := eng.Defer(ctx, leases[0].Receipt, key, time.Now().Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		eng.TokenDone(key)
+		check("once Defer returned")
+		if _, err := b.Deferred(ctx, token); err != nil {
+			t.Fatalf("the token of delivery %d once held: %v", i, err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(crashes) > 0 {
+		t.Fatalf("a SIGKILL would have had the restart deliver a held message again while its token settles it:\n%s", strings.Join(crashes, "\n"))
+	}
+	if got := stored(); got != n {
+		t.Fatalf("stored offset %d once all were held, want %d", got, n)
+	}
 }

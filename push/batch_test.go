@@ -250,6 +250,7 @@ func TestBatchInvalidPartial(t *testing.T) {
 		{"an array", `["x"]`},
 		{"unknown id", `{"failed":["not-in-the-batch"]}`},
 		{"two values", `{"failed":[]} {}`},
+		{"failed twice", `{"failed":[],"failed":[]}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newRigRun(t, false)
@@ -321,6 +322,11 @@ func TestParsePartial(t *testing.T) {
 		{``, nil},
 		{`[]`, nil},
 		{`{"failed":[]}x`, nil},
+		// A member given twice: whichever came last would decide.
+		{`{"failed":["a"],"failed":[]}`, nil},
+		{`{"failed":[],"failed":["a"]}`, nil},
+		{`{"failed":[],"why":{"k":1,"k":2}}`, nil},
+		{`{"failed":["a"],"why":{"failed":1}}`, []string{"a"}},
 	} {
 		got, err := ParsePartial([]byte(tc.body), ids)
 		if tc.want == nil {

@@ -98,8 +98,8 @@
 // signed id, is the request's own (NewBatchID), fresh on every request:
 // a retry may group other messages, so receivers dedupe by each element's
 // msg_id. A 2xx acks every lease; a 207 {"failed":[ids]} (ParsePartial)
-// fails those named and acks the rest; a 207 that is not that, or names a
-// message not in the batch, fails the whole batch, at ERROR and in
+// fails those named and acks the rest; a 207 that is not that (an object
+// naming a member twice included), or names a message not in the batch, fails the whole batch, at ERROR and in
 // postbus_push_batch_invalid_answers_total; anything else fails every
 // lease, each settled by the retry policy on its own attempt count. In an
 // ordered subscription the leases after a failed one of the same queue

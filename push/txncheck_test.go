@@ -25,6 +25,10 @@ func TestParseCheckAnswer(t *testing.T) {
 		{`commit`, "", "is not JSON"},
 		{``, "", "is not JSON"},
 		{`{"status":null}`, "", "has no status"},
+		{`{"status":"rollback","status":"commit"}`, "", `gives "status" twice`},
+		{`{"status":"commit","status":"commit"}`, "", `gives "status" twice`},
+		{`{"status":"commit","why":{"a":1,"a":2}}`, "", `gives "a" twice`},
+		{`{"status":"commit","why":{"status":1}}`, "commit", ""},
 	} {
 		answer, err := parseCheckAnswer([]byte(tc.body))
 		if answer != tc.answer || !strings.Contains(err, tc.err) || (tc.err == "") != (err == "") {

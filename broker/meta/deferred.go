@@ -15,15 +15,28 @@ import (
 // the key only finds it.
 
 // AddDeferredTimer records the timer of a deferred delivery's copy under
-// ackKey. A timer already recorded for the record (a replay) gets the key.
-func (s *Store) AddDeferredTimer(ctx context.Context, t Timer, ackKey int64) error {
+// ackKey, and offs (the group's offsets past the delivered message) in the
+// same transaction: after a kill of the process either both hold (the
+// token settles the copy, and the message is not handed out again from
+// its queue) or neither (the token names nothing, and the message goes
+// out again from the offset). A timer already recorded for the record (a
+// replay) gets the key.
+func (s *Store) AddDeferredTimer(ctx context.Context, t Timer, ackKey int64, offs []Offset) error {
 	if err := validTimers([]Timer{t}); err != nil {
 		return err
+	}
+	for _, o := range offs {
+		if err := o.validate(); err != nil {
+			return fmt.Errorf("add deferred timer %d: %w", t.LogOffset, err)
+		}
 	}
 	err := s.write(ctx, func(tx Tx) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO timers (log_offset, deliver_at, owner, ack_key) VALUES (?, ?, ?, ?)
 			ON CONFLICT (log_offset) DO UPDATE SET ack_key = excluded.ack_key`, t.LogOffset, t.DeliverAt.UnixMilli(), t.Owner, ackKey)
-		return err
+		if err != nil || len(offs) == 0 {
+			return err
+		}
+		return s.upsertOffsets(ctx, tx, offs)
 	})
 	if err != nil {
 		return fmt.Errorf("add deferred timer %d: %w", t.LogOffset, err)
