@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/postbus/postbus/broker"
 )
 
 // AuthConfig says how API tokens are verified. With neither HMACSecret nor
@@ -255,11 +256,11 @@ func checkClaimsText(raw string) error {
 		}
 	}
 	if json.Valid(header) {
-		if name, ok := duplicateName(header); ok {
+		if name, ok := broker.DuplicateJSONName(header); ok {
 			return fmt.Errorf("%w: header member %q", errDuplicateMember, name)
 		}
 	}
-	if name, ok := duplicateName(payload); ok {
+	if name, ok := broker.DuplicateJSONName(payload); ok {
 		return fmt.Errorf("%w: claim %q", errDuplicateMember, name)
 	}
 	return nil

@@ -1,11 +1,11 @@
 package httpapi
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/postbus/postbus/broker"
 )
 
 // checkJSONText refuses what encoding/json accepts but changes or drops
@@ -28,7 +28,7 @@ func checkJSONText(data []byte) error {
 	if at := unpairedSurrogate(data); at >= 0 {
 		return fmt.Errorf("unpaired surrogate escape %q at byte offset %d: a string must be Unicode text", data[at:at+6], at)
 	}
-	if name, ok := duplicateName(data); ok {
+	if name, ok := broker.DuplicateJSONName(data); ok {
 		return fmt.Errorf("%q is given twice in one object", name)
 	}
 	return nil
@@ -60,52 +60,4 @@ func unpairedSurrogate(data []byte) int {
 		return i
 	}
 	return -1
-}
-
-// duplicateName returns the first member name that an object of data has
-// twice (after unescaping).
-func duplicateName(data []byte) (string, bool) {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	type frame struct {
-		object, wantName bool
-		names            map[string]bool
-	}
-	var stack []*frame
-	valueDone := func() {
-		if n := len(stack); n > 0 && stack[n-1].object {
-			stack[n-1].wantName = true
-		}
-	}
-	for {
-		tok, err := dec.Token()
-		if err != nil {
-			return "", false // the end (data is valid JSON)
-		}
-		if n := len(stack); n > 0 && stack[n-1].object && stack[n-1].wantName {
-			top := stack[n-1]
-			if tok == json.Delim('}') {
-				stack = stack[:n-1]
-				valueDone()
-				continue
-			}
-			name, _ := tok.(string)
-			if top.names[name] {
-				return name, true
-			}
-			top.names[name] = true
-			top.wantName = false
-			continue
-		}
-		switch tok {
-		case json.Delim('{'):
-			stack = append(stack, &frame{object: true, wantName: true, names: map[string]bool{}})
-		case json.Delim('['):
-			stack = append(stack, &frame{})
-		case json.Delim(']'):
-			stack = stack[:len(stack)-1]
-			valueDone()
-		default:
-			valueDone()
-		}
-	}
 }

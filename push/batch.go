@@ -132,7 +132,7 @@ func ParsePartial(body []byte, ids map[string]bool) (map[string]bool, error) {
 	if dec.More() {
 		return nil, fmt.Errorf("%w: more than one JSON value", errBadPartial)
 	}
-	if name, dup := duplicateName(body); dup {
+	if name, dup := broker.DuplicateJSONName(body); dup {
 		return nil, fmt.Errorf("%w: %q is given twice in one object", errBadPartial, clip(name))
 	}
 	if ans.Failed == nil {

@@ -120,7 +120,7 @@ func parseCheckAnswer(data []byte) (answer, errText string) {
 	if err := json.Unmarshal(data, &a); err != nil {
 		return "", clip(fmt.Sprintf("the answer is not JSON {\"status\":\"commit\"|\"rollback\"|\"unknown\"}: %v: %q", err, data))
 	}
-	if name, dup := duplicateName(data); dup {
+	if name, dup := broker.DuplicateJSONName(data); dup {
 		// Which of the two decides is up to the reader: neither does.
 		return "", clip(fmt.Sprintf("the answer gives %q twice in one object: %q", name, data))
 	}
