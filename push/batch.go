@@ -424,12 +424,7 @@ const (
 // rate limit, or before the request could start). rate_per_second counts
 // requests.
 func (l *loop) attemptBatch(ctx, dctx context.Context, leases []broker.Lease, body []byte) (Result, bool) {
-	if l.limit != nil {
-		if err := l.limit.Wait(ctx); err != nil {
-			return Result{}, false
-		}
-	}
-	if ctx.Err() != nil || dctx.Err() != nil {
+	if !l.mayStart(ctx, dctx) {
 		return Result{}, false
 	}
 	now := l.d.cfg.Now()

@@ -438,17 +438,24 @@ func (l *loop) deliverOne(ctx, dctx context.Context, ls broker.Lease) {
 	}
 }
 
+// mayStart waits for the rate limit (rate_per_second counts requests) and
+// reports whether a request may still start: false when the loop stopped
+// meanwhile, or its deliveries were cancelled.
+func (l *loop) mayStart(ctx, dctx context.Context) bool {
+	if l.limit != nil {
+		if err := l.limit.Wait(ctx); err != nil {
+			return false
+		}
+	}
+	return ctx.Err() == nil && dctx.Err() == nil
+}
+
 // attempt makes one delivery and logs it. It reports false, and logs
 // nothing, when the delivery was never sent: the loop stopped while it
 // waited for the rate limit, or before the request could start.
 // note, when set, goes before the attempt's error in the trace (a probe's).
 func (l *loop) attempt(ctx, dctx context.Context, m *broker.Message, attempt int, token, note string) (Result, bool) {
-	if l.limit != nil {
-		if err := l.limit.Wait(ctx); err != nil {
-			return Result{}, false
-		}
-	}
-	if ctx.Err() != nil || dctx.Err() != nil {
+	if !l.mayStart(ctx, dctx) {
 		return Result{}, false
 	}
 	now := l.d.cfg.Now()
