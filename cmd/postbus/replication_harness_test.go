@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -133,9 +134,22 @@ func (g *replGroup) setMembers(ms []*replMember) {
 	g.members = ms
 }
 
-// freeAddr is a 127.0.0.1 address nothing listens on at the moment.
+// freeAddr is a 127.0.0.1 address nothing listens on at the moment, on a
+// port below the kernel's ephemeral range (32768 and up on Linux): a
+// member restarted on it must find it free, and a port from that range
+// may meanwhile be taken as the local port of some connection (a
+// restart then failed with "address already in use" for seconds).
 func freeAddr(tb testing.TB) string {
 	tb.Helper()
+	for range 100 {
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000)))
+		if err != nil {
+			continue // taken: another
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		return addr
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
