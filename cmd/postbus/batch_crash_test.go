@@ -5,7 +5,9 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
@@ -38,7 +40,14 @@ func TestSIGKILLDuringBatchedPush(t *testing.T) {
 					QueueID     int    `json:"queue_id"`
 					QueueOffset int64  `json:"queue_offset"`
 				}
-				if err := json.NewDecoder(r.Body).Decode(&els); err != nil || r.Header.Get("Postbus-Batch-Size") == "" {
+				err := json.NewDecoder(r.Body).Decode(&els)
+				if errors.Is(err, io.ErrUnexpectedEOF) {
+					// The sender was SIGKILLed while it sent the body:
+					// no delivery, and nothing settled by it.
+					w.WriteHeader(400)
+					return
+				}
+				if err != nil || r.Header.Get("Postbus-Batch-Size") == "" {
 					t.Errorf("not a batch: %v", err)
 					w.WriteHeader(400)
 					return
